@@ -1,0 +1,99 @@
+"""Combining the scores of several scorers into one.
+
+Scores from different scorers live on different scales (a DSIR log weight, a ZIP-FIT
+alignment in [0, 1], a classifier probability), so they are put on one scale first: z-scores
+(mean 0, unit variance over eligible rows) or normalised ranks (0 = worst, 1 = best, ties
+averaged). The combined score is their weighted mean; each input score is kept as
+``score_<scorer>`` so a user can see why a row was chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataselect.errors import InputError
+from dataselect.execution import Runner
+from dataselect.output import jsonable
+from dataselect.scoring import FILTERED_BY, Scores
+
+METHODS = ("zscore", "rank")
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """Maps raw scores of one scorer onto the common scale."""
+
+    method: str
+    mean: float = 0.0
+    std: float = 1.0
+    sorted_scores: np.ndarray | None = None
+
+    def __call__(self, score: np.ndarray) -> np.ndarray:
+        if self.method == "zscore":
+            return (score - self.mean) / self.std
+        ref = self.sorted_scores
+        below = np.searchsorted(ref, score, side="left")
+        not_above = np.searchsorted(ref, score, side="right")
+        return ((below + not_above - 1) / 2) / max(len(ref) - 1, 1)
+
+
+@dataclass(frozen=True)
+class _CombinedTask:
+    tasks: tuple[Any, ...]
+    names: tuple[str, ...]
+    scales: tuple[_Scale, ...]
+    weights: tuple[float, ...]
+
+    def __call__(self, index: int) -> pa.Table:
+        tables = [task(index) for task in self.tasks]
+        ids = tables[0]["id"]
+        total = np.zeros(len(ids))
+        filtered = pa.nulls(len(ids), pa.string())
+        columns = {}
+        for name, table, scale, weight in zip(self.names, tables, self.scales, self.weights):
+            if not pc.all(pc.equal(table["id"], ids)).as_py():
+                raise InputError(f"scores of {name!r} are not aligned with the others")
+            raw = table["score"].to_numpy().astype(np.float64)
+            total += weight * scale(raw)
+            columns[f"score_{name}"] = raw
+            if FILTERED_BY in table.column_names:
+                filtered = pc.coalesce(filtered, table[FILTERED_BY].combine_chunks())
+        out = {"id": ids, "score": total / sum(self.weights), **columns, FILTERED_BY: filtered}
+        return pa.table(out)
+
+
+def combine_scores(scores: list[Scores], method: str, weights: list[float] | None,
+                   runner: Runner) -> Scores:
+    from dataselect.select import _collect
+
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}", field="method")
+    if not scores:
+        raise InputError("nothing to combine")
+    weights = [1.0] * len(scores) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(scores) or sum(weights) <= 0 or min(weights) < 0:
+        raise InputError("weights must be non-negative, one per score set, not all zero")
+    pool = scores[0].corpus
+    for other in scores[1:]:
+        if jsonable(other.corpus.fingerprint()) != jsonable(pool.fingerprint()):
+            raise InputError("score sets to combine were computed on different pools")
+    scales = []
+    for s in scores:
+        parts = _collect(s, runner)
+        eligible = np.concatenate([p["score"][p["eligible"]] for p in parts])
+        if method == "zscore":
+            std = float(eligible.std()) or 1.0
+            scales.append(_Scale(method, float(eligible.mean()), std))
+        else:
+            scales.append(_Scale(method, sorted_scores=np.sort(eligible)))
+    names = tuple(s.name for s in scores)
+    task = _CombinedTask(tuple(s.task for s in scores), names, tuple(scales), tuple(weights))
+    description = {"scorer": "combined", "method": method, "weights": weights,
+                   "inputs": [s.description for s in scores],
+                   "pool": pool.fingerprint()}
+    return Scores("combined", pool, task, description)

@@ -1,0 +1,240 @@
+"""A corpus: input files cut into partitions, read lazily, validated as they are read.
+
+The corpus never holds its rows. It holds a *plan*: the list of partitions, each a list of
+file pieces of about ``partition_bytes`` of data, so memory per task is bounded whatever the
+pool size, tiny files are packed together and huge files are split. Every row read gets a
+string ``id`` (kept from the input or derived as ``<file>:<row>``), ``_file`` and ``_row``
+(its provenance) and is checked against the text spec, so any stage that reads a partition
+fails on bad input with the file, line and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.dataframe as dd
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
+from dataselect.formats import Piece, detect_format, expand_paths, plan_pieces, read_piece
+from dataselect.textspec import TextSpec
+
+DEFAULT_PARTITION_BYTES = 16 << 20
+FILE_COLUMN, ROW_COLUMN, ID_COLUMN = "_file", "_row", "id"
+FINGERPRINT_BYTES = 1 << 20
+
+
+@dataclass
+class Corpus:
+    """Files planned into partitions. Build with :func:`read_corpus`."""
+
+    files: list[str]
+    text: TextSpec
+    id_field: str = ID_COLUMN
+    partition_bytes: int = DEFAULT_PARTITION_BYTES
+    partitions: list[list[Piece]] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.partitions:
+            self.partitions = _pack(
+                [p for f in self.files for p in plan_pieces(f, self.partition_bytes)],
+                self.partition_bytes,
+            )
+        if not self.labels:
+            self.labels = _file_labels(self.files)
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.partitions)
+
+    def read_partition(self, index: int) -> pa.Table:
+        """Rows of partition ``index`` with ``id``, ``_file`` and ``_row``; ids checked unique."""
+        tables = [self._read(piece) for piece in self.partitions[index]]
+        if len(tables) == 1:
+            table = tables[0]
+        else:
+            table = pa.concat_tables(tables, promote_options="permissive")
+        _check_unique_within(table, self.where)
+        return table
+
+    def _read(self, piece: Piece) -> pa.Table:
+        table = read_piece(piece)
+        table = table.append_column(
+            FILE_COLUMN, pa.array([piece.path] * table.num_rows, pa.string())
+        )
+        where = self.where_in(table)
+        ids = _ids(table, self.id_field, self.labels[piece.path], where)
+        if ID_COLUMN in table.column_names:
+            return table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, ids)
+        return table.add_column(0, ID_COLUMN, ids)
+
+    def texts(self, table: pa.Table) -> pa.Array:
+        """The rendered text of every row (the one string all scorers see)."""
+        return self.text.render(table, self.where_in(table))
+
+    def scoring_view(self, table: pa.Table) -> pa.Table:
+        """``id`` + rendered ``text``: what :meth:`Scorer.score_batch` receives."""
+        return pa.table({ID_COLUMN: table[ID_COLUMN], "text": self.texts(table)})
+
+    def where_in(self, table: pa.Table) -> Callable[[int], str]:
+        files, rows = table[FILE_COLUMN], table[ROW_COLUMN]
+        return lambda i: self.where(files[i].as_py(), rows[i].as_py())
+
+    @staticmethod
+    def where(file: str, row: int) -> str:
+        fmt = detect_format(file)
+        return Piece(file, fmt or "").where(row)
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        for i in range(self.npartitions):
+            yield self.read_partition(i)
+
+    def to_table(self, what: str = "corpus") -> pa.Table:
+        """All rows in memory (for small corpora such as a target); raises if empty."""
+        table = pa.concat_tables(list(self.iter_tables()), promote_options="permissive")
+        if table.num_rows == 0:
+            raise EmptyCorpusError(f"{what} holds no records", where=", ".join(self.files))
+        _check_unique_within(table, self.where)
+        return table
+
+    def map_partitions(self, fn: Callable[[pa.Table, int], pd.DataFrame], meta: Any,
+                       label: str = "map") -> dd.DataFrame:
+        """A Dask DataFrame with one partition per corpus partition: ``fn(table, index)``.
+
+        This is the one place where work is handed to Dask; the function receives the
+        validated Arrow table, so stages never re-implement reading or validation.
+        """
+        return dd.from_map(
+            _PartitionTask(self, fn), range(self.npartitions), meta=meta,
+            enforce_metadata=False, label=label,
+        )
+
+    def to_dask(self) -> dd.DataFrame:
+        """The corpus as a Dask DataFrame of Arrow-backed (``pd.ArrowDtype``) partitions."""
+        meta = self.read_partition(0).slice(0, 0).to_pandas(types_mapper=pd.ArrowDtype)
+        return self.map_partitions(_to_pandas, meta=meta, label="read")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this input: text spec, id field, and a quick hash of each file."""
+        return {
+            "text": str(self.text),
+            "id_field": self.id_field,
+            "partition_bytes": self.partition_bytes,
+            "files": [_file_fingerprint(f) for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class _PartitionTask:
+    corpus: Corpus
+    fn: Callable[[pa.Table, int], pd.DataFrame]
+
+    def __call__(self, index: int) -> pd.DataFrame:
+        return self.fn(self.corpus.read_partition(index), index)
+
+
+def _to_pandas(table: pa.Table, index: int) -> pd.DataFrame:
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def read_corpus(
+    paths: str | os.PathLike | list,
+    text: str | TextSpec = "text",
+    id_field: str = ID_COLUMN,
+    partition_bytes: int = DEFAULT_PARTITION_BYTES,
+) -> Corpus:
+    """Plan a corpus from files, folders or globs (JSONL[.gz|.zst], Parquet, Arrow, HF dirs).
+
+    Nothing is read but file metadata; rows are read and validated when a stage needs them.
+    """
+    if partition_bytes <= 0:
+        raise InputError(f"partition_bytes must be positive, got {partition_bytes}")
+    return Corpus(expand_paths(paths), TextSpec.parse(text), id_field, partition_bytes)
+
+
+def _pack(pieces: list[Piece], target_bytes: int) -> list[list[Piece]]:
+    """Greedy packing in input order, so partitions and output names follow the files."""
+    partitions: list[list[Piece]] = []
+    current: list[Piece] = []
+    size = 0
+    for piece in pieces:
+        if current and size + piece.size_bytes > target_bytes:
+            partitions.append(current)
+            current, size = [], 0
+        current.append(piece)
+        size += piece.size_bytes
+    if current:
+        partitions.append(current)
+    return partitions
+
+
+def _file_labels(files: list[str]) -> dict[str, str]:
+    """Short, unique names for derived ids: the path below the inputs' common folder,
+    without data suffixes (``pool/a.jsonl.gz`` -> ``a``)."""
+    absolute = [os.path.abspath(f) for f in files]
+    root = os.path.commonpath([os.path.dirname(a) for a in absolute]) if absolute else ""
+    labels = {}
+    for file, path in zip(files, absolute):
+        relative = Path(os.path.relpath(path, root)).as_posix()
+        for suffix in (".gz", ".zst", ".jsonl", ".json", ".ndjson", ".parquet", ".pq",
+                       ".arrow", ".feather", ".ipc"):
+            relative = relative.removesuffix(suffix)
+        labels[file] = relative
+    return labels
+
+
+def _ids(table: pa.Table, id_field: str, label: str, where: Callable[[int], str]) -> pa.Array:
+    if id_field not in table.column_names:
+        rows = table[ROW_COLUMN].combine_chunks()
+        return pc.binary_join_element_wise(label, rows.cast(pa.string()), ":")
+    column = table[id_field].combine_chunks()
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        column = column.cast(pa.string())
+    elif not pa.types.is_string(column.type):
+        raise InputError(f"id must be a string or integer, got {column.type}",
+                         where=where(0), field=id_field)
+    if column.null_count:
+        bad = column.is_null().to_pylist().index(True)
+        raise InputError("id is missing (null)", where=where(bad), field=id_field)
+    return column
+
+
+def _check_unique_within(table: pa.Table, where: Callable[[str, int], str]) -> None:
+    ids = table[ID_COLUMN]
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return
+    counts = pc.value_counts(ids)
+    duplicated = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
+    rows = pc.indices_nonzero(pc.equal(ids, duplicated)).to_pylist()[:2]
+    places = [where(table[FILE_COLUMN][r].as_py(), table[ROW_COLUMN][r].as_py()) for r in rows]
+    raise DuplicateIdError(
+        f"duplicate id {duplicated!r} (also at {places[0]})", where=places[1], field=ID_COLUMN
+    )
+
+
+def _file_fingerprint(path: str) -> dict[str, Any]:
+    """Size plus a hash of the first and last MiB: cheap, and catches edits and swaps."""
+    if os.path.isdir(path):
+        parts = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for p in parts:
+            digest.update(str(p.relative_to(path)).encode())
+            digest.update(str(_file_fingerprint(str(p))).encode())
+        return {"path": path, "sha256_head_tail": digest.hexdigest()}
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            digest.update(f.read())
+    return {"path": path, "bytes": size, "sha256_head_tail": digest.hexdigest()}

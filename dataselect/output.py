@@ -1,0 +1,92 @@
+"""Atomic, deterministic writes of partition files.
+
+Every file is written to a temporary name in its folder and renamed into place, so a killed
+job leaves either a whole file or none, and "the part file exists" is a sound test for
+"this partition is finished" when a job is resumed. Part names follow partition order and
+writer settings are fixed, so the same table always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+OutputFormat = Literal["parquet", "arrow"]
+SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
+
+
+def part_name(index: int, fmt: OutputFormat = "parquet") -> str:
+    return f"part-{index:05d}{SUFFIX[fmt]}"
+
+
+def atomic_path(final: str | os.PathLike) -> tuple[str, str]:
+    """A temporary sibling of ``final`` (same folder, so the rename is atomic)."""
+    final = str(final)
+    folder = os.path.dirname(final) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(final), dir=folder)
+    os.close(fd)
+    return tmp, final
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "parquet") -> None:
+    """Write ``table`` atomically. Parquet: zstd, no timestamps, so bytes are reproducible."""
+    tmp, final = atomic_path(path)
+    try:
+        if fmt == "parquet":
+            pq.write_table(table, tmp, compression="zstd", write_statistics=True,
+                           store_schema=True)
+        else:
+            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    path = str(path)
+    if path.endswith(".arrow"):
+        with pa.memory_map(path) as source:
+            return pa.ipc.open_file(source).read_all()
+    return pq.read_table(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON atomically with sorted keys (stable diffs, stable bytes)."""
+    tmp, final = atomic_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete ``.tmp-*`` files a killed job left behind; returns how many."""
+    removed = 0
+    if os.path.isdir(folder):
+        for tmp in Path(folder).glob(".tmp-*"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))

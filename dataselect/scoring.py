@@ -1,0 +1,224 @@
+"""The Scorer contract and the score store.
+
+A scorer learns what "good" is from a target (``fit``) and turns a batch of ``id`` + ``text``
+rows into ``id`` + ``score`` rows (``score_batch``). It knows nothing about files or Dask:
+:meth:`Scorer.score` hands ``score_batch`` to the corpus' partition mapper. Scores are kept
+as side files beside the pool (Dolma's documents/attributes split), one part per pool
+partition, so selection can be redone with another policy without re-scoring and a killed
+scoring job resumes from the parts it finished.
+
+Score table columns: ``id`` (string), ``score`` (float64, higher = more wanted), optional
+extras, and optional ``filtered_by`` (string; null when the row is eligible, else the name of
+the filter that removed it, which the selection step counts and reports).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import dask
+import pandas as pd
+import pyarrow as pa
+
+from dataselect.corpus import Corpus
+from dataselect.errors import InputError, OutputConflictError
+from dataselect.execution import Runner, default_runner
+from dataselect.manifest import package_versions
+from dataselect.output import (
+    jsonable,
+    part_name,
+    read_json,
+    read_table,
+    remove_stale_temporaries,
+    write_json,
+    write_table,
+)
+
+FILTERED_BY = "filtered_by"
+STORE_MANIFEST = "_manifest.json"
+
+
+class Scorer(ABC):
+    """Base class of every scorer. Subclasses set ``name`` and implement ``fit``,
+    ``score_batch`` and ``config``; ``save``/``load`` pickle the fitted state."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
+            ) -> Scorer:
+        """Learn from the target (and the pool when the method needs it); return self."""
+
+    @abstractmethod
+    def score_batch(self, batch: pa.Table) -> pa.Table:
+        """``id`` + ``text`` rows in, ``id`` + ``score`` (+ extras, ``filtered_by``) out."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Settings that determine the scores (recorded in manifests, used for resume)."""
+
+    def fit_fingerprint(self) -> str:
+        """Identifies the fitted state, so stored scores of another fit are never reused."""
+        return str(getattr(self, "fingerprint_", "unfitted"))
+
+    def score(self, corpus: Corpus) -> Scores:
+        """Lazy scores of every row of ``corpus``, one partition per corpus partition."""
+        return Scores(self.name, corpus, _ScoreTask(self, corpus), self.describe(corpus))
+
+    def describe(self, corpus: Corpus) -> dict[str, Any]:
+        return {
+            "scorer": self.name,
+            "config": self.config(),
+            "fit_fingerprint": self.fit_fingerprint(),
+            "pool": corpus.fingerprint(),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump(self, f)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Scorer:
+        with open(path, "rb") as f:
+            obj = pickle.load(f)
+        if not isinstance(obj, cls):
+            raise InputError(f"holds a {type(obj).__name__}, not a {cls.__name__}", where=str(path))
+        return obj
+
+
+@dataclass(frozen=True)
+class _ScoreTask:
+    scorer: Scorer
+    corpus: Corpus
+
+    def __call__(self, index: int) -> pa.Table:
+        table = self.corpus.read_partition(index)
+        scores = self.scorer.score_batch(self.corpus.scoring_view(table))
+        if scores.num_rows != table.num_rows:
+            raise RuntimeError(f"{self.scorer.name} returned {scores.num_rows} scores for "
+                               f"{table.num_rows} rows")
+        return scores
+
+
+@dataclass(frozen=True)
+class _StoredPart:
+    folder: str
+
+    def __call__(self, index: int) -> pa.Table:
+        return read_table(os.path.join(self.folder, part_name(index)))
+
+
+@dataclass(frozen=True)
+class _WriteOrReuse:
+    """Score one partition unless its part file already exists (resume)."""
+
+    task: Any
+    folder: str
+
+    def __call__(self, index: int) -> tuple[int, bool, float]:
+        path = os.path.join(self.folder, part_name(index))
+        if os.path.exists(path):
+            return read_table(path).num_rows, True, 0.0
+        start = time.perf_counter()
+        table = self.task(index)
+        write_table(table, path)
+        return table.num_rows, False, time.perf_counter() - start
+
+
+class Scores:
+    """Scores of a corpus, partition-aligned with it; lazy until computed or written."""
+
+    def __init__(self, name: str, corpus: Corpus, task: Any, description: dict[str, Any]):
+        self.name = name
+        self.corpus = corpus
+        self.task = task
+        self.description = description
+        self.stats: dict[str, Any] = {}
+
+    @property
+    def npartitions(self) -> int:
+        return self.corpus.npartitions
+
+    def partition(self, index: int) -> pa.Table:
+        return self.task(index)
+
+    def delayed(self, fn: Any = None) -> list[Any]:
+        """One Dask task per partition computing ``fn(scores_table, index)`` (or the table)."""
+        task = self.task if fn is None else _Then(self.task, fn)
+        return [dask.delayed(task, pure=False)(i, dask_key_name=f"{self.name}-{i}")
+                for i in range(self.npartitions)]
+
+    def to_dask(self) -> Any:
+        """The scores as a Dask DataFrame (Arrow-backed pandas partitions)."""
+        import dask.dataframe as dd
+
+        return dd.from_map(_ToPandas(self.task), range(self.npartitions),
+                           enforce_metadata=False, label=f"scores-{self.name}")
+
+    def write(self, folder: str | os.PathLike, runner: Runner = default_runner,
+              overwrite: bool = False) -> Scores:
+        """Write the score store (resuming finished parts) and return scores read from it."""
+        folder = str(folder)
+        manifest_path = os.path.join(folder, STORE_MANIFEST)
+        if os.path.exists(manifest_path):
+            previous = read_json(manifest_path)
+            if previous.get("description") != jsonable(self.description):
+                if not overwrite:
+                    raise OutputConflictError(
+                        f"{folder} holds scores of a different scorer, fit or pool; "
+                        "pass overwrite=True (--overwrite) or use another folder")
+                shutil.rmtree(folder)
+        os.makedirs(folder, exist_ok=True)
+        remove_stale_temporaries(folder)
+        write_json({"description": self.description, "versions": package_versions(),
+                    "npartitions": self.npartitions}, manifest_path)
+        writer = _WriteOrReuse(self.task, folder)
+        tasks = [dask.delayed(writer, pure=False)(i, dask_key_name=f"score-{self.name}-{i}")
+                 for i in range(self.npartitions)]
+        results = runner(f"score:{self.name}", tasks)
+        stored = Scores.from_store(folder, self.corpus)
+        stored.stats = {
+            "rows": sum(r[0] for r in results),
+            "partitions_reused": sum(1 for r in results if r[1]),
+            "partitions_scored": sum(1 for r in results if not r[1]),
+            "score_seconds": sum(r[2] for r in results),
+        }
+        return stored
+
+    @classmethod
+    def from_store(cls, folder: str | os.PathLike, corpus: Corpus) -> Scores:
+        folder = str(folder)
+        manifest = read_json(os.path.join(folder, STORE_MANIFEST))
+        description = manifest["description"]
+        if description.get("pool") != jsonable(corpus.fingerprint()):
+            raise InputError("score store was computed on a different pool", where=folder)
+        missing = [i for i in range(corpus.npartitions)
+                   if not os.path.exists(os.path.join(folder, part_name(i)))]
+        if missing:
+            raise InputError(f"score store lacks parts {missing[:5]}", where=folder)
+        return cls(description["scorer"], corpus, _StoredPart(folder), description)
+
+
+@dataclass(frozen=True)
+class _Then:
+    task: Any
+    fn: Any
+
+    def __call__(self, index: int) -> Any:
+        return self.fn(self.task(index), index)
+
+
+@dataclass(frozen=True)
+class _ToPandas:
+    task: Any
+
+    def __call__(self, index: int) -> pd.DataFrame:
+        return self.task(index).to_pandas(types_mapper=pd.ArrowDtype)

@@ -1,0 +1,195 @@
+"""Selection policies: which pool rows to keep, given their scores.
+
+Each policy reads the score store partition by partition, keeps only two numbers per row on
+the client (the ranking key and its partition position), and returns a :class:`Selection`:
+the chosen positions per partition with their global rank, plus the counts in and out. The
+pool itself is read again only when the selection is written, so memory stays at a few
+bytes per pool row whatever the documents weigh.
+
+Rows whose ``filtered_by`` is set (for example DSIR's minimum length) are never selected
+and are counted per filter. Ties are broken by pool order, so a selection is a pure
+function of the scores, the policy and the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataselect.corpus import Corpus
+from dataselect.errors import EmptyCorpusError, InputError
+from dataselect.execution import Runner, default_runner
+from dataselect.output import jsonable
+from dataselect.sampling import gumbel_noise
+from dataselect.scoring import FILTERED_BY, Scores
+
+
+@dataclass
+class Selection:
+    """Chosen rows of ``pool``: partition -> sorted positions, and their global ranks."""
+
+    pool: Corpus
+    scores: Scores
+    positions: dict[int, np.ndarray]
+    ranks: dict[int, np.ndarray]
+    policy: dict[str, Any]
+    counts: dict[str, Any]
+    extra_scores: dict[str, Scores] = field(default_factory=dict)
+
+    @property
+    def num_selected(self) -> int:
+        return int(sum(len(p) for p in self.positions.values()))
+
+    def description(self) -> dict[str, Any]:
+        return jsonable({"policy": self.policy, "scores": self.scores.description})
+
+    def write(self, out: str, **kwargs: Any) -> dict[str, Any]:
+        """Write the chosen rows and ``_manifest.json`` (see ``writer.write_selection``)."""
+        from dataselect.writer import write_selection
+
+        return write_selection(self, out, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """Per-partition extraction of (key, eligible, filter reasons) from a score table."""
+
+    seed: int | None = None
+
+    def __call__(self, table: pa.Table, index: int) -> dict[str, Any]:
+        score = table["score"].to_numpy().astype(np.float64)
+        if FILTERED_BY in table.column_names:
+            reasons = table[FILTERED_BY]
+            eligible = pc.is_null(reasons).to_numpy(zero_copy_only=False)
+            dropped = Counter(r for r in reasons.drop_null().to_pylist())
+        else:
+            eligible, dropped = np.ones(len(score), bool), Counter()
+        bad = np.isnan(score) & eligible
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"score is NaN for id {table['id'][row].as_py()!r}", field="score")
+        key = score if self.seed is None else score + gumbel_noise(table["id"], self.seed)
+        return {"key": key, "score": score, "eligible": eligible, "dropped": dropped}
+
+
+def _collect(scores: Scores, runner: Runner, seed: int | None = None) -> list[dict[str, Any]]:
+    parts = runner(f"collect:{scores.name}", scores.delayed(_Keys(seed)))
+    if sum(len(p["key"]) for p in parts) == 0:
+        raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
+    return parts
+
+
+def _counts(parts: list[dict[str, Any]], selected: int) -> dict[str, Any]:
+    dropped: Counter = Counter()
+    for part in parts:
+        dropped.update(part["dropped"])
+    rows = sum(len(p["key"]) for p in parts)
+    return {"rows_in": rows, "filtered": dict(sorted(dropped.items())),
+            "eligible": int(sum(int(p["eligible"].sum()) for p in parts)),
+            "selected": selected}
+
+
+def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dict[str, Any]
+                ) -> Selection:
+    """The ``k`` eligible rows with the largest keys; ties go to the earlier pool row."""
+    sizes = [len(p["key"]) for p in parts]
+    keys = np.concatenate([p["key"] for p in parts])
+    eligible = np.concatenate([p["eligible"] for p in parts])
+    candidates = np.flatnonzero(eligible)
+    k = min(k, len(candidates))
+    # lexsort sorts by the last key first: descending key, then ascending position
+    order = candidates[np.lexsort((candidates, -keys[candidates]))[:k]]
+    return _selection(scores, sizes, order, policy, _counts(parts, k))
+
+
+def _selection(scores: Scores, sizes: list[int], order: np.ndarray, policy: dict[str, Any],
+               counts: dict[str, Any]) -> Selection:
+    """Split global positions (in rank order) back into per-partition positions and ranks."""
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    ranks_global = np.empty(len(order), np.int64)
+    ranks_global[:] = np.arange(len(order))
+    partition = np.searchsorted(starts, order, side="right") - 1
+    positions, ranks = {}, {}
+    for i in range(len(sizes)):
+        mine = partition == i
+        local = order[mine] - starts[i]
+        sort = np.argsort(local, kind="stable")
+        positions[i] = local[sort]
+        ranks[i] = ranks_global[mine][sort]
+    return Selection(scores.corpus, scores, positions, ranks, policy, counts)
+
+
+def top_k(pool: Corpus, scores: Scores, k: int, runner: Runner = default_runner) -> Selection:
+    """The ``k`` highest-scoring eligible rows (all of them if fewer)."""
+    _check_aligned(pool, scores)
+    _check_k(k)
+    return _choose_top(scores, _collect(scores, runner), k, {"policy": "top_k", "k": k})
+
+
+def top_fraction(pool: Corpus, scores: Scores, fraction: float,
+                 runner: Runner = default_runner) -> Selection:
+    """The best ``ceil(fraction * eligible rows)`` rows."""
+    _check_aligned(pool, scores)
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction must be in (0, 1], got {fraction}", field="fraction")
+    parts = _collect(scores, runner)
+    k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
+    return _choose_top(scores, parts, k, {"policy": "top_fraction", "fraction": fraction, "k": k})
+
+
+def threshold(pool: Corpus, scores: Scores, min_score: float,
+              runner: Runner = default_runner) -> Selection:
+    """Every eligible row with ``score >= min_score``, ranked by score."""
+    _check_aligned(pool, scores)
+    parts = _collect(scores, runner)
+    for part in parts:
+        part["eligible"] = part["eligible"] & (part["score"] >= min_score)
+    k = sum(int(p["eligible"].sum()) for p in parts)
+    selection = _choose_top(scores, parts, k, {"policy": "threshold", "min_score": min_score})
+    selection.counts["below_threshold"] = selection.counts["rows_in"] - k - sum(
+        selection.counts["filtered"].values())
+    selection.counts["eligible"] += selection.counts["below_threshold"]
+    return selection
+
+
+def importance_resample(pool: Corpus, scores: Scores, k: int, seed: int = 0,
+                        runner: Runner = default_runner) -> Selection:
+    """Sample ``k`` rows without replacement with probability proportional to ``exp(score)``.
+
+    Scores are log importance weights (DSIR); the Gumbel top-k trick (add Gumbel noise to
+    each log weight, keep the ``k`` largest) draws exactly such a sample in one pass. The
+    noise is a function of (seed, id), so the draw does not depend on partitioning.
+    """
+    _check_aligned(pool, scores)
+    _check_k(k)
+    parts = _collect(scores, runner, seed=seed)
+    return _choose_top(scores, parts, k,
+                       {"policy": "importance_resample", "k": k, "seed": seed})
+
+
+def combine(scores: list[Scores], method: str = "zscore", weights: list[float] | None = None,
+            runner: Runner = default_runner) -> Scores:
+    """One score from several: weighted mean of z-scores, or of normalised ranks (0..1).
+
+    A row filtered by any scorer stays filtered. Statistics are over eligible rows.
+    """
+    from dataselect.combine import combine_scores
+
+    return combine_scores(scores, method, weights, runner)
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}", field="k")
+
+
+def _check_aligned(pool: Corpus, scores: Scores) -> None:
+    if jsonable(pool.fingerprint()) != jsonable(scores.corpus.fingerprint()):
+        raise InputError("scores were computed on a different pool (files or partitioning "
+                         "differ)")
