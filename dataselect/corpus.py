@@ -76,6 +76,12 @@ class Corpus:
             return table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, ids)
         return table.add_column(0, ID_COLUMN, ids)
 
+    def place(self, index: int, position: int) -> tuple[str, str]:
+        """``(id, "file:line")`` of the row at ``position`` in partition ``index``."""
+        table = self.read_partition(index)
+        file, row = table[FILE_COLUMN][position].as_py(), table[ROW_COLUMN][position].as_py()
+        return table[ID_COLUMN][position].as_py(), self.where(file, row)
+
     def texts(self, table: pa.Table) -> pa.Array:
         """The rendered text of every row (the one string all scorers see)."""
         return self.text.render(table, self.where_in(table))

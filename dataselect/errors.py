@@ -20,11 +20,21 @@ class InputError(DataSelectError, ValueError):
     """
 
     def __init__(self, message: str, *, where: str | None = None, field: str | None = None):
+        self.message = message
         self.where = where
         self.field = field
         parts = [p for p in (where, f"field {field!r}" if field else None) if p]
         prefix = ": ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+    def __reduce__(self):
+        # keep where/field when the error travels from a Dask worker to the client
+        return _rebuild, (type(self), self.message, self.where, self.field)
+
+
+def _rebuild(cls: type[InputError], message: str, where: str | None, field: str | None
+             ) -> InputError:
+    return cls(message, where=where, field=field)
 
 
 class EmptyCorpusError(InputError):

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 
 OutputFormat = Literal["parquet", "arrow"]
 SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def part_name(index: int, fmt: OutputFormat = "parquet") -> str:
@@ -32,6 +34,7 @@ def atomic_path(final: str | os.PathLike) -> tuple[str, str]:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(final), dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
     return tmp, final
 
 

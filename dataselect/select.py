@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataselect.corpus import Corpus
-from dataselect.errors import EmptyCorpusError, InputError
+from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.output import jsonable
 from dataselect.sampling import gumbel_noise
@@ -75,14 +76,41 @@ class _Keys:
             row = int(np.flatnonzero(bad)[0])
             raise InputError(f"score is NaN for id {table['id'][row].as_py()!r}", field="score")
         key = score if self.seed is None else score + gumbel_noise(table["id"], self.seed)
-        return {"key": key, "score": score, "eligible": eligible, "dropped": dropped}
+        id_hash = pd.util.hash_array(np.asarray(table["id"].to_pylist(), dtype=object),
+                                     categorize=False)
+        return {"key": key, "score": score, "eligible": eligible, "dropped": dropped,
+                "id_hash": id_hash}
 
 
 def _collect(scores: Scores, runner: Runner, seed: int | None = None) -> list[dict[str, Any]]:
     parts = runner(f"collect:{scores.name}", scores.delayed(_Keys(seed)))
     if sum(len(p["key"]) for p in parts) == 0:
         raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
+    _check_unique_ids(scores.corpus, parts)
     return parts
+
+
+def _check_unique_ids(pool: Corpus, parts: list[dict[str, Any]]) -> None:
+    """Ids are unique within a partition when read; this checks across partitions.
+
+    Only 8-byte id hashes are gathered; on a hash match the two rows are looked up, so the
+    error names both places (and a mere hash collision is not reported).
+    """
+    hashes = np.concatenate([p["id_hash"] for p in parts])
+    order = np.argsort(hashes, kind="stable")
+    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    if not len(same):
+        return
+    starts = np.cumsum([0] + [len(p["id_hash"]) for p in parts])
+    for pair in same:
+        first, second = (int(order[pair]), int(order[pair + 1]))
+        places = []
+        for position in (first, second):
+            partition = int(np.searchsorted(starts, position, side="right") - 1)
+            places.append(pool.place(partition, position - int(starts[partition])))
+        if places[0][0] == places[1][0]:
+            raise DuplicateIdError(f"duplicate id {places[0][0]!r} (also at {places[0][1]})",
+                                   where=places[1][1], field="id")
 
 
 def _counts(parts: list[dict[str, Any]], selected: int) -> dict[str, Any]:
@@ -136,8 +164,7 @@ def top_fraction(pool: Corpus, scores: Scores, fraction: float,
                  runner: Runner = default_runner) -> Selection:
     """The best ``ceil(fraction * eligible rows)`` rows."""
     _check_aligned(pool, scores)
-    if not 0 < fraction <= 1:
-        raise InputError(f"fraction must be in (0, 1], got {fraction}", field="fraction")
+    _check_fraction(fraction)
     parts = _collect(scores, runner)
     k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
     return _choose_top(scores, parts, k, {"policy": "top_fraction", "fraction": fraction, "k": k})
@@ -158,19 +185,30 @@ def threshold(pool: Corpus, scores: Scores, min_score: float,
     return selection
 
 
-def importance_resample(pool: Corpus, scores: Scores, k: int, seed: int = 0,
-                        runner: Runner = default_runner) -> Selection:
+def importance_resample(pool: Corpus, scores: Scores, k: int | None = None, seed: int = 0,
+                        runner: Runner = default_runner, fraction: float | None = None
+                        ) -> Selection:
     """Sample ``k`` rows without replacement with probability proportional to ``exp(score)``.
 
     Scores are log importance weights (DSIR); the Gumbel top-k trick (add Gumbel noise to
     each log weight, keep the ``k`` largest) draws exactly such a sample in one pass. The
-    noise is a function of (seed, id), so the draw does not depend on partitioning.
+    noise is a function of (seed, id), so the draw does not depend on partitioning. Give
+    ``fraction`` instead of ``k`` to sample ``ceil(fraction * eligible rows)``.
     """
     _check_aligned(pool, scores)
-    _check_k(k)
+    if (k is None) == (fraction is None):
+        raise InputError("give exactly one of k or fraction")
+    if fraction is not None:
+        _check_fraction(fraction)
+    else:
+        _check_k(k)
     parts = _collect(scores, runner, seed=seed)
-    return _choose_top(scores, parts, k,
-                       {"policy": "importance_resample", "k": k, "seed": seed})
+    if fraction is not None:
+        k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
+    policy = {"policy": "importance_resample", "k": k, "seed": seed}
+    if fraction is not None:
+        policy["fraction"] = fraction
+    return _choose_top(scores, parts, k, policy)
 
 
 def combine(scores: list[Scores], method: str = "zscore", weights: list[float] | None = None,
@@ -187,6 +225,11 @@ def combine(scores: list[Scores], method: str = "zscore", weights: list[float] |
 def _check_k(k: int) -> None:
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}", field="k")
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction must be in (0, 1], got {fraction}", field="fraction")
 
 
 def _check_aligned(pool: Corpus, scores: Scores) -> None:

@@ -1,0 +1,156 @@
+"""Batch jobs: read -> fit -> score (score store) -> select -> write, on a Dask cluster.
+
+A job is a plain settings object run inside one Dask client. Each stage is resumable on
+its own: the score store skips finished parts, the writer skips finished output parts,
+and fitting is cheap relative to scoring. The job's manifest gathers the settings, input
+fingerprints, counts, per-stage timings and package versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from dataselect import select
+from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
+from dataselect.errors import InputError
+from dataselect.output import OutputFormat, write_json
+from dataselect.scoring import Scorer, Scores
+from dataselect.writer import DEFAULT_METRICS_SAMPLE
+from pipelines.cluster import dask_client
+from pipelines.progress import ProgressRunner
+from pipelines.summary import print_summary
+from scorers import SCORERS
+
+POLICIES = ("auto", "top_k", "importance_resample")
+
+
+@dataclass
+class SelectJob:
+    """Everything a selection job needs; the CLI and recipes fill it in."""
+
+    scorer: str
+    pool: list[str]
+    target: list[str]
+    out: str
+    k: int | None = None
+    fraction: float | None = None
+    threshold: float | None = None
+    policy: str = "auto"
+    seed: int = 0
+    text_field: str = "text"
+    target_text_field: str | None = None
+    id_field: str = "id"
+    scorer_params: dict[str, Any] = field(default_factory=dict)
+    output_format: OutputFormat = "parquet"
+    partition_bytes: int = DEFAULT_PARTITION_BYTES
+    metrics_sample: float = DEFAULT_METRICS_SAMPLE
+    scheduler: str | None = None
+    workers: int | None = None
+    memory_limit: str = "auto"
+    overwrite: bool = False
+
+    def validate(self, needs_budget: bool = True) -> None:
+        if self.scorer not in SCORERS:
+            raise InputError(f"unknown scorer {self.scorer!r}; choose from {sorted(SCORERS)}",
+                             field="scorer")
+        budgets = [b for b in (self.k, self.fraction, self.threshold) if b is not None]
+        if needs_budget and len(budgets) != 1:
+            raise InputError("give exactly one of k, fraction or threshold")
+        if self.policy not in POLICIES:
+            raise InputError(f"policy must be one of {POLICIES}, got {self.policy!r}",
+                             field="policy")
+
+
+def build_scorer(name: str, params: dict[str, Any], seed: int) -> Scorer:
+    """Instantiate a registered scorer; unknown parameters are an error naming them."""
+    cls = SCORERS[name]
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise InputError(f"{name} has no parameter(s) {unknown}; known: {sorted(fields)}",
+                         field=unknown[0])
+    if "seed" in fields and "seed" not in params:
+        params = {**params, "seed": seed}
+    return cls(**params)
+
+
+def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:
+    pool = read_corpus(job.pool, job.text_field, job.id_field, job.partition_bytes)
+    target = read_corpus(job.target, job.target_text_field or job.text_field, job.id_field,
+                         job.partition_bytes)
+    return pool, target
+
+
+def _fit_and_score(job: SelectJob, runner: ProgressRunner) -> tuple[Corpus, Corpus, Scorer,
+                                                                      Scores]:
+    pool, target = _corpora(job)
+    scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
+    scorer.fit(target, pool, runner=runner)
+    store = os.path.join(job.out, "scores", scorer.name)
+    scores = scorer.score(pool).write(store, runner=runner, overwrite=job.overwrite)
+    return pool, target, scorer, scores
+
+
+def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
+    """Fit and write the score store only (``dataselect score``)."""
+    job.validate(needs_budget=False)
+    started = time.perf_counter()
+    with dask_client(job.scheduler, job.workers, job.memory_limit) as client:
+        runner = ProgressRunner(client)
+        _, _, scorer, scores = _fit_and_score(job, runner)
+    summary = {"rows_in": scores.stats["rows"], "selected": None,
+               "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
+    print_summary(console, "score", runner.timings, summary, time.perf_counter() - started)
+    return summary
+
+
+def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
+    """The whole selection job; returns the manifest written to ``<out>/_manifest.json``."""
+    job.validate()
+    started = time.perf_counter()
+    with dask_client(job.scheduler, job.workers, job.memory_limit) as client:
+        runner = ProgressRunner(client)
+        pool, target, scorer, scores = _fit_and_score(job, runner)
+        selection = _select(job, pool, scores, runner)
+        manifest = selection.write(
+            job.out, fmt=job.output_format, target=target, runner=runner,
+            overwrite=job.overwrite, metrics_sample=job.metrics_sample,
+        )
+    total = time.perf_counter() - started
+    manifest.update({
+        "job": _jsonable_job(job),
+        "fit": getattr(scorer, "fit_stats_", {}),
+        "score_store": {"path": os.path.join("scores", scorer.name), **scores.stats},
+        "timings": {**manifest["timings"], "total_seconds": round(total, 3),
+                    "stages": [dataclasses.asdict(t) for t in runner.timings]},
+    })
+    write_json(manifest, os.path.join(job.out, "_manifest.json"))
+    print_summary(console, "select", runner.timings, {**manifest["counts"],
+                  **manifest.get("metrics", {})}, total)
+    return manifest
+
+
+def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner
+            ) -> select.Selection:
+    if job.threshold is not None:
+        return select.threshold(pool, scores, job.threshold, runner=runner)
+    policy = job.policy
+    if policy == "auto":
+        # DSIR scores are log importance weights: resampling is the paper's method
+        policy = "importance_resample" if job.scorer == "dsir" else "top_k"
+    if policy == "importance_resample":
+        return select.importance_resample(pool, scores, k=job.k, fraction=job.fraction,
+                                          seed=job.seed, runner=runner)
+    if job.fraction is not None:
+        return select.top_fraction(pool, scores, job.fraction, runner=runner)
+    return select.top_k(pool, scores, job.k, runner=runner)
+
+
+def _jsonable_job(job: SelectJob) -> dict[str, Any]:
+    return dataclasses.asdict(job)

@@ -1,0 +1,48 @@
+"""A runner that shows a progress bar per stage and records what each stage cost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed import Client, as_completed
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+@dataclass
+class StageTiming:
+    stage: str
+    tasks: int
+    seconds: float
+
+
+@dataclass
+class ProgressRunner:
+    """Computes a stage's tasks on ``client`` with a progress bar; keeps stage timings."""
+
+    client: Client
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    timings: list[StageTiming] = field(default_factory=list)
+
+    def __call__(self, stage: str, tasks: Sequence[Any]) -> list[Any]:
+        start = time.perf_counter()
+        futures = self.client.compute(list(tasks))
+        columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=False,
+                      disable=not futures) as progress:
+            bar = progress.add_task(stage, total=len(futures))
+            for future in as_completed(futures):
+                if future.status == "error":
+                    break
+                progress.advance(bar)
+        try:
+            results = self.client.gather(futures)
+        finally:
+            for future in futures:
+                future.cancel()
+        self.timings.append(StageTiming(stage, len(futures), time.perf_counter() - start))
+        return results
