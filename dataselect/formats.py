@@ -259,10 +259,15 @@ def _jsonl_lines(piece: Piece) -> Iterator[bytes]:
             data = f.read(None if piece.byte_stop is None else piece.byte_stop - piece.byte_start)
         yield from io.BytesIO(data)
         return
-    opener = gzip.open if piece.fmt == "jsonl.gz" else zstandard.open
     try:
-        with opener(piece.path, "rb") as f:
-            yield from f
+        if piece.fmt == "jsonl.gz":
+            with gzip.open(piece.path, "rb") as f:
+                yield from f
+        else:
+            with open(piece.path, "rb") as raw, io.BufferedReader(
+                zstandard.ZstdDecompressor().stream_reader(raw)
+            ) as f:
+                yield from f
     except (OSError, EOFError, zstandard.ZstdError) as exc:
         raise InputError(f"cannot decompress: {exc}", where=piece.path) from exc
 

@@ -55,6 +55,8 @@ class TextSpec:
 
     def render(self, table: pa.Table, where: WhereFn) -> pa.Array:
         """Return the text of every row as a string array, or raise naming the bad row."""
+        if table.num_rows == 0:
+            return pa.array([], pa.string())
         for name in self.fields:
             if name not in table.column_names:
                 raise InputError("missing text field", where=where(0), field=name)

@@ -1,0 +1,76 @@
+"""Hashed n-gram features: exact parity with data-selection, and properties of the fast path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from data_selection.hashed_ngram_dsir import get_ngram_counts
+
+from dataselect.errors import InputError
+from dataselect.ngrams import NgramHasher
+
+
+def _per_doc_counts(features, num_docs: int, buckets: int) -> np.ndarray:
+    dense = np.zeros((num_docs, buckets), np.int64)
+    np.add.at(dense, (features.doc, features.bucket), 1)
+    return dense
+
+
+def test_reference_tokenizer_matches_data_selection_bucket_for_bucket(pool_table):
+    texts = [*pool_table["text"].to_pylist()[:150], "", "Ça va? l'été — x²=3 foo_bar!!"]
+    features = NgramHasher(10_000, 2, "reference")(texts)
+    ours = _per_doc_counts(features, len(texts), 10_000)
+    for i, text in enumerate(texts):
+        np.testing.assert_array_equal(ours[i], get_ngram_counts(text, n=2, num_buckets=10_000))
+
+
+def test_reference_parity_holds_for_other_bucket_counts_and_trigrams(pool_table):
+    texts = pool_table["text"].to_pylist()[200:230]
+    features = NgramHasher(997, 3, "reference")(texts)
+    ours = _per_doc_counts(features, len(texts), 997)
+    for i, text in enumerate(texts):
+        np.testing.assert_array_equal(ours[i], get_ngram_counts(text, n=3, num_buckets=997))
+
+
+def test_fast_features_count_unigrams_and_in_document_bigrams():
+    texts = ["The cat sat.", "", "a a a", "Hello, World"]
+    unigrams = NgramHasher(1_000_003, 1)(texts)
+    bigrams = NgramHasher(1_000_003, 2)(texts)
+    # word/punctuation tokens: the, cat, sat, . | - | a, a, a | hello, ",", world
+    assert unigrams.num_tokens.tolist() == [4, 0, 3, 3]
+    assert unigrams.num_features().tolist() == [4, 0, 3, 3]
+    # n tokens give n-1 bigrams, and none cross a document boundary
+    assert bigrams.num_features().tolist() == [7, 0, 5, 5]
+    doc2 = bigrams.bucket[bigrams.doc == 2]
+    assert len(set(doc2.tolist())) == 2  # "a" and "a a"
+    # case-insensitive, deterministic across calls
+    again = NgramHasher(1_000_003, 2)(["the CAT sat."])
+    np.testing.assert_array_equal(np.sort(again.bucket), np.sort(bigrams.bucket[bigrams.doc == 0]))
+
+
+def test_fast_and_reference_agree_on_tokens_for_plain_text(pool_table):
+    texts = pa.array(pool_table["text"].to_pylist()[:100])
+    fast, ref = NgramHasher(tokenizer="fast")(texts), NgramHasher(tokenizer="reference")(texts)
+    agree = np.mean(fast.num_tokens == ref.num_tokens)
+    assert agree > 0.9
+
+
+def test_dot_and_bucket_counts_match_a_naive_loop():
+    features = NgramHasher(50, 2)(["x y z x", "y y", "q"])
+    weights = np.arange(50, dtype=float)
+    naive = [sum(weights[b] for b, d in zip(features.bucket, features.doc) if d == i)
+             for i in range(3)]
+    np.testing.assert_allclose(features.dot(weights), naive)
+    assert features.bucket_counts().sum() == len(features.bucket)
+    only_first = features.bucket_counts(np.array([True, False, False]))
+    assert only_first.sum() == 7
+
+
+def test_bad_settings_are_errors():
+    with pytest.raises(InputError):
+        NgramHasher(0)
+    with pytest.raises(InputError):
+        NgramHasher(10, 0)
+    with pytest.raises(InputError):
+        NgramHasher(10, 2, "bpe")
