@@ -144,6 +144,7 @@ class ProcessStats:
     peak_rss_mb: float
     stdout: str
     stderr: str
+    timed_out: bool = False
 
 
 @dataclass
@@ -234,7 +235,7 @@ def run_monitored(command: list[str], log_prefix: Path, timeout: float | None,
                   env: dict[str, str] | None = None) -> ProcessStats:
     """Run ``command``, polling its process tree's RSS; stdout/stderr go to log files."""
     out_path, err_path = log_prefix.with_suffix(".stdout"), log_prefix.with_suffix(".stderr")
-    peak = 0
+    peak, timed_out = 0, False
     with open(out_path, "w") as out, open(err_path, "w") as err:
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
@@ -243,11 +244,13 @@ def run_monitored(command: list[str], log_prefix: Path, timeout: float | None,
             peak = max(peak, tree_rss(watched))
             if timeout is not None and time.perf_counter() - start > timeout:
                 kill_tree(watched)
+                timed_out = True
                 break
             time.sleep(POLL_SECONDS)
         returncode = child.wait()
         wall = time.perf_counter() - start
-    return ProcessStats(returncode, wall, peak / MB, out_path.read_text(), err_path.read_text())
+    return ProcessStats(returncode, wall, peak / MB, out_path.read_text(), err_path.read_text(),
+                        timed_out)
 
 
 def kill_tree(process: psutil.Process) -> None:
@@ -262,6 +265,8 @@ def kill_tree(process: psutil.Process) -> None:
 
 
 def failure(stats: ProcessStats, what: str) -> str:
+    if stats.timed_out:
+        return f"{what} killed after the --timeout of {stats.wall_seconds:.0f} s"
     tail = "\n".join((stats.stderr or stats.stdout).strip().splitlines()[-15:])
     return f"{what} exited with status {stats.returncode}:\n{tail}"
 
@@ -303,7 +308,7 @@ def run_reference(task: Task, num_proc: int, seed: int, timeout: float | None) -
     result = RunResult("reference", process_seconds=stats.wall_seconds,
                        peak_rss_mb=stats.peak_rss_mb)
     lines = [ln for ln in stats.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-    if stats.returncode != 0 or not lines:
+    if stats.returncode != 0 or stats.timed_out or not lines:
         result.error = failure(stats, "reference")
         return result
     inner = json.loads(lines[-1][len(RESULT_MARKER):])
@@ -347,8 +352,8 @@ def run_ours(task: Task, config: OursConfig, args: argparse.Namespace) -> RunRes
     stats = run_monitored(command, folder / "run", args.timeout, env=env)
     result = RunResult(config.name, seconds=stats.wall_seconds, process_seconds=stats.wall_seconds,
                        peak_rss_mb=stats.peak_rss_mb)
-    if stats.returncode != 0:
-        result.error = failure(stats, "dataselect select")
+    if stats.returncode != 0 or stats.timed_out:
+        result.seconds, result.error = None, failure(stats, "dataselect select")
         return result
     parts = sorted(out.glob("part-*.parquet"))
     domains = [d for p in parts for d in pq.read_table(p, columns=["domain"])["domain"]
@@ -392,6 +397,9 @@ def fmt(value: float | None, spec: str) -> str:
 
 def result_line(task: Task, ours: RunResult, reference: RunResult | None) -> str:
     label = task.domain if ours.tool == "ours" else f"{task.domain} [{ours.tool}]"
+    failed = [r.tool for r in (ours, reference) if r is not None and r.error]
+    if failed:
+        return f"{label}: FAILED ({', '.join(failed)}; see below)"
     ref = reference or RunResult("reference")
     ratio = (ref.seconds / ours.seconds if ref.seconds and ours.seconds else None)
     return (f"{label}: ours {fmt(ours.seconds, '.1f')} s, reference {fmt(ref.seconds, '.1f')} s, "

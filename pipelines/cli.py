@@ -19,7 +19,7 @@ from rich.console import Console
 from dataselect.corpus import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DataSelectError, InputError
 from dataselect.writer import DEFAULT_METRICS_SAMPLE
-from pipelines.jobs import POLICIES, SelectJob, run_score_job, run_select_job
+from pipelines.jobs import POLICIES, SCORES_DIR, SelectJob, run_score_job, run_select_job
 from scorers import SCORERS
 
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"wrote {job.out}/ (manifest: {job.out}/_manifest.json)")
         else:
             run_score_job(job, console)
-            console.print(f"wrote {job.out}/scores/{job.scorer}/")
+            console.print(f"wrote {job.out}/{SCORES_DIR}/{job.scorer}/")
     except DataSelectError as exc:
         print(f"dataselect: error: {exc}", file=sys.stderr)
         return 2

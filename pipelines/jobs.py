@@ -28,6 +28,8 @@ from pipelines.summary import print_summary
 from scorers import SCORERS
 
 POLICIES = ("auto", "top_k", "importance_resample")
+# "_" keeps the score store out of dataset discovery when out/ is read as Parquet
+SCORES_DIR = "_scores"
 
 
 @dataclass
@@ -92,7 +94,7 @@ def _fit_and_score(job: SelectJob, runner: ProgressRunner) -> tuple[Corpus, Corp
     pool, target = _corpora(job)
     scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
     scorer.fit(target, pool, runner=runner)
-    store = os.path.join(job.out, "scores", scorer.name)
+    store = os.path.join(job.out, SCORES_DIR, scorer.name)
     scores = scorer.score(pool).write(store, runner=runner, overwrite=job.overwrite)
     return pool, target, scorer, scores
 
@@ -126,7 +128,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     manifest.update({
         "job": _jsonable_job(job),
         "fit": getattr(scorer, "fit_stats_", {}),
-        "score_store": {"path": os.path.join("scores", scorer.name), **scores.stats},
+        "score_store": {"path": os.path.join(SCORES_DIR, scorer.name), **scores.stats},
         "timings": {**manifest["timings"], "total_seconds": round(total, 3),
                     "stages": [dataclasses.asdict(t) for t in runner.timings]},
     })

@@ -1,0 +1,145 @@
+"""Selection policies: subset, counts, k, ties, seeds, and Gumbel top-k sampling."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import write_jsonl
+from scoring_helpers import FixedScorer
+
+from dataselect import read_corpus, select
+from dataselect.errors import InputError
+from dataselect.select import _choose_top, _Keys
+
+
+@pytest.fixture
+def pool(tmp_path):
+    records = [{"id": f"d{i:03d}", "text": f"document {i}"} for i in range(120)]
+    write_jsonl(tmp_path / "a.jsonl", records[:50])
+    write_jsonl(tmp_path / "b.jsonl", records[50:])
+    return read_corpus(str(tmp_path), partition_bytes=700)
+
+
+def _scores_for(pool, values, drop=()):
+    ids = [i for t in pool.iter_tables() for i in t["id"].to_pylist()]
+    return FixedScorer(dict(zip(ids, values)), frozenset(drop)).score(pool), ids
+
+
+def _chosen(selection, pool):
+    chosen = []
+    for index, positions in selection.positions.items():
+        ids = pool.read_partition(index)["id"].to_pylist()
+        chosen += [(int(rank), ids[p]) for p, rank in zip(positions, selection.ranks[index])]
+    return [i for _, i in sorted(chosen)]
+
+
+def test_top_k_matches_a_naive_sort_with_ties_broken_by_pool_order(pool):
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 10, 120).astype(float)  # many ties
+    scores, ids = _scores_for(pool, values)
+    assert pool.npartitions > 2
+    selection = select.top_k(pool, scores, k=25)
+    naive = [ids[i] for i in sorted(range(120), key=lambda i: (-values[i], i))[:25]]
+    assert _chosen(selection, pool) == naive
+    assert selection.counts == {"rows_in": 120, "filtered": {}, "eligible": 120, "selected": 25}
+
+
+def test_filtered_rows_are_never_selected_and_counts_add_up(pool):
+    values = np.arange(120, dtype=float)
+    scores, ids = _scores_for(pool, values, drop={"d119", "d118", "d005"})
+    selection = select.top_k(pool, scores, k=500)
+    chosen = set(_chosen(selection, pool))
+    assert chosen <= set(ids)
+    assert not chosen & {"d119", "d118", "d005"}
+    counts = selection.counts
+    assert counts["filtered"] == {"fixed_drop": 3}
+    assert counts["rows_in"] == counts["eligible"] + 3 == 120
+    assert counts["selected"] == len(chosen) == 117
+
+
+def test_top_fraction_and_threshold(pool):
+    values = np.linspace(0, 1, 120)
+    scores, ids = _scores_for(pool, values)
+    frac = select.top_fraction(pool, scores, fraction=0.1)
+    assert frac.num_selected == math.ceil(0.1 * 120)
+    assert set(_chosen(frac, pool)) == set(ids[-12:])
+    above = select.threshold(pool, scores, min_score=0.75)
+    expected = {ids[i] for i in range(120) if values[i] >= 0.75}
+    assert set(_chosen(above, pool)) == expected
+    assert above.counts["below_threshold"] == 120 - len(expected)
+
+
+def test_importance_resample_is_seeded_and_independent_of_partitioning(tmp_path, pool):
+    values = np.log(np.linspace(0.1, 5, 120))
+    scores, _ = _scores_for(pool, values)
+    a = _chosen(select.importance_resample(pool, scores, k=30, seed=7), pool)
+    b = _chosen(select.importance_resample(pool, scores, k=30, seed=7), pool)
+    c = _chosen(select.importance_resample(pool, scores, k=30, seed=8), pool)
+    assert a == b and a != c and len(set(a)) == 30
+    regrouped = read_corpus(pool.files, partition_bytes=1 << 20)
+    scores2, _ = _scores_for(regrouped, values)
+    assert regrouped.npartitions != pool.npartitions
+    assert _chosen(select.importance_resample(regrouped, scores2, k=30, seed=7), regrouped) == a
+
+
+def _resample_in_process(scores, table, k, seed):
+    """importance_resample's own steps (Gumbel keys, top-k), minus Dask, for many seeds."""
+    return _choose_top(scores, [_Keys(seed)(table, 0)], k, {})
+
+
+def test_gumbel_top_1_draws_in_proportion_to_the_weights(tmp_path):
+    weights = np.array([1.0, 2.0, 3.0, 4.0])
+    path = write_jsonl(tmp_path / "w.jsonl", [{"id": f"w{i}", "text": "x"} for i in range(4)])
+    pool = read_corpus(str(path))
+    scores, ids = _scores_for(pool, np.log(weights))
+    table = scores.partition(0)
+    draws = Counter()
+    trials = 4000
+    for seed in range(trials):
+        sel = _resample_in_process(scores, table, k=1, seed=seed)
+        draws[ids[int(sel.positions[0][0])]] += 1
+    freq = np.array([draws[i] for i in ids]) / trials
+    np.testing.assert_allclose(freq, weights / weights.sum(), atol=0.03)
+
+
+def test_gumbel_top_k_without_replacement_follows_sequential_sampling(tmp_path):
+    # P(first two picks are {a, b}) for weights (a=3, b=1, c=1): known closed form
+    weights = np.array([3.0, 1.0, 1.0])
+    path = write_jsonl(tmp_path / "w.jsonl", [{"id": f"w{i}", "text": "x"} for i in range(3)])
+    pool = read_corpus(str(path))
+    scores, _ = _scores_for(pool, np.log(weights))
+    table = scores.partition(0)
+    trials, hits = 4000, 0
+    for seed in range(trials):
+        sel = _resample_in_process(scores, table, k=2, seed=seed)
+        hits += set(sel.positions[0].tolist()) == {0, 1}
+    p_ab = 3 / 5 * 1 / 2 + 1 / 5 * 3 / 4  # a then b, or b then a
+    assert abs(hits / trials - p_ab) < 0.03
+
+
+def test_bad_budgets_are_errors(pool):
+    scores, _ = _scores_for(pool, np.zeros(120))
+    with pytest.raises(InputError, match="k must be a positive integer"):
+        select.top_k(pool, scores, k=0)
+    with pytest.raises(InputError, match="fraction must be in"):
+        select.top_fraction(pool, scores, fraction=1.5)
+    with pytest.raises(InputError, match="exactly one of k or fraction"):
+        select.importance_resample(pool, scores, k=3, fraction=0.5)
+
+
+def test_nan_scores_are_an_error_naming_the_id(pool):
+    values = np.zeros(120)
+    values[7] = np.nan
+    scores, ids = _scores_for(pool, values)
+    with pytest.raises(InputError, match=f"score is NaN for id '{ids[7]}'"):
+        select.top_k(pool, scores, k=3)
+
+
+def test_scores_of_another_pool_are_refused(tmp_path, pool):
+    scores, _ = _scores_for(pool, np.zeros(120))
+    other = read_corpus(pool.files, partition_bytes=1 << 20)
+    with pytest.raises(InputError, match="different pool"):
+        select.top_k(other, scores, k=3)
