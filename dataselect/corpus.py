@@ -26,7 +26,7 @@ from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
 from dataselect.formats import Piece, detect_format, expand_paths, plan_pieces, read_piece
 from dataselect.textspec import TextSpec
 
-DEFAULT_PARTITION_BYTES = 16 << 20
+DEFAULT_PARTITION_BYTES = 4 << 20
 FILE_COLUMN, ROW_COLUMN, ID_COLUMN = "_file", "_row", "id"
 FINGERPRINT_BYTES = 1 << 20
 

@@ -19,6 +19,7 @@ A batch's features are kept as two flat arrays (document index, bucket), so scor
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +69,7 @@ class NgramHasher:
     num_buckets: int = 10_000
     ngram: int = 2
     tokenizer: TokenizerName = "fast"
+    chunk_chars: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.num_buckets < 1:
@@ -83,6 +85,36 @@ class NgramHasher:
         if self.tokenizer == "fast":
             return self._fast(texts)
         return self._reference(texts)
+
+    def chunks(self, texts: pa.Array | pa.ChunkedArray) -> Iterator[tuple[int, HashedNgrams]]:
+        """``(first row, features)`` for runs of about ``chunk_chars`` characters.
+
+        A batch's flat feature arrays take ~50 bytes per token; hashing a partition in
+        chunks keeps a worker's memory bounded by the chunk, not by the partition.
+        """
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        ends = np.cumsum(pc.utf8_length(texts).to_numpy(zero_copy_only=False))
+        start = 0
+        while start < len(texts):
+            budget = (ends[start - 1] if start else 0) + self.chunk_chars
+            stop = max(start + 1, int(np.searchsorted(ends, budget, side="right")))
+            yield start, self(texts.slice(start, stop - start))
+            start = stop
+
+    def bucket_counts(self, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Summed bucket counts over all texts."""
+        return self.masked_bucket_counts(texts, [np.ones(len(texts), bool)])[0]
+
+    def masked_bucket_counts(self, texts: pa.Array | pa.ChunkedArray,
+                             masks: list[np.ndarray]) -> list[np.ndarray]:
+        """For each boolean row mask, the summed bucket counts of the rows it selects
+        (texts are hashed once, whatever the number of masks)."""
+        totals = [np.zeros(self.num_buckets, np.int64) for _ in masks]
+        for start, features in self.chunks(texts):
+            for total, mask in zip(totals, masks):
+                total += features.bucket_counts(mask[start:start + features.num_docs])
+        return totals
 
     def _fast(self, texts: pa.Array) -> HashedNgrams:
         tokens = pl.Series(values=texts).str.to_lowercase().str.extract_all(TOKEN_PATTERN)

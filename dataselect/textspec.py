@@ -83,7 +83,7 @@ def _string_column(table: pa.Table, name: str, where: WhereFn) -> pa.Array:
         )
     if column.null_count:
         bad = column.is_null().to_pylist().index(True)
-        raise InputError("text is missing (null)", where=where(bad), field=name)
+        raise InputError("text is missing or null", where=where(bad), field=name)
     return column
 
 

@@ -86,8 +86,10 @@ class _WritePart:
         selected = np.zeros(table.num_rows, bool)
         selected[chosen] = True
         rows = np.flatnonzero(sampled | selected)
-        features = self.hasher(self.selection_pool.texts(table.take(rows)))
-        return (features.bucket_counts(sampled[rows]), features.bucket_counts(selected[rows]))
+        texts = self.selection_pool.texts(table.take(rows))
+        pool_counts, selected_counts = self.hasher.masked_bucket_counts(
+            texts, [sampled[rows], selected[rows]])
+        return pool_counts, selected_counts
 
 
 def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where: str) -> pa.Table:
@@ -142,7 +144,8 @@ def write_selection(
                    "parts": [{"file": part_name(i, fmt), "rows": r["rows"]}
                              for i, r in enumerate(results)],
                    "partitions_reused": sum(1 for r in results if r["reused"])},
-        "target": target.fingerprint() if target is not None else None,
+        "inputs": {"pool": selection.pool.fingerprint(),
+                   "target": target.fingerprint() if target is not None else None},
         "timings": {"write_seconds": round(time.perf_counter() - start, 3)},
         "versions": package_versions(),
     }
@@ -175,7 +178,7 @@ def _kl_metrics(target: Corpus, hasher: NgramHasher, results: list[dict[str, Any
                 metrics_sample: float) -> dict[str, Any]:
     target_counts = np.zeros(hasher.num_buckets, np.int64)
     for table in target.iter_tables():
-        target_counts += hasher(target.texts(table)).bucket_counts()
+        target_counts += hasher.bucket_counts(target.texts(table))
     pool_counts = sum(r["pool_counts"] for r in results)
     selected_counts = sum(r["selected_counts"] for r in results)
     metrics = kl_reduction(target_counts, pool_counts, selected_counts)

@@ -57,7 +57,7 @@ class _SampleCounts:
         mask = sample_mask(table["id"], self.fraction, self.seed)
         rows = np.flatnonzero(mask)
         texts = self.corpus.texts(table.take(rows) if len(rows) < table.num_rows else table)
-        return self.hasher(texts).bucket_counts(), table.num_rows, len(rows)
+        return self.hasher.bucket_counts(texts), table.num_rows, len(rows)
 
 
 @dataclass
@@ -94,7 +94,7 @@ class DSIR(Scorer):
             raise InputError("DSIR fits the raw distribution on the pool: pass pool=")
         target_counts, target_rows = np.zeros(self.num_buckets, np.int64), 0
         for table in target.iter_tables():
-            target_counts += self.hasher(target.texts(table)).bucket_counts()
+            target_counts += self.hasher.bucket_counts(target.texts(table))
             target_rows += table.num_rows
         if target_rows == 0:
             raise EmptyCorpusError("target holds no records", where=", ".join(target.files))
@@ -127,11 +127,16 @@ class DSIR(Scorer):
     def score_batch(self, batch: pa.Table) -> pa.Table:
         if self.log_diff_ is None:
             raise RuntimeError("DSIR.score_batch called before fit")
-        features = self.hasher(batch["text"].combine_chunks())
-        score = features.dot(self.log_diff_)
-        if self.length_normalize:
-            score = score / np.maximum(features.num_features(), 1)
-        too_short = features.num_tokens < self.min_length
+        scores, tokens = [], []
+        for _, features in self.hasher.chunks(batch["text"]):
+            score = features.dot(self.log_diff_)
+            if self.length_normalize:
+                score = score / np.maximum(features.num_features(), 1)
+            scores.append(score)
+            tokens.append(features.num_tokens)
+        score = np.concatenate(scores) if scores else np.zeros(0)
+        num_tokens = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
+        too_short = num_tokens < self.min_length
         filtered = pa.array(np.where(too_short, MIN_LENGTH_FILTER, None), pa.string())
         return pa.table({"id": batch["id"], "score": score,
-                         "num_tokens": features.num_tokens, FILTERED_BY: filtered})
+                         "num_tokens": num_tokens, FILTERED_BY: filtered})

@@ -74,3 +74,19 @@ def test_bad_settings_are_errors():
         NgramHasher(10, 0)
     with pytest.raises(InputError):
         NgramHasher(10, 2, "bpe")
+
+
+def test_chunked_hashing_equals_one_batch(pool_table):
+    texts = pa.array(pool_table["text"].to_pylist()[:300])
+    whole = NgramHasher()(texts)
+    small = NgramHasher(chunk_chars=5_000)
+    pieces = list(small.chunks(texts))
+    assert len(pieces) > 10
+    assert [start for start, _ in pieces] == sorted({start for start, _ in pieces})
+    np.testing.assert_array_equal(
+        np.concatenate([f.dot(np.arange(10_000.0)) for _, f in pieces]),
+        whole.dot(np.arange(10_000.0)))
+    mask = np.arange(300) % 3 == 0
+    np.testing.assert_array_equal(small.masked_bucket_counts(texts, [mask])[0],
+                                  whole.bucket_counts(mask))
+    np.testing.assert_array_equal(small.bucket_counts(texts), whole.bucket_counts())

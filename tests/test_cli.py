@@ -1,0 +1,79 @@
+"""The command line end to end on a local Dask cluster, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import POOL_GLOB, TARGETS, write_jsonl
+
+from pipelines.cli import main, parse_params
+
+
+def test_select_on_a_local_cluster_writes_rows_scores_and_manifest(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["select", "--scorer", "dsir", "--pool", POOL_GLOB,
+            "--target", str(TARGETS / "licenses.jsonl"), "--k", "300", "--out", str(out),
+            "--workers", "2", "--partition-mb", "1", "--seed", "4", "-p", "min_length=5"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "dataselect select: stages" in printed and "kl_reduction" in printed
+    table = pq.read_table(out)
+    assert table.num_rows == 300
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["selection"] == {"policy": "importance_resample", "k": 300, "seed": 4}
+    assert manifest["scores"]["config"]["min_length"] == 5
+    assert manifest["counts"]["rows_in"] == 3960
+    assert manifest["counts"]["selected"] == 300
+    assert manifest["counts"]["rows_in"] == (manifest["counts"]["eligible"]
+                                             + sum(manifest["counts"]["filtered"].values()))
+    assert manifest["metrics"]["kl_reduction"] > 0
+    assert {s["stage"] for s in manifest["timings"]["stages"]} >= {"fit:dsir", "score:dsir",
+                                                                   "write"}
+    assert [f["bytes"] for f in manifest["inputs"]["pool"]["files"]] == [
+        (TARGETS.parent / "pool" / f"part-0000{i}.parquet").stat().st_size for i in range(4)]
+    assert len(manifest["inputs"]["target"]["files"][0]["sha256_head_tail"]) == 64
+    assert manifest["versions"]["pyarrow"] and manifest["job"]["seed"] == 4
+    assert sorted(p.name for p in (out / "_scores" / "dsir").glob("part-*")) == [
+        f"part-{i:05d}.parquet" for i in range(4)]
+    # rerunning the same job reuses every part and gives the same selection
+    assert main(argv) == 0
+    again = json.loads((out / "_manifest.json").read_text())
+    assert again["output"]["partitions_reused"] == 4
+    assert again["score_store"]["partitions_reused"] == 4
+    assert pq.read_table(out).equals(table)
+
+
+def test_score_command_writes_only_the_store(tmp_path):
+    out = tmp_path / "out"
+    assert main(["score", "--scorer", "dsir", "--pool", POOL_GLOB, "--target",
+                 str(TARGETS / "fortunes.jsonl"), "--out", str(out), "--workers", "1"]) == 0
+    assert (out / "_scores" / "dsir" / "_manifest.json").exists()
+    assert not list(out.glob("part-*"))
+    scores = pq.read_table(out / "_scores" / "dsir")
+    assert scores.num_rows == 3960 and {"id", "score"} <= set(scores.column_names)
+
+
+def test_bad_input_is_one_line_naming_file_line_and_field(tmp_path, capsys):
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": "fine"}, {"txt": "typo"}])
+    code = main(["select", "--scorer", "dsir", "--pool", str(pool), "--target",
+                 str(TARGETS / "fortunes.jsonl"), "--k", "1", "--out", str(tmp_path / "o"),
+                 "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "pool.jsonl:2" in err or "pool.jsonl:1" in err
+    assert "field 'text'" in err
+
+
+def test_params_are_typed_and_unknown_ones_rejected():
+    assert parse_params("dsir", ["num_buckets=20", "length_normalize=true",
+                                 "fit_fraction=0.5", "tokenizer=reference"]) == {
+        "num_buckets": 20, "length_normalize": True, "fit_fraction": 0.5,
+        "tokenizer": "reference"}
+    from dataselect.errors import InputError
+
+    with pytest.raises(InputError, match="no parameter 'bucket'"):
+        parse_params("dsir", ["bucket=3"])
+    with pytest.raises(InputError, match="not a valid int"):
+        parse_params("dsir", ["num_buckets=many"])
