@@ -55,6 +55,10 @@ class Corpus:
     def npartitions(self) -> int:
         return len(self.partitions)
 
+    def estimated_bytes(self) -> int:
+        """Approximate uncompressed size of the corpus, from file metadata only."""
+        return sum(piece.size_bytes for partition in self.partitions for piece in partition)
+
     def read_partition(self, index: int) -> pa.Table:
         """Rows of partition ``index`` with ``id``, ``_file`` and ``_row``; ids checked unique."""
         tables = [self._read(piece) for piece in self.partitions[index]]

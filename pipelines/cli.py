@@ -86,6 +86,10 @@ def parse_params(scorer: str, pairs: list[str]) -> dict[str, Any]:
 
 
 def _convert(value: str, type_name: str, key: str) -> Any:
+    if type_name.endswith(" | None"):
+        if value.lower() in ("none", "auto"):
+            return None
+        type_name = type_name.removesuffix(" | None")
     try:
         if type_name == "bool":
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

@@ -12,7 +12,10 @@ Choices a user can make, each recorded in the manifest:
   ``"reference"`` reproduces ``data-selection`` 1.0.3's features bucket for bucket (NLTK
   WordPunct tokens, SHA-256 buckets) for parity checks and migrations.
 * ``fit_fraction``: the raw distribution is fitted on a seeded random sample of the pool
-  (a per-id coin flip, so it does not depend on file order), not on its first rows.
+  (a per-id coin flip, so it does not depend on file order), not on its first rows. By
+  default the fraction is chosen so that about ``fit_sample_mb`` MiB of pool text (32:
+  some 8M tokens, hundreds per bucket) are fitted, and all of a smaller pool; the
+  fraction used is recorded in ``fit_stats_`` and the manifest.
 * ``smoothing``: pseudo-count added to every bucket before normalising; on top, log
   probabilities use the reference's +1e-8, so ``smoothing=0`` equals the reference.
 * ``min_length``: documents with fewer word tokens are not selectable; they are marked
@@ -69,14 +72,15 @@ class DSIR(Scorer):
     num_buckets: int = 10_000
     ngram: int = 2
     tokenizer: TokenizerName = "fast"
-    fit_fraction: float = 1.0
+    fit_fraction: float | None = None
+    fit_sample_mb: float = 32.0
     smoothing: float = 1.0
     min_length: int = 0
     length_normalize: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.fit_fraction <= 1:
+        if self.fit_fraction is not None and not 0 < self.fit_fraction <= 1:
             raise InputError(f"fit_fraction must be in (0, 1], got {self.fit_fraction}",
                              field="fit_fraction")
         if self.min_length < 0:
@@ -102,7 +106,9 @@ class DSIR(Scorer):
             raise EmptyCorpusError("target texts hold no tokens", where=", ".join(target.files))
         import dask
 
-        task = _SampleCounts(pool, self.hasher, self.fit_fraction, self.seed)
+        fraction = self.fit_fraction or min(
+            1.0, self.fit_sample_mb * 2**20 / max(pool.estimated_bytes(), 1))
+        task = _SampleCounts(pool, self.hasher, fraction, self.seed)
         results = runner("fit:dsir", [dask.delayed(task, pure=False)(i, dask_key_name=f"fit-{i}")
                                       for i in range(pool.npartitions)])
         raw_counts = sum((r[0] for r in results), np.zeros(self.num_buckets, np.int64))
@@ -110,7 +116,8 @@ class DSIR(Scorer):
             raise EmptyCorpusError("the pool sample holds no tokens; raise fit_fraction",
                                    where=", ".join(pool.files))
         self.fit_from_counts(target_counts, raw_counts)
-        self.fit_stats_ = {"target_rows": target_rows, "pool_rows": sum(r[1] for r in results),
+        self.fit_stats_ = {"fit_fraction": fraction, "target_rows": target_rows,
+                           "pool_rows": sum(r[1] for r in results),
                            "pool_rows_fitted": sum(r[2] for r in results),
                            "target_ngrams": int(target_counts.sum()),
                            "pool_ngrams_fitted": int(raw_counts.sum())}

@@ -73,6 +73,7 @@ def test_params_are_typed_and_unknown_ones_rejected():
         "tokenizer": "reference"}
     from dataselect.errors import InputError
 
+    assert parse_params("dsir", ["fit_fraction=auto"]) == {"fit_fraction": None}
     with pytest.raises(InputError, match="no parameter 'bucket'"):
         parse_params("dsir", ["bucket=3"])
     with pytest.raises(InputError, match="not a valid int"):

@@ -33,7 +33,7 @@ def test_reference_mode_reproduces_data_selection_weights_and_scores(tmp_path, r
     ref_scores = np.load(tmp_path / "cache" / "log_importance_weights" / "0.npy")
 
     pool, target = read_corpus(str(pool_path)), read_corpus(str(target_path))
-    ours = DSIR(tokenizer="reference", smoothing=0.0).fit(target, pool)
+    ours = DSIR(tokenizer="reference", smoothing=0.0, fit_fraction=1.0).fit(target, pool)
     np.testing.assert_allclose(ours.log_diff_, ref.log_diff, rtol=1e-12, atol=1e-12)
     scores = ours.score(pool).partition(0)["score"].to_numpy()
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-9, atol=1e-9)
@@ -81,6 +81,10 @@ def test_fit_fraction_samples_the_pool_by_seed_not_by_position(tmp_path):
     assert 0.2 * 3960 < fitted < 0.3 * 3960
     # every partition contributes, not just the first files
     assert a.fit_stats_["pool_rows"] == 3960
+    auto = DSIR(fit_sample_mb=1.0).fit(target, pool)
+    expected = 2**20 / pool.estimated_bytes()
+    assert auto.fit_stats_["fit_fraction"] == pytest.approx(expected)
+    assert DSIR().fit(target, pool).fit_stats_["fit_fraction"] == 1.0  # small pool: all of it
 
 
 @pytest.mark.parametrize("domain", ["python_docs", "fortunes", "licenses"])
