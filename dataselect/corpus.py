@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -116,18 +115,20 @@ class Corpus:
         return table
 
     def map_partitions(self, fn: Callable[[pa.Table, int], pd.DataFrame], meta: Any,
-                       label: str = "map") -> dd.DataFrame:
+                       label: str = "map") -> Any:
         """A Dask DataFrame with one partition per corpus partition: ``fn(table, index)``.
 
         This is the one place where work is handed to Dask; the function receives the
         validated Arrow table, so stages never re-implement reading or validation.
         """
+        import dask.dataframe as dd  # imported here: it costs a second at start-up
+
         return dd.from_map(
             _PartitionTask(self, fn), range(self.npartitions), meta=meta,
             enforce_metadata=False, label=label,
         )
 
-    def to_dask(self) -> dd.DataFrame:
+    def to_dask(self) -> Any:
         """The corpus as a Dask DataFrame of Arrow-backed (``pd.ArrowDtype``) partitions."""
         meta = self.read_partition(0).slice(0, 0).to_pandas(types_mapper=pd.ArrowDtype)
         return self.map_partitions(_to_pandas, meta=meta, label="read")
