@@ -14,7 +14,7 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -158,36 +158,48 @@ def _plan_jsonl(path: str, target_bytes: int) -> list[Piece]:
 
 def _plan_parquet(path: str, target_bytes: int) -> list[Piece]:
     meta = pq.ParquetFile(path).metadata
-    pieces, first, rows, size = [], 0, 0, 0
-    for i in range(meta.num_row_groups):
-        group = meta.row_group(i)
-        rows += group.num_rows
-        size += group.total_byte_size
-        if size >= target_bytes:
-            pieces.append(Piece(path, "parquet", first, rows, size_bytes=size))
-            first, rows, size = first + rows, 0, 0
-    if rows or not pieces:
-        pieces.append(Piece(path, "parquet", first, rows, size_bytes=size))
-    return pieces
+    groups = (meta.row_group(i) for i in range(meta.num_row_groups))
+    return _pack_blocks(path, "parquet", ((g.num_rows, g.total_byte_size) for g in groups),
+                        target_bytes)
 
 
 def _plan_arrow(path: str, target_bytes: int) -> list[Piece]:
-    try:
-        reader = pa.ipc.open_file(path)
-    except pa.ArrowInvalid:
-        # stream format: no random access, read whole
-        return [Piece(path, "arrow", size_bytes=os.path.getsize(path))]
-    pieces, first, rows, size = [], 0, 0, 0
-    for i in range(reader.num_record_batches):
-        batch = reader.get_batch(i)
-        rows += batch.num_rows
-        size += batch.nbytes
+    with pa.memory_map(path) as source:
+        try:
+            reader = pa.ipc.open_file(source)
+        except pa.ArrowInvalid:
+            # stream format: no random access, read whole
+            return [Piece(path, "arrow", size_bytes=os.path.getsize(path))]
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        return _pack_blocks(path, "arrow", ((b.num_rows, b.nbytes) for b in batches),
+                            target_bytes)
+
+
+def _pack_blocks(path: str, fmt: str, blocks: Iterable[tuple[int, int]], target_bytes: int
+                 ) -> list[Piece]:
+    """Runs of consecutive blocks (row groups, record batches), given as (rows, bytes),
+    of about ``target_bytes`` each."""
+    pieces: list[Piece] = []
+    first = rows = size = 0
+    for block_rows, block_bytes in blocks:
+        rows += block_rows
+        size += block_bytes
         if size >= target_bytes:
-            pieces.append(Piece(path, "arrow", first, rows, size_bytes=size))
+            pieces.append(Piece(path, fmt, first, rows, size_bytes=size))
             first, rows, size = first + rows, 0, 0
     if rows or not pieces:
-        pieces.append(Piece(path, "arrow", first, rows, size_bytes=size))
+        pieces.append(Piece(path, fmt, first, rows, size_bytes=size))
     return pieces
+
+
+def _blocks_of(piece: Piece, block_rows: Iterable[int]) -> list[int]:
+    """Indices of the blocks (row groups, record batches) that start inside ``piece``."""
+    chosen, first = [], 0
+    for i, rows in enumerate(block_rows):
+        if piece.first_row <= first < piece.first_row + (piece.num_rows or 0):
+            chosen.append(i)
+        first += rows
+    return chosen
 
 
 def _plan_hf(path: str, target_bytes: int) -> list[Piece]:
@@ -228,12 +240,8 @@ def read_piece(piece: Piece) -> pa.Table:
 
 
 def _slice_row_groups(file: pq.ParquetFile, piece: Piece) -> pa.Table:
-    groups, first = [], 0
-    for i in range(file.metadata.num_row_groups):
-        n = file.metadata.row_group(i).num_rows
-        if piece.first_row <= first < piece.first_row + (piece.num_rows or 0):
-            groups.append(i)
-        first += n
+    meta = file.metadata
+    groups = _blocks_of(piece, (meta.row_group(i).num_rows for i in range(meta.num_row_groups)))
     return file.read_row_groups(groups) if groups else file.schema_arrow.empty_table()
 
 
@@ -243,13 +251,9 @@ def _read_arrow(piece: Piece) -> pa.Table:
             reader = pa.ipc.open_file(source)
         except pa.ArrowInvalid:
             return pa.ipc.open_stream(source).read_all()
-        batches, first = [], 0
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            if piece.first_row <= first < piece.first_row + (piece.num_rows or 0):
-                batches.append(batch)
-            first += batch.num_rows
-        return pa.Table.from_batches(batches, reader.schema)
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        chosen = _blocks_of(piece, (b.num_rows for b in batches))
+        return pa.Table.from_batches([batches[i] for i in chosen], reader.schema)
 
 
 def _jsonl_lines(piece: Piece) -> Iterator[bytes]:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One entry point for the README's two commands:
+#   bash scripts/run.sh demo   install into .venv, run a DSIR selection on data/ (local Dask cluster)
+#   bash scripts/run.sh test   install into .venv with the dev extras, run ruff and the tests
+# Extra arguments after "test" go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+make_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+            # Debian ships venv's pip bootstrap separately
+            if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+                apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+                rm -rf "$VENV" && "$PYTHON" -m venv "$VENV"
+            else
+                echo "python3 -m venv failed: install python3-venv (Debian) and rerun" >&2
+                exit 1
+            fi
+        fi
+    fi
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+}
+
+case "${1:-}" in
+    demo)
+        make_venv
+        "$VENV/bin/python" -m pip install --quiet -e .
+        "$VENV/bin/dataselect" select --scorer dsir \
+            --pool 'data/pool/*.parquet' --target data/targets/python_docs.jsonl \
+            --k 440 --seed 0 --out out/python_docs
+        ;;
+    test)
+        shift
+        make_venv
+        "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/python" -m pytest -n 2 "$@"
+        ;;
+    *)
+        echo "usage: bash scripts/run.sh demo|test [pytest args]" >&2
+        exit 2
+        ;;
+esac
