@@ -51,7 +51,7 @@ class Piece:
 
     def where(self, row_in_file: int) -> str:
         """A printable place: ``file:LINE`` (1-based) for JSONL, ``file row N`` otherwise."""
-        if self.fmt == "jsonl":
+        if self.fmt.startswith("jsonl"):
             return f"{self.path}:{row_in_file + 1}"
         return f"{self.path} row {row_in_file}"
 
@@ -86,11 +86,16 @@ def _expand_one(path: str) -> list[str]:
         return sorted(str(p) for p in Path(path).iterdir() if is_hf_dataset_dir(str(p)))
     files = sorted(
         str(p) for p in Path(path).rglob("*")
-        if p.is_file() and detect_format(str(p), strict=False) and not p.name.startswith((".", "_"))
+        if p.is_file() and detect_format(str(p), strict=False) and not _hidden(p, path)
     )
     if not files:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=path)
     return files
+
+
+def _hidden(file: Path, root: str) -> bool:
+    """Skip ``.``/``_`` paths below a folder: temporaries, ``_scores``, ``_manifest.json``."""
+    return any(part.startswith((".", "_")) for part in file.relative_to(root).parts)
 
 
 def is_hf_dataset_dir(path: str) -> bool:

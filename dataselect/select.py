@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,6 @@ class Selection:
     ranks: dict[int, np.ndarray]
     policy: dict[str, Any]
     counts: dict[str, Any]
-    extra_scores: dict[str, Scores] = field(default_factory=dict)
 
     @property
     def num_selected(self) -> int:

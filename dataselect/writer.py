@@ -46,7 +46,7 @@ DEFAULT_METRICS_SAMPLE = 0.1
 
 @dataclass(frozen=True)
 class _WritePart:
-    selection_pool: Corpus
+    pool: Corpus
     score_task: Any
     positions: dict[int, np.ndarray]
     ranks: dict[int, np.ndarray]
@@ -65,7 +65,7 @@ class _WritePart:
                         "pool_counts": saved["pool_counts"],
                         "selected_counts": saved["selected_counts"], "seconds": 0.0}
         start = time.perf_counter()
-        table = self.selection_pool.read_partition(index)
+        table = self.pool.read_partition(index)
         scores = self.score_task(index)
         chosen = self.positions.get(index, np.empty(0, np.int64))
         picked = _attach_scores(table.take(chosen), scores.take(chosen), self.ranks[index], path)
@@ -86,7 +86,7 @@ class _WritePart:
         selected = np.zeros(table.num_rows, bool)
         selected[chosen] = True
         rows = np.flatnonzero(sampled | selected)
-        texts = self.selection_pool.texts(table.take(rows))
+        texts = self.pool.texts(table.take(rows))
         pool_counts, selected_counts = self.hasher.masked_bucket_counts(
             texts, [sampled[rows], selected[rows]])
         return pool_counts, selected_counts

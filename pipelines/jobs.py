@@ -126,7 +126,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         )
     total = time.perf_counter() - started
     manifest.update({
-        "job": _jsonable_job(job),
+        "job": dataclasses.asdict(job),
         "fit": getattr(scorer, "fit_stats_", {}),
         "score_store": {"path": os.path.join(SCORES_DIR, scorer.name), **scores.stats},
         "timings": {**manifest["timings"], "total_seconds": round(total, 3),
@@ -153,6 +153,3 @@ def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner
         return select.top_fraction(pool, scores, job.fraction, runner=runner)
     return select.top_k(pool, scores, job.k, runner=runner)
 
-
-def _jsonable_job(job: SelectJob) -> dict[str, Any]:
-    return dataclasses.asdict(job)

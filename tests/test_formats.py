@@ -106,3 +106,15 @@ def test_unknown_file_type_and_missing_paths_are_errors(tmp_path):
         read_corpus(str(tmp_path / "missing.jsonl"))
     with pytest.raises(InputError, match="glob matched no files"):
         read_corpus(str(tmp_path / "*.parquet"))
+
+
+def test_folders_skip_hidden_and_underscore_paths_and_gz_errors_give_lines(tmp_path,
+                                                                           small_records):
+    write_jsonl(tmp_path / "keep.jsonl", small_records[:3])
+    (tmp_path / "_scores").mkdir()
+    write_jsonl(tmp_path / "_scores" / "old.jsonl", small_records[3:5])
+    write_jsonl(tmp_path / ".tmp-part.jsonl", small_records[5:6])
+    assert read_corpus(str(tmp_path)).files == [str(tmp_path / "keep.jsonl")]
+    bad = write_jsonl(tmp_path / "bad.jsonl.gz", [{"text": "a"}, "{oops"], compress="gz")
+    with pytest.raises(InputError, match=r"bad\.jsonl\.gz:2: malformed JSON"):
+        read_corpus(str(bad)).to_table()
