@@ -8,6 +8,7 @@ records stage timings. Keeping the runner a parameter keeps the core free of UI 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,3 +20,15 @@ Runner = Callable[[str, Sequence[Any]], list[Any]]
 def default_runner(stage: str, tasks: Sequence[Any]) -> list[Any]:
     """Compute ``tasks`` (Dask delayed objects) and return their results in order."""
     return list(dask.compute(*tasks)) if tasks else []
+
+
+def partition_tasks(stage: str, fn: Callable[[int], Any], count: int) -> list[Any]:
+    """One Dask task per partition index ``0..count-1``, calling ``fn(index)``.
+
+    ``fn`` carries the stage's state (corpus plan, fitted scorer, chosen rows). It enters the
+    graph once, under one key that every task refers to, so the state is neither traversed
+    nor serialised once per partition.
+    """
+    shared = dask.delayed(fn, name=f"{stage}-state-{uuid.uuid4().hex}", traverse=False)
+    return [shared(i, dask_key_name=f"{stage}-{i}-{uuid.uuid4().hex[:8]}")
+            for i in range(count)]

@@ -14,12 +14,13 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import zstandard
 
@@ -261,30 +262,50 @@ def _read_arrow(piece: Piece) -> pa.Table:
         return pa.Table.from_batches([batches[i] for i in chosen], reader.schema)
 
 
-def _jsonl_lines(piece: Piece) -> Iterator[bytes]:
+def _jsonl_bytes(piece: Piece) -> bytes:
     if piece.fmt == "jsonl":
         with open(piece.path, "rb") as f:
             f.seek(piece.byte_start)
-            data = f.read(None if piece.byte_stop is None else piece.byte_stop - piece.byte_start)
-        yield from io.BytesIO(data)
-        return
+            return f.read(None if piece.byte_stop is None else piece.byte_stop - piece.byte_start)
     try:
         if piece.fmt == "jsonl.gz":
             with gzip.open(piece.path, "rb") as f:
-                yield from f
-        else:
-            with open(piece.path, "rb") as raw, io.BufferedReader(
-                zstandard.ZstdDecompressor().stream_reader(raw)
-            ) as f:
-                yield from f
+                return f.read()
+        with open(piece.path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
+            return f.read()
     except (OSError, EOFError, zstandard.ZstdError) as exc:
         raise InputError(f"cannot decompress: {exc}", where=piece.path) from exc
 
 
 def _read_jsonl(piece: Piece) -> pa.Table:
-    """Parse line by line so a bad line is reported with its number, never skipped."""
+    """Arrow's JSON reader when every line is a record; else a line-by-line parse, which
+    reports a bad line with its number (never skips it) and numbers around blank lines."""
+    data = _jsonl_bytes(piece)
+    table = _read_jsonl_fast(data)
+    if table is None:
+        return _read_jsonl_lines(piece, data)
+    rows = pa.array(range(piece.first_row, piece.first_row + table.num_rows), pa.int64())
+    return table.append_column("_row", rows)
+
+
+def _read_jsonl_fast(data: bytes) -> pa.Table | None:
+    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    if not lines:
+        return None
+    options = pa_json.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 20))
+    try:
+        table = pa_json.read_json(io.BytesIO(data), read_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return table if table.num_rows == lines else None
+
+
+def _read_jsonl_lines(piece: Piece, data: bytes) -> pa.Table:
     records, rows = [], []
-    for offset, line in enumerate(_jsonl_lines(piece)):
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the file's final newline ends a line; it does not start one
+    for offset, line in enumerate(lines):
         if not line.strip():
             continue  # blank lines are not records; line numbers still count them
         row = piece.first_row + offset

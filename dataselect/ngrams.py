@@ -38,10 +38,17 @@ _NGRAM_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
 @dataclass(frozen=True)
 class HashedNgrams:
-    """Feature occurrences of a batch: ``doc[j]`` holds n-gram ``j``, hashed to ``bucket[j]``."""
+    """Hashed n-grams of a batch, laid out by token position.
 
-    doc: np.ndarray
-    bucket: np.ndarray
+    Tokens of all documents are concatenated; ``num_tokens`` says how many each document
+    has. ``buckets[k - 1][i]`` is the bucket of the k-gram starting at token ``i``; it is
+    a real feature only if the k tokens lie in one document (``valid[k - 1][i]``, None
+    when every position is valid, as for unigrams). Per-document sums are then segment
+    sums over contiguous positions, with no per-occurrence document index to build.
+    """
+
+    buckets: tuple[np.ndarray, ...]
+    valid: tuple[np.ndarray | None, ...]
     num_tokens: np.ndarray
     num_buckets: int
 
@@ -51,15 +58,43 @@ class HashedNgrams:
 
     def bucket_counts(self, docs: np.ndarray | None = None) -> np.ndarray:
         """Summed bucket counts over all documents, or over those where ``docs`` is True."""
-        buckets = self.bucket if docs is None else self.bucket[docs[self.doc]]
-        return np.bincount(buckets, minlength=self.num_buckets).astype(np.int64)
+        token_in = None if docs is None else np.repeat(docs, self.num_tokens)
+        total = np.zeros(self.num_buckets, np.int64)
+        for buckets, valid in zip(self.buckets, self.valid):
+            keep = valid
+            if token_in is not None:
+                keep = token_in[:len(buckets)] if keep is None else keep & token_in[:len(buckets)]
+            chosen = buckets if keep is None else buckets[keep]
+            total += np.bincount(chosen, minlength=self.num_buckets)
+        return total
 
     def dot(self, weights: np.ndarray) -> np.ndarray:
         """Per document, the sum of ``weights`` over its n-gram occurrences."""
-        return np.bincount(self.doc, weights=weights[self.bucket], minlength=self.num_docs)
+        starts = np.cumsum(self.num_tokens) - self.num_tokens
+        out = np.zeros(self.num_docs)
+        for order, (buckets, valid) in enumerate(zip(self.buckets, self.valid), start=1):
+            values = weights[buckets]
+            if valid is not None:
+                values[~valid] = 0.0
+            has_gram = self.num_tokens >= order
+            if has_gram.any():
+                # invalid positions between documents are zero, so each segment runs to
+                # the next document's start
+                out[has_gram] += np.add.reduceat(values, starts[has_gram])
+        return out
 
     def num_features(self) -> np.ndarray:
-        return np.bincount(self.doc, minlength=self.num_docs)
+        return sum(np.maximum(self.num_tokens - k + 1, 0) for k in range(1, len(self.buckets) + 1))
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(doc, bucket)`` of every n-gram occurrence (for tests and inspection)."""
+        token_doc = np.repeat(np.arange(self.num_docs), self.num_tokens)
+        docs, buckets = [], []
+        for bucket, valid in zip(self.buckets, self.valid):
+            keep = np.ones(len(bucket), bool) if valid is None else valid
+            docs.append(token_doc[:len(bucket)][keep])
+            buckets.append(bucket[keep])
+        return np.concatenate(docs), np.concatenate(buckets)
 
 
 @dataclass(frozen=True)
@@ -124,52 +159,53 @@ class NgramHasher:
         distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
         token_hash = pd.util.hash_array(distinct.astype(object), categorize=False)
         hashes = token_hash[encoded.indices.to_numpy()]
-        doc = np.repeat(np.arange(len(num_tokens), dtype=np.int64), num_tokens)
-        return self._assemble(doc, hashes, num_tokens, self._combine_fast)
+        modulus = np.uint64(self.num_buckets)
+        buckets, valid = [(hashes % modulus).astype(np.intp)], [None]
+        gram_hash = hashes
+        for order in range(2, self.ngram + 1):
+            # a k-gram's hash combines its (k-1)-prefix's hash with its last token's
+            gram_hash = pd.util.hash_array(
+                gram_hash[:-1] * _NGRAM_MULTIPLIER + hashes[order - 1:])
+            buckets.append((gram_hash % modulus).astype(np.intp))
+            valid.append(_within_documents(num_tokens, order, len(hashes)))
+        return HashedNgrams(tuple(buckets), tuple(valid), num_tokens, self.num_buckets)
 
     def _reference(self, texts: pa.Array) -> HashedNgrams:
         from nltk.tokenize import WordPunctTokenizer
 
         tokenize = WordPunctTokenizer().tokenize
         cache: dict[str, int] = {}
-        buckets: list[int] = []
-        docs: list[int] = []
-        num_tokens = []
-        for i, text in enumerate(texts.to_pylist()):
-            words = tokenize(text.lower())
-            num_tokens.append(len(words))
-            grams = list(words)
-            for n in range(2, self.ngram + 1):
-                grams.extend(" ".join(words[j:j + n]) for j in range(len(words) - n + 1))
-            for gram in grams:
-                bucket = cache.get(gram)
-                if bucket is None:
-                    bucket = sha256_bucket(gram, self.num_buckets)
-                    cache[gram] = bucket
-                buckets.append(bucket)
-            docs.extend([i] * len(grams))
-        return HashedNgrams(
-            np.asarray(docs, np.int64), np.asarray(buckets, np.int64),
-            np.asarray(num_tokens, np.int64), self.num_buckets,
-        )
 
-    def _assemble(self, doc: np.ndarray, hashes: np.ndarray, num_tokens: np.ndarray,
-                  combine) -> HashedNgrams:
-        docs, keys = [doc], [hashes]
-        gram_doc, gram_hash = doc, hashes
-        for _ in range(2, self.ngram + 1):
-            same_doc = gram_doc[:-1] == doc[len(doc) - len(gram_doc) + 1:]
-            gram_hash = combine(gram_hash[:-1], hashes[len(hashes) - len(gram_hash) + 1:])
-            gram_doc = gram_doc[:-1]
-            docs.append(gram_doc[same_doc])
-            keys.append(gram_hash[same_doc])
-        bucket = (np.concatenate(keys) % np.uint64(self.num_buckets)).astype(np.int64)
-        return HashedNgrams(np.concatenate(docs), bucket, num_tokens, self.num_buckets)
+        def bucket(gram: str) -> int:
+            found = cache.get(gram)
+            if found is None:
+                found = cache[gram] = sha256_bucket(gram, self.num_buckets)
+            return found
 
-    @staticmethod
-    def _combine_fast(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """Hash of an n-gram from its prefix's hash and its last token's hash."""
-        return pd.util.hash_array(left * _NGRAM_MULTIPLIER + right)
+        tokenized = [tokenize(text.lower()) for text in texts.to_pylist()]
+        num_tokens = np.asarray([len(doc) for doc in tokenized], np.int64)
+        words = [word for doc in tokenized for word in doc]
+        buckets = [np.asarray([bucket(w) for w in words], np.intp)]
+        valid: list[np.ndarray | None] = [None]
+        for order in range(2, self.ngram + 1):
+            ok = _within_documents(num_tokens, order, len(words))
+            grams = [bucket(" ".join(words[i:i + order])) if ok[i] else 0
+                     for i in range(len(ok))]
+            buckets.append(np.asarray(grams, np.intp))
+            valid.append(ok)
+        return HashedNgrams(tuple(buckets), tuple(valid), num_tokens, self.num_buckets)
+
+
+def _within_documents(num_tokens: np.ndarray, order: int, total: int) -> np.ndarray:
+    """For each start position of an ``order``-gram, whether its tokens share a document."""
+    size = max(total - order + 1, 0)
+    ends = np.cumsum(num_tokens)
+    ok = np.ones(size, bool)
+    for back in range(1, order):
+        # a gram starting at i is broken if a document ends at i + back
+        cut = ends[(ends - back >= 0) & (ends - back < size)] - back
+        ok[cut] = False
+    return ok
 
 
 def sha256_bucket(text: str, num_buckets: int) -> int:

@@ -28,6 +28,8 @@ def sample_mask(ids: Any, fraction: float, seed: int) -> np.ndarray:
     """A seeded Bernoulli(``fraction``) sample of the rows."""
     if fraction >= 1:
         return np.ones(len(ids), bool)
+    if fraction <= 0:
+        return np.zeros(len(ids), bool)
     return uniform(ids, seed, SAMPLE_STREAM) < fraction
 
 

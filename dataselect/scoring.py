@@ -23,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import dask
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError, OutputConflictError
-from dataselect.execution import Runner, default_runner
+from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
+from dataselect.ngrams import NgramHasher
 from dataselect.output import (
     jsonable,
     part_name,
@@ -51,6 +52,12 @@ class Scorer(ABC):
 
     name: ClassVar[str]
 
+    @property
+    def local_workers(self) -> str:
+        """``processes`` (default) when scoring holds the GIL, ``threads`` when it runs in
+        native code that releases it; the job runner sizes a local cluster by this."""
+        return "processes"
+
     @abstractmethod
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
             ) -> Scorer:
@@ -63,6 +70,11 @@ class Scorer(ABC):
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """Settings that determine the scores (recorded in manifests, used for resume)."""
+
+    def pool_ngram_counts(self, hasher: NgramHasher) -> tuple[np.ndarray, float] | None:
+        """Bucket counts of ``hasher`` over a sample of the pool, and the sample fraction,
+        if fitting already computed them (so the KL metric need not hash the pool again)."""
+        return None
 
     def fit_fingerprint(self) -> str:
         """Identifies the fitted state, so stored scores of another fit are never reused."""
@@ -153,8 +165,7 @@ class Scores:
     def delayed(self, fn: Any = None) -> list[Any]:
         """One Dask task per partition computing ``fn(scores_table, index)`` (or the table)."""
         task = self.task if fn is None else _Then(self.task, fn)
-        return [dask.delayed(task, pure=False)(i, dask_key_name=f"{self.name}-{i}")
-                for i in range(self.npartitions)]
+        return partition_tasks(self.name, task, self.npartitions)
 
     def to_dask(self) -> Any:
         """The scores as a Dask DataFrame (Arrow-backed pandas partitions)."""
@@ -181,8 +192,7 @@ class Scores:
         write_json({"description": self.description, "versions": package_versions(),
                     "npartitions": self.npartitions}, manifest_path)
         writer = _WriteOrReuse(self.task, folder)
-        tasks = [dask.delayed(writer, pure=False)(i, dask_key_name=f"score-{self.name}-{i}")
-                 for i in range(self.npartitions)]
+        tasks = partition_tasks(f"score-{self.name}", writer, self.npartitions)
         results = runner(f"score:{self.name}", tasks)
         stored = Scores.from_store(folder, self.corpus)
         stored.stats = {

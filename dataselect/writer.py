@@ -16,13 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 import pyarrow as pa
 
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError, OutputConflictError
-from dataselect.execution import Runner, default_runner
+from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
 from dataselect.metrics import kl_reduction
 from dataselect.ngrams import NgramHasher
@@ -116,11 +115,14 @@ def write_selection(
     metrics_hasher: NgramHasher | None = None,
     metrics_sample: float = DEFAULT_METRICS_SAMPLE,
     extra_manifest: dict[str, Any] | None = None,
+    pool_ngram_counts: tuple[np.ndarray, float] | None = None,
 ) -> dict[str, Any]:
     """Write ``selection`` under ``out`` and return the manifest (also saved as JSON).
 
     With ``target`` given, the manifest reports KL reduction on hashed n-grams (the pool's
-    distribution estimated on a seeded ``metrics_sample`` fraction of its rows).
+    distribution estimated on a seeded ``metrics_sample`` fraction of its rows, or taken
+    from ``pool_ngram_counts``, counts and fraction a scorer already computed with the
+    metric's hasher).
     """
     if fmt not in ("parquet", "arrow"):
         raise InputError(f"output format must be 'parquet' or 'arrow', got {fmt!r}")
@@ -131,10 +133,13 @@ def write_selection(
                     "metrics": {"hasher": repr(hasher), "sample": metrics_sample}})
     _prepare(out, job, overwrite)
     start = time.perf_counter()
+    reuse = pool_ngram_counts is not None
+    if reuse:
+        metrics_sample = pool_ngram_counts[1]
     writer = _WritePart(selection.pool, selection.scores.task, selection.positions,
-                        selection.ranks, out, fmt, hasher, metrics_sample, seed)
-    tasks = [dask.delayed(writer, pure=False)(i, dask_key_name=f"write-{i}")
-             for i in range(selection.pool.npartitions)]
+                        selection.ranks, out, fmt, hasher, 0.0 if reuse else metrics_sample,
+                        seed)
+    tasks = partition_tasks("write", writer, selection.pool.npartitions)
     results = runner("write", tasks)
     manifest = {
         "selection": selection.policy,
@@ -150,7 +155,8 @@ def write_selection(
         "versions": package_versions(),
     }
     if target is not None:
-        manifest["metrics"] = _kl_metrics(target, hasher, results, metrics_sample)
+        manifest["metrics"] = _kl_metrics(target, hasher, results, metrics_sample,
+                                          pool_ngram_counts[0] if reuse else None)
     if extra_manifest:
         manifest.update(extra_manifest)
     write_json(manifest, os.path.join(out, MANIFEST_FILE))
@@ -175,11 +181,12 @@ def _prepare(out: str, job: dict[str, Any], overwrite: bool) -> None:
 
 
 def _kl_metrics(target: Corpus, hasher: NgramHasher, results: list[dict[str, Any]],
-                metrics_sample: float) -> dict[str, Any]:
+                metrics_sample: float, pool_counts: np.ndarray | None) -> dict[str, Any]:
     target_counts = np.zeros(hasher.num_buckets, np.int64)
     for table in target.iter_tables():
         target_counts += hasher.bucket_counts(target.texts(table))
-    pool_counts = sum(r["pool_counts"] for r in results)
+    if pool_counts is None:
+        pool_counts = sum(r["pool_counts"] for r in results)
     selected_counts = sum(r["selected_counts"] for r in results)
     metrics = kl_reduction(target_counts, pool_counts, selected_counts)
     metrics.update({"ngram_buckets": hasher.num_buckets, "ngram": hasher.ngram,

@@ -19,7 +19,14 @@ from rich.console import Console
 from dataselect.corpus import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DataSelectError, InputError
 from dataselect.writer import DEFAULT_METRICS_SAMPLE
-from pipelines.jobs import POLICIES, SCORES_DIR, SelectJob, run_score_job, run_select_job
+from pipelines.jobs import (
+    POLICIES,
+    SCORES_DIR,
+    WORKER_KINDS,
+    SelectJob,
+    run_score_job,
+    run_select_job,
+)
 from scorers import SCORERS
 
 
@@ -46,6 +53,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="local cluster workers (default: one per core)")
     parser.add_argument("--memory-limit", default="auto", help="per local worker, e.g. 4GiB")
+    parser.add_argument("--worker-kind", choices=WORKER_KINDS, default="auto",
+                        help="local cluster of worker processes or threads (auto: what the "
+                             "scorer declares; DSIR's fast path runs in threads)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace results of a different job in --out")
 
@@ -115,6 +125,7 @@ def job_from_args(args: argparse.Namespace) -> SelectJob:
         partition_bytes=max(1, int(args.partition_mb * 2**20)),
         metrics_sample=getattr(args, "metrics_sample", DEFAULT_METRICS_SAMPLE),
         scheduler=args.scheduler, workers=args.workers, memory_limit=args.memory_limit,
+        worker_kind=args.worker_kind,
         overwrite=args.overwrite,
     )
 

@@ -1,10 +1,14 @@
 """Where a job's tasks run: a LocalCluster started for the job, or a running Dask cluster.
 
-The default is a LocalCluster with one single-threaded worker process per core (the
-scorers are CPU-bound Python/NumPy, so processes, not threads, give parallelism) and a
-memory limit per worker, so a partition that grows too large is spilled or reported by
-Dask rather than taking the machine down. ``--scheduler tcp://host:8786`` sends the same
-job to an existing cluster instead; nothing else changes.
+The default is a LocalCluster with one worker per core and a memory limit, so a partition
+that grows too large is spilled or reported by Dask rather than taking the machine down.
+Workers are processes or threads, as the scorer declares (``Scorer.local_workers``): code
+that holds Python's GIL (per-row Python loops) needs processes to use more than one core;
+code that spends its time in native libraries which release the GIL (Polars, NumPy,
+Arrow) runs as fast in threads and skips the seconds that starting worker processes,
+importing everything in each and shipping data between them cost.
+``--scheduler tcp://host:8786`` sends the same job to an existing cluster instead; nothing
+else changes.
 """
 
 from __future__ import annotations
@@ -13,8 +17,13 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 from distributed import Client, LocalCluster
+
+from dataselect.errors import InputError
+
+WorkerKind = Literal["processes", "threads"]
 
 
 def default_workers() -> int:
@@ -27,16 +36,22 @@ def default_workers() -> int:
 
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
-                memory_limit: str = "auto") -> Iterator[Client]:
-    """A connected client: to ``scheduler`` if given, else to a fresh LocalCluster."""
+                memory_limit: str = "auto", kind: WorkerKind = "processes"
+                ) -> Iterator[Client]:
+    """A connected client: to ``scheduler`` if given, else to a fresh LocalCluster with
+    ``workers`` single-threaded worker processes, or one worker with ``workers`` threads."""
     if scheduler:
         with Client(scheduler) as client:
             yield client
         return
+    if kind not in ("processes", "threads"):
+        raise InputError(f"worker kind must be 'processes' or 'threads', got {kind!r}")
+    count = workers or default_workers()
+    threads = kind == "threads"
     with LocalCluster(
-        n_workers=workers or default_workers(),
-        threads_per_worker=1,
-        processes=True,
+        n_workers=1 if threads else count,
+        threads_per_worker=count if threads else 1,
+        processes=not threads,
         memory_limit=memory_limit,
         dashboard_address=None,
         silence_logs=logging.ERROR,

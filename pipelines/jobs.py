@@ -19,6 +19,7 @@ from rich.console import Console
 from dataselect import select
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
 from dataselect.errors import InputError
+from dataselect.ngrams import NgramHasher
 from dataselect.output import OutputFormat, write_json
 from dataselect.scoring import Scorer, Scores
 from dataselect.writer import DEFAULT_METRICS_SAMPLE
@@ -28,6 +29,7 @@ from pipelines.summary import print_summary
 from scorers import SCORERS
 
 POLICIES = ("auto", "top_k", "importance_resample")
+WORKER_KINDS = ("auto", "processes", "threads")
 # "_" keeps the score store out of dataset discovery when out/ is read as Parquet
 SCORES_DIR = "_scores"
 
@@ -55,6 +57,7 @@ class SelectJob:
     scheduler: str | None = None
     workers: int | None = None
     memory_limit: str = "auto"
+    worker_kind: str = "auto"
     overwrite: bool = False
 
     def validate(self, needs_budget: bool = True) -> None:
@@ -64,6 +67,9 @@ class SelectJob:
         budgets = [b for b in (self.k, self.fraction, self.threshold) if b is not None]
         if needs_budget and len(budgets) != 1:
             raise InputError("give exactly one of k, fraction or threshold")
+        if self.worker_kind not in WORKER_KINDS:
+            raise InputError(f"worker kind must be one of {WORKER_KINDS}, got "
+                             f"{self.worker_kind!r}", field="worker_kind")
         if self.policy not in POLICIES:
             raise InputError(f"policy must be one of {POLICIES}, got {self.policy!r}",
                              field="policy")
@@ -89,10 +95,14 @@ def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:
     return pool, target
 
 
-def _fit_and_score(job: SelectJob, runner: ProgressRunner) -> tuple[Corpus, Corpus, Scorer,
-                                                                      Scores]:
+def _client(job: SelectJob, scorer: Scorer) -> Any:
+    kind = scorer.local_workers if job.worker_kind == "auto" else job.worker_kind
+    return dask_client(job.scheduler, job.workers, job.memory_limit, kind)
+
+
+def _fit_and_score(job: SelectJob, scorer: Scorer, runner: ProgressRunner
+                   ) -> tuple[Corpus, Corpus, Scorer, Scores]:
     pool, target = _corpora(job)
-    scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
     scorer.fit(target, pool, runner=runner)
     store = os.path.join(job.out, SCORES_DIR, scorer.name)
     scores = scorer.score(pool).write(store, runner=runner, overwrite=job.overwrite)
@@ -103,9 +113,10 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
     """Fit and write the score store only (``dataselect score``)."""
     job.validate(needs_budget=False)
     started = time.perf_counter()
-    with dask_client(job.scheduler, job.workers, job.memory_limit) as client:
+    scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
+    with _client(job, scorer) as client:
         runner = ProgressRunner(client)
-        _, _, scorer, scores = _fit_and_score(job, runner)
+        _, _, scorer, scores = _fit_and_score(job, scorer, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
     print_summary(console, "score", runner.timings, summary, time.perf_counter() - started)
@@ -116,13 +127,15 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     """The whole selection job; returns the manifest written to ``<out>/_manifest.json``."""
     job.validate()
     started = time.perf_counter()
-    with dask_client(job.scheduler, job.workers, job.memory_limit) as client:
+    scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
+    with _client(job, scorer) as client:
         runner = ProgressRunner(client)
-        pool, target, scorer, scores = _fit_and_score(job, runner)
+        pool, target, scorer, scores = _fit_and_score(job, scorer, runner)
         selection = _select(job, pool, scores, runner)
         manifest = selection.write(
             job.out, fmt=job.output_format, target=target, runner=runner,
             overwrite=job.overwrite, metrics_sample=job.metrics_sample,
+            pool_ngram_counts=scorer.pool_ngram_counts(NgramHasher()),
         )
     total = time.perf_counter() - started
     manifest.update({

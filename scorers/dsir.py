@@ -13,8 +13,8 @@ Choices a user can make, each recorded in the manifest:
   WordPunct tokens, SHA-256 buckets) for parity checks and migrations.
 * ``fit_fraction``: the raw distribution is fitted on a seeded random sample of the pool
   (a per-id coin flip, so it does not depend on file order), not on its first rows. By
-  default the fraction is chosen so that about ``fit_sample_mb`` MiB of pool text (32:
-  some 8M tokens, hundreds per bucket) are fitted, and all of a smaller pool; the
+  default the fraction is chosen so that about ``fit_sample_mb`` MiB of pool text (16:
+  some 4M tokens, hundreds per bucket) are fitted, and all of a smaller pool; the
   fraction used is recorded in ``fit_stats_`` and the manifest.
 * ``smoothing``: pseudo-count added to every bucket before normalising; on top, log
   probabilities use the reference's +1e-8, so ``smoothing=0`` equals the reference.
@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
-from dataselect.execution import Runner, default_runner
+from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.metrics import ngram_distribution
 from dataselect.ngrams import NgramHasher, TokenizerName
 from dataselect.sampling import sample_mask
@@ -73,7 +73,7 @@ class DSIR(Scorer):
     ngram: int = 2
     tokenizer: TokenizerName = "fast"
     fit_fraction: float | None = None
-    fit_sample_mb: float = 32.0
+    fit_sample_mb: float = 16.0
     smoothing: float = 1.0
     min_length: int = 0
     length_normalize: bool = False
@@ -88,6 +88,12 @@ class DSIR(Scorer):
         self.hasher = NgramHasher(self.num_buckets, self.ngram, self.tokenizer)
         self.log_diff_: np.ndarray | None = None
         self.fit_stats_: dict[str, Any] = {}
+
+    @property
+    def local_workers(self) -> str:
+        # the fast path runs in Polars, Arrow and NumPy, which release the GIL; the
+        # reference tokenizer is a Python loop per token
+        return "threads" if self.tokenizer == "fast" else "processes"
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,18 +110,17 @@ class DSIR(Scorer):
             raise EmptyCorpusError("target holds no records", where=", ".join(target.files))
         if target_counts.sum() == 0:
             raise EmptyCorpusError("target texts hold no tokens", where=", ".join(target.files))
-        import dask
 
         fraction = self.fit_fraction or min(
             1.0, self.fit_sample_mb * 2**20 / max(pool.estimated_bytes(), 1))
         task = _SampleCounts(pool, self.hasher, fraction, self.seed)
-        results = runner("fit:dsir", [dask.delayed(task, pure=False)(i, dask_key_name=f"fit-{i}")
-                                      for i in range(pool.npartitions)])
+        results = runner("fit:dsir", partition_tasks("fit-dsir", task, pool.npartitions))
         raw_counts = sum((r[0] for r in results), np.zeros(self.num_buckets, np.int64))
         if raw_counts.sum() == 0:
             raise EmptyCorpusError("the pool sample holds no tokens; raise fit_fraction",
                                    where=", ".join(pool.files))
         self.fit_from_counts(target_counts, raw_counts)
+        self.raw_counts_ = (raw_counts, fraction)
         self.fit_stats_ = {"fit_fraction": fraction, "target_rows": target_rows,
                            "pool_rows": sum(r[1] for r in results),
                            "pool_rows_fitted": sum(r[2] for r in results),
@@ -130,6 +135,10 @@ class DSIR(Scorer):
         self.log_diff_ = np.log(target_probs + LOG_EPSILON) - np.log(raw_probs + LOG_EPSILON)
         self.fingerprint_ = hashlib.sha256(self.log_diff_.tobytes()).hexdigest()[:16]
         return self
+
+    def pool_ngram_counts(self, hasher: NgramHasher) -> tuple[np.ndarray, float] | None:
+        same = hasher == self.hasher and getattr(self, "raw_counts_", None) is not None
+        return self.raw_counts_ if same else None
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
         if self.log_diff_ is None:

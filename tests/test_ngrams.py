@@ -13,7 +13,7 @@ from dataselect.ngrams import NgramHasher
 
 def _per_doc_counts(features, num_docs: int, buckets: int) -> np.ndarray:
     dense = np.zeros((num_docs, buckets), np.int64)
-    np.add.at(dense, (features.doc, features.bucket), 1)
+    np.add.at(dense, features.pairs(), 1)
     return dense
 
 
@@ -42,11 +42,11 @@ def test_fast_features_count_unigrams_and_in_document_bigrams():
     assert unigrams.num_features().tolist() == [4, 0, 3, 3]
     # n tokens give n-1 bigrams, and none cross a document boundary
     assert bigrams.num_features().tolist() == [7, 0, 5, 5]
-    doc2 = bigrams.bucket[bigrams.doc == 2]
-    assert len(set(doc2.tolist())) == 2  # "a" and "a a"
+    doc, bucket = bigrams.pairs()
+    assert len(set(bucket[doc == 2].tolist())) == 2  # "a" and "a a"
     # case-insensitive, deterministic across calls
-    again = NgramHasher(1_000_003, 2)(["the CAT sat."])
-    np.testing.assert_array_equal(np.sort(again.bucket), np.sort(bigrams.bucket[bigrams.doc == 0]))
+    _, again_bucket = NgramHasher(1_000_003, 2)(["the CAT sat."]).pairs()
+    np.testing.assert_array_equal(np.sort(again_bucket), np.sort(bucket[doc == 0]))
 
 
 def test_fast_and_reference_agree_on_tokens_for_plain_text(pool_table):
@@ -57,14 +57,20 @@ def test_fast_and_reference_agree_on_tokens_for_plain_text(pool_table):
 
 
 def test_dot_and_bucket_counts_match_a_naive_loop():
-    features = NgramHasher(50, 2)(["x y z x", "y y", "q"])
-    weights = np.arange(50, dtype=float)
-    naive = [sum(weights[b] for b, d in zip(features.bucket, features.doc) if d == i)
-             for i in range(3)]
-    np.testing.assert_allclose(features.dot(weights), naive)
-    assert features.bucket_counts().sum() == len(features.bucket)
-    only_first = features.bucket_counts(np.array([True, False, False]))
-    assert only_first.sum() == 7
+    texts = ["x y z x", "", "y y", "q", "", "a b c d e"]
+    for order in (1, 2, 3):
+        features = NgramHasher(50, order)(texts)
+        doc, bucket = features.pairs()
+        weights = np.arange(50, dtype=float)
+        naive = [sum(weights[b] for b, d in zip(bucket, doc) if d == i) for i in range(6)]
+        np.testing.assert_allclose(features.dot(weights), naive)
+        assert features.bucket_counts().sum() == len(bucket) == features.num_features().sum()
+        mask = np.array([True, False, False, True, False, True])
+        np.testing.assert_array_equal(features.bucket_counts(mask),
+                                      np.bincount(bucket[mask[doc]], minlength=50))
+    # trigram counts per document: n - 2 for n >= 3 tokens, else none
+    assert NgramHasher(50, 3)(texts).num_features().tolist() == [4 + 3 + 2, 0, 2 + 1, 1, 0,
+                                                                 5 + 4 + 3]
 
 
 def test_bad_settings_are_errors():

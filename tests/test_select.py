@@ -143,3 +143,12 @@ def test_scores_of_another_pool_are_refused(tmp_path, pool):
     other = read_corpus(pool.files, partition_bytes=1 << 20)
     with pytest.raises(InputError, match="different pool"):
         select.top_k(other, scores, k=3)
+
+
+def test_importance_resample_by_fraction_counts_only_eligible_rows(pool):
+    scores, _ = _scores_for(pool, np.zeros(120), drop={"d000", "d001"})
+    selection = select.importance_resample(pool, scores, fraction=0.25, seed=1)
+    assert selection.num_selected == math.ceil(0.25 * 118)
+    assert selection.policy == {"policy": "importance_resample", "k": 30, "seed": 1,
+                                "fraction": 0.25}
+    assert not {"d000", "d001"} & set(_chosen(selection, pool))
