@@ -1,9 +1,11 @@
 """Seeded per-row randomness that depends on (seed, id) only.
 
 Samples and Gumbel noise drawn this way do not change when the pool is re-partitioned, read
-by more workers or resumed halfway: a row's coin flip travels with its id. Each draw hashes
-the id with pandas' vectorised ``hash_array`` under a seed-derived key; the top 53 bits of the
-64-bit hash give a uniform number in (0, 1).
+by more workers or resumed halfway: a row's coin flip travels with its id. An id is hashed
+once to 64 bits (pandas' vectorised ``hash_array``, stable across runs and machines); each
+draw mixes that hash with a key derived from the seed and the use (``stream``) and takes
+the top 53 bits as a uniform number in (0, 1). Working from the hashes lets selection draw
+its noise from the 8-byte id hashes it already holds, without reading ids again.
 """
 
 from __future__ import annotations
@@ -16,23 +18,29 @@ import pandas as pd
 SAMPLE_STREAM, GUMBEL_STREAM = 1, 2
 
 
-def uniform(ids: Any, seed: int, stream: int) -> np.ndarray:
-    """One uniform (0, 1) number per id; ``stream`` separates independent uses of a seed."""
+def id_hashes(ids: Any) -> np.ndarray:
+    """64-bit hashes of string ids (the same id always gives the same hash)."""
     values = np.asarray(ids.to_pylist() if hasattr(ids, "to_pylist") else list(ids), dtype=object)
-    key = f"{seed & 0xFFFFFFFFFFFF:012x}{stream:04x}"
-    bits = pd.util.hash_array(values, hash_key=key, categorize=False)
+    return pd.util.hash_array(values, categorize=False)
+
+
+def uniform(id_hash: np.ndarray, seed: int, stream: int) -> np.ndarray:
+    """One uniform (0, 1) number per id hash; ``stream`` separates independent uses."""
+    key_source = np.array([(seed & 0xFFFFFFFFFFFF) << 8 | stream], dtype=np.uint64)
+    key = pd.util.hash_array(key_source)[0]
+    bits = pd.util.hash_array(np.asarray(id_hash, dtype=np.uint64) ^ key)
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
 def sample_mask(ids: Any, fraction: float, seed: int) -> np.ndarray:
-    """A seeded Bernoulli(``fraction``) sample of the rows."""
+    """A seeded Bernoulli(``fraction``) sample of the rows with these ids."""
     if fraction >= 1:
         return np.ones(len(ids), bool)
     if fraction <= 0:
         return np.zeros(len(ids), bool)
-    return uniform(ids, seed, SAMPLE_STREAM) < fraction
+    return uniform(id_hashes(ids), seed, SAMPLE_STREAM) < fraction
 
 
-def gumbel_noise(ids: Any, seed: int) -> np.ndarray:
+def gumbel_noise(id_hash: np.ndarray, seed: int) -> np.ndarray:
     """Standard Gumbel variates, -log(-log(u)), for Gumbel top-k sampling."""
-    return -np.log(-np.log(uniform(ids, seed, GUMBEL_STREAM)))
+    return -np.log(-np.log(uniform(id_hash, seed, GUMBEL_STREAM)))

@@ -19,6 +19,7 @@ import pickle
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError, OutputConflictError
@@ -41,9 +43,28 @@ from dataselect.output import (
     write_json,
     write_table,
 )
+from dataselect.sampling import id_hashes
 
 FILTERED_BY = "filtered_by"
 STORE_MANIFEST = "_manifest.json"
+
+
+def summarize_scores(table: pa.Table) -> dict[str, Any]:
+    """What selection needs of a score part: scores, eligibility, rows removed per filter,
+    and id hashes (for the cross-partition duplicate check and per-id random draws)."""
+    score = table["score"].to_numpy().astype(np.float64)
+    if FILTERED_BY in table.column_names:
+        reasons = table[FILTERED_BY]
+        eligible = pc.is_null(reasons).to_numpy(zero_copy_only=False)
+        dropped = Counter(reasons.drop_null().to_pylist())
+    else:
+        eligible, dropped = np.ones(len(score), bool), Counter()
+    bad = np.isnan(score) & eligible
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"score is NaN for id {table['id'][row].as_py()!r}", field="score")
+    return {"score": score, "eligible": eligible, "dropped": dropped,
+            "id_hash": id_hashes(table["id"])}
 
 
 class Scorer(ABC):
@@ -135,14 +156,15 @@ class _WriteOrReuse:
     task: Any
     folder: str
 
-    def __call__(self, index: int) -> tuple[int, bool, float]:
+    def __call__(self, index: int) -> tuple[int, bool, float, dict[str, Any]]:
         path = os.path.join(self.folder, part_name(index))
         if os.path.exists(path):
-            return read_table(path).num_rows, True, 0.0
+            table = read_table(path)
+            return table.num_rows, True, 0.0, summarize_scores(table)
         start = time.perf_counter()
         table = self.task(index)
         write_table(table, path)
-        return table.num_rows, False, time.perf_counter() - start
+        return table.num_rows, False, time.perf_counter() - start, summarize_scores(table)
 
 
 class Scores:
@@ -154,6 +176,8 @@ class Scores:
         self.task = task
         self.description = description
         self.stats: dict[str, Any] = {}
+        # per-partition summaries for selection, when the store was written in this process
+        self.summaries: list[dict[str, Any]] | None = None
 
     @property
     def npartitions(self) -> int:
@@ -201,6 +225,7 @@ class Scores:
             "partitions_scored": sum(1 for r in results if not r[1]),
             "score_seconds": sum(r[2] for r in results),
         }
+        stored.summaries = [r[3] for r in results]
         return stored
 
     @classmethod

@@ -19,16 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dataselect.corpus import Corpus
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.output import jsonable
 from dataselect.sampling import gumbel_noise
-from dataselect.scoring import FILTERED_BY, Scores
+from dataselect.scoring import Scores, summarize_scores
 
 
 @dataclass
@@ -56,37 +54,22 @@ class Selection:
         return write_selection(self, out, **kwargs)
 
 
-@dataclass(frozen=True)
-class _Keys:
-    """Per-partition extraction of (key, eligible, filter reasons) from a score table."""
-
-    seed: int | None = None
-
-    def __call__(self, table: pa.Table, index: int) -> dict[str, Any]:
-        score = table["score"].to_numpy().astype(np.float64)
-        if FILTERED_BY in table.column_names:
-            reasons = table[FILTERED_BY]
-            eligible = pc.is_null(reasons).to_numpy(zero_copy_only=False)
-            dropped = Counter(r for r in reasons.drop_null().to_pylist())
-        else:
-            eligible, dropped = np.ones(len(score), bool), Counter()
-        bad = np.isnan(score) & eligible
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(f"score is NaN for id {table['id'][row].as_py()!r}", field="score")
-        key = score if self.seed is None else score + gumbel_noise(table["id"], self.seed)
-        id_hash = pd.util.hash_array(np.asarray(table["id"].to_pylist(), dtype=object),
-                                     categorize=False)
-        return {"key": key, "score": score, "eligible": eligible, "dropped": dropped,
-                "id_hash": id_hash}
-
-
 def _collect(scores: Scores, runner: Runner, seed: int | None = None) -> list[dict[str, Any]]:
-    parts = runner(f"collect:{scores.name}", scores.delayed(_Keys(seed)))
-    if sum(len(p["key"]) for p in parts) == 0:
+    """Per partition: score, eligibility, filter counts, id hashes and the ranking key
+    (the score, plus Gumbel noise when ``seed`` is given). A store written in this job
+    already holds these summaries; otherwise one pass over the scores computes them."""
+    parts = scores.summaries
+    if parts is None:
+        parts = runner(f"collect:{scores.name}", scores.delayed(_summarize))
+    if sum(len(p["score"]) for p in parts) == 0:
         raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
     _check_unique_ids(scores.corpus, parts)
-    return parts
+    return [{**p, "key": p["score"] if seed is None else p["score"] + gumbel_noise(
+        p["id_hash"], seed)} for p in parts]
+
+
+def _summarize(table: pa.Table, index: int) -> dict[str, Any]:
+    return summarize_scores(table)
 
 
 def _check_unique_ids(pool: Corpus, parts: list[dict[str, Any]]) -> None:

@@ -87,6 +87,7 @@ class DSIR(Scorer):
             raise InputError(f"min_length must be >= 0, got {self.min_length}", field="min_length")
         self.hasher = NgramHasher(self.num_buckets, self.ngram, self.tokenizer)
         self.log_diff_: np.ndarray | None = None
+        self.raw_counts_: tuple[np.ndarray, float] | None = None
         self.fit_stats_: dict[str, Any] = {}
 
     @property
@@ -137,8 +138,7 @@ class DSIR(Scorer):
         return self
 
     def pool_ngram_counts(self, hasher: NgramHasher) -> tuple[np.ndarray, float] | None:
-        same = hasher == self.hasher and getattr(self, "raw_counts_", None) is not None
-        return self.raw_counts_ if same else None
+        return self.raw_counts_ if hasher == self.hasher else None
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
         if self.log_diff_ is None:

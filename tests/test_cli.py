@@ -48,7 +48,8 @@ def test_select_on_a_local_cluster_writes_rows_scores_and_manifest(tmp_path, cap
 def test_score_command_writes_only_the_store(tmp_path):
     out = tmp_path / "out"
     assert main(["score", "--scorer", "dsir", "--pool", POOL_GLOB, "--target",
-                 str(TARGETS / "fortunes.jsonl"), "--out", str(out), "--workers", "1"]) == 0
+                 str(TARGETS / "fortunes.jsonl"), "--out", str(out), "--workers", "2",
+                 "--worker-kind", "processes"]) == 0
     assert (out / "_scores" / "dsir" / "_manifest.json").exists()
     assert not list(out.glob("part-*"))
     scores = pq.read_table(out / "_scores" / "dsir")

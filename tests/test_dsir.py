@@ -100,6 +100,11 @@ def test_dsir_recovers_a_held_out_domain_far_above_chance(tmp_path, domain):
     assert domain_precision(picked, domain) >= 0.8 > 5 * chance
 
 
+def test_fast_path_declares_thread_workers_and_reference_path_processes():
+    assert DSIR().local_workers == "threads"
+    assert DSIR(tokenizer="reference").local_workers == "processes"
+
+
 def test_save_and_load_roundtrip_gives_identical_scores(tmp_path, small_records):
     pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", small_records)))
     target = read_corpus(str(write_jsonl(tmp_path / "t.jsonl", small_records[:5])))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataselect.sampling import gumbel_noise, sample_mask, uniform
+from dataselect.sampling import gumbel_noise, id_hashes, sample_mask, uniform
 
 
 def test_uniforms_are_reproducible_and_uniform():
-    ids = [f"doc-{i}" for i in range(20_000)]
+    ids = id_hashes([f"doc-{i}" for i in range(20_000)])
     u = uniform(ids, seed=5, stream=1)
     np.testing.assert_array_equal(u, uniform(ids, seed=5, stream=1))
     assert ((u > 0) & (u < 1)).all()
@@ -21,7 +21,9 @@ def test_uniforms_are_reproducible_and_uniform():
 
 def test_each_id_keeps_its_draw_whatever_else_is_in_the_batch():
     ids = [f"doc-{i}" for i in range(100)]
-    np.testing.assert_array_equal(uniform(ids, 1, 1)[50:], uniform(ids[50:], 1, 1))
+    np.testing.assert_array_equal(uniform(id_hashes(ids), 1, 1)[50:],
+                                  uniform(id_hashes(ids[50:]), 1, 1))
+    np.testing.assert_array_equal(id_hashes(ids[:3]), id_hashes(["doc-0", "doc-1", "doc-2"]))
 
 
 def test_sample_mask_hits_the_fraction_and_gumbel_has_the_right_mean():
@@ -29,6 +31,6 @@ def test_sample_mask_hits_the_fraction_and_gumbel_has_the_right_mean():
     mask = sample_mask(ids, 0.1, seed=0)
     assert abs(mask.mean() - 0.1) < 0.01
     assert sample_mask(ids, 1.0, seed=0).all()
-    noise = gumbel_noise(ids, seed=0)
+    noise = gumbel_noise(id_hashes(ids), seed=0)
     assert abs(noise.mean() - np.euler_gamma) < 0.03
     assert abs(noise.var() - np.pi**2 / 6) < 0.06

@@ -12,7 +12,9 @@ from scoring_helpers import FixedScorer
 
 from dataselect import read_corpus, select
 from dataselect.errors import InputError
-from dataselect.select import _choose_top, _Keys
+from dataselect.sampling import gumbel_noise
+from dataselect.scoring import summarize_scores
+from dataselect.select import _choose_top
 
 
 @pytest.fixture
@@ -87,7 +89,9 @@ def test_importance_resample_is_seeded_and_independent_of_partitioning(tmp_path,
 
 def _resample_in_process(scores, table, k, seed):
     """importance_resample's own steps (Gumbel keys, top-k), minus Dask, for many seeds."""
-    return _choose_top(scores, [_Keys(seed)(table, 0)], k, {})
+    part = summarize_scores(table)
+    part["key"] = part["score"] + gumbel_noise(part["id_hash"], seed)
+    return _choose_top(scores, [part], k, {})
 
 
 def test_gumbel_top_1_draws_in_proportion_to_the_weights(tmp_path):
