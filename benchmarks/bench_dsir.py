@@ -40,6 +40,14 @@ one poll. Pages shared between processes are counted once per process, as RSS do
   ``-p fit_fraction=1`` (raw distribution fitted on every pool row, like the reference);
   our default fits it on a seeded sample of about 32 MiB of pool text.
 
+Precision over seeds
+--------------------
+Importance resampling is random, so one draw's precision moves by about 0.005 from seed to
+seed. After the timed runs, both tools redraw the sample from their already computed
+weights with ``--precision-seeds`` seeds (untimed; the reference reruns ``resample`` with
+``np.random.seed(s)``, ours runs ``select.importance_resample`` on its score store), and
+the mean and spread are printed under each task.
+
 Why this configuration of the reference is fair
 -----------------------------------------------
 * ``min_example_length=0``: its default (100 tokens) silently drops short documents, which
@@ -158,6 +166,7 @@ class RunResult:
     peak_rss_mb: float | None = None
     rows_out: int | None = None
     precision: float | None = None
+    seed_precisions: list[float] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -295,12 +304,19 @@ def reference_child(spec_json: str) -> int:
     stages = {"fit": fitted - start, "importance_weights": weighted - fitted,
               "resample": done - weighted}
     print(RESULT_MARKER + json.dumps({"seconds": done - start, "stages": stages}), flush=True)
+    for seed in spec["extra_seeds"]:  # untimed: precision over resampling seeds
+        np.random.seed(seed)
+        dsir.resample(out_dir=f"{spec['out_dir']}_seed{seed}", num_to_sample=spec["k"],
+                      cache_dir=f"{spec['resample_cache']}_seed{seed}", top_k=False)
     return 0
 
 
-def run_reference(task: Task, num_proc: int, seed: int, timeout: float | None) -> RunResult:
+def run_reference(task: Task, num_proc: int, seeds: list[int], timeout: float | None
+                  ) -> RunResult:
     folder = fresh_dir(task.folder / "reference")
+    seed = seeds[0]
     spec = {"pool": str(task.pool), "target": str(task.target), "k": task.k, "seed": seed,
+            "extra_seeds": seeds[1:],
             "num_proc": num_proc, "cache_dir": str(folder / "cache"),
             "resample_cache": str(folder / "resample_cache"), "out_dir": str(folder / "out")}
     command = [sys.executable, str(Path(__file__).resolve()), "--reference-child",
@@ -316,6 +332,9 @@ def run_reference(task: Task, num_proc: int, seed: int, timeout: float | None) -
     result.seconds, result.stages = inner["seconds"], inner["stages"]
     domains = list(iter_jsonl_domains(sorted((folder / "out").glob("*.jsonl"))))
     result.rows_out, result.precision = len(domains), precision(domains, task.domain)
+    result.seed_precisions = [result.precision] + [
+        precision(list(iter_jsonl_domains(sorted((folder / f"out_seed{s}").glob("*.jsonl")))),
+                  task.domain) for s in seeds[1:]]
     return result
 
 
@@ -361,7 +380,27 @@ def run_ours(task: Task, config: OursConfig, args: argparse.Namespace) -> RunRes
                .to_pylist()]
     result.rows_out, result.precision = len(domains), precision(domains, task.domain)
     result.stages = manifest_stages(out / "_manifest.json")
+    result.seed_precisions = [result.precision] + [
+        resample_precision(task, out, seed) for seed in seeds(args)[1:]]
     return result
+
+
+def resample_precision(task: Task, out: Path, seed: int) -> float:
+    """Untimed: redraw the importance resample from the stored scores with another seed
+    (the reference's extra seeds likewise only redo its resampling)."""
+    from dataselect import read_corpus, select
+    from dataselect.scoring import Scores
+
+    pool = read_corpus(str(task.pool))
+    scores = Scores.from_store(out / "_scores" / "dsir", pool)
+    chosen = select.importance_resample(pool, scores, k=task.k, seed=seed)
+    domains = [d for i, rows in chosen.positions.items()
+               for d in pool.read_partition(i)["domain"].take(rows).to_pylist()]
+    return precision(domains, task.domain)
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    return [args.seed + i for i in range(args.precision_seeds)]
 
 
 def manifest_stages(path: Path) -> dict[str, float]:
@@ -425,6 +464,11 @@ def detail_lines(task: Task, runs: dict[str, RunResult]) -> list[str]:
                  if result.tool == "reference" and result.process_seconds else "")
         lines.append(f"  {result.tool}: {result.rows_out} rows out; stages: "
                      f"{stages_text(result)}{extra}")
+        if len(result.seed_precisions) > 1:
+            values = np.array(result.seed_precisions)
+            lines.append(f"    precision over {len(values)} resampling seeds: "
+                         f"{values.mean():.4f} ± {values.std(ddof=1):.4f} "
+                         f"(min {values.min():.4f}, max {values.max():.4f})")
     return lines
 
 
@@ -441,6 +485,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "max_peak_rss_mb": max((r["peak_rss_mb"] for r in done), default=None),
             "mean_precision": (float(np.mean([r["precision"] for r in done]))
                                if done else None),
+            "mean_precision_over_seeds": (
+                float(np.mean([np.mean(r["seed_precisions"]) for r in done]))
+                if done and all(r["seed_precisions"] for r in done) else None),
         }
         if tool != "reference" and "reference" in tools:
             ratios = [r["runs"]["reference"]["seconds"] / r["runs"][tool]["seconds"]
@@ -476,6 +523,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=1,
                         help="write the pool this many times (ids <id>#<r>)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision-seeds", type=int, default=5,
+                        help="resampling seeds over which precision is also averaged")
     parser.add_argument("--cores", type=int, default=cores(),
                         help="worker processes for both tools (default: CPU affinity)")
     parser.add_argument("--workdir", default=None,
@@ -497,7 +546,7 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, RunResult]:
     for config in OURS_CONFIGS:
         runs[config.name] = run_ours(task, config, args)
     if not args.skip_reference:
-        runs["reference"] = run_reference(task, args.cores, args.seed, args.timeout)
+        runs["reference"] = run_reference(task, args.cores, seeds(args), args.timeout)
     return runs
 
 

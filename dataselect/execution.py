@@ -14,12 +14,31 @@ from typing import Any
 
 import dask
 
-Runner = Callable[[str, Sequence[Any]], list[Any]]
+# runner(stage, tasks) -> results in task order; runner(stage, tasks, fold) -> the results
+# folded pairwise with ``fold`` (commutative, associative), in any order: a runner may fold
+# each result as it arrives and drop it, so per-partition arrays never pile up.
+Runner = Callable[..., Any]
+Fold = Callable[[Any, Any], Any]
 
 
-def default_runner(stage: str, tasks: Sequence[Any]) -> list[Any]:
-    """Compute ``tasks`` (Dask delayed objects) and return their results in order."""
-    return list(dask.compute(*tasks)) if tasks else []
+def default_runner(stage: str, tasks: Sequence[Any], fold: Fold | None = None) -> Any:
+    """Compute ``tasks`` (Dask delayed objects); their results in order, or folded."""
+    results = list(dask.compute(*tasks)) if tasks else []
+    return fold_all(results, fold) if fold is not None else results
+
+
+def fold_all(results: Sequence[Any], fold: Fold) -> Any:
+    if not results:
+        raise ValueError("nothing to fold")
+    total = results[0]
+    for result in results[1:]:
+        total = fold(total, result)
+    return total
+
+
+def add_tuples(left: tuple, right: tuple) -> tuple:
+    """Element-wise sum of two tuples of numbers or arrays (a ``fold`` for counts)."""
+    return tuple(a + b for a, b in zip(left, right))
 
 
 def partition_tasks(stage: str, fn: Callable[[int], Any], count: int) -> list[Any]:

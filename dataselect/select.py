@@ -79,15 +79,13 @@ def _check_unique_ids(pool: Corpus, parts: list[dict[str, Any]]) -> None:
     error names both places (and a mere hash collision is not reported).
     """
     hashes = np.concatenate([p["id_hash"] for p in parts])
-    order = np.argsort(hashes, kind="stable")
-    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
-    if not len(same):
-        return
+    ordered = np.sort(hashes)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
     starts = np.cumsum([0] + [len(p["id_hash"]) for p in parts])
-    for pair in same:
-        first, second = (int(order[pair]), int(order[pair + 1]))
+    for value in repeated:
         places = []
-        for position in (first, second):
+        for position in np.flatnonzero(hashes == value)[:2].tolist():
             partition = int(np.searchsorted(starts, position, side="right") - 1)
             places.append(pool.place(partition, position - int(starts[partition])))
         if places[0][0] == places[1][0]:
@@ -109,12 +107,18 @@ def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dic
                 ) -> Selection:
     """The ``k`` eligible rows with the largest keys; ties go to the earlier pool row."""
     sizes = [len(p["key"]) for p in parts]
-    keys = np.concatenate([p["key"] for p in parts])
-    eligible = np.concatenate([p["eligible"] for p in parts])
-    candidates = np.flatnonzero(eligible)
+    candidates = np.flatnonzero(np.concatenate([p["eligible"] for p in parts]))
+    keys = np.concatenate([p["key"] for p in parts])[candidates]
     k = min(k, len(candidates))
+    if 0 < k < len(candidates):
+        # keep keys above the k-th largest, then the earliest rows tied with it
+        kth = np.partition(keys, len(keys) - k)[len(keys) - k]
+        above = keys > kth
+        tied = np.flatnonzero(keys == kth)[:k - int(above.sum())]
+        keep = np.sort(np.concatenate([np.flatnonzero(above), tied]))
+        candidates, keys = candidates[keep], keys[keep]
     # lexsort sorts by the last key first: descending key, then ascending position
-    order = candidates[np.lexsort((candidates, -keys[candidates]))[:k]]
+    order = candidates[np.lexsort((candidates, -keys))[:k]]
     return _selection(scores, sizes, order, policy, _counts(parts, k))
 
 

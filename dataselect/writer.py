@@ -60,9 +60,7 @@ class _WritePart:
         stats_path = os.path.join(self.out, STATS_DIR, f"part-{index:05d}.npz")
         if os.path.exists(path) and os.path.exists(stats_path):
             with np.load(stats_path) as saved:
-                return {"rows": int(saved["rows"]), "reused": True,
-                        "pool_counts": saved["pool_counts"],
-                        "selected_counts": saved["selected_counts"], "seconds": 0.0}
+                return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
         start = time.perf_counter()
         table = self.pool.read_partition(index)
         scores = self.score_task(index)
@@ -75,8 +73,8 @@ class _WritePart:
                      selected_counts=selected_counts)
         os.replace(tmp, final)
         write_table(picked, path, self.fmt)
-        return {"rows": picked.num_rows, "reused": False, "pool_counts": pool_counts,
-                "selected_counts": selected_counts, "seconds": time.perf_counter() - start}
+        return {"rows": picked.num_rows, "reused": False,
+                "seconds": time.perf_counter() - start}
 
     def _ngram_counts(self, table: pa.Table, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.hasher is None:
@@ -155,7 +153,7 @@ def write_selection(
         "versions": package_versions(),
     }
     if target is not None:
-        manifest["metrics"] = _kl_metrics(target, hasher, results, metrics_sample,
+        manifest["metrics"] = _kl_metrics(target, hasher, out, len(results), metrics_sample,
                                           pool_ngram_counts[0] if reuse else None)
     if extra_manifest:
         manifest.update(extra_manifest)
@@ -180,14 +178,20 @@ def _prepare(out: str, job: dict[str, Any], overwrite: bool) -> None:
     write_json(job, job_path)
 
 
-def _kl_metrics(target: Corpus, hasher: NgramHasher, results: list[dict[str, Any]],
+def _kl_metrics(target: Corpus, hasher: NgramHasher, out: str, parts: int,
                 metrics_sample: float, pool_counts: np.ndarray | None) -> dict[str, Any]:
     target_counts = np.zeros(hasher.num_buckets, np.int64)
     for table in target.iter_tables():
         target_counts += hasher.bucket_counts(target.texts(table))
+    # summed one saved file at a time, so memory does not grow with the partition count
+    sampled_counts = np.zeros(hasher.num_buckets, np.int64)
+    selected_counts = np.zeros(hasher.num_buckets, np.int64)
+    for index in range(parts):
+        with np.load(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")) as saved:
+            sampled_counts += saved["pool_counts"]
+            selected_counts += saved["selected_counts"]
     if pool_counts is None:
-        pool_counts = sum(r["pool_counts"] for r in results)
-    selected_counts = sum(r["selected_counts"] for r in results)
+        pool_counts = sampled_counts
     metrics = kl_reduction(target_counts, pool_counts, selected_counts)
     metrics.update({"ngram_buckets": hasher.num_buckets, "ngram": hasher.ngram,
                     "pool_sample_fraction": metrics_sample})

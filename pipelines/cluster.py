@@ -53,7 +53,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         threads_per_worker=count if threads else 1,
         processes=not threads,
         memory_limit=memory_limit,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: never collides with another cluster
         silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         yield client

@@ -11,6 +11,8 @@ from distributed import Client, as_completed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dataselect.execution import Fold
+
 
 @dataclass
 class StageTiming:
@@ -27,20 +29,27 @@ class ProgressRunner:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     timings: list[StageTiming] = field(default_factory=list)
 
-    def __call__(self, stage: str, tasks: Sequence[Any]) -> list[Any]:
+    def __call__(self, stage: str, tasks: Sequence[Any], fold: Fold | None = None) -> Any:
+        """Results in task order; with ``fold``, each result is folded in as it arrives and
+        released, so the client never holds one result per partition."""
         start = time.perf_counter()
         futures = self.client.compute(list(tasks))
         columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
-        with Progress(*columns, console=self.console, transient=False,
-                      disable=not futures) as progress:
-            bar = progress.add_task(stage, total=len(futures))
-            for future in as_completed(futures):
-                if future.status == "error":
-                    break
-                progress.advance(bar)
+        total = None
         try:
-            results = self.client.gather(futures)
+            with Progress(*columns, console=self.console, transient=False,
+                          disable=not futures) as progress:
+                bar = progress.add_task(stage, total=len(futures))
+                for future in as_completed(futures):
+                    if future.status == "error":
+                        future.result()  # raises the task's own exception
+                    if fold is not None:
+                        result = future.result()
+                        total = result if total is None else fold(total, result)
+                        future.release()
+                    progress.advance(bar)
+            results = total if fold is not None else self.client.gather(futures)
         finally:
             for future in futures:
                 future.cancel()

@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
-from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.execution import Runner, add_tuples, default_runner, partition_tasks
 from dataselect.metrics import ngram_distribution
 from dataselect.ngrams import NgramHasher, TokenizerName
 from dataselect.sampling import sample_mask
@@ -115,16 +115,15 @@ class DSIR(Scorer):
         fraction = self.fit_fraction or min(
             1.0, self.fit_sample_mb * 2**20 / max(pool.estimated_bytes(), 1))
         task = _SampleCounts(pool, self.hasher, fraction, self.seed)
-        results = runner("fit:dsir", partition_tasks("fit-dsir", task, pool.npartitions))
-        raw_counts = sum((r[0] for r in results), np.zeros(self.num_buckets, np.int64))
+        raw_counts, pool_rows, fitted_rows = runner(
+            "fit:dsir", partition_tasks("fit-dsir", task, pool.npartitions), add_tuples)
         if raw_counts.sum() == 0:
             raise EmptyCorpusError("the pool sample holds no tokens; raise fit_fraction",
                                    where=", ".join(pool.files))
         self.fit_from_counts(target_counts, raw_counts)
         self.raw_counts_ = (raw_counts, fraction)
         self.fit_stats_ = {"fit_fraction": fraction, "target_rows": target_rows,
-                           "pool_rows": sum(r[1] for r in results),
-                           "pool_rows_fitted": sum(r[2] for r in results),
+                           "pool_rows": int(pool_rows), "pool_rows_fitted": int(fitted_rows),
                            "target_ngrams": int(target_counts.sum()),
                            "pool_ngrams_fitted": int(raw_counts.sum())}
         return self
