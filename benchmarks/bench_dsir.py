@@ -531,6 +531,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where task files and outputs go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workdir")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--configs", nargs="+", default=[c.folder for c in OURS_CONFIGS],
+                        choices=[c.folder for c in OURS_CONFIGS],
+                        help="which configurations of ours to run")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
     parser.add_argument("--dataselect", default=None, help="path of the dataselect script")
     parser.add_argument("--json", default=None, help="write all numbers to this file")
@@ -543,17 +546,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_task(task: Task, args: argparse.Namespace) -> dict[str, RunResult]:
     runs: dict[str, RunResult] = {}
-    for config in OURS_CONFIGS:
+    for config in chosen_configs(args):
         runs[config.name] = run_ours(task, config, args)
     if not args.skip_reference:
         runs["reference"] = run_reference(task, args.cores, seeds(args), args.timeout)
     return runs
 
 
+def chosen_configs(args: argparse.Namespace) -> list[OursConfig]:
+    return [c for c in OURS_CONFIGS if c.folder in args.configs]
+
+
 def report_task(task: Task, runs: dict[str, RunResult]) -> None:
     reference = runs.get("reference")
     for config in OURS_CONFIGS:
-        print(result_line(task, runs[config.name], reference))
+        if config.name in runs:
+            print(result_line(task, runs[config.name], reference))
     print("\n".join(detail_lines(task, runs)), flush=True)
 
 

@@ -78,16 +78,14 @@ def _check_unique_ids(pool: Corpus, parts: list[dict[str, Any]]) -> None:
     Only 8-byte id hashes are gathered; on a hash match the two rows are looked up, so the
     error names both places (and a mere hash collision is not reported).
     """
-    hashes = np.concatenate([p["id_hash"] for p in parts])
-    ordered = np.sort(hashes)
+    ordered = np.concatenate([p["id_hash"] for p in parts])
+    ordered.sort()
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     del ordered
-    starts = np.cumsum([0] + [len(p["id_hash"]) for p in parts])
     for value in repeated:
-        places = []
-        for position in np.flatnonzero(hashes == value)[:2].tolist():
-            partition = int(np.searchsorted(starts, position, side="right") - 1)
-            places.append(pool.place(partition, position - int(starts[partition])))
+        places = [pool.place(index, int(position))
+                  for index, part in enumerate(parts)
+                  for position in np.flatnonzero(part["id_hash"] == value)][:2]
         if places[0][0] == places[1][0]:
             raise DuplicateIdError(f"duplicate id {places[0][0]!r} (also at {places[0][1]})",
                                    where=places[1][1], field="id")
@@ -107,8 +105,11 @@ def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dic
                 ) -> Selection:
     """The ``k`` eligible rows with the largest keys; ties go to the earlier pool row."""
     sizes = [len(p["key"]) for p in parts]
-    candidates = np.flatnonzero(np.concatenate([p["eligible"] for p in parts]))
-    keys = np.concatenate([p["key"] for p in parts])[candidates]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    eligible = [np.flatnonzero(p["eligible"]) for p in parts]
+    candidates = np.concatenate([rows + offset for rows, offset in zip(eligible, offsets)])
+    keys = np.concatenate([p["key"][rows] for p, rows in zip(parts, eligible)])
+    del eligible
     k = min(k, len(candidates))
     if 0 < k < len(candidates):
         # keep keys above the k-th largest, then the earliest rows tied with it
