@@ -103,24 +103,45 @@ def _counts(parts: list[dict[str, Any]], selected: int) -> dict[str, Any]:
 
 def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dict[str, Any]
                 ) -> Selection:
-    """The ``k`` eligible rows with the largest keys; ties go to the earlier pool row."""
+    """The ``k`` eligible rows with the largest keys; ties go to the earlier pool row.
+
+    Only one transient copy of the eligible keys is made (to find the k-th largest in
+    place); the candidates are then taken part by part, so memory stays near 8 bytes per
+    row on top of the summaries.
+    """
     sizes = [len(p["key"]) for p in parts]
+    eligible_count = sum(int(p["eligible"].sum()) for p in parts)
+    k = min(k, eligible_count)
+    kth = -np.inf
+    if 0 < k < eligible_count:
+        keys = np.concatenate([p["key"][p["eligible"]] for p in parts])
+        keys.partition(len(keys) - k)
+        kth = keys[len(keys) - k]
+        del keys
     offsets = np.cumsum([0, *sizes[:-1]])
-    eligible = [np.flatnonzero(p["eligible"]) for p in parts]
-    candidates = np.concatenate([rows + offset for rows, offset in zip(eligible, offsets)])
-    keys = np.concatenate([p["key"][rows] for p, rows in zip(parts, eligible)])
-    del eligible
-    k = min(k, len(candidates))
-    if 0 < k < len(candidates):
-        # keep keys above the k-th largest, then the earliest rows tied with it
-        kth = np.partition(keys, len(keys) - k)[len(keys) - k]
-        above = keys > kth
-        tied = np.flatnonzero(keys == kth)[:k - int(above.sum())]
-        keep = np.sort(np.concatenate([np.flatnonzero(above), tied]))
-        candidates, keys = candidates[keep], keys[keep]
+    above, tied = [], []
+    for part, offset in zip(parts, offsets):
+        key, ok = part["key"], part["eligible"]
+        above.append(np.flatnonzero(ok & (key > kth)) + offset)
+        tied.append(np.flatnonzero(ok & (key == kth)) + offset)
+    above_rows = np.concatenate(above)
+    # the rows above the k-th key, then the earliest rows tied with it
+    chosen = np.concatenate([above_rows, np.concatenate(tied)[:k - len(above_rows)]])
+    keys = _keys_at(parts, sizes, chosen)
     # lexsort sorts by the last key first: descending key, then ascending position
-    order = candidates[np.lexsort((candidates, -keys))[:k]]
+    order = chosen[np.lexsort((chosen, -keys))[:k]]
     return _selection(scores, sizes, order, policy, _counts(parts, k))
+
+
+def _keys_at(parts: list[dict[str, Any]], sizes: list[int], rows: np.ndarray) -> np.ndarray:
+    """The keys of global row positions ``rows``."""
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    partition = np.searchsorted(starts, rows, side="right") - 1
+    keys = np.empty(len(rows))
+    for index in np.unique(partition):
+        mine = partition == index
+        keys[mine] = parts[index]["key"][rows[mine] - starts[index]]
+    return keys
 
 
 def _selection(scores: Scores, sizes: list[int], order: np.ndarray, policy: dict[str, Any],
