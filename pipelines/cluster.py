@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import dask
 from distributed import Client, LocalCluster
 
 from dataselect.errors import InputError
@@ -48,7 +49,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         raise InputError(f"worker kind must be 'processes' or 'threads', got {kind!r}")
     count = workers or default_workers()
     threads = kind == "threads"
-    with LocalCluster(
+    # the statistical profiler feeds only the dashboard, and its history grows with the job
+    with dask.config.set({"distributed.worker.profile.enabled": False}), LocalCluster(
         n_workers=1 if threads else count,
         threads_per_worker=count if threads else 1,
         processes=not threads,
