@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 import dask
+import pyarrow as pa
 from distributed import Client, LocalCluster
 
 from dataselect.errors import InputError
@@ -50,12 +51,32 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     count = workers or default_workers()
     threads = kind == "threads"
     # the statistical profiler feeds only the dashboard, and its history grows with the job
-    with dask.config.set({"distributed.worker.profile.enabled": False}), LocalCluster(
-        n_workers=1 if threads else count,
-        threads_per_worker=count if threads else 1,
-        processes=not threads,
-        memory_limit=memory_limit,
-        dashboard_address=":0",  # any free port: never collides with another cluster
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+            _arrow_pool_for(threads), LocalCluster(
+                n_workers=1 if threads else count,
+                threads_per_worker=count if threads else 1,
+                processes=not threads,
+                memory_limit=memory_limit,
+                dashboard_address=":0",  # any free port: never collides with another cluster
+                silence_logs=logging.ERROR,
+            ) as cluster, Client(cluster) as client:
         yield client
+
+
+@contextmanager
+def _arrow_pool_for(threads: bool) -> Iterator[None]:
+    """Arrow's system allocator while worker threads share this process.
+
+    Arrow's default (mimalloc) keeps pages per thread; with Dask's worker threads the
+    retained memory grew with the number of tasks (94 MB over 338 partitions, measured in
+    benchmarks/RESULTS.md), while the system allocator kept the job flat.
+    """
+    if not threads:
+        yield
+        return
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
