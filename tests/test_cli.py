@@ -79,3 +79,19 @@ def test_params_are_typed_and_unknown_ones_rejected():
         parse_params("dsir", ["bucket=3"])
     with pytest.raises(InputError, match="not a valid int"):
         parse_params("dsir", ["num_buckets=many"])
+
+
+def test_scheduler_flag_runs_the_same_job_on_a_running_cluster(tmp_path):
+    from distributed import LocalCluster
+
+    argv = ["select", "--scorer", "dsir", "--pool", POOL_GLOB, "--target",
+            str(TARGETS / "python_docs.jsonl"), "--k", "100", "--partition-mb", "1"]
+    assert main([*argv, "--out", str(tmp_path / "local"), "--workers", "2"]) == 0
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        assert main([*argv, "--out", str(tmp_path / "remote"),
+                     "--scheduler", cluster.scheduler_address]) == 0
+    local = sorted((tmp_path / "local").glob("part-*.parquet"))
+    remote = sorted((tmp_path / "remote").glob("part-*.parquet"))
+    assert [p.read_bytes() for p in local] == [p.read_bytes() for p in remote]
