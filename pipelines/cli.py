@@ -61,7 +61,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dataselect", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="dataselect",
+        description="Score a pool of training data against a target sample, select from it, "
+                    "and write the selection as Parquet or Arrow with its manifest.")
     commands = parser.add_subparsers(dest="command", required=True)
     sel = commands.add_parser("select", help="score the pool and write the selected rows")
     _common(sel)

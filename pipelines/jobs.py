@@ -18,9 +18,9 @@ from rich.console import Console
 
 from dataselect import select
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
-from dataselect.errors import InputError
+from dataselect.errors import InputError, OutputConflictError
 from dataselect.ngrams import NgramHasher
-from dataselect.output import OutputFormat, write_json
+from dataselect.output import OutputFormat, jsonable, read_json, write_json
 from dataselect.scoring import Scorer, Scores
 from dataselect.writer import DEFAULT_METRICS_SAMPLE
 from pipelines.cluster import dask_client
@@ -126,6 +126,7 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
 def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
     """The whole selection job; returns the manifest written to ``<out>/_manifest.json``."""
     job.validate()
+    _refuse_other_job(job)
     started = time.perf_counter()
     scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
     with _client(job, scorer) as client:
@@ -149,6 +150,19 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     print_summary(console, "select", runner.timings, {**manifest["counts"],
                   **manifest.get("metrics", {})}, total)
     return manifest
+
+
+def _refuse_other_job(job: SelectJob) -> None:
+    """Fail before any work when ``out`` holds a finished job with other settings (the
+    writer would refuse it too, but only after fitting and scoring)."""
+    manifest = os.path.join(job.out, "_manifest.json")
+    if job.overwrite or not os.path.exists(manifest):
+        return
+    previous = read_json(manifest).get("job")
+    if previous != jsonable(dataclasses.asdict(job)):
+        raise OutputConflictError(
+            f"{job.out} holds the output of a job with other settings; pass --overwrite "
+            "to replace it, or choose another folder")
 
 
 def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner

@@ -43,6 +43,9 @@ def test_select_on_a_local_cluster_writes_rows_scores_and_manifest(tmp_path, cap
     assert again["output"]["partitions_reused"] == 4
     assert again["score_store"]["partitions_reused"] == 4
     assert pq.read_table(out).equals(table)
+    # another job into the same folder is refused before any work is done
+    assert main([*argv[:-2], "-p", "min_length=6"]) == 2
+    assert "other settings" in capsys.readouterr().err
 
 
 def test_score_command_writes_only_the_store(tmp_path):
