@@ -44,3 +44,25 @@ def sample_mask(ids: Any, fraction: float, seed: int) -> np.ndarray:
 def gumbel_noise(id_hash: np.ndarray, seed: int) -> np.ndarray:
     """Standard Gumbel variates, -log(-log(u)), for Gumbel top-k sampling."""
     return -np.log(-np.log(uniform(id_hash, seed, GUMBEL_STREAM)))
+
+
+
+def sample_keys(ids: Any, seed: int) -> np.ndarray:
+    """The uniform number behind each row's coin flip in :func:`sample_mask`; a fixed-size
+    seeded sample is the rows with the smallest keys (:func:`bottom_k`)."""
+    return uniform(id_hashes(ids), seed, SAMPLE_STREAM)
+
+
+def bottom_k(table: Any, k: int, seed: int) -> Any:
+    """A seeded sample of exactly ``k`` rows (all if fewer) of a pyarrow table with an
+    ``id`` column: the rows with the smallest :func:`sample_keys`, in key order.
+
+    It merges: ``bottom_k(concat(bottom_k(a), bottom_k(b)))`` equals ``bottom_k(concat(a,
+    b))``, so a sample of a whole corpus can be folded from per-partition samples, holding
+    at most ``k`` rows per partition, and the result depends on the ids and the seed only.
+    """
+    if k < 1:
+        raise ValueError(f"sample size must be >= 1, got {k}")
+    keys = sample_keys(table["id"], seed)
+    order = np.argsort(keys, kind="stable")[:k]
+    return table.take(order)

@@ -8,8 +8,11 @@ partition, so selection can be redone with another policy without re-scoring and
 scoring job resumes from the parts it finished.
 
 Score table columns: ``id`` (string), ``score`` (float64, higher = more wanted), optional
-extras, and optional ``filtered_by`` (string; null when the row is eligible, else the name of
-the filter that removed it, which the selection step counts and reports).
+extras, optional ``filtered_by`` (string; null when the row is eligible, else the name of
+the filter that removed it, which the selection step counts and reports), and
+``text_bytes`` (UTF-8 length of the scored text, added by the base class), from which the
+store reports how strongly scores follow document length: every scorer here can be
+length-biased, and a user should see by how much.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from dataselect.output import (
 from dataselect.sampling import id_hashes
 
 FILTERED_BY = "filtered_by"
+TEXT_BYTES = "text_bytes"
 STORE_MANIFEST = "_manifest.json"
 
 
@@ -63,8 +67,27 @@ def summarize_scores(table: pa.Table) -> dict[str, Any]:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputError(f"score is NaN for id {table['id'][row].as_py()!r}", field="score")
-    return {"score": score, "eligible": eligible, "dropped": dropped,
-            "id_hash": id_hashes(table["id"])}
+    summary = {"score": score, "eligible": eligible, "dropped": dropped,
+               "id_hash": id_hashes(table["id"])}
+    if TEXT_BYTES in table.column_names:
+        summary[TEXT_BYTES] = table[TEXT_BYTES].to_numpy().astype(np.int64)
+    return summary
+
+
+def score_length_correlation(summaries: list[dict[str, Any]]) -> float | None:
+    """Spearman rank correlation between score and text length over eligible rows (None
+    when lengths are missing or fewer than 3 rows are eligible, or either is constant)."""
+    if not summaries or any(TEXT_BYTES not in s for s in summaries):
+        return None
+    eligible = np.concatenate([s["eligible"] for s in summaries])
+    if eligible.sum() < 3:
+        return None
+    score = np.concatenate([s["score"] for s in summaries])[eligible]
+    length = np.concatenate([s[TEXT_BYTES] for s in summaries])[eligible]
+    ranks = [pd.Series(v).rank(method="average").to_numpy() for v in (score, length)]
+    if min(r.std() for r in ranks) == 0:
+        return None
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
 class Scorer(ABC):
@@ -134,10 +157,13 @@ class _ScoreTask:
 
     def __call__(self, index: int) -> pa.Table:
         table = self.corpus.read_partition(index)
-        scores = self.scorer.score_batch(self.corpus.scoring_view(table))
+        view = self.corpus.scoring_view(table)
+        scores = self.scorer.score_batch(view)
         if scores.num_rows != table.num_rows:
             raise RuntimeError(f"{self.scorer.name} returned {scores.num_rows} scores for "
                                f"{table.num_rows} rows")
+        if TEXT_BYTES not in scores.column_names:
+            scores = scores.append_column(TEXT_BYTES, pc.binary_length(view["text"]))
         return scores
 
 
@@ -226,6 +252,9 @@ class Scores:
             "score_seconds": sum(r[2] for r in results),
         }
         stored.summaries = [r[3] for r in results]
+        correlation = score_length_correlation(stored.summaries)
+        if correlation is not None:
+            stored.stats["score_length_spearman"] = round(correlation, 4)
         return stored
 
     @classmethod

@@ -4,7 +4,9 @@
 """
 
 from scorers.dsir import DSIR
+from scorers.fasttext import FastText
+from scorers.zipfit import ZipFit
 
-SCORERS = {DSIR.name: DSIR}
+SCORERS = {DSIR.name: DSIR, FastText.name: FastText, ZipFit.name: ZipFit}
 
-__all__ = ["DSIR", "SCORERS"]
+__all__ = ["DSIR", "SCORERS", "FastText", "ZipFit"]

@@ -1,0 +1,304 @@
+"""fastText classifier scores: P(target) from a classifier trained target-vs-pool, or one
+label's probability under a model the user brings.
+
+* **Trained** (no ``model`` given): the heuristic-classification baseline of the DSIR paper
+  and the DCLM recipe. A supervised fastText model with word bigrams learns the target's
+  documents (``__label__target``) against a seeded sample of the pool (``__label__pool``);
+  a document's score is P(target). Training runs on one thread with a fixed seed and a
+  seeded line order, so the same inputs give the same model bytes.
+* **Given** (``model=PATH``, ``label=NAME``): a quality classifier or a language-ID model
+  such as ``lid.176.bin``; the score is P(label). The file is checked when the scorer is
+  fitted (exists, loads, is supervised, has the label), so a bad path fails in the client
+  with its name, not later inside a worker.
+
+fastText reads one line per example and splits on whitespace, so every text is normalised
+the same way for training and scoring: each run of whitespace (newlines included) becomes
+one space, and leading and trailing whitespace is dropped (``lowercase`` optionally folds
+case, for models trained on lowercased text).
+
+A loaded model lives in a per-process cache keyed by its fingerprint, so each worker loads
+it once; the scorer itself pickles only the model's bytes (trained) or its path (given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataselect.corpus import Corpus
+from dataselect.errors import EmptyCorpusError, InputError
+from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.sampling import bottom_k
+from dataselect.scoring import Scorer
+
+LABEL_PREFIX = "__label__"
+TARGET_LABEL, POOL_LABEL = "target", "pool"
+MIN_NEGATIVES = 1000
+
+_MODELS: dict[str, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def normalize_texts(texts: pa.Array, lowercase: bool = False) -> pa.Array:
+    """One line per text: whitespace runs -> one space, trimmed; optionally lowercased."""
+    texts = pc.utf8_trim_whitespace(pc.replace_substring_regex(texts, r"[\s\v\x00]+", " "))
+    return pc.utf8_lower(texts) if lowercase else texts
+
+
+def _load(path: str) -> Any:
+    """Load a fastText model, turning the library's errors into one naming the file."""
+    import fasttext
+
+    if not os.path.isfile(path):
+        raise InputError("fastText model file not found", where=path, field="model")
+    try:
+        model = fasttext.load_model(path)
+    except (ValueError, RuntimeError, MemoryError, OSError) as error:
+        raise InputError(f"not a readable fastText model ({error})", where=path,
+                         field="model") from None
+    _check_complete(model, path)
+    return model
+
+
+def _check_complete(model: Any, path: str) -> None:
+    """fastText loads a truncated file without complaint and scores with garbage; compare
+    the file size with the size its own header and dictionary imply (full-precision
+    models; quantized ``.ftz`` files are laid out differently and are not checked)."""
+    if model.is_quantized():
+        return
+    try:
+        entries = list(model.get_words()) + list(model.get_labels())
+    except UnicodeDecodeError:
+        return
+    matrices = [np.asarray(model.f.getInputMatrix()), np.asarray(model.f.getOutputMatrix())]
+    # magic + version (8), arguments (12 int32 + 1 double = 56), dictionary counts (28),
+    # each entry (bytes, NUL, int64 count, int8 type), per matrix a flag and its shape (17)
+    expected = (8 + 56 + 28 + sum(len(e.encode("utf-8")) + 10 for e in entries)
+                + sum(17 + 4 * m.size for m in matrices))
+    actual = os.path.getsize(path)
+    if actual != expected:
+        raise InputError(f"is truncated or corrupt: {actual} bytes, where a model of its "
+                         f"own header's shape has {expected}", where=path, field="model")
+
+
+def _file_fingerprint(path: str) -> str:
+    """Size, mtime and the first and last MiB: cheap even for multi-GB models."""
+    digest = hashlib.sha256()
+    stat = os.stat(path)
+    digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(2**20))
+        if stat.st_size > 2**21:
+            f.seek(-(2**20), os.SEEK_END)
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _NegativeSample:
+    """Per pool partition: its rows in the seeded negative sample (at most ``k``)."""
+
+    corpus: Corpus
+    k: int
+    seed: int
+
+    def __call__(self, index: int) -> tuple[pa.Table, int]:
+        view = self.corpus.scoring_view(self.corpus.read_partition(index))
+        return bottom_k(view, self.k, self.seed), view.num_rows
+
+
+@dataclass(frozen=True)
+class _MergeSamples:
+    k: int
+    seed: int
+
+    def __call__(self, left: tuple[pa.Table, int], right: tuple[pa.Table, int]
+                 ) -> tuple[pa.Table, int]:
+        both = pa.concat_tables([left[0], right[0]])
+        return bottom_k(both, self.k, self.seed), left[1] + right[1]
+
+
+@dataclass
+class FastText(Scorer):
+    """P(label) under a fastText classifier (trained target-vs-pool, or given)."""
+
+    name: ClassVar[str] = "fasttext"
+
+    model: str | None = None
+    label: str | None = None
+    negatives: int | None = None
+    dim: int = 32
+    epoch: int = 25
+    lr: float = 0.2
+    word_ngrams: int = 2
+    min_count: int = 1
+    bucket: int = 2**16
+    lowercase: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model is None and self.label is not None:
+            raise InputError("label is for a given model (model=PATH); a trained classifier "
+                             "scores P(target)", field="label")
+        if self.model is not None and not self.label:
+            raise InputError("a given model needs label=NAME: whose probability to score",
+                             field="label")
+        if self.negatives is not None and self.negatives < 1:
+            raise InputError(f"negatives must be >= 1, got {self.negatives}", field="negatives")
+        for name in ("dim", "epoch", "word_ngrams", "min_count", "bucket"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}", field=name)
+        self.model_bytes_: bytes | None = None
+        self.labels_: list[str] = []
+        self.fit_stats_: dict[str, Any] = {}
+
+    @property
+    def scored_label(self) -> str:
+        label = self.label or TARGET_LABEL
+        return label if label.startswith(LABEL_PREFIX) else LABEL_PREFIX + label
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
+            ) -> FastText:
+        if self.model is not None:
+            return self._check_given_model()
+        if pool is None:
+            raise InputError("a trained fastText scorer needs the pool for negatives: "
+                             "pass pool=")
+        positives = [target.scoring_view(t) for t in target.iter_tables()]
+        positives = pa.concat_tables(positives) if positives else None
+        where = ", ".join(target.files)
+        if positives is None or positives.num_rows == 0:
+            raise EmptyCorpusError("target holds no records", where=where)
+        wanted = self.negatives or max(MIN_NEGATIVES, positives.num_rows)
+        negatives, pool_rows = runner(
+            "fit:fasttext", partition_tasks("fit-fasttext", _NegativeSample(
+                pool, wanted, self.seed), pool.npartitions), _MergeSamples(wanted, self.seed))
+        self.model_bytes_ = self._train(positives, negatives)
+        self.fingerprint_ = hashlib.sha256(self.model_bytes_).hexdigest()[:16]
+        self.labels_ = [LABEL_PREFIX + TARGET_LABEL, LABEL_PREFIX + POOL_LABEL]
+        self.fit_stats_ = {"positives": positives.num_rows, "negatives": negatives.num_rows,
+                           "pool_rows": int(pool_rows), "model_bytes": len(self.model_bytes_)}
+        return self
+
+    def _train(self, positives: pa.Table, negatives: pa.Table) -> bytes:
+        lines = [f"{LABEL_PREFIX}{TARGET_LABEL} {text}" for text in
+                 normalize_texts(positives["text"], self.lowercase).to_pylist()]
+        lines += [f"{LABEL_PREFIX}{POOL_LABEL} {text}" for text in
+                  normalize_texts(negatives["text"], self.lowercase).to_pylist()]
+        # fastText reads its file in order: shuffle once, seeded, so classes interleave
+        order = np.random.default_rng(self.seed).permutation(len(lines))
+        params = {"dim": self.dim, "epoch": self.epoch, "lr": self.lr,
+                  "wordNgrams": self.word_ngrams, "minCount": self.min_count,
+                  "bucket": self.bucket, "thread": 1, "seed": self.seed, "verbose": 0}
+        with tempfile.TemporaryDirectory(prefix="dataselect-fasttext-") as folder:
+            train_path = os.path.join(folder, "train.txt")
+            with open(train_path, "w", encoding="utf-8") as f:
+                f.writelines(lines[i] + "\n" for i in order)
+            model_path = os.path.join(folder, "model.bin")
+            _train_in_fresh_process(train_path, model_path, params)
+            with open(model_path, "rb") as f:
+                return f.read()
+
+    def _check_given_model(self) -> FastText:
+        path = os.path.abspath(str(self.model))
+        model = _load(path)
+        labels = list(model.get_labels())
+        if not labels or not str(labels[0]).startswith(LABEL_PREFIX):
+            raise InputError("is not a supervised fastText classifier (it has no labels)",
+                             where=path, field="model")
+        if self.scored_label not in labels:
+            shown = ", ".join(label.removeprefix(LABEL_PREFIX) for label in labels[:20])
+            raise InputError(f"has no label {self.label!r}; it has: {shown}"
+                             + (" ..." if len(labels) > 20 else ""), where=path, field="label")
+        self.model = path
+        self.labels_ = labels
+        self.fingerprint_ = _file_fingerprint(path)
+        self.fit_stats_ = {"model": path, "labels": len(labels), "label": self.scored_label}
+        return self
+
+    # ------------------------------------------------------------------ score
+
+    def _model(self) -> Any:
+        key = self.fit_fingerprint()
+        with _MODELS_LOCK:
+            model = _MODELS.get(key)
+            if model is None:
+                model = self._load_model()
+                _MODELS[key] = model
+        return model
+
+    def _load_model(self) -> Any:
+        if self.model is not None:
+            return _load(self.model)
+        if self.model_bytes_ is None:
+            raise RuntimeError("FastText.score_batch called before fit")
+        handle, path = tempfile.mkstemp(prefix="dataselect-fasttext-", suffix=".bin")
+        try:
+            with os.fdopen(handle, "wb") as f:
+                f.write(self.model_bytes_)
+            return _load(path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+    def score_batch(self, batch: pa.Table) -> pa.Table:
+        model = self._model()
+        texts = normalize_texts(batch["text"], self.lowercase).to_pylist()
+        labels, probabilities = model.predict(texts, k=-1, threshold=0.0)
+        wanted = self.scored_label
+        score = np.zeros(len(texts))
+        for row, (names, probs) in enumerate(zip(labels, probabilities)):
+            for name, prob in zip(names, probs):
+                if name == wanted:
+                    score[row] = prob
+                    break
+        # fastText adds 1e-5 inside its softmax; keep scores probabilities
+        return pa.table({"id": batch["id"], "score": np.clip(score, 0.0, 1.0)})
+
+
+def _train_in_fresh_process(train_path: str, model_path: str, params: dict[str, Any]) -> None:
+    """Train in a new Python process, so that training is deterministic.
+
+    fastText initialises its input matrix in ten blocks, one per training thread, and
+    leaves the blocks of missing threads as allocated (facebookresearch/fastText issue
+    #1061). Since that matrix became an uninitialised aligned vector, one thread leaves
+    90 % of it as whatever the heap held: a second model trained in the same process can
+    start from the first one's leftovers, and diverge to NaN. A new process, told by
+    glibc's ``MALLOC_MMAP_THRESHOLD_`` to take large blocks straight from the kernel,
+    gets zeroed pages, so those rows start at zero every time. (A subprocess, not
+    ``multiprocessing``, so user scripts without a ``__main__`` guard keep working.)
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    code = "import sys, scorers.fasttext as f; f._train_main(sys.argv[1:])"
+    command = [sys.executable, "-c", code, train_path, model_path, json.dumps(params)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not os.path.exists(model_path):
+        message = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        hint = "; lower lr" if "NaN" in message else ""
+        raise InputError(f"fastText training failed: {message}{hint}",
+                         field="lr" if hint else None)
+
+
+def _train_main(argv: list[str]) -> None:
+    """Entry point of the training process: ``TRAIN_FILE MODEL_FILE PARAMS_JSON``."""
+    import fasttext
+
+    train_path, model_path, params = argv[0], argv[1], json.loads(argv[2])
+    fasttext.train_supervised(input=train_path, **params).save_model(model_path)
