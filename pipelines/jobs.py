@@ -147,8 +147,9 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
                     "stages": [dataclasses.asdict(t) for t in runner.timings]},
     })
     write_json(manifest, os.path.join(job.out, "_manifest.json"))
+    length_bias = {k: v for k, v in scores.stats.items() if k == "score_length_spearman"}
     print_summary(console, "select", runner.timings, {**manifest["counts"],
-                  **manifest.get("metrics", {})}, total)
+                  **manifest.get("metrics", {}), **length_bias}, total)
     return manifest
 
 
