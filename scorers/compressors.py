@@ -114,7 +114,9 @@ class Codec:
             given = self._zstd_with_dictionary(x, targets)
         else:
             given = [len(self._lz4(t, dictionary=x)) for t in targets]
-        overhead = self.length(b"")
+        overhead = getattr(self._local, "empty", None)
+        if overhead is None:
+            overhead = self._local.empty = self.length(b"")
         return x_length + np.asarray(given, np.int64) - overhead
 
     # ------------------------------------------------------------------ families
@@ -145,8 +147,8 @@ class Codec:
         compressor = zstandard.ZstdCompressor(dict_data=dictionary, write_checksum=False,
                                               write_content_size=False, write_dict_id=False)
         # one native call for all targets: no per-pair Python overhead, GIL released
-        frames = compressor.multi_compress_to_buffer(list(targets), threads=1)
-        return [len(frames[i]) for i in range(len(frames))]
+        frames = compressor.multi_compress_to_buffer(targets, threads=1)
+        return [len(frame) for frame in frames]
 
     def _lz4(self, data: bytes, dictionary: bytes | None = None) -> bytes:
         import lz4.block
