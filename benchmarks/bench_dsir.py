@@ -80,12 +80,8 @@ failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -96,14 +92,27 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
-import pyarrow.parquet as pq
+from common import (
+    DEFAULT_CORPUS,
+    Task,
+    build_task,
+    cores,
+    dataselect_command,
+    failure,
+    fmt,
+    fresh_dir,
+    load_corpus,
+    manifest_stages,
+    precision,
+    read_manifest,
+    read_selection,
+    run_monitored,
+    select_command,
+    select_env,
+)
 
-DEFAULT_CORPUS = "/work/corpus/corpus.parquet"
 DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses")
-POLL_SECONDS = 0.05
 RESULT_MARKER = "REFERENCE_RESULT "
-MB = 2**20
 
 
 @dataclass(frozen=True)
@@ -119,41 +128,6 @@ OURS_CONFIGS = (
     OursConfig("ours", "ours"),
     OursConfig("ours, raw fit on all rows", "ours_fitall", ("-p", "fit_fraction=1")),
 )
-
-
-@dataclass
-class Task:
-    """One domain-recovery task, with its files written under ``folder``."""
-
-    domain: str
-    folder: Path
-    pool_rows: int
-    target_rows: int
-    k: int
-
-    @property
-    def pool(self) -> Path:
-        return self.folder / "pool.jsonl"
-
-    @property
-    def target(self) -> Path:
-        return self.folder / "target.jsonl"
-
-    @property
-    def chance(self) -> float:
-        return self.k / self.pool_rows if self.pool_rows else float("nan")
-
-
-@dataclass
-class ProcessStats:
-    """What a monitored subprocess cost."""
-
-    returncode: int
-    wall_seconds: float
-    peak_rss_mb: float
-    stdout: str
-    stderr: str
-    timed_out: bool = False
 
 
 @dataclass
@@ -174,111 +148,11 @@ class RunResult:
 # ----------------------------------------------------------------------------- tasks
 
 
-def cores() -> int:
-    """Cores this process may use (CPU affinity), as both tools are given."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def load_corpus(path: str) -> pd.DataFrame:
-    return pq.read_table(path, columns=["id", "text", "domain"]).to_pandas()
-
-
-def split_task(corpus: pd.DataFrame, domain: str, target_size: int, max_docs: int | None,
-               seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(target, pool): a seeded sample of ``domain`` and every other row (maybe subsampled)."""
-    in_domain = corpus[corpus["domain"] == domain]
-    if len(in_domain) < target_size:
-        raise SystemExit(f"domain {domain!r} has {len(in_domain)} rows < --target-size "
-                         f"{target_size}")
-    target = in_domain.sample(n=target_size, random_state=seed).sort_index()
-    pool = corpus.drop(index=target.index)
-    if max_docs is not None and max_docs < len(pool):
-        pool = pool.sample(n=max_docs, random_state=seed).sort_index()
-    return target, pool
-
-
-def write_jsonl(frame: pd.DataFrame, path: Path, scale: int = 1, mode: str = "w") -> None:
-    """Rows as JSON lines (id, text, domain); with ``scale`` > 1, R copies with new ids."""
-    records = list(zip(frame["id"], frame["text"], frame["domain"]))
-    with open(path, mode, encoding="utf-8") as f:
-        for copy in range(scale):
-            suffix = f"#{copy}" if scale > 1 else ""
-            for row_id, text, domain in records:
-                f.write(json.dumps({"id": row_id + suffix, "text": text, "domain": domain},
-                                   ensure_ascii=False))
-                f.write("\n")
-
-
-def build_task(corpus: pd.DataFrame, domain: str, args: argparse.Namespace,
-               workdir: Path) -> Task:
-    target, pool = split_task(corpus, domain, args.target_size, args.max_docs, args.seed)
-    task = Task(domain=domain, folder=workdir / domain, pool_rows=len(pool) * args.scale,
-                target_rows=len(target), k=int((pool["domain"] == domain).sum()) * args.scale)
-    task.folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl(target, task.target)
-    write_jsonl(pool, task.pool, scale=args.scale)
-    if task.k == 0:
-        raise SystemExit(f"no {domain!r} rows left in the pool; raise --max-docs")
+def make_task(corpus: pd.DataFrame, domain: str, args: argparse.Namespace,
+              workdir: Path) -> Task:
+    task, _, _ = build_task(corpus, domain, workdir / domain, args.target_size, args.max_docs,
+                            args.seed, scale=args.scale)
     return task
-
-
-# ----------------------------------------------------------------------------- monitoring
-
-
-def tree_rss(process: psutil.Process) -> int:
-    """Sum of RSS over ``process`` and all its descendants (0 for those already gone)."""
-    total = 0
-    try:
-        members = [process, *process.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for member in members:
-        with contextlib.suppress(psutil.Error):
-            total += member.memory_info().rss
-    return total
-
-
-def run_monitored(command: list[str], log_prefix: Path, timeout: float | None,
-                  env: dict[str, str] | None = None) -> ProcessStats:
-    """Run ``command``, polling its process tree's RSS; stdout/stderr go to log files."""
-    out_path, err_path = log_prefix.with_suffix(".stdout"), log_prefix.with_suffix(".stderr")
-    peak, timed_out = 0, False
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        watched = psutil.Process(child.pid)
-        while child.poll() is None:
-            peak = max(peak, tree_rss(watched))
-            if timeout is not None and time.perf_counter() - start > timeout:
-                kill_tree(watched)
-                timed_out = True
-                break
-            time.sleep(POLL_SECONDS)
-        returncode = child.wait()
-        wall = time.perf_counter() - start
-    return ProcessStats(returncode, wall, peak / MB, out_path.read_text(), err_path.read_text(),
-                        timed_out)
-
-
-def kill_tree(process: psutil.Process) -> None:
-    """Kill a timed-out run: its descendants first, then the process itself."""
-    try:
-        members = [*process.children(recursive=True), process]
-    except psutil.Error:
-        return
-    for member in members:
-        with contextlib.suppress(psutil.Error):
-            member.kill()
-
-
-def failure(stats: ProcessStats, what: str) -> str:
-    if stats.timed_out:
-        return f"{what} killed after the --timeout of {stats.wall_seconds:.0f} s"
-    tail = "\n".join((stats.stderr or stats.stdout).strip().splitlines()[-15:])
-    return f"{what} exited with status {stats.returncode}:\n{tail}"
 
 
 # ----------------------------------------------------------------------------- reference
@@ -349,37 +223,20 @@ def iter_jsonl_domains(paths: list[Path]) -> Iterator[str]:
 # ----------------------------------------------------------------------------- ours
 
 
-def dataselect_command(explicit: str | None) -> str:
-    """The ``dataselect`` console script: --dataselect, beside this interpreter, or on PATH."""
-    if explicit:
-        return explicit
-    beside = Path(sys.executable).parent / "dataselect"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("dataselect")
-    if not found:
-        raise SystemExit("dataselect console script not found; pass --dataselect")
-    return found
-
-
 def run_ours(task: Task, config: OursConfig, args: argparse.Namespace) -> RunResult:
     folder = fresh_dir(task.folder / config.folder)
     out = folder / "out"
-    command = [args.dataselect, "select", "--scorer", "dsir", "--pool", str(task.pool),
-               "--target", str(task.target), "--k", str(task.k), "--out", str(out),
-               "--seed", str(args.seed), "--workers", str(args.cores), *config.extra]
-    env = {**os.environ, "COLUMNS": "120"}
-    stats = run_monitored(command, folder / "run", args.timeout, env=env)
+    command = select_command(args.dataselect, task, "dsir", out, args.cores, args.seed,
+                             config.extra)
+    stats = run_monitored(command, folder / "run", args.timeout, env=select_env())
     result = RunResult(config.name, seconds=stats.wall_seconds, process_seconds=stats.wall_seconds,
                        peak_rss_mb=stats.peak_rss_mb)
     if stats.returncode != 0 or stats.timed_out:
         result.seconds, result.error = None, failure(stats, "dataselect select")
         return result
-    parts = sorted(out.glob("part-*.parquet"))
-    domains = [d for p in parts for d in pq.read_table(p, columns=["domain"])["domain"]
-               .to_pylist()]
+    domains = read_selection(out, ["domain"])["domain"].tolist()
     result.rows_out, result.precision = len(domains), precision(domains, task.domain)
-    result.stages = manifest_stages(out / "_manifest.json")
+    result.stages = manifest_stages(read_manifest(out))
     result.seed_precisions = [result.precision] + [
         resample_precision(task, out, seed) for seed in seeds(args)[1:]]
     return result
@@ -403,36 +260,7 @@ def seeds(args: argparse.Namespace) -> list[int]:
     return [args.seed + i for i in range(args.precision_seeds)]
 
 
-def manifest_stages(path: Path) -> dict[str, float]:
-    """Per-stage seconds recorded in our manifest (empty if it cannot be read)."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    timings = manifest.get("timings", {})
-    stages = {s["stage"]: s["seconds"] for s in timings.get("stages", [])}
-    if "total_seconds" in timings:
-        stages["job_total"] = timings["total_seconds"]
-    return stages
-
-
 # ----------------------------------------------------------------------------- report
-
-
-def precision(domains: list[str], domain: str) -> float:
-    return sum(d == domain for d in domains) / len(domains) if domains else float("nan")
-
-
-def fresh_dir(path: Path) -> Path:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else format(value, spec)
 
 
 def result_line(task: Task, ours: RunResult, reference: RunResult | None) -> str:
@@ -572,7 +400,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
           f"workdir {workdir}", flush=True)
     records = []
     for domain in args.domains:
-        task = build_task(corpus, domain, args, workdir)
+        task = make_task(corpus, domain, args, workdir)
         runs = run_task(task, args)
         report_task(task, runs)
         records.append({"task": {**asdict(task), "folder": str(task.folder),

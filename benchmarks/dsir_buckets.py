@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dsir import DEFAULT_CORPUS, load_corpus, split_task, write_jsonl
+from common import DEFAULT_CORPUS, load_corpus, split_task, write_jsonl
 
 from dataselect import read_corpus, select
 from scorers import DSIR

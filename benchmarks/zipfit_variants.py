@@ -25,6 +25,7 @@ times are wall seconds of that pool and compare variants with one another only.
 
     .venv/bin/python benchmarks/zipfit_variants.py                 # 4 tasks, 5,000-row pool
     .venv/bin/python benchmarks/zipfit_variants.py --domains fortunes --max-docs 2000
+    .venv/bin/python benchmarks/zipfit_variants.py --kinds fast      # only the fast variants
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ DEFAULT_CORPUS = "/work/corpus/corpus.parquet"
 DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses", "man_intl")
 EXACT = [("deflate", 1), ("zlib", 1), ("gzip", 1), ("zstd", 1), ("lz4", 1)]
 FAST = [("deflate", 1), ("zstd", 1), ("zstd", -1), ("zstd", -3), ("zstd", -5), ("zstd", -7),
-        ("lz4", 1)]
+        ("zstd", -10), ("zstd", -20), ("zstd", -50), ("lz4", 1)]
+O_N = [("target-dict", "zstd", -5), ("target-dict", "zstd", 1), ("trained-dict", "zstd", 1)]
 
 _STATE: dict = {}
 
@@ -93,9 +95,9 @@ def run_task(corpus: pd.DataFrame, domain: str, args: argparse.Namespace) -> lis
     candidates = [t.encode() for t in pool["text"]]
     targets = [t.encode() for t in target["text"]]
     lengths = np.array([len(c) for c in candidates])
-    variants = ([("exact", c, lv) for c, lv in EXACT] + [("fast", c, lv) for c, lv in FAST]
-                + [("target-dict", "zstd", -5), ("target-dict", "zstd", 1),
-                   ("trained-dict", "zstd", 1)])
+    variants = ([("exact", c, lv) for c, lv in EXACT] * ("exact" in args.kinds)
+                + [("fast", c, lv) for c, lv in FAST] * ("fast" in args.kinds)
+                + O_N * ("dict" in args.kinds))
     lines = [f"\n{domain}: pool {len(pool)}, target {len(target)}, k {k}, "
              f"chance {k / len(pool):.3f}",
              "| variant | precision | seconds | score/length Spearman |",
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-docs", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--kinds", nargs="+", default=["exact", "fast", "dict"],
+                        choices=["exact", "fast", "dict"], help="which groups of variants")
     args = parser.parse_args(argv)
     corpus = pq.read_table(args.corpus, columns=["id", "text", "domain"]).to_pandas()
     for domain in args.domains:

@@ -98,6 +98,11 @@ class Codec:
 
     def joint_lengths(self, x: bytes, targets: Sequence[bytes]) -> np.ndarray:
         """C(x ⊕ t) for each t, each concatenation compressed from scratch."""
+        if self.compressor in DEFLATE_CONTAINER_BYTES:
+            # the hot loop of exact mode: no per-pair method dispatch
+            compress, level = zlib.compress, self.level
+            lengths = [len(compress(x + t, level, -15)) for t in targets]
+            return np.array(lengths, np.int64) + DEFLATE_CONTAINER_BYTES[self.compressor]
         return self.lengths([x + t for t in targets])
 
     def conditional_lengths(self, x: bytes, targets: Sequence[bytes], x_length: int
