@@ -24,7 +24,7 @@ documents. The configurations, all at their defaults otherwise:
 * ``zipfit exact``: ``-p mode=exact``, 1 − mean NCD with each concatenation compressed
   (raw DEFLATE level 1), top k;
 * ``zipfit fast``: ``-p mode=fast``, the conditional-compression approximation (zstd level
-  -20), top k;
+  -15), top k;
 * ``fasttext``: a fastText classifier trained target vs a sample of the pool, score
   P(target), top k.
 

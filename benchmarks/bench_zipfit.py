@@ -51,7 +51,7 @@ polled every 0.5 s) is reported beside it.
     documents is printed as well.
   - ``exact (default)``: ``-p mode=exact``: our default compressor for exact mode, raw
     DEFLATE level 1 (no container bytes).
-  - ``fast``: ``-p mode=fast``: zstd level -20, with C(x ⊕ t) approximated by conditional
+  - ``fast``: ``-p mode=fast``: zstd level -15, with C(x ⊕ t) approximated by conditional
     compression of t with the candidate x as a preset dictionary.
 
   ``target_sample=none`` keeps every target document (the default cap of 100 equals
