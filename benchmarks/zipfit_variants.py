@@ -16,6 +16,8 @@ Variants (all through ``scorers.compressors.Codec`` where the scorer supports th
   concatenation: the paper's quantity, for DEFLATE in its three containers, zstd and lz4.
 * ``fast <compressor> <level>``: C(x ⊕ t) ≈ C(x) + C(t | x) − C(∅), t compressed with x as a
   preset dictionary (what ``mode=fast`` does).
+* ``reverse <compressor> <level>``: the other order, C(t ⊕ x) ≈ C(t) + C(x | t) − C(∅), x
+  compressed with each target as the dictionary (zstd only).
 * ``O(N) target-dict``: one compression per candidate, with the concatenated target sample
   as a zstd dictionary; score 1 − C(x | T) / C(x).
 * ``O(N) trained-dict``: the same with a 64 KiB zstd dictionary trained on the target sample.
@@ -45,6 +47,7 @@ DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses", "man_intl")
 EXACT = [("deflate", 1), ("zlib", 1), ("gzip", 1), ("zstd", 1), ("lz4", 1)]
 FAST = [("deflate", 1), ("zstd", 1), ("zstd", -1), ("zstd", -3), ("zstd", -5), ("zstd", -7),
         ("zstd", -10), ("zstd", -20), ("zstd", -50), ("lz4", 1)]
+REVERSE = [("zstd", -15), ("zstd", 1)]
 O_N = [("target-dict", "zstd", -5), ("target-dict", "zstd", 1), ("trained-dict", "zstd", 1)]
 
 _STATE: dict = {}
@@ -52,11 +55,24 @@ _STATE: dict = {}
 
 def _init(kind: str, compressor: str, level: int, targets: list[bytes]) -> None:
     _STATE.update(kind=kind, targets=targets)
-    if kind in ("exact", "fast"):
+    if kind in ("exact", "fast", "reverse"):
         codec = Codec(compressor, level)
         _STATE.update(codec=codec, target_lengths=codec.lengths(targets))
+    if kind in ("exact", "fast"):
         return
     import zstandard
+
+    if kind == "reverse":
+        compressors = []
+        for target in targets:
+            dictionary = zstandard.ZstdCompressionDict(
+                target, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            dictionary.precompute_compress(level=level)
+            compressors.append(zstandard.ZstdCompressor(
+                dict_data=dictionary, write_checksum=False, write_content_size=False,
+                write_dict_id=False))
+        _STATE.update(by_target=compressors, empty=_STATE["codec"].length(b""))
+        return
 
     if kind == "target-dict":
         dictionary = zstandard.ZstdCompressionDict(
@@ -70,11 +86,15 @@ def _init(kind: str, compressor: str, level: int, targets: list[bytes]) -> None:
 
 def _score(x: bytes) -> float:
     kind = _STATE["kind"]
-    if kind in ("exact", "fast"):
+    if kind in ("exact", "fast", "reverse"):
         codec, targets, lengths = _STATE["codec"], _STATE["targets"], _STATE["target_lengths"]
         own = codec.length(x)
-        joint = (codec.joint_lengths(x, targets) if kind == "exact"
-                 else codec.conditional_lengths(x, targets, own))
+        if kind == "reverse":
+            given = np.array([len(c.compress(x)) for c in _STATE["by_target"]])
+            joint = lengths + given - _STATE["empty"]
+        else:
+            joint = (codec.joint_lengths(x, targets) if kind == "exact"
+                     else codec.conditional_lengths(x, targets, own))
         ncd = (joint - np.minimum(own, lengths)) / np.maximum(np.maximum(own, lengths), 1)
         return float(1 - ncd.mean())
     given = len(_STATE["with_target"].compress(x))
@@ -97,6 +117,7 @@ def run_task(corpus: pd.DataFrame, domain: str, args: argparse.Namespace) -> lis
     lengths = np.array([len(c) for c in candidates])
     variants = ([("exact", c, lv) for c, lv in EXACT] * ("exact" in args.kinds)
                 + [("fast", c, lv) for c, lv in FAST] * ("fast" in args.kinds)
+                + [("reverse", c, lv) for c, lv in REVERSE] * ("reverse" in args.kinds)
                 + O_N * ("dict" in args.kinds))
     lines = [f"\n{domain}: pool {len(pool)}, target {len(target)}, k {k}, "
              f"chance {k / len(pool):.3f}",
@@ -110,7 +131,7 @@ def run_task(corpus: pd.DataFrame, domain: str, args: argparse.Namespace) -> lis
         seconds = time.perf_counter() - start
         top = np.argsort(-scores, kind="stable")[:k]
         spearman = np.corrcoef(_ranks(scores), _ranks(lengths))[0, 1]
-        name = (f"{kind} {compressor} {level}" if kind in ("exact", "fast")
+        name = (f"{kind} {compressor} {level}" if kind in ("exact", "fast", "reverse")
                 else f"O(N) {kind} zstd {level}")
         line = f"| {name} | {truth[top].mean():.3f} | {seconds:.1f} | {spearman:+.2f} |"
         print(line, flush=True)
@@ -127,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kinds", nargs="+", default=["exact", "fast", "dict"],
-                        choices=["exact", "fast", "dict"], help="which groups of variants")
+                        choices=["exact", "fast", "reverse", "dict"],
+                        help="which groups of variants")
     args = parser.parse_args(argv)
     corpus = pq.read_table(args.corpus, columns=["id", "text", "domain"]).to_pandas()
     for domain in args.domains:
