@@ -139,7 +139,7 @@ class Corpus:
             "text": str(self.text),
             "id_field": self.id_field,
             "partition_bytes": self.partition_bytes,
-            "files": [_file_fingerprint(f) for f in self.files],
+            "files": [file_fingerprint(f) for f in self.files],
         }
 
 
@@ -232,14 +232,14 @@ def _check_unique_within(table: pa.Table, where: Callable[[str, int], str]) -> N
     )
 
 
-def _file_fingerprint(path: str) -> dict[str, Any]:
+def file_fingerprint(path: str) -> dict[str, Any]:
     """Size plus a hash of the first and last MiB: cheap, and catches edits and swaps."""
     if os.path.isdir(path):
         parts = sorted(p for p in Path(path).rglob("*") if p.is_file())
         digest = hashlib.sha256()
         for p in parts:
             digest.update(str(p.relative_to(path)).encode())
-            digest.update(str(_file_fingerprint(str(p))).encode())
+            digest.update(str(file_fingerprint(str(p))).encode())
         return {"path": path, "sha256_head_tail": digest.hexdigest()}
     size = os.path.getsize(path)
     digest = hashlib.sha256()

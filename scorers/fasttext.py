@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataselect.corpus import Corpus
+from dataselect.corpus import Corpus, file_fingerprint
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.sampling import bottom_k
@@ -91,19 +91,6 @@ def _check_complete(model: Any, path: str) -> None:
     if actual != expected:
         raise InputError(f"is truncated or corrupt: {actual} bytes, where a model of its "
                          f"own header's shape has {expected}", where=path, field="model")
-
-
-def _file_fingerprint(path: str) -> str:
-    """Size, mtime and the first and last MiB: cheap even for multi-GB models."""
-    digest = hashlib.sha256()
-    stat = os.stat(path)
-    digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    with open(path, "rb") as f:
-        digest.update(f.read(2**20))
-        if stat.st_size > 2**21:
-            f.seek(-(2**20), os.SEEK_END)
-            digest.update(f.read())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -229,7 +216,7 @@ class FastText(Scorer):
                              + (" ..." if len(labels) > 20 else ""), where=path, field="label")
         self.model = path
         self.labels_ = labels
-        self.fingerprint_ = _file_fingerprint(path)
+        self.fingerprint_ = file_fingerprint(path)["sha256_head_tail"][:16]
         self.fit_stats_ = {"model": path, "labels": len(labels), "label": self.scored_label}
         return self
 
