@@ -81,9 +81,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -109,6 +107,7 @@ from common import (
     run_monitored,
     select_command,
     select_env,
+    workdir_for,
 )
 
 DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses")
@@ -413,14 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.reference_child is not None:
         return reference_child(args.reference_child)
-    temporary = args.workdir is None
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_dsir_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with workdir_for(args, "bench_dsir_") as workdir:
         records = benchmark(args, workdir)
-    finally:
-        if temporary and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     summary = summarize(records)
     print("\n".join(summary_lines(summary)))
     if args.json:

@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +68,7 @@ from common import (
     precision,
     run_select,
     score_length_spearman,
+    workdir_for,
 )
 
 DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses", "man_intl")
@@ -208,14 +207,8 @@ def benchmark(args: argparse.Namespace, workdir: Path, configs: list[ScorerConfi
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs = [s for s in SCORERS if s.name in args.scorers]
-    temporary = args.workdir is None
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scorers_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with workdir_for(args, "bench_scorers_") as workdir:
         records = benchmark(args, workdir, configs)
-    finally:
-        if temporary and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     print("\n".join(tables(records, [c.name for c in configs])))
     if args.json:
         Path(args.json).write_text(json.dumps(

@@ -98,9 +98,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -126,6 +124,7 @@ from common import (
     run_monitored,
     run_select,
     score_length_spearman,
+    workdir_for,
 )
 
 DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses", "man_intl")
@@ -555,14 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.reference_child is not None:
         return reference_child(args.reference_child)
-    temporary = args.workdir is None
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_zipfit_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with workdir_for(args, "bench_zipfit_") as workdir:
         records = benchmark(args, workdir)
-    finally:
-        if temporary and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     summary = summarize(records)
     print("\n".join(summary_lines(summary)))
     verdicts = goals(records) if not args.skip_reference else []

@@ -26,7 +26,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,3 +352,17 @@ def add_task_arguments(parser: argparse.ArgumentParser, domains: tuple[str, ...]
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
     parser.add_argument("--dataselect", default=None, help="path of the dataselect script")
     parser.add_argument("--json", default=None, help="write all numbers to this file")
+
+
+@contextlib.contextmanager
+def workdir_for(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """``--workdir`` if given (kept), else a fresh temporary folder removed afterwards
+    unless ``--keep``."""
+    temporary = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield workdir
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
