@@ -28,6 +28,7 @@ from dataselect.textspec import TextSpec
 DEFAULT_PARTITION_BYTES = 4 << 20
 FILE_COLUMN, ROW_COLUMN, ID_COLUMN = "_file", "_row", "id"
 FINGERPRINT_BYTES = 1 << 20
+RESPONSE_SPANS = "response_spans"
 
 
 @dataclass
@@ -89,9 +90,15 @@ class Corpus:
         """The rendered text of every row (the one string all scorers see)."""
         return self.text.render(table, self.where_in(table))
 
-    def scoring_view(self, table: pa.Table) -> pa.Table:
-        """``id`` + rendered ``text``: what :meth:`Scorer.score_batch` receives."""
-        return pa.table({ID_COLUMN: table[ID_COLUMN], "text": self.texts(table)})
+    def scoring_view(self, table: pa.Table, response_spans: bool = False) -> pa.Table:
+        """``id`` + rendered ``text``: what :meth:`Scorer.score_batch` receives; with
+        ``response_spans``, also the character spans a model is trained to produce."""
+        view = pa.table({ID_COLUMN: table[ID_COLUMN], "text": self.texts(table)})
+        if response_spans:
+            view = view.append_column(
+                RESPONSE_SPANS, self.text.response_spans(table, self.where_in(table))
+            )
+        return view
 
     def where_in(self, table: pa.Table) -> Callable[[int], str]:
         files, rows = table[FILE_COLUMN], table[ROW_COLUMN]

@@ -5,6 +5,8 @@
   Positive means the selection moved toward the target; it is reported for every selection.
 * Domain precision: the share of selected rows whose label equals the target's, for
   benchmarks where the pool's domains are known.
+* LDS, the linear datamodeling score (Park et al. 2023): how well attribution scores
+  predict what models retrained on random subsets of the training data do on each query.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from dataselect.errors import InputError
 
@@ -58,3 +61,39 @@ def domain_precision(selected_labels: Sequence[Any], target_label: Any) -> float
     if not labels:
         return 0.0
     return sum(1 for label in labels if label == target_label) / len(labels)
+
+
+def lds_per_query(attributions: np.ndarray, subsets: np.ndarray, outputs: np.ndarray
+                  ) -> np.ndarray:
+    """Linear datamodeling score of each query (Park et al., TRAK, 2023).
+
+    ``attributions``: ``(queries, train)`` scores; ``subsets``: ``(models, train)`` 0/1
+    masks of the training rows each retrained model saw; ``outputs``: ``(models, queries)``
+    the retrained models' output on each query (e.g. the correct-class margin). The
+    prediction for a subset is the sum of its rows' attributions; the LDS of a query is
+    the Spearman rank correlation, across models, between prediction and output. NaN
+    where either side is constant.
+    """
+    attributions = np.asarray(attributions, dtype=np.float64)
+    subsets = np.asarray(subsets, dtype=np.float64)
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if subsets.shape[1] != attributions.shape[1] or outputs.shape != (
+            subsets.shape[0], attributions.shape[0]):
+        raise ValueError(f"shapes do not line up: attributions {attributions.shape}, "
+                         f"subsets {subsets.shape}, outputs {outputs.shape}")
+    predicted = subsets @ attributions.T  # (models, queries)
+    result = np.full(attributions.shape[0], np.nan)
+    for q in range(attributions.shape[0]):
+        a = pd.Series(predicted[:, q]).rank().to_numpy()
+        b = pd.Series(outputs[:, q]).rank().to_numpy()
+        if a.std() > 0 and b.std() > 0:
+            result[q] = np.corrcoef(a, b)[0, 1]
+    return result
+
+
+def lds(attributions: np.ndarray, subsets: np.ndarray, outputs: np.ndarray) -> float:
+    """Mean LDS over the queries whose correlation is defined (see :func:`lds_per_query`)."""
+    per_query = lds_per_query(attributions, subsets, outputs)
+    if np.isnan(per_query).all():
+        raise ValueError("LDS is undefined: predictions or outputs are constant for every query")
+    return float(np.nanmean(per_query))

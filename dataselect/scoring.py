@@ -95,6 +95,9 @@ class Scorer(ABC):
     ``score_batch`` and ``config``; ``save``/``load`` pickle the fitted state."""
 
     name: ClassVar[str]
+    # True for scorers that train or take gradients on the response tokens only (LESS,
+    # BADS): their batches then carry a ``response_spans`` column (see TextSpec).
+    uses_response_spans: ClassVar[bool] = False
 
     @property
     def local_workers(self) -> str:
@@ -157,7 +160,7 @@ class _ScoreTask:
 
     def __call__(self, index: int) -> pa.Table:
         table = self.corpus.read_partition(index)
-        view = self.corpus.scoring_view(table)
+        view = self.corpus.scoring_view(table, self.scorer.uses_response_spans)
         scores = self.scorer.score_batch(view)
         if scores.num_rows != table.num_rows:
             raise RuntimeError(f"{self.scorer.name} returned {scores.num_rows} scores for "

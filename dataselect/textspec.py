@@ -18,6 +18,10 @@ from dataselect.errors import InputError
 
 ROLE_SEPARATOR = "\n\n"
 
+# Character offsets [start, end) of the response parts of one rendered text.
+SPANS_TYPE = pa.list_(pa.struct([("start", pa.int32()), ("end", pa.int32())]))
+RESPONSE_ROLE = "assistant"
+
 TextKind = Literal["column", "messages", "prompt_completion"]
 # Maps a row index inside a batch to a printable place such as ``pool/a.jsonl:18``.
 WhereFn = Callable[[int], str]
@@ -71,6 +75,30 @@ class TextSpec:
             pa.string(),
         )
 
+    def response_spans(self, table: pa.Table, where: WhereFn) -> pa.Array:
+        """Character spans of the rendered text that a model is trained to produce.
+
+        Gradient and loss based scorers (LESS, BADS) count only these tokens, as
+        instruction tuning does: the assistant turns of chat records, the completion of
+        prompt + completion pairs, and the whole text of a plain column. Offsets index the
+        string :meth:`render` returns, so both always agree.
+        """
+        if self.kind == "column":
+            lengths = pc.utf8_length(self.render(table, where)).to_pylist()
+            spans = [[(0, n)] for n in lengths]
+        elif self.kind == "prompt_completion":
+            prompts = _string_column(table, self.fields[0], where).to_pylist()
+            completions = _string_column(table, self.fields[1], where).to_pylist()
+            spans = []
+            for prompt, completion in zip(prompts, completions):
+                start = len(prompt) + len(ROLE_SEPARATOR)
+                spans.append([(start, start + len(completion))])
+        else:
+            spans = [_message_spans(m) for m in table["messages"].to_pylist()]
+        return pa.array(
+            [[{"start": a, "end": b} for a, b in row] for row in spans], SPANS_TYPE
+        )
+
 
 def _string_column(table: pa.Table, name: str, where: WhereFn) -> pa.Array:
     column = table[name].combine_chunks()
@@ -94,6 +122,20 @@ def _first_non_string_row(column: pa.Array) -> int:
         if not isinstance(value, str):
             return i
     return 0
+
+
+def _message_spans(messages: list[dict[str, str]]) -> list[tuple[int, int]]:
+    """Spans of the assistant contents inside the string :func:`_render_messages` builds
+    (only called on records that rendered, so the shape is already checked)."""
+    spans, offset = [], 0
+    for turn in messages:
+        header = f"<|{turn['role']}|>\n"
+        start = offset + len(header)
+        end = start + len(turn["content"])
+        if turn["role"] == RESPONSE_ROLE:
+            spans.append((start, end))
+        offset = end + len(ROLE_SEPARATOR)
+    return spans
 
 
 def _render_messages(messages: object, where: str) -> str:

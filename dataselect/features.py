@@ -1,0 +1,163 @@
+"""Feature store: per-example vectors (gradient projections, embeddings) on disk.
+
+Features are the expensive part of LESS and RDS+ (a forward and backward pass per
+example), and they serve three consumers: scoring against a target, the FAISS index and
+attribution. So they are computed once, partition by partition, and kept as shards in
+pool partition order:
+
+    <folder>/_manifest.json          what made them (model, checkpoints, projection, pool)
+    <folder>/part-NNNNN.npy          float16, shape (rows, views, dim), rows L2-normalised
+    <folder>/part-NNNNN.ids.parquet  the ids of those rows, in the same order
+
+``views`` is 1 for embeddings and the number of checkpoints for LESS. Rows are stored unit
+length because every consumer uses cosine similarity, and float16 then keeps ~3 digits on
+every row whatever the raw gradient scale (raw SGD gradients of a trained model can fall
+below float16's range). The ids file is written after the matrix, atomically, so a shard
+counts as finished exactly when its ids file exists: a resumed job redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dataselect.errors import InputError, OutputConflictError
+from dataselect.output import (
+    atomic_path,
+    jsonable,
+    read_json,
+    read_table,
+    remove_stale_temporaries,
+    write_json,
+    write_table,
+)
+
+MANIFEST = "_manifest.json"
+STORE_DTYPE = np.float16
+
+
+def normalize_rows(matrix: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Unit-length vectors along ``axis`` (all-zero vectors stay zero), as float32."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=axis, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+
+
+def combine_views(features: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """One unit vector per row from ``(rows, views, dim)`` unit vectors, such that the dot
+    product of two combined rows is the weighted mean of their per-view cosines.
+
+    View ``c`` is scaled by ``sqrt(w_c / sum(w))`` and the views are concatenated. LESS sums
+    cosines over checkpoints weighted by learning rate; with this, one inner-product search
+    (FAISS) gives that sum divided by ``sum(w)``, the same ranking.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    views = features.shape[1]
+    weights = np.ones(views) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (views,) or (weights < 0).any() or weights.sum() <= 0:
+        raise InputError(f"need {views} non-negative view weights with a positive sum, got "
+                         f"{weights.tolist()}")
+    scale = np.sqrt(weights / weights.sum()).astype(np.float32)
+    return (features * scale[None, :, None]).reshape(len(features), -1)
+
+
+@dataclass
+class FeatureStore:
+    """A folder of feature shards. Open with :meth:`create` (to write) or :meth:`open`."""
+
+    folder: str
+    description: dict[str, Any]
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike, description: dict[str, Any]) -> FeatureStore:
+        """Open ``folder`` for writing features described by ``description``.
+
+        A folder written with a different description (another model, projection or pool)
+        is refused rather than mixed; the same description resumes it.
+        """
+        folder = str(folder)
+        path = os.path.join(folder, MANIFEST)
+        if os.path.exists(path):
+            stored = read_json(path)
+            if stored != jsonable(description):
+                changed = sorted(k for k in set(stored) | set(description)
+                                 if stored.get(k) != jsonable(description).get(k))
+                raise OutputConflictError(
+                    f"{folder} holds features made with other settings (differs in: "
+                    f"{', '.join(changed)}); use another folder or delete it"
+                )
+        else:
+            write_json(description, path)
+        remove_stale_temporaries(folder)
+        return cls(folder, jsonable(description))
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> FeatureStore:
+        path = os.path.join(str(folder), MANIFEST)
+        if not os.path.exists(path):
+            raise InputError("not a feature folder (no _manifest.json)", where=str(folder))
+        return cls(str(folder), read_json(path))
+
+    def matrix_path(self, index: int) -> str:
+        return os.path.join(self.folder, f"part-{index:05d}.npy")
+
+    def ids_path(self, index: int) -> str:
+        return os.path.join(self.folder, f"part-{index:05d}.ids.parquet")
+
+    def has_part(self, index: int) -> bool:
+        return os.path.exists(self.ids_path(index))
+
+    def parts(self) -> list[int]:
+        """Indices of the finished shards, ascending."""
+        return sorted(int(p.name[5:10]) for p in Path(self.folder).glob("part-*.ids.parquet"))
+
+    def write_part(self, index: int, ids: pa.Array, features: np.ndarray) -> None:
+        """Store ``features`` (rows, views, dim) for ``ids``, normalising each vector."""
+        if features.ndim != 3 or features.shape[0] != len(ids):
+            raise ValueError(f"features of shape {features.shape} for {len(ids)} ids")
+        tmp, final = atomic_path(self.matrix_path(index))
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, normalize_rows(features).astype(STORE_DTYPE))
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        write_table(pa.table({"id": pa.array(ids, pa.string())}), self.ids_path(index))
+
+    def read_part(self, index: int, mmap: bool = True) -> tuple[pa.Array, np.ndarray]:
+        """``(ids, features)`` of shard ``index``; the matrix is memory-mapped by default."""
+        ids = read_table(self.ids_path(index))["id"].combine_chunks()
+        matrix = np.load(self.matrix_path(index), mmap_mode="r" if mmap else None)
+        if matrix.shape[0] != len(ids):
+            raise InputError(f"{len(ids)} ids but {matrix.shape[0]} feature rows",
+                             where=self.matrix_path(index))
+        return ids, matrix
+
+    def iter_parts(self) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
+        for index in self.parts():
+            ids, matrix = self.read_part(index)
+            yield index, ids, matrix
+
+    def combined(self, weights: np.ndarray | None = None
+                 ) -> Iterator[tuple[pa.Array, np.ndarray]]:
+        """``(ids, vectors)`` per shard with the views combined (see :func:`combine_views`);
+        ``weights`` default to the ones recorded in the manifest, else equal."""
+        if weights is None:
+            weights = self.description.get("view_weights")
+        for _, ids, matrix in self.iter_parts():
+            yield ids, combine_views(matrix, weights)
+
+    @property
+    def dim(self) -> int:
+        return int(self.description["dim"])
+
+    @property
+    def views(self) -> int:
+        return int(self.description.get("views", 1))

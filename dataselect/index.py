@@ -1,0 +1,179 @@
+"""FAISS index over feature vectors, with the mapping back to example ids.
+
+Exact cosine search is ``IndexFlatIP`` over L2-normalised rows: the default, because
+attribution and selection results should not depend on an approximation. ``ivf``
+(``IndexIVFFlat``, trained on a seeded sample) and ``hnsw`` (``IndexHNSWFlat``) trade exact
+results for speed on large pools. When FAISS sees GPUs the flat and IVF indexes run on one
+through ``StandardGpuResources``; HNSW has no GPU version in FAISS and stays on the CPU.
+Saved indexes are always CPU indexes, so a GPU-built index loads on a CPU machine.
+
+Vectors are added shard by shard (see :mod:`dataselect.features`), so building never
+holds more than one shard besides the index itself. FAISS keeps int64 row numbers; the ids
+live beside the index in ``ids.parquet``, in row order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from dataselect.errors import InputError
+from dataselect.features import normalize_rows
+from dataselect.output import atomic_path, read_json, read_table, write_json, write_table
+
+IndexKind = Literal["flat", "ivf", "hnsw"]
+Shards = Iterable[tuple[Any, np.ndarray]]  # (ids, vectors) pairs
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+META_FILE = "index.json"
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
+        raise InputError("the index needs FAISS: pip install faiss-cpu (or faiss-gpu-cu12)"
+                         ) from error
+    return faiss
+
+
+def gpu_count() -> int:
+    faiss = _faiss()
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+@dataclass
+class FeatureIndex:
+    """A FAISS inner-product index plus the id of every row. Build with :meth:`build`."""
+
+    index: Any
+    ids: list[str]
+    kind: IndexKind
+    dim: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, shards: Shards | Callable[[], Shards], dim: int,
+              kind: IndexKind = "flat", nlist: int | None = None, nprobe: int = 16,
+              hnsw_m: int = 32, ef_search: int = 128, train_rows: int = 100_000,
+              seed: int = 0, use_gpu: bool | None = None) -> FeatureIndex:
+        """Index ``(ids, vectors)`` shards; vectors are normalised to unit length.
+
+        ``ivf`` needs its training sample before anything is added, so it reads the shards
+        three times (count, draw a seeded sample of ``train_rows`` rows, add): pass a
+        function that returns a fresh iterable of shards to keep that streaming.
+        """
+        faiss = _faiss()
+
+        def passes() -> Shards:
+            return shards() if callable(shards) else shards
+
+        gpu = (gpu_count() > 0) if use_gpu is None else use_gpu
+        settings: dict[str, Any] = {"kind": kind}
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = ef_search
+            settings.update(hnsw_m=hnsw_m, ef_search=ef_search)
+            gpu = False
+        elif kind == "ivf":
+            if not callable(shards):
+                shards = list(shards)
+            rows = sum(len(ids) for ids, _ in passes())
+            nlist = nlist or max(1, min(4096, int(4 * np.sqrt(rows))))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist,
+                                       faiss.METRIC_INNER_PRODUCT)
+            index.nprobe = min(nprobe, nlist)
+            settings.update(nlist=nlist, nprobe=index.nprobe)
+        else:
+            raise InputError(f"index kind must be flat, ivf or hnsw, got {kind!r}")
+        if gpu:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        if kind == "ivf":
+            index.train(_training_sample(passes, rows, train_rows, seed, nlist))
+        all_ids: list[str] = []
+        for ids, vectors in passes():
+            vectors = _as_vectors(vectors, dim)
+            index.add(vectors)
+            all_ids.extend(ids.to_pylist() if isinstance(ids, pa.Array | pa.ChunkedArray)
+                           else list(ids))
+        if index.ntotal != len(all_ids):
+            raise RuntimeError(f"index holds {index.ntotal} rows for {len(all_ids)} ids")
+        return cls(index, all_ids, kind, dim, settings)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Cosine scores ``(queries, k)`` and the ids of the ``k`` nearest rows, best first.
+
+        ``k`` larger than the index is cut to its size."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        k = min(k, len(self.ids))
+        scores, rows = self.index.search(_as_vectors(queries, self.dim), k)
+        if (rows < 0).any():
+            raise RuntimeError(f"the {self.kind} index returned fewer than {k} neighbours; "
+                               "raise nprobe (ivf) or ef_search (hnsw)")
+        return scores, [[self.ids[r] for r in row] for row in rows]
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write ``index.faiss`` (a CPU index), ``ids.parquet`` and ``index.json``."""
+        faiss = _faiss()
+        folder = str(folder)
+        cpu_index = faiss.index_gpu_to_cpu(self.index) if _on_gpu(self.index) else self.index
+        tmp, final = atomic_path(os.path.join(folder, INDEX_FILE))
+        faiss.write_index(cpu_index, tmp)
+        os.replace(tmp, final)
+        write_table(pa.table({"id": pa.array(self.ids, pa.string())}),
+                    os.path.join(folder, IDS_FILE))
+        write_json({"kind": self.kind, "dim": self.dim, "rows": len(self.ids), **self.settings},
+                   os.path.join(folder, META_FILE))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, use_gpu: bool | None = None) -> FeatureIndex:
+        faiss = _faiss()
+        folder = str(folder)
+        for name in (INDEX_FILE, IDS_FILE, META_FILE):
+            if not os.path.exists(os.path.join(folder, name)):
+                raise InputError(f"not an index folder: {name} is missing", where=folder)
+        meta = read_json(os.path.join(folder, META_FILE))
+        index = faiss.read_index(os.path.join(folder, INDEX_FILE))
+        ids = read_table(os.path.join(folder, IDS_FILE))["id"].to_pylist()
+        if index.ntotal != len(ids):
+            raise InputError(f"index holds {index.ntotal} rows but {len(ids)} ids", where=folder)
+        gpu = (gpu_count() > 0) if use_gpu is None else use_gpu
+        if gpu and meta["kind"] != "hnsw":
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        settings = {k: v for k, v in meta.items() if k not in ("kind", "dim", "rows")}
+        return cls(index, ids, meta["kind"], int(meta["dim"]), settings)
+
+
+def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise InputError(f"vectors of shape {vectors.shape} do not match index dim {dim}")
+    return np.ascontiguousarray(normalize_rows(vectors), dtype=np.float32)
+
+
+def _training_sample(passes: Callable[[], Shards], total: int, rows: int, seed: int,
+                     nlist: int) -> np.ndarray:
+    """A seeded sample of ``rows`` vectors, gathered in one more pass over the shards."""
+    if total < nlist:
+        raise InputError(f"an ivf index with {nlist} lists needs at least that many rows; "
+                         f"there are {total}")
+    take = np.sort(np.random.default_rng(seed).choice(total, min(rows, total), replace=False))
+    picked, offset = [], 0
+    for _, vectors in passes():
+        inside = take[(take >= offset) & (take < offset + len(vectors))] - offset
+        if len(inside):
+            picked.append(np.asarray(vectors[inside], dtype=np.float32))
+        offset += len(vectors)
+    return np.ascontiguousarray(normalize_rows(np.concatenate(picked)))
+
+
+def _on_gpu(index: Any) -> bool:
+    return "Gpu" in type(index).__name__

@@ -1,0 +1,169 @@
+"""Causal language models for the model-based scorers (LESS, RDS+ embeddings, BADS).
+
+One place loads a Hugging Face model from a local folder, picks the device, and turns a
+batch of rendered texts into padded token tensors with a mask of the tokens a model is
+trained to produce (the response spans of :class:`dataselect.textspec.TextSpec`). Every
+model-based scorer goes through it, so they all see the same tokens for the same record.
+
+Nothing here downloads: paths must be local folders (``save_pretrained`` output).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from dataselect.corpus import RESPONSE_SPANS
+from dataselect.errors import InputError
+
+# Reason recorded in ``filtered_by`` for a row whose response was cut off entirely.
+NO_RESPONSE_TOKENS = "no_response_tokens"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
+    """Fail early, in the client, on a path that cannot hold a saved model."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(f"{what} folder not found (give a local save_pretrained folder)",
+                         where=str(path))
+    if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
+        raise InputError(f"{what} folder has no config.json", where=str(path))
+    return str(folder.resolve())
+
+
+def load_tokenizer(path: str) -> Any:
+    """A fast tokenizer (offsets are needed to find response tokens) with a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise InputError("the tokenizer must be a fast (Rust) tokenizer: character offsets "
+                         "are needed to find response tokens", where=path)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise InputError("the tokenizer has neither a pad nor an eos token", where=path)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """The model in eval mode on ``device`` (float32 on CPU unless asked otherwise)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, dtype=dtype or torch.float32
+    )
+    return model.to(device).eval()
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded tokens of a batch and the mask of the tokens to score or train on.
+
+    ``loss_mask[i, t]`` is True when token ``t`` of row ``i`` lies in a response span; a
+    causal LM predicts it from position ``t - 1``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+
+    def to(self, device: torch.device) -> TokenBatch:
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                          self.loss_mask.to(device))
+
+    @property
+    def has_response(self) -> torch.Tensor:
+        """Rows with at least one scored token after truncation (the first token is never
+        scored: nothing precedes it)."""
+        return self.loss_mask[:, 1:].any(dim=1)
+
+
+def tokenize(tokenizer: Any, batch: pa.Table, max_length: int) -> TokenBatch:
+    """Tokenize ``batch['text']``, truncating to ``max_length`` tokens, and mark the tokens
+    that overlap the ``response_spans`` column (every token when the column is absent)."""
+    texts = batch["text"].to_pylist()
+    encoded = tokenizer(
+        texts, truncation=True, max_length=max_length, padding="longest",
+        return_offsets_mapping=True, return_tensors="pt",
+    )
+    attention = encoded["attention_mask"].bool()
+    offsets = encoded["offset_mapping"]
+    if RESPONSE_SPANS in batch.column_names:
+        spans = batch[RESPONSE_SPANS].to_pylist()
+    else:
+        spans = [[{"start": 0, "end": len(t)}] for t in texts]
+    loss_mask = torch.zeros_like(attention)
+    starts, ends = offsets[..., 0], offsets[..., 1]
+    for row, row_spans in enumerate(spans):
+        for span in row_spans:
+            loss_mask[row] |= (starts[row] < span["end"]) & (ends[row] > span["start"])
+    loss_mask &= attention & (ends > starts)  # no padding, no zero-width special tokens
+    return TokenBatch(encoded["input_ids"], encoded["attention_mask"], loss_mask)
+
+
+def per_example_loss(logits: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:
+    """Mean next-token cross-entropy over each row's response tokens, shape ``(batch,)``.
+
+    Rows without response tokens get 0 (callers filter them out via ``has_response``).
+    """
+    shifted = logits[:, :-1].float()
+    targets = tokens.input_ids[:, 1:]
+    mask = tokens.loss_mask[:, 1:].to(shifted.dtype)
+    token_loss = torch.nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view_as(mask)
+    return (token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def build_tiny_causal_lm(texts: list[str], out: str | os.PathLike, vocab_size: int = 2000,
+                         hidden_size: int = 64, layers: int = 2, heads: int = 4,
+                         max_positions: int = 1024, seed: int = 0) -> str:
+    """Train a byte-level BPE tokenizer on ``texts`` and save it with a small, randomly
+    initialised Llama-architecture model to ``out``.
+
+    Why: tests, the demo and CPU-sized evaluations need a real Hugging Face causal LM and
+    nothing can be downloaded, so one is built from a config. The same ``texts`` and
+    ``seed`` give the same tokenizer and weights.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    special = ["<pad>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        model_max_length=max_positions,
+    )
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
