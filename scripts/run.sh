@@ -25,7 +25,7 @@ make_venv() {
     # torch first, pinned: an unpinned resolve can pull a multi-GB CUDA build. Where a
     # local CPU wheel of this version is on pip's find-links (as on our machines) it is
     # taken; elsewhere PyPI's build for the platform is. CPU-only machines elsewhere can
-    # set TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the small CPU build.
+    # set TORCH_INDEX to the URL of PyTorch's CPU wheel index to get the small CPU build.
     if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
         "$VENV/bin/python" -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}" \
             ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
