@@ -2,6 +2,10 @@
 
     dataselect select --scorer dsir --pool 'pool/*.parquet' --target t.jsonl --k 10000 --out out/
     dataselect score  --scorer dsir --pool 'pool/*.parquet' --target t.jsonl --out out/
+    dataselect warmup --model M --pool pool.jsonl --text-field messages --out warm/
+    dataselect features --scorer less -p model=M -p checkpoints=warm/epoch-1,... --input ...
+    dataselect index build --features feats/ --out index/
+    dataselect attribute --scorer less -p ... --index index/ --queries q.jsonl --out a.parquet
 
 Errors a user can fix (bad input, conflicting output folder) are printed as one line naming
 the file, line and field, with exit status 2; anything else is a bug and shows a traceback.
@@ -16,14 +20,24 @@ from typing import Any
 
 from rich.console import Console
 
-from dataselect.corpus import DEFAULT_PARTITION_BYTES
+from dataselect.corpus import DEFAULT_PARTITION_BYTES, read_corpus
 from dataselect.errors import DataSelectError, InputError
+from dataselect.featurize import SIDES
 from dataselect.writer import DEFAULT_METRICS_SAMPLE
+from pipelines.feature_jobs import (
+    build_index,
+    run_attribute_job,
+    run_features_job,
+    run_warmup_job,
+    search_index,
+    warmup_config,
+)
 from pipelines.jobs import (
     POLICIES,
     SCORES_DIR,
     WORKER_KINDS,
     SelectJob,
+    build_scorer,
     run_score_job,
     run_select_job,
 )
@@ -79,7 +93,70 @@ def build_parser() -> argparse.ArgumentParser:
                      help="share of the pool sampled for the KL-reduction metric")
     score = commands.add_parser("score", help="fit the scorer and write the score store only")
     _common(score)
+    _feature_commands(commands)
     return parser
+
+
+def _input_args(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    parser.add_argument(name, required=True, nargs="+", help=help)
+    parser.add_argument("--text-field", default="text",
+                        help="text column, 'messages' (chat) or 'prompt+completion'")
+    parser.add_argument("--id-field", default="id",
+                        help="id column; ids are derived as <file>:<row> when absent")
+
+
+def _feature_commands(commands: Any) -> None:
+    featurizers = sorted(n for n, cls in SCORERS.items() if hasattr(cls, "featurize_batch"))
+    warm = commands.add_parser("warmup", help="LESS step 1: LoRA warmup on a pool sample, "
+                               "one checkpoint (with Adam moments) per epoch")
+    warm.add_argument("--model", required=True, help="local Hugging Face causal LM folder")
+    _input_args(warm, "--pool", "pool files, folders or globs")
+    warm.add_argument("--out", required=True, help="folder for the epoch-N checkpoints")
+    warm.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                      help="warmup setting, e.g. -p fraction=0.05 -p lr=2e-5 -p rank=128")
+    warm.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if "
+                      "available)")
+
+    feats = commands.add_parser("features", help="write pool or query features to a "
+                                "feature store (resumable per partition)")
+    feats.add_argument("--scorer", required=True, choices=featurizers)
+    _input_args(feats, "--input", "files, folders or globs to featurize")
+    feats.add_argument("--out", required=True, help="feature store folder")
+    feats.add_argument("--side", choices=SIDES, default="pool",
+                       help="pool (training examples) or query (examples to attribute)")
+    feats.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE")
+    feats.add_argument("--partition-mb", type=float, default=DEFAULT_PARTITION_BYTES / 2**20)
+    feats.add_argument("--scheduler", default=None)
+    feats.add_argument("--workers", type=int, default=None)
+    feats.add_argument("--memory-limit", default="auto")
+
+    index = commands.add_parser("index", help="build or search a FAISS index of features")
+    actions = index.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="index a pool feature store")
+    build.add_argument("--features", required=True, help="pool feature store folder")
+    build.add_argument("--out", required=True, help="index folder")
+    build.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat",
+                       help="flat: exact cosine (default); ivf/hnsw: approximate, faster")
+    build.add_argument("--nlist", type=int, default=None, help="ivf lists (default 4*sqrt(n))")
+    build.add_argument("--nprobe", type=int, default=16, help="ivf lists searched")
+    build.add_argument("--hnsw-m", type=int, default=32)
+    search = actions.add_parser("search", help="top-k rows for each query feature")
+    search.add_argument("--index", required=True, help="index folder")
+    search.add_argument("--queries", required=True, help="query feature store folder")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--out", required=True, help="Parquet file of (query_id, rank, "
+                        "train_id, score) rows")
+
+    attr = commands.add_parser("attribute", help="most influential training rows for query "
+                               "examples, from the pool's index")
+    attr.add_argument("--scorer", required=True, choices=featurizers)
+    attr.add_argument("--index", required=True, help="index folder (dataselect index build)")
+    _input_args(attr, "--queries", "query files, folders or globs")
+    attr.add_argument("-k", type=int, default=10)
+    attr.add_argument("--out", required=True, help="Parquet file of (query_id, rank, "
+                      "train_id, score) rows")
+    attr.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                      help="the same scorer parameters the index's features were made with")
 
 
 def parse_params(scorer: str, pairs: list[str]) -> dict[str, Any]:
@@ -133,10 +210,46 @@ def job_from_args(args: argparse.Namespace) -> SelectJob:
     )
 
 
+def run_feature_command(args: argparse.Namespace, console: Console) -> None:
+    """The warmup, features, index and attribute commands."""
+    if args.command == "warmup":
+        pool = read_corpus(args.pool, args.text_field, args.id_field)
+        run_warmup_job(args.model, pool, args.out, warmup_config(_pairs(args.param)),
+                       args.device, console)
+    elif args.command == "features":
+        corpus = read_corpus(args.input, args.text_field, args.id_field,
+                             max(1, int(args.partition_mb * 2**20)))
+        featurizer = build_scorer(args.scorer, parse_params(args.scorer, args.param), 0)
+        run_features_job(featurizer, corpus, args.out, args.side, args.scheduler,
+                         args.workers, args.memory_limit, console)
+    elif args.command == "index" and args.action == "build":
+        build_index(args.features, args.out, args.kind, console, nlist=args.nlist,
+                    nprobe=args.nprobe, hnsw_m=args.hnsw_m)
+    elif args.command == "index":
+        search_index(args.index, args.queries, args.k, args.out, console)
+    else:
+        queries = read_corpus(args.queries, args.text_field, args.id_field)
+        featurizer = build_scorer(args.scorer, parse_params(args.scorer, args.param), 0)
+        run_attribute_job(featurizer, queries, args.index, args.k, args.out, console)
+
+
+def _pairs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"expected KEY=VALUE, got {pair!r}", field="--param")
+        out[key] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     try:
+        if args.command in ("warmup", "features", "index", "attribute"):
+            run_feature_command(args, console)
+            return 0
         job = job_from_args(args)
         if args.command == "select":
             run_select_job(job, console)

@@ -5,8 +5,9 @@
 
 from scorers.dsir import DSIR
 from scorers.fasttext import FastText
+from scorers.less import Less
 from scorers.zipfit import ZipFit
 
-SCORERS = {DSIR.name: DSIR, FastText.name: FastText, ZipFit.name: ZipFit}
+SCORERS = {DSIR.name: DSIR, FastText.name: FastText, Less.name: Less, ZipFit.name: ZipFit}
 
-__all__ = ["DSIR", "SCORERS", "FastText", "ZipFit"]
+__all__ = ["DSIR", "SCORERS", "FastText", "Less", "ZipFit"]

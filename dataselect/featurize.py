@@ -1,0 +1,75 @@
+"""Compute a corpus' features into a feature store, one task per partition, resumably.
+
+A *featurizer* is a fitted-or-not scorer that can turn a batch into vectors: it has
+``featurize_batch(batch, side)`` returning ``(rows, views, dim)`` floats and
+``feature_description(side)`` saying what made them. ``side`` is ``"pool"`` for training
+examples and ``"query"`` for the examples attribution asks about (LESS uses Adam-
+preconditioned gradients on the pool side and plain gradients on the query side; an
+embedding is the same on both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from dataselect.corpus import Corpus
+from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.features import FeatureStore
+
+Side = Literal["pool", "query"]
+SIDES = ("pool", "query")
+
+
+class Featurizer(Protocol):
+    name: str
+    uses_response_spans: bool
+
+    def featurize_batch(self, batch: pa.Table, side: Side = "pool") -> np.ndarray: ...
+
+    def feature_description(self, side: Side = "pool") -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class FeaturizePart:
+    """Features of one partition: read from the store if finished, else computed and
+    stored. Returns ``(rows, reused, zero_rows)``."""
+
+    featurizer: Any
+    corpus: Corpus
+    folder: str
+    side: Side
+
+    def __call__(self, index: int) -> tuple[int, bool, int]:
+        store = FeatureStore.open(self.folder)
+        if store.has_part(index):
+            ids, matrix = store.read_part(index)
+            return len(ids), True, _zero_rows(matrix)
+        table = self.corpus.read_partition(index)
+        view = self.corpus.scoring_view(table, self.featurizer.uses_response_spans)
+        features = self.featurizer.featurize_batch(view, self.side)
+        store.write_part(index, view["id"], features)
+        return view.num_rows, False, _zero_rows(features)
+
+
+def _zero_rows(matrix: np.ndarray) -> int:
+    """Rows with no feature (e.g. LESS rows whose response was cut off)."""
+    return int((np.abs(np.asarray(matrix)).reshape(len(matrix), -1).max(axis=1) == 0).sum())
+
+
+def featurize(featurizer: Any, corpus: Corpus, folder: str, side: Side = "pool",
+              runner: Runner = default_runner) -> dict[str, Any]:
+    """Write the features of every partition of ``corpus`` to ``folder``; return counts."""
+    description = {**featurizer.feature_description(side), "side": side,
+                   "corpus": corpus.fingerprint(), "npartitions": corpus.npartitions}
+    FeatureStore.create(folder, description)
+    task = FeaturizePart(featurizer, corpus, folder, side)
+    results = runner(f"features:{featurizer.name}",
+                     partition_tasks(f"features-{featurizer.name}", task, corpus.npartitions))
+    return {"rows": sum(r[0] for r in results),
+            "partitions_reused": sum(1 for r in results if r[1]),
+            "partitions_computed": sum(1 for r in results if not r[1]),
+            "rows_without_features": sum(r[2] for r in results)}

@@ -1,0 +1,164 @@
+"""Jobs for feature-based selection and attribution: warmup, features, index, attribute.
+
+    warmup     LoRA warmup on a sample of the pool (LESS step 1): checkpoints with moments
+    features   pool (or query) features into a feature store, partition by partition
+    index      a FAISS index over a feature store; search it with a query feature store
+    attribute  top-k most influential training rows for query examples, as Parquet rows
+
+Each prints a summary table at the end, like the selection jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+
+from dataselect.attribution import attribute, write_attributions
+from dataselect.corpus import Corpus
+from dataselect.errors import InputError
+from dataselect.features import FeatureStore, combine_views
+from dataselect.featurize import SIDES, Side, featurize
+from dataselect.index import FeatureIndex, IndexKind
+from pipelines.cluster import dask_client
+from pipelines.progress import ProgressRunner, StageTiming
+from pipelines.summary import print_summary
+from scorers.lora_warmup import WarmupConfig, sample_pool, warmup
+
+# Feature settings that must agree between an index and the queries searched against it
+# (everything except which side of the gradient features they are).
+_SIDE_KEYS = ("side", "gradient", "corpus", "npartitions")
+
+
+def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
+                   device: str | None = None, console: Console | None = None
+                   ) -> list[str]:
+    started = time.perf_counter()
+    rows = sample_pool(pool, config.fraction, config.seed).num_rows
+    steps = -(-rows // config.batch_size) * config.epochs
+    with Progress(console=Console(stderr=True)) as progress:
+        bar = progress.add_task("warmup", total=steps)
+        checkpoints = warmup(model, pool, out, config, device,
+                             progress=lambda n: progress.advance(bar, n))
+    seconds = time.perf_counter() - started
+    print_summary(console, "warmup", [StageTiming("warmup", steps, seconds)],
+                  {"rows_in": rows, "epochs": config.epochs, "steps": steps,
+                   "checkpoints": ", ".join(checkpoints)}, seconds)
+    return checkpoints
+
+
+def run_features_job(featurizer: Any, corpus: Corpus, out: str, side: Side = "pool",
+                     scheduler: str | None = None, workers: int | None = None,
+                     memory_limit: str = "auto", console: Console | None = None
+                     ) -> dict[str, Any]:
+    if side not in SIDES:
+        raise InputError(f"side must be one of {SIDES}, got {side!r}", field="side")
+    started = time.perf_counter()
+    with dask_client(scheduler, workers, memory_limit, featurizer.local_workers) as client:
+        runner = ProgressRunner(client)
+        counts = featurize(featurizer, corpus, out, side, runner)
+    print_summary(console, "features", runner.timings, {"rows_in": counts["rows"], **counts},
+                  time.perf_counter() - started)
+    return counts
+
+
+def build_index(features: str, out: str, kind: IndexKind = "flat",
+                console: Console | None = None, **options: Any) -> FeatureIndex:
+    """Index a pool feature store (views combined with their recorded weights)."""
+    started = time.perf_counter()
+    store = FeatureStore.open(features)
+    if store.description.get("side", "pool") != "pool":
+        raise InputError("index the pool side's features (this store holds query features)",
+                         where=features)
+    if not store.parts():
+        raise InputError("the feature store has no finished parts", where=features)
+    index = FeatureIndex.build(store.combined, store.dim * store.views, kind=kind, **options)
+    index.settings["features"] = store.description
+    index.save(out)
+    seconds = time.perf_counter() - started
+    print_summary(console, "index", [StageTiming(f"index:{kind}", len(store.parts()), seconds)],
+                  {"rows_in": len(index.ids), "kind": kind, "dim": index.dim,
+                   "on_gpu": "Gpu" in type(index.index).__name__}, seconds)
+    return index
+
+
+def check_compatible(index: FeatureIndex, query: dict[str, Any], where: str) -> None:
+    """Refuse queries whose features were made with another model/projection/checkpoints."""
+    indexed = index.settings.get("features", {})
+    differ = sorted(k for k in set(indexed) | set(query) if k not in _SIDE_KEYS
+                    and indexed.get(k) != query.get(k))
+    if differ:
+        raise InputError(f"query features differ from the indexed ones in: {', '.join(differ)}",
+                         where=where)
+
+
+def search_index(index_folder: str, queries: str, k: int, out: str,
+                 console: Console | None = None) -> dict[str, Any]:
+    """Top-k rows of the index for every row of a query feature store."""
+    started = time.perf_counter()
+    index = FeatureIndex.load(index_folder)
+    store = FeatureStore.open(queries)
+    check_compatible(index, store.description, queries)
+    weights = index.settings.get("features", {}).get("view_weights")
+    scale = float(index.settings.get("features", {}).get("scale", 1.0))
+    ids, vectors = [], []
+    for _, part_ids, matrix in store.iter_parts():
+        ids += part_ids.to_pylist()
+        vectors.append(combine_views(matrix, weights))
+    table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
+    write_attributions(table, out)
+    seconds = time.perf_counter() - started
+    print_summary(console, "search", [StageTiming("search", len(ids), seconds)],
+                  {"rows_in": len(ids), "k": k, "rows_out": table.num_rows, "out": out},
+                  seconds)
+    return {"queries": len(ids), "rows": table.num_rows}
+
+
+def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: int, out: str,
+                      console: Console | None = None) -> dict[str, Any]:
+    """Query features computed here (queries are few), searched in the pool's index."""
+    started = time.perf_counter()
+    index = FeatureIndex.load(index_folder)
+    check_compatible(index, featurizer.feature_description("query"), index_folder)
+    ids, vectors = [], []
+    weights = index.settings.get("features", {}).get("view_weights")
+    for table in queries.iter_tables():
+        view = queries.scoring_view(table, featurizer.uses_response_spans)
+        ids += view["id"].to_pylist()
+        vectors.append(combine_views(featurizer.featurize_batch(view, "query"), weights))
+    if not ids:
+        raise InputError("no query examples", where=", ".join(queries.files))
+    scale = float(index.settings.get("features", {}).get("scale", 1.0))
+    table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
+    write_attributions(table, out)
+    seconds = time.perf_counter() - started
+    print_summary(console, "attribute", [StageTiming("attribute", len(ids), seconds)],
+                  {"rows_in": len(ids), "k": k, "rows_out": table.num_rows,
+                   "out": os.path.abspath(out)}, seconds)
+    return {"queries": len(ids), "rows": table.num_rows}
+
+
+def warmup_config(params: dict[str, Any]) -> WarmupConfig:
+    """A WarmupConfig from ``KEY=VALUE`` strings, each converted to its field's type."""
+    defaults = asdict(WarmupConfig())
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise InputError(f"warmup has no parameter(s) {unknown}; known: {sorted(defaults)}",
+                         field=unknown[0])
+    values: dict[str, Any] = {}
+    for key, raw in params.items():
+        default = defaults[key]
+        try:
+            if isinstance(default, list):
+                values[key] = [v for v in str(raw).split(",") if v]
+            else:
+                values[key] = type(default)(raw)
+        except ValueError:
+            raise InputError(f"{raw!r} is not a valid {type(default).__name__}",
+                             field=key) from None
+    return WarmupConfig(**values)

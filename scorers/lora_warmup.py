@@ -1,0 +1,195 @@
+"""LESS step 1: a short LoRA warmup on a random sample of the pool.
+
+The paper trains LoRA adapters (r=128, alpha=512, dropout 0.1, on q/k/v/o projections) for
+4 epochs on 5 % of the pool with AdamW at lr 2e-5, a linear schedule with 3 % warmup, and
+keeps one checkpoint per epoch. Those are the defaults here; tiny CPU models need a higher
+learning rate and a smaller rank (the tests use lr 1e-3, r 8).
+
+Each epoch's checkpoint is saved with its Adam moments keyed by parameter name and the
+epoch's mean learning rate (:mod:`scorers.lora_checkpoints`), which is what the gradient
+features need. The sample is a seeded Bernoulli draw by id (independent of file order and
+partitioning); epoch ``e`` shuffles with seed ``(seed, e)``. A rerun reuses finished
+epochs: it loads the last one's adapter and moments and goes on from there, and ends with
+the same checkpoints an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from dataselect.corpus import Corpus
+from dataselect.errors import EmptyCorpusError, InputError, OutputConflictError
+from dataselect.output import read_json, write_json
+from dataselect.sampling import sample_mask
+from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
+from scorers.lora_checkpoints import INFO_FILE, canonical_name, load_moments, save_checkpoint
+
+ADAPTER = "default"
+SETTINGS_FILE = "warmup.json"
+
+
+@dataclass
+class WarmupConfig:
+    """LoRA warmup settings; defaults are the LESS paper's."""
+
+    fraction: float = 0.05
+    epochs: int = 4
+    rank: int = 128
+    alpha: int = 512
+    dropout: float = 0.1
+    target_modules: Sequence[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lr: float = 2e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    max_length: int = 512
+    seed: int = 0
+
+    def check(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise InputError(f"fraction must be in (0, 1], got {self.fraction}", field="fraction")
+        for name in ("epochs", "rank", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1", field=name)
+        if self.lr <= 0:
+            raise InputError(f"lr must be positive, got {self.lr}", field="lr")
+
+
+def sample_pool(pool: Corpus, fraction: float, seed: int) -> pa.Table:
+    """The warmup sample: rendered text and response spans of a seeded share of the pool."""
+    parts = []
+    for table in pool.iter_tables():
+        keep = sample_mask(table["id"], fraction, seed)
+        if keep.any():
+            parts.append(pool.scoring_view(table.filter(pa.array(keep)), response_spans=True))
+    if not parts:
+        raise EmptyCorpusError(f"a {fraction:.2%} sample of the pool is empty; raise fraction",
+                               where=", ".join(pool.files))
+    return pa.concat_tables(parts)
+
+
+def learning_rate(step: int, total: int, peak: float, warmup_ratio: float) -> float:
+    """Linear warmup for ``ceil(warmup_ratio * total)`` steps, then linear decay to 0 (the
+    Hugging Face "linear" schedule LESS trains with); ``step`` counts from 0."""
+    warmup = math.ceil(warmup_ratio * total)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def warmup(model: str, pool: Corpus, out: str, config: WarmupConfig | None = None,
+           device: str | None = None, progress: Any = None) -> list[str]:
+    """Train LoRA on a sample of ``pool``; return the checkpoint folders, one per epoch."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    config = config or WarmupConfig()
+    config.check()
+    model = check_model_folder(model)
+    settings = {"model": model, "pool": pool.fingerprint(), **asdict(config)}
+    settings["target_modules"] = list(config.target_modules)
+    _claim(out, settings)
+    sample = sample_pool(pool, config.fraction, config.seed)
+    torch_device = pick_device(device)
+    tokenizer = load_tokenizer(model)
+    torch.manual_seed(config.seed)  # LoRA's initial weights
+    base = load_causal_lm(model, torch_device)
+    done = _finished_epochs(out, config.epochs)
+    if done:
+        net = PeftModel.from_pretrained(base, _epoch_dir(out, done), is_trainable=True)
+    else:
+        net = get_peft_model(base, LoraConfig(
+            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+            target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
+    net.to(torch_device).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(sample.num_rows / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    if done:
+        _restore_moments(net, optimizer, _epoch_dir(out, done))
+    step = done * steps_per_epoch
+    for epoch in range(done + 1, config.epochs + 1):
+        order = np.random.default_rng([config.seed, epoch]).permutation(sample.num_rows)
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout: same masks after a resume
+        rates = []
+        for start in range(0, sample.num_rows, config.batch_size):
+            batch = sample.take(pa.array(order[start:start + config.batch_size]))
+            tokens = tokenize(tokenizer, batch, config.max_length).to(torch_device)
+            rate = learning_rate(step, total, config.lr, config.warmup_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            rates.append(rate)
+            logits = net(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
+            loss = _batch_loss(logits, tokens)
+            if loss is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            step += 1
+            if progress is not None:
+                progress(1)
+        save_checkpoint(net, optimizer, ADAPTER, _epoch_dir(out, epoch), {
+            "epoch": epoch, "mean_lr": float(np.mean(rates)), "lr_first": rates[0],
+            "lr_last": rates[-1], "sample_rows": sample.num_rows, **settings})
+    return [_epoch_dir(out, e) for e in range(1, config.epochs + 1)]
+
+
+def _batch_loss(logits: torch.Tensor, tokens: Any) -> torch.Tensor | None:
+    """Mean cross-entropy over all response tokens of the batch (Hugging Face's loss)."""
+    mask = tokens.loss_mask[:, 1:]
+    if not mask.any():
+        return None
+    token_loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        tokens.input_ids[:, 1:].reshape(-1), reduction="none")
+    return token_loss[mask.reshape(-1)].mean()
+
+
+def _epoch_dir(out: str, epoch: int) -> str:
+    return os.path.join(out, f"epoch-{epoch}")
+
+
+def _finished_epochs(out: str, epochs: int) -> int:
+    done = 0
+    for epoch in range(1, epochs + 1):
+        if os.path.exists(os.path.join(_epoch_dir(out, epoch), INFO_FILE)):
+            done = epoch
+        else:
+            break
+    return done
+
+
+def _claim(out: str, settings: dict[str, Any]) -> None:
+    """Record the settings in ``out``; refuse a folder trained with other settings."""
+    path = os.path.join(out, SETTINGS_FILE)
+    stored = json.loads(json.dumps(settings, default=str))
+    if os.path.exists(path):
+        if read_json(path) != stored:
+            raise OutputConflictError(f"{out} holds a warmup run with other settings; use "
+                                      "another folder or delete it")
+        return
+    write_json(settings, path)
+
+
+def _restore_moments(net: Any, optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Put a finished epoch's Adam state back into ``optimizer`` to continue training."""
+    moments = load_moments(path)
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = canonical_name(name, ADAPTER)
+        optimizer.state[param] = {
+            "step": torch.tensor(float(moments.step)),
+            "exp_avg": moments.exp_avg[key].to(param.device).clone(),
+            "exp_avg_sq": moments.exp_avg_sq[key].to(param.device).clone(),
+        }
