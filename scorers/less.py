@@ -31,6 +31,7 @@ follows the paper's and Adam's ``sqrt(v') + eps``. The two agree unless ``v'`` i
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -60,6 +61,7 @@ from scorers.projection import RademacherProjection
 
 # Fitted models per worker process, so a Dask worker loads them once, not per partition.
 _MODELS: dict[tuple, _GradientModel] = {}
+_MODELS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -138,7 +140,8 @@ class Less(Scorer):
             if not valid.all():
                 row = int(np.flatnonzero(~valid)[0])
                 raise InputError(f"target example has no response tokens within max_length="
-                                 f"{self.max_length}", where=target.where_in(table)(row))
+                                 f"{self.max_length} (raise max_length)",
+                                 where=target.where_in(table)(row))
             ids += view["id"].to_pylist()
             subtasks += labels
             features.append(batch_features)
@@ -245,6 +248,7 @@ class _GradientModel:
     def __init__(self, scorer: Less):
         from peft import PeftModel
 
+        self.lock = threading.Lock()
         self.device = pick_device(scorer.device)
         self.tokenizer = load_tokenizer(scorer.model)
         base = load_causal_lm(scorer.model, self.device)
@@ -283,6 +287,13 @@ class _GradientModel:
 
     def features(self, batch: pa.Table, adam: bool, max_length: int
                  ) -> tuple[np.ndarray, np.ndarray]:
+        # switching adapters and the gradient hooks are per-model state: one batch at a
+        # time (threads of a Dask worker share this model; torch parallelises inside ops)
+        with self.lock:
+            return self._features(batch, adam, max_length)
+
+    def _features(self, batch: pa.Table, adam: bool, max_length: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
         tokens = tokenize(self.tokenizer, batch, max_length).to(self.device)
         valid = tokens.has_response
         rows = batch.num_rows
@@ -313,7 +324,8 @@ class _GradientModel:
 def _gradient_model(scorer: Less) -> _GradientModel:
     key = (scorer.model, tuple(scorer.checkpoints), scorer.proj_dim, scorer.seed,
            scorer.device)
-    if key not in _MODELS:
-        _MODELS.clear()  # one model set per worker at a time
-        _MODELS[key] = _GradientModel(scorer)
-    return _MODELS[key]
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS.clear()  # one model set per worker at a time
+            _MODELS[key] = _GradientModel(scorer)
+        return _MODELS[key]
