@@ -366,3 +366,61 @@ def workdir_for(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
     finally:
         if temporary and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- child runs
+#
+# The model-based benchmarks (gradients, index, LDS) run every tool in a child process of
+# the script itself, so each gets its own peak RSS; the child times its own work (imports
+# and model loading excluded) and writes what it measured to a JSON file named by the
+# ``--result`` option appended to its command line.
+
+
+@dataclass
+class ChildRun:
+    """One monitored child: its cost, and the JSON it wrote (``None`` if it failed)."""
+
+    stats: ProcessStats
+    result: dict[str, Any] | None
+    error: str | None = None
+
+
+def run_child(command: list[str], folder: Path, name: str, timeout: float | None = None,
+              env: dict[str, str] | None = None) -> ChildRun:
+    """Run ``command --result folder/name.json``, monitored, and read that file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result_path = folder / f"{name}.json"
+    result_path.unlink(missing_ok=True)
+    stats = run_monitored([*command, "--result", str(result_path)], folder / name, timeout,
+                          env=env)
+    if stats.returncode != 0 or stats.timed_out or not result_path.exists():
+        return ChildRun(stats, None, failure(stats, name))
+    return ChildRun(stats, json.loads(result_path.read_text()))
+
+
+def write_result(path: str | os.PathLike, result: dict[str, Any]) -> None:
+    """Inside a child: what it measured, as JSON for :func:`run_child`."""
+    Path(path).write_text(json.dumps(result, indent=2, default=str))
+
+
+def figure_line(name: str, ours: float | None, reference: float | None,
+                peak_rss_mb: float | None, extra: str = "") -> str:
+    """``<name>: ours <x> s, reference <y> s, ratio <y/x>, peak RSS ours <m> MB`` + extra."""
+    ratio = reference / ours if ours and reference else None
+    return (f"{name}: ours {fmt(ours, '.3f')} s, reference {fmt(reference, '.3f')} s, ratio "
+            f"{fmt(ratio, '.2f')}, peak RSS ours {fmt(peak_rss_mb, '.0f')} MB{extra}")
+
+
+def add_child_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every script that runs its tools as children of itself shares."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch/BLAS/OpenMP threads per tool (default 1: two spinning "
+                             "threads stall whenever another process holds a core)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per child")
+    parser.add_argument("--workdir", default=None,
+                        help="where intermediate files go (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary workdir")
+    parser.add_argument("--json", default=None, help="write all numbers to this file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
