@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -164,6 +165,37 @@ def build_tiny_causal_lm(texts: list[str], out: str | os.PathLike, vocab_size: i
     )
     model = LlamaForCausalLM(config)
     Path(out).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def train_causal_lm(path: str, batch: pa.Table, out: str | os.PathLike, steps: int = 300,
+                    lr: float = 3e-3, batch_size: int = 16, max_length: int = 256,
+                    seed: int = 0) -> str:
+    """Train every weight of the model in ``path`` on the response tokens of ``batch``
+    (``text`` + optional ``response_spans``) for ``steps`` AdamW steps, and save it to
+    ``out`` with its tokenizer.
+
+    Why: gradient and embedding scorers assume a model that has learned something; tests
+    and CPU-sized evaluations build a tiny one from a config and give it a short training
+    here, in-process, instead of downloading a pretrained model.
+    """
+    torch.manual_seed(seed)
+    device = pick_device(None)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    order = np.random.default_rng(seed).permutation(batch.num_rows)
+    for step in range(steps):
+        rows = np.take(order, range(step * batch_size, (step + 1) * batch_size), mode="wrap")
+        tokens = tokenize(tokenizer, batch.take(pa.array(rows)), max_length).to(device)
+        logits = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
+        loss = per_example_loss(logits, tokens)[tokens.has_response].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)

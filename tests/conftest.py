@@ -38,3 +38,21 @@ def pool_table() -> pa.Table:
 def small_records(pool_table: pa.Table) -> list[dict]:
     """60 real documents from the shipped pool, several domains."""
     return pool_table.slice(0, 60).select(["id", "text", "domain"]).to_pylist()
+
+
+@pytest.fixture(scope="session")
+def instruction_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny Llama-architecture model whose tokenizer and weights were trained here on
+    data/instructions/train.jsonl (200 steps over the response tokens): the model-based
+    scorers assume a model that has learned something, and nothing can be downloaded."""
+    from dataselect import read_corpus
+    from scorers.lm import build_tiny_causal_lm, train_causal_lm
+
+    root = tmp_path_factory.mktemp("instruction_lm")
+    train = DATA / "instructions" / "train.jsonl"
+    rows = [json.loads(line) for line in train.open()]
+    texts = [m["content"] for r in rows for m in r["messages"]]
+    blank = build_tiny_causal_lm(texts, root / "blank", vocab_size=1000, hidden_size=64)
+    corpus = read_corpus(str(train), text="messages")
+    view = corpus.scoring_view(corpus.to_table("train"), response_spans=True)
+    return train_causal_lm(blank, view, root / "trained", steps=200, max_length=256)

@@ -23,7 +23,7 @@ from dataselect.features import FeatureStore
 from dataselect.textspec import TextSpec
 from pipelines.cli import main
 from scorers.less import Less
-from scorers.lm import build_tiny_causal_lm, load_causal_lm, load_tokenizer, per_example_loss
+from scorers.lm import load_causal_lm, load_tokenizer, per_example_loss
 from scorers.lm import tokenize as lm_tokenize
 from scorers.lora_checkpoints import load_moments
 from scorers.lora_warmup import WarmupConfig, learning_rate, warmup
@@ -43,15 +43,15 @@ def _rows() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny model, a 160-row pool (40 per task) and a two-epoch warmup on half of it."""
+def setup(tmp_path_factory: pytest.TempPathFactory, instruction_lm: str) -> dict:
+    """The tiny trained model, a 160-row pool (40 per task) and a two-epoch LoRA warmup on
+    half of it."""
     root = tmp_path_factory.mktemp("less")
     rows = _rows()
     pool_rows = [r for task in TASKS for r in [r for r in rows if r["task"] == task][:PER_TASK]]
     pool_file = root / "pool.jsonl"
     pool_file.write_text("".join(json.dumps(r) + "\n" for r in pool_rows))
-    texts = [m["content"] for r in rows for m in r["messages"]]
-    model = build_tiny_causal_lm(texts, root / "model", vocab_size=1000, hidden_size=64)
+    model = instruction_lm
     pool = read_corpus(str(pool_file), text="messages")
     checkpoints = warmup(model, pool, str(root / "warm"), WARMUP)
     return {"root": root, "model": model, "pool": pool, "pool_file": pool_file,
@@ -240,15 +240,21 @@ def test_scoring_through_the_feature_store_resumes_and_matches(setup: dict, tmp_
 
 
 def test_less_picks_the_target_task_far_above_chance(setup: dict) -> None:
-    target = read_corpus(str(INSTRUCTIONS / "targets" / "code.jsonl"), text="messages")
-    scorer = Less(setup["model"], setup["checkpoints"], proj_dim=512,
-                  max_length=MAX_LENGTH).fit(target)
+    """Top-40 of the 160-row pool for each task's 10 held-out examples. Chance is 0.25;
+    measured 0.60 / 0.45 / 0.50 / 0.53 (code / define / summarize / translate)."""
     table = setup["pool"].read_partition(0)
-    scores = scorer.score_batch(setup["pool"].scoring_view(table, response_spans=True))
+    view = setup["pool"].scoring_view(table, response_spans=True)
     task = dict(zip(table["id"].to_pylist(), table["task"].to_pylist()))
-    top = np.argsort(-scores["score"].to_numpy())[:PER_TASK]
-    precision = np.mean([task[scores["id"][i].as_py()] == "code" for i in top])
-    assert precision >= 0.5, precision  # chance: 0.25
+    precision = {}
+    for name in TASKS:
+        target = read_corpus(str(INSTRUCTIONS / "targets" / f"{name}.jsonl"), text="messages")
+        scorer = Less(setup["model"], setup["checkpoints"], proj_dim=512,
+                      max_length=MAX_LENGTH).fit(target)
+        scores = scorer.score_batch(view)
+        top = np.argsort(-scores["score"].to_numpy())[:PER_TASK]
+        precision[name] = np.mean([task[scores["id"][i].as_py()] == name for i in top])
+    assert min(precision.values()) >= 0.4, precision
+    assert np.mean(list(precision.values())) >= 0.45, precision
 
 
 def test_cli_features_index_attribute(setup: dict, tmp_path: Path) -> None:
