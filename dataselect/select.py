@@ -220,6 +220,76 @@ def importance_resample(pool: Corpus, scores: Scores, k: int | None = None, seed
     return _choose_top(scores, parts, k, policy)
 
 
+def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scores",
+                runner: Runner = default_runner) -> Selection:
+    """RDS-style multi-target selection: each target example ranks the pool by its own
+    score (the list column ``column``, one score per target example); rounds go through the
+    target examples in order, each taking its best row not chosen yet, until ``k`` rows are
+    chosen or every eligible row is. Ties go to the earlier pool row.
+
+    Streaming: a target example can take at most ``k`` rows, so each partition returns only
+    its ``k`` best rows per target example, and the rounds run on those candidates.
+    """
+    _check_aligned(pool, scores)
+    _check_k(k)
+    parts = _collect(scores, runner)
+    sizes = [len(p["key"]) for p in parts]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    found = runner(f"candidates:{scores.name}", scores.delayed(_TargetTopK(column, k)))
+    targets = {len(values) for _, values in found if values is not None}
+    if len(targets) > 1:
+        raise InputError(f"rows of {column!r} hold different numbers of target scores: "
+                         f"{sorted(targets)}", field=column)
+    width = targets.pop() if targets else 0
+    best: list[np.ndarray] = []
+    for j in range(width):
+        rows = np.concatenate([positions[j] + offset for (positions, _), offset
+                               in zip(found, offsets) if positions is not None])
+        values = np.concatenate([v[j] for _, v in found if v is not None])
+        best.append(rows[np.lexsort((rows, -values))][:k])
+    eligible = sum(int(p["eligible"].sum()) for p in parts)
+    k_final = min(k, eligible)
+    chosen: list[int] = []
+    taken: set[int] = set()
+    pointers = [0] * width
+    while len(chosen) < k_final and any(p < len(b) for p, b in zip(pointers, best)):
+        for j in range(width):
+            while pointers[j] < len(best[j]) and int(best[j][pointers[j]]) in taken:
+                pointers[j] += 1
+            if pointers[j] < len(best[j]) and len(chosen) < k_final:
+                row = int(best[j][pointers[j]])
+                chosen.append(row)
+                taken.add(row)
+    order = np.array(chosen, np.int64)
+    return _selection(scores, sizes, order, {"policy": "round_robin", "k": k, "column": column,
+                                             "targets": width}, _counts(parts, len(order)))
+
+
+@dataclass(frozen=True)
+class _TargetTopK:
+    """Per partition: for every target example, the positions and scores of its ``k``
+    best eligible rows (``(None, None)`` when the partition has no eligible row)."""
+
+    column: str
+    k: int
+
+    def __call__(self, table: pa.Table, index: int) -> tuple[Any, Any]:
+        if self.column not in table.column_names:
+            raise InputError(f"the score store has no {self.column!r} column (embed: set "
+                             "per_target=true)", field=self.column)
+        ok = summarize_scores(table)["eligible"]
+        if not ok.any():
+            return None, None
+        matrix = np.asarray(table[self.column].to_pylist(), dtype=np.float64)[ok].T
+        rows = np.flatnonzero(ok)
+        positions, values = [], []
+        for scores_j in matrix:
+            order = np.lexsort((rows, -scores_j))[:self.k]
+            positions.append(rows[order])
+            values.append(scores_j[order])
+        return positions, values
+
+
 def combine(scores: list[Scores], method: str = "zscore", weights: list[float] | None = None,
             runner: Runner = default_runner) -> Scores:
     """One score from several: weighted mean of z-scores, or of normalised ranks (0..1).

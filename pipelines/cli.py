@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--fraction", type=float, help="share of eligible rows to select")
     budget.add_argument("--threshold", type=float, help="keep rows with score >= this")
     sel.add_argument("--policy", choices=POLICIES, default="auto",
-                     help="auto: importance_resample for dsir, top_k otherwise")
+                     help="auto: importance_resample for dsir, top_k otherwise; round_robin: "
+                          "each target example in turn takes its best row (embed with "
+                          "-p per_target=true)")
     sel.add_argument("--format", choices=("parquet", "arrow"), default="parquet")
     sel.add_argument("--metrics-sample", type=float, default=DEFAULT_METRICS_SAMPLE,
                      help="share of the pool sampled for the KL-reduction metric")

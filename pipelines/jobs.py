@@ -28,7 +28,7 @@ from pipelines.progress import ProgressRunner
 from pipelines.summary import print_summary
 from scorers import SCORERS
 
-POLICIES = ("auto", "top_k", "importance_resample")
+POLICIES = ("auto", "top_k", "importance_resample", "round_robin")
 WORKER_KINDS = ("auto", "processes", "threads")
 # "_" keeps the score store out of dataset discovery when out/ is read as Parquet
 SCORES_DIR = "_scores"
@@ -174,6 +174,10 @@ def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner
     if policy == "auto":
         # DSIR scores are log importance weights: resampling is the paper's method
         policy = "importance_resample" if job.scorer == "dsir" else "top_k"
+    if policy == "round_robin":
+        if job.k is None:
+            raise InputError("the round_robin policy takes --k", field="policy")
+        return select.round_robin(pool, scores, job.k, runner=runner)
     if policy == "importance_resample":
         return select.importance_resample(pool, scores, k=job.k, fraction=job.fraction,
                                           seed=job.seed, runner=runner)

@@ -4,10 +4,11 @@
 """
 
 from scorers.dsir import DSIR
+from scorers.embed import Embed
 from scorers.fasttext import FastText
 from scorers.less import Less
 from scorers.zipfit import ZipFit
 
-SCORERS = {DSIR.name: DSIR, FastText.name: FastText, Less.name: Less, ZipFit.name: ZipFit}
+SCORERS = {cls.name: cls for cls in (DSIR, Embed, FastText, Less, ZipFit)}
 
-__all__ = ["DSIR", "SCORERS", "FastText", "Less", "ZipFit"]
+__all__ = ["DSIR", "SCORERS", "Embed", "FastText", "Less", "ZipFit"]

@@ -33,3 +33,16 @@ class FixedScorer(Scorer):
             FILTERED_BY: pa.array(["fixed_drop" if i in self.drop else None for i in ids],
                                   pa.string()),
         })
+
+
+@dataclass
+class FixedTargetScorer(FixedScorer):
+    """Like FixedScorer, plus a ``target_scores`` list column: ``per_target[id]``."""
+
+    name: ClassVar[str] = "fixed_targets"
+    per_target: dict[str, list[float]] = field(default_factory=dict)
+
+    def score_batch(self, batch: pa.Table) -> pa.Table:
+        table = super().score_batch(batch)
+        values = [self.per_target[i] for i in batch["id"].to_pylist()]
+        return table.append_column("target_scores", pa.array(values, pa.list_(pa.float32())))

@@ -156,3 +156,42 @@ def test_importance_resample_by_fraction_counts_only_eligible_rows(pool):
     assert selection.policy == {"policy": "importance_resample", "k": 30, "seed": 1,
                                 "fraction": 0.25}
     assert not {"d000", "d001"} & set(_chosen(selection, pool))
+
+
+def _naive_round_robin(matrix: np.ndarray, eligible: np.ndarray, k: int) -> list[int]:
+    """Rounds over target columns; each takes its best remaining eligible row (ties: first)."""
+    rankings = [sorted(np.flatnonzero(eligible), key=lambda i: (-matrix[i, j], i))
+                for j in range(matrix.shape[1])]
+    chosen: list[int] = []
+    while len(chosen) < min(k, int(eligible.sum())):
+        for ranking in rankings:
+            remaining = [i for i in ranking if i not in chosen]
+            if remaining and len(chosen) < min(k, int(eligible.sum())):
+                chosen.append(remaining[0])
+    return chosen
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 7, 40, 500])
+def test_round_robin_matches_a_naive_loop(pool, seed, k):
+    from scoring_helpers import FixedTargetScorer
+
+    rng = np.random.default_rng(seed)
+    matrix = rng.integers(0, 6, (120, 3)).astype(np.float32)  # many ties
+    ids = [i for t in pool.iter_tables() for i in t["id"].to_pylist()]
+    drop = {ids[i] for i in rng.choice(120, 10, replace=False)}
+    scorer = FixedTargetScorer({i: float(matrix[n].max()) for n, i in enumerate(ids)},
+                               frozenset(drop),
+                               per_target={i: matrix[n].tolist() for n, i in enumerate(ids)})
+    selection = select.round_robin(pool, scorer.score(pool), k=k)
+    eligible = np.array([i not in drop for i in ids])
+    expected = [ids[i] for i in _naive_round_robin(matrix, eligible, k)]
+    assert _chosen(selection, pool) == expected
+    assert selection.counts["selected"] == len(expected) == min(k, 110)
+    assert selection.counts["filtered"] == {"fixed_drop": 10}
+
+
+def test_round_robin_needs_the_per_target_column(pool):
+    scores, _ = _scores_for(pool, np.arange(120, dtype=float))
+    with pytest.raises(InputError, match="target_scores"):
+        select.round_robin(pool, scores, k=3)

@@ -1,0 +1,106 @@
+"""RDS+ embeddings: pooling against a hand loop, batch independence, the score rule, the
+round-robin column, and selection quality on data/instructions."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from conftest import DATA
+
+from dataselect import read_corpus
+from dataselect.errors import InputError
+from scorers.embed import Embed
+from scorers.lm import load_causal_lm, load_tokenizer
+
+TASKS = ("code", "define", "summarize", "translate")
+TARGETS = DATA / "instructions" / "targets"
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory):
+    rows = [json.loads(line) for line in (DATA / "instructions" / "train.jsonl").open()]
+    random.Random(1).shuffle(rows)
+    chosen = [r for task in TASKS for r in [r for r in rows if r["task"] == task][:40]]
+    path = tmp_path_factory.mktemp("embed") / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    return read_corpus(str(path), text="messages")
+
+
+def _view(pool, rows: int | None = None) -> pa.Table:
+    table = pool.read_partition(0)
+    return pool.scoring_view(table if rows is None else table.slice(0, rows))
+
+
+@pytest.mark.parametrize("pooling", ["position_weighted", "mean", "last"])
+def test_pooling_equals_a_hand_loop_over_hidden_states(instruction_lm, pool, pooling) -> None:
+    view = _view(pool, 4)
+    ours = Embed(instruction_lm, pooling=pooling).embed(view)
+    tokenizer = load_tokenizer(instruction_lm)
+    model = load_causal_lm(instruction_lm, torch.device("cpu"))
+    for row, text in enumerate(view["text"].to_pylist()):
+        ids = tokenizer(text, truncation=True, max_length=512, return_tensors="pt").input_ids
+        with torch.no_grad():
+            states = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        n = states.shape[0]
+        if pooling == "position_weighted":
+            weights = torch.arange(1, n + 1, dtype=torch.float32) / (n * (n + 1) / 2)
+            vector = (weights[:, None] * states).sum(0)
+        elif pooling == "mean":
+            vector = states.mean(0)
+        else:
+            vector = states[-1]
+        expected = (vector / vector.norm()).numpy()
+        np.testing.assert_allclose(ours[row], expected, atol=1e-4)
+
+
+def test_a_rows_embedding_does_not_depend_on_its_batch(instruction_lm, pool) -> None:
+    view = _view(pool, 12)  # rows of very different lengths, padded together
+    batched = Embed(instruction_lm, batch_size=12).embed(view)
+    alone = np.concatenate([Embed(instruction_lm, batch_size=1).embed(view.slice(i, 1))
+                            for i in range(12)])
+    np.testing.assert_allclose(batched, alone, atol=1e-4)
+
+
+def test_score_is_max_or_mean_cosine_and_per_target_column(instruction_lm, pool) -> None:
+    target = read_corpus(str(TARGETS / "define.jsonl"), text="messages")
+    view = _view(pool, 10)
+    scorer = Embed(instruction_lm, per_target=True).fit(target)
+    scores = scorer.score_batch(view)
+    pool_vectors = scorer.embed(view)
+    target_vectors = scorer.embed(target.scoring_view(target.read_partition(0)))
+    cosines = pool_vectors @ target_vectors.T
+    np.testing.assert_allclose(np.array(scores["target_scores"].to_pylist()), cosines,
+                               atol=1e-5)
+    np.testing.assert_allclose(scores["score"].to_numpy(), cosines.max(1), atol=1e-5)
+    assert scores["nearest_target"].to_pylist() == [scorer.target_ids_[j]
+                                                     for j in cosines.argmax(1)]
+    mean = Embed(instruction_lm, aggregate="mean").fit(target).score_batch(view)
+    np.testing.assert_allclose(mean["score"].to_numpy(), cosines.mean(1), atol=1e-5)
+    assert "target_scores" not in mean.column_names
+
+
+def test_bad_settings_are_errors(instruction_lm, tmp_path) -> None:
+    with pytest.raises(InputError, match="pooling"):
+        Embed(instruction_lm, pooling="cls")
+    with pytest.raises(InputError, match="aggregate"):
+        Embed(instruction_lm, aggregate="sum")
+    with pytest.raises(InputError, match="model folder not found"):
+        Embed(str(tmp_path / "missing"))
+
+
+def test_embed_picks_the_target_task_far_above_chance(instruction_lm, pool) -> None:
+    view = _view(pool)
+    task = dict(zip(pool.read_partition(0)["id"].to_pylist(),
+                    pool.read_partition(0)["task"].to_pylist()))
+    precision = {}
+    for name in TASKS:
+        target = read_corpus(str(TARGETS / f"{name}.jsonl"), text="messages")
+        scores = Embed(instruction_lm).fit(target).score_batch(view)
+        top = np.argsort(-scores["score"].to_numpy())[:40]
+        precision[name] = np.mean([task[scores["id"][i].as_py()] == name for i in top])
+    assert min(precision.values()) >= 0.5, precision  # chance: 0.25
