@@ -160,7 +160,8 @@ def ours_features(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, proj
     return projection.project(pieces).numpy()
 
 
-def ours_method(setup: dict[str, Any], method: str, cfg: dict[str, Any]) -> np.ndarray:
+def ours_method(setup: dict[str, Any], method: str, cfg: dict[str, Any],
+                checks: dict[str, float]) -> np.ndarray:
     from dataselect.attribution import attribute
     from dataselect.features import combine_views, normalize_rows
     from dataselect.index import FeatureIndex
@@ -192,6 +193,8 @@ def ours_method(setup: dict[str, Any], method: str, cfg: dict[str, Any]) -> np.n
     scores[rows, cols] = table["score"].to_numpy()
     if np.isnan(scores).any():
         raise RuntimeError("attribute() did not return every (query, train) pair")
+    direct = (query.astype(np.float64) @ train.astype(np.float64).T) * weights.sum()
+    checks["index_vs_direct_max_abs_diff"] = float(np.abs(scores - direct).max())
     return scores
 
 
@@ -223,6 +226,7 @@ def trak(setup: dict[str, Any], models: int, cfg: dict[str, Any]) -> np.ndarray:
         proj = torch.randn(g_train.shape[1], cfg["proj_dim"], generator=generator)
         phi, phi_q = (g_train @ proj).double(), (g_query @ proj).double()
         xtx = phi.T @ phi
+        xtx.diagonal().add_(cfg["trak_ridge"] * xtx.diagonal().mean())
         kernels.append(phi_q @ torch.linalg.solve(xtx, phi.T))
         with torch.no_grad():
             probs = F.softmax(model(setup["x_train"]), -1)
@@ -301,12 +305,13 @@ def child(spec: dict[str, Any], result_path: str) -> int:
             import dataselect.index  # noqa: F401
             import scorers.gradients  # noqa: F401
         scores = np.zeros((1, 1))
+    checks: dict[str, float] = {}
     start = time.perf_counter()
     if method == "random":
         scores = np.random.default_rng(cfg["seed"]).standard_normal(
             (len(setup["x_query"]), len(setup["x_train"])))
     elif method in OURS:
-        scores = ours_method(setup, method, cfg)
+        scores = ours_method(setup, method, cfg, checks)
     elif method.startswith("trak_"):
         scores = trak(setup, int(method.split("_")[1]), cfg)
     elif method == "tracin":
@@ -315,7 +320,7 @@ def child(spec: dict[str, Any], result_path: str) -> int:
         scores = dattri_method(setup, method, cfg)
     seconds = time.perf_counter() - start
     np.save(spec["out"], np.asarray(scores, dtype=np.float64))
-    Path(result_path).write_text(json.dumps({"seconds": seconds}))
+    Path(result_path).write_text(json.dumps({"seconds": seconds, **checks}))
     return 0
 
 
@@ -336,8 +341,7 @@ def prepare(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str, Any
     x_query, y_query = x_all[query_rows], y_all[query_rows]
     cfg = {"hidden": args.hidden, "lr": args.lr_mlp if kind == "mlp" else args.lr_logreg,
            "weight_decay": args.weight_decay, "steps": args.steps, "proj_dim": args.proj_dim,
-           "seed": args.seed, "dattri_batch": args.dattri_batch,
-           "dattri_regularization": args.dattri_regularization}
+           "seed": args.seed, "dattri_batch": args.dattri_batch, "trak_ridge": args.trak_ridge}
     start = time.perf_counter()
     final, checkpoints = train(kind, x_train, y_train, args.seed, cfg, keep_checkpoints=True)
     ensemble = [checkpoints[-1]["state"]] + [
@@ -362,8 +366,14 @@ def prepare(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str, Any
              "x_query": x_query, "y_query": y_query, "checkpoints": checkpoints,
              "ensemble": ensemble}
     path = workdir / f"setup_{kind}.pt"
-    torch.save(setup, path)
     params = sum(p.numel() for p in final.parameters())
+    # dattri's TRAK kernel: margin gradients / sqrt(params), projected by N(0, 1) entries
+    # / sqrt(proj_dim), so its mean diagonal is about sum ||g||^2 / (params * proj_dim):
+    # the same relative ridge for both
+    g = per_example_grads(final, x_train, y_train, "margin")
+    cfg["dattri_regularization"] = (args.trak_ridge * float(g.square().sum())
+                                    / (params * args.proj_dim))
+    torch.save(setup, path)
     print(f"{kind}: {params} parameters; final train loss {full_loss:.4f}, gradient norm "
           f"{grad_norm:.1e}, query accuracy {accuracy:.3f}; {args.subsets} subset models, "
           f"margin std across models (mean over queries) {outputs.std(0).mean():.3f}; "
@@ -387,7 +397,7 @@ def run_method(args: argparse.Namespace, kind: str, method: str, prepared: dict[
     run = run_child(command, workdir, f"{kind}_{method}", args.timeout)
     if run.error:
         return {"error": run.error, "peak_rss_mb": run.stats.peak_rss_mb}
-    record = {"seconds": run.result["seconds"], "peak_rss_mb": run.stats.peak_rss_mb}
+    record = {**run.result, "peak_rss_mb": run.stats.peak_rss_mb}
     if method != "baseline":
         scores = np.load(out)
         per_query = lds_per_query(scores, prepared["subsets"], prepared["outputs"])
@@ -427,8 +437,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--proj-dim", type=int, default=512)
     parser.add_argument("--dattri-batch", type=int, default=64)
     parser.add_argument("--dattri-python", default=DEFAULT_DATTRI_PYTHON)
-    parser.add_argument("--dattri-regularization", type=float, default=0.0,
-                        help="TRAKAttributor's regularization (its default: 0)")
+    parser.add_argument("--trak-ridge", type=float, default=0.0,
+                        help="TRAK's ridge relative to the kernel's mean diagonal, for the "
+                             "naive TRAK and dattri's (default 0: the paper's and dattri's)")
     add_child_run_arguments(parser)
     return parser.parse_args(argv)
 
@@ -458,7 +469,10 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 print(f"{kind} {method}: LDS {r['lds']:.4f} ± {r['lds_std']:.4f}, "
                       f"{r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB"
                       + (f", {r['undefined_queries']} undefined queries"
-                         if r["undefined_queries"] else ""), flush=True)
+                         if r["undefined_queries"] else "")
+                      + (f"; index scores vs direct cosine: max abs diff "
+                         f"{r['index_vs_direct_max_abs_diff']:.1e}"
+                         if "index_vs_direct_max_abs_diff" in r else ""), flush=True)
     return records
 
 
