@@ -62,6 +62,10 @@ from scorers.projection import RademacherProjection
 # Fitted models per worker process, so a Dask worker loads them once, not per partition.
 _MODELS: dict[tuple, _GradientModel] = {}
 _MODELS_LOCK = threading.Lock()
+# The projection matrix is cached while it fits in this; past it, its blocks are regenerated
+# per call, so gradients are buffered for up to PROJECTION_BUFFER_BYTES per call instead.
+PROJECTION_CACHE_BYTES = 1 << 30
+PROJECTION_BUFFER_BYTES = 1 << 30
 
 
 @dataclass
@@ -214,9 +218,10 @@ class Less(Scorer):
         worker = _gradient_model(self)
         out = np.zeros((batch.num_rows, len(self.checkpoints), self.proj_dim), np.float32)
         valid = np.zeros(batch.num_rows, bool)
-        for start in range(0, batch.num_rows, self.batch_size):
-            chunk = batch.slice(start, self.batch_size)
-            feats, ok = worker.features(chunk, adam, self.max_length)
+        group = worker.rows_per_projection(self.batch_size)
+        for start in range(0, batch.num_rows, group):
+            chunk = batch.slice(start, group)
+            feats, ok = worker.features(chunk, adam, self.max_length, self.batch_size)
             out[start:start + chunk.num_rows] = feats
             valid[start:start + chunk.num_rows] = ok
         return (out, valid) if with_validity else out
@@ -278,47 +283,66 @@ class _GradientModel:
             sizes = these
             self.gradients.append(grads)
             self.names.append(names)
-        self.projection = RademacherProjection(sizes, scorer.proj_dim, scorer.seed, self.device)
+        self.projection = RademacherProjection(sizes, scorer.proj_dim, scorer.seed, self.device,
+                                               cache_bytes=PROJECTION_CACHE_BYTES)
 
     def _activate(self, adapter: str) -> None:
         self.model.set_adapter(adapter)
         for name, param in self.model.named_parameters():
             param.requires_grad_("lora_" in name and f".{adapter}." in name)
 
-    def features(self, batch: pa.Table, adam: bool, max_length: int
+    def rows_per_projection(self, batch_size: int) -> int:
+        """Rows projected in one call. While the projection matrix is cached, one backward
+        batch; otherwise as many rows as fit in PROJECTION_BUFFER_BYTES of gradients, since
+        each call regenerates every block of the matrix."""
+        if self.projection.cache:
+            return batch_size
+        per_row = 4 * self.projection.input_dim
+        return max(batch_size, PROJECTION_BUFFER_BYTES // per_row)
+
+    def features(self, batch: pa.Table, adam: bool, max_length: int, batch_size: int
                  ) -> tuple[np.ndarray, np.ndarray]:
         # switching adapters and the gradient hooks are per-model state: one batch at a
         # time (threads of a Dask worker share this model; torch parallelises inside ops)
         with self.lock:
-            return self._features(batch, adam, max_length)
+            return self._features(batch, adam, max_length, batch_size)
 
-    def _features(self, batch: pa.Table, adam: bool, max_length: int
+    def _features(self, batch: pa.Table, adam: bool, max_length: int, batch_size: int
                   ) -> tuple[np.ndarray, np.ndarray]:
-        tokens = tokenize(self.tokenizer, batch, max_length).to(self.device)
-        valid = tokens.has_response
-        rows = batch.num_rows
-        out = torch.zeros((rows, len(self.adapters), self.projection.dim), device=self.device)
-        for c, (adapter, grads, names, moments) in enumerate(
-                zip(self.adapters, self.gradients, self.names, self.moments)):
+        chunks = [tokenize(self.tokenizer, batch.slice(start, batch_size), max_length)
+                  .to(self.device) for start in range(0, batch.num_rows, batch_size)]
+        valid = torch.cat([tokens.has_response for tokens in chunks])
+        out = torch.zeros((batch.num_rows, len(self.adapters), self.projection.dim),
+                          device=self.device)
+        for c, adapter in enumerate(self.adapters):
             self._activate(adapter)
-
-            def losses() -> torch.Tensor:
-                logits = self.model(input_ids=tokens.input_ids,
-                                    attention_mask=tokens.attention_mask).logits
-                return per_example_loss(logits, tokens)
-
-            per_example = grads.per_example(rows, losses)
-            pieces = []
-            for live_name, name in zip(grads.names, names):
-                g = per_example[live_name]
-                if adam:
-                    g = adam_precondition(g, moments.exp_avg[name], moments.exp_avg_sq[name],
-                                          moments.beta1, moments.beta2, moments.eps)
-                pieces.append(g.reshape(rows, -1))
-            out[:, c] = self.projection.project(pieces)
+            flat = torch.cat([self._gradients(c, tokens, adam) for tokens in chunks])
+            out[:, c] = self.projection.project(flat.split(self.projection.sizes, dim=1))
         out[~valid] = 0
         features = normalize_rows(out.cpu().numpy(), axis=-1)
         return features, valid.cpu().numpy()
+
+    def _gradients(self, checkpoint: int, tokens: Any, adam: bool) -> torch.Tensor:
+        """``(rows, LoRA parameters)``: per-example gradients of one batch at one
+        checkpoint, Adam-preconditioned when ``adam``, flattened in parameter order."""
+        grads, names = self.gradients[checkpoint], self.names[checkpoint]
+        moments = self.moments[checkpoint]
+        rows = tokens.input_ids.shape[0]
+
+        def losses() -> torch.Tensor:
+            logits = self.model(input_ids=tokens.input_ids,
+                                attention_mask=tokens.attention_mask).logits
+            return per_example_loss(logits, tokens)
+
+        per_example = grads.per_example(rows, losses)
+        pieces = []
+        for live_name, name in zip(grads.names, names):
+            g = per_example.pop(live_name)
+            if adam:
+                g = adam_precondition(g, moments.exp_avg[name], moments.exp_avg_sq[name],
+                                      moments.beta1, moments.beta2, moments.eps)
+            pieces.append(g.reshape(rows, -1))
+        return torch.cat(pieces, dim=1)
 
 
 def _gradient_model(scorer: Less) -> _GradientModel:

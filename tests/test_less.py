@@ -156,6 +156,25 @@ def test_batched_features_equal_one_example_at_a_time(setup: dict, adam: bool) -
         np.testing.assert_allclose(batched[:, c], naive, atol=2e-4)
 
 
+def test_uncached_projection_buffers_rows_and_gives_the_same_features(
+        setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scorers.less as less_module
+
+    table = setup["pool"].read_partition(0).slice(0, 7)
+    view = setup["pool"].scoring_view(table, response_spans=True)
+    scorer = Less(setup["model"], setup["checkpoints"], proj_dim=32, max_length=MAX_LENGTH,
+                  batch_size=2)
+    cached = scorer.featurize_batch(view)
+    monkeypatch.setattr(less_module, "_MODELS", {})
+    monkeypatch.setattr(less_module, "PROJECTION_CACHE_BYTES", 0)
+    worker = less_module._gradient_model(scorer)
+    assert not worker.projection.cache
+    monkeypatch.setattr(less_module, "PROJECTION_BUFFER_BYTES",
+                        5 * 4 * worker.projection.input_dim)
+    assert worker.rows_per_projection(2) == 5  # 3 backward batches per projection call
+    np.testing.assert_allclose(scorer.featurize_batch(view), cached, atol=1e-5)
+
+
 def test_score_is_max_over_subtasks_of_mean_lr_weighted_cosine(setup: dict) -> None:
     target = read_corpus(str(INSTRUCTIONS / "targets" / "translate.jsonl"), text="messages")
     scorer = Less(setup["model"], setup["checkpoints"], proj_dim=128,
