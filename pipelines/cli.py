@@ -166,10 +166,7 @@ def parse_params(scorer: str, pairs: list[str]) -> dict[str, Any]:
     cls = SCORERS[scorer]
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise InputError(f"expected KEY=VALUE, got {pair!r}", field="--param")
+    for key, value in _pairs(pairs).items():
         if key not in types:
             raise InputError(f"{scorer} has no parameter {key!r}; known: {sorted(types)}",
                              field="--param")

@@ -97,6 +97,22 @@ def check_compatible(index: FeatureIndex, query: dict[str, Any], where: str) -> 
                          where=where)
 
 
+def _write_attributions(index: FeatureIndex, ids: list[str], vectors: list[np.ndarray],
+                        k: int, out: str, job: str, started: float,
+                        console: Console | None) -> dict[str, Any]:
+    """Search the query vectors (already combined like the indexed ones), write the rows
+    and print the summary; scores are scaled back to the features' own units (LESS: the
+    learning-rate-weighted cosine sum)."""
+    scale = float(index.settings.get("features", {}).get("scale", 1.0))
+    table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
+    write_attributions(table, out)
+    seconds = time.perf_counter() - started
+    print_summary(console, job, [StageTiming(job, len(ids), seconds)],
+                  {"rows_in": len(ids), "k": k, "rows_out": table.num_rows,
+                   "out": os.path.abspath(out)}, seconds)
+    return {"queries": len(ids), "rows": table.num_rows}
+
+
 def search_index(index_folder: str, queries: str, k: int, out: str,
                  console: Console | None = None) -> dict[str, Any]:
     """Top-k rows of the index for every row of a query feature store."""
@@ -105,18 +121,13 @@ def search_index(index_folder: str, queries: str, k: int, out: str,
     store = FeatureStore.open(queries)
     check_compatible(index, store.description, queries)
     weights = index.settings.get("features", {}).get("view_weights")
-    scale = float(index.settings.get("features", {}).get("scale", 1.0))
     ids, vectors = [], []
     for _, part_ids, matrix in store.iter_parts():
         ids += part_ids.to_pylist()
         vectors.append(combine_views(matrix, weights))
-    table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
-    write_attributions(table, out)
-    seconds = time.perf_counter() - started
-    print_summary(console, "search", [StageTiming("search", len(ids), seconds)],
-                  {"rows_in": len(ids), "k": k, "rows_out": table.num_rows, "out": out},
-                  seconds)
-    return {"queries": len(ids), "rows": table.num_rows}
+    if not ids:
+        raise InputError("the query feature store has no finished parts", where=queries)
+    return _write_attributions(index, ids, vectors, k, out, "search", started, console)
 
 
 def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: int, out: str,
@@ -125,22 +136,15 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
     started = time.perf_counter()
     index = FeatureIndex.load(index_folder)
     check_compatible(index, featurizer.feature_description("query"), index_folder)
-    ids, vectors = [], []
     weights = index.settings.get("features", {}).get("view_weights")
+    ids, vectors = [], []
     for table in queries.iter_tables():
         view = queries.scoring_view(table, featurizer.uses_response_spans)
         ids += view["id"].to_pylist()
         vectors.append(combine_views(featurizer.featurize_batch(view, "query"), weights))
     if not ids:
         raise InputError("no query examples", where=", ".join(queries.files))
-    scale = float(index.settings.get("features", {}).get("scale", 1.0))
-    table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
-    write_attributions(table, out)
-    seconds = time.perf_counter() - started
-    print_summary(console, "attribute", [StageTiming("attribute", len(ids), seconds)],
-                  {"rows_in": len(ids), "k": k, "rows_out": table.num_rows,
-                   "out": os.path.abspath(out)}, seconds)
-    return {"queries": len(ids), "rows": table.num_rows}
+    return _write_attributions(index, ids, vectors, k, out, "attribute", started, console)
 
 
 def warmup_config(params: dict[str, Any]) -> WarmupConfig:

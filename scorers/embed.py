@@ -39,6 +39,7 @@ from scorers.lm import (
     check_model_folder,
     load_causal_lm,
     load_tokenizer,
+    loaded_once,
     pick_device,
     tokenize,
 )
@@ -48,8 +49,6 @@ POOLINGS = ("position_weighted", "mean", "last")
 AGGREGATES = ("max", "mean")
 TARGET_SCORES = "target_scores"
 
-_MODELS: dict[tuple, _EmbeddingModel] = {}
-_MODELS_LOCK = threading.Lock()
 
 
 def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling
@@ -179,9 +178,4 @@ class _EmbeddingModel:
 
 
 def _embedding_model(scorer: Embed) -> _EmbeddingModel:
-    key = (scorer.model, scorer.device)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS.clear()
-            _MODELS[key] = _EmbeddingModel(scorer)
-        return _MODELS[key]
+    return loaded_once(("embed", scorer.model, scorer.device), lambda: _EmbeddingModel(scorer))

@@ -52,6 +52,7 @@ from scorers.lm import (
     check_model_folder,
     load_causal_lm,
     load_tokenizer,
+    loaded_once,
     per_example_loss,
     pick_device,
     tokenize,
@@ -59,9 +60,6 @@ from scorers.lm import (
 from scorers.lora_checkpoints import AdamMoments, canonical_name, load_moments, read_info
 from scorers.projection import RademacherProjection
 
-# Fitted models per worker process, so a Dask worker loads them once, not per partition.
-_MODELS: dict[tuple, _GradientModel] = {}
-_MODELS_LOCK = threading.Lock()
 # The projection matrix is cached while it fits in this; past it, its blocks are regenerated
 # per call, so gradients are buffered for up to PROJECTION_BUFFER_BYTES per call instead.
 PROJECTION_CACHE_BYTES = 1 << 30
@@ -346,10 +344,6 @@ class _GradientModel:
 
 
 def _gradient_model(scorer: Less) -> _GradientModel:
-    key = (scorer.model, tuple(scorer.checkpoints), scorer.proj_dim, scorer.seed,
-           scorer.device)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS.clear()  # one model set per worker at a time
-            _MODELS[key] = _GradientModel(scorer)
-        return _MODELS[key]
+    key = ("less", scorer.model, tuple(scorer.checkpoints), scorer.proj_dim, scorer.seed,
+           scorer.device, PROJECTION_CACHE_BYTES)
+    return loaded_once(key, lambda: _GradientModel(scorer))

@@ -11,6 +11,8 @@ Nothing here downloads: paths must be local folders (``save_pretrained`` output)
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,20 @@ from dataselect.errors import InputError
 
 # Reason recorded in ``filtered_by`` for a row whose response was cut off entirely.
 NO_RESPONSE_TOKENS = "no_response_tokens"
+
+_LOADED: dict[tuple, Any] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def loaded_once(key: tuple, load: Callable[[], Any]) -> Any:
+    """The model set for ``key`` in this process, loading it on first use, so a Dask
+    worker loads a model once and not per partition. One set is kept at a time: a worker
+    moving to another model frees the previous one."""
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED.clear()
+            _LOADED[key] = load()
+        return _LOADED[key]
 
 
 def pick_device(device: str | None = None) -> torch.device:

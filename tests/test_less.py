@@ -165,8 +165,7 @@ def test_uncached_projection_buffers_rows_and_gives_the_same_features(
     scorer = Less(setup["model"], setup["checkpoints"], proj_dim=32, max_length=MAX_LENGTH,
                   batch_size=2)
     cached = scorer.featurize_batch(view)
-    monkeypatch.setattr(less_module, "_MODELS", {})
-    monkeypatch.setattr(less_module, "PROJECTION_CACHE_BYTES", 0)
+    monkeypatch.setattr(less_module, "PROJECTION_CACHE_BYTES", 0)  # part of the model key
     worker = less_module._gradient_model(scorer)
     assert not worker.projection.cache
     monkeypatch.setattr(less_module, "PROJECTION_BUFFER_BYTES",
