@@ -138,7 +138,8 @@ def adam_precondition(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: tor
                       beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
                       ) -> torch.Tensor:
     """The update direction Adam would take from its stored moments after seeing ``grad``
-    (LESS's training-side feature): ``m' / (sqrt(v') + eps)`` with
+    (LESS's training-side feature as the paper writes it; the reference code divides by
+    ``sqrt(v' + eps)`` instead): ``m' / (sqrt(v') + eps)`` with
     ``m' = beta1 m + (1 - beta1) g`` and ``v' = beta2 v + (1 - beta2) g^2``, no bias
     correction. ``grad`` may carry a leading batch dimension."""
     m = beta1 * exp_avg + (1 - beta1) * grad
