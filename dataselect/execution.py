@@ -9,7 +9,8 @@ records stage timings. Keeping the runner a parameter keeps the core free of UI 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import dask
@@ -25,6 +26,18 @@ def default_runner(stage: str, tasks: Sequence[Any], fold: Fold | None = None) -
     """Compute ``tasks`` (Dask delayed objects); their results in order, or folded."""
     results = list(dask.compute(*tasks)) if tasks else []
     return fold_all(results, fold) if fold is not None else results
+
+
+@contextmanager
+def step_progress(runner: Runner, stage: str, total: int) -> Iterator[Callable[[int], None]]:
+    """``advance(n)`` for a long in-process loop (a model fit): the runner's progress bar
+    when it offers one (``runner.steps(stage, total)``), else a no-op."""
+    steps = getattr(runner, "steps", None)
+    if steps is None:
+        yield lambda n: None
+        return
+    with steps(stage, total) as advance:
+        yield advance
 
 
 def fold_all(results: Sequence[Any], fold: Fold) -> Any:

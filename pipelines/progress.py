@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +30,26 @@ class ProgressRunner:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     timings: list[StageTiming] = field(default_factory=list)
 
+    @contextmanager
+    def steps(self, stage: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A progress bar for an in-process loop of ``total`` steps (a scorer's fit)."""
+        start = time.perf_counter()
+        with Progress(*self._columns(), console=self.console, transient=False) as progress:
+            bar = progress.add_task(stage, total=total)
+            yield lambda n: progress.advance(bar, n)
+        self.timings.append(StageTiming(stage, total, time.perf_counter() - start))
+
+    @staticmethod
+    def _columns() -> tuple[Any, ...]:
+        return (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn())
+
     def __call__(self, stage: str, tasks: Sequence[Any], fold: Fold | None = None) -> Any:
         """Results in task order; with ``fold``, each result is folded in as it arrives and
         released, so the client never holds one result per partition."""
         start = time.perf_counter()
         futures = self.client.compute(list(tasks))
-        columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
+        columns = self._columns()
         total = None
         try:
             with Progress(*columns, console=self.console, transient=False,

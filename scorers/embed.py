@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dataselect.corpus import Corpus, file_fingerprint
+from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.features import normalize_rows
@@ -40,6 +40,7 @@ from scorers.lm import (
     load_causal_lm,
     load_tokenizer,
     loaded_once,
+    model_fingerprint,
     pick_device,
     tokenize,
 )
@@ -93,13 +94,13 @@ class Embed(Scorer):
 
     def config(self) -> dict[str, Any]:
         return {**asdict(self), "resolved_device": pick_device(self.device).type,
-                "model_files": _model_fingerprint(self.model)}
+                "model_files": model_fingerprint(self.model)}
 
     def feature_description(self, side: Side = "pool") -> dict[str, Any]:
         if side not in SIDES:
             raise InputError(f"side must be one of {SIDES}, got {side!r}")
         return {"kind": "embed", "dim": _embedding_model(self).hidden_size, "views": 1,
-                "model": self.model, "model_files": _model_fingerprint(self.model),
+                "model": self.model, "model_files": model_fingerprint(self.model),
                 "pooling": self.pooling, "max_length": self.max_length,
                 "device": pick_device(self.device).type}
 
@@ -148,14 +149,6 @@ class Embed(Scorer):
             columns[TARGET_SCORES] = pa.array(list(cosines.astype(np.float32)),
                                               pa.list_(pa.float32()))
         return pa.table(columns)
-
-
-def _model_fingerprint(path: str) -> list[dict[str, Any]]:
-    from pathlib import Path
-
-    files = sorted(p for p in Path(path).iterdir()
-                   if p.suffix in (".json", ".safetensors", ".bin"))
-    return [file_fingerprint(str(p)) for p in files]
 
 
 class _EmbeddingModel:

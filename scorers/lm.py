@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dataselect.corpus import RESPONSE_SPANS
+from dataselect.corpus import RESPONSE_SPANS, file_fingerprint
 from dataselect.errors import InputError
 
 # Reason recorded in ``filtered_by`` for a row whose response was cut off entirely.
@@ -58,6 +58,14 @@ def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
     if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
         raise InputError(f"{what} folder has no config.json", where=str(path))
     return str(folder.resolve())
+
+
+def model_fingerprint(path: str) -> list[dict[str, Any]]:
+    """Fingerprints of a model folder's config and weight files (a changed model must not
+    reuse stored scores or features)."""
+    files = sorted(p for p in Path(path).iterdir()
+                   if p.suffix in (".json", ".safetensors", ".bin"))
+    return [file_fingerprint(str(p)) for p in files]
 
 
 def load_tokenizer(path: str) -> Any:
