@@ -253,7 +253,7 @@ def instruction_pool(tmp_path_factory: pytest.TempPathFactory):
 
 
 LM_SETTINGS = dict(beta=0.25, sigma=0.2, rho_theta_train=0.1, rho_theta_meta=10.0,
-                   steps=100, max_length=256)
+                   steps=100, max_length=512)
 
 
 def test_lm_weights_rank_the_target_task_first(instruction_lm, instruction_pool) -> None:
@@ -294,9 +294,9 @@ def test_lm_free_weights_cover_the_fit_pool_only(instruction_lm, instruction_poo
 
 def test_cli_selects_with_bads(instruction_lm, instruction_pool, tmp_path) -> None:
     out = tmp_path / "out"
-    params = [f"model={instruction_lm}", "steps=20", "max_length=128", "beta=0.25"]
+    params = [f"model={instruction_lm}", "steps=20", "max_length=256", "beta=0.25"]
     code = main(["select", "--scorer", "bads", "--pool", str(instruction_pool),
-                 "--target", str(INSTRUCTIONS / "targets" / "code.jsonl"), "--text-field",
+                 "--target", str(INSTRUCTIONS / "targets" / "define.jsonl"), "--text-field",
                  "messages", "--k", "40", "--out", str(out), "--workers", "1",
                  *[arg for p in params for arg in ("-p", p)]])
     assert code == 0
