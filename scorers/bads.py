@@ -41,6 +41,8 @@ from scorers.bads_sampler import (
     BadsSampler,
     FreeWeights,
     WeightNetwork,
+    free_read_off,
+    network_read_off,
 )
 from scorers.lm import (
     TokenBatch,
@@ -194,7 +196,7 @@ class Bads(Scorer):
             self.network_samples_ = [{k: v.cpu().numpy() for k, v in s.items()}
                                      for s in samples]
             return
-        weights = np.mean([torch.sigmoid(s["logits"]).cpu().numpy() for s in samples], axis=0)
+        weights = free_read_off(samples)
         ids: list[str] = []
         for index in range(pool.npartitions):
             ids += pool.read_partition(index)["id"].to_pylist()
@@ -207,16 +209,7 @@ class Bads(Scorer):
         if not recent:
             return np.zeros(0)
         embedding = torch.cat([e for e, _ in recent]).cpu()
-        return self._network_weights(embedding)
-
-    def _network_weights(self, embedding: torch.Tensor) -> np.ndarray:
-        network = WeightNetwork(embedding.shape[1], self.beta)
-        total = np.zeros(len(embedding))
-        with torch.no_grad():
-            for state in self.network_samples_:
-                network.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-                total += network(embedding.float()).numpy()
-        return total / len(self.network_samples_)
+        return network_read_off(self.network_samples_, embedding)
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
         if not self.network_samples_ and not self.free_weights_:
@@ -232,7 +225,8 @@ class Bads(Scorer):
         for start in range(0, batch.num_rows, 64):
             chunk = batch.slice(start, 64).select(["id", "text"])
             tokens = tokenize(tokenizer, chunk, self.max_length)
-            scores.append(self._network_weights(mean_token_embedding(table, tokens)))
+            scores.append(network_read_off(self.network_samples_,
+                                           mean_token_embedding(table, tokens)))
         score = np.concatenate(scores) if scores else np.zeros(0)
         return pa.table({"id": batch["id"], "score": score.astype(np.float64)})
 

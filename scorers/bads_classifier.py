@@ -32,6 +32,8 @@ from scorers.bads_sampler import (
     FreeWeights,
     WeightKind,
     WeightNetwork,
+    free_read_off,
+    network_read_off,
 )
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -97,8 +99,7 @@ class ClassifierFit:
                                          self.classes)
         finally:
             hook.close()
-        return _average_weights(self.samples, WeightNetwork(embedding.shape[1], 0.5),
-                                embedding)
+        return network_read_off(self.samples, embedding)
 
 
 def fit_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -154,7 +155,7 @@ def fit_classifier(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     if weights == "network":
         fit.weights = fit.score(x, y)
     else:
-        fit.weights = np.mean([torch.sigmoid(s["logits"]).numpy() for s in samples], axis=0)
+        fit.weights = free_read_off(samples)
     fit.warnings = sampler.diagnose(fit.weights)
     fit.summary["weight_mean"] = round(float(fit.weights.mean()), 5)
     return fit
@@ -186,12 +187,3 @@ def _epochs(rng: np.random.Generator, count: int, batch_size: int):
         for start in range(0, count, batch_size):
             yield order[start:start + batch_size]
 
-
-@torch.no_grad()
-def _average_weights(samples: list[dict[str, torch.Tensor]], network: WeightNetwork,
-                     embedding: torch.Tensor) -> np.ndarray:
-    total = torch.zeros(len(embedding))
-    for state in samples:
-        network.load_state_dict(state)
-        total += network(embedding)
-    return (total / len(samples)).numpy()

@@ -134,6 +134,24 @@ class FreeWeights(torch.nn.Module):
         return torch.sigmoid(self.logits[index])
 
 
+@torch.no_grad()
+def network_read_off(samples: list[dict[str, Any]], embedding: torch.Tensor) -> np.ndarray:
+    """Weights of ``embedding`` rows averaged over kept :class:`WeightNetwork` states
+    (tensors or arrays)."""
+    network = WeightNetwork(embedding.shape[1], 0.5)
+    total = torch.zeros(len(embedding))
+    for state in samples:
+        network.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+        total += network(embedding.float().cpu())
+    return (total / len(samples)).numpy()
+
+
+def free_read_off(samples: list[dict[str, Any]]) -> np.ndarray:
+    """Every training example's weight averaged over kept :class:`FreeWeights` states."""
+    return np.mean([torch.sigmoid(torch.as_tensor(s["logits"])).cpu().numpy()
+                    for s in samples], axis=0)
+
+
 @dataclass
 class StepRecord:
     step: int
