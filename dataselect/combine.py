@@ -97,3 +97,55 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
                    "inputs": [s.description for s in scores],
                    "pool": pool.fingerprint()}
     return Scores("combined", pool, task, description)
+
+
+BEST_TASK = "best_task"
+
+
+@dataclass(frozen=True)
+class _MaxOverTasks:
+    tasks: tuple[Any, ...]
+    names: tuple[str, ...]
+
+    def __call__(self, index: int) -> pa.Table:
+        tables = [task(index) for task in self.tasks]
+        ids = tables[0]["id"]
+        matrix = np.full((len(ids), len(tables)), -np.inf)
+        for column, (name, table) in enumerate(zip(self.names, tables)):
+            if not pc.all(pc.equal(table["id"], ids)).as_py():
+                raise InputError(f"scores of task {name!r} are not aligned with the others")
+            score = table["score"].to_numpy().astype(np.float64)
+            if FILTERED_BY in table.column_names:
+                score[~pc.is_null(table[FILTERED_BY]).to_numpy(zero_copy_only=False)] = -np.inf
+            matrix[:, column] = score
+        best = matrix.argmax(axis=1)
+        top = matrix[np.arange(len(ids)), best]
+        eligible = np.isfinite(top)
+        columns = {f"score_{name}": matrix[:, i] for i, name in enumerate(self.names)}
+        return pa.table({
+            "id": ids,
+            "score": np.where(eligible, top, 0.0),
+            BEST_TASK: pa.array([self.names[b] for b in best], pa.string()),
+            **{k: np.where(np.isfinite(v), v, np.nan) for k, v in columns.items()},
+            FILTERED_BY: pa.array([None if ok else "filtered_for_every_task"
+                                   for ok in eligible], pa.string()),
+        })
+
+
+def max_over_tasks(scores: dict[str, Scores]) -> Scores:
+    """One score per row for a budget shared by several target tasks: the row's best task
+    score (LESS's aggregation across tasks), with that task in ``best_task``. A row is
+    eligible while any task finds it eligible. Task scores must share a scale: the same
+    scorer for every task, or combined z-scores or ranks."""
+    if not scores:
+        raise InputError("no task scores to aggregate")
+    first = next(iter(scores.values()))
+    for name, other in scores.items():
+        if jsonable(other.corpus.fingerprint()) != jsonable(first.corpus.fingerprint()):
+            raise InputError(f"scores of task {name!r} were computed on another pool")
+    names = tuple(scores)
+    task = _MaxOverTasks(tuple(s.task for s in scores.values()), names)
+    description = {"scorer": "max_over_tasks", "tasks": {n: s.description
+                                                         for n, s in scores.items()},
+                   "pool": first.corpus.fingerprint()}
+    return Scores("max_over_tasks", first.corpus, task, description)

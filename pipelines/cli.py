@@ -6,6 +6,9 @@
     dataselect features --scorer less -p model=M -p checkpoints=warm/epoch-1,... --input ...
     dataselect index build --features feats/ --out index/
     dataselect attribute --scorer less -p ... --index index/ --queries q.jsonl --out a.parquet
+    dataselect run pipelines/recipes/less_per_task.yaml     (a YAML recipe: every task, union)
+    dataselect eval out/less_per_task/    (train small LMs on the selection vs random rows)
+    dataselect report out/less_per_task/  (HTML page with plots)
 
 Errors a user can fix (bad input, conflicting output folder) are printed as one line naming
 the file, line and field, with exit status 2; anything else is a bug and shows a traceback.
@@ -41,6 +44,8 @@ from pipelines.jobs import (
     run_score_job,
     run_select_job,
 )
+from pipelines.recipe import load_recipe
+from pipelines.run_recipe import run_recipe
 from scorers import SCORERS
 
 
@@ -96,7 +101,37 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="fit the scorer and write the score store only")
     _common(score)
     _feature_commands(commands)
+    _recipe_commands(commands)
     return parser
+
+
+def _recipe_commands(commands: Any) -> None:
+    run = commands.add_parser("run", help="run a YAML recipe: every target task's selection "
+                              "and their union (resumable)")
+    run.add_argument("recipe", help="recipe file (see pipelines/recipes/)")
+    run.add_argument("--out", default=None, help="output folder (overrides output.path)")
+    run.add_argument("--scheduler", default=None,
+                     help="address of a running Dask scheduler (overrides cluster.scheduler)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="local cluster workers (overrides cluster.workers)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the output of a recipe with other settings in the folder")
+    evaluate = commands.add_parser("eval", help="train small causal LMs on each task's "
+                                   "selection and on random rows of the same size; compare "
+                                   "held-out target loss over seeds")
+    evaluate.add_argument("out", help="output folder of dataselect run")
+    evaluate.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    evaluate.add_argument("--steps", type=int, default=None, help="training steps per model")
+    evaluate.add_argument("--tasks", default=None, help="comma-separated tasks (default all)")
+    evaluate.add_argument("--model", default=None,
+                          help="local base model folder (default: a tiny Llama built here)")
+    evaluate.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                          help="other evaluation setting, e.g. -p lr=1e-3 -p batch_size=8")
+    report = commands.add_parser("report", help="write OUT/report/index.html with plots")
+    report.add_argument("out", help="output folder of dataselect run")
+    report.add_argument("--check", action="store_true",
+                        help="also render the page in headless Chromium and check every "
+                             "image loads")
 
 
 def _input_args(parser: argparse.ArgumentParser, name: str, help: str) -> None:
@@ -232,6 +267,57 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
         run_attribute_job(featurizer, queries, args.index, args.k, args.out, console)
 
 
+def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
+    """The run, eval and report commands."""
+    if args.command == "run":
+        recipe = load_recipe(args.recipe, {"output.path": args.out,
+                                           "cluster.scheduler": args.scheduler,
+                                           "cluster.workers": args.workers})
+        run_recipe(recipe, args.recipe, overwrite=args.overwrite, console=console)
+        console.print(f"wrote {recipe.output.path}/ (tasks/, union/, _run.json)")
+    elif args.command == "eval":
+        from pipelines.evaluate import run_eval
+
+        run_eval(args.out, eval_settings(args), console)
+    else:
+        from pipelines.report import check_renders, write_report
+
+        page = write_report(args.out, console)
+        console.print(f"wrote {page}")
+        if args.check:
+            seen = check_renders(page)
+            if seen["images_ok"] != seen["images_total"]:
+                raise InputError(f"{seen['images_total'] - seen['images_ok']} of "
+                                 f"{seen['images_total']} images did not render", where=page)
+            console.print(f"rendered in headless Chromium: {seen['images_ok']} images")
+
+
+def eval_settings(args: argparse.Namespace) -> Any:
+    from pipelines.evaluate import EvalSettings
+
+    types = {f.name: str(f.type) for f in dataclasses.fields(EvalSettings)}
+    values: dict[str, Any] = {}
+    for key, raw in _pairs(args.param).items():
+        if key not in types:
+            raise InputError(f"eval has no setting {key!r}; known: {sorted(types)}",
+                             field="--param")
+        values[key] = _convert(raw, types[key], key)
+    try:
+        values["seeds"] = tuple(int(s) for s in args.seeds.split(",") if s)
+    except ValueError:
+        raise InputError(f"seeds must be comma-separated integers, got {args.seeds!r}",
+                         field="--seeds") from None
+    if args.steps is not None:
+        values["steps"] = args.steps
+    if args.tasks:
+        values["tasks"] = tuple(t for t in args.tasks.split(",") if t)
+    if args.model:
+        values["model"] = args.model
+    settings = EvalSettings(**values)
+    settings.check()
+    return settings
+
+
 def _pairs(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -248,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("warmup", "features", "index", "attribute"):
             run_feature_command(args, console)
+            return 0
+        if args.command in ("run", "eval", "report"):
+            run_recipe_command(args, console)
             return 0
         job = job_from_args(args)
         if args.command == "select":

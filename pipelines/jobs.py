@@ -168,20 +168,26 @@ def _refuse_other_job(job: SelectJob) -> None:
 
 def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner
             ) -> select.Selection:
-    if job.threshold is not None:
-        return select.threshold(pool, scores, job.threshold, runner=runner)
-    policy = job.policy
-    if policy == "auto":
-        # DSIR scores are log importance weights: resampling is the paper's method
-        policy = "importance_resample" if job.scorer == "dsir" else "top_k"
-    if policy == "round_robin":
-        if job.k is None:
-            raise InputError("the round_robin policy takes --k", field="policy")
-        return select.round_robin(pool, scores, job.k, runner=runner)
-    if policy == "importance_resample":
-        return select.importance_resample(pool, scores, k=job.k, fraction=job.fraction,
-                                          seed=job.seed, runner=runner)
-    if job.fraction is not None:
-        return select.top_fraction(pool, scores, job.fraction, runner=runner)
-    return select.top_k(pool, scores, job.k, runner=runner)
+    return choose_rows(pool, scores, job.policy, job.k, job.fraction, job.threshold, job.seed,
+                       resample_by_default=job.scorer == "dsir", runner=runner)
 
+
+def choose_rows(pool: Corpus, scores: Scores, policy: str, k: int | None,
+                fraction: float | None, threshold: float | None, seed: int,
+                resample_by_default: bool, runner: ProgressRunner) -> select.Selection:
+    """Apply a policy and one budget. ``auto`` resamples by importance when the scores are
+    DSIR log importance weights (the paper's method) and takes the top rows otherwise."""
+    if threshold is not None:
+        return select.threshold(pool, scores, threshold, runner=runner)
+    if policy == "auto":
+        policy = "importance_resample" if resample_by_default else "top_k"
+    if policy == "round_robin":
+        if k is None:
+            raise InputError("the round_robin policy takes k", field="policy")
+        return select.round_robin(pool, scores, k, runner=runner)
+    if policy == "importance_resample":
+        return select.importance_resample(pool, scores, k=k, fraction=fraction, seed=seed,
+                                          runner=runner)
+    if fraction is not None:
+        return select.top_fraction(pool, scores, fraction, runner=runner)
+    return select.top_k(pool, scores, k, runner=runner)

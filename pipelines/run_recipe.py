@@ -1,0 +1,299 @@
+"""``dataselect run RECIPE.yaml``: a whole multi-task selection as one resumable batch job.
+
+Stages, in one Dask client (a LocalCluster, or the recipe's scheduler):
+
+1. models: build the small models a recipe asks for (``models: NAME: build:``) and LESS's
+   LoRA warmup when the less scorer has no checkpoints; both are skipped when present;
+2. per task and scorer: fit on the task's target, score the pool into
+   ``tasks/<task>/_scores/<scorer>/`` (resumes finished parts); several scorers are
+   combined into one score (z-scores or ranks);
+3. select per task (or once over the best task score, for a global budget) and write
+   ``tasks/<task>/`` (resumes finished parts);
+4. write ``union/``: every chosen row once, with the tasks that chose it;
+5. ``_run.json``, written last: the validated recipe, counts and timings.
+
+LESS's pool gradient features do not depend on the task, so they are computed once into
+``_features/less/`` and every task's scores are read from them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+from dataselect import select
+from dataselect.combine import BEST_TASK, max_over_tasks
+from dataselect.corpus import Corpus, read_corpus
+from dataselect.errors import InputError, OutputConflictError
+from dataselect.manifest import package_versions
+from dataselect.ngrams import NgramHasher
+from dataselect.output import jsonable, read_json, write_json
+from dataselect.sampling import bottom_k
+from dataselect.scoring import Scorer, Scores
+from dataselect.union import split_selection, write_union
+from pipelines.cluster import dask_client
+from pipelines.jobs import SCORES_DIR, build_scorer, choose_rows
+from pipelines.progress import ProgressRunner, StageTiming
+from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
+from pipelines.summary import print_summary
+
+RUN_FILE, RECIPE_FILE = "_run.json", "_recipe.json"
+TASKS_DIR, UNION_DIR = "tasks", "union"
+
+
+def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
+               console: Console | None = None) -> dict[str, Any]:
+    """Run every stage of ``recipe``; return what is written to ``<out>/_run.json``."""
+    console = console or Console()
+    out = recipe.output.path
+    _claim_output(recipe, out, overwrite)
+    started = time.perf_counter()
+    timings: list[StageTiming] = []
+    pool = read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
+                       max(1, int(recipe.pool.partition_mb * 2**20)))
+    params = _prepare_models(recipe, pool, out, timings, console)
+    with dask_client(recipe.cluster.scheduler, recipe.cluster.workers,
+                     recipe.cluster.memory_limit, _worker_kind(recipe, params)) as client:
+        runner = ProgressRunner(client)
+        task_scores, fits = {}, {}
+        for task in recipe.targets:
+            task_scores[task], fits[task] = _score_task(recipe, task, pool, params, out,
+                                                        runner, overwrite)
+        selections = _select(recipe, pool, task_scores, runner)
+        manifests = {task: _write_task(recipe, task, selection, fits[task], out, runner,
+                                       overwrite)
+                     for task, selection in selections.items()}
+        union = write_union(selections, os.path.join(out, UNION_DIR), recipe.output.format,
+                            runner, overwrite)
+    timings = timings + runner.timings
+    total = time.perf_counter() - started
+    run = {
+        "recipe": recipe_dict(recipe),
+        "recipe_file": recipe_file,
+        "tasks": {task: {"selected": m["counts"]["selected"], "path": f"{TASKS_DIR}/{task}",
+                         "counts": m["counts"], "metrics": m.get("metrics", {})}
+                  for task, m in manifests.items()},
+        "union": {"selected": union["counts"]["selected"], "path": UNION_DIR,
+                  "counts": union["counts"]},
+        "scorers": list(recipe.scorers),
+        "timings": {"total_seconds": round(total, 3),
+                    "stages": [{"stage": t.stage, "tasks": t.tasks,
+                                "seconds": round(t.seconds, 3)} for t in timings]},
+        "versions": package_versions(),
+    }
+    write_json(run, os.path.join(out, RUN_FILE))
+    _print_tasks(console, run)
+    print_summary(console, "run", timings, {"rows_in": pool_rows(manifests),
+                                            "union_selected": run["union"]["selected"],
+                                            "rows_in_2+_tasks": union["counts"]["overlap"]},
+                  total)
+    return run
+
+
+def pool_rows(manifests: dict[str, dict[str, Any]]) -> int:
+    return next(iter(manifests.values()))["counts"]["rows_in"]
+
+
+def _claim_output(recipe: Recipe, out: str, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder holding a run of another recipe (a
+    resumed run must have the same settings, or its parts would mix two jobs). The output
+    path, cluster and recipe name may change between runs."""
+    path = os.path.join(out, RECIPE_FILE)
+    settings = _settings(recipe)
+    if os.path.exists(path) and read_json(path) != settings and not overwrite:
+        raise OutputConflictError(f"{out} holds the output of a recipe with other settings; "
+                                  "pass --overwrite to replace it, or choose another folder")
+    os.makedirs(out, exist_ok=True)
+    write_json(settings, path)
+
+
+def _settings(recipe: Recipe) -> dict[str, Any]:
+    data = recipe_dict(recipe)
+    for key in ("name", "cluster"):
+        data.pop(key, None)
+    data["output"].pop("path", None)
+    return data
+
+
+def _worker_kind(recipe: Recipe, params: dict[str, dict[str, Any]]) -> str:
+    """Threads only when every scorer runs in native code that releases the GIL."""
+    if recipe.cluster.worker_kind != "auto":
+        return recipe.cluster.worker_kind
+    kinds = {build_scorer(name, dict(p), recipe.seed).local_workers if name == "dsir"
+             else "processes" for name, p in params.items()}
+    return "threads" if kinds == {"threads"} else "processes"
+
+
+def _prepare_models(recipe: Recipe, pool: Corpus, out: str, timings: list[StageTiming],
+                    console: Console) -> dict[str, dict[str, Any]]:
+    """Scorer parameters with model names resolved to folders (building the models that
+    are to be built) and LESS checkpoints filled in from a warmup when not given."""
+    folders = {}
+    for name, spec in recipe.models.items():
+        if spec.path is not None:
+            folders[name] = spec.path
+            continue
+        started = time.perf_counter()
+        folders[name], built = build_model(pool, spec.build, os.path.join(out, "_models", name))
+        timings.append(StageTiming(f"model:{name}" + ("" if built else " (reused)"), 1,
+                                   time.perf_counter() - started))
+    params = {}
+    for scorer, given in recipe.scorers.items():
+        resolved = dict(given)
+        if isinstance(resolved.get("model"), str) and resolved["model"] in folders:
+            resolved["model"] = folders[resolved["model"]]
+        if scorer == "less":
+            resolved.setdefault("features", os.path.join(out, "_features", "less"))
+            if not resolved.get("checkpoints"):
+                resolved["checkpoints"] = _warmup(recipe, pool, resolved["model"], out,
+                                                  timings, console)
+        params[scorer] = resolved
+    return params
+
+
+def build_model(pool: Corpus, spec: TinyModelSpec, folder: str) -> tuple[str, bool]:
+    """A small Llama built from ``spec`` and trained on (a seeded sample of up to 20,000
+    rows of) the pool's response tokens; reused when ``folder`` holds one built from the
+    same spec and pool. Returns the model folder and whether it was built now."""
+    from scorers.lm import build_tiny_causal_lm, train_causal_lm
+
+    marker = os.path.join(folder, "_built.json")
+    wanted = {"spec": spec.model_dump(), "pool": pool.fingerprint()}
+    trained = os.path.join(folder, "trained")
+    if os.path.exists(marker) and read_json(marker) == jsonable(wanted):
+        return trained, False
+    sample = _model_sample(pool, 20_000, spec.seed)
+    view = pool.scoring_view(sample, response_spans=True)
+    texts = view["text"].to_pylist()
+    blank = build_tiny_causal_lm(texts, os.path.join(folder, "blank"), spec.vocab_size,
+                                 spec.hidden_size, spec.layers, spec.heads, seed=spec.seed)
+    train_causal_lm(blank, view, trained, steps=spec.train_steps, lr=spec.lr,
+                    batch_size=spec.batch_size, max_length=spec.max_length, seed=spec.seed)
+    write_json(wanted, marker)
+    return trained, True
+
+
+def _model_sample(pool: Corpus, limit: int, seed: int) -> pa.Table:
+    """A seeded sample of up to ``limit`` pool rows, folded from per-partition samples so
+    memory holds at most ``limit`` rows plus one partition and the draw does not depend on
+    how the pool is split into files."""
+    kept: pa.Table | None = None
+    for table in pool.iter_tables():
+        sample = bottom_k(table, limit, seed)
+        kept = sample if kept is None else bottom_k(
+            pa.concat_tables([kept, sample], promote_options="default"), limit, seed)
+    if kept is None:
+        raise InputError("pool holds no records", where=", ".join(pool.files))
+    return kept
+
+
+def _warmup(recipe: Recipe, pool: Corpus, model: str, out: str, timings: list[StageTiming],
+            console: Console) -> list[str]:
+    """LESS step 1 (LoRA warmup on a share of the pool), once per output folder."""
+    from pipelines.feature_jobs import run_warmup_job
+    from scorers.lora_checkpoints import read_info
+
+    folder = os.path.join(out, "_warmup")
+    config = recipe.warmup_config()
+    config.check()
+    marker = os.path.join(folder, "_done.json")
+    wanted = jsonable({"config": config, "model": model, "pool": pool.fingerprint()})
+    if os.path.exists(marker) and read_json(marker)["settings"] == wanted:
+        checkpoints = read_json(marker)["checkpoints"]
+        if all(read_info(c) for c in checkpoints):
+            timings.append(StageTiming("warmup (reused)", len(checkpoints), 0.0))
+            return checkpoints
+    started = time.perf_counter()
+    checkpoints = run_warmup_job(model, pool, folder, config, None, console)
+    write_json({"settings": wanted, "checkpoints": checkpoints}, marker)
+    timings.append(StageTiming("warmup", len(checkpoints), time.perf_counter() - started))
+    return checkpoints
+
+
+@dataclass(frozen=True)
+class TaskRunner:
+    """A runner whose stage names (progress bars, timings) start with the task's name."""
+
+    runner: ProgressRunner
+    task: str
+
+    def __call__(self, stage: str, tasks: Any, fold: Any = None) -> Any:
+        return self.runner(f"{self.task}/{stage}", tasks, fold)
+
+    def steps(self, stage: str, total: int) -> Any:
+        return self.runner.steps(f"{self.task}/{stage}", total)
+
+
+def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[str, Any]],
+                out: str, runner: ProgressRunner, overwrite: bool
+                ) -> tuple[Scores, dict[str, Any]]:
+    """Fit every scorer on the task's target and score the pool; one score per row."""
+    runner = TaskRunner(runner, task)
+    spec = recipe.targets[task]
+    target = read_corpus(spec.paths, spec.text or recipe.pool.text, recipe.pool.id_field,
+                         max(1, int(recipe.pool.partition_mb * 2**20)))
+    stored, fits = [], {}
+    for name in recipe.scorers:
+        scorer: Scorer = build_scorer(name, dict(params[name]), recipe.seed)
+        scorer.fit(target, pool, runner=runner)
+        folder = os.path.join(out, TASKS_DIR, task, SCORES_DIR, name)
+        stored.append(scorer.score(pool).write(folder, runner=runner, overwrite=overwrite))
+        fits[name] = {"fit": getattr(scorer, "fit_stats_", {}), "store": stored[-1].stats,
+                      "ngrams": scorer.pool_ngram_counts(NgramHasher())}
+    if len(stored) == 1:
+        return stored[0], {"target": target, "scorers": fits}
+    weights = [recipe.combine.weights.get(name, 1.0) for name in recipe.scorers]
+    combined = select.combine(stored, recipe.combine.method, weights, runner=runner)
+    return combined, {"target": target, "scorers": fits}
+
+
+def _select(recipe: Recipe, pool: Corpus, task_scores: dict[str, Scores],
+            runner: ProgressRunner) -> dict[str, select.Selection]:
+    resample = list(recipe.scorers) == ["dsir"]
+    if recipe.selection.scope == "global":
+        budget = recipe.selection
+        best = max_over_tasks(task_scores)
+        chosen = choose_rows(pool, best, budget.policy, budget.k, budget.fraction,
+                             budget.threshold, recipe.seed, resample, runner)
+        return split_selection(chosen, BEST_TASK, list(task_scores), runner)
+    selections = {}
+    for task, scores in task_scores.items():
+        budget = recipe.budget_of(task)
+        selections[task] = choose_rows(pool, scores, recipe.selection.policy, budget.k,
+                                       budget.fraction, budget.threshold, recipe.seed,
+                                       resample, TaskRunner(runner, task))
+    return selections
+
+
+def _write_task(recipe: Recipe, task: str, selection: select.Selection, fit: dict[str, Any],
+                out: str, runner: ProgressRunner, overwrite: bool) -> dict[str, Any]:
+    """The task's chosen rows and manifest (KL reduction against the task's target)."""
+    runner = TaskRunner(runner, task)
+    ngrams = [s["ngrams"] for s in fit["scorers"].values() if s["ngrams"] is not None]
+    manifest = selection.write(
+        os.path.join(out, TASKS_DIR, task), fmt=recipe.output.format, target=fit["target"],
+        runner=runner, overwrite=overwrite, metrics_sample=recipe.output.metrics_sample,
+        pool_ngram_counts=ngrams[0] if ngrams else None,
+        extra_manifest={"task": task, "fit": {n: s["fit"] for n, s in fit["scorers"].items()},
+                        "score_stores": {n: s["store"] for n, s in fit["scorers"].items()}},
+    )
+    return manifest
+
+
+def _print_tasks(console: Console, run: dict[str, Any]) -> None:
+    table = Table(title="dataselect run: tasks", title_justify="left")
+    for column in ("task", "rows in", "eligible", "selected", "KL reduction"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, info in run["tasks"].items():
+        counts, metrics = info["counts"], info["metrics"]
+        kl = metrics.get("kl_reduction")
+        table.add_row(task, str(counts["rows_in"]), str(counts["eligible"]),
+                      str(counts["selected"]), "-" if kl is None else f"{kl:.4f}")
+    table.add_row("union", "", "", str(run["union"]["selected"]), "")
+    console.print(table)
