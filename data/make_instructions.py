@@ -29,6 +29,12 @@ Outputs (relative to --out, default: ``instructions/`` next to this script):
   task's subtasks as their sizes allow, all tasks shuffled together.
 * ``targets/<task>.jsonl``: --dev-per-task held-out rows per task, spread evenly over the
   task's subtasks, none in the pool.
+* ``eval/<task>.jsonl`` (with ``--eval-only``): --eval-per-task further held-out rows per
+  task for ``dataselect eval`` (the held-out loss of a model trained on a selection). They
+  are drawn from the candidates this machine finds, leaving out every row whose user or
+  assistant text is already in the committed ``train.jsonl`` or ``targets/``, so they are
+  held out even where a rebuild here would not reproduce the pool byte for byte (the man
+  pages differ with what a machine has installed). The pool and dev files are not touched.
 
 Each line is a JSON object with keys id, messages (a user then an assistant message),
 task, subtask and source (the file the text came from; for ``translate`` the translated
@@ -40,6 +46,7 @@ Rerun (from the repository root, on Debian 12 bookworm)::
         adduser apt base-passwd debianutils dpkg dpkg-dev fakeroot login man-db net-tools \\
         passwd procps psmisc sensible-utils vim-common vim-runtime xxd xz-utils
     python3 data/make_instructions.py --out data/instructions --seed 0   # ~9 s
+    python3 data/make_instructions.py --out data/instructions --seed 0 --eval-only
 
 There is no manpages-de/manpages-fr here: the translated pages come with the packages
 themselves (``dpkg -S /usr/share/man/de/man1/dpkg.1.gz`` names dpkg), and the second and
@@ -79,6 +86,7 @@ MAN_DIR = Path("/usr/share/man")
 
 DEFAULT_PER_TASK = 400
 DEFAULT_DEV_PER_TASK = 10
+DEFAULT_EVAL_PER_TASK = 40
 TASKS = ("code", "define", "summarize", "translate")
 
 # --- code ---------------------------------------------------------------------------
@@ -551,6 +559,44 @@ def collect(python_lib: Path, wordnet_dir: Path, man_dir: Path) -> list[Row]:
     return dedupe(rows)
 
 
+def eval_split(rows: list[Row], existing: list[Row], seed: int, per_task: int
+               ) -> dict[str, list[Row]]:
+    """Held-out evaluation rows per task, spread over subtasks, sharing no id and no user
+    or assistant text with ``existing`` (the committed pool and dev rows)."""
+    taken = {m["content"] for row in existing for m in row["messages"]}
+    ids = {row["id"] for row in existing}
+    fresh = [r for r in rows if r["id"] not in ids
+             and not ({m["content"] for m in r["messages"]} & taken)]
+    out = {}
+    for task in TASKS:
+        groups: dict[str, list[Row]] = {}
+        for row in fresh:
+            if row["task"] == task:
+                groups.setdefault(row["subtask"], []).append(row)
+        rng = random.Random(f"{seed}:{task}:eval")
+        for name in sorted(groups):
+            rng.shuffle(groups[name])
+        quota = allocate(per_task, {k: len(v) for k, v in groups.items()})
+        chosen = [r for k in sorted(groups) for r in groups[k][: quota[k]]]
+        out[task] = sorted(chosen, key=lambda r: (r["subtask"], r["id"]))
+    return out
+
+
+def read_rows(path: Path) -> list[Row]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def write_eval(args: argparse.Namespace, rows: list[Row]) -> None:
+    existing = read_rows(args.out / "train.jsonl")
+    for task in TASKS:
+        existing += read_rows(args.out / "targets" / f"{task}.jsonl")
+    for task, chosen in eval_split(rows, existing, args.seed, args.eval_per_task).items():
+        write_jsonl(args.out / "eval" / f"{task}.jsonl", chosen)
+        by_subtask = sorted({r["subtask"] for r in chosen})
+        print(f"eval {task}: {len(chosen)} rows over {by_subtask}", file=sys.stderr)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -560,6 +606,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--per-task", type=int, default=DEFAULT_PER_TASK, help="pool rows/task")
     ap.add_argument("--dev-per-task", type=int, default=DEFAULT_DEV_PER_TASK, help="dev rows")
+    ap.add_argument("--eval-per-task", type=int, default=DEFAULT_EVAL_PER_TASK,
+                    help="held-out evaluation rows per task (with --eval-only)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="write only eval/<task>.jsonl, held out from the files in --out")
     ap.add_argument("--python-lib", type=Path, default=PYTHON_LIB, help="Python stdlib folder")
     ap.add_argument("--wordnet", type=Path, default=WORDNET_DIR, help="folder of data.noun ...")
     ap.add_argument("--man", type=Path, default=MAN_DIR, help="man page root (man1, de/, ...)")
@@ -570,6 +620,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     rows = collect(args.python_lib, args.wordnet, args.man)
+    if args.eval_only:
+        write_eval(args, rows)
+        return 0
     train: list[Row] = []
     for task in TASKS:
         task_rows = [r for r in rows if r["task"] == task]

@@ -18,6 +18,7 @@ TASKS = {"code", "define", "summarize", "translate"}
 KEYS = {"id", "messages", "task", "subtask", "source"}
 MIN_TRAIN_PER_TASK = 200
 DEV_PER_TASK = 10
+EVAL_PER_TASK = 40
 
 # Real files copied into a tiny source tree for the rerun check, so it takes well under a
 # second instead of the ~9 s of a full build.
@@ -95,6 +96,42 @@ def test_no_dev_text_in_train(train, dev):
     train_texts = contents(train)
     for task, rows in dev.items():
         assert not contents(rows) & train_texts, task
+
+
+@pytest.fixture(scope="module")
+def held_out() -> dict[str, list[dict]]:
+    return {task: read_jsonl(OUT / "eval" / f"{task}.jsonl") for task in sorted(TASKS)}
+
+
+def test_eval_rows_are_held_out(train, dev, held_out):
+    seen_ids = {r["id"] for r in train} | {r["id"] for rows in dev.values() for r in rows}
+    seen_texts = contents(train) | {t for rows in dev.values() for t in contents(rows)}
+    for task, rows in held_out.items():
+        assert len(rows) == EVAL_PER_TASK, task
+        assert {r["task"] for r in rows} == {task}
+        assert all(set(r) == KEYS for r in rows)
+        assert not {r["id"] for r in rows} & seen_ids, task
+        assert not contents(rows) & seen_texts, task
+        counts = Counter(r["subtask"] for r in rows)
+        assert len(counts) >= 3 and set(counts) <= {r["subtask"] for r in train
+                                                    if r["task"] == task}, task
+
+
+def test_eval_split_leaves_out_existing_text():
+    """The draw skips rows that share an id or any message text with the committed rows."""
+    sys.path.insert(0, str(BUILDER.parent))
+    from make_instructions import eval_split
+
+    def row(i: str, task: str, sub: str, user: str, answer: str) -> dict:
+        return {"id": i, "task": task, "subtask": sub, "source": "s",
+                "messages": [{"role": "user", "content": user},
+                             {"role": "assistant", "content": answer}]}
+
+    candidates = [row(f"code-{i}", "code", "core", f"q{i}", f"a{i}") for i in range(6)]
+    existing = [row("code-0", "code", "core", "x", "y"), row("other", "code", "core", "z", "a3")]
+    chosen = eval_split(candidates, existing, seed=0, per_task=10)["code"]
+    assert sorted(r["id"] for r in chosen) == ["code-1", "code-2", "code-4", "code-5"]
+    assert len(eval_split(candidates, existing, seed=0, per_task=2)["code"]) == 2
 
 
 def copy_sources(root: Path) -> tuple[Path, Path, Path]:
