@@ -70,7 +70,7 @@ class Corpus:
         return table
 
     def _read(self, piece: Piece) -> pa.Table:
-        table = read_piece(piece)
+        table = _drop_inherited_places(read_piece(piece))
         table = table.append_column(
             FILE_COLUMN, pa.array([piece.path] * table.num_rows, pa.string())
         )
@@ -176,6 +176,18 @@ def read_corpus(
     if partition_bytes <= 0:
         raise InputError(f"partition_bytes must be positive, got {partition_bytes}")
     return Corpus(expand_paths(paths), TextSpec.parse(text), id_field, partition_bytes)
+
+
+def _drop_inherited_places(table: pa.Table) -> pa.Table:
+    """A dataselect output read as input carries the ``_file``/``_row`` of the pool it was
+    chosen from; here they would clash with this file's own, which name the rows that
+    errors must point at. The inherited ones are dropped (the last ``_row`` is this read's)."""
+    names = table.column_names
+    inherited = [i for i, n in enumerate(names) if n == FILE_COLUMN]
+    inherited += [i for i, n in enumerate(names[:-1]) if n == ROW_COLUMN]
+    for i in sorted(inherited, reverse=True):
+        table = table.remove_column(i)
+    return table
 
 
 def _pack(pieces: list[Piece], target_bytes: int) -> list[list[Piece]]:

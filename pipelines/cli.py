@@ -125,6 +125,10 @@ def _recipe_commands(commands: Any) -> None:
     evaluate.add_argument("--tasks", default=None, help="comma-separated tasks (default all)")
     evaluate.add_argument("--model", default=None,
                           help="local base model folder (default: a tiny Llama built here)")
+    evaluate.add_argument("--scheduler", default=None,
+                          help="address of a running Dask scheduler (default: a local cluster)")
+    evaluate.add_argument("--workers", type=int, default=None,
+                          help="local cluster workers (default: one per core)")
     evaluate.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                           help="other evaluation setting, e.g. -p lr=1e-3 -p batch_size=8")
     report = commands.add_parser("report", help="write OUT/report/index.html with plots")
@@ -313,6 +317,7 @@ def eval_settings(args: argparse.Namespace) -> Any:
         values["tasks"] = tuple(t for t in args.tasks.split(",") if t)
     if args.model:
         values["model"] = args.model
+    values["scheduler"], values["workers"] = args.scheduler, args.workers
     settings = EvalSettings(**values)
     settings.check()
     return settings

@@ -208,18 +208,38 @@ def train_causal_lm(path: str, batch: pa.Table, out: str | os.PathLike, steps: i
     torch.manual_seed(seed)
     device = pick_device(None)
     tokenizer = load_tokenizer(path)
-    model = load_causal_lm(path, device).train()
+    model = load_causal_lm(path, device)
+    fit_causal_lm(model, tokenizer, batch, steps, lr, batch_size, max_length, seed)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def fit_causal_lm(model: Any, tokenizer: Any, batch: pa.Table, steps: int, lr: float,
+                  batch_size: int, max_length: int, seed: int) -> list[float]:
+    """AdamW on the mean response-token loss of ``batch``, cycling through a seeded
+    permutation of its rows; the model is left in eval mode. Returns the loss per step.
+
+    The same rows, steps and seed give the same order of batches, so two training sets of
+    the same size are compared on equal terms (``dataselect eval``).
+    """
+    if batch.num_rows == 0:
+        raise InputError("no rows to train on")
+    device = next(model.parameters()).device
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     order = np.random.default_rng(seed).permutation(batch.num_rows)
+    losses = []
     for step in range(steps):
         rows = np.take(order, range(step * batch_size, (step + 1) * batch_size), mode="wrap")
         tokens = tokenize(tokenizer, batch.take(pa.array(rows)), max_length).to(device)
+        if not bool(tokens.has_response.any()):
+            continue
         logits = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
         loss = per_example_loss(logits, tokens)[tokens.has_response].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        losses.append(float(loss.detach()))
     model.eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return losses

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_jsonl
+from conftest import POOL_GLOB, write_jsonl
 
 from dataselect import select
 from dataselect.corpus import read_corpus
@@ -140,3 +140,18 @@ def test_corpus_as_dask_dataframe_has_arrow_backed_partitions():
     first = frame.get_partition(0).compute()
     assert str(first["text"].dtype).startswith("string[pyarrow]")
     assert len(frame) == 3960
+
+
+def test_a_written_selection_reads_back_as_a_corpus(tmp_path):
+    """Outputs keep the pool's _file/_row; read as input, the rows are placed in the output
+    file itself (errors point there) and nothing clashes."""
+    pool = read_corpus(POOL_GLOB)
+    table = pool.read_partition(0).slice(0, 5)
+    out = tmp_path / "part-00000.parquet"
+    pq.write_table(table, out)
+    again = read_corpus(str(out)).read_partition(0)
+    assert again.column_names.count("_file") == 1 and again.column_names.count("_row") == 1
+    assert again["_file"].to_pylist() == [str(out)] * 5
+    assert again["_row"].to_pylist() == list(range(5))
+    assert again["id"].to_pylist() == table["id"].to_pylist()
+    assert again["text"].to_pylist() == table["text"].to_pylist()

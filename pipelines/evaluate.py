@@ -1,0 +1,464 @@
+"""``dataselect eval OUT/``: did the selection help? Train on it and on random rows, compare.
+
+For every target task of a finished ``dataselect run`` that has held-out rows
+(``targets.<task>.eval`` in the recipe), and for every seed, two small causal LMs are
+trained with the same settings, steps, initialisation and batch order:
+
+* ``selected``: on the rows the run chose for the task (``OUT/tasks/<task>/``);
+* ``random``: on as many rows drawn uniformly from the pool with that seed.
+
+Each model is scored on the task's held-out rows: mean response-token loss (the number
+the LESS and DSIR papers' downstream gains come from at this scale), teacher-forced token
+accuracy, and, where the task's answers are short (median at most ``em_max_tokens``
+tokens), exact match of the greedy answer. Results are reported per seed, as mean and
+standard deviation over seeds, and as the paired difference selected − random, so a user
+sees both the gain and whether it exceeds seed noise.
+
+Each (task, arm, seed) training is one Dask task: they run in parallel on the cluster
+(local by default, ``--scheduler`` for a running one), each with its share of the cores
+for torch. Results are written one JSON file per training under ``OUT/eval/runs/``, keyed
+by everything that decides them, so an interrupted evaluation resumes and a changed
+setting recomputes only what it changes.
+
+The model is, by default, a small Llama built from a config (``vocab_size``,
+``hidden_size``, ``layers``, ``heads``) with a byte-level BPE tokenizer trained on a
+sample of the pool, initialised afresh with each seed; ``model=FOLDER`` fine-tunes a local
+Hugging Face causal LM instead (the seed then sets only the batch order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+from dataselect.corpus import Corpus, read_corpus
+from dataselect.errors import InputError
+from dataselect.output import jsonable, read_json, write_json
+from dataselect.sampling import bottom_k
+from pipelines.cluster import dask_client, default_workers
+from pipelines.progress import ProgressRunner
+from pipelines.recipe import Recipe
+from pipelines.summary import print_summary
+
+EVAL_DIR, RUNS_DIR, RESULTS_FILE = "eval", "runs", "results.json"
+ARMS = ("selected", "random")
+# a row budget for the tokenizer's training texts: enough for a 1k-token BPE vocabulary
+TOKENIZER_SAMPLE_ROWS = 5_000
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the comparison models are built, trained and scored."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 120
+    lr: float = 2e-3
+    batch_size: int = 8
+    max_length: int = 256
+    tasks: tuple[str, ...] = ()
+    model: str | None = None
+    vocab_size: int = 1000
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    em_max_tokens: int = 32
+    eval_batch_size: int = 16
+    scheduler: str | None = None
+    workers: int | None = None
+
+    def check(self) -> None:
+        if not self.seeds:
+            raise InputError("give at least one seed", field="seeds")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"seeds repeat: {list(self.seeds)}", field="seeds")
+        for name in ("steps", "batch_size", "max_length", "eval_batch_size", "hidden_size",
+                     "layers", "heads"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}",
+                                 field=name)
+        if self.lr <= 0:
+            raise InputError(f"lr must be positive, got {self.lr}", field="lr")
+        if self.hidden_size % self.heads:
+            raise InputError("hidden_size must be a multiple of heads", field="heads")
+        if self.vocab_size < 300:
+            raise InputError("vocab_size must be >= 300 (the byte alphabet is 256)",
+                             field="vocab_size")
+        if self.workers is not None and self.workers < 1:
+            raise InputError("workers must be >= 1", field="workers")
+
+    def training_key(self) -> dict[str, Any]:
+        """The settings that decide one training's result (not which seeds or tasks run,
+        nor where)."""
+        data = dataclasses.asdict(self)
+        for name in ("seeds", "tasks", "scheduler", "workers"):
+            data.pop(name)
+        return data
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One model: trained on ``train`` (id, text, response_spans), scored on ``held_out``.
+    Runs on a Dask worker; everything it needs travels with it."""
+
+    task: str
+    arm: str
+    seed: int
+    base: str
+    fresh_init: bool
+    settings: EvalSettings
+    train: pa.Table
+    held_out: pa.Table
+    torch_threads: int
+    path: str
+    key: str
+
+    def __call__(self) -> dict[str, Any]:
+        if os.path.exists(self.path):
+            previous = read_json(self.path)
+            if previous.get("key") == self.key:
+                return {**previous, "reused": True}
+        import torch
+
+        torch.set_num_threads(self.torch_threads)
+        started = time.perf_counter()
+        model, tokenizer = _load_model(self.base, self.fresh_init, self.seed)
+        s = self.settings
+        from scorers.lm import fit_causal_lm
+
+        losses = fit_causal_lm(model, tokenizer, self.train, s.steps, s.lr, s.batch_size,
+                               s.max_length, self.seed)
+        metrics = score_held_out(model, tokenizer, self.held_out, s.max_length,
+                                 s.eval_batch_size, s.em_max_tokens)
+        result = {"task": self.task, "arm": self.arm, "seed": self.seed, "key": self.key,
+                  "train_rows": self.train.num_rows, "steps": s.steps,
+                  "final_train_loss": round(float(np.mean(losses[-10:])), 6) if losses
+                  else None, **metrics, "seconds": round(time.perf_counter() - started, 3)}
+        write_json(result, self.path)
+        return {**result, "reused": False}
+
+
+def _load_model(base: str, fresh_init: bool, seed: int) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from scorers.lm import load_causal_lm, load_tokenizer, pick_device
+
+    device = pick_device(None)
+    tokenizer = load_tokenizer(base)
+    if fresh_init:
+        torch.manual_seed(seed)
+        config = AutoConfig.from_pretrained(base, local_files_only=True)
+        model = AutoModelForCausalLM.from_config(config).to(device)
+    else:
+        model = load_causal_lm(base, device)
+    return model, tokenizer
+
+
+def score_held_out(model: Any, tokenizer: Any, held_out: pa.Table, max_length: int,
+                   batch_size: int, em_max_tokens: int) -> dict[str, Any]:
+    """Mean response-token loss and token accuracy over held-out rows (each row weighs
+    the same), and exact match of greedy answers when the answers are short."""
+    import torch
+
+    from scorers.lm import per_example_loss, tokenize
+
+    device = next(model.parameters()).device
+    row_losses, row_accuracy = [], []
+    with torch.no_grad():
+        for start in range(0, held_out.num_rows, batch_size):
+            tokens = tokenize(tokenizer, held_out.slice(start, batch_size), max_length)
+            tokens = tokens.to(device)
+            logits = model(input_ids=tokens.input_ids,
+                           attention_mask=tokens.attention_mask).logits
+            keep = tokens.has_response
+            losses = per_example_loss(logits, tokens)
+            mask = tokens.loss_mask[:, 1:]
+            hits = (logits[:, :-1].argmax(-1) == tokens.input_ids[:, 1:]) & mask
+            accuracy = hits.sum(1) / mask.sum(1).clamp(min=1)
+            row_losses += losses[keep].tolist()
+            row_accuracy += accuracy[keep].tolist()
+    if not row_losses:
+        raise InputError("no held-out row has response tokens within max_length",
+                         field="max_length")
+    result: dict[str, Any] = {"loss": round(float(np.mean(row_losses)), 6),
+                              "token_accuracy": round(float(np.mean(row_accuracy)), 6),
+                              "held_out_rows": len(row_losses)}
+    prompts, answers = split_prompts(held_out)
+    lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    if answers and statistics.median(lengths) <= em_max_tokens:
+        result["exact_match"] = round(exact_match(model, tokenizer, prompts, answers, lengths,
+                                                  batch_size, max_length), 6)
+    return result
+
+
+def split_prompts(view: pa.Table) -> tuple[list[str], list[str]]:
+    """(text before the first response span, that span's text) per row with a response."""
+    prompts, answers = [], []
+    for text, spans in zip(view["text"].to_pylist(), view["response_spans"].to_pylist()):
+        if spans:
+            first = spans[0]
+            prompts.append(text[:first["start"]])
+            answers.append(text[first["start"]:first["end"]])
+    return prompts, answers
+
+
+def exact_match(model: Any, tokenizer: Any, prompts: list[str], answers: list[str],
+                lengths: list[int], batch_size: int, max_length: int) -> float:
+    """Share of rows whose greedy continuation, decoded, starts with the reference answer
+    at a word boundary. The models are trained on answers without an end token, so they
+    are not asked where to stop: each generates its answer's token count plus a few."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    hits = 0
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            new = max(lengths[start:start + batch_size]) + 4
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
+                                max_length=max(1, max_length - new))
+            encoded = {k: v.to(next(model.parameters()).device) for k, v in encoded.items()}
+            with torch.no_grad():
+                generated = model.generate(**encoded, max_new_tokens=new, do_sample=False,
+                                           pad_token_id=tokenizer.pad_token_id)
+            continuations = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1]:],
+                                                   skip_special_tokens=True)
+            for answer, said in zip(answers[start:start + batch_size], continuations):
+                hits += answer_matches(answer, said)
+    finally:
+        tokenizer.padding_side = side
+    return hits / max(len(prompts), 1)
+
+
+def answer_matches(answer: str, said: str) -> bool:
+    """``said`` starts with ``answer`` (both stripped) and the answer ends at a word
+    boundary of ``said``, so 'ls' does not match 'lsblk'."""
+    answer, said = answer.strip(), said.strip()
+    if not answer or not said.startswith(answer):
+        return False
+    rest = said[len(answer):]
+    return not rest or not (rest[0].isalnum() and answer[-1].isalnum())
+
+
+def run_eval(out: str, settings: EvalSettings, console: Console | None = None
+             ) -> dict[str, Any]:
+    """Evaluate the run in ``out``; return (and write to ``OUT/eval/results.json``) the
+    per-seed results and their summary per task."""
+    console = console or Console()
+    settings.check()
+    started = time.perf_counter()
+    recipe, run = _read_run(out)
+    tasks = _tasks_to_evaluate(recipe, run, settings)
+    pool = read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
+                       max(1, int(recipe.pool.partition_mb * 2**20)))
+    folder = os.path.join(out, EVAL_DIR)
+    os.makedirs(os.path.join(folder, RUNS_DIR), exist_ok=True)
+    base, fresh = _base_model(pool, settings, folder)
+    workers = settings.workers or default_workers()
+    threads = max(1, default_workers() // workers) if not settings.scheduler else 1
+    jobs = []
+    for task in tasks:
+        held_out = _held_out(recipe, task)
+        selected = _selected_view(out, recipe, task)
+        for seed in settings.seeds:
+            random_rows = _random_view(pool, selected.num_rows, seed)
+            for arm, train in (("selected", selected), ("random", random_rows)):
+                key = _job_key(settings, base, task, arm, seed, train, held_out)
+                path = os.path.join(folder, RUNS_DIR, f"{task}.{arm}.seed{seed}.json")
+                jobs.append(TrainingJob(task, arm, seed, base, fresh, settings, train,
+                                        held_out, threads, path, key))
+    import dask
+
+    with dask_client(settings.scheduler, workers, "auto", "processes") as client:
+        runner = ProgressRunner(client)
+        results = runner("eval:train", [dask.delayed(job, pure=False, traverse=False)()
+                                          for job in jobs])
+    summary = summarize_results(results)
+    report = {"settings": jsonable(settings), "base_model": base, "fresh_init": fresh,
+              "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
+                       for r in results],
+              "summary": summary, "versions_of_run": run.get("versions", {})}
+    write_json(report, os.path.join(folder, RESULTS_FILE))
+    print_eval_table(console, summary)
+    print_summary(console, "eval", runner.timings,
+                  {"tasks": len(tasks), "seeds": len(settings.seeds), "trainings": len(jobs),
+                   "reused": sum(1 for r in results if r["reused"])},
+                  time.perf_counter() - started)
+    return report
+
+
+def _read_run(out: str) -> tuple[Recipe, dict[str, Any]]:
+    path = os.path.join(out, "_run.json")
+    if not os.path.exists(path):
+        raise InputError("no _run.json here: evaluate the output folder of a finished "
+                         "`dataselect run`", where=out)
+    run = read_json(path)
+    return Recipe.model_validate(run["recipe"]), run
+
+
+def _tasks_to_evaluate(recipe: Recipe, run: dict[str, Any], settings: EvalSettings
+                       ) -> list[str]:
+    unknown = sorted(set(settings.tasks) - set(recipe.targets))
+    if unknown:
+        raise InputError(f"tasks {unknown} are not in the run; it has {sorted(recipe.targets)}",
+                         field="--tasks")
+    wanted = list(settings.tasks) or list(recipe.targets)
+    without = [t for t in wanted if not recipe.targets[t].eval]
+    if settings.tasks and without:
+        raise InputError(f"tasks {without} have no held-out rows: add targets.<task>.eval "
+                         "to the recipe", field="--tasks")
+    tasks = [t for t in wanted if recipe.targets[t].eval]
+    if not tasks:
+        raise InputError("no target task of this run has held-out rows: add "
+                         "targets.<task>.eval (a file of examples not in the target) to the "
+                         "recipe", where=run.get("recipe_file") or None)
+    empty = [t for t in tasks if run["tasks"][t]["selected"] == 0]
+    if empty:
+        raise InputError(f"tasks {empty} selected no rows; there is nothing to train on",
+                         field="tasks")
+    return tasks
+
+
+def _held_out(recipe: Recipe, task: str) -> pa.Table:
+    spec = recipe.targets[task]
+    corpus = read_corpus(spec.eval, spec.text or recipe.pool.text, recipe.pool.id_field)
+    return corpus.scoring_view(corpus.to_table(f"held-out rows of task {task!r}"),
+                               response_spans=True)
+
+
+def _selected_view(out: str, recipe: Recipe, task: str) -> pa.Table:
+    """The task's chosen rows as training text (they carry the pool's columns)."""
+    suffix = "parquet" if recipe.output.format == "parquet" else "arrow"
+    files = sorted(glob.glob(os.path.join(out, "tasks", task, f"part-*.{suffix}")))
+    if not files:
+        raise InputError(f"no selected rows of task {task!r} found", where=out)
+    corpus = read_corpus(files, recipe.pool.text, "id")
+    return corpus.scoring_view(corpus.to_table(f"selection of task {task!r}"),
+                               response_spans=True)
+
+
+def _random_view(pool: Corpus, rows: int, seed: int) -> pa.Table:
+    """``rows`` pool rows drawn uniformly with ``seed``, folded from per-partition samples
+    so at most ``rows`` plus one partition are in memory."""
+    kept = None
+    for table in pool.iter_tables():
+        view = pool.scoring_view(bottom_k(table, rows, seed), response_spans=True)
+        kept = view if kept is None else bottom_k(pa.concat_tables([kept, view]), rows, seed)
+    if kept is None or kept.num_rows < rows:
+        raise InputError(f"the pool has fewer than {rows} rows", where=", ".join(pool.files))
+    return kept
+
+
+def _base_model(pool: Corpus, settings: EvalSettings, folder: str) -> tuple[str, bool]:
+    """The model folder every training starts from, and whether weights are drawn afresh
+    per seed. Built once per settings and pool, then reused."""
+    if settings.model:
+        from scorers.lm import check_model_folder
+
+        return check_model_folder(settings.model, "eval model"), False
+    from scorers.lm import build_tiny_causal_lm
+
+    wanted = jsonable({"vocab_size": settings.vocab_size, "hidden_size": settings.hidden_size,
+                       "layers": settings.layers, "heads": settings.heads,
+                       "max_length": settings.max_length, "pool": pool.fingerprint()})
+    digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12]
+    base = os.path.join(folder, f"base-{digest}")
+    marker = os.path.join(base, "_built.json")
+    if not os.path.exists(marker):
+        sample = _random_view(pool, min(TOKENIZER_SAMPLE_ROWS, _pool_rows(pool)), 0)
+        build_tiny_causal_lm(sample["text"].to_pylist(), base, settings.vocab_size,
+                             settings.hidden_size, settings.layers, settings.heads,
+                             max_positions=max(settings.max_length, 64), seed=0)
+        write_json(wanted, marker)
+    return base, True
+
+
+def _pool_rows(pool: Corpus) -> int:
+    return sum(table.num_rows for table in pool.iter_tables())
+
+
+def _job_key(settings: EvalSettings, base: str, task: str, arm: str, seed: int,
+             train: pa.Table, held_out: pa.Table) -> str:
+    ids = hashlib.sha256()
+    for column in (train["id"], held_out["id"]):
+        for value in column.to_pylist():
+            ids.update(value.encode() + b"\0")
+        ids.update(b"|")
+    data = {"settings": settings.training_key(), "base": os.path.abspath(base), "task": task,
+            "arm": arm, "seed": seed, "rows": ids.hexdigest()}
+    return hashlib.sha256(json.dumps(jsonable(data), sort_keys=True).encode()).hexdigest()
+
+
+METRICS = ("loss", "token_accuracy", "exact_match")
+
+
+def summarize_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task and metric: mean and sample standard deviation over seeds for each arm,
+    and the paired difference selected − random (mean, std, seeds where selected did
+    better: lower loss, higher accuracy)."""
+    summary: dict[str, Any] = {}
+    for task in dict.fromkeys(r["task"] for r in results):
+        mine = [r for r in results if r["task"] == task]
+        by_arm = {arm: {r["seed"]: r for r in mine if r["arm"] == arm} for arm in ARMS}
+        seeds = sorted(set(by_arm["selected"]) & set(by_arm["random"]))
+        entry: dict[str, Any] = {"seeds": seeds,
+                                 "train_rows": by_arm["selected"][seeds[0]]["train_rows"]}
+        for metric in METRICS:
+            if not all(metric in by_arm[a][s] for a in ARMS for s in seeds):
+                continue
+            values = {a: [by_arm[a][s][metric] for s in seeds] for a in ARMS}
+            diff = [x - y for x, y in zip(values["selected"], values["random"])]
+            better = [d < 0 if metric == "loss" else d > 0 for d in diff]
+            entry[metric] = {
+                **{a: {"mean": _round(statistics.fmean(v)), "std": _std(v)}
+                   for a, v in values.items()},
+                "difference": {"mean": _round(statistics.fmean(diff)), "std": _std(diff)},
+                "selected_better_seeds": int(sum(better)),
+            }
+        summary[task] = entry
+    return summary
+
+
+def _std(values: list[float]) -> float | None:
+    return _round(statistics.stdev(values)) if len(values) > 1 else None
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
+
+
+def print_eval_table(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title="dataselect eval: held-out target loss (lower is better)",
+                  title_justify="left")
+    for column in ("task", "rows", "selected", "random", "selected − random",
+                   "better seeds", "token acc. sel / rand", "exact match sel / rand"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, entry in summary.items():
+        loss = entry["loss"]
+        n = len(entry["seeds"])
+        acc = entry.get("token_accuracy")
+        em = entry.get("exact_match")
+        table.add_row(
+            task, str(entry["train_rows"]), _pm(loss["selected"]), _pm(loss["random"]),
+            _pm(loss["difference"]), f"{loss['selected_better_seeds']}/{n}",
+            f"{acc['selected']['mean']:.3f} / {acc['random']['mean']:.3f}" if acc else "-",
+            f"{em['selected']['mean']:.3f} / {em['random']['mean']:.3f}" if em else "-")
+    console.print(table)
+
+
+def _pm(stats: dict[str, Any]) -> str:
+    std = stats["std"]
+    return f"{stats['mean']:.4f}" + ("" if std is None else f" ± {std:.4f}")
