@@ -26,9 +26,11 @@ partition):
   in the driver, so part of the job cannot scale);
 * ``dsir_reference``: ``dsir`` with ``tokenizer: reference`` (a Python loop per token).
 
-(``dsir`` and ``zipfit_fast``, the fast paths, can be added with ``--scorers``.)
+(``dsir`` and ``zipfit_fast``, the fast paths, can be added with ``--scorers``.) The
+recipe leaves the worker kind to the job (``cluster.worker_kind: auto``); ``--worker-kind
+threads`` or ``processes`` sets it in every recipe, to compare the two.
 
-one recipe per worker count is written, with the one target task, ``selection: {k: K}``
+One recipe per worker count is written, with the one target task, ``selection: {k: K}``
 and ``cluster: {workers: W}``, and run as ``dataselect run RECIPE --out OUT --workers W``
 in a subprocess, into a fresh ``OUT`` each time, so nothing is resumed. The 1- and
 2-worker runs alternate, ``--repeats`` (3) times each, and the medians are reported. A
@@ -49,6 +51,7 @@ From the repository root, with the project's virtual environment, on a quiet mac
     .venv/bin/python benchmarks/bench_workers.py                       # 20k pool, 3 repeats
     .venv/bin/python benchmarks/bench_workers.py --rows 3000 --repeats 1    # smoke test
     .venv/bin/python benchmarks/bench_workers.py --scorers fasttext --json workers.json
+    .venv/bin/python benchmarks/bench_workers.py --scorers zipfit_exact --worker-kind threads
 
 One line is printed per run as it finishes, then one line per scorer::
 

@@ -287,7 +287,8 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
         results = runner("eval:train", [dask.delayed(job, pure=False, traverse=False)()
                                           for job in jobs])
     summary = summarize_results(results)
-    report = {"settings": jsonable(settings), "base_model": base, "fresh_init": fresh,
+    report = {"settings": jsonable(dataclasses.asdict(settings)), "base_model": base,
+              "fresh_init": fresh,
               "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
                        for r in results],
               "summary": summary, "versions_of_run": run.get("versions", {})}

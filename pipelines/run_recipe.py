@@ -125,8 +125,8 @@ def _worker_kind(recipe: Recipe, params: dict[str, dict[str, Any]]) -> str:
     """Threads only when every scorer runs in native code that releases the GIL."""
     if recipe.cluster.worker_kind != "auto":
         return recipe.cluster.worker_kind
-    kinds = {build_scorer(name, dict(p), recipe.seed).local_workers if name == "dsir"
-             else "processes" for name, p in params.items()}
+    kinds = {build_scorer(name, dict(p), recipe.seed).local_workers
+             for name, p in params.items()}
     return "threads" if kinds == {"threads"} else "processes"
 
 

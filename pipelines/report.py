@@ -1,0 +1,450 @@
+"""``dataselect report OUT/``: one HTML page with PNG plots of a finished run.
+
+What a person reviewing a selection wants to see before training on it: how each scorer's
+scores are spread over the pool and where the chosen rows sit, what the selection is made
+of (by domain, task, subtask or source, against the pool), how far it moved the n-gram
+distribution towards the target (KL reduction), whether scorers and tasks agree (score
+rank correlation, overlap of their choices), and, after ``dataselect eval``, whether
+training on it beat random rows of the same size.
+
+The page is ``OUT/report/index.html`` with its plots beside it, so the folder can be
+copied or served as it is. Plots read the score stores a column at a time; a pool of more
+than ``MAX_POINTS`` rows is thinned by a fixed stride (the same rows for every scorer, so
+correlations stay paired), which keeps the report's memory bounded.
+:func:`check_renders` opens the page in headless Chromium and counts the images that
+loaded, for tests and for ``dataselect report --check``.
+"""
+
+from __future__ import annotations
+
+import glob
+import html
+import math
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from rich.console import Console
+
+from dataselect.errors import InputError
+from dataselect.output import read_json, read_table
+
+REPORT_DIR = "report"
+MAX_POINTS = 200_000
+LABEL_COLUMNS = ("domain", "task", "subtask", "lang", "source")
+TOP_LABELS = 10
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def write_report(out: str, console: Console | None = None) -> str:
+    """Write ``OUT/report/index.html`` and its PNGs; return the page's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_path = os.path.join(out, "_run.json")
+    if not os.path.exists(run_path):
+        raise InputError("no _run.json here: report on the output folder of a finished "
+                         "`dataselect run`", where=out)
+    run = read_json(run_path)
+    folder = os.path.join(out, REPORT_DIR)
+    os.makedirs(folder, exist_ok=True)
+    for stale in glob.glob(os.path.join(folder, "*.png")):
+        os.remove(stale)
+    tasks = list(run["tasks"])
+    scorers = list(run["scorers"])
+    sections: list[str] = [_overview(run)]
+    scores = {task: _task_scores(out, task, scorers) for task in tasks}
+    sections.append(_section("Score distributions",
+                             "Each scorer's scores over the pool (grey) and over the rows "
+                             "the task chose (colour). Higher is more wanted.",
+                             [_plot_scores(folder, scorer, tasks, scores, out)
+                              for scorer in scorers]))
+    label = _label_column(out, tasks)
+    if label:
+        sections.append(_section(f"Composition by {label}",
+                                 f"Share of each {label} in the pool and in each task's "
+                                 "selection (the top labels; the rest as 'other').",
+                                 [_plot_composition(folder, out, tasks, label, run)]))
+    sections.append(_section("KL reduction",
+                             "How much closer (in hashed n-gram KL divergence to the target) "
+                             "the selection is than the pool, per task.",
+                             [_plot_kl(folder, run)]))
+    agreement = [_plot_task_overlap(folder, out, tasks)]
+    if len(scorers) > 1:
+        agreement += [_plot_scorer_agreement(folder, task, scorers, scores[task], run)
+                      for task in tasks]
+    sections.append(_section("Agreement",
+                             "Overlap (Jaccard) of the tasks' selections; with several "
+                             "scorers, Spearman correlation of their pool scores and "
+                             "overlap of their top rows per task.", agreement))
+    results = os.path.join(out, "eval", "results.json")
+    if os.path.exists(results):
+        sections.append(_eval_section(folder, read_json(results)))
+    page = os.path.join(folder, "index.html")
+    title = html.escape(run["recipe"].get("name") or os.path.basename(os.path.abspath(out)))
+    _write_text(page, _PAGE.format(title=title, body="\n".join(sections)))
+    if console is not None:
+        console.print(f"report: {len(glob.glob(os.path.join(folder, '*.png')))} plots")
+    return page
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+def _stride(files: list[str]) -> int:
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return max(1, math.ceil(rows / MAX_POINTS))
+
+
+def _task_scores(out: str, task: str, scorers: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Per scorer: the pool's eligible scores (thinned) and the selected rows' scores."""
+    found: dict[str, dict[str, np.ndarray]] = {}
+    selected = _selected_table(out, task, ["score", *[f"score_{s}" for s in scorers]])
+    for scorer in scorers:
+        files = sorted(glob.glob(os.path.join(out, "tasks", task, "_scores", scorer,
+                                              "part-*.parquet")))
+        if not files:
+            continue
+        step = _stride(files)
+        parts = []
+        for f in files:
+            table = pq.read_table(f, columns=[c for c in ("score", "filtered_by")
+                                              if c in pq.read_schema(f).names])
+            score = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+            if "filtered_by" in table.column_names:
+                filtered = ~table["filtered_by"].is_null().to_numpy(zero_copy_only=False)
+                score = np.where(filtered, np.nan, score)
+            parts.append(score)
+        pool = np.concatenate(parts)[::step]
+        column = f"score_{scorer}" if f"score_{scorer}" in selected else "score"
+        found[scorer] = {"pool": pool, "selected": selected.get(column, np.zeros(0))}
+    return found
+
+
+def _output_files(out: str, sub: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(out, sub, "part-*.parquet"))
+                  + glob.glob(os.path.join(out, sub, "part-*.arrow")))
+
+
+def _selected_table(out: str, task: str, columns: list[str]) -> dict[str, np.ndarray]:
+    values: dict[str, list[np.ndarray]] = {}
+    for f in _output_files(out, os.path.join("tasks", task)):
+        table = read_table(f)
+        for c in columns:
+            if c in table.column_names:
+                values.setdefault(c, []).append(
+                    table[c].to_numpy(zero_copy_only=False).astype(np.float64))
+    return {c: np.concatenate(v) for c, v in values.items()}
+
+
+def _label_column(out: str, tasks: list[str]) -> str | None:
+    files = _output_files(out, os.path.join("tasks", tasks[0]))
+    if not files:
+        return None
+    names = read_table(files[0]).column_names
+    return next((c for c in LABEL_COLUMNS if c in names), None)
+
+
+def _labels(files: list[str], column: str) -> Counter:
+    counts: Counter = Counter()
+    for f in files:
+        table = read_table(f)
+        if column in table.column_names:
+            counts.update(str(v) for v in table[column].to_pylist())
+    return counts
+
+
+# --- plots --------------------------------------------------------------------------
+
+
+def _save(fig: Any, folder: str, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".png"
+    fig.savefig(os.path.join(folder, safe), dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return safe
+
+
+def _plot_scores(folder: str, scorer: str, tasks: list[str],
+                 scores: dict[str, dict[str, dict[str, np.ndarray]]], out: str) -> str:
+    import matplotlib.pyplot as plt
+
+    cols = min(len(tasks), 4)
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        data = scores[task].get(scorer)
+        ax.set_title(task, fontsize=10)
+        if data is None:
+            ax.text(0.5, 0.5, "no score store", ha="center", transform=ax.transAxes)
+            continue
+        pool = data["pool"][np.isfinite(data["pool"])]
+        chosen = data["selected"][np.isfinite(data["selected"])]
+        if not len(pool):
+            continue
+        bins = np.histogram_bin_edges(pool, bins=40)
+        ax.hist(pool, bins=bins, color="0.75", label="pool")
+        if len(chosen):
+            ax.hist(chosen, bins=bins, color="tab:blue", label="selected")
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{scorer} scores", fontsize=11)
+    return _save(fig, folder, f"scores_{scorer}")
+
+
+def _plot_composition(folder: str, out: str, tasks: list[str], column: str,
+                      run: dict[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    groups = {"pool": _pool_labels(run, column)}
+    for task in tasks:
+        groups[task] = _labels(_output_files(out, os.path.join("tasks", task)), column)
+    total: Counter = Counter()
+    for counts in groups.values():
+        total.update({k: v / max(sum(counts.values()), 1) for k, v in counts.items()})
+    top = [k for k, _ in total.most_common(TOP_LABELS)]
+    fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 3, 3.6))
+    bottom = np.zeros(len(groups))
+    cmap = plt.get_cmap("tab20")
+    for i, label in enumerate([*top, "other"]):
+        shares = []
+        for counts in groups.values():
+            n = max(sum(counts.values()), 1)
+            value = counts.get(label, 0) if label != "other" else sum(
+                v for k, v in counts.items() if k not in top)
+            shares.append(value / n)
+        ax.bar(list(groups), shares, bottom=bottom, label=label[:40], color=cmap(i % 20))
+        bottom += np.array(shares)
+    ax.set_ylabel("share of rows")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    return _save(fig, folder, f"composition_{column}")
+
+
+def _pool_labels(run: dict[str, Any], column: str) -> Counter:
+    """Label counts over the whole pool, read a partition at a time."""
+    from dataselect.corpus import read_corpus
+
+    spec = run["recipe"]["pool"]
+    pool = read_corpus(spec["paths"], spec["text"], spec["id_field"],
+                       max(1, int(spec["partition_mb"] * 2**20)))
+    counts: Counter = Counter()
+    for table in pool.iter_tables():
+        if column in table.column_names:
+            counts.update(str(v) for v in table[column].to_pylist())
+    return counts
+
+
+def _plot_kl(folder: str, run: dict[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    tasks = list(run["tasks"])
+    values = [run["tasks"][t]["metrics"].get("kl_reduction", np.nan) for t in tasks]
+    fig, ax = plt.subplots(figsize=(1.1 * len(tasks) + 2.5, 3))
+    ax.bar(tasks, values, color="tab:green")
+    ax.set_ylabel("KL(target‖pool) − KL(target‖selection)", fontsize=8)
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    return _save(fig, folder, "kl_reduction")
+
+
+def _heatmap(ax: Any, matrix: np.ndarray, labels: list[str], title: str) -> None:
+    image = ax.imshow(matrix, vmin=-1 if matrix.min() < 0 else 0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i, j] < 0.6 else "black")
+    ax.set_title(title, fontsize=10)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
+
+
+def _plot_task_overlap(folder: str, out: str, tasks: list[str]) -> str:
+    import matplotlib.pyplot as plt
+
+    chosen = {t: set() for t in tasks}
+    for f in _output_files(out, "union"):
+        table = read_table(f)
+        for row_id, labels in zip(table["id"].to_pylist(), table["tasks"].to_pylist()):
+            for label in labels:
+                chosen.setdefault(label, set()).add(row_id)
+    matrix = np.array([[_jaccard(chosen[a], chosen[b]) for b in tasks] for a in tasks])
+    fig, ax = plt.subplots(figsize=(1.0 * len(tasks) + 2.5, 0.9 * len(tasks) + 1.5))
+    _heatmap(ax, matrix, tasks, "selection overlap between tasks (Jaccard)")
+    return _save(fig, folder, "task_overlap")
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def _plot_scorer_agreement(folder: str, task: str, scorers: list[str],
+                           scores: dict[str, dict[str, np.ndarray]], run: dict[str, Any]
+                           ) -> str:
+    import matplotlib.pyplot as plt
+
+    names = [s for s in scorers if s in scores]
+    pools = [scores[s]["pool"] for s in names]
+    both = np.all([np.isfinite(p) for p in pools], axis=0)
+    ranks = [_ranks(p[both]) for p in pools]
+    k = max(1, int(run["tasks"][task]["selected"] * both.sum()
+                   / max(run["tasks"][task]["counts"]["rows_in"], 1)))
+    tops = [set(np.argsort(-p[both], kind="stable")[:k].tolist()) for p in pools]
+    spearman = np.corrcoef(ranks) if len(ranks) > 1 else np.ones((1, 1))
+    overlap = np.array([[_jaccard(a, b) for b in tops] for a in tops])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(2.2 * len(names) + 5, 1.0 * len(names)
+                                                      + 2))
+    _heatmap(left, np.atleast_2d(spearman), names, f"{task}: Spearman of pool scores")
+    _heatmap(right, overlap, names, f"{task}: top-row overlap (Jaccard)")
+    return _save(fig, folder, f"agreement_{task}")
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    return ranks
+
+
+def _eval_section(folder: str, results: dict[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    summary = results["summary"]
+    tasks = list(summary)
+    fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 3, 3.4))
+    x = np.arange(len(tasks))
+    for offset, arm, color in ((-0.2, "selected", "tab:blue"), (0.2, "random", "0.6")):
+        means = [summary[t]["loss"][arm]["mean"] for t in tasks]
+        errors = [summary[t]["loss"][arm]["std"] or 0 for t in tasks]
+        ax.bar(x + offset, means, width=0.4, yerr=errors, capsize=3, color=color, label=arm)
+    ax.set_xticks(x, tasks, rotation=30, fontsize=8)
+    ax.set_ylabel("held-out loss (lower is better)")
+    ax.legend(fontsize=8)
+    image = _save(fig, folder, "eval_loss")
+    rows = []
+    for task, entry in summary.items():
+        loss = entry["loss"]
+        rows.append([task, str(entry["train_rows"]), _pm(loss["selected"]),
+                     _pm(loss["random"]), _pm(loss["difference"]),
+                     f"{loss['selected_better_seeds']}/{len(entry['seeds'])}"])
+    settings = results["settings"]
+    note = (f"Models trained {settings['steps']} steps per seed (seeds "
+            f"{', '.join(map(str, settings['seeds']))}), same initialisation and batch order "
+            "for both arms; mean ± standard deviation over seeds.")
+    table = _table(["task", "rows", "selected", "random", "selected − random",
+                    "better seeds"], rows)
+    return _section("Evaluation", note, [image], table)
+
+
+def _pm(stats: dict[str, Any]) -> str:
+    return f"{stats['mean']:.4f}" + ("" if stats["std"] is None else f" ± {stats['std']:.4f}")
+
+
+# --- page ---------------------------------------------------------------------------
+
+
+def _overview(run: dict[str, Any]) -> str:
+    rows = []
+    for task, info in run["tasks"].items():
+        counts, metrics = info["counts"], info["metrics"]
+        filtered = ", ".join(f"{k}: {v}" for k, v in counts.get("filtered", {}).items())
+        kl = metrics.get("kl_reduction")
+        rows.append([task, str(counts["rows_in"]), str(counts["eligible"]),
+                     filtered or "none", str(counts["selected"]),
+                     "-" if kl is None else f"{kl:.4f}"])
+    rows.append(["union", "", "", "", str(run["union"]["selected"]), ""])
+    recipe = run["recipe"]
+    budget = {k: v for k, v in recipe["selection"].items() if v is not None}
+    text = (f"Scorers: {', '.join(run['scorers'])}. Selection: "
+            f"{', '.join(f'{k}={v}' for k, v in budget.items())}. "
+            f"Run took {run['timings']['total_seconds']:.1f} s.")
+    table = _table(["task", "rows in", "eligible", "filtered", "selected", "KL reduction"],
+                   rows)
+    return _section("Overview", text, [], table)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _section(title: str, text: str, images: list[str], extra: str = "") -> str:
+    pictures = "".join(f'<img src="{html.escape(i)}" alt="{html.escape(i)}">' for i in images)
+    return (f"<section><h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>"
+            f"{extra}{pictures}</section>")
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dataselect report: {title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ display: block; max-width: 100%; margin: 0.5em 0; }}
+</style></head>
+<body><h1>dataselect report: {title}</h1>
+{body}
+<script>
+window.addEventListener("load", function () {{
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }});
+  document.body.setAttribute("data-images-total", String(images.length));
+  document.body.setAttribute("data-images-ok", String(ok.length));
+}});
+</script>
+</body></html>
+"""
+
+
+def find_chromium() -> str | None:
+    """A Chromium or Chrome binary: ``DATASELECT_CHROMIUM``, else the first on PATH."""
+    given = os.environ.get("DATASELECT_CHROMIUM")
+    if given:
+        return given
+    return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+
+
+def check_renders(page: str, timeout: float = 60.0) -> dict[str, int]:
+    """Load ``page`` in headless Chromium and return how many of its images loaded
+    (``images_ok``) out of ``images_total``, as the page's own script counted them."""
+    browser = find_chromium()
+    if browser is None:
+        raise InputError("no Chromium found to check the report with: install it "
+                         "(Debian: apt-get install chromium) or set DATASELECT_CHROMIUM")
+    profile = os.path.join(os.path.dirname(page), ".chromium-profile")
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+               "--allow-file-access-from-files", "--virtual-time-budget=10000",
+               "--dump-dom", "file://" + os.path.abspath(page)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    found = {k: re.search(rf'data-images-{k}="(\d+)"', done.stdout) for k in ("ok", "total")}
+    if done.returncode != 0 or not all(found.values()):
+        raise InputError(f"headless Chromium did not render the page (exit "
+                         f"{done.returncode}): {done.stderr.strip()[-300:]}", where=page)
+    return {"images_ok": int(found["ok"].group(1)), "images_total": int(found["total"]
+                                                                         .group(1))}
