@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import numpy as np
 import pyarrow as pa
 from rich.console import Console
@@ -258,8 +259,34 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
     """Evaluate the run in ``out``; return (and write to ``OUT/eval/results.json``) the
     per-seed results and their summary per task."""
     console = console or Console()
-    settings.check()
     started = time.perf_counter()
+    jobs, base, fresh, run = plan_trainings(out, settings)
+    tasks = list(dict.fromkeys(job.task for job in jobs))
+    workers = settings.workers or default_workers()
+    with dask_client(settings.scheduler, workers, "auto", "processes") as client:
+        runner = ProgressRunner(client)
+        results = runner("eval:train", [dask.delayed(job, pure=False, traverse=False)()
+                                          for job in jobs])
+    summary = summarize_results(results)
+    report = {"settings": jsonable(dataclasses.asdict(settings)), "base_model": base,
+              "fresh_init": fresh,
+              "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
+                       for r in results],
+              "summary": summary, "versions_of_run": run.get("versions", {})}
+    write_json(report, os.path.join(out, EVAL_DIR, RESULTS_FILE))
+    print_eval_table(console, summary)
+    print_summary(console, "eval", runner.timings,
+                  {"tasks": len(tasks), "seeds": len(settings.seeds), "trainings": len(jobs),
+                   "reused": sum(1 for r in results if r["reused"])},
+                  time.perf_counter() - started)
+    return report
+
+
+def plan_trainings(out: str, settings: EvalSettings
+                   ) -> tuple[list[TrainingJob], str, bool, dict[str, Any]]:
+    """Every (task, arm, seed) training of an evaluation, with the base model folder
+    (built here when needed), whether it is initialised afresh, and the run's record."""
+    settings.check()
     recipe, run = _read_run(out)
     tasks = _tasks_to_evaluate(recipe, run, settings)
     pool = read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
@@ -280,25 +307,7 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
                 path = os.path.join(folder, RUNS_DIR, f"{task}.{arm}.seed{seed}.json")
                 jobs.append(TrainingJob(task, arm, seed, base, fresh, settings, train,
                                         held_out, threads, path, key))
-    import dask
-
-    with dask_client(settings.scheduler, workers, "auto", "processes") as client:
-        runner = ProgressRunner(client)
-        results = runner("eval:train", [dask.delayed(job, pure=False, traverse=False)()
-                                          for job in jobs])
-    summary = summarize_results(results)
-    report = {"settings": jsonable(dataclasses.asdict(settings)), "base_model": base,
-              "fresh_init": fresh,
-              "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
-                       for r in results],
-              "summary": summary, "versions_of_run": run.get("versions", {})}
-    write_json(report, os.path.join(folder, RESULTS_FILE))
-    print_eval_table(console, summary)
-    print_summary(console, "eval", runner.timings,
-                  {"tasks": len(tasks), "seeds": len(settings.seeds), "trainings": len(jobs),
-                   "reused": sum(1 for r in results if r["reused"])},
-                  time.perf_counter() - started)
-    return report
+    return jobs, base, fresh, run
 
 
 def _read_run(out: str) -> tuple[Recipe, dict[str, Any]]:

@@ -182,14 +182,13 @@ class Recipe(_Strict):
         for name, params in scorers.items():
             if name not in SCORERS:
                 raise ValueError(f"unknown scorer {name!r}; choose from {sorted(SCORERS)}")
-            model = _params_model(name)
-            checked[name] = model.model_validate(params or {}).model_dump(exclude_unset=True)
+            checked[name] = _check_params(name, params, (name,))
         return checked
 
     @field_validator("warmup")
     @classmethod
     def _warmup(cls, warmup: dict[str, Any]) -> dict[str, Any]:
-        return _params_model("warmup").model_validate(warmup).model_dump(exclude_unset=True)
+        return _check_params("warmup", warmup, ())
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
@@ -217,6 +216,23 @@ class Recipe(_Strict):
 
     def warmup_config(self) -> WarmupConfig:
         return WarmupConfig(**{"seed": self.seed, **self.warmup})
+
+
+class _NestedError(ValueError):
+    """Errors of a nested validation, kept with their own keys so the message names
+    ``scorers.dsir.num_buckets`` and not just ``scorers``."""
+
+    def __init__(self, prefix: tuple[Any, ...], exc: pydantic.ValidationError):
+        super().__init__(str(exc))
+        self.errors = [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors()]
+
+
+def _check_params(name: str, params: Any, prefix: tuple[Any, ...]) -> dict[str, Any]:
+    try:
+        model = _params_model(name).model_validate(params or {})
+    except pydantic.ValidationError as exc:
+        raise _NestedError(prefix, exc) from None
+    return model.model_dump(exclude_unset=True)
 
 
 @functools.cache
@@ -282,19 +298,30 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _recipe_error(exc: pydantic.ValidationError, where: str) -> RecipeError:
-    """One line per problem, each naming its dotted key and the value found."""
-    lines, first = [], None
+    """One clause per problem, each naming its dotted key and the value found; the first
+    key is the error's field."""
+    problems = []
     for error in exc.errors():
+        nested = error.get("ctx", {}).get("error")
+        if isinstance(nested, _NestedError):
+            problems += [{**e, "loc": (*error["loc"], *e["loc"])} for e in nested.errors]
+        else:
+            problems.append(error)
+    clauses, first = [], None
+    for error in problems:
         key = _dotted(error["loc"])
-        first = first or key
         found = error.get("input")
         shown = "" if error["type"] == "missing" or isinstance(found, dict) else \
             f" (got {found!r})"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"{key}: {message}{shown}" if key else f"{message}{shown}")
-    return RecipeError("; ".join(lines), where=where, field=first)
+        if first is None:
+            first = key
+            clauses.append(f"{message}{shown}")
+        else:
+            clauses.append(f"{key}: {message}{shown}" if key else f"{message}{shown}")
+    return RecipeError("; ".join(clauses), where=where, field=first or None)
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
