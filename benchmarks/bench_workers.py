@@ -68,39 +68,33 @@ import contextlib
 import hashlib
 import json
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from common import (
     DEFAULT_CORPUS,
     MB,
-    ProcessStats,
     dataselect_command,
     failure,
     fmt,
     fresh_dir,
-    kill_tree,
     load_corpus,
+    run_monitored,
     select_env,
     split_task,
-    tree_members,
     workdir_for,
     write_jsonl,
 )
 
 from dataselect.corpus import read_corpus
 
-POLL_SECONDS = 0.1
 WORKER_COUNTS = (1, 2)
 
 
@@ -234,38 +228,6 @@ def write_recipe(path: Path, config: ScorerConfig, pool: Pool, workers: int, see
     return path
 
 
-# ----------------------------------------------------------------------------- monitoring
-
-
-def run_tree(command: list[str], log_prefix: Path, timeout: float | None, cwd: Path
-             ) -> tuple[ProcessStats, int]:
-    """Run ``command`` with its process tree polled every 0.1 s: its peak summed RSS, and
-    the most processes it had at once (1 + worker processes, shows the worker kind)."""
-    out_path, err_path = log_prefix.with_suffix(".stdout"), log_prefix.with_suffix(".stderr")
-    peak, most, timed_out = 0, 0, False
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=out, stderr=err, env=select_env(), cwd=cwd)
-        watched = psutil.Process(child.pid)
-        while child.poll() is None:
-            members = tree_members(watched)
-            rss = 0
-            for member in members:
-                with contextlib.suppress(psutil.Error):
-                    rss += member.memory_info().rss
-            peak, most = max(peak, rss), max(most, len(members))
-            if timeout is not None and time.perf_counter() - start > timeout:
-                kill_tree(watched)
-                timed_out = True
-                break
-            time.sleep(POLL_SECONDS)
-        returncode = child.wait()
-        wall = time.perf_counter() - start
-    stats = ProcessStats(returncode, wall, peak / MB, out_path.read_text(),
-                         err_path.read_text(), timed_out)
-    return stats, most
-
-
 def run_once(args: argparse.Namespace, config: ScorerConfig, pool: Pool, workers: int,
              repeat: int, folder: Path) -> tuple[Run, set[str] | None]:
     """One ``dataselect run`` into a fresh folder; its cost, and the ids it selected."""
@@ -275,7 +237,8 @@ def run_once(args: argparse.Namespace, config: ScorerConfig, pool: Pool, workers
     out = folder / "out"
     command = [args.dataselect, "run", str(recipe), "--out", str(out),
                "--workers", str(workers)]
-    stats, most = run_tree(command, folder / "run", args.timeout, folder)
+    stats = run_monitored(command, folder / "run", args.timeout, env=select_env(), cwd=folder)
+    most = stats.max_processes
     run = Run(config.name, workers, repeat, peak_rss_mb=stats.peak_rss_mb,
               max_processes=most)
     if stats.returncode != 0 or stats.timed_out:

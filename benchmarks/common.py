@@ -135,6 +135,7 @@ class ProcessStats:
     stderr: str
     timed_out: bool = False
     peak_pss_mb: float | None = None
+    max_processes: int = 0  # the most processes the tree had at once
 
 
 def tree_members(process: psutil.Process) -> list[psutil.Process]:
@@ -146,8 +147,12 @@ def tree_members(process: psutil.Process) -> list[psutil.Process]:
 
 def tree_rss(process: psutil.Process) -> int:
     """Sum of RSS over ``process`` and all its descendants (0 for those already gone)."""
+    return _rss_of(tree_members(process))
+
+
+def _rss_of(members: list[psutil.Process]) -> int:
     total = 0
-    for member in tree_members(process):
+    for member in members:
         with contextlib.suppress(psutil.Error):
             total += member.memory_info().rss
     return total
@@ -163,19 +168,20 @@ def tree_pss(process: psutil.Process) -> int:
 
 
 def run_monitored(command: list[str], log_prefix: Path, timeout: float | None,
-                  env: dict[str, str] | None = None, pss_every: float | None = None
-                  ) -> ProcessStats:
+                  env: dict[str, str] | None = None, pss_every: float | None = None,
+                  cwd: Path | None = None) -> ProcessStats:
     """Run ``command``, polling its process tree's RSS (and PSS every ``pss_every`` s when
     given); stdout/stderr go to log files."""
     out_path, err_path = log_prefix.with_suffix(".stdout"), log_prefix.with_suffix(".stderr")
-    peak, peak_pss, timed_out = 0, 0, False
+    peak, peak_pss, most, timed_out = 0, 0, 0, False
     with open(out_path, "w") as out, open(err_path, "w") as err:
         start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=cwd)
         watched = psutil.Process(child.pid)
         next_pss = start
         while child.poll() is None:
-            peak = max(peak, tree_rss(watched))
+            members = tree_members(watched)
+            peak, most = max(peak, _rss_of(members)), max(most, len(members))
             now = time.perf_counter()
             if pss_every is not None and now >= next_pss:
                 peak_pss = max(peak_pss, tree_pss(watched))
@@ -188,7 +194,7 @@ def run_monitored(command: list[str], log_prefix: Path, timeout: float | None,
         returncode = child.wait()
         wall = time.perf_counter() - start
     return ProcessStats(returncode, wall, peak / MB, out_path.read_text(), err_path.read_text(),
-                        timed_out, peak_pss / MB if pss_every is not None else None)
+                        timed_out, peak_pss / MB if pss_every is not None else None, most)
 
 
 def kill_tree(process: psutil.Process) -> None:

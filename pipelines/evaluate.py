@@ -383,7 +383,8 @@ def _base_model(pool: Corpus, settings: EvalSettings, folder: str) -> tuple[str,
 
     wanted = jsonable({"vocab_size": settings.vocab_size, "hidden_size": settings.hidden_size,
                        "layers": settings.layers, "heads": settings.heads,
-                       "max_length": settings.max_length, "pool": pool.fingerprint()})
+                       "max_positions": max(4 * settings.max_length, 1024),
+                       "pool": pool.fingerprint()})
     digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12]
     base = os.path.join(folder, f"base-{digest}")
     marker = os.path.join(base, "_built.json")
@@ -391,7 +392,7 @@ def _base_model(pool: Corpus, settings: EvalSettings, folder: str) -> tuple[str,
         sample = _random_view(pool, min(TOKENIZER_SAMPLE_ROWS, _pool_rows(pool)), 0)
         build_tiny_causal_lm(sample["text"].to_pylist(), base, settings.vocab_size,
                              settings.hidden_size, settings.layers, settings.heads,
-                             max_positions=max(settings.max_length, 64), seed=0)
+                             max_positions=wanted["max_positions"], seed=0)
         write_json(wanted, marker)
     return base, True
 
@@ -451,10 +452,11 @@ def _round(value: float) -> float:
 
 
 def print_eval_table(console: Console, summary: dict[str, Any]) -> None:
-    table = Table(title="dataselect eval: held-out target loss (lower is better)",
+    table = Table(title="dataselect eval: held-out target loss (lower is better), mean ± std "
+                  "over seeds; wins: seeds where the selection's loss was lower",
                   title_justify="left")
-    for column in ("task", "rows", "selected", "random", "selected − random",
-                   "better seeds", "token acc. sel / rand", "exact match sel / rand"):
+    for column in ("task", "rows", "selected", "random", "Δ (sel − rand)", "wins",
+                   "token acc. sel/rand", "exact sel/rand"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for task, entry in summary.items():
         loss = entry["loss"]
@@ -464,8 +466,8 @@ def print_eval_table(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(
             task, str(entry["train_rows"]), _pm(loss["selected"]), _pm(loss["random"]),
             _pm(loss["difference"]), f"{loss['selected_better_seeds']}/{n}",
-            f"{acc['selected']['mean']:.3f} / {acc['random']['mean']:.3f}" if acc else "-",
-            f"{em['selected']['mean']:.3f} / {em['random']['mean']:.3f}" if em else "-")
+            f"{acc['selected']['mean']:.3f}/{acc['random']['mean']:.3f}" if acc else "-",
+            f"{em['selected']['mean']:.3f}/{em['random']['mean']:.3f}" if em else "-")
     console.print(table)
 
 

@@ -56,3 +56,17 @@ def instruction_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     corpus = read_corpus(str(train), text="messages")
     view = corpus.scoring_view(corpus.to_table("train"), response_spans=True)
     return train_causal_lm(blank, view, root / "trained", steps=200, max_length=256)
+
+
+def instruction_recipe(out: Path, tasks: tuple[str, ...], scorers: dict, k: int) -> dict:
+    """A recipe over data/instructions/ with held-out rows per task, on one local worker."""
+    instructions = DATA / "instructions"
+    return {
+        "pool": {"paths": str(instructions / "train.jsonl"), "text": "messages"},
+        "targets": {t: {"paths": str(instructions / "targets" / f"{t}.jsonl"),
+                        "eval": str(instructions / "eval" / f"{t}.jsonl")} for t in tasks},
+        "scorers": scorers,
+        "selection": {"policy": "top_k", "k": k},
+        "output": {"path": str(out)},
+        "cluster": {"workers": 1},
+    }

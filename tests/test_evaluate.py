@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import DATA
+from conftest import DATA, instruction_recipe
 
 from dataselect.corpus import read_corpus
 from dataselect.errors import InputError
@@ -35,15 +35,7 @@ TINY = {"steps": 4, "hidden_size": 32, "layers": 1, "heads": 2, "vocab_size": 40
 @pytest.fixture(scope="module")
 def instruction_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval_run")
-    recipe = {
-        "pool": {"paths": str(INSTRUCTIONS / "train.jsonl"), "text": "messages"},
-        "targets": {t: {"paths": str(INSTRUCTIONS / "targets" / f"{t}.jsonl"),
-                        "eval": str(INSTRUCTIONS / "eval" / f"{t}.jsonl")} for t in TASKS},
-        "scorers": {"dsir": {"num_buckets": 5000}},
-        "selection": {"policy": "top_k", "k": 40},
-        "output": {"path": str(root / "out")},
-        "cluster": {"workers": 1},
-    }
+    recipe = instruction_recipe(root / "out", TASKS, {"dsir": {"num_buckets": 5000}}, 40)
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     run_recipe(load_recipe(path))

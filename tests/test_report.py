@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DATA
+from conftest import instruction_recipe
 
 from dataselect.errors import InputError
 from pipelines.evaluate import EvalSettings, run_eval
@@ -17,7 +17,6 @@ from pipelines.recipe import load_recipe
 from pipelines.report import check_renders, find_chromium, write_report
 from pipelines.run_recipe import run_recipe
 
-INSTRUCTIONS = DATA / "instructions"
 TASKS = ("code", "translate")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,16 +25,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def evaluated_run(tmp_path_factory) -> Path:
     """Two scorers, two tasks, evaluated: every section of the report has something."""
     root = tmp_path_factory.mktemp("report_run")
-    recipe = {
-        "name": "report-test",
-        "pool": {"paths": str(INSTRUCTIONS / "train.jsonl"), "text": "messages"},
-        "targets": {t: {"paths": str(INSTRUCTIONS / "targets" / f"{t}.jsonl"),
-                        "eval": str(INSTRUCTIONS / "eval" / f"{t}.jsonl")} for t in TASKS},
-        "scorers": {"dsir": {"num_buckets": 5000}, "zipfit": {}},
-        "selection": {"policy": "top_k", "k": 40},
-        "output": {"path": str(root / "out")},
-        "cluster": {"workers": 1},
-    }
+    scorers = {"dsir": {"num_buckets": 5000}, "zipfit": {}}
+    recipe = {"name": "report-test", **instruction_recipe(root / "out", TASKS, scorers, 40)}
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     run_recipe(load_recipe(path))
