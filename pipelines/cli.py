@@ -299,9 +299,13 @@ def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
 def eval_settings(args: argparse.Namespace) -> Any:
     from pipelines.evaluate import EvalSettings
 
-    types = {f.name: str(f.type) for f in dataclasses.fields(EvalSettings)}
+    flags = ("seeds", "steps", "tasks", "model", "scheduler", "workers")
+    types = {f.name: str(f.type) for f in dataclasses.fields(EvalSettings)
+             if f.name not in flags}
     values: dict[str, Any] = {}
     for key, raw in _pairs(args.param).items():
+        if key in flags:
+            raise InputError(f"give {key} with --{key}, not -p", field="--param")
         if key not in types:
             raise InputError(f"eval has no setting {key!r}; known: {sorted(types)}",
                              field="--param")

@@ -51,7 +51,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     count = workers or default_workers()
     threads = kind == "threads"
     # the statistical profiler feeds only the dashboard, and its history grows with the job
-    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+    with dask.config.set({"distributed.worker.profile.enabled": False,
+                          "distributed.nanny.pre-spawn-environ": _worker_environ()}), \
             _arrow_pool_for(threads), LocalCluster(
                 n_workers=1 if threads else count,
                 threads_per_worker=count if threads else 1,
@@ -61,6 +62,22 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
                 silence_logs=logging.ERROR,
             ) as cluster, Client(cluster) as client:
         yield client
+
+
+def _worker_environ() -> dict[str, object]:
+    """Dask's environment for worker processes, less its ``MALLOC_TRIM_THRESHOLD_``.
+
+    Dask sets glibc's trim threshold to 64 KiB so that freed memory goes back to the
+    system sooner. A fixed threshold also turns off glibc's own adjustment of it, so code
+    that allocates and frees a few hundred KiB per call (a zlib compressor's state, once per
+    compression in ZIP-FIT) returns and refaults those pages every call: ZIP-FIT's exact mode
+    ran 2.0x slower in a worker process than in a thread (33.3 s against 16.6 s on
+    data/pool, measured in benchmarks/RESULTS.md). Worker processes here get the default
+    glibc behaviour that threads and the client already have.
+    """
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
 
 
 @contextmanager

@@ -174,3 +174,5 @@ def test_cli_eval(instruction_run, capsys):
     assert code == 0
     assert "held-out target loss" in capsys.readouterr().out
     assert main(["eval", str(instruction_run), "-p", "nope=1"]) == 2
+    assert main(["eval", str(instruction_run), "-p", "seeds=1"]) == 2
+    assert "--seeds" in capsys.readouterr().err
