@@ -26,6 +26,7 @@ from distributed import Client, LocalCluster
 from dataselect.errors import InputError
 
 WorkerKind = Literal["processes", "threads"]
+TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
 
 
 def default_workers() -> int:
@@ -50,9 +51,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         raise InputError(f"worker kind must be 'processes' or 'threads', got {kind!r}")
     count = workers or default_workers()
     threads = kind == "threads"
+    dask_trim = _spawn_environ().get(TRIM_VARIABLE)
     # the statistical profiler feeds only the dashboard, and its history grows with the job
     with dask.config.set({"distributed.worker.profile.enabled": False,
                           "distributed.nanny.pre-spawn-environ": _worker_environ()}), \
+            _without_inherited_trim(dask_trim), \
             _arrow_pool_for(threads), LocalCluster(
                 n_workers=1 if threads else count,
                 threads_per_worker=count if threads else 1,
@@ -75,9 +78,31 @@ def _worker_environ() -> dict[str, object]:
     data/pool, measured in benchmarks/RESULTS.md). Worker processes here get the default
     glibc behaviour that threads and the client already have.
     """
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    environ = _spawn_environ()
+    environ.pop(TRIM_VARIABLE, None)
     return environ
+
+
+def _spawn_environ() -> dict[str, object]:
+    return dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+
+
+@contextmanager
+def _without_inherited_trim(dask_value: object) -> Iterator[None]:
+    """Dask's nannies write their spawn environment into this process's ``os.environ``
+    and leave it there, so after any other cluster in the same process (a test's, a
+    notebook's) our workers would inherit the fixed threshold anyway. A value equal to
+    Dask's is taken out while our workers start and put back after; one a user set to
+    something else is left alone."""
+    inherited = os.environ.get(TRIM_VARIABLE)
+    if inherited is None or dask_value is None or inherited != str(dask_value):
+        yield
+        return
+    del os.environ[TRIM_VARIABLE]
+    try:
+        yield
+    finally:
+        os.environ[TRIM_VARIABLE] = inherited
 
 
 @contextmanager
