@@ -15,10 +15,12 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dataselect.corpus import Corpus
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.features import FeatureStore
+from dataselect.scoring import TEXT_BYTES, Scores
 
 Side = Literal["pool", "query"]
 SIDES = ("pool", "query")
@@ -73,3 +75,38 @@ def featurize(featurizer: Any, corpus: Corpus, folder: str, side: Side = "pool",
             "partitions_reused": sum(1 for r in results if r[1]),
             "partitions_computed": sum(1 for r in results if not r[1]),
             "rows_without_features": sum(r[2] for r in results)}
+
+
+@dataclass(frozen=True)
+class ScoreFromStore:
+    """Score one partition from its stored pool features, computing and storing them
+    first when the part is missing. The scorer turns features into scores with
+    ``scores_from_features(ids, features, valid)``; ``valid`` is False for rows stored as
+    zeros (no features, e.g. a LESS row whose response was cut off)."""
+
+    scorer: Any
+    part: FeaturizePart
+
+    def __call__(self, index: int) -> pa.Table:
+        self.part(index)
+        ids, features = FeatureStore.open(self.part.folder).read_part(index, mmap=False)
+        features = features.astype(np.float32)
+        valid = np.abs(features).reshape(len(features), -1).max(axis=1) > 0
+        table = self.part.corpus.read_partition(index)
+        scores = self.scorer.scores_from_features(ids, features, valid)
+        return scores.append_column(
+            TEXT_BYTES, pc.binary_length(self.part.corpus.texts(table)))
+
+
+def scores_via_store(scorer: Any, corpus: Corpus, folder: str) -> Scores:
+    """Lazy scores of ``corpus`` whose pool features live in the store at ``folder``.
+
+    Why: pool features do not depend on the target, so a job that scores one pool against
+    several targets (a recipe's tasks), or later builds an index on the same features,
+    computes them once; a store made by another model or setting is refused.
+    """
+    description = {**scorer.feature_description("pool"), "side": "pool",
+                   "corpus": corpus.fingerprint(), "npartitions": corpus.npartitions}
+    FeatureStore.create(folder, description)
+    task = ScoreFromStore(scorer, FeaturizePart(scorer, corpus, folder, "pool"))
+    return Scores(scorer.name, corpus, task, scorer.describe(corpus))

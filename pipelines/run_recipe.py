@@ -148,11 +148,12 @@ def _prepare_models(recipe: Recipe, pool: Corpus, out: str, timings: list[StageT
         resolved = dict(given)
         if isinstance(resolved.get("model"), str) and resolved["model"] in folders:
             resolved["model"] = folders[resolved["model"]]
-        if scorer == "less":
-            resolved.setdefault("features", os.path.join(out, "_features", "less"))
-            if not resolved.get("checkpoints"):
-                resolved["checkpoints"] = _warmup(recipe, pool, resolved["model"], out,
-                                                  timings, console)
+        if scorer in ("less", "embed"):
+            # pool features do not depend on the task: computed once, shared by every task
+            resolved.setdefault("features", os.path.join(out, "_features", scorer))
+        if scorer == "less" and not resolved.get("checkpoints"):
+            resolved["checkpoints"] = _warmup(recipe, pool, resolved["model"], out,
+                                              timings, console)
         params[scorer] = resolved
     return params
 

@@ -15,6 +15,10 @@ across tasks; ``per_target=True`` stores the cosine to every target example for 
 
 Pooling is masked: padding never enters a row's embedding, and with right padding and a
 causal model a row's hidden states do not depend on the rows batched with it (tested).
+
+With ``features=FOLDER`` the pool's embeddings are kept in a feature store (float16, as for
+LESS) and scores are computed from it: several targets scored against one pool (a recipe's
+tasks) embed the pool once, and the same store serves ``dataselect index build``.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.features import normalize_rows
-from dataselect.featurize import SIDES, Side
-from dataselect.scoring import Scorer
+from dataselect.featurize import SIDES, Side, scores_via_store
+from dataselect.scoring import Scorer, Scores
 from scorers.lm import (
     TokenBatch,
     check_model_folder,
@@ -77,6 +81,7 @@ class Embed(Scorer):
     max_length: int = 512
     batch_size: int = 16
     device: str | None = None
+    features: str | None = None
 
     def __post_init__(self) -> None:
         self.model = check_model_folder(self.model, "model")
@@ -136,12 +141,26 @@ class Embed(Scorer):
         return self
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
+        return self.scores_from_embeddings(batch["id"], self.embed(batch))
+
+    def score(self, corpus: Corpus) -> Scores:
+        """Scores of ``corpus``; with ``features`` set, through that feature store."""
+        if self.features is None:
+            return super().score(corpus)
+        return scores_via_store(self, corpus, self.features)
+
+    def scores_from_features(self, ids: Any, features: np.ndarray, valid: np.ndarray
+                             ) -> pa.Table:
+        """Scores from stored ``(rows, 1, hidden)`` unit embeddings (every row has one)."""
+        return self.scores_from_embeddings(ids, features[:, 0, :])
+
+    def scores_from_embeddings(self, ids: Any, embeddings: np.ndarray) -> pa.Table:
         if self.targets_ is None:
-            raise RuntimeError("Embed.score_batch called before fit")
-        cosines = self.embed(batch) @ self.targets_.T
+            raise RuntimeError("Embed scored before fit")
+        cosines = embeddings @ self.targets_.T
         score = cosines.max(1) if self.aggregate == "max" else cosines.mean(1)
         columns: dict[str, Any] = {
-            "id": batch["id"], "score": score.astype(np.float64),
+            "id": ids, "score": score.astype(np.float64),
             "nearest_target": pa.array([self.target_ids_[i] for i in cosines.argmax(1)],
                                        pa.string()),
         }

@@ -37,15 +37,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
-from dataselect.features import FeatureStore, normalize_rows
-from dataselect.featurize import SIDES, FeaturizePart, Side
-from dataselect.scoring import FILTERED_BY, TEXT_BYTES, Scorer, Scores
+from dataselect.features import normalize_rows
+from dataselect.featurize import SIDES, Side, scores_via_store
+from dataselect.scoring import FILTERED_BY, Scorer, Scores
 from scorers.gradients import LinearGradients, adam_precondition
 from scorers.lm import (
     NO_RESPONSE_TOKENS,
@@ -185,11 +184,7 @@ class Less(Scorer):
         feature store (computed once, reused by later scoring, the index and attribution)."""
         if self.features is None:
             return super().score(corpus)
-        description = {**self.feature_description("pool"), "side": "pool",
-                       "corpus": corpus.fingerprint(), "npartitions": corpus.npartitions}
-        FeatureStore.create(self.features, description)
-        task = _ScoreFromStore(self, FeaturizePart(self, corpus, self.features, "pool"))
-        return Scores(self.name, corpus, task, self.describe(corpus))
+        return scores_via_store(self, corpus, self.features)
 
     def scores_from_features(self, ids: Any, features: np.ndarray, valid: np.ndarray
                              ) -> pa.Table:
@@ -223,25 +218,6 @@ class Less(Scorer):
             out[start:start + chunk.num_rows] = feats
             valid[start:start + chunk.num_rows] = ok
         return (out, valid) if with_validity else out
-
-
-@dataclass(frozen=True)
-class _ScoreFromStore:
-    """Score one partition from its stored features (computing and storing them first
-    when the part is missing)."""
-
-    scorer: Less
-    part: FeaturizePart
-
-    def __call__(self, index: int) -> pa.Table:
-        self.part(index)
-        ids, features = FeatureStore.open(self.part.folder).read_part(index, mmap=False)
-        features = features.astype(np.float32)
-        valid = np.abs(features).reshape(len(features), -1).max(axis=1) > 0
-        table = self.part.corpus.read_partition(index)
-        scores = self.scorer.scores_from_features(ids, features, valid)
-        return scores.append_column(
-            TEXT_BYTES, pc.binary_length(self.part.corpus.texts(table)))
 
 
 class _GradientModel:

@@ -104,3 +104,31 @@ def test_embed_picks_the_target_task_far_above_chance(instruction_lm, pool) -> N
         top = np.argsort(-scores["score"].to_numpy())[:40]
         precision[name] = np.mean([task[scores["id"][i].as_py()] == name for i in top])
     assert min(precision.values()) >= 0.5, precision  # chance: 0.25
+
+
+def test_scores_through_a_feature_store_match_and_embed_the_pool_once(
+        instruction_lm, pool, tmp_path, monkeypatch) -> None:
+    """With ``features`` set, scores equal direct scoring (float16 store), and a second
+    target scored against the same pool reads the stored embeddings instead of embedding
+    the pool again."""
+    from dataselect.features import FeatureStore
+
+    store = str(tmp_path / "feats")
+    scores = {}
+    for name in ("define", "code"):
+        target = read_corpus(str(TARGETS / f"{name}.jsonl"), text="messages")
+        direct = Embed(instruction_lm, per_target=True).fit(target).score(pool)
+        stored = Embed(instruction_lm, per_target=True, features=store).fit(target).score(pool)
+        scores[name] = (direct.partition(0), stored.partition(0))
+        if name == "define":  # the store is complete now: the pool must not be embedded again
+            monkeypatch.setattr(Embed, "featurize_batch", lambda *a, **k: pytest.fail(
+                "pool embedded again"))
+    for direct, stored in scores.values():
+        assert stored["id"].to_pylist() == direct["id"].to_pylist()
+        np.testing.assert_allclose(stored["score"].to_numpy(), direct["score"].to_numpy(),
+                                   atol=2e-3)
+        np.testing.assert_allclose(np.array(stored["target_scores"].to_pylist()),
+                                   np.array(direct["target_scores"].to_pylist()), atol=2e-3)
+        assert stored["text_bytes"].to_pylist() == direct["text_bytes"].to_pylist()
+    ids, matrix = FeatureStore.open(store).read_part(0)
+    assert len(ids) == pool.read_partition(0).num_rows and matrix.shape[1] == 1
