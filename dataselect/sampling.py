@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+from dataselect.errors import EmptyCorpusError
 
 SAMPLE_STREAM, GUMBEL_STREAM = 1, 2
 
@@ -66,3 +69,18 @@ def bottom_k(table: Any, k: int, seed: int) -> Any:
     keys = sample_keys(table["id"], seed)
     order = np.argsort(keys, kind="stable")[:k]
     return table.take(order)
+
+
+def sample_corpus(corpus: Any, k: int, seed: int) -> pa.Table:
+    """A seeded sample of ``k`` rows (all if fewer) of a :class:`~dataselect.corpus.Corpus`,
+    in key order, folded from per-partition :func:`bottom_k` samples: memory holds at most
+    ``k`` rows plus one partition, and the draw does not depend on how the corpus is split
+    into files. A prefix of the sample is the sample of that smaller size."""
+    kept: pa.Table | None = None
+    for table in corpus.iter_tables():
+        sample = bottom_k(table, k, seed)
+        kept = sample if kept is None else bottom_k(
+            pa.concat_tables([kept, sample], promote_options="default"), k, seed)
+    if kept is None:
+        raise EmptyCorpusError("corpus holds no records", where=", ".join(corpus.files))
+    return kept

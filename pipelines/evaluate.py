@@ -47,7 +47,7 @@ from rich.table import Table
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError
 from dataselect.output import jsonable, read_json, write_json
-from dataselect.sampling import bottom_k
+from dataselect.sampling import sample_corpus
 from pipelines.cluster import dask_client, default_workers
 from pipelines.progress import ProgressRunner
 from pipelines.recipe import Recipe
@@ -296,12 +296,16 @@ def plan_trainings(out: str, settings: EvalSettings
     base, fresh = _base_model(pool, settings, folder)
     workers = settings.workers or default_workers()
     threads = max(1, default_workers() // workers) if not settings.scheduler else 1
+    selections = {task: _selected_view(out, recipe, task) for task in tasks}
+    # one pool pass per seed: a prefix of a seeded sample is the sample of that size
+    samples = {seed: _random_view(pool, max(s.num_rows for s in selections.values()), seed)
+               for seed in settings.seeds}
     jobs = []
     for task in tasks:
         held_out = _held_out(recipe, task)
-        selected = _selected_view(out, recipe, task)
+        selected = selections[task]
         for seed in settings.seeds:
-            random_rows = _random_view(pool, selected.num_rows, seed)
+            random_rows = samples[seed].slice(0, selected.num_rows)
             for arm, train in (("selected", selected), ("random", random_rows)):
                 key = _job_key(settings, base, task, arm, seed, train, held_out)
                 path = os.path.join(folder, RUNS_DIR, f"{task}.{arm}.seed{seed}.json")
@@ -361,15 +365,11 @@ def _selected_view(out: str, recipe: Recipe, task: str) -> pa.Table:
 
 
 def _random_view(pool: Corpus, rows: int, seed: int) -> pa.Table:
-    """``rows`` pool rows drawn uniformly with ``seed``, folded from per-partition samples
-    so at most ``rows`` plus one partition are in memory."""
-    kept = None
-    for table in pool.iter_tables():
-        view = pool.scoring_view(bottom_k(table, rows, seed), response_spans=True)
-        kept = view if kept is None else bottom_k(pa.concat_tables([kept, view]), rows, seed)
-    if kept is None or kept.num_rows < rows:
+    """``rows`` pool rows drawn uniformly with ``seed``, as training text."""
+    sample = sample_corpus(pool, rows, seed)
+    if sample.num_rows < rows:
         raise InputError(f"the pool has fewer than {rows} rows", where=", ".join(pool.files))
-    return kept
+    return pool.scoring_view(sample, response_spans=True)
 
 
 def _base_model(pool: Corpus, settings: EvalSettings, folder: str) -> tuple[str, bool]:
@@ -389,16 +389,12 @@ def _base_model(pool: Corpus, settings: EvalSettings, folder: str) -> tuple[str,
     base = os.path.join(folder, f"base-{digest}")
     marker = os.path.join(base, "_built.json")
     if not os.path.exists(marker):
-        sample = _random_view(pool, min(TOKENIZER_SAMPLE_ROWS, _pool_rows(pool)), 0)
+        sample = pool.scoring_view(sample_corpus(pool, TOKENIZER_SAMPLE_ROWS, 0))
         build_tiny_causal_lm(sample["text"].to_pylist(), base, settings.vocab_size,
                              settings.hidden_size, settings.layers, settings.heads,
                              max_positions=wanted["max_positions"], seed=0)
         write_json(wanted, marker)
     return base, True
-
-
-def _pool_rows(pool: Corpus) -> int:
-    return sum(table.num_rows for table in pool.iter_tables())
 
 
 def _job_key(settings: EvalSettings, base: str, task: str, arm: str, seed: int,

@@ -25,11 +25,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dataselect.errors import InputError
+from pipelines.jobs import POLICIES
 from scorers import SCORERS
 from scorers.lora_warmup import WarmupConfig
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-POLICIES = ("auto", "top_k", "importance_resample", "round_robin")
 
 
 class RecipeError(InputError):
@@ -246,18 +246,11 @@ def _params_model(name: str) -> type[BaseModel]:
         if not f.init:
             continue
         annotation = hints[f.name]
-        if typing.get_origin(annotation) is typing.Union or "Sequence" in str(annotation):
-            annotation = _loosen(annotation)
+        if "Sequence" in str(annotation):  # YAML gives lists
+            annotation = list[str]
         fields[f.name] = (annotation, None)
     return pydantic.create_model(f"{name}_params", __config__=ConfigDict(extra="forbid"),
                                  **fields)
-
-
-def _loosen(annotation: Any) -> Any:
-    """Sequence[str] becomes list[str] (YAML gives lists); unions stay as they are."""
-    if "Sequence" in str(annotation):
-        return list[str]
-    return annotation
 
 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:

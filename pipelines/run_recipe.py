@@ -23,18 +23,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
 from dataselect import select
 from dataselect.combine import BEST_TASK, max_over_tasks
 from dataselect.corpus import Corpus, read_corpus
-from dataselect.errors import InputError, OutputConflictError
+from dataselect.errors import OutputConflictError
 from dataselect.manifest import package_versions
 from dataselect.ngrams import NgramHasher
 from dataselect.output import jsonable, read_json, write_json
-from dataselect.sampling import bottom_k
+from dataselect.sampling import sample_corpus
 from dataselect.scoring import Scorer, Scores
 from dataselect.union import split_selection, write_union
 from pipelines.cluster import dask_client
@@ -169,7 +168,7 @@ def build_model(pool: Corpus, spec: TinyModelSpec, folder: str) -> tuple[str, bo
     trained = os.path.join(folder, "trained")
     if os.path.exists(marker) and read_json(marker) == jsonable(wanted):
         return trained, False
-    sample = _model_sample(pool, 20_000, spec.seed)
+    sample = sample_corpus(pool, 20_000, spec.seed)
     view = pool.scoring_view(sample, response_spans=True)
     texts = view["text"].to_pylist()
     blank = build_tiny_causal_lm(texts, os.path.join(folder, "blank"), spec.vocab_size,
@@ -178,20 +177,6 @@ def build_model(pool: Corpus, spec: TinyModelSpec, folder: str) -> tuple[str, bo
                     batch_size=spec.batch_size, max_length=spec.max_length, seed=spec.seed)
     write_json(wanted, marker)
     return trained, True
-
-
-def _model_sample(pool: Corpus, limit: int, seed: int) -> pa.Table:
-    """A seeded sample of up to ``limit`` pool rows, folded from per-partition samples so
-    memory holds at most ``limit`` rows plus one partition and the draw does not depend on
-    how the pool is split into files."""
-    kept: pa.Table | None = None
-    for table in pool.iter_tables():
-        sample = bottom_k(table, limit, seed)
-        kept = sample if kept is None else bottom_k(
-            pa.concat_tables([kept, sample], promote_options="default"), limit, seed)
-    if kept is None:
-        raise InputError("pool holds no records", where=", ".join(pool.files))
-    return kept
 
 
 def _warmup(recipe: Recipe, pool: Corpus, model: str, out: str, timings: list[StageTiming],

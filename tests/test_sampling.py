@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import POOL_GLOB
 
-from dataselect.sampling import gumbel_noise, id_hashes, sample_mask, uniform
+from dataselect.corpus import read_corpus
+from dataselect.sampling import gumbel_noise, id_hashes, sample_corpus, sample_mask, uniform
 
 
 def test_uniforms_are_reproducible_and_uniform():
@@ -34,3 +36,14 @@ def test_sample_mask_hits_the_fraction_and_gumbel_has_the_right_mean():
     noise = gumbel_noise(id_hashes(ids), seed=0)
     assert abs(noise.mean() - np.euler_gamma) < 0.03
     assert abs(noise.var() - np.pi**2 / 6) < 0.06
+
+
+def test_corpus_sample_ignores_partitioning_and_nests():
+    coarse = read_corpus(POOL_GLOB)
+    fine = read_corpus(POOL_GLOB, partition_bytes=2**17)
+    assert fine.npartitions > coarse.npartitions
+    big = sample_corpus(coarse, 300, seed=5)["id"].to_pylist()
+    assert sample_corpus(fine, 300, seed=5)["id"].to_pylist() == big
+    assert sample_corpus(fine, 40, seed=5)["id"].to_pylist() == big[:40]
+    assert sample_corpus(coarse, 300, seed=6)["id"].to_pylist() != big
+    assert len(set(big)) == 300
