@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dataselect.errors import InputError, OutputConflictError
+from dataselect.errors import InputError
+from dataselect.outdir import OutputFolder
 from dataselect.output import (
     atomic_path,
     jsonable,
@@ -75,27 +76,21 @@ class FeatureStore:
     description: dict[str, Any]
 
     @classmethod
-    def create(cls, folder: str | os.PathLike, description: dict[str, Any]) -> FeatureStore:
+    def create(cls, folder: str | os.PathLike, description: dict[str, Any],
+               inputs: list[str] | None = None) -> FeatureStore:
         """Open ``folder`` for writing features described by ``description``.
 
-        A folder written with a different description (another model, projection or pool)
-        is refused rather than mixed; the same description resumes it.
+        The folder must be new, empty or a feature store of dataselect's, outside the
+        ``inputs``. One written with a different description (another model, projection or
+        pool) is refused rather than mixed; the same description resumes it.
         """
-        folder = str(folder)
-        path = os.path.join(folder, MANIFEST)
-        if os.path.exists(path):
-            stored = read_json(path)
-            if stored != jsonable(description):
-                changed = sorted(k for k in set(stored) | set(description)
-                                 if stored.get(k) != jsonable(description).get(k))
-                raise OutputConflictError(
-                    f"{folder} holds features made with other settings (differs in: "
-                    f"{', '.join(changed)}); use another folder or delete it"
-                )
-        else:
+        claimed = OutputFolder.claim(folder, "features", description, inputs=inputs or [],
+                                     overwrite=None)
+        path = claimed.join(MANIFEST)
+        if not os.path.exists(path):
             write_json(description, path)
-        remove_stale_temporaries(folder)
-        return cls(folder, jsonable(description))
+        remove_stale_temporaries(claimed.path)
+        return cls(claimed.path, jsonable(description))
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> FeatureStore:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -33,10 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataselect.corpus import Corpus
-from dataselect.errors import InputError, OutputConflictError
+from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
 from dataselect.ngrams import NgramHasher
+from dataselect.outdir import claim_output
 from dataselect.output import (
     jsonable,
     part_name,
@@ -229,24 +229,23 @@ class Scores:
 
     def write(self, folder: str | os.PathLike, runner: Runner = default_runner,
               overwrite: bool = False) -> Scores:
-        """Write the score store (resuming finished parts) and return scores read from it."""
-        folder = str(folder)
-        manifest_path = os.path.join(folder, STORE_MANIFEST)
-        if os.path.exists(manifest_path):
-            previous = read_json(manifest_path)
-            if previous.get("description") != jsonable(self.description):
-                if not overwrite:
-                    raise OutputConflictError(
-                        f"{folder} holds scores of a different scorer, fit or pool; "
-                        "pass overwrite=True (--overwrite) or use another folder")
-                shutil.rmtree(folder)
-        os.makedirs(folder, exist_ok=True)
-        remove_stale_temporaries(folder)
-        write_json({"description": self.description, "versions": package_versions(),
-                    "npartitions": self.npartitions}, manifest_path)
-        writer = _WriteOrReuse(self.task, folder)
-        tasks = partition_tasks(f"score-{self.name}", writer, self.npartitions)
-        results = runner(f"score:{self.name}", tasks)
+        """Write the score store (resuming finished parts) and return scores read from it.
+
+        The folder is claimed first (new, empty or a score store of dataselect's, outside
+        the pool); a store of another scorer, fit or pool is refused unless ``overwrite``,
+        which deletes exactly the files that store listed.
+        """
+        with claim_output(folder, "scores", self.description, inputs=self.corpus.files,
+                          overwrite=overwrite) as claimed:
+            folder = claimed.path
+            claimed.expect([STORE_MANIFEST] + [part_name(i) for i in range(self.npartitions)])
+            remove_stale_temporaries(folder)
+            write_json({"description": self.description, "versions": package_versions(),
+                        "npartitions": self.npartitions},
+                       os.path.join(folder, STORE_MANIFEST))
+            writer = _WriteOrReuse(self.task, folder)
+            tasks = partition_tasks(f"score-{self.name}", writer, self.npartitions)
+            results = runner(f"score:{self.name}", tasks)
         stored = Scores.from_store(folder, self.corpus)
         stored.stats = {
             "rows": sum(r[0] for r in results),

@@ -11,7 +11,6 @@ whose rows are handed to the task (label) they scored best for.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect.corpus import Corpus
-from dataselect.errors import InputError, OutputConflictError
+from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.outdir import claim_output
 from dataselect.output import (
     OutputFormat,
     jsonable,
     part_name,
-    read_json,
     remove_stale_temporaries,
     write_json,
     write_table,
@@ -33,7 +32,7 @@ from dataselect.output import (
 from dataselect.select import Selection
 
 TASKS_COLUMN = "tasks"
-_JOB_FILE, _MANIFEST_FILE = "_job.json", "_manifest.json"
+_MANIFEST_FILE = "_manifest.json"
 
 
 @dataclass(frozen=True)
@@ -76,23 +75,27 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
     job = jsonable({"selections": {k: s.description() for k, s in selections.items()},
                     "counts": {k: s.num_selected for k, s in selections.items()},
                     "format": fmt})
-    _prepare(out, job, overwrite)
-    chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
-              for label, s in selections.items()}
-    writer = _WriteUnionPart(pool, chosen, out, fmt)
-    results = runner("write:union", partition_tasks("write-union", writer, pool.npartitions))
-    times_chosen = _times_chosen(selections)
-    manifest = {
-        "counts": {"selected": sum(r["rows"] for r in results),
-                   "per_task": {k: s.num_selected for k, s in selections.items()},
-                   "overlap": int((times_chosen > 1).sum())},
-        "output": {"format": fmt, "column": TASKS_COLUMN,
-                   "parts": [{"file": part_name(i, fmt), "rows": r["rows"]}
-                             for i, r in enumerate(results)],
-                   "partitions_reused": sum(1 for r in results if r["reused"])},
-        "inputs": {"pool": pool.fingerprint()},
-    }
-    write_json(manifest, os.path.join(out, _MANIFEST_FILE))
+    with claim_output(out, "union", job, inputs=pool.files, overwrite=overwrite) as folder:
+        out = folder.path
+        folder.expect([part_name(i, fmt) for i in range(pool.npartitions)] + [_MANIFEST_FILE])
+        remove_stale_temporaries(out)
+        chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
+                  for label, s in selections.items()}
+        writer = _WriteUnionPart(pool, chosen, out, fmt)
+        results = runner("write:union", partition_tasks("write-union", writer,
+                                                        pool.npartitions))
+        times_chosen = _times_chosen(selections)
+        manifest = {
+            "counts": {"selected": sum(r["rows"] for r in results),
+                       "per_task": {k: s.num_selected for k, s in selections.items()},
+                       "overlap": int((times_chosen > 1).sum())},
+            "output": {"format": fmt, "column": TASKS_COLUMN,
+                       "parts": [{"file": part_name(i, fmt), "rows": r["rows"]}
+                                 for i, r in enumerate(results)],
+                       "partitions_reused": sum(1 for r in results if r["reused"])},
+            "inputs": {"pool": pool.fingerprint()},
+        }
+        write_json(manifest, os.path.join(out, _MANIFEST_FILE))
     return manifest
 
 
@@ -104,18 +107,6 @@ def _times_chosen(selections: dict[str, Selection]) -> np.ndarray:
         return np.zeros(0, np.int64)
     _, counts = np.unique(np.concatenate(keys), return_counts=True)
     return counts
-
-
-def _prepare(out: str, job: dict[str, Any], overwrite: bool) -> None:
-    path = os.path.join(out, _JOB_FILE)
-    if os.path.exists(path) and read_json(path) != job:
-        if not overwrite:
-            raise OutputConflictError(f"{out} holds a union of other selections; pass "
-                                      "--overwrite to replace it, or choose another folder")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    remove_stale_temporaries(out)
-    write_json(job, path)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ jobs report the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,17 +20,16 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect.corpus import Corpus
-from dataselect.errors import InputError, OutputConflictError
+from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
 from dataselect.metrics import kl_reduction
 from dataselect.ngrams import NgramHasher
+from dataselect.outdir import OutputFolder, claim_output
 from dataselect.output import (
     OutputFormat,
     atomic_path,
-    jsonable,
     part_name,
-    read_json,
     remove_stale_temporaries,
     write_json,
     write_table,
@@ -38,7 +37,7 @@ from dataselect.output import (
 from dataselect.sampling import sample_mask
 from dataselect.select import Selection
 
-JOB_FILE, MANIFEST_FILE, STATS_DIR = "_job.json", "_manifest.json", "_stats"
+MANIFEST_FILE, STATS_DIR = "_manifest.json", "_stats"
 ADDED_COLUMNS = ("score", "rank")
 DEFAULT_METRICS_SAMPLE = 0.1
 
@@ -105,7 +104,7 @@ def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where:
 
 def write_selection(
     selection: Selection,
-    out: str,
+    out: str | OutputFolder,
     fmt: OutputFormat = "parquet",
     target: Corpus | None = None,
     runner: Runner = default_runner,
@@ -117,19 +116,43 @@ def write_selection(
 ) -> dict[str, Any]:
     """Write ``selection`` under ``out`` and return the manifest (also saved as JSON).
 
-    With ``target`` given, the manifest reports KL reduction on hashed n-grams (the pool's
-    distribution estimated on a seeded ``metrics_sample`` fraction of its rows, or taken
-    from ``pool_ngram_counts``, counts and fraction a scorer already computed with the
-    metric's hasher).
+    ``out`` is a folder path, claimed here (new, empty or dataselect's own, outside the
+    inputs; a different selection there is refused unless ``overwrite``), or a folder a
+    job already claimed for its whole run. With ``target`` given, the manifest reports KL
+    reduction on hashed n-grams (the pool's distribution estimated on a seeded
+    ``metrics_sample`` fraction of its rows, or taken from ``pool_ngram_counts``, counts
+    and fraction a scorer already computed with the metric's hasher).
     """
     if fmt not in ("parquet", "arrow"):
         raise InputError(f"output format must be 'parquet' or 'arrow', got {fmt!r}")
-    seed = int(selection.policy.get("seed", 0))
     hasher = (metrics_hasher or NgramHasher()) if target is not None else None
-    job = jsonable({"selection": selection.description(), "format": fmt,
+    if isinstance(out, OutputFolder):
+        claimed = contextlib.nullcontext(out)
+    else:
+        identity = {"selection": selection.description(), "format": fmt,
                     "target": target.fingerprint() if target is not None else None,
-                    "metrics": {"hasher": repr(hasher), "sample": metrics_sample}})
-    _prepare(out, job, overwrite)
+                    "metrics": {"hasher": repr(hasher), "sample": metrics_sample}}
+        inputs = selection.pool.files + (target.files if target is not None else [])
+        claimed = claim_output(out, "selection", identity, inputs=inputs,
+                               overwrite=overwrite)
+    with claimed as folder:
+        return _write(selection, folder, fmt, target, runner, hasher, metrics_sample,
+                      extra_manifest, pool_ngram_counts)
+
+
+def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
+           target: Corpus | None, runner: Runner, hasher: NgramHasher | None,
+           metrics_sample: float, extra_manifest: dict[str, Any] | None,
+           pool_ngram_counts: tuple[np.ndarray, float] | None) -> dict[str, Any]:
+    out = folder.path
+    parts = selection.pool.npartitions
+    folder.expect([part_name(i, fmt) for i in range(parts)]
+                  + [os.path.join(STATS_DIR, f"part-{i:05d}.npz") for i in range(parts)]
+                  + [MANIFEST_FILE])
+    os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
+    remove_stale_temporaries(out)
+    remove_stale_temporaries(os.path.join(out, STATS_DIR))
+    seed = int(selection.policy.get("seed", 0))
     start = time.perf_counter()
     reuse = pool_ngram_counts is not None
     if reuse:
@@ -137,7 +160,7 @@ def write_selection(
     writer = _WritePart(selection.pool, selection.scores.task, selection.positions,
                         selection.ranks, out, fmt, hasher, 0.0 if reuse else metrics_sample,
                         seed)
-    tasks = partition_tasks("write", writer, selection.pool.npartitions)
+    tasks = partition_tasks("write", writer, parts)
     results = runner("write", tasks)
     manifest = {
         "selection": selection.policy,
@@ -159,23 +182,6 @@ def write_selection(
         manifest.update(extra_manifest)
     write_json(manifest, os.path.join(out, MANIFEST_FILE))
     return manifest
-
-
-def _prepare(out: str, job: dict[str, Any], overwrite: bool) -> None:
-    job_path = os.path.join(out, JOB_FILE)
-    if os.path.exists(job_path) and read_json(job_path) != job:
-        if not overwrite:
-            raise OutputConflictError(
-                f"{out} holds the output of a different selection; pass --overwrite "
-                "(overwrite=True) to replace it, or choose another folder")
-        for name in os.listdir(out):
-            if name.startswith("part-") or name in (STATS_DIR, MANIFEST_FILE, JOB_FILE):
-                target = os.path.join(out, name)
-                shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
-    os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
-    remove_stale_temporaries(out)
-    remove_stale_temporaries(os.path.join(out, STATS_DIR))
-    write_json(job, job_path)
 
 
 def _kl_metrics(target: Corpus, hasher: NgramHasher, out: str, parts: int,

@@ -29,9 +29,9 @@ from rich.table import Table
 from dataselect import select
 from dataselect.combine import BEST_TASK, max_over_tasks
 from dataselect.corpus import Corpus, read_corpus
-from dataselect.errors import OutputConflictError
 from dataselect.manifest import package_versions
 from dataselect.ngrams import NgramHasher
+from dataselect.outdir import claim_output, input_roots
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
 from dataselect.scoring import Scorer, Scores
@@ -42,7 +42,7 @@ from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
 from pipelines.summary import print_summary
 
-RUN_FILE, RECIPE_FILE = "_run.json", "_recipe.json"
+RUN_FILE = "_run.json"
 TASKS_DIR, UNION_DIR = "tasks", "union"
 
 
@@ -50,29 +50,44 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                console: Console | None = None) -> dict[str, Any]:
     """Run every stage of ``recipe``; return what is written to ``<out>/_run.json``."""
     console = console or Console()
-    out = recipe.output.path
-    _claim_output(recipe, out, overwrite)
     started = time.perf_counter()
     timings: list[StageTiming] = []
     pool = read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                        max(1, int(recipe.pool.partition_mb * 2**20)))
-    params = _prepare_models(recipe, pool, out, timings, console)
-    with dask_client(recipe.cluster.scheduler, recipe.cluster.workers,
-                     recipe.cluster.memory_limit, _worker_kind(recipe, params)) as client:
-        runner = ProgressRunner(client)
-        task_scores, fits = {}, {}
-        for task in recipe.targets:
-            task_scores[task], fits[task] = _score_task(recipe, task, pool, params, out,
-                                                        runner, overwrite)
-        selections = _select(recipe, pool, task_scores, runner)
-        manifests = {task: _write_task(recipe, task, selection, fits[task], out, runner,
-                                       overwrite)
-                     for task, selection in selections.items()}
-        union = write_union(selections, os.path.join(out, UNION_DIR), recipe.output.format,
-                            runner, overwrite)
-    timings = timings + runner.timings
-    total = time.perf_counter() - started
-    run = {
+    with _claim_output(recipe, pool, overwrite) as claimed:
+        out = claimed.path
+        claimed.expect([RUN_FILE])
+        params = _prepare_models(recipe, pool, out, timings, console)
+        with dask_client(recipe.cluster.scheduler, recipe.cluster.workers,
+                         recipe.cluster.memory_limit, _worker_kind(recipe, params)) as client:
+            runner = ProgressRunner(client)
+            task_scores, fits = {}, {}
+            for task in recipe.targets:
+                task_scores[task], fits[task] = _score_task(recipe, task, pool, params, out,
+                                                            runner, overwrite)
+            selections = _select(recipe, pool, task_scores, runner)
+            manifests = {task: _write_task(recipe, task, selection, fits[task], out, runner,
+                                           overwrite)
+                         for task, selection in selections.items()}
+            union = write_union(selections, os.path.join(out, UNION_DIR),
+                                recipe.output.format, runner, overwrite)
+            run = _run_record(recipe, recipe_file, manifests, union, timings + runner.timings,
+                              time.perf_counter() - started)
+            write_json(run, os.path.join(out, RUN_FILE))
+    _print_tasks(console, run)
+    print_summary(console, "run", timings + runner.timings,
+                  {"rows_in": pool_rows(manifests), "union_selected": run["union"]["selected"],
+                   "rows_in_2+_tasks": union["counts"]["overlap"]},
+                  time.perf_counter() - started)
+    return run
+
+
+def _run_record(recipe: Recipe, recipe_file: str, manifests: dict[str, dict[str, Any]],
+                union: dict[str, Any], timings: list[StageTiming], total: float
+                ) -> dict[str, Any]:
+    """``_run.json``: written inside the cluster's lifetime, so a run killed while the
+    cluster closes is complete and an identical rerun finds it finished."""
+    return {
         "recipe": recipe_dict(recipe),
         "recipe_file": recipe_file,
         "tasks": {task: {"selected": m["counts"]["selected"], "path": f"{TASKS_DIR}/{task}",
@@ -86,30 +101,25 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                                 "seconds": round(t.seconds, 3)} for t in timings]},
         "versions": package_versions(),
     }
-    write_json(run, os.path.join(out, RUN_FILE))
-    _print_tasks(console, run)
-    print_summary(console, "run", timings, {"rows_in": pool_rows(manifests),
-                                            "union_selected": run["union"]["selected"],
-                                            "rows_in_2+_tasks": union["counts"]["overlap"]},
-                  total)
-    return run
 
 
 def pool_rows(manifests: dict[str, dict[str, Any]]) -> int:
     return next(iter(manifests.values()))["counts"]["rows_in"]
 
 
-def _claim_output(recipe: Recipe, out: str, overwrite: bool) -> None:
-    """Refuse, before any work, an output folder holding a run of another recipe (a
+def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
+    """Claim the output folder before any work (outdir.claim_output): refused when it is
+    foreign or overlaps an input, or holds a run of another recipe or of other inputs (a
     resumed run must have the same settings, or its parts would mix two jobs). The output
     path, cluster and recipe name may change between runs."""
-    path = os.path.join(out, RECIPE_FILE)
-    settings = _settings(recipe)
-    if os.path.exists(path) and read_json(path) != settings and not overwrite:
-        raise OutputConflictError(f"{out} holds the output of a recipe with other settings; "
-                                  "pass --overwrite to replace it, or choose another folder")
-    os.makedirs(out, exist_ok=True)
-    write_json(settings, path)
+    targets = [p for spec in recipe.targets.values()
+               for p in [*spec.paths, *spec.eval]]
+    identity = {"settings": _settings(recipe), "pool": pool.fingerprint(),
+                "targets": {task: read_corpus([*spec.paths, *spec.eval]).fingerprint()["files"]
+                            for task, spec in recipe.targets.items()}}
+    return claim_output(recipe.output.path, "recipe", identity,
+                        inputs=input_roots([*recipe.pool.paths, *targets]),
+                        overwrite=overwrite)
 
 
 def _settings(recipe: Recipe) -> dict[str, Any]:

@@ -1,0 +1,381 @@
+"""Output folders: which ones dataselect may write into, and what it may delete there.
+
+A user's data must never be overwritten or deleted by a job pointed at the wrong folder. So
+a folder is dataselect's only when it is new, empty, or carries dataselect's marker
+(``.dataselect.json``); anything else is refused before any work is done. The marker is
+written first, before the job computes anything, and holds:
+
+- ``identity``: the settings and input fingerprints that determine the folder's bytes. A
+  rerun with the same identity resumes (finished parts are reused); another identity is
+  refused unless the caller passes ``overwrite``.
+- ``files``: every name (relative to the folder) the job *will* write, recorded before the
+  stage that writes them starts. ``overwrite`` deletes exactly those (and their ``.tmp-``
+  temporaries), never a file it did not list, so a note a user dropped into an output
+  folder survives.
+
+An output may not be, contain or lie inside any input: writing into the pool folder would
+overwrite it, and an output inside a folder that is read recursively would be read back as
+input by the next run. A lock file (``.dataselect.lock``: pid, host, start time) keeps two
+jobs from writing one folder at once; a lock whose process is gone is taken over.
+
+Both names start with ``.``, so every dataset reader (pyarrow, pandas, polars, Hugging Face
+``datasets``) skips them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dataselect.errors import InputError, OutputConflictError
+from dataselect.output import jsonable, read_json, write_json
+
+MARKER = ".dataselect.json"
+LOCK = ".dataselect.lock"
+_OWN_NAMES = (MARKER, LOCK)
+
+
+@dataclass
+class OutputFolder:
+    """A claimed output folder. Build with :func:`claim_output` (or :meth:`claim`)."""
+
+    path: str
+    kind: str
+    identity: Any
+    files: list[str] = field(default_factory=list)
+    resumed: bool = False
+
+    @classmethod
+    def claim(cls, path: str | os.PathLike, kind: str, identity: Any, *,
+              inputs: Iterable[str] = (), overwrite: bool | None = False) -> OutputFolder:
+        """Claim ``path`` without holding a lock (the caller holds one, or writes alone).
+
+        ``identity=None`` claims ownership only: the folder holds something derived that
+        the same kind of job may always replace (an index rebuilt with other settings), or
+        a job that records no identity of its own (``dataselect score`` writes only the
+        score store, which checks its own); the next job with an identity adopts it.
+        ``overwrite=None``: the caller offers no way to replace another job's output, so
+        the refusal does not suggest one.
+        """
+        path = normalize(path)
+        refuse_overlap(path, inputs)
+        _refuse_foreign(path)
+        os.makedirs(path, exist_ok=True)
+        return _claim_marked(path, kind, jsonable(identity), overwrite)
+
+    def join(self, *names: str) -> str:
+        return os.path.join(self.path, *names)
+
+    def expect(self, names: Iterable[str]) -> None:
+        """Record that the folder is about to get ``names`` (relative paths), so that a
+        later ``overwrite`` deletes them even if this job is killed halfway."""
+        new = [n for n in names if n not in set(self.files)]
+        if not new:
+            return
+        for name in new:
+            _check_relative(name)
+        self.files = [*self.files, *new]
+        self._save()
+
+    def _save(self) -> None:
+        write_json({"tool": "dataselect", "kind": self.kind, "identity": self.identity,
+                    "files": self.files}, os.path.join(self.path, MARKER))
+
+
+def normalize(path: str | os.PathLike) -> str:
+    """One spelling per folder (``out`` and ``out/`` are the same output)."""
+    text = os.fspath(path)
+    if not text:
+        raise InputError("output path is empty", field="out")
+    return os.path.normpath(text)
+
+
+@contextlib.contextmanager
+def claim_output(path: str | os.PathLike, kind: str, identity: Any, *,
+                 inputs: Iterable[str] = (), overwrite: bool | None = False
+                 ) -> Iterator[OutputFolder]:
+    """Claim ``path`` for a job and hold its lock while the job runs.
+
+    The foreign-folder check runs before the lock file is created, so a folder that is not
+    ours never receives even a lock file.
+    """
+    path = normalize(path)
+    inputs = list(inputs)
+    refuse_overlap(path, inputs)
+    _refuse_foreign(path)
+    created = not os.path.exists(path)
+    os.makedirs(path, exist_ok=True)
+    try:
+        with hold_lock(path):
+            yield OutputFolder.claim(path, kind, identity, inputs=inputs, overwrite=overwrite)
+    except BaseException:
+        if created:
+            _remove_if_bare(path)
+        raise
+
+
+def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
+                  ) -> OutputFolder:
+    marker = os.path.join(path, MARKER)
+    if not os.path.exists(marker):
+        folder = OutputFolder(path, kind, identity)
+        folder._save()
+        return folder
+    previous = _read_marker(marker)
+    files = [str(f) for f in previous.get("files", [])]
+    if previous.get("kind") != kind:
+        raise OutputConflictError(
+            f"{path} holds dataselect output of another kind ({previous.get('kind')}, not "
+            f"{kind}); choose another folder")
+    if identity is None or previous.get("identity") == identity:
+        return OutputFolder(path, kind, identity, files, resumed=identity is not None)
+    if previous.get("identity") is None:
+        # claimed for ownership only (``dataselect score`` before ``select``): adopt
+        folder = OutputFolder(path, kind, identity, files)
+        folder._save()
+        return folder
+    if not overwrite:
+        changed = _differences(previous.get("identity"), identity)
+        remedy = ("pass --overwrite (overwrite=True) to replace it, or choose another folder"
+                  if overwrite is not None else "choose another folder, or delete this one")
+        raise OutputConflictError(
+            f"{path} holds the output of a job with other settings or inputs (differs in: "
+            f"{changed}); rerun with the same settings to resume, {remedy}")
+    remove_listed(path, files)
+    folder = OutputFolder(path, kind, identity)
+    folder._save()
+    return folder
+
+
+def _read_marker(marker: str) -> dict[str, Any]:
+    try:
+        data = read_json(marker)
+    except (OSError, ValueError) as exc:
+        raise OutputConflictError(
+            f"{marker} is unreadable ({exc}); the folder's ownership is unknown: choose "
+            "another folder, or delete the folder if you are sure it holds only dataselect "
+            "output") from None
+    if not isinstance(data, dict) or data.get("tool") != "dataselect":
+        raise OutputConflictError(f"{marker} is not dataselect's marker; choose another folder")
+    return data
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> str:
+    """The top-level keys (dotted one level down) whose values differ, for the message."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return prefix or "settings"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not prefix:
+        parts = []
+        for key in keys:
+            sub = _differences(old.get(key), new.get(key), key)
+            parts.append(sub if isinstance(old.get(key), dict)
+                         and isinstance(new.get(key), dict) else key)
+        return ", ".join(parts) or "settings"
+    return ", ".join(f"{prefix}.{k}" for k in keys) or prefix
+
+
+def remove_listed(path: str, files: Iterable[str]) -> int:
+    """Delete the listed files (and their temporaries) below ``path``, then the folders
+    they leave empty; return how many files went. Nothing unlisted is touched."""
+    removed = 0
+    folders = set()
+    for name in files:
+        _check_relative(name)
+        target = os.path.join(path, name)
+        parent = os.path.dirname(target)
+        for tmp in glob.glob(os.path.join(glob.escape(parent), ".tmp-*")):
+            if tmp.endswith(os.path.basename(target)):
+                Path(tmp).unlink(missing_ok=True)
+        if os.path.isfile(target) or os.path.islink(target):
+            os.remove(target)
+            removed += 1
+        folders.update(_parents_below(path, name))
+    for folder in sorted(folders, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(path, folder))  # only if empty
+    return removed
+
+
+def _parents_below(root: str, name: str) -> list[str]:
+    parents, parent = [], os.path.dirname(name)
+    while parent:
+        parents.append(parent)
+        parent = os.path.dirname(parent)
+    return parents
+
+
+def _check_relative(name: str) -> None:
+    if os.path.isabs(name) or ".." in Path(name).parts or name in _OWN_NAMES:
+        raise ValueError(f"not a name inside an output folder: {name!r}")
+
+
+def _refuse_foreign(path: str) -> None:
+    """A folder is ours when new, empty or marked; a file is never an output folder."""
+    if not os.path.exists(path):
+        if os.path.islink(path):
+            raise InputError("is a broken symbolic link; choose another output folder",
+                             where=path, field="out")
+        return
+    if not os.path.isdir(path):
+        raise InputError("is a file, not a folder; give a folder for the output",
+                         where=path, field="out")
+    if os.path.exists(os.path.join(path, MARKER)):
+        return
+    foreign = sorted(name for name in os.listdir(path)
+                     if not _holds_only_ours(os.path.join(path, name)))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputConflictError(
+            f"{path} is not empty and was not written by dataselect (holds {shown}); "
+            "dataselect writes only into new, empty or its own folders: choose another "
+            "--out")
+
+
+def _holds_only_ours(path: str) -> bool:
+    """Our marker or lock, or a folder holding only dataselect output (a score store
+    written through the API into ``out/_scores/dsir`` before the selection into ``out``)."""
+    if os.path.basename(path) in _OWN_NAMES:
+        return True
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    if os.path.exists(os.path.join(path, MARKER)):
+        return True
+    return all(_holds_only_ours(os.path.join(path, name)) for name in os.listdir(path))
+
+
+def _remove_if_bare(path: str) -> None:
+    """Undo creating ``path`` when the claim failed before anything was written."""
+    with contextlib.suppress(OSError):
+        if set(os.listdir(path)) <= {MARKER}:
+            for name in os.listdir(path):
+                os.remove(os.path.join(path, name))
+            os.rmdir(path)
+
+
+def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
+    """Refuse an output that is, contains or lies inside an input file or folder."""
+    out_real = os.path.realpath(out)
+    for source in inputs:
+        source_real = os.path.realpath(source)
+        if out_real == source_real:
+            raise InputError(f"is also an input ({source}); writing there would overwrite "
+                             "it: choose another --out", where=out, field="out")
+        if _inside(source_real, out_real):
+            raise InputError(f"contains the input {source}; writing there could overwrite "
+                             "it: choose a folder outside the inputs", where=out, field="out")
+        if _inside(out_real, source_real):
+            raise InputError(f"lies inside the input {source}; the next run would read the "
+                             "output as input: choose a folder outside the inputs",
+                             where=out, field="out")
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child != parent and child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
+    """What an input spec reads: a file, a folder (read recursively), or for a glob the
+    files it matches now and, when it recurses (``**``), the folder it starts from."""
+    roots = []
+    for spec in specs:
+        spec = os.fspath(spec)
+        if not any(ch in spec for ch in "*?["):
+            roots.append(spec)
+            continue
+        roots.extend(glob.glob(spec, recursive=True))
+        if "**" in spec:
+            static = spec.split("**", 1)[0]
+            roots.append(static.rstrip(os.sep) or os.sep if static else ".")
+    return roots
+
+
+# --- the lock --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def hold_lock(path: str) -> Iterator[None]:
+    """Hold ``path``'s lock file while the block runs; refuse when another live job holds
+    it, take it over when its owner is gone (killed)."""
+    lock = os.path.join(path, LOCK)
+    _acquire(lock)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if _read_lock(lock).get("token") == _token():
+                os.remove(lock)
+
+
+def _acquire(lock: str) -> None:
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                         "started": _process_start(os.getpid()), "token": _token(),
+                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(lock)
+            if owner.get("token") == _token():
+                return  # this process already holds it (a nested claim)
+            if _alive(owner):
+                raise OutputConflictError(
+                    f"{os.path.dirname(lock)} is in use by another dataselect job (pid "
+                    f"{owner.get('pid')} on {owner.get('host')} since {owner.get('since')}); "
+                    f"wait for it to finish, or delete {lock} if that job is gone") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(record)
+        return
+    raise OutputConflictError(f"could not take the lock {lock}; retry")
+
+
+def _read_lock(lock: str) -> dict[str, Any]:
+    try:
+        with open(lock, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    """Whether the lock's owner still runs. Another host cannot be checked, so its lock is
+    respected; a lock file that cannot be parsed (a writer killed mid-write) is stale."""
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = owner.get("started")
+    return started is None or started == _process_start(pid)  # else the pid was reused
+
+
+def _process_start(pid: int) -> int | None:
+    """The process' start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _token() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"
