@@ -10,7 +10,6 @@ fails on bad input with the file, line and field.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,13 +21,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
-from dataselect.formats import Piece, detect_format, expand_paths, plan_pieces, read_piece
+from dataselect.fingerprint import file_fingerprint
+from dataselect.formats import (
+    ARROW_SUFFIXES,
+    COMPRESSED_SUFFIXES,
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    Piece,
+    detect_format,
+    expand_paths,
+    plan_pieces,
+    read_piece,
+)
 from dataselect.textspec import TextSpec
 
 DEFAULT_PARTITION_BYTES = 4 << 20
 FILE_COLUMN, ROW_COLUMN, ID_COLUMN = "_file", "_row", "id"
-FINGERPRINT_BYTES = 1 << 20
 RESPONSE_SPANS = "response_spans"
+# compression first: ``a.jsonl.gz`` loses ``.gz``, then ``.jsonl``
+DATA_SUFFIXES = COMPRESSED_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES
 
 
 @dataclass
@@ -141,7 +152,8 @@ class Corpus:
         return self.map_partitions(_to_pandas, meta=meta, label="read")
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies this input: text spec, id field, and a quick hash of each file."""
+        """What identifies this input: text spec, id field, and a content hash of each file
+        (cached by file identity and change time, see :mod:`dataselect.fingerprint`)."""
         return {
             "text": str(self.text),
             "id_field": self.id_field,
@@ -214,8 +226,7 @@ def _file_labels(files: list[str]) -> dict[str, str]:
     labels = {}
     for file, path in zip(files, absolute):
         relative = Path(os.path.relpath(path, root)).as_posix()
-        for suffix in (".gz", ".zst", ".jsonl", ".json", ".ndjson", ".parquet", ".pq",
-                       ".arrow", ".feather", ".ipc"):
+        for suffix in DATA_SUFFIXES:
             relative = relative.removesuffix(suffix)
         labels[file] = relative
     return labels
@@ -249,22 +260,3 @@ def _check_unique_within(table: pa.Table, where: Callable[[str, int], str]) -> N
     raise DuplicateIdError(
         f"duplicate id {duplicated!r} (also at {places[0]})", where=places[1], field=ID_COLUMN
     )
-
-
-def file_fingerprint(path: str) -> dict[str, Any]:
-    """Size plus a hash of the first and last MiB: cheap, and catches edits and swaps."""
-    if os.path.isdir(path):
-        parts = sorted(p for p in Path(path).rglob("*") if p.is_file())
-        digest = hashlib.sha256()
-        for p in parts:
-            digest.update(str(p.relative_to(path)).encode())
-            digest.update(str(file_fingerprint(str(p))).encode())
-        return {"path": path, "sha256_head_tail": digest.hexdigest()}
-    size = os.path.getsize(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        digest.update(f.read(FINGERPRINT_BYTES))
-        if size > FINGERPRINT_BYTES:
-            f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
-            digest.update(f.read())
-    return {"path": path, "bytes": size, "sha256_head_tail": digest.hexdigest()}

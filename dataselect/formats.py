@@ -9,15 +9,22 @@ error messages and provenance.
 
 from __future__ import annotations
 
+import bz2
 import glob
-import gzip
 import io
+import itertools
 import json
 import os
-from collections.abc import Iterable
+import re
+import stat
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.json as pa_json
@@ -27,11 +34,15 @@ import zstandard
 from dataselect.errors import InputError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-COMPRESSED_SUFFIXES = (".gz", ".zst")
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 HF_MARKERS = ("dataset_info.json", "state.json")
 SCAN_BLOCK = 1 << 20
+FILE_KINDS = {"parquet": "Parquet file", "arrow": "Arrow IPC file",
+              "hf": "Hugging Face dataset folder", "jsonl": "JSONL file"}
+# what every Arrow IPC stream writer appends on close (continuation marker, length 0)
+ARROW_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,10 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
 def _expand_one(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
+    if not os.path.isdir(path):
+        # a FIFO would block the planner and /dev/null reads as nothing: neither is data
+        raise InputError(f"is not a regular file or folder ({_special_kind(path)}): "
+                         "give a data file", where=path)
     if is_hf_dataset_dir(path):
         return [path]
     if os.path.isfile(os.path.join(path, "dataset_dict.json")):
@@ -94,6 +109,18 @@ def _expand_one(path: str) -> list[str]:
     return files
 
 
+def _special_kind(path: str) -> str:
+    """What a path that is neither a file nor a folder is, in words a user recognises."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
 def _hidden(file: Path, root: str) -> bool:
     """Skip ``.``/``_`` paths below a folder: temporaries, ``_scores``, ``_manifest.json``."""
     return any(part.startswith((".", "_")) for part in file.relative_to(root).parts)
@@ -104,7 +131,7 @@ def is_hf_dataset_dir(path: str) -> bool:
 
 
 def detect_format(path: str, strict: bool = True) -> str | None:
-    """``jsonl``, ``jsonl.gz``, ``jsonl.zst``, ``parquet``, ``arrow`` or ``hf``."""
+    """``jsonl``, ``jsonl.gz``, ``jsonl.zst``, ``jsonl.bz2``, ``parquet``, ``arrow`` or ``hf``."""
     if is_hf_dataset_dir(path):
         return "hf"
     name = path.lower()
@@ -119,7 +146,7 @@ def detect_format(path: str, strict: bool = True) -> str | None:
         return "arrow"
     if strict:
         raise InputError(
-            "unknown file type: expected .jsonl[.gz|.zst], .parquet, .arrow or an HF dataset "
+            "unknown file type: expected .jsonl[.gz|.zst|.bz2], .parquet, .arrow or an HF dataset "
             "folder", where=path,
         )
     return None
@@ -128,6 +155,41 @@ def detect_format(path: str, strict: bool = True) -> str | None:
 def plan_pieces(path: str, target_bytes: int) -> list[Piece]:
     """Cut one file into pieces of about ``target_bytes`` (uncompressed) each."""
     fmt = detect_format(path)
+    with _reading(path, fmt):
+        return _plan(path, fmt, target_bytes)
+
+
+@contextmanager
+def _reading(path: str, fmt: str) -> Iterator[None]:
+    """Name the file in any error the OS or pyarrow raises while planning or reading it:
+    their own messages name neither the file nor what to do about it."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, fmt, exc) from exc
+
+
+def _unreadable(where: str, fmt: str, exc: BaseException, field: str | None = None
+                ) -> InputError:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return InputError(f"cannot read the file ({_short_reason(exc)}): check that it exists "
+                          "and that you may read it", where=where)
+    return InputError(
+        f"not a readable {FILE_KINDS[fmt.split('.')[0]]} ({_short_reason(exc)}); the file "
+        "is truncated or corrupt: rewrite or re-download it", where=where, field=field,
+    )
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The first sentence of a library's message: enough to tell truncation from garbage,
+    short enough for a one-line error."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return exc.strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__
+
+
+def _plan(path: str, fmt: str, target_bytes: int) -> list[Piece]:
     if fmt == "jsonl":
         return _plan_jsonl(path, target_bytes)
     if fmt == "parquet":
@@ -175,6 +237,7 @@ def _plan_arrow(path: str, target_bytes: int) -> list[Piece]:
             reader = pa.ipc.open_file(source)
         except pa.ArrowInvalid:
             # stream format: no random access, read whole
+            _check_stream_end(path)
             return [Piece(path, "arrow", size_bytes=os.path.getsize(path))]
         batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         return _pack_blocks(path, "arrow", ((b.num_rows, b.nbytes) for b in batches),
@@ -198,6 +261,16 @@ def _pack_blocks(path: str, fmt: str, blocks: Iterable[tuple[int, int]], target_
     return pieces
 
 
+def _check_stream_end(path: str, name: str = "it") -> None:
+    """A stream cut between two record batches reads without error as its first batches;
+    only the missing end-of-stream marker shows that rows were lost."""
+    with open(path, "rb") as f:
+        f.seek(max(os.path.getsize(path) - len(ARROW_END_OF_STREAM), 0))
+        if f.read() != ARROW_END_OF_STREAM:
+            raise pa.ArrowInvalid(f"{name} ends without an Arrow file footer or end-of-stream "
+                                  "marker")
+
+
 def _blocks_of(piece: Piece, block_rows: Iterable[int]) -> list[int]:
     """Indices of the blocks (row groups, record batches) that start inside ``piece``."""
     chosen, first = [], 0
@@ -209,6 +282,8 @@ def _blocks_of(piece: Piece, block_rows: Iterable[int]) -> list[int]:
 
 
 def _plan_hf(path: str, target_bytes: int) -> list[Piece]:
+    for data_file in sorted(Path(path).glob("*.arrow")):  # save_to_disk writes streams
+        _check_stream_end(str(data_file), data_file.name)
     table = _hf_table(path)
     total, nbytes = table.num_rows, max(table.nbytes, 1)
     rows_per_piece = max(1, int(total * target_bytes / nbytes))
@@ -232,17 +307,58 @@ def _hf_table(path: str) -> pa.Table:
 
 def read_piece(piece: Piece) -> pa.Table:
     """The piece's rows as a table, plus ``_row`` (row or 0-based line number in its file)."""
-    if piece.fmt.startswith("jsonl"):
-        return _read_jsonl(piece)
-    if piece.fmt == "parquet":
-        file = pq.ParquetFile(piece.path)
-        table = _slice_row_groups(file, piece)
-    elif piece.fmt == "arrow":
-        table = _read_arrow(piece)
-    else:
-        table = _hf_table(piece.path).slice(piece.first_row, piece.num_rows)
+    with _reading(piece.path, piece.fmt):
+        if piece.fmt.startswith("jsonl"):
+            return _read_jsonl(piece)
+        table = _read_tabular(piece)
+    _check_values(piece, table)
     rows = pa.array(range(piece.first_row, piece.first_row + table.num_rows), pa.int64())
     return table.append_column("_row", rows)
+
+
+def _read_tabular(piece: Piece) -> pa.Table:
+    if piece.fmt == "parquet":
+        # page checksums are verified where the writer stored them
+        file = pq.ParquetFile(piece.path, page_checksum_verification=True)
+        return _slice_row_groups(file, piece)
+    if piece.fmt == "arrow":
+        return _read_arrow(piece)
+    return _hf_table(piece.path).slice(piece.first_row, piece.num_rows)
+
+
+def _check_values(piece: Piece, table: pa.Table) -> None:
+    """Parquet and Arrow readers do not check string bytes, so a writer's non-UTF-8 bytes
+    read fine but end up in output that pandas and polars refuse; a corrupt batch can hold
+    offsets out of range. Full validation catches both, at a few percent of the read."""
+    for name, column in zip(table.column_names, table.columns):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            if "utf8" not in str(exc).lower().replace("-", ""):
+                raise _unreadable(piece.path, piece.fmt, exc, field=name) from None
+            row = _first_invalid_row(column)
+            where = piece.path if row is None else piece.where(piece.first_row + row)
+            raise InputError(
+                "invalid UTF-8 in a string value; rewrite the file with this column decoded "
+                "to valid UTF-8, or remove the bad bytes", where=where, field=name,
+            ) from None
+
+
+def _first_invalid_row(column: pa.ChunkedArray) -> int | None:
+    """Binary search over slices of a flat string column (a slice validates its own values
+    only). Nested columns validate their whole child array whatever the slice: no row."""
+    kind = column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return None
+    first, stop = 0, len(column)  # the first bad row is in [first, stop)
+    while stop - first > 1:
+        middle = (first + stop) // 2
+        try:
+            column.slice(first, middle - first).validate(full=True)
+            first = middle
+        except pa.ArrowInvalid:
+            stop = middle
+    return first
 
 
 def _slice_row_groups(file: pq.ParquetFile, piece: Piece) -> pa.Table:
@@ -267,20 +383,162 @@ def _jsonl_bytes(piece: Piece) -> bytes:
         with open(piece.path, "rb") as f:
             f.seek(piece.byte_start)
             return f.read(None if piece.byte_stop is None else piece.byte_stop - piece.byte_start)
+    return _decompress(piece.path, CODECS[piece.fmt])
+
+
+class _Decompressor(Protocol):
+    """What zlib's, bz2's and zstandard's incremental decompressors have in common."""
+
+    eof: bool
+    unused_data: bytes
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class _Codec:
+    """A compressed format as a run of independently ended units (zstd frames, gzip
+    members, bz2 streams), the way ``zstd``, ``pigz`` and ``pbzip2`` concatenate them."""
+
+    name: str
+    unit: str
+    new_decompressor: Callable[[], _Decompressor]
+    magics: tuple[bytes, ...]
+    errors: tuple[type[Exception], ...]
+    zero_padding: bool = False  # gzip tools accept (and tape tools add) NULs after members
+
+
+ZSTD_MAGICS = (b"\x28\xb5\x2f\xfd", *(bytes([0x50 + i]) + b"\x2a\x4d\x18" for i in range(16)))
+CODECS = {
+    "jsonl.gz": _Codec("gzip", "member", lambda: zlib.decompressobj(wbits=31), (b"\x1f\x8b",),
+                       (zlib.error,), zero_padding=True),
+    "jsonl.bz2": _Codec("bz2", "stream", bz2.BZ2Decompressor, (b"BZh",), (OSError, EOFError)),
+    # a window up to 2 GiB, so files from ``zstd --long=31`` are read, not called corrupt
+    "jsonl.zst": _Codec("zstd", "frame",
+                        lambda: zstandard.ZstdDecompressor(max_window_size=1 << 31)
+                        .decompressobj(), ZSTD_MAGICS, (zstandard.ZstdError,)),
+}
+
+
+def _decompress(path: str, codec: _Codec) -> bytes:
+    """The whole decompressed file. Library readers end quietly at a unit boundary, or
+    return what a cut unit held; here a file that ends inside a unit is an error, never a
+    short read, and checksums are verified wherever the file carries them."""
+    out: list[bytes] = []
+    unit: _Decompressor | None = None
+    with open(path, "rb") as f:
+        head = f.read(SCAN_BLOCK)
+        _check_magic(path, codec, head)
+        for chunk in itertools.chain([head], iter(lambda: f.read(SCAN_BLOCK), b"")):
+            while chunk:
+                if unit is None:
+                    # the magic check keeps this from eating the first unit's header
+                    chunk = chunk.lstrip(b"\x00") if codec.zero_padding else chunk
+                    if not chunk:
+                        break
+                    unit = codec.new_decompressor()
+                out.append(_feed(path, codec, unit, chunk))
+                chunk, unit = (unit.unused_data, None) if unit.eof else (b"", unit)
+    if unit is not None:
+        raise InputError(
+            f"compressed stream is truncated (ends inside a {codec.name} {codec.unit}); the "
+            "file is incomplete: re-download or re-compress it", where=path,
+        )
+    return b"".join(out)
+
+
+def _check_magic(path: str, codec: _Codec, head: bytes) -> None:
+    if not head:
+        raise InputError(f"is empty (0 bytes), not a {codec.name} file; the file is "
+                         "incomplete: re-download or re-compress it", where=path)
+    if not head.startswith(codec.magics):
+        raise InputError(
+            f"not a valid {codec.name} file (it does not start with {codec.name}'s magic "
+            "bytes); re-download it, or name it after its real format", where=path,
+        )
+
+
+def _feed(path: str, codec: _Codec, unit: _Decompressor, chunk: bytes) -> bytes:
     try:
-        if piece.fmt == "jsonl.gz":
-            with gzip.open(piece.path, "rb") as f:
-                return f.read()
-        with open(piece.path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
-            return f.read()
-    except (OSError, EOFError, zstandard.ZstdError) as exc:
-        raise InputError(f"cannot decompress: {exc}", where=piece.path) from exc
+        return unit.decompress(chunk)
+    except codec.errors as exc:
+        raise InputError(f"compressed stream is corrupt ({_corruption(exc)}); re-download or "
+                         "re-compress it", where=path) from exc
+
+
+def _corruption(exc: Exception) -> str:
+    """A decompressor's complaint without its library prefix; checksum failures in words."""
+    text = str(exc)
+    if "incorrect data check" in text or "incorrect length check" in text:
+        return "CRC mismatch"
+    if "checksum" in text.lower():
+        return "checksum mismatch"
+    return text.rsplit(": ", 1)[-1]
+
+
+def _check_utf8(piece: Piece, data: bytes) -> None:
+    """Arrow's JSON reader copies the bytes inside strings unchecked, and output Parquet
+    holding invalid UTF-8 cannot be read by pandas or polars. Arrow validates UTF-8 without
+    copying at several GB/s; Python's decoder, ~8x slower, only runs to locate a failure."""
+    offsets = pa.py_buffer(struct.pack("<qq", 0, len(data)))
+    as_string = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
+    try:
+        as_string.validate(full=True)
+    except pa.ArrowInvalid:
+        _raise_utf8_error(piece, data)
+
+
+def _raise_utf8_error(piece: Piece, data: bytes) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line_stop = data.find(b"\n", exc.start)
+        line = data[line_start:None if line_stop < 0 else line_stop]
+        row = piece.first_row + data.count(b"\n", 0, exc.start)
+        raise InputError(
+            f"invalid UTF-8 (byte 0x{data[exc.start]:02x} at column {exc.start - line_start + 1}"
+            f", {exc.reason}); re-encode the file as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8) or "
+            "remove the bytes", where=piece.where(row), field=_field_of_bad_bytes(line),
+        ) from None
+
+
+def _field_of_bad_bytes(line: bytes) -> str | None:
+    """The top-level key whose value holds the bad bytes: decoded with ``surrogateescape``
+    they become lone surrogates, which JSON parsing keeps where they were."""
+    try:
+        record = json.loads(line.decode("utf-8", "surrogateescape"))
+    except json.JSONDecodeError:
+        return None  # the bad bytes are outside any string
+    return _surrogate_field(record) if isinstance(record, dict) else None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_field(record: dict) -> str | None:
+    """The first top-level key whose name or value (at any depth) holds a lone surrogate."""
+    for key, value in record.items():
+        if _SURROGATE.search(key) or _holds_surrogate(value):
+            return key
+    return None
+
+
+def _holds_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_SURROGATE.search(k) or _holds_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_surrogate(v) for v in value)
+    return False
 
 
 def _read_jsonl(piece: Piece) -> pa.Table:
     """Arrow's JSON reader when every line is a record; else a line-by-line parse, which
     reports a bad line with its number (never skips it) and numbers around blank lines."""
     data = _jsonl_bytes(piece)
+    _check_utf8(piece, data)
     table = _read_jsonl_fast(data)
     if table is None:
         return _read_jsonl_lines(piece, data)
@@ -324,6 +582,8 @@ def _read_jsonl_lines(piece: Piece, data: bytes) -> pa.Table:
         table = pa.Table.from_pylist(records)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise _mixed_type_error(piece, records, rows, exc) from None
+    except UnicodeEncodeError:
+        raise _lone_surrogate_error(piece, records, rows) from None
     return table.append_column("_row", pa.array(rows, pa.int64()))
 
 
@@ -342,3 +602,15 @@ def _mixed_type_error(piece: Piece, records: list[dict], rows: list[int],
                     f"{type(value).__name__}", where=piece.where(row), field=key,
                 )
     return InputError(f"cannot convert records: {exc}", where=piece.path)
+
+
+def _lone_surrogate_error(piece: Piece, records: list[dict], rows: list[int]) -> InputError:
+    """A ``\\ud800``-style escape is valid JSON but no character: UTF-8 cannot store it."""
+    for record, row in zip(records, rows):
+        if (field := _surrogate_field(record)) is not None:
+            return InputError(
+                "a \\u escape encodes a lone UTF-16 surrogate, which UTF-8 cannot store; "
+                "pair it with its other half or remove it", where=piece.where(row), field=field,
+            )
+    return InputError("a string cannot be stored as UTF-8", where=piece.path)
+

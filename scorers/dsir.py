@@ -117,8 +117,15 @@ class DSIR(Scorer):
         task = _SampleCounts(pool, self.hasher, fraction, self.seed)
         raw_counts, pool_rows, fitted_rows = runner(
             "fit:dsir", partition_tasks("fit-dsir", task, pool.npartitions), add_tuples)
+        # an empty pool also gives an empty sample: name the cause, not the sample size
+        if pool_rows == 0:
+            raise EmptyCorpusError("the pool holds no records", where=", ".join(pool.files))
+        if fitted_rows == 0:
+            raise EmptyCorpusError(f"the pool sample holds none of the pool's {pool_rows} "
+                                   f"records at fit_fraction={fraction:.3g}; raise fit_fraction",
+                                   where=", ".join(pool.files))
         if raw_counts.sum() == 0:
-            raise EmptyCorpusError("the pool sample holds no tokens; raise fit_fraction",
+            raise EmptyCorpusError("the sampled pool texts hold no tokens",
                                    where=", ".join(pool.files))
         self.fit_from_counts(target_counts, raw_counts)
         self.raw_counts_ = (raw_counts, fraction)

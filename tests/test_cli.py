@@ -33,7 +33,7 @@ def test_select_on_a_local_cluster_writes_rows_scores_and_manifest(tmp_path, cap
                                                                    "write"}
     assert [f["bytes"] for f in manifest["inputs"]["pool"]["files"]] == [
         (TARGETS.parent / "pool" / f"part-0000{i}.parquet").stat().st_size for i in range(4)]
-    assert len(manifest["inputs"]["target"]["files"][0]["sha256_head_tail"]) == 64
+    assert len(manifest["inputs"]["target"]["files"][0]["xxh3_128"]) == 32
     assert manifest["versions"]["pyarrow"] and manifest["job"]["seed"] == 4
     assert sorted(p.name for p in (out / "_scores" / "dsir").glob("part-*")) == [
         f"part-{i:05d}.parquet" for i in range(4)]

@@ -1,0 +1,149 @@
+"""Content fingerprints of input files: what decides whether stored results still apply.
+
+A resumed job reuses score and output parts only while the inputs' fingerprints match, so
+a fingerprint must change with any edit, including a same-size edit in the middle of a file
+(a redaction), which a hash of the head and tail misses. So the whole content is hashed,
+with xxh3_128 (faster than the disk delivers it), and each result is cached under the
+file's identity and change times, so an unchanged file is read once, not once per run.
+
+The cache key is ``(realpath, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)``. Users
+can set mtime back (``touch -d``) but not ctime, which the kernel sets on every write, so
+any write makes a new key. Results are kept in this process and on disk (one small JSON
+file per key under ``$DATASELECT_CACHE/fingerprints`` or
+``${XDG_CACHE_HOME:-~/.cache}/dataselect/fingerprints``); a damaged entry is recomputed
+and rewritten, and an unwritable cache folder only costs the re-reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from dataselect.errors import InputError
+
+HASH_BLOCK = 8 << 20
+# Timestamps are coarse (a clock tick, or whole seconds on some file systems), so a write
+# just after the stat can leave them unchanged; a file changed this recently is hashed but
+# not cached, as git does with its "racily clean" index entries.
+RACY_SECONDS = 2.0
+HEX_DIGEST = re.compile("[0-9a-f]{32}")
+
+CacheKey = tuple[str, int, int, int, int, int]
+_memory: dict[CacheKey, str] = {}
+
+
+def file_fingerprint(path: str) -> dict[str, Any]:
+    """``{"path", "bytes", "xxh3_128"}`` of a file, or of a folder (an HF dataset): then the
+    hash covers every file's path below the folder and content hash."""
+    if os.path.isdir(path):
+        return _folder_fingerprint(path)
+    size, digest = content_hash(path)
+    return {"path": path, "bytes": size, "xxh3_128": digest}
+
+
+def _folder_fingerprint(path: str) -> dict[str, Any]:
+    files = sorted((p.relative_to(path).as_posix(), p) for p in Path(path).rglob("*")
+                   if p.is_file())
+    combined, total = xxhash.xxh3_128(), 0
+    for relative, file in files:
+        size, digest = content_hash(str(file))
+        combined.update(json.dumps([relative, size, digest]).encode() + b"\n")
+        total += size
+    return {"path": path, "bytes": total, "xxh3_128": combined.hexdigest()}
+
+
+def content_hash(path: str) -> tuple[int, str]:
+    """``(size, xxh3_128 hex digest)`` of a file's content, from the cache when its key
+    matches; a fresh hash is cached only if the file did not change while being read."""
+    before = _stat(path)
+    key = _cache_key(path, before)
+    cached = _memory.get(key) or _read_entry(key)
+    if cached is not None:
+        _memory[key] = cached
+        return before.st_size, cached
+    started = time.time()
+    digest = hash_file(path)
+    if _cache_key(path, _stat(path)) == key and not _is_racy(before, started):
+        _memory[key] = digest
+        _write_entry(key, digest)
+    return before.st_size, digest
+
+
+def hash_file(path: str) -> str:
+    """Stream the file through xxh3_128 in ``HASH_BLOCK`` blocks into one reused buffer."""
+    digest = xxhash.xxh3_128()
+    buffer = bytearray(HASH_BLOCK)
+    view = memoryview(buffer)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while read := f.readinto(buffer):
+                digest.update(view[:read])
+    except OSError as exc:
+        raise InputError(f"cannot read the file to fingerprint it ({exc.strerror or exc})",
+                         where=path) from exc
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Read from the environment on every call, so tests and jobs can point it elsewhere."""
+    if root := os.environ.get("DATASELECT_CACHE"):
+        return Path(root) / "fingerprints"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "dataselect" / "fingerprints"
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        raise InputError(f"cannot fingerprint the file ({exc.strerror or exc})",
+                         where=path) from exc
+
+
+def _cache_key(path: str, st: os.stat_result) -> CacheKey:
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns)
+
+
+def _is_racy(st: os.stat_result, started: float) -> bool:
+    return started - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 < RACY_SECONDS
+
+
+def _entry_path(key: CacheKey) -> Path:
+    return cache_dir() / (hashlib.sha256(json.dumps(key).encode()).hexdigest() + ".json")
+
+
+def _read_entry(key: CacheKey) -> str | None:
+    """The cached digest, or None when there is none or it is unreadable, damaged or for
+    another key (it is then rewritten after hashing)."""
+    try:
+        entry = json.loads(_entry_path(key).read_text())
+        digest = entry["xxh3_128"]
+        valid = entry["key"] == list(key) and HEX_DIGEST.fullmatch(digest) is not None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return digest if valid else None
+
+
+def _write_entry(key: CacheKey, digest: str) -> None:
+    """Temp file and rename, so a reader never sees half an entry; any OS error (read-only
+    or full cache folder) is ignored: the cache saves time, it is never needed."""
+    folder = cache_dir()
+    temp = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"key": list(key), "xxh3_128": digest}, f)
+        os.replace(temp, _entry_path(key))
+    except OSError:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
