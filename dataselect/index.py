@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from dataselect.errors import InputError
 from dataselect.features import normalize_rows
+from dataselect.outdir import OutputFolder
 from dataselect.output import atomic_path, read_json, read_table, write_json, write_table
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
@@ -123,7 +124,11 @@ class FeatureIndex:
     def save(self, folder: str | os.PathLike) -> None:
         """Write ``index.faiss`` (a CPU index), ``ids.parquet`` and ``index.json``."""
         faiss = _faiss()
-        folder = str(folder)
+        # an index is derived data: an index folder of ours may be rebuilt in place with
+        # other settings, but a folder of someone else's is refused
+        claimed = OutputFolder.claim(folder, "index", None)
+        folder = claimed.path
+        claimed.expect([INDEX_FILE, IDS_FILE, META_FILE])
         cpu_index = faiss.index_gpu_to_cpu(self.index) if _on_gpu(self.index) else self.index
         tmp, final = atomic_path(os.path.join(folder, INDEX_FILE))
         faiss.write_index(cpu_index, tmp)

@@ -102,20 +102,26 @@ def normalize(path: str | os.PathLike) -> str:
 def claim_output(path: str | os.PathLike, kind: str, identity: Any, *,
                  inputs: Iterable[str] = (), overwrite: bool | None = False
                  ) -> Iterator[OutputFolder]:
-    """Claim ``path`` for a job and hold its lock while the job runs.
-
-    The foreign-folder check runs before the lock file is created, so a folder that is not
-    ours never receives even a lock file.
-    """
-    path = normalize(path)
+    """Claim ``path`` for a job and hold its lock while the job runs."""
     inputs = list(inputs)
-    refuse_overlap(path, inputs)
+    refuse_overlap(normalize(path), inputs)
+    with locked_output(path) as locked:
+        yield OutputFolder.claim(locked, kind, identity, inputs=inputs, overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def locked_output(path: str | os.PathLike) -> Iterator[str]:
+    """Hold the lock of an output folder (created if new) while a job writes it; for jobs
+    whose writer claims the folder itself. The foreign-folder check runs before the lock
+    file is created, so a folder that is not ours never receives even a lock file, and a
+    folder created here is removed again if the job fails before writing anything."""
+    path = normalize(path)
     _refuse_foreign(path)
     created = not os.path.exists(path)
     os.makedirs(path, exist_ok=True)
     try:
         with hold_lock(path):
-            yield OutputFolder.claim(path, kind, identity, inputs=inputs, overwrite=overwrite)
+            yield path
     except BaseException:
         if created:
             _remove_if_bare(path)

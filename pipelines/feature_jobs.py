@@ -25,6 +25,7 @@ from dataselect.errors import InputError
 from dataselect.features import FeatureStore, combine_views
 from dataselect.featurize import SIDES, Side, featurize
 from dataselect.index import FeatureIndex, IndexKind
+from dataselect.outdir import locked_output, normalize, refuse_overlap
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.summary import print_summary
@@ -41,7 +42,7 @@ def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
     started = time.perf_counter()
     rows = sample_pool(pool, config.fraction, config.seed).num_rows
     steps = -(-rows // config.batch_size) * config.epochs
-    with Progress(console=Console(stderr=True)) as progress:
+    with locked_output(out), Progress(console=Console(stderr=True)) as progress:
         bar = progress.add_task("warmup", total=steps)
         checkpoints = warmup(model, pool, out, config, device,
                              progress=lambda n: progress.advance(bar, n))
@@ -59,7 +60,8 @@ def run_features_job(featurizer: Any, corpus: Corpus, out: str, side: Side = "po
     if side not in SIDES:
         raise InputError(f"side must be one of {SIDES}, got {side!r}", field="side")
     started = time.perf_counter()
-    with dask_client(scheduler, workers, memory_limit, featurizer.local_workers) as client:
+    with locked_output(out), \
+            dask_client(scheduler, workers, memory_limit, featurizer.local_workers) as client:
         runner = ProgressRunner(client)
         counts = featurize(featurizer, corpus, out, side, runner)
     print_summary(console, "features", runner.timings, {"rows_in": counts["rows"], **counts},
@@ -79,7 +81,9 @@ def build_index(features: str, out: str, kind: IndexKind = "flat",
         raise InputError("the feature store has no finished parts", where=features)
     index = FeatureIndex.build(store.combined, store.dim * store.views, kind=kind, **options)
     index.settings["features"] = store.description
-    index.save(out)
+    refuse_overlap(normalize(out), [features])
+    with locked_output(out):
+        index.save(out)
     seconds = time.perf_counter() - started
     print_summary(console, "index", [StageTiming(f"index:{kind}", len(store.parts()), seconds)],
                   {"rows_in": len(index.ids), "kind": kind, "dim": index.dim,

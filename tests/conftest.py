@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+
+# input fingerprints the tests compute are cached here, not in the user's ~/.cache
+os.environ.setdefault("DATASELECT_CACHE", tempfile.mkdtemp(prefix="dataselect-test-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
