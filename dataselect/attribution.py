@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from dataselect.errors import InputError
 from dataselect.index import FeatureIndex
+from dataselect.outdir import check_output_file, owned_metadata
 from dataselect.output import write_table
 
 ATTRIBUTION_SCHEMA = pa.schema([
@@ -53,6 +54,10 @@ def attribute(index: FeatureIndex, query_ids: Sequence[str], query_vectors: np.n
     return pa.table(columns, schema=ATTRIBUTION_SCHEMA)
 
 
-def write_attributions(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write attribution rows atomically as Parquet."""
-    write_table(table, path)
+def write_attributions(table: pa.Table, path: str | os.PathLike,
+                       inputs: list[str] | None = None) -> None:
+    """Write attribution rows atomically as Parquet, marked as dataselect's so that a
+    rerun may replace the file but a user's file of the same name is never overwritten."""
+    path = check_output_file(path, "attributions", inputs or [])
+    metadata = {**(table.schema.metadata or {}), **owned_metadata("attributions")}
+    write_table(table.replace_schema_metadata(metadata), path)

@@ -267,6 +267,44 @@ def _remove_if_bare(path: str) -> None:
             os.rmdir(path)
 
 
+FILE_OWNER_KEY = b"dataselect"
+
+
+def check_output_file(path: str | os.PathLike, kind: str, inputs: Iterable[str] = ()) -> str:
+    """An output that is one Parquet file (attribution rows) may replace only a file of
+    the same kind that dataselect wrote (its schema metadata says so), never an input."""
+    path = normalize(path)
+    refuse_overlap(path, inputs)
+    if os.path.isdir(path):
+        raise InputError("is a folder; give a file name for this output (e.g. out.parquet)",
+                         where=path, field="out")
+    if os.path.lexists(path) and _file_owner(path) != kind:
+        raise OutputConflictError(
+            f"{path} exists and is not {_article(kind)} {kind} file written by dataselect; "
+            "choose another --out (dataselect replaces only its own output files)")
+    return path
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def owned_metadata(kind: str) -> dict[bytes, bytes]:
+    """Schema metadata that marks a single-file output as dataselect's."""
+    return {FILE_OWNER_KEY: kind.encode()}
+
+
+def _file_owner(path: str) -> str | None:
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:  # not Parquet, unreadable: not ours either way
+        return None
+    owner = metadata.get(FILE_OWNER_KEY)
+    return owner.decode(errors="replace") if owner else None
+
+
 def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
     """Refuse an output that is, contains or lies inside an input file or folder."""
     out_real = os.path.realpath(out)

@@ -25,7 +25,7 @@ from dataselect.errors import InputError
 from dataselect.features import FeatureStore, combine_views
 from dataselect.featurize import SIDES, Side, featurize
 from dataselect.index import FeatureIndex, IndexKind
-from dataselect.outdir import locked_output, normalize, refuse_overlap
+from dataselect.outdir import check_output_file, locked_output, normalize, refuse_overlap
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.summary import print_summary
@@ -103,13 +103,13 @@ def check_compatible(index: FeatureIndex, query: dict[str, Any], where: str) -> 
 
 def _write_attributions(index: FeatureIndex, ids: list[str], vectors: list[np.ndarray],
                         k: int, out: str, job: str, started: float,
-                        console: Console | None) -> dict[str, Any]:
+                        console: Console | None, inputs: list[str]) -> dict[str, Any]:
     """Search the query vectors (already combined like the indexed ones), write the rows
     and print the summary; scores are scaled back to the features' own units (LESS: the
     learning-rate-weighted cosine sum)."""
     scale = float(index.settings.get("features", {}).get("scale", 1.0))
     table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
-    write_attributions(table, out)
+    write_attributions(table, out, inputs)
     seconds = time.perf_counter() - started
     print_summary(console, job, [StageTiming(job, len(ids), seconds)],
                   {"rows_in": len(ids), "k": k, "rows_out": table.num_rows,
@@ -121,6 +121,8 @@ def search_index(index_folder: str, queries: str, k: int, out: str,
                  console: Console | None = None) -> dict[str, Any]:
     """Top-k rows of the index for every row of a query feature store."""
     started = time.perf_counter()
+    inputs = [index_folder, queries]
+    check_output_file(out, "attributions", inputs)  # before any work
     index = FeatureIndex.load(index_folder)
     store = FeatureStore.open(queries)
     check_compatible(index, store.description, queries)
@@ -131,13 +133,16 @@ def search_index(index_folder: str, queries: str, k: int, out: str,
         vectors.append(combine_views(matrix, weights))
     if not ids:
         raise InputError("the query feature store has no finished parts", where=queries)
-    return _write_attributions(index, ids, vectors, k, out, "search", started, console)
+    return _write_attributions(index, ids, vectors, k, out, "search", started, console,
+                               inputs)
 
 
 def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: int, out: str,
                       console: Console | None = None) -> dict[str, Any]:
     """Query features computed here (queries are few), searched in the pool's index."""
     started = time.perf_counter()
+    inputs = [index_folder, *queries.files]
+    check_output_file(out, "attributions", inputs)  # before any work
     index = FeatureIndex.load(index_folder)
     check_compatible(index, featurizer.feature_description("query"), index_folder)
     weights = index.settings.get("features", {}).get("view_weights")
@@ -148,7 +153,8 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
         vectors.append(combine_views(featurizer.featurize_batch(view, "query"), weights))
     if not ids:
         raise InputError("no query examples", where=", ".join(queries.files))
-    return _write_attributions(index, ids, vectors, k, out, "attribute", started, console)
+    return _write_attributions(index, ids, vectors, k, out, "attribute", started, console,
+                               inputs)
 
 
 def warmup_config(params: dict[str, Any]) -> WarmupConfig:
