@@ -6,6 +6,13 @@ once to 64 bits (pandas' vectorised ``hash_array``, stable across runs and machi
 draw mixes that hash with a key derived from the seed and the use (``stream``) and takes
 the top 53 bits as a uniform number in (0, 1). Working from the hashes lets selection draw
 its noise from the 8-byte id hashes it already holds, without reading ids again.
+
+Seeds are any unsigned 64-bit integer. The key first made of a seed kept only its low 48
+bits, so seeds 0 and 2**48 drew alike; seeds below 2**48 still draw exactly as they did (a
+user's selection stays reproducible across versions), and the high 16 bits of a larger seed
+go into a second mixing round. The mixing function (pandas' splitmix64 finaliser) is a
+bijection of 64-bit words, so two seeds that differ only in their high bits give different
+numbers for every single row.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from dataselect.checks import check_count, check_number, check_seed
 from dataselect.errors import EmptyCorpusError
 
 SAMPLE_STREAM, GUMBEL_STREAM = 1, 2
+LEGACY_SEED_BITS = 48
 
 
 def id_hashes(ids: Any) -> np.ndarray:
@@ -29,14 +38,25 @@ def id_hashes(ids: Any) -> np.ndarray:
 
 def uniform(id_hash: np.ndarray, seed: int, stream: int) -> np.ndarray:
     """One uniform (0, 1) number per id hash; ``stream`` separates independent uses."""
-    key_source = np.array([(seed & 0xFFFFFFFFFFFF) << 8 | stream], dtype=np.uint64)
-    key = pd.util.hash_array(key_source)[0]
-    bits = pd.util.hash_array(np.asarray(id_hash, dtype=np.uint64) ^ key)
+    seed = check_seed(seed)
+    low_key = _mix_word((seed & (2**LEGACY_SEED_BITS - 1)) << 8 | stream)
+    bits = pd.util.hash_array(np.asarray(id_hash, dtype=np.uint64) ^ low_key)
+    high = seed >> LEGACY_SEED_BITS
+    if high:  # only seeds >= 2**48 take the second round: smaller ones draw as they always did
+        bits = pd.util.hash_array(bits ^ _mix_word(high))
     return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
+def _mix_word(value: int) -> np.uint64:
+    """pandas' 64-bit mixing of one word; a bijection, and nonzero for a nonzero word."""
+    return pd.util.hash_array(np.array([value], dtype=np.uint64))[0]
+
+
 def sample_mask(ids: Any, fraction: float, seed: int) -> np.ndarray:
-    """A seeded Bernoulli(``fraction``) sample of the rows with these ids."""
+    """A seeded Bernoulli(``fraction``) sample of the rows with these ids (a ``fraction`` of
+    0 or less samples nothing, 1 or more everything; NaN, which would silently sample
+    nothing, is refused)."""
+    check_number(fraction, "fraction")
     if fraction >= 1:
         return np.ones(len(ids), bool)
     if fraction <= 0:
@@ -47,7 +67,6 @@ def sample_mask(ids: Any, fraction: float, seed: int) -> np.ndarray:
 def gumbel_noise(id_hash: np.ndarray, seed: int) -> np.ndarray:
     """Standard Gumbel variates, -log(-log(u)), for Gumbel top-k sampling."""
     return -np.log(-np.log(uniform(id_hash, seed, GUMBEL_STREAM)))
-
 
 
 def sample_keys(ids: Any, seed: int) -> np.ndarray:
@@ -64,8 +83,7 @@ def bottom_k(table: Any, k: int, seed: int) -> Any:
     b))``, so a sample of a whole corpus can be folded from per-partition samples, holding
     at most ``k`` rows per partition, and the result depends on the ids and the seed only.
     """
-    if k < 1:
-        raise ValueError(f"sample size must be >= 1, got {k}")
+    check_count(k, "sample size")
     keys = sample_keys(table["id"], seed)
     order = np.argsort(keys, kind="stable")[:k]
     return table.take(order)

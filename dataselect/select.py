@@ -22,6 +22,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dataselect.checks import (
+    check_count,
+    check_finite,
+    check_fraction,
+    check_nonnegative,
+    check_seed,
+)
 from dataselect.corpus import Corpus
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
@@ -165,7 +172,7 @@ def _selection(scores: Scores, sizes: list[int], order: np.ndarray, policy: dict
 def top_k(pool: Corpus, scores: Scores, k: int, runner: Runner = default_runner) -> Selection:
     """The ``k`` highest-scoring eligible rows (all of them if fewer)."""
     _check_aligned(pool, scores)
-    _check_k(k)
+    k = check_count(k, "k")
     return _choose_top(scores, _collect(scores, runner), k, {"policy": "top_k", "k": k})
 
 
@@ -173,7 +180,7 @@ def top_fraction(pool: Corpus, scores: Scores, fraction: float,
                  runner: Runner = default_runner) -> Selection:
     """The best ``ceil(fraction * eligible rows)`` rows."""
     _check_aligned(pool, scores)
-    _check_fraction(fraction)
+    fraction = check_fraction(fraction, "fraction")
     parts = _collect(scores, runner)
     k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
     return _choose_top(scores, parts, k, {"policy": "top_fraction", "fraction": fraction, "k": k})
@@ -183,6 +190,7 @@ def threshold(pool: Corpus, scores: Scores, min_score: float,
               runner: Runner = default_runner) -> Selection:
     """Every eligible row with ``score >= min_score``, ranked by score."""
     _check_aligned(pool, scores)
+    min_score = check_finite(min_score, "threshold")
     parts = _collect(scores, runner)
     for part in parts:
         part["eligible"] = part["eligible"] & (part["score"] >= min_score)
@@ -208,9 +216,10 @@ def importance_resample(pool: Corpus, scores: Scores, k: int | None = None, seed
     if (k is None) == (fraction is None):
         raise InputError("give exactly one of k or fraction")
     if fraction is not None:
-        _check_fraction(fraction)
+        fraction = check_fraction(fraction, "fraction")
     else:
-        _check_k(k)
+        k = check_count(k, "k")
+    seed = check_seed(seed)
     parts = _collect(scores, runner, seed=seed)
     if fraction is not None:
         k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
@@ -231,7 +240,7 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
     its ``k`` best rows per target example, and the rounds run on those candidates.
     """
     _check_aligned(pool, scores)
-    _check_k(k)
+    k = check_count(k, "k")
     parts = _collect(scores, runner)
     sizes = [len(p["key"]) for p in parts]
     offsets = np.cumsum([0, *sizes[:-1]])
@@ -298,17 +307,10 @@ def combine(scores: list[Scores], method: str = "zscore", weights: list[float] |
     """
     from dataselect.combine import combine_scores
 
+    if weights is not None:  # a NaN weight would pass a "< 0" test and make every score NaN
+        weights = [check_nonnegative(w, "weights") for w in weights]
+
     return combine_scores(scores, method, weights, runner)
-
-
-def _check_k(k: int) -> None:
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}", field="k")
-
-
-def _check_fraction(fraction: float) -> None:
-    if not 0 < fraction <= 1:
-        raise InputError(f"fraction must be in (0, 1], got {fraction}", field="fraction")
 
 
 def _check_aligned(pool: Corpus, scores: Scores) -> None:

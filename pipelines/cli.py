@@ -23,6 +23,8 @@ from typing import Any
 
 from rich.console import Console
 
+from dataselect import checks
+from dataselect.checks import flag_type
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, read_corpus
 from dataselect.errors import DataSelectError, InputError
 from dataselect.featurize import SIDES
@@ -48,6 +50,23 @@ from pipelines.recipe import load_recipe
 from pipelines.run_recipe import run_recipe
 from scorers import SCORERS
 
+# argparse types: each parses a flag's text and applies the range that the Python API and
+# recipes apply too (dataselect.checks), so the error names the flag and the range
+COUNT = flag_type(checks.check_count, int)
+SEED = flag_type(checks.check_seed, int)
+FRACTION = flag_type(checks.check_fraction, float)
+FINITE = flag_type(checks.check_finite, float)
+PARTITION_MB = flag_type(checks.check_partition_mb, float)
+MEMORY_LIMIT = flag_type(checks.check_memory_limit, str)
+HNSW_M_MAX = 1024  # neighbours per node; memory grows with it, and typical values are 16-64
+HNSW_M = flag_type(checks.check_count, int, minimum=2, maximum=HNSW_M_MAX)
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``--seeds 0,1,2``: comma-separated seeds, each in the range of ``--seed``."""
+    seed = flag_type(checks.check_seed, int)
+    return tuple(seed(part.strip()) for part in text.split(",") if part.strip())
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", required=True, choices=sorted(SCORERS))
@@ -64,14 +83,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="id column; ids are derived as <file>:<row> when absent")
     parser.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                         help="scorer parameter, e.g. -p num_buckets=20000 (repeatable)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--partition-mb", type=float, default=DEFAULT_PARTITION_BYTES / 2**20,
-                        help="target size of one partition of input, in MiB")
+    parser.add_argument("--seed", type=SEED, default=0, help="seeds every random choice; "
+                        "0 .. 2**64-1")
+    parser.add_argument("--partition-mb", type=PARTITION_MB,
+                        default=DEFAULT_PARTITION_BYTES / 2**20,
+                        help="target size of one partition of input, in MiB (0 < MB <= 2**20)")
     parser.add_argument("--scheduler", default=None,
                         help="address of a running Dask scheduler (default: local cluster)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=COUNT, default=None,
                         help="local cluster workers (default: one per core)")
-    parser.add_argument("--memory-limit", default="auto", help="per local worker, e.g. 4GiB")
+    parser.add_argument("--memory-limit", type=MEMORY_LIMIT, default="auto",
+                        help="per local worker, e.g. 4GiB, or a share of memory such as 0.5")
     parser.add_argument("--worker-kind", choices=WORKER_KINDS, default="auto",
                         help="local cluster of worker processes or threads (auto: what the "
                              "scorer declares; DSIR's fast path runs in threads)")
@@ -88,16 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     sel = commands.add_parser("select", help="score the pool and write the selected rows")
     _common(sel)
     budget = sel.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--k", type=int, help="number of rows to select")
-    budget.add_argument("--fraction", type=float, help="share of eligible rows to select")
-    budget.add_argument("--threshold", type=float, help="keep rows with score >= this")
+    budget.add_argument("--k", type=COUNT, help="number of rows to select (>= 1)")
+    budget.add_argument("--fraction", type=FRACTION,
+                        help="share of eligible rows to select, in (0, 1]")
+    budget.add_argument("--threshold", type=FINITE,
+                        help="keep rows with score >= this (a finite number)")
     sel.add_argument("--policy", choices=POLICIES, default="auto",
                      help="auto: importance_resample for dsir, top_k otherwise; round_robin: "
                           "each target example in turn takes its best row (embed with "
                           "-p per_target=true)")
     sel.add_argument("--format", choices=("parquet", "arrow"), default="parquet")
-    sel.add_argument("--metrics-sample", type=float, default=DEFAULT_METRICS_SAMPLE,
-                     help="share of the pool sampled for the KL-reduction metric")
+    sel.add_argument("--metrics-sample", type=FRACTION, default=DEFAULT_METRICS_SAMPLE,
+                     help="share of the pool sampled for the KL-reduction metric, in (0, 1]")
     score = commands.add_parser("score", help="fit the scorer and write the score store only")
     _common(score)
     _feature_commands(commands)
@@ -112,7 +136,7 @@ def _recipe_commands(commands: Any) -> None:
     run.add_argument("--out", default=None, help="output folder (overrides output.path)")
     run.add_argument("--scheduler", default=None,
                      help="address of a running Dask scheduler (overrides cluster.scheduler)")
-    run.add_argument("--workers", type=int, default=None,
+    run.add_argument("--workers", type=COUNT, default=None,
                      help="local cluster workers (overrides cluster.workers)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the output of a recipe with other settings in the folder")
@@ -120,14 +144,16 @@ def _recipe_commands(commands: Any) -> None:
                                    "selection and on random rows of the same size; compare "
                                    "held-out target loss over seeds")
     evaluate.add_argument("out", help="output folder of dataselect run")
-    evaluate.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    evaluate.add_argument("--steps", type=int, default=None, help="training steps per model")
+    evaluate.add_argument("--seeds", type=_seed_list, default="0,1,2",
+                          help="comma-separated training seeds, each 0 .. 2**64-1")
+    evaluate.add_argument("--steps", type=COUNT, default=None,
+                          help="training steps per model (>= 1)")
     evaluate.add_argument("--tasks", default=None, help="comma-separated tasks (default all)")
     evaluate.add_argument("--model", default=None,
                           help="local base model folder (default: a tiny Llama built here)")
     evaluate.add_argument("--scheduler", default=None,
                           help="address of a running Dask scheduler (default: a local cluster)")
-    evaluate.add_argument("--workers", type=int, default=None,
+    evaluate.add_argument("--workers", type=COUNT, default=None,
                           help="local cluster workers (default: one per core)")
     evaluate.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                           help="other evaluation setting, e.g. -p lr=1e-3 -p batch_size=8")
@@ -166,10 +192,11 @@ def _feature_commands(commands: Any) -> None:
     feats.add_argument("--side", choices=SIDES, default="pool",
                        help="pool (training examples) or query (examples to attribute)")
     feats.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE")
-    feats.add_argument("--partition-mb", type=float, default=DEFAULT_PARTITION_BYTES / 2**20)
+    feats.add_argument("--partition-mb", type=PARTITION_MB,
+                       default=DEFAULT_PARTITION_BYTES / 2**20)
     feats.add_argument("--scheduler", default=None)
-    feats.add_argument("--workers", type=int, default=None)
-    feats.add_argument("--memory-limit", default="auto")
+    feats.add_argument("--workers", type=COUNT, default=None)
+    feats.add_argument("--memory-limit", type=MEMORY_LIMIT, default="auto")
 
     index = commands.add_parser("index", help="build or search a FAISS index of features")
     actions = index.add_subparsers(dest="action", required=True)
@@ -178,13 +205,14 @@ def _feature_commands(commands: Any) -> None:
     build.add_argument("--out", required=True, help="index folder")
     build.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat",
                        help="flat: exact cosine (default); ivf/hnsw: approximate, faster")
-    build.add_argument("--nlist", type=int, default=None, help="ivf lists (default 4*sqrt(n))")
-    build.add_argument("--nprobe", type=int, default=16, help="ivf lists searched")
-    build.add_argument("--hnsw-m", type=int, default=32)
+    build.add_argument("--nlist", type=COUNT, default=None, help="ivf lists (default 4*sqrt(n))")
+    build.add_argument("--nprobe", type=COUNT, default=16, help="ivf lists searched")
+    build.add_argument("--hnsw-m", type=HNSW_M, default=32,
+                       help=f"hnsw neighbours per node, 2 .. {HNSW_M_MAX} (FAISS crashes at 1)")
     search = actions.add_parser("search", help="top-k rows for each query feature")
     search.add_argument("--index", required=True, help="index folder")
     search.add_argument("--queries", required=True, help="query feature store folder")
-    search.add_argument("-k", type=int, default=10)
+    search.add_argument("-k", type=COUNT, default=10, help="rows per query (>= 1)")
     search.add_argument("--out", required=True, help="Parquet file of (query_id, rank, "
                         "train_id, score) rows")
 
@@ -193,7 +221,7 @@ def _feature_commands(commands: Any) -> None:
     attr.add_argument("--scorer", required=True, choices=featurizers)
     attr.add_argument("--index", required=True, help="index folder (dataselect index build)")
     _input_args(attr, "--queries", "query files, folders or globs")
-    attr.add_argument("-k", type=int, default=10)
+    attr.add_argument("-k", type=COUNT, default=10, help="rows per query (>= 1)")
     attr.add_argument("--out", required=True, help="Parquet file of (query_id, rank, "
                       "train_id, score) rows")
     attr.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
@@ -214,6 +242,10 @@ def parse_params(scorer: str, pairs: list[str]) -> dict[str, Any]:
 
 
 def _convert(value: str, type_name: str, key: str) -> Any:
+    """A ``-p`` value typed like its field. Integers are written as integers ("1.0" and
+    "true" are not ints) and floats must be finite: NaN passes every ``x < 0`` range check
+    a scorer makes, and no setting here means anything at infinity. The scorer (or
+    ``EvalSettings.check``) then checks the range."""
     if type_name.endswith(" | None"):
         if value.lower() in ("none", "auto"):
             return None
@@ -226,9 +258,12 @@ def _convert(value: str, type_name: str, key: str) -> Any:
         if type_name == "int":
             return int(value)
         if type_name == "float":
-            return float(value)
-    except ValueError:
-        raise InputError(f"{value!r} is not a valid {type_name}", field=key) from None
+            return checks.check_finite(float(value), key)
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        hint = " (an integer, without a decimal point)" if type_name == "int" else ""
+        raise InputError(f"{value!r} is not a valid {type_name}{hint}", field=key) from None
     return value
 
 
@@ -240,7 +275,7 @@ def job_from_args(args: argparse.Namespace) -> SelectJob:
         seed=args.seed, text_field=args.text_field, target_text_field=args.target_text_field,
         id_field=args.id_field, scorer_params=parse_params(args.scorer, args.param),
         output_format=getattr(args, "format", "parquet"),
-        partition_bytes=max(1, int(args.partition_mb * 2**20)),
+        partition_bytes=checks.partition_bytes(args.partition_mb, "--partition-mb"),
         metrics_sample=getattr(args, "metrics_sample", DEFAULT_METRICS_SAMPLE),
         scheduler=args.scheduler, workers=args.workers, memory_limit=args.memory_limit,
         worker_kind=args.worker_kind,
@@ -310,11 +345,7 @@ def eval_settings(args: argparse.Namespace) -> Any:
             raise InputError(f"eval has no setting {key!r}; known: {sorted(types)}",
                              field="--param")
         values[key] = _convert(raw, types[key], key)
-    try:
-        values["seeds"] = tuple(int(s) for s in args.seeds.split(",") if s)
-    except ValueError:
-        raise InputError(f"seeds must be comma-separated integers, got {args.seeds!r}",
-                         field="--seeds") from None
+    values["seeds"] = tuple(args.seeds)  # parsed and range-checked by argparse (_seed_list)
     if args.steps is not None:
         values["steps"] = args.steps
     if args.tasks:

@@ -44,6 +44,7 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from dataselect import checks
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError
 from dataselect.output import jsonable, read_json, write_json
@@ -80,24 +81,25 @@ class EvalSettings:
     workers: int | None = None
 
     def check(self) -> None:
+        """Ranges from :mod:`dataselect.checks` (booleans are not counts, NaN is not a
+        learning rate), so ``EvalSettings(steps=True)`` fails like ``--steps 0`` does."""
         if not self.seeds:
             raise InputError("give at least one seed", field="seeds")
+        for seed in self.seeds:
+            checks.check_seed(seed, "seeds")
         if len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"seeds repeat: {list(self.seeds)}", field="seeds")
-        for name in ("steps", "batch_size", "max_length", "eval_batch_size", "hidden_size",
-                     "layers", "heads"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}",
-                                 field=name)
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}", field="lr")
+        for name in ("steps", "batch_size", "eval_batch_size", "hidden_size", "layers",
+                     "heads"):
+            checks.check_count(getattr(self, name), name)
+        # a next-token loss needs two tokens; the byte alphabet alone is 256 tokens
+        checks.check_count(self.max_length, "max_length", minimum=2)
+        checks.check_count(self.vocab_size, "vocab_size", minimum=300)
+        checks.check_count(self.em_max_tokens, "em_max_tokens", minimum=0)
+        checks.check_positive(self.lr, "lr")
         if self.hidden_size % self.heads:
             raise InputError("hidden_size must be a multiple of heads", field="heads")
-        if self.vocab_size < 300:
-            raise InputError("vocab_size must be >= 300 (the byte alphabet is 256)",
-                             field="vocab_size")
-        if self.workers is not None and self.workers < 1:
-            raise InputError("workers must be >= 1", field="workers")
+        checks.optional(checks.check_count, self.workers, "workers")
 
     def training_key(self) -> dict[str, Any]:
         """The settings that decide one training's result (not which seeds or tasks run,

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dataselect import select
+from dataselect import checks, select
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
 from dataselect.errors import InputError, OutputConflictError
 from dataselect.ngrams import NgramHasher
@@ -73,6 +73,20 @@ class SelectJob:
         if self.policy not in POLICIES:
             raise InputError(f"policy must be one of {POLICIES}, got {self.policy!r}",
                              field="policy")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """The ranges the command line's flags have, for jobs built in Python, so a NaN
+        threshold or ``k=True`` fails here instead of selecting nothing or one row."""
+        checks.optional(checks.check_count, self.k, "k")
+        checks.optional(checks.check_fraction, self.fraction, "fraction")
+        checks.optional(checks.check_finite, self.threshold, "threshold")
+        checks.check_seed(self.seed, "seed")
+        checks.check_count(self.partition_bytes, "partition_bytes",
+                           maximum=checks.MAX_PARTITION_MB * 2**20)
+        checks.check_fraction(self.metrics_sample, "metrics_sample")
+        checks.optional(checks.check_count, self.workers, "workers")
+        checks.check_memory_limit(self.memory_limit, "memory_limit")
 
 
 def build_scorer(name: str, params: dict[str, Any], seed: int) -> Scorer:

@@ -6,6 +6,13 @@ num_buckets``) and the recipe file, instead of a traceback an hour into the job.
 parameters are checked against the scorer's own dataclass fields, so a recipe accepts
 exactly what ``dataselect select -p KEY=VALUE`` accepts.
 
+Numbers are checked by the same functions as the command line's flags
+(:mod:`dataselect.checks`): booleans are not numbers (``k: true`` is not one row), NaN and
+infinities are refused, and every count, share and size has a range. The file is read with
+limits, so a hostile or broken recipe fails at once: at most 1 MiB, at most 100 aliases, and
+at most a few MiB of data once every alias is expanded (a "billion laughs" recipe of a few
+lines would otherwise expand to gigabytes while an error message renders it).
+
 Paths in a recipe are taken relative to the working directory the job is started from,
 as on the command line (the shipped recipes are run from the repository root).
 """
@@ -17,19 +24,38 @@ import functools
 import glob
 import os
 import re
+import types
 import typing
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
+from dataselect import checks
 from dataselect.errors import InputError
-from pipelines.jobs import POLICIES
+from pipelines.jobs import POLICIES, build_scorer
 from scorers import SCORERS
 from scorers.lora_warmup import WarmupConfig
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_RECIPE_BYTES = 1 << 20
+MAX_ALIASES = 100
+# nodes plus scalar characters once every alias is expanded: what validating the recipe
+# and rendering its errors may have to walk
+MAX_EXPANDED_SIZE = 4 * MAX_RECIPE_BYTES
+# scorer errors that are about files a recipe may create later (models it builds, the
+# warmup's checkpoints), not about settings
+_LATER_FIELDS = ("model", "checkpoints")
 
 
 class RecipeError(InputError):
@@ -39,7 +65,31 @@ class RecipeError(InputError):
 class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt key must not fall back to a default silently."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _checked(check: Callable[..., Any], optional: bool = False, **limits: Any
+             ) -> BeforeValidator:
+    """A pydantic validator that applies one of :mod:`dataselect.checks` before pydantic's
+    own type conversion, which would turn ``true`` into 1 and ``"nan"`` into NaN."""
+    def validate(value: Any) -> Any:
+        if optional and value is None:
+            return None
+        return check(value, None, **limits)
+
+    return BeforeValidator(validate)
+
+
+Count = Annotated[int, _checked(checks.check_count)]
+OptionalCount = Annotated[int | None, _checked(checks.check_count, optional=True)]
+Seed = Annotated[int, _checked(checks.check_seed)]
+OptionalFraction = Annotated[float | None, _checked(checks.check_fraction, optional=True)]
+Fraction = Annotated[float, _checked(checks.check_fraction)]
+OptionalFinite = Annotated[float | None, _checked(checks.check_finite, optional=True)]
+Positive = Annotated[float, _checked(checks.check_positive)]
+NonNegative = Annotated[float, _checked(checks.check_nonnegative)]
+PartitionMB = Annotated[float, _checked(checks.check_partition_mb)]
+MemoryLimit = Annotated[str, _checked(checks.check_memory_limit)]
 
 
 def _as_list(value: Any) -> Any:
@@ -52,7 +102,7 @@ class PoolSpec(_Strict):
     paths: list[str] = Field(min_length=1)
     text: str = "text"
     id_field: str = "id"
-    partition_mb: float = Field(4.0, gt=0)
+    partition_mb: PartitionMB = 4.0
 
     _paths = field_validator("paths", mode="before")(_as_list)
 
@@ -61,9 +111,9 @@ class Budget(_Strict):
     """How much to keep: exactly one of a row count, a share of eligible rows, or a score
     threshold."""
 
-    k: int | None = Field(None, gt=0)
-    fraction: float | None = Field(None, gt=0, le=1)
-    threshold: float | None = None
+    k: OptionalCount = None
+    fraction: OptionalFraction = None
+    threshold: OptionalFinite = None
 
     @model_validator(mode="after")
     def _one(self) -> Budget:
@@ -104,21 +154,21 @@ class CombineSpec(_Strict):
     """How several scorers make one score (weights default to 1 each)."""
 
     method: Literal["zscore", "rank"] = "zscore"
-    weights: dict[str, float] = Field(default_factory=dict)
+    weights: dict[str, NonNegative] = Field(default_factory=dict)
 
 
 class OutputSpec(_Strict):
     path: str
     format: Literal["parquet", "arrow"] = "parquet"
-    metrics_sample: float = Field(0.1, gt=0, le=1)
+    metrics_sample: Fraction = 0.1
 
 
 class ClusterSpec(_Strict):
     """Local cluster by default; ``scheduler`` sends the same job to a running cluster."""
 
     scheduler: str | None = None
-    workers: int | None = Field(None, gt=0)
-    memory_limit: str = "auto"
+    workers: OptionalCount = None
+    memory_limit: MemoryLimit = "auto"
     worker_kind: Literal["auto", "processes", "threads"] = "auto"
 
 
@@ -126,15 +176,23 @@ class TinyModelSpec(_Strict):
     """A small Llama built from a config and trained on the pool's response tokens: what
     the model-based scorers run on where no pretrained model can be downloaded."""
 
-    vocab_size: int = Field(1000, ge=300)
-    hidden_size: int = Field(64, gt=0)
-    layers: int = Field(2, gt=0)
-    heads: int = Field(4, gt=0)
-    train_steps: int = Field(200, ge=0)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(16, gt=0)
-    max_length: int = Field(256, ge=8)
-    seed: int = 0
+    # the byte-level tokenizer's alphabet alone is 256 tokens
+    vocab_size: Annotated[int, _checked(checks.check_count, minimum=300)] = 1000
+    hidden_size: Count = 64
+    layers: Count = 2
+    heads: Count = 4
+    train_steps: Annotated[int, _checked(checks.check_count, minimum=0)] = 200
+    lr: Positive = 3e-3
+    batch_size: Count = 16
+    max_length: Annotated[int, _checked(checks.check_count, minimum=8)] = 256
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelSpec:
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of heads "
+                             f"{self.heads}")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -164,7 +222,7 @@ class Recipe(_Strict):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     warmup: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("targets")
     @classmethod
@@ -208,7 +266,27 @@ class Recipe(_Strict):
             if name in ("less", "bads", "embed") and "model" not in params:
                 raise ValueError(f"scorer {name} needs model: a local folder or the name of "
                                  "an entry of models")
+        if self.combine.weights and sum(self.combine.weights.get(n, 1.0)
+                                        for n in self.scorers) <= 0:
+            raise ValueError("combine.weights are all zero")
+        self._check_settings()
         return self
+
+    def _check_settings(self) -> None:
+        """The scorers' and the warmup's own range checks, now rather than when their
+        stage starts: building a scorer checks its settings (before any file it names,
+        which a recipe may create later, e.g. a model it builds)."""
+        for name, params in self.scorers.items():
+            try:
+                build_scorer(name, dict(params), self.seed)
+            except InputError as exc:
+                if exc.where is None and exc.field not in _LATER_FIELDS:
+                    raise _setting_error(exc, ("scorers", name), params, name) from None
+        if "less" in self.scorers or self.warmup:
+            try:
+                self.warmup_config().check()
+            except InputError as exc:
+                raise _setting_error(exc, ("warmup",), self.warmup, "warmup") from None
 
     def budget_of(self, task: str) -> Budget:
         budget = self.targets[task].budget
@@ -220,18 +298,36 @@ class Recipe(_Strict):
 
 class _NestedError(ValueError):
     """Errors of a nested validation, kept with their own keys so the message names
-    ``scorers.dsir.num_buckets`` and not just ``scorers``."""
+    ``scorers.dsir.num_buckets`` and not just ``scorers``. (Not rendered here: pydantic's
+    text would repr every bad value in full.)"""
 
-    def __init__(self, prefix: tuple[Any, ...], exc: pydantic.ValidationError):
-        super().__init__(str(exc))
-        self.errors = [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors()]
+    def __init__(self, errors: list[dict[str, Any]]):
+        super().__init__(f"{len(errors)} nested error(s)")
+        self.errors = errors
+
+    @classmethod
+    def of(cls, prefix: tuple[Any, ...], exc: pydantic.ValidationError) -> _NestedError:
+        return cls([{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors()])
+
+
+def _setting_error(exc: InputError, prefix: tuple[Any, ...], given: dict[str, Any],
+                   owner: str) -> _NestedError:
+    """A scorer's or the warmup's range error at its recipe key. A seed the section does
+    not set came from the recipe's ``seed``, so that is the key named."""
+    field = exc.field or ""
+    if field == "seed" and "seed" not in given:
+        loc, message = ("seed",), f"{exc.message} (as the {owner} seed)"
+    else:
+        loc, message = (*prefix, *([field] if field else [])), exc.message
+    return _NestedError([{"loc": loc, "msg": message, "type": "value_error",
+                          "input": given.get(field, exc)}])
 
 
 def _check_params(name: str, params: Any, prefix: tuple[Any, ...]) -> dict[str, Any]:
     try:
         model = _params_model(name).model_validate(params or {})
     except pydantic.ValidationError as exc:
-        raise _NestedError(prefix, exc) from None
+        raise _NestedError.of(prefix, exc) from None
     return model.model_dump(exclude_unset=True)
 
 
@@ -248,26 +344,31 @@ def _params_model(name: str) -> type[BaseModel]:
         annotation = hints[f.name]
         if "Sequence" in str(annotation):  # YAML gives lists
             annotation = list[str]
-        fields[f.name] = (annotation, None)
-    return pydantic.create_model(f"{name}_params", __config__=ConfigDict(extra="forbid"),
-                                 **fields)
+        fields[f.name] = (_typed(annotation), None)
+    return pydantic.create_model(f"{name}_params", __config__=ConfigDict(
+        extra="forbid", allow_inf_nan=False), **fields)
+
+
+def _typed(annotation: Any) -> Any:
+    """A scorer field's annotation with numbers checked strictly: pydantic would read
+    ``true`` as 1 and accept NaN; ranges are the scorer's own (see ``_check_settings``)."""
+    optional = isinstance(annotation, types.UnionType) and type(None) in annotation.__args__
+    base = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)),
+                annotation) if optional else annotation
+    if base is bool:
+        return Annotated[annotation, Strict()]
+    if base is int:
+        return Annotated[annotation, _checked(checks.check_int, optional, maximum=None)]
+    if base is float:
+        return Annotated[annotation, _checked(checks.check_finite, optional)]
+    return annotation
 
 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read and validate a recipe; ``overrides`` (dotted keys, e.g. ``output.path``) replace
     values before validation, for command-line flags."""
     where = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise RecipeError("recipe file not found", where=where) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f"{path}:{mark.line + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"not valid YAML: {problem}", where=where) from None
+    raw = _parse_yaml(_read_limited(path), where)
     if not isinstance(raw, dict):
         raise RecipeError("a recipe is a YAML mapping of keys (pool, targets, scorers, "
                           "selection, output, ...)", where=where)
@@ -280,6 +381,99 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise _recipe_error(exc, where) from None
     _check_paths(recipe, where)
     return recipe
+
+
+def _read_limited(path: str | os.PathLike) -> str:
+    """The recipe's text, refused past ``MAX_RECIPE_BYTES`` (read with a cap, so a FIFO or
+    a device file cannot make it read forever)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found", where=str(path)) from None
+    except IsADirectoryError:
+        raise RecipeError("recipe is a folder, not a YAML file", where=str(path)) from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe file is larger than {MAX_RECIPE_BYTES // 2**20} MiB; a "
+                          "recipe is settings, not data", where=str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"not UTF-8 text (byte {exc.start})", where=str(path)) from None
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: builds no objects
+    except _YamlLimit as exc:
+        raise RecipeError(exc.problem, where=f"{where}:{exc.problem_mark.line + 1}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        place = f"{where}:{mark.line + 1}" if mark is not None else where
+        raise RecipeError(f"not valid YAML: {problem}", where=place) from None
+    except RecursionError:
+        raise RecipeError("YAML nested too deeply", where=where) from None
+
+
+class _YamlLimit(yaml.composer.ComposerError):
+    """A recipe over one of the loader's limits (its message is not "not valid YAML")."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with limits on aliases. Aliases share one node, so building a
+    "billion laughs" document is cheap; what explodes is everything that walks it later
+    (validation, an error message that renders the value). So aliases are counted while
+    composing, and the composed document's expanded size is measured, with every node
+    counted once however many aliases point at it, before anything walks it."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.aliases_seen = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > MAX_ALIASES:
+                raise _YamlLimit(None, None, f"more than {MAX_ALIASES} YAML aliases (*name); "
+                                 "a recipe needs few", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_SIZE:
+            raise _YamlLimit(None, None, f"its aliases expand to more than "
+                             f"{MAX_EXPANDED_SIZE // 2**20} MiB of data", node.start_mark)
+        return node
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 as a string, since its floats need a dot; recipes read it as
+# the number anyone writing a learning rate means (YAML 1.2 does too)
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes plus scalar characters of ``node`` with its aliases expanded, each distinct
+    node measured once (``sizes``), so the walk is linear in the file, not the expansion.
+    A node met again while it is being measured is a recursive alias: infinite."""
+    known = sizes.get(id(node))
+    if known is not None:
+        if known < 0:
+            raise _YamlLimit(None, None, "a recursive YAML alias (a node that contains "
+                             "itself)", node.start_mark)
+        return known
+    sizes[id(node)] = -1
+    if isinstance(node, yaml.ScalarNode):
+        size = 1 + len(node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    else:
+        size = 1 + sum(_expanded_size(key, sizes) + _expanded_size(value, sizes)
+                       for key, value in node.value)
+    sizes[id(node)] = min(size, MAX_EXPANDED_SIZE + 1)
+    return sizes[id(node)]
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -304,9 +498,10 @@ def _recipe_error(exc: pydantic.ValidationError, where: str) -> RecipeError:
     for error in problems:
         key = _dotted(error["loc"])
         found = error.get("input")
-        shown = "" if error["type"] == "missing" or isinstance(found, dict) else \
-            f" (got {found!r})"
         message = error["msg"].removeprefix("Value error, ")
+        # the value, cut short: it may be a long string or a large nested list
+        shown = "" if (error["type"] == "missing" or isinstance(found, dict)
+                       or ", got " in message) else f" (got {checks.shown(found)})"
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         if first is None:

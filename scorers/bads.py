@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dataselect import checks
 from dataselect.corpus import RESPONSE_SPANS, Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, step_progress
@@ -92,13 +93,14 @@ class Bads(Scorer):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # numbers first (a recipe checks them before its models exist); the SGLD ranges
+        # are BadsConfig.check's
+        checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
+        self.sgld_config().check()
         self.model = check_model_folder(self.model, "model")
         if self.weights not in WEIGHT_KINDS:
             raise InputError(f"weights must be one of {WEIGHT_KINDS}, got {self.weights!r}",
                              field="weights")
-        if self.max_length < 2:
-            raise InputError("max_length must be at least 2", field="max_length")
-        self.sgld_config().check()
         self.network_samples_: list[dict[str, np.ndarray]] = []
         self.free_weights_: dict[str, float] = {}
         self.fit_stats_: dict[str, Any] = {}

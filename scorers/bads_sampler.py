@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dataselect import checks
 from dataselect.errors import InputError
 
 WeightKind = Literal["network", "free"]
@@ -80,19 +81,16 @@ class BadsConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if not 0 < self.beta <= 1:
-            raise InputError(f"beta must be in (0, 1], got {self.beta}", field="beta")
+        """Ranges from :mod:`dataselect.checks`: finite numbers (a NaN weight would pass a
+        ``< 0`` test and turn every SGLD step into NaN) and integer counts, not booleans."""
+        checks.check_fraction(self.beta, "beta")
         for name in ("sigma", "theta_prior_std", "lr_theta", "lr_w"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"{name} must be positive, got {getattr(self, name)}",
-                                 field=name)
+            checks.check_positive(getattr(self, name), name)
         for name in ("rho_theta_train", "rho_theta_meta", "rho_w_train", "noise"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name} must not be negative", field=name)
+            checks.check_nonnegative(getattr(self, name), name)
         for name in ("steps", "batch_size", "meta_batch_size", "s_avg", "samples", "thin"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}",
-                                 field=name)
+            checks.check_count(getattr(self, name), name)
+        checks.check_seed(self.seed)
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
                              field="optimizer")

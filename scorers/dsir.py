@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, add_tuples, default_runner, partition_tasks
@@ -80,11 +81,16 @@ class DSIR(Scorer):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.fit_fraction is not None and not 0 < self.fit_fraction <= 1:
-            raise InputError(f"fit_fraction must be in (0, 1], got {self.fit_fraction}",
-                             field="fit_fraction")
-        if self.min_length < 0:
-            raise InputError(f"min_length must be >= 0, got {self.min_length}", field="min_length")
+        # bucket arrays are float64: 2**28 buckets is 2 GiB each; every n-gram order is a
+        # pass over the tokens, so an order beyond 16 only costs time
+        checks.check_count(self.num_buckets, "num_buckets", maximum=2**28)
+        checks.check_count(self.ngram, "ngram", maximum=16)
+        checks.optional(checks.check_fraction, self.fit_fraction, "fit_fraction")
+        checks.check_positive(self.fit_sample_mb, "fit_sample_mb")
+        # a negative pseudo-count makes negative probabilities and NaN log weights
+        checks.check_nonnegative(self.smoothing, "smoothing")
+        checks.check_count(self.min_length, "min_length", minimum=0)
+        checks.check_seed(self.seed)
         self.hasher = NgramHasher(self.num_buckets, self.ngram, self.tokenizer)
         self.log_diff_: np.ndarray | None = None
         self.raw_counts_: tuple[np.ndarray, float] | None = None

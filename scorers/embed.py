@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
@@ -84,6 +85,9 @@ class Embed(Scorer):
     features: str | None = None
 
     def __post_init__(self) -> None:
+        # numbers first: a recipe checks them before its models exist
+        checks.check_count(self.batch_size, "batch_size")
+        checks.check_count(self.max_length, "max_length", maximum=2**20)
         self.model = check_model_folder(self.model, "model")
         if self.pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}",
@@ -91,8 +95,6 @@ class Embed(Scorer):
         if self.aggregate not in AGGREGATES:
             raise InputError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}",
                              field="aggregate")
-        if self.batch_size < 1 or self.max_length < 1:
-            raise InputError("batch_size and max_length must be positive")
         self.target_ids_: list[str] = []
         self.targets_: np.ndarray | None = None
         self.fit_stats_: dict[str, Any] = {}

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataselect import checks
 from dataselect.corpus import Corpus, file_fingerprint
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
@@ -142,11 +143,12 @@ class FastText(Scorer):
         if self.model is not None and not self.label:
             raise InputError("a given model needs label=NAME: whose probability to score",
                              field="label")
-        if self.negatives is not None and self.negatives < 1:
-            raise InputError(f"negatives must be >= 1, got {self.negatives}", field="negatives")
+        checks.optional(checks.check_count, self.negatives, "negatives")
+        # fastText takes its settings (and its seed) as C ints
         for name in ("dim", "epoch", "word_ngrams", "min_count", "bucket"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}", field=name)
+            checks.check_count(getattr(self, name), name, maximum=checks.C_INT_MAX)
+        checks.check_positive(self.lr, "lr")
+        checks.check_seed(self.seed, maximum=checks.C_INT_MAX)
         self.model_bytes_: bytes | None = None
         self.labels_: list[str] = []
         self.fit_stats_: dict[str, Any] = {}

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
@@ -83,6 +84,11 @@ class Less(Scorer):
     features: str | None = None
 
     def __post_init__(self) -> None:
+        # numbers first: a recipe checks them before its models and checkpoints exist
+        checks.check_count(self.proj_dim, "proj_dim", maximum=2**20)
+        checks.check_count(self.batch_size, "batch_size")
+        checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
+        checks.check_seed(self.seed)
         self.model = check_model_folder(self.model, "model")
         if isinstance(self.checkpoints, str):  # from the command line: comma-separated
             self.checkpoints = [p for p in self.checkpoints.split(",") if p]
@@ -91,10 +97,6 @@ class Less(Scorer):
                              "warmup` first)", field="checkpoints")
         self.infos = [read_info(path) for path in self.checkpoints]
         self.checkpoints = [info.path for info in self.infos]
-        if self.proj_dim < 1:
-            raise InputError(f"proj_dim must be positive, got {self.proj_dim}", field="proj_dim")
-        if self.batch_size < 1 or self.max_length < 2:
-            raise InputError("batch_size must be >= 1 and max_length >= 2")
         self.subtasks_: list[str] = []
         self.subtask_means_: np.ndarray | None = None  # (subtasks, checkpoints, dim)
         self.target_ids_: list[str] = []

@@ -26,8 +26,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dataselect import checks
 from dataselect.corpus import Corpus
-from dataselect.errors import EmptyCorpusError, InputError, OutputConflictError
+from dataselect.errors import EmptyCorpusError, OutputConflictError
 from dataselect.output import read_json, write_json
 from dataselect.sampling import sample_mask
 from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
@@ -56,13 +57,17 @@ class WarmupConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if not 0 < self.fraction <= 1:
-            raise InputError(f"fraction must be in (0, 1], got {self.fraction}", field="fraction")
-        for name in ("epochs", "rank", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1", field=name)
-        if self.lr <= 0:
-            raise InputError(f"lr must be positive, got {self.lr}", field="lr")
+        """Ranges from :mod:`dataselect.checks` (finite numbers, integer counts)."""
+        checks.check_fraction(self.fraction, "fraction")
+        for name in ("epochs", "rank", "alpha", "batch_size"):
+            checks.check_count(getattr(self, name), name)
+        checks.check_count(self.max_length, "max_length", minimum=2)
+        checks.check_positive(self.lr, "lr")
+        checks.check_number(self.dropout, "dropout", at_least=0, below=1)
+        checks.check_probability(self.warmup_ratio, "warmup_ratio")
+        checks.check_nonnegative(self.weight_decay, "weight_decay")
+        # each epoch seeds torch with seed * 1000 + epoch, which must stay below 2**64
+        checks.check_seed(self.seed, maximum=(checks.SEED_MAX - self.epochs) // 1000)
 
 
 def sample_pool(pool: Corpus, fraction: float, seed: int) -> pa.Table:

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
+from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
@@ -64,9 +65,12 @@ class ZipFit(Scorer):
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}", field="mode")
-        if self.target_sample is not None and self.target_sample < 1:
-            raise InputError(f"target_sample must be >= 1 (or None for all), got "
-                             f"{self.target_sample}", field="target_sample")
+        checks.optional(checks.check_count, self.target_sample, "target_sample")
+        # levels reach zlib, zstd and lz4 as C ints (lz4 overflowed past -2**31 when scoring);
+        # Codec checks each compressor's own range
+        checks.optional(checks.check_int, self.level, "level", minimum=-checks.C_INT_MAX,
+                        maximum=checks.C_INT_MAX)
+        checks.check_seed(self.seed)
         self.codec = Codec(*self.resolved_codec())
         self.targets_: list[bytes] | None = None
         self.target_lengths_: np.ndarray | None = None

@@ -126,9 +126,9 @@ def test_gumbel_top_k_without_replacement_follows_sequential_sampling(tmp_path):
 
 def test_bad_budgets_are_errors(pool):
     scores, _ = _scores_for(pool, np.zeros(120))
-    with pytest.raises(InputError, match="k must be a positive integer"):
+    with pytest.raises(InputError, match=r"'k': must be an integer >= 1"):
         select.top_k(pool, scores, k=0)
-    with pytest.raises(InputError, match="fraction must be in"):
+    with pytest.raises(InputError, match=r"'fraction': must be a finite number in \(0, 1\]"):
         select.top_fraction(pool, scores, fraction=1.5)
     with pytest.raises(InputError, match="exactly one of k or fraction"):
         select.importance_resample(pool, scores, k=3, fraction=0.5)

@@ -1,0 +1,241 @@
+"""One definition of every range a setting may take.
+
+The command line (as argparse ``type=`` functions, through :func:`flag_type`), the Python
+API (``SelectJob.validate``, the selection policies, the scorers' constructors) and YAML
+recipes all call these functions, so a flag, a keyword argument and a recipe key cannot
+disagree about what is allowed. A value outside its range fails before any work, with a
+message naming the setting and the range, instead of as a traceback an hour later or, worse,
+as a silently wrong result: a NaN threshold compares false with every score and selects
+nothing, and NaN never fails a ``x < 0`` test.
+
+Booleans are refused wherever a number is expected. ``True`` is an ``int`` in Python, so
+``k: true`` in a recipe would otherwise select one row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import reprlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from dataselect.errors import InputError
+
+SEED_MAX = 2**64 - 1
+# integers travel into NumPy and torch arrays, whose integers are 64-bit signed
+INT64_MAX = 2**63 - 1
+# settings handed to C libraries as a C ``int`` (fastText's arguments)
+C_INT_MAX = 2**31 - 1
+# one partition of input at most 1 TiB; anything larger is a typo, not a plan
+MAX_PARTITION_MB = 2**20
+MIN_MEMORY_LIMIT = 2**20
+SHOWN_CHARS = 80
+
+T = TypeVar("T")
+
+
+class SettingError(InputError):
+    """A setting of the wrong type or outside its range. A subclass so that callers can tell
+    a bad setting from a missing file (recipes check settings before files exist)."""
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """A short repr: an error message must stay one readable line even when the value is a
+    megabyte string or a deeply nested list (reprlib stops early instead of rendering all)."""
+    short = reprlib.Repr()  # the keyword form needs Python 3.12
+    short.maxstring = short.maxother = short.maxlong = limit
+    short.maxlist = short.maxtuple = short.maxdict = 6
+    short.maxlevel = 3
+    text = short.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _bound(number: int | float) -> str:
+    """``2**64 - 1`` reads better than twenty digits."""
+    if isinstance(number, int) and number >= 2**16:
+        if (number + 1) & number == 0:
+            return f"2**{(number + 1).bit_length() - 1} - 1"
+        if number & (number - 1) == 0:
+            return f"2**{number.bit_length() - 1}"
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def _fail(what: str, value: Any, name: str | None) -> SettingError:
+    return SettingError(f"must be {what}, got {shown(value)}", field=name)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """Real numbers, ints included (``fraction: 1`` is fine); never booleans (NumPy's bool
+    is not a ``numbers.Real``, Python's is)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(value: Any, name: str | None = None, *, minimum: int | None = None,
+              maximum: int | None = INT64_MAX) -> int:
+    """An integer in ``[minimum, maximum]`` (not a bool, not ``1.0``, not ``"1"``); by
+    default at most the largest 64-bit signed integer, which NumPy and torch can hold."""
+    what = _integer_text(minimum, maximum)
+    if not _is_integer(value):
+        raise _fail(what, value, name)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise _fail(what, value, name)
+    return int(value)
+
+
+def _integer_text(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum not in (None, INT64_MAX):
+        return f"an integer in [{_bound(minimum)}, {_bound(maximum)}]"
+    if minimum is not None:
+        return f"an integer >= {_bound(minimum)}"
+    return "an integer" if maximum is None else f"an integer <= {_bound(maximum)}"
+
+
+def check_count(value: Any, name: str | None = None, *, minimum: int = 1,
+                maximum: int = INT64_MAX) -> int:
+    """A size or count: an integer ``>= 1`` unless told otherwise."""
+    return check_int(value, name, minimum=minimum, maximum=maximum)
+
+
+def check_seed(value: Any, name: str | None = "seed", maximum: int = SEED_MAX) -> int:
+    """A seed: any unsigned 64-bit integer (or fewer bits where a library takes less)."""
+    return check_int(value, name, minimum=0, maximum=maximum)
+
+
+def check_number(value: Any, name: str | None = None, *, above: float | None = None,
+                 at_least: float | None = None, at_most: float | None = None,
+                 below: float | None = None) -> float:
+    """A finite real number, optionally ``> above`` or ``>= at_least``, and ``<= at_most``
+    or ``< below``.
+
+    NaN and infinities are refused: no setting here means anything at infinity, and NaN
+    passes no comparison, so it would slip through every other range check.
+    """
+    what = _number_text(above, at_least, at_most, below)
+    number = _as_float(value)
+    if number is None or not math.isfinite(number):
+        raise _fail(what, value, name)
+    if ((above is not None and not number > above)
+            or (at_least is not None and not number >= at_least)
+            or (at_most is not None and not number <= at_most)
+            or (below is not None and not number < below)):
+        raise _fail(what, value, name)
+    return number
+
+
+def _as_float(value: Any) -> float | None:
+    """The value as a float, or None when it is not a number (or an int beyond floats)."""
+    if not _is_number(value):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _number_text(above: float | None, at_least: float | None, at_most: float | None,
+                 below: float | None) -> str:
+    """The range in interval notation, or as one comparison when it is open on one side."""
+    low = (f"({_bound(above)}" if above is not None
+           else f"[{_bound(at_least)}" if at_least is not None else None)
+    high = (f"{_bound(at_most)}]" if at_most is not None
+            else f"{_bound(below)})" if below is not None else None)
+    if low is not None and high is not None:
+        return f"a finite number in {low}, {high}"
+    for bound, sign in ((above, ">"), (at_least, ">="), (at_most, "<="), (below, "<")):
+        if bound is not None:
+            return f"a finite number {sign} {_bound(bound)}"
+    return "a finite number"
+
+
+def check_finite(value: Any, name: str | None = None) -> float:
+    return check_number(value, name)
+
+
+def check_positive(value: Any, name: str | None = None) -> float:
+    return check_number(value, name, above=0)
+
+
+def check_nonnegative(value: Any, name: str | None = None) -> float:
+    return check_number(value, name, at_least=0)
+
+
+def check_fraction(value: Any, name: str | None = None) -> float:
+    """A share of rows: in ``(0, 1]`` (an empty share would select or sample nothing)."""
+    return check_number(value, name, above=0, at_most=1)
+
+
+def check_probability(value: Any, name: str | None = None) -> float:
+    """A share that may be zero: in ``[0, 1]``."""
+    return check_number(value, name, at_least=0, at_most=1)
+
+
+def check_partition_mb(value: Any, name: str | None = "partition_mb") -> float:
+    """Target size of one input partition in MiB: in ``(0, 2**20]``."""
+    return check_number(value, name, above=0, at_most=MAX_PARTITION_MB)
+
+
+def partition_bytes(megabytes: float, name: str | None = "partition_mb") -> int:
+    """Bytes of a checked partition size; at least one byte, however small the MiB."""
+    return max(1, int(check_partition_mb(megabytes, name) * 2**20))
+
+
+def check_memory_limit(value: Any, name: str | None = "memory_limit") -> str:
+    """A local worker's memory limit as Dask reads it: ``auto``, a share of the machine's
+    memory in (0, 1], or a size of at least 1 MiB such as ``4GiB``. Dask itself would take
+    ``2`` as two bytes and ``-1`` as a negative limit, and fail on ``nan`` with a traceback.
+    """
+    what = "'auto', a share of memory in (0, 1] or a size >= 1 MiB such as '4GiB'"
+    if not isinstance(value, str):
+        raise _fail(what, value, name)
+    if value == "auto":
+        return value
+    try:
+        share = float(value)
+    except ValueError:
+        share = None
+    if share is not None and 0 < share <= 1:
+        return value
+    from dask.utils import parse_bytes
+
+    try:
+        size = parse_bytes(value)
+    except (ValueError, OverflowError):
+        raise _fail(what, value, name) from None
+    if size < MIN_MEMORY_LIMIT:
+        raise _fail(what, value, name)
+    return value
+
+
+def optional(check: Callable[..., T], value: Any, name: str | None = None, **limits: Any
+             ) -> T | None:
+    """``check`` unless the value is None (a setting whose None means "automatic")."""
+    return None if value is None else check(value, name, **limits)
+
+
+def flag_type(check: Callable[..., T], kind: type, **limits: Any) -> Callable[[str], T]:
+    """An argparse ``type=`` function: parse the text as ``kind`` and apply ``check``.
+
+    Text that does not parse is handed to the check as is, so that "1.5" for an integer
+    flag gets the same message (with the range) as "0" does. argparse prefixes the message
+    with the flag's name and exits with status 2.
+    """
+    def parse(text: str) -> T:
+        try:
+            value: Any = kind(text)
+        except ValueError:
+            value = text
+        try:
+            return check(value, None, **limits)
+        except SettingError as exc:
+            # show what was typed ("0"), not what it parsed to ("0.0")
+            what = exc.message.rsplit(", got ", 1)[0]
+            raise argparse.ArgumentTypeError(f"{what}, got {shown(text)}") from None
+
+    parse.__name__ = check.__name__.removeprefix("check_")
+    return parse
