@@ -18,11 +18,12 @@ from rich.console import Console
 
 from dataselect import checks, select
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
-from dataselect.errors import InputError, OutputConflictError
+from dataselect.errors import InputError
 from dataselect.ngrams import NgramHasher
-from dataselect.output import OutputFormat, jsonable, read_json, write_json
+from dataselect.outdir import OutputFolder, claim_output, input_roots
+from dataselect.output import OutputFormat, write_json
 from dataselect.scoring import Scorer, Scores
-from dataselect.writer import DEFAULT_METRICS_SAMPLE
+from dataselect.writer import DEFAULT_METRICS_SAMPLE, MANIFEST_FILE
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner
 from pipelines.summary import print_summary
@@ -109,18 +110,34 @@ def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:
     return pool, target
 
 
+# Settings that change where or how fast a job runs, not what it writes: a finished job
+# rerun with another of these (or another spelling of --out) is the same job.
+RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind", "overwrite")
+
+
+def job_identity(job: SelectJob, pool: Corpus, target: Corpus) -> dict[str, Any]:
+    """What determines a job's output bytes: its settings and its inputs' contents."""
+    settings = {k: v for k, v in dataclasses.asdict(job).items() if k not in RUNTIME_SETTINGS}
+    return {"settings": settings,
+            "inputs": {"pool": pool.fingerprint(), "target": target.fingerprint()}}
+
+
+def _claim(job: SelectJob, identity: dict[str, Any] | None) -> Any:
+    """The job's output folder, checked and locked before any work (outdir.claim_output)."""
+    return claim_output(job.out, "job", identity, inputs=input_roots(job.pool + job.target),
+                        overwrite=job.overwrite)
+
+
 def _client(job: SelectJob, scorer: Scorer) -> Any:
     kind = scorer.local_workers if job.worker_kind == "auto" else job.worker_kind
     return dask_client(job.scheduler, job.workers, job.memory_limit, kind)
 
 
-def _fit_and_score(job: SelectJob, scorer: Scorer, runner: ProgressRunner
-                   ) -> tuple[Corpus, Corpus, Scorer, Scores]:
-    pool, target = _corpora(job)
+def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
+                   out: OutputFolder, runner: ProgressRunner) -> Scores:
     scorer.fit(target, pool, runner=runner)
-    store = os.path.join(job.out, SCORES_DIR, scorer.name)
-    scores = scorer.score(pool).write(store, runner=runner, overwrite=job.overwrite)
-    return pool, target, scorer, scores
+    store = out.join(SCORES_DIR, scorer.name)
+    return scorer.score(pool).write(store, runner=runner, overwrite=job.overwrite)
 
 
 def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
@@ -128,9 +145,10 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
     job.validate(needs_budget=False)
     started = time.perf_counter()
     scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
-    with _client(job, scorer) as client:
+    pool, target = _corpora(job)
+    with _claim(job, None) as out, _client(job, scorer) as client:
         runner = ProgressRunner(client)
-        _, _, scorer, scores = _fit_and_score(job, scorer, runner)
+        scores = _fit_and_score(job, scorer, pool, target, out, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
     print_summary(console, "score", runner.timings, summary, time.perf_counter() - started)
@@ -138,46 +156,38 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
 
 
 def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
-    """The whole selection job; returns the manifest written to ``<out>/_manifest.json``."""
+    """The whole selection job; returns the manifest written to ``<out>/_manifest.json``.
+
+    The output folder is claimed (checked, locked, its identity recorded) before any work,
+    and the manifest is complete when first written, inside the cluster's lifetime: a job
+    killed at any point, even while its cluster closes, resumes on an identical rerun.
+    """
     job.validate()
-    _refuse_other_job(job)
     started = time.perf_counter()
     scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
-    with _client(job, scorer) as client:
+    pool, target = _corpora(job)
+    with _claim(job, job_identity(job, pool, target)) as out, \
+            _client(job, scorer) as client:
         runner = ProgressRunner(client)
-        pool, target, scorer, scores = _fit_and_score(job, scorer, runner)
+        scores = _fit_and_score(job, scorer, pool, target, out, runner)
         selection = _select(job, pool, scores, runner)
+        record = {"job": dataclasses.asdict(job), "fit": getattr(scorer, "fit_stats_", {}),
+                  "score_store": {"path": os.path.join(SCORES_DIR, scorer.name),
+                                  **scores.stats}}
         manifest = selection.write(
-            job.out, fmt=job.output_format, target=target, runner=runner,
+            out, fmt=job.output_format, target=target, runner=runner,
             overwrite=job.overwrite, metrics_sample=job.metrics_sample,
-            pool_ngram_counts=scorer.pool_ngram_counts(NgramHasher()),
+            pool_ngram_counts=scorer.pool_ngram_counts(NgramHasher()), extra_manifest=record,
         )
-    total = time.perf_counter() - started
-    manifest.update({
-        "job": dataclasses.asdict(job),
-        "fit": getattr(scorer, "fit_stats_", {}),
-        "score_store": {"path": os.path.join(SCORES_DIR, scorer.name), **scores.stats},
-        "timings": {**manifest["timings"], "total_seconds": round(total, 3),
-                    "stages": [dataclasses.asdict(t) for t in runner.timings]},
-    })
-    write_json(manifest, os.path.join(job.out, "_manifest.json"))
+        total = time.perf_counter() - started
+        manifest["timings"] = {**manifest["timings"], "total_seconds": round(total, 3),
+                               "stages": [dataclasses.asdict(t) for t in runner.timings]}
+        write_json(manifest, out.join(MANIFEST_FILE))
     length_bias = {k: v for k, v in scores.stats.items() if k == "score_length_spearman"}
     print_summary(console, "select", runner.timings, {**manifest["counts"],
-                  **manifest.get("metrics", {}), **length_bias}, total)
+                  **manifest.get("metrics", {}), **length_bias},
+                  time.perf_counter() - started)
     return manifest
-
-
-def _refuse_other_job(job: SelectJob) -> None:
-    """Fail before any work when ``out`` holds a finished job with other settings (the
-    writer would refuse it too, but only after fitting and scoring)."""
-    manifest = os.path.join(job.out, "_manifest.json")
-    if job.overwrite or not os.path.exists(manifest):
-        return
-    previous = read_json(manifest).get("job")
-    if previous != jsonable(dataclasses.asdict(job)):
-        raise OutputConflictError(
-            f"{job.out} holds the output of a job with other settings; pass --overwrite "
-            "to replace it, or choose another folder")
 
 
 def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner

@@ -218,7 +218,7 @@ class FastText(Scorer):
                              + (" ..." if len(labels) > 20 else ""), where=path, field="label")
         self.model = path
         self.labels_ = labels
-        self.fingerprint_ = file_fingerprint(path)["sha256_head_tail"][:16]
+        self.fingerprint_ = file_fingerprint(path)["xxh3_128"][:16]
         self.fit_stats_ = {"model": path, "labels": len(labels), "label": self.scored_label}
         return self
 

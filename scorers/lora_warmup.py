@@ -15,7 +15,6 @@ the same checkpoints an uninterrupted run writes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -28,8 +27,9 @@ import torch
 
 from dataselect import checks
 from dataselect.corpus import Corpus
-from dataselect.errors import EmptyCorpusError, OutputConflictError
-from dataselect.output import read_json, write_json
+from dataselect.errors import EmptyCorpusError
+from dataselect.outdir import OutputFolder
+from dataselect.output import write_json
 from dataselect.sampling import sample_mask
 from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
 from scorers.lora_checkpoints import INFO_FILE, canonical_name, load_moments, save_checkpoint
@@ -175,15 +175,11 @@ def _finished_epochs(out: str, epochs: int) -> int:
 
 
 def _claim(out: str, settings: dict[str, Any]) -> None:
-    """Record the settings in ``out``; refuse a folder trained with other settings."""
-    path = os.path.join(out, SETTINGS_FILE)
-    stored = json.loads(json.dumps(settings, default=str))
-    if os.path.exists(path):
-        if read_json(path) != stored:
-            raise OutputConflictError(f"{out} holds a warmup run with other settings; use "
-                                      "another folder or delete it")
-        return
-    write_json(settings, path)
+    """Claim ``out`` (new, empty or a warmup folder of dataselect's) and record the settings
+    in it; refuse a folder trained with other settings rather than mix two runs."""
+    claimed = OutputFolder.claim(out, "warmup", settings, overwrite=None)
+    if not claimed.resumed:
+        write_json(settings, claimed.join(SETTINGS_FILE))
 
 
 def _restore_moments(net: Any, optimizer: torch.optim.Optimizer, path: str) -> None:

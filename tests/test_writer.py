@@ -133,12 +133,14 @@ def test_output_folder_of_another_job_is_refused_unless_overwrite(tmp_path, job)
     _run(job, tmp_path / "out")
     scores = dsir.score(pool).write(tmp_path / "out" / "_scores" / "dsir")
     other = select.top_k(pool, scores, k=10)
-    with pytest.raises(OutputConflictError, match=r"other settings or inputs \(differs in: selection\.policy\)"):
+    with pytest.raises(OutputConflictError,
+                       match=r"other settings or inputs \(differs in: selection\.policy\)"):
         other.write(str(tmp_path / "out"), target=target)
     manifest = other.write(str(tmp_path / "out"), target=target, overwrite=True)
     assert manifest["counts"]["written"] == 10
     assert pq.read_table(tmp_path / "out").num_rows == 10
-    with pytest.raises(OutputConflictError, match=r"differs in: config\.num_buckets, fit_fingerprint"):
+    with pytest.raises(OutputConflictError,
+                       match=r"differs in: config\.num_buckets, fit_fingerprint"):
         DSIR(num_buckets=500).fit(target, pool).score(pool).write(
             tmp_path / "out" / "_scores" / "dsir")
 
