@@ -10,8 +10,12 @@
     dataselect eval out/less_per_task/    (train small LMs on the selection vs random rows)
     dataselect report out/less_per_task/  (HTML page with plots)
 
-Errors a user can fix (bad input, conflicting output folder) are printed as one line naming
-the file, line and field, with exit status 2; anything else is a bug and shows a traceback.
+Errors a user can fix are printed as one line with exit status 2: bad input (naming the file,
+line and field), a conflicting output folder, an output that cannot be written (read-only,
+full disk, a file where a folder belongs), a worker out of memory, a cluster that lost all
+its workers. Ctrl-C prints one line and exits with 130; rerunning the same command resumes.
+Anything else is a bug and shows a traceback. ``dataselect --verbose ...`` shows a traceback
+for every error and keeps Dask's own logs, which are otherwise silenced.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import traceback
 from typing import Any
 
 from rich.console import Console
@@ -26,9 +31,10 @@ from rich.console import Console
 from dataselect import checks
 from dataselect.checks import flag_type
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, read_corpus
-from dataselect.errors import DataSelectError, InputError
+from dataselect.errors import DataSelectError, InputError, os_error_line
 from dataselect.featurize import SIDES
 from dataselect.writer import DEFAULT_METRICS_SAMPLE
+from pipelines.cluster import verbose_logs, worker_failure_line
 from pipelines.feature_jobs import (
     build_index,
     run_attribute_job,
@@ -106,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dataselect",
         description="Score a pool of training data against a target sample, select from it, "
                     "and write the selection as Parquet or Arrow with its manifest.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="full tracebacks for every error, and Dask's own logs")
     commands = parser.add_subparsers(dest="command", required=True)
     sel = commands.add_parser("select", help="score the pool and write the selected rows")
     _common(sel)
@@ -368,27 +376,62 @@ def _pairs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+INTERRUPTED = "dataselect: interrupted; rerun the same command to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; 0 on success, 2 for an error the user can fix, 130 on Ctrl-C.
+
+    Errors are one line, because a traceback from a Dask worker buries the one sentence
+    that says what to do; ``--verbose`` adds the traceback back for whoever debugs."""
     args = build_parser().parse_args(argv)
-    console = Console()
     try:
-        if args.command in ("warmup", "features", "index", "attribute"):
-            run_feature_command(args, console)
-            return 0
-        if args.command in ("run", "eval", "report"):
-            run_recipe_command(args, console)
-            return 0
-        job = job_from_args(args)
-        if args.command == "select":
-            run_select_job(job, console)
-            console.print(f"wrote {job.out}/ (manifest: {job.out}/_manifest.json)")
-        else:
-            run_score_job(job, console)
-            console.print(f"wrote {job.out}/{SCORES_DIR}/{job.scorer}/")
-    except DataSelectError as exc:
-        print(f"dataselect: error: {exc}", file=sys.stderr)
+        with verbose_logs(args.verbose):
+            _run_command(args, Console())
+    except KeyboardInterrupt:
+        _traceback_if(args.verbose)
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except Exception as exc:
+        line = _error_line(exc, getattr(args, "out", None))
+        if line is None:
+            raise
+        _traceback_if(args.verbose)
+        print(f"dataselect: error: {line}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_command(args: argparse.Namespace, console: Console) -> None:
+    if args.command in ("warmup", "features", "index", "attribute"):
+        run_feature_command(args, console)
+    elif args.command in ("run", "eval", "report"):
+        run_recipe_command(args, console)
+    elif args.command == "select":
+        job = job_from_args(args)
+        run_select_job(job, console)
+        console.print(f"wrote {job.out}/ (manifest: {job.out}/_manifest.json)")
+    else:
+        job = job_from_args(args)
+        run_score_job(job, console)
+        console.print(f"wrote {job.out}/{SCORES_DIR}/{job.scorer}/")
+
+
+def _error_line(exc: Exception, out: str | None) -> str | None:
+    """The one line for an error the user can act on; None for a bug (keep the traceback).
+
+    An OSError or a worker failure may come from a Dask worker, re-raised here with its
+    errno and file name intact."""
+    if isinstance(exc, DataSelectError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return os_error_line(exc, out)
+    return worker_failure_line(exc)
+
+
+def _traceback_if(verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

@@ -9,24 +9,41 @@ Arrow) runs as fast in threads and skips the seconds that starting worker proces
 importing everything in each and shipping data between them cost.
 ``--scheduler tcp://host:8786`` sends the same job to an existing cluster instead; nothing
 else changes.
+
+Dask's own logs are silenced unless ``verbose`` (``dataselect --verbose``): dataselect reports
+a failed task in one line, and Dask's "Compute Failed" report would repeat it with a
+traceback. Local worker processes ignore SIGINT, so a terminal's Ctrl-C (sent to the whole
+process group) stops only the client, which then closes its workers in order.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Literal
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, Literal
 
 import dask
 import pyarrow as pa
 from distributed import Client, LocalCluster
+from distributed.scheduler import KilledWorker
 
-from dataselect.errors import InputError
+from dataselect.errors import ClusterLostError, InputError
 
 WorkerKind = Literal["processes", "threads"]
 TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
+# Dask's loggers in quiet runs: "Compute Failed" is logged at ERROR, so only CRITICAL
+# keeps it out; with --verbose, LocalCluster's own default level shows it.
+QUIET_LOG_LEVEL = logging.CRITICAL
+DASK_LOG_LEVEL = logging.WARNING
+_IN_PROCESS_LOGGERS = ("distributed", "distributed.client", "distributed.gc",
+                       "distributed.worker", "distributed.core")
+_VERBOSE = False
+SPAWN_POLL_SECONDS = 0.02
 
 
 def default_workers() -> int:
@@ -39,12 +56,17 @@ def default_workers() -> int:
 
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
-                memory_limit: str = "auto", kind: WorkerKind = "processes"
-                ) -> Iterator[Client]:
+                memory_limit: str = "auto", kind: WorkerKind = "processes",
+                verbose: bool = False) -> Iterator[Client]:
     """A connected client: to ``scheduler`` if given, else to a fresh LocalCluster with
-    ``workers`` single-threaded worker processes, or one worker with ``workers`` threads."""
+    ``workers`` single-threaded worker processes, or one worker with ``workers`` threads.
+
+    Unless ``verbose`` (or :func:`verbose_logs` is on), Dask's own logging is silenced:
+    a failing task would otherwise print Dask's "Compute Failed" report with the worker's
+    traceback before dataselect's one-line error says the same thing."""
+    verbose = verbose or _VERBOSE
     if scheduler:
-        with Client(scheduler) as client:
+        with _quiet_loggers(not verbose), Client(scheduler) as client:
             yield client
         return
     if kind not in ("processes", "threads"):
@@ -52,19 +74,194 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     count = workers or default_workers()
     threads = kind == "threads"
     dask_trim = _spawn_environ().get(TRIM_VARIABLE)
-    # the statistical profiler feeds only the dashboard, and its history grows with the job
-    with dask.config.set({"distributed.worker.profile.enabled": False,
-                          "distributed.nanny.pre-spawn-environ": _worker_environ()}), \
-            _without_inherited_trim(dask_trim), \
-            _arrow_pool_for(threads), LocalCluster(
-                n_workers=1 if threads else count,
-                threads_per_worker=count if threads else 1,
-                processes=not threads,
-                memory_limit=memory_limit,
-                dashboard_address=":0",  # any free port: never collides with another cluster
-                silence_logs=logging.ERROR,
-            ) as cluster, Client(cluster) as client:
-        yield client
+    with ExitStack() as stack:
+        # the statistical profiler feeds only the dashboard, and its history grows with
+        # the job
+        stack.enter_context(dask.config.set({
+            "distributed.worker.profile.enabled": False,
+            "distributed.nanny.pre-spawn-environ": _worker_environ()}))
+        stack.enter_context(_without_inherited_trim(dask_trim))
+        stack.enter_context(_arrow_pool_for(threads))
+        stack.enter_context(_quiet_loggers(not verbose))
+        cluster = stack.enter_context(_local_cluster(
+            workers=0 if threads else count,
+            n_workers=1 if threads else count,
+            threads_per_worker=count if threads else 1,
+            processes=not threads,
+            memory_limit=memory_limit,
+            dashboard_address=":0",  # any free port: never collides with another cluster
+            silence_logs=DASK_LOG_LEVEL if verbose else QUIET_LOG_LEVEL,
+            **({} if threads else {"preload": _worker_preloads()}),
+        ))
+        yield stack.enter_context(Client(cluster))
+
+
+@contextmanager
+def verbose_logs(on: bool) -> Iterator[None]:
+    """Keep Dask's logs in every :func:`dask_client` opened inside (``--verbose``).
+
+    A module setting rather than an argument because the CLI sets it once while the
+    clients are opened deep inside the jobs; an explicit ``verbose=True`` also works."""
+    global _VERBOSE
+    previous, _VERBOSE = _VERBOSE, on
+    try:
+        yield
+    finally:
+        _VERBOSE = previous
+
+
+@contextmanager
+def _quiet_loggers(quiet: bool) -> Iterator[None]:
+    """Silence Dask's loggers in this process: the client's, the local scheduler's and
+    nanny's, and the worker's when its threads share this process.
+
+    ``silence_logs`` lowers only the level of the "distributed" logger's own stream
+    handler; records still reach any other handler (a notebook's, pytest's, an
+    application's), "distributed.client" has a handler of its own, and the in-process
+    worker's "Compute Failed" report with its traceback is one of those records."""
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _IN_PROCESS_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(QUIET_LOG_LEVEL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextmanager
+def _local_cluster(workers: int, **options: Any) -> Iterator[LocalCluster]:
+    """``LocalCluster(**options)`` whose ``workers`` worker processes ignore SIGINT.
+
+    A terminal's Ctrl-C signals the whole process group. Worker processes that die of it
+    print tracebacks of their own, and a client that outlives them waits for results
+    nobody computes; workers that ignore it are closed in order by the client when its
+    KeyboardInterrupt unwinds the cluster. An ignored signal stays ignored across fork and
+    exec (a blocked one does not: Python's spawn resets the signal mask), so SIGINT is
+    ignored while the workers are spawned, a fraction of a second, not while they import
+    and connect, which takes seconds: the cluster starts in a thread and this (main)
+    thread restores its handler as soon as the processes exist (where ``/proc`` cannot
+    show that, once the cluster is up), then waits for the start with Ctrl-C working.
+    Workers that Dask restarts later (after a crash) ignore SIGINT from :func:`dask_setup`
+    on.
+    """
+    if not workers or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is None:  # a handler Python cannot restore
+        with LocalCluster(**options) as cluster:
+            yield cluster
+        return
+    before = _spawned_children()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        start = _ClusterStart(options)
+        start.wait_for(lambda: before is not None and
+                       len(_spawned_children() - before) >= workers)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with start.result() as cluster:
+        yield cluster
+
+
+class _ClusterStart:
+    """A LocalCluster built in a thread, so that the main thread stays free to handle
+    signals. On Ctrl-C while it starts, the cluster is closed once it is up (Dask cannot
+    close a cluster halfway through its start) and the KeyboardInterrupt goes on."""
+
+    def __init__(self, options: dict[str, Any]):
+        self.cluster: LocalCluster | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._start, args=(options,), daemon=True,
+                         name="dataselect local cluster start").start()
+
+    def _start(self, options: dict[str, Any]) -> None:
+        try:
+            self.cluster = LocalCluster(**options)
+        except BaseException as exc:  # handed to the main thread by result()
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def wait_for(self, ready: Callable[[], bool]) -> None:
+        """Until ``ready()`` or the start is over."""
+        while not self.done.is_set() and not ready():
+            time.sleep(SPAWN_POLL_SECONDS)
+
+    def result(self) -> LocalCluster:
+        try:
+            while not self.done.wait(SPAWN_POLL_SECONDS):
+                pass
+        except KeyboardInterrupt:
+            self.done.wait()
+            if self.cluster is not None:
+                self.cluster.close()
+            raise
+        if isinstance(self.error, RuntimeError) and "failed to start" in str(self.error):
+            raise ClusterLostError(
+                "the local Dask worker processes died while starting (killed, for example "
+                "for memory); rerun with --verbose to see Dask's report") from self.error
+        if self.error is not None:
+            raise self.error
+        assert self.cluster is not None
+        return self.cluster
+
+
+def _spawned_children() -> set[int] | None:
+    """Process ids of this process's children started by multiprocessing's spawn (Dask's
+    worker processes), or None where Linux's ``/proc/self/task/*/children`` is missing."""
+    tasks = "/proc/self/task"
+    if not os.path.exists(os.path.join(tasks, str(threading.get_native_id()), "children")):
+        return None
+    pids: set[int] = set()
+    for task in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, task, "children")) as f:
+                pids.update(int(pid) for pid in f.read().split())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return {pid for pid in pids if _is_spawned(pid)}
+
+
+def _is_spawned(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"spawn_main" in f.read()
+    except OSError:  # exited meanwhile
+        return False
+
+
+def _worker_preloads() -> list[str]:
+    """The user's configured worker preloads, and this module's :func:`dask_setup`."""
+    configured = dask.config.get("distributed.worker.preload", default=[]) or []
+    return [*([configured] if isinstance(configured, str) else configured), __name__]
+
+
+def dask_setup(worker: object) -> None:
+    """Dask preload hook, run in each local worker process as it starts (restarts too)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_failure_line(exc: BaseException) -> str | None:
+    """One line for a worker that ran out of memory or kept dying, or None.
+
+    Dask restarts a worker killed by its nanny (over the memory limit) or by a crash and
+    retries its tasks; after ``distributed.scheduler.allowed-failures`` deaths on one task
+    the client gets ``KilledWorker``. A ``MemoryError`` is the same problem caught in
+    Python. Both need a smaller partition or more memory per worker, not a traceback."""
+    if isinstance(exc, KilledWorker):
+        what = "a Dask worker died repeatedly while running a task (killed for using " \
+               "too much memory, or crashing)"
+    elif isinstance(exc, MemoryError):
+        what = "out of memory"
+    else:
+        return None
+    return (f"{what}; rerun with a smaller --partition-mb, a larger --memory-limit or "
+            "fewer --workers")
 
 
 def _worker_environ() -> dict[str, object]:

@@ -11,6 +11,7 @@ Nothing here downloads: paths must be local folders (``save_pretrained`` output)
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,10 +88,54 @@ def load_causal_lm(path: str, device: torch.device, dtype: torch.dtype | None = 
     """The model in eval mode on ``device`` (float32 on CPU unless asked otherwise)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=dtype or torch.float32
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype or torch.float32
+        )
+    except (pickle.UnpicklingError, ValueError, OSError) as exc:
+        refused = _refused_pickle_weights(path, exc)
+        if refused is None:
+            raise
+        raise refused from exc
     return model.to(device).eval()
+
+
+# Weight files that torch.load unpickles; safetensors files hold tensors only.
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _refused_pickle_weights(path: str, exc: Exception) -> InputError | None:
+    """An InputError when ``exc`` is torch or transformers refusing to unpickle the
+    folder's weights, else None.
+
+    Why: unpickling runs arbitrary code, so torch.load (``weights_only``) rejects any
+    pickle holding more than tensors, and transformers refuses pickles outright with
+    torch < 2.6. The fix is a one-time conversion of the weights to safetensors by
+    someone who trusts the file; a traceback from deep inside torch does not say so.
+    """
+    folder = Path(path)
+    pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_WEIGHTS)
+    text = str(exc)
+    refusal = isinstance(exc, pickle.UnpicklingError) or "torch.load" in text \
+        or "weights_only" in text
+    if not pickles or any(folder.glob("*.safetensors")) or not refusal:
+        return None
+    reason = _first_sentence(text.split("WeightsUnpickler error:")[-1])
+    source, target = folder / pickles[0], folder / "model.safetensors"
+    convert = (f"python -c \"import torch; from safetensors.torch import save_file; "
+               f"d = torch.load('{source}', weights_only=False); save_file({{k: v.clone() "
+               f"for k, v in d.items() if torch.is_tensor(v)}}, '{target}', "
+               "metadata={'format': 'pt'})\"")
+    return InputError(
+        f"the weights are a pickle file ({', '.join(pickles)}) that torch refuses to load "
+        f"safely ({reason}); convert the weights to safetensors, e.g. {convert} (only if "
+        "you trust the file: unpickling it runs its code)", where=str(path))
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    end = text.find(". ")
+    return (text[:end] if end > 0 else text.rstrip("."))[:200]
 
 
 @dataclass
