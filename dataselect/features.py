@@ -30,7 +30,7 @@ import pyarrow as pa
 from dataselect.errors import InputError
 from dataselect.outdir import OutputFolder
 from dataselect.output import (
-    atomic_path,
+    atomic_write,
     jsonable,
     read_json,
     read_table,
@@ -116,14 +116,8 @@ class FeatureStore:
         """Store ``features`` (rows, views, dim) for ``ids``, normalising each vector."""
         if features.ndim != 3 or features.shape[0] != len(ids):
             raise ValueError(f"features of shape {features.shape} for {len(ids)} ids")
-        tmp, final = atomic_path(self.matrix_path(index))
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, normalize_rows(features).astype(STORE_DTYPE))
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.matrix_path(index)) as tmp, open(tmp, "wb") as f:
+            np.save(f, normalize_rows(features).astype(STORE_DTYPE))
         write_table(pa.table({"id": pa.array(ids, pa.string())}), self.ids_path(index))
 
     def read_part(self, index: int, mmap: bool = True) -> tuple[pa.Array, np.ndarray]:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from dataselect.errors import InputError
 from dataselect.features import normalize_rows
 from dataselect.outdir import OutputFolder
-from dataselect.output import atomic_path, read_json, read_table, write_json, write_table
+from dataselect.output import atomic_write, read_json, read_table, write_json, write_table
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 Shards = Iterable[tuple[Any, np.ndarray]]  # (ids, vectors) pairs
@@ -130,9 +130,8 @@ class FeatureIndex:
         folder = claimed.path
         claimed.expect([INDEX_FILE, IDS_FILE, META_FILE])
         cpu_index = faiss.index_gpu_to_cpu(self.index) if _on_gpu(self.index) else self.index
-        tmp, final = atomic_path(os.path.join(folder, INDEX_FILE))
-        faiss.write_index(cpu_index, tmp)
-        os.replace(tmp, final)
+        with atomic_write(os.path.join(folder, INDEX_FILE)) as tmp:
+            faiss.write_index(cpu_index, tmp)
         write_table(pa.table({"id": pa.array(self.ids, pa.string())}),
                     os.path.join(folder, IDS_FILE))
         write_json({"kind": self.kind, "dim": self.dim, "rows": len(self.ids), **self.settings},

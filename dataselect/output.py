@@ -8,9 +8,11 @@ writer settings are fixed, so the same table always gives the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,20 +40,29 @@ def atomic_path(final: str | os.PathLike) -> tuple[str, str]:
     return tmp, final
 
 
-def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "parquet") -> None:
-    """Write ``table`` atomically. Parquet: zstd, no timestamps, so bytes are reproducible."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path to write ``path``'s content to; on success it is renamed into
+    place, on any failure (a full disk, Ctrl-C) it is deleted, so a file at ``path`` is
+    always whole."""
     tmp, final = atomic_path(path)
     try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "parquet") -> None:
+    """Write ``table`` atomically. Parquet: zstd, no timestamps, so bytes are reproducible."""
+    with atomic_write(path) as tmp:
         if fmt == "parquet":
             pq.write_table(table, tmp, compression="zstd", write_statistics=True,
                            store_schema=True)
         else:
             with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_table(path: str | os.PathLike) -> pa.Table:
@@ -64,15 +75,9 @@ def read_table(path: str | os.PathLike) -> pa.Table:
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically with sorted keys (stable diffs, stable bytes)."""
-    tmp, final = atomic_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

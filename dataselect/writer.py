@@ -28,7 +28,7 @@ from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output
 from dataselect.output import (
     OutputFormat,
-    atomic_path,
+    atomic_write,
     part_name,
     remove_stale_temporaries,
     write_json,
@@ -66,11 +66,9 @@ class _WritePart:
         chosen = self.positions.get(index, np.empty(0, np.int64))
         picked = _attach_scores(table.take(chosen), scores.take(chosen), self.ranks[index], path)
         pool_counts, selected_counts = self._ngram_counts(table, chosen)
-        tmp, final = atomic_path(stats_path)
-        with open(tmp, "wb") as f:
+        with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
             np.savez(f, rows=picked.num_rows, pool_counts=pool_counts,
                      selected_counts=selected_counts)
-        os.replace(tmp, final)
         write_table(picked, path, self.fmt)
         return {"rows": picked.num_rows, "reused": False,
                 "seconds": time.perf_counter() - start}
