@@ -33,6 +33,7 @@ from dataselect.formats import (
     plan_pieces,
     read_piece,
 )
+from dataselect.output import jsonable
 from dataselect.textspec import TextSpec
 
 DEFAULT_PARTITION_BYTES = 4 << 20
@@ -161,6 +162,26 @@ class Corpus:
             "files": [file_fingerprint(f) for f in self.files],
         }
 
+    def changed_since(self, recorded: dict[str, Any]) -> list[str]:
+        """The files whose content differs from a ``fingerprint()`` taken earlier (all of
+        them when the settings or the file list differ); empty when nothing changed."""
+        now = jsonable(self.fingerprint())
+        if now == recorded:
+            return []
+        before = {f.get("path"): f for f in recorded.get("files", [])}
+        changed = [f["path"] for f in now["files"] if before.get(f["path"]) != f]
+        return changed or list(self.files)
+
+    def check_unchanged(self, recorded: dict[str, Any], what: str) -> None:
+        """Refuse to finish a job whose input changed while it ran: its parts would mix
+        rows read before and after the edit, under scores of the old text."""
+        changed = self.changed_since(recorded)
+        if changed:
+            shown = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
+            raise InputError(f"changed while the job ran ({what}: {shown}); the output is "
+                             "incomplete: rerun with --overwrite once the input stays put",
+                             where=changed[0])
+
 
 @dataclass(frozen=True)
 class _PartitionTask:
@@ -234,6 +255,13 @@ def _file_labels(files: list[str]) -> dict[str, str]:
 
 def _ids(table: pa.Table, id_field: str, label: str, where: Callable[[int], str]) -> pa.Array:
     if id_field not in table.column_names:
+        if id_field != ID_COLUMN:
+            # an id column the user named must exist: deriving ids instead would silently
+            # replace the ids they meant (and any ``id`` column the rows already have)
+            columns = [c for c in table.column_names if c not in (ROW_COLUMN, FILE_COLUMN)]
+            raise InputError(f"has no id column {id_field!r} (columns: {', '.join(columns)}); "
+                             "give the right --id-field, or leave it out to derive ids",
+                             where=where(0) if table.num_rows else None, field=id_field)
         rows = table[ROW_COLUMN].combine_chunks()
         return pc.binary_join_element_wise(label, rows.cast(pa.string()), ":")
     column = table[id_field].combine_chunks()

@@ -15,8 +15,8 @@ written first, before the job computes anything, and holds:
 
 An output may not be, contain or lie inside any input: writing into the pool folder would
 overwrite it, and an output inside a folder that is read recursively would be read back as
-input by the next run. A lock file (``.dataselect.lock``: pid, host, start time) keeps two
-jobs from writing one folder at once; a lock whose process is gone is taken over.
+input by the next run. A kernel lock on ``.dataselect.lock`` keeps two jobs from writing
+one folder at once; it dies with its process, so a killed job never blocks its rerun.
 
 Both names start with ``.``, so every dataset reader (pyarrow, pandas, polars, Hugging Face
 ``datasets``) skips them.
@@ -25,6 +25,7 @@ Both names start with ``.``, so every dataset reader (pyarrow, pandas, polars, H
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -344,44 +345,64 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
 
 # --- the lock --------------------------------------------------------------------------
 
+# locks this process holds (folder -> open lock file): a claim nested in a job's claim of
+# the same folder does not lock it twice
+_HELD: dict[str, int] = {}
+
 
 @contextlib.contextmanager
 def hold_lock(path: str) -> Iterator[None]:
-    """Hold ``path``'s lock file while the block runs; refuse when another live job holds
-    it, take it over when its owner is gone (killed)."""
+    """Hold ``path``'s lock while the block runs; refuse when another live job holds it.
+
+    The lock is a kernel lock (``flock``) on ``.dataselect.lock``, so it is released when
+    its process dies however it dies: a job killed with ``kill -9`` never blocks its rerun,
+    and no pid has to be guessed alive or dead. The file's text (pid, host, start) only
+    names the owner in the refusal message.
+    """
+    key = os.path.realpath(path)
+    if key in _HELD:
+        yield
+        return
     lock = os.path.join(path, LOCK)
-    _acquire(lock)
+    fd = _acquire(lock)
+    _HELD[key] = fd
     try:
         yield
     finally:
+        del _HELD[key]
         with contextlib.suppress(OSError):
-            if _read_lock(lock).get("token") == _token():
-                os.remove(lock)
+            os.remove(lock)  # while still locked, so nobody locks a file about to vanish
+        os.close(fd)
 
 
-def _acquire(lock: str) -> None:
-    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                         "started": _process_start(os.getpid()), "token": _token(),
-                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    for _ in range(3):
+def _acquire(lock: str) -> int:
+    for _ in range(10):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             owner = _read_lock(lock)
-            if owner.get("token") == _token():
-                return  # this process already holds it (a nested claim)
-            if _alive(owner):
-                raise OutputConflictError(
-                    f"{os.path.dirname(lock)} is in use by another dataselect job (pid "
-                    f"{owner.get('pid')} on {owner.get('host')} since {owner.get('since')}); "
-                    f"wait for it to finish, or delete {lock} if that job is gone") from None
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(lock)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(record)
-        return
+            os.close(fd)
+            raise OutputConflictError(
+                f"{os.path.dirname(lock)} is in use by another dataselect job (pid "
+                f"{owner.get('pid', '?')} on {owner.get('host', '?')} since "
+                f"{owner.get('since', '?')}); wait for it to finish, or choose another "
+                "--out") from None
+        if _same_file(fd, lock):
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                                    ).encode())
+            return fd
+        os.close(fd)  # its holder removed the file as we locked it: lock the new one
     raise OutputConflictError(f"could not take the lock {lock}; retry")
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _read_lock(lock: str) -> dict[str, Any]:
@@ -391,35 +412,3 @@ def _read_lock(lock: str) -> dict[str, Any]:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
-
-
-def _alive(owner: dict[str, Any]) -> bool:
-    """Whether the lock's owner still runs. Another host cannot be checked, so its lock is
-    respected; a lock file that cannot be parsed (a writer killed mid-write) is stale."""
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    started = owner.get("started")
-    return started is None or started == _process_start(pid)  # else the pid was reused
-
-
-def _process_start(pid: int) -> int | None:
-    """The process' start time in clock ticks since boot (Linux), to tell a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _token() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"

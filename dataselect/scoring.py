@@ -38,7 +38,6 @@ from dataselect.manifest import package_versions
 from dataselect.ngrams import NgramHasher
 from dataselect.outdir import claim_output
 from dataselect.output import (
-    jsonable,
     part_name,
     read_json,
     read_table,
@@ -98,6 +97,20 @@ class Scorer(ABC):
     # True for scorers that train or take gradients on the response tokens only (LESS,
     # BADS): their batches then carry a ``response_spans`` column (see TextSpec).
     uses_response_spans: ClassVar[bool] = False
+    # What the scorer needs, declared here so that jobs and recipes never test a scorer's
+    # name (and a scorer from another package gets the same treatment):
+    # - needs_model: a ``model`` parameter naming a local causal LM folder; a recipe may
+    #   give it as the name of an entry of ``models``.
+    needs_model: ClassVar[bool] = False
+    # - pool_features: scores through a pool feature store (a ``features`` parameter); a
+    #   recipe computes the store once and shares it across its tasks.
+    pool_features: ClassVar[bool] = False
+    # - needs_warmup: takes LoRA warmup ``checkpoints``; a recipe runs the warmup when none
+    #   are given.
+    needs_warmup: ClassVar[bool] = False
+    # - default_policy: what ``--policy auto`` means for these scores (DSIR's are log
+    #   importance weights, so it resamples; everything else takes the top rows).
+    default_policy: ClassVar[str] = "top_k"
 
     @property
     def local_workers(self) -> str:
@@ -264,8 +277,12 @@ class Scores:
         folder = str(folder)
         manifest = read_json(os.path.join(folder, STORE_MANIFEST))
         description = manifest["description"]
-        if description.get("pool") != jsonable(corpus.fingerprint()):
-            raise InputError("score store was computed on a different pool", where=folder)
+        changed = corpus.changed_since(description.get("pool") or {})
+        if changed:
+            raise InputError(f"score store was computed on another version of the pool "
+                             f"(differs: {', '.join(changed[:3])}); if you edited the pool "
+                             "while the job ran, rerun with --overwrite once it stays put",
+                             where=folder)
         missing = [i for i in range(corpus.npartitions)
                    if not os.path.exists(os.path.join(folder, part_name(i)))]
         if missing:

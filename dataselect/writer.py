@@ -178,6 +178,11 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
                                           pool_ngram_counts[0] if reuse else None)
     if extra_manifest:
         manifest.update(extra_manifest)
+    # the parts were read from the pool the scores were computed on, or the job fails
+    # here, before the manifest that marks it finished
+    scored_on = selection.scores.description.get("pool")
+    if scored_on:
+        selection.pool.check_unchanged(scored_on, "pool")
     write_json(manifest, os.path.join(out, MANIFEST_FILE))
     return manifest
 

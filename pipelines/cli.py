@@ -21,7 +21,6 @@ for every error and keeps Dask's own logs, which are otherwise silenced.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import traceback
 from typing import Any
@@ -33,8 +32,10 @@ from dataselect.checks import flag_type
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, read_corpus
 from dataselect.errors import DataSelectError, InputError, os_error_line
 from dataselect.featurize import SIDES
+from dataselect.params import settings_from_text
 from dataselect.writer import DEFAULT_METRICS_SAMPLE
 from pipelines.cluster import verbose_logs, worker_failure_line
+from pipelines.console import INTERRUPTED
 from pipelines.feature_jobs import (
     build_index,
     run_attribute_job,
@@ -76,9 +77,10 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", required=True, choices=sorted(SCORERS))
-    parser.add_argument("--pool", required=True, nargs="+",
-                        help="pool files, folders or globs (quote globs)")
-    parser.add_argument("--target", required=True, nargs="+",
+    parser.add_argument("--pool", required=True, nargs="+", action="extend",
+                        help="pool files, folders or globs (quote globs; several may follow "
+                             "one flag, or repeat the flag)")
+    parser.add_argument("--target", required=True, nargs="+", action="extend",
                         help="target files, folders or globs")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--text-field", default="text",
@@ -173,7 +175,7 @@ def _recipe_commands(commands: Any) -> None:
 
 
 def _input_args(parser: argparse.ArgumentParser, name: str, help: str) -> None:
-    parser.add_argument(name, required=True, nargs="+", help=help)
+    parser.add_argument(name, required=True, nargs="+", action="extend", help=help)
     parser.add_argument("--text-field", default="text",
                         help="text column, 'messages' (chat) or 'prompt+completion'")
     parser.add_argument("--id-field", default="id",
@@ -237,42 +239,9 @@ def _feature_commands(commands: Any) -> None:
 
 
 def parse_params(scorer: str, pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs, converted to the type of the scorer's field of that name."""
-    cls = SCORERS[scorer]
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
-    params: dict[str, Any] = {}
-    for key, value in _pairs(pairs).items():
-        if key not in types:
-            raise InputError(f"{scorer} has no parameter {key!r}; known: {sorted(types)}",
-                             field="--param")
-        params[key] = _convert(value, str(types[key]), key)
-    return params
-
-
-def _convert(value: str, type_name: str, key: str) -> Any:
-    """A ``-p`` value typed like its field. Integers are written as integers ("1.0" and
-    "true" are not ints) and floats must be finite: NaN passes every ``x < 0`` range check
-    a scorer makes, and no setting here means anything at infinity. The scorer (or
-    ``EvalSettings.check``) then checks the range."""
-    if type_name.endswith(" | None"):
-        if value.lower() in ("none", "auto"):
-            return None
-        type_name = type_name.removesuffix(" | None")
-    try:
-        if type_name == "bool":
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        if type_name == "int":
-            return int(value)
-        if type_name == "float":
-            return checks.check_finite(float(value), key)
-    except ValueError as exc:
-        if isinstance(exc, InputError):
-            raise
-        hint = " (an integer, without a decimal point)" if type_name == "int" else ""
-        raise InputError(f"{value!r} is not a valid {type_name}{hint}", field=key) from None
-    return value
+    """``KEY=VALUE`` pairs, typed and checked by the scorer's own fields (the same check a
+    recipe's values and the Python API's keywords get, :mod:`dataselect.params`)."""
+    return settings_from_text(SCORERS[scorer], _pairs(pairs), scorer)
 
 
 def job_from_args(args: argparse.Namespace) -> SelectJob:
@@ -343,16 +312,12 @@ def eval_settings(args: argparse.Namespace) -> Any:
     from pipelines.evaluate import EvalSettings
 
     flags = ("seeds", "steps", "tasks", "model", "scheduler", "workers")
-    types = {f.name: str(f.type) for f in dataclasses.fields(EvalSettings)
-             if f.name not in flags}
-    values: dict[str, Any] = {}
-    for key, raw in _pairs(args.param).items():
-        if key in flags:
-            raise InputError(f"give {key} with --{key}, not -p", field="--param")
-        if key not in types:
-            raise InputError(f"eval has no setting {key!r}; known: {sorted(types)}",
-                             field="--param")
-        values[key] = _convert(raw, types[key], key)
+    pairs = _pairs(args.param)
+    given_as_flag = sorted(set(pairs) & set(flags))
+    if given_as_flag:
+        key = given_as_flag[0]
+        raise InputError(f"give {key} with --{key}, not -p", field="--param")
+    values: dict[str, Any] = settings_from_text(EvalSettings, pairs, "eval")
     values["seeds"] = tuple(args.seeds)  # parsed and range-checked by argparse (_seed_list)
     if args.steps is not None:
         values["steps"] = args.steps
@@ -376,7 +341,6 @@ def _pairs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-INTERRUPTED = "dataselect: interrupted; rerun the same command to resume"
 
 
 def main(argv: list[str] | None = None) -> int:

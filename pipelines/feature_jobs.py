@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from dataselect.features import FeatureStore, combine_views
 from dataselect.featurize import SIDES, Side, featurize
 from dataselect.index import FeatureIndex, IndexKind
 from dataselect.outdir import check_output_file, locked_output, normalize, refuse_overlap
+from dataselect.params import settings_from_text
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.summary import print_summary
@@ -157,22 +157,6 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
                                inputs)
 
 
-def warmup_config(params: dict[str, Any]) -> WarmupConfig:
-    """A WarmupConfig from ``KEY=VALUE`` strings, each converted to its field's type."""
-    defaults = asdict(WarmupConfig())
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise InputError(f"warmup has no parameter(s) {unknown}; known: {sorted(defaults)}",
-                         field=unknown[0])
-    values: dict[str, Any] = {}
-    for key, raw in params.items():
-        default = defaults[key]
-        try:
-            if isinstance(default, list):
-                values[key] = [v for v in str(raw).split(",") if v]
-            else:
-                values[key] = type(default)(raw)
-        except ValueError:
-            raise InputError(f"{raw!r} is not a valid {type(default).__name__}",
-                             field=key) from None
-    return WarmupConfig(**values)
+def warmup_config(params: dict[str, str]) -> WarmupConfig:
+    """A WarmupConfig from ``KEY=VALUE`` strings, typed and checked by its fields."""
+    return WarmupConfig(**settings_from_text(WarmupConfig, params, "warmup"))

@@ -22,6 +22,7 @@ from dataselect.errors import InputError
 from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
+from dataselect.params import field_types, validate_settings
 from dataselect.scoring import Scorer, Scores
 from dataselect.writer import DEFAULT_METRICS_SAMPLE, MANIFEST_FILE
 from pipelines.cluster import dask_client
@@ -91,14 +92,11 @@ class SelectJob:
 
 
 def build_scorer(name: str, params: dict[str, Any], seed: int) -> Scorer:
-    """Instantiate a registered scorer; unknown parameters are an error naming them."""
+    """Instantiate a registered scorer; parameters are checked against its fields (unknown
+    keys, wrong types), then its own ranges; ``seed`` fills a seed it was not given."""
     cls = SCORERS[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-    unknown = sorted(set(params) - set(fields))
-    if unknown:
-        raise InputError(f"{name} has no parameter(s) {unknown}; known: {sorted(fields)}",
-                         field=unknown[0])
-    if "seed" in fields and "seed" not in params:
+    validate_settings(cls, params, name)
+    if "seed" in field_types(cls) and "seed" not in params:
         params = {**params, "seed": seed}
     return cls(**params)
 
@@ -193,7 +191,8 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
 def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner
             ) -> select.Selection:
     return choose_rows(pool, scores, job.policy, job.k, job.fraction, job.threshold, job.seed,
-                       resample_by_default=job.scorer == "dsir", runner=runner)
+                       resample_by_default=SCORERS[job.scorer].default_policy
+                       == "importance_resample", runner=runner)
 
 
 def choose_rows(pool: Corpus, scores: Scores, policy: str, k: int | None,

@@ -19,30 +19,24 @@ as on the command line (the shipped recipes are run from the repository root).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import glob
 import os
 import re
-import types
-import typing
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    Strict,
     field_validator,
     model_validator,
 )
 
 from dataselect import checks
 from dataselect.errors import InputError
+from dataselect.params import checked, settings_model
 from pipelines.jobs import POLICIES, build_scorer
 from scorers import SCORERS
 from scorers.lora_warmup import WarmupConfig
@@ -68,28 +62,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-def _checked(check: Callable[..., Any], optional: bool = False, **limits: Any
-             ) -> BeforeValidator:
-    """A pydantic validator that applies one of :mod:`dataselect.checks` before pydantic's
-    own type conversion, which would turn ``true`` into 1 and ``"nan"`` into NaN."""
-    def validate(value: Any) -> Any:
-        if optional and value is None:
-            return None
-        return check(value, None, **limits)
-
-    return BeforeValidator(validate)
-
-
-Count = Annotated[int, _checked(checks.check_count)]
-OptionalCount = Annotated[int | None, _checked(checks.check_count, optional=True)]
-Seed = Annotated[int, _checked(checks.check_seed)]
-OptionalFraction = Annotated[float | None, _checked(checks.check_fraction, optional=True)]
-Fraction = Annotated[float, _checked(checks.check_fraction)]
-OptionalFinite = Annotated[float | None, _checked(checks.check_finite, optional=True)]
-Positive = Annotated[float, _checked(checks.check_positive)]
-NonNegative = Annotated[float, _checked(checks.check_nonnegative)]
-PartitionMB = Annotated[float, _checked(checks.check_partition_mb)]
-MemoryLimit = Annotated[str, _checked(checks.check_memory_limit)]
+Count = Annotated[int, checked(checks.check_count)]
+OptionalCount = Annotated[int | None, checked(checks.check_count, optional=True)]
+Seed = Annotated[int, checked(checks.check_seed)]
+OptionalFraction = Annotated[float | None, checked(checks.check_fraction, optional=True)]
+Fraction = Annotated[float, checked(checks.check_fraction)]
+OptionalFinite = Annotated[float | None, checked(checks.check_finite, optional=True)]
+Positive = Annotated[float, checked(checks.check_positive)]
+NonNegative = Annotated[float, checked(checks.check_nonnegative)]
+PartitionMB = Annotated[float, checked(checks.check_partition_mb)]
+MemoryLimit = Annotated[str, checked(checks.check_memory_limit)]
 
 
 def _as_list(value: Any) -> Any:
@@ -177,14 +159,14 @@ class TinyModelSpec(_Strict):
     the model-based scorers run on where no pretrained model can be downloaded."""
 
     # the byte-level tokenizer's alphabet alone is 256 tokens
-    vocab_size: Annotated[int, _checked(checks.check_count, minimum=300)] = 1000
+    vocab_size: Annotated[int, checked(checks.check_count, minimum=300)] = 1000
     hidden_size: Count = 64
     layers: Count = 2
     heads: Count = 4
-    train_steps: Annotated[int, _checked(checks.check_count, minimum=0)] = 200
+    train_steps: Annotated[int, checked(checks.check_count, minimum=0)] = 200
     lr: Positive = 3e-3
     batch_size: Count = 16
-    max_length: Annotated[int, _checked(checks.check_count, minimum=8)] = 256
+    max_length: Annotated[int, checked(checks.check_count, minimum=8)] = 256
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -263,7 +245,7 @@ class Recipe(_Strict):
             model = params.get("model")
             if isinstance(model, str) and model in self.models:
                 continue
-            if name in ("less", "bads", "embed") and "model" not in params:
+            if SCORERS[name].needs_model and "model" not in params:
                 raise ValueError(f"scorer {name} needs model: a local folder or the name of "
                                  "an entry of models")
         if self.combine.weights and sum(self.combine.weights.get(n, 1.0)
@@ -282,7 +264,7 @@ class Recipe(_Strict):
             except InputError as exc:
                 if exc.where is None and exc.field not in _LATER_FIELDS:
                     raise _setting_error(exc, ("scorers", name), params, name) from None
-        if "less" in self.scorers or self.warmup:
+        if any(SCORERS[n].needs_warmup for n in self.scorers) or self.warmup:
             try:
                 self.warmup_config().check()
             except InputError as exc:
@@ -325,43 +307,11 @@ def _setting_error(exc: InputError, prefix: tuple[Any, ...], given: dict[str, An
 
 def _check_params(name: str, params: Any, prefix: tuple[Any, ...]) -> dict[str, Any]:
     try:
-        model = _params_model(name).model_validate(params or {})
+        model = settings_model(WarmupConfig if name == "warmup" else SCORERS[name]
+                               ).model_validate(params or {})
     except pydantic.ValidationError as exc:
         raise _NestedError.of(prefix, exc) from None
     return model.model_dump(exclude_unset=True)
-
-
-@functools.cache
-def _params_model(name: str) -> type[BaseModel]:
-    """A strict pydantic model of a scorer's (or the warmup's) dataclass fields, so recipe
-    values are checked against the types the scorer declares."""
-    cls = WarmupConfig if name == "warmup" else SCORERS[name]
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        annotation = hints[f.name]
-        if "Sequence" in str(annotation):  # YAML gives lists
-            annotation = list[str]
-        fields[f.name] = (_typed(annotation), None)
-    return pydantic.create_model(f"{name}_params", __config__=ConfigDict(
-        extra="forbid", allow_inf_nan=False), **fields)
-
-
-def _typed(annotation: Any) -> Any:
-    """A scorer field's annotation with numbers checked strictly: pydantic would read
-    ``true`` as 1 and accept NaN; ranges are the scorer's own (see ``_check_settings``)."""
-    optional = isinstance(annotation, types.UnionType) and type(None) in annotation.__args__
-    base = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)),
-                annotation) if optional else annotation
-    if base is bool:
-        return Annotated[annotation, Strict()]
-    if base is int:
-        return Annotated[annotation, _checked(checks.check_int, optional, maximum=None)]
-    if base is float:
-        return Annotated[annotation, _checked(checks.check_finite, optional)]
-    return annotation
 
 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:

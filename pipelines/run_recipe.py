@@ -41,6 +41,7 @@ from pipelines.jobs import SCORES_DIR, build_scorer, choose_rows
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
 from pipelines.summary import print_summary
+from scorers import SCORERS
 
 RUN_FILE = "_run.json"
 TASKS_DIR, UNION_DIR = "tasks", "union"
@@ -157,10 +158,11 @@ def _prepare_models(recipe: Recipe, pool: Corpus, out: str, timings: list[StageT
         resolved = dict(given)
         if isinstance(resolved.get("model"), str) and resolved["model"] in folders:
             resolved["model"] = folders[resolved["model"]]
-        if scorer in ("less", "embed"):
+        declared = SCORERS[scorer]
+        if declared.pool_features:
             # pool features do not depend on the task: computed once, shared by every task
             resolved.setdefault("features", os.path.join(out, "_features", scorer))
-        if scorer == "less" and not resolved.get("checkpoints"):
+        if declared.needs_warmup and not resolved.get("checkpoints"):
             resolved["checkpoints"] = _warmup(recipe, pool, resolved["model"], out,
                                               timings, console)
         params[scorer] = resolved
@@ -251,7 +253,9 @@ def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[
 
 def _select(recipe: Recipe, pool: Corpus, task_scores: dict[str, Scores],
             runner: ProgressRunner) -> dict[str, select.Selection]:
-    resample = list(recipe.scorers) == ["dsir"]
+    # several scorers' scores are combined z-scores or ranks, never a scorer's own kind
+    resample = (len(recipe.scorers) == 1
+                and SCORERS[next(iter(recipe.scorers))].default_policy == "importance_resample")
     if recipe.selection.scope == "global":
         budget = recipe.selection
         best = max_over_tasks(task_scores)

@@ -1,15 +1,100 @@
 """Scorers: one module per method, each implementing :class:`dataselect.scoring.Scorer`.
 
-``SCORERS`` maps the names used on the command line and in recipes to their classes.
+``SCORERS`` maps the names used on the command line and in recipes to their classes. Scorers
+register through the ``dataselect.scorers`` entry-point group, so a package outside this
+repository adds one with one module and one line of packaging metadata::
+
+    [project.entry-points."dataselect.scorers"]
+    myscorer = "mypackage.myscorer:MyScorer"
+
+Classes are imported when first looked up, not when this package is imported: listing the
+names costs nothing, and a job imports only the scorer it runs (the model-based ones pull
+in torch and transformers). The built-in scorers are also listed here, so a source checkout
+whose packaging metadata is not installed still finds them; an installed plug-in cannot
+take a built-in's name.
 """
 
-from scorers.bads import Bads
-from scorers.dsir import DSIR
-from scorers.embed import Embed
-from scorers.fasttext import FastText
-from scorers.less import Less
-from scorers.zipfit import ZipFit
+from __future__ import annotations
 
-SCORERS = {cls.name: cls for cls in (Bads, DSIR, Embed, FastText, Less, ZipFit)}
+from collections.abc import Iterator, Mapping
+from importlib import import_module, metadata
+from typing import Any
+
+from dataselect.errors import InputError
+from dataselect.scoring import Scorer
+
+GROUP = "dataselect.scorers"
+BUILTIN = {
+    "bads": "scorers.bads:Bads",
+    "dsir": "scorers.dsir:DSIR",
+    "embed": "scorers.embed:Embed",
+    "fasttext": "scorers.fasttext:FastText",
+    "less": "scorers.less:Less",
+    "zipfit": "scorers.zipfit:ZipFit",
+}
+
+
+class ScorerRegistry(Mapping[str, type[Scorer]]):
+    """Scorer classes by name, from the built-ins and the ``dataselect.scorers`` entry
+    points, each imported on first lookup."""
+
+    def __init__(self) -> None:
+        self._targets: dict[str, str] | None = None
+        self._classes: dict[str, type[Scorer]] = {}
+
+    def refresh(self) -> None:
+        """Look for entry points again (after installing a plug-in in this process)."""
+        self._targets = None
+        self._classes = {}
+
+    def _entries(self) -> dict[str, str]:
+        if self._targets is None:
+            targets = dict(BUILTIN)
+            for entry in metadata.entry_points(group=GROUP):
+                targets.setdefault(entry.name, entry.value)
+            self._targets = targets
+        return self._targets
+
+    def __getitem__(self, name: str) -> type[Scorer]:
+        if name not in self._classes:
+            self._classes[name] = _load(name, self._entries()[name])
+        return self._classes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries()))
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+
+def _load(name: str, target: str) -> type[Scorer]:
+    """Import ``module:Class`` and check that it keeps the Scorer contract under its name."""
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"scorer {name!r} is registered as {target!r}, which cannot be "
+                         f"imported ({exc}); reinstall the package that provides it",
+                         field="scorer") from None
+    if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+        raise InputError(f"scorer {name!r} ({target}) is not a dataselect Scorer subclass",
+                         field="scorer")
+    if getattr(cls, "name", None) != name:
+        raise InputError(f"scorer {name!r} ({target}) calls itself {cls.name!r}; its class "
+                         "attribute name must equal its registered name", field="scorer")
+    return cls
+
+
+SCORERS = ScorerRegistry()
+
+_CLASS_NAMES = {target.partition(":")[2]: name for name, target in BUILTIN.items()}
+
+
+def __getattr__(attribute: str) -> Any:
+    """``from scorers import DSIR`` keeps working, importing only that scorer's module."""
+    if attribute in _CLASS_NAMES:
+        return SCORERS[_CLASS_NAMES[attribute]]
+    raise AttributeError(f"module 'scorers' has no attribute {attribute!r}")
+
 
 __all__ = ["DSIR", "SCORERS", "Bads", "Embed", "FastText", "Less", "ZipFit"]

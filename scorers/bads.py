@@ -69,6 +69,7 @@ class Bads(Scorer):
 
     name: ClassVar[str] = "bads"
     uses_response_spans: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = True
 
     model: str
     beta: float = 0.05

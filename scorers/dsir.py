@@ -69,6 +69,7 @@ class DSIR(Scorer):
     """Hashed n-gram importance weights. Score = log importance weight (higher = closer)."""
 
     name: ClassVar[str] = "dsir"
+    default_policy: ClassVar[str] = "importance_resample"
 
     num_buckets: int = 10_000
     ngram: int = 2

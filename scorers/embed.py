@@ -74,6 +74,8 @@ class Embed(Scorer):
     """RDS+ embedding similarity to the target (higher = closer)."""
 
     name: ClassVar[str] = "embed"
+    needs_model: ClassVar[bool] = True
+    pool_features: ClassVar[bool] = True
 
     model: str
     pooling: Pooling = "position_weighted"

@@ -72,6 +72,9 @@ class Less(Scorer):
 
     name: ClassVar[str] = "less"
     uses_response_spans: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = True
+    pool_features: ClassVar[bool] = True
+    needs_warmup: ClassVar[bool] = True
 
     model: str
     checkpoints: list[str] = field(default_factory=list)
@@ -90,8 +93,8 @@ class Less(Scorer):
         checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
         checks.check_seed(self.seed)
         self.model = check_model_folder(self.model, "model")
-        if isinstance(self.checkpoints, str):  # from the command line: comma-separated
-            self.checkpoints = [p for p in self.checkpoints.split(",") if p]
+        if isinstance(self.checkpoints, str):  # one checkpoint folder
+            self.checkpoints = [self.checkpoints]
         if not self.checkpoints:
             raise InputError("LESS needs at least one warmup checkpoint (run `dataselect less "
                              "warmup` first)", field="checkpoints")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -179,32 +180,40 @@ def test_a_same_size_edit_of_the_pool_is_a_different_job(pool_copy, tmp_path, ca
 # --- the lock ------------------------------------------------------------------------
 
 
+def _hold_in_another_process(folder: Path) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom dataselect.outdir import hold_lock\n"
+         "with hold_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n",
+         str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_a_folder_locked_by_a_live_job_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / MARKER).write_text(json.dumps({"tool": "dataselect", "kind": "job",
                                           "identity": None, "files": []}))
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = _hold_in_another_process(out)
     try:
-        (out / LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename,
-                                            "since": "now"}))
         assert main(_select(f"{DATA}/pool/*.parquet", out)) == 2
-        assert f"in use by another dataselect job (pid {sleeper.pid}" in _error_line(capsys)
+        assert f"in use by another dataselect job (pid {holder.pid}" in _error_line(capsys)
         assert not (out / "_manifest.json").exists()
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    # its owner is gone: the lock is stale and taken over
+        holder.kill()
+        holder.wait()
+    # its owner was killed: the kernel released the lock, the file it left does not block
+    assert (out / LOCK).exists()
     assert main(_select(f"{DATA}/pool/*.parquet", out)) == 0
     assert not (out / LOCK).exists()
 
 
 def test_two_claims_of_one_folder_at_once_exclude_each_other(tmp_path):
     with claim_output(tmp_path / "o", "x", {"a": 1}):
-        assert (tmp_path / "o" / LOCK).exists()
-        lock = json.loads((tmp_path / "o" / LOCK).read_text())
-        assert lock["pid"] == os.getpid()
-        # another process sees a live owner
+        assert json.loads((tmp_path / "o" / LOCK).read_text())["pid"] == os.getpid()
+        with claim_output(tmp_path / "o", "x", {"a": 1}):  # nested in this process: fine
+            pass
         probe = subprocess.run(
             [sys.executable, "-c",
              "import sys; from dataselect.outdir import claim_output\n"
@@ -216,11 +225,35 @@ def test_two_claims_of_one_folder_at_once_exclude_each_other(tmp_path):
     assert not (tmp_path / "o" / LOCK).exists()
 
 
-def test_a_lock_with_a_reused_pid_is_stale(tmp_path):
-    (tmp_path / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
-                                             "started": -1, "token": "elsewhere"}))
-    with hold_lock(str(tmp_path)):
-        assert json.loads((tmp_path / LOCK).read_text())["started"] != -1
+def _race(folder: str, start: Any, tried: Any, results: Any) -> None:
+    start.wait()
+    try:
+        with hold_lock(folder):
+            results.put(1)
+            tried.wait()  # hold until every racer has tried
+    except OutputConflictError:
+        results.put(0)
+        tried.wait()
+
+
+def test_racing_jobs_never_hold_one_lock_together(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    racers = 4
+    for trial in range(15):
+        folder = tmp_path / f"t{trial}"
+        folder.mkdir()
+        start, tried = context.Barrier(racers), context.Barrier(racers)
+        results = context.Queue()
+        processes = [context.Process(target=_race, args=(str(folder), start, tried, results))
+                     for _ in range(racers)]
+        for process in processes:
+            process.start()
+        held = sum(results.get(timeout=60) for _ in processes)
+        for process in processes:
+            process.join(timeout=60)
+        assert held == 1, f"trial {trial}: {held} jobs held the lock at once"
 
 
 def test_a_failed_claim_of_a_new_folder_leaves_nothing(tmp_path):
@@ -333,3 +366,63 @@ def test_a_recipe_output_over_its_pool_is_refused_before_any_work(tmp_path, caps
     assert main(["run", str(tmp_path / "r.yaml")]) == 2
     assert "contains the input" in _error_line(capsys)
     assert _digests(instructions) == before
+
+
+# --- found by probing the fixes above ------------------------------------------------
+
+
+def test_a_repeated_pool_flag_adds_files_instead_of_replacing_them(tmp_path):
+    pool = sorted(str(p) for p in (DATA / "pool").glob("*.parquet"))
+    argv = _select(pool[0], tmp_path / "out")
+    at = argv.index("--pool")
+    argv[at:at + 2] = ["--pool", pool[0], "--pool", pool[1], "--pool", pool[2], pool[3]]
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["job"]["pool"] == pool
+    assert manifest["counts"]["rows_in"] == 3960
+
+
+def test_an_id_field_the_pool_lacks_is_an_error_not_derived_ids(tmp_path, capsys):
+    assert main(_select(f"{DATA}/pool/*.parquet", tmp_path / "out", "--id-field", "uid")) == 2
+    line = _error_line(capsys)
+    assert "field 'uid': has no id column 'uid' (columns: " in line and "id" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pool_edited_while_the_job_writes_fails_before_the_manifest(tmp_path):
+    from dataselect import read_corpus, select
+    from scorers import DSIR
+
+    source = tmp_path / "pool.jsonl"
+    source.write_text("".join(json.dumps({"id": str(i), "text": f"row {i} of text"}) + "\n"
+                              for i in range(300)))
+    pool = read_corpus(str(source), partition_bytes=2000)
+    target = read_corpus(TARGET)
+    scores = DSIR().fit(target, pool).score(pool).write(tmp_path / "scores")
+    chosen = select.top_k(pool, scores, k=20)
+
+    def runner(stage, tasks):  # the edit lands while the parts are written
+        import dask
+
+        results = [dask.compute(t, scheduler="sync")[0] for t in tasks[:2]]
+        source.write_bytes(source.read_bytes().replace(b"row 250 ", b"ROW 250 "))
+        return results + [dask.compute(t, scheduler="sync")[0] for t in tasks[2:]]
+
+    from dataselect.errors import InputError
+
+    with pytest.raises(InputError, match=r"changed while the job ran \(pool: .*pool.jsonl\)"):
+        chosen.write(str(tmp_path / "out"), target=target, runner=runner)
+    assert not (tmp_path / "out" / "_manifest.json").exists()
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(tmp_path):
+    script = ("import os, signal, sys, threading\n"
+              "threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+              "sys.argv = ['dataselect', '--help']\n"
+              "from pipelines.console import main\n"
+              "sys.exit(main())\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 130, done.stderr[-500:]
+    assert done.stderr.strip().splitlines() == [
+        "dataselect: interrupted; rerun the same command to resume"]

@@ -1,0 +1,148 @@
+"""Settings dataclasses, read the same way from every place a user gives them.
+
+A scorer's parameters, the LoRA warmup's and the evaluation's settings are each one
+dataclass: its fields (names, types, defaults) are the single definition of what may be set.
+Users give values as Python keywords, as ``-p KEY=VALUE`` text on the command line, or as
+YAML values in a recipe; all three go through :func:`settings_model`, a strict pydantic
+model built from the dataclass, so a value that one path accepts the others accept too, and
+``k: true``, ``"1.0"`` for an integer or NaN are refused everywhere. Text from the command
+line is first turned into the field's type (:func:`settings_from_text`): a list from
+comma-separated text, ``none`` or ``auto`` for an optional field, ``true``/``false`` for a
+boolean. Ranges are the dataclass' own business (its ``__post_init__`` or ``check()``, built
+on :mod:`dataselect.checks`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict
+
+from dataselect import checks
+from dataselect.errors import InputError
+
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def checked(check: Callable[..., Any], optional: bool = False, **limits: Any
+            ) -> BeforeValidator:
+    """A pydantic validator that applies one of :mod:`dataselect.checks` before pydantic's
+    own type conversion, which would turn ``true`` into 1 and ``"nan"`` into NaN."""
+    def validate(value: Any) -> Any:
+        if optional and value is None:
+            return None
+        return check(value, None, **limits)
+
+    return BeforeValidator(validate)
+
+
+@functools.cache
+def settings_model(cls: type) -> type[BaseModel]:
+    """A strict pydantic model of ``cls``'s init fields (unknown keys, booleans as numbers
+    and NaN refused)."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.init:
+            fields[f.name] = (_strict(_listed(hints[f.name])), None)
+    return pydantic.create_model(f"{cls.__name__}Settings", __config__=ConfigDict(
+        extra="forbid", allow_inf_nan=False), **fields)
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Each init field's type, as the model checks it."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _listed(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+
+
+def validate_settings(cls: type, values: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """``values`` checked against ``cls``'s fields; only the keys given are returned (the
+    dataclass fills in its defaults). Errors are an InputError naming the key."""
+    unknown = sorted(set(values) - set(field_types(cls)))
+    if unknown:
+        raise InputError(f"{owner} has no parameter {unknown[0]!r}; known: "
+                         f"{sorted(field_types(cls))}", field=unknown[0])
+    try:
+        model = settings_model(cls).model_validate(dict(values))
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InputError(message, field=key) from None
+    return model.model_dump(exclude_unset=True)
+
+
+def settings_from_text(cls: type, pairs: Mapping[str, str], owner: str) -> dict[str, Any]:
+    """``KEY=VALUE`` text (the command line's ``-p``), each value turned into its field's
+    type, then checked like any other value."""
+    kinds = field_types(cls)
+    values = {}
+    for key, text in pairs.items():
+        if key not in kinds:
+            raise InputError(f"{owner} has no parameter {key!r}; known: {sorted(kinds)}",
+                             field=key)
+        values[key] = _from_text(text, kinds[key], key)
+    return validate_settings(cls, values, owner)
+
+
+def _from_text(text: str, kind: Any, key: str) -> Any:
+    base, optional = _unwrap_optional(kind)
+    if optional and text.lower() in ("none", "auto"):
+        return None
+    origin = typing.get_origin(base)
+    if origin is list:
+        return [part for part in text.split(",") if part]
+    try:
+        if base is bool:
+            if text.lower() not in TRUE + FALSE:
+                raise ValueError(text)
+            return text.lower() in TRUE
+        if base is int:
+            return int(text)
+        if base is float:
+            return checks.check_finite(float(text), key)
+    except InputError:
+        raise
+    except ValueError:
+        hint = " (an integer, without a decimal point)" if base is int else ""
+        name = getattr(base, "__name__", str(base))
+        raise InputError(f"{text!r} is not a valid {name}{hint}", field=key) from None
+    return text
+
+
+def _unwrap_optional(kind: Any) -> tuple[Any, bool]:
+    args = typing.get_args(kind)
+    if (isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union) \
+            and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else kind), True
+    return kind, False
+
+
+def _listed(annotation: Any) -> Any:
+    """Sequences (tuples of module names, lists of checkpoints) are lists in YAML and
+    comma-separated on the command line."""
+    base, optional = _unwrap_optional(annotation)
+    origin = typing.get_origin(base)
+    if origin in (list, tuple) or "Sequence" in str(base):
+        return list[str] | None if optional else list[str]
+    return annotation
+
+
+def _strict(annotation: Any) -> Any:
+    """A field's annotation with numbers checked strictly: pydantic would read ``true`` as
+    1 and accept NaN."""
+    base, optional = _unwrap_optional(annotation)
+    if base is bool:
+        return Annotated[annotation, Strict()]
+    if base is int:
+        return Annotated[annotation, checked(checks.check_int, optional, maximum=None)]
+    if base is float:
+        return Annotated[annotation, checked(checks.check_finite, optional)]
+    return annotation
