@@ -183,7 +183,9 @@ def _input_args(parser: argparse.ArgumentParser, name: str, help: str) -> None:
 
 
 def _feature_commands(commands: Any) -> None:
-    featurizers = sorted(n for n, cls in SCORERS.items() if hasattr(cls, "featurize_batch"))
+    # every name is offered; one whose scorer computes no features is refused when run
+    # (telling them apart here would import every scorer, torch included, on every command)
+    featurizers = sorted(SCORERS)
     warm = commands.add_parser("warmup", help="LESS step 1: LoRA warmup on a pool sample, "
                                "one checkpoint (with Adam moments) per epoch")
     warm.add_argument("--model", required=True, help="local Hugging Face causal LM folder")
@@ -269,7 +271,7 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
     elif args.command == "features":
         corpus = read_corpus(args.input, args.text_field, args.id_field,
                              max(1, int(args.partition_mb * 2**20)))
-        featurizer = build_scorer(args.scorer, parse_params(args.scorer, args.param), 0)
+        featurizer = _featurizer(args)
         run_features_job(featurizer, corpus, args.out, args.side, args.scheduler,
                          args.workers, args.memory_limit, console)
     elif args.command == "index" and args.action == "build":
@@ -279,8 +281,17 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
         search_index(args.index, args.queries, args.k, args.out, console)
     else:
         queries = read_corpus(args.queries, args.text_field, args.id_field)
-        featurizer = build_scorer(args.scorer, parse_params(args.scorer, args.param), 0)
+        featurizer = _featurizer(args)
         run_attribute_job(featurizer, queries, args.index, args.k, args.out, console)
+
+
+def _featurizer(args: argparse.Namespace) -> Any:
+    """The scorer that computes the features, refused when it computes none."""
+    if not hasattr(SCORERS[args.scorer], "featurize_batch"):
+        able = sorted(n for n in SCORERS if hasattr(SCORERS[n], "featurize_batch"))
+        raise InputError(f"{args.scorer} computes no features; choose one of {able}",
+                         field="--scorer")
+    return build_scorer(args.scorer, parse_params(args.scorer, args.param), 0)
 
 
 def run_recipe_command(args: argparse.Namespace, console: Console) -> None:

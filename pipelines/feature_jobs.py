@@ -29,7 +29,7 @@ from dataselect.params import settings_from_text
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.summary import print_summary
-from scorers.lora_warmup import WarmupConfig, sample_pool, warmup
+from scorers.warmup_config import WarmupConfig, sample_pool
 
 # Feature settings that must agree between an index and the queries searched against it
 # (everything except which side of the gradient features they are).
@@ -39,6 +39,8 @@ _SIDE_KEYS = ("side", "gradient", "corpus", "npartitions")
 def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
                    device: str | None = None, console: Console | None = None
                    ) -> list[str]:
+    from scorers.lora_warmup import warmup  # torch and peft: only when training
+
     started = time.perf_counter()
     rows = sample_pool(pool, config.fraction, config.seed).num_rows
     steps = -(-rows // config.batch_size) * config.epochs

@@ -39,7 +39,7 @@ from dataselect.errors import InputError
 from dataselect.params import checked, settings_model
 from pipelines.jobs import POLICIES, build_scorer
 from scorers import SCORERS
-from scorers.lora_warmup import WarmupConfig
+from scorers.warmup_config import WarmupConfig
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_RECIPE_BYTES = 1 << 20
