@@ -55,11 +55,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "parquet") -> None:
-    """Write ``table`` atomically. Parquet: zstd, no timestamps, so bytes are reproducible."""
+    """Write ``table`` atomically. Parquet: zstd, no timestamps, so bytes are reproducible,
+    and page checksums, which dataselect verifies when it reads Parquet."""
     with atomic_write(path) as tmp:
         if fmt == "parquet":
+            # page checksums: a byte flipped later (disk, copy) is an error when the file
+            # is read back, not silently different text
             pq.write_table(table, tmp, compression="zstd", write_statistics=True,
-                           store_schema=True)
+                           store_schema=True, write_page_checksum=True)
         else:
             with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)

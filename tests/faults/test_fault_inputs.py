@@ -392,3 +392,35 @@ def test_cli_reports_a_truncated_pool_in_one_line_with_exit_code_2(tmp_path, cap
     assert errors == [f"dataselect: error: {pool}: compressed stream is truncated (ends inside "
                       "a zstd frame); the file is incomplete: re-download or re-compress it"]
     assert "Traceback" not in err
+
+
+def test_dataselect_parquet_carries_page_checksums_so_a_flipped_byte_is_caught(tmp_path):
+    """Our own outputs (read back as the next job's pool) are verifiable: pyarrow writes no
+    page checksums by default, and then a flipped byte inside a page can read back as
+    different text without any error."""
+    import pyarrow as pa
+
+    from dataselect.output import write_table
+
+    path = tmp_path / "part-00000.parquet"
+    texts = [f"document {i} " + "words " * 50 for i in range(2000)]
+    write_table(pa.table({"id": [str(i) for i in range(2000)], "text": texts}), path)
+    assert read_corpus(str(path)).to_table()["text"].to_pylist() == texts
+    import pyarrow.parquet as pq
+
+    original = path.read_bytes()
+    silent = 0
+    for offset in range(len(original) // 4, 3 * len(original) // 4, 97):
+        data = bytearray(original)
+        data[offset] ^= 0x01
+        path.write_bytes(bytes(data))
+        try:  # what a reader that ignores checksums gets
+            unchecked = pq.read_table(path, page_checksum_verification=False)
+        except Exception:
+            continue  # the decompressor noticed this one anyway
+        if unchecked["text"].to_pylist() == texts:
+            continue
+        silent += 1  # different text, no error: only the page checksum can tell
+        with pytest.raises(InputError, match=r"part-00000\.parquet"):
+            read_corpus(str(path)).to_table()
+    assert silent > 0
