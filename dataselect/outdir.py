@@ -175,48 +175,58 @@ def _read_marker(marker: str) -> dict[str, Any]:
     return data
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> str:
-    """The top-level keys (dotted one level down) whose values differ, for the message."""
+def _differences(old: Any, new: Any) -> str:
+    """The top-level keys whose values differ (``key.sub`` where both values are
+    mappings), for the refusal message."""
     if not isinstance(old, dict) or not isinstance(new, dict):
-        return prefix or "settings"
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if not prefix:
-        parts = []
-        for key in keys:
-            sub = _differences(old.get(key), new.get(key), key)
-            parts.append(sub if isinstance(old.get(key), dict)
-                         and isinstance(new.get(key), dict) else key)
-        return ", ".join(parts) or "settings"
-    return ", ".join(f"{prefix}.{k}" for k in keys) or prefix
+        return "settings"
+    parts: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            parts += [f"{key}.{sub}" for sub in sorted(set(before) | set(after))
+                      if before.get(sub) != after.get(sub)]
+        else:
+            parts.append(key)
+    return ", ".join(parts) or "settings"
 
 
 def remove_listed(path: str, files: Iterable[str]) -> int:
     """Delete the listed files (and their temporaries) below ``path``, then the folders
     they leave empty; return how many files went. Nothing unlisted is touched."""
-    removed = 0
-    folders = set()
+    by_folder: dict[str, set[str]] = {}
     for name in files:
         _check_relative(name)
-        target = os.path.join(path, name)
-        parent = os.path.dirname(target)
-        for tmp in glob.glob(os.path.join(glob.escape(parent), ".tmp-*")):
-            if tmp.endswith(os.path.basename(target)):
-                Path(tmp).unlink(missing_ok=True)
-        if os.path.isfile(target) or os.path.islink(target):
-            os.remove(target)
-            removed += 1
-        folders.update(_parents_below(path, name))
-    for folder in sorted(folders, key=len, reverse=True):
+        folder, base = os.path.split(name)
+        by_folder.setdefault(folder, set()).add(base)
+    removed = 0
+    for folder, names in by_folder.items():
+        where = os.path.join(path, folder)
+        if not os.path.isdir(where):
+            continue
+        for entry in os.listdir(where):  # once per folder, not once per listed file
+            target = os.path.join(where, entry)
+            temporary_of_listed = entry.startswith(".tmp-") and any(
+                entry.endswith(n) for n in names)
+            if entry in names and (os.path.isfile(target) or os.path.islink(target)):
+                os.remove(target)
+                removed += 1
+            elif temporary_of_listed:
+                Path(target).unlink(missing_ok=True)
+    parents = {p for folder in by_folder for p in _folder_and_parents(folder)}
+    for folder in sorted(parents, key=len, reverse=True):
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(path, folder))  # only if empty
     return removed
 
 
-def _parents_below(root: str, name: str) -> list[str]:
-    parents, parent = [], os.path.dirname(name)
-    while parent:
-        parents.append(parent)
-        parent = os.path.dirname(parent)
+def _folder_and_parents(folder: str) -> list[str]:
+    parents = []
+    while folder:
+        parents.append(folder)
+        folder = os.path.dirname(folder)
     return parents
 
 
