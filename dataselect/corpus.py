@@ -34,7 +34,7 @@ from dataselect.formats import (
     read_piece,
 )
 from dataselect.output import jsonable
-from dataselect.textspec import TextSpec
+from dataselect.textspec import CHAT_COLUMN, TextSpec
 
 DEFAULT_PARTITION_BYTES = 4 << 20
 FILE_COLUMN, ROW_COLUMN, ID_COLUMN = "_file", "_row", "id"
@@ -104,12 +104,16 @@ class Corpus:
 
     def scoring_view(self, table: pa.Table, response_spans: bool = False) -> pa.Table:
         """``id`` + rendered ``text``: what :meth:`Scorer.score_batch` receives; with
-        ``response_spans``, also the character spans a model is trained to produce."""
+        ``response_spans``, also the character spans a model is trained to produce. Chat
+        records and prompt + completion pairs also carry their turns (``messages``), so a
+        model with a chat template renders them its own way (zero-copy for chat records)."""
+        where = self.where_in(table)
         view = pa.table({ID_COLUMN: table[ID_COLUMN], "text": self.texts(table)})
         if response_spans:
-            view = view.append_column(
-                RESPONSE_SPANS, self.text.response_spans(table, self.where_in(table))
-            )
+            view = view.append_column(RESPONSE_SPANS, self.text.response_spans(table, where))
+        chat = self.text.chat(table, where)
+        if chat is not None:
+            view = view.append_column(CHAT_COLUMN, chat)
         return view
 
     def where_in(self, table: pa.Table) -> Callable[[int], str]:

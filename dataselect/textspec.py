@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -21,6 +22,11 @@ ROLE_SEPARATOR = "\n\n"
 # Character offsets [start, end) of the response parts of one rendered text.
 SPANS_TYPE = pa.list_(pa.struct([("start", pa.int32()), ("end", pa.int32())]))
 RESPONSE_ROLE = "assistant"
+# The conversation of a chat-like record, carried in a scoring view beside the rendered text
+# so a model with its own chat template can render the record in the format it was tuned on.
+CHAT_COLUMN = "messages"
+CHAT_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+PROMPT_ROLE = "user"
 
 TextKind = Literal["column", "messages", "prompt_completion"]
 # Maps a row index inside a batch to a printable place such as ``pool/a.jsonl:18``.
@@ -75,6 +81,29 @@ class TextSpec:
             pa.string(),
         )
 
+    def chat(self, table: pa.Table, where: WhereFn) -> pa.Array | None:
+        """The record as a conversation (``[{role, content}, ...]`` per row), or None for a
+        plain text column, which is not a conversation.
+
+        Chat records give their ``messages`` as they are; a prompt + completion pair is a
+        user turn followed by an assistant turn, the form instruction pairs take when an
+        instruction model is trained on them. Model-based scorers render this with the
+        model's own chat template when it has one (:mod:`scorers.lm`).
+        """
+        if self.kind == "column":
+            return None
+        if self.kind == "messages":  # checked row by row by :meth:`render`
+            return _role_content_only(table[CHAT_COLUMN].combine_chunks())
+        prompt = _string_column(table, self.fields[0], where)
+        completion = _string_column(table, self.fields[1], where)
+        rows = table.num_rows
+        roles = pa.array([PROMPT_ROLE, RESPONSE_ROLE] * rows, pa.string())
+        interleaved = np.stack([np.arange(rows), np.arange(rows) + rows], axis=1).ravel()
+        contents = pa.concat_arrays([prompt, completion]).take(pa.array(interleaved))
+        turns = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
+        offsets = pa.array(range(0, 2 * rows + 1, 2), pa.int32())
+        return pa.ListArray.from_arrays(offsets, turns, type=CHAT_TYPE)
+
     def response_spans(self, table: pa.Table, where: WhereFn) -> pa.Array:
         """Character spans of the rendered text that a model is trained to produce.
 
@@ -98,6 +127,21 @@ class TextSpec:
         return pa.array(
             [[{"start": a, "end": b} for a, b in row] for row in spans], SPANS_TYPE
         )
+
+
+def _role_content_only(messages: pa.Array) -> pa.Array:
+    """``messages`` as :data:`CHAT_TYPE` (other per-turn fields dropped, large types
+    narrowed), so views of different files concatenate; no per-row Python."""
+    if messages.type == CHAT_TYPE:
+        return messages
+    if messages.null_count:  # render() refuses these first; kept for direct callers
+        raise InputError("messages is missing or null", field=CHAT_COLUMN)
+    turns = messages.flatten()
+    fields = [turns.field(name).cast(pa.string()) for name in ("role", "content")]
+    struct = pa.StructArray.from_arrays(fields, names=["role", "content"])
+    offsets = messages.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]  # a sliced array's offsets are absolute; flatten() is not
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=CHAT_TYPE)
 
 
 def _string_column(table: pa.Table, name: str, where: WhereFn) -> pa.Array:

@@ -270,8 +270,10 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
         results = runner("eval:train", [dask.delayed(job, pure=False, traverse=False)()
                                           for job in jobs])
     summary = summarize_results(results)
+    from scorers.lm import model_rendering
+
     report = {"settings": jsonable(dataclasses.asdict(settings)), "base_model": base,
-              "fresh_init": fresh,
+              "fresh_init": fresh, "rendering": model_rendering(base),
               "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
                        for r in results],
               "summary": summary, "versions_of_run": run.get("versions", {})}
@@ -406,8 +408,11 @@ def _job_key(settings: EvalSettings, base: str, task: str, arm: str, seed: int,
         for value in column.to_pylist():
             ids.update(value.encode() + b"\0")
         ids.update(b"|")
+    from scorers.lm import model_fingerprint, model_rendering
+
     data = {"settings": settings.training_key(), "base": os.path.abspath(base), "task": task,
-            "arm": arm, "seed": seed, "rows": ids.hexdigest()}
+            "arm": arm, "seed": seed, "rows": ids.hexdigest(),
+            "model_files": model_fingerprint(base), "rendering": model_rendering(base)}
     return hashlib.sha256(json.dumps(jsonable(data), sort_keys=True).encode()).hexdigest()
 
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import torch
 
 from dataselect import checks
-from dataselect.corpus import RESPONSE_SPANS, Corpus
+from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, step_progress
 from dataselect.scoring import FILTERED_BY, Scorer
@@ -52,6 +52,8 @@ from scorers.lm import (
     load_tokenizer,
     loaded_once,
     model_fingerprint,
+    model_rendering,
+    model_view,
     per_example_loss,
     pick_device,
     tokenize,
@@ -112,7 +114,8 @@ class Bads(Scorer):
 
     def config(self) -> dict[str, Any]:
         return {**asdict(self), "resolved_device": pick_device(self.device).type,
-                "model_files": model_fingerprint(self.model)}
+                "model_files": model_fingerprint(self.model),
+                "rendering": model_rendering(self.model)}
 
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
             ) -> Bads:
@@ -226,7 +229,7 @@ class Bads(Scorer):
         tokenizer, table = _embedding_table(self)
         scores = []
         for start in range(0, batch.num_rows, 64):
-            chunk = batch.slice(start, 64).select(["id", "text"])
+            chunk = model_view(batch.slice(start, 64))
             tokens = tokenize(tokenizer, chunk, self.max_length)
             scores.append(network_read_off(self.network_samples_,
                                            mean_token_embedding(table, tokens)))
@@ -252,8 +255,7 @@ def _train_batches(pool: Corpus, sizes: list[int], batch_size: int, rng: np.rand
             if sizes[part] == 0:
                 continue
             table = pool.read_partition(int(part))
-            view = pool.scoring_view(table, response_spans=True).select(
-                ["id", "text", RESPONSE_SPANS])
+            view = model_view(pool.scoring_view(table, response_spans=True), spans=True)
             order = rng.permutation(table.num_rows)
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]

@@ -46,6 +46,8 @@ from scorers.lm import (
     load_tokenizer,
     loaded_once,
     model_fingerprint,
+    model_rendering,
+    model_view,
     pick_device,
     tokenize,
 )
@@ -103,7 +105,8 @@ class Embed(Scorer):
 
     def config(self) -> dict[str, Any]:
         return {**asdict(self), "resolved_device": pick_device(self.device).type,
-                "model_files": model_fingerprint(self.model)}
+                "model_files": model_fingerprint(self.model),
+                "rendering": model_rendering(self.model)}
 
     def feature_description(self, side: Side = "pool") -> dict[str, Any]:
         if side not in SIDES:
@@ -111,6 +114,7 @@ class Embed(Scorer):
         return {"kind": "embed", "dim": _embedding_model(self).hidden_size, "views": 1,
                 "model": self.model, "model_files": model_fingerprint(self.model),
                 "pooling": self.pooling, "max_length": self.max_length,
+                "rendering": model_rendering(self.model),
                 "device": pick_device(self.device).type}
 
     def embed(self, batch: pa.Table) -> np.ndarray:
@@ -183,7 +187,7 @@ class _EmbeddingModel:
         self.hidden_size = int(self.model.config.hidden_size)
 
     def embed(self, batch: pa.Table, max_length: int, pooling: Pooling) -> np.ndarray:
-        tokens: TokenBatch = tokenize(self.tokenizer, batch.select(["id", "text"]),
+        tokens: TokenBatch = tokenize(self.tokenizer, model_view(batch),
                                       max_length).to(self.device)
         with self.lock, torch.inference_mode():
             out = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,

@@ -10,6 +10,7 @@ Nothing here downloads: paths must be local folders (``save_pretrained`` output)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import threading
@@ -24,6 +25,7 @@ import torch
 
 from dataselect.corpus import RESPONSE_SPANS, file_fingerprint
 from dataselect.errors import InputError
+from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
 
 # Reason recorded in ``filtered_by`` for a row whose response was cut off entirely.
 NO_RESPONSE_TOKENS = "no_response_tokens"
@@ -65,8 +67,19 @@ def model_fingerprint(path: str) -> list[dict[str, Any]]:
     """Fingerprints of a model folder's config and weight files (a changed model must not
     reuse stored scores or features)."""
     files = sorted(p for p in Path(path).iterdir()
-                   if p.suffix in (".json", ".safetensors", ".bin"))
+                   if p.suffix in (".json", ".safetensors", ".bin", ".jinja"))
     return [file_fingerprint(str(p)) for p in files]
+
+
+_RENDERINGS: dict[str, dict[str, Any]] = {}
+
+
+def model_rendering(path: str) -> dict[str, Any]:
+    """:func:`rendering` of the tokenizer saved in ``path`` (loaded once per process), for
+    the settings a scorer records in its manifest and feature descriptions."""
+    if path not in _RENDERINGS:
+        _RENDERINGS[path] = rendering(load_tokenizer(path))
+    return _RENDERINGS[path]
 
 
 def load_tokenizer(path: str) -> Any:
@@ -161,20 +174,100 @@ class TokenBatch:
         return self.loss_mask[:, 1:].any(dim=1)
 
 
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer carries the chat format its model was tuned on."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def rendering(tokenizer: Any) -> dict[str, Any]:
+    """How chat records reach this model, for manifests and feature descriptions: its own
+    chat template (identified by a hash of the template text) or dataselect's plain
+    ``<|role|>`` format, used for models without a template."""
+    if not has_chat_template(tokenizer):
+        return {"format": "plain"}
+    template = tokenizer.chat_template
+    if not isinstance(template, str):  # several named templates
+        template = repr(sorted(template.items()) if isinstance(template, dict) else template)
+    digest = hashlib.sha256(template.encode()).hexdigest()[:16]
+    return {"format": "chat_template", "template_sha256": digest}
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]]
+                ) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation in the model's own chat template and the character spans of its
+    assistant turns in that string.
+
+    Why: an instruction model's losses, gradients and hidden states are only meaningful
+    on the format it was tuned on. A turn's span runs from the end of the conversation
+    rendered up to it with the generation prompt (the assistant header) to the end of the
+    conversation rendered through it, trailing whitespace cut: the reply and the template's
+    end-of-turn marker, which the model is trained to produce. Templates whose renderings
+    are not prefixes of each other (some rewrite earlier turns) fall back to finding each
+    reply's content in order.
+    """
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = tokenizer.apply_chat_template(turns, tokenize=False)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, turn in enumerate(turns):
+        if turn["role"] != RESPONSE_ROLE:
+            continue
+        span = _turn_span(tokenizer, turns, i, text) if i else None
+        if span is None:  # not prefix-stable: the reply's own characters, in order
+            start = text.find(turn["content"], cursor)
+            if start < 0:
+                raise InputError("the chat template drops an assistant reply; it cannot be "
+                                 "used to find response tokens")
+            span = (start, start + len(turn["content"]))
+        spans.append(span)
+        cursor = span[1]
+    return text, spans
+
+
+def _turn_span(tokenizer: Any, turns: list[dict[str, Any]], i: int, text: str
+               ) -> tuple[int, int] | None:
+    before = tokenizer.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
+    through = tokenizer.apply_chat_template(turns[:i + 1], tokenize=False)
+    if not (text.startswith(through) and through.startswith(before)):
+        return None
+    end = len(through.rstrip())
+    return (len(before), end) if end > len(before) else None
+
+
+def model_view(batch: pa.Table, spans: bool = False) -> pa.Table:
+    """The columns of a scoring view that :func:`tokenize` reads (``id``, ``text``, the
+    conversation when there is one, and with ``spans`` the response spans)."""
+    wanted = ["id", "text", CHAT_COLUMN] + ([RESPONSE_SPANS] if spans else [])
+    return batch.select([name for name in wanted if name in batch.column_names])
+
+
 def tokenize(tokenizer: Any, batch: pa.Table, max_length: int) -> TokenBatch:
-    """Tokenize ``batch['text']``, truncating to ``max_length`` tokens, and mark the tokens
-    that overlap the ``response_spans`` column (every token when the column is absent)."""
-    texts = batch["text"].to_pylist()
+    """Tokenize the rows of ``batch``, truncating to ``max_length`` tokens, and mark the
+    tokens to score or train on.
+
+    Rows with a conversation (the view's ``messages`` column) are rendered with the
+    tokenizer's chat template when it has one (:func:`render_chat`; the template places
+    its own special tokens, so none are added); otherwise ``batch['text']`` is used with
+    the ``response_spans`` column (every token when the column is absent).
+    """
+    if CHAT_COLUMN in batch.column_names and has_chat_template(tokenizer):
+        rendered = [render_chat(tokenizer, m) for m in batch[CHAT_COLUMN].to_pylist()]
+        texts = [text for text, _ in rendered]
+        spans = [[{"start": a, "end": b} for a, b in row] for _, row in rendered]
+        special = False
+    else:
+        texts = batch["text"].to_pylist()
+        if RESPONSE_SPANS in batch.column_names:
+            spans = batch[RESPONSE_SPANS].to_pylist()
+        else:
+            spans = [[{"start": 0, "end": len(t)}] for t in texts]
+        special = True
     encoded = tokenizer(
         texts, truncation=True, max_length=max_length, padding="longest",
-        return_offsets_mapping=True, return_tensors="pt",
+        return_offsets_mapping=True, return_tensors="pt", add_special_tokens=special,
     )
     attention = encoded["attention_mask"].bool()
     offsets = encoded["offset_mapping"]
-    if RESPONSE_SPANS in batch.column_names:
-        spans = batch[RESPONSE_SPANS].to_pylist()
-    else:
-        spans = [[{"start": 0, "end": len(t)}] for t in texts]
     loss_mask = torch.zeros_like(attention)
     starts, ends = offsets[..., 0], offsets[..., 1]
     for row, row_spans in enumerate(spans):
