@@ -198,29 +198,35 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]
     assistant turns in that string.
 
     Why: an instruction model's losses, gradients and hidden states are only meaningful
-    on the format it was tuned on. A turn's span runs from the end of the conversation
-    rendered up to it with the generation prompt (the assistant header) to the end of the
-    conversation rendered through it, trailing whitespace cut: the reply and the template's
-    end-of-turn marker, which the model is trained to produce. Templates whose renderings
-    are not prefixes of each other (some rewrite earlier turns) fall back to finding each
-    reply's content in order.
+    on the format it was tuned on. A turn's span runs from the start of its reply (looked
+    for after the conversation rendered up to the turn with the generation prompt) to the
+    end of the conversation rendered through the turn, trailing whitespace cut: the reply
+    and the template's end-of-turn marker, which the model is trained to produce.
+    Templates whose renderings are not prefixes of each other fall back to finding each
+    reply in order. A template that rewrites an earlier reply (some shorten past turns)
+    leaves that reply unscored: the model never sees it; one that drops every reply is
+    refused.
     """
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
     text = tokenizer.apply_chat_template(turns, tokenize=False)
     spans: list[tuple[int, int]] = []
     cursor = 0
+    replies = 0
     for i, turn in enumerate(turns):
         if turn["role"] != RESPONSE_ROLE:
             continue
+        replies += 1
         span = _turn_span(tokenizer, turns, i, text) if i else None
         if span is None:  # not prefix-stable: the reply's own characters, in order
             start = text.find(turn["content"], cursor)
-            if start < 0:
-                raise InputError("the chat template drops an assistant reply; it cannot be "
-                                 "used to find response tokens")
+            if start < 0 or not turn["content"]:
+                continue
             span = (start, start + len(turn["content"]))
         spans.append(span)
         cursor = span[1]
+    if replies and not spans:
+        raise InputError("the chat template drops the assistant replies, so their tokens "
+                         "cannot be found; use a model whose template keeps them")
     return text, spans
 
 
@@ -231,7 +237,10 @@ def _turn_span(tokenizer: Any, turns: list[dict[str, Any]], i: int, text: str
     if not (text.startswith(through) and through.startswith(before)):
         return None
     end = len(through.rstrip())
-    return (len(before), end) if end > len(before) else None
+    start = through.find(turns[i]["content"], len(before), end)
+    if start < 0 or not turns[i]["content"]:
+        return None
+    return start, end
 
 
 def model_view(batch: pa.Table, spans: bool = False) -> pa.Table:
