@@ -106,14 +106,14 @@ def test_warmup_refuses_a_folder_with_other_settings(setup: dict, tmp_path: Path
         warmup(setup["model"], setup["pool"], str(tmp_path / "warm"), other)
 
 
-def _naive_features(setup: dict, view: pa.Table, checkpoint: str, adam: bool, dim: int
-                    ) -> np.ndarray:
+def _naive_features(setup: dict, view: pa.Table, checkpoint: str, adam: bool, dim: int,
+                    projection: str = "sparse") -> np.ndarray:
     """One example at a time: backward, read p.grad, precondition in float64, project with
-    the scorer's own dense matrix, normalise."""
+    the explicit matrix of the scorer's projection (``matrix()``), normalise."""
     from peft import PeftModel
 
     from scorers.lora_checkpoints import canonical_name
-    from scorers.projection import RademacherProjection
+    from scorers.projection import make_projection
 
     tokenizer = load_tokenizer(setup["model"])
     model = PeftModel.from_pretrained(load_causal_lm(setup["model"], torch.device("cpu")),
@@ -123,7 +123,7 @@ def _naive_features(setup: dict, view: pa.Table, checkpoint: str, adam: bool, di
     for _, p in params:
         p.requires_grad_(True)
     moments = load_moments(checkpoint)
-    matrix = RademacherProjection([p.numel() for _, p in params], dim, 0).matrix().double()
+    matrix = make_projection(projection, [p.numel() for _, p in params], dim, 0).matrix().double()
     out = []
     for row in range(view.num_rows):
         tokens = lm_tokenize(tokenizer, view.slice(row, 1), MAX_LENGTH)
@@ -144,16 +144,57 @@ def _naive_features(setup: dict, view: pa.Table, checkpoint: str, adam: bool, di
     return np.stack(out)
 
 
-@pytest.mark.parametrize("adam", [True, False])
-def test_batched_features_equal_one_example_at_a_time(setup: dict, adam: bool) -> None:
+@pytest.mark.parametrize(("adam", "projection"),
+                         [(True, "sparse"), (False, "sparse"), (True, "rademacher")])
+def test_batched_features_equal_one_example_at_a_time(setup: dict, adam: bool,
+                                                      projection: str) -> None:
     scorer = Less(setup["model"], setup["checkpoints"], proj_dim=64, max_length=MAX_LENGTH,
-                  batch_size=4)
+                  batch_size=4, projection=projection)
     table = setup["pool"].read_partition(0).slice(0, 6)
     view = setup["pool"].scoring_view(table, response_spans=True)
     batched = scorer.featurize_batch(view, "pool" if adam else "query")
     for c, checkpoint in enumerate(setup["checkpoints"]):
-        naive = _naive_features(setup, view, checkpoint, adam, 64)
+        naive = _naive_features(setup, view, checkpoint, adam, 64, projection)
         np.testing.assert_allclose(batched[:, c], naive, atol=2e-4)
+
+
+def test_sparse_projection_projects_every_backward_batch_cached_or_not(
+        setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scorers.less as less_module
+
+    table = setup["pool"].read_partition(0).slice(0, 7)
+    view = setup["pool"].scoring_view(table, response_spans=True)
+    scorer = Less(setup["model"], setup["checkpoints"], proj_dim=32, max_length=MAX_LENGTH,
+                  batch_size=2)
+    worker = less_module._gradient_model(scorer)
+    assert worker.projection.cache and worker.rows_per_projection(2) == 2
+    cached = scorer.featurize_batch(view)
+    # only the first chunk's indices fit: the others are rehashed on every call
+    first = 4 * worker.projection.nonzeros * worker.projection.plan[0][2]
+    monkeypatch.setattr(less_module, "PROJECTION_CACHE_BYTES", first)  # part of the model key
+    worker = less_module._gradient_model(scorer)
+    assert worker.projection.cached_chunks == {0} and not worker.projection.cache
+    assert worker.rows_per_projection(2) == 2  # still one backward batch per call
+    np.testing.assert_allclose(scorer.featurize_batch(view), cached, atol=1e-6)
+
+
+def test_feature_stores_refuse_features_of_another_projection(setup: dict, tmp_path: Path
+                                                              ) -> None:
+    from dataselect.errors import OutputConflictError
+
+    sparse = Less(setup["model"], setup["checkpoints"], proj_dim=32)
+    dense = Less(setup["model"], setup["checkpoints"], proj_dim=32, projection="rademacher",
+                 device="cpu")
+    assert sparse.config()["projection"] == "sparse"
+    assert dense.config()["projection"] == "rademacher"
+    # the sparse matrix is the same on every device; the dense one is not
+    assert "device" not in sparse.feature_description()
+    assert dense.feature_description()["device"] == "cpu"
+    FeatureStore.create(tmp_path / "feats", sparse.feature_description())
+    with pytest.raises(OutputConflictError, match="projection"):
+        FeatureStore.create(tmp_path / "feats", dense.feature_description())
+    with pytest.raises(InputError, match="projection must be one of"):
+        Less(setup["model"], setup["checkpoints"], projection="gaussian")
 
 
 def test_uncached_projection_buffers_rows_and_gives_the_same_features(
@@ -163,7 +204,7 @@ def test_uncached_projection_buffers_rows_and_gives_the_same_features(
     table = setup["pool"].read_partition(0).slice(0, 7)
     view = setup["pool"].scoring_view(table, response_spans=True)
     scorer = Less(setup["model"], setup["checkpoints"], proj_dim=32, max_length=MAX_LENGTH,
-                  batch_size=2)
+                  batch_size=2, projection="rademacher")
     cached = scorer.featurize_batch(view)
     monkeypatch.setattr(less_module, "PROJECTION_CACHE_BYTES", 0)  # part of the model key
     worker = less_module._gradient_model(scorer)
