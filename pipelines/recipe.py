@@ -39,6 +39,7 @@ from dataselect.errors import InputError
 from dataselect.params import checked, settings_model
 from pipelines.jobs import POLICIES, build_scorer
 from scorers import SCORERS
+from scorers.model_import import is_shortcut
 from scorers.warmup_config import WarmupConfig
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -475,7 +476,9 @@ def _check_paths(recipe: Recipe, where: str) -> None:
     for task, spec in recipe.targets.items():
         keyed += [(f"targets.{task}.paths[{i}]", p) for i, p in enumerate(spec.paths)]
         keyed += [(f"targets.{task}.eval[{i}]", p) for i, p in enumerate(spec.eval)]
-    keyed += [(f"models.{n}.path", m.path) for n, m in recipe.models.items() if m.path]
+    # a model shortcut (``path: smollm2``) is fetched and converted when the run starts
+    keyed += [(f"models.{n}.path", m.path) for n, m in recipe.models.items()
+              if m.path and not is_shortcut(m.path)]
     for key, path in keyed:
         if not (os.path.exists(path) or glob.glob(path)):
             raise RecipeError(f"{path!r} matches no file or folder (paths are relative to "

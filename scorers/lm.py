@@ -53,7 +53,12 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
-    """Fail early, in the client, on a path that cannot hold a saved model."""
+    """Fail early, in the client, on a path that cannot hold a saved model. A GGUF file
+    (or a wheel holding one) is converted once and its cached folder used instead
+    (:mod:`scorers.model_import`), so every ``model=`` setting accepts a GGUF directly."""
+    from scorers.model_import import resolve_model_path
+
+    path = resolve_model_path(path)
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"{what} folder not found (give a local save_pretrained folder)",
