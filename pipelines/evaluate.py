@@ -49,6 +49,7 @@ from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
+from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
 from pipelines.cluster import dask_client, default_workers
 from pipelines.progress import ProgressRunner
 from pipelines.recipe import Recipe
@@ -198,16 +199,36 @@ def score_held_out(model: Any, tokenizer: Any, held_out: pa.Table, max_length: i
     result: dict[str, Any] = {"loss": round(float(np.mean(row_losses)), 6),
                               "token_accuracy": round(float(np.mean(row_accuracy)), 6),
                               "held_out_rows": len(row_losses)}
-    prompts, answers = split_prompts(held_out)
+    from scorers.lm import has_chat_template
+
+    prompts, answers = split_prompts(held_out, tokenizer)
+    templated = has_chat_template(tokenizer) and CHAT_COLUMN in held_out.column_names
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
     if answers and statistics.median(lengths) <= em_max_tokens:
         result["exact_match"] = round(exact_match(model, tokenizer, prompts, answers, lengths,
-                                                  batch_size, max_length), 6)
+                                                  batch_size, max_length,
+                                                  add_special_tokens=not templated), 6)
     return result
 
 
-def split_prompts(view: pa.Table) -> tuple[list[str], list[str]]:
-    """(text before the first response span, that span's text) per row with a response."""
+def split_prompts(view: pa.Table, tokenizer: Any = None) -> tuple[list[str], list[str]]:
+    """(prompt, reference answer) per row with a response: the text before the first
+    response span and that span's text, or, for a model with a chat template, the
+    conversation up to the first assistant turn rendered with the template's generation
+    prompt and that turn's reply (the model answers in the format it was tuned on)."""
+    from scorers.lm import has_chat_template
+
+    if tokenizer is not None and has_chat_template(tokenizer) and CHAT_COLUMN in \
+            view.column_names:
+        prompts, answers = [], []
+        for turns in view[CHAT_COLUMN].to_pylist():
+            first = next((i for i, t in enumerate(turns) if t["role"] == RESPONSE_ROLE), None)
+            if first is None:
+                continue
+            prompts.append(tokenizer.apply_chat_template(
+                turns[:first], tokenize=False, add_generation_prompt=True))
+            answers.append(turns[first]["content"])
+        return prompts, answers
     prompts, answers = [], []
     for text, spans in zip(view["text"].to_pylist(), view["response_spans"].to_pylist()):
         if spans:
@@ -218,10 +239,13 @@ def split_prompts(view: pa.Table) -> tuple[list[str], list[str]]:
 
 
 def exact_match(model: Any, tokenizer: Any, prompts: list[str], answers: list[str],
-                lengths: list[int], batch_size: int, max_length: int) -> float:
+                lengths: list[int], batch_size: int, max_length: int,
+                add_special_tokens: bool = True) -> float:
     """Share of rows whose greedy continuation, decoded, starts with the reference answer
-    at a word boundary. The models are trained on answers without an end token, so they
-    are not asked where to stop: each generates its answer's token count plus a few."""
+    at a word boundary. Models are not asked where to stop (the tiny ones are trained on
+    answers without an end token): each generates its answer's token count plus a few.
+    Prompts rendered by a chat template carry their own special tokens
+    (``add_special_tokens=False``)."""
     import torch
 
     side = tokenizer.padding_side
@@ -232,7 +256,8 @@ def exact_match(model: Any, tokenizer: Any, prompts: list[str], answers: list[st
             batch = prompts[start:start + batch_size]
             new = max(lengths[start:start + batch_size]) + 4
             encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
-                                max_length=max(1, max_length - new))
+                                max_length=max(1, max_length - new),
+                                add_special_tokens=add_special_tokens)
             encoded = {k: v.to(next(model.parameters()).device) for k, v in encoded.items()}
             with torch.no_grad():
                 generated = model.generate(**encoded, max_new_tokens=new, do_sample=False,

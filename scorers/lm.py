@@ -25,6 +25,7 @@ import torch
 
 from dataselect.corpus import RESPONSE_SPANS, file_fingerprint
 from dataselect.errors import InputError
+from dataselect.outdir import MARKER as OWNERSHIP_MARKER
 from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
 
 # Reason recorded in ``filtered_by`` for a row whose response was cut off entirely.
@@ -68,11 +69,19 @@ def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
     return str(folder.resolve())
 
 
+# Files dataselect writes into a model folder (scorers.model_import's manifest, the
+# ownership marker of dataselect.outdir): not part of the model.
+BOOKKEEPING_FILES = ("dataselect-model.json", OWNERSHIP_MARKER)
+
+
 def model_fingerprint(path: str) -> list[dict[str, Any]]:
     """Fingerprints of a model folder's config and weight files (a changed model must not
-    reuse stored scores or features)."""
+    reuse stored scores or features). dataselect's own bookkeeping in the folder (the
+    import manifest, with its conversion time, and the ownership marker) is left out, so
+    re-importing the same GGUF keeps stored results valid."""
     files = sorted(p for p in Path(path).iterdir()
-                   if p.suffix in (".json", ".safetensors", ".bin", ".jinja"))
+                   if p.suffix in (".json", ".safetensors", ".bin", ".jinja")
+                   and p.name not in BOOKKEEPING_FILES)
     return [file_fingerprint(str(p)) for p in files]
 
 

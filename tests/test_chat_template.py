@@ -183,3 +183,21 @@ def test_smollm2_scores_each_reply_and_its_end_of_turn(smollm2: str) -> None:
     # SmolLM2 adds its own system turn when the record has none
     assert "named SmolLM" in tok.decode(tokens.input_ids[1])
     assert "named SmolLM" not in tok.decode(tokens.input_ids[0])
+
+
+def test_eval_prompts_end_with_the_templates_generation_prompt(tokenizer) -> None:
+    from pipelines.evaluate import split_prompts
+
+    corpus = read_corpus(str(DATA / "instructions" / "eval" / "define.jsonl"), text="messages")
+    view = corpus.scoring_view(corpus.read_partition(0), response_spans=True).slice(0, 3)
+    prompts, answers = split_prompts(view, tokenizer)
+    records = view[CHAT_COLUMN].to_pylist()
+    assert answers == [r[1]["content"] for r in records]
+    for prompt, record in zip(prompts, records):
+        assert prompt.startswith("<|start|>system\nBe helpful.<|end|>\n<|start|>user\n")
+        assert prompt.endswith(record[0]["content"] + "<|end|>\n<|start|>assistant\n")
+    # without a template: the plain rendering, cut where the reply starts
+    plain_prompts, plain_answers = split_prompts(view)
+    assert plain_answers == answers
+    assert plain_prompts[0] == view["text"][0].as_py()[:len(plain_prompts[0])]
+    assert plain_prompts[0].endswith("<|assistant|>\n")
