@@ -1,0 +1,207 @@
+"""TRAK: attribution by projected output gradients and a kernel inverse (Park et al. 2023).
+
+For each model ``m`` of an ensemble (independently trained models, or checkpoints of one
+run), every example gets ``phi`` = the per-example gradient of the model's output function,
+projected to ``proj_dim`` dimensions (:mod:`scorers.gradients`, :mod:`scorers.projection`):
+
+* classifiers: the correct-class margin, ``logit_y - logsumexp(other logits)``, with
+  ``p`` = the softmax probability of the correct class;
+* causal LMs: the response-token log-odds, ``sum over response tokens t of
+  log(p_t / (1 - p_t))`` with ``p_t`` the probability of token ``t``, and ``p`` = the
+  geometric mean of the ``p_t`` (``exp(-mean response loss)``: one number per example for
+  the ``1 - p`` reweighting, which for one token is TRAK's own ``1 - p``).
+
+The score of training row ``x`` for query ``q`` is
+
+    score(q, x) = mean over m of  phi_q^m (Phi_m^T Phi_m + lambda_m I)^-1 phi_x^m
+                  x  mean over m of (1 - p_x^m)
+
+Both factors fold into one inner product, so the FAISS inner-product index serves the
+top-k: the training side stores ``[phi_x^1, ..., phi_x^M] * mean(1 - p_x)`` and the query
+side ``[phi_q^1 K_1^-1, ..., phi_q^M K_M^-1] / M`` (``K_m`` the ridged kernel).
+
+Ridge rule: ``lambda_m = ridge * mean(diag(Phi_m^T Phi_m))``, ``ridge`` = 0.1 by default.
+It is scale-free (gradients of another model or projection scale the kernel, and the ridge
+with it), it is fixed before any LDS is seen, and the kernel here is nearly singular
+(condition number ~1e16 on digits), so an absolute or zero ridge inverts noise.
+Everything runs on the model's device in float32, the kernel in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from dataselect.errors import InputError
+from scorers.gradients import LinearGradients
+from scorers.projection import make_projection
+
+DEFAULT_RIDGE = 0.1
+
+
+class OutputFunction(Protocol):
+    """What TRAK differentiates: per-example outputs (with gradient) and ``p``."""
+
+    def rows(self, batch: Any) -> int: ...
+    def __call__(self, model: torch.nn.Module, batch: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Logit of the true class minus the logsumexp of the other logits, per row."""
+    true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    is_true = torch.arange(logits.shape[-1], device=logits.device) == y.unsqueeze(-1)
+    return true - torch.logsumexp(logits.masked_fill(is_true, float("-inf")), dim=-1)
+
+
+class ClassifierOutput:
+    """Batches are ``(x, y)``: the correct-class margin, ``p`` = softmax of the true class."""
+
+    def rows(self, batch: Any) -> int:
+        return len(batch[1])
+
+    def __call__(self, model: torch.nn.Module, batch: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = model(x)
+        p = torch.softmax(logits.detach().float(), -1).gather(1, y[:, None])[:, 0]
+        return margin(logits, y), p
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+
+
+class CausalLMOutput:
+    """Batches are :class:`scorers.lm.TokenBatch`: summed response-token log-odds, ``p`` =
+    the geometric mean probability of the response tokens."""
+
+    def rows(self, batch: Any) -> int:
+        return batch.input_ids.shape[0]
+
+    def token_logp(self, model: torch.nn.Module, batch: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        shifted = logits[:, :-1].float()
+        logp = torch.log_softmax(shifted, -1).gather(
+            -1, batch.input_ids[:, 1:, None])[..., 0]
+        return logp, batch.loss_mask[:, 1:].to(logp.dtype)
+
+    def __call__(self, model: torch.nn.Module, batch: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        logp, mask = self.token_logp(model, batch)
+        # log(p / (1 - p)) = logp - log(-expm1(logp)); logp < 0 kept off 0 for the log
+        safe = logp.clamp(max=-1e-6)
+        odds = (safe - torch.log(-torch.expm1(safe))) * mask
+        count = mask.sum(1).clamp(min=1)
+        p = torch.exp((logp.detach() * mask).sum(1) / count)
+        return odds.sum(1), p
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """Mean response-token loss per row (0 for rows without response tokens)."""
+        logp, mask = self.token_logp(model, batch)
+        return -(logp * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+@dataclass
+class OutputGradients:
+    """Projected per-example output gradients of one model: ``phi`` ``(rows, dim)`` and
+    ``p`` ``(rows,)``, both on the model's device."""
+
+    phi: torch.Tensor
+    p: torch.Tensor
+
+
+def output_gradients(model: torch.nn.Module, batches: Iterable[Any], output: OutputFunction,
+                     proj_dim: int, seed: int = 0, projection: str = "sparse"
+                     ) -> OutputGradients:
+    """``phi`` and ``p`` of every row of ``batches`` (one forward and one backward pass per
+    batch, :class:`scorers.gradients.LinearGradients`; every trainable parameter must be
+    a ``torch.nn.Linear`` weight, as in LoRA and MLPs). The projection is seeded by
+    ``seed`` and lives on the model's device."""
+    grads = LinearGradients(model)
+    params = dict(model.named_parameters())
+    device = params[grads.names[0]].device
+    project = make_projection(projection, [params[n].numel() for n in grads.names], proj_dim,
+                              seed, device)
+    phis, ps = [], []
+    for batch in batches:
+        rows = output.rows(batch)
+        kept: dict[str, torch.Tensor] = {}
+
+        def run(batch: Any = batch, kept: dict = kept) -> torch.Tensor:
+            f, kept["p"] = output(model, batch)
+            return f
+
+        per_example = grads.per_example(rows, run)
+        phis.append(project.project([per_example.pop(n).reshape(rows, -1).float()
+                                     for n in grads.names]))
+        ps.append(kept["p"])
+    if not phis:
+        raise InputError("no examples to compute gradients for")
+    return OutputGradients(torch.cat(phis), torch.cat(ps))
+
+
+def ridged_kernel(phi: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``Phi^T Phi + ridge * mean(diag(Phi^T Phi)) I`` in float64."""
+    phi = phi.double()
+    kernel = phi.T @ phi
+    kernel.diagonal().add_(ridge * float(kernel.diagonal().mean()))
+    return kernel
+
+
+@dataclass
+class Trak:
+    """TRAK over an ensemble: :meth:`fit` on each model's training-side gradients, then
+    :meth:`train_features` (what the index stores) and :meth:`query_features` (the kernel
+    inverse folded in), whose inner product is the TRAK score."""
+
+    ridge: float = DEFAULT_RIDGE
+    factors: list[torch.Tensor] = field(default_factory=list, repr=False)
+    train: list[torch.Tensor] = field(default_factory=list, repr=False)
+    one_minus_p: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.ridge >= 0:
+            raise InputError(f"ridge must be >= 0, got {self.ridge}", field="ridge")
+
+    def fit(self, models: Sequence[OutputGradients]) -> Trak:
+        if not models:
+            raise InputError("TRAK needs at least one model")
+        rows = {len(m.phi) for m in models}
+        if len(rows) != 1:
+            raise InputError(f"the models saw different numbers of rows: {sorted(rows)}")
+        self.factors, self.train = [], []
+        for m in models:
+            factor, info = torch.linalg.cholesky_ex(ridged_kernel(m.phi, self.ridge))
+            if int(info):
+                raise InputError("TRAK's kernel is singular; use a positive ridge",
+                                 field="ridge")
+            self.factors.append(factor)
+            self.train.append(m.phi.float())
+        self.one_minus_p = torch.stack([1 - m.p.float() for m in models]).mean(0)
+        return self
+
+    def train_features(self) -> np.ndarray:
+        """``(rows, models * dim)`` float32: each model's ``phi`` times ``mean(1 - p)``."""
+        self._check_fitted()
+        return (torch.cat(self.train, 1) * self.one_minus_p[:, None]).cpu().numpy()
+
+    def query_features(self, queries: Sequence[OutputGradients | torch.Tensor]) -> np.ndarray:
+        """``(queries, models * dim)`` float32: ``phi_q^m K_m^-1 / M`` per model ``m``."""
+        self._check_fitted()
+        if len(queries) != len(self.factors):
+            raise InputError(f"{len(queries)} query gradients for {len(self.factors)} models")
+        parts = []
+        for q, factor in zip(queries, self.factors):
+            phi = (q.phi if isinstance(q, OutputGradients) else q).double()
+            parts.append(torch.cholesky_solve(phi.T, factor).T / len(self.factors))
+        return torch.cat(parts, 1).float().cpu().numpy()
+
+    def _check_fitted(self) -> None:
+        if self.one_minus_p is None:
+            raise RuntimeError("call fit() first")
