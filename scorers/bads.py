@@ -149,7 +149,8 @@ class Bads(Scorer):
                 batch, positions = next(batches)
                 meta_rows = rng.choice(meta.num_rows, min(self.meta_batch_size, meta.num_rows),
                                        replace=False)
-                both = pa.concat_tables([batch, meta.take(pa.array(meta_rows))])
+                both = pa.concat_tables([batch, meta.take(pa.array(meta_rows))],
+                                        promote_options="permissive")
                 tokens = tokenize(tokenizer, both, self.max_length).to(device)
                 trained = tokens.has_response[:batch.num_rows]
                 skipped += int((~trained).sum())
@@ -191,7 +192,7 @@ class Bads(Scorer):
                 raise InputError(f"target example has no response tokens within max_length="
                                  f"{self.max_length} (raise max_length)",
                                  where=target.where_in(table)(row))
-            parts.append(view)
+            parts.append(model_view(view, spans=True))
         if not parts:
             raise EmptyCorpusError("target holds no records", where=", ".join(target.files))
         return pa.concat_tables(parts)

@@ -259,8 +259,9 @@ def _turn_span(tokenizer: Any, turns: list[dict[str, Any]], i: int, text: str
 
 def model_view(batch: pa.Table, spans: bool = False) -> pa.Table:
     """The columns of a scoring view that :func:`tokenize` reads (``id``, ``text``, the
-    conversation when there is one, and with ``spans`` the response spans)."""
-    wanted = ["id", "text", CHAT_COLUMN] + ([RESPONSE_SPANS] if spans else [])
+    conversation when there is one, and with ``spans`` the response spans), in the order
+    :meth:`Corpus.scoring_view` gives them, so both concatenate."""
+    wanted = ["id", "text"] + ([RESPONSE_SPANS] if spans else []) + [CHAT_COLUMN]
     return batch.select([name for name in wanted if name in batch.column_names])
 
 
@@ -273,18 +274,22 @@ def tokenize(tokenizer: Any, batch: pa.Table, max_length: int) -> TokenBatch:
     its own special tokens, so none are added); otherwise ``batch['text']`` is used with
     the ``response_spans`` column (every token when the column is absent).
     """
+    texts = batch["text"].to_pylist()
+    if RESPONSE_SPANS in batch.column_names:
+        spans = batch[RESPONSE_SPANS].to_pylist()
+    else:
+        spans = [[{"start": 0, "end": len(t)}] for t in texts]
+    special = True
     if CHAT_COLUMN in batch.column_names and has_chat_template(tokenizer):
-        rendered = [render_chat(tokenizer, m) for m in batch[CHAT_COLUMN].to_pylist()]
+        conversations = batch[CHAT_COLUMN].to_pylist()
+        if None in conversations:  # e.g. plain-text target rows beside chat pool rows
+            raise InputError("a batch mixes chat records and plain text; a model with a chat "
+                             "template needs both in one format (give both --text-field "
+                             "messages, or neither)")
+        rendered = [render_chat(tokenizer, m) for m in conversations]
         texts = [text for text, _ in rendered]
         spans = [[{"start": a, "end": b} for a, b in row] for _, row in rendered]
         special = False
-    else:
-        texts = batch["text"].to_pylist()
-        if RESPONSE_SPANS in batch.column_names:
-            spans = batch[RESPONSE_SPANS].to_pylist()
-        else:
-            spans = [[{"start": 0, "end": len(t)}] for t in texts]
-        special = True
     encoded = tokenizer(
         texts, truncation=True, max_length=max_length, padding="longest",
         return_offsets_mapping=True, return_tensors="pt", add_special_tokens=special,

@@ -201,3 +201,10 @@ def test_eval_prompts_end_with_the_templates_generation_prompt(tokenizer) -> Non
     assert plain_answers == answers
     assert plain_prompts[0] == view["text"][0].as_py()[:len(plain_prompts[0])]
     assert plain_prompts[0].endswith("<|assistant|>\n")
+
+
+def test_chat_and_plain_rows_in_one_batch_are_refused_for_a_template(tokenizer) -> None:
+    view = pa.table({"id": ["a", "b"], "text": ["x", "plain"],
+                     CHAT_COLUMN: pa.array([CONVERSATION, None], CHAT_TYPE)})
+    with pytest.raises(InputError, match="mixes chat records and plain text"):
+        tokenize(tokenizer, view, max_length=64)
