@@ -6,6 +6,7 @@
     dataselect features --scorer less -p model=M -p checkpoints=warm/epoch-1,... --input ...
     dataselect index build --features feats/ --out index/
     dataselect attribute --scorer less -p ... --index index/ --queries q.jsonl --out a.parquet
+    dataselect attribute --method trak -p model=M --pool p.jsonl --queries q.jsonl -k all --out a/
     dataselect run pipelines/recipes/less_per_task.yaml     (a YAML recipe: every task, union)
     dataselect eval out/less_per_task/    (train small LMs on the selection vs random rows)
     dataselect report out/less_per_task/  (HTML page with plots)
@@ -41,6 +42,7 @@ from pipelines.feature_jobs import (
     build_index,
     run_attribute_job,
     run_features_job,
+    run_influence_job,
     run_warmup_job,
     search_index,
     warmup_config,
@@ -257,20 +259,35 @@ def _feature_commands(commands: Any) -> None:
     search = actions.add_parser("search", help="top-k rows for each query feature")
     search.add_argument("--index", required=True, help="index folder")
     search.add_argument("--queries", required=True, help="query feature store folder")
-    search.add_argument("-k", type=COUNT, default=10, help="rows per query (>= 1)")
+    search.add_argument("-k", type=_k_or_all, default=10,
+                        help="rows per query (>= 1), or 'all': a dense matrix folder")
     search.add_argument("--out", required=True, help="Parquet file of (query_id, rank, "
                         "train_id, score) rows")
 
     attr = commands.add_parser("attribute", help="most influential training rows for query "
-                               "examples, from the pool's index")
-    attr.add_argument("--scorer", required=True, choices=featurizers)
-    attr.add_argument("--index", required=True, help="index folder (dataselect index build)")
+                               "examples: less from the pool's index, trak or bif from a "
+                               "model and the pool")
+    attr.add_argument("--method", choices=("less", "trak", "bif"), default="less",
+                      help="less: cosine of LESS features in the index (default); trak: "
+                      "TRAK (kernel-inverse output gradients); bif: Bayesian influence "
+                      "(SGLD covariance)")
+    attr.add_argument("--scorer", choices=featurizers, help="feature scorer (--method less)")
+    attr.add_argument("--index", help="index folder (--method less; dataselect index build)")
+    attr.add_argument("--pool", nargs="+", action="extend",
+                      help="training files, folders or globs (--method trak/bif)")
     _input_args(attr, "--queries", "query files, folders or globs")
-    attr.add_argument("-k", type=COUNT, default=10, help="rows per query (>= 1)")
+    attr.add_argument("-k", type=_k_or_all, default=10,
+                      help="rows per query (>= 1), or 'all': a dense float32 matrix folder "
+                      "(scores.npy: training rows x queries, with train_ids/query_ids.parquet)")
     attr.add_argument("--out", required=True, help="Parquet file of (query_id, rank, "
-                      "train_id, score) rows")
+                      "train_id, score) rows, or with -k all a folder")
     attr.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
-                      help="the same scorer parameters the index's features were made with")
+                      help="less: the same scorer parameters the index's features were made "
+                      "with; trak/bif: model=M [checkpoints=A,B] proj_dim ridge draws ...")
+
+
+def _k_or_all(text: str) -> int | None:
+    return None if text == "all" else COUNT(text)
 
 
 def parse_params(scorer: str, pairs: list[str]) -> dict[str, Any]:
@@ -312,7 +329,17 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
                     nprobe=args.nprobe, hnsw_m=args.hnsw_m)
     elif args.command == "index":
         search_index(args.index, args.queries, args.k, args.out, console)
+    elif args.method != "less":
+        if not args.pool or args.index or args.scorer:
+            raise InputError(f"--method {args.method} takes --pool (and -p model=...), not "
+                             "--index or --scorer", field="--pool")
+        pool = read_corpus(args.pool, args.text_field, args.id_field)
+        queries = read_corpus(args.queries, args.text_field, args.id_field)
+        run_influence_job(args.method, _pairs(args.param), pool, queries, args.k, args.out,
+                          console)
     else:
+        if not args.scorer or not args.index:
+            raise InputError("--method less needs --scorer and --index", field="--index")
         queries = read_corpus(args.queries, args.text_field, args.id_field)
         featurizer = _featurizer(args)
         run_attribute_job(featurizer, queries, args.index, args.k, args.out, console)

@@ -4,6 +4,8 @@
     features   pool (or query) features into a feature store, partition by partition
     index      a FAISS index over a feature store; search it with a query feature store
     attribute  top-k most influential training rows for query examples, as Parquet rows
+               (--method less: from the pool's index; trak, bif: from a model and the pool,
+               k = all rows as a dense float32 matrix)
 
 Each prints a summary table at the end, like the selection jobs.
 """
@@ -15,13 +17,22 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from rich.console import Console
 from rich.progress import Progress
 
-from dataselect.attribution import attribute, write_attributions
+from dataselect.attribution import (
+    attribute,
+    attribute_inner,
+    dense_scores,
+    inner_product_index,
+    top_k_table,
+    write_attribution_matrix,
+    write_attributions,
+)
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
-from dataselect.features import FeatureStore, combine_views
+from dataselect.features import FeatureStore, combine_views, normalize_rows
 from dataselect.featurize import SIDES, Side, featurize
 from dataselect.index import FeatureIndex, IndexKind
 from dataselect.outdir import check_output_file, locked_output, normalize, refuse_overlap
@@ -104,27 +115,38 @@ def check_compatible(index: FeatureIndex, query: dict[str, Any], where: str) -> 
 
 
 def _write_attributions(index: FeatureIndex, ids: list[str], vectors: list[np.ndarray],
-                        k: int, out: str, job: str, started: float,
+                        k: int | None, out: str, job: str, started: float,
                         console: Console | None, inputs: list[str]) -> dict[str, Any]:
     """Search the query vectors (already combined like the indexed ones), write the rows
     and print the summary; scores are scaled back to the features' own units (LESS: the
     learning-rate-weighted cosine sum)."""
     scale = float(index.settings.get("features", {}).get("scale", 1.0))
-    table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
-    write_attributions(table, out, inputs)
+    if k is None:  # every row: the dense matrix from the index's own (unit) vectors
+        if index.kind != "flat":
+            raise InputError("k = all needs a flat index (ivf and hnsw keep no exact rows)",
+                             field="-k")
+        train = index.index.reconstruct_n(0, index.index.ntotal)
+        matrix = dense_scores(train, normalize_rows(np.concatenate(vectors))) * scale
+        write_attribution_matrix(matrix, index.ids, ids, out, inputs)
+        rows_out = matrix.size
+    else:
+        table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
+        write_attributions(table, out, inputs)
+        rows_out = table.num_rows
     seconds = time.perf_counter() - started
     print_summary(console, job, [StageTiming(job, len(ids), seconds)],
-                  {"rows_in": len(ids), "k": k, "rows_out": table.num_rows,
+                  {"rows_in": len(ids), "k": "all" if k is None else k, "rows_out": rows_out,
                    "out": os.path.abspath(out)}, seconds)
-    return {"queries": len(ids), "rows": table.num_rows}
+    return {"queries": len(ids), "rows": rows_out}
 
 
-def search_index(index_folder: str, queries: str, k: int, out: str,
+def search_index(index_folder: str, queries: str, k: int | None, out: str,
                  console: Console | None = None) -> dict[str, Any]:
     """Top-k rows of the index for every row of a query feature store."""
     started = time.perf_counter()
     inputs = [index_folder, queries]
-    check_output_file(out, "attributions", inputs)  # before any work
+    if k is not None:
+        check_output_file(out, "attributions", inputs)  # before any work
     index = FeatureIndex.load(index_folder)
     store = FeatureStore.open(queries)
     check_compatible(index, store.description, queries)
@@ -139,12 +161,14 @@ def search_index(index_folder: str, queries: str, k: int, out: str,
                                inputs)
 
 
-def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: int, out: str,
+def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: int | None,
+                      out: str,
                       console: Console | None = None) -> dict[str, Any]:
     """Query features computed here (queries are few), searched in the pool's index."""
     started = time.perf_counter()
     inputs = [index_folder, *queries.files]
-    check_output_file(out, "attributions", inputs)  # before any work
+    if k is not None:
+        check_output_file(out, "attributions", inputs)  # before any work
     index = FeatureIndex.load(index_folder)
     check_compatible(index, featurizer.feature_description("query"), index_folder)
     weights = index.settings.get("features", {}).get("view_weights")
@@ -157,6 +181,60 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
         raise InputError("no query examples", where=", ".join(queries.files))
     return _write_attributions(index, ids, vectors, k, out, "attribute", started, console,
                                inputs)
+
+
+def _views(corpus: Corpus) -> tuple[list[str], pa.Table]:
+    """Every row of a (small) corpus as one scoring view with response spans."""
+    views = [corpus.scoring_view(t, response_spans=True) for t in corpus.iter_tables()]
+    view = pa.concat_tables(views, promote_options="permissive") if views else None
+    if view is None or view.num_rows == 0:
+        raise InputError("no examples", where=", ".join(corpus.files))
+    return view["id"].to_pylist(), view
+
+
+def run_influence_job(method: str, params: dict[str, str], pool: Corpus, queries: Corpus,
+                      k: int | None, out: str, console: Console | None = None
+                      ) -> dict[str, Any]:
+    """``attribute --method trak|bif``: training-side gradients (or SGLD draws) of the pool
+    and the queries, computed here in one process. With ``k`` below the pool's size, the
+    top-k rows per query as Parquet (TRAK through the inner-product index); with ``k`` None
+    or at least the pool's size, the dense float32 ``(pool rows, queries)`` matrix folder
+    (:func:`dataselect.attribution.write_attribution_matrix`)."""
+    from scorers.influence import InfluenceConfig, bif_scores, trak_features
+
+    started = time.perf_counter()
+    config = InfluenceConfig(**settings_from_text(InfluenceConfig, params, method))
+    inputs = [*pool.files, *queries.files]
+    pool_ids, pool_view = _views(pool)
+    query_ids, query_view = _views(queries)
+    dense = k is None or k >= len(pool_ids)
+    if not dense:
+        check_output_file(out, "attributions", inputs)  # before any work
+    if method == "trak":
+        train, query = trak_features(config, pool_view, query_view)
+        if dense:
+            matrix = dense_scores(train, query)
+        else:
+            index, norm = inner_product_index(pool_ids, train)
+            table = attribute_inner(index, norm, query_ids, query, k)
+    elif method == "bif":
+        matrix = bif_scores(config, pool_view, query_view)
+        if not dense:
+            table = top_k_table(matrix, pool_ids, query_ids, k)
+    else:
+        raise InputError(f"method must be trak or bif here, got {method!r}", field="--method")
+    if dense:
+        write_attribution_matrix(matrix, pool_ids, query_ids, out, inputs)
+        rows_out = matrix.size
+    else:
+        write_attributions(table, out, inputs)
+        rows_out = table.num_rows
+    seconds = time.perf_counter() - started
+    print_summary(console, f"attribute:{method}", [StageTiming(method, len(query_ids), seconds)],
+                  {"rows_in": len(pool_ids), "queries": len(query_ids),
+                   "k": "all" if dense else k, "rows_out": rows_out,
+                   "out": os.path.abspath(out)}, seconds)
+    return {"queries": len(query_ids), "rows": rows_out, "dense": dense}
 
 
 def warmup_config(params: dict[str, str]) -> WarmupConfig:

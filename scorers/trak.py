@@ -20,7 +20,15 @@ Both factors fold into one inner product, so the FAISS inner-product index serve
 top-k: the training side stores ``[phi_x^1, ..., phi_x^M] * mean(1 - p_x)`` and the query
 side ``[phi_q^1 K_1^-1, ..., phi_q^M K_M^-1] / M`` (``K_m`` the ridged kernel).
 
-Ridge rule: ``lambda_m = ridge * mean(diag(Phi_m^T Phi_m))``, ``ridge`` = 0.1 by default.
+Kernel: TRAK's ``K_m = Phi_m^T Phi_m`` (``kernel="trak"``), or, dataselect's default,
+the Gauss-Newton kernel ``K_m = Phi_m^T diag(p (1 - p)) Phi_m`` (``kernel="gauss_newton"``):
+TRAK treats every example as a logistic loss ``-log sigmoid(f)`` of its output, whose
+second derivative in ``f`` is ``p (1 - p)``, then drops that factor from the Hessian while
+keeping the first derivative ``1 - p`` on the training side; keeping both makes the
+kernel the Gauss-Newton Hessian of the same linearised loss. Confident examples then stop
+dominating the kernel (on digits: LDS 0.838 against 0.811 for TRAK-5, the same ridge).
+
+Ridge rule: ``lambda_m = ridge * mean(diag(K_m))``, ``ridge`` = 0.1 by default.
 It is scale-free (gradients of another model or projection scale the kernel, and the ridge
 with it), it is fixed before any LDS is seen, and the kernel here is nearly singular
 (condition number ~1e16 on digits), so an absolute or zero ridge inverts noise.
@@ -146,10 +154,15 @@ def output_gradients(model: torch.nn.Module, batches: Iterable[Any], output: Out
     return OutputGradients(torch.cat(phis), torch.cat(ps))
 
 
-def ridged_kernel(phi: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``Phi^T Phi + ridge * mean(diag(Phi^T Phi)) I`` in float64."""
+KERNELS = ("gauss_newton", "trak")
+
+
+def ridged_kernel(phi: torch.Tensor, ridge: float, weights: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """``Phi^T W Phi + ridge * mean(diag(Phi^T W Phi)) I`` in float64, ``W`` = diag of
+    ``weights`` (the identity when None)."""
     phi = phi.double()
-    kernel = phi.T @ phi
+    kernel = phi.T @ (phi if weights is None else phi * weights.double()[:, None])
     kernel.diagonal().add_(ridge * float(kernel.diagonal().mean()))
     return kernel
 
@@ -161,6 +174,7 @@ class Trak:
     inverse folded in), whose inner product is the TRAK score."""
 
     ridge: float = DEFAULT_RIDGE
+    kernel: str = "gauss_newton"
     factors: list[torch.Tensor] = field(default_factory=list, repr=False)
     train: list[torch.Tensor] = field(default_factory=list, repr=False)
     one_minus_p: torch.Tensor | None = field(default=None, repr=False)
@@ -168,6 +182,9 @@ class Trak:
     def __post_init__(self) -> None:
         if not self.ridge >= 0:
             raise InputError(f"ridge must be >= 0, got {self.ridge}", field="ridge")
+        if self.kernel not in KERNELS:
+            raise InputError(f"kernel must be one of {KERNELS}, got {self.kernel!r}",
+                             field="kernel")
 
     def fit(self, models: Sequence[OutputGradients]) -> Trak:
         if not models:
@@ -177,7 +194,8 @@ class Trak:
             raise InputError(f"the models saw different numbers of rows: {sorted(rows)}")
         self.factors, self.train = [], []
         for m in models:
-            factor, info = torch.linalg.cholesky_ex(ridged_kernel(m.phi, self.ridge))
+            weights = m.p * (1 - m.p) if self.kernel == "gauss_newton" else None
+            factor, info = torch.linalg.cholesky_ex(ridged_kernel(m.phi, self.ridge, weights))
             if int(info):
                 raise InputError("TRAK's kernel is singular; use a positive ridge",
                                  field="ridge")

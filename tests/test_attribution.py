@@ -47,7 +47,7 @@ def test_trak_equals_dense_naive_formula() -> None:
     models = [_classifier(seed) for seed in (0, 1, 2)]
     train, query = models[0][1], models[0][2]
     out, dim, ridge = ClassifierOutput(), 16, 0.05
-    trak = Trak(ridge).fit([output_gradients(m, [train], out, dim, s, "rademacher")
+    trak = Trak(ridge, "trak").fit([output_gradients(m, [train], out, dim, s, "rademacher")
                             for s, (m, _, _) in enumerate(models)])
     ours = trak.query_features([output_gradients(m, [query], out, dim, s, "rademacher")
                                 for s, (m, _, _) in enumerate(models)]) \
@@ -74,11 +74,15 @@ def test_trak_equals_dense_naive_formula() -> None:
 def test_folded_query_inverse_equals_explicit_formula() -> None:
     generator = torch.Generator().manual_seed(0)
     phi, phi_q = torch.randn(50, 8, generator=generator), torch.randn(5, 8, generator=generator)
-    trak = Trak(0.1).fit([OutputGradients(phi, torch.full((50,), 0.25))])
-    explicit = phi_q.double() @ torch.linalg.inv(ridged_kernel(phi, 0.1))
+    p = torch.rand(50, generator=generator)
+    trak = Trak(0.1).fit([OutputGradients(phi, p)])
+    weighted = phi.double().T @ torch.diag(p.double() * (1 - p.double())) @ phi.double()
+    weighted += 0.1 * weighted.diagonal().mean() * torch.eye(8, dtype=torch.float64)
+    explicit = phi_q.double() @ torch.linalg.inv(weighted)
     np.testing.assert_allclose(trak.query_features([phi_q]), explicit.numpy(), rtol=1e-5,
                                atol=1e-7)
-    np.testing.assert_allclose(trak.train_features(), 0.75 * phi.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(trak.train_features(), (1 - p[:, None]) * phi.numpy(),
+                               rtol=1e-6)
     kernel = ridged_kernel(phi, 0.1)
     lam = 0.1 * (phi.double() ** 2).sum(0).mean()
     np.testing.assert_allclose(kernel.diagonal().numpy(),

@@ -1,0 +1,137 @@
+"""TRAK and BIF attribution for a Hugging Face causal LM (``dataselect attribute --method``).
+
+The ensemble is one member per LoRA checkpoint (``checkpoints``: adapters of one run, or of
+independent runs, on ``model``), or the full model when no checkpoint is given: then every
+``torch.nn.Linear`` weight except the output head is trained over (embeddings and norms are
+held fixed, as per-example gradients cover Linear weights only; see
+:mod:`scorers.gradients`). Examples are tokenised as every model-based scorer does
+(:func:`scorers.lm.tokenize`, response tokens only); rows without response tokens get zero
+gradients. Everything runs on ``device`` (``cuda`` when available) with no other change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from dataselect import checks
+from dataselect.errors import InputError
+from scorers.bif import BifConfig, bif
+from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
+from scorers.projection import PROJECTIONS
+from scorers.trak import DEFAULT_RIDGE, CausalLMOutput, Trak, output_gradients
+
+Method = Literal["trak", "bif"]
+METHODS = ("less", "trak", "bif")
+
+
+@dataclass
+class InfluenceConfig:
+    """Settings of ``attribute --method trak|bif`` (``-p KEY=VALUE``)."""
+
+    model: str
+    checkpoints: list[str] = field(default_factory=list)
+    proj_dim: int = 2048
+    ridge: float = DEFAULT_RIDGE
+    kernel: str = "gauss_newton"      # or "trak" (TRAK's unweighted kernel)
+    projection: str = "sparse"
+    max_length: int = 512
+    batch_size: int = 8
+    seed: int = 0
+    device: str | None = None
+    # BIF's sampler (scorers.bif.BifConfig)
+    draws: int = 1000
+    burn_in: int = 100
+    thin: int = 1
+    step_size: float = 1e-4
+    localization: float = 1000.0
+    beta: float | None = None
+
+    def __post_init__(self) -> None:
+        checks.check_count(self.proj_dim, "proj_dim", maximum=2**20)
+        checks.check_count(self.batch_size, "batch_size")
+        checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
+        checks.check_seed(self.seed)
+        if self.projection not in PROJECTIONS:
+            raise InputError(f"projection must be one of {PROJECTIONS}", field="projection")
+        if isinstance(self.checkpoints, str):
+            self.checkpoints = [c for c in self.checkpoints.split(",") if c]
+        self.model = check_model_folder(self.model, "model")
+        self.bif_config.check()
+
+    @property
+    def bif_config(self) -> BifConfig:
+        return BifConfig(self.draws, self.burn_in, self.thin, self.step_size,
+                         self.localization, self.beta, self.seed)
+
+
+def members(config: InfluenceConfig, device: torch.device) -> Iterator[torch.nn.Module]:
+    """The ensemble's models, one at a time, their trainable weights set."""
+    base = load_causal_lm(config.model, device)
+    if not config.checkpoints:
+        train_linear_layers(base)
+        yield base.eval()
+        return
+    from peft import PeftModel
+
+    for path in config.checkpoints:
+        model = PeftModel.from_pretrained(base, path).to(device).eval()
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name)
+        yield model
+        base = model.unload()  # the base weights back, without this adapter
+
+
+def train_linear_layers(model: torch.nn.Module, head: str = "lm_head") -> None:
+    """Train every Linear weight except the output head; freeze everything else."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith(head):
+            for param in module.parameters(recurse=False):
+                param.requires_grad_(True)
+
+
+def _batches(tokenizer: Any, view: pa.Table, config: InfluenceConfig,
+             device: torch.device) -> list[Any]:
+    return [tokenize(tokenizer, view.slice(start, config.batch_size), config.max_length)
+            .to(device) for start in range(0, view.num_rows, config.batch_size)]
+
+
+def trak_features(config: InfluenceConfig, pool: pa.Table, queries: pa.Table
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(training features, query features)``: float32 rows whose inner product is the
+    TRAK score (:class:`scorers.trak.Trak`) of the pool rows for the queries."""
+    device = pick_device(config.device)
+    tokenizer = load_tokenizer(config.model)
+    train, query = _batches(tokenizer, pool, config, device), \
+        _batches(tokenizer, queries, config, device)
+    output = CausalLMOutput()
+    train_grads, query_grads = [], []
+    for m, model in enumerate(members(config, device)):
+        seed = config.seed * 1000 + m
+        train_grads.append(output_gradients(model, train, output, config.proj_dim, seed,
+                                            config.projection))
+        query_grads.append(output_gradients(model, query, output, config.proj_dim, seed,
+                                            config.projection))
+    trak = Trak(config.ridge, config.kernel).fit(train_grads)
+    return trak.train_features(), trak.query_features(query_grads)
+
+
+def bif_scores(config: InfluenceConfig, pool: pa.Table, queries: pa.Table) -> np.ndarray:
+    """``(pool rows, queries)`` float32 BIF scores, averaged over the ensemble's members."""
+    device = pick_device(config.device)
+    tokenizer = load_tokenizer(config.model)
+    train, query = _batches(tokenizer, pool, config, device), \
+        _batches(tokenizer, queries, config, device)
+    total, count = None, 0
+    for model in members(config, device):
+        scores = bif(model, CausalLMOutput(), train, query, config.bif_config)
+        total = scores if total is None else total + scores
+        count += 1
+    return total / count

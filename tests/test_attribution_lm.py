@@ -1,0 +1,89 @@
+"""TRAK and BIF on a Hugging Face causal LM: the output function's gradients, and
+``dataselect attribute --method trak|bif`` end to end on the tiny instruction model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dataselect import read_corpus
+from dataselect.attribution import read_attribution_matrix
+from pipelines.cli import main
+from scorers.influence import train_linear_layers
+from scorers.lm import load_causal_lm, load_tokenizer, tokenize
+from scorers.trak import CausalLMOutput, output_gradients
+
+INSTRUCTIONS = Path(__file__).resolve().parent.parent / "data" / "instructions"
+PARAMS = ["-p", "proj_dim=32", "-p", "max_length=96", "-p", "batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lines = (INSTRUCTIONS / "train.jsonl").read_text().splitlines()[:24]
+    path = tmp_path_factory.mktemp("attr") / "pool.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_log_odds_gradients_equal_one_example_at_a_time(instruction_lm: str,
+                                                        pool_file: Path) -> None:
+    model = load_causal_lm(instruction_lm, torch.device("cpu")).eval()
+    train_linear_layers(model)
+    corpus = read_corpus(str(pool_file), text="messages")
+    view = corpus.scoring_view(corpus.to_table(), response_spans=True).slice(0, 5)
+    tokenizer = load_tokenizer(instruction_lm)
+    out = CausalLMOutput()
+    batched = output_gradients(model, [tokenize(tokenizer, view, 96)], out, 16, 0, "rademacher")
+    single = [output_gradients(model, [tokenize(tokenizer, view.slice(i, 1), 96)], out, 16, 0,
+                               "rademacher") for i in range(5)]
+    torch.testing.assert_close(batched.phi, torch.cat([s.phi for s in single]),
+                               rtol=1e-3, atol=1e-4 * float(batched.phi.abs().max()))
+    torch.testing.assert_close(batched.p, torch.cat([s.p for s in single]), rtol=1e-4,
+                               atol=1e-6)
+    assert ((batched.p > 0) & (batched.p < 1)).all()
+
+
+def test_cli_attribute_trak_dense_and_top_k(instruction_lm: str, pool_file: Path,
+                                            tmp_path: Path) -> None:
+    queries = INSTRUCTIONS / "eval" / "define.jsonl"
+    common = ["attribute", "--method", "trak", "--pool", str(pool_file), "--queries",
+              str(queries), "--text-field", "messages", "-p", f"model={instruction_lm}",
+              *PARAMS]
+    assert main([*common, "-k", "all", "--out", str(tmp_path / "dense")]) == 0
+    matrix, train_ids, query_ids = read_attribution_matrix(tmp_path / "dense")
+    assert matrix.dtype == np.float32 and matrix.shape == (24, len(query_ids))
+    assert np.isfinite(matrix).all() and np.abs(matrix).max() > 0
+    expected = [json.loads(line)["id"] for line in pool_file.read_text().splitlines()]
+    assert train_ids == expected
+    assert main([*common, "-k", "3", "--out", str(tmp_path / "top.parquet")]) == 0
+    rows = pq.read_table(tmp_path / "top.parquet").to_pydict()
+    assert len(rows["query_id"]) == 3 * len(query_ids)
+    for j, q in enumerate(query_ids):  # the index's top-k is the dense matrix's
+        top = np.argsort(-matrix[:, j], kind="stable")[:3]
+        got = [t for qq, t in zip(rows["query_id"], rows["train_id"]) if qq == q]
+        assert got == [train_ids[i] for i in top]
+        scores = [s for qq, s in zip(rows["query_id"], rows["score"]) if qq == q]
+        np.testing.assert_allclose(scores, matrix[top, j], rtol=1e-3,
+                                   atol=1e-4 * np.abs(matrix).max())
+
+
+def test_cli_attribute_bif_and_refusals(instruction_lm: str, pool_file: Path,
+                                        tmp_path: Path) -> None:
+    queries = INSTRUCTIONS / "eval" / "code.jsonl"
+    common = ["attribute", "--method", "bif", "--pool", str(pool_file), "--queries",
+              str(queries), "--text-field", "messages", "-p", f"model={instruction_lm}",
+              "-p", "max_length=96", "-p", "draws=4", "-p", "burn_in=1",
+              "-p", "step_size=1e-6"]
+    assert main([*common, "-k", "2", "--out", str(tmp_path / "bif.parquet")]) == 0
+    rows = pq.read_table(tmp_path / "bif.parquet")
+    assert rows.column_names == ["query_id", "rank", "train_id", "score"]
+    assert rows.num_rows == 2 * 40
+    assert main(["attribute", "--method", "trak", "--index", str(tmp_path), "--queries",
+                 str(queries), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert main(["attribute", "--method", "less", "--queries", str(queries),
+                 "--out", str(tmp_path / "x.parquet")]) == 2
