@@ -44,7 +44,20 @@ being trained beforehand; peak RSS is the child's, imports included — see ``ba
 * ``dattri_trak_1`` / ``dattri_trak_5`` / ``dattri_tracin``: dattri's ``TRAKAttributor``
   and ``TracInAttributor`` on the same models, checkpoints and margin function, run by
   ``--dattri-python`` (a separate venv with ``dattri``), projection dim ``--proj-dim``.
+* ``ds_trak_1`` / ``ds_trak_5`` (ours): ``scorers.trak.Trak`` with ``kernel="trak"``
+  (TRAK's own kernel), on ``output_gradients`` (``LinearGradients`` margin gradients,
+  sparse projection to ``--proj-dim``, one seed per model), ridge ``--trak-ridge``
+  relative to the kernel's mean diagonal; scores from the folded features through
+  ``dense_scores`` (the dense attribution path).
+* ``ds_gn_1`` / ``ds_gn_5`` (ours, dataselect's default): the same with the Gauss-Newton
+  kernel ``Phi^T diag(p(1-p)) Phi`` (``kernel="gauss_newton"``); ``ds_gn_5`` also serves
+  the top 10 through ``inner_product_index`` + ``attribute_inner`` and records how far the
+  index's scores are from the dense ones.
+* ``ds_bif`` (ours): ``scorers.bif.bif`` at the final model, ``BifConfig()`` defaults.
 * ``random``: seeded Gaussian scores (LDS ~ 0).
+
+Every method's JSON record carries ``"ours": true|false``; each child computes its
+matrix ``--repeats`` times and reports the median time (and all of them).
 
 Run from the repository root::
 
@@ -71,8 +84,9 @@ import torch.nn.functional as F
 MODELS = ("logreg", "mlp")
 OURS = ("less_cosine", "less_cosine_4ckpt", "less_cosine_eps_in_sqrt", "less_inner")
 REFERENCES = ("trak_1", "trak_5", "tracin")
+DATASELECT = ("ds_trak_1", "ds_trak_5", "ds_gn_1", "ds_gn_5", "ds_bif")
 DATTRI = ("dattri_trak_1", "dattri_trak_5", "dattri_tracin")
-ALL_METHODS = ("random", *OURS, *REFERENCES, *DATTRI)
+ALL_METHODS = ("random", *OURS, *DATASELECT, *REFERENCES, *DATTRI)
 DEFAULT_DATTRI_PYTHON = "/tmp/dattri-venv/bin/python"
 ENSEMBLE = 5
 CHECKPOINTS = 4
@@ -198,6 +212,44 @@ def ours_method(setup: dict[str, Any], method: str, cfg: dict[str, Any],
     return scores
 
 
+def dataselect_method(setup: dict[str, Any], method: str, cfg: dict[str, Any],
+                      checks: dict[str, float]) -> np.ndarray:
+    from dataselect.attribution import attribute_inner, dense_scores, inner_product_index
+    from scorers.bif import bif
+    from scorers.trak import ClassifierOutput, Trak, output_gradients
+
+    output = ClassifierOutput()
+    train = [(setup["x_train"], setup["y_train"])]
+    queries = [(setup["x_query"], setup["y_query"])]
+    if method == "ds_bif":
+        return bif(loaded(setup, setup["checkpoints"][-1]["state"]), output, train,
+                   queries).T
+    kernel, models = method.split("_")[1:]
+    train_grads, query_grads = [], []
+    for m, state in enumerate(setup["ensemble"][:int(models)]):
+        model = loaded(setup, state)
+        seed = cfg["seed"] * 1000 + m
+        train_grads.append(output_gradients(model, train, output, cfg["proj_dim"], seed))
+        query_grads.append(output_gradients(model, queries, output, cfg["proj_dim"], seed))
+    trak = Trak(cfg["trak_ridge"], "gauss_newton" if kernel == "gn" else "trak"
+                ).fit(train_grads)
+    train_features, query_features = trak.train_features(), trak.query_features(query_grads)
+    scores = dense_scores(train_features, query_features).T
+    if checks.get("measure_index"):
+        ids = [str(i) for i in range(len(train_features))]
+        index, norm = inner_product_index(ids, train_features)
+        table = attribute_inner(index, norm, [str(q) for q in range(len(query_features))],
+                                query_features, k=10)
+        rows = table["query_id"].to_numpy(zero_copy_only=False).astype(np.int64)
+        cols = table["train_id"].to_numpy(zero_copy_only=False).astype(np.int64)
+        top = np.sort(scores, axis=1)[:, ::-1][:, :10].reshape(-1)
+        checks["index_top10_vs_dense_max_abs_diff"] = float(
+            np.abs(table["score"].to_numpy() - scores[rows, cols]).max())
+        checks["index_top10_vs_dense_rank_score_max_abs_diff"] = float(
+            np.abs(table["score"].to_numpy() - top).max())
+    return scores
+
+
 # ----------------------------------------------------------------------------- references
 
 
@@ -306,21 +358,31 @@ def child(spec: dict[str, Any], result_path: str) -> int:
             import scorers.gradients  # noqa: F401
         scores = np.zeros((1, 1))
     checks: dict[str, float] = {}
-    start = time.perf_counter()
-    if method == "random":
-        scores = np.random.default_rng(cfg["seed"]).standard_normal(
-            (len(setup["x_query"]), len(setup["x_train"])))
-    elif method in OURS:
-        scores = ours_method(setup, method, cfg, checks)
-    elif method.startswith("trak_"):
-        scores = trak(setup, int(method.split("_")[1]), cfg)
-    elif method == "tracin":
-        scores = tracin(setup)
-    elif method in DATTRI:
-        scores = dattri_method(setup, method, cfg)
-    seconds = time.perf_counter() - start
+    times = []
+    checks["measure_index"] = False  # the index check runs once more, untimed
+    for _ in range(spec.get("repeats", 1) if method != "baseline" else 1):
+        start = time.perf_counter()
+        if method == "random":
+            scores = np.random.default_rng(cfg["seed"]).standard_normal(
+                (len(setup["x_query"]), len(setup["x_train"])))
+        elif method in OURS:
+            scores = ours_method(setup, method, cfg, checks)
+        elif method in DATASELECT:
+            scores = dataselect_method(setup, method, cfg, checks)
+        elif method.startswith("trak_"):
+            scores = trak(setup, int(method.split("_")[1]), cfg)
+        elif method == "tracin":
+            scores = tracin(setup)
+        elif method in DATTRI:
+            scores = dattri_method(setup, method, cfg)
+        times.append(time.perf_counter() - start)
+    if method == "ds_gn_5":
+        checks["measure_index"] = True
+        dataselect_method(setup, method, cfg, checks)
+    checks.pop("measure_index", None)
     np.save(spec["out"], np.asarray(scores, dtype=np.float64))
-    Path(result_path).write_text(json.dumps({"seconds": seconds, **checks}))
+    Path(result_path).write_text(json.dumps({"seconds": float(np.median(times)),
+                                             "all_seconds": times, **checks}))
     return 0
 
 
@@ -392,12 +454,14 @@ def run_method(args: argparse.Namespace, kind: str, method: str, prepared: dict[
     python = args.dattri_python if method.startswith("dattri") else sys.executable
     out = workdir / f"{kind}_{method}.npy"
     spec = {"setup": prepared["setup"], "method": method, "out": str(out),
-            "threads": args.threads, "import_ours": True}
+            "threads": args.threads, "import_ours": True, "repeats": args.repeats}
     command = [python, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     run = run_child(command, workdir, f"{kind}_{method}", args.timeout)
     if run.error:
-        return {"error": run.error, "peak_rss_mb": run.stats.peak_rss_mb}
-    record = {**run.result, "peak_rss_mb": run.stats.peak_rss_mb}
+        return {"error": run.error, "peak_rss_mb": run.stats.peak_rss_mb,
+                "ours": method in OURS or method in DATASELECT}
+    record = {**run.result, "peak_rss_mb": run.stats.peak_rss_mb,
+              "ours": method in OURS or method in DATASELECT}
     if method != "baseline":
         scores = np.load(out)
         per_query = lds_per_query(scores, prepared["subsets"], prepared["outputs"])
@@ -437,9 +501,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--proj-dim", type=int, default=512)
     parser.add_argument("--dattri-batch", type=int, default=64)
     parser.add_argument("--dattri-python", default=DEFAULT_DATTRI_PYTHON)
-    parser.add_argument("--trak-ridge", type=float, default=0.0,
+    parser.add_argument("--trak-ridge", type=float, default=0.1,
                         help="TRAK's ridge relative to the kernel's mean diagonal, for the "
-                             "naive TRAK and dattri's (default 0: the paper's and dattri's)")
+                             "naive TRAK, dattri's and ours (default 0.1: dataselect's rule; "
+                             "0 is the paper's and dattri's)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per method (in one child); the median is reported")
     add_child_run_arguments(parser)
     return parser.parse_args(argv)
 
