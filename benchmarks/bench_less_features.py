@@ -29,8 +29,14 @@ alpha 4 x rank) on q/k/v/o: 14.7 M LoRA parameters, projected to ``--proj-dim`` 
   in parameters and blocks; two slice sizes show the linearity.
 * **distortion**: full per-example gradients (Adam and plain) of the same rows, exact
   pairwise cosines against those after ``SparseProjection`` with ``s`` in ``--nonzeros``,
-  with the time to project; the dense matrix's expected RMS error per pair is computed in
-  closed form, ``Var <Px, Py> = (|x|²|y|² + <x,y>² - 2 Σ x_i² y_i²) / m``.
+  with the time to project. For scale, a dense Gaussian matrix's cosine estimate has
+  standard deviation ``(1 - cos²) / sqrt(m)`` per pair (to first order; a dense Rademacher
+  matrix's is slightly lower). How spread the gradients are: the largest
+  ``|x|_inf / |x|_2`` and the smallest ``|x|_2^4 / |x|_4^4`` (the effective number of
+  coordinates) over rows. Then the same sweep on synthetic vectors built to be hard for
+  sparse maps (100 x 50,000 projected to 2,048): Gaussian, Student-t with 1.5 degrees of
+  freedom (a few coordinates dominate each vector), and rows sharing one heavy-tailed
+  profile, each also through the dense ``RademacherProjection``.
 
 Each tool runs ``--repeats`` times (3) in its own child (own peak RSS over its process
 tree) with ``--threads`` torch threads (default 1); medians are printed.
@@ -261,13 +267,17 @@ def distortion(spec: dict[str, Any]) -> dict[str, Any]:
             del pieces
         exact = gram(full)
         keep = exact.diagonal() > 0  # a row whose response is cut off has no gradient
-        full, exact = full[torch.from_numpy(keep)], exact[keep][:, keep]
+        if not keep.all():
+            full, exact = full[torch.from_numpy(keep)], exact[keep][:, keep]
         norms = np.sqrt(exact.diagonal())
         exact_cos = exact / np.outer(norms, norms)
         upper = np.triu_indices(len(exact), 1)
-        dense_rms = dense_expected_rms(full, exact, spec["proj_dim"])[upper]
+        dense_rms = (1 - exact_cos[upper] ** 2) / np.sqrt(spec["proj_dim"])
+        peak = full.abs().amax(1).double().numpy() / norms
         rows: dict[str, Any] = {"dense_expected_rms": float(np.sqrt((dense_rms**2).mean())),
-                                "rows": int(keep.sum()),
+                                "rows": int(keep.sum()), "max_peak_ratio": float(peak.max()),
+                                "min_effective_coordinates": float(
+                                    (norms**4 / fourth_powers(full)).min()),
                                 "exact_cosine_range": [float(exact_cos[upper].min()),
                                                        float(exact_cos[upper].max())]}
         for s in spec["nonzeros"]:
@@ -279,18 +289,49 @@ def distortion(spec: dict[str, Any]) -> dict[str, Any]:
             start = time.perf_counter()
             projected += [projection.project(list(c.split(sizes, 1))) for c in chunks[1:]]
             warm = (time.perf_counter() - start) / (len(full) - len(chunks[0]))
-            p = torch.cat(projected).double().numpy()
-            approx_cos = cosines_matrix(p)
-            error = np.abs(approx_cos - exact_cos)[upper]
-            ratio = (p**2).sum(1) / exact.diagonal()
-            rows[f"s{s}"] = {"max_cos_error": float(error.max()),
-                             "p99_cos_error": float(np.quantile(error, 0.99)),
-                             "rms_cos_error": float(np.sqrt((error**2).mean())),
-                             "max_norm_error": float(np.abs(ratio - 1).max()),
+            rows[f"s{s}"] = {**errors(torch.cat(projected).double().numpy(), exact),
                              "cold_first_batch": cold, "warm_per_example": warm}
         result[kind] = rows
         del full
+    result["synthetic"] = synthetic(spec["nonzeros"], spec["seed"])
     return result
+
+
+def errors(projected: np.ndarray, exact: np.ndarray) -> dict[str, float]:
+    """Cosine errors over pairs and squared-norm errors over rows, projected vs exact
+    (``exact``: the Gram matrix of the original rows)."""
+    norms = np.sqrt(exact.diagonal())
+    upper = np.triu_indices(len(exact), 1)
+    error = np.abs(cosines_matrix(projected) - exact / np.outer(norms, norms))[upper]
+    ratio = (projected**2).sum(1) / exact.diagonal()
+    return {"max_cos_error": float(error.max()),
+            "p99_cos_error": float(np.quantile(error, 0.99)),
+            "rms_cos_error": float(np.sqrt((error**2).mean())),
+            "max_norm_error": float(np.abs(ratio - 1).max())}
+
+
+def synthetic(nonzeros: list[int], seed: int, rows: int = 100, columns: int = 50_000,
+              dim: int = 2048) -> dict[str, Any]:
+    """The distortion sweep on vectors built to be hard for sparse maps, with the dense
+    Rademacher matrix alongside."""
+    from scorers.projection import RademacherProjection, SparseProjection
+
+    rng = np.random.default_rng(seed)
+    profile = rng.standard_t(1.2, size=columns)
+    kinds = {"gaussian": rng.normal(size=(rows, columns)),
+             "student_t_1.5": rng.standard_t(1.5, size=(rows, columns)),
+             "shared_heavy_profile": profile * rng.normal(size=(rows, columns)) + profile / 2}
+    out: dict[str, Any] = {}
+    for name, x in kinds.items():
+        exact = x @ x.T
+        tensor = [torch.tensor(x, dtype=torch.float32)]
+        found = {"dense": errors(RademacherProjection([columns], dim, seed + 1)
+                                 .project(tensor).double().numpy(), exact)}
+        for s in nonzeros:
+            found[f"s{s}"] = errors(SparseProjection([columns], dim, seed + 1, nonzeros=s)
+                                    .project(tensor).double().numpy(), exact)
+        out[name] = found
+    return out
 
 
 def gram(full: torch.Tensor, columns: int = 1 << 20) -> np.ndarray:
@@ -301,17 +342,11 @@ def gram(full: torch.Tensor, columns: int = 1 << 20) -> np.ndarray:
     return out.numpy()
 
 
-def dense_expected_rms(full: torch.Tensor, exact: np.ndarray, dim: int,
-                       columns: int = 1 << 20) -> np.ndarray:
-    """Per pair, the standard deviation of a dense ±1/sqrt(m) matrix's cosine estimate
-    (to first order: that of the inner product of the unit vectors)."""
-    fourth = torch.zeros((len(full), len(full)), dtype=torch.float64)
+def fourth_powers(full: torch.Tensor, columns: int = 1 << 20) -> np.ndarray:
+    out = np.zeros(len(full))
     for start in range(0, full.shape[1], columns):
-        block = full[:, start:start + columns].double() ** 2
-        fourth += block @ block.T
-    norms2 = exact.diagonal()
-    variance = (np.outer(norms2, norms2) + exact**2 - 2 * fourth.numpy()) / dim
-    return np.sqrt(np.maximum(variance, 0)) / np.outer(norms2, norms2) ** 0.5
+        out += (full[:, start:start + columns].double() ** 4).sum(1).numpy()
+    return out
 
 
 def cosines_matrix(matrix: np.ndarray) -> np.ndarray:
@@ -414,6 +449,10 @@ def report(runs: dict[str, Any], args: argparse.Namespace) -> None:
     n = mine[0]["examples"]
     per = {k: median_of(mine, "split", k) / n for k in mine[0]["split"]}
     total = median_of(mine, "seconds") / n
+    if theirs:
+        print("per repeat, gradient loop ours / reference (s per example): " + ", ".join(
+            f"{(a['seconds'] - a['split']['projection']) / n:.3f} / {b['seconds'] / n:.3f}"
+            for a, b in zip(mine, theirs)))
     print(f"ours per example ({len(mine)} runs, medians, {mine[0]['params']:,} params, "
           f"s={mine[0]['nonzeros']}): total {total:.3f} s = "
           + ", ".join(f"{k} {v:.3f} s ({100 * v / total:.1f} %)" for k, v in per.items())
@@ -439,20 +478,31 @@ def report(runs: dict[str, Any], args: argparse.Namespace) -> None:
               f"through the same sparse projection: {agree[scored].min():.6f} "
               f"({scored.sum()} of {len(agree)} rows have a gradient)")
     if "distortion" in runs:
-        for kind, rows in runs["distortion"].items():
-            if kind in ("peak_rss_mb", "process_seconds", "features"):
-                continue
-            low, high = rows["exact_cosine_range"]
-            print(f"distortion, {kind} gradients of {rows['rows']} rows (exact cosines "
-                  f"{low:.3f} to {high:.3f}; dense matrix expected RMS error "
-                  f"{rows['dense_expected_rms']:.4f}):")
-            for s in args.nonzeros:
-                r = rows[f"s{s}"]
-                print(f"  s={s:<2}: cosine error max {r['max_cos_error']:.4f}, p99 "
-                      f"{r['p99_cos_error']:.4f}, RMS {r['rms_cos_error']:.4f}; norm error "
-                      f"max {r['max_norm_error']:.4f}; {1000 * r['warm_per_example']:.0f} ms "
-                      f"per example warm, first batch {r['cold_first_batch']:.2f} s")
+        report_distortion(runs["distortion"], args)
     print(f"load average after: {runs['load_after']}")
+
+
+def error_line(r: dict[str, float]) -> str:
+    return (f"cosine error max {r['max_cos_error']:.4f}, p99 {r['p99_cos_error']:.4f}, RMS "
+            f"{r['rms_cos_error']:.4f}; norm error max {r['max_norm_error']:.4f}")
+
+
+def report_distortion(found: dict[str, Any], args: argparse.Namespace) -> None:
+    for kind in ("adam", "sgd"):
+        rows = found[kind]
+        low, high = rows["exact_cosine_range"]
+        print(f"distortion, {kind} gradients of {rows['rows']} rows (exact cosines {low:.3f} "
+              f"to {high:.3f}; largest |x|_inf/|x|_2 {rows['max_peak_ratio']:.4f}, at least "
+              f"{rows['min_effective_coordinates']:,.0f} effective coordinates; a dense "
+              f"Gaussian matrix's expected RMS cosine error {rows['dense_expected_rms']:.4f}):")
+        for s in args.nonzeros:
+            r = rows[f"s{s}"]
+            print(f"  s={s:<2}: {error_line(r)}; {1000 * r['warm_per_example']:.0f} ms per "
+                  f"example warm, first batch {r['cold_first_batch']:.2f} s")
+    for name, rows in found["synthetic"].items():
+        print(f"distortion, synthetic {name} (100 x 50,000 -> 2,048):")
+        for key, r in rows.items():
+            print(f"  {key:<5}: {error_line(r)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from dataselect import checks
@@ -236,17 +237,31 @@ class Less(Scorer):
         return self.featurize(batch, adam=side == "pool")
 
     def featurize(self, batch: pa.Table, adam: bool, with_validity: bool = False) -> Any:
-        """Unit gradient features ``(rows, checkpoints, proj_dim)`` in float32."""
+        """Unit gradient features ``(rows, checkpoints, proj_dim)`` in float32.
+
+        Rows go through the model shortest text first, so each backward batch pads its rows
+        to similar lengths (one long row no longer makes seven short ones cost as much);
+        the features come back in the batch's order."""
         worker = _gradient_model(self)
         out = np.zeros((batch.num_rows, len(self.checkpoints), self.proj_dim), np.float32)
         valid = np.zeros(batch.num_rows, bool)
+        order = _by_length(batch)
         group = worker.rows_per_projection(self.batch_size)
         for start in range(0, batch.num_rows, group):
-            chunk = batch.slice(start, group)
-            feats, ok = worker.features(chunk, adam, self.max_length, self.batch_size)
-            out[start:start + chunk.num_rows] = feats
-            valid[start:start + chunk.num_rows] = ok
+            rows = order[start:start + group]
+            feats, ok = worker.features(batch.take(rows), adam, self.max_length,
+                                        self.batch_size)
+            out[rows] = feats
+            valid[rows] = ok
         return (out, valid) if with_validity else out
+
+
+def _by_length(batch: pa.Table) -> np.ndarray:
+    """Row positions by ascending text length (stable; the given order without text)."""
+    if "text" not in batch.column_names:
+        return np.arange(batch.num_rows)
+    lengths = pc.fill_null(pc.utf8_length(batch["text"]), 0).to_numpy(zero_copy_only=False)
+    return np.argsort(lengths, kind="stable")
 
 
 class _GradientModel:
