@@ -37,6 +37,11 @@ from dataselect.output import jsonable
 from dataselect.textspec import CHAT_COLUMN, TextSpec
 
 DEFAULT_PARTITION_BYTES = 4 << 20
+# Pools that a model scores are cut finer (compute_partition_bytes): into this many
+# partitions, each within these bounds.
+COMPUTE_PARTITIONS = 16
+MIN_COMPUTE_PARTITION_BYTES = 16 << 10
+MAX_COMPUTE_PARTITION_BYTES = 128 << 10
 FILE_COLUMN, ROW_COLUMN, ID_COLUMN = "_file", "_row", "id"
 RESPONSE_SPANS = "response_spans"
 # compression first: ``a.jsonl.gz`` loses ``.gz``, then ``.jsonl``
@@ -66,6 +71,12 @@ class Corpus:
     @property
     def npartitions(self) -> int:
         return len(self.partitions)
+
+    def replanned(self, partition_bytes: int) -> Corpus:
+        """The same files and settings, planned into partitions of ``partition_bytes``."""
+        if partition_bytes == self.partition_bytes:
+            return self
+        return Corpus(self.files, self.text, self.id_field, partition_bytes, labels=self.labels)
 
     def estimated_bytes(self) -> int:
         """Approximate uncompressed size of the corpus, from file metadata only."""
@@ -213,6 +224,27 @@ def read_corpus(
     if partition_bytes <= 0:
         raise InputError(f"partition_bytes must be positive, got {partition_bytes}")
     return Corpus(expand_paths(paths), TextSpec.parse(text), id_field, partition_bytes)
+
+
+def compute_partition_bytes(pool_bytes: int, limit: int = DEFAULT_PARTITION_BYTES) -> int:
+    """Partition size for a pool whose every row costs a model pass (a scorer whose
+    ``compute_bound()`` is true): ``pool_bytes / 16``, kept within 16 KiB to 128 KiB and
+    never above ``limit`` (the job's partition size).
+
+    Why: a model's work on a row grows with its tokens, and tokens with bytes (about four
+    bytes a token in English), so bytes stay the measure and planning stays the cheap
+    metadata pass it is; only the 4 MiB default is far too coarse for a model: 1,000 chat
+    records (450 KB) made one partition, one task, and one busy core of two. Sixteen
+    partitions give up to 4 workers four tasks each, so the last task to finish holds up
+    at most a quarter of a worker's share; at least 16 KiB (~4k tokens, ~35 chat records:
+    a couple of full batches) keeps a task's fixed costs small; at most 128 KiB (~32k
+    tokens, ~300 chat records) bounds what a killed job loses and lets large pools spread
+    over large clusters. The plan depends on the data only, never on the number of
+    workers, so ``--workers`` changes neither the partitions nor the bytes written.
+    """
+    share = -(-pool_bytes // COMPUTE_PARTITIONS)
+    wanted = max(MIN_COMPUTE_PARTITION_BYTES, min(MAX_COMPUTE_PARTITION_BYTES, share))
+    return max(1, min(limit, wanted))
 
 
 def _drop_inherited_places(table: pa.Table) -> pa.Table:

@@ -22,6 +22,7 @@ import pickle
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataselect.corpus import Corpus
+from dataselect.corpus import Corpus, compute_partition_bytes
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
@@ -112,6 +113,13 @@ class Scorer(ABC):
     #   importance weights, so it resamples; everything else takes the top rows).
     default_policy: ClassVar[str] = "top_k"
 
+    @classmethod
+    def compute_bound(cls) -> bool:
+        """Whether scoring a row runs a model on it (a forward or backward pass), so that a
+        pool this scorer scores is cut by compute (:func:`plan_pool`). By default, every
+        scorer that needs a model; one that only looks up what its fit learned says no."""
+        return cls.needs_model
+
     @property
     def local_workers(self) -> str:
         """``processes`` (default) when scoring holds the GIL, ``threads`` when it runs in
@@ -164,6 +172,16 @@ class Scorer(ABC):
         if not isinstance(obj, cls):
             raise InputError(f"holds a {type(obj).__name__}, not a {cls.__name__}", where=str(path))
         return obj
+
+
+def plan_pool(pool: Corpus, scorers: Iterable[type[Scorer]]) -> Corpus:
+    """``pool`` planned for scoring by ``scorers``: cut by compute
+    (:func:`~dataselect.corpus.compute_partition_bytes`, from the pool's size and the
+    partition size it was read with) when any of them is compute-bound, else unchanged.
+    Jobs and recipes plan their pool through this, so every worker gets model work."""
+    if not any(cls.compute_bound() for cls in scorers):
+        return pool
+    return pool.replanned(compute_partition_bytes(pool.estimated_bytes(), pool.partition_bytes))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,10 @@ from dataselect.errors import ClusterLostError, InputError
 
 WorkerKind = Literal["processes", "threads"]
 TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# The thread limits the user started this process with: read once, before any Dask nanny
+# writes its own into os.environ (see _thread_limits_in_environ).
+_STARTUP_THREAD_LIMITS = {name: os.environ.get(name) for name in THREAD_VARIABLES}
 # Dask's loggers in quiet runs: "Compute Failed" is logged at ERROR, so only CRITICAL
 # keeps it out; with --verbose, LocalCluster's own default level shows it.
 QUIET_LOG_LEVEL = logging.CRITICAL
@@ -59,7 +63,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
                 memory_limit: str = "auto", kind: WorkerKind = "processes",
                 verbose: bool = False) -> Iterator[Client]:
     """A connected client: to ``scheduler`` if given, else to a fresh LocalCluster with
-    ``workers`` single-threaded worker processes, or one worker with ``workers`` threads.
+    ``workers`` worker processes running one task at a time (each with cores // workers
+    native threads for torch and BLAS), or one worker with ``workers`` threads.
 
     Unless ``verbose`` (or :func:`verbose_logs` is on), Dask's own logging is silenced:
     a failing task would otherwise print Dask's "Compute Failed" report with the worker's
@@ -74,13 +79,16 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     count = workers or default_workers()
     threads = kind == "threads"
     dask_trim = _spawn_environ().get(TRIM_VARIABLE)
+    environ = _worker_environ(max(1, default_workers() // count))
     with ExitStack() as stack:
         # the statistical profiler feeds only the dashboard, and its history grows with
         # the job
         stack.enter_context(dask.config.set({
             "distributed.worker.profile.enabled": False,
-            "distributed.nanny.pre-spawn-environ": _worker_environ()}))
+            "distributed.nanny.pre-spawn-environ": environ}))
         stack.enter_context(_without_inherited_trim(dask_trim))
+        if not threads:
+            stack.enter_context(_thread_limits_in_environ(environ))
         stack.enter_context(_arrow_pool_for(threads))
         stack.enter_context(_quiet_loggers(not verbose))
         cluster = stack.enter_context(_local_cluster(
@@ -264,8 +272,15 @@ def worker_failure_line(exc: BaseException) -> str | None:
             "fewer --workers")
 
 
-def _worker_environ() -> dict[str, object]:
-    """Dask's environment for worker processes, less its ``MALLOC_TRIM_THRESHOLD_``.
+def _worker_environ(threads: int = 1) -> dict[str, object]:
+    """Dask's environment for worker processes, less its ``MALLOC_TRIM_THRESHOLD_``, with
+    ``threads`` OpenMP/MKL/OpenBLAS threads per worker (the cores each owns).
+
+    Dask starts every worker process with one such thread, right when it runs one worker
+    per core; with fewer workers than cores (``--workers 1`` for a model's memory) the
+    other cores idled: torch read ``OMP_NUM_THREADS=1`` and ran one thread. A limit the
+    user chose is kept: one set in the environment this process started with, or one other
+    than Dask's 1 in Dask's configuration.
 
     Dask sets glibc's trim threshold to 64 KiB so that freed memory goes back to the
     system sooner. A fixed threshold also turns off glibc's own adjustment of it, so code
@@ -277,7 +292,33 @@ def _worker_environ() -> dict[str, object]:
     """
     environ = _spawn_environ()
     environ.pop(TRIM_VARIABLE, None)
+    for name in THREAD_VARIABLES:
+        chosen = _STARTUP_THREAD_LIMITS[name]
+        if chosen is None and str(environ.get(name, 1)) != "1":
+            chosen = environ[name]
+        environ[name] = threads if chosen is None else chosen
     return environ
+
+
+@contextmanager
+def _thread_limits_in_environ(environ: dict[str, object]) -> Iterator[None]:
+    """The workers' thread limits in this process's ``os.environ`` while the cluster lives,
+    then the previous values back.
+
+    A nanny takes a variable from ``os.environ`` over its configuration, and writes its
+    configuration into ``os.environ`` and leaves it there: a cluster of 1 worker (2 threads)
+    would hand its limit to the next cluster of 2 workers in the same process, and a
+    foreign LocalCluster's 1 to every later one."""
+    before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(environ[name]) for name in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _spawn_environ() -> dict[str, object]:

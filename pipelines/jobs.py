@@ -23,7 +23,7 @@ from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
 from dataselect.params import field_types, validate_settings
-from dataselect.scoring import Scorer, Scores
+from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.writer import DEFAULT_METRICS_SAMPLE, MANIFEST_FILE
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner
@@ -102,7 +102,10 @@ def build_scorer(name: str, params: dict[str, Any], seed: int) -> Scorer:
 
 
 def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:
-    pool = read_corpus(job.pool, job.text_field, job.id_field, job.partition_bytes)
+    """The pool, planned for the scorer (by compute for a model, :func:`plan_pool`: the
+    plan, in the pool's fingerprint, is part of the job's identity), and the target."""
+    pool = plan_pool(read_corpus(job.pool, job.text_field, job.id_field, job.partition_bytes),
+                     [SCORERS[job.scorer]])
     target = read_corpus(job.target, job.target_text_field or job.text_field, job.id_field,
                          job.partition_bytes)
     return pool, target

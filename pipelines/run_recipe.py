@@ -34,7 +34,7 @@ from dataselect.ngrams import NgramHasher
 from dataselect.outdir import claim_output, input_roots
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
-from dataselect.scoring import Scorer, Scores
+from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.union import split_selection, write_union
 from pipelines.cluster import dask_client
 from pipelines.jobs import SCORES_DIR, build_scorer, choose_rows
@@ -53,8 +53,9 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     console = console or Console()
     started = time.perf_counter()
     timings: list[StageTiming] = []
-    pool = read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
-                       max(1, int(recipe.pool.partition_mb * 2**20)))
+    pool = plan_pool(read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
+                                 max(1, int(recipe.pool.partition_mb * 2**20))),
+                     [SCORERS[name] for name in recipe.scorers])
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])

@@ -73,6 +73,12 @@ class Bads(Scorer):
     uses_response_spans: ClassVar[bool] = True
     needs_model: ClassVar[bool] = True
 
+    @classmethod
+    def compute_bound(cls) -> bool:
+        """No: fitting runs the model in the client; scoring a row is a table lookup and a
+        small network's read-off, so the pool keeps the job's partition size."""
+        return False
+
     model: str
     beta: float = 0.05
     sigma: float = 1.0

@@ -1,11 +1,21 @@
 """The local cluster: worker processes keep glibc's own malloc trimming (Dask's fixed
-threshold made allocation-heavy scorers 2x slower) and Dask's other thread limits."""
+threshold made allocation-heavy scorers 2x slower) and run as many native threads as the
+cores each owns."""
 
 from __future__ import annotations
 
 import os
 
-from pipelines.cluster import dask_client
+import dask
+import pytest
+
+from pipelines.cluster import dask_client, default_workers
+
+ALL_CORES = str(default_workers())  # what one worker process on this machine owns
+ENVIRON_OMP = os.environ.get("OMP_NUM_THREADS")
+# the user's own limit wins over ours
+pytestmark = pytest.mark.skipif(ENVIRON_OMP is not None,
+                                reason="OMP_NUM_THREADS is set in the test environment")
 
 
 def _environ() -> dict[str, str | None]:
@@ -15,7 +25,34 @@ def _environ() -> dict[str, str | None]:
 def test_worker_processes_have_no_fixed_trim_threshold():
     with dask_client(workers=1, kind="processes") as client:
         seen = list(client.run(_environ).values())
-    assert seen == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
+    assert seen == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": ALL_CORES}]
+
+
+def _torch_threads(_: object = None) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("workers", [2, 1, 2])
+def test_torch_in_a_worker_uses_the_cores_it_owns(workers):
+    """W single-task worker processes on C cores run torch with max(1, C // W) threads
+    (Dask's default of one left a lone model worker on one core of several), whatever
+    cluster ran before in this process (2, 1, 2: a nanny leaves its limits in os.environ)."""
+    with dask_client(workers=workers, kind="processes") as client:
+        threads = client.gather(client.map(_torch_threads, range(4 * workers), pure=False))
+        seen = list(client.run(_torch_threads).values())
+    expected = max(1, default_workers() // workers)
+    assert set(threads) == {expected}
+    assert seen == [expected] * workers
+    assert os.environ.get("OMP_NUM_THREADS") == ENVIRON_OMP
+
+
+def test_thread_limits_the_user_configured_are_kept():
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 3}}), \
+            dask_client(workers=1, kind="processes") as client:
+        seen = list(client.run(_environ).values())
+    assert seen[0]["OMP_NUM_THREADS"] == "3"
 
 
 def test_threads_run_in_the_client_process():
@@ -33,7 +70,7 @@ def test_a_threshold_left_behind_by_another_cluster_is_not_inherited(monkeypatch
     with dask_client(workers=1, kind="processes") as client:
         seen = list(client.run(_environ).values())
         assert os.environ.get("MALLOC_TRIM_THRESHOLD_") is None
-    assert seen == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
+    assert seen == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": ALL_CORES}]
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
 
 
