@@ -57,6 +57,7 @@ from scorers.lm import (
     load_causal_lm,
     load_tokenizer,
     loaded_once,
+    model_rendering,
     per_example_loss,
     pick_device,
     tokenize,
@@ -133,6 +134,7 @@ class Less(Scorer):
         settings = asdict(self)
         settings["checkpoint_weights"] = self.weights.tolist()
         settings["resolved_device"] = pick_device(self.device).type
+        settings["rendering"] = model_rendering(self.model)
         return settings
 
     def feature_description(self, side: Side = "pool") -> dict[str, Any]:
@@ -149,6 +151,7 @@ class Less(Scorer):
                 "view_weights": self.weights.tolist(), "scale": float(self.weights.sum()),
                 "model": self.model, "checkpoints": self.checkpoints, "seed": self.seed,
                 "max_length": self.max_length, **projection,
+                "rendering": model_rendering(self.model),
                 "gradient": "adam" if side == "pool" else "sgd"}
 
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
