@@ -48,6 +48,44 @@ def test_log_odds_gradients_equal_one_example_at_a_time(instruction_lm: str,
     assert ((batched.p > 0) & (batched.p < 1)).all()
 
 
+def _adapter(model_path: str, out: Path, seed: int) -> str:
+    """A LoRA adapter with nonzero A and B (a fresh one has B = 0), saved like a checkpoint."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    base = load_causal_lm(model_path, torch.device("cpu"))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    model.save_pretrained(str(out))
+    return str(out)
+
+
+def test_lora_members_equal_each_adapter_loaded_alone(instruction_lm: str, pool_file: Path,
+                                                      tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    from scorers.influence import InfluenceConfig, members
+
+    adapters = [_adapter(instruction_lm, tmp_path / f"a{i}", i) for i in range(2)]
+    config = InfluenceConfig(instruction_lm, adapters, max_length=96)
+    corpus = read_corpus(str(pool_file), text="messages")
+    view = corpus.scoring_view(corpus.to_table(), response_spans=True).slice(0, 6)
+    tokens = tokenize(load_tokenizer(instruction_lm), view, 96)
+    out = CausalLMOutput()
+    got = [output_gradients(m, [tokens], out, 16, 0) for m in members(config, torch.device("cpu"))]
+    for adapter, grads in zip(adapters, got):
+        alone = PeftModel.from_pretrained(load_causal_lm(instruction_lm, torch.device("cpu")),
+                                          adapter).eval()
+        for name, param in alone.named_parameters():
+            param.requires_grad_("lora_" in name)
+        expected = output_gradients(alone, [tokens], out, 16, 0)
+        torch.testing.assert_close(grads.phi, expected.phi, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(got[0].phi, got[1].phi)
+
+
 def test_cli_attribute_trak_dense_and_top_k(instruction_lm: str, pool_file: Path,
                                             tmp_path: Path) -> None:
     queries = INSTRUCTIONS / "eval" / "define.jsonl"
