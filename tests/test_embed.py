@@ -14,8 +14,8 @@ from conftest import DATA
 
 from dataselect import read_corpus
 from dataselect.errors import InputError
-from scorers.embed import Embed
-from scorers.lm import load_causal_lm, load_tokenizer
+from scorers.embed import Embed, length_batches, pool_hidden_states
+from scorers.lm import load_causal_lm, load_tokenizer, model_view, tokenize
 
 TASKS = ("code", "define", "summarize", "translate")
 TARGETS = DATA / "instructions" / "targets"
@@ -132,3 +132,70 @@ def test_scores_through_a_feature_store_match_and_embed_the_pool_once(
         assert stored["text_bytes"].to_pylist() == direct["text_bytes"].to_pylist()
     ids, matrix = FeatureStore.open(store).read_part(0)
     assert len(ids) == pool.read_partition(0).num_rows and matrix.shape[1] == 1
+
+
+def test_length_sorted_batches_equal_input_order_batches_for_any_batch_size(
+        instruction_lm, pool) -> None:
+    """Rows are batched by length, longest first, and put back in order: the embeddings
+    equal those of batches taken in input order (the whole causal LM's hidden_states[-1],
+    as before), for every batch size."""
+    view = _view(pool, 40)
+    tokenizer = load_tokenizer(instruction_lm)
+    model = load_causal_lm(instruction_lm, torch.device("cpu"))
+    results = []
+    for size in (1, 5, 16):
+        in_order = []
+        for start in range(0, view.num_rows, size):
+            tokens = tokenize(tokenizer, model_view(view.slice(start, size)), 512)
+            with torch.no_grad():
+                hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                               output_hidden_states=True).hidden_states[-1]
+            in_order.append(pool_hidden_states(hidden, tokens.attention_mask,
+                                               "position_weighted").numpy())
+        expected = np.concatenate(in_order)
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        results.append(Embed(instruction_lm, batch_size=size).embed(view))
+        np.testing.assert_allclose(results[-1], expected, atol=1e-5)
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], atol=1e-5)
+    assert Embed(instruction_lm).embed(view.slice(0, 0)).shape == (0, 64)
+
+
+def test_length_batches_sort_longest_first_and_bound_padding() -> None:
+    lengths = np.array([10, 512, 90, 100, 95, 11, 300, 12, 80, 9])
+    batches = length_batches(lengths, 3)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+    assert [lengths[b].tolist() for b in batches] == [[512], [300], [100, 95, 90], [80],
+                                                      [12, 11, 10], [9]]
+    for rows in batches:  # padding is at most a quarter of a batch's tokens
+        assert lengths[rows].sum() >= 0.75 * lengths[rows[0]] * len(rows)
+    assert length_batches(np.array([], int), 4) == []
+
+
+def test_a_model_scorers_pool_is_cut_by_compute_whatever_the_worker_count(
+        instruction_lm, pool, tmp_path) -> None:
+    """A small pool that is one 4 MiB partition for the cheap scorers becomes several for
+    a model (every worker gets work); the plan depends on the data only, so one and two
+    workers write byte-identical score stores."""
+    from dataselect.corpus import DEFAULT_PARTITION_BYTES
+    from dataselect.scoring import plan_pool
+    from pipelines.jobs import SelectJob, run_score_job
+    from scorers import SCORERS
+
+    planned = plan_pool(pool, [Embed])
+    assert pool.npartitions == 1 and planned.npartitions >= 4
+    assert plan_pool(pool, [SCORERS["dsir"]]) is pool
+    assert plan_pool(pool, [SCORERS["bads"]]) is pool  # scoring is a lookup
+    assert plan_pool(pool, [SCORERS["dsir"], Embed]).partitions == planned.partitions
+    stores = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        job = SelectJob(scorer="embed", pool=pool.files, target=[str(TARGETS / "define.jsonl")],
+                        out=str(out), text_field="messages",
+                        scorer_params={"model": instruction_lm, "batch_size": 8},
+                        partition_bytes=DEFAULT_PARTITION_BYTES, workers=workers)
+        assert run_score_job(job)["store"]["partitions_scored"] == planned.npartitions
+        store = out / "_scores" / "embed"
+        stores[workers] = {p.name: p.read_bytes() for p in sorted(store.glob("part-*"))}
+    assert len(stores[1]) == planned.npartitions
+    assert stores[1] == stores[2]
