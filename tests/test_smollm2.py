@@ -111,7 +111,8 @@ def test_less_warmup_features_scores_and_attribution_on_smollm2(
     assert main(["features", "--scorer", "less", "--input", str(pool_file), "--text-field",
                  "messages", "--out", str(feats), "--workers", "1", *params]) == 0
     assert main(["index", "build", "--features", str(feats), "--out", str(index)]) == 0
-    queries = INSTRUCTIONS / "eval" / "define.jsonl"
+    queries = tmp_path / "queries.jsonl"  # three held-out rows: the cost is per query
+    queries.write_text("".join((INSTRUCTIONS / "eval" / "define.jsonl").open().readlines()[:3]))
     assert main(["attribute", "--scorer", "less", "--index", str(index), "--queries",
                  str(queries), "--text-field", "messages", "-k", "3", "--out", str(attr),
                  *params]) == 0
