@@ -103,6 +103,22 @@ def dense_scores(train: np.ndarray, queries: np.ndarray, block: int = 65536) -> 
     return out
 
 
+def top_k_table(matrix: np.ndarray, train_ids: Sequence[str], query_ids: Sequence[str],
+                k: int) -> pa.Table:
+    """The ``k`` best rows per query of a dense ``(rows, queries)`` score matrix, as
+    :func:`attribute`'s table (ties: the lower row first)."""
+    k = min(k, len(train_ids))
+    matrix = np.asarray(matrix)
+    order = np.argsort(-matrix, axis=0, kind="stable")[:k]  # (k, queries)
+    train = np.asarray(train_ids, dtype=object)
+    return pa.table({
+        "query_id": pa.array(np.repeat(np.asarray(query_ids, dtype=object), k), pa.string()),
+        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), len(query_ids))),
+        "train_id": pa.array(train[order.T.reshape(-1)], pa.string()),
+        "score": pa.array(np.take_along_axis(matrix, order, 0).T.reshape(-1), pa.float32()),
+    }, schema=ATTRIBUTION_SCHEMA)
+
+
 MATRIX_FILE, TRAIN_IDS_FILE, QUERY_IDS_FILE = "scores.npy", "train_ids.parquet", \
     "query_ids.parquet"
 
