@@ -101,10 +101,13 @@ class RademacherProjection:
 
 # ----------------------------------------------------------------------------- sparse JL
 
-# Nonzeros per input coordinate. Measured on SmolLM2-135M's LoRA r128 gradients projected to
-# 8192 (benchmarks/bench_less_features.py, RESULTS.md): s = 1 (a CountSketch) lets a few
-# large coordinates collide in one output, s = 4 brings the largest cosine error to that of a
-# dense matrix, s = 8 and 16 gain nothing measurable and cost 2x and 4x the scatter-adds.
+# Nonzeros per input coordinate, measured (benchmarks/bench_less_features.py, RESULTS.md):
+# on SmolLM2-135M's LoRA r128 gradients projected to 8192, every s from 1 to 16 gives the
+# cosine errors a dense matrix gives (the gradients spread over thousands to millions of
+# effective coordinates). Where a few coordinates dominate each vector (synthetic Student-t
+# rows), the largest cosine error is 5x a dense matrix's at s = 1, 3x at s = 4, 1.7x at 8.
+# The cost is linear in s: at s = 4 projecting is 5-6 % of the per-example time on a CPU, at
+# 8 it would near 10 %. s = 4 keeps a margin for concentrated gradients at half the cost of 8.
 SPARSE_NONZEROS = 4
 # Input coordinates whose entries are generated at once (temporaries: a few int64 per entry).
 CHUNK_COORDINATES = 1 << 18
@@ -162,9 +165,9 @@ class SparseProjection:
 
     ``project`` takes the pieces (one ``(batch, size)`` tensor per parameter, in order),
     so a caller never builds the full concatenated vector. The index tensors (int32, 4
-    bytes per nonzero: 240 MB for LESS's 14.7 M LoRA parameters at s = 4) are cached per
+    bytes per nonzero: 236 MB for LESS's 14.7 M LoRA parameters at s = 4) are cached per
     chunk on the device while they fit in ``cache_bytes``; chunks past that are rehashed on
-    every call (about 80 ns per coordinate on one CPU thread at s = 4).
+    every call (0.1-0.2 µs per coordinate on one CPU thread at s = 4).
     """
 
     def __init__(self, sizes: Sequence[int], dim: int, seed: int = 0,
