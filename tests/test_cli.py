@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -84,8 +85,18 @@ def test_params_are_typed_and_unknown_ones_rejected():
         parse_params("dsir", ["num_buckets=many"])
 
 
-def test_scheduler_flag_runs_the_same_job_on_a_running_cluster(tmp_path):
+def test_scheduler_flag_runs_the_same_job_on_a_running_cluster(tmp_path, monkeypatch):
     from distributed import LocalCluster
+
+    for name in ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
+        # the foreign cluster's nanny leaves its spawn limits in os.environ; keep them
+        # out of later tests in this process
+        original = os.environ.get(name)
+        monkeypatch.setenv(name, "")  # records the original, restored (or removed) at the end
+        if original is None:
+            monkeypatch.delenv(name)
+        else:
+            monkeypatch.setenv(name, original)
 
     argv = ["select", "--scorer", "dsir", "--pool", POOL_GLOB, "--target",
             str(TARGETS / "python_docs.jsonl"), "--k", "100", "--partition-mb", "1"]

@@ -38,14 +38,17 @@ def _torch_threads(_: object = None) -> int:
 def test_torch_in_a_worker_uses_the_cores_it_owns(workers):
     """W single-task worker processes on C cores run torch with max(1, C // W) threads
     (Dask's default of one left a lone model worker on one core of several), whatever
-    cluster ran before in this process (2, 1, 2: a nanny leaves its limits in os.environ)."""
+    cluster ran before in this process (2, 1, 2: a nanny leaves its limits in os.environ),
+    and the process's own limit is as it was afterwards (another test's foreign cluster may
+    have left one behind)."""
+    before = os.environ.get("OMP_NUM_THREADS")
     with dask_client(workers=workers, kind="processes") as client:
         threads = client.gather(client.map(_torch_threads, range(4 * workers), pure=False))
         seen = list(client.run(_torch_threads).values())
     expected = max(1, default_workers() // workers)
     assert set(threads) == {expected}
     assert seen == [expected] * workers
-    assert os.environ.get("OMP_NUM_THREADS") == ENVIRON_OMP
+    assert os.environ.get("OMP_NUM_THREADS") == before
 
 
 def test_thread_limits_the_user_configured_are_kept():
