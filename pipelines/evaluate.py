@@ -180,7 +180,7 @@ def score_held_out(model: Any, tokenizer: Any, held_out: pa.Table, max_length: i
 
     device = next(model.parameters()).device
     row_losses, row_accuracy = [], []
-    with torch.no_grad():
+    with torch.inference_mode():  # the model is not trained after its evaluation
         for start in range(0, held_out.num_rows, batch_size):
             tokens = tokenize(tokenizer, held_out.slice(start, batch_size), max_length)
             tokens = tokens.to(device)
