@@ -19,7 +19,8 @@ What is measured
   - ``rds_smollm2``: RDS+ on SmolLM2-135M-Instruct, chat template rendering;
   - ``less_smollm2``: LESS on SmolLM2 after one LoRA warmup on ``--warmup-fraction`` of the
     pool (q/k/v/o, rank ``--rank``, ``--epochs`` checkpoints), ``--proj-dim`` dimensions;
-    the warmup runs once (``warmup_smollm2``, timed separately) and serves every task;
+    the warmup runs once (``warmup_smollm2``, timed separately) and serves every task, and
+    so does the pool's feature store (the first task's time includes computing it);
   - ``bads_smollm2``: BADS on SmolLM2, ``--bads-steps`` SGLD steps.
 * The model comes from ``--model`` (a converted folder) or ``dataselect model import
   smollm2``'s cache.
@@ -108,7 +109,8 @@ def method_params(method: str, args: argparse.Namespace, models: dict[str, Any])
     if method == "less_smollm2":
         return ["--scorer", "less", "-p", f"model={models['smollm2']}", "-p",
                 "checkpoints=" + ",".join(models["checkpoints"]), "-p",
-                f"proj_dim={args.proj_dim}", *length, "--policy", "top_k"]
+                f"proj_dim={args.proj_dim}", "-p", f"features={models['less_features']}",
+                *length, "--policy", "top_k"]
     if method == "bads_smollm2":
         return ["--scorer", "bads", "-p", f"model={models['smollm2']}", "-p",
                 f"steps={args.bads_steps}", *length, "--policy", "top_k"]
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                           "--seed", str(args.seed)], work / "warmup")
         setup["warmup_smollm2"] = seconds
         models["checkpoints"] = sorted(str(p) for p in warm.glob("epoch-*"))
+        # the pool's gradient features are computed once and serve every task, as in a recipe
+        models["less_features"] = str(work / "less_features")
     results: list[dict[str, Any]] = []
     for task in tasks:
         target = INSTRUCTIONS / "targets" / f"{task}.jsonl"
