@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataselect.defaults import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
 from dataselect.fingerprint import file_fingerprint
 from dataselect.formats import (
@@ -36,7 +37,6 @@ from dataselect.formats import (
 from dataselect.output import jsonable
 from dataselect.textspec import CHAT_COLUMN, TextSpec
 
-DEFAULT_PARTITION_BYTES = 4 << 20
 # Pools that a model scores are cut finer (compute_partition_bytes): into this many
 # partitions, each within these bounds.
 COMPUTE_PARTITIONS = 16

@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataselect.corpus import Corpus
+from dataselect.defaults import SIDES as SIDES  # re-exported for the featurizers
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.features import FeatureStore
 from dataselect.scoring import TEXT_BYTES, Scores
 
 Side = Literal["pool", "query"]
-SIDES = ("pool", "query")
 
 
 class Featurizer(Protocol):

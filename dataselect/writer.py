@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect.corpus import Corpus
+from dataselect.defaults import DEFAULT_METRICS_SAMPLE
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
@@ -39,7 +40,6 @@ from dataselect.select import Selection
 
 MANIFEST_FILE, STATS_DIR = "_manifest.json", "_stats"
 ADDED_COLUMNS = ("score", "rank")
-DEFAULT_METRICS_SAMPLE = 0.1
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from dataselect import checks, select
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
+from dataselect.defaults import POLICIES, WORKER_KINDS
 from dataselect.errors import InputError
 from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
@@ -30,8 +31,6 @@ from pipelines.progress import ProgressRunner
 from pipelines.summary import print_summary
 from scorers import SCORERS
 
-POLICIES = ("auto", "top_k", "importance_resample", "round_robin")
-WORKER_KINDS = ("auto", "processes", "threads")
 # "_" keeps the score store out of dataset discovery when out/ is read as Parquet
 SCORES_DIR = "_scores"
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from importlib import import_module, metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dataselect.errors import InputError
-from dataselect.scoring import Scorer
+
+if TYPE_CHECKING:
+    from dataselect.scoring import Scorer
 
 GROUP = "dataselect.scorers"
 BUILTIN = {
@@ -34,7 +36,7 @@ BUILTIN = {
 }
 
 
-class ScorerRegistry(Mapping[str, type[Scorer]]):
+class ScorerRegistry(Mapping[str, "type[Scorer]"]):
     """Scorer classes by name, from the built-ins and the ``dataselect.scorers`` entry
     points, each imported on first lookup."""
 
@@ -68,7 +70,12 @@ class ScorerRegistry(Mapping[str, type[Scorer]]):
 
 
 def _load(name: str, target: str) -> type[Scorer]:
-    """Import ``module:Class`` and check that it keeps the Scorer contract under its name."""
+    """Import ``module:Class`` and check that it keeps the Scorer contract under its name.
+
+    The base class is imported here, not with this package, so that listing scorer names
+    (argparse choices for ``dataselect --help``) loads no pandas, pyarrow or Dask."""
+    from dataselect.scoring import Scorer
+
     module, _, attr = target.partition(":")
     try:
         cls = getattr(import_module(module), attr)
