@@ -146,3 +146,60 @@ def _strict(annotation: Any) -> Any:
     if base is float:
         return Annotated[annotation, checked(checks.check_finite, optional)]
     return annotation
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingInfo:
+    """One settable field, described for people: its name, the type a ``-p`` value is
+    read as, and its default (:func:`value_text` writes it as ``-p`` would take it)."""
+
+    name: str
+    type: str
+    default: Any
+    required: bool = False
+
+
+def describe_settings(cls: type) -> list[SettingInfo]:
+    """``cls``'s init fields in declaration order: what ``dataselect scorers`` lists, from
+    the same types :func:`settings_from_text` converts by, so the listing cannot drift from
+    what is accepted."""
+    kinds = field_types(cls)
+    described = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            value: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            described.append(SettingInfo(f.name, type_text(kinds[f.name]), None, True))
+            continue
+        described.append(SettingInfo(f.name, type_text(kinds[f.name]), value))
+    return described
+
+
+def type_text(kind: Any) -> str:
+    """A field's type as a user types it: ``int``, ``fast|slow``, ``list``, ``float|none``."""
+    base, optional = _unwrap_optional(kind)
+    args = typing.get_args(base)
+    if typing.get_origin(base) is typing.Literal:
+        text = "|".join(str(a) for a in args)
+    elif typing.get_origin(base) is list:
+        text = "list"  # comma-separated on the command line (_from_text)
+    elif isinstance(base, type):
+        text = base.__name__
+    else:
+        text = str(base).replace("typing.", "")
+    return f"{text}|none" if optional else text
+
+
+def value_text(value: Any) -> str:
+    """A default as ``-p KEY=VALUE`` text would give it (:func:`_from_text` reads it back)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)

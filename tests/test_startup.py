@@ -1,5 +1,10 @@
 """Start-up: the command line and the cheap scorers' jobs import no torch, transformers, peft
-or faiss (seconds of import each), so those load only for the model-based scorers."""
+or faiss (seconds of import each), so those load only for the model-based scorers; and
+``--help`` does not even load the data stack, so it answers at once.
+
+Each check runs in a fresh interpreter: this test process has long since imported all of
+them. No check here times anything (a shared machine's timings would make it flaky); the
+``--help`` time is recorded in benchmarks/RESULTS.md under "Start-up"."""
 
 from __future__ import annotations
 
@@ -10,32 +15,68 @@ import pytest
 from conftest import POOL_GLOB, ROOT, TARGETS
 
 HEAVY = ("torch", "transformers", "peft", "faiss")
+# the data stack: a DSIR job needs it, printing help does not
+DATA_STACK = ("dask", "distributed", "pyarrow", "pandas", "numpy", "polars", "pydantic")
 
+HELP = """
+import sys
+from pipelines.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print("loaded:", ",".join(m for m in {watched!r} if m in sys.modules) or "none")
+"""
+
+# a job on the local cluster the scorer asks for; with process workers, the job runs on a
+# cluster this script starts, so that the workers' own modules can be listed afterwards
 JOB = """
 import sys
 from pipelines.cli import main
-code = main(sys.argv[1:])
-print("heavy:", ",".join(m for m in {heavy!r} if m in sys.modules) or "none")
+
+def loaded():
+    return ",".join(m for m in {heavy!r} if m in sys.modules) or "none"
+
+argv = sys.argv[1:]
+if "processes" in argv:
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster, \\
+            Client(cluster) as client:
+        code = main([*argv, "--scheduler", cluster.scheduler_address])
+        print("workers:", sorted(set(client.run(loaded).values())))
+else:
+    code = main(argv)
+print("client:", loaded())
 sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("scorer, params", [("dsir", []), ("zipfit", ["-p", "mode=fast"]),
-                                             ("fasttext", ["-p", "epoch=2"])])
-def test_a_cheap_scorers_job_imports_no_model_libraries(scorer, params, tmp_path):
-    argv = ["select", "--scorer", scorer, *params, "--pool", POOL_GLOB, "--target",
-            str(TARGETS / "python_docs.jsonl"), "--k", "20", "--out", str(tmp_path / "out"),
-            "--workers", "1", "--worker-kind", "threads"]  # workers in this process: checked too
-    done = subprocess.run([sys.executable, "-c", JOB.format(heavy=HEAVY), *argv], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+def _python(script: str, *argv: str, timeout: int = 120) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "heavy: none"
+    return done.stdout.strip().splitlines()
 
 
-def test_help_imports_no_model_libraries():
-    script = ("import sys\nfrom pipelines.cli import build_parser\n"
-              "build_parser().format_help()\n"
-              f"print(','.join(m for m in {HEAVY!r} if m in sys.modules) or 'none')\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert done.stdout.strip() == "none", done.stderr[-2000:]
+@pytest.mark.parametrize("argv", [["--help"], ["select", "--help"], ["features", "--help"],
+                                  ["--version"]])
+def test_help_and_version_load_neither_models_nor_the_data_stack(argv):
+    lines = _python(HELP.format(watched=HEAVY + DATA_STACK), *argv)
+    assert lines[-1] == "loaded: none"
+    assert len(lines) > 1  # something was printed before
+
+
+@pytest.mark.parametrize("scorer, params, kind", [
+    ("dsir", [], "auto"),  # threads: the scoring runs in this process, and is checked too
+    ("zipfit", ["-p", "mode=exact", "-p", "target_sample=10"], "auto"),  # threads as well
+    ("fasttext", ["-p", "epoch=2"], "processes"),  # its declared kind
+])
+def test_a_cheap_scorers_job_imports_no_model_libraries(scorer, params, kind, tmp_path):
+    pool = POOL_GLOB.replace("*", "part-00000")  # one part: ZIP-FIT exact is quadratic
+    argv = ["select", "--scorer", scorer, *params, "--pool", pool, "--target",
+            str(TARGETS / "python_docs.jsonl"), "--k", "20", "--out", str(tmp_path / "out"),
+            "--workers", "1", "--worker-kind", kind]
+    lines = _python(JOB.format(heavy=HEAVY), *argv, timeout=300)
+    assert lines[-1] == "client: none"
+    if kind == "processes":
+        assert lines[-2] == "workers: ['none']"

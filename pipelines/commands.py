@@ -1,0 +1,206 @@
+"""What each ``dataselect`` command does once its arguments are parsed.
+
+Every command imports its own modules when it runs (:mod:`pipelines.cli` imports this
+module to build its parser): a DSIR job never loads the feature, recipe or model code, and
+``dataselect --help`` loads none of it. Keeping the imports here, inside the handlers, is
+what keeps the command line's start-up at a tenth of a second; tests/test_startup.py checks
+that the cheap scorers' jobs import no torch, transformers, peft or faiss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from dataselect import checks
+from dataselect.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pipelines.evaluate import EvalSettings
+    from pipelines.jobs import SelectJob
+
+
+def run_command(args: argparse.Namespace, console: Console) -> None:
+    """Run the parsed command (all but ``scorers``, which the parser module answers)."""
+    if args.command in ("warmup", "features", "index", "attribute"):
+        run_feature_command(args, console)
+    elif args.command in ("run", "eval", "report"):
+        run_recipe_command(args, console)
+    elif args.command == "model":
+        run_model_command(args)
+    else:
+        run_job_command(args, console)
+
+
+def run_job_command(args: argparse.Namespace, console: Console) -> None:
+    """select and score."""
+    from pipelines.jobs import SCORES_DIR, run_score_job, run_select_job
+
+    job = job_from_args(args)
+    if args.command == "select":
+        run_select_job(job, console)
+        console.print(f"wrote {job.out}/ (manifest: {job.out}/_manifest.json)")
+    else:
+        run_score_job(job, console)
+        console.print(f"wrote {job.out}/{SCORES_DIR}/{job.scorer}/")
+
+
+def parse_params(scorer: str, pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, typed and checked by the scorer's own fields (the same check a
+    recipe's values and the Python API's keywords get, :mod:`dataselect.params`)."""
+    from dataselect.params import settings_from_text
+    from scorers import SCORERS
+
+    return settings_from_text(SCORERS[scorer], _pairs(pairs), scorer)
+
+
+def job_from_args(args: argparse.Namespace) -> SelectJob:
+    from dataselect.defaults import DEFAULT_METRICS_SAMPLE
+    from pipelines.jobs import SelectJob
+
+    return SelectJob(
+        scorer=args.scorer, pool=args.pool, target=args.target, out=args.out,
+        k=getattr(args, "k", None), fraction=getattr(args, "fraction", None),
+        threshold=getattr(args, "threshold", None), policy=getattr(args, "policy", "auto"),
+        seed=args.seed, text_field=args.text_field, target_text_field=args.target_text_field,
+        id_field=args.id_field, scorer_params=parse_params(args.scorer, args.param),
+        output_format=getattr(args, "format", "parquet"),
+        partition_bytes=checks.partition_bytes(args.partition_mb, "--partition-mb"),
+        metrics_sample=getattr(args, "metrics_sample", DEFAULT_METRICS_SAMPLE),
+        scheduler=args.scheduler, workers=args.workers, memory_limit=args.memory_limit,
+        worker_kind=args.worker_kind,
+        overwrite=args.overwrite,
+    )
+
+
+def run_model_command(args: argparse.Namespace) -> None:
+    """``dataselect model import``: the folder's path on the first line (for scripts), then
+    one summary line."""
+    from scorers.model_import import import_model, read_manifest
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    folder = import_model(args.source, args.out, overwrite=args.overwrite, progress=say)
+    manifest = read_manifest(folder) or {}
+    print(folder)
+    print(f"{manifest.get('architecture', '?')}, {manifest.get('parameters', 0) / 1e6:.1f}M "
+          f"parameters ({manifest.get('dtype', '?')}), converted in "
+          f"{manifest.get('seconds', '?')} s, chat template: "
+          f"{'yes' if manifest.get('chat_template') else 'no'}")
+
+
+def run_feature_command(args: argparse.Namespace, console: Console) -> None:
+    """The warmup, features, index and attribute commands."""
+    from dataselect.corpus import read_corpus
+    from pipelines import feature_jobs
+
+    if args.command == "warmup":
+        pool = read_corpus(args.pool, args.text_field, args.id_field)
+        feature_jobs.run_warmup_job(args.model, pool, args.out,
+                                    feature_jobs.warmup_config(_pairs(args.param)),
+                                    args.device, console)
+    elif args.command == "features":
+        corpus = read_corpus(args.input, args.text_field, args.id_field,
+                             max(1, int(args.partition_mb * 2**20)))
+        featurizer = _featurizer(args)
+        feature_jobs.run_features_job(featurizer, corpus, args.out, args.side, args.scheduler,
+                                      args.workers, args.memory_limit, console)
+    elif args.command == "index" and args.action == "build":
+        feature_jobs.build_index(args.features, args.out, args.kind, console, nlist=args.nlist,
+                                 nprobe=args.nprobe, hnsw_m=args.hnsw_m)
+    elif args.command == "index":
+        feature_jobs.search_index(args.index, args.queries, args.k, args.out, console)
+    elif args.method != "less":
+        if not args.pool or args.index or args.scorer:
+            raise InputError(f"--method {args.method} takes --pool (and -p model=...), not "
+                             "--index or --scorer", field="--pool")
+        pool = read_corpus(args.pool, args.text_field, args.id_field)
+        queries = read_corpus(args.queries, args.text_field, args.id_field)
+        feature_jobs.run_influence_job(args.method, _pairs(args.param), pool, queries, args.k,
+                                       args.out, console)
+    else:
+        if not args.scorer or not args.index:
+            raise InputError("--method less needs --scorer and --index", field="--index")
+        queries = read_corpus(args.queries, args.text_field, args.id_field)
+        featurizer = _featurizer(args)
+        feature_jobs.run_attribute_job(featurizer, queries, args.index, args.k, args.out,
+                                       console)
+
+
+def _featurizer(args: argparse.Namespace) -> Any:
+    """The scorer that computes the features, refused when it computes none."""
+    from pipelines.jobs import build_scorer
+    from scorers import SCORERS
+
+    if not hasattr(SCORERS[args.scorer], "featurize_batch"):
+        able = sorted(n for n in SCORERS if hasattr(SCORERS[n], "featurize_batch"))
+        raise InputError(f"{args.scorer} computes no features; choose one of {able}",
+                         field="--scorer")
+    return build_scorer(args.scorer, parse_params(args.scorer, args.param), 0)
+
+
+def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
+    """The run, eval and report commands."""
+    if args.command == "run":
+        from pipelines.recipe import load_recipe
+        from pipelines.run_recipe import run_recipe
+
+        recipe = load_recipe(args.recipe, {"output.path": args.out,
+                                           "cluster.scheduler": args.scheduler,
+                                           "cluster.workers": args.workers})
+        run_recipe(recipe, args.recipe, overwrite=args.overwrite, console=console)
+        console.print(f"wrote {recipe.output.path}/ (tasks/, union/, _run.json)")
+    elif args.command == "eval":
+        from pipelines.evaluate import run_eval
+
+        run_eval(args.out, eval_settings(args), console)
+    else:
+        from pipelines.report import check_renders, write_report
+
+        page = write_report(args.out, console)
+        console.print(f"wrote {page}")
+        if args.check:
+            seen = check_renders(page)
+            if seen["images_ok"] != seen["images_total"]:
+                raise InputError(f"{seen['images_total'] - seen['images_ok']} of "
+                                 f"{seen['images_total']} images did not render", where=page)
+            console.print(f"rendered in headless Chromium: {seen['images_ok']} images")
+
+
+def eval_settings(args: argparse.Namespace) -> EvalSettings:
+    from dataselect.params import settings_from_text
+    from pipelines.evaluate import EvalSettings
+
+    flags = ("seeds", "steps", "tasks", "model", "scheduler", "workers")
+    pairs = _pairs(args.param)
+    given_as_flag = sorted(set(pairs) & set(flags))
+    if given_as_flag:
+        key = given_as_flag[0]
+        raise InputError(f"give {key} with --{key}, not -p", field="--param")
+    values: dict[str, Any] = settings_from_text(EvalSettings, pairs, "eval")
+    values["seeds"] = tuple(args.seeds)  # parsed and range-checked by argparse (_seed_list)
+    if args.steps is not None:
+        values["steps"] = args.steps
+    if args.tasks:
+        values["tasks"] = tuple(t for t in args.tasks.split(",") if t)
+    if args.model:
+        values["model"] = args.model
+    values["scheduler"], values["workers"] = args.scheduler, args.workers
+    settings = EvalSettings(**values)
+    settings.check()
+    return settings
+
+
+def _pairs(pairs: list[str] | None) -> dict[str, str]:
+    """``-p KEY=VALUE`` flags (None when none were given) as a dict."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"expected KEY=VALUE, got {pair!r}", field="--param")
+        out[key] = value
+    return out

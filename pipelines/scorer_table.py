@@ -1,0 +1,87 @@
+"""``dataselect scorers``: every registered scorer with its ``-p`` parameters.
+
+A scorer's parameters are its dataclass fields, and :func:`dataselect.params.describe_settings`
+reads them with the same types ``-p`` values are converted by, so this listing is what the
+command line accepts, for the built-in scorers and installed plug-ins alike. Listing imports
+each scorer's module; the model-based ones bring torch with them, which is why this is a
+command of its own and not part of ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from dataselect.errors import InputError
+from dataselect.params import describe_settings, value_text
+
+# what a scorer declares it needs (class attributes of dataselect.scoring.Scorer):
+# the attribute, its key in the JSON listing, and its words in the text listing
+NEEDS = (("needs_model", "model", "a model (-p model=FOLDER)"),
+         ("pool_features", "pool_features", "a pool feature store"),
+         ("needs_warmup", "warmup", "LoRA warmup checkpoints"))
+WORDS = {key: words for _, key, words in NEEDS}
+HEADINGS = ("parameter", "type", "default")
+
+
+def describe_scorers(registry: Mapping[str, type]) -> list[dict[str, Any]]:
+    """One entry per scorer name, in name order; a plug-in that cannot be imported is
+    listed with its error instead of failing the whole listing."""
+    described = []
+    for name in sorted(registry):
+        try:
+            cls = registry[name]
+        except InputError as exc:
+            described.append({"name": name, "error": str(exc)})
+            continue
+        described.append({
+            "name": name,
+            "summary": _summary(cls),
+            "default_policy": cls.default_policy,
+            "needs": [key for attribute, key, _ in NEEDS if getattr(cls, attribute, False)],
+            "parameters": [dataclasses.asdict(s) for s in describe_settings(cls)],
+        })
+    return described
+
+
+def scorers_json(described: list[dict[str, Any]]) -> str:
+    return json.dumps(described, indent=2, default=str)
+
+
+def scorers_text(described: list[dict[str, Any]]) -> str:
+    """A block per scorer: its one-line summary, what ``--policy auto`` picks, what it
+    needs, then an aligned table of parameters (plain text, so it copies and greps)."""
+    blocks = []
+    for scorer in described:
+        if "error" in scorer:
+            blocks.append(f"{scorer['name']}\n  cannot be listed: {scorer['error']}")
+            continue
+        lines = [f"{scorer['name']}: {scorer['summary']}",
+                 f"  --policy auto: {scorer['default_policy']}"]
+        if scorer["needs"]:
+            lines.append(f"  needs: {', '.join(WORDS[key] for key in scorer['needs'])}")
+        rows = [HEADINGS, *((p["name"], p["type"], _default_text(p))
+                            for p in scorer["parameters"])]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(HEADINGS))]
+        lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)
+                                   ).rstrip() for row in rows]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _default_text(parameter: dict[str, Any]) -> str:
+    if parameter["required"]:
+        return "(required)"
+    return value_text(parameter["default"]) or '""'
+
+
+def _summary(cls: type) -> str:
+    """The first paragraph of the class docstring, on one line, without Sphinx markup
+    (``:class:`~a.b.C``` reads as ``C``)."""
+    paragraph = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+    paragraph = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`", r"\1", paragraph)
+    return paragraph.replace("``", "")
