@@ -62,6 +62,19 @@ HNSW_M = flag_type(checks.check_count, int, minimum=2, maximum=HNSW_M_MAX)
 DEFAULT = " (default: %(default)s)"
 
 
+class _Version(argparse.Action):
+    """``--version``: argparse's own action takes the text when the parser is built; this
+    one reads the package metadata only when the flag is given."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
 def _seed_list(text: str) -> tuple[int, ...]:
     """``--seeds 0,1,2``: comma-separated seeds, each in the range of ``--seed``."""
     seed = flag_type(checks.check_seed, int)
@@ -77,9 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dataselect",
         description="Score a pool of training data against a target sample, select from it, "
                     "and write the selection as Parquet or Arrow with its manifest.")
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {package_version()}",
-                        help="print the installed version and exit")
+    parser.add_argument("--version", action=_Version, help="print the installed version "
+                        "and exit")
     parser.add_argument("--verbose", action="store_true",
                         help="full tracebacks for every error, and Dask's own logs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -142,8 +154,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _scorer_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--scorer", required=required, choices=sorted(SCORERS),
-                        help="scorer name ('dataselect scorers' lists them)")
+    # a metavar, so that argparse lists the names (reading the entry points) only in this
+    # command's own help, not whenever a parser is built
+    parser.add_argument("--scorer", required=required, choices=SCORERS.names(),
+                        metavar="NAME", help="%(choices)s ('dataselect scorers' lists each "
+                        "one's parameters)")
 
 
 def _text_args(parser: argparse.ArgumentParser) -> None:

@@ -16,8 +16,8 @@ take a built-in's name.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from importlib import import_module, metadata
+from collections.abc import Collection, Iterator, Mapping
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from dataselect.errors import InputError
@@ -49,8 +49,15 @@ class ScorerRegistry(Mapping[str, "type[Scorer]"]):
         self._targets = None
         self._classes = {}
 
+    def names(self) -> ScorerNames:
+        """The registered names, as argparse ``choices``: nothing is looked up until a
+        name is checked or listed."""
+        return ScorerNames(self)
+
     def _entries(self) -> dict[str, str]:
         if self._targets is None:
+            from importlib import metadata  # tens of ms: only when a name is looked up
+
             targets = dict(BUILTIN)
             for entry in metadata.entry_points(group=GROUP):
                 targets.setdefault(entry.name, entry.value)
@@ -67,6 +74,25 @@ class ScorerRegistry(Mapping[str, "type[Scorer]"]):
 
     def __len__(self) -> int:
         return len(self._entries())
+
+
+class ScorerNames(Collection[str]):
+    """The registry's names, sorted. ``in`` checks a name without importing its class
+    (the registry's own ``in``, a Mapping's, imports it), and neither the entry points nor
+    the classes are read before the first check: ``dataselect --help`` builds a parser with
+    these as ``--scorer`` choices and never consults them."""
+
+    def __init__(self, registry: ScorerRegistry) -> None:
+        self._registry = registry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._registry._entries()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._registry)
+
+    def __len__(self) -> int:
+        return len(self._registry)
 
 
 def _load(name: str, target: str) -> type[Scorer]:

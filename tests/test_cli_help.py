@@ -18,10 +18,9 @@ from dataselect.params import value_text
 from pipelines.cli import build_parser, main, parse_params
 from scorers import BUILTIN, SCORERS
 
-# actions whose default says nothing: printing help or the version, choosing a command, and
-# on/off switches, which are off unless given
-SELF_EVIDENT = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction,
-                argparse._StoreTrueAction)
+# actions whose default says nothing: choosing a command, and on/off switches, which are
+# off unless given (--help and --version have none: argparse.SUPPRESS)
+SELF_EVIDENT = (argparse._SubParsersAction, argparse._StoreTrueAction)
 
 
 def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -46,7 +45,8 @@ def test_every_option_has_help_and_states_its_default():
             name = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
             if not action.help:
                 missing.append(name)
-            elif (action.default is not None and not isinstance(action, SELF_EVIDENT)
+            elif (action.default not in (None, argparse.SUPPRESS)
+                    and not isinstance(action, SELF_EVIDENT)
                     and "%(default)s" not in action.help):
                 undefaulted.append(name)
     assert missing == []
@@ -54,7 +54,8 @@ def test_every_option_has_help_and_states_its_default():
 
 
 @pytest.mark.parametrize("argv, shown", [
-    (["select", "--help"], ["--seed SEED", "(default: 0)", "(default: parquet)",
+    (["select", "--help"], ["--scorer NAME bads, dsir, embed, fasttext, less, zipfit",
+                            "--seed SEED", "(default: 0)", "(default: parquet)",
                             "(default: 0.1)", "(default: 4.0)", "(default: auto)"]),
     (["eval", "--help"], ["(default: 0,1,2)"]),
     (["index", "build", "--help"], ["(default: flat)", "(default: 16)", "(default: 32)"]),
@@ -130,6 +131,17 @@ def _fresh_registry():
     SCORERS.refresh()
     yield
     SCORERS.refresh()
+
+
+@pytest.mark.usefixtures("_fresh_registry")
+def test_scorer_choices_check_names_without_importing_a_scorer(capsys):
+    names = SCORERS.names()
+    assert "dsir" in names and "nope" not in names and list(names) == sorted(BUILTIN)
+    assert SCORERS._classes == {}
+    with pytest.raises(SystemExit) as exit:
+        main(["score", "--scorer", "nope", "--pool", "p", "--target", "t", "--out", "o"])
+    assert exit.value.code == 2
+    assert "invalid choice: 'nope' (choose from 'bads', 'dsir'" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("_fresh_registry")
