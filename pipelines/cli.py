@@ -21,9 +21,10 @@ Anything else is a bug and shows a traceback. ``dataselect --verbose ...`` shows
 for every error and keeps Dask's own logs, which are otherwise silenced.
 
 This module imports only what building the parser needs (the flags' types, defaults and
-choices), so ``dataselect --help`` answers in a tenth of a second; a command's own modules
-(Dask, pyarrow, and torch for the model-based scorers) load in :mod:`pipelines.commands`
-once it runs. Every option's help states its default (tests/test_cli_help.py checks).
+choices), so ``dataselect --help`` answers in about 0.2 s, most of it the interpreter's own
+start; a command's own modules (Dask, pyarrow, and torch for the model-based scorers) load
+in :mod:`pipelines.commands` once it runs. Every option's help states its default
+(tests/test_cli_help.py checks).
 """
 
 from __future__ import annotations
