@@ -14,11 +14,11 @@ Outputs (relative to --out, default: the folder holding this script):
 * ``targets/<domain>.jsonl``: held-out documents of each target domain, none of them in
   the pool; one JSON object per line with keys domain, id, text.
 
-Rerun (from the repository root)::
+Rerun (from the repository root), on a corpus Parquet file that a corpus builder outside
+this repository made from the text these Debian packages install (see data/README.md)::
 
     sudo apt-get install -y python3.11-doc manpages manpages-dev wordnet-base fortunes
-    python3 /work/shared/corpus/build_corpus.py --out /work/corpus/corpus.parquet
-    python3 data/make_sample.py --corpus /work/corpus/corpus.parquet --seed 0
+    python3 data/make_sample.py --corpus CORPUS.parquet --seed 0
 
 Rows are sorted by id before any sampling and every draw uses a seeded
 ``random.Random``, so the output depends only on the corpus contents and the seed, not on
