@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,8 @@ from dataselect.params import field_types, validate_settings
 from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.writer import DEFAULT_METRICS_SAMPLE, MANIFEST_FILE
 from pipelines.cluster import dask_client
-from pipelines.progress import ProgressRunner
-from pipelines.summary import print_summary
+from pipelines.progress import ProgressRunner, StageClock
+from pipelines.summary import composition_rows, print_summary
 from scorers import SCORERS
 
 # "_" keeps the score store out of dataset discovery when out/ is read as Parquet
@@ -133,25 +134,43 @@ def _client(job: SelectJob, scorer: Scorer) -> Any:
     return dask_client(job.scheduler, job.workers, job.memory_limit, kind)
 
 
+@contextmanager
+def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
+             clock: StageClock) -> Iterator[tuple[OutputFolder, ProgressRunner]]:
+    """The claimed output folder and a runner on the job's cluster, with claiming and
+    starting the cluster, and closing it, timed as stages of the job's clock."""
+    with ExitStack() as stack:
+        with clock.stage("start cluster"):
+            out = stack.enter_context(_claim(job, identity))
+            client = stack.enter_context(_client(job, scorer))
+        yield out, ProgressRunner(client, clock=clock)
+        with clock.stage("stop cluster"):
+            stack.close()
+
+
 def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
                    out: OutputFolder, runner: ProgressRunner) -> Scores:
-    scorer.fit(target, pool, runner=runner)
+    # each stage times its preparation too (claiming the store, shipping the scorer); the
+    # runner's Dask stage of the same name inside adds to the same row
+    with runner.clock.stage(f"fit:{scorer.name}"):
+        scorer.fit(target, pool, runner=runner)
     store = out.join(SCORES_DIR, scorer.name)
-    return scorer.score(pool).write(store, runner=runner, overwrite=job.overwrite)
+    with runner.clock.stage(f"score:{scorer.name}"):
+        return scorer.score(pool).write(store, runner=runner, overwrite=job.overwrite)
 
 
 def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
     """Fit and write the score store only (``dataselect score``)."""
     job.validate(needs_budget=False)
-    started = time.perf_counter()
-    scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
-    pool, target = _corpora(job)
-    with _claim(job, None) as out, _client(job, scorer) as client:
-        runner = ProgressRunner(client)
+    clock = StageClock()
+    with clock.stage("read inputs"):
+        scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
+        pool, target = _corpora(job)
+    with _session(job, scorer, None, clock) as (out, runner):
         scores = _fit_and_score(job, scorer, pool, target, out, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
-    print_summary(console, "score", runner.timings, summary, time.perf_counter() - started)
+    print_summary(console, "score", clock.rows(), summary, clock.total())
     return summary
 
 
@@ -163,30 +182,31 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     killed at any point, even while its cluster closes, resumes on an identical rerun.
     """
     job.validate()
-    started = time.perf_counter()
-    scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
-    pool, target = _corpora(job)
-    with _claim(job, job_identity(job, pool, target)) as out, \
-            _client(job, scorer) as client:
-        runner = ProgressRunner(client)
+    clock = StageClock()
+    with clock.stage("read inputs"):
+        scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
+        pool, target = _corpora(job)
+        identity = job_identity(job, pool, target)
+    with _session(job, scorer, identity, clock) as (out, runner):
         scores = _fit_and_score(job, scorer, pool, target, out, runner)
-        selection = _select(job, pool, scores, runner)
+        with clock.stage("select"):
+            selection = _select(job, pool, scores, runner)
         record = {"job": dataclasses.asdict(job), "fit": getattr(scorer, "fit_stats_", {}),
                   "score_store": {"path": os.path.join(SCORES_DIR, scorer.name),
                                   **scores.stats}}
-        manifest = selection.write(
-            out, fmt=job.output_format, target=target, runner=runner,
-            overwrite=job.overwrite, metrics_sample=job.metrics_sample,
-            pool_ngram_counts=scorer.pool_ngram_counts(NgramHasher()), extra_manifest=record,
-        )
-        total = time.perf_counter() - started
-        manifest["timings"] = {**manifest["timings"], "total_seconds": round(total, 3),
-                               "stages": [dataclasses.asdict(t) for t in runner.timings]}
+        with clock.stage("write"):  # its preparation too; metrics are a row of their own
+            manifest = selection.write(
+                out, fmt=job.output_format, target=target, runner=runner,
+                overwrite=job.overwrite, metrics_sample=job.metrics_sample,
+                pool_ngram_counts=scorer.pool_ngram_counts(NgramHasher()),
+                extra_manifest=record,
+            )
+        manifest["timings"] = {**manifest["timings"], **clock.record()}
         write_json(manifest, out.join(MANIFEST_FILE))
     length_bias = {k: v for k, v in scores.stats.items() if k == "score_length_spearman"}
-    print_summary(console, "select", runner.timings, {**manifest["counts"],
-                  **manifest.get("metrics", {}), **length_bias},
-                  time.perf_counter() - started)
+    print_summary(console, "select", clock.rows(), {**manifest["counts"],
+                  **manifest.get("metrics", {}), **length_bias,
+                  **composition_rows(manifest)}, clock.total())
     return manifest
 
 

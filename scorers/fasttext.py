@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 from dataselect import checks
 from dataselect.corpus import Corpus, file_fingerprint
 from dataselect.errors import EmptyCorpusError, InputError
-from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
 from dataselect.sampling import bottom_k
 from dataselect.scoring import Scorer
 
@@ -179,7 +179,10 @@ class FastText(Scorer):
         negatives, pool_rows = runner(
             "fit:fasttext", partition_tasks("fit-fasttext", _NegativeSample(
                 pool, wanted, self.seed), pool.npartitions), _MergeSamples(wanted, self.seed))
-        self.model_bytes_ = self._train(positives, negatives)
+        # training runs in the client: a stage of its own in the job's table
+        with step_progress(runner, "train:fasttext", 1) as advance:
+            self.model_bytes_ = self._train(positives, negatives)
+            advance(1)
         self.fingerprint_ = hashlib.sha256(self.model_bytes_).hexdigest()[:16]
         self.labels_ = [LABEL_PREFIX + TARGET_LABEL, LABEL_PREFIX + POOL_LABEL]
         self.fit_stats_ = {"positives": positives.num_rows, "negatives": negatives.num_rows,
