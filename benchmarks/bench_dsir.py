@@ -248,7 +248,7 @@ def resample_precision(task: Task, out: Path, seed: int) -> float:
     from dataselect.scoring import Scores
 
     pool = read_corpus(str(task.pool))
-    scores = Scores.from_store(out / "_scores" / "dsir", pool)
+    scores = Scores.from_store(out / ".scores" / "dsir", pool)
     chosen = select.importance_resample(pool, scores, k=task.k, seed=seed)
     domains = [d for i, rows in chosen.positions.items()
                for d in pool.read_partition(i)["domain"].take(rows).to_pylist()]

@@ -203,9 +203,9 @@ def ours(args: argparse.Namespace, spec: dict[str, Any], workdir: Path, workers:
                           env=select_env())
     if stats.returncode != 0 or stats.timed_out:
         raise SystemExit(f"dataselect select failed:\n{stats.stderr[-3000:]}")
-    parts = sorted((out / "_scores" / "embed").glob("part-*.parquet"))
+    parts = sorted((out / ".scores" / "embed").glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     stages = {s["stage"]: s["seconds"] for s in manifest["timings"]["stages"]}
     return {"seconds": stats.wall_seconds, "peak_rss_mb": stats.peak_rss_mb,
             "partitions": len(parts), "stages": stages,

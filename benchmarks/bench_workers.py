@@ -37,7 +37,7 @@ in a subprocess, into a fresh ``OUT`` each time, so nothing is resumed. The 1- a
 run's time is the wall time of the whole command (interpreter start, imports, the local
 cluster's start and stop, fit, score, select, write); its peak memory is the largest sum
 of RSS over its process tree (the command and every descendant, polled every 0.1 s).
-The per-stage seconds the job records in ``OUT/_run.json`` are kept as well, so the
+The per-stage seconds the job records in ``OUT/.run.json`` are kept as well, so the
 scoring stage's own speedup is printed next to the whole command's.
 
 Every run's selection (the ``id`` column of ``OUT/tasks/<task>/part-*.parquet``) must be
@@ -259,7 +259,7 @@ def run_once(args: argparse.Namespace, config: ScorerConfig, pool: Pool, workers
     run.parts_sha256 = [f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}"
                         for p in parts]
     with contextlib.suppress(OSError, ValueError, KeyError):
-        timings = json.loads((out / "_run.json").read_text())["timings"]
+        timings = json.loads((out / ".run.json").read_text())["timings"]
         run.stages = {s["stage"]: s["seconds"] for s in timings["stages"]}
         run.stages["job_total"] = timings["total_seconds"]
     return run, ids

@@ -253,13 +253,13 @@ def read_selection(out: Path, columns: list[str]) -> pd.DataFrame:
 
 def read_scores(out: Path, scorer: str) -> pd.DataFrame:
     """Every pool row's score from the job's score store (columns id, score)."""
-    return read_selection(out / "_scores" / scorer, ["id", "score"])
+    return read_selection(out / ".scores" / scorer, ["id", "score"])
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
-    """The job manifest ``out/_manifest.json`` (empty if it cannot be read)."""
+    """The job manifest ``out/.manifest.json`` (empty if it cannot be read)."""
     try:
-        return json.loads((out / "_manifest.json").read_text())
+        return json.loads((out / ".manifest.json").read_text())
     except (OSError, ValueError):
         return {}
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         InputError,
         OutputConflictError,
     )
+    from dataselect.hf import load_hf
     from dataselect.ngrams import NgramHasher
     from dataselect.scoring import Scorer, Scores
     from dataselect.select import Selection
@@ -45,6 +46,7 @@ _HOMES = {
     "InputError": "dataselect.errors",
     "OutputConflictError": "dataselect.errors",
     "NgramHasher": "dataselect.ngrams",
+    "load_hf": "dataselect.hf",
     "Scorer": "dataselect.scoring",
     "Scores": "dataselect.scoring",
     "Selection": "dataselect.select",
@@ -85,6 +87,7 @@ __all__ = [
     "Scores",
     "Selection",
     "TextSpec",
+    "load_hf",
     "metrics",
     "read_corpus",
     "select",

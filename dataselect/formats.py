@@ -122,7 +122,8 @@ def _special_kind(path: str) -> str:
 
 
 def _hidden(file: Path, root: str) -> bool:
-    """Skip ``.``/``_`` paths below a folder: temporaries, ``_scores``, ``_manifest.json``."""
+    """Skip ``.``/``_`` paths below a folder: temporaries, ``.scores``, ``.manifest.json``
+    (and the ``_``-names of older versions' outputs, and of other tools)."""
     return any(part.startswith((".", "_")) for part in file.relative_to(root).parts)
 
 

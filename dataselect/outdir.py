@@ -18,8 +18,10 @@ overwrite it, and an output inside a folder that is read recursively would be re
 input by the next run. A kernel lock on ``.dataselect.lock`` keeps two jobs from writing
 one folder at once; it dies with its process, so a killed job never blocks its rerun.
 
-Both names start with ``.``, so every dataset reader (pyarrow, pandas, polars, Hugging Face
-``datasets``) skips them.
+Both names start with ``.``, like every bookkeeping name of dataselect's
+(:mod:`dataselect.layout`), so dataset readers skip them. A folder holding bookkeeping under
+the names older versions used (``_manifest.json``, ``_scores/``, ...) is refused: a resumed
+job would otherwise mix two layouts in one folder.
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from dataselect.errors import InputError, OutputConflictError
+from dataselect.layout import legacy_entries
 from dataselect.output import jsonable, read_json, write_json
 
 MARKER = ".dataselect.json"
 LOCK = ".dataselect.lock"
 _OWN_NAMES = (MARKER, LOCK)
+# the kinds of folder whose bookkeeping names changed (datasets, and the recipe root)
+_RENAMED_KINDS = ("job", "selection", "union", "recipe")
 
 
 @dataclass
@@ -69,8 +74,28 @@ class OutputFolder:
         path = normalize(path)
         refuse_overlap(path, inputs)
         _refuse_foreign(path)
+        if kind in _RENAMED_KINDS:
+            refuse_legacy(path)
         os.makedirs(path, exist_ok=True)
         return _claim_marked(path, kind, jsonable(identity), overwrite)
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike, kinds: Iterable[str]) -> OutputFolder:
+        """A finished output folder of one of ``kinds``, as its marker records it, to add
+        files to (derived ones: the ``save_to_disk`` copy); the caller holds its lock."""
+        path = normalize(path)
+        marker = os.path.join(path, MARKER)
+        if not os.path.exists(marker):
+            raise InputError("is not an output folder of dataselect (no .dataselect.json)",
+                             where=path)
+        data = _read_marker(marker)
+        kinds = tuple(kinds)
+        if data.get("kind") not in kinds:
+            raise InputError(f"holds dataselect output of kind {data.get('kind')!r}, not "
+                             f"{' or '.join(kinds)}", where=path)
+        refuse_legacy(path)
+        return cls(path, str(data["kind"]), data.get("identity"),
+                   [str(f) for f in data.get("files", [])], resumed=True)
 
     def join(self, *names: str) -> str:
         return os.path.join(self.path, *names)
@@ -259,7 +284,7 @@ def _refuse_foreign(path: str) -> None:
 
 def _holds_only_ours(path: str) -> bool:
     """Our marker or lock, or a folder holding only dataselect output (a score store
-    written through the API into ``out/_scores/dsir`` before the selection into ``out``)."""
+    written through the API into ``out/.scores/dsir`` before the selection into ``out``)."""
     if os.path.basename(path) in _OWN_NAMES:
         return True
     if not os.path.isdir(path) or os.path.islink(path):
@@ -267,6 +292,18 @@ def _holds_only_ours(path: str) -> bool:
     if os.path.exists(os.path.join(path, MARKER)):
         return True
     return all(_holds_only_ours(os.path.join(path, name)) for name in os.listdir(path))
+
+
+def refuse_legacy(path: str) -> None:
+    """Refuse a folder holding bookkeeping under the names of older versions: Hugging Face
+    ``datasets`` reads those as data, and a job resumed there would mix both layouts."""
+    old = legacy_entries(path)
+    if old:
+        shown = ", ".join(old[:3]) + (", ..." if len(old) > 3 else "")
+        raise OutputConflictError(
+            f"{path} holds output of an older dataselect ({shown}: bookkeeping named with "
+            "'_', which Hugging Face datasets reads as data; it is now named with '.'); "
+            "write into a new folder, or delete this one and rerun")
 
 
 def _remove_if_bare(path: str) -> None:

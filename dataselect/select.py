@@ -15,8 +15,9 @@ function of the scores, the policy and the seed.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ class Selection:
     ranks: dict[int, np.ndarray]
     policy: dict[str, Any]
     counts: dict[str, Any]
+    # the folder this selection was last written to (``write``), for ``to_hf``
+    written_to: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_selected(self) -> int:
@@ -56,10 +59,35 @@ class Selection:
         return jsonable({"policy": self.policy, "scores": self.scores.description})
 
     def write(self, out: str, **kwargs: Any) -> dict[str, Any]:
-        """Write the chosen rows and ``_manifest.json`` (see ``writer.write_selection``)."""
+        """Write the chosen rows and ``.manifest.json`` (see ``writer.write_selection``;
+        ``save_to_disk=True`` adds the ``datasets.load_from_disk`` layout)."""
         from dataselect.writer import write_selection
 
-        return write_selection(self, out, **kwargs)
+        manifest = write_selection(self, out, **kwargs)
+        self.written_to = os.path.normpath(os.fspath(getattr(out, "path", out)))
+        return manifest
+
+    def to_hf(self, out: str | None = None, **kwargs: Any) -> Any:
+        """The selected rows as a ``datasets.Dataset`` memory-mapped from disk (every pool
+        column plus ``score``, ``rank`` and any ``score_<scorer>``, in pool order).
+
+        With ``out``, the selection is written there first (``write(out,
+        save_to_disk=True, **kwargs)``: resumed if it is there already); without, it is
+        read from the folder it was last written to. The ``Dataset`` maps the files under
+        ``<folder>/.hf/`` (the layout ``Dataset.save_to_disk`` writes), converted from the
+        parts on first use.
+        """
+        from dataselect.hf import load_hf
+
+        if out is not None:
+            self.write(out, save_to_disk=True, **kwargs)
+        elif kwargs:
+            raise InputError(f"to_hf takes write's settings ({', '.join(sorted(kwargs))}) "
+                             "only together with out")
+        if self.written_to is None:
+            raise InputError("the selection is not written yet: call to_hf(out) (or "
+                             "write(out) first) to give it a folder")
+        return load_hf(self.written_to, kwargs.get("runner", default_runner))
 
 
 def _collect(scores: Scores, runner: Runner, seed: int | None = None) -> list[dict[str, Any]]:

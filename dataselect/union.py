@@ -20,6 +20,8 @@ import pyarrow as pa
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.hf import write_hf
+from dataselect.layout import MANIFEST_FILE
 from dataselect.outdir import claim_output
 from dataselect.output import (
     OutputFormat,
@@ -32,7 +34,6 @@ from dataselect.output import (
 from dataselect.select import Selection
 
 TASKS_COLUMN = "tasks"
-_MANIFEST_FILE = "_manifest.json"
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,11 @@ class _WriteUnionPart:
 
 
 def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = "parquet",
-                runner: Runner = default_runner, overwrite: bool = False) -> dict[str, Any]:
+                runner: Runner = default_runner, overwrite: bool = False,
+                save_to_disk: bool = False) -> dict[str, Any]:
     """Write every row chosen by any selection once, with the labels that chose it (in
-    the order of ``selections``); return the manifest (also saved as ``_manifest.json``)."""
+    the order of ``selections``); return the manifest (also saved as ``.manifest.json``).
+    ``save_to_disk`` adds the ``datasets.load_from_disk`` layout (:mod:`dataselect.hf`)."""
     if not selections:
         raise InputError("no selections to unite")
     pools = {jsonable(s.pool.fingerprint()).__repr__() for s in selections.values()}
@@ -77,25 +80,29 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
                     "format": fmt})
     with claim_output(out, "union", job, inputs=pool.files, overwrite=overwrite) as folder:
         out = folder.path
-        folder.expect([part_name(i, fmt) for i in range(pool.npartitions)] + [_MANIFEST_FILE])
+        folder.expect([part_name(i, fmt) for i in range(pool.npartitions)] + [MANIFEST_FILE])
         remove_stale_temporaries(out)
         chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
                   for label, s in selections.items()}
         writer = _WriteUnionPart(pool, chosen, out, fmt)
         results = runner("write:union", partition_tasks("write-union", writer,
                                                         pool.npartitions))
+        remove_stale_temporaries(out)  # a killed worker's, which a glob of parts would match
+        names = [part_name(i, fmt) for i in range(pool.npartitions)]
+        rows = [r["rows"] for r in results]
         times_chosen = _times_chosen(selections)
         manifest = {
             "counts": {"selected": sum(r["rows"] for r in results),
                        "per_task": {k: s.num_selected for k, s in selections.items()},
                        "overlap": int((times_chosen > 1).sum())},
             "output": {"format": fmt, "column": TASKS_COLUMN,
-                       "parts": [{"file": part_name(i, fmt), "rows": r["rows"]}
-                                 for i, r in enumerate(results)],
+                       "parts": [{"file": n, "rows": r} for n, r in zip(names, rows)],
                        "partitions_reused": sum(1 for r in results if r["reused"])},
             "inputs": {"pool": pool.fingerprint()},
         }
-        write_json(manifest, os.path.join(out, _MANIFEST_FILE))
+        if save_to_disk:
+            manifest["output"]["save_to_disk"] = write_hf(folder, names, rows, runner)
+        write_json(manifest, os.path.join(out, MANIFEST_FILE))
     return manifest
 
 

@@ -1,11 +1,14 @@
-"""Write a selection: the chosen pool rows with their scores, plus ``_manifest.json``.
+"""Write a selection: the chosen pool rows with their scores, plus ``.manifest.json``.
 
 One task per pool partition reads the partition, takes the chosen rows, appends ``score``,
 ``rank`` (0 = best) and any per-scorer columns, and writes ``part-NNNNN`` atomically, so
 the output mirrors the pool's partition order and a rerun after a crash skips finished
 parts. The same pass counts hashed n-grams of the selected rows and of a seeded sample of
-the pool, for the KL-reduction metric; those counts are saved beside each part so resumed
-jobs report the same numbers.
+the pool, for the KL-reduction metric; those counts are saved beside each part (under
+``.stats/``) so resumed jobs report the same numbers. With ``save_to_disk``, the parts are
+also copied into the layout ``datasets.load_from_disk`` reads (``.hf/``, :mod:`dataselect.hf`).
+Every name but the parts' starts with ``.``, so dataset readers see only the selected rows
+(:mod:`dataselect.layout`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataselect.corpus import Corpus
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.hf import write_hf
+from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
 from dataselect.metrics import kl_reduction
 from dataselect.ngrams import NgramHasher
@@ -38,7 +43,6 @@ from dataselect.output import (
 from dataselect.sampling import sample_mask
 from dataselect.select import Selection
 
-MANIFEST_FILE, STATS_DIR = "_manifest.json", "_stats"
 ADDED_COLUMNS = ("score", "rank")
 
 
@@ -111,6 +115,7 @@ def write_selection(
     metrics_sample: float = DEFAULT_METRICS_SAMPLE,
     extra_manifest: dict[str, Any] | None = None,
     pool_ngram_counts: tuple[np.ndarray, float] | None = None,
+    save_to_disk: bool = False,
 ) -> dict[str, Any]:
     """Write ``selection`` under ``out`` and return the manifest (also saved as JSON).
 
@@ -119,7 +124,10 @@ def write_selection(
     job already claimed for its whole run. With ``target`` given, the manifest reports KL
     reduction on hashed n-grams (the pool's distribution estimated on a seeded
     ``metrics_sample`` fraction of its rows, or taken from ``pool_ngram_counts``, counts
-    and fraction a scorer already computed with the metric's hasher).
+    and fraction a scorer already computed with the metric's hasher). ``save_to_disk``
+    also writes the layout of ``datasets.Dataset.save_to_disk`` under ``out/.hf/``; it is
+    not part of the selection's identity, so a rerun that adds it converts the finished
+    parts only.
     """
     if fmt not in ("parquet", "arrow"):
         raise InputError(f"output format must be 'parquet' or 'arrow', got {fmt!r}")
@@ -135,13 +143,14 @@ def write_selection(
                                overwrite=overwrite)
     with claimed as folder:
         return _write(selection, folder, fmt, target, runner, hasher, metrics_sample,
-                      extra_manifest, pool_ngram_counts)
+                      extra_manifest, pool_ngram_counts, save_to_disk)
 
 
 def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
            target: Corpus | None, runner: Runner, hasher: NgramHasher | None,
            metrics_sample: float, extra_manifest: dict[str, Any] | None,
-           pool_ngram_counts: tuple[np.ndarray, float] | None) -> dict[str, Any]:
+           pool_ngram_counts: tuple[np.ndarray, float] | None,
+           save_to_disk: bool) -> dict[str, Any]:
     out = folder.path
     parts = selection.pool.npartitions
     folder.expect([part_name(i, fmt) for i in range(parts)]
@@ -160,13 +169,15 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
                         seed)
     tasks = partition_tasks("write", writer, parts)
     results = runner("write", tasks)
+    # a worker killed mid-write may leave a temporary that a glob of the parts would match
+    remove_stale_temporaries(out)
+    names, rows = [part_name(i, fmt) for i in range(parts)], [r["rows"] for r in results]
     manifest = {
         "selection": selection.policy,
         "scores": selection.scores.description,
         "counts": {**selection.counts, "written": sum(r["rows"] for r in results)},
         "output": {"format": fmt,
-                   "parts": [{"file": part_name(i, fmt), "rows": r["rows"]}
-                             for i, r in enumerate(results)],
+                   "parts": [{"file": n, "rows": r} for n, r in zip(names, rows)],
                    "partitions_reused": sum(1 for r in results if r["reused"])},
         "inputs": {"pool": selection.pool.fingerprint(),
                    "target": target.fingerprint() if target is not None else None},
@@ -183,6 +194,8 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     scored_on = selection.scores.description.get("pool")
     if scored_on:
         selection.pool.check_unchanged(scored_on, "pool")
+    if save_to_disk:
+        manifest["output"]["save_to_disk"] = write_hf(folder, names, rows, runner)
     write_json(manifest, os.path.join(out, MANIFEST_FILE))
     return manifest
 

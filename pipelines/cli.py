@@ -125,6 +125,10 @@ def _selection_commands(commands: Any) -> None:
     sel.add_argument("--metrics-sample", type=FRACTION, default=DEFAULT_METRICS_SAMPLE,
                      help="share of the pool sampled for the KL-reduction metric, in (0, 1]"
                           + DEFAULT)
+    sel.add_argument("--save-to-disk", action="store_true",
+                     help="also write OUT/.hf/, the layout of datasets' save_to_disk, for "
+                          "datasets.load_from_disk (adding it to a finished job converts "
+                          "its parts only)")
     score = commands.add_parser("score", help="fit the scorer and write the score store only")
     _common(score)
 
@@ -217,6 +221,10 @@ def _recipe_commands(commands: Any) -> None:
                      help="local cluster workers (default: the recipe's cluster.workers)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the output of a recipe with other settings in the folder")
+    run.add_argument("--save-to-disk", action="store_true", default=None,
+                     help="also write each task's and the union's .hf/ folder for "
+                          "datasets.load_from_disk (default: the recipe's "
+                          "output.save_to_disk)")
     evaluate = commands.add_parser("eval", help="train small causal LMs on each task's "
                                    "selection and on random rows of the same size; compare "
                                    "held-out target loss over seeds")

@@ -42,7 +42,9 @@ def run_job_command(args: argparse.Namespace, console: Console) -> None:
     job = job_from_args(args)
     if args.command == "select":
         run_select_job(job, console)
-        console.print(f"wrote {job.out}/ (manifest: {job.out}/_manifest.json)")
+        console.print(f"wrote {job.out}/ (manifest: {job.out}/.manifest.json"
+                      + (f"; datasets.load_from_disk: {job.out}/.hf" if job.save_to_disk
+                         else "") + ")")
     else:
         run_score_job(job, console)
         console.print(f"wrote {job.out}/{SCORES_DIR}/{job.scorer}/")
@@ -72,7 +74,7 @@ def job_from_args(args: argparse.Namespace) -> SelectJob:
         metrics_sample=getattr(args, "metrics_sample", DEFAULT_METRICS_SAMPLE),
         scheduler=args.scheduler, workers=args.workers, memory_limit=args.memory_limit,
         worker_kind=args.worker_kind,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, save_to_disk=getattr(args, "save_to_disk", False),
     )
 
 
@@ -151,9 +153,11 @@ def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
 
         recipe = load_recipe(args.recipe, {"output.path": args.out,
                                            "cluster.scheduler": args.scheduler,
-                                           "cluster.workers": args.workers})
+                                           "cluster.workers": args.workers,
+                                           "output.save_to_disk": args.save_to_disk})
         run_recipe(recipe, args.recipe, overwrite=args.overwrite, console=console)
-        console.print(f"wrote {recipe.output.path}/ (tasks/, union/, _run.json)")
+        console.print(f"wrote {recipe.output.path}/ (datasets: tasks/<task>/ and union/; "
+                      "record: .run.json)")
     elif args.command == "eval":
         from pipelines.evaluate import run_eval
 

@@ -344,11 +344,9 @@ def plan_trainings(out: str, settings: EvalSettings
 
 
 def _read_run(out: str) -> tuple[Recipe, dict[str, Any]]:
-    path = os.path.join(out, "_run.json")
-    if not os.path.exists(path):
-        raise InputError("no _run.json here: evaluate the output folder of a finished "
-                         "`dataselect run`", where=out)
-    run = read_json(path)
+    from pipelines.run_recipe import read_run
+
+    run = read_run(out, "evaluate")
     return Recipe.model_validate(run["recipe"]), run
 
 

@@ -21,6 +21,7 @@ from dataselect import checks, select
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
 from dataselect.defaults import POLICIES, WORKER_KINDS
 from dataselect.errors import InputError
+from dataselect.layout import SCORES_DIR  # out/.scores/<scorer>/: hidden from readers of out/
 from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
@@ -31,9 +32,6 @@ from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageClock
 from pipelines.summary import composition_rows, print_summary
 from scorers import SCORERS
-
-# "_" keeps the score store out of dataset discovery when out/ is read as Parquet
-SCORES_DIR = "_scores"
 
 
 @dataclass
@@ -61,6 +59,7 @@ class SelectJob:
     memory_limit: str = "auto"
     worker_kind: str = "auto"
     overwrite: bool = False
+    save_to_disk: bool = False  # also the datasets.load_from_disk layout, in out/.hf/
 
     def validate(self, needs_budget: bool = True) -> None:
         if self.scorer not in SCORERS:
@@ -113,7 +112,8 @@ def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:
 
 # Settings that change where or how fast a job runs, not what it writes: a finished job
 # rerun with another of these (or another spelling of --out) is the same job.
-RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind", "overwrite")
+RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind", "overwrite",
+                    "save_to_disk")  # adding save_to_disk only converts finished parts
 
 
 def job_identity(job: SelectJob, pool: Corpus, target: Corpus) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
 
 
 def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
-    """The whole selection job; returns the manifest written to ``<out>/_manifest.json``.
+    """The whole selection job; returns the manifest written to ``<out>/.manifest.json``.
 
     The output folder is claimed (checked, locked, its identity recorded) before any work,
     and the manifest is complete when first written, inside the cluster's lifetime: a job
@@ -200,6 +200,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
                 overwrite=job.overwrite, metrics_sample=job.metrics_sample,
                 pool_ngram_counts=scorer.pool_ngram_counts(NgramHasher()),
                 extra_manifest=record,
+                save_to_disk=job.save_to_disk,
             )
         manifest["timings"] = {**manifest["timings"], **clock.record()}
         write_json(manifest, out.join(MANIFEST_FILE))

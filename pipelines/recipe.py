@@ -144,6 +144,8 @@ class OutputSpec(_Strict):
     path: str
     format: Literal["parquet", "arrow"] = "parquet"
     metrics_sample: Fraction = 0.1
+    # also write each task's and the union's datasets.load_from_disk layout (<folder>/.hf/)
+    save_to_disk: bool = False
 
 
 class ClusterSpec(_Strict):
@@ -486,5 +488,5 @@ def _check_paths(recipe: Recipe, where: str) -> None:
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain JSON-able data, defaults filled in (recorded in ``_run.json``)."""
+    """The recipe as plain JSON-able data, defaults filled in (recorded in ``.run.json``)."""
     return recipe.model_dump(mode="json")

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from dataselect.errors import InputError
+from dataselect.layout import SCORES_DIR
 from dataselect.output import read_json, read_table
 
 REPORT_DIR = "report"
@@ -46,11 +47,9 @@ def write_report(out: str, console: Console | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
-    run_path = os.path.join(out, "_run.json")
-    if not os.path.exists(run_path):
-        raise InputError("no _run.json here: report on the output folder of a finished "
-                         "`dataselect run`", where=out)
-    run = read_json(run_path)
+    from pipelines.run_recipe import read_run
+
+    run = read_run(out, "report on")
     folder = os.path.join(out, REPORT_DIR)
     os.makedirs(folder, exist_ok=True)
     for stale in glob.glob(os.path.join(folder, "*.png")):
@@ -106,7 +105,7 @@ def _task_scores(out: str, task: str, scorers: list[str]) -> dict[str, dict[str,
     found: dict[str, dict[str, np.ndarray]] = {}
     selected = _selected_table(out, task, ["score", *[f"score_{s}" for s in scorers]])
     for scorer in scorers:
-        files = sorted(glob.glob(os.path.join(out, "tasks", task, "_scores", scorer,
+        files = sorted(glob.glob(os.path.join(out, "tasks", task, SCORES_DIR, scorer,
                                               "part-*.parquet")))
         if not files:
             continue

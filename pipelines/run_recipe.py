@@ -5,15 +5,18 @@ Stages, in one Dask client (a LocalCluster, or the recipe's scheduler):
 1. models: build the small models a recipe asks for (``models: NAME: build:``) and LESS's
    LoRA warmup when the less scorer has no checkpoints; both are skipped when present;
 2. per task and scorer: fit on the task's target, score the pool into
-   ``tasks/<task>/_scores/<scorer>/`` (resumes finished parts); several scorers are
+   ``tasks/<task>/.scores/<scorer>/`` (resumes finished parts); several scorers are
    combined into one score (z-scores or ranks);
 3. select per task (or once over the best task score, for a global budget) and write
    ``tasks/<task>/`` (resumes finished parts);
 4. write ``union/``: every chosen row once, with the tasks that chose it;
-5. ``_run.json``, written last: the validated recipe, counts and timings.
+5. ``.run.json``, written last: the validated recipe, counts and timings.
 
 LESS's pool gradient features do not depend on the task, so they are computed once into
-``_features/less/`` and every task's scores are read from them.
+``.features/less/`` and every task's scores are read from them. ``tasks/<task>/`` and
+``union/`` are datasets (every reader sees their parts only); the root is not one, and its
+own bookkeeping (``.run.json``, ``.models/``, ``.warmup/``, ``.features/``) is hidden too
+(:mod:`dataselect.layout`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from rich.table import Table
 from dataselect import select
 from dataselect.combine import BEST_TASK, max_over_tasks
 from dataselect.corpus import Corpus, read_corpus
+from dataselect.errors import InputError
+from dataselect.layout import FEATURES_DIR, MODELS_DIR, RUN_FILE, SCORES_DIR, WARMUP_DIR
 from dataselect.manifest import package_versions
 from dataselect.ngrams import NgramHasher
 from dataselect.outdir import claim_output, input_roots
@@ -37,19 +42,18 @@ from dataselect.sampling import sample_corpus
 from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.union import split_selection, write_union
 from pipelines.cluster import dask_client
-from pipelines.jobs import SCORES_DIR, build_scorer, choose_rows
+from pipelines.jobs import build_scorer, choose_rows
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
 from pipelines.summary import print_summary
 from scorers import SCORERS
 
-RUN_FILE = "_run.json"
 TASKS_DIR, UNION_DIR = "tasks", "union"
 
 
 def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                console: Console | None = None) -> dict[str, Any]:
-    """Run every stage of ``recipe``; return what is written to ``<out>/_run.json``."""
+    """Run every stage of ``recipe``; return what is written to ``<out>/.run.json``."""
     console = console or Console()
     started = time.perf_counter()
     timings: list[StageTiming] = []
@@ -72,7 +76,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                                            overwrite)
                          for task, selection in selections.items()}
             union = write_union(selections, os.path.join(out, UNION_DIR),
-                                recipe.output.format, runner, overwrite)
+                                recipe.output.format, runner, overwrite,
+                                recipe.output.save_to_disk)
             run = _run_record(recipe, recipe_file, manifests, union, timings + runner.timings,
                               time.perf_counter() - started)
             write_json(run, os.path.join(out, RUN_FILE))
@@ -87,7 +92,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
 def _run_record(recipe: Recipe, recipe_file: str, manifests: dict[str, dict[str, Any]],
                 union: dict[str, Any], timings: list[StageTiming], total: float
                 ) -> dict[str, Any]:
-    """``_run.json``: written inside the cluster's lifetime, so a run killed while the
+    """``.run.json``: written inside the cluster's lifetime, so a run killed while the
     cluster closes is complete and an identical rerun finds it finished."""
     return {
         "recipe": recipe_dict(recipe),
@@ -103,6 +108,19 @@ def _run_record(recipe: Recipe, recipe_file: str, manifests: dict[str, dict[str,
                                 "seconds": round(t.seconds, 3)} for t in timings]},
         "versions": package_versions(),
     }
+
+
+def read_run(out: str, verb: str) -> dict[str, Any]:
+    """The ``.run.json`` of a finished run in ``out`` (for ``eval`` and ``report``)."""
+    path = os.path.join(out, RUN_FILE)
+    if os.path.exists(path):
+        return read_json(path)
+    if os.path.exists(os.path.join(out, "_run.json")):
+        raise InputError("was written by an older dataselect (its bookkeeping is named "
+                         "_run.json, now .run.json): rerun the recipe into a new folder",
+                         where=out)
+    raise InputError(f"no {RUN_FILE} here: {verb} the output folder of a finished "
+                     "`dataselect run`", where=out)
 
 
 def pool_rows(manifests: dict[str, dict[str, Any]]) -> int:
@@ -129,6 +147,7 @@ def _settings(recipe: Recipe) -> dict[str, Any]:
     for key in ("name", "cluster"):
         data.pop(key, None)
     data["output"].pop("path", None)
+    data["output"].pop("save_to_disk", None)  # adding it only converts finished parts
     return data
 
 
@@ -151,7 +170,7 @@ def _prepare_models(recipe: Recipe, pool: Corpus, out: str, timings: list[StageT
             folders[name] = spec.path
             continue
         started = time.perf_counter()
-        folders[name], built = build_model(pool, spec.build, os.path.join(out, "_models", name))
+        folders[name], built = build_model(pool, spec.build, os.path.join(out, MODELS_DIR, name))
         timings.append(StageTiming(f"model:{name}" + ("" if built else " (reused)"), 1,
                                    time.perf_counter() - started))
     params = {}
@@ -162,7 +181,7 @@ def _prepare_models(recipe: Recipe, pool: Corpus, out: str, timings: list[StageT
         declared = SCORERS[scorer]
         if declared.pool_features:
             # pool features do not depend on the task: computed once, shared by every task
-            resolved.setdefault("features", os.path.join(out, "_features", scorer))
+            resolved.setdefault("features", os.path.join(out, FEATURES_DIR, scorer))
         if declared.needs_warmup and not resolved.get("checkpoints"):
             resolved["checkpoints"] = _warmup(recipe, pool, resolved["model"], out,
                                               timings, console)
@@ -198,7 +217,7 @@ def _warmup(recipe: Recipe, pool: Corpus, model: str, out: str, timings: list[St
     from pipelines.feature_jobs import run_warmup_job
     from scorers.lora_checkpoints import read_info
 
-    folder = os.path.join(out, "_warmup")
+    folder = os.path.join(out, WARMUP_DIR)
     config = recipe.warmup_config()
     config.check()
     marker = os.path.join(folder, "_done.json")
@@ -281,6 +300,7 @@ def _write_task(recipe: Recipe, task: str, selection: select.Selection, fit: dic
         os.path.join(out, TASKS_DIR, task), fmt=recipe.output.format, target=fit["target"],
         runner=runner, overwrite=overwrite, metrics_sample=recipe.output.metrics_sample,
         pool_ngram_counts=ngrams[0] if ngrams else None,
+        save_to_disk=recipe.output.save_to_disk,
         extra_manifest={"task": task, "fit": {n: s["fit"] for n, s in fit["scorers"].items()},
                         "score_stores": {n: s["store"] for n, s in fit["scorers"].items()}},
     )

@@ -304,6 +304,6 @@ def test_cli_selects_with_bads(instruction_lm, instruction_pool, tmp_path) -> No
     assert picked.num_rows == 40
     pool_ids = {json.loads(line)["id"] for line in instruction_pool.open()}
     assert set(picked["id"].to_pylist()) <= pool_ids
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["fit"]["steps"] == 20
     assert "warnings" in manifest["fit"]

@@ -22,7 +22,7 @@ def test_select_on_a_local_cluster_writes_rows_scores_and_manifest(tmp_path, cap
     assert "dataselect select: stages" in printed and "kl_reduction" in printed
     table = pq.read_table(out)
     assert table.num_rows == 300
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["selection"] == {"policy": "importance_resample", "k": 300, "seed": 4}
     assert manifest["scores"]["config"]["min_length"] == 5
     assert manifest["counts"]["rows_in"] == 3960
@@ -36,11 +36,11 @@ def test_select_on_a_local_cluster_writes_rows_scores_and_manifest(tmp_path, cap
         (TARGETS.parent / "pool" / f"part-0000{i}.parquet").stat().st_size for i in range(4)]
     assert len(manifest["inputs"]["target"]["files"][0]["xxh3_128"]) == 32
     assert manifest["versions"]["pyarrow"] and manifest["job"]["seed"] == 4
-    assert sorted(p.name for p in (out / "_scores" / "dsir").glob("part-*")) == [
+    assert sorted(p.name for p in (out / ".scores" / "dsir").glob("part-*")) == [
         f"part-{i:05d}.parquet" for i in range(4)]
     # rerunning the same job reuses every part and gives the same selection
     assert main(argv) == 0
-    again = json.loads((out / "_manifest.json").read_text())
+    again = json.loads((out / ".manifest.json").read_text())
     assert again["output"]["partitions_reused"] == 4
     assert again["score_store"]["partitions_reused"] == 4
     assert pq.read_table(out).equals(table)
@@ -54,9 +54,9 @@ def test_score_command_writes_only_the_store(tmp_path):
     assert main(["score", "--scorer", "dsir", "--pool", POOL_GLOB, "--target",
                  str(TARGETS / "fortunes.jsonl"), "--out", str(out), "--workers", "2",
                  "--worker-kind", "processes"]) == 0
-    assert (out / "_scores" / "dsir" / "_manifest.json").exists()
+    assert (out / ".scores" / "dsir" / "_manifest.json").exists()
     assert not list(out.glob("part-*"))
-    scores = pq.read_table(out / "_scores" / "dsir")
+    scores = pq.read_table(out / ".scores" / "dsir")
     assert scores.num_rows == 3960 and {"id", "score"} <= set(scores.column_names)
 
 

@@ -78,7 +78,7 @@ def test_recipe_on_external_cluster_matches_local_run(tmp_path, cluster):
         run_recipe(load_recipe(path))
     local, remote = part_bytes(tmp_path / "local"), part_bytes(tmp_path / "cluster")
     assert len(local) > 4  # task parts, score store parts and union parts
-    assert any("_scores" in name for name in local) and any("union" in name for name in local)
+    assert any(".scores" in name for name in local) and any("union" in name for name in local)
     assert remote == local
     with Client(cluster) as client:  # the work ran on both workers
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)

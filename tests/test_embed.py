@@ -195,7 +195,7 @@ def test_a_model_scorers_pool_is_cut_by_compute_whatever_the_worker_count(
                         scorer_params={"model": instruction_lm, "batch_size": 8},
                         partition_bytes=DEFAULT_PARTITION_BYTES, workers=workers)
         assert run_score_job(job)["store"]["partitions_scored"] == planned.npartitions
-        store = out / "_scores" / "embed"
+        store = out / ".scores" / "embed"
         stores[workers] = {p.name: p.read_bytes() for p in sorted(store.glob("part-*"))}
     assert len(stores[1]) == planned.npartitions
     assert stores[1] == stores[2]

@@ -148,7 +148,7 @@ def test_cli_scores_with_a_given_model_on_process_workers(tmp_path, given_model)
                  "--target", str(TARGETS / "python_docs.jsonl"), "--k", "300", "--out",
                  str(out), "-p", f"model={given_model}", "-p", "label=hq", "--workers", "2"])
     assert code == 0
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["fit"]["label"] == "__label__hq"
     picked = pq.read_table(out).column("domain").to_pylist()
     assert domain_precision(picked, "python_docs") > 0.5

@@ -95,7 +95,7 @@ def test_a_plugin_scorer_selects_from_the_command_line(tmp_path, monkeypatch):
     assert min(lengths[i] for i in picked) >= max(n for i, n in lengths.items()
                                                   if i not in picked)  # the 25 longest
     assert sorted(chosen["score"].to_pylist()) == sorted(2.0 * lengths[i] for i in picked)
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["selection"]["policy"] == "top_k"
     assert manifest["scores"]["config"] == {"scale": 2.0}
 
@@ -121,7 +121,7 @@ def test_a_plugin_scorer_runs_in_a_recipe_with_its_declared_policy(tmp_path, mon
     recipe["selection"]["policy"] = "auto"
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["run", str(tmp_path / "r.yaml")]) == 0
-    manifest = json.loads((tmp_path / "out" / "tasks" / "define" / "_manifest.json")
+    manifest = json.loads((tmp_path / "out" / "tasks" / "define" / ".manifest.json")
                           .read_text())
     assert manifest["selection"]["policy"] == "importance_resample"  # declared, not named
     assert pq.read_table(tmp_path / "out" / "union").num_rows == 20

@@ -146,13 +146,13 @@ def test_rerun_resumes_and_interrupted_parts_are_rebuilt(dsir_run, tmp_path):
     path = write_recipe(tmp_path / "again.yaml", recipe)
     again = run_recipe(load_recipe(path))
     assert part_bytes(out) == before
-    manifest = yaml.safe_load((out / "tasks" / "fortunes" / "_manifest.json").read_text())
+    manifest = yaml.safe_load((out / "tasks" / "fortunes" / ".manifest.json").read_text())
     assert manifest["output"]["partitions_reused"] == len(manifest["output"]["parts"])
     assert again["union"]["selected"] == len(ids_of(out / "union"))
     # a crash after some parts: remove one task part, one union part and the run record
     os.remove(out / "tasks" / "licenses" / "part-00001.parquet")
     os.remove(out / "union" / "part-00000.parquet")
-    os.remove(out / "_run.json")
+    os.remove(out / ".run.json")
     run_recipe(load_recipe(path))
     assert part_bytes(out) == before
 
@@ -171,7 +171,7 @@ def test_global_budget_gives_each_row_to_its_best_task(tmp_path):
     run = run_recipe(load_recipe(path))
     out = tmp_path / "out"
     stores = {t: pa.concat_tables(pq.read_table(f) for f in sorted(
-        (out / "tasks" / t / "_scores" / "dsir").glob("part-*.parquet"))) for t in TASKS}
+        (out / "tasks" / t / ".scores" / "dsir").glob("part-*.parquet"))) for t in TASKS}
     ids = stores[TASKS[0]]["id"].to_pylist()
     matrix = np.column_stack([stores[t]["score"].to_numpy() for t in TASKS])
     best = matrix.max(axis=1)

@@ -52,7 +52,7 @@ def test_page_links_every_plot_and_plots_are_png(evaluated_run):
 def test_page_shows_the_runs_numbers(evaluated_run):
     page = Path(write_report(str(evaluated_run)))
     text = page.read_text(encoding="utf-8")
-    run = yaml.safe_load((evaluated_run / "_run.json").read_text())
+    run = yaml.safe_load((evaluated_run / ".run.json").read_text())
     results = yaml.safe_load((evaluated_run / "eval" / "results.json").read_text())
     for task in TASKS:
         kl = run["tasks"][task]["metrics"]["kl_reduction"]
@@ -71,7 +71,7 @@ def test_rewrite_drops_stale_plots(evaluated_run):
 
 
 def test_report_needs_a_run(tmp_path):
-    with pytest.raises(InputError, match=r"no _run\.json"):
+    with pytest.raises(InputError, match=r"no \.run\.json"):
         write_report(str(tmp_path))
 
 

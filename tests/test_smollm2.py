@@ -47,7 +47,7 @@ def _selected(out: Path) -> list[dict]:
 
 
 def _manifest(out: Path) -> dict:
-    return json.loads((out / "_manifest.json").read_text())
+    return json.loads((out / ".manifest.json").read_text())
 
 
 def _scorer_settings(manifest: dict) -> dict:

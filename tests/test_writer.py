@@ -33,7 +33,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def _run(job, out: Path, **kwargs):
     pool, target, dsir = job
-    scores = dsir.score(pool).write(out / "_scores" / "dsir")
+    scores = dsir.score(pool).write(out / ".scores" / "dsir")
     selection = select.importance_resample(pool, scores, k=300, seed=3)
     return selection.write(str(out), target=target, **kwargs)
 
@@ -59,7 +59,7 @@ def test_same_inputs_and_seed_give_identical_bytes(tmp_path, job):
     _run(job, tmp_path / "b")
     a, b = _digests(tmp_path / "a"), _digests(tmp_path / "b")
     assert a == b and len(a) == 4
-    scores_a, scores_b = (_digests(tmp_path / x / "_scores" / "dsir") for x in "ab")
+    scores_a, scores_b = (_digests(tmp_path / x / ".scores" / "dsir") for x in "ab")
     assert scores_a == scores_b
 
 
@@ -131,7 +131,7 @@ def _sequential(stage, tasks):
 def test_output_folder_of_another_job_is_refused_unless_overwrite(tmp_path, job):
     pool, target, dsir = job
     _run(job, tmp_path / "out")
-    scores = dsir.score(pool).write(tmp_path / "out" / "_scores" / "dsir")
+    scores = dsir.score(pool).write(tmp_path / "out" / ".scores" / "dsir")
     other = select.top_k(pool, scores, k=10)
     with pytest.raises(OutputConflictError,
                        match=r"other settings or inputs \(differs in: selection\.policy\)"):
@@ -142,7 +142,7 @@ def test_output_folder_of_another_job_is_refused_unless_overwrite(tmp_path, job)
     with pytest.raises(OutputConflictError,
                        match=r"differs in: config\.num_buckets, fit_fingerprint"):
         DSIR(num_buckets=500).fit(target, pool).score(pool).write(
-            tmp_path / "out" / "_scores" / "dsir")
+            tmp_path / "out" / ".scores" / "dsir")
 
 
 def test_manifest_reports_positive_kl_reduction_for_dsir(tmp_path, job):

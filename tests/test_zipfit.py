@@ -144,12 +144,12 @@ def test_cli_writes_a_selection_with_sample_and_length_correlation(tmp_path):
                  "--target", str(TARGETS / "licenses.jsonl"), "--k", "50", "--out", str(out),
                  "-p", "mode=fast", "-p", "target_sample=20", "--workers", "2"])
     assert code == 0
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["fit"]["target_sample_cap"] == 20
     assert manifest["fit"]["target_rows"] == 100
     assert manifest["fit"]["target_rows_used"] == 20
     assert manifest["scores"]["config"]["compressor"] == "zstd"
-    store = pq.read_table(out / "_scores" / "zipfit")
+    store = pq.read_table(out / ".scores" / "zipfit")
     ranks = [store[c].to_pandas().rank().to_numpy() for c in ("score", "text_bytes")]
     expected = np.corrcoef(*ranks)[0, 1]
     assert manifest["score_store"]["score_length_spearman"] == pytest.approx(expected, abs=1e-4)

@@ -61,12 +61,12 @@ def _dsir_argv(tmp_path: Path, out: Path, *extra: str) -> list[str]:
 
 def _fail_selection_writes(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     """Arrow's Parquet writer fails with ``code`` half-way through every selection part
-    (the score store, under _scores/, still writes), as it does on a full disk: some bytes
+    (the score store, under .scores/, still writes), as it does on a full disk: some bytes
     are in the temporary file, then OSError with the errno and no file name."""
     real = output_pq.write_table
 
     def write_table(table: pa.Table, where: str, **kwargs: object) -> None:
-        if "_scores" in str(where):
+        if ".scores" in str(where):
             return real(table, where, **kwargs)
         Path(where).write_bytes(b"PAR1 half a file")
         raise OSError(code, f"Error writing bytes to file. Detail: [errno {code}] "
@@ -86,7 +86,7 @@ def test_a_full_disk_is_one_line_leaves_no_part_and_the_rerun_resumes(tmp_path, 
                               "device; free space and rerun the same command to resume"]
     assert not list(out.glob("part-*")), "a part file that looks complete"
     assert not list(out.rglob(".tmp-*")), "temporary files left behind"
-    assert not (out / "_manifest.json").exists()
+    assert not (out / ".manifest.json").exists()
     monkeypatch.undo()  # space freed
     assert main(argv) == 0
     assert pq.read_table(out).num_rows == 20
@@ -307,7 +307,7 @@ def _start_job(pool: str, out: Path, env: dict[str, str] | None = None) -> subpr
 def _wait_until_scoring(job: subprocess.Popen, out: Path, timeout: float = 90) -> None:
     """Until the first score part is written: the cluster is up and scoring."""
     deadline = time.monotonic() + timeout
-    while not list((out / "_scores" / "dsir").glob("part-*.parquet")):
+    while not list((out / ".scores" / "dsir").glob("part-*.parquet")):
         assert job.poll() is None, job.communicate()
         assert time.monotonic() < deadline, "the job never started scoring"
         time.sleep(0.05)

@@ -120,17 +120,17 @@ def test_overwrite_removes_exactly_the_files_the_previous_job_listed(tmp_path, c
     out = tmp_path / "out"
     assert main(_select(f"{DATA}/pool/*.parquet", out)) == 0
     listed = json.loads((out / MARKER).read_text())["files"]
-    assert "part-00000.parquet" in listed and "_manifest.json" in listed
+    assert "part-00000.parquet" in listed and ".manifest.json" in listed
     (out / "part-notes.txt").write_text("a note the user keeps beside the selection\n")
     (out / "part-12345.parquet").write_bytes(b"not listed by any job")
-    (out / "_stats" / "mine.txt").write_text("kept\n")
+    (out / ".stats" / "mine.txt").write_text("kept\n")
     assert main(_select(f"{DATA}/pool/*.parquet", out, "--seed", "1")) == 2
     assert "other settings or inputs (differs in: settings.seed)" in _error_line(capsys)
     assert main(_select(f"{DATA}/pool/*.parquet", out, "--seed", "1", "--overwrite")) == 0
     assert (out / "part-notes.txt").read_text().startswith("a note")
     assert (out / "part-12345.parquet").read_bytes() == b"not listed by any job"
-    assert (out / "_stats" / "mine.txt").read_text() == "kept\n"
-    written = json.loads((out / "_manifest.json").read_text())
+    assert (out / ".stats" / "mine.txt").read_text() == "kept\n"
+    written = json.loads((out / ".manifest.json").read_text())
     assert written["job"]["seed"] == 1
     assert written["counts"]["written"] == 50
 
@@ -158,7 +158,7 @@ def test_a_rerun_with_other_workers_kind_or_out_spelling_is_the_same_job(tmp_pat
     rerun = _select(f"{DATA}/pool/*.parquet", f"{out}/", "--worker-kind", "processes")
     rerun[rerun.index("--workers") + 1] = "2"
     assert main(rerun) == 0
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["output"]["partitions_reused"] == len(manifest["output"]["parts"])
     assert {k: v for k, v in _digests(out).items() if k.startswith("part-")} == {
         k: v for k, v in parts.items() if k.startswith("part-")}
@@ -199,7 +199,7 @@ def test_a_folder_locked_by_a_live_job_is_refused(tmp_path, capsys):
     try:
         assert main(_select(f"{DATA}/pool/*.parquet", out)) == 2
         assert f"in use by another dataselect job (pid {holder.pid}" in _error_line(capsys)
-        assert not (out / "_manifest.json").exists()
+        assert not (out / ".manifest.json").exists()
     finally:
         holder.kill()
         holder.wait()
@@ -297,15 +297,15 @@ def uninterrupted(jsonl_pool: Path, tmp_path_factory: pytest.TempPathFactory
 
 def _result_digests(out: Path) -> dict[str, str]:
     return {k: v for k, v in _digests(out).items()
-            if k.startswith(("part-", "_scores/dsir/part-"))}
+            if k.startswith(("part-", ".scores/dsir/part-"))}
 
 
 # the file whose appearance marks the stage a job is killed in
 KILL_WHEN = {
     "fit": MARKER,                              # claimed, fitting on the pool
-    "score": "_scores/dsir/part-00003.parquet",  # some score parts written
+    "score": ".scores/dsir/part-00003.parquet",  # some score parts written
     "write": "part-00003.parquet",               # some output parts written
-    "cluster close": "_manifest.json",           # manifest written, cluster closing
+    "cluster close": ".manifest.json",           # manifest written, cluster closing
 }
 
 
@@ -377,7 +377,7 @@ def test_a_repeated_pool_flag_adds_files_instead_of_replacing_them(tmp_path):
     at = argv.index("--pool")
     argv[at:at + 2] = ["--pool", pool[0], "--pool", pool[1], "--pool", pool[2], pool[3]]
     assert main(argv) == 0
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
     assert manifest["job"]["pool"] == pool
     assert manifest["counts"]["rows_in"] == 3960
 
@@ -412,7 +412,7 @@ def test_a_pool_edited_while_the_job_writes_fails_before_the_manifest(tmp_path):
 
     with pytest.raises(InputError, match=r"changed while the job ran \(pool: .*pool.jsonl\)"):
         chosen.write(str(tmp_path / "out"), target=target, runner=runner)
-    assert not (tmp_path / "out" / "_manifest.json").exists()
+    assert not (tmp_path / "out" / ".manifest.json").exists()
 
 
 def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(tmp_path):

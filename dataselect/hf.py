@@ -1,0 +1,165 @@
+"""A selection as a Hugging Face ``datasets.Dataset`` memory-mapped from the output folder.
+
+``datasets.load_dataset(OUT)`` reads a selection folder's parts as they are, through a
+conversion into its own cache. For a ``Dataset`` memory-mapped straight from the output,
+the folder can also hold the layout ``Dataset.save_to_disk`` writes, under ``OUT/.hf/``:
+
+    .hf/data-NNNNN-of-MMMMM.arrow   an Arrow stream file per non-empty part, in part order
+    .hf/dataset_info.json           the features
+    .hf/state.json                  the list of shards; written last, so it marks the copy whole
+
+``datasets.load_from_disk("OUT/.hf")`` opens it. A job writes it with ``save_to_disk``
+(``--save-to-disk``, a recipe's ``output.save_to_disk``), after the parts and before the
+manifest; :func:`load_hf` (and ``Selection.to_hf``) writes it on first use for a finished
+folder that lacks it. Shards are written atomically and skipped when present, so an
+interrupted conversion resumes, and every file is recorded in the folder's marker, so
+``--overwrite`` removes the copy with the rest of the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dataselect.errors import InputError
+from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.layout import HF_DIR, MANIFEST_FILE
+from dataselect.outdir import OutputFolder, hold_lock, normalize, refuse_legacy
+from dataselect.output import (
+    atomic_write,
+    read_json,
+    read_table,
+    remove_stale_temporaries,
+    write_json,
+)
+
+STATE_FILE, INFO_FILE = "state.json", "dataset_info.json"  # the names load_from_disk reads
+# output folders that are one dataset (a recipe root holds several, and is refused)
+DATASET_KINDS = ("job", "selection", "union")
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"data-{index:05d}-of-{count:05d}.arrow"
+
+
+def shard_names(rows: list[int]) -> list[str]:
+    """The shard files for parts with ``rows`` rows each: one per non-empty part, or a
+    single empty shard when every part is empty."""
+    count = max(1, sum(1 for r in rows if r))
+    return [shard_name(i, count) for i in range(count)]
+
+
+def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
+             runner: Runner = default_runner) -> dict[str, Any]:
+    """Write ``folder``'s ``parts`` (file names, ``rows`` rows each) as the ``save_to_disk``
+    layout under ``.hf/``; parts already converted are kept. Returns the manifest entry."""
+    hf = folder.join(HF_DIR)
+    names = shard_names(rows)
+    folder.expect([os.path.join(HF_DIR, n) for n in [*names, INFO_FILE, STATE_FILE]])
+    os.makedirs(hf, exist_ok=True)
+    remove_stale_temporaries(hf)
+    sources = [p for p, r in zip(parts, rows) if r] or parts[:1]
+    schema = _features(_unified_schema([folder.join(p) for p in parts])).arrow_schema
+    writer = _WriteShard(folder.path, tuple(sources), tuple(names), schema)
+    runner("write:hf", partition_tasks("write-hf", writer, len(names)))
+    info = _dataset_info(schema, sum(os.path.getsize(os.path.join(hf, n)) for n in names))
+    with atomic_write(os.path.join(hf, INFO_FILE)) as tmp, open(tmp, "w",
+                                                               encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    fingerprint = hashlib.sha256(json.dumps(folder.identity, sort_keys=True, default=str)
+                                 .encode()).hexdigest()[:16]
+    write_json({"_data_files": [{"filename": n} for n in names], "_fingerprint": fingerprint,
+                "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                "_output_all_columns": False, "_split": None}, os.path.join(hf, STATE_FILE))
+    return {"path": HF_DIR, "shards": len(names), "rows": sum(rows)}
+
+
+@dataclass(frozen=True)
+class _WriteShard:
+    """Copy one part into its shard (an Arrow stream file with the dataset's features)."""
+
+    folder: str
+    parts: tuple[str, ...]
+    names: tuple[str, ...]
+    schema: pa.Schema
+
+    def __call__(self, index: int) -> int:
+        path = os.path.join(self.folder, HF_DIR, self.names[index])
+        if os.path.exists(path):
+            return 0
+        table = _conform(read_table(os.path.join(self.folder, self.parts[index])),
+                         self.schema)
+        with atomic_write(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
+                pa.ipc.new_stream(sink, self.schema) as stream:
+            stream.write_table(table)
+        return table.num_rows
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns, in its order (a column a part lacks is null)."""
+    columns = [table[f.name] if f.name in table.column_names
+               else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema.remove_metadata()).cast(schema)
+
+
+def _schema_of(path: str) -> pa.Schema:
+    if path.endswith(".arrow"):
+        with pa.memory_map(path) as source:
+            return pa.ipc.open_file(source).schema
+    return pq.read_schema(path)
+
+
+def _unified_schema(paths: list[str]) -> pa.Schema:
+    schemas = [_schema_of(p).remove_metadata() for p in paths]
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"the parts' columns do not agree ({exc})", where=paths[0]) from None
+
+
+def _features(schema: pa.Schema) -> Any:
+    from datasets import Features
+
+    return Features.from_arrow_schema(schema)
+
+
+def _dataset_info(schema: pa.Schema, size: int) -> dict[str, Any]:
+    """``dataset_info.json`` as ``save_to_disk`` writes it (top-level keys sorted)."""
+    from datasets import DatasetInfo
+    from datasets.utils.py_utils import asdict
+
+    info = asdict(DatasetInfo(features=_features(schema), dataset_size=size,
+                              size_in_bytes=size))
+    return {key: info[key] for key in sorted(info)}
+
+
+def _finished_parts(path: str) -> tuple[list[str], list[int]]:
+    """The part files and their row counts of a finished selection or union folder."""
+    manifest_path = os.path.join(path, MANIFEST_FILE)
+    if not os.path.exists(manifest_path):
+        raise InputError(f"no {MANIFEST_FILE} here: give the folder of a finished selection "
+                         "(dataselect select --out, a recipe's tasks/<task>/ or union/)",
+                         where=path)
+    parts = read_json(manifest_path)["output"]["parts"]
+    return [p["file"] for p in parts], [int(p["rows"]) for p in parts]
+
+
+def load_hf(path: str | os.PathLike, runner: Runner = default_runner) -> Any:
+    """The selection (or union) in ``path`` as a ``datasets.Dataset`` memory-mapped from
+    ``path/.hf/``; the ``save_to_disk`` copy is written first if the folder lacks it."""
+    import datasets
+
+    path = normalize(path)
+    if not os.path.exists(os.path.join(path, HF_DIR, STATE_FILE)):
+        refuse_legacy(path)
+        parts, rows = _finished_parts(path)
+        with hold_lock(path):
+            folder = OutputFolder.reopen(path, DATASET_KINDS)
+            write_hf(folder, parts, rows, runner)
+    return datasets.load_from_disk(os.path.join(path, HF_DIR))

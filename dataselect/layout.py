@@ -1,0 +1,61 @@
+"""Names inside dataselect's output folders, in one place.
+
+A selection folder (``dataselect select --out``, ``Selection.write``, a recipe's
+``tasks/<task>/``) and a union folder (a recipe's ``union/``) are datasets: their only
+visible files are the ``part-NNNNN.parquet`` (or ``.arrow``) parts. Everything else a job
+keeps there (manifest, metric counts, score stores, the ``save_to_disk`` copy, the marker,
+the lock, temporaries) has a name starting with ``.``, the one prefix every reader skips:
+
+- Hugging Face ``datasets`` (``load_dataset(PATH)``, ``load_dataset("parquet",
+  data_dir=PATH)``) skips hidden files and folders (and folders starting with ``__``),
+  but not names starting with ``_``;
+- pyarrow's dataset discovery, and pandas through it, skips names starting with ``.``
+  or ``_``;
+- polars reads every file below a folder, hidden ones included, so a polars user reads
+  the parts' glob (``pl.scan_parquet("OUT/*.parquet")``), which matches only parts.
+
+A recipe's output root is not one dataset (it holds one selection per task plus their
+union, a report and evaluation results); its own bookkeeping is hidden the same way.
+
+Score stores and feature stores are internal folders, always under a hidden name here;
+their inner names (``_manifest.json`` and the parts) did not change.
+"""
+
+from __future__ import annotations
+
+import os
+
+# in a selection or union folder
+MANIFEST_FILE = ".manifest.json"  # written last: the folder is finished when it exists
+STATS_DIR = ".stats"  # per-part n-gram counts for the KL metric
+SCORES_DIR = ".scores"  # score stores, one folder per scorer
+HF_DIR = ".hf"  # the save_to_disk layout, for datasets.load_from_disk
+
+# in a recipe's output root
+RUN_FILE = ".run.json"
+MODELS_DIR = ".models"
+WARMUP_DIR = ".warmup"
+FEATURES_DIR = ".features"
+
+# the names dataselect used before, which Hugging Face datasets reads as data
+LEGACY_NAMES = {"_manifest.json": MANIFEST_FILE, "_stats": STATS_DIR, "_scores": SCORES_DIR,
+                "_run.json": RUN_FILE, "_models": MODELS_DIR, "_warmup": WARMUP_DIR,
+                "_features": FEATURES_DIR}
+
+
+def legacy_entries(path: str, depth: int = 3) -> list[str]:
+    """Relative paths of bookkeeping under its old names in the folder ``path`` (and in
+    its visible subfolders, e.g. a recipe's ``tasks/<task>/``), in sorted order."""
+    found: list[str] = []
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        if entry.name in LEGACY_NAMES:
+            found.append(entry.name)
+        elif depth > 1 and not entry.name.startswith(".") and entry.is_dir(
+                follow_symlinks=False):
+            found += [os.path.join(entry.name, sub)
+                      for sub in legacy_entries(entry.path, depth - 1)]
+    return found
