@@ -354,13 +354,12 @@ def _run_command(args: argparse.Namespace) -> None:
         described = describe_scorers(SCORERS)
         print(scorers_json(described) if args.json else scorers_text(described), end="")
         return
-    from rich.console import Console
-
     from pipelines.cluster import verbose_logs
     from pipelines.commands import run_command
+    from pipelines.summary import plain_console
 
     with verbose_logs(args.verbose):
-        run_command(args, Console())
+        run_command(args, plain_console())
 
 
 def _error_line(exc: Exception, out: str | None) -> str | None:

@@ -50,14 +50,24 @@ def print_summary(console: Console | None, job: str, timings: list[StageTiming],
         else:
             result.add_row(key, text)
     console.print(result)
-    for line in long_lines:
+    for line in long_lines:  # whatever console was passed: never wrapped, never markup
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
+class _PlainConsole(Console):
+    """Prints text lines unwrapped; tables and other renderables as any console does (a
+    console-wide soft wrap would cut their cells short instead of wrapping them)."""
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
+        if soft_wrap is None:
+            soft_wrap = all(isinstance(o, str) for o in objects)
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
 def plain_console(**kwargs: Any) -> Console:
-    """A console whose lines are never wrapped (a path stays one line to copy) and never
-    read as rich markup (a path's ``[...]`` is printed, not taken as a style)."""
-    return Console(soft_wrap=True, markup=False, highlight=False, **kwargs)
+    """A console whose text lines are never wrapped (a path stays one line to copy) and
+    never read as rich markup (a path's ``[...]`` is printed, not taken as a style)."""
+    return _PlainConsole(markup=False, highlight=False, **kwargs)
 
 
 def composition_rows(manifest: dict[str, Any]) -> dict[str, str]:
