@@ -20,6 +20,8 @@ import dask
 # each result as it arrives and drop it, so per-partition arrays never pile up.
 Runner = Callable[..., Any]
 Fold = Callable[[Any, Any], Any]
+# a stage's state above this size is scattered to a cluster's workers, not put in its graph
+SCATTER_BYTES = 1 << 20
 
 
 def default_runner(stage: str, tasks: Sequence[Any], fold: Fold | None = None) -> Any:
@@ -59,8 +61,39 @@ def partition_tasks(stage: str, fn: Callable[[int], Any], count: int) -> list[An
 
     ``fn`` carries the stage's state (corpus plan, fitted scorer, chosen rows). It enters the
     graph once, under one key that every task refers to, so the state is neither traversed
-    nor serialised once per partition.
+    nor serialised once per partition. A state of more than ``SCATTER_BYTES`` (a trained
+    fastText model is 15 MiB) does not enter the graph at all when a Dask cluster runs the
+    tasks: it is scattered to the workers, and the tasks refer to it (see :func:`_scattered`).
     """
+    scattered = _scattered(fn)
+    if scattered is not None:
+        call = dask.delayed(_call_state, pure=False)
+        return [call(scattered, i, dask_key_name=f"{stage}-{i}-{uuid.uuid4().hex[:8]}")
+                for i in range(count)]
     shared = dask.delayed(fn, name=f"{stage}-state-{uuid.uuid4().hex}", traverse=False)
     return [shared(i, dask_key_name=f"{stage}-{i}-{uuid.uuid4().hex[:8]}")
             for i in range(count)]
+
+
+def _call_state(fn: Callable[[int], Any], index: int) -> Any:
+    return fn(index)
+
+
+def _scattered(fn: Callable[[int], Any]) -> Any:
+    """``fn`` as data on the workers of the active Dask cluster (a ``distributed`` future),
+    when it is that big and such a cluster will run the tasks; else None.
+
+    A state inside the graph goes to the scheduler with it, and Dask warns about graphs
+    over 10 MB ("Sending large graph"), rightly: the scheduler holds and forwards what is
+    only data. Scattered, it goes to the workers directly, once each (``broadcast``, so a
+    worker lost later does not take the only copy with it). Without a cluster (plain
+    ``dask.compute`` in threads) nothing is sent anywhere, and the state stays in the graph.
+    """
+    client = getattr(dask.base.get_scheduler(), "__self__", None)
+    if client is None or type(client).__module__ != "distributed.client":
+        return None
+    import cloudpickle
+
+    if len(cloudpickle.dumps(fn)) <= SCATTER_BYTES:
+        return None
+    return client.scatter(fn, broadcast=True, hash=False)

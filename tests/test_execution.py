@@ -1,0 +1,50 @@
+"""Stage tasks: one task per partition, and a big stage state scattered to a cluster's
+workers instead of riding in the task graph (where Dask warns about its size)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import cloudpickle
+import dask
+import numpy as np
+from distributed import Client, LocalCluster
+
+from dataselect.execution import SCATTER_BYTES, partition_tasks
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A stage state holding an array, like a fitted scorer."""
+
+    values: np.ndarray
+
+    def __call__(self, index: int) -> float:
+        return float(self.values[index])
+
+
+def graph_bytes(tasks: list) -> int:
+    """What the tasks' graph weighs when it is sent to a scheduler."""
+    return len(cloudpickle.dumps([dict(task.dask) for task in tasks]))
+
+
+def test_a_small_state_stays_in_the_graph():
+    tasks = partition_tasks("small", Lookup(np.arange(4.0)), 4)
+    assert dask.compute(*tasks, scheduler="sync") == (0.0, 1.0, 2.0, 3.0)
+
+
+def test_a_big_state_is_scattered_and_dask_does_not_warn():
+    big = Lookup(np.arange(2 * SCATTER_BYTES, dtype=np.float64))  # 16 MiB
+    assert big.values.nbytes > 10 * 2**20  # over Dask's large-graph warning threshold
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster):
+        tasks = partition_tasks("big", big, 3)
+        assert graph_bytes(tasks) < 10_000  # the state is on the workers, not in the graph
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert dask.compute(*tasks) == (0.0, 1.0, 2.0)
+    assert not [str(w.message) for w in caught if "large graph" in str(w.message)]
+    # without a cluster there is nowhere to scatter to: the state stays in the graph, once
+    in_graph = graph_bytes(partition_tasks("big", big, 3))
+    assert big.values.nbytes < in_graph < 2 * big.values.nbytes
