@@ -36,7 +36,6 @@ from dataselect.corpus import Corpus, compute_partition_bytes
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
-from dataselect.ngrams import NgramHasher
 from dataselect.outdir import claim_output
 from dataselect.output import (
     part_name,
@@ -138,11 +137,6 @@ class Scorer(ABC):
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """Settings that determine the scores (recorded in manifests, used for resume)."""
-
-    def pool_ngram_counts(self, hasher: NgramHasher) -> tuple[np.ndarray, float] | None:
-        """Bucket counts of ``hasher`` over a sample of the pool, and the sample fraction,
-        if fitting already computed them (so the KL metric need not hash the pool again)."""
-        return None
 
     def fit_fingerprint(self) -> str:
         """Identifies the fitted state, so stored scores of another fit are never reused."""

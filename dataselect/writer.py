@@ -5,10 +5,16 @@ One task per pool partition reads the partition, takes the chosen rows, appends 
 the output mirrors the pool's partition order and a rerun after a crash skips finished
 parts. The same pass counts hashed n-grams of the selected rows and of a seeded sample of
 the pool, for the KL-reduction metric; those counts are saved beside each part (under
-``.stats/``) so resumed jobs report the same numbers. With ``save_to_disk``, the parts are
-also copied into the layout ``datasets.load_from_disk`` reads (``.hf/``, :mod:`dataselect.hf`).
-Every name but the parts' starts with ``.``, so dataset readers see only the selected rows
-(:mod:`dataselect.layout`).
+``.stats/``) so resumed jobs report the same numbers; it counts the labels of the pool and
+of the chosen rows too, when the pool has a label column (:mod:`dataselect.composition`).
+The KL metric has one definition, whoever writes the selection (the command line, a
+recipe or the Python API): the pool's n-gram distribution is estimated on the seeded
+``metrics_sample`` share of its rows (a per-id draw with the selection's seed), so the
+same selection reports the same number however it was made.
+
+With ``save_to_disk``, the parts are also copied into the layout ``datasets.load_from_disk``
+reads (``.hf/``, :mod:`dataselect.hf`). Every name but the parts' starts with ``.``, so
+dataset readers see only the selected rows (:mod:`dataselect.layout`).
 """
 
 from __future__ import annotations
@@ -16,16 +22,19 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from dataselect.composition import composition, count_labels, label_column
 from dataselect.corpus import Corpus
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
 from dataselect.errors import InputError
-from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
 from dataselect.hf import write_hf
 from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
@@ -44,6 +53,8 @@ from dataselect.sampling import sample_mask
 from dataselect.select import Selection
 
 ADDED_COLUMNS = ("score", "rank")
+# keys of a part's stats file that hold its label counts (dataselect.composition)
+LABEL_COLUMN_KEY, LABELS_KEY = "label_column", "label_names"
 
 
 @dataclass(frozen=True)
@@ -63,16 +74,20 @@ class _WritePart:
         stats_path = os.path.join(self.out, STATS_DIR, f"part-{index:05d}.npz")
         if os.path.exists(path) and os.path.exists(stats_path):
             with np.load(stats_path) as saved:
-                return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
+                if LABELS_KEY in saved.files:  # else written before labels were counted
+                    return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
         start = time.perf_counter()
         table = self.pool.read_partition(index)
         scores = self.score_task(index)
         chosen = self.positions.get(index, np.empty(0, np.int64))
         picked = _attach_scores(table.take(chosen), scores.take(chosen), self.ranks[index], path)
         pool_counts, selected_counts = self._ngram_counts(table, chosen)
+        column = label_column(table)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
             np.savez(f, rows=picked.num_rows, pool_counts=pool_counts,
-                     selected_counts=selected_counts)
+                     selected_counts=selected_counts,
+                     **_label_arrays(column, count_labels(table, column),
+                                     count_labels(picked, column)))
         write_table(picked, path, self.fmt)
         return {"rows": picked.num_rows, "reused": False,
                 "seconds": time.perf_counter() - start}
@@ -114,7 +129,6 @@ def write_selection(
     metrics_hasher: NgramHasher | None = None,
     metrics_sample: float = DEFAULT_METRICS_SAMPLE,
     extra_manifest: dict[str, Any] | None = None,
-    pool_ngram_counts: tuple[np.ndarray, float] | None = None,
     save_to_disk: bool = False,
 ) -> dict[str, Any]:
     """Write ``selection`` under ``out`` and return the manifest (also saved as JSON).
@@ -123,8 +137,9 @@ def write_selection(
     inputs; a different selection there is refused unless ``overwrite``), or a folder a
     job already claimed for its whole run. With ``target`` given, the manifest reports KL
     reduction on hashed n-grams (the pool's distribution estimated on a seeded
-    ``metrics_sample`` fraction of its rows, or taken from ``pool_ngram_counts``, counts
-    and fraction a scorer already computed with the metric's hasher). ``save_to_disk``
+    ``metrics_sample`` fraction of its rows). When the pool has a label column, the
+    manifest's ``composition`` counts the labels of the selection (and its precision
+    against the target's labels, when the target has that column too). ``save_to_disk``
     also writes the layout of ``datasets.Dataset.save_to_disk`` under ``out/.hf/``; it is
     not part of the selection's identity, so a rerun that adds it converts the finished
     parts only.
@@ -143,13 +158,12 @@ def write_selection(
                                overwrite=overwrite)
     with claimed as folder:
         return _write(selection, folder, fmt, target, runner, hasher, metrics_sample,
-                      extra_manifest, pool_ngram_counts, save_to_disk)
+                      extra_manifest, save_to_disk)
 
 
 def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
            target: Corpus | None, runner: Runner, hasher: NgramHasher | None,
            metrics_sample: float, extra_manifest: dict[str, Any] | None,
-           pool_ngram_counts: tuple[np.ndarray, float] | None,
            save_to_disk: bool) -> dict[str, Any]:
     out = folder.path
     parts = selection.pool.npartitions
@@ -161,12 +175,8 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     remove_stale_temporaries(os.path.join(out, STATS_DIR))
     seed = int(selection.policy.get("seed", 0))
     start = time.perf_counter()
-    reuse = pool_ngram_counts is not None
-    if reuse:
-        metrics_sample = pool_ngram_counts[1]
     writer = _WritePart(selection.pool, selection.scores.task, selection.positions,
-                        selection.ranks, out, fmt, hasher, 0.0 if reuse else metrics_sample,
-                        seed)
+                        selection.ranks, out, fmt, hasher, metrics_sample, seed)
     tasks = partition_tasks("write", writer, parts)
     results = runner("write", tasks)
     # a worker killed mid-write may leave a temporary that a glob of the parts would match
@@ -184,9 +194,9 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
         "timings": {"write_seconds": round(time.perf_counter() - start, 3)},
         "versions": package_versions(),
     }
-    if target is not None:
-        manifest["metrics"] = _kl_metrics(target, hasher, out, len(results), metrics_sample,
-                                          pool_ngram_counts[0] if reuse else None)
+    # in the client, after the write pass: a stage of its own in a job's table
+    with step_progress(runner, "metrics", parts + 1) as advance:
+        manifest.update(_metrics(out, parts, target, hasher, metrics_sample, advance))
     if extra_manifest:
         manifest.update(extra_manifest)
     # the parts were read from the pool the scores were computed on, or the job fails
@@ -200,22 +210,68 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     return manifest
 
 
-def _kl_metrics(target: Corpus, hasher: NgramHasher, out: str, parts: int,
-                metrics_sample: float, pool_counts: np.ndarray | None) -> dict[str, Any]:
-    target_counts = np.zeros(hasher.num_buckets, np.int64)
-    for table in target.iter_tables():
-        target_counts += hasher.bucket_counts(target.texts(table))
+def _label_arrays(column: str | None, pool: Counter, selected: Counter
+                  ) -> dict[str, np.ndarray]:
+    """A part's label counts as the arrays its stats file holds (names sorted)."""
+    names = sorted(pool)
+    return {LABEL_COLUMN_KEY: np.array(column or ""), LABELS_KEY: np.array(names, dtype=str),
+            "pool_labels": np.array([pool[n] for n in names], np.int64),
+            "selected_labels": np.array([selected.get(n, 0) for n in names], np.int64)}
+
+
+@dataclass
+class _Summed:
+    """The write pass's per-part counts, summed over the parts."""
+
+    pool_ngrams: Any = 0
+    selected_ngrams: Any = 0
+    label_columns: set[str] = field(default_factory=set)
+    pool_labels: Counter = field(default_factory=Counter)
+    selected_labels: Counter = field(default_factory=Counter)
+
+    def add(self, saved: Any) -> None:
+        self.pool_ngrams = self.pool_ngrams + saved["pool_counts"]
+        self.selected_ngrams = self.selected_ngrams + saved["selected_counts"]
+        self.label_columns.add(str(saved[LABEL_COLUMN_KEY]))
+        names = [str(n) for n in saved[LABELS_KEY]]
+        self.pool_labels.update(dict(zip(names, saved["pool_labels"].tolist())))
+        self.selected_labels.update(dict(zip(names, saved["selected_labels"].tolist())))
+
+    @property
+    def label_column(self) -> str | None:
+        """The parts' label column, when they all have the same one."""
+        if len(self.label_columns) != 1:
+            return None
+        return next(iter(self.label_columns)) or None
+
+
+def _metrics(out: str, parts: int, target: Corpus | None, hasher: NgramHasher | None,
+             metrics_sample: float, advance: Callable[[int], None]) -> dict[str, Any]:
+    """The manifest's ``metrics`` (KL reduction, with a target) and ``composition`` (with
+    a label column), from the parts' saved counts and one pass over the target."""
+    summed = _Summed()
     # summed one saved file at a time, so memory does not grow with the partition count
-    sampled_counts = np.zeros(hasher.num_buckets, np.int64)
-    selected_counts = np.zeros(hasher.num_buckets, np.int64)
     for index in range(parts):
         with np.load(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")) as saved:
-            sampled_counts += saved["pool_counts"]
-            selected_counts += saved["selected_counts"]
-    if pool_counts is None:
-        pool_counts = sampled_counts
-    metrics = kl_reduction(target_counts, pool_counts, selected_counts)
-    metrics.update({"ngram_buckets": hasher.num_buckets, "ngram": hasher.ngram,
-                    "pool_sample_fraction": metrics_sample})
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+            summed.add(saved)
+        advance(1)
+    column = summed.label_column
+    found: dict[str, Any] = {}
+    target_labels: Counter | None = None
+    if target is not None and hasher is not None:
+        target_ngrams, target_labels = np.zeros(hasher.num_buckets, np.int64), Counter()
+        for table in target.iter_tables():
+            target_ngrams += hasher.bucket_counts(target.texts(table))
+            target_labels.update(count_labels(table, column))
+        metrics = kl_reduction(target_ngrams, summed.pool_ngrams, summed.selected_ngrams)
+        metrics.update({"ngram_buckets": hasher.num_buckets, "ngram": hasher.ngram,
+                        "pool_sample_fraction": metrics_sample})
+        found["metrics"] = {k: (round(v, 6) if isinstance(v, float) else v)
+                            for k, v in metrics.items()}
+    advance(1)
+    composed = column and composition(column, summed.pool_labels, summed.selected_labels,
+                                      target_labels)
+    if composed:
+        found["composition"] = composed
+    return found
 

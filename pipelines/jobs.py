@@ -22,7 +22,6 @@ from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
 from dataselect.defaults import POLICIES, WORKER_KINDS
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR  # out/.scores/<scorer>/: hidden from readers of out/
-from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
 from dataselect.params import field_types, validate_settings
@@ -198,7 +197,6 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
             manifest = selection.write(
                 out, fmt=job.output_format, target=target, runner=runner,
                 overwrite=job.overwrite, metrics_sample=job.metrics_sample,
-                pool_ngram_counts=scorer.pool_ngram_counts(NgramHasher()),
                 extra_manifest=record,
                 save_to_disk=job.save_to_disk,
             )

@@ -35,7 +35,6 @@ from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError
 from dataselect.layout import FEATURES_DIR, MODELS_DIR, RUN_FILE, SCORES_DIR, WARMUP_DIR
 from dataselect.manifest import package_versions
-from dataselect.ngrams import NgramHasher
 from dataselect.outdir import claim_output, input_roots
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
@@ -262,8 +261,7 @@ def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[
         scorer.fit(target, pool, runner=runner)
         folder = os.path.join(out, TASKS_DIR, task, SCORES_DIR, name)
         stored.append(scorer.score(pool).write(folder, runner=runner, overwrite=overwrite))
-        fits[name] = {"fit": getattr(scorer, "fit_stats_", {}), "store": stored[-1].stats,
-                      "ngrams": scorer.pool_ngram_counts(NgramHasher())}
+        fits[name] = {"fit": getattr(scorer, "fit_stats_", {}), "store": stored[-1].stats}
     if len(stored) == 1:
         return stored[0], {"target": target, "scorers": fits}
     weights = [recipe.combine.weights.get(name, 1.0) for name in recipe.scorers]
@@ -295,11 +293,9 @@ def _write_task(recipe: Recipe, task: str, selection: select.Selection, fit: dic
                 out: str, runner: ProgressRunner, overwrite: bool) -> dict[str, Any]:
     """The task's chosen rows and manifest (KL reduction against the task's target)."""
     runner = TaskRunner(runner, task)
-    ngrams = [s["ngrams"] for s in fit["scorers"].values() if s["ngrams"] is not None]
     manifest = selection.write(
         os.path.join(out, TASKS_DIR, task), fmt=recipe.output.format, target=fit["target"],
         runner=runner, overwrite=overwrite, metrics_sample=recipe.output.metrics_sample,
-        pool_ngram_counts=ngrams[0] if ngrams else None,
         save_to_disk=recipe.output.save_to_disk,
         extra_manifest={"task": task, "fit": {n: s["fit"] for n, s in fit["scorers"].items()},
                         "score_stores": {n: s["store"] for n, s in fit["scorers"].items()}},

@@ -94,7 +94,6 @@ class DSIR(Scorer):
         checks.check_seed(self.seed)
         self.hasher = NgramHasher(self.num_buckets, self.ngram, self.tokenizer)
         self.log_diff_: np.ndarray | None = None
-        self.raw_counts_: tuple[np.ndarray, float] | None = None
         self.fit_stats_: dict[str, Any] = {}
 
     @property
@@ -135,7 +134,6 @@ class DSIR(Scorer):
             raise EmptyCorpusError("the sampled pool texts hold no tokens",
                                    where=", ".join(pool.files))
         self.fit_from_counts(target_counts, raw_counts)
-        self.raw_counts_ = (raw_counts, fraction)
         self.fit_stats_ = {"fit_fraction": fraction, "target_rows": target_rows,
                            "pool_rows": int(pool_rows), "pool_rows_fitted": int(fitted_rows),
                            "target_ngrams": int(target_counts.sum()),
@@ -149,9 +147,6 @@ class DSIR(Scorer):
         self.log_diff_ = np.log(target_probs + LOG_EPSILON) - np.log(raw_probs + LOG_EPSILON)
         self.fingerprint_ = hashlib.sha256(self.log_diff_.tobytes()).hexdigest()[:16]
         return self
-
-    def pool_ngram_counts(self, hasher: NgramHasher) -> tuple[np.ndarray, float] | None:
-        return self.raw_counts_ if hasher == self.hasher else None
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
         if self.log_diff_ is None:

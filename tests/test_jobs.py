@@ -1,0 +1,92 @@
+"""Select jobs as a user runs them: the stage table accounts for the whole wall time, a
+normal job prints no Dask warning, and the KL metric and label counts are the same whether
+the command line or the Python API wrote the selection."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import POOL_GLOB, TARGETS
+
+import pipelines.commands  # noqa: F401  (imported now, so the timed runs import nothing)
+from dataselect import read_corpus, select
+from dataselect.writer import MANIFEST_FILE
+from pipelines.cli import main
+from scorers import DSIR
+
+TARGET = str(TARGETS / "python_docs.jsonl")
+# scorer -> its -p flags: ZIP-FIT's fast mode, as in the README, keeps the test short
+JOBS = {"dsir": [], "fasttext": [], "zipfit": ["-p", "mode=fast"]}
+NAMED = ("read inputs", "start cluster", "select", "write", "metrics", "stop cluster", "other")
+
+
+def stage_rows(printed: str) -> dict[str, float]:
+    """The printed stages table as stage -> seconds (the ``total`` row included)."""
+    table = printed.split("dataselect select: stages", 1)[1].split("dataselect select: result")[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) == 6 and cells[1] != "stage":
+            rows[cells[1]] = float(cells[3])
+    return rows
+
+
+@pytest.mark.parametrize("scorer", JOBS)
+def test_select_job_accounts_for_its_time_and_warns_nothing(scorer, tmp_path, capfd):
+    out = tmp_path / "out"
+    argv = ["select", "--scorer", scorer, *JOBS[scorer], "--pool", POOL_GLOB, "--target",
+            TARGET, "--k", "440", "--out", str(out)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        started = time.perf_counter()
+        assert main(argv) == 0
+        wall = time.perf_counter() - started
+    printed = capfd.readouterr()  # the fds: worker processes' stderr too
+    from_dask = [f"{w.filename}: {w.message}" for w in caught
+                 if "/distributed/" in w.filename or "/dask/" in w.filename]
+    assert not from_dask
+    assert "warning" not in printed.err.lower()
+
+    rows = stage_rows(printed.out)
+    total = rows.pop("total")
+    assert set(NAMED) | {f"fit:{scorer}", f"score:{scorer}"} <= set(rows)
+    # rows are printed to 1/100 s: their sum is the total up to that rounding
+    assert sum(rows.values()) == pytest.approx(total, abs=0.005 * (len(rows) + 1))
+    assert total <= wall + 0.01 and wall - total < 2.0  # the clock spans the whole job
+    assert rows["other"] < max(0.5, 0.05 * total)  # nearly every second has a name
+    if scorer == "fasttext":
+        assert rows["train:fasttext"] > 0.1  # training in the client is shown
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    recorded = manifest["timings"]
+    assert sum(s["seconds"] for s in recorded["stages"]) == pytest.approx(
+        recorded["total_seconds"], abs=0.001 * (len(recorded["stages"]) + 1))
+
+
+def test_cli_and_api_report_the_same_kl_and_labels_for_the_same_selection(tmp_path, capsys):
+    assert main(["select", "--scorer", "dsir", "--pool", POOL_GLOB, "--target", TARGET,
+                 "--k", "440", "--seed", "0", "--out", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    cli = json.loads((tmp_path / "cli" / MANIFEST_FILE).read_text())
+
+    pool, target = read_corpus(POOL_GLOB), read_corpus(TARGET)
+    scores = DSIR(seed=0).fit(target, pool).score(pool)
+    api = select.importance_resample(pool, scores, k=440, seed=0).write(
+        str(tmp_path / "api"), target=target)
+
+    chosen = pq.read_table(tmp_path / "cli")
+    assert chosen["id"].equals(pq.read_table(tmp_path / "api")["id"])
+    assert api["metrics"] == cli["metrics"]
+    assert cli["metrics"]["pool_sample_fraction"] == 0.1 and cli["metrics"]["kl_reduction"] > 0
+    # the label counts are the selection's own, and precision is their python_docs share
+    domains = chosen["domain"].to_pylist()
+    assert api["composition"] == cli["composition"]
+    assert cli["composition"]["selected"] == dict(Counter(domains))
+    assert cli["composition"]["precision"] == round(domains.count("python_docs") / 440, 6)
+    assert cli["composition"]["pool_share"] == round(440 / 3960, 6)
+    assert (f"precision (domain: python_docs) │ {cli['composition']['precision']:.4f} "
+            f"(pool 0.1111)") in printed
