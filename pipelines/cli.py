@@ -242,8 +242,9 @@ def _recipe_commands(commands: Any) -> None:
     evaluate.add_argument("--workers", type=COUNT, default=None,
                           help="local cluster workers (default: one per core)")
     _param_arg(evaluate, "other evaluation setting, e.g. -p lr=1e-3 -p batch_size=8")
-    report = commands.add_parser("report", help="write OUT/report/index.html with plots")
-    report.add_argument("out", help="output folder of dataselect run")
+    report = commands.add_parser("report", help="write OUT/report/index.html with plots "
+                                 "(OUT/.report/ for a select output)")
+    report.add_argument("out", help="output folder of dataselect run or dataselect select")
     report.add_argument("--check", action="store_true",
                         help="also render the page in headless Chromium and check every "
                              "image loads")

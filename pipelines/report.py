@@ -1,4 +1,4 @@
-"""``dataselect report OUT/``: one HTML page with PNG plots of a finished run.
+"""``dataselect report OUT/``: one HTML page with PNG plots of a finished run or selection.
 
 What a person reviewing a selection wants to see before training on it: how each scorer's
 scores are spread over the pool and where the chosen rows sit, what the selection is made
@@ -8,7 +8,11 @@ rank correlation, overlap of their choices), and, after ``dataselect eval``, whe
 training on it beat random rows of the same size.
 
 The page is ``OUT/report/index.html`` with its plots beside it, so the folder can be
-copied or served as it is. Plots read the score stores a column at a time; a pool of more
+copied or served as it is; for a ``dataselect select`` output, which is a dataset, it is
+``OUT/.report/index.html``, out of dataset readers' sight (:mod:`pipelines.report_input`).
+Every plot labels both axes, and a figure's title sits above its panels' titles.
+
+Plots read the score stores a column at a time; a pool of more
 than ``MAX_POINTS`` rows is thinned by a fixed stride (the same rows for every scorer, so
 correlations stay paired), which keeps the report's memory bounded.
 :func:`check_renders` opens the page in headless Chromium and counts the images that
@@ -34,8 +38,8 @@ from rich.console import Console
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR
 from dataselect.output import read_json, read_table
+from pipelines.report_input import read_report_input
 
-REPORT_DIR = "report"
 MAX_POINTS = 200_000
 LABEL_COLUMNS = ("domain", "task", "subtask", "lang", "source")
 TOP_LABELS = 10
@@ -43,44 +47,48 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
 def write_report(out: str, console: Console | None = None) -> str:
-    """Write ``OUT/report/index.html`` and its PNGs; return the page's path."""
+    """Write ``OUT/report/index.html`` (``OUT/.report/`` for a select output) and its
+    PNGs; return the page's path."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from pipelines.run_recipe import read_run
-
-    run = read_run(out, "report on")
-    folder = os.path.join(out, REPORT_DIR)
+    run, report_dir = read_report_input(out)
+    folder = os.path.join(out, report_dir)
     os.makedirs(folder, exist_ok=True)
     for stale in glob.glob(os.path.join(folder, "*.png")):
         os.remove(stale)
     tasks = list(run["tasks"])
     scorers = list(run["scorers"])
+    # where each task's selection lives: tasks/<task>/ of a run, the folder itself for a
+    # select output
+    dirs = {task: os.path.join(out, run["tasks"][task].get("path", os.path.join("tasks", task)))
+            for task in tasks}
     sections: list[str] = [_overview(run)]
-    scores = {task: _task_scores(out, task, scorers) for task in tasks}
+    scores = {task: _task_scores(dirs[task], scorers) for task in tasks}
     sections.append(_section("Score distributions",
                              "Each scorer's scores over the pool (grey) and over the rows "
                              "the task chose (colour). Higher is more wanted.",
-                             [_plot_scores(folder, scorer, tasks, scores, out)
+                             [_plot_scores(folder, scorer, tasks, scores)
                               for scorer in scorers]))
-    label = _label_column(out, tasks)
+    label = _label_column(dirs[tasks[0]])
     if label:
         sections.append(_section(f"Composition by {label}",
                                  f"Share of each {label} in the pool and in each task's "
                                  "selection (the top labels; the rest as 'other').",
-                                 [_plot_composition(folder, out, tasks, label, run)]))
+                                 [_plot_composition(folder, dirs, label, run)]))
     sections.append(_section("KL reduction",
                              "How much closer (in hashed n-gram KL divergence to the target) "
                              "the selection is than the pool, per task.",
                              [_plot_kl(folder, run)]))
-    agreement = [_plot_task_overlap(folder, out, tasks)]
+    agreement = [_plot_task_overlap(folder, out, tasks)] if "union" in run else []
     if len(scorers) > 1:
         agreement += [_plot_scorer_agreement(folder, task, scorers, scores[task], run)
                       for task in tasks]
-    sections.append(_section("Agreement",
-                             "Overlap (Jaccard) of the tasks' selections; with several "
-                             "scorers, Spearman correlation of their pool scores and "
-                             "overlap of their top rows per task.", agreement))
+    if agreement:
+        sections.append(_section("Agreement",
+                                 "Overlap (Jaccard) of the tasks' selections; with several "
+                                 "scorers, Spearman correlation of their pool scores and "
+                                 "overlap of their top rows per task.", agreement))
     results = os.path.join(out, "eval", "results.json")
     if os.path.exists(results):
         sections.append(_eval_section(folder, read_json(results)))
@@ -100,12 +108,12 @@ def _stride(files: list[str]) -> int:
     return max(1, math.ceil(rows / MAX_POINTS))
 
 
-def _task_scores(out: str, task: str, scorers: list[str]) -> dict[str, dict[str, np.ndarray]]:
+def _task_scores(task_dir: str, scorers: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """Per scorer: the pool's eligible scores (thinned) and the selected rows' scores."""
     found: dict[str, dict[str, np.ndarray]] = {}
-    selected = _selected_table(out, task, ["score", *[f"score_{s}" for s in scorers]])
+    selected = _selected_table(task_dir, ["score", *[f"score_{s}" for s in scorers]])
     for scorer in scorers:
-        files = sorted(glob.glob(os.path.join(out, "tasks", task, SCORES_DIR, scorer,
+        files = sorted(glob.glob(os.path.join(task_dir, SCORES_DIR, scorer,
                                               "part-*.parquet")))
         if not files:
             continue
@@ -130,9 +138,9 @@ def _output_files(out: str, sub: str) -> list[str]:
                   + glob.glob(os.path.join(out, sub, "part-*.arrow")))
 
 
-def _selected_table(out: str, task: str, columns: list[str]) -> dict[str, np.ndarray]:
+def _selected_table(task_dir: str, columns: list[str]) -> dict[str, np.ndarray]:
     values: dict[str, list[np.ndarray]] = {}
-    for f in _output_files(out, os.path.join("tasks", task)):
+    for f in _output_files(task_dir, ""):
         table = read_table(f)
         for c in columns:
             if c in table.column_names:
@@ -141,8 +149,8 @@ def _selected_table(out: str, task: str, columns: list[str]) -> dict[str, np.nda
     return {c: np.concatenate(v) for c, v in values.items()}
 
 
-def _label_column(out: str, tasks: list[str]) -> str | None:
-    files = _output_files(out, os.path.join("tasks", tasks[0]))
+def _label_column(task_dir: str) -> str | None:
+    files = _output_files(task_dir, "")
     if not files:
         return None
     names = read_table(files[0]).column_names
@@ -171,15 +179,19 @@ def _save(fig: Any, folder: str, name: str) -> str:
 
 
 def _plot_scores(folder: str, scorer: str, tasks: list[str],
-                 scores: dict[str, dict[str, dict[str, np.ndarray]]], out: str) -> str:
+                 scores: dict[str, dict[str, dict[str, np.ndarray]]]) -> str:
     import matplotlib.pyplot as plt
 
     cols = min(len(tasks), 4)
     rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    # constrained layout places the figure's title above the panels' titles, not on them
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows + 0.4),
+                             squeeze=False, layout="constrained")
     for ax, task in zip(axes.flat, tasks):
         data = scores[task].get(scorer)
         ax.set_title(task, fontsize=10)
+        ax.set_xlabel(f"{scorer} score", fontsize=8)
+        ax.set_ylabel("rows (log scale)", fontsize=8)
         if data is None:
             ax.text(0.5, 0.5, "no score store", ha="center", transform=ax.transAxes)
             continue
@@ -200,13 +212,13 @@ def _plot_scores(folder: str, scorer: str, tasks: list[str],
     return _save(fig, folder, f"scores_{scorer}")
 
 
-def _plot_composition(folder: str, out: str, tasks: list[str], column: str,
+def _plot_composition(folder: str, dirs: dict[str, str], column: str,
                       run: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
     groups = {"pool": _pool_labels(run, column)}
-    for task in tasks:
-        groups[task] = _labels(_output_files(out, os.path.join("tasks", task)), column)
+    for task, task_dir in dirs.items():
+        groups[task] = _labels(_output_files(task_dir, ""), column)
     total: Counter = Counter()
     for counts in groups.values():
         total.update({k: v / max(sum(counts.values()), 1) for k, v in counts.items()})
@@ -224,16 +236,21 @@ def _plot_composition(folder: str, out: str, tasks: list[str], column: str,
         ax.bar(list(groups), shares, bottom=bottom, label=label[:40], color=cmap(i % 20))
         bottom += np.array(shares)
     ax.set_ylabel("share of rows")
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_xlabel("the pool, then each selection", fontsize=8)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left", title=column)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     return _save(fig, folder, f"composition_{column}")
 
 
 def _pool_labels(run: dict[str, Any], column: str) -> Counter:
-    """Label counts over the whole pool, read a partition at a time."""
+    """Label counts over the whole pool, read a partition at a time; for a selection
+    written without its pool's settings (the Python API), the counts its writer took."""
     from dataselect.corpus import read_corpus
 
-    spec = run["recipe"]["pool"]
+    spec = run["recipe"].get("pool")
+    if spec is None:
+        found = next(iter(run["tasks"].values())).get("composition") or {}
+        return Counter(found.get("pool", {}) if found.get("column") == column else {})
     pool = read_corpus(spec["paths"], spec["text"], spec["id_field"],
                        max(1, int(spec["partition_mb"] * 2**20)))
     counts: Counter = Counter()
@@ -251,12 +268,13 @@ def _plot_kl(folder: str, run: dict[str, Any]) -> str:
     fig, ax = plt.subplots(figsize=(1.1 * len(tasks) + 2.5, 3))
     ax.bar(tasks, values, color="tab:green")
     ax.set_ylabel("KL(target‖pool) − KL(target‖selection)", fontsize=8)
+    ax.set_xlabel("selection", fontsize=8)
     ax.axhline(0, color="0.3", linewidth=0.8)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     return _save(fig, folder, "kl_reduction")
 
 
-def _heatmap(ax: Any, matrix: np.ndarray, labels: list[str], title: str) -> None:
+def _heatmap(ax: Any, matrix: np.ndarray, labels: list[str], title: str, axis: str) -> None:
     image = ax.imshow(matrix, vmin=-1 if matrix.min() < 0 else 0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -265,6 +283,8 @@ def _heatmap(ax: Any, matrix: np.ndarray, labels: list[str], title: str) -> None
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if matrix[i, j] < 0.6 else "black")
     ax.set_title(title, fontsize=10)
+    ax.set_xlabel(axis, fontsize=8)
+    ax.set_ylabel(axis, fontsize=8)
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
 
 
@@ -279,7 +299,7 @@ def _plot_task_overlap(folder: str, out: str, tasks: list[str]) -> str:
                 chosen.setdefault(label, set()).add(row_id)
     matrix = np.array([[_jaccard(chosen[a], chosen[b]) for b in tasks] for a in tasks])
     fig, ax = plt.subplots(figsize=(1.0 * len(tasks) + 2.5, 0.9 * len(tasks) + 1.5))
-    _heatmap(ax, matrix, tasks, "selection overlap between tasks (Jaccard)")
+    _heatmap(ax, matrix, tasks, "selection overlap between tasks (Jaccard)", "task")
     return _save(fig, folder, "task_overlap")
 
 
@@ -303,8 +323,9 @@ def _plot_scorer_agreement(folder: str, task: str, scorers: list[str],
     overlap = np.array([[_jaccard(a, b) for b in tops] for a in tops])
     fig, (left, right) = plt.subplots(1, 2, figsize=(2.2 * len(names) + 5, 1.0 * len(names)
                                                       + 2))
-    _heatmap(left, np.atleast_2d(spearman), names, f"{task}: Spearman of pool scores")
-    _heatmap(right, overlap, names, f"{task}: top-row overlap (Jaccard)")
+    _heatmap(left, np.atleast_2d(spearman), names, f"{task}: Spearman of pool scores",
+             "scorer")
+    _heatmap(right, overlap, names, f"{task}: top-row overlap (Jaccard)", "scorer")
     return _save(fig, folder, f"agreement_{task}")
 
 
@@ -327,6 +348,7 @@ def _eval_section(folder: str, results: dict[str, Any]) -> str:
         errors = [summary[t]["loss"][arm]["std"] or 0 for t in tasks]
         ax.bar(x + offset, means, width=0.4, yerr=errors, capsize=3, color=color, label=arm)
     ax.set_xticks(x, tasks, rotation=30, fontsize=8)
+    ax.set_xlabel("task", fontsize=8)
     ax.set_ylabel("held-out loss (lower is better)")
     ax.legend(fontsize=8)
     image = _save(fig, folder, "eval_loss")
@@ -361,12 +383,14 @@ def _overview(run: dict[str, Any]) -> str:
         rows.append([task, str(counts["rows_in"]), str(counts["eligible"]),
                      filtered or "none", str(counts["selected"]),
                      "-" if kl is None else f"{kl:.4f}"])
-    rows.append(["union", "", "", "", str(run["union"]["selected"]), ""])
+    if "union" in run:
+        rows.append(["union", "", "", "", str(run["union"]["selected"]), ""])
     recipe = run["recipe"]
     budget = {k: v for k, v in recipe["selection"].items() if v is not None}
+    seconds = run.get("timings", {}).get("total_seconds")
     text = (f"Scorers: {', '.join(run['scorers'])}. Selection: "
-            f"{', '.join(f'{k}={v}' for k, v in budget.items())}. "
-            f"Run took {run['timings']['total_seconds']:.1f} s.")
+            f"{', '.join(f'{k}={v}' for k, v in budget.items())}."
+            + ("" if seconds is None else f" Run took {seconds:.1f} s."))
     table = _table(["task", "rows in", "eligible", "filtered", "selected", "KL reduction"],
                    rows)
     return _section("Overview", text, [], table)
