@@ -416,8 +416,15 @@ def test_a_pool_edited_while_the_job_writes_fails_before_the_manifest(tmp_path):
 
 
 def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(tmp_path):
-    script = ("import os, signal, sys, threading\n"
-              "threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+    """The interrupt lands while the command's modules are imported: a finder placed first
+    sends SIGINT when ``pipelines.cli`` is looked up (a timer raced --help, which now loads
+    in 0.2 s)."""
+    script = ("import os, signal, sys\n"
+              "class Interrupting:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'pipelines.cli':\n"
+              "            os.kill(os.getpid(), signal.SIGINT)\n"
+              "sys.meta_path.insert(0, Interrupting())\n"
               "sys.argv = ['dataselect', '--help']\n"
               "from pipelines.console import main\n"
               "sys.exit(main())\n")
