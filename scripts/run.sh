@@ -45,7 +45,7 @@ case "${1:-}" in
         make_venv
         "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
         "$VENV/bin/ruff" check .
-        "$VENV/bin/python" -m pytest -n 2 "$@"
+        "$VENV/bin/python" -m pytest -n 2 --durations=15 "$@"
         ;;
     *)
         echo "usage: bash scripts/run.sh demo|test [pytest args]" >&2
