@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                           "-p", f"fraction={args.warmup_fraction}", "-p",
                           f"epochs={args.epochs}", "-p", f"rank={args.rank}", "-p",
                           f"alpha={4 * args.rank}", "-p", f"max_length={args.max_length}",
-                          "--seed", str(args.seed)], work / "warmup")
+                          "-p", f"seed={args.seed}"], work / "warmup")
         setup["warmup_smollm2"] = seconds
         models["checkpoints"] = sorted(str(p) for p in warm.glob("epoch-*"))
         # the pool's gradient features are computed once and serve every task, as in a recipe
