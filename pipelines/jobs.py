@@ -29,7 +29,7 @@ from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.writer import DEFAULT_METRICS_SAMPLE, MANIFEST_FILE
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageClock
-from pipelines.summary import composition_rows, print_summary
+from pipelines.summary import composition_rows, print_fit_details, print_summary
 from scorers import SCORERS
 
 
@@ -170,6 +170,7 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
     print_summary(console, "score", clock.rows(), summary, clock.total())
+    print_fit_details(console, {"": summary["fit"]})
     return summary
 
 
@@ -206,6 +207,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     print_summary(console, "select", clock.rows(), {**manifest["counts"],
                   **manifest.get("metrics", {}), **length_bias,
                   **composition_rows(manifest)}, clock.total())
+    print_fit_details(console, {"": manifest["fit"]})
     return manifest
 
 

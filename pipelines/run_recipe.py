@@ -44,7 +44,7 @@ from pipelines.cluster import dask_client
 from pipelines.jobs import build_scorer, choose_rows
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
-from pipelines.summary import print_summary
+from pipelines.summary import print_fit_details, print_summary
 from scorers import SCORERS
 
 TASKS_DIR, UNION_DIR = "tasks", "union"
@@ -85,6 +85,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                   {"rows_in": pool_rows(manifests), "union_selected": run["union"]["selected"],
                    "rows_in_2+_tasks": union["counts"]["overlap"]},
                   time.perf_counter() - started)
+    print_fit_details(console, {f"{task}/{name}": fit for task, m in manifests.items()
+                                for name, fit in m.get("fit", {}).items()})
     return run
 
 

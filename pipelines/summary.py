@@ -54,6 +54,25 @@ def print_summary(console: Console | None, job: str, timings: list[StageTiming],
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
+def print_fit_details(console: Console | None, fits: dict[str, dict[str, Any]]) -> None:
+    """What a scorer's fit asks to show (``fit_stats_``'s ``tables``, each a title,
+    columns and rows of text, and ``notes``, lines), for each ``{label: fit_stats}``: a
+    choice the scorer made for the user (``auto``'s validation, ZIP-FIT fast's level)."""
+    console = console or plain_console()
+    for label, fit in fits.items():
+        for spec in fit.get("tables", []):
+            table = Table(title=spec["title"], title_justify="left")
+            for i, column in enumerate(spec["columns"]):
+                table.add_column(column, justify="left" if i == 0 else "right")
+            for row in spec["rows"]:
+                table.add_row(*[str(cell) for cell in row])
+            console.print(table)
+        for note in fit.get("notes", []):
+            prefix = f"{label}: " if label else ""
+            console.print(f"note: {prefix}{note}", soft_wrap=True, markup=False,
+                          highlight=False)
+
+
 class _PlainConsole(Console):
     """Prints text lines unwrapped; tables and other renderables as any console does (a
     console-wide soft wrap would cut their cells short instead of wrapping them)."""

@@ -38,6 +38,11 @@ COMPRESSORS: tuple[str, ...] = ("deflate", "zlib", "gzip", "zstd", "lz4")
 DEFLATE_CONTAINER_BYTES = {"deflate": 0, "zlib": 6, "gzip": 18}
 ZSTD_MIN_LEVEL, ZSTD_MAX_LEVEL = -(1 << 17), 22
 LZ4_MAX_LEVEL = 12
+# Levels fast mode may fall back to, fastest first (for all three families a lower level is
+# faster). Short texts such as chat records do not shrink at zstd's negative levels: its
+# fast strategies skip matches a few bytes long and a frame header then outweighs them.
+FALLBACK_LEVELS = {"zstd": (-15, -10, -5, -3, -1, 1, 3, 9), "lz4": (1, 3, 9, 12),
+                   "deflate": (1, 6, 9), "zlib": (1, 6, 9), "gzip": (1, 6, 9)}
 
 
 def validate_level(compressor: str, level: int) -> None:
@@ -61,6 +66,11 @@ def validate_level(compressor: str, level: int) -> None:
     if compressor == "lz4" and level > LZ4_MAX_LEVEL:
         raise InputError(f"lz4 levels are 1 (fast), 2..{LZ4_MAX_LEVEL} (high compression) or "
                          f"negative (fast with acceleration -level), got {level}", field="level")
+
+
+def slower_levels(compressor: str, level: int) -> list[int]:
+    """``level`` then each fallback level of ``compressor`` slower than it, fastest first."""
+    return [level] + [lv for lv in FALLBACK_LEVELS.get(compressor, ()) if lv > level]
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.sampling import bottom_k
 from dataselect.scoring import Scorer
-from scorers.compressors import Codec
+from scorers.compressors import Codec, slower_levels
 
 Mode = Literal["exact", "fast"]
 MODES = ("exact", "fast")
@@ -91,8 +91,8 @@ class ZipFit(Scorer):
         return "threads"
 
     def config(self) -> dict[str, Any]:
-        compressor, level = self.resolved_codec()
-        return {**asdict(self), "compressor": compressor, "level": level}
+        # the codec scored with: after fit, fast mode's fallback level when it took one
+        return {**asdict(self), "compressor": self.codec.compressor, "level": self.codec.level}
 
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
             ) -> ZipFit:
@@ -112,14 +112,8 @@ class ZipFit(Scorer):
         texts = [text.encode("utf-8") for text in chosen["text"].to_pylist()]
         if not any(texts):
             raise EmptyCorpusError("every target text is empty", where=where)
-        lengths = self.codec.lengths(texts)
         raw_bytes = sum(len(t) for t in texts)
-        if lengths.sum() >= raw_bytes:
-            raise InputError(
-                f"{self.codec.compressor} level {self.codec.level} does not compress the "
-                f"target ({raw_bytes} bytes -> {int(lengths.sum())}); NCD on uncompressed "
-                "lengths only ranks by length. Choose another compressor or level",
-                where=where, field="level")
+        self.codec, lengths, notes = self._compressing_codec(texts, raw_bytes, where)
         self.targets_, self.target_lengths_ = texts, lengths
         digest = hashlib.sha256(repr(self.config()).encode())
         for text in texts:
@@ -131,8 +125,45 @@ class ZipFit(Scorer):
             "target_sample_cap": cap, "target_sample_seed": self.seed,
             "compressor": self.codec.compressor, "level": self.codec.level,
             "target_bytes": raw_bytes, "target_compressed_bytes": int(lengths.sum()),
+            **({"notes": notes} if notes else {}),
         }
         return self
+
+    def _compressing_codec(self, texts: list[bytes], raw_bytes: int, where: str
+                           ) -> tuple[Codec, np.ndarray, list[str]]:
+        """The codec to score with, the target's compressed lengths, and notes.
+
+        NCD on lengths that do not shrink only ranks by length, so a target the codec
+        cannot compress is refused, except in fast mode with no level given: fast mode is
+        an approximation whose level was chosen for speed, so it moves to the fastest
+        slower level that compresses (short chat records do not shrink at zstd −15) and
+        says so. Exact mode, or a level the user set, is what they asked for: refused."""
+        compressor, first = self.resolved_codec()
+        may_fall_back = self.mode == "fast" and self.level is None
+        tried = slower_levels(compressor, first) if may_fall_back else [first]
+        sizes: list[int] = []
+        for level in tried:
+            codec = Codec(compressor, level)
+            lengths = codec.lengths(texts)
+            sizes.append(int(lengths.sum()))
+            if sizes[-1] < raw_bytes:
+                notes = [] if level == first else [
+                    f"ZIP-FIT fast: {compressor} level {first} does not compress the target "
+                    f"({raw_bytes} bytes -> {sizes[0]}); scoring with level {level}, the "
+                    "fastest level that does"]
+                return codec, lengths, notes
+        if len(tried) == 1:
+            hint = ("; leave level unset and fast mode picks the fastest level that "
+                    "compresses" if self.mode == "fast" else "")
+            what = f"level {first} does not compress the target ({raw_bytes} bytes -> {sizes[0]})"
+        else:
+            hint = ""
+            tries = ", ".join(f"{lv}: {n}" for lv, n in zip(tried, sizes))
+            what = (f"levels {tried[0]} to {tried[-1]} do not compress the target ({raw_bytes} "
+                    f"bytes -> {tries})")
+        raise InputError(f"{compressor} {what}; NCD on uncompressed lengths only ranks by "
+                         f"length. Choose another compressor or level{hint}",
+                         where=where, field="level")
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
         if self.targets_ is None or self.target_lengths_ is None:

@@ -111,6 +111,42 @@ def test_a_target_the_compressor_cannot_shrink_is_an_error(tmp_path):
     assert "t.jsonl" in str(info.value)
 
 
+CHAT_TARGET = TARGETS.parent / "instructions" / "targets" / "define.jsonl"
+
+
+def test_fast_mode_takes_the_fastest_level_that_compresses_a_chat_target():
+    """Ten short chat records grow at zstd -15 (915 -> 1005 bytes): fast mode scores with
+    the fastest level that shrinks them, and says so; exact mode still refuses."""
+    target = read_corpus(str(CHAT_TARGET), "messages")
+    scorer = ZipFit(mode="fast").fit(target)
+    assert scorer.config()["level"] == 1
+    assert scorer.fit_stats_["level"] == 1
+    assert scorer.fit_stats_["target_compressed_bytes"] < scorer.fit_stats_["target_bytes"]
+    assert "level -15 does not compress the target" in scorer.fit_stats_["notes"][0]
+    assert "scoring with level 1" in scorer.fit_stats_["notes"][0]
+    scores = scorer.score(target).partition(0)["score"].to_numpy()
+    assert np.isfinite(scores).all()
+    with pytest.raises(InputError, match=r"level -15 does not compress the target.*leave level "
+                                         r"unset"):
+        ZipFit(mode="fast", level=-15).fit(target)
+    with pytest.raises(InputError, match="level -15 does not compress the target") as info:
+        ZipFit(mode="exact", compressor="zstd", level=-15).fit(target)
+    assert "leave level unset" not in str(info.value)  # exact mode never falls back
+
+
+def test_fast_mode_keeps_its_level_when_the_target_compresses():
+    scorer = ZipFit(mode="fast", target_sample=20).fit(read_corpus(str(TARGETS /
+                                                                       "fortunes.jsonl")))
+    assert scorer.config()["level"] == -15
+    assert "notes" not in scorer.fit_stats_
+
+
+def test_fast_mode_refuses_a_target_no_level_compresses(tmp_path):
+    target = read_corpus(str(write_jsonl(tmp_path / "t.jsonl", [{"text": "ok"}, {"text": "no"}])))
+    with pytest.raises(InputError, match=r"levels -15 to 9 do not compress the target"):
+        ZipFit(mode="fast").fit(target)
+
+
 def test_empty_target_is_an_error(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(EmptyCorpusError, match="target holds no records"):
@@ -162,3 +198,17 @@ def test_gzip_module_container_constant_is_what_the_reference_pays():
     # the reference calls gzip.compress; the 18 bytes it adds are what our "gzip" models
     assert len(gzip.compress(b"abc", 1)) - len(__import__("zlib").compress(b"abc", 1,
                                                                             wbits=-15)) == 18
+
+
+def test_cli_says_which_level_fast_mode_took(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["select", "--scorer", "zipfit", "-p", "mode=fast", "--pool",
+                 str(CHAT_TARGET.parent.parent / "train.jsonl"), "--target", str(CHAT_TARGET),
+                 "--text-field", "messages", "--k", "40", "--out", str(out), "--workers", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "note: ZIP-FIT fast: zstd level -15 does not compress the target" in printed
+    manifest = json.loads((out / ".manifest.json").read_text())
+    assert manifest["scores"]["config"]["level"] == 1
+    assert manifest["fit"]["notes"] == [line.removeprefix("note: ") for line in
+                                        printed.splitlines() if line.startswith("note: ")]
