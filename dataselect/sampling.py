@@ -17,6 +17,7 @@ numbers for every single row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,13 +70,14 @@ def gumbel_noise(id_hash: np.ndarray, seed: int) -> np.ndarray:
     return -np.log(-np.log(uniform(id_hash, seed, GUMBEL_STREAM)))
 
 
-def sample_keys(ids: Any, seed: int) -> np.ndarray:
+def sample_keys(ids: Any, seed: int, stream: int = SAMPLE_STREAM) -> np.ndarray:
     """The uniform number behind each row's coin flip in :func:`sample_mask`; a fixed-size
-    seeded sample is the rows with the smallest keys (:func:`bottom_k`)."""
-    return uniform(id_hashes(ids), seed, SAMPLE_STREAM)
+    seeded sample is the rows with the smallest keys (:func:`bottom_k`). Another
+    ``stream`` draws a sample independent of the default one."""
+    return uniform(id_hashes(ids), seed, stream)
 
 
-def bottom_k(table: Any, k: int, seed: int) -> Any:
+def bottom_k(table: Any, k: int, seed: int, stream: int = SAMPLE_STREAM) -> Any:
     """A seeded sample of exactly ``k`` rows (all if fewer) of a pyarrow table with an
     ``id`` column: the rows with the smallest :func:`sample_keys`, in key order.
 
@@ -84,7 +86,7 @@ def bottom_k(table: Any, k: int, seed: int) -> Any:
     at most ``k`` rows per partition, and the result depends on the ids and the seed only.
     """
     check_count(k, "sample size")
-    keys = sample_keys(table["id"], seed)
+    keys = sample_keys(table["id"], seed, stream)
     order = np.argsort(keys, kind="stable")[:k]
     return table.take(order)
 
@@ -102,3 +104,35 @@ def sample_corpus(corpus: Any, k: int, seed: int) -> pa.Table:
     if kept is None:
         raise EmptyCorpusError("corpus holds no records", where=", ".join(corpus.files))
     return kept
+
+
+@dataclass(frozen=True)
+class PartitionSample:
+    """A stage task: partition ``index``'s :func:`bottom_k` sample and its row count; fold
+    the results with :class:`MergeSamples` for a corpus-wide sample drawn in one pass on
+    the cluster. ``view``: the rows as scorers see them (``id``, ``text``), else whole."""
+
+    corpus: Any
+    k: int
+    seed: int
+    view: bool = False
+    stream: int = SAMPLE_STREAM
+
+    def __call__(self, index: int) -> tuple[pa.Table, int]:
+        table = self.corpus.read_partition(index)
+        rows = self.corpus.scoring_view(table) if self.view else table
+        return bottom_k(rows, self.k, self.seed, self.stream), table.num_rows
+
+
+@dataclass(frozen=True)
+class MergeSamples:
+    """Folds two (sample, row count) results into one (bottom_k merges, see there)."""
+
+    k: int
+    seed: int
+    stream: int = SAMPLE_STREAM
+
+    def __call__(self, left: tuple[pa.Table, int], right: tuple[pa.Table, int]
+                 ) -> tuple[pa.Table, int]:
+        both = pa.concat_tables([left[0], right[0]], promote_options="permissive")
+        return bottom_k(both, self.k, self.seed, self.stream), left[1] + right[1]

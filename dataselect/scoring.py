@@ -111,6 +111,9 @@ class Scorer(ABC):
     # - default_policy: what ``--policy auto`` means for these scores (DSIR's are log
     #   importance weights, so it resamples; everything else takes the top rows).
     default_policy: ClassVar[str] = "top_k"
+    # - takes_budget: has ``k`` and ``fraction`` parameters, which jobs and recipes fill
+    #   with the selection's budget when not given (``auto`` measures recall at that share).
+    takes_budget: ClassVar[bool] = False
 
     @classmethod
     def compute_bound(cls) -> bool:

@@ -89,13 +89,17 @@ class SelectJob:
         checks.check_memory_limit(self.memory_limit, "memory_limit")
 
 
-def build_scorer(name: str, params: dict[str, Any], seed: int) -> Scorer:
+def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,
+                 fraction: float | None = None) -> Scorer:
     """Instantiate a registered scorer; parameters are checked against its fields (unknown
-    keys, wrong types), then its own ranges; ``seed`` fills a seed it was not given."""
+    keys, wrong types), then its own ranges; ``seed`` fills a seed it was not given, and
+    the budget (``k`` or ``fraction``) fills a scorer that ``takes_budget``."""
     cls = SCORERS[name]
     validate_settings(cls, params, name)
     if "seed" in field_types(cls) and "seed" not in params:
         params = {**params, "seed": seed}
+    if cls.takes_budget and "k" not in params and "fraction" not in params:
+        params = {**params, "k": k, "fraction": fraction}
     return cls(**params)
 
 
@@ -184,7 +188,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     job.validate()
     clock = StageClock()
     with clock.stage("read inputs"):
-        scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
+        scorer = build_scorer(job.scorer, job.scorer_params, job.seed, job.k, job.fraction)
         pool, target = _corpora(job)
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock) as (out, runner):

@@ -218,6 +218,16 @@ class Recipe(_Strict):
                                  "or '.', starting with a letter or digit (it names a folder)")
         return targets
 
+    @field_validator("scorers", mode="before")
+    @classmethod
+    def _scorer_names(cls, scorers: Any) -> Any:
+        """``scorers: auto`` (or a list of names) means each with its default settings."""
+        if isinstance(scorers, str):
+            return {scorers: {}}
+        if isinstance(scorers, list) and all(isinstance(n, str) for n in scorers):
+            return {name: {} for name in scorers}
+        return scorers
+
     @field_validator("scorers")
     @classmethod
     def _scorer_params(cls, scorers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

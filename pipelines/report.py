@@ -38,6 +38,7 @@ from rich.console import Console
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR
 from dataselect.output import read_json, read_table
+from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import read_report_input
 
 MAX_POINTS = 200_000
@@ -89,6 +90,14 @@ def write_report(out: str, console: Console | None = None) -> str:
                                  "Overlap (Jaccard) of the tasks' selections; with several "
                                  "scorers, Spearman correlation of their pool scores and "
                                  "overlap of their top rows per task.", agreement))
+    choices = _fit_details(dirs, scorers)
+    if choices:
+        sections.append(_section("Scorer choices",
+                                 "What a scorer chose for you while fitting, per task: auto's "
+                                 "validation of its candidates (AUC and recall measure how "
+                                 "well a scorer tells held-out target rows from a pool "
+                                 "sample, not the quality of a model trained on the "
+                                 "selection), ZIP-FIT fast's compression level.", [], choices))
     results = os.path.join(out, "eval", "results.json")
     if os.path.exists(results):
         sections.append(_eval_section(folder, read_json(results)))
@@ -394,6 +403,25 @@ def _overview(run: dict[str, Any]) -> str:
     table = _table(["task", "rows in", "eligible", "filtered", "selected", "KL reduction"],
                    rows)
     return _section("Overview", text, [], table)
+
+
+def _fit_details(dirs: dict[str, str], scorers: list[str]) -> str:
+    """The tables and notes each task's fits asked to show (``fit_stats_``), as HTML. A
+    select output's manifest holds one scorer's fit, a recipe task's one per scorer."""
+    parts = []
+    for task, folder in dirs.items():
+        path = os.path.join(folder, MANIFEST_FILE)
+        fit = (read_json(path).get("fit") or {}) if os.path.exists(path) else {}
+        per_scorer = fit if set(fit) <= set(scorers) else {scorers[0]: fit}
+        for scorer, stats in per_scorer.items():
+            for spec in stats.get("tables", []):
+                title = f"{task}: {spec['title']}"
+                parts.append(f"<h3>{html.escape(title)}</h3>")
+                parts.append(_table(spec["columns"], [[str(c) for c in row]
+                                                      for row in spec["rows"]]))
+            parts += [f"<p>{html.escape(f'{task}/{scorer}: {note}')}</p>"
+                      for note in stats.get("notes", [])]
+    return "".join(parts)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

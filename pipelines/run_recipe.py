@@ -259,7 +259,9 @@ def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[
                          max(1, int(recipe.pool.partition_mb * 2**20)))
     stored, fits = [], {}
     for name in recipe.scorers:
-        scorer: Scorer = build_scorer(name, dict(params[name]), recipe.seed)
+        budget = recipe.budget_of(task)
+        scorer: Scorer = build_scorer(name, dict(params[name]), recipe.seed, budget.k,
+                                      budget.fraction)
         scorer.fit(target, pool, runner=runner)
         folder = os.path.join(out, TASKS_DIR, task, SCORES_DIR, name)
         stored.append(scorer.score(pool).write(folder, runner=runner, overwrite=overwrite))

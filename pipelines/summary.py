@@ -61,7 +61,8 @@ def print_fit_details(console: Console | None, fits: dict[str, dict[str, Any]]) 
     console = console or plain_console()
     for label, fit in fits.items():
         for spec in fit.get("tables", []):
-            table = Table(title=spec["title"], title_justify="left")
+            title = f"{label}: {spec['title']}" if label else spec["title"]
+            table = Table(title=title, title_justify="left")
             for i, column in enumerate(spec["columns"]):
                 table.add_column(column, justify="left" if i == 0 else "right")
             for row in spec["rows"]:

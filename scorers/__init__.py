@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 GROUP = "dataselect.scorers"
 BUILTIN = {
+    "auto": "scorers.auto:Auto",
     "bads": "scorers.bads:Bads",
     "dsir": "scorers.dsir:DSIR",
     "embed": "scorers.embed:Embed",
@@ -130,4 +131,4 @@ def __getattr__(attribute: str) -> Any:
     raise AttributeError(f"module 'scorers' has no attribute {attribute!r}")
 
 
-__all__ = ["DSIR", "SCORERS", "Bads", "Embed", "FastText", "Less", "ZipFit"]
+__all__ = ["DSIR", "SCORERS", "Auto", "Bads", "Embed", "FastText", "Less", "ZipFit"]

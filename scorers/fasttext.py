@@ -41,7 +41,7 @@ from dataselect import checks
 from dataselect.corpus import Corpus, file_fingerprint
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
-from dataselect.sampling import bottom_k
+from dataselect.sampling import MergeSamples, PartitionSample
 from dataselect.scoring import Scorer
 
 LABEL_PREFIX = "__label__"
@@ -92,30 +92,6 @@ def _check_complete(model: Any, path: str) -> None:
     if actual != expected:
         raise InputError(f"is truncated or corrupt: {actual} bytes, where a model of its "
                          f"own header's shape has {expected}", where=path, field="model")
-
-
-@dataclass(frozen=True)
-class _NegativeSample:
-    """Per pool partition: its rows in the seeded negative sample (at most ``k``)."""
-
-    corpus: Corpus
-    k: int
-    seed: int
-
-    def __call__(self, index: int) -> tuple[pa.Table, int]:
-        view = self.corpus.scoring_view(self.corpus.read_partition(index))
-        return bottom_k(view, self.k, self.seed), view.num_rows
-
-
-@dataclass(frozen=True)
-class _MergeSamples:
-    k: int
-    seed: int
-
-    def __call__(self, left: tuple[pa.Table, int], right: tuple[pa.Table, int]
-                 ) -> tuple[pa.Table, int]:
-        both = pa.concat_tables([left[0], right[0]])
-        return bottom_k(both, self.k, self.seed), left[1] + right[1]
 
 
 @dataclass
@@ -177,8 +153,9 @@ class FastText(Scorer):
             raise EmptyCorpusError("target holds no records", where=where)
         wanted = self.negatives or max(MIN_NEGATIVES, positives.num_rows)
         negatives, pool_rows = runner(
-            "fit:fasttext", partition_tasks("fit-fasttext", _NegativeSample(
-                pool, wanted, self.seed), pool.npartitions), _MergeSamples(wanted, self.seed))
+            "fit:fasttext", partition_tasks("fit-fasttext", PartitionSample(
+                pool, wanted, self.seed, view=True), pool.npartitions),
+            MergeSamples(wanted, self.seed))
         # training runs in the client: a stage of its own in the job's table
         with step_progress(runner, "train:fasttext", 1) as advance:
             self.model_bytes_ = self._train(positives, negatives)

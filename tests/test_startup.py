@@ -70,6 +70,7 @@ def test_help_and_version_load_neither_models_nor_the_data_stack(argv):
     ("dsir", [], "auto"),  # threads: the scoring runs in this process, and is checked too
     ("zipfit", ["-p", "mode=exact", "-p", "target_sample=10"], "auto"),  # threads as well
     ("fasttext", ["-p", "epoch=2"], "processes"),  # its declared kind
+    ("auto", ["-p", "candidates=dsir,zipfit"], "auto"),  # its own modules, in threads
 ])
 def test_a_cheap_scorers_job_imports_no_model_libraries(scorer, params, kind, tmp_path):
     pool = POOL_GLOB.replace("*", "part-00000")  # one part: ZIP-FIT exact is quadratic

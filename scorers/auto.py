@@ -1,0 +1,333 @@
+"""``--scorer auto``: choose the scorer (or a weighted mix) by held-out validation.
+
+No scorer wins on every task, and which one wins is not predictable from the task's
+description, so this one measures it. Fit:
+
+1. Read the target (small by nature) and deal its rows into ``folds`` folds by a seeded
+   key of their ids (:func:`~scorers.auto_validation.fold_numbers`): the folds do not
+   depend on file order or partitioning.
+2. Draw a seeded sample of ``2 × pool_sample`` pool rows in one pass over the pool, by id.
+   Alternate rows of it become the *validation* sample and a *stand-in pool* that the
+   candidates fit on (DSIR's raw distribution, fastText's negatives), so no candidate is
+   validated on rows it was trained against, and no fold fit reads the whole pool.
+3. For every fold and candidate: fit on the other folds and the stand-in pool, in this
+   process (the rows are few), and score the held-out rows and the validation sample.
+4. Measure ROC AUC and recall within the budget's top share, and choose the best candidate
+   or a convex combination of standardised scores that validates better
+   (:func:`~scorers.auto_validation.choose_weights`).
+5. Refit the chosen candidates on the whole target and the real pool (with the job's
+   runner, like any scorer), and standardise each by its scores on the validation sample.
+
+The score is the weighted sum of the chosen candidates' standardised scores: for a single
+candidate, a monotone transform of its own score, so the same rows rank first. What the
+validation measures is how well a scorer tells the target from the pool, not how good a
+model trained on the selection will be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import dask
+import numpy as np
+import pyarrow as pa
+
+from dataselect import checks
+from dataselect.corpus import Corpus
+from dataselect.errors import EmptyCorpusError, InputError
+from dataselect.execution import Runner, default_runner, fold_all, partition_tasks, step_progress
+from dataselect.sampling import MergeSamples, PartitionSample
+from dataselect.scoring import FILTERED_BY, Scorer
+from dataselect.table_corpus import table_corpus
+from scorers.auto_validation import (
+    POOL_STREAM,
+    Choice,
+    FoldScores,
+    choose_weights,
+    fold_numbers,
+    sample_order,
+)
+
+CHEAP_CANDIDATES = ("dsir", "fasttext", "zipfit")
+# settings a candidate gets inside auto (ZIP-FIT's exact mode costs |pool| × |sample|
+# compressions of both texts; fast mode is the one meant for pools)
+CANDIDATE_SETTINGS: dict[str, dict[str, Any]] = {"zipfit": {"mode": "fast"}}
+STATEMENT = ("AUC and recall measure how well a scorer tells held-out target rows from a "
+             "pool sample, not the quality of a model trained on the selection.")
+
+
+@dataclass
+class Auto(Scorer):
+    """The candidate (or weighted mix of candidates) that best separates held-out target
+    rows from a pool sample."""
+
+    name: ClassVar[str] = "auto"
+    takes_budget: ClassVar[bool] = True
+
+    candidates: list[str] | None = None
+    model: str | None = None
+    folds: int = 3
+    pool_sample: int = 2000
+    combine: bool = True
+    k: int | None = None
+    fraction: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks.check_count(self.folds, "folds", minimum=2, maximum=20)
+        checks.check_count(self.pool_sample, "pool_sample", minimum=10)
+        checks.optional(checks.check_count, self.k, "k")
+        checks.optional(checks.check_fraction, self.fraction, "fraction")
+        checks.check_seed(self.seed)
+        names = list(self.candidates or self._default_candidates())
+        from scorers import SCORERS
+
+        unknown = [n for n in names if n not in SCORERS.names() or n == self.name]
+        if unknown or not names or len(set(names)) != len(names):
+            raise InputError(f"candidates must be distinct registered scorers other than auto, "
+                             f"got {names}", field="candidates")
+        self.names = names
+        # built now, so that bad settings (a model path) fail before any work
+        self.chosen_: dict[str, float] = {}
+        self.fitted_: dict[str, Scorer] = {}
+        self.scales_: dict[str, tuple[float, float]] = {}
+        self.validation_: dict[str, Any] = {}
+        self.fit_stats_: dict[str, Any] = {}
+        self._prototypes = [self._candidate(n) for n in names]
+
+    def _default_candidates(self) -> list[str]:
+        from scorers import SCORERS
+
+        names = list(CHEAP_CANDIDATES)
+        if self.model is not None:  # model scorers join when a model is given
+            names += [n for n in SCORERS if n != self.name and SCORERS[n].needs_model
+                      and not SCORERS[n].needs_warmup]
+        return names
+
+    def _candidate(self, name: str) -> Scorer:
+        from scorers import SCORERS
+
+        cls = SCORERS[name]
+        params = dict(CANDIDATE_SETTINGS.get(name, {}))
+        fields = set(getattr(cls, "__dataclass_fields__", {}))
+        if "seed" in fields:
+            params["seed"] = self.seed
+        if cls.needs_model:
+            if self.model is None:
+                raise InputError(f"candidate {name} needs a model: give -p model=PATH",
+                                 field="model")
+            params["model"] = self.model
+        return cls(**params)
+
+    @property
+    def local_workers(self) -> str:
+        kinds = {c.local_workers for c in self._prototypes}
+        return "threads" if kinds == {"threads"} else "processes"
+
+    def config(self) -> dict[str, Any]:
+        return {**asdict(self), "candidates": self.names, "chosen": dict(self.chosen_),
+                "validation": {k: v for k, v in self.validation_.items() if k != "seconds"}}
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
+            ) -> Auto:
+        if pool is None:
+            raise InputError("auto validates against a pool sample: pass pool=")
+        rows = _ordered(target.to_table("target"), self.seed)
+        if rows.num_rows < 2:
+            raise EmptyCorpusError("auto needs at least 2 target rows to hold some out",
+                                   where=", ".join(target.files))
+        sample, pool_rows = _pool_sample(pool, 2 * self.pool_sample, self.seed, runner)
+        validation, stand_in = sample.take(np.arange(0, sample.num_rows, 2)), sample.take(
+            np.arange(1, sample.num_rows, 2))
+        share = self._top_share(pool_rows, rows.num_rows)
+        folds = min(self.folds, rows.num_rows)
+        numbers = fold_numbers(rows["id"], folds, self.seed)
+        jobs = [(fold, name) for fold in range(folds) for name in self.names]
+        validate = _Validate(self, target, pool, rows, numbers, validation, stand_in)
+        with step_progress(runner, "validate:auto", len(jobs)) as advance:
+            results = _run_threads(validate, jobs, advance)
+        seconds = np.zeros(len(self.names))
+        fold_scores = []
+        for fold in range(folds):
+            done = results[fold * len(self.names):(fold + 1) * len(self.names)]
+            seconds += [r[2] for r in done]
+            fold_scores.append(FoldScores(np.array([r[0] for r in done]),
+                                          np.array([r[1] for r in done])))
+        best, singles = choose_weights(fold_scores, len(self.names), share, self.combine)
+        self._record(best, singles, seconds, share, folds, rows.num_rows,
+                     (validation.num_rows, stand_in.num_rows), pool_rows)
+        self._refit(target, pool, rows, validation, runner)
+        return self
+
+    def _top_share(self, pool_rows: int, target_rows: int) -> float:
+        """The share of the pool the budget takes; without one (a threshold, or scoring
+        only), as many rows as the target has, the share a perfect scorer would fill."""
+        if self.fraction is not None:
+            return float(self.fraction)
+        wanted = self.k if self.k is not None else target_rows
+        return min(1.0, wanted / max(pool_rows, 1))
+
+    def _record(self, best: Choice, singles: list[Choice], seconds: np.ndarray, share: float,
+                folds: int, target_rows: int, sample_rows: tuple[int, int], pool_rows: int
+                ) -> None:
+        self.chosen_ = {n: round(float(w), 4) for n, w in zip(self.names, best.weights) if w}
+        table = [{"candidate": n, "auc": round(c.auc, 4), "recall": round(c.recall, 4),
+                  "weight": round(float(best.weights[i]), 4)}
+                 for i, (n, c) in enumerate(zip(self.names, singles))]
+        if len(self.chosen_) > 1:
+            table.append({"candidate": "combination", "auc": round(best.auc, 4),
+                          "recall": round(best.recall, 4), "weight": None})
+        self.validation_ = {
+            "table": table, "chosen": dict(self.chosen_), "top_share": round(share, 6),
+            "top_share_from": ("fraction" if self.fraction is not None else
+                               "k" if self.k is not None else "target rows"),
+            "folds": folds, "target_rows": target_rows, "pool_rows": pool_rows,
+            "pool_sample_rows": sample_rows[0], "pool_sample_cap": self.pool_sample,
+            "stand_in_pool_rows": sample_rows[1], "seed": self.seed, "statement": STATEMENT,
+            "seconds": {n: round(float(s), 3) for n, s in zip(self.names, seconds)},
+        }
+
+    def _refit(self, target: Corpus, pool: Corpus, rows: pa.Table, validation: pa.Table,
+               runner: Runner) -> None:
+        """Fit the chosen candidates on the whole target (in key order, so the fit does not
+        depend on file order) and the real pool; standardise on the validation sample."""
+        whole = table_corpus(target, [rows])
+        self.fitted_, self.scales_, stats = {}, {}, {}
+        for name in self.chosen_:
+            candidate = self._candidate(name).fit(whole, pool, runner=runner)
+            reference = _scores(candidate, pool, validation)
+            spread = float(reference.std())
+            self.fitted_[name] = candidate
+            self.scales_[name] = (float(reference.mean()), spread if spread > 0 else 1.0)
+            stats[name] = getattr(candidate, "fit_stats_", {})
+        digest = hashlib.sha256(repr((self.config(), self.scales_)).encode())
+        for name, candidate in self.fitted_.items():
+            digest.update(f"{name}:{candidate.fit_fingerprint()}".encode())
+        self.fingerprint_ = digest.hexdigest()[:16]
+        self.fit_stats_ = {"validation": self.validation_, "chosen": dict(self.chosen_),
+                           "candidates": stats, "tables": [self._summary_table()],
+                           "notes": [self._bounds(), STATEMENT] + [
+                               note for s in stats.values() for note in s.get("notes", [])]}
+
+    def _bounds(self) -> str:
+        """What the validation cost and measured, in one line."""
+        v = self.validation_
+        return (f"auto validated {len(self.names)} candidates on {v['folds']} folds of "
+                f"{v['target_rows']} target rows against a sample of {v['pool_sample_rows']} "
+                f"of {v['pool_rows']} pool rows (fitting on {v['stand_in_pool_rows']} others); "
+                f"recall is within the top {v['top_share']:.4g} of the pool "
+                f"(from {v['top_share_from']}); chose {v['chosen']}")
+
+    def _summary_table(self) -> dict[str, Any]:
+        """The validation table as the end-of-job summary and the report show it."""
+        v = self.validation_
+        rows = [[r["candidate"], f"{r['auc']:.4f}", f"{r['recall']:.4f}",
+                 f"{v['seconds'].get(r['candidate'], 0):.2f}" if r["weight"] is not None else "",
+                 "" if r["weight"] is None else f"{r['weight']:g}"] for r in v["table"]]
+        return {"title": "auto: validation",
+                "columns": ["candidate", "AUC", "recall", "seconds", "weight"], "rows": rows}
+
+    # ------------------------------------------------------------------ score
+
+    def score_batch(self, batch: pa.Table) -> pa.Table:
+        if not self.fitted_:
+            raise RuntimeError("Auto.score_batch called before fit")
+        total = np.zeros(batch.num_rows)
+        filtered: pa.Array | None = None
+        for name, candidate in self.fitted_.items():
+            scores = candidate.score_batch(batch)
+            mean, spread = self.scales_[name]
+            total += self.chosen_[name] * (_finite(scores) - mean) / spread
+            if FILTERED_BY in scores.column_names:
+                reasons = scores[FILTERED_BY].combine_chunks()
+                filtered = reasons if filtered is None else pa.array(
+                    [a if a is not None else b for a, b in
+                     zip(filtered.to_pylist(), reasons.to_pylist())], pa.string())
+        columns = {"id": batch["id"], "score": total}
+        if filtered is not None:
+            columns[FILTERED_BY] = filtered
+        return pa.table(columns)
+
+
+def _ordered(table: pa.Table, seed: int) -> pa.Table:
+    """Rows in the order of their seeded keys: independent of file order."""
+    return table.take(sample_order(table["id"], seed, POOL_STREAM))
+
+
+def _finite(scores: pa.Table) -> np.ndarray:
+    values = scores["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.nan_to_num(values, nan=-1e300, neginf=-1e300, posinf=1e300)
+
+
+def _scores(candidate: Scorer, corpus: Corpus, rows: pa.Table) -> np.ndarray:
+    """The candidate's scores of ``rows`` (read from ``corpus``), as floats."""
+    if rows.num_rows == 0:
+        return np.zeros(0)
+    view = corpus.scoring_view(rows, candidate.uses_response_spans)
+    return _finite(candidate.score_batch(view))
+
+
+@dataclass(frozen=True)
+class _Validate:
+    """One (fold, candidate) of the validation: fit on the other folds and the stand-in
+    pool, score the fold's held-out rows and the validation sample; with the seconds."""
+
+    auto: Auto
+    target: Corpus
+    pool: Corpus
+    rows: pa.Table
+    numbers: np.ndarray
+    validation: pa.Table
+    stand_in: pa.Table
+
+    def __call__(self, job: tuple[int, str]) -> tuple[np.ndarray, np.ndarray, float]:
+        fold, name = job
+        started = time.perf_counter()
+        held = self.rows.filter(pa.array(self.numbers == fold))
+        fit_rows = self.rows.filter(pa.array(self.numbers != fold))
+        candidate = self.auto._candidate(name).fit(
+            table_corpus(self.target, [fit_rows]), table_corpus(self.pool, [self.stand_in]),
+            runner=_in_process)
+        return (_scores(candidate, self.target, held), _scores(candidate, self.pool,
+                self.validation), time.perf_counter() - started)
+
+
+def _run_threads(fn: Any, jobs: list[Any], advance: Any) -> list[Any]:
+    """``fn`` over ``jobs`` in this process, on a thread per core, results in job order.
+
+    The rows are few (a target and a bounded pool sample), so a cluster round trip would
+    cost more than it saves; the heavy parts release the GIL (compressors, Polars, the
+    fastText trainer's own process). Dask runs the candidates' inner stages synchronously
+    here, set once around all threads: a candidate's state is never scattered to a
+    cluster from inside this loop."""
+    results: list[Any] = [None] * len(jobs)
+    with dask.config.set(scheduler="sync"), ThreadPoolExecutor(
+            max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            advance(1)
+    return results
+
+
+def _in_process(stage: str, tasks: Any, fold: Any = None) -> Any:
+    results = list(dask.compute(*tasks, scheduler="sync")) if tasks else []
+    return fold_all(results, fold) if fold is not None else results
+
+
+def _pool_sample(pool: Corpus, size: int, seed: int, runner: Runner) -> tuple[pa.Table, int]:
+    """A seeded sample of ``size`` pool rows (by id, in key order) and the pool's row count,
+    in one pass over the pool's partitions."""
+    tasks = partition_tasks("fit-auto", PartitionSample(pool, size, seed, stream=POOL_STREAM),
+                            pool.npartitions)
+    sample, rows = runner("fit:auto", tasks, MergeSamples(size, seed, POOL_STREAM))
+    if rows == 0:
+        raise EmptyCorpusError("the pool holds no records", where=", ".join(pool.files))
+    return sample, int(rows)

@@ -1,0 +1,226 @@
+"""``--scorer auto``: it picks what a brute-force run of every candidate ranks first (by
+precision against the shipped labels), its folds do not depend on file order or
+partitioning, the same seed writes the same bytes, and the manifest, the summary and the
+recipe carry its validation table."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+from conftest import DATA, POOL_GLOB, TARGETS, write_jsonl
+
+from dataselect import read_corpus
+from dataselect.errors import InputError
+from pipelines.cli import main
+from pipelines.jobs import build_scorer
+from pipelines.recipe import load_recipe
+from scorers import SCORERS
+from scorers.auto import CANDIDATE_SETTINGS, STATEMENT, Auto
+from scorers.auto_validation import (
+    COMBINE_MARGIN,
+    FoldScores,
+    choose_weights,
+    fold_numbers,
+    measure,
+    rank_fractions,
+    weight_grid,
+)
+
+INSTRUCTIONS = DATA / "instructions"
+TRAIN = str(INSTRUCTIONS / "train.jsonl")
+
+
+def labelled_pool(paths: str, text: str, column: str) -> tuple[object, pa.Table]:
+    pool = read_corpus(paths, text)
+    table = pa.concat_tables(list(pool.iter_tables()), promote_options="permissive")
+    return pool, table
+
+
+def precision(pool, table: pa.Table, scores: np.ndarray, label: str, column: str) -> float:
+    """Precision of the top k rows (k = the label's count in the pool; ties by id)."""
+    labels = np.array(table[column].to_pylist())
+    k = int((labels == label).sum())
+    ids = np.array(table["id"].to_pylist())
+    order = np.lexsort((ids, -scores))[:k]
+    return float((labels[order] == label).mean())
+
+
+def pool_scores(scorer, pool, table: pa.Table) -> np.ndarray:
+    return scorer.score_batch(pool.scoring_view(table))["score"].to_numpy()
+
+
+# 9-13 s each on 2 busy cores (fastText trains 5 times for an instruction task): slow
+@pytest.mark.parametrize(("paths", "text", "column", "label", "candidates"), [
+    pytest.param(TRAIN, "messages", "task", "define", None, marks=pytest.mark.slow),
+    pytest.param(TRAIN, "messages", "task", "code", None, marks=pytest.mark.slow),
+    pytest.param(POOL_GLOB, "text", "domain", "python_docs", ["dsir", "zipfit"],
+                 marks=pytest.mark.slow),
+])
+def test_auto_is_within_0_01_of_the_brute_force_best(paths, text, column, label, candidates):
+    """Every candidate alone, fitted on the whole target and ranked by precision against
+    the labels: auto's pick (or mix) is the best or within 0.01 of it."""
+    pool, table = labelled_pool(paths, text, column)
+    folder = INSTRUCTIONS / "targets" if text == "messages" else TARGETS
+    target = read_corpus(str(folder / f"{label}.jsonl"), text)
+    k = int(np.sum(np.array(table[column].to_pylist()) == label))
+    names = candidates or ["dsir", "fasttext", "zipfit"]
+    brute = {name: precision(pool, table, pool_scores(
+        SCORERS[name](**CANDIDATE_SETTINGS.get(name, {})).fit(target, pool), pool, table),
+        label, column) for name in names}
+    auto = Auto(candidates=candidates, k=k).fit(target, pool)
+    ours = precision(pool, table, pool_scores(auto, pool, table), label, column)
+    assert auto.names == names
+    assert ours >= max(brute.values()) - 0.01, (brute, ours, auto.validation_["table"])
+
+
+def test_folds_do_not_depend_on_file_order_or_partitioning(tmp_path):
+    rows = [json.loads(line) for line in (INSTRUCTIONS / "targets" / "define.jsonl").open()]
+    rows += [json.loads(line) for line in (INSTRUCTIONS / "targets" / "code.jsonl").open()]
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    one = write_jsonl(tmp_path / "one.jsonl", rows)
+    first = write_jsonl(tmp_path / "a.jsonl", shuffled[:7])
+    second = write_jsonl(tmp_path / "b.jsonl", shuffled[7:])
+    ids = [r["id"] for r in rows]
+    folds = dict(zip(ids, fold_numbers(pa.array(ids), 3, seed=5)))
+    moved = [r["id"] for r in shuffled]
+    assert dict(zip(moved, fold_numbers(pa.array(moved), 3, seed=5))) == folds
+    assert sorted(np.bincount(list(folds.values()))) == [6, 7, 7]  # dealt evenly
+    assert dict(zip(ids, fold_numbers(pa.array(ids), 3, seed=6))) != folds
+
+    pool = read_corpus(TRAIN, "messages")
+    whole = Auto(candidates=["dsir", "zipfit"], k=400, pool_sample=300).fit(
+        read_corpus(str(one), "messages"), pool)
+    split = Auto(candidates=["dsir", "zipfit"], k=400, pool_sample=300).fit(
+        read_corpus([str(first), str(second)], "messages", partition_bytes=2000), pool)
+    assert whole.config() == split.config()  # the whole validation table, and the choice
+    table = pool.read_partition(0)
+    assert pool_scores(whole, pool, table).tobytes() == pool_scores(split, pool, table).tobytes()
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """The same auto job three times: twice with seed 0, once with seed 1."""
+    root = tmp_path_factory.mktemp("auto")
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = root / name
+        code = main(["select", "--scorer", "auto", "-p", "candidates=dsir,zipfit",
+                     "--pool", TRAIN, "--target", str(INSTRUCTIONS / "targets" / "define.jsonl"),
+                     "--text-field", "messages", "--k", "100", "--seed", str(seed),
+                     "--out", str(out), "--workers", "1"])
+        assert code == 0
+        runs[name] = out
+    return runs
+
+
+def _bytes(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*.parquet"))}
+
+
+def test_same_seed_writes_identical_bytes(cli_runs):
+    first, again, other = (_bytes(cli_runs[n]) for n in "abc")
+    assert any(name.startswith(".scores/auto/") for name in first)
+    assert first == again
+    assert first != other  # another seed: other folds and another pool sample
+
+
+def test_manifest_carries_the_validation_table(cli_runs):
+    manifest = json.loads((cli_runs["a"] / ".manifest.json").read_text())
+    validation = manifest["scores"]["config"]["validation"]
+    assert [row["candidate"] for row in validation["table"][:2]] == ["dsir", "zipfit"]
+    for row in validation["table"]:
+        assert 0 <= row["auc"] <= 1 and 0 <= row["recall"] <= 1
+    assert validation["top_share"] == pytest.approx(100 / 1600)
+    assert validation["top_share_from"] == "k"
+    assert validation["pool_sample_rows"] == 800 and validation["pool_sample_cap"] == 2000
+    assert validation["folds"] == 3 and validation["target_rows"] == 10
+    assert validation["statement"] == STATEMENT
+    assert sum(manifest["scores"]["config"]["chosen"].values()) == pytest.approx(1)
+    fit = manifest["fit"]
+    assert set(fit["validation"]["seconds"]) == {"dsir", "zipfit"}
+    assert fit["tables"][0]["columns"] == ["candidate", "AUC", "recall", "seconds", "weight"]
+    assert STATEMENT in fit["notes"]
+
+
+def test_the_summary_prints_the_table_and_what_it_measures(tmp_path, capsys):
+    code = main(["select", "--scorer", "auto", "-p", "candidates=dsir,zipfit", "-p",
+                 "pool_sample=200", "--pool", TRAIN, "--target",
+                 str(INSTRUCTIONS / "targets" / "code.jsonl"), "--text-field", "messages",
+                 "--fraction", "0.25", "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "auto: validation" in printed
+    assert f"note: {STATEMENT}" in printed
+    assert "recall is within the top 0.25 of the pool (from fraction)" in printed
+
+
+def test_rank_fractions_are_the_roc_auc():
+    rng = np.random.default_rng(0)
+    held, pool = rng.normal(1, 1, 40), rng.normal(0, 1, 300)
+    pool[:5] = held[:5]  # ties count half
+    pairs = (held[:, None] > pool[None, :]) + 0.5 * (held[:, None] == pool[None, :])
+    assert rank_fractions(held, pool).mean() == pytest.approx(pairs.mean())
+
+
+def test_a_combination_is_chosen_only_when_it_validates_better():
+    rng = np.random.default_rng(1)
+    # two noisy views of one signal: their sum separates better than either alone
+    signal_h, signal_p = rng.normal(1, 0.3, 60), rng.normal(0, 0.3, 400)
+    noisy = [FoldScores(np.stack([signal_h + rng.normal(0, 1, 60) for _ in range(2)]),
+                        np.stack([signal_p + rng.normal(0, 1, 400) for _ in range(2)]))]
+    best, singles = choose_weights(noisy, 2, 0.1, combine=True)
+    assert 0 < best.weights[0] < 1
+    assert (best.auc + best.recall) / 2 > max((s.auc + s.recall) / 2 for s in singles) \
+        + COMBINE_MARGIN
+    # the second candidate is pure noise: the first alone is chosen
+    clean = [FoldScores(np.stack([signal_h, rng.normal(0, 1, 60)]),
+                        np.stack([signal_p, rng.normal(0, 1, 400)]))]
+    best, _ = choose_weights(clean, 2, 0.1, combine=True)
+    assert best.weights.tolist() == [1.0, 0.0]
+    assert measure(clean, best.weights, 0.1) == (best.auc, best.recall)
+    assert len(weight_grid(3)) == 66
+
+
+def test_bad_settings_and_targets_are_refused(tmp_path):
+    with pytest.raises(InputError, match="candidates must be distinct registered scorers"):
+        Auto(candidates=["dsir", "auto"])
+    with pytest.raises(InputError, match="candidates must be distinct registered scorers"):
+        Auto(candidates=["nope"])
+    with pytest.raises(InputError, match="needs a model"):
+        Auto(candidates=["embed"])
+    with pytest.raises(InputError, match="folds"):
+        Auto(folds=1)
+    target = read_corpus(str(write_jsonl(tmp_path / "t.jsonl", [{"text": "one row only"}])))
+    with pytest.raises(InputError, match="at least 2 target rows"):
+        Auto().fit(target, read_corpus(POOL_GLOB))
+
+
+def test_the_budget_reaches_auto_from_jobs_and_recipes(tmp_path):
+    assert build_scorer("auto", {}, 0, k=50).k == 50
+    assert build_scorer("auto", {}, 0, fraction=0.1).fraction == 0.1
+    assert build_scorer("auto", {"k": 7}, 0, fraction=0.1).fraction is None  # given wins
+    assert build_scorer("dsir", {}, 0, k=50).seed == 0  # others take no budget
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "pool": {"paths": TRAIN, "text": "messages"},
+        "targets": {"define": {"paths": str(INSTRUCTIONS / "targets" / "define.jsonl")}},
+        "scorers": "auto", "selection": {"k": 100}, "output": {"path": str(tmp_path / "o")}}))
+    assert load_recipe(recipe).scorers == {"auto": {}}
+
+
+def test_the_report_shows_the_validation_table(cli_runs):
+    from pipelines.report import write_report
+
+    page = Path(write_report(str(cli_runs["a"]))).read_text(encoding="utf-8")
+    section = page.split("<h2>Scorer choices</h2>", 1)[1].split("</section>", 1)[0]
+    assert "a: auto: validation" in section
+    assert "<th>AUC</th><th>recall</th>" in section
+    assert "not the quality of a model trained on the selection" in section
