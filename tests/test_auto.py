@@ -224,3 +224,20 @@ def test_the_report_shows_the_validation_table(cli_runs):
     assert "a: auto: validation" in section
     assert "<th>AUC</th><th>recall</th>" in section
     assert "not the quality of a model trained on the selection" in section
+
+
+@pytest.mark.slow  # builds a small model (5 s) and embeds the pool with it
+def test_model_scorers_join_when_a_model_is_given(tmp_path):
+    from scorers.lm import build_tiny_causal_lm
+
+    rows = [json.loads(line) for line in Path(TRAIN).read_text(encoding="utf-8").splitlines()]
+    model = build_tiny_causal_lm([m["content"] for r in rows for m in r["messages"]],
+                                 tmp_path / "lm", vocab_size=1000, hidden_size=64)
+    assert Auto().names == ["dsir", "fasttext", "zipfit"]
+    assert Auto(model=str(model)).names == ["dsir", "fasttext", "zipfit", "bads", "embed"]
+    pool = read_corpus(TRAIN, "messages")
+    auto = Auto(model=str(model), candidates=["dsir", "embed"], k=400, pool_sample=100).fit(
+        read_corpus(str(INSTRUCTIONS / "targets" / "define.jsonl"), "messages"), pool)
+    assert [r["candidate"] for r in auto.validation_["table"][:2]] == ["dsir", "embed"]
+    scores = pool_scores(auto, pool, pool.read_partition(0).slice(0, 100))
+    assert len(scores) == 100 and np.isfinite(scores).all()
