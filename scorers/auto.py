@@ -41,9 +41,11 @@ from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, fold_all, partition_tasks, step_progress
+from dataselect.params import field_types
 from dataselect.sampling import MergeSamples, PartitionSample
 from dataselect.scoring import FILTERED_BY, Scorer
 from dataselect.table_corpus import table_corpus
+from scorers import SCORERS
 from scorers.auto_validation import (
     POOL_STREAM,
     Choice,
@@ -85,24 +87,20 @@ class Auto(Scorer):
         checks.optional(checks.check_fraction, self.fraction, "fraction")
         checks.check_seed(self.seed)
         names = list(self.candidates or self._default_candidates())
-        from scorers import SCORERS
-
         unknown = [n for n in names if n not in SCORERS.names() or n == self.name]
         if unknown or not names or len(set(names)) != len(names):
             raise InputError(f"candidates must be distinct registered scorers other than auto, "
                              f"got {names}", field="candidates")
         self.names = names
-        # built now, so that bad settings (a model path) fail before any work
         self.chosen_: dict[str, float] = {}
         self.fitted_: dict[str, Scorer] = {}
         self.scales_: dict[str, tuple[float, float]] = {}
         self.validation_: dict[str, Any] = {}
         self.fit_stats_: dict[str, Any] = {}
+        # built now, so that bad settings (a model path) fail before any work
         self._prototypes = [self._candidate(n) for n in names]
 
     def _default_candidates(self) -> list[str]:
-        from scorers import SCORERS
-
         names = list(CHEAP_CANDIDATES)
         if self.model is not None:  # model scorers join when a model is given
             names += [n for n in SCORERS if n != self.name and SCORERS[n].needs_model
@@ -110,12 +108,9 @@ class Auto(Scorer):
         return names
 
     def _candidate(self, name: str) -> Scorer:
-        from scorers import SCORERS
-
         cls = SCORERS[name]
         params = dict(CANDIDATE_SETTINGS.get(name, {}))
-        fields = set(getattr(cls, "__dataclass_fields__", {}))
-        if "seed" in fields:
+        if "seed" in field_types(cls):
             params["seed"] = self.seed
         if cls.needs_model:
             if self.model is None:

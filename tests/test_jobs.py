@@ -21,7 +21,8 @@ from scorers import DSIR
 
 TARGET = str(TARGETS / "python_docs.jsonl")
 # scorer -> its -p flags: ZIP-FIT's fast mode, as in the README, keeps the test short
-JOBS = {"dsir": [], "fasttext": [], "zipfit": ["-p", "mode=fast"]}
+JOBS = {"dsir": [], "fasttext": [], "zipfit": ["-p", "mode=fast"],
+        "auto": ["-p", "candidates=dsir,zipfit", "-p", "pool_sample=500"]}  # validation timed
 NAMED = ("read inputs", "start cluster", "select", "write", "metrics", "stop cluster", "other")
 
 
