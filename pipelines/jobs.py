@@ -29,7 +29,7 @@ from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.writer import DEFAULT_METRICS_SAMPLE, MANIFEST_FILE
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageClock
-from pipelines.summary import composition_rows, print_fit_details, print_summary
+from pipelines.summary import FIT_DETAILS, composition_rows, print_fit_details, print_summary
 from scorers import SCORERS
 
 
@@ -173,7 +173,8 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
         scores = _fit_and_score(job, scorer, pool, target, out, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
-    print_summary(console, "score", clock.rows(), summary, clock.total())
+    shown = {k: v for k, v in summary["fit"].items() if k not in FIT_DETAILS}
+    print_summary(console, "score", clock.rows(), {**summary, "fit": shown}, clock.total())
     print_fit_details(console, {"": summary["fit"]})
     return summary
 

@@ -54,13 +54,18 @@ def print_summary(console: Console | None, job: str, timings: list[StageTiming],
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
+# the keys of a fit's stats that print_fit_details shows (so a summary need not repeat them)
+TABLES, NOTES = "tables", "notes"
+FIT_DETAILS = (TABLES, NOTES)
+
+
 def print_fit_details(console: Console | None, fits: dict[str, dict[str, Any]]) -> None:
     """What a scorer's fit asks to show (``fit_stats_``'s ``tables``, each a title,
     columns and rows of text, and ``notes``, lines), for each ``{label: fit_stats}``: a
     choice the scorer made for the user (``auto``'s validation, ZIP-FIT fast's level)."""
     console = console or plain_console()
     for label, fit in fits.items():
-        for spec in fit.get("tables", []):
+        for spec in fit.get(TABLES, []):
             title = f"{label}: {spec['title']}" if label else spec["title"]
             table = Table(title=title, title_justify="left")
             for i, column in enumerate(spec["columns"]):
@@ -68,7 +73,7 @@ def print_fit_details(console: Console | None, fits: dict[str, dict[str, Any]]) 
             for row in spec["rows"]:
                 table.add_row(*[str(cell) for cell in row])
             console.print(table)
-        for note in fit.get("notes", []):
+        for note in fit.get(NOTES, []):
             prefix = f"{label}: " if label else ""
             console.print(f"note: {prefix}{note}", soft_wrap=True, markup=False,
                           highlight=False)
