@@ -26,6 +26,7 @@ from scorers.auto_validation import (
     COMBINE_MARGIN,
     FoldScores,
     choose_weights,
+    combine_margin,
     fold_numbers,
     measure,
     rank_fractions,
@@ -59,6 +60,7 @@ def pool_scores(scorer, pool, table: pa.Table) -> np.ndarray:
 @pytest.mark.parametrize(("paths", "text", "column", "label", "candidates"), [
     pytest.param(TRAIN, "messages", "task", "define", None, marks=pytest.mark.slow),
     pytest.param(TRAIN, "messages", "task", "code", None, marks=pytest.mark.slow),
+    pytest.param(TRAIN, "messages", "task", "translate", None, marks=pytest.mark.slow),
     pytest.param(POOL_GLOB, "text", "domain", "python_docs", ["dsir", "zipfit"],
                  marks=pytest.mark.slow),
 ])
@@ -179,7 +181,7 @@ def test_a_combination_is_chosen_only_when_it_validates_better():
     best, singles = choose_weights(noisy, 2, 0.1, combine=True)
     assert 0 < best.weights[0] < 1
     assert (best.auc + best.recall) / 2 > max((s.auc + s.recall) / 2 for s in singles) \
-        + COMBINE_MARGIN
+        + combine_margin(60)
     # the second candidate is pure noise: the first alone is chosen
     clean = [FoldScores(np.stack([signal_h, rng.normal(0, 1, 60)]),
                         np.stack([signal_p, rng.normal(0, 1, 400)]))]
@@ -187,6 +189,9 @@ def test_a_combination_is_chosen_only_when_it_validates_better():
     assert best.weights.tolist() == [1.0, 0.0]
     assert measure(clean, best.weights, 0.1) == (best.auc, best.recall)
     assert len(weight_grid(3)) == 66
+    # few held-out rows: a mix must win by a quarter of one row's worth of the criterion
+    assert combine_margin(10) == pytest.approx(0.025)
+    assert combine_margin(1000) == COMBINE_MARGIN
 
 
 def test_bad_settings_and_targets_are_refused(tmp_path):
