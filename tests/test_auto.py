@@ -246,3 +246,23 @@ def test_model_scorers_join_when_a_model_is_given(tmp_path):
     assert [r["candidate"] for r in auto.validation_["table"][:2]] == ["dsir", "embed"]
     scores = pool_scores(auto, pool, pool.read_partition(0).slice(0, 100))
     assert len(scores) == 100 and np.isfinite(scores).all()
+
+
+def test_a_recipe_gives_each_task_its_budget_and_prints_its_table(tmp_path, capsys):
+    from pipelines.run_recipe import run_recipe
+
+    targets = INSTRUCTIONS / "targets"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "pool": {"paths": TRAIN, "text": "messages"},
+        "targets": {"define": {"paths": str(targets / "define.jsonl")},
+                    "code": {"paths": str(targets / "code.jsonl"), "budget": {"k": 40}}},
+        "scorers": {"auto": {"candidates": ["dsir", "zipfit"], "pool_sample": 200}},
+        "selection": {"k": 100}, "output": {"path": str(tmp_path / "out")},
+        "cluster": {"workers": 1}}))
+    run_recipe(load_recipe(recipe))
+    printed = capsys.readouterr().out
+    for task, k in (("define", 100), ("code", 40)):
+        manifest = json.loads((tmp_path / "out" / "tasks" / task / ".manifest.json").read_text())
+        assert manifest["fit"]["auto"]["validation"]["top_share"] == pytest.approx(k / 1600)
+        assert f"{task}/auto: auto: validation" in printed
