@@ -301,7 +301,15 @@ def _start_job(pool: str, out: Path, env: dict[str, str] | None = None) -> subpr
             "--target", str(TARGETS / "licenses.jsonl"), "--k", "100", "--out", str(out),
             "--workers", "1", "--worker-kind", "processes", "--partition-mb", "0.2"]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env={**os.environ, **(env or {})})
+                            text=True, start_new_session=True, env={**os.environ, **(env or {})},
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """Give the job SIGINT's default disposition, as a terminal's foreground command has: a
+    test run started in the background by a shell without job control inherits SIGINT
+    ignored, and Python then keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until_scoring(job: subprocess.Popen, out: Path, timeout: float = 90) -> None:

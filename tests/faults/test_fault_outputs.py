@@ -420,6 +420,7 @@ def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(tmp_path):
     sends SIGINT when ``pipelines.cli`` is looked up (a timer raced --help, which now loads
     in 0.2 s)."""
     script = ("import os, signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
               "class Interrupting:\n"
               "    def find_spec(self, name, path=None, target=None):\n"
               "        if name == 'pipelines.cli':\n"
