@@ -125,6 +125,7 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 NOISE_CONFIG = dict(beta=0.6, steps=1500, batch_size=64, meta_batch_size=16)
 
 
+@pytest.mark.slow
 def test_digits_label_noise_free_weights_separate_clean_from_noisy(noisy_digits) -> None:
     d = noisy_digits
     config = BadsConfig(**NOISE_CONFIG, lr_w=1e-2)
@@ -142,6 +143,7 @@ def test_digits_label_noise_free_weights_separate_clean_from_noisy(noisy_digits)
     assert abs(fit.weights.mean() - 0.6) < 0.1  # the budget prior held
 
 
+@pytest.mark.slow
 def test_digits_label_noise_weight_network_ranks_clean_above_noisy(noisy_digits) -> None:
     """The weight network on penultimate features x one-hot label: weaker than free
     weights here (README), still far above chance."""
@@ -158,6 +160,7 @@ def test_digits_label_noise_weight_network_ranks_clean_above_noisy(noisy_digits)
     assert (right > wrong).mean() > 0.8
 
 
+@pytest.mark.slow
 def test_digits_class_imbalance_balanced_meta_set_beats_uniform() -> None:
     """4-vs-9 (the paper's MNIST setting, on digits): 3 nines among ~120 fours in
     training, 5 of each in the meta set; balanced accuracy on 60 + 60 test rows."""
@@ -194,6 +197,7 @@ def test_digits_class_imbalance_balanced_meta_set_beats_uniform() -> None:
     assert np.mean(ours) > np.mean(without_meta)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(noisy_digits) -> None:
     d = noisy_digits
     config = BadsConfig(beta=0.6, steps=40, batch_size=32, lr_w=1e-2)
@@ -217,6 +221,7 @@ def test_read_off_averages_the_last_thinned_samples(noisy_digits) -> None:
                            torch.sigmoid(fit.samples[-1]["logits"]).numpy())
 
 
+@pytest.mark.slow
 def test_a_weak_budget_prior_collapses_the_weights_and_is_reported(noisy_digits) -> None:
     d = noisy_digits
     config = BadsConfig(beta=0.6, sigma=10.0, steps=300, batch_size=64, lr_w=1e-2)

@@ -49,6 +49,7 @@ def test_select_on_a_local_cluster_writes_rows_scores_and_manifest(tmp_path, cap
     assert "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_score_command_writes_only_the_store(tmp_path):
     out = tmp_path / "out"
     assert main(["score", "--scorer", "dsir", "--pool", POOL_GLOB, "--target",
@@ -85,6 +86,7 @@ def test_params_are_typed_and_unknown_ones_rejected():
         parse_params("dsir", ["num_buckets=many"])
 
 
+@pytest.mark.slow
 def test_scheduler_flag_runs_the_same_job_on_a_running_cluster(tmp_path, monkeypatch):
     from distributed import LocalCluster
 

@@ -54,7 +54,7 @@ def test_every_option_has_help_and_states_its_default():
 
 
 @pytest.mark.parametrize("argv, shown", [
-    (["select", "--help"], ["--scorer NAME bads, dsir, embed, fasttext, less, zipfit",
+    (["select", "--help"], ["--scorer NAME auto, bads, dsir, embed, fasttext, less, zipfit",
                             "--seed SEED", "(default: 0)", "(default: parquet)",
                             "(default: 0.1)", "(default: 4.0)", "(default: auto)"]),
     (["eval", "--help"], ["(default: 0,1,2)"]),
@@ -141,7 +141,7 @@ def test_scorer_choices_check_names_without_importing_a_scorer(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["score", "--scorer", "nope", "--pool", "p", "--target", "t", "--out", "o"])
     assert exit.value.code == 2
-    assert "invalid choice: 'nope' (choose from 'bads', 'dsir'" in capsys.readouterr().err
+    assert "invalid choice: 'nope' (choose from 'auto', 'bads', 'dsir'" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("_fresh_registry")

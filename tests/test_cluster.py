@@ -22,6 +22,7 @@ def _environ() -> dict[str, str | None]:
     return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
 
 
+@pytest.mark.slow
 def test_worker_processes_have_no_fixed_trim_threshold():
     with dask_client(workers=1, kind="processes") as client:
         seen = list(client.run(_environ).values())
@@ -34,6 +35,7 @@ def _torch_threads(_: object = None) -> int:
     return torch.get_num_threads()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 1, 2])
 def test_torch_in_a_worker_uses_the_cores_it_owns(workers):
     """W single-task worker processes on C cores run torch with max(1, C // W) threads
@@ -51,6 +53,7 @@ def test_torch_in_a_worker_uses_the_cores_it_owns(workers):
     assert os.environ.get("OMP_NUM_THREADS") == before
 
 
+@pytest.mark.slow
 def test_thread_limits_the_user_configured_are_kept():
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 3}}), \
             dask_client(workers=1, kind="processes") as client:
@@ -66,6 +69,7 @@ def test_threads_run_in_the_client_process():
     assert [w["nthreads"] for w in info.values()] == [2]
 
 
+@pytest.mark.slow
 def test_a_threshold_left_behind_by_another_cluster_is_not_inherited(monkeypatch):
     """Dask's nannies leave their spawn environment in os.environ; ours must not inherit
     it, and the process's own value is back afterwards."""
@@ -77,6 +81,7 @@ def test_a_threshold_left_behind_by_another_cluster_is_not_inherited(monkeypatch
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
 
 
+@pytest.mark.slow
 def test_a_threshold_the_user_chose_is_kept(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
     with dask_client(workers=1, kind="processes") as client:

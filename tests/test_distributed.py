@@ -69,6 +69,7 @@ def part_bytes(folder: Path) -> dict[str, bytes]:
             for p in sorted(folder.rglob("part-*.parquet"))}
 
 
+@pytest.mark.slow
 def test_recipe_on_external_cluster_matches_local_run(tmp_path, cluster):
     paths = {}
     for name, scheduler in (("local", None), ("cluster", cluster)):

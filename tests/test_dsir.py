@@ -24,6 +24,7 @@ def reference_files(tmp_path, pool_table):
     return pool_path, target_path
 
 
+@pytest.mark.slow
 def test_reference_mode_reproduces_data_selection_weights_and_scores(tmp_path, reference_files):
     pool_path, target_path = reference_files
     ref = HashedNgramDSIR([str(pool_path)], [str(target_path)], str(tmp_path / "cache"),

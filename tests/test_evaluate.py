@@ -127,6 +127,7 @@ def test_held_out_loss_equals_a_one_row_loop(instruction_lm):
     assert 0.0 <= got["exact_match"] <= 1.0  # define answers are short
 
 
+@pytest.mark.slow
 def test_eval_end_to_end_resumes_and_recomputes_on_change(instruction_run):
     report = run_eval(str(instruction_run), EvalSettings(seeds=(0, 1), **TINY))
     assert set(report["summary"]) == set(TASKS)
@@ -165,6 +166,7 @@ def test_bad_settings_are_errors(instruction_run):
         plan_trainings(str(instruction_run), EvalSettings(tasks=("nope",), **TINY))
 
 
+@pytest.mark.slow
 def test_cli_eval(instruction_run, capsys):
     from pipelines.cli import main
 

@@ -46,6 +46,7 @@ def test_normalize_texts_makes_one_trimmed_line():
     assert normalize_texts(texts, lowercase=True).to_pylist()[0] == "hello world !"
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_given_the_seed():
     """Trained twice in one process: identical model bytes (fastText leaves most of its
     input matrix uninitialised with one thread; see _train_in_fresh_process)."""
@@ -62,6 +63,7 @@ def test_training_is_deterministic_given_the_seed():
     assert np.all((scores[0] >= 0) & (scores[0] <= 1))
 
 
+@pytest.mark.slow
 def test_negative_sample_does_not_depend_on_partitioning(tmp_path, pool_table):
     rows = pool_table.slice(0, 400).select(["id", "text"]).to_pylist()
     one = read_corpus(str(write_jsonl(tmp_path / "a.jsonl", rows)))
@@ -73,6 +75,7 @@ def test_negative_sample_does_not_depend_on_partitioning(tmp_path, pool_table):
     assert a.model_bytes_ == b.model_bytes_
 
 
+@pytest.mark.slow
 def test_trained_classifier_recovers_the_target_domain(tmp_path):
     pool, target = read_corpus(POOL_GLOB), read_corpus(str(TARGETS / "fortunes.jsonl"))
     scorer = FastText().fit(target, pool)
@@ -81,6 +84,7 @@ def test_trained_classifier_recovers_the_target_domain(tmp_path):
     assert domain_precision(picked, "fortunes") > 0.7  # chance: 0.11
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", ["hq", "__label__hq"])
 def test_given_model_scores_equal_the_library_prediction(given_model, label):
     pool = read_corpus(POOL_GLOB)
@@ -142,6 +146,7 @@ def test_bad_settings_are_refused(params, message):
         FastText(**params)
 
 
+@pytest.mark.slow
 def test_cli_scores_with_a_given_model_on_process_workers(tmp_path, given_model):
     out = tmp_path / "out"
     code = main(["select", "--scorer", "fasttext", "--pool", POOL_GLOB,

@@ -124,12 +124,14 @@ def test_every_reader_reads_exactly_a_selection(select_out, hf_cache, reader):
     _check_reader(reader, select_out, hf_cache)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reader", list(READERS))
 def test_every_reader_reads_exactly_a_recipe_task(recipe_out, hf_cache, reader):
     for task in TASKS:
         _check_reader(reader, recipe_out / "tasks" / task, hf_cache)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reader", list(READERS))
 def test_every_reader_reads_exactly_the_union(recipe_out, hf_cache, reader):
     _check_reader(reader, recipe_out / "union", hf_cache)

@@ -37,6 +37,7 @@ def stage_rows(printed: str) -> dict[str, float]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scorer", JOBS)
 def test_select_job_accounts_for_its_time_and_warns_nothing(scorer, tmp_path, capfd):
     out = tmp_path / "out"
@@ -68,6 +69,7 @@ def test_select_job_accounts_for_its_time_and_warns_nothing(scorer, tmp_path, ca
         recorded["total_seconds"], abs=0.001 * (len(recorded["stages"]) + 1))
 
 
+@pytest.mark.slow
 def test_cli_and_api_report_the_same_kl_and_labels_for_the_same_selection(tmp_path, capsys):
     assert main(["select", "--scorer", "dsir", "--pool", POOL_GLOB, "--target", TARGET,
                  "--k", "440", "--seed", "0", "--out", str(tmp_path / "cli")]) == 0

@@ -61,6 +61,7 @@ def _worst_distortion(projection: SparseProjection, x: np.ndarray) -> tuple[floa
     return float(norms.max()), float(pairs[np.triu_indices(len(x), 1)].max())
 
 
+@pytest.mark.slow
 def test_projection_preserves_norms_and_inner_products_within_jl_bounds() -> None:
     """For the block construction, ``‖Px‖² - ‖x‖²`` has mean 0 and variance
     ``2/m (‖x‖⁴ - Σ x_i⁴) <= 2/m`` (only coordinates sharing an output in a block

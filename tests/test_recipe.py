@@ -110,6 +110,7 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     assert info.value.where.startswith(f"{path}:")
 
 
+@pytest.mark.slow
 def test_each_task_equals_its_select_job(dsir_run, tmp_path):
     """A recipe task is the select job with the same settings: the same ids, in order."""
     out, _, run = dsir_run
@@ -140,6 +141,7 @@ def test_union_is_the_set_union_with_the_tasks_that_chose_each_row(dsir_run):
     assert [order[i] for i in ids] == sorted(order[i] for i in ids)  # pool order
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_interrupted_parts_are_rebuilt(dsir_run, tmp_path):
     out, recipe, _ = dsir_run
     before = part_bytes(out)
@@ -165,6 +167,7 @@ def test_changed_settings_need_overwrite(dsir_run, tmp_path):
         run_recipe(load_recipe(path))
 
 
+@pytest.mark.slow
 def test_global_budget_gives_each_row_to_its_best_task(tmp_path):
     recipe = dsir_recipe(tmp_path / "out", k=300, scope="global", policy="top_k")
     path = write_recipe(tmp_path / "global.yaml", recipe)

@@ -72,6 +72,7 @@ def test_help_and_version_load_neither_models_nor_the_data_stack(argv):
     ("fasttext", ["-p", "epoch=2"], "processes"),  # its declared kind
     ("auto", ["-p", "candidates=dsir,zipfit"], "auto"),  # its own modules, in threads
 ])
+@pytest.mark.slow
 def test_a_cheap_scorers_job_imports_no_model_libraries(scorer, params, kind, tmp_path):
     pool = POOL_GLOB.replace("*", "part-00000")  # one part: ZIP-FIT exact is quadratic
     argv = ["select", "--scorer", scorer, *params, "--pool", pool, "--target",

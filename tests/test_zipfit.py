@@ -162,6 +162,7 @@ def test_bad_settings_are_refused(params, message):
         ZipFit(**params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_recovers_the_target_domain_on_real_data(tmp_path, mode):
     """Both modes pick fortunes far above chance (440 of 3,960 rows: 0.11)."""

@@ -350,6 +350,7 @@ def _finish(job: subprocess.Popen, timeout: float) -> tuple[int, str]:
     return job.returncode, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line_and_no_stray_processes(tmp_path, bigger_pool):
     out = tmp_path / "out"
     job = _start_job(bigger_pool, out)
@@ -367,6 +368,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_stray_processes(tmp_path, bigger_
     assert not _alive(children), f"left behind: {_alive(children)}"
 
 
+@pytest.mark.slow
 def test_killed_workers_end_the_job_with_one_line_not_a_hang(tmp_path, bigger_pool):
     """Every worker process is SIGKILLed as soon as it (re)appears, as a system that keeps
     killing them for memory would: the client reports it instead of waiting."""

@@ -116,6 +116,7 @@ def test_a_non_empty_foreign_folder_is_refused_and_left_byte_identical(tmp_path,
         assert _digests(foreign) == before  # no marker, no lock, nothing replaced
 
 
+@pytest.mark.slow
 def test_overwrite_removes_exactly_the_files_the_previous_job_listed(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(_select(f"{DATA}/pool/*.parquet", out)) == 0
@@ -151,6 +152,7 @@ def test_remove_listed_touches_nothing_outside_its_list(tmp_path):
         again.expect(["../escape.txt"])
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_workers_kind_or_out_spelling_is_the_same_job(tmp_path):
     out = tmp_path / "out"
     assert main(_select(f"{DATA}/pool/*.parquet", out)) == 0
@@ -190,6 +192,7 @@ def _hold_in_another_process(folder: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow
 def test_a_folder_locked_by_a_live_job_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -236,6 +239,7 @@ def _race(folder: str, start: Any, tried: Any, results: Any) -> None:
         tried.wait()
 
 
+@pytest.mark.slow
 def test_racing_jobs_never_hold_one_lock_together(tmp_path):
     import multiprocessing
 
@@ -309,6 +313,7 @@ KILL_WHEN = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", list(KILL_WHEN))
 def test_kill_9_at_each_stage_then_an_identical_rerun_gives_identical_bytes(
         stage, tmp_path, jsonl_pool, uninterrupted):
@@ -371,6 +376,7 @@ def test_a_recipe_output_over_its_pool_is_refused_before_any_work(tmp_path, caps
 # --- found by probing the fixes above ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_repeated_pool_flag_adds_files_instead_of_replacing_them(tmp_path):
     pool = sorted(str(p) for p in (DATA / "pool").glob("*.parquet"))
     argv = _select(pool[0], tmp_path / "out")
