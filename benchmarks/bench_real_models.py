@@ -28,7 +28,7 @@ What is measured
 Prints one line per (task, method) and a precision table; writes the JSON to ``--json``.
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_real_models.py --per-task 50
+    .venv/bin/python benchmarks/bench_real_models.py --per-task 25
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--model", default=None, help="converted SmolLM2 folder")
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=512)  # code targets need > 256
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--warmup-fraction", type=float, default=0.1)
