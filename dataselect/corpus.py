@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataselect.defaults import DEFAULT_PARTITION_BYTES
-from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
+from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError, first_names
 from dataselect.fingerprint import file_fingerprint
 from dataselect.formats import (
     ARROW_SUFFIXES,
@@ -192,7 +192,7 @@ class Corpus:
         rows read before and after the edit, under scores of the old text."""
         changed = self.changed_since(recorded)
         if changed:
-            shown = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
+            shown = first_names(changed)
             raise InputError(f"changed while the job ran ({what}: {shown}); the output is "
                              "incomplete: rerun with --overwrite once the input stays put",
                              where=changed[0])

@@ -103,3 +103,9 @@ def _is_under(path: str | bytes | os.PathLike | None, out: str | None) -> bool:
         return True
     path, out = os.path.abspath(os.fsdecode(path)), os.path.abspath(out)
     return path == out or path.startswith(out.rstrip(os.sep) + os.sep)
+
+
+def first_names(names: list[str], limit: int = 3) -> str:
+    """The first ``limit`` names, comma-separated, with ``...`` when there are more: an
+    error line names examples, not a listing of a whole folder."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataselect.errors import InputError, OutputConflictError
+from dataselect.errors import InputError, OutputConflictError, first_names
 from dataselect.layout import legacy_entries
 from dataselect.output import jsonable, read_json, write_json
 
@@ -275,7 +275,7 @@ def _refuse_foreign(path: str) -> None:
     foreign = sorted(name for name in os.listdir(path)
                      if not _holds_only_ours(os.path.join(path, name)))
     if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        shown = first_names(foreign)
         raise OutputConflictError(
             f"{path} is not empty and was not written by dataselect (holds {shown}); "
             "dataselect writes only into new, empty or its own folders: choose another "
@@ -299,7 +299,7 @@ def refuse_legacy(path: str) -> None:
     ``datasets`` reads those as data, and a job resumed there would mix both layouts."""
     old = legacy_entries(path)
     if old:
-        shown = ", ".join(old[:3]) + (", ..." if len(old) > 3 else "")
+        shown = first_names(old)
         raise OutputConflictError(
             f"{path} holds output of an older dataselect ({shown}: bookkeeping named with "
             "'_', which Hugging Face datasets reads as data; it is now named with '.'); "
