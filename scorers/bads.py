@@ -56,6 +56,7 @@ from scorers.lm import (
     model_view,
     per_example_loss,
     pick_device,
+    token_budget_chunks,
     tokenize,
 )
 
@@ -98,6 +99,7 @@ class Bads(Scorer):
     thin: int = 10
     weights: str = "network"
     max_length: int = 512
+    max_batch_tokens: int = 1024  # padded tokens per backward pass: bounds memory
     device: str | None = None
     seed: int = 0
 
@@ -105,6 +107,7 @@ class Bads(Scorer):
         # numbers first (a recipe checks them before its models exist); the SGLD ranges
         # are BadsConfig.check's
         checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
+        checks.check_count(self.max_batch_tokens, "max_batch_tokens")
         self.sgld_config().check()
         self.model = check_model_folder(self.model, "model")
         if self.weights not in WEIGHT_KINDS:
@@ -162,13 +165,18 @@ class Bads(Scorer):
                 skipped += int((~trained).sum())
                 if not trained.any():
                     continue
-                logits = model(input_ids=tokens.input_ids,
-                               attention_mask=tokens.attention_mask).logits
-                loss = per_example_loss(logits, tokens)
                 embedding = mean_token_embedding(table, tokens)[:batch.num_rows][trained]
                 index = torch.as_tensor(positions, device=device)[trained.cpu()]
                 weights = weight_model(embedding if self.weights == "network" else index)
-                sampler.step(loss[:batch.num_rows][trained], weights, loss[batch.num_rows:])
+                train_coefficient, meta_coefficient = sampler.theta_loss_coefficients(
+                    weights, both.num_rows - batch.num_rows)
+                coefficients = torch.full((both.num_rows,), meta_coefficient, device=device)
+                coefficients[:batch.num_rows] = 0.0
+                coefficients[:batch.num_rows][trained] = train_coefficient
+                sampler.begin_step()
+                loss = self._backpropagate_losses(model, tokens, coefficients)
+                sampler.step(loss[:batch.num_rows][trained], weights, loss[batch.num_rows:],
+                             accumulated=True)
                 recent.append((embedding.detach(), index))
                 advance(1)
         self._read_off(sampler, pool, sizes)
@@ -187,6 +195,25 @@ class Bads(Scorer):
         digest.update(repr(sorted(self.free_weights_.items())).encode())
         self.fingerprint_ = digest.hexdigest()[:16]
         return self
+
+    def _backpropagate_losses(self, model: Any, tokens: TokenBatch, coefficients: torch.Tensor
+                              ) -> torch.Tensor:
+        """Backpropagate ``Σ coefficient · loss`` over the batch in chunks of at most
+        ``max_batch_tokens`` padded tokens (θ's gradients add up across chunks) and return
+        the detached per-row losses: the activations of one chunk are alive at a time, so a
+        step's memory follows the token budget, not the batch's longest row times its rows."""
+        losses = torch.zeros(len(coefficients), device=coefficients.device)
+        for rows in token_budget_chunks(tokens.lengths.cpu(), len(coefficients),
+                                        self.max_batch_tokens):
+            index = torch.as_tensor(rows, device=coefficients.device)
+            if not coefficients[index].any():  # rows without response tokens
+                continue
+            chunk = tokens.select(index)
+            logits = model(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask).logits
+            loss = per_example_loss(logits, chunk)
+            (loss * coefficients[index]).sum().backward()
+            losses[index] = loss.detach()
+        return losses
 
     def _meta_set(self, target: Corpus, tokenizer: Any) -> pa.Table:
         parts = []

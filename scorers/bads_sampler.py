@@ -211,15 +211,37 @@ class BadsSampler:
         gap = float(total.detach()) - self.budget
         return theta_prior + theta_data + weight_data + weight_prior, gap
 
-    def step(self, train_loss: torch.Tensor, weights: torch.Tensor, meta_loss: torch.Tensor
-             ) -> StepRecord:
+    def theta_loss_coefficients(self, weights: torch.Tensor, meta_rows: int
+                                ) -> tuple[torch.Tensor, float]:
+        """∂U/∂L of each train row and of each meta row in this step's energy: θ's data
+        gradient is Σ coefficient · ∇θ L over the batch's rows. The energy is linear in
+        the losses, so a caller may backpropagate ``coefficient · loss`` chunk by chunk
+        (between :meth:`begin_step` and ``step(..., accumulated=True)``) and hold one
+        chunk's activations at a time instead of the whole batch's."""
+        c = self.config
+        return (c.rho_theta_train * self.n_train * weights.detach() / weights.shape[0],
+                c.rho_theta_meta * self.n_meta / meta_rows)
+
+    def begin_step(self) -> None:
+        """Clear the gradients before a step whose loss gradients the caller accumulates."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, train_loss: torch.Tensor, weights: torch.Tensor, meta_loss: torch.Tensor,
+             accumulated: bool = False) -> StepRecord:
+        """One SGLD update. ``accumulated``: the caller has already backpropagated the
+        losses' θ terms (see :meth:`theta_loss_coefficients`) and passes them detached;
+        the prior and the weights' terms are added here."""
         if train_loss.shape != weights.shape or train_loss.ndim != 1:
             raise ValueError(f"train_loss {tuple(train_loss.shape)} and weights "
                              f"{tuple(weights.shape)} must be one value per train example")
+        if accumulated and (train_loss.requires_grad or meta_loss.requires_grad):
+            raise ValueError("accumulated steps take detached losses (their θ gradients are "
+                             "already in place)")
         energy, gap = self.energy(train_loss, weights, meta_loss)
         if not torch.isfinite(energy):
             raise BadsDivergedError(self._diverged(f"the energy is {float(energy)}"))
-        self.optimizer.zero_grad(set_to_none=True)
+        if not accumulated:
+            self.optimizer.zero_grad(set_to_none=True)
         energy.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.theta, float("inf")))
         if not math.isfinite(grad_norm):

@@ -60,6 +60,7 @@ from scorers.lm import (
     model_rendering,
     per_example_loss,
     pick_device,
+    token_budget_chunks,
     tokenize,
 )
 from scorers.lora_checkpoints import AdamMoments, canonical_name, load_moments, read_info
@@ -98,6 +99,7 @@ class Less(Scorer):
     projection: Projection = "sparse"
     max_length: int = 512
     batch_size: int = 8
+    max_batch_tokens: int = 1024  # padded tokens per backward pass: bounds a worker's memory
     subtask_field: str = "subtask"
     device: str | None = None
     features: str | None = None
@@ -106,6 +108,7 @@ class Less(Scorer):
         # numbers first: a recipe checks them before its models and checkpoints exist
         checks.check_count(self.proj_dim, "proj_dim", maximum=2**20)
         checks.check_count(self.batch_size, "batch_size")
+        checks.check_count(self.max_batch_tokens, "max_batch_tokens")
         checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
         checks.check_seed(self.seed)
         if self.projection not in PROJECTIONS:
@@ -253,7 +256,7 @@ class Less(Scorer):
         for start in range(0, batch.num_rows, group):
             rows = order[start:start + group]
             feats, ok = worker.features(batch.take(rows), adam, self.max_length,
-                                        self.batch_size)
+                                        self.batch_size, self.max_batch_tokens)
             out[rows] = feats
             valid[rows] = ok
         return (out, valid) if with_validity else out
@@ -322,29 +325,30 @@ class _GradientModel:
         per_row = 4 * self.projection.input_dim
         return max(batch_size, PROJECTION_BUFFER_BYTES // per_row)
 
-    def features(self, batch: pa.Table, adam: bool, max_length: int, batch_size: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def features(self, batch: pa.Table, adam: bool, max_length: int, batch_size: int,
+                 max_batch_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         # switching adapters and the gradient hooks are per-model state: one batch at a
         # time (threads of a Dask worker share this model; torch parallelises inside ops)
         with self.lock:
-            return self._features(batch, adam, max_length, batch_size)
+            return self._features(batch, adam, max_length, batch_size, max_batch_tokens)
 
-    def _features(self, batch: pa.Table, adam: bool, max_length: int, batch_size: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        chunks = [tokenize(self.tokenizer, batch.slice(start, batch_size), max_length)
-                  .to(self.device) for start in range(0, batch.num_rows, batch_size)]
-        valid = torch.cat([tokens.has_response for tokens in chunks])
+    def _features(self, batch: pa.Table, adam: bool, max_length: int, batch_size: int,
+                  max_batch_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        tokens = tokenize(self.tokenizer, batch, max_length)
+        valid = tokens.has_response.to(self.device)
+        order = token_budget_chunks(tokens.lengths, batch_size, max_batch_tokens)
+        chunks = [tokens.select(torch.as_tensor(rows)).to(self.device) for rows in order]
+        placed = torch.as_tensor(np.concatenate(order), device=self.device)  # chunk row -> row
         out = torch.zeros((batch.num_rows, len(self.adapters), self.projection.dim),
                           device=self.device)
         for c, adapter in enumerate(self.adapters):
             self._activate(adapter)
-            per_chunk = [self._gradients(c, tokens, adam) for tokens in chunks]
-            # several chunks only when an uncached Rademacher matrix buffers rows: joined
-            # piece by piece, never into one (rows, LoRA parameters) matrix
+            per_chunk = [self._gradients(c, chunk, adam) for chunk in chunks]
+            # joined piece by piece, never into one (rows, LoRA parameters) matrix
             pieces = per_chunk[0] if len(per_chunk) == 1 else [
                 torch.cat(piece) for piece in zip(*per_chunk)]
             del per_chunk
-            out[:, c] = self.projection.project(pieces)
+            out[placed, c] = self.projection.project(pieces)
             del pieces
         out[~valid] = 0
         features = normalize_rows(out.cpu().numpy(), axis=-1)

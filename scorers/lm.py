@@ -181,6 +181,19 @@ class TokenBatch:
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device),
                           self.loss_mask.to(device))
 
+    def select(self, rows: torch.Tensor) -> TokenBatch:
+        """The given rows, cut to the token columns any of them uses: a chunk of short
+        rows stops paying for the padding of a long row it was tokenized with."""
+        attention = self.attention_mask[rows]
+        used = attention.any(0)
+        return TokenBatch(self.input_ids[rows][:, used], attention[:, used],
+                          self.loss_mask[rows][:, used])
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Real (unpadded) tokens per row."""
+        return self.attention_mask.sum(1)
+
     @property
     def has_response(self) -> torch.Tensor:
         """Rows with at least one scored token after truncation (the first token is never
@@ -303,6 +316,29 @@ def tokenize(tokenizer: Any, batch: pa.Table, max_length: int) -> TokenBatch:
             loss_mask[row] |= (starts[row] < span["end"]) & (ends[row] > span["start"])
     loss_mask &= attention & (ends > starts)  # no padding, no zero-width special tokens
     return TokenBatch(encoded["input_ids"], encoded["attention_mask"], loss_mask)
+
+
+def token_budget_chunks(lengths: np.ndarray | torch.Tensor, max_rows: int, max_tokens: int
+                        ) -> list[np.ndarray]:
+    """Row indices in chunks for one forward/backward pass each, shortest rows first: a
+    chunk holds at most ``max_rows`` rows and at most ``max_tokens`` padded tokens (its rows
+    times its longest row); a row longer than ``max_tokens`` goes alone.
+
+    Why: a backward pass keeps every layer's activations for every padded token (about
+    2 MB per token for SmolLM2-135M in float32), so memory follows tokens, not rows. Eight
+    rows of 512 tokens took 10.6 GB where eight rows of 60 take 1.3 GB; cutting by tokens
+    keeps a worker's memory flat whatever the pool's lengths, and on a CPU a pass of 1,024
+    tokens is no slower per token than one of 4,096 (28.8 s against 40.6 s for the same
+    eight 512-token rows)."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    chunks, start = [], 0
+    for stop in range(1, len(order) + 1):
+        if stop == len(order) or stop + 1 - start > max_rows \
+                or (stop + 1 - start) * int(lengths[order[stop]]) > max_tokens:
+            chunks.append(order[start:stop])
+            start = stop
+    return chunks
 
 
 def per_example_loss(logits: torch.Tensor, tokens: TokenBatch) -> torch.Tensor:

@@ -70,6 +70,58 @@ def test_one_step_equals_the_papers_update_written_out() -> None:
     torch.testing.assert_close(free.logits.detach(), u0 - grad_u, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_step_accumulated_chunk_by_chunk_equals_the_one_batch_step(optimizer: str) -> None:
+    """What the LM scorer does to bound memory: backpropagate coefficient x loss per chunk
+    of rows, then step with detached losses; θ, the weights and the record are those of a
+    step on the whole batch at once."""
+    config = BadsConfig(beta=0.3, sigma=0.5, noise=1e-3, optimizer=optimizer, lr_theta=0.1,
+                        lr_w=0.1, steps=5, batch_size=5, meta_batch_size=3, seed=4)
+    x, xm = torch.randn(5, 3, generator=torch.Generator().manual_seed(1)), \
+        torch.randn(3, 3, generator=torch.Generator().manual_seed(2))
+    rows = torch.tensor([3, 10, 11, 40, 41])
+
+    def loss(inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (inputs @ t - 1.0) ** 2
+
+    runs = []
+    for accumulated in (False, True):
+        torch.manual_seed(0)
+        theta = torch.nn.Parameter(torch.randn(3))
+        free = FreeWeights(50, 0.3)
+        with torch.no_grad():
+            free.logits.normal_()
+        sampler = BadsSampler([theta], free, 50, 7, config)
+        for _ in range(3):
+            weights = free(rows)
+            if not accumulated:
+                record = sampler.step(loss(x, theta), weights, loss(xm, theta))
+                continue
+            train_c, meta_c = sampler.theta_loss_coefficients(weights, 3)
+            sampler.begin_step()
+            for part in (slice(0, 2), slice(2, 5)):  # train rows in two chunks
+                (loss(x[part], theta) * train_c[part]).sum().backward()
+            (loss(xm, theta) * meta_c).sum().backward()
+            record = sampler.step(loss(x, theta).detach(), weights,
+                                  loss(xm, theta).detach(), accumulated=True)
+        runs.append((theta.detach().clone(), free.logits.detach().clone(), record))
+    (theta_a, u_a, rec_a), (theta_b, u_b, rec_b) = runs
+    torch.testing.assert_close(theta_b, theta_a, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(u_b, u_a, rtol=1e-6, atol=1e-6)
+    assert rec_b.energy == pytest.approx(rec_a.energy, rel=1e-6)
+    assert rec_b.theta_grad_norm == pytest.approx(rec_a.theta_grad_norm, rel=1e-5)
+
+
+def test_an_accumulated_step_refuses_losses_that_still_carry_gradients() -> None:
+    theta = torch.nn.Parameter(torch.randn(3))
+    free = FreeWeights(10, 0.3)
+    sampler = BadsSampler([theta], free, 10, 2, BadsConfig(steps=2, batch_size=2,
+                                                           meta_batch_size=1))
+    live = (torch.randn(2, 3) @ theta) ** 2
+    with pytest.raises(ValueError, match="detached"):
+        sampler.step(live, free(torch.tensor([0, 1])), live[:1].detach(), accumulated=True)
+
+
 def test_the_budget_uses_the_running_mean_of_recent_batch_means() -> None:
     torch.manual_seed(1)
     config = BadsConfig(beta=0.2, s_avg=3, noise=0.0, steps=10, batch_size=5)

@@ -23,7 +23,7 @@ from dataselect.features import FeatureStore
 from dataselect.textspec import TextSpec
 from pipelines.cli import main
 from scorers.less import Less
-from scorers.lm import load_causal_lm, load_tokenizer, per_example_loss
+from scorers.lm import load_causal_lm, load_tokenizer, per_example_loss, token_budget_chunks
 from scorers.lm import tokenize as lm_tokenize
 from scorers.lora_checkpoints import load_moments
 from scorers.lora_warmup import WarmupConfig, learning_rate, warmup
@@ -156,6 +156,48 @@ def test_batched_features_equal_one_example_at_a_time(setup: dict, adam: bool,
     for c, checkpoint in enumerate(setup["checkpoints"]):
         naive = _naive_features(setup, view, checkpoint, adam, 64, projection)
         np.testing.assert_allclose(batched[:, c], naive, atol=2e-4)
+
+
+@pytest.mark.parametrize("max_rows", [1, 3, 8])
+@pytest.mark.parametrize("max_tokens", [1, 50, 400, 10**6])
+def test_token_budget_chunks_bound_rows_and_padded_tokens(max_rows: int, max_tokens: int
+                                                          ) -> None:
+    lengths = np.random.default_rng(max_rows + max_tokens).integers(1, 200, size=37)
+    chunks = token_budget_chunks(lengths, max_rows, max_tokens)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(37))  # every row once
+    for chunk in chunks:
+        assert len(chunk) <= max_rows
+        assert len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= max_tokens
+    # greedy: no chunk could have taken the next row (shortest first) within both bounds
+    for chunk, following in itertools.pairwise(chunks):
+        grown = np.append(chunk, following[0])
+        assert len(grown) > max_rows or len(grown) * lengths[grown].max() > max_tokens
+    flat = lengths[np.concatenate(chunks)]
+    assert (np.diff(flat) >= 0).all()  # shortest first, so chunks pad little
+
+
+def test_token_budget_splits_backward_passes_without_changing_features(
+        setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scorers.gradients import LinearGradients
+
+    table = setup["pool"].read_partition(0).slice(0, 6)
+    view = setup["pool"].scoring_view(table, response_spans=True)
+    passes: list[int] = []
+    original = LinearGradients.per_example
+
+    def counted(self: LinearGradients, batch_size: int, run_forward: object) -> dict:
+        passes.append(batch_size)
+        return original(self, batch_size, run_forward)
+
+    monkeypatch.setattr(LinearGradients, "per_example", counted)
+    whole = Less(setup["model"], setup["checkpoints"], proj_dim=64, max_length=MAX_LENGTH,
+                 batch_size=8, max_batch_tokens=10**6).featurize_batch(view)
+    assert passes == [6] * len(setup["checkpoints"])
+    passes.clear()
+    alone = Less(setup["model"], setup["checkpoints"], proj_dim=64, max_length=MAX_LENGTH,
+                 batch_size=8, max_batch_tokens=1).featurize_batch(view)
+    assert passes == [1] * 6 * len(setup["checkpoints"])  # every row in its own pass
+    np.testing.assert_allclose(alone, whole, atol=2e-5)
 
 
 def test_sparse_projection_projects_every_backward_batch_cached_or_not(
