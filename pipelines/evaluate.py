@@ -29,7 +29,6 @@ Hugging Face causal LM instead (the seed then sets only the batch order).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -53,6 +52,7 @@ from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
 from pipelines.cluster import dask_client, default_workers
 from pipelines.progress import ProgressRunner
 from pipelines.recipe import Recipe
+from pipelines.recipe_attribution import selected_corpus
 from pipelines.summary import print_summary
 
 EVAL_DIR, RUNS_DIR, RESULTS_FILE = "eval", "runs", "results.json"
@@ -382,11 +382,9 @@ def _held_out(recipe: Recipe, task: str) -> pa.Table:
 
 def _selected_view(out: str, recipe: Recipe, task: str) -> pa.Table:
     """The task's chosen rows as training text (they carry the pool's columns)."""
-    suffix = "parquet" if recipe.output.format == "parquet" else "arrow"
-    files = sorted(glob.glob(os.path.join(out, "tasks", task, f"part-*.{suffix}")))
-    if not files:
+    corpus = selected_corpus(out, recipe, task)
+    if corpus is None:
         raise InputError(f"no selected rows of task {task!r} found", where=out)
-    corpus = read_corpus(files, recipe.pool.text, "id")
     return corpus.scoring_view(corpus.to_table(f"selection of task {task!r}"),
                                response_spans=True)
 

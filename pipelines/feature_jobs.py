@@ -200,10 +200,21 @@ def run_influence_job(method: str, params: dict[str, str], pool: Corpus, queries
     top-k rows per query as Parquet (TRAK through the inner-product index); with ``k`` None
     or at least the pool's size, the dense float32 ``(pool rows, queries)`` matrix folder
     (:func:`dataselect.attribution.write_attribution_matrix`)."""
-    from scorers.influence import InfluenceConfig, bif_scores, trak_features
+    from scorers.influence import InfluenceConfig
+
+    config = InfluenceConfig(**settings_from_text(InfluenceConfig, params, method))
+    return write_influence(method, config, pool, queries, k, out, console)
+
+
+def write_influence(method: str, config: Any, pool: Corpus, queries: Corpus, k: int | None,
+                    out: str, console: Console | None = None, summary: bool = True
+                    ) -> dict[str, Any]:
+    """:func:`run_influence_job` with settled settings (a
+    :class:`scorers.influence.InfluenceConfig`); ``summary=False`` leaves the stage table
+    to the caller (a recipe prints one for the whole run)."""
+    from scorers.influence import bif_scores, trak_features
 
     started = time.perf_counter()
-    config = InfluenceConfig(**settings_from_text(InfluenceConfig, params, method))
     inputs = [*pool.files, *queries.files]
     pool_ids, pool_view = _views(pool)
     query_ids, query_view = _views(queries)
@@ -230,11 +241,14 @@ def run_influence_job(method: str, params: dict[str, str], pool: Corpus, queries
         write_attributions(table, out, inputs)
         rows_out = table.num_rows
     seconds = time.perf_counter() - started
-    print_summary(console, f"attribute:{method}", [StageTiming(method, len(query_ids), seconds)],
-                  {"rows_in": len(pool_ids), "queries": len(query_ids),
-                   "k": "all" if dense else k, "rows_out": rows_out,
-                   "out": os.path.abspath(out)}, seconds)
-    return {"queries": len(query_ids), "rows": rows_out, "dense": dense}
+    if summary:
+        print_summary(console, f"attribute:{method}",
+                      [StageTiming(method, len(query_ids), seconds)],
+                      {"rows_in": len(pool_ids), "queries": len(query_ids),
+                       "k": "all" if dense else k, "rows_out": rows_out,
+                       "out": os.path.abspath(out)}, seconds)
+    return {"queries": len(query_ids), "training_rows": len(pool_ids), "rows": rows_out,
+            "dense": dense}
 
 
 def warmup_config(params: dict[str, str]) -> WarmupConfig:

@@ -193,6 +193,48 @@ class ModelSpec(_Strict):
         return self
 
 
+class AttributionSpec(_Strict):
+    """Which of each task's selected rows most influence its held-out rows: ``dataselect
+    attribute --method`` run per task after the selection, over the rows the task chose
+    (its ``tasks/<task>/`` parts), for the task's ``eval`` rows (``queries: eval``) or its
+    target rows (``queries: target``). ``params`` are the method's settings (``proj_dim``,
+    ``ridge``, ``kernel``, ``checkpoints``, BIF's sampler, ...)."""
+
+    method: Literal["trak", "bif"] = "trak"
+    model: str
+    queries: Literal["eval", "target"] = "eval"
+    k: int | Literal["all"] = 10
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, k: Any) -> Any:
+        if k == "all" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            return k
+        raise ValueError(f"must be a whole number >= 1 or 'all', got {checks.shown(k)}")
+
+    @field_validator("params")
+    @classmethod
+    def _influence_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        # torch: imported only for recipes that attribute
+        from scorers.influence import InfluenceConfig, check_settings
+
+        if "model" in params:
+            raise ValueError("give the model as attribution.model, not in params")
+        try:
+            model = settings_model(InfluenceConfig).model_validate({"model": ".", **params})
+        except pydantic.ValidationError as exc:
+            raise _NestedError.of((), exc) from None
+        typed = {k: v for k, v in model.model_dump(exclude_unset=True).items() if k != "model"}
+        try:
+            check_settings(typed)
+        except InputError as exc:
+            raise _NestedError([{"loc": (exc.field,) if exc.field else (), "msg": exc.message,
+                                 "type": "value_error", "input": typed.get(exc.field or "")}]
+                               ) from None
+        return typed
+
+
 class Recipe(_Strict):
     """A whole batch job. ``warmup`` holds the LESS LoRA warmup settings, used when the
     less scorer is given no ``checkpoints``."""
@@ -207,6 +249,7 @@ class Recipe(_Strict):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     warmup: dict[str, Any] = Field(default_factory=dict)
+    attribution: AttributionSpec | None = None
     seed: Seed = 0
 
     @field_validator("targets")
@@ -261,6 +304,11 @@ class Recipe(_Strict):
             if SCORERS[name].needs_model and "model" not in params:
                 raise ValueError(f"scorer {name} needs model: a local folder or the name of "
                                  "an entry of models")
+        if self.attribution is not None and self.attribution.queries == "eval":
+            missing = [t for t, spec in self.targets.items() if not spec.eval]
+            if missing:
+                raise ValueError(f"attribution.queries is eval but tasks {missing} have no "
+                                 "eval rows (give targets.<task>.eval, or queries: target)")
         if self.combine.weights and sum(self.combine.weights.get(n, 1.0)
                                         for n in self.scorers) <= 0:
             raise ValueError("combine.weights are all zero")

@@ -10,7 +10,9 @@ Stages, in one Dask client (a LocalCluster, or the recipe's scheduler):
 3. select per task (or once over the best task score, for a global budget) and write
    ``tasks/<task>/`` (resumes finished parts);
 4. write ``union/``: every chosen row once, with the tasks that chose it;
-5. ``.run.json``, written last: the validated recipe, counts and timings.
+5. with ``attribution:``, attribute each task's held-out rows to the rows it chose
+   (``attribution/<task>.parquet``; :mod:`pipelines.recipe_attribution`);
+6. ``.run.json``, written last: the validated recipe, counts and timings.
 
 LESS's pool gradient features do not depend on the task, so they are computed once into
 ``.features/less/`` and every task's scores are read from them. ``tasks/<task>/`` and
@@ -44,6 +46,7 @@ from pipelines.cluster import dask_client
 from pipelines.jobs import build_scorer, choose_rows
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
+from pipelines.recipe_attribution import run_attributions
 from pipelines.summary import print_fit_details, print_summary
 from scorers import SCORERS
 
@@ -62,7 +65,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])
-        params = _prepare_models(recipe, pool, out, timings, console)
+        params, folders = _prepare_models(recipe, pool, out, timings, console)
         with dask_client(recipe.cluster.scheduler, recipe.cluster.workers,
                          recipe.cluster.memory_limit, _worker_kind(recipe, params)) as client:
             runner = ProgressRunner(client)
@@ -77,8 +80,10 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
             union = write_union(selections, os.path.join(out, UNION_DIR),
                                 recipe.output.format, runner, overwrite,
                                 recipe.output.save_to_disk)
+            attribution = (run_attributions(recipe, out, folders, timings, console)
+                           if recipe.attribution is not None else None)
             run = _run_record(recipe, recipe_file, manifests, union, timings + runner.timings,
-                              time.perf_counter() - started)
+                              time.perf_counter() - started, attribution)
             write_json(run, os.path.join(out, RUN_FILE))
     _print_tasks(console, run)
     print_summary(console, "run", timings + runner.timings,
@@ -91,11 +96,12 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
 
 
 def _run_record(recipe: Recipe, recipe_file: str, manifests: dict[str, dict[str, Any]],
-                union: dict[str, Any], timings: list[StageTiming], total: float
-                ) -> dict[str, Any]:
+                union: dict[str, Any], timings: list[StageTiming], total: float,
+                attribution: dict[str, Any] | None = None) -> dict[str, Any]:
     """``.run.json``: written inside the cluster's lifetime, so a run killed while the
     cluster closes is complete and an identical rerun finds it finished."""
     return {
+        **({"attribution": attribution} if attribution is not None else {}),
         "recipe": recipe_dict(recipe),
         "recipe_file": recipe_file,
         "tasks": {task: {"selected": m["counts"]["selected"], "path": f"{TASKS_DIR}/{task}",
@@ -162,9 +168,10 @@ def _worker_kind(recipe: Recipe, params: dict[str, dict[str, Any]]) -> str:
 
 
 def _prepare_models(recipe: Recipe, pool: Corpus, out: str, timings: list[StageTiming],
-                    console: Console) -> dict[str, dict[str, Any]]:
+                    console: Console) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Scorer parameters with model names resolved to folders (building the models that
-    are to be built) and LESS checkpoints filled in from a warmup when not given."""
+    are to be built) and LESS checkpoints filled in from a warmup when not given; and
+    the folder of every named model."""
     folders = {}
     for name, spec in recipe.models.items():
         if spec.path is not None:
@@ -187,7 +194,7 @@ def _prepare_models(recipe: Recipe, pool: Corpus, out: str, timings: list[StageT
             resolved["checkpoints"] = _warmup(recipe, pool, resolved["model"], out,
                                               timings, console)
         params[scorer] = resolved
-    return params
+    return params, folders
 
 
 def build_model(pool: Corpus, spec: TinyModelSpec, folder: str) -> tuple[str, bool]:

@@ -12,7 +12,7 @@ gradients. Everything runs on ``device`` (``cuda`` when available) with no other
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -24,7 +24,7 @@ from dataselect.errors import InputError
 from scorers.bif import BifConfig, bif
 from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
 from scorers.projection import PROJECTIONS
-from scorers.trak import DEFAULT_RIDGE, CausalLMOutput, Trak, output_gradients
+from scorers.trak import DEFAULT_RIDGE, KERNELS, CausalLMOutput, Trak, output_gradients
 
 Method = Literal["trak", "bif"]
 METHODS = ("less", "trak", "bif")
@@ -53,21 +53,35 @@ class InfluenceConfig:
     beta: float | None = None
 
     def __post_init__(self) -> None:
-        checks.check_count(self.proj_dim, "proj_dim", maximum=2**20)
-        checks.check_count(self.batch_size, "batch_size")
-        checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
-        checks.check_seed(self.seed)
-        if self.projection not in PROJECTIONS:
-            raise InputError(f"projection must be one of {PROJECTIONS}", field="projection")
+        check_settings(vars(self))
         if isinstance(self.checkpoints, str):
             self.checkpoints = [c for c in self.checkpoints.split(",") if c]
         self.model = check_model_folder(self.model, "model")
-        self.bif_config.check()
 
     @property
     def bif_config(self) -> BifConfig:
         return BifConfig(self.draws, self.burn_in, self.thin, self.step_size,
                          self.localization, self.beta, self.seed)
+
+
+def check_settings(values: dict[str, Any]) -> None:
+    """The range checks of :class:`InfluenceConfig`'s numbers and choices, without its
+    model: a recipe checks its settings before the models it builds exist."""
+    given = {f.name: f.default for f in fields(InfluenceConfig) if f.default is not MISSING}
+    given.update(values)
+    checks.check_count(given["proj_dim"], "proj_dim", maximum=2**20)
+    checks.check_count(given["batch_size"], "batch_size")
+    checks.check_count(given["max_length"], "max_length", minimum=2, maximum=2**20)
+    checks.check_seed(given["seed"])
+    if given["projection"] not in PROJECTIONS:
+        raise InputError(f"projection must be one of {PROJECTIONS}", field="projection")
+    if not given["ridge"] >= 0:
+        raise InputError(f"ridge must be >= 0, got {given['ridge']}", field="ridge")
+    if given["kernel"] not in KERNELS:
+        raise InputError(f"kernel must be one of {KERNELS}, got {given['kernel']!r}",
+                         field="kernel")
+    BifConfig(given["draws"], given["burn_in"], given["thin"], given["step_size"],
+              given["localization"], given["beta"], given["seed"]).check()
 
 
 def members(config: InfluenceConfig, device: torch.device) -> Iterator[torch.nn.Module]:

@@ -125,3 +125,73 @@ def test_cli_attribute_bif_and_refusals(instruction_lm: str, pool_file: Path,
                  str(queries), "--out", str(tmp_path / "x.parquet")]) == 2
     assert main(["attribute", "--method", "less", "--queries", str(queries),
                  "--out", str(tmp_path / "x.parquet")]) == 2
+
+
+def _attribution_recipe(tmp_path: Path, model: str, **attribution: object) -> Path:
+    import yaml
+
+    tasks = ("code", "define")
+    recipe = {
+        "pool": {"paths": str(INSTRUCTIONS / "train.jsonl"), "text": "messages"},
+        "targets": {t: {"paths": str(INSTRUCTIONS / "targets" / f"{t}.jsonl"),
+                        "eval": str(INSTRUCTIONS / "eval" / f"{t}.jsonl")} for t in tasks},
+        "scorers": {"dsir": {"num_buckets": 5000}},
+        "selection": {"policy": "top_k", "k": 12},
+        "output": {"path": str(tmp_path / "out")},
+        "cluster": {"workers": 1},
+        "attribution": {"model": model, "k": 3,
+                        "params": {"proj_dim": 32, "max_length": 96}, **attribution},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_recipe_attributes_each_tasks_eval_rows_to_its_selection(instruction_lm: str,
+                                                                 tmp_path: Path) -> None:
+    """The recipe stage writes what `dataselect attribute --method trak` writes for the
+    task's selected rows and eval rows, and records it in .run.json."""
+    from dataselect.output import read_json
+    from pipelines.recipe import load_recipe
+    from pipelines.run_recipe import run_recipe
+
+    path = _attribution_recipe(tmp_path, instruction_lm)
+    run = run_recipe(load_recipe(path), str(path))
+    out = tmp_path / "out"
+    for task in ("code", "define"):
+        got = pq.read_table(out / "attribution" / f"{task}.parquet")
+        selected = [i for f in sorted((out / "tasks" / task).glob("part-*.parquet"))
+                    for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
+        queries = INSTRUCTIONS / "eval" / f"{task}.jsonl"
+        query_ids = [json.loads(line)["id"] for line in queries.read_text().splitlines()]
+        assert set(got["train_id"].to_pylist()) <= set(selected)
+        assert got["query_id"].to_pylist() == [q for q in query_ids for _ in range(3)]
+        cli = tmp_path / f"{task}-cli.parquet"
+        assert main(["attribute", "--method", "trak", "--pool",
+                     *map(str, sorted((out / "tasks" / task).glob("part-*.parquet"))),
+                     "--queries", str(queries), "--text-field", "messages", "--id-field", "id",
+                     "-p", f"model={instruction_lm}", "-p", "proj_dim=32", "-p",
+                     "max_length=96", "-k", "3", "--out", str(cli)]) == 0
+        expected = pq.read_table(cli)
+        assert got["train_id"].to_pylist() == expected["train_id"].to_pylist()
+        np.testing.assert_allclose(got["score"].to_numpy(), expected["score"].to_numpy(),
+                                   rtol=1e-5, atol=1e-7)
+        assert run["attribution"][task]["path"] == f"attribution/{task}.parquet"
+        assert run["attribution"][task]["training_rows"] == len(selected) == 12
+    assert read_json(out / ".run.json")["attribution"] == run["attribution"]
+
+
+def test_recipe_attribution_settings_are_checked_before_any_work(instruction_lm: str,
+                                                                 tmp_path: Path) -> None:
+    from pipelines.recipe import RecipeError, load_recipe
+
+    path = _attribution_recipe(tmp_path, instruction_lm, params={"ridge": -1})
+    with pytest.raises(RecipeError, match=r"attribution\.params\.ridge"):
+        load_recipe(path)
+    path = _attribution_recipe(tmp_path, instruction_lm, params={"proj_dim": "wide"})
+    with pytest.raises(RecipeError, match=r"attribution\.params\.proj_dim"):
+        load_recipe(path)
+    path = _attribution_recipe(tmp_path, instruction_lm, method="less")
+    with pytest.raises(RecipeError, match=r"attribution\.method"):
+        load_recipe(path)
+    assert not (tmp_path / "out").exists()

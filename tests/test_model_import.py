@@ -125,7 +125,7 @@ def test_recipe_model_path_may_be_a_gguf(given, smollm2, smollm2_gguf, tmp_path,
         "selection: {policy: top_k, k: 5}\n"
         f"output: {{path: {tmp_path / 'out'}}}\n")
     recipe = load_recipe(path)
-    params = _prepare_models(recipe, None, str(tmp_path / "out"), [], Console(quiet=True))
+    params, _ = _prepare_models(recipe, None, str(tmp_path / "out"), [], Console(quiet=True))
     scorer = build_scorer("embed", params["embed"], 0)
     assert scorer.model == smollm2
     files = scorer.config()["model_files"]

@@ -1,0 +1,69 @@
+"""Attribution as the last stage of a recipe (``attribution:``): for each task, which of
+the rows it selected most influence its held-out rows.
+
+Why a recipe stage and not a separate command per task: the question follows the
+selection (did the rows we chose matter for what we want, and which ones), the rows and
+the model are the recipe's own, and the result then lives beside the selection with the
+same ownership, resume and refusal rules. Each task runs
+:func:`pipelines.feature_jobs.write_influence`, the code of ``dataselect attribute
+--method trak|bif``, over the task's ``tasks/<task>/`` parts.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from typing import Any
+
+from rich.console import Console
+
+from dataselect.corpus import Corpus, read_corpus
+from pipelines.progress import StageTiming
+from pipelines.recipe import Recipe
+
+ATTRIBUTION_DIR = "attribution"
+
+
+def selected_corpus(out: str, recipe: Recipe, task: str) -> Corpus | None:
+    """The rows ``task`` chose (they carry the pool's columns), None when it chose none."""
+    suffix = "parquet" if recipe.output.format == "parquet" else "arrow"
+    files = sorted(glob.glob(os.path.join(out, "tasks", task, f"part-*.{suffix}")))
+    return read_corpus(files, recipe.pool.text, "id") if files else None
+
+
+def attribution_path(out: str, recipe: Recipe, task: str) -> str:
+    """``attribution/<task>.parquet`` (top-k rows), or the dense folder
+    ``attribution/<task>/`` for ``k: all``."""
+    name = task if recipe.attribution.k == "all" else f"{task}.parquet"
+    return os.path.join(out, ATTRIBUTION_DIR, name)
+
+
+def run_attributions(recipe: Recipe, out: str, models: dict[str, str],
+                     timings: list[StageTiming], console: Console) -> dict[str, Any]:
+    """Attribute every task's held-out (or target) rows to its selected rows; returns
+    what ``.run.json`` records per task. ``models``: the recipe's model names -> folders."""
+    from pipelines.feature_jobs import write_influence
+    from scorers.influence import InfluenceConfig
+
+    spec = recipe.attribution
+    config = InfluenceConfig(model=models.get(spec.model, spec.model),
+                             **{"seed": recipe.seed, **spec.params})
+    os.makedirs(os.path.join(out, ATTRIBUTION_DIR), exist_ok=True)
+    record: dict[str, Any] = {}
+    for task, target in recipe.targets.items():
+        started = time.perf_counter()
+        training = selected_corpus(out, recipe, task)
+        if training is None:
+            record[task] = {"skipped": "the task selected no rows"}
+            continue
+        queries = read_corpus(target.eval if spec.queries == "eval" else target.paths,
+                              target.text or recipe.pool.text, recipe.pool.id_field)
+        path = attribution_path(out, recipe, task)
+        done = write_influence(spec.method, config, training, queries,
+                               None if spec.k == "all" else spec.k, path, console,
+                               summary=False)
+        record[task] = {"path": os.path.relpath(path, out), **done}
+        timings.append(StageTiming(f"attribute:{spec.method}:{task}", done["queries"],
+                                   time.perf_counter() - started))
+    return record
