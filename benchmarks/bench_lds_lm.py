@@ -38,6 +38,10 @@ Methods (times in this process, after the models are trained; ``"ours"`` marks d
 * ``ds_gn_1/5`` (ours, dataselect's default): the Gauss-Newton kernel
   ``Phi^T diag(p(1-p)) Phi``.
 * ``ds_bif`` (ours): ``scorers.bif.bif`` at model 0 with ``BifConfig()`` defaults.
+* ``ds_fisher_1/5`` (an experiment, not a dataselect method): ``Trak(kernel="trak")`` fed
+  the gradients of the training objective itself (mean response log-likelihood, ``p`` = 0,
+  so no ``1 - p`` factor): an empirical-Fisher influence function in the projected space,
+  to tell whether TRAK's log-odds output or its kernel inverse costs LDS here.
 
 Run from the repository root::
 
@@ -63,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 INSTRUCTIONS = ROOT / "data" / "instructions"
 TASKS = ("code", "define", "summarize", "translate")
 METHODS = ("random", "less_cosine", "tracin_1", "tracin_5", "trak_1", "trak_5", "ds_trak_1",
-           "ds_trak_5", "ds_gn_1", "ds_gn_5", "ds_bif")
+           "ds_trak_5", "ds_gn_1", "ds_gn_5", "ds_fisher_1", "ds_fisher_5", "ds_bif")
 OURS = {"less_cosine", "ds_trak_1", "ds_trak_5", "ds_gn_1", "ds_gn_5", "ds_bif"}
 
 
@@ -244,6 +248,32 @@ def ours_trak(models: list[torch.nn.Module], train: list[Any], queries: list[Any
     return trak.query_features(query_grads) @ trak.train_features().T
 
 
+class _Likelihood:
+    """Output = mean response log-likelihood (minus the training loss), p = 0: TRAK's
+    machinery on the training objective's own gradients (an empirical-Fisher influence)."""
+
+    def rows(self, batch: Any) -> int:
+        return batch.input_ids.shape[0]
+
+    def __call__(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        from scorers.trak import CausalLMOutput
+
+        f = -CausalLMOutput().loss(model, batch)
+        return f, torch.zeros_like(f.detach())
+
+
+def ours_fisher(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
+                args: argparse.Namespace) -> np.ndarray:
+    from scorers.trak import Trak, output_gradients
+
+    train_grads = [output_gradients(m, train, _Likelihood(), args.proj_dim, i)
+                   for i, m in enumerate(models)]
+    query_grads = [output_gradients(m, queries, _Likelihood(), args.proj_dim, i)
+                   for i, m in enumerate(models)]
+    trak = Trak(args.ridge, "trak").fit(train_grads)
+    return trak.query_features(query_grads) @ trak.train_features().T
+
+
 def less_cosine(model: torch.nn.Module, train: list[Any], queries: list[Any],
                 args: argparse.Namespace) -> np.ndarray:
     from scorers.projection import make_projection
@@ -282,6 +312,8 @@ def attribute(method: str, models: list[torch.nn.Module], train: list[Any],
     if method.startswith("ds_trak") or method.startswith("ds_gn"):
         kernel = "trak" if method.startswith("ds_trak") else "gauss_newton"
         return ours_trak(one if method.endswith("_1") else all_, train, queries, args, kernel)
+    if method.startswith("ds_fisher"):
+        return ours_fisher(one if method.endswith("_1") else all_, train, queries, args)
     if method == "ds_bif":
         from scorers.bif import bif
         from scorers.trak import CausalLMOutput
