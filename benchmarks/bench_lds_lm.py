@@ -162,8 +162,10 @@ def ground_truth(args: argparse.Namespace, path: str, tokenizer: Any, train_view
     import pyarrow as pa
     from rich.progress import track
 
-    key = hashlib.sha256(repr(vars(args) | {"methods": None, "json": None}).encode())
-    cache = work.parent / f"truth-{key.hexdigest()[:12]}.npz"
+    decides = ("seed", "base_rows", "base_steps", "train", "queries", "subsets", "steps",
+               "batch_size", "lr", "max_length")  # what the retrained models depend on
+    key = hashlib.sha256(repr({name: getattr(args, name) for name in decides}).encode())
+    cache = work.parent / f"truth-v2-{key.hexdigest()[:12]}.npz"
     if cache.exists():
         saved = np.load(cache)
         return saved["masks"], saved["outputs"]

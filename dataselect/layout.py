@@ -32,6 +32,9 @@ SCORES_DIR = ".scores"  # score stores, one folder per scorer
 HF_DIR = ".hf"  # the save_to_disk layout, for datasets.load_from_disk
 
 # in a recipe's output root
+TASKS_DIR = "tasks"  # tasks/<task>/: each task's selection (a dataset)
+UNION_DIR = "union"  # every chosen row once (a dataset)
+ATTRIBUTION_DIR = "attribution"  # attribution/<task>.parquet, with `attribution:`
 RUN_FILE = ".run.json"
 MODELS_DIR = ".models"
 WARMUP_DIR = ".warmup"

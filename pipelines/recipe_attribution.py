@@ -19,16 +19,15 @@ from typing import Any
 from rich.console import Console
 
 from dataselect.corpus import Corpus, read_corpus
+from dataselect.layout import ATTRIBUTION_DIR, TASKS_DIR
 from pipelines.progress import StageTiming
 from pipelines.recipe import Recipe
-
-ATTRIBUTION_DIR = "attribution"
 
 
 def selected_corpus(out: str, recipe: Recipe, task: str) -> Corpus | None:
     """The rows ``task`` chose (they carry the pool's columns), None when it chose none."""
     suffix = "parquet" if recipe.output.format == "parquet" else "arrow"
-    files = sorted(glob.glob(os.path.join(out, "tasks", task, f"part-*.{suffix}")))
+    files = sorted(glob.glob(os.path.join(out, TASKS_DIR, task, f"part-*.{suffix}")))
     return read_corpus(files, recipe.pool.text, "id") if files else None
 
 

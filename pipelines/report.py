@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from dataselect.errors import InputError
-from dataselect.layout import SCORES_DIR
+from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.output import read_json, read_table
 from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import read_report_input
@@ -62,7 +62,7 @@ def write_report(out: str, console: Console | None = None) -> str:
     scorers = list(run["scorers"])
     # where each task's selection lives: tasks/<task>/ of a run, the folder itself for a
     # select output
-    dirs = {task: os.path.join(out, run["tasks"][task].get("path", os.path.join("tasks", task)))
+    dirs = {task: os.path.join(out, run["tasks"][task].get("path", os.path.join(TASKS_DIR, task)))
             for task in tasks}
     sections: list[str] = [_overview(run)]
     scores = {task: _task_scores(dirs[task], scorers) for task in tasks}

@@ -35,7 +35,15 @@ from dataselect import select
 from dataselect.combine import BEST_TASK, max_over_tasks
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError
-from dataselect.layout import FEATURES_DIR, MODELS_DIR, RUN_FILE, SCORES_DIR, WARMUP_DIR
+from dataselect.layout import (
+    FEATURES_DIR,
+    MODELS_DIR,
+    RUN_FILE,
+    SCORES_DIR,
+    TASKS_DIR,
+    UNION_DIR,
+    WARMUP_DIR,
+)
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output, input_roots
 from dataselect.output import jsonable, read_json, write_json
@@ -49,8 +57,6 @@ from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
 from pipelines.recipe_attribution import run_attributions
 from pipelines.summary import print_fit_details, print_summary
 from scorers import SCORERS
-
-TASKS_DIR, UNION_DIR = "tasks", "union"
 
 
 def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
@@ -265,8 +271,8 @@ def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[
     target = read_corpus(spec.paths, spec.text or recipe.pool.text, recipe.pool.id_field,
                          max(1, int(recipe.pool.partition_mb * 2**20)))
     stored, fits = [], {}
+    budget = recipe.budget_of(task)
     for name in recipe.scorers:
-        budget = recipe.budget_of(task)
         scorer: Scorer = build_scorer(name, dict(params[name]), recipe.seed, budget.k,
                                       budget.fraction)
         scorer.fit(target, pool, runner=runner)
