@@ -37,6 +37,10 @@ Methods (times in this process, after the models are trained; ``"ours"`` marks d
   (batched per-example gradients, sparse projection), the same ridge rule.
 * ``ds_gn_1/5`` (ours, dataselect's default): the Gauss-Newton kernel
   ``Phi^T diag(p(1-p)) Phi``.
+* ``ds_tracin_1/5`` (ours): ``scorers.tracin.TracIn`` (``attribute --method tracin``) on
+  ``output_gradients`` of ``NegativeLoss(CausalLMOutput())`` (batched per-example
+  response-loss gradients, sparse projection to ``--proj-dim``), equal member weights:
+  ``tracin_1/5`` with projected gradients and no ``lr`` factor (a constant).
 * ``ds_bif`` (ours): ``scorers.bif.bif`` at model 0 with ``BifConfig()`` defaults.
 * ``ds_fisher_1/5`` (an experiment, not a dataselect method): ``Trak(kernel="trak")`` fed
   the gradients of the training objective itself (mean response log-likelihood, ``p`` = 0,
@@ -67,8 +71,10 @@ sys.path.insert(0, str(ROOT))
 INSTRUCTIONS = ROOT / "data" / "instructions"
 TASKS = ("code", "define", "summarize", "translate")
 METHODS = ("random", "less_cosine", "tracin_1", "tracin_5", "trak_1", "trak_5", "ds_trak_1",
-           "ds_trak_5", "ds_gn_1", "ds_gn_5", "ds_fisher_1", "ds_fisher_5", "ds_bif")
-OURS = {"less_cosine", "ds_trak_1", "ds_trak_5", "ds_gn_1", "ds_gn_5", "ds_bif"}
+           "ds_trak_5", "ds_gn_1", "ds_gn_5", "ds_tracin_1", "ds_tracin_5", "ds_fisher_1",
+           "ds_fisher_5", "ds_bif")
+OURS = {"less_cosine", "ds_trak_1", "ds_trak_5", "ds_gn_1", "ds_gn_5", "ds_tracin_1",
+        "ds_tracin_5", "ds_bif"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -276,6 +282,19 @@ def ours_fisher(models: list[torch.nn.Module], train: list[Any], queries: list[A
     return trak.query_features(query_grads) @ trak.train_features().T
 
 
+def ours_tracin(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
+                args: argparse.Namespace) -> np.ndarray:
+    from scorers.tracin import NegativeLoss, TracIn
+    from scorers.trak import CausalLMOutput, output_gradients
+
+    loss = NegativeLoss(CausalLMOutput())
+    tracin = TracIn().fit([output_gradients(m, train, loss, args.proj_dim, i)
+                           for i, m in enumerate(models)])
+    query = tracin.query_features([output_gradients(m, queries, loss, args.proj_dim, i)
+                                   for i, m in enumerate(models)])
+    return query @ tracin.train_features().T
+
+
 def less_cosine(model: torch.nn.Module, train: list[Any], queries: list[Any],
                 args: argparse.Namespace) -> np.ndarray:
     from scorers.projection import make_projection
@@ -314,6 +333,8 @@ def attribute(method: str, models: list[torch.nn.Module], train: list[Any],
     if method.startswith("ds_trak") or method.startswith("ds_gn"):
         kernel = "trak" if method.startswith("ds_trak") else "gauss_newton"
         return ours_trak(one if method.endswith("_1") else all_, train, queries, args, kernel)
+    if method.startswith("ds_tracin"):
+        return ours_tracin(one if method.endswith("_1") else all_, train, queries, args)
     if method.startswith("ds_fisher"):
         return ours_fisher(one if method.endswith("_1") else all_, train, queries, args)
     if method == "ds_bif":

@@ -276,16 +276,17 @@ def _feature_commands(commands: Any) -> None:
     _index_commands(commands)
 
     attr = commands.add_parser("attribute", help="most influential training rows for query "
-                               "examples: less from the pool's index, trak or bif from a "
-                               "model and the pool")
-    attr.add_argument("--method", choices=("less", "trak", "bif"), default="less",
+                               "examples: less from the pool's index, trak, tracin or bif "
+                               "from a model and the pool")
+    attr.add_argument("--method", choices=("less", "trak", "tracin", "bif"), default="less",
                       help="less: cosine of LESS features in the index; trak: TRAK "
-                      "(kernel-inverse output gradients); bif: Bayesian influence (SGLD "
+                      "(kernel-inverse output gradients); tracin: loss-gradient inner "
+                      "products over the checkpoints; bif: Bayesian influence (SGLD "
                       "covariance)" + DEFAULT)
     _scorer_arg(attr, required=False)
     attr.add_argument("--index", help="index folder (--method less; dataselect index build)")
     attr.add_argument("--pool", nargs="+", action="extend",
-                      help="training files, folders or globs (--method trak/bif)")
+                      help="training files, folders or globs (--method trak/tracin/bif)")
     _input_args(attr, "--queries", "query files, folders or globs")
     attr.add_argument("-k", type=_k_or_all, default=10,
                       help="rows per query (>= 1), or 'all': a dense float32 matrix folder "
@@ -294,7 +295,7 @@ def _feature_commands(commands: Any) -> None:
     attr.add_argument("--out", required=True, help="Parquet file of (query_id, rank, "
                       "train_id, score) rows, or with -k all a folder")
     _param_arg(attr, "less: the same scorer parameters the index's features were made "
-                     "with; trak/bif: model=M [checkpoints=A,B] proj_dim ridge draws ...")
+                     "with; trak/tracin/bif: model=M [checkpoints=A,B] proj_dim ridge draws ...")
 
 
 def _index_commands(commands: Any) -> None:

@@ -195,7 +195,7 @@ def _views(corpus: Corpus) -> tuple[list[str], pa.Table]:
 def run_influence_job(method: str, params: dict[str, str], pool: Corpus, queries: Corpus,
                       k: int | None, out: str, console: Console | None = None
                       ) -> dict[str, Any]:
-    """``attribute --method trak|bif``: training-side gradients (or SGLD draws) of the pool
+    """``attribute --method trak|tracin|bif``: training-side gradients (or SGLD draws) of the pool
     and the queries, computed here in one process. With ``k`` below the pool's size, the
     top-k rows per query as Parquet (TRAK through the inner-product index); with ``k`` None
     or at least the pool's size, the dense float32 ``(pool rows, queries)`` matrix folder
@@ -212,7 +212,7 @@ def write_influence(method: str, config: Any, pool: Corpus, queries: Corpus, k: 
     """:func:`run_influence_job` with settled settings (a
     :class:`scorers.influence.InfluenceConfig`); ``summary=False`` leaves the stage table
     to the caller (a recipe prints one for the whole run)."""
-    from scorers.influence import bif_scores, trak_features
+    from scorers.influence import bif_scores, tracin_features, trak_features
 
     started = time.perf_counter()
     inputs = [*pool.files, *queries.files]
@@ -221,8 +221,9 @@ def write_influence(method: str, config: Any, pool: Corpus, queries: Corpus, k: 
     dense = k is None or k >= len(pool_ids)
     if not dense:
         check_output_file(out, "attributions", inputs)  # before any work
-    if method == "trak":
-        train, query = trak_features(config, pool_view, query_view)
+    if method in ("trak", "tracin"):
+        features = trak_features if method == "trak" else tracin_features
+        train, query = features(config, pool_view, query_view)
         if dense:
             matrix = dense_scores(train, query)
         else:
@@ -233,7 +234,8 @@ def write_influence(method: str, config: Any, pool: Corpus, queries: Corpus, k: 
         if not dense:
             table = top_k_table(matrix, pool_ids, query_ids, k)
     else:
-        raise InputError(f"method must be trak or bif here, got {method!r}", field="--method")
+        raise InputError(f"method must be trak, tracin or bif here, got {method!r}",
+                         field="--method")
     if dense:
         write_attribution_matrix(matrix, pool_ids, query_ids, out, inputs)
         rows_out = matrix.size

@@ -200,7 +200,7 @@ class AttributionSpec(_Strict):
     target rows (``queries: target``). ``params`` are the method's settings (``proj_dim``,
     ``ridge``, ``kernel``, ``checkpoints``, BIF's sampler, ...)."""
 
-    method: Literal["trak", "bif"] = "trak"
+    method: Literal["trak", "tracin", "bif"] = "trak"
     model: str
     queries: Literal["eval", "target"] = "eval"
     k: int | Literal["all"] = 10

@@ -6,7 +6,7 @@ selection (did the rows we chose matter for what we want, and which ones), the r
 the model are the recipe's own, and the result then lives beside the selection with the
 same ownership, resume and refusal rules. Each task runs
 :func:`pipelines.feature_jobs.write_influence`, the code of ``dataselect attribute
---method trak|bif``, over the task's ``tasks/<task>/`` parts.
+--method trak|tracin|bif``, over the task's ``tasks/<task>/`` parts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TRAK and BIF attribution for a Hugging Face causal LM (``dataselect attribute --method``).
+"""TRAK, TracIn and BIF attribution for a Hugging Face causal LM (``attribute --method``).
 
 The ensemble is one member per LoRA checkpoint (``checkpoints``: adapters of one run, or of
 independent runs, on ``model``), or the full model when no checkpoint is given: then every
@@ -11,8 +11,10 @@ gradients. Everything runs on ``device`` (``cuda`` when available) with no other
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -23,16 +25,18 @@ from dataselect import checks
 from dataselect.errors import InputError
 from scorers.bif import BifConfig, bif
 from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
+from scorers.lora_checkpoints import INFO_FILE
 from scorers.projection import PROJECTIONS
+from scorers.tracin import NegativeLoss, TracIn, member_weights
 from scorers.trak import DEFAULT_RIDGE, KERNELS, CausalLMOutput, Trak, output_gradients
 
-Method = Literal["trak", "bif"]
-METHODS = ("less", "trak", "bif")
+Method = Literal["trak", "tracin", "bif"]
+METHODS = ("less", "trak", "tracin", "bif")
 
 
 @dataclass
 class InfluenceConfig:
-    """Settings of ``attribute --method trak|bif`` (``-p KEY=VALUE``)."""
+    """Settings of ``attribute --method trak|tracin|bif`` (``-p KEY=VALUE``)."""
 
     model: str
     checkpoints: list[str] = field(default_factory=list)
@@ -117,15 +121,15 @@ def _batches(tokenizer: Any, view: pa.Table, config: InfluenceConfig,
             .to(device) for start in range(0, view.num_rows, config.batch_size)]
 
 
-def trak_features(config: InfluenceConfig, pool: pa.Table, queries: pa.Table
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``(training features, query features)``: float32 rows whose inner product is the
-    TRAK score (:class:`scorers.trak.Trak`) of the pool rows for the queries."""
+def member_gradients(config: InfluenceConfig, pool: pa.Table, queries: pa.Table,
+                     output: Any) -> tuple[list[Any], list[Any]]:
+    """Projected per-example gradients of ``output`` for the pool and the queries, one
+    :class:`scorers.trak.OutputGradients` per ensemble member and side (member ``m``'s
+    projection seeded by ``seed * 1000 + m``, the same on both sides)."""
     device = pick_device(config.device)
     tokenizer = load_tokenizer(config.model)
     train, query = _batches(tokenizer, pool, config, device), \
         _batches(tokenizer, queries, config, device)
-    output = CausalLMOutput()
     train_grads, query_grads = [], []
     for m, model in enumerate(members(config, device)):
         seed = config.seed * 1000 + m
@@ -133,8 +137,42 @@ def trak_features(config: InfluenceConfig, pool: pa.Table, queries: pa.Table
                                             config.projection))
         query_grads.append(output_gradients(model, query, output, config.proj_dim, seed,
                                             config.projection))
+    return train_grads, query_grads
+
+
+def trak_features(config: InfluenceConfig, pool: pa.Table, queries: pa.Table
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(training features, query features)``: float32 rows whose inner product is the
+    TRAK score (:class:`scorers.trak.Trak`) of the pool rows for the queries."""
+    train_grads, query_grads = member_gradients(config, pool, queries, CausalLMOutput())
     trak = Trak(config.ridge, config.kernel).fit(train_grads)
     return trak.train_features(), trak.query_features(query_grads)
+
+
+def checkpoint_learning_rate(path: str) -> float | None:
+    """The mean learning rate a LoRA checkpoint recorded (``checkpoint.json``'s
+    ``mean_lr``, as ``dataselect less warmup`` writes it), or None."""
+    info = Path(path) / INFO_FILE
+    if not info.is_file():
+        return None
+    try:
+        value = json.loads(info.read_text(encoding="utf-8")).get("mean_lr")
+    except (OSError, ValueError, AttributeError) as error:
+        raise InputError(f"{INFO_FILE} is not readable JSON ({error}); rewrite it, or "
+                         "remove it for equal weights", where=str(info)) from error
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def tracin_features(config: InfluenceConfig, pool: pa.Table, queries: pa.Table
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(training features, query features)``: float32 rows whose inner product is the
+    TracIn score (:class:`scorers.tracin.TracIn`): projected response-loss gradients, each
+    member weighted by its checkpoint's mean learning rate when all record one."""
+    train_grads, query_grads = member_gradients(config, pool, queries,
+                                                NegativeLoss(CausalLMOutput()))
+    rates = [checkpoint_learning_rate(path) for path in config.checkpoints] or [None]
+    tracin = TracIn(member_weights(rates)).fit(train_grads)
+    return tracin.train_features(), tracin.query_features(query_grads)
 
 
 def bif_scores(config: InfluenceConfig, pool: pa.Table, queries: pa.Table) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""TRAK, BIF and the dense / inner-product attribution paths (issue 16)."""
+"""TRAK, TracIn, BIF and the dense / inner-product attribution paths (issue 16)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from dataselect.attribution import (
@@ -14,6 +15,7 @@ from dataselect.attribution import (
 )
 from scorers.bif import BifConfig, RunningCovariance, bif
 from scorers.projection import RademacherProjection
+from scorers.tracin import NegativeLoss, TracIn, member_weights
 from scorers.trak import (
     ClassifierOutput,
     OutputGradients,
@@ -69,6 +71,59 @@ def test_trak_equals_dense_naive_formula() -> None:
     naive = torch.stack(kernels).mean(0) * torch.stack(one_minus_p).mean(0)[None]
     naive = naive.numpy()
     np.testing.assert_allclose(ours, naive, rtol=1e-3, atol=1e-5 * np.abs(naive).max())
+
+
+def _naive_loss_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+                          ) -> torch.Tensor:
+    """Cross-entropy gradients one example at a time, ``(rows, params)``."""
+    rows = []
+    for xi, yi in zip(x, y):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(xi[None]), yi[None]).backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    model.zero_grad()
+    return torch.stack(rows).double()
+
+
+def test_tracin_equals_weighted_sum_of_naive_loss_gradient_products() -> None:
+    models = [_classifier(seed) for seed in (0, 1, 2)]
+    train, query = models[0][1], models[0][2]
+    loss, dim, weights = NegativeLoss(ClassifierOutput()), 16, [0.5, 0.3, 0.2]
+    tracin = TracIn(weights).fit([output_gradients(m, [train], loss, dim, s, "rademacher")
+                                  for s, (m, _, _) in enumerate(models)])
+    ours = tracin.query_features([output_gradients(m, [query], loss, dim, s, "rademacher")
+                                  for s, (m, _, _) in enumerate(models)]) \
+        @ tracin.train_features().T
+    naive = torch.zeros(len(query[1]), len(train[1]), dtype=torch.float64)
+    for s, ((model, _, _), weight) in enumerate(zip(models, weights)):
+        sizes = [p.numel() for p in model.parameters()]
+        eye = torch.eye(sum(sizes))
+        matrix = RademacherProjection(sizes, dim, s).project(list(eye.split(sizes, 1))).double()
+        g_train = _naive_loss_gradients(model, *train) @ matrix
+        g_query = _naive_loss_gradients(model, *query) @ matrix
+        naive += weight * g_query @ g_train.T
+    np.testing.assert_allclose(ours, naive.numpy(), rtol=1e-3,
+                               atol=1e-5 * float(naive.abs().max()))
+    # a step on a row with a positive score lowers the query's loss, to first order
+    model, (x, y) = models[0][0], train
+    tracin_1 = TracIn().fit([output_gradients(model, [train], loss, 2000, 0, "rademacher")])
+    scores = tracin_1.query_features([output_gradients(model, [(query[0][:1], query[1][:1])],
+                                                        loss, 2000, 0, "rademacher")]) \
+        @ tracin_1.train_features().T
+    best = int(np.argmax(scores[0]))
+    before = float(torch.nn.functional.cross_entropy(model(query[0][:1]), query[1][:1]))
+    step = torch.optim.SGD(model.parameters(), lr=1e-3)
+    torch.nn.functional.cross_entropy(model(x[best:best + 1]), y[best:best + 1]).backward()
+    step.step()
+    after = float(torch.nn.functional.cross_entropy(model(query[0][:1]), query[1][:1]))
+    assert after < before
+
+
+def test_tracin_member_weights() -> None:
+    assert member_weights([3e-4, 1e-4]) == pytest.approx([0.75, 0.25])
+    assert member_weights([None, 1e-4]) == [0.5, 0.5]
+    assert member_weights([0.0, 1e-4]) == [0.5, 0.5]
+    assert member_weights([None]) == [1.0]
 
 
 def test_folded_query_inverse_equals_explicit_formula() -> None:

@@ -1,5 +1,6 @@
-"""TRAK and BIF on a Hugging Face causal LM: the output function's gradients, and
-``dataselect attribute --method trak|bif`` end to end on the tiny instruction model."""
+"""TRAK, TracIn and BIF on a Hugging Face causal LM: the output function's gradients, and
+``dataselect attribute --method trak|tracin|bif`` end to end on the tiny instruction
+model."""
 
 from __future__ import annotations
 
@@ -110,6 +111,44 @@ def test_cli_attribute_trak_dense_and_top_k(instruction_lm: str, pool_file: Path
                                    atol=1e-4 * np.abs(matrix).max())
 
 
+def test_cli_attribute_tracin_weights_checkpoints_by_learning_rate(
+        instruction_lm: str, pool_file: Path, tmp_path: Path) -> None:
+    """Two LoRA checkpoints recording mean learning rates 3e-4 and 1e-4: the dense TracIn
+    matrix is 0.75 and 0.25 of each adapter's own loss-gradient products."""
+    from peft import PeftModel
+
+    from scorers.tracin import NegativeLoss
+
+    adapters = [_adapter(instruction_lm, tmp_path / f"a{i}", i) for i in range(2)]
+    for adapter, lr in zip(adapters, (3e-4, 1e-4)):
+        (Path(adapter) / "checkpoint.json").write_text(json.dumps({"epoch": 1, "mean_lr": lr}))
+    queries = INSTRUCTIONS / "eval" / "define.jsonl"
+    assert main(["attribute", "--method", "tracin", "--pool", str(pool_file), "--queries",
+                 str(queries), "--text-field", "messages", "-p", f"model={instruction_lm}",
+                 "-p", f"checkpoints={','.join(adapters)}", *PARAMS, "-k", "all",
+                 "--out", str(tmp_path / "dense")]) == 0
+    matrix, _, query_ids = read_attribution_matrix(tmp_path / "dense")
+    tokenizer = load_tokenizer(instruction_lm)
+
+    def tokens(path: Path) -> list:
+        corpus = read_corpus(str(path), text="messages")
+        view = corpus.scoring_view(corpus.to_table(), response_spans=True)
+        return [tokenize(tokenizer, view.slice(s, 8), 96) for s in range(0, view.num_rows, 8)]
+
+    loss = NegativeLoss(CausalLMOutput())
+    expected = 0
+    for m, (adapter, weight) in enumerate(zip(adapters, (0.75, 0.25))):
+        alone = PeftModel.from_pretrained(load_causal_lm(instruction_lm, torch.device("cpu")),
+                                          adapter).eval()
+        for name, param in alone.named_parameters():
+            param.requires_grad_("lora_" in name)
+        train = output_gradients(alone, tokens(pool_file), loss, 32, m).phi
+        query = output_gradients(alone, tokens(queries), loss, 32, m).phi
+        expected = expected + weight * (train @ query.T).numpy()
+    assert matrix.shape == (24, len(query_ids))
+    np.testing.assert_allclose(matrix, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+
 def test_cli_attribute_bif_and_refusals(instruction_lm: str, pool_file: Path,
                                         tmp_path: Path) -> None:
     queries = INSTRUCTIONS / "eval" / "code.jsonl"
@@ -147,15 +186,17 @@ def _attribution_recipe(tmp_path: Path, model: str, **attribution: object) -> Pa
     return path
 
 
+@pytest.mark.parametrize("method", ["trak", "tracin"])
 def test_recipe_attributes_each_tasks_eval_rows_to_its_selection(instruction_lm: str,
-                                                                 tmp_path: Path) -> None:
-    """The recipe stage writes what `dataselect attribute --method trak` writes for the
+                                                                 tmp_path: Path,
+                                                                 method: str) -> None:
+    """The recipe stage writes what `dataselect attribute --method M` writes for the
     task's selected rows and eval rows, and records it in .run.json."""
     from dataselect.output import read_json
     from pipelines.recipe import load_recipe
     from pipelines.run_recipe import run_recipe
 
-    path = _attribution_recipe(tmp_path, instruction_lm)
+    path = _attribution_recipe(tmp_path, instruction_lm, method=method)
     run = run_recipe(load_recipe(path), str(path))
     out = tmp_path / "out"
     for task in ("code", "define"):
@@ -167,7 +208,7 @@ def test_recipe_attributes_each_tasks_eval_rows_to_its_selection(instruction_lm:
         assert set(got["train_id"].to_pylist()) <= set(selected)
         assert got["query_id"].to_pylist() == [q for q in query_ids for _ in range(3)]
         cli = tmp_path / f"{task}-cli.parquet"
-        assert main(["attribute", "--method", "trak", "--pool",
+        assert main(["attribute", "--method", method, "--pool",
                      *map(str, sorted((out / "tasks" / task).glob("part-*.parquet"))),
                      "--queries", str(queries), "--text-field", "messages", "--id-field", "id",
                      "-p", f"model={instruction_lm}", "-p", "proj_dim=32", "-p",
