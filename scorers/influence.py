@@ -42,7 +42,9 @@ class InfluenceConfig:
     checkpoints: list[str] = field(default_factory=list)
     proj_dim: int = 2048
     ridge: float = DEFAULT_RIDGE
-    kernel: str = "gauss_newton"      # or "trak" (TRAK's unweighted kernel)
+    # TRAK's own kernel ("gauss_newton" is the other): on the causal-LM LDS benchmark it
+    # beats the Gauss-Newton kernel, classifiers' default, on both seeds at every proj_dim
+    kernel: str = "trak"
     projection: str = "sparse"
     max_length: int = 512
     batch_size: int = 8

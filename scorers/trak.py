@@ -20,13 +20,22 @@ Both factors fold into one inner product, so the FAISS inner-product index serve
 top-k: the training side stores ``[phi_x^1, ..., phi_x^M] * mean(1 - p_x)`` and the query
 side ``[phi_q^1 K_1^-1, ..., phi_q^M K_M^-1] / M`` (``K_m`` the ridged kernel).
 
-Kernel: TRAK's ``K_m = Phi_m^T Phi_m`` (``kernel="trak"``), or, dataselect's default,
-the Gauss-Newton kernel ``K_m = Phi_m^T diag(p (1 - p)) Phi_m`` (``kernel="gauss_newton"``):
+Kernel: TRAK's ``K_m = Phi_m^T Phi_m`` (``kernel="trak"``, the default of ``attribute``
+for causal LMs), or, this class's default (classifiers), the Gauss-Newton kernel
+``K_m = Phi_m^T diag(p (1 - p)) Phi_m`` (``kernel="gauss_newton"``):
 TRAK treats every example as a logistic loss ``-log sigmoid(f)`` of its output, whose
 second derivative in ``f`` is ``p (1 - p)``, then drops that factor from the Hessian while
 keeping the first derivative ``1 - p`` on the training side; keeping both makes the
 kernel the Gauss-Newton Hessian of the same linearised loss. Confident examples then stop
-dominating the kernel (on digits: LDS 0.838 against 0.811 for TRAK-5, the same ridge).
+dominating the kernel (on digits: LDS 0.838 against 0.811 for TRAK-5, the same ridge). On
+a causal LM fine-tuned on a few hundred rows it does worse than TRAK's kernel (RESULTS.md).
+
+Solving: with more rows than dimensions, ``K_m`` (``dim x dim``, float64) is factored by
+Cholesky. With fewer rows ``n`` than dimensions (a fine-tuning set of a few hundred rows,
+``proj_dim`` in the thousands), the Woodbury identity applies the same inverse through an
+``n x n`` system, ``K^-1 v = (v - A^T (A A^T + lambda I)^-1 A v) / lambda`` with
+``A = W^1/2 Phi``: the cost falls from ``O(dim^3)`` to ``O(n^2 dim)`` and the result is
+the same, so a larger ``proj_dim`` (fewer projection errors) costs little there.
 
 Ridge rule: ``lambda_m = ridge * mean(diag(K_m))``, ``ridge`` = 0.1 by default.
 It is scale-free (gradients of another model or projection scale the kernel, and the ridge
@@ -167,6 +176,46 @@ def ridged_kernel(phi: torch.Tensor, ridge: float, weights: torch.Tensor | None 
     return kernel
 
 
+def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info):
+        raise InputError("TRAK's kernel is singular; use a positive ridge", field="ridge")
+    return factor
+
+
+@dataclass
+class KernelInverse:
+    """``v -> v K^-1`` for the ridged kernel ``K = A^T A + lambda I``, ``A = W^1/2 Phi``:
+    a ``dim x dim`` Cholesky factor when the rows are at least ``dim``, else the
+    Woodbury form through the ``rows x rows`` system (``factor`` of ``A A^T + lambda I``
+    and ``a`` kept)."""
+
+    factor: torch.Tensor
+    a: torch.Tensor | None = None
+    ridge: float = 0.0
+
+    @classmethod
+    def fit(cls, phi: torch.Tensor, ridge: float, weights: torch.Tensor | None = None
+            ) -> KernelInverse:
+        rows, dim = phi.shape
+        if rows >= dim:
+            return cls(_cholesky(ridged_kernel(phi, ridge, weights)))
+        a = phi.double() if weights is None else phi.double() * weights.double().sqrt()[:, None]
+        gram = a @ a.T
+        lam = ridge * float(gram.diagonal().sum()) / dim  # ridge * mean(diag(A^T A))
+        if not lam > 0:
+            raise InputError("TRAK's kernel is singular; use a positive ridge", field="ridge")
+        gram.diagonal().add_(lam)
+        return cls(_cholesky(gram), a, lam)
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """``v K^-1`` for the rows of ``v`` (float64 ``(queries, dim)``)."""
+        if self.a is None:
+            return torch.cholesky_solve(v.T, self.factor).T
+        inner = torch.cholesky_solve(self.a @ v.T, self.factor)  # (rows, queries)
+        return (v - (self.a.T @ inner).T) / self.ridge
+
+
 @dataclass
 class Trak:
     """TRAK over an ensemble: :meth:`fit` on each model's training-side gradients, then
@@ -175,7 +224,7 @@ class Trak:
 
     ridge: float = DEFAULT_RIDGE
     kernel: str = "gauss_newton"
-    factors: list[torch.Tensor] = field(default_factory=list, repr=False)
+    solvers: list[KernelInverse] = field(default_factory=list, repr=False)
     train: list[torch.Tensor] = field(default_factory=list, repr=False)
     one_minus_p: torch.Tensor | None = field(default=None, repr=False)
 
@@ -192,14 +241,10 @@ class Trak:
         rows = {len(m.phi) for m in models}
         if len(rows) != 1:
             raise InputError(f"the models saw different numbers of rows: {sorted(rows)}")
-        self.factors, self.train = [], []
+        self.solvers, self.train = [], []
         for m in models:
             weights = m.p * (1 - m.p) if self.kernel == "gauss_newton" else None
-            factor, info = torch.linalg.cholesky_ex(ridged_kernel(m.phi, self.ridge, weights))
-            if int(info):
-                raise InputError("TRAK's kernel is singular; use a positive ridge",
-                                 field="ridge")
-            self.factors.append(factor)
+            self.solvers.append(KernelInverse.fit(m.phi, self.ridge, weights))
             self.train.append(m.phi.float())
         self.one_minus_p = torch.stack([1 - m.p.float() for m in models]).mean(0)
         return self
@@ -212,12 +257,12 @@ class Trak:
     def query_features(self, queries: Sequence[OutputGradients | torch.Tensor]) -> np.ndarray:
         """``(queries, models * dim)`` float32: ``phi_q^m K_m^-1 / M`` per model ``m``."""
         self._check_fitted()
-        if len(queries) != len(self.factors):
-            raise InputError(f"{len(queries)} query gradients for {len(self.factors)} models")
+        if len(queries) != len(self.solvers):
+            raise InputError(f"{len(queries)} query gradients for {len(self.solvers)} models")
         parts = []
-        for q, factor in zip(queries, self.factors):
+        for q, solver in zip(queries, self.solvers):
             phi = (q.phi if isinstance(q, OutputGradients) else q).double()
-            parts.append(torch.cholesky_solve(phi.T, factor).T / len(self.factors))
+            parts.append(solver.apply(phi) / len(self.solvers))
         return torch.cat(parts, 1).float().cpu().numpy()
 
     def _check_fitted(self) -> None:

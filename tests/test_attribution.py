@@ -144,6 +144,23 @@ def test_folded_query_inverse_equals_explicit_formula() -> None:
                                ((phi.double() ** 2).sum(0) + lam).numpy())
 
 
+@pytest.mark.parametrize("kernel", ["gauss_newton", "trak"])
+def test_woodbury_inverse_with_fewer_rows_than_dimensions_equals_explicit(kernel: str) -> None:
+    """12 rows in 40 dimensions: the rows x rows Woodbury solve gives the dim x dim
+    inverse's query features."""
+    generator = torch.Generator().manual_seed(1)
+    phi, phi_q = torch.randn(12, 40, generator=generator), torch.randn(3, 40, generator=generator)
+    p = torch.rand(12, generator=generator)
+    trak = Trak(0.1, kernel).fit([OutputGradients(phi, p)])
+    assert trak.solvers[0].a is not None  # the Woodbury path was taken
+    weights = p.double() * (1 - p.double()) if kernel == "gauss_newton" else torch.ones(12)
+    kernel_matrix = phi.double().T @ torch.diag(weights.double()) @ phi.double()
+    kernel_matrix += 0.1 * kernel_matrix.diagonal().mean() * torch.eye(40, dtype=torch.float64)
+    explicit = phi_q.double() @ torch.linalg.inv(kernel_matrix)
+    np.testing.assert_allclose(trak.query_features([phi_q]), explicit.numpy(), rtol=1e-4,
+                               atol=1e-6 * float(explicit.abs().max()))
+
+
 def test_running_covariance_equals_two_pass() -> None:
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(200, 7, generator=generator) * 3 + 5
