@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,6 +48,13 @@ from dataselect.scoring import Scorer
 LABEL_PREFIX = "__label__"
 TARGET_LABEL, POOL_LABEL = "target", "pool"
 MIN_NEGATIVES = 1000
+# the training process runs this very file (not ``-m scorers.fasttext_train``, which a
+# checkout in the working directory, first on the child's path, could answer with its own)
+TRAINER = str(Path(__file__).with_name("fasttext_train.py"))
+TRAINER_CODE = "import runpy, sys; runpy.run_path(sys.argv[1])['main'](sys.argv[2:])"
+# glibc's MALLOC_MMAP_THRESHOLD_ in the training process: blocks this large come straight
+# from the kernel, zeroed (see _train_in_fresh_process)
+MMAP_THRESHOLD = 128 * 1024
 
 _MODELS: dict[str, Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -143,6 +151,34 @@ class FastText(Scorer):
             ) -> FastText:
         if self.model is not None:
             return self._check_given_model()
+        with self.start_fit(target, pool, runner) as training, \
+                step_progress(runner, "train:fasttext", 1) as advance:
+            # training runs in its own process: a stage of its own in the job's table
+            training.wait()
+            advance(1)
+        return self
+
+    def start_fit(self, target: Corpus, pool: Corpus | None = None,
+                  runner: Runner = default_runner) -> PendingFit:
+        """Fit up to the training: sample the pool now (on ``runner``) and start training
+        the model in the background; ``wait()`` on the result finishes the fit (leaving its
+        ``with`` block first stops the training). ``auto`` fits its other chosen
+        candidates meanwhile. A given model is only checked."""
+        if self.model is not None:
+            return PendingFit(self._check_given_model())
+        sample = self._sample(target, pool, runner)
+        folder = tempfile.TemporaryDirectory(prefix="dataselect-fasttext-")
+        try:
+            train_path, model_path = self._write_training(sample, folder.name)
+            process = TrainingProcess(train_path, model_path, self._train_params(),
+                                      os.path.join(folder.name, "stderr.txt"))
+        except BaseException:
+            folder.cleanup()
+            raise
+        return PendingFit(self, sample, process, folder)
+
+    def _sample(self, target: Corpus, pool: Corpus | None, runner: Runner) -> _Sample:
+        """The target's rows and a seeded sample of the pool's (one pass over the pool)."""
         if pool is None:
             raise InputError("a trained fastText scorer needs the pool for negatives: "
                              "pass pool=")
@@ -156,34 +192,35 @@ class FastText(Scorer):
             "fit:fasttext", partition_tasks("fit-fasttext", PartitionSample(
                 pool, wanted, self.seed, view=True), pool.npartitions),
             MergeSamples(wanted, self.seed))
-        # training runs in the client: a stage of its own in the job's table
-        with step_progress(runner, "train:fasttext", 1) as advance:
-            self.model_bytes_ = self._train(positives, negatives)
-            advance(1)
-        self.fingerprint_ = hashlib.sha256(self.model_bytes_).hexdigest()[:16]
-        self.labels_ = [LABEL_PREFIX + TARGET_LABEL, LABEL_PREFIX + POOL_LABEL]
-        self.fit_stats_ = {"positives": positives.num_rows, "negatives": negatives.num_rows,
-                           "pool_rows": int(pool_rows), "model_bytes": len(self.model_bytes_)}
-        return self
+        return _Sample(positives, negatives, int(pool_rows))
 
-    def _train(self, positives: pa.Table, negatives: pa.Table) -> bytes:
+    def _write_training(self, sample: _Sample, folder: str) -> tuple[str, str]:
+        """Write the sample's training file into ``folder``, lines in a seeded order; its
+        path and the model's."""
         lines = [f"{LABEL_PREFIX}{TARGET_LABEL} {text}" for text in
-                 normalize_texts(positives["text"], self.lowercase).to_pylist()]
+                 normalize_texts(sample.positives["text"], self.lowercase).to_pylist()]
         lines += [f"{LABEL_PREFIX}{POOL_LABEL} {text}" for text in
-                  normalize_texts(negatives["text"], self.lowercase).to_pylist()]
+                  normalize_texts(sample.negatives["text"], self.lowercase).to_pylist()]
         # fastText reads its file in order: shuffle once, seeded, so classes interleave
         order = np.random.default_rng(self.seed).permutation(len(lines))
-        params = {"dim": self.dim, "epoch": self.epoch, "lr": self.lr,
-                  "wordNgrams": self.word_ngrams, "minCount": self.min_count,
-                  "bucket": self.bucket, "thread": 1, "seed": self.seed, "verbose": 0}
-        with tempfile.TemporaryDirectory(prefix="dataselect-fasttext-") as folder:
-            train_path = os.path.join(folder, "train.txt")
-            with open(train_path, "w", encoding="utf-8") as f:
-                f.writelines(lines[i] + "\n" for i in order)
-            model_path = os.path.join(folder, "model.bin")
-            _train_in_fresh_process(train_path, model_path, params)
-            with open(model_path, "rb") as f:
-                return f.read()
+        train_path = os.path.join(folder, "train.txt")
+        with open(train_path, "w", encoding="utf-8") as f:
+            f.writelines(lines[i] + "\n" for i in order)
+        return train_path, os.path.join(folder, "model.bin")
+
+    def _train_params(self) -> dict[str, Any]:
+        return {"dim": self.dim, "epoch": self.epoch, "lr": self.lr,
+                "wordNgrams": self.word_ngrams, "minCount": self.min_count,
+                "bucket": self.bucket, "thread": 1, "seed": self.seed, "verbose": 0}
+
+    def _finish(self, sample: _Sample, model_bytes: bytes) -> FastText:
+        self.model_bytes_ = model_bytes
+        self.fingerprint_ = hashlib.sha256(self.model_bytes_).hexdigest()[:16]
+        self.labels_ = [LABEL_PREFIX + TARGET_LABEL, LABEL_PREFIX + POOL_LABEL]
+        self.fit_stats_ = {"positives": sample.positives.num_rows,
+                           "negatives": sample.negatives.num_rows,
+                           "pool_rows": sample.pool_rows, "model_bytes": len(model_bytes)}
+        return self
 
     def _check_given_model(self) -> FastText:
         path = os.path.abspath(str(self.model))
@@ -242,6 +279,79 @@ class FastText(Scorer):
         return pa.table({"id": batch["id"], "score": np.clip(score, 0.0, 1.0)})
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """What a trained classifier learns from: the target's rows, the pool's sample."""
+
+    positives: pa.Table
+    negatives: pa.Table
+    pool_rows: int
+
+
+class PendingFit:
+    """A fit whose model is training (:meth:`FastText.start_fit`). :meth:`wait` finishes it;
+    :meth:`close` (or leaving a ``with`` block) stops the training if it still runs and
+    removes its files, so that a failure elsewhere leaves no process behind."""
+
+    def __init__(self, scorer: FastText, sample: _Sample | None = None,
+                 process: TrainingProcess | None = None,
+                 folder: tempfile.TemporaryDirectory | None = None) -> None:
+        self.scorer, self.sample, self.process, self.folder = scorer, sample, process, folder
+
+    def wait(self) -> FastText:
+        """The fitted scorer, once its model has trained (raises if training failed)."""
+        try:
+            if self.process is not None and self.sample is not None:
+                self.process.wait()
+                self.scorer._finish(self.sample, Path(self.process.model_path).read_bytes())
+            return self.scorer
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        if self.folder is not None:
+            self.folder.cleanup()
+
+    def __enter__(self) -> PendingFit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TrainingProcess:
+    """One model training in a fresh process of its own (see :func:`_train_in_fresh_process`
+    for why), its stderr kept in ``log_path``."""
+
+    def __init__(self, train_path: str, model_path: str, params: dict[str, Any],
+                 log_path: str) -> None:
+        self.model_path, self.log_path = model_path, log_path
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+        command = [sys.executable, "-c", TRAINER_CODE, TRAINER, train_path, model_path,
+                   json.dumps(params)]
+        with open(log_path, "wb") as log:  # the child holds its own copy of the handle
+            self._process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=log)
+
+    def wait(self) -> None:
+        """Block until the process ends; a failure raises with its last line of stderr."""
+        code = self._process.wait()
+        if code != 0 or not os.path.exists(self.model_path):
+            text = Path(self.log_path).read_text(encoding="utf-8", errors="replace")
+            message = (text.strip().splitlines() or ["no message"])[-1]
+            hint = "; lower lr" if "NaN" in message else ""
+            raise InputError(f"fastText training failed: {message}{hint}",
+                             field="lr" if hint else None)
+
+    def stop(self) -> None:
+        """End the process if it still runs (a fit abandoned after an error elsewhere)."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
 def _train_in_fresh_process(train_path: str, model_path: str, params: dict[str, Any]) -> None:
     """Train in a new Python process, so that training is deterministic.
 
@@ -251,23 +361,14 @@ def _train_in_fresh_process(train_path: str, model_path: str, params: dict[str, 
     90 % of it as whatever the heap held: a second model trained in the same process can
     start from the first one's leftovers, and diverge to NaN. A new process, told by
     glibc's ``MALLOC_MMAP_THRESHOLD_`` to take large blocks straight from the kernel,
-    gets zeroed pages, so those rows start at zero every time. (A subprocess, not
+    gets zeroed pages, so those rows start at zero every time. The process runs
+    :mod:`scorers.fasttext_train`, which imports fastText only. (A subprocess, not
     ``multiprocessing``, so user scripts without a ``__main__`` guard keep working.)
     """
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    code = "import sys, scorers.fasttext as f; f._train_main(sys.argv[1:])"
-    command = [sys.executable, "-c", code, train_path, model_path, json.dumps(params)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0 or not os.path.exists(model_path):
-        message = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        hint = "; lower lr" if "NaN" in message else ""
-        raise InputError(f"fastText training failed: {message}{hint}",
-                         field="lr" if hint else None)
-
-
-def _train_main(argv: list[str]) -> None:
-    """Entry point of the training process: ``TRAIN_FILE MODEL_FILE PARAMS_JSON``."""
-    import fasttext
-
-    train_path, model_path, params = argv[0], argv[1], json.loads(argv[2])
-    fasttext.train_supervised(input=train_path, **params).save_model(model_path)
+    with tempfile.TemporaryDirectory(prefix="dataselect-fasttext-") as folder:
+        process = TrainingProcess(train_path, model_path, params,
+                                  os.path.join(folder, "stderr.txt"))
+        try:
+            process.wait()
+        finally:
+            process.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import fasttext
 import numpy as np
@@ -61,6 +62,35 @@ def test_training_is_deterministic_given_the_seed():
     scores = [s.score(pool).partition(1)["score"].to_numpy() for s in (first, second)]
     np.testing.assert_array_equal(*scores)
     assert np.all((scores[0] >= 0) & (scores[0] <= 1))
+
+
+@pytest.mark.slow
+def test_fits_started_together_train_the_models_of_fits_alone():
+    """``start_fit`` trains in the background (auto overlaps its refit with it): two models
+    training at once, each in its own process, are those ``fit`` trains one at a time."""
+    pool, target = read_corpus(POOL_GLOB), read_corpus(str(TARGETS / "licenses.jsonl"))
+    alone = [FastText(negatives=300, epoch=5, seed=s).fit(target, pool).model_bytes_
+             for s in (0, 1)]
+    started = [FastText(negatives=300, epoch=5, seed=s).start_fit(target, pool) for s in (0, 1)]
+    assert [training.wait().model_bytes_ for training in started] == alone
+    assert not any(os.path.exists(training.folder.name) for training in started)
+
+
+def test_a_failed_training_names_its_error_and_leaves_nothing_running():
+    pool, target = read_corpus(POOL_GLOB), read_corpus(str(TARGETS / "fortunes.jsonl"))
+    training = FastText(negatives=50, epoch=1, lr=1e30).start_fit(target, pool)
+    with pytest.raises(InputError, match=r"fastText training failed: .*NaN.*lower lr"):
+        training.wait()
+    assert training.process._process.poll() is not None
+    assert not os.path.exists(training.folder.name)
+
+
+def test_an_abandoned_training_is_stopped():
+    pool, target = read_corpus(POOL_GLOB), read_corpus(str(TARGETS / "fortunes.jsonl"))
+    with FastText(negatives=50, epoch=1000).start_fit(target, pool) as training:
+        assert training.process._process.poll() is None  # still training
+    assert training.process._process.poll() is not None
+    assert not os.path.exists(training.folder.name)
 
 
 @pytest.mark.slow

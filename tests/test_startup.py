@@ -82,3 +82,30 @@ def test_a_cheap_scorers_job_imports_no_model_libraries(scorer, params, kind, tm
     assert lines[-1] == "client: none"
     if kind == "processes":
         assert lines[-2] == "workers: ['none']"
+
+
+TRAINER = """
+import runpy, sys
+runpy.run_path(sys.argv[1])["main"](sys.argv[2:])  # as scorers.fasttext runs it
+print("loaded:", ",".join(m for m in {watched!r} if m in sys.modules) or "none")
+"""
+
+
+def test_the_fasttext_training_process_loads_no_data_stack(tmp_path, monkeypatch):
+    """fastText trains each model in a process of its own (auto: one per fold), where the
+    data stack's imports (over a second) would cost as much as training a small model.
+    fastText itself needs NumPy."""
+    from scorers.fasttext import MMAP_THRESHOLD
+    from scorers.fasttext import TRAINER as trainer_file
+
+    lines = [f"__label__{'a' if i % 2 else 'b'} w{i % 7} v{i % 3}" for i in range(40)]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    # hashed bigram rows: a matrix from the kernel, zeroed, as the scorer trains them
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+    params = ('{"epoch": 1, "dim": 4, "wordNgrams": 2, "bucket": 65536, "thread": 1, '
+              '"verbose": 0}')
+    watched = HEAVY + tuple(m for m in DATA_STACK if m != "numpy")
+    loaded = _python(TRAINER.format(watched=watched), trainer_file, str(tmp_path / "train.txt"),
+                     str(tmp_path / "model.bin"), params)
+    assert loaded[-1] == "loaded: none"
+    assert (tmp_path / "model.bin").stat().st_size > 0
