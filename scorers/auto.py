@@ -17,6 +17,8 @@ description, so this one measures it. Fit:
    (:func:`~scorers.auto_validation.choose_weights`).
 5. Refit the chosen candidates on the whole target and the real pool (with the job's
    runner, like any scorer), and standardise each by its scores on the validation sample.
+   A candidate that trains in the background (fastText) starts first, so that its
+   training overlaps the others' fits.
 
 The score is the weighted sum of the chosen candidates' standardised scores: for a single
 candidate, a monotone transform of its own score, so the same rows rank first. What the
@@ -30,6 +32,7 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -194,10 +197,11 @@ class Auto(Scorer):
         """Fit the chosen candidates on the whole target (in key order, so the fit does not
         depend on file order) and the real pool; standardise on the validation sample."""
         whole = table_corpus(target, [rows])
+        candidates = {name: self._candidate(name) for name in self.chosen_}
+        references = _refit_all(candidates, whole, pool, validation, runner)
         self.fitted_, self.scales_, stats = {}, {}, {}
-        for name in self.chosen_:
-            candidate = self._candidate(name).fit(whole, pool, runner=runner)
-            reference = _scores(candidate, pool, validation)
+        for name, candidate in candidates.items():  # the chosen order: the score sums in it
+            reference = references[name]
             spread = float(reference.std())
             self.fitted_[name] = candidate
             self.scales_[name] = (float(reference.mean()), spread if spread > 0 else 1.0)
@@ -292,6 +296,34 @@ class _Validate:
             runner=_in_process)
         return (_scores(candidate, self.target, held), _scores(candidate, self.pool,
                 self.validation), time.perf_counter() - started)
+
+
+def _trains_in_background(candidate: Scorer) -> bool:
+    """Whether the candidate can start its fit and finish it later (``start_fit``, as
+    fastText does: its model trains in a process of its own)."""
+    return callable(getattr(candidate, "start_fit", None))
+
+
+def _refit_all(candidates: dict[str, Scorer], target: Corpus, pool: Corpus,
+               validation: pa.Table, runner: Runner) -> dict[str, np.ndarray]:
+    """Fit every candidate on ``target`` and ``pool`` and score the validation sample with
+    it. Those that train in the background start first, so that their training (fastText's,
+    on one core) overlaps the others' fits and scoring (DSIR's pass over the pool on the
+    cluster); each fit is the one it would be alone."""
+    references: dict[str, np.ndarray] = {}
+    with ExitStack() as stack:  # a failure stops the training still under way
+        pending = {name: stack.enter_context(c.start_fit(target, pool, runner))
+                   for name, c in candidates.items() if _trains_in_background(c)}
+        for name, candidate in candidates.items():
+            if name not in pending:
+                candidate.fit(target, pool, runner=runner)
+                references[name] = _scores(candidate, pool, validation)
+        for name, training in pending.items():
+            with step_progress(runner, f"train:{name}", 1) as advance:
+                training.wait()
+                advance(1)
+            references[name] = _scores(candidates[name], pool, validation)
+    return references
 
 
 def _run_threads(fn: Any, jobs: list[Any], advance: Any) -> list[Any]:

@@ -81,6 +81,30 @@ def test_auto_is_within_0_01_of_the_brute_force_best(paths, text, column, label,
     assert ours >= max(brute.values()) - 0.01, (brute, ours, auto.validation_["table"])
 
 
+@pytest.mark.slow  # auto twice, fastText trained 4 times in each
+def test_the_overlapped_refit_fits_as_one_after_another(monkeypatch):
+    """fastText's refit trains in the background while the other chosen candidates fit:
+    the scales, the fits and the pool's scores are those of fitting one after another."""
+    import scorers.auto as auto_module
+
+    pool = read_corpus(TRAIN, "messages")
+    target = read_corpus(str(INSTRUCTIONS / "targets" / "code.jsonl"), "messages")
+
+    def fitted() -> Auto:
+        return Auto(candidates=["fasttext", "zipfit"], k=400, pool_sample=400).fit(target, pool)
+
+    overlapped = fitted()
+    monkeypatch.setattr(auto_module, "_trains_in_background", lambda candidate: False)
+    sequential = fitted()
+    assert set(overlapped.chosen_) == {"fasttext", "zipfit"}  # both refitted
+    assert overlapped.config() == sequential.config()
+    assert overlapped.scales_ == sequential.scales_
+    assert overlapped.fingerprint_ == sequential.fingerprint_
+    table = pool.read_partition(0)
+    assert pool_scores(overlapped, pool, table).tobytes() == \
+        pool_scores(sequential, pool, table).tobytes()
+
+
 def test_folds_do_not_depend_on_file_order_or_partitioning(tmp_path):
     rows = [json.loads(line) for line in (INSTRUCTIONS / "targets" / "define.jsonl").open()]
     rows += [json.loads(line) for line in (INSTRUCTIONS / "targets" / "code.jsonl").open()]
