@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    ScorerConfig,
     Task,
     add_task_arguments,
     build_task,
@@ -102,19 +103,6 @@ INSTRUCTION_TASKS = ("code", "define", "summarize", "translate")
 INSTRUCTIONS = Path(__file__).resolve().parent.parent / "data" / "instructions"
 TOLERANCE = 0.01  # auto may trail the hindsight best by this much
 TIME_GOAL = 3.0   # auto's wall time ÷ the slowest cheap scorer's
-
-
-@dataclass(frozen=True)
-class ScorerConfig:
-    """One column: its name, the scorer and its extra CLI arguments."""
-
-    name: str
-    scorer: str
-    extra: tuple[str, ...] = ()
-
-    @property
-    def folder(self) -> str:
-        return self.name.replace(" ", "_")
 
 
 SINGLES = (

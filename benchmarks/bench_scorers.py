@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 from common import (
+    ScorerConfig,
     Task,
     add_task_arguments,
     build_task,
@@ -72,19 +73,6 @@ from common import (
 )
 
 DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses", "man_intl")
-
-
-@dataclass(frozen=True)
-class ScorerConfig:
-    """One column of the tables: its name, the scorer and its extra CLI arguments."""
-
-    name: str
-    scorer: str
-    extra: tuple[str, ...] = ()
-
-    @property
-    def folder(self) -> str:
-        return self.name.replace(" ", "_")
 
 
 SCORERS = (

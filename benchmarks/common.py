@@ -68,6 +68,20 @@ class Task:
         return self.k / self.pool_rows if self.pool_rows else float("nan")
 
 
+@dataclass(frozen=True)
+class ScorerConfig:
+    """One column of a benchmark's tables: its name, the scorer and its extra CLI
+    arguments."""
+
+    name: str
+    scorer: str
+    extra: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> str:
+        return self.name.replace(" ", "_")
+
+
 def cores() -> int:
     """Cores this process may use (CPU affinity), as every tool is given."""
     try:
