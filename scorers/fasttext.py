@@ -53,7 +53,7 @@ MIN_NEGATIVES = 1000
 TRAINER = str(Path(__file__).with_name("fasttext_train.py"))
 TRAINER_CODE = "import runpy, sys; runpy.run_path(sys.argv[1])['main'](sys.argv[2:])"
 # glibc's MALLOC_MMAP_THRESHOLD_ in the training process: blocks this large come straight
-# from the kernel, zeroed (see _train_in_fresh_process)
+# from the kernel, zeroed (see TrainingProcess)
 MMAP_THRESHOLD = 128 * 1024
 
 _MODELS: dict[str, Any] = {}
@@ -322,8 +322,19 @@ class PendingFit:
 
 
 class TrainingProcess:
-    """One model training in a fresh process of its own (see :func:`_train_in_fresh_process`
-    for why), its stderr kept in ``log_path``."""
+    """One model training in a fresh Python process of its own, its stderr kept in
+    ``log_path``: a fresh process is what makes training deterministic.
+
+    fastText initialises its input matrix in ten blocks, one per training thread, and
+    leaves the blocks of missing threads as allocated (facebookresearch/fastText issue
+    #1061). Since that matrix became an uninitialised aligned vector, one thread leaves
+    90 % of it as whatever the heap held: a second model trained in the same process can
+    start from the first one's leftovers, and diverge to NaN. A new process, told by
+    glibc's ``MALLOC_MMAP_THRESHOLD_`` to take large blocks straight from the kernel,
+    gets zeroed pages, so those rows start at zero every time. The process runs
+    :mod:`scorers.fasttext_train`, which imports fastText only. (A subprocess, not
+    ``multiprocessing``, so user scripts without a ``__main__`` guard keep working.)
+    """
 
     def __init__(self, train_path: str, model_path: str, params: dict[str, Any],
                  log_path: str) -> None:
@@ -350,25 +361,3 @@ class TrainingProcess:
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
-
-
-def _train_in_fresh_process(train_path: str, model_path: str, params: dict[str, Any]) -> None:
-    """Train in a new Python process, so that training is deterministic.
-
-    fastText initialises its input matrix in ten blocks, one per training thread, and
-    leaves the blocks of missing threads as allocated (facebookresearch/fastText issue
-    #1061). Since that matrix became an uninitialised aligned vector, one thread leaves
-    90 % of it as whatever the heap held: a second model trained in the same process can
-    start from the first one's leftovers, and diverge to NaN. A new process, told by
-    glibc's ``MALLOC_MMAP_THRESHOLD_`` to take large blocks straight from the kernel,
-    gets zeroed pages, so those rows start at zero every time. The process runs
-    :mod:`scorers.fasttext_train`, which imports fastText only. (A subprocess, not
-    ``multiprocessing``, so user scripts without a ``__main__`` guard keep working.)
-    """
-    with tempfile.TemporaryDirectory(prefix="dataselect-fasttext-") as folder:
-        process = TrainingProcess(train_path, model_path, params,
-                                  os.path.join(folder, "stderr.txt"))
-        try:
-            process.wait()
-        finally:
-            process.stop()

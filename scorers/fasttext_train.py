@@ -2,7 +2,7 @@
 MODEL_FILE, PARAMS_JSON]``.
 
 :mod:`scorers.fasttext` runs this file in a fresh interpreter for every model it trains
-(why a fresh one: :func:`scorers.fasttext._train_in_fresh_process`). It imports fastText and
+(why a fresh one: :class:`scorers.fasttext.TrainingProcess`). It imports fastText and
 nothing of the data stack, not even this package: the scorer module's own imports (pandas,
 Dask, Arrow) took 1.2–1.4 s per process against 0.2 s for fastText's, as long as training
 a small model does, and ``auto`` trains one model per fold.

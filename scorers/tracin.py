@@ -13,12 +13,11 @@ with ``w_m`` the member's weight: its mean learning rate, normalised to sum to 1
 every member records one (LESS warmup checkpoints do), else ``1 / M``. A positive score
 means a gradient step on ``x`` lowers ``q``'s loss.
 
-Why ship it beside TRAK: on the causal-LM LDS benchmark (``benchmarks/bench_lds_lm.py``,
-200 fine-tuning rows) every TRAK variant trails this plain inner product: TRAK's kernel
-inverse, fitted on a few hundred rows, spends its weight on directions the rows barely
-determine. On digits (1,000 rows) the Gauss-Newton TRAK leads. The inner product has no
-kernel and no ridge, costs one backward pass per row and member, and grows with the rows
-(nothing is fitted on them).
+Why ship it beside TRAK: it has no kernel and no ridge, fits nothing on the rows (so it
+grows with them), and costs one backward pass per row and member; on the causal-LM LDS
+benchmark (``benchmarks/bench_lds_lm.py``) it is the fastest 5-model method. It is not the
+most accurate there: TRAK leads it once ``proj_dim`` is 2048 or more (RESULTS.md); at 512
+it led every TRAK variant, which is why it was added.
 
 Like :class:`scorers.trak.Trak`, the score folds into one inner product so the FAISS
 inner-product index serves the top-k: the training side stores ``[P_1 g_x^1, ...,
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from dataselect.errors import InputError
+from scorers.trak import check_same_rows, gradient_matrix
 
 
 class LossFunction(Protocol):
@@ -74,11 +74,6 @@ def member_weights(learning_rates: Sequence[float | None]) -> list[float]:
     return [1.0 / len(learning_rates)] * len(learning_rates)
 
 
-def _matrix(gradients: Any) -> torch.Tensor:
-    """The ``(rows, dim)`` tensor of a :class:`scorers.trak.OutputGradients` or a tensor."""
-    return (gradients.phi if hasattr(gradients, "phi") else gradients).float()
-
-
 @dataclass
 class TracIn:
     """:meth:`fit` on each member's projected training-row loss gradients, then
@@ -91,14 +86,12 @@ class TracIn:
     def fit(self, members: Sequence[Any]) -> TracIn:
         if not members:
             raise InputError("TracIn needs at least one model")
-        rows = {len(_matrix(m)) for m in members}
-        if len(rows) != 1:
-            raise InputError(f"the models saw different numbers of rows: {sorted(rows)}")
+        check_same_rows(members)
         if self.weights is None:
             self.weights = member_weights([None] * len(members))
         if len(self.weights) != len(members):
             raise InputError(f"{len(self.weights)} weights for {len(members)} models")
-        self.train = [_matrix(m) for m in members]
+        self.train = [gradient_matrix(m).float() for m in members]
         return self
 
     def train_features(self) -> np.ndarray:
@@ -112,7 +105,7 @@ class TracIn:
         if len(queries) != len(self.train):
             raise InputError(f"{len(queries)} query gradients for {len(self.train)} models")
         assert self.weights is not None
-        parts = [_matrix(q) * w for q, w in zip(queries, self.weights)]
+        parts = [gradient_matrix(q).float() * w for q, w in zip(queries, self.weights)]
         return torch.cat(parts, 1).cpu().numpy()
 
     def _check_fitted(self) -> None:

@@ -163,6 +163,18 @@ def output_gradients(model: torch.nn.Module, batches: Iterable[Any], output: Out
     return OutputGradients(torch.cat(phis), torch.cat(ps))
 
 
+def gradient_matrix(gradients: OutputGradients | torch.Tensor) -> torch.Tensor:
+    """The ``(rows, dim)`` tensor of one model's gradients, given whole or as its ``phi``."""
+    return gradients.phi if isinstance(gradients, OutputGradients) else gradients
+
+
+def check_same_rows(models: Sequence[OutputGradients | torch.Tensor]) -> None:
+    """Every member's training side must cover the same rows, in the same order."""
+    rows = {len(gradient_matrix(m)) for m in models}
+    if len(rows) != 1:
+        raise InputError(f"the models saw different numbers of rows: {sorted(rows)}")
+
+
 KERNELS = ("gauss_newton", "trak")
 
 
@@ -238,9 +250,7 @@ class Trak:
     def fit(self, models: Sequence[OutputGradients]) -> Trak:
         if not models:
             raise InputError("TRAK needs at least one model")
-        rows = {len(m.phi) for m in models}
-        if len(rows) != 1:
-            raise InputError(f"the models saw different numbers of rows: {sorted(rows)}")
+        check_same_rows(models)
         self.solvers, self.train = [], []
         for m in models:
             weights = m.p * (1 - m.p) if self.kernel == "gauss_newton" else None
@@ -261,7 +271,7 @@ class Trak:
             raise InputError(f"{len(queries)} query gradients for {len(self.solvers)} models")
         parts = []
         for q, solver in zip(queries, self.solvers):
-            phi = (q.phi if isinstance(q, OutputGradients) else q).double()
+            phi = gradient_matrix(q).double()
             parts.append(solver.apply(phi) / len(self.solvers))
         return torch.cat(parts, 1).float().cpu().numpy()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -33,13 +35,15 @@ def _classifier(seed: int) -> tuple[torch.nn.Module, tuple, tuple]:
     return model, (x[:30], y[:30]), (x[30:], y[30:])
 
 
-def _naive_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+def _naive_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     value: Callable = lambda logits, y: margin(logits, y)[0]
                      ) -> torch.Tensor:
-    """Margin gradients one example at a time, ``(rows, params)``."""
+    """Gradients of ``value(logits, y)`` (the margin by default) one example at a time,
+    ``(rows, params)``."""
     rows = []
     for xi, yi in zip(x, y):
         model.zero_grad()
-        margin(model(xi[None]), yi[None])[0].backward()
+        value(model(xi[None]), yi[None]).backward()
         rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     model.zero_grad()
     return torch.stack(rows).double()
@@ -73,18 +77,6 @@ def test_trak_equals_dense_naive_formula() -> None:
     np.testing.assert_allclose(ours, naive, rtol=1e-3, atol=1e-5 * np.abs(naive).max())
 
 
-def _naive_loss_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
-                          ) -> torch.Tensor:
-    """Cross-entropy gradients one example at a time, ``(rows, params)``."""
-    rows = []
-    for xi, yi in zip(x, y):
-        model.zero_grad()
-        torch.nn.functional.cross_entropy(model(xi[None]), yi[None]).backward()
-        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    model.zero_grad()
-    return torch.stack(rows).double()
-
-
 def test_tracin_equals_weighted_sum_of_naive_loss_gradient_products() -> None:
     models = [_classifier(seed) for seed in (0, 1, 2)]
     train, query = models[0][1], models[0][2]
@@ -99,8 +91,8 @@ def test_tracin_equals_weighted_sum_of_naive_loss_gradient_products() -> None:
         sizes = [p.numel() for p in model.parameters()]
         eye = torch.eye(sum(sizes))
         matrix = RademacherProjection(sizes, dim, s).project(list(eye.split(sizes, 1))).double()
-        g_train = _naive_loss_gradients(model, *train) @ matrix
-        g_query = _naive_loss_gradients(model, *query) @ matrix
+        g_train = _naive_gradients(model, *train, torch.nn.functional.cross_entropy) @ matrix
+        g_query = _naive_gradients(model, *query, torch.nn.functional.cross_entropy) @ matrix
         naive += weight * g_query @ g_train.T
     np.testing.assert_allclose(ours, naive.numpy(), rtol=1e-3,
                                atol=1e-5 * float(naive.abs().max()))

@@ -34,10 +34,10 @@ def given_model(tmp_path_factory, pool_table):
                  normalize_texts(rows["text"]).to_pylist())]
     (folder / "train.txt").write_text("\n".join(lines) + "\n")
     # trained in a fresh process: in this one, fastText's one-thread init is not reliable
-    fasttext_scorer._train_in_fresh_process(
+    fasttext_scorer.TrainingProcess(
         str(folder / "train.txt"), str(folder / "quality.bin"),
         {"epoch": 25, "lr": 0.2, "dim": 16, "bucket": 1000, "wordNgrams": 1, "thread": 1,
-         "verbose": 0})
+         "verbose": 0}, str(folder / "stderr.txt")).wait()
     return folder / "quality.bin"
 
 
@@ -50,7 +50,7 @@ def test_normalize_texts_makes_one_trimmed_line():
 @pytest.mark.slow
 def test_training_is_deterministic_given_the_seed():
     """Trained twice in one process: identical model bytes (fastText leaves most of its
-    input matrix uninitialised with one thread; see _train_in_fresh_process)."""
+    input matrix uninitialised with one thread; see TrainingProcess)."""
     pool, target = read_corpus(POOL_GLOB), read_corpus(str(TARGETS / "licenses.jsonl"))
     first = FastText(negatives=300, epoch=5).fit(target, pool)
     second = FastText(negatives=300, epoch=5).fit(target, pool)
