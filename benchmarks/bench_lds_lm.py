@@ -244,55 +244,47 @@ def naive_trak(models: list[torch.nn.Module], train: list[Any], queries: list[An
     return np.mean(kernel_terms, 0) * np.mean(one_minus_p, 0)[None, :]
 
 
+def folded_scores(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
+                  args: argparse.Namespace, output: Any, method: Any) -> np.ndarray:
+    """``(queries, train)`` scores of a folded-feature method (``Trak`` or ``TracIn``)
+    fitted on each model's projected gradients of ``output`` (projection seed = the model's
+    number, the same on both sides)."""
+    from scorers.trak import output_gradients
+
+    def gradients(batches: list[Any]) -> list[Any]:
+        return [output_gradients(m, batches, output, args.proj_dim, i)
+                for i, m in enumerate(models)]
+
+    method.fit(gradients(train))
+    return method.query_features(gradients(queries)) @ method.train_features().T
+
+
 def ours_trak(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
               args: argparse.Namespace, kernel: str) -> np.ndarray:
-    from scorers.trak import CausalLMOutput, Trak, output_gradients
+    from scorers.trak import CausalLMOutput, Trak
 
-    train_grads, query_grads = [], []
-    for m, model in enumerate(models):
-        train_grads.append(output_gradients(model, train, CausalLMOutput(), args.proj_dim, m))
-        query_grads.append(output_gradients(model, queries, CausalLMOutput(), args.proj_dim, m))
-    trak = Trak(args.ridge, kernel).fit(train_grads)
-    return trak.query_features(query_grads) @ trak.train_features().T
-
-
-class _Likelihood:
-    """Output = mean response log-likelihood (minus the training loss), p = 0: TRAK's
-    machinery on the training objective's own gradients (an empirical-Fisher influence)."""
-
-    def rows(self, batch: Any) -> int:
-        return batch.input_ids.shape[0]
-
-    def __call__(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        from scorers.trak import CausalLMOutput
-
-        f = -CausalLMOutput().loss(model, batch)
-        return f, torch.zeros_like(f.detach())
+    return folded_scores(models, train, queries, args, CausalLMOutput(),
+                         Trak(args.ridge, kernel))
 
 
 def ours_fisher(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
                 args: argparse.Namespace) -> np.ndarray:
-    from scorers.trak import Trak, output_gradients
+    """TRAK's kernel on the training objective's own gradients (output = minus the mean
+    response loss, p = 0): an empirical-Fisher influence."""
+    from scorers.tracin import NegativeLoss
+    from scorers.trak import CausalLMOutput, Trak
 
-    train_grads = [output_gradients(m, train, _Likelihood(), args.proj_dim, i)
-                   for i, m in enumerate(models)]
-    query_grads = [output_gradients(m, queries, _Likelihood(), args.proj_dim, i)
-                   for i, m in enumerate(models)]
-    trak = Trak(args.ridge, "trak").fit(train_grads)
-    return trak.query_features(query_grads) @ trak.train_features().T
+    return folded_scores(models, train, queries, args, NegativeLoss(CausalLMOutput()),
+                         Trak(args.ridge, "trak"))
 
 
 def ours_tracin(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
                 args: argparse.Namespace) -> np.ndarray:
     from scorers.tracin import NegativeLoss, TracIn
-    from scorers.trak import CausalLMOutput, output_gradients
+    from scorers.trak import CausalLMOutput
 
-    loss = NegativeLoss(CausalLMOutput())
-    tracin = TracIn().fit([output_gradients(m, train, loss, args.proj_dim, i)
-                           for i, m in enumerate(models)])
-    query = tracin.query_features([output_gradients(m, queries, loss, args.proj_dim, i)
-                                   for i, m in enumerate(models)])
-    return query @ tracin.train_features().T
+    return folded_scores(models, train, queries, args, NegativeLoss(CausalLMOutput()),
+                         TracIn())
 
 
 def less_cosine(model: torch.nn.Module, train: list[Any], queries: list[Any],
