@@ -150,17 +150,16 @@ class Auto(Scorer):
         jobs = [(fold, name) for fold in range(folds) for name in self.names]
         validate = _Validate(self, target, pool, rows, numbers, validation, stand_in)
         with step_progress(runner, "validate:auto", len(jobs)) as advance:
-            results = _run_threads(validate, jobs, advance)
-        seconds = np.zeros(len(self.names))
-        fold_scores = []
-        for fold in range(folds):
-            done = results[fold * len(self.names):(fold + 1) * len(self.names)]
-            seconds += [r[2] for r in done]
-            fold_scores.append(FoldScores(np.array([r[0] for r in done]),
-                                          np.array([r[1] for r in done])))
-        best, singles = choose_weights(fold_scores, len(self.names), share, self.combine)
-        self._record(best, singles, seconds, share, folds, rows.num_rows,
-                     (validation.num_rows, stand_in.num_rows), pool_rows)
+            results = dict(zip(jobs, _run_threads(validate, jobs, advance)))
+        seconds = np.array([sum(results[fold, name].seconds for fold in range(folds))
+                            for name in self.names])
+        compared, used, left_out = _comparable(results, self.names, folds, target)
+        fold_scores = [FoldScores(np.array([results[fold, n].held_out for n in compared]),
+                                  np.array([results[fold, n].pool for n in compared]))
+                       for fold in used]
+        best, singles = choose_weights(fold_scores, len(compared), share, self.combine)
+        self._record(compared, best, singles, seconds, share, folds, rows.num_rows,
+                     (validation.num_rows, stand_in.num_rows), pool_rows, used, left_out)
         self._refit(target, pool, rows, validation, runner)
         return self
 
@@ -172,13 +171,18 @@ class Auto(Scorer):
         wanted = self.k if self.k is not None else target_rows
         return min(1.0, wanted / max(pool_rows, 1))
 
-    def _record(self, best: Choice, singles: list[Choice], seconds: np.ndarray, share: float,
-                folds: int, target_rows: int, sample_rows: tuple[int, int], pool_rows: int
-                ) -> None:
-        self.chosen_ = {n: round(float(w), 4) for n, w in zip(self.names, best.weights) if w}
-        table = [{"candidate": n, "auc": round(c.auc, 4), "recall": round(c.recall, 4),
-                  "weight": round(float(best.weights[i]), 4)}
-                 for i, (n, c) in enumerate(zip(self.names, singles))]
+    def _record(self, compared: list[str], best: Choice, singles: list[Choice],
+                seconds: np.ndarray, share: float, folds: int, target_rows: int,
+                sample_rows: tuple[int, int], pool_rows: int, used: list[int],
+                left_out: list[dict[str, Any]]) -> None:
+        self.chosen_ = {n: round(float(w), 4) for n, w in zip(compared, best.weights) if w}
+        measured = {n: (c, float(best.weights[i]))
+                    for i, (n, c) in enumerate(zip(compared, singles))}
+        table = [{"candidate": n, "auc": round(measured[n][0].auc, 4),
+                  "recall": round(measured[n][0].recall, 4), "weight": round(measured[n][1], 4)}
+                 if n in measured else
+                 {"candidate": n, "auc": None, "recall": None, "weight": 0.0}
+                 for n in self.names]
         if len(self.chosen_) > 1:
             table.append({"candidate": "combination", "auc": round(best.auc, 4),
                           "recall": round(best.recall, 4), "weight": None})
@@ -186,7 +190,8 @@ class Auto(Scorer):
             "table": table, "chosen": dict(self.chosen_), "top_share": round(share, 6),
             "top_share_from": ("fraction" if self.fraction is not None else
                                "k" if self.k is not None else "target rows"),
-            "folds": folds, "target_rows": target_rows, "pool_rows": pool_rows,
+            "folds": folds, "folds_compared": len(used), "left_out": left_out,
+            "target_rows": target_rows, "pool_rows": pool_rows,
             "pool_sample_rows": sample_rows[0], "pool_sample_cap": self.pool_sample,
             "stand_in_pool_rows": sample_rows[1], "seed": self.seed, "statement": STATEMENT,
             "seconds": {n: round(float(s), 3) for n, s in zip(self.names, seconds)},
@@ -218,16 +223,23 @@ class Auto(Scorer):
     def _bounds(self) -> str:
         """What the validation cost and measured, in one line."""
         v = self.validation_
-        return (f"auto validated {len(self.names)} candidates on {v['folds']} folds of "
+        folds = (f"{v['folds']}" if v["folds_compared"] == v["folds"] else
+                 f"{v['folds_compared']} of {v['folds']}")
+        return (f"auto validated {len(self.names)} candidates on {folds} folds of "
                 f"{v['target_rows']} target rows against a sample of {v['pool_sample_rows']} "
                 f"of {v['pool_rows']} pool rows (fitting on {v['stand_in_pool_rows']} others); "
                 f"recall is within the top {v['top_share']:.4g} of the pool "
-                f"(from {v['top_share_from']}); chose {v['chosen']}")
+                f"(from {v['top_share_from']}); chose {v['chosen']}" + "".join(
+                    f"; fold {item['fold']} was left out for every candidate: "
+                    f"{item['candidate']} refused its fit rows ({item['reason']})"
+                    if item["fold"] is not None else
+                    f"; {item['candidate']} was not compared ({item['reason']})"
+                    for item in v["left_out"]))
 
     def _summary_table(self) -> dict[str, Any]:
         """The validation table as the end-of-job summary and the report show it."""
         v = self.validation_
-        rows = [[r["candidate"], f"{r['auc']:.4f}", f"{r['recall']:.4f}",
+        rows = [[r["candidate"], _cell(r["auc"]), _cell(r["recall"]),
                  f"{v['seconds'].get(r['candidate'], 0):.2f}" if r["weight"] is not None else "",
                  "" if r["weight"] is None else f"{r['weight']:g}"] for r in v["table"]]
         return {"title": "auto: validation",
@@ -253,6 +265,10 @@ class Auto(Scorer):
         if filtered is not None:
             columns[FILTERED_BY] = filtered
         return pa.table(columns)
+
+
+def _cell(value: float | None) -> str:
+    return "not compared" if value is None else f"{value:.4f}"
 
 
 def _ordered(table: pa.Table, seed: int) -> pa.Table:
@@ -286,16 +302,59 @@ class _Validate:
     validation: pa.Table
     stand_in: pa.Table
 
-    def __call__(self, job: tuple[int, str]) -> tuple[np.ndarray, np.ndarray, float]:
+    def __call__(self, job: tuple[int, str]) -> _FoldResult:
         fold, name = job
         started = time.perf_counter()
         held = self.rows.filter(pa.array(self.numbers == fold))
         fit_rows = self.rows.filter(pa.array(self.numbers != fold))
-        candidate = self.auto._candidate(name).fit(
-            table_corpus(self.target, [fit_rows]), table_corpus(self.pool, [self.stand_in]),
-            runner=_in_process)
-        return (_scores(candidate, self.target, held), _scores(candidate, self.pool,
-                self.validation), time.perf_counter() - started)
+        try:
+            candidate = self.auto._candidate(name).fit(
+                table_corpus(self.target, [fit_rows]), table_corpus(self.pool, [self.stand_in]),
+                runner=_in_process)
+        except InputError as refusal:  # the fold's few rows, not the user's input
+            return _FoldResult(None, None, time.perf_counter() - started, refusal.message)
+        return _FoldResult(_scores(candidate, self.target, held),
+                           _scores(candidate, self.pool, self.validation),
+                           time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class _FoldResult:
+    """One (fold, candidate): scores of the held-out rows and of the validation sample, or
+    why the candidate refused to fit the fold's rows."""
+
+    held_out: np.ndarray | None
+    pool: np.ndarray | None
+    seconds: float
+    refusal: str | None = None
+
+
+def _comparable(results: dict[tuple[int, str], _FoldResult], names: list[str], folds: int,
+                target: Corpus) -> tuple[list[str], list[int], list[dict[str, Any]]]:
+    """The candidates and folds to compare, and what was left out and why.
+
+    A candidate can refuse a fold's few fit rows that the whole target would satisfy (six
+    short chat records that no zstd level shrinks, where ten do). Comparing candidates on
+    different held-out rows would not be fair, so such a fold is left out for every
+    candidate; a candidate that refuses every fold is left out instead. Nothing left to
+    compare is the user's problem and is said so."""
+    refused = {(fold, name): r.refusal for (fold, name), r in results.items() if r.refusal}
+    if not refused:
+        return list(names), list(range(folds)), []
+    whole_folds = [f for f in range(folds) if not any((f, n) in refused for n in names)]
+    if whole_folds:
+        left = [{"fold": f, "candidate": n, "reason": why}
+                for (f, n), why in sorted(refused.items())]
+        return list(names), whole_folds, left
+    kept = [n for n in names if not any((f, n) in refused for f in range(folds))]
+    if not kept:
+        reasons = "; ".join(f"{n} on fold {f}: {why}" for (f, n), why in sorted(refused.items()))
+        raise InputError(f"no auto candidate could be fitted on every fold of the target's "
+                         f"rows ({reasons}); give more target rows or other candidates",
+                         where=", ".join(target.files), field="candidates")
+    left = [{"fold": None, "candidate": n, "reason": next(
+        why for (f, m), why in sorted(refused.items()) if m == n)} for n in names if n not in kept]
+    return kept, list(range(folds)), left
 
 
 def _trains_in_background(candidate: Scorer) -> bool:

@@ -21,15 +21,18 @@ from pipelines.cli import main
 from pipelines.jobs import build_scorer
 from pipelines.recipe import load_recipe
 from scorers import SCORERS
-from scorers.auto import CANDIDATE_SETTINGS, STATEMENT, Auto
+from scorers.auto import CANDIDATE_SETTINGS, STATEMENT, Auto, _comparable, _FoldResult
 from scorers.auto_validation import (
     COMBINE_MARGIN,
+    TIE_Z,
     FoldScores,
     choose_weights,
     combine_margin,
     fold_numbers,
     measure,
     rank_fractions,
+    row_criteria,
+    tied_with_best,
     weight_grid,
 )
 
@@ -61,6 +64,7 @@ def pool_scores(scorer, pool, table: pa.Table) -> np.ndarray:
     pytest.param(TRAIN, "messages", "task", "define", None, marks=pytest.mark.slow),
     pytest.param(TRAIN, "messages", "task", "code", None, marks=pytest.mark.slow),
     pytest.param(TRAIN, "messages", "task", "translate", None, marks=pytest.mark.slow),
+    pytest.param(TRAIN, "messages", "task", "summarize", None, marks=pytest.mark.slow),
     pytest.param(POOL_GLOB, "text", "domain", "python_docs", ["dsir", "zipfit"],
                  marks=pytest.mark.slow),
 ])
@@ -290,3 +294,82 @@ def test_a_recipe_gives_each_task_its_budget_and_prints_its_table(tmp_path, caps
         manifest = json.loads((tmp_path / "out" / "tasks" / task / ".manifest.json").read_text())
         assert manifest["fit"]["auto"]["validation"]["top_share"] == pytest.approx(k / 1600)
         assert f"{task}/auto: auto: validation" in printed
+
+
+def _result(refusal: str | None = None) -> _FoldResult:
+    scores = None if refusal else np.zeros(2)
+    return _FoldResult(scores, scores, 0.1, refusal)
+
+
+def test_a_fold_a_candidate_refuses_is_left_out_for_every_candidate():
+    names = ["dsir", "fasttext", "zipfit"]
+    results = {(f, n): _result() for f in range(3) for n in names}
+    assert _comparable(results, names, 3, None) == (names, [0, 1, 2], [])
+    results[1, "zipfit"] = _result("too short")
+    assert _comparable(results, names, 3, None) == (
+        names, [0, 2], [{"fold": 1, "candidate": "zipfit", "reason": "too short"}])
+    # refused on every fold by some candidate: the folds stay, those candidates go
+    results[0, "zipfit"] = results[2, "zipfit"] = results[2, "dsir"] = _result("too short")
+    kept, folds, left = _comparable(results, names, 3, None)
+    assert (kept, folds) == (["fasttext"], [0, 1, 2])
+    assert [item["candidate"] for item in left] == ["dsir", "zipfit"]
+    assert all(item["fold"] is None for item in left)
+    target = read_corpus(str(TARGETS / "python_docs.jsonl"))
+    refused = {key: _result("too short") for key in results}
+    with pytest.raises(InputError, match="no auto candidate could be fitted on every fold"):
+        _comparable(refused, names, 3, target)
+
+
+@pytest.mark.slow  # fastText trains 4 times on an instruction task
+def test_auto_survives_a_fold_whose_rows_zipfit_cannot_compress():
+    """Seed 2 deals define's target so that one fold's six fit rows (481 bytes of chat
+    records) shrink at no zstd level, while all ten do: that fold is compared for no
+    candidate, and ZIP-FIT, the best scorer on this task, can still be chosen."""
+    pool = read_corpus(TRAIN, "messages")
+    target = read_corpus(str(INSTRUCTIONS / "targets" / "define.jsonl"), "messages")
+    auto = Auto(k=400, seed=2).fit(target, pool)
+    validation = auto.validation_
+    assert validation["folds_compared"] == 2 and validation["folds"] == 3
+    assert [item["candidate"] for item in validation["left_out"]] == ["zipfit"]
+    assert "does not compress" in validation["left_out"][0]["reason"] or \
+        "do not compress" in validation["left_out"][0]["reason"]
+    assert "fold 0 was left out for every candidate" in auto.fit_stats_["notes"][0]
+    assert "zipfit" in auto.chosen_
+
+
+def _naive_row_criteria(held: np.ndarray, pool: np.ndarray, share: float) -> np.ndarray:
+    fractions = np.array([((pool < h).sum() + 0.5 * (pool == h).sum()) / len(pool)
+                          for h in held])
+    return (fractions + (fractions >= 1 - share)) / 2
+
+
+def test_candidates_the_rows_cannot_tell_apart_are_averaged():
+    """A paired comparison, row by row: equal signals with 10 held-out rows are tied and
+    mixed equally; the same gap with 400 rows is a clear winner, kept alone."""
+    rng = np.random.default_rng(3)
+
+    def fold(rows: int, gap: float) -> FoldScores:
+        signal = rng.normal(2.5, 0.5, rows)
+        held = np.stack([signal + rng.normal(0, 0.3, rows), signal - gap
+                         + rng.normal(0, 0.3, rows), rng.normal(0, 1, rows)])
+        pool = np.stack([rng.normal(0, 1, 300) for _ in range(3)])
+        return FoldScores(held, pool)
+
+    few = [fold(5, 0.1), fold(5, 0.1)]
+    rows = np.concatenate([_naive_row_criteria(f.held_out[0], f.pool[0], 0.2) for f in few])
+    assert row_criteria(few, np.array([1.0, 0, 0]), 0.2) == pytest.approx(rows)
+    # the naive paired test, candidate by candidate
+    crit = [np.concatenate([_naive_row_criteria(f.held_out[i], f.pool[i], 0.2) for f in few])
+            for i in range(3)]
+    best = int(np.argmax([c.mean() for c in crit]))
+    expected = [i for i in range(3) if i == best or (crit[best] - crit[i]).mean()
+                <= TIE_Z * (crit[best] - crit[i]).std(ddof=1) / np.sqrt(10)]
+    assert tied_with_best(few, 3, 0.2) == expected
+    assert 2 not in expected and len(expected) == 2  # the noise candidate is clearly worse
+    choice, _ = choose_weights(few, 3, 0.2, combine=True)
+    assert choice.weights.tolist() == [0.5, 0.5, 0.0]
+    assert choose_weights(few, 3, 0.2, combine=False)[0].weights.sum() == 1.0
+    assert max(choose_weights(few, 3, 0.2, combine=False)[0].weights) == 1.0
+    many = [fold(400, 1.0)]
+    assert tied_with_best(many, 3, 0.2) == [0]
+    assert choose_weights(many, 3, 0.2, combine=True)[0].weights[0] >= 0.5
