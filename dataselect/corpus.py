@@ -35,7 +35,7 @@ from dataselect.formats import (
     read_piece,
 )
 from dataselect.output import jsonable
-from dataselect.textspec import CHAT_COLUMN, TextSpec
+from dataselect.textspec import CHAT_COLUMN, TextSpec, as_array
 
 # Pools that a model scores are cut finer (compute_partition_bytes): into this many
 # partitions, each within these bounds.
@@ -298,9 +298,9 @@ def _ids(table: pa.Table, id_field: str, label: str, where: Callable[[int], str]
             raise InputError(f"has no id column {id_field!r} (columns: {', '.join(columns)}); "
                              "give the right --id-field, or leave it out to derive ids",
                              where=where(0) if table.num_rows else None, field=id_field)
-        rows = table[ROW_COLUMN].combine_chunks()
+        rows = as_array(table[ROW_COLUMN])
         return pc.binary_join_element_wise(label, rows.cast(pa.string()), ":")
-    column = table[id_field].combine_chunks()
+    column = as_array(table[id_field])
     kind = column.type
     if pa.types.is_integer(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         column = column.cast(pa.string())

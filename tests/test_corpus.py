@@ -155,3 +155,16 @@ def test_a_written_selection_reads_back_as_a_corpus(tmp_path):
     assert again["_row"].to_pylist() == list(range(5))
     assert again["id"].to_pylist() == table["id"].to_pylist()
     assert again["text"].to_pylist() == table["text"].to_pylist()
+
+
+def test_texts_of_a_one_chunk_partition_are_not_copied(tmp_path):
+    """Every stage renders the texts of every partition it reads; ``combine_chunks`` would
+    copy the whole text column each time (0.3-0.5 s of CPU per pass over 141 MB)."""
+    write_jsonl(tmp_path / "p.jsonl", [{"id": str(i), "text": f"doc {i}"} for i in range(50)])
+    corpus = read_corpus(str(tmp_path / "p.jsonl"))
+    table = corpus.read_partition(0)
+    texts = corpus.texts(table)
+    assert table["text"].num_chunks == 1
+    assert texts.buffers()[2].address == table["text"].chunk(0).buffers()[2].address
+    several = pa.concat_tables([table.slice(0, 20), table.slice(20)])
+    assert corpus.texts(several).equals(texts)
