@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from dataselect.formats import (
     plan_pieces,
     read_piece,
 )
-from dataselect.output import jsonable
+from dataselect.output import atomic_write, jsonable
 from dataselect.textspec import CHAT_COLUMN, TextSpec, as_array
 
 # Pools that a model scores are cut finer (compute_partition_bytes): into this many
@@ -58,6 +58,8 @@ class Corpus:
     partition_bytes: int = DEFAULT_PARTITION_BYTES
     partitions: list[list[Piece]] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    # where parsed partitions are kept, as Arrow files, for the next pass (cached_in)
+    cache_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.partitions:
@@ -82,8 +84,40 @@ class Corpus:
         """Approximate uncompressed size of the corpus, from file metadata only."""
         return sum(piece.size_bytes for partition in self.partitions for piece in partition)
 
+    def parses_text(self) -> bool:
+        """Whether reading a partition means parsing JSON lines (every input is JSONL,
+        plain or compressed): about 100 MB/s of one core, against almost nothing for an
+        Arrow file mapped from disk."""
+        return bool(self.partitions) and all(
+            piece.fmt.startswith("jsonl") for partition in self.partitions
+            for piece in partition)
+
+    def cached_in(self, folder: str) -> Corpus:
+        """The same corpus, keeping each partition it reads under ``folder`` as an Arrow
+        file that later reads map instead of parsing the input again.
+
+        Why: a DSIR job reads the pool three times (fit, score, write); parsing a 141 MB
+        JSONL pool costs 1.4 s of CPU each time, writing the Arrow copy 0.08 s and mapping
+        it back 0.014 s. Memory stays per partition (the files are mapped, not held); the
+        caller owns ``folder`` and deletes it when its passes are done.
+        """
+        return replace(self, cache_dir=folder)
+
     def read_partition(self, index: int) -> pa.Table:
         """Rows of partition ``index`` with ``id``, ``_file`` and ``_row``; ids checked unique."""
+        if self.cache_dir is None:
+            return self._parse_partition(index)
+        path = os.path.join(self.cache_dir, cached_name(index))
+        if os.path.exists(path):
+            return pa.ipc.open_file(pa.memory_map(path)).read_all()
+        table = self._parse_partition(index)
+        os.makedirs(self.cache_dir, exist_ok=True)
+        with atomic_write(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        return table
+
+    def _parse_partition(self, index: int) -> pa.Table:
         tables = [self._read(piece) for piece in self.partitions[index]]
         if len(tables) == 1:
             table = tables[0]
@@ -196,6 +230,11 @@ class Corpus:
             raise InputError(f"changed while the job ran ({what}: {shown}); the output is "
                              "incomplete: rerun with --overwrite once the input stays put",
                              where=changed[0])
+
+
+def cached_name(index: int) -> str:
+    """The file name of partition ``index`` in a corpus's cache folder (cached_in)."""
+    return f"part-{index:05d}.arrow"
 
 
 @dataclass(frozen=True)

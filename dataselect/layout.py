@@ -29,6 +29,7 @@ import os
 MANIFEST_FILE = ".manifest.json"  # written last: the folder is finished when it exists
 STATS_DIR = ".stats"  # per-part n-gram counts for the KL metric
 SCORES_DIR = ".scores"  # score stores, one folder per scorer
+PARSED_DIR = ".parsed"  # the pool's partitions as Arrow files, while a job runs
 HF_DIR = ".hf"  # the save_to_disk layout, for datasets.load_from_disk
 
 # in a recipe's output root

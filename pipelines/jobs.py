@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -18,10 +19,10 @@ from typing import Any
 from rich.console import Console
 
 from dataselect import checks, select
-from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, read_corpus
+from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read_corpus
 from dataselect.defaults import POLICIES, WORKER_KINDS
 from dataselect.errors import InputError
-from dataselect.layout import SCORES_DIR  # out/.scores/<scorer>/: hidden from readers of out/
+from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
 from dataselect.params import field_types, validate_settings
@@ -151,6 +152,29 @@ def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
             stack.close()
 
 
+@contextmanager
+def _parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
+    """The pool, keeping the partitions its first pass parses under ``out/.parsed/`` for
+    the passes after it (:meth:`Corpus.cached_in`), and deleting them when the job's
+    passes are done, failed or not: a finished folder holds no copy of the pool.
+
+    Only a JSONL pool is kept (Parquet and Arrow read fast already), and only when the
+    output's disk has room for twice its size. Measured on the 141 MB python_docs pool:
+    the score and write passes each parsed it again, 1.4 s of CPU a pass on 2 workers.
+    The files are listed in the folder's marker first, so ``--overwrite`` after a killed
+    job deletes them too.
+    """
+    folder = out.join(PARSED_DIR)
+    if not pool.parses_text() or shutil.disk_usage(out.path).free < 2 * pool.estimated_bytes():
+        yield pool
+        return
+    out.expect([os.path.join(PARSED_DIR, cached_name(i)) for i in range(pool.npartitions)])
+    try:
+        yield pool.cached_in(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
                    out: OutputFolder, runner: ProgressRunner) -> Scores:
     # each stage times its preparation too (claiming the store, shipping the scorer); the
@@ -169,8 +193,9 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
     with clock.stage("read inputs"):
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
         pool, target = _corpora(job)
-    with _session(job, scorer, None, clock) as (out, runner):
-        scores = _fit_and_score(job, scorer, pool, target, out, runner)
+    with _session(job, scorer, None, clock) as (out, runner), \
+            _parsed_once(pool, out) as parsed:
+        scores = _fit_and_score(job, scorer, parsed, target, out, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
     shown = {k: v for k, v in summary["fit"].items() if k not in FIT_DETAILS}
@@ -193,19 +218,21 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         pool, target = _corpora(job)
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock) as (out, runner):
-        scores = _fit_and_score(job, scorer, pool, target, out, runner)
-        with clock.stage("select"):
-            selection = _select(job, pool, scores, runner)
-        record = {"job": dataclasses.asdict(job), "fit": getattr(scorer, "fit_stats_", {}),
-                  "score_store": {"path": os.path.join(SCORES_DIR, scorer.name),
-                                  **scores.stats}}
-        with clock.stage("write"):  # its preparation too; metrics are a row of their own
-            manifest = selection.write(
-                out, fmt=job.output_format, target=target, runner=runner,
-                overwrite=job.overwrite, metrics_sample=job.metrics_sample,
-                extra_manifest=record,
-                save_to_disk=job.save_to_disk,
-            )
+        with _parsed_once(pool, out) as parsed:
+            scores = _fit_and_score(job, scorer, parsed, target, out, runner)
+            with clock.stage("select"):
+                selection = _select(job, parsed, scores, runner)
+            record = {"job": dataclasses.asdict(job),
+                      "fit": getattr(scorer, "fit_stats_", {}),
+                      "score_store": {"path": os.path.join(SCORES_DIR, scorer.name),
+                                      **scores.stats}}
+            with clock.stage("write"):  # its preparation too; metrics are a row of their own
+                manifest = selection.write(
+                    out, fmt=job.output_format, target=target, runner=runner,
+                    overwrite=job.overwrite, metrics_sample=job.metrics_sample,
+                    extra_manifest=record,
+                    save_to_disk=job.save_to_disk,
+                )
         manifest["timings"] = {**manifest["timings"], **clock.record()}
         write_json(manifest, out.join(MANIFEST_FILE))
     length_bias = {k: v for k, v in scores.stats.items() if k == "score_length_spearman"}

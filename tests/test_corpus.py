@@ -168,3 +168,16 @@ def test_texts_of_a_one_chunk_partition_are_not_copied(tmp_path):
     assert texts.buffers()[2].address == table["text"].chunk(0).buffers()[2].address
     several = pa.concat_tables([table.slice(0, 20), table.slice(20)])
     assert corpus.texts(several).equals(texts)
+
+
+def test_a_cached_corpus_parses_each_partition_once_and_maps_it_after(tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", [{"id": str(i), "text": f"doc {i}"} for i in range(50)])
+    plain = read_corpus(str(tmp_path / "p.jsonl"))
+    cached = plain.cached_in(str(tmp_path / "cache"))
+    assert plain.parses_text() and cached.cache_dir and plain.cache_dir is None
+    first = cached.read_partition(0)
+    assert (tmp_path / "cache" / "part-00000.arrow").exists()
+    again = cached.read_partition(0)
+    assert again.equals(plain.read_partition(0)) and first.equals(again)
+    assert again.schema == plain.read_partition(0).schema
+    assert plain.fingerprint() == cached.fingerprint()  # the cache is not the input's identity

@@ -93,3 +93,51 @@ def test_cli_and_api_report_the_same_kl_and_labels_for_the_same_selection(tmp_pa
     assert cli["composition"]["pool_share"] == round(440 / 3960, 6)
     assert (f"precision (domain: python_docs) │ {cli['composition']['precision']:.4f} "
             f"(pool 0.1111)") in printed
+
+
+BOOKKEEPING = (MANIFEST_FILE, ".dataselect.json", ".dataselect.lock")
+
+
+def _job_files(out) -> dict[str, bytes]:
+    """Every file a job left under ``out`` but its marker and manifest (which hold
+    timings and the marker's list of the files the job meant to write)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in BOOKKEEPING}
+
+
+def test_a_jsonl_pool_is_parsed_once_per_job_and_the_output_is_unchanged(
+        tmp_path, pool_table, monkeypatch):
+    """Fit, score and write all read the pool; a JSONL pool is parsed by the first pass
+    only (the others map its Arrow copy under ``.parsed/``), which is gone afterwards, and
+    the job writes the same bytes as one that parses the pool in every pass."""
+    from conftest import write_jsonl
+
+    from dataselect.corpus import Corpus
+    from pipelines.jobs import SelectJob, run_select_job
+
+    pool = write_jsonl(tmp_path / "pool.jsonl",
+                       pool_table.slice(0, 400).select(["id", "text", "domain"]).to_pylist())
+    parsed: list[int] = []  # the pool's partitions parsed (the target's are not counted)
+    parse = Corpus._parse_partition
+
+    def counted(self: Corpus, index: int):
+        if self.files == [str(pool)]:
+            parsed.append(index)
+        return parse(self, index)
+
+    monkeypatch.setattr(Corpus, "_parse_partition", counted)
+
+    def run(out: str) -> None:
+        run_select_job(SelectJob("dsir", [str(pool)], [TARGET], str(tmp_path / out), k=40,
+                                 partition_bytes=64 << 10, workers=1))
+
+    run("once")
+    partitions = read_corpus(str(pool), partition_bytes=64 << 10).npartitions
+    assert partitions > 3 and sorted(parsed) == list(range(partitions))
+    assert not (tmp_path / "once" / ".parsed").exists()
+
+    monkeypatch.setattr(Corpus, "parses_text", lambda self: False)
+    parsed.clear()
+    run("every_pass")
+    assert len(parsed) >= 3 * partitions  # fit, score and write each parsed every one
+    assert _job_files(tmp_path / "once") == _job_files(tmp_path / "every_pass")
