@@ -89,6 +89,26 @@ def score_length_correlation(summaries: list[dict[str, Any]]) -> float | None:
     return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
+class StartedFit:
+    """A fit already finished (:meth:`Scorer.start_fit`'s default): ``wait()`` returns the
+    scorer. Scorers that train in the background return a subclass that waits."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def wait(self) -> Scorer:
+        return self.scorer
+
+    def close(self) -> None:
+        """Stop work still under way; nothing is, for a finished fit."""
+
+    def __enter__(self) -> StartedFit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Scorer(ABC):
     """Base class of every scorer. Subclasses set ``name`` and implement ``fit``,
     ``score_batch`` and ``config``; ``save``/``load`` pickle the fitted state."""
@@ -114,6 +134,10 @@ class Scorer(ABC):
     # - takes_budget: has ``k`` and ``fraction`` parameters, which jobs and recipes fill
     #   with the selection's budget when not given (``auto`` measures recall at that share).
     takes_budget: ClassVar[bool] = False
+    # - trains_in_background: ``start_fit`` returns while the model still trains (in a
+    #   process of its own), so whoever fits several scorers (``auto``) starts it first and
+    #   fits the others meanwhile.
+    trains_in_background: ClassVar[bool] = False
 
     @classmethod
     def compute_bound(cls) -> bool:
@@ -132,6 +156,13 @@ class Scorer(ABC):
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
             ) -> Scorer:
         """Learn from the target (and the pool when the method needs it); return self."""
+
+    def start_fit(self, target: Corpus, pool: Corpus | None = None,
+                  runner: Runner = default_runner) -> StartedFit:
+        """Begin :meth:`fit`; ``wait()`` on the result returns the fitted scorer, and
+        leaving its ``with`` block stops work still under way. This default fits at once;
+        a scorer that ``trains_in_background`` returns while its model trains."""
+        return StartedFit(self.fit(target, pool, runner=runner))
 
     @abstractmethod
     def score_batch(self, batch: pa.Table) -> pa.Table:

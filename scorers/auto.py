@@ -357,32 +357,26 @@ def _comparable(results: dict[tuple[int, str], _FoldResult], names: list[str], f
     return kept, list(range(folds)), left
 
 
-def _trains_in_background(candidate: Scorer) -> bool:
-    """Whether the candidate can start its fit and finish it later (``start_fit``, as
-    fastText does: its model trains in a process of its own)."""
-    return callable(getattr(candidate, "start_fit", None))
-
-
 def _refit_all(candidates: dict[str, Scorer], target: Corpus, pool: Corpus,
                validation: pa.Table, runner: Runner) -> dict[str, np.ndarray]:
     """Fit every candidate on ``target`` and ``pool`` and score the validation sample with
-    it. Those that train in the background start first, so that their training (fastText's,
-    on one core) overlaps the others' fits and scoring (DSIR's pass over the pool on the
-    cluster); each fit is the one it would be alone."""
+    it. Those that train in the background (``Scorer.trains_in_background``) start first,
+    so that their training (fastText's, on one core) overlaps the others' fits and scoring
+    (DSIR's pass over the pool on the cluster); each fit is the one it would be alone."""
+    order = sorted(candidates, key=lambda name: not candidates[name].trains_in_background)
     references: dict[str, np.ndarray] = {}
     with ExitStack() as stack:  # a failure stops the training still under way
-        pending = {name: stack.enter_context(c.start_fit(target, pool, runner))
-                   for name, c in candidates.items() if _trains_in_background(c)}
-        for name, candidate in candidates.items():
-            if name not in pending:
-                candidate.fit(target, pool, runner=runner)
-                references[name] = _scores(candidate, pool, validation)
-        for name, training in pending.items():
-            with step_progress(runner, f"train:{name}", 1) as advance:
-                training.wait()
-                advance(1)
-            references[name] = _scores(candidates[name], pool, validation)
-    return references
+        started = {name: stack.enter_context(candidates[name].start_fit(target, pool, runner))
+                   for name in order}
+        for name in reversed(order):  # those fitted already first, while the others train
+            if candidates[name].trains_in_background:
+                with step_progress(runner, f"train:{name}", 1) as advance:
+                    fitted = started[name].wait()
+                    advance(1)
+            else:
+                fitted = started[name].wait()
+            references[name] = _scores(fitted, pool, validation)
+    return {name: references[name] for name in candidates}
 
 
 def _run_threads(fn: Any, jobs: list[Any], advance: Any) -> list[Any]:

@@ -43,7 +43,7 @@ from dataselect.corpus import Corpus, file_fingerprint
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
 from dataselect.sampling import MergeSamples, PartitionSample
-from dataselect.scoring import Scorer
+from dataselect.scoring import Scorer, StartedFit
 
 LABEL_PREFIX = "__label__"
 TARGET_LABEL, POOL_LABEL = "target", "pool"
@@ -107,6 +107,7 @@ class FastText(Scorer):
     """P(label) under a fastText classifier (trained target-vs-pool, or given)."""
 
     name: ClassVar[str] = "fasttext"
+    trains_in_background: ClassVar[bool] = True  # start_fit returns while it trains
 
     model: str | None = None
     label: str | None = None
@@ -288,15 +289,18 @@ class _Sample:
     pool_rows: int
 
 
-class PendingFit:
+class PendingFit(StartedFit):
     """A fit whose model is training (:meth:`FastText.start_fit`). :meth:`wait` finishes it;
     :meth:`close` (or leaving a ``with`` block) stops the training if it still runs and
     removes its files, so that a failure elsewhere leaves no process behind."""
 
+    scorer: FastText
+
     def __init__(self, scorer: FastText, sample: _Sample | None = None,
                  process: TrainingProcess | None = None,
                  folder: tempfile.TemporaryDirectory | None = None) -> None:
-        self.scorer, self.sample, self.process, self.folder = scorer, sample, process, folder
+        super().__init__(scorer)
+        self.sample, self.process, self.folder = sample, process, folder
 
     def wait(self) -> FastText:
         """The fitted scorer, once its model has trained (raises if training failed)."""
@@ -314,11 +318,6 @@ class PendingFit:
         if self.folder is not None:
             self.folder.cleanup()
 
-    def __enter__(self) -> PendingFit:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class TrainingProcess:

@@ -17,6 +17,8 @@ from conftest import DATA, POOL_GLOB, TARGETS, write_jsonl
 
 from dataselect import read_corpus
 from dataselect.errors import InputError
+from dataselect.execution import default_runner
+from dataselect.scoring import StartedFit
 from pipelines.cli import main
 from pipelines.jobs import build_scorer
 from pipelines.recipe import load_recipe
@@ -35,6 +37,7 @@ from scorers.auto_validation import (
     tied_with_best,
     weight_grid,
 )
+from scorers.fasttext import FastText
 
 INSTRUCTIONS = DATA / "instructions"
 TRAIN = str(INSTRUCTIONS / "train.jsonl")
@@ -89,8 +92,6 @@ def test_auto_is_within_0_01_of_the_brute_force_best(paths, text, column, label,
 def test_the_overlapped_refit_fits_as_one_after_another(monkeypatch):
     """fastText's refit trains in the background while the other chosen candidates fit:
     the scales, the fits and the pool's scores are those of fitting one after another."""
-    import scorers.auto as auto_module
-
     pool = read_corpus(TRAIN, "messages")
     target = read_corpus(str(INSTRUCTIONS / "targets" / "code.jsonl"), "messages")
 
@@ -98,7 +99,14 @@ def test_the_overlapped_refit_fits_as_one_after_another(monkeypatch):
         return Auto(candidates=["fasttext", "zipfit"], k=400, pool_sample=400).fit(target, pool)
 
     overlapped = fitted()
-    monkeypatch.setattr(auto_module, "_trains_in_background", lambda candidate: False)
+    background = FastText.start_fit
+
+    def at_once(self, target, pool=None, runner=default_runner) -> StartedFit:
+        with background(self, target, pool, runner) as training:
+            return StartedFit(training.wait())
+
+    monkeypatch.setattr(FastText, "trains_in_background", False)
+    monkeypatch.setattr(FastText, "start_fit", at_once)
     sequential = fitted()
     assert set(overlapped.chosen_) == {"fasttext", "zipfit"}  # both refitted
     assert overlapped.config() == sequential.config()
