@@ -11,10 +11,8 @@ gradients. Everything runs on ``device`` (``cuda`` when available) with no other
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +23,7 @@ from dataselect import checks
 from dataselect.errors import InputError
 from scorers.bif import BifConfig, bif
 from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
-from scorers.lora_checkpoints import INFO_FILE
+from scorers.lora_checkpoints import read_checkpoint_json
 from scorers.projection import PROJECTIONS
 from scorers.tracin import NegativeLoss, TracIn, member_weights
 from scorers.trak import DEFAULT_RIDGE, KERNELS, CausalLMOutput, Trak, output_gradients
@@ -154,14 +152,7 @@ def trak_features(config: InfluenceConfig, pool: pa.Table, queries: pa.Table
 def checkpoint_learning_rate(path: str) -> float | None:
     """The mean learning rate a LoRA checkpoint recorded (``checkpoint.json``'s
     ``mean_lr``, as ``dataselect less warmup`` writes it), or None."""
-    info = Path(path) / INFO_FILE
-    if not info.is_file():
-        return None
-    try:
-        value = json.loads(info.read_text(encoding="utf-8")).get("mean_lr")
-    except (OSError, ValueError, AttributeError) as error:
-        raise InputError(f"{INFO_FILE} is not readable JSON ({error}); rewrite it, or "
-                         "remove it for equal weights", where=str(info)) from error
+    value = (read_checkpoint_json(path) or {}).get("mean_lr")
     return float(value) if isinstance(value, (int, float)) else None
 
 

@@ -104,6 +104,25 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_checkpoint_json(path: str) -> dict[str, Any] | None:
+    """A checkpoint folder's ``checkpoint.json`` as a dict, or None when it has none.
+
+    One reader for every caller: LESS requires the file (:func:`read_info`), TracIn only
+    weights members by its ``mean_lr`` when present; both refuse one that is not JSON."""
+    info = Path(path) / INFO_FILE
+    if not info.is_file():
+        return None
+    try:
+        record = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{INFO_FILE} is not readable JSON ({error}); rewrite it with "
+                         "`dataselect less warmup`, or remove it", where=str(info)) from error
+    if not isinstance(record, dict):
+        raise InputError(f"{INFO_FILE} holds no JSON object; rewrite it with `dataselect less "
+                         "warmup`, or remove it", where=str(info))
+    return record
+
+
 def read_info(path: str) -> CheckpointInfo:
     folder = Path(path)
     for name in ("adapter_config.json", MOMENTS_FILE, INFO_FILE):
@@ -112,7 +131,7 @@ def read_info(path: str) -> CheckpointInfo:
                     " `dataselect less warmup`, which saves them)" if name == MOMENTS_FILE
                     else "")
             raise InputError(f"not a LoRA checkpoint: {name} is missing{hint}", where=path)
-    info = json.loads((folder / INFO_FILE).read_text())
+    info = read_checkpoint_json(path) or {}
     for key in ("epoch", "mean_lr"):
         if key not in info:
             raise InputError(f"{INFO_FILE} has no {key!r}", where=path, field=key)

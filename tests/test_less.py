@@ -391,3 +391,20 @@ def test_cli_features_index_attribute(setup: dict, tmp_path: Path) -> None:
              "-p", "proj_dim=64", "-p", f"max_length={MAX_LENGTH}"]
     assert main(["attribute", "--scorer", "less", "--index", str(index), "--queries",
                  str(queries), "--text-field", "messages", "--out", str(out), *other]) == 2
+
+
+def test_checkpoint_json_has_one_reader_for_less_and_tracin(tmp_path):
+    from scorers.influence import checkpoint_learning_rate
+    from scorers.lora_checkpoints import INFO_FILE, MOMENTS_FILE, read_info
+
+    assert checkpoint_learning_rate(str(tmp_path)) is None  # no file: equal weights
+    (tmp_path / INFO_FILE).write_text('{"epoch": 1, "mean_lr": 0.0003}')
+    assert checkpoint_learning_rate(str(tmp_path)) == 0.0003
+    for broken in ("{not json", "[1, 2]"):
+        (tmp_path / INFO_FILE).write_text(broken)
+        with pytest.raises(InputError, match=r"checkpoint\.json"):
+            checkpoint_learning_rate(str(tmp_path))
+        for name in ("adapter_config.json", MOMENTS_FILE):
+            (tmp_path / name).write_text("{}")
+        with pytest.raises(InputError, match=r"checkpoint\.json"):
+            read_info(str(tmp_path))
