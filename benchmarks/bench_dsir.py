@@ -142,6 +142,7 @@ class RunResult:
     seed_precisions: list[float] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    repeat_seconds: list[float] = field(default_factory=list)  # every repeat's seconds
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -279,7 +280,8 @@ def stages_text(result: RunResult) -> str:
     return ", ".join(f"{k} {v:.1f} s" for k, v in result.stages.items()) or "n/a"
 
 
-def detail_lines(task: Task, runs: dict[str, RunResult]) -> list[str]:
+def detail_lines(task: Task, runs: dict[str, RunResult], args: argparse.Namespace
+                 ) -> list[str]:
     lines = [f"  {task.domain}: pool {task.pool_rows} rows, target {task.target_rows}, "
              f"k {task.k} (chance precision {task.chance:.3f})"]
     for result in runs.values():
@@ -289,6 +291,13 @@ def detail_lines(task: Task, runs: dict[str, RunResult]) -> list[str]:
             continue
         extra = (f"; process wall {result.process_seconds:.1f} s"
                  if result.tool == "reference" and result.process_seconds else "")
+        if len(result.repeat_seconds) > 1:
+            extra += "; repeats " + ", ".join(f"{t:.1f}" for t in result.repeat_seconds) + " s"
+        score = result.stages.get("score:dsir")
+        if score:
+            mb = task.pool.stat().st_size / 2**20
+            extra += (f"; scoring {mb / score / args.cores:.1f} MB/s per core "
+                      f"({mb:.0f} MB of JSONL)")
         lines.append(f"  {result.tool}: {result.rows_out} rows out; stages: "
                      f"{stages_text(result)}{extra}")
         if len(result.seed_precisions) > 1:
@@ -362,6 +371,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=[c.folder for c in OURS_CONFIGS],
                         help="which configurations of ours to run")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of every tool per task, alternating; seconds are medians")
     parser.add_argument("--dataselect", default=None, help="path of the dataselect script")
     parser.add_argument("--json", default=None, help="write all numbers to this file")
     parser.add_argument("--reference-child", default=None, help=argparse.SUPPRESS)
@@ -372,11 +383,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_task(task: Task, args: argparse.Namespace) -> dict[str, RunResult]:
+    """Every tool on the task, ``--repeats`` times in alternation (ours, reference, ours,
+    ...), so that a slow minute of a shared machine falls on both; each tool's seconds are
+    the median of its repeats, and the rest of its result is from the first."""
     runs: dict[str, RunResult] = {}
-    for config in chosen_configs(args):
-        runs[config.name] = run_ours(task, config, args)
-    if not args.skip_reference:
-        runs["reference"] = run_reference(task, args.cores, seeds(args), args.timeout)
+    for _ in range(args.repeats):
+        latest = {config.name: run_ours(task, config, args) for config in chosen_configs(args)}
+        if not args.skip_reference:
+            latest["reference"] = run_reference(task, args.cores, seeds(args), args.timeout)
+        for name, result in latest.items():
+            first = runs.setdefault(name, result)
+            if result.seconds is not None and not result.error:
+                first.repeat_seconds.append(result.seconds)
+    for result in runs.values():
+        if result.repeat_seconds:
+            result.seconds = float(np.median(result.repeat_seconds))
     return runs
 
 
@@ -384,12 +405,12 @@ def chosen_configs(args: argparse.Namespace) -> list[OursConfig]:
     return [c for c in OURS_CONFIGS if c.folder in args.configs]
 
 
-def report_task(task: Task, runs: dict[str, RunResult]) -> None:
+def report_task(task: Task, runs: dict[str, RunResult], args: argparse.Namespace) -> None:
     reference = runs.get("reference")
     for config in OURS_CONFIGS:
         if config.name in runs:
             print(result_line(task, runs[config.name], reference))
-    print("\n".join(detail_lines(task, runs)), flush=True)
+    print("\n".join(detail_lines(task, runs, args)), flush=True)
 
 
 def benchmark(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
@@ -401,7 +422,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     for domain in args.domains:
         task = make_task(corpus, domain, args, workdir)
         runs = run_task(task, args)
-        report_task(task, runs)
+        report_task(task, runs, args)
         records.append({"task": {**asdict(task), "folder": str(task.folder),
                                  "chance_precision": task.chance},
                         "runs": {name: asdict(r) for name, r in runs.items()}})
