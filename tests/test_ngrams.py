@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from data_selection.hashed_ngram_dsir import get_ngram_counts
 
+from dataselect import ngrams
 from dataselect.errors import InputError
-from dataselect.ngrams import NgramHasher
+from dataselect.ngrams import TOKEN_PATTERN, NgramHasher
 
 
 def _per_doc_counts(features, num_docs: int, buckets: int) -> np.ndarray:
@@ -96,3 +100,98 @@ def test_chunked_hashing_equals_one_batch(pool_table):
     np.testing.assert_array_equal(small.masked_bucket_counts(texts, [mask])[0],
                                   whole.bucket_counts(mask))
     np.testing.assert_array_equal(small.bucket_counts(texts), whole.bucket_counts())
+
+
+# Python's re and Polars' Rust regex agree on these (they differ on combining marks, which
+# Rust counts as \w, and on digits like "²", which Python does)
+_UNICODE_TEXTS = ["Ça va? l'été — déjà vu, naïve café!!", "ΟΔΟΣ ΣΟΦΙΑΣ. Όλα καλά",
+                  "日本語のテキスト、です。", "emoji 🙂🙂 ok…", "straße STRASSE ǅemal"]
+
+
+def _naive_buckets(text: str | None, num_buckets: int, ngram: int) -> list[list[int]]:
+    """Per order, the buckets of one document's n-grams, one token and one gram at a time."""
+    tokens = re.findall(TOKEN_PATTERN, text.lower()) if text is not None else []
+    token_hash = [int(pd.util.hash_array(np.array([t], dtype=object), categorize=False)[0])
+                  for t in tokens]
+    out, grams = [], token_hash
+    for order in range(1, ngram + 1):
+        if order > 1:
+            # the k-gram's hash: pandas' hash of prefix * multiplier + last token, mod 2**64
+            grams = [int(pd.util.hash_array(np.array(
+                [(prefix * int(ngrams._NGRAM_MULTIPLIER) + last) % 2**64], np.uint64))[0])
+                for prefix, last in zip(grams[:-1], token_hash[order - 1:])]
+        out.append([g % num_buckets for g in grams])
+    return out
+
+
+def _doc_buckets(features, doc: int) -> list[list[int]]:
+    """Per order, the buckets of one document's n-grams in a batch's flat features."""
+    start = int(features.num_tokens[:doc].sum())
+    out = []
+    for order, buckets in enumerate(features.buckets, start=1):
+        size = max(int(features.num_tokens[doc]) - order + 1, 0)
+        out.append(buckets[start:start + size].tolist())
+    return out
+
+
+@pytest.mark.parametrize(("num_buckets", "ngram"), [(10_000, 2), (997, 3), (50, 1)])
+def test_fast_features_equal_a_naive_per_document_loop(pool_table, num_buckets, ngram):
+    texts = ["", None, "   \n\t ", "word", "!", "Two words", *_UNICODE_TEXTS, "x" * 300,
+             *pool_table["text"].to_pylist()[:40], "", "last!?"]
+    array = pa.array(texts, pa.string())
+    expected = [_naive_buckets(text, num_buckets, ngram) for text in texts]
+    weights = np.random.default_rng(0).normal(size=num_buckets)
+    # one batch, and chunks small enough that boundaries fall everywhere (a document
+    # longer than a chunk is a chunk of its own)
+    for chunk_chars in (10**9, 120, 7):
+        hasher = NgramHasher(num_buckets, ngram, chunk_chars=chunk_chars)
+        pieces = list(hasher.chunks(array))
+        assert pieces[0][0] == 0
+        for start, features in pieces:
+            for doc in range(features.num_docs):
+                want = expected[start + doc]
+                assert features.num_tokens[doc] == len(want[0])
+                assert _doc_buckets(features, doc) == want
+            # valid marks exactly the positions of grams within a document
+            for order, valid in enumerate(features.valid, start=1):
+                real = np.zeros(len(features.buckets[order - 1]), bool)
+                for doc in range(features.num_docs):
+                    first = int(features.num_tokens[:doc].sum())
+                    real[first:first + max(int(features.num_tokens[doc]) - order + 1, 0)] = True
+                assert real.all() if valid is None else np.array_equal(valid, real)
+            docs = expected[start:start + features.num_docs]
+            np.testing.assert_allclose(
+                features.dot(weights),
+                [sum(weights[b] for grams in doc for b in grams) for doc in docs])
+            mask = np.arange(features.num_docs) % 2 == 0
+            for chosen in (None, mask):
+                keep = [d for i, d in enumerate(docs) if chosen is None or chosen[i]]
+                flat = [b for doc in keep for grams in doc for b in grams]
+                np.testing.assert_array_equal(features.bucket_counts(chosen),
+                                              np.bincount(flat, minlength=num_buckets))
+        assert sum(f.num_docs for _, f in pieces) == len(texts)
+
+
+def test_fast_features_are_the_same_when_arrow_cannot_hash_string_views(monkeypatch):
+    texts = pa.array(["a b a", "", None, *_UNICODE_TEXTS], pa.string())
+    expected = NgramHasher(1000, 3)(texts)
+    encode = ngrams.pc.dictionary_encode
+
+    def no_views(values):
+        if pa.types.is_string_view(values.type):
+            raise pa.ArrowNotImplementedError("no hash kernel for string_view")
+        return encode(values)
+
+    monkeypatch.setattr(ngrams.pc, "dictionary_encode", no_views)
+    fallback = NgramHasher(1000, 3)(texts)
+    for a, b in zip(expected.buckets, fallback.buckets):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gram_hashing_equals_pandas_hash_across_blocks():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**64 - 1, 2 * ngrams._MIX_BLOCK + 3, dtype=np.uint64)
+    grams, buckets = ngrams._extend_grams(values, values[1:], np.uint64(9_973))
+    want = pd.util.hash_array(values[:-1] * ngrams._NGRAM_MULTIPLIER + values[1:])
+    np.testing.assert_array_equal(grams, want)
+    np.testing.assert_array_equal(buckets, (want % np.uint64(9_973)).astype(np.intp))
