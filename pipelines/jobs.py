@@ -162,9 +162,12 @@ def _parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
     output's disk has room for twice its size. Measured on the 141 MB python_docs pool:
     the score and write passes each parsed it again, 1.4 s of CPU a pass on 2 workers.
     The files are listed in the folder's marker first, so ``--overwrite`` after a killed
-    job deletes them too.
+    job deletes them too. Copies a killed job left behind are deleted before the first
+    pass, never read: the pool may have changed since (``dataselect score`` has no job
+    identity to refuse that), and reparsing costs one pass.
     """
     folder = out.join(PARSED_DIR)
+    shutil.rmtree(folder, ignore_errors=True)
     if not pool.parses_text() or shutil.disk_usage(out.path).free < 2 * pool.estimated_bytes():
         yield pool
         return

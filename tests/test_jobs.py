@@ -141,3 +141,36 @@ def test_a_jsonl_pool_is_parsed_once_per_job_and_the_output_is_unchanged(
     run("every_pass")
     assert len(parsed) >= 3 * partitions  # fit, score and write each parsed every one
     assert _job_files(tmp_path / "once") == _job_files(tmp_path / "every_pass")
+
+
+def test_copies_a_killed_job_left_behind_are_never_read(tmp_path, pool_table):
+    """A killed job leaves ``.parsed/`` behind; the pool may have changed before the rerun
+    (``dataselect score`` has no job identity to refuse that), so the rerun deletes the old
+    copies and parses the pool again."""
+    import pyarrow as pa
+    from conftest import write_jsonl
+
+    from dataselect.corpus import cached_name
+    from dataselect.layout import PARSED_DIR
+    from pipelines.jobs import _parsed_once
+
+    class Out:  # the part of OutputFolder that _parsed_once uses
+        path = str(tmp_path / "out")
+
+        def join(self, name: str) -> str:
+            return str(tmp_path / "out" / name)
+
+        def expect(self, names: list[str]) -> None:
+            assert names == [f"{PARSED_DIR}/{cached_name(0)}"]
+
+    rows = pool_table.slice(0, 50).select(["id", "text"]).to_pylist()
+    pool = read_corpus(str(write_jsonl(tmp_path / "pool.jsonl", rows)))
+    stale = tmp_path / "out" / PARSED_DIR / cached_name(0)
+    stale.parent.mkdir(parents=True)
+    old = pool.read_partition(0).slice(0, 3)
+    with pa.OSFile(str(stale), "wb") as sink, pa.ipc.new_file(sink, old.schema) as writer:
+        writer.write_table(old)
+    with _parsed_once(pool, Out()) as parsed:
+        assert parsed.read_partition(0).equals(pool.read_partition(0))
+        assert stale.exists()  # the fresh copy, written by the first read
+    assert not stale.parent.exists()
