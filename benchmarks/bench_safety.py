@@ -17,26 +17,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
+from common import median_seconds
 
 from dataselect import fingerprint, formats
 from dataselect.corpus import read_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _drop_cache(path: str) -> None:
@@ -58,12 +49,12 @@ def hashing(mb: int, repeats: int) -> None:
             _drop_cache(path)
             fingerprint.hash_file(path)
 
-        cold_s = _seconds(cold, repeats)
-        warm_s = _seconds(lambda: fingerprint.hash_file(path), repeats)
+        cold_s = median_seconds(cold, repeats)
+        warm_s = median_seconds(lambda: fingerprint.hash_file(path), repeats)
         fingerprint.file_fingerprint(path)  # fills the cache
-        cached_s = _seconds(lambda: fingerprint.file_fingerprint(path), repeats)
+        cached_s = median_seconds(lambda: fingerprint.file_fingerprint(path), repeats)
         data = Path(path).read_bytes()
-        sha_s = _seconds(lambda: hashlib.sha256(data).digest(), repeats)
+        sha_s = median_seconds(lambda: hashlib.sha256(data).digest(), repeats)
         print(f"hash {mb} MiB: cold {mb / cold_s:.0f} MB/s, page cache {mb / warm_s:.0f} MB/s, "
               f"cached lookup {cached_s * 1e3:.2f} ms; sha256 in memory {mb / sha_s:.0f} MB/s")
 
@@ -71,9 +62,9 @@ def hashing(mb: int, repeats: int) -> None:
 def validation(repeats: int) -> None:
     corpus = read_corpus(str(ROOT / "data" / "pool"))
     pieces = [piece for partition in corpus.partitions for piece in partition]
-    checked = _seconds(lambda: [formats.read_piece(p) for p in pieces], repeats)
+    checked = median_seconds(lambda: [formats.read_piece(p) for p in pieces], repeats)
     tables = [formats.read_piece(p) for p in pieces]
-    validate = _seconds(lambda: [t.validate(full=True) for t in tables], repeats)
+    validate = median_seconds(lambda: [t.validate(full=True) for t in tables], repeats)
     rows = sum(t.num_rows for t in tables)
     size = sum(t.nbytes for t in tables) / 2**20
     print(f"read data/pool ({rows} rows, {size:.1f} MiB in Arrow): {checked * 1e3:.1f} ms "

@@ -24,11 +24,12 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,16 @@ def fresh_dir(path: Path) -> Path:
 def fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else format(value, spec)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` (in-process timings)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def geomean(values: list[float]) -> float | None:

@@ -30,28 +30,16 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import statistics
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from common import DEFAULT_CORPUS, load_corpus, split_task
+from common import DEFAULT_CORPUS, load_corpus, median_seconds, split_task
 
 from dataselect.corpus import read_corpus
 from scorers.zipfit import ZipFit
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def zlib_floor(pool: list[bytes], targets: list[bytes]) -> list[list[int]]:
@@ -118,12 +106,12 @@ def measure_task(domain: str, corpus: object, args: argparse.Namespace, workdir:
     batch = pa.table({"id": [str(i) for i in range(len(pool_texts))], "text": pool_texts})
 
     seconds = {
-        "zlib floor": timed(lambda: zlib_floor(pool_bytes, target_bytes), args.repeats),
-        "zlib, prefix copied": timed(lambda: prefix_copied(pool_bytes, target_bytes),
+        "zlib floor": median_seconds(lambda: zlib_floor(pool_bytes, target_bytes), args.repeats),
+        "zlib, prefix copied": median_seconds(lambda: prefix_copied(pool_bytes, target_bytes),
                                      args.repeats),
-        "ours": timed(lambda: scorer.score_batch(batch), args.repeats),
-        "reference": timed(reference_pairs(pool_texts, target_texts), args.repeats),
-        "reference IPC (pickling only)": timed(ipc_per_pair(pool_texts, target_texts),
+        "ours": median_seconds(lambda: scorer.score_batch(batch), args.repeats),
+        "reference": median_seconds(reference_pairs(pool_texts, target_texts), args.repeats),
+        "reference IPC (pickling only)": median_seconds(ipc_per_pair(pool_texts, target_texts),
                                                args.repeats),
     }
     micro = {name: s / pairs * 1e6 for name, s in seconds.items()}

@@ -319,7 +319,6 @@ class PendingFit(StartedFit):
             self.folder.cleanup()
 
 
-
 class TrainingProcess:
     """One model training in a fresh Python process of its own, its stderr kept in
     ``log_path``: a fresh process is what makes training deterministic.
