@@ -60,6 +60,8 @@ class Corpus:
     labels: dict[str, str] = field(default_factory=dict)
     # where parsed partitions are kept, as Arrow files, for the next pass (cached_in)
     cache_dir: str | None = field(default=None, compare=False)
+    # where the job keeps each partition's hashed n-grams (with_ngram_store)
+    ngram_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.partitions:
@@ -102,6 +104,13 @@ class Corpus:
         caller owns ``folder`` and deletes it when its passes are done.
         """
         return replace(self, cache_dir=folder)
+
+    def with_ngram_store(self, folder: str) -> Corpus:
+        """The same corpus, with ``folder`` to keep each partition's hashed n-grams in
+        (:mod:`dataselect.ngram_store`): the pass that first hashes a partition saves its
+        features there and later passes load them. The caller owns ``folder``; a replanned
+        corpus does not carry it, since its partitions are other rows."""
+        return replace(self, ngram_dir=folder)
 
     def read_partition(self, index: int) -> pa.Table:
         """Rows of partition ``index`` with ``id``, ``_file`` and ``_row``; ids checked unique."""

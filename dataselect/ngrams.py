@@ -19,7 +19,7 @@ A batch's features are kept as two flat arrays (document index, bucket), so scor
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -151,11 +151,7 @@ class NgramHasher:
                              masks: list[np.ndarray]) -> list[np.ndarray]:
         """For each boolean row mask, the summed bucket counts of the rows it selects
         (texts are hashed once, whatever the number of masks)."""
-        totals = [np.zeros(self.num_buckets, np.int64) for _ in masks]
-        for start, features in self.chunks(texts):
-            for total, mask in zip(totals, masks):
-                total += features.bucket_counts(mask[start:start + features.num_docs])
-        return totals
+        return masked_counts(self.chunks(texts), masks, self.num_buckets)
 
     def _fast(self, texts: pa.Array) -> HashedNgrams:
         tokens = pl.Series(values=texts).str.to_lowercase().str.extract_all(TOKEN_PATTERN)
@@ -171,7 +167,7 @@ class NgramHasher:
             # a k-gram's hash combines its (k-1)-prefix's hash with its last token's
             gram_hash, gram_buckets = _extend_grams(gram_hash, hashes[order - 1:], modulus)
             buckets.append(gram_buckets)
-            valid.append(_within_documents(num_tokens, order, len(code)))
+            valid.append(within_documents(num_tokens, order, len(code)))
         return HashedNgrams(tuple(buckets), tuple(valid), num_tokens, self.num_buckets)
 
     def _reference(self, texts: pa.Array) -> HashedNgrams:
@@ -192,7 +188,7 @@ class NgramHasher:
         buckets = [np.asarray([bucket(w) for w in words], np.intp)]
         valid: list[np.ndarray | None] = [None]
         for order in range(2, self.ngram + 1):
-            ok = _within_documents(num_tokens, order, len(words))
+            ok = within_documents(num_tokens, order, len(words))
             grams = [bucket(" ".join(words[i:i + order])) if ok[i] else 0
                      for i in range(len(ok))]
             buckets.append(np.asarray(grams, np.intp))
@@ -200,7 +196,18 @@ class NgramHasher:
         return HashedNgrams(tuple(buckets), tuple(valid), num_tokens, self.num_buckets)
 
 
-def _within_documents(num_tokens: np.ndarray, order: int, total: int) -> np.ndarray:
+def masked_counts(chunks: Iterable[tuple[int, HashedNgrams]], masks: list[np.ndarray],
+                  num_buckets: int) -> list[np.ndarray]:
+    """For each boolean row mask, the summed bucket counts of the rows it selects, from
+    ``(first row, features)`` chunks (consumed once, so a generator's chunks are not kept)."""
+    totals = [np.zeros(num_buckets, np.int64) for _ in masks]
+    for start, features in chunks:
+        for total, mask in zip(totals, masks):
+            total += features.bucket_counts(mask[start:start + features.num_docs])
+    return totals
+
+
+def within_documents(num_tokens: np.ndarray, order: int, total: int) -> np.ndarray:
     """For each start position of an ``order``-gram, whether its tokens share a document."""
     ok = np.ones(max(total - order + 1, 0), bool)
     ok[_document_breaks(num_tokens, order, len(ok))] = False

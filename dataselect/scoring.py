@@ -168,6 +168,17 @@ class Scorer(ABC):
     def score_batch(self, batch: pa.Table) -> pa.Table:
         """``id`` + ``text`` rows in, ``id`` + ``score`` (+ extras, ``filtered_by``) out."""
 
+    def score_partition(self, corpus: Corpus, index: int, table: pa.Table) -> pa.Table:
+        """Scores of partition ``index`` of ``corpus`` (``table``, its rows as read), with a
+        ``text_bytes`` column. This default scores the scoring view with
+        :meth:`score_batch`; a scorer that kept per-partition work from its fit (DSIR keeps
+        the pool's hashed n-grams in a job's store) overrides it to use that work."""
+        view = corpus.scoring_view(table, self.uses_response_spans)
+        scores = self.score_batch(view)
+        if TEXT_BYTES not in scores.column_names:
+            scores = scores.append_column(TEXT_BYTES, pc.binary_length(view["text"]))
+        return scores
+
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """Settings that determine the scores (recorded in manifests, used for resume)."""
@@ -219,13 +230,10 @@ class _ScoreTask:
 
     def __call__(self, index: int) -> pa.Table:
         table = self.corpus.read_partition(index)
-        view = self.corpus.scoring_view(table, self.scorer.uses_response_spans)
-        scores = self.scorer.score_batch(view)
+        scores = self.scorer.score_partition(self.corpus, index, table)
         if scores.num_rows != table.num_rows:
             raise RuntimeError(f"{self.scorer.name} returned {scores.num_rows} scores for "
                                f"{table.num_rows} rows")
-        if TEXT_BYTES not in scores.column_names:
-            scores = scores.append_column(TEXT_BYTES, pc.binary_length(view["text"]))
         return scores
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dataselect import ngram_store
 from dataselect.composition import composition, count_labels, label_column
 from dataselect.corpus import Corpus
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
@@ -39,7 +40,7 @@ from dataselect.hf import write_hf
 from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
 from dataselect.metrics import kl_reduction
-from dataselect.ngrams import NgramHasher
+from dataselect.ngrams import NgramHasher, masked_counts
 from dataselect.outdir import OutputFolder, claim_output
 from dataselect.output import (
     OutputFormat,
@@ -81,7 +82,7 @@ class _WritePart:
         scores = self.score_task(index)
         chosen = self.positions.get(index, np.empty(0, np.int64))
         picked = _attach_scores(table.take(chosen), scores.take(chosen), self.ranks[index], path)
-        pool_counts, selected_counts = self._ngram_counts(table, chosen)
+        pool_counts, selected_counts = self._ngram_counts(table, chosen, index)
         column = label_column(table)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
             np.savez(f, rows=picked.num_rows, pool_counts=pool_counts,
@@ -92,12 +93,18 @@ class _WritePart:
         return {"rows": picked.num_rows, "reused": False,
                 "seconds": time.perf_counter() - start}
 
-    def _ngram_counts(self, table: pa.Table, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _ngram_counts(self, table: pa.Table, chosen: np.ndarray, index: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
         if self.hasher is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         sampled = sample_mask(table["id"], self.metrics_sample, self.seed)
         selected = np.zeros(table.num_rows, bool)
         selected[chosen] = True
+        stored = ngram_store.load(self.pool.ngram_dir, index, self.hasher)
+        if stored is not None:  # the scorer hashed this partition already (DSIR)
+            pool_counts, selected_counts = masked_counts(
+                stored, [sampled, selected], self.hasher.num_buckets)
+            return pool_counts, selected_counts
         rows = np.flatnonzero(sampled | selected)
         texts = self.pool.texts(table.take(rows))
         pool_counts, selected_counts = self.hasher.masked_bucket_counts(

@@ -23,6 +23,7 @@ from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read
 from dataselect.defaults import POLICIES, WORKER_KINDS
 from dataselect.errors import InputError
 from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
+from dataselect.ngram_store import store_name
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
 from dataselect.params import field_types, validate_settings
@@ -154,26 +155,41 @@ def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
 
 @contextmanager
 def _parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
-    """The pool, keeping the partitions its first pass parses under ``out/.parsed/`` for
-    the passes after it (:meth:`Corpus.cached_in`), and deleting them when the job's
-    passes are done, failed or not: a finished folder holds no copy of the pool.
+    """The pool, keeping what its first pass computes per partition under ``out/.parsed/``
+    for the passes after it, and deleting it when the job's passes are done, failed or not:
+    a finished folder holds no copy of the pool.
 
-    Only a JSONL pool is kept (Parquet and Arrow read fast already), and only when the
-    output's disk has room for twice its size. Measured on the 141 MB python_docs pool:
-    the score and write passes each parsed it again, 1.4 s of CPU a pass on 2 workers.
-    The files are listed in the folder's marker first, so ``--overwrite`` after a killed
-    job deletes them too. Copies a killed job left behind are deleted before the first
-    pass, never read: the pool may have changed since (``dataselect score`` has no job
-    identity to refuse that), and reparsing costs one pass.
+    Two things are kept:
+
+    * a JSONL pool's parsed partitions, as Arrow files (:meth:`Corpus.cached_in`); Parquet
+      and Arrow read fast already. Measured on the 141 MB python_docs pool: the score and
+      write passes each parsed it again, 1.4 s of CPU a pass on 2 workers;
+    * hashed n-grams, for scorers and metrics that hash the pool
+      (:meth:`Corpus.with_ngram_store`): a DSIR job hashed most of the pool three times.
+
+    Each is kept only while the output's disk keeps room for the pool once more beside
+    it: Arrow copies are about the size of the pool, n-grams about 0.7 of it. The files are
+    listed in the folder's marker first, so ``--overwrite`` after a killed job deletes them
+    too. Files a killed job left behind are deleted before the first pass, never read: the
+    pool may have changed since (``dataselect score`` has no job identity to refuse that),
+    and recomputing costs one pass.
     """
     folder = out.join(PARSED_DIR)
     shutil.rmtree(folder, ignore_errors=True)
-    if not pool.parses_text() or shutil.disk_usage(out.path).free < 2 * pool.estimated_bytes():
+    size, free = pool.estimated_bytes(), shutil.disk_usage(out.path).free
+    kept, names = pool, []
+    if free >= 2 * size:
+        kept = kept.with_ngram_store(folder)
+        names += [store_name(i) for i in range(pool.npartitions)]
+    if pool.parses_text() and free >= (3 if names else 2) * size:
+        kept = kept.cached_in(folder)
+        names += [cached_name(i) for i in range(pool.npartitions)]
+    if not names:
         yield pool
         return
-    out.expect([os.path.join(PARSED_DIR, cached_name(i)) for i in range(pool.npartitions)])
+    out.expect([os.path.join(PARSED_DIR, name) for name in names])
     try:
-        yield pool.cached_in(folder)
+        yield kept
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -28,20 +28,22 @@ Choices a user can make, each recorded in the manifest:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from dataselect import checks
+from dataselect import checks, ngram_store
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, add_tuples, default_runner, partition_tasks
 from dataselect.metrics import ngram_distribution
-from dataselect.ngrams import NgramHasher, TokenizerName
+from dataselect.ngrams import HashedNgrams, NgramHasher, TokenizerName, masked_counts
 from dataselect.sampling import sample_mask
-from dataselect.scoring import FILTERED_BY, Scorer
+from dataselect.scoring import FILTERED_BY, TEXT_BYTES, Scorer
 
 LOG_EPSILON = 1e-8
 MIN_LENGTH_FILTER = "dsir_min_length"
@@ -60,6 +62,13 @@ class _SampleCounts:
         table = self.corpus.read_partition(index)
         mask = sample_mask(table["id"], self.fraction, self.seed)
         rows = np.flatnonzero(mask)
+        folder = self.corpus.ngram_dir
+        if folder is not None:
+            # the job keeps features for its later passes: hash every row, once per job
+            chunks = ngram_store.load(folder, index, self.hasher) or ngram_store.hash_partition(
+                self.hasher, self.corpus.texts(table), folder, index)
+            counts = masked_counts(chunks, [mask], self.hasher.num_buckets)[0]
+            return counts, table.num_rows, len(rows)
         texts = self.corpus.texts(table.take(rows) if len(rows) < table.num_rows else table)
         return self.hasher.bucket_counts(texts), table.num_rows, len(rows)
 
@@ -148,11 +157,23 @@ class DSIR(Scorer):
         self.fingerprint_ = hashlib.sha256(self.log_diff_.tobytes()).hexdigest()[:16]
         return self
 
+    def score_partition(self, corpus: Corpus, index: int, table: pa.Table) -> pa.Table:
+        chunks = ngram_store.load(corpus.ngram_dir, index, self.hasher)
+        if chunks is None:
+            return super().score_partition(corpus, index, table)
+        texts = corpus.texts(table)
+        scores = self._scores(table["id"], chunks)
+        return scores.append_column(TEXT_BYTES, pc.binary_length(texts))
+
     def score_batch(self, batch: pa.Table) -> pa.Table:
+        return self._scores(batch["id"], self.hasher.chunks(batch["text"]))
+
+    def _scores(self, ids: pa.ChunkedArray, chunks: Iterable[tuple[int, HashedNgrams]]
+                ) -> pa.Table:
         if self.log_diff_ is None:
-            raise RuntimeError("DSIR.score_batch called before fit")
+            raise RuntimeError("DSIR scored before fit")
         scores, tokens = [], []
-        for _, features in self.hasher.chunks(batch["text"]):
+        for _, features in chunks:
             score = features.dot(self.log_diff_)
             if self.length_normalize:
                 score = score / np.maximum(features.num_features(), 1)
@@ -162,5 +183,5 @@ class DSIR(Scorer):
         num_tokens = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
         too_short = num_tokens < self.min_length
         filtered = pa.array(np.where(too_short, MIN_LENGTH_FILTER, None), pa.string())
-        return pa.table({"id": batch["id"], "score": score,
+        return pa.table({"id": ids, "score": score,
                          "num_tokens": num_tokens, FILTERED_BY: filtered})

@@ -137,9 +137,45 @@ def test_a_jsonl_pool_is_parsed_once_per_job_and_the_output_is_unchanged(
     assert not (tmp_path / "once" / ".parsed").exists()
 
     monkeypatch.setattr(Corpus, "parses_text", lambda self: False)
+    monkeypatch.setattr(Corpus, "with_ngram_store", lambda self, folder: self)
     parsed.clear()
     run("every_pass")
     assert len(parsed) >= 3 * partitions  # fit, score and write each parsed every one
+    assert _job_files(tmp_path / "once") == _job_files(tmp_path / "every_pass")
+
+
+def test_a_dsir_job_hashes_each_pool_row_once_and_writes_the_same_bytes(
+        tmp_path, pool_table, monkeypatch):
+    """The fit hashes every pool row into ``.parsed/``; the scores and the write stage's KL
+    metric load those n-grams instead of hashing the rows again, and the job writes the
+    same bytes as one that hashes in every pass (a Parquet pool: the store does not
+    depend on the pool being JSONL)."""
+    import pyarrow.parquet as pq
+
+    from dataselect.corpus import Corpus
+    from dataselect.ngrams import NgramHasher
+    from pipelines.jobs import SelectJob, run_select_job
+
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pool_table.slice(0, 400).select(["id", "text", "domain"]), pool)
+    target_rows = read_corpus(TARGET).to_table().num_rows
+    hashed: list[int] = []
+    call = NgramHasher.__call__
+    monkeypatch.setattr(NgramHasher, "__call__",
+                        lambda self, texts: hashed.append(len(texts)) or call(self, texts))
+
+    def run(out: str) -> None:
+        run_select_job(SelectJob("dsir", [str(pool)], [TARGET], str(tmp_path / out), k=40,
+                                 partition_bytes=64 << 10, workers=1))
+
+    run("once")
+    # the pool once, the target twice (the fit's distribution, the metric's)
+    assert sum(hashed) == 400 + 2 * target_rows
+    assert not (tmp_path / "once" / ".parsed").exists()
+    monkeypatch.setattr(Corpus, "with_ngram_store", lambda self, folder: self)
+    hashed.clear()
+    run("every_pass")
+    assert sum(hashed) > 400 + 400 + 2 * target_rows  # the scores hashed all rows again
     assert _job_files(tmp_path / "once") == _job_files(tmp_path / "every_pass")
 
 
@@ -152,6 +188,7 @@ def test_copies_a_killed_job_left_behind_are_never_read(tmp_path, pool_table):
 
     from dataselect.corpus import cached_name
     from dataselect.layout import PARSED_DIR
+    from dataselect.ngram_store import store_name
     from pipelines.jobs import _parsed_once
 
     class Out:  # the part of OutputFolder that _parsed_once uses
@@ -161,7 +198,7 @@ def test_copies_a_killed_job_left_behind_are_never_read(tmp_path, pool_table):
             return str(tmp_path / "out" / name)
 
         def expect(self, names: list[str]) -> None:
-            assert names == [f"{PARSED_DIR}/{cached_name(0)}"]
+            assert names == [f"{PARSED_DIR}/{store_name(0)}", f"{PARSED_DIR}/{cached_name(0)}"]
 
     rows = pool_table.slice(0, 50).select(["id", "text"]).to_pylist()
     pool = read_corpus(str(write_jsonl(tmp_path / "pool.jsonl", rows)))

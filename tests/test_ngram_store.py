@@ -1,0 +1,80 @@
+"""A job's n-gram store: features saved per partition load back exactly as hashed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import write_jsonl
+
+from dataselect import ngram_store, read_corpus
+from dataselect.ngrams import NgramHasher
+from scorers import DSIR
+
+
+def _texts(pool_table, rows: int = 120) -> list[str]:
+    # empty and one-token documents, which have no bigrams, inside a chunk and at its end
+    texts = pool_table["text"].to_pylist()[:rows]
+    texts[3], texts[4], texts[50] = "", "word", "end."
+    return [*texts, ""]
+
+
+@pytest.mark.parametrize(("num_buckets", "ngram"), [(10_000, 2), (1 << 20, 3)])
+def test_stored_features_load_back_equal_to_fresh_ones(tmp_path, pool_table, num_buckets, ngram):
+    hasher = NgramHasher(num_buckets, ngram, chunk_chars=20_000)
+    texts = _texts(pool_table)
+    fresh = list(hasher.chunks(pa.array(texts)))
+    assert len(fresh) > 3  # several chunks, so their boundaries are exercised
+    ngram_store.hash_partition(hasher, pa.array(texts), str(tmp_path), 7)
+    loaded = ngram_store.load(str(tmp_path), 7, hasher)
+    assert [start for start, _ in loaded] == [start for start, _ in fresh]
+    for (_, a), (_, b) in zip(fresh, loaded):
+        np.testing.assert_array_equal(a.num_tokens, b.num_tokens)
+        for order in range(ngram):
+            np.testing.assert_array_equal(a.buckets[order], b.buckets[order])
+            if a.valid[order] is None:
+                assert b.valid[order] is None
+            else:
+                np.testing.assert_array_equal(a.valid[order], b.valid[order])
+    # a compact dtype on disk: 2 bytes a bucket where they fit
+    assert loaded[0][1].buckets[0].dtype == (np.uint16 if num_buckets <= 1 << 16 else np.uint32)
+    weights = np.random.default_rng(0).normal(size=num_buckets)
+    for (_, a), (_, b) in zip(fresh, loaded):
+        assert a.dot(weights).tobytes() == b.dot(weights).tobytes()
+
+
+def test_nothing_is_loaded_without_a_store_or_for_another_hasher(tmp_path, pool_table):
+    hasher = NgramHasher()
+    texts = pa.array(_texts(pool_table, 60))
+    assert ngram_store.load(None, 0, hasher) is None
+    assert ngram_store.load(str(tmp_path), 0, hasher) is None
+    ngram_store.hash_partition(hasher, texts, str(tmp_path), 0)
+    assert ngram_store.load(str(tmp_path), 0, hasher) is not None
+    for other in (NgramHasher(ngram=3), NgramHasher(num_buckets=999),
+                  NgramHasher(tokenizer="reference"), NgramHasher(chunk_chars=1000)):
+        assert ngram_store.load(str(tmp_path), 0, other) is None
+
+
+def test_dsir_with_a_store_hashes_each_row_once_and_scores_the_same(
+        tmp_path, pool_table, monkeypatch):
+    """The fit hashes every pool row into the store, the scores come from it; the fitted
+    weights and every score are the same bits as without a store."""
+    records = pool_table.slice(0, 300).select(["id", "text"]).to_pylist()
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", records)), partition_bytes=64 << 10)
+    target = read_corpus(str(write_jsonl(tmp_path / "t.jsonl", records[:20])))
+    assert pool.npartitions > 2
+    plain = DSIR(fit_fraction=0.3).fit(target, pool)
+
+    hashed: list[int] = []
+    call = NgramHasher.__call__
+    monkeypatch.setattr(NgramHasher, "__call__",
+                        lambda self, texts: hashed.append(len(texts)) or call(self, texts))
+    stored_pool = pool.with_ngram_store(str(tmp_path / "store"))
+    stored = DSIR(fit_fraction=0.3).fit(target, stored_pool)
+    assert stored.fit_fingerprint() == plain.fit_fingerprint()
+    assert stored.fit_stats_ == plain.fit_stats_
+    assert sum(hashed) == len(records) + 20  # every pool row and the target, once
+    hashed.clear()
+    for i in range(pool.npartitions):
+        assert stored.score(stored_pool).partition(i).equals(plain.score(pool).partition(i))
+    assert sum(hashed) == len(records)  # the store-less scorer's, none for the stored one
