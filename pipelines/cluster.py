@@ -1,12 +1,14 @@
-"""Where a job's tasks run: a LocalCluster started for the job, or a running Dask cluster.
+"""Where a job's tasks run: a LocalCluster started for the job, threads in this process, or
+a running Dask cluster.
 
-The default is a LocalCluster with one worker per core and a memory limit, so a partition
-that grows too large is spilled or reported by Dask rather than taking the machine down.
-Workers are processes or threads, as the scorer declares (``Scorer.local_workers``): code
-that holds Python's GIL (per-row Python loops) needs processes to use more than one core;
-code that spends its time in native libraries which release the GIL (Polars, NumPy,
-Arrow) runs as fast in threads and skips the seconds that starting worker processes,
-importing everything in each and shipping data between them cost.
+Workers are processes or threads, as the scorer declares (``Scorer.local_workers``). Code
+that holds Python's GIL (per-row Python loops) needs processes to use more than one core:
+a LocalCluster with one worker process per core and a memory limit, so a partition that
+grows too large is spilled or reported by Dask rather than taking the machine down. Code
+that spends its time in native libraries which release the GIL (Polars, NumPy, Arrow)
+runs as fast in threads, and skips the seconds that starting worker processes, importing
+everything in each and shipping data between them cost: :class:`LocalThreads`, without
+Dask's scheduler.
 ``--scheduler tcp://host:8786`` sends the same job to an existing cluster instead; nothing
 else changes.
 
@@ -21,18 +23,21 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask
 import pyarrow as pa
-from distributed import Client, LocalCluster
-from distributed.scheduler import KilledWorker
 
 from dataselect.errors import ClusterLostError, InputError
+from pipelines.threads import LocalThreads
+
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
 
 WorkerKind = Literal["processes", "threads"]
 TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
@@ -61,23 +66,31 @@ def default_workers() -> int:
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
                 memory_limit: str = "auto", kind: WorkerKind = "processes",
-                verbose: bool = False) -> Iterator[Client]:
+                verbose: bool = False) -> Iterator[Client | LocalThreads]:
     """A connected client: to ``scheduler`` if given, else to a fresh LocalCluster with
     ``workers`` worker processes running one task at a time (each with cores // workers
-    native threads for torch and BLAS), or one worker with ``workers`` threads.
+    native threads for torch and BLAS); for ``threads``, :class:`LocalThreads` with
+    ``workers`` threads in this process (no Dask scheduler, no ``distributed`` import).
 
     Unless ``verbose`` (or :func:`verbose_logs` is on), Dask's own logging is silenced:
     a failing task would otherwise print Dask's "Compute Failed" report with the worker's
     traceback before dataselect's one-line error says the same thing."""
     verbose = verbose or _VERBOSE
     if scheduler:
+        from distributed import Client
+
         with _quiet_loggers(not verbose), Client(scheduler) as client:
             yield client
         return
     if kind not in ("processes", "threads"):
         raise InputError(f"worker kind must be 'processes' or 'threads', got {kind!r}")
     count = workers or default_workers()
-    threads = kind == "threads"
+    if kind == "threads":
+        with _arrow_pool_for(True), LocalThreads(count) as threads:
+            yield threads
+        return
+    from distributed import Client
+
     dask_trim = _spawn_environ().get(TRIM_VARIABLE)
     environ = _worker_environ(max(1, default_workers() // count))
     with ExitStack() as stack:
@@ -87,19 +100,17 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
             "distributed.worker.profile.enabled": False,
             "distributed.nanny.pre-spawn-environ": environ}))
         stack.enter_context(_without_inherited_trim(dask_trim))
-        if not threads:
-            stack.enter_context(_thread_limits_in_environ(environ))
-        stack.enter_context(_arrow_pool_for(threads))
+        stack.enter_context(_thread_limits_in_environ(environ))
         stack.enter_context(_quiet_loggers(not verbose))
         cluster = stack.enter_context(_local_cluster(
-            workers=0 if threads else count,
-            n_workers=1 if threads else count,
-            threads_per_worker=count if threads else 1,
-            processes=not threads,
+            workers=count,
+            n_workers=count,
+            threads_per_worker=1,
+            processes=True,
             memory_limit=memory_limit,
             dashboard_address=":0",  # any free port: never collides with another cluster
             silence_logs=DASK_LOG_LEVEL if verbose else QUIET_LOG_LEVEL,
-            **({} if threads else {"preload": _worker_preloads()}),
+            preload=_worker_preloads(),
         ))
         yield stack.enter_context(Client(cluster))
 
@@ -159,6 +170,8 @@ def _local_cluster(workers: int, **options: Any) -> Iterator[LocalCluster]:
     """
     if not workers or threading.current_thread() is not threading.main_thread() \
             or signal.getsignal(signal.SIGINT) is None:  # a handler Python cannot restore
+        from distributed import LocalCluster
+
         with LocalCluster(**options) as cluster:
             yield cluster
         return
@@ -188,6 +201,8 @@ class _ClusterStart:
 
     def _start(self, options: dict[str, Any]) -> None:
         try:
+            from distributed import LocalCluster
+
             self.cluster = LocalCluster(**options)
         except BaseException as exc:  # handed to the main thread by result()
             self.error = exc
@@ -261,7 +276,8 @@ def worker_failure_line(exc: BaseException) -> str | None:
     retries its tasks; after ``distributed.scheduler.allowed-failures`` deaths on one task
     the client gets ``KilledWorker``. A ``MemoryError`` is the same problem caught in
     Python. Both need a smaller partition or more memory per worker, not a traceback."""
-    if isinstance(exc, KilledWorker):
+    scheduler = sys.modules.get("distributed.scheduler")  # not imported: not a Dask job's
+    if scheduler is not None and isinstance(exc, scheduler.KilledWorker):
         what = "a Dask worker died repeatedly while running a task (killed for using " \
                "too much memory, or crashing)"
     elif isinstance(exc, MemoryError):

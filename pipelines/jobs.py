@@ -1,6 +1,7 @@
-"""Batch jobs: read -> fit -> score (score store) -> select -> write, on a Dask cluster.
+"""Batch jobs: read -> fit -> score (score store) -> select -> write, on a Dask cluster or
+on local threads (:mod:`pipelines.threads`).
 
-A job is a plain settings object run inside one Dask client. Each stage is resumable on
+A job is a plain settings object run inside one client. Each stage is resumable on
 its own: the score store skips finished parts, the writer skips finished output parts,
 and fitting is cheap relative to scoring. The job's manifest gathers the settings, input
 fingerprints, counts, per-stage timings and package versions.

@@ -20,13 +20,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Client, as_completed
-from distributed.client import FutureCancelledError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dataselect.errors import ClusterLostError, InputError
 from dataselect.execution import Fold
+from pipelines.threads import LocalThreads
 
 LOST_AFTER_SECONDS = 15.0  # the longest a nanny takes to restart a worker, with margin
 LOST_AFTER_VARIABLE = "DATASELECT_NO_WORKERS_TIMEOUT"
@@ -118,10 +117,11 @@ def with_other(timings: list[StageTiming], total: float) -> list[StageTiming]:
 
 @dataclass
 class ProgressRunner:
-    """Computes a stage's tasks on ``client`` with a progress bar; times every stage on
-    ``clock`` (the job's, so the in-process stages around them land on the same rows)."""
+    """Computes a stage's tasks on ``client`` (a ``distributed.Client``, or
+    :class:`LocalThreads`) with a progress bar; times every stage on ``clock`` (the job's,
+    so the in-process stages around them land on the same rows)."""
 
-    client: Client
+    client: Any
     console: Console = field(default_factory=lambda: Console(stderr=True))
     lost_after: float = field(default_factory=lambda: lost_after_seconds())
     clock: StageClock = field(default_factory=StageClock)
@@ -152,6 +152,8 @@ class ProgressRunner:
             return self._compute(stage, tasks, fold)
 
     def _compute(self, stage: str, tasks: Sequence[Any], fold: Fold | None) -> Any:
+        if isinstance(self.client, LocalThreads):
+            return self._compute_in_threads(stage, tasks, fold)
         futures = self.client.compute(list(tasks))
         columns = self._columns()
         total = None
@@ -174,9 +176,35 @@ class ProgressRunner:
             self._cancel(futures)
         return results
 
+    def _compute_in_threads(self, stage: str, tasks: Sequence[Any], fold: Fold | None) -> Any:
+        """:meth:`_compute` on :class:`LocalThreads`: no cluster to watch; a task's error
+        is raised as it arrives, and a folded result is dropped once folded in."""
+        futures = dict(enumerate(self.client.submit(tasks)))
+        order = {future: i for i, future in futures.items()}
+        results: list[Any] = [None] * len(futures)
+        total = None
+        try:
+            with Progress(*self._columns(), console=self.console, transient=False,
+                          disable=not futures) as progress:
+                bar = progress.add_task(stage, total=len(futures))
+                for future in self.client.completed(list(futures.values())):
+                    index = order.pop(future)
+                    result = futures.pop(index).result()  # raises the task's own error
+                    if fold is not None:
+                        total = result if total is None else fold(total, result)
+                    else:
+                        results[index] = result
+                    progress.advance(bar)
+        finally:
+            for future in futures.values():
+                future.cancel()
+        return total if fold is not None else results
+
     def _completed(self, futures: list[Any]) -> Iterator[Any]:
         """``futures`` as they finish, like ``as_completed``, but failing with
         :class:`ClusterLostError` instead of waiting on a cluster that cannot finish them."""
+        from distributed import as_completed
+
         pending = as_completed(futures)
         watch = _ClusterWatch(self.client, self.lost_after)
         while not pending.is_empty():
@@ -199,6 +227,8 @@ class ProgressRunner:
                 self.client.cancel(futures)
 
     def _gather(self, futures: list[Any]) -> list[Any]:
+        from distributed.client import FutureCancelledError
+
         try:
             return self.client.gather(futures)
         except FutureCancelledError:
@@ -230,7 +260,7 @@ class _ClusterWatch:
     """How long the cluster has been without workers or without a scheduler that answers,
     asking the scheduler at most every ``CHECK_EVERY_SECONDS``."""
 
-    def __init__(self, client: Client, lost_after: float):
+    def __init__(self, client: Any, lost_after: float):
         self.client = client
         self.lost_after = lost_after
         self.asked = time.monotonic()

@@ -43,7 +43,14 @@ import pyarrow as pa
 from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
-from dataselect.execution import Runner, default_runner, fold_all, partition_tasks, step_progress
+from dataselect.execution import (
+    Runner,
+    compute_here,
+    default_runner,
+    fold_all,
+    partition_tasks,
+    step_progress,
+)
 from dataselect.params import field_types
 from dataselect.sampling import MergeSamples, PartitionSample
 from dataselect.scoring import FILTERED_BY, Scorer
@@ -398,7 +405,7 @@ def _run_threads(fn: Any, jobs: list[Any], advance: Any) -> list[Any]:
 
 
 def _in_process(stage: str, tasks: Any, fold: Any = None) -> Any:
-    results = list(dask.compute(*tasks, scheduler="sync")) if tasks else []
+    results = [compute_here(task) for task in tasks]
     return fold_all(results, fold) if fold is not None else results
 
 

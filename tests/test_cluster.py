@@ -4,12 +4,18 @@ cores each owns."""
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
+import threading
 
 import dask
 import pytest
 
+from dataselect.execution import partition_tasks
 from pipelines.cluster import dask_client, default_workers
+from pipelines.progress import ProgressRunner
+from pipelines.threads import LocalThreads
 
 ALL_CORES = str(default_workers())  # what one worker process on this machine owns
 ENVIRON_OMP = os.environ.get("OMP_NUM_THREADS")
@@ -61,12 +67,37 @@ def test_thread_limits_the_user_configured_are_kept():
     assert seen[0]["OMP_NUM_THREADS"] == "3"
 
 
-def test_threads_run_in_the_client_process():
+def _meet(barrier: threading.Barrier, index: int) -> tuple[int, int, int]:
+    barrier.wait()  # times out unless two tasks run at once
+    return index, os.getpid(), threading.get_ident()
+
+
+def test_threads_run_in_the_client_process_two_at_a_time():
+    barrier = threading.Barrier(2, timeout=30)
     with dask_client(workers=2, kind="threads") as client:
-        pids = set(client.run(os.getpid).values())
-        info = client.scheduler_info()["workers"]
-    assert pids == {os.getpid()}
-    assert [w["nthreads"] for w in info.values()] == [2]
+        assert isinstance(client, LocalThreads) and client.workers == 2
+        results = ProgressRunner(client)("meet", partition_tasks(
+            "meet", functools.partial(_meet, barrier), 4))
+    assert [r[0] for r in results] == [0, 1, 2, 3]  # in task order
+    assert {r[1] for r in results} == {os.getpid()}
+    assert len({r[2] for r in results}) == 2
+
+
+def _square_or_fail(index: int) -> int:
+    if index == 5:
+        raise ValueError("partition 5 is bad")
+    return index * index
+
+
+def test_the_threads_runner_folds_and_raises_a_tasks_own_error():
+    with dask_client(workers=2, kind="threads") as client:
+        runner = ProgressRunner(client)
+        tasks = partition_tasks("sq", _square_or_fail, 5)
+        assert runner("sq", tasks, operator.add) == sum(i * i for i in range(5))
+        assert runner("sq", partition_tasks("sq", _square_or_fail, 5)) == [0, 1, 4, 9, 16]
+        with pytest.raises(ValueError, match="partition 5 is bad"):
+            runner("sq", partition_tasks("sq", _square_or_fail, 9))
+    assert [t.stage for t in runner.timings] == ["sq", "sq", "sq"]
 
 
 @pytest.mark.slow

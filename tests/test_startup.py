@@ -1,6 +1,7 @@
 """Start-up: the command line and the cheap scorers' jobs import no torch, transformers, peft
-or faiss (seconds of import each), so those load only for the model-based scorers; and
-``--help`` does not even load the data stack, so it answers at once.
+or faiss (seconds of import each), so those load only for the model-based scorers; jobs on
+local threads do not import distributed; and ``--help`` does not even load the data stack,
+so it answers at once.
 
 Each check runs in a fresh interpreter: this test process has long since imported all of
 them. No check here times anything (a shared machine's timings would make it flaky); the
@@ -78,7 +79,9 @@ def test_a_cheap_scorers_job_imports_no_model_libraries(scorer, params, kind, tm
     argv = ["select", "--scorer", scorer, *params, "--pool", pool, "--target",
             str(TARGETS / "python_docs.jsonl"), "--k", "20", "--out", str(tmp_path / "out"),
             "--workers", "1", "--worker-kind", kind]
-    lines = _python(JOB.format(heavy=HEAVY), *argv, timeout=300)
+    # local thread workers run without Dask's scheduler, so without importing distributed
+    watched = HEAVY if kind == "processes" else (*HEAVY, "distributed")
+    lines = _python(JOB.format(heavy=watched), *argv, timeout=300)
     assert lines[-1] == "client: none"
     if kind == "processes":
         assert lines[-2] == "workers: ['none']"

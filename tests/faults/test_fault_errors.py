@@ -168,23 +168,41 @@ class _Records(logging.Handler):
 
 
 def test_dask_compute_failed_report_only_with_verbose(tmp_path, monkeypatch, capsys):
-    """Without --verbose, the thread worker's "Compute Failed" report (with the task's
-    traceback) reaches neither stderr nor any log handler; with it, both are there."""
+    """Without --verbose, a Dask worker's "Compute Failed" report (with the task's
+    traceback) reaches neither stderr nor any log handler; with it, both are there. The
+    worker runs in this process (a cluster of threads given as ``--scheduler``), so its
+    logs are this process's."""
     records = _Records()
     logger = logging.getLogger("distributed.worker")
     logger.addHandler(records)
     monkeypatch.setattr(logger, "level", logging.INFO)
     try:
         _fail_selection_writes(monkeypatch, errno.ENOSPC)
-        assert main(_dsir_argv(tmp_path, tmp_path / "quiet")) == 2
-        quiet, quiet_logs = capsys.readouterr().err, list(records.texts)
-        assert main(["--verbose", *_dsir_argv(tmp_path, tmp_path / "loud")]) == 2
-        loud, loud_logs = capsys.readouterr().err, list(records.texts)
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                          dashboard_address=":0") as cluster:
+            scheduler = ["--scheduler", cluster.scheduler_address]
+            assert main(_dsir_argv(tmp_path, tmp_path / "quiet", *scheduler)) == 2
+            quiet, quiet_logs = capsys.readouterr().err, list(records.texts)
+            assert main(["--verbose", *_dsir_argv(tmp_path, tmp_path / "loud", *scheduler)]) == 2
+            loud, loud_logs = capsys.readouterr().err, list(records.texts)
     finally:
         logger.removeHandler(records)
     assert "Compute Failed" not in quiet and "Traceback" not in quiet
     assert not any("Compute Failed" in text for text in quiet_logs)
     assert any("Compute Failed" in text for text in loud_logs)
+    assert "Traceback (most recent call last)" in loud
+    assert loud.rstrip().endswith("free space and rerun the same command to resume")
+
+
+def test_a_failed_task_on_local_threads_shows_its_traceback_only_with_verbose(
+        tmp_path, monkeypatch, capsys):
+    _fail_selection_writes(monkeypatch, errno.ENOSPC)
+    assert main(_dsir_argv(tmp_path, tmp_path / "quiet")) == 2
+    quiet = capsys.readouterr().err
+    assert main(["--verbose", *_dsir_argv(tmp_path, tmp_path / "loud")]) == 2
+    loud = capsys.readouterr().err
+    assert "Traceback" not in quiet
+    assert quiet.rstrip().endswith("free space and rerun the same command to resume")
     assert "Traceback (most recent call last)" in loud
     assert loud.rstrip().endswith("free space and rerun the same command to resume")
 
