@@ -18,6 +18,7 @@ atomically, so a killed job leaves whole files or none.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -35,7 +36,7 @@ def ngram_file(folder: str, index: int) -> str:
 
 
 def store_name(index: int) -> str:
-    return f"ngrams-part-{index:05d}.npz"
+    return f"ngrams-part-{index:05d}.bin"
 
 
 def hasher_key(hasher: NgramHasher) -> str:
@@ -59,18 +60,26 @@ def load(folder: str | None, index: int, hasher: NgramHasher) -> Chunks | None:
     path = ngram_file(folder, index)
     if not os.path.exists(path):
         return None
-    with np.load(path) as saved:
-        if str(saved["key"]) != hasher_key(hasher):
-            return None
-        arrays = {name: saved[name] for name in saved.files}
-    return _unpack(arrays, hasher)
+    data = np.fromfile(path, np.uint8)
+    head_size = int(data[:8].view("<u8")[0])
+    header = json.loads(data[8:8 + head_size].tobytes())
+    if header["key"] != hasher_key(hasher):
+        return None
+    arrays, offset = {}, _aligned(8 + head_size)
+    for name, dtype, length in header["arrays"]:
+        size = np.dtype(dtype).itemsize * length
+        arrays[name] = data[offset:offset + size].view(dtype)
+        offset = _aligned(offset + size)
+    return _unpack(arrays, header["rows"], hasher)
 
 
 def save(path: str, hasher: NgramHasher, chunks: Chunks, rows: int) -> None:
+    """One file: an 8-byte header length, a JSON header (the hasher's key, the rows, each
+    array's name, dtype and length), then the arrays, each at an 8-byte boundary. Plain
+    bytes rather than ``.npz``: a zip's CRC and copies cost 6 ms a partition to write and
+    2.5 ms to read, a third of the score pass."""
     dtype = np.uint16 if hasher.num_buckets <= 1 << 16 else np.uint32
     arrays: dict[str, np.ndarray] = {
-        "key": np.array(hasher_key(hasher)),
-        "rows": np.array(rows, np.int64),
         "starts": np.array([start for start, _ in chunks], np.int64),
         "num_tokens": (np.concatenate([f.num_tokens for _, f in chunks]) if chunks
                        else np.zeros(0, np.int64)),
@@ -80,14 +89,26 @@ def save(path: str, hasher: NgramHasher, chunks: Chunks, rows: int) -> None:
         arrays[f"lengths{order}"] = np.array([len(p) for p in parts], np.int64)
         arrays[f"buckets{order}"] = (np.concatenate(parts).astype(dtype) if parts
                                      else np.zeros(0, dtype))
+    header = json.dumps({"key": hasher_key(hasher), "rows": rows,
+                         "arrays": [[name, a.dtype.str, len(a)] for name, a in arrays.items()]
+                         }).encode()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        f.write(np.array([len(header)], "<u8").tobytes())
+        f.write(header)
+        f.write(bytes(_aligned(8 + len(header)) - 8 - len(header)))
+        for array in arrays.values():
+            f.write(array.tobytes())
+            f.write(bytes(_aligned(array.nbytes) - array.nbytes))
 
 
-def _unpack(arrays: dict[str, np.ndarray], hasher: NgramHasher) -> Chunks:
+def _aligned(size: int) -> int:
+    return -(-size // 8) * 8
+
+
+def _unpack(arrays: dict[str, np.ndarray], rows: int, hasher: NgramHasher) -> Chunks:
     starts = arrays["starts"]
-    stops = np.append(starts[1:], int(arrays["rows"]))
+    stops = np.append(starts[1:], rows)
     offsets = {order: np.concatenate([[0], np.cumsum(arrays[f"lengths{order}"])])
                for order in range(1, hasher.ngram + 1)}
     chunks: Chunks = []
