@@ -188,10 +188,14 @@ def ridged_kernel(phi: torch.Tensor, ridge: float, weights: torch.Tensor | None 
     return kernel
 
 
+def _singular() -> InputError:
+    return InputError("TRAK's kernel is singular; use a positive ridge", field="ridge")
+
+
 def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
     factor, info = torch.linalg.cholesky_ex(matrix)
     if int(info):
-        raise InputError("TRAK's kernel is singular; use a positive ridge", field="ridge")
+        raise _singular()
     return factor
 
 
@@ -215,8 +219,8 @@ class KernelInverse:
         a = phi.double() if weights is None else phi.double() * weights.double().sqrt()[:, None]
         gram = a @ a.T
         lam = ridge * float(gram.diagonal().sum()) / dim  # ridge * mean(diag(A^T A))
-        if not lam > 0:
-            raise InputError("TRAK's kernel is singular; use a positive ridge", field="ridge")
+        if not lam > 0:  # a zero ridge (or zero rows) leaves the rows x rows system singular
+            raise _singular()
         gram.diagonal().add_(lam)
         return cls(_cholesky(gram), a, lam)
 

@@ -197,3 +197,18 @@ def test_dense_path_equals_index_top_k(tmp_path) -> None:
     matrix, train_ids, query_ids = read_attribution_matrix(folder)
     np.testing.assert_array_equal(matrix, dense)
     assert (train_ids, query_ids) == (ids, qids)
+
+
+@pytest.mark.parametrize("rows", [3, 12])  # the Woodbury form (rows < dim) and Cholesky
+def test_a_kernel_without_ridge_on_too_few_directions_is_refused(rows):
+    """Rows spanning 2 of 8 directions: with no ridge the kernel has no inverse, in both
+    forms, and the error names the setting to change."""
+    from dataselect.errors import InputError
+    from scorers.trak import KernelInverse
+
+    basis = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    phi = torch.randn(rows, 2, generator=torch.Generator().manual_seed(1)) @ basis
+    with pytest.raises(InputError, match="kernel is singular; use a positive ridge"):
+        KernelInverse.fit(phi, ridge=0.0)
+    inverse = KernelInverse.fit(phi, ridge=0.1)
+    assert inverse.apply(torch.ones(1, 8, dtype=torch.float64)).isfinite().all()
