@@ -78,3 +78,13 @@ def test_dsir_with_a_store_hashes_each_row_once_and_scores_the_same(
     for i in range(pool.npartitions):
         assert stored.score(stored_pool).partition(i).equals(plain.score(pool).partition(i))
     assert sum(hashed) == len(records)  # the store-less scorer's, none for the stored one
+
+
+def test_an_empty_partition_and_empty_texts_round_trip(tmp_path):
+    hasher = NgramHasher()
+    assert ngram_store.hash_partition(hasher, pa.array([], pa.string()), str(tmp_path), 0) == []
+    assert ngram_store.load(str(tmp_path), 0, hasher) == []
+    ngram_store.hash_partition(hasher, pa.array(["", ""], pa.string()), str(tmp_path), 1)
+    [(start, features)] = ngram_store.load(str(tmp_path), 1, hasher)
+    assert start == 0 and features.num_tokens.tolist() == [0, 0]
+    assert features.dot(np.ones(hasher.num_buckets)).tolist() == [0.0, 0.0]
