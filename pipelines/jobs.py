@@ -148,6 +148,10 @@ def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
     with ExitStack() as stack:
         with clock.stage("start cluster"):
             out = stack.enter_context(_claim(job, identity))
+            # after the workers stop, failed job or not: a task still under way when a
+            # stage failed (or Ctrl-C came) writes its partition's files to .parsed/
+            # after _parsed_once has deleted it
+            stack.callback(shutil.rmtree, out.join(PARSED_DIR), ignore_errors=True)
             client = stack.enter_context(_client(job, scorer))
         yield out, ProgressRunner(client, clock=clock)
         with clock.stage("stop cluster"):

@@ -311,13 +311,14 @@ def bigger_pool(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(folder / "*.parquet")
 
 
-def _start_job(pool: str, out: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A DSIR job on one worker process, in a session of its own, so that a signal to its
-    process group reaches the client and its workers, as a terminal's Ctrl-C does. (DSIR
-    reaches its scoring stage in half the time fastText takes to train.)"""
+def _start_job(pool: str, out: Path, env: dict[str, str] | None = None,
+               kind: str = "processes") -> subprocess.Popen:
+    """A DSIR job on one worker process (or thread), in a session of its own, so that a
+    signal to its process group reaches the client and its workers, as a terminal's Ctrl-C
+    does. (DSIR reaches its scoring stage in half the time fastText takes to train.)"""
     argv = [PYTHON, "-m", "pipelines.cli", "select", "--scorer", "dsir", "--pool", pool,
             "--target", str(TARGETS / "licenses.jsonl"), "--k", "100", "--out", str(out),
-            "--workers", "1", "--worker-kind", "processes", "--partition-mb", "0.2"]
+            "--workers", "1", "--worker-kind", kind, "--partition-mb", "0.2"]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, env={**os.environ, **(env or {})},
                             preexec_fn=_ctrl_c_as_in_a_terminal)
@@ -384,6 +385,28 @@ def test_ctrl_c_exits_130_with_one_line_and_no_stray_processes(tmp_path, bigger_
     assert took < 15, f"{took:.1f} s to stop"
     time.sleep(0.5)
     assert not _alive(children), f"left behind: {_alive(children)}"
+    assert not (out / ".parsed").exists()  # deleted after the workers stopped
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_thread_workers_exits_130_and_leaves_no_parsed_copies(tmp_path, bigger_pool):
+    """Thread workers have no process to stop: Ctrl-C reaches the client while its threads
+    fit; it exits 130 with one line once the partitions under way are done, and the job's
+    copies and n-grams under ``.parsed/`` are gone."""
+    out = tmp_path / "out"
+    job = _start_job(bigger_pool, out, kind="threads")
+    deadline = time.monotonic() + 90
+    while not list((out / ".parsed").glob("ngrams-part-*")):  # the fit has begun
+        assert job.poll() is None, job.communicate()
+        assert time.monotonic() < deadline, "the job never started its fit"
+        time.sleep(0.01)
+    sent = time.monotonic()
+    os.killpg(job.pid, signal.SIGINT)
+    code, err = _finish(job, timeout=30)
+    assert code == 130, err
+    assert _messages(err) == [INTERRUPTED], err
+    assert time.monotonic() - sent < 15
+    assert not (out / ".parsed").exists()
 
 
 @pytest.mark.slow
