@@ -18,6 +18,7 @@ atomically, so a killed job leaves whole files or none.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -46,10 +47,18 @@ def hasher_key(hasher: NgramHasher) -> str:
 
 def hash_partition(hasher: NgramHasher, texts: pa.Array | pa.ChunkedArray,
                    folder: str | None, index: int) -> Chunks:
-    """Features of every text, hashed now; saved as partition ``index`` when ``folder``."""
+    """Features of every text, hashed now; saved as partition ``index`` when ``folder``.
+
+    A disk that fills up meanwhile (the job checked for room first) only loses the saving:
+    the features are returned all the same, and a later pass that finds no file hashes the
+    partition again, so the job goes on rather than failing for an optimisation."""
     chunks = list(hasher.chunks(texts))
     if folder is not None:
-        save(ngram_file(folder, index), hasher, chunks, len(texts))
+        try:
+            save(ngram_file(folder, index), hasher, chunks, len(texts))
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
     return chunks
 
 

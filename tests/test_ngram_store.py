@@ -88,3 +88,27 @@ def test_an_empty_partition_and_empty_texts_round_trip(tmp_path):
     [(start, features)] = ngram_store.load(str(tmp_path), 1, hasher)
     assert start == 0 and features.num_tokens.tolist() == [0, 0]
     assert features.dot(np.ones(hasher.num_buckets)).tolist() == [0.0, 0.0]
+
+
+def test_a_full_disk_only_loses_the_saving(tmp_path, pool_table, monkeypatch):
+    """The store is an optimisation: when saving fails for space, the features are still
+    returned and nothing is stored; any other error is raised."""
+    import errno
+
+    hasher = NgramHasher()
+    texts = pa.array(_texts(pool_table, 60))
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ngram_store, "save", full)
+    chunks = ngram_store.hash_partition(hasher, texts, str(tmp_path), 0)
+    assert sum(f.num_docs for _, f in chunks) == len(texts)
+    assert ngram_store.load(str(tmp_path), 0, hasher) is None
+
+    def denied(*args: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(ngram_store, "save", denied)
+    with pytest.raises(PermissionError):
+        ngram_store.hash_partition(hasher, texts, str(tmp_path), 0)
