@@ -65,8 +65,10 @@ class _SampleCounts:
         folder = self.corpus.ngram_dir
         if folder is not None:
             # the job keeps features for its later passes: hash every row, once per job
-            chunks = ngram_store.load(folder, index, self.hasher) or ngram_store.hash_partition(
-                self.hasher, self.corpus.texts(table), folder, index)
+            chunks = ngram_store.load(folder, index, self.hasher)
+            if chunks is None:  # this job's first fit on the pool
+                chunks = ngram_store.hash_partition(self.hasher, self.corpus.texts(table),
+                                                    folder, index)
             counts = masked_counts(chunks, [mask], self.hasher.num_buckets)[0]
             return counts, table.num_rows, len(rows)
         texts = self.corpus.texts(table.take(rows) if len(rows) < table.num_rows else table)
