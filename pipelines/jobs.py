@@ -150,7 +150,7 @@ def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
             out = stack.enter_context(_claim(job, identity))
             # after the workers stop, failed job or not: a task still under way when a
             # stage failed (or Ctrl-C came) writes its partition's files to .parsed/
-            # after _parsed_once has deleted it
+            # after parsed_once has deleted it
             stack.callback(shutil.rmtree, out.join(PARSED_DIR), ignore_errors=True)
             client = stack.enter_context(_client(job, scorer))
         yield out, ProgressRunner(client, clock=clock)
@@ -159,7 +159,7 @@ def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
 
 
 @contextmanager
-def _parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
+def parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
     """The pool, keeping what its first pass computes per partition under ``out/.parsed/``
     for the passes after it, and deleting it when the job's passes are done, failed or not:
     a finished folder holds no copy of the pool.
@@ -218,7 +218,7 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
         pool, target = _corpora(job)
     with _session(job, scorer, None, clock) as (out, runner), \
-            _parsed_once(pool, out) as parsed:
+            parsed_once(pool, out) as parsed:
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
@@ -242,7 +242,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         pool, target = _corpora(job)
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock) as (out, runner):
-        with _parsed_once(pool, out) as parsed:
+        with parsed_once(pool, out) as parsed:
             scores = _fit_and_score(job, scorer, parsed, target, out, runner)
             with clock.stage("select"):
                 selection = _select(job, parsed, scores, runner)

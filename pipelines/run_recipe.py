@@ -51,7 +51,7 @@ from dataselect.sampling import sample_corpus
 from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.union import split_selection, write_union
 from pipelines.cluster import dask_client
-from pipelines.jobs import build_scorer, choose_rows
+from pipelines.jobs import build_scorer, choose_rows, parsed_once
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
 from pipelines.recipe_attribution import run_attributions
@@ -72,14 +72,16 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
         out = claimed.path
         claimed.expect([RUN_FILE])
         params, folders = _prepare_models(recipe, pool, out, timings, console)
-        with dask_client(recipe.cluster.scheduler, recipe.cluster.workers,
-                         recipe.cluster.memory_limit, _worker_kind(recipe, params)) as client:
+        # the pool parsed and hashed once for all tasks; deleted after the workers stop
+        with parsed_once(pool, claimed) as kept, \
+                dask_client(recipe.cluster.scheduler, recipe.cluster.workers,
+                            recipe.cluster.memory_limit, _worker_kind(recipe, params)) as client:
             runner = ProgressRunner(client)
             task_scores, fits = {}, {}
             for task in recipe.targets:
-                task_scores[task], fits[task] = _score_task(recipe, task, pool, params, out,
+                task_scores[task], fits[task] = _score_task(recipe, task, kept, params, out,
                                                             runner, overwrite)
-            selections = _select(recipe, pool, task_scores, runner)
+            selections = _select(recipe, kept, task_scores, runner)
             manifests = {task: _write_task(recipe, task, selection, fits[task], out, runner,
                                            overwrite)
                          for task, selection in selections.items()}

@@ -189,9 +189,9 @@ def test_copies_a_killed_job_left_behind_are_never_read(tmp_path, pool_table):
     from dataselect.corpus import cached_name
     from dataselect.layout import PARSED_DIR
     from dataselect.ngram_store import store_name
-    from pipelines.jobs import _parsed_once
+    from pipelines.jobs import parsed_once
 
-    class Out:  # the part of OutputFolder that _parsed_once uses
+    class Out:  # the part of OutputFolder that parsed_once uses
         path = str(tmp_path / "out")
 
         def join(self, name: str) -> str:
@@ -207,7 +207,7 @@ def test_copies_a_killed_job_left_behind_are_never_read(tmp_path, pool_table):
     old = pool.read_partition(0).slice(0, 3)
     with pa.OSFile(str(stale), "wb") as sink, pa.ipc.new_file(sink, old.schema) as writer:
         writer.write_table(old)
-    with _parsed_once(pool, Out()) as parsed:
+    with parsed_once(pool, Out()) as parsed:
         assert parsed.read_partition(0).equals(pool.read_partition(0))
         assert stale.exists()  # the fresh copy, written by the first read
     assert not stale.parent.exists()

@@ -216,3 +216,24 @@ def test_eval_without_held_out_rows_is_an_error(dsir_run):
     out, _, _ = dsir_run
     with pytest.raises(InputError, match="held-out rows"):
         run_eval(str(out), EvalSettings(steps=1, seeds=(0,)))
+
+
+def test_a_dsir_recipe_hashes_the_pool_once_for_all_its_tasks(tmp_path, monkeypatch):
+    """Every task's DSIR fit, scores and KL metric share one hashing of the pool (kept under
+    ``.parsed/`` while the run lasts), where each task used to hash it again."""
+    from dataselect.corpus import read_corpus
+    from dataselect.ngrams import NgramHasher
+
+    hashed: list[int] = []
+    call = NgramHasher.__call__
+    monkeypatch.setattr(NgramHasher, "__call__",
+                        lambda self, texts: hashed.append(len(texts)) or call(self, texts))
+    recipe = dsir_recipe(tmp_path / "out")
+    recipe["scorers"] = {"dsir": {}}  # the metric's hasher too, so it shares the n-grams
+    run_recipe(load_recipe(write_recipe(tmp_path / "recipe.yaml", recipe)))
+    pool_rows = read_corpus(POOL_GLOB).to_table().num_rows
+    target_rows = sum(read_corpus(str(TARGETS / f"{t}.jsonl")).to_table().num_rows
+                      for t in TASKS)
+    # the pool once; each target for its fit and for its metric
+    assert sum(hashed) == pool_rows + 2 * target_rows
+    assert not (tmp_path / "out" / ".parsed").exists()
