@@ -25,7 +25,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from dataselect.ngrams import HashedNgrams, NgramHasher, within_documents
+from dataselect.ngrams import HashedNgrams, NgramHasher
 from dataselect.output import atomic_write
 
 Chunks = list[tuple[int, HashedNgrams]]
@@ -122,13 +122,8 @@ def _unpack(arrays: dict[str, np.ndarray], rows: int, hasher: NgramHasher) -> Ch
                for order in range(1, hasher.ngram + 1)}
     chunks: Chunks = []
     for c, (start, stop) in enumerate(zip(starts, stops)):
-        num_tokens = arrays["num_tokens"][start:stop]
-        total = int(num_tokens.sum())
-        buckets, valid = [], []
-        for order in range(1, hasher.ngram + 1):
-            begin, end = offsets[order][c], offsets[order][c + 1]
-            buckets.append(arrays[f"buckets{order}"][begin:end])
-            valid.append(None if order == 1 else within_documents(num_tokens, order, total))
-        chunks.append((int(start), HashedNgrams(tuple(buckets), tuple(valid), num_tokens,
+        buckets = tuple(arrays[f"buckets{order}"][offsets[order][c]:offsets[order][c + 1]]
+                        for order in range(1, hasher.ngram + 1))
+        chunks.append((int(start), HashedNgrams(buckets, arrays["num_tokens"][start:stop],
                                                 hasher.num_buckets)))
     return chunks

@@ -45,18 +45,26 @@ class HashedNgrams:
     a real feature only if the k tokens lie in one document (``valid[k - 1][i]``, None
     when every position is valid, as for unigrams). Per-document sums are then segment
     sums over contiguous positions, with no per-occurrence document index to build.
-    ``valid`` follows from ``num_tokens``, so sums and counts touch only the few invalid
-    positions (``_document_breaks``) rather than masking every one.
+    ``valid`` follows from ``num_tokens``, so it is derived, not kept, and sums and counts
+    touch only the few invalid positions (``_document_breaks``) rather than masking every
+    one.
     """
 
     buckets: tuple[np.ndarray, ...]
-    valid: tuple[np.ndarray | None, ...]
     num_tokens: np.ndarray
     num_buckets: int
 
     @property
     def num_docs(self) -> int:
         return len(self.num_tokens)
+
+    @property
+    def valid(self) -> tuple[np.ndarray | None, ...]:
+        """Per order, whether the gram at each position lies in one document (None for
+        unigrams: every position is)."""
+        total = int(self.num_tokens.sum())
+        return tuple(None if order == 1 else within_documents(self.num_tokens, order, total)
+                     for order in range(1, len(self.buckets) + 1))
 
     def bucket_counts(self, docs: np.ndarray | None = None) -> np.ndarray:
         """Summed bucket counts over all documents, or over those where ``docs`` is True."""
@@ -161,14 +169,12 @@ class NgramHasher:
         modulus = np.uint64(self.num_buckets)
         # a bucket per distinct token, gathered: no modulo per occurrence
         buckets = [(token_hash % modulus).astype(np.intp)[code]]
-        valid: list[np.ndarray | None] = [None]
         hashes = gram_hash = token_hash[code] if self.ngram > 1 else None
         for order in range(2, self.ngram + 1):
             # a k-gram's hash combines its (k-1)-prefix's hash with its last token's
             gram_hash, gram_buckets = _extend_grams(gram_hash, hashes[order - 1:], modulus)
             buckets.append(gram_buckets)
-            valid.append(within_documents(num_tokens, order, len(code)))
-        return HashedNgrams(tuple(buckets), tuple(valid), num_tokens, self.num_buckets)
+        return HashedNgrams(tuple(buckets), num_tokens, self.num_buckets)
 
     def _reference(self, texts: pa.Array) -> HashedNgrams:
         from nltk.tokenize import WordPunctTokenizer
@@ -186,14 +192,12 @@ class NgramHasher:
         num_tokens = np.asarray([len(doc) for doc in tokenized], np.int64)
         words = [word for doc in tokenized for word in doc]
         buckets = [np.asarray([bucket(w) for w in words], np.intp)]
-        valid: list[np.ndarray | None] = [None]
         for order in range(2, self.ngram + 1):
             ok = within_documents(num_tokens, order, len(words))
             grams = [bucket(" ".join(words[i:i + order])) if ok[i] else 0
                      for i in range(len(ok))]
             buckets.append(np.asarray(grams, np.intp))
-            valid.append(ok)
-        return HashedNgrams(tuple(buckets), tuple(valid), num_tokens, self.num_buckets)
+        return HashedNgrams(tuple(buckets), num_tokens, self.num_buckets)
 
 
 def masked_counts(chunks: Iterable[tuple[int, HashedNgrams]], masks: list[np.ndarray],
