@@ -142,18 +142,19 @@ def _client(job: SelectJob, scorer: Scorer) -> Any:
 
 @contextmanager
 def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
-             clock: StageClock) -> Iterator[tuple[OutputFolder, ProgressRunner]]:
-    """The claimed output folder and a runner on the job's cluster, with claiming and
-    starting the cluster, and closing it, timed as stages of the job's clock."""
+             clock: StageClock, pool: Corpus
+             ) -> Iterator[tuple[OutputFolder, ProgressRunner, Corpus]]:
+    """The claimed output folder, a runner on the job's cluster and the pool as the job
+    keeps it (:func:`parsed_once`), with claiming and starting the cluster, and closing it,
+    timed as stages of the job's clock. The cluster closes before ``.parsed/`` is deleted,
+    so a task still under way when a stage failed (or Ctrl-C came) cannot write its
+    partition's files there afterwards."""
     with ExitStack() as stack:
         with clock.stage("start cluster"):
             out = stack.enter_context(_claim(job, identity))
-            # after the workers stop, failed job or not: a task still under way when a
-            # stage failed (or Ctrl-C came) writes its partition's files to .parsed/
-            # after parsed_once has deleted it
-            stack.callback(shutil.rmtree, out.join(PARSED_DIR), ignore_errors=True)
+            parsed = stack.enter_context(parsed_once(pool, out))
             client = stack.enter_context(_client(job, scorer))
-        yield out, ProgressRunner(client, clock=clock)
+        yield out, ProgressRunner(client, clock=clock), parsed
         with clock.stage("stop cluster"):
             stack.close()
 
@@ -217,8 +218,7 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
     with clock.stage("read inputs"):
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
         pool, target = _corpora(job)
-    with _session(job, scorer, None, clock) as (out, runner), \
-            parsed_once(pool, out) as parsed:
+    with _session(job, scorer, None, clock, pool) as (out, runner, parsed):
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
@@ -241,22 +241,21 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed, job.k, job.fraction)
         pool, target = _corpora(job)
         identity = job_identity(job, pool, target)
-    with _session(job, scorer, identity, clock) as (out, runner):
-        with parsed_once(pool, out) as parsed:
-            scores = _fit_and_score(job, scorer, parsed, target, out, runner)
-            with clock.stage("select"):
-                selection = _select(job, parsed, scores, runner)
-            record = {"job": dataclasses.asdict(job),
-                      "fit": getattr(scorer, "fit_stats_", {}),
-                      "score_store": {"path": os.path.join(SCORES_DIR, scorer.name),
-                                      **scores.stats}}
-            with clock.stage("write"):  # its preparation too; metrics are a row of their own
-                manifest = selection.write(
-                    out, fmt=job.output_format, target=target, runner=runner,
-                    overwrite=job.overwrite, metrics_sample=job.metrics_sample,
-                    extra_manifest=record,
-                    save_to_disk=job.save_to_disk,
-                )
+    with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
+        scores = _fit_and_score(job, scorer, parsed, target, out, runner)
+        with clock.stage("select"):
+            selection = _select(job, parsed, scores, runner)
+        record = {"job": dataclasses.asdict(job),
+                  "fit": getattr(scorer, "fit_stats_", {}),
+                  "score_store": {"path": os.path.join(SCORES_DIR, scorer.name),
+                                  **scores.stats}}
+        with clock.stage("write"):  # its preparation too; metrics are a row of their own
+            manifest = selection.write(
+                out, fmt=job.output_format, target=target, runner=runner,
+                overwrite=job.overwrite, metrics_sample=job.metrics_sample,
+                extra_manifest=record,
+                save_to_disk=job.save_to_disk,
+            )
         manifest["timings"] = {**manifest["timings"], **clock.record()}
         write_json(manifest, out.join(MANIFEST_FILE))
     length_bias = {k: v for k, v in scores.stats.items() if k == "score_length_spearman"}
