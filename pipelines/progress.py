@@ -179,24 +179,24 @@ class ProgressRunner:
     def _compute_in_threads(self, stage: str, tasks: Sequence[Any], fold: Fold | None) -> Any:
         """:meth:`_compute` on :class:`LocalThreads`: no cluster to watch; a task's error
         is raised as it arrives, and a folded result is dropped once folded in."""
-        futures = dict(enumerate(self.client.submit(tasks)))
-        order = {future: i for i, future in futures.items()}
-        results: list[Any] = [None] * len(futures)
+        # pending futures and their task's index; one is dropped once its result is used
+        pending = {future: i for i, future in enumerate(self.client.submit(tasks))}
+        results: list[Any] = [None] * len(pending)
         total = None
         try:
             with Progress(*self._columns(), console=self.console, transient=False,
-                          disable=not futures) as progress:
-                bar = progress.add_task(stage, total=len(futures))
-                for future in self.client.completed(list(futures.values())):
-                    index = order.pop(future)
-                    result = futures.pop(index).result()  # raises the task's own error
+                          disable=not pending) as progress:
+                bar = progress.add_task(stage, total=len(pending))
+                for future in self.client.completed(list(pending)):
+                    index = pending.pop(future)
+                    result = future.result()  # raises the task's own error
                     if fold is not None:
                         total = result if total is None else fold(total, result)
                     else:
                         results[index] = result
                     progress.advance(bar)
         finally:
-            for future in futures.values():
+            for future in pending:
                 future.cancel()
         return total if fold is not None else results
 
