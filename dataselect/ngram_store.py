@@ -46,19 +46,18 @@ def hasher_key(hasher: NgramHasher) -> str:
 
 
 def hash_partition(hasher: NgramHasher, texts: pa.Array | pa.ChunkedArray,
-                   folder: str | None, index: int) -> Chunks:
-    """Features of every text, hashed now; saved as partition ``index`` when ``folder``.
+                   folder: str, index: int) -> Chunks:
+    """Features of every text, hashed now and saved as partition ``index`` of ``folder``.
 
     A disk that fills up meanwhile (the job checked for room first) only loses the saving:
     the features are returned all the same, and a later pass that finds no file hashes the
     partition again, so the job goes on rather than failing for an optimisation."""
     chunks = list(hasher.chunks(texts))
-    if folder is not None:
-        try:
-            save(ngram_file(folder, index), hasher, chunks, len(texts))
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+    try:
+        save(ngram_file(folder, index), hasher, chunks, len(texts))
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
     return chunks
 
 
