@@ -122,11 +122,19 @@ RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind"
                     "save_to_disk")  # adding save_to_disk only converts finished parts
 
 
+# Bumped when a release writes other bytes for the same settings and inputs, so that a job
+# interrupted under the old code is not resumed, half old and half new, by the new one.
+# 2: the fast n-gram tokenizer hashes tokens from their string views (other buckets).
+OUTPUT_REVISION = 2
+
+
 def job_identity(job: SelectJob, pool: Corpus, target: Corpus) -> dict[str, Any]:
-    """What determines a job's output bytes: its settings and its inputs' contents."""
+    """What determines a job's output bytes: its settings, its inputs' contents and the
+    code's output revision."""
     settings = {k: v for k, v in dataclasses.asdict(job).items() if k not in RUNTIME_SETTINGS}
     return {"settings": settings,
-            "inputs": {"pool": pool.fingerprint(), "target": target.fingerprint()}}
+            "inputs": {"pool": pool.fingerprint(), "target": target.fingerprint()},
+            "output_revision": OUTPUT_REVISION}
 
 
 def _claim(job: SelectJob, identity: dict[str, Any] | None) -> Any:

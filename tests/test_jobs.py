@@ -211,3 +211,29 @@ def test_copies_a_killed_job_left_behind_are_never_read(tmp_path, pool_table):
         assert parsed.read_partition(0).equals(pool.read_partition(0))
         assert stale.exists()  # the fresh copy, written by the first read
     assert not stale.parent.exists()
+
+
+def test_a_folder_written_by_an_older_output_revision_is_not_resumed(tmp_path, capsys,
+                                                                      pool_table):
+    """The same settings and inputs under code that writes other bytes (an older output
+    revision) must not resume the old folder half done: the job is refused, naming why."""
+    from conftest import write_jsonl
+
+    from dataselect.outdir import MARKER
+
+    rows = pool_table.slice(0, 200).select(["id", "text"]).to_pylist()
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    target = write_jsonl(tmp_path / "target.jsonl", rows[:20])
+    out = tmp_path / "out"
+    argv = ["select", "--scorer", "dsir", "--pool", str(pool), "--target", str(target),
+            "--k", "20", "--out", str(out), "--workers", "1"]
+    assert main(argv) == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["identity"]["output_revision"] >= 2
+    del marker["identity"]["output_revision"]  # as the code before revisions wrote it
+    (out / MARKER).write_text(json.dumps(marker))
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "differs in: output_revision" in error and "--overwrite" in error
+    assert main([*argv, "--overwrite"]) == 0

@@ -9,8 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from data_selection.hashed_ngram_dsir import get_ngram_counts
+from hash_helpers import naive_token_hash
 
-from dataselect import ngrams
+from dataselect import ngrams, token_hash
 from dataselect.errors import InputError
 from dataselect.ngrams import TOKEN_PATTERN, NgramHasher
 
@@ -108,11 +109,16 @@ _UNICODE_TEXTS = ["Ça va? l'été — déjà vu, naïve café!!", "ΟΔΟΣ Σ�
                   "日本語のテキスト、です。", "emoji 🙂🙂 ok…", "straße STRASSE ǅemal"]
 
 
+# tokens of 1 to 16 bytes, some with 2-byte characters across the 4- and 12-byte marks of
+# the string views the fast hash reads
+_EVERY_LENGTH = " ".join(["abcdefghijklmnop"[:n] for n in range(1, 17)]
+                         + ["éa", "aéé", "ééé", "abcdefghijké", "abcdefghijkéé", "éééééé"])
+
+
 def _naive_buckets(text: str | None, num_buckets: int, ngram: int) -> list[list[int]]:
     """Per order, the buckets of one document's n-grams, one token and one gram at a time."""
     tokens = re.findall(TOKEN_PATTERN, text.lower()) if text is not None else []
-    token_hash = [int(pd.util.hash_array(np.array([t], dtype=object), categorize=False)[0])
-                  for t in tokens]
+    token_hash = [naive_token_hash(t) for t in tokens]
     out, grams = [], token_hash
     for order in range(1, ngram + 1):
         if order > 1:
@@ -137,6 +143,7 @@ def _doc_buckets(features, doc: int) -> list[list[int]]:
 @pytest.mark.parametrize(("num_buckets", "ngram"), [(10_000, 2), (997, 3), (50, 1)])
 def test_fast_features_equal_a_naive_per_document_loop(pool_table, num_buckets, ngram):
     texts = ["", None, "   \n\t ", "word", "!", "Two words", *_UNICODE_TEXTS, "x" * 300,
+             _EVERY_LENGTH,
              *pool_table["text"].to_pylist()[:40], "", "last!?"]
     array = pa.array(texts, pa.string())
     expected = [_naive_buckets(text, num_buckets, ngram) for text in texts]
@@ -172,25 +179,9 @@ def test_fast_features_equal_a_naive_per_document_loop(pool_table, num_buckets, 
         assert sum(f.num_docs for _, f in pieces) == len(texts)
 
 
-def test_fast_features_are_the_same_when_arrow_cannot_hash_string_views(monkeypatch):
-    texts = pa.array(["a b a", "", None, *_UNICODE_TEXTS], pa.string())
-    expected = NgramHasher(1000, 3)(texts)
-    encode = ngrams.pc.dictionary_encode
-
-    def no_views(values):
-        if pa.types.is_string_view(values.type):
-            raise pa.ArrowNotImplementedError("no hash kernel for string_view")
-        return encode(values)
-
-    monkeypatch.setattr(ngrams.pc, "dictionary_encode", no_views)
-    fallback = NgramHasher(1000, 3)(texts)
-    for a, b in zip(expected.buckets, fallback.buckets):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_gram_hashing_equals_pandas_hash_across_blocks():
     rng = np.random.default_rng(0)
-    values = rng.integers(0, 2**64 - 1, 2 * ngrams._MIX_BLOCK + 3, dtype=np.uint64)
+    values = rng.integers(0, 2**64 - 1, 2 * token_hash.BLOCK + 3, dtype=np.uint64)
     grams, buckets = ngrams._extend_grams(values, values[1:], np.uint64(9_973))
     want = pd.util.hash_array(values[:-1] * ngrams._NGRAM_MULTIPLIER + values[1:])
     np.testing.assert_array_equal(grams, want)
