@@ -163,8 +163,13 @@ class NgramHasher:
 
     def _fast(self, texts: pa.Array) -> HashedNgrams:
         tokens = pl.Series(values=texts).str.to_lowercase().str.extract_all(TOKEN_PATTERN)
-        num_tokens = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
-        hashes = token_hashes(tokens.explode().drop_nulls())
+        lists = tokens.to_arrow(compat_level=pl.CompatLevel.newest())
+        # counts and tokens read from the list array itself (Polars' len and explode each
+        # cost a pass); a null text is a null list: no tokens, whatever its offsets say
+        num_tokens = np.diff(lists.offsets.to_numpy())
+        if lists.null_count:
+            num_tokens[lists.is_null().to_numpy(zero_copy_only=False)] = 0
+        hashes = token_hashes(pl.Series(lists.flatten()))
         modulus = np.uint64(self.num_buckets)
         buckets = [_remainders(hashes, modulus)]
         gram_hash = hashes

@@ -19,21 +19,26 @@ import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
-
-import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict
+from typing import TYPE_CHECKING, Annotated, Any
 
 from dataselect import checks
 from dataselect.errors import InputError
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel, BeforeValidator
+
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+# pydantic (40 ms to import) is loaded by the functions that build or run a model: a job
+# whose scorer takes its defaults never needs it
 
 
 def checked(check: Callable[..., Any], optional: bool = False, **limits: Any
             ) -> BeforeValidator:
     """A pydantic validator that applies one of :mod:`dataselect.checks` before pydantic's
     own type conversion, which would turn ``true`` into 1 and ``"nan"`` into NaN."""
+    from pydantic import BeforeValidator
+
     def validate(value: Any) -> Any:
         if optional and value is None:
             return None
@@ -46,12 +51,14 @@ def checked(check: Callable[..., Any], optional: bool = False, **limits: Any
 def settings_model(cls: type) -> type[BaseModel]:
     """A strict pydantic model of ``cls``'s init fields (unknown keys, booleans as numbers
     and NaN refused)."""
+    import pydantic
+
     hints = typing.get_type_hints(cls)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.init:
             fields[f.name] = (_strict(_listed(hints[f.name])), None)
-    return pydantic.create_model(f"{cls.__name__}Settings", __config__=ConfigDict(
+    return pydantic.create_model(f"{cls.__name__}Settings", __config__=pydantic.ConfigDict(
         extra="forbid", allow_inf_nan=False), **fields)
 
 
@@ -68,6 +75,10 @@ def validate_settings(cls: type, values: Mapping[str, Any], owner: str) -> dict[
     if unknown:
         raise InputError(f"{owner} has no parameter {unknown[0]!r}; known: "
                          f"{sorted(field_types(cls))}", field=unknown[0])
+    if not values:  # nothing to check: the dataclass' defaults are its own
+        return {}
+    import pydantic
+
     try:
         model = settings_model(cls).model_validate(dict(values))
     except pydantic.ValidationError as exc:
@@ -140,6 +151,8 @@ def _strict(annotation: Any) -> Any:
     1 and accept NaN."""
     base, optional = _unwrap_optional(annotation)
     if base is bool:
+        from pydantic import Strict
+
         return Annotated[annotation, Strict()]
     if base is int:
         return Annotated[annotation, checked(checks.check_int, optional, maximum=None)]
