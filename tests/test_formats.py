@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -11,7 +12,7 @@ from conftest import write_jsonl
 
 from dataselect.corpus import read_corpus
 from dataselect.errors import InputError
-from dataselect.formats import plan_pieces, read_piece
+from dataselect.formats import count_newlines, plan_pieces, read_piece
 
 
 def _rows(corpus) -> list[tuple[str, str]]:
@@ -118,3 +119,11 @@ def test_folders_skip_hidden_and_underscore_paths_and_gz_errors_give_lines(tmp_p
     bad = write_jsonl(tmp_path / "bad.jsonl.gz", [{"text": "a"}, "{oops"], compress="gz")
     with pytest.raises(InputError, match=r"bad\.jsonl\.gz:2: malformed JSON"):
         read_corpus(str(bad)).to_table()
+
+
+def test_count_newlines_equals_bytes_count_on_every_range():
+    rng = np.random.default_rng(0)
+    data = bytes(rng.choice([10, 97, 0xC3, 0xA9, 13], 2_000).astype(np.uint8))
+    for start, stop in [(0, None), (0, 0), (5, 5), (7, 1_999), (1_000, None), (3, 2_000)]:
+        assert count_newlines(data, start, stop) == data.count(b"\n", start, stop)
+    assert count_newlines(b"") == 0
