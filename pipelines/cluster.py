@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-import dask
 import pyarrow as pa
 
 from dataselect.errors import ClusterLostError, InputError
@@ -89,6 +88,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         with _arrow_pool_for(True), LocalThreads(count) as threads:
             yield threads
         return
+    import dask
     from distributed import Client
 
     dask_trim = _spawn_environ().get(TRIM_VARIABLE)
@@ -259,6 +259,8 @@ def _is_spawned(pid: int) -> bool:
 
 def _worker_preloads() -> list[str]:
     """The user's configured worker preloads, and this module's :func:`dask_setup`."""
+    import dask
+
     configured = dask.config.get("distributed.worker.preload", default=[]) or []
     return [*([configured] if isinstance(configured, str) else configured), __name__]
 
@@ -338,6 +340,8 @@ def _thread_limits_in_environ(environ: dict[str, object]) -> Iterator[None]:
 
 
 def _spawn_environ() -> dict[str, object]:
+    import dask
+
     return dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
 
 

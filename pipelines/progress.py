@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dataselect.errors import ClusterLostError, InputError
-from dataselect.execution import Fold
+from dataselect.execution import Fold, as_dask
 from pipelines.threads import LocalThreads
 
 LOST_AFTER_SECONDS = 15.0  # the longest a nanny takes to restart a worker, with margin
@@ -154,7 +154,7 @@ class ProgressRunner:
     def _compute(self, stage: str, tasks: Sequence[Any], fold: Fold | None) -> Any:
         if isinstance(self.client, LocalThreads):
             return self._compute_in_threads(stage, tasks, fold)
-        futures = self.client.compute(list(tasks))
+        futures = self.client.compute(as_dask(tasks))
         columns = self._columns()
         total = None
         try:

@@ -36,7 +36,6 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-import dask
 import numpy as np
 import pyarrow as pa
 
@@ -394,6 +393,8 @@ def _run_threads(fn: Any, jobs: list[Any], advance: Any) -> list[Any]:
     fastText trainer's own process). Dask runs the candidates' inner stages synchronously
     here, set once around all threads: a candidate's state is never scattered to a
     cluster from inside this loop."""
+    import dask
+
     results: list[Any] = [None] * len(jobs)
     with dask.config.set(scheduler="sync"), ThreadPoolExecutor(
             max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:

@@ -11,7 +11,7 @@ import dask
 import numpy as np
 from distributed import Client, LocalCluster
 
-from dataselect.execution import SCATTER_BYTES, partition_tasks
+from dataselect.execution import SCATTER_BYTES, as_dask, compute_here, partition_tasks
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,14 @@ class Lookup:
 
 def graph_bytes(tasks: list) -> int:
     """What the tasks' graph weighs when it is sent to a scheduler."""
-    return len(cloudpickle.dumps([dict(task.dask) for task in tasks]))
+    return len(cloudpickle.dumps([dict(task.dask) for task in as_dask(tasks)]))
 
 
 def test_a_small_state_stays_in_the_graph():
     tasks = partition_tasks("small", Lookup(np.arange(4.0)), 4)
-    assert dask.compute(*tasks, scheduler="sync") == (0.0, 1.0, 2.0, 3.0)
+    assert dask.compute(*as_dask(tasks), scheduler="sync") == (0.0, 1.0, 2.0, 3.0)
+    # the same tasks called here, as in-process thread workers do, without Dask
+    assert [compute_here(task) for task in tasks] == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_a_big_state_is_scattered_and_dask_does_not_warn():
@@ -43,7 +45,7 @@ def test_a_big_state_is_scattered_and_dask_does_not_warn():
         assert graph_bytes(tasks) < 10_000  # the state is on the workers, not in the graph
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert dask.compute(*tasks) == (0.0, 1.0, 2.0)
+            assert dask.compute(*as_dask(tasks)) == (0.0, 1.0, 2.0)
     assert not [str(w.message) for w in caught if "large graph" in str(w.message)]
     # without a cluster there is nowhere to scatter to: the state stays in the graph, once
     in_graph = graph_bytes(partition_tasks("big", big, 3))

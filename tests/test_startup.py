@@ -81,6 +81,8 @@ def test_a_cheap_scorers_job_imports_no_model_libraries(scorer, params, kind, tm
             "--workers", "1", "--worker-kind", kind]
     # local thread workers run without Dask's scheduler, so without importing distributed
     watched = HEAVY if kind == "processes" else (*HEAVY, "distributed")
+    if kind != "processes" and scorer != "auto":  # auto sets Dask's config for its folds
+        watched = (*watched, "dask")  # the tasks are plain calls: no Dask at all
     if not params:  # settings left at their defaults need no validation model
         watched = (*watched, "pydantic")
     lines = _python(JOB.format(heavy=watched), *argv, timeout=300)

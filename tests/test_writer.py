@@ -123,9 +123,7 @@ def test_interrupted_scoring_resumes_from_finished_score_parts(tmp_path, job, mo
 
 
 def _sequential(stage, tasks):
-    import dask
-
-    return [dask.compute(t, scheduler="sync")[0] for t in tasks]
+    return [task() for task in tasks]
 
 
 def test_output_folder_of_another_job_is_refused_unless_overwrite(tmp_path, job):

@@ -408,11 +408,9 @@ def test_a_pool_edited_while_the_job_writes_fails_before_the_manifest(tmp_path):
     chosen = select.top_k(pool, scores, k=20)
 
     def runner(stage, tasks):  # the edit lands while the parts are written
-        import dask
-
-        results = [dask.compute(t, scheduler="sync")[0] for t in tasks[:2]]
+        results = [task() for task in tasks[:2]]
         source.write_bytes(source.read_bytes().replace(b"row 250 ", b"ROW 250 "))
-        return results + [dask.compute(t, scheduler="sync")[0] for t in tasks[2:]]
+        return results + [task() for task in tasks[2:]]
 
     from dataselect.errors import InputError
 
