@@ -32,10 +32,18 @@ make_venv() {
     fi
 }
 
+# pip byte-compiles what it installs from wheels, but not an editable install: compile
+# ours now, so that no run compiles 10,000 lines again (0.3 s a command) where Python may
+# not write bytecode itself (PYTHONDONTWRITEBYTECODE)
+compile_sources() {
+    "$VENV/bin/python" -m compileall -q dataselect pipelines scorers >/dev/null
+}
+
 case "${1:-}" in
     demo)
         make_venv
         "$VENV/bin/python" -m pip install --quiet -e .
+        compile_sources
         "$VENV/bin/dataselect" select --scorer dsir \
             --pool 'data/pool/*.parquet' --target data/targets/python_docs.jsonl \
             --k 440 --seed 0 --out out/python_docs
@@ -44,6 +52,7 @@ case "${1:-}" in
         shift
         make_venv
         "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+        compile_sources
         "$VENV/bin/ruff" check .
         "$VENV/bin/python" -m pytest -n 2 --durations=15 "$@"
         ;;
