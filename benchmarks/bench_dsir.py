@@ -38,7 +38,12 @@ one poll. Pages shared between processes are counted once per process, as RSS do
   interpreter start-up, imports and the Dask local cluster's start-up and shutdown are all
   charged to us. Precision is read from ``OUT/part-*.parquet``. A second configuration adds
   ``-p fit_fraction=1`` (raw distribution fitted on every pool row, like the reference);
-  our default fits it on a seeded sample of about 32 MiB of pool text.
+  our default fits it on a seeded sample of about 16 MiB of pool text. Our packages are
+  byte-compiled before the first run, as pip compiled the reference's at install
+  (``common.compile_sources``).
+* ``--repeats R`` runs every tool R times per task, alternating; ``--our-runs N`` runs each
+  configuration of ours N times in each of those rounds (a 3 s run moves by ±15 % on a
+  shared machine where a 75 s one averages its slow seconds out). Seconds are medians.
 
 Precision over seeds
 --------------------
@@ -223,7 +228,8 @@ def iter_jsonl_domains(paths: list[Path]) -> Iterator[str]:
 # ----------------------------------------------------------------------------- ours
 
 
-def run_ours(task: Task, config: OursConfig, args: argparse.Namespace) -> RunResult:
+def run_ours(task: Task, config: OursConfig, args: argparse.Namespace,
+             seed_precisions: bool = True) -> RunResult:
     folder = fresh_dir(task.folder / config.folder)
     out = folder / "out"
     command = select_command(args.dataselect, task, "dsir", out, args.cores, args.seed,
@@ -237,8 +243,9 @@ def run_ours(task: Task, config: OursConfig, args: argparse.Namespace) -> RunRes
     domains = read_selection(out, ["domain"])["domain"].tolist()
     result.rows_out, result.precision = len(domains), precision(domains, task.domain)
     result.stages = manifest_stages(read_manifest(out))
-    result.seed_precisions = [result.precision] + [
-        resample_precision(task, out, seed) for seed in seeds(args)[1:]]
+    if seed_precisions:
+        result.seed_precisions = [result.precision] + [
+            resample_precision(task, out, seed) for seed in seeds(args)[1:]]
     return result
 
 
@@ -373,6 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of every tool per task, alternating; seconds are medians")
+    parser.add_argument("--our-runs", type=int, default=1,
+                        help="runs of each configuration of ours per repeat")
     parser.add_argument("--dataselect", default=None, help="path of the dataselect script")
     parser.add_argument("--json", default=None, help="write all numbers to this file")
     parser.add_argument("--reference-child", default=None, help=argparse.SUPPRESS)
@@ -385,14 +394,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_task(task: Task, args: argparse.Namespace) -> dict[str, RunResult]:
     """Every tool on the task, ``--repeats`` times in alternation (ours, reference, ours,
     ...), so that a slow minute of a shared machine falls on both; each tool's seconds are
-    the median of its repeats, and the rest of its result is from the first."""
+    the median of its runs, and the rest of its result is from the first. ``--our-runs``
+    runs each configuration of ours that many times per repeat: a 3 s run moves by ±15 %
+    on a shared machine, a 75 s one averages its slow seconds out."""
     runs: dict[str, RunResult] = {}
     for _ in range(args.repeats):
-        latest = {config.name: run_ours(task, config, args) for config in chosen_configs(args)}
+        # precision over seeds once per configuration: from its first run
+        latest = [run_ours(task, config, args, seed_precisions=not runs and run == 0)
+                  for run in range(args.our_runs) for config in chosen_configs(args)]
         if not args.skip_reference:
-            latest["reference"] = run_reference(task, args.cores, seeds(args), args.timeout)
-        for name, result in latest.items():
-            first = runs.setdefault(name, result)
+            latest.append(run_reference(task, args.cores, seeds(args), args.timeout))
+        for result in latest:
+            first = runs.setdefault(result.tool, result)
             if result.seconds is not None and not result.error:
                 first.repeat_seconds.append(result.seconds)
     for result in runs.values():
