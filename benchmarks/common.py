@@ -258,8 +258,9 @@ def compile_sources() -> None:
     Why: pip byte-compiles a package it installs from a wheel, as it did the references',
     but not an editable install such as ours; Python writes the bytecode at the first
     import, unless ``PYTHONDONTWRITEBYTECODE`` is set (it is on the project's machines).
-    Then every run compiled our 10,000 lines again, 0.3 s of a 3 s DSIR job that a user
-    pays once. Compiled here, both tools start from bytecode."""
+    Then every run compiled the modules it imports again: 30-40 ms of a DSIR job
+    (measured: 0.39 s against 0.43 s to import them, medians of 6), a cost a user pays
+    once. Compiled here, both tools start from bytecode."""
     script = ("import compileall, os, dataselect, pipelines, scorers\n"
               "for package in (dataselect, pipelines, scorers):\n"
               "    compileall.compile_dir(os.path.dirname(package.__file__), quiet=1)\n")

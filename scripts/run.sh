@@ -33,8 +33,8 @@ make_venv() {
 }
 
 # pip byte-compiles what it installs from wheels, but not an editable install: compile
-# ours now, so that no run compiles 10,000 lines again (0.3 s a command) where Python may
-# not write bytecode itself (PYTHONDONTWRITEBYTECODE)
+# ours now, so that no command compiles its modules again (30-40 ms each time) where
+# Python may not write bytecode itself (PYTHONDONTWRITEBYTECODE)
 compile_sources() {
     "$VENV/bin/python" -m compileall -q dataselect pipelines scorers >/dev/null
 }
