@@ -84,10 +84,10 @@ def partition_tasks(stage: str, fn: Callable[[int], Any], count: int) -> list[Pa
 
     ``fn`` carries the stage's state (corpus plan, fitted scorer, chosen rows). As Dask
     tasks (:func:`as_dask`) every task refers to the one object, untraversed, so the state
-    is not serialised once per partition. A state of
-    more than ``SCATTER_BYTES`` (a trained fastText model is 15 MiB) does not enter the
-    graph at all when a Dask cluster runs the tasks: it is scattered to the workers, and
-    the tasks refer to it (see :func:`_scattered`).
+    is not serialised once per partition. A state of more than ``SCATTER_BYTES`` (a
+    trained fastText model is 15 MiB) does not enter the graph at all when a Dask cluster
+    runs the tasks: it is scattered to the workers, and the tasks refer to it (see
+    :func:`_scattered`).
     """
     shared = _Stage(stage, fn, count)
     return [PartitionTask(shared, i) for i in range(count)]

@@ -55,6 +55,8 @@ def mix(values: np.ndarray, scratch: np.ndarray) -> np.ndarray:
 
 def token_hashes(tokens: pl.Series) -> np.ndarray:
     """The hash of every token of a string Series without nulls, in order (uint64)."""
+    if len(tokens) == 0:
+        return np.zeros(0, np.uint64)
     views = tokens.to_arrow(compat_level=pl.CompatLevel.newest())
     if not pa.types.is_string_view(views.type):  # a Polars that exports plain strings
         views = views.cast(pa.string_view())

@@ -33,6 +33,11 @@ def test_token_hashes_of_corpus_tokens_equal_the_definition(pool_table):
                                   np.array([naive_token_hash(t) for t in tokens], np.uint64))
 
 
+def test_no_tokens_hash_to_an_empty_array():
+    assert token_hash.token_hashes(pl.Series([], dtype=pl.String)).dtype == np.uint64
+    assert len(token_hash.token_hashes(pl.Series([], dtype=pl.String))) == 0
+
+
 def test_a_slice_hashes_as_the_whole_series_does():
     tokens = pl.Series(_TOKENS)
     whole = token_hash.token_hashes(tokens)
