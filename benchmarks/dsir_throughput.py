@@ -7,7 +7,7 @@ The limit is what the tokenizer alone costs: Polars' lower-casing and ``extract_
 same plus the score (``HashedNgrams.dot``, what ``score_batch`` adds). Every variant runs on
 one thread over the same chunks a job hashes: the corpus' texts (all rows but the target
 sample of bench_dsir's python_docs task, the benchmark's pool) cut into 1M-character chunks
-by ``NgramHasher.chunks``. Medians of ``--repeats`` passes, MB of UTF-8 text per second.
+by ``NgramHasher.chunk_bounds``. Medians of ``--repeats`` passes, MB of UTF-8 text per second.
 
     .venv/bin/python benchmarks/dsir_throughput.py --repeats 5
 """
@@ -56,7 +56,7 @@ def main() -> int:
     _, pool = split_task(load_corpus(args.corpus), args.domain, 200, None, 0)
     texts = pa.array(pool["text"].tolist(), pa.string())
     hasher = NgramHasher()
-    chunks = [texts.slice(start, features.num_docs) for start, features in hasher.chunks(texts)]
+    chunks = [texts.slice(start, stop - start) for start, stop in hasher.chunk_bounds(texts)]
     megabytes = sum(pc.sum(pc.binary_length(c)).as_py() for c in chunks) / 1e6
     weights = np.random.default_rng(0).normal(size=hasher.num_buckets)
     print(f"{args.domain} pool: {len(texts)} rows, {megabytes:.1f} MB of text, "

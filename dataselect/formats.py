@@ -504,7 +504,7 @@ def _raise_utf8_error(piece: Piece, data: bytes) -> None:
         line_start = data.rfind(b"\n", 0, exc.start) + 1
         line_stop = data.find(b"\n", exc.start)
         line = data[line_start:None if line_stop < 0 else line_stop]
-        row = piece.first_row + data.count(b"\n", 0, exc.start)
+        row = piece.first_row + count_newlines(data, 0, exc.start)
         raise InputError(
             f"invalid UTF-8 (byte 0x{data[exc.start]:02x} at column {exc.start - line_start + 1}"
             f", {exc.reason}); re-encode the file as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8) or "

@@ -143,12 +143,18 @@ class NgramHasher:
         """
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
+        for start, stop in self.chunk_bounds(texts):
+            yield start, self(texts.slice(start, stop - start))
+
+    def chunk_bounds(self, texts: pa.Array) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` rows of the chunks :meth:`chunks` hashes: runs of about
+        ``chunk_chars`` characters, a longer text alone."""
         ends = np.cumsum(pc.utf8_length(texts).to_numpy(zero_copy_only=False))
         start = 0
         while start < len(texts):
             budget = (ends[start - 1] if start else 0) + self.chunk_chars
             stop = max(start + 1, int(np.searchsorted(ends, budget, side="right")))
-            yield start, self(texts.slice(start, stop - start))
+            yield start, stop
             start = stop
 
     def bucket_counts(self, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
