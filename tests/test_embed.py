@@ -176,7 +176,14 @@ def test_a_model_scorers_pool_is_cut_by_compute_whatever_the_worker_count(
         instruction_lm, pool, tmp_path) -> None:
     """A small pool that is one 4 MiB partition for the cheap scorers becomes several for
     a model (every worker gets work); the plan depends on the data only, so one and two
-    workers write byte-identical score stores."""
+    workers score the same partitions of the same rows.
+
+    What is promised across worker counts is agreement within float32 rounding, not
+    bytes: each local worker's torch runs cores // workers threads, and a matmul summed
+    by another number of threads rounds differently (one and two workers differed by
+    up to 3e-7 in most rows). The same worker count gives the same bytes."""
+    import pyarrow.parquet as pq
+
     from dataselect.corpus import DEFAULT_PARTITION_BYTES
     from dataselect.scoring import plan_pool
     from pipelines.jobs import SelectJob, run_score_job
@@ -188,14 +195,18 @@ def test_a_model_scorers_pool_is_cut_by_compute_whatever_the_worker_count(
     assert plan_pool(pool, [SCORERS["bads"]]) is pool  # scoring is a lookup
     assert plan_pool(pool, [SCORERS["dsir"], Embed]).partitions == planned.partitions
     stores = {}
-    for workers in (1, 2):
-        out = tmp_path / f"workers{workers}"
+    for run, workers in enumerate((1, 2, 2)):
+        out = tmp_path / f"run{run}-workers{workers}"
         job = SelectJob(scorer="embed", pool=pool.files, target=[str(TARGETS / "define.jsonl")],
                         out=str(out), text_field="messages",
                         scorer_params={"model": instruction_lm, "batch_size": 8},
                         partition_bytes=DEFAULT_PARTITION_BYTES, workers=workers)
         assert run_score_job(job)["store"]["partitions_scored"] == planned.npartitions
         store = out / ".scores" / "embed"
-        stores[workers] = {p.name: p.read_bytes() for p in sorted(store.glob("part-*"))}
-    assert len(stores[1]) == planned.npartitions
-    assert stores[1] == stores[2]
+        stores[run] = {p.name: p.read_bytes() for p in sorted(store.glob("part-*"))}
+        stores[run, "table"] = pq.read_table(sorted(store.glob("part-*"))).to_pydict()
+    assert len(stores[0]) == planned.npartitions
+    assert stores[1] == stores[2]  # same worker count: same bytes
+    one, two = stores[0, "table"], stores[1, "table"]
+    assert one["id"] == two["id"] and len(one["id"]) > 0
+    np.testing.assert_allclose(one["score"], two["score"], rtol=0, atol=1e-5)
