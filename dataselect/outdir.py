@@ -27,11 +27,13 @@ job would otherwise mix two layouts in one folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -74,8 +76,10 @@ class OutputFolder:
         path = normalize(path)
         refuse_overlap(path, inputs)
         _refuse_foreign(path)
+        refuse_links(path)
         if kind in _RENAMED_KINDS:
-            refuse_legacy(path)
+            refuse_legacy(path)  # before nesting: an old layout's _scores/ is visible
+        refuse_nesting(path, kind)
         os.makedirs(path, exist_ok=True)
         return _claim_marked(path, kind, jsonable(identity), overwrite)
 
@@ -94,6 +98,7 @@ class OutputFolder:
             raise InputError(f"holds dataselect output of kind {data.get('kind')!r}, not "
                              f"{' or '.join(kinds)}", where=path)
         refuse_legacy(path)
+        refuse_links(path)
         return cls(path, str(data["kind"]), data.get("identity"),
                    [str(f) for f in data.get("files", [])], resumed=True)
 
@@ -143,6 +148,7 @@ def locked_output(path: str | os.PathLike) -> Iterator[str]:
     folder created here is removed again if the job fails before writing anything."""
     path = normalize(path)
     _refuse_foreign(path)
+    refuse_links(path)
     created = not os.path.exists(path)
     os.makedirs(path, exist_ok=True)
     try:
@@ -220,31 +226,99 @@ def _differences(old: Any, new: Any) -> str:
 
 def remove_listed(path: str, files: Iterable[str]) -> int:
     """Delete the listed files (and their temporaries) below ``path``, then the folders
-    they leave empty; return how many files went. Nothing unlisted is touched."""
+    they leave empty; return how many files went. Nothing unlisted is touched.
+
+    Every folder is opened relative to its parent with ``O_NOFOLLOW`` and every file is
+    removed relative to its folder's descriptor, so a symbolic link planted anywhere below
+    ``path`` (``.stats`` pointing at another folder) is refused, never followed: there is
+    no moment between a check and a deletion for a link to be swapped in."""
     by_folder: dict[str, set[str]] = {}
     for name in files:
         _check_relative(name)
         folder, base = os.path.split(name)
         by_folder.setdefault(folder, set()).add(base)
     removed = 0
-    for folder, names in by_folder.items():
-        where = os.path.join(path, folder)
-        if not os.path.isdir(where):
-            continue
-        for entry in os.listdir(where):  # once per folder, not once per listed file
-            target = os.path.join(where, entry)
-            temporary_of_listed = entry.startswith(".tmp-") and any(
-                entry.endswith(n) for n in names)
-            if entry in names and (os.path.isfile(target) or os.path.islink(target)):
-                os.remove(target)
-                removed += 1
-            elif temporary_of_listed:
-                Path(target).unlink(missing_ok=True)
-    parents = {p for folder in by_folder for p in _folder_and_parents(folder)}
-    for folder in sorted(parents, key=len, reverse=True):
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(path, folder))  # only if empty
+    root = _open_folder(path)
+    try:
+        for folder, names in by_folder.items():
+            fd = _open_below(root, folder, path)
+            if fd is None:
+                continue
+            try:
+                removed += _remove_names(fd, names)
+            finally:
+                os.close(fd)
+        parents = {p for folder in by_folder for p in _folder_and_parents(folder)}
+        for folder in sorted(parents, key=len, reverse=True):
+            parent, base = os.path.split(folder)
+            fd = _open_below(root, parent, path)
+            if fd is None:
+                continue
+            with contextlib.suppress(OSError):
+                os.rmdir(base, dir_fd=fd)  # only if empty; a link is no folder: refused
+            os.close(fd)
+    finally:
+        os.close(root)
     return removed
+
+
+def _remove_names(fd: int, names: set[str]) -> int:
+    """Remove ``names`` (files or links, never what a link points at) and the ``.tmp-``
+    temporaries of them from the open folder ``fd``."""
+    removed = 0
+    for entry in os.listdir(fd):  # once per folder, not once per listed file
+        temporary_of_listed = entry.startswith(".tmp-") and any(entry.endswith(n) for n in names)
+        if entry not in names and not temporary_of_listed:
+            continue
+        try:
+            mode = os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(mode):
+            continue  # a listed name is a file; a folder in its place is not ours to delete
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry, dir_fd=fd)
+        removed += entry in names
+    return removed
+
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_folder(path: str) -> int:
+    """Open an output folder itself (the user named it: a link to it is followed)."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+
+
+def _open_below(root: int, relative: str, shown: str) -> int | None:
+    """A descriptor of the folder ``relative`` below the open folder ``root``, each part
+    opened without following links; None where a part does not exist or is a file. A part
+    that is a symbolic link is refused (``shown`` is the root's path, for the message)."""
+    fd = os.dup(root)
+    walked = shown
+    for part in Path(relative).parts if relative else ():
+        walked = os.path.join(walked, part)
+        try:
+            child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            # O_NOFOLLOW with O_DIRECTORY answers a link with ENOTDIR (Linux) or ELOOP
+            is_link = exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link(part, fd)
+            os.close(fd)
+            if is_link:
+                raise _link_error(walked, shown) from None
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _is_link(name: str, folder: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _folder_and_parents(folder: str) -> list[str]:
@@ -292,6 +366,106 @@ def _holds_only_ours(path: str) -> bool:
     if os.path.exists(os.path.join(path, MARKER)):
         return True
     return all(_holds_only_ours(os.path.join(path, name)) for name in os.listdir(path))
+
+
+def refuse_links(path: str) -> None:
+    """Refuse an output folder that holds a symbolic link anywhere below it.
+
+    dataselect never makes links in its output, so one found there was planted, and every
+    path dataselect writes, deletes or lists below ``--out`` could be redirected through it
+    into a folder it does not own (``.stats`` pointing at another folder, then
+    ``--overwrite``, would delete and rewrite files there). The folder is walked without
+    following links once, when a job, report, evaluation or index claims it, before
+    anything is written; deletions are also link-proof on their own
+    (:func:`remove_listed`)."""
+    if not os.path.isdir(path):
+        return
+    pending = [path]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                raise _link_error(entry.path, path)
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+
+
+def _link_error(link: str, out: str) -> OutputConflictError:
+    try:
+        target = os.readlink(link)
+    except OSError:
+        target = "?"
+    return OutputConflictError(
+        f"{link} is a symbolic link (to {target}) inside the output folder {out}; "
+        "dataselect never writes, deletes or lists through a link there, since it could "
+        "lead outside the folder: remove the link, or choose another --out")
+
+
+# the kinds of output that are datasets: readers read every visible file below them
+_DATASET_KINDS = ("job", "selection", "union")
+
+
+def refuse_nesting(path: str, kind: str) -> None:
+    """Refuse an output inside a dataset output of dataselect's, or a dataset output that
+    would contain another output, at a visible path (either order).
+
+    Readers of a dataset folder (``datasets``, pyarrow, a glob with ``**``) read every
+    visible file below it, so ``out/`` holding another job's ``out/b/`` reads as the union of
+    both. Folders under a hidden name (``.scores/dsir``, ``.hf``) are a job's own
+    bookkeeping, and a recipe's ``tasks/<task>/`` lie in a recipe folder, no dataset."""
+    real = os.path.realpath(path)
+    for outer, outer_kind in _marked_ancestors(real):
+        if outer_kind in _DATASET_KINDS and _visible(os.path.relpath(real, outer)):
+            raise OutputConflictError(
+                f"{path} lies inside {outer}, the output of another dataselect job "
+                f"({outer_kind}): readers of that folder would read this output as part of "
+                "it; choose an --out outside it")
+    if kind in _DATASET_KINDS and os.path.isdir(real):
+        inner = _marked_descendant(real)
+        if inner is not None:
+            raise OutputConflictError(
+                f"{path} holds {inner}, the output of another dataselect job: readers of "
+                f"{path} would read both as one dataset; choose another --out, or move "
+                f"{inner} out of it")
+
+
+def _visible(relative: str) -> bool:
+    return not any(part.startswith(".") for part in Path(relative).parts)
+
+
+def _marked_ancestors(real: str) -> Iterator[tuple[str, str]]:
+    """Every folder above ``real`` that carries dataselect's marker, with its kind."""
+    folder = os.path.dirname(real)
+    while True:
+        marker = os.path.join(folder, MARKER)
+        if os.path.isfile(marker):
+            with contextlib.suppress(OSError, ValueError):
+                data = read_json(marker)
+                if isinstance(data, dict) and data.get("tool") == "dataselect":
+                    yield folder, str(data.get("kind"))
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
+
+
+def _marked_descendant(real: str) -> str | None:
+    """A folder at a visible path below ``real`` that carries dataselect's marker."""
+    pending = [real]
+    while pending:
+        folder = pending.pop()
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                if os.path.isfile(os.path.join(entry.path, MARKER)):
+                    return entry.path
+                pending.append(entry.path)
+    return None
 
 
 def refuse_legacy(path: str) -> None:

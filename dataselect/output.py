@@ -92,9 +92,12 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete ``.tmp-*`` files a killed job left behind; returns how many."""
     removed = 0
     if os.path.isdir(folder):
-        for tmp in Path(folder).glob(".tmp-*"):
-            tmp.unlink(missing_ok=True)
-            removed += 1
+        for entry in os.scandir(folder):
+            # a link named so is removed itself, never what it points at; a folder so
+            # named is nobody's temporary file
+            if entry.name.startswith(".tmp-") and not entry.is_dir(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
     return removed
 
 

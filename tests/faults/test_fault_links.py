@@ -1,0 +1,207 @@
+"""Security: dataselect never reads, writes or deletes outside ``--out`` through a link.
+
+A symbolic link planted anywhere inside an output folder (``OUT/.stats`` pointing at
+another folder, then the same job with ``--overwrite``) made dataselect delete and rewrite
+files in the link's target. Every folder dataselect writes is checked here with a link
+planted in its place; each test failed before links were refused (the victim's files were
+deleted or rewritten, or the job wrote through the link and exited 0). Outputs nested in
+another dataselect output (either order) are refused too: the outer one would read as the
+union of both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from conftest import POOL_GLOB, TARGETS
+
+from dataselect import layout
+from dataselect.errors import OutputConflictError
+from dataselect.outdir import MARKER, OutputFolder, claim_output, remove_listed
+from dataselect.output import remove_stale_temporaries, write_json
+from pipelines.cli import main
+
+TARGET = str(TARGETS / "python_docs.jsonl")
+
+
+def _select(out: Path, *extra: str, k: int = 50) -> list[str]:
+    return ["select", "--scorer", "dsir", "--pool", POOL_GLOB, "--target", TARGET,
+            "--k", str(k), "--out", str(out), "--workers", "1", "--worker-kind", "threads",
+            *extra]
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished selection (with its .hf copy), to copy and plant links into."""
+    out = tmp_path_factory.mktemp("links") / "finished"
+    assert main(_select(out, "--save-to-disk")) == 0
+    return out
+
+
+def _victim_like(source: Path, victim: Path) -> Path:
+    """A folder outside the output holding copies of ``source``'s files (so a job
+    following a link there finds the names it expects, and would delete or rewrite them)."""
+    victim.mkdir()
+    if source.is_dir():
+        for path in source.iterdir():
+            if path.is_file():
+                (victim / path.name).write_bytes(path.read_bytes())
+    else:
+        (victim / source.name).write_bytes(source.read_bytes())
+    (victim / "precious.txt").write_text("not dataselect's")
+    return victim
+
+
+def _plant(out: Path, name: str, victim: Path) -> None:
+    """Replace ``out/name`` (a folder or file) with a link to its copy in ``victim``."""
+    place = out / name
+    if place.is_dir():
+        import shutil
+
+        shutil.rmtree(place)
+        place.symlink_to(victim, target_is_directory=True)
+    else:
+        place.unlink()
+        place.symlink_to(victim / place.name)
+
+
+PLANTED = [layout.STATS_DIR, layout.SCORES_DIR, f"{layout.SCORES_DIR}/dsir", layout.HF_DIR,
+           layout.MANIFEST_FILE, "part-00000.parquet"]
+
+
+@pytest.mark.parametrize("name", PLANTED)
+@pytest.mark.parametrize("rerun", ["overwrite", "resume"])
+def test_a_link_planted_in_a_finished_output_is_refused_and_its_target_untouched(
+        finished, tmp_path, name, rerun, capsys):
+    out = tmp_path / "out"
+    import shutil
+
+    shutil.copytree(finished, out, symlinks=True)
+    victim = _victim_like(out / name, tmp_path / "victim")
+    _plant(out, name, victim)
+    before = _digests(victim)
+    args = _select(out, "--overwrite", k=60) if rerun == "overwrite" else _select(out)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and str(out / name) in err
+    assert _digests(victim) == before
+
+
+@pytest.mark.parametrize("name", [layout.PARSED_DIR, layout.STATS_DIR, layout.SCORES_DIR])
+def test_a_link_planted_before_the_first_run_is_refused(tmp_path, name, capsys):
+    """A folder holding only dataselect's marker and a link where the job will write."""
+    out = tmp_path / "out"
+    out.mkdir()
+    write_json({"tool": "dataselect", "kind": "job", "identity": None, "files": []},
+               out / MARKER)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (out / name).symlink_to(victim, target_is_directory=True)
+    assert main(_select(out)) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert list(victim.iterdir()) == []
+
+
+KINDS = ["job", "selection", "union", "recipe", "scores", "features", "index", "warmup",
+         "model", "attributions"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("where", ["top", "deep"])
+def test_every_kind_of_output_folder_refuses_a_link_anywhere_below_it(tmp_path, kind, where):
+    out = tmp_path / "out"
+    OutputFolder.claim(out, kind, None)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    folder = out if where == "top" else out / layout.TASKS_DIR / "t" / layout.SCORES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "d").symlink_to(victim, target_is_directory=True)
+    with pytest.raises(OutputConflictError, match="symbolic link"):
+        OutputFolder.claim(out, kind, None)
+    with pytest.raises(OutputConflictError, match="symbolic link"), \
+            claim_output(out, kind, None):
+        pass
+    with pytest.raises(OutputConflictError, match="symbolic link"):
+        OutputFolder.reopen(out, [kind])
+
+
+def test_deleting_listed_files_never_follows_a_link_even_unchecked(tmp_path):
+    """remove_listed is link-proof by itself (descriptors, O_NOFOLLOW): a link swapped in
+    after the folder was checked is refused, not followed."""
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "part-00000.json").write_text("{}")
+    (victim / ".tmp-abcpart-00000.json").write_text("{}")
+    (out / layout.STATS_DIR).symlink_to(victim, target_is_directory=True)
+    (out / "sub" / "part-00000.parquet").write_text("x")
+    with pytest.raises(OutputConflictError, match="symbolic link"):
+        remove_listed(str(out), ["sub/part-00000.parquet", f"{layout.STATS_DIR}/part-00000.json"])
+    assert sorted(p.name for p in victim.iterdir()) == [".tmp-abcpart-00000.json",
+                                                       "part-00000.json"]
+    # a listed name that is itself a link loses the link, never its target
+    os.unlink(out / layout.STATS_DIR)
+    (out / "part-00001.parquet").symlink_to(victim / "part-00000.json")
+    assert remove_listed(str(out), ["part-00001.parquet"]) == 1
+    assert (victim / "part-00000.json").exists() and not (out / "part-00001.parquet").exists()
+
+
+def test_stale_temporaries_are_removed_without_following_links(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    (folder / ".tmp-link").symlink_to(victim, target_is_directory=True)
+    (folder / ".tmp-dir").mkdir()
+    (folder / ".tmp-file").write_text("half")
+    assert remove_stale_temporaries(folder) == 2
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-dir"]
+    assert (victim / "keep").exists()
+
+
+# --- outputs nested in outputs ----------------------------------------------------------
+
+
+def test_an_output_inside_a_finished_selection_is_refused(finished, tmp_path, capsys):
+    before = _digests(finished)
+    assert main(_select(finished / "inner")) == 2
+    assert "lies inside" in capsys.readouterr().err
+    assert _digests(finished) == before and not (finished / "inner").exists()
+
+
+def test_a_selection_around_another_output_is_refused(finished, tmp_path, capsys):
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    import shutil
+
+    shutil.copytree(finished, outer / "inner")
+    assert main(_select(outer)) == 2
+    err = capsys.readouterr().err
+    assert "holds" in err and str(outer / "inner") in err
+    assert sorted(p.name for p in outer.iterdir()) == ["inner"]
+
+
+def test_bookkeeping_under_hidden_names_and_recipe_tasks_still_nest(tmp_path):
+    """What nests by design: a score store in a job's .scores/, and a recipe's task
+    selections under tasks/."""
+    job = tmp_path / "job"
+    OutputFolder.claim(job, "job", None)
+    OutputFolder.claim(job / layout.SCORES_DIR / "dsir", "scores", None)
+    OutputFolder.claim(job, "job", {"x": 1})
+    recipe = tmp_path / "recipe"
+    OutputFolder.claim(recipe, "recipe", None)
+    OutputFolder.claim(recipe / layout.TASKS_DIR / "a", "selection", None)
+    OutputFolder.claim(recipe / layout.UNION_DIR, "union", None)
+    OutputFolder.claim(recipe, "recipe", {"x": 1})
+    with pytest.raises(OutputConflictError, match="lies inside"):
+        OutputFolder.claim(recipe / layout.TASKS_DIR / "a" / "b", "selection", None)
