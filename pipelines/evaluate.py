@@ -46,6 +46,7 @@ from rich.table import Table
 from dataselect import checks
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError
+from dataselect.outdir import refuse_links
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
 from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
@@ -317,6 +318,7 @@ def plan_trainings(out: str, settings: EvalSettings
     (built here when needed), whether it is initialised afresh, and the run's record."""
     settings.check()
     recipe, run = _read_run(out)
+    refuse_links(out)  # results and models go below OUT: never through a planted link
     tasks = _tasks_to_evaluate(recipe, run, settings)
     pool = read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                        max(1, int(recipe.pool.partition_mb * 2**20)))

@@ -37,6 +37,7 @@ from rich.console import Console
 
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR, TASKS_DIR
+from dataselect.outdir import refuse_links
 from dataselect.output import read_json, read_table
 from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import read_report_input
@@ -54,6 +55,7 @@ def write_report(out: str, console: Console | None = None) -> str:
 
     matplotlib.use("Agg")
     run, report_dir = read_report_input(out)
+    refuse_links(out)  # the page and plots go below OUT: never through a planted link
     folder = os.path.join(out, report_dir)
     os.makedirs(folder, exist_ok=True)
     for stale in glob.glob(os.path.join(folder, "*.png")):

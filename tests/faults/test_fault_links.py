@@ -205,3 +205,65 @@ def test_bookkeeping_under_hidden_names_and_recipe_tasks_still_nest(tmp_path):
     OutputFolder.claim(recipe, "recipe", {"x": 1})
     with pytest.raises(OutputConflictError, match="lies inside"):
         OutputFolder.claim(recipe / layout.TASKS_DIR / "a" / "b", "selection", None)
+
+
+# --- writers that add to a finished output: report, evaluation, recipes --------------
+
+
+def test_report_refuses_a_link_in_the_output_and_writes_nothing_through_it(
+        finished, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "mine.png").write_bytes(b"a user's plot")
+    (out / ".report").symlink_to(victim, target_is_directory=True)
+    assert main(["report", str(out)]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert sorted(p.name for p in victim.iterdir()) == ["mine.png"]
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import yaml
+
+    root = tmp_path_factory.mktemp("links_recipe")
+    recipe = {
+        "name": "links", "pool": {"paths": [POOL_GLOB], "text": "text"},
+        "targets": {"python_docs": {"paths": TARGET}},
+        "scorers": {"dsir": {"num_buckets": 5000}}, "selection": {"k": 50},
+        "output": {"path": str(root / "out")}, "cluster": {"workers": 1},
+    }
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert main(["run", str(path)]) == 0
+    return path, root / "out"
+
+
+@pytest.mark.parametrize("name", [layout.TASKS_DIR, f"{layout.TASKS_DIR}/python_docs/.stats",
+                                  layout.UNION_DIR, "eval"])
+def test_recipes_and_evaluation_refuse_a_planted_link(recipe_run, tmp_path, name, capsys):
+    import shutil
+
+    from pipelines.evaluate import EvalSettings, run_eval
+
+    path, out = recipe_run
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("x")
+    place = out / name
+    if place.exists():
+        shutil.move(place, tmp_path / "moved")
+    place.symlink_to(victim, target_is_directory=True)
+    try:
+        assert main(["run", str(path), "--overwrite"]) == 2
+        assert "symbolic link" in capsys.readouterr().err
+        with pytest.raises(OutputConflictError, match="symbolic link"):
+            run_eval(str(out), EvalSettings(seeds=(0,), steps=1, workers=1))
+        assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
+    finally:
+        place.unlink()
+        if (tmp_path / "moved").exists():
+            shutil.move(tmp_path / "moved", place)
