@@ -170,30 +170,34 @@ def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dic
 
 
 def _keys_at(parts: list[dict[str, Any]], sizes: list[int], rows: np.ndarray) -> np.ndarray:
-    """The keys of global row positions ``rows``."""
+    """The keys of global row positions ``rows``: one pass over the partitions that hold
+    them (rows sorted by partition), not one mask of every row per partition."""
     starts = np.concatenate([[0], np.cumsum(sizes)])
     partition = np.searchsorted(starts, rows, side="right") - 1
+    by_partition = np.argsort(partition, kind="stable")
+    bounds = np.searchsorted(partition[by_partition], np.arange(len(sizes) + 1))
     keys = np.empty(len(rows))
-    for index in np.unique(partition):
-        mine = partition == index
+    for index in np.flatnonzero(np.diff(bounds)):
+        mine = by_partition[bounds[index]:bounds[index + 1]]
         keys[mine] = parts[index]["key"][rows[mine] - starts[index]]
     return keys
 
 
 def _selection(scores: Scores, sizes: list[int], order: np.ndarray, policy: dict[str, Any],
                counts: dict[str, Any]) -> Selection:
-    """Split global positions (in rank order) back into per-partition positions and ranks."""
+    """Split global positions (in rank order) back into per-partition positions and ranks.
+
+    Sorting the chosen rows by position once groups them by partition, so the split costs
+    O(k log k + P), not a mask over the k rows for each of the P partitions."""
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    ranks_global = np.empty(len(order), np.int64)
-    ranks_global[:] = np.arange(len(order))
-    partition = np.searchsorted(starts, order, side="right") - 1
+    by_position = np.argsort(order, kind="stable")
+    ordered = order[by_position]
+    bounds = np.searchsorted(ordered, starts)
     positions, ranks = {}, {}
     for i in range(len(sizes)):
-        mine = partition == i
-        local = order[mine] - starts[i]
-        sort = np.argsort(local, kind="stable")
-        positions[i] = local[sort]
-        ranks[i] = ranks_global[mine][sort]
+        mine = slice(bounds[i], bounds[i + 1])
+        positions[i] = ordered[mine] - starts[i]
+        ranks[i] = by_position[mine].astype(np.int64)
     return Selection(scores.corpus, scores, positions, ranks, policy, counts)
 
 

@@ -195,3 +195,38 @@ def test_round_robin_needs_the_per_target_column(pool):
     scores, _ = _scores_for(pool, np.arange(120, dtype=float))
     with pytest.raises(InputError, match="target_scores"):
         select.round_robin(pool, scores, k=3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_splitting_ranked_rows_by_partition_matches_a_naive_split(seed):
+    """_selection and _keys_at group the chosen rows by partition once (O(k log k + P));
+    a mask per partition (O(P k)) is the reference, with empty partitions and k = 0."""
+    from types import SimpleNamespace
+
+    from dataselect.select import _keys_at, _selection
+
+    rng = np.random.default_rng(seed)
+    sizes = [int(s) for s in rng.integers(0, 30, rng.integers(1, 40))]
+    total = sum(sizes)
+    order = rng.permutation(total)[:rng.integers(0, total + 1)]
+    parts = [{"key": rng.normal(size=size)} for size in sizes]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    scores = SimpleNamespace(corpus=None)
+    chosen = _selection(scores, sizes, order, {}, {})
+    for i in range(len(sizes)):
+        mine = (order >= starts[i]) & (order < starts[i + 1])
+        local = order[mine] - starts[i]
+        sort = np.argsort(local, kind="stable")
+        np.testing.assert_array_equal(chosen.positions[i], local[sort])
+        np.testing.assert_array_equal(chosen.ranks[i], np.flatnonzero(mine)[sort])
+    flat = np.concatenate([p["key"] for p in parts]) if parts else np.empty(0)
+    np.testing.assert_array_equal(_keys_at(parts, sizes, order), flat[order])
+
+
+def test_expecting_names_keeps_order_and_lists_each_once(tmp_path):
+    from dataselect.outdir import OutputFolder
+
+    folder = OutputFolder.claim(tmp_path / "out", "selection", None)
+    folder.expect(["b", "a", "b"])
+    folder.expect(["a", "c"])
+    assert folder.files == ["b", "a", "c"]
