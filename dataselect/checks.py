@@ -239,3 +239,97 @@ def flag_type(check: Callable[..., T], kind: type, **limits: Any) -> Callable[[s
 
     parse.__name__ = check.__name__.removeprefix("check_")
     return parse
+
+
+def check_bool(value: Any, name: str | None = None) -> bool:
+    """A yes/no setting: ``True`` or ``False`` only. ``overwrite="false"`` is a true value
+    in Python, and would delete the results a folder holds; ``1`` is no answer either."""
+    if type(value).__name__ not in ("bool", "bool_"):  # Python's or NumPy's, not 0/1/"no"
+        raise _fail("True or False", value, name)
+    return bool(value)
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str | None = None) -> str:
+    """One of ``choices`` (strings), compared exactly."""
+    if not isinstance(value, str) or value not in choices:
+        raise _fail(f"one of {', '.join(choices)}", value, name)
+    return value
+
+
+# the budgets each selection policy takes: a threshold is a policy of its own (every row
+# scoring at least it), so it goes with "auto" only, and round_robin counts rows
+POLICY_BUDGETS = {"auto": ("k", "fraction", "threshold"), "top_k": ("k", "fraction"),
+                  "importance_resample": ("k", "fraction"), "round_robin": ("k",)}
+
+
+def check_policy_budget(policy: Any, budgets: dict[str, Any], prefix: str = "",
+                        needs_budget: bool = True, policy_name: str | None = None) -> None:
+    """Exactly one budget (``k``, ``fraction`` or ``threshold``, the keys of ``budgets``),
+    and one the policy takes. Before, a threshold given with ``round_robin`` or
+    ``importance_resample`` silently replaced the policy, and ``round_robin`` with a
+    fraction failed only after the whole scoring pass. ``prefix`` spells the names as the
+    caller's user typed them (``--`` on the command line, ``selection.`` in a recipe), and
+    ``policy_name`` the policy's, where it is not ``{prefix}policy``."""
+    policy_name = policy_name or f"{prefix}policy"
+    check_choice(policy, tuple(POLICY_BUDGETS), policy_name)
+    given = [name for name, value in budgets.items() if value is not None]
+    if len(given) > 1 or (needs_budget and not given):
+        names = ", ".join(f"{prefix}{n}" for n in budgets)
+        raise SettingError(f"give exactly one of {names}"
+                           + (f", not {' and '.join(prefix + n for n in given)}"
+                              if given else ""), field=f"{prefix}{given[-1] if given else 'k'}")
+    takes = POLICY_BUDGETS[policy]
+    for name in given:
+        if name not in takes:
+            allowed = " or ".join(prefix + n for n in takes)
+            raise SettingError(f"{policy} takes {allowed}, not {prefix}{name}"
+                               + (" (a threshold is a policy of its own: leave the policy "
+                                  "at auto)" if name == "threshold" else ""),
+                               field=policy_name)
+
+
+def check_cluster(scheduler: Any, local: dict[str, Any], scheduler_name: str = "scheduler"
+                  ) -> None:
+    """Settings of a local cluster (``workers``, ``memory_limit``, ``worker_kind``: the keys
+    of ``local``, None or their default where not given) mean nothing to a running
+    scheduler's cluster, which has its own workers; given together, one was silently
+    ignored. The names are spelt as the caller's user typed them."""
+    if scheduler is None:
+        return
+    if not isinstance(scheduler, str) or not scheduler.strip():
+        raise _fail("a scheduler address such as tcp://host:8786", scheduler, scheduler_name)
+    given = [name for name, value in local.items() if value not in (None, "auto")]
+    if given:
+        raise SettingError(f"applies to a local cluster only; with {scheduler_name} the "
+                           "cluster's own workers run the job: leave it out", field=given[0])
+
+
+def check_name(value: Any, name: str | None = None) -> str:
+    """A non-empty string: a column name, a text spec."""
+    if not isinstance(value, str) or not value:
+        raise _fail("a non-empty string", value, name)
+    return value
+
+
+def check_path(value: Any, name: str | None = None) -> str:
+    """One path, as a ``str`` or ``os.PathLike`` (``pathlib.Path``); returned as ``str``."""
+    import os
+
+    if isinstance(value, str | os.PathLike):
+        text = os.fspath(value)
+        if isinstance(text, str) and text:
+            return text
+    raise _fail("a path (str or pathlib.Path)", value, name)
+
+
+def check_paths(value: Any, name: str | None = None) -> list[str]:
+    """Input paths, files, folders or globs: one path, or a non-empty list or tuple of
+    them. A string is one path, never a sequence of one-letter paths."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise _fail("a path or a non-empty list of paths", value, name)
+        return [check_path(item, name) for item in value]
+    try:
+        return [check_path(value, name)]
+    except SettingError:
+        raise _fail("a path or a non-empty list of paths", value, name) from None

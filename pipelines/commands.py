@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 def run_command(args: argparse.Namespace, console: Console) -> None:
     """Run the parsed command (all but ``scorers``, which the parser module answers)."""
+    check_flag_pairs(args)
     if args.command in ("warmup", "features", "index", "attribute"):
         run_feature_command(args, console)
     elif args.command in ("run", "eval", "report"):
@@ -33,6 +34,19 @@ def run_command(args: argparse.Namespace, console: Console) -> None:
         run_model_command(args)
     else:
         run_job_command(args, console)
+
+
+def check_flag_pairs(args: argparse.Namespace) -> None:
+    """Refuse flags that contradict each other, naming them as typed, before any work:
+    each would otherwise be silently ignored (a threshold replaced ``--policy
+    round_robin``; ``--workers`` means nothing to a running ``--scheduler``'s cluster). The
+    Python API and recipes apply the same checks (:mod:`dataselect.checks`)."""
+    if args.command == "select":
+        checks.check_policy_budget(args.policy, {"k": args.k, "fraction": args.fraction,
+                                                 "threshold": args.threshold}, prefix="--")
+    local = {f"--{flag.replace('_', '-')}": getattr(args, flag)
+             for flag in ("workers", "memory_limit", "worker_kind") if hasattr(args, flag)}
+    checks.check_cluster(getattr(args, "scheduler", None), local, "--scheduler")
 
 
 def run_job_command(args: argparse.Namespace, console: Console) -> None:
