@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 import reprlib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -39,6 +40,12 @@ T = TypeVar("T")
 class SettingError(InputError):
     """A setting of the wrong type or outside its range. A subclass so that callers can tell
     a bad setting from a missing file (recipes check settings before files exist)."""
+
+
+class ArgumentTypeError(SettingError, TypeError):
+    """An argument of the wrong kind (a string where scores go, a list where a path goes):
+    a ``TypeError`` for Python callers, and one line with exit status 2 on the command
+    line like every other setting error."""
 
 
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
@@ -64,6 +71,13 @@ def _bound(number: int | float) -> str:
 
 def _fail(what: str, value: Any, name: str | None) -> SettingError:
     return SettingError(f"must be {what}, got {shown(value)}", field=name)
+
+
+def wrong_type(what: str, value: Any, name: str | None) -> ArgumentTypeError:
+    """The error for an argument of the wrong type; it names the type found, since its
+    repr (a Corpus, a path) may look like the right thing."""
+    return ArgumentTypeError(f"must be {what}, got {type(value).__name__} {shown(value)}",
+                             field=name)
 
 
 def _is_integer(value: Any) -> bool:
@@ -245,7 +259,7 @@ def check_bool(value: Any, name: str | None = None) -> bool:
     """A yes/no setting: ``True`` or ``False`` only. ``overwrite="false"`` is a true value
     in Python, and would delete the results a folder holds; ``1`` is no answer either."""
     if type(value).__name__ not in ("bool", "bool_"):  # Python's or NumPy's, not 0/1/"no"
-        raise _fail("True or False", value, name)
+        raise wrong_type("True or False", value, name)
     return bool(value)
 
 
@@ -306,30 +320,34 @@ def check_cluster(scheduler: Any, local: dict[str, Any], scheduler_name: str = "
 
 def check_name(value: Any, name: str | None = None) -> str:
     """A non-empty string: a column name, a text spec."""
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
+        raise wrong_type("a non-empty string", value, name)
+    if not value:
         raise _fail("a non-empty string", value, name)
     return value
 
 
 def check_path(value: Any, name: str | None = None) -> str:
     """One path, as a ``str`` or ``os.PathLike`` (``pathlib.Path``); returned as ``str``."""
-    import os
-
-    if isinstance(value, str | os.PathLike):
-        text = os.fspath(value)
-        if isinstance(text, str) and text:
-            return text
-    raise _fail("a path (str or pathlib.Path)", value, name)
+    text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+    if not isinstance(text, str):  # bytes paths too: every path here is text
+        raise wrong_type("a path (str or pathlib.Path)", value, name)
+    if not text:
+        raise _fail("a path (str or pathlib.Path)", value, name)
+    return text
 
 
 def check_paths(value: Any, name: str | None = None) -> list[str]:
     """Input paths, files, folders or globs: one path, or a non-empty list or tuple of
     them. A string is one path, never a sequence of one-letter paths."""
+    what = "a path or a non-empty list of paths"
     if isinstance(value, list | tuple):
         if not value:
-            raise _fail("a path or a non-empty list of paths", value, name)
+            raise _fail(what, value, name)
+        if not all(isinstance(item, str | os.PathLike) for item in value):
+            wrong = next(i for i in value if not isinstance(i, str | os.PathLike))
+            raise wrong_type(f"{what}, with no {type(wrong).__name__} in it", value, name)
         return [check_path(item, name) for item in value]
-    try:
-        return [check_path(value, name)]
-    except SettingError:
-        raise _fail("a path or a non-empty list of paths", value, name) from None
+    if not isinstance(value, str | os.PathLike):
+        raise wrong_type(what, value, name)
+    return [check_path(value, name)]

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataselect import checks
 from dataselect.defaults import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError, first_names
 from dataselect.fingerprint import file_fingerprint
@@ -78,6 +79,8 @@ class Corpus:
 
     def replanned(self, partition_bytes: int) -> Corpus:
         """The same files and settings, planned into partitions of ``partition_bytes``."""
+        partition_bytes = checks.check_count(partition_bytes, "partition_bytes",
+                                             maximum=checks.MAX_PARTITION_MB * 2**20)
         if partition_bytes == self.partition_bytes:
             return self
         return Corpus(self.files, self.text, self.id_field, partition_bytes, labels=self.labels)
@@ -114,6 +117,7 @@ class Corpus:
 
     def read_partition(self, index: int) -> pa.Table:
         """Rows of partition ``index`` with ``id``, ``_file`` and ``_row``; ids checked unique."""
+        checks.check_int(index, "index", minimum=0, maximum=self.npartitions - 1)
         if self.cache_dir is None:
             return self._parse_partition(index)
         path = os.path.join(self.cache_dir, cached_name(index))
@@ -154,6 +158,7 @@ class Corpus:
 
     def texts(self, table: pa.Table) -> pa.Array:
         """The rendered text of every row (the one string all scorers see)."""
+        _check_table(table)
         return self.text.render(table, self.where_in(table))
 
     def scoring_view(self, table: pa.Table, response_spans: bool = False) -> pa.Table:
@@ -161,6 +166,7 @@ class Corpus:
         ``response_spans``, also the character spans a model is trained to produce. Chat
         records and prompt + completion pairs also carry their turns (``messages``), so a
         model with a chat template renders them its own way (zero-copy for chat records)."""
+        _check_table(table)
         where = self.where_in(table)
         view = pa.table({ID_COLUMN: table[ID_COLUMN], "text": self.texts(table)})
         if response_spans:
@@ -241,6 +247,13 @@ class Corpus:
                              where=changed[0])
 
 
+def _check_table(table: Any) -> None:
+    """A table of this corpus's rows, as ``read_partition`` returns them."""
+    if not isinstance(table, pa.Table) or FILE_COLUMN not in table.column_names:
+        raise checks.wrong_type("a table of the corpus's rows (read_partition(i))", table,
+                                "table")
+
+
 def cached_name(index: int) -> str:
     """The file name of partition ``index`` in a corpus's cache folder (cached_in)."""
     return f"part-{index:05d}.arrow"
@@ -268,10 +281,28 @@ def read_corpus(
     """Plan a corpus from files, folders or globs (JSONL[.gz|.zst], Parquet, Arrow, HF dirs).
 
     Nothing is read but file metadata; rows are read and validated when a stage needs them.
+    Every argument is checked as the command line checks its flags (``partition_bytes``
+    as ``--partition-mb``: ``nan`` or ``True`` are no sizes).
     """
-    if partition_bytes <= 0:
-        raise InputError(f"partition_bytes must be positive, got {partition_bytes}")
-    return Corpus(expand_paths(paths), TextSpec.parse(text), id_field, partition_bytes)
+    files = checks.check_paths(paths, "paths")
+    if not isinstance(text, TextSpec):
+        checks.check_name(text, "text")
+    checks.check_name(id_field, "id_field")
+    partition_bytes = checks.check_count(partition_bytes, "partition_bytes",
+                                         maximum=checks.MAX_PARTITION_MB * 2**20)
+    return Corpus(expand_paths(files), TextSpec.parse(text), id_field, partition_bytes)
+
+
+def as_corpus(value: Any, name: str, optional: bool = False) -> Corpus | None:
+    """``value`` as a Corpus: itself, or read with :func:`read_corpus`'s defaults when it
+    is a path (or a list of paths), which is what an API user passes where a corpus goes
+    (``DSIR().fit("target.jsonl", "pool/")``); None when ``optional`` allows it. Anything
+    else is a TypeError naming the argument, not an AttributeError deep inside a scorer."""
+    if isinstance(value, Corpus) or (value is None and optional):
+        return value
+    if isinstance(value, str | os.PathLike | list | tuple):
+        return read_corpus(checks.check_paths(value, name))
+    raise checks.wrong_type("a Corpus (dataselect.read_corpus(...)) or a path", value, name)
 
 
 def compute_partition_bytes(pool_bytes: int, limit: int = DEFAULT_PARTITION_BYTES) -> int:

@@ -24,18 +24,23 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect.checks import (
+    SettingError,
+    check_choice,
     check_count,
     check_finite,
     check_fraction,
+    check_name,
     check_nonnegative,
     check_seed,
+    shown,
+    wrong_type,
 )
-from dataselect.corpus import Corpus
+from dataselect.corpus import Corpus, as_corpus
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.output import jsonable
 from dataselect.sampling import gumbel_noise
-from dataselect.scoring import Scores, summarize_scores
+from dataselect.scoring import Scores, as_scores, summarize_scores
 
 
 @dataclass
@@ -199,7 +204,7 @@ def _selection(scores: Scores, sizes: list[int], order: np.ndarray, policy: dict
 
 def top_k(pool: Corpus, scores: Scores, k: int, runner: Runner = default_runner) -> Selection:
     """The ``k`` highest-scoring eligible rows (all of them if fewer)."""
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     k = check_count(k, "k")
     return _choose_top(scores, _collect(scores, runner), k, {"policy": "top_k", "k": k})
 
@@ -207,7 +212,7 @@ def top_k(pool: Corpus, scores: Scores, k: int, runner: Runner = default_runner)
 def top_fraction(pool: Corpus, scores: Scores, fraction: float,
                  runner: Runner = default_runner) -> Selection:
     """The best ``ceil(fraction * eligible rows)`` rows."""
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     fraction = check_fraction(fraction, "fraction")
     parts = _collect(scores, runner)
     k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
@@ -217,7 +222,7 @@ def top_fraction(pool: Corpus, scores: Scores, fraction: float,
 def threshold(pool: Corpus, scores: Scores, min_score: float,
               runner: Runner = default_runner) -> Selection:
     """Every eligible row with ``score >= min_score``, ranked by score."""
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     min_score = check_finite(min_score, "threshold")
     parts = _collect(scores, runner)
     for part in parts:
@@ -240,7 +245,7 @@ def importance_resample(pool: Corpus, scores: Scores, k: int | None = None, seed
     noise is a function of (seed, id), so the draw does not depend on partitioning. Give
     ``fraction`` instead of ``k`` to sample ``ceil(fraction * eligible rows)``.
     """
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     if (k is None) == (fraction is None):
         raise InputError("give exactly one of k or fraction")
     if fraction is not None:
@@ -267,8 +272,9 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
     Streaming: a target example can take at most ``k`` rows, so each partition returns only
     its ``k`` best rows per target example, and the rounds run on those candidates.
     """
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     k = check_count(k, "k")
+    column = check_name(column, "column")
     parts = _collect(scores, runner)
     sizes = [len(p["key"]) for p in parts]
     offsets = np.cumsum([0, *sizes[:-1]])
@@ -333,12 +339,28 @@ def combine(scores: list[Scores], method: str = "zscore", weights: list[float] |
 
     A row filtered by any scorer stays filtered. Statistics are over eligible rows.
     """
-    from dataselect.combine import combine_scores
+    from dataselect.combine import METHODS, combine_scores
 
+    if not isinstance(scores, list | tuple) or not all(isinstance(s, Scores) for s in scores):
+        raise wrong_type("a list of Scores (scorer.score(pool), one per scorer)", scores,
+                         "scores")
+    check_choice(method, METHODS, "method")
     if weights is not None:  # a NaN weight would pass a "< 0" test and make every score NaN
+        if not isinstance(weights, list | tuple) or len(weights) != len(scores):
+            raise SettingError(f"must be a list of {len(scores)} numbers, one per Scores, "
+                               f"got {shown(weights)}", field="weights")
         weights = [check_nonnegative(w, "weights") for w in weights]
 
     return combine_scores(scores, method, weights, runner)
+
+
+def _aligned(pool: Corpus | str, scores: Scores | str) -> tuple[Corpus, Scores]:
+    """The pool and its scores, each taken as a user passes them (a path for the pool, a
+    score store's folder for the scores), refused when they are not of one pool."""
+    pool = as_corpus(pool, "pool")
+    scores = as_scores(scores, pool, "scores")
+    _check_aligned(pool, scores)
+    return pool, scores
 
 
 def _check_aligned(pool: Corpus, scores: Scores) -> None:
