@@ -114,7 +114,6 @@ class HashedNgrams:
         return np.concatenate(docs), np.concatenate(buckets)
 
 
-@dataclass(frozen=True)
 def _text_array(texts: Any) -> pa.Array | pa.ChunkedArray:
     """Texts as Arrow strings; one string is refused (it would be hashed as characters)."""
     if isinstance(texts, pa.Array | pa.ChunkedArray):
@@ -127,6 +126,7 @@ def _text_array(texts: Any) -> pa.Array | pa.ChunkedArray:
         raise checks.wrong_type("a list (or Arrow array) of strings", texts, "texts") from None
 
 
+@dataclass(frozen=True)
 class NgramHasher:
     """Hashes every document of a batch into ``num_buckets`` unigram..``ngram``-gram buckets."""
 
