@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -235,6 +236,27 @@ class Corpus:
         before = {f.get("path"): f for f in recorded.get("files", [])}
         changed = [f["path"] for f in now["files"] if before.get(f["path"]) != f]
         return changed or list(self.files)
+
+    def check_unique_ids(self, id_hashes: list[np.ndarray]) -> None:
+        """Refuse ids repeated across partitions (a partition checks its own when read).
+
+        ``id_hashes`` holds each partition's 8-byte id hashes (:func:`~dataselect.sampling.
+        id_hashes`), which every command that reads a pool has or gets cheaply (selection
+        and ``score`` from the scores' summaries, ``features`` from its store), so they all
+        refuse the same pools. On a hash match the two rows are looked up, so the error
+        names both places, and a mere hash collision is not reported."""
+        ordered = np.concatenate([np.asarray(h, np.uint64) for h in id_hashes]
+                                 or [np.zeros(0, np.uint64)])
+        ordered.sort()
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
+        for value in repeated:
+            places = [self.place(index, int(position))
+                      for index, hashes in enumerate(id_hashes)
+                      for position in np.flatnonzero(np.asarray(hashes) == value)][:2]
+            if places[0][0] == places[1][0]:
+                raise DuplicateIdError(f"duplicate id {places[0][0]!r} (also at "
+                                       f"{places[0][1]})", where=places[1][1], field="id")
 
     def check_unchanged(self, recorded: dict[str, Any], what: str) -> None:
         """Refuse to finish a job whose input changed while it ran: its parts would mix

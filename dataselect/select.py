@@ -36,7 +36,7 @@ from dataselect.checks import (
     wrong_type,
 )
 from dataselect.corpus import Corpus, as_corpus
-from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
+from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.output import jsonable
 from dataselect.sampling import gumbel_noise
@@ -104,32 +104,13 @@ def _collect(scores: Scores, runner: Runner, seed: int | None = None) -> list[di
         parts = runner(f"collect:{scores.name}", scores.delayed(_summarize))
     if sum(len(p["score"]) for p in parts) == 0:
         raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
-    _check_unique_ids(scores.corpus, parts)
+    scores.corpus.check_unique_ids([p["id_hash"] for p in parts])
     return [{**p, "key": p["score"] if seed is None else p["score"] + gumbel_noise(
         p["id_hash"], seed)} for p in parts]
 
 
 def _summarize(table: pa.Table, index: int) -> dict[str, Any]:
     return summarize_scores(table)
-
-
-def _check_unique_ids(pool: Corpus, parts: list[dict[str, Any]]) -> None:
-    """Ids are unique within a partition when read; this checks across partitions.
-
-    Only 8-byte id hashes are gathered; on a hash match the two rows are looked up, so the
-    error names both places (and a mere hash collision is not reported).
-    """
-    ordered = np.concatenate([p["id_hash"] for p in parts])
-    ordered.sort()
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    del ordered
-    for value in repeated:
-        places = [pool.place(index, int(position))
-                  for index, part in enumerate(parts)
-                  for position in np.flatnonzero(part["id_hash"] == value)][:2]
-        if places[0][0] == places[1][0]:
-            raise DuplicateIdError(f"duplicate id {places[0][0]!r} (also at {places[0][1]})",
-                                   where=places[1][1], field="id")
 
 
 def _counts(parts: list[dict[str, Any]], selected: int) -> dict[str, Any]:

@@ -239,6 +239,8 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
         pool, target = _corpora(job)
     with _session(job, scorer, None, clock, pool) as (out, runner, parsed):
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)
+        # the pools select refuses, refused here too, from the ids the scoring pass hashed
+        parsed.check_unique_ids([part["id_hash"] for part in scores.summaries or []])
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
     shown = {k: v for k, v in summary["fit"].items() if k not in FIT_DETAILS}
