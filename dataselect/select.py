@@ -57,6 +57,11 @@ class Selection:
     written_to: str | None = field(default=None, compare=False, repr=False)
 
     @property
+    def notes(self) -> list[str]:
+        """How the budget was met, where a user should know (:func:`budget_notes`)."""
+        return budget_notes(self.counts)
+
+    @property
     def num_selected(self) -> int:
         return int(sum(len(p) for p in self.positions.values()))
 
@@ -113,14 +118,32 @@ def _summarize(table: pa.Table, index: int) -> dict[str, Any]:
     return summarize_scores(table)
 
 
-def _counts(parts: list[dict[str, Any]], selected: int) -> dict[str, Any]:
+def _counts(parts: list[dict[str, Any]], selected: int, requested: int | None = None
+            ) -> dict[str, Any]:
+    """Rows in, filtered, eligible and selected; ``k_requested`` too when the budget asked
+    for more rows than were selected (every eligible row was taken instead: the job
+    succeeds, and says so, :func:`budget_notes`)."""
     dropped: Counter = Counter()
     for part in parts:
         dropped.update(part["dropped"])
     rows = sum(len(p["key"]) for p in parts)
-    return {"rows_in": rows, "filtered": dict(sorted(dropped.items())),
-            "eligible": int(sum(int(p["eligible"].sum()) for p in parts)),
-            "selected": selected}
+    counts = {"rows_in": rows, "filtered": dict(sorted(dropped.items())),
+              "eligible": int(sum(int(p["eligible"].sum()) for p in parts)),
+              "selected": selected}
+    if requested is not None and requested > selected:
+        counts["k_requested"] = int(requested)
+    return counts
+
+
+def budget_notes(counts: dict[str, Any]) -> list[str]:
+    """What a user should know about how the budget was met: a ``k`` larger than the
+    eligible rows selects them all (the summary table and the manifest's ``notes`` say so,
+    since the output holds fewer rows than asked for)."""
+    requested = counts.get("k_requested")
+    if requested is None:
+        return []
+    return [f"k = {requested} asked for more rows than the {counts['eligible']} eligible "
+            f"ones: {counts['selected']} selected, fewer than k"]
 
 
 def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dict[str, Any]
@@ -133,7 +156,7 @@ def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dic
     """
     sizes = [len(p["key"]) for p in parts]
     eligible_count = sum(int(p["eligible"].sum()) for p in parts)
-    k = min(k, eligible_count)
+    requested, k = k, min(k, eligible_count)
     kth = -np.inf
     if 0 < k < eligible_count:
         keys = np.concatenate([p["key"][p["eligible"]] for p in parts])
@@ -152,7 +175,7 @@ def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dic
     keys = _keys_at(parts, sizes, chosen)
     # lexsort sorts by the last key first: descending key, then ascending position
     order = chosen[np.lexsort((chosen, -keys))[:k]]
-    return _selection(scores, sizes, order, policy, _counts(parts, k))
+    return _selection(scores, sizes, order, policy, _counts(parts, k, requested))
 
 
 def _keys_at(parts: list[dict[str, Any]], sizes: list[int], rows: np.ndarray) -> np.ndarray:
@@ -286,7 +309,7 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
                 taken.add(row)
     order = np.array(chosen, np.int64)
     return _selection(scores, sizes, order, {"policy": "round_robin", "k": k, "column": column,
-                                             "targets": width}, _counts(parts, len(order)))
+                                             "targets": width}, _counts(parts, len(order), k))
 
 
 @dataclass(frozen=True)

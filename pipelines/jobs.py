@@ -280,9 +280,11 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         manifest["timings"] = {**manifest["timings"], **clock.record()}
         write_json(manifest, out.join(MANIFEST_FILE))
     length_bias = {k: v for k, v in scores.stats.items() if k == "score_length_spearman"}
+    # a note is longer than a cell: printed whole below the table, "note: ..."
+    notes = {"note": " ".join(manifest["notes"])} if manifest.get("notes") else {}
     print_summary(console, "select", clock.rows(), {**manifest["counts"],
                   **manifest.get("metrics", {}), **length_bias,
-                  **composition_rows(manifest)}, clock.total())
+                  **composition_rows(manifest), **notes}, clock.total())
     print_fit_details(console, {"": manifest["fit"]})
     return manifest
 
