@@ -17,6 +17,7 @@ length-biased, and a user should see by how much.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pickle
@@ -47,6 +48,7 @@ from dataselect.output import (
     write_json,
     write_table,
 )
+from dataselect.params import check_booleans
 from dataselect.sampling import id_hashes
 
 FILTERED_BY = "filtered_by"
@@ -134,6 +136,20 @@ def taking_paths(method: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
+def _checking_booleans(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A scorer's own ``__post_init__``, after :meth:`Scorer.__post_init__`'s checks."""
+    if getattr(post_init, "checks_booleans", False):
+        return post_init
+
+    @functools.wraps(post_init)
+    def checked(self: Scorer) -> None:
+        Scorer.__post_init__(self)
+        post_init(self)
+
+    checked.checks_booleans = True  # type: ignore[attr-defined]
+    return checked
+
+
 class Scorer(ABC):
     """Base class of every scorer. Subclasses set ``name`` and implement ``fit``,
     ``score_batch`` and ``config``; ``save``/``load`` pickle the fitted state.
@@ -146,6 +162,15 @@ class Scorer(ABC):
         for name in ("fit", "start_fit", "score"):
             if name in cls.__dict__:
                 setattr(cls, name, taking_paths(cls.__dict__[name]))
+        if "__post_init__" in cls.__dict__:
+            cls.__post_init__ = _checking_booleans(cls.__dict__["__post_init__"])
+
+    def __post_init__(self) -> None:
+        """A dataclass scorer's settings: booleans are booleans (a subclass's own
+        ``__post_init__`` checks its ranges; this check runs before it, see
+        ``__init_subclass__``)."""
+        if dataclasses.is_dataclass(self):
+            check_booleans(self)
 
     name: ClassVar[str]
     # True for scorers that train or take gradients on the response tokens only (LESS,
@@ -236,12 +261,14 @@ class Scorer(ABC):
         }
 
     def save(self, path: str | os.PathLike) -> None:
+        path = checks.check_path(path, "path")  # an int would be a file descriptor to open
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
             pickle.dump(self, f)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scorer:
+        path = checks.check_path(path, "path")
         with open(path, "rb") as f:
             obj = pickle.load(f)
         if not isinstance(obj, cls):

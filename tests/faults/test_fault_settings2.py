@@ -29,7 +29,9 @@ from pipelines.jobs import SelectJob, run_select_job
 from pipelines.recipe import RecipeError, load_recipe
 from pipelines.report import write_report
 from pipelines.summary import plain_console
+from scorers.auto import Auto
 from scorers.dsir import DSIR
+from scorers.fasttext import FastText
 
 TARGET = str(TARGETS / "python_docs.jsonl")
 NAN = math.nan
@@ -211,6 +213,10 @@ def scored(pool):
     (lambda p: NgramHasher()("one string"), "texts", TypeError),
     (lambda p: metrics.kl_reduction(np.ones(3), np.ones(3), np.ones(3), smoothing=NAN),
      "smoothing", SettingError),
+    (lambda p: DSIR(length_normalize="no"), "length_normalize", TypeError),
+    (lambda p: FastText(lowercase=1), "lowercase", TypeError),
+    (lambda p: Auto(combine="false"), "combine", TypeError),
+    (lambda p: DSIR.load(0), "path", TypeError),  # 0 would open standard input
 ])
 def test_api_arguments_are_checked(call, field, kind, pool):
     with pytest.raises(kind) as info:
