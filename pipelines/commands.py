@@ -36,6 +36,10 @@ def run_command(args: argparse.Namespace, console: Console) -> None:
         run_job_command(args, console)
 
 
+# index build's options, and the one --kind each applies to
+INDEX_OPTIONS = {"nlist": "ivf", "nprobe": "ivf", "hnsw_m": "hnsw"}
+
+
 def check_flag_pairs(args: argparse.Namespace) -> None:
     """Refuse flags that contradict each other, naming them as typed, before any work:
     each would otherwise be silently ignored (a threshold replaced ``--policy
@@ -44,6 +48,14 @@ def check_flag_pairs(args: argparse.Namespace) -> None:
     if args.command == "select":
         checks.check_policy_budget(args.policy, {"k": args.k, "fraction": args.fraction,
                                                  "threshold": args.threshold}, prefix="--")
+    if args.command == "index" and args.action == "build":
+        for name, kind in INDEX_OPTIONS.items():
+            if getattr(args, name) is not None and args.kind != kind:
+                raise InputError(f"applies to --kind {kind} only, not {args.kind}",
+                                 field=f"--{name.replace('_', '-')}")
+    if args.command == "attribute" and args.method == "less" and args.pool:
+        raise InputError("--method less reads the pool's features from --index; --pool is "
+                         "for --method trak, tracin or bif", field="--pool")
     local = {f"--{flag.replace('_', '-')}": getattr(args, flag)
              for flag in ("workers", "memory_limit", "worker_kind") if hasattr(args, flag)}
     checks.check_cluster(getattr(args, "scheduler", None), local, "--scheduler")
@@ -126,8 +138,9 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
         feature_jobs.run_features_job(featurizer, corpus, args.out, args.side, args.scheduler,
                                       args.workers, args.memory_limit, console)
     elif args.command == "index" and args.action == "build":
-        feature_jobs.build_index(args.features, args.out, args.kind, console, nlist=args.nlist,
-                                 nprobe=args.nprobe, hnsw_m=args.hnsw_m)
+        options = {name: getattr(args, name) for name in INDEX_OPTIONS
+                   if getattr(args, name) is not None}
+        feature_jobs.build_index(args.features, args.out, args.kind, console, **options)
     elif args.command == "index":
         feature_jobs.search_index(args.index, args.queries, args.k, args.out, console)
     elif args.method != "less":

@@ -99,6 +99,20 @@ def test_local_cluster_flags_with_a_scheduler_are_refused(flags, pool, tmp_path,
     assert f"'{flags[0]}'" in err and "--scheduler" in err
 
 
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["index", "build", "--kind", "flat", "--nprobe", "4"], "--nprobe"),
+    (["index", "build", "--kind", "hnsw", "--nlist", "4"], "--nlist"),
+    (["index", "build", "--hnsw-m", "8"], "--hnsw-m"),  # the default kind is flat
+    (["attribute", "--scorer", "less", "--index", "i", "--pool", "p", "--queries", "q"],
+     "--pool"),  # --method less reads the pool's index
+])
+def test_feature_flags_for_another_kind_or_method_are_refused(argv, flag, tmp_path, capsys):
+    rest = ["--features", str(tmp_path)] if argv[0] == "index" else []
+    err = _one_line_exit_2([*argv, *rest, "--out", str(tmp_path / "out")], capsys)
+    assert f"field '{flag}'" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("settings", "field"), [
     ({"overwrite": "false"}, "overwrite"), ({"save_to_disk": 1}, "save_to_disk"),
     ({"output_format": "csv"}, "output_format"), ({"text_field": None}, "text_field"),
