@@ -107,14 +107,14 @@ class Corpus:
         it back 0.014 s. Memory stays per partition (the files are mapped, not held); the
         caller owns ``folder`` and deletes it when its passes are done.
         """
-        return replace(self, cache_dir=folder)
+        return replace(self, cache_dir=checks.check_path(folder, "folder"))
 
     def with_ngram_store(self, folder: str) -> Corpus:
         """The same corpus, with ``folder`` to keep each partition's hashed n-grams in
         (:mod:`dataselect.ngram_store`): the pass that first hashes a partition saves its
         features there and later passes load them. The caller owns ``folder``; a replanned
         corpus does not carry it, since its partitions are other rows."""
-        return replace(self, ngram_dir=folder)
+        return replace(self, ngram_dir=checks.check_path(folder, "folder"))
 
     def read_partition(self, index: int) -> pa.Table:
         """Rows of partition ``index`` with ``id``, ``_file`` and ``_row``; ids checked unique."""
@@ -154,6 +154,7 @@ class Corpus:
     def place(self, index: int, position: int) -> tuple[str, str]:
         """``(id, "file:line")`` of the row at ``position`` in partition ``index``."""
         table = self.read_partition(index)
+        checks.check_int(position, "position", minimum=0, maximum=table.num_rows - 1)
         file, row = table[FILE_COLUMN][position].as_py(), table[ROW_COLUMN][position].as_py()
         return table[ID_COLUMN][position].as_py(), self.where(file, row)
 

@@ -74,6 +74,9 @@ Positive = Annotated[float, checked(checks.check_positive)]
 NonNegative = Annotated[float, checked(checks.check_nonnegative)]
 PartitionMB = Annotated[float, checked(checks.check_partition_mb)]
 MemoryLimit = Annotated[str, checked(checks.check_memory_limit)]
+# a column, text spec or output path: an empty one fails later, away from its key
+Name = Annotated[str, checked(checks.check_name)]
+OptionalName = Annotated[str | None, checked(checks.check_name, optional=True)]
 
 
 def _as_list(value: Any) -> Any:
@@ -84,8 +87,8 @@ class PoolSpec(_Strict):
     """The data to choose from."""
 
     paths: list[str] = Field(min_length=1)
-    text: str = "text"
-    id_field: str = "id"
+    text: Name = "text"
+    id_field: Name = "id"
     partition_mb: PartitionMB = 4.0
 
     _paths = field_validator("paths", mode="before")(_as_list)
@@ -117,7 +120,7 @@ class TargetSpec(_Strict):
     that overrides the recipe's."""
 
     paths: list[str] = Field(min_length=1)
-    text: str | None = None
+    text: OptionalName = None
     eval: list[str] = Field(default_factory=list)
     budget: Budget | None = None
 
@@ -142,7 +145,7 @@ class CombineSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    path: str
+    path: Name
     format: Literal["parquet", "arrow"] = "parquet"
     metrics_sample: Fraction = 0.1
     # also write each task's and the union's datasets.load_from_disk layout (<folder>/.hf/)

@@ -197,6 +197,19 @@ def test_a_merge_key_may_still_be_overridden(pool, tmp_path):
     assert info.value.field == "defaults"
 
 
+@pytest.mark.parametrize(("old", "new", "field"), [
+    ('pool: {paths:', 'pool: {text: "", paths:', "pool.text"),
+    ('pool: {paths:', 'pool: {id_field: "", paths:', "pool.id_field"),
+    ('output: {path: "', 'output: {path: "", x: "', "output.path"),
+])
+def test_recipe_names_are_not_empty(old, new, field, pool, tmp_path):
+    path = _recipe(tmp_path, pool)
+    path.write_text(path.read_text().replace(old, new))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.field == field
+
+
 def test_recipe_booleans_are_booleans(pool, tmp_path):
     path = _recipe(tmp_path, pool)
     path.write_text(path.read_text().replace('output: {path:', 'output: {save_to_disk: 1, path:'))
@@ -222,6 +235,9 @@ def scored(pool):
     (lambda p: read_corpus(p, text=None), "text", TypeError),
     (lambda p: read_corpus(p).replanned(NAN), "partition_bytes", SettingError),
     (lambda p: read_corpus(p).read_partition(5), "index", SettingError),
+    (lambda p: read_corpus(p).read_partition(-1), "index", SettingError),
+    (lambda p: read_corpus(p).place(0, 99), "position", SettingError),
+    (lambda p: read_corpus(p).cached_in(None), "folder", TypeError),
     (lambda p: NgramHasher(num_buckets=NAN), "num_buckets", SettingError),
     (lambda p: NgramHasher(ngram=True), "ngram", SettingError),
     (lambda p: NgramHasher()("one string"), "texts", TypeError),
