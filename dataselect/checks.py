@@ -302,6 +302,16 @@ def check_policy_budget(policy: Any, budgets: dict[str, Any], prefix: str = "",
                                field=policy_name)
 
 
+def check_round_robin(policy: Any, per_target: bool, policy_name: str = "policy") -> None:
+    """``round_robin`` ranks the pool by each target example's own score, which only a
+    scorer that keeps them writes (``embed`` with ``per_target=true``; several scorers
+    combined keep one score a row). Refused before any work: it failed after the whole
+    scoring pass."""
+    if policy == "round_robin" and not per_target:
+        raise SettingError("round_robin needs one score per target example: one scorer "
+                           "that keeps them (embed with per_target=true)", field=policy_name)
+
+
 def check_cluster(scheduler: Any, local: dict[str, Any], scheduler_name: str = "scheduler"
                   ) -> None:
     """Settings of a local cluster (``workers``, ``memory_limit``, ``worker_kind``: the keys

@@ -206,6 +206,12 @@ class Scorer(ABC):
         return cls.needs_model
 
     @property
+    def scores_per_target(self) -> bool:
+        """Whether its scores carry one score per target example (the ``target_scores``
+        list column that the ``round_robin`` policy ranks by)."""
+        return False
+
+    @property
     def local_workers(self) -> str:
         """``processes`` (default) when scoring holds the GIL, ``threads`` when it runs in
         native code that releases it; the job runner sizes a local cluster by this."""

@@ -260,6 +260,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     clock = StageClock()
     with clock.stage("read inputs"):
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed, job.k, job.fraction)
+        checks.check_round_robin(job.policy, scorer.scores_per_target)
         pool, target = _corpora(job)
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):

@@ -348,12 +348,19 @@ class Recipe(_Strict):
         """The scorers' and the warmup's own range checks, now rather than when their
         stage starts: building a scorer checks its settings (before any file it names,
         which a recipe may create later, e.g. a model it builds)."""
+        per_target = len(self.scorers) == 1
         for name, params in self.scorers.items():
             try:
-                build_scorer(name, dict(params), self.seed)
+                per_target &= build_scorer(name, dict(params), self.seed).scores_per_target
             except InputError as exc:
                 if exc.where is None and exc.field not in _LATER_FIELDS:
                     raise _setting_error(exc, ("scorers", name), params, name) from None
+                per_target &= bool(params.get("per_target"))  # its model comes later
+        try:
+            checks.check_round_robin(self.selection.policy, per_target, "selection.policy")
+        except InputError as exc:
+            raise _setting_error(exc, (), {"selection.policy": self.selection.policy},
+                                 "selection") from None
         if any(SCORERS[n].needs_warmup for n in self.scorers) or self.warmup:
             try:
                 self.warmup_config().check()

@@ -88,6 +88,30 @@ def test_a_budget_the_policy_does_not_take_is_refused_in_python(policy, flag, va
     assert info.value.field == "policy"
 
 
+def test_round_robin_with_scores_that_keep_no_per_target_scores_is_refused_first(
+        pool, tmp_path, capsys):
+    err = _one_line_exit_2(_select(pool, tmp_path / "out", "--policy", "round_robin", "--k",
+                                   "3"), capsys)
+    assert "round_robin needs one score per target example" in err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(("scorers", "refused"), [
+    ("{dsir: {}}", True), ("{embed: {model: m}}", True),
+    ("{embed: {model: m, per_target: true}, dsir: {}}", True),  # combined: one score a row
+    ("{embed: {model: m, per_target: true}}", False),
+])
+def test_a_round_robin_recipe_needs_per_target_scores(scorers, refused, pool, tmp_path):
+    path = _recipe(tmp_path, pool, "round_robin", extra="models: {m: {build: {}}}\n")
+    path.write_text(path.read_text().replace("scorers: {dsir: {}}", f"scorers: {scorers}"))
+    if not refused:
+        assert load_recipe(path).selection.policy == "round_robin"
+        return
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.field == "selection.policy"
+
+
 @pytest.mark.parametrize("flags", [("--workers", "2"), ("--memory-limit", "4GiB"),
                                    ("--worker-kind", "threads")])
 def test_local_cluster_flags_with_a_scheduler_are_refused(flags, pool, tmp_path, capsys):
