@@ -136,14 +136,21 @@ def _counts(parts: list[dict[str, Any]], selected: int, requested: int | None = 
 
 
 def budget_notes(counts: dict[str, Any]) -> list[str]:
-    """What a user should know about how the budget was met: a ``k`` larger than the
-    eligible rows selects them all (the summary table and the manifest's ``notes`` say so,
-    since the output holds fewer rows than asked for)."""
+    """What a user should know about how the budget was met, since the output holds fewer
+    rows than asked for (the summary and the manifest's ``notes`` say so): a ``k`` larger
+    than the eligible rows selects them all; a threshold no row reaches, or filters that
+    leave no row, select nothing."""
+    notes = []
     requested = counts.get("k_requested")
-    if requested is None:
-        return []
-    return [f"k = {requested} asked for more rows than the {counts['eligible']} eligible "
-            f"ones: {counts['selected']} selected, fewer than k"]
+    if requested is not None:
+        notes.append(f"k = {requested} asked for more rows than the {counts['eligible']} "
+                     f"eligible ones: {counts['selected']} selected, fewer than k")
+    elif counts["selected"] == 0 and counts["rows_in"]:
+        why = ("no eligible row scored at least the threshold"
+               if counts.get("below_threshold") else "every row was filtered out")
+        notes.append(f"nothing selected: {why} (filtered: "
+                     f"{', '.join(f'{k}={v}' for k, v in counts['filtered'].items()) or 'none'})")
+    return notes
 
 
 def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dict[str, Any]

@@ -380,6 +380,13 @@ def test_k_beyond_the_eligible_rows_selects_them_all_and_says_so(pool, tmp_path,
         "k = 50 asked for more rows than the 20 eligible ones: 20 selected, fewer than k"]
 
 
+def test_a_threshold_no_row_reaches_says_nothing_was_selected(scored):
+    selection = select.threshold(*scored, 100.0)
+    assert selection.num_selected == 0
+    assert selection.notes == ["nothing selected: no eligible row scored at least the "
+                               "threshold (filtered: none)"]
+
+
 def test_k_within_the_pool_adds_no_note(scored, tmp_path):
     selection = select.top_k(*scored, k=20)
     assert selection.notes == [] and "k_requested" not in selection.counts
