@@ -40,7 +40,7 @@ from rich.console import Console
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
-from dataselect.output import read_json, read_table
+from dataselect.output import atomic_write, read_json, read_table
 from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import REPORT_KINDS, check_pool_unchanged, read_report_input
 
@@ -70,6 +70,9 @@ def write_report(out: str, console: Console | None = None) -> str:
         remove_listed(claimed.path, [f for f in claimed.files
                                      if f.startswith(report_dir + os.sep)])
         files = ReportFiles(claimed, report_dir)
+        if os.path.islink(claimed.join(report_dir)):
+            raise InputError("is a symbolic link; the report is written inside the output "
+                             "folder only: remove the link", where=claimed.join(report_dir))
         os.makedirs(claimed.join(report_dir), exist_ok=True)
         with matplotlib.rc_context({"text.parse_math": False}):
             page = _write_page(out, run, files)
@@ -224,7 +227,8 @@ def _save(fig: Any, folder: ReportFiles, name: str) -> str:
     import matplotlib.pyplot as plt
 
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".png"
-    fig.savefig(folder.path(safe), dpi=90, bbox_inches="tight")
+    with atomic_write(folder.path(safe)) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return safe
 
@@ -480,10 +484,8 @@ def _section(title: str, text: str, images: list[str], extra: str = "") -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 _PAGE = """<!doctype html>

@@ -443,6 +443,14 @@ def test_report_refuses_a_name_it_did_not_write(selected, capsys):
     assert (folder / "index.html").read_text() == "my page"
 
 
+def test_report_refuses_a_report_folder_that_links_elsewhere(selected, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (selected / ".report").symlink_to(elsewhere)
+    err = _one_line_exit_2(["report", str(selected)], capsys)
+    assert "is a symbolic link" in err and list(elsewhere.iterdir()) == []
+
+
 def test_report_refuses_a_pool_changed_since_the_job(selected, pool, capsys):
     write_jsonl(pool / "a.jsonl", _records(21))
     err = _one_line_exit_2(["report", str(selected)], capsys)
