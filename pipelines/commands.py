@@ -36,6 +36,8 @@ def run_command(args: argparse.Namespace, console: Console) -> None:
         run_job_command(args, console)
 
 
+# attribute's methods that read the pool itself (the other reads an index of its features)
+INFLUENCE_METHODS = ("trak", "tracin", "bif")
 # index build's options, and the one --kind each applies to
 INDEX_OPTIONS = {"nlist": "ivf", "nprobe": "ivf", "hnsw_m": "hnsw"}
 
@@ -53,7 +55,7 @@ def check_flag_pairs(args: argparse.Namespace) -> None:
             if getattr(args, name) is not None and args.kind != kind:
                 raise InputError(f"applies to --kind {kind} only, not {args.kind}",
                                  field=f"--{name.replace('_', '-')}")
-    if args.command == "attribute" and args.method == "less" and args.pool:
+    if args.command == "attribute" and args.pool and args.method not in INFLUENCE_METHODS:
         raise InputError("--method less reads the pool's features from --index; --pool is "
                          "for --method trak, tracin or bif", field="--pool")
     local = {f"--{flag.replace('_', '-')}": getattr(args, flag)
