@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 import reprlib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -39,6 +40,12 @@ T = TypeVar("T")
 class SettingError(InputError):
     """A setting of the wrong type or outside its range. A subclass so that callers can tell
     a bad setting from a missing file (recipes check settings before files exist)."""
+
+
+class ArgumentTypeError(SettingError, TypeError):
+    """An argument of the wrong kind (a string where scores go, a list where a path goes):
+    a ``TypeError`` for Python callers, and one line with exit status 2 on the command
+    line like every other setting error."""
 
 
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
@@ -64,6 +71,13 @@ def _bound(number: int | float) -> str:
 
 def _fail(what: str, value: Any, name: str | None) -> SettingError:
     return SettingError(f"must be {what}, got {shown(value)}", field=name)
+
+
+def wrong_type(what: str, value: Any, name: str | None) -> ArgumentTypeError:
+    """The error for an argument of the wrong type; it names the type found, since its
+    repr (a Corpus, a path) may look like the right thing."""
+    return ArgumentTypeError(f"must be {what}, got {type(value).__name__} {shown(value)}",
+                             field=name)
 
 
 def _is_integer(value: Any) -> bool:
@@ -239,3 +253,111 @@ def flag_type(check: Callable[..., T], kind: type, **limits: Any) -> Callable[[s
 
     parse.__name__ = check.__name__.removeprefix("check_")
     return parse
+
+
+def check_bool(value: Any, name: str | None = None) -> bool:
+    """A yes/no setting: ``True`` or ``False`` only. ``overwrite="false"`` is a true value
+    in Python, and would delete the results a folder holds; ``1`` is no answer either."""
+    if type(value).__name__ not in ("bool", "bool_"):  # Python's or NumPy's, not 0/1/"no"
+        raise wrong_type("True or False", value, name)
+    return bool(value)
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str | None = None) -> str:
+    """One of ``choices`` (strings), compared exactly."""
+    if not isinstance(value, str) or value not in choices:
+        raise _fail(f"one of {', '.join(choices)}", value, name)
+    return value
+
+
+# the budgets each selection policy takes: a threshold is a policy of its own (every row
+# scoring at least it), so it goes with "auto" only, and round_robin counts rows
+POLICY_BUDGETS = {"auto": ("k", "fraction", "threshold"), "top_k": ("k", "fraction"),
+                  "importance_resample": ("k", "fraction"), "round_robin": ("k",)}
+
+
+def check_policy_budget(policy: Any, budgets: dict[str, Any], prefix: str = "",
+                        needs_budget: bool = True, policy_name: str | None = None) -> None:
+    """Exactly one budget (``k``, ``fraction`` or ``threshold``, the keys of ``budgets``),
+    and one the policy takes. Before, a threshold given with ``round_robin`` or
+    ``importance_resample`` silently replaced the policy, and ``round_robin`` with a
+    fraction failed only after the whole scoring pass. ``prefix`` spells the names as the
+    caller's user typed them (``--`` on the command line, ``selection.`` in a recipe), and
+    ``policy_name`` the policy's, where it is not ``{prefix}policy``."""
+    policy_name = policy_name or f"{prefix}policy"
+    check_choice(policy, tuple(POLICY_BUDGETS), policy_name)
+    given = [name for name, value in budgets.items() if value is not None]
+    if len(given) > 1 or (needs_budget and not given):
+        names = ", ".join(f"{prefix}{n}" for n in budgets)
+        raise SettingError(f"give exactly one of {names}"
+                           + (f", not {' and '.join(prefix + n for n in given)}"
+                              if given else ""), field=f"{prefix}{given[-1] if given else 'k'}")
+    takes = POLICY_BUDGETS[policy]
+    for name in given:
+        if name not in takes:
+            allowed = " or ".join(prefix + n for n in takes)
+            raise SettingError(f"{policy} takes {allowed}, not {prefix}{name}"
+                               + (" (a threshold is a policy of its own: leave the policy "
+                                  "at auto)" if name == "threshold" else ""),
+                               field=policy_name)
+
+
+def check_round_robin(policy: Any, per_target: bool, policy_name: str = "policy") -> None:
+    """``round_robin`` ranks the pool by each target example's own score, which only a
+    scorer that keeps them writes (``embed`` with ``per_target=true``; several scorers
+    combined keep one score a row). Refused before any work: it failed after the whole
+    scoring pass."""
+    if policy == "round_robin" and not per_target:
+        raise SettingError("round_robin needs one score per target example: one scorer "
+                           "that keeps them (embed with per_target=true)", field=policy_name)
+
+
+def check_cluster(scheduler: Any, local: dict[str, Any], scheduler_name: str = "scheduler"
+                  ) -> None:
+    """Settings of a local cluster (``workers``, ``memory_limit``, ``worker_kind``: the keys
+    of ``local``, None or their default where not given) mean nothing to a running
+    scheduler's cluster, which has its own workers; given together, one was silently
+    ignored. The names are spelt as the caller's user typed them."""
+    if scheduler is None:
+        return
+    if not isinstance(scheduler, str) or not scheduler.strip():
+        raise _fail("a scheduler address such as tcp://host:8786", scheduler, scheduler_name)
+    given = [name for name, value in local.items() if value not in (None, "auto")]
+    if given:
+        raise SettingError(f"applies to a local cluster only; with {scheduler_name} the "
+                           "cluster's own workers run the job: leave it out", field=given[0])
+
+
+def check_name(value: Any, name: str | None = None) -> str:
+    """A non-empty string: a column name, a text spec."""
+    if not isinstance(value, str):
+        raise wrong_type("a non-empty string", value, name)
+    if not value:
+        raise _fail("a non-empty string", value, name)
+    return value
+
+
+def check_path(value: Any, name: str | None = None) -> str:
+    """One path, as a ``str`` or ``os.PathLike`` (``pathlib.Path``); returned as ``str``."""
+    text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+    if not isinstance(text, str):  # bytes paths too: every path here is text
+        raise wrong_type("a path (str or pathlib.Path)", value, name)
+    if not text:
+        raise _fail("a path (str or pathlib.Path)", value, name)
+    return text
+
+
+def check_paths(value: Any, name: str | None = None) -> list[str]:
+    """Input paths, files, folders or globs: one path, or a non-empty list or tuple of
+    them. A string is one path, never a sequence of one-letter paths."""
+    what = "a path or a non-empty list of paths"
+    if isinstance(value, list | tuple):
+        if not value:
+            raise _fail(what, value, name)
+        if not all(isinstance(item, str | os.PathLike) for item in value):
+            wrong = next(i for i in value if not isinstance(i, str | os.PathLike))
+            raise wrong_type(f"{what}, with no {type(wrong).__name__} in it", value, name)
+        return [check_path(item, name) for item in value]
+    if not isinstance(value, str | os.PathLike):
+        raise wrong_type(what, value, name)
+    return [check_path(value, name)]

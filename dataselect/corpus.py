@@ -16,10 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataselect import checks
 from dataselect.defaults import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError, first_names
 from dataselect.fingerprint import file_fingerprint
@@ -78,6 +80,8 @@ class Corpus:
 
     def replanned(self, partition_bytes: int) -> Corpus:
         """The same files and settings, planned into partitions of ``partition_bytes``."""
+        partition_bytes = checks.check_count(partition_bytes, "partition_bytes",
+                                             maximum=checks.MAX_PARTITION_MB * 2**20)
         if partition_bytes == self.partition_bytes:
             return self
         return Corpus(self.files, self.text, self.id_field, partition_bytes, labels=self.labels)
@@ -103,17 +107,18 @@ class Corpus:
         it back 0.014 s. Memory stays per partition (the files are mapped, not held); the
         caller owns ``folder`` and deletes it when its passes are done.
         """
-        return replace(self, cache_dir=folder)
+        return replace(self, cache_dir=checks.check_path(folder, "folder"))
 
     def with_ngram_store(self, folder: str) -> Corpus:
         """The same corpus, with ``folder`` to keep each partition's hashed n-grams in
         (:mod:`dataselect.ngram_store`): the pass that first hashes a partition saves its
         features there and later passes load them. The caller owns ``folder``; a replanned
         corpus does not carry it, since its partitions are other rows."""
-        return replace(self, ngram_dir=folder)
+        return replace(self, ngram_dir=checks.check_path(folder, "folder"))
 
     def read_partition(self, index: int) -> pa.Table:
         """Rows of partition ``index`` with ``id``, ``_file`` and ``_row``; ids checked unique."""
+        checks.check_int(index, "index", minimum=0, maximum=self.npartitions - 1)
         if self.cache_dir is None:
             return self._parse_partition(index)
         path = os.path.join(self.cache_dir, cached_name(index))
@@ -149,11 +154,13 @@ class Corpus:
     def place(self, index: int, position: int) -> tuple[str, str]:
         """``(id, "file:line")`` of the row at ``position`` in partition ``index``."""
         table = self.read_partition(index)
+        checks.check_int(position, "position", minimum=0, maximum=table.num_rows - 1)
         file, row = table[FILE_COLUMN][position].as_py(), table[ROW_COLUMN][position].as_py()
         return table[ID_COLUMN][position].as_py(), self.where(file, row)
 
     def texts(self, table: pa.Table) -> pa.Array:
         """The rendered text of every row (the one string all scorers see)."""
+        _check_table(table)
         return self.text.render(table, self.where_in(table))
 
     def scoring_view(self, table: pa.Table, response_spans: bool = False) -> pa.Table:
@@ -161,6 +168,7 @@ class Corpus:
         ``response_spans``, also the character spans a model is trained to produce. Chat
         records and prompt + completion pairs also carry their turns (``messages``), so a
         model with a chat template renders them its own way (zero-copy for chat records)."""
+        _check_table(table)
         where = self.where_in(table)
         view = pa.table({ID_COLUMN: table[ID_COLUMN], "text": self.texts(table)})
         if response_spans:
@@ -230,6 +238,27 @@ class Corpus:
         changed = [f["path"] for f in now["files"] if before.get(f["path"]) != f]
         return changed or list(self.files)
 
+    def check_unique_ids(self, id_hashes: list[np.ndarray]) -> None:
+        """Refuse ids repeated across partitions (a partition checks its own when read).
+
+        ``id_hashes`` holds each partition's 8-byte id hashes (:func:`~dataselect.sampling.
+        id_hashes`), which every command that reads a pool has or gets cheaply (selection
+        and ``score`` from the scores' summaries, ``features`` from its store), so they all
+        refuse the same pools. On a hash match the two rows are looked up, so the error
+        names both places, and a mere hash collision is not reported."""
+        ordered = np.concatenate([np.asarray(h, np.uint64) for h in id_hashes]
+                                 or [np.zeros(0, np.uint64)])
+        ordered.sort()
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
+        for value in repeated:
+            places = [self.place(index, int(position))
+                      for index, hashes in enumerate(id_hashes)
+                      for position in np.flatnonzero(np.asarray(hashes) == value)][:2]
+            if places[0][0] == places[1][0]:
+                raise DuplicateIdError(f"duplicate id {places[0][0]!r} (also at "
+                                       f"{places[0][1]})", where=places[1][1], field="id")
+
     def check_unchanged(self, recorded: dict[str, Any], what: str) -> None:
         """Refuse to finish a job whose input changed while it ran: its parts would mix
         rows read before and after the edit, under scores of the old text."""
@@ -239,6 +268,13 @@ class Corpus:
             raise InputError(f"changed while the job ran ({what}: {shown}); the output is "
                              "incomplete: rerun with --overwrite once the input stays put",
                              where=changed[0])
+
+
+def _check_table(table: Any) -> None:
+    """A table of this corpus's rows, as ``read_partition`` returns them."""
+    if not isinstance(table, pa.Table) or FILE_COLUMN not in table.column_names:
+        raise checks.wrong_type("a table of the corpus's rows (read_partition(i))", table,
+                                "table")
 
 
 def cached_name(index: int) -> str:
@@ -268,10 +304,28 @@ def read_corpus(
     """Plan a corpus from files, folders or globs (JSONL[.gz|.zst], Parquet, Arrow, HF dirs).
 
     Nothing is read but file metadata; rows are read and validated when a stage needs them.
+    Every argument is checked as the command line checks its flags (``partition_bytes``
+    as ``--partition-mb``: ``nan`` or ``True`` are no sizes).
     """
-    if partition_bytes <= 0:
-        raise InputError(f"partition_bytes must be positive, got {partition_bytes}")
-    return Corpus(expand_paths(paths), TextSpec.parse(text), id_field, partition_bytes)
+    files = checks.check_paths(paths, "paths")
+    if not isinstance(text, TextSpec):
+        checks.check_name(text, "text")
+    checks.check_name(id_field, "id_field")
+    partition_bytes = checks.check_count(partition_bytes, "partition_bytes",
+                                         maximum=checks.MAX_PARTITION_MB * 2**20)
+    return Corpus(expand_paths(files), TextSpec.parse(text), id_field, partition_bytes)
+
+
+def as_corpus(value: Any, name: str, optional: bool = False) -> Corpus | None:
+    """``value`` as a Corpus: itself, or read with :func:`read_corpus`'s defaults when it
+    is a path (or a list of paths), which is what an API user passes where a corpus goes
+    (``DSIR().fit("target.jsonl", "pool/")``); None when ``optional`` allows it. Anything
+    else is a TypeError naming the argument, not an AttributeError deep inside a scorer."""
+    if isinstance(value, Corpus) or (value is None and optional):
+        return value
+    if isinstance(value, str | os.PathLike | list | tuple):
+        return read_corpus(checks.check_paths(value, name))
+    raise checks.wrong_type("a Corpus (dataselect.read_corpus(...)) or a path", value, name)
 
 
 def compute_partition_bytes(pool_bytes: int, limit: int = DEFAULT_PARTITION_BYTES) -> int:

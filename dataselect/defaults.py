@@ -18,3 +18,6 @@ SIDES = ("pool", "query")
 POLICIES = ("auto", "top_k", "importance_resample", "round_robin")
 # local Dask workers; "auto" is what the scorer declares (Scorer.local_workers)
 WORKER_KINDS = ("auto", "processes", "threads")
+# a FAISS index's search settings, for the kinds they apply to (ivf, hnsw)
+DEFAULT_NPROBE = 16
+DEFAULT_HNSW_M = 32

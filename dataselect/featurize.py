@@ -21,6 +21,7 @@ from dataselect.corpus import Corpus
 from dataselect.defaults import SIDES as SIDES  # re-exported for the featurizers
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.features import FeatureStore
+from dataselect.sampling import id_hashes
 from dataselect.scoring import TEXT_BYTES, Scores
 
 Side = Literal["pool", "query"]
@@ -38,23 +39,23 @@ class Featurizer(Protocol):
 @dataclass(frozen=True)
 class FeaturizePart:
     """Features of one partition: read from the store if finished, else computed and
-    stored. Returns ``(rows, reused, zero_rows)``."""
+    stored. Returns ``(rows, reused, zero_rows, id_hashes)``."""
 
     featurizer: Any
     corpus: Corpus
     folder: str
     side: Side
 
-    def __call__(self, index: int) -> tuple[int, bool, int]:
+    def __call__(self, index: int) -> tuple[int, bool, int, np.ndarray]:
         store = FeatureStore.open(self.folder)
         if store.has_part(index):
             ids, matrix = store.read_part(index)
-            return len(ids), True, _zero_rows(matrix)
+            return len(ids), True, _zero_rows(matrix), id_hashes(ids)
         table = self.corpus.read_partition(index)
         view = self.corpus.scoring_view(table, self.featurizer.uses_response_spans)
         features = self.featurizer.featurize_batch(view, self.side)
         store.write_part(index, view["id"], features)
-        return view.num_rows, False, _zero_rows(features)
+        return view.num_rows, False, _zero_rows(features), id_hashes(view["id"])
 
 
 def _zero_rows(matrix: np.ndarray) -> int:
@@ -71,6 +72,9 @@ def featurize(featurizer: Any, corpus: Corpus, folder: str, side: Side = "pool",
     task = FeaturizePart(featurizer, corpus, folder, side)
     results = runner(f"features:{featurizer.name}",
                      partition_tasks(f"features-{featurizer.name}", task, corpus.npartitions))
+    # an index maps rows back to ids: a repeated id would make its rows one, as select
+    # refuses such a pool
+    corpus.check_unique_ids([r[3] for r in results])
     return {"rows": sum(r[0] for r in results),
             "partitions_reused": sum(1 for r in results if r[1]),
             "partitions_computed": sum(1 for r in results if not r[1]),

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataselect.checks import check_path
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.layout import HF_DIR, MANIFEST_FILE
@@ -155,7 +156,7 @@ def load_hf(path: str | os.PathLike, runner: Runner = default_runner) -> Any:
     ``path/.hf/``; the ``save_to_disk`` copy is written first if the folder lacks it."""
     import datasets
 
-    path = normalize(path)
+    path = normalize(check_path(path, "path"))
     if not os.path.exists(os.path.join(path, HF_DIR, STATE_FILE)):
         refuse_legacy(path)
         parts, rows = _finished_parts(path)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from dataselect.defaults import DEFAULT_HNSW_M, DEFAULT_NPROBE
 from dataselect.errors import InputError
 from dataselect.features import normalize_rows
 from dataselect.outdir import OutputFolder
@@ -60,8 +61,9 @@ class FeatureIndex:
 
     @classmethod
     def build(cls, shards: Shards | Callable[[], Shards], dim: int,
-              kind: IndexKind = "flat", nlist: int | None = None, nprobe: int = 16,
-              hnsw_m: int = 32, ef_search: int = 128, train_rows: int = 100_000,
+              kind: IndexKind = "flat", nlist: int | None = None,
+              nprobe: int = DEFAULT_NPROBE, hnsw_m: int = DEFAULT_HNSW_M,
+              ef_search: int = 128, train_rows: int = 100_000,
               seed: int = 0, use_gpu: bool | None = None) -> FeatureIndex:
         """Index ``(ids, vectors)`` shards; vectors are normalised to unit length.
 

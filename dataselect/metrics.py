@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dataselect.checks import check_nonnegative
 from dataselect.errors import InputError
 
 DEFAULT_SMOOTHING = 1.0
@@ -25,8 +26,10 @@ DEFAULT_SMOOTHING = 1.0
 def ngram_distribution(counts: np.ndarray, smoothing: float = DEFAULT_SMOOTHING) -> np.ndarray:
     """Bucket probabilities with additive smoothing, so no bucket has probability zero."""
     counts = np.asarray(counts, dtype=np.float64)
-    if smoothing < 0:
-        raise InputError(f"smoothing must be >= 0, got {smoothing}")
+    smoothing = check_nonnegative(smoothing, "smoothing")  # NaN passed a "< 0" test
+    if counts.ndim != 1 or not np.isfinite(counts).all() or (counts < 0).any():
+        raise InputError("n-gram counts must be one row of finite counts >= 0",
+                         field="counts")
     total = counts.sum() + smoothing * len(counts)
     if total <= 0:
         raise InputError("cannot build a distribution from no n-grams")

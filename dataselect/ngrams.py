@@ -21,17 +21,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataselect.errors import InputError
+from dataselect import checks
 from dataselect.token_hash import BLOCK, mix, token_hashes
 
 TOKEN_PATTERN = r"\w+|[^\w\s]+"
+# bucket arrays are float64 in DSIR: 2**28 buckets is 2 GiB each; every n-gram order is a
+# pass over the tokens, so an order beyond 16 only costs time
+MAX_BUCKETS, MAX_NGRAM = 2**28, 16
 TokenizerName = Literal["fast", "reference"]
 _NGRAM_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
@@ -111,6 +114,18 @@ class HashedNgrams:
         return np.concatenate(docs), np.concatenate(buckets)
 
 
+def _text_array(texts: Any) -> pa.Array | pa.ChunkedArray:
+    """Texts as Arrow strings; one string is refused (it would be hashed as characters)."""
+    if isinstance(texts, pa.Array | pa.ChunkedArray):
+        return texts
+    if isinstance(texts, str | bytes) or not isinstance(texts, list | tuple | np.ndarray):
+        raise checks.wrong_type("a list (or Arrow array) of strings", texts, "texts")
+    try:
+        return pa.array(texts, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise checks.wrong_type("a list (or Arrow array) of strings", texts, "texts") from None
+
+
 @dataclass(frozen=True)
 class NgramHasher:
     """Hashes every document of a batch into ``num_buckets`` unigram..``ngram``-gram buckets."""
@@ -121,16 +136,14 @@ class NgramHasher:
     chunk_chars: int = 1_000_000
 
     def __post_init__(self) -> None:
-        if self.num_buckets < 1:
-            raise InputError(f"num_buckets must be at least 1, got {self.num_buckets}")
-        if self.ngram < 1:
-            raise InputError(f"ngram must be at least 1, got {self.ngram}")
-        if self.tokenizer not in ("fast", "reference"):
-            raise InputError(f"tokenizer must be 'fast' or 'reference', got {self.tokenizer!r}")
+        # the ranges DSIR's settings have (scorers/dsir.py): NaN or True were no sizes
+        checks.check_count(self.num_buckets, "num_buckets", maximum=MAX_BUCKETS)
+        checks.check_count(self.ngram, "ngram", maximum=MAX_NGRAM)
+        checks.check_choice(self.tokenizer, ("fast", "reference"), "tokenizer")
+        checks.check_count(self.chunk_chars, "chunk_chars")
 
     def __call__(self, texts: pa.Array | list[str]) -> HashedNgrams:
-        if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
-            texts = pa.array(texts, pa.string())
+        texts = _text_array(texts)
         if self.tokenizer == "fast":
             return self._fast(texts)
         return self._reference(texts)
@@ -159,6 +172,7 @@ class NgramHasher:
 
     def bucket_counts(self, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Summed bucket counts over all texts."""
+        texts = _text_array(texts)
         return self.masked_bucket_counts(texts, [np.ones(len(texts), bool)])[0]
 
     def masked_bucket_counts(self, texts: pa.Array | pa.ChunkedArray,

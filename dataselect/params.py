@@ -68,6 +68,26 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: _listed(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
 
 
+@functools.cache
+def _boolean_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    """``(name, may be None)`` of each boolean init field of the dataclass ``cls``."""
+    found = []
+    for name, kind in field_types(cls).items():
+        base, optional = _unwrap_optional(kind)
+        if base is bool:
+            found.append((name, optional))
+    return tuple(found)
+
+
+def check_booleans(settings: Any) -> None:
+    """Every boolean field of a settings dataclass holds True or False (or None where its
+    type allows): built in Python, ``DSIR(length_normalize="no")`` was a true setting,
+    which the command line and recipes (strict, :func:`settings_model`) refuse."""
+    for name, optional in _boolean_fields(type(settings)):
+        checks.optional(checks.check_bool, getattr(settings, name), name) if optional \
+            else checks.check_bool(getattr(settings, name), name)
+
+
 def validate_settings(cls: type, values: Mapping[str, Any], owner: str) -> dict[str, Any]:
     """``values`` checked against ``cls``'s fields; only the keys given are returned (the
     dataclass fills in its defaults). Errors are an InputError naming the key."""

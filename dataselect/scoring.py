@@ -17,12 +17,14 @@ length-biased, and a user should see by how much.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import pickle
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +34,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataselect.corpus import Corpus, compute_partition_bytes
+from dataselect import checks
+from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
@@ -45,6 +48,7 @@ from dataselect.output import (
     write_json,
     write_table,
 )
+from dataselect.params import check_booleans
 from dataselect.sampling import id_hashes
 
 FILTERED_BY = "filtered_by"
@@ -109,9 +113,64 @@ class StartedFit:
         self.close()
 
 
+def taking_paths(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (a scorer's ``fit``, ``start_fit`` or ``score``) with its corpus
+    arguments taken as :func:`~dataselect.corpus.as_corpus` takes them: a path is read as a
+    corpus, anything else that is no Corpus is a TypeError naming the argument. ``fit``'s
+    ``pool`` may be None."""
+    if getattr(method, "takes_paths", False):
+        return method
+    names = ("corpus",) if method.__name__ == "score" else ("target", "pool")
+
+    @functools.wraps(method)
+    def checked(self: Scorer, *args: Any, **kwargs: Any) -> Any:
+        args = list(args)
+        for position, name in enumerate(names):
+            if position < len(args):
+                args[position] = as_corpus(args[position], name, optional=name == "pool")
+            elif name in kwargs:
+                kwargs[name] = as_corpus(kwargs[name], name, optional=name == "pool")
+        return method(self, *args, **kwargs)
+
+    checked.takes_paths = True  # type: ignore[attr-defined]
+    return checked
+
+
+def _checking_booleans(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A scorer's own ``__post_init__``, after :meth:`Scorer.__post_init__`'s checks."""
+    if getattr(post_init, "checks_booleans", False):
+        return post_init
+
+    @functools.wraps(post_init)
+    def checked(self: Scorer) -> None:
+        Scorer.__post_init__(self)
+        post_init(self)
+
+    checked.checks_booleans = True  # type: ignore[attr-defined]
+    return checked
+
+
 class Scorer(ABC):
     """Base class of every scorer. Subclasses set ``name`` and implement ``fit``,
-    ``score_batch`` and ``config``; ``save``/``load`` pickle the fitted state."""
+    ``score_batch`` and ``config``; ``save``/``load`` pickle the fitted state.
+
+    Every subclass's ``fit``, ``start_fit`` and ``score`` take paths where a corpus goes
+    (:func:`taking_paths`, applied here once so that a plug-in's scorer gets it too)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("fit", "start_fit", "score"):
+            if name in cls.__dict__:
+                setattr(cls, name, taking_paths(cls.__dict__[name]))
+        if "__post_init__" in cls.__dict__:
+            cls.__post_init__ = _checking_booleans(cls.__dict__["__post_init__"])
+
+    def __post_init__(self) -> None:
+        """A dataclass scorer's settings: booleans are booleans (a subclass's own
+        ``__post_init__`` checks its ranges; this check runs before it, see
+        ``__init_subclass__``)."""
+        if dataclasses.is_dataclass(self):
+            check_booleans(self)
 
     name: ClassVar[str]
     # True for scorers that train or take gradients on the response tokens only (LESS,
@@ -147,6 +206,12 @@ class Scorer(ABC):
         return cls.needs_model
 
     @property
+    def scores_per_target(self) -> bool:
+        """Whether its scores carry one score per target example (the ``target_scores``
+        list column that the ``round_robin`` policy ranks by)."""
+        return False
+
+    @property
     def local_workers(self) -> str:
         """``processes`` (default) when scoring holds the GIL, ``threads`` when it runs in
         native code that releases it; the job runner sizes a local cluster by this."""
@@ -157,6 +222,7 @@ class Scorer(ABC):
             ) -> Scorer:
         """Learn from the target (and the pool when the method needs it); return self."""
 
+    @taking_paths
     def start_fit(self, target: Corpus, pool: Corpus | None = None,
                   runner: Runner = default_runner) -> StartedFit:
         """Begin :meth:`fit`; ``wait()`` on the result returns the fitted scorer, and
@@ -187,6 +253,7 @@ class Scorer(ABC):
         """Identifies the fitted state, so stored scores of another fit are never reused."""
         return str(getattr(self, "fingerprint_", "unfitted"))
 
+    @taking_paths
     def score(self, corpus: Corpus) -> Scores:
         """Lazy scores of every row of ``corpus``, one partition per corpus partition."""
         return Scores(self.name, corpus, _ScoreTask(self, corpus), self.describe(corpus))
@@ -200,12 +267,14 @@ class Scorer(ABC):
         }
 
     def save(self, path: str | os.PathLike) -> None:
+        path = checks.check_path(path, "path")  # an int would be a file descriptor to open
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
             pickle.dump(self, f)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scorer:
+        path = checks.check_path(path, "path")
         with open(path, "rb") as f:
             obj = pickle.load(f)
         if not isinstance(obj, cls):
@@ -263,6 +332,17 @@ class _WriteOrReuse:
         return table.num_rows, False, time.perf_counter() - start, summarize_scores(table)
 
 
+def as_scores(value: Any, pool: Corpus, name: str = "scores") -> Scores:
+    """``value`` as the Scores of ``pool``: itself, or the score store in the folder it
+    names (:meth:`Scores.from_store`); anything else is a TypeError naming the argument."""
+    if isinstance(value, Scores):
+        return value
+    if isinstance(value, str | os.PathLike):
+        return Scores.from_store(value, pool)
+    raise checks.wrong_type("Scores (scorer.score(pool), or a score store's folder)", value,
+                            name)
+
+
 class Scores:
     """Scores of a corpus, partition-aligned with it; lazy until computed or written."""
 
@@ -302,6 +382,8 @@ class Scores:
         the pool); a store of another scorer, fit or pool is refused unless ``overwrite``,
         which deletes exactly the files that store listed.
         """
+        folder = checks.check_path(folder, "folder")
+        overwrite = checks.check_bool(overwrite, "overwrite")
         with claim_output(folder, "scores", self.description, inputs=self.corpus.files,
                           overwrite=overwrite) as claimed:
             folder = claimed.path
@@ -327,9 +409,17 @@ class Scores:
         return stored
 
     @classmethod
-    def from_store(cls, folder: str | os.PathLike, corpus: Corpus) -> Scores:
-        folder = str(folder)
-        manifest = read_json(os.path.join(folder, STORE_MANIFEST))
+    def from_store(cls, folder: str | os.PathLike, corpus: Corpus | str | os.PathLike
+                   ) -> Scores:
+        """The scores a store (``Scores.write``, ``dataselect score``) holds for the
+        pool ``corpus`` (a Corpus or its path); refused when the pool changed since."""
+        folder = checks.check_path(folder, "folder")
+        corpus = as_corpus(corpus, "corpus")
+        path = os.path.join(folder, STORE_MANIFEST)
+        if not os.path.isfile(path):
+            raise InputError(f"is not a score store (no {STORE_MANIFEST}): give the folder "
+                             "Scores.write or dataselect score wrote", where=folder)
+        manifest = read_json(path)
         description = manifest["description"]
         changed = corpus.changed_since(description.get("pool") or {})
         if changed:

@@ -24,18 +24,23 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect.checks import (
+    SettingError,
+    check_choice,
     check_count,
     check_finite,
     check_fraction,
+    check_name,
     check_nonnegative,
     check_seed,
+    shown,
+    wrong_type,
 )
-from dataselect.corpus import Corpus
-from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError
+from dataselect.corpus import Corpus, as_corpus
+from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.output import jsonable
 from dataselect.sampling import gumbel_noise
-from dataselect.scoring import Scores, summarize_scores
+from dataselect.scoring import Scores, as_scores, summarize_scores
 
 
 @dataclass
@@ -50,6 +55,11 @@ class Selection:
     counts: dict[str, Any]
     # the folder this selection was last written to (``write``), for ``to_hf``
     written_to: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def notes(self) -> list[str]:
+        """How the budget was met, where a user should know (:func:`budget_notes`)."""
+        return budget_notes(self.counts)
 
     @property
     def num_selected(self) -> int:
@@ -99,7 +109,7 @@ def _collect(scores: Scores, runner: Runner, seed: int | None = None) -> list[di
         parts = runner(f"collect:{scores.name}", scores.delayed(_summarize))
     if sum(len(p["score"]) for p in parts) == 0:
         raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
-    _check_unique_ids(scores.corpus, parts)
+    scores.corpus.check_unique_ids([p["id_hash"] for p in parts])
     return [{**p, "key": p["score"] if seed is None else p["score"] + gumbel_noise(
         p["id_hash"], seed)} for p in parts]
 
@@ -108,33 +118,39 @@ def _summarize(table: pa.Table, index: int) -> dict[str, Any]:
     return summarize_scores(table)
 
 
-def _check_unique_ids(pool: Corpus, parts: list[dict[str, Any]]) -> None:
-    """Ids are unique within a partition when read; this checks across partitions.
-
-    Only 8-byte id hashes are gathered; on a hash match the two rows are looked up, so the
-    error names both places (and a mere hash collision is not reported).
-    """
-    ordered = np.concatenate([p["id_hash"] for p in parts])
-    ordered.sort()
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    del ordered
-    for value in repeated:
-        places = [pool.place(index, int(position))
-                  for index, part in enumerate(parts)
-                  for position in np.flatnonzero(part["id_hash"] == value)][:2]
-        if places[0][0] == places[1][0]:
-            raise DuplicateIdError(f"duplicate id {places[0][0]!r} (also at {places[0][1]})",
-                                   where=places[1][1], field="id")
-
-
-def _counts(parts: list[dict[str, Any]], selected: int) -> dict[str, Any]:
+def _counts(parts: list[dict[str, Any]], selected: int, requested: int | None = None
+            ) -> dict[str, Any]:
+    """Rows in, filtered, eligible and selected; ``k_requested`` too when the budget asked
+    for more rows than were selected (every eligible row was taken instead: the job
+    succeeds, and says so, :func:`budget_notes`)."""
     dropped: Counter = Counter()
     for part in parts:
         dropped.update(part["dropped"])
     rows = sum(len(p["key"]) for p in parts)
-    return {"rows_in": rows, "filtered": dict(sorted(dropped.items())),
-            "eligible": int(sum(int(p["eligible"].sum()) for p in parts)),
-            "selected": selected}
+    counts = {"rows_in": rows, "filtered": dict(sorted(dropped.items())),
+              "eligible": int(sum(int(p["eligible"].sum()) for p in parts)),
+              "selected": selected}
+    if requested is not None and requested > selected:
+        counts["k_requested"] = int(requested)
+    return counts
+
+
+def budget_notes(counts: dict[str, Any]) -> list[str]:
+    """What a user should know about how the budget was met, since the output holds fewer
+    rows than asked for (the summary and the manifest's ``notes`` say so): a ``k`` larger
+    than the eligible rows selects them all; a threshold no row reaches, or filters that
+    leave no row, select nothing."""
+    notes = []
+    requested = counts.get("k_requested")
+    if requested is not None:
+        notes.append(f"k = {requested} asked for more rows than the {counts['eligible']} "
+                     f"eligible ones: {counts['selected']} selected, fewer than k")
+    elif counts["selected"] == 0 and counts["rows_in"]:
+        why = ("no eligible row scored at least the threshold"
+               if counts.get("below_threshold") else "every row was filtered out")
+        notes.append(f"nothing selected: {why} (filtered: "
+                     f"{', '.join(f'{k}={v}' for k, v in counts['filtered'].items()) or 'none'})")
+    return notes
 
 
 def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dict[str, Any]
@@ -147,7 +163,7 @@ def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dic
     """
     sizes = [len(p["key"]) for p in parts]
     eligible_count = sum(int(p["eligible"].sum()) for p in parts)
-    k = min(k, eligible_count)
+    requested, k = k, min(k, eligible_count)
     kth = -np.inf
     if 0 < k < eligible_count:
         keys = np.concatenate([p["key"][p["eligible"]] for p in parts])
@@ -166,7 +182,7 @@ def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dic
     keys = _keys_at(parts, sizes, chosen)
     # lexsort sorts by the last key first: descending key, then ascending position
     order = chosen[np.lexsort((chosen, -keys))[:k]]
-    return _selection(scores, sizes, order, policy, _counts(parts, k))
+    return _selection(scores, sizes, order, policy, _counts(parts, k, requested))
 
 
 def _keys_at(parts: list[dict[str, Any]], sizes: list[int], rows: np.ndarray) -> np.ndarray:
@@ -203,7 +219,7 @@ def _selection(scores: Scores, sizes: list[int], order: np.ndarray, policy: dict
 
 def top_k(pool: Corpus, scores: Scores, k: int, runner: Runner = default_runner) -> Selection:
     """The ``k`` highest-scoring eligible rows (all of them if fewer)."""
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     k = check_count(k, "k")
     return _choose_top(scores, _collect(scores, runner), k, {"policy": "top_k", "k": k})
 
@@ -211,7 +227,7 @@ def top_k(pool: Corpus, scores: Scores, k: int, runner: Runner = default_runner)
 def top_fraction(pool: Corpus, scores: Scores, fraction: float,
                  runner: Runner = default_runner) -> Selection:
     """The best ``ceil(fraction * eligible rows)`` rows."""
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     fraction = check_fraction(fraction, "fraction")
     parts = _collect(scores, runner)
     k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
@@ -221,7 +237,7 @@ def top_fraction(pool: Corpus, scores: Scores, fraction: float,
 def threshold(pool: Corpus, scores: Scores, min_score: float,
               runner: Runner = default_runner) -> Selection:
     """Every eligible row with ``score >= min_score``, ranked by score."""
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     min_score = check_finite(min_score, "threshold")
     parts = _collect(scores, runner)
     for part in parts:
@@ -244,7 +260,7 @@ def importance_resample(pool: Corpus, scores: Scores, k: int | None = None, seed
     noise is a function of (seed, id), so the draw does not depend on partitioning. Give
     ``fraction`` instead of ``k`` to sample ``ceil(fraction * eligible rows)``.
     """
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     if (k is None) == (fraction is None):
         raise InputError("give exactly one of k or fraction")
     if fraction is not None:
@@ -271,8 +287,9 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
     Streaming: a target example can take at most ``k`` rows, so each partition returns only
     its ``k`` best rows per target example, and the rounds run on those candidates.
     """
-    _check_aligned(pool, scores)
+    pool, scores = _aligned(pool, scores)
     k = check_count(k, "k")
+    column = check_name(column, "column")
     parts = _collect(scores, runner)
     sizes = [len(p["key"]) for p in parts]
     offsets = np.cumsum([0, *sizes[:-1]])
@@ -303,7 +320,7 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
                 taken.add(row)
     order = np.array(chosen, np.int64)
     return _selection(scores, sizes, order, {"policy": "round_robin", "k": k, "column": column,
-                                             "targets": width}, _counts(parts, len(order)))
+                                             "targets": width}, _counts(parts, len(order), k))
 
 
 @dataclass(frozen=True)
@@ -337,12 +354,28 @@ def combine(scores: list[Scores], method: str = "zscore", weights: list[float] |
 
     A row filtered by any scorer stays filtered. Statistics are over eligible rows.
     """
-    from dataselect.combine import combine_scores
+    from dataselect.combine import METHODS, combine_scores
 
+    if not isinstance(scores, list | tuple) or not all(isinstance(s, Scores) for s in scores):
+        raise wrong_type("a list of Scores (scorer.score(pool), one per scorer)", scores,
+                         "scores")
+    check_choice(method, METHODS, "method")
     if weights is not None:  # a NaN weight would pass a "< 0" test and make every score NaN
+        if not isinstance(weights, list | tuple) or len(weights) != len(scores):
+            raise SettingError(f"must be a list of {len(scores)} numbers, one per Scores, "
+                               f"got {shown(weights)}", field="weights")
         weights = [check_nonnegative(w, "weights") for w in weights]
 
     return combine_scores(scores, method, weights, runner)
+
+
+def _aligned(pool: Corpus | str, scores: Scores | str) -> tuple[Corpus, Scores]:
+    """The pool and its scores, each taken as a user passes them (a path for the pool, a
+    score store's folder for the scores), refused when they are not of one pool."""
+    pool = as_corpus(pool, "pool")
+    scores = as_scores(scores, pool, "scores")
+    _check_aligned(pool, scores)
+    return pool, scores
 
 
 def _check_aligned(pool: Corpus, scores: Scores) -> None:

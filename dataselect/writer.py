@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dataselect import ngram_store
+from dataselect import checks, ngram_store
 from dataselect.composition import composition, count_labels, label_column
-from dataselect.corpus import Corpus
+from dataselect.corpus import Corpus, as_corpus
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
@@ -151,8 +151,10 @@ def write_selection(
     not part of the selection's identity, so a rerun that adds it converts the finished
     parts only.
     """
-    if fmt not in ("parquet", "arrow"):
-        raise InputError(f"output format must be 'parquet' or 'arrow', got {fmt!r}")
+    fmt, target, metrics_sample = _checked(fmt, target, overwrite, metrics_hasher,
+                                           metrics_sample, save_to_disk)
+    if not isinstance(out, OutputFolder):
+        out = checks.check_path(out, "out")
     hasher = (metrics_hasher or NgramHasher()) if target is not None else None
     if isinstance(out, OutputFolder):
         claimed = contextlib.nullcontext(out)
@@ -166,6 +168,21 @@ def write_selection(
     with claimed as folder:
         return _write(selection, folder, fmt, target, runner, hasher, metrics_sample,
                       extra_manifest, save_to_disk)
+
+
+def _checked(fmt: Any, target: Any, overwrite: Any, metrics_hasher: Any,
+             metrics_sample: Any, save_to_disk: Any
+             ) -> tuple[OutputFormat, Corpus | None, float]:
+    """write_selection's settings, checked as the command line checks its flags (a NaN or
+    zero ``metrics_sample`` gave a meaningless KL number; ``overwrite="no"`` is true), with
+    a target given as a path read as a corpus."""
+    checks.check_choice(fmt, ("parquet", "arrow"), "fmt")
+    checks.check_bool(overwrite, "overwrite")
+    checks.check_bool(save_to_disk, "save_to_disk")
+    if metrics_hasher is not None and not isinstance(metrics_hasher, NgramHasher):
+        raise checks.wrong_type("an NgramHasher", metrics_hasher, "metrics_hasher")
+    return (fmt, as_corpus(target, "target", optional=True),
+            checks.check_fraction(metrics_sample, "metrics_sample"))
 
 
 def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
@@ -193,6 +210,7 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
         "selection": selection.policy,
         "scores": selection.scores.description,
         "counts": {**selection.counts, "written": sum(r["rows"] for r in results)},
+        **({"notes": selection.notes} if selection.notes else {}),
         "output": {"format": fmt,
                    "parts": [{"file": n, "rows": r} for n, r in zip(names, rows)],
                    "partitions_reused": sum(1 for r in results if r["reused"])},

@@ -37,7 +37,9 @@ from typing import Any
 from dataselect import checks, package_version
 from dataselect.checks import flag_type
 from dataselect.defaults import (
+    DEFAULT_HNSW_M,
     DEFAULT_METRICS_SAMPLE,
+    DEFAULT_NPROBE,
     DEFAULT_PARTITION_BYTES,
     POLICIES,
     SIDES,
@@ -306,12 +308,14 @@ def _index_commands(commands: Any) -> None:
     build.add_argument("--out", required=True, help="index folder")
     build.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat",
                        help="flat: exact cosine; ivf/hnsw: approximate, faster" + DEFAULT)
+    # None where not given, so that one given for another --kind is refused, not ignored
     build.add_argument("--nlist", type=COUNT, default=None,
-                       help="ivf lists (default: 4*sqrt(n))")
-    build.add_argument("--nprobe", type=COUNT, default=16, help="ivf lists searched" + DEFAULT)
-    build.add_argument("--hnsw-m", type=HNSW_M, default=32,
-                       help=f"hnsw neighbours per node, 2 .. {HNSW_M_MAX} (FAISS crashes at 1)"
-                            + DEFAULT)
+                       help="ivf lists, --kind ivf only (default: 4*sqrt(n))")
+    build.add_argument("--nprobe", type=COUNT, default=None,
+                       help=f"ivf lists searched, --kind ivf only (default: {DEFAULT_NPROBE})")
+    build.add_argument("--hnsw-m", type=HNSW_M, default=None,
+                       help=f"hnsw neighbours per node, 2 .. {HNSW_M_MAX} (FAISS crashes at "
+                            f"1), --kind hnsw only (default: {DEFAULT_HNSW_M})")
     search = actions.add_parser("search", help="top-k rows for each query feature")
     search.add_argument("--index", required=True, help="index folder")
     search.add_argument("--queries", required=True, help="query feature store folder")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 def run_command(args: argparse.Namespace, console: Console) -> None:
     """Run the parsed command (all but ``scorers``, which the parser module answers)."""
+    check_flag_pairs(args)
     if args.command in ("warmup", "features", "index", "attribute"):
         run_feature_command(args, console)
     elif args.command in ("run", "eval", "report"):
@@ -33,6 +34,33 @@ def run_command(args: argparse.Namespace, console: Console) -> None:
         run_model_command(args)
     else:
         run_job_command(args, console)
+
+
+# attribute's methods that read the pool itself (the other reads an index of its features)
+INFLUENCE_METHODS = ("trak", "tracin", "bif")
+# index build's options, and the one --kind each applies to
+INDEX_OPTIONS = {"nlist": "ivf", "nprobe": "ivf", "hnsw_m": "hnsw"}
+
+
+def check_flag_pairs(args: argparse.Namespace) -> None:
+    """Refuse flags that contradict each other, naming them as typed, before any work:
+    each would otherwise be silently ignored (a threshold replaced ``--policy
+    round_robin``; ``--workers`` means nothing to a running ``--scheduler``'s cluster). The
+    Python API and recipes apply the same checks (:mod:`dataselect.checks`)."""
+    if args.command == "select":
+        checks.check_policy_budget(args.policy, {"k": args.k, "fraction": args.fraction,
+                                                 "threshold": args.threshold}, prefix="--")
+    if args.command == "index" and args.action == "build":
+        for name, kind in INDEX_OPTIONS.items():
+            if getattr(args, name) is not None and args.kind != kind:
+                raise InputError(f"applies to --kind {kind} only, not {args.kind}",
+                                 field=f"--{name.replace('_', '-')}")
+    if args.command == "attribute" and args.pool and args.method not in INFLUENCE_METHODS:
+        raise InputError("--method less reads the pool's features from --index; --pool is "
+                         "for --method trak, tracin or bif", field="--pool")
+    local = {f"--{flag.replace('_', '-')}": getattr(args, flag)
+             for flag in ("workers", "memory_limit", "worker_kind") if hasattr(args, flag)}
+    checks.check_cluster(getattr(args, "scheduler", None), local, "--scheduler")
 
 
 def run_job_command(args: argparse.Namespace, console: Console) -> None:
@@ -112,8 +140,9 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
         feature_jobs.run_features_job(featurizer, corpus, args.out, args.side, args.scheduler,
                                       args.workers, args.memory_limit, console)
     elif args.command == "index" and args.action == "build":
-        feature_jobs.build_index(args.features, args.out, args.kind, console, nlist=args.nlist,
-                                 nprobe=args.nprobe, hnsw_m=args.hnsw_m)
+        options = {name: getattr(args, name) for name in INDEX_OPTIONS
+                   if getattr(args, name) is not None}
+        feature_jobs.build_index(args.features, args.out, args.kind, console, **options)
     elif args.command == "index":
         feature_jobs.search_index(args.index, args.queries, args.k, args.out, console)
     elif args.method != "less":

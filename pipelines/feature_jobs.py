@@ -37,6 +37,7 @@ from dataselect.featurize import SIDES, Side, featurize
 from dataselect.index import FeatureIndex, IndexKind
 from dataselect.outdir import check_output_file, locked_output, normalize, refuse_overlap
 from dataselect.params import settings_from_text
+from dataselect.sampling import id_hashes
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.summary import print_summary
@@ -53,6 +54,7 @@ def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
     from scorers.lora_warmup import warmup  # torch and peft: only when training
 
     started = time.perf_counter()
+    pool.check_unique_ids([id_hashes(table["id"]) for table in pool.iter_tables()])
     rows = sample_pool(pool, config.fraction, config.seed).num_rows
     steps = -(-rows // config.batch_size) * config.epochs
     with locked_output(out), Progress(console=Console(stderr=True)) as progress:
@@ -172,13 +174,15 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
     index = FeatureIndex.load(index_folder)
     check_compatible(index, featurizer.feature_description("query"), index_folder)
     weights = index.settings.get("features", {}).get("view_weights")
-    ids, vectors = [], []
+    ids, vectors, hashes = [], [], []
     for table in queries.iter_tables():
         view = queries.scoring_view(table, featurizer.uses_response_spans)
+        hashes.append(id_hashes(view["id"]))
         ids += view["id"].to_pylist()
         vectors.append(combine_views(featurizer.featurize_batch(view, "query"), weights))
     if not ids:
         raise InputError("no query examples", where=", ".join(queries.files))
+    queries.check_unique_ids(hashes)
     return _write_attributions(index, ids, vectors, k, out, "attribute", started, console,
                                inputs)
 
@@ -186,6 +190,7 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
 def _views(corpus: Corpus) -> tuple[list[str], pa.Table]:
     """Every row of a (small) corpus as one scoring view with response spans."""
     views = [corpus.scoring_view(t, response_spans=True) for t in corpus.iter_tables()]
+    corpus.check_unique_ids([id_hashes(v["id"]) for v in views])
     view = pa.concat_tables(views, promote_options="permissive") if views else None
     if view is None or view.num_rows == 0:
         raise InputError("no examples", where=", ".join(corpus.files))

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from dataselect import checks, select
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read_corpus
-from dataselect.defaults import POLICIES, WORKER_KINDS
+from dataselect.defaults import WORKER_KINDS
 from dataselect.errors import InputError
 from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
 from dataselect.ngram_store import store_name
@@ -67,15 +67,17 @@ class SelectJob:
         if self.scorer not in SCORERS:
             raise InputError(f"unknown scorer {self.scorer!r}; choose from {sorted(SCORERS)}",
                              field="scorer")
-        budgets = [b for b in (self.k, self.fraction, self.threshold) if b is not None]
-        if needs_budget and len(budgets) != 1:
-            raise InputError("give exactly one of k, fraction or threshold")
-        if self.worker_kind not in WORKER_KINDS:
-            raise InputError(f"worker kind must be one of {WORKER_KINDS}, got "
-                             f"{self.worker_kind!r}", field="worker_kind")
-        if self.policy not in POLICIES:
-            raise InputError(f"policy must be one of {POLICIES}, got {self.policy!r}",
-                             field="policy")
+        checks.check_policy_budget(self.policy, {"k": self.k, "fraction": self.fraction,
+                                                 "threshold": self.threshold},
+                                   needs_budget=needs_budget)
+        checks.check_choice(self.worker_kind, WORKER_KINDS, "worker_kind")
+        checks.check_choice(self.output_format, ("parquet", "arrow"), "output_format")
+        checks.check_cluster(self.scheduler, {"workers": self.workers,
+                                              "memory_limit": self.memory_limit,
+                                              "worker_kind": self.worker_kind})
+        self.pool = checks.check_paths(self.pool, "pool")
+        self.target = checks.check_paths(self.target, "target")
+        self.out = checks.check_path(self.out, "out")
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -90,6 +92,15 @@ class SelectJob:
         checks.check_fraction(self.metrics_sample, "metrics_sample")
         checks.optional(checks.check_count, self.workers, "workers")
         checks.check_memory_limit(self.memory_limit, "memory_limit")
+        checks.check_bool(self.overwrite, "overwrite")
+        checks.check_bool(self.save_to_disk, "save_to_disk")
+        for name in ("text_field", "id_field"):
+            checks.check_name(getattr(self, name), name)
+        checks.optional(checks.check_name, self.target_text_field, "target_text_field")
+        if not isinstance(self.scorer_params, dict):
+            raise checks.SettingError("must be a dict of the scorer's settings, got "
+                                      f"{checks.shown(self.scorer_params)}",
+                                      field="scorer_params")
 
 
 def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,
@@ -228,6 +239,8 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
         pool, target = _corpora(job)
     with _session(job, scorer, None, clock, pool) as (out, runner, parsed):
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)
+        # the pools select refuses, refused here too, from the ids the scoring pass hashed
+        parsed.check_unique_ids([part["id_hash"] for part in scores.summaries or []])
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
     shown = {k: v for k, v in summary["fit"].items() if k not in FIT_DETAILS}
@@ -247,6 +260,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     clock = StageClock()
     with clock.stage("read inputs"):
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed, job.k, job.fraction)
+        checks.check_round_robin(job.policy, scorer.scores_per_target)
         pool, target = _corpora(job)
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
@@ -267,9 +281,11 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         manifest["timings"] = {**manifest["timings"], **clock.record()}
         write_json(manifest, out.join(MANIFEST_FILE))
     length_bias = {k: v for k, v in scores.stats.items() if k == "score_length_spearman"}
+    # a note is longer than a cell: printed whole below the table, "note: ..."
+    notes = {"note": " ".join(manifest["notes"])} if manifest.get("notes") else {}
     print_summary(console, "select", clock.rows(), {**manifest["counts"],
                   **manifest.get("metrics", {}), **length_bias,
-                  **composition_rows(manifest)}, clock.total())
+                  **composition_rows(manifest), **notes}, clock.total())
     print_fit_details(console, {"": manifest["fit"]})
     return manifest
 

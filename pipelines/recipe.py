@@ -35,9 +35,10 @@ from pydantic import (
 )
 
 from dataselect import checks
+from dataselect.defaults import POLICIES
 from dataselect.errors import InputError
 from dataselect.params import checked, settings_model
-from pipelines.jobs import POLICIES, build_scorer
+from pipelines.jobs import build_scorer
 from scorers import SCORERS
 from scorers.model_import import is_shortcut
 from scorers.warmup_config import WarmupConfig
@@ -73,6 +74,9 @@ Positive = Annotated[float, checked(checks.check_positive)]
 NonNegative = Annotated[float, checked(checks.check_nonnegative)]
 PartitionMB = Annotated[float, checked(checks.check_partition_mb)]
 MemoryLimit = Annotated[str, checked(checks.check_memory_limit)]
+# a column, text spec or output path: an empty one fails later, away from its key
+Name = Annotated[str, checked(checks.check_name)]
+OptionalName = Annotated[str | None, checked(checks.check_name, optional=True)]
 
 
 def _as_list(value: Any) -> Any:
@@ -83,8 +87,8 @@ class PoolSpec(_Strict):
     """The data to choose from."""
 
     paths: list[str] = Field(min_length=1)
-    text: str = "text"
-    id_field: str = "id"
+    text: Name = "text"
+    id_field: Name = "id"
     partition_mb: PartitionMB = 4.0
 
     _paths = field_validator("paths", mode="before")(_as_list)
@@ -116,7 +120,7 @@ class TargetSpec(_Strict):
     that overrides the recipe's."""
 
     paths: list[str] = Field(min_length=1)
-    text: str | None = None
+    text: OptionalName = None
     eval: list[str] = Field(default_factory=list)
     budget: Budget | None = None
 
@@ -141,11 +145,11 @@ class CombineSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    path: str
+    path: Name
     format: Literal["parquet", "arrow"] = "parquet"
     metrics_sample: Fraction = 0.1
     # also write each task's and the union's datasets.load_from_disk layout (<folder>/.hf/)
-    save_to_disk: bool = False
+    save_to_disk: pydantic.StrictBool = False
 
 
 class ClusterSpec(_Strict):
@@ -155,6 +159,16 @@ class ClusterSpec(_Strict):
     workers: OptionalCount = None
     memory_limit: MemoryLimit = "auto"
     worker_kind: Literal["auto", "processes", "threads"] = "auto"
+
+    @model_validator(mode="after")
+    def _local_or_scheduler(self) -> ClusterSpec:
+        local = {"workers": self.workers, "memory_limit": self.memory_limit,
+                 "worker_kind": self.worker_kind}
+        try:
+            checks.check_cluster(self.scheduler, local, "cluster.scheduler")
+        except InputError as exc:
+            raise _setting_error(exc, (), local, "cluster") from None
+        return self
 
 
 class TinyModelSpec(_Strict):
@@ -312,19 +326,41 @@ class Recipe(_Strict):
         if self.combine.weights and sum(self.combine.weights.get(n, 1.0)
                                         for n in self.scorers) <= 0:
             raise ValueError("combine.weights are all zero")
+        self._check_budgets()
         self._check_settings()
         return self
+
+    def _check_budgets(self) -> None:
+        """Every task's budget is one that the selection's policy takes."""
+        for task in self.targets:
+            budget = self.budget_of(task)
+            prefix = "selection." if budget is self.selection else f"targets.{task}.budget."
+            try:
+                checks.check_policy_budget(
+                    self.selection.policy, {n: getattr(budget, n) for n in
+                                            ("k", "fraction", "threshold")},
+                    prefix=prefix, policy_name="selection.policy")
+            except InputError as exc:
+                raise _setting_error(exc, (), {"selection.policy": self.selection.policy},
+                                     "selection") from None
 
     def _check_settings(self) -> None:
         """The scorers' and the warmup's own range checks, now rather than when their
         stage starts: building a scorer checks its settings (before any file it names,
         which a recipe may create later, e.g. a model it builds)."""
+        per_target = len(self.scorers) == 1
         for name, params in self.scorers.items():
             try:
-                build_scorer(name, dict(params), self.seed)
+                per_target &= build_scorer(name, dict(params), self.seed).scores_per_target
             except InputError as exc:
                 if exc.where is None and exc.field not in _LATER_FIELDS:
                     raise _setting_error(exc, ("scorers", name), params, name) from None
+                per_target &= bool(params.get("per_target"))  # its model comes later
+        try:
+            checks.check_round_robin(self.selection.policy, per_target, "selection.policy")
+        except InputError as exc:
+            raise _setting_error(exc, (), {"selection.policy": self.selection.policy},
+                                 "selection") from None
         if any(SCORERS[n].needs_warmup for n in self.scorers) or self.warmup:
             try:
                 self.warmup_config().check()
@@ -416,7 +452,7 @@ def _read_limited(path: str | os.PathLike) -> str:
 def _parse_yaml(text: str, where: str) -> Any:
     try:
         return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: builds no objects
-    except _YamlLimit as exc:
+    except (_YamlLimit, _DuplicateKey) as exc:
         raise RecipeError(exc.problem, where=f"{where}:{exc.problem_mark.line + 1}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -429,6 +465,10 @@ def _parse_yaml(text: str, where: str) -> Any:
 
 class _YamlLimit(yaml.composer.ComposerError):
     """A recipe over one of the loader's limits (its message is not "not valid YAML")."""
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping (its message is not "not valid YAML" either)."""
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -449,6 +489,29 @@ class _RecipeLoader(yaml.SafeLoader):
                 raise _YamlLimit(None, None, f"more than {MAX_ALIASES} YAML aliases (*name); "
                                  "a recipe needs few", self.peek_event().start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        """A mapping, refused when it gives a key twice (at any depth). PyYAML keeps the
+        last value silently, so two tasks of one name, or a second ``selection:`` further
+        down, would run a recipe other than the one its author reads. Keys are compared as
+        values (``1`` and ``1.0`` are one key, as in the dict they become); a merge
+        (``<<: *base``) may still be overridden by the mapping's own keys, as YAML says."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML's own error names it
+                continue
+            seen[key] = key_node.start_mark.line + 1
+            if first is not None:
+                raise _DuplicateKey(None, None, f"key {checks.shown(key)} appears twice in "
+                                    f"one mapping (first on line {first}); YAML would keep "
+                                    "only the last: remove or rename one",
+                                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
     def compose_document(self) -> Any:
         node = super().compose_document()

@@ -28,7 +28,9 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,10 +39,10 @@ from rich.console import Console
 
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR, TASKS_DIR
-from dataselect.outdir import refuse_links
-from dataselect.output import read_json, read_table
+from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
+from dataselect.output import atomic_write, read_json, read_table
 from dataselect.writer import MANIFEST_FILE
-from pipelines.report_input import read_report_input
+from pipelines.report_input import REPORT_KINDS, check_pool_unchanged, read_report_input
 
 MAX_POINTS = 200_000
 LABEL_COLUMNS = ("domain", "task", "subtask", "lang", "source")
@@ -50,16 +52,59 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 def write_report(out: str, console: Console | None = None) -> str:
     """Write ``OUT/report/index.html`` (``OUT/.report/`` for a select output) and its
-    PNGs; return the page's path."""
+    PNGs; return the page's path.
+
+    The files are listed in the output folder's marker as they are written, and a rerun
+    deletes exactly those it listed before (:mod:`dataselect.outdir`), so a file of the
+    user's in the report folder is never deleted, and never overwritten: a name the report
+    would write that it did not list is refused. Text from the data (a domain, a scorer's
+    name) is drawn as written: matplotlib would read ``$...$`` in it as mathematics, and
+    fail on an unbalanced ``$``."""
     import matplotlib
 
     matplotlib.use("Agg")
     run, report_dir = read_report_input(out)
-    refuse_links(out)  # the page and plots go below OUT: never through a planted link
-    folder = os.path.join(out, report_dir)
-    os.makedirs(folder, exist_ok=True)
-    for stale in glob.glob(os.path.join(folder, "*.png")):
-        os.remove(stale)
+    check_pool_unchanged(out, run)
+    with hold_lock(normalize(out)):
+        claimed = OutputFolder.reopen(out, REPORT_KINDS)
+        remove_listed(claimed.path, [f for f in claimed.files
+                                     if f.startswith(report_dir + os.sep)])
+        files = ReportFiles(claimed, report_dir)
+        if os.path.islink(claimed.join(report_dir)):
+            raise InputError("is a symbolic link; the report is written inside the output "
+                             "folder only: remove the link", where=claimed.join(report_dir))
+        os.makedirs(claimed.join(report_dir), exist_ok=True)
+        with matplotlib.rc_context({"text.parse_math": False}):
+            page = _write_page(out, run, files)
+    if console is not None:
+        console.print(f"report: {sum(f.endswith('.png') for f in files.written)} plots")
+    return page
+
+
+@dataclass
+class ReportFiles:
+    """The report's files in the output folder: each name is listed in the folder's
+    marker before it is written (so the next report, or ``--overwrite``, deletes it), and
+    a file of that name that the report did not list, the user's, is refused."""
+
+    folder: OutputFolder
+    sub: str
+    written: list[str] = field(default_factory=list)
+
+    def path(self, name: str) -> str:
+        relative = os.path.join(self.sub, name)
+        path = self.folder.join(relative)
+        if os.path.lexists(path) and relative not in self.folder.files:
+            raise InputError("exists and was not written by dataselect report; move it "
+                             "away (the report writes only files it lists, and deletes "
+                             "nothing else)", where=path)
+        self.folder.expect([relative])
+        self.written.append(name)
+        return path
+
+
+def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
+    """Every section's plots and the page; returns the page's path."""
     tasks = list(run["tasks"])
     scorers = list(run["scorers"])
     # where each task's selection lives: tasks/<task>/ of a run, the folder itself for a
@@ -103,11 +148,9 @@ def write_report(out: str, console: Console | None = None) -> str:
     results = os.path.join(out, "eval", "results.json")
     if os.path.exists(results):
         sections.append(_eval_section(folder, read_json(results)))
-    page = os.path.join(folder, "index.html")
+    page = folder.path("index.html")
     title = html.escape(run["recipe"].get("name") or os.path.basename(os.path.abspath(out)))
     _write_text(page, _PAGE.format(title=title, body="\n".join(sections)))
-    if console is not None:
-        console.print(f"report: {len(glob.glob(os.path.join(folder, '*.png')))} plots")
     return page
 
 
@@ -180,16 +223,17 @@ def _labels(files: list[str], column: str) -> Counter:
 # --- plots --------------------------------------------------------------------------
 
 
-def _save(fig: Any, folder: str, name: str) -> str:
+def _save(fig: Any, folder: ReportFiles, name: str) -> str:
     import matplotlib.pyplot as plt
 
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".png"
-    fig.savefig(os.path.join(folder, safe), dpi=90, bbox_inches="tight")
+    with atomic_write(folder.path(safe)) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return safe
 
 
-def _plot_scores(folder: str, scorer: str, tasks: list[str],
+def _plot_scores(folder: ReportFiles, scorer: str, tasks: list[str],
                  scores: dict[str, dict[str, dict[str, np.ndarray]]]) -> str:
     import matplotlib.pyplot as plt
 
@@ -223,7 +267,7 @@ def _plot_scores(folder: str, scorer: str, tasks: list[str],
     return _save(fig, folder, f"scores_{scorer}")
 
 
-def _plot_composition(folder: str, dirs: dict[str, str], column: str,
+def _plot_composition(folder: ReportFiles, dirs: dict[str, str], column: str,
                       run: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
@@ -271,7 +315,7 @@ def _pool_labels(run: dict[str, Any], column: str) -> Counter:
     return counts
 
 
-def _plot_kl(folder: str, run: dict[str, Any]) -> str:
+def _plot_kl(folder: ReportFiles, run: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
     tasks = list(run["tasks"])
@@ -299,7 +343,7 @@ def _heatmap(ax: Any, matrix: np.ndarray, labels: list[str], title: str, axis: s
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
 
 
-def _plot_task_overlap(folder: str, out: str, tasks: list[str]) -> str:
+def _plot_task_overlap(folder: ReportFiles, out: str, tasks: list[str]) -> str:
     import matplotlib.pyplot as plt
 
     chosen = {t: set() for t in tasks}
@@ -318,7 +362,7 @@ def _jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 0.0
 
 
-def _plot_scorer_agreement(folder: str, task: str, scorers: list[str],
+def _plot_scorer_agreement(folder: ReportFiles, task: str, scorers: list[str],
                            scores: dict[str, dict[str, np.ndarray]], run: dict[str, Any]
                            ) -> str:
     import matplotlib.pyplot as plt
@@ -347,7 +391,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _eval_section(folder: str, results: dict[str, Any]) -> str:
+def _eval_section(folder: ReportFiles, results: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
     summary = results["summary"]
@@ -440,10 +484,8 @@ def _section(title: str, text: str, images: list[str], extra: str = "") -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 _PAGE = """<!doctype html>
@@ -484,7 +526,8 @@ def check_renders(page: str, timeout: float = 60.0) -> dict[str, int]:
     if browser is None:
         raise InputError("no Chromium found to check the report with: install it "
                          "(Debian: apt-get install chromium) or set DATASELECT_CHROMIUM")
-    profile = os.path.join(os.path.dirname(page), ".chromium-profile")
+    # a profile of its own in a temporary folder: never a name in the user's folder
+    profile = tempfile.mkdtemp(prefix="dataselect-chromium-")
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",

@@ -14,12 +14,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from dataselect.errors import InputError
+from dataselect.errors import InputError, first_names
 from dataselect.layout import MANIFEST_FILE, RUN_FILE, legacy_entries
 from dataselect.output import read_json
 
 RUN_REPORT_DIR = "report"
 SELECTION_REPORT_DIR = ".report"
+# the output folders a report goes into (outdir kinds): a recipe's root, a select job's or
+# a Python selection's folder; the report's files are listed in their marker
+REPORT_KINDS = ("recipe", "job", "selection")
 
 
 def read_report_input(out: str) -> tuple[dict[str, Any], str]:
@@ -37,6 +40,44 @@ def read_report_input(out: str) -> tuple[dict[str, Any], str]:
                          f"{', '.join(old)}): rerun the job into a new folder", where=out)
     raise InputError(f"no {RUN_FILE} or {MANIFEST_FILE} here: report on the output folder "
                      "of a finished `dataselect run` or `dataselect select`", where=out)
+
+
+def check_pool_unchanged(out: str, run: dict[str, Any]) -> None:
+    """Refuse to report on a job whose pool changed (or went) since it ran, as a resumed
+    job refuses: the report draws the pool, and would draw it as it is now beside
+    selections and scores made from what it was. The job's manifest recorded the pool's
+    content fingerprint; a selection written through the Python API records no pool
+    settings to read it with, and its report reads nothing of the pool."""
+    spec = run["recipe"].get("pool")
+    recorded = _recorded_pool(out, run)
+    if not spec or not recorded:
+        return
+    from dataselect.corpus import read_corpus
+
+    try:
+        pool = read_corpus(spec["paths"], spec["text"], spec["id_field"],
+                           int(recorded["partition_bytes"]))
+    except InputError as exc:
+        raise InputError(f"cannot read the job's pool to check that it is unchanged "
+                         f"({exc}); report from the folder the job ran in, with its pool "
+                         "in place", where=out) from None
+    changed = pool.changed_since(recorded)
+    if changed:
+        raise InputError(f"the pool changed since the job ran ({first_names(changed)}); "
+                         "the report would draw it as it is now, not as the job read it: "
+                         "rerun the job (with --overwrite) first", where=out)
+
+
+def _recorded_pool(out: str, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The pool's fingerprint as the job recorded it: in the manifest of its (first)
+    selection, which a run's tasks share."""
+    task = next(iter(run["tasks"].values()), None)
+    if task is None:
+        return None
+    path = os.path.join(out, task.get("path", "."), MANIFEST_FILE)
+    if not os.path.exists(path):
+        return None
+    return (read_json(path).get("inputs") or {}).get("pool")
 
 
 def selection_as_run(out: str, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -113,7 +113,8 @@ def _run_record(recipe: Recipe, recipe_file: str, manifests: dict[str, dict[str,
         "recipe": recipe_dict(recipe),
         "recipe_file": recipe_file,
         "tasks": {task: {"selected": m["counts"]["selected"], "path": f"{TASKS_DIR}/{task}",
-                         "counts": m["counts"], "metrics": m.get("metrics", {})}
+                         "counts": m["counts"], "metrics": m.get("metrics", {}),
+                         **({"notes": m["notes"]} if m.get("notes") else {})}
                   for task, m in manifests.items()},
         "union": {"selected": union["counts"]["selected"], "path": UNION_DIR,
                   "counts": union["counts"]},
@@ -333,3 +334,7 @@ def _print_tasks(console: Console, run: dict[str, Any]) -> None:
                       str(counts["selected"]), "-" if kl is None else f"{kl:.4f}")
     table.add_row("union", "", "", str(run["union"]["selected"]), "")
     console.print(table)
+    for task, info in run["tasks"].items():
+        for note in info.get("notes", []):
+            console.print(f"note: {task}: {note}", soft_wrap=True, markup=False,
+                          highlight=False)

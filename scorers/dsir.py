@@ -41,7 +41,14 @@ from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, add_tuples, default_runner, partition_tasks
 from dataselect.metrics import ngram_distribution
-from dataselect.ngrams import HashedNgrams, NgramHasher, TokenizerName, masked_counts
+from dataselect.ngrams import (
+    MAX_BUCKETS,
+    MAX_NGRAM,
+    HashedNgrams,
+    NgramHasher,
+    TokenizerName,
+    masked_counts,
+)
 from dataselect.sampling import sample_mask
 from dataselect.scoring import FILTERED_BY, TEXT_BYTES, Scorer
 
@@ -93,10 +100,9 @@ class DSIR(Scorer):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        # bucket arrays are float64: 2**28 buckets is 2 GiB each; every n-gram order is a
-        # pass over the tokens, so an order beyond 16 only costs time
-        checks.check_count(self.num_buckets, "num_buckets", maximum=2**28)
-        checks.check_count(self.ngram, "ngram", maximum=16)
+        # one definition with NgramHasher's (dataselect.ngrams)
+        checks.check_count(self.num_buckets, "num_buckets", maximum=MAX_BUCKETS)
+        checks.check_count(self.ngram, "ngram", maximum=MAX_NGRAM)
         checks.optional(checks.check_fraction, self.fit_fraction, "fit_fraction")
         checks.check_positive(self.fit_sample_mb, "fit_sample_mb")
         # a negative pseudo-count makes negative probabilities and NaN log weights

@@ -194,6 +194,10 @@ class Embed(Scorer):
         """Scores from stored ``(rows, 1, hidden)`` unit embeddings (every row has one)."""
         return self.scores_from_embeddings(ids, features[:, 0, :])
 
+    @property
+    def scores_per_target(self) -> bool:
+        return self.per_target
+
     def scores_from_embeddings(self, ids: Any, embeddings: np.ndarray) -> pa.Table:
         if self.targets_ is None:
             raise RuntimeError("Embed scored before fit")

@@ -57,7 +57,7 @@ def test_rank_average_with_ties_and_filters_carried_over(setup):
 
 def test_bad_combinations_are_errors(setup):
     _, _, _, _, sa, sb = setup
-    with pytest.raises(InputError, match="method must be one of"):
+    with pytest.raises(InputError, match="'method': must be one of"):
         select.combine([sa, sb], method="mean")
     with pytest.raises(InputError, match="weights"):
         select.combine([sa, sb], weights=[1])

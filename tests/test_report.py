@@ -16,6 +16,7 @@ import yaml
 from conftest import POOL_GLOB, TARGETS, instruction_recipe
 
 from dataselect.errors import InputError
+from dataselect.outdir import OutputFolder
 from dataselect.writer import MANIFEST_FILE
 from pipelines import report
 from pipelines.evaluate import EvalSettings, run_eval
@@ -72,12 +73,17 @@ def test_page_shows_the_runs_numbers(evaluated_run):
     assert f"<td>union</td><td></td><td></td><td></td><td>{run['union']['selected']}" in text
 
 
-def test_rewrite_drops_stale_plots(evaluated_run):
+def test_rewrite_drops_stale_plots_and_keeps_the_users_files(evaluated_run):
     folder = evaluated_run / "report"
     write_report(str(evaluated_run))  # the page exists, whichever tests ran before
+    # a plot an earlier report wrote (and listed) that this one does not write
+    OutputFolder.reopen(evaluated_run, ["recipe"]).expect(["report/stale.png"])
     (folder / "stale.png").write_bytes(PNG_MAGIC)
+    (folder / "mine.png").write_bytes(PNG_MAGIC)  # the user's own
     write_report(str(evaluated_run))
     assert not (folder / "stale.png").exists()
+    assert (folder / "mine.png").read_bytes() == PNG_MAGIC
+    (folder / "mine.png").unlink()
 
 
 def test_report_needs_a_run(tmp_path):

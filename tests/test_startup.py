@@ -41,9 +41,10 @@ def loaded():
 argv = sys.argv[1:]
 if "processes" in argv:
     from distributed import Client, LocalCluster
+    at = argv.index("--workers")  # the cluster's own: no local-cluster flags with it
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster, \\
             Client(cluster) as client:
-        code = main([*argv, "--scheduler", cluster.scheduler_address])
+        code = main([*argv[:at], *argv[at + 4:], "--scheduler", cluster.scheduler_address])
         print("workers:", sorted(set(client.run(loaded).values())))
 else:
     code = main(argv)

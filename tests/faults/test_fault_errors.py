@@ -180,10 +180,14 @@ def test_dask_compute_failed_report_only_with_verbose(tmp_path, monkeypatch, cap
         _fail_selection_writes(monkeypatch, errno.ENOSPC)
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                           dashboard_address=":0") as cluster:
-            scheduler = ["--scheduler", cluster.scheduler_address]
-            assert main(_dsir_argv(tmp_path, tmp_path / "quiet", *scheduler)) == 2
+            def on_cluster(out: Path) -> list[str]:  # its workers: no local-cluster flags
+                argv = _dsir_argv(tmp_path, out, "--scheduler", cluster.scheduler_address)
+                at = argv.index("--workers")
+                return argv[:at] + argv[at + 4:]
+
+            assert main(on_cluster(tmp_path / "quiet")) == 2
             quiet, quiet_logs = capsys.readouterr().err, list(records.texts)
-            assert main(["--verbose", *_dsir_argv(tmp_path, tmp_path / "loud", *scheduler)]) == 2
+            assert main(["--verbose", *on_cluster(tmp_path / "loud")]) == 2
             loud, loud_logs = capsys.readouterr().err, list(records.texts)
     finally:
         logger.removeHandler(records)
