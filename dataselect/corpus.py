@@ -10,6 +10,7 @@ fails on bad input with the file, line and field.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -131,7 +132,9 @@ class Corpus:
 
     def _parse_partition(self, index: int) -> pa.Table:
         pieces = self.partitions[index]
-        table = concat([self._read(piece) for piece in pieces], [_place(p) for p in pieces])
+        tables = [self._read(piece) for piece in pieces]
+        notes = _id_notes([t.schema for t in tables], self.id_field)
+        table = _noted(concat(tables, [_place(p) for p in pieces]), notes)
         _check_unique_within(table, self.where)
         return table
 
@@ -140,27 +143,38 @@ class Corpus:
 
     def _with_places(self, piece: Piece, table: pa.Table) -> pa.Table:
         """A piece's rows (with ``_row``) plus ``_file`` and the ``id`` every row has."""
-        table = _own_columns_checked(piece, table, self.id_field)
+        table = _own_columns_checked(piece, table)
         table = table.append_column(
             FILE_COLUMN, pa.array([piece.path] * table.num_rows, pa.string())
         )
         where = self.where_in(table) if table.num_rows else lambda i: piece.path
         ids = _ids(table, self.id_field, self.labels[piece.path], where)
+        _check_id_column(piece, table, self.id_field)
+        # a piece without records (blank lines only) neither reads ids nor derives them
+        note = {piece.path: "given" if self.id_field in table.column_names else "derived"
+                } if table.num_rows else {}
         if ID_COLUMN in table.column_names:
-            return table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, ids)
-        return table.add_column(0, ID_COLUMN, ids)
+            table = table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, ids)
+        else:
+            table = table.add_column(0, ID_COLUMN, ids)
+        return _noted(table, note)
 
     def unified_schema(self, parse: bool = True) -> pa.Schema:
         """The one schema every partition's rows are written with (:mod:`dataselect.schemas`),
-        or an error naming two files whose columns disagree. Parquet, Arrow and HF files
-        answer from metadata, parsed JSONL partitions from their cached copy; other JSONL
+        or an error naming two files whose columns disagree."""
+        return unify(self.schemas(parse))
+
+    def schemas(self, parse: bool = True) -> list[tuple[str, pa.Schema]]:
+        """``(place, schema)`` of each partition's rows. Parquet, Arrow and HF files answer
+        from metadata, parsed JSONL partitions from their cached copy; other JSONL
         partitions are parsed, or left out when ``parse`` is false (a check before work)."""
         schemas = []
         for index in range(self.npartitions):
             schema = self._partition_schema(index, parse)
             if schema is not None:
                 schemas.append((self.partition_place(index), schema))
-        return unify(schemas)
+        _id_notes([schema for _, schema in schemas], self.id_field)
+        return schemas
 
     def _partition_schema(self, index: int, parse: bool) -> pa.Schema | None:
         pieces = self.partitions[index]
@@ -217,8 +231,9 @@ class Corpus:
 
     def to_table(self, what: str = "corpus") -> pa.Table:
         """All rows in memory (for small corpora such as a target); raises if empty."""
-        table = concat(list(self.iter_tables()),
-                       [self.partition_place(i) for i in range(self.npartitions)])
+        tables = list(self.iter_tables())
+        _id_notes([t.schema for t in tables], self.id_field)
+        table = concat(tables, [self.partition_place(i) for i in range(self.npartitions)])
         if table.num_rows == 0:
             raise EmptyCorpusError(f"{what} holds no records", where=", ".join(self.files))
         _check_unique_within(table, self.where)
@@ -333,10 +348,10 @@ def compute_partition_bytes(pool_bytes: int, limit: int = DEFAULT_PARTITION_BYTE
 OWN_COLUMNS = (FILE_COLUMN, ROW_COLUMN)
 
 
-def _own_columns_checked(piece: Piece, table: pa.Table, id_field: str) -> pa.Table:
+def _own_columns_checked(piece: Piece, table: pa.Table) -> pa.Table:
     """Refuse input columns that the columns dataselect adds would replace: ``_file`` and
-    ``_row`` (every row's provenance; the reader appends the last ``_row`` itself), and
-    ``id`` when the ids come from another column (``--id-field``). The one exception is a
+    ``_row`` (every row's provenance; the reader appends the last ``_row`` itself). The one
+    exception is a
     part of a dataselect output read back (a recipe's attribution reads its tasks' rows):
     its ``_file``/``_row`` are dataselect's own, and give way to this read's."""
     names = table.column_names[:-1]  # the last is the reader's own _row
@@ -348,12 +363,17 @@ def _own_columns_checked(piece: Piece, table: pa.Table, id_field: str) -> pa.Tab
             f"has a column named {clashes[0]!r}, a name dataselect gives its own provenance "
             "column (the file and row each record was read from); rename or drop yours",
             where=piece.path, field=clashes[0])
-    if id_field != ID_COLUMN and ID_COLUMN in names:
+    return table
+
+
+def _check_id_column(piece: Piece, table: pa.Table, id_field: str) -> None:
+    """Ids taken from another column (``--id-field``) are written as ``id``: a column of
+    that name would be replaced by them."""
+    if id_field != ID_COLUMN and ID_COLUMN in table.column_names:
         raise InputError(
             f"has a column named 'id' but the ids are taken from {id_field!r}, and dataselect "
             "writes them as 'id'; rename your 'id' column, or leave --id-field out to use it",
             where=piece.path, field=ID_COLUMN)
-    return table
 
 
 def _inside_output(path: str) -> bool:
@@ -377,6 +397,39 @@ def _drop_inherited_places(table: pa.Table) -> pa.Table:
     for i in sorted(inherited, reverse=True):
         table = table.remove_column(i)
     return table
+
+
+# Schema metadata of a partition's rows: which files' ids it derived and which it read.
+# Pieces of one large JSONL file are read apart, and a piece whose rows all lack an id
+# would derive ids while the others read theirs; the notes meet where partitions do.
+IDS_NOTE = b"dataselect.ids"
+
+
+def _noted(table: pa.Table, notes: dict[str, str]) -> pa.Table:
+    metadata = {**(table.schema.metadata or {}), IDS_NOTE: json.dumps(notes).encode()}
+    return table.replace_schema_metadata(metadata)
+
+
+def without_notes(table: pa.Table) -> pa.Table:
+    """``table`` without the id notes: they are bookkeeping, not part of any output."""
+    metadata = dict(table.schema.metadata or {})
+    if metadata.pop(IDS_NOTE, None) is None:
+        return table
+    return table.replace_schema_metadata(metadata or None)
+
+
+def _id_notes(schemas: list[pa.Schema], id_field: str) -> dict[str, str]:
+    """The notes of ``schemas`` merged; a file with derived ids in one and read ids in
+    another is refused: a derived id would stand in for a record's missing one."""
+    notes: dict[str, str] = {}
+    for schema in schemas:
+        for path, how in json.loads((schema.metadata or {}).get(IDS_NOTE, b"{}")).items():
+            if notes.setdefault(path, how) != how:
+                raise InputError(
+                    "id is missing from some records of the file but not from all; give every "
+                    "record an id, or none to have them all derived",
+                    where=path, field=id_field)
+    return notes
 
 
 def _place(piece: Piece) -> str:

@@ -224,7 +224,8 @@ def _reading(path: str, fmt: str) -> Iterator[None]:
 
 def _unreadable(where: str, fmt: str, exc: BaseException, field: str | None = None
                 ) -> InputError:
-    if "recursion depth" in str(exc).lower():  # Arrow's IPC reader stops at 64 levels
+    if any(t in str(exc).lower() for t in ("recursion depth", "too deeply nested")):
+        # Arrow's IPC reader stops at 64 levels, its Parquet reader at 100
         return InputError(f"a column is nested more than the {MAX_NESTING} levels Arrow "
                           "reads; flatten it, or store it as a JSON string", where=where,
                           field=field)

@@ -50,6 +50,7 @@ from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
 from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.union import split_selection, write_union
+from dataselect.writer import ADDED_COLUMNS, output_schema
 from pipelines.cluster import dask_client
 from pipelines.jobs import build_scorer, choose_rows, parsed_once
 from pipelines.progress import ProgressRunner, StageTiming
@@ -68,6 +69,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     pool = plan_pool(read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                                  max(1, int(recipe.pool.partition_mb * 2**20))),
                      [SCORERS[name] for name in recipe.scorers])
+    output_schema(pool, ADDED_COLUMNS, parse=False)  # columns that cannot be written
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])
