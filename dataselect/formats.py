@@ -681,9 +681,32 @@ def _read_jsonl_fast(data: bytes) -> pa.Table | None:
     options = pa_json.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 20))
     try:
         table = pa_json.read_json(io.BytesIO(data), read_options=options)
+        as_given = _strings_kept(table.schema)
+        if not as_given.equals(table.schema):
+            table = pa_json.read_json(io.BytesIO(data), read_options=options,
+                                      parse_options=pa_json.ParseOptions(explicit_schema=as_given))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     return table if table.num_rows == lines else None
+
+
+def _strings_kept(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with strings where Arrow's JSON reader inferred timestamps: it turns
+    ``"2020-01-01T12:00:00+02:00"`` into 10:00 without the offset, and a column of dates
+    in one file into a type that no longer matches the same column in the next file.
+    A string in the file is a string in the output, as Python's ``json`` reads it."""
+    return pa.schema([field.with_type(_without_timestamps(field.type)) for field in schema])
+
+
+def _without_timestamps(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([kind.field(i).with_type(_without_timestamps(kind.field(i).type))
+                          for i in range(kind.num_fields)])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_without_timestamps(kind.value_type)))
+    return kind
 
 
 # Integers above this are not all exact as doubles; Arrow's JSON reader turns an integer
@@ -700,7 +723,8 @@ def _may_have_rounded(table: pa.Table) -> bool:
 def _large_whole_floats(kind: pa.DataType, values: Any) -> bool:
     if pa.types.is_floating(kind):
         numbers = values.to_numpy(zero_copy_only=False) if len(values) else np.zeros(0)
-        return bool(np.any((np.abs(numbers) >= EXACT_DOUBLE_INT) & (numbers % 1 == 0)))
+        with np.errstate(invalid="ignore"):  # infinities and NaN are not whole numbers
+            return bool(np.any((np.abs(numbers) >= EXACT_DOUBLE_INT) & (numbers % 1 == 0)))
     if pa.types.is_struct(kind):
         flat = pa.chunked_array(values).combine_chunks() if isinstance(values, pa.ChunkedArray) \
             else values

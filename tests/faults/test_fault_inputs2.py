@@ -69,6 +69,7 @@ def _spellings(lines: list[bytes], folder: Path) -> dict[str, Path]:
         "trailing blank line": plain + b"\n",
         "blank lines inside": b"\n" + b"\n  \t\n".join(lines) + b"\n\n",
         "crlf": b"".join(line + b"\r\n" for line in lines),
+        "crlf with blank lines": b"\r\n".join(lines) + b"\r\n\r\n",
         "bom": b"\xef\xbb\xbf" + plain,
         "gz": gzip.compress(plain + b"\n", mtime=0),
         "zst": zstandard.ZstdCompressor().compress(plain),
@@ -111,6 +112,11 @@ CASES = {
     # an integer beyond 64 bits: Arrow would round it into a float
     "uint64 max": [{"id": "a", "text": "x", "n": 1}, {"id": "b", "text": "y", "n": 2**64 - 1}],
     "ints and floats": [{"id": "a", "text": "x", "n": 1}, {"id": "b", "text": "y", "n": 2.5}],
+    # strings that look like dates stay strings, whichever parser reads them (Infinity: Python's)
+    "dates": [{"id": "a", "text": "x", "d": "2020-01-01T12:00:00+02:00"},
+              {"id": "b", "text": "y", "d": "2021-03-04", "e": {"f": ["2022-01-01"]}}],
+    "dates and Infinity": [{"id": "a", "text": "x", "d": "2020-01-01"},
+                           '{"id": "b", "text": "y", "d": "2021-03-04", "x": Infinity}'],
 }
 
 
@@ -147,6 +153,26 @@ def test_end_to_end_a_nested_lone_surrogate_after_a_blank_line_is_refused(tmp_pa
         *_records(10), "", '{"id": "s", "text": "t", "meta": {"a": ["ok", "\\udc00"]}}'])
     code, errors = _select([pool], tmp_path / "out", capsys)
     _refused(code, errors, f"{pool}:12", "'meta'", "lone UTF-16 surrogate")
+
+
+def test_strings_that_look_like_dates_are_kept_as_given(tmp_path, capsys):
+    given = ["2020-01-01T12:00:00+02:00", "2020-01-01", "1999-12-31 23:59:59"]
+    records = [{**r, "when": given[i % 3]} for i, r in enumerate(_records(21))]
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+    code, errors = _select([pool], tmp_path / "out", capsys, "--k", "21")
+    assert code == 0, errors
+    out = pq.read_table(tmp_path / "out")
+    assert out.schema.field("when").type == pa.string()
+    assert {r["id"]: r["when"] for r in out.to_pylist()} == {r["id"]: r["when"]
+                                                             for r in records}
+
+
+@pytest.mark.parametrize("blank", [False, True])
+def test_a_key_given_twice_is_refused_not_last_one_kept(tmp_path, blank):
+    pool = write_jsonl(tmp_path / "pool.jsonl", [*_records(3), *([""] if blank else []),
+                                                 '{"id": "x", "text": "a", "text": "b"}'])
+    with pytest.raises(InputError, match=r"pool\.jsonl:\d: field 'text': key given twice"):
+        read_corpus(str(pool)).to_table()
 
 
 # ------------------------------------------------------------------ columns dataselect adds
