@@ -74,9 +74,9 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
     """Files named by a path, a folder, a glob, or a list of those; never empty.
 
     A path that exists is that path, even when its name holds ``*``, ``?`` or ``[...]``;
-    only a path that does not exist is a glob. Each real file is listed once, under the
-    first name that reached it: a glob through a symlinked folder, or two specs that name
-    the same file, would otherwise read its rows twice.
+    only a path that does not exist is a glob. Each file is listed once, under the first
+    name that reached it: a glob through a symlinked folder, a hard link, or two specs
+    that name the same file would otherwise read its rows twice.
     """
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     found: list[str] = []
@@ -103,13 +103,15 @@ def _expand_existing(path: str) -> list[str]:
 
 
 def _once_each(files: list[str]) -> list[str]:
-    """``files`` without the later names of a real file already listed (order kept)."""
-    seen: set[str] = set()
+    """``files`` without the later names of a file already listed (order kept). A file is
+    its device and inode, so symbolic links, hard links and bind mounts are all seen
+    through."""
+    seen: set[tuple[int, int]] = set()
     kept = []
     for file in files:
-        real = os.path.realpath(file)
-        if real not in seen:
-            seen.add(real)
+        info = os.stat(file)
+        if (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
             kept.append(file)
     return kept
 

@@ -236,6 +236,7 @@ def test_a_glob_through_a_symlinked_folder_reads_each_file_once(tmp_path, capsys
     write_jsonl(data / "a.jsonl", _records(12, "a"))
     write_jsonl(data / "b.jsonl", _records(8, "b"))
     (tmp_path / "link").symlink_to(data)
+    os.link(data / "b.jsonl", data / "hard.jsonl")
     specs = [str(tmp_path / "*" / "*.jsonl"), str(data), str(data / "a.jsonl")]
     assert len(read_corpus(specs).files) == 2
     code, errors = _select(specs, tmp_path / "out", capsys)
