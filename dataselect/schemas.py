@@ -25,7 +25,7 @@ def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
     columns first appear; or an :class:`InputError` naming two places that disagree."""
     unified = pa.schema([])
     first_place: dict[str, str] = {}
-    for place, schema in schemas:
+    for place, schema in _decoded_where_mixed(schemas):
         try:
             unified = pa.unify_schemas([unified, schema], promote_options="permissive")
         except (pa.ArrowTypeError, pa.ArrowInvalid):
@@ -33,6 +33,28 @@ def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
         for name in schema.names:
             first_place.setdefault(name, place)
     return unified
+
+
+def _decoded_where_mixed(schemas: Sequence[tuple[str, pa.Schema]]
+                         ) -> list[tuple[str, pa.Schema]]:
+    """``schemas`` with a dictionary-encoded column (a pandas categorical) given as its
+    values' type wherever another file holds that column in another type: decoding loses
+    nothing, and the files then agree. Where every file encodes it alike, it stays."""
+    types: dict[str, set[pa.DataType]] = {}
+    for _, schema in schemas:
+        for field in schema:
+            types.setdefault(field.name, set()).add(field.type)
+    mixed = {name for name, kinds in types.items()
+             if len(kinds) > 1 and any(pa.types.is_dictionary(k) for k in kinds)}
+    if not mixed:
+        return list(schemas)
+    return [(place, pa.schema([_decoded(f) if f.name in mixed else f for f in schema],
+                              metadata=schema.metadata)) for place, schema in schemas]
+
+
+def _decoded(field: pa.Field) -> pa.Field:
+    return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) \
+        else field
 
 
 def _disagreement(unified: pa.Schema, first_place: dict[str, str], place: str,
@@ -85,6 +107,23 @@ def concat(tables: Sequence[pa.Table], places: Sequence[str]) -> pa.Table:
         return tables[0]
     schema = unify(list(zip(places, (t.schema for t in tables))))
     return pa.concat_tables([conform(t, schema, p) for t, p in zip(tables, places)])
+
+
+def check_parquet_storable(place: str, schema: pa.Schema) -> None:
+    """Refuse a column Parquet cannot store, before any part is written: objects that are
+    all empty (``{}``), at any depth, make a struct without fields."""
+    for field in schema:
+        if _has_empty_struct(field.type):
+            raise InputError(
+                "holds only empty objects ({}) (at some depth), which Parquet cannot store; "
+                "give the objects a key, drop the column, or write --format arrow",
+                where=place, field=field.name)
+
+
+def _has_empty_struct(kind: pa.DataType) -> bool:
+    if pa.types.is_struct(kind) and kind.num_fields == 0:
+        return True
+    return any(_has_empty_struct(kind.field(i).type) for i in range(kind.num_fields))
 
 
 def nesting(kind: pa.DataType) -> int:

@@ -84,7 +84,7 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
         chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
                   for label, s in selections.items()}
         writer = _WriteUnionPart(pool, chosen, out, fmt,
-                                 output_schema(pool, (TASKS_COLUMN,)))
+                                 output_schema(pool, (TASKS_COLUMN,), fmt))
         results = runner("write:union", partition_tasks("write-union", writer,
                                                         pool.npartitions))
         remove_stale_temporaries(out)  # a killed worker's, which a glob of parts would match

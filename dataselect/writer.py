@@ -51,7 +51,7 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.sampling import sample_mask
-from dataselect.schemas import conform, unify
+from dataselect.schemas import check_parquet_storable, conform, unify
 from dataselect.select import Selection
 
 ADDED_COLUMNS = ("score", "rank")
@@ -138,18 +138,21 @@ def output_rows(pool: Corpus, index: int, rows: pa.Table, schema: pa.Schema) -> 
     return without_notes(conform(rows, schema, pool.partition_place(index)))
 
 
-def output_schema(pool: Corpus, added: tuple[str, ...], parse: bool = True) -> pa.Schema:
+def output_schema(pool: Corpus, added: tuple[str, ...], fmt: OutputFormat = "parquet",
+                  parse: bool = True) -> pa.Schema:
     """The schema every part of an output takes the pool's columns in (one, so that every
     reader opens the parts as one dataset), after refusing a pool column that the output
-    would add a column of the same name to (``score``, ``rank``; a union's ``tasks``).
-    With ``parse`` false, JSONL files not yet parsed are left to the write pass: a check
-    that costs nothing before any work."""
+    would add a column of the same name to (``score``, ``rank``; a union's ``tasks``) and
+    a column Parquet cannot store. With ``parse`` false, JSONL files not yet parsed are
+    left to the write pass: a check that costs nothing before any work."""
     schemas = pool.schemas(parse)
     for place, schema in schemas:
         for name in added:
             if name in schema.names:
                 raise InputError(f"has a column named {name!r}, which dataselect adds to "
                                  "its output; rename or drop yours", where=place, field=name)
+        if fmt == "parquet":
+            check_parquet_storable(place, schema)
     return unify(schemas)
 
 
@@ -209,7 +212,7 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     remove_stale_temporaries(os.path.join(out, STATS_DIR))
     seed = int(selection.policy.get("seed", 0))
     start = time.perf_counter()
-    schema = output_schema(selection.pool, ADDED_COLUMNS)
+    schema = output_schema(selection.pool, ADDED_COLUMNS, fmt)
     writer = _WritePart(selection.pool, selection.scores.task, selection.positions,
                         selection.ranks, out, fmt, hasher, metrics_sample, seed, schema)
     tasks = partition_tasks("write", writer, parts)

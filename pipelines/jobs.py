@@ -248,7 +248,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     with clock.stage("read inputs"):
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed, job.k, job.fraction)
         pool, target = _corpora(job)
-        output_schema(pool, ADDED_COLUMNS, parse=False)  # columns that cannot be written
+        output_schema(pool, ADDED_COLUMNS, job.output_format, parse=False)  # before work
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)

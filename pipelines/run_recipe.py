@@ -69,7 +69,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     pool = plan_pool(read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                                  max(1, int(recipe.pool.partition_mb * 2**20))),
                      [SCORERS[name] for name in recipe.scorers])
-    output_schema(pool, ADDED_COLUMNS, parse=False)  # columns that cannot be written
+    output_schema(pool, ADDED_COLUMNS, recipe.output.format, parse=False)  # before work
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])
