@@ -85,7 +85,7 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
         if os.path.lexists(item) or not glob.has_magic(item):
             found.extend(_expand_existing(item))
             continue
-        matches = sorted(glob.glob(item, recursive=True))
+        matches = sorted(_glob(item))
         if not matches:
             raise InputError("glob matched no files", where=item)
         for match in matches:
@@ -93,6 +93,42 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
     if not found:
         raise InputError("no readable data files found", where=", ".join(map(str, specs)))
     return _once_each(found)
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, but ``**`` enters each real folder once:
+    glob follows symbolic links to folders, and two links to a parent folder make it list
+    paths for ever (2 ** 40 of them before the OS refuses a longer path)."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    at = parts.index("**")
+    bases = glob.glob(os.sep.join(parts[:at]) or os.sep) if at else [os.curdir]
+    rest = os.sep.join(parts[at + 1:])
+    found = []
+    for base in bases:
+        for folder in _folders_once(base):
+            if not at:  # a pattern from the current folder: names relative to it, as glob's
+                folder = os.path.relpath(folder)
+                if folder == os.curdir:
+                    found.extend(_glob(rest) if rest else [folder])
+                    continue
+            found.extend(_glob(os.path.join(glob.escape(folder), rest)) if rest else [folder])
+    return found
+
+
+def _folders_once(base: str) -> Iterator[str]:
+    """``base`` and the folders below it, links followed, each real folder once (hidden
+    ones skipped, as ``glob`` skips them)."""
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, _ in os.walk(base, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:
+            subfolders.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        yield folder
 
 
 def _expand_existing(path: str) -> list[str]:
