@@ -10,6 +10,7 @@ fails on bad input with the file, line and field.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -33,10 +34,13 @@ from dataselect.formats import (
     Piece,
     detect_format,
     expand_paths,
+    piece_schema,
     plan_pieces,
     read_piece,
 )
+from dataselect.outdir import MARKER
 from dataselect.output import atomic_write, jsonable
+from dataselect.schemas import concat, unify
 from dataselect.textspec import CHAT_COLUMN, TextSpec, as_array
 
 # Pools that a model scores are cut finer (compute_partition_bytes): into this many
@@ -132,24 +136,66 @@ class Corpus:
         return table
 
     def _parse_partition(self, index: int) -> pa.Table:
-        tables = [self._read(piece) for piece in self.partitions[index]]
-        if len(tables) == 1:
-            table = tables[0]
-        else:
-            table = pa.concat_tables(tables, promote_options="permissive")
+        pieces = self.partitions[index]
+        tables = [self._read(piece) for piece in pieces]
+        notes = _id_notes([t.schema for t in tables], self.id_field)
+        table = _noted(concat(tables, [_place(p) for p in pieces]), notes)
         _check_unique_within(table, self.where)
         return table
 
     def _read(self, piece: Piece) -> pa.Table:
-        table = _drop_inherited_places(read_piece(piece))
+        return self._with_places(piece, read_piece(piece))
+
+    def _with_places(self, piece: Piece, table: pa.Table) -> pa.Table:
+        """A piece's rows (with ``_row``) plus ``_file`` and the ``id`` every row has."""
+        table = _own_columns_checked(piece, table)
         table = table.append_column(
             FILE_COLUMN, pa.array([piece.path] * table.num_rows, pa.string())
         )
-        where = self.where_in(table)
+        where = self.where_in(table) if table.num_rows else lambda i: piece.path
         ids = _ids(table, self.id_field, self.labels[piece.path], where)
+        _check_id_column(piece, table, self.id_field)
+        # a piece without records (blank lines only) neither reads ids nor derives them
+        note = {piece.path: "given" if self.id_field in table.column_names else "derived"
+                } if table.num_rows else {}
         if ID_COLUMN in table.column_names:
-            return table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, ids)
-        return table.add_column(0, ID_COLUMN, ids)
+            table = table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, ids)
+        else:
+            table = table.add_column(0, ID_COLUMN, ids)
+        return _noted(table, note)
+
+    def unified_schema(self, parse: bool = True) -> pa.Schema:
+        """The one schema every partition's rows are written with (:mod:`dataselect.schemas`),
+        or an error naming two files whose columns disagree."""
+        return unify(self.schemas(parse))
+
+    def schemas(self, parse: bool = True) -> list[tuple[str, pa.Schema]]:
+        """``(place, schema)`` of each partition's rows. Parquet, Arrow and HF files answer
+        from metadata, parsed JSONL partitions from their cached copy; other JSONL
+        partitions are parsed, or left out when ``parse`` is false (a check before work)."""
+        schemas = []
+        for index in range(self.npartitions):
+            schema = self._partition_schema(index, parse)
+            if schema is not None:
+                schemas.append((self.partition_place(index), schema))
+        _id_notes([schema for _, schema in schemas], self.id_field)
+        return schemas
+
+    def _partition_schema(self, index: int, parse: bool) -> pa.Schema | None:
+        pieces = self.partitions[index]
+        if self.cache_dir is not None:
+            path = os.path.join(self.cache_dir, cached_name(index))
+            if os.path.exists(path):
+                with pa.memory_map(path) as source:
+                    return pa.ipc.open_file(source).schema
+        if any(piece.fmt.startswith("jsonl") for piece in pieces):
+            return self.read_partition(index).schema if parse else None
+        return unify([(_place(p), self._with_places(p, _empty(p)).schema) for p in pieces])
+
+    def partition_place(self, index: int) -> str:
+        """Where partition ``index`` starts: its first file (and line or row)."""
+        pieces = self.partitions[index]
+        return _place(pieces[0]) if pieces else f"partition {index}"
 
     def place(self, index: int, position: int) -> tuple[str, str]:
         """``(id, "file:line")`` of the row at ``position`` in partition ``index``."""
@@ -193,7 +239,9 @@ class Corpus:
 
     def to_table(self, what: str = "corpus") -> pa.Table:
         """All rows in memory (for small corpora such as a target); raises if empty."""
-        table = pa.concat_tables(list(self.iter_tables()), promote_options="permissive")
+        tables = list(self.iter_tables())
+        _id_notes([t.schema for t in tables], self.id_field)
+        table = concat(tables, [self.partition_place(i) for i in range(self.npartitions)])
         if table.num_rows == 0:
             raise EmptyCorpusError(f"{what} holds no records", where=", ".join(self.files))
         _check_unique_within(table, self.where)
@@ -349,16 +397,103 @@ def compute_partition_bytes(pool_bytes: int, limit: int = DEFAULT_PARTITION_BYTE
     return max(1, min(limit, wanted))
 
 
+# Columns dataselect adds to every row it reads; a user's own column of one of these names
+# would be replaced without a word, so it is refused.
+OWN_COLUMNS = (FILE_COLUMN, ROW_COLUMN)
+
+
+def _own_columns_checked(piece: Piece, table: pa.Table) -> pa.Table:
+    """Refuse input columns that the columns dataselect adds would replace: ``_file`` and
+    ``_row`` (every row's provenance; the reader appends the last ``_row`` itself). The one
+    exception is a
+    part of a dataselect output read back (a recipe's attribution reads its tasks' rows):
+    its ``_file``/``_row`` are dataselect's own, and give way to this read's."""
+    names = table.column_names[:-1]  # the last is the reader's own _row
+    clashes = [n for n in OWN_COLUMNS if n in names]
+    if clashes and _inside_output(piece.path):
+        return _drop_inherited_places(table)
+    if clashes:
+        raise InputError(
+            f"has a column named {clashes[0]!r}, a name dataselect gives its own provenance "
+            "column (the file and row each record was read from); rename or drop yours",
+            where=piece.path, field=clashes[0])
+    return table
+
+
+def _check_id_column(piece: Piece, table: pa.Table, id_field: str) -> None:
+    """Ids taken from another column (``--id-field``) are written as ``id``: a column of
+    that name would be replaced by them."""
+    if id_field != ID_COLUMN and ID_COLUMN in table.column_names:
+        raise InputError(
+            f"has a column named 'id' but the ids are taken from {id_field!r}, and dataselect "
+            "writes them as 'id'; rename your 'id' column, or leave --id-field out to use it",
+            where=piece.path, field=ID_COLUMN)
+
+
+def _inside_output(path: str) -> bool:
+    """Whether ``path`` lies in a folder dataselect wrote (it or a parent holds the marker)."""
+    folder = os.path.dirname(os.path.realpath(path))
+    while True:
+        if os.path.isfile(os.path.join(folder, MARKER)):
+            return True
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
+
+
 def _drop_inherited_places(table: pa.Table) -> pa.Table:
-    """A dataselect output read as input carries the ``_file``/``_row`` of the pool it was
-    chosen from; here they would clash with this file's own, which name the rows that
-    errors must point at. The inherited ones are dropped (the last ``_row`` is this read's)."""
+    """The ``_file``/``_row`` a dataselect output carries from the pool it was chosen from;
+    the last ``_row`` is this read's."""
     names = table.column_names
     inherited = [i for i, n in enumerate(names) if n == FILE_COLUMN]
     inherited += [i for i, n in enumerate(names[:-1]) if n == ROW_COLUMN]
     for i in sorted(inherited, reverse=True):
         table = table.remove_column(i)
     return table
+
+
+# Schema metadata of a partition's rows: which files' ids it derived and which it read.
+# Pieces of one large JSONL file are read apart, and a piece whose rows all lack an id
+# would derive ids while the others read theirs; the notes meet where partitions do.
+IDS_NOTE = b"dataselect.ids"
+
+
+def _noted(table: pa.Table, notes: dict[str, str]) -> pa.Table:
+    metadata = {**(table.schema.metadata or {}), IDS_NOTE: json.dumps(notes).encode()}
+    return table.replace_schema_metadata(metadata)
+
+
+def without_notes(table: pa.Table) -> pa.Table:
+    """``table`` without the id notes: they are bookkeeping, not part of any output."""
+    metadata = dict(table.schema.metadata or {})
+    if metadata.pop(IDS_NOTE, None) is None:
+        return table
+    return table.replace_schema_metadata(metadata or None)
+
+
+def _id_notes(schemas: list[pa.Schema], id_field: str) -> dict[str, str]:
+    """The notes of ``schemas`` merged; a file with derived ids in one and read ids in
+    another is refused: a derived id would stand in for a record's missing one."""
+    notes: dict[str, str] = {}
+    for schema in schemas:
+        for path, how in json.loads((schema.metadata or {}).get(IDS_NOTE, b"{}")).items():
+            if notes.setdefault(path, how) != how:
+                raise InputError(
+                    "id is missing from some records of the file but not from all; give every "
+                    "record an id, or none to have them all derived",
+                    where=path, field=id_field)
+    return notes
+
+
+def _place(piece: Piece) -> str:
+    """A piece's file, with its first line or row when it starts inside the file."""
+    return piece.path if piece.first_row == 0 else piece.where(piece.first_row)
+
+
+def _empty(piece: Piece) -> pa.Table:
+    """The columns a read of a Parquet, Arrow or HF piece returns, without its rows."""
+    return piece_schema(piece).empty_table().append_column(ROW_COLUMN, pa.array([], pa.int64()))
 
 
 def _pack(pieces: list[Piece], target_bytes: int) -> list[list[Piece]]:

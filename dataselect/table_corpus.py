@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dataselect.corpus import ID_COLUMN, Corpus
+from dataselect.corpus import FILE_COLUMN, ID_COLUMN, ROW_COLUMN, Corpus
 
 
 @dataclass
@@ -34,6 +34,13 @@ class TableCorpus(Corpus):
 
     def replanned(self, partition_bytes: int) -> Corpus:
         return self
+
+    def _partition_schema(self, index: int, parse: bool) -> pa.Schema | None:
+        return self.tables[index].schema
+
+    def partition_place(self, index: int) -> str:
+        table = self.tables[index]
+        return self.where(table[FILE_COLUMN][0].as_py(), table[ROW_COLUMN][0].as_py())
 
     def estimated_bytes(self) -> int:
         return sum(table.nbytes for table in self.tables)

@@ -32,6 +32,7 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.select import Selection
+from dataselect.writer import output_rows, output_schema
 
 TASKS_COLUMN = "tasks"
 
@@ -42,6 +43,7 @@ class _WriteUnionPart:
     chosen: dict[str, dict[int, np.ndarray]]  # label -> partition -> sorted positions
     out: str
     fmt: OutputFormat
+    schema: pa.Schema
 
     def __call__(self, index: int) -> dict[str, Any]:
         path = os.path.join(self.out, part_name(index, self.fmt))
@@ -50,10 +52,7 @@ class _WriteUnionPart:
         rows = np.unique(np.concatenate([np.empty(0, np.int64), *mine.values()]))
         if os.path.exists(path):
             return {"rows": len(rows), "reused": True}
-        table = self.pool.read_partition(index)
-        if TASKS_COLUMN in table.column_names:
-            raise InputError(f"pool already has a column named {TASKS_COLUMN!r}; rename it",
-                             where=self.pool.files[0], field=TASKS_COLUMN)
+        table = output_rows(self.pool, index, self.pool.read_partition(index), self.schema)
         members = {label: set(positions.tolist()) for label, positions in mine.items()}
         labels = [[label for label in self.chosen if row in members[label]]
                   for row in rows.tolist()]
@@ -84,7 +83,8 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
         remove_stale_temporaries(out)
         chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
                   for label, s in selections.items()}
-        writer = _WriteUnionPart(pool, chosen, out, fmt)
+        writer = _WriteUnionPart(pool, chosen, out, fmt,
+                                 output_schema(pool, (TASKS_COLUMN,), fmt))
         results = runner("write:union", partition_tasks("write-union", writer,
                                                         pool.npartitions))
         remove_stale_temporaries(out)  # a killed worker's, which a glob of parts would match

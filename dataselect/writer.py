@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from dataselect import checks, ngram_store
 from dataselect.composition import composition, count_labels, label_column
-from dataselect.corpus import Corpus, as_corpus
+from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
@@ -51,6 +51,7 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.sampling import sample_mask
+from dataselect.schemas import check_parquet_storable, conform, unify
 from dataselect.select import Selection
 
 ADDED_COLUMNS = ("score", "rank")
@@ -69,6 +70,7 @@ class _WritePart:
     hasher: NgramHasher | None
     metrics_sample: float
     seed: int
+    schema: pa.Schema
 
     def __call__(self, index: int) -> dict[str, Any]:
         path = os.path.join(self.out, part_name(index, self.fmt))
@@ -81,7 +83,8 @@ class _WritePart:
         table = self.pool.read_partition(index)
         scores = self.score_task(index)
         chosen = self.positions.get(index, np.empty(0, np.int64))
-        picked = _attach_scores(table.take(chosen), scores.take(chosen), self.ranks[index], path)
+        rows = output_rows(self.pool, index, table.take(chosen), self.schema)
+        picked = _attach_scores(rows, scores.take(chosen), self.ranks[index], path)
         pool_counts, selected_counts = self._ngram_counts(table, chosen, index)
         column = label_column(table)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
@@ -121,9 +124,36 @@ def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where:
     picked = picked.append_column("score", scores["score"].cast(pa.float64()))
     picked = picked.append_column("rank", pa.array(ranks, pa.int64()))
     for name in scores.column_names:
-        if name.startswith("score_") and name not in picked.column_names:
+        if name.startswith("score_"):
+            if name in picked.column_names:
+                raise InputError(f"pool already has a column named {name!r}, which the "
+                                 "combined scores add; rename it", field=name)
             picked = picked.append_column(name, scores[name])
     return picked
+
+
+def output_rows(pool: Corpus, index: int, rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows of partition ``index`` as an output part holds them: in ``schema``
+    (:func:`output_schema`), without the corpus's bookkeeping metadata."""
+    return without_notes(conform(rows, schema, pool.partition_place(index)))
+
+
+def output_schema(pool: Corpus, added: tuple[str, ...], fmt: OutputFormat = "parquet",
+                  parse: bool = True) -> pa.Schema:
+    """The schema every part of an output takes the pool's columns in (one, so that every
+    reader opens the parts as one dataset), after refusing a pool column that the output
+    would add a column of the same name to (``score``, ``rank``; a union's ``tasks``) and
+    a column Parquet cannot store. With ``parse`` false, JSONL files not yet parsed are
+    left to the write pass: a check that costs nothing before any work."""
+    schemas = pool.schemas(parse)
+    for place, schema in schemas:
+        for name in added:
+            if name in schema.names:
+                raise InputError(f"has a column named {name!r}, which dataselect adds to "
+                                 "its output; rename or drop yours", where=place, field=name)
+        if fmt == "parquet":
+            check_parquet_storable(place, schema)
+    return unify(schemas)
 
 
 def write_selection(
@@ -199,8 +229,9 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     remove_stale_temporaries(os.path.join(out, STATS_DIR))
     seed = int(selection.policy.get("seed", 0))
     start = time.perf_counter()
+    schema = output_schema(selection.pool, ADDED_COLUMNS, fmt)
     writer = _WritePart(selection.pool, selection.scores.task, selection.positions,
-                        selection.ranks, out, fmt, hasher, metrics_sample, seed)
+                        selection.ranks, out, fmt, hasher, metrics_sample, seed, schema)
     tasks = partition_tasks("write", writer, parts)
     results = runner("write", tasks)
     # a worker killed mid-write may leave a temporary that a glob of the parts would match

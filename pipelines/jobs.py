@@ -29,7 +29,7 @@ from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
 from dataselect.params import field_types, validate_settings
 from dataselect.scoring import Scorer, Scores, plan_pool
-from dataselect.writer import DEFAULT_METRICS_SAMPLE, MANIFEST_FILE
+from dataselect.writer import ADDED_COLUMNS, DEFAULT_METRICS_SAMPLE, MANIFEST_FILE, output_schema
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageClock
 from pipelines.summary import FIT_DETAILS, composition_rows, print_fit_details, print_summary
@@ -262,6 +262,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed, job.k, job.fraction)
         checks.check_round_robin(job.policy, scorer.scores_per_target)
         pool, target = _corpora(job)
+        output_schema(pool, ADDED_COLUMNS, job.output_format, parse=False)  # before work
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)

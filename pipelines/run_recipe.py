@@ -49,7 +49,8 @@ from dataselect.outdir import claim_output, input_roots
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
 from dataselect.scoring import Scorer, Scores, plan_pool
-from dataselect.union import split_selection, write_union
+from dataselect.union import TASKS_COLUMN, split_selection, write_union
+from dataselect.writer import ADDED_COLUMNS, output_schema
 from pipelines.cluster import dask_client
 from pipelines.jobs import build_scorer, choose_rows, parsed_once
 from pipelines.progress import ProgressRunner, StageTiming
@@ -68,6 +69,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     pool = plan_pool(read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                                  max(1, int(recipe.pool.partition_mb * 2**20))),
                      [SCORERS[name] for name in recipe.scorers])
+    # columns the task outputs and the union would add, and what Parquet cannot store
+    output_schema(pool, (*ADDED_COLUMNS, TASKS_COLUMN), recipe.output.format, parse=False)
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])

@@ -144,9 +144,11 @@ def test_corpus_as_dask_dataframe_has_arrow_backed_partitions():
 
 def test_a_written_selection_reads_back_as_a_corpus(tmp_path):
     """Outputs keep the pool's _file/_row; read as input, the rows are placed in the output
-    file itself (errors point there) and nothing clashes."""
+    file itself (errors point there) and nothing clashes. Only inside a folder dataselect
+    marked as its own: elsewhere a _file column is the user's, and refused."""
     pool = read_corpus(POOL_GLOB)
     table = pool.read_partition(0).slice(0, 5)
+    (tmp_path / ".dataselect.json").write_text("{}")
     out = tmp_path / "part-00000.parquet"
     pq.write_table(table, out)
     again = read_corpus(str(out)).read_partition(0)

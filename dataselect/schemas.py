@@ -1,0 +1,137 @@
+"""One schema for rows read from many files, or one line naming the files that disagree.
+
+Why: each input file (and each piece of a large JSONL file) is read on its own, so each has
+the types its own values suggest: a column may be ``int64`` in one file and ``string`` in
+another, absent from a third, and all-null (type ``null``) in a fourth. Rows of different
+files written side by side must still make one dataset that pandas, pyarrow and
+``datasets`` open, so they are brought to one schema, and only where no value changes:
+a missing or all-null column becomes nulls of the other files' type, an integer column
+joins a float column only when every value is exact as a float, a struct gains the fields
+other files give it. Anything else (``int64`` against ``string``, a list against a
+scalar) is refused before rows are mixed, naming both files, the column and both types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from dataselect.errors import InputError
+
+
+def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
+    """The one schema every ``(place, schema)`` converts to without loss, in the order the
+    columns first appear; or an :class:`InputError` naming two places that disagree."""
+    unified = pa.schema([])
+    first_place: dict[str, str] = {}
+    for place, schema in _decoded_where_mixed(schemas):
+        try:
+            unified = pa.unify_schemas([unified, schema], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            raise _disagreement(unified, first_place, place, schema) from None
+        for name in schema.names:
+            first_place.setdefault(name, place)
+    return unified
+
+
+def _decoded_where_mixed(schemas: Sequence[tuple[str, pa.Schema]]
+                         ) -> list[tuple[str, pa.Schema]]:
+    """``schemas`` with a dictionary-encoded column (a pandas categorical) given as its
+    values' type wherever another file holds that column in another type: decoding loses
+    nothing, and the files then agree. Where every file encodes it alike, it stays."""
+    types: dict[str, set[pa.DataType]] = {}
+    for _, schema in schemas:
+        for field in schema:
+            types.setdefault(field.name, set()).add(field.type)
+    mixed = {name for name, kinds in types.items()
+             if len(kinds) > 1 and any(pa.types.is_dictionary(k) for k in kinds)}
+    if not mixed:
+        return list(schemas)
+    return [(place, pa.schema([_decoded(f) if f.name in mixed else f for f in schema],
+                              metadata=schema.metadata)) for place, schema in schemas]
+
+
+def _decoded(field: pa.Field) -> pa.Field:
+    return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) \
+        else field
+
+
+def _disagreement(unified: pa.Schema, first_place: dict[str, str], place: str,
+                  schema: pa.Schema) -> InputError:
+    for field in schema:
+        index = unified.get_field_index(field.name)
+        if index < 0:
+            continue
+        before = unified.field(index)
+        try:
+            pa.unify_schemas([pa.schema([before]), pa.schema([field])],
+                             promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            return InputError(
+                f"column holds {field.type} here but {before.type} in "
+                f"{first_place[field.name]}; rows of all input files are written as one "
+                "dataset, so convert the column to one type in every file", where=place,
+                field=field.name)
+    duplicated = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    return InputError("has two columns of the same name; rename one", where=place,
+                      field=duplicated[0] if duplicated else None)
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """``table`` with the columns of ``schema`` in its order (nulls where it has none) and
+    its types; a value that would change (an integer beyond 2**53 read as a float, say) is
+    an error naming the column, never a rounded number."""
+    if table.schema.equals(schema):
+        return table
+    columns = [_cast(table[field.name] if field.name in table.column_names
+                     else pa.nulls(table.num_rows, field.type), field, where)
+               for field in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast(column: pa.ChunkedArray | pa.Array, field: pa.Field, where: str
+          ) -> pa.ChunkedArray | pa.Array:
+    try:
+        return column.cast(field.type, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise InputError(
+            f"column is {column.type} here but {field.type} in another input file, and its "
+            f"values do not convert exactly ({_first_sentence(exc)}); convert the column to "
+            "one type in every file", where=where, field=field.name) from None
+
+
+def concat(tables: Sequence[pa.Table], places: Sequence[str]) -> pa.Table:
+    """``tables`` (read from ``places``) as one table of their unified schema."""
+    if len(tables) == 1:
+        return tables[0]
+    schema = unify(list(zip(places, (t.schema for t in tables))))
+    return pa.concat_tables([conform(t, schema, p) for t, p in zip(tables, places)])
+
+
+def check_parquet_storable(place: str, schema: pa.Schema) -> None:
+    """Refuse a column Parquet cannot store, before any part is written: objects that are
+    all empty (``{}``), at any depth, make a struct without fields."""
+    for field in schema:
+        if _has_empty_struct(field.type):
+            raise InputError(
+                "holds only empty objects ({}) (at some depth), which Parquet cannot store; "
+                "give the objects a key, drop the column, or write --format arrow",
+                where=place, field=field.name)
+
+
+def _has_empty_struct(kind: pa.DataType) -> bool:
+    if pa.types.is_struct(kind) and kind.num_fields == 0:
+        return True
+    return any(_has_empty_struct(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def nesting(kind: pa.DataType) -> int:
+    """Levels of a column's type, counting the leaf: ``int64`` is 1, ``list<int64>`` 2; a
+    JSON record's deepest value is as deep as its column (:data:`formats.MAX_NESTING`)."""
+    return 1 + max((nesting(kind.field(i).type) for i in range(kind.num_fields)), default=0)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__
