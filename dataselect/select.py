@@ -1,11 +1,12 @@
 """Selection policies: which pool rows to keep, given their scores.
 
-Each policy works from per-partition summaries of the score store (score, eligibility, an
-8-byte id hash and the ranking key: about 25 bytes per row on the client, taken from the
-scoring pass when it ran in this process) and returns a :class:`Selection`: the chosen
-positions per partition with their global rank, plus the counts in and out. The pool itself
-is read again only when the selection is written, so memory does not depend on how much
-the documents weigh.
+Each policy works from small per-partition summaries of the score store (row and eligible
+counts, rows removed per filter, a ladder of about 64 of its scores: taken from the scoring
+pass when it ran in this process) and passes over the score store on the workers
+(:mod:`dataselect.topk`), and returns a :class:`Selection`: the chosen positions per
+partition with their global rank, plus the counts in and out. The client holds O(k +
+partitions), never a per-row array; the pool itself is read again only when the selection
+is written, so memory depends neither on the rows nor on how much the documents weigh.
 
 Rows whose ``filtered_by`` is set (for example DSIR's minimum length) are never selected
 and are counted per filter. Ties are broken by pool order, so a selection is a pure
