@@ -45,12 +45,16 @@ def _file_names(index: int) -> tuple[str, str]:
 
 
 def check_unique_ids(scores: Any, runner: Runner) -> None:
-    """Refuse ids repeated across the partitions of ``scores`` (see the module)."""
+    """Refuse ids repeated across the partitions of ``scores`` (see the module); once per
+    Scores object, which several policies may select from."""
+    if getattr(scores, "ids_checked", False):
+        return
     folder = _store_folder(scores.task)
     ids = _ids_folder(folder) if folder is not None else None
     if ids is None:
         hashes = runner(f"ids:{scores.name}", scores.delayed(_hashes))
         scores.corpus.check_unique_ids(hashes)
+        scores.ids_checked = True
         return
     try:
         counts = runner(f"ids:{scores.name}", scores.delayed(_WriteHashes(ids)))
@@ -61,6 +65,7 @@ def check_unique_ids(scores: Any, runner: Runner) -> None:
         shutil.rmtree(ids, ignore_errors=True)
     for places in (p for bucket in found for p in bucket):  # in hash order, as on the client
         scores.corpus.refuse_repeated(places)
+    scores.ids_checked = True
 
 
 def _store_folder(task: Any) -> str | None:

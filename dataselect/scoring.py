@@ -402,7 +402,10 @@ class Scores:
         self.description = description
         self.stats: dict[str, Any] = {}
         # per-partition summaries for selection, when the store was written in this process
+        # (small: counts, a ladder of ~64 scores, moments, a bounded sample; no row arrays)
         self.summaries: list[dict[str, Any]] | None = None
+        # set once its ids were found unique across partitions (duplicates.check_unique_ids)
+        self.ids_checked = False
 
     @property
     def npartitions(self) -> int:
