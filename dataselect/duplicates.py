@@ -27,7 +27,7 @@ from dataselect.output import part_name
 from dataselect.sampling import id_hashes
 
 IDS_DIR = ".ids"
-BUCKET_ROWS = 1 << 22
+BUCKET_ROWS = 1 << 21
 
 # places of one repeated hash: its first two (partition, position), in pool order
 Places = list[tuple[int, int]]
