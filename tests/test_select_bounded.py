@@ -209,3 +209,16 @@ def test_client_memory_does_not_grow_with_the_rows():
     large, _ = _selection_peak(200, 20_000, 1_000)
     assert len(chosen) == 1_000
     assert max(small, large) < 6_000_000
+
+
+def test_zscore_combination_from_merged_moments_equals_the_whole_array_one(tmp_path):
+    pool, first, values, eligible = _pool_and_scores(tmp_path)
+    ids = [f"d{i}" for i in range(len(values))]
+    other = np.random.default_rng(8).normal(3.0, 2.0, len(values))
+    second = FixedScorer(dict(zip(ids, other)), frozenset()).score(pool).write(tmp_path / "t")
+    combined = select.combine([first, second], "zscore", weights=[1.0, 3.0])
+    got = np.concatenate([combined.partition(i)["score"].to_numpy()
+                          for i in range(pool.npartitions)])
+    a, b = values[eligible], other  # every row of the second scorer is eligible
+    expected = ((values - a.mean()) / a.std() + 3 * (other - b.mean()) / b.std()) / 4
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
