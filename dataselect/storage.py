@@ -23,9 +23,12 @@ a URL whose package is missing is a one-line error naming what to install.
 
 from __future__ import annotations
 
+import contextlib
+import glob as _glob
 import os
 import posixpath
 import re
+from collections.abc import Iterator
 from typing import IO, Any
 
 import pyarrow as pa
@@ -77,6 +80,24 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise InputError(f"not a URL fsspec knows ({exc})", where=url) from None
 
 
+@contextlib.contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """Turn a store's refusal (no credentials, access denied, no such bucket, endpoint
+    unreachable) into one line naming the URL and what to check, not a botocore trace."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, OSError) and not type(exc).__module__.startswith(
+                ("botocore", "aiobotocore", "google", "huggingface_hub", "aiohttp")):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot reach the object ({reason}); check the URL and the "
+                         "store's credentials (AWS_* variables or ~/.aws for s3://, "
+                         "GOOGLE_APPLICATION_CREDENTIALS for gs://)", where=url) from None
+
+
 def _fresh(url: str) -> tuple[Any, str]:
     """The filesystem with no cached listing of ``url`` (another process may have written)."""
     fs, path = filesystem(url)
@@ -93,21 +114,24 @@ def exists(url: str) -> bool:
     if not is_remote(url):
         return os.path.exists(url)
     fs, path = _fresh(url)
-    return bool(fs.exists(path))
+    with reaching(url):
+        return bool(fs.exists(path))
 
 
 def isfile(url: str) -> bool:
     if not is_remote(url):
         return os.path.isfile(url)
     fs, path = _fresh(url)
-    return bool(fs.isfile(path))
+    with reaching(url):
+        return bool(fs.isfile(path))
 
 
 def isdir(url: str) -> bool:
     if not is_remote(url):
         return os.path.isdir(url)
     fs, path = _fresh(url)
-    return bool(fs.isdir(path))
+    with reaching(url):
+        return bool(fs.isdir(path))
 
 
 def size(path: str) -> int:
@@ -122,7 +146,8 @@ def names_below(url: str) -> list[str]:
     sorted; empty when there is none (an object store has no empty folders)."""
     fs, path = _fresh(url)
     base = path.rstrip("/") + "/"
-    return sorted(p[len(base):] for p in fs.find(path) if p.startswith(base))
+    with reaching(url):
+        return sorted(p[len(base):] for p in fs.find(path) if p.startswith(base))
 
 
 def join(url: str, name: str) -> str:
@@ -131,7 +156,17 @@ def join(url: str, name: str) -> str:
 
 def glob(pattern: str) -> list[str]:
     fs, path = _fresh(pattern)
-    return sorted(as_url(fs, p) for p in fs.glob(path) if fs.isfile(p))
+    with reaching(pattern):
+        return sorted(as_url(fs, p) for p in fs.glob(path) if fs.isfile(p))
+
+
+def matches(spec: str) -> bool:
+    """Whether a path, folder or glob names anything now (a recipe's paths are checked
+    before its run starts)."""
+    spec = local_form(spec)
+    if not is_remote(spec):
+        return os.path.exists(spec) or bool(_glob.glob(spec))
+    return exists(spec) or (_glob.has_magic(spec) and bool(glob(spec)))
 
 
 def open_binary(path: str) -> IO[bytes]:
@@ -191,9 +226,7 @@ def object_fingerprint(url: str) -> dict[str, Any]:
     read): the store's ETag, version or generation and modification time change with any
     write, which is what a fingerprint must catch."""
     fs, path = _fresh(url)
-    try:
+    with reaching(url):
         info = fs.info(path)
-    except OSError as exc:
-        raise InputError(f"cannot fingerprint the object ({exc})", where=url) from exc
     found = {key: str(info[key]) for key in _VERSION_KEYS if info.get(key) not in (None, "")}
     return {"path": url, "bytes": int(info.get("size") or 0), "object": found}
