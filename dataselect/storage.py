@@ -36,7 +36,9 @@ import pyarrow as pa
 from dataselect.errors import InputError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_EXTRAS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+# scheme -> (package, dataselect's extra that installs it)
+_EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"),
+           "gcs": ("gcsfs", "gcs")}
 # object metadata that changes with an object's content, in the spellings of s3fs,
 # gcsfs and huggingface_hub (what a fingerprint of a remote file is made of)
 _VERSION_KEYS = ("ETag", "etag", "VersionId", "version_id", "generation", "md5Hash",
@@ -73,9 +75,11 @@ def filesystem(url: str) -> tuple[Any, str]:
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as exc:
-        package = _EXTRAS.get(scheme(url) or "", str(exc.name or "its fsspec package"))
-        raise InputError(f"reading {scheme(url)}:// URLs needs {package}: pip install "
-                         f"{package} (or dataselect[{scheme(url)}])", where=url) from None
+        package, extra = _EXTRAS.get(scheme(url) or "", (exc.name or "its fsspec package",
+                                                          None))
+        also = f" (or 'dataselect[{extra}]')" if extra else ""
+        raise InputError(f"{scheme(url)}:// URLs need {package}: pip install {package}{also}",
+                         where=url) from None
     except ValueError as exc:
         raise InputError(f"not a URL fsspec knows ({exc})", where=url) from None
 

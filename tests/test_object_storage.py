@@ -200,3 +200,35 @@ def test_a_foreign_s3_folder_is_refused_before_any_work(bucket, capsys, tmp_path
     assert len(err.splitlines()) == 1 and "not written by dataselect" in err
     assert _objects(fs, f"{name}/data") == ["keep.csv"]
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_recipe_reads_its_pool_and_targets_from_s3(bucket, tmp_path):
+    import yaml
+
+    from pipelines.recipe import RecipeError, load_recipe
+    from pipelines.run_recipe import run_recipe
+
+    fs, name = bucket
+    for file in POOL_FILES:
+        fs.put_file(str(file), f"{name}/pool/{file.name}")
+    fs.put_file(TARGET, f"{name}/targets/fortunes.jsonl")
+    recipe = {"name": "s3", "pool": {"paths": [f"s3://{name}/pool/*.parquet"]},
+              "targets": {"fortunes": {"paths": f"s3://{name}/targets/fortunes.jsonl"}},
+              "scorers": {"dsir": {}}, "selection": {"k": 200},
+              "output": {"path": str(tmp_path / "out")},
+              "cluster": {"workers": 1, "worker_kind": "threads"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    run_recipe(load_recipe(path), str(path))
+    task = pq.read_table(tmp_path / "out" / "tasks" / "fortunes")
+    assert task.num_rows == 200
+    assert task["_file"][0].as_py().startswith(f"s3://{name}/pool/")
+    recipe["output"]["path"] = f"s3://{name}/recipe-out"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    with pytest.raises(RecipeError, match="output folder must be local"):
+        load_recipe(path)
+    recipe["targets"]["fortunes"]["paths"] = f"s3://{name}/targets/missing.jsonl"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    with pytest.raises(RecipeError, match="matches no file"):
+        load_recipe(path)
