@@ -201,10 +201,10 @@ def source(path: str) -> str | pa.NativeFile:
     groups or record batches it reads)."""
     if not is_remote(path):
         return path
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
     fs, inner = filesystem(path)
-    return PyFileSystem(FSSpecHandler(fs)).open_input_file(inner)
+    # no read-ahead: s3fs's default fetches 50 MiB past each read, the whole object for
+    # most files (pyarrow's FSSpecHandler opens files so), where one row group was wanted
+    return pa.PythonFile(fs.open(inner, "rb", cache_type="none"), mode="r")
 
 
 def mapped(path: str) -> pa.NativeFile:

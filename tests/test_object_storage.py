@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -132,10 +133,8 @@ def test_jsonl_pool_in_s3_is_read_by_byte_ranges(bucket, small_records, tmp_path
     piece = corpus.partitions[2][0]
     caplog.set_level(logging.DEBUG, logger="s3fs")
     table = corpus.read_partition(2)
-    gets = [r.getMessage() for r in caplog.records if "get_object" in r.getMessage()]
     # one ranged GET of exactly the piece's bytes, not the whole object
-    assert gets and all("Range" in g for g in gets)
-    assert f"bytes={piece.byte_start}-{piece.byte_stop - 1}" in gets[0]
+    assert _fetched(caplog.records, "pool.jsonl") == [(piece.byte_start, piece.byte_stop)]
     expected = read_corpus(str(local), partition_bytes=16 << 10).read_partition(2)
     assert table.drop(["_file"]).equals(expected.drop(["_file"]))
 
@@ -232,3 +231,31 @@ def test_a_recipe_reads_its_pool_and_targets_from_s3(bucket, tmp_path):
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     with pytest.raises(RecipeError, match="matches no file"):
         load_recipe(path)
+
+
+def _fetched(records: list[logging.LogRecord], key: str) -> list[tuple[int, int]]:
+    """The byte ranges s3fs asked the server for, for one object."""
+    ranges = []
+    for record in records:
+        message = record.getMessage()
+        if "get_object" in message and key in message:
+            match = re.search(r"bytes=(\d+)-(\d+)", message)
+            assert match, f"a GET without a range: {message}"
+            ranges.append((int(match.group(1)), int(match.group(2)) + 1))
+    return ranges
+
+
+def test_parquet_in_s3_is_read_by_row_group_ranges(bucket, pool_table, tmp_path, caplog):
+    fs, name = bucket
+    local = tmp_path / "pool.parquet"
+    pq.write_table(pool_table.select(["id", "text"]), local, row_group_size=250)
+    fs.put_file(str(local), f"{name}/pool.parquet")
+    corpus = read_corpus(f"s3://{name}/pool.parquet", partition_bytes=64 << 10)
+    assert corpus.npartitions > 4
+    caplog.set_level(logging.DEBUG, logger="s3fs")
+    table = corpus.read_partition(3)
+    fetched = sum(stop - start for start, stop in _fetched(caplog.records, "pool.parquet"))
+    # the footer and the partition's row groups: a small share of the object
+    assert 0 < fetched < local.stat().st_size / 4
+    expected = read_corpus(str(local), partition_bytes=64 << 10).read_partition(3)
+    assert table.drop(["_file"]).equals(expected.drop(["_file"]))
