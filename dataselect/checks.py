@@ -357,6 +357,15 @@ def check_local_layout(out: str, save_to_disk: bool) -> None:
                            "from the URL), or write to a local --out", field="save_to_disk")
 
 
+def check_local_output(out: str | None, what: str) -> None:
+    """Refuse an object-store URL as the output of a command that writes local files
+    (models, indexes, reports): it would become a local folder named ``s3:``."""
+    if out is not None and storage.is_remote(out):
+        raise InputError(f"{what} writes local files; only dataselect select and score "
+                         "write to an object store: give a local --out, then copy it",
+                         where=out, field="out")
+
+
 def check_paths(value: Any, name: str | None = None) -> list[str]:
     """Input paths, files, folders or globs: one path, or a non-empty list or tuple of
     them. A string is one path, never a sequence of one-letter paths."""

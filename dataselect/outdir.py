@@ -82,6 +82,7 @@ class OutputFolder:
         path = normalize(path)
         refuse_overlap(path, inputs)
         if storage.is_remote(path):  # no links, no folders to make: objects only
+            _refuse_local_only(path, kind)
             _refuse_foreign_remote(path)
             return _claim_marked(path, kind, jsonable(identity), overwrite)
         _refuse_foreign(path)
@@ -388,6 +389,19 @@ def _refuse_foreign(path: str) -> None:
             "--out")
 
 
+# the outputs that may be written to an object store: a selection, its job and its scores
+REMOTE_KINDS = ("job", "selection", "scores")
+
+
+def _refuse_local_only(url: str, kind: str) -> None:
+    """Models, indexes, feature stores, unions and recipes are written with local file
+    calls (memory maps, renames); a URL would become a local folder named ``s3:``."""
+    if kind not in REMOTE_KINDS:
+        raise InputError(f"a {kind} output is written to a local folder; object-store URLs "
+                         "are for selections and score stores: give a local folder, then "
+                         "copy it", where=url, field="out")
+
+
 def _refuse_foreign_remote(url: str) -> None:
     """:func:`_refuse_foreign` for a URL: the folder is the objects below it."""
     if storage.isfile(url):
@@ -548,6 +562,8 @@ def check_output_file(path: str | os.PathLike, kind: str, inputs: Iterable[str] 
     the same kind that dataselect wrote (its schema metadata says so), never an input."""
     path = normalize(path)
     refuse_overlap(path, inputs)
+    if storage.is_remote(path):
+        _refuse_local_only(path, kind)
     if os.path.isdir(path):
         raise InputError("is a folder; give a file name for this output (e.g. out.parquet)",
                          where=path, field="out")

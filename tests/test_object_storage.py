@@ -259,3 +259,16 @@ def test_parquet_in_s3_is_read_by_row_group_ranges(bucket, pool_table, tmp_path,
     assert 0 < fetched < local.stat().st_size / 4
     expected = read_corpus(str(local), partition_bytes=64 << 10).read_partition(3)
     assert table.drop(["_file"]).equals(expected.drop(["_file"]))
+
+
+def test_outputs_written_with_local_files_refuse_a_url(tmp_path, capsys, monkeypatch):
+    from dataselect.errors import InputError
+    from dataselect.outdir import OutputFolder
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "build", "--features", str(tmp_path), "--out", "s3://b/idx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "writes local files" in err
+    with pytest.raises(InputError, match="written to a local folder"):
+        OutputFolder.claim("s3://b/index", "index", None)
+    assert os.listdir(tmp_path) == []  # no folder named "s3:"
