@@ -111,7 +111,11 @@ def _expand_remote(spec: str) -> list[str]:
         return [spec]
     if not storage.isdir(spec):
         raise InputError("no such file or folder", where=spec)
-    files = [storage.join(spec, name) for name in storage.names_below(spec)
+    names = storage.names_below(spec)
+    if set(HF_MARKERS) <= set(names):  # its JSON bookkeeping is no JSONL data
+        raise InputError("a Hugging Face save_to_disk folder is read from a local disk only: "
+                         "copy it here, or give its data as Parquet or JSONL URLs", where=spec)
+    files = [storage.join(spec, name) for name in names
              if detect_format(name, strict=False)
              and not any(part.startswith((".", "_")) for part in name.split("/"))]
     if not files:
