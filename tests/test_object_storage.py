@@ -272,3 +272,22 @@ def test_outputs_written_with_local_files_refuse_a_url(tmp_path, capsys, monkeyp
     with pytest.raises(InputError, match="written to a local folder"):
         OutputFolder.claim("s3://b/index", "index", None)
     assert os.listdir(tmp_path) == []  # no folder named "s3:"
+
+
+@pytest.mark.slow
+def test_the_python_api_reads_and_writes_urls(bucket, local_run):
+    from dataselect import select
+    from scorers import DSIR
+
+    fs, name = bucket
+    for file in POOL_FILES:
+        fs.put_file(str(file), f"{name}/pool/{file.name}")
+    pool = read_corpus(f"s3://{name}/pool/*.parquet", partition_bytes=1 << 20)
+    target = read_corpus(TARGET, partition_bytes=1 << 20)
+    scores = DSIR(seed=3).fit(target, pool).score(pool).write(f"s3://{name}/api/.scores/dsir")
+    selection = select.importance_resample(pool, scores, k=200, seed=3)
+    manifest = selection.write(f"s3://{name}/api", target=target)
+    assert manifest["counts"]["written"] == 200
+    ours = pq.read_table(f"{name}/api", filesystem=fs)
+    assert ours.drop(["_file"]).equals(pq.read_table(local_run).drop(["_file"]))
+    assert sorted(_objects(fs, f"{name}/api"))[:2] == [".dataselect.json", ".manifest.json"]
