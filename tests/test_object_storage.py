@@ -277,6 +277,7 @@ def test_outputs_written_with_local_files_refuse_a_url(tmp_path, capsys, monkeyp
 @pytest.mark.slow
 def test_the_python_api_reads_and_writes_urls(bucket, local_run):
     from dataselect import select
+    from dataselect.errors import InputError
     from scorers import DSIR
 
     fs, name = bucket
@@ -291,3 +292,5 @@ def test_the_python_api_reads_and_writes_urls(bucket, local_run):
     ours = pq.read_table(f"{name}/api", filesystem=fs)
     assert ours.drop(["_file"]).equals(pq.read_table(local_run).drop(["_file"]))
     assert sorted(_objects(fs, f"{name}/api"))[:2] == [".dataselect.json", ".manifest.json"]
+    with pytest.raises(InputError, match="read the parts from the URL"):
+        selection.to_hf()  # the datasets layout is a local folder's
