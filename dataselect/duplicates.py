@@ -9,7 +9,8 @@ their slice of every partition's file (memory-mapped, cut with a binary search) 
 report the hashes held twice, with the first two places. The client holds the
 duplicates only, and names both places as :meth:`Corpus.check_unique_ids` does (same
 error). Scores that are not a store (lazy ``scorer.score(pool)`` in Python) have no folder
-to write to: their hashes are checked on the client, 8 bytes a row.
+to write to, and a store in an object store or one the user may only read is not written
+to: their hashes are checked on the client, 8 bytes a row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dataselect import storage
 from dataselect.execution import Runner, partition_tasks
 from dataselect.output import part_name
 from dataselect.sampling import id_hashes
@@ -78,7 +80,10 @@ def _store_folder(task: Any) -> str | None:
 
 def _ids_folder(store: str) -> str | None:
     """The store's hidden folder of id hashes, made empty; None where it cannot be made
-    (a store the user may only read: the check then runs on the client)."""
+    (a store the user may only read, or one in an object store, where a bucket could not
+    memory-map the files: the check then runs on the client)."""
+    if storage.is_remote(store):
+        return None
     path = os.path.join(store, IDS_DIR)
     shutil.rmtree(path, ignore_errors=True)
     try:

@@ -27,6 +27,7 @@ from typing import Any
 
 import xxhash
 
+from dataselect import storage
 from dataselect.errors import InputError
 
 HASH_BLOCK = 8 << 20
@@ -42,7 +43,12 @@ _memory: dict[CacheKey, str] = {}
 
 def file_fingerprint(path: str) -> dict[str, Any]:
     """``{"path", "bytes", "xxh3_128"}`` of a file, or of a folder (an HF dataset): then the
-    hash covers every file's path below the folder and content hash."""
+    hash covers every file's path below the folder and content hash. An object in an
+    object store is fingerprinted from its metadata (ETag or version, size, modification
+    time; :func:`dataselect.storage.object_fingerprint`): hashing it would download every
+    byte of the pool through one process."""
+    if storage.is_remote(path):
+        return storage.object_fingerprint(path)
     if os.path.isdir(path):
         return _folder_fingerprint(path)
     size, digest = content_hash(path)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dataselect import checks, ngram_store
+from dataselect import checks, ngram_store, storage
 from dataselect.composition import composition, count_labels, label_column
 from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
@@ -45,6 +45,7 @@ from dataselect.outdir import OutputFolder, claim_output
 from dataselect.output import (
     OutputFormat,
     atomic_write,
+    open_read,
     part_name,
     remove_stale_temporaries,
     write_json,
@@ -75,8 +76,8 @@ class _WritePart:
     def __call__(self, index: int) -> dict[str, Any]:
         path = os.path.join(self.out, part_name(index, self.fmt))
         stats_path = os.path.join(self.out, STATS_DIR, f"part-{index:05d}.npz")
-        if os.path.exists(path) and os.path.exists(stats_path):
-            with np.load(stats_path) as saved:
+        if storage.exists(path) and storage.exists(stats_path):
+            with open_read(stats_path) as file, np.load(file) as saved:
                 if LABELS_KEY in saved.files:  # else written before labels were counted
                     return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
         start = time.perf_counter()
@@ -185,6 +186,7 @@ def write_selection(
                                            metrics_sample, save_to_disk)
     if not isinstance(out, OutputFolder):
         out = checks.check_path(out, "out")
+    checks.check_local_layout(out if isinstance(out, str) else out.path, save_to_disk)
     hasher = (metrics_hasher or NgramHasher()) if target is not None else None
     if isinstance(out, OutputFolder):
         claimed = contextlib.nullcontext(out)
@@ -224,7 +226,8 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     folder.expect([part_name(i, fmt) for i in range(parts)]
                   + [os.path.join(STATS_DIR, f"part-{i:05d}.npz") for i in range(parts)]
                   + [MANIFEST_FILE])
-    os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
+    if not storage.is_remote(out):  # an object store has no folders to make
+        os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
     remove_stale_temporaries(out)
     remove_stale_temporaries(os.path.join(out, STATS_DIR))
     seed = int(selection.policy.get("seed", 0))
@@ -308,7 +311,8 @@ def _metrics(out: str, parts: int, target: Corpus | None, hasher: NgramHasher | 
     summed = _Summed()
     # summed one saved file at a time, so memory does not grow with the partition count
     for index in range(parts):
-        with np.load(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")) as saved:
+        with open_read(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")) as file, \
+                np.load(file) as saved:
             summed.add(saved)
         advance(1)
     column = summed.label_column
