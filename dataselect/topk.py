@@ -52,7 +52,7 @@ class KeySpec:
 
         score, eligible, _ = eligible_scores(table)
         if self.min_score is not None:
-            eligible &= score >= self.min_score
+            eligible = eligible & (score >= self.min_score)
         positions = np.flatnonzero(eligible)
         keys = score[positions]
         if self.seed is not None:
