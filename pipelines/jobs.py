@@ -90,6 +90,7 @@ class SelectJob:
         checks.check_fraction(self.metrics_sample, "metrics_sample")
         checks.optional(checks.check_count, self.workers, "workers")
         checks.check_memory_limit(self.memory_limit, "memory_limit")
+        checks.optional(checks.check_scheduler, self.scheduler, "scheduler")
 
 
 def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,

@@ -73,6 +73,7 @@ Positive = Annotated[float, checked(checks.check_positive)]
 NonNegative = Annotated[float, checked(checks.check_nonnegative)]
 PartitionMB = Annotated[float, checked(checks.check_partition_mb)]
 MemoryLimit = Annotated[str, checked(checks.check_memory_limit)]
+Scheduler = Annotated[str | None, checked(checks.check_scheduler, optional=True)]
 
 
 def _as_list(value: Any) -> Any:
@@ -151,7 +152,7 @@ class OutputSpec(_Strict):
 class ClusterSpec(_Strict):
     """Local cluster by default; ``scheduler`` sends the same job to a running cluster."""
 
-    scheduler: str | None = None
+    scheduler: Scheduler = None
     workers: OptionalCount = None
     memory_limit: MemoryLimit = "auto"
     worker_kind: Literal["auto", "processes", "threads"] = "auto"

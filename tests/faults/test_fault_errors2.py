@@ -1,0 +1,159 @@
+"""Round 2 of the no-traceback, no-hang promise: scheduler addresses that are malformed,
+unreachable or silent; resource limits (file size, address space); pools too small for
+``--scorer auto``; plug-in scorers that return the wrong scores; and what every scorer does
+with empty or whitespace-only text. Each case is one line on stderr with exit status 2, or
+a correct result, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TARGETS, write_jsonl
+
+from pipelines.cli import main
+from pipelines.progress import LOST_AFTER_VARIABLE
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """stderr's non-blank lines that are not progress bars (they end in a time)."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.rstrip().endswith(("0:00:00", "0:00:01"))]
+
+
+def _one_error_line(stderr: str) -> str:
+    """The single ``dataselect: error:`` line a failure prints; fails on a traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = _error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("dataselect: error: "), stderr
+    return lines[0]
+
+
+def _dsir_argv(tmp_path: Path, *extra: str) -> list[str]:
+    records = [{"id": f"r{i}", "text": f"record {i} about licenses and terms " * 4}
+               for i in range(50)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+    return ["select", "--scorer", "dsir", "--pool", str(pool), "--target",
+            str(TARGETS / "licenses.jsonl"), "--k", "5", "--out", str(tmp_path / "out"),
+            *extra]
+
+
+# --- scheduler addresses -----------------------------------------------------------------
+
+class _Server:
+    """A TCP server on 127.0.0.1 that accepts connections and then does ``behaviour``
+    with each: ``silent`` keeps it open and never writes, ``close`` closes it at once,
+    ``garbage`` writes bytes that are not Dask's protocol."""
+
+    def __init__(self, behaviour: str):
+        self.behaviour = behaviour
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.kept: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            if self.behaviour == "close":
+                conn.close()
+                continue
+            if self.behaviour == "garbage":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
+            self.kept.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.kept:
+            conn.close()
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[_Server]:
+    srv = _Server(request.param)
+    yield srv
+    srv.close()
+
+
+def _timed_main(argv: list[str]) -> tuple[int, float]:
+    start = time.monotonic()
+    code = main(argv)
+    return code, time.monotonic() - start
+
+
+@pytest.mark.parametrize("server", ["silent", "close", "garbage"], indirect=True)
+def test_a_scheduler_that_accepts_but_never_answers_is_one_line_in_time(
+        tmp_path, monkeypatch, capsys, server):
+    """A port that accepts connections and never speaks Dask's protocol waited forever in
+    Dask's handshake (more than 400 s); now it stops after the no-workers timeout."""
+    monkeypatch.setenv(LOST_AFTER_VARIABLE, "2")
+    code, seconds = _timed_main(_dsir_argv(tmp_path, "--scheduler", server.address))
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert server.address in line
+    assert seconds < 10
+
+
+@pytest.mark.slow
+def test_a_silent_scheduler_fails_within_the_promised_15_s(tmp_path, capsys):
+    srv = _Server("silent")
+    try:
+        code, seconds = _timed_main(_dsir_argv(tmp_path, "--scheduler", srv.address))
+    finally:
+        srv.close()
+    assert code == 2
+    assert "did not answer for 15 s" in _one_error_line(capsys.readouterr().err)
+    assert seconds < 20
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_scheduler_is_one_line_fast(tmp_path, capsys):
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    code, seconds = _timed_main(_dsir_argv(tmp_path, "--scheduler", address))
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert address in line and "cannot reach a Dask scheduler" in line
+    assert seconds < 8  # was 30 s, then a traceback
+
+
+@pytest.mark.parametrize("address", ["tcp://", "foo", "tcp://host:notaport", "http://host:8786",
+                                     "tcp://127.0.0.1:70000", "tcp://:8786", " ",
+                                     "tcp://host:1/path"])
+@pytest.mark.parametrize("command", ["select", "score"])
+def test_a_malformed_scheduler_address_is_refused_before_any_work(tmp_path, capsys, address,
+                                                                  command):
+    argv = _dsir_argv(tmp_path, "--scheduler", address)
+    if command == "score":
+        argv = ["score", *[a for a in argv[1:] if a not in ("--k", "5")]]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--scheduler" in err and "tcp://host:8786" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("address", ["foo", "http://h:1", "tcp://h:0"])
+def test_a_malformed_scheduler_is_refused_by_the_api_and_recipes(tmp_path, address):
+    from dataselect.errors import InputError
+    from pipelines.cluster import dask_client
+    from pipelines.jobs import SelectJob
+    from pipelines.recipe import ClusterSpec
+
+    with pytest.raises(InputError, match="scheduler"):
+        SelectJob("dsir", ["p"], ["t"], str(tmp_path), k=1, scheduler=address).validate()
+    with pytest.raises(InputError, match="Dask scheduler address"), dask_client(address):
+        pass
+    with pytest.raises(ValueError, match="Dask scheduler address"):
+        ClusterSpec(scheduler=address)
