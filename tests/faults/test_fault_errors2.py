@@ -157,3 +157,47 @@ def test_a_malformed_scheduler_is_refused_by_the_api_and_recipes(tmp_path, addre
         pass
     with pytest.raises(ValueError, match="Dask scheduler address"):
         ClusterSpec(scheduler=address)
+
+
+# --- auto on tiny pools and targets -------------------------------------------------------
+
+def _pool_of(tmp_path: Path, rows: int) -> Path:
+    return write_jsonl(tmp_path / f"pool{rows}.jsonl",
+                       [{"id": f"p{i}", "text": f"pool row {i} about software licenses"}
+                        for i in range(rows)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rows", "candidates", "used"), [
+    (1, None, "zipfit"), (2, None, "zipfit"), (3, None, "zipfit"), (9, None, "zipfit"),
+    (1, "dsir,fasttext", "dsir")])
+def test_auto_on_a_pool_too_small_to_validate_uses_one_scorer_and_says_so(
+        tmp_path, capsys, rows, candidates, used):
+    """A 1-row pool left auto's candidates nothing to fit on (a traceback); a pool of a few
+    rows cannot measure anything. auto uses one candidate, unvalidated, and says which."""
+    import json
+
+    out = tmp_path / "out"
+    params = ["-p", f"candidates={candidates}"] if candidates else []
+    argv = ["select", "--scorer", "auto", *params, "--pool", str(_pool_of(tmp_path, rows)),
+            "--target", str(TARGETS / "licenses.jsonl"), "--k", "1", "--out", str(out),
+            "--workers", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    err = " ".join((captured.out + captured.err).split())  # the summary wraps long notes
+    assert "Traceback" not in err
+    said = (f"too few to validate candidates on (auto needs at least 10), so it used {used} "
+            "without validation")
+    assert f"so it used {used}" in err and "without validation" in err
+    manifest = json.loads((out / ".manifest.json").read_text())
+    assert manifest["counts"]["selected"] == 1
+    assert said in manifest["fit"]["validation"]["fallback"]
+    assert manifest["fit"]["chosen"] == {used: 1.0}
+
+
+def test_auto_with_a_one_row_target_is_one_line(tmp_path, capsys):
+    target = write_jsonl(tmp_path / "t.jsonl", [{"id": "t0", "text": "one target row"}])
+    argv = ["select", "--scorer", "auto", "--pool", str(_pool_of(tmp_path, 1)),
+            "--target", str(target), "--k", "1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "at least 2 target rows" in _one_error_line(capsys.readouterr().err)
