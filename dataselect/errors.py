@@ -52,6 +52,12 @@ class OutputConflictError(DataSelectError):
     """The output folder holds results of a different job, so resuming would mix them."""
 
 
+class ScorerContractError(DataSelectError):
+    """A scorer (typically a plug-in) broke the contract of ``score_batch``: the wrong
+    number of rows, ids or columns, or scores that are not numbers. Nothing the input can
+    fix; the line names the scorer so that its author can."""
+
+
 class ClusterLostError(DataSelectError):
     """The Dask cluster cannot finish the job: every worker is gone, or the scheduler is.
 

@@ -52,7 +52,7 @@ from dataselect.execution import (
 )
 from dataselect.params import field_types
 from dataselect.sampling import MergeSamples, PartitionSample
-from dataselect.scoring import FILTERED_BY, Scorer
+from dataselect.scoring import FILTERED_BY, Scorer, checked_scores
 from dataselect.table_corpus import table_corpus
 from scorers import SCORERS
 from scorers.auto_validation import (
@@ -288,7 +288,7 @@ class Auto(Scorer):
         total = np.zeros(batch.num_rows)
         filtered: pa.Array | None = None
         for name, candidate in self.fitted_.items():
-            scores = candidate.score_batch(batch)
+            scores = checked_scores(name, batch, candidate.score_batch(batch))
             mean, spread = self.scales_[name]
             total += self.chosen_[name] * (_finite(scores) - mean) / spread
             if FILTERED_BY in scores.column_names:
@@ -321,7 +321,7 @@ def _scores(candidate: Scorer, corpus: Corpus, rows: pa.Table) -> np.ndarray:
     if rows.num_rows == 0:
         return np.zeros(0)
     view = corpus.scoring_view(rows, candidate.uses_response_spans)
-    return _finite(candidate.score_batch(view))
+    return _finite(checked_scores(candidate.name, view, candidate.score_batch(view)))
 
 
 @dataclass(frozen=True)

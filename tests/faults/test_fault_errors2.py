@@ -6,6 +6,7 @@ a correct result, never a traceback or a hang."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -201,3 +202,154 @@ def test_auto_with_a_one_row_target_is_one_line(tmp_path, capsys):
             "--target", str(target), "--k", "1", "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert "at least 2 target rows" in _one_error_line(capsys.readouterr().err)
+
+
+# --- plug-in scorers that break score_batch's contract ------------------------------------
+
+BROKEN_PLUGIN = '''
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from dataselect.scoring import Scorer
+
+
+@dataclass
+class Length(Scorer):
+    """Scores that break the contract in the way ``how`` names."""
+
+    name: ClassVar[str] = "length"
+    how: str = field(default_factory=lambda: os.environ.get("PLUG_HOW", "fine"))
+    kind: str = "threads"
+
+    @property
+    def local_workers(self) -> str:
+        return self.kind
+
+    def fit(self, target, pool=None, runner=None):
+        self.fingerprint_ = self.how
+        return self
+
+    def score_batch(self, batch):
+        ids, n = batch["id"], batch.num_rows
+        score = np.arange(n, dtype=np.float64)
+        how = self.how
+        if how == "one_more":
+            return pa.table({"id": pa.concat_arrays([ids.combine_chunks(), pa.array(["x"])]),
+                             "score": np.arange(n + 1, dtype=np.float64)})
+        if how == "one_fewer":
+            return pa.table({"id": ids.slice(1), "score": score[1:]})
+        if how == "strings":
+            return pa.table({"id": ids, "score": [str(s) for s in score]})
+        if how == "none":
+            return pa.table({"id": ids, "score": pa.array([None] * n, pa.float64())})
+        if how == "nan":
+            return pa.table({"id": ids, "score": np.full(n, np.nan)})
+        if how == "no_score":
+            return pa.table({"id": ids, "value": score})
+        if how == "no_id":
+            return pa.table({"score": score})
+        if how == "other_ids":
+            return pa.table({"id": [f"other{i}" for i in range(n)], "score": score})
+        if how == "reversed_ids":
+            return pa.table({"id": ids.to_pylist()[::-1], "score": score})
+        if how == "int_ids":
+            return pa.table({"id": np.arange(n), "score": score})
+        if how == "list":
+            return list(score)
+        if how == "ints":
+            return pa.table({"id": ids, "score": np.arange(n)})
+        return pa.table({"id": ids, "score": score})
+
+    def config(self):
+        return {"how": self.how}
+'''
+
+BREAKAGES = {
+    "one_more": "returned 51 scores for 50 rows",
+    "one_fewer": "returned 49 scores for 50 rows",
+    "strings": "returned scores of type string, not numbers",
+    "none": "returned None as the score of id 'r0'",
+    "nan": "returned nan as the score of id 'r0'",
+    "no_score": "returned no 'score' column (columns: id, value)",
+    "no_id": "returned no 'id' column (columns: score)",
+    "other_ids": "returned id 'other0' for row 0, whose id is 'r0'",
+    "reversed_ids": "returned id 'r49' for row 0, whose id is 'r0'",
+    "int_ids": "returned id 0 for row 0, whose id is 'r0'",
+    "list": "returned a list, not a pyarrow Table",
+}
+
+
+@pytest.fixture
+def broken_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from test_plugins import install_plugin
+
+    from scorers import SCORERS
+
+    root = tmp_path / "plugin"
+    root.mkdir()
+    install_plugin(root, monkeypatch)  # registered as "length"; its module replaced here
+    (root / "plug_scorer.py").write_text(BROKEN_PLUGIN)
+    SCORERS.refresh()
+    yield
+    SCORERS.refresh()
+
+
+@pytest.mark.parametrize("how", sorted(BREAKAGES))
+@pytest.mark.parametrize("command", ["select", "score"])
+def test_a_plugin_breaking_the_score_contract_is_one_line_naming_it(
+        tmp_path, capsys, broken_plugin, how, command):
+    argv = _dsir_argv(tmp_path, "--workers", "1")
+    argv[argv.index("dsir")] = "length"
+    argv[3:3] = ["-p", f"how={how}"]
+    if command == "score":
+        argv = ["score", *[a for a in argv[1:] if a not in ("--k", "5")]]
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"dataselect: error: scorer 'length' {BREAKAGES[how]}; "
+                           "score_batch must return"), line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["one_more", "strings"])
+def test_the_score_contract_holds_in_worker_processes(tmp_path, capsys, broken_plugin, how):
+    argv = _dsir_argv(tmp_path, "--workers", "1")
+    argv[argv.index("dsir")] = "length"
+    argv[3:3] = ["-p", f"how={how}", "-p", "kind=processes"]
+    assert main(argv) == 2
+    assert BREAKAGES[how] in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_plugins_integer_scores_are_numbers(tmp_path, broken_plugin):
+    import pyarrow.parquet as pq
+
+    argv = _dsir_argv(tmp_path, "--workers", "1")
+    argv[argv.index("dsir")] = "length"
+    argv[3:3] = ["-p", "how=ints"]
+    assert main(argv) == 0
+    chosen = pq.read_table(tmp_path / "out")
+    assert chosen.schema.field("score").type == "double"
+    assert sorted(chosen["score"].to_pylist()) == [45.0, 46.0, 47.0, 48.0, 49.0]
+
+
+@pytest.mark.slow
+def test_the_score_contract_holds_for_auto_candidates_and_recipes(tmp_path, capsys,
+                                                                   monkeypatch, broken_plugin):
+    import yaml
+    from conftest import instruction_recipe
+
+    argv = _dsir_argv(tmp_path, "--workers", "1")
+    argv[argv.index("dsir")] = "auto"
+    argv[3:3] = ["-p", "candidates=length,dsir"]
+    monkeypatch.setenv("PLUG_HOW", "one_fewer")  # auto builds candidates with defaults
+    assert main(argv) == 2
+    assert re.search(r"scorer 'length' returned \d+ scores for \d+ rows",
+                     _one_error_line(capsys.readouterr().err))
+    recipe = instruction_recipe(tmp_path / "rout", ("define",), {"length": {"how": "nan"}},
+                                k=5)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "r.yaml")]) == 2
+    assert "returned nan as the score of id" in _one_error_line(capsys.readouterr().err)
