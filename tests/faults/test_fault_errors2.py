@@ -19,11 +19,15 @@ from conftest import TARGETS, write_jsonl
 from pipelines.cli import main
 from pipelines.progress import LOST_AFTER_VARIABLE
 
+# a rich progress bar as it is left on a non-terminal stderr ends in its elapsed or
+# remaining time: "score:dsir  ━━━  1/2 0:00:00", "warmup  0% -:--:--"
+PROGRESS_END = re.compile(r"(\d+:\d\d:\d\d|-:--:--)$")
+
 
 def _error_lines(stderr: str) -> list[str]:
-    """stderr's non-blank lines that are not progress bars (they end in a time)."""
+    """stderr's non-blank lines that are not progress bars."""
     return [line for line in stderr.splitlines()
-            if line.strip() and not line.rstrip().endswith(("0:00:00", "0:00:01"))]
+            if line.strip() and not PROGRESS_END.search(line.rstrip())]
 
 
 def _one_error_line(stderr: str) -> str:
@@ -353,3 +357,79 @@ def test_the_score_contract_holds_for_auto_candidates_and_recipes(tmp_path, caps
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["run", str(tmp_path / "r.yaml")]) == 2
     assert "returned nan as the score of id" in _one_error_line(capsys.readouterr().err)
+
+
+# --- model folders that ask for their own code, or cannot be loaded ----------------------
+
+def _remote_code_model(folder: Path) -> Path:
+    """A model folder whose config maps the Auto classes to Python files beside it, as a
+    Hub repository with custom code does; the code would leave a file behind if run."""
+    import json
+
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "custom_xyz", "architectures": ["CustomModel"],
+        "auto_map": {"AutoConfig": "configuration_custom.CustomConfig",
+                     "AutoModelForCausalLM": "modeling_custom.CustomModel"}}))
+    ran = folder.parent / "the_folders_code_ran"
+    for name in ("configuration_custom.py", "modeling_custom.py"):
+        (folder / name).write_text(f"open({str(ran)!r}, 'w').close()\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", [
+    ["select", "--scorer", "embed", "-p", "model={model}", "--k", "1"],
+    ["select", "--scorer", "bads", "-p", "model={model}", "--k", "1"],
+    ["select", "--scorer", "auto", "-p", "model={model}", "--k", "1"],
+    ["score", "--scorer", "embed", "-p", "model={model}"],
+    ["warmup", "--model", "{model}"],
+    ["attribute", "--method", "trak", "-p", "model={model}", "--queries", "{pool}"],
+])
+def test_a_model_folder_asking_for_its_own_code_is_one_line_naming_it(tmp_path, capsys,
+                                                                      command):
+    model = _remote_code_model(tmp_path / "custom-model")
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"p{i}", "text": f"row {i} " * 5}
+                                                 for i in range(40)])
+    argv = [a.format(model=model, pool=pool) for a in command] + ["--pool", str(pool)]
+    if command[0] in ("select", "score"):
+        argv += ["--target", str(TARGETS / "licenses.jsonl")]
+    argv += ["--out", str(tmp_path / ("out.parquet" if command[0] == "attribute" else "out"))]
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"dataselect: error: {model}: ") and "own Python code" in line
+    assert "trust_remote_code" in line
+    assert not (tmp_path / "the_folders_code_ran").exists()
+
+
+def test_an_unknown_architecture_or_bad_config_is_one_line(tmp_path):
+    from dataselect.errors import InputError
+    from scorers.lm import check_model_folder
+
+    for name, config in (("unknown", '{"model_type": "not_an_architecture"}'),
+                         ("broken", '{"model_type": '), ("list", "[1, 2]")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(config)
+        with pytest.raises(InputError) as raised:
+            check_model_folder(folder)
+        assert str(folder) in str(raised.value)
+
+
+def test_a_folder_transformers_cannot_load_from_is_one_line(tmp_path):
+    """A known architecture without tokenizer files, or without weights."""
+    import torch
+
+    from dataselect.errors import InputError
+    from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    path = check_model_folder(tmp_path)
+    with pytest.raises(InputError, match="cannot load the tokenizer from this folder"):
+        load_tokenizer(path)
+    with pytest.raises(InputError, match="cannot load the model from this folder"):
+        load_causal_lm(path, torch.device("cpu"))
+    (tmp_path / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "CustomTokenizer", "auto_map": {"AutoTokenizer": '
+        '["tokenization_custom.CustomTokenizer", null]}}')
+    with pytest.raises(InputError, match="own Python code"):
+        load_tokenizer(path)
