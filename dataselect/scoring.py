@@ -49,6 +49,10 @@ from dataselect.sampling import id_hashes
 
 FILTERED_BY = "filtered_by"
 TEXT_BYTES = "text_bytes"
+# filter reason of a row whose text is empty or holds only whitespace, control or format
+# characters (a no-break space, a zero-width space, a byte-order mark): nothing to select
+EMPTY_TEXT_FILTER = "empty_text"
+BLANK_TEXT = r"^[\s\p{Z}\p{Cc}\p{Cf}]*$"
 STORE_MANIFEST = "_manifest.json"
 
 
@@ -133,6 +137,31 @@ def _numeric_scores(scores: pa.Table, broken: Any) -> pa.Table:
         raise broken(f"returned {column[row].as_py()} as the score of id "
                      f"{scores['id'][row].as_py()!r}")
     return scores
+
+
+def with_text_columns(scores: pa.Table, texts: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """``scores`` of the rows whose scored text is ``texts``, with their ``text_bytes`` and
+    with blank rows (:data:`BLANK_TEXT`) filtered as ``empty_text``.
+
+    Every scorer gives a blank text some score, and for several it is a high one: ZIP-FIT's
+    fast mode ranked every empty row first (an empty text costs nothing to compress
+    against the target), DSIR scores it 0, above every document whose n-grams are rarer in
+    the target than in the pool. Nobody selects data to get empty rows, so such rows are
+    never eligible, whatever the scorer, and the manifest counts them under ``filtered``.
+    A reason the scorer gave already (DSIR's ``dsir_min_length``) is kept. The column is
+    added only when a row is blank, so score parts of other pools keep their bytes."""
+    if TEXT_BYTES not in scores.column_names:
+        scores = scores.append_column(TEXT_BYTES, pc.binary_length(texts))
+    blank = pc.match_substring_regex(texts, BLANK_TEXT)
+    if not pc.any(blank).as_py():
+        return scores
+    reasons = pa.nulls(scores.num_rows, pa.string())
+    if FILTERED_BY in scores.column_names:
+        reasons = scores[FILTERED_BY].cast(pa.string())
+    reasons = pc.if_else(pc.and_(blank, pc.is_null(reasons)), EMPTY_TEXT_FILTER, reasons)
+    if FILTERED_BY in scores.column_names:
+        return scores.set_column(scores.column_names.index(FILTERED_BY), FILTERED_BY, reasons)
+    return scores.append_column(FILTERED_BY, reasons)
 
 
 def score_length_correlation(summaries: list[dict[str, Any]]) -> float | None:
@@ -236,10 +265,8 @@ class Scorer(ABC):
         :meth:`score_batch`; a scorer that kept per-partition work from its fit (DSIR keeps
         the pool's hashed n-grams in a job's store) overrides it to use that work."""
         view = corpus.scoring_view(table, self.uses_response_spans)
-        scores = checked_scores(self.name, view, self.score_batch(view))
-        if TEXT_BYTES not in scores.column_names:
-            scores = scores.append_column(TEXT_BYTES, pc.binary_length(view["text"]))
-        return scores
+        return with_text_columns(checked_scores(self.name, view, self.score_batch(view)),
+                                 view["text"])
 
     @abstractmethod
     def config(self) -> dict[str, Any]:

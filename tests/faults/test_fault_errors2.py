@@ -433,3 +433,105 @@ def test_a_folder_transformers_cannot_load_from_is_one_line(tmp_path):
         '["tokenization_custom.CustomTokenizer", null]}}')
     with pytest.raises(InputError, match="own Python code"):
         load_tokenizer(path)
+
+
+# --- empty and whitespace-only text --------------------------------------------------------
+
+BLANKS = ["", " ", "\n\n", "\t \r\n", "\u00a0", "\u3000\u2003", "\u200b", "\ufeff", "\x00"]
+
+
+def _pool_with_blanks(tmp_path: Path, records: list[dict]) -> Path:
+    rows = [{"id": r["id"], "text": r["text"]} for r in records]
+    rows[5:5] = [{"id": f"blank{i}", "text": text} for i, text in enumerate(BLANKS)]
+    return write_jsonl(tmp_path / "pool.jsonl", rows)
+
+
+@pytest.mark.parametrize("scorer", [["dsir"], ["zipfit", "-p", "mode=fast"],
+                                    ["zipfit", "-p", "mode=exact"], ["fasttext"]])
+@pytest.mark.parametrize("budget", [["--k", "5"], ["--fraction", "1"],
+                                    ["--threshold=-1e300"]])
+def test_blank_rows_are_never_selected_and_are_counted(tmp_path, small_records, scorer,
+                                                       budget):
+    """ZIP-FIT's fast mode ranked every empty row first and DSIR scored them 0, above most
+    documents; now a blank row (empty, whitespace, no-break or zero-width spaces, a BOM,
+    control characters) is filtered as ``empty_text`` by every scorer."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    argv = ["select", "--scorer", *scorer, "--pool", str(_pool_with_blanks(tmp_path,
+            small_records[:30])), "--target", str(TARGETS / "python_docs.jsonl"), *budget,
+            "--out", str(out), "--workers", "1"]
+    assert main(argv) == 0
+    chosen = pq.read_table(out)["id"].to_pylist()
+    assert not [i for i in chosen if i.startswith("blank")]
+    counts = json.loads((out / ".manifest.json").read_text())["counts"]
+    assert counts["filtered"] == {"empty_text": len(BLANKS)}
+    assert counts["eligible"] == 30 and counts["rows_in"] == 30 + len(BLANKS)
+    if budget[0] == "--k":
+        assert len(chosen) == 5
+    if budget[0] == "--fraction" or budget[0].startswith("--threshold"):
+        assert len(chosen) == 30
+
+
+def test_a_pool_without_blank_rows_keeps_its_score_columns():
+    """The ``filtered_by`` column appears only where a row is blank, so score stores of
+    other pools keep their bytes; a scorer's own reason is kept over ``empty_text``."""
+    import pyarrow as pa
+
+    from dataselect.scoring import with_text_columns
+
+    scores = pa.table({"id": ["a", "b"], "score": [1.0, 2.0]})
+    assert with_text_columns(scores, pa.array(["x", " y "])).column_names == [
+        "id", "score", "text_bytes"]
+    marked = with_text_columns(
+        pa.table({"id": ["a", "b", "c"], "score": [1.0, 2.0, 3.0],
+                  "filtered_by": pa.array([None, "dsir_min_length", None], pa.string())}),
+        pa.array(["", " ", "text"]))
+    assert marked["filtered_by"].to_pylist() == ["empty_text", "dsir_min_length", None]
+
+
+@pytest.mark.slow
+def test_model_scorers_filter_blank_rows_too(tmp_path, instruction_lm):
+    """RDS+ embeddings (through its pool feature store) and BADS (through score_batch)."""
+    import pyarrow.parquet as pq
+
+    from dataselect import read_corpus
+
+    rows = [{"id": f"r{i}", "text": f"row {i} explains how to define a word"} for i in range(6)]
+    rows += [{"id": f"blank{i}", "text": text} for i, text in enumerate(BLANKS[:3])]
+    pool = read_corpus(str(write_jsonl(tmp_path / "pool.jsonl", rows)))
+    target = read_corpus(str(write_jsonl(tmp_path / "t.jsonl", rows[:3])))
+    from scorers import SCORERS
+
+    embed = SCORERS["embed"](model=instruction_lm, features=str(tmp_path / "feats"))
+    scores = embed.fit(target, pool).score(pool).write(str(tmp_path / "scores"))
+    table = pq.read_table(tmp_path / "scores")
+    reasons = dict(zip(table["id"].to_pylist(), table["filtered_by"].to_pylist()))
+    assert {i for i, r in reasons.items() if r == "empty_text"} == {"blank0", "blank1",
+                                                                    "blank2"}
+    assert scores.stats["rows"] == 9
+
+
+# --- ZIP-FIT's default mode ---------------------------------------------------------------
+
+def test_zipfit_defaults_to_fast_mode_and_exact_is_one_flag_away(tmp_path):
+    """Exact mode was the default: 4-8x slower than fast on a newcomer's pool, and no more
+    precise. A job without -p mode now scores in fast mode, and says so in its manifest."""
+    import json
+
+    from scorers import ZipFit
+
+    assert ZipFit().mode == "fast"
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"id": f"p{i}", "text": f"permission is hereby granted, free of charge, copy {i} " * 3}
+        for i in range(20)])
+    for mode, params in (("fast", []), ("exact", ["-p", "mode=exact"])):
+        out = tmp_path / mode
+        assert main(["select", "--scorer", "zipfit", *params, "--pool", str(pool),
+                     "--target", str(TARGETS / "licenses.jsonl"), "--k", "3",
+                     "--out", str(out)]) == 0
+        config = json.loads((out / ".manifest.json").read_text())["scores"]["config"]
+        assert config["mode"] == mode
+        assert config["compressor"] == {"fast": "zstd", "exact": "deflate"}[mode]
