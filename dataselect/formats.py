@@ -32,7 +32,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import zstandard
 
-from dataselect.errors import InputError
+from dataselect.errors import InputError, is_resource_failure
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2")
@@ -168,6 +168,8 @@ def _reading(path: str, fmt: str) -> Iterator[None]:
     try:
         yield
     except (pa.ArrowException, OSError) as exc:
+        if is_resource_failure(exc):  # the process ran out of something, not the file
+            raise
         raise _unreadable(path, fmt, exc) from exc
 
 

@@ -43,7 +43,7 @@ from dataselect.defaults import (
     SIDES,
     WORKER_KINDS,
 )
-from dataselect.errors import DataSelectError, os_error_line
+from dataselect.errors import DataSelectError, os_error_line, resource_line
 from pipelines.commands import parse_params
 from pipelines.console import INTERRUPTED
 from scorers import SCORERS
@@ -374,11 +374,11 @@ def _error_line(exc: Exception, out: str | None) -> str | None:
     errno and file name intact."""
     if isinstance(exc, DataSelectError):
         return str(exc)
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and os_error_line(exc, out) is not None:
         return os_error_line(exc, out)
     from pipelines.cluster import worker_failure_line
 
-    return worker_failure_line(exc)
+    return resource_line(exc) or worker_failure_line(exc)
 
 
 def _traceback_if(verbose: bool) -> None:

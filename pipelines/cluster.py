@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 
 from dataselect import checks
-from dataselect.errors import ClusterLostError, InputError
+from dataselect.errors import ClusterLostError, InputError, limits_in_force
 from pipelines.progress import LOST_AFTER_VARIABLE, lost_after_seconds
 from pipelines.threads import LocalThreads
 
@@ -362,7 +362,7 @@ def worker_failure_line(exc: BaseException) -> str | None:
         what = "a Dask worker died repeatedly while running a task (killed for using " \
                "too much memory, or crashing)"
     elif isinstance(exc, MemoryError):
-        what = "out of memory"
+        what = f"out of memory{limits_in_force()}"
     else:
         return None
     return (f"{what}; rerun with a smaller --partition-mb, a larger --memory-limit or "

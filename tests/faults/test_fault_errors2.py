@@ -535,3 +535,102 @@ def test_zipfit_defaults_to_fast_mode_and_exact_is_one_flag_away(tmp_path):
         config = json.loads((out / ".manifest.json").read_text())["scores"]["config"]
         assert config["mode"] == mode
         assert config["compressor"] == {"fast": "zstd", "exact": "deflate"}[mode]
+
+
+# --- resource limits ---------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _limited_run(argv: list[str], limit: int, value: int) -> tuple[int, str, float]:
+    """The console script run under ``resource.setrlimit(limit, value)``: exit status,
+    stderr and seconds."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def set_limit() -> None:
+        resource.setrlimit(limit, (value, value))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pipelines.console", *argv], env=env,
+                          preexec_fn=set_limit, capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr, time.monotonic() - start
+
+
+@pytest.mark.parametrize("limit", ["RLIMIT_AS", "RLIMIT_DATA"])
+def test_an_address_space_limit_too_small_to_start_is_one_line(tmp_path, limit):
+    """Under ulimit -v 1 GiB, OpenBLAS gave up while NumPy imported and Polars' allocator
+    aborted the process (exit 134); now the limit is checked before they load."""
+    import resource
+
+    code, err, seconds = _limited_run(_dsir_argv(tmp_path), getattr(resource, limit), 2**30)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "limit (ulimit -" in line and "is 1024 MiB" in line and "at least 4 GiB" in line
+    assert seconds < 10  # before any library loads
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path):
+    """ulimit -f: a write past the limit fails with EFBIG (Python ignores SIGXFSZ, so the
+    process is not killed), and the line says which limit and what to do."""
+    import json
+    import resource
+
+    argv = _dsir_argv(tmp_path, "--worker-kind", "threads")
+    code, err, _ = _limited_run(argv, resource.RLIMIT_FSIZE, 4096)
+    assert code == 2, err
+    line = _one_error_line(err)
+    assert "File too large" in line and "file-size limit (ulimit -f)" in line
+    assert main(argv) == 0  # the limit lifted: the same command finishes
+    assert json.loads((tmp_path / "out" / ".manifest.json").read_text())["counts"][
+        "selected"] == 5
+
+
+def test_an_open_file_limit_too_small_is_one_line_or_raised(tmp_path):
+    import resource
+
+    code, err, _ = _limited_run(_dsir_argv(tmp_path), resource.RLIMIT_NOFILE, 12)
+    assert code == 2
+    assert "open-file limit (ulimit -n) is 12" in _one_error_line(err)
+
+
+def test_a_refused_thread_is_one_line_naming_the_limits(tmp_path, monkeypatch, capsys):
+    """The system refusing a thread (ulimit -v or -u reached) in Arrow's reader was
+    reported as a corrupt Parquet file; in Python's threading it was a traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dataselect.errors import resource_line
+
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one text", "another text"]}), pool)
+
+    def no_thread(*args: object, **kwargs: object) -> None:
+        raise pa.ArrowException("Unknown error: Failed to launch worker thread: Resource "
+                                "temporarily unavailable")
+
+    monkeypatch.setattr(pq.ParquetFile, "__init__", no_thread)
+    argv = _dsir_argv(tmp_path)
+    argv[argv.index("--pool") + 1] = str(pool)
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "refused to start a thread" in line and "corrupt" not in line
+    assert "ulimit -u" in resource_line(RuntimeError("can't start new thread"))
+
+
+def test_out_of_memory_names_the_address_space_limit(monkeypatch):
+    import resource
+
+    from pipelines.cluster import worker_failure_line
+
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (
+        (5 * 2**30, resource.RLIM_INFINITY) if which == resource.RLIMIT_AS else real(which)))
+    line = worker_failure_line(MemoryError())
+    assert line.startswith("out of memory (ulimit -v is 5120 MiB); rerun with a smaller "
+                           "--partition-mb")
