@@ -154,21 +154,26 @@ def _ask_identity(address: str, connect_seconds: float, deadline: float) -> None
     thread.start()
     thread.join(deadline + CONNECT_SECONDS)  # wait_for's own deadline normally ends it
     error = outcome[0] if outcome else TimeoutError()
-    if error is None:
-        return
+    if error is not None:
+        raise _unanswered(address, error, connect_seconds, deadline) from None
+
+
+def _unanswered(address: str, error: BaseException, connect_seconds: float, deadline: float
+                ) -> ClusterLostError:
+    """The one line for a scheduler that did not answer ``identity``: silent, unreachable,
+    or something else at that port."""
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
-        raise ClusterLostError(
+        return ClusterLostError(
             f"the Dask scheduler at {address} accepted the connection but did not answer "
             f"for {deadline:g} s; check that a Dask scheduler (not another service) listens "
-            f"there, or raise {LOST_AFTER_VARIABLE}") from None
+            f"there, or raise {LOST_AFTER_VARIABLE}")
     if isinstance(error, OSError) and "Timed out trying to connect" in str(error):
-        raise ClusterLostError(
+        return ClusterLostError(
             f"cannot reach a Dask scheduler at {address} ({_root_cause(error)}, retried for "
-            f"{connect_seconds:g} s); start one there ('dask scheduler') or fix --scheduler"
-            ) from None
-    raise ClusterLostError(f"{address} did not answer as a Dask scheduler (the exchange "
-                           f"failed with {type(error).__name__}); check the address and port"
-                           ) from None
+            f"{connect_seconds:g} s); start one there ('dask scheduler') or fix --scheduler")
+    return ClusterLostError(f"{address} did not answer as a Dask scheduler (the exchange "
+                            f"failed with {type(error).__name__}); check the address and "
+                            "port")
 
 
 def _root_cause(error: BaseException) -> str:

@@ -634,3 +634,19 @@ def test_out_of_memory_names_the_address_space_limit(monkeypatch):
     line = worker_failure_line(MemoryError())
     assert line.startswith("out of memory (ulimit -v is 5120 MiB); rerun with a smaller "
                            "--partition-mb")
+
+
+def test_rows_without_tokens_get_no_model_pass():
+    """An empty text tokenizes to no token with a tokenizer that adds no BOS; a chunk of
+    such rows alone had no token column and the model failed on it (RDS+ embeddings)."""
+    import numpy as np
+
+    from scorers.embed import length_batches
+    from scorers.lm import token_budget_chunks
+
+    lengths = np.array([0, 5, 0, 3, 0])
+    chunks = token_budget_chunks(lengths, 2, 100)
+    assert sorted(np.concatenate(chunks).tolist()) == [1, 3]
+    assert token_budget_chunks(np.zeros(3, int), 2, 100) == []
+    widths = [int(lengths[rows[0]]) for rows in length_batches(lengths, 8)]
+    assert widths[-1] == 0  # embed skips this batch
