@@ -41,6 +41,12 @@ def _rebuild(cls: type[InputError], message: str, where: str | None, field: str 
     return cls(message, where=where, field=field)
 
 
+class ScorerContractError(InputError):
+    """A scorer (typically a plug-in) broke the contract of ``score_batch``: the wrong
+    number of rows, ids or columns, or scores that are not numbers. The line names the
+    scorer so that its author can fix it; an InputError, as a NaN score always was."""
+
+
 class EmptyCorpusError(InputError):
     """A pool or target holds no records."""
 
@@ -51,12 +57,6 @@ class DuplicateIdError(InputError):
 
 class OutputConflictError(DataSelectError):
     """The output folder holds results of a different job, so resuming would mix them."""
-
-
-class ScorerContractError(DataSelectError):
-    """A scorer (typically a plug-in) broke the contract of ``score_batch``: the wrong
-    number of rows, ids or columns, or scores that are not numbers. Nothing the input can
-    fix; the line names the scorer so that its author can."""
 
 
 class ClusterLostError(DataSelectError):
