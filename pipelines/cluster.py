@@ -170,7 +170,8 @@ def _unanswered(address: str, error: BaseException, connect_seconds: float, dead
     if isinstance(error, OSError) and "Timed out trying to connect" in str(error):
         return ClusterLostError(
             f"cannot reach a Dask scheduler at {address} ({_root_cause(error)}, retried for "
-            f"{connect_seconds:g} s); start one there ('dask scheduler') or fix --scheduler")
+            f"{connect_seconds:g} s); start one there ('dask scheduler') or give another "
+            "address")
     return ClusterLostError(f"{address} did not answer as a Dask scheduler (the exchange "
                             f"failed with {type(error).__name__}); check the address and "
                             "port")
