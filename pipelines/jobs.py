@@ -126,7 +126,8 @@ RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind"
 # Bumped when a release writes other bytes for the same settings and inputs, so that a job
 # interrupted under the old code is not resumed, half old and half new, by the new one.
 # 2: the fast n-gram tokenizer hashes tokens from their string views (other buckets).
-# 3: ZIP-FIT's default mode is fast (was exact); blank rows are filtered as empty_text.
+# 3: ZIP-FIT's default mode is fast (was exact), whose texts under 8 bytes are scored
+#    with a padded dictionary; blank rows are filtered as empty_text.
 OUTPUT_REVISION = 3
 
 
