@@ -104,6 +104,7 @@ class SelectJob:
             raise checks.SettingError("must be a dict of the scorer's settings, got "
                                       f"{checks.shown(self.scorer_params)}",
                                       field="scorer_params")
+        checks.optional(checks.check_scheduler, self.scheduler, "scheduler")
 
 
 def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,
@@ -139,7 +140,9 @@ RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind"
 # Bumped when a release writes other bytes for the same settings and inputs, so that a job
 # interrupted under the old code is not resumed, half old and half new, by the new one.
 # 2: the fast n-gram tokenizer hashes tokens from their string views (other buckets).
-OUTPUT_REVISION = 2
+# 3: ZIP-FIT's default mode is fast (was exact), whose texts under 8 bytes are scored
+#    with a padded dictionary; blank rows are filtered as empty_text.
+OUTPUT_REVISION = 3
 
 
 def job_identity(job: SelectJob, pool: Corpus, target: Corpus) -> dict[str, Any]:
