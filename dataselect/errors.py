@@ -85,6 +85,9 @@ _OS_ERROR_ADVICE = {
                   "--out",
     # resource limits of the process (SIGXFSZ is ignored, so a write past ulimit -f fails
     # with EFBIG instead of killing the process)
+    errno.ENAMETOOLONG: "a name in that path is longer than the file system allows (255 "
+                        "bytes a name on most); choose a shorter --out",
+    errno.ELOOP: "that path runs through too many symbolic links; choose another --out",
     errno.EFBIG: "a file reached the file-size limit (ulimit -f); raise it (ulimit -f "
                  "unlimited) and rerun the same command to resume",
     errno.EMFILE: _OPEN_FILES,

@@ -523,7 +523,8 @@ class Scores:
         """
         folder = checks.check_path(folder, "folder")
         overwrite = checks.check_bool(overwrite, "overwrite")
-        with claim_output(folder, "scores", self.description, inputs=self.corpus.files,
+        with claim_output(folder, "scores", self.description,
+                          inputs=[*self.corpus.files, *self.corpus.roots],
                           overwrite=overwrite) as claimed:
             folder = claimed.path
             claimed.expect([STORE_MANIFEST] + [part_name(i) for i in range(self.npartitions)]
