@@ -233,11 +233,15 @@ def eval_settings(args: argparse.Namespace) -> EvalSettings:
 
 
 def _pairs(pairs: list[str] | None) -> dict[str, str]:
-    """``-p KEY=VALUE`` flags (None when none were given) as a dict."""
-    out = {}
+    """``-p KEY=VALUE`` flags (None when none were given) as a dict. A key given twice is
+    refused: keeping the last silently would run with a value the user may not mean."""
+    out: dict[str, str] = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep:
             raise InputError(f"expected KEY=VALUE, got {pair!r}", field="--param")
+        if key in out:
+            raise InputError(f"-p {key} is given twice ({out[key]!r} and {value!r}); "
+                             "give it once", field="--param")
         out[key] = value
     return out

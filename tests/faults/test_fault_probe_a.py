@@ -101,3 +101,53 @@ def test_a_non_finite_number_is_refused_naming_line_and_field(tmp_path, literal,
     assert error.field == "meta", str(error)
     assert error.where.endswith(f"p.jsonl:{2 + len(blank)}"), str(error)
     assert literal in str(error)
+
+
+# ------------------------------------------------------------------ a -p key given twice
+
+@pytest.mark.parametrize("command", ["select", "score"])
+def test_a_param_given_twice_is_refused_not_last_kept(tmp_path, capsys, command):
+    pool = tmp_path / "p.jsonl"
+    pool.write_text("".join(_line(i) + "\n" for i in range(20)))
+    args = [command, "--scorer", "dsir", "--pool", str(pool), "--target",
+            str(TARGETS / "fortunes.jsonl"), "--out", str(tmp_path / "out"), "--workers", "1",
+            "--worker-kind", "threads", "-p", "num_buckets=1000", "-p", "num_buckets=2000"]
+    code = main([*args, "--k", "5"] if command == "select" else args)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    _refused(code, "\n".join(errors), "num_buckets", "twice")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------- task names that read as columns
+
+def _recipe_with(tmp_path: Path, targets: str, scorers: str) -> Path:
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(_line(i) + "\n" for i in range(20)))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"pool: {{paths: {pool}}}\ntargets:\n{targets}\nscorers: {scorers}\n"
+                    "selection: {policy: top_k, k: 3, scope: global}\n"
+                    f"output: {{path: {tmp_path / 'out'}}}\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("task", ["dsir", "zipfit", "score", "rank", "tasks", "best_task",
+                                  "filtered_by"])
+def test_a_task_named_like_a_scorer_or_an_output_column_is_refused(tmp_path, task):
+    from pipelines.recipe import RecipeError, load_recipe
+
+    fortunes = TARGETS / "fortunes.jsonl"
+    path = _recipe_with(tmp_path, f"  {task}: {{paths: {fortunes}}}\n"
+                                  f"  other: {{paths: {fortunes}}}", "[dsir]")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert task in str(info.value) and "rename the task" in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_scorer_listed_twice_is_refused(tmp_path):
+    from pipelines.recipe import RecipeError, load_recipe
+
+    path = _recipe_with(tmp_path, f"  t: {{paths: {TARGETS / 'fortunes.jsonl'}}}",
+                        "[dsir, zipfit, dsir]")
+    with pytest.raises(RecipeError, match="'dsir' is listed twice"):
+        load_recipe(path)
