@@ -33,7 +33,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import zstandard
 
-from dataselect import storage
+from dataselect import checks, storage
 from dataselect.errors import InputError, is_resource_failure
 from dataselect.schemas import nesting
 
@@ -83,7 +83,7 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     found: list[str] = []
     for item in specs:
-        item = storage.local_form(str(item))
+        item = checks.check_utf8_name(storage.local_form(str(item)))
         if storage.is_remote(item):
             found.extend(_expand_remote(item))
             continue
@@ -97,6 +97,8 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
             found.extend(_expand_one(match))
     if not found:
         raise InputError("no readable data files found", where=", ".join(map(str, specs)))
+    for file in found:
+        checks.check_utf8_name(file)
     return _once_each(found)
 
 

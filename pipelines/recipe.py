@@ -426,7 +426,7 @@ def _check_params(name: str, params: Any, prefix: tuple[Any, ...]) -> dict[str, 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read and validate a recipe; ``overrides`` (dotted keys, e.g. ``output.path``) replace
     values before validation, for command-line flags."""
-    where = str(path)
+    where = checks.check_utf8_name(os.fspath(path), "recipe")
     raw = _parse_yaml(_read_limited(path), where)
     if not isinstance(raw, dict):
         raise RecipeError("a recipe is a YAML mapping of keys (pool, targets, scorers, "
@@ -614,6 +614,8 @@ def _check_paths(recipe: Recipe, where: str) -> None:
     # a model shortcut (``path: smollm2``) is fetched and converted when the run starts
     keyed += [(f"models.{n}.path", m.path) for n, m in recipe.models.items()
               if m.path and not is_shortcut(m.path)]
+    for key, path in [*keyed, ("output.path", recipe.output.path)]:
+        checks.check_utf8_name(path, key)
     for key, path in keyed:
         # data may be in an object store; a model is loaded from a local folder
         found = (os.path.exists(path) or glob.glob(path)) if key.startswith("models.") \

@@ -5,6 +5,7 @@ UTF-8, a key given twice) is one line naming where, never a silent guess."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,48 @@ def test_a_scorer_listed_twice_is_refused(tmp_path):
                         "[dsir, zipfit, dsir]")
     with pytest.raises(RecipeError, match="'dsir' is listed twice"):
         load_recipe(path)
+
+
+# ------------------------------------------------------------- names that are not UTF-8
+
+BAD = os.fsdecode(b"bad\xff.jsonl")  # how Python hands over such a name from argv or a folder
+
+
+def _pool_file(path: Path) -> Path:
+    path.write_text("".join(_line(i) + "\n" for i in range(20)))
+    return path
+
+
+@pytest.mark.parametrize("where", ["pool", "target", "folder member", "out"])
+def test_a_name_that_is_not_utf8_is_refused_naming_it(tmp_path, capsys, where):
+    good = _pool_file(tmp_path / "p.jsonl")
+    bad = _pool_file(tmp_path / BAD) if where != "out" else tmp_path / BAD
+    if where == "folder member":
+        (tmp_path / "d").mkdir()
+        bad = _pool_file(tmp_path / "d" / BAD)
+    pool = {"pool": bad, "folder member": tmp_path / "d"}.get(where, good)
+    target = bad if where == "target" else TARGETS / "fortunes.jsonl"
+    out = bad if where == "out" else tmp_path / "out"
+    code = main(["select", "--scorer", "dsir", "--pool", str(pool), "--target", str(target),
+                 "--k", "5", "--out", str(out), "--workers", "1", "--worker-kind", "threads"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    _refused(code, "\n".join(line for line in err.splitlines() if "error" in line),
+             "bad\\xff.jsonl", "not valid UTF-8", "rename")
+
+
+def test_a_recipe_or_output_name_that_is_not_utf8_is_refused(tmp_path):
+    from pipelines.recipe import load_recipe
+
+    recipe = _recipe_with(tmp_path, f"  t: {{paths: {TARGETS / 'fortunes.jsonl'}}}", "dsir")
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        load_recipe(recipe, {"output.path": str(tmp_path / BAD)})
+    renamed = recipe.rename(tmp_path / os.fsdecode(b"r\xfe.yaml"))
+    with pytest.raises(InputError, match="not valid UTF-8") as info:
+        load_recipe(renamed)
+    assert "r\\xfe.yaml" in info.value.where
+
+
+def test_the_python_api_refuses_a_name_that_is_not_utf8(tmp_path):
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        read_corpus(str(_pool_file(tmp_path / BAD))).to_table()
