@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -118,11 +119,13 @@ def _expand_remote(spec: str) -> list[str]:
     if set(HF_MARKERS) <= set(names):  # its JSON bookkeeping is no JSONL data
         raise InputError("a Hugging Face save_to_disk folder is read from a local disk only: "
                          "copy it here, or give its data as Parquet or JSONL URLs", where=spec)
+    hidden = {name for name in names
+              if any(part.startswith((".", "_")) for part in name.split("/"))}
     files = [storage.join(spec, name) for name in names
-             if detect_format(name, strict=False)
-             and not any(part.startswith((".", "_")) for part in name.split("/"))]
+             if detect_format(name, strict=False) and name not in hidden]
     if not files:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=spec)
+    _note_skipped(spec, sorted({_first_hidden(name.split("/")) for name in hidden}))
     return files
 
 
@@ -172,7 +175,8 @@ def _expand_existing(path: str) -> list[str]:
 def _once_each(files: list[str]) -> list[str]:
     """``files`` without the later names of a file already listed (order kept). A file is
     its device and inode, so symbolic links, hard links and bind mounts are all seen
-    through."""
+    through; a Hugging Face ``save_to_disk`` folder is its data files, so the folder and
+    one of its own ``.arrow`` files are read once too."""
     seen: set[tuple[int, int]] = set()
     kept = []
     for file in files:
@@ -180,11 +184,34 @@ def _once_each(files: list[str]) -> list[str]:
             if file not in kept:
                 kept.append(file)
             continue
-        info = os.stat(file)
-        if (info.st_dev, info.st_ino) not in seen:
-            seen.add((info.st_dev, info.st_ino))
-            kept.append(file)
+        keys = _identities(file)
+        if keys <= seen:
+            continue
+        if keys & seen:
+            raise InputError("this Hugging Face folder's data files are given separately "
+                             "too, some of them: give the folder or its files, not both",
+                             where=file)
+        seen |= keys
+        kept.append(file)
     return kept
+
+
+def _identities(path: str) -> set[tuple[int, int]]:
+    """The (device, inode) pairs of the files whose rows ``path`` reads."""
+    files = _hf_data_files(path) if is_hf_dataset_dir(path) else []
+    return {(info.st_dev, info.st_ino) for info in map(os.stat, files or [path])}
+
+
+def _hf_data_files(path: str) -> list[str]:
+    """The data files a ``save_to_disk`` folder's ``state.json`` lists (none when it
+    cannot be read: the folder's own reading then names the problem)."""
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            names = [entry["filename"] for entry in json.load(f)["_data_files"]]
+        return [os.path.join(path, name) for name in names
+                if os.path.isfile(os.path.join(path, name))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _expand_one(path: str) -> list[str]:
@@ -198,13 +225,54 @@ def _expand_one(path: str) -> list[str]:
         return [path]
     if os.path.isfile(os.path.join(path, "dataset_dict.json")):
         return sorted(str(p) for p in Path(path).iterdir() if is_hf_dataset_dir(str(p)))
-    files = sorted(
-        str(p) for p in Path(path).rglob("*")
-        if p.is_file() and detect_format(str(p), strict=False) and not _hidden(p, path)
-    )
+    files, skipped = [], set()
+    for p in sorted(Path(path).rglob("*")):
+        if _hidden(p, path):
+            skipped.add(_hidden_part(p, path))
+        elif p.is_symlink() and not p.exists() and detect_format(str(p), strict=False):
+            raise InputError("a broken symbolic link in the folder: fix its target or "
+                             "remove it", where=str(p))
+        elif p.is_file() and detect_format(str(p), strict=False):
+            files.append(str(p))
     if not files:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=path)
+    _note_skipped(path, sorted(skipped))
     return files
+
+
+# folders whose skipped names this process has already reported (a pool is listed by
+# several stages of one job; the note is said once)
+_NOTED: set[str] = set()
+SHOWN_SKIPPED = 3
+
+
+def _hidden_part(file: Path, root: str) -> str:
+    """The first ``.``/``_`` name on the way from ``root`` to ``file``, as a path: a hidden
+    folder is one skipped name, not each file below it."""
+    return _first_hidden(file.relative_to(root).parts)
+
+
+def _first_hidden(parts: Iterable[str]) -> str:
+    """The path parts up to the first ``.``/``_`` one, joined with ``/``."""
+    kept = []
+    for part in parts:
+        kept.append(part)
+        if part.startswith((".", "_")):
+            break
+    return "/".join(kept)
+
+
+def _note_skipped(folder: str, names: list[str]) -> None:
+    """Say on stderr, before any work, which names below ``folder`` were skipped as
+    bookkeeping (``_SUCCESS``, ``_metadata``, ``.crc``, ``.git``): skipped by convention,
+    as pyarrow, Spark and ``datasets`` do, but never silently."""
+    if not names or folder in _NOTED:
+        return
+    _NOTED.add(folder)
+    shown = ", ".join(names[:SHOWN_SKIPPED]) + (", ..." if len(names) > SHOWN_SKIPPED else "")
+    print(f"dataselect: note: {folder}: skipped {len(names)} name(s) starting with '_' or "
+          f"'.' (bookkeeping by convention): {shown}; rename a data file to read it",
+          file=sys.stderr)
 
 
 def _special_kind(path: str) -> str:

@@ -197,3 +197,43 @@ def test_a_recipe_or_output_name_that_is_not_utf8_is_refused(tmp_path):
 def test_the_python_api_refuses_a_name_that_is_not_utf8(tmp_path):
     with pytest.raises(InputError, match="not valid UTF-8"):
         read_corpus(str(_pool_file(tmp_path / BAD))).to_table()
+
+
+# ------------------------------------------------------ what a folder skips, and says so
+
+def test_a_folder_says_which_underscore_and_dot_names_it_skipped(tmp_path, capsys):
+    pool = tmp_path / "pool"
+    (pool / ".git").mkdir(parents=True)
+    for name in ("a.jsonl", "_extra.jsonl", "_SUCCESS", ".git/x.jsonl", ".git/y.jsonl"):
+        _pool_file(pool / name)
+    code, errors = _select([pool], tmp_path / "out", capsys)
+    assert code == 0, errors
+    import dataselect.formats as formats
+
+    formats._NOTED.clear()
+    read_corpus(str(pool)).to_table()
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note" in line]
+    assert len(notes) == 1, notes
+    assert "skipped 3 name(s)" in notes[0] and ".git, _SUCCESS, _extra.jsonl" in notes[0]
+
+
+def test_a_broken_link_in_a_folder_is_refused_naming_it(tmp_path, capsys):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    _pool_file(pool / "a.jsonl")
+    (pool / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    code, errors = _select([pool], tmp_path / "out", capsys)
+    _refused(code, errors, "b.jsonl", "broken symbolic link")
+
+
+@pytest.mark.parametrize("folder_first", [True, False])
+def test_an_hf_folder_and_its_own_data_file_are_read_once(tmp_path, capsys, folder_first):
+    import datasets
+
+    rows = [json.loads(_line(i)) for i in range(20)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    file = next((tmp_path / "hf").glob("*.arrow"))
+    pool = [tmp_path / "hf", file] if folder_first else [file, tmp_path / "hf"]
+    code, errors = _select(pool, tmp_path / "out", capsys, "--k", "40")
+    assert code == 0, errors
+    assert read_corpus([str(p) for p in pool]).to_table().num_rows == 20
