@@ -237,3 +237,27 @@ def test_an_hf_folder_and_its_own_data_file_are_read_once(tmp_path, capsys, fold
     code, errors = _select(pool, tmp_path / "out", capsys, "--k", "40")
     assert code == 0, errors
     assert read_corpus([str(p) for p in pool]).to_table().num_rows == 20
+
+
+# --------------------------------------------------- a categorical text column is text
+
+@pytest.mark.parametrize("suffix", ["parquet", "arrow"])
+def test_a_dictionary_encoded_text_and_id_are_read_as_strings(tmp_path, capsys, suffix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": pa.array([f"r{i}" for i in range(30)]).dictionary_encode(),
+                      "text": pa.array([f"words about topic {i % 4}" for i in range(30)])
+                      .dictionary_encode()})
+    path = tmp_path / f"p.{suffix}"
+    if suffix == "parquet":
+        pq.write_table(table, path)
+    else:
+        with pa.ipc.new_file(path, table.schema) as writer:
+            writer.write_table(table)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"id": f"j{i}", "text": f"more words {i}"}) + "\n"
+                             for i in range(10)))
+    code, errors = _select([path, plain], tmp_path / "out", capsys, "--k", "40")
+    assert code == 0, errors
+    assert pq.read_table(tmp_path / "out").num_rows == 40
