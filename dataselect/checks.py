@@ -371,7 +371,21 @@ def check_path(value: Any, name: str | None = None) -> str:
         raise wrong_type("a path (str or pathlib.Path)", value, name)
     if not text:
         raise _fail("a path (str or pathlib.Path)", value, name)
-    return text
+    return check_utf8_name(text, name)
+
+
+def check_utf8_name(path: str, name: str | None = None) -> str:
+    """Refuse a path whose bytes are not UTF-8 (Python carries them as lone surrogates):
+    Arrow, Parquet metadata, the manifest's JSON and Dask's messages all hold paths as
+    UTF-8 and fail on it deep inside, as a traceback."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown_name = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise InputError("the name is not valid UTF-8 (undecodable bytes shown as \\xNN); "
+                         "rename it with UTF-8 characters", where=shown_name,
+                         field=name) from None
+    return path
 
 
 def check_local_layout(out: str, save_to_disk: bool) -> None:

@@ -41,7 +41,7 @@ from dataselect.formats import (
 from dataselect.outdir import MARKER, input_roots
 from dataselect.output import atomic_write, jsonable
 from dataselect.schemas import concat, unify
-from dataselect.textspec import CHAT_COLUMN, TextSpec, as_array
+from dataselect.textspec import CHAT_COLUMN, TextSpec, as_array, plain_strings
 
 # Pools that a model scores are cut finer (compute_partition_bytes): into this many
 # partitions, each within these bounds.
@@ -548,9 +548,8 @@ def _ids(table: pa.Table, id_field: str, label: str, where: Callable[[int], str]
                              where=where(0) if table.num_rows else None, field=id_field)
         rows = as_array(table[ROW_COLUMN])
         return pc.binary_join_element_wise(label, rows.cast(pa.string()), ":")
-    column = as_array(table[id_field])
-    kind = column.type
-    if pa.types.is_integer(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+    column = plain_strings(as_array(table[id_field]))
+    if pa.types.is_integer(column.type):
         column = column.cast(pa.string())
     elif not pa.types.is_string(column.type):
         raise InputError(f"id must be a string or integer, got {column.type}",

@@ -14,10 +14,12 @@ import glob
 import io
 import itertools
 import json
+import math
 import os
 import re
 import stat
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,7 +34,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import zstandard
 
-from dataselect import storage
+from dataselect import checks, storage
 from dataselect.errors import InputError, is_resource_failure
 from dataselect.schemas import nesting
 
@@ -82,7 +84,7 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     found: list[str] = []
     for item in specs:
-        item = storage.local_form(str(item))
+        item = checks.check_utf8_name(storage.local_form(str(item)))
         if storage.is_remote(item):
             found.extend(_expand_remote(item))
             continue
@@ -96,6 +98,8 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
             found.extend(_expand_one(match))
     if not found:
         raise InputError("no readable data files found", where=", ".join(map(str, specs)))
+    for file in found:
+        checks.check_utf8_name(file)
     return _once_each(found)
 
 
@@ -115,11 +119,13 @@ def _expand_remote(spec: str) -> list[str]:
     if set(HF_MARKERS) <= set(names):  # its JSON bookkeeping is no JSONL data
         raise InputError("a Hugging Face save_to_disk folder is read from a local disk only: "
                          "copy it here, or give its data as Parquet or JSONL URLs", where=spec)
+    hidden = {name for name in names
+              if any(part.startswith((".", "_")) for part in name.split("/"))}
     files = [storage.join(spec, name) for name in names
-             if detect_format(name, strict=False)
-             and not any(part.startswith((".", "_")) for part in name.split("/"))]
+             if detect_format(name, strict=False) and name not in hidden]
     if not files:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=spec)
+    _note_skipped(spec, sorted({_first_hidden(name.split("/")) for name in hidden}))
     return files
 
 
@@ -169,7 +175,8 @@ def _expand_existing(path: str) -> list[str]:
 def _once_each(files: list[str]) -> list[str]:
     """``files`` without the later names of a file already listed (order kept). A file is
     its device and inode, so symbolic links, hard links and bind mounts are all seen
-    through."""
+    through; a Hugging Face ``save_to_disk`` folder is its data files, so the folder and
+    one of its own ``.arrow`` files are read once too."""
     seen: set[tuple[int, int]] = set()
     kept = []
     for file in files:
@@ -177,11 +184,34 @@ def _once_each(files: list[str]) -> list[str]:
             if file not in kept:
                 kept.append(file)
             continue
-        info = os.stat(file)
-        if (info.st_dev, info.st_ino) not in seen:
-            seen.add((info.st_dev, info.st_ino))
-            kept.append(file)
+        keys = _identities(file)
+        if keys <= seen:
+            continue
+        if keys & seen:
+            raise InputError("this Hugging Face folder's data files are given separately "
+                             "too, some of them: give the folder or its files, not both",
+                             where=file)
+        seen |= keys
+        kept.append(file)
     return kept
+
+
+def _identities(path: str) -> set[tuple[int, int]]:
+    """The (device, inode) pairs of the files whose rows ``path`` reads."""
+    files = _hf_data_files(path) if is_hf_dataset_dir(path) else []
+    return {(info.st_dev, info.st_ino) for info in map(os.stat, files or [path])}
+
+
+def _hf_data_files(path: str) -> list[str]:
+    """The data files a ``save_to_disk`` folder's ``state.json`` lists (none when it
+    cannot be read: the folder's own reading then names the problem)."""
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            names = [entry["filename"] for entry in json.load(f)["_data_files"]]
+        return [os.path.join(path, name) for name in names
+                if os.path.isfile(os.path.join(path, name))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _expand_one(path: str) -> list[str]:
@@ -195,13 +225,54 @@ def _expand_one(path: str) -> list[str]:
         return [path]
     if os.path.isfile(os.path.join(path, "dataset_dict.json")):
         return sorted(str(p) for p in Path(path).iterdir() if is_hf_dataset_dir(str(p)))
-    files = sorted(
-        str(p) for p in Path(path).rglob("*")
-        if p.is_file() and detect_format(str(p), strict=False) and not _hidden(p, path)
-    )
+    files, skipped = [], set()
+    for p in sorted(Path(path).rglob("*")):
+        if _hidden(p, path):
+            skipped.add(_hidden_part(p, path))
+        elif p.is_symlink() and not p.exists() and detect_format(str(p), strict=False):
+            raise InputError("a broken symbolic link in the folder: fix its target or "
+                             "remove it", where=str(p))
+        elif p.is_file() and detect_format(str(p), strict=False):
+            files.append(str(p))
     if not files:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=path)
+    _note_skipped(path, sorted(skipped))
     return files
+
+
+# folders whose skipped names this process has already reported (a pool is listed by
+# several stages of one job; the note is said once)
+_NOTED: set[str] = set()
+SHOWN_SKIPPED = 3
+
+
+def _hidden_part(file: Path, root: str) -> str:
+    """The first ``.``/``_`` name on the way from ``root`` to ``file``, as a path: a hidden
+    folder is one skipped name, not each file below it."""
+    return _first_hidden(file.relative_to(root).parts)
+
+
+def _first_hidden(parts: Iterable[str]) -> str:
+    """The path parts up to the first ``.``/``_`` one, joined with ``/``."""
+    kept = []
+    for part in parts:
+        kept.append(part)
+        if part.startswith((".", "_")):
+            break
+    return "/".join(kept)
+
+
+def _note_skipped(folder: str, names: list[str]) -> None:
+    """Say on stderr, before any work, which names below ``folder`` were skipped as
+    bookkeeping (``_SUCCESS``, ``_metadata``, ``.crc``, ``.git``): skipped by convention,
+    as pyarrow, Spark and ``datasets`` do, but never silently."""
+    if not names or folder in _NOTED:
+        return
+    _NOTED.add(folder)
+    shown = ", ".join(names[:SHOWN_SKIPPED]) + (", ..." if len(names) > SHOWN_SKIPPED else "")
+    print(f"dataselect: note: {folder}: skipped {len(names)} name(s) starting with '_' or "
+          f"'.' (bookkeeping by convention): {shown}; rename a data file to read it",
+          file=sys.stderr)
 
 
 def _special_kind(path: str) -> str:
@@ -721,39 +792,67 @@ def _nesting(line: np.ndarray) -> int:
 def _read_jsonl(piece: Piece) -> pa.Table:
     """Arrow's JSON reader on the piece's records (its blank lines left out, their numbers
     kept), so a file reads the same with or without blank lines; a line-by-line parse only
-    where Arrow refuses the records or may have rounded an integer, to name the line."""
+    where Arrow refuses the records, where a line may hold other than one object, or where
+    Arrow may have rounded an integer or read a non-finite number, to name the line."""
     data = _jsonl_bytes(piece)
     _check_utf8(piece, data)
-    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+    newlines = _newlines(data)
     check_json_depth(piece, data, newlines)
-    table = _read_jsonl_fast(data, len(newlines))
+    table = _read_jsonl_fast(data, newlines)
     if table is not None:
         rows = pa.array(range(piece.first_row, piece.first_row + table.num_rows), pa.int64())
     else:
         compact, numbers = _records_only(data)
-        table = _read_jsonl_fast(compact, len(numbers)) if numbers else None
+        table = _read_jsonl_fast(compact, _newlines(compact)) if numbers else None
         rows = pa.array([piece.first_row + n for n in numbers], pa.int64())
-    if table is None or _may_have_rounded(table):
+    if table is None or _needs_line_check(table):
         return _read_jsonl_lines(piece, data)
     return table.append_column("_row", rows)
 
 
+def _newlines(data: bytes) -> np.ndarray:
+    return np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+
+
 def _records_only(data: bytes) -> tuple[bytes, list[int]]:
-    """The non-blank lines of ``data`` and their 0-based line numbers: blank lines are not
-    records, but they keep their numbers."""
+    """The non-blank lines of ``data`` without the JSON whitespace around them, and their
+    0-based line numbers: blank lines are not records, but they keep their numbers."""
     lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()  # the file's final newline ends a line; it does not start one
     numbers = [i for i, line in enumerate(lines) if line.strip()]
-    return b"".join(lines[i] + b"\n" for i in numbers), numbers
+    return b"".join(lines[i].strip(_JSON_SPACE) + b"\n" for i in numbers), numbers
 
 
-def _read_jsonl_fast(data: bytes, newlines: int) -> pa.Table | None:
-    """Arrow's reading of ``data`` (``newlines`` of them), or None when Arrow refuses it
-    or reads another number of rows than there are lines (blank lines)."""
-    lines = newlines + (1 if data and not data.endswith(b"\n") else 0)
-    if not lines:
+_JSON_SPACE = b" \t\r"
+
+
+def _one_object_per_line(data: bytes, newlines: np.ndarray) -> bool:
+    """Whether every line of ``data`` starts with ``{`` and ends with ``}``, nothing around.
+
+    Why: Arrow reads any whitespace-separated objects, so ``{..}{..}`` on one line is two
+    rows and an object may run over two lines; comparing its row count with the line count
+    alone matches by coincidence (a blank line, or a split object, makes up for a doubled
+    line). Where every line starts with ``{`` and ends with ``}``, no object spans a
+    newline (``}`` then ``{`` is valid only between objects), so each line holds at least
+    one object and the counts agree only when each holds exactly one."""
+    if not data:
+        return False
+    codes = np.frombuffer(data, np.uint8)
+    ends = newlines[newlines > 0] - 1
+    starts = newlines[newlines < len(codes) - 1] + 1
+    return bool(codes[0] == ord("{") and codes[-1 if data[-1:] != b"\n" else -2] == ord("}")
+                and len(ends) == len(newlines) and np.all(codes[ends] == ord("}"))
+                and np.all(codes[starts] == ord("{")))
+
+
+def _read_jsonl_fast(data: bytes, newlines: np.ndarray) -> pa.Table | None:
+    """Arrow's reading of ``data`` (its ``newlines`` at those positions), or None when
+    Arrow refuses it, or where a line may hold other than one object
+    (see :func:`_one_object_per_line`)."""
+    if not _one_object_per_line(data, newlines):
         return None
+    lines = len(newlines) + (1 if not data.endswith(b"\n") else 0)
     options = pa_json.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 20))
     try:
         table = pa_json.read_json(io.BytesIO(data), read_options=options)
@@ -790,10 +889,11 @@ def _without_timestamps(kind: pa.DataType) -> pa.DataType:
 EXACT_DOUBLE_INT = 2**53
 
 
-def _may_have_rounded(table: pa.Table) -> bool:
-    """Whether a float column holds a whole number beyond 2**53: it may have been an
-    integer literal that Arrow rounded. Only then are the lines parsed again to check."""
-    return any(_large_whole_floats(column.type, chunk) for column in table.columns
+def _needs_line_check(table: pa.Table) -> bool:
+    """Whether a float column holds a whole number beyond 2**53 (it may have been an
+    integer literal that Arrow rounded) or a non-finite number (Arrow reads ``NaN`` and
+    ``Infinity``, which are not JSON). Only then are the lines parsed again to check."""
+    return any(_suspect_floats(column.type, chunk) for column in table.columns
                if _holds_floats(column.type) for chunk in column.chunks)
 
 
@@ -802,21 +902,39 @@ def _holds_floats(kind: pa.DataType) -> bool:
         _holds_floats(kind.field(i).type) for i in range(kind.num_fields))
 
 
-def _large_whole_floats(kind: pa.DataType, values: Any) -> bool:
+def _suspect_floats(kind: pa.DataType, values: Any) -> bool:
     if pa.types.is_floating(kind):
         numbers = values.to_numpy(zero_copy_only=False) if len(values) else np.zeros(0)
-        with np.errstate(invalid="ignore"):  # infinities and NaN are not whole numbers
-            return bool(np.any((np.abs(numbers) >= EXACT_DOUBLE_INT) & (numbers % 1 == 0)))
+        with np.errstate(invalid="ignore"):
+            return bool(np.any(((np.abs(numbers) >= EXACT_DOUBLE_INT) & (numbers % 1 == 0))
+                               | ~np.isfinite(numbers)))
     if pa.types.is_struct(kind):
-        return any(_large_whole_floats(kind.field(i).type, values.field(i))
+        return any(_suspect_floats(kind.field(i).type, values.field(i))
                    for i in range(kind.num_fields) if _holds_floats(kind.field(i).type))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _large_whole_floats(kind.value_type, values.flatten())
+        return _suspect_floats(kind.value_type, values.flatten())
     return False
 
 
 class _TooLarge:
-    """Stands for an integer literal beyond 64 bits while its field is looked for."""
+    """Stands for a number literal Arrow cannot store as given (an integer beyond 64
+    bits, a float beyond the double range, ``NaN``) while its field is looked for."""
+
+
+class _NotFinite(ValueError):
+    """A number literal that is no finite double (the message is the literal)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> float:
+    """Python's ``json`` reads ``NaN``, ``Infinity`` and ``-Infinity``; JSON has none."""
+    raise _NotFinite(text)
 
 
 def _exact_int(text: str) -> int:
@@ -854,7 +972,8 @@ def _parse_record(piece: Piece, line: bytes, row: int) -> dict:
     an integer beyond 64 bits (Arrow would round it into a float)."""
     where = piece.where(row)
     try:
-        record = json.loads(line, parse_int=_exact_int, object_pairs_hook=_unique_keys)
+        record = json.loads(line, parse_int=_exact_int, parse_float=_finite_float,
+                            parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"malformed JSON ({exc})", where=where) from None
     except _DuplicateKey as exc:
@@ -864,7 +983,12 @@ def _parse_record(piece: Piece, line: bytes, row: int) -> dict:
         raise InputError(
             f"integer {shown_number(str(exc))} is beyond the 64-bit range that Arrow and "
             "Parquet store exactly; store it as a string (quoted)", where=where,
-            field=_field_of_large_int(line)) from None
+            field=_field_of_bad_number(line)) from None
+    except _NotFinite as exc:
+        raise InputError(
+            f"number {shown_number(str(exc))} is not a finite double (JSON has no NaN or "
+            "Infinity, and this literal is beyond the double range); store it as a string "
+            "(quoted) or null", where=where, field=_field_of_bad_number(line)) from None
     if not isinstance(record, dict):
         raise InputError(f"each line must be a JSON object, got {type(record).__name__}",
                          where=where)
@@ -888,17 +1012,20 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return record
 
 
-def _field_of_large_int(line: bytes) -> str | None:
-    """The top-level key whose value holds an integer beyond 64 bits."""
+def _field_of_bad_number(line: bytes) -> str | None:
+    """The top-level key whose value holds a number literal Arrow cannot store as given."""
     marker = _TooLarge()
 
-    def parse(text: str) -> int | _TooLarge:
-        try:
-            return _exact_int(text)
-        except OverflowError:
-            return marker
+    def parse(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+        def parsed(text: str) -> Any:
+            try:
+                return convert(text)
+            except (OverflowError, _NotFinite):
+                return marker
+        return parsed
 
-    record = json.loads(line, parse_int=parse)
+    record = json.loads(line, parse_int=parse(_exact_int), parse_float=parse(_finite_float),
+                        parse_constant=parse(_no_constant))
     return _field_holding(record, lambda v: v is marker) if isinstance(record, dict) else None
 
 

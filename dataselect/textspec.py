@@ -151,10 +151,19 @@ def as_array(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def _string_column(table: pa.Table, name: str, where: WhereFn) -> pa.Array:
-    column = as_array(table[name])
+def plain_strings(column: pa.Array) -> pa.Array:
+    """``column`` as ``string`` where it holds strings another way: ``large_string``,
+    ``string_view``, or dictionary-encoded (pandas' categorical, Parquet's dictionary pages
+    read back as such), so every way of storing the same text reads the same."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
     if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
         column = column.cast(pa.string())
+    return column
+
+
+def _string_column(table: pa.Table, name: str, where: WhereFn) -> pa.Array:
+    column = plain_strings(as_array(table[name]))
     if not pa.types.is_string(column.type):
         bad = _first_non_string_row(column)
         raise InputError(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 def run_command(args: argparse.Namespace, console: Console) -> None:
     """Run the parsed command (all but ``scorers``, which the parser module answers)."""
+    check_utf8_args(args)
     check_flag_pairs(args)
     if args.command not in REMOTE_OUTPUT_COMMANDS:
         checks.check_local_output(getattr(args, "out", None), f"dataselect {args.command}")
@@ -44,6 +45,15 @@ REMOTE_OUTPUT_COMMANDS = ("select", "score")
 INFLUENCE_METHODS = ("trak", "tracin", "bif")
 # index build's options, and the one --kind each applies to
 INDEX_OPTIONS = {"nlist": "ivf", "nprobe": "ivf", "hnsw_m": "hnsw"}
+
+
+def check_utf8_args(args: argparse.Namespace) -> None:
+    """Every argument a user typed is UTF-8 text: a file name that is not (its bytes reach
+    Python as lone surrogates) fails deep inside Arrow or Dask, whichever command reads it."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                checks.check_utf8_name(item, name)
 
 
 def check_flag_pairs(args: argparse.Namespace) -> None:
@@ -233,11 +243,15 @@ def eval_settings(args: argparse.Namespace) -> EvalSettings:
 
 
 def _pairs(pairs: list[str] | None) -> dict[str, str]:
-    """``-p KEY=VALUE`` flags (None when none were given) as a dict."""
-    out = {}
+    """``-p KEY=VALUE`` flags (None when none were given) as a dict. A key given twice is
+    refused: keeping the last silently would run with a value the user may not mean."""
+    out: dict[str, str] = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep:
             raise InputError(f"expected KEY=VALUE, got {pair!r}", field="--param")
+        if key in out:
+            raise InputError(f"-p {key} is given twice ({out[key]!r} and {value!r}); "
+                             "give it once", field="--param")
         out[key] = value
     return out

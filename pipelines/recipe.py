@@ -44,6 +44,10 @@ from scorers.model_import import is_shortcut
 from scorers.warmup_config import WarmupConfig
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Columns a selection writes next to the pool's (writer.ADDED_COLUMNS, union's tasks,
+# combine's best_task, scoring's filtered_by): a task of one of these names, or of a
+# scorer's name, would make a column ``score_<task>`` or a task label that reads as another.
+RESERVED_TASK_NAMES = ("score", "rank", "tasks", "best_task", "filtered_by")
 MAX_RECIPE_BYTES = 1 << 20
 MAX_ALIASES = 100
 # nodes plus scalar characters once every alias is expanded: what validating the recipe
@@ -274,6 +278,10 @@ class Recipe(_Strict):
             if not TASK_NAME.match(name):
                 raise ValueError(f"task name {name!r} must be letters, digits, '_', '-' "
                                  "or '.', starting with a letter or digit (it names a folder)")
+            if name in SCORERS or name in RESERVED_TASK_NAMES:
+                what = "a scorer's" if name in SCORERS else "an output column's"
+                raise ValueError(f"task name {name!r} is {what} name: the output's "
+                                 f"score_{name} column would read as either; rename the task")
         return targets
 
     @field_validator("scorers", mode="before")
@@ -283,6 +291,9 @@ class Recipe(_Strict):
         if isinstance(scorers, str):
             return {scorers: {}}
         if isinstance(scorers, list) and all(isinstance(n, str) for n in scorers):
+            twice = sorted({n for n in scorers if scorers.count(n) > 1})
+            if twice:
+                raise ValueError(f"scorer {twice[0]!r} is listed twice; list it once")
             return {name: {} for name in scorers}
         return scorers
 
@@ -415,7 +426,7 @@ def _check_params(name: str, params: Any, prefix: tuple[Any, ...]) -> dict[str, 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read and validate a recipe; ``overrides`` (dotted keys, e.g. ``output.path``) replace
     values before validation, for command-line flags."""
-    where = str(path)
+    where = checks.check_utf8_name(os.fspath(path), "recipe")
     raw = _parse_yaml(_read_limited(path), where)
     if not isinstance(raw, dict):
         raise RecipeError("a recipe is a YAML mapping of keys (pool, targets, scorers, "
@@ -603,6 +614,8 @@ def _check_paths(recipe: Recipe, where: str) -> None:
     # a model shortcut (``path: smollm2``) is fetched and converted when the run starts
     keyed += [(f"models.{n}.path", m.path) for n, m in recipe.models.items()
               if m.path and not is_shortcut(m.path)]
+    for key, path in [*keyed, ("output.path", recipe.output.path)]:
+        checks.check_utf8_name(path, key)
     for key, path in keyed:
         # data may be in an object store; a model is loaded from a local folder
         found = (os.path.exists(path) or glob.glob(path)) if key.startswith("models.") \
