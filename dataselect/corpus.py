@@ -102,6 +102,14 @@ class Corpus:
             piece.fmt.startswith("jsonl") for partition in self.partitions
             for piece in partition)
 
+    def rereads_cost(self) -> bool:
+        """Whether reading a partition again costs more than mapping a copy of it: JSON
+        lines are parsed (:meth:`parses_text`), and a piece cut inside a Parquet row group
+        decodes the group's rows before it as well (:func:`~dataselect.formats.
+        _read_row_range`), up to the whole group again for its last piece."""
+        return self.parses_text() or any(
+            piece.in_group for partition in self.partitions for piece in partition)
+
     def cached_in(self, folder: str) -> Corpus:
         """The same corpus, keeping each partition it reads under ``folder`` as an Arrow
         file that later reads map instead of parsing the input again.

@@ -62,6 +62,8 @@ class Piece:
     byte_start: int = 0
     byte_stop: int | None = None
     size_bytes: int = 0
+    # cut inside a Parquet row group: reading it decodes the group's rows before it too
+    in_group: bool = False
 
     def where(self, row_in_file: int) -> str:
         """A printable place: ``file:LINE`` (1-based) for JSONL, ``file row N`` otherwise."""
@@ -350,10 +352,24 @@ def _plan_arrow(path: str, target_bytes: int) -> list[Piece]:
 def _pack_blocks(path: str, fmt: str, blocks: Iterable[tuple[int, int]], target_bytes: int
                  ) -> list[Piece]:
     """Runs of consecutive blocks (row groups, record batches), given as (rows, bytes),
-    of about ``target_bytes`` each."""
+    of about ``target_bytes`` each: a run ends once it holds ``target_bytes``, so a piece
+    holds up to twice that. A block that alone holds twice ``target_bytes`` or more is cut
+    into row ranges (:func:`_cut_block`), so every piece stays within that bound.
+
+    Why cut: pyarrow and pandas write Parquet row groups of up to 10^6 rows, and a whole
+    block as the smallest piece made a one-file pool one task on one core. The cuts depend
+    on the block's metadata only (rows and bytes), never on the workers; a file whose
+    blocks are all smaller than twice ``target_bytes`` is planned as before."""
     pieces: list[Piece] = []
     first = rows = size = 0
     for block_rows, block_bytes in blocks:
+        if block_bytes // target_bytes >= 2 and block_rows > 1:
+            if rows:
+                pieces.append(Piece(path, fmt, first, rows, size_bytes=size))
+                first, rows, size = first + rows, 0, 0
+            pieces.extend(_cut_block(path, fmt, first, block_rows, block_bytes, target_bytes))
+            first += block_rows
+            continue
         rows += block_rows
         size += block_bytes
         if size >= target_bytes:
@@ -362,6 +378,17 @@ def _pack_blocks(path: str, fmt: str, blocks: Iterable[tuple[int, int]], target_
     if rows or not pieces:
         pieces.append(Piece(path, fmt, first, rows, size_bytes=size))
     return pieces
+
+
+def _cut_block(path: str, fmt: str, first: int, rows: int, nbytes: int, target_bytes: int
+               ) -> list[Piece]:
+    """One block's rows ``[first, first + rows)`` in ``nbytes // target_bytes`` row ranges
+    of equal row counts (to one row), each of ``target_bytes`` to twice that, as a run of
+    small blocks is (:func:`_pack_blocks`)."""
+    count = min(rows, nbytes // target_bytes)
+    cuts = [first + rows * i // count for i in range(count + 1)]
+    return [Piece(path, fmt, start, stop - start, size_bytes=nbytes * (stop - start) // rows,
+                  in_group=fmt == "parquet") for start, stop in itertools.pairwise(cuts)]
 
 
 def _check_stream_end(path: str, name: str = "it") -> None:
@@ -374,14 +401,23 @@ def _check_stream_end(path: str, name: str = "it") -> None:
                                   "marker")
 
 
-def _blocks_of(piece: Piece, block_rows: Iterable[int]) -> list[int]:
-    """Indices of the blocks (row groups, record batches) that start inside ``piece``."""
+def _blocks_of(piece: Piece, block_rows: Iterable[int]) -> list[tuple[int, int, int]]:
+    """``(block, start, stop)`` of each block (row group, record batch) that holds rows of
+    ``piece``: its index and the piece's rows in it, ``[start, stop)`` counted from the
+    block's first row (a piece cut inside a large block holds part of it)."""
     chosen, first = [], 0
+    end = piece.first_row + (piece.num_rows or 0)
     for i, rows in enumerate(block_rows):
-        if piece.first_row <= first < piece.first_row + (piece.num_rows or 0):
-            chosen.append(i)
+        start, stop = max(piece.first_row - first, 0), min(end - first, rows)
+        if start < stop:
+            chosen.append((i, start, stop))
         first += rows
     return chosen
+
+
+def _whole(blocks: list[tuple[int, int, int]], block_rows: list[int]) -> bool:
+    """Whether ``blocks`` (from :func:`_blocks_of`) are whole blocks, none of them cut."""
+    return all(start == 0 and stop == block_rows[i] for i, start, stop in blocks)
 
 
 def _plan_hf(path: str, target_bytes: int) -> list[Piece]:
@@ -466,8 +502,35 @@ def _first_invalid_row(column: pa.ChunkedArray) -> int | None:
 
 def _slice_row_groups(file: pq.ParquetFile, piece: Piece) -> pa.Table:
     meta = file.metadata
-    groups = _blocks_of(piece, (meta.row_group(i).num_rows for i in range(meta.num_row_groups)))
-    return file.read_row_groups(groups) if groups else file.schema_arrow.empty_table()
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    blocks = _blocks_of(piece, sizes)
+    if not blocks:
+        return file.schema_arrow.empty_table()
+    if _whole(blocks, sizes):
+        return file.read_row_groups([i for i, _, _ in blocks])
+    return _read_row_range(file, blocks)
+
+
+def _read_row_range(file: pq.ParquetFile, blocks: list[tuple[int, int, int]]) -> pa.Table:
+    """Rows of a piece cut inside row groups: the groups are streamed batch by batch and
+    the reading stops at the piece's last row, so memory is the piece plus one batch and
+    no row after the piece is decoded. (Parquet has no seek to a row without a page
+    index, which writers leave out by default: the rows before the piece in its first
+    group are decoded and dropped.)"""
+    skip = blocks[0][1]
+    wanted = sum(stop - start for _, start, stop in blocks)
+    kept: list[pa.RecordBatch] = []
+    batches = file.iter_batches(batch_size=min(max(wanted, 1024), 65536),
+                                row_groups=[i for i, _, _ in blocks])
+    for batch in batches:
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        kept.append(batch.slice(skip, wanted))
+        skip, wanted = 0, wanted - kept[-1].num_rows
+        if not wanted:
+            break
+    return pa.Table.from_batches(kept, file.schema_arrow)
 
 
 def _read_arrow(piece: Piece) -> pa.Table:
@@ -478,7 +541,11 @@ def _read_arrow(piece: Piece) -> pa.Table:
             return pa.ipc.open_stream(source).read_all()
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
         chosen = _blocks_of(piece, (b.num_rows for b in batches))
-        return pa.Table.from_batches([batches[i] for i in chosen], reader.schema)
+        # a mapped batch slices without a copy: cutting inside one costs nothing
+        return pa.Table.from_batches(
+            [batches[i] if (start, stop) == (0, batches[i].num_rows)
+             else batches[i].slice(start, stop - start) for i, start, stop in chosen],
+            reader.schema)
 
 
 def _jsonl_bytes(piece: Piece) -> bytes:

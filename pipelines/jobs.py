@@ -186,9 +186,11 @@ def parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
 
     Two things are kept:
 
-    * a JSONL pool's parsed partitions, as Arrow files (:meth:`Corpus.cached_in`); Parquet
-      and Arrow read fast already. Measured on the 141 MB python_docs pool: the score and
-      write passes each parsed it again, 1.4 s of CPU a pass on 2 workers;
+    * a JSONL pool's parsed partitions, as Arrow files (:meth:`Corpus.cached_in`), and
+      those of a Parquet pool cut inside its row groups (:meth:`Corpus.rereads_cost`);
+      other Parquet and Arrow pools read fast already. Measured on the 141 MB
+      python_docs pool: the score and write passes each parsed it again, 1.4 s of CPU a
+      pass on 2 workers;
     * hashed n-grams, for scorers and metrics that hash the pool
       (:meth:`Corpus.with_ngram_store`): a DSIR job hashed most of the pool three times.
 
@@ -206,7 +208,7 @@ def parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
     if free >= 2 * size:
         kept = kept.with_ngram_store(folder)
         names += [store_name(i) for i in range(pool.npartitions)]
-    if pool.parses_text() and free >= (3 if names else 2) * size:
+    if pool.rereads_cost() and free >= (3 if names else 2) * size:
         kept = kept.cached_in(folder)
         names += [cached_name(i) for i in range(pool.npartitions)]
     if not names:
