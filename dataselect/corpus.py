@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from dataselect import checks
 from dataselect.defaults import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError, first_names
-from dataselect.fingerprint import file_fingerprint
+from dataselect.fingerprint import file_identity
 from dataselect.formats import (
     ARROW_SUFFIXES,
     COMPRESSED_SUFFIXES,
@@ -275,13 +275,15 @@ class Corpus:
         return self.map_partitions(_to_pandas, meta=meta, label="read")
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies this input: text spec, id field, and a content hash of each file
-        (cached by file identity and change time, see :mod:`dataselect.fingerprint`)."""
+        """What identifies this input: text spec, id field, partition size, and each file's
+        identity: its size, inode, mtime, ctime and sampled blocks
+        (:func:`~dataselect.fingerprint.file_identity`), read in milliseconds, never the
+        whole file."""
         return {
             "text": str(self.text),
             "id_field": self.id_field,
             "partition_bytes": self.partition_bytes,
-            "files": [file_fingerprint(f) for f in self.files],
+            "files": [file_identity(f) for f in self.files],
         }
 
     def changed_since(self, recorded: dict[str, Any]) -> list[str]:

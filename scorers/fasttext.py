@@ -39,9 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataselect import checks
-from dataselect.corpus import Corpus, file_fingerprint
+from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
+from dataselect.fingerprint import file_fingerprint
 from dataselect.sampling import MergeSamples, PartitionSample
 from dataselect.scoring import Scorer, StartedFit
 

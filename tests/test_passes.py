@@ -5,15 +5,23 @@ that hold selected rows, and fingerprints that no single process reads every byt
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TARGETS
+from conftest import POOL_GLOB, TARGETS
 
-from dataselect import read_corpus
+from dataselect import fingerprint, read_corpus
 from pipelines.cli import main
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fingerprint cache of the test's own, so nothing another test cached is used."""
+    monkeypatch.setenv("DATASELECT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def _one_group(table: pa.Table, path: Path) -> Path:
@@ -68,3 +76,76 @@ def test_a_one_row_group_pool_selects_the_bytes_of_the_same_pool_in_small_groups
     assert outputs["one"][0].num_rows == 300
     assert outputs["one"][0].equals(outputs["many"][0])
     assert outputs["one"][1]["metrics"] == outputs["many"][1]["metrics"]
+
+
+# ---------------------------------------------------------------- d. input fingerprints
+
+def _no_content_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path: str) -> str:
+        raise AssertionError(f"{path} was read whole to fingerprint it")
+
+    monkeypatch.setattr(fingerprint, "hash_file", refuse)
+    monkeypatch.setattr(fingerprint, "_memory", {})
+
+
+def test_d_a_job_identifies_its_inputs_without_reading_them_whole(
+        tmp_path, monkeypatch, private_cache):
+    _no_content_hash(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["select", "--scorer", "dsir", "--pool", POOL_GLOB, "--target",
+                 str(TARGETS / "licenses.jsonl"), "--k", "100", "--out", str(out),
+                 "--workers", "1"]) == 0
+    manifest = json.loads((out / ".manifest.json").read_text())
+    assert [len(f["xxh3_128"]) for f in manifest["inputs"]["pool"]["files"]] == [32] * 4
+
+
+def test_d_an_identity_reads_a_few_blocks_whatever_the_file_size(tmp_path, monkeypatch):
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"text": "x"}\n' * (1 << 20))  # 14 MiB
+    read = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def seek(self, offset):
+            return self.handle.seek(offset)
+
+        def read(self, size=-1):
+            data = self.handle.read(size)
+            read.append(len(data))
+            return data
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return Counting(handle) if str(file) == str(path) else handle
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    fingerprint.file_identity(str(path))
+    assert 0 < sum(read) <= 200 << 10
+    assert max(n for _, n in fingerprint._sampled_blocks(14 << 20)) <= 64 << 10
+
+
+def test_d_a_same_size_edit_hidden_by_setting_mtime_back_changes_the_pool_identity(
+        tmp_path, monkeypatch):
+    _no_content_hash(monkeypatch)
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "text": f"row {i:06d} " * 20}) + "\n"
+                            for i in range(20_000)))
+    corpus = read_corpus(str(path))
+    before, old = corpus.fingerprint(), path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 + 3] ^= 1  # one bit, in no sampled block
+    assert not any(o <= len(data) // 2 + 3 < o + n
+                   for o, n in fingerprint._sampled_blocks(len(data)))
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))  # touch -d <old time>
+    assert path.stat().st_size == old.st_size and path.stat().st_mtime_ns == old.st_mtime_ns
+    assert corpus.changed_since(json.loads(json.dumps(before))) == [str(path)]
