@@ -200,6 +200,22 @@ class Corpus:
             return self.read_partition(index).schema if parse else None
         return unify([(_place(p), self._with_places(p, _empty(p)).schema) for p in pieces])
 
+    def empty_partition(self, index: int) -> pa.Table | None:
+        """Partition ``index`` without its rows: the table :meth:`read_partition` returns,
+        its columns and metadata as they are, sliced to no row; read from metadata (Parquet,
+        Arrow, HF) or the parsed copy, or None where only parsing would tell (JSONL). What
+        a pass that needs a partition's columns but none of its rows reads instead."""
+        if self.cache_dir is not None:
+            path = os.path.join(self.cache_dir, cached_name(index))
+            if os.path.exists(path):
+                with pa.memory_map(path) as source:
+                    return pa.ipc.open_file(source).schema.empty_table()
+        pieces = self.partitions[index]
+        if any(piece.fmt.startswith("jsonl") for piece in pieces):
+            return None
+        tables = [self._with_places(p, _empty(p)) for p in pieces]
+        return _noted(concat(tables, [_place(p) for p in pieces]), {})
+
     def partition_place(self, index: int) -> str:
         """Where partition ``index`` starts: its first file (and line or row)."""
         pieces = self.partitions[index]

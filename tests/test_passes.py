@@ -149,3 +149,68 @@ def test_d_a_same_size_edit_hidden_by_setting_mtime_back_changes_the_pool_identi
     os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))  # touch -d <old time>
     assert path.stat().st_size == old.st_size and path.stat().st_mtime_ns == old.st_mtime_ns
     assert corpus.changed_since(json.loads(json.dumps(before))) == [str(path)]
+
+
+# ------------------------------------- c. the write pass reads what it writes, no more
+
+def _select_small_k(pool: str, out: Path, *extra: str) -> list[str]:
+    return ["select", "--scorer", "dsir", "--pool", pool, "--target",
+            str(TARGETS / "licenses.jsonl"), "--k", "3", "--policy", "top_k", "--out",
+            str(out), "--workers", "2", "--worker-kind", "threads", "--partition-mb",
+            "0.25", *extra]
+
+
+def _reads_in_write(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Indices of the pool partitions read once the write stage has started (the
+    target's, which the metrics read, left out)."""
+    from dataselect import corpus, writer
+
+    reads: list[int] = []
+    real_read, real_write = corpus.Corpus.read_partition, writer._write
+
+    def reading(self, index):
+        if not any(str(TARGETS) in f for f in self.files):
+            reads.append(index)
+        return real_read(self, index)
+
+    def writing(*args, **kwargs):
+        reads.clear()
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(corpus.Corpus, "read_partition", reading)
+    monkeypatch.setattr(writer, "_write", writing)
+    return reads
+
+
+def _digests(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("part-*"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_c_the_write_pass_reads_only_partitions_with_selected_rows(
+        kind, pool_table, tmp_path, monkeypatch):
+    if kind == "parquet":
+        pool = POOL_GLOB
+    else:
+        pool = str(tmp_path / "pool.jsonl")
+        rows = pool_table.select(["id", "text", "domain"]).slice(0, 2000).to_pylist()
+        Path(pool).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reads = _reads_in_write(monkeypatch)
+    out = tmp_path / "out"
+    assert main(_select_small_k(pool, out)) == 0
+    manifest = json.loads((out / ".manifest.json").read_text())
+    holding = {i for i, part in enumerate(manifest["output"]["parts"]) if part["rows"]}
+    assert len(manifest["output"]["parts"]) >= 10 > len(holding)
+    assert set(reads) == holding
+    # the same job with the pool side counted by the write pass, as before: same bytes
+    from dataselect import writer
+
+    monkeypatch.setattr(writer.PoolStats, "load", lambda self, index: None)
+    again = tmp_path / "again"
+    assert main(_select_small_k(pool, again)) == 0
+    before = json.loads((again / ".manifest.json").read_text())
+    assert set(reads) == set(range(len(manifest["output"]["parts"])))
+    assert _digests(out) == _digests(again)
+    assert manifest["metrics"] == before["metrics"]
+    assert manifest["composition"] == before["composition"]
