@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -508,21 +509,26 @@ def _slice_row_groups(file: pq.ParquetFile, piece: Piece) -> pa.Table:
         return file.schema_arrow.empty_table()
     if _whole(blocks, sizes):
         return file.read_row_groups([i for i, _, _ in blocks])
-    return _read_row_range(file, blocks)
+    return _read_row_range(file, piece.path, blocks)
 
 
-def _read_row_range(file: pq.ParquetFile, blocks: list[tuple[int, int, int]]) -> pa.Table:
-    """Rows of a piece cut inside row groups: the groups are streamed batch by batch and
-    the reading stops at the piece's last row, so memory is the piece plus one batch and
-    no row after the piece is decoded. (Parquet has no seek to a row without a page
-    index, which writers leave out by default: the rows before the piece in its first
-    group are decoded and dropped.)"""
+def _read_row_range(file: pq.ParquetFile, path: str, blocks: list[tuple[int, int, int]]
+                    ) -> pa.Table:
+    """Rows of a piece cut inside row groups. Parquet has no seek to a row (without a page
+    index, which writers leave out by default): a group's rows before the piece are decoded
+    and dropped. Read apart, the pieces of one group would decode it up to each piece's
+    end, O(pieces²) in all; so a piece inside one group continues a read of that group
+    left open by an earlier piece of this process (:class:`_GroupStreams`), and each
+    group is decoded about once per worker thread. Memory: a batch per open read."""
+    if len(blocks) == 1:
+        group, start, stop = blocks[0]
+        batches = _STREAMS.rows(path, group, start, stop - start)
+        return pa.Table.from_batches(batches, file.schema_arrow)
     skip = blocks[0][1]
     wanted = sum(stop - start for _, start, stop in blocks)
     kept: list[pa.RecordBatch] = []
-    batches = file.iter_batches(batch_size=min(max(wanted, 1024), 65536),
-                                row_groups=[i for i, _, _ in blocks])
-    for batch in batches:
+    for batch in file.iter_batches(batch_size=STREAM_BATCH_ROWS,
+                                   row_groups=[i for i, _, _ in blocks]):
         if skip >= batch.num_rows:
             skip -= batch.num_rows
             continue
@@ -531,6 +537,75 @@ def _read_row_range(file: pq.ParquetFile, blocks: list[tuple[int, int, int]]) ->
         if not wanted:
             break
     return pa.Table.from_batches(kept, file.schema_arrow)
+
+
+STREAM_BATCH_ROWS = 16_384
+# reads of row groups left open for the next piece, per process (_GroupStreams)
+MAX_OPEN_STREAMS = 8
+
+
+class _GroupStream:
+    """A read of one row group, batch by batch, at row ``position`` of the group."""
+
+    def __init__(self, path: str, group: int) -> None:
+        file = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=False)
+        self.batches = file.iter_batches(batch_size=STREAM_BATCH_ROWS, row_groups=[group])
+        self.position = 0
+        self.pending: pa.RecordBatch | None = None  # read, not yet taken; at ``position``
+
+    def rows(self, start: int, count: int) -> list[pa.RecordBatch]:
+        """Rows ``[start, start + count)`` of the group (``start >= position``)."""
+        kept: list[pa.RecordBatch] = []
+        while count > 0:
+            batch, self.pending = self.pending or next(self.batches, None), None
+            if batch is None:
+                break
+            skip = min(max(start - self.position, 0), batch.num_rows)
+            taken = batch.slice(skip, count)
+            if taken.num_rows:
+                kept.append(taken)
+            used = skip + taken.num_rows
+            if used < batch.num_rows:
+                self.pending = batch.slice(used)
+            self.position += used
+            count -= taken.num_rows
+        return kept
+
+
+class _GroupStreams:
+    """Open reads of row groups, per process, keyed by the file's identity (path, size,
+    mtime, inode: a rewritten file is another) and the group; each is used by one thread
+    at a time, and at most :data:`MAX_OPEN_STREAMS` are kept idle (the oldest closed)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[tuple[tuple, _GroupStream]] = []
+
+    def rows(self, path: str, group: int, start: int, count: int) -> list[pa.RecordBatch]:
+        info = os.stat(path)
+        key = (path, info.st_size, info.st_mtime_ns, info.st_ino, group)
+        stream = self._take(key, start) or _GroupStream(path, group)
+        batches = stream.rows(start, count)
+        if sum(b.num_rows for b in batches) == count:  # else the group is read to its end
+            self._keep(key, stream)
+        return batches
+
+    def _take(self, key: tuple, start: int) -> _GroupStream | None:
+        """The idle read of ``key`` furthest along but not past ``start``, taken out."""
+        with self.lock:
+            fits = [i for i, (k, s) in enumerate(self.idle) if k == key and s.position <= start]
+            if not fits:
+                return None
+            best = max(fits, key=lambda i: self.idle[i][1].position)
+            return self.idle.pop(best)[1]
+
+    def _keep(self, key: tuple, stream: _GroupStream) -> None:
+        with self.lock:
+            self.idle.append((key, stream))
+            del self.idle[:-MAX_OPEN_STREAMS]
+
+
+_STREAMS = _GroupStreams()
 
 
 def _read_arrow(piece: Piece) -> pa.Table:

@@ -214,3 +214,24 @@ def test_c_the_write_pass_reads_only_partitions_with_selected_rows(
     assert _digests(out) == _digests(again)
     assert manifest["metrics"] == before["metrics"]
     assert manifest["composition"] == before["composition"]
+
+
+def test_a_pieces_of_one_row_group_read_in_any_order_and_threads_give_its_rows(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dataselect.formats import plan_pieces, read_piece
+
+    path = tmp_path / "pool.parquet"
+    rows = 100_000
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(rows)],
+                             "text": [f"row {i} " * (i % 7 + 1) for i in range(rows)]}),
+                   path, row_group_size=rows)
+    pieces = plan_pieces(str(path), 100_000)
+    assert len(pieces) >= 10 and all(p.in_group for p in pieces)
+    order = pieces[::-1] + pieces[::2] + pieces[1::2] + pieces
+    with ThreadPoolExecutor(3) as pool:
+        tables = list(pool.map(read_piece, order))
+    for piece, table in zip(order, tables):
+        assert table["_row"].to_pylist() == list(range(piece.first_row,
+                                                       piece.first_row + piece.num_rows))
+        assert table["id"].to_pylist() == [f"r{i}" for i in table["_row"].to_pylist()]
