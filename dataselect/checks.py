@@ -22,6 +22,7 @@ import reprlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from dataselect import storage
 from dataselect.errors import InputError
 
 SEED_MAX = 2**64 - 1
@@ -345,6 +346,24 @@ def check_path(value: Any, name: str | None = None) -> str:
     if not text:
         raise _fail("a path (str or pathlib.Path)", value, name)
     return text
+
+
+def check_local_layout(out: str, save_to_disk: bool) -> None:
+    """``save_to_disk`` writes the layout ``datasets.load_from_disk`` reads, which is a
+    local folder; an object-store output cannot hold it."""
+    if save_to_disk and storage.is_remote(out):
+        raise SettingError("writes a local datasets folder, and the output is an object-store "
+                           "URL; leave save_to_disk out (datasets reads the Parquet parts "
+                           "from the URL), or write to a local --out", field="save_to_disk")
+
+
+def check_local_output(out: str | None, what: str) -> None:
+    """Refuse an object-store URL as the output of a command that writes local files
+    (models, indexes, reports): it would become a local folder named ``s3:``."""
+    if out is not None and storage.is_remote(out):
+        raise InputError(f"{what} writes local files; only dataselect select and score "
+                         "write to an object store: give a local --out, then copy it",
+                         where=out, field="out")
 
 
 def check_paths(value: Any, name: str | None = None) -> list[str]:

@@ -38,6 +38,7 @@ from typing import Any
 
 import xxhash
 
+from dataselect import storage
 from dataselect.errors import InputError
 
 HASH_BLOCK = 8 << 20
@@ -64,7 +65,11 @@ def file_identity(path: str) -> dict[str, Any]:
 
     Why not the content: hashing it made the client read every input byte before any
     work. What it costs: a copied or moved pool (another inode and ctime) is another
-    input, so a job is resumed only on the files it started on; ``chmod`` does the same."""
+    input, so a job is resumed only on the files it started on; ``chmod`` does the same.
+    An object in an object store is identified by its metadata alone (ETag or version,
+    size, modification time: :func:`dataselect.storage.object_fingerprint`)."""
+    if storage.is_remote(path):
+        return storage.object_fingerprint(path)
     if os.path.isdir(path):
         return _folder_fingerprint(path, _identity_digest)
     size, digest = _identity_digest(path)
@@ -101,7 +106,12 @@ def _sampled_blocks(size: int) -> list[tuple[int, int]]:
 
 def file_fingerprint(path: str) -> dict[str, Any]:
     """``{"path", "bytes", "xxh3_128"}`` of a file, or of a folder (an HF dataset): then the
-    hash covers every file's path below the folder and content hash."""
+    hash covers every file's path below the folder and content hash. An object in an
+    object store is fingerprinted from its metadata (ETag or version, size, modification
+    time; :func:`dataselect.storage.object_fingerprint`): hashing it would download every
+    byte of the pool through one process."""
+    if storage.is_remote(path):
+        return storage.object_fingerprint(path)
     if os.path.isdir(path):
         return _folder_fingerprint(path, content_hash)
     size, digest = content_hash(path)

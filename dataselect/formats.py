@@ -33,6 +33,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import zstandard
 
+from dataselect import storage
 from dataselect.errors import InputError
 from dataselect.schemas import nesting
 
@@ -84,7 +85,10 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     found: list[str] = []
     for item in specs:
-        item = str(item)
+        item = storage.local_form(str(item))
+        if storage.is_remote(item):
+            found.extend(_expand_remote(item))
+            continue
         if os.path.lexists(item) or not glob.has_magic(item):
             found.extend(_expand_existing(item))
             continue
@@ -96,6 +100,30 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
     if not found:
         raise InputError("no readable data files found", where=", ".join(map(str, specs)))
     return _once_each(found)
+
+
+def _expand_remote(spec: str) -> list[str]:
+    """The objects a URL names: itself, the data files below it (a folder: hidden names
+    skipped, as locally), or what it matches as a glob. Listings only, no object read."""
+    if glob.has_magic(spec) and not storage.exists(spec):
+        matches = [m for m in storage.glob(spec) if detect_format(m, strict=False)]
+        if not matches:
+            raise InputError("glob matched no files", where=spec)
+        return matches
+    if storage.isfile(spec):
+        return [spec]
+    if not storage.isdir(spec):
+        raise InputError("no such file or folder", where=spec)
+    names = storage.names_below(spec)
+    if set(HF_MARKERS) <= set(names):  # its JSON bookkeeping is no JSONL data
+        raise InputError("a Hugging Face save_to_disk folder is read from a local disk only: "
+                         "copy it here, or give its data as Parquet or JSONL URLs", where=spec)
+    files = [storage.join(spec, name) for name in names
+             if detect_format(name, strict=False)
+             and not any(part.startswith((".", "_")) for part in name.split("/"))]
+    if not files:
+        raise InputError("folder holds no JSONL, Parquet or Arrow files", where=spec)
+    return files
 
 
 def _glob(pattern: str) -> list[str]:
@@ -148,6 +176,10 @@ def _once_each(files: list[str]) -> list[str]:
     seen: set[tuple[int, int]] = set()
     kept = []
     for file in files:
+        if storage.is_remote(file):  # an object has one name (a URL listed twice: once)
+            if file not in kept:
+                kept.append(file)
+            continue
         info = os.stat(file)
         if (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
@@ -232,9 +264,9 @@ def plan_pieces(path: str, target_bytes: int) -> list[Piece]:
 def piece_schema(piece: Piece) -> pa.Schema:
     """The columns of a Parquet, Arrow or HF piece, from metadata (no rows are read)."""
     if piece.fmt == "parquet":
-        return pq.read_schema(piece.path)
+        return pq.read_schema(storage.source(piece.path))
     if piece.fmt == "arrow":
-        with pa.memory_map(piece.path) as source:
+        with storage.mapped(piece.path) as source:
             try:
                 return pa.ipc.open_file(source).schema
             except pa.ArrowInvalid:
@@ -298,7 +330,7 @@ def _plan(path: str, fmt: str, target_bytes: int) -> list[Piece]:
     if fmt == "hf":
         return _plan_hf(path, target_bytes)
     # compressed JSONL cannot be seeked into: one piece per file
-    return [Piece(path, fmt, size_bytes=os.path.getsize(path) * 4)]
+    return [Piece(path, fmt, size_bytes=storage.size(path) * 4)]
 
 
 def count_newlines(data: bytes, start: int = 0, stop: int | None = None) -> int:
@@ -312,7 +344,7 @@ def _plan_jsonl(path: str, target_bytes: int) -> list[Piece]:
     """Split at line boundaries; count lines on the way so each piece knows its first line."""
     pieces: list[Piece] = []
     start = start_line = line = pos = 0
-    with open(path, "rb") as f:
+    with storage.open_binary(path) as f:
         while block := f.read(SCAN_BLOCK):
             scanned = 0
             while (want := start + target_bytes - pos) < len(block):
@@ -331,20 +363,20 @@ def _plan_jsonl(path: str, target_bytes: int) -> list[Piece]:
 
 
 def _plan_parquet(path: str, target_bytes: int) -> list[Piece]:
-    meta = pq.ParquetFile(path).metadata
+    meta = pq.ParquetFile(storage.source(path)).metadata
     groups = (meta.row_group(i) for i in range(meta.num_row_groups))
     return _pack_blocks(path, "parquet", ((g.num_rows, g.total_byte_size) for g in groups),
                         target_bytes)
 
 
 def _plan_arrow(path: str, target_bytes: int) -> list[Piece]:
-    with pa.memory_map(path) as source:
+    with storage.mapped(path) as source:
         try:
             reader = pa.ipc.open_file(source)
         except pa.ArrowInvalid:
             # stream format: no random access, read whole
             _check_stream_end(path)
-            return [Piece(path, "arrow", size_bytes=os.path.getsize(path))]
+            return [Piece(path, "arrow", size_bytes=storage.size(path))]
         batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
         return _pack_blocks(path, "arrow", ((b.num_rows, b.nbytes) for b in batches),
                             target_bytes)
@@ -395,11 +427,10 @@ def _cut_block(path: str, fmt: str, first: int, rows: int, nbytes: int, target_b
 def _check_stream_end(path: str, name: str = "it") -> None:
     """A stream cut between two record batches reads without error as its first batches;
     only the missing end-of-stream marker shows that rows were lost."""
-    with open(path, "rb") as f:
-        f.seek(max(os.path.getsize(path) - len(ARROW_END_OF_STREAM), 0))
-        if f.read() != ARROW_END_OF_STREAM:
-            raise pa.ArrowInvalid(f"{name} ends without an Arrow file footer or end-of-stream "
-                                  "marker")
+    end = storage.read_range(path, max(storage.size(path) - len(ARROW_END_OF_STREAM), 0), None)
+    if end != ARROW_END_OF_STREAM:
+        raise pa.ArrowInvalid(f"{name} ends without an Arrow file footer or end-of-stream "
+                              "marker")
 
 
 def _blocks_of(piece: Piece, block_rows: Iterable[int]) -> list[tuple[int, int, int]]:
@@ -459,7 +490,7 @@ def read_piece(piece: Piece) -> pa.Table:
 def _read_tabular(piece: Piece) -> pa.Table:
     if piece.fmt == "parquet":
         # page checksums are verified where the writer stored them
-        file = pq.ParquetFile(piece.path, page_checksum_verification=True)
+        file = pq.ParquetFile(storage.source(piece.path), page_checksum_verification=True)
         return _slice_row_groups(file, piece)
     if piece.fmt == "arrow":
         return _read_arrow(piece)
@@ -548,7 +579,8 @@ class _GroupStream:
     """A read of one row group, batch by batch, at row ``position`` of the group."""
 
     def __init__(self, path: str, group: int) -> None:
-        file = pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=False)
+        file = pq.ParquetFile(storage.source(path), page_checksum_verification=True,
+                              pre_buffer=False)
         self.batches = file.iter_batches(batch_size=STREAM_BATCH_ROWS, row_groups=[group])
         self.position = 0
         self.pending: pa.RecordBatch | None = None  # read, not yet taken; at ``position``
@@ -573,8 +605,8 @@ class _GroupStream:
 
 
 class _GroupStreams:
-    """Open reads of row groups, per process, keyed by the file's identity (path, size,
-    mtime, inode: a rewritten file is another) and the group; each is used by one thread
+    """Open reads of row groups, per process, keyed by the file's version
+    (:func:`_version`: a rewritten file is another) and the group; each is used by one thread
     at a time, and at most :data:`MAX_OPEN_STREAMS` are kept idle (the oldest closed)."""
 
     def __init__(self) -> None:
@@ -582,8 +614,7 @@ class _GroupStreams:
         self.idle: list[tuple[tuple, _GroupStream]] = []
 
     def rows(self, path: str, group: int, start: int, count: int) -> list[pa.RecordBatch]:
-        info = os.stat(path)
-        key = (path, info.st_size, info.st_mtime_ns, info.st_ino, group)
+        key = (path, group, *_version(path))
         stream = self._take(key, start) or _GroupStream(path, group)
         batches = stream.rows(start, count)
         if sum(b.num_rows for b in batches) == count:  # else the group is read to its end
@@ -608,8 +639,18 @@ class _GroupStreams:
 _STREAMS = _GroupStreams()
 
 
+def _version(path: str) -> tuple:
+    """What tells this version of a file from a rewritten one, from metadata: a local
+    file's size, mtime and inode, an object's size, ETag or version."""
+    if storage.is_remote(path):
+        found = storage.object_fingerprint(path)
+        return found["bytes"], tuple(sorted(found["object"].items()))
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
 def _read_arrow(piece: Piece) -> pa.Table:
-    with pa.memory_map(piece.path) as source:
+    with storage.mapped(piece.path) as source:
         try:
             reader = pa.ipc.open_file(source)
         except pa.ArrowInvalid:
@@ -624,10 +665,8 @@ def _read_arrow(piece: Piece) -> pa.Table:
 
 
 def _jsonl_bytes(piece: Piece) -> bytes:
-    if piece.fmt == "jsonl":
-        with open(piece.path, "rb") as f:
-            f.seek(piece.byte_start)
-            return f.read(None if piece.byte_stop is None else piece.byte_stop - piece.byte_start)
+    if piece.fmt == "jsonl":  # one range request for an object
+        return storage.read_range(piece.path, piece.byte_start, piece.byte_stop)
     return _decompress(piece.path, CODECS[piece.fmt])
 
 
@@ -671,7 +710,7 @@ def _decompress(path: str, codec: _Codec) -> bytes:
     short read, and checksums are verified wherever the file carries them."""
     out: list[bytes] = []
     unit: _Decompressor | None = None
-    with open(path, "rb") as f:
+    with storage.open_binary(path) as f:
         head = f.read(SCAN_BLOCK)
         _check_magic(path, codec, head)
         for chunk in itertools.chain([head], iter(lambda: f.read(SCAN_BLOCK), b"")):

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataselect import storage
 from dataselect.checks import check_path
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
@@ -157,6 +158,10 @@ def load_hf(path: str | os.PathLike, runner: Runner = default_runner) -> Any:
     import datasets
 
     path = normalize(check_path(path, "path"))
+    if storage.is_remote(path):
+        raise InputError("the datasets layout is written to, and mapped from, a local folder; "
+                         "read the parts from the URL instead: datasets.load_dataset("
+                         f"'parquet', data_files='{path}/part-*.parquet')", where=path)
     if not os.path.exists(os.path.join(path, HF_DIR, STATE_FILE)):
         refuse_legacy(path)
         parts, rows = _finished_parts(path)

@@ -18,6 +18,10 @@ overwrite it, and an output inside a folder that is read recursively would be re
 input by the next run. A kernel lock on ``.dataselect.lock`` keeps two jobs from writing
 one folder at once; it dies with its process, so a killed job never blocks its rerun.
 
+An output URL in an object store (``s3://bucket/out``) is claimed the same way, by its
+marker object, and ``overwrite`` deletes exactly the listed objects; it has no lock (no
+object-store lock dies with its holder), so two jobs into one URL are not prevented.
+
 Both names start with ``.``, like every bookkeeping name of dataselect's
 (:mod:`dataselect.layout`), so dataset readers skip them. A folder holding bookkeeping under
 the names older versions used (``_manifest.json``, ``_scores/``, ...) is refused: a resumed
@@ -32,6 +36,7 @@ import fcntl
 import glob
 import json
 import os
+import posixpath
 import socket
 import stat
 import time
@@ -40,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataselect import storage
 from dataselect.errors import InputError, OutputConflictError, first_names
 from dataselect.layout import legacy_entries
 from dataselect.output import jsonable, read_json, write_json
@@ -75,6 +81,10 @@ class OutputFolder:
         """
         path = normalize(path)
         refuse_overlap(path, inputs)
+        if storage.is_remote(path):  # no links, no folders to make: objects only
+            _refuse_local_only(path, kind)
+            _refuse_foreign_remote(path)
+            return _claim_marked(path, kind, jsonable(identity), overwrite)
         _refuse_foreign(path)
         refuse_links(path)
         if kind in _RENAMED_KINDS:
@@ -89,7 +99,7 @@ class OutputFolder:
         files to (derived ones: the ``save_to_disk`` copy); the caller holds its lock."""
         path = normalize(path)
         marker = os.path.join(path, MARKER)
-        if not os.path.exists(marker):
+        if not storage.exists(marker):
             raise InputError("is not an output folder of dataselect (no .dataselect.json)",
                              where=path)
         data = _read_marker(marker)
@@ -124,9 +134,11 @@ class OutputFolder:
 
 def normalize(path: str | os.PathLike) -> str:
     """One spelling per folder (``out`` and ``out/`` are the same output)."""
-    text = os.fspath(path)
+    text = storage.local_form(os.fspath(path))
     if not text:
         raise InputError("output path is empty", field="out")
+    if storage.is_remote(text):  # never a local folder named "s3:"
+        return storage.normalize_url(text)
     return os.path.normpath(text)
 
 
@@ -146,8 +158,15 @@ def locked_output(path: str | os.PathLike) -> Iterator[str]:
     """Hold the lock of an output folder (created if new) while a job writes it; for jobs
     whose writer claims the folder itself. The foreign-folder check runs before the lock
     file is created, so a folder that is not ours never receives even a lock file, and a
-    folder created here is removed again if the job fails before writing anything."""
+    folder created here is removed again if the job fails before writing anything.
+
+    An object store offers no lock that dies with its holder, so a URL is not locked: two
+    jobs writing one URL at once are not prevented (each part is still whole, and the
+    marker's identity still refuses a job with other settings when it starts)."""
     path = normalize(path)
+    if storage.is_remote(path):
+        yield path
+        return
     _refuse_foreign(path)
     refuse_links(path)
     created = not os.path.exists(path)
@@ -164,7 +183,7 @@ def locked_output(path: str | os.PathLike) -> Iterator[str]:
 def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
                   ) -> OutputFolder:
     marker = os.path.join(path, MARKER)
-    if not os.path.exists(marker):
+    if not storage.exists(marker):
         folder = OutputFolder(path, kind, identity)
         folder._save()
         return folder
@@ -232,7 +251,10 @@ def remove_listed(path: str, files: Iterable[str]) -> int:
     Every folder is opened relative to its parent with ``O_NOFOLLOW`` and every file is
     removed relative to its folder's descriptor, so a symbolic link planted anywhere below
     ``path`` (``.stats`` pointing at another folder) is refused, never followed: there is
-    no moment between a check and a deletion for a link to be swapped in."""
+    no moment between a check and a deletion for a link to be swapped in. In an object
+    store, the listed objects that exist are deleted (it has no links or temporaries)."""
+    if storage.is_remote(path):
+        return _remove_listed_remote(path, files)
     by_folder: dict[str, set[str]] = {}
     for name in files:
         _check_relative(name)
@@ -261,6 +283,16 @@ def remove_listed(path: str, files: Iterable[str]) -> int:
     finally:
         os.close(root)
     return removed
+
+
+def _remove_listed_remote(url: str, files: Iterable[str]) -> int:
+    listed = list(dict.fromkeys(files))
+    for name in listed:
+        _check_relative(name)
+    present = set(storage.names_below(url))
+    doomed = [storage.join(url, name) for name in listed if name in present]
+    storage.remove(doomed)
+    return len(doomed)
 
 
 def _remove_names(fd: int, names: set[str]) -> int:
@@ -355,6 +387,38 @@ def _refuse_foreign(path: str) -> None:
             f"{path} is not empty and was not written by dataselect (holds {shown}); "
             "dataselect writes only into new, empty or its own folders: choose another "
             "--out")
+
+
+# the outputs that may be written to an object store: a selection, its job and its scores
+REMOTE_KINDS = ("job", "selection", "scores")
+
+
+def _refuse_local_only(url: str, kind: str) -> None:
+    """Models, indexes, feature stores, unions and recipes are written with local file
+    calls (memory maps, renames); a URL would become a local folder named ``s3:``."""
+    if kind not in REMOTE_KINDS:
+        raise InputError(f"a {kind} output is written to a local folder; object-store URLs "
+                         "are for selections and score stores: give a local folder, then "
+                         "copy it", where=url, field="out")
+
+
+def _refuse_foreign_remote(url: str) -> None:
+    """:func:`_refuse_foreign` for a URL: the folder is the objects below it."""
+    if storage.isfile(url):
+        raise InputError("is an object, not a folder; give a folder for the output",
+                         where=url, field="out")
+    names = storage.names_below(url)
+    marked = [posixpath.dirname(n) for n in names if posixpath.basename(n) == MARKER]
+    if "" in marked:
+        return
+    foreign = sorted({n.split("/")[0] for n in names
+                      if posixpath.basename(n) not in _OWN_NAMES
+                      and not any(n.startswith(m + "/") for m in marked)})
+    if foreign:
+        raise OutputConflictError(
+            f"{url} is not empty and was not written by dataselect (holds "
+            f"{first_names(foreign)}); dataselect writes only into new, empty or its own "
+            "folders: choose another --out")
 
 
 def _holds_only_ours(path: str) -> bool:
@@ -498,6 +562,8 @@ def check_output_file(path: str | os.PathLike, kind: str, inputs: Iterable[str] 
     the same kind that dataselect wrote (its schema metadata says so), never an input."""
     path = normalize(path)
     refuse_overlap(path, inputs)
+    if storage.is_remote(path):
+        _refuse_local_only(path, kind)
     if os.path.isdir(path):
         raise InputError("is a folder; give a file name for this output (e.g. out.parquet)",
                          where=path, field="out")
@@ -530,9 +596,9 @@ def _file_owner(path: str) -> str | None:
 
 def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
     """Refuse an output that is, contains or lies inside an input file or folder."""
-    out_real = os.path.realpath(out)
+    out_real = _real(out)
     for source in inputs:
-        source_real = os.path.realpath(source)
+        source_real = _real(source)
         if out_real == source_real:
             raise InputError(f"is also an input ({source}); writing there would overwrite "
                              "it: choose another --out", where=out, field="out")
@@ -545,6 +611,12 @@ def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
                              where=out, field="out")
 
 
+def _real(path: str) -> str:
+    """One spelling of a path or URL, to compare outputs with inputs."""
+    path = storage.local_form(path)
+    return storage.normalize_url(path) if storage.is_remote(path) else os.path.realpath(path)
+
+
 def _inside(child: str, parent: str) -> bool:
     return child != parent and child.startswith(parent.rstrip(os.sep) + os.sep)
 
@@ -554,9 +626,13 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
     files it matches now and, when it recurses (``**``), the folder it starts from."""
     roots = []
     for spec in specs:
-        spec = os.fspath(spec)
+        spec = storage.local_form(os.fspath(spec))
         if not any(ch in spec for ch in "*?["):
             roots.append(spec)
+            continue
+        if storage.is_remote(spec):  # the folder the pattern starts from
+            first = min(i for i in (spec.find(ch) for ch in "*?[") if i >= 0)
+            roots.append(spec[:first].rsplit("/", 1)[0])
             continue
         roots.extend(glob.glob(spec, recursive=True))
         if "**" in spec:

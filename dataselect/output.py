@@ -1,7 +1,8 @@
 """Atomic, deterministic writes of partition files.
 
-Every file is written to a temporary name in its folder and renamed into place, so a killed
-job leaves either a whole file or none, and "the part file exists" is a sound test for
+Every file is written to a temporary name in its folder and renamed into place (in an
+object store: uploaded whole, in one request), so a killed job leaves either a whole file
+or none, and "the part file exists" is a sound test for
 "this partition is finished" when a job is resumed. Part names follow partition order and
 writer settings are fixed, so the same table always gives the same bytes.
 """
@@ -14,10 +15,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from dataselect import storage
 
 OutputFormat = Literal["parquet", "arrow"]
 SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
@@ -44,7 +47,12 @@ def atomic_path(final: str | os.PathLike) -> tuple[str, str]:
 def atomic_write(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path to write ``path``'s content to; on success it is renamed into
     place, on any failure (a full disk, Ctrl-C) it is deleted, so a file at ``path`` is
-    always whole."""
+    always whole. An object store has no rename: the file is written to a local temporary
+    and uploaded whole, in one request, so an object is complete or absent."""
+    if storage.is_remote(path):
+        with _uploaded(str(path)) as tmp:
+            yield tmp
+        return
     tmp, final = atomic_path(path)
     try:
         yield tmp
@@ -52,6 +60,22 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _uploaded(url: str) -> Iterator[str]:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(url))
+    os.close(fd)
+    try:
+        yield tmp
+        storage.upload(tmp, url)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def open_read(path: str | os.PathLike) -> IO[bytes]:
+    """A finished output file to read (``np.load`` takes it), local or in an object store."""
+    return storage.open_binary(os.fspath(path))
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "parquet") -> None:
@@ -72,17 +96,17 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
     """The schema :func:`read_table` would return, from the file's metadata."""
     path = str(path)
     if path.endswith(".arrow"):
-        with pa.memory_map(path) as source:
+        with storage.mapped(path) as source:
             return pa.ipc.open_file(source).schema
-    return pq.read_schema(path)
+    return pq.read_schema(storage.source(path))
 
 
 def read_table(path: str | os.PathLike) -> pa.Table:
     path = str(path)
     if path.endswith(".arrow"):
-        with pa.memory_map(path) as source:
+        with storage.mapped(path) as source:
             return pa.ipc.open_file(source).read_all()
-    return pq.read_table(path)
+    return pq.read_table(storage.source(path))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -93,6 +117,8 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    if storage.is_remote(path):
+        return json.loads(storage.read_bytes(os.fspath(path)).decode("utf-8"))
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -100,7 +126,7 @@ def read_json(path: str | os.PathLike) -> Any:
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete ``.tmp-*`` files a killed job left behind; returns how many."""
     removed = 0
-    if os.path.isdir(folder):
+    if not storage.is_remote(folder) and os.path.isdir(folder):  # objects: never partial
         for entry in os.scandir(folder):
             # a link named so is removed itself, never what it points at; a folder so
             # named is nobody's temporary file

@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataselect import checks
+from dataselect import checks, storage
 from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
@@ -333,7 +333,7 @@ class _WriteOrReuse:
 
     def __call__(self, index: int) -> tuple[int, bool, float, dict[str, Any]]:
         path = os.path.join(self.folder, part_name(index))
-        if os.path.exists(path):
+        if storage.exists(path):
             table = read_table(path)
             return table.num_rows, True, 0.0, summarize_scores(table)
         start = time.perf_counter()
@@ -437,7 +437,7 @@ class Scores:
         folder = checks.check_path(folder, "folder")
         corpus = as_corpus(corpus, "corpus")
         path = os.path.join(folder, STORE_MANIFEST)
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise InputError(f"is not a score store (no {STORE_MANIFEST}): give the folder "
                              "Scores.write or dataselect score wrote", where=folder)
         manifest = read_json(path)
@@ -448,11 +448,19 @@ class Scores:
                              f"(differs: {', '.join(changed[:3])}); if you edited the pool "
                              "while the job ran, rerun with --overwrite once it stays put",
                              where=folder)
-        missing = [i for i in range(corpus.npartitions)
-                   if not os.path.exists(os.path.join(folder, part_name(i)))]
+        missing = _missing_parts(folder, corpus.npartitions)
         if missing:
             raise InputError(f"score store lacks parts {missing[:5]}", where=folder)
         return cls(description["scorer"], corpus, _StoredPart(folder), description)
+
+
+def _missing_parts(folder: str, count: int) -> list[int]:
+    """The partitions whose part file the store lacks (an object store: one listing, not a
+    request per part)."""
+    if storage.is_remote(folder):
+        present = set(storage.names_below(folder))
+        return [i for i in range(count) if part_name(i) not in present]
+    return [i for i in range(count) if not os.path.exists(os.path.join(folder, part_name(i)))]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ function of the scores, the policy and the seed.
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from dataselect.checks import (
 from dataselect.corpus import Corpus, as_corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
+from dataselect.outdir import normalize
 from dataselect.output import jsonable
 from dataselect.sampling import gumbel_noise
 from dataselect.scoring import Scores, as_scores, summarize_scores
@@ -74,7 +74,7 @@ class Selection:
         from dataselect.writer import write_selection
 
         manifest = write_selection(self, out, **kwargs)
-        self.written_to = os.path.normpath(os.fspath(getattr(out, "path", out)))
+        self.written_to = normalize(getattr(out, "path", out))  # a URL stays a URL
         return manifest
 
     def to_hf(self, out: str | None = None, **kwargs: Any) -> Any:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dataselect import checks, ngram_store
+from dataselect import checks, ngram_store, storage
 from dataselect.composition import composition, count_labels, label_column
 from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
@@ -46,6 +46,7 @@ from dataselect.outdir import OutputFolder, claim_output
 from dataselect.output import (
     OutputFormat,
     atomic_write,
+    open_read,
     part_name,
     remove_stale_temporaries,
     write_json,
@@ -87,27 +88,30 @@ class PoolStats:
     sample: float
     seed: int
 
-    def record(self, corpus: Corpus, index: int, table: pa.Table) -> None:
-        """Count partition ``index`` (its rows, ``table``) and keep the counts."""
+    def record(self, corpus: Corpus, index: int, table: pa.Table) -> dict[str, np.ndarray]:
+        """Count partition ``index`` (its rows, ``table``), unless kept already, and keep
+        the counts; returns them."""
         path = os.path.join(self.out, pool_stats_name(index))
-        if self.load(index) is not None:
-            return
+        kept = self.load(index)
+        if kept is not None:
+            return kept
         arrays = self.count(corpus, index, table)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not storage.is_remote(path):  # an object store has no folders to make
+            os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_write(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, settings=np.array(self._settings()), **arrays)
+        return arrays
 
     def load(self, index: int) -> dict[str, np.ndarray] | None:
         """The kept counts of partition ``index``, or None: none kept, or for other
         settings (another hasher, sample share or seed)."""
         path = os.path.join(self.out, pool_stats_name(index))
-        try:
-            with np.load(path) as saved:
-                if str(saved["settings"]) != self._settings():
-                    return None
-                return {name: saved[name] for name in saved.files if name != "settings"}
-        except (OSError, KeyError, ValueError):
+        if not storage.exists(path):
             return None
+        with open_read(path) as file, np.load(file) as saved:
+            if str(saved["settings"]) != self._settings():
+                return None
+            return {name: saved[name] for name in saved.files if name != "settings"}
 
     def count(self, corpus: Corpus, index: int, table: pa.Table) -> dict[str, np.ndarray]:
         """The pool counts of partition ``index``, from its rows."""
@@ -155,8 +159,8 @@ class _WritePart:
     def __call__(self, index: int) -> dict[str, Any]:
         path = os.path.join(self.out, part_name(index, self.fmt))
         stats_path = os.path.join(self.out, STATS_DIR, f"part-{index:05d}.npz")
-        if os.path.exists(path) and os.path.exists(stats_path):
-            with np.load(stats_path) as saved:
+        if storage.exists(path) and storage.exists(stats_path):
+            with open_read(stats_path) as file, np.load(file) as saved:
                 if LABELS_KEY in saved.files:  # else written before labels were counted
                     return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
         start = time.perf_counter()
@@ -166,8 +170,8 @@ class _WritePart:
         scores = self._scores(index, chosen)
         rows = output_rows(self.pool, index, table.take(chosen), self.schema)
         picked = _attach_scores(rows, scores.take(chosen), self.ranks[index], path)
-        if pool is None:
-            pool = self.pool_stats.count(self.pool, index, table)
+        if pool is None:  # kept too, so a resumed job and its folder are the same
+            pool = self.pool_stats.record(self.pool, index, table)
         column = str(pool[LABEL_COLUMN_KEY]) or None
         selected = count_labels(picked, column)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
@@ -278,6 +282,7 @@ def write_selection(
                                            metrics_sample, save_to_disk)
     if not isinstance(out, OutputFolder):
         out = checks.check_path(out, "out")
+    checks.check_local_layout(out if isinstance(out, str) else out.path, save_to_disk)
     hasher = (metrics_hasher or NgramHasher()) if target is not None else None
     if isinstance(out, OutputFolder):
         claimed = contextlib.nullcontext(out)
@@ -317,7 +322,8 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     folder.expect([part_name(i, fmt) for i in range(parts)]
                   + [os.path.join(STATS_DIR, f"part-{i:05d}.npz") for i in range(parts)]
                   + [pool_stats_name(i) for i in range(parts)] + [MANIFEST_FILE])
-    os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
+    if not storage.is_remote(out):  # an object store has no folders to make
+        os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
     remove_stale_temporaries(out)
     remove_stale_temporaries(os.path.join(out, STATS_DIR))
     start = time.perf_counter()
@@ -392,7 +398,8 @@ def _metrics(out: str, parts: int, target: Corpus | None, hasher: NgramHasher | 
     summed = _Summed()
     # summed one saved file at a time, so memory does not grow with the partition count
     for index in range(parts):
-        with np.load(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")) as saved:
+        with open_read(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")) as file, \
+                np.load(file) as saved:
             summed.add(saved)
         advance(1)
     column = summed.label_column

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 def run_command(args: argparse.Namespace, console: Console) -> None:
     """Run the parsed command (all but ``scorers``, which the parser module answers)."""
     check_flag_pairs(args)
+    if args.command not in REMOTE_OUTPUT_COMMANDS:
+        checks.check_local_output(getattr(args, "out", None), f"dataselect {args.command}")
     if args.command in ("warmup", "features", "index", "attribute"):
         run_feature_command(args, console)
     elif args.command in ("run", "eval", "report"):
@@ -36,6 +38,8 @@ def run_command(args: argparse.Namespace, console: Console) -> None:
         run_job_command(args, console)
 
 
+# the commands whose --out may be an object-store URL (dataselect.storage)
+REMOTE_OUTPUT_COMMANDS = ("select", "score")
 # attribute's methods that read the pool itself (the other reads an index of its features)
 INFLUENCE_METHODS = ("trak", "tracin", "bif")
 # index build's options, and the one --kind each applies to

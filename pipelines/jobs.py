@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dataselect import checks, select
+from dataselect import checks, select, storage
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read_corpus
 from dataselect.defaults import WORKER_KINDS
 from dataselect.errors import InputError
@@ -86,6 +87,7 @@ class SelectJob:
         self.pool = checks.check_paths(self.pool, "pool")
         self.target = checks.check_paths(self.target, "target")
         self.out = checks.check_path(self.out, "out")
+        checks.check_local_layout(self.out, self.save_to_disk)
         self._check_numbers()
 
     def _check_numbers(self) -> None:
@@ -208,10 +210,21 @@ def parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
     too. Files a killed job left behind are deleted before the first pass, never read: the
     pool may have changed since (``dataselect score`` has no job identity to refuse that),
     and recomputing costs one pass.
+
+    An object-store output keeps them in a local temporary folder instead: they are read
+    back by mapping, which an object store cannot do, and never outlive the job.
     """
-    folder = out.join(PARSED_DIR)
+    if storage.is_remote(out.path):
+        with tempfile.TemporaryDirectory(prefix="dataselect-") as local:
+            yield from _kept_in(pool, os.path.join(local, PARSED_DIR), None)
+        return
+    yield from _kept_in(pool, out.join(PARSED_DIR), out)
+
+
+def _kept_in(pool: Corpus, folder: str, out: OutputFolder | None) -> Iterator[Corpus]:
+    """:func:`parsed_once` keeping its files in ``folder`` (listed in ``out``'s marker)."""
     shutil.rmtree(folder, ignore_errors=True)
-    size, free = pool.estimated_bytes(), shutil.disk_usage(out.path).free
+    size, free = pool.estimated_bytes(), shutil.disk_usage(os.path.dirname(folder)).free
     kept, names = pool, []
     if free >= 2 * size:
         kept = kept.with_ngram_store(folder)
@@ -222,7 +235,8 @@ def parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
     if not names:
         yield pool
         return
-    out.expect([os.path.join(PARSED_DIR, name) for name in names])
+    if out is not None:
+        out.expect([os.path.join(PARSED_DIR, name) for name in names])
     try:
         yield kept
     finally:

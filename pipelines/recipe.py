@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from dataselect import checks
+from dataselect import checks, storage
 from dataselect.defaults import POLICIES
 from dataselect.errors import InputError
 from dataselect.params import checked, settings_model
@@ -603,9 +603,17 @@ def _check_paths(recipe: Recipe, where: str) -> None:
     keyed += [(f"models.{n}.path", m.path) for n, m in recipe.models.items()
               if m.path and not is_shortcut(m.path)]
     for key, path in keyed:
-        if not (os.path.exists(path) or glob.glob(path)):
+        # data may be in an object store; a model is loaded from a local folder
+        found = (os.path.exists(path) or glob.glob(path)) if key.startswith("models.") \
+            else storage.matches(path)
+        if not found:
             raise RecipeError(f"{path!r} matches no file or folder (paths are relative to "
                               f"the working directory, {os.getcwd()})", where=where, field=key)
+    if storage.is_remote(recipe.output.path):
+        raise RecipeError("a recipe's output folder must be local: it holds models, "
+                          "evaluation runs and a report besides the selections (its pool "
+                          "and targets may be URLs); write it here, then copy tasks/ and "
+                          "union/ to the store", where=where, field="output.path")
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:

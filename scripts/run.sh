@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for the README's two commands:
 #   bash scripts/run.sh demo   install into .venv, run a DSIR selection on data/ (local Dask cluster)
-#   bash scripts/run.sh test   install into .venv with the dev extras, run ruff and the tests
-# Extra arguments after "test" go to pytest.
+#   bash scripts/run.sh test   install into .venv with the dev extras, run ruff and the fast
+#                              tier of the tests (-m "not slow"); CI runs the slow tier too
+# Extra arguments after "test" go to pytest (-m slow: the slow tier; -m "" : everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -54,7 +55,8 @@ case "${1:-}" in
         "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
         compile_sources
         "$VENV/bin/ruff" check .
-        "$VENV/bin/python" -m pytest -n 2 --durations=15 "$@"
+        # the fast tier unless the arguments choose (a later -m wins: -m slow is the rest)
+        "$VENV/bin/python" -m pytest -n 2 --durations=15 -m "not slow" "$@"
         ;;
     *)
         echo "usage: bash scripts/run.sh demo|test [pytest args]" >&2

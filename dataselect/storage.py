@@ -1,0 +1,236 @@
+"""Where a path lives: the local disk, read and written with ``os`` calls as always, or an
+object store named by an fsspec URL (``s3://``, ``gs://``, ``hf://``, ``memory://``).
+
+One seam, so the rest of the code asks "is this remote?" in one place and never builds a
+local folder out of a URL (``--out s3://bucket/out`` once became ``./s3:/bucket/out``).
+``file://`` URLs are local paths with a prefix: they are turned into plain paths, so they
+behave exactly as the paths they name.
+
+Object stores differ from a disk in three ways that shape what is done here:
+
+- reads are HTTP requests, so a piece of a file is fetched with one range request
+  (:func:`read_range`, and :func:`source` for pyarrow, which asks for the byte ranges of
+  the row groups it reads), never by downloading the whole object;
+- there is no rename, so a file is written whole to a local temporary and uploaded with
+  one request (:func:`upload`): an object is either absent or complete;
+- listings may be cached by the client (s3fs keeps them), so every existence check and
+  listing here drops the cached one first: another process (a worker, the killed job
+  before a rerun) may have written since.
+
+The filesystem packages are optional extras (``pip install 'dataselect[s3]'``, ``[gcs]``);
+a URL whose package is missing is a one-line error naming what to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as _glob
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pyarrow as pa
+
+from dataselect.errors import InputError
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# scheme -> (package, dataselect's extra that installs it)
+_EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"),
+           "gcs": ("gcsfs", "gcs")}
+# object metadata that changes with an object's content, in the spellings of s3fs,
+# gcsfs and huggingface_hub (what a fingerprint of a remote file is made of)
+_VERSION_KEYS = ("ETag", "etag", "VersionId", "version_id", "generation", "md5Hash",
+                 "blob_id", "lfs", "LastModified", "last_modified", "updated", "mtime")
+
+
+def scheme(path: str | os.PathLike) -> str | None:
+    match = _SCHEME.match(os.fspath(path))
+    return match.group(1).lower() if match else None
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """A URL of another filesystem than the local one (``file://`` is local)."""
+    return scheme(path) not in (None, "file")
+
+
+def local_form(path: str | os.PathLike) -> str:
+    """``path`` with a ``file://`` prefix removed; anything else unchanged."""
+    text = os.fspath(path)
+    return text[len("file://"):] if scheme(text) == "file" else text
+
+
+def normalize_url(url: str) -> str:
+    """One spelling per remote folder: no trailing ``/``, no ``//`` or ``.`` inside."""
+    prefix = _SCHEME.match(url).group(0)
+    rest = posixpath.normpath(url[len(prefix):])
+    return prefix + rest.lstrip("/") if rest != "." else prefix
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path it takes there."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        package, extra = _EXTRAS.get(scheme(url) or "", (exc.name or "its fsspec package",
+                                                          None))
+        also = f" (or 'dataselect[{extra}]')" if extra else ""
+        raise InputError(f"{scheme(url)}:// URLs need {package}: pip install {package}{also}",
+                         where=url) from None
+    except ValueError as exc:
+        raise InputError(f"not a URL fsspec knows ({exc})", where=url) from None
+
+
+@contextlib.contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """Turn a store's refusal (no credentials, access denied, no such bucket, endpoint
+    unreachable) into one line naming the URL and what to check, not a botocore trace."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, OSError) and not type(exc).__module__.startswith(
+                ("botocore", "aiobotocore", "google", "huggingface_hub", "aiohttp")):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot reach the object ({reason}); check the URL and the "
+                         "store's credentials (AWS_* variables or ~/.aws for s3://, "
+                         "GOOGLE_APPLICATION_CREDENTIALS for gs://)", where=url) from None
+
+
+def _fresh(url: str) -> tuple[Any, str]:
+    """The filesystem with no cached listing of ``url`` (another process may have written)."""
+    fs, path = filesystem(url)
+    fs.invalidate_cache(path)
+    return fs, path
+
+
+def as_url(fs: Any, path: str) -> str:
+    """A path fsspec returned (``bucket/key``) as a URL again."""
+    return fs.unstrip_protocol(path)
+
+
+def exists(url: str) -> bool:
+    if not is_remote(url):
+        return os.path.exists(url)
+    fs, path = _fresh(url)
+    with reaching(url):
+        return bool(fs.exists(path))
+
+
+def isfile(url: str) -> bool:
+    if not is_remote(url):
+        return os.path.isfile(url)
+    fs, path = _fresh(url)
+    with reaching(url):
+        return bool(fs.isfile(path))
+
+
+def isdir(url: str) -> bool:
+    if not is_remote(url):
+        return os.path.isdir(url)
+    fs, path = _fresh(url)
+    with reaching(url):
+        return bool(fs.isdir(path))
+
+
+def size(path: str) -> int:
+    if not is_remote(path):
+        return os.path.getsize(path)
+    fs, inner = filesystem(path)
+    return int(fs.size(inner))
+
+
+def names_below(url: str) -> list[str]:
+    """Every object below the folder ``url``, as names relative to it (``a/b.parquet``),
+    sorted; empty when there is none (an object store has no empty folders)."""
+    fs, path = _fresh(url)
+    base = path.rstrip("/") + "/"
+    with reaching(url):
+        return sorted(p[len(base):] for p in fs.find(path) if p.startswith(base))
+
+
+def join(url: str, name: str) -> str:
+    return url.rstrip("/") + "/" + name
+
+
+def glob(pattern: str) -> list[str]:
+    fs, path = _fresh(pattern)
+    with reaching(pattern):
+        return sorted(as_url(fs, p) for p in fs.glob(path) if fs.isfile(p))
+
+
+def matches(spec: str) -> bool:
+    """Whether a path, folder or glob names anything now (a recipe's paths are checked
+    before its run starts)."""
+    spec = local_form(spec)
+    if not is_remote(spec):
+        return os.path.exists(spec) or bool(_glob.glob(spec))
+    return exists(spec) or (_glob.has_magic(spec) and bool(glob(spec)))
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """A file to read from start to end (a compressed file, a planning scan)."""
+    if not is_remote(path):
+        return open(path, "rb")
+    fs, inner = filesystem(path)
+    return fs.open(inner, "rb")
+
+
+def read_range(path: str, start: int, stop: int | None) -> bytes:
+    """Bytes ``[start, stop)`` of a file: one range request for an object."""
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(None if stop is None else stop - start)
+    fs, inner = filesystem(path)
+    return fs.cat_file(inner, start=start, end=stop)
+
+
+def read_bytes(path: str) -> bytes:
+    return read_range(path, 0, None)
+
+
+def source(path: str) -> str | pa.NativeFile:
+    """What pyarrow reads ``path`` from: the path itself when local, else a random-access
+    file whose reads are range requests (pyarrow asks only for the footer and the row
+    groups or record batches it reads)."""
+    if not is_remote(path):
+        return path
+    fs, inner = filesystem(path)
+    # no read-ahead: s3fs's default fetches 50 MiB past each read, the whole object for
+    # most files (pyarrow's FSSpecHandler opens files so), where one row group was wanted
+    return pa.PythonFile(fs.open(inner, "rb", cache_type="none"), mode="r")
+
+
+def mapped(path: str) -> pa.NativeFile:
+    """An Arrow IPC file to read: memory-mapped when local, range requests when remote."""
+    return pa.memory_map(path) if not is_remote(path) else source(path)
+
+
+def upload(local: str, url: str) -> None:
+    """Copy a finished local file to ``url`` in one upload (a multipart upload for a large
+    file, which the store also makes visible only when it completes)."""
+    fs, path = filesystem(url)
+    fs.put_file(local, path)
+
+
+def remove(urls: list[str]) -> None:
+    if urls:
+        fs, _ = filesystem(urls[0])
+        fs.rm([filesystem(u)[1] for u in urls])
+
+
+def object_fingerprint(url: str) -> dict[str, Any]:
+    """``{"path", "bytes", ...}`` of an object from its metadata (one request, no bytes
+    read): the store's ETag, version or generation and modification time change with any
+    write, which is what a fingerprint must catch."""
+    fs, path = _fresh(url)
+    with reaching(url):
+        info = fs.info(path)
+    found = {key: str(info[key]) for key in _VERSION_KEYS if info.get(key) not in (None, "")}
+    return {"path": url, "bytes": int(info.get("size") or 0), "object": found}
