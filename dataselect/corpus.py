@@ -34,6 +34,7 @@ from dataselect.formats import (
     Piece,
     detect_format,
     expand_paths,
+    parquet_subpieces,
     piece_schema,
     plan_pieces,
     read_piece,
@@ -199,6 +200,33 @@ class Corpus:
         if any(piece.fmt.startswith("jsonl") for piece in pieces):
             return self.read_partition(index).schema if parse else None
         return unify([(_place(p), self._with_places(p, _empty(p)).schema) for p in pieces])
+
+    def read_rows(self, index: int, positions: np.ndarray) -> pa.Table:
+        """``read_partition(index).take(positions)``, reading only the Parquet row groups
+        that hold those rows where the partition is Parquet alone and not kept parsed
+        (a kept copy is mapped, which costs nothing). Why: at a small k most partitions
+        that hold a selected row hold one or two, and the write pass needs only those."""
+        pieces = self.partitions[index]
+        cached = self.cache_dir is not None and os.path.exists(
+            os.path.join(self.cache_dir, cached_name(index)))
+        if cached or not len(positions) or any(p.fmt != "parquet" for p in pieces):
+            return self.read_partition(index).take(positions)
+        wanted = np.unique(np.asarray(positions, np.int64))
+        tables, offset = [], 0
+        for piece in pieces:
+            mine = wanted[(wanted >= offset) & (wanted < offset + piece.num_rows)]
+            parts = parquet_subpieces(piece, mine - offset + piece.first_row)
+            read = [self._with_places(p, read_piece(p)) for p in parts]
+            table = concat(read, [_place(p) for p in parts]) if read else None
+            if table is None:
+                table = self._with_places(piece, _empty(piece))
+            else:  # the rows read, back to the piece's positions: keep the wanted ones
+                rows = table[ROW_COLUMN].to_numpy() - piece.first_row
+                table = table.take(np.flatnonzero(np.isin(rows, mine - offset)))
+            tables.append(table)
+            offset += piece.num_rows
+        table = concat(tables, [_place(p) for p in pieces])
+        return _noted(table, {}).take(np.searchsorted(wanted, positions))
 
     def empty_partition(self, index: int) -> pa.Table | None:
         """Partition ``index`` without its rows: the table :meth:`read_partition` returns,

@@ -476,6 +476,22 @@ def _hf_table(path: str) -> pa.Table:
     return dataset.with_format("arrow")[:]
 
 
+def parquet_subpieces(piece: Piece, rows: np.ndarray) -> list[Piece]:
+    """The parts of a Parquet ``piece`` that hold ``rows`` (sorted row numbers in the
+    file): one piece per row group holding any, cut to the piece, in order. Reading them
+    reads those row groups only: what a pass that needs a few rows of a partition reads."""
+    meta = pq.ParquetFile(storage.source(piece.path)).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    starts = np.cumsum([0, *sizes])
+    chosen = []
+    for group, start, stop in _blocks_of(piece, sizes):
+        first, last = starts[group] + start, starts[group] + stop
+        if np.any((rows >= first) & (rows < last)):
+            chosen.append(Piece(piece.path, piece.fmt, int(first), int(last - first),
+                                size_bytes=0, in_group=piece.in_group))
+    return chosen
+
+
 def read_piece(piece: Piece) -> pa.Table:
     """The piece's rows as a table, plus ``_row`` (row or 0-based line number in its file)."""
     with _reading(piece.path, piece.fmt):

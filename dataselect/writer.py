@@ -166,17 +166,20 @@ class _WritePart:
         start = time.perf_counter()
         chosen = self.positions.get(index, np.empty(0, np.int64))
         pool = self.pool_stats.load(index)
-        table = self._rows(index, chosen, pool)
-        scores = self._scores(index, chosen)
-        rows = output_rows(self.pool, index, table.take(chosen), self.schema)
-        picked = _attach_scores(rows, scores.take(chosen), self.ranks[index], path)
-        if pool is None:  # kept too, so a resumed job and its folder are the same
+        if pool is None:  # counted here, and kept, so a resumed job's folder is the same
+            table = self.pool.read_partition(index)
             pool = self.pool_stats.record(self.pool, index, table)
+            taken = table.take(chosen)
+        else:
+            taken = self._chosen_rows(index, chosen)
+        scores = self._scores(index, chosen)
+        rows = output_rows(self.pool, index, taken, self.schema)
+        picked = _attach_scores(rows, scores.take(chosen), self.ranks[index], path)
         column = str(pool[LABEL_COLUMN_KEY]) or None
         selected = count_labels(picked, column)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
             np.savez(f, rows=picked.num_rows, pool_counts=pool["pool_counts"],
-                     selected_counts=self._selected_counts(table, chosen, index),
+                     selected_counts=self._selected_counts(index, chosen, taken),
                      **{LABEL_COLUMN_KEY: pool[LABEL_COLUMN_KEY], LABELS_KEY: pool[LABELS_KEY],
                         "pool_labels": pool["pool_labels"],
                         "selected_labels": np.array([selected.get(str(n), 0)
@@ -185,13 +188,13 @@ class _WritePart:
         return {"rows": picked.num_rows, "reused": False,
                 "seconds": time.perf_counter() - start}
 
-    def _rows(self, index: int, chosen: np.ndarray, pool: dict[str, np.ndarray] | None
-              ) -> pa.Table:
-        """The partition's rows; without selected rows and with its pool counts kept, no
-        row is read: an empty table of its columns (from metadata, or the job's parsed
-        copy) makes the same empty part."""
-        empty = None if len(chosen) or pool is None else self.pool.empty_partition(index)
-        return self.pool.read_partition(index) if empty is None else empty
+    def _chosen_rows(self, index: int, chosen: np.ndarray) -> pa.Table:
+        """The selected rows of partition ``index``, its pool counts being kept: for none,
+        an empty table of its columns (from metadata, or the job's parsed copy), which
+        makes the same empty part; else those rows, read from the row groups that hold
+        them (:meth:`Corpus.read_rows`)."""
+        empty = None if len(chosen) else self.pool.empty_partition(index)
+        return self.pool.read_rows(index, chosen) if empty is None else empty
 
     def _scores(self, index: int, chosen: np.ndarray) -> pa.Table:
         """The partition's scores; for no selected rows, their columns only, where the
@@ -201,15 +204,21 @@ class _WritePart:
             return columns(index).empty_table()
         return self.score_task(index)
 
-    def _selected_counts(self, table: pa.Table, chosen: np.ndarray, index: int) -> np.ndarray:
+    def _selected_counts(self, index: int, chosen: np.ndarray, taken: pa.Table
+                         ) -> np.ndarray:
+        """Bucket counts of the selected rows (``taken``, at ``chosen`` in the partition):
+        from the n-grams the scorer kept (DSIR), else from hashing those rows."""
         hasher = self.pool_stats.hasher
         if hasher is None:
             return np.zeros(0, np.int64)
         if not len(chosen):
             return np.zeros(hasher.num_buckets, np.int64)
-        selected = np.zeros(table.num_rows, bool)
+        stored = ngram_store.load(self.pool.ngram_dir, index, hasher)
+        if stored is None:
+            return hasher.bucket_counts(self.pool.texts(taken))
+        selected = np.zeros(sum(features.num_docs for _, features in stored), bool)
         selected[chosen] = True
-        return _masked_counts(self.pool, index, table, selected, hasher)
+        return masked_counts(stored, [selected], hasher.num_buckets)[0]
 
 
 def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where: str) -> pa.Table:

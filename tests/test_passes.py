@@ -235,3 +235,39 @@ def test_a_pieces_of_one_row_group_read_in_any_order_and_threads_give_its_rows(t
         assert table["_row"].to_pylist() == list(range(piece.first_row,
                                                        piece.first_row + piece.num_rows))
         assert table["id"].to_pylist() == [f"r{i}" for i in table["_row"].to_pylist()]
+
+
+@pytest.mark.slow
+def test_c_the_write_pass_reads_only_the_row_groups_holding_selected_rows(
+        pool_table, tmp_path, monkeypatch):
+    from dataselect import corpus, writer
+
+    pool = tmp_path / "pool" / "small-groups.parquet"
+    pool.parent.mkdir()
+    pq.write_table(pool_table, pool, row_group_size=50)
+    read: list[int] = []
+    real_piece, real_write = corpus.read_piece, writer._write
+
+    def reading(piece):
+        table = real_piece(piece)
+        if piece.path == str(pool):
+            read.append(table.num_rows)
+        return table
+
+    def writing(*args, **kwargs):
+        read.clear()
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(corpus, "read_piece", reading)
+    monkeypatch.setattr(writer, "_write", writing)
+    out = tmp_path / "out"
+    assert main(_select_small_k(str(pool), out)) == 0
+    assert 0 < sum(read) <= 3 * 50  # three rows: at most three groups of 50
+    monkeypatch.setattr(writer.PoolStats, "load", lambda self, index: None)
+    again = tmp_path / "again"
+    assert main(_select_small_k(str(pool), again)) == 0
+    assert sum(read) == pool_table.num_rows  # the write pass as before: every row
+    assert _digests(out) == _digests(again)
+    manifests = [json.loads((o / ".manifest.json").read_text()) for o in (out, again)]
+    assert manifests[0]["metrics"] == manifests[1]["metrics"]
+    assert manifests[0]["composition"] == manifests[1]["composition"]
