@@ -1,10 +1,11 @@
 """Find input files and cut them into pieces that can be read independently.
 
 A *piece* is a contiguous run of rows of one file (a byte range of a plain JSONL file, a run
-of Parquet row groups, a run of Arrow record batches, a slice of an HF dataset). Pieces are
-the unit the corpus packs into partitions, so a 20 GB JSONL file is read by many workers and
-a thousand 1 kB files are read by one, and every row keeps its file and row number for
-error messages and provenance.
+of Parquet row groups, a run of Arrow record batches, a row range inside a row group or
+record batch of twice the partition size or more, a slice of an HF dataset). Pieces are
+the unit the corpus packs into partitions, so a 20 GB JSONL file or a one-row-group Parquet
+file is read by many workers and a thousand 1 kB files are read by one, and every row keeps
+its file and row number for error messages and provenance.
 """
 
 from __future__ import annotations
