@@ -1,10 +1,11 @@
 """Benchmark: client costs that grow with the partition count P (issue 31).
 
-At 10^9 rows a pool has about 20,000 partitions. Three client steps used to cost O(P x k)
-or O(P^2): splitting the chosen rows back into partitions (``select._selection``), looking
-up their keys (``select._keys_at``), and recording the names a job will write
-(``OutputFolder.expect``, one set rebuilt per name). This times each against the
-per-partition-mask / set-per-name versions they replaced, on the same inputs, in one run.
+At 10^9 rows a pool has about 20,000 partitions. Client steps used to cost O(P x k) or
+O(P^2): splitting the chosen rows back into partitions (``select._selection``) and
+recording the names a job will write (``OutputFolder.expect``, one set rebuilt per name).
+This times each against the per-partition-mask / set-per-name versions they replaced, on
+the same inputs, in one run. (Looking up the chosen rows' keys, ``select._keys_at``, was the
+third; selection no longer keeps keys on the client: see ``bench_select_memory.py``.)
 
     .venv/bin/python benchmarks/bench_partition_costs.py --partitions 20000 --k 1000000
 """
@@ -19,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from dataselect.outdir import OutputFolder
-from dataselect.select import _keys_at, _selection
+from dataselect.select import _selection
 
 
 def naive_selection(sizes: list[int], order: np.ndarray) -> dict[int, np.ndarray]:
@@ -31,16 +32,6 @@ def naive_selection(sizes: list[int], order: np.ndarray) -> dict[int, np.ndarray
         local = order[mine] - starts[i]
         positions[i] = local[np.argsort(local, kind="stable")]
     return positions
-
-
-def naive_keys(parts: list[dict], sizes: list[int], rows: np.ndarray) -> np.ndarray:
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    partition = np.searchsorted(starts, rows, side="right") - 1
-    keys = np.empty(len(rows))
-    for index in np.unique(partition):
-        mine = partition == index
-        keys[mine] = parts[index]["key"][rows[mine] - starts[index]]
-    return keys
 
 
 def naive_expect(files: list[str], names: list[str]) -> list[str]:
@@ -64,16 +55,10 @@ def main() -> None:
     sizes = [args.rows_per_partition] * args.partitions
     total = sum(sizes)
     order = rng.choice(total, size=min(args.k, total), replace=False)
-    parts = [{"key": rng.normal(size=size)} for size in sizes]
     ours, t_ours = timed(_selection, SimpleNamespace(corpus=None), sizes, order, {}, {})
     ref, t_ref = timed(naive_selection, sizes, order)
     assert all(np.array_equal(ours.positions[i], ref[i]) for i in ref)
     print(f"_selection  P={args.partitions} k={len(order)}: ours {t_ours:.2f} s, "
-          f"per-partition masks {t_ref:.2f} s, {t_ref / t_ours:.0f}x")
-    keys, t_ours = timed(_keys_at, parts, sizes, order)
-    ref_keys, t_ref = timed(naive_keys, parts, sizes, order)
-    assert np.array_equal(keys, ref_keys)
-    print(f"_keys_at    P={args.partitions} k={len(order)}: ours {t_ours:.2f} s, "
           f"per-partition masks {t_ref:.2f} s, {t_ref / t_ours:.0f}x")
     # a job lists its score parts, then its output parts: the second call checks P new
     # names against P known ones

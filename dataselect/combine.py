@@ -9,6 +9,7 @@ averaged). The combined score is their weighted mean; each input score is kept a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 from dataselect.errors import InputError
 from dataselect.execution import Runner
 from dataselect.output import jsonable
-from dataselect.scoring import FILTERED_BY, Scores
+from dataselect.scoring import FILTERED_BY, Scores, eligible_scores, merge_moments
 
 METHODS = ("zscore", "rank")
 
@@ -85,18 +86,24 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
     scales = []
     for s in scores:
         parts = _collect(s, runner)
-        eligible = np.concatenate([p["score"][p["eligible"]] for p in parts])
         if method == "zscore":
-            std = float(eligible.std()) or 1.0
-            scales.append(_Scale(method, float(eligible.mean()), std))
-        else:
-            scales.append(_Scale(method, sorted_scores=np.sort(eligible)))
+            count, mean, squares = merge_moments(p["moments"] for p in parts)
+            std = math.sqrt(squares / count) if count else 0.0
+            scales.append(_Scale(method, mean, std or 1.0))
+        else:  # every eligible score, on the client (8 bytes a row)
+            eligible = runner(f"ranks:{s.name}", s.delayed(_eligible_scores))
+            scales.append(_Scale(method, sorted_scores=np.sort(np.concatenate(eligible))))
     names = tuple(s.name for s in scores)
     task = _CombinedTask(tuple(s.task for s in scores), names, tuple(scales), tuple(weights))
     description = {"scorer": "combined", "method": method, "weights": weights,
                    "inputs": [s.description for s in scores],
                    "pool": pool.fingerprint()}
     return Scores("combined", pool, task, description)
+
+
+def _eligible_scores(table: pa.Table, index: int) -> np.ndarray:
+    score, eligible, _ = eligible_scores(table)
+    return score[eligible]
 
 
 BEST_TASK = "best_task"

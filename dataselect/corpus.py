@@ -354,12 +354,17 @@ class Corpus:
         repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
         del ordered
         for value in repeated:
-            places = [self.place(index, int(position))
-                      for index, hashes in enumerate(id_hashes)
-                      for position in np.flatnonzero(np.asarray(hashes) == value)][:2]
-            if places[0][0] == places[1][0]:
-                raise DuplicateIdError(f"duplicate id {places[0][0]!r} (also at "
-                                       f"{places[0][1]})", where=places[1][1], field="id")
+            self.refuse_repeated([(index, int(position))
+                                  for index, hashes in enumerate(id_hashes)
+                                  for position in np.flatnonzero(np.asarray(hashes) == value)][:2])
+
+    def refuse_repeated(self, places: list[tuple[int, int]]) -> None:
+        """Refuse the rows at two places, (partition, position) in pool order, whose id
+        hashes match, when their ids do (a mere hash collision passes)."""
+        (first, where), (second, there) = (self.place(i, p) for i, p in places[:2])
+        if first == second:
+            raise DuplicateIdError(f"duplicate id {first!r} (also at {where})", where=there,
+                                   field="id")
 
     def check_unchanged(self, recorded: dict[str, Any], what: str) -> None:
         """Refuse to finish a job whose input changed while it ran: its parts would mix

@@ -27,7 +27,8 @@ import pyarrow as pa
 from dataselect.checks import check_count, check_number, check_seed
 from dataselect.errors import EmptyCorpusError
 
-SAMPLE_STREAM, GUMBEL_STREAM = 1, 2
+# LENGTH_STREAM: the score-length sample of a score store (scoring.length_sample)
+SAMPLE_STREAM, GUMBEL_STREAM, LENGTH_STREAM = 1, 2, 3
 LEGACY_SEED_BITS = 48
 
 

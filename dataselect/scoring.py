@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from dataselect import checks, storage
 from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
+from dataselect.duplicates import ids_names
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
@@ -50,16 +51,18 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.params import check_booleans
-from dataselect.sampling import id_hashes
+from dataselect.sampling import LENGTH_STREAM, id_hashes, uniform
 
 FILTERED_BY = "filtered_by"
 TEXT_BYTES = "text_bytes"
 STORE_MANIFEST = "_manifest.json"
+# rows in the score-length sample, spread over the partitions
+LENGTH_SAMPLE = 100_000
 
 
-def summarize_scores(table: pa.Table) -> dict[str, Any]:
-    """What selection needs of a score part: scores, eligibility, rows removed per filter,
-    and id hashes (for the cross-partition duplicate check and per-id random draws)."""
+def eligible_scores(table: pa.Table) -> tuple[np.ndarray, np.ndarray, Counter]:
+    """A score part's scores (float64), which rows are eligible (``filtered_by`` null),
+    and how many rows each filter removed; a NaN score of an eligible row is refused."""
     score = table["score"].to_numpy().astype(np.float64)
     if FILTERED_BY in table.column_names:
         reasons = table[FILTERED_BY]
@@ -71,23 +74,67 @@ def summarize_scores(table: pa.Table) -> dict[str, Any]:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputError(f"score is NaN for id {table['id'][row].as_py()!r}", field="score")
-    summary = {"score": score, "eligible": eligible, "dropped": dropped,
-               "id_hash": id_hashes(table["id"])}
+    return score, eligible, dropped
+
+
+def summarize_scores(table: pa.Table, npartitions: int = 1) -> dict[str, Any]:
+    """What selection needs of a score part, in a size that does not grow with its rows:
+    row and eligible counts, rows removed per filter, the ladder of its scores
+    (:func:`~dataselect.topk.ladder_of`, from which top-k finds its cutoff), the count,
+    mean and sum of squared deviations of its eligible scores (which merge exactly into
+    the pool's, :func:`merge_moments`) and the score-length sample (:func:`length_sample`)."""
+    from dataselect.topk import KeySpec, ladder_of
+
+    score, eligible, dropped = eligible_scores(table)
+    kept = score[eligible]
+    mean = float(kept.mean()) if len(kept) else 0.0
+    summary = {"rows": len(score), "eligible": len(kept), "dropped": dropped,
+               "ladder": ladder_of(*KeySpec().ranked(table)),
+               "moments": (len(kept), mean, float(((kept - mean) ** 2).sum()))}
     if TEXT_BYTES in table.column_names:
-        summary[TEXT_BYTES] = table[TEXT_BYTES].to_numpy().astype(np.int64)
+        summary["sample"] = length_sample(table, score, eligible, npartitions)
     return summary
 
 
+def merge_moments(moments: Iterable[tuple[int, float, float]]) -> tuple[int, float, float]:
+    """Count, mean and sum of squared deviations of several parts' values together (Chan,
+    Golub and LeVeque's pairwise update), as if computed over all values at once."""
+    count, mean, squares = 0, 0.0, 0.0
+    for other_count, other_mean, other_squares in moments:
+        if not other_count:
+            continue
+        total = count + other_count
+        delta = other_mean - mean
+        mean += delta * other_count / total
+        squares += other_squares + delta * delta * count * other_count / total
+        count = total
+    return count, mean, squares
+
+
+def length_sample(table: pa.Table, score: np.ndarray, eligible: np.ndarray,
+                  npartitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and text lengths of at most ``max(64, ceil(LENGTH_SAMPLE / npartitions))``
+    eligible rows, in pool order: those with the smallest seeded per-id uniform numbers
+    (the same rows whatever runs the job), every eligible row when there are no more."""
+    rows = np.flatnonzero(eligible)
+    cap = max(64, -(-LENGTH_SAMPLE // max(npartitions, 1)))
+    if len(rows) > cap:
+        keys = uniform(id_hashes(table["id"].take(rows)), 0, LENGTH_STREAM)
+        rows = np.sort(rows[np.argsort(keys, kind="stable")[:cap]])
+    return score[rows], table[TEXT_BYTES].to_numpy()[rows].astype(np.int64)
+
+
 def score_length_correlation(summaries: list[dict[str, Any]]) -> float | None:
-    """Spearman rank correlation between score and text length over eligible rows (None
-    when lengths are missing or fewer than 3 rows are eligible, or either is constant)."""
-    if not summaries or any(TEXT_BYTES not in s for s in summaries):
+    """Spearman rank correlation between score and text length over the summaries'
+    samples of eligible rows (:func:`length_sample`: every eligible row of a pool of up to
+    64 per partition or ``LENGTH_SAMPLE`` in all; None when lengths are missing or fewer
+    than 3 rows are eligible, or either is constant)."""
+    if not summaries or any("sample" not in s for s in summaries):
         return None
-    eligible = np.concatenate([s["eligible"] for s in summaries])
-    if eligible.sum() < 3:
+    score = np.concatenate([s["sample"][0] for s in summaries])
+    if len(score) < 3:
         return None
-    score = np.concatenate([s["score"] for s in summaries])[eligible]
-    length = np.concatenate([s[TEXT_BYTES] for s in summaries])[eligible]
+    length = np.concatenate([s["sample"][1] for s in summaries])
     ranks = [pd.Series(v).rank(method="average").to_numpy() for v in (score, length)]
     if min(r.std() for r in ranks) == 0:
         return None
@@ -330,16 +377,18 @@ class _WriteOrReuse:
 
     task: Any
     folder: str
+    npartitions: int
 
     def __call__(self, index: int) -> tuple[int, bool, float, dict[str, Any]]:
         path = os.path.join(self.folder, part_name(index))
         if storage.exists(path):
             table = read_table(path)
-            return table.num_rows, True, 0.0, summarize_scores(table)
+            return table.num_rows, True, 0.0, summarize_scores(table, self.npartitions)
         start = time.perf_counter()
         table = self.task(index)
         write_table(table, path)
-        return table.num_rows, False, time.perf_counter() - start, summarize_scores(table)
+        return (table.num_rows, False, time.perf_counter() - start,
+                summarize_scores(table, self.npartitions))
 
 
 def as_scores(value: Any, pool: Corpus, name: str = "scores") -> Scores:
@@ -363,7 +412,10 @@ class Scores:
         self.description = description
         self.stats: dict[str, Any] = {}
         # per-partition summaries for selection, when the store was written in this process
+        # (small: counts, a ladder of ~64 scores, moments, a bounded sample; no row arrays)
         self.summaries: list[dict[str, Any]] | None = None
+        # set once its ids were found unique across partitions (duplicates.check_unique_ids)
+        self.ids_checked = False
 
     @property
     def npartitions(self) -> int:
@@ -408,12 +460,13 @@ class Scores:
         with claim_output(folder, "scores", self.description, inputs=self.corpus.files,
                           overwrite=overwrite) as claimed:
             folder = claimed.path
-            claimed.expect([STORE_MANIFEST] + [part_name(i) for i in range(self.npartitions)])
+            claimed.expect([STORE_MANIFEST] + [part_name(i) for i in range(self.npartitions)]
+                           + ids_names(self.npartitions))
             remove_stale_temporaries(folder)
             write_json({"description": self.description, "versions": package_versions(),
                         "npartitions": self.npartitions},
                        os.path.join(folder, STORE_MANIFEST))
-            writer = _WriteOrReuse(self.task, folder)
+            writer = _WriteOrReuse(self.task, folder, self.npartitions)
             tasks = partition_tasks(f"score-{self.name}", writer, self.npartitions)
             results = runner(f"score:{self.name}", tasks)
         stored = Scores.from_store(folder, self.corpus)

@@ -1,11 +1,12 @@
 """Selection policies: which pool rows to keep, given their scores.
 
-Each policy works from per-partition summaries of the score store (score, eligibility, an
-8-byte id hash and the ranking key: about 25 bytes per row on the client, taken from the
-scoring pass when it ran in this process) and returns a :class:`Selection`: the chosen
-positions per partition with their global rank, plus the counts in and out. The pool itself
-is read again only when the selection is written, so memory does not depend on how much
-the documents weigh.
+Each policy works from small per-partition summaries of the score store (row and eligible
+counts, rows removed per filter, a ladder of about 64 of its scores: taken from the scoring
+pass when it ran in this process) and passes over the score store on the workers
+(:mod:`dataselect.topk`), and returns a :class:`Selection`: the chosen positions per
+partition with their global rank, plus the counts in and out. The client holds O(k +
+partitions), never a per-row array; the pool itself is read again only when the selection
+is written, so memory depends neither on the rows nor on how much the documents weigh.
 
 Rows whose ``filtered_by`` is set (for example DSIR's minimum length) are never selected
 and are counted per filter. Ties are broken by pool order, so a selection is a pure
@@ -15,7 +16,6 @@ function of the scores, the policy and the seed.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +35,13 @@ from dataselect.checks import (
     wrong_type,
 )
 from dataselect.corpus import Corpus, as_corpus
+from dataselect.duplicates import check_unique_ids
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.outdir import normalize
 from dataselect.output import jsonable
-from dataselect.sampling import gumbel_noise
-from dataselect.scoring import Scores, as_scores, summarize_scores
+from dataselect.scoring import Scores, as_scores, eligible_scores, summarize_scores
+from dataselect.topk import KeySpec, all_rows, merge_dropped, top_rows
 
 
 @dataclass
@@ -100,22 +101,27 @@ class Selection:
         return load_hf(self.written_to, kwargs.get("runner", default_runner))
 
 
-def _collect(scores: Scores, runner: Runner, seed: int | None = None) -> list[dict[str, Any]]:
-    """Per partition: score, eligibility, filter counts, id hashes and the ranking key
-    (the score, plus Gumbel noise when ``seed`` is given). A store written in this job
-    already holds these summaries; otherwise one pass over the scores computes them."""
+def _collect(scores: Scores, runner: Runner) -> list[dict[str, Any]]:
+    """Per partition: rows, eligible rows, rows removed per filter and the ladder of its
+    scores (:func:`~dataselect.scoring.summarize_scores`, no per-row array). A store
+    written in this job already holds these summaries; otherwise one pass over the scores
+    computes them. Ids repeated across partitions are refused here."""
     parts = scores.summaries
     if parts is None:
-        parts = runner(f"collect:{scores.name}", scores.delayed(_summarize))
-    if sum(len(p["score"]) for p in parts) == 0:
+        parts = runner(f"collect:{scores.name}",
+                       scores.delayed(_Summarize(scores.npartitions)))
+    if sum(p["rows"] for p in parts) == 0:
         raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
-    scores.corpus.check_unique_ids([p["id_hash"] for p in parts])
-    return [{**p, "key": p["score"] if seed is None else p["score"] + gumbel_noise(
-        p["id_hash"], seed)} for p in parts]
+    check_unique_ids(scores, runner)
+    return parts
 
 
-def _summarize(table: pa.Table, index: int) -> dict[str, Any]:
-    return summarize_scores(table)
+@dataclass(frozen=True)
+class _Summarize:
+    npartitions: int
+
+    def __call__(self, table: pa.Table, index: int) -> dict[str, Any]:
+        return summarize_scores(table, self.npartitions)
 
 
 def _counts(parts: list[dict[str, Any]], selected: int, requested: int | None = None
@@ -123,16 +129,15 @@ def _counts(parts: list[dict[str, Any]], selected: int, requested: int | None = 
     """Rows in, filtered, eligible and selected; ``k_requested`` too when the budget asked
     for more rows than were selected (every eligible row was taken instead: the job
     succeeds, and says so, :func:`budget_notes`)."""
-    dropped: Counter = Counter()
-    for part in parts:
-        dropped.update(part["dropped"])
-    rows = sum(len(p["key"]) for p in parts)
-    counts = {"rows_in": rows, "filtered": dict(sorted(dropped.items())),
-              "eligible": int(sum(int(p["eligible"].sum()) for p in parts)),
-              "selected": selected}
+    counts = {"rows_in": sum(p["rows"] for p in parts), "filtered": merge_dropped(parts),
+              "eligible": _eligible(parts), "selected": selected}
     if requested is not None and requested > selected:
         counts["k_requested"] = int(requested)
     return counts
+
+
+def _eligible(parts: list[dict[str, Any]]) -> int:
+    return sum(p["eligible"] for p in parts)
 
 
 def budget_notes(counts: dict[str, Any]) -> list[str]:
@@ -153,50 +158,16 @@ def budget_notes(counts: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dict[str, Any]
-                ) -> Selection:
-    """The ``k`` eligible rows with the largest keys; ties go to the earlier pool row.
-
-    Only one transient copy of the eligible keys is made (to find the k-th largest in
-    place); the candidates are then taken part by part, so memory stays near 8 bytes per
-    row on top of the summaries.
-    """
-    sizes = [len(p["key"]) for p in parts]
-    eligible_count = sum(int(p["eligible"].sum()) for p in parts)
-    requested, k = k, min(k, eligible_count)
-    kth = -np.inf
-    if 0 < k < eligible_count:
-        keys = np.concatenate([p["key"][p["eligible"]] for p in parts])
-        keys.partition(len(keys) - k)
-        kth = keys[len(keys) - k]
-        del keys
-    offsets = np.cumsum([0, *sizes[:-1]])
-    above, tied = [], []
-    for part, offset in zip(parts, offsets):
-        key, ok = part["key"], part["eligible"]
-        above.append(np.flatnonzero(ok & (key > kth)) + offset)
-        tied.append(np.flatnonzero(ok & (key == kth)) + offset)
-    above_rows = np.concatenate(above)
-    # the rows above the k-th key, then the earliest rows tied with it
-    chosen = np.concatenate([above_rows, np.concatenate(tied)[:k - len(above_rows)]])
-    keys = _keys_at(parts, sizes, chosen)
-    # lexsort sorts by the last key first: descending key, then ascending position
-    order = chosen[np.lexsort((chosen, -keys))[:k]]
-    return _selection(scores, sizes, order, policy, _counts(parts, k, requested))
-
-
-def _keys_at(parts: list[dict[str, Any]], sizes: list[int], rows: np.ndarray) -> np.ndarray:
-    """The keys of global row positions ``rows``: one pass over the partitions that hold
-    them (rows sorted by partition), not one mask of every row per partition."""
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    partition = np.searchsorted(starts, rows, side="right") - 1
-    by_partition = np.argsort(partition, kind="stable")
-    bounds = np.searchsorted(partition[by_partition], np.arange(len(sizes) + 1))
-    keys = np.empty(len(rows))
-    for index in np.flatnonzero(np.diff(bounds)):
-        mine = by_partition[bounds[index]:bounds[index + 1]]
-        keys[mine] = parts[index]["key"][rows[mine] - starts[index]]
-    return keys
+def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dict[str, Any],
+                runner: Runner, seed: int | None = None) -> Selection:
+    """The ``k`` eligible rows with the largest keys (the score, plus Gumbel noise of the
+    id when ``seed`` is given); ties go to the earlier pool row. Exact, from per-partition
+    ladders and passes over the scores (:func:`~dataselect.topk.top_rows`): the client
+    holds O(k + partitions), never a per-row array."""
+    sizes = [p["rows"] for p in parts]
+    ladders = None if seed is not None else [p["ladder"] for p in parts]
+    order = top_rows(scores, runner, KeySpec(seed), k, sizes, ladders)
+    return _selection(scores, sizes, order, policy, _counts(parts, len(order), k))
 
 
 def _selection(scores: Scores, sizes: list[int], order: np.ndarray, policy: dict[str, Any],
@@ -221,7 +192,7 @@ def top_k(pool: Corpus, scores: Scores, k: int, runner: Runner = default_runner)
     """The ``k`` highest-scoring eligible rows (all of them if fewer)."""
     pool, scores = _aligned(pool, scores)
     k = check_count(k, "k")
-    return _choose_top(scores, _collect(scores, runner), k, {"policy": "top_k", "k": k})
+    return _choose_top(scores, _collect(scores, runner), k, {"policy": "top_k", "k": k}, runner)
 
 
 def top_fraction(pool: Corpus, scores: Scores, fraction: float,
@@ -230,8 +201,9 @@ def top_fraction(pool: Corpus, scores: Scores, fraction: float,
     pool, scores = _aligned(pool, scores)
     fraction = check_fraction(fraction, "fraction")
     parts = _collect(scores, runner)
-    k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
-    return _choose_top(scores, parts, k, {"policy": "top_fraction", "fraction": fraction, "k": k})
+    k = math.ceil(fraction * _eligible(parts))
+    return _choose_top(scores, parts, k, {"policy": "top_fraction", "fraction": fraction, "k": k},
+                       runner)
 
 
 def threshold(pool: Corpus, scores: Scores, min_score: float,
@@ -240,14 +212,12 @@ def threshold(pool: Corpus, scores: Scores, min_score: float,
     pool, scores = _aligned(pool, scores)
     min_score = check_finite(min_score, "threshold")
     parts = _collect(scores, runner)
-    for part in parts:
-        part["eligible"] = part["eligible"] & (part["score"] >= min_score)
-    k = sum(int(p["eligible"].sum()) for p in parts)
-    selection = _choose_top(scores, parts, k, {"policy": "threshold", "min_score": min_score})
-    selection.counts["below_threshold"] = selection.counts["rows_in"] - k - sum(
-        selection.counts["filtered"].values())
-    selection.counts["eligible"] += selection.counts["below_threshold"]
-    return selection
+    sizes = [p["rows"] for p in parts]
+    order = all_rows(scores, runner, KeySpec(min_score=min_score), sizes)
+    counts = _counts(parts, len(order))
+    counts["below_threshold"] = counts["eligible"] - len(order)
+    return _selection(scores, sizes, order, {"policy": "threshold", "min_score": min_score},
+                      counts)
 
 
 def importance_resample(pool: Corpus, scores: Scores, k: int | None = None, seed: int = 0,
@@ -268,13 +238,13 @@ def importance_resample(pool: Corpus, scores: Scores, k: int | None = None, seed
     else:
         k = check_count(k, "k")
     seed = check_seed(seed)
-    parts = _collect(scores, runner, seed=seed)
+    parts = _collect(scores, runner)
     if fraction is not None:
-        k = math.ceil(fraction * sum(int(p["eligible"].sum()) for p in parts))
+        k = math.ceil(fraction * _eligible(parts))
     policy = {"policy": "importance_resample", "k": k, "seed": seed}
     if fraction is not None:
         policy["fraction"] = fraction
-    return _choose_top(scores, parts, k, policy)
+    return _choose_top(scores, parts, k, policy, runner, seed)
 
 
 def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scores",
@@ -291,7 +261,7 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
     k = check_count(k, "k")
     column = check_name(column, "column")
     parts = _collect(scores, runner)
-    sizes = [len(p["key"]) for p in parts]
+    sizes = [p["rows"] for p in parts]
     offsets = np.cumsum([0, *sizes[:-1]])
     found = runner(f"candidates:{scores.name}", scores.delayed(_TargetTopK(column, k)))
     targets = {len(values) for _, values in found if values is not None}
@@ -305,8 +275,7 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
                                in zip(found, offsets) if positions is not None])
         values = np.concatenate([v[j] for _, v in found if v is not None])
         best.append(rows[np.lexsort((rows, -values))][:k])
-    eligible = sum(int(p["eligible"].sum()) for p in parts)
-    k_final = min(k, eligible)
+    k_final = min(k, _eligible(parts))
     chosen: list[int] = []
     taken: set[int] = set()
     pointers = [0] * width
@@ -335,7 +304,7 @@ class _TargetTopK:
         if self.column not in table.column_names:
             raise InputError(f"the score store has no {self.column!r} column (embed: set "
                              "per_target=true)", field=self.column)
-        ok = summarize_scores(table)["eligible"]
+        ok = eligible_scores(table)[1]
         if not ok.any():
             return None, None
         matrix = np.asarray(table[self.column].to_pylist(), dtype=np.float64)[ok].T

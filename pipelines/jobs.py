@@ -23,6 +23,7 @@ from rich.console import Console
 from dataselect import checks, select, storage
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read_corpus
 from dataselect.defaults import WORKER_KINDS
+from dataselect.duplicates import check_unique_ids
 from dataselect.errors import InputError
 from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
 from dataselect.ngram_store import store_name
@@ -268,8 +269,8 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
         pool, target = _corpora(job)
     with _session(job, scorer, None, clock, pool) as (out, runner, parsed):
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)
-        # the pools select refuses, refused here too, from the ids the scoring pass hashed
-        parsed.check_unique_ids([part["id_hash"] for part in scores.summaries or []])
+        # the pools select refuses, refused here too (ids checked on the workers)
+        check_unique_ids(scores, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
     shown = {k: v for k, v in summary["fit"].items() if k not in FIT_DETAILS}

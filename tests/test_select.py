@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,9 +13,7 @@ from scoring_helpers import FixedScorer
 
 from dataselect import read_corpus, select
 from dataselect.errors import InputError
-from dataselect.sampling import gumbel_noise
-from dataselect.scoring import summarize_scores
-from dataselect.select import _choose_top
+from dataselect.topk import KeySpec, top_rows
 
 
 @pytest.fixture
@@ -89,9 +88,12 @@ def test_importance_resample_is_seeded_and_independent_of_partitioning(tmp_path,
 
 def _resample_in_process(scores, table, k, seed):
     """importance_resample's own steps (Gumbel keys, top-k), minus Dask, for many seeds."""
-    part = summarize_scores(table)
-    part["key"] = part["score"] + gumbel_noise(part["id_hash"], seed)
-    return _choose_top(scores, [part], k, {})
+    chosen = top_rows(scores, _in_process, KeySpec(seed), k, [table.num_rows])
+    return SimpleNamespace(positions={0: np.sort(chosen)})
+
+
+def _in_process(stage, tasks):
+    return [task() for task in tasks]
 
 
 def test_gumbel_top_1_draws_in_proportion_to_the_weights(tmp_path):
@@ -199,17 +201,14 @@ def test_round_robin_needs_the_per_target_column(pool):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_splitting_ranked_rows_by_partition_matches_a_naive_split(seed):
-    """_selection and _keys_at group the chosen rows by partition once (O(k log k + P));
+    """_selection groups the chosen rows by partition once (O(k log k + P));
     a mask per partition (O(P k)) is the reference, with empty partitions and k = 0."""
-    from types import SimpleNamespace
-
-    from dataselect.select import _keys_at, _selection
+    from dataselect.select import _selection
 
     rng = np.random.default_rng(seed)
     sizes = [int(s) for s in rng.integers(0, 30, rng.integers(1, 40))]
     total = sum(sizes)
     order = rng.permutation(total)[:rng.integers(0, total + 1)]
-    parts = [{"key": rng.normal(size=size)} for size in sizes]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     scores = SimpleNamespace(corpus=None)
     chosen = _selection(scores, sizes, order, {}, {})
@@ -219,8 +218,6 @@ def test_splitting_ranked_rows_by_partition_matches_a_naive_split(seed):
         sort = np.argsort(local, kind="stable")
         np.testing.assert_array_equal(chosen.positions[i], local[sort])
         np.testing.assert_array_equal(chosen.ranks[i], np.flatnonzero(mine)[sort])
-    flat = np.concatenate([p["key"] for p in parts]) if parts else np.empty(0)
-    np.testing.assert_array_equal(_keys_at(parts, sizes, order), flat[order])
 
 
 def test_expecting_names_keeps_order_and_lists_each_once(tmp_path):

@@ -1,0 +1,224 @@
+"""Selection with client memory that does not grow with the pool (issue 31, item 1).
+
+The exact distributed top-k (dataselect.topk) against the whole-array rule it replaces
+(rows sorted by descending key, ties to the earlier pool row), on random partitionings
+with heavy ties, empty and all-filtered partitions; the score-length sample; the
+duplicate-id check on the workers; and the client's memory during selection.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from conftest import write_jsonl
+from scoring_helpers import FixedScorer
+
+from dataselect import read_corpus, select, topk
+from dataselect.errors import DuplicateIdError
+from dataselect.sampling import gumbel_noise, id_hashes
+from dataselect.scoring import score_length_correlation, summarize_scores
+
+
+def _in_process(stage, tasks):
+    return [task() for task in tasks]
+
+
+class _Tables:
+    """Scores-like: partitions made by ``make(index)``, read afresh by every pass."""
+
+    name = "synthetic"
+
+    def __init__(self, make, count):
+        self.make, self.count = make, count
+
+    def delayed(self, fn):
+        return [lambda i=i: fn(self.make(i), i) for i in range(self.count)]
+
+
+def _random_tables(rng, ties=True):
+    """Partitions with heavy ties, some empty, some all filtered, some partly."""
+    tables = []
+    row = 0
+    for _ in range(int(rng.integers(1, 25))):
+        size = int(rng.choice([0, 1, 2, 5, 40, 300]))
+        score = (rng.integers(0, 4, size).astype(float) if ties else rng.normal(size=size))
+        kind = rng.integers(0, 4)
+        filtered = [None if kind and rng.random() > 0.3 else "short" for _ in range(size)]
+        tables.append(pa.table({"id": pa.array([f"r{row + i}" for i in range(size)], pa.string()),
+                                "score": score,
+                                "filtered_by": pa.array(filtered, pa.string())}))
+        row += size
+    return tables
+
+
+def _reference(tables, k, seed=None, min_score=None):
+    """The whole-array rule: eligible rows by descending key, then pool order."""
+    whole = pa.concat_tables(tables)
+    score = whole["score"].to_numpy().astype(np.float64)
+    eligible = np.array([v is None for v in whole["filtered_by"].to_pylist()], bool)
+    if min_score is not None:
+        eligible &= score >= min_score
+    key = score if seed is None else score + gumbel_noise(id_hashes(whole["id"]), seed)
+    rows = np.flatnonzero(eligible)
+    return rows[np.lexsort((rows, -key[rows]))][:k]
+
+
+@pytest.mark.parametrize("case", range(30))
+def test_top_rows_equal_the_whole_array_rule(case, monkeypatch):
+    rng = np.random.default_rng(case)
+    tables = _random_tables(rng, ties=case % 3 != 0)
+    scores = _Tables(lambda i: tables[i], len(tables))
+    sizes = [t.num_rows for t in tables]
+    eligible = len(_reference(tables, None))
+    seed = None if case % 2 else int(rng.integers(0, 2**63))
+    if case % 5 == 0:  # coarse ladders and no fetch budget: many narrowing rounds
+        monkeypatch.setattr(topk, "RUNGS", 3)
+    for k in {0, 1, 2, eligible // 3, max(eligible - 1, 0), eligible, eligible + 5}:
+        for budget in (0, 7, None):
+            got = topk.top_rows(scores, _in_process, topk.KeySpec(seed), k, sizes,
+                                budget=budget)
+            np.testing.assert_array_equal(got, _reference(tables, k, seed), err_msg=f"k={k}")
+    got = topk.all_rows(scores, _in_process, topk.KeySpec(min_score=2.0), sizes)
+    np.testing.assert_array_equal(got, _reference(tables, None, min_score=2.0))
+
+
+def test_ladders_of_the_scoring_pass_give_the_same_rows():
+    rng = np.random.default_rng(99)
+    tables = _random_tables(rng)
+    scores = _Tables(lambda i: tables[i], len(tables))
+    ladders = [summarize_scores(t)["ladder"] for t in tables]
+    for k in (1, 17, 200):
+        got = topk.top_rows(scores, _in_process, topk.KeySpec(), k,
+                            [t.num_rows for t in tables], ladders, budget=3)
+        np.testing.assert_array_equal(got, _reference(tables, k))
+
+
+def _pool_and_scores(tmp_path, rows=150, partition_bytes=700):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": f"d{i}", "text": f"row {i} " * (i % 5 + 1)}
+                                             for i in range(rows)])
+    pool = read_corpus(str(path), partition_bytes=partition_bytes)
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 6, rows).astype(float)
+    ids = [f"d{i}" for i in range(rows)]
+    drop = frozenset(ids[::7])
+    stored = FixedScorer(dict(zip(ids, values)), drop).score(pool).write(tmp_path / "s")
+    return pool, stored, values, np.array([i not in drop for i in ids])
+
+
+def _ranked(selection):
+    rows = []
+    offset = 0
+    for index in range(selection.pool.npartitions):
+        positions = selection.positions[index]
+        rows += [(int(r), offset + int(p)) for p, r in zip(positions, selection.ranks[index])]
+        offset += selection.scores.summaries[index]["rows"] if selection.scores.summaries \
+            else selection.pool.read_partition(index).num_rows
+    return [p for _, p in sorted(rows)]
+
+
+@pytest.mark.parametrize("k", [1, 40, 129, 300])
+def test_policies_on_a_stored_pool_equal_the_whole_array_rule(tmp_path, k):
+    pool, stored, values, eligible = _pool_and_scores(tmp_path)
+    assert pool.npartitions > 3
+    rows = np.flatnonzero(eligible)
+    best = rows[np.lexsort((rows, -values[rows]))]
+    assert _ranked(select.top_k(pool, stored, k)) == list(best[:k])
+    fraction = select.top_fraction(pool, stored, k / 300)
+    assert _ranked(fraction) == list(best[:fraction.policy["k"]])
+    above = select.threshold(pool, stored, 3.0)
+    assert _ranked(above) == [r for r in best if values[r] >= 3.0]
+    assert above.counts["below_threshold"] == int((values[rows] < 3.0).sum())
+    hashes = id_hashes(pa.array([f"d{i}" for i in range(len(values))]))
+    for seed in (0, 3, 2**50):
+        key = values + gumbel_noise(hashes, seed)
+        drawn = rows[np.lexsort((rows, -key[rows]))][:k]
+        assert _ranked(select.importance_resample(pool, stored, k=k, seed=seed)) == list(drawn)
+
+
+def test_summaries_hold_no_per_row_array(tmp_path):
+    _, stored, _, _ = _pool_and_scores(tmp_path, rows=400)
+    for summary in stored.summaries:
+        sizes = [v.size for v in vars(summary["ladder"]).values() if isinstance(v, np.ndarray)]
+        assert max(sizes) <= topk.RUNGS
+        assert "id_hash" not in summary and "score" not in summary
+
+
+def test_length_sample_covers_small_pools_and_is_bounded_on_large_ones():
+    rng = np.random.default_rng(1)
+    score, length = rng.normal(size=500), rng.integers(1, 100, 500)
+    tables = [pa.table({"id": [f"i{j}" for j in range(i, i + 50)], "score": score[i:i + 50],
+                        "text_bytes": length[i:i + 50]}) for i in range(0, 500, 50)]
+    # today's whole-pool value: Pearson on average ranks of every eligible row
+    whole = np.corrcoef(*(pd.Series(v).rank(method="average") for v in (score, length)))
+    assert score_length_correlation([summarize_scores(t, 10) for t in tables]) \
+        == pytest.approx(whole[0, 1], abs=1e-12)
+    big = pa.table({"id": [f"b{j}" for j in range(300_000)], "score": np.arange(300_000.0),
+                    "text_bytes": np.arange(300_000)})
+    summary = summarize_scores(big, 1)
+    assert len(summary["sample"][0]) == 100_000
+    assert score_length_correlation([summary]) == pytest.approx(1.0)
+    # ceil(100,000 / partitions) rows a partition, at least 64
+    assert len(summarize_scores(big, 10_000)["sample"][0]) == 64
+
+
+def test_duplicate_ids_across_partitions_are_refused_from_the_store(tmp_path):
+    rows = [{"id": f"d{i % 90}", "text": f"row {i}"} for i in range(120)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=600)
+    stored = FixedScorer({f"d{i}": float(i) for i in range(90)}, frozenset()).score(pool) \
+        .write(tmp_path / "s")
+    with pytest.raises(DuplicateIdError) as whole:  # the whole-array check, on the client
+        pool.check_unique_ids([id_hashes(t["id"]) for t in pool.iter_tables()])
+    with pytest.raises(DuplicateIdError) as bucketed:
+        select.top_k(pool, stored, 5)
+    assert str(bucketed.value) == str(whole.value)
+    assert "duplicate id 'd" in str(whole.value)
+    assert not (tmp_path / "s" / ".ids").exists()
+
+
+def _synthetic(rows_per_part):
+    def make(index):
+        rng = np.random.default_rng(index)
+        return pa.table({"id": pa.array(np.arange(rows_per_part) + index * rows_per_part)
+                         .cast(pa.string()),
+                         "score": rng.integers(0, 1000, rows_per_part).astype(float)})
+    return make
+
+
+def _selection_peak(partitions, rows_per_part, k):
+    scores = _Tables(_synthetic(rows_per_part), partitions)
+    sizes = [rows_per_part] * partitions
+    tracemalloc.start()
+    try:
+        chosen = topk.top_rows(scores, _in_process, topk.KeySpec(), k, sizes)
+        return tracemalloc.get_traced_memory()[1], chosen
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_client_memory_does_not_grow_with_the_rows():
+    """2,000,000 then 4,000,000 rows (20,000 a partition, k = 1,000): the peak stays below
+    one bound, 6 MB: a partition's work at a time (tasks run in this process), the
+    ladders and a fetch of at most k + 65,536 rows. The whole-array way held 25 bytes a
+    row of summaries (50 and 100 MB) before its keys were even copied."""
+    small, chosen = _selection_peak(100, 20_000, 1_000)
+    large, _ = _selection_peak(200, 20_000, 1_000)
+    assert len(chosen) == 1_000
+    assert max(small, large) < 6_000_000
+
+
+def test_zscore_combination_from_merged_moments_equals_the_whole_array_one(tmp_path):
+    pool, first, values, eligible = _pool_and_scores(tmp_path)
+    ids = [f"d{i}" for i in range(len(values))]
+    other = np.random.default_rng(8).normal(3.0, 2.0, len(values))
+    second = FixedScorer(dict(zip(ids, other)), frozenset()).score(pool).write(tmp_path / "t")
+    combined = select.combine([first, second], "zscore", weights=[1.0, 3.0])
+    got = np.concatenate([combined.partition(i)["score"].to_numpy()
+                          for i in range(pool.npartitions)])
+    a, b = values[eligible], other  # every row of the second scorer is eligible
+    expected = ((values - a.mean()) / a.std() + 3 * (other - b.mean()) / b.std()) / 4
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
