@@ -38,6 +38,7 @@ from dataselect.formats import (
     piece_schema,
     plan_pieces,
     read_piece,
+    read_piece_column,
 )
 from dataselect.outdir import MARKER
 from dataselect.output import atomic_write, jsonable
@@ -207,9 +208,9 @@ class Corpus:
         (a kept copy is mapped, which costs nothing). Why: at a small k most partitions
         that hold a selected row hold one or two, and the write pass needs only those."""
         pieces = self.partitions[index]
-        cached = self.cache_dir is not None and os.path.exists(
-            os.path.join(self.cache_dir, cached_name(index)))
-        if cached or not len(positions) or any(p.fmt != "parquet" for p in pieces):
+        if not len(positions) and (empty := self.empty_partition(index)) is not None:
+            return empty
+        if self._cached(index) or any(p.fmt != "parquet" for p in pieces):
             return self.read_partition(index).take(positions)
         wanted = np.unique(np.asarray(positions, np.int64))
         tables, offset = [], 0
@@ -227,6 +228,33 @@ class Corpus:
             offset += piece.num_rows
         table = concat(tables, [_place(p) for p in pieces])
         return _noted(table, {}).take(np.searchsorted(wanted, positions))
+
+    def read_ids(self, index: int) -> pa.ChunkedArray:
+        """The ``id`` column of partition ``index``, as :meth:`read_partition` gives it,
+        reading only what ids need where the partition is Parquet of whole row groups, not
+        kept parsed: the id column (``--id-field``), or nothing when ids are derived from
+        row numbers. Why: a sample by id (:func:`~dataselect.sampling.sample_rows`) needs
+        every row's id but the text of its sampled rows only."""
+        pieces = self.partitions[index]
+        if self._cached(index) or "." in self.id_field or any(
+                p.fmt != "parquet" or p.in_group for p in pieces):
+            return self.read_partition(index)[ID_COLUMN]
+        return pa.chunked_array([self._piece_ids(piece) for piece in pieces], pa.string())
+
+    def _piece_ids(self, piece: Piece) -> pa.Array:
+        rows = pa.array(range(piece.first_row, piece.first_row + piece.num_rows), pa.int64())
+        table = pa.table({ROW_COLUMN: rows, FILE_COLUMN: pa.array([piece.path] * len(rows))})
+        if self.id_field in piece_schema(piece).names:
+            table = table.append_column(self.id_field, read_piece_column(piece, self.id_field))
+        where = self.where_in(table) if table.num_rows else lambda i: piece.path
+        ids = _ids(table, self.id_field, self.labels[piece.path], where)
+        return ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+
+    def _cached(self, index: int) -> bool:
+        """Whether partition ``index`` is kept parsed (:meth:`cached_in`): mapped whole, it
+        costs less than any part read from the input."""
+        return self.cache_dir is not None and os.path.exists(
+            os.path.join(self.cache_dir, cached_name(index)))
 
     def empty_partition(self, index: int) -> pa.Table | None:
         """Partition ``index`` without its rows: the table :meth:`read_partition` returns,

@@ -493,6 +493,17 @@ def parquet_subpieces(piece: Piece, rows: np.ndarray) -> list[Piece]:
     return chosen
 
 
+def read_piece_column(piece: Piece, name: str) -> pa.ChunkedArray:
+    """Column ``name`` of a Parquet piece made of whole row groups, and nothing else of
+    it: a pass that needs the ids only (a sample by id) reads a few bytes a row."""
+    with _reading(piece.path, piece.fmt):
+        file = pq.ParquetFile(storage.source(piece.path), page_checksum_verification=True)
+        meta = file.metadata
+        blocks = _blocks_of(piece, (meta.row_group(i).num_rows
+                                    for i in range(meta.num_row_groups)))
+        return file.read_row_groups([i for i, _, _ in blocks], columns=[name])[name]
+
+
 def read_piece(piece: Piece) -> pa.Table:
     """The piece's rows as a table, plus ``_row`` (row or 0-based line number in its file)."""
     with _reading(piece.path, piece.fmt):

@@ -271,3 +271,35 @@ def test_c_the_write_pass_reads_only_the_row_groups_holding_selected_rows(
     manifests = [json.loads((o / ".manifest.json").read_text()) for o in (out, again)]
     assert manifests[0]["metrics"] == manifests[1]["metrics"]
     assert manifests[0]["composition"] == manifests[1]["composition"]
+
+
+# ------------------------------------- b. a sample by id reads the ids, then its rows
+
+@pytest.mark.parametrize("ids", ["given", "derived", "jsonl"])
+def test_b_a_sample_reads_the_ids_then_only_the_row_groups_it_samples(
+        ids, pool_table, tmp_path, monkeypatch):
+    from dataselect import corpus
+    from dataselect.execution import default_runner, fold_all
+    from dataselect.sampling import MergeSamples, PartitionSample, sample_rows
+
+    table = pool_table.select(["id", "text", "domain"])
+    if ids == "jsonl":
+        path = tmp_path / "pool.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
+    else:
+        path = tmp_path / "pool.parquet"
+        pq.write_table(table if ids == "given" else table.drop_columns(["id"]), path,
+                       row_group_size=50)
+    pool = read_corpus(str(path), partition_bytes=1 << 18)
+    assert pool.npartitions >= 10
+    one_pass = fold_all([PartitionSample(pool, 20, 7, view=True)(i)
+                         for i in range(pool.npartitions)], MergeSamples(20, 7))
+    read: list[int] = []
+    real = corpus.read_piece
+    monkeypatch.setattr(corpus, "read_piece",
+                        lambda piece: read.append(piece.num_rows or 0) or real(piece))
+    sample, rows = sample_rows(pool, 20, 7, default_runner, "fit:test", "fit-test", view=True)
+    assert rows == one_pass[1] == pool_table.num_rows
+    assert sample.num_rows == 20 and sample.equals(one_pass[0])
+    if ids != "jsonl":  # the ids from the id column or row numbers, then 20 rows' groups
+        assert sum(read) <= 20 * 50
