@@ -210,7 +210,7 @@ class Corpus:
         pieces = self.partitions[index]
         if not len(positions) and (empty := self.empty_partition(index)) is not None:
             return empty
-        if self._cached(index) or any(p.fmt != "parquet" for p in pieces):
+        if not self._planned(index, lambda p: p.fmt == "parquet"):
             return self.read_partition(index).take(positions)
         wanted = np.unique(np.asarray(positions, np.int64))
         tables, offset = [], 0
@@ -235,11 +235,11 @@ class Corpus:
         kept parsed: the id column (``--id-field``), or nothing when ids are derived from
         row numbers. Why: a sample by id (:func:`~dataselect.sampling.sample_rows`) needs
         every row's id but the text of its sampled rows only."""
-        pieces = self.partitions[index]
-        if self._cached(index) or "." in self.id_field or any(
-                p.fmt != "parquet" or p.in_group for p in pieces):
+        if "." in self.id_field or not self._planned(
+                index, lambda p: p.fmt == "parquet" and not p.in_group):
             return self.read_partition(index)[ID_COLUMN]
-        return pa.chunked_array([self._piece_ids(piece) for piece in pieces], pa.string())
+        return pa.chunked_array([self._piece_ids(p) for p in self.partitions[index]],
+                                pa.string())
 
     def _piece_ids(self, piece: Piece) -> pa.Array:
         rows = pa.array(range(piece.first_row, piece.first_row + piece.num_rows), pa.int64())
@@ -250,11 +250,14 @@ class Corpus:
         ids = _ids(table, self.id_field, self.labels[piece.path], where)
         return ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
 
-    def _cached(self, index: int) -> bool:
-        """Whether partition ``index`` is kept parsed (:meth:`cached_in`): mapped whole, it
-        costs less than any part read from the input."""
-        return self.cache_dir is not None and os.path.exists(
+    def _planned(self, index: int, readable: Callable[[Piece], bool]) -> bool:
+        """Whether partition ``index`` is read from its pieces, each ``readable`` (by parts),
+        and not mapped whole from a parsed copy (:meth:`cached_in`), which costs less than
+        any part read from the input; a corpus of rows in memory has no pieces."""
+        pieces = self.partitions[index]
+        cached = self.cache_dir is not None and os.path.exists(
             os.path.join(self.cache_dir, cached_name(index)))
+        return bool(pieces) and not cached and all(readable(p) for p in pieces)
 
     def empty_partition(self, index: int) -> pa.Table | None:
         """Partition ``index`` without its rows: the table :meth:`read_partition` returns,
@@ -267,7 +270,7 @@ class Corpus:
                 with pa.memory_map(path) as source:
                     return pa.ipc.open_file(source).schema.empty_table()
         pieces = self.partitions[index]
-        if any(piece.fmt.startswith("jsonl") for piece in pieces):
+        if not pieces or any(piece.fmt.startswith("jsonl") for piece in pieces):
             return None
         tables = [self._with_places(p, _empty(p)) for p in pieces]
         return _noted(concat(tables, [_place(p) for p in pieces]), {})

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -303,3 +304,20 @@ def test_b_a_sample_reads_the_ids_then_only_the_row_groups_it_samples(
     assert sample.num_rows == 20 and sample.equals(one_pass[0])
     if ids != "jsonl":  # the ids from the id column or row numbers, then 20 rows' groups
         assert sum(read) <= 20 * 50
+
+
+def test_b_a_corpus_of_rows_in_memory_samples_as_before(pool_table, tmp_path):
+    from dataselect.execution import default_runner, fold_all
+    from dataselect.sampling import MergeSamples, PartitionSample, sample_rows
+    from dataselect.table_corpus import table_corpus
+
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pool_table.select(["id", "text"]), path)
+    pool = read_corpus(str(path))
+    rows = pool.read_partition(0)
+    memory = table_corpus(pool, [rows.slice(0, 1000), rows.slice(1000, 1000)])
+    one_pass = fold_all([PartitionSample(memory, 30, 1)(i) for i in range(2)],
+                        MergeSamples(30, 1))
+    sample, count = sample_rows(memory, 30, 1, default_runner, "fit:test", "fit-test")
+    assert count == 2000 and sample.equals(one_pass[0])
+    assert memory.read_rows(1, np.array([], np.int64)).num_rows == 0
