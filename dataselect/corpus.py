@@ -231,12 +231,11 @@ class Corpus:
 
     def read_ids(self, index: int) -> pa.ChunkedArray:
         """The ``id`` column of partition ``index``, as :meth:`read_partition` gives it,
-        reading only what ids need where the partition is Parquet of whole row groups, not
-        kept parsed: the id column (``--id-field``), or nothing when ids are derived from
-        row numbers. Why: a sample by id (:func:`~dataselect.sampling.sample_rows`) needs
-        every row's id but the text of its sampled rows only."""
-        if "." in self.id_field or not self._planned(
-                index, lambda p: p.fmt == "parquet" and not p.in_group):
+        reading only what ids need where the partition is Parquet, not kept parsed: the
+        id column (``--id-field``), or nothing when ids are derived from row numbers.
+        Why: a sample by id (:func:`~dataselect.sampling.sample_rows`) needs every row's
+        id but the text of its sampled rows only."""
+        if "." in self.id_field or not self._planned(index, lambda p: p.fmt == "parquet"):
             return self.read_partition(index)[ID_COLUMN]
         return pa.chunked_array([self._piece_ids(p) for p in self.partitions[index]],
                                 pa.string())

@@ -494,13 +494,19 @@ def parquet_subpieces(piece: Piece, rows: np.ndarray) -> list[Piece]:
 
 
 def read_piece_column(piece: Piece, name: str) -> pa.ChunkedArray:
-    """Column ``name`` of a Parquet piece made of whole row groups, and nothing else of
-    it: a pass that needs the ids only (a sample by id) reads a few bytes a row."""
+    """Column ``name`` of a Parquet piece, and nothing else of it: a pass that needs the
+    ids only (a sample by id) reads a few bytes a row. A piece cut inside a row group
+    continues an open read of that column, as :func:`_read_row_range` does for rows."""
     with _reading(piece.path, piece.fmt):
         file = pq.ParquetFile(storage.source(piece.path), page_checksum_verification=True)
         meta = file.metadata
-        blocks = _blocks_of(piece, (meta.row_group(i).num_rows
-                                    for i in range(meta.num_row_groups)))
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        blocks = _blocks_of(piece, sizes)
+        if len(blocks) == 1 and not _whole(blocks, sizes):
+            group, start, stop = blocks[0]
+            batches = _STREAMS.rows(piece.path, group, start, stop - start, [name])
+            schema = pa.schema([file.schema_arrow.field(name)])
+            return pa.Table.from_batches(batches, schema)[name]
         return file.read_row_groups([i for i, _, _ in blocks], columns=[name])[name]
 
 
@@ -604,12 +610,14 @@ MAX_OPEN_STREAMS = 8
 
 
 class _GroupStream:
-    """A read of one row group, batch by batch, at row ``position`` of the group."""
+    """A read of one row group (of ``columns``, None: all), batch by batch, at row
+    ``position`` of the group."""
 
-    def __init__(self, path: str, group: int) -> None:
+    def __init__(self, path: str, group: int, columns: list[str] | None = None) -> None:
         file = pq.ParquetFile(storage.source(path), page_checksum_verification=True,
                               pre_buffer=False)
-        self.batches = file.iter_batches(batch_size=STREAM_BATCH_ROWS, row_groups=[group])
+        self.batches = file.iter_batches(batch_size=STREAM_BATCH_ROWS, row_groups=[group],
+                                         columns=columns)
         self.position = 0
         self.pending: pa.RecordBatch | None = None  # read, not yet taken; at ``position``
 
@@ -641,9 +649,10 @@ class _GroupStreams:
         self.lock = threading.Lock()
         self.idle: list[tuple[tuple, _GroupStream]] = []
 
-    def rows(self, path: str, group: int, start: int, count: int) -> list[pa.RecordBatch]:
-        key = (path, group, *_version(path))
-        stream = self._take(key, start) or _GroupStream(path, group)
+    def rows(self, path: str, group: int, start: int, count: int,
+             columns: list[str] | None = None) -> list[pa.RecordBatch]:
+        key = (path, group, columns and tuple(columns), *_version(path))
+        stream = self._take(key, start) or _GroupStream(path, group, columns)
         batches = stream.rows(start, count)
         if sum(b.num_rows for b in batches) == count:  # else the group is read to its end
             self._keep(key, stream)

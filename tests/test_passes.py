@@ -321,3 +321,23 @@ def test_b_a_corpus_of_rows_in_memory_samples_as_before(pool_table, tmp_path):
     sample, count = sample_rows(memory, 30, 1, default_runner, "fit:test", "fit-test")
     assert count == 2000 and sample.equals(one_pass[0])
     assert memory.read_rows(1, np.array([], np.int64)).num_rows == 0
+
+
+def test_b_ids_of_pieces_cut_inside_a_row_group_are_read_alone(tmp_path, monkeypatch):
+    from dataselect import corpus
+
+    path = tmp_path / "pool.parquet"
+    rows = 60_000
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(rows)],
+                             "text": [f"{i} " * 40 for i in range(rows)]}), path,
+                   row_group_size=rows)
+    pool = read_corpus(str(path), partition_bytes=1 << 20)
+    assert pool.npartitions >= 5 and all(p.in_group for part in pool.partitions for p in part)
+    expected = [pool.read_partition(i)["id"] for i in range(pool.npartitions)]
+
+    def refuse(piece):
+        raise AssertionError("a row of text was read for the ids")
+
+    monkeypatch.setattr(corpus, "read_piece", refuse)
+    for index in (3, 0, 4, 1, 2):
+        assert pool.read_ids(index).equals(expected[index])
