@@ -227,6 +227,32 @@ def check_memory_limit(value: Any, name: str | None = "memory_limit") -> str:
     return value
 
 
+def check_scheduler(value: Any, name: str | None = "scheduler") -> str:
+    """A Dask scheduler address, ``tcp://host:port`` (or ``host:port``, or another of
+    Dask's schemes), checked before any work: Dask itself takes a malformed one (``foo``,
+    ``tcp://``, ``http://...``) as far as the connection and fails there with a traceback,
+    and a port out of range only after 30 s of retries. The registry of schemes and the
+    parser are Dask's own, imported only when an address is given."""
+    what = "a Dask scheduler address such as 'tcp://host:8786'"
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(what, value, name)
+    from distributed.comm import registry
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(value, strict=False)
+        registry.get_backend(scheme)
+        if scheme == "inproc":  # an in-process cluster's address: no host or port
+            return value
+        host, port = parse_host_port(location)
+    except (ValueError, ImportError) as exc:
+        raise SettingError(f"must be {what} ({exc}), got {shown(value)}", field=name) from None
+    if not host or not 0 < port < 2**16:
+        raise SettingError(f"must be {what} with a host and a port in [1, 65535], got "
+                           f"{shown(value)}", field=name)
+    return value
+
+
 def optional(check: Callable[..., T], value: Any, name: str | None = None, **limits: Any
              ) -> T | None:
     """``check`` unless the value is None (a setting whose None means "automatic")."""

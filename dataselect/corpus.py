@@ -40,7 +40,7 @@ from dataselect.formats import (
     read_piece,
     read_piece_column,
 )
-from dataselect.outdir import MARKER
+from dataselect.outdir import MARKER, input_roots
 from dataselect.output import atomic_write, jsonable
 from dataselect.schemas import concat, unify
 from dataselect.textspec import CHAT_COLUMN, TextSpec, as_array
@@ -70,6 +70,10 @@ class Corpus:
     cache_dir: str | None = field(default=None, compare=False)
     # where the job keeps each partition's hashed n-grams (with_ngram_store)
     ngram_dir: str | None = field(default=None, compare=False)
+    # what the paths given to read_corpus read (a folder is read recursively): an output
+    # written through the API may not lie inside them (outdir.refuse_overlap), as on the
+    # command line
+    roots: list[str] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
         if not self.partitions:
@@ -90,7 +94,8 @@ class Corpus:
                                              maximum=checks.MAX_PARTITION_MB * 2**20)
         if partition_bytes == self.partition_bytes:
             return self
-        return Corpus(self.files, self.text, self.id_field, partition_bytes, labels=self.labels)
+        return Corpus(self.files, self.text, self.id_field, partition_bytes, labels=self.labels,
+                      roots=self.roots)
 
     def estimated_bytes(self) -> int:
         """Approximate uncompressed size of the corpus, from file metadata only."""
@@ -450,7 +455,8 @@ def read_corpus(
     checks.check_name(id_field, "id_field")
     partition_bytes = checks.check_count(partition_bytes, "partition_bytes",
                                          maximum=checks.MAX_PARTITION_MB * 2**20)
-    return Corpus(expand_paths(files), TextSpec.parse(text), id_field, partition_bytes)
+    return Corpus(expand_paths(files), TextSpec.parse(text), id_field, partition_bytes,
+                  roots=input_roots(files))
 
 
 def as_corpus(value: Any, name: str, optional: bool = False) -> Corpus | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 
 
 class DataSelectError(Exception):
@@ -40,6 +41,12 @@ def _rebuild(cls: type[InputError], message: str, where: str | None, field: str 
     return cls(message, where=where, field=field)
 
 
+class ScorerContractError(InputError):
+    """A scorer (typically a plug-in) broke the contract of ``score_batch``: the wrong
+    number of rows, ids or columns, or scores that are not numbers. The line names the
+    scorer so that its author can fix it; an InputError, as a NaN score always was."""
+
+
 class EmptyCorpusError(InputError):
     """A pool or target holds no records."""
 
@@ -64,6 +71,7 @@ class ClusterLostError(DataSelectError):
 # dataselect, so they get one line; every other OSError keeps its traceback.
 _FULL = "free space and rerun the same command to resume"
 _NOT_WRITABLE = "choose a writable --out"
+_OPEN_FILES = "raise the open-file limit (ulimit -n) and rerun the same command to resume"
 _OS_ERROR_ADVICE = {
     errno.ENOSPC: _FULL,
     errno.EDQUOT: "free space or raise your disk quota, and rerun the same command to resume",
@@ -75,7 +83,29 @@ _OS_ERROR_ADVICE = {
                   "--out",
     errno.EEXIST: "a file stands where a folder is needed; move it away or choose another "
                   "--out",
+    # resource limits of the process (SIGXFSZ is ignored, so a write past ulimit -f fails
+    # with EFBIG instead of killing the process)
+    errno.ENAMETOOLONG: "a name in that path is longer than the file system allows (255 "
+                        "bytes a name on most); choose a shorter --out",
+    errno.ELOOP: "that path runs through too many symbolic links; choose another --out",
+    errno.EFBIG: "a file reached the file-size limit (ulimit -f); raise it (ulimit -f "
+                 "unlimited) and rerun the same command to resume",
+    errno.EMFILE: _OPEN_FILES,
+    errno.ENFILE: _OPEN_FILES,
 }
+# errnos of a limit the process ran into rather than a fault of the path: a reader keeps
+# them as they are instead of calling the file unreadable
+RESOURCE_ERRNOS = frozenset({errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                             errno.EAGAIN})
+# what Python and Arrow say when the system refuses a thread (ulimit -v or -u reached)
+THREAD_FAILURES = ("can't start new thread", "Failed to launch worker thread")
+# below this much address space (ulimit -v, or -d for the heap) the native libraries fail
+# while they load or start their threads, some of them by aborting (measured: a DSIR job
+# on 2 cores needed 3 GiB, and failed at 2.5 GiB with Arrow unable to start a thread)
+MIN_ADDRESS_SPACE = 4 * 2**30
+# a local cluster holds sockets and pipes per worker; a DSIR job in threads needs about 16
+MIN_OPEN_FILES = 64
+_LIMITS = ((resource.RLIMIT_AS, "address-space", "-v"), (resource.RLIMIT_DATA, "data", "-d"))
 
 
 def os_error_line(exc: OSError, out: str | None = None) -> str | None:
@@ -91,10 +121,70 @@ def os_error_line(exc: OSError, out: str | None = None) -> str | None:
         return None
     path = exc.filename if exc.filename is not None else out
     place = f" {os.fsdecode(path)}" if path is not None else ""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return f"cannot open{place}: {os.strerror(exc.errno)}; {advice}"
     if exc.errno in (errno.EACCES, errno.EPERM) and not _is_under(path, out):
         # a file we read (an input, a model folder): --out is not the cure there
         return f"cannot open{place}: {os.strerror(exc.errno)}; check its permissions"
     return f"cannot write{place}: {os.strerror(exc.errno)}; {advice}"
+
+
+def is_resource_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the process running out of something (memory, address space,
+    threads, open files, the file-size limit) rather than a fault of the file at hand:
+    Arrow's "Failed to launch worker thread" while reading a Parquet file used to be
+    reported as a corrupt file."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:
+        return True
+    return any(text in str(exc) for text in THREAD_FAILURES)
+
+
+def resource_line(exc: BaseException) -> str | None:
+    """One line for a thread the system refused to start, naming the limits that cause
+    it; None for anything else (memory errors have their own line, with the cluster's
+    settings)."""
+    if not any(text in str(exc) for text in THREAD_FAILURES):
+        return None
+    return (f"the system refused to start a thread ({_first_line(exc)}){limits_in_force()}; "
+            "raise the address-space limit (ulimit -v) or the process limit (ulimit -u), "
+            "or run with fewer --workers")
+
+
+def limits_in_force() -> str:
+    """`` (ulimit -v is 2048 MiB)`` for the memory limits set on this process, or ''."""
+    set_limits = [f"ulimit {flag} is {soft // 2**20} MiB" for limit, _, flag in _LIMITS
+                  for soft in [resource.getrlimit(limit)[0]] if soft != resource.RLIM_INFINITY]
+    return f" ({', '.join(set_limits)})" if set_limits else ""
+
+
+def resource_limits_line() -> str | None:
+    """One line when this process's limits are too low to run at all, checked before the
+    native libraries load: under an address-space or data limit below
+    :data:`MIN_ADDRESS_SPACE` OpenBLAS exits while NumPy imports and Polars' allocator
+    aborts the process, so no error could be caught later; with fewer than
+    :data:`MIN_OPEN_FILES` open files a local cluster's event loop logs a traceback per
+    refused socket before failing. A soft open-file limit below that is raised to what
+    the hard limit allows, as any process may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        if hard != resource.RLIM_INFINITY and hard < MIN_OPEN_FILES:
+            return (f"the open-file limit (ulimit -n) is {hard}; dataselect needs at least "
+                    f"{MIN_OPEN_FILES}: raise it (ulimit -n 1024)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (MIN_OPEN_FILES, hard))
+    for limit, what, flag in _LIMITS:
+        soft = resource.getrlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE:
+            return (f"the {what} limit (ulimit {flag}) is {soft // 2**20} MiB; dataselect "
+                    f"needs at least {MIN_ADDRESS_SPACE // 2**30} GiB of address space for "
+                    f"its native libraries: raise it (ulimit {flag} unlimited) and bound "
+                    "memory with --memory-limit instead")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 def _is_under(path: str | bytes | os.PathLike | None, out: str | None) -> bool:

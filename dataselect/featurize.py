@@ -15,14 +15,13 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dataselect.corpus import Corpus
 from dataselect.defaults import SIDES as SIDES  # re-exported for the featurizers
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.features import FeatureStore
 from dataselect.sampling import id_hashes
-from dataselect.scoring import TEXT_BYTES, Scores
+from dataselect.scoring import Scores, checked_scores, with_text_columns
 
 Side = Literal["pool", "query"]
 
@@ -97,9 +96,9 @@ class ScoreFromStore:
         features = features.astype(np.float32)
         valid = np.abs(features).reshape(len(features), -1).max(axis=1) > 0
         table = self.part.corpus.read_partition(index)
-        scores = self.scorer.scores_from_features(ids, features, valid)
-        return scores.append_column(
-            TEXT_BYTES, pc.binary_length(self.part.corpus.texts(table)))
+        scores = checked_scores(self.scorer.name, table,
+                                self.scorer.scores_from_features(ids, features, valid))
+        return with_text_columns(scores, self.part.corpus.texts(table))
 
 
 def scores_via_store(scorer: Any, corpus: Corpus, folder: str) -> Scores:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from dataselect import storage
-from dataselect.errors import InputError
+from dataselect.errors import InputError, is_resource_failure
 from dataselect.schemas import nesting
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -293,6 +293,8 @@ def _reading(path: str, fmt: str) -> Iterator[None]:
     try:
         yield
     except (pa.ArrowException, OSError) as exc:
+        if is_resource_failure(exc):  # the process ran out of something, not the file
+            raise
         raise _unreadable(path, fmt, exc) from exc
 
 

@@ -223,6 +223,15 @@ def _read_marker(marker: str) -> dict[str, Any]:
             "output") from None
     if not isinstance(data, dict) or data.get("tool") != "dataselect":
         raise OutputConflictError(f"{marker} is not dataselect's marker; choose another folder")
+    files = data.get("files", [])
+    if (not isinstance(data.get("kind"), str) or not isinstance(files, list)
+            or not all(isinstance(name, str) and _is_relative(name) for name in files)):
+        # its list decides what --overwrite deletes: a string would be deleted letter by
+        # letter, a "../x" outside the folder
+        raise OutputConflictError(
+            f"{marker} is not a valid marker (its kind must be a string and its files a list "
+            "of names inside the folder); it was not written by dataselect: choose another "
+            "folder, or delete this one if you are sure it holds only dataselect output")
     return data
 
 
@@ -363,8 +372,13 @@ def _folder_and_parents(folder: str) -> list[str]:
 
 
 def _check_relative(name: str) -> None:
-    if os.path.isabs(name) or ".." in Path(name).parts or name in _OWN_NAMES:
+    if not _is_relative(name):
         raise ValueError(f"not a name inside an output folder: {name!r}")
+
+
+def _is_relative(name: str) -> bool:
+    return bool(name) and not (os.path.isabs(name) or ".." in Path(name).parts
+                               or name in _OWN_NAMES or "\0" in name)
 
 
 def _refuse_foreign(path: str) -> None:
@@ -675,7 +689,7 @@ def hold_lock(path: str) -> Iterator[None]:
 
 def _acquire(lock: str) -> int:
     for _ in range(10):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -694,6 +708,31 @@ def _acquire(lock: str) -> int:
             return fd
         os.close(fd)  # its holder removed the file as we locked it: lock the new one
     raise OutputConflictError(f"could not take the lock {lock}; retry")
+
+
+def _open_lock_file(lock: str) -> int:
+    """Open (or create) the lock file, refusing anything but dataselect's own: the lock's
+    text is written into the file it opens, so a hard link planted at its name (to a
+    user's notes) would be overwritten, a link followed, and a FIFO or device written to.
+    ``O_NOFOLLOW`` refuses a link, ``O_NONBLOCK`` keeps a FIFO from blocking the open, and
+    the opened file must be a regular file with no other name."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise _link_error(lock, os.path.dirname(lock)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = ("has other names (a hard link)" if stat.S_ISREG(st.st_mode)
+                else "is not a regular file")
+        raise OutputConflictError(
+            f"{lock} {what}; dataselect writes its lock only into a file of its own: remove "
+            f"{lock}, or choose another --out")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _same_file(fd: int, path: str) -> bool:

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from dataselect import checks, storage
 from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
 from dataselect.duplicates import ids_names
-from dataselect.errors import InputError
+from dataselect.errors import InputError, ScorerContractError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
@@ -55,6 +55,10 @@ from dataselect.sampling import LENGTH_STREAM, id_hashes, uniform
 
 FILTERED_BY = "filtered_by"
 TEXT_BYTES = "text_bytes"
+# filter reason of a row whose text is empty or holds only whitespace, control or format
+# characters (a no-break space, a zero-width space, a byte-order mark): nothing to select
+EMPTY_TEXT_FILTER = "empty_text"
+BLANK_TEXT = r"^[\s\p{Z}\p{Cc}\p{Cf}]*$"
 STORE_MANIFEST = "_manifest.json"
 # rows in the score-length sample, spread over the partitions
 LENGTH_SAMPLE = 100_000
@@ -122,6 +126,93 @@ def length_sample(table: pa.Table, score: np.ndarray, eligible: np.ndarray,
         keys = uniform(id_hashes(table["id"].take(rows)), 0, LENGTH_STREAM)
         rows = np.sort(rows[np.argsort(keys, kind="stable")[:cap]])
     return score[rows], table[TEXT_BYTES].to_numpy()[rows].astype(np.int64)
+
+
+CONTRACT = ("score_batch must return a pyarrow Table with one row per input row: 'id' (the "
+            "batch's ids, in order) and 'score' (numbers)")
+
+
+def checked_scores(name: str, batch: pa.Table, scores: Any) -> pa.Table:
+    """``scores``, the output of scorer ``name``'s ``score_batch`` for ``batch``, once it
+    keeps the contract (:data:`CONTRACT`); integer or decimal scores become float64.
+
+    Every path that scores calls this right after ``score_batch`` (a job's partitions in
+    threads or processes, ``score`` alone, recipes, auto's candidates), before anything
+    else touches the table: a plug-in's one score too many used to reach Arrow as "column
+    length mismatch" while a column was added, and a string score reached selection."""
+    def broken(what: str) -> ScorerContractError:
+        return ScorerContractError(f"scorer {name!r} {what}; {CONTRACT}")
+
+    if not isinstance(scores, pa.Table):
+        raise broken(f"returned a {type(scores).__name__}, not a pyarrow Table")
+    if scores.num_rows != batch.num_rows:
+        raise broken(f"returned {scores.num_rows} scores for {batch.num_rows} rows")
+    missing = [c for c in ("id", "score") if c not in scores.column_names]
+    if missing:
+        raise broken(f"returned no {' or '.join(map(repr, missing))} column (columns: "
+                     f"{', '.join(scores.column_names) or 'none'})")
+    _check_ids(scores["id"], batch["id"], broken)
+    return _numeric_scores(scores, broken)
+
+
+def _check_ids(ids: pa.ChunkedArray, expected: pa.ChunkedArray, broken: Any) -> None:
+    """The ids, row for row, are the batch's: selection joins scores to rows by position."""
+    if ids.type == expected.type and ids.equals(expected):
+        return
+    try:
+        same = pc.equal(ids.cast(expected.type), expected).fill_null(False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise broken(f"returned ids of type {ids.type}, not the batch's {expected.type}"
+                     ) from None
+    row = int(pc.index(same, False).as_py())
+    if row >= 0:
+        raise broken(f"returned id {ids[row].as_py()!r} for row {row}, whose id is "
+                     f"{expected[row].as_py()!r}")
+
+
+def _numeric_scores(scores: pa.Table, broken: Any) -> pa.Table:
+    """Scores that are numbers, none null, and none NaN where the row is eligible."""
+    column = scores["score"]
+    kind = column.type
+    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)
+            or pa.types.is_decimal(kind)):
+        raise broken(f"returned scores of type {kind}, not numbers")
+    if not pa.types.is_floating(kind):
+        column = column.cast(pa.float64())
+        scores = scores.set_column(scores.column_names.index("score"), "score", column)
+    eligible = (pc.is_null(scores[FILTERED_BY]) if FILTERED_BY in scores.column_names
+                else pa.chunked_array([pa.repeat(True, scores.num_rows)]))
+    bad = pc.and_(eligible, pc.or_(pc.is_null(column), pc.is_nan(column)).fill_null(True))
+    row = int(pc.index(bad, True).as_py())
+    if row >= 0:
+        raise broken(f"returned {column[row].as_py()} as the score of id "
+                     f"{scores['id'][row].as_py()!r}")
+    return scores
+
+
+def with_text_columns(scores: pa.Table, texts: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """``scores`` of the rows whose scored text is ``texts``, with their ``text_bytes`` and
+    with blank rows (:data:`BLANK_TEXT`) filtered as ``empty_text``.
+
+    Every scorer gives a blank text some score, and for several it is a high one: ZIP-FIT's
+    fast mode ranked every empty row first (an empty text costs nothing to compress
+    against the target), DSIR scores it 0, above every document whose n-grams are rarer in
+    the target than in the pool. Nobody selects data to get empty rows, so such rows are
+    never eligible, whatever the scorer, and the manifest counts them under ``filtered``.
+    A reason the scorer gave already (DSIR's ``dsir_min_length``) is kept. The column is
+    added only when a row is blank, so score parts of other pools keep their bytes."""
+    if TEXT_BYTES not in scores.column_names:
+        scores = scores.append_column(TEXT_BYTES, pc.binary_length(texts))
+    blank = pc.match_substring_regex(texts, BLANK_TEXT)
+    if not pc.any(blank).as_py():
+        return scores
+    reasons = pa.nulls(scores.num_rows, pa.string())
+    if FILTERED_BY in scores.column_names:
+        reasons = scores[FILTERED_BY].cast(pa.string())
+    reasons = pc.if_else(pc.and_(blank, pc.is_null(reasons)), EMPTY_TEXT_FILTER, reasons)
+    if FILTERED_BY in scores.column_names:
+        return scores.set_column(scores.column_names.index(FILTERED_BY), FILTERED_BY, reasons)
+    return scores.append_column(FILTERED_BY, reasons)
 
 
 def score_length_correlation(summaries: list[dict[str, Any]]) -> float | None:
@@ -288,10 +379,8 @@ class Scorer(ABC):
         :meth:`score_batch`; a scorer that kept per-partition work from its fit (DSIR keeps
         the pool's hashed n-grams in a job's store) overrides it to use that work."""
         view = corpus.scoring_view(table, self.uses_response_spans)
-        scores = self.score_batch(view)
-        if TEXT_BYTES not in scores.column_names:
-            scores = scores.append_column(TEXT_BYTES, pc.binary_length(view["text"]))
-        return scores
+        return with_text_columns(checked_scores(self.name, view, self.score_batch(view)),
+                                 view["text"])
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -349,10 +438,9 @@ class _ScoreTask:
 
     def __call__(self, index: int) -> pa.Table:
         table = self.corpus.read_partition(index)
-        scores = self.scorer.score_partition(self.corpus, index, table)
-        if scores.num_rows != table.num_rows:
-            raise RuntimeError(f"{self.scorer.name} returned {scores.num_rows} scores for "
-                               f"{table.num_rows} rows")
+        # checked here too: a scorer may override score_partition (DSIR does)
+        scores = checked_scores(self.scorer.name, table,
+                                self.scorer.score_partition(self.corpus, index, table))
         if self.also is not None:
             self.also(self.corpus, index, table)
         return scores
@@ -457,7 +545,8 @@ class Scores:
         """
         folder = checks.check_path(folder, "folder")
         overwrite = checks.check_bool(overwrite, "overwrite")
-        with claim_output(folder, "scores", self.description, inputs=self.corpus.files,
+        with claim_output(folder, "scores", self.description,
+                          inputs=[*self.corpus.files, *self.corpus.roots],
                           overwrite=overwrite) as claimed:
             folder = claimed.path
             claimed.expect([STORE_MANIFEST] + [part_name(i) for i in range(self.npartitions)]

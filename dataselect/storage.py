@@ -29,11 +29,12 @@ import os
 import posixpath
 import re
 from collections.abc import Iterator
-from typing import IO, Any
-
-import pyarrow as pa
+from typing import IO, TYPE_CHECKING, Any
 
 from dataselect.errors import InputError
+
+if TYPE_CHECKING:  # pyarrow is imported where a file is opened: checks imports this module
+    import pyarrow as pa
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # scheme -> (package, dataselect's extra that installs it)
@@ -204,11 +205,15 @@ def source(path: str) -> str | pa.NativeFile:
     fs, inner = filesystem(path)
     # no read-ahead: s3fs's default fetches 50 MiB past each read, the whole object for
     # most files (pyarrow's FSSpecHandler opens files so), where one row group was wanted
+    import pyarrow as pa
+
     return pa.PythonFile(fs.open(inner, "rb", cache_type="none"), mode="r")
 
 
 def mapped(path: str) -> pa.NativeFile:
     """An Arrow IPC file to read: memory-mapped when local, range requests when remote."""
+    import pyarrow as pa
+
     return pa.memory_map(path) if not is_remote(path) else source(path)
 
 

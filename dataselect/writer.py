@@ -299,7 +299,8 @@ def write_selection(
         identity = {"selection": selection.description(), "format": fmt,
                     "target": target.fingerprint() if target is not None else None,
                     "metrics": {"hasher": repr(hasher), "sample": metrics_sample}}
-        inputs = selection.pool.files + (target.files if target is not None else [])
+        inputs = [*selection.pool.files, *selection.pool.roots,
+                  *(target.files + target.roots if target is not None else [])]
         claimed = claim_output(out, "selection", identity, inputs=inputs,
                                overwrite=overwrite)
     with claimed as folder:

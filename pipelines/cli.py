@@ -45,7 +45,7 @@ from dataselect.defaults import (
     SIDES,
     WORKER_KINDS,
 )
-from dataselect.errors import DataSelectError, os_error_line
+from dataselect.errors import DataSelectError, os_error_line, resource_line
 from pipelines.commands import parse_params
 from pipelines.console import INTERRUPTED
 from scorers import SCORERS
@@ -60,6 +60,7 @@ FRACTION = flag_type(checks.check_fraction, float)
 FINITE = flag_type(checks.check_finite, float)
 PARTITION_MB = flag_type(checks.check_partition_mb, float)
 MEMORY_LIMIT = flag_type(checks.check_memory_limit, str)
+SCHEDULER = flag_type(checks.check_scheduler, str)
 HNSW_M_MAX = 1024  # neighbours per node; memory grows with it, and typical values are 16-64
 HNSW_M = flag_type(checks.check_count, int, minimum=2, maximum=HNSW_M_MAX)
 DEFAULT = " (default: %(default)s)"
@@ -187,7 +188,7 @@ def _cluster_args(parser: argparse.ArgumentParser) -> None:
                         default=DEFAULT_PARTITION_BYTES / 2**20,
                         help="target size of one partition of input, in MiB (0 < MB <= 2**20)"
                              + DEFAULT)
-    parser.add_argument("--scheduler", default=None,
+    parser.add_argument("--scheduler", type=SCHEDULER, default=None,
                         help="address of a running Dask scheduler (default: local cluster)")
     parser.add_argument("--workers", type=COUNT, default=None,
                         help="local cluster workers (default: one per core)")
@@ -217,8 +218,9 @@ def _recipe_commands(commands: Any) -> None:
     run.add_argument("recipe", help="recipe file (see pipelines/recipes/)")
     run.add_argument("--out", default=None,
                      help="output folder (default: the recipe's output.path)")
-    run.add_argument("--scheduler", default=None, help="address of a running Dask scheduler "
-                     "(default: the recipe's cluster.scheduler)")
+    run.add_argument("--scheduler", type=SCHEDULER, default=None,
+                     help="address of a running Dask scheduler (default: the recipe's "
+                          "cluster.scheduler)")
     run.add_argument("--workers", type=COUNT, default=None,
                      help="local cluster workers (default: the recipe's cluster.workers)")
     run.add_argument("--overwrite", action="store_true",
@@ -239,8 +241,9 @@ def _recipe_commands(commands: Any) -> None:
     evaluate.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
     evaluate.add_argument("--model", default=None,
                           help="local base model folder (default: a tiny Llama built here)")
-    evaluate.add_argument("--scheduler", default=None,
-                          help="address of a running Dask scheduler (default: a local cluster)")
+    evaluate.add_argument("--scheduler", type=SCHEDULER, default=None,
+                          help="address of a running Dask scheduler (default: a local "
+                               "cluster)")
     evaluate.add_argument("--workers", type=COUNT, default=None,
                           help="local cluster workers (default: one per core)")
     _param_arg(evaluate, "other evaluation setting, e.g. -p lr=1e-3 -p batch_size=8")
@@ -375,11 +378,11 @@ def _error_line(exc: Exception, out: str | None) -> str | None:
     errno and file name intact."""
     if isinstance(exc, DataSelectError):
         return str(exc)
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and os_error_line(exc, out) is not None:
         return os_error_line(exc, out)
     from pipelines.cluster import worker_failure_line
 
-    return worker_failure_line(exc)
+    return resource_line(exc) or worker_failure_line(exc)
 
 
 def _traceback_if(verbose: bool) -> None:

@@ -20,6 +20,7 @@ process group) stops only the client, which then closes its workers in order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -32,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from dataselect.errors import ClusterLostError, InputError
+from dataselect import checks
+from dataselect.errors import ClusterLostError, InputError, limits_in_force
+from pipelines.progress import LOST_AFTER_VARIABLE, lost_after_seconds
 from pipelines.threads import LocalThreads
 
 if TYPE_CHECKING:
@@ -52,6 +55,9 @@ _IN_PROCESS_LOGGERS = ("distributed", "distributed.client", "distributed.gc",
                        "distributed.worker", "distributed.core")
 _VERBOSE = False
 SPAWN_POLL_SECONDS = 0.02
+# how long a refused or unresolvable scheduler address is retried: a scheduler started
+# a moment before the job gets that long to listen
+CONNECT_SECONDS = 3.0
 
 
 def default_workers() -> int:
@@ -76,9 +82,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     traceback before dataselect's one-line error says the same thing."""
     verbose = verbose or _VERBOSE
     if scheduler:
-        from distributed import Client
-
-        with _quiet_loggers(not verbose), Client(scheduler) as client:
+        with _quiet_loggers(not verbose), _scheduler_client(scheduler) as client:
             yield client
         return
     if kind not in ("processes", "threads"):
@@ -113,6 +117,87 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
             preload=_worker_preloads(),
         ))
         yield stack.enter_context(Client(cluster))
+
+
+def _scheduler_client(address: str) -> Client:
+    """A client of the running scheduler at ``address``, once it has answered.
+
+    Dask's client retries a refused connection for 30 s and then raises a bare OSError, and
+    it waits forever for the handshake of a server that accepts the connection and never
+    answers (another service on the port, a stopped process, a firewall that swallows
+    packets). So the scheduler is asked who it is first, with a deadline: a refused or
+    unresolvable address fails after ``CONNECT_SECONDS`` of retries (a scheduler that is
+    still starting gets them), a silent one after the cluster watch's own ``lost_after``.
+    """
+    from distributed import Client
+
+    checks.check_scheduler(address)
+    deadline = lost_after_seconds()
+    _ask_identity(address, min(CONNECT_SECONDS, deadline), deadline)
+    return Client(address, timeout=deadline)
+
+
+def _ask_identity(address: str, connect_seconds: float, deadline: float) -> None:
+    """Raise :class:`ClusterLostError` unless a Dask scheduler at ``address`` answers an
+    ``identity`` request within ``deadline`` seconds. Asked from a thread of its own, in a
+    fresh event loop, so that a caller's running loop (a notebook's) does not matter."""
+    outcome: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(_identity(address, connect_seconds), deadline))
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=ask, daemon=True, name="dataselect scheduler check")
+    thread.start()
+    thread.join(deadline + CONNECT_SECONDS)  # wait_for's own deadline normally ends it
+    error = outcome[0] if outcome else TimeoutError()
+    if error is not None:
+        raise _unanswered(address, error, connect_seconds, deadline) from None
+
+
+def _unanswered(address: str, error: BaseException, connect_seconds: float, deadline: float
+                ) -> ClusterLostError:
+    """The one line for a scheduler that did not answer ``identity``: silent, unreachable,
+    or something else at that port."""
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+        return ClusterLostError(
+            f"the Dask scheduler at {address} accepted the connection but did not answer "
+            f"for {deadline:g} s; check that a Dask scheduler (not another service) listens "
+            f"there, or raise {LOST_AFTER_VARIABLE}")
+    if isinstance(error, OSError) and "Timed out trying to connect" in str(error):
+        return ClusterLostError(
+            f"cannot reach a Dask scheduler at {address} ({_root_cause(error)}, retried for "
+            f"{connect_seconds:g} s); start one there ('dask scheduler') or give another "
+            "address")
+    return ClusterLostError(f"{address} did not answer as a Dask scheduler (the exchange "
+                            f"failed with {type(error).__name__}); check the address and "
+                            "port")
+
+
+def _root_cause(error: BaseException) -> str:
+    """Why a connection failed, from the chain of causes: Dask wraps "Connection refused"
+    in two layers of its own text, and the last link may be a cancelled retry."""
+    link: BaseException | None = error
+    while link is not None:
+        if isinstance(link, OSError) and link.errno is not None:
+            return os.strerror(link.errno) if link.errno > 0 else str(link)
+        link = link.__cause__ or link.__context__
+    return "no connection"
+
+
+async def _identity(address: str, connect_seconds: float) -> dict[str, Any]:
+    """The scheduler's reply to ``identity``, Dask's cheapest request."""
+    from distributed.comm import connect
+
+    comm = await connect(address, timeout=connect_seconds)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
 
 
 @contextmanager
@@ -283,7 +368,7 @@ def worker_failure_line(exc: BaseException) -> str | None:
         what = "a Dask worker died repeatedly while running a task (killed for using " \
                "too much memory, or crashing)"
     elif isinstance(exc, MemoryError):
-        what = "out of memory"
+        what = f"out of memory{limits_in_force()}"
     else:
         return None
     return (f"{what}; rerun with a smaller --partition-mb, a larger --memory-limit or "

@@ -20,6 +20,12 @@ INTERRUPTED = "dataselect: interrupted; rerun the same command to resume"
 
 
 def main() -> int:
+    from dataselect.errors import resource_limits_line
+
+    refusal = resource_limits_line()
+    if refusal is not None:  # before NumPy and Polars load: under the limit they abort
+        print(f"dataselect: error: {refusal}", file=sys.stderr)
+        return 2
     try:
         from pipelines.cli import main as run_command
     except KeyboardInterrupt:

@@ -102,6 +102,7 @@ class EvalSettings:
         if self.hidden_size % self.heads:
             raise InputError("hidden_size must be a multiple of heads", field="heads")
         checks.optional(checks.check_count, self.workers, "workers")
+        checks.optional(checks.check_scheduler, self.scheduler, "scheduler")
 
     def training_key(self) -> dict[str, Any]:
         """The settings that decide one training's result (not which seeds or tasks run,

@@ -9,8 +9,10 @@ fingerprints, counts, per-stage timings and package versions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -112,6 +114,7 @@ class SelectJob:
             raise checks.SettingError("must be a dict of the scorer's settings, got "
                                       f"{checks.shown(self.scorer_params)}",
                                       field="scorer_params")
+        checks.optional(checks.check_scheduler, self.scheduler, "scheduler")
 
 
 def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,
@@ -147,7 +150,9 @@ RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind"
 # Bumped when a release writes other bytes for the same settings and inputs, so that a job
 # interrupted under the old code is not resumed, half old and half new, by the new one.
 # 2: the fast n-gram tokenizer hashes tokens from their string views (other buckets).
-OUTPUT_REVISION = 2
+# 3: ZIP-FIT's default mode is fast (was exact), whose texts under 8 bytes are scored
+#    with a padded dictionary; blank rows are filtered as empty_text.
+OUTPUT_REVISION = 3
 
 
 def job_identity(job: SelectJob, pool: Corpus, target: Corpus) -> dict[str, Any]:
@@ -224,7 +229,7 @@ def parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
 
 def _kept_in(pool: Corpus, folder: str, out: OutputFolder | None) -> Iterator[Corpus]:
     """:func:`parsed_once` keeping its files in ``folder`` (listed in ``out``'s marker)."""
-    shutil.rmtree(folder, ignore_errors=True)
+    _clear_parsed(folder)
     size, free = pool.estimated_bytes(), shutil.disk_usage(os.path.dirname(folder)).free
     kept, names = pool, []
     if free >= 2 * size:
@@ -241,7 +246,27 @@ def _kept_in(pool: Corpus, folder: str, out: OutputFolder | None) -> Iterator[Co
     try:
         yield kept
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _clear_parsed(folder)
+
+
+# the names parsed_once writes: parsed partitions, hashed n-grams, and their temporaries
+_PARSED_NAME = re.compile(r"(\.tmp-.*)?(part-\d{5,}\.arrow|ngrams-part-\d{5,}\.bin)")
+
+
+def _clear_parsed(folder: str) -> None:
+    """Delete what :func:`parsed_once` writes in ``folder``, then the folder if that leaves
+    it empty. Only those names: a file someone put there is not dataselect's to delete
+    (``rmtree`` took it with the rest), and a link is removed itself, never followed."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if _PARSED_NAME.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)  # only if empty
 
 
 def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,

@@ -77,6 +77,7 @@ MemoryLimit = Annotated[str, checked(checks.check_memory_limit)]
 # a column, text spec or output path: an empty one fails later, away from its key
 Name = Annotated[str, checked(checks.check_name)]
 OptionalName = Annotated[str | None, checked(checks.check_name, optional=True)]
+Scheduler = Annotated[str | None, checked(checks.check_scheduler, optional=True)]
 
 
 def _as_list(value: Any) -> Any:
@@ -155,7 +156,7 @@ class OutputSpec(_Strict):
 class ClusterSpec(_Strict):
     """Local cluster by default; ``scheduler`` sends the same job to a running cluster."""
 
-    scheduler: str | None = None
+    scheduler: Scheduler = None
     workers: OptionalCount = None
     memory_limit: MemoryLimit = "auto"
     worker_kind: Literal["auto", "processes", "threads"] = "auto"

@@ -50,8 +50,8 @@ from dataselect.execution import (
     step_progress,
 )
 from dataselect.params import field_types
-from dataselect.sampling import sample_rows
-from dataselect.scoring import FILTERED_BY, Scorer
+from dataselect.sampling import sample_rows as sample_pool_rows
+from dataselect.scoring import FILTERED_BY, Scorer, checked_scores
 from dataselect.table_corpus import table_corpus
 from scorers import SCORERS
 from scorers.auto_validation import (
@@ -67,6 +67,11 @@ CHEAP_CANDIDATES = ("dsir", "fasttext", "zipfit")
 # settings a candidate gets inside auto (ZIP-FIT's exact mode costs |pool| × |sample|
 # compressions of both texts; fast mode is the one meant for pools)
 CANDIDATE_SETTINGS: dict[str, dict[str, Any]] = {"zipfit": {"mode": "fast"}}
+# Fewer pool rows than this cannot be split into a validation sample and a stand-in pool
+# that measure anything (1 row left nothing to fit on); auto then uses FALLBACK unvalidated.
+MIN_POOL_ROWS = 10
+# ZIP-FIT fits on the target alone, so it is the candidate that any pool size allows
+FALLBACK = "zipfit"
 STATEMENT = ("AUC and recall measure how well a scorer tells held-out target rows from a "
              "pool sample, not the quality of a model trained on the selection.")
 
@@ -147,6 +152,8 @@ class Auto(Scorer):
             raise EmptyCorpusError("auto needs at least 2 target rows to hold some out",
                                    where=", ".join(target.files))
         sample, pool_rows = _pool_sample(pool, 2 * self.pool_sample, self.seed, runner)
+        if pool_rows < MIN_POOL_ROWS:
+            return self._fall_back(target, pool, rows, sample, pool_rows, runner)
         validation, stand_in = sample.take(np.arange(0, sample.num_rows, 2)), sample.take(
             np.arange(1, sample.num_rows, 2))
         share = self._top_share(pool_rows, rows.num_rows)
@@ -166,6 +173,26 @@ class Auto(Scorer):
         self._record(compared, best, singles, seconds, share, folds, rows.num_rows,
                      (validation.num_rows, stand_in.num_rows), pool_rows, used, left_out)
         self._refit(target, pool, rows, validation, runner)
+        return self
+
+    def _fall_back(self, target: Corpus, pool: Corpus, rows: pa.Table, sample: pa.Table,
+                   pool_rows: int, runner: Runner) -> Auto:
+        """Too few pool rows to validate on: one candidate, unvalidated, and a note that
+        says so (a tiny pool's selection hardly depends on the scorer, and refusing it
+        would make a user pick one for no gain)."""
+        name = FALLBACK if FALLBACK in self.names else self.names[0]
+        rows_text = "1 row" if pool_rows == 1 else f"{pool_rows} rows"
+        reason = (f"the pool has {rows_text}, too few to validate candidates on (auto needs "
+                  f"at least {MIN_POOL_ROWS}), so it used {name} without validation")
+        self.chosen_ = {name: 1.0}
+        self.validation_ = {
+            "table": [{"candidate": n, "auc": None, "recall": None,
+                       "weight": 1.0 if n == name else 0.0} for n in self.names],
+            "chosen": dict(self.chosen_), "fallback": reason, "folds": 0,
+            "folds_compared": 0, "left_out": [], "target_rows": rows.num_rows,
+            "pool_rows": pool_rows, "seed": self.seed, "statement": STATEMENT,
+            "seconds": {n: 0.0 for n in self.names}}
+        self._refit(target, pool, rows, sample, runner)
         return self
 
     def _top_share(self, pool_rows: int, target_rows: int) -> float:
@@ -228,6 +255,8 @@ class Auto(Scorer):
     def _bounds(self) -> str:
         """What the validation cost and measured, in one line."""
         v = self.validation_
+        if "fallback" in v:
+            return f"auto: {v['fallback']}"
         folds = (f"{v['folds']}" if v["folds_compared"] == v["folds"] else
                  f"{v['folds_compared']} of {v['folds']}")
         return (f"auto validated {len(self.names)} candidates on {folds} folds of "
@@ -258,7 +287,7 @@ class Auto(Scorer):
         total = np.zeros(batch.num_rows)
         filtered: pa.Array | None = None
         for name, candidate in self.fitted_.items():
-            scores = candidate.score_batch(batch)
+            scores = checked_scores(name, batch, candidate.score_batch(batch))
             mean, spread = self.scales_[name]
             total += self.chosen_[name] * (_finite(scores) - mean) / spread
             if FILTERED_BY in scores.column_names:
@@ -291,7 +320,7 @@ def _scores(candidate: Scorer, corpus: Corpus, rows: pa.Table) -> np.ndarray:
     if rows.num_rows == 0:
         return np.zeros(0)
     view = corpus.scoring_view(rows, candidate.uses_response_spans)
-    return _finite(candidate.score_batch(view))
+    return _finite(checked_scores(candidate.name, view, candidate.score_batch(view)))
 
 
 @dataclass(frozen=True)
@@ -412,8 +441,8 @@ def _in_process(stage: str, tasks: Any, fold: Any = None) -> Any:
 def _pool_sample(pool: Corpus, size: int, seed: int, runner: Runner) -> tuple[pa.Table, int]:
     """A seeded sample of ``size`` pool rows (by id, in key order) and the pool's row count
     (:func:`~dataselect.sampling.sample_rows`: the pool's ids, then the sampled rows)."""
-    sample, rows = sample_rows(pool, size, seed, runner, "fit:auto", "fit-auto",
-                               stream=POOL_STREAM)
+    sample, rows = sample_pool_rows(pool, size, seed, runner, "fit:auto", "fit-auto",
+                                    stream=POOL_STREAM)
     if rows == 0:
         raise EmptyCorpusError("the pool holds no records", where=", ".join(pool.files))
     return sample, int(rows)

@@ -45,6 +45,10 @@ FALLBACK_LEVELS = {"zstd": (-15, -10, -5, -3, -1, 1, 3, 9), "lz4": (1, 3, 9, 12)
                    "deflate": (1, 6, 9), "zlib": (1, 6, 9), "gzip": (1, 6, 9)}
 
 
+# zstd ignores a raw-content dictionary shorter than this (see _zstd_with_dictionary)
+ZSTD_MIN_DICTIONARY_BYTES = 8
+
+
 def validate_level(compressor: str, level: int) -> None:
     """Refuse unknown compressors and levels that store data without compressing it."""
     if compressor not in COMPRESSORS:
@@ -155,8 +159,17 @@ class Codec:
         return compressor
 
     def _zstd_with_dictionary(self, x: bytes, targets: Sequence[bytes]) -> list[int]:
+        """C(t | x) for each t with x as zstd's raw-content dictionary.
+
+        zstd ignores a dictionary shorter than 8 bytes and then compresses t with the
+        parameters it uses without one, which on a python_docs target came out 10 %
+        smaller (1,486 against 1,638 bytes) than with any dictionary at level -15: every
+        text under 8 bytes ("ok", "Thanks!") outscored 98.6 % of real documents. Such an x
+        is padded on the left with NUL bytes, which no text matches, to the 8 bytes zstd
+        uses, so it pays what every other candidate pays."""
         import zstandard
 
+        x = x.rjust(ZSTD_MIN_DICTIONARY_BYTES, b"\0")
         dictionary = zstandard.ZstdCompressionDict(x, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
         dictionary.precompute_compress(level=self.level)
         compressor = zstandard.ZstdCompressor(dict_data=dictionary, write_checksum=False,

@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dataselect import checks, ngram_store
 from dataselect.corpus import Corpus
@@ -50,7 +49,7 @@ from dataselect.ngrams import (
     masked_counts,
 )
 from dataselect.sampling import sample_mask
-from dataselect.scoring import FILTERED_BY, TEXT_BYTES, Scorer
+from dataselect.scoring import FILTERED_BY, Scorer, with_text_columns
 
 LOG_EPSILON = 1e-8
 MIN_LENGTH_FILTER = "dsir_min_length"
@@ -171,7 +170,7 @@ class DSIR(Scorer):
             return super().score_partition(corpus, index, table)
         texts = corpus.texts(table)
         scores = self._scores(table["id"], chunks)
-        return scores.append_column(TEXT_BYTES, pc.binary_length(texts))
+        return with_text_columns(scores, texts)
 
     def score_batch(self, batch: pa.Table) -> pa.Table:
         return self._scores(batch["id"], self.hasher.chunks(batch["text"]))

@@ -254,6 +254,8 @@ class _EmbeddingModel:
         with self.lock, torch.inference_mode():
             for rows in length_batches(lengths, batch_size):
                 width = int(lengths[rows[0]])
+                if width == 0:  # rows without a token (empty texts): no embedding
+                    continue
                 index = torch.from_numpy(rows)
                 ids = tokens.input_ids[index, :width].to(self.device)
                 mask = tokens.attention_mask[index, :width].to(self.device)

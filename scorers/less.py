@@ -337,6 +337,9 @@ class _GradientModel:
         tokens = tokenize(self.tokenizer, batch, max_length)
         valid = tokens.has_response.to(self.device)
         order = token_budget_chunks(tokens.lengths, batch_size, max_batch_tokens)
+        if not order:  # no row has a token
+            return (np.zeros((batch.num_rows, len(self.adapters), self.projection.dim),
+                             np.float32), valid.cpu().numpy())
         chunks = [tokens.select(torch.as_tensor(rows)).to(self.device) for rows in order]
         placed = torch.as_tensor(np.concatenate(order), device=self.device)  # chunk row -> row
         out = torch.zeros((batch.num_rows, len(self.adapters), self.projection.dim),

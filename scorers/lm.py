@@ -24,7 +24,7 @@ import pyarrow as pa
 import torch
 
 from dataselect.corpus import RESPONSE_SPANS
-from dataselect.errors import InputError
+from dataselect.errors import InputError, os_error_line
 from dataselect.fingerprint import file_fingerprint
 from dataselect.outdir import MARKER as OWNERSHIP_MARKER
 from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
@@ -67,7 +67,40 @@ def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
                          where=str(path))
     if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
         raise InputError(f"{what} folder has no config.json", where=str(path))
+    if (folder / "config.json").exists():
+        _check_architecture(folder / "config.json", what)
     return str(folder.resolve())
+
+
+def _check_architecture(config: Path, what: str) -> None:
+    """Refuse, before any work, a config whose architecture transformers does not have
+    built in: loading it would need the folder's own Python code (``auto_map``, run only
+    with ``trust_remote_code``, which dataselect never sets: it runs whatever the folder
+    holds), and transformers refuses it with a traceback from deep inside a worker."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        settings = json.loads(config.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} config.json is not valid JSON ({exc})",
+                         where=str(config)) from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{what} config.json must hold a JSON object", where=str(config))
+    model_type = settings.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return  # transformers' own classes load it; an auto_map beside them is not used
+    if settings.get("auto_map"):
+        raise InputError(f"the {what} asks to run its own Python code (auto_map in "
+                         "config.json); dataselect never runs code from a model folder "
+                         "(trust_remote_code): use a model whose architecture transformers "
+                         "has built in", where=str(config.parent))
+    if model_type is not None:
+        raise InputError(f"{what} config.json names the architecture {str(model_type)[:80]!r}, "
+                         "which the installed transformers does not know: use a model "
+                         "transformers has built in, or a newer transformers",
+                         where=str(config.parent))
 
 
 # Files dataselect writes into a model folder (scorers.model_import's manifest, the
@@ -101,7 +134,10 @@ def load_tokenizer(path: str) -> Any:
     """A fast tokenizer (offsets are needed to find response tokens) with a pad token."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (ValueError, OSError) as exc:
+        raise _unloadable("tokenizer", path, exc) from exc
     if not tokenizer.is_fast:
         raise InputError("the tokenizer must be a fast (Rust) tokenizer: character offsets "
                          "are needed to find response tokens", where=path)
@@ -121,11 +157,22 @@ def load_causal_lm(path: str, device: torch.device, dtype: torch.dtype | None = 
             path, local_files_only=True, dtype=dtype or torch.float32
         )
     except (pickle.UnpicklingError, ValueError, OSError) as exc:
-        refused = _refused_pickle_weights(path, exc)
-        if refused is None:
-            raise
-        raise refused from exc
+        raise (_refused_pickle_weights(path, exc) or _unloadable("model", path, exc)) from exc
     return model.to(device).eval()
+
+
+def _unloadable(what: str, path: str, exc: Exception) -> Exception:
+    """One line for a folder transformers cannot load from (files missing, a tokenizer it
+    cannot build, code it would have to run), naming the folder; an OS error of the machine
+    (permissions, a full disk) stays itself for the command line's own line."""
+    if isinstance(exc, OSError) and os_error_line(exc) is not None:
+        return exc
+    if "trust_remote_code" in str(exc):
+        return InputError(f"the {what} asks to run the folder's own Python code; dataselect "
+                          "never runs code from a model folder (trust_remote_code): use a "
+                          "model whose architecture transformers has built in", where=path)
+    return InputError(f"cannot load the {what} from this folder: {_first_sentence(str(exc))}",
+                      where=path)
 
 
 # Weight files that torch.load unpickles; safetensors files hold tensors only.
@@ -330,9 +377,14 @@ def token_budget_chunks(lengths: np.ndarray | torch.Tensor, max_rows: int, max_t
     rows of 512 tokens took 10.6 GB where eight rows of 60 take 1.3 GB; cutting by tokens
     keeps a worker's memory flat whatever the pool's lengths, and on a CPU a pass of 1,024
     tokens is no slower per token than one of 4,096 (28.8 s against 40.6 s for the same
-    eight 512-token rows)."""
+    eight 512-token rows).
+
+    Rows without a token (an empty text, with a tokenizer that adds no BOS) are in no
+    chunk: a chunk of them alone has no token column, and the model fails on it; they
+    have no features and are filtered as ``empty_text`` anyway."""
     lengths = np.asarray(lengths)
     order = np.argsort(lengths, kind="stable")
+    order = order[lengths[order] > 0]
     chunks, start = [], 0
     for stop in range(1, len(order) + 1):
         if stop == len(order) or stop + 1 - start > max_rows \

@@ -140,7 +140,7 @@ def test_nan_scores_are_an_error_naming_the_id(pool):
     values = np.zeros(120)
     values[7] = np.nan
     scores, ids = _scores_for(pool, values)
-    with pytest.raises(InputError, match=f"score is NaN for id '{ids[7]}'"):
+    with pytest.raises(InputError, match=f"returned nan as the score of id '{ids[7]}'"):
         select.top_k(pool, scores, k=3)
 
 

@@ -267,3 +267,90 @@ def test_recipes_and_evaluation_refuse_a_planted_link(recipe_run, tmp_path, name
         place.unlink()
         if (tmp_path / "moved").exists():
             shutil.move(tmp_path / "moved", place)
+
+
+# --- a second probe's cases: the lock file, the marker's list, the API, .parsed ---------
+
+
+@pytest.mark.parametrize("kind", ["hard link", "fifo"])
+def test_a_lock_file_that_is_not_dataselects_own_is_refused_and_left_alone(
+        finished, tmp_path, kind, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out, symlinks=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    lock = out / ".dataselect.lock"
+    if kind == "hard link":
+        os.link(notes, lock)
+    else:
+        os.mkfifo(lock)
+    assert main(_select(out)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and ".dataselect.lock" in err
+    assert notes.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("files", ["part-00000.parquet", ["../victim.txt"], [3], ["", "a"]])
+def test_a_marker_whose_list_is_not_names_inside_the_folder_is_refused(
+        tmp_path, files, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("p", "a", "r"):
+        (out / name).write_text("mine")
+    (tmp_path / "victim.txt").write_text("mine")
+    write_json({"tool": "dataselect", "kind": "job", "identity": {"x": 1}, "files": files},
+               out / MARKER)
+    assert main(_select(out, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a valid marker" in err
+    assert {p.name for p in out.iterdir()} >= {"p", "a", "r"}
+    assert (tmp_path / "victim.txt").exists()
+
+
+def test_the_api_refuses_outputs_inside_a_pool_folder(tmp_path):
+    import shutil
+
+    from dataselect import read_corpus, select
+    from dataselect.errors import InputError
+    from scorers import DSIR
+
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    shutil.copy(sorted(Path(POOL_GLOB).parent.glob("*.parquet"))[0], pool_dir)
+    pool = read_corpus(str(pool_dir))
+    scores = DSIR().fit(read_corpus(TARGET), pool).score(pool)
+    with pytest.raises(InputError, match="lies inside the input"):
+        scores.write(str(pool_dir / ".scores" / "dsir"))
+    stored = scores.write(str(tmp_path / "store"))
+    with pytest.raises(InputError, match="lies inside the input"):
+        select.top_k(pool, stored, k=5).write(str(pool_dir / "out"))
+    assert sorted(p.name for p in pool_dir.iterdir()) == sorted(
+        p.name for p in Path(POOL_GLOB).parent.glob("*.parquet"))[:1]
+
+
+def test_a_users_file_in_the_parse_cache_folder_survives_the_job(tmp_path, capsys):
+    from conftest import write_jsonl
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"id": str(i), "text": f"document {i} about python modules and functions"}
+        for i in range(40)])
+    out = tmp_path / "out"
+    def args(k: int, *extra: str) -> list[str]:
+        return ["select", "--scorer", "dsir", "--pool", str(pool), "--target", TARGET,
+                "--k", str(k), "--out", str(out), "--workers", "1", "--worker-kind",
+                "threads", *extra]
+
+    assert main(args(5)) == 0
+    (out / layout.PARSED_DIR).mkdir()
+    (out / layout.PARSED_DIR / "mine.txt").write_text("mine")
+    assert main(args(6, "--overwrite")) == 0
+    assert (out / layout.PARSED_DIR / "mine.txt").read_text() == "mine"
+    assert [p.name for p in (out / layout.PARSED_DIR).iterdir()] == ["mine.txt"]
+
+
+def test_an_output_name_too_long_is_one_line(tmp_path, capsys):
+    assert main(_select(tmp_path / ("x" * 300))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "longer than the file system allows" in err
