@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from dataselect import checks
 from dataselect.defaults import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError, first_names
-from dataselect.fingerprint import file_fingerprint
+from dataselect.fingerprint import file_identity
 from dataselect.formats import (
     ARROW_SUFFIXES,
     COMPRESSED_SUFFIXES,
@@ -34,9 +34,11 @@ from dataselect.formats import (
     Piece,
     detect_format,
     expand_paths,
+    parquet_subpieces,
     piece_schema,
     plan_pieces,
     read_piece,
+    read_piece_column,
 )
 from dataselect.outdir import MARKER, input_roots
 from dataselect.output import atomic_write, jsonable
@@ -106,6 +108,14 @@ class Corpus:
         return bool(self.partitions) and all(
             piece.fmt.startswith("jsonl") for partition in self.partitions
             for piece in partition)
+
+    def rereads_cost(self) -> bool:
+        """Whether reading a partition again costs more than mapping a copy of it: JSON
+        lines are parsed (:meth:`parses_text`), and a piece cut inside a Parquet row group
+        decodes the group's rows before it as well (:func:`~dataselect.formats.
+        _read_row_range`), up to the whole group again for its last piece."""
+        return self.parses_text() or any(
+            piece.in_group for partition in self.partitions for piece in partition)
 
     def cached_in(self, folder: str) -> Corpus:
         """The same corpus, keeping each partition it reads under ``folder`` as an Arrow
@@ -197,6 +207,78 @@ class Corpus:
             return self.read_partition(index).schema if parse else None
         return unify([(_place(p), self._with_places(p, _empty(p)).schema) for p in pieces])
 
+    def read_rows(self, index: int, positions: np.ndarray) -> pa.Table:
+        """``read_partition(index).take(positions)``, reading only the Parquet row groups
+        that hold those rows where the partition is Parquet alone and not kept parsed
+        (a kept copy is mapped, which costs nothing). Why: at a small k most partitions
+        that hold a selected row hold one or two, and the write pass needs only those."""
+        pieces = self.partitions[index]
+        if not len(positions) and (empty := self.empty_partition(index)) is not None:
+            return empty
+        if not self._planned(index, lambda p: p.fmt == "parquet"):
+            return self.read_partition(index).take(positions)
+        wanted = np.unique(np.asarray(positions, np.int64))
+        tables, offset = [], 0
+        for piece in pieces:
+            mine = wanted[(wanted >= offset) & (wanted < offset + piece.num_rows)]
+            parts = parquet_subpieces(piece, mine - offset + piece.first_row)
+            read = [self._with_places(p, read_piece(p)) for p in parts]
+            table = concat(read, [_place(p) for p in parts]) if read else None
+            if table is None:
+                table = self._with_places(piece, _empty(piece))
+            else:  # the rows read, back to the piece's positions: keep the wanted ones
+                rows = table[ROW_COLUMN].to_numpy() - piece.first_row
+                table = table.take(np.flatnonzero(np.isin(rows, mine - offset)))
+            tables.append(table)
+            offset += piece.num_rows
+        table = concat(tables, [_place(p) for p in pieces])
+        return _noted(table, {}).take(np.searchsorted(wanted, positions))
+
+    def read_ids(self, index: int) -> pa.ChunkedArray:
+        """The ``id`` column of partition ``index``, as :meth:`read_partition` gives it,
+        reading only what ids need where the partition is Parquet, not kept parsed: the
+        id column (``--id-field``), or nothing when ids are derived from row numbers.
+        Why: a sample by id (:func:`~dataselect.sampling.sample_rows`) needs every row's
+        id but the text of its sampled rows only."""
+        if "." in self.id_field or not self._planned(index, lambda p: p.fmt == "parquet"):
+            return self.read_partition(index)[ID_COLUMN]
+        return pa.chunked_array([self._piece_ids(p) for p in self.partitions[index]],
+                                pa.string())
+
+    def _piece_ids(self, piece: Piece) -> pa.Array:
+        rows = pa.array(range(piece.first_row, piece.first_row + piece.num_rows), pa.int64())
+        table = pa.table({ROW_COLUMN: rows, FILE_COLUMN: pa.array([piece.path] * len(rows))})
+        if self.id_field in piece_schema(piece).names:
+            table = table.append_column(self.id_field, read_piece_column(piece, self.id_field))
+        where = self.where_in(table) if table.num_rows else lambda i: piece.path
+        ids = _ids(table, self.id_field, self.labels[piece.path], where)
+        return ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+
+    def _planned(self, index: int, readable: Callable[[Piece], bool]) -> bool:
+        """Whether partition ``index`` is read from its pieces, each ``readable`` (by parts),
+        and not mapped whole from a parsed copy (:meth:`cached_in`), which costs less than
+        any part read from the input; a corpus of rows in memory has no pieces."""
+        pieces = self.partitions[index]
+        cached = self.cache_dir is not None and os.path.exists(
+            os.path.join(self.cache_dir, cached_name(index)))
+        return bool(pieces) and not cached and all(readable(p) for p in pieces)
+
+    def empty_partition(self, index: int) -> pa.Table | None:
+        """Partition ``index`` without its rows: the table :meth:`read_partition` returns,
+        its columns and metadata as they are, sliced to no row; read from metadata (Parquet,
+        Arrow, HF) or the parsed copy, or None where only parsing would tell (JSONL). What
+        a pass that needs a partition's columns but none of its rows reads instead."""
+        if self.cache_dir is not None:
+            path = os.path.join(self.cache_dir, cached_name(index))
+            if os.path.exists(path):
+                with pa.memory_map(path) as source:
+                    return pa.ipc.open_file(source).schema.empty_table()
+        pieces = self.partitions[index]
+        if not pieces or any(piece.fmt.startswith("jsonl") for piece in pieces):
+            return None
+        tables = [self._with_places(p, _empty(p)) for p in pieces]
+        return _noted(concat(tables, [_place(p) for p in pieces]), {})
+
     def partition_place(self, index: int) -> str:
         """Where partition ``index`` starts: its first file (and line or row)."""
         pieces = self.partitions[index]
@@ -272,13 +354,15 @@ class Corpus:
         return self.map_partitions(_to_pandas, meta=meta, label="read")
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies this input: text spec, id field, and a content hash of each file
-        (cached by file identity and change time, see :mod:`dataselect.fingerprint`)."""
+        """What identifies this input: text spec, id field, partition size, and each file's
+        identity: its size, inode, mtime, ctime and sampled blocks
+        (:func:`~dataselect.fingerprint.file_identity`), read in milliseconds, never the
+        whole file."""
         return {
             "text": str(self.text),
             "id_field": self.id_field,
             "partition_bytes": self.partition_bytes,
-            "files": [file_fingerprint(f) for f in self.files],
+            "files": [file_identity(f) for f in self.files],
         }
 
     def changed_since(self, recorded: dict[str, Any]) -> list[str]:

@@ -1,4 +1,14 @@
-"""Content fingerprints of input files: what decides whether stored results still apply.
+"""Fingerprints of input files: what decides whether stored results still apply.
+
+A job's inputs are identified by :func:`file_identity`: the file's size, inode, mtime and
+ctime plus a hash of a few sampled blocks, read in milliseconds whatever the file's size,
+so no process reads every byte of a pool before any work (at web scale that was terabytes
+through the client). Any write changes ctime, which the kernel sets and no user can set
+back, so a same-size edit (a redaction), even one hidden by ``touch -d``, still changes
+the identity; the sampled blocks catch edits on file systems whose timestamps are coarse.
+
+:func:`file_fingerprint` hashes a file's whole content; it identifies small files whose
+content, not place, matters (model weights, a fastText model), and is described below.
 
 A resumed job reuses score and output parts only while the inputs' fingerprints match, so
 a fingerprint must change with any edit, including a same-size edit in the middle of a file
@@ -22,6 +32,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +52,58 @@ CacheKey = tuple[str, int, int, int, int, int]
 _memory: dict[CacheKey, str] = {}
 
 
+# The sampled blocks of file_identity: the first and last IDENTITY_EDGE bytes, and
+# IDENTITY_BLOCKS blocks of IDENTITY_BLOCK bytes spread evenly between them.
+IDENTITY_EDGE, IDENTITY_BLOCK, IDENTITY_BLOCKS = 64 << 10, 4 << 10, 8
+
+
+def file_identity(path: str) -> dict[str, Any]:
+    """``{"path", "bytes", "xxh3_128"}`` of an input file (or an HF dataset folder: every
+    file below it), where the digest covers the file's metadata (size, inode, mtime and
+    ctime in nanoseconds) and its sampled blocks (:data:`IDENTITY_EDGE` and
+    :data:`IDENTITY_BLOCKS`), never its whole content.
+
+    Why not the content: hashing it made the client read every input byte before any
+    work. What it costs: a copied or moved pool (another inode and ctime) is another
+    input, so a job is resumed only on the files it started on; ``chmod`` does the same.
+    An object in an object store is identified by its metadata alone (ETag or version,
+    size, modification time: :func:`dataselect.storage.object_fingerprint`)."""
+    if storage.is_remote(path):
+        return storage.object_fingerprint(path)
+    if os.path.isdir(path):
+        return _folder_fingerprint(path, _identity_digest)
+    size, digest = _identity_digest(path)
+    return {"path": path, "bytes": size, "xxh3_128": digest}
+
+
+def _identity_digest(path: str) -> tuple[int, str]:
+    """``(size, digest)`` of a file's metadata and sampled blocks (:func:`file_identity`)."""
+    info = _stat(path)
+    digest = xxhash.xxh3_128(json.dumps([info.st_size, info.st_ino, info.st_mtime_ns,
+                                         info.st_ctime_ns]).encode())
+    try:
+        with open(path, "rb", buffering=0) as f:
+            for offset, length in _sampled_blocks(info.st_size):
+                f.seek(offset)
+                digest.update(f.read(length))
+    except OSError as exc:
+        raise InputError(f"cannot read the file to fingerprint it ({exc.strerror or exc})",
+                         where=path) from exc
+    return info.st_size, digest.hexdigest()
+
+
+def _sampled_blocks(size: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` of the blocks :func:`file_identity` reads: the head, blocks
+    spread evenly over the middle, and the tail (the whole file when it is small)."""
+    if size <= 2 * IDENTITY_EDGE + IDENTITY_BLOCKS * IDENTITY_BLOCK:
+        return [(0, size)]
+    middle = size - 2 * IDENTITY_EDGE - IDENTITY_BLOCK
+    return ([(0, IDENTITY_EDGE)]
+            + [(IDENTITY_EDGE + middle * (i + 1) // (IDENTITY_BLOCKS + 1), IDENTITY_BLOCK)
+               for i in range(IDENTITY_BLOCKS)]
+            + [(size - IDENTITY_EDGE, IDENTITY_EDGE)])
+
+
 def file_fingerprint(path: str) -> dict[str, Any]:
     """``{"path", "bytes", "xxh3_128"}`` of a file, or of a folder (an HF dataset): then the
     hash covers every file's path below the folder and content hash. An object in an
@@ -50,17 +113,18 @@ def file_fingerprint(path: str) -> dict[str, Any]:
     if storage.is_remote(path):
         return storage.object_fingerprint(path)
     if os.path.isdir(path):
-        return _folder_fingerprint(path)
+        return _folder_fingerprint(path, content_hash)
     size, digest = content_hash(path)
     return {"path": path, "bytes": size, "xxh3_128": digest}
 
 
-def _folder_fingerprint(path: str) -> dict[str, Any]:
+def _folder_fingerprint(path: str, file_digest: Callable[[str], tuple[int, str]]
+                        ) -> dict[str, Any]:
     files = sorted((p.relative_to(path).as_posix(), p) for p in Path(path).rglob("*")
                    if p.is_file())
     combined, total = xxhash.xxh3_128(), 0
     for relative, file in files:
-        size, digest = content_hash(str(file))
+        size, digest = file_digest(str(file))
         combined.update(json.dumps([relative, size, digest]).encode() + b"\n")
         total += size
     return {"path": path, "bytes": total, "xxh3_128": combined.hexdigest()}

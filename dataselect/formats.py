@@ -1,10 +1,11 @@
 """Find input files and cut them into pieces that can be read independently.
 
 A *piece* is a contiguous run of rows of one file (a byte range of a plain JSONL file, a run
-of Parquet row groups, a run of Arrow record batches, a slice of an HF dataset). Pieces are
-the unit the corpus packs into partitions, so a 20 GB JSONL file is read by many workers and
-a thousand 1 kB files are read by one, and every row keeps its file and row number for
-error messages and provenance.
+of Parquet row groups, a run of Arrow record batches, a row range inside a row group or
+record batch of twice the partition size or more, a slice of an HF dataset). Pieces are
+the unit the corpus packs into partitions, so a 20 GB JSONL file or a one-row-group Parquet
+file is read by many workers and a thousand 1 kB files are read by one, and every row keeps
+its file and row number for error messages and provenance.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import stat
 import struct
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -65,6 +67,8 @@ class Piece:
     byte_start: int = 0
     byte_stop: int | None = None
     size_bytes: int = 0
+    # cut inside a Parquet row group: reading it decodes the group's rows before it too
+    in_group: bool = False
 
     def where(self, row_in_file: int) -> str:
         """A printable place: ``file:LINE`` (1-based) for JSONL, ``file row N`` otherwise."""
@@ -455,10 +459,24 @@ def _plan_arrow(path: str, target_bytes: int) -> list[Piece]:
 def _pack_blocks(path: str, fmt: str, blocks: Iterable[tuple[int, int]], target_bytes: int
                  ) -> list[Piece]:
     """Runs of consecutive blocks (row groups, record batches), given as (rows, bytes),
-    of about ``target_bytes`` each."""
+    of about ``target_bytes`` each: a run ends once it holds ``target_bytes``, so a piece
+    holds up to twice that. A block that alone holds twice ``target_bytes`` or more is cut
+    into row ranges (:func:`_cut_block`), so every piece stays within that bound.
+
+    Why cut: pyarrow and pandas write Parquet row groups of up to 10^6 rows, and a whole
+    block as the smallest piece made a one-file pool one task on one core. The cuts depend
+    on the block's metadata only (rows and bytes), never on the workers; a file whose
+    blocks are all smaller than twice ``target_bytes`` is planned as before."""
     pieces: list[Piece] = []
     first = rows = size = 0
     for block_rows, block_bytes in blocks:
+        if block_bytes // target_bytes >= 2 and block_rows > 1:
+            if rows:
+                pieces.append(Piece(path, fmt, first, rows, size_bytes=size))
+                first, rows, size = first + rows, 0, 0
+            pieces.extend(_cut_block(path, fmt, first, block_rows, block_bytes, target_bytes))
+            first += block_rows
+            continue
         rows += block_rows
         size += block_bytes
         if size >= target_bytes:
@@ -467,6 +485,17 @@ def _pack_blocks(path: str, fmt: str, blocks: Iterable[tuple[int, int]], target_
     if rows or not pieces:
         pieces.append(Piece(path, fmt, first, rows, size_bytes=size))
     return pieces
+
+
+def _cut_block(path: str, fmt: str, first: int, rows: int, nbytes: int, target_bytes: int
+               ) -> list[Piece]:
+    """One block's rows ``[first, first + rows)`` in ``nbytes // target_bytes`` row ranges
+    of equal row counts (to one row), each of ``target_bytes`` to twice that, as a run of
+    small blocks is (:func:`_pack_blocks`)."""
+    count = min(rows, nbytes // target_bytes)
+    cuts = [first + rows * i // count for i in range(count + 1)]
+    return [Piece(path, fmt, start, stop - start, size_bytes=nbytes * (stop - start) // rows,
+                  in_group=fmt == "parquet") for start, stop in itertools.pairwise(cuts)]
 
 
 def _check_stream_end(path: str, name: str = "it") -> None:
@@ -478,14 +507,23 @@ def _check_stream_end(path: str, name: str = "it") -> None:
                               "marker")
 
 
-def _blocks_of(piece: Piece, block_rows: Iterable[int]) -> list[int]:
-    """Indices of the blocks (row groups, record batches) that start inside ``piece``."""
+def _blocks_of(piece: Piece, block_rows: Iterable[int]) -> list[tuple[int, int, int]]:
+    """``(block, start, stop)`` of each block (row group, record batch) that holds rows of
+    ``piece``: its index and the piece's rows in it, ``[start, stop)`` counted from the
+    block's first row (a piece cut inside a large block holds part of it)."""
     chosen, first = [], 0
+    end = piece.first_row + (piece.num_rows or 0)
     for i, rows in enumerate(block_rows):
-        if piece.first_row <= first < piece.first_row + (piece.num_rows or 0):
-            chosen.append(i)
+        start, stop = max(piece.first_row - first, 0), min(end - first, rows)
+        if start < stop:
+            chosen.append((i, start, stop))
         first += rows
     return chosen
+
+
+def _whole(blocks: list[tuple[int, int, int]], block_rows: list[int]) -> bool:
+    """Whether ``blocks`` (from :func:`_blocks_of`) are whole blocks, none of them cut."""
+    return all(start == 0 and stop == block_rows[i] for i, start, stop in blocks)
 
 
 def _plan_hf(path: str, target_bytes: int) -> list[Piece]:
@@ -510,6 +548,39 @@ def _hf_table(path: str) -> pa.Table:
     if isinstance(dataset, datasets.DatasetDict):
         raise InputError("point at one split folder of a DatasetDict", where=path)
     return dataset.with_format("arrow")[:]
+
+
+def parquet_subpieces(piece: Piece, rows: np.ndarray) -> list[Piece]:
+    """The parts of a Parquet ``piece`` that hold ``rows`` (sorted row numbers in the
+    file): one piece per row group holding any, cut to the piece, in order. Reading them
+    reads those row groups only: what a pass that needs a few rows of a partition reads."""
+    meta = pq.ParquetFile(storage.source(piece.path)).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    starts = np.cumsum([0, *sizes])
+    chosen = []
+    for group, start, stop in _blocks_of(piece, sizes):
+        first, last = starts[group] + start, starts[group] + stop
+        if np.any((rows >= first) & (rows < last)):
+            chosen.append(Piece(piece.path, piece.fmt, int(first), int(last - first),
+                                size_bytes=0, in_group=piece.in_group))
+    return chosen
+
+
+def read_piece_column(piece: Piece, name: str) -> pa.ChunkedArray:
+    """Column ``name`` of a Parquet piece, and nothing else of it: a pass that needs the
+    ids only (a sample by id) reads a few bytes a row. A piece cut inside a row group
+    continues an open read of that column, as :func:`_read_row_range` does for rows."""
+    with _reading(piece.path, piece.fmt):
+        file = pq.ParquetFile(storage.source(piece.path), page_checksum_verification=True)
+        meta = file.metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        blocks = _blocks_of(piece, sizes)
+        if len(blocks) == 1 and not _whole(blocks, sizes):
+            group, start, stop = blocks[0]
+            batches = _STREAMS.rows(piece.path, group, start, stop - start, [name])
+            schema = pa.schema([file.schema_arrow.field(name)])
+            return pa.Table.from_batches(batches, schema)[name]
+        return file.read_row_groups([i for i, _, _ in blocks], columns=[name])[name]
 
 
 def read_piece(piece: Piece) -> pa.Table:
@@ -570,8 +641,122 @@ def _first_invalid_row(column: pa.ChunkedArray) -> int | None:
 
 def _slice_row_groups(file: pq.ParquetFile, piece: Piece) -> pa.Table:
     meta = file.metadata
-    groups = _blocks_of(piece, (meta.row_group(i).num_rows for i in range(meta.num_row_groups)))
-    return file.read_row_groups(groups) if groups else file.schema_arrow.empty_table()
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    blocks = _blocks_of(piece, sizes)
+    if not blocks:
+        return file.schema_arrow.empty_table()
+    if _whole(blocks, sizes):
+        return file.read_row_groups([i for i, _, _ in blocks])
+    return _read_row_range(file, piece.path, blocks)
+
+
+def _read_row_range(file: pq.ParquetFile, path: str, blocks: list[tuple[int, int, int]]
+                    ) -> pa.Table:
+    """Rows of a piece cut inside row groups. Parquet has no seek to a row (without a page
+    index, which writers leave out by default): a group's rows before the piece are decoded
+    and dropped. Read apart, the pieces of one group would decode it up to each piece's
+    end, O(pieces²) in all; so a piece inside one group continues a read of that group
+    left open by an earlier piece of this process (:class:`_GroupStreams`), and each
+    group is decoded about once per worker thread. Memory: a batch per open read."""
+    if len(blocks) == 1:
+        group, start, stop = blocks[0]
+        batches = _STREAMS.rows(path, group, start, stop - start)
+        return pa.Table.from_batches(batches, file.schema_arrow)
+    skip = blocks[0][1]
+    wanted = sum(stop - start for _, start, stop in blocks)
+    kept: list[pa.RecordBatch] = []
+    for batch in file.iter_batches(batch_size=STREAM_BATCH_ROWS,
+                                   row_groups=[i for i, _, _ in blocks]):
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        kept.append(batch.slice(skip, wanted))
+        skip, wanted = 0, wanted - kept[-1].num_rows
+        if not wanted:
+            break
+    return pa.Table.from_batches(kept, file.schema_arrow)
+
+
+STREAM_BATCH_ROWS = 16_384
+# reads of row groups left open for the next piece, per process (_GroupStreams)
+MAX_OPEN_STREAMS = 8
+
+
+class _GroupStream:
+    """A read of one row group (of ``columns``, None: all), batch by batch, at row
+    ``position`` of the group."""
+
+    def __init__(self, path: str, group: int, columns: list[str] | None = None) -> None:
+        file = pq.ParquetFile(storage.source(path), page_checksum_verification=True,
+                              pre_buffer=False)
+        self.batches = file.iter_batches(batch_size=STREAM_BATCH_ROWS, row_groups=[group],
+                                         columns=columns)
+        self.position = 0
+        self.pending: pa.RecordBatch | None = None  # read, not yet taken; at ``position``
+
+    def rows(self, start: int, count: int) -> list[pa.RecordBatch]:
+        """Rows ``[start, start + count)`` of the group (``start >= position``)."""
+        kept: list[pa.RecordBatch] = []
+        while count > 0:
+            batch, self.pending = self.pending or next(self.batches, None), None
+            if batch is None:
+                break
+            skip = min(max(start - self.position, 0), batch.num_rows)
+            taken = batch.slice(skip, count)
+            if taken.num_rows:
+                kept.append(taken)
+            used = skip + taken.num_rows
+            if used < batch.num_rows:
+                self.pending = batch.slice(used)
+            self.position += used
+            count -= taken.num_rows
+        return kept
+
+
+class _GroupStreams:
+    """Open reads of row groups, per process, keyed by the file's version
+    (:func:`_version`: a rewritten file is another) and the group; each is used by one thread
+    at a time, and at most :data:`MAX_OPEN_STREAMS` are kept idle (the oldest closed)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[tuple[tuple, _GroupStream]] = []
+
+    def rows(self, path: str, group: int, start: int, count: int,
+             columns: list[str] | None = None) -> list[pa.RecordBatch]:
+        key = (path, group, columns and tuple(columns), *_version(path))
+        stream = self._take(key, start) or _GroupStream(path, group, columns)
+        batches = stream.rows(start, count)
+        if sum(b.num_rows for b in batches) == count:  # else the group is read to its end
+            self._keep(key, stream)
+        return batches
+
+    def _take(self, key: tuple, start: int) -> _GroupStream | None:
+        """The idle read of ``key`` furthest along but not past ``start``, taken out."""
+        with self.lock:
+            fits = [i for i, (k, s) in enumerate(self.idle) if k == key and s.position <= start]
+            if not fits:
+                return None
+            best = max(fits, key=lambda i: self.idle[i][1].position)
+            return self.idle.pop(best)[1]
+
+    def _keep(self, key: tuple, stream: _GroupStream) -> None:
+        with self.lock:
+            self.idle.append((key, stream))
+            del self.idle[:-MAX_OPEN_STREAMS]
+
+
+_STREAMS = _GroupStreams()
+
+
+def _version(path: str) -> tuple:
+    """What tells this version of a file from a rewritten one, from metadata: a local
+    file's size, mtime and inode, an object's size, ETag or version."""
+    if storage.is_remote(path):
+        found = storage.object_fingerprint(path)
+        return found["bytes"], tuple(sorted(found["object"].items()))
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns, info.st_ino
 
 
 def _read_arrow(piece: Piece) -> pa.Table:
@@ -582,7 +767,11 @@ def _read_arrow(piece: Piece) -> pa.Table:
             return pa.ipc.open_stream(source).read_all()
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
         chosen = _blocks_of(piece, (b.num_rows for b in batches))
-        return pa.Table.from_batches([batches[i] for i in chosen], reader.schema)
+        # a mapped batch slices without a copy: cutting inside one costs nothing
+        return pa.Table.from_batches(
+            [batches[i] if (start, stop) == (0, batches[i].num_rows)
+             else batches[i].slice(start, stop - start) for i, start, stop in chosen],
+            reader.schema)
 
 
 def _jsonl_bytes(piece: Piece) -> bytes:

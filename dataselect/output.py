@@ -92,6 +92,15 @@ def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "p
                 writer.write_table(table)
 
 
+def read_schema(path: str | os.PathLike) -> pa.Schema:
+    """The schema :func:`read_table` would return, from the file's metadata."""
+    path = str(path)
+    if path.endswith(".arrow"):
+        with storage.mapped(path) as source:
+            return pa.ipc.open_file(source).schema
+    return pq.read_schema(storage.source(path))
+
+
 def read_table(path: str | os.PathLike) -> pa.Table:
     path = str(path)
     if path.endswith(".arrow"):

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from dataselect.checks import check_count, check_number, check_seed
 from dataselect.errors import EmptyCorpusError
+from dataselect.execution import partition_tasks
 
 # LENGTH_STREAM: the score-length sample of a score store (scoring.length_sample)
 SAMPLE_STREAM, GUMBEL_STREAM, LENGTH_STREAM = 1, 2, 3
@@ -111,18 +112,27 @@ def sample_corpus(corpus: Any, k: int, seed: int) -> pa.Table:
 class PartitionSample:
     """A stage task: partition ``index``'s :func:`bottom_k` sample and its row count; fold
     the results with :class:`MergeSamples` for a corpus-wide sample drawn in one pass on
-    the cluster. ``view``: the rows as scorers see them (``id``, ``text``), else whole."""
+    the cluster. ``view``: the rows as scorers see them (``id``, ``text``), else whole.
+    With a ``cutoff`` (:func:`sample_rows`), only rows whose key is at most the cutoff
+    are read, from the row groups that hold them, after the partition's ids."""
 
     corpus: Any
     k: int
     seed: int
     view: bool = False
     stream: int = SAMPLE_STREAM
+    cutoff: float | None = None
 
     def __call__(self, index: int) -> tuple[pa.Table, int]:
-        table = self.corpus.read_partition(index)
-        rows = self.corpus.scoring_view(table) if self.view else table
-        return bottom_k(rows, self.k, self.seed, self.stream), table.num_rows
+        if self.cutoff is None:
+            table = self.corpus.read_partition(index)
+            rows = table.num_rows
+        else:
+            keys = sample_keys(self.corpus.read_ids(index), self.seed, self.stream)
+            rows = len(keys)
+            table = self.corpus.read_rows(index, np.flatnonzero(keys <= self.cutoff))
+        view = self.corpus.scoring_view(table) if self.view else table
+        return bottom_k(view, self.k, self.seed, self.stream), rows
 
 
 @dataclass(frozen=True)
@@ -137,3 +147,54 @@ class MergeSamples:
                  ) -> tuple[pa.Table, int]:
         both = pa.concat_tables([left[0], right[0]], promote_options="permissive")
         return bottom_k(both, self.k, self.seed, self.stream), left[1] + right[1]
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """A stage task: the ``k`` smallest sample keys of partition ``index``'s rows (sorted)
+    and its row count, from its ids alone; fold with :func:`merge_keys`."""
+
+    corpus: Any
+    k: int
+    seed: int
+    stream: int = SAMPLE_STREAM
+
+    def __call__(self, index: int) -> tuple[np.ndarray, int]:
+        keys = sample_keys(self.corpus.read_ids(index), self.seed, self.stream)
+        return np.sort(keys)[:self.k], len(keys)
+
+
+@dataclass(frozen=True)
+class MergeKeys:
+    """Folds two (smallest keys, row count) results into one."""
+
+    k: int
+
+    def __call__(self, left: tuple[np.ndarray, int], right: tuple[np.ndarray, int]
+                 ) -> tuple[np.ndarray, int]:
+        return np.sort(np.concatenate([left[0], right[0]]))[:self.k], left[1] + right[1]
+
+
+def sample_rows(corpus: Any, k: int, seed: int, runner: Any, stage: str, label: str,
+                view: bool = False, stream: int = SAMPLE_STREAM) -> tuple[pa.Table, int]:
+    """The seeded sample of ``k`` rows that one pass of :class:`PartitionSample` draws,
+    and the corpus's row count, in two passes that read less: the first reads every
+    partition's ids only (a Parquet id column, or nothing for ids derived from row
+    numbers) and finds the ``k``-th smallest key; the second reads the rows at or below it,
+    from the row groups that hold them. The sample is the same rows in the same order,
+    since a row's key depends on (seed, id) alone. Where ids cannot be read apart (JSONL,
+    a cut row group) both passes read the partition.
+
+    With ``k`` at least the number of partitions, most partitions hold a sampled row and
+    the second pass would read about all of them again (measured: up to 1.8x slower on a
+    one-row-group pool), so the sample is then drawn in one pass, as before."""
+    if k >= corpus.npartitions:
+        return runner(stage, partition_tasks(label, PartitionSample(
+            corpus, k, seed, view, stream), corpus.npartitions), MergeSamples(k, seed, stream))
+    keys, rows = runner(stage, partition_tasks(f"{label}-ids", PartitionKeys(
+        corpus, k, seed, stream), corpus.npartitions), MergeKeys(k))
+    cutoff = float(keys[-1]) if len(keys) >= k else float("inf")
+    sample, _ = runner(stage, partition_tasks(label, PartitionSample(
+        corpus, k, seed, view, stream, cutoff), corpus.npartitions),
+        MergeSamples(k, seed, stream))
+    return sample, rows

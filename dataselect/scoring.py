@@ -25,7 +25,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +44,7 @@ from dataselect.outdir import claim_output
 from dataselect.output import (
     part_name,
     read_json,
+    read_schema,
     read_table,
     remove_stale_temporaries,
     write_json,
@@ -432,12 +433,17 @@ def plan_pool(pool: Corpus, scorers: Iterable[type[Scorer]]) -> Corpus:
 class _ScoreTask:
     scorer: Scorer
     corpus: Corpus
+    # called with (corpus, index, rows) on each partition scored (Scores.also_counting)
+    also: Callable[[Corpus, int, pa.Table], None] | None = None
 
     def __call__(self, index: int) -> pa.Table:
         table = self.corpus.read_partition(index)
         # checked here too: a scorer may override score_partition (DSIR does)
-        return checked_scores(self.scorer.name, table,
-                              self.scorer.score_partition(self.corpus, index, table))
+        scores = checked_scores(self.scorer.name, table,
+                                self.scorer.score_partition(self.corpus, index, table))
+        if self.also is not None:
+            self.also(self.corpus, index, table)
+        return scores
 
 
 @dataclass(frozen=True)
@@ -446,6 +452,11 @@ class _StoredPart:
 
     def __call__(self, index: int) -> pa.Table:
         return read_table(os.path.join(self.folder, part_name(index)))
+
+    def schema(self, index: int) -> pa.Schema:
+        """The columns of part ``index``, from its metadata: what a pass that needs none
+        of the partition's scores reads."""
+        return read_schema(os.path.join(self.folder, part_name(index)))
 
 
 @dataclass(frozen=True)
@@ -500,6 +511,17 @@ class Scores:
 
     def partition(self, index: int) -> pa.Table:
         return self.task(index)
+
+    def also_counting(self, count: Callable[[Corpus, int, pa.Table], None]) -> Scores:
+        """These scores, with ``count(corpus, index, rows)`` called on each partition's
+        rows in the task that scores them: a later pass that needs something of every row
+        (the pool side of a selection's metrics, :class:`~dataselect.writer.PoolStats`)
+        gets it from this pass, which reads every partition anyway, and reads only the
+        partitions it needs. Scores already stored (read back, not computed) are returned
+        unchanged."""
+        if not isinstance(self.task, _ScoreTask):
+            return self
+        return Scores(self.name, self.corpus, replace(self.task, also=count), self.description)
 
     def delayed(self, fn: Any = None) -> list[Any]:
         """One Dask task per partition computing ``fn(scores_table, index)`` (or the table)."""

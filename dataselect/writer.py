@@ -20,6 +20,7 @@ dataset readers see only the selected rows (:mod:`dataselect.layout`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections import Counter
@@ -60,6 +61,90 @@ ADDED_COLUMNS = ("score", "rank")
 LABEL_COLUMN_KEY, LABELS_KEY = "label_column", "label_names"
 
 
+def metrics_seed(policy: dict[str, Any]) -> int:
+    """The seed of the KL metric's pool sample: the selection's own, 0 when it has none."""
+    return int(policy.get("seed", 0))
+
+
+def pool_stats_name(index: int) -> str:
+    """Where the pool side of partition ``index``'s metrics is kept (:class:`PoolStats`)."""
+    return os.path.join(STATS_DIR, f"pool-{index:05d}.npz")
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """The pool side of a selection's metrics, per partition: hashed n-gram counts of the
+    seeded ``sample`` share of its rows (KL reduction) and its label counts (composition).
+
+    Why apart from the write pass: they need every row of every partition, the selected
+    rows only a few partitions at small k. A job computes them in the scoring pass, which
+    reads every partition anyway (:meth:`record`, called from the score task), and the
+    write pass then reads only the partitions that hold selected rows. A partition whose
+    file is missing, or was kept for other settings, is counted by the write pass as
+    before, so the numbers never depend on which pass counted them."""
+
+    out: str
+    hasher: NgramHasher | None
+    sample: float
+    seed: int
+
+    def record(self, corpus: Corpus, index: int, table: pa.Table) -> dict[str, np.ndarray]:
+        """Count partition ``index`` (its rows, ``table``), unless kept already, and keep
+        the counts; returns them."""
+        path = os.path.join(self.out, pool_stats_name(index))
+        kept = self.load(index)
+        if kept is not None:
+            return kept
+        arrays = self.count(corpus, index, table)
+        if not storage.is_remote(path):  # an object store has no folders to make
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, settings=np.array(self._settings()), **arrays)
+        return arrays
+
+    def load(self, index: int) -> dict[str, np.ndarray] | None:
+        """The kept counts of partition ``index``, or None: none kept, or for other
+        settings (another hasher, sample share or seed)."""
+        path = os.path.join(self.out, pool_stats_name(index))
+        if not storage.exists(path):
+            return None
+        with open_read(path) as file, np.load(file) as saved:
+            if str(saved["settings"]) != self._settings():
+                return None
+            return {name: saved[name] for name in saved.files if name != "settings"}
+
+    def count(self, corpus: Corpus, index: int, table: pa.Table) -> dict[str, np.ndarray]:
+        """The pool counts of partition ``index``, from its rows."""
+        column = label_column(table)
+        labels = count_labels(table, column)
+        names = sorted(labels)
+        return {"pool_counts": self._ngram_counts(corpus, index, table),
+                LABEL_COLUMN_KEY: np.array(column or ""),
+                LABELS_KEY: np.array(names, dtype=str),
+                "pool_labels": np.array([labels[n] for n in names], np.int64)}
+
+    def _ngram_counts(self, corpus: Corpus, index: int, table: pa.Table) -> np.ndarray:
+        if self.hasher is None:
+            return np.zeros(0, np.int64)
+        sampled = sample_mask(table["id"], self.sample, self.seed)
+        return _masked_counts(corpus, index, table, sampled, self.hasher)
+
+    def _settings(self) -> str:
+        return json.dumps([repr(self.hasher), self.sample, self.seed])
+
+
+def _masked_counts(corpus: Corpus, index: int, table: pa.Table, mask: np.ndarray,
+                   hasher: NgramHasher) -> np.ndarray:
+    """Bucket counts of the rows of partition ``index`` where ``mask`` is true: from the
+    n-grams the scorer kept (DSIR), else from hashing those rows only."""
+    stored = ngram_store.load(corpus.ngram_dir, index, hasher)
+    if stored is not None:
+        return masked_counts(stored, [mask], hasher.num_buckets)[0]
+    rows = np.flatnonzero(mask)
+    return hasher.masked_bucket_counts(corpus.texts(table.take(rows)),
+                                       [np.ones(len(rows), bool)])[0]
+
+
 @dataclass(frozen=True)
 class _WritePart:
     pool: Corpus
@@ -68,9 +153,7 @@ class _WritePart:
     ranks: dict[int, np.ndarray]
     out: str
     fmt: OutputFormat
-    hasher: NgramHasher | None
-    metrics_sample: float
-    seed: int
+    pool_stats: PoolStats
     schema: pa.Schema
 
     def __call__(self, index: int) -> dict[str, Any]:
@@ -81,39 +164,61 @@ class _WritePart:
                 if LABELS_KEY in saved.files:  # else written before labels were counted
                     return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
         start = time.perf_counter()
-        table = self.pool.read_partition(index)
-        scores = self.score_task(index)
         chosen = self.positions.get(index, np.empty(0, np.int64))
-        rows = output_rows(self.pool, index, table.take(chosen), self.schema)
+        pool = self.pool_stats.load(index)
+        if pool is None:  # counted here, and kept, so a resumed job's folder is the same
+            table = self.pool.read_partition(index)
+            pool = self.pool_stats.record(self.pool, index, table)
+            taken = table.take(chosen)
+        else:
+            taken = self._chosen_rows(index, chosen)
+        scores = self._scores(index, chosen)
+        rows = output_rows(self.pool, index, taken, self.schema)
         picked = _attach_scores(rows, scores.take(chosen), self.ranks[index], path)
-        pool_counts, selected_counts = self._ngram_counts(table, chosen, index)
-        column = label_column(table)
+        column = str(pool[LABEL_COLUMN_KEY]) or None
+        selected = count_labels(picked, column)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, rows=picked.num_rows, pool_counts=pool_counts,
-                     selected_counts=selected_counts,
-                     **_label_arrays(column, count_labels(table, column),
-                                     count_labels(picked, column)))
+            np.savez(f, rows=picked.num_rows, pool_counts=pool["pool_counts"],
+                     selected_counts=self._selected_counts(index, chosen, taken),
+                     **{LABEL_COLUMN_KEY: pool[LABEL_COLUMN_KEY], LABELS_KEY: pool[LABELS_KEY],
+                        "pool_labels": pool["pool_labels"],
+                        "selected_labels": np.array([selected.get(str(n), 0)
+                                                     for n in pool[LABELS_KEY]], np.int64)})
         write_table(picked, path, self.fmt)
         return {"rows": picked.num_rows, "reused": False,
                 "seconds": time.perf_counter() - start}
 
-    def _ngram_counts(self, table: pa.Table, chosen: np.ndarray, index: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        if self.hasher is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        sampled = sample_mask(table["id"], self.metrics_sample, self.seed)
-        selected = np.zeros(table.num_rows, bool)
+    def _chosen_rows(self, index: int, chosen: np.ndarray) -> pa.Table:
+        """The selected rows of partition ``index``, its pool counts being kept: for none,
+        an empty table of its columns (from metadata, or the job's parsed copy), which
+        makes the same empty part; else those rows, read from the row groups that hold
+        them (:meth:`Corpus.read_rows`)."""
+        empty = None if len(chosen) else self.pool.empty_partition(index)
+        return self.pool.read_rows(index, chosen) if empty is None else empty
+
+    def _scores(self, index: int, chosen: np.ndarray) -> pa.Table:
+        """The partition's scores; for no selected rows, their columns only, where the
+        score store answers from metadata."""
+        columns = getattr(self.score_task, "schema", None)
+        if not len(chosen) and columns is not None:
+            return columns(index).empty_table()
+        return self.score_task(index)
+
+    def _selected_counts(self, index: int, chosen: np.ndarray, taken: pa.Table
+                         ) -> np.ndarray:
+        """Bucket counts of the selected rows (``taken``, at ``chosen`` in the partition):
+        from the n-grams the scorer kept (DSIR), else from hashing those rows."""
+        hasher = self.pool_stats.hasher
+        if hasher is None:
+            return np.zeros(0, np.int64)
+        if not len(chosen):
+            return np.zeros(hasher.num_buckets, np.int64)
+        stored = ngram_store.load(self.pool.ngram_dir, index, hasher)
+        if stored is None:
+            return hasher.bucket_counts(self.pool.texts(taken))
+        selected = np.zeros(sum(features.num_docs for _, features in stored), bool)
         selected[chosen] = True
-        stored = ngram_store.load(self.pool.ngram_dir, index, self.hasher)
-        if stored is not None:  # the scorer hashed this partition already (DSIR)
-            pool_counts, selected_counts = masked_counts(
-                stored, [sampled, selected], self.hasher.num_buckets)
-            return pool_counts, selected_counts
-        rows = np.flatnonzero(sampled | selected)
-        texts = self.pool.texts(table.take(rows))
-        pool_counts, selected_counts = self.hasher.masked_bucket_counts(
-            texts, [sampled[rows], selected[rows]])
-        return pool_counts, selected_counts
+        return masked_counts(stored, [selected], hasher.num_buckets)[0]
 
 
 def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where: str) -> pa.Table:
@@ -226,16 +331,16 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     parts = selection.pool.npartitions
     folder.expect([part_name(i, fmt) for i in range(parts)]
                   + [os.path.join(STATS_DIR, f"part-{i:05d}.npz") for i in range(parts)]
-                  + [MANIFEST_FILE])
+                  + [pool_stats_name(i) for i in range(parts)] + [MANIFEST_FILE])
     if not storage.is_remote(out):  # an object store has no folders to make
         os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
     remove_stale_temporaries(out)
     remove_stale_temporaries(os.path.join(out, STATS_DIR))
-    seed = int(selection.policy.get("seed", 0))
     start = time.perf_counter()
     schema = output_schema(selection.pool, ADDED_COLUMNS, fmt)
+    pool_stats = PoolStats(out, hasher, metrics_sample, metrics_seed(selection.policy))
     writer = _WritePart(selection.pool, selection.scores.task, selection.positions,
-                        selection.ranks, out, fmt, hasher, metrics_sample, seed, schema)
+                        selection.ranks, out, fmt, pool_stats, schema)
     tasks = partition_tasks("write", writer, parts)
     results = runner("write", tasks)
     # a worker killed mid-write may leave a temporary that a glob of the parts would match
@@ -268,15 +373,6 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
         manifest["output"]["save_to_disk"] = write_hf(folder, names, rows, runner)
     write_json(manifest, os.path.join(out, MANIFEST_FILE))
     return manifest
-
-
-def _label_arrays(column: str | None, pool: Counter, selected: Counter
-                  ) -> dict[str, np.ndarray]:
-    """A part's label counts as the arrays its stats file holds (names sorted)."""
-    names = sorted(pool)
-    return {LABEL_COLUMN_KEY: np.array(column or ""), LABELS_KEY: np.array(names, dtype=str),
-            "pool_labels": np.array([pool[n] for n in names], np.int64),
-            "selected_labels": np.array([selected.get(n, 0) for n in names], np.int64)}
 
 
 @dataclass

@@ -29,11 +29,19 @@ from dataselect.duplicates import check_unique_ids
 from dataselect.errors import InputError
 from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
 from dataselect.ngram_store import store_name
+from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
 from dataselect.params import field_types, validate_settings
 from dataselect.scoring import Scorer, Scores, plan_pool
-from dataselect.writer import ADDED_COLUMNS, DEFAULT_METRICS_SAMPLE, MANIFEST_FILE, output_schema
+from dataselect.writer import (
+    ADDED_COLUMNS,
+    DEFAULT_METRICS_SAMPLE,
+    MANIFEST_FILE,
+    PoolStats,
+    output_schema,
+    pool_stats_name,
+)
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageClock
 from pipelines.summary import FIT_DETAILS, composition_rows, print_fit_details, print_summary
@@ -194,9 +202,11 @@ def parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
 
     Two things are kept:
 
-    * a JSONL pool's parsed partitions, as Arrow files (:meth:`Corpus.cached_in`); Parquet
-      and Arrow read fast already. Measured on the 141 MB python_docs pool: the score and
-      write passes each parsed it again, 1.4 s of CPU a pass on 2 workers;
+    * a JSONL pool's parsed partitions, as Arrow files (:meth:`Corpus.cached_in`), and
+      those of a Parquet pool cut inside its row groups (:meth:`Corpus.rereads_cost`);
+      other Parquet and Arrow pools read fast already. Measured on the 141 MB
+      python_docs pool: the score and write passes each parsed it again, 1.4 s of CPU a
+      pass on 2 workers;
     * hashed n-grams, for scorers and metrics that hash the pool
       (:meth:`Corpus.with_ngram_store`): a DSIR job hashed most of the pool three times.
 
@@ -225,7 +235,7 @@ def _kept_in(pool: Corpus, folder: str, out: OutputFolder | None) -> Iterator[Co
     if free >= 2 * size:
         kept = kept.with_ngram_store(folder)
         names += [store_name(i) for i in range(pool.npartitions)]
-    if pool.parses_text() and free >= (3 if names else 2) * size:
+    if pool.rereads_cost() and free >= (3 if names else 2) * size:
         kept = kept.cached_in(folder)
         names += [cached_name(i) for i in range(pool.npartitions)]
     if not names:
@@ -260,14 +270,19 @@ def _clear_parsed(folder: str) -> None:
 
 
 def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
-                   out: OutputFolder, runner: ProgressRunner) -> Scores:
+                   out: OutputFolder, runner: ProgressRunner,
+                   pool_stats: PoolStats | None = None) -> Scores:
     # each stage times its preparation too (claiming the store, shipping the scorer); the
     # runner's Dask stage of the same name inside adds to the same row
     with runner.clock.stage(f"fit:{scorer.name}"):
         scorer.fit(target, pool, runner=runner)
     store = out.join(SCORES_DIR, scorer.name)
     with runner.clock.stage(f"score:{scorer.name}"):
-        return scorer.score(pool).write(store, runner=runner, overwrite=job.overwrite)
+        scores = scorer.score(pool)
+        if pool_stats is not None:  # the write pass then reads only what it writes
+            out.expect([pool_stats_name(i) for i in range(pool.npartitions)])
+            scores = scores.also_counting(pool_stats.record)
+        return scores.write(store, runner=runner, overwrite=job.overwrite)
 
 
 def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
@@ -305,7 +320,8 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         output_schema(pool, ADDED_COLUMNS, job.output_format, parse=False)  # before work
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
-        scores = _fit_and_score(job, scorer, parsed, target, out, runner)
+        pool_stats = PoolStats(out.path, NgramHasher(), job.metrics_sample, _metrics_seed(job))
+        scores = _fit_and_score(job, scorer, parsed, target, out, runner, pool_stats)
         with clock.stage("select"):
             selection = _select(job, parsed, scores, runner)
         record = {"job": dataclasses.asdict(job),
@@ -338,15 +354,34 @@ def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner
                        == "importance_resample", runner=runner)
 
 
+def _metrics_seed(job: SelectJob) -> int:
+    """The seed of the KL metric's pool sample (:func:`~dataselect.writer.metrics_seed`):
+    the job's when its selection resamples by importance, the only policy that records a
+    seed. Known before the scoring pass, which counts that sample; were it another, the
+    write pass would count it itself, so a mismatch costs time, never a wrong number."""
+    resamples = _resolved_policy(job.policy, job.threshold, SCORERS[job.scorer].default_policy
+                                 == "importance_resample") == "importance_resample"
+    return job.seed if resamples else 0
+
+
+def _resolved_policy(policy: str, threshold: float | None, resample_by_default: bool) -> str:
+    """The policy a job applies: ``threshold`` when one is given; ``auto`` resamples by
+    importance when the scores are DSIR log importance weights (the paper's method) and
+    takes the top rows otherwise."""
+    if threshold is not None:
+        return "threshold"
+    if policy == "auto":
+        return "importance_resample" if resample_by_default else "top_k"
+    return policy
+
+
 def choose_rows(pool: Corpus, scores: Scores, policy: str, k: int | None,
                 fraction: float | None, threshold: float | None, seed: int,
                 resample_by_default: bool, runner: ProgressRunner) -> select.Selection:
-    """Apply a policy and one budget. ``auto`` resamples by importance when the scores are
-    DSIR log importance weights (the paper's method) and takes the top rows otherwise."""
-    if threshold is not None:
+    """Apply a policy and one budget (:func:`_resolved_policy`)."""
+    policy = _resolved_policy(policy, threshold, resample_by_default)
+    if policy == "threshold":
         return select.threshold(pool, scores, threshold, runner=runner)
-    if policy == "auto":
-        policy = "importance_resample" if resample_by_default else "top_k"
     if policy == "round_robin":
         if k is None:
             raise InputError("the round_robin policy takes k", field="policy")

@@ -47,11 +47,10 @@ from dataselect.execution import (
     compute_here,
     default_runner,
     fold_all,
-    partition_tasks,
     step_progress,
 )
 from dataselect.params import field_types
-from dataselect.sampling import MergeSamples, PartitionSample
+from dataselect.sampling import sample_rows as sample_pool_rows
 from dataselect.scoring import FILTERED_BY, Scorer, checked_scores
 from dataselect.table_corpus import table_corpus
 from scorers import SCORERS
@@ -440,11 +439,10 @@ def _in_process(stage: str, tasks: Any, fold: Any = None) -> Any:
 
 
 def _pool_sample(pool: Corpus, size: int, seed: int, runner: Runner) -> tuple[pa.Table, int]:
-    """A seeded sample of ``size`` pool rows (by id, in key order) and the pool's row count,
-    in one pass over the pool's partitions."""
-    tasks = partition_tasks("fit-auto", PartitionSample(pool, size, seed, stream=POOL_STREAM),
-                            pool.npartitions)
-    sample, rows = runner("fit:auto", tasks, MergeSamples(size, seed, POOL_STREAM))
+    """A seeded sample of ``size`` pool rows (by id, in key order) and the pool's row count
+    (:func:`~dataselect.sampling.sample_rows`: the pool's ids, then the sampled rows)."""
+    sample, rows = sample_pool_rows(pool, size, seed, runner, "fit:auto", "fit-auto",
+                                    stream=POOL_STREAM)
     if rows == 0:
         raise EmptyCorpusError("the pool holds no records", where=", ".join(pool.files))
     return sample, int(rows)

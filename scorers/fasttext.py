@@ -39,10 +39,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataselect import checks
-from dataselect.corpus import Corpus, file_fingerprint
+from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
-from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
-from dataselect.sampling import MergeSamples, PartitionSample
+from dataselect.execution import Runner, default_runner, step_progress
+from dataselect.fingerprint import file_fingerprint
+from dataselect.sampling import sample_rows
 from dataselect.scoring import Scorer, StartedFit
 
 LABEL_PREFIX = "__label__"
@@ -179,7 +180,8 @@ class FastText(Scorer):
         return PendingFit(self, sample, process, folder)
 
     def _sample(self, target: Corpus, pool: Corpus | None, runner: Runner) -> _Sample:
-        """The target's rows and a seeded sample of the pool's (one pass over the pool)."""
+        """The target's rows and a seeded sample of the pool's (:func:`sample_rows`: the
+        pool's ids, then the sampled rows' text)."""
         if pool is None:
             raise InputError("a trained fastText scorer needs the pool for negatives: "
                              "pass pool=")
@@ -189,10 +191,8 @@ class FastText(Scorer):
         if positives is None or positives.num_rows == 0:
             raise EmptyCorpusError("target holds no records", where=where)
         wanted = self.negatives or max(MIN_NEGATIVES, positives.num_rows)
-        negatives, pool_rows = runner(
-            "fit:fasttext", partition_tasks("fit-fasttext", PartitionSample(
-                pool, wanted, self.seed, view=True), pool.npartitions),
-            MergeSamples(wanted, self.seed))
+        negatives, pool_rows = sample_rows(pool, wanted, self.seed, runner, "fit:fasttext",
+                                           "fit-fasttext", view=True)
         return _Sample(positives, negatives, int(pool_rows))
 
     def _write_training(self, sample: _Sample, folder: str) -> tuple[str, str]:

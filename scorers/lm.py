@@ -23,8 +23,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dataselect.corpus import RESPONSE_SPANS, file_fingerprint
+from dataselect.corpus import RESPONSE_SPANS
 from dataselect.errors import InputError, os_error_line
+from dataselect.fingerprint import file_fingerprint
 from dataselect.outdir import MARKER as OWNERSHIP_MARKER
 from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
 
