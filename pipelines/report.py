@@ -42,7 +42,12 @@ from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
 from dataselect.output import atomic_write, read_json, read_table
 from dataselect.writer import MANIFEST_FILE
-from pipelines.report_input import REPORT_KINDS, check_pool_unchanged, read_report_input
+from pipelines.report_input import (
+    REPORT_KINDS,
+    check_outputs_present,
+    check_pool_unchanged,
+    read_report_input,
+)
 
 MAX_POINTS = 200_000
 LABEL_COLUMNS = ("domain", "task", "subtask", "lang", "source")
@@ -64,6 +69,7 @@ def write_report(out: str, console: Console | None = None) -> str:
 
     matplotlib.use("Agg")
     run, report_dir = read_report_input(out)
+    check_outputs_present(out, run)
     check_pool_unchanged(out, run)
     with hold_lock(normalize(out)):
         claimed = OutputFolder.reopen(out, REPORT_KINDS)

@@ -100,3 +100,43 @@ def test_a_damaged_faiss_index_or_ids_is_one_line_naming_it(tmp_path):
         with pytest.raises(InputError, match=re.escape(path.name)):
             FeatureIndex.load(tmp_path / "i")
         path.write_bytes(kept)
+
+
+# ------------------------------------------------------------ a recipe run's inputs and outputs
+
+@pytest.fixture
+def recipe_run(tmp_path: Path) -> Path:
+    """A two-task recipe run over a 40-row pool, with held-out rows per task."""
+    import yaml
+
+    write_jsonl(tmp_path / "pool.jsonl", _records(40))
+    targets = {}
+    for task in ("a", "b"):
+        write_jsonl(tmp_path / f"{task}.jsonl", _records(8))
+        write_jsonl(tmp_path / f"{task}.eval.jsonl",
+                    [{"id": f"e{i}", "text": f"print({i})"} for i in range(3)])
+        targets[task] = {"paths": str(tmp_path / f"{task}.jsonl"),
+                         "eval": str(tmp_path / f"{task}.eval.jsonl")}
+    recipe = {"pool": {"paths": str(tmp_path / "pool.jsonl")}, "targets": targets,
+              "scorers": {"dsir": {"num_buckets": 1000}},
+              "selection": {"policy": "top_k", "k": 5}, "output": {"path": str(tmp_path / "out")},
+              "cluster": {"workers": 1, "worker_kind": "threads"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert main(["run", str(tmp_path / "r.yaml")]) == 0
+    return tmp_path / "out"
+
+
+def test_report_refuses_a_run_whose_outputs_went_missing(recipe_run, capsys):
+    import shutil
+
+    part = next((recipe_run / "union").glob("part-*"))
+    kept = part.read_bytes()
+    part.unlink()
+    line = _one_line_exit_2(["report", str(recipe_run)], capsys)
+    assert "union" in line and part.name in line and "missing" in line
+    part.write_bytes(kept)
+    shutil.rmtree(recipe_run / "union")
+    assert "union" in _one_line_exit_2(["report", str(recipe_run)], capsys)
+    shutil.rmtree(recipe_run / "tasks" / "b")
+    line = _one_line_exit_2(["report", str(recipe_run)], capsys)
+    assert "tasks/b" in line and "missing" in line
