@@ -140,3 +140,13 @@ def test_report_refuses_a_run_whose_outputs_went_missing(recipe_run, capsys):
     shutil.rmtree(recipe_run / "tasks" / "b")
     line = _one_line_exit_2(["report", str(recipe_run)], capsys)
     assert "tasks/b" in line and "missing" in line
+
+
+@pytest.mark.parametrize("edited", ["a.eval.jsonl", "b.jsonl", "pool.jsonl"])
+def test_eval_refuses_inputs_that_changed_since_the_run(recipe_run, capsys, edited):
+    path = recipe_run.parent / edited
+    path.write_text("\n".join(path.read_text().splitlines()[1:]) + "\n")
+    line = _one_line_exit_2(["eval", str(recipe_run), "--seeds", "0", "--steps", "1",
+                             "--workers", "1"], capsys)
+    assert edited in line and "changed since the run" in line
+    assert not (recipe_run / "eval" / "results.json").exists()
