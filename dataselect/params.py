@@ -95,6 +95,7 @@ def validate_settings(cls: type, values: Mapping[str, Any], owner: str) -> dict[
     if unknown:
         raise InputError(f"{owner} has no parameter {unknown[0]!r}; known: "
                          f"{sorted(field_types(cls))}", field=unknown[0])
+    check_required(cls, values, owner)
     if not values:  # nothing to check: the dataclass' defaults are its own
         return {}
     import pydantic
@@ -107,6 +108,22 @@ def validate_settings(cls: type, values: Mapping[str, Any], owner: str) -> dict[
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InputError(message, field=key) from None
     return model.model_dump(exclude_unset=True)
+
+
+def check_required(cls: type, values: Mapping[str, Any], owner: str) -> None:
+    """Refuse settings that leave out a field without a default (``embed``'s ``model``),
+    naming the key and how to give it; building the object would fail with a TypeError
+    about ``__init__``. A job's seed, and the budget of a scorer that takes it, are filled
+    in by the job when not given (``pipelines.jobs.build_scorer``), so never missing."""
+    later = {"seed"} | ({"k", "fraction"} if getattr(cls, "takes_budget", False) else set())
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.init and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING
+               and f.name not in values and f.name not in later]
+    if missing:
+        raise InputError(f"{owner} needs the setting {missing[0]!r}: give it with "
+                         f"-p {missing[0]}=VALUE (in a recipe, as a key of its settings)",
+                         field=missing[0])
 
 
 def settings_from_text(cls: type, pairs: Mapping[str, str], owner: str) -> dict[str, Any]:

@@ -150,3 +150,46 @@ def test_eval_refuses_inputs_that_changed_since_the_run(recipe_run, capsys, edit
                              "--workers", "1"], capsys)
     assert edited in line and "changed since the run" in line
     assert not (recipe_run / "eval" / "results.json").exists()
+
+
+# ------------------------------------------------------------ required settings, devices
+
+@pytest.mark.parametrize("argv", [
+    ["features", "--scorer", "embed", "--side", "pool"],
+    ["features", "--scorer", "less", "--side", "pool"],
+    ["select", "--scorer", "bads", "--k", "2", "--target", TARGET],
+    ["select", "--scorer", "embed", "--k", "2", "--target", TARGET],
+    ["attribute", "--method", "trak", "--queries", TARGET, "-k", "1"],
+])
+def test_a_missing_required_setting_names_p(pool, tmp_path, capsys, argv):
+    place = ["--input" if argv[0] == "features" else "--pool", str(pool)]
+    line = _one_line_exit_2([*argv, *place, "--out", str(tmp_path / "o")], capsys)
+    assert "'model'" in line and "-p model=" in line
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_recipe_scorer_without_its_required_setting_names_it(pool, tmp_path, capsys):
+    import yaml
+
+    recipe = {"pool": {"paths": str(pool)}, "targets": {"t": {"paths": TARGET}},
+              "scorers": {"embed": {}}, "selection": {"policy": "top_k", "k": 2},
+              "output": {"path": str(tmp_path / "out")}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    line = _one_line_exit_2(["run", str(tmp_path / "r.yaml")], capsys)
+    assert "embed" in line and "model" in line and "Traceback" not in line
+
+
+def test_a_plugin_setting_without_default_is_named():
+    import dataclasses
+
+    from dataselect.params import validate_settings
+
+    @dataclasses.dataclass
+    class Plugin:
+        path: str
+        seed: int  # the job fills a seed in
+        scale: float = 1.0
+
+    with pytest.raises(InputError, match=r"plugin needs the setting 'path'.*-p path="):
+        validate_settings(Plugin, {"scale": 2.0}, "plugin")
+    assert validate_settings(Plugin, {"path": "x"}, "plugin") == {"path": "x"}
