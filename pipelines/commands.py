@@ -133,6 +133,9 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
     from pipelines import feature_jobs
 
     if args.command == "warmup":
+        from dataselect.checks import check_device, optional
+
+        optional(check_device, args.device, "--device")  # before the pool is read
         pool = read_corpus(args.pool, args.text_field, args.id_field)
         feature_jobs.run_warmup_job(args.model, pool, args.out,
                                     feature_jobs.warmup_config(_pairs(args.param)),

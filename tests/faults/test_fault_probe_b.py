@@ -193,3 +193,41 @@ def test_a_plugin_setting_without_default_is_named():
     with pytest.raises(InputError, match=r"plugin needs the setting 'path'.*-p path="):
         validate_settings(Plugin, {"scale": 2.0}, "plugin")
     assert validate_settings(Plugin, {"path": "x"}, "plugin") == {"path": "x"}
+
+
+NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is here")
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", "meta", "", 
+                                    pytest.param("cuda:7", marks=NO_CUDA),
+                                    pytest.param("cuda", marks=NO_CUDA)])
+def test_warmup_checks_its_device_before_any_work(pool, tmp_path, capsys, device):
+    line = _one_line_exit_2(["warmup", "--model", str(tmp_path / "no-model"), "--pool",
+                             str(pool), "--out", str(tmp_path / "w"), "--device", device],
+                            capsys)
+    assert "--device" in line and (device in line or "device" in line)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["select", "--scorer", "embed", "--k", "2", "--target", TARGET],
+    ["select", "--scorer", "bads", "--k", "2", "--target", TARGET],
+    ["features", "--scorer", "less", "--side", "pool"],
+    ["attribute", "--method", "trak", "--queries", TARGET, "-k", "1"],
+])
+def test_a_scorer_device_that_is_no_device_is_one_line(pool, tmp_path, capsys, argv):
+    place = ["--input" if argv[0] == "features" else "--pool", str(pool)]
+    line = _one_line_exit_2([*argv, *place, "--out", str(tmp_path / "o"), "-p",
+                             f"model={tmp_path}", "-p", "device=bogus"], capsys)
+    assert "'device'" in line and "bogus" in line
+
+
+@NO_CUDA
+def test_a_missing_gpu_is_one_line_where_the_model_runs():
+    from dataselect.checks import SettingError
+    from scorers.lm import pick_device
+
+    for device in ("cuda", "cuda:7"):
+        with pytest.raises(SettingError, match="no CUDA device"):
+            pick_device(device)
+    assert pick_device("cpu").type == "cpu"
