@@ -88,14 +88,18 @@ def check_booleans(settings: Any) -> None:
             else checks.check_bool(getattr(settings, name), name)
 
 
-def validate_settings(cls: type, values: Mapping[str, Any], owner: str) -> dict[str, Any]:
+def validate_settings(cls: type, values: Mapping[str, Any], owner: str,
+                      complete: bool = True) -> dict[str, Any]:
     """``values`` checked against ``cls``'s fields; only the keys given are returned (the
-    dataclass fills in its defaults). Errors are an InputError naming the key."""
+    dataclass fills in its defaults). Errors are an InputError naming the key. With
+    ``complete``, the values are all there will be: a field without a default must be
+    among them."""
     unknown = sorted(set(values) - set(field_types(cls)))
     if unknown:
         raise InputError(f"{owner} has no parameter {unknown[0]!r}; known: "
                          f"{sorted(field_types(cls))}", field=unknown[0])
-    check_required(cls, values, owner)
+    if complete:
+        check_required(cls, values, owner)
     if not values:  # nothing to check: the dataclass' defaults are its own
         return {}
     import pydantic
@@ -126,7 +130,8 @@ def check_required(cls: type, values: Mapping[str, Any], owner: str) -> None:
                          field=missing[0])
 
 
-def settings_from_text(cls: type, pairs: Mapping[str, str], owner: str) -> dict[str, Any]:
+def settings_from_text(cls: type, pairs: Mapping[str, str], owner: str,
+                       complete: bool = True) -> dict[str, Any]:
     """``KEY=VALUE`` text (the command line's ``-p``), each value turned into its field's
     type, then checked like any other value."""
     kinds = field_types(cls)
@@ -136,7 +141,7 @@ def settings_from_text(cls: type, pairs: Mapping[str, str], owner: str) -> dict[
             raise InputError(f"{owner} has no parameter {key!r}; known: {sorted(kinds)}",
                              field=key)
         values[key] = _from_text(text, kinds[key], key)
-    return validate_settings(cls, values, owner)
+    return validate_settings(cls, values, owner, complete)
 
 
 def _from_text(text: str, kind: Any, key: str) -> Any:

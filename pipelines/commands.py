@@ -88,7 +88,8 @@ def parse_params(scorer: str, pairs: list[str] | None) -> dict[str, Any]:
     from dataselect.params import settings_from_text
     from scorers import SCORERS
 
-    return settings_from_text(SCORERS[scorer], _pairs(pairs), scorer)
+    # complete=False: the job adds its seed and budget, then checks them all (build_scorer)
+    return settings_from_text(SCORERS[scorer], _pairs(pairs), scorer, complete=False)
 
 
 def job_from_args(args: argparse.Namespace) -> SelectJob:
