@@ -325,7 +325,8 @@ def _plot_kl(folder: ReportFiles, run: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
     tasks = list(run["tasks"])
-    values = [run["tasks"][t]["metrics"].get("kl_reduction", np.nan) for t in tasks]
+    values = [run["tasks"][t]["metrics"].get("kl_reduction") for t in tasks]
+    values = [np.nan if v is None else v for v in values]  # null: no pool sample
     fig, ax = plt.subplots(figsize=(1.1 * len(tasks) + 2.5, 3))
     ax.bar(tasks, values, color="tab:green")
     ax.set_ylabel("KL(target‖pool) − KL(target‖selection)", fontsize=8)

@@ -11,6 +11,7 @@ is checked before any work."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -231,3 +232,27 @@ def test_a_missing_gpu_is_one_line_where_the_model_runs():
         with pytest.raises(SettingError, match="no CUDA device"):
             pick_device(device)
     assert pick_device("cpu").type == "cpu"
+
+
+# ------------------------------------------------------------ metrics from no rows
+
+def test_a_metrics_sample_of_no_row_records_null_and_says_why(pool, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_select(pool, out, "--metrics-sample", "1e-300")) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / ".manifest.json").read_text())["metrics"]
+    assert metrics["kl_target_pool"] is None and metrics["kl_reduction"] is None
+    assert metrics["kl_target_selected"] is not None
+    assert "--metrics-sample" in metrics["metrics_note"]
+    assert "--metrics-sample" in printed
+    assert main(["report", str(out)]) == 0  # the page draws the missing number as a gap
+
+
+def test_a_pool_sample_of_one_row_still_gives_the_kl():
+    from dataselect.metrics import kl_reduction
+
+    one_row = np.zeros(8, np.int64)
+    one_row[3] = 2
+    found = kl_reduction(np.ones(8, np.int64), one_row, np.zeros(8, np.int64))
+    assert isinstance(found["kl_target_pool"], float) and found["kl_target_selected"] is None
+    assert found["kl_reduction"] is None and "selection" in found["metrics_note"]
