@@ -71,6 +71,10 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                      [SCORERS[name] for name in recipe.scorers])
     # columns the task outputs and the union would add, and what Parquet cannot store
     output_schema(pool, (*ADDED_COLUMNS, TASKS_COLUMN), recipe.output.format, parse=False)
+    if recipe.output.save_to_disk:
+        from dataselect.hf import check_hf_schema
+
+        check_hf_schema(pool)
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])

@@ -256,3 +256,48 @@ def test_a_pool_sample_of_one_row_still_gives_the_kl():
     found = kl_reduction(np.ones(8, np.int64), one_row, np.zeros(8, np.int64))
     assert isinstance(found["kl_target_pool"], float) and found["kl_target_selected"] is None
     assert found["kl_reduction"] is None and "selection" in found["metrics_note"]
+
+
+# ------------------------------------------------------------ save_to_disk and pool types
+
+@pytest.fixture
+def map_pool(tmp_path: Path) -> Path:
+    import pyarrow.parquet as pq
+
+    rows = _records(6)
+    table = pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows],
+                      "m": pa.array([[("k", i)] for i in range(6)],
+                                    pa.map_(pa.string(), pa.int64()))})
+    pq.write_table(table, tmp_path / "map.parquet")
+    return tmp_path / "map.parquet"
+
+
+def test_a_column_datasets_cannot_hold_is_refused_before_any_work(map_pool, tmp_path):
+    from dataselect.corpus import read_corpus
+    from dataselect.hf import check_hf_schema
+
+    with pytest.raises(InputError, match=r"map\.parquet.*field 'm'.*--save-to-disk"):
+        check_hf_schema(read_corpus(str(map_pool)))
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(map_pool).drop_columns(["m"]), tmp_path / "plain.parquet")
+    check_hf_schema(read_corpus(str(tmp_path / "plain.parquet")))  # no error
+
+
+def test_a_recipe_with_save_to_disk_refuses_a_map_column_up_front(map_pool, tmp_path, capsys):
+    import yaml
+
+    recipe = {"pool": {"paths": str(map_pool)}, "targets": {"t": {"paths": TARGET}},
+              "scorers": {"dsir": {"num_buckets": 1000}},
+              "selection": {"policy": "top_k", "k": 2},
+              "output": {"path": str(tmp_path / "out"), "save_to_disk": True},
+              "cluster": {"workers": 1, "worker_kind": "threads"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    line = _one_line_exit_2(["run", str(tmp_path / "r.yaml")], capsys)
+    assert "'m'" in line and "save_to_disk" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_with_save_to_disk_names_a_map_column(map_pool, tmp_path, capsys):
+    line = _one_line_exit_2(_select(map_pool, tmp_path / "out", "--save-to-disk"), capsys)
+    assert "'m'" in line and "--save-to-disk" in line
