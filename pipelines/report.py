@@ -40,7 +40,7 @@ from rich.console import Console
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
-from dataselect.output import atomic_write, read_json, read_table
+from dataselect.output import atomic_write, damaged_if_unreadable, read_json, read_table
 from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import (
     REPORT_KINDS,
@@ -164,7 +164,10 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
 
 
 def _stride(files: list[str]) -> int:
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    rows = 0
+    for f in files:
+        with damaged_if_unreadable(f):
+            rows += pq.ParquetFile(f).metadata.num_rows
     return max(1, math.ceil(rows / MAX_POINTS))
 
 
@@ -180,8 +183,9 @@ def _task_scores(task_dir: str, scorers: list[str]) -> dict[str, dict[str, np.nd
         step = _stride(files)
         parts = []
         for f in files:
-            table = pq.read_table(f, columns=[c for c in ("score", "filtered_by")
-                                              if c in pq.read_schema(f).names])
+            with damaged_if_unreadable(f):
+                table = pq.read_table(f, columns=[c for c in ("score", "filtered_by")
+                                                  if c in pq.read_schema(f).names])
             score = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
             if "filtered_by" in table.column_names:
                 filtered = ~table["filtered_by"].is_null().to_numpy(zero_copy_only=False)

@@ -301,3 +301,13 @@ def test_a_recipe_with_save_to_disk_refuses_a_map_column_up_front(map_pool, tmp_
 def test_select_with_save_to_disk_names_a_map_column(map_pool, tmp_path, capsys):
     line = _one_line_exit_2(_select(map_pool, tmp_path / "out", "--save-to-disk"), capsys)
     assert "'m'" in line and "--save-to-disk" in line
+
+
+@pytest.mark.parametrize("part", ["part-00000.parquet", ".scores/dsir/part-00000.parquet"])
+def test_report_names_a_truncated_part_or_score_store_file(pool, tmp_path, capsys, part):
+    out = tmp_path / "out"
+    assert main(_select(pool, out)) == 0
+    damaged = out / part
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    line = _one_line_exit_2(["report", str(out)], capsys)
+    assert part.split("/")[-1] in line and "rerun" in line
