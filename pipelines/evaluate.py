@@ -332,8 +332,10 @@ def plan_trainings(out: str, settings: EvalSettings
     tasks = _tasks_to_evaluate(recipe, run, settings)
     pool = read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                        max(1, int(recipe.pool.partition_mb * 2**20)))
+    from pipelines.report_input import check_outputs_present
     from pipelines.run_recipe import check_inputs_unchanged
 
+    check_outputs_present(out, run)  # never train on part of a selection
     check_inputs_unchanged(out, recipe, pool, "evaluating")
     folder = os.path.join(out, EVAL_DIR)
     os.makedirs(os.path.join(folder, RUNS_DIR), exist_ok=True)

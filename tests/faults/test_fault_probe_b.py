@@ -311,3 +311,20 @@ def test_report_names_a_truncated_part_or_score_store_file(pool, tmp_path, capsy
     damaged.write_bytes(damaged.read_bytes()[:40])
     line = _one_line_exit_2(["report", str(out)], capsys)
     assert part.split("/")[-1] in line and "rerun" in line
+
+
+@pytest.mark.parametrize("name", [".run.json", "tasks/a/.manifest.json", ".dataselect.json",
+                                  "union/.manifest.json", "eval/results.json"])
+def test_report_on_a_run_with_a_damaged_file_names_it(recipe_run, capsys, name):
+    path = recipe_run / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("{bad")
+    line = _one_line_exit_2(["report", str(recipe_run)], capsys)
+    assert name.split("/")[-1] in line
+
+
+def test_eval_refuses_a_selection_missing_a_part(recipe_run, capsys):
+    next((recipe_run / "tasks" / "a").glob("part-*")).unlink()
+    line = _one_line_exit_2(["eval", str(recipe_run), "--seeds", "0", "--steps", "1",
+                             "--workers", "1"], capsys)
+    assert "tasks/a" in line and "missing" in line
