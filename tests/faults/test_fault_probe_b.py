@@ -328,3 +328,13 @@ def test_eval_refuses_a_selection_missing_a_part(recipe_run, capsys):
     line = _one_line_exit_2(["eval", str(recipe_run), "--seeds", "0", "--steps", "1",
                              "--workers", "1"], capsys)
     assert "tasks/a" in line and "missing" in line
+
+
+def test_index_build_on_a_truncated_feature_part_names_it(tmp_path, capsys):
+    store = FeatureStore.create(tmp_path / "f", {"kind": "x", "dim": 3, "views": 1})
+    store.write_part(0, pa.array(["a", "b"]), np.ones((2, 1, 3), np.float32))
+    matrix = Path(store.matrix_path(0))
+    matrix.write_bytes(matrix.read_bytes()[:30])
+    line = _one_line_exit_2(["index", "build", "--features", str(tmp_path / "f"), "--out",
+                             str(tmp_path / "i")], capsys)
+    assert "part-00000.npy" in line
