@@ -29,7 +29,7 @@ import pyarrow as pa
 from dataselect.errors import InputError
 from dataselect.index import FeatureIndex
 from dataselect.outdir import OutputFolder, check_output_file, owned_metadata
-from dataselect.output import atomic_write, read_table, write_table
+from dataselect.output import atomic_write, load_array, read_table, write_table
 
 ATTRIBUTION_SCHEMA = pa.schema([
     ("query_id", pa.string()),
@@ -148,7 +148,7 @@ def read_attribution_matrix(folder: str | os.PathLike
     """``(matrix, train_ids, query_ids)`` of a folder written by
     :func:`write_attribution_matrix` (the matrix memory-mapped)."""
     folder = os.fspath(folder)
-    return (np.load(os.path.join(folder, MATRIX_FILE), mmap_mode="r"),
+    return (load_array(os.path.join(folder, MATRIX_FILE), mmap=True),
             read_table(os.path.join(folder, TRAIN_IDS_FILE))["id"].to_pylist(),
             read_table(os.path.join(folder, QUERY_IDS_FILE))["id"].to_pylist())
 

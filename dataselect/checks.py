@@ -290,6 +290,49 @@ def check_bool(value: Any, name: str | None = None) -> bool:
     return bool(value)
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(value: Any, name: str | None = "device", *, here: bool = True) -> str:
+    """A torch device (``cpu``, ``cuda``, ``cuda:1``, ``mps``), parsed as torch parses it;
+    with ``here``, one this machine has. Checked before any work: torch would fail on a
+    bad name with a RuntimeError, and on a missing GPU with an AssertionError, after the
+    pool was read and the model loaded. Without ``here`` (a scorer that may run on a
+    remote cluster's workers), only the spelling; the workers check the rest."""
+    if not isinstance(value, str) or not value:
+        raise SettingError(f"must be a device name such as cpu, cuda or cuda:1, got "
+                           f"{shown(value)}", field=name)
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise SettingError(f"{value!r} is not a device: give cpu, cuda, cuda:N or mps",
+                           field=name)
+    if here:
+        _check_device_here(device, value, name)
+    return value
+
+
+def _check_device_here(device: Any, value: str, name: str | None) -> None:
+    import torch
+
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SettingError(f"{value!r}: this machine has no CUDA device torch can use "
+                               f"(torch {torch.__version__}): give cpu, or leave the "
+                               "device out to use a GPU when there is one", field=name)
+        if device.index is not None and device.index >= count:
+            raise SettingError(f"{value!r}: this machine has {count} CUDA device(s), "
+                               f"cuda:0 to cuda:{count - 1}", field=name)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingError(f"{value!r}: MPS (Apple GPU) is not available on this machine: "
+                           "give cpu, or leave the device out", field=name)
+
+
 def check_choice(value: Any, choices: tuple[str, ...], name: str | None = None) -> str:
     """One of ``choices`` (strings), compared exactly."""
     if not isinstance(value, str) or value not in choices:

@@ -32,6 +32,7 @@ from dataselect.outdir import OutputFolder
 from dataselect.output import (
     atomic_write,
     jsonable,
+    load_array,
     read_json,
     read_table,
     remove_stale_temporaries,
@@ -123,7 +124,7 @@ class FeatureStore:
     def read_part(self, index: int, mmap: bool = True) -> tuple[pa.Array, np.ndarray]:
         """``(ids, features)`` of shard ``index``; the matrix is memory-mapped by default."""
         ids = read_table(self.ids_path(index))["id"].combine_chunks()
-        matrix = np.load(self.matrix_path(index), mmap_mode="r" if mmap else None)
+        matrix = load_array(self.matrix_path(index), mmap)
         if matrix.shape[0] != len(ids):
             raise InputError(f"{len(ids)} ids but {matrix.shape[0]} feature rows",
                              where=self.matrix_path(index))

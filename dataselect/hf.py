@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from dataselect import storage
 from dataselect.checks import check_path
+from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.layout import HF_DIR, MANIFEST_FILE
@@ -67,7 +68,8 @@ def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
     os.makedirs(hf, exist_ok=True)
     remove_stale_temporaries(hf)
     sources = [p for p, r in zip(parts, rows) if r] or parts[:1]
-    schema = _features(_unified_schema([folder.join(p) for p in parts])).arrow_schema
+    schema = _features(_unified_schema([folder.join(p) for p in parts]),
+                       folder.join(parts[0])).arrow_schema
     writer = _WriteShard(folder.path, tuple(sources), tuple(names), schema)
     runner("write:hf", partition_tasks("write-hf", writer, len(names)))
     info = _dataset_info(schema, sum(os.path.getsize(os.path.join(hf, n)) for n in names))
@@ -125,18 +127,41 @@ def _unified_schema(paths: list[str]) -> pa.Schema:
         raise InputError(f"the parts' columns do not agree ({exc})", where=paths[0]) from None
 
 
-def _features(schema: pa.Schema) -> Any:
+def check_hf_schema(pool: Corpus, parse: bool = False) -> None:
+    """Refuse, before any work, a pool column that the ``save_to_disk`` layout cannot
+    hold (a Parquet map, a time with time zone...): ``datasets`` fails on it only after
+    every part is written, so the job would end without its manifest. Call it at a job's
+    start when ``save_to_disk`` is set; Parquet, Arrow and HF pools answer from their
+    metadata, JSONL ones (which hold no such types) only when ``parse``."""
+    for place, schema in pool.schemas(parse):
+        _features(schema, place)
+
+
+def _features(schema: pa.Schema, place: str) -> Any:
+    """The datasets features of ``schema``; a column without one is named in one line."""
     from datasets import Features
 
+    try:
+        return Features.from_arrow_schema(schema)
+    except (ValueError, TypeError, NotImplementedError):
+        pass
+    for column in schema:
+        try:
+            Features.from_arrow_schema(pa.schema([column]))
+        except (ValueError, TypeError, NotImplementedError):
+            raise InputError(f"column of type {column.type} has no Hugging Face datasets "
+                             "equivalent, so the save_to_disk copy cannot hold it: drop "
+                             "--save-to-disk (output.save_to_disk), or cast or drop the "
+                             "column", where=place, field=column.name) from None
     return Features.from_arrow_schema(schema)
 
 
 def _dataset_info(schema: pa.Schema, size: int) -> dict[str, Any]:
     """``dataset_info.json`` as ``save_to_disk`` writes it (top-level keys sorted)."""
-    from datasets import DatasetInfo
+    from datasets import DatasetInfo, Features
     from datasets.utils.py_utils import asdict
 
-    info = asdict(DatasetInfo(features=_features(schema), dataset_size=size,
+    info = asdict(DatasetInfo(features=Features.from_arrow_schema(schema), dataset_size=size,
                               size_in_bytes=size))
     return {key: info[key] for key in sorted(info)}
 

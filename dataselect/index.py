@@ -26,7 +26,14 @@ from dataselect.defaults import DEFAULT_HNSW_M, DEFAULT_NPROBE
 from dataselect.errors import InputError
 from dataselect.features import normalize_rows
 from dataselect.outdir import OutputFolder
-from dataselect.output import atomic_write, read_json, read_table, write_json, write_table
+from dataselect.output import (
+    atomic_write,
+    damaged_if_unreadable,
+    read_json,
+    read_table,
+    write_json,
+    write_table,
+)
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 Shards = Iterable[tuple[Any, np.ndarray]]  # (ids, vectors) pairs
@@ -147,7 +154,8 @@ class FeatureIndex:
             if not os.path.exists(os.path.join(folder, name)):
                 raise InputError(f"not an index folder: {name} is missing", where=folder)
         meta = read_json(os.path.join(folder, META_FILE))
-        index = faiss.read_index(os.path.join(folder, INDEX_FILE))
+        with damaged_if_unreadable(os.path.join(folder, INDEX_FILE)):
+            index = faiss.read_index(os.path.join(folder, INDEX_FILE))
         ids = read_table(os.path.join(folder, IDS_FILE))["id"].to_pylist()
         if index.ntotal != len(ids):
             raise InputError(f"index holds {index.ntotal} rows but {len(ids)} ids", where=folder)

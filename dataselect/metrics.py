@@ -49,13 +49,32 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
 
 def kl_reduction(target_counts: np.ndarray, pool_counts: np.ndarray,
                  selected_counts: np.ndarray, smoothing: float = DEFAULT_SMOOTHING
-                 ) -> dict[str, float]:
-    """KL(target‖pool), KL(target‖selected) and their difference (higher is better)."""
+                 ) -> dict[str, float | str | None]:
+    """KL(target‖pool), KL(target‖selected) and their difference (higher is better).
+
+    A side that holds no n-gram (a metrics sample that drew no row, as a tiny pool or a
+    tiny ``metrics_sample`` gives; a selection of no rows) has no distribution: its KL
+    would be the KL to the smoothing alone, a number that looks real. It is None, as is
+    the difference, and ``metrics_note`` says why and what to change."""
     target = ngram_distribution(target_counts, smoothing)
-    to_pool = kl_divergence(target, ngram_distribution(pool_counts, smoothing))
-    to_selected = kl_divergence(target, ngram_distribution(selected_counts, smoothing))
-    return {"kl_target_pool": to_pool, "kl_target_selected": to_selected,
-            "kl_reduction": to_pool - to_selected}
+    to_pool, to_selected = (
+        kl_divergence(target, ngram_distribution(counts, smoothing)) if np.any(counts)
+        else None for counts in (pool_counts, selected_counts))
+    found: dict[str, float | str | None] = {
+        "kl_target_pool": to_pool, "kl_target_selected": to_selected,
+        "kl_reduction": None if to_pool is None or to_selected is None
+        else to_pool - to_selected}
+    empty = [why for value, why in ((to_pool, EMPTY_POOL_SAMPLE),
+                                    (to_selected, EMPTY_SELECTION)) if value is None]
+    if empty:
+        found["metrics_note"] = "; ".join(empty)
+    return found
+
+
+EMPTY_POOL_SAMPLE = ("kl_target_pool is null: the pool sample for the metrics holds no row "
+                     "with text (the pool is too small for the metrics sample fraction); "
+                     "raise --metrics-sample (metrics_sample in a recipe)")
+EMPTY_SELECTION = "kl_target_selected is null: the selection holds no row with text"
 
 
 def domain_precision(selected_labels: Sequence[Any], target_label: Any) -> float:

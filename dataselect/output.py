@@ -13,14 +13,17 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataselect import storage
+from dataselect.errors import InputError
 
 OutputFormat = Literal["parquet", "arrow"]
 SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
@@ -103,10 +106,43 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
 
 def read_table(path: str | os.PathLike) -> pa.Table:
     path = str(path)
-    if path.endswith(".arrow"):
-        with storage.mapped(path) as source:
-            return pa.ipc.open_file(source).read_all()
-    return pq.read_table(storage.source(path))
+    with damaged_if_unreadable(path):
+        if path.endswith(".arrow"):
+            with storage.mapped(path) as source:
+                return pa.ipc.open_file(source).read_all()
+        return pq.read_table(storage.source(path))
+
+
+def load_array(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """An ``.npy`` file dataselect wrote (a feature matrix, hashes), read back."""
+    with damaged_if_unreadable(path):
+        return np.load(os.fspath(path), mmap_mode="r" if mmap else None)
+
+
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file dataselect wrote (a part's n-gram counts), all read
+    now so that a cut-short member fails here, naming the file."""
+    with damaged_if_unreadable(path), open_read(path) as file, np.load(file) as saved:
+        return {name: saved[name] for name in saved.files}
+
+
+@contextlib.contextmanager
+def damaged_if_unreadable(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a reader's failure on a file dataselect wrote (cut short by a full disk or a
+    copy, edited, overwritten) into one line naming the file and the fix. A missing file
+    stays an OSError, which names it; FAISS reports a bad file as a RuntimeError."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, EOFError, RuntimeError, zipfile.BadZipFile, pa.ArrowException) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise _damaged(path, f"it cannot be read ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -116,11 +152,29 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
         f.write("\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    if storage.is_remote(path):
-        return json.loads(storage.read_bytes(os.fspath(path)).decode("utf-8"))
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object dataselect wrote (a manifest, a marker, results), read back.
+
+    Every such file is an object; one that is cut short, edited or overwritten is refused
+    in one line naming it, since a traceback from deep in ``json`` names neither the file
+    nor the fix."""
+    try:
+        if storage.is_remote(path):
+            data = json.loads(storage.read_bytes(os.fspath(path)).decode("utf-8"))
+        else:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _damaged(path, f"it is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"it holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _damaged(path: str | os.PathLike, why: str) -> InputError:
+    return InputError(f"dataselect wrote this file but {why}: it was damaged or edited; "
+                      "restore it, or delete the output folder and rerun the command "
+                      "that made it", where=os.fspath(path))
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

@@ -88,13 +88,18 @@ def check_booleans(settings: Any) -> None:
             else checks.check_bool(getattr(settings, name), name)
 
 
-def validate_settings(cls: type, values: Mapping[str, Any], owner: str) -> dict[str, Any]:
+def validate_settings(cls: type, values: Mapping[str, Any], owner: str,
+                      complete: bool = True) -> dict[str, Any]:
     """``values`` checked against ``cls``'s fields; only the keys given are returned (the
-    dataclass fills in its defaults). Errors are an InputError naming the key."""
+    dataclass fills in its defaults). Errors are an InputError naming the key. With
+    ``complete``, the values are all there will be: a field without a default must be
+    among them."""
     unknown = sorted(set(values) - set(field_types(cls)))
     if unknown:
         raise InputError(f"{owner} has no parameter {unknown[0]!r}; known: "
                          f"{sorted(field_types(cls))}", field=unknown[0])
+    if complete:
+        check_required(cls, values, owner)
     if not values:  # nothing to check: the dataclass' defaults are its own
         return {}
     import pydantic
@@ -109,7 +114,24 @@ def validate_settings(cls: type, values: Mapping[str, Any], owner: str) -> dict[
     return model.model_dump(exclude_unset=True)
 
 
-def settings_from_text(cls: type, pairs: Mapping[str, str], owner: str) -> dict[str, Any]:
+def check_required(cls: type, values: Mapping[str, Any], owner: str) -> None:
+    """Refuse settings that leave out a field without a default (``embed``'s ``model``),
+    naming the key and how to give it; building the object would fail with a TypeError
+    about ``__init__``. A job's seed, and the budget of a scorer that takes it, are filled
+    in by the job when not given (``pipelines.jobs.build_scorer``), so never missing."""
+    later = {"seed"} | ({"k", "fraction"} if getattr(cls, "takes_budget", False) else set())
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.init and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING
+               and f.name not in values and f.name not in later]
+    if missing:
+        raise InputError(f"{owner} needs the setting {missing[0]!r}: give it with "
+                         f"-p {missing[0]}=VALUE (in a recipe, as a key of its settings)",
+                         field=missing[0])
+
+
+def settings_from_text(cls: type, pairs: Mapping[str, str], owner: str,
+                       complete: bool = True) -> dict[str, Any]:
     """``KEY=VALUE`` text (the command line's ``-p``), each value turned into its field's
     type, then checked like any other value."""
     kinds = field_types(cls)
@@ -119,7 +141,7 @@ def settings_from_text(cls: type, pairs: Mapping[str, str], owner: str) -> dict[
             raise InputError(f"{owner} has no parameter {key!r}; known: {sorted(kinds)}",
                              field=key)
         values[key] = _from_text(text, kinds[key], key)
-    return validate_settings(cls, values, owner)
+    return validate_settings(cls, values, owner, complete)
 
 
 def _from_text(text: str, kind: Any, key: str) -> Any:

@@ -98,7 +98,8 @@ def parse_params(scorer: str, pairs: list[str] | None) -> dict[str, Any]:
     from dataselect.params import settings_from_text
     from scorers import SCORERS
 
-    return settings_from_text(SCORERS[scorer], _pairs(pairs), scorer)
+    # complete=False: the job adds its seed and budget, then checks them all (build_scorer)
+    return settings_from_text(SCORERS[scorer], _pairs(pairs), scorer, complete=False)
 
 
 def job_from_args(args: argparse.Namespace) -> SelectJob:
@@ -143,6 +144,9 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
     from pipelines import feature_jobs
 
     if args.command == "warmup":
+        from dataselect.checks import check_device, optional
+
+        optional(check_device, args.device, "--device")  # before the pool is read
         pool = read_corpus(args.pool, args.text_field, args.id_field)
         feature_jobs.run_warmup_job(args.model, pool, args.out,
                                     feature_jobs.warmup_config(_pairs(args.param)),

@@ -132,7 +132,7 @@ class TrainingJob:
 
     def __call__(self) -> dict[str, Any]:
         if os.path.exists(self.path):
-            previous = read_json(self.path)
+            previous = _previous_result(self.path)
             if previous.get("key") == self.key:
                 return {**previous, "reused": True}
         import torch
@@ -153,6 +153,15 @@ class TrainingJob:
                   else None, **metrics, "seconds": round(time.perf_counter() - started, 3)}
         write_json(result, self.path)
         return {**result, "reused": False}
+
+
+def _previous_result(path: str) -> dict[str, Any]:
+    """A training's result from an earlier evaluation; a damaged one (a killed write on a
+    full disk) is trained again and replaced, as a missing one is."""
+    try:
+        return read_json(path)
+    except InputError:
+        return {}
 
 
 def _load_model(base: str, fresh_init: bool, seed: int) -> tuple[Any, Any]:
@@ -323,6 +332,11 @@ def plan_trainings(out: str, settings: EvalSettings
     tasks = _tasks_to_evaluate(recipe, run, settings)
     pool = read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                        max(1, int(recipe.pool.partition_mb * 2**20)))
+    from pipelines.report_input import check_outputs_present
+    from pipelines.run_recipe import check_inputs_unchanged
+
+    check_outputs_present(out, run)  # never train on part of a selection
+    check_inputs_unchanged(out, recipe, pool, "evaluating")
     folder = os.path.join(out, EVAL_DIR)
     os.makedirs(os.path.join(folder, RUNS_DIR), exist_ok=True)
     base, fresh = _base_model(pool, settings, folder)

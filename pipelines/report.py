@@ -40,9 +40,14 @@ from rich.console import Console
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
-from dataselect.output import atomic_write, read_json, read_table
+from dataselect.output import atomic_write, damaged_if_unreadable, read_json, read_table
 from dataselect.writer import MANIFEST_FILE
-from pipelines.report_input import REPORT_KINDS, check_pool_unchanged, read_report_input
+from pipelines.report_input import (
+    REPORT_KINDS,
+    check_outputs_present,
+    check_pool_unchanged,
+    read_report_input,
+)
 
 MAX_POINTS = 200_000
 LABEL_COLUMNS = ("domain", "task", "subtask", "lang", "source")
@@ -64,6 +69,7 @@ def write_report(out: str, console: Console | None = None) -> str:
 
     matplotlib.use("Agg")
     run, report_dir = read_report_input(out)
+    check_outputs_present(out, run)
     check_pool_unchanged(out, run)
     with hold_lock(normalize(out)):
         claimed = OutputFolder.reopen(out, REPORT_KINDS)
@@ -158,7 +164,10 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
 
 
 def _stride(files: list[str]) -> int:
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    rows = 0
+    for f in files:
+        with damaged_if_unreadable(f):
+            rows += pq.ParquetFile(f).metadata.num_rows
     return max(1, math.ceil(rows / MAX_POINTS))
 
 
@@ -174,8 +183,9 @@ def _task_scores(task_dir: str, scorers: list[str]) -> dict[str, dict[str, np.nd
         step = _stride(files)
         parts = []
         for f in files:
-            table = pq.read_table(f, columns=[c for c in ("score", "filtered_by")
-                                              if c in pq.read_schema(f).names])
+            with damaged_if_unreadable(f):
+                table = pq.read_table(f, columns=[c for c in ("score", "filtered_by")
+                                                  if c in pq.read_schema(f).names])
             score = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
             if "filtered_by" in table.column_names:
                 filtered = ~table["filtered_by"].is_null().to_numpy(zero_copy_only=False)
@@ -319,7 +329,8 @@ def _plot_kl(folder: ReportFiles, run: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
     tasks = list(run["tasks"])
-    values = [run["tasks"][t]["metrics"].get("kl_reduction", np.nan) for t in tasks]
+    values = [run["tasks"][t]["metrics"].get("kl_reduction") for t in tasks]
+    values = [np.nan if v is None else v for v in values]  # null: no pool sample
     fig, ax = plt.subplots(figsize=(1.1 * len(tasks) + 2.5, 3))
     ax.bar(tasks, values, color="tab:green")
     ax.set_ylabel("KL(target‖pool) − KL(target‖selection)", fontsize=8)

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from dataselect.errors import InputError, first_names
-from dataselect.layout import MANIFEST_FILE, RUN_FILE, legacy_entries
+from dataselect.layout import MANIFEST_FILE, RUN_FILE, TASKS_DIR, UNION_DIR, legacy_entries
 from dataselect.output import read_json
 
 RUN_REPORT_DIR = "report"
@@ -66,6 +66,28 @@ def check_pool_unchanged(out: str, run: dict[str, Any]) -> None:
         raise InputError(f"the pool changed since the job ran ({first_names(changed)}); "
                          "the report would draw it as it is now, not as the job read it: "
                          "rerun the job (with --overwrite) first", where=out)
+
+
+def check_outputs_present(out: str, run: dict[str, Any]) -> None:
+    """Refuse a run whose selections went missing since it ran: each task's folder, the
+    union, and every part their manifests list. The report would otherwise list a task
+    it has no rows for, or draw plots from part of a selection, and exit 0."""
+    folders = [task.get("path", os.path.join(TASKS_DIR, name))
+               for name, task in run["tasks"].items()]
+    if "union" in run:
+        folders.append(UNION_DIR)
+    for relative in folders:
+        folder = os.path.normpath(os.path.join(out, relative))
+        manifest = os.path.join(folder, MANIFEST_FILE)
+        if not os.path.isfile(manifest):
+            raise InputError(f"is missing ({MANIFEST_FILE} not found) though the run wrote "
+                             "it: restore it, or rerun the job", where=folder)
+        parts = (read_json(manifest).get("output") or {}).get("parts") or []
+        missing = [p["file"] for p in parts
+                   if not os.path.isfile(os.path.join(folder, p["file"]))]
+        if missing:
+            raise InputError(f"the parts {first_names(missing)} its manifest lists are "
+                             "missing: restore them, or rerun the job", where=folder)
 
 
 def _recorded_pool(out: str, run: dict[str, Any]) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ from rich.table import Table
 from dataselect import select
 from dataselect.combine import BEST_TASK, max_over_tasks
 from dataselect.corpus import Corpus, read_corpus
-from dataselect.errors import InputError
+from dataselect.errors import InputError, first_names
 from dataselect.layout import (
     FEATURES_DIR,
     MODELS_DIR,
@@ -45,7 +45,7 @@ from dataselect.layout import (
     WARMUP_DIR,
 )
 from dataselect.manifest import package_versions
-from dataselect.outdir import claim_output, input_roots
+from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
 from dataselect.scoring import Scorer, Scores, plan_pool
@@ -71,6 +71,10 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                      [SCORERS[name] for name in recipe.scorers])
     # columns the task outputs and the union would add, and what Parquet cannot store
     output_schema(pool, (*ADDED_COLUMNS, TASKS_COLUMN), recipe.output.format, parse=False)
+    if recipe.output.save_to_disk:
+        from dataselect.hf import check_hf_schema
+
+        check_hf_schema(pool)
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])
@@ -146,6 +150,30 @@ def pool_rows(manifests: dict[str, dict[str, Any]]) -> int:
     return next(iter(manifests.values()))["counts"]["rows_in"]
 
 
+def _target_files(recipe: Recipe) -> dict[str, list[dict[str, Any]]]:
+    """Each task's target and held-out files, as fingerprinted in the run's marker."""
+    return {task: read_corpus([*spec.paths, *spec.eval]).fingerprint()["files"]
+            for task, spec in recipe.targets.items()}
+
+
+def check_inputs_unchanged(out: str, recipe: Recipe, pool: Corpus, verb: str) -> None:
+    """Refuse to ``verb`` a run whose pool, targets or held-out rows changed since it ran
+    (as a rerun of the recipe would): its results would mix the selections made from the
+    old inputs with the inputs as they are now. The run's marker fingerprints them all."""
+    recorded = OutputFolder.reopen(out, ("recipe",)).identity or {}
+    before = [*(recorded.get("pool") or {}).get("files", []),
+              *[f for files in (recorded.get("targets") or {}).values() for f in files]]
+    now = jsonable([*pool.fingerprint()["files"],
+                    *[f for files in _target_files(recipe).values() for f in files]])
+    known = {f.get("path"): f for f in before}
+    changed = [f["path"] for f in now if known.get(f["path"]) != f]
+    if changed:
+        raise InputError(f"the recipe's inputs changed since the run ({first_names(changed)}):"
+                         f" {verb} would mix selections made from the old inputs with the "
+                         "new ones; restore them, or rerun the recipe (with --overwrite) first",
+                         where=out)
+
+
 def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
     """Claim the output folder before any work (outdir.claim_output): refused when it is
     foreign or overlaps an input, or holds a run of another recipe or of other inputs (a
@@ -154,8 +182,7 @@ def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
     targets = [p for spec in recipe.targets.values()
                for p in [*spec.paths, *spec.eval]]
     identity = {"settings": _settings(recipe), "pool": pool.fingerprint(),
-                "targets": {task: read_corpus([*spec.paths, *spec.eval]).fingerprint()["files"]
-                            for task, spec in recipe.targets.items()}}
+                "targets": _target_files(recipe)}
     return claim_output(recipe.output.path, "recipe", identity,
                         inputs=input_roots([*recipe.pool.paths, *targets]),
                         overwrite=overwrite)

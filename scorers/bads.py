@@ -107,6 +107,7 @@ class Bads(Scorer):
         # numbers first (a recipe checks them before its models exist); the SGLD ranges
         # are BadsConfig.check's
         checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
+        checks.optional(checks.check_device, self.device, "device", here=False)
         checks.check_count(self.max_batch_tokens, "max_batch_tokens")
         self.sgld_config().check()
         self.model = check_model_folder(self.model, "model")

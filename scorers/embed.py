@@ -114,6 +114,7 @@ class Embed(Scorer):
         # numbers first: a recipe checks them before its models exist
         checks.check_count(self.batch_size, "batch_size")
         checks.check_count(self.max_length, "max_length", maximum=2**20)
+        checks.optional(checks.check_device, self.device, "device", here=False)
         self.model = check_model_folder(self.model, "model")
         if self.pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}",

@@ -58,6 +58,7 @@ class InfluenceConfig:
 
     def __post_init__(self) -> None:
         check_settings(vars(self))
+        checks.optional(checks.check_device, self.device, "device", here=False)
         if isinstance(self.checkpoints, str):
             self.checkpoints = [c for c in self.checkpoints.split(",") if c]
         self.model = check_model_folder(self.model, "model")

@@ -108,6 +108,7 @@ class Less(Scorer):
         # numbers first: a recipe checks them before its models and checkpoints exist
         checks.check_count(self.proj_dim, "proj_dim", maximum=2**20)
         checks.check_count(self.batch_size, "batch_size")
+        checks.optional(checks.check_device, self.device, "device", here=False)
         checks.check_count(self.max_batch_tokens, "max_batch_tokens")
         checks.check_count(self.max_length, "max_length", minimum=2, maximum=2**20)
         checks.check_seed(self.seed)

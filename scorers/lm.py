@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dataselect import checks
 from dataselect.corpus import RESPONSE_SPANS
 from dataselect.errors import InputError, os_error_line
 from dataselect.fingerprint import file_fingerprint
@@ -50,7 +51,7 @@ def loaded_once(key: tuple, load: Callable[[], Any]) -> Any:
 def pick_device(device: str | None = None) -> torch.device:
     """The requested device, else CUDA when present, else CPU."""
     if device:
-        return torch.device(device)
+        return torch.device(checks.check_device(device))
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
