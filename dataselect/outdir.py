@@ -648,10 +648,13 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
             first = min(i for i in (spec.find(ch) for ch in "*?[") if i >= 0)
             roots.append(spec[:first].rsplit("/", 1)[0])
             continue
-        roots.extend(glob.glob(spec, recursive=True))
         if "**" in spec:
+            # the folder it starts from holds every file it can match: no need to list them
+            # (and a recursive glob through a link to a parent folder never ends)
             static = spec.split("**", 1)[0]
             roots.append(static.rstrip(os.sep) or os.sep if static else ".")
+        else:
+            roots.extend(glob.glob(spec))
     return roots
 
 

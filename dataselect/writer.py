@@ -46,7 +46,7 @@ from dataselect.outdir import OutputFolder, claim_output
 from dataselect.output import (
     OutputFormat,
     atomic_write,
-    open_read,
+    load_arrays,
     part_name,
     remove_stale_temporaries,
     write_json,
@@ -108,10 +108,10 @@ class PoolStats:
         path = os.path.join(self.out, pool_stats_name(index))
         if not storage.exists(path):
             return None
-        with open_read(path) as file, np.load(file) as saved:
-            if str(saved["settings"]) != self._settings():
-                return None
-            return {name: saved[name] for name in saved.files if name != "settings"}
+        saved = load_arrays(path)
+        if str(saved["settings"]) != self._settings():
+            return None
+        return {name: value for name, value in saved.items() if name != "settings"}
 
     def count(self, corpus: Corpus, index: int, table: pa.Table) -> dict[str, np.ndarray]:
         """The pool counts of partition ``index``, from its rows."""
@@ -160,9 +160,9 @@ class _WritePart:
         path = os.path.join(self.out, part_name(index, self.fmt))
         stats_path = os.path.join(self.out, STATS_DIR, f"part-{index:05d}.npz")
         if storage.exists(path) and storage.exists(stats_path):
-            with open_read(stats_path) as file, np.load(file) as saved:
-                if LABELS_KEY in saved.files:  # else written before labels were counted
-                    return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
+            saved = load_arrays(stats_path)
+            if LABELS_KEY in saved:  # else written before labels were counted
+                return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
         start = time.perf_counter()
         chosen = self.positions.get(index, np.empty(0, np.int64))
         pool = self.pool_stats.load(index)
@@ -408,9 +408,7 @@ def _metrics(out: str, parts: int, target: Corpus | None, hasher: NgramHasher | 
     summed = _Summed()
     # summed one saved file at a time, so memory does not grow with the partition count
     for index in range(parts):
-        with open_read(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")) as file, \
-                np.load(file) as saved:
-            summed.add(saved)
+        summed.add(load_arrays(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")))
         advance(1)
     column = summed.label_column
     found: dict[str, Any] = {}

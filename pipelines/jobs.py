@@ -27,6 +27,7 @@ from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read
 from dataselect.defaults import WORKER_KINDS
 from dataselect.duplicates import check_unique_ids
 from dataselect.errors import InputError
+from dataselect.hf import check_hf_schema
 from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
 from dataselect.ngram_store import store_name
 from dataselect.ngrams import NgramHasher
@@ -318,6 +319,8 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         checks.check_round_robin(job.policy, scorer.scores_per_target)
         pool, target = _corpora(job)
         output_schema(pool, ADDED_COLUMNS, job.output_format, parse=False)  # before work
+        if job.save_to_disk:
+            check_hf_schema(pool)
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
         pool_stats = PoolStats(out.path, NgramHasher(), job.metrics_sample, _metrics_seed(job))
