@@ -78,11 +78,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from common import (
     ScorerConfig,
     Task,
@@ -95,10 +97,19 @@ from common import (
     precision,
     run_select,
     workdir_for,
+    write_jsonl,
 )
 
 DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses", "man_intl", "wordnet",
                    "debian_changelogs", "python_code", "c_code")
+# the share axis (issue 29): rules are chosen on one half of the domains and reported on the
+# other; man_en is in the reporting half because no rule was ever chosen on it
+CHOOSING_HALF = ("python_docs", "fortunes", "licenses", "wordnet")
+REPORTING_HALF = ("man_en", "man_intl", "c_code", "python_code", "debian_changelogs")
+HALVES = {"choosing": CHOOSING_HALF, "reporting": REPORTING_HALF,
+          "both": CHOOSING_HALF + REPORTING_HALF}
+DEFAULT_SHARES = (0.001, 0.01, 0.1)
+MIN_POOL = 90_000  # a share task's pool has at least this many rows
 INSTRUCTION_TASKS = ("code", "define", "summarize", "translate")
 INSTRUCTIONS = Path(__file__).resolve().parent.parent / "data" / "instructions"
 TOLERANCE = 0.01  # auto may trail the hindsight best by this much
@@ -132,6 +143,15 @@ class InstructionTask(Task):
 
 
 @dataclass
+class ShareTask(Task):
+    """A domain-recovery task at a share: the domain's rows are ``share`` of the pool."""
+
+    share_asked: float = 0.0
+    padding_rows: int = 0  # copies of other rows (new ids) that bring the pool to MIN_POOL
+    note: str = ""
+
+
+@dataclass
 class TaskSpec:
     """A task and how to read it: the label column and extra CLI arguments for every run."""
 
@@ -142,6 +162,8 @@ class TaskSpec:
 
     @property
     def name(self) -> str:
+        if isinstance(self.task, ShareTask):
+            return f"{self.task.domain}@{self.task.share_asked:g}"
         return self.task.domain
 
 
@@ -156,6 +178,7 @@ class RunResult:
     precision: float | None = None
     stages: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    load: list[float] = field(default_factory=list)  # 1-minute load average: start, end
 
 
 @dataclass
@@ -187,17 +210,61 @@ def instruction_task(label: str, folder: Path) -> TaskSpec:
     return TaskSpec("instruction", task, "task", ("--text-field", "messages"))
 
 
+def share_task(corpus: pd.DataFrame, domain: str, share: float, folder: Path,
+               target_size: int, seed: int, min_pool: int = MIN_POOL) -> ShareTask:
+    """Cut a task at ``share``: the target is a seeded sample of ``target_size`` rows of the
+    domain; the pool every row of the other domains plus a seeded sample of the domain's
+    other rows, as many as make them ``share`` of the pool (k: that count).
+
+    Where the other domains hold fewer than ``min_pool`` rows, seeded copies of some of
+    them (ids suffixed ``#copy``) bring the pool up to it; where the domain has too few rows
+    left, all are used and the share is smaller (both are said in the task's note)."""
+    in_domain = corpus[corpus["domain"] == domain]
+    others = corpus[corpus["domain"] != domain]
+    target = in_domain.sample(n=min(target_size, len(in_domain) // 2), random_state=seed)
+    rest = in_domain.drop(index=target.index)
+    size = max(min_pool, round(len(others) / (1 - share)))
+    wanted = round(share * size)
+    k = min(wanted, len(rest))
+    padding = max(0, min_pool - k - len(others))
+    copies = others.sample(n=padding, random_state=seed).assign(
+        id=lambda f: f["id"] + "#copy") if padding else others.iloc[:0]
+    pool = pd.concat([others, copies, rest.sample(n=k, random_state=seed)])
+    pool = pool.sample(frac=1.0, random_state=seed)  # a shuffled pool: no domain in one run
+    notes = []
+    if k < wanted:
+        notes.append(f"the domain has only {len(rest)} rows besides the target, so its share "
+                     f"is {k / len(pool):.4f}, not {share:g}")
+    if padding:
+        notes.append(f"the other domains hold {len(others)} rows: {padding} copies of them "
+                     f"bring the pool to {len(pool)}")
+    task = ShareTask(domain=domain, folder=folder, pool_rows=len(pool),
+                     target_rows=len(target), k=k, share_asked=share, padding_rows=padding,
+                     note="; ".join(notes))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(target, task.target)
+    write_jsonl(pool, task.pool)
+    return task
+
+
 # ----------------------------------------------------------------------------- runs
 
 
 def run_scorer(spec: TaskSpec, config: ScorerConfig, args: argparse.Namespace
                ) -> tuple[RunResult, dict[str, Any]]:
-    """Run one scorer on one task; the result and its manifest."""
+    """Run one scorer on one task; the result and its manifest. With ``--reuse``, a run
+    kept from an earlier invocation on the same task files is read back instead."""
     task = spec.task
+    kept = task.folder / f"{config.folder}.result.json"
+    if args.reuse and kept.exists():
+        saved = json.loads(kept.read_text())
+        return RunResult(**saved["result"]), saved["manifest"]
+    load = os.getloadavg()[0]
     run = run_select(args.dataselect, task, config.scorer, task.folder / config.folder,
                      args.cores, args.seed, (*spec.extra, *config.extra), args.timeout,
                      [spec.label_column])
-    result = RunResult(config.name, peak_rss_mb=run.stats.peak_rss_mb)
+    result = RunResult(config.name, peak_rss_mb=run.stats.peak_rss_mb,
+                       load=[round(load, 2), round(os.getloadavg()[0], 2)])
     if run.error or run.selection is None:
         result.error = run.error or "no selection written"
         return result, {}
@@ -206,6 +273,7 @@ def run_scorer(spec: TaskSpec, config: ScorerConfig, args: argparse.Namespace
     result.rows_out, result.precision = len(labels), precision(labels, task.domain)
     manifest = run.manifest or {}
     result.stages = manifest_stages(manifest)
+    kept.write_text(json.dumps({"result": asdict(result), "manifest": manifest}, default=str))
     return result, manifest
 
 
@@ -284,12 +352,18 @@ def result_line(spec: TaskSpec, result: RunResult, details: AutoDetails | None =
 # ----------------------------------------------------------------------------- report
 
 
+def name_of(record: dict[str, Any]) -> str:
+    return record.get("name", record["task"]["domain"])
+
+
 def task_label(record: dict[str, Any]) -> str:
     task = record["task"]
-    return f"{task['domain']} ({task['k']} / {task['pool_rows']})"
+    return f"{name_of(record)} ({task['k']} / {task['pool_rows']})"
 
 
-def cell(run: dict[str, Any], key: str, spec: str) -> str:
+def cell(run: dict[str, Any] | None, key: str, spec: str) -> str:
+    if run is None:
+        return "not run"
     return "FAILED" if run["error"] else fmt(run[key], spec)
 
 
@@ -303,7 +377,7 @@ def precision_table(records: list[dict[str, Any]], names: list[str]) -> list[str
         summary, runs = record["summary"], record["runs"]
         cells = []
         for name in names:
-            text = cell(runs[name], "precision", ".4f")
+            text = cell(runs.get(name), "precision", ".4f")
             cells.append(f"**{text}**" if name == summary["best"] else text)
         best = (f"{summary['best']} {summary['best_precision']:.4f}" if summary["best"]
                 else "n/a")
@@ -324,7 +398,7 @@ def validation_table(records: list[dict[str, Any]]) -> list[str]:
         rows = {r["candidate"]: r for r in record["auto"]["table"]}
         cells = [f"{rows[c]['auc']:.3f} / {rows[c]['recall']:.3f}" if c in rows else "n/a"
                  for c in [*candidates, "combination"]]
-        lines.append(f"| {record['task']['domain']} | {fmt(record['auto']['top_share'], '.4f')}"
+        lines.append(f"| {name_of(record)} | {fmt(record['auto']['top_share'], '.4f')}"
                      " |" + "".join(f" {c} |" for c in cells))
     return lines
 
@@ -338,8 +412,8 @@ def time_table(records: list[dict[str, Any]], names: list[str]) -> list[str]:
     for record in records:
         summary, runs = record["summary"], record["runs"]
         ok = {True: "yes", False: "no", None: "n/a"}[summary["within_time"]]
-        lines.append(f"| {record['task']['domain']} |"
-                     + "".join(f" {cell(runs[n], 'seconds', '.1f')} |" for n in names)
+        lines.append(f"| {name_of(record)} |"
+                     + "".join(f" {cell(runs.get(n), 'seconds', '.1f')} |" for n in names)
                      + f" {summary['slowest_single'] or 'n/a'} |"
                      f" {fmt(summary['time_ratio'], '.2f')} | {ok} |")
     return lines
@@ -355,9 +429,9 @@ def parts_table(records: list[dict[str, Any]]) -> list[str]:
              + "".join(f" validate {CANDIDATE_LABELS[c]} (thread-s) |" for c in candidates),
              "| --- |" + " ---: |" * (1 + len(parts) + len(candidates))]
     for record in records:
-        auto, run = record["auto"], record["runs"][AUTO.name]
+        auto, run = record["auto"], record["runs"].get(AUTO.name)
         threads = auto["validation_thread_seconds"]
-        lines.append(f"| {record['task']['domain']} | {cell(run, 'seconds', '.1f')} |"
+        lines.append(f"| {name_of(record)} | {cell(run, 'seconds', '.1f')} |"
                      + "".join(f" {fmt(auto['parts'].get(p), '.1f')} |" for p in parts)
                      + "".join(f" {fmt(threads.get(c), '.1f')} |" for c in candidates))
     return lines
@@ -385,19 +459,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_task_arguments(parser, DEFAULT_DOMAINS, target_size=100, max_docs=20_000)
     parser.add_argument("--workers", type=int, dest="cores", default=argparse.SUPPRESS,
                         help="local cluster workers of every run (the same as --cores)")
-    parser.add_argument("--instruction-tasks", nargs="*", default=list(INSTRUCTION_TASKS),
+    parser.add_argument("--instruction-tasks", nargs="*", default=None,
                         choices=INSTRUCTION_TASKS,
-                        help="instruction tasks to run (none: give the flag alone)")
-    return parser.parse_args(argv)
+                        help="instruction tasks to run (default: all four, except with "
+                             "--half reporting; none: give the flag alone)")
+    parser.add_argument("--shares", nargs="*", type=float, default=list(DEFAULT_SHARES),
+                        help="the domain's share of the pool in each domain task (pools: every "
+                             "other row, at least 90,000); give the flag alone for the older "
+                             "tasks: a --max-docs pool, k the domain's count in it")
+    parser.add_argument("--half", choices=sorted(HALVES), default="both",
+                        help="the domains of the share axis when --domains is not given: the "
+                             "half rules were chosen on, the half they are reported on, or both")
+    parser.add_argument("--scorers", nargs="+", default=None,
+                        choices=[c.name for c in (*SINGLES, AUTO)],
+                        help="run only these columns (default: all)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back runs an earlier invocation kept in the same --workdir "
+                             "(<task>/<scorer>.result.json) instead of running them again")
+    parser.set_defaults(domains=None)
+    args = parser.parse_args(argv)
+    if args.domains is None:
+        args.domains = list(HALVES[args.half] if args.shares else DEFAULT_DOMAINS)
+    if args.instruction_tasks is None:
+        args.instruction_tasks = [] if args.half == "reporting" else list(INSTRUCTION_TASKS)
+    return args
 
 
 def run_task(spec: TaskSpec, args: argparse.Namespace) -> dict[str, Any]:
     task = spec.task
     print(f"{spec.name} ({spec.kind}): pool {task.pool_rows} rows, target {task.target_rows},"
           f" k {task.k} (chance precision {task.chance:.3f})", flush=True)
+    if getattr(task, "note", ""):
+        print(f"    note: {task.note}", flush=True)
     runs: dict[str, RunResult] = {}
     details = AutoDetails()
     for config in (*SINGLES, AUTO):
+        if args.scorers and config.name not in args.scorers:
+            continue
         runs[config.name], manifest = run_scorer(spec, config, args)
         if config is AUTO:
             details = auto_details(manifest, runs[config.name].seconds)
@@ -409,7 +507,7 @@ def run_task(spec: TaskSpec, args: argparse.Namespace) -> dict[str, Any]:
           f"{fmt(summary['best_precision'], '.4f')}, auto − best "
           f"{fmt(summary['auto_minus_best'], '+.4f')}, auto ÷ slowest single "
           f"({summary['slowest_single']}) {fmt(summary['time_ratio'], '.2f')}", flush=True)
-    return {"kind": spec.kind, "label_column": spec.label_column,
+    return {"kind": spec.kind, "label_column": spec.label_column, "name": spec.name,
             "task": {**asdict(task), "folder": str(task.folder), "pool": str(task.pool),
                      "target": str(task.target), "chance_precision": task.chance},
             "runs": {name: asdict(r) for name, r in runs.items()},
@@ -425,13 +523,30 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
               f"{args.target_size} docs; pool {args.max_docs or 'every other'} rows; "
               f"workdir {workdir}", flush=True)
         for domain in args.domains:
-            task, _, _ = build_task(corpus, domain, workdir / domain, args.target_size,
-                                    args.max_docs or None, args.seed)
-            specs.append(TaskSpec("domain", task, "domain"))
+            if not args.shares:
+                task, _, _ = build_task(corpus, domain, workdir / domain, args.target_size,
+                                        args.max_docs or None, args.seed)
+                specs.append(TaskSpec("domain", task, "domain"))
+            for share in args.shares:
+                specs.append(TaskSpec("domain", kept_or_cut(
+                    corpus, domain, share, workdir / f"{domain}@{share:g}", args), "domain"))
         del corpus
     for label in args.instruction_tasks:
         specs.append(instruction_task(label, workdir / f"instructions_{label}"))
     return [run_task(spec, args) for spec in specs]
+
+
+def kept_or_cut(corpus: pd.DataFrame, domain: str, share: float, folder: Path,
+                args: argparse.Namespace) -> ShareTask:
+    """The share task in ``folder``: read back with ``--reuse`` when cut there before (the
+    cut is seeded, so it would write the same files), else cut now."""
+    saved = folder / "task.json"
+    if args.reuse and saved.exists():
+        fields = json.loads(saved.read_text())
+        return ShareTask(**{**fields, "folder": Path(fields["folder"])})
+    task = share_task(corpus, domain, share, folder, args.target_size, args.seed)
+    saved.write_text(json.dumps({**asdict(task), "folder": str(folder)}))
+    return task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(
             {"config": vars(args), "scorers": [asdict(c) for c in (*SINGLES, AUTO)],
              "tasks": records}, indent=2, default=str))
-    failed = any(r["runs"][n]["error"] for r in records for n in r["runs"])
+    failed = any(run["error"] for r in records for run in r["runs"].values())
     return 1 if failed else 0
 
 
