@@ -29,6 +29,7 @@ are averaged with equal weights instead of trusting the noise to pick one
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,11 @@ ROW_MARGIN = 0.25
 # how many standard errors of the row-by-row difference a candidate may trail the best one
 # and still count as tied with it: the one-sided 5 % point of the normal distribution
 TIE_Z = 1.645
+# the validation sample is sized so that about this many of its rows lie above the top
+# share's cutoff (capped by the ``validation_sample`` setting)
+TAIL_ROWS = 20
+BOOTSTRAP_REPLICATES = 200
+BOOTSTRAP_STREAM = 13
 
 
 def sample_order(ids: object, seed: int, stream: int) -> np.ndarray:
@@ -102,18 +108,59 @@ def held_out_fractions(folds: list[FoldScores], weights: np.ndarray) -> np.ndarr
     return np.concatenate([rank_fractions(*fold.combined(weights)) for fold in folds])
 
 
+def top_share_probabilities(fractions: np.ndarray, sample_rows: int, top_share: float
+                            ) -> np.ndarray:
+    """For each held-out row, the probability that it ranks within the top share of the
+    whole pool, given the rank fraction it has among ``sample_rows`` sampled pool rows.
+
+    A row that ``e`` of the ``n`` sample rows score above (ties half) has, under a uniform
+    prior, a Beta(e + 1, n − e + 1) posterior for the share of the pool above it, and the
+    probability that this share is at most ``top_share`` is P(Binomial(n + 1, top_share) ≥
+    e + 1) (interpolated between whole counts). Why not the indicator "rank fraction ≥ 1 −
+    top_share": at a 0.1 % share of a 2,000-row sample that cutoff is the sample's 2nd
+    highest row, so the indicator is decided by two rows and biased; the probability uses
+    every row's evidence and is the indicator where the sample is large enough."""
+    if top_share >= 1.0:
+        return np.ones_like(fractions)
+    if top_share <= 0.0:
+        return np.zeros_like(fractions)
+    above = sample_rows * (1.0 - fractions)
+    return np.interp(above + 1.0, np.arange(sample_rows + 2), _upper_tail(sample_rows + 1,
+                                                                           top_share))
+
+
+def _upper_tail(trials: int, p: float) -> np.ndarray:
+    """P(Binomial(trials, p) ≥ j) for j = 0 … trials, summed from the small end."""
+    j = np.arange(trials + 1)
+    log_pmf = trials * np.log1p(-p) + j * (np.log(p) - np.log1p(-p)) + np.concatenate(
+        [[0.0], np.cumsum(np.log(trials - j[:-1]) - np.log(j[:-1] + 1.0))])
+    return np.minimum(1.0, np.cumsum(np.exp(log_pmf)[::-1])[::-1])
+
+
+def _fold_probabilities(folds: list[FoldScores], weights: np.ndarray, top_share: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(rank fractions, top-share probabilities) of every fold's held-out rows."""
+    fractions, probabilities = [], []
+    for fold in folds:
+        held, pool = fold.combined(weights)
+        ranks = rank_fractions(held, pool)
+        fractions.append(ranks)
+        probabilities.append(top_share_probabilities(ranks, len(pool), top_share))
+    return np.concatenate(fractions), np.concatenate(probabilities)
+
+
 def measure(folds: list[FoldScores], weights: np.ndarray, top_share: float
             ) -> tuple[float, float]:
     """(ROC AUC, recall in the top share) of the weighted score over every held-out row."""
-    fractions = held_out_fractions(folds, weights)
-    return float(fractions.mean()), float((fractions >= 1.0 - top_share).mean())
+    fractions, probabilities = _fold_probabilities(folds, weights, top_share)
+    return float(fractions.mean()), float(probabilities.mean())
 
 
 def row_criteria(folds: list[FoldScores], weights: np.ndarray, top_share: float
                  ) -> np.ndarray:
     """Each held-out row's share of :func:`criterion`: their mean is the criterion."""
-    fractions = held_out_fractions(folds, weights)
-    return (fractions + (fractions >= 1.0 - top_share)) / 2
+    fractions, probabilities = _fold_probabilities(folds, weights, top_share)
+    return (fractions + probabilities) / 2
 
 
 def criterion(auc: float, recall: float) -> float:
@@ -121,6 +168,51 @@ def criterion(auc: float, recall: float) -> float:
     held-out rows) and AUC (the whole ranking, smooth), rounded so that float noise never
     decides between two candidates."""
     return round((auc + recall) / 2, 9)
+
+
+def validation_rows(top_share: float, minimum: int, cap: int) -> int:
+    """How many pool rows the validation sample needs: enough that about ``TAIL_ROWS`` of
+    them lie above the top share's cutoff (20,000 at a 0.1 % share), never fewer than
+    ``minimum`` and never more than ``cap`` (each row is scored once per fold and
+    candidate)."""
+    wanted = math.ceil(TAIL_ROWS / top_share) if top_share > 0 else cap
+    return int(min(max(minimum, wanted), max(minimum, cap)))
+
+
+def standard_errors(folds: list[FoldScores], weights: np.ndarray, top_share: float,
+                    seed: int, replicates: int = BOOTSTRAP_REPLICATES) -> tuple[float, float]:
+    """Bootstrap standard errors of (AUC, recall): both the held-out rows (within their
+    folds) and each fold's pool sample are resampled, so the error covers the few target
+    rows and the sample's tail alike. The pool sample is resampled by Poisson weights,
+    drawn only as sums between the held-out rows' places in it, so a 20,000-row sample
+    costs no more than a small one; seeded, so the same job reports the same errors."""
+    rng = np.random.default_rng([seed, BOOTSTRAP_STREAM])
+    auc_sums = np.zeros(replicates)
+    recall_sums = np.zeros(replicates)
+    rows = 0
+    for fold in folds:
+        held, pool = fold.combined(weights)
+        n, m = len(pool), len(held)
+        order = np.sort(pool)
+        left = np.searchsorted(order, held, side="left")
+        right = np.searchsorted(order, held, side="right")
+        # Poisson(1) weights per sample row, summed up to each held-out row's place: only
+        # the sums between consecutive places are needed, and each is Poisson(its length)
+        places, where = np.unique(np.concatenate([[0], left, right, [n]]), return_inverse=True)
+        counts = np.cumsum(rng.poisson(np.diff(places, prepend=0), (replicates, len(places))),
+                           axis=1).astype(np.float64)
+        total = np.maximum(counts[:, -1:], 1.0)
+        fractions = (counts[:, where[1:m + 1]] + counts[:, where[m + 1:2 * m + 1]]) / (
+            2.0 * total)
+        picks = rng.integers(0, m, (replicates, m))
+        fractions = np.take_along_axis(fractions, picks, axis=1)
+        tail = _upper_tail(n + 1, top_share) if 0 < top_share < 1 else None
+        probabilities = (np.full_like(fractions, float(top_share >= 1)) if tail is None else
+                         np.interp(n * (1 - fractions) + 1.0, np.arange(n + 2), tail))
+        auc_sums += fractions.sum(axis=1)
+        recall_sums += probabilities.sum(axis=1)
+        rows += m
+    return float((auc_sums / rows).std(ddof=1)), float((recall_sums / rows).std(ddof=1))
 
 
 def weight_grid(candidates: int, steps: int = GRID_STEPS) -> list[np.ndarray]:
@@ -137,6 +229,8 @@ class Choice:
     weights: np.ndarray
     auc: float
     recall: float
+    rule: str = "best single"  # how the weights were chosen
+    separated: bool = True  # whether the held-out rows told the best from the others
 
 
 def tied_with_best(folds: list[FoldScores], candidates: int, top_share: float) -> list[int]:

@@ -34,7 +34,10 @@ from scorers.auto_validation import (
     measure,
     rank_fractions,
     row_criteria,
+    standard_errors,
     tied_with_best,
+    top_share_probabilities,
+    validation_rows,
     weight_grid,
 )
 from scorers.fasttext import FastText
@@ -381,3 +384,70 @@ def test_candidates_the_rows_cannot_tell_apart_are_averaged():
     many = [fold(400, 1.0)]
     assert tied_with_best(many, 3, 0.2) == [0]
     assert choose_weights(many, 3, 0.2, combine=True)[0].weights[0] >= 0.5
+
+
+def _naive_probability(above: float, rows: int, share: float) -> float:
+    """P(the pool share above a row ≤ share) under a uniform prior, by brute force: the
+    Beta(e + 1, n − e + 1) density integrated numerically (whole counts only)."""
+    grid = np.linspace(0, 1, 400_001)
+    log_density = above * np.log(np.maximum(grid, 1e-300)) + (rows - above) * np.log(
+        np.maximum(1 - grid, 1e-300))
+    density = np.exp(log_density - log_density.max())
+    return float(density[grid <= share].sum() / density.sum())
+
+
+def test_the_top_share_probability_is_the_posterior_of_the_rows_pool_share():
+    rows = 200
+    for share in (0.001, 0.01, 0.2):
+        for above in (0, 1, 3, 40):
+            ours = top_share_probabilities(np.array([1 - above / rows]), rows, share)[0]
+            assert ours == pytest.approx(_naive_probability(above, rows, share), abs=2e-3)
+    # a large sample: the probability is the old indicator (rank within the top share)
+    fractions = np.array([0.999, 0.95, 0.9, 0.85])
+    assert top_share_probabilities(fractions, 20_000, 0.1).round(2).tolist() == [1, 1, 0.49, 0]
+
+
+def test_the_validation_sample_is_sized_to_the_share():
+    assert validation_rows(0.001, 2000, 20_000) == 20_000  # 20 rows above the cutoff
+    assert validation_rows(0.0001, 2000, 20_000) == 20_000  # capped
+    assert validation_rows(0.01, 2000, 20_000) == 2000
+    assert validation_rows(0.2, 2000, 20_000) == 2000  # never below pool_sample
+
+
+def _recall_estimates(share: float, sample_rows: int, seeds: int) -> list[tuple]:
+    """(exact recall, estimate, standard error, old indicator estimate) per seed: held-out
+    rows of a shifted normal against a 200,000-row pool, whose exact recall is counted by
+    brute force on the whole pool, estimated from a seeded sample of it."""
+    rng = np.random.default_rng(7)
+    pool = rng.normal(0, 1, 200_000)
+    cutoff = np.sort(pool)[::-1][int(share * len(pool)) - 1]  # the pool's top-share row
+    found = []
+    for seed in range(seeds):
+        draw = np.random.default_rng(seed)
+        held = draw.normal(2.6, 1, (1, 60))
+        sample = pool[draw.choice(len(pool), sample_rows, replace=False)][None, :]
+        folds = [FoldScores(held, sample)]
+        exact = float((held >= cutoff).mean())
+        _, recall = measure(folds, np.ones(1), share)
+        _, error = standard_errors(folds, np.ones(1), share, seed)
+        old = float((rank_fractions(held[0], sample[0]) >= 1 - share).mean())
+        found.append((exact, recall, error, old))
+    return found
+
+
+@pytest.mark.slow  # 40 seeded samples of a 200,000-row pool
+def test_the_recall_estimate_and_its_error_cover_the_exact_recall_at_a_small_share():
+    """At a 0.1 % share a 2,000-row sample's cutoff is its 2nd-highest row; the sample sized
+    to the share (20,000 rows) estimates the exact recall of the held-out rows within
+    1.96 standard errors on nearly every seed, and with less error than the indicator on
+    a 2,000-row sample."""
+    sized = _recall_estimates(0.001, validation_rows(0.001, 2000, 20_000), 40)
+    covered = [abs(recall - exact) <= 1.96 * error for exact, recall, error, _ in sized]
+    assert sum(covered) >= 36, sized
+    small = _recall_estimates(0.001, 2000, 40)
+    ours = np.mean([abs(recall - exact) for exact, recall, _, _ in sized])
+    old = np.mean([abs(indicator - exact) for exact, _, _, indicator in small])
+    assert ours < 0.6 * old, (ours, old)
+    # with a 2,000-row sample the error says how unsure it is: still covering
+    covered = [abs(recall - exact) <= 1.96 * error for exact, recall, error, _ in small]
+    assert sum(covered) >= 34, small
