@@ -188,6 +188,9 @@ class AutoDetails:
     chosen: dict[str, float] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)
     top_share: float | None = None
+    sample_rows: int | None = None
+    separated: bool | None = None
+    rule: str | None = None
     validation_thread_seconds: dict[str, float] = field(default_factory=dict)
     parts: dict[str, float] = field(default_factory=dict)
 
@@ -284,6 +287,8 @@ def auto_details(manifest: dict[str, Any], wall: float | None) -> AutoDetails:
     details = AutoDetails(chosen=dict(validation.get("chosen", {})),
                           table=list(validation.get("table", [])),
                           top_share=validation.get("top_share"),
+                          sample_rows=validation.get("pool_sample_rows"),
+                          separated=validation.get("separated"), rule=validation.get("rule"),
                           validation_thread_seconds=dict(
                               fit.get("validation", {}).get("seconds", {})))
     stages = manifest_stages(manifest)
@@ -390,32 +395,52 @@ def precision_table(records: list[dict[str, Any]], names: list[str]) -> list[str
 
 def validation_table(records: list[dict[str, Any]]) -> list[str]:
     candidates = list(CANDIDATE_LABELS)
-    lines = ["\nauto's validation (AUC / recall in the top share, from the manifest; "
-             "mix: the chosen combination's)",
-             "| task | top share |" + "".join(f" {CANDIDATE_LABELS[c]} |" for c in candidates)
-             + " mix |", "| --- | ---: |" + " ---: |" * (len(candidates) + 1)]
+    lines = ["\nauto's validation (AUC / recall in the top share ± their bootstrap standard "
+             "errors, from the manifest; mix: the chosen combination's; separated: whether the "
+             "held-out rows told the best candidate from the others)",
+             "| task | top share | sample rows |"
+             + "".join(f" {CANDIDATE_LABELS[c]} |" for c in candidates)
+             + " mix | separated | rule |", "| --- | ---: | ---: |"
+             + " ---: |" * (len(candidates) + 1) + " --- | --- |"]
     for record in records:
-        rows = {r["candidate"]: r for r in record["auto"]["table"]}
-        cells = [f"{rows[c]['auc']:.3f} / {rows[c]['recall']:.3f}" if c in rows else "n/a"
+        auto = record["auto"]
+        rows = {r["candidate"]: r for r in auto["table"]}
+        cells = [validation_cell(rows[c]) if c in rows else "n/a"
                  for c in [*candidates, "combination"]]
-        lines.append(f"| {name_of(record)} | {fmt(record['auto']['top_share'], '.4f')}"
-                     " |" + "".join(f" {c} |" for c in cells))
+        separated = {True: "yes", False: "no", None: "n/a"}[auto.get("separated")]
+        lines.append(f"| {name_of(record)} | {fmt(auto['top_share'], '.4f')} | "
+                     f"{auto.get('sample_rows') or 'n/a'} |" + "".join(f" {c} |" for c in cells)
+                     + f" {separated} | {auto.get('rule') or 'n/a'} |")
     return lines
 
 
+def validation_cell(row: dict[str, Any]) -> str:
+    if row.get("auc") is None:
+        return "not compared"
+    if row.get("auc_se") is None:
+        return f"{row['auc']:.3f} / {row['recall']:.3f}"
+    return (f"{row['auc']:.3f} ± {row['auc_se']:.3f} / "
+            f"{row['recall']:.3f} ± {row['recall_se']:.3f}")
+
+
 def time_table(records: list[dict[str, Any]], names: list[str]) -> list[str]:
-    lines = ["\nwall seconds (whole `dataselect select` command) and auto ÷ the slowest "
-             "single scorer",
+    lines = ["\nwall seconds (whole `dataselect select` command), auto ÷ the slowest single "
+             "scorer, and the machine's 1-minute load average at the runs' starts (singles: "
+             "lowest–highest; the machine is shared, so the times are noisy)",
              "| task |" + "".join(f" {n} |" for n in names) + f" slowest single | auto ÷ "
-             f"slowest | ≤ {TIME_GOAL:g}× |",
-             "| --- |" + " ---: |" * (len(names) + 2) + " --- |"]
+             f"slowest | ≤ {TIME_GOAL:g}× | load, singles | load, auto |",
+             "| --- |" + " ---: |" * (len(names) + 2) + " --- | ---: | ---: |"]
     for record in records:
         summary, runs = record["summary"], record["runs"]
         ok = {True: "yes", False: "no", None: "n/a"}[summary["within_time"]]
+        loads = [r["load"][0] for n, r in runs.items() if n != AUTO.name and r.get("load")]
+        auto_load = (runs.get(AUTO.name) or {}).get("load") or [None]
         lines.append(f"| {name_of(record)} |"
                      + "".join(f" {cell(runs.get(n), 'seconds', '.1f')} |" for n in names)
                      + f" {summary['slowest_single'] or 'n/a'} |"
-                     f" {fmt(summary['time_ratio'], '.2f')} | {ok} |")
+                     f" {fmt(summary['time_ratio'], '.2f')} | {ok} |"
+                     + (f" {min(loads):.1f}–{max(loads):.1f} |" if loads else " n/a |")
+                     + f" {fmt(auto_load[0], '.1f')} |")
     return lines
 
 
@@ -437,18 +462,27 @@ def parts_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def goals(records: list[dict[str, Any]]) -> list[str]:
+def goals(records: list[dict[str, Any]], names: list[str]) -> list[str]:
     def count(key: str) -> str:
         values = [r["summary"][key] for r in records if r["summary"][key] is not None]
         return f"{sum(values)} of {len(values)}"
 
-    return ["\ngoals (issue 17)",
-            f"* auto ≥ hindsight best − {TOLERANCE:g}: {count('within_tolerance')} tasks "
-            "(wanted: every task)",
-            f"* auto above the hindsight best with a combination chosen: "
-            f"{count('combination_wins')} tasks (wanted: at least 2)",
-            f"* auto ≤ {TIME_GOAL:g}× the slowest single scorer's wall time: "
-            f"{count('within_time')} tasks (wanted: every task)"]
+    complete = [r for r in records if all(
+        (r["runs"].get(n) or {}).get("precision") is not None for n in names)]
+    means = {n: sum(r["runs"][n]["precision"] for r in complete) / len(complete)
+             for n in names} if complete else {}
+    lines = ["\ngoals (issues 17 and 29)",
+             f"* auto ≥ hindsight best − {TOLERANCE:g}: {count('within_tolerance')} tasks "
+             "(wanted: every task)",
+             f"* auto above the hindsight best with a combination chosen: "
+             f"{count('combination_wins')} tasks",
+             f"* auto ≤ {TIME_GOAL:g}× the slowest single scorer's wall time: "
+             f"{count('within_time')} tasks (wanted: every task)"]
+    if means:
+        lines.append(f"* mean precision over the {len(complete)} tasks every column ran on: "
+                     + ", ".join(f"{n} {m:.4f}" for n, m in means.items())
+                     + " (wanted: auto at least the best single column's)")
+    return lines
 
 
 # ----------------------------------------------------------------------------- main
@@ -555,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         records = benchmark(args, workdir)
     names = [c.name for c in (*SINGLES, AUTO)]
     print("\n".join([*precision_table(records, names), *validation_table(records),
-                     *time_table(records, names), *parts_table(records), *goals(records)]))
+                     *time_table(records, names), *parts_table(records),
+                     *goals(records, names)]))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"config": vars(args), "scorers": [asdict(c) for c in (*SINGLES, AUTO)],
