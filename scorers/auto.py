@@ -57,6 +57,7 @@ from dataselect.table_corpus import table_corpus
 from scorers import SCORERS
 from scorers.auto_validation import (
     POOL_STREAM,
+    TIE_Z,
     Choice,
     FoldScores,
     choose_weights,
@@ -225,6 +226,7 @@ class Auto(Scorer):
             "top_share_from": ("fraction" if self.fraction is not None else
                                "k" if self.k is not None else "target rows"),
             "rule": best.rule, "separated": best.separated,
+            "tied": [v.compared[i] for i in best.tied],
             "folds": v.folds, "folds_compared": len(v.used), "left_out": v.left_out,
             "target_rows": v.rows.num_rows, "pool_rows": v.pool_rows,
             "pool_sample_rows": v.validation.num_rows, "pool_sample_cap": self.pool_sample,
@@ -271,7 +273,7 @@ class Auto(Scorer):
                     f"{item['candidate']} refused its fit rows ({item['reason']})"
                     if item["fold"] is not None else
                     f"; {item['candidate']} was not compared ({item['reason']})"
-                    for item in v["left_out"]))
+                    for item in v["left_out"]) + _separation(v))
 
     def _summary_table(self) -> dict[str, Any]:
         """The validation table as the end-of-job summary and the report show it."""
@@ -303,6 +305,17 @@ class Auto(Scorer):
         if filtered is not None:
             columns[FILTERED_BY] = filtered
         return pa.table(columns)
+
+
+def _separation(v: dict[str, Any]) -> str:
+    """The note's clause on whether the held-out rows told the candidates apart."""
+    if v["separated"]:
+        return ""
+    kept = ("a mix validated better than the best single one by the margin" if v["rule"] == "mix"
+            else "kept the best-validated one alone")
+    return (f"; the validation could not separate {', '.join(v['tied'])} (within "
+            f"{TIE_Z} standard errors of their row-by-row difference): {kept}, and their "
+            f"precision may differ from what it measured")
 
 
 def _cell(value: float | None, error: float | None) -> str:

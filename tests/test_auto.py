@@ -179,6 +179,10 @@ def test_manifest_carries_the_validation_table(cli_runs):
     assert [row["candidate"] for row in validation["table"][:2]] == ["dsir", "zipfit"]
     for row in validation["table"]:
         assert 0 <= row["auc"] <= 1 and 0 <= row["recall"] <= 1
+        assert 0 < row["auc_se"] < 0.5 and 0 <= row["recall_se"] < 0.5  # bootstrap errors
+    assert validation["separated"] in (True, False) and validation["rule"] in (
+        "best single", "mix")
+    assert validation["validation_sample_cap"] == 20000
     assert validation["top_share"] == pytest.approx(100 / 1600)
     assert validation["top_share_from"] == "k"
     assert validation["pool_sample_rows"] == 800 and validation["pool_sample_cap"] == 2000
@@ -201,6 +205,7 @@ def test_the_summary_prints_the_table_and_what_it_measures(tmp_path, capsys):
     assert "auto: validation" in printed
     assert f"note: {STATEMENT}" in printed
     assert "recall is within the top 0.25 of the pool (from fraction)" in printed
+    assert " ± " in printed  # every figure with its standard error
 
 
 def test_rank_fractions_are_the_roc_auc():
@@ -356,19 +361,42 @@ def _naive_row_criteria(held: np.ndarray, pool: np.ndarray, share: float) -> np.
     return (fractions + tail) / 2
 
 
-def test_candidates_the_rows_cannot_tell_apart_are_averaged():
-    """A paired comparison, row by row: equal signals with 10 held-out rows are tied and
-    mixed equally; the same gap with 400 rows is a clear winner, kept alone."""
-    rng = np.random.default_rng(3)
+def _naive_choice(folds: list[FoldScores], share: float) -> list[float]:
+    """The rule, by brute force: every grid point's criterion from the naive row criteria;
+    the best single candidate unless a mix beats it by the margin."""
+    def value(weights) -> float:
+        rows = []
+        for fold in folds:
+            held, pool = fold.combined(np.array(weights, dtype=float))
+            rows.append(_naive_row_criteria(held, pool, share))
+        return float(np.concatenate(rows).mean())
 
-    def fold(rows: int, gap: float) -> FoldScores:
+    grid = weight_grid(3)
+    values = [value(w) for w in grid]
+    single = int(np.argmax(values[:3]))
+    mix = int(np.argmax(values))
+    held = sum(f.held_out.shape[1] for f in folds)
+    return list(grid[mix] if values[mix] - values[single] > combine_margin(held) else grid[single])
+
+
+def _tie_folds(rows: int, gap: float, seed: int = 3) -> list[FoldScores]:
+    rng = np.random.default_rng(seed)
+
+    def fold() -> FoldScores:
         signal = rng.normal(2.5, 0.5, rows)
         held = np.stack([signal + rng.normal(0, 0.3, rows), signal - gap
                          + rng.normal(0, 0.3, rows), rng.normal(0, 1, rows)])
         pool = np.stack([rng.normal(0, 1, 300) for _ in range(3)])
         return FoldScores(held, pool)
 
-    few = [fold(5, 0.1), fold(5, 0.1)]
+    return [fold(), fold()]
+
+
+def test_tied_candidates_keep_the_best_validated_one_unless_a_mix_is_clearly_better():
+    """A paired comparison, row by row, says whether the rows could tell the candidates
+    apart; a tie is said (``separated``), not averaged: the choice is the rule's on a
+    brute-force reference, the best-validated single unless a mix beats it by the margin."""
+    few = _tie_folds(5, 0.1)
     rows = np.concatenate([_naive_row_criteria(f.held_out[0], f.pool[0], 0.2) for f in few])
     assert row_criteria(few, np.array([1.0, 0, 0]), 0.2) == pytest.approx(rows, abs=2e-3)
     # the naive paired test, candidate by candidate
@@ -380,12 +408,28 @@ def test_candidates_the_rows_cannot_tell_apart_are_averaged():
     assert tied_with_best(few, 3, 0.2) == expected
     assert 2 not in expected and len(expected) == 2  # the noise candidate is clearly worse
     choice, _ = choose_weights(few, 3, 0.2, combine=True)
-    assert choice.weights.tolist() == [0.5, 0.5, 0.0]
-    assert choose_weights(few, 3, 0.2, combine=False)[0].weights.sum() == 1.0
-    assert max(choose_weights(few, 3, 0.2, combine=False)[0].weights) == 1.0
-    many = [fold(400, 1.0)]
+    assert not choice.separated and list(choice.tied) == expected
+    assert choice.weights.tolist() == _naive_choice(few, 0.2)
+    assert choice.weights.tolist() != [0.5, 0.5, 0.0]  # no equal mix by default
+    alone, _ = choose_weights(few, 3, 0.2, combine=False)
+    assert alone.weights.tolist() == np.eye(3)[best].tolist() and alone.rule == "best single"
+    for seed in range(4, 8):  # other draws: the rule, whatever the rows
+        folds = _tie_folds(5, 0.1, seed)
+        assert choose_weights(folds, 3, 0.2, combine=True)[0].weights.tolist() == \
+            _naive_choice(folds, 0.2)
+    many = _tie_folds(400, 1.0)
     assert tied_with_best(many, 3, 0.2) == [0]
-    assert choose_weights(many, 3, 0.2, combine=True)[0].weights[0] >= 0.5
+    choice, _ = choose_weights(many, 3, 0.2, combine=True)
+    assert choice.separated and choice.weights.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_the_note_says_when_the_validation_could_not_separate_the_candidates():
+    from scorers.auto import _separation
+
+    table = {"separated": False, "tied": ["dsir", "fasttext"], "rule": "best single"}
+    assert "could not separate dsir, fasttext" in _separation(table)
+    assert "kept the best-validated one alone" in _separation(table)
+    assert _separation({**table, "separated": True, "tied": ["dsir"]}) == ""
 
 
 def _naive_probability(above: float, rows: int, share: float) -> float:
