@@ -6,14 +6,17 @@ description, so this one measures it. Fit:
 1. Read the target (small by nature) and deal its rows into ``folds`` folds by a seeded
    key of their ids (:func:`~scorers.auto_validation.fold_numbers`): the folds do not
    depend on file order or partitioning.
-2. Draw a seeded sample of ``2 × pool_sample`` pool rows in one pass over the pool, by id.
-   Alternate rows of it become the *validation* sample and a *stand-in pool* that the
-   candidates fit on (DSIR's raw distribution, fastText's negatives), so no candidate is
-   validated on rows it was trained against, and no fold fit reads the whole pool.
+2. Draw a seeded sample of pool rows in one pass over the pool, by id (a second pass when
+   the share, known from the pool's row count, needs a larger validation sample).
+   Alternate rows of its first ``2 × pool_sample`` become the *validation* sample and a
+   *stand-in pool* that the candidates fit on (DSIR's raw distribution, fastText's
+   negatives), and the rest join the validation sample, so no candidate is validated on
+   rows it was trained against, and no fold fit reads the whole pool.
 3. For every fold and candidate: fit on the other folds and the stand-in pool, in this
    process (the rows are few), and score the held-out rows and the validation sample.
-4. Measure ROC AUC and recall within the budget's top share, and choose the best candidate
-   or a convex combination of standardised scores that validates better
+4. Measure ROC AUC and recall within the budget's top share (with bootstrap standard
+   errors; the validation sample is sized to the share), and choose the best candidate
+   or a convex combination of standardised scores that validates clearly better
    (:func:`~scorers.auto_validation.choose_weights`).
 5. Refit the chosen candidates on the whole target and the real pool (with the job's
    runner, like any scorer), and standardise each by its scores on the validation sample.

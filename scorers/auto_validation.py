@@ -5,10 +5,15 @@ cheap, and the scorer module (:mod:`scorers.auto`) only fits and scores.
 
 What is measured: for each held-out target row, the share of a seeded pool sample that
 scores below it (ties count half), its *rank fraction*. Its mean over the held-out rows is
-the ROC AUC of held-out target against pool sample; the share of held-out rows whose rank
-fraction reaches ``1 − top_share`` is the recall within the top share of the pool that the
-budget takes. Both say how well a scorer tells the target from the pool; neither is a
-measure of the quality of a model trained on the selection.
+the ROC AUC of held-out target against pool sample. Recall within the top share of the
+pool that the budget takes is the mean, over the held-out rows, of the probability that
+the row ranks within that share of the whole pool, given how many sample rows score above
+it (:func:`top_share_probabilities`): at small shares the sample's cutoff row is a
+handful of rows from the top, and counting the rows above it would be decided by those
+few. The sample is sized to the share (:func:`validation_rows`), and every figure has a
+bootstrap standard error (:func:`standard_errors`). Both say how well a scorer tells the
+target from the pool; neither is a measure of the quality of a model trained on the
+selection.
 
 Combinations are weighted sums of scores standardised by the pool sample's mean and
 standard deviation (per candidate and fold), the same transform that scores the pool
@@ -17,13 +22,13 @@ weights (steps of ``1 / GRID_STEPS``), searched in a fixed order: deterministic,
 few enough points (66 for three candidates) that it cannot chase noise far.
 
 Few held-out rows cannot tell close candidates apart: with a 10-row target one row moves
-recall by 0.1, and which candidate validates best then changes with the seed that deals the
-folds (on the instruction tasks, the best-validated scorer's precision ranged from 0.875 to
-1.0 over five seeds). So before any weights are searched, every candidate is compared with
-the best one row by row: a candidate whose mean shortfall is within ``TIE_Z`` standard
-errors of the paired differences (one-sided 5 %) is *tied* with it, and the tied candidates
-are averaged with equal weights instead of trusting the noise to pick one
-(:func:`tied_with_best`). Only a clear winner goes on to the weight search.
+recall by 0.1. Every candidate is compared with the best one row by row: a candidate
+whose mean shortfall is within ``TIE_Z`` standard errors of the paired differences
+(one-sided 5 %) is *tied* with it (:func:`tied_with_best`). A tie is reported (the note
+says the validation could not separate them) but does not change the rule: the
+best-validated single candidate, unless a grid mix validates better by
+:func:`combine_margin`. An equal mix of tied candidates, the rule before, fell between
+them more often than above them (issue 29).
 """
 
 from __future__ import annotations
