@@ -572,7 +572,9 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     if args.domains:
         corpus = load_corpus(args.corpus)
         print(f"corpus {args.corpus}: {len(corpus)} rows; workers {args.cores}; target "
-              f"{args.target_size} docs; pool {args.max_docs or 'every other'} rows; "
+              f"{args.target_size} docs; pool "
+              + (f"every other row, domain shares {args.shares}; " if args.shares else
+                 f"{args.max_docs or 'every other'} rows; ") +
               f"workdir {workdir}", flush=True)
         for domain in args.domains:
             if not args.shares:
