@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pickle
 import sys
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from scorers.auto_validation import (
     combine_margin,
     criterion,
     measure,
+    row_criteria,
     tied_with_best,
     weight_grid,
 )
@@ -101,6 +103,21 @@ def rule(name: str, folds: list[FoldScores], share: float) -> np.ndarray:
         gain = criterion(*measure(folds, equal, share)) - criterion(
             *measure(folds, single, share))
         return equal if gain > combine_margin(held) else single
+    if name == "average ties unless worse":
+        single = _best(folds, share, criterion, tied)
+        held = sum(f.held_out.shape[1] for f in folds)
+        loss = criterion(*measure(folds, single, share)) - criterion(
+            *measure(folds, equal, share))
+        return single if loss > combine_margin(held) else equal
+    if name == "ties by probability":
+        rows = [row_criteria(folds, _single(n, i), share) for i in range(n)]
+        best = max(tied, key=lambda i: (rows[i].mean(), -i))
+        values = np.zeros(n)
+        for i in tied:
+            gap = rows[best] - rows[i]
+            error = float(gap.std(ddof=1)) / np.sqrt(len(gap)) or 1e-12
+            values[i] = math.erfc(float(gap.mean()) / error / math.sqrt(2)) / 2 * 2
+        return values / values.sum()
     raise ValueError(name)
 
 
@@ -171,7 +188,8 @@ def single_precisions(folder: Path) -> dict[str, float]:
 
 
 RULES = ("average ties", "best single", "grid", "ties by AUC", "ties by recall",
-         "ties weighted", "average ties if better")
+         "ties weighted", "average ties if better", "average ties unless worse",
+         "ties by probability")
 
 
 def study(folder: Path, seed: int, reuse: bool) -> dict[str, Any]:

@@ -60,7 +60,6 @@ from dataselect.table_corpus import table_corpus
 from scorers import SCORERS
 from scorers.auto_validation import (
     POOL_STREAM,
-    TIE_Z,
     Choice,
     FoldScores,
     choose_weights,
@@ -314,11 +313,11 @@ def _separation(v: dict[str, Any]) -> str:
     """The note's clause on whether the held-out rows told the candidates apart."""
     if v["separated"]:
         return ""
-    kept = ("a mix validated better than the best single one by the margin" if v["rule"] == "mix"
-            else "kept the best-validated one alone")
-    return (f"; the validation could not separate {', '.join(v['tied'])} (within "
-            f"{TIE_Z} standard errors of their row-by-row difference): {kept}, and their "
-            f"precision may differ from what it measured")
+    kept = ("mixed them equally" if v["rule"].startswith("equal mix") else
+            "kept the best-validated one alone: their equal mix validated worse")
+    return (f"; the validation could not separate {', '.join(v['tied'])} (their row-by-row "
+            f"differences are within Student's t 5 % point of their standard error): {kept}; "
+            f"their precision may differ more than the table says")
 
 
 def _cell(value: float | None, error: float | None) -> str:
