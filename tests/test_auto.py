@@ -35,6 +35,7 @@ from scorers.auto_validation import (
     rank_fractions,
     row_criteria,
     standard_errors,
+    tie_threshold,
     tied_with_best,
     top_share_probabilities,
     validation_rows,
@@ -181,7 +182,7 @@ def test_manifest_carries_the_validation_table(cli_runs):
         assert 0 <= row["auc"] <= 1 and 0 <= row["recall"] <= 1
         assert 0 < row["auc_se"] < 0.5 and 0 <= row["recall_se"] < 0.5  # bootstrap errors
     assert validation["separated"] in (True, False) and validation["rule"] in (
-        "best single", "mix")
+        "best single", "mix", "equal mix of the tied", "best single: the tied mix validated worse")
     assert validation["validation_sample_cap"] == 20000
     assert validation["top_share"] == pytest.approx(100 / 1600)
     assert validation["top_share_from"] == "k"
@@ -362,21 +363,32 @@ def _naive_row_criteria(held: np.ndarray, pool: np.ndarray, share: float) -> np.
 
 
 def _naive_choice(folds: list[FoldScores], share: float) -> list[float]:
-    """The rule, by brute force: every grid point's criterion from the naive row criteria;
-    the best single candidate unless a mix beats it by the margin."""
-    def value(weights) -> float:
-        rows = []
+    """The rule, by brute force from the naive row criteria: the candidates a paired
+    Student's t test cannot tell from the best are mixed equally unless that mix validates
+    worse than the best by the margin; a clear winner is kept unless a grid mix beats it."""
+    def rows(weights) -> np.ndarray:
+        found = []
         for fold in folds:
             held, pool = fold.combined(np.array(weights, dtype=float))
-            rows.append(_naive_row_criteria(held, pool, share))
-        return float(np.concatenate(rows).mean())
+            found.append(_naive_row_criteria(held, pool, share))
+        return np.concatenate(found)
 
     grid = weight_grid(3)
-    values = [value(w) for w in grid]
-    single = int(np.argmax(values[:3]))
+    singles = [rows(w) for w in grid[:3]]
+    best = int(np.argmax([r.mean() for r in singles]))
+    n = len(singles[best])
+    t_95 = {10: 1.833, 400: 1.649, 800: 1.647}[n]  # Student's t, n − 1 degrees of freedom
+    tied = [i for i in range(3) if i == best or (singles[best] - singles[i]).mean()
+            <= t_95 * (singles[best] - singles[i]).std(ddof=1) / np.sqrt(n)]
+    margin = combine_margin(n)
+    if len(tied) > 1:
+        equal = np.zeros(3)
+        equal[tied] = 1 / len(tied)
+        worse = singles[best].mean() - rows(equal).mean() > margin
+        return list(grid[best]) if worse else list(equal)
+    values = [rows(w).mean() for w in grid]
     mix = int(np.argmax(values))
-    held = sum(f.held_out.shape[1] for f in folds)
-    return list(grid[mix] if values[mix] - values[single] > combine_margin(held) else grid[single])
+    return list(grid[mix] if values[mix] - values[best] > margin else grid[best])
 
 
 def _tie_folds(rows: int, gap: float, seed: int = 3) -> list[FoldScores]:
@@ -392,43 +404,59 @@ def _tie_folds(rows: int, gap: float, seed: int = 3) -> list[FoldScores]:
     return [fold(), fold()]
 
 
-def test_tied_candidates_keep_the_best_validated_one_unless_a_mix_is_clearly_better():
-    """A paired comparison, row by row, says whether the rows could tell the candidates
-    apart; a tie is said (``separated``), not averaged: the choice is the rule's on a
-    brute-force reference, the best-validated single unless a mix beats it by the margin."""
+def test_tied_candidates_are_mixed_equally_unless_the_mix_validates_worse():
+    """A paired comparison, row by row, with Student's t (the error is estimated from the
+    rows), says whether the rows could tell the candidates apart, and the table says so
+    (``separated``); the choice is the rule's on a brute-force reference."""
+    assert tie_threshold(10) == pytest.approx(1.833, abs=0.002)  # t, 9 degrees of freedom
+    assert tie_threshold(5) == pytest.approx(2.132, abs=0.005)
+    assert tie_threshold(101) == pytest.approx(1.660, abs=0.001)
+    assert tie_threshold(100_000) == pytest.approx(TIE_Z, abs=1e-4)
     few = _tie_folds(5, 0.1)
     rows = np.concatenate([_naive_row_criteria(f.held_out[0], f.pool[0], 0.2) for f in few])
     assert row_criteria(few, np.array([1.0, 0, 0]), 0.2) == pytest.approx(rows, abs=2e-3)
-    # the naive paired test, candidate by candidate
-    crit = [np.concatenate([_naive_row_criteria(f.held_out[i], f.pool[i], 0.2) for f in few])
-            for i in range(3)]
-    best = int(np.argmax([c.mean() for c in crit]))
-    expected = [i for i in range(3) if i == best or (crit[best] - crit[i]).mean()
-                <= TIE_Z * (crit[best] - crit[i]).std(ddof=1) / np.sqrt(10)]
-    assert tied_with_best(few, 3, 0.2) == expected
-    assert 2 not in expected and len(expected) == 2  # the noise candidate is clearly worse
     choice, _ = choose_weights(few, 3, 0.2, combine=True)
-    assert not choice.separated and list(choice.tied) == expected
-    assert choice.weights.tolist() == _naive_choice(few, 0.2)
-    assert choice.weights.tolist() != [0.5, 0.5, 0.0]  # no equal mix by default
+    assert not choice.separated and 2 not in choice.tied and len(choice.tied) == 2
+    assert tied_with_best(few, 3, 0.2) == list(choice.tied)
+    assert choice.weights.tolist() == _naive_choice(few, 0.2) == [0.5, 0.5, 0.0]
+    assert choice.rule == "equal mix of the tied"
     alone, _ = choose_weights(few, 3, 0.2, combine=False)
-    assert alone.weights.tolist() == np.eye(3)[best].tolist() and alone.rule == "best single"
-    for seed in range(4, 8):  # other draws: the rule, whatever the rows
+    assert alone.weights.max() == 1.0 and alone.rule == "best single"
+    for seed in range(4, 10):  # other draws: the rule, whatever the rows
         folds = _tie_folds(5, 0.1, seed)
         assert choose_weights(folds, 3, 0.2, combine=True)[0].weights.tolist() == \
-            _naive_choice(folds, 0.2)
+            _naive_choice(folds, 0.2), seed
     many = _tie_folds(400, 1.0)
     assert tied_with_best(many, 3, 0.2) == [0]
     choice, _ = choose_weights(many, 3, 0.2, combine=True)
-    assert choice.separated and choice.weights.tolist() == [1.0, 0.0, 0.0]
+    assert choice.separated and choice.weights.tolist() == _naive_choice(many, 0.2)
+
+
+def test_a_tied_mix_that_validates_worse_than_the_best_is_not_taken():
+    """Two candidates that each rank a different half of the held-out rows far above the
+    pool and the other half far below: the rows cannot separate them, and their equal mix
+    puts every row in the middle; it validates worse, so the best one is kept alone."""
+    rng = np.random.default_rng(11)
+    folds = []
+    for _ in range(2):
+        half = np.array([3.0, 3.0, -3.0, -3.0, 3.0]) + rng.normal(0, 0.05, 5)
+        held = np.stack([half, -half, rng.normal(0, 1, 5)])
+        folds.append(FoldScores(held, np.stack([rng.normal(0, 1, 300) for _ in range(3)])))
+    choice, _ = choose_weights(folds, 3, 0.2, combine=True)
+    assert not choice.separated and set(choice.tied) >= {0, 1}
+    assert choice.rule == "best single: the tied mix validated worse"
+    assert choice.weights.tolist() == _naive_choice(folds, 0.2)
+    assert choice.weights.max() == 1.0
 
 
 def test_the_note_says_when_the_validation_could_not_separate_the_candidates():
     from scorers.auto import _separation
 
-    table = {"separated": False, "tied": ["dsir", "fasttext"], "rule": "best single"}
+    table = {"separated": False, "tied": ["dsir", "fasttext"],
+             "rule": "best single: the tied mix validated worse"}
     assert "could not separate dsir, fasttext" in _separation(table)
     assert "kept the best-validated one alone" in _separation(table)
+    assert "mixed them equally" in _separation({**table, "rule": "equal mix of the tied"})
     assert _separation({**table, "separated": True, "tied": ["dsir"]}) == ""
 
 
