@@ -391,7 +391,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, domains: tuple[str, ...]
                        target_size: int, max_docs: int) -> None:
     """Options every script that cuts domain-recovery tasks shares."""
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
-    parser.add_argument("--domains", nargs="+", default=list(domains))
+    parser.add_argument("--domains", nargs="*", default=list(domains))
     parser.add_argument("--target-size", type=int, default=target_size)
     parser.add_argument("--max-docs", type=int, default=max_docs,
                         help="keep a seeded sample of this many pool rows (0: every row)")

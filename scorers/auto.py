@@ -6,14 +6,17 @@ description, so this one measures it. Fit:
 1. Read the target (small by nature) and deal its rows into ``folds`` folds by a seeded
    key of their ids (:func:`~scorers.auto_validation.fold_numbers`): the folds do not
    depend on file order or partitioning.
-2. Draw a seeded sample of ``2 × pool_sample`` pool rows in one pass over the pool, by id.
-   Alternate rows of it become the *validation* sample and a *stand-in pool* that the
-   candidates fit on (DSIR's raw distribution, fastText's negatives), so no candidate is
-   validated on rows it was trained against, and no fold fit reads the whole pool.
+2. Draw a seeded sample of pool rows in one pass over the pool, by id (a second pass when
+   the share, known from the pool's row count, needs a larger validation sample).
+   Alternate rows of its first ``2 × pool_sample`` become the *validation* sample and a
+   *stand-in pool* that the candidates fit on (DSIR's raw distribution, fastText's
+   negatives), and the rest join the validation sample, so no candidate is validated on
+   rows it was trained against, and no fold fit reads the whole pool.
 3. For every fold and candidate: fit on the other folds and the stand-in pool, in this
    process (the rows are few), and score the held-out rows and the validation sample.
-4. Measure ROC AUC and recall within the budget's top share, and choose the best candidate
-   or a convex combination of standardised scores that validates better
+4. Measure ROC AUC and recall within the budget's top share (with bootstrap standard
+   errors; the validation sample is sized to the share), and choose the best candidate
+   or a convex combination of standardised scores that validates clearly better
    (:func:`~scorers.auto_validation.choose_weights`).
 5. Refit the chosen candidates on the whole target and the real pool (with the job's
    runner, like any scorer), and standardise each by its scores on the validation sample.
@@ -61,6 +64,8 @@ from scorers.auto_validation import (
     choose_weights,
     fold_numbers,
     sample_order,
+    standard_errors,
+    validation_rows,
 )
 
 CHEAP_CANDIDATES = ("dsir", "fasttext", "zipfit")
@@ -88,6 +93,7 @@ class Auto(Scorer):
     model: str | None = None
     folds: int = 3
     pool_sample: int = 2000
+    validation_sample: int = 20000
     combine: bool = True
     k: int | None = None
     fraction: float | None = None
@@ -96,6 +102,7 @@ class Auto(Scorer):
     def __post_init__(self) -> None:
         checks.check_count(self.folds, "folds", minimum=2, maximum=20)
         checks.check_count(self.pool_sample, "pool_sample", minimum=10)
+        checks.check_count(self.validation_sample, "validation_sample", minimum=10)
         checks.optional(checks.check_count, self.k, "k")
         checks.optional(checks.check_fraction, self.fraction, "fraction")
         checks.check_seed(self.seed)
@@ -145,18 +152,24 @@ class Auto(Scorer):
 
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
             ) -> Auto:
+        v = self.validate(target, pool, runner)
+        best, singles = choose_weights(v.fold_scores, len(v.compared), v.share, self.combine)
+        self._record(v, best, singles)
+        self._refit(target, pool, v.rows, v.validation, runner)
+        return self
+
+    def validate(self, target: Corpus, pool: Corpus | None, runner: Runner = default_runner
+                 ) -> Validated:
+        """Every candidate's held-out and pool-sample scores, fold by fold (steps 1-3)."""
         if pool is None:
             raise InputError("auto validates against a pool sample: pass pool=")
         rows = _ordered(target.to_table("target"), self.seed)
         if rows.num_rows < 2:
             raise EmptyCorpusError("auto needs at least 2 target rows to hold some out",
                                    where=", ".join(target.files))
-        sample, pool_rows = _pool_sample(pool, 2 * self.pool_sample, self.seed, runner)
+        validation, stand_in, pool_rows, share = self._samples(pool, rows.num_rows, runner)
         if pool_rows < MIN_POOL_ROWS:
-            return self._fall_back(target, pool, rows, sample, pool_rows, runner)
-        validation, stand_in = sample.take(np.arange(0, sample.num_rows, 2)), sample.take(
-            np.arange(1, sample.num_rows, 2))
-        share = self._top_share(pool_rows, rows.num_rows)
+            return self._fall_back(target, pool, rows, validation, pool_rows, runner)
         folds = min(self.folds, rows.num_rows)
         numbers = fold_numbers(rows["id"], folds, self.seed)
         jobs = [(fold, name) for fold in range(folds) for name in self.names]
@@ -169,11 +182,33 @@ class Auto(Scorer):
         fold_scores = [FoldScores(np.array([results[fold, n].held_out for n in compared]),
                                   np.array([results[fold, n].pool for n in compared]))
                        for fold in used]
-        best, singles = choose_weights(fold_scores, len(compared), share, self.combine)
-        self._record(compared, best, singles, seconds, share, folds, rows.num_rows,
-                     (validation.num_rows, stand_in.num_rows), pool_rows, used, left_out)
-        self._refit(target, pool, rows, validation, runner)
-        return self
+        return Validated(rows, validation, stand_in, pool_rows, share, folds, compared, used,
+                         left_out, fold_scores, seconds)
+
+    def _samples(self, pool: Corpus, target_rows: int, runner: Runner
+                 ) -> tuple[pa.Table, pa.Table, int, float]:
+        """(validation sample, stand-in pool, pool rows, top share).
+
+        The stand-in pool has up to ``pool_sample`` rows; the validation sample is sized to
+        the share (:func:`~scorers.auto_validation.validation_rows`), so that enough of its
+        rows lie above the cutoff recall is measured at. A seeded sample in key order
+        holds every smaller one as its first rows, so the first ``2 × pool_sample`` rows
+        are dealt alternately as before and the rest join the validation sample. Where
+        the share is known only from the pool's row count (``k``), a second pass draws the
+        larger sample, and only where the share needs it."""
+        small = 2 * self.pool_sample
+        wanted = (validation_rows(self.fraction, self.pool_sample, self.validation_sample)
+                  if self.fraction is not None else self.pool_sample)
+        sample, pool_rows = _pool_sample(pool, self.pool_sample + max(wanted, self.pool_sample),
+                                         self.seed, runner)
+        share = self._top_share(pool_rows, target_rows)
+        wanted = validation_rows(share, self.pool_sample, self.validation_sample)
+        if self.pool_sample + wanted > sample.num_rows and pool_rows > sample.num_rows:
+            sample, _ = _pool_sample(pool, self.pool_sample + wanted, self.seed, runner)
+        first = np.arange(min(small, sample.num_rows))
+        validation = sample.take(np.concatenate([first[0::2], np.arange(
+            len(first), min(sample.num_rows, len(first) + wanted - len(first[0::2])))]))
+        return validation, sample.take(first[1::2]), pool_rows, share
 
     def _fall_back(self, target: Corpus, pool: Corpus, rows: pa.Table, sample: pa.Table,
                    pool_rows: int, runner: Runner) -> Auto:
@@ -186,8 +221,9 @@ class Auto(Scorer):
                   f"at least {MIN_POOL_ROWS}), so it used {name} without validation")
         self.chosen_ = {name: 1.0}
         self.validation_ = {
-            "table": [{"candidate": n, "auc": None, "recall": None,
-                       "weight": 1.0 if n == name else 0.0} for n in self.names],
+            "table": [{"candidate": n, "auc": None, "auc_se": None, "recall": None,
+                       "recall_se": None, "weight": 1.0 if n == name else 0.0}
+                      for n in self.names],
             "chosen": dict(self.chosen_), "fallback": reason, "folds": 0,
             "folds_compared": 0, "left_out": [], "target_rows": rows.num_rows,
             "pool_rows": pool_rows, "seed": self.seed, "statement": STATEMENT,
@@ -203,30 +239,30 @@ class Auto(Scorer):
         wanted = self.k if self.k is not None else target_rows
         return min(1.0, wanted / max(pool_rows, 1))
 
-    def _record(self, compared: list[str], best: Choice, singles: list[Choice],
-                seconds: np.ndarray, share: float, folds: int, target_rows: int,
-                sample_rows: tuple[int, int], pool_rows: int, used: list[int],
-                left_out: list[dict[str, Any]]) -> None:
-        self.chosen_ = {n: round(float(w), 4) for n, w in zip(compared, best.weights) if w}
+    def _record(self, v: Validated, best: Choice, singles: list[Choice]) -> None:
+        self.chosen_ = {n: round(float(w), 4) for n, w in zip(v.compared, best.weights) if w}
         measured = {n: (c, float(best.weights[i]))
-                    for i, (n, c) in enumerate(zip(compared, singles))}
-        table = [{"candidate": n, "auc": round(measured[n][0].auc, 4),
-                  "recall": round(measured[n][0].recall, 4), "weight": round(measured[n][1], 4)}
+                    for i, (n, c) in enumerate(zip(v.compared, singles))}
+        table = [_table_row(n, measured[n][0], measured[n][1], v, self.seed)
                  if n in measured else
-                 {"candidate": n, "auc": None, "recall": None, "weight": 0.0}
+                 {"candidate": n, "auc": None, "auc_se": None, "recall": None,
+                  "recall_se": None, "weight": 0.0}
                  for n in self.names]
         if len(self.chosen_) > 1:
-            table.append({"candidate": "combination", "auc": round(best.auc, 4),
-                          "recall": round(best.recall, 4), "weight": None})
+            table.append(_table_row("combination", best, None, v, self.seed))
         self.validation_ = {
-            "table": table, "chosen": dict(self.chosen_), "top_share": round(share, 6),
+            "table": table, "chosen": dict(self.chosen_), "top_share": round(v.share, 6),
             "top_share_from": ("fraction" if self.fraction is not None else
                                "k" if self.k is not None else "target rows"),
-            "folds": folds, "folds_compared": len(used), "left_out": left_out,
-            "target_rows": target_rows, "pool_rows": pool_rows,
-            "pool_sample_rows": sample_rows[0], "pool_sample_cap": self.pool_sample,
-            "stand_in_pool_rows": sample_rows[1], "seed": self.seed, "statement": STATEMENT,
-            "seconds": {n: round(float(s), 3) for n, s in zip(self.names, seconds)},
+            "rule": best.rule, "separated": best.separated,
+            "tied": [v.compared[i] for i in best.tied],
+            "folds": v.folds, "folds_compared": len(v.used), "left_out": v.left_out,
+            "target_rows": v.rows.num_rows, "pool_rows": v.pool_rows,
+            "pool_sample_rows": v.validation.num_rows, "pool_sample_cap": self.pool_sample,
+            "validation_sample_cap": self.validation_sample,
+            "stand_in_pool_rows": v.stand_in.num_rows, "seed": self.seed,
+            "statement": STATEMENT,
+            "seconds": {n: round(float(s), 3) for n, s in zip(self.names, v.seconds)},
         }
 
     def _refit(self, target: Corpus, pool: Corpus, rows: pa.Table, validation: pa.Table,
@@ -268,12 +304,13 @@ class Auto(Scorer):
                     f"{item['candidate']} refused its fit rows ({item['reason']})"
                     if item["fold"] is not None else
                     f"; {item['candidate']} was not compared ({item['reason']})"
-                    for item in v["left_out"]))
+                    for item in v["left_out"]) + _separation(v))
 
     def _summary_table(self) -> dict[str, Any]:
         """The validation table as the end-of-job summary and the report show it."""
         v = self.validation_
-        rows = [[r["candidate"], _cell(r["auc"]), _cell(r["recall"]),
+        rows = [[r["candidate"], _cell(r["auc"], r.get("auc_se")),
+                 _cell(r["recall"], r.get("recall_se")),
                  f"{v['seconds'].get(r['candidate'], 0):.2f}" if r["weight"] is not None else "",
                  "" if r["weight"] is None else f"{r['weight']:g}"] for r in v["table"]]
         return {"title": "auto: validation",
@@ -301,8 +338,49 @@ class Auto(Scorer):
         return pa.table(columns)
 
 
-def _cell(value: float | None) -> str:
-    return "not compared" if value is None else f"{value:.4f}"
+def _separation(v: dict[str, Any]) -> str:
+    """The note's clause on whether the held-out rows told the candidates apart."""
+    if v["separated"]:
+        return ""
+    kept = ("mixed them equally" if v["rule"].startswith("equal mix") else
+            "kept the best-validated one alone: their equal mix validated worse")
+    return (f"; the validation could not separate {', '.join(v['tied'])} (their row-by-row "
+            f"differences are within Student's t 5 % point of their standard error): {kept}; "
+            f"their precision may differ more than the table says")
+
+
+def _cell(value: float | None, error: float | None) -> str:
+    if value is None:
+        return "not compared"
+    return f"{value:.4f}" if error is None else f"{value:.4f} ± {error:.4f}"
+
+
+def _table_row(name: str, choice: Choice, weight: float | None, v: Validated, seed: int
+               ) -> dict[str, Any]:
+    """One row of the validation table: AUC and recall with their bootstrap standard
+    errors (:func:`~scorers.auto_validation.standard_errors`)."""
+    auc_se, recall_se = standard_errors(v.fold_scores, choice.weights, v.share, seed)
+    return {"candidate": name, "auc": round(choice.auc, 4), "auc_se": round(auc_se, 4),
+            "recall": round(choice.recall, 4), "recall_se": round(recall_se, 4),
+            "weight": None if weight is None else round(weight, 4)}
+
+
+@dataclass(frozen=True)
+class Validated:
+    """What the validation measured: the samples, the folds compared and, per fold, every
+    compared candidate's scores of its held-out rows and of the validation sample."""
+
+    rows: pa.Table
+    validation: pa.Table
+    stand_in: pa.Table
+    pool_rows: int
+    share: float
+    folds: int
+    compared: list[str]
+    used: list[int]
+    left_out: list[dict[str, Any]]
+    fold_scores: list[FoldScores]
+    seconds: np.ndarray
 
 
 def _ordered(table: pa.Table, seed: int) -> pa.Table:

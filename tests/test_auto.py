@@ -6,6 +6,7 @@ recipe carry its validation table."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -34,7 +35,11 @@ from scorers.auto_validation import (
     measure,
     rank_fractions,
     row_criteria,
+    standard_errors,
+    tie_threshold,
     tied_with_best,
+    top_share_probabilities,
+    validation_rows,
     weight_grid,
 )
 from scorers.fasttext import FastText
@@ -93,7 +98,8 @@ def test_the_overlapped_refit_fits_as_one_after_another(monkeypatch):
     """fastText's refit trains in the background while the other chosen candidates fit:
     the scales, the fits and the pool's scores are those of fitting one after another."""
     pool = read_corpus(TRAIN, "messages")
-    target = read_corpus(str(INSTRUCTIONS / "targets" / "code.jsonl"), "messages")
+    # translate: the rows cannot separate the two and their mix holds up, so both refit
+    target = read_corpus(str(INSTRUCTIONS / "targets" / "translate.jsonl"), "messages")
 
     def fitted() -> Auto:
         return Auto(candidates=["fasttext", "zipfit"], k=400, pool_sample=400).fit(target, pool)
@@ -176,6 +182,10 @@ def test_manifest_carries_the_validation_table(cli_runs):
     assert [row["candidate"] for row in validation["table"][:2]] == ["dsir", "zipfit"]
     for row in validation["table"]:
         assert 0 <= row["auc"] <= 1 and 0 <= row["recall"] <= 1
+        assert 0 < row["auc_se"] < 0.5 and 0 <= row["recall_se"] < 0.5  # bootstrap errors
+    assert validation["separated"] in (True, False) and validation["rule"] in (
+        "best single", "mix", "equal mix of the tied", "best single: the tied mix validated worse")
+    assert validation["validation_sample_cap"] == 20000
     assert validation["top_share"] == pytest.approx(100 / 1600)
     assert validation["top_share_from"] == "k"
     assert validation["pool_sample_rows"] == 800 and validation["pool_sample_cap"] == 2000
@@ -198,6 +208,7 @@ def test_the_summary_prints_the_table_and_what_it_measures(tmp_path, capsys):
     assert "auto: validation" in printed
     assert f"note: {STATEMENT}" in printed
     assert "recall is within the top 0.25 of the pool (from fraction)" in printed
+    assert " ± " in printed  # every figure with its standard error
 
 
 def test_rank_fractions_are_the_roc_auc():
@@ -348,36 +359,179 @@ def test_auto_survives_a_fold_whose_rows_zipfit_cannot_compress():
 def _naive_row_criteria(held: np.ndarray, pool: np.ndarray, share: float) -> np.ndarray:
     fractions = np.array([((pool < h).sum() + 0.5 * (pool == h).sum()) / len(pool)
                           for h in held])
-    return (fractions + (fractions >= 1 - share)) / 2
+    tail = np.array([_binomial_tail(int((pool > h).sum()), len(pool), share)
+                     for h in held])  # continuous scores: no ties
+    return (fractions + tail) / 2
 
 
-def test_candidates_the_rows_cannot_tell_apart_are_averaged():
-    """A paired comparison, row by row: equal signals with 10 held-out rows are tied and
-    mixed equally; the same gap with 400 rows is a clear winner, kept alone."""
-    rng = np.random.default_rng(3)
+def _naive_choice(folds: list[FoldScores], share: float) -> list[float]:
+    """The rule, by brute force from the naive row criteria: the candidates a paired
+    Student's t test cannot tell from the best are mixed equally unless that mix validates
+    worse than the best by the margin; a clear winner is kept unless a grid mix beats it."""
+    def rows(weights) -> np.ndarray:
+        found = []
+        for fold in folds:
+            held, pool = fold.combined(np.array(weights, dtype=float))
+            found.append(_naive_row_criteria(held, pool, share))
+        return np.concatenate(found)
 
-    def fold(rows: int, gap: float) -> FoldScores:
+    grid = weight_grid(3)
+    singles = [rows(w) for w in grid[:3]]
+    best = int(np.argmax([r.mean() for r in singles]))
+    n = len(singles[best])
+    t_95 = {10: 1.833}[n]  # Student's t, n − 1 degrees of freedom
+    tied = [i for i in range(3) if i == best or (singles[best] - singles[i]).mean()
+            <= t_95 * (singles[best] - singles[i]).std(ddof=1) / np.sqrt(n)]
+    margin = combine_margin(n)
+    if len(tied) > 1:
+        equal = np.zeros(3)
+        equal[tied] = 1 / len(tied)
+        worse = singles[best].mean() - rows(equal).mean() > margin
+        return list(grid[best]) if worse else list(equal)
+    values = [rows(w).mean() for w in grid]
+    mix = int(np.argmax(values))
+    return list(grid[mix] if values[mix] - values[best] > margin else grid[best])
+
+
+def _tie_folds(rows: int, gap: float, seed: int = 3) -> list[FoldScores]:
+    rng = np.random.default_rng(seed)
+
+    def fold() -> FoldScores:
         signal = rng.normal(2.5, 0.5, rows)
         held = np.stack([signal + rng.normal(0, 0.3, rows), signal - gap
                          + rng.normal(0, 0.3, rows), rng.normal(0, 1, rows)])
         pool = np.stack([rng.normal(0, 1, 300) for _ in range(3)])
         return FoldScores(held, pool)
 
-    few = [fold(5, 0.1), fold(5, 0.1)]
+    return [fold(), fold()]
+
+
+def test_tied_candidates_are_mixed_equally_unless_the_mix_validates_worse():
+    """A paired comparison, row by row, with Student's t (the error is estimated from the
+    rows), says whether the rows could tell the candidates apart, and the table says so
+    (``separated``); the choice is the rule's on a brute-force reference."""
+    assert tie_threshold(10) == pytest.approx(1.833, abs=0.002)  # t, 9 degrees of freedom
+    assert tie_threshold(5) == pytest.approx(2.132, abs=0.005)
+    assert tie_threshold(101) == pytest.approx(1.660, abs=0.001)
+    assert tie_threshold(100_000) == pytest.approx(TIE_Z, abs=1e-4)
+    few = _tie_folds(5, 0.1)
     rows = np.concatenate([_naive_row_criteria(f.held_out[0], f.pool[0], 0.2) for f in few])
-    assert row_criteria(few, np.array([1.0, 0, 0]), 0.2) == pytest.approx(rows)
-    # the naive paired test, candidate by candidate
-    crit = [np.concatenate([_naive_row_criteria(f.held_out[i], f.pool[i], 0.2) for f in few])
-            for i in range(3)]
-    best = int(np.argmax([c.mean() for c in crit]))
-    expected = [i for i in range(3) if i == best or (crit[best] - crit[i]).mean()
-                <= TIE_Z * (crit[best] - crit[i]).std(ddof=1) / np.sqrt(10)]
-    assert tied_with_best(few, 3, 0.2) == expected
-    assert 2 not in expected and len(expected) == 2  # the noise candidate is clearly worse
+    assert row_criteria(few, np.array([1.0, 0, 0]), 0.2) == pytest.approx(rows, abs=2e-3)
     choice, _ = choose_weights(few, 3, 0.2, combine=True)
-    assert choice.weights.tolist() == [0.5, 0.5, 0.0]
-    assert choose_weights(few, 3, 0.2, combine=False)[0].weights.sum() == 1.0
-    assert max(choose_weights(few, 3, 0.2, combine=False)[0].weights) == 1.0
-    many = [fold(400, 1.0)]
+    assert not choice.separated and 2 not in choice.tied and len(choice.tied) == 2
+    assert tied_with_best(few, 3, 0.2) == list(choice.tied)
+    assert choice.weights.tolist() == _naive_choice(few, 0.2) == [0.5, 0.5, 0.0]
+    assert choice.rule == "equal mix of the tied"
+    alone, _ = choose_weights(few, 3, 0.2, combine=False)
+    assert alone.weights.max() == 1.0 and alone.rule == "best single"
+    for seed in range(4, 10):  # other draws: the rule, whatever the rows
+        folds = _tie_folds(5, 0.1, seed)
+        assert choose_weights(folds, 3, 0.2, combine=True)[0].weights.tolist() == \
+            _naive_choice(folds, 0.2), seed
+    many = _tie_folds(400, 1.0)
     assert tied_with_best(many, 3, 0.2) == [0]
-    assert choose_weights(many, 3, 0.2, combine=True)[0].weights[0] >= 0.5
+    choice, _ = choose_weights(many, 3, 0.2, combine=True)
+    assert choice.separated and choice.weights[0] >= 0.5
+
+
+def test_a_tied_mix_that_validates_worse_than_the_best_is_not_taken():
+    """Two candidates that each rank a different half of the held-out rows far above the
+    pool and the other half far below: the rows cannot separate them, and their equal mix
+    puts every row in the middle; it validates worse, so the best one is kept alone."""
+    rng = np.random.default_rng(11)
+    folds = []
+    for _ in range(2):
+        half = np.array([3.0, 3.0, -3.0, -3.0, 3.0]) + rng.normal(0, 0.05, 5)
+        held = np.stack([half, -half, rng.normal(0, 1, 5)])
+        folds.append(FoldScores(held, np.stack([rng.normal(0, 1, 300) for _ in range(3)])))
+    choice, _ = choose_weights(folds, 3, 0.2, combine=True)
+    assert not choice.separated and set(choice.tied) >= {0, 1}
+    assert choice.rule == "best single: the tied mix validated worse"
+    assert choice.weights.tolist() == _naive_choice(folds, 0.2)
+    assert choice.weights.max() == 1.0
+
+
+def test_the_note_says_when_the_validation_could_not_separate_the_candidates():
+    from scorers.auto import _separation
+
+    table = {"separated": False, "tied": ["dsir", "fasttext"],
+             "rule": "best single: the tied mix validated worse"}
+    assert "could not separate dsir, fasttext" in _separation(table)
+    assert "kept the best-validated one alone" in _separation(table)
+    assert "mixed them equally" in _separation({**table, "rule": "equal mix of the tied"})
+    assert _separation({**table, "separated": True, "tied": ["dsir"]}) == ""
+
+
+def _binomial_tail(above: int, rows: int, share: float) -> float:
+    """P(Binomial(rows + 1, share) ≥ above + 1), term by term: the posterior probability of
+    :func:`_naive_probability` for whole counts, quicker."""
+    trials = rows + 1
+    return 1.0 - sum(math.comb(trials, j) * share**j * (1 - share) ** (trials - j)
+                     for j in range(above + 1))
+
+
+def _naive_probability(above: float, rows: int, share: float) -> float:
+    """P(the pool share above a row ≤ share) under a uniform prior, by brute force: the
+    Beta(e + 1, n − e + 1) density integrated numerically (whole counts only)."""
+    grid = np.linspace(0, 1, 400_001)
+    log_density = above * np.log(np.maximum(grid, 1e-300)) + (rows - above) * np.log(
+        np.maximum(1 - grid, 1e-300))
+    density = np.exp(log_density - log_density.max())
+    return float(density[grid <= share].sum() / density.sum())
+
+
+def test_the_top_share_probability_is_the_posterior_of_the_rows_pool_share():
+    rows = 200
+    for share in (0.001, 0.01, 0.2):
+        for above in (0, 1, 3, 40):
+            ours = top_share_probabilities(np.array([1 - above / rows]), rows, share)[0]
+            assert ours == pytest.approx(_naive_probability(above, rows, share), abs=2e-3)
+    # a large sample: the probability is the old indicator (rank within the top share)
+    fractions = np.array([0.999, 0.95, 0.9, 0.85])
+    assert top_share_probabilities(fractions, 20_000, 0.1).round(2).tolist() == [1, 1, 0.49, 0]
+
+
+def test_the_validation_sample_is_sized_to_the_share():
+    assert validation_rows(0.001, 2000, 20_000) == 20_000  # 20 rows above the cutoff
+    assert validation_rows(0.0001, 2000, 20_000) == 20_000  # capped
+    assert validation_rows(0.01, 2000, 20_000) == 2000
+    assert validation_rows(0.2, 2000, 20_000) == 2000  # never below pool_sample
+
+
+def _recall_estimates(share: float, sample_rows: int, seeds: int) -> list[tuple]:
+    """(exact recall, estimate, standard error, old indicator estimate) per seed: held-out
+    rows of a shifted normal against a 200,000-row pool, whose exact recall is counted by
+    brute force on the whole pool, estimated from a seeded sample of it."""
+    rng = np.random.default_rng(7)
+    pool = rng.normal(0, 1, 200_000)
+    cutoff = np.sort(pool)[::-1][int(share * len(pool)) - 1]  # the pool's top-share row
+    found = []
+    for seed in range(seeds):
+        draw = np.random.default_rng(seed)
+        held = draw.normal(2.6, 1, (1, 60))
+        sample = pool[draw.choice(len(pool), sample_rows, replace=False)][None, :]
+        folds = [FoldScores(held, sample)]
+        exact = float((held >= cutoff).mean())
+        _, recall = measure(folds, np.ones(1), share)
+        _, error = standard_errors(folds, np.ones(1), share, seed)
+        old = float((rank_fractions(held[0], sample[0]) >= 1 - share).mean())
+        found.append((exact, recall, error, old))
+    return found
+
+
+@pytest.mark.slow  # 40 seeded samples of a 200,000-row pool
+def test_the_recall_estimate_and_its_error_cover_the_exact_recall_at_a_small_share():
+    """At a 0.1 % share a 2,000-row sample's cutoff is its 2nd-highest row; the sample sized
+    to the share (20,000 rows) estimates the exact recall of the held-out rows within
+    1.96 standard errors on nearly every seed, and with less error than the indicator on
+    a 2,000-row sample."""
+    sized = _recall_estimates(0.001, validation_rows(0.001, 2000, 20_000), 40)
+    covered = [abs(recall - exact) <= 1.96 * error for exact, recall, error, _ in sized]
+    assert sum(covered) >= 36, sized
+    small = _recall_estimates(0.001, 2000, 40)
+    ours = np.mean([abs(recall - exact) for exact, recall, _, _ in sized])
+    old = np.mean([abs(indicator - exact) for exact, _, _, indicator in small])
+    assert ours < 0.6 * old, (ours, old)
+    # with a 2,000-row sample the error says how unsure it is: still covering
+    covered = [abs(recall - exact) <= 1.96 * error for exact, recall, error, _ in small]
+    assert sum(covered) >= 34, small
