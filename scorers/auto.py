@@ -153,14 +153,18 @@ class Auto(Scorer):
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
             ) -> Auto:
         v = self.validate(target, pool, runner)
+        if v is None:  # too few pool rows to validate on: one candidate was fitted
+            return self
         best, singles = choose_weights(v.fold_scores, len(v.compared), v.share, self.combine)
         self._record(v, best, singles)
         self._refit(target, pool, v.rows, v.validation, runner)
         return self
 
     def validate(self, target: Corpus, pool: Corpus | None, runner: Runner = default_runner
-                 ) -> Validated:
-        """Every candidate's held-out and pool-sample scores, fold by fold (steps 1-3)."""
+                 ) -> Validated | None:
+        """Every candidate's held-out and pool-sample scores, fold by fold (steps 1-3);
+        None when the pool has too few rows to validate on, after fitting the fallback
+        candidate (:meth:`_fall_back`)."""
         if pool is None:
             raise InputError("auto validates against a pool sample: pass pool=")
         rows = _ordered(target.to_table("target"), self.seed)
@@ -169,7 +173,8 @@ class Auto(Scorer):
                                    where=", ".join(target.files))
         validation, stand_in, pool_rows, share = self._samples(pool, rows.num_rows, runner)
         if pool_rows < MIN_POOL_ROWS:
-            return self._fall_back(target, pool, rows, validation, pool_rows, runner)
+            self._fall_back(target, pool, rows, validation, pool_rows, runner)
+            return None
         folds = min(self.folds, rows.num_rows)
         numbers = fold_numbers(rows["id"], folds, self.seed)
         jobs = [(fold, name) for fold in range(folds) for name in self.names]
