@@ -96,6 +96,7 @@ def _in_process(stage, tasks):
     return [task() for task in tasks]
 
 
+@pytest.mark.slow  # 4,000 whole selections: 20-70 s
 def test_gumbel_top_1_draws_in_proportion_to_the_weights(tmp_path):
     weights = np.array([1.0, 2.0, 3.0, 4.0])
     path = write_jsonl(tmp_path / "w.jsonl", [{"id": f"w{i}", "text": "x"} for i in range(4)])
@@ -111,6 +112,7 @@ def test_gumbel_top_1_draws_in_proportion_to_the_weights(tmp_path):
     np.testing.assert_allclose(freq, weights / weights.sum(), atol=0.03)
 
 
+@pytest.mark.slow  # 4,000 whole selections: 20-70 s
 def test_gumbel_top_k_without_replacement_follows_sequential_sampling(tmp_path):
     # P(first two picks are {a, b}) for weights (a=3, b=1, c=1): known closed form
     weights = np.array([3.0, 1.0, 1.0])
