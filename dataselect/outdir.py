@@ -484,32 +484,40 @@ def _link_error(link: str, out: str) -> OutputConflictError:
         "lead outside the folder: remove the link, or choose another --out")
 
 
-# the kinds of output that are datasets: readers read every visible file below them
-_DATASET_KINDS = ("job", "selection", "union")
+# the one kind of output that holds other outputs at visible paths (tasks/<task>/, union/)
+_HOLDS_OUTPUTS = ("recipe",)
 
 
 def refuse_nesting(path: str, kind: str) -> None:
-    """Refuse an output inside a dataset output of dataselect's, or a dataset output that
-    would contain another output, at a visible path (either order).
+    """Refuse an output inside another output of dataselect's, or an output that would
+    contain another one, at a visible path (either order).
 
     Readers of a dataset folder (``datasets``, pyarrow, a glob with ``**``) read every
     visible file below it, so ``out/`` holding another job's ``out/b/`` reads as the union of
-    both. Folders under a hidden name (``.scores/dsir``, ``.hf``) are a job's own
-    bookkeeping, and a recipe's ``tasks/<task>/`` lie in a recipe folder, no dataset."""
+    both; a feature store, index, model or warmup folder is read by the next command, which
+    should find only what made it. Folders under a hidden name (``.scores/dsir``, ``.hf``)
+    are a job's own bookkeeping, and a recipe's folder holds its tasks' selections, union
+    and attribution files by design."""
+    refuse_inside_outputs(path)
     real = os.path.realpath(path)
-    for outer, outer_kind in _marked_ancestors(real):
-        if outer_kind in _DATASET_KINDS and _visible(os.path.relpath(real, outer)):
-            raise OutputConflictError(
-                f"{path} lies inside {outer}, the output of another dataselect job "
-                f"({outer_kind}): readers of that folder would read this output as part of "
-                "it; choose an --out outside it")
-    if kind in _DATASET_KINDS and os.path.isdir(real):
+    if kind not in _HOLDS_OUTPUTS and os.path.isdir(real):
         inner = _marked_descendant(real)
         if inner is not None:
             raise OutputConflictError(
                 f"{path} holds {inner}, the output of another dataselect job: readers of "
-                f"{path} would read both as one dataset; choose another --out, or move "
+                f"{path} would read both as one; choose another --out, or move "
                 f"{inner} out of it")
+
+
+def refuse_inside_outputs(path: str) -> None:
+    """Refuse an output (a folder, or a file such as attribution rows) at a visible path
+    inside another output of dataselect's other than a recipe's folder."""
+    real = os.path.realpath(path)
+    for outer, outer_kind in _marked_ancestors(real):
+        if outer_kind not in _HOLDS_OUTPUTS and _visible(os.path.relpath(real, outer)):
+            raise OutputConflictError(
+                f"{path} lies inside {outer}, the output of another dataselect job "
+                f"({outer_kind}): choose an --out outside it")
 
 
 def _visible(relative: str) -> bool:
@@ -578,6 +586,7 @@ def check_output_file(path: str | os.PathLike, kind: str, inputs: Iterable[str] 
     refuse_overlap(path, inputs)
     if storage.is_remote(path):
         _refuse_local_only(path, kind)
+    refuse_inside_outputs(path)
     if os.path.isdir(path):
         raise InputError("is a folder; give a file name for this output (e.g. out.parquet)",
                          where=path, field="out")

@@ -57,6 +57,7 @@ def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
     pool.check_unique_ids([id_hashes(table["id"]) for table in pool.iter_tables()])
     rows = sample_pool(pool, config.fraction, config.seed).num_rows
     steps = -(-rows // config.batch_size) * config.epochs
+    refuse_overlap(normalize(out), [*pool.files, *pool.roots, model])
     with locked_output(out), Progress(console=Console(stderr=True)) as progress:
         bar = progress.add_task("warmup", total=steps)
         checkpoints = warmup(model, pool, out, config, device,
@@ -75,6 +76,7 @@ def run_features_job(featurizer: Any, corpus: Corpus, out: str, side: Side = "po
     if side not in SIDES:
         raise InputError(f"side must be one of {SIDES}, got {side!r}", field="side")
     started = time.perf_counter()
+    refuse_overlap(normalize(out), [*corpus.files, *corpus.roots, *model_paths(featurizer)])
     with locked_output(out), \
             dask_client(scheduler, workers, memory_limit, featurizer.local_workers) as client:
         runner = ProgressRunner(client)
@@ -82,6 +84,15 @@ def run_features_job(featurizer: Any, corpus: Corpus, out: str, side: Side = "po
     print_summary(console, "features", runner.timings, {"rows_in": counts["rows"], **counts},
                   time.perf_counter() - started)
     return counts
+
+
+def model_paths(settings: Any) -> list[str]:
+    """The model and checkpoint folders a featurizer or method reads (its ``model`` and
+    ``checkpoints`` settings): an output inside one would plant files among the weights."""
+    checkpoints = getattr(settings, "checkpoints", None)
+    paths = [getattr(settings, "model", None),
+             *(checkpoints if isinstance(checkpoints, list | tuple) else [checkpoints])]
+    return [p for p in paths if isinstance(p, str) and p and os.path.exists(p)]
 
 
 def build_index(features: str, out: str, kind: IndexKind = "flat",
@@ -168,7 +179,7 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
                       console: Console | None = None) -> dict[str, Any]:
     """Query features computed here (queries are few), searched in the pool's index."""
     started = time.perf_counter()
-    inputs = [index_folder, *queries.files]
+    inputs = [index_folder, *queries.files, *queries.roots, *model_paths(featurizer)]
     if k is not None:
         check_output_file(out, "attributions", inputs)  # before any work
     index = FeatureIndex.load(index_folder)
@@ -220,7 +231,7 @@ def write_influence(method: str, config: Any, pool: Corpus, queries: Corpus, k: 
     from scorers.influence import bif_scores, tracin_features, trak_features
 
     started = time.perf_counter()
-    inputs = [*pool.files, *queries.files]
+    inputs = [*pool.files, *pool.roots, *queries.files, *queries.roots, *model_paths(config)]
     pool_ids, pool_view = _views(pool)
     query_ids, query_view = _views(queries)
     dense = k is None or k >= len(pool_ids)

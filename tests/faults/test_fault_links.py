@@ -354,3 +354,45 @@ def test_an_output_name_too_long_is_one_line(tmp_path, capsys):
     assert main(_select(tmp_path / ("x" * 300))) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "longer than the file system allows" in err
+
+
+# --- a third probe's cases: outputs inside feature stores, indexes and model folders ---
+
+
+def test_an_attribution_file_or_output_inside_a_feature_store_or_index_is_refused(tmp_path):
+    from dataselect.outdir import check_output_file
+
+    OutputFolder.claim(tmp_path / "fe", "features", None)
+    OutputFolder.claim(tmp_path / "ix", "index", None)
+    with pytest.raises(OutputConflictError, match="lies inside"):
+        check_output_file(tmp_path / "fe" / "x.parquet", "attributions")
+    for outer in ("fe", "ix"):
+        for kind in ("selection", "index", "features"):
+            with pytest.raises(OutputConflictError, match="lies inside"):
+                OutputFolder.claim(tmp_path / outer / "sub", kind, None)
+    with pytest.raises(OutputConflictError, match="holds"):
+        OutputFolder.claim(tmp_path, "index", None)
+    check_output_file(tmp_path / "elsewhere.parquet", "attributions")  # still fine
+
+
+def test_features_and_attributions_refuse_an_out_inside_their_inputs_or_model(tmp_path):
+    from types import SimpleNamespace
+
+    from conftest import write_jsonl
+
+    from dataselect import read_corpus
+    from dataselect.errors import InputError
+    from pipelines.feature_jobs import model_paths, run_features_job
+
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    write_jsonl(folder / "q.jsonl", [{"id": "a", "text": "hello there"}])
+    model = tmp_path / "model"
+    model.mkdir()
+    featurizer = SimpleNamespace(model=str(model), checkpoints="a,b", local_workers="threads")
+    assert model_paths(featurizer) == [str(model)]
+    corpus = read_corpus(str(folder))
+    for out in (folder / "fe", model / "fe"):
+        with pytest.raises(InputError, match="lies inside the input"):
+            run_features_job(featurizer, corpus, str(out))
+        assert not out.exists()
