@@ -159,7 +159,21 @@ def load_causal_lm(path: str, device: torch.device, dtype: torch.dtype | None = 
         )
     except (pickle.UnpicklingError, ValueError, OSError) as exc:
         raise (_refused_pickle_weights(path, exc) or _unloadable("model", path, exc)) from exc
+    except (RuntimeError, *_weight_file_errors()) as exc:
+        # a cut-short safetensors file (SafetensorError), a config whose sizes make no
+        # model (a negative hidden_size: torch's RuntimeError); memory errors stay themselves
+        if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+            raise
+        raise _unloadable("model", path, exc) from exc
     return model.to(device).eval()
+
+
+def _weight_file_errors() -> tuple[type[Exception], ...]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # an older safetensors names it elsewhere; RuntimeError covers it
+        return ()
+    return (SafetensorError,)
 
 
 def _unloadable(what: str, path: str, exc: Exception) -> Exception:

@@ -396,3 +396,28 @@ def test_features_and_attributions_refuse_an_out_inside_their_inputs_or_model(tm
         with pytest.raises(InputError, match="lies inside the input"):
             run_features_job(featurizer, corpus, str(out))
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_model_folder_with_cut_weights_or_impossible_sizes_is_one_line(tmp_path):
+    import json as _json
+
+    import torch
+
+    from dataselect.errors import InputError
+    from scorers.lm import build_tiny_causal_lm, load_causal_lm
+
+    texts = [f"document number {i} about python and data" for i in range(50)]
+    folder = build_tiny_causal_lm(texts, tmp_path / "m", vocab_size=300, hidden_size=32)
+    weights = next(Path(folder).glob("*.safetensors"))
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(InputError, match="cannot load the model"):
+        load_causal_lm(str(folder), torch.device("cpu"))
+    folder = build_tiny_causal_lm(texts, tmp_path / "n", vocab_size=300, hidden_size=32)
+    config = Path(folder) / "config.json"
+    settings = _json.loads(config.read_text())
+    settings["hidden_size"] = -32
+    config.write_text(_json.dumps(settings))
+    with pytest.raises(InputError, match="cannot load the model"):
+        load_causal_lm(str(folder), torch.device("cpu"))
