@@ -105,6 +105,7 @@ THREAD_FAILURES = ("can't start new thread", "Failed to launch worker thread")
 MIN_ADDRESS_SPACE = 4 * 2**30
 # a local cluster holds sockets and pipes per worker; a DSIR job in threads needs about 16
 MIN_OPEN_FILES = 64
+MIN_STACK = 2 * 2**20
 _LIMITS = ((resource.RLIMIT_AS, "address-space", "-v"), (resource.RLIMIT_DATA, "data", "-d"))
 
 
@@ -173,6 +174,12 @@ def resource_limits_line() -> str | None:
             return (f"the open-file limit (ulimit -n) is {hard}; dataselect needs at least "
                     f"{MIN_OPEN_FILES}: raise it (ulimit -n 1024)")
         resource.setrlimit(resource.RLIMIT_NOFILE, (MIN_OPEN_FILES, hard))
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    if stack != resource.RLIM_INFINITY and stack < MIN_STACK:
+        # Arrow and Polars recurse into nested values on native threads whose stacks
+        # follow this limit: 63 levels of nested lists crashed the process at 160 KiB
+        return (f"the stack limit (ulimit -s) is {stack // 1024} KiB; dataselect needs at "
+                f"least {MIN_STACK // 2**20} MiB: raise it (ulimit -s 8192, the usual value)")
     for limit, what, flag in _LIMITS:
         soft = resource.getrlimit(limit)[0]
         if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE:

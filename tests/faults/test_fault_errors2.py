@@ -574,6 +574,18 @@ def test_an_address_space_limit_too_small_to_start_is_one_line(tmp_path, limit):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_stack_limit_too_small_for_nested_values_is_one_line(tmp_path):
+    """Under ulimit -s 160 (KiB), 63 levels of nested lists crashed the process (exit 139)
+    in a native thread whose stack follows the limit; now it is refused before work."""
+    import resource
+
+    code, err, _ = _limited_run(_dsir_argv(tmp_path), resource.RLIMIT_STACK, 160 * 1024)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "stack limit (ulimit -s) is 160 KiB" in line and "at least 2 MiB" in line
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_a_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path):
     """ulimit -f: a write past the limit fails with EFBIG (Python ignores SIGXFSZ, so the
