@@ -178,10 +178,11 @@ def test_a_model_scorers_pool_is_cut_by_compute_whatever_the_worker_count(
     a model (every worker gets work); the plan depends on the data only, so one and two
     workers score the same partitions of the same rows.
 
-    What is promised across worker counts is agreement within float32 rounding, not
-    bytes: each local worker's torch runs cores // workers threads, and a matmul summed
-    by another number of threads rounds differently (one and two workers differed by
-    up to 3e-7 in most rows). The same worker count gives the same bytes."""
+    What is promised is agreement within float32 rounding, not bytes: each local
+    worker's torch runs cores // workers threads, and a matmul summed by another number
+    of threads rounds differently (one and two workers differed by up to 3e-7 in most
+    rows); two runs with two workers also differed in the last bits of one part once, so
+    no run is promised the bytes of another."""
     import pyarrow.parquet as pq
 
     from dataselect.corpus import DEFAULT_PARTITION_BYTES
@@ -206,7 +207,10 @@ def test_a_model_scorers_pool_is_cut_by_compute_whatever_the_worker_count(
         stores[run] = {p.name: p.read_bytes() for p in sorted(store.glob("part-*"))}
         stores[run, "table"] = pq.read_table(sorted(store.glob("part-*"))).to_pydict()
     assert len(stores[0]) == planned.npartitions
-    assert stores[1] == stores[2]  # same worker count: same bytes
-    one, two = stores[0, "table"], stores[1, "table"]
-    assert one["id"] == two["id"] and len(one["id"]) > 0
-    np.testing.assert_allclose(one["score"], two["score"], rtol=0, atol=1e-5)
+    assert all(len(stores[run]) == planned.npartitions for run in (1, 2))
+    first = stores[0, "table"]
+    assert len(first["id"]) > 0
+    for run in (1, 2):
+        other = stores[run, "table"]
+        assert other["id"] == first["id"]
+        np.testing.assert_allclose(other["score"], first["score"], rtol=0, atol=1e-5)
