@@ -93,7 +93,7 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
         else:  # every eligible score, on the client (8 bytes a row)
             eligible = runner(f"ranks:{s.name}", s.delayed(_eligible_scores))
             scales.append(_Scale(method, sorted_scores=np.sort(np.concatenate(eligible))))
-    names = tuple(s.name for s in scores)
+    names = _column_names([s.name for s in scores])
     task = _CombinedTask(tuple(s.task for s in scores), names, tuple(scales), tuple(weights))
     description = {"scorer": "combined", "method": method, "weights": weights,
                    "inputs": [s.description for s in scores],
@@ -104,6 +104,17 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
 def _eligible_scores(table: pa.Table, index: int) -> np.ndarray:
     score, eligible, _ = eligible_scores(table)
     return score[eligible]
+
+
+def _column_names(names: list[str]) -> tuple[str, ...]:
+    """One ``score_<name>`` column per input: a scorer given twice (two DSIR fits) gets
+    ``dsir``, ``dsir_2``, ... in input order, where one column used to replace the other."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return tuple(unique)
 
 
 BEST_TASK = "best_task"

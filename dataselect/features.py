@@ -131,8 +131,16 @@ class FeatureStore:
         return ids, matrix
 
     def iter_parts(self) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
+        """Every shard, refusing one holding a NaN or infinite value: an index would
+        silently never return that row (FAISS's inner products with it are NaN)."""
         for index in self.parts():
             ids, matrix = self.read_part(index)
+            finite = np.isfinite(matrix).reshape(len(matrix), -1).all(axis=1)
+            if not finite.all():
+                row = int(np.flatnonzero(~finite)[0])
+                raise InputError(f"the features of id {ids[row].as_py()!r} (row {row}) hold "
+                                 "NaN or infinity: the file was damaged or edited; compute "
+                                 "the features again", where=self.matrix_path(index))
             yield index, ids, matrix
 
     def combined(self, weights: np.ndarray | None = None

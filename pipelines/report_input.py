@@ -30,10 +30,14 @@ def read_report_input(out: str) -> tuple[dict[str, Any], str]:
     if os.path.exists(os.path.join(out, RUN_FILE)):
         from pipelines.run_recipe import read_run
 
-        return read_run(out, "report on"), RUN_REPORT_DIR
+        run = read_run(out, "report on")
+        _check_shape(run, os.path.join(out, RUN_FILE))
+        return run, RUN_REPORT_DIR
     manifest = os.path.join(out, MANIFEST_FILE)
     if os.path.exists(manifest):
-        return selection_as_run(out, read_json(manifest)), SELECTION_REPORT_DIR
+        record = read_json(manifest)
+        _check_manifest(record, manifest)
+        return selection_as_run(out, record), SELECTION_REPORT_DIR
     old = legacy_entries(out, depth=1)
     if old:
         raise InputError(f"was written by an older dataselect (its bookkeeping is named "
@@ -100,6 +104,36 @@ def _recorded_pool(out: str, run: dict[str, Any]) -> dict[str, Any] | None:
     if not os.path.exists(path):
         return None
     return (read_json(path).get("inputs") or {}).get("pool")
+
+
+def _damaged(path: str, what: str) -> InputError:
+    return InputError(f"{what}: the file was edited or damaged; restore it, or delete the "
+                      "output folder and rerun the command that made it", where=path)
+
+
+def _check_manifest(manifest: Any, path: str) -> None:
+    """The fields of a selection's manifest the report reads have the types dataselect
+    writes: a manifest edited into another shape is one line naming it, not a TypeError
+    deep inside the report."""
+    counts, scores = manifest.get("counts"), manifest.get("scores")
+    if not isinstance(counts, dict) or not isinstance(counts.get("selected"), int):
+        raise _damaged(path, "its counts are not dataselect's (no whole 'selected' count)")
+    if not isinstance(scores, dict) or not isinstance(scores.get("scorer"), str):
+        raise _damaged(path, "its scores record names no scorer")
+    for key in ("selection", "job", "metrics", "timings"):
+        if not isinstance(manifest.get(key) or {}, dict):
+            raise _damaged(path, f"its {key!r} is not a mapping")
+
+
+def _check_shape(run: Any, path: str) -> None:
+    """The same for a recipe's run record: tasks, scorers and the recipe as written."""
+    if not isinstance(run, dict) or not isinstance(run.get("recipe"), dict):
+        raise _damaged(path, "it holds no recipe")
+    tasks, scorers = run.get("tasks"), run.get("scorers")
+    if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
+        raise _damaged(path, "its tasks are not dataselect's")
+    if not isinstance(scorers, list) or not all(isinstance(n, str) for n in scorers):
+        raise _damaged(path, "its scorers are not a list of names")
 
 
 def selection_as_run(out: str, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -338,3 +338,55 @@ def test_index_build_on_a_truncated_feature_part_names_it(tmp_path, capsys):
     line = _one_line_exit_2(["index", "build", "--features", str(tmp_path / "f"), "--out",
                              str(tmp_path / "i")], capsys)
     assert "part-00000.npy" in line
+
+
+# --- a final short probe's cases ---------------------------------------------------------
+
+
+def test_combining_two_score_sets_of_one_scorer_keeps_both_columns(tmp_path):
+    from conftest import POOL_GLOB
+
+    from dataselect import read_corpus, select
+    from scorers import DSIR
+
+    pool = read_corpus(POOL_GLOB)
+    target = read_corpus(str(TARGETS / "python_docs.jsonl"))
+    first = DSIR(num_buckets=4096).fit(target, pool).score(pool)
+    second = DSIR(num_buckets=2048).fit(target, pool).score(pool)
+    table = select.combine([first, second]).partition(0)
+    assert {"score_dsir", "score_dsir_2"} <= set(table.column_names)
+    assert table["score_dsir"].equals(first.partition(0)["score"].cast(pa.float64()))
+    assert table["score_dsir_2"].equals(second.partition(0)["score"].cast(pa.float64()))
+
+
+def test_report_on_a_manifest_of_another_shape_is_one_line(tmp_path, capsys):
+    import io
+
+    from conftest import POOL_GLOB
+
+    from pipelines.jobs import SelectJob, run_select_job
+    from pipelines.summary import plain_console
+
+    out = tmp_path / "o"
+    run_select_job(SelectJob(scorer="dsir", pool=[POOL_GLOB],
+                             target=[str(TARGETS / "python_docs.jsonl")], k=20, out=str(out),
+                             workers=1, worker_kind="threads"),
+                   console=plain_console(file=io.StringIO()))
+    manifest = out / ".manifest.json"
+    record = json.loads(manifest.read_text())
+    for key, value in (("counts", "lots"), ("scores", []), ("job", 3)):
+        manifest.write_text(json.dumps({**record, key: value}))
+        capsys.readouterr()
+        assert main(["report", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "edited or damaged" in err
+
+
+def test_a_feature_store_holding_nan_is_refused_by_index_build(tmp_path):
+    store = FeatureStore.create(str(tmp_path / "fe"), {"dim": 4, "views": 1, "side": "pool"})
+    store.write_part(0, pa.array(["a", "b", "c"]), np.ones((3, 1, 4), np.float32))
+    saved = np.load(store.matrix_path(0))
+    saved[1, 0, 2] = np.nan  # a valid .npy file, edited
+    np.save(store.matrix_path(0), saved)
+    with pytest.raises(InputError, match=r"'b'.*NaN or infinity"):
+        list(store.iter_parts())
