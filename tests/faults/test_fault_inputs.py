@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from conftest import TARGETS, write_jsonl
+from fault_helpers import private_fingerprint_cache  # noqa: F401
 
 from dataselect import fingerprint
 from dataselect.corpus import read_corpus
@@ -24,15 +25,6 @@ from pipelines.cli import main
 from scorers.dsir import DSIR
 
 RECORDS = [{"id": f"doc{i}", "text": f"record number {i} " * 20} for i in range(400)]
-
-
-@pytest.fixture(autouse=True)
-def private_fingerprint_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets an empty cache of its own, on disk and in memory."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("DATASELECT_CACHE", str(cache))
-    monkeypatch.setattr(fingerprint, "_memory", {})
-    return cache
 
 
 def _jsonl_bytes(records: list[dict]) -> bytes:
@@ -303,7 +295,7 @@ def test_same_size_edit_in_the_middle_changes_the_fingerprint(big_pool, hash_rea
 
 
 def test_unchanged_file_is_hashed_once_across_processes(big_pool, hash_reads,
-                                                        private_fingerprint_cache):
+                                                        private_fingerprint_cache):  # noqa: F811 (the shared fixture)
     first = fingerprint.file_fingerprint(str(big_pool))
     assert fingerprint.file_fingerprint(str(big_pool)) == first  # this process's cache
     fingerprint._memory.clear()  # as in a new process: only the disk cache is left
@@ -323,7 +315,7 @@ def test_edit_hidden_by_setting_mtime_back_is_still_noticed(big_pool, hash_reads
 
 
 def test_damaged_cache_entry_is_recomputed_and_unwritable_cache_is_skipped(
-        tmp_path, hash_reads, private_fingerprint_cache, monkeypatch):
+        tmp_path, hash_reads, private_fingerprint_cache, monkeypatch):  # noqa: F811 (the shared fixture)
     path = write_jsonl(tmp_path / "pool.jsonl", RECORDS)
     first = fingerprint.file_fingerprint(str(path))
     (entry,) = private_fingerprint_cache.glob("fingerprints/*.json")
@@ -340,7 +332,7 @@ def test_damaged_cache_entry_is_recomputed_and_unwritable_cache_is_skipped(
 
 
 def test_recently_written_file_is_hashed_but_not_cached(tmp_path, monkeypatch,
-                                                        private_fingerprint_cache):
+                                                        private_fingerprint_cache):  # noqa: F811 (the shared fixture)
     monkeypatch.setattr(fingerprint, "RACY_SECONDS", 3600.0)
     path = write_jsonl(tmp_path / "pool.jsonl", RECORDS)
     assert fingerprint.file_fingerprint(str(path))["bytes"] == path.stat().st_size

@@ -18,42 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from conftest import ROOT, TARGETS, write_jsonl
+from fault_helpers import private_fingerprint_cache, refused, select_errors  # noqa: F401
 
-from dataselect import fingerprint
 from dataselect.corpus import read_corpus
 from dataselect.errors import InputError
-from pipelines.cli import main
-
-
-@pytest.fixture(autouse=True)
-def private_fingerprint_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("DATASELECT_CACHE", str(cache))
-    monkeypatch.setattr(fingerprint, "_memory", {})
-    return cache
 
 
 def _records(n: int = 30, prefix: str = "r") -> list[dict]:
     return [{"id": f"{prefix}{i}", "text": f"record {i} about data selection words {i % 7}"}
             for i in range(n)]
-
-
-def _select(pool: list[str | Path], out: Path, capsys: pytest.CaptureFixture, *extra: str,
-            target: Path = TARGETS / "fortunes.jsonl") -> tuple[int, str]:
-    """``dataselect select --scorer dsir`` on small data: exit code and error lines."""
-    code = main(["select", "--scorer", "dsir", "--pool", *map(str, pool), "--target",
-                 str(target), "--k", "5", "--out", str(out),
-                 "--workers", "1", "--worker-kind", "threads", *extra])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, "\n".join(line for line in err.splitlines() if "error" in line.lower())
-
-
-def _refused(code: int, errors: str, *parts: str) -> None:
-    assert code == 2, errors
-    assert len(errors.splitlines()) == 1, errors
-    for part in parts:
-        assert part in errors, errors
 
 
 # ------------------------------------------------------------------ one file, many spellings
@@ -142,24 +115,24 @@ def test_a_column_absent_from_the_first_record_is_kept(tmp_path):
 def test_end_to_end_a_late_column_reaches_the_output(tmp_path, capsys):
     records = [*_records(20), {"id": "late", "text": "record late words", "extra": "kept"}]
     pool = write_jsonl(tmp_path / "pool.jsonl", [*records, ""])
-    code, errors = _select([pool], tmp_path / "out", capsys, "--k", "21")
+    code, errors = select_errors([pool], tmp_path / "out", capsys, "--k", "21")
     assert code == 0, errors
     out = pq.read_table(tmp_path / "out")
     assert out.filter(pa.compute.equal(out["id"], "late"))["extra"].to_pylist() == ["kept"]
 
 
-def test_end_to_end_a_nested_lone_surrogate_after_a_blank_line_is_refused(tmp_path, capsys):
+def test_end_to_end_a_nested_lone_surrogate_after_a_blank_line_isrefused(tmp_path, capsys):
     pool = write_jsonl(tmp_path / "pool.jsonl", [
         *_records(10), "", '{"id": "s", "text": "t", "meta": {"a": ["ok", "\\udc00"]}}'])
-    code, errors = _select([pool], tmp_path / "out", capsys)
-    _refused(code, errors, f"{pool}:12", "'meta'", "lone UTF-16 surrogate")
+    code, errors = select_errors([pool], tmp_path / "out", capsys)
+    refused(code, errors, f"{pool}:12", "'meta'", "lone UTF-16 surrogate")
 
 
 def test_strings_that_look_like_dates_are_kept_as_given(tmp_path, capsys):
     given = ["2020-01-01T12:00:00+02:00", "2020-01-01", "1999-12-31 23:59:59"]
     records = [{**r, "when": given[i % 3]} for i, r in enumerate(_records(21))]
     pool = write_jsonl(tmp_path / "pool.jsonl", records)
-    code, errors = _select([pool], tmp_path / "out", capsys, "--k", "21")
+    code, errors = select_errors([pool], tmp_path / "out", capsys, "--k", "21")
     assert code == 0, errors
     out = pq.read_table(tmp_path / "out")
     assert out.schema.field("when").type == pa.string()
@@ -181,11 +154,11 @@ def test_a_key_given_twice_is_refused_not_last_one_kept(tmp_path, blank):
 def test_a_users_own_provenance_column_is_refused_not_replaced(tmp_path, capsys, column):
     pool = write_jsonl(tmp_path / "pool.jsonl",
                        [{**r, column: "mine" if column == "_file" else 99} for r in _records()])
-    code, errors = _select([pool], tmp_path / "out", capsys)
-    _refused(code, errors, str(pool), f"field {column!r}", "rename or drop yours")
+    code, errors = select_errors([pool], tmp_path / "out", capsys)
+    refused(code, errors, str(pool), f"field {column!r}", "rename or drop yours")
 
 
-def test_a_users_provenance_column_in_parquet_is_refused(tmp_path):
+def test_a_users_provenance_column_in_parquet_isrefused(tmp_path):
     path = tmp_path / "pool.parquet"
     pq.write_table(pa.table({"id": ["a"], "text": ["x"], "_row": [7]}), path)
     with pytest.raises(InputError, match=r"pool\.parquet: field '_row': has a column named"):
@@ -196,9 +169,9 @@ def test_an_id_column_is_not_replaced_by_another_id_field(tmp_path, capsys):
     pool = write_jsonl(tmp_path / "pool.jsonl",
                        [{**r, "doc": f"d{i}"} for i, r in enumerate(_records())])
     target = write_jsonl(tmp_path / "target.jsonl", [{"doc": "t", "text": "record words"}])
-    code, errors = _select([pool], tmp_path / "out", capsys, "--id-field", "doc",
+    code, errors = select_errors([pool], tmp_path / "out", capsys, "--id-field", "doc",
                            target=target)
-    _refused(code, errors, str(pool), "field 'id'", "--id-field")
+    refused(code, errors, str(pool), "field 'id'", "--id-field")
 
 
 @pytest.mark.parametrize("column", ["score", "rank"])
@@ -208,8 +181,8 @@ def test_a_pool_column_the_output_adds_is_refused_before_any_work(tmp_path, caps
     pq.write_table(pa.table({"id": [r["id"] for r in records],
                              "text": [r["text"] for r in records],
                              column: list(range(len(records)))}), path)
-    code, errors = _select([path], tmp_path / "out", capsys)
-    _refused(code, errors, str(path), f"field {column!r}", "dataselect adds")
+    code, errors = select_errors([path], tmp_path / "out", capsys)
+    refused(code, errors, str(path), f"field {column!r}", "dataselect adds")
     assert not (tmp_path / "out" / ".scores").exists()  # refused before fitting
 
 
@@ -224,7 +197,7 @@ def test_an_existing_file_with_glob_characters_is_read_literally(tmp_path, capsy
         path = write_jsonl(tmp_path / name, _records(20, name[0]))
         write_jsonl(tmp_path / name.replace("*", "X").replace("?", "Z"), _records(3, "no"))
         assert read_corpus(str(path)).to_table().num_rows == 20
-    code, errors = _select([literal], tmp_path / "out", capsys)
+    code, errors = select_errors([literal], tmp_path / "out", capsys)
     assert code == 0, errors
     manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
     assert manifest["counts"]["rows_in"] == 20
@@ -239,7 +212,7 @@ def test_a_glob_through_a_symlinked_folder_reads_each_file_once(tmp_path, capsys
     os.link(data / "b.jsonl", data / "hard.jsonl")
     specs = [str(tmp_path / "*" / "*.jsonl"), str(data), str(data / "a.jsonl")]
     assert len(read_corpus(specs).files) == 2
-    code, errors = _select(specs, tmp_path / "out", capsys)
+    code, errors = select_errors(specs, tmp_path / "out", capsys)
     assert code == 0, errors
     manifest = json.loads((tmp_path / "out" / ".manifest.json").read_text())
     assert manifest["counts"]["rows_in"] == 20
@@ -290,16 +263,16 @@ def test_a_column_of_two_types_in_two_files_is_refused_naming_both(
     message = str(caught.value)
     assert str(a) in message and str(b) in message and "'meta'" in message
     assert shown[0] in message and shown[1] in message
-    code, errors = _select([a, b], tmp_path / "out", capsys, "--partition-mb", "0.001")
-    _refused(code, errors, str(a), str(b), "'meta'")
+    code, errors = select_errors([a, b], tmp_path / "out", capsys, "--partition-mb", "0.001")
+    refused(code, errors, str(a), str(b), "'meta'")
     assert not list((tmp_path / "out").glob("part-*"))
 
 
 def test_parquet_files_that_disagree_are_refused_before_any_work(tmp_path, capsys):
     a = _parquet(tmp_path / "a.parquet", "a", meta=pa.array(range(20)))
     b = _parquet(tmp_path / "b.parquet", "b", meta=pa.array([str(i) for i in range(20)]))
-    code, errors = _select([a, b], tmp_path / "out", capsys)
-    _refused(code, errors, str(a), str(b), "'meta'", "int64", "string")
+    code, errors = select_errors([a, b], tmp_path / "out", capsys)
+    refused(code, errors, str(a), str(b), "'meta'", "int64", "string")
     assert not (tmp_path / "out" / ".scores").exists()
 
 
@@ -313,7 +286,7 @@ def test_columns_that_unify_without_loss_make_one_readable_dataset(tmp_path, cap
     c = write_jsonl(tmp_path / "c.jsonl", [{**r, "meta": "m", "n": 0.5, "s": {"y": "q"}}
                                            for r in _records(n, "c")])
     out = tmp_path / "out"
-    code, errors = _select([a, b, c], out, capsys, "--partition-mb", "0.001", "--k", "60")
+    code, errors = select_errors([a, b, c], out, capsys, "--partition-mb", "0.001", "--k", "60")
     assert code == 0, errors
     assert len(list(out.glob("part-*.parquet"))) >= 3  # one file or less a part
     table = pq.read_table(out)
@@ -329,7 +302,7 @@ def test_a_categorical_column_and_a_string_column_make_one_string_column(tmp_pat
     a = _parquet(tmp_path / "a.parquet", "a",
                  cat=pa.array(["x", "y"] * 10).dictionary_encode())
     b = _parquet(tmp_path / "b.parquet", "b", cat=pa.array(["z"] * 20))
-    code, errors = _select([a, b], tmp_path / "out", capsys, "--k", "40")
+    code, errors = select_errors([a, b], tmp_path / "out", capsys, "--k", "40")
     assert code == 0, errors
     out = pq.read_table(tmp_path / "out")
     assert out.schema.field("cat").type == pa.string()
@@ -339,9 +312,9 @@ def test_a_categorical_column_and_a_string_column_make_one_string_column(tmp_pat
 def test_an_integer_a_float_cannot_hold_is_refused_not_rounded(tmp_path, capsys):
     a = _jsonl_with(tmp_path / "a.jsonl", "a", [2**60 + 1] * 20)
     b = _jsonl_with(tmp_path / "b.jsonl", "b", [0.5] * 20)
-    code, errors = _select([a, b], tmp_path / "out", capsys, "--partition-mb", "0.001",
+    code, errors = select_errors([a, b], tmp_path / "out", capsys, "--partition-mb", "0.001",
                            "--k", "40")
-    _refused(code, errors, "'meta'", "int64", "double")
+    refused(code, errors, "'meta'", "int64", "double")
 
 
 @pytest.mark.parametrize("value", ['{}', '{"a": [{}]}'])
@@ -349,10 +322,10 @@ def test_empty_objects_parquet_cannot_store_are_refused_before_writing(tmp_path,
                                                                        value):
     pool = write_jsonl(tmp_path / "pool.jsonl",
                        [*_records(10), '{"id": "e", "text": "x y", "meta": ' + value + "}"])
-    code, errors = _select([pool], tmp_path / "out", capsys)
-    _refused(code, errors, str(pool), "field 'meta'", "empty objects")
+    code, errors = select_errors([pool], tmp_path / "out", capsys)
+    refused(code, errors, str(pool), "field 'meta'", "empty objects")
     assert not list((tmp_path / "out").glob("part-*"))
-    code, errors = _select([pool], tmp_path / "arrow", capsys, "--format", "arrow")
+    code, errors = select_errors([pool], tmp_path / "arrow", capsys, "--format", "arrow")
     assert code == 0, errors
 
 
@@ -385,7 +358,7 @@ DEEP_ERROR = ("a value is nested more than 64 levels deep, more than Arrow can r
 def test_deeply_nested_json_is_refused_in_one_line(tmp_path, capsys, depth, compress):
     name = "pool.jsonl" + (f".{compress}" if compress else "")
     pool = write_jsonl(tmp_path / name, [*_records(5), _deep_line(depth)], compress=compress)
-    code, errors = _select([pool], tmp_path / "out", capsys)
+    code, errors = select_errors([pool], tmp_path / "out", capsys)
     assert (code, errors) == (2, f"dataselect: error: {pool}:6: {DEEP_ERROR}")
 
 
@@ -428,14 +401,14 @@ def test_a_parquet_file_nested_too_deep_is_refused_in_one_line(tmp_path):
 def test_an_integer_beyond_64_bits_in_jsonl_is_refused_in_one_line(tmp_path, capsys, blank):
     records = [*_records(10), {"id": "big", "text": "x y", "n": {"deep": [2**64 - 1]}}]
     pool = write_jsonl(tmp_path / "pool.jsonl", [*records, *([""] if blank else [])])
-    code, errors = _select([pool], tmp_path / "out", capsys)
-    _refused(code, errors, f"{pool}:11", "field 'n'", "18446744073709551615",
+    code, errors = select_errors([pool], tmp_path / "out", capsys)
+    refused(code, errors, f"{pool}:11", "field 'n'", "18446744073709551615",
              "store it as a string")
 
 
 def test_a_uint64_column_holding_its_maximum_is_written_exactly(tmp_path, capsys):
     path = _parquet(tmp_path / "pool.parquet", "r",
                     big=pa.array([2**64 - 1] * 20, pa.uint64()))
-    code, errors = _select([path], tmp_path / "out", capsys, "--k", "20")
+    code, errors = select_errors([path], tmp_path / "out", capsys, "--k", "20")
     assert code == 0, errors
     assert set(pq.read_table(tmp_path / "out")["big"].to_pylist()) == {2**64 - 1}

@@ -10,40 +10,15 @@ from pathlib import Path
 
 import pytest
 from conftest import TARGETS
+from fault_helpers import private_fingerprint_cache, refused, select_errors  # noqa: F401
 
-from dataselect import fingerprint
 from dataselect.corpus import read_corpus
 from dataselect.errors import InputError
 from pipelines.cli import main
 
 
-@pytest.fixture(autouse=True)
-def private_fingerprint_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("DATASELECT_CACHE", str(cache))
-    monkeypatch.setattr(fingerprint, "_memory", {})
-    return cache
-
-
 def _line(i: int) -> str:
     return json.dumps({"id": f"r{i}", "text": f"record {i} about data selection"})
-
-
-def _select(pool: list, out: Path, capsys: pytest.CaptureFixture, *extra: str
-            ) -> tuple[int, str]:
-    code = main(["select", "--scorer", "dsir", "--pool", *map(str, pool), "--target",
-                 str(TARGETS / "fortunes.jsonl"), "--k", "5", "--out", str(out),
-                 "--workers", "1", "--worker-kind", "threads", *extra])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, "\n".join(line for line in err.splitlines() if "error" in line.lower())
-
-
-def _refused(code: int, errors: str, *parts: str) -> None:
-    assert code == 2, errors
-    assert len(errors.splitlines()) == 1, errors
-    for part in parts:
-        assert part in errors, errors
 
 
 def _read_error(path: Path) -> InputError:
@@ -86,8 +61,8 @@ def test_a_lone_empty_object_is_still_one_record(tmp_path):
 def test_two_objects_on_one_line_end_to_end(tmp_path, capsys):
     path = tmp_path / "b.jsonl"
     path.write_text(_line(0) + _line(1) + "\n\n" + _line(2) + "\n")
-    code, errors = _select([path], tmp_path / "out", capsys)
-    _refused(code, errors, "b.jsonl:1:")
+    code, errors = select_errors([path], tmp_path / "out", capsys)
+    refused(code, errors, "b.jsonl:1:")
 
 
 # ------------------------------------------------------------ numbers JSON cannot hold
@@ -115,7 +90,7 @@ def test_a_param_given_twice_is_refused_not_last_kept(tmp_path, capsys, command)
             "--worker-kind", "threads", "-p", "num_buckets=1000", "-p", "num_buckets=2000"]
     code = main([*args, "--k", "5"] if command == "select" else args)
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
-    _refused(code, "\n".join(errors), "num_buckets", "twice")
+    refused(code, "\n".join(errors), "num_buckets", "twice")
     assert not (tmp_path / "out").exists()
 
 
@@ -133,7 +108,7 @@ def _recipe_with(tmp_path: Path, targets: str, scorers: str) -> Path:
 
 @pytest.mark.parametrize("task", ["dsir", "zipfit", "score", "rank", "tasks", "best_task",
                                   "filtered_by"])
-def test_a_task_named_like_a_scorer_or_an_output_column_is_refused(tmp_path, task):
+def test_a_task_named_like_a_scorer_or_an_output_column_isrefused(tmp_path, task):
     from pipelines.recipe import RecipeError, load_recipe
 
     fortunes = TARGETS / "fortunes.jsonl"
@@ -145,7 +120,7 @@ def test_a_task_named_like_a_scorer_or_an_output_column_is_refused(tmp_path, tas
     assert len(str(info.value).splitlines()) == 1
 
 
-def test_a_scorer_listed_twice_is_refused(tmp_path):
+def test_a_scorer_listed_twice_isrefused(tmp_path):
     from pipelines.recipe import RecipeError, load_recipe
 
     path = _recipe_with(tmp_path, f"  t: {{paths: {TARGETS / 'fortunes.jsonl'}}}",
@@ -178,11 +153,11 @@ def test_a_name_that_is_not_utf8_is_refused_naming_it(tmp_path, capsys, where):
                  "--k", "5", "--out", str(out), "--workers", "1", "--worker-kind", "threads"])
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    _refused(code, "\n".join(line for line in err.splitlines() if "error" in line),
+    refused(code, "\n".join(line for line in err.splitlines() if "error" in line),
              "bad\\xff.jsonl", "not valid UTF-8", "rename")
 
 
-def test_a_recipe_or_output_name_that_is_not_utf8_is_refused(tmp_path):
+def test_a_recipe_or_output_name_that_is_not_utf8_isrefused(tmp_path):
     from pipelines.recipe import load_recipe
 
     recipe = _recipe_with(tmp_path, f"  t: {{paths: {TARGETS / 'fortunes.jsonl'}}}", "dsir")
@@ -206,7 +181,7 @@ def test_a_folder_says_which_underscore_and_dot_names_it_skipped(tmp_path, capsy
     (pool / ".git").mkdir(parents=True)
     for name in ("a.jsonl", "_extra.jsonl", "_SUCCESS", ".git/x.jsonl", ".git/y.jsonl"):
         _pool_file(pool / name)
-    code, errors = _select([pool], tmp_path / "out", capsys)
+    code, errors = select_errors([pool], tmp_path / "out", capsys)
     assert code == 0, errors
     import dataselect.formats as formats
 
@@ -222,8 +197,8 @@ def test_a_broken_link_in_a_folder_is_refused_naming_it(tmp_path, capsys):
     pool.mkdir()
     _pool_file(pool / "a.jsonl")
     (pool / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")
-    code, errors = _select([pool], tmp_path / "out", capsys)
-    _refused(code, errors, "b.jsonl", "broken symbolic link")
+    code, errors = select_errors([pool], tmp_path / "out", capsys)
+    refused(code, errors, "b.jsonl", "broken symbolic link")
 
 
 @pytest.mark.parametrize("folder_first", [True, False])
@@ -234,7 +209,7 @@ def test_an_hf_folder_and_its_own_data_file_are_read_once(tmp_path, capsys, fold
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
     file = next((tmp_path / "hf").glob("*.arrow"))
     pool = [tmp_path / "hf", file] if folder_first else [file, tmp_path / "hf"]
-    code, errors = _select(pool, tmp_path / "out", capsys, "--k", "40")
+    code, errors = select_errors(pool, tmp_path / "out", capsys, "--k", "40")
     assert code == 0, errors
     assert read_corpus([str(p) for p in pool]).to_table().num_rows == 20
 
@@ -258,6 +233,6 @@ def test_a_dictionary_encoded_text_and_id_are_read_as_strings(tmp_path, capsys, 
     plain = tmp_path / "plain.jsonl"
     plain.write_text("".join(json.dumps({"id": f"j{i}", "text": f"more words {i}"}) + "\n"
                              for i in range(10)))
-    code, errors = _select([path, plain], tmp_path / "out", capsys, "--k", "40")
+    code, errors = select_errors([path, plain], tmp_path / "out", capsys, "--k", "40")
     assert code == 0, errors
     assert pq.read_table(tmp_path / "out").num_rows == 40

@@ -1,0 +1,41 @@
+"""What several fault test files share: a private fingerprint cache for every test, and a
+small ``dataselect select`` run that returns its exit code and error lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TARGETS
+
+from dataselect import fingerprint
+from pipelines.cli import main
+
+
+@pytest.fixture(autouse=True)
+def private_fingerprint_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets an empty cache of its own, on disk and in memory (a module that
+    imports this fixture gets it for each of its tests)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DATASELECT_CACHE", str(cache))
+    monkeypatch.setattr(fingerprint, "_memory", {})
+    return cache
+
+
+def select_errors(pool: list[str | Path], out: Path, capsys: pytest.CaptureFixture,
+                  *extra: str, target: Path = TARGETS / "fortunes.jsonl") -> tuple[int, str]:
+    """``dataselect select --scorer dsir`` on small data: exit code and error lines."""
+    code = main(["select", "--scorer", "dsir", "--pool", *map(str, pool), "--target",
+                 str(target), "--k", "5", "--out", str(out),
+                 "--workers", "1", "--worker-kind", "threads", *extra])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, "\n".join(line for line in err.splitlines() if "error" in line.lower())
+
+
+def refused(code: int, errors: str, *parts: str) -> None:
+    """Exit status 2 with one error line holding every one of ``parts``."""
+    assert code == 2, errors
+    assert len(errors.splitlines()) == 1, errors
+    for part in parts:
+        assert part in errors, errors
