@@ -68,12 +68,7 @@ def file_identity(path: str) -> dict[str, Any]:
     input, so a job is resumed only on the files it started on; ``chmod`` does the same.
     An object in an object store is identified by its metadata alone (ETag or version,
     size, modification time: :func:`dataselect.storage.object_fingerprint`)."""
-    if storage.is_remote(path):
-        return storage.object_fingerprint(path)
-    if os.path.isdir(path):
-        return _folder_fingerprint(path, _identity_digest)
-    size, digest = _identity_digest(path)
-    return {"path": path, "bytes": size, "xxh3_128": digest}
+    return _fingerprint(path, _identity_digest)
 
 
 def _identity_digest(path: str) -> tuple[int, str]:
@@ -110,11 +105,17 @@ def file_fingerprint(path: str) -> dict[str, Any]:
     object store is fingerprinted from its metadata (ETag or version, size, modification
     time; :func:`dataselect.storage.object_fingerprint`): hashing it would download every
     byte of the pool through one process."""
+    return _fingerprint(path, content_hash)
+
+
+def _fingerprint(path: str, file_digest: Callable[[str], tuple[int, str]]) -> dict[str, Any]:
+    """An object's metadata, a folder's files or a file, each file digested by
+    ``file_digest`` (``(size, hex digest)``): the one shape of both fingerprints."""
     if storage.is_remote(path):
         return storage.object_fingerprint(path)
     if os.path.isdir(path):
-        return _folder_fingerprint(path, content_hash)
-    size, digest = content_hash(path)
+        return _folder_fingerprint(path, file_digest)
+    size, digest = file_digest(path)
     return {"path": path, "bytes": size, "xxh3_128": digest}
 
 

@@ -28,7 +28,7 @@ import glob as _glob
 import os
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from dataselect.errors import InputError
@@ -116,27 +116,25 @@ def as_url(fs: Any, path: str) -> str:
 
 
 def exists(url: str) -> bool:
-    if not is_remote(url):
-        return os.path.exists(url)
-    fs, path = _fresh(url)
-    with reaching(url):
-        return bool(fs.exists(path))
+    return _ask(url, os.path.exists, "exists")
 
 
 def isfile(url: str) -> bool:
-    if not is_remote(url):
-        return os.path.isfile(url)
-    fs, path = _fresh(url)
-    with reaching(url):
-        return bool(fs.isfile(path))
+    return _ask(url, os.path.isfile, "isfile")
 
 
 def isdir(url: str) -> bool:
+    return _ask(url, os.path.isdir, "isdir")
+
+
+def _ask(url: str, local: Callable[[str], bool], method: str) -> bool:
+    """``local(url)`` for a path; for a URL the filesystem's ``method``, asked afresh
+    (another process may have written since) and with the store's refusals as one line."""
     if not is_remote(url):
-        return os.path.isdir(url)
+        return local(url)
     fs, path = _fresh(url)
     with reaching(url):
-        return bool(fs.isdir(path))
+        return bool(getattr(fs, method)(path))
 
 
 def size(path: str) -> int:
