@@ -167,8 +167,10 @@ def locked_output(path: str | os.PathLike) -> Iterator[str]:
     if storage.is_remote(path):
         yield path
         return
+    # no walk for links here: the lock file is opened without following one
+    # (_open_lock_file), and every writer claims or reopens the folder, which walks it,
+    # before it writes anything else
     _refuse_foreign(path)
-    refuse_links(path)
     created = not os.path.exists(path)
     os.makedirs(path, exist_ok=True)
     try:
