@@ -47,6 +47,21 @@ class ScorerContractError(InputError):
     scorer so that its author can fix it; an InputError, as a NaN score always was."""
 
 
+class PluginError(DataSelectError):
+    """A plug-in scorer's own code raised an exception of its own (not one of dataselect's
+    errors, which pass through as they are): one line that names the scorer, its class and
+    the method, because the fault is in the plug-in, not in the user's data or settings.
+    ``detail`` keeps the plug-in's traceback as text, for ``--verbose``: the exception
+    itself does not survive the trip from a Dask worker to the client."""
+
+    def __init__(self, message: str, detail: str = ""):
+        self.detail = detail
+        super().__init__(message)
+
+    def __reduce__(self):
+        return PluginError, (str(self), self.detail)
+
+
 class EmptyCorpusError(InputError):
     """A pool or target holds no records."""
 

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from dataselect import checks, storage
 from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
 from dataselect.duplicates import ids_names
-from dataselect.errors import InputError, ScorerContractError
+from dataselect.errors import DataSelectError, InputError, PluginError, ScorerContractError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
@@ -66,7 +66,8 @@ LENGTH_SAMPLE = 100_000
 
 def eligible_scores(table: pa.Table) -> tuple[np.ndarray, np.ndarray, Counter]:
     """A score part's scores (float64), which rows are eligible (``filtered_by`` null),
-    and how many rows each filter removed; a NaN score of an eligible row is refused."""
+    and how many rows each filter removed; a NaN or infinite score of an eligible row is
+    refused."""
     score = table["score"].to_numpy().astype(np.float64)
     if FILTERED_BY in table.column_names:
         reasons = table[FILTERED_BY]
@@ -74,10 +75,11 @@ def eligible_scores(table: pa.Table) -> tuple[np.ndarray, np.ndarray, Counter]:
         dropped = Counter(reasons.drop_null().to_pylist())
     else:
         eligible, dropped = np.ones(len(score), bool), Counter()
-    bad = np.isnan(score) & eligible
+    bad = ~np.isfinite(score) & eligible
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"score is NaN for id {table['id'][row].as_py()!r}", field="score")
+        raise InputError(f"score is {score[row]} for id {table['id'][row].as_py()!r}; scores "
+                         "must be finite numbers", field="score")
     return score, eligible, dropped
 
 
@@ -129,7 +131,8 @@ def length_sample(table: pa.Table, score: np.ndarray, eligible: np.ndarray,
 
 
 CONTRACT = ("score_batch must return a pyarrow Table with one row per input row: 'id' (the "
-            "batch's ids, in order) and 'score' (numbers)")
+            "batch's ids, in order) and 'score' (finite numbers; a row to leave out gets a "
+            "reason in a 'filtered_by' column)")
 
 
 def checked_scores(name: str, batch: pa.Table, scores: Any) -> pa.Table:
@@ -171,7 +174,10 @@ def _check_ids(ids: pa.ChunkedArray, expected: pa.ChunkedArray, broken: Any) -> 
 
 
 def _numeric_scores(scores: pa.Table, broken: Any) -> pa.Table:
-    """Scores that are numbers, none null, and none NaN where the row is eligible."""
+    """Scores that are numbers, none null, and all finite where the row is eligible: a NaN
+    never compares, and an infinite score would rank first (or last) whatever the others
+    are, and break the z-scores and moments that combining and selection compute. A row
+    the scorer means to leave out is filtered (``filtered_by``), not scored -inf."""
     column = scores["score"]
     kind = column.type
     if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)
@@ -182,7 +188,7 @@ def _numeric_scores(scores: pa.Table, broken: Any) -> pa.Table:
         scores = scores.set_column(scores.column_names.index("score"), "score", column)
     eligible = (pc.is_null(scores[FILTERED_BY]) if FILTERED_BY in scores.column_names
                 else pa.chunked_array([pa.repeat(True, scores.num_rows)]))
-    bad = pc.and_(eligible, pc.or_(pc.is_null(column), pc.is_nan(column)).fill_null(True))
+    bad = pc.and_(eligible, pc.invert(pc.is_finite(column)).fill_null(True))
     row = int(pc.index(bad, True).as_py())
     if row >= 0:
         raise broken(f"returned {column[row].as_py()} as the score of id "
@@ -275,6 +281,44 @@ def taking_paths(method: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
+# the methods through which a plug-in's own code runs in a job
+PLUGIN_METHODS = ("fit", "start_fit", "score_batch", "score_partition")
+_BUILTIN_PACKAGES = frozenset({"dataselect", "scorers", "pipelines"})
+
+
+def _is_builtin(cls: type) -> bool:
+    return cls.__module__.partition(".")[0] in _BUILTIN_PACKAGES
+
+
+def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A plug-in's ``method`` whose own exceptions become one :class:`PluginError` line
+    naming the scorer, class and method (its traceback kept for ``--verbose``), instead of
+    a traceback through Dask that reads as dataselect's bug. dataselect's own errors and
+    running out of memory pass through: they already have their one line."""
+    if getattr(method, "reports_plugin_errors", False):
+        return method
+
+    @functools.wraps(method)
+    def reporting(self: Scorer, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (DataSelectError, MemoryError):
+            raise
+        except Exception as exc:
+            import traceback
+
+            cls = type(self)
+            raise PluginError(
+                f"scorer {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
+                f"{cls.__qualname__}, a plug-in) raised {type(exc).__name__} in "
+                f"{method.__name__}: {exc}; the fault is in the plug-in, not in your data: "
+                "rerun with --verbose for its traceback and tell its author",
+                "".join(traceback.format_exception(exc))) from exc
+
+    reporting.reports_plugin_errors = True  # type: ignore[attr-defined]
+    return reporting
+
+
 def _checking_booleans(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
     """A scorer's own ``__post_init__``, after :meth:`Scorer.__post_init__`'s checks."""
     if getattr(post_init, "checks_booleans", False):
@@ -301,6 +345,10 @@ class Scorer(ABC):
         for name in ("fit", "start_fit", "score"):
             if name in cls.__dict__:
                 setattr(cls, name, taking_paths(cls.__dict__[name]))
+        if not _is_builtin(cls):
+            for name in PLUGIN_METHODS:
+                if name in cls.__dict__:
+                    setattr(cls, name, _reporting_plugin_errors(cls.__dict__[name]))
         if "__post_init__" in cls.__dict__:
             cls.__post_init__ = _checking_booleans(cls.__dict__["__post_init__"])
 

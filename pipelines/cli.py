@@ -16,7 +16,8 @@
 Errors a user can fix are printed as one line with exit status 2: bad input (naming the file,
 line and field), a conflicting output folder, an output that cannot be written (read-only,
 full disk, a file where a folder belongs), a worker out of memory, a cluster that lost all
-its workers. Ctrl-C prints one line and exits with 130; rerunning the same command resumes.
+its workers, a plug-in scorer's own exception (naming the plug-in). Ctrl-C prints one line
+and exits with 130; rerunning the same command resumes.
 Anything else is a bug and shows a traceback. ``dataselect --verbose ...`` shows a traceback
 for every error and keeps Dask's own logs, which are otherwise silenced.
 
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         line = _error_line(exc, getattr(args, "out", None))
         if line is None:
             raise
-        _traceback_if(args.verbose)
+        _traceback_if(args.verbose, exc)
         print(f"dataselect: error: {line}", file=sys.stderr)
         return 2
     return 0
@@ -385,9 +386,15 @@ def _error_line(exc: Exception, out: str | None) -> str | None:
     return resource_line(exc) or worker_failure_line(exc)
 
 
-def _traceback_if(verbose: bool) -> None:
-    if verbose:
-        traceback.print_exc()
+def _traceback_if(verbose: bool, exc: BaseException | None = None) -> None:
+    """The traceback, for ``--verbose``; a plug-in's error that came back from a Dask
+    worker carries its own traceback as text (the chained exception stays behind)."""
+    if not verbose:
+        return
+    traceback.print_exc()
+    detail = getattr(exc, "detail", "")
+    if detail and exc is not None and exc.__cause__ is None:
+        print(f"the plug-in's traceback:\n{detail}", file=sys.stderr, end="")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from dataselect.layout import (
     WARMUP_DIR,
 )
 from dataselect.manifest import package_versions
-from dataselect.outdir import OutputFolder, claim_output, input_roots
+from dataselect.outdir import OutputFolder, claim_output, input_roots, remove_outputs_except
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
 from dataselect.scoring import Scorer, Scores, plan_pool
@@ -78,6 +78,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])
+        if overwrite:  # a task the recipe no longer has: its old selection goes too
+            remove_outputs_except(out, TASKS_DIR, recipe.targets)
         params, folders = _prepare_models(recipe, pool, out, timings, console)
         # the pool parsed and hashed once for all tasks; deleted after the workers stop
         with parsed_once(pool, claimed) as kept, \

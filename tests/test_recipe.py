@@ -237,3 +237,25 @@ def test_a_dsir_recipe_hashes_the_pool_once_for_all_its_tasks(tmp_path, monkeypa
     # the pool once; each target for its fit and for its metric
     assert sum(hashed) == pool_rows + 2 * target_rows
     assert not (tmp_path / "out" / ".parsed").exists()
+
+
+def test_overwrite_with_a_task_dropped_removes_its_old_selection(tmp_path):
+    """``run --overwrite`` with fewer tasks: the dropped task's dataset must not stay
+    loadable beside the new run (as if the new recipe had chosen it); a user's own file in
+    its folder stays."""
+    recipe = dsir_recipe(tmp_path / "out", k=50)
+    run_recipe(load_recipe(write_recipe(tmp_path / "r.yaml", recipe)))
+    out = tmp_path / "out"
+    dropped = TASKS[-1]
+    assert ids_of(out / "tasks" / dropped)
+    (out / "tasks" / dropped / "notes.txt").write_text("mine")
+    fewer = {**recipe, "targets": {t: v for t, v in recipe["targets"].items() if t != dropped}}
+    with pytest.raises(OutputConflictError):  # without --overwrite: refused, nothing gone
+        run_recipe(load_recipe(write_recipe(tmp_path / "fewer.yaml", fewer)))
+    assert ids_of(out / "tasks" / dropped)
+    run = run_recipe(load_recipe(write_recipe(tmp_path / "fewer.yaml", fewer)), overwrite=True)
+    assert set(run["tasks"]) == set(TASKS) - {dropped}
+    assert sorted(p.name for p in (out / "tasks").iterdir()) == sorted(TASKS)  # mine stays
+    assert [p.name for p in (out / "tasks" / dropped).rglob("*")] == ["notes.txt"]
+    for task in run["tasks"]:
+        assert ids_of(out / "tasks" / task)

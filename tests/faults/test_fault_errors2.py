@@ -235,10 +235,14 @@ class Length(Scorer):
 
     def fit(self, target, pool=None, runner=None):
         self.fingerprint_ = self.how
+        if self.how == "fit_raises":
+            raise KeyError("vocabulary")
         return self
 
     def score_batch(self, batch):
         ids, n = batch["id"], batch.num_rows
+        if self.how == "raises":
+            raise ValueError("the plug-in's own bug")
         score = np.arange(n, dtype=np.float64)
         how = self.how
         if how == "one_more":
@@ -252,6 +256,8 @@ class Length(Scorer):
             return pa.table({"id": ids, "score": pa.array([None] * n, pa.float64())})
         if how == "nan":
             return pa.table({"id": ids, "score": np.full(n, np.nan)})
+        if how in ("inf", "neg_inf"):
+            return pa.table({"id": ids, "score": np.full(n, np.inf if how == "inf" else -np.inf)})
         if how == "no_score":
             return pa.table({"id": ids, "value": score})
         if how == "no_id":
@@ -278,6 +284,8 @@ BREAKAGES = {
     "strings": "returned scores of type string, not numbers",
     "none": "returned None as the score of id 'r0'",
     "nan": "returned nan as the score of id 'r0'",
+    "inf": "returned inf as the score of id 'r0'",
+    "neg_inf": "returned -inf as the score of id 'r0'",
     "no_score": "returned no 'score' column (columns: id, value)",
     "no_id": "returned no 'id' column (columns: score)",
     "other_ids": "returned id 'other0' for row 0, whose id is 'r0'",
@@ -317,14 +325,50 @@ def test_a_plugin_breaking_the_score_contract_is_one_line_naming_it(
                            "score_batch must return"), line
 
 
+PLUGIN_RAISES = {
+    "raises": "scorer 'length' (plug_scorer.Length, a plug-in) raised ValueError in "
+              "score_batch: the plug-in's own bug; the fault is in the plug-in",
+    "fit_raises": "scorer 'length' (plug_scorer.Length, a plug-in) raised KeyError in fit: "
+                  "'vocabulary'; the fault is in the plug-in",
+}
+
+
+@pytest.mark.parametrize("how", sorted(PLUGIN_RAISES))
+def test_a_plugins_own_exception_is_one_line_naming_the_plugin(tmp_path, capsys,
+                                                              broken_plugin, how):
+    argv = _dsir_argv(tmp_path, "--workers", "1")
+    argv[argv.index("dsir")] = "length"
+    argv[3:3] = ["-p", f"how={how}"]
+    assert main(argv) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith(
+        f"dataselect: error: {PLUGIN_RAISES[how]}")
+    assert main(["--verbose", *argv]) == 2  # the plug-in's traceback, for its author
+    err = capsys.readouterr().err
+    assert "Traceback" in err and 'plug_scorer.py", line' in err
+
+
+def test_a_plugins_own_exception_reaches_the_api_as_a_plugin_error_with_its_cause(
+        tmp_path, broken_plugin):
+    from dataselect.errors import PluginError
+    from scorers import SCORERS
+
+    pool = _pool_of(tmp_path, 50)
+    with pytest.raises(PluginError, match="raised ValueError in score_batch") as raised:
+        SCORERS["length"](how="raises").fit(pool).score(pool).partition(0)
+    assert isinstance(raised.value.__cause__, ValueError)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["one_more", "strings"])
+@pytest.mark.parametrize("how", ["one_more", "strings", "raises"])
 def test_the_score_contract_holds_in_worker_processes(tmp_path, capsys, broken_plugin, how):
     argv = _dsir_argv(tmp_path, "--workers", "1")
     argv[argv.index("dsir")] = "length"
     argv[3:3] = ["-p", f"how={how}", "-p", "kind=processes"]
     assert main(argv) == 2
-    assert BREAKAGES[how] in _one_error_line(capsys.readouterr().err)
+    assert {**BREAKAGES, **PLUGIN_RAISES}[how] in _one_error_line(capsys.readouterr().err)
+    if how == "raises":  # its traceback came back from the worker process as text
+        assert main(["--verbose", *argv]) == 2
+        assert 'plug_scorer.py", line' in capsys.readouterr().err
 
 
 def test_a_plugins_integer_scores_are_numbers(tmp_path, broken_plugin):
