@@ -382,6 +382,31 @@ def check_round_robin(policy: Any, per_target: bool, policy_name: str = "policy"
                            "that keeps them (embed with per_target=true)", field=policy_name)
 
 
+def usable_cores() -> int:
+    """Cores this process may use (respects CPU affinity and container limits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def max_local_workers() -> int:
+    """The most workers a local cluster may have: 4 a core, at least 16. Each is a process
+    (or a thread) started before any work; 100,000 of them had a job build Dask nannies one
+    at a time for minutes, deaf to Ctrl-C, before it failed."""
+    return max(16, 4 * usable_cores())
+
+
+def check_local_workers(workers: Any, scheduler_name: str = "scheduler") -> None:
+    if isinstance(workers, int) and not isinstance(workers, bool) \
+            and workers > max_local_workers():
+        flag = "--scheduler" if scheduler_name.startswith("--") else scheduler_name
+        raise SettingError(f"{workers} local workers on a machine with {usable_cores()} "
+                           f"cores: a local cluster starts each one before any work; use at "
+                           f"most {max_local_workers()}, or run on a cluster ({flag})",
+                           field="workers")
+
+
 def check_cluster(scheduler: Any, local: dict[str, Any], scheduler_name: str = "scheduler"
                   ) -> None:
     """Settings of a local cluster (``workers``, ``memory_limit``, ``worker_kind``: the keys
@@ -389,6 +414,7 @@ def check_cluster(scheduler: Any, local: dict[str, Any], scheduler_name: str = "
     scheduler's cluster, which has its own workers; given together, one was silently
     ignored. The names are spelt as the caller's user typed them."""
     if scheduler is None:
+        check_local_workers(local.get("workers"), scheduler_name)
         return
     if not isinstance(scheduler, str) or not scheduler.strip():
         raise _fail("a scheduler address such as tcp://host:8786", scheduler, scheduler_name)

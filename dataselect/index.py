@@ -14,8 +14,10 @@ live beside the index in ``ids.parquet``, in row order.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,6 +56,22 @@ def _faiss() -> Any:
 def gpu_count() -> int:
     faiss = _faiss()
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+@contextlib.contextmanager
+def faiss_os_errors(path: str) -> Iterator[None]:
+    """FAISS reports a failed write as a RuntimeError whose text holds the system's message
+    ("File too large" past ``ulimit -f``, "No space left on device"); turned back into the
+    OSError it was, it gets the one line (and the fix) every other write gets."""
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        for code in sorted(errno.errorcode):
+            message = os.strerror(code)
+            if message and not message.startswith("Unknown error") and message in text:
+                raise OSError(code, message, path) from exc
+        raise
 
 
 @dataclass
@@ -139,7 +157,7 @@ class FeatureIndex:
         folder = claimed.path
         claimed.expect([INDEX_FILE, IDS_FILE, META_FILE])
         cpu_index = faiss.index_gpu_to_cpu(self.index) if _on_gpu(self.index) else self.index
-        with atomic_write(os.path.join(folder, INDEX_FILE)) as tmp:
+        with atomic_write(os.path.join(folder, INDEX_FILE)) as tmp, faiss_os_errors(tmp):
             faiss.write_index(cpu_index, tmp)
         write_table(pa.table({"id": pa.array(self.ids, pa.string())}),
                     os.path.join(folder, IDS_FILE))

@@ -24,6 +24,14 @@ their inner names (``_manifest.json`` and the parts) did not change.
 from __future__ import annotations
 
 import os
+import re
+
+# a name that becomes one folder inside an output (a recipe's task, a scorer's score
+# store): letters, digits, '_', '-', '.', starting with a letter or digit, so it can be
+# neither absolute, nor '..', nor hold a separator that would lead out of the output
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+FOLDER_NAME_RULE = ("letters, digits, '_', '-' or '.', starting with a letter or digit (it "
+                    "names a folder)")
 
 # in a selection or union folder
 MANIFEST_FILE = ".manifest.json"  # written last: the folder is finished when it exists

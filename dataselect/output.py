@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -147,9 +148,29 @@ def _first_line(exc: BaseException) -> str:
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically with sorted keys (stable diffs, stable bytes)."""
+    text = _strict_json(obj, indent=2)
     with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
+        f.write(text + "\n")
+
+
+def _strict_json(obj: Any, **options: Any) -> str:
+    """JSON that every reader accepts: a NaN or infinity (a plug-in's ``config()``, a
+    diagnostic of constant scores) is written as null, where Python's default writes bare
+    ``NaN``, which is not JSON (jq, JavaScript and strict parsers refuse the file)."""
+    try:
+        return json.dumps(obj, sort_keys=True, default=str, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(_finite_or_null(obj), sort_keys=True, default=str, **options)
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_null(value) for value in obj]
+    return obj
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -192,4 +213,4 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
 
 def jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists), for comparisons."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+    return json.loads(_strict_json(obj))

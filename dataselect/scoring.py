@@ -151,6 +151,9 @@ def checked_scores(name: str, batch: pa.Table, scores: Any) -> pa.Table:
     if scores.num_rows != batch.num_rows:
         raise broken(f"returned {scores.num_rows} scores for {batch.num_rows} rows")
     missing = [c for c in ("id", "score") if c not in scores.column_names]
+    repeated = sorted({c for c in scores.column_names if scores.column_names.count(c) > 1})
+    if repeated:
+        raise broken(f"returned {', '.join(map(repr, repeated))} more than once")
     if missing:
         raise broken(f"returned no {' or '.join(map(repr, missing))} column (columns: "
                      f"{', '.join(scores.column_names) or 'none'})")
@@ -184,7 +187,9 @@ def _numeric_scores(scores: pa.Table, broken: Any) -> pa.Table:
             or pa.types.is_decimal(kind)):
         raise broken(f"returned scores of type {kind}, not numbers")
     if not pa.types.is_floating(kind):
-        column = column.cast(pa.float64())
+        # to the nearest double: an integer past 2**53 (a uint64 of 2**64 - 1) is rounded,
+        # where a checked cast refused it
+        column = column.cast(pa.float64(), safe=False)
         scores = scores.set_column(scores.column_names.index("score"), "score", column)
     eligible = (pc.is_null(scores[FILTERED_BY]) if FILTERED_BY in scores.column_names
                 else pa.chunked_array([pa.repeat(True, scores.num_rows)]))
@@ -304,7 +309,7 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, *args, **kwargs)
         except (DataSelectError, MemoryError):
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in is its failure too
             import traceback
 
             cls = type(self)

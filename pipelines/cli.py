@@ -83,7 +83,15 @@ class _Version(argparse.Action):
 def _seed_list(text: str) -> tuple[int, ...]:
     """``--seeds 0,1,2``: comma-separated seeds, each in the range of ``--seed``."""
     seed = flag_type(checks.check_seed, int)
-    return tuple(seed(part.strip()) for part in text.split(",") if part.strip())
+    return tuple(seed(part) for part in _comma_list(text))
+
+
+def _comma_list(text: str) -> list[str]:
+    """``a,b``: the parts, stripped; an empty part (``0,,1``) is a typo, not nothing."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item")
+    return parts
 
 
 def _k_or_all(text: str) -> int | None:
@@ -239,7 +247,8 @@ def _recipe_commands(commands: Any) -> None:
     evaluate.add_argument("--steps", type=COUNT, default=None,
                           help="training steps per model, >= 1 (default: the evaluation "
                                "settings' own, pipelines/evaluate.py EvalSettings)")
-    evaluate.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
+    evaluate.add_argument("--tasks", type=_comma_list, default=None,
+                          help="comma-separated tasks (default: all)")
     evaluate.add_argument("--model", default=None,
                           help="local base model folder (default: a tiny Llama built here)")
     evaluate.add_argument("--scheduler", type=SCHEDULER, default=None,

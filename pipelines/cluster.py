@@ -62,10 +62,7 @@ CONNECT_SECONDS = 3.0
 
 def default_workers() -> int:
     """Cores this process may use (respects CPU affinity and container limits)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return checks.usable_cores()
 
 
 @contextmanager
@@ -87,6 +84,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         return
     if kind not in ("processes", "threads"):
         raise InputError(f"worker kind must be 'processes' or 'threads', got {kind!r}")
+    checks.check_local_workers(workers)  # the API's callers too, not only the flags
     count = workers or default_workers()
     if kind == "threads":
         with _arrow_pool_for(True), LocalThreads(count) as threads:

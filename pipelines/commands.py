@@ -237,7 +237,7 @@ def eval_settings(args: argparse.Namespace) -> EvalSettings:
     if args.steps is not None:
         values["steps"] = args.steps
     if args.tasks:
-        values["tasks"] = tuple(t for t in args.tasks.split(",") if t)
+        values["tasks"] = tuple(args.tasks)  # parsed by argparse (_comma_list)
     if args.model:
         values["model"] = args.model
     values["scheduler"], values["workers"] = args.scheduler, args.workers

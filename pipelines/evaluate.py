@@ -89,8 +89,10 @@ class EvalSettings:
             raise InputError("give at least one seed", field="seeds")
         for seed in self.seeds:
             checks.check_seed(seed, "seeds")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise InputError(f"seeds repeat: {list(self.seeds)}", field="seeds")
+        for name in ("seeds", "tasks"):  # a repeat would train (and count) twice
+            values = list(getattr(self, name))
+            if len(set(values)) != len(values):
+                raise InputError(f"{name} repeat: {values}", field=name)
         for name in ("steps", "batch_size", "eval_batch_size", "hidden_size", "layers",
                      "heads"):
             checks.check_count(getattr(self, name), name)

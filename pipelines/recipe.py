@@ -37,13 +37,13 @@ from pydantic import (
 from dataselect import checks, storage
 from dataselect.defaults import POLICIES
 from dataselect.errors import InputError
+from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
 from dataselect.params import checked, settings_model
 from pipelines.jobs import build_scorer
 from scorers import SCORERS
 from scorers.model_import import is_shortcut
 from scorers.warmup_config import WarmupConfig
 
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Columns a selection writes next to the pool's (writer.ADDED_COLUMNS, union's tasks,
 # combine's best_task, scoring's filtered_by): a task of one of these names, or of a
 # scorer's name, would make a column ``score_<task>`` or a task label that reads as another.
@@ -275,9 +275,8 @@ class Recipe(_Strict):
     @classmethod
     def _task_names(cls, targets: dict[str, TargetSpec]) -> dict[str, TargetSpec]:
         for name in targets:
-            if not TASK_NAME.match(name):
-                raise ValueError(f"task name {name!r} must be letters, digits, '_', '-' "
-                                 "or '.', starting with a letter or digit (it names a folder)")
+            if not FOLDER_NAME.match(name):
+                raise ValueError(f"task name {name!r} must be {FOLDER_NAME_RULE}")
             if name in SCORERS or name in RESERVED_TASK_NAMES:
                 what = "a scorer's" if name in SCORERS else "an output column's"
                 raise ValueError(f"task name {name!r} is {what} name: the output's "

@@ -101,8 +101,12 @@ def _load(name: str, target: str) -> type[Scorer]:
 
     The base class is imported here, not with this package, so that listing scorer names
     (argparse choices for ``dataselect --help``) loads no pandas, pyarrow or Dask."""
+    from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
     from dataselect.scoring import Scorer
 
+    if not FOLDER_NAME.match(name):  # its score store is the folder .scores/<name>
+        raise InputError(f"scorer {name!r} ({target}) has a name that cannot be one: a "
+                         f"scorer's name must be {FOLDER_NAME_RULE}", field="scorer")
     module, _, attr = target.partition(":")
     try:
         cls = getattr(import_module(module), attr)

@@ -1,0 +1,252 @@
+"""Probe round C (the fourth hostile pass): plug-ins that exit or name themselves as paths,
+scores Arrow would not cast, an index written past the file-size limit, local clusters too
+large to start, repeated evaluation tasks, and manifests that strict JSON readers refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from test_fault_errors2 import (  # noqa: F401  (the fixture)
+    ROOT,
+    _dsir_argv,
+    _one_error_line,
+    broken_plugin,
+)
+
+from dataselect import checks
+from dataselect.errors import InputError
+from dataselect.features import FeatureStore
+from dataselect.output import write_json
+from pipelines.cli import main
+
+# --- plug-ins ----------------------------------------------------------------------------
+
+EXITING_PLUGIN = '''
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from dataselect.scoring import Scorer
+
+
+@dataclass
+class Length(Scorer):
+    name: ClassVar[str] = "length"
+    where: str = "score_batch"
+    code: int = 0
+    how: str = "fine"
+
+    @property
+    def local_workers(self) -> str:
+        return "threads"
+
+    def fit(self, target, pool=None, runner=None):
+        self.fingerprint_ = self.how
+        if self.where == "fit":
+            sys.exit(self.code)
+        return self
+
+    def score_batch(self, batch):
+        n = batch.num_rows
+        if self.where == "score_batch":
+            sys.exit(self.code)
+        if self.how == "two_scores":
+            return pa.Table.from_arrays([batch["id"], pa.array(np.ones(n)),
+                                         pa.array(np.ones(n))], ["id", "score", "score"])
+        if self.how == "huge_uint":
+            return pa.table({"id": batch["id"], "score": pa.array(
+                [2**64 - 1 - i for i in range(n)], pa.uint64())})
+        if self.how == "nan_config":
+            return pa.table({"id": batch["id"], "score": np.arange(n, dtype=float)})
+        return pa.table({"id": batch["id"], "score": np.arange(n, dtype=float)})
+
+    def config(self):
+        return {"where": self.where, "code": self.code,
+                "x": float("nan") if self.how == "nan_config" else 1.0}
+'''
+
+
+@pytest.fixture
+def exiting_plugin(broken_plugin, tmp_path):  # noqa: F811
+    from scorers import SCORERS
+
+    (tmp_path / "plugin" / "plug_scorer.py").write_text(EXITING_PLUGIN)
+    sys.modules.pop("plug_scorer", None)
+    SCORERS.refresh()
+
+
+def _plugin_argv(tmp_path: Path, *params: str, command: str = "select") -> list[str]:
+    argv = _dsir_argv(tmp_path, "--workers", "1")
+    argv[argv.index("dsir")] = "length"
+    argv[3:3] = [item for p in params for item in ("-p", p)]
+    if command == "score":
+        argv = ["score", *[a for a in argv[1:] if a not in ("--k", "5")]]
+    return argv
+
+
+@pytest.mark.parametrize("command", ["select", "score"])
+@pytest.mark.parametrize(("where", "code"), [("fit", 0), ("score_batch", 0),
+                                             ("score_batch", 1)])
+def test_a_plugin_calling_sys_exit_is_one_line_naming_it(tmp_path, capsys, exiting_plugin,
+                                                        command, where, code):
+    """sys.exit(0) in a plug-in's fit or score_batch ended the job with exit 0, nothing
+    printed and nothing written; sys.exit(1) with exit 1 and no message."""
+    assert main(_plugin_argv(tmp_path, f"where={where}", f"code={code}",
+                             command=command)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"scorer 'length' (plug_scorer.Length, a plug-in) raised SystemExit in {where}" \
+        in line
+
+
+@pytest.mark.parametrize(("how", "expected"), [
+    ("two_scores", "returned 'score' more than once"),
+])
+def test_a_plugin_returning_a_column_twice_breaks_the_contract(tmp_path, capsys,
+                                                                exiting_plugin, how, expected):
+    assert main(_plugin_argv(tmp_path, "where=nowhere", f"how={how}")) == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+
+
+def test_integer_scores_past_the_doubles_exact_range_are_rounded_not_refused(
+        tmp_path, exiting_plugin):
+    """A uint64 score of 2**64 - 1 reached Arrow's checked cast as a traceback; it is a
+    number, taken to the nearest double like any integer score."""
+    import pyarrow.parquet as pq
+
+    assert main(_plugin_argv(tmp_path, "where=nowhere", "how=huge_uint")) == 0
+    scores = pq.read_table(tmp_path / "out")["score"].to_pylist()
+    assert len(scores) == 5 and all(s == pytest.approx(2.0**64) for s in scores)
+
+
+def test_a_plugins_nan_config_is_written_as_strict_json(tmp_path, exiting_plugin):
+    """config() holding NaN made both manifests bare ``NaN``, which is not JSON."""
+    assert main(_plugin_argv(tmp_path, "where=nowhere", "how=nan_config")) == 0
+    for path in [tmp_path / "out" / ".manifest.json",
+                 *(tmp_path / "out" / ".scores").glob("*/_manifest.json")]:
+        text = path.read_text()
+        assert "NaN" not in text
+        json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(constant: str) -> None:
+    raise AssertionError(f"not JSON: {constant}")
+
+
+def test_manifests_are_strict_json_whatever_floats_they_hold(tmp_path):
+    write_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -np.inf}},
+               tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == {
+        "a": None, "b": [None, 1.5], "c": {"d": None}}
+
+
+@pytest.mark.parametrize("name", ["/abs/path", "../../escape", "..", ".hidden", "a/b", ""])
+def test_a_scorer_registered_under_a_path_like_name_is_refused(tmp_path, capsys, monkeypatch,
+                                                               name):
+    """A plug-in registered (and calling itself) '/abs/dir' had its score store written at
+    /abs/dir, and '../../x' at OUT/../x: the name is a folder of the output."""
+    from test_plugins import install_plugin
+
+    from scorers import SCORERS
+
+    root = tmp_path / "plugin"
+    root.mkdir()
+    install_plugin(root, monkeypatch)
+    source = (root / "plug_scorer.py").read_text()
+    (root / "plug_scorer.py").write_text(
+        source.replace('name: ClassVar[str] = "length"', f"name: ClassVar[str] = {name!r}"))
+    info = next(root.glob("*.dist-info"))
+    (info / "entry_points.txt").write_text(
+        f"[dataselect.scorers]\n{name} = plug_scorer:Length\n")
+    SCORERS.refresh()
+    if name not in SCORERS.names():  # an entry point with no name is not listed at all
+        return
+    with pytest.raises(InputError, match="a scorer's name must be letters, digits"):
+        SCORERS[name]
+    outside = Path("/abs") if name.startswith("/") else tmp_path
+    assert not (outside / "path").exists() and not (tmp_path.parent / "escape").exists()
+
+
+# --- an index past the file-size limit ----------------------------------------------------
+
+def test_index_build_past_the_file_size_limit_is_one_line(tmp_path):
+    """faiss.write_index reported EFBIG as a RuntimeError ("File too large") with a
+    traceback; it is the same one line as every other write past ulimit -f."""
+    store = FeatureStore.create(tmp_path / "f", {"kind": "x", "dim": 64, "views": 1})
+    vectors = np.random.default_rng(0).normal(size=(400, 1, 64)).astype(np.float32)
+    store.write_part(0, pa.array([f"r{i}" for i in range(400)]), vectors)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.console", "index", "build", "--features",
+         str(tmp_path / "f"), "--out", str(tmp_path / "i")], preexec_fn=limit,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 2, done.stderr
+    line = _one_error_line(done.stderr)
+    assert "File too large" in line and "ulimit -f" in line
+
+
+def test_faiss_errors_keep_other_runtime_errors():
+    from dataselect.index import faiss_os_errors
+
+    with pytest.raises(OSError) as raised, faiss_os_errors("/x/index.faiss"):
+        raise RuntimeError("Error in faiss::write_index: ... (No space left on device)")
+    assert raised.value.errno == 28 and raised.value.filename == "/x/index.faiss"
+    with pytest.raises(RuntimeError, match="something else"), faiss_os_errors("/x"):
+        raise RuntimeError("something else")
+
+
+# --- local clusters and evaluation settings -----------------------------------------------
+
+@pytest.mark.parametrize("kind", ["processes", "threads"])
+def test_more_local_workers_than_a_machine_can_start_is_one_line(tmp_path, capsys, kind):
+    """--workers 100000 with process workers built Dask nannies one at a time for minutes
+    (deaf to Ctrl-C) before failing."""
+    too_many = checks.max_local_workers() + 1
+    argv = _dsir_argv(tmp_path, "--workers", str(too_many), "--worker-kind", kind)
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{too_many} local workers" in line and f"at most {checks.max_local_workers()}" \
+        in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_python_api_refuses_too_many_local_workers_too():
+    from pipelines.cluster import dask_client
+
+    with pytest.raises(InputError, match="local workers"), \
+            dask_client(workers=checks.max_local_workers() + 1, kind="threads"):
+        pass
+
+
+def test_a_cluster_may_have_as_many_workers_as_it_likes():
+    checks.check_cluster("tcp://127.0.0.1:8786", {"workers": None})
+    checks.check_local_workers(checks.max_local_workers())
+
+
+@pytest.mark.parametrize(("flag", "value", "expected"), [
+    ("--tasks", "a,a", "tasks repeat"),
+    ("--tasks", "a,,b", "has an empty item"),
+    ("--seeds", "0,,1", "has an empty item"),
+])
+def test_eval_refuses_repeated_or_empty_items(tmp_path, capsys, flag, value, expected):
+    """--tasks a,a trained every model twice and counted it twice; 0,,1 read as 0,1."""
+    try:
+        code = main(["eval", str(tmp_path), flag, value, "--steps", "1"])
+    except SystemExit as exited:  # a flag argparse refuses: its usage line and exit 2
+        code = exited.code
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err, err
