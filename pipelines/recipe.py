@@ -479,7 +479,8 @@ class _YamlLimit(yaml.composer.ComposerError):
 
 
 class _DuplicateKey(yaml.constructor.ConstructorError):
-    """A key given twice in one mapping (its message is not "not valid YAML" either)."""
+    """A key given twice in one mapping, or an integer YAML 1.1 reads other than written
+    (its message is not "not valid YAML" either)."""
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -524,6 +525,17 @@ class _RecipeLoader(yaml.SafeLoader):
                                     key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """Decimal integers only. YAML 1.1 reads ``seed: 017`` as octal 15, ``0x10`` as 16
+        and ``1:30`` as 90: a setting silently other than the one written."""
+        text = str(node.value).replace("_", "")
+        if not re.fullmatch(r"[-+]?(0|[1-9][0-9]*)", text):
+            raise _DuplicateKey(None, None, f"{node.value!r} is not a decimal integer (YAML "
+                                f"1.1 would read it as {super().construct_yaml_int(node)}); "
+                                "write the number in decimal, or quote it to give text",
+                                node.start_mark)
+        return int(text)
+
     def compose_document(self) -> Any:
         node = super().compose_document()
         if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_SIZE:
@@ -532,6 +544,7 @@ class _RecipeLoader(yaml.SafeLoader):
         return node
 
 
+_RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
 # YAML 1.1 (PyYAML) reads 1e-3 as a string, since its floats need a dot; recipes read it as
 # the number anyone writing a learning rate means (YAML 1.2 does too)
 _RecipeLoader.add_implicit_resolver(

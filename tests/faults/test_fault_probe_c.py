@@ -250,3 +250,18 @@ def test_eval_refuses_repeated_or_empty_items(tmp_path, capsys, flag, value, exp
         code = exited.code
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err, err
+
+
+# --- recipes: integers as written ----------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "read_as"), [("017", 15), ("0x10", 16), ("1:30", 90),
+                                               ("0b11", 3)])
+def test_a_recipe_integer_yaml_11_reads_otherwise_is_refused(text, read_as):
+    """YAML 1.1 made ``seed: 017`` the seed 15 and ``k: 0x10`` k = 16, silently."""
+    from pipelines.recipe import RecipeError, _parse_yaml
+
+    with pytest.raises(RecipeError, match=f"would read it as {read_as}") as raised:
+        _parse_yaml(f"selection:\n  k: {text}\n", "r.yaml")
+    assert raised.value.where == "r.yaml:2"
+    assert _parse_yaml("a: 17\nb: -3\nc: 1_000\nd: '017'\n", "r.yaml") == {
+        "a": 17, "b": -3, "c": 1000, "d": "017"}
