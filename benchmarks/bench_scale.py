@@ -30,8 +30,8 @@ and each k of ``--k`` (default 10,000, the fixed k; and 1 % of the pool, given a
 The script polls every process every 0.2 s: the client is the ``dataselect`` process itself;
 workers are its child processes (a local cluster's) or the external scheduler's and
 workers' processes, each with its own peak RSS. Per stage it reads the job manifest's stage
-clock (fit, score, ids, duplicates, rank, fetch, write) and prints rows per second; rows
-per second per core is pool rows ÷ wall ÷ workers.
+clock (every stage; rows per second for the passes: fit, score, ids, duplicates, rank,
+fetch, write); rows per second per core is pool rows ÷ wall ÷ workers.
 
 Goals (issue 31, item 4), checked at the end for every config that ran at the smallest and
 the largest size:
@@ -84,7 +84,8 @@ FILE_ROWS = 1_000_000
 ROW_GROUP = 65_536
 POLL_SECONDS = 0.2
 TARGET_ROWS = 100
-STAGES = ("fit", "score", "ids", "duplicates", "rank", "fetch", "write")
+# the stages that pass over the whole pool or its score store (rows per second is theirs)
+PASSES = ("fit", "score", "ids", "duplicates", "rank", "fetch", "write")
 CONFIGS = ("dsir/threads", "dsir/processes", "dsir/external", "fasttext/processes",
            "fasttext/external")
 
@@ -286,7 +287,7 @@ def run_one(dataselect: str, pool: Path, target: Path, rows: int, config: str, k
         tail = (folder / "run.stderr").read_text().strip().splitlines()[-3:]
         run.error = f"exit {code}: {' | '.join(tail)}"
     manifest = read_manifest(out)
-    run.stages = {s: v for s, v in manifest_stages(manifest).items() if s in STAGES}
+    run.stages = {s: v for s, v in manifest_stages(manifest).items() if s != "job_total"}
     run.selected = manifest.get("counts", {}).get("selected")
     if out.exists():  # the selection is small, the score store is not: free the disk
         subprocess.run(["rm", "-rf", str(out)], check=False)
@@ -296,8 +297,9 @@ def run_one(dataselect: str, pool: Path, target: Path, rows: int, config: str, k
 def describe(run: Run) -> str:
     if run.error:
         return f"{run.rows:>11,} {run.config:<19} k {run.k:>9,}: FAILED {run.error}"
-    stages = ", ".join(f"{name} {seconds:.1f} s ({run.rows / seconds / 1e6:.2f} M rows/s)"
-                       for name, seconds in run.stages.items() if seconds > 0)
+    stages = ", ".join(f"{name} {seconds:.1f} s" + (
+        f" ({run.rows / seconds / 1e6:.2f} M rows/s)" if name.partition(":")[0] in PASSES
+        else "") for name, seconds in run.stages.items() if seconds >= 0.05)
     return (f"{run.rows:>11,} {run.config:<19} k {run.k:>9,}: wall {run.wall:7.1f} s, "
             f"{run.per_core / 1e3:6.1f} k rows/s/core, client {run.client_mb:6.0f} MB, "
             f"worker {run.worker_mb:6.0f} MB, load {run.load:.1f}, selected {run.selected}"
