@@ -316,7 +316,9 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     clock = StageClock()
     with clock.stage("read inputs"):
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed, job.k, job.fraction)
-        checks.check_round_robin(job.policy, scorer.scores_per_target)
+        checks.check_round_robin(_resolved_policy(job.policy, job.threshold,
+                                                  scorer.default_policy),
+                                 scorer.scores_per_target)
         pool, target = _corpora(job)
         output_schema(pool, ADDED_COLUMNS, job.output_format, parse=False)  # before work
         if job.save_to_disk:
@@ -353,8 +355,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
 def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner
             ) -> select.Selection:
     return choose_rows(pool, scores, job.policy, job.k, job.fraction, job.threshold, job.seed,
-                       resample_by_default=SCORERS[job.scorer].default_policy
-                       == "importance_resample", runner=runner)
+                       default_policy=SCORERS[job.scorer].default_policy, runner=runner)
 
 
 def _metrics_seed(job: SelectJob) -> int:
@@ -363,26 +364,27 @@ def _metrics_seed(job: SelectJob) -> int:
     seed. Known before the scoring pass, which counts that sample; were it another, the
     write pass would count it itself, so a mismatch costs time, never a wrong number."""
     resamples = _resolved_policy(job.policy, job.threshold, SCORERS[job.scorer].default_policy
-                                 == "importance_resample") == "importance_resample"
+                                 ) == "importance_resample"
     return job.seed if resamples else 0
 
 
-def _resolved_policy(policy: str, threshold: float | None, resample_by_default: bool) -> str:
-    """The policy a job applies: ``threshold`` when one is given; ``auto`` resamples by
-    importance when the scores are DSIR log importance weights (the paper's method) and
-    takes the top rows otherwise."""
+def _resolved_policy(policy: str, threshold: float | None, default_policy: str) -> str:
+    """The policy a job applies: ``threshold`` when one is given; for ``auto``, the one the
+    scorer declares (``default_policy``: DSIR's log importance weights resample, as the
+    paper does; a plug-in's own declaration is used as it is, round_robin included; it used
+    to be compared with importance_resample only, so round_robin became top_k)."""
     if threshold is not None:
         return "threshold"
     if policy == "auto":
-        return "importance_resample" if resample_by_default else "top_k"
+        return default_policy
     return policy
 
 
 def choose_rows(pool: Corpus, scores: Scores, policy: str, k: int | None,
                 fraction: float | None, threshold: float | None, seed: int,
-                resample_by_default: bool, runner: ProgressRunner) -> select.Selection:
+                default_policy: str, runner: ProgressRunner) -> select.Selection:
     """Apply a policy and one budget (:func:`_resolved_policy`)."""
-    policy = _resolved_policy(policy, threshold, resample_by_default)
+    policy = _resolved_policy(policy, threshold, default_policy)
     if policy == "threshold":
         return select.threshold(pool, scores, threshold, runner=runner)
     if policy == "round_robin":

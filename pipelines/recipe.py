@@ -367,8 +367,12 @@ class Recipe(_Strict):
                 if exc.where is None and exc.field not in _LATER_FIELDS:
                     raise _setting_error(exc, ("scorers", name), params, name) from None
                 per_target &= bool(params.get("per_target"))  # its model comes later
+        policy = self.selection.policy
+        if policy == "auto" and self.selection.threshold is None:  # as the job resolves it
+            policy = (SCORERS[next(iter(self.scorers))].default_policy
+                      if len(self.scorers) == 1 else "top_k")
         try:
-            checks.check_round_robin(self.selection.policy, per_target, "selection.policy")
+            checks.check_round_robin(policy, per_target, "selection.policy")
         except InputError as exc:
             raise _setting_error(exc, (), {"selection.policy": self.selection.policy},
                                  "selection") from None

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from dataselect.scoring import Scorer
 
 GROUP = "dataselect.scorers"
+# what a scorer may declare as its default_policy (what --policy auto applies to its scores)
+SCORER_POLICIES = ("top_k", "importance_resample", "round_robin")
 BUILTIN = {
     "auto": "scorers.auto:Auto",
     "bads": "scorers.bads:Bads",
@@ -117,6 +119,10 @@ def _load(name: str, target: str) -> type[Scorer]:
     if not (isinstance(cls, type) and issubclass(cls, Scorer)):
         raise InputError(f"scorer {name!r} ({target}) is not a dataselect Scorer subclass",
                          field="scorer")
+    if cls.default_policy not in SCORER_POLICIES:
+        raise InputError(f"scorer {name!r} ({target}) declares default_policy "
+                         f"{cls.default_policy!r}; it must be one of "
+                         f"{', '.join(SCORER_POLICIES)}", field="scorer")
     if getattr(cls, "name", None) != name:
         raise InputError(f"scorer {name!r} ({target}) calls itself {cls.name!r}; its class "
                          "attribute name must equal its registered name", field="scorer")

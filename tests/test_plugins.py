@@ -112,6 +112,35 @@ def test_a_plugin_scorers_parameters_are_checked_like_the_builtins(bad, tmp_path
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command", ["select", "run"])
+def test_a_plugins_declared_round_robin_is_the_policy_auto_applies(tmp_path, monkeypatch,
+                                                                   capsys, command):
+    """``default_policy`` was compared with importance_resample only, so a plug-in declaring
+    round_robin got top_k while ``dataselect scorers`` printed round_robin. Now the declared
+    policy is the one applied; this scorer keeps one score a row, so round_robin is refused
+    before any work, as when the flag asks for it."""
+    from conftest import instruction_recipe
+
+    install_plugin(tmp_path, monkeypatch, policy="round_robin")
+    if command == "select":
+        argv = ["select", "--scorer", "length", "--pool", POOL_GLOB, "--target",
+                str(TARGETS / "python_docs.jsonl"), "--k", "5", "--out", str(tmp_path / "o")]
+    else:
+        recipe = instruction_recipe(tmp_path / "o", ("define",), {"length": {}}, k=5)
+        recipe["selection"]["policy"] = "auto"
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+        argv = ["run", str(tmp_path / "r.yaml")]
+    assert main(argv) == 2
+    assert "round_robin needs one score per target example" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_plugin_declaring_an_unknown_policy_is_refused_when_it_loads(tmp_path, monkeypatch):
+    install_plugin(tmp_path, monkeypatch, policy="best_first")
+    with pytest.raises(InputError, match="declares default_policy 'best_first'"):
+        SCORERS["length"]
+
+
 def test_a_plugin_scorer_runs_in_a_recipe_with_its_declared_policy(tmp_path, monkeypatch):
     from conftest import instruction_recipe
 
