@@ -21,6 +21,7 @@ from dataselect.errors import InputError
 from dataselect.execution import Runner
 from dataselect.output import jsonable
 from dataselect.scoring import FILTERED_BY, Scores, eligible_scores, merge_moments
+from dataselect.summaries import collect_summaries
 
 METHODS = ("zscore", "rank")
 
@@ -70,8 +71,6 @@ class _CombinedTask:
 
 def combine_scores(scores: list[Scores], method: str, weights: list[float] | None,
                    runner: Runner) -> Scores:
-    from dataselect.select import _collect
-
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}", field="method")
     if not scores:
@@ -85,7 +84,7 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
             raise InputError("score sets to combine were computed on different pools")
     scales = []
     for s in scores:
-        parts = _collect(s, runner)
+        parts = collect_summaries(s, runner)
         if method == "zscore":
             count, mean, squares = merge_moments(p["moments"] for p in parts)
             std = math.sqrt(squares / count) if count else 0.0

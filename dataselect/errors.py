@@ -11,6 +11,9 @@ import errno
 import os
 import resource
 
+# what a Ctrl-C prints, at any moment of a command (the console script, the CLI, recipes)
+INTERRUPTED = "dataselect: interrupted; rerun the same command to resume"
+
 
 class DataSelectError(Exception):
     """Base class for errors dataselect raises on purpose."""

@@ -23,7 +23,6 @@ import os
 import pickle
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,8 +51,9 @@ from dataselect.output import (
 )
 from dataselect.params import check_booleans
 from dataselect.sampling import LENGTH_STREAM, id_hashes, uniform
+from dataselect.score_parts import FILTERED_BY, eligible_scores
+from dataselect.topk import KeySpec, ladder_of
 
-FILTERED_BY = "filtered_by"
 TEXT_BYTES = "text_bytes"
 # filter reason of a row whose text is empty or holds only whitespace, control or format
 # characters (a no-break space, a zero-width space, a byte-order mark): nothing to select
@@ -64,33 +64,12 @@ STORE_MANIFEST = "_manifest.json"
 LENGTH_SAMPLE = 100_000
 
 
-def eligible_scores(table: pa.Table) -> tuple[np.ndarray, np.ndarray, Counter]:
-    """A score part's scores (float64), which rows are eligible (``filtered_by`` null),
-    and how many rows each filter removed; a NaN or infinite score of an eligible row is
-    refused."""
-    score = table["score"].to_numpy().astype(np.float64)
-    if FILTERED_BY in table.column_names:
-        reasons = table[FILTERED_BY]
-        eligible = pc.is_null(reasons).to_numpy(zero_copy_only=False)
-        dropped = Counter(reasons.drop_null().to_pylist())
-    else:
-        eligible, dropped = np.ones(len(score), bool), Counter()
-    bad = ~np.isfinite(score) & eligible
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"score is {score[row]} for id {table['id'][row].as_py()!r}; scores "
-                         "must be finite numbers", field="score")
-    return score, eligible, dropped
-
-
 def summarize_scores(table: pa.Table, npartitions: int = 1) -> dict[str, Any]:
     """What selection needs of a score part, in a size that does not grow with its rows:
     row and eligible counts, rows removed per filter, the ladder of its scores
     (:func:`~dataselect.topk.ladder_of`, from which top-k finds its cutoff), the count,
     mean and sum of squared deviations of its eligible scores (which merge exactly into
     the pool's, :func:`merge_moments`) and the score-length sample (:func:`length_sample`)."""
-    from dataselect.topk import KeySpec, ladder_of
-
     score, eligible, dropped = eligible_scores(table)
     kept = score[eligible]
     mean = float(kept.mean()) if len(kept) else 0.0

@@ -34,13 +34,14 @@ from dataselect.checks import (
     shown,
     wrong_type,
 )
+from dataselect.combine import METHODS, combine_scores
 from dataselect.corpus import Corpus, as_corpus
-from dataselect.duplicates import check_unique_ids
-from dataselect.errors import EmptyCorpusError, InputError
+from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.outdir import normalize
 from dataselect.output import jsonable
-from dataselect.scoring import Scores, as_scores, eligible_scores, summarize_scores
+from dataselect.scoring import Scores, as_scores, eligible_scores
+from dataselect.summaries import collect_summaries
 from dataselect.topk import KeySpec, all_rows, merge_dropped, top_rows
 
 
@@ -99,29 +100,6 @@ class Selection:
             raise InputError("the selection is not written yet: call to_hf(out) (or "
                              "write(out) first) to give it a folder")
         return load_hf(self.written_to, kwargs.get("runner", default_runner))
-
-
-def _collect(scores: Scores, runner: Runner) -> list[dict[str, Any]]:
-    """Per partition: rows, eligible rows, rows removed per filter and the ladder of its
-    scores (:func:`~dataselect.scoring.summarize_scores`, no per-row array). A store
-    written in this job already holds these summaries; otherwise one pass over the scores
-    computes them. Ids repeated across partitions are refused here."""
-    parts = scores.summaries
-    if parts is None:
-        parts = runner(f"collect:{scores.name}",
-                       scores.delayed(_Summarize(scores.npartitions)))
-    if sum(p["rows"] for p in parts) == 0:
-        raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
-    check_unique_ids(scores, runner)
-    return parts
-
-
-@dataclass(frozen=True)
-class _Summarize:
-    npartitions: int
-
-    def __call__(self, table: pa.Table, index: int) -> dict[str, Any]:
-        return summarize_scores(table, self.npartitions)
 
 
 def _counts(parts: list[dict[str, Any]], selected: int, requested: int | None = None
@@ -192,7 +170,8 @@ def top_k(pool: Corpus, scores: Scores, k: int, runner: Runner = default_runner)
     """The ``k`` highest-scoring eligible rows (all of them if fewer)."""
     pool, scores = _aligned(pool, scores)
     k = check_count(k, "k")
-    return _choose_top(scores, _collect(scores, runner), k, {"policy": "top_k", "k": k}, runner)
+    return _choose_top(scores, collect_summaries(scores, runner), k,
+                       {"policy": "top_k", "k": k}, runner)
 
 
 def top_fraction(pool: Corpus, scores: Scores, fraction: float,
@@ -200,7 +179,7 @@ def top_fraction(pool: Corpus, scores: Scores, fraction: float,
     """The best ``ceil(fraction * eligible rows)`` rows."""
     pool, scores = _aligned(pool, scores)
     fraction = check_fraction(fraction, "fraction")
-    parts = _collect(scores, runner)
+    parts = collect_summaries(scores, runner)
     k = math.ceil(fraction * _eligible(parts))
     return _choose_top(scores, parts, k, {"policy": "top_fraction", "fraction": fraction, "k": k},
                        runner)
@@ -211,7 +190,7 @@ def threshold(pool: Corpus, scores: Scores, min_score: float,
     """Every eligible row with ``score >= min_score``, ranked by score."""
     pool, scores = _aligned(pool, scores)
     min_score = check_finite(min_score, "threshold")
-    parts = _collect(scores, runner)
+    parts = collect_summaries(scores, runner)
     sizes = [p["rows"] for p in parts]
     order = all_rows(scores, runner, KeySpec(min_score=min_score), sizes)
     counts = _counts(parts, len(order))
@@ -238,7 +217,7 @@ def importance_resample(pool: Corpus, scores: Scores, k: int | None = None, seed
     else:
         k = check_count(k, "k")
     seed = check_seed(seed)
-    parts = _collect(scores, runner)
+    parts = collect_summaries(scores, runner)
     if fraction is not None:
         k = math.ceil(fraction * _eligible(parts))
     policy = {"policy": "importance_resample", "k": k, "seed": seed}
@@ -260,7 +239,7 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
     pool, scores = _aligned(pool, scores)
     k = check_count(k, "k")
     column = check_name(column, "column")
-    parts = _collect(scores, runner)
+    parts = collect_summaries(scores, runner)
     sizes = [p["rows"] for p in parts]
     offsets = np.cumsum([0, *sizes[:-1]])
     found = runner(f"candidates:{scores.name}", scores.delayed(_TargetTopK(column, k)))
@@ -323,8 +302,6 @@ def combine(scores: list[Scores], method: str = "zscore", weights: list[float] |
 
     A row filtered by any scorer stays filtered. Statistics are over eligible rows.
     """
-    from dataselect.combine import METHODS, combine_scores
-
     if not isinstance(scores, list | tuple) or not all(isinstance(s, Scores) for s in scores):
         raise wrong_type("a list of Scores (scorer.score(pool), one per scorer)", scores,
                          "scores")

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from dataselect.execution import Runner
 from dataselect.sampling import gumbel_noise, id_hashes
+from dataselect.score_parts import eligible_scores
 
 RUNGS = 64
 # rows a fetch may bring beyond k (it brings at most k + max(k, FETCH_BUDGET) rows)
@@ -48,8 +49,6 @@ class KeySpec:
 
     def ranked(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """The candidate rows' positions and keys, best first."""
-        from dataselect.scoring import eligible_scores
-
         score, eligible, _ = eligible_scores(table)
         if self.min_score is not None:
             eligible = eligible & (score >= self.min_score)

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -54,7 +54,9 @@ from dataselect.output import (
 )
 from dataselect.sampling import sample_mask
 from dataselect.schemas import check_parquet_storable, conform, unify
-from dataselect.select import Selection
+
+if TYPE_CHECKING:  # select imports this module to write a Selection; not the other way
+    from dataselect.select import Selection
 
 ADDED_COLUMNS = ("score", "rank")
 # keys of a part's stats file that hold its label counts (dataselect.composition)

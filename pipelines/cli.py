@@ -46,9 +46,8 @@ from dataselect.defaults import (
     SIDES,
     WORKER_KINDS,
 )
-from dataselect.errors import DataSelectError, os_error_line, resource_line
+from dataselect.errors import INTERRUPTED, DataSelectError, os_error_line, resource_line
 from pipelines.commands import parse_params
-from pipelines.console import INTERRUPTED
 from scorers import SCORERS
 
 __all__ = ["INTERRUPTED", "build_parser", "main", "parse_params"]

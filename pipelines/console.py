@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import sys
 
-INTERRUPTED = "dataselect: interrupted; rerun the same command to resume"
+from dataselect.errors import INTERRUPTED
 
 
 def main() -> int:

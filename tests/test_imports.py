@@ -1,0 +1,135 @@
+"""The project's imports run one way, from the entry points down to the core: no module
+imports, directly or through others, a module that imports it back. Imports inside
+functions count (they run, only later); those under ``if TYPE_CHECKING:`` do not (they
+never run). ``from package import module`` is an import of that module alone."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGES = ("dataselect", "scorers", "pipelines")
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def _runs(node: ast.AST) -> bool:
+    """False for ``if TYPE_CHECKING:`` (and ``typing.TYPE_CHECKING``) blocks."""
+    if not isinstance(node, ast.If):
+        return True
+    test = node.test
+    name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", None)
+    return name != "TYPE_CHECKING"
+
+
+def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        stack.extend(child for child in ast.iter_child_nodes(node) if _runs(child))
+    return found
+
+
+def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules that module ``name`` imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            wanted = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            submodules = [f"{base}.{a.name}" for a in node.names
+                          if f"{base}.{a.name}" in modules]
+            wanted = submodules if len(submodules) == len(node.names) else [base, *submodules]
+        for target in wanted:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                targets.add(target)
+    return targets
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    modules = project_modules()
+    graph = {name: imported(name, path, modules) for name, path in modules.items()}
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_cycles_through_function_level_imports(tmp_path):
+    modules = {name: tmp_path / f"{name}.py" for name in ("a", "b", "c", "d")}
+    modules["a"].write_text("import b\n")
+    modules["b"].write_text("def f():\n    import c\n")
+    modules["c"].write_text("from a import x\n")
+    modules["d"].write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                            "    import a\n")
+    graph = {name: imported(name, path, modules) for name, path in modules.items()}
+    assert graph["d"] == set()
+    assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_layers_run_one_way():
+    """dataselect (the core) imports neither scorers nor pipelines; scorers do not import
+    pipelines."""
+    modules = project_modules()
+    for name, path in modules.items():
+        layer = PACKAGES.index(name.partition(".")[0])
+        for target in imported(name, path, modules):
+            assert PACKAGES.index(target.partition(".")[0]) <= layer, (name, target)
