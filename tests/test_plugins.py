@@ -191,3 +191,13 @@ def test_declarations_of_the_builtins():
     assert {n for n in SCORERS if SCORERS[n].needs_model} == {"bads", "embed", "less"}
     assert {n for n in SCORERS if SCORERS[n].pool_features} == {"embed", "less"}
     assert {n for n in SCORERS if SCORERS[n].needs_warmup} == {"less"}
+
+
+def test_the_builtins_are_registered_alike_in_pyproject_and_in_the_package():
+    """The built-ins are listed twice (entry points for installed copies, BUILTIN for a
+    source checkout whose metadata is not installed); the two lists must not drift."""
+    from conftest import ROOT
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["entry-points"]["dataselect.scorers"] == BUILTIN
