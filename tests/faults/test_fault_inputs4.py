@@ -16,6 +16,7 @@ from fault_helpers import private_fingerprint_cache, refused, select_errors  # n
 
 from dataselect.corpus import read_corpus
 from dataselect.errors import InputError
+from pipelines.cli import main
 
 
 def _table(n: int = 40, names: tuple[str, ...] = ("id", "text", "domain")) -> pa.Table:
@@ -142,3 +143,59 @@ def test_integers_joining_floats_still_read(tmp_path):
                                               {"id": "b", "text": "y", "m": {"v": 2.5}}])
     table = read_corpus([str(path)]).read_partition(0)
     assert table["m"].to_pylist() == [{"v": 1.0}, {"v": 2.5}]
+
+
+# ------------------------------------------------------------ warmup never trains on blank rows
+
+_BLANKS = ["   ", "\u200b\n", "\ufeff", "\t\u00a0", ""]
+
+
+def _mixed_pool(path: Path, texts: int = 6) -> Path:
+    rows = [{"id": f"b{i}", "text": blank} for i, blank in enumerate(_BLANKS)]
+    rows += [{"id": f"t{i}", "text": f"a real document number {i} about words"}
+             for i in range(texts)]
+    return write_jsonl(path, rows)
+
+
+def test_warmup_sample_leaves_blank_rows_out_and_counts_them(tmp_path):
+    from scorers.warmup_config import sample_pool
+
+    sample, blank = sample_pool(read_corpus(str(_mixed_pool(tmp_path / "p.jsonl"))), 1.0, 0)
+    assert blank == len(_BLANKS)
+    assert sorted(sample["id"].to_pylist()) == [f"t{i}" for i in range(6)]
+
+
+def test_warmup_refuses_a_pool_of_blank_rows_in_one_line(tmp_path, capsys):
+    pool = _mixed_pool(tmp_path / "ws.jsonl", texts=0)
+    model = tmp_path / "model"
+    model.mkdir()  # never loaded: the pool is refused first
+    code = main(["warmup", "--model", str(model), "--pool", str(pool), "--out",
+                 str(tmp_path / "wu"), "-p", "fraction=1", "-p", "max_length=16"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = "\n".join(line for line in err.splitlines() if "error" in line.lower())
+    refused(code, errors, "ws.jsonl", "blank")
+    assert not (tmp_path / "wu").exists() or not any((tmp_path / "wu").iterdir())
+
+
+@pytest.fixture(scope="module")
+def random_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny untrained model: enough to run the warmup's training loop."""
+    from scorers.lm import build_tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("random_lm")
+    return build_tiny_causal_lm([f"a real document number {i} about words" for i in range(50)],
+                                root / "lm", vocab_size=300, hidden_size=32, layers=1)
+
+
+@pytest.mark.slow
+def test_warmup_trains_on_text_rows_only_and_records_the_blank_ones(tmp_path, random_lm):
+    from scorers.lora_checkpoints import INFO_FILE
+    from scorers.lora_warmup import WarmupConfig, warmup
+
+    pool = read_corpus(str(_mixed_pool(tmp_path / "p.jsonl")))
+    config = WarmupConfig(fraction=1.0, epochs=1, rank=2, alpha=4, batch_size=4,
+                          max_length=16, target_modules=["q_proj"])
+    checkpoint = warmup(random_lm, pool, str(tmp_path / "wu"), config, device="cpu")[0]
+    info = json.loads((Path(checkpoint) / INFO_FILE).read_text())
+    assert info["sample_rows"] == 6 and info["blank_rows_left_out"] == len(_BLANKS)
