@@ -199,3 +199,28 @@ def test_warmup_trains_on_text_rows_only_and_records_the_blank_ones(tmp_path, ra
     checkpoint = warmup(random_lm, pool, str(tmp_path / "wu"), config, device="cpu")[0]
     info = json.loads((Path(checkpoint) / INFO_FILE).read_text())
     assert info["sample_rows"] == 6 and info["blank_rows_left_out"] == len(_BLANKS)
+
+
+@pytest.mark.slow
+def test_bads_trains_on_text_rows_only(tmp_path, random_lm, monkeypatch):
+    import scorers.bads as bads
+
+    seen: list[str] = []
+    batches = bads._train_batches
+
+    def recorded(*args, **kwargs):
+        for batch, positions in batches(*args, **kwargs):
+            seen.extend(batch["id"].to_pylist())
+            yield batch, positions
+
+    monkeypatch.setattr(bads, "_train_batches", recorded)
+    pool = read_corpus(str(_mixed_pool(tmp_path / "p.jsonl")))
+    target = read_corpus(str(write_jsonl(tmp_path / "t.jsonl", [
+        {"id": f"q{i}", "text": f"a real document number {i}"} for i in range(3)])))
+    scorer = bads.Bads(random_lm, weights="free", steps=6, batch_size=2, max_length=16,
+                       device="cpu").fit(target, pool)
+    assert seen and not [i for i in seen if i.startswith("b")]
+    assert scorer.fit_stats_["train_rows_blank"] == len(_BLANKS)
+    with pytest.raises(InputError, match="blank"):
+        bads.Bads(random_lm, weights="free", steps=2, max_length=16, device="cpu").fit(
+            target, read_corpus(str(_mixed_pool(tmp_path / "ws.jsonl", texts=0))))
