@@ -1259,20 +1259,27 @@ def _mixed_type_error(piece: Piece, records: list[dict], rows: list[int],
                       exc: Exception) -> InputError:
     """Find the field and line where a value changes type, at any depth: a key of a
     nested object (``meta.a``) or the items of a list (``messages[2].content``)."""
-    first_type: dict[str, tuple[str, int]] = {}
+    seen: dict[str, dict[str, int]] = {}  # column path -> kind -> first row holding it
     for record, row in zip(records, rows):
         for key, shown, kind in _value_kinds(record, "", ""):
-            seen = first_type.setdefault(key, (kind, row))
-            if _JOINS.get(seen[0], seen[0]) != _JOINS.get(kind, kind):
+            kinds = seen.setdefault(key, {})
+            clash = next((k for k in kinds if not _kinds_join(k, kind)), None)
+            if clash is not None:
                 return InputError(
-                    f"type changes from {seen[0]} (line {seen[1] + 1}) to {kind}; give "
+                    f"type changes from {clash} (line {kinds[clash] + 1}) to {kind}; give "
                     "the field one type on every line", where=piece.where(row), field=shown,
                 )
+            kinds.setdefault(kind, row)
     return InputError(f"cannot convert records: {exc}", where=piece.path)
 
 
-# JSON value kinds Arrow stores in one column: integers join floats as doubles
-_JOINS = {"float": "int"}
+_BIG_INT = f"int beyond 2**{EXACT_DOUBLE_INT.bit_length() - 1}"
+
+
+def _kinds_join(first: str, then: str) -> bool:
+    """Whether Arrow stores values of both kinds in one column: integers join floats as
+    doubles, but only those a double holds exactly."""
+    return first == then or {first, then} in ({"int", "float"}, {"int", _BIG_INT})
 
 
 def _value_kinds(value: Any, key: str, shown: str) -> Iterator[tuple[str, str, str]]:
@@ -1282,7 +1289,8 @@ def _value_kinds(value: Any, key: str, shown: str) -> Iterator[tuple[str, str, s
     if value is None:
         return
     if key:
-        yield key, shown, type(value).__name__
+        big = type(value) is int and abs(value) > EXACT_DOUBLE_INT
+        yield key, shown, _BIG_INT if big else type(value).__name__
     if isinstance(value, dict):
         for name, item in value.items():
             yield from _value_kinds(item, f"{key}.{name}" if key else name,
