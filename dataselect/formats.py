@@ -328,8 +328,10 @@ def plan_pieces(path: str, target_bytes: int) -> list[Piece]:
     fmt = detect_format(path)
     with _reading(path, fmt):
         pieces = _plan(path, fmt, target_bytes)
-        if not fmt.startswith("jsonl"):  # JSONL's nesting is known line by line, when read
-            _check_nesting(path, piece_schema(pieces[0]))
+        if not fmt.startswith("jsonl"):  # JSONL's columns are known line by line, when read
+            schema = piece_schema(pieces[0])
+            check_column_names(path, schema)
+            _check_nesting(path, schema)
         return pieces
 
 
@@ -344,6 +346,37 @@ def piece_schema(piece: Piece) -> pa.Schema:
             except pa.ArrowInvalid:
                 return pa.ipc.open_stream(source).schema
     return _hf_table(piece.path).schema
+
+
+def check_column_names(place: str, schema: pa.Schema) -> None:
+    """Refuse column names no output can keep, before any work: two columns of one name
+    (pyarrow refuses to pick one by name, so ids, text and labels could not be read) and a
+    name holding a NUL character at any depth (``datasets`` cuts the name there, so the
+    output no longer loads as one dataset)."""
+    repeated = next((n for n in schema.names if schema.names.count(n) > 1), None)
+    if repeated is not None:
+        raise InputError("has two columns of the same name; rename or drop one",
+                         where=place, field=repeated)
+    for field in schema:
+        if (name := _name_with_nul(field.name, field.type)) is not None:
+            raise InputError(
+                "a column or key name holds a NUL character (\\u0000), which datasets and "
+                "other readers cut the name at; rename it", where=place,
+                field=name)
+
+
+def _name_with_nul(name: str, kind: pa.DataType) -> str | None:
+    """``name`` (dotted down to a nested key, ``[]`` for list items) of the first field
+    at or under it whose name holds a NUL."""
+    if "\0" in name:
+        return name
+    while pa.types.is_list(kind) or pa.types.is_large_list(kind) \
+            or pa.types.is_fixed_size_list(kind):
+        kind, name = kind.value_type, f"{name}[]"
+    if not pa.types.is_struct(kind):
+        return None
+    return next((found for child in kind for found in
+                 [_name_with_nul(f"{name}.{child.name}", child.type)] if found), None)
 
 
 def _check_nesting(path: str, schema: pa.Schema) -> None:
@@ -995,8 +1028,12 @@ def _read_jsonl(piece: Piece) -> pa.Table:
         table = _read_jsonl_fast(compact, _newlines(compact)) if numbers else None
         rows = pa.array([piece.first_row + n for n in numbers], pa.int64())
     if table is None or _needs_line_check(table):
-        return _read_jsonl_lines(piece, data)
-    return table.append_column("_row", rows)
+        table = _read_jsonl_lines(piece, data)
+    else:
+        table = table.append_column("_row", rows)
+    # the user's columns: the last is the reader's own _row (a user's _row is refused later)
+    check_column_names(piece.path, table.schema.remove(table.num_columns - 1))
+    return table
 
 
 def _newlines(data: bytes) -> np.ndarray:
@@ -1220,19 +1257,47 @@ def _field_of_bad_number(line: bytes) -> str | None:
 
 def _mixed_type_error(piece: Piece, records: list[dict], rows: list[int],
                       exc: Exception) -> InputError:
-    """Find the field and line where a column changes type."""
-    first_type: dict[str, tuple[type, int]] = {}
+    """Find the field and line where a value changes type, at any depth: a key of a
+    nested object (``meta.a``) or the items of a list (``messages[2].content``)."""
+    seen: dict[str, dict[str, int]] = {}  # column path -> kind -> first row holding it
     for record, row in zip(records, rows):
-        for key, value in record.items():
-            if value is None:
-                continue
-            seen = first_type.setdefault(key, (type(value), row))
-            if not isinstance(value, seen[0]):
+        for key, shown, kind in _value_kinds(record, "", ""):
+            kinds = seen.setdefault(key, {})
+            clash = next((k for k in kinds if not _kinds_join(k, kind)), None)
+            if clash is not None:
                 return InputError(
-                    f"type changes from {seen[0].__name__} (line {seen[1] + 1}) to "
-                    f"{type(value).__name__}", where=piece.where(row), field=key,
+                    f"type changes from {clash} (line {kinds[clash] + 1}) to {kind}; give "
+                    "the field one type on every line", where=piece.where(row), field=shown,
                 )
+            kinds.setdefault(kind, row)
     return InputError(f"cannot convert records: {exc}", where=piece.path)
+
+
+_BIG_INT = f"int beyond 2**{EXACT_DOUBLE_INT.bit_length() - 1}"
+
+
+def _kinds_join(first: str, then: str) -> bool:
+    """Whether Arrow stores values of both kinds in one column: integers join floats as
+    doubles, but only those a double holds exactly."""
+    return first == then or {first, then} in ({"int", "float"}, {"int", _BIG_INT})
+
+
+def _value_kinds(value: Any, key: str, shown: str) -> Iterator[tuple[str, str, str]]:
+    """``(key, shown, kind)`` for ``value`` and every value nested in it, but nulls: ``key``
+    is the column path every list item shares (``messages[].content``), ``shown`` the same
+    path with the item's index (``messages[2].content``)."""
+    if value is None:
+        return
+    if key:
+        big = type(value) is int and abs(value) > EXACT_DOUBLE_INT
+        yield key, shown, _BIG_INT if big else type(value).__name__
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _value_kinds(item, f"{key}.{name}" if key else name,
+                                    f"{shown}.{name}" if shown else name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _value_kinds(item, f"{key}[]", f"{shown}[{index}]")
 
 
 def _lone_surrogate_error(piece: Piece, records: list[dict], rows: list[int]) -> InputError:

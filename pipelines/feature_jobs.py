@@ -55,7 +55,8 @@ def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
 
     started = time.perf_counter()
     pool.check_unique_ids([id_hashes(table["id"]) for table in pool.iter_tables()])
-    rows = sample_pool(pool, config.fraction, config.seed).num_rows
+    sample, blank = sample_pool(pool, config.fraction, config.seed)
+    rows = sample.num_rows
     steps = -(-rows // config.batch_size) * config.epochs
     refuse_overlap(normalize(out), [*pool.files, *pool.roots, model])
     with locked_output(out), Progress(console=Console(stderr=True)) as progress:
@@ -64,7 +65,8 @@ def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
                              progress=lambda n: progress.advance(bar, n))
     seconds = time.perf_counter() - started
     print_summary(console, "warmup", [StageTiming("warmup", steps, seconds)],
-                  {"rows_in": rows, "epochs": config.epochs, "steps": steps,
+                  {"rows_in": rows, **({"blank_rows_left_out": blank} if blank else {}),
+                   "epochs": config.epochs, "steps": steps,
                    "checkpoints": ", ".join(checkpoints)}, seconds)
     return checkpoints
 

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from dataselect import checks
@@ -59,6 +60,7 @@ from scorers.lm import (
     token_budget_chunks,
     tokenize,
 )
+from scorers.warmup_config import has_text
 
 NOT_IN_FIT = "not_in_bads_fit"
 # batches whose embeddings are kept to check the final weights for the failure modes
@@ -136,10 +138,15 @@ class Bads(Scorer):
         device = pick_device(self.device)
         tokenizer = load_tokenizer(self.model)
         meta = self._meta_set(target, tokenizer)
-        sizes = [pool.read_partition(i).num_rows for i in range(pool.npartitions)]
+        sizes, blank = _pool_sizes(pool)
         n_train = sum(sizes)
         if n_train == 0:
             raise EmptyCorpusError("pool holds no records", where=", ".join(pool.files))
+        if blank == n_train:
+            raise EmptyCorpusError(
+                f"every row of the pool ({blank}) is blank (whitespace, zero-width or BOM "
+                "only), and blank rows are never trained on; give a pool with text",
+                where=", ".join(pool.files))
         torch.manual_seed(self.seed)
         model = load_causal_lm(self.model, device).train()
         table = model.get_input_embeddings().weight.detach().clone()
@@ -185,6 +192,7 @@ class Bads(Scorer):
         warnings_found = sampler.diagnose(final)
         self.fit_stats_ = {**sampler.summary(), "meta_rows": meta.num_rows,
                            "train_rows_without_response": skipped,
+                           **({"train_rows_blank": blank} if blank else {}),
                            "final_weight_mean": round(float(final.mean()), 5),
                            "final_weight_std": round(float(final.std()), 5),
                            "warnings": warnings_found,
@@ -280,6 +288,18 @@ def mean_token_embedding(table: torch.Tensor, tokens: TokenBatch) -> torch.Tenso
     return torch.nn.functional.normalize(mean.float(), dim=1)
 
 
+def _pool_sizes(pool: Corpus) -> tuple[list[int], int]:
+    """Rows in each partition of ``pool``, and how many of them are blank
+    (:func:`~scorers.warmup_config.has_text`): those are left out of training."""
+    sizes, blank = [], 0
+    for index in range(pool.npartitions):
+        table = pool.read_partition(index)
+        sizes.append(table.num_rows)
+        if table.num_rows:
+            blank += table.num_rows - pc.sum(has_text(pool.scoring_view(table))).as_py()
+    return sizes, blank
+
+
 def _train_batches(pool: Corpus, sizes: list[int], batch_size: int, rng: np.random.Generator
                    ) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """Endless seeded epochs over the pool, one partition in memory at a time: batches of
@@ -290,8 +310,11 @@ def _train_batches(pool: Corpus, sizes: list[int], batch_size: int, rng: np.rand
             if sizes[part] == 0:
                 continue
             table = pool.read_partition(int(part))
-            view = model_view(pool.scoring_view(table, response_spans=True), spans=True)
+            view = pool.scoring_view(table, response_spans=True)
+            written = has_text(view).to_numpy(zero_copy_only=False)
+            view = model_view(view, spans=True)
             order = rng.permutation(table.num_rows)
+            order = order[written[order]]  # blank rows are never trained on
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
                 yield view.take(pa.array(rows)), offsets[part] + rows

@@ -55,7 +55,7 @@ def warmup(model: str, pool: Corpus, out: str, config: WarmupConfig | None = Non
     settings = {"model": model, "pool": pool.fingerprint(), **asdict(config)}
     settings["target_modules"] = list(config.target_modules)
     _claim(out, settings)
-    sample = sample_pool(pool, config.fraction, config.seed)
+    sample, blank = sample_pool(pool, config.fraction, config.seed)
     torch_device = pick_device(device)
     tokenizer = load_tokenizer(model)
     torch.manual_seed(config.seed)  # LoRA's initial weights
@@ -97,7 +97,8 @@ def warmup(model: str, pool: Corpus, out: str, config: WarmupConfig | None = Non
                 progress(1)
         save_checkpoint(net, optimizer, ADAPTER, _epoch_dir(out, epoch), {
             "epoch": epoch, "mean_lr": float(np.mean(rates)), "lr_first": rates[0],
-            "lr_last": rates[-1], "sample_rows": sample.num_rows, **settings})
+            "lr_last": rates[-1], "sample_rows": sample.num_rows,
+            **({"blank_rows_left_out": blank} if blank else {}), **settings})
     return [_epoch_dir(out, e) for e in range(1, config.epochs + 1)]
 
 

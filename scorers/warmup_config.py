@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError
 from dataselect.sampling import sample_mask
+from dataselect.scoring import BLANK_TEXT
 
 
 @dataclass
@@ -50,14 +52,31 @@ class WarmupConfig:
         checks.check_seed(self.seed, maximum=(checks.SEED_MAX - self.epochs) // 1000)
 
 
-def sample_pool(pool: Corpus, fraction: float, seed: int) -> pa.Table:
-    """The warmup sample: rendered text and response spans of a seeded share of the pool."""
-    parts = []
+def sample_pool(pool: Corpus, fraction: float, seed: int) -> tuple[pa.Table, int]:
+    """The warmup sample: rendered text and response spans of a seeded share of the pool,
+    without its blank rows, and how many blank rows were left out. Why: a row that is
+    whitespace, zero-width or a BOM only is never selected (``empty_text``), so training
+    on it would teach the model nothing the selection wants."""
+    parts, blank = [], 0
     for table in pool.iter_tables():
         keep = sample_mask(table["id"], fraction, seed)
         if keep.any():
-            parts.append(pool.scoring_view(table.filter(pa.array(keep)), response_spans=True))
+            view = pool.scoring_view(table.filter(pa.array(keep)), response_spans=True)
+            written = has_text(view)
+            blank += view.num_rows - pc.sum(written).as_py()
+            parts.append(view.filter(written))
     if not parts:
         raise EmptyCorpusError(f"a {fraction:.2%} sample of the pool is empty; raise fraction",
                                where=", ".join(pool.files))
-    return pa.concat_tables(parts)
+    if not any(part.num_rows for part in parts):
+        raise EmptyCorpusError(
+            f"every row of the {fraction:.2%} sample of the pool ({blank} rows) is blank "
+            "(whitespace, zero-width or BOM only), and blank rows are never trained on; "
+            "give a pool with text, or raise fraction", where=", ".join(pool.files))
+    return pa.concat_tables(parts), blank
+
+
+def has_text(view: pa.Table) -> pa.ChunkedArray:
+    """Which rows of a scoring view hold text: not blank as :data:`BLANK_TEXT` defines it
+    (the rows selection filters as ``empty_text``)."""
+    return pc.invert(pc.match_substring_regex(view["text"], BLANK_TEXT))
