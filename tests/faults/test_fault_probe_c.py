@@ -29,6 +29,17 @@ from pipelines.cli import main
 
 # --- plug-ins ----------------------------------------------------------------------------
 
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    """Each test here may register a plug-in: the registry forgets it afterwards (after the
+    test's sys.path is restored), or later tests would list its name."""
+    from scorers import SCORERS
+
+    yield
+    SCORERS.refresh()
+
+
 EXITING_PLUGIN = '''
 import sys
 from dataclasses import dataclass
