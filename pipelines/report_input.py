@@ -15,7 +15,14 @@ import os
 from typing import Any
 
 from dataselect.errors import InputError, first_names
-from dataselect.layout import MANIFEST_FILE, RUN_FILE, TASKS_DIR, UNION_DIR, legacy_entries
+from dataselect.layout import (
+    FOLDER_NAME,
+    MANIFEST_FILE,
+    RUN_FILE,
+    TASKS_DIR,
+    UNION_DIR,
+    legacy_entries,
+)
 from dataselect.output import read_json
 
 RUN_REPORT_DIR = "report"
@@ -31,7 +38,7 @@ def read_report_input(out: str) -> tuple[dict[str, Any], str]:
         from pipelines.run_recipe import read_run
 
         run = read_run(out, "report on")
-        _check_shape(run, os.path.join(out, RUN_FILE))
+        check_run_shape(run, os.path.join(out, RUN_FILE))
         return run, RUN_REPORT_DIR
     manifest = os.path.join(out, MANIFEST_FILE)
     if os.path.exists(manifest):
@@ -106,7 +113,7 @@ def _recorded_pool(out: str, run: dict[str, Any]) -> dict[str, Any] | None:
     return (read_json(path).get("inputs") or {}).get("pool")
 
 
-def _damaged(path: str, what: str) -> InputError:
+def damaged(path: str, what: str) -> InputError:
     return InputError(f"{what}: the file was edited or damaged; restore it, or delete the "
                       "output folder and rerun the command that made it", where=path)
 
@@ -117,23 +124,35 @@ def _check_manifest(manifest: Any, path: str) -> None:
     deep inside the report."""
     counts, scores = manifest.get("counts"), manifest.get("scores")
     if not isinstance(counts, dict) or not isinstance(counts.get("selected"), int):
-        raise _damaged(path, "its counts are not dataselect's (no whole 'selected' count)")
+        raise damaged(path, "its counts are not dataselect's (no whole 'selected' count)")
     if not isinstance(scores, dict) or not isinstance(scores.get("scorer"), str):
-        raise _damaged(path, "its scores record names no scorer")
+        raise damaged(path, "its scores record names no scorer")
+    if not FOLDER_NAME.match(scores["scorer"]):  # it names the folder .scores/<scorer>
+        raise damaged(path, f"its scorer {scores['scorer']!r} is not a scorer's name")
     for key in ("selection", "job", "metrics", "timings"):
         if not isinstance(manifest.get(key) or {}, dict):
-            raise _damaged(path, f"its {key!r} is not a mapping")
+            raise damaged(path, f"its {key!r} is not a mapping")
 
 
-def _check_shape(run: Any, path: str) -> None:
-    """The same for a recipe's run record: tasks, scorers and the recipe as written."""
+def check_run_shape(run: Any, path: str) -> None:
+    """The same for a recipe's run record (for ``report`` and ``eval``): tasks, scorers
+    and the recipe as written."""
     if not isinstance(run, dict) or not isinstance(run.get("recipe"), dict):
-        raise _damaged(path, "it holds no recipe")
+        raise damaged(path, "it holds no recipe")
     tasks, scorers = run.get("tasks"), run.get("scorers")
     if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
-        raise _damaged(path, "its tasks are not dataselect's")
+        raise damaged(path, "its tasks are not dataselect's")
     if not isinstance(scorers, list) or not all(isinstance(n, str) for n in scorers):
-        raise _damaged(path, "its scorers are not a list of names")
+        raise damaged(path, "its scorers are not a list of names")
+    # names become folders the report reads (.scores/<scorer>, tasks/<task>): a name or a
+    # path that leads elsewhere would make it read outside the run's folder
+    for name in scorers:
+        if not FOLDER_NAME.match(name):
+            raise damaged(path, f"its scorer {name!r} is not a scorer's name")
+    for name, task in tasks.items():
+        if not FOLDER_NAME.match(name) or task.get("path", f"{TASKS_DIR}/{name}") \
+                != f"{TASKS_DIR}/{name}":
+            raise damaged(path, f"its task {name!r} is not in {TASKS_DIR}/<task>")
 
 
 def selection_as_run(out: str, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -276,3 +276,60 @@ def test_a_recipe_integer_yaml_11_reads_otherwise_is_refused(text, read_as):
     assert raised.value.where == "r.yaml:2"
     assert _parse_yaml("a: 17\nb: -3\nc: 1_000\nd: '017'\n", "r.yaml") == {
         "a": 17, "b": -3, "c": 1000, "d": "017"}
+
+
+# --- report and eval read only inside the output folder -----------------------------------
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_report_refuses_a_manifest_whose_scorer_leads_outside(tmp_path, capsys):
+    """A manifest edited to name the scorer '../../xx' made report open
+    OUT/.scores/../../xx/part-00000.parquet, outside the folder, and exit 0."""
+    out = tmp_path / "out"
+    assert main(_dsir_argv(tmp_path, "--workers", "1", "--worker-kind", "threads")) == 0
+    outside = tmp_path / "xx"
+    outside.mkdir()
+    (outside / "part-00000.parquet").write_bytes((next(
+        (out / ".scores" / "dsir").glob("part-*.parquet"))).read_bytes())
+    _edit_json(out / ".manifest.json", lambda m: m["scores"].update(scorer="../../xx"))
+    assert main(["report", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert ".manifest.json" in line and "'../../xx' is not a scorer's name" in line
+    assert not (out / ".report").exists() or not list((out / ".report").glob("*xx*"))
+
+
+@pytest.fixture
+def recipe_run(tmp_path: Path) -> Path:
+    from test_fault_probe_b import recipe_run as make
+
+    return make.__wrapped__(tmp_path)
+
+
+@pytest.mark.parametrize(("edit", "shown"), [
+    (lambda r: r["tasks"]["a"].update(path="../s4"), "task 'a' is not in tasks/<task>"),
+    (lambda r: r.update(scorers=["../../x"]), "scorer '../../x' is not a scorer's name"),
+    (lambda r: r["tasks"].update({"../x": r["tasks"].pop("a")}), "task '../x'"),
+])
+@pytest.mark.parametrize("command", ["report", "eval"])
+def test_a_run_record_leading_outside_is_refused(recipe_run, capsys, edit, shown, command):
+    """A .run.json edited to give a task the path '../s4' made report list and read
+    OUT/../s4."""
+    _edit_json(recipe_run / ".run.json", edit)
+    argv = [command, str(recipe_run)] + (["--steps", "1", "--workers", "1"]
+                                         if command == "eval" else [])
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert ".run.json" in line and shown in line
+
+
+def test_eval_on_a_run_record_whose_recipe_no_longer_validates_is_one_line(recipe_run,
+                                                                            capsys):
+    _edit_json(recipe_run / ".run.json",
+               lambda r: r["recipe"]["selection"].update(k="many"))
+    assert main(["eval", str(recipe_run), "--steps", "1", "--workers", "1"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert ".run.json" in line and "recipe no longer validates (selection" in line
