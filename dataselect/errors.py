@@ -148,6 +148,25 @@ def os_error_line(exc: OSError, out: str | None = None) -> str | None:
     return f"cannot write{place}: {os.strerror(exc.errno)}; {advice}"
 
 
+# a storage service that cannot be reached (an object store, an http or ftp URL)
+_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH,
+                             errno.ENETUNREACH, errno.ETIMEDOUT})
+_NETWORK_LIBRARIES = frozenset({"aiohttp", "requests", "urllib3", "socket", "botocore"})
+
+
+def network_line(exc: BaseException) -> str | None:
+    """One line for a storage URL that cannot be reached (connection refused, no such host,
+    a timeout), from fsspec's backends (aiohttp for http and s3, ftplib, requests): their
+    errors are OSErrors or ConnectionErrors without a file name, and were tracebacks."""
+    libraries = {cls.__module__.partition(".")[0] for cls in type(exc).__mro__}
+    if not (isinstance(exc, ConnectionError)
+            or (isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS)
+            or (isinstance(exc, OSError) and libraries & _NETWORK_LIBRARIES)):
+        return None
+    return (f"cannot reach the storage ({_first_line(exc)}); check the URL, the network and "
+            "that the service is up, then rerun the same command")
+
+
 def is_resource_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is the process running out of something (memory, address space,
     threads, open files, the file-size limit) rather than a fault of the file at hand:

@@ -46,7 +46,13 @@ from dataselect.defaults import (
     SIDES,
     WORKER_KINDS,
 )
-from dataselect.errors import INTERRUPTED, DataSelectError, os_error_line, resource_line
+from dataselect.errors import (
+    INTERRUPTED,
+    DataSelectError,
+    network_line,
+    os_error_line,
+    resource_line,
+)
 from pipelines.commands import parse_params
 from scorers import SCORERS
 
@@ -391,7 +397,7 @@ def _error_line(exc: Exception, out: str | None) -> str | None:
         return os_error_line(exc, out)
     from pipelines.cluster import worker_failure_line
 
-    return resource_line(exc) or worker_failure_line(exc)
+    return resource_line(exc) or network_line(exc) or worker_failure_line(exc)
 
 
 def _traceback_if(verbose: bool, exc: BaseException | None = None) -> None:

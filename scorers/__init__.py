@@ -116,6 +116,10 @@ def _load(name: str, target: str) -> type[Scorer]:
         raise InputError(f"scorer {name!r} is registered as {target!r}, which cannot be "
                          f"imported ({exc}); reinstall the package that provides it",
                          field="scorer") from None
+    except (Exception, SystemExit) as exc:  # the plug-in's module failed while importing
+        raise InputError(f"scorer {name!r} ({target}) failed while its module was imported "
+                         f"({type(exc).__name__}: {exc}); the fault is in the plug-in: tell "
+                         "its author, or uninstall it", field="scorer") from None
     if not (isinstance(cls, type) and issubclass(cls, Scorer)):
         raise InputError(f"scorer {name!r} ({target}) is not a dataselect Scorer subclass",
                          field="scorer")

@@ -333,3 +333,41 @@ def test_eval_on_a_run_record_whose_recipe_no_longer_validates_is_one_line(recip
     assert main(["eval", str(recipe_run), "--steps", "1", "--workers", "1"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert ".run.json" in line and "recipe no longer validates (selection" in line
+
+
+# --- plug-ins that fail while imported; storage URLs nobody answers -----------------------
+
+@pytest.mark.parametrize(("body", "kind"), [
+    ("raise RuntimeError('no GPU here')", "RuntimeError"),
+    ("def broken(:\n    pass", "SyntaxError"),
+    ("import sys\nsys.exit(3)", "SystemExit"),
+])
+def test_a_plugin_failing_while_imported_is_one_line(tmp_path, capsys, monkeypatch, body, kind):
+    """Only ImportError and AttributeError were caught: a plug-in module raising anything
+    else at import was a traceback (exit 1), and sys.exit(3) ended dataselect silently."""
+    from test_plugins import install_plugin
+
+    root = tmp_path / "plugin"
+    root.mkdir()
+    install_plugin(root, monkeypatch)
+    (root / "plug_scorer.py").write_text(body + "\n")
+    expected = f"scorer 'length' (plug_scorer:Length) failed while its module was imported " \
+        f"({kind}"
+    assert main(_plugin_argv(tmp_path)) == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+    assert main(["scorers"]) == 0  # the listing shows the broken plug-in with its error
+    listed = capsys.readouterr()
+    assert expected in " ".join(listed.out.split()) and "Traceback" not in listed.err
+
+
+@pytest.mark.parametrize("where", ["out", "pool"])
+def test_a_storage_url_nobody_answers_is_one_line(tmp_path, capsys, where):
+    """http and ftp URLs where nothing listens gave aiohttp's and ftplib's tracebacks."""
+    argv = _dsir_argv(tmp_path, "--workers", "1", "--worker-kind", "threads")
+    if where == "out":
+        argv[argv.index("--out") + 1] = "http://127.0.0.1:1/x"
+    else:
+        argv[argv.index("--pool") + 1] = "ftp://127.0.0.1:1/x.parquet"
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "cannot reach the storage" in line and "check the URL" in line
