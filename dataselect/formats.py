@@ -363,6 +363,29 @@ def check_column_names(place: str, schema: pa.Schema) -> None:
                 "a column or key name holds a NUL character (\\u0000), which datasets and "
                 "other readers cut the name at; rename it", where=place,
                 field=name)
+        if (kind := _untakeable(field.type)) is not None:
+            raise InputError(
+                f"has type {kind}, whose rows Arrow cannot pick out (a selection takes rows "
+                "from every column); cast the column to a plain type (a string view to "
+                "string, a run-end-encoded column to its values' type) or drop it",
+                where=place, field=field.name)
+
+
+def _untakeable(kind: pa.DataType) -> pa.DataType | None:
+    """The first type at or under ``kind`` that Arrow's ``take`` (or an empty table of
+    it) does not support: view strings, run-end encoding, unions. They reached the write
+    pass and failed there, after scoring, as a traceback."""
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind) \
+            or pa.types.is_run_end_encoded(kind) or pa.types.is_union(kind):
+        return kind
+    children = [kind.field(i).type for i in range(kind.num_fields)] \
+        if pa.types.is_struct(kind) else []
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) \
+            or pa.types.is_fixed_size_list(kind) or pa.types.is_map(kind):
+        children = [kind.value_type] if not pa.types.is_map(kind) else [kind.key_type,
+                                                                         kind.item_type]
+    return next((found for child in children if (found := _untakeable(child)) is not None),
+                None)
 
 
 def _name_with_nul(name: str, kind: pa.DataType) -> str | None:

@@ -371,3 +371,44 @@ def test_a_storage_url_nobody_answers_is_one_line(tmp_path, capsys, where):
     assert main(argv) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "cannot reach the storage" in line and "check the URL" in line
+
+
+# --- column types whose rows Arrow cannot take ----------------------------------------------
+
+def _typed_column(kind: str, n: int) -> pa.Array:
+    if kind == "string_view":
+        return pa.array([f"pool row {i} about software licenses" for i in range(n)],
+                        pa.string_view())
+    if kind == "run_end_encoded":
+        return pa.RunEndEncodedArray.from_arrays([n], ["same"])
+    return pa.UnionArray.from_sparse(pa.array([0] * n, pa.int8()), [pa.array(range(n))])
+
+
+@pytest.mark.parametrize(("kind", "fmt", "column"), [
+    ("string_view", "parquet", "text"), ("string_view", "parquet", "note"),
+    ("string_view", "arrow", "text"), ("run_end_encoded", "arrow", "note"),
+    ("sparse_union", "arrow", "note"),
+])
+def test_a_column_arrow_cannot_take_rows_of_is_refused_before_work(tmp_path, capsys, kind,
+                                                                   fmt, column):
+    """A string_view or run-end-encoded column failed in the write pass (array_take has no
+    kernel), a union column when an empty part was made: tracebacks after scoring."""
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    n = 30
+    table = pa.table({"id": [f"p{i}" for i in range(n)],
+                      "text": [f"pool row {i} about software licenses" for i in range(n)]})
+    table = table.append_column(column, _typed_column(kind, n)) if column == "note" else \
+        table.set_column(1, "text", _typed_column(kind, n))
+    pool = tmp_path / f"pool.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, pool)
+    else:
+        feather.write_feather(table, pool, compression="uncompressed")
+    argv = _dsir_argv(tmp_path, "--workers", "1", "--worker-kind", "threads")
+    argv[argv.index("--pool") + 1] = str(pool)
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"field '{column}': has type" in line and "cannot pick out" in line
+    assert not (tmp_path / "out").exists()
