@@ -13,9 +13,11 @@ scalar) is refused before rows are mixed, naming both files, the column and both
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dataselect.errors import InputError
 
@@ -118,6 +120,14 @@ def check_parquet_storable(place: str, schema: pa.Schema) -> None:
                 "holds only empty objects ({}) (at some depth), which Parquet cannot store; "
                 "give the objects a key, drop the column, or write --format arrow",
                 where=place, field=field.name)
+        try:  # every other type Parquet has no form for (an interval of months, days and
+            # nanoseconds): asked of Parquet's own writer, with no rows
+            pq.write_table(pa.table({field.name: pa.array([], field.type)}), io.BytesIO())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(
+                f"has type {field.type}, which Parquet cannot store ({_first_sentence(exc)});"
+                " cast or drop the column, or write --format arrow", where=place,
+                field=field.name) from None
 
 
 def _has_empty_struct(kind: pa.DataType) -> bool:

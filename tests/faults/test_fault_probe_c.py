@@ -412,3 +412,26 @@ def test_a_column_arrow_cannot_take_rows_of_is_refused_before_work(tmp_path, cap
     line = _one_error_line(capsys.readouterr().err)
     assert f"field '{column}': has type" in line and "cannot pick out" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_a_column_parquet_cannot_store_is_refused_before_work(tmp_path, capsys, fmt):
+    """A month-day-nano interval column reached pq.write_table in the write pass, after
+    scoring, as a traceback; written as Arrow it is kept."""
+    import pyarrow.feather as feather
+
+    n = 30
+    table = pa.table({"id": [f"p{i}" for i in range(n)],
+                      "text": [f"pool row {i} about software licenses" for i in range(n)],
+                      "wait": pa.array([(1, 2, 3)] * n, pa.month_day_nano_interval())})
+    pool = tmp_path / "pool.arrow"
+    feather.write_feather(table, pool, compression="uncompressed")
+    argv = _dsir_argv(tmp_path, "--workers", "1", "--worker-kind", "threads", "--format", fmt)
+    argv[argv.index("--pool") + 1] = str(pool)
+    if fmt == "arrow":
+        assert main(argv) == 0
+        return
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "field 'wait': has type month_day_nano_interval, which Parquet cannot store" in line
+    assert not (tmp_path / "out").exists()
