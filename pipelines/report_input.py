@@ -132,6 +132,16 @@ def _check_manifest(manifest: Any, path: str) -> None:
     for key in ("selection", "job", "metrics", "timings"):
         if not isinstance(manifest.get(key) or {}, dict):
             raise damaged(path, f"its {key!r} is not a mapping")
+    check_metrics(manifest.get("metrics") or {}, path)
+
+
+def check_metrics(metrics: dict[str, Any], path: str) -> None:
+    """The report prints every metric as a number: one edited into text (``"abc"``) is a
+    damaged record, not a format error deep in the page."""
+    for name, value in metrics.items():
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, int | float)):
+            raise damaged(path, f"its metric {name!r} is {value!r}, not a number")
 
 
 def check_run_shape(run: Any, path: str) -> None:
@@ -150,6 +160,10 @@ def check_run_shape(run: Any, path: str) -> None:
         if not FOLDER_NAME.match(name):
             raise damaged(path, f"its scorer {name!r} is not a scorer's name")
     for name, task in tasks.items():
+        metrics = task.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise damaged(path, f"its task {name!r} has metrics that are not a mapping")
+        check_metrics(metrics, path)
         if not FOLDER_NAME.match(name) or task.get("path", f"{TASKS_DIR}/{name}") \
                 != f"{TASKS_DIR}/{name}":
             raise damaged(path, f"its task {name!r} is not in {TASKS_DIR}/<task>")

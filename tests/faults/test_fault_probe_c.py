@@ -435,3 +435,14 @@ def test_a_column_parquet_cannot_store_is_refused_before_work(tmp_path, capsys, 
     line = _one_error_line(capsys.readouterr().err)
     assert "field 'wait': has type month_day_nano_interval, which Parquet cannot store" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", [1], True])
+def test_report_on_a_manifest_whose_metric_is_not_a_number_is_one_line(tmp_path, capsys,
+                                                                       value):
+    out = tmp_path / "out"
+    assert main(_dsir_argv(tmp_path, "--workers", "1", "--worker-kind", "threads")) == 0
+    _edit_json(out / ".manifest.json", lambda m: m["metrics"].update(kl_reduction=value))
+    assert main(["report", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert ".manifest.json" in line and "metric 'kl_reduction'" in line
