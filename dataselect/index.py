@@ -74,6 +74,26 @@ def faiss_os_errors(path: str) -> Iterator[None]:
         raise
 
 
+def _check_index_ids(ids: list[Any]) -> None:
+    """Every row's id a string, and no id twice: a search returns ids, so a repeated one
+    (a feature store put together by hand, or edited) came back twice for one query and a
+    null one as None, silently."""
+    wrong = next((i for i in ids if not isinstance(i, str)), _NONE)
+    if wrong is not _NONE:
+        raise InputError(f"an id of the features is {wrong!r}, not a string: the feature "
+                         "store was damaged or edited; compute the features again",
+                         field="id")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        repeated = next(i for i in ids if i in seen or seen.add(i))
+        raise InputError(f"id {repeated!r} has features twice (in two parts or rows): the "
+                         "feature store was damaged or edited; compute the features again",
+                         field="id")
+
+
+_NONE = object()
+
+
 @dataclass
 class FeatureIndex:
     """A FAISS inner-product index plus the id of every row. Build with :meth:`build`."""
@@ -133,6 +153,7 @@ class FeatureIndex:
                            else list(ids))
         if index.ntotal != len(all_ids):
             raise RuntimeError(f"index holds {index.ntotal} rows for {len(all_ids)} ids")
+        _check_index_ids(all_ids)
         return cls(index, all_ids, kind, dim, settings)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:

@@ -446,3 +446,21 @@ def test_report_on_a_manifest_whose_metric_is_not_a_number_is_one_line(tmp_path,
     assert main(["report", str(out)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert ".manifest.json" in line and "metric 'kl_reduction'" in line
+
+
+@pytest.mark.parametrize(("ids", "shown"), [
+    ([["a", "b"], ["b", "c"]], "id 'b' has features twice"),
+    ([["a", None], ["c", "d"]], "an id of the features is None"),
+])
+def test_index_build_refuses_repeated_or_null_ids(tmp_path, capsys, ids, shown):
+    """Features with one id in two parts (or a null id) built an index whose search gave
+    that id twice for one query (or None), exit 0."""
+    store = FeatureStore.create(tmp_path / "f", {"kind": "x", "dim": 4, "views": 1})
+    rng = np.random.default_rng(0)
+    for part, names in enumerate(ids):
+        store.write_part(part, pa.array(names, pa.string()),
+                         rng.normal(size=(len(names), 1, 4)).astype(np.float32))
+    assert main(["index", "build", "--features", str(tmp_path / "f"), "--out",
+                 str(tmp_path / "i")]) == 2
+    assert shown in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "i" / "index.faiss").exists()
