@@ -122,7 +122,7 @@ def check_parquet_storable(place: str, schema: pa.Schema) -> None:
                 where=place, field=field.name)
         try:  # every other type Parquet has no form for (an interval of months, days and
             # nanoseconds): asked of Parquet's own writer, with no rows
-            pq.write_table(pa.table({field.name: pa.array([], field.type)}), io.BytesIO())
+            pq.ParquetWriter(io.BytesIO(), pa.schema([field])).close()
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise InputError(
                 f"has type {field.type}, which Parquet cannot store ({_first_sentence(exc)});"
