@@ -400,11 +400,10 @@ def max_local_workers() -> int:
 def check_local_workers(workers: Any, scheduler_name: str = "scheduler") -> None:
     if isinstance(workers, int) and not isinstance(workers, bool) \
             and workers > max_local_workers():
-        flag = "--scheduler" if scheduler_name.startswith("--") else scheduler_name
         raise SettingError(f"{workers} local workers on a machine with {usable_cores()} "
                            f"cores: a local cluster starts each one before any work; use at "
-                           f"most {max_local_workers()}, or run on a cluster ({flag})",
-                           field="workers")
+                           f"most {max_local_workers()}, or run on a cluster "
+                           f"({scheduler_name})", field="workers")
 
 
 def check_cluster(scheduler: Any, local: dict[str, Any], scheduler_name: str = "scheduler"

@@ -378,12 +378,7 @@ def _untakeable(kind: pa.DataType) -> pa.DataType | None:
     if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind) \
             or pa.types.is_run_end_encoded(kind) or pa.types.is_union(kind):
         return kind
-    children = [kind.field(i).type for i in range(kind.num_fields)] \
-        if pa.types.is_struct(kind) else []
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) \
-            or pa.types.is_fixed_size_list(kind) or pa.types.is_map(kind):
-        children = [kind.value_type] if not pa.types.is_map(kind) else [kind.key_type,
-                                                                         kind.item_type]
+    children = (kind.field(i).type for i in range(kind.num_fields))  # any nested type
     return next((found for child in children if (found := _untakeable(child)) is not None),
                 None)
 

@@ -78,20 +78,18 @@ def _check_index_ids(ids: list[Any]) -> None:
     """Every row's id a string, and no id twice: a search returns ids, so a repeated one
     (a feature store put together by hand, or edited) came back twice for one query and a
     null one as None, silently."""
-    wrong = next((i for i in ids if not isinstance(i, str)), _NONE)
-    if wrong is not _NONE:
-        raise InputError(f"an id of the features is {wrong!r}, not a string: the feature "
-                         "store was damaged or edited; compute the features again",
-                         field="id")
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        repeated = next(i for i in ids if i in seen or seen.add(i))
-        raise InputError(f"id {repeated!r} has features twice (in two parts or rows): the "
-                         "feature store was damaged or edited; compute the features again",
-                         field="id")
-
-
-_NONE = object()
+    for found in ids:
+        if not isinstance(found, str):
+            raise InputError(f"an id of the features is {found!r}, not a string: the "
+                             "feature store was damaged or edited; compute the features "
+                             "again", field="id")
+    seen: set[str] = set()
+    for found in ids:
+        if found in seen:
+            raise InputError(f"id {found!r} has features twice (in two parts or rows): the "
+                             "feature store was damaged or edited; compute the features "
+                             "again", field="id")
+        seen.add(found)
 
 
 @dataclass

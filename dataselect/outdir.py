@@ -296,10 +296,10 @@ def remove_listed(path: str, files: Iterable[str]) -> int:
     return removed
 
 
-def remove_outputs_except(path: str, folder: str, keep: Iterable[str]) -> list[str]:
+def remove_outputs_except(path: str, folder: str, keep: Iterable[str]) -> None:
     """Delete the dataselect outputs in ``path/folder/<name>/`` for every ``name`` not in
     ``keep`` (what each one's marker lists, with the marker and lock file, then the folders
-    left empty); return the names removed. A recipe rerun with ``--overwrite`` and fewer
+    left empty). A recipe rerun with ``--overwrite`` and fewer
     tasks calls this: the dropped task's selection would otherwise stay behind as a
     loadable dataset next to the new run, as if the new recipe had chosen it.
 
@@ -310,26 +310,20 @@ def remove_outputs_except(path: str, folder: str, keep: Iterable[str]) -> list[s
     keep = set(keep)
     base = os.path.join(path, folder)
     if storage.is_remote(path) or not os.path.isdir(base) or os.path.islink(base):
-        return []
-    doomed: list[str] = []
+        return
     listed: list[str] = []
     for name in sorted(os.listdir(base)):
         top = os.path.join(base, name)
         if name in keep or os.path.islink(top) or not os.path.isdir(top):
             continue
-        found = False
         for here, _folders, files in os.walk(top, followlinks=False):
             if MARKER not in files:
                 continue
-            found = True
             inner = os.path.relpath(here, path)
             owned = _read_marker(os.path.join(here, MARKER)).get("files", [])
             listed += [os.path.join(inner, f) for f in (*owned, *_OWN_NAMES)]
-        if found:
-            doomed.append(name)
     if listed:
         remove_listed(path, listed)
-    return doomed
 
 
 def _remove_listed_remote(url: str, files: Iterable[str]) -> int:

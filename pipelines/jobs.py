@@ -316,7 +316,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     clock = StageClock()
     with clock.stage("read inputs"):
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed, job.k, job.fraction)
-        checks.check_round_robin(_resolved_policy(job.policy, job.threshold,
+        checks.check_round_robin(resolved_policy(job.policy, job.threshold,
                                                   scorer.default_policy),
                                  scorer.scores_per_target)
         pool, target = _corpora(job)
@@ -363,12 +363,12 @@ def _metrics_seed(job: SelectJob) -> int:
     the job's when its selection resamples by importance, the only policy that records a
     seed. Known before the scoring pass, which counts that sample; were it another, the
     write pass would count it itself, so a mismatch costs time, never a wrong number."""
-    resamples = _resolved_policy(job.policy, job.threshold, SCORERS[job.scorer].default_policy
+    resamples = resolved_policy(job.policy, job.threshold, SCORERS[job.scorer].default_policy
                                  ) == "importance_resample"
     return job.seed if resamples else 0
 
 
-def _resolved_policy(policy: str, threshold: float | None, default_policy: str) -> str:
+def resolved_policy(policy: str, threshold: float | None, default_policy: str) -> str:
     """The policy a job applies: ``threshold`` when one is given; for ``auto``, the one the
     scorer declares (``default_policy``: DSIR's log importance weights resample, as the
     paper does; a plug-in's own declaration is used as it is, round_robin included; it used
@@ -383,8 +383,8 @@ def _resolved_policy(policy: str, threshold: float | None, default_policy: str) 
 def choose_rows(pool: Corpus, scores: Scores, policy: str, k: int | None,
                 fraction: float | None, threshold: float | None, seed: int,
                 default_policy: str, runner: ProgressRunner) -> select.Selection:
-    """Apply a policy and one budget (:func:`_resolved_policy`)."""
-    policy = _resolved_policy(policy, threshold, default_policy)
+    """Apply a policy and one budget (:func:`resolved_policy`)."""
+    policy = resolved_policy(policy, threshold, default_policy)
     if policy == "threshold":
         return select.threshold(pool, scores, threshold, runner=runner)
     if policy == "round_robin":

@@ -39,7 +39,7 @@ from dataselect.defaults import POLICIES
 from dataselect.errors import InputError
 from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
 from dataselect.params import checked, settings_model
-from pipelines.jobs import build_scorer
+from pipelines.jobs import build_scorer, resolved_policy
 from scorers import SCORERS
 from scorers.model_import import is_shortcut
 from scorers.warmup_config import WarmupConfig
@@ -367,10 +367,8 @@ class Recipe(_Strict):
                 if exc.where is None and exc.field not in _LATER_FIELDS:
                     raise _setting_error(exc, ("scorers", name), params, name) from None
                 per_target &= bool(params.get("per_target"))  # its model comes later
-        policy = self.selection.policy
-        if policy == "auto" and self.selection.threshold is None:  # as the job resolves it
-            policy = (SCORERS[next(iter(self.scorers))].default_policy
-                      if len(self.scorers) == 1 else "top_k")
+        policy = resolved_policy(self.selection.policy, self.selection.threshold,
+                                 self.default_policy())  # as the run resolves it
         try:
             checks.check_round_robin(policy, per_target, "selection.policy")
         except InputError as exc:
@@ -381,6 +379,14 @@ class Recipe(_Strict):
                 self.warmup_config().check()
             except InputError as exc:
                 raise _setting_error(exc, ("warmup",), self.warmup, "warmup") from None
+
+    def default_policy(self) -> str:
+        """What ``policy: auto`` means for this recipe's scores: the declared policy of its
+        one scorer; several scorers' scores are combined z-scores or ranks, never a
+        scorer's own kind, so the top rows."""
+        if len(self.scorers) == 1:
+            return SCORERS[next(iter(self.scorers))].default_policy
+        return "top_k"
 
     def budget_of(self, task: str) -> Budget:
         budget = self.targets[task].budget

@@ -323,21 +323,19 @@ def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[
 
 def _select(recipe: Recipe, pool: Corpus, task_scores: dict[str, Scores],
             runner: ProgressRunner) -> dict[str, select.Selection]:
-    # several scorers' scores are combined z-scores or ranks, never a scorer's own kind
-    policy = (SCORERS[next(iter(recipe.scorers))].default_policy
-              if len(recipe.scorers) == 1 else "top_k")
+    default_policy = recipe.default_policy()
     if recipe.selection.scope == "global":
         budget = recipe.selection
         best = max_over_tasks(task_scores)
         chosen = choose_rows(pool, best, budget.policy, budget.k, budget.fraction,
-                             budget.threshold, recipe.seed, policy, runner)
+                             budget.threshold, recipe.seed, default_policy, runner)
         return split_selection(chosen, BEST_TASK, list(task_scores), runner)
     selections = {}
     for task, scores in task_scores.items():
         budget = recipe.budget_of(task)
         selections[task] = choose_rows(pool, scores, recipe.selection.policy, budget.k,
                                        budget.fraction, budget.threshold, recipe.seed,
-                                       policy, TaskRunner(runner, task))
+                                       default_policy, TaskRunner(runner, task))
     return selections
 
 
