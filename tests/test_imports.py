@@ -133,3 +133,21 @@ def test_the_layers_run_one_way():
         layer = PACKAGES.index(name.partition(".")[0])
         for target in imported(name, path, modules):
             assert PACKAGES.index(target.partition(".")[0]) <= layer, (name, target)
+
+
+# what the input readers may import from the rest of the core: its bottom layer only
+READER_IMPORTS = ("dataselect.errors", "dataselect.checks", "dataselect.storage",
+                  "dataselect.schemas")
+
+
+def test_the_readers_sit_below_the_rest_of_the_core():
+    """dataselect.readers (one module per input format) imports nothing of the core but
+    its bottom layer: formats and corpus look readers up, never the other way."""
+    modules = project_modules()
+    readers = [name for name in modules if name.startswith("dataselect.readers")]
+    assert {"dataselect.readers.base", "dataselect.readers.jsonl",
+            "dataselect.readers.parquet", "dataselect.readers.arrow"} <= set(readers)
+    for name in readers:
+        for target in imported(name, modules[name], modules):
+            assert target.startswith("dataselect.readers") or target in READER_IMPORTS, \
+                (name, target)
