@@ -39,7 +39,9 @@ from dataselect.defaults import POLICIES
 from dataselect.errors import InputError
 from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
 from dataselect.params import checked, settings_model
-from pipelines.jobs import build_scorer, resolved_policy
+from dataselect.policies import resolved_policy
+from dataselect.scoring import needs_warmup
+from pipelines.jobs import build_scorer
 from scorers import SCORERS
 from scorers.model_import import is_shortcut
 from scorers.warmup_config import WarmupConfig
@@ -374,7 +376,7 @@ class Recipe(_Strict):
         except InputError as exc:
             raise _setting_error(exc, (), {"selection.policy": self.selection.policy},
                                  "selection") from None
-        if any(SCORERS[n].needs_warmup for n in self.scorers) or self.warmup:
+        if any(needs_warmup(SCORERS[n]) for n in self.scorers) or self.warmup:
             try:
                 self.warmup_config().check()
             except InputError as exc:

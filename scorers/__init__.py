@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from dataselect.scoring import Scorer
 
 GROUP = "dataselect.scorers"
-# what a scorer may declare as its default_policy (what --policy auto applies to its scores)
-SCORER_POLICIES = ("top_k", "importance_resample", "round_robin")
 BUILTIN = {
     "auto": "scorers.auto:Auto",
     "bads": "scorers.bads:Bads",
@@ -103,8 +101,9 @@ def _load(name: str, target: str) -> type[Scorer]:
 
     The base class is imported here, not with this package, so that listing scorer names
     (argparse choices for ``dataselect --help``) loads no pandas, pyarrow or Dask."""
+    from dataselect.featurize import Featurizer
     from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
-    from dataselect.scoring import Scorer
+    from dataselect.scoring import Scorer, declared_problem
 
     if not FOLDER_NAME.match(name):  # its score store is the folder .scores/<name>
         raise InputError(f"scorer {name!r} ({target}) has a name that cannot be one: a "
@@ -123,10 +122,12 @@ def _load(name: str, target: str) -> type[Scorer]:
     if not (isinstance(cls, type) and issubclass(cls, Scorer)):
         raise InputError(f"scorer {name!r} ({target}) is not a dataselect Scorer subclass",
                          field="scorer")
-    if cls.default_policy not in SCORER_POLICIES:
-        raise InputError(f"scorer {name!r} ({target}) declares default_policy "
-                         f"{cls.default_policy!r}; it must be one of "
-                         f"{', '.join(SCORER_POLICIES)}", field="scorer")
+    if (problem := declared_problem(cls)) is not None:
+        raise InputError(f"scorer {name!r} ({target}) {problem}", field="scorer")
+    if cls.pool_features and not isinstance(cls, Featurizer):
+        raise InputError(f"scorer {name!r} ({target}) declares pool_features but computes "
+                         "no features: add featurize_batch and feature_description",
+                         field="scorer")
     if getattr(cls, "name", None) != name:
         raise InputError(f"scorer {name!r} ({target}) calls itself {cls.name!r}; its class "
                          "attribute name must equal its registered name", field="scorer")

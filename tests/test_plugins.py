@@ -15,6 +15,7 @@ import yaml
 from conftest import DATA, POOL_GLOB, TARGETS
 
 from dataselect.errors import InputError
+from dataselect.scoring import needs_warmup
 from pipelines.cli import main
 from scorers import BUILTIN, SCORERS
 
@@ -54,10 +55,11 @@ class Length(Scorer):
 
 
 def install_plugin(root: Path, monkeypatch: pytest.MonkeyPatch, policy: str = "top_k",
-                   target: str = "plug_scorer:Length") -> None:
+                   target: str = "plug_scorer:Length", source: str = PLUGIN) -> None:
     """A package ``plug_scorer`` with a ``dataselect.scorers`` entry point, as pip would
-    install it (a module and a dist-info folder on sys.path)."""
-    (root / "plug_scorer.py").write_text(PLUGIN.format(policy=policy))
+    install it (a module and a dist-info folder on sys.path); ``source`` is its module, a
+    template that ``policy`` fills."""
+    (root / "plug_scorer.py").write_text(source.format(policy=policy))
     info = root / "plug_scorer-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plug-scorer\nVersion: 0.1\n")
@@ -190,7 +192,7 @@ def test_declarations_of_the_builtins():
     assert SCORERS["dsir"].default_policy == "importance_resample"
     assert {n for n in SCORERS if SCORERS[n].needs_model} == {"bads", "embed", "less"}
     assert {n for n in SCORERS if SCORERS[n].pool_features} == {"embed", "less"}
-    assert {n for n in SCORERS if SCORERS[n].needs_warmup} == {"less"}
+    assert {n for n in SCORERS if needs_warmup(SCORERS[n])} == {"less"}
 
 
 def test_the_builtins_are_registered_alike_in_pyproject_and_in_the_package():
