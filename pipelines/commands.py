@@ -183,8 +183,7 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
 def _featurizer(args: argparse.Namespace) -> Any:
     """The scorer that computes the features, refused when it computes none."""
     from dataselect.featurize import Featurizer
-    from pipelines.jobs import build_scorer
-    from scorers import SCORERS
+    from scorers import SCORERS, build_scorer
 
     if not isinstance(SCORERS[args.scorer], Featurizer):
         able = sorted(n for n in SCORERS if isinstance(SCORERS[n], Featurizer))

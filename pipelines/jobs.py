@@ -33,7 +33,6 @@ from dataselect.ngram_store import store_name
 from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
-from dataselect.params import field_types, validate_settings
 from dataselect.policies import Budget, choose_rows, resolved_policy
 from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.writer import (
@@ -47,7 +46,7 @@ from dataselect.writer import (
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageClock
 from pipelines.summary import FIT_DETAILS, composition_rows, print_fit_details, print_summary
-from scorers import SCORERS
+from scorers import SCORERS, build_scorer
 
 
 @dataclass
@@ -117,20 +116,6 @@ class SelectJob:
                                       f"{checks.shown(self.scorer_params)}",
                                       field="scorer_params")
         checks.optional(checks.check_scheduler, self.scheduler, "scheduler")
-
-
-def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,
-                 fraction: float | None = None) -> Scorer:
-    """Instantiate a registered scorer; parameters are checked against its fields (unknown
-    keys, wrong types), then its own ranges; ``seed`` fills a seed it was not given, and
-    the budget (``k`` or ``fraction``) fills a scorer that ``takes_budget``."""
-    cls = SCORERS[name]
-    validate_settings(cls, params, name)
-    if "seed" in field_types(cls) and "seed" not in params:
-        params = {**params, "seed": seed}
-    if cls.takes_budget and "k" not in params and "fraction" not in params:
-        params = {**params, "k": k, "fraction": fraction}
-    return cls(**params)
 
 
 def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:

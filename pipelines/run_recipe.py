@@ -53,12 +53,12 @@ from dataselect.scoring import Scorer, Scores, needs_warmup, plan_pool
 from dataselect.union import TASKS_COLUMN, split_selection, write_union
 from dataselect.writer import ADDED_COLUMNS, output_schema
 from pipelines.cluster import dask_client
-from pipelines.jobs import build_scorer, parsed_once
+from pipelines.jobs import parsed_once
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
 from pipelines.recipe_attribution import run_attributions
 from pipelines.summary import print_fit_details, print_summary
-from scorers import SCORERS
+from scorers import SCORERS, build_scorer
 
 
 def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,

@@ -21,6 +21,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from dataselect.errors import InputError
+from dataselect.params import field_types, validate_settings
 
 if TYPE_CHECKING:
     from dataselect.scoring import Scorer
@@ -136,6 +137,21 @@ def _load(name: str, target: str) -> type[Scorer]:
 
 SCORERS = ScorerRegistry()
 
+
+def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,
+                 fraction: float | None = None) -> Scorer:
+    """Instantiate a registered scorer; parameters are checked against its fields (unknown
+    keys, wrong types), then its own ranges; ``seed`` fills a seed it was not given, and
+    the budget (``k`` or ``fraction``) fills a scorer that ``takes_budget``. Here, beside
+    the registry, so that jobs and the recipe schema both build scorers from below them."""
+    cls = SCORERS[name]
+    validate_settings(cls, params, name)
+    if "seed" in field_types(cls) and "seed" not in params:
+        params = {**params, "seed": seed}
+    if cls.takes_budget and "k" not in params and "fraction" not in params:
+        params = {**params, "k": k, "fraction": fraction}
+    return cls(**params)
+
 _CLASS_NAMES = {target.partition(":")[2]: name for name, target in BUILTIN.items()}
 
 
@@ -146,4 +162,5 @@ def __getattr__(attribute: str) -> Any:
     raise AttributeError(f"module 'scorers' has no attribute {attribute!r}")
 
 
-__all__ = ["DSIR", "SCORERS", "Auto", "Bads", "Embed", "FastText", "Less", "ZipFit"]
+__all__ = ["DSIR", "SCORERS", "Auto", "Bads", "Embed", "FastText", "Less", "ZipFit",
+           "build_scorer"]

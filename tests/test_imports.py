@@ -151,3 +151,17 @@ def test_the_readers_sit_below_the_rest_of_the_core():
         for target in imported(name, modules[name], modules):
             assert target.startswith("dataselect.readers") or target in READER_IMPORTS, \
                 (name, target)
+
+
+def test_the_recipe_schema_sits_below_the_job_runner():
+    """The recipe's YAML loader and error formatting are modules of their own, below its
+    schema, and the schema takes policies and scorers from the core and the registry, not
+    from the job runner that runs recipes (``pipelines.jobs``, ``run_recipe``)."""
+    modules = project_modules()
+    below = {"pipelines.recipe_errors": set(),
+             "pipelines.recipe_yaml": {"pipelines.recipe_errors"},
+             "pipelines.recipe": {"pipelines.recipe_errors", "pipelines.recipe_yaml"}}
+    for name, allowed in below.items():
+        found = {t for t in imported(name, modules[name], modules)
+                 if t.startswith("pipelines.")}
+        assert found <= allowed, (name, found - allowed)

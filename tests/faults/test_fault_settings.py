@@ -21,7 +21,8 @@ from dataselect.sampling import SAMPLE_STREAM, id_hashes, sample_mask, uniform
 from pipelines.cli import main, parse_params
 from pipelines.evaluate import EvalSettings
 from pipelines.jobs import SelectJob
-from pipelines.recipe import MAX_ALIASES, RecipeError, load_recipe
+from pipelines.recipe import RecipeError, load_recipe
+from pipelines.recipe_yaml import MAX_ALIASES
 from scorers.bads import Bads
 from scorers.dsir import DSIR
 from scorers.embed import Embed
