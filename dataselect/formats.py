@@ -239,7 +239,7 @@ def _hidden(file: Path, root: str) -> bool:
 def plan_pieces(path: str, target_bytes: int) -> list[Piece]:
     """Cut one file into pieces of about ``target_bytes`` (uncompressed) each."""
     fmt = detect_format(path)
-    kind = reader(fmt)
+    kind = reader(fmt, path)
     with reading(path, fmt):
         pieces = kind.plan(path, target_bytes)
         if not kind.line_records:  # JSONL's columns are known line by line, when read
@@ -251,12 +251,12 @@ def plan_pieces(path: str, target_bytes: int) -> list[Piece]:
 
 def piece_schema(piece: Piece) -> pa.Schema:
     """The columns of a Parquet, Arrow or HF piece, from metadata (no rows are read)."""
-    return reader(piece.fmt).schema(piece)
+    return reader(piece.fmt, piece.path).schema(piece)
 
 
 def read_piece(piece: Piece) -> pa.Table:
     """The piece's rows as a table, plus ``_row`` (row or 0-based line number in its file)."""
-    return reader(piece.fmt).read(piece)
+    return reader(piece.fmt, piece.path).read(piece)
 
 
 def reads_parts(piece: Piece) -> bool:

@@ -24,9 +24,9 @@ from dataselect.readers.tabular import TabularReader
 def registry(monkeypatch: pytest.MonkeyPatch):
     """Register readers for one test only."""
     monkeypatch.setattr(base, "_CLASSES", dict(base._CLASSES))
-    base.reader.cache_clear()
+    base._made.cache_clear()
     yield base.register
-    base.reader.cache_clear()
+    base._made.cache_clear()
 
 
 def test_every_data_suffix_names_one_registered_reader():
@@ -75,7 +75,8 @@ def test_a_reader_whose_package_is_missing_names_it_when_used(tmp_path, registry
         requires = ("dataselect_no_such_package",)
 
     (tmp_path / "a.needy").write_text("x")
-    with pytest.raises(InputError, match=r"^reading a needy file needs the Python package\(s\) "
+    with pytest.raises(InputError, match=r"a.needy: reading a needy file needs the Python "
+                       r"package\(s\) "
                        r"dataselect_no_such_package, not installed: pip install "
                        r"dataselect_no_such_package$"):
         plan_pieces(str(tmp_path / "a.needy"), 1 << 20)

@@ -12,6 +12,8 @@ from dataselect.readers.compression import COMPRESSED_SUFFIXES
 from dataselect.readers.jsonl import JSONL_SUFFIXES
 from dataselect.readers.parquet import PARQUET_SUFFIXES
 
+# the modules whose import registers the built-in readers (hf_disk's folders are asked
+# first, whatever the order here: base.kinds)
 BUILTIN = (jsonl, parquet, arrow, hf_disk)
 # every name ending a data file may have; compression first: ``a.jsonl.gz`` loses ``.gz``,
 # then ``.jsonl`` (they are stripped in this order when ids are derived from file names)

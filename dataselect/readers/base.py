@@ -129,10 +129,17 @@ def register(cls: type[Reader]) -> type[Reader]:
     return cls
 
 
+def reader(kind: str, where: str | None = None) -> Reader:
+    """The reader of pieces of ``kind``, made on first use: a reader whose package is
+    missing fails then, naming the package (and ``where``, the file), and no earlier."""
+    try:
+        return _made(kind)
+    except InputError as exc:
+        raise InputError(exc.message, where=where) from None
+
+
 @cache
-def reader(kind: str) -> Reader:
-    """The reader of pieces of ``kind``, made on first use (so a reader whose package is
-    missing fails then, naming the package, and no earlier)."""
+def _made(kind: str) -> Reader:
     return _CLASSES[kind]()
 
 

@@ -60,8 +60,8 @@ def _name_with_nul(name: str, kind: pa.DataType) -> str | None:
 
 
 def check_nesting(path: str, schema: pa.Schema) -> None:
-    """The limit JSON lines are held to (:func:`check_json_depth`), for tabular files: a
-    deeper column could not be read back from an Arrow output."""
+    """The limit JSON lines are held to (:func:`~dataselect.readers.jsonl.check_json_depth`),
+    for tabular files: a deeper column could not be read back from an Arrow output."""
     for field in schema:
         if nesting(field.type) > MAX_NESTING:
             raise InputError(
