@@ -4,13 +4,20 @@ file named when pool files disagree on a column."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import DATA, instruction_recipe
+from test_fault_errors2 import _one_error_line
 
 from dataselect.errors import InputError
+from dataselect.features import FeatureStore
+from pipelines.cli import main
 from pipelines.evaluate import EvalSettings, plan_trainings
 from pipelines.recipe import load_recipe
 from pipelines.run_recipe import run_recipe
@@ -53,3 +60,44 @@ def test_held_out_rows_a_model_trains_on_are_refused_unless_allowed(tmp_path):
         plan_trainings(str(out), EvalSettings(**TINY))
     jobs, _, _, _ = plan_trainings(str(out), EvalSettings(**TINY, allow_overlap=True))
     assert [(j.arm, j.train.num_rows) for j in jobs] == [("selected", 20), ("random", 20)]
+
+
+# --- a feature store edited by hand ---------------------------------------------------------
+def _store(tmp_path: Path) -> FeatureStore:
+    store = FeatureStore.create(tmp_path / "f", {"kind": "x", "dim": 4, "views": 1})
+    rng = np.random.default_rng(0)
+    for part, names in enumerate([["a", "b"], ["c", "d"]]):
+        store.write_part(part, pa.array(names, pa.string()),
+                         rng.normal(size=(2, 1, 4)).astype(np.float32))
+    return store
+
+
+def _index_build(tmp_path: Path, capsys) -> tuple[int, str]:
+    code = main(["index", "build", "--features", str(tmp_path / "f"), "--out",
+                 str(tmp_path / "i")])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("edit", "shown"), [
+    (lambda s: np.save(s.matrix_path(1), np.zeros((2, 4), np.float16)),
+     r"part-00001\.npy.*shape \(2, 4\), not \(rows, views, dim\) = \(2, 1, 4\)"),
+    (lambda s: np.save(s.matrix_path(1), np.zeros((2, 1, 5), np.float16)),
+     r"part-00001\.npy.*shape \(2, 1, 5\)"),
+    (lambda s: pq.write_table(pa.table({"id": [7, 8]}), s.ids_path(1)),
+     r"part-00001\.ids\.parquet.*its ids are int64, not strings"),
+])
+def test_index_build_on_an_edited_feature_part_is_one_line(tmp_path, capsys, edit, shown):
+    edit(_store(tmp_path))
+    code, err = _index_build(tmp_path, capsys)
+    assert code == 2
+    assert re.search(shown, _one_error_line(err)), err
+    assert not (tmp_path / "i" / "index.faiss").exists()
+
+
+def test_a_file_that_only_looks_like_a_feature_part_is_left_alone(tmp_path, capsys):
+    store = _store(tmp_path)
+    pq.write_table(pa.table({"id": ["z"]}), Path(store.folder) / "part-abcde.ids.parquet")
+    assert store.parts() == [0, 1]
+    code, err = _index_build(tmp_path, capsys)
+    assert code == 0, err
+    assert (tmp_path / "i" / "index.faiss").exists()
