@@ -4,6 +4,7 @@ file named when pool files disagree on a column."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 from conftest import DATA, instruction_recipe
 from test_fault_errors2 import _one_error_line
 
+from dataselect.corpus import read_corpus
 from dataselect.errors import InputError
 from dataselect.features import FeatureStore
 from pipelines.cli import main
@@ -101,3 +103,34 @@ def test_a_file_that_only_looks_like_a_feature_part_is_left_alone(tmp_path, caps
     code, err = _index_build(tmp_path, capsys)
     assert code == 0, err
     assert (tmp_path / "i" / "index.faiss").exists()
+
+
+# --- the file named when pool files disagree on a column -----------------------------------
+def _files_disagreeing_in_the_fourth(tmp_path: Path, suffix: str) -> list[str]:
+    """Four files packed two to a partition; only the fourth holds ``x`` as a string."""
+    rows = [{"id": f"{name}{i}", "text": f"row {i} of {name} " * 5} for i in range(20)
+            for name in "abcd"]
+    paths = []
+    for name, x in zip("abcd", (1, None, None, "one")):
+        mine = [dict(r, **({"x": x} if x is not None else {})) for r in rows
+                if r["id"].startswith(name)]
+        path = tmp_path / f"{name}{suffix}"
+        if suffix == ".parquet":
+            pq.write_table(pa.Table.from_pylist(mine), path)
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in mine), encoding="utf-8")
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_a_column_conflict_names_the_file_that_holds_it(tmp_path, suffix):
+    """The error named the first file of the conflicting file's partition (c), which has
+    no column x at all."""
+    paths = _files_disagreeing_in_the_fourth(tmp_path, suffix)
+    corpus = next(c for c in (read_corpus(paths, "text", "id", 2**n) for n in range(8, 20))
+                  if [len(p) for p in c.partitions] == [2, 2])
+    with pytest.raises(InputError, match="holds string here but int64 in") as caught:
+        corpus.unified_schema()
+    assert caught.value.where == paths[3] and caught.value.field == "x"
+    assert paths[0] in str(caught.value)
