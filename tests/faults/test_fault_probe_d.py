@@ -134,3 +134,13 @@ def test_a_column_conflict_names_the_file_that_holds_it(tmp_path, suffix):
         corpus.unified_schema()
     assert caught.value.where == paths[3] and caught.value.field == "x"
     assert paths[0] in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["-1e308", "-2.5E-3", "-.5", "-3"])
+def test_a_negative_threshold_in_exponent_form_is_a_value_not_an_option(value):
+    """argparse on Python 3.11 read ``--threshold -1e308`` as a missing value."""
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["select", "--pool", "p", "--target", "t", "--out", "o",
+                                      "--scorer", "dsir", "--threshold", value])
+    assert args.threshold == float(value)
