@@ -144,3 +144,19 @@ def test_a_negative_threshold_in_exponent_form_is_a_value_not_an_option(value):
     args = build_parser().parse_args(["select", "--pool", "p", "--target", "t", "--out", "o",
                                       "--scorer", "dsir", "--threshold", value])
     assert args.threshold == float(value)
+
+
+@pytest.mark.parametrize("url", ["zip://x", "https://example.invalid/x", "github://a:b@/x",
+                                 "tar://t/x"])
+def test_an_output_on_a_read_only_filesystem_is_refused_before_work(tmp_path, capsys, url,
+                                                                    monkeypatch):
+    """zip://x named the working directory ("cannot write .../cwd: Is a directory"); web
+    and git URLs failed with the store's own error."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["select", "--pool", str(DATA / "pool"), "--target",
+            str(DATA / "targets" / "fortunes.jsonl"), "--scorer", "dsir", "--k", "5",
+            "--out", url]
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert url in line and "can only be read" in line
+    assert list(tmp_path.iterdir()) == []
