@@ -83,11 +83,13 @@ def partition_tasks(stage: str, fn: Callable[[int], Any], count: int) -> list[Pa
     """One task per partition index ``0..count-1``, calling ``fn(index)``.
 
     ``fn`` carries the stage's state (corpus plan, fitted scorer, chosen rows). As Dask
-    tasks (:func:`as_dask`) every task refers to the one object, untraversed, so the state
-    is not serialised once per partition. A state of more than ``SCATTER_BYTES`` (a
-    trained fastText model is 15 MiB) does not enter the graph at all when a Dask cluster
-    runs the tasks: it is scattered to the workers, and the tasks refer to it (see
-    :func:`_scattered`).
+    tasks (:func:`as_dask`) the state is one key of the graph, untraversed, and every task
+    depends on that key: a scheduler sends each task's own spec to a worker separately, so a
+    state inlined in the specs reached a worker once per partition (and stayed while the
+    stage ran), where as a key it is fetched once per worker. A state of more than
+    ``SCATTER_BYTES`` (a trained fastText model is 15 MiB) does not enter the graph at all
+    when a Dask cluster runs the tasks: it is scattered to the workers, and the tasks refer
+    to it (see :func:`_scattered`).
     """
     shared = _Stage(stage, fn, count)
     return [PartitionTask(shared, i) for i in range(count)]
@@ -108,16 +110,13 @@ class _Stage:
             import dask
 
             key = f"{self.name}-{{}}-{uuid.uuid4().hex[:8]}"
-            scattered = _scattered(self.fn)
-            if scattered is not None:
-                call = dask.delayed(_call_state, pure=False)
-                self._delayed = [call(scattered, i, dask_key_name=key.format(i))
-                                 for i in range(self.count)]
-            else:
-                shared = dask.delayed(self.fn, name=f"{self.name}-state-{uuid.uuid4().hex}",
-                                      traverse=False)
-                self._delayed = [shared(i, dask_key_name=key.format(i))
-                                 for i in range(self.count)]
+            state = _scattered(self.fn)
+            if state is None:  # one key of the graph holding the state, a dependency
+                state = dask.delayed(self.fn, name=f"{self.name}-state-{uuid.uuid4().hex}",
+                                     traverse=False)
+            call = dask.delayed(_call_state, pure=False)
+            self._delayed = [call(state, i, dask_key_name=key.format(i))
+                             for i in range(self.count)]
         return self._delayed
 
 
