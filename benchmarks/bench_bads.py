@@ -71,8 +71,8 @@ def _lm_run(kind: str, steps: int, model_dir: str, queue: mp.Queue) -> None:
     import torch
 
     from dataselect import read_corpus
+    from models.lm import load_causal_lm, load_tokenizer, per_example_loss, tokenize
     from scorers.bads import Bads, _train_batches
-    from scorers.lm import load_causal_lm, load_tokenizer, per_example_loss, tokenize
 
     torch.set_num_threads(1)
     pool = read_corpus(str(INSTRUCTIONS / "train.jsonl"), text="messages")
@@ -129,7 +129,7 @@ def main() -> None:
             ours = _per_step(_digits_run, args.steps, kind)
             results[f"digits {kind}"] = (ours, plain)
     if "lm" in args.cases:
-        from scorers.lm import build_tiny_causal_lm
+        from models.lm import build_tiny_causal_lm
 
         rows = [json.loads(line) for line in (INSTRUCTIONS / "train.jsonl").open()]
         texts = [m["content"] for r in rows for m in r["messages"]]

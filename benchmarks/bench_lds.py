@@ -23,7 +23,7 @@ Methods (each in its own child process: time covers the attribution only, the mo
 being trained beforehand; peak RSS is the child's, imports included — see ``baseline``)
 ------------------------------------------------------------------------------------------
 * ``less_cosine`` (ours): per-example loss gradients of the final model with
-  ``scorers.gradients.LinearGradients``; training rows Adam-preconditioned from the
+  ``models.gradients.LinearGradients``; training rows Adam-preconditioned from the
   optimizer's moments (``adam_precondition``), queries plain; both projected with
   ``RademacherProjection`` to ``--proj-dim`` (512); served through
   ``FeatureIndex.build(kind="flat")`` and ``attribute(k=all training rows)``: the cosine.
@@ -155,7 +155,7 @@ def ours_features(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, proj
                   eps_in_sqrt: bool = False) -> np.ndarray:
     """Projected per-example loss gradients (LinearGradients), Adam-preconditioned when
     ``adam`` is given."""
-    from scorers.gradients import LinearGradients, adam_precondition
+    from models.gradients import LinearGradients, adam_precondition
 
     grads = LinearGradients(model)
     per_example = grads.per_example(
@@ -179,7 +179,7 @@ def ours_method(setup: dict[str, Any], method: str, cfg: dict[str, Any],
     from dataselect.attribution import attribute
     from dataselect.features import combine_views, normalize_rows
     from dataselect.index import FeatureIndex
-    from scorers.projection import RademacherProjection
+    from models.projection import RademacherProjection
 
     checkpoints = setup["checkpoints"] if method == "less_cosine_4ckpt" else \
         setup["checkpoints"][-1:]
@@ -355,7 +355,7 @@ def child(spec: dict[str, Any], result_path: str) -> int:
     if method == "baseline":  # what loading costs, for reading the other peaks
         if spec.get("import_ours"):
             import dataselect.index  # noqa: F401
-            import scorers.gradients  # noqa: F401
+            import models.gradients  # noqa: F401
         scores = np.zeros((1, 1))
     checks: dict[str, float] = {}
     times = []

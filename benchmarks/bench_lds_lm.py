@@ -128,7 +128,7 @@ def view_of(rows: list[dict], path: Path) -> Any:
 
 
 def base_model(args: argparse.Namespace, base: list[dict], work: Path) -> str:
-    from scorers.lm import build_tiny_causal_lm, train_causal_lm
+    from models.lm import build_tiny_causal_lm, train_causal_lm
 
     texts = [m["content"] for r in base for m in r["messages"]]
     blank = build_tiny_causal_lm(texts, work / "blank", vocab_size=1000, hidden_size=64,
@@ -139,7 +139,7 @@ def base_model(args: argparse.Namespace, base: list[dict], work: Path) -> str:
 
 def fine_tune(path: str, tokenizer: Any, view: Any, args: argparse.Namespace, seed: int
               ) -> torch.nn.Module:
-    from scorers.lm import fit_causal_lm, load_causal_lm
+    from models.lm import fit_causal_lm, load_causal_lm
 
     torch.manual_seed(seed)
     model = load_causal_lm(path, torch.device("cpu"))
@@ -149,7 +149,7 @@ def fine_tune(path: str, tokenizer: Any, view: Any, args: argparse.Namespace, se
 
 
 def batches(tokenizer: Any, view: Any, args: argparse.Namespace, size: int = 16) -> list[Any]:
-    from scorers.lm import tokenize
+    from models.lm import tokenize
 
     return [tokenize(tokenizer, view.slice(s, size), args.max_length)
             for s in range(0, view.num_rows, size)]
@@ -193,7 +193,7 @@ def ground_truth(args: argparse.Namespace, path: str, tokenizer: Any, train_view
 
 def exact_loss_gradients(model: torch.nn.Module, batch_list: list[Any]) -> torch.Tensor:
     """``(rows, parameters)`` unprojected per-example response-loss gradients."""
-    from scorers.gradients import LinearGradients
+    from models.gradients import LinearGradients
     from scorers.trak import CausalLMOutput
 
     grads = LinearGradients(model)
@@ -208,7 +208,7 @@ def exact_loss_gradients(model: torch.nn.Module, batch_list: list[Any]) -> torch
 def naive_trak(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
                args: argparse.Namespace) -> np.ndarray:
     """TRAK written out: one example at a time, dense Gaussian projection, numpy solve."""
-    from scorers.lm import TokenBatch
+    from models.lm import TokenBatch
     from scorers.trak import CausalLMOutput
 
     def rows_of(batch_list: list[Any]) -> list[TokenBatch]:
@@ -289,7 +289,7 @@ def ours_tracin(models: list[torch.nn.Module], train: list[Any], queries: list[A
 
 def less_cosine(model: torch.nn.Module, train: list[Any], queries: list[Any],
                 args: argparse.Namespace) -> np.ndarray:
-    from scorers.projection import make_projection
+    from models.projection import make_projection
 
     g_train, g_query = exact_loss_gradients(model, train), exact_loss_gradients(model, queries)
     project = make_projection("sparse", [g_train.shape[1]], args.proj_dim, 0, "cpu")
@@ -339,8 +339,8 @@ def attribute(method: str, models: list[torch.nn.Module], train: list[Any],
 
 def main(argv: list[str] | None = None) -> int:
     from dataselect.metrics import lds_per_query
+    from models.lm import load_tokenizer
     from scorers.influence import train_linear_layers
-    from scorers.lm import load_tokenizer
 
     args = parse_args(argv)
     work = Path(args.workdir) / f"seed-{args.seed}"

@@ -124,7 +124,7 @@ def job_from_args(args: argparse.Namespace) -> SelectJob:
 def run_model_command(args: argparse.Namespace) -> None:
     """``dataselect model import``: the folder's path on the first line (for scripts), then
     one summary line."""
-    from scorers.model_import import import_model, read_manifest
+    from models.importer import import_model, read_manifest
 
     def say(message: str) -> None:
         print(message, file=sys.stderr)

@@ -38,10 +38,10 @@ from dataselect.index import FeatureIndex, IndexKind
 from dataselect.outdir import check_output_file, locked_output, normalize, refuse_overlap
 from dataselect.params import settings_from_text
 from dataselect.sampling import id_hashes
+from models.warmup_config import WarmupConfig, sample_pool
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.summary import print_summary
-from scorers.warmup_config import WarmupConfig, sample_pool
 
 # Feature settings that must agree between an index and the queries searched against it
 # (everything except which side of the gradient features they are).
@@ -51,7 +51,7 @@ _SIDE_KEYS = ("side", "gradient", "corpus", "npartitions")
 def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
                    device: str | None = None, console: Console | None = None
                    ) -> list[str]:
-    from scorers.lora_warmup import warmup  # torch and peft: only when training
+    from models.lora_warmup import warmup  # torch and peft: only when training
 
     started = time.perf_counter()
     pool.check_unique_ids([id_hashes(table["id"]) for table in pool.iter_tables()])

@@ -39,10 +39,10 @@ from dataselect.defaults import POLICIES
 from dataselect.errors import InputError
 from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
 from dataselect.params import checked, settings_model
+from models.importer import is_shortcut
+from models.warmup_config import WarmupConfig
 from pipelines.jobs import build_scorer, resolved_policy
 from scorers import SCORERS
-from scorers.model_import import is_shortcut
-from scorers.warmup_config import WarmupConfig
 
 # Columns a selection writes next to the pool's (writer.ADDED_COLUMNS, union's tasks,
 # combine's best_task, scoring's filtered_by): a task of one of these names, or of a

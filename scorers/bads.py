@@ -37,16 +37,7 @@ from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, step_progress
 from dataselect.scoring import FILTERED_BY, Scorer
-from scorers.bads_sampler import (
-    WEIGHT_KINDS,
-    BadsConfig,
-    BadsSampler,
-    FreeWeights,
-    WeightNetwork,
-    free_read_off,
-    network_read_off,
-)
-from scorers.lm import (
+from models.lm import (
     TokenBatch,
     check_model_folder,
     load_causal_lm,
@@ -60,7 +51,16 @@ from scorers.lm import (
     token_budget_chunks,
     tokenize,
 )
-from scorers.warmup_config import has_text
+from models.warmup_config import has_text
+from scorers.bads_sampler import (
+    WEIGHT_KINDS,
+    BadsConfig,
+    BadsSampler,
+    FreeWeights,
+    WeightNetwork,
+    free_read_off,
+    network_read_off,
+)
 
 NOT_IN_FIT = "not_in_bads_fit"
 # batches whose embeddings are kept to check the final weights for the failure modes
@@ -290,7 +290,7 @@ def mean_token_embedding(table: torch.Tensor, tokens: TokenBatch) -> torch.Tenso
 
 def _pool_sizes(pool: Corpus) -> tuple[list[int], int]:
     """Rows in each partition of ``pool``, and how many of them are blank
-    (:func:`~scorers.warmup_config.has_text`): those are left out of training."""
+    (:func:`~models.warmup_config.has_text`): those are left out of training."""
     sizes, blank = [], 0
     for index in range(pool.npartitions):
         table = pool.read_partition(index)

@@ -4,8 +4,8 @@ The ensemble is one member per LoRA checkpoint (``checkpoints``: adapters of one
 independent runs, on ``model``), or the full model when no checkpoint is given: then every
 ``torch.nn.Linear`` weight except the output head is trained over (embeddings and norms are
 held fixed, as per-example gradients cover Linear weights only; see
-:mod:`scorers.gradients`). Examples are tokenised as every model-based scorer does
-(:func:`scorers.lm.tokenize`, response tokens only); rows without response tokens get zero
+:mod:`models.gradients`). Examples are tokenised as every model-based scorer does
+(:func:`models.lm.tokenize`, response tokens only); rows without response tokens get zero
 gradients. Everything runs on ``device`` (``cuda`` when available) with no other change.
 """
 
@@ -21,10 +21,10 @@ import torch
 
 from dataselect import checks
 from dataselect.errors import InputError
+from models.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
+from models.lora_checkpoints import read_checkpoint_json
+from models.projection import PROJECTIONS
 from scorers.bif import BifConfig, bif
-from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
-from scorers.lora_checkpoints import read_checkpoint_json
-from scorers.projection import PROJECTIONS
 from scorers.tracin import NegativeLoss, TracIn, member_weights
 from scorers.trak import DEFAULT_RIDGE, KERNELS, CausalLMOutput, Trak, output_gradients
 

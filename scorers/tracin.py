@@ -5,7 +5,7 @@ checkpoints ``m`` of a run, of the learning rate times ``g_q^m . g_x^m``, ``g`` 
 gradient of the example's *training loss* (cross-entropy for classifiers, the mean
 response-token loss for causal LMs). Here a member ``m`` is a checkpoint of one run or an
 independently trained model, each gradient is projected to ``proj_dim`` dimensions
-(:mod:`scorers.projection`, one seed per member), and
+(:mod:`models.projection`, one seed per member), and
 
     score(q, x) = sum over m of  w_m (P_m g_q^m) . (P_m g_x^m)
 

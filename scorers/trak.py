@@ -2,7 +2,7 @@
 
 For each model ``m`` of an ensemble (independently trained models, or checkpoints of one
 run), every example gets ``phi`` = the per-example gradient of the model's output function,
-projected to ``proj_dim`` dimensions (:mod:`scorers.gradients`, :mod:`scorers.projection`):
+projected to ``proj_dim`` dimensions (:mod:`models.gradients`, :mod:`models.projection`):
 
 * classifiers: the correct-class margin, ``logit_y - logsumexp(other logits)``, with
   ``p`` = the softmax probability of the correct class;
@@ -54,8 +54,8 @@ import numpy as np
 import torch
 
 from dataselect.errors import InputError
-from scorers.gradients import LinearGradients
-from scorers.projection import make_projection
+from models.gradients import LinearGradients
+from models.projection import make_projection
 
 DEFAULT_RIDGE = 0.1
 
@@ -94,7 +94,7 @@ class ClassifierOutput:
 
 
 class CausalLMOutput:
-    """Batches are :class:`scorers.lm.TokenBatch`: summed response-token log-odds, ``p`` =
+    """Batches are :class:`models.lm.TokenBatch`: summed response-token log-odds, ``p`` =
     the geometric mean probability of the response tokens."""
 
     def rows(self, batch: Any) -> int:
@@ -137,7 +137,7 @@ def output_gradients(model: torch.nn.Module, batches: Iterable[Any], output: Out
                      proj_dim: int, seed: int = 0, projection: str = "sparse"
                      ) -> OutputGradients:
     """``phi`` and ``p`` of every row of ``batches`` (one forward and one backward pass per
-    batch, :class:`scorers.gradients.LinearGradients`; every trainable parameter must be
+    batch, :class:`models.gradients.LinearGradients`; every trainable parameter must be
     a ``torch.nn.Linear`` weight, as in LoRA and MLPs). The projection is seeded by
     ``seed`` and lives on the model's device."""
     grads = LinearGradients(model)

@@ -51,7 +51,7 @@ def instruction_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     data/instructions/train.jsonl (200 steps over the response tokens): the model-based
     scorers assume a model that has learned something, and nothing can be downloaded."""
     from dataselect import read_corpus
-    from scorers.lm import build_tiny_causal_lm, train_causal_lm
+    from models.lm import build_tiny_causal_lm, train_causal_lm
 
     root = tmp_path_factory.mktemp("instruction_lm")
     train = DATA / "instructions" / "train.jsonl"
@@ -93,7 +93,7 @@ def smollm2() -> str:
     reuses the first's folder. No download is a failure, not a skip: CI must not pass
     without having run the tests that need it."""
     from dataselect.errors import InputError
-    from scorers.model_import import import_model
+    from models.importer import import_model
 
     try:
         return import_model("smollm2", cache=TEST_MODELS)

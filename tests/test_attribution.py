@@ -15,8 +15,8 @@ from dataselect.attribution import (
     read_attribution_matrix,
     write_attribution_matrix,
 )
+from models.projection import RademacherProjection
 from scorers.bif import BifConfig, RunningCovariance, bif
-from scorers.projection import RademacherProjection
 from scorers.tracin import NegativeLoss, TracIn, member_weights
 from scorers.trak import (
     ClassifierOutput,

@@ -14,9 +14,9 @@ import torch
 
 from dataselect import read_corpus
 from dataselect.attribution import read_attribution_matrix
+from models.lm import load_causal_lm, load_tokenizer, tokenize
 from pipelines.cli import main
 from scorers.influence import train_linear_layers
-from scorers.lm import load_causal_lm, load_tokenizer, tokenize
 from scorers.trak import CausalLMOutput, output_gradients
 
 INSTRUCTIONS = Path(__file__).resolve().parent.parent / "data" / "instructions"

@@ -280,7 +280,7 @@ def test_the_report_shows_the_validation_table(cli_runs):
 
 @pytest.mark.slow  # builds a small model (5 s) and embeds the pool with it
 def test_model_scorers_join_when_a_model_is_given(tmp_path):
-    from scorers.lm import build_tiny_causal_lm
+    from models.lm import build_tiny_causal_lm
 
     rows = [json.loads(line) for line in Path(TRAIN).read_text(encoding="utf-8").splitlines()]
     model = build_tiny_causal_lm([m["content"] for r in rows for m in r["messages"]],
