@@ -29,13 +29,13 @@ GROUP = "dataselect.scorers"
 # what a scorer may declare as its default_policy (what --policy auto applies to its scores)
 SCORER_POLICIES = ("top_k", "importance_resample", "round_robin")
 BUILTIN = {
-    "auto": "scorers.auto:Auto",
-    "bads": "scorers.bads:Bads",
+    "auto": "scorers.auto.scorer:Auto",
+    "bads": "scorers.bads.scorer:Bads",
     "dsir": "scorers.dsir:DSIR",
     "embed": "scorers.embed:Embed",
-    "fasttext": "scorers.fasttext:FastText",
+    "fasttext": "scorers.fasttext.scorer:FastText",
     "less": "scorers.less:Less",
-    "zipfit": "scorers.zipfit:ZipFit",
+    "zipfit": "scorers.zipfit.scorer:ZipFit",
 }
 
 

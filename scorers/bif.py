@@ -18,7 +18,7 @@ Sampler: SGLD on the trainable parameters (the LoRA weights, or every weight of 
 model), ``theta <- theta - eps/2 (n beta grad L(theta) + gamma (theta - theta*)) +
 N(0, eps)``, ``L`` the mean training loss over a minibatch (the whole set by default),
 ``beta = 1 / log n`` (the localised-posterior temperature used for local learning
-coefficients). BADS's sampler (:mod:`scorers.bads_sampler`) samples ``theta`` jointly
+coefficients). BADS's sampler (:mod:`scorers.bads.sampler`) samples ``theta`` jointly
 with data weights and keeps whole draws; this one needs neither, so it shares only the
 update rule. Draws are streamed: after burn-in, every ``thin``-th step's losses update a
 running cross-covariance (Welford's update, :class:`RunningCovariance`), so memory is the

@@ -24,8 +24,8 @@ from pipelines.cli import main
 from pipelines.jobs import build_scorer
 from pipelines.recipe import load_recipe
 from scorers import SCORERS
-from scorers.auto import CANDIDATE_SETTINGS, STATEMENT, Auto, _comparable, _FoldResult
-from scorers.auto_validation import (
+from scorers.auto.scorer import CANDIDATE_SETTINGS, STATEMENT, Auto, _comparable, _FoldResult
+from scorers.auto.validation import (
     COMBINE_MARGIN,
     TIE_Z,
     FoldScores,
@@ -42,7 +42,7 @@ from scorers.auto_validation import (
     validation_rows,
     weight_grid,
 )
-from scorers.fasttext import FastText
+from scorers.fasttext.scorer import FastText
 
 INSTRUCTIONS = DATA / "instructions"
 TRAIN = str(INSTRUCTIONS / "train.jsonl")
@@ -452,7 +452,7 @@ def test_a_tied_mix_that_validates_worse_than_the_best_is_not_taken():
 
 
 def test_the_note_says_when_the_validation_could_not_separate_the_candidates():
-    from scorers.auto import _separation
+    from scorers.auto.scorer import _separation
 
     table = {"separated": False, "tied": ["dsir", "fasttext"],
              "rule": "best single: the tied mix validated worse"}

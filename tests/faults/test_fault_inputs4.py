@@ -210,7 +210,7 @@ def test_warmup_trains_on_text_rows_only_and_records_the_blank_ones(tmp_path, ra
 
 @pytest.mark.slow
 def test_bads_trains_on_text_rows_only(tmp_path, random_lm, monkeypatch):
-    import scorers.bads as bads
+    import scorers.bads.scorer as bads
 
     seen: list[str] = []
     batches = bads._train_batches

@@ -23,12 +23,12 @@ from pipelines.cli import main, parse_params
 from pipelines.evaluate import EvalSettings
 from pipelines.jobs import SelectJob
 from pipelines.recipe import MAX_ALIASES, RecipeError, load_recipe
-from scorers.bads import Bads
+from scorers.bads.scorer import Bads
 from scorers.dsir import DSIR
 from scorers.embed import Embed
-from scorers.fasttext import FastText
+from scorers.fasttext.scorer import FastText
 from scorers.less import Less
-from scorers.zipfit import ZipFit
+from scorers.zipfit.scorer import ZipFit
 
 TARGET = str(TARGETS / "python_docs.jsonl")
 NAN, INF = math.nan, math.inf

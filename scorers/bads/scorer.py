@@ -1,7 +1,7 @@
 """BADS as a scorer: data point weights of a causal LM's training pool, given a target.
 
 The pool is the training set ``D_t`` and the target the meta set ``D_m`` of
-:mod:`scorers.bads_sampler`. ``fit`` fine-tunes a local Hugging Face causal LM on the
+:mod:`scorers.bads.sampler`. ``fit`` fine-tunes a local Hugging Face causal LM on the
 response tokens of both (the per-example loss every model-based scorer here uses), with
 SGLD steps that sample θ and the weights jointly, streaming the pool partition by
 partition (each epoch visits partitions and rows in a seeded order). The score of a pool
@@ -52,7 +52,7 @@ from models.lm import (
     tokenize,
 )
 from models.warmup_config import has_text
-from scorers.bads_sampler import (
+from scorers.bads.sampler import (
     WEIGHT_KINDS,
     BadsConfig,
     BadsSampler,
@@ -70,7 +70,7 @@ DIAGNOSTIC_BATCHES = 50
 @dataclass
 class Bads(Scorer):
     """BADS data point weights (higher = more wanted). SGLD settings as in
-    :class:`~scorers.bads_sampler.BadsConfig`; these defaults suit a small model on CPU."""
+    :class:`~scorers.bads.sampler.BadsConfig`; these defaults suit a small model on CPU."""
 
     name: ClassVar[str] = "bads"
     uses_response_spans: ClassVar[bool] = True
