@@ -30,6 +30,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -219,11 +220,23 @@ class AttributionSpec(_Strict):
     target rows (``queries: target``). ``params`` are the method's settings (``proj_dim``,
     ``ridge``, ``kernel``, ``checkpoints``, BIF's sampler, ...)."""
 
-    method: Literal["trak", "tracin", "bif"] = "trak"
-    model: str
+    method: str = "trak"
+    model: str | None = None  # required by a method whose settings have a model
     queries: Literal["eval", "target"] = "eval"
     k: int | Literal["all"] = 10
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, method: str) -> str:
+        """A registered method that reads the rows (a recipe attributes the rows it
+        chose, not an index of their features)."""
+        from attribution import ATTRIBUTIONS, pool_methods
+
+        if method not in ATTRIBUTIONS.names() or ATTRIBUTIONS[method].reads != "pool":
+            names = checks.or_list([repr(name) for name in pool_methods()])
+            raise ValueError(f"Input should be {names}")
+        return method
 
     @field_validator("k", mode="before")
     @classmethod
@@ -234,24 +247,40 @@ class AttributionSpec(_Strict):
 
     @field_validator("params")
     @classmethod
-    def _influence_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        # torch: imported only for recipes that attribute
-        from scorers.influence import InfluenceConfig, check_settings
+    def _method_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # the method's module (torch, for the built-ins): imported only for recipes that
+        # attribute
+        from attribution.settings import accepted_keys, build_settings, takes
 
-        if "model" in params:
+        method = info.data.get("method")
+        if method is None:  # refused above; its settings cannot be checked
+            return params
+        placeholder = {"model": "."} if takes(method, "model") else {}
+        if placeholder and "model" in params:
             raise ValueError("give the model as attribution.model, not in params")
         try:
-            model = settings_model(InfluenceConfig).model_validate({"model": ".", **params})
+            model = settings_model(accepted_keys(method)).model_validate({**placeholder,
+                                                                          **params})
         except pydantic.ValidationError as exc:
             raise _NestedError.of((), exc) from None
-        typed = {k: v for k, v in model.model_dump(exclude_unset=True).items() if k != "model"}
+        typed = {k: v for k, v in model.model_dump(exclude_unset=True).items()
+                 if k not in placeholder}
         try:
-            check_settings(typed)
+            build_settings(method, {**placeholder, **typed})
         except InputError as exc:
             raise _NestedError([{"loc": (exc.field,) if exc.field else (), "msg": exc.message,
                                  "type": "value_error", "input": typed.get(exc.field or "")}]
                                ) from None
         return typed
+
+    @model_validator(mode="after")
+    def _model_given(self) -> AttributionSpec:
+        from attribution.settings import takes
+
+        if self.model is None and takes(self.method, "model"):
+            raise _NestedError([{"loc": ("model",), "msg": "Field required", "type": "missing",
+                                 "input": None}])
+        return self
 
 
 class Recipe(_Strict):

@@ -63,6 +63,22 @@ def instruction_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     return train_causal_lm(blank, view, root / "trained", steps=200, max_length=256)
 
 
+def install_distribution(root: Path, monkeypatch: pytest.MonkeyPatch, module: str,
+                         source: str, entry_points: str) -> None:
+    """A distribution as pip would install it: the module ``module`` (``source``) and a
+    dist-info folder with ``entry_points`` (the text of entry_points.txt), on sys.path."""
+    import sys
+
+    (root / f"{module}.py").write_text(source)
+    info = root / f"{module}-0.1.dist-info"
+    info.mkdir()
+    name = module.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, module, raising=False)  # another test's version
+
+
 def instruction_recipe(out: Path, tasks: tuple[str, ...], scorers: dict, k: int) -> dict:
     """A recipe over data/instructions/ with held-out rows per task, on one local worker."""
     instructions = DATA / "instructions"

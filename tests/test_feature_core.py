@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from dataselect.attribution import attribute
+from attribution.index import FeatureIndex
+from attribution.output import attribute
 from dataselect.errors import InputError, OutputConflictError
 from dataselect.features import FeatureStore, combine_views
-from dataselect.index import FeatureIndex
 from dataselect.metrics import lds, lds_per_query
 from dataselect.textspec import TextSpec
 from models import projection as projection_module

@@ -394,8 +394,8 @@ def test_cli_features_index_attribute(setup: dict, tmp_path: Path) -> None:
 
 
 def test_checkpoint_json_has_one_reader_for_less_and_tracin(tmp_path):
+    from attribution.ensemble import checkpoint_learning_rate
     from models.lora_checkpoints import INFO_FILE, MOMENTS_FILE, read_info
-    from scorers.influence import checkpoint_learning_rate
 
     assert checkpoint_learning_rate(str(tmp_path)) is None  # no file: equal weights
     (tmp_path / INFO_FILE).write_text('{"epoch": 1, "mean_lr": 0.0003}')

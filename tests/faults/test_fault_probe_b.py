@@ -20,9 +20,9 @@ import pyarrow as pa
 import pytest
 from conftest import TARGETS, write_jsonl
 
+from attribution.index import FeatureIndex
 from dataselect.errors import InputError
 from dataselect.features import FeatureStore
-from dataselect.index import FeatureIndex
 from dataselect.output import read_json
 from pipelines.cli import main
 
