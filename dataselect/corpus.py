@@ -179,33 +179,58 @@ class Corpus:
             table = table.add_column(0, ID_COLUMN, ids)
         return _noted(table, note)
 
-    def unified_schema(self, parse: bool = True) -> pa.Schema:
+    def unified_schema(self, parse: bool = True,
+                       schemas: list[tuple[str, pa.Schema]] | None = None) -> pa.Schema:
         """The one schema every partition's rows are written with (:mod:`dataselect.schemas`),
-        or an error naming two files whose columns disagree."""
-        return unify(self.schemas(parse))
+        or an error naming the two files whose columns disagree. ``schemas`` are this
+        corpus's :meth:`schemas` where the caller has them already."""
+        schemas = self.schemas(parse) if schemas is None else schemas
+        try:
+            return unify(schemas)
+        except InputError as exc:  # a parsed partition answers as a whole: find its file
+            return unify(self._pieces_of(schemas, exc.where))
+
+    def _pieces_of(self, schemas: list[tuple[str, pa.Schema]], place: str | None
+                   ) -> list[tuple[str, pa.Schema]]:
+        """``schemas`` with the JSONL partition starting at ``place`` given piece by piece
+        (each parsed again: this runs only when the files disagree)."""
+        out = []
+        for where, schema in schemas:
+            index = self._jsonl_partition_at(where) if where == place else None
+            if index is None:
+                out.append((where, schema))
+            else:
+                out.extend((_place(p), self._read(p).schema) for p in self.partitions[index])
+        return out
+
+    def _jsonl_partition_at(self, place: str) -> int | None:
+        for index, pieces in enumerate(self.partitions):
+            if len(pieces) > 1 and self.partition_place(index) == place and \
+                    any(piece.fmt.startswith("jsonl") for piece in pieces):
+                return index
+        return None
 
     def schemas(self, parse: bool = True) -> list[tuple[str, pa.Schema]]:
-        """``(place, schema)`` of each partition's rows. Parquet, Arrow and HF files answer
-        from metadata, parsed JSONL partitions from their cached copy; other JSONL
-        partitions are parsed, or left out when ``parse`` is false (a check before work)."""
+        """``(place, schema)`` of the rows of each Parquet, Arrow or HF file piece (from
+        metadata) and of each JSONL partition (from its cached copy, or parsed now; left
+        out when ``parse`` is false, for a check before work)."""
         schemas = []
         for index in range(self.npartitions):
-            schema = self._partition_schema(index, parse)
-            if schema is not None:
-                schemas.append((self.partition_place(index), schema))
+            schemas.extend(self._partition_schemas(index, parse))
         _id_notes([schema for _, schema in schemas], self.id_field)
         return schemas
 
-    def _partition_schema(self, index: int, parse: bool) -> pa.Schema | None:
+    def _partition_schemas(self, index: int, parse: bool) -> list[tuple[str, pa.Schema]]:
         pieces = self.partitions[index]
+        place = self.partition_place(index)
         if self.cache_dir is not None:
             path = os.path.join(self.cache_dir, cached_name(index))
             if os.path.exists(path):
                 with pa.memory_map(path) as source:
-                    return pa.ipc.open_file(source).schema
+                    return [(place, pa.ipc.open_file(source).schema)]
         if any(piece.fmt.startswith("jsonl") for piece in pieces):
-            return self.read_partition(index).schema if parse else None
-        return unify([(_place(p), self._with_places(p, _empty(p)).schema) for p in pieces])
+            return [(place, self.read_partition(index).schema)] if parse else []
+        return [(_place(p), self._with_places(p, _empty(p)).schema) for p in pieces]
 
     def read_rows(self, index: int, positions: np.ndarray) -> pa.Table:
         """``read_partition(index).take(positions)``, reading only the Parquet row groups

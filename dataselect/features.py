@@ -19,6 +19,7 @@ counts as finished exactly when its ids file exists: a resumed job redoes only t
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from dataselect.errors import InputError
 from dataselect.outdir import OutputFolder
 from dataselect.output import (
     atomic_write,
+    damaged_file,
     jsonable,
     load_array,
     read_json,
@@ -41,6 +43,7 @@ from dataselect.output import (
 )
 
 MANIFEST = "_manifest.json"
+PART_IDS = re.compile(r"part-(\d{5})\.ids\.parquet")
 STORE_DTYPE = np.float16
 
 
@@ -110,8 +113,10 @@ class FeatureStore:
         return os.path.exists(self.ids_path(index))
 
     def parts(self) -> list[int]:
-        """Indices of the finished shards, ascending."""
-        return sorted(int(p.name[5:10]) for p in Path(self.folder).glob("part-*.ids.parquet"))
+        """Indices of the finished shards, ascending. A file that only looks like a shard's
+        (``part-abcde.ids.parquet``) is not one dataselect wrote, and is left alone."""
+        names = (PART_IDS.fullmatch(p.name) for p in Path(self.folder).glob("part-*"))
+        return sorted(int(match.group(1)) for match in names if match)
 
     def write_part(self, index: int, ids: pa.Array, features: np.ndarray) -> None:
         """Store ``features`` (rows, views, dim) for ``ids``, normalising each vector."""
@@ -123,12 +128,25 @@ class FeatureStore:
 
     def read_part(self, index: int, mmap: bool = True) -> tuple[pa.Array, np.ndarray]:
         """``(ids, features)`` of shard ``index``; the matrix is memory-mapped by default."""
-        ids = read_table(self.ids_path(index))["id"].combine_chunks()
+        ids = self._read_ids(index)
         matrix = load_array(self.matrix_path(index), mmap)
-        if matrix.shape[0] != len(ids):
-            raise InputError(f"{len(ids)} ids but {matrix.shape[0]} feature rows",
-                             where=self.matrix_path(index))
+        shape = (len(ids), self.views, self.description.get("dim"))
+        if matrix.ndim != 3 or any(want is not None and got != want
+                                   for got, want in zip(matrix.shape, shape, strict=True)):
+            raise damaged_file(self.matrix_path(index), f"it holds a matrix of shape "
+                               f"{matrix.shape}, not (rows, views, dim) = {shape}")
         return ids, matrix
+
+    def _read_ids(self, index: int) -> pa.Array:
+        """A shard's ids: strings, as :meth:`write_part` stores them."""
+        path = self.ids_path(index)
+        table = read_table(path)
+        if "id" not in table.column_names:
+            raise damaged_file(path, "it has no 'id' column")
+        ids = table["id"].combine_chunks()
+        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+            raise damaged_file(path, f"its ids are {ids.type}, not strings")
+        return ids
 
     def iter_parts(self) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
         """Every shard, refusing one holding a NaN or infinite value: an index would

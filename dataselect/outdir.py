@@ -82,6 +82,7 @@ class OutputFolder:
         path = normalize(path)
         refuse_overlap(path, inputs)
         if storage.is_remote(path):  # no links, no folders to make: objects only
+            storage.check_writable(path)
             _refuse_local_only(path, kind)
             _refuse_foreign_remote(path)
             return _claim_marked(path, kind, jsonable(identity), overwrite)

@@ -139,7 +139,7 @@ def damaged_if_unreadable(path: str | os.PathLike) -> Iterator[None]:
     except (ValueError, EOFError, RuntimeError, zipfile.BadZipFile, pa.ArrowException) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise _damaged(path, f"it cannot be read ({_first_line(exc)})") from None
+        raise damaged_file(path, f"it cannot be read ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -186,13 +186,13 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _damaged(path, f"it is not valid JSON ({exc})") from None
+        raise damaged_file(path, f"it is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise _damaged(path, f"it holds a JSON {type(data).__name__}, not an object")
+        raise damaged_file(path, f"it holds a JSON {type(data).__name__}, not an object")
     return data
 
 
-def _damaged(path: str | os.PathLike, why: str) -> InputError:
+def damaged_file(path: str | os.PathLike, why: str) -> InputError:
     return InputError(f"dataselect wrote this file but {why}: it was damaged or edited; "
                       "restore it, or delete the output folder and rerun the command "
                       "that made it", where=os.fspath(path))

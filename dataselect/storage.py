@@ -46,6 +46,20 @@ _VERSION_KEYS = ("ETag", "etag", "VersionId", "version_id", "generation", "md5Ha
                  "blob_id", "lfs", "LastModified", "last_modified", "updated", "mtime")
 
 
+# fsspec filesystems that read only: archives, web servers, git hosts, reference sets
+READ_ONLY_SCHEMES = frozenset({"zip", "tar", "libarchive", "http", "https", "github", "git",
+                               "reference", "data"})
+
+
+def check_writable(url: str) -> None:
+    """Refuse an output URL on a filesystem fsspec can only read, before anything is
+    written: the write would fail half-way with the store's own error, or land beside
+    the archive."""
+    if scheme(url) in READ_ONLY_SCHEMES:
+        raise InputError(f"{scheme(url)}:// can only be read; write to a local folder or an "
+                         "object store (s3://, gs://, hf://)", where=url, field="out")
+
+
 def scheme(path: str | os.PathLike) -> str | None:
     match = _SCHEME.match(os.fspath(path))
     return match.group(1).lower() if match else None

@@ -53,7 +53,7 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.sampling import sample_mask
-from dataselect.schemas import check_parquet_storable, conform, unify
+from dataselect.schemas import check_parquet_storable, conform
 
 if TYPE_CHECKING:  # select imports this module to write a Selection; not the other way
     from dataselect.select import Selection
@@ -261,7 +261,7 @@ def output_schema(pool: Corpus, added: tuple[str, ...], fmt: OutputFormat = "par
                                  "its output; rename or drop yours", where=place, field=name)
         if fmt == "parquet":
             check_parquet_storable(place, schema)
-    return unify(schemas)
+    return pool.unified_schema(parse, schemas)
 
 
 def write_selection(

@@ -31,6 +31,7 @@ in :mod:`pipelines.commands` once it runs. Every option's help states its defaul
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 from typing import Any
@@ -104,8 +105,19 @@ def _k_or_all(text: str) -> int | None:
     return None if text == "all" else COUNT(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Python 3.11's parser takes ``-1e308`` for an option (only ``-1`` and ``-.5`` look
+    like numbers to it), so ``--threshold -1e308`` failed as a missing value. This is the
+    rule Python 3.13 adopted: a dash before a digit (or ``.`` and a digit) is a number.
+    Subcommands' parsers are made of the same class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"-\.?\d")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dataselect",
         description="Score a pool of training data against a target sample, select from it, "
                     "and write the selection as Parquet or Arrow with its manifest.")

@@ -81,6 +81,7 @@ class EvalSettings:
     eval_batch_size: int = 16
     scheduler: str | None = None
     workers: int | None = None
+    allow_overlap: bool = False
 
     def check(self) -> None:
         """Ranges from :mod:`dataselect.checks` (booleans are not counts, NaN is not a
@@ -110,7 +111,7 @@ class EvalSettings:
         """The settings that decide one training's result (not which seeds or tasks run,
         nor where)."""
         data = dataclasses.asdict(self)
-        for name in ("seeds", "tasks", "scheduler", "workers"):
+        for name in ("seeds", "tasks", "scheduler", "workers", "allow_overlap"):
             data.pop(name)
         return data
 
@@ -352,6 +353,11 @@ def plan_trainings(out: str, settings: EvalSettings
     for task in tasks:
         held_out = _held_out(recipe, task)
         selected = selections[task]
+        if not settings.allow_overlap:
+            check_held_out_apart(recipe, task, held_out, {
+                "target": _target_view(recipe, task), "selected rows": selected,
+                **{f"random rows of seed {seed}": samples[seed].slice(0, selected.num_rows)
+                   for seed in settings.seeds}})
         for seed in settings.seeds:
             random_rows = samples[seed].slice(0, selected.num_rows)
             for arm, train in (("selected", selected), ("random", random_rows)):
@@ -409,6 +415,32 @@ def _held_out(recipe: Recipe, task: str) -> pa.Table:
     corpus = read_corpus(spec.eval, spec.text or recipe.pool.text, recipe.pool.id_field)
     return corpus.scoring_view(corpus.to_table(f"held-out rows of task {task!r}"),
                                response_spans=True)
+
+
+def _target_view(recipe: Recipe, task: str) -> pa.Table:
+    spec = recipe.targets[task]
+    corpus = read_corpus(spec.paths, spec.text or recipe.pool.text, recipe.pool.id_field)
+    return corpus.scoring_view(corpus.to_table(f"target rows of task {task!r}"))
+
+
+def check_held_out_apart(recipe: Recipe, task: str, held_out: pa.Table,
+                         others: dict[str, pa.Table]) -> None:
+    """Refuse held-out rows whose text is also in the target or in a model's training rows.
+
+    A held-out row a model trained on measures memorisation, not the selection; one in
+    the target was what the selection matched, so the selected arm would win by
+    construction. Rows are compared as the text a model reads (the rendered chat, prompt
+    and response), exactly."""
+    held = dict(zip(held_out["text"].to_pylist(), held_out["id"].to_pylist(), strict=True))
+    for name, view in others.items():
+        shared = [text for text in view["text"].to_pylist() if text in held]
+        if shared:
+            first = held[shared[0]]
+            raise InputError(
+                f"{len(set(shared))} held-out rows of task {task!r} are also in its {name} "
+                f"(first: id {first!r}); the comparison would measure memorisation: remove "
+                "them from the eval file, or pass -p allow_overlap=true to evaluate anyway",
+                where=", ".join(recipe.targets[task].eval))
 
 
 def _selected_view(out: str, recipe: Recipe, task: str) -> pa.Table:

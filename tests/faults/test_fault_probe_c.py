@@ -365,7 +365,7 @@ def test_a_storage_url_nobody_answers_is_one_line(tmp_path, capsys, where):
     """http and ftp URLs where nothing listens gave aiohttp's and ftplib's tracebacks."""
     argv = _dsir_argv(tmp_path, "--workers", "1", "--worker-kind", "threads")
     if where == "out":
-        argv[argv.index("--out") + 1] = "http://127.0.0.1:1/x"
+        argv[argv.index("--out") + 1] = "ftp://127.0.0.1:1/x"
     else:
         argv[argv.index("--pool") + 1] = "ftp://127.0.0.1:1/x.parquet"
     assert main(argv) == 2
