@@ -36,10 +36,6 @@ class Scores(ABC):
     train_ids: list[str]
     query_ids: list[str]
 
-    def wants_matrix(self, k: int | None) -> bool:
-        """Whether ``k`` asks for every score: ``k`` None (all), or at least the rows."""
-        return k is None or k >= len(self.train_ids)
-
     @abstractmethod
     def top_k(self, k: int) -> pa.Table:
         """The ``k`` best training rows per query (rank 1 the most influential)."""
@@ -85,10 +81,6 @@ class IndexSearch(Scores):
                  scale: float = 1.0) -> None:
         self.index, self.vectors, self.scale = index, vectors, scale
         self.train_ids, self.query_ids = list(index.ids), list(query_ids)
-
-    def wants_matrix(self, k: int | None) -> bool:
-        """Only ``k`` None: a k at least the rows is still the index's search."""
-        return k is None
 
     def top_k(self, k: int) -> pa.Table:
         return attribute(self.index, self.query_ids, self.vectors, k, scale=self.scale)

@@ -4,8 +4,9 @@
     features   pool (or query) features into a feature store, partition by partition
     index      a FAISS index over a feature store; search it with a query feature store
     attribute  top-k most influential training rows for query examples, as Parquet rows
-               (--method less: from the pool's index; trak, bif: from a model and the pool,
-               k = all rows as a dense float32 matrix)
+               (the method looked up in attribution.ATTRIBUTIONS: less from the pool's
+               index; trak, tracin, bif or a plug-in's from the pool itself; k = all rows
+               as a dense float32 matrix)
 
 Each prints a summary table at the end, like the selection jobs.
 """
@@ -177,9 +178,9 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
                                console, inputs)
 
 
-def _views(corpus: Corpus) -> tuple[list[str], pa.Table]:
-    """Every row of a (small) corpus as one scoring view with response spans."""
-    views = [corpus.scoring_view(t, response_spans=True) for t in corpus.iter_tables()]
+def _views(corpus: Corpus, response_spans: bool) -> tuple[list[str], pa.Table]:
+    """Every row of a (small) corpus as one scoring view."""
+    views = [corpus.scoring_view(t, response_spans) for t in corpus.iter_tables()]
     corpus.check_unique_ids([id_hashes(v["id"]) for v in views])
     view = pa.concat_tables(views, promote_options="permissive") if views else None
     if view is None or view.num_rows == 0:
@@ -213,8 +214,8 @@ def write_influence(attributor: Attributor, pool: Corpus, queries: Corpus, k: in
     method = attributor.name
     inputs = [*pool.files, *pool.roots, *queries.files, *queries.roots,
               *model_paths(attributor.settings)]
-    pool_ids, pool_view = _views(pool)
-    query_ids, query_view = _views(queries)
+    pool_ids, pool_view = _views(pool, attributor.response_spans)
+    query_ids, query_view = _views(queries, attributor.response_spans)
     dense = k is None or k >= len(pool_ids)
     if not dense:
         check_output_file(out, "attributions", inputs)  # before any work
