@@ -27,21 +27,19 @@ from dataselect.defaults import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError, first_names
 from dataselect.fingerprint import file_identity
 from dataselect.formats import (
-    ARROW_SUFFIXES,
-    COMPRESSED_SUFFIXES,
-    JSONL_SUFFIXES,
-    PARQUET_SUFFIXES,
-    Piece,
-    detect_format,
     expand_paths,
-    parquet_subpieces,
+    parses_text,
     piece_schema,
     plan_pieces,
     read_piece,
     read_piece_column,
+    reads_parts,
+    subpieces,
 )
 from dataselect.outdir import MARKER, input_roots
 from dataselect.output import atomic_write, jsonable
+from dataselect.readers import DATA_SUFFIXES
+from dataselect.readers.base import Piece, detect_format
 from dataselect.schemas import concat, unify
 from dataselect.textspec import CHAT_COLUMN, TextSpec, as_array, plain_strings
 
@@ -52,8 +50,6 @@ MIN_COMPUTE_PARTITION_BYTES = 16 << 10
 MAX_COMPUTE_PARTITION_BYTES = 128 << 10
 FILE_COLUMN, ROW_COLUMN, ID_COLUMN = "_file", "_row", "id"
 RESPONSE_SPANS = "response_spans"
-# compression first: ``a.jsonl.gz`` loses ``.gz``, then ``.jsonl``
-DATA_SUFFIXES = COMPRESSED_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES
 
 
 @dataclass
@@ -106,14 +102,13 @@ class Corpus:
         plain or compressed): about 100 MB/s of one core, against almost nothing for an
         Arrow file mapped from disk."""
         return bool(self.partitions) and all(
-            piece.fmt.startswith("jsonl") for partition in self.partitions
-            for piece in partition)
+            parses_text(piece) for partition in self.partitions for piece in partition)
 
     def rereads_cost(self) -> bool:
         """Whether reading a partition again costs more than mapping a copy of it: JSON
         lines are parsed (:meth:`parses_text`), and a piece cut inside a Parquet row group
-        decodes the group's rows before it as well (:func:`~dataselect.formats.
-        _read_row_range`), up to the whole group again for its last piece."""
+        decodes the group's rows before it as well (:func:`~dataselect.readers.
+        parquet._read_row_range`), up to the whole group again for its last piece."""
         return self.parses_text() or any(
             piece.in_group for partition in self.partitions for piece in partition)
 
@@ -206,7 +201,7 @@ class Corpus:
     def _jsonl_partition_at(self, place: str) -> int | None:
         for index, pieces in enumerate(self.partitions):
             if len(pieces) > 1 and self.partition_place(index) == place and \
-                    any(piece.fmt.startswith("jsonl") for piece in pieces):
+                    any(map(parses_text, pieces)):
                 return index
         return None
 
@@ -228,7 +223,7 @@ class Corpus:
             if os.path.exists(path):
                 with pa.memory_map(path) as source:
                     return [(place, pa.ipc.open_file(source).schema)]
-        if any(piece.fmt.startswith("jsonl") for piece in pieces):
+        if any(map(parses_text, pieces)):
             return [(place, self.read_partition(index).schema)] if parse else []
         return [(_place(p), self._with_places(p, _empty(p)).schema) for p in pieces]
 
@@ -240,13 +235,13 @@ class Corpus:
         pieces = self.partitions[index]
         if not len(positions) and (empty := self.empty_partition(index)) is not None:
             return empty
-        if not self._planned(index, lambda p: p.fmt == "parquet"):
+        if not self._planned(index, reads_parts):
             return self.read_partition(index).take(positions)
         wanted = np.unique(np.asarray(positions, np.int64))
         tables, offset = [], 0
         for piece in pieces:
             mine = wanted[(wanted >= offset) & (wanted < offset + piece.num_rows)]
-            parts = parquet_subpieces(piece, mine - offset + piece.first_row)
+            parts = subpieces(piece, mine - offset + piece.first_row)
             read = [self._with_places(p, read_piece(p)) for p in parts]
             table = concat(read, [_place(p) for p in parts]) if read else None
             if table is None:
@@ -265,7 +260,7 @@ class Corpus:
         id column (``--id-field``), or nothing when ids are derived from row numbers.
         Why: a sample by id (:func:`~dataselect.sampling.sample_rows`) needs every row's
         id but the text of its sampled rows only."""
-        if "." in self.id_field or not self._planned(index, lambda p: p.fmt == "parquet"):
+        if "." in self.id_field or not self._planned(index, reads_parts):
             return self.read_partition(index)[ID_COLUMN]
         return pa.chunked_array([self._piece_ids(p) for p in self.partitions[index]],
                                 pa.string())
@@ -299,7 +294,7 @@ class Corpus:
                 with pa.memory_map(path) as source:
                     return pa.ipc.open_file(source).schema.empty_table()
         pieces = self.partitions[index]
-        if not pieces or any(piece.fmt.startswith("jsonl") for piece in pieces):
+        if not pieces or any(map(parses_text, pieces)):
             return None
         tables = [self._with_places(p, _empty(p)) for p in pieces]
         return _noted(concat(tables, [_place(p) for p in pieces]), {})

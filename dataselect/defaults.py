@@ -14,8 +14,11 @@ DEFAULT_PARTITION_BYTES = 4 << 20
 DEFAULT_METRICS_SAMPLE = 0.1
 # which side of an attribution a feature store holds
 SIDES = ("pool", "query")
+# selection policies by name (applied by dataselect.policies.POLICIES); a scorer declares one
+# of them as its default_policy
+SELECTION_POLICIES = ("top_k", "importance_resample", "round_robin")
 # selection policies a job accepts; "auto" is the scorer's declared default_policy
-POLICIES = ("auto", "top_k", "importance_resample", "round_robin")
+POLICIES = ("auto", *SELECTION_POLICIES)
 # local Dask workers; "auto" is what the scorer declares (Scorer.local_workers)
 WORKER_KINDS = ("auto", "processes", "threads")
 # a FAISS index's search settings, for the kinds they apply to (ivf, hnsw)

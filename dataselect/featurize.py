@@ -11,7 +11,7 @@ embedding is the same on both).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,11 @@ from dataselect.scoring import Scores, checked_scores, with_text_columns
 Side = Literal["pool", "query"]
 
 
+@runtime_checkable
 class Featurizer(Protocol):
+    """What computes features (a scorer that declares ``pool_features``, or any other):
+    ``isinstance`` answers for a scorer class as for an instance, from its attributes."""
+
     name: str
     uses_response_spans: bool
 

@@ -118,7 +118,7 @@ def check_required(cls: type, values: Mapping[str, Any], owner: str) -> None:
     """Refuse settings that leave out a field without a default (``embed``'s ``model``),
     naming the key and how to give it; building the object would fail with a TypeError
     about ``__init__``. A job's seed, and the budget of a scorer that takes it, are filled
-    in by the job when not given (``pipelines.jobs.build_scorer``), so never missing."""
+    in by the job when not given (``scorers.build_scorer``), so never missing."""
     later = {"seed"} | ({"k", "fraction"} if getattr(cls, "takes_budget", False) else set())
     missing = [f.name for f in dataclasses.fields(cls)
                if f.init and f.default is dataclasses.MISSING

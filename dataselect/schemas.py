@@ -138,7 +138,7 @@ def _has_empty_struct(kind: pa.DataType) -> bool:
 
 def nesting(kind: pa.DataType) -> int:
     """Levels of a column's type, counting the leaf: ``int64`` is 1, ``list<int64>`` 2; a
-    JSON record's deepest value is as deep as its column (:data:`formats.MAX_NESTING`)."""
+    JSON record's deepest value is as deep as its column (:data:`readers.base.MAX_NESTING`)."""
     return 1 + max((nesting(kind.field(i).type) for i in range(kind.num_fields)), default=0)
 
 

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from dataselect import checks, storage
 from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
+from dataselect.defaults import SELECTION_POLICIES
 from dataselect.duplicates import ids_names
 from dataselect.errors import DataSelectError, InputError, PluginError, ScorerContractError
 from dataselect.execution import Runner, default_runner, partition_tasks
@@ -49,7 +50,7 @@ from dataselect.output import (
     write_json,
     write_table,
 )
-from dataselect.params import check_booleans
+from dataselect.params import check_booleans, field_types
 from dataselect.sampling import LENGTH_STREAM, id_hashes, uniform
 from dataselect.score_parts import FILTERED_BY, eligible_scores
 from dataselect.topk import KeySpec, ladder_of
@@ -355,9 +356,6 @@ class Scorer(ABC):
     # - pool_features: scores through a pool feature store (a ``features`` parameter); a
     #   recipe computes the store once and shares it across its tasks.
     pool_features: ClassVar[bool] = False
-    # - needs_warmup: takes LoRA warmup ``checkpoints``; a recipe runs the warmup when none
-    #   are given.
-    needs_warmup: ClassVar[bool] = False
     # - default_policy: what ``--policy auto`` means for these scores (DSIR's are log
     #   importance weights, so it resamples; everything else takes the top rows).
     default_policy: ClassVar[str] = "top_k"
@@ -368,6 +366,22 @@ class Scorer(ABC):
     #   process of its own), so whoever fits several scorers (``auto``) starts it first and
     #   fits the others meanwhile.
     trains_in_background: ClassVar[bool] = False
+
+    # What a fit leaves, read by jobs, recipes and auto (never with getattr):
+    fingerprint_: str = "unfitted"
+    """Identifies the fitted state (:meth:`fit_fingerprint`); ``fit`` sets it, from what
+    it learned, so that stored scores of another fit are never reused."""
+
+    @property
+    def fit_stats_(self) -> dict[str, Any]:
+        """What the fit measured, for the manifest (``fit``) and the summary (its
+        ``tables`` and ``notes``); ``fit`` sets it. Empty, a dict of this scorer's own,
+        until then: a default shared by every scorer could be filled by one of them."""
+        return self.__dict__.setdefault("fit_stats_", {})
+
+    @fit_stats_.setter
+    def fit_stats_(self, value: dict[str, Any]) -> None:
+        self.__dict__["fit_stats_"] = value
 
     @classmethod
     def compute_bound(cls) -> bool:
@@ -420,7 +434,7 @@ class Scorer(ABC):
 
     def fit_fingerprint(self) -> str:
         """Identifies the fitted state, so stored scores of another fit are never reused."""
-        return str(getattr(self, "fingerprint_", "unfitted"))
+        return str(self.fingerprint_)
 
     @taking_paths
     def score(self, corpus: Corpus) -> Scores:
@@ -449,6 +463,46 @@ class Scorer(ABC):
         if not isinstance(obj, cls):
             raise InputError(f"holds a {type(obj).__name__}, not a {cls.__name__}", where=str(path))
         return obj
+
+
+class TakesWarmup:
+    """Declares, by being a base of a scorer, that it trains on LoRA warmup ``checkpoints``
+    of its ``model`` (LESS): a recipe runs the warmup when none are given. A capability of
+    its own, not a flag of every Scorer: only LoRA-based scorers have checkpoints."""
+
+
+def needs_warmup(cls: type) -> bool:
+    """Whether scorer class ``cls`` takes LoRA warmup checkpoints (:class:`TakesWarmup`)."""
+    return issubclass(cls, TakesWarmup)
+
+
+def declared_problem(cls: type[Scorer]) -> str | None:
+    """What scorer class ``cls`` declares that cannot hold, in words (None: nothing).
+
+    Checked when a scorer is looked up (``scorers.SCORERS``), before any work: a plug-in
+    declaring a policy no registry applies, or a need it has no parameter for, would
+    otherwise fail mid-job or be silently ignored."""
+    if cls.default_policy not in SELECTION_POLICIES:
+        return (f"declares default_policy {cls.default_policy!r}; it must be one of "
+                f"{', '.join(SELECTION_POLICIES)}")
+    if needs_warmup(cls) and not cls.needs_model:
+        return ("takes LoRA warmup checkpoints but declares needs_model False; a warmup "
+                "trains a model")
+    if not dataclasses.is_dataclass(cls):
+        return None
+    fields = field_types(cls)
+    needs = {"needs_model": cls.needs_model, "takes_budget": cls.takes_budget,
+             "pool_features": cls.pool_features, "TakesWarmup": needs_warmup(cls)}
+    for declared, name in DECLARED_PARAMETERS:
+        if needs[declared] and name not in fields:
+            return f"declares {declared} but has no {name!r} parameter; add that field"
+    return None
+
+
+# (declaration, the parameter it needs): what jobs and recipes fill in or pass on
+DECLARED_PARAMETERS = (("needs_model", "model"), ("takes_budget", "k"),
+                       ("takes_budget", "fraction"), ("pool_features", "features"),
+                       ("TakesWarmup", "checkpoints"))
 
 
 def plan_pool(pool: Corpus, scorers: Iterable[type[Scorer]]) -> Corpus:

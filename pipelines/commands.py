@@ -190,11 +190,11 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
 
 def _featurizer(args: argparse.Namespace) -> Any:
     """The scorer that computes the features, refused when it computes none."""
-    from pipelines.jobs import build_scorer
-    from scorers import SCORERS
+    from dataselect.featurize import Featurizer
+    from scorers import SCORERS, build_scorer
 
-    if not hasattr(SCORERS[args.scorer], "featurize_batch"):
-        able = sorted(n for n in SCORERS if hasattr(SCORERS[n], "featurize_batch"))
+    if not isinstance(SCORERS[args.scorer], Featurizer):
+        able = sorted(n for n in SCORERS if isinstance(SCORERS[n], Featurizer))
         raise InputError(f"{args.scorer} computes no features; choose one of {able}",
                          field="--scorer")
     return build_scorer(args.scorer, parse_params(args.scorer, args.param), 0)

@@ -33,7 +33,7 @@ from dataselect.ngram_store import store_name
 from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
-from dataselect.params import field_types, validate_settings
+from dataselect.policies import Budget, choose_rows, resolved_policy
 from dataselect.scoring import Scorer, Scores, plan_pool
 from dataselect.writer import (
     ADDED_COLUMNS,
@@ -46,7 +46,7 @@ from dataselect.writer import (
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageClock
 from pipelines.summary import FIT_DETAILS, composition_rows, print_fit_details, print_summary
-from scorers import SCORERS
+from scorers import SCORERS, build_scorer
 
 
 @dataclass
@@ -116,20 +116,6 @@ class SelectJob:
                                       f"{checks.shown(self.scorer_params)}",
                                       field="scorer_params")
         checks.optional(checks.check_scheduler, self.scheduler, "scheduler")
-
-
-def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,
-                 fraction: float | None = None) -> Scorer:
-    """Instantiate a registered scorer; parameters are checked against its fields (unknown
-    keys, wrong types), then its own ranges; ``seed`` fills a seed it was not given, and
-    the budget (``k`` or ``fraction``) fills a scorer that ``takes_budget``."""
-    cls = SCORERS[name]
-    validate_settings(cls, params, name)
-    if "seed" in field_types(cls) and "seed" not in params:
-        params = {**params, "seed": seed}
-    if cls.takes_budget and "k" not in params and "fraction" not in params:
-        params = {**params, "k": k, "fraction": fraction}
-    return cls(**params)
 
 
 def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:
@@ -298,7 +284,7 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
         # the pools select refuses, refused here too (ids checked on the workers)
         check_unique_ids(scores, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
-               "fit": getattr(scorer, "fit_stats_", {}), "store": scores.stats}
+               "fit": scorer.fit_stats_, "store": scores.stats}
     shown = {k: v for k, v in summary["fit"].items() if k not in FIT_DETAILS}
     print_summary(console, "score", clock.rows(), {**summary, "fit": shown}, clock.total())
     print_fit_details(console, {"": summary["fit"]})
@@ -330,7 +316,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         with clock.stage("select"):
             selection = _select(job, parsed, scores, runner)
         record = {"job": dataclasses.asdict(job),
-                  "fit": getattr(scorer, "fit_stats_", {}),
+                  "fit": scorer.fit_stats_,
                   "score_store": {"path": os.path.join(SCORES_DIR, scorer.name),
                                   **scores.stats}}
         with clock.stage("write"):  # its preparation too; metrics are a row of their own
@@ -354,8 +340,9 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
 
 def _select(job: SelectJob, pool: Corpus, scores: Scores, runner: ProgressRunner
             ) -> select.Selection:
-    return choose_rows(pool, scores, job.policy, job.k, job.fraction, job.threshold, job.seed,
-                       default_policy=SCORERS[job.scorer].default_policy, runner=runner)
+    budget = Budget(job.k, job.fraction, job.threshold, job.seed)
+    return choose_rows(pool, scores, job.policy, budget, SCORERS[job.scorer].default_policy,
+                       runner)
 
 
 def _metrics_seed(job: SelectJob) -> int:
@@ -366,34 +353,3 @@ def _metrics_seed(job: SelectJob) -> int:
     resamples = resolved_policy(job.policy, job.threshold, SCORERS[job.scorer].default_policy
                                  ) == "importance_resample"
     return job.seed if resamples else 0
-
-
-def resolved_policy(policy: str, threshold: float | None, default_policy: str) -> str:
-    """The policy a job applies: ``threshold`` when one is given; for ``auto``, the one the
-    scorer declares (``default_policy``: DSIR's log importance weights resample, as the
-    paper does; a plug-in's own declaration is used as it is, round_robin included; it used
-    to be compared with importance_resample only, so round_robin became top_k)."""
-    if threshold is not None:
-        return "threshold"
-    if policy == "auto":
-        return default_policy
-    return policy
-
-
-def choose_rows(pool: Corpus, scores: Scores, policy: str, k: int | None,
-                fraction: float | None, threshold: float | None, seed: int,
-                default_policy: str, runner: ProgressRunner) -> select.Selection:
-    """Apply a policy and one budget (:func:`resolved_policy`)."""
-    policy = resolved_policy(policy, threshold, default_policy)
-    if policy == "threshold":
-        return select.threshold(pool, scores, threshold, runner=runner)
-    if policy == "round_robin":
-        if k is None:
-            raise InputError("the round_robin policy takes k", field="policy")
-        return select.round_robin(pool, scores, k, runner=runner)
-    if policy == "importance_resample":
-        return select.importance_resample(pool, scores, k=k, fraction=fraction, seed=seed,
-                                          runner=runner)
-    if fraction is not None:
-        return select.top_fraction(pool, scores, fraction, runner=runner)
-    return select.top_k(pool, scores, k, runner=runner)

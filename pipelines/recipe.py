@@ -9,9 +9,8 @@ exactly what ``dataselect select -p KEY=VALUE`` accepts.
 Numbers are checked by the same functions as the command line's flags
 (:mod:`dataselect.checks`): booleans are not numbers (``k: true`` is not one row), NaN and
 infinities are refused, and every count, share and size has a range. The file is read with
-limits, so a hostile or broken recipe fails at once: at most 1 MiB, at most 100 aliases, and
-at most a few MiB of data once every alias is expanded (a "billion laughs" recipe of a few
-lines would otherwise expand to gigabytes while an error message renders it).
+limits (:mod:`pipelines.recipe_yaml`), and every problem found is one line naming its key
+(:mod:`pipelines.recipe_errors`).
 
 Paths in a recipe are taken relative to the working directory the job is started from,
 as on the command line (the shipped recipes are run from the repository root).
@@ -21,11 +20,9 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -40,27 +37,21 @@ from dataselect.defaults import POLICIES
 from dataselect.errors import InputError
 from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
 from dataselect.params import checked, settings_model
+from dataselect.policies import resolved_policy
+from dataselect.scoring import needs_warmup
 from models.importer import is_shortcut
 from models.warmup_config import WarmupConfig
-from pipelines.jobs import build_scorer, resolved_policy
-from scorers import SCORERS
+from pipelines.recipe_errors import NestedError, RecipeError, recipe_error, setting_error
+from pipelines.recipe_yaml import read_recipe_yaml
+from scorers import SCORERS, build_scorer
 
 # Columns a selection writes next to the pool's (writer.ADDED_COLUMNS, union's tasks,
 # combine's best_task, scoring's filtered_by): a task of one of these names, or of a
 # scorer's name, would make a column ``score_<task>`` or a task label that reads as another.
 RESERVED_TASK_NAMES = ("score", "rank", "tasks", "best_task", "filtered_by")
-MAX_RECIPE_BYTES = 1 << 20
-MAX_ALIASES = 100
-# nodes plus scalar characters once every alias is expanded: what validating the recipe
-# and rendering its errors may have to walk
-MAX_EXPANDED_SIZE = 4 * MAX_RECIPE_BYTES
 # scorer errors that are about files a recipe may create later (models it builds, the
 # warmup's checkpoints), not about settings
 _LATER_FIELDS = ("model", "checkpoints")
-
-
-class RecipeError(InputError):
-    """A recipe that cannot be run as written; names the file and the key."""
 
 
 class _Strict(BaseModel):
@@ -173,7 +164,7 @@ class ClusterSpec(_Strict):
         try:
             checks.check_cluster(self.scheduler, local, "cluster.scheduler")
         except InputError as exc:
-            raise _setting_error(exc, (), local, "cluster") from None
+            raise setting_error(exc, (), local, "cluster") from None
         return self
 
 
@@ -262,13 +253,13 @@ class AttributionSpec(_Strict):
             model = settings_model(accepted_keys(method)).model_validate({**placeholder,
                                                                           **params})
         except pydantic.ValidationError as exc:
-            raise _NestedError.of((), exc) from None
+            raise NestedError.of((), exc) from None
         typed = {k: v for k, v in model.model_dump(exclude_unset=True).items()
                  if k not in placeholder}
         try:
             build_settings(method, {**placeholder, **typed})
         except InputError as exc:
-            raise _NestedError([{"loc": (exc.field,) if exc.field else (), "msg": exc.message,
+            raise NestedError([{"loc": (exc.field,) if exc.field else (), "msg": exc.message,
                                  "type": "value_error", "input": typed.get(exc.field or "")}]
                                ) from None
         return typed
@@ -278,7 +269,7 @@ class AttributionSpec(_Strict):
         from attribution.settings import takes
 
         if self.model is None and takes(self.method, "model"):
-            raise _NestedError([{"loc": ("model",), "msg": "Field required", "type": "missing",
+            raise NestedError([{"loc": ("model",), "msg": "Field required", "type": "missing",
                                  "input": None}])
         return self
 
@@ -381,7 +372,7 @@ class Recipe(_Strict):
                                             ("k", "fraction", "threshold")},
                     prefix=prefix, policy_name="selection.policy")
             except InputError as exc:
-                raise _setting_error(exc, (), {"selection.policy": self.selection.policy},
+                raise setting_error(exc, (), {"selection.policy": self.selection.policy},
                                      "selection") from None
 
     def _check_settings(self) -> None:
@@ -394,20 +385,20 @@ class Recipe(_Strict):
                 per_target &= build_scorer(name, dict(params), self.seed).scores_per_target
             except InputError as exc:
                 if exc.where is None and exc.field not in _LATER_FIELDS:
-                    raise _setting_error(exc, ("scorers", name), params, name) from None
+                    raise setting_error(exc, ("scorers", name), params, name) from None
                 per_target &= bool(params.get("per_target"))  # its model comes later
         policy = resolved_policy(self.selection.policy, self.selection.threshold,
                                  self.default_policy())  # as the run resolves it
         try:
             checks.check_round_robin(policy, per_target, "selection.policy")
         except InputError as exc:
-            raise _setting_error(exc, (), {"selection.policy": self.selection.policy},
+            raise setting_error(exc, (), {"selection.policy": self.selection.policy},
                                  "selection") from None
-        if any(SCORERS[n].needs_warmup for n in self.scorers) or self.warmup:
+        if any(needs_warmup(SCORERS[n]) for n in self.scorers) or self.warmup:
             try:
                 self.warmup_config().check()
             except InputError as exc:
-                raise _setting_error(exc, ("warmup",), self.warmup, "warmup") from None
+                raise setting_error(exc, ("warmup",), self.warmup, "warmup") from None
 
     def default_policy(self) -> str:
         """What ``policy: auto`` means for this recipe's scores: the declared policy of its
@@ -425,39 +416,12 @@ class Recipe(_Strict):
         return WarmupConfig(**{"seed": self.seed, **self.warmup})
 
 
-class _NestedError(ValueError):
-    """Errors of a nested validation, kept with their own keys so the message names
-    ``scorers.dsir.num_buckets`` and not just ``scorers``. (Not rendered here: pydantic's
-    text would repr every bad value in full.)"""
-
-    def __init__(self, errors: list[dict[str, Any]]):
-        super().__init__(f"{len(errors)} nested error(s)")
-        self.errors = errors
-
-    @classmethod
-    def of(cls, prefix: tuple[Any, ...], exc: pydantic.ValidationError) -> _NestedError:
-        return cls([{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors()])
-
-
-def _setting_error(exc: InputError, prefix: tuple[Any, ...], given: dict[str, Any],
-                   owner: str) -> _NestedError:
-    """A scorer's or the warmup's range error at its recipe key. A seed the section does
-    not set came from the recipe's ``seed``, so that is the key named."""
-    field = exc.field or ""
-    if field == "seed" and "seed" not in given:
-        loc, message = ("seed",), f"{exc.message} (as the {owner} seed)"
-    else:
-        loc, message = (*prefix, *([field] if field else [])), exc.message
-    return _NestedError([{"loc": loc, "msg": message, "type": "value_error",
-                          "input": given.get(field, exc)}])
-
-
 def _check_params(name: str, params: Any, prefix: tuple[Any, ...]) -> dict[str, Any]:
     try:
         model = settings_model(WarmupConfig if name == "warmup" else SCORERS[name]
                                ).model_validate(params or {})
     except pydantic.ValidationError as exc:
-        raise _NestedError.of(prefix, exc) from None
+        raise NestedError.of(prefix, exc) from None
     return model.model_dump(exclude_unset=True)
 
 
@@ -465,7 +429,7 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     """Read and validate a recipe; ``overrides`` (dotted keys, e.g. ``output.path``) replace
     values before validation, for command-line flags."""
     where = checks.check_utf8_name(os.fspath(path), "recipe")
-    raw = _parse_yaml(_read_limited(path), where)
+    raw = read_recipe_yaml(path, where)
     if not isinstance(raw, dict):
         raise RecipeError("a recipe is a YAML mapping of keys (pool, targets, scorers, "
                           "selection, output, ...)", where=where)
@@ -475,142 +439,9 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     try:
         recipe = Recipe.model_validate(raw)
     except pydantic.ValidationError as exc:
-        raise _recipe_error(exc, where) from None
+        raise recipe_error(exc, where) from None
     _check_paths(recipe, where)
     return recipe
-
-
-def _read_limited(path: str | os.PathLike) -> str:
-    """The recipe's text, refused past ``MAX_RECIPE_BYTES`` (read with a cap, so a FIFO or
-    a device file cannot make it read forever)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_RECIPE_BYTES + 1)
-    except FileNotFoundError:
-        raise RecipeError("recipe file not found", where=str(path)) from None
-    except IsADirectoryError:
-        raise RecipeError("recipe is a folder, not a YAML file", where=str(path)) from None
-    if len(data) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"recipe file is larger than {MAX_RECIPE_BYTES // 2**20} MiB; a "
-                          "recipe is settings, not data", where=str(path))
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"not UTF-8 text (byte {exc.start})", where=str(path)) from None
-
-
-def _parse_yaml(text: str, where: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader: builds no objects
-    except (_YamlLimit, _DuplicateKey) as exc:
-        raise RecipeError(exc.problem, where=f"{where}:{exc.problem_mark.line + 1}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        place = f"{where}:{mark.line + 1}" if mark is not None else where
-        raise RecipeError(f"not valid YAML: {problem}", where=place) from None
-    except RecursionError:
-        raise RecipeError("YAML nested too deeply", where=where) from None
-
-
-class _YamlLimit(yaml.composer.ComposerError):
-    """A recipe over one of the loader's limits (its message is not "not valid YAML")."""
-
-
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    """A key given twice in one mapping, or an integer YAML 1.1 reads other than written
-    (its message is not "not valid YAML" either)."""
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader with limits on aliases. Aliases share one node, so building a
-    "billion laughs" document is cheap; what explodes is everything that walks it later
-    (validation, an error message that renders the value). So aliases are counted while
-    composing, and the composed document's expanded size is measured, with every node
-    counted once however many aliases point at it, before anything walks it."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.aliases_seen = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self.aliases_seen += 1
-            if self.aliases_seen > MAX_ALIASES:
-                raise _YamlLimit(None, None, f"more than {MAX_ALIASES} YAML aliases (*name); "
-                                 "a recipe needs few", self.peek_event().start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
-        """A mapping, refused when it gives a key twice (at any depth). PyYAML keeps the
-        last value silently, so two tasks of one name, or a second ``selection:`` further
-        down, would run a recipe other than the one its author reads. Keys are compared as
-        values (``1`` and ``1.0`` are one key, as in the dict they become); a merge
-        (``<<: *base``) may still be overridden by the mapping's own keys, as YAML says."""
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: PyYAML's own error names it
-                continue
-            seen[key] = key_node.start_mark.line + 1
-            if first is not None:
-                raise _DuplicateKey(None, None, f"key {checks.shown(key)} appears twice in "
-                                    f"one mapping (first on line {first}); YAML would keep "
-                                    "only the last: remove or rename one",
-                                    key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        """Decimal integers only. YAML 1.1 reads ``seed: 017`` as octal 15, ``0x10`` as 16
-        and ``1:30`` as 90: a setting silently other than the one written."""
-        text = str(node.value).replace("_", "")
-        if not re.fullmatch(r"[-+]?(0|[1-9][0-9]*)", text):
-            raise _DuplicateKey(None, None, f"{node.value!r} is not a decimal integer (YAML "
-                                f"1.1 would read it as {super().construct_yaml_int(node)}); "
-                                "write the number in decimal, or quote it to give text",
-                                node.start_mark)
-        return int(text)
-
-    def compose_document(self) -> Any:
-        node = super().compose_document()
-        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_SIZE:
-            raise _YamlLimit(None, None, f"its aliases expand to more than "
-                             f"{MAX_EXPANDED_SIZE // 2**20} MiB of data", node.start_mark)
-        return node
-
-
-_RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
-# YAML 1.1 (PyYAML) reads 1e-3 as a string, since its floats need a dot; recipes read it as
-# the number anyone writing a learning rate means (YAML 1.2 does too)
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """Nodes plus scalar characters of ``node`` with its aliases expanded, each distinct
-    node measured once (``sizes``), so the walk is linear in the file, not the expansion.
-    A node met again while it is being measured is a recursive alias: infinite."""
-    known = sizes.get(id(node))
-    if known is not None:
-        if known < 0:
-            raise _YamlLimit(None, None, "a recursive YAML alias (a node that contains "
-                             "itself)", node.start_mark)
-        return known
-    sizes[id(node)] = -1
-    if isinstance(node, yaml.ScalarNode):
-        size = 1 + len(node.value)
-    elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
-    else:
-        size = 1 + sum(_expanded_size(key, sizes) + _expanded_size(value, sizes)
-                       for key, value in node.value)
-    sizes[id(node)] = min(size, MAX_EXPANDED_SIZE + 1)
-    return sizes[id(node)]
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -619,41 +450,6 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
-
-
-def _recipe_error(exc: pydantic.ValidationError, where: str) -> RecipeError:
-    """One clause per problem, each naming its dotted key and the value found; the first
-    key is the error's field."""
-    problems = []
-    for error in exc.errors():
-        nested = error.get("ctx", {}).get("error")
-        if isinstance(nested, _NestedError):
-            problems += [{**e, "loc": (*error["loc"], *e["loc"])} for e in nested.errors]
-        else:
-            problems.append(error)
-    clauses, first = [], None
-    for error in problems:
-        key = _dotted(error["loc"])
-        found = error.get("input")
-        message = error["msg"].removeprefix("Value error, ")
-        # the value, cut short: it may be a long string or a large nested list
-        shown = "" if (error["type"] == "missing" or isinstance(found, dict)
-                       or ", got " in message) else f" (got {checks.shown(found)})"
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        if first is None:
-            first = key
-            clauses.append(f"{message}{shown}")
-        else:
-            clauses.append(f"{key}: {message}{shown}" if key else f"{message}{shown}")
-    return RecipeError("; ".join(clauses), where=where, field=first or None)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _check_paths(recipe: Recipe, where: str) -> None:

@@ -47,17 +47,18 @@ from dataselect.layout import (
 from dataselect.manifest import package_versions
 from dataselect.outdir import OutputFolder, claim_output, input_roots, remove_outputs_except
 from dataselect.output import jsonable, read_json, write_json
+from dataselect.policies import Budget, choose_rows
 from dataselect.sampling import sample_corpus
-from dataselect.scoring import Scorer, Scores, plan_pool
+from dataselect.scoring import Scorer, Scores, needs_warmup, plan_pool
 from dataselect.union import TASKS_COLUMN, split_selection, write_union
 from dataselect.writer import ADDED_COLUMNS, output_schema
 from pipelines.cluster import dask_client
-from pipelines.jobs import build_scorer, choose_rows, parsed_once
+from pipelines.jobs import parsed_once
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
 from pipelines.recipe_attribution import run_attributions
 from pipelines.summary import print_fit_details, print_summary
-from scorers import SCORERS
+from scorers import SCORERS, build_scorer
 
 
 def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
@@ -231,7 +232,7 @@ def _prepare_models(recipe: Recipe, pool: Corpus, out: str, timings: list[StageT
         if declared.pool_features:
             # pool features do not depend on the task: computed once, shared by every task
             resolved.setdefault("features", os.path.join(out, FEATURES_DIR, scorer))
-        if declared.needs_warmup and not resolved.get("checkpoints"):
+        if needs_warmup(declared) and not resolved.get("checkpoints"):
             resolved["checkpoints"] = _warmup(recipe, pool, resolved["model"], out,
                                               timings, console)
         params[scorer] = resolved
@@ -313,7 +314,7 @@ def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[
         scorer.fit(target, pool, runner=runner)
         folder = os.path.join(out, TASKS_DIR, task, SCORES_DIR, name)
         stored.append(scorer.score(pool).write(folder, runner=runner, overwrite=overwrite))
-        fits[name] = {"fit": getattr(scorer, "fit_stats_", {}), "store": stored[-1].stats}
+        fits[name] = {"fit": scorer.fit_stats_, "store": stored[-1].stats}
     if len(stored) == 1:
         return stored[0], {"target": target, "scorers": fits}
     weights = [recipe.combine.weights.get(name, 1.0) for name in recipe.scorers]
@@ -327,15 +328,16 @@ def _select(recipe: Recipe, pool: Corpus, task_scores: dict[str, Scores],
     if recipe.selection.scope == "global":
         budget = recipe.selection
         best = max_over_tasks(task_scores)
-        chosen = choose_rows(pool, best, budget.policy, budget.k, budget.fraction,
-                             budget.threshold, recipe.seed, default_policy, runner)
+        amount = Budget(budget.k, budget.fraction, budget.threshold, recipe.seed)
+        chosen = choose_rows(pool, best, budget.policy, amount, default_policy, runner)
         return split_selection(chosen, BEST_TASK, list(task_scores), runner)
     selections = {}
     for task, scores in task_scores.items():
         budget = recipe.budget_of(task)
-        selections[task] = choose_rows(pool, scores, recipe.selection.policy, budget.k,
-                                       budget.fraction, budget.threshold, recipe.seed,
-                                       default_policy, TaskRunner(runner, task))
+        selections[task] = choose_rows(
+            pool, scores, recipe.selection.policy,
+            Budget(budget.k, budget.fraction, budget.threshold, recipe.seed), default_policy,
+            TaskRunner(runner, task))
     return selections
 
 

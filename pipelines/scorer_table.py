@@ -13,17 +13,20 @@ import dataclasses
 import inspect
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dataselect.errors import InputError
 from dataselect.params import describe_settings, value_text
+from dataselect.scoring import Scorer, needs_warmup
 
-# what a scorer declares it needs (class attributes of dataselect.scoring.Scorer):
-# the attribute, its key in the JSON listing, and its words in the text listing
-NEEDS = (("needs_model", "model", "a model (-p model=FOLDER)"),
-         ("pool_features", "pool_features", "a pool feature store"),
-         ("needs_warmup", "warmup", "LoRA warmup checkpoints"))
+# what a scorer declares it needs (dataselect.scoring.Scorer's class attributes, and the
+# TakesWarmup base): whether a class does, its key in the JSON listing, and its words in
+# the text listing
+NEEDS: tuple[tuple[Callable[[type[Scorer]], bool], str, str], ...] = (
+    (lambda cls: cls.needs_model, "model", "a model (-p model=FOLDER)"),
+    (lambda cls: cls.pool_features, "pool_features", "a pool feature store"),
+    (needs_warmup, "warmup", "LoRA warmup checkpoints"))
 WORDS = {key: words for _, key, words in NEEDS}
 HEADINGS = ("parameter", "type", "default")
 
@@ -42,7 +45,7 @@ def describe_scorers(registry: Mapping[str, type]) -> list[dict[str, Any]]:
             "name": name,
             "summary": _summary(cls),
             "default_policy": cls.default_policy,
-            "needs": [key for attribute, key, _ in NEEDS if getattr(cls, attribute, False)],
+            "needs": [key for declares, key, _ in NEEDS if declares(cls)],
             "parameters": [dataclasses.asdict(s) for s in describe_settings(cls)],
         })
     return described

@@ -19,14 +19,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dataselect.errors import InputError
+from dataselect.params import field_types, validate_settings
 from dataselect.registry import Registry, check_own_name, import_class
 
 if TYPE_CHECKING:
     from dataselect.scoring import Scorer
 
 GROUP = "dataselect.scorers"
-# what a scorer may declare as its default_policy (what --policy auto applies to its scores)
-SCORER_POLICIES = ("top_k", "importance_resample", "round_robin")
 BUILTIN = {
     "auto": "scorers.auto.scorer:Auto",
     "bads": "scorers.bads.scorer:Bads",
@@ -43,8 +42,9 @@ def _load(name: str, target: str) -> type[Scorer]:
 
     The base class is imported here, not with this package, so that listing scorer names
     (argparse choices for ``dataselect --help``) loads no pandas, pyarrow or Dask."""
+    from dataselect.featurize import Featurizer
     from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
-    from dataselect.scoring import Scorer
+    from dataselect.scoring import Scorer, declared_problem
 
     if not FOLDER_NAME.match(name):  # its score store is the folder .scores/<name>
         raise InputError(f"scorer {name!r} ({target}) has a name that cannot be one: a "
@@ -53,15 +53,32 @@ def _load(name: str, target: str) -> type[Scorer]:
     if not (isinstance(cls, type) and issubclass(cls, Scorer)):
         raise InputError(f"scorer {name!r} ({target}) is not a dataselect Scorer subclass",
                          field="scorer")
-    if cls.default_policy not in SCORER_POLICIES:
-        raise InputError(f"scorer {name!r} ({target}) declares default_policy "
-                         f"{cls.default_policy!r}; it must be one of "
-                         f"{', '.join(SCORER_POLICIES)}", field="scorer")
+    if (problem := declared_problem(cls)) is not None:
+        raise InputError(f"scorer {name!r} ({target}) {problem}", field="scorer")
+    if cls.pool_features and not isinstance(cls, Featurizer):
+        raise InputError(f"scorer {name!r} ({target}) declares pool_features but computes "
+                         "no features: add featurize_batch and feature_description",
+                         field="scorer")
     check_own_name("scorer", name, target, cls, "scorer")
     return cls
 
 
 SCORERS: Registry[Scorer] = Registry(GROUP, BUILTIN, _load)
+
+
+def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,
+                 fraction: float | None = None) -> Scorer:
+    """Instantiate a registered scorer; parameters are checked against its fields (unknown
+    keys, wrong types), then its own ranges; ``seed`` fills a seed it was not given, and
+    the budget (``k`` or ``fraction``) fills a scorer that ``takes_budget``. Here, beside
+    the registry, so that jobs and the recipe schema both build scorers from below them."""
+    cls = SCORERS[name]
+    validate_settings(cls, params, name)
+    if "seed" in field_types(cls) and "seed" not in params:
+        params = {**params, "seed": seed}
+    if cls.takes_budget and "k" not in params and "fraction" not in params:
+        params = {**params, "k": k, "fraction": fraction}
+    return cls(**params)
 
 _CLASS_NAMES = {target.partition(":")[2]: name for name, target in BUILTIN.items()}
 
@@ -73,4 +90,5 @@ def __getattr__(attribute: str) -> Any:
     raise AttributeError(f"module 'scorers' has no attribute {attribute!r}")
 
 
-__all__ = ["DSIR", "SCORERS", "Auto", "Bads", "Embed", "FastText", "Less", "ZipFit"]
+__all__ = ["DSIR", "SCORERS", "Auto", "Bads", "Embed", "FastText", "Less", "ZipFit",
+           "build_scorer"]

@@ -49,7 +49,7 @@ from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.features import normalize_rows
 from dataselect.featurize import SIDES, Side, scores_via_store
-from dataselect.scoring import FILTERED_BY, Scorer, Scores
+from dataselect.scoring import FILTERED_BY, Scorer, Scores, TakesWarmup
 from models.gradients import LinearGradients, adam_precondition
 from models.lm import (
     NO_RESPONSE_TOKENS,
@@ -83,14 +83,13 @@ Projection = Literal["sparse", "rademacher"]
 
 
 @dataclass
-class Less(Scorer):
+class Less(TakesWarmup, Scorer):
     """LESS gradient-feature scorer over LoRA warmup ``checkpoints`` of ``model``."""
 
     name: ClassVar[str] = "less"
     uses_response_spans: ClassVar[bool] = True
     needs_model: ClassVar[bool] = True
     pool_features: ClassVar[bool] = True
-    needs_warmup: ClassVar[bool] = True
 
     model: str
     checkpoints: list[str] = field(default_factory=list)

@@ -21,9 +21,8 @@ from dataselect.errors import InputError
 from dataselect.execution import default_runner
 from dataselect.scoring import StartedFit
 from pipelines.cli import main
-from pipelines.jobs import build_scorer
 from pipelines.recipe import load_recipe
-from scorers import SCORERS
+from scorers import SCORERS, build_scorer
 from scorers.auto.scorer import CANDIDATE_SETTINGS, STATEMENT, Auto, _comparable, _FoldResult
 from scorers.auto.validation import (
     COMBINE_MARGIN,

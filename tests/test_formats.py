@@ -12,7 +12,8 @@ from conftest import write_jsonl
 
 from dataselect.corpus import read_corpus
 from dataselect.errors import InputError
-from dataselect.formats import count_newlines, plan_pieces, read_piece
+from dataselect.formats import plan_pieces, read_piece
+from dataselect.readers.jsonl import count_newlines
 
 
 def _rows(corpus) -> list[tuple[str, str]]:

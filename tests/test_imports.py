@@ -142,3 +142,35 @@ def test_the_layers_run_one_way():
         for target in imported(name, path, modules):
             same_package = target.partition(".")[0] == name.partition(".")[0]
             assert same_package or layer_of(target) < layer_of(name), (name, target)
+
+
+# what the input readers may import from the rest of the core: its bottom layer only
+READER_IMPORTS = ("dataselect.errors", "dataselect.checks", "dataselect.storage",
+                  "dataselect.schemas")
+
+
+def test_the_readers_sit_below_the_rest_of_the_core():
+    """dataselect.readers (one module per input format) imports nothing of the core but
+    its bottom layer: formats and corpus look readers up, never the other way."""
+    modules = project_modules()
+    readers = [name for name in modules if name.startswith("dataselect.readers")]
+    assert {"dataselect.readers.base", "dataselect.readers.jsonl",
+            "dataselect.readers.parquet", "dataselect.readers.arrow"} <= set(readers)
+    for name in readers:
+        for target in imported(name, modules[name], modules):
+            assert target.startswith("dataselect.readers") or target in READER_IMPORTS, \
+                (name, target)
+
+
+def test_the_recipe_schema_sits_below_the_job_runner():
+    """The recipe's YAML loader and error formatting are modules of their own, below its
+    schema, and the schema takes policies and scorers from the core and the registry, not
+    from the job runner that runs recipes (``pipelines.jobs``, ``run_recipe``)."""
+    modules = project_modules()
+    below = {"pipelines.recipe_errors": set(),
+             "pipelines.recipe_yaml": {"pipelines.recipe_errors"},
+             "pipelines.recipe": {"pipelines.recipe_errors", "pipelines.recipe_yaml"}}
+    for name, allowed in below.items():
+        found = {t for t in imported(name, modules[name], modules)
+                 if t.startswith("pipelines.")}
+        assert found <= allowed, (name, found - allowed)

@@ -109,9 +109,9 @@ def test_recipe_model_path_may_be_a_gguf(given, smollm2, smollm2_gguf, tmp_path,
     converted folder, and the model files it fingerprints are that folder's."""
     from rich.console import Console
 
-    from pipelines.jobs import build_scorer
     from pipelines.recipe import load_recipe
     from pipelines.run_recipe import _prepare_models
+    from scorers import build_scorer
 
     monkeypatch.setenv("DATASELECT_MODEL_CACHE", TEST_MODELS)
     monkeypatch.chdir(tmp_path)  # no file or folder named smollm2 here

@@ -14,6 +14,7 @@ import yaml
 from conftest import DATA, POOL_GLOB, TARGETS, install_distribution
 
 from dataselect.errors import InputError
+from dataselect.scoring import needs_warmup
 from pipelines.cli import main
 from scorers import BUILTIN, SCORERS
 
@@ -53,10 +54,11 @@ class Length(Scorer):
 
 
 def install_plugin(root: Path, monkeypatch: pytest.MonkeyPatch, policy: str = "top_k",
-                   target: str = "plug_scorer:Length") -> None:
+                   target: str = "plug_scorer:Length", source: str = PLUGIN) -> None:
     """A package ``plug_scorer`` with a ``dataselect.scorers`` entry point, as pip would
-    install it (a module and a dist-info folder on sys.path)."""
-    install_distribution(root, monkeypatch, "plug_scorer", PLUGIN.format(policy=policy),
+    install it (a module and a dist-info folder on sys.path); ``source`` is its module, a
+    template that ``policy`` fills."""
+    install_distribution(root, monkeypatch, "plug_scorer", source.format(policy=policy),
                          f"[dataselect.scorers]\nlength = {target}\n")
     SCORERS.refresh()
 
@@ -184,7 +186,7 @@ def test_declarations_of_the_builtins():
     assert SCORERS["dsir"].default_policy == "importance_resample"
     assert {n for n in SCORERS if SCORERS[n].needs_model} == {"bads", "embed", "less"}
     assert {n for n in SCORERS if SCORERS[n].pool_features} == {"embed", "less"}
-    assert {n for n in SCORERS if SCORERS[n].needs_warmup} == {"less"}
+    assert {n for n in SCORERS if needs_warmup(SCORERS[n])} == {"less"}
 
 
 def test_the_builtins_are_registered_alike_in_pyproject_and_in_the_package():

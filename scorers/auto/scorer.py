@@ -54,7 +54,7 @@ from dataselect.execution import (
 )
 from dataselect.params import field_types
 from dataselect.sampling import sample_rows as sample_pool_rows
-from dataselect.scoring import FILTERED_BY, Scorer, checked_scores
+from dataselect.scoring import FILTERED_BY, Scorer, checked_scores, needs_warmup
 from dataselect.table_corpus import table_corpus
 from scorers import SCORERS
 from scorers.auto.validation import (
@@ -124,7 +124,7 @@ class Auto(Scorer):
         names = list(CHEAP_CANDIDATES)
         if self.model is not None:  # model scorers join when a model is given
             names += [n for n in SCORERS if n != self.name and SCORERS[n].needs_model
-                      and not SCORERS[n].needs_warmup]
+                      and not needs_warmup(SCORERS[n])]
         return names
 
     def _candidate(self, name: str) -> Scorer:
@@ -283,7 +283,7 @@ class Auto(Scorer):
             spread = float(reference.std())
             self.fitted_[name] = candidate
             self.scales_[name] = (float(reference.mean()), spread if spread > 0 else 1.0)
-            stats[name] = getattr(candidate, "fit_stats_", {})
+            stats[name] = candidate.fit_stats_
         digest = hashlib.sha256(repr((self.config(), self.scales_)).encode())
         for name, candidate in self.fitted_.items():
             digest.update(f"{name}:{candidate.fit_fingerprint()}".encode())

@@ -269,7 +269,8 @@ def test_eval_refuses_repeated_or_empty_items(tmp_path, capsys, flag, value, exp
                                                ("0b11", 3)])
 def test_a_recipe_integer_yaml_11_reads_otherwise_is_refused(text, read_as):
     """YAML 1.1 made ``seed: 017`` the seed 15 and ``k: 0x10`` k = 16, silently."""
-    from pipelines.recipe import RecipeError, _parse_yaml
+    from pipelines.recipe_errors import RecipeError
+    from pipelines.recipe_yaml import _parse_yaml
 
     with pytest.raises(RecipeError, match=f"would read it as {read_as}") as raised:
         _parse_yaml(f"selection:\n  k: {text}\n", "r.yaml")

@@ -22,7 +22,8 @@ from models.lora_warmup import WarmupConfig
 from pipelines.cli import main, parse_params
 from pipelines.evaluate import EvalSettings
 from pipelines.jobs import SelectJob
-from pipelines.recipe import MAX_ALIASES, RecipeError, load_recipe
+from pipelines.recipe import RecipeError, load_recipe
+from pipelines.recipe_yaml import MAX_ALIASES
 from scorers.bads.scorer import Bads
 from scorers.dsir import DSIR
 from scorers.embed import Embed
