@@ -37,8 +37,8 @@ import pyarrow as pa
 from common import read_scores
 
 from dataselect import read_corpus
-from scorers.auto import Auto
-from scorers.auto_validation import (
+from scorers.auto.scorer import Auto
+from scorers.auto.validation import (
     FoldScores,
     combine_margin,
     criterion,

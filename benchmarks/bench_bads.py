@@ -10,7 +10,7 @@ Cases
 -----
 * ``digits``: the test suite's MLP (64-64-10) on scikit-learn's digits; train batch 64,
   BADS meta batch 16; weight network on penultimate features x one-hot label, and free
-  per-example weights. Plain: ``scorers.bads_classifier.train_uniform``.
+  per-example weights. Plain: ``scorers.bads.classifier.train_uniform``.
 * ``lm``: a small Llama (``build_tiny_causal_lm``, hidden ``--hidden``, ``--layers`` layers,
   trained tokenizer, random weights) on ``data/instructions/train.jsonl``; train batch 8,
   BADS meta batch 2 (``Bads`` defaults), max length 256. Plain: the same stream of pool
@@ -48,8 +48,8 @@ def _digits_run(kind: str, steps: int, queue: mp.Queue) -> None:
     import torch
     from sklearn.datasets import load_digits
 
-    from scorers.bads_classifier import fit_classifier, train_uniform
-    from scorers.bads_sampler import BadsConfig
+    from scorers.bads.classifier import fit_classifier, train_uniform
+    from scorers.bads.sampler import BadsConfig
 
     torch.set_num_threads(1)
     x, y = load_digits(return_X_y=True)
@@ -71,8 +71,8 @@ def _lm_run(kind: str, steps: int, model_dir: str, queue: mp.Queue) -> None:
     import torch
 
     from dataselect import read_corpus
-    from scorers.bads import Bads, _train_batches
-    from scorers.lm import load_causal_lm, load_tokenizer, per_example_loss, tokenize
+    from models.lm import load_causal_lm, load_tokenizer, per_example_loss, tokenize
+    from scorers.bads.scorer import Bads, _train_batches
 
     torch.set_num_threads(1)
     pool = read_corpus(str(INSTRUCTIONS / "train.jsonl"), text="messages")
@@ -129,7 +129,7 @@ def main() -> None:
             ours = _per_step(_digits_run, args.steps, kind)
             results[f"digits {kind}"] = (ours, plain)
     if "lm" in args.cases:
-        from scorers.lm import build_tiny_causal_lm
+        from models.lm import build_tiny_causal_lm
 
         rows = [json.loads(line) for line in (INSTRUCTIONS / "train.jsonl").open()]
         texts = [m["content"] for r in rows for m in r["messages"]]

@@ -12,7 +12,7 @@ and score every pool row by its largest cosine to a target row.
 * **reference** (a child of this script, one process, torch's default thread count): for
   each row, batch size 1, ``torch.no_grad()``, ``model(input_ids, output_hidden_states=True)``,
   the position-weighted mean of ``hidden_states[-1]`` (token ``t`` of ``n`` weighs
-  ``t / (1 + ... + n)``), L2-normalised. Its tokens come from ``scorers.lm.tokenize`` on the
+  ``t / (1 + ... + n)``), L2-normalised. Its tokens come from ``models.lm.tokenize`` on the
   same scoring view, so the model's chat template renders both sides' rows identically.
   Timed from loading the model to the last score (imports excluded).
 * **ours**: ``dataselect select --scorer embed --pool POOL --target TARGET --text-field
@@ -96,7 +96,7 @@ def reference_child(spec: dict[str, Any], result: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from scorers.lm import load_tokenizer, model_view, tokenize
+    from models.lm import load_tokenizer, model_view, tokenize
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

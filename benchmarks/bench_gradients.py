@@ -1,9 +1,9 @@
 """Benchmark: LESS-style LoRA gradient features, our batched per-example gradients
-(``scorers.gradients.LinearGradients``) against LESS's one-example-at-a-time loop.
+(``models.gradients.LinearGradients``) against LESS's one-example-at-a-time loop.
 
 What is measured
 ----------------
-A small Llama (``scorers.lm.build_tiny_causal_lm``: byte-level BPE tokenizer trained on the
+A small Llama (``models.lm.build_tiny_causal_lm``: byte-level BPE tokenizer trained on the
 texts, ``--hidden`` wide, ``--layers`` deep, random weights) is wrapped with peft LoRA on
 q/k/v/o (rank ``--rank``, dropout 0, eval mode). peft starts ``lora_B`` at zero, which makes
 every ``lora_A`` gradient zero; here ``lora_B`` gets small seeded random values instead (as
@@ -58,8 +58,8 @@ import pyarrow.parquet as pq
 import torch
 from common import add_child_run_arguments, figure_line, fmt, run_child, workdir_for, write_result
 
-from scorers.gradients import LinearGradients
-from scorers.lm import (
+from models.gradients import LinearGradients
+from models.lm import (
     TokenBatch,
     build_tiny_causal_lm,
     load_causal_lm,
@@ -67,7 +67,7 @@ from scorers.lm import (
     per_example_loss,
     tokenize,
 )
-from scorers.projection import RademacherProjection
+from models.projection import RademacherProjection
 
 DEFAULT_TEXTS = "data/pool/*.parquet"
 LESS_PROJECTOR_BATCH = 16  # collect_grad_reps.py: projector_batch_size

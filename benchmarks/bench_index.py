@@ -1,4 +1,4 @@
-"""Benchmark: nearest-neighbour search through ``dataselect.index.FeatureIndex`` against exact
+"""Benchmark: nearest-neighbour search through ``attribution.index.FeatureIndex`` against exact
 numpy search and against calling FAISS directly.
 
 What is measured
@@ -51,7 +51,7 @@ import numpy as np
 from common import add_child_run_arguments, figure_line, fmt, run_child, workdir_for, write_result
 from threadpoolctl import threadpool_limits
 
-from dataselect.index import FeatureIndex
+from attribution.index import FeatureIndex
 
 NUMPY_BLOCK = 256
 

@@ -23,7 +23,7 @@ Methods (each in its own child process: time covers the attribution only, the mo
 being trained beforehand; peak RSS is the child's, imports included — see ``baseline``)
 ------------------------------------------------------------------------------------------
 * ``less_cosine`` (ours): per-example loss gradients of the final model with
-  ``scorers.gradients.LinearGradients``; training rows Adam-preconditioned from the
+  ``models.gradients.LinearGradients``; training rows Adam-preconditioned from the
   optimizer's moments (``adam_precondition``), queries plain; both projected with
   ``RademacherProjection`` to ``--proj-dim`` (512); served through
   ``FeatureIndex.build(kind="flat")`` and ``attribute(k=all training rows)``: the cosine.
@@ -44,7 +44,7 @@ being trained beforehand; peak RSS is the child's, imports included — see ``ba
 * ``dattri_trak_1`` / ``dattri_trak_5`` / ``dattri_tracin``: dattri's ``TRAKAttributor``
   and ``TracInAttributor`` on the same models, checkpoints and margin function, run by
   ``--dattri-python`` (a separate venv with ``dattri``), projection dim ``--proj-dim``.
-* ``ds_trak_1`` / ``ds_trak_5`` (ours): ``scorers.trak.Trak`` with ``kernel="trak"``
+* ``ds_trak_1`` / ``ds_trak_5`` (ours): ``attribution.trak.Trak`` with ``kernel="trak"``
   (TRAK's own kernel), on ``output_gradients`` (``LinearGradients`` margin gradients,
   sparse projection to ``--proj-dim``, one seed per model), ridge ``--trak-ridge``
   relative to the kernel's mean diagonal; scores from the folded features through
@@ -53,7 +53,7 @@ being trained beforehand; peak RSS is the child's, imports included — see ``ba
   kernel ``Phi^T diag(p(1-p)) Phi`` (``kernel="gauss_newton"``); ``ds_gn_5`` also serves
   the top 10 through ``inner_product_index`` + ``attribute_inner`` and records how far the
   index's scores are from the dense ones.
-* ``ds_bif`` (ours): ``scorers.bif.bif`` at the final model, ``BifConfig()`` defaults.
+* ``ds_bif`` (ours): ``attribution.bif.bif`` at the final model, ``BifConfig()`` defaults.
 * ``random``: seeded Gaussian scores (LDS ~ 0).
 
 Every method's JSON record carries ``"ours": true|false``; each child computes its
@@ -155,7 +155,7 @@ def ours_features(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, proj
                   eps_in_sqrt: bool = False) -> np.ndarray:
     """Projected per-example loss gradients (LinearGradients), Adam-preconditioned when
     ``adam`` is given."""
-    from scorers.gradients import LinearGradients, adam_precondition
+    from models.gradients import LinearGradients, adam_precondition
 
     grads = LinearGradients(model)
     per_example = grads.per_example(
@@ -176,10 +176,10 @@ def ours_features(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, proj
 
 def ours_method(setup: dict[str, Any], method: str, cfg: dict[str, Any],
                 checks: dict[str, float]) -> np.ndarray:
-    from dataselect.attribution import attribute
+    from attribution.index import FeatureIndex
+    from attribution.output import attribute
     from dataselect.features import combine_views, normalize_rows
-    from dataselect.index import FeatureIndex
-    from scorers.projection import RademacherProjection
+    from models.projection import RademacherProjection
 
     checkpoints = setup["checkpoints"] if method == "less_cosine_4ckpt" else \
         setup["checkpoints"][-1:]
@@ -214,9 +214,10 @@ def ours_method(setup: dict[str, Any], method: str, cfg: dict[str, Any],
 
 def dataselect_method(setup: dict[str, Any], method: str, cfg: dict[str, Any],
                       checks: dict[str, float]) -> np.ndarray:
-    from dataselect.attribution import attribute_inner, dense_scores, inner_product_index
-    from scorers.bif import bif
-    from scorers.trak import ClassifierOutput, Trak, output_gradients
+    from attribution.bif import bif
+    from attribution.output import attribute_inner, dense_scores, inner_product_index
+    from attribution.output_gradients import ClassifierOutput, output_gradients
+    from attribution.trak import Trak
 
     output = ClassifierOutput()
     train = [(setup["x_train"], setup["y_train"])]
@@ -354,8 +355,8 @@ def child(spec: dict[str, Any], result_path: str) -> int:
     cfg, method = setup["cfg"], spec["method"]
     if method == "baseline":  # what loading costs, for reading the other peaks
         if spec.get("import_ours"):
-            import dataselect.index  # noqa: F401
-            import scorers.gradients  # noqa: F401
+            import attribution.index  # noqa: F401
+            import models.gradients  # noqa: F401
         scores = np.zeros((1, 1))
     checks: dict[str, float] = {}
     times = []

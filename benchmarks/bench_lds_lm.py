@@ -33,15 +33,15 @@ Methods (times in this process, after the models are trained; ``"ours"`` marks d
   at a time through ``torch.autograd.grad`` of the response log-odds, a dense Gaussian
   projection to ``--proj-dim``, the kernel ``Phi^T Phi`` ridged by ``--ridge`` x its mean
   diagonal, solved with numpy, times the mean ``1 - p``.
-* ``ds_trak_1/5`` (ours): ``scorers.trak.Trak(kernel="trak")`` on ``output_gradients``
+* ``ds_trak_1/5`` (ours): ``attribution.trak.Trak(kernel="trak")`` on ``output_gradients``
   (batched per-example gradients, sparse projection), the same ridge rule.
 * ``ds_gn_1/5`` (ours, dataselect's default): the Gauss-Newton kernel
   ``Phi^T diag(p(1-p)) Phi``.
-* ``ds_tracin_1/5`` (ours): ``scorers.tracin.TracIn`` (``attribute --method tracin``) on
+* ``ds_tracin_1/5`` (ours): ``attribution.tracin.TracIn`` (``attribute --method tracin``) on
   ``output_gradients`` of ``NegativeLoss(CausalLMOutput())`` (batched per-example
   response-loss gradients, sparse projection to ``--proj-dim``), equal member weights:
   ``tracin_1/5`` with projected gradients and no ``lr`` factor (a constant).
-* ``ds_bif`` (ours): ``scorers.bif.bif`` at model 0 with ``BifConfig()`` defaults.
+* ``ds_bif`` (ours): ``attribution.bif.bif`` at model 0 with ``BifConfig()`` defaults.
 * ``ds_fisher_1/5`` (an experiment, not a dataselect method): ``Trak(kernel="trak")`` fed
   the gradients of the training objective itself (mean response log-likelihood, ``p`` = 0,
   so no ``1 - p`` factor): an empirical-Fisher influence function in the projected space,
@@ -128,7 +128,7 @@ def view_of(rows: list[dict], path: Path) -> Any:
 
 
 def base_model(args: argparse.Namespace, base: list[dict], work: Path) -> str:
-    from scorers.lm import build_tiny_causal_lm, train_causal_lm
+    from models.lm import build_tiny_causal_lm, train_causal_lm
 
     texts = [m["content"] for r in base for m in r["messages"]]
     blank = build_tiny_causal_lm(texts, work / "blank", vocab_size=1000, hidden_size=64,
@@ -139,7 +139,7 @@ def base_model(args: argparse.Namespace, base: list[dict], work: Path) -> str:
 
 def fine_tune(path: str, tokenizer: Any, view: Any, args: argparse.Namespace, seed: int
               ) -> torch.nn.Module:
-    from scorers.lm import fit_causal_lm, load_causal_lm
+    from models.lm import fit_causal_lm, load_causal_lm
 
     torch.manual_seed(seed)
     model = load_causal_lm(path, torch.device("cpu"))
@@ -149,14 +149,14 @@ def fine_tune(path: str, tokenizer: Any, view: Any, args: argparse.Namespace, se
 
 
 def batches(tokenizer: Any, view: Any, args: argparse.Namespace, size: int = 16) -> list[Any]:
-    from scorers.lm import tokenize
+    from models.lm import tokenize
 
     return [tokenize(tokenizer, view.slice(s, size), args.max_length)
             for s in range(0, view.num_rows, size)]
 
 
 def log_likelihoods(model: torch.nn.Module, query_batches: list[Any]) -> np.ndarray:
-    from scorers.trak import CausalLMOutput
+    from attribution.output_gradients import CausalLMOutput
 
     with torch.no_grad():
         return -torch.cat([CausalLMOutput().loss(model, b) for b in query_batches]).numpy()
@@ -193,8 +193,8 @@ def ground_truth(args: argparse.Namespace, path: str, tokenizer: Any, train_view
 
 def exact_loss_gradients(model: torch.nn.Module, batch_list: list[Any]) -> torch.Tensor:
     """``(rows, parameters)`` unprojected per-example response-loss gradients."""
-    from scorers.gradients import LinearGradients
-    from scorers.trak import CausalLMOutput
+    from attribution.output_gradients import CausalLMOutput
+    from models.gradients import LinearGradients
 
     grads = LinearGradients(model)
     out = []
@@ -208,8 +208,8 @@ def exact_loss_gradients(model: torch.nn.Module, batch_list: list[Any]) -> torch
 def naive_trak(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
                args: argparse.Namespace) -> np.ndarray:
     """TRAK written out: one example at a time, dense Gaussian projection, numpy solve."""
-    from scorers.lm import TokenBatch
-    from scorers.trak import CausalLMOutput
+    from attribution.output_gradients import CausalLMOutput
+    from models.lm import TokenBatch
 
     def rows_of(batch_list: list[Any]) -> list[TokenBatch]:
         return [TokenBatch(b.input_ids[i:i + 1], b.attention_mask[i:i + 1],
@@ -249,7 +249,7 @@ def folded_scores(models: list[torch.nn.Module], train: list[Any], queries: list
     """``(queries, train)`` scores of a folded-feature method (``Trak`` or ``TracIn``)
     fitted on each model's projected gradients of ``output`` (projection seed = the model's
     number, the same on both sides)."""
-    from scorers.trak import output_gradients
+    from attribution.output_gradients import output_gradients
 
     def gradients(batches: list[Any]) -> list[Any]:
         return [output_gradients(m, batches, output, args.proj_dim, i)
@@ -261,7 +261,8 @@ def folded_scores(models: list[torch.nn.Module], train: list[Any], queries: list
 
 def ours_trak(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
               args: argparse.Namespace, kernel: str) -> np.ndarray:
-    from scorers.trak import CausalLMOutput, Trak
+    from attribution.output_gradients import CausalLMOutput
+    from attribution.trak import Trak
 
     return folded_scores(models, train, queries, args, CausalLMOutput(),
                          Trak(args.ridge, kernel))
@@ -271,8 +272,9 @@ def ours_fisher(models: list[torch.nn.Module], train: list[Any], queries: list[A
                 args: argparse.Namespace) -> np.ndarray:
     """TRAK's kernel on the training objective's own gradients (output = minus the mean
     response loss, p = 0): an empirical-Fisher influence."""
-    from scorers.tracin import NegativeLoss
-    from scorers.trak import CausalLMOutput, Trak
+    from attribution.output_gradients import CausalLMOutput
+    from attribution.tracin import NegativeLoss
+    from attribution.trak import Trak
 
     return folded_scores(models, train, queries, args, NegativeLoss(CausalLMOutput()),
                          Trak(args.ridge, "trak"))
@@ -280,8 +282,8 @@ def ours_fisher(models: list[torch.nn.Module], train: list[Any], queries: list[A
 
 def ours_tracin(models: list[torch.nn.Module], train: list[Any], queries: list[Any],
                 args: argparse.Namespace) -> np.ndarray:
-    from scorers.tracin import NegativeLoss, TracIn
-    from scorers.trak import CausalLMOutput
+    from attribution.output_gradients import CausalLMOutput
+    from attribution.tracin import NegativeLoss, TracIn
 
     return folded_scores(models, train, queries, args, NegativeLoss(CausalLMOutput()),
                          TracIn())
@@ -289,7 +291,7 @@ def ours_tracin(models: list[torch.nn.Module], train: list[Any], queries: list[A
 
 def less_cosine(model: torch.nn.Module, train: list[Any], queries: list[Any],
                 args: argparse.Namespace) -> np.ndarray:
-    from scorers.projection import make_projection
+    from models.projection import make_projection
 
     g_train, g_query = exact_loss_gradients(model, train), exact_loss_gradients(model, queries)
     project = make_projection("sparse", [g_train.shape[1]], args.proj_dim, 0, "cpu")
@@ -330,17 +332,17 @@ def attribute(method: str, models: list[torch.nn.Module], train: list[Any],
     if method.startswith("ds_fisher"):
         return ours_fisher(one if method.endswith("_1") else all_, train, queries, args)
     if method == "ds_bif":
-        from scorers.bif import bif
-        from scorers.trak import CausalLMOutput
+        from attribution.bif import bif
+        from attribution.output_gradients import CausalLMOutput
 
         return bif(models[0], CausalLMOutput(), train, queries).T
     raise ValueError(method)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from attribution.ensemble import train_linear_layers
     from dataselect.metrics import lds_per_query
-    from scorers.influence import train_linear_layers
-    from scorers.lm import load_tokenizer
+    from models.lm import load_tokenizer
 
     args = parse_args(argv)
     work = Path(args.workdir) / f"seed-{args.seed}"

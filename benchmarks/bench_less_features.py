@@ -85,8 +85,8 @@ def make_checkpoint(spec: dict[str, Any]) -> dict[str, Any]:
     moments in the scorer's checkpoint format."""
     from peft import LoraConfig, get_peft_model
 
-    from scorers.lm import load_causal_lm, load_tokenizer, per_example_loss, tokenize
-    from scorers.lora_checkpoints import save_checkpoint
+    from models.lm import load_causal_lm, load_tokenizer, per_example_loss, tokenize
+    from models.lora_checkpoints import save_checkpoint
 
     model = load_causal_lm(spec["model"], torch.device("cpu"))
     config = LoraConfig(r=spec["rank"], lora_alpha=4 * spec["rank"], lora_dropout=0.0,
@@ -118,7 +118,7 @@ def make_checkpoint(spec: dict[str, Any]) -> dict[str, Any]:
 
 def ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Our scorer's pool features, timed and split by wrapping its steps."""
-    import scorers.gradients as gradients_module
+    import models.gradients as gradients_module
     import scorers.less as less_module
 
     scorer = less_module.Less(spec["model"], [spec["checkpoint"]], proj_dim=spec["proj_dim"],
@@ -166,9 +166,9 @@ def reference(spec: dict[str, Any]) -> dict[str, Any]:
     vector; the dense block projection timed on slices and extrapolated."""
     from peft import PeftModel
 
-    from scorers.lm import load_causal_lm, load_tokenizer, tokenize
-    from scorers.lora_checkpoints import canonical_name, load_moments
-    from scorers.projection import SparseProjection
+    from models.lm import load_causal_lm, load_tokenizer, tokenize
+    from models.lora_checkpoints import canonical_name, load_moments
+    from models.projection import SparseProjection
 
     tokenizer = load_tokenizer(spec["model"])
     model = PeftModel.from_pretrained(load_causal_lm(spec["model"], torch.device("cpu")),
@@ -246,8 +246,8 @@ def dense_block_seconds(rows: torch.Tensor, seed: int, repeats: int = 3) -> floa
 def distortion(spec: dict[str, Any]) -> dict[str, Any]:
     """Exact cosines of full per-example gradients against projected ones, per ``s``."""
     import scorers.less as less_module
-    from scorers.lm import tokenize
-    from scorers.projection import SparseProjection
+    from models.lm import tokenize
+    from models.projection import SparseProjection
 
     scorer = less_module.Less(spec["model"], [spec["checkpoint"]], proj_dim=spec["proj_dim"],
                               seed=spec["seed"], max_length=spec["max_length"],
@@ -314,7 +314,7 @@ def synthetic(nonzeros: list[int], seed: int, rows: int = 100, columns: int = 50
               dim: int = 2048) -> dict[str, Any]:
     """The distortion sweep on vectors built to be hard for sparse maps, with the dense
     Rademacher matrix alongside."""
-    from scorers.projection import RademacherProjection, SparseProjection
+    from models.projection import RademacherProjection, SparseProjection
 
     rng = np.random.default_rng(seed)
     profile = rng.standard_t(1.2, size=columns)

@@ -63,7 +63,7 @@ def write_pool(folder: Path, per_task: int, seed: int) -> Path:
 def build_tiny(pool: Path, folder: Path) -> str:
     """The model recipes build (embed.yaml's ``models.base.build``), trained on the pool."""
     from dataselect import read_corpus
-    from scorers.lm import build_tiny_causal_lm, train_causal_lm
+    from models.lm import build_tiny_causal_lm, train_causal_lm
 
     rows = [json.loads(line) for line in pool.open()]
     texts = [m["content"] for r in rows for m in r["messages"]]
@@ -76,7 +76,7 @@ def build_tiny(pool: Path, folder: Path) -> str:
 def smollm2_folder(explicit: str | None) -> str:
     if explicit:
         return explicit
-    from scorers.model_import import import_model
+    from models.importer import import_model
 
     return import_model("smollm2")
 

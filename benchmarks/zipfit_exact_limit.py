@@ -39,7 +39,7 @@ import pyarrow as pa
 from common import DEFAULT_CORPUS, load_corpus, median_seconds, split_task
 
 from dataselect.corpus import read_corpus
-from scorers.zipfit import ZipFit
+from scorers.zipfit.scorer import ZipFit
 
 
 def zlib_floor(pool: list[bytes], targets: list[bytes]) -> list[list[int]]:

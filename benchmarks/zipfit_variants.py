@@ -1,6 +1,6 @@
 """Which compressor, container and approximation ZIP-FIT should default to.
 
-This is the measurement behind the defaults in ``scorers/zipfit.py`` (README, "ZIP-FIT").
+This is the measurement behind the defaults in ``scorers/zipfit/scorer.py`` (README, "ZIP-FIT").
 It scores one pool against one target sample per task with many variants of the
 compressed length C and reports each variant's precision, time and the Spearman
 correlation of its score with document length.
@@ -10,7 +10,7 @@ seeded sample of ``--target-size`` documents of a domain, the pool a seeded samp
 ``--max-docs`` of the other corpus rows, k the number of that domain's rows in the pool;
 precision is the share of the top k from the domain.
 
-Variants (all through ``scorers.compressors.Codec`` where the scorer supports them):
+Variants (all through ``scorers.zipfit.compressors.Codec`` where the scorer supports them):
 
 * ``exact <compressor> <level>``: 1 − mean NCD with C(x ⊕ t) from compressing each
   concatenation: the paper's quantity, for DEFLATE in its three containers, zstd and lz4.
@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from scorers.compressors import Codec
+from scorers.zipfit.compressors import Codec
 
 DEFAULT_CORPUS = "/work/corpus/corpus.parquet"
 DEFAULT_DOMAINS = ("python_docs", "fortunes", "licenses", "man_intl")

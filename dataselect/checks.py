@@ -19,7 +19,7 @@ import math
 import numbers
 import os
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from dataselect import storage
@@ -58,6 +58,12 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     short.maxlevel = 3
     text = short.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def or_list(names: Sequence[str]) -> str:
+    """``a, b or c``: the choices a message offers, as a sentence reads them."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _bound(number: int | float) -> str:

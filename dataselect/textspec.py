@@ -88,7 +88,7 @@ class TextSpec:
         Chat records give their ``messages`` as they are; a prompt + completion pair is a
         user turn followed by an assistant turn, the form instruction pairs take when an
         instruction model is trained on them. Model-based scorers render this with the
-        model's own chat template when it has one (:mod:`scorers.lm`).
+        model's own chat template when it has one (:mod:`models.lm`).
         """
         if self.kind == "column":
             return None

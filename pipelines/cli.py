@@ -36,6 +36,7 @@ import sys
 import traceback
 from typing import Any
 
+from attribution import ATTRIBUTIONS
 from dataselect import checks, package_version
 from dataselect.checks import flag_type
 from dataselect.defaults import (
@@ -310,7 +311,7 @@ def _feature_commands(commands: Any) -> None:
     attr = commands.add_parser("attribute", help="most influential training rows for query "
                                "examples: less from the pool's index, trak, tracin or bif "
                                "from a model and the pool")
-    attr.add_argument("--method", choices=("less", "trak", "tracin", "bif"), default="less",
+    attr.add_argument("--method", choices=ATTRIBUTIONS.names(), default="less",
                       help="less: cosine of LESS features in the index; trak: TRAK "
                       "(kernel-inverse output gradients); tracin: loss-gradient inner "
                       "products over the checkpoints; bif: Bayesian influence (SGLD "

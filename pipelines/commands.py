@@ -41,8 +41,6 @@ def run_command(args: argparse.Namespace, console: Console) -> None:
 
 # the commands whose --out may be an object-store URL (dataselect.storage)
 REMOTE_OUTPUT_COMMANDS = ("select", "score")
-# attribute's methods that read the pool itself (the other reads an index of its features)
-INFLUENCE_METHODS = ("trak", "tracin", "bif")
 # index build's options, and the one --kind each applies to
 INDEX_OPTIONS = {"nlist": "ivf", "nprobe": "ivf", "hnsw_m": "hnsw"}
 
@@ -69,12 +67,20 @@ def check_flag_pairs(args: argparse.Namespace) -> None:
             if getattr(args, name) is not None and args.kind != kind:
                 raise InputError(f"applies to --kind {kind} only, not {args.kind}",
                                  field=f"--{name.replace('_', '-')}")
-    if args.command == "attribute" and args.pool and args.method not in INFLUENCE_METHODS:
-        raise InputError("--method less reads the pool's features from --index; --pool is "
-                         "for --method trak, tracin or bif", field="--pool")
+    if args.command == "attribute" and args.pool:
+        check_reads_pool(args.method)
     local = {f"--{flag.replace('_', '-')}": getattr(args, flag)
              for flag in ("workers", "memory_limit", "worker_kind") if hasattr(args, flag)}
     checks.check_cluster(getattr(args, "scheduler", None), local, "--scheduler")
+
+
+def check_reads_pool(method: str) -> None:
+    """``--pool`` is for a method that reads the pool's rows, not its features' index."""
+    from attribution import ATTRIBUTIONS, pool_methods
+
+    if ATTRIBUTIONS[method].reads != "pool":
+        raise InputError(f"--method {method} reads the pool's features from --index; --pool "
+                         f"is for --method {checks.or_list(pool_methods())}", field="--pool")
 
 
 def run_job_command(args: argparse.Namespace, console: Console) -> None:
@@ -124,7 +130,7 @@ def job_from_args(args: argparse.Namespace) -> SelectJob:
 def run_model_command(args: argparse.Namespace) -> None:
     """``dataselect model import``: the folder's path on the first line (for scripts), then
     one summary line."""
-    from scorers.model_import import import_model, read_manifest
+    from models.importer import import_model, read_manifest
 
     def say(message: str) -> None:
         print(message, file=sys.stderr)
@@ -140,6 +146,7 @@ def run_model_command(args: argparse.Namespace) -> None:
 
 def run_feature_command(args: argparse.Namespace, console: Console) -> None:
     """The warmup, features, index and attribute commands."""
+    from attribution import ATTRIBUTIONS
     from dataselect.corpus import read_corpus
     from pipelines import feature_jobs
 
@@ -163,7 +170,7 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
         feature_jobs.build_index(args.features, args.out, args.kind, console, **options)
     elif args.command == "index":
         feature_jobs.search_index(args.index, args.queries, args.k, args.out, console)
-    elif args.method != "less":
+    elif ATTRIBUTIONS[args.method].reads == "pool":
         if not args.pool or args.index or args.scorer:
             raise InputError(f"--method {args.method} takes --pool (and -p model=...), not "
                              "--index or --scorer", field="--pool")
@@ -173,7 +180,8 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
                                        args.out, console)
     else:
         if not args.scorer or not args.index:
-            raise InputError("--method less needs --scorer and --index", field="--index")
+            raise InputError(f"--method {args.method} needs --scorer and --index",
+                             field="--index")
         queries = read_corpus(args.queries, args.text_field, args.id_field)
         featurizer = _featurizer(args)
         feature_jobs.run_attribute_job(featurizer, queries, args.index, args.k, args.out,

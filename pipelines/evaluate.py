@@ -144,7 +144,7 @@ class TrainingJob:
         started = time.perf_counter()
         model, tokenizer = _load_model(self.base, self.fresh_init, self.seed)
         s = self.settings
-        from scorers.lm import fit_causal_lm
+        from models.lm import fit_causal_lm
 
         losses = fit_causal_lm(model, tokenizer, self.train, s.steps, s.lr, s.batch_size,
                                s.max_length, self.seed)
@@ -171,7 +171,7 @@ def _load_model(base: str, fresh_init: bool, seed: int) -> tuple[Any, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scorers.lm import load_causal_lm, load_tokenizer, pick_device
+    from models.lm import load_causal_lm, load_tokenizer, pick_device
 
     device = pick_device(None)
     tokenizer = load_tokenizer(base)
@@ -190,7 +190,7 @@ def score_held_out(model: Any, tokenizer: Any, held_out: pa.Table, max_length: i
     the same), and exact match of greedy answers when the answers are short."""
     import torch
 
-    from scorers.lm import per_example_loss, tokenize
+    from models.lm import per_example_loss, tokenize
 
     device = next(model.parameters()).device
     row_losses, row_accuracy = [], []
@@ -213,7 +213,7 @@ def score_held_out(model: Any, tokenizer: Any, held_out: pa.Table, max_length: i
     result: dict[str, Any] = {"loss": round(float(np.mean(row_losses)), 6),
                               "token_accuracy": round(float(np.mean(row_accuracy)), 6),
                               "held_out_rows": len(row_losses)}
-    from scorers.lm import has_chat_template
+    from models.lm import has_chat_template
 
     prompts, answers = split_prompts(held_out, tokenizer)
     templated = has_chat_template(tokenizer) and CHAT_COLUMN in held_out.column_names
@@ -230,7 +230,7 @@ def split_prompts(view: pa.Table, tokenizer: Any = None) -> tuple[list[str], lis
     response span and that span's text, or, for a model with a chat template, the
     conversation up to the first assistant turn rendered with the template's generation
     prompt and that turn's reply (the model answers in the format it was tuned on)."""
-    from scorers.lm import has_chat_template
+    from models.lm import has_chat_template
 
     if tokenizer is not None and has_chat_template(tokenizer) and CHAT_COLUMN in \
             view.column_names:
@@ -309,7 +309,7 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
         results = runner("eval:train", [dask.delayed(job, pure=False, traverse=False)()
                                           for job in jobs])
     summary = summarize_results(results)
-    from scorers.lm import model_rendering
+    from models.lm import model_rendering
 
     report = {"settings": jsonable(dataclasses.asdict(settings)), "base_model": base,
               "fresh_init": fresh, "rendering": model_rendering(base),
@@ -464,10 +464,10 @@ def _base_model(pool: Corpus, settings: EvalSettings, folder: str) -> tuple[str,
     """The model folder every training starts from, and whether weights are drawn afresh
     per seed. Built once per settings and pool, then reused."""
     if settings.model:
-        from scorers.lm import check_model_folder
+        from models.lm import check_model_folder
 
         return check_model_folder(settings.model, "eval model"), False
-    from scorers.lm import build_tiny_causal_lm
+    from models.lm import build_tiny_causal_lm
 
     wanted = jsonable({"vocab_size": settings.vocab_size, "hidden_size": settings.hidden_size,
                        "layers": settings.layers, "heads": settings.heads,
@@ -492,7 +492,7 @@ def _job_key(settings: EvalSettings, base: str, task: str, arm: str, seed: int,
         for value in column.to_pylist():
             ids.update(value.encode() + b"\0")
         ids.update(b"|")
-    from scorers.lm import model_fingerprint, model_rendering
+    from models.lm import model_fingerprint, model_rendering
 
     data = {"settings": settings.training_key(), "base": os.path.abspath(base), "task": task,
             "arm": arm, "seed": seed, "rows": ids.hexdigest(),

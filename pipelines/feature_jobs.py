@@ -4,8 +4,9 @@
     features   pool (or query) features into a feature store, partition by partition
     index      a FAISS index over a feature store; search it with a query feature store
     attribute  top-k most influential training rows for query examples, as Parquet rows
-               (--method less: from the pool's index; trak, bif: from a model and the pool,
-               k = all rows as a dense float32 matrix)
+               (the method looked up in attribution.ATTRIBUTIONS: less from the pool's
+               index; trak, tracin, bif or a plug-in's from the pool itself; k = all rows
+               as a dense float32 matrix)
 
 Each prints a summary table at the end, like the selection jobs.
 """
@@ -16,42 +17,34 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from rich.console import Console
 from rich.progress import Progress
 
-from dataselect.attribution import (
-    attribute,
-    attribute_inner,
-    dense_scores,
-    inner_product_index,
-    top_k_table,
-    write_attribution_matrix,
-    write_attributions,
-)
+from attribution import ATTRIBUTIONS
+from attribution.base import Attributor
+from attribution.index import FeatureIndex, IndexKind
+from attribution.less import IndexSettings, LessCosine, check_compatible, search
+from attribution.output import write_attribution_matrix, write_attributions
+from attribution.scores import Scores
+from attribution.settings import build_settings, typed_settings
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
-from dataselect.features import FeatureStore, combine_views, normalize_rows
+from dataselect.features import FeatureStore, combine_views
 from dataselect.featurize import SIDES, Side, featurize
-from dataselect.index import FeatureIndex, IndexKind
 from dataselect.outdir import check_output_file, locked_output, normalize, refuse_overlap
 from dataselect.params import settings_from_text
 from dataselect.sampling import id_hashes
+from models.warmup_config import WarmupConfig, sample_pool
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.summary import print_summary
-from scorers.warmup_config import WarmupConfig, sample_pool
-
-# Feature settings that must agree between an index and the queries searched against it
-# (everything except which side of the gradient features they are).
-_SIDE_KEYS = ("side", "gradient", "corpus", "npartitions")
 
 
 def run_warmup_job(model: str, pool: Corpus, out: str, config: WarmupConfig,
                    device: str | None = None, console: Console | None = None
                    ) -> list[str]:
-    from scorers.lora_warmup import warmup  # torch and peft: only when training
+    from models.lora_warmup import warmup  # torch and peft: only when training
 
     started = time.perf_counter()
     pool.check_unique_ids([id_hashes(table["id"]) for table in pool.iter_tables()])
@@ -119,40 +112,30 @@ def build_index(features: str, out: str, kind: IndexKind = "flat",
     return index
 
 
-def check_compatible(index: FeatureIndex, query: dict[str, Any], where: str) -> None:
-    """Refuse queries whose features were made with another model/projection/checkpoints."""
-    indexed = index.settings.get("features", {})
-    differ = sorted(k for k in set(indexed) | set(query) if k not in _SIDE_KEYS
-                    and indexed.get(k) != query.get(k))
-    if differ:
-        raise InputError(f"query features differ from the indexed ones in: {', '.join(differ)}",
-                         where=where)
+def _write_scores(scores: Scores, dense: bool, k: int | None, out: str,
+                  inputs: list[str]) -> int:
+    """Write every score (``dense``) or the top ``k`` per query; the rows (or cells)
+    written."""
+    if dense:
+        matrix = scores.matrix()
+        write_attribution_matrix(matrix, scores.train_ids, scores.query_ids, out, inputs)
+        return matrix.size
+    table = scores.top_k(k)  # type: ignore[arg-type]
+    write_attributions(table, out, inputs)
+    return table.num_rows
 
 
-def _write_attributions(index: FeatureIndex, ids: list[str], vectors: list[np.ndarray],
-                        k: int | None, out: str, job: str, started: float,
+def _write_attributions(scores: Scores, k: int | None, out: str, job: str, started: float,
                         console: Console | None, inputs: list[str]) -> dict[str, Any]:
-    """Search the query vectors (already combined like the indexed ones), write the rows
-    and print the summary; scores are scaled back to the features' own units (LESS: the
-    learning-rate-weighted cosine sum)."""
-    scale = float(index.settings.get("features", {}).get("scale", 1.0))
-    if k is None:  # every row: the dense matrix from the index's own (unit) vectors
-        if index.kind != "flat":
-            raise InputError("k = all needs a flat index (ivf and hnsw keep no exact rows)",
-                             field="-k")
-        train = index.index.reconstruct_n(0, index.index.ntotal)
-        matrix = dense_scores(train, normalize_rows(np.concatenate(vectors))) * scale
-        write_attribution_matrix(matrix, index.ids, ids, out, inputs)
-        rows_out = matrix.size
-    else:
-        table = attribute(index, ids, np.concatenate(vectors), k, scale=scale)
-        write_attributions(table, out, inputs)
-        rows_out = table.num_rows
+    """Write an index search's rows (or every score, for ``k`` None) and print the
+    summary."""
+    rows_out = _write_scores(scores, k is None, k, out, inputs)
+    queries = len(scores.query_ids)
     seconds = time.perf_counter() - started
-    print_summary(console, job, [StageTiming(job, len(ids), seconds)],
-                  {"rows_in": len(ids), "k": "all" if k is None else k, "rows_out": rows_out,
+    print_summary(console, job, [StageTiming(job, queries, seconds)],
+                  {"rows_in": queries, "k": "all" if k is None else k, "rows_out": rows_out,
                    "out": os.path.abspath(out)}, seconds)
-    return {"queries": len(ids), "rows": rows_out}
+    return {"queries": queries, "rows": rows_out}
 
 
 def search_index(index_folder: str, queries: str, k: int | None, out: str,
@@ -172,37 +155,32 @@ def search_index(index_folder: str, queries: str, k: int | None, out: str,
         vectors.append(combine_views(matrix, weights))
     if not ids:
         raise InputError("the query feature store has no finished parts", where=queries)
-    return _write_attributions(index, ids, vectors, k, out, "search", started, console,
-                               inputs)
+    return _write_attributions(search(index, ids, vectors), k, out, "search", started,
+                               console, inputs)
 
 
 def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: int | None,
                       out: str,
                       console: Console | None = None) -> dict[str, Any]:
-    """Query features computed here (queries are few), searched in the pool's index."""
+    """``attribute --method less``: query features computed here (queries are few),
+    searched in the pool's index (:class:`attribution.less.LessCosine`)."""
     started = time.perf_counter()
     inputs = [index_folder, *queries.files, *queries.roots, *model_paths(featurizer)]
     if k is not None:
         check_output_file(out, "attributions", inputs)  # before any work
-    index = FeatureIndex.load(index_folder)
-    check_compatible(index, featurizer.feature_description("query"), index_folder)
-    weights = index.settings.get("features", {}).get("view_weights")
-    ids, vectors, hashes = [], [], []
-    for table in queries.iter_tables():
-        view = queries.scoring_view(table, featurizer.uses_response_spans)
-        hashes.append(id_hashes(view["id"]))
-        ids += view["id"].to_pylist()
-        vectors.append(combine_views(featurizer.featurize_batch(view, "query"), weights))
-    if not ids:
+    method = LessCosine(IndexSettings(index_folder, featurizer))
+    views = [queries.scoring_view(table, method.response_spans)
+             for table in queries.iter_tables()]
+    if not sum(view.num_rows for view in views):
         raise InputError("no query examples", where=", ".join(queries.files))
-    queries.check_unique_ids(hashes)
-    return _write_attributions(index, ids, vectors, k, out, "attribute", started, console,
-                               inputs)
+    queries.check_unique_ids([id_hashes(view["id"]) for view in views])
+    return _write_attributions(method.attribute(None, views), k, out, "attribute", started,
+                               console, inputs)
 
 
-def _views(corpus: Corpus) -> tuple[list[str], pa.Table]:
-    """Every row of a (small) corpus as one scoring view with response spans."""
-    views = [corpus.scoring_view(t, response_spans=True) for t in corpus.iter_tables()]
+def _views(corpus: Corpus, response_spans: bool) -> tuple[list[str], pa.Table]:
+    """Every row of a (small) corpus as one scoring view."""
+    views = [corpus.scoring_view(t, response_spans) for t in corpus.iter_tables()]
     corpus.check_unique_ids([id_hashes(v["id"]) for v in views])
     view = pa.concat_tables(views, promote_options="permissive") if views else None
     if view is None or view.num_rows == 0:
@@ -210,56 +188,39 @@ def _views(corpus: Corpus) -> tuple[list[str], pa.Table]:
     return view["id"].to_pylist(), view
 
 
+def build_attributor(method: str, values: dict[str, Any]) -> Attributor:
+    """The method registered as ``method``, built from typed settings."""
+    return ATTRIBUTIONS[method](build_settings(method, values))
+
+
 def run_influence_job(method: str, params: dict[str, str], pool: Corpus, queries: Corpus,
                       k: int | None, out: str, console: Console | None = None
                       ) -> dict[str, Any]:
-    """``attribute --method trak|tracin|bif``: training-side gradients (or SGLD draws) of the pool
-    and the queries, computed here in one process. With ``k`` below the pool's size, the
-    top-k rows per query as Parquet (TRAK through the inner-product index); with ``k`` None
-    or at least the pool's size, the dense float32 ``(pool rows, queries)`` matrix folder
-    (:func:`dataselect.attribution.write_attribution_matrix`)."""
-    from scorers.influence import InfluenceConfig
-
-    config = InfluenceConfig(**settings_from_text(InfluenceConfig, params, method))
-    return write_influence(method, config, pool, queries, k, out, console)
+    """``attribute --method M`` for a method that reads the pool (trak, tracin, bif or a
+    plug-in's): its scores of the pool for the queries, computed here in one process. With
+    ``k`` below the pool's size, the top-k rows per query as Parquet; with ``k`` None or at
+    least the pool's size, the dense float32 ``(pool rows, queries)`` matrix folder
+    (:func:`attribution.output.write_attribution_matrix`)."""
+    attributor = build_attributor(method, typed_settings(method, params, text=True))
+    return write_influence(attributor, pool, queries, k, out, console)
 
 
-def write_influence(method: str, config: Any, pool: Corpus, queries: Corpus, k: int | None,
+def write_influence(attributor: Attributor, pool: Corpus, queries: Corpus, k: int | None,
                     out: str, console: Console | None = None, summary: bool = True
                     ) -> dict[str, Any]:
-    """:func:`run_influence_job` with settled settings (a
-    :class:`scorers.influence.InfluenceConfig`); ``summary=False`` leaves the stage table
-    to the caller (a recipe prints one for the whole run)."""
-    from scorers.influence import bif_scores, tracin_features, trak_features
-
+    """:func:`run_influence_job` with the method built; ``summary=False`` leaves the stage
+    table to the caller (a recipe prints one for the whole run)."""
     started = time.perf_counter()
-    inputs = [*pool.files, *pool.roots, *queries.files, *queries.roots, *model_paths(config)]
-    pool_ids, pool_view = _views(pool)
-    query_ids, query_view = _views(queries)
+    method = attributor.name
+    inputs = [*pool.files, *pool.roots, *queries.files, *queries.roots,
+              *model_paths(attributor.settings)]
+    pool_ids, pool_view = _views(pool, attributor.response_spans)
+    query_ids, query_view = _views(queries, attributor.response_spans)
     dense = k is None or k >= len(pool_ids)
     if not dense:
         check_output_file(out, "attributions", inputs)  # before any work
-    if method in ("trak", "tracin"):
-        features = trak_features if method == "trak" else tracin_features
-        train, query = features(config, pool_view, query_view)
-        if dense:
-            matrix = dense_scores(train, query)
-        else:
-            index, norm = inner_product_index(pool_ids, train)
-            table = attribute_inner(index, norm, query_ids, query, k)
-    elif method == "bif":
-        matrix = bif_scores(config, pool_view, query_view)
-        if not dense:
-            table = top_k_table(matrix, pool_ids, query_ids, k)
-    else:
-        raise InputError(f"method must be trak, tracin or bif here, got {method!r}",
-                         field="--method")
-    if dense:
-        write_attribution_matrix(matrix, pool_ids, query_ids, out, inputs)
-        rows_out = matrix.size
-    else:
-        write_attributions(table, out, inputs)
-        rows_out = table.num_rows
+    rows_out = _write_scores(attributor.attribute(pool_view, [query_view]), dense, k, out,
+                             inputs)
     seconds = time.perf_counter() - started
     if summary:
         print_summary(console, f"attribute:{method}",

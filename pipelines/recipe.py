@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,11 +39,11 @@ from dataselect.layout import FOLDER_NAME, FOLDER_NAME_RULE
 from dataselect.params import checked, settings_model
 from dataselect.policies import resolved_policy
 from dataselect.scoring import needs_warmup
+from models.importer import is_shortcut
+from models.warmup_config import WarmupConfig
 from pipelines.recipe_errors import NestedError, RecipeError, recipe_error, setting_error
 from pipelines.recipe_yaml import read_recipe_yaml
 from scorers import SCORERS, build_scorer
-from scorers.model_import import is_shortcut
-from scorers.warmup_config import WarmupConfig
 
 # Columns a selection writes next to the pool's (writer.ADDED_COLUMNS, union's tasks,
 # combine's best_task, scoring's filtered_by): a task of one of these names, or of a
@@ -210,11 +211,23 @@ class AttributionSpec(_Strict):
     target rows (``queries: target``). ``params`` are the method's settings (``proj_dim``,
     ``ridge``, ``kernel``, ``checkpoints``, BIF's sampler, ...)."""
 
-    method: Literal["trak", "tracin", "bif"] = "trak"
-    model: str
+    method: str = "trak"
+    model: str | None = None  # required by a method whose settings have a model
     queries: Literal["eval", "target"] = "eval"
     k: int | Literal["all"] = 10
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, method: str) -> str:
+        """A registered method that reads the rows (a recipe attributes the rows it
+        chose, not an index of their features)."""
+        from attribution import ATTRIBUTIONS, pool_methods
+
+        if method not in ATTRIBUTIONS.names() or ATTRIBUTIONS[method].reads != "pool":
+            names = checks.or_list([repr(name) for name in pool_methods()])
+            raise ValueError(f"Input should be {names}")
+        return method
 
     @field_validator("k", mode="before")
     @classmethod
@@ -225,24 +238,40 @@ class AttributionSpec(_Strict):
 
     @field_validator("params")
     @classmethod
-    def _influence_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        # torch: imported only for recipes that attribute
-        from scorers.influence import InfluenceConfig, check_settings
+    def _method_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # the method's module (torch, for the built-ins): imported only for recipes that
+        # attribute
+        from attribution.settings import accepted_keys, build_settings, takes
 
-        if "model" in params:
+        method = info.data.get("method")
+        if method is None:  # refused above; its settings cannot be checked
+            return params
+        placeholder = {"model": "."} if takes(method, "model") else {}
+        if placeholder and "model" in params:
             raise ValueError("give the model as attribution.model, not in params")
         try:
-            model = settings_model(InfluenceConfig).model_validate({"model": ".", **params})
+            model = settings_model(accepted_keys(method)).model_validate({**placeholder,
+                                                                          **params})
         except pydantic.ValidationError as exc:
             raise NestedError.of((), exc) from None
-        typed = {k: v for k, v in model.model_dump(exclude_unset=True).items() if k != "model"}
+        typed = {k: v for k, v in model.model_dump(exclude_unset=True).items()
+                 if k not in placeholder}
         try:
-            check_settings(typed)
+            build_settings(method, {**placeholder, **typed})
         except InputError as exc:
             raise NestedError([{"loc": (exc.field,) if exc.field else (), "msg": exc.message,
                                  "type": "value_error", "input": typed.get(exc.field or "")}]
                                ) from None
         return typed
+
+    @model_validator(mode="after")
+    def _model_given(self) -> AttributionSpec:
+        from attribution.settings import takes
+
+        if self.model is None and takes(self.method, "model"):
+            raise NestedError([{"loc": ("model",), "msg": "Field required", "type": "missing",
+                                 "input": None}])
+        return self
 
 
 class Recipe(_Strict):

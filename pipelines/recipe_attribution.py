@@ -6,7 +6,7 @@ selection (did the rows we chose matter for what we want, and which ones), the r
 the model are the recipe's own, and the result then lives beside the selection with the
 same ownership, resume and refusal rules. Each task runs
 :func:`pipelines.feature_jobs.write_influence`, the code of ``dataselect attribute
---method trak|tracin|bif``, over the task's ``tasks/<task>/`` parts.
+--method``, over the task's ``tasks/<task>/`` parts.
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ def run_attributions(recipe: Recipe, out: str, models: dict[str, str],
                      timings: list[StageTiming], console: Console) -> dict[str, Any]:
     """Attribute every task's held-out (or target) rows to its selected rows; returns
     what ``.run.json`` records per task. ``models``: the recipe's model names -> folders."""
-    from pipelines.feature_jobs import write_influence
-    from scorers.influence import InfluenceConfig
+    from attribution.settings import takes
+    from pipelines.feature_jobs import build_attributor, write_influence
 
     spec = recipe.attribution
-    config = InfluenceConfig(model=models.get(spec.model, spec.model),
-                             **{"seed": recipe.seed, **spec.params})
+    given = {"model": models.get(spec.model, spec.model), "seed": recipe.seed}
+    attributor = build_attributor(spec.method, {
+        **{key: value for key, value in given.items() if takes(spec.method, key)},
+        **spec.params})
     os.makedirs(os.path.join(out, ATTRIBUTION_DIR), exist_ok=True)
     record: dict[str, Any] = {}
     for task, target in recipe.targets.items():
@@ -59,7 +61,7 @@ def run_attributions(recipe: Recipe, out: str, models: dict[str, str],
         queries = read_corpus(target.eval if spec.queries == "eval" else target.paths,
                               target.text or recipe.pool.text, recipe.pool.id_field)
         path = attribution_path(out, recipe, task)
-        done = write_influence(spec.method, config, training, queries,
+        done = write_influence(attributor, training, queries,
                                None if spec.k == "all" else spec.k, path, console,
                                summary=False)
         record[task] = {"path": os.path.relpath(path, out), **done}

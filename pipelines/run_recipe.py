@@ -243,7 +243,7 @@ def build_model(pool: Corpus, spec: TinyModelSpec, folder: str) -> tuple[str, bo
     """A small Llama built from ``spec`` and trained on (a seeded sample of up to 20,000
     rows of) the pool's response tokens; reused when ``folder`` holds one built from the
     same spec and pool. Returns the model folder and whether it was built now."""
-    from scorers.lm import build_tiny_causal_lm, train_causal_lm
+    from models.lm import build_tiny_causal_lm, train_causal_lm
 
     marker = os.path.join(folder, "_built.json")
     wanted = {"spec": spec.model_dump(), "pool": pool.fingerprint()}
@@ -264,8 +264,8 @@ def build_model(pool: Corpus, spec: TinyModelSpec, folder: str) -> tuple[str, bo
 def _warmup(recipe: Recipe, pool: Corpus, model: str, out: str, timings: list[StageTiming],
             console: Console) -> list[str]:
     """LESS step 1 (LoRA warmup on a share of the pool), once per output folder."""
+    from models.lora_checkpoints import read_info
     from pipelines.feature_jobs import run_warmup_job
-    from scorers.lora_checkpoints import read_info
 
     folder = os.path.join(out, WARMUP_DIR)
     config = recipe.warmup_config()

@@ -39,7 +39,7 @@ from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.features import normalize_rows
 from dataselect.featurize import SIDES, Side, scores_via_store
 from dataselect.scoring import Scorer, Scores
-from scorers.lm import (
+from models.lm import (
     TokenBatch,
     check_model_folder,
     load_causal_lm,

@@ -51,7 +51,7 @@ def instruction_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     data/instructions/train.jsonl (200 steps over the response tokens): the model-based
     scorers assume a model that has learned something, and nothing can be downloaded."""
     from dataselect import read_corpus
-    from scorers.lm import build_tiny_causal_lm, train_causal_lm
+    from models.lm import build_tiny_causal_lm, train_causal_lm
 
     root = tmp_path_factory.mktemp("instruction_lm")
     train = DATA / "instructions" / "train.jsonl"
@@ -61,6 +61,22 @@ def instruction_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     corpus = read_corpus(str(train), text="messages")
     view = corpus.scoring_view(corpus.to_table("train"), response_spans=True)
     return train_causal_lm(blank, view, root / "trained", steps=200, max_length=256)
+
+
+def install_distribution(root: Path, monkeypatch: pytest.MonkeyPatch, module: str,
+                         source: str, entry_points: str) -> None:
+    """A distribution as pip would install it: the module ``module`` (``source``) and a
+    dist-info folder with ``entry_points`` (the text of entry_points.txt), on sys.path."""
+    import sys
+
+    (root / f"{module}.py").write_text(source)
+    info = root / f"{module}-0.1.dist-info"
+    info.mkdir()
+    name = module.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, module, raising=False)  # another test's version
 
 
 def instruction_recipe(out: Path, tasks: tuple[str, ...], scorers: dict, k: int) -> dict:
@@ -93,7 +109,7 @@ def smollm2() -> str:
     reuses the first's folder. No download is a failure, not a skip: CI must not pass
     without having run the tests that need it."""
     from dataselect.errors import InputError
-    from scorers.model_import import import_model
+    from models.importer import import_model
 
     try:
         return import_model("smollm2", cache=TEST_MODELS)

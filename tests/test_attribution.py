@@ -8,24 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from dataselect.attribution import (
+from attribution.bif import BifConfig, RunningCovariance, bif
+from attribution.output import (
     attribute_inner,
     dense_scores,
     inner_product_index,
     read_attribution_matrix,
     write_attribution_matrix,
 )
-from scorers.bif import BifConfig, RunningCovariance, bif
-from scorers.projection import RademacherProjection
-from scorers.tracin import NegativeLoss, TracIn, member_weights
-from scorers.trak import (
+from attribution.output_gradients import (
     ClassifierOutput,
     OutputGradients,
-    Trak,
     margin,
     output_gradients,
-    ridged_kernel,
 )
+from attribution.tracin import NegativeLoss, TracIn, member_weights
+from attribution.trak import Trak, ridged_kernel
+from models.projection import RademacherProjection
 
 
 def _classifier(seed: int) -> tuple[torch.nn.Module, tuple, tuple]:
@@ -203,8 +202,8 @@ def test_dense_path_equals_index_top_k(tmp_path) -> None:
 def test_a_kernel_without_ridge_on_too_few_directions_is_refused(rows):
     """Rows spanning 2 of 8 directions: with no ridge the kernel has no inverse, in both
     forms, and the error names the setting to change."""
+    from attribution.trak import KernelInverse
     from dataselect.errors import InputError
-    from scorers.trak import KernelInverse
 
     basis = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
     phi = torch.randn(rows, 2, generator=torch.Generator().manual_seed(1)) @ basis

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from attribution.ensemble import train_linear_layers
+from attribution.output import read_attribution_matrix
+from attribution.output_gradients import CausalLMOutput, output_gradients
 from dataselect import read_corpus
-from dataselect.attribution import read_attribution_matrix
+from models.lm import load_causal_lm, load_tokenizer, tokenize
 from pipelines.cli import main
-from scorers.influence import train_linear_layers
-from scorers.lm import load_causal_lm, load_tokenizer, tokenize
-from scorers.trak import CausalLMOutput, output_gradients
 
 INSTRUCTIONS = Path(__file__).resolve().parent.parent / "data" / "instructions"
 PARAMS = ["-p", "proj_dim=32", "-p", "max_length=96", "-p", "batch_size=8"]
@@ -68,10 +68,10 @@ def test_lora_members_equal_each_adapter_loaded_alone(instruction_lm: str, pool_
                                                       tmp_path: Path) -> None:
     from peft import PeftModel
 
-    from scorers.influence import InfluenceConfig, members
+    from attribution.ensemble import EnsembleSettings, members
 
     adapters = [_adapter(instruction_lm, tmp_path / f"a{i}", i) for i in range(2)]
-    config = InfluenceConfig(instruction_lm, adapters, max_length=96)
+    config = EnsembleSettings(instruction_lm, adapters, max_length=96)
     corpus = read_corpus(str(pool_file), text="messages")
     view = corpus.scoring_view(corpus.to_table(), response_spans=True).slice(0, 6)
     tokens = tokenize(load_tokenizer(instruction_lm), view, 96)
@@ -117,7 +117,7 @@ def test_cli_attribute_tracin_weights_checkpoints_by_learning_rate(
     matrix is 0.75 and 0.25 of each adapter's own loss-gradient products."""
     from peft import PeftModel
 
-    from scorers.tracin import NegativeLoss
+    from attribution.tracin import NegativeLoss
 
     adapters = [_adapter(instruction_lm, tmp_path / f"a{i}", i) for i in range(2)]
     for adapter, lr in zip(adapters, (3e-4, 1e-4)):

@@ -23,8 +23,8 @@ from dataselect.scoring import StartedFit
 from pipelines.cli import main
 from pipelines.recipe import load_recipe
 from scorers import SCORERS, build_scorer
-from scorers.auto import CANDIDATE_SETTINGS, STATEMENT, Auto, _comparable, _FoldResult
-from scorers.auto_validation import (
+from scorers.auto.scorer import CANDIDATE_SETTINGS, STATEMENT, Auto, _comparable, _FoldResult
+from scorers.auto.validation import (
     COMBINE_MARGIN,
     TIE_Z,
     FoldScores,
@@ -41,7 +41,7 @@ from scorers.auto_validation import (
     validation_rows,
     weight_grid,
 )
-from scorers.fasttext import FastText
+from scorers.fasttext.scorer import FastText
 
 INSTRUCTIONS = DATA / "instructions"
 TRAIN = str(INSTRUCTIONS / "train.jsonl")
@@ -279,7 +279,7 @@ def test_the_report_shows_the_validation_table(cli_runs):
 
 @pytest.mark.slow  # builds a small model (5 s) and embeds the pool with it
 def test_model_scorers_join_when_a_model_is_given(tmp_path):
-    from scorers.lm import build_tiny_causal_lm
+    from models.lm import build_tiny_causal_lm
 
     rows = [json.loads(line) for line in Path(TRAIN).read_text(encoding="utf-8").splitlines()]
     model = build_tiny_causal_lm([m["content"] for r in rows for m in r["messages"]],
@@ -451,7 +451,7 @@ def test_a_tied_mix_that_validates_worse_than_the_best_is_not_taken():
 
 
 def test_the_note_says_when_the_validation_could_not_separate_the_candidates():
-    from scorers.auto import _separation
+    from scorers.auto.scorer import _separation
 
     table = {"separated": False, "tied": ["dsir", "fasttext"],
              "rule": "best single: the tied mix validated worse"}

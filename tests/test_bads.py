@@ -20,15 +20,15 @@ from sklearn.metrics import roc_auc_score
 from dataselect import read_corpus
 from dataselect.errors import InputError
 from pipelines.cli import main
-from scorers.bads import Bads
-from scorers.bads_classifier import fit_classifier, train_uniform
-from scorers.bads_sampler import (
+from scorers.bads.classifier import fit_classifier, train_uniform
+from scorers.bads.sampler import (
     BadsConfig,
     BadsDivergedError,
     BadsSampler,
     BadsWarning,
     FreeWeights,
 )
+from scorers.bads.scorer import Bads
 
 INSTRUCTIONS = DATA / "instructions"
 TASKS = ("code", "define", "summarize", "translate")

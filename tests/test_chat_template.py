@@ -1,5 +1,5 @@
 """Chat records reach a model in its own chat template, with the assistant turns as the
-tokens to score (scorers.lm.render_chat / tokenize); models without a template keep
+tokens to score (models.lm.render_chat / tokenize); models without a template keep
 dataselect's plain format."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from dataselect import read_corpus
 from dataselect.errors import InputError
 from dataselect.textspec import CHAT_COLUMN, CHAT_TYPE
-from scorers.lm import model_view, render_chat, rendering, tokenize
+from models.lm import model_view, render_chat, rendering, tokenize
 
 # A ChatML-style template written for these tests: a default system turn when none is
 # given, an end-of-turn marker after every turn, and a generation prompt.
@@ -164,7 +164,7 @@ def test_chat_column_keeps_role_and_content_only(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_smollm2_scores_each_reply_and_its_end_of_turn(smollm2: str) -> None:
-    from scorers.lm import load_tokenizer
+    from models.lm import load_tokenizer
 
     tok = load_tokenizer(smollm2)
     assert rendering(tok)["format"] == "chat_template"

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from dataselect.errors import InputError
-from scorers.compressors import Codec
+from scorers.zipfit.compressors import Codec
 
 
 @pytest.fixture

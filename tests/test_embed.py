@@ -14,8 +14,8 @@ from conftest import DATA
 
 from dataselect import read_corpus
 from dataselect.errors import InputError
+from models.lm import load_causal_lm, load_tokenizer, model_view, tokenize
 from scorers.embed import Embed, length_batches, pool_hidden_states
-from scorers.lm import load_causal_lm, load_tokenizer, model_view, tokenize
 
 TASKS = ("code", "define", "summarize", "translate")
 TARGETS = DATA / "instructions" / "targets"

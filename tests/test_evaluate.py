@@ -96,7 +96,7 @@ def test_plan_pairs_selection_with_random_rows_of_the_same_size(instruction_run)
 
 def test_held_out_loss_equals_a_one_row_loop(instruction_lm):
     """Batched, padded scoring gives each row's own mean response-token loss."""
-    from scorers.lm import load_causal_lm, load_tokenizer
+    from models.lm import load_causal_lm, load_tokenizer
 
     corpus = read_corpus(str(INSTRUCTIONS / "eval" / "define.jsonl"), "messages")
     view = corpus.scoring_view(corpus.to_table(), response_spans=True).slice(0, 12)

@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import POOL_GLOB, TARGETS, write_jsonl
 
-import scorers.fasttext as fasttext_scorer
+import scorers.fasttext.scorer as fasttext_scorer
 from dataselect import read_corpus, select
 from dataselect.errors import InputError
 from dataselect.metrics import domain_precision
 from pipelines.cli import main
 from scorers import FastText
-from scorers.fasttext import normalize_texts
+from scorers.fasttext.scorer import normalize_texts
 
 
 @pytest.fixture(scope="module")

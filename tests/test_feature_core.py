@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from dataselect.attribution import attribute
+from attribution.index import FeatureIndex
+from attribution.output import attribute
 from dataselect.errors import InputError, OutputConflictError
 from dataselect.features import FeatureStore, combine_views
-from dataselect.index import FeatureIndex
 from dataselect.metrics import lds, lds_per_query
 from dataselect.textspec import TextSpec
-from scorers import projection as projection_module
-from scorers.gradients import LinearGradients, adam_precondition
-from scorers.projection import RademacherProjection
+from models import projection as projection_module
+from models.gradients import LinearGradients, adam_precondition
+from models.projection import RademacherProjection
 
 
 def _mlp(seed: int = 0) -> torch.nn.Module:

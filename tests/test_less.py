@@ -21,12 +21,12 @@ from dataselect import read_corpus
 from dataselect.errors import InputError
 from dataselect.features import FeatureStore
 from dataselect.textspec import TextSpec
+from models.lm import load_causal_lm, load_tokenizer, per_example_loss, token_budget_chunks
+from models.lm import tokenize as lm_tokenize
+from models.lora_checkpoints import load_moments
+from models.lora_warmup import WarmupConfig, learning_rate, warmup
 from pipelines.cli import main
 from scorers.less import Less
-from scorers.lm import load_causal_lm, load_tokenizer, per_example_loss, token_budget_chunks
-from scorers.lm import tokenize as lm_tokenize
-from scorers.lora_checkpoints import load_moments
-from scorers.lora_warmup import WarmupConfig, learning_rate, warmup
 
 INSTRUCTIONS = Path(__file__).resolve().parent.parent / "data" / "instructions"
 TASKS = ("code", "define", "summarize", "translate")
@@ -112,8 +112,8 @@ def _naive_features(setup: dict, view: pa.Table, checkpoint: str, adam: bool, di
     the explicit matrix of the scorer's projection (``matrix()``), normalise."""
     from peft import PeftModel
 
-    from scorers.lora_checkpoints import canonical_name
-    from scorers.projection import make_projection
+    from models.lora_checkpoints import canonical_name
+    from models.projection import make_projection
 
     tokenizer = load_tokenizer(setup["model"])
     model = PeftModel.from_pretrained(load_causal_lm(setup["model"], torch.device("cpu")),
@@ -178,7 +178,7 @@ def test_token_budget_chunks_bound_rows_and_padded_tokens(max_rows: int, max_tok
 
 def test_token_budget_splits_backward_passes_without_changing_features(
         setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from scorers.gradients import LinearGradients
+    from models.gradients import LinearGradients
 
     table = setup["pool"].read_partition(0).slice(0, 6)
     view = setup["pool"].scoring_view(table, response_spans=True)
@@ -394,8 +394,8 @@ def test_cli_features_index_attribute(setup: dict, tmp_path: Path) -> None:
 
 
 def test_checkpoint_json_has_one_reader_for_less_and_tracin(tmp_path):
-    from scorers.influence import checkpoint_learning_rate
-    from scorers.lora_checkpoints import INFO_FILE, MOMENTS_FILE, read_info
+    from attribution.ensemble import checkpoint_learning_rate
+    from models.lora_checkpoints import INFO_FILE, MOMENTS_FILE, read_info
 
     assert checkpoint_learning_rate(str(tmp_path)) is None  # no file: equal weights
     (tmp_path / INFO_FILE).write_text('{"epoch": 1, "mean_lr": 0.0003}')

@@ -14,7 +14,7 @@ import pytest
 from conftest import TEST_MODELS
 
 from dataselect.errors import InputError, OutputConflictError
-from scorers.model_import import MANIFEST, import_model, is_complete, read_manifest
+from models.importer import MANIFEST, import_model, is_complete, read_manifest
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -90,7 +90,7 @@ def test_a_second_import_is_a_no_op(smollm2, smollm2_gguf):
 
 
 def test_check_model_folder_accepts_a_gguf_or_its_wheel(smollm2, smollm2_gguf, monkeypatch):
-    from scorers.lm import check_model_folder, model_fingerprint
+    from models.lm import check_model_folder, model_fingerprint
 
     monkeypatch.setenv("DATASELECT_MODEL_CACHE", TEST_MODELS)
     assert check_model_folder(str(smollm2_gguf)) == smollm2
@@ -222,7 +222,7 @@ def test_concurrent_imports_convert_once(tmp_path, monkeypatch):
     import threading
 
     from dataselect.output import write_json
-    from scorers import model_import
+    from models import importer as model_import
 
     calls = []
 

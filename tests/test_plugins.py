@@ -5,14 +5,13 @@ code as the built-in scorers'. Pipelines act on what a scorer declares, never on
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DATA, POOL_GLOB, TARGETS
+from conftest import DATA, POOL_GLOB, TARGETS, install_distribution
 
 from dataselect.errors import InputError
 from dataselect.scoring import needs_warmup
@@ -59,13 +58,8 @@ def install_plugin(root: Path, monkeypatch: pytest.MonkeyPatch, policy: str = "t
     """A package ``plug_scorer`` with a ``dataselect.scorers`` entry point, as pip would
     install it (a module and a dist-info folder on sys.path); ``source`` is its module, a
     template that ``policy`` fills."""
-    (root / "plug_scorer.py").write_text(source.format(policy=policy))
-    info = root / "plug_scorer-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plug-scorer\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[dataselect.scorers]\nlength = {target}\n")
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.delitem(sys.modules, "plug_scorer", raising=False)  # another test's version
+    install_distribution(root, monkeypatch, "plug_scorer", source.format(policy=policy),
+                         f"[dataselect.scorers]\nlength = {target}\n")
     SCORERS.refresh()
 
 

@@ -1,4 +1,4 @@
-"""The sparse JL projection (scorers.projection.SparseProjection): its explicit matrix, the
+"""The sparse JL projection (models.projection.SparseProjection): its explicit matrix, the
 Johnson–Lindenstrauss bound, batch and piece independence, seeds, and the hash against a
 NumPy reimplementation (what makes the matrix the same on every device)."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from scorers import projection as projection_module
-from scorers.projection import SparseProjection, make_projection
+from models import projection as projection_module
+from models.projection import SparseProjection, make_projection
 
 
 def test_projection_equals_its_explicit_matrix(monkeypatch: pytest.MonkeyPatch) -> None:

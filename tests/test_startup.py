@@ -94,7 +94,7 @@ def test_a_cheap_scorers_job_imports_no_model_libraries(scorer, params, kind, tm
 
 TRAINER = """
 import runpy, sys
-runpy.run_path(sys.argv[1])["main"](sys.argv[2:])  # as scorers.fasttext runs it
+runpy.run_path(sys.argv[1])["main"](sys.argv[2:])  # as scorers.fasttext.scorer runs it
 print("loaded:", ",".join(m for m in {watched!r} if m in sys.modules) or "none")
 """
 
@@ -103,8 +103,8 @@ def test_the_fasttext_training_process_loads_no_data_stack(tmp_path, monkeypatch
     """fastText trains each model in a process of its own (auto: one per fold), where the
     data stack's imports (over a second) would cost as much as training a small model.
     fastText itself needs NumPy."""
-    from scorers.fasttext import MMAP_THRESHOLD
-    from scorers.fasttext import TRAINER as trainer_file
+    from scorers.fasttext.scorer import MMAP_THRESHOLD
+    from scorers.fasttext.scorer import TRAINER as trainer_file
 
     lines = [f"__label__{'a' if i % 2 else 'b'} w{i % 7} v{i % 3}" for i in range(40)]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")

@@ -271,7 +271,7 @@ def test_pickle_weights_torch_refuses_are_one_line(tmp_path, capsys):
     would call something worse) is refused by torch.load(weights_only=True)."""
     from safetensors.torch import load_file
 
-    from scorers.lm import build_tiny_causal_lm
+    from models.lm import build_tiny_causal_lm
 
     model = Path(build_tiny_causal_lm(["hello world", "license terms"] * 20,
                                       tmp_path / "model", vocab_size=300, hidden_size=16,

@@ -447,7 +447,7 @@ def test_a_model_folder_asking_for_its_own_code_is_one_line_naming_it(tmp_path, 
 
 def test_an_unknown_architecture_or_bad_config_is_one_line(tmp_path):
     from dataselect.errors import InputError
-    from scorers.lm import check_model_folder
+    from models.lm import check_model_folder
 
     for name, config in (("unknown", '{"model_type": "not_an_architecture"}'),
                          ("broken", '{"model_type": '), ("list", "[1, 2]")):
@@ -464,7 +464,7 @@ def test_a_folder_transformers_cannot_load_from_is_one_line(tmp_path):
     import torch
 
     from dataselect.errors import InputError
-    from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer
+    from models.lm import check_model_folder, load_causal_lm, load_tokenizer
 
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     path = check_model_folder(tmp_path)
@@ -697,8 +697,8 @@ def test_rows_without_tokens_get_no_model_pass():
     such rows alone had no token column and the model failed on it (RDS+ embeddings)."""
     import numpy as np
 
+    from models.lm import token_budget_chunks
     from scorers.embed import length_batches
-    from scorers.lm import token_budget_chunks
 
     lengths = np.array([0, 5, 0, 3, 0])
     chunks = token_budget_chunks(lengths, 2, 100)

@@ -165,7 +165,7 @@ def _mixed_pool(path: Path, texts: int = 6) -> Path:
 
 
 def test_warmup_sample_leaves_blank_rows_out_and_counts_them(tmp_path):
-    from scorers.warmup_config import sample_pool
+    from models.warmup_config import sample_pool
 
     sample, blank = sample_pool(read_corpus(str(_mixed_pool(tmp_path / "p.jsonl"))), 1.0, 0)
     assert blank == len(_BLANKS)
@@ -188,7 +188,7 @@ def test_warmup_refuses_a_pool_of_blank_rows_in_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def random_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny untrained model: enough to run the warmup's training loop."""
-    from scorers.lm import build_tiny_causal_lm
+    from models.lm import build_tiny_causal_lm
 
     root = tmp_path_factory.mktemp("random_lm")
     return build_tiny_causal_lm([f"a real document number {i} about words" for i in range(50)],
@@ -197,8 +197,8 @@ def random_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.slow
 def test_warmup_trains_on_text_rows_only_and_records_the_blank_ones(tmp_path, random_lm):
-    from scorers.lora_checkpoints import INFO_FILE
-    from scorers.lora_warmup import WarmupConfig, warmup
+    from models.lora_checkpoints import INFO_FILE
+    from models.lora_warmup import WarmupConfig, warmup
 
     pool = read_corpus(str(_mixed_pool(tmp_path / "p.jsonl")))
     config = WarmupConfig(fraction=1.0, epochs=1, rank=2, alpha=4, batch_size=4,
@@ -210,7 +210,7 @@ def test_warmup_trains_on_text_rows_only_and_records_the_blank_ones(tmp_path, ra
 
 @pytest.mark.slow
 def test_bads_trains_on_text_rows_only(tmp_path, random_lm, monkeypatch):
-    import scorers.bads as bads
+    import scorers.bads.scorer as bads
 
     seen: list[str] = []
     batches = bads._train_batches

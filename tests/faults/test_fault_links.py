@@ -405,7 +405,7 @@ def test_a_model_folder_with_cut_weights_or_impossible_sizes_is_one_line(tmp_pat
     import torch
 
     from dataselect.errors import InputError
-    from scorers.lm import build_tiny_causal_lm, load_causal_lm
+    from models.lm import build_tiny_causal_lm, load_causal_lm
 
     texts = [f"document number {i} about python and data" for i in range(50)]
     folder = build_tiny_causal_lm(texts, tmp_path / "m", vocab_size=300, hidden_size=32)

@@ -338,7 +338,7 @@ def test_kill_9_at_each_stage_then_an_identical_rerun_gives_identical_bytes(
 def test_an_attribution_file_replaces_only_its_own_kind(tmp_path):
     import pyarrow as pa
 
-    from dataselect.attribution import write_attributions
+    from attribution.output import write_attributions
     from dataselect.errors import InputError
 
     rows = pa.table({"query_id": ["q"], "rank": [0], "train_id": ["t"], "score": [1.0]})

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pytest
 from conftest import TARGETS, write_jsonl
 
+from attribution.index import FeatureIndex
 from dataselect.errors import InputError
 from dataselect.features import FeatureStore
-from dataselect.index import FeatureIndex
 from dataselect.output import read_json
 from pipelines.cli import main
 
@@ -226,7 +226,7 @@ def test_a_scorer_device_that_is_no_device_is_one_line(pool, tmp_path, capsys, a
 @NO_CUDA
 def test_a_missing_gpu_is_one_line_where_the_model_runs():
     from dataselect.checks import SettingError
-    from scorers.lm import pick_device
+    from models.lm import pick_device
 
     for device in ("cuda", "cuda:7"):
         with pytest.raises(SettingError, match="no CUDA device"):

@@ -211,7 +211,7 @@ def test_index_build_past_the_file_size_limit_is_one_line(tmp_path):
 
 
 def test_faiss_errors_keep_other_runtime_errors():
-    from dataselect.index import faiss_os_errors
+    from attribution.index import faiss_os_errors
 
     with pytest.raises(OSError) as raised, faiss_os_errors("/x/index.faiss"):
         raise RuntimeError("Error in faiss::write_index: ... (No space left on device)")

@@ -18,18 +18,18 @@ from dataselect import read_corpus, select
 from dataselect.checks import SettingError
 from dataselect.errors import InputError
 from dataselect.sampling import SAMPLE_STREAM, id_hashes, sample_mask, uniform
+from models.lora_warmup import WarmupConfig
 from pipelines.cli import main, parse_params
 from pipelines.evaluate import EvalSettings
 from pipelines.jobs import SelectJob
 from pipelines.recipe import RecipeError, load_recipe
 from pipelines.recipe_yaml import MAX_ALIASES
-from scorers.bads import Bads
+from scorers.bads.scorer import Bads
 from scorers.dsir import DSIR
 from scorers.embed import Embed
-from scorers.fasttext import FastText
+from scorers.fasttext.scorer import FastText
 from scorers.less import Less
-from scorers.lora_warmup import WarmupConfig
-from scorers.zipfit import ZipFit
+from scorers.zipfit.scorer import ZipFit
 
 TARGET = str(TARGETS / "python_docs.jsonl")
 NAN, INF = math.nan, math.inf

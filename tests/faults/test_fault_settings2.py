@@ -29,9 +29,9 @@ from pipelines.jobs import SelectJob, run_select_job
 from pipelines.recipe import RecipeError, load_recipe
 from pipelines.report import write_report
 from pipelines.summary import plain_console
-from scorers.auto import Auto
+from scorers.auto.scorer import Auto
 from scorers.dsir import DSIR
-from scorers.fasttext import FastText
+from scorers.fasttext.scorer import FastText
 
 TARGET = str(TARGETS / "python_docs.jsonl")
 NAN = math.nan

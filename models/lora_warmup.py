@@ -6,7 +6,7 @@ keeps one checkpoint per epoch. Those are the defaults here; tiny CPU models nee
 learning rate and a smaller rank (the tests use lr 1e-3, r 8).
 
 Each epoch's checkpoint is saved with its Adam moments keyed by parameter name and the
-epoch's mean learning rate (:mod:`scorers.lora_checkpoints`), which is what the gradient
+epoch's mean learning rate (:mod:`models.lora_checkpoints`), which is what the gradient
 features need. The sample is a seeded Bernoulli draw by id (independent of file order and
 partitioning); epoch ``e`` shuffles with seed ``(seed, e)``. A rerun reuses finished
 epochs: it loads the last one's adapter and moments and goes on from there, and ends with
@@ -27,9 +27,9 @@ import torch
 from dataselect.corpus import Corpus
 from dataselect.outdir import OutputFolder
 from dataselect.output import write_json
-from scorers.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
-from scorers.lora_checkpoints import INFO_FILE, canonical_name, load_moments, save_checkpoint
-from scorers.warmup_config import WarmupConfig, sample_pool
+from models.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
+from models.lora_checkpoints import INFO_FILE, canonical_name, load_moments, save_checkpoint
+from models.warmup_config import WarmupConfig, sample_pool
 
 ADAPTER = "default"
 SETTINGS_FILE = "warmup.json"

@@ -5,7 +5,7 @@ checkpoints ``m`` of a run, of the learning rate times ``g_q^m . g_x^m``, ``g`` 
 gradient of the example's *training loss* (cross-entropy for classifiers, the mean
 response-token loss for causal LMs). Here a member ``m`` is a checkpoint of one run or an
 independently trained model, each gradient is projected to ``proj_dim`` dimensions
-(:mod:`scorers.projection`, one seed per member), and
+(:mod:`models.projection`, one seed per member), and
 
     score(q, x) = sum over m of  w_m (P_m g_q^m) . (P_m g_x^m)
 
@@ -19,7 +19,7 @@ benchmark (``benchmarks/bench_lds_lm.py``) it is the fastest 5-model method. It 
 most accurate there: TRAK leads it once ``proj_dim`` is 2048 or more (RESULTS.md); at 512
 it led every TRAK variant, which is why it was added.
 
-Like :class:`scorers.trak.Trak`, the score folds into one inner product so the FAISS
+Like :class:`attribution.trak.Trak`, the score folds into one inner product so the FAISS
 inner-product index serves the top-k: the training side stores ``[P_1 g_x^1, ...,
 P_M g_x^M]`` and the query side ``[w_1 P_1 g_q^1, ..., w_M P_M g_q^M]``.
 """
@@ -33,12 +33,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from attribution.ensemble import InnerProductMethod, ProjectedSettings, checkpoint_learning_rate
+from attribution.output_gradients import CausalLMOutput, check_same_rows, gradient_matrix
 from dataselect.errors import InputError
-from scorers.trak import check_same_rows, gradient_matrix
 
 
 class LossFunction(Protocol):
-    """An output function (:class:`scorers.trak.OutputFunction`) that also knows the
+    """An output function (:class:`attribution.output_gradients.OutputFunction`) that also knows the
     per-example training loss."""
 
     def rows(self, batch: Any) -> int: ...
@@ -47,8 +48,8 @@ class LossFunction(Protocol):
 
 class NegativeLoss:
     """The output function ``-loss(example)``, with ``p`` = 0: gradients of it through
-    :func:`scorers.trak.output_gradients` are minus the loss gradients (the sign cancels
-    in every inner product of two of them)."""
+    :func:`attribution.output_gradients.output_gradients` are minus the loss gradients (the
+    sign cancels in every inner product of two of them)."""
 
     def __init__(self, output: LossFunction) -> None:
         self.output = output
@@ -111,3 +112,25 @@ class TracIn:
     def _check_fitted(self) -> None:
         if not self.train:
             raise RuntimeError("call fit() first")
+
+
+@dataclass
+class TracInSettings(ProjectedSettings):
+    """``attribute --method tracin``: the ensemble's settings and the projection (the
+    members' weights come from their checkpoints)."""
+
+
+class TracInAttribution(InnerProductMethod):
+    """TracIn on a causal LM: projected response-loss gradients, each member weighted by
+    its checkpoint's mean learning rate when all record one."""
+
+    name = "tracin"
+    settings_class = TracInSettings
+
+    def output(self) -> NegativeLoss:
+        return NegativeLoss(CausalLMOutput())
+
+    def fit(self, train: list[Any]) -> TracIn:
+        rates = [checkpoint_learning_rate(p) for p in self.settings.checkpoints] or [None]
+        return TracIn(member_weights(rates)).fit(train)
+

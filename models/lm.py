@@ -58,8 +58,8 @@ def pick_device(device: str | None = None) -> torch.device:
 def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
     """Fail early, in the client, on a path that cannot hold a saved model. A GGUF file
     (or a wheel holding one) is converted once and its cached folder used instead
-    (:mod:`scorers.model_import`), so every ``model=`` setting accepts a GGUF directly."""
-    from scorers.model_import import resolve_model_path
+    (:mod:`models.importer`), so every ``model=`` setting accepts a GGUF directly."""
+    from models.importer import resolve_model_path
 
     path = resolve_model_path(path)
     folder = Path(path)
@@ -104,7 +104,7 @@ def _check_architecture(config: Path, what: str) -> None:
                          where=str(config.parent))
 
 
-# Files dataselect writes into a model folder (scorers.model_import's manifest, the
+# Files dataselect writes into a model folder (models.importer's manifest, the
 # ownership marker of dataselect.outdir): not part of the model.
 BOOKKEEPING_FILES = ("dataselect-model.json", OWNERSHIP_MARKER)
 

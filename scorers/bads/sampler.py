@@ -22,7 +22,7 @@ The weights are ``w_i = sigmoid(Linear(e_i))`` of an embedding ``e_i`` of the ex
 (:class:`WeightNetwork`; it scores examples never seen in training), or free per-example
 parameters (:class:`FreeWeights`). This module knows nothing about data: a driver computes
 per-example losses and weights for a step and hands them to :meth:`BadsSampler.step`
-(:mod:`scorers.bads_classifier` for torch classifiers, :mod:`scorers.bads` for causal LMs).
+(:mod:`scorers.bads.classifier` for torch classifiers, :mod:`scorers.bads.scorer` for causal LMs).
 
 The paper's failure modes are checked, not silently produced: weights collapsing to 0
 (a weak budget prior, large σ), a weight mean far from the budget β, weights that never

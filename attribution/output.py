@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from attribution.index import FeatureIndex
 from dataselect.errors import InputError
-from dataselect.index import FeatureIndex
 from dataselect.outdir import OutputFolder, check_output_file, owned_metadata
 from dataselect.output import atomic_write, load_array, read_table, write_table
 

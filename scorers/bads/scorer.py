@@ -1,7 +1,7 @@
 """BADS as a scorer: data point weights of a causal LM's training pool, given a target.
 
 The pool is the training set ``D_t`` and the target the meta set ``D_m`` of
-:mod:`scorers.bads_sampler`. ``fit`` fine-tunes a local Hugging Face causal LM on the
+:mod:`scorers.bads.sampler`. ``fit`` fine-tunes a local Hugging Face causal LM on the
 response tokens of both (the per-example loss every model-based scorer here uses), with
 SGLD steps that sample θ and the weights jointly, streaming the pool partition by
 partition (each epoch visits partitions and rows in a seeded order). The score of a pool
@@ -37,16 +37,7 @@ from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, step_progress
 from dataselect.scoring import FILTERED_BY, Scorer
-from scorers.bads_sampler import (
-    WEIGHT_KINDS,
-    BadsConfig,
-    BadsSampler,
-    FreeWeights,
-    WeightNetwork,
-    free_read_off,
-    network_read_off,
-)
-from scorers.lm import (
+from models.lm import (
     TokenBatch,
     check_model_folder,
     load_causal_lm,
@@ -60,7 +51,16 @@ from scorers.lm import (
     token_budget_chunks,
     tokenize,
 )
-from scorers.warmup_config import has_text
+from models.warmup_config import has_text
+from scorers.bads.sampler import (
+    WEIGHT_KINDS,
+    BadsConfig,
+    BadsSampler,
+    FreeWeights,
+    WeightNetwork,
+    free_read_off,
+    network_read_off,
+)
 
 NOT_IN_FIT = "not_in_bads_fit"
 # batches whose embeddings are kept to check the final weights for the failure modes
@@ -70,7 +70,7 @@ DIAGNOSTIC_BATCHES = 50
 @dataclass
 class Bads(Scorer):
     """BADS data point weights (higher = more wanted). SGLD settings as in
-    :class:`~scorers.bads_sampler.BadsConfig`; these defaults suit a small model on CPU."""
+    :class:`~scorers.bads.sampler.BadsConfig`; these defaults suit a small model on CPU."""
 
     name: ClassVar[str] = "bads"
     uses_response_spans: ClassVar[bool] = True
@@ -290,7 +290,7 @@ def mean_token_embedding(table: torch.Tensor, tokens: TokenBatch) -> torch.Tenso
 
 def _pool_sizes(pool: Corpus) -> tuple[list[int], int]:
     """Rows in each partition of ``pool``, and how many of them are blank
-    (:func:`~scorers.warmup_config.has_text`): those are left out of training."""
+    (:func:`~models.warmup_config.has_text`): those are left out of training."""
     sizes, blank = [], 0
     for index in range(pool.npartitions):
         table = pool.read_partition(index)

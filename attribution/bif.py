@@ -10,15 +10,15 @@ inverts or even forms a Hessian: near ``theta*`` the covariance is
 ``grad l_i^T (n beta H + gamma I)^-1 grad f_q``, the classical influence function with
 ``gamma`` as its damping, estimated by sampling.
 
-``f_q`` is the same output function as TRAK's (:mod:`scorers.trak`): the correct-class
-margin for classifiers, the response-token log-odds for causal LMs; ``l_i`` is the
+``f_q`` is the same output function as TRAK's (:mod:`attribution.output_gradients`): the
+correct-class margin for classifiers, the response-token log-odds for causal LMs; ``l_i`` is the
 training loss. Higher score = training on ``i`` raises the query's output.
 
 Sampler: SGLD on the trainable parameters (the LoRA weights, or every weight of a small
 model), ``theta <- theta - eps/2 (n beta grad L(theta) + gamma (theta - theta*)) +
 N(0, eps)``, ``L`` the mean training loss over a minibatch (the whole set by default),
 ``beta = 1 / log n`` (the localised-posterior temperature used for local learning
-coefficients). BADS's sampler (:mod:`scorers.bads_sampler`) samples ``theta`` jointly
+coefficients). BADS's sampler (:mod:`scorers.bads.sampler`) samples ``theta`` jointly
 with data weights and keeps whole draws; this one needs neither, so it shares only the
 update rule. Draws are streamed: after burn-in, every ``thin``-th step's losses update a
 running cross-covariance (Welford's update, :class:`RunningCovariance`), so memory is the
@@ -33,8 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
+from attribution.base import one_table
+from attribution.ensemble import EnsembleMethod, EnsembleSettings, members, token_batches
+from attribution.output_gradients import CausalLMOutput
+from attribution.scores import ScoreMatrix
 from dataselect import checks
 from dataselect.errors import InputError
 
@@ -89,8 +94,9 @@ def bif(model: torch.nn.Module, output: Any, train_batches: Sequence[Any],
         query_batches: Sequence[Any], config: BifConfig | None = None) -> np.ndarray:
     """``(training rows, queries)`` float32 BIF scores, ``-Cov(l_i, f_q)``.
 
-    ``output`` is a :mod:`scorers.trak` output function with a ``loss`` method
-    (:class:`~scorers.trak.ClassifierOutput`, :class:`~scorers.trak.CausalLMOutput`);
+    ``output`` is an output function (:mod:`attribution.output_gradients`) with a ``loss`` method
+    (:class:`~attribution.output_gradients.ClassifierOutput`,
+    :class:`~attribution.output_gradients.CausalLMOutput`);
     the batches are what it takes. The model's trainable parameters are sampled and put
     back afterwards."""
     config = config or BifConfig()
@@ -135,3 +141,46 @@ def bif(model: torch.nn.Module, output: Any, train_batches: Sequence[Any],
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return (-running.covariance()).float().cpu().numpy()
+
+
+@dataclass
+class BifSettings(EnsembleSettings):
+    """``attribute --method bif``: the ensemble's settings and the sampler's
+    (:class:`BifConfig`, seeded by ``seed``)."""
+
+    draws: int = 1000
+    burn_in: int = 100
+    thin: int = 1
+    step_size: float = 1e-4
+    localization: float = 1000.0
+    beta: float | None = None
+
+    def check(self) -> None:
+        super().check()
+        self.sampler.check()
+
+    @property
+    def sampler(self) -> BifConfig:
+        return BifConfig(self.draws, self.burn_in, self.thin, self.step_size,
+                         self.localization, self.beta, self.seed)
+
+
+class BifAttribution(EnsembleMethod):
+    """BIF on a causal LM: the dense ``(pool rows, queries)`` scores, averaged over the
+    ensemble's members."""
+
+    name = "bif"
+    settings_class = BifSettings
+
+    def attribute(self, train: pa.Table | None, queries: Sequence[pa.Table]) -> ScoreMatrix:
+        assert train is not None
+        query = one_table(queries)
+        device, train_batches, query_batches = token_batches(self.settings, train, query)
+        total, count = None, 0
+        for model in members(self.settings, device):
+            scores = bif(model, CausalLMOutput(), train_batches, query_batches,
+                         self.settings.sampler)
+            total = scores if total is None else total + scores
+            count += 1
+        return ScoreMatrix(total / count, train["id"].to_pylist(), query["id"].to_pylist())
+

@@ -1,6 +1,6 @@
 """BADS for a generic torch classifier: data point weights for an in-memory dataset.
 
-The driver of :class:`scorers.bads_sampler.BadsSampler` for a model that maps a batch of
+The driver of :class:`scorers.bads.sampler.BadsSampler` for a model that maps a batch of
 inputs to logits (or any per-example loss through ``loss_fn``). Each step runs the train
 and meta batches through the model in one forward pass (one pass costs less than two on
 small batches), takes per-example losses and the train rows' weights, and hands them to
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dataselect.errors import InputError
-from scorers.bads_sampler import (
+from scorers.bads.sampler import (
     WEIGHT_KINDS,
     BadsConfig,
     BadsSampler,

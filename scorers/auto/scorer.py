@@ -4,7 +4,7 @@ No scorer wins on every task, and which one wins is not predictable from the tas
 description, so this one measures it. Fit:
 
 1. Read the target (small by nature) and deal its rows into ``folds`` folds by a seeded
-   key of their ids (:func:`~scorers.auto_validation.fold_numbers`): the folds do not
+   key of their ids (:func:`~scorers.auto.validation.fold_numbers`): the folds do not
    depend on file order or partitioning.
 2. Draw a seeded sample of pool rows in one pass over the pool, by id (a second pass when
    the share, known from the pool's row count, needs a larger validation sample).
@@ -17,7 +17,7 @@ description, so this one measures it. Fit:
 4. Measure ROC AUC and recall within the budget's top share (with bootstrap standard
    errors; the validation sample is sized to the share), and choose the best candidate
    or a convex combination of standardised scores that validates clearly better
-   (:func:`~scorers.auto_validation.choose_weights`).
+   (:func:`~scorers.auto.validation.choose_weights`).
 5. Refit the chosen candidates on the whole target and the real pool (with the job's
    runner, like any scorer), and standardise each by its scores on the validation sample.
    A candidate that trains in the background (fastText) starts first, so that its
@@ -57,7 +57,7 @@ from dataselect.sampling import sample_rows as sample_pool_rows
 from dataselect.scoring import FILTERED_BY, Scorer, checked_scores, needs_warmup
 from dataselect.table_corpus import table_corpus
 from scorers import SCORERS
-from scorers.auto_validation import (
+from scorers.auto.validation import (
     POOL_STREAM,
     Choice,
     FoldScores,
@@ -195,7 +195,7 @@ class Auto(Scorer):
         """(validation sample, stand-in pool, pool rows, top share).
 
         The stand-in pool has up to ``pool_sample`` rows; the validation sample is sized to
-        the share (:func:`~scorers.auto_validation.validation_rows`), so that enough of its
+        the share (:func:`~scorers.auto.validation.validation_rows`), so that enough of its
         rows lie above the cutoff recall is measured at. A seeded sample in key order
         holds every smaller one as its first rows, so the first ``2 × pool_sample`` rows
         are dealt alternately as before and the rest join the validation sample. Where
@@ -363,7 +363,7 @@ def _cell(value: float | None, error: float | None) -> str:
 def _table_row(name: str, choice: Choice, weight: float | None, v: Validated, seed: int
                ) -> dict[str, Any]:
     """One row of the validation table: AUC and recall with their bootstrap standard
-    errors (:func:`~scorers.auto_validation.standard_errors`)."""
+    errors (:func:`~scorers.auto.validation.standard_errors`)."""
     auc_se, recall_se = standard_errors(v.fold_scores, choice.weights, v.share, seed)
     return {"candidate": name, "auc": round(choice.auc, 4), "auc_se": round(auc_se, 4),
             "recall": round(choice.recall, 4), "recall_se": round(recall_se, 4),

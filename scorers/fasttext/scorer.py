@@ -49,9 +49,9 @@ from dataselect.scoring import Scorer, StartedFit
 LABEL_PREFIX = "__label__"
 TARGET_LABEL, POOL_LABEL = "target", "pool"
 MIN_NEGATIVES = 1000
-# the training process runs this very file (not ``-m scorers.fasttext_train``, which a
+# the training process runs this very file (not ``-m scorers.fasttext.train``, which a
 # checkout in the working directory, first on the child's path, could answer with its own)
-TRAINER = str(Path(__file__).with_name("fasttext_train.py"))
+TRAINER = str(Path(__file__).with_name("train.py"))
 TRAINER_CODE = "import runpy, sys; runpy.run_path(sys.argv[1])['main'](sys.argv[2:])"
 # glibc's MALLOC_MMAP_THRESHOLD_ in the training process: blocks this large come straight
 # from the kernel, zeroed (see TrainingProcess)
@@ -330,7 +330,7 @@ class TrainingProcess:
     start from the first one's leftovers, and diverge to NaN. A new process, told by
     glibc's ``MALLOC_MMAP_THRESHOLD_`` to take large blocks straight from the kernel,
     gets zeroed pages, so those rows start at zero every time. The process runs
-    :mod:`scorers.fasttext_train`, which imports fastText only. (A subprocess, not
+    :mod:`scorers.fasttext.train`, which imports fastText only. (A subprocess, not
     ``multiprocessing``, so user scripts without a ``__main__`` guard keep working.)
     """
 

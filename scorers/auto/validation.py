@@ -1,7 +1,7 @@
 """Held-out validation for ``--scorer auto``: folds, separation measures, weight search.
 
 Everything here is plain NumPy on scores already computed, so it is deterministic and
-cheap, and the scorer module (:mod:`scorers.auto`) only fits and scores.
+cheap, and the scorer module (:mod:`scorers.auto.scorer`) only fits and scores.
 
 What is measured: for each held-out target row, the share of a seeded pool sample that
 scores below it (ties count half), its *rank fraction*. Its mean over the held-out rows is

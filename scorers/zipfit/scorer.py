@@ -41,7 +41,7 @@ from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.sampling import bottom_k
 from dataselect.scoring import Scorer
-from scorers.compressors import Codec, slower_levels
+from scorers.zipfit.compressors import Codec, slower_levels
 
 Mode = Literal["exact", "fast"]
 MODES = ("exact", "fast")

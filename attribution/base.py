@@ -1,0 +1,71 @@
+"""The contract every attribution method keeps, built-in or plug-in.
+
+An :class:`Attributor` is built from its settings (one dataclass per method, its fields
+the ``-p`` keys and a recipe's ``attribution.params``) and answers one question,
+:meth:`Attributor.attribute`: how much each training row influences each query row. It
+returns its scores in the form it computed them (:mod:`attribution.scores`): a dense
+matrix, two sets of representations whose inner product is the score (the FAISS index
+then serves the top-k without the matrix), or a search of a prebuilt index. Training and
+query representations are computed in one call, not a ``cache(train)`` step and a later
+``attribute(test)`` one: the model-based methods load each ensemble member once and take
+both sides' gradients from it, and BIF's scores are covariances over draws that see both
+sides at once. Where the result goes (top-k Parquet rows or a dense matrix folder) is the
+job's business, the same for every method.
+
+``reads`` says where the training side comes from: ``"pool"``, the rows themselves
+(``--pool``, a recipe's selected rows), or ``"index"``, an index of the pool's features
+built earlier (``--index``, the method's settings name it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from attribution.scores import Scores
+
+READS = ("pool", "index")
+
+
+class Attributor(ABC):
+    """An attribution method. Subclasses set ``name`` (their registered name),
+    ``settings_class`` (a dataclass: the settings users give) and, where the training side
+    is an index and not the rows, ``reads = "index"``."""
+
+    name: ClassVar[str]
+    settings_class: ClassVar[type]
+    reads: ClassVar[str] = "pool"
+    # other methods whose settings keys this one also takes (checked by their class, not
+    # used): the built-in model-based methods once shared one set of keys, and a command
+    # or recipe that gave trak a BIF key still runs
+    shares_keys_with: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    @property
+    def response_spans(self) -> bool:
+        """Whether the rows it is given mark their response tokens (chat and
+        prompt-completion records: gradient methods count only those)."""
+        return True
+
+    @abstractmethod
+    def attribute(self, train: pa.Table | None, queries: Sequence[pa.Table]) -> Scores:
+        """The scores of the training rows for the queries.
+
+        ``train``: the training rows as one scoring view (``id``, ``text`` and, with
+        :attr:`response_spans`, their response spans) when :attr:`reads` is ``"pool"``;
+        None when it is ``"index"`` (the settings name the index). ``queries``: the query
+        rows as scoring views, one per table read, ids unique across them."""
+
+
+def one_table(views: Sequence[pa.Table]) -> pa.Table:
+    """Scoring views as one table (a method that takes all its query rows at once)."""
+    import pyarrow as pa
+
+    return views[0] if len(views) == 1 else pa.concat_tables(views,
+                                                             promote_options="permissive")

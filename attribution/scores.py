@@ -1,0 +1,94 @@
+"""Attribution scores in the form a method computed them, each answering the two questions
+a job asks, in its cheapest exact way: the top ``k`` training rows per query
+(:meth:`Scores.top_k`, a ``(query_id, rank, train_id, score)`` table) and every score
+(:meth:`Scores.matrix`, float32, training rows x queries).
+
+- :class:`ScoreMatrix`: the dense matrix itself (BIF);
+- :class:`InnerProducts`: training and query representations whose inner product is the
+  score (TRAK, TracIn): top-k through an inner-product FAISS index, no matrix formed;
+- :class:`IndexSearch`: query vectors searched in a prebuilt cosine index of the pool's
+  features (LESS), scores scaled back to the features' own units.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from attribution.index import FeatureIndex
+from attribution.output import (
+    attribute,
+    attribute_inner,
+    dense_scores,
+    inner_product_index,
+    top_k_table,
+)
+from dataselect.errors import InputError
+from dataselect.features import normalize_rows
+
+
+class Scores(ABC):
+    """Scores of ``train_ids`` (rows) for ``query_ids`` (columns)."""
+
+    train_ids: list[str]
+    query_ids: list[str]
+
+    @abstractmethod
+    def top_k(self, k: int) -> pa.Table:
+        """The ``k`` best training rows per query (rank 1 the most influential)."""
+
+    @abstractmethod
+    def matrix(self) -> np.ndarray:
+        """Every score, float32 ``(training rows, queries)``."""
+
+
+class ScoreMatrix(Scores):
+    def __init__(self, matrix: np.ndarray, train_ids: Sequence[str],
+                 query_ids: Sequence[str]) -> None:
+        self.scores, self.train_ids, self.query_ids = matrix, list(train_ids), list(query_ids)
+
+    def top_k(self, k: int) -> pa.Table:
+        return top_k_table(self.scores, self.train_ids, self.query_ids, k)
+
+    def matrix(self) -> np.ndarray:
+        return self.scores
+
+
+class InnerProducts(Scores):
+    """``score(q, x) = train[x] . queries[q]``."""
+
+    def __init__(self, train: np.ndarray, queries: np.ndarray, train_ids: Sequence[str],
+                 query_ids: Sequence[str]) -> None:
+        self.train, self.queries = train, queries
+        self.train_ids, self.query_ids = list(train_ids), list(query_ids)
+
+    def top_k(self, k: int) -> pa.Table:
+        index, norm = inner_product_index(self.train_ids, self.train)
+        return attribute_inner(index, norm, self.query_ids, self.queries, k)
+
+    def matrix(self) -> np.ndarray:
+        return dense_scores(self.train, self.queries)
+
+
+class IndexSearch(Scores):
+    """Query vectors (combined like the indexed ones) against a cosine index; ``scale``
+    multiplies the cosines (LESS: the sum of the checkpoints' weights)."""
+
+    def __init__(self, index: FeatureIndex, vectors: np.ndarray, query_ids: Sequence[str],
+                 scale: float = 1.0) -> None:
+        self.index, self.vectors, self.scale = index, vectors, scale
+        self.train_ids, self.query_ids = list(index.ids), list(query_ids)
+
+    def top_k(self, k: int) -> pa.Table:
+        return attribute(self.index, self.query_ids, self.vectors, k, scale=self.scale)
+
+    def matrix(self) -> np.ndarray:
+        """From the index's own (unit) vectors: a flat index keeps them exactly."""
+        if self.index.kind != "flat":
+            raise InputError("k = all needs a flat index (ivf and hnsw keep no exact rows)",
+                             field="-k")
+        train = self.index.index.reconstruct_n(0, self.index.index.ntotal)
+        return dense_scores(train, normalize_rows(self.vectors)) * self.scale

@@ -1,0 +1,113 @@
+"""Plug-in registries: classes by name, from a package's built-ins and an entry-point group.
+
+Scorers (``scorers.SCORERS``, group ``dataselect.scorers``) and attribution methods
+(``attribution.ATTRIBUTIONS``, group ``dataselect.attribution``) register the same way: a
+package outside this repository adds one with one module and one line of packaging
+metadata. Classes are imported when first looked up, not when a registry is built: listing
+the names costs nothing, and a job imports only the class it runs. The built-ins are also
+listed in the code, so a source checkout whose packaging metadata is not installed still
+finds them; an installed plug-in cannot take a built-in's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping
+from importlib import import_module
+from typing import Any, Generic, TypeVar
+
+from dataselect.errors import InputError
+
+T = TypeVar("T")
+
+
+class Registry(Mapping[str, "type[T]"], Generic[T]):
+    """Classes by name, from ``builtin`` (``name -> "module:Class"``) and the entry points
+    of ``group``, each imported and checked by ``load(name, target)`` on first lookup."""
+
+    def __init__(self, group: str, builtin: Mapping[str, str],
+                 load: Callable[[str, str], type[T]]) -> None:
+        self.group = group
+        self.builtin = builtin
+        self._load = load
+        self._targets: dict[str, str] | None = None
+        self._classes: dict[str, type[T]] = {}
+
+    def refresh(self) -> None:
+        """Look for entry points again (after installing a plug-in in this process)."""
+        self._targets = None
+        self._classes = {}
+
+    def names(self) -> RegistryNames:
+        """The registered names, as argparse ``choices``: nothing is looked up until a
+        name is checked or listed."""
+        return RegistryNames(self)
+
+    def _entries(self) -> dict[str, str]:
+        if self._targets is None:
+            from importlib import metadata  # tens of ms: only when a name is looked up
+
+            targets = dict(self.builtin)
+            for entry in metadata.entry_points(group=self.group):
+                targets.setdefault(entry.name, entry.value)
+            self._targets = targets
+        return self._targets
+
+    def order(self, names: Collection[str]) -> list[str]:
+        """The order names are listed in: sorted."""
+        return sorted(names)
+
+    def __getitem__(self, name: str) -> type[T]:
+        if name not in self._classes:
+            self._classes[name] = self._load(name, self._entries()[name])
+        return self._classes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.order(self._entries()))
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+
+class RegistryNames(Collection[str]):
+    """A registry's names, in its order. ``in`` checks a name without importing its class
+    (the registry's own ``in``, a Mapping's, imports it), and neither the entry points nor
+    the classes are read before the first check: ``dataselect --help`` builds a parser with
+    these as choices and never consults them."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._registry._entries()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._registry)
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+
+def import_class(what: str, name: str, target: str, field: str) -> Any:
+    """The object ``target`` (``module:attribute``) names, registered as ``what`` ``name``;
+    one :class:`InputError` line (``field``) when it cannot be imported or its module fails
+    while importing (a plug-in's fault, said to be so)."""
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"{what} {name!r} is registered as {target!r}, which cannot be "
+                         f"imported ({exc}); reinstall the package that provides it",
+                         field=field) from None
+    except (Exception, SystemExit) as exc:  # the plug-in's module failed while importing
+        raise InputError(f"{what} {name!r} ({target}) failed while its module was imported "
+                         f"({type(exc).__name__}: {exc}); the fault is in the plug-in: tell "
+                         "its author, or uninstall it", field=field) from None
+
+
+def check_own_name(what: str, name: str, target: str, cls: type, field: str) -> None:
+    """A registered class calls itself by its registered name (``cls.name``): a job and
+    its records name it by that attribute."""
+    if getattr(cls, "name", None) != name:
+        raise InputError(f"{what} {name!r} ({target}) calls itself "
+                         f"{getattr(cls, 'name', None)!r}; its class attribute name must "
+                         "equal its registered name", field=field)
