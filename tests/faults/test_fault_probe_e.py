@@ -9,15 +9,39 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import DATA
+from test_fault_errors2 import _one_error_line
 
+import dataselect
 from dataselect.corpus import read_corpus
+from dataselect.errors import InputError
+from pipelines.cli import main
 from pipelines.evaluate import EvalSettings, _base_model
 from pipelines.recipe import TinyModelSpec
 from pipelines.run_recipe import build_model
 
 INSTRUCTIONS = DATA / "instructions"
+TARGET = DATA / "targets" / "python_docs.jsonl"
+
+
+def _pool(tmp_path: Path, rows: int = 120) -> Path:
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pq.read_table(DATA / "pool" / "part-00000.parquet").slice(0, rows), path)
+    return path
+
+
+def _select(tmp_path: Path, pool: Path, out: Path, *extra: str) -> list[str]:
+    return ["select", "--scorer", "zipfit", "--target", str(TARGET), "--k", "5",
+            "--pool", str(pool), "--out", str(out), "--workers", "1",
+            "--worker-kind", "threads", *extra]
+
+
+def _edit_state(folder: Path, filename: str) -> None:
+    state = json.loads((folder / "state.json").read_text())
+    state["_data_files"] = [{"filename": filename}]
+    (folder / "state.json").write_text(json.dumps(state))
 
 
 def _plant_link(folder: Path, name: str, victim: Path) -> None:
@@ -60,3 +84,34 @@ def test_eval_base_model_never_writes_through_a_hard_link(tmp_path: Path) -> Non
     _base_model(pool, settings, str(tmp_path / "eval"))
     assert victim.read_text() == "precious"
     assert json.loads(Path(base, "config.json").read_text())["hidden_size"] == 16
+
+
+@pytest.mark.parametrize("filename", ["../../h2/.hf/data-00000-of-00001.arrow",
+                                      "/etc/hostname", "dataset_info.json", "missing.arrow"])
+def test_load_hf_refuses_a_state_naming_a_file_not_its_own(tmp_path: Path, filename: str
+                                                            ) -> None:
+    """S10: an edited ``.hf/state.json`` is refused in one line naming it, never followed
+    out of the output folder (nor a raw ArrowInvalid for a file that is not Arrow)."""
+    pool = _pool(tmp_path)
+    for name in ("h1", "h2"):
+        assert main(_select(tmp_path, pool, tmp_path / name, "--save-to-disk")) == 0
+    _edit_state(tmp_path / "h1" / ".hf", filename)
+    with pytest.raises(InputError, match=r"state\.json") as caught:
+        dataselect.load_hf(tmp_path / "h1")
+    assert "\n" not in str(caught.value)
+
+
+def test_hf_pool_whose_state_names_an_outside_file_is_refused(tmp_path: Path,
+                                                               capsys) -> None:
+    """W17: a save_to_disk pool folder whose state.json names ``../outside.arrow`` is
+    refused before any work: its identity covers the files inside the folder only."""
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    folder = tmp_path / "hfp" / "ds"
+    datasets.Dataset.from_parquet(str(_pool(tmp_path))).save_to_disk(str(folder))
+    os.replace(folder / "data-00000-of-00001.arrow", tmp_path / "hfp" / "outside.arrow")
+    _edit_state(folder, "../outside.arrow")
+    assert main(_select(tmp_path, folder, tmp_path / "o")) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "state.json" in line and "outside.arrow" in line
+    assert not (tmp_path / "o").exists()
