@@ -45,7 +45,7 @@ from dataselect.layout import (
     WARMUP_DIR,
 )
 from dataselect.manifest import package_versions
-from dataselect.outdir import OutputFolder, claim_output, input_roots, remove_outputs_except
+from dataselect.outdir import OutputFolder, claim_output, input_roots, remove_outputs
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.policies import Budget, choose_rows
 from dataselect.sampling import sample_corpus
@@ -79,8 +79,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])
-        if overwrite:  # a task the recipe no longer has: its old selection goes too
-            remove_outputs_except(out, TASKS_DIR, recipe.targets)
+        # a task the replaced run had and this recipe lacks: its old selection goes too
+        remove_outputs(out, TASKS_DIR, set(_tasks_of(claimed.replaced)) - set(recipe.targets))
         params, folders = _prepare_models(recipe, pool, out, timings, console)
         # the pool parsed and hashed once for all tasks; deleted after the workers stop
         with parsed_once(pool, claimed) as kept, \
@@ -189,6 +189,14 @@ def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
     return claim_output(recipe.output.path, "recipe", identity,
                         inputs=input_roots([*recipe.pool.paths, *targets]),
                         overwrite=overwrite)
+
+
+def _tasks_of(identity: Any) -> list[str]:
+    """The task names a recipe output's identity (as :func:`_claim_output` records it)
+    lists; none for another shape (no claim replaced, an older version's marker)."""
+    settings = identity.get("settings") if isinstance(identity, dict) else None
+    targets = settings.get("targets") if isinstance(settings, dict) else None
+    return [str(name) for name in targets] if isinstance(targets, dict) else []
 
 
 def _settings(recipe: Recipe) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA
+import yaml
+from conftest import DATA, instruction_recipe
 from test_fault_errors2 import _one_error_line
 
 import dataselect
@@ -19,8 +20,8 @@ from dataselect.corpus import read_corpus
 from dataselect.errors import InputError
 from pipelines.cli import main
 from pipelines.evaluate import EvalSettings, _base_model
-from pipelines.recipe import TinyModelSpec
-from pipelines.run_recipe import build_model
+from pipelines.recipe import TinyModelSpec, load_recipe
+from pipelines.run_recipe import build_model, run_recipe
 
 INSTRUCTIONS = DATA / "instructions"
 TARGET = DATA / "targets" / "python_docs.jsonl"
@@ -115,3 +116,26 @@ def test_hf_pool_whose_state_names_an_outside_file_is_refused(tmp_path: Path,
     line = _one_error_line(capsys.readouterr().err)
     assert "state.json" in line and "outside.arrow" in line
     assert not (tmp_path / "o").exists()
+
+
+def _write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_run_overwrite_deletes_only_the_tasks_the_replaced_run_had(tmp_path: Path) -> None:
+    """D4: a separate selection moved to ``RUN/tasks/mine`` (a task the recipe never had)
+    survives ``run --overwrite``; a task the replaced run had and the new one lacks goes."""
+    recipe = instruction_recipe(tmp_path / "rr", ("code", "define"),
+                                {"dsir": {"num_buckets": 1000}}, 20)
+    recipe["cluster"]["worker_kind"] = "threads"
+    run_recipe(load_recipe(_write_recipe(tmp_path / "r.yaml", recipe)))
+    assert main(_select(tmp_path, _pool(tmp_path), tmp_path / "rr" / "tasks" / "mine")) == 0
+    mine = sorted(p.relative_to(tmp_path) for p in (tmp_path / "rr" / "tasks" / "mine").rglob("*"))
+    recipe["targets"].pop("define")
+    recipe["selection"]["k"] = 21
+    run_recipe(load_recipe(_write_recipe(tmp_path / "r.yaml", recipe)), overwrite=True)
+    tasks = tmp_path / "rr" / "tasks"
+    assert sorted(p.relative_to(tmp_path) for p in (tasks / "mine").rglob("*")) == mine
+    assert sorted(p.name for p in tasks.iterdir()) == ["code", "mine"]
