@@ -121,15 +121,33 @@ class OutputFolder:
 
     def expect(self, names: Iterable[str]) -> None:
         """Record that the folder is about to get ``names`` (relative paths), so that a
-        later ``overwrite`` deletes them even if this job is killed halfway."""
+        later ``overwrite`` deletes them even if this job is killed halfway.
+
+        A name not listed yet must be free: a file already there was not written by
+        dataselect (everything it writes is listed first), so it is the user's, and is
+        refused rather than replaced (a ``part-00001.parquet`` of their own beside a
+        one-part selection, a ``.hf/dataset_info.json``, an ``eval/results.json``)."""
         known = set(self.files)  # once: a set per name made this O(P^2) at P partitions
         new = [n for n in dict.fromkeys(names) if n not in known]
         if not new:
             return
         for name in new:
             _check_relative(name)
+        self._refuse_present(new)
         self.files = [*self.files, *new]
         self._save()
+
+    def _refuse_present(self, names: list[str]) -> None:
+        if storage.is_remote(self.path):
+            present = set(storage.names_below(self.path))
+            taken = [n for n in names if n in present]
+        else:
+            taken = [n for n in names if os.path.lexists(self.join(n))]
+        if taken:
+            raise InputError("exists and was not written by dataselect (the folder's "
+                             f"{MARKER} does not list it); move it away: dataselect writes "
+                             "only files it lists, and deletes nothing else",
+                             where=self.join(taken[0]))
 
     def _save(self) -> None:
         write_json({"tool": "dataselect", "kind": self.kind, "identity": self.identity,

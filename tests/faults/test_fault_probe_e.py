@@ -9,11 +9,13 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import DATA, instruction_recipe
 from test_fault_errors2 import _one_error_line
+from test_fault_probe_b import recipe_run  # noqa: F401 (a fixture)
 
 import dataselect
 from dataselect.corpus import read_corpus
@@ -139,3 +141,52 @@ def test_run_overwrite_deletes_only_the_tasks_the_replaced_run_had(tmp_path: Pat
     tasks = tmp_path / "rr" / "tasks"
     assert sorted(p.relative_to(tmp_path) for p in (tasks / "mine").rglob("*")) == mine
     assert sorted(p.name for p in tasks.iterdir()) == ["code", "mine"]
+
+
+def test_select_refuses_a_users_file_at_a_part_name_it_did_not_list(tmp_path: Path,
+                                                                    capsys) -> None:
+    """D5: a user's own ``part-00001.parquet`` beside a one-part selection is refused, not
+    replaced, when a rerun with smaller partitions would write a second part."""
+    pool = _pool(tmp_path, 300)
+    assert main(_select(tmp_path, pool, tmp_path / "px")) == 0
+    mine = tmp_path / "px" / "part-00001.parquet"
+    pq.write_table(pa.table({"mine": [1, 2, 3]}), mine)
+    capsys.readouterr()
+    assert main([*_select(tmp_path, pool, tmp_path / "px", "--overwrite", "--partition-mb",
+                          "0.1"), "--k", "200"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "part-00001.parquet" in line and "not written by dataselect" in line
+    assert pq.read_table(mine).column_names == ["mine"]
+
+
+def test_save_to_disk_refuses_a_users_file_in_hf(tmp_path: Path, capsys) -> None:
+    """D6: a user's own ``.hf/dataset_info.json`` is refused, not replaced, when
+    ``--save-to-disk`` is added to a finished job."""
+    pool = _pool(tmp_path)
+    assert main(_select(tmp_path, pool, tmp_path / "hx")) == 0
+    (tmp_path / "hx" / ".hf").mkdir()
+    mine = tmp_path / "hx" / ".hf" / "dataset_info.json"
+    mine.write_text('{"mine": true}')
+    capsys.readouterr()
+    assert main(_select(tmp_path, pool, tmp_path / "hx", "--save-to-disk")) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "dataset_info.json" in line and "not written by dataselect" in line
+    assert mine.read_text() == '{"mine": true}'
+    with pytest.raises(InputError, match="not written by dataselect"):
+        dataselect.load_hf(tmp_path / "hx")
+    assert mine.read_text() == '{"mine": true}'
+
+
+def test_eval_refuses_a_users_results_file(recipe_run: Path, capsys) -> None:  # noqa: F811
+    """D7: a user's own ``RUN/eval/results.json`` from before any ``dataselect eval`` is
+    refused (like the report's unlisted names), not replaced."""
+    mine = recipe_run / "eval" / "results.json"
+    mine.parent.mkdir()
+    mine.write_text('{"mine": 1}')
+    capsys.readouterr()
+    assert main(["eval", str(recipe_run), "--seeds", "0", "--steps", "1", "--workers", "1",
+                 "-p", "hidden_size=16", "-p", "layers=1", "-p", "heads=2",
+                 "-p", "vocab_size=300"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "results.json" in line and "not written by dataselect" in line
+    assert mine.read_text() == '{"mine": 1}'
