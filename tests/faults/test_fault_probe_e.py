@@ -190,3 +190,51 @@ def test_eval_refuses_a_users_results_file(recipe_run: Path, capsys) -> None:  #
     line = _one_error_line(capsys.readouterr().err)
     assert "results.json" in line and "not written by dataselect" in line
     assert mine.read_text() == '{"mine": 1}'
+
+
+def _scored_pool(tmp_path: Path, column: str, suffix: str) -> Path:
+    rows = [json.loads(line) for line in (INSTRUCTIONS / "train.jsonl").open()][:200]
+    for i, row in enumerate(rows):
+        row[column] = f"user-{i}"
+    path = tmp_path / f"train{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("column", "scope", "scorers"), [
+    ("score_code", "global", {"dsir": {"num_buckets": 1000}}),
+    ("score_dsir", "per_task", {"dsir": {"num_buckets": 1000}, "zipfit": {}}),
+])
+def test_recipe_refuses_a_pool_column_its_combined_scores_add_before_work(
+        tmp_path: Path, capsys, column: str, scope: str, scorers: dict) -> None:
+    """D1: a pool column ``score_<task>`` (global budget) or ``score_<scorer>`` (several
+    scorers) is refused before any fit or score, naming the file and the column."""
+    pool = _scored_pool(tmp_path, column, ".parquet")
+    recipe = instruction_recipe(tmp_path / "out", ("code", "define"), scorers, 40)
+    recipe["pool"]["paths"] = str(pool)
+    recipe["selection"]["scope"] = scope
+    recipe["cluster"]["worker_kind"] = "threads"
+    assert main(["run", str(_write_recipe(tmp_path / "g.yaml", recipe))]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "train.parquet" in line and column in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_recipe_names_the_jsonl_pool_file_of_a_clashing_column(tmp_path: Path,
+                                                                capsys) -> None:
+    """D1 for a JSONL pool (its columns are known only once parsed): refused after the
+    first task, before the second task's work, naming the file and the column."""
+    pool = _scored_pool(tmp_path, "score_code", ".jsonl")
+    recipe = instruction_recipe(tmp_path / "out", ("code", "define"),
+                                {"dsir": {"num_buckets": 1000}}, 40)
+    recipe["pool"]["paths"] = str(pool)
+    recipe["selection"]["scope"] = "global"
+    recipe["cluster"]["worker_kind"] = "threads"
+    assert main(["run", str(_write_recipe(tmp_path / "g.yaml", recipe))]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "train.jsonl" in line and "score_code" in line
+    assert not (tmp_path / "out" / "tasks" / "define" / ".scores").exists()
