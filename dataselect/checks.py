@@ -494,3 +494,37 @@ def check_paths(value: Any, name: str | None = None) -> list[str]:
     if not isinstance(value, str | os.PathLike):
         raise wrong_type(what, value, name)
     return [check_path(value, name)]
+
+
+def check_hf_data_files(folder: str) -> list[str]:
+    """The data files a ``save_to_disk`` folder's ``state.json`` lists, each refused unless
+    it is a file inside ``folder``.
+
+    Why: ``datasets.load_from_disk`` opens whatever ``_data_files`` names, ``../x.arrow``
+    or ``/etc/hostname`` included, so an edited ``state.json`` would read rows from outside
+    the folder: past the folder's identity (which covers the files below it, so a change
+    to the outside file would go unnoticed and a finished job be reused), or past the
+    output folder :func:`dataselect.load_hf` was given."""
+    import json
+
+    state = os.path.join(folder, "state.json")
+    try:
+        with open(state, encoding="utf-8") as f:
+            names = [entry["filename"] for entry in json.load(f)["_data_files"]]
+    except OSError as exc:
+        raise InputError(f"cannot read it ({exc.strerror or exc})", where=state) from None
+    except (ValueError, KeyError, TypeError):
+        raise InputError("is not a Hugging Face save_to_disk state (a JSON object whose "
+                         "_data_files lists {filename: ...} entries): restore it, or save "
+                         "the dataset again", where=state) from None
+    root = os.path.realpath(folder)
+    paths = []
+    for name in names:
+        path = os.path.realpath(os.path.join(folder, str(name)))
+        if os.path.dirname(path) != root or not os.path.isfile(path):
+            raise InputError(f"names the data file {shown(name)}, which is not a file in "
+                             f"this folder ({folder}); a save_to_disk folder holds its own "
+                             "data files: restore state.json, or save the dataset again",
+                             where=state, field="_data_files")
+        paths.append(path)
+    return paths

@@ -57,12 +57,13 @@ class _CombinedTask:
         total = np.zeros(len(ids))
         filtered = pa.nulls(len(ids), pa.string())
         columns = {}
-        for name, table, scale, weight in zip(self.names, tables, self.scales, self.weights):
+        for name, column, table, scale, weight in zip(self.names, score_columns(self.names),
+                                                      tables, self.scales, self.weights):
             if not pc.all(pc.equal(table["id"], ids)).as_py():
                 raise InputError(f"scores of {name!r} are not aligned with the others")
             raw = table["score"].to_numpy().astype(np.float64)
             total += weight * scale(raw)
-            columns[f"score_{name}"] = raw
+            columns[column] = raw
             if FILTERED_BY in table.column_names:
                 filtered = pc.coalesce(filtered, table[FILTERED_BY].combine_chunks())
         out = {"id": ids, "score": total / sum(self.weights), **columns, FILTERED_BY: filtered}
@@ -105,6 +106,13 @@ def _eligible_scores(table: pa.Table, index: int) -> np.ndarray:
     return score[eligible]
 
 
+def score_columns(names: list[str]) -> tuple[str, ...]:
+    """The ``score_<name>`` columns a combination of the inputs ``names`` (scorers, or the
+    tasks of :func:`max_over_tasks`) adds to a selection beside ``score``: known before any
+    work, so a pool column of one of these names is refused before it is scored."""
+    return tuple(f"score_{name}" for name in _column_names(names))
+
+
 def _column_names(names: list[str]) -> tuple[str, ...]:
     """One ``score_<name>`` column per input: a scorer given twice (two DSIR fits) gets
     ``dsir``, ``dsir_2``, ... in input order, where one column used to replace the other."""
@@ -138,7 +146,7 @@ class _MaxOverTasks:
         best = matrix.argmax(axis=1)
         top = matrix[np.arange(len(ids)), best]
         eligible = np.isfinite(top)
-        columns = {f"score_{name}": matrix[:, i] for i, name in enumerate(self.names)}
+        columns = {name: matrix[:, i] for i, name in enumerate(score_columns(self.names))}
         return pa.table({
             "id": ids,
             "score": np.where(eligible, top, 0.0),

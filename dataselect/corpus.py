@@ -40,6 +40,7 @@ from dataselect.outdir import MARKER, input_roots
 from dataselect.output import atomic_write, jsonable
 from dataselect.readers import DATA_SUFFIXES
 from dataselect.readers.base import Piece, detect_format
+from dataselect.readers.hf_disk import is_hf_dataset_dir
 from dataselect.schemas import concat, unify
 from dataselect.textspec import CHAT_COLUMN, TextSpec, as_array, plain_strings
 
@@ -72,6 +73,9 @@ class Corpus:
     roots: list[str] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
+        for path in self.files:  # before planning: load_from_disk reads what state names
+            if is_hf_dataset_dir(path):
+                checks.check_hf_data_files(path)
         if not self.partitions:
             self.partitions = _pack(
                 [p for f in self.files for p in plan_pieces(f, self.partition_bytes)],

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataselect import storage
-from dataselect.checks import check_path
+from dataselect.checks import check_hf_data_files, check_path
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
@@ -36,6 +36,7 @@ from dataselect.layout import HF_DIR, MANIFEST_FILE
 from dataselect.outdir import OutputFolder, hold_lock, normalize, refuse_legacy
 from dataselect.output import (
     atomic_write,
+    damaged_if_unreadable,
     read_json,
     read_table,
     remove_stale_temporaries,
@@ -193,4 +194,7 @@ def load_hf(path: str | os.PathLike, runner: Runner = default_runner) -> Any:
         with hold_lock(path):
             folder = OutputFolder.reopen(path, DATASET_KINDS)
             write_hf(folder, parts, rows, runner)
-    return datasets.load_from_disk(os.path.join(path, HF_DIR))
+    hf = os.path.join(path, HF_DIR)
+    check_hf_data_files(hf)
+    with damaged_if_unreadable(os.path.join(hf, STATE_FILE)):
+        return datasets.load_from_disk(hf)

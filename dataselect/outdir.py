@@ -66,6 +66,9 @@ class OutputFolder:
     identity: Any
     files: list[str] = field(default_factory=list)
     resumed: bool = False
+    # the identity of the output this claim replaced (``overwrite``), else None: what the
+    # previous job made, so that only that is removed (a recipe's dropped tasks)
+    replaced: Any = None
 
     @classmethod
     def claim(cls, path: str | os.PathLike, kind: str, identity: Any, *,
@@ -118,15 +121,33 @@ class OutputFolder:
 
     def expect(self, names: Iterable[str]) -> None:
         """Record that the folder is about to get ``names`` (relative paths), so that a
-        later ``overwrite`` deletes them even if this job is killed halfway."""
+        later ``overwrite`` deletes them even if this job is killed halfway.
+
+        A name not listed yet must be free: a file already there was not written by
+        dataselect (everything it writes is listed first), so it is the user's, and is
+        refused rather than replaced (a ``part-00001.parquet`` of their own beside a
+        one-part selection, a ``.hf/dataset_info.json``, an ``eval/results.json``)."""
         known = set(self.files)  # once: a set per name made this O(P^2) at P partitions
         new = [n for n in dict.fromkeys(names) if n not in known]
         if not new:
             return
         for name in new:
             _check_relative(name)
+        self._refuse_present(new)
         self.files = [*self.files, *new]
         self._save()
+
+    def _refuse_present(self, names: list[str]) -> None:
+        if storage.is_remote(self.path):
+            present = set(storage.names_below(self.path))
+            taken = [n for n in names if n in present]
+        else:
+            taken = [n for n in names if os.path.lexists(self.join(n))]
+        if taken:
+            raise InputError("exists and was not written by dataselect (the folder's "
+                             f"{MARKER} does not list it); move it away: dataselect writes "
+                             "only files it lists, and deletes nothing else",
+                             where=self.join(taken[0]))
 
     def _save(self) -> None:
         write_json({"tool": "dataselect", "kind": self.kind, "identity": self.identity,
@@ -211,7 +232,7 @@ def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
             f"{path} holds the output of a job with other settings or inputs (differs in: "
             f"{changed}); rerun with the same settings to resume, {remedy}")
     remove_listed(path, files)
-    folder = OutputFolder(path, kind, identity)
+    folder = OutputFolder(path, kind, identity, replaced=previous.get("identity"))
     folder._save()
     return folder
 
@@ -297,27 +318,32 @@ def remove_listed(path: str, files: Iterable[str]) -> int:
     return removed
 
 
-def remove_outputs_except(path: str, folder: str, keep: Iterable[str]) -> None:
-    """Delete the dataselect outputs in ``path/folder/<name>/`` for every ``name`` not in
-    ``keep`` (what each one's marker lists, with the marker and lock file, then the folders
-    left empty). A recipe rerun with ``--overwrite`` and fewer
-    tasks calls this: the dropped task's selection would otherwise stay behind as a
-    loadable dataset next to the new run, as if the new recipe had chosen it.
+def remove_outputs(path: str, folder: str, names: Iterable[str]) -> None:
+    """Delete the dataselect outputs ``path/folder/<name>/`` for each of ``names`` (what
+    each one's marker lists, with the marker and lock file, then the folders left empty).
+    A recipe rerun with ``--overwrite`` and fewer tasks calls this with the tasks the
+    replaced run had and the new one lacks: the dropped task's selection would otherwise
+    stay behind as a loadable dataset next to the new run, as if the new recipe had chosen
+    it.
 
-    Outputs nested inside one (its score stores) go with it. Nothing unlisted is deleted:
-    a user's own file keeps its folder. Folders are walked without following links (the
-    claim already refused any link below ``path``), and :func:`remove_listed` deletes
-    through ``O_NOFOLLOW`` descriptors."""
-    keep = set(keep)
+    Only the named folders are touched: another output a user moved beside them
+    (``tasks/mine``, a separate ``select``) is not the recipe's, whatever its marker says.
+    The outputs under hidden names inside a named one (its score stores) go with it; a
+    visible output nested in it is someone else's and is kept, as is any file its marker
+    does not list. Folders are walked without following links (the claim already refused
+    any link below ``path``), and :func:`remove_listed` deletes through ``O_NOFOLLOW``
+    descriptors."""
     base = os.path.join(path, folder)
     if storage.is_remote(path) or not os.path.isdir(base) or os.path.islink(base):
         return
     listed: list[str] = []
-    for name in sorted(os.listdir(base)):
+    for name in sorted(set(names)):
         top = os.path.join(base, name)
-        if name in keep or os.path.islink(top) or not os.path.isdir(top):
+        if not _is_relative(name) or os.path.islink(top) or not os.path.isdir(top):
             continue
-        for here, _folders, files in os.walk(top, followlinks=False):
+        for here, folders, files in os.walk(top, followlinks=False):
+            if here == top:  # a visible folder in it holds someone else's output
+                folders[:] = [f for f in folders if f.startswith(".")]
             if MARKER not in files:
                 continue
             inner = os.path.relpath(here, path)

@@ -176,7 +176,8 @@ class _WritePart:
             taken = self._chosen_rows(index, chosen)
         scores = self._scores(index, chosen)
         rows = output_rows(self.pool, index, taken, self.schema)
-        picked = _attach_scores(rows, scores.take(chosen), self.ranks[index], path)
+        picked = _attach_scores(rows, scores.take(chosen), self.ranks[index], path,
+                                self.pool.partition_place(index))
         column = str(pool[LABEL_COLUMN_KEY]) or None
         selected = count_labels(picked, column)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
@@ -223,19 +224,23 @@ class _WritePart:
         return masked_counts(stored, [selected], hasher.num_buckets)[0]
 
 
-def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where: str) -> pa.Table:
+def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where: str,
+                   place: str) -> pa.Table:
+    """``picked`` with its scores and ranks; ``place`` is the pool file the rows are from,
+    named when one of its columns has a name the scores add."""
     if not picked["id"].equals(scores["id"]):
         raise InputError("score store rows do not line up with the pool; rescore", where=where)
     for name in ADDED_COLUMNS:
         if name in picked.column_names:
-            raise InputError(f"pool already has a column named {name!r}; rename it", field=name)
+            raise InputError(f"pool already has a column named {name!r}; rename it",
+                             where=place, field=name)
     picked = picked.append_column("score", scores["score"].cast(pa.float64()))
     picked = picked.append_column("rank", pa.array(ranks, pa.int64()))
     for name in scores.column_names:
         if name.startswith("score_"):
             if name in picked.column_names:
                 raise InputError(f"pool already has a column named {name!r}, which the "
-                                 "combined scores add; rename it", field=name)
+                                 "combined scores add; rename it", where=place, field=name)
             picked = picked.append_column(name, scores[name])
     return picked
 

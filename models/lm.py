@@ -10,11 +10,14 @@ Nothing here downloads: paths must be local folders (``save_pretrained`` output)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
+import shutil
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -458,9 +461,7 @@ def build_tiny_causal_lm(texts: list[str], out: str | os.PathLike, vocab_size: i
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_model(model, tokenizer, out)
     return str(out)
 
 
@@ -480,9 +481,39 @@ def train_causal_lm(path: str, batch: pa.Table, out: str | os.PathLike, steps: i
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path, device)
     fit_causal_lm(model, tokenizer, batch, steps, lr, batch_size, max_length, seed)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_model(model, tokenizer, out)
     return str(out)
+
+
+def save_model(model: Any, tokenizer: Any, out: str | os.PathLike) -> None:
+    """``save_pretrained`` of model and tokenizer into ``out``, never writing into a file
+    already there.
+
+    Why: ``save_pretrained`` opens ``config.json``, ``tokenizer.json``, ... in place, so a
+    hard link planted at one of those names in a model folder dataselect rebuilds
+    (``OUT/.models/<name>/blank``, ``OUT/eval/base-*``) would have its other name, a file
+    outside the output folder, overwritten. Both are saved into a fresh folder beside
+    ``out`` and each file is renamed into place: a rename replaces the name, never the file
+    it named."""
+    with staged_folder(out) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh, empty folder beside ``out`` to write into; when the block ends without an
+    error, every file in it is renamed into ``out`` (made if missing), replacing the names
+    there, and the staging folder is removed either way."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        yield staging
+        for name in sorted(os.listdir(staging)):
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def fit_causal_lm(model: Any, tokenizer: Any, batch: pa.Table, steps: int, lr: float,

@@ -46,7 +46,7 @@ from rich.table import Table
 from dataselect import checks
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError
-from dataselect.outdir import refuse_links
+from dataselect.outdir import OutputFolder, hold_lock, normalize, refuse_links
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
 from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
@@ -301,22 +301,31 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
     per-seed results and their summary per task."""
     console = console or Console()
     started = time.perf_counter()
-    jobs, base, fresh, run = plan_trainings(out, settings)
-    tasks = list(dict.fromkeys(job.task for job in jobs))
-    workers = settings.workers or default_workers()
-    with dask_client(settings.scheduler, workers, "auto", "processes") as client:
-        runner = ProgressRunner(client)
-        results = runner("eval:train", [dask.delayed(job, pure=False, traverse=False)()
-                                          for job in jobs])
-    summary = summarize_results(results)
-    from models.lm import model_rendering
+    settings.check()
+    _read_run(out)  # a folder that holds no finished run is refused before it is locked
+    # every file written below is listed in the run folder's marker first: a file of the
+    # user's at one of those names is refused, not replaced, and ``run --overwrite``
+    # deletes the evaluation of the run it replaces
+    with hold_lock(normalize(out)):
+        folder = OutputFolder.reopen(out, ("recipe",))
+        folder.expect([os.path.join(EVAL_DIR, RESULTS_FILE)])  # before the model is built
+        jobs, base, fresh, run = plan_trainings(out, settings)
+        folder.expect([os.path.relpath(job.path, out) for job in jobs])
+        tasks = list(dict.fromkeys(job.task for job in jobs))
+        workers = settings.workers or default_workers()
+        with dask_client(settings.scheduler, workers, "auto", "processes") as client:
+            runner = ProgressRunner(client)
+            results = runner("eval:train", [dask.delayed(job, pure=False, traverse=False)()
+                                              for job in jobs])
+        summary = summarize_results(results)
+        from models.lm import model_rendering
 
-    report = {"settings": jsonable(dataclasses.asdict(settings)), "base_model": base,
-              "fresh_init": fresh, "rendering": model_rendering(base),
-              "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
-                       for r in results],
-              "summary": summary, "versions_of_run": run.get("versions", {})}
-    write_json(report, os.path.join(out, EVAL_DIR, RESULTS_FILE))
+        report = {"settings": jsonable(dataclasses.asdict(settings)), "base_model": base,
+                  "fresh_init": fresh, "rendering": model_rendering(base),
+                  "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
+                           for r in results],
+                  "summary": summary, "versions_of_run": run.get("versions", {})}
+        write_json(report, os.path.join(out, EVAL_DIR, RESULTS_FILE))
     print_eval_table(console, summary)
     print_summary(console, "eval", runner.timings,
                   {"tasks": len(tasks), "seeds": len(settings.seeds), "trainings": len(jobs),

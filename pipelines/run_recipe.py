@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dataselect import select
-from dataselect.combine import BEST_TASK, max_over_tasks
+from dataselect.combine import BEST_TASK, max_over_tasks, score_columns
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError, first_names
 from dataselect.layout import (
@@ -45,7 +45,7 @@ from dataselect.layout import (
     WARMUP_DIR,
 )
 from dataselect.manifest import package_versions
-from dataselect.outdir import OutputFolder, claim_output, input_roots, remove_outputs_except
+from dataselect.outdir import OutputFolder, claim_output, input_roots, remove_outputs
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.policies import Budget, choose_rows
 from dataselect.sampling import sample_corpus
@@ -71,7 +71,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                                  max(1, int(recipe.pool.partition_mb * 2**20))),
                      [SCORERS[name] for name in recipe.scorers])
     # columns the task outputs and the union would add, and what Parquet cannot store
-    output_schema(pool, (*ADDED_COLUMNS, TASKS_COLUMN), recipe.output.format, parse=False)
+    added = _added_columns(recipe)
+    output_schema(pool, added, recipe.output.format, parse=False)
     if recipe.output.save_to_disk:
         from dataselect.hf import check_hf_schema
 
@@ -79,8 +80,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])
-        if overwrite:  # a task the recipe no longer has: its old selection goes too
-            remove_outputs_except(out, TASKS_DIR, recipe.targets)
+        # a task the replaced run had and this recipe lacks: its old selection goes too
+        remove_outputs(out, TASKS_DIR, set(_tasks_of(claimed.replaced)) - set(recipe.targets))
         params, folders = _prepare_models(recipe, pool, out, timings, console)
         # the pool parsed and hashed once for all tasks; deleted after the workers stop
         with parsed_once(pool, claimed) as kept, \
@@ -91,6 +92,10 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
             for task in recipe.targets:
                 task_scores[task], fits[task] = _score_task(recipe, task, kept, params, out,
                                                             runner, overwrite)
+                if len(task_scores) == 1 and kept.parses_text():
+                    # a JSONL pool's columns are known once its first pass kept it parsed
+                    # (free to read now): refused before the next task's work
+                    output_schema(kept, added, recipe.output.format, parse=False)
             selections = _select(recipe, kept, task_scores, runner)
             manifests = {task: _write_task(recipe, task, selection, fits[task], out, runner,
                                            overwrite)
@@ -189,6 +194,25 @@ def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
     return claim_output(recipe.output.path, "recipe", identity,
                         inputs=input_roots([*recipe.pool.paths, *targets]),
                         overwrite=overwrite)
+
+
+def _added_columns(recipe: Recipe) -> tuple[str, ...]:
+    """Every column the recipe's outputs add beside the pool's: ``score`` and ``rank``, the
+    union's ``tasks``, and the ``score_<name>`` of each input its scores combine (the
+    tasks under a global budget, else the scorers when there are several)."""
+    if recipe.selection.scope == "global":
+        combined = score_columns(list(recipe.targets))
+    else:
+        combined = score_columns(list(recipe.scorers)) if len(recipe.scorers) > 1 else ()
+    return (*ADDED_COLUMNS, TASKS_COLUMN, *combined)
+
+
+def _tasks_of(identity: Any) -> list[str]:
+    """The task names a recipe output's identity (as :func:`_claim_output` records it)
+    lists; none for another shape (no claim replaced, an older version's marker)."""
+    settings = identity.get("settings") if isinstance(identity, dict) else None
+    targets = settings.get("targets") if isinstance(settings, dict) else None
+    return [str(name) for name in targets] if isinstance(targets, dict) else []
 
 
 def _settings(recipe: Recipe) -> dict[str, Any]:
