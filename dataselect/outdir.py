@@ -643,7 +643,7 @@ def _file_owner(path: str) -> str | None:
     import pyarrow.parquet as pq
 
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        metadata = pq.read_schema(storage.arrow_path(path)).metadata or {}
     except Exception:  # not Parquet, unreadable: not ours either way
         return None
     owner = metadata.get(FILE_OWNER_KEY)

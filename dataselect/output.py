@@ -89,8 +89,8 @@ def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "p
         if fmt == "parquet":
             # page checksums: a byte flipped later (disk, copy) is an error when the file
             # is read back, not silently different text
-            pq.write_table(table, tmp, compression="zstd", write_statistics=True,
-                           store_schema=True, write_page_checksum=True)
+            pq.write_table(table, storage.arrow_path(tmp), compression="zstd",
+                           write_statistics=True, store_schema=True, write_page_checksum=True)
         else:
             with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)

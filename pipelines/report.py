@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from dataselect import storage
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
@@ -167,7 +168,7 @@ def _stride(files: list[str]) -> int:
     rows = 0
     for f in files:
         with damaged_if_unreadable(f):
-            rows += pq.ParquetFile(f).metadata.num_rows
+            rows += pq.ParquetFile(storage.arrow_path(f)).metadata.num_rows
     return max(1, math.ceil(rows / MAX_POINTS))
 
 
@@ -184,8 +185,9 @@ def _task_scores(task_dir: str, scorers: list[str]) -> dict[str, dict[str, np.nd
         parts = []
         for f in files:
             with damaged_if_unreadable(f):
-                table = pq.read_table(f, columns=[c for c in ("score", "filtered_by")
-                                                  if c in pq.read_schema(f).names])
+                table = pq.read_table(storage.arrow_path(f), columns=[
+                    c for c in ("score", "filtered_by")
+                    if c in pq.read_schema(storage.arrow_path(f)).names])
             score = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
             if "filtered_by" in table.column_names:
                 filtered = ~table["filtered_by"].is_null().to_numpy(zero_copy_only=False)
