@@ -19,6 +19,7 @@ import math
 import numbers
 import os
 import reprlib
+import stat
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -494,3 +495,29 @@ def check_paths(value: Any, name: str | None = None) -> list[str]:
     if not isinstance(value, str | os.PathLike):
         raise wrong_type(what, value, name)
     return [check_path(value, name)]
+
+
+def special_kind(path: str | os.PathLike) -> str:
+    """What a path that is neither a file nor a folder is, in words a user recognises."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Refuse a FIFO, device or socket where dataselect reads a file (a JSON record, a
+    recipe, a model's config) before it is opened: opening a FIFO waits for a writer,
+    forever, and a device reads as endless or empty text. A missing file or a folder is
+    left to the open that follows, which names it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise InputError(f"is not a regular file ({special_kind(path)}): replace it with the "
+                         "file it should be", where=os.fspath(path))

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataselect import storage
+from dataselect.checks import check_regular_file
 from dataselect.errors import InputError
 
 OutputFormat = Literal["parquet", "arrow"]
@@ -183,6 +184,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         if storage.is_remote(path):
             data = json.loads(storage.read_bytes(os.fspath(path)).decode("utf-8"))
         else:
+            check_regular_file(path)
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -68,6 +68,8 @@ def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
                          where=str(path))
     if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
         raise InputError(f"{what} folder has no config.json", where=str(path))
+    for entry in folder.iterdir():  # transformers opens its JSON files, safetensors, ...
+        checks.check_regular_file(entry)
     if (folder / "config.json").exists():
         _check_architecture(folder / "config.json", what)
     return str(folder.resolve())
