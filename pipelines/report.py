@@ -42,11 +42,13 @@ from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
 from dataselect.output import atomic_write, damaged_if_unreadable, read_json, read_table
+from dataselect.records import EvalResults, FitStats, check_record
 from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import (
     REPORT_KINDS,
     check_outputs_present,
     check_pool_unchanged,
+    read_manifest,
     read_report_input,
 )
 
@@ -154,7 +156,9 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
                                  "selection), ZIP-FIT fast's compression level.", [], choices))
     results = os.path.join(out, "eval", "results.json")
     if os.path.exists(results):
-        sections.append(_eval_section(folder, read_json(results)))
+        record = read_json(results)
+        check_record(record, EvalResults, results)
+        sections.append(_eval_section(folder, record))
     page = folder.path("index.html")
     title = html.escape(run["recipe"].get("name") or os.path.basename(os.path.abspath(out)))
     _write_text(page, _PAGE.format(title=title, body="\n".join(sections)))
@@ -470,9 +474,10 @@ def _fit_details(dirs: dict[str, str], scorers: list[str]) -> str:
     parts = []
     for task, folder in dirs.items():
         path = os.path.join(folder, MANIFEST_FILE)
-        fit = (read_json(path).get("fit") or {}) if os.path.exists(path) else {}
+        fit = (read_manifest(path).get("fit") or {}) if os.path.exists(path) else {}
         per_scorer = fit if set(fit) <= set(scorers) else {scorers[0]: fit}
         for scorer, stats in per_scorer.items():
+            check_record(stats, FitStats, path)
             for spec in stats.get("tables", []):
                 title = f"{task}: {spec['title']}"
                 parts.append(f"<h3>{html.escape(title)}</h3>")
