@@ -42,7 +42,8 @@ from dataselect.errors import InputError
 if TYPE_CHECKING:  # pyarrow is imported where a file is opened: checks imports this module
     import pyarrow as pa
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# a URL, or an fsspec chain of them (``simplecache::s3://b/k``: named by its first layer)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)(?:://|::.*://)")
 # scheme -> (package, dataselect's extra that installs it)
 _EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"),
            "gcs": ("gcsfs", "gcs")}
