@@ -23,7 +23,7 @@ from dataselect.layout import (
     UNION_DIR,
     legacy_entries,
 )
-from dataselect.output import read_json
+from dataselect.output import damaged_file, read_json
 from dataselect.records import RunRecord, SelectionManifest, check_record
 
 RUN_REPORT_DIR = "report"
@@ -125,8 +125,9 @@ def read_manifest(path: str) -> dict[str, Any]:
 
 
 def damaged(path: str, what: str) -> InputError:
-    return InputError(f"{what}: the file was edited or damaged; restore it, or delete the "
-                      "output folder and rerun the command that made it", where=path)
+    """The one wording of a record dataselect wrote that reads back wrong (as
+    :func:`dataselect.output.damaged_file` and :mod:`dataselect.records` say it)."""
+    return damaged_file(path, what)
 
 
 def _check_manifest(manifest: Any, path: str) -> None:
