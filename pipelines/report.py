@@ -554,11 +554,19 @@ def check_renders(page: str, timeout: float = 60.0) -> dict[str, int]:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        # DATASELECT_CHROMIUM naming a missing file, a folder, a program that never ends
+        reason = ((exc.strerror or str(exc)) if isinstance(exc, OSError)
+                  else f"no answer in {timeout:g} s")
+        raise InputError(f"cannot run {browser} to check the report ({reason}): install "
+                         "Chromium or set DATASELECT_CHROMIUM to its binary",
+                         where=page) from None
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     found = {k: re.search(rf'data-images-{k}="(\d+)"', done.stdout) for k in ("ok", "total")}
     if done.returncode != 0 or not all(found.values()):
-        raise InputError(f"headless Chromium did not render the page (exit "
-                         f"{done.returncode}): {done.stderr.strip()[-300:]}", where=page)
+        said = " ".join(done.stderr.split())[-300:]  # the child's lines, as one line
+        raise InputError(f"headless Chromium ({browser}) did not render the page (exit "
+                         f"{done.returncode}): {said}", where=page)
     return {"images_ok": int(found["ok"].group(1)), "images_total": int(found["total"]
                                                                          .group(1))}
