@@ -267,3 +267,27 @@ def test_an_edited_run_record_is_one_line(tmp_path, change):
     change(run)
     with pytest.raises(InputError, match="damaged or edited"):
         check_run_shape(run, "r/.run.json")
+
+
+# ------------------------------------------------------------------- if time was left
+
+@pytest.mark.slow
+@pytest.mark.parametrize("browser", ["/nonexistent/chromium", "/bin/sleep", "/"])
+def test_a_chromium_that_cannot_run_is_one_line(selection, tmp_path, capsys, monkeypatch,
+                                                browser):
+    """DATASELECT_CHROMIUM naming a missing file was a FileNotFoundError traceback; one
+    that is not Chromium put its own stderr lines into the error."""
+    out = _copy(selection, tmp_path)
+    monkeypatch.setenv("DATASELECT_CHROMIUM", browser)
+    code = main(["report", str(out), "--check"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]  # the error is the whole last line, nothing after
+    assert last.startswith("dataselect: error: ") and browser in last, err
+    if browser == "/bin/sleep":
+        assert "for more information" in last, err  # sleep's second line, joined
+
+
+@pytest.mark.parametrize("out", ["/proc/dataselect-x", "/proc/self/dataselect-x"])
+def test_an_output_where_no_folder_can_be_made_is_one_line(pool, capsys, out):
+    _one_line_exit_2(_select(pool, out), capsys, out, "--out")
