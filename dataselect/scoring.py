@@ -458,6 +458,7 @@ class Scorer(ABC):
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scorer:
         path = checks.check_path(path, "path")
+        checks.check_regular_file(path)
         with open(path, "rb") as f:
             obj = pickle.load(f)
         if not isinstance(obj, cls):

@@ -167,6 +167,13 @@ def test_a_fifo_in_a_model_folder_is_refused_at_once(tmp_path, name):
     assert caught.value.where.endswith(name)
 
 
+def test_a_fifo_named_as_a_gguf_is_refused_at_once(tmp_path, capsys):
+    os.mkfifo(tmp_path / "m.gguf")
+    with _within(30):
+        _one_line_exit_2(["model", "import", str(tmp_path / "m.gguf"), "--out",
+                          str(tmp_path / "o")], capsys, "not a regular file")
+
+
 # ------------------------------------------------------------- records edited by hand
 
 def _feature_store(tmp_path: Path) -> Path:
