@@ -298,3 +298,21 @@ def test_a_chromium_that_cannot_run_is_one_line(selection, tmp_path, capsys, mon
 @pytest.mark.parametrize("out", ["/proc/dataselect-x", "/proc/self/dataselect-x"])
 def test_an_output_where_no_folder_can_be_made_is_one_line(pool, capsys, out):
     _one_line_exit_2(_select(pool, out), capsys, out, "--out")
+
+
+@pytest.mark.parametrize("change", [lambda d: d.update(description="x"),
+                                    lambda d: d.clear(),
+                                    lambda d: d["description"].update(pool="x"),
+                                    lambda d: d["description"].pop("scorer")])
+def test_an_edited_score_store_manifest_is_one_line(tmp_path, pool, change):
+    from dataselect.scoring import Scores
+
+    assert main(["score", "--scorer", "dsir", "--pool", str(pool), "--target", TARGET,
+                 "--out", str(tmp_path / "o"), "--workers", "1", "--worker-kind",
+                 "threads"]) == 0
+    store = tmp_path / "o" / ".scores" / "dsir"
+    Scores.from_store(store, str(pool))  # as written: read
+    _edit(store / "_manifest.json", change)
+    with pytest.raises(InputError, match="damaged or edited") as caught:
+        Scores.from_store(store, str(pool))
+    assert caught.value.where.endswith("_manifest.json")
