@@ -36,6 +36,7 @@ from dataselect.output import (
     write_json,
     write_table,
 )
+from dataselect.records import IndexMeta, check_record
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 Shards = Iterable[tuple[Any, np.ndarray]]  # (ids, vectors) pairs
@@ -191,6 +192,7 @@ class FeatureIndex:
             if not os.path.exists(os.path.join(folder, name)):
                 raise InputError(f"not an index folder: {name} is missing", where=folder)
         meta = read_json(os.path.join(folder, META_FILE))
+        check_record(meta, IndexMeta, os.path.join(folder, META_FILE))
         with damaged_if_unreadable(os.path.join(folder, INDEX_FILE)):
             index = faiss.read_index(os.path.join(folder, INDEX_FILE))
         ids = read_table(os.path.join(folder, IDS_FILE))["id"].to_pylist()

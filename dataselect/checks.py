@@ -19,6 +19,7 @@ import math
 import numbers
 import os
 import reprlib
+import stat
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -508,6 +509,7 @@ def check_hf_data_files(folder: str) -> list[str]:
     import json
 
     state = os.path.join(folder, "state.json")
+    check_regular_file(state)
     try:
         with open(state, encoding="utf-8") as f:
             names = [entry["filename"] for entry in json.load(f)["_data_files"]]
@@ -528,3 +530,29 @@ def check_hf_data_files(folder: str) -> list[str]:
                              where=state, field="_data_files")
         paths.append(path)
     return paths
+
+
+def special_kind(path: str | os.PathLike) -> str:
+    """What a path that is neither a file nor a folder is, in words a user recognises."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Refuse a FIFO, device or socket where dataselect reads a file (a JSON record, a
+    recipe, a model's config) before it is opened: opening a FIFO waits for a writer,
+    forever, and a device reads as endless or empty text. A missing file or a folder is
+    left to the open that follows, which names it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise InputError(f"is not a regular file ({special_kind(path)}): replace it with the "
+                         "file it should be", where=os.fspath(path))

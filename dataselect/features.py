@@ -41,6 +41,7 @@ from dataselect.output import (
     write_json,
     write_table,
 )
+from dataselect.records import FeatureManifest, check_record
 
 MANIFEST = "_manifest.json"
 PART_IDS = re.compile(r"part-(\d{5})\.ids\.parquet")
@@ -101,7 +102,9 @@ class FeatureStore:
         path = os.path.join(str(folder), MANIFEST)
         if not os.path.exists(path):
             raise InputError("not a feature folder (no _manifest.json)", where=str(folder))
-        return cls(str(folder), read_json(path))
+        description = read_json(path)
+        check_record(description, FeatureManifest, path)
+        return cls(str(folder), description)
 
     def matrix_path(self, index: int) -> str:
         return os.path.join(self.folder, f"part-{index:05d}.npy")

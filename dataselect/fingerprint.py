@@ -195,6 +195,8 @@ def _entry_path(key: CacheKey) -> Path:
 def _read_entry(key: CacheKey) -> str | None:
     """The cached digest, or None when there is none or it is unreadable, damaged or for
     another key (it is then rewritten after hashing)."""
+    if not _entry_path(key).is_file():  # none yet; a FIFO planted there would block
+        return None
     try:
         entry = json.loads(_entry_path(key).read_text())
         digest = entry["xxh3_128"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import os
-import stat
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -161,7 +160,7 @@ def _expand_one(path: str) -> list[str]:
         return [path]
     if not os.path.isdir(path):
         # a FIFO would block the planner and /dev/null reads as nothing: neither is data
-        raise InputError(f"is not a regular file or folder ({_special_kind(path)}): "
+        raise InputError(f"is not a regular file or folder ({checks.special_kind(path)}): "
                          "give a data file", where=path)
     if is_hf_dataset_dir(path):
         return [path]
@@ -215,18 +214,6 @@ def _note_skipped(folder: str, names: list[str]) -> None:
     print(f"dataselect: note: {folder}: skipped {len(names)} name(s) starting with '_' or "
           f"'.' (bookkeeping by convention): {shown}; rename a data file to read it",
           file=sys.stderr)
-
-
-def _special_kind(path: str) -> str:
-    """What a path that is neither a file nor a folder is, in words a user recognises."""
-    mode = os.stat(path).st_mode
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a special file"
 
 
 def _hidden(file: Path, root: str) -> bool:

@@ -117,7 +117,7 @@ def _schema_of(path: str) -> pa.Schema:
     if path.endswith(".arrow"):
         with pa.memory_map(path) as source:
             return pa.ipc.open_file(source).schema
-    return pq.read_schema(path)
+    return pq.read_schema(storage.arrow_path(path))
 
 
 def _unified_schema(paths: list[str]) -> pa.Schema:

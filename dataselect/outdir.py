@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from dataselect import storage
-from dataselect.errors import InputError, OutputConflictError, first_names
+from dataselect.errors import InputError, OutputConflictError, first_names, os_error_line
 from dataselect.layout import legacy_entries
 from dataselect.output import jsonable, read_json, write_json
 
@@ -94,7 +94,7 @@ class OutputFolder:
         if kind in _RENAMED_KINDS:
             refuse_legacy(path)  # before nesting: an old layout's _scores/ is visible
         refuse_nesting(path, kind)
-        os.makedirs(path, exist_ok=True)
+        make_output_folder(path)
         return _claim_marked(path, kind, jsonable(identity), overwrite)
 
     @classmethod
@@ -154,6 +154,19 @@ class OutputFolder:
                     "files": self.files}, os.path.join(self.path, MARKER))
 
 
+def make_output_folder(path: str) -> None:
+    """Create the output folder. Where the system makes none (``/proc/x``, a path through
+    a file) the error is one line naming ``--out``; the errors a user fixes in place (no
+    permission, a full disk) keep their own line (:func:`dataselect.errors.os_error_line`)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        if os_error_line(exc, path) is not None:
+            raise
+        raise InputError(f"cannot create the output folder here ({exc.strerror or exc}): "
+                         "choose another --out", where=path, field="out") from None
+
+
 def normalize(path: str | os.PathLike) -> str:
     """One spelling per folder (``out`` and ``out/`` are the same output)."""
     text = storage.local_form(os.fspath(path))
@@ -194,7 +207,7 @@ def locked_output(path: str | os.PathLike) -> Iterator[str]:
     # before it writes anything else
     _refuse_foreign(path)
     created = not os.path.exists(path)
-    os.makedirs(path, exist_ok=True)
+    make_output_folder(path)
     try:
         with hold_lock(path):
             yield path
@@ -669,7 +682,7 @@ def _file_owner(path: str) -> str | None:
     import pyarrow.parquet as pq
 
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        metadata = pq.read_schema(storage.arrow_path(path)).metadata or {}
     except Exception:  # not Parquet, unreadable: not ours either way
         return None
     owner = metadata.get(FILE_OWNER_KEY)

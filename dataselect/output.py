@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataselect import storage
+from dataselect.checks import check_regular_file
 from dataselect.errors import InputError
 
 OutputFormat = Literal["parquet", "arrow"]
@@ -89,8 +90,8 @@ def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "p
         if fmt == "parquet":
             # page checksums: a byte flipped later (disk, copy) is an error when the file
             # is read back, not silently different text
-            pq.write_table(table, tmp, compression="zstd", write_statistics=True,
-                           store_schema=True, write_page_checksum=True)
+            pq.write_table(table, storage.arrow_path(tmp), compression="zstd",
+                           write_statistics=True, store_schema=True, write_page_checksum=True)
         else:
             with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
@@ -183,6 +184,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         if storage.is_remote(path):
             data = json.loads(storage.read_bytes(os.fspath(path)).decode("utf-8"))
         else:
+            check_regular_file(path)
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -51,6 +51,7 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.params import check_booleans, field_types
+from dataselect.records import ScoreStoreManifest, check_record
 from dataselect.sampling import LENGTH_STREAM, id_hashes, uniform
 from dataselect.score_parts import FILTERED_BY, eligible_scores
 from dataselect.topk import KeySpec, ladder_of
@@ -458,6 +459,7 @@ class Scorer(ABC):
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scorer:
         path = checks.check_path(path, "path")
+        checks.check_regular_file(path)
         with open(path, "rb") as f:
             obj = pickle.load(f)
         if not isinstance(obj, cls):
@@ -669,6 +671,7 @@ class Scores:
             raise InputError(f"is not a score store (no {STORE_MANIFEST}): give the folder "
                              "Scores.write or dataselect score wrote", where=folder)
         manifest = read_json(path)
+        check_record(manifest, ScoreStoreManifest, path)
         description = manifest["description"]
         changed = corpus.changed_since(description.get("pool") or {})
         if changed:

@@ -4,7 +4,13 @@ object store named by an fsspec URL (``s3://``, ``gs://``, ``hf://``, ``memory:/
 One seam, so the rest of the code asks "is this remote?" in one place and never builds a
 local folder out of a URL (``--out s3://bucket/out`` once became ``./s3:/bucket/out``).
 ``file://`` URLs are local paths with a prefix: they are turned into plain paths, so they
-behave exactly as the paths they name.
+behave exactly as the paths they name (``file:///abs``, ``file://localhost/abs`` and the
+one-slash ``file:/abs`` of RFC 8089; a ``file://`` URL naming another host is refused).
+
+pyarrow parses a path string as a URI when it does not exist locally (``v1:pool.parquet``
+is "scheme v1", ``file:/abs`` is ``/abs``): a relative local name with a ``:`` was refused
+as corrupt, or worse, read from another folder than the one written. Every local path
+handed to pyarrow goes through :func:`arrow_path`, an absolute path, which it never parses.
 
 Object stores differ from a disk in three ways that shape what is done here:
 
@@ -36,7 +42,8 @@ from dataselect.errors import InputError
 if TYPE_CHECKING:  # pyarrow is imported where a file is opened: checks imports this module
     import pyarrow as pa
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# a URL, or an fsspec chain of them (``simplecache::s3://b/k``: named by its first layer)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)(?:://|::.*://)")
 # scheme -> (package, dataselect's extra that installs it)
 _EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"),
            "gcs": ("gcsfs", "gcs")}
@@ -49,15 +56,28 @@ _VERSION_KEYS = ("ETag", "etag", "VersionId", "version_id", "generation", "md5Ha
 # fsspec filesystems that read only: archives, web servers, git hosts, reference sets
 READ_ONLY_SCHEMES = frozenset({"zip", "tar", "libarchive", "http", "https", "github", "git",
                                "reference", "data"})
+# fsspec filesystems that live in one process (memory://) or are views through it (the
+# caching wrappers keep their copy in a temporary folder of that process): an output
+# written there is gone when dataselect exits, after "wrote ..." and exit status 0
+PROCESS_LOCAL_SCHEMES = frozenset({"memory", "cached", "simplecache", "filecache",
+                                   "blockcache", "dask"})
+# the schemes that name this machine's disk
+LOCAL_SCHEMES = ("file", "local")
+_FILE_URL = re.compile(r"^(?:file|local):(//(?P<host>[^/]*))?(?P<path>/.*)?$", re.IGNORECASE)
 
 
 def check_writable(url: str) -> None:
-    """Refuse an output URL on a filesystem fsspec can only read, before anything is
-    written: the write would fail half-way with the store's own error, or land beside
-    the archive."""
+    """Refuse an output URL on a filesystem fsspec can only read, or one that dies with
+    this process, before anything is written: the write would fail half-way with the
+    store's own error, land beside the archive, or vanish when the command exits."""
     if scheme(url) in READ_ONLY_SCHEMES:
         raise InputError(f"{scheme(url)}:// can only be read; write to a local folder or an "
                          "object store (s3://, gs://, hf://)", where=url, field="out")
+    if scheme(url) in PROCESS_LOCAL_SCHEMES:
+        raise InputError(f"{scheme(url)}:// lives only as long as this process, so the "
+                         "output would be gone when dataselect exits; write to a local "
+                         "folder or an object store (s3://, gs://, hf://)",
+                         where=url, field="out")
 
 
 def scheme(path: str | os.PathLike) -> str | None:
@@ -67,13 +87,29 @@ def scheme(path: str | os.PathLike) -> str | None:
 
 def is_remote(path: str | os.PathLike) -> bool:
     """A URL of another filesystem than the local one (``file://`` is local)."""
-    return scheme(path) not in (None, "file")
+    return scheme(path) not in (None, *LOCAL_SCHEMES)
 
 
 def local_form(path: str | os.PathLike) -> str:
-    """``path`` with a ``file://`` prefix removed; anything else unchanged."""
+    """``path`` with a ``file:`` URL turned into the local path it names (``file:///a``,
+    ``file://localhost/a`` and ``file:/a`` are ``/a``); anything else unchanged. A
+    ``file://`` URL naming another host is refused: it is no path on this machine, and
+    stripping the prefix made ``file://host/a`` the relative folder ``host/a``."""
     text = os.fspath(path)
-    return text[len("file://"):] if scheme(text) == "file" else text
+    match = _FILE_URL.match(text)
+    if match is None or (match.group(1) is None and match.group("path") is None):
+        return text  # not a file URL (a name like "file:notes" is a relative file)
+    host = match.group("host")
+    if host not in (None, "", "localhost") or match.group("path") is None:
+        raise InputError("a file: URL names a path on this machine: write file:///abs/path, "
+                         "file://localhost/abs/path or the path itself", where=text)
+    return match.group("path")
+
+
+def arrow_path(path: str | os.PathLike) -> str:
+    """A local path as pyarrow must get it: absolute, so that it is never parsed as a URI
+    (pyarrow takes a relative ``a:b`` that does not exist yet for scheme ``a``)."""
+    return os.path.abspath(os.fspath(path))
 
 
 def normalize_url(url: str) -> str:
@@ -213,7 +249,7 @@ def source(path: str) -> str | pa.NativeFile:
     file whose reads are range requests (pyarrow asks only for the footer and the row
     groups or record batches it reads)."""
     if not is_remote(path):
-        return path
+        return arrow_path(path)
     fs, inner = filesystem(path)
     # no read-ahead: s3fs's default fetches 50 MiB past each read, the whole object for
     # most files (pyarrow's FSSpecHandler opens files so), where one row group was wanted

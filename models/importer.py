@@ -41,6 +41,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
+from dataselect.checks import check_regular_file
 from dataselect.errors import InputError
 from dataselect.output import read_json, write_json
 
@@ -78,6 +79,7 @@ def import_model(source: str | os.PathLike, out: str | os.PathLike | None = None
     ``overwrite``.
     """
     say = progress or (lambda message: None)
+    check_regular_file(source)  # a FIFO named x.gguf would block its hashing forever
     root = Path(cache) if cache is not None else model_cache_dir()
     found = locate_gguf(source, root, say)
     if out is None:

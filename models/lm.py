@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dataselect import checks
+from dataselect import checks, storage
 from dataselect.corpus import RESPONSE_SPANS
 from dataselect.errors import InputError, os_error_line
 from dataselect.fingerprint import file_fingerprint
@@ -64,13 +64,15 @@ def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
     (:mod:`models.importer`), so every ``model=`` setting accepts a GGUF directly."""
     from models.importer import resolve_model_path
 
-    path = resolve_model_path(path)
+    path = resolve_model_path(storage.local_form(path))  # model=file:///abs as select's paths
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"{what} folder not found (give a local save_pretrained folder)",
                          where=str(path))
     if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
         raise InputError(f"{what} folder has no config.json", where=str(path))
+    for entry in folder.iterdir():  # transformers opens its JSON files, safetensors, ...
+        checks.check_regular_file(entry)
     if (folder / "config.json").exists():
         _check_architecture(folder / "config.json", what)
     return str(folder.resolve())

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from dataselect import checks
+from dataselect import checks, storage
 from dataselect.errors import InputError
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 def run_command(args: argparse.Namespace, console: Console) -> None:
     """Run the parsed command (all but ``scorers``, which the parser module answers)."""
     check_utf8_args(args)
+    local_path_args(args)
     check_flag_pairs(args)
     if args.command not in REMOTE_OUTPUT_COMMANDS:
         checks.check_local_output(getattr(args, "out", None), f"dataselect {args.command}")
@@ -52,6 +53,23 @@ def check_utf8_args(args: argparse.Namespace) -> None:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str):
                 checks.check_utf8_name(item, name)
+
+
+# the arguments that name files or folders: every command takes the same spellings of a
+# local path (a file: URL is the path it names), as select and recipes do
+PATH_ARGS = ("out", "pool", "target", "input", "recipe", "features", "index", "queries",
+             "model", "source")
+
+
+def local_path_args(args: argparse.Namespace) -> None:
+    """Turn ``file:`` URLs in path arguments into the paths they name, in place: ``report
+    file:///abs/out`` looked for a folder named ``file:`` and said it held no output."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            setattr(args, name, [storage.local_form(item) for item in value])
+        elif isinstance(value, str):
+            setattr(args, name, storage.local_form(value))
 
 
 def check_flag_pairs(args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ def read_recipe_yaml(path: str | os.PathLike, where: str) -> Any:
 def _read_limited(path: str | os.PathLike) -> str:
     """The recipe's text, refused past ``MAX_RECIPE_BYTES`` (read with a cap, so a FIFO or
     a device file cannot make it read forever)."""
+    checks.check_regular_file(path)
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_RECIPE_BYTES + 1)

@@ -37,15 +37,18 @@ import numpy as np
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from dataselect import storage
 from dataselect.errors import InputError
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
 from dataselect.output import atomic_write, damaged_if_unreadable, read_json, read_table
+from dataselect.records import EvalResults, FitStats, check_record
 from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import (
     REPORT_KINDS,
     check_outputs_present,
     check_pool_unchanged,
+    read_manifest,
     read_report_input,
 )
 
@@ -153,7 +156,9 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
                                  "selection), ZIP-FIT fast's compression level.", [], choices))
     results = os.path.join(out, "eval", "results.json")
     if os.path.exists(results):
-        sections.append(_eval_section(folder, read_json(results)))
+        record = read_json(results)
+        check_record(record, EvalResults, results)
+        sections.append(_eval_section(folder, record))
     page = folder.path("index.html")
     title = html.escape(run["recipe"].get("name") or os.path.basename(os.path.abspath(out)))
     _write_text(page, _PAGE.format(title=title, body="\n".join(sections)))
@@ -167,7 +172,7 @@ def _stride(files: list[str]) -> int:
     rows = 0
     for f in files:
         with damaged_if_unreadable(f):
-            rows += pq.ParquetFile(f).metadata.num_rows
+            rows += pq.ParquetFile(storage.arrow_path(f)).metadata.num_rows
     return max(1, math.ceil(rows / MAX_POINTS))
 
 
@@ -184,8 +189,9 @@ def _task_scores(task_dir: str, scorers: list[str]) -> dict[str, dict[str, np.nd
         parts = []
         for f in files:
             with damaged_if_unreadable(f):
-                table = pq.read_table(f, columns=[c for c in ("score", "filtered_by")
-                                                  if c in pq.read_schema(f).names])
+                table = pq.read_table(storage.arrow_path(f), columns=[
+                    c for c in ("score", "filtered_by")
+                    if c in pq.read_schema(storage.arrow_path(f)).names])
             score = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
             if "filtered_by" in table.column_names:
                 filtered = ~table["filtered_by"].is_null().to_numpy(zero_copy_only=False)
@@ -468,9 +474,10 @@ def _fit_details(dirs: dict[str, str], scorers: list[str]) -> str:
     parts = []
     for task, folder in dirs.items():
         path = os.path.join(folder, MANIFEST_FILE)
-        fit = (read_json(path).get("fit") or {}) if os.path.exists(path) else {}
+        fit = (read_manifest(path).get("fit") or {}) if os.path.exists(path) else {}
         per_scorer = fit if set(fit) <= set(scorers) else {scorers[0]: fit}
         for scorer, stats in per_scorer.items():
+            check_record(stats, FitStats, path)
             for spec in stats.get("tables", []):
                 title = f"{task}: {spec['title']}"
                 parts.append(f"<h3>{html.escape(title)}</h3>")
@@ -547,11 +554,19 @@ def check_renders(page: str, timeout: float = 60.0) -> dict[str, int]:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        # DATASELECT_CHROMIUM naming a missing file, a folder, a program that never ends
+        reason = ((exc.strerror or str(exc)) if isinstance(exc, OSError)
+                  else f"no answer in {timeout:g} s")
+        raise InputError(f"cannot run {browser} to check the report ({reason}): install "
+                         "Chromium or set DATASELECT_CHROMIUM to its binary",
+                         where=page) from None
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     found = {k: re.search(rf'data-images-{k}="(\d+)"', done.stdout) for k in ("ok", "total")}
     if done.returncode != 0 or not all(found.values()):
-        raise InputError(f"headless Chromium did not render the page (exit "
-                         f"{done.returncode}): {done.stderr.strip()[-300:]}", where=page)
+        said = " ".join(done.stderr.split())[-300:]  # the child's lines, as one line
+        raise InputError(f"headless Chromium ({browser}) did not render the page (exit "
+                         f"{done.returncode}): {said}", where=page)
     return {"images_ok": int(found["ok"].group(1)), "images_total": int(found["total"]
                                                                          .group(1))}

@@ -23,7 +23,8 @@ from dataselect.layout import (
     UNION_DIR,
     legacy_entries,
 )
-from dataselect.output import read_json
+from dataselect.output import damaged_file, read_json
+from dataselect.records import RunRecord, SelectionManifest, check_record
 
 RUN_REPORT_DIR = "report"
 SELECTION_REPORT_DIR = ".report"
@@ -42,9 +43,11 @@ def read_report_input(out: str) -> tuple[dict[str, Any], str]:
         return run, RUN_REPORT_DIR
     manifest = os.path.join(out, MANIFEST_FILE)
     if os.path.exists(manifest):
-        record = read_json(manifest)
+        record = read_manifest(manifest)
         _check_manifest(record, manifest)
-        return selection_as_run(out, record), SELECTION_REPORT_DIR
+        run = selection_as_run(out, record)
+        check_record(run, RunRecord, manifest)  # the keys the report reads as a run's
+        return run, SELECTION_REPORT_DIR
     old = legacy_entries(out, depth=1)
     if old:
         raise InputError(f"was written by an older dataselect (its bookkeeping is named "
@@ -93,7 +96,7 @@ def check_outputs_present(out: str, run: dict[str, Any]) -> None:
         if not os.path.isfile(manifest):
             raise InputError(f"is missing ({MANIFEST_FILE} not found) though the run wrote "
                              "it: restore it, or rerun the job", where=folder)
-        parts = (read_json(manifest).get("output") or {}).get("parts") or []
+        parts = (read_manifest(manifest).get("output") or {}).get("parts") or []
         missing = [p["file"] for p in parts
                    if not os.path.isfile(os.path.join(folder, p["file"]))]
         if missing:
@@ -110,12 +113,21 @@ def _recorded_pool(out: str, run: dict[str, Any]) -> dict[str, Any] | None:
     path = os.path.join(out, task.get("path", "."), MANIFEST_FILE)
     if not os.path.exists(path):
         return None
-    return (read_json(path).get("inputs") or {}).get("pool")
+    return (read_manifest(path).get("inputs") or {}).get("pool")
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """A selection's ``.manifest.json`` (a select job's, a recipe task's, the union's),
+    with the shape of every key the report reads checked (:mod:`dataselect.records`)."""
+    record = read_json(path)
+    check_record(record, SelectionManifest, path)
+    return record
 
 
 def damaged(path: str, what: str) -> InputError:
-    return InputError(f"{what}: the file was edited or damaged; restore it, or delete the "
-                      "output folder and rerun the command that made it", where=path)
+    """The one wording of a record dataselect wrote that reads back wrong (as
+    :func:`dataselect.output.damaged_file` and :mod:`dataselect.records` say it)."""
+    return damaged_file(path, what)
 
 
 def _check_manifest(manifest: Any, path: str) -> None:
@@ -151,6 +163,7 @@ def check_run_shape(run: Any, path: str) -> None:
     and the recipe as written."""
     if not isinstance(run, dict) or not isinstance(run.get("recipe"), dict):
         raise damaged(path, "it holds no recipe")
+    check_record(run, RunRecord, path)
     tasks, scorers = run.get("tasks"), run.get("scorers")
     if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
         raise damaged(path, "its tasks are not dataselect's")

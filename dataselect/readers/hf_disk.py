@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from dataselect.checks import check_regular_file
 from dataselect.errors import InputError
 from dataselect.readers.arrow import check_stream_end
 from dataselect.readers.base import Piece, register
@@ -57,6 +58,7 @@ def is_hf_dataset_dir(path: str) -> bool:
 def hf_data_files(path: str) -> list[str]:
     """The data files a ``save_to_disk`` folder's ``state.json`` lists (none when it
     cannot be read: the folder's own reading then names the problem)."""
+    check_regular_file(os.path.join(path, "state.json"))
     try:
         with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
             names = [entry["filename"] for entry in json.load(f)["_data_files"]]

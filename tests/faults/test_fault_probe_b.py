@@ -379,7 +379,7 @@ def test_report_on_a_manifest_of_another_shape_is_one_line(tmp_path, capsys):
         capsys.readouterr()
         assert main(["report", str(out)]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "edited or damaged" in err
+        assert len(err.splitlines()) == 1 and "damaged or edited" in err
 
 
 def test_a_feature_store_holding_nan_is_refused_by_index_build(tmp_path):
