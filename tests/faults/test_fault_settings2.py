@@ -359,7 +359,7 @@ class _ZeroFeatures:
         return np.zeros((batch.num_rows, 1, 2), np.float32)
 
     def feature_description(self, side: str = "pool") -> dict:
-        return {"scorer": "zeros"}
+        return {"scorer": "zeros", "dim": 2, "views": 1}
 
 
 def test_features_refuse_ids_repeated_across_files(duplicated_pool, tmp_path):
