@@ -158,6 +158,20 @@ class TrainingJob:
         return {**result, "reused": False}
 
 
+def unscored_notes(results: list[dict[str, Any]], max_length: int) -> list[str]:
+    """One line per task some of whose held-out rows were not scored: a row whose response
+    starts past ``max_length`` tokens has no response token to score, so the task's
+    figures cover fewer rows than its eval file holds, which the reader should know."""
+    unscored: dict[str, tuple[int, int]] = {}
+    for result in results:
+        left = result.get("held_out_rows_unscored", 0)
+        if left:
+            unscored[result["task"]] = (left, left + result["held_out_rows"])
+    return [f"{left} of the {total} held-out rows of task {task!r} have no response token "
+            f"within max_length={max_length} and are not scored; raise -p max_length to "
+            "score them" for task, (left, total) in unscored.items()]
+
+
 def _previous_result(path: str) -> dict[str, Any]:
     """A training's result from an earlier evaluation; a damaged one (a killed write on a
     full disk) is trained again and replaced, as a missing one is."""
@@ -212,7 +226,8 @@ def score_held_out(model: Any, tokenizer: Any, held_out: pa.Table, max_length: i
                          field="max_length")
     result: dict[str, Any] = {"loss": round(float(np.mean(row_losses)), 6),
                               "token_accuracy": round(float(np.mean(row_accuracy)), 6),
-                              "held_out_rows": len(row_losses)}
+                              "held_out_rows": len(row_losses),
+                              "held_out_rows_unscored": held_out.num_rows - len(row_losses)}
     from models.lm import has_chat_template
 
     prompts, answers = split_prompts(held_out, tokenizer)
@@ -327,6 +342,8 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
                   "summary": summary, "versions_of_run": run.get("versions", {})}
         write_json(report, os.path.join(out, EVAL_DIR, RESULTS_FILE))
     print_eval_table(console, summary)
+    for note in unscored_notes(results, settings.max_length):
+        console.print(f"note: {note}")
     print_summary(console, "eval", runner.timings,
                   {"tasks": len(tasks), "seeds": len(settings.seeds), "trainings": len(jobs),
                    "reused": sum(1 for r in results if r["reused"])},

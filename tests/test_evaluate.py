@@ -178,3 +178,27 @@ def test_cli_eval(instruction_run, capsys):
     assert main(["eval", str(instruction_run), "-p", "nope=1"]) == 2
     assert main(["eval", str(instruction_run), "-p", "seeds=1"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_held_out_rows_past_max_length_are_counted_and_noted(instruction_lm):
+    """Rows whose response starts past max_length have no token to score: they were left
+    out of the mean with no word (probe 6, E1); now they are counted, and noted."""
+    from models.lm import load_causal_lm, load_tokenizer, tokenize
+    from pipelines.evaluate import unscored_notes
+
+    corpus = read_corpus(str(INSTRUCTIONS / "eval" / "define.jsonl"), "messages")
+    view = corpus.scoring_view(corpus.to_table(), response_spans=True).slice(0, 12)
+    tokenizer = load_tokenizer(instruction_lm)
+    model = load_causal_lm(instruction_lm, torch.device("cpu"))
+    def unscored(length: int) -> int:
+        return int((~tokenize(tokenizer, view, length).has_response).sum())
+
+    short = next(n for n in range(8, 256) if 0 < unscored(n) < 12)  # some rows, not all
+    without = unscored(short)
+    got = score_held_out(model, tokenizer, view, short, 5, em_max_tokens=32)
+    assert (got["held_out_rows"], got["held_out_rows_unscored"]) == (12 - without, without)
+    runs = [{"task": "define", "arm": arm, **got} for arm in ("selected", "random")]
+    assert unscored_notes(runs, short) == [
+        f"{without} of the 12 held-out rows of task 'define' have no response token within "
+        f"max_length={short} and are not scored; raise -p max_length to score them"]
+    assert unscored_notes([{"task": "define", "held_out_rows": 12}], short) == []
