@@ -161,16 +161,16 @@ def _strict_json(obj: Any, **options: Any) -> str:
     try:
         return json.dumps(obj, sort_keys=True, default=str, allow_nan=False, **options)
     except ValueError:
-        return json.dumps(_finite_or_null(obj), sort_keys=True, default=str, **options)
+        return json.dumps(finite_or_null(obj), sort_keys=True, default=str, **options)
 
 
-def _finite_or_null(obj: Any) -> Any:
+def finite_or_null(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {key: _finite_or_null(value) for key, value in obj.items()}
+        return {key: finite_or_null(value) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite_or_null(value) for value in obj]
+        return [finite_or_null(value) for value in obj]
     return obj
 
 

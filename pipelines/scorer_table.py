@@ -52,7 +52,10 @@ def describe_scorers(registry: Mapping[str, type]) -> list[dict[str, Any]]:
 
 
 def scorers_json(described: list[dict[str, Any]]) -> str:
-    return json.dumps(described, indent=2, default=str)
+    """Strict JSON: a plug-in's NaN or infinite default is null, not a bare ``NaN``."""
+    from dataselect.output import finite_or_null
+
+    return json.dumps(finite_or_null(described), indent=2, default=str, allow_nan=False)
 
 
 def scorers_text(described: list[dict[str, Any]]) -> str:

@@ -160,3 +160,13 @@ def test_an_output_on_a_read_only_filesystem_is_refused_before_work(tmp_path, ca
     line = _one_error_line(capsys.readouterr().err)
     assert url in line and "can only be read" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_scorer_list_as_json_is_strict_json():
+    """A plug-in's NaN or infinite default was printed as a bare NaN (probe 6, W22)."""
+    from pipelines.scorer_table import scorers_json
+
+    text = scorers_json([{"name": "p", "defaults": {"a": float("nan"), "b": float("inf"),
+                                                     "c": [1.5, float("-inf")]}}])
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == [
+        {"name": "p", "defaults": {"a": None, "b": None, "c": [1.5, None]}}]
