@@ -105,15 +105,41 @@ def _k_or_all(text: str) -> int | None:
     return None if text == "all" else COUNT(text)
 
 
+_GIVEN = "_flags_given"  # the namespace's record of the single-value flags seen so far
+
+
+class _StoreOnce(argparse._StoreAction):
+    """A flag that takes one value refuses a second: argparse keeps the last silently, so
+    ``--k 5 --k 10`` selected 10 rows and ``--out a --out b`` wrote only b."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        given = vars(namespace).setdefault(_GIVEN, set())
+        if option_string is not None and self.dest in given:
+            parser.error(f"{'/'.join(self.option_strings)} given twice; give it once")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
-    """Python 3.11's parser takes ``-1e308`` for an option (only ``-1`` and ``-.5`` look
-    like numbers to it), so ``--threshold -1e308`` failed as a missing value. This is the
-    rule Python 3.13 adopted: a dash before a digit (or ``.`` and a digit) is a number.
-    Subcommands' parsers are made of the same class."""
+    """Two departures from Python 3.11's parser, for every subcommand too (their parsers
+    are made of the same class):
+
+    - it takes ``-1e308`` for an option (only ``-1`` and ``-.5`` look like numbers to it),
+      so ``--threshold -1e308`` failed as a missing value; this is the rule Python 3.13
+      adopted: a dash before a digit (or ``.`` and a digit) is a number;
+    - a flag that takes one value may be given once (:class:`_StoreOnce`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"-\.?\d")
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = super().parse_known_args(args, namespace)
+        vars(parsed).pop(_GIVEN, None)
+        return parsed, extras
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,9 +25,13 @@ def private_fingerprint_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def select_errors(pool: list[str | Path], out: Path, capsys: pytest.CaptureFixture,
                   *extra: str, target: Path = TARGETS / "fortunes.jsonl") -> tuple[int, str]:
     """``dataselect select --scorer dsir`` on small data: exit code and error lines."""
+    defaults = {"--k": "5", "--workers": "1", "--worker-kind": "threads"}
+    budgets = {"--k", "--fraction", "--threshold"}
+    given = set(extra) | (budgets if budgets & set(extra) else set())
+    kept = [part for flag, value in defaults.items() if flag not in given
+            for part in (flag, value)]  # a flag is given once: the test's own value wins
     code = main(["select", "--scorer", "dsir", "--pool", *map(str, pool), "--target",
-                 str(target), "--k", "5", "--out", str(out),
-                 "--workers", "1", "--worker-kind", "threads", *extra])
+                 str(target), "--out", str(out), *kept, *extra])
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return code, "\n".join(line for line in err.splitlines() if "error" in line.lower())

@@ -157,8 +157,9 @@ def test_a_rerun_with_other_workers_kind_or_out_spelling_is_the_same_job(tmp_pat
     out = tmp_path / "out"
     assert main(_select(f"{DATA}/pool/*.parquet", out)) == 0
     parts = _digests(out)
-    rerun = _select(f"{DATA}/pool/*.parquet", f"{out}/", "--worker-kind", "processes")
+    rerun = _select(f"{DATA}/pool/*.parquet", f"{out}/")
     rerun[rerun.index("--workers") + 1] = "2"
+    rerun[rerun.index("--worker-kind") + 1] = "processes"  # a flag is given once
     assert main(rerun) == 0
     manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["output"]["partitions_reused"] == len(manifest["output"]["parts"])

@@ -170,3 +170,32 @@ def test_the_scorer_list_as_json_is_strict_json():
                                                      "c": [1.5, float("-inf")]}}])
     assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == [
         {"name": "p", "defaults": {"a": None, "b": None, "c": [1.5, None]}}]
+
+
+@pytest.mark.parametrize(("repeated", "flag"), [
+    (["--k", "5", "--k", "10"], "--k"), (["--seed", "1", "--seed", "2"], "--seed"),
+    (["--scorer", "zipfit"], "--scorer"), (["--out", "b"], "--out"),
+    (["--policy", "top_k", "--policy", "round_robin"], "--policy"),
+])
+def test_a_flag_that_takes_one_value_given_twice_is_refused(capsys, repeated, flag):
+    """argparse kept the last value silently: --k 5 --k 10 selected 10 rows, --scorer dsir
+    --scorer zipfit ran zipfit, --out a --out b wrote only b (probe 6, W25)."""
+    from pipelines.cli import build_parser
+
+    argv = ["select", "--pool", "p", "--target", "t", "--out", "o", "--scorer", "dsir",
+            *repeated]
+    if "--k" not in repeated:
+        argv += ["--k", "5"]
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    assert f"{flag} given twice; give it once" in capsys.readouterr().err
+
+
+def test_flags_given_once_leave_no_trace_in_the_arguments():
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["select", "--pool", "p", "--target", "t", "--out", "o",
+                                      "--scorer", "dsir", "--k", "5", "-p", "a=1", "-p",
+                                      "b=2"])
+    assert (args.k, args.param) == (5, ["a=1", "b=2"]) and not hasattr(args, "_flags_given")

@@ -152,8 +152,9 @@ def test_select_refuses_a_users_file_at_a_part_name_it_did_not_list(tmp_path: Pa
     mine = tmp_path / "px" / "part-00001.parquet"
     pq.write_table(pa.table({"mine": [1, 2, 3]}), mine)
     capsys.readouterr()
-    assert main([*_select(tmp_path, pool, tmp_path / "px", "--overwrite", "--partition-mb",
-                          "0.1"), "--k", "200"]) == 2
+    argv = _select(tmp_path, pool, tmp_path / "px", "--overwrite", "--partition-mb", "0.1")
+    argv[argv.index("--k") + 1] = "200"  # a flag is given once
+    assert main(argv) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "part-00001.parquet" in line and "not written by dataselect" in line
     assert pq.read_table(mine).column_names == ["mine"]

@@ -115,10 +115,9 @@ def test_a_round_robin_recipe_needs_per_target_scores(scorers, refused, pool, tm
 @pytest.mark.parametrize("flags", [("--workers", "2"), ("--memory-limit", "4GiB"),
                                    ("--worker-kind", "threads")])
 def test_local_cluster_flags_with_a_scheduler_are_refused(flags, pool, tmp_path, capsys):
-    argv = _select(pool, tmp_path / "out", "--k", "3", "--scheduler", "tcp://127.0.0.1:1",
-                   *flags)
-    argv.remove("--workers") if flags[0] != "--workers" else None
-    argv.remove("1") if flags[0] != "--workers" else None
+    argv = _select(pool, tmp_path / "out", "--k", "3", "--scheduler", "tcp://127.0.0.1:1")
+    at = argv.index("--workers")  # the helper's own --workers 1: a flag is given once
+    argv[at:at + 2] = flags
     err = _one_line_exit_2(argv, capsys)
     assert f"'{flags[0]}'" in err and "--scheduler" in err
 
