@@ -60,17 +60,6 @@ class _EvalSettings(TypedDict):
     seeds: list[int]
 
 
-class _StoreDescription(TypedDict, total=False):
-    scorer: Required[str]
-    pool: dict[str, Any] | None
-
-
-class ScoreStoreManifest(TypedDict, total=False):
-    """A score store's ``_manifest.json`` (``Scores.write``, ``dataselect score``)."""
-
-    description: Required[_StoreDescription]
-
-
 class EvalResults(TypedDict):
     summary: dict[str, _TaskResult]
     settings: _EvalSettings

@@ -42,6 +42,7 @@ from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
 from dataselect.output import (
+    damaged_file,
     part_name,
     read_json,
     read_schema,
@@ -51,7 +52,6 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.params import check_booleans, field_types
-from dataselect.records import ScoreStoreManifest, check_record
 from dataselect.sampling import LENGTH_STREAM, id_hashes, uniform
 from dataselect.score_parts import FILTERED_BY, eligible_scores
 from dataselect.topk import KeySpec, ladder_of
@@ -578,6 +578,22 @@ def as_scores(value: Any, pool: Corpus, name: str = "scores") -> Scores:
                             name)
 
 
+
+def _store_description(manifest: dict[str, Any], path: str) -> dict[str, Any]:
+    """A score store's description, refused in one line when edited into another shape.
+    Checked by hand, not by :mod:`dataselect.records`' pydantic shapes: every selection
+    job reads a store, and the cheap scorers' jobs import no pydantic (start-up)."""
+    description = manifest.get("description")
+    if not isinstance(description, dict):
+        raise damaged_file(path, f"its 'description' holds {description!r:.60}, not a mapping")
+    if not isinstance(description.get("scorer"), str):
+        raise damaged_file(path, "its 'description.scorer' holds "
+                                 f"{description.get('scorer')!r:.60}, not a scorer's name")
+    if not isinstance(description.get("pool"), dict | None):
+        raise damaged_file(path, "its 'description.pool' holds "
+                                 f"{description.get('pool')!r:.60}, not a mapping")
+    return description
+
 class Scores:
     """Scores of a corpus, partition-aligned with it; lazy until computed or written."""
 
@@ -670,9 +686,7 @@ class Scores:
         if not storage.isfile(path):
             raise InputError(f"is not a score store (no {STORE_MANIFEST}): give the folder "
                              "Scores.write or dataselect score wrote", where=folder)
-        manifest = read_json(path)
-        check_record(manifest, ScoreStoreManifest, path)
-        description = manifest["description"]
+        description = _store_description(read_json(path), path)
         changed = corpus.changed_since(description.get("pool") or {})
         if changed:
             raise InputError(f"score store was computed on another version of the pool "
