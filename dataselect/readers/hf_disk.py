@@ -3,14 +3,13 @@ behind the folder, cut into row ranges of about the partition size."""
 
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
 
-from dataselect.checks import check_regular_file
+from dataselect.checks import check_hf_data_files, check_regular_file
 from dataselect.errors import InputError
 from dataselect.readers.arrow import check_stream_end
 from dataselect.readers.base import Piece, register
@@ -57,14 +56,13 @@ def is_hf_dataset_dir(path: str) -> bool:
 
 def hf_data_files(path: str) -> list[str]:
     """The data files a ``save_to_disk`` folder's ``state.json`` lists (none when it
-    cannot be read: the folder's own reading then names the problem)."""
+    cannot be read, or names a file not its own: the folder's own reading, or
+    :func:`~dataselect.checks.check_hf_data_files` when the corpus is planned, then names
+    the problem). A FIFO or device there is refused: reading it would wait forever."""
     check_regular_file(os.path.join(path, "state.json"))
     try:
-        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
-            names = [entry["filename"] for entry in json.load(f)["_data_files"]]
-        return [os.path.join(path, name) for name in names
-                if os.path.isfile(os.path.join(path, name))]
-    except (OSError, ValueError, KeyError, TypeError):
+        return check_hf_data_files(path)
+    except InputError:
         return []
 
 
