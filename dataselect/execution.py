@@ -104,20 +104,52 @@ class _Stage:
     fn: Callable[[int], Any]
     count: int
     _delayed: list[Any] | None = field(default=None, repr=False)
+    _state: Any = field(default=None, repr=False)  # the state as a future on a cluster
+    _tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8], repr=False)
 
     def delayed(self) -> list[Any]:
         if self._delayed is None:
             import dask
 
-            key = f"{self.name}-{{}}-{uuid.uuid4().hex[:8]}"
             state = _scattered(self.fn)
             if state is None:  # one key of the graph holding the state, a dependency
-                state = dask.delayed(self.fn, name=f"{self.name}-state-{uuid.uuid4().hex}",
-                                     traverse=False)
+                state = self._state_delayed()
             call = dask.delayed(_call_state, pure=False)
-            self._delayed = [call(state, i, dask_key_name=key.format(i))
+            self._delayed = [call(state, i, dask_key_name=self._key(i))
                              for i in range(self.count)]
         return self._delayed
+
+    def submit(self, client: Any, index: int) -> Any:
+        """Partition ``index``'s task submitted to ``client`` (a ``distributed.Client``)
+        on its own: a future.
+
+        This is how a runner keeps only a window of a stage's tasks on the scheduler at a
+        time (:meth:`pipelines.progress.ProgressRunner`), instead of the whole graph of a
+        stage with one task per partition: 10-15 KB of scheduler and client state per
+        task, which at 10^8 rows (1,500 partitions a stage) was most of what the client's
+        memory grew by. The state goes to the cluster once per stage, as one future (or
+        scattered, when big) that every task depends on; :meth:`release` lets it go.
+        """
+        if self._state is None:
+            self._tag = uuid.uuid4().hex[:8]  # a round's keys are its own
+            self._state = _scattered(self.fn, client)
+            if self._state is None:
+                self._state = client.compute(self._state_delayed())
+        return client.submit(_call_state, self._state, index, key=self._key(index),
+                             pure=False)
+
+    def release(self) -> None:
+        """Drop the state's future: the cluster may forget the state."""
+        self._state = None
+
+    def _key(self, index: int) -> str:
+        return f"{self.name}-{index}-{self._tag}"
+
+    def _state_delayed(self) -> Any:
+        import dask
+
+        return dask.delayed(self.fn, name=f"{self.name}-state-{uuid.uuid4().hex}",
+                            traverse=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,13 +169,29 @@ def as_dask(tasks: Sequence[Any]) -> list[Any]:
             for task in tasks]
 
 
+def submit(client: Any, task: Any) -> Any:
+    """``task`` (a partition task or a Dask delayed object) submitted to ``client``, a
+    ``distributed.Client``, on its own: a future. Partition tasks of one stage share one
+    copy of the stage's state on the cluster until :func:`release`."""
+    if isinstance(task, PartitionTask):
+        return task.stage.submit(client, task.index)
+    return client.compute(task)
+
+
+def release(tasks: Sequence[Any]) -> None:
+    """Let the cluster forget the state of the stages ``tasks`` belong to."""
+    for stage in {id(t.stage): t.stage for t in tasks if isinstance(t, PartitionTask)}.values():
+        stage.release()
+
+
 def _call_state(fn: Callable[[int], Any], index: int) -> Any:
     return fn(index)
 
 
-def _scattered(fn: Callable[[int], Any]) -> Any:
-    """``fn`` as data on the workers of the active Dask cluster (a ``distributed`` future),
-    when it is that big and such a cluster will run the tasks; else None.
+def _scattered(fn: Callable[[int], Any], client: Any = None) -> Any:
+    """``fn`` as data on the workers of ``client``'s (or the active) Dask cluster (a
+    ``distributed`` future), when it is that big and such a cluster will run the tasks;
+    else None.
 
     A state inside the graph goes to the scheduler with it, and Dask warns about graphs
     over 10 MB ("Sending large graph"), rightly: the scheduler holds and forwards what is
@@ -151,13 +199,14 @@ def _scattered(fn: Callable[[int], Any]) -> Any:
     worker lost later does not take the only copy with it). Without a cluster (plain
     ``dask.compute`` in threads) nothing is sent anywhere, and the state stays in the graph.
     """
-    if "distributed" not in sys.modules:  # no cluster can exist; asking Dask imports it
-        return None
-    import dask
+    if client is None:
+        if "distributed" not in sys.modules:  # no cluster can exist; asking Dask imports it
+            return None
+        import dask
 
-    client = getattr(dask.base.get_scheduler(), "__self__", None)
-    if client is None or type(client).__module__ != "distributed.client":
-        return None
+        client = getattr(dask.base.get_scheduler(), "__self__", None)
+        if client is None or type(client).__module__ != "distributed.client":
+            return None
     import cloudpickle
 
     if len(cloudpickle.dumps(fn)) <= SCATTER_BYTES:

@@ -118,3 +118,33 @@ def test_a_threshold_the_user_chose_is_kept(monkeypatch):
     with dask_client(workers=1, kind="processes") as client:
         seen = list(client.run(_environ).values())
     assert seen[0]["MALLOC_TRIM_THRESHOLD_"] == "1048576"
+
+
+_IN_PROCESS: dict[str, object] = {}  # what a task in this process's cluster looks at
+
+
+def _tasks_on_scheduler(index: int) -> tuple[int, int]:
+    return index, len(_IN_PROCESS["scheduler"].tasks)  # type: ignore[attr-defined]
+
+
+def test_a_stage_on_a_cluster_keeps_only_a_window_of_tasks_on_the_scheduler():
+    """The scheduler (inside the client's process for a local cluster) never holds a whole
+    stage: at most the runner's window of tasks plus the stage's state, whatever the
+    partition count; results still come back in task order, and every one of them, and
+    the scheduler forgets the stage when it ends."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        runner = ProgressRunner(client)
+        window = runner._window()
+        _IN_PROCESS["scheduler"] = cluster.scheduler
+        fn = _tasks_on_scheduler
+        results = runner("held", partition_tasks("held", fn, 10 * window))
+        assert [index for index, _ in results] == list(range(10 * window))
+        # the window, the stage's state, and finished tasks whose release is on its way
+        assert max(held for _, held in results) <= 2 * window + 1
+        assert runner("sum", partition_tasks("sum", fn, 3 * window),
+                      lambda a, b: (a[0] + b[0], max(a[1], b[1])))[0] == sum(range(3 * window))
+        client.run_on_scheduler(lambda: None)  # a round trip: releases have arrived
+        assert not [key for key in cluster.scheduler.tasks if "held" in str(key)]
