@@ -8,7 +8,8 @@ files written side by side must still make one dataset that pandas, pyarrow and
 a missing or all-null column becomes nulls of the other files' type, an integer column
 joins a float column only when every value is exact as a float, a struct gains the fields
 other files give it. Anything else (``int64`` against ``string``, a list against a
-scalar) is refused before rows are mixed, naming both files, the column and both types.
+scalar, text against bytes at any depth) is refused before rows are mixed, naming both
+files, the column and both types.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
     unified = pa.schema([])
     first_place: dict[str, str] = {}
     for place, schema in _decoded_where_mixed(schemas):
+        if any(_text_against_bytes(unified.field(f.name), f) for f in schema
+               if unified.get_field_index(f.name) >= 0):
+            raise _disagreement(unified, first_place, place, schema)
         try:
             unified = pa.unify_schemas([unified, schema], promote_options="permissive")
         except (pa.ArrowTypeError, pa.ArrowInvalid):
@@ -66,10 +70,7 @@ def _disagreement(unified: pa.Schema, first_place: dict[str, str], place: str,
         if index < 0:
             continue
         before = unified.field(index)
-        try:
-            pa.unify_schemas([pa.schema([before]), pa.schema([field])],
-                             promote_options="permissive")
-        except (pa.ArrowTypeError, pa.ArrowInvalid):
+        if _clash(before, field):
             return InputError(
                 f"column holds {field.type} here but {before.type} in "
                 f"{first_place[field.name]}; rows of all input files are written as one "
@@ -78,6 +79,46 @@ def _disagreement(unified: pa.Schema, first_place: dict[str, str], place: str,
     duplicated = sorted({n for n in schema.names if schema.names.count(n) > 1})
     return InputError("has two columns of the same name; rename one", where=place,
                       field=duplicated[0] if duplicated else None)
+
+
+def _clash(before: pa.Field, field: pa.Field) -> bool:
+    """Whether two files' types of one column cannot be one column's without a value
+    changing its meaning. Arrow's permissive unification refuses most such pairs, but
+    takes ``string`` and ``binary`` as ``binary`` (:func:`_text_against_bytes`), so one
+    file's text would be written as bytes, which pandas, polars and ``datasets`` read back
+    as bytes, not text."""
+    try:
+        pa.unify_schemas([pa.schema([before]), pa.schema([field])],
+                         promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return True
+    return _text_against_bytes(before, field)
+
+
+def _text_against_bytes(before: pa.Field, field: pa.Field) -> bool:
+    """Whether one place inside the two types is text in one and bytes in the other."""
+    ours, theirs = _text_or_bytes(before.type), _text_or_bytes(field.type)
+    return any(ours[place] != kind for place, kind in theirs.items() if place in ours)
+
+
+def _text_or_bytes(kind: pa.DataType, place: tuple = ()) -> dict[tuple, str]:
+    """``"text"`` or ``"bytes"`` for every string or binary value inside ``kind``, by its
+    place (a struct's field by name, any other child by position; a dictionary as its
+    values)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_string_view(kind)):
+        return {place: "text"}
+    if (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+            or pa.types.is_fixed_size_binary(kind) or pa.types.is_binary_view(kind)):
+        return {place: "bytes"}
+    found: dict[tuple, str] = {}
+    for i in range(kind.num_fields):
+        child = kind.field(i)
+        found.update(_text_or_bytes(child.type,
+                                    (*place, child.name if pa.types.is_struct(kind) else i)))
+    return found
 
 
 def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
