@@ -57,10 +57,19 @@ from dataselect.score_parts import FILTERED_BY, eligible_scores
 from dataselect.topk import KeySpec, ladder_of
 
 TEXT_BYTES = "text_bytes"
-# filter reason of a row whose text is empty or holds only whitespace, control or format
-# characters (a no-break space, a zero-width space, a byte-order mark): nothing to select
+# filter reason of a row whose text renders as nothing: nothing to select
 EMPTY_TEXT_FILTER = "empty_text"
-BLANK_TEXT = r"^[\s\p{Z}\p{Cc}\p{Cf}]*$"
+# characters that render as nothing although Unicode files them as letters or symbols (the
+# Hangul fillers, the blank Braille pattern), and the default-ignorable code points no
+# category covers (U+2065, U+FFF0-U+FFF8, the tag and variation-selector plane U+E0000-
+# U+E0FFF): a row of Hangul fillers looks empty and is as empty to a reader as spaces are
+INVISIBLE = r"\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}\x{2065}\x{FFF0}-\x{FFF8}\x{E0000}-\x{E0FFF}"
+# a blank text: empty, or only whitespace (Z, and the ASCII spaces \s), control (Cc),
+# format (Cf: zero-width spaces, a byte-order mark), nonspacing or enclosing marks (Mn, Me:
+# combining accents with no letter to sit on, variation selectors, the grapheme joiner) and
+# the invisible characters above. One regular expression (RE2, in pyarrow.compute), so
+# every scorer, warmup and BADS decide blankness alike and by column, never row by row.
+BLANK_TEXT = rf"^[\s\p{{Z}}\p{{Cc}}\p{{Cf}}\p{{Mn}}\p{{Me}}{INVISIBLE}]*$"
 STORE_MANIFEST = "_manifest.json"
 # rows in the score-length sample, spread over the partitions
 LENGTH_SAMPLE = 100_000

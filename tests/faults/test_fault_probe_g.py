@@ -6,12 +6,16 @@ silently wrong output."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import TARGETS, write_jsonl
 from fault_helpers import private_fingerprint_cache, refused, select_errors  # noqa: F401
+
+from pipelines.cli import main
 
 
 def _base(pool_table: pa.Table, start: int, rows: int) -> pa.Table:
@@ -39,3 +43,36 @@ def test_text_in_one_pool_file_and_bytes_in_another_is_refused(
     code, errors = select_errors([folder], tmp_path / "out", capsys)
     refused(code, errors, "a.parquet", "b.parquet", "'x'")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.parquet"))
+
+
+# --- rows that render blank ---------------------------------------------------------------
+
+# text that renders as nothing: Hangul fillers, the blank Braille pattern, combining marks
+# with no letter, variation selectors, a tag character, mixed with spaces
+INVISIBLE = ["\u3164" * 5, "\u2800" * 5, "\u115f", "\u1160 ", "\uffa0", "\u034f\u034f",
+             "\u0301\u0301", "\ufe0f" * 3, "\u20dd", " \u3164\u200b\ufe0f ", "\U000e0041"]
+# text that shows something, though some of its characters are invisible
+VISIBLE = ["e\u0301", "\u3164a", "\u2764\ufe0f", "\u2801", "\u1100\u1161"]
+
+
+def _pool_with(tmp_path: Path, records: list[dict], extra: dict[str, list[str]]) -> Path:
+    rows = [{"id": r["id"], "text": r["text"]} for r in records]
+    rows[3:3] = [{"id": f"{kind}{i}", "text": text}
+                 for kind, texts in extra.items() for i, text in enumerate(texts)]
+    return write_jsonl(tmp_path / "pool.jsonl", rows)
+
+
+@pytest.mark.parametrize("scorer", [["dsir"], ["zipfit", "-p", "mode=fast"]])
+def test_rows_that_render_blank_are_never_selected(tmp_path: Path, small_records: list[dict],
+                                                   scorer: list[str]) -> None:
+    out = tmp_path / "out"
+    pool = _pool_with(tmp_path, small_records[:20], {"invisible": INVISIBLE,
+                                                     "visible": VISIBLE})
+    assert main(["select", "--scorer", *scorer, "--pool", str(pool), "--target",
+                 str(TARGETS / "python_docs.jsonl"), "--fraction", "1", "--out", str(out),
+                 "--workers", "1", "--worker-kind", "threads"]) == 0
+    chosen = set(pq.read_table(out)["id"].to_pylist())
+    assert not {i for i in chosen if i.startswith("invisible")}
+    assert {f"visible{i}" for i in range(len(VISIBLE))} <= chosen
+    counts = json.loads((out / ".manifest.json").read_text())["counts"]
+    assert counts["filtered"] == {"empty_text": len(INVISIBLE)}
