@@ -37,7 +37,13 @@ from dataselect import checks, storage
 from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
 from dataselect.defaults import SELECTION_POLICIES
 from dataselect.duplicates import ids_names
-from dataselect.errors import DataSelectError, InputError, PluginError, ScorerContractError
+from dataselect.errors import (
+    DataSelectError,
+    EmptyCorpusError,
+    InputError,
+    PluginError,
+    ScorerContractError,
+)
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
@@ -214,6 +220,39 @@ def with_text_columns(scores: pa.Table, texts: pa.ChunkedArray | pa.Array) -> pa
     if FILTERED_BY in scores.column_names:
         return scores.set_column(scores.column_names.index(FILTERED_BY), FILTERED_BY, reasons)
     return scores.append_column(FILTERED_BY, reasons)
+
+
+# fit statistic: how many rows of the target are blank (:func:`blank_target_rows`)
+TARGET_ROWS_BLANK = "target_rows_blank"
+
+
+def blank_target_rows(target: Corpus) -> int:
+    """How many of ``target``'s rows are blank (:data:`BLANK_TEXT`), read part by part;
+    an :class:`EmptyCorpusError` naming the target when every row is.
+
+    A target says what is wanted, and a blank one says nothing: DSIR fitted on it has no
+    n-gram and fastText learns blankness as the wanted class, and both went on to rank
+    the pool against nothing and exit 0. Jobs and recipes call this before any fit, so
+    every scorer, plug-ins too, is spared it alike."""
+    rows = blank = 0
+    for table in target.iter_tables():
+        texts = target.texts(table)
+        rows += len(texts)
+        blank += pc.sum(pc.match_substring_regex(texts, BLANK_TEXT)).as_py() or 0
+    if rows and blank == rows:
+        raise EmptyCorpusError(
+            f"the target has no non-blank rows (all {rows} are empty or only whitespace, "
+            "control, format or invisible characters); give a target with text",
+            where=", ".join(target.files))
+    return blank
+
+
+def noting_blank_target_rows(scorer: Scorer, blank: int) -> None:
+    """Record in ``scorer``'s fit statistics (the manifest's ``fit``) how many target
+    rows were blank, when any were: they teach no scorer anything, and a user should see
+    that part of their target was empty."""
+    if blank:
+        scorer.fit_stats_ = {**scorer.fit_stats_, TARGET_ROWS_BLANK: blank}
 
 
 def score_length_correlation(summaries: list[dict[str, Any]]) -> float | None:

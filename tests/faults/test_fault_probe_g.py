@@ -18,6 +18,17 @@ from fault_helpers import private_fingerprint_cache, refused, select_errors  # n
 from pipelines.cli import main
 
 
+def _select(scorer: str, pool: Path, target: Path, out: Path,
+            capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, str]:
+    """``dataselect select --scorer scorer``: exit code and error lines, never a traceback."""
+    code = main(["select", "--scorer", scorer, "--pool", str(pool), "--target", str(target),
+                 "--k", "5", "--out", str(out), "--workers", "1", "--worker-kind", "threads",
+                 *extra])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, "\n".join(line for line in err.splitlines() if "error" in line.lower())
+
+
 def _base(pool_table: pa.Table, start: int, rows: int) -> pa.Table:
     return pool_table.slice(start, rows).select(["id", "text"])
 
@@ -76,3 +87,46 @@ def test_rows_that_render_blank_are_never_selected(tmp_path: Path, small_records
     assert {f"visible{i}" for i in range(len(VISIBLE))} <= chosen
     counts = json.loads((out / ".manifest.json").read_text())["counts"]
     assert counts["filtered"] == {"empty_text": len(INVISIBLE)}
+
+
+# --- targets of blank rows ----------------------------------------------------------------
+
+@pytest.mark.parametrize("scorer", ["dsir", "fasttext", "zipfit"])
+def test_a_target_of_blank_rows_only_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 small_records: list[dict],
+                                                 scorer: str) -> None:
+    target = write_jsonl(tmp_path / "blank_target.jsonl", [
+        {"id": f"b{i}", "text": text} for i, text in enumerate(["   ", "\n\t", "\u200b",
+                                                                "\u3164\u0301"])])
+    pool = _pool_with(tmp_path, small_records[:20], {})
+    code, errors = _select(scorer, pool, target, tmp_path / "out", capsys)
+    refused(code, errors, "blank_target.jsonl", "the target has no non-blank rows")
+
+
+def test_blank_target_rows_are_counted_in_the_fit(tmp_path: Path, small_records: list[dict]
+                                                  ) -> None:
+    rows = [{"id": r["id"], "text": r["text"]} for r in small_records[20:30]]
+    target = write_jsonl(tmp_path / "target.jsonl", rows + [
+        {"id": "b0", "text": " "}, {"id": "b1", "text": "\u2800"}])
+    out = tmp_path / "out"
+    pool = _pool_with(tmp_path, small_records[:20], {})
+    assert main(["select", "--scorer", "dsir", "--pool", str(pool), "--target", str(target),
+                 "--k", "5", "--out", str(out), "--workers", "1"]) == 0
+    assert json.loads((out / ".manifest.json").read_text())["fit"]["target_rows_blank"] == 2
+
+
+def test_a_recipe_task_whose_target_is_blank_is_refused(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture,
+                                                        small_records: list[dict]) -> None:
+    target = write_jsonl(tmp_path / "blank_target.jsonl",
+                         [{"id": "b0", "text": "\u3164"}, {"id": "b1", "text": " "}])
+    recipe = {"pool": {"paths": str(_pool_with(tmp_path, small_records[:20], {}))},
+              "targets": {"code": {"paths": str(target)}},
+              "scorers": {"dsir": {"num_buckets": 1000}}, "selection": {"k": 5},
+              "output": {"path": str(tmp_path / "out")},
+              "cluster": {"workers": 1, "worker_kind": "threads"}}
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))
+    assert main(["run", str(tmp_path / "recipe.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "blank_target.jsonl" in err and "the target has no non-blank rows" in err
