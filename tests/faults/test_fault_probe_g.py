@@ -106,8 +106,8 @@ def test_a_target_of_blank_rows_only_is_refused(tmp_path: Path, capsys: pytest.C
 def test_blank_target_rows_are_counted_in_the_fit(tmp_path: Path, small_records: list[dict]
                                                   ) -> None:
     rows = [{"id": r["id"], "text": r["text"]} for r in small_records[20:30]]
-    target = write_jsonl(tmp_path / "target.jsonl", rows + [
-        {"id": "b0", "text": " "}, {"id": "b1", "text": "\u2800"}])
+    target = write_jsonl(tmp_path / "target.jsonl", [
+        *rows, {"id": "b0", "text": " "}, {"id": "b1", "text": "\u2800"}])
     out = tmp_path / "out"
     pool = _pool_with(tmp_path, small_records[:20], {})
     assert main(["select", "--scorer", "dsir", "--pool", str(pool), "--target", str(target),
