@@ -6,7 +6,8 @@ package outside this repository adds one with one module and one line of packagi
 metadata. Classes are imported when first looked up, not when a registry is built: listing
 the names costs nothing, and a job imports only the class it runs. The built-ins are also
 listed in the code, so a source checkout whose packaging metadata is not installed still
-finds them; an installed plug-in cannot take a built-in's name.
+finds them; an installed plug-in cannot take a built-in's name, and a name two installed
+distributions register is refused, naming both, when it is used.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
         self.builtin = builtin
         self._load = load
         self._targets: dict[str, str] | None = None
+        self._claims: dict[str, dict[str, str]] = {}  # plug-in name -> distribution -> target
         self._classes: dict[str, type[T]] = {}
 
     def refresh(self) -> None:
@@ -46,11 +48,27 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
         if self._targets is None:
             from importlib import metadata  # tens of ms: only when a name is looked up
 
-            targets = dict(self.builtin)
+            claims: dict[str, dict[str, str]] = {}  # name -> distribution -> target
             for entry in metadata.entry_points(group=self.group):
-                targets.setdefault(entry.name, entry.value)
-            self._targets = targets
+                if entry.name not in self.builtin:
+                    distribution = entry.dist.name if entry.dist is not None else "?"
+                    claims.setdefault(entry.name, {}).setdefault(distribution, entry.value)
+            self._claims = claims
+            self._targets = {**self.builtin, **{name: next(iter(by.values()))
+                                                for name, by in claims.items()}}
         return self._targets
+
+    def _check_unambiguous(self, name: str) -> None:
+        """Refuse a name two installed distributions register: which one is taken would
+        depend on the order of ``sys.path``, and a job would silently run the other
+        package's code after a reinstall. Said when the name is used (and listed), so the
+        other names still work."""
+        by = self._claims.get(name, {})
+        if len(by) > 1:
+            both = " and ".join(f"{dist} ({target})" for dist, target in sorted(by.items()))
+            raise InputError(f"{name!r} is registered in the entry-point group {self.group} "
+                             f"by more than one installed distribution: {both}; uninstall "
+                             "all but one of them, or give their entry points other names")
 
     def order(self, names: Collection[str]) -> list[str]:
         """The order names are listed in: sorted."""
@@ -58,7 +76,9 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
 
     def __getitem__(self, name: str) -> type[T]:
         if name not in self._classes:
-            self._classes[name] = self._load(name, self._entries()[name])
+            target = self._entries()[name]
+            self._check_unambiguous(name)
+            self._classes[name] = self._load(name, target)
         return self._classes[name]
 
     def __iter__(self) -> Iterator[str]:

@@ -154,11 +154,16 @@ def checked_scores(name: str, batch: pa.Table, scores: Any) -> pa.Table:
         raise broken(f"returned no {' or '.join(map(repr, missing))} column (columns: "
                      f"{', '.join(scores.column_names) or 'none'})")
     _check_ids(scores["id"], batch["id"], broken)
+    if scores["id"].type != batch["id"].type:  # equal ids of another type (large_string)
+        scores = scores.set_column(scores.column_names.index("id"), "id", batch["id"])
     return _numeric_scores(scores, broken)
 
 
 def _check_ids(ids: pa.ChunkedArray, expected: pa.ChunkedArray, broken: Any) -> None:
-    """The ids, row for row, are the batch's: selection joins scores to rows by position."""
+    """The ids, row for row, are the batch's: selection joins scores to rows by position.
+    Ids of another type that casts to the batch's (``large_string``, dictionary-encoded)
+    and equal it row for row are the batch's; :func:`checked_scores` then keeps the
+    batch's own column, so the score store holds one id type whatever a plug-in returns."""
     if ids.type == expected.type and ids.equals(expected):
         return
     try:
@@ -315,8 +320,13 @@ def taking_paths(method: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
-# the methods through which a plug-in's own code runs in a job
-PLUGIN_METHODS = ("fit", "start_fit", "score_batch", "score_partition")
+# the methods, properties and class methods through which dataselect calls a plug-in's
+# own code (the Scorer contract, and a Featurizer's): each call is where a plug-in's
+# exception becomes one PluginError line. Only these: a plug-in's own helpers may raise
+# and catch exceptions among themselves.
+PLUGIN_METHODS = ("fit", "start_fit", "score_batch", "score_partition", "config",
+                  "fit_fingerprint", "describe", "local_workers", "scores_per_target",
+                  "compute_bound", "featurize_batch", "feature_description", "save", "load")
 _BUILTIN_PACKAGES = frozenset({"dataselect", "scorers", "pipelines"})
 
 
@@ -333,7 +343,7 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         return method
 
     @functools.wraps(method)
-    def reporting(self: Scorer, *args: Any, **kwargs: Any) -> Any:
+    def reporting(self: Scorer | type[Scorer], *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except (DataSelectError, MemoryError):
@@ -341,7 +351,7 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in is its failure too
             import traceback
 
-            cls = type(self)
+            cls = self if isinstance(self, type) else type(self)  # a class method's own
             raise PluginError(
                 f"scorer {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
                 f"{cls.__qualname__}, a plug-in) raised {type(exc).__name__} in "
@@ -351,6 +361,19 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
 
     reporting.reports_plugin_errors = True  # type: ignore[attr-defined]
     return reporting
+
+
+def _reporting_member(member: Any) -> Any:
+    """A plug-in class's ``member`` (a method, a property or a class or static method) with
+    its code's exceptions reported by :func:`_reporting_plugin_errors`; anything else (a
+    plain attribute overriding a property) as it is."""
+    if isinstance(member, property):
+        return member.getter(_reporting_plugin_errors(member.fget)) if member.fget else member
+    if isinstance(member, classmethod):
+        return classmethod(_reporting_plugin_errors(member.__func__))
+    if callable(member) and not isinstance(member, (staticmethod, type)):
+        return _reporting_plugin_errors(member)
+    return member
 
 
 def _checking_booleans(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -382,7 +405,7 @@ class Scorer(ABC):
         if not _is_builtin(cls):
             for name in PLUGIN_METHODS:
                 if name in cls.__dict__:
-                    setattr(cls, name, _reporting_plugin_errors(cls.__dict__[name]))
+                    setattr(cls, name, _reporting_member(cls.__dict__[name]))
         if "__post_init__" in cls.__dict__:
             cls.__post_init__ = _checking_booleans(cls.__dict__["__post_init__"])
 

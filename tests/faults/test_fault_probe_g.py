@@ -7,12 +7,13 @@ silently wrong output."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TARGETS, write_jsonl
+from conftest import TARGETS, install_distribution, write_jsonl
 from fault_helpers import private_fingerprint_cache, refused, select_errors  # noqa: F401
 
 from pipelines.cli import main
@@ -20,10 +21,11 @@ from pipelines.cli import main
 
 def _select(scorer: str, pool: Path, target: Path, out: Path,
             capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, str]:
-    """``dataselect select --scorer scorer``: exit code and error lines, never a traceback."""
+    """``dataselect select --scorer scorer``: exit code and error lines, never a traceback
+    (in threads unless ``extra`` says ``--worker-kind``)."""
+    kind = [] if "--worker-kind" in extra else ["--worker-kind", "threads"]
     code = main(["select", "--scorer", scorer, "--pool", str(pool), "--target", str(target),
-                 "--k", "5", "--out", str(out), "--workers", "1", "--worker-kind", "threads",
-                 *extra])
+                 "--k", "5", "--out", str(out), "--workers", "1", *kind, *extra])
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return code, "\n".join(line for line in err.splitlines() if "error" in line.lower())
@@ -130,3 +132,120 @@ def test_a_recipe_task_whose_target_is_blank_is_refused(tmp_path: Path,
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "blank_target.jsonl" in err and "the target has no non-blank rows" in err
+
+
+# --- plug-ins: failures outside score_batch, ids of another type, one name twice ----------
+
+PROBE = '''
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataselect.scoring import Scorer
+
+
+@dataclass
+class Probe(Scorer):
+    """Longer documents first; fails in the member named by ``fails``."""
+
+    name: ClassVar[str] = "{name}"
+    fails: str = ""
+    ids: str = "string"
+
+    def _maybe_fail(self, member):
+        if self.fails == member:
+            raise RuntimeError(member + " boom")
+
+    @property
+    def local_workers(self):
+        self._maybe_fail("local_workers")
+        return "threads"
+
+    @property
+    def scores_per_target(self):
+        self._maybe_fail("scores_per_target")
+        return False
+
+    def fit(self, target, pool=None, runner=None):
+        self.fingerprint_ = "probe"
+        return self
+
+    def fit_fingerprint(self):
+        self._maybe_fail("fit_fingerprint")
+        return self.fingerprint_
+
+    def score_batch(self, batch):
+        length = pc.utf8_length(batch["text"]).cast(pa.float64())
+        return pa.table({{"id": batch["id"].cast(self.ids), "score": length}})
+
+    def config(self):
+        self._maybe_fail("config")
+        return {{"fails": self.fails, "ids": self.ids}}
+'''
+
+
+def _install_probe(root: Path, monkeypatch: pytest.MonkeyPatch, module: str = "plug_probe",
+                   name: str = "probe") -> None:
+    from scorers import SCORERS
+
+    root.mkdir()
+    install_distribution(root, monkeypatch, module, PROBE.format(name=name),
+                         f"[dataselect.scorers]\n{name} = {module}:Probe\n")
+    SCORERS.refresh()
+
+
+@pytest.fixture
+def fresh_scorers() -> Iterator[None]:
+    from scorers import SCORERS
+
+    SCORERS.refresh()
+    yield
+    SCORERS.refresh()
+
+
+@pytest.mark.parametrize("member", ["config", "fit_fingerprint", "local_workers",
+                                    "scores_per_target"])
+def test_a_plugin_failing_outside_score_batch_is_one_line_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        fresh_scorers: None, small_records: list[dict], member: str) -> None:
+    _install_probe(tmp_path / "plugin", monkeypatch)
+    pool = _pool_with(tmp_path, small_records[:20], {})
+    kind = ["--worker-kind", "auto"] if member == "local_workers" else []
+    code, errors = _select("probe", pool, TARGETS / "fortunes.jsonl", tmp_path / "out",
+                           capsys, "-p", f"fails={member}", *kind)
+    refused(code, errors, "scorer 'probe'", f"raised RuntimeError in {member}",
+            "the fault is in the plug-in")
+
+
+@pytest.mark.parametrize("kind", ["large_string", "string_view"])
+def test_a_plugin_returning_its_ids_as_another_string_type_is_accepted(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        fresh_scorers: None, small_records: list[dict], kind: str) -> None:
+    _install_probe(tmp_path / "plugin", monkeypatch)
+    pool = _pool_with(tmp_path, small_records[:20], {})
+    out = tmp_path / "out"
+    code, errors = _select("probe", pool, TARGETS / "fortunes.jsonl", out, capsys,
+                           "-p", f"ids={kind}")
+    assert code == 0, errors
+    longest = sorted(small_records[:20], key=lambda r: -len(r["text"]))[:5]
+    assert set(pq.read_table(out)["id"].to_pylist()) == {r["id"] for r in longest}
+
+
+def test_one_scorer_name_from_two_distributions_is_refused_naming_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        fresh_scorers: None, small_records: list[dict]) -> None:
+    _install_probe(tmp_path / "a", monkeypatch, "plug_twin_a", "twin")
+    _install_probe(tmp_path / "b", monkeypatch, "plug_twin_b", "twin")
+    _install_probe(tmp_path / "c", monkeypatch, "plug_other", "other")
+    pool = _pool_with(tmp_path, small_records[:20], {})
+    code, errors = _select("twin", pool, TARGETS / "fortunes.jsonl", tmp_path / "out", capsys)
+    refused(code, errors, "'twin'", "plug-twin-a (plug_twin_a:Probe)",
+            "plug-twin-b (plug_twin_b:Probe)")
+    assert main(["scorers"]) == 0
+    listing = capsys.readouterr().out
+    assert "twin\n  cannot be listed:" in listing and "plug-twin-b" in listing
+    assert "other: Longer documents first" in listing  # the other names still work
+    code, errors = _select("other", pool, TARGETS / "fortunes.jsonl", tmp_path / "o2", capsys)
+    assert code == 0, errors
