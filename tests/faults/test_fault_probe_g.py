@@ -249,3 +249,22 @@ def test_one_scorer_name_from_two_distributions_is_refused_naming_both(
     assert "other: Longer documents first" in listing  # the other names still work
     code, errors = _select("other", pool, TARGETS / "fortunes.jsonl", tmp_path / "o2", capsys)
     assert code == 0, errors
+
+
+def test_one_attribution_name_from_two_distributions_is_refused_naming_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attribution import ATTRIBUTIONS
+    from dataselect.errors import InputError
+
+    for module in ("plug_attr_a", "plug_attr_b"):
+        (tmp_path / module).mkdir()
+        install_distribution(tmp_path / module, monkeypatch, module, "",
+                             f"[dataselect.attribution]\ntwin = {module}:Method\n")
+    ATTRIBUTIONS.refresh()
+    try:
+        assert "twin" in ATTRIBUTIONS.names()
+        with pytest.raises(InputError, match=r"plug-attr-a \(plug_attr_a:Method\) and "
+                                             r"plug-attr-b \(plug_attr_b:Method\)"):
+            ATTRIBUTIONS["twin"]
+    finally:
+        ATTRIBUTIONS.refresh()
