@@ -268,3 +268,73 @@ def test_one_attribution_name_from_two_distributions_is_refused_naming_both(
             ATTRIBUTIONS["twin"]
     finally:
         ATTRIBUTIONS.refresh()
+
+
+# --- Arrow column types an output cannot round-trip ---------------------------------------
+
+def _arrow_pool(tmp_path: Path, pool_table: pa.Table, column: pa.Array) -> Path:
+    import pyarrow.feather as feather
+
+    path = tmp_path / "typed.arrow"
+    feather.write_feather(_base(pool_table, 0, len(column)).append_column("odd", column), path)
+    return path
+
+
+def _dictionary(values: pa.Array, rows: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array([i % len(values) for i in range(rows)],
+                                                   pa.int8()), values)
+
+
+UNSTORABLE = {  # a column Parquet refuses or writes so that no reader opens it
+    "fixed_size_list_0": lambda n: pa.array([[]] * n, pa.list_(pa.int64(), 0)),
+    "list_of_fixed_size_list_0": lambda n: pa.array([[[]]] * n,
+                                                    pa.list_(pa.list_(pa.int64(), 0))),
+    "map_to_fixed_size_list_0": lambda n: pa.array(
+        [[("k", [])]] * n, pa.map_(pa.string(), pa.list_(pa.int64(), 0))),
+    "fixed_size_binary_0": lambda n: pa.array([b""] * n, pa.binary(0)),
+    "dictionary_of_structs": lambda n: _dictionary(pa.array([{"a": 1}, {"a": 2}]), n),
+    "dictionary_of_lists": lambda n: _dictionary(pa.array([["x"], ["y", "z"]]), n),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSTORABLE))
+def test_a_column_parquet_cannot_round_trip_is_refused_before_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture, pool_table: pa.Table,
+        case: str) -> None:
+    pool = _arrow_pool(tmp_path, pool_table, UNSTORABLE[case](30))
+    out = tmp_path / "out"
+    code, errors = select_errors([pool], out, capsys)
+    refused(code, errors, "typed.arrow", "'odd'", "Parquet cannot store", "cast or drop",
+            "--format arrow")
+    assert not list(out.glob("part-*")) and not (out / ".scores").exists()
+
+
+@pytest.mark.parametrize("case", ["fixed_size_list_0", "dictionary_of_structs"])
+def test_the_same_column_is_kept_in_an_arrow_output(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture,
+                                                    pool_table: pa.Table, case: str) -> None:
+    column = UNSTORABLE[case](30)
+    pool = _arrow_pool(tmp_path, pool_table, column)
+    code, errors = select_errors([pool], tmp_path / "out", capsys, "--format", "arrow")
+    assert code == 0, errors
+    import pyarrow.dataset as ds
+
+    kept = ds.dataset(tmp_path / "out", format="arrow").to_table()
+    assert kept.num_rows == 5 and kept["odd"].type == column.type
+
+
+@pytest.mark.parametrize("column", [
+    pa.array([1, 2] * 15, pa.timestamp("s")), pa.array([0, 86_400_000] * 15, pa.date64()),
+    pa.array([1, 2] * 15, pa.time32("s")), _dictionary(pa.array(["a", "b"], pa.large_string()), 30),
+    _dictionary(pa.array([7, 8]), 30), pa.array([[1, 2, 3]] * 30, pa.list_(pa.int64(), 3)),
+    pa.array([b"ab"] * 30, pa.binary(2)),
+], ids=str)
+def test_columns_parquet_keeps_by_their_values_are_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture, pool_table: pa.Table,
+        column: pa.Array) -> None:
+    """Parquet reads some types back another way that holds the same values (seconds as
+    milliseconds): those outputs were always written, and still are."""
+    code, errors = select_errors([_arrow_pool(tmp_path, pool_table, column)],
+                                 tmp_path / "out", capsys)
+    assert code == 0, errors
+    assert pq.read_table(tmp_path / "out").num_rows == 5
