@@ -327,6 +327,9 @@ def taking_paths(method: Callable[..., Any]) -> Callable[..., Any]:
 PLUGIN_METHODS = ("fit", "start_fit", "score_batch", "score_partition", "config",
                   "fit_fingerprint", "describe", "local_workers", "scores_per_target",
                   "compute_bound", "featurize_batch", "feature_description", "save", "load")
+# and the plug-in's own construction (a job builds the scorer from -p values): a ValueError
+# or TypeError there is its refusal of those settings, said as such
+PLUGIN_CONSTRUCTION = ("__init__", "__post_init__")
 _BUILTIN_PACKAGES = frozenset({"dataselect", "scorers", "pipelines"})
 
 
@@ -352,11 +355,17 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             import traceback
 
             cls = self if isinstance(self, type) else type(self)  # a class method's own
+            scorer = (f"scorer {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
+                      f"{cls.__qualname__}, a plug-in)")
+            if method.__name__ in PLUGIN_CONSTRUCTION and isinstance(exc, (ValueError,
+                                                                           TypeError)):
+                raise InputError(f"{scorer} refused its settings: {exc}; check its -p "
+                                 "values (dataselect scorers lists them)",
+                                 field="scorer") from exc
             raise PluginError(
-                f"scorer {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
-                f"{cls.__qualname__}, a plug-in) raised {type(exc).__name__} in "
-                f"{method.__name__}: {exc}; the fault is in the plug-in, not in your data: "
-                "rerun with --verbose for its traceback and tell its author",
+                f"{scorer} raised {type(exc).__name__} in {method.__name__}: {exc}; the "
+                "fault is in the plug-in, not in your data: rerun with --verbose for its "
+                "traceback and tell its author",
                 "".join(traceback.format_exception(exc))) from exc
 
     reporting.reports_plugin_errors = True  # type: ignore[attr-defined]
@@ -402,12 +411,12 @@ class Scorer(ABC):
         for name in ("fit", "start_fit", "score"):
             if name in cls.__dict__:
                 setattr(cls, name, taking_paths(cls.__dict__[name]))
-        if not _is_builtin(cls):
-            for name in PLUGIN_METHODS:
-                if name in cls.__dict__:
-                    setattr(cls, name, _reporting_member(cls.__dict__[name]))
         if "__post_init__" in cls.__dict__:
             cls.__post_init__ = _checking_booleans(cls.__dict__["__post_init__"])
+        if not _is_builtin(cls):
+            for name in PLUGIN_METHODS + PLUGIN_CONSTRUCTION:
+                if name in cls.__dict__:
+                    setattr(cls, name, _reporting_member(cls.__dict__[name]))
 
     def __post_init__(self) -> None:
         """A dataclass scorer's settings: booleans are booleans (a subclass's own

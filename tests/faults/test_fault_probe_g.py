@@ -158,6 +158,11 @@ class Probe(Scorer):
         if self.fails == member:
             raise RuntimeError(member + " boom")
 
+    def __post_init__(self):
+        self._maybe_fail("__post_init__")
+        if self.fails == "settings":
+            raise ValueError("fails must name a member")
+
     @property
     def local_workers(self):
         self._maybe_fail("local_workers")
@@ -206,7 +211,7 @@ def fresh_scorers() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("member", ["config", "fit_fingerprint", "local_workers",
-                                    "scores_per_target"])
+                                    "scores_per_target", "__post_init__"])
 def test_a_plugin_failing_outside_score_batch_is_one_line_naming_it(
         tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
         fresh_scorers: None, small_records: list[dict], member: str) -> None:
@@ -217,6 +222,16 @@ def test_a_plugin_failing_outside_score_batch_is_one_line_naming_it(
                            capsys, "-p", f"fails={member}", *kind)
     refused(code, errors, "scorer 'probe'", f"raised RuntimeError in {member}",
             "the fault is in the plug-in")
+
+
+def test_a_plugin_refusing_its_settings_is_one_line_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        fresh_scorers: None, small_records: list[dict]) -> None:
+    _install_probe(tmp_path / "plugin", monkeypatch)
+    pool = _pool_with(tmp_path, small_records[:20], {})
+    code, errors = _select("probe", pool, TARGETS / "fortunes.jsonl", tmp_path / "out",
+                           capsys, "-p", "fails=settings")
+    refused(code, errors, "scorer 'probe'", "refused its settings: fails must name a member")
 
 
 @pytest.mark.parametrize("kind", ["large_string", "string_view"])
