@@ -210,7 +210,10 @@ def _round_trip_failure(kind: pa.DataType, fmt: OutputFormat) -> str | None:
 
 def _sample(kind: pa.DataType) -> pa.Array:
     """A value and a null of type ``kind`` (two nulls where no value can be made up): a
-    list of one item, a fixed-size list full, a struct with every field set."""
+    list of one item, a fixed-size list full, a struct with every field set; an extension
+    type's (a tensor, a UUID) from its storage type's."""
+    if isinstance(kind, pa.BaseExtensionType):
+        return pa.ExtensionArray.from_storage(kind, _sample(kind.storage_type))
     if pa.types.is_dictionary(kind):
         values = _sample(kind.value_type).slice(0, 1)
         return pa.DictionaryArray.from_arrays(pa.array([0, None], kind.index_type), values)

@@ -362,3 +362,12 @@ def test_columns_parquet_keeps_by_their_values_are_written(
                                  tmp_path / "out", capsys)
     assert code == 0, errors
     assert pq.read_table(tmp_path / "out").num_rows == 5
+
+
+def test_an_extension_type_over_an_unstorable_type_is_refused_too(
+        tmp_path: Path, capsys: pytest.CaptureFixture, pool_table: pa.Table) -> None:
+    kind = pa.fixed_shape_tensor(pa.int64(), (0,))
+    column = pa.ExtensionArray.from_storage(kind, UNSTORABLE["fixed_size_list_0"](30))
+    code, errors = select_errors([_arrow_pool(tmp_path, pool_table, column)],
+                                 tmp_path / "out", capsys)
+    refused(code, errors, "typed.arrow", "'odd'", "Parquet cannot store", "--format arrow")
