@@ -31,7 +31,8 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
         self.builtin = builtin
         self._load = load
         self._targets: dict[str, str] | None = None
-        self._claims: dict[str, dict[str, str]] = {}  # plug-in name -> distribution -> target
+        # plug-in name -> every (distribution, target) registering it
+        self._claims: dict[str, list[tuple[str, str]]] = {}
         self._classes: dict[str, type[T]] = {}
 
     def refresh(self) -> None:
@@ -48,27 +49,28 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
         if self._targets is None:
             from importlib import metadata  # tens of ms: only when a name is looked up
 
-            claims: dict[str, dict[str, str]] = {}  # name -> distribution -> target
+            claims: dict[str, list[tuple[str, str]]] = {}  # name -> (distribution, target)
             for entry in metadata.entry_points(group=self.group):
                 if entry.name not in self.builtin:
-                    distribution = entry.dist.name if entry.dist is not None else "?"
-                    claims.setdefault(entry.name, {}).setdefault(distribution, entry.value)
+                    claim = (entry.dist.name if entry.dist is not None else "?", entry.value)
+                    if claim not in claims.setdefault(entry.name, []):
+                        claims[entry.name].append(claim)
             self._claims = claims
-            self._targets = {**self.builtin, **{name: next(iter(by.values()))
-                                                for name, by in claims.items()}}
+            self._targets = {**self.builtin, **{name: found[0][1]
+                                                for name, found in claims.items()}}
         return self._targets
 
     def _check_unambiguous(self, name: str) -> None:
-        """Refuse a name two installed distributions register: which one is taken would
-        depend on the order of ``sys.path``, and a job would silently run the other
-        package's code after a reinstall. Said when the name is used (and listed), so the
-        other names still work."""
-        by = self._claims.get(name, {})
-        if len(by) > 1:
-            both = " and ".join(f"{dist} ({target})" for dist, target in sorted(by.items()))
-            raise InputError(f"{name!r} is registered in the entry-point group {self.group} "
-                             f"by more than one installed distribution: {both}; uninstall "
-                             "all but one of them, or give their entry points other names")
+        """Refuse a name registered twice, by two installed distributions (or twice by one,
+        to two classes): which one is taken would depend on the order of ``sys.path``, and
+        a job would silently run the other package's code after a reinstall. Said when the
+        name is used (and listed), so the other names still work."""
+        found = self._claims.get(name, [])
+        if len(found) > 1:
+            both = " and ".join(f"{dist} ({target})" for dist, target in sorted(found))
+            raise InputError(f"{name!r} is registered more than once in the entry-point "
+                             f"group {self.group}: by {both}; uninstall all but one of "
+                             "them, or give their entry points other names")
 
     def order(self, names: Collection[str]) -> list[str]:
         """The order names are listed in: sorted."""

@@ -371,3 +371,21 @@ def test_an_extension_type_over_an_unstorable_type_is_refused_too(
     code, errors = select_errors([_arrow_pool(tmp_path, pool_table, column)],
                                  tmp_path / "out", capsys)
     refused(code, errors, "typed.arrow", "'odd'", "Parquet cannot store", "--format arrow")
+
+
+def test_one_name_registered_twice_by_one_distribution_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        fresh_scorers: None, small_records: list[dict]) -> None:
+    from scorers import SCORERS
+
+    (tmp_path / "plugin").mkdir()
+    install_distribution(tmp_path / "plugin", monkeypatch, "plug_double",
+                         PROBE.format(name="double") + "\n\nclass Other(Probe):\n    pass\n",
+                         "[dataselect.scorers]\ndouble = plug_double:Probe\n"
+                         "double = plug_double:Other\n")
+    SCORERS.refresh()
+    pool = _pool_with(tmp_path, small_records[:20], {})
+    code, errors = _select("double", pool, TARGETS / "fortunes.jsonl", tmp_path / "out",
+                           capsys)
+    refused(code, errors, "'double'", "plug-double (plug_double:Other)",
+            "plug-double (plug_double:Probe)")
