@@ -43,6 +43,9 @@ def _base(pool_table: pa.Table, start: int, rows: int) -> pa.Table:
     (pa.string(), pa.large_binary()),
     (pa.list_(pa.string()), pa.list_(pa.binary())),
     (pa.struct([("a", pa.string())]), pa.struct([("a", pa.binary())])),
+    (pa.binary(), pa.string()),
+    (pa.dictionary(pa.int32(), pa.string()), pa.large_binary()),
+    (pa.map_(pa.string(), pa.string()), pa.map_(pa.string(), pa.binary())),
 ])
 def test_text_in_one_pool_file_and_bytes_in_another_is_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture, pool_table: pa.Table,
