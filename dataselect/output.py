@@ -88,13 +88,32 @@ def write_table(table: pa.Table, path: str | os.PathLike, fmt: OutputFormat = "p
     and page checksums, which dataselect verifies when it reads Parquet."""
     with atomic_write(path) as tmp:
         if fmt == "parquet":
-            # page checksums: a byte flipped later (disk, copy) is an error when the file
-            # is read back, not silently different text
-            pq.write_table(table, storage.arrow_path(tmp), compression="zstd",
-                           write_statistics=True, store_schema=True, write_page_checksum=True)
+            write_to(table, storage.arrow_path(tmp), fmt)
         else:
-            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
+            with pa.OSFile(tmp, "wb") as sink:
+                write_to(table, sink, fmt)
+
+
+def write_to(table: pa.Table, sink: Any, fmt: OutputFormat) -> None:
+    """Write ``table`` to ``sink`` (a path or an open stream) as every output part is
+    written; :func:`dataselect.schemas.check_storable` tries a pool's column types this
+    way, in memory, before any work."""
+    if fmt == "parquet":
+        # page checksums: a byte flipped later (disk, copy) is an error when the file is
+        # read back, not silently different text
+        pq.write_table(table, sink, compression="zstd", write_statistics=True,
+                       store_schema=True, write_page_checksum=True)
+    else:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+
+def read_from(source: Any, fmt: OutputFormat) -> pa.Table:
+    """The table a part written by :func:`write_to` holds (``source``: a path, a buffer
+    or an open file)."""
+    if fmt == "arrow":
+        return pa.ipc.open_file(source).read_all()
+    return pq.read_table(source)
 
 
 def read_schema(path: str | os.PathLike) -> pa.Schema:
@@ -111,8 +130,8 @@ def read_table(path: str | os.PathLike) -> pa.Table:
     with damaged_if_unreadable(path):
         if path.endswith(".arrow"):
             with storage.mapped(path) as source:
-                return pa.ipc.open_file(source).read_all()
-        return pq.read_table(storage.source(path))
+                return read_from(source, "arrow")
+        return read_from(storage.source(path), "parquet")
 
 
 def load_array(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:

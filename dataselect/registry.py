@@ -6,7 +6,8 @@ package outside this repository adds one with one module and one line of packagi
 metadata. Classes are imported when first looked up, not when a registry is built: listing
 the names costs nothing, and a job imports only the class it runs. The built-ins are also
 listed in the code, so a source checkout whose packaging metadata is not installed still
-finds them; an installed plug-in cannot take a built-in's name.
+finds them; an installed plug-in cannot take a built-in's name, and a name two installed
+distributions register is refused, naming both, when it is used.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
         self.builtin = builtin
         self._load = load
         self._targets: dict[str, str] | None = None
+        # plug-in name -> every (distribution, target) registering it
+        self._claims: dict[str, list[tuple[str, str]]] = {}
         self._classes: dict[str, type[T]] = {}
 
     def refresh(self) -> None:
@@ -46,11 +49,28 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
         if self._targets is None:
             from importlib import metadata  # tens of ms: only when a name is looked up
 
-            targets = dict(self.builtin)
+            claims: dict[str, list[tuple[str, str]]] = {}  # name -> (distribution, target)
             for entry in metadata.entry_points(group=self.group):
-                targets.setdefault(entry.name, entry.value)
-            self._targets = targets
+                if entry.name not in self.builtin:
+                    claim = (entry.dist.name if entry.dist is not None else "?", entry.value)
+                    if claim not in claims.setdefault(entry.name, []):
+                        claims[entry.name].append(claim)
+            self._claims = claims
+            self._targets = {**self.builtin, **{name: found[0][1]
+                                                for name, found in claims.items()}}
         return self._targets
+
+    def _check_unambiguous(self, name: str) -> None:
+        """Refuse a name registered twice, by two installed distributions (or twice by one,
+        to two classes): which one is taken would depend on the order of ``sys.path``, and
+        a job would silently run the other package's code after a reinstall. Said when the
+        name is used (and listed), so the other names still work."""
+        found = self._claims.get(name, [])
+        if len(found) > 1:
+            both = " and ".join(f"{dist} ({target})" for dist, target in sorted(found))
+            raise InputError(f"{name!r} is registered more than once in the entry-point "
+                             f"group {self.group}: by {both}; uninstall all but one of "
+                             "them, or give their entry points other names")
 
     def order(self, names: Collection[str]) -> list[str]:
         """The order names are listed in: sorted."""
@@ -58,7 +78,9 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
 
     def __getitem__(self, name: str) -> type[T]:
         if name not in self._classes:
-            self._classes[name] = self._load(name, self._entries()[name])
+            target = self._entries()[name]
+            self._check_unambiguous(name)
+            self._classes[name] = self._load(name, target)
         return self._classes[name]
 
     def __iter__(self) -> Iterator[str]:

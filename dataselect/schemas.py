@@ -8,18 +8,21 @@ files written side by side must still make one dataset that pandas, pyarrow and
 a missing or all-null column becomes nulls of the other files' type, an integer column
 joins a float column only when every value is exact as a float, a struct gains the fields
 other files give it. Anything else (``int64`` against ``string``, a list against a
-scalar) is refused before rows are mixed, naming both files, the column and both types.
+scalar, text against bytes at any depth) is refused before rows are mixed, naming both
+files, the column and both types.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
+import datetime
+import decimal
+import functools
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dataselect.errors import InputError
+from dataselect.output import OutputFormat, read_from, write_to
 
 
 def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
@@ -28,6 +31,9 @@ def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
     unified = pa.schema([])
     first_place: dict[str, str] = {}
     for place, schema in _decoded_where_mixed(schemas):
+        if any(_text_against_bytes(unified.field(f.name), f) for f in schema
+               if unified.get_field_index(f.name) >= 0):
+            raise _disagreement(unified, first_place, place, schema)
         try:
             unified = pa.unify_schemas([unified, schema], promote_options="permissive")
         except (pa.ArrowTypeError, pa.ArrowInvalid):
@@ -66,10 +72,7 @@ def _disagreement(unified: pa.Schema, first_place: dict[str, str], place: str,
         if index < 0:
             continue
         before = unified.field(index)
-        try:
-            pa.unify_schemas([pa.schema([before]), pa.schema([field])],
-                             promote_options="permissive")
-        except (pa.ArrowTypeError, pa.ArrowInvalid):
+        if _clash(before, field):
             return InputError(
                 f"column holds {field.type} here but {before.type} in "
                 f"{first_place[field.name]}; rows of all input files are written as one "
@@ -78,6 +81,46 @@ def _disagreement(unified: pa.Schema, first_place: dict[str, str], place: str,
     duplicated = sorted({n for n in schema.names if schema.names.count(n) > 1})
     return InputError("has two columns of the same name; rename one", where=place,
                       field=duplicated[0] if duplicated else None)
+
+
+def _clash(before: pa.Field, field: pa.Field) -> bool:
+    """Whether two files' types of one column cannot be one column's without a value
+    changing its meaning. Arrow's permissive unification refuses most such pairs, but
+    takes ``string`` and ``binary`` as ``binary`` (:func:`_text_against_bytes`), so one
+    file's text would be written as bytes, which pandas, polars and ``datasets`` read back
+    as bytes, not text."""
+    try:
+        pa.unify_schemas([pa.schema([before]), pa.schema([field])],
+                         promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return True
+    return _text_against_bytes(before, field)
+
+
+def _text_against_bytes(before: pa.Field, field: pa.Field) -> bool:
+    """Whether one place inside the two types is text in one and bytes in the other."""
+    ours, theirs = _text_or_bytes(before.type), _text_or_bytes(field.type)
+    return any(ours[place] != kind for place, kind in theirs.items() if place in ours)
+
+
+def _text_or_bytes(kind: pa.DataType, place: tuple = ()) -> dict[tuple, str]:
+    """``"text"`` or ``"bytes"`` for every string or binary value inside ``kind``, by its
+    place (a struct's field by name, any other child by position; a dictionary as its
+    values)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_string_view(kind)):
+        return {place: "text"}
+    if (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+            or pa.types.is_fixed_size_binary(kind) or pa.types.is_binary_view(kind)):
+        return {place: "bytes"}
+    found: dict[tuple, str] = {}
+    for i in range(kind.num_fields):
+        child = kind.field(i)
+        found.update(_text_or_bytes(child.type,
+                                    (*place, child.name if pa.types.is_struct(kind) else i)))
+    return found
 
 
 def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
@@ -111,23 +154,110 @@ def concat(tables: Sequence[pa.Table], places: Sequence[str]) -> pa.Table:
     return pa.concat_tables([conform(t, schema, p) for t, p in zip(tables, places)])
 
 
-def check_parquet_storable(place: str, schema: pa.Schema) -> None:
-    """Refuse a column Parquet cannot store, before any part is written: objects that are
-    all empty (``{}``), at any depth, make a struct without fields."""
+def check_storable(place: str, schema: pa.Schema, fmt: OutputFormat) -> None:
+    """Refuse a column an output part in ``fmt`` cannot hold, before any part is written,
+    naming the file and the column: a type the writer refuses, or one it writes but that
+    reads back broken or changed (Parquet writes ``fixed_size_list<int64, 0>`` as a file no
+    reader opens, and cannot write a dictionary of structs at all). Asked of the writer
+    itself, once per distinct type (:func:`_storage_problem`)."""
     for field in schema:
-        if _has_empty_struct(field.type):
-            raise InputError(
-                "holds only empty objects ({}) (at some depth), which Parquet cannot store; "
-                "give the objects a key, drop the column, or write --format arrow",
-                where=place, field=field.name)
-        try:  # every other type Parquet has no form for (an interval of months, days and
-            # nanoseconds): asked of Parquet's own writer, with no rows
-            pq.ParquetWriter(io.BytesIO(), pa.schema([field])).close()
-        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InputError(
-                f"has type {field.type}, which Parquet cannot store ({_first_sentence(exc)});"
-                " cast or drop the column, or write --format arrow", where=place,
-                field=field.name) from None
+        problem = _storage_problem(field.type, fmt)
+        if problem is not None:
+            raise InputError(problem, where=place, field=field.name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _storage_problem(kind: pa.DataType, fmt: OutputFormat) -> str | None:
+    """Why a column of type ``kind`` cannot be kept in ``fmt``, with the fix (None: it
+    can): objects that are all empty (``{}``, at any depth) make a struct without fields,
+    which Parquet cannot store; any other type is written and read back in memory."""
+    if fmt == "parquet" and _has_empty_struct(kind):
+        return ("holds only empty objects ({}) (at some depth), which Parquet cannot store; "
+                "give the objects a key, drop the column, or write --format arrow")
+    failure = _round_trip_failure(kind, fmt)
+    if failure is None:
+        return None
+    if fmt == "arrow":
+        return (f"has type {kind}, which an Arrow file cannot hold ({failure}); cast or "
+                "drop the column")
+    other = (", or write --format arrow" if _round_trip_failure(kind, "arrow") is None
+             else "")
+    return (f"has type {kind}, which Parquet cannot store ({failure}); cast or drop the "
+            f"column{other}")
+
+
+def _round_trip_failure(kind: pa.DataType, fmt: OutputFormat) -> str | None:
+    """What goes wrong when a value and a null of type ``kind`` are written as an output
+    part in ``fmt`` and read back (None: nothing). A type may come back another way that
+    holds the same values (Parquet reads ``timestamp[s]`` as ``timestamp[ms]``), which
+    every output already does: only an error or a changed value counts."""
+    column = _sample(kind)
+    sink = pa.BufferOutputStream()
+    failures = (pa.ArrowException, OSError, ValueError, TypeError)
+    try:
+        write_to(pa.table({"c": column}), sink, fmt)
+    except failures as exc:
+        return _first_sentence(exc)
+    try:
+        back = read_from(pa.BufferReader(sink.getvalue()), fmt)
+        back.validate(full=True)
+    except failures as exc:
+        return f"what it writes cannot be read back: {_first_sentence(exc)}"
+    if back.column(0).to_pylist() != column.to_pylist():
+        return "what it writes reads back as other values"
+    return None
+
+
+def _sample(kind: pa.DataType) -> pa.Array:
+    """A value and a null of type ``kind`` (two nulls where no value can be made up): a
+    list of one item, a fixed-size list full, a struct with every field set; an extension
+    type's (a tensor, a UUID) from its storage type's."""
+    if isinstance(kind, pa.BaseExtensionType):
+        return pa.ExtensionArray.from_storage(kind, _sample(kind.storage_type))
+    if pa.types.is_dictionary(kind):
+        values = _sample(kind.value_type).slice(0, 1)
+        return pa.DictionaryArray.from_arrays(pa.array([0, None], kind.index_type), values)
+    try:
+        array = pa.array([_sample_value(kind), None], kind)
+        array.validate(full=True)
+        return array
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        return pa.nulls(2, kind)
+
+
+def _sample_value(kind: pa.DataType) -> object:
+    types = pa.types
+    if types.is_dictionary(kind):
+        return _sample_value(kind.value_type)
+    if types.is_struct(kind):
+        return {kind.field(i).name: _sample_value(kind.field(i).type)
+                for i in range(kind.num_fields)}
+    if types.is_fixed_size_list(kind):
+        return [_sample_value(kind.value_type)] * kind.list_size
+    if types.is_map(kind):
+        return [(_sample_value(kind.key_type), _sample_value(kind.item_type))]
+    if (types.is_list(kind) or types.is_large_list(kind) or types.is_list_view(kind)
+            or types.is_large_list_view(kind)):
+        return [_sample_value(kind.value_type)]
+    if types.is_fixed_size_binary(kind) and not types.is_decimal(kind):
+        return b"a" * kind.byte_width
+    return next((value for test, value in _SCALARS if test(kind)), None)
+
+
+# a value of each scalar type, for _sample_value
+_SCALARS: tuple[tuple[Callable[[pa.DataType], bool], object], ...] = (
+    (pa.types.is_boolean, True),
+    (lambda k: pa.types.is_integer(k) or pa.types.is_floating(k), 1),
+    (pa.types.is_decimal, decimal.Decimal(0)),
+    (pa.types.is_date, datetime.date(2000, 1, 2)),
+    (pa.types.is_timestamp, datetime.datetime(2000, 1, 2, 3, 4, 5)),
+    (pa.types.is_time, datetime.time(1, 2, 3)),
+    (pa.types.is_duration, datetime.timedelta(seconds=5)),
+    (lambda k: pa.types.is_string(k) or pa.types.is_large_string(k)
+     or pa.types.is_string_view(k), "a"),
+    (lambda k: pa.types.is_binary(k) or pa.types.is_large_binary(k)
+     or pa.types.is_binary_view(k), b"a"),
+)
 
 
 def _has_empty_struct(kind: pa.DataType) -> bool:

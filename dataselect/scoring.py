@@ -37,7 +37,13 @@ from dataselect import checks, storage
 from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
 from dataselect.defaults import SELECTION_POLICIES
 from dataselect.duplicates import ids_names
-from dataselect.errors import DataSelectError, InputError, PluginError, ScorerContractError
+from dataselect.errors import (
+    DataSelectError,
+    EmptyCorpusError,
+    InputError,
+    PluginError,
+    ScorerContractError,
+)
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
@@ -57,10 +63,19 @@ from dataselect.score_parts import FILTERED_BY, eligible_scores
 from dataselect.topk import KeySpec, ladder_of
 
 TEXT_BYTES = "text_bytes"
-# filter reason of a row whose text is empty or holds only whitespace, control or format
-# characters (a no-break space, a zero-width space, a byte-order mark): nothing to select
+# filter reason of a row whose text renders as nothing: nothing to select
 EMPTY_TEXT_FILTER = "empty_text"
-BLANK_TEXT = r"^[\s\p{Z}\p{Cc}\p{Cf}]*$"
+# characters that render as nothing although Unicode files them as letters or symbols (the
+# Hangul fillers, the blank Braille pattern), and the default-ignorable code points no
+# category covers (U+2065, U+FFF0-U+FFF8, the tag and variation-selector plane U+E0000-
+# U+E0FFF): a row of Hangul fillers looks empty and is as empty to a reader as spaces are
+INVISIBLE = r"\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}\x{2065}\x{FFF0}-\x{FFF8}\x{E0000}-\x{E0FFF}"
+# a blank text: empty, or only whitespace (Z, and the ASCII spaces \s), control (Cc),
+# format (Cf: zero-width spaces, a byte-order mark), nonspacing or enclosing marks (Mn, Me:
+# combining accents with no letter to sit on, variation selectors, the grapheme joiner) and
+# the invisible characters above. One regular expression (RE2, in pyarrow.compute), so
+# every scorer, warmup and BADS decide blankness alike and by column, never row by row.
+BLANK_TEXT = rf"^[\s\p{{Z}}\p{{Cc}}\p{{Cf}}\p{{Mn}}\p{{Me}}{INVISIBLE}]*$"
 STORE_MANIFEST = "_manifest.json"
 # rows in the score-length sample, spread over the partitions
 LENGTH_SAMPLE = 100_000
@@ -139,11 +154,16 @@ def checked_scores(name: str, batch: pa.Table, scores: Any) -> pa.Table:
         raise broken(f"returned no {' or '.join(map(repr, missing))} column (columns: "
                      f"{', '.join(scores.column_names) or 'none'})")
     _check_ids(scores["id"], batch["id"], broken)
+    if scores["id"].type != batch["id"].type:  # equal ids of another type (large_string)
+        scores = scores.set_column(scores.column_names.index("id"), "id", batch["id"])
     return _numeric_scores(scores, broken)
 
 
 def _check_ids(ids: pa.ChunkedArray, expected: pa.ChunkedArray, broken: Any) -> None:
-    """The ids, row for row, are the batch's: selection joins scores to rows by position."""
+    """The ids, row for row, are the batch's: selection joins scores to rows by position.
+    Ids of another type that casts to the batch's (``large_string``, dictionary-encoded)
+    and equal it row for row are the batch's; :func:`checked_scores` then keeps the
+    batch's own column, so the score store holds one id type whatever a plug-in returns."""
     if ids.type == expected.type and ids.equals(expected):
         return
     try:
@@ -207,6 +227,39 @@ def with_text_columns(scores: pa.Table, texts: pa.ChunkedArray | pa.Array) -> pa
     return scores.append_column(FILTERED_BY, reasons)
 
 
+# fit statistic: how many rows of the target are blank (:func:`blank_target_rows`)
+TARGET_ROWS_BLANK = "target_rows_blank"
+
+
+def blank_target_rows(target: Corpus) -> int:
+    """How many of ``target``'s rows are blank (:data:`BLANK_TEXT`), read part by part;
+    an :class:`EmptyCorpusError` naming the target when every row is.
+
+    A target says what is wanted, and a blank one says nothing: DSIR fitted on it has no
+    n-gram and fastText learns blankness as the wanted class, and both went on to rank
+    the pool against nothing and exit 0. Jobs and recipes call this before any fit, so
+    every scorer, plug-ins too, is spared it alike."""
+    rows = blank = 0
+    for table in target.iter_tables():
+        texts = target.texts(table)
+        rows += len(texts)
+        blank += pc.sum(pc.match_substring_regex(texts, BLANK_TEXT)).as_py() or 0
+    if rows and blank == rows:
+        raise EmptyCorpusError(
+            f"the target has no non-blank rows (all {rows} are empty or only whitespace, "
+            "control, format or invisible characters); give a target with text",
+            where=", ".join(target.files))
+    return blank
+
+
+def noting_blank_target_rows(scorer: Scorer, blank: int) -> None:
+    """Record in ``scorer``'s fit statistics (the manifest's ``fit``) how many target
+    rows were blank, when any were: they teach no scorer anything, and a user should see
+    that part of their target was empty."""
+    if blank:
+        scorer.fit_stats_ = {**scorer.fit_stats_, TARGET_ROWS_BLANK: blank}
+
+
 def score_length_correlation(summaries: list[dict[str, Any]]) -> float | None:
     """Spearman rank correlation between score and text length over the summaries'
     samples of eligible rows (:func:`length_sample`: every eligible row of a pool of up to
@@ -267,8 +320,16 @@ def taking_paths(method: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
-# the methods through which a plug-in's own code runs in a job
-PLUGIN_METHODS = ("fit", "start_fit", "score_batch", "score_partition")
+# the methods, properties and class methods through which dataselect calls a plug-in's
+# own code (the Scorer contract, and a Featurizer's): each call is where a plug-in's
+# exception becomes one PluginError line. Only these: a plug-in's own helpers may raise
+# and catch exceptions among themselves.
+PLUGIN_METHODS = ("fit", "start_fit", "score_batch", "score_partition", "config",
+                  "fit_fingerprint", "describe", "local_workers", "scores_per_target",
+                  "compute_bound", "featurize_batch", "feature_description", "save", "load")
+# and the plug-in's own construction (a job builds the scorer from -p values): a ValueError
+# or TypeError there is its refusal of those settings, said as such
+PLUGIN_CONSTRUCTION = ("__init__", "__post_init__")
 _BUILTIN_PACKAGES = frozenset({"dataselect", "scorers", "pipelines"})
 
 
@@ -285,7 +346,7 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         return method
 
     @functools.wraps(method)
-    def reporting(self: Scorer, *args: Any, **kwargs: Any) -> Any:
+    def reporting(self: Scorer | type[Scorer], *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except (DataSelectError, MemoryError):
@@ -293,16 +354,35 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in is its failure too
             import traceback
 
-            cls = type(self)
+            cls = self if isinstance(self, type) else type(self)  # a class method's own
+            scorer = (f"scorer {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
+                      f"{cls.__qualname__}, a plug-in)")
+            if method.__name__ in PLUGIN_CONSTRUCTION and isinstance(exc, (ValueError,
+                                                                           TypeError)):
+                raise InputError(f"{scorer} refused its settings: {exc}; check its -p "
+                                 "values (dataselect scorers lists them)",
+                                 field="scorer") from exc
             raise PluginError(
-                f"scorer {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
-                f"{cls.__qualname__}, a plug-in) raised {type(exc).__name__} in "
-                f"{method.__name__}: {exc}; the fault is in the plug-in, not in your data: "
-                "rerun with --verbose for its traceback and tell its author",
+                f"{scorer} raised {type(exc).__name__} in {method.__name__}: {exc}; the "
+                "fault is in the plug-in, not in your data: rerun with --verbose for its "
+                "traceback and tell its author",
                 "".join(traceback.format_exception(exc))) from exc
 
     reporting.reports_plugin_errors = True  # type: ignore[attr-defined]
     return reporting
+
+
+def _reporting_member(member: Any) -> Any:
+    """A plug-in class's ``member`` (a method, a property or a class or static method) with
+    its code's exceptions reported by :func:`_reporting_plugin_errors`; anything else (a
+    plain attribute overriding a property) as it is."""
+    if isinstance(member, property):
+        return member.getter(_reporting_plugin_errors(member.fget)) if member.fget else member
+    if isinstance(member, classmethod):
+        return classmethod(_reporting_plugin_errors(member.__func__))
+    if callable(member) and not isinstance(member, (staticmethod, type)):
+        return _reporting_plugin_errors(member)
+    return member
 
 
 def _checking_booleans(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -331,12 +411,12 @@ class Scorer(ABC):
         for name in ("fit", "start_fit", "score"):
             if name in cls.__dict__:
                 setattr(cls, name, taking_paths(cls.__dict__[name]))
-        if not _is_builtin(cls):
-            for name in PLUGIN_METHODS:
-                if name in cls.__dict__:
-                    setattr(cls, name, _reporting_plugin_errors(cls.__dict__[name]))
         if "__post_init__" in cls.__dict__:
             cls.__post_init__ = _checking_booleans(cls.__dict__["__post_init__"])
+        if not _is_builtin(cls):
+            for name in PLUGIN_METHODS + PLUGIN_CONSTRUCTION:
+                if name in cls.__dict__:
+                    setattr(cls, name, _reporting_member(cls.__dict__[name]))
 
     def __post_init__(self) -> None:
         """A dataclass scorer's settings: booleans are booleans (a subclass's own

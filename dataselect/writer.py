@@ -53,7 +53,7 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.sampling import sample_mask
-from dataselect.schemas import check_parquet_storable, conform
+from dataselect.schemas import check_storable, conform
 
 if TYPE_CHECKING:  # select imports this module to write a Selection; not the other way
     from dataselect.select import Selection
@@ -256,16 +256,16 @@ def output_schema(pool: Corpus, added: tuple[str, ...], fmt: OutputFormat = "par
     """The schema every part of an output takes the pool's columns in (one, so that every
     reader opens the parts as one dataset), after refusing a pool column that the output
     would add a column of the same name to (``score``, ``rank``; a union's ``tasks``) and
-    a column Parquet cannot store. With ``parse`` false, JSONL files not yet parsed are
-    left to the write pass: a check that costs nothing before any work."""
+    a column the output format cannot hold (:func:`~dataselect.schemas.check_storable`).
+    With ``parse`` false, JSONL files not yet parsed are left to the write pass: a check
+    that costs nothing before any work."""
     schemas = pool.schemas(parse)
     for place, schema in schemas:
         for name in added:
             if name in schema.names:
                 raise InputError(f"has a column named {name!r}, which dataselect adds to "
                                  "its output; rename or drop yours", where=place, field=name)
-        if fmt == "parquet":
-            check_parquet_storable(place, schema)
+        check_storable(place, schema, fmt)
     return pool.unified_schema(parse, schemas)
 
 

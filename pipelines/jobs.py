@@ -34,7 +34,13 @@ from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, write_json
 from dataselect.policies import Budget, choose_rows, resolved_policy
-from dataselect.scoring import Scorer, Scores, plan_pool
+from dataselect.scoring import (
+    Scorer,
+    Scores,
+    blank_target_rows,
+    noting_blank_target_rows,
+    plan_pool,
+)
 from dataselect.writer import (
     ADDED_COLUMNS,
     DEFAULT_METRICS_SAMPLE,
@@ -139,7 +145,9 @@ RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind"
 # 2: the fast n-gram tokenizer hashes tokens from their string views (other buckets).
 # 3: ZIP-FIT's default mode is fast (was exact), whose texts under 8 bytes are scored
 #    with a padded dictionary; blank rows are filtered as empty_text.
-OUTPUT_REVISION = 3
+# 4: rows of only marks (Mn, Me), Hangul fillers or other invisible characters are blank
+#    too (dataselect.scoring.BLANK_TEXT), filtered as empty_text.
+OUTPUT_REVISION = 4
 
 
 def job_identity(job: SelectJob, pool: Corpus, target: Corpus) -> dict[str, Any]:
@@ -262,7 +270,9 @@ def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
     # each stage times its preparation too (claiming the store, shipping the scorer); the
     # runner's Dask stage of the same name inside adds to the same row
     with runner.clock.stage(f"fit:{scorer.name}"):
+        blank = blank_target_rows(target)
         scorer.fit(target, pool, runner=runner)
+        noting_blank_target_rows(scorer, blank)
     store = out.join(SCORES_DIR, scorer.name)
     with runner.clock.stage(f"score:{scorer.name}"):
         scores = scorer.score(pool)

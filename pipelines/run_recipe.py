@@ -49,7 +49,14 @@ from dataselect.outdir import OutputFolder, claim_output, input_roots, remove_ou
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.policies import Budget, choose_rows
 from dataselect.sampling import sample_corpus
-from dataselect.scoring import Scorer, Scores, needs_warmup, plan_pool
+from dataselect.scoring import (
+    Scorer,
+    Scores,
+    blank_target_rows,
+    needs_warmup,
+    noting_blank_target_rows,
+    plan_pool,
+)
 from dataselect.union import TASKS_COLUMN, split_selection, write_union
 from dataselect.writer import ADDED_COLUMNS, output_schema
 from pipelines.cluster import dask_client
@@ -332,10 +339,12 @@ def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[
                          max(1, int(recipe.pool.partition_mb * 2**20)))
     stored, fits = [], {}
     budget = recipe.budget_of(task)
+    blank = blank_target_rows(target)
     for name in recipe.scorers:
         scorer: Scorer = build_scorer(name, dict(params[name]), recipe.seed, budget.k,
                                       budget.fraction)
         scorer.fit(target, pool, runner=runner)
+        noting_blank_target_rows(scorer, blank)
         folder = os.path.join(out, TASKS_DIR, task, SCORES_DIR, name)
         stored.append(scorer.score(pool).write(folder, runner=runner, overwrite=overwrite))
         fits[name] = {"fit": scorer.fit_stats_, "store": stored[-1].stats}

@@ -144,8 +144,9 @@ class Bads(Scorer):
             raise EmptyCorpusError("pool holds no records", where=", ".join(pool.files))
         if blank == n_train:
             raise EmptyCorpusError(
-                f"every row of the pool ({blank}) is blank (whitespace, zero-width or BOM "
-                "only), and blank rows are never trained on; give a pool with text",
+                f"every row of the pool ({blank}) is blank (nothing visible: whitespace, "
+                "zero-width or other invisible characters only), and blank rows are never "
+                "trained on; give a pool with text",
                 where=", ".join(pool.files))
         torch.manual_seed(self.seed)
         model = load_causal_lm(self.model, device).train()
