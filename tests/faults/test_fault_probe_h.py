@@ -1,0 +1,111 @@
+"""Probe round H (issue 28, the sixth probe's leftovers): a setting given twice, model
+folders and chat templates as inputs, query stores of the wrong side, and storage that
+cannot be reached.
+
+A scorer setting the job fills from its own (``-p seed=5 --seed 7``, ``-p k=5 --k 10``, a
+recipe scorer's ``seed`` beside the recipe's) is refused unless both say the same; so are
+model-size settings beside ``eval --model``. A model folder's config.json and chat template
+are inputs: a bad one is one line naming the folder, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TARGETS, write_jsonl
+from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
+
+from dataselect.errors import InputError
+from pipelines.cli import main
+from pipelines.jobs import SelectJob, run_select_job
+from pipelines.recipe import RecipeError, load_recipe
+
+TARGET = str(TARGETS / "python_docs.jsonl")
+
+
+def _pool(tmp_path: Path, n: int = 40) -> str:
+    rows = [{"id": f"d{i}", "text": f"def f{i}(x): return x + {i}  # python code {i}"}
+            for i in range(n)]
+    return str(write_jsonl(tmp_path / "pool.jsonl", rows))
+
+
+def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture, *parts: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def _select(pool: str, out: Path, *extra: str, scorer: str = "dsir") -> list[str]:
+    return ["select", "--scorer", scorer, "--pool", pool, "--target", TARGET, "--out",
+            str(out), "--workers", "1", "--worker-kind", "threads", *extra]
+
+
+# --- W18 / W19: a scorer setting given by -p that a job setting also sets -------------
+
+@pytest.mark.parametrize(("extra", "scorer", "parts"), [
+    (("-p", "seed=5", "--seed", "7", "--k", "3"), "dsir", ("-p seed=5", "--seed 7")),
+    (("-p", "seed=5", "--seed", "0", "--k", "3"), "dsir", ("-p seed=5", "--seed 0")),
+    (("-p", "k=5", "--k", "10"), "auto", ("-p k=5", "--k 10")),
+    (("-p", "fraction=0.5", "--k", "3"), "auto", ("-p fraction=0.5", "--k 3")),
+    (("-p", "k=3", "--fraction", "0.5"), "auto", ("-p k=3", "--fraction 0.5")),
+])
+def test_param_contradicting_a_flag_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               extra: tuple[str, ...], scorer: str,
+                                               parts: tuple[str, ...]) -> None:
+    out = tmp_path / "out"
+    _one_line_exit_2(_select(_pool(tmp_path), out, *extra, scorer=scorer), capsys,
+                     *parts, "give one")
+    assert not out.exists()
+
+
+def test_param_equal_to_the_flag_or_alone_is_kept(tmp_path: Path) -> None:
+    pool = _pool(tmp_path)
+    assert main(_select(pool, tmp_path / "a", "-p", "seed=7", "--seed", "7", "--k", "3")) == 0
+    assert main(_select(pool, tmp_path / "b", "-p", "seed=5", "--k", "3")) == 0
+    manifest = json.loads((tmp_path / "b" / ".manifest.json").read_text())
+    assert manifest["scores"]["config"]["seed"] == 5
+    assert manifest["job"]["seed"] == 0
+
+
+def test_python_api_seed_contradicting_scorer_seed(tmp_path: Path) -> None:
+    job = SelectJob("dsir", [_pool(tmp_path)], [TARGET], str(tmp_path / "o"), k=3, seed=7,
+                    scorer_params={"seed": 5}, workers=1, worker_kind="threads")
+    with pytest.raises(InputError, match="contradicts --seed 7"):
+        run_select_job(job)
+
+
+def _recipe_file(tmp_path: Path, **changes: object) -> Path:
+    recipe = {"pool": {"paths": _pool(tmp_path)}, "targets": {"code": {"paths": TARGET}},
+              "scorers": {"dsir": {}}, "selection": {"k": 10},
+              "output": {"path": str(tmp_path / "run")}, **changes}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"seed": 7, "scorers": {"dsir": {"seed": 5}}}, "scorers.dsir.seed"),
+    ({"scorers": {"auto": {"k": 5}}}, "scorers.auto.k"),
+    ({"scorers": {"auto": {"fraction": 0.5}}}, "scorers.auto.fraction"),
+    ({"seed": 7, "scorers": {"less": {"model": "m"}}, "warmup": {"seed": 3}}, "warmup.seed"),
+])
+def test_recipe_scorer_setting_contradicting_recipe(tmp_path: Path, changes: dict,
+                                                    key: str) -> None:
+    with pytest.raises(RecipeError, match="contradicts") as info:
+        load_recipe(_recipe_file(tmp_path, **changes))
+    assert info.value.field == key
+
+
+def test_recipe_scorer_setting_equal_or_alone_is_kept(tmp_path: Path) -> None:
+    recipe = load_recipe(_recipe_file(tmp_path, seed=7, scorers={"dsir": {"seed": 7},
+                                                                  "auto": {"k": 10}}))
+    assert recipe.scorers["dsir"]["seed"] == 7
+    assert load_recipe(_recipe_file(tmp_path, scorers={"dsir": {"seed": 5}})).seed == 0
