@@ -109,3 +109,26 @@ def test_recipe_scorer_setting_equal_or_alone_is_kept(tmp_path: Path) -> None:
                                                                   "auto": {"k": 10}}))
     assert recipe.scorers["dsir"]["seed"] == 7
     assert load_recipe(_recipe_file(tmp_path, scorers={"dsir": {"seed": 5}})).seed == 0
+
+
+# --- W24: model-size settings beside eval --model -------------------------------------
+
+@pytest.mark.parametrize("pairs", [("hidden_size=128", "layers=7"), ("layers=2",),
+                                   ("vocab_size=2000",), ("heads=2",)])
+def test_eval_model_with_size_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  pairs: tuple[str, ...]) -> None:
+    argv = ["eval", str(tmp_path / "run"), "--model", str(tmp_path / "m"), "--seeds", "0"]
+    for pair in pairs:
+        argv += ["-p", pair]
+    first = pairs[0].partition("=")[0]
+    _one_line_exit_2(argv, capsys, f"-p {first}", "--model")
+
+
+def test_eval_settings_record_only_what_applied() -> None:
+    from pipelines.evaluate import MODEL_SHAPE, EvalSettings
+
+    with pytest.raises(InputError, match="hidden_size"):
+        EvalSettings(model="m", hidden_size=128).check()
+    EvalSettings(model="m", steps=3).check()
+    assert not set(MODEL_SHAPE) & set(EvalSettings(model="m").recorded())
+    assert EvalSettings(hidden_size=128).recorded()["hidden_size"] == 128
