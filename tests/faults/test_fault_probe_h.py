@@ -132,3 +132,33 @@ def test_eval_settings_record_only_what_applied() -> None:
     EvalSettings(model="m", steps=3).check()
     assert not set(MODEL_SHAPE) & set(EvalSettings(model="m").recorded())
     assert EvalSettings(hidden_size=128).recorded()["hidden_size"] == 128
+
+
+# --- F7: the side of a feature store, checked where it is read --------------------------
+
+def _store(folder: Path, side: str) -> str:
+    import numpy as np
+    import pyarrow as pa
+
+    from dataselect.features import FeatureStore
+
+    store = FeatureStore.create(folder, {"kind": "x", "dim": 4, "views": 1, "side": side})
+    rng = np.random.default_rng(0)
+    store.write_part(0, pa.array(["a", "b", "c"], pa.string()),
+                     rng.normal(size=(3, 1, 4)).astype(np.float32))
+    return str(folder)
+
+
+def test_search_with_pool_side_queries_is_refused(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    pool = _store(tmp_path / "pool", "pool")
+    assert main(["index", "build", "--features", pool, "--out", str(tmp_path / "idx")]) == 0
+    out = tmp_path / "s.parquet"
+    _one_line_exit_2(["index", "search", "--index", str(tmp_path / "idx"), "--queries", pool,
+                      "-k", "2", "--out", str(out)], capsys, pool, "--side query")
+    assert not out.exists()
+    queries = _store(tmp_path / "queries", "query")
+    assert main(["index", "search", "--index", str(tmp_path / "idx"), "--queries", queries,
+                 "-k", "2", "--out", str(out)]) == 0
+    _one_line_exit_2(["index", "build", "--features", queries, "--out", str(tmp_path / "i2")],
+                     capsys, queries, "--side pool")
