@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TARGETS, write_jsonl
+from conftest import DATA, TARGETS, write_jsonl
 from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
 
 from dataselect.errors import InputError
@@ -162,3 +162,39 @@ def test_search_with_pool_side_queries_is_refused(tmp_path: Path,
                  "-k", "2", "--out", str(out)]) == 0
     _one_line_exit_2(["index", "build", "--features", queries, "--out", str(tmp_path / "i2")],
                      capsys, queries, "--side pool")
+
+
+# --- T21 / T22: a model folder's config.json is an input --------------------------------
+
+def _features(model: Path, tmp_path: Path) -> list[str]:
+    chat = str(DATA / "instructions" / "train.jsonl")
+    return ["features", "--scorer", "embed", "-p", f"model={model}", "--input", chat,
+            "--text-field", "messages", "--out", str(tmp_path / "feats"), "--workers", "1"]
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ({"model_type": "llama", "hidden_size": "big"}, "hidden_size"),
+    ({"model_type": "llama", "num_hidden_layers": 2.5}, "num_hidden_layers"),
+    ({"model_type": "llama", "vocab_size": True}, "vocab_size"),
+    ({"model_type": "gpt2", "n_embd": "wide"}, "n_embd"),
+    ({"model_type": "gpt2", "n_layer": -2}, "n_layer"),
+    ({"model_type": "llama", "hidden_size": 0}, "hidden_size"),
+])
+def test_model_config_with_bad_sizes_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 config: dict, field: str) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    _one_line_exit_2(_features(model, tmp_path), capsys, str(model), field)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
+def test_model_file_that_is_a_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 name: str) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (model / name).unlink(missing_ok=True)
+    (model / name).mkdir()
+    line = _one_line_exit_2(_features(model, tmp_path), capsys, str(model), name)
+    assert "--out" not in line and "cannot write" not in line
