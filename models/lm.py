@@ -33,6 +33,7 @@ from dataselect.errors import InputError, os_error_line
 from dataselect.fingerprint import file_fingerprint
 from dataselect.outdir import MARKER as OWNERSHIP_MARKER
 from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
+from models.templates import render_template
 
 # Reason recorded in ``filtered_by`` for a row whose response was cut off entirely.
 NO_RESPONSE_TOKENS = "no_response_tokens"
@@ -351,7 +352,7 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]
     refused.
     """
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = tokenizer.apply_chat_template(turns, tokenize=False)
+    text = render_template(tokenizer, turns)
     spans: list[tuple[int, int]] = []
     cursor = 0
     replies = 0
@@ -375,8 +376,8 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]
 
 def _turn_span(tokenizer: Any, turns: list[dict[str, Any]], i: int, text: str
                ) -> tuple[int, int] | None:
-    before = tokenizer.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
-    through = tokenizer.apply_chat_template(turns[:i + 1], tokenize=False)
+    before = render_template(tokenizer, turns[:i], add_generation_prompt=True)
+    through = render_template(tokenizer, turns[:i + 1])
     if not (text.startswith(through) and through.startswith(before)):
         return None
     end = len(through.rstrip())

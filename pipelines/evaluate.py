@@ -272,6 +272,7 @@ def split_prompts(view: pa.Table, tokenizer: Any = None) -> tuple[list[str], lis
     conversation up to the first assistant turn rendered with the template's generation
     prompt and that turn's reply (the model answers in the format it was tuned on)."""
     from models.lm import has_chat_template
+    from models.templates import render_template
 
     if tokenizer is not None and has_chat_template(tokenizer) and CHAT_COLUMN in \
             view.column_names:
@@ -280,8 +281,8 @@ def split_prompts(view: pa.Table, tokenizer: Any = None) -> tuple[list[str], lis
             first = next((i for i, t in enumerate(turns) if t["role"] == RESPONSE_ROLE), None)
             if first is None:
                 continue
-            prompts.append(tokenizer.apply_chat_template(
-                turns[:first], tokenize=False, add_generation_prompt=True))
+            prompts.append(render_template(tokenizer, turns[:first],
+                                           add_generation_prompt=True))
             answers.append(turns[first]["content"])
         return prompts, answers
     prompts, answers = [], []

@@ -198,3 +198,85 @@ def test_model_file_that_is_a_folder_is_one_line(tmp_path: Path, capsys: pytest.
     (model / name).mkdir()
     line = _one_line_exit_2(_features(model, tmp_path), capsys, str(model), name)
     assert "--out" not in line and "cannot write" not in line
+
+
+# --- T24 / T25: a chat template is the model folder's code: bounded, failures one line ---
+
+CHAT = [{"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "Seven is prime."}]
+GOOD_TEMPLATE = ("{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content'] }}<|end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|start|>assistant\n{% endif %}")
+
+
+def _tokenizer_folder(folder: Path, template: str) -> str:
+    """A small byte-level BPE tokenizer saved as a model folder's tokenizer files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [m["content"] for line in (DATA / "instructions" / "train.jsonl").open()
+             for m in json.loads(line)["messages"]][:200]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<|start|>", "<|end|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
+                                   eos_token="<|end|>")
+    fast.chat_template = template
+    fast.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize(("template", "parts"), [
+    ("{{ raise_exception('boom from template') }}", ("boom from template",)),
+    ("{% if %}", ("TemplateSyntaxError",)),
+    ("{{ messages | no_such_filter }}", ("no_such_filter",)),
+    ("{{ 1 / 0 }}", ("ZeroDivisionError",)),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", ("chat template",)),
+])
+def test_a_failing_chat_template_is_one_line_naming_the_folder(tmp_path: Path, template: str,
+                                                               parts: tuple[str, ...]) -> None:
+    from models.lm import load_tokenizer, render_chat
+
+    folder = _tokenizer_folder(tmp_path / "m", template)
+    with pytest.raises(InputError) as info:
+        render_chat(load_tokenizer(folder), CHAT)
+    line = str(info.value)
+    assert folder in line and "\n" not in line
+    for part in parts:
+        assert part in line
+
+
+@pytest.mark.parametrize("template", [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% for m in messages %}{% for i in range(100000) %}{% for j in range(100000) %}"
+    "{{ '' }}{% endfor %}{% endfor %}{% endfor %}",
+])
+def test_a_chat_template_without_end_is_stopped(tmp_path: Path, template: str) -> None:
+    import time
+
+    from models.lm import load_tokenizer, render_chat
+
+    folder = _tokenizer_folder(tmp_path / "m", template)
+    started = time.perf_counter()
+    with pytest.raises(InputError, match="steps") as info:
+        render_chat(load_tokenizer(folder), CHAT)
+    assert folder in str(info.value)
+    assert time.perf_counter() - started < 30
+
+
+def test_real_templates_render_as_transformers_renders_them(tmp_path: Path) -> None:
+    """The guard changes nothing of a template that ends: the same text, for a long chat
+    too, under a template that walks the messages once per message."""
+    from models.lm import load_tokenizer
+    from models.templates import render_template
+
+    quadratic = ("{% for m in messages %}{% for n in messages %}{% endfor %}"
+                 "{{ m['content'] }}\n{% endfor %}")
+    long_chat = CHAT * 150
+    for template, chat in [(GOOD_TEMPLATE, CHAT), (quadratic, long_chat)]:
+        tokenizer = load_tokenizer(_tokenizer_folder(tmp_path / str(len(chat)), template))
+        for options in ({}, {"add_generation_prompt": True}):
+            assert render_template(tokenizer, chat, **options) == \
+                tokenizer.apply_chat_template(chat, tokenize=False, **options)
