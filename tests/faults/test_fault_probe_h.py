@@ -280,3 +280,55 @@ def test_real_templates_render_as_transformers_renders_them(tmp_path: Path) -> N
         for options in ({}, {"add_generation_prompt": True}):
             assert render_template(tokenizer, chat, **options) == \
                 tokenizer.apply_chat_template(chat, tokenize=False, **options)
+
+
+# --- T19: storage that cannot be reached, whichever client library says so --------------
+
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hugging Face Hub at a port where nothing listens: the hf:// filesystem's httpx
+    client fails to connect (its ConnectError is no OSError), as on a machine offline."""
+    from huggingface_hub import HfFileSystem, constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    HfFileSystem.clear_instance_cache()
+    yield
+    HfFileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("where", ["--pool", "--target", "--out"])
+def test_hf_url_offline_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                    unreachable_hub: None, where: str) -> None:
+    url = "hf://datasets/nobody/none/x.parquet" if where != "--out" else \
+        "hf://datasets/nobody/none/x"
+    argv = {"--pool": _pool(tmp_path), "--target": TARGET, "--out": str(tmp_path / "o")}
+    argv[where] = url
+    _one_line_exit_2(["select", "--scorer", "dsir", "--k", "3", "--workers", "1",
+                      *(part for pair in argv.items() for part in pair)], capsys, url,
+                     "cannot reach")
+
+
+class _NextLibraryError(Exception):
+    """An HTTP client's own exception, of a library dataselect has never heard of."""
+
+
+def test_a_network_failure_wrapped_by_any_library_is_one_line() -> None:
+    import socket
+
+    from dataselect import storage
+    from dataselect.errors import network_line
+
+    with pytest.raises(InputError, match="cannot reach") as info, \
+            storage.reaching("xx://bucket/key"):
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except OSError as cause:
+            raise _NextLibraryError("connect failed") from cause
+    assert info.value.where == "xx://bucket/key"
+    wrapped = _NextLibraryError("timed out")
+    wrapped.__context__ = TimeoutError("read timed out")
+    assert "cannot reach the storage" in network_line(wrapped)
+    assert network_line(_NextLibraryError("a bug, not the network")) is None
+    with pytest.raises(_NextLibraryError), storage.reaching("xx://bucket/key"):
+        raise _NextLibraryError("a bug, not the network")
