@@ -363,10 +363,10 @@ class Recipe(_Strict):
         return self
 
     def _check_given_once(self) -> None:
-        """A scorer's (or the warmup's) seed or budget that the recipe's own ``seed`` or a
-        task's budget also sets, to another value, is refused: both would run, one for the
-        fit and the other for the selection (:func:`scorers.clashing_setting`, the check
-        the command line shares)."""
+        """A scorer's (the warmup's, the attribution's) seed or budget that the recipe's
+        own ``seed`` or a task's budget also sets, to another value, is refused: both would
+        run, one for the fit and the other for the selection (for scorers,
+        :func:`scorers.clashing_setting`, the check the command line shares)."""
         seed = self.seed if "seed" in self.model_fields_set else None
         for task in self.targets:
             budget = self.budget_of(task)
@@ -379,9 +379,15 @@ class Recipe(_Strict):
                     raise setting_error(InputError(
                         f"contradicts {spelled[clash[1]]}: {checks.shown(given[clash[1]])}; "
                         "give one", field=clash[0]), ("scorers", name), params, name)
-        if seed is not None and self.warmup.get("seed", seed) != seed:
-            raise setting_error(InputError(f"contradicts seed: {seed}; give one",
-                                           field="seed"), ("warmup",), self.warmup, "warmup")
+        # the warmup's and the attribution's settings, filled from the recipe's seed when
+        # they do not set it (attribution.params never holds the model: refused already)
+        filled = [(("warmup",), self.warmup)]
+        if self.attribution is not None:
+            filled.append((("attribution", "params"), self.attribution.params))
+        for prefix, params in filled:
+            if seed is not None and params.get("seed", seed) != seed:
+                raise setting_error(InputError(f"contradicts seed: {seed}; give one",
+                                               field="seed"), prefix, params, prefix[0])
 
     def _check_budgets(self) -> None:
         """Every task's budget is one that the selection's policy takes."""

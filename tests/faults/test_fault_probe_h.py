@@ -96,6 +96,9 @@ def _recipe_file(tmp_path: Path, **changes: object) -> Path:
     ({"scorers": {"auto": {"k": 5}}}, "scorers.auto.k"),
     ({"scorers": {"auto": {"fraction": 0.5}}}, "scorers.auto.fraction"),
     ({"seed": 7, "scorers": {"less": {"model": "m"}}, "warmup": {"seed": 3}}, "warmup.seed"),
+    ({"seed": 7, "targets": {"code": {"paths": TARGET, "eval": TARGET}},
+      "attribution": {"method": "trak", "model": "m", "params": {"seed": 3}}},
+     "attribution.params.seed"),
 ])
 def test_recipe_scorer_setting_contradicting_recipe(tmp_path: Path, changes: dict,
                                                     key: str) -> None:
