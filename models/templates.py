@@ -10,9 +10,12 @@ transformers' own rendering (so every real template renders byte-identically):
   worker;
 * a template that runs without end (``{% for i in range(10**5) %}{% for j in
   range(10**5) %}``) is stopped after a step budget, counted in the template's own lines
-  (``sys.settrace`` on the frames jinja2 compiled the template into), and refused. The
-  budget grows with the conversation, so a template that walks its messages more than
-  once still renders a long chat; real templates take tens of steps per message.
+  (``sys.settrace`` on the frames jinja2 compiled the template into), and refused; so is
+  one that writes far more text than the conversation holds (it would fill memory
+  first). The budgets grow with the conversation, so a template that walks its messages
+  more than once still renders a long chat; real templates take tens of steps per
+  message. (One expression that builds a huge string at once, ``'x' * 10**10``, is a
+  single step: the process's memory limit is what stops it.)
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ TEMPLATE_CODE = "<template>"
 # steps (template lines run) allowed per rendering: a base, and more per message
 BASE_STEPS = 100_000
 STEPS_PER_MESSAGE = 10_000
+# characters a rendering may write: a base, and a multiple of the messages' own text
+BASE_CHARACTERS = 1_000_000
+CHARACTERS_PER_CHARACTER = 16
 WHERE_TEMPLATE = "chat_template in tokenizer_config.json, or chat_template.jinja"
 
 
@@ -36,12 +42,16 @@ class _TooManySteps(Exception):
 
 
 class _StepGuard:
-    """A trace function that counts the template's lines and stops it past ``budget``;
-    frames outside the template (jinja2's runtime, transformers) are not traced."""
+    """A trace function that counts the template's lines, and the characters its frames
+    yield (jinja2 renders by yielding pieces of text: a 'return' event each), and stops it
+    past either budget; frames outside the template (jinja2's runtime, transformers) are
+    not traced."""
 
-    def __init__(self, budget: int):
+    def __init__(self, budget: int, characters: int):
         self.budget = budget
+        self.characters = characters
         self.steps = 0
+        self.written = 0
 
     def call(self, frame: FrameType, event: str, arg: Any) -> Any:
         return self.line if frame.f_code.co_filename == TEMPLATE_CODE else None
@@ -50,7 +60,11 @@ class _StepGuard:
         if event == "line":
             self.steps += 1
             if self.steps > self.budget:
-                raise _TooManySteps
+                raise _TooManySteps(f"ran more than {self.budget} steps")
+        elif event == "return" and isinstance(arg, str):
+            self.written += len(arg)
+            if self.written > self.characters:
+                raise _TooManySteps(f"wrote more than {self.characters} characters")
         return self.line
 
 
@@ -58,14 +72,16 @@ def render_template(tokenizer: Any, turns: list[dict[str, Any]], **options: Any)
     """``tokenizer.apply_chat_template(turns, tokenize=False, **options)``, bounded, with
     whatever the template raises told as one line naming the model folder (an error of
     dataselect's own, and running out of memory, stay themselves)."""
-    guard = _StepGuard(BASE_STEPS + STEPS_PER_MESSAGE * len(turns))
+    text = sum(len(str(turn.get("content", ""))) for turn in turns)
+    guard = _StepGuard(BASE_STEPS + STEPS_PER_MESSAGE * len(turns),
+                       BASE_CHARACTERS + CHARACTERS_PER_CHARACTER * text)
     previous = sys.gettrace()
     sys.settrace(guard.call)
     try:
         return tokenizer.apply_chat_template(turns, tokenize=False, **options)
-    except _TooManySteps:
-        raise InputError(f"the model's chat template ran more than {guard.budget} steps on "
-                         f"one conversation of {len(turns)} messages (a loop without end?); "
+    except _TooManySteps as exc:
+        raise InputError(f"the model's chat template {exc} on one conversation of "
+                         f"{len(turns)} messages (a loop without end?); "
                          f"fix the template ({WHERE_TEMPLATE})", where=_folder(tokenizer)
                          ) from None
     except (DataSelectError, MemoryError):
