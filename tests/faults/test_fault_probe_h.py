@@ -265,7 +265,7 @@ def test_a_chat_template_without_end_is_stopped(tmp_path: Path, template: str) -
 
     folder = _tokenizer_folder(tmp_path / "m", template)
     started = time.perf_counter()
-    with pytest.raises(InputError, match="steps|characters") as info:
+    with pytest.raises(InputError, match=r"steps|characters") as info:
         render_chat(load_tokenizer(folder), CHAT)
     assert folder in str(info.value)
     assert time.perf_counter() - started < 30
