@@ -154,13 +154,34 @@ _NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUN
 _NETWORK_LIBRARIES = frozenset({"aiohttp", "requests", "urllib3", "socket", "botocore"})
 
 
+def network_cause(exc: BaseException) -> BaseException | None:
+    """The network's own failure in ``exc`` or in what caused it (its ``__cause__`` and
+    ``__context__`` chain), else None: the socket layer's OSError for a name that does not
+    resolve (socket.gaierror), a refused or reset connection, a timeout. HTTP clients wrap
+    it in exceptions of their own that are no OSError (httpx's ConnectError, under the
+    hf:// filesystem), so it is looked for by class along the chain, whichever library
+    wraps it, not by the library's name."""
+    import socket
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror,
+                                socket.herror)) or (isinstance(current, OSError)
+                                                    and current.errno in _NETWORK_ERRNOS):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def network_line(exc: BaseException) -> str | None:
     """One line for a storage URL that cannot be reached (connection refused, no such host,
-    a timeout), from fsspec's backends (aiohttp for http and s3, ftplib, requests): their
-    errors are OSErrors or ConnectionErrors without a file name, and were tracebacks."""
+    a timeout), from fsspec's backends (aiohttp for http and s3, ftplib, requests, httpx
+    for hf): their errors are OSErrors or ConnectionErrors without a file name, or carry
+    one as their cause (:func:`network_cause`), and were tracebacks."""
     libraries = {cls.__module__.partition(".")[0] for cls in type(exc).__mro__}
-    if not (isinstance(exc, ConnectionError)
-            or (isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS)
+    if not (network_cause(exc) is not None
             or (isinstance(exc, OSError) and libraries & _NETWORK_LIBRARIES)):
         return None
     return (f"cannot reach the storage ({_first_line(exc)}); check the URL, the network and "

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from dataselect.errors import InputError
+from dataselect.errors import InputError, network_cause, network_line
 
 if TYPE_CHECKING:  # pyarrow is imported where a file is opened: checks imports this module
     import pyarrow as pa
@@ -137,20 +137,28 @@ def filesystem(url: str) -> tuple[Any, str]:
 
 @contextlib.contextmanager
 def reaching(url: str) -> Iterator[None]:
-    """Turn a store's refusal (no credentials, access denied, no such bucket, endpoint
-    unreachable) into one line naming the URL and what to check, not a botocore trace."""
+    """Turn a store's refusal (no credentials, access denied, no such bucket) or the
+    network's failure (no such host, nothing listening, a timeout) into one line naming
+    the URL and what to check, not a botocore or httpx trace."""
     try:
         yield
     except InputError:
         raise
     except Exception as exc:
+        # the network's failure, whichever client wraps it (httpx's ConnectError under
+        # hf:// is no OSError): found by class along its causes
+        if network_cause(exc) is not None:
+            raise InputError(str(network_line(exc)), where=url) from None
+        # a store's refusal: an OSError, or one of a client that raises its own
+        # (botocore's missing credentials)
         if not isinstance(exc, OSError) and not type(exc).__module__.startswith(
                 ("botocore", "aiobotocore", "google", "huggingface_hub", "aiohttp")):
             raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot reach the object ({reason}); check the URL and the "
                          "store's credentials (AWS_* variables or ~/.aws for s3://, "
-                         "GOOGLE_APPLICATION_CREDENTIALS for gs://)", where=url) from None
+                         "GOOGLE_APPLICATION_CREDENTIALS for gs://, HF_TOKEN for hf://)",
+                         where=url) from None
 
 
 def _fresh(url: str) -> tuple[Any, str]:
@@ -182,8 +190,8 @@ def _ask(url: str, local: Callable[[str], bool], method: str) -> bool:
     (another process may have written since) and with the store's refusals as one line."""
     if not is_remote(url):
         return local(url)
-    fs, path = _fresh(url)
-    with reaching(url):
+    with reaching(url):  # a filesystem may ask the store already (hf:// resolves the repo)
+        fs, path = _fresh(url)
         return bool(getattr(fs, method)(path))
 
 
@@ -197,9 +205,9 @@ def size(path: str) -> int:
 def names_below(url: str) -> list[str]:
     """Every object below the folder ``url``, as names relative to it (``a/b.parquet``),
     sorted; empty when there is none (an object store has no empty folders)."""
-    fs, path = _fresh(url)
-    base = path.rstrip("/") + "/"
     with reaching(url):
+        fs, path = _fresh(url)
+        base = path.rstrip("/") + "/"
         return sorted(p[len(base):] for p in fs.find(path) if p.startswith(base))
 
 
@@ -208,8 +216,8 @@ def join(url: str, name: str) -> str:
 
 
 def glob(pattern: str) -> list[str]:
-    fs, path = _fresh(pattern)
     with reaching(pattern):
+        fs, path = _fresh(pattern)
         return sorted(as_url(fs, p) for p in fs.glob(path) if fs.isfile(p))
 
 
@@ -282,8 +290,8 @@ def object_fingerprint(url: str) -> dict[str, Any]:
     """``{"path", "bytes", ...}`` of an object from its metadata (one request, no bytes
     read): the store's ETag, version or generation and modification time change with any
     write, which is what a fingerprint must catch."""
-    fs, path = _fresh(url)
     with reaching(url):
+        fs, path = _fresh(url)
         info = fs.info(path)
     found = {key: str(info[key]) for key in _VERSION_KEYS if info.get(key) not in (None, "")}
     return {"path": url, "bytes": int(info.get("size") or 0), "object": found}

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import threading
@@ -32,6 +33,7 @@ from dataselect.errors import InputError, os_error_line
 from dataselect.fingerprint import file_fingerprint
 from dataselect.outdir import MARKER as OWNERSHIP_MARKER
 from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
+from models.templates import render_template
 
 # Reason recorded in ``filtered_by`` for a row whose response was cut off entirely.
 NO_RESPONSE_TOKENS = "no_response_tokens"
@@ -73,6 +75,10 @@ def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
         raise InputError(f"{what} folder has no config.json", where=str(path))
     for entry in folder.iterdir():  # transformers opens its JSON files, safetensors, ...
         checks.check_regular_file(entry)
+        if entry.suffix in MODEL_FILE_SUFFIXES and entry.is_dir():
+            raise InputError(f"{what} folder holds a folder named {entry.name}, where the "
+                             "model's file of that name belongs: replace it with the file",
+                             where=str(path))
     if (folder / "config.json").exists():
         _check_architecture(folder / "config.json", what)
     return str(folder.resolve())
@@ -96,7 +102,9 @@ def _check_architecture(config: Path, what: str) -> None:
         raise InputError(f"{what} config.json must hold a JSON object", where=str(config))
     model_type = settings.get("model_type")
     if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
-        return  # transformers' own classes load it; an auto_map beside them is not used
+        # transformers' own classes load it; an auto_map beside them is not used
+        _check_sizes(CONFIG_MAPPING[model_type], settings, config, what)
+        return
     if settings.get("auto_map"):
         raise InputError(f"the {what} asks to run its own Python code (auto_map in "
                          "config.json); dataselect never runs code from a model folder "
@@ -109,6 +117,47 @@ def _check_architecture(config: Path, what: str) -> None:
                          where=str(config.parent))
 
 
+# The sizes every causal LM's config has (transformers maps other spellings, n_embd, n_layer,
+# onto them): each builds a tensor dimension or a loop count, so an integer >= 1.
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "intermediate_size", "max_position_embeddings")
+
+
+def _check_sizes(config_class: Any, settings: dict[str, Any], config: Path, what: str) -> None:
+    """Build the folder's config as transformers will (its own type checks, by class: a
+    strict config's field errors, a plain one's TypeError or ValueError), then require the
+    sizes it resolves to be integers >= 1: a config.json edited to ``hidden_size: "big"``
+    would otherwise fail with a traceback from inside transformers or torch, in a worker."""
+    try:
+        built = config_class.from_dict(settings)
+    except (*_config_errors(), TypeError, ValueError) as exc:
+        named = re.search(r"field '(\w+)'", str(exc))  # a strict config names it
+        raise InputError(f"{what} config.json cannot make a {settings['model_type']} model: "
+                         f"{_first_sentence(str(exc.__cause__ or exc))}",
+                         where=str(config.parent),
+                         field=named.group(1) if named else None) from None
+    for name in SIZE_FIELDS:
+        value = getattr(built, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            key = getattr(built, "attribute_map", {}).get(name, name)  # as the file has it
+            raise InputError(f"{what} config.json: {key} must be an integer >= 1, got "
+                             f"{checks.shown(value)}", where=str(config.parent), field=key)
+
+
+def _config_errors() -> tuple[type[Exception], ...]:
+    """What a strict (huggingface_hub dataclass) config raises for a value of the wrong
+    type or range; not every version has them."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
+
+
+# the files of a model folder that transformers reads (and a model's fingerprint covers)
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".jinja")
+
 # Files dataselect writes into a model folder (models.importer's manifest, the
 # ownership marker of dataselect.outdir): not part of the model.
 BOOKKEEPING_FILES = ("dataselect-model.json", OWNERSHIP_MARKER)
@@ -120,7 +169,7 @@ def model_fingerprint(path: str) -> list[dict[str, Any]]:
     import manifest, with its conversion time, and the ownership marker) is left out, so
     re-importing the same GGUF keeps stored results valid."""
     files = sorted(p for p in Path(path).iterdir()
-                   if p.suffix in (".json", ".safetensors", ".bin", ".jinja")
+                   if p.suffix in MODEL_FILE_SUFFIXES
                    and p.name not in BOOKKEEPING_FILES)
     return [file_fingerprint(str(p)) for p in files]
 
@@ -142,7 +191,7 @@ def load_tokenizer(path: str) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, *_config_errors()) as exc:
         raise _unloadable("tokenizer", path, exc) from exc
     if not tokenizer.is_fast:
         raise InputError("the tokenizer must be a fast (Rust) tokenizer: character offsets "
@@ -162,7 +211,7 @@ def load_causal_lm(path: str, device: torch.device, dtype: torch.dtype | None = 
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=dtype or torch.float32
         )
-    except (pickle.UnpicklingError, ValueError, OSError) as exc:
+    except (pickle.UnpicklingError, ValueError, OSError, *_config_errors()) as exc:
         raise (_refused_pickle_weights(path, exc) or _unloadable("model", path, exc)) from exc
     except (RuntimeError, *_weight_file_errors()) as exc:
         # a cut-short safetensors file (SafetensorError), a config whose sizes make no
@@ -303,7 +352,7 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]
     refused.
     """
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = tokenizer.apply_chat_template(turns, tokenize=False)
+    text = render_template(tokenizer, turns)
     spans: list[tuple[int, int]] = []
     cursor = 0
     replies = 0
@@ -327,8 +376,8 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]
 
 def _turn_span(tokenizer: Any, turns: list[dict[str, Any]], i: int, text: str
                ) -> tuple[int, int] | None:
-    before = tokenizer.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
-    through = tokenizer.apply_chat_template(turns[:i + 1], tokenize=False)
+    before = render_template(tokenizer, turns[:i], add_generation_prompt=True)
+    through = render_template(tokenizer, turns[:i + 1])
     if not (text.startswith(through) and through.startswith(before)):
         return None
     end = len(through.rstrip())

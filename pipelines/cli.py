@@ -204,8 +204,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "(default: the pool's --text-field)")
     _param_arg(parser, "scorer parameter, e.g. -p num_buckets=20000 (repeatable; "
                        "'dataselect scorers' lists each scorer's keys and defaults)")
-    parser.add_argument("--seed", type=SEED, default=0,
-                        help="seeds every random choice, 0 .. 2**64-1" + DEFAULT)
+    parser.add_argument("--seed", type=SEED, default=None,  # None: not given (0)
+                        help="seeds every random choice, 0 .. 2**64-1 (default: 0)")
     _cluster_args(parser)
     parser.add_argument("--worker-kind", choices=WORKER_KINDS, default="auto",
                         help="local cluster of worker processes or threads (auto: what the "

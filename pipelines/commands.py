@@ -250,7 +250,7 @@ def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
 
 def eval_settings(args: argparse.Namespace) -> EvalSettings:
     from dataselect.params import settings_from_text
-    from pipelines.evaluate import EvalSettings
+    from pipelines.evaluate import EvalSettings, refuse_shape_with_model
 
     flags = ("seeds", "steps", "tasks", "model", "scheduler", "workers")
     pairs = _pairs(args.param)
@@ -259,6 +259,7 @@ def eval_settings(args: argparse.Namespace) -> EvalSettings:
         key = given_as_flag[0]
         raise InputError(f"give {key} with --{key}, not -p", field="--param")
     values: dict[str, Any] = settings_from_text(EvalSettings, pairs, "eval")
+    refuse_shape_with_model(args.model or None, pairs)  # a default value too: not applied
     values["seeds"] = tuple(args.seeds)  # parsed and range-checked by argparse (_seed_list)
     if args.steps is not None:
         values["steps"] = args.steps

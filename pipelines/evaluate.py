@@ -34,6 +34,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,19 @@ EVAL_DIR, RUNS_DIR, RESULTS_FILE = "eval", "runs", "results.json"
 ARMS = ("selected", "random")
 # a row budget for the tokenizer's training texts: enough for a 1k-token BPE vocabulary
 TOKENIZER_SAMPLE_ROWS = 5_000
+
+
+# the settings that only shape the model built here: a --model folder has its own size
+MODEL_SHAPE = ("vocab_size", "hidden_size", "layers", "heads")
+
+
+def refuse_shape_with_model(model: str | None, given: Iterable[str]) -> None:
+    """A size setting beside ``model`` would never apply (the folder's model has its own
+    size), yet results.json would record it as the model trained: refused, naming it."""
+    shaped = [name for name in MODEL_SHAPE if name in set(given)]
+    if model is not None and shaped:
+        raise InputError(f"-p {shaped[0]} sizes the model built here, but --model {model} "
+                         f"brings its own; drop -p {shaped[0]} (or --model)", field="--param")
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,18 @@ class EvalSettings:
             raise InputError("hidden_size must be a multiple of heads", field="heads")
         checks.optional(checks.check_count, self.workers, "workers")
         checks.optional(checks.check_scheduler, self.scheduler, "scheduler")
+        defaults = EvalSettings()
+        refuse_shape_with_model(self.model, [name for name in MODEL_SHAPE
+                                             if getattr(self, name) != getattr(defaults, name)])
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings results.json records: those that applied (with ``model``, the
+        folder's own size, not the built model's unused defaults)."""
+        data = dataclasses.asdict(self)
+        if self.model is not None:
+            for name in MODEL_SHAPE:
+                data.pop(name)
+        return data
 
     def training_key(self) -> dict[str, Any]:
         """The settings that decide one training's result (not which seeds or tasks run,
@@ -246,6 +272,7 @@ def split_prompts(view: pa.Table, tokenizer: Any = None) -> tuple[list[str], lis
     conversation up to the first assistant turn rendered with the template's generation
     prompt and that turn's reply (the model answers in the format it was tuned on)."""
     from models.lm import has_chat_template
+    from models.templates import render_template
 
     if tokenizer is not None and has_chat_template(tokenizer) and CHAT_COLUMN in \
             view.column_names:
@@ -254,8 +281,8 @@ def split_prompts(view: pa.Table, tokenizer: Any = None) -> tuple[list[str], lis
             first = next((i for i, t in enumerate(turns) if t["role"] == RESPONSE_ROLE), None)
             if first is None:
                 continue
-            prompts.append(tokenizer.apply_chat_template(
-                turns[:first], tokenize=False, add_generation_prompt=True))
+            prompts.append(render_template(tokenizer, turns[:first],
+                                           add_generation_prompt=True))
             answers.append(turns[first]["content"])
         return prompts, answers
     prompts, answers = [], []
@@ -335,7 +362,7 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
         summary = summarize_results(results)
         from models.lm import model_rendering
 
-        report = {"settings": jsonable(dataclasses.asdict(settings)), "base_model": base,
+        report = {"settings": jsonable(settings.recorded()), "base_model": base,
                   "fresh_init": fresh, "rendering": model_rendering(base),
                   "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
                            for r in results],

@@ -90,14 +90,29 @@ def model_paths(settings: Any) -> list[str]:
     return [p for p in paths if isinstance(p, str) and p and os.path.exists(p)]
 
 
+# what reads each side's store, and how such a store is written
+_SIDE_USE = {"pool": "index build --features takes pool features",
+             "query": "index search --queries takes query features"}
+
+
+def _open_side(path: str, side: Side) -> FeatureStore:
+    """The feature store at ``path``, refused unless it holds ``side``'s features: the
+    two sides may be computed differently (LESS: Adam-preconditioned gradients for the
+    pool, plain ones for the queries), so the other side would run, silently, another
+    method. A store written before sides were recorded holds the pool's."""
+    store = FeatureStore.open(path)
+    found = store.description.get("side", "pool")
+    if found != side:
+        raise InputError(f"this store holds {found} features, but {_SIDE_USE[side]}; write "
+                         f"them with dataselect features --side {side}", where=path)
+    return store
+
+
 def build_index(features: str, out: str, kind: IndexKind = "flat",
                 console: Console | None = None, **options: Any) -> FeatureIndex:
     """Index a pool feature store (views combined with their recorded weights)."""
     started = time.perf_counter()
-    store = FeatureStore.open(features)
-    if store.description.get("side", "pool") != "pool":
-        raise InputError("index the pool side's features (this store holds query features)",
-                         where=features)
+    store = _open_side(features, "pool")
     if not store.parts():
         raise InputError("the feature store has no finished parts", where=features)
     index = FeatureIndex.build(store.combined, store.dim * store.views, kind=kind, **options)
@@ -146,7 +161,7 @@ def search_index(index_folder: str, queries: str, k: int | None, out: str,
     if k is not None:
         check_output_file(out, "attributions", inputs)  # before any work
     index = FeatureIndex.load(index_folder)
-    store = FeatureStore.open(queries)
+    store = _open_side(queries, "query")
     check_compatible(index, store.description, queries)
     weights = index.settings.get("features", {}).get("view_weights")
     ids, vectors = [], []

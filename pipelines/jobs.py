@@ -52,7 +52,7 @@ from dataselect.writer import (
 from pipelines.cluster import dask_client
 from pipelines.progress import ProgressRunner, StageClock
 from pipelines.summary import FIT_DETAILS, composition_rows, print_fit_details, print_summary
-from scorers import SCORERS, build_scorer
+from scorers import SCORERS, build_scorer, clashing_setting
 
 
 @dataclass
@@ -67,7 +67,7 @@ class SelectJob:
     fraction: float | None = None
     threshold: float | None = None
     policy: str = "auto"
-    seed: int = 0
+    seed: int | None = None  # None: not given, so 0 (and a scorer's own -p seed stands)
     text_field: str = "text"
     target_text_field: str | None = None
     id_field: str = "id"
@@ -81,6 +81,13 @@ class SelectJob:
     worker_kind: str = "auto"
     overwrite: bool = False
     save_to_disk: bool = False  # also the datasets.load_from_disk layout, in out/.hf/
+
+    def __post_init__(self) -> None:
+        """The seed, 0 when not given; whether it was given is kept aside (not a setting,
+        so not in the manifest): only a given seed contradicts a scorer's own."""
+        self._seed_given = self.seed is not None
+        if self.seed is None:
+            self.seed = 0
 
     def validate(self, needs_budget: bool = True) -> None:
         if self.scorer not in SCORERS:
@@ -122,6 +129,19 @@ class SelectJob:
                                       f"{checks.shown(self.scorer_params)}",
                                       field="scorer_params")
         checks.optional(checks.check_scheduler, self.scheduler, "scheduler")
+        self._check_given_once()
+
+    def _check_given_once(self) -> None:
+        """A scorer setting the job fills from its own (the seed, the budget) may be given
+        as well only with the same value (:func:`scorers.clashing_setting`)."""
+        given = {"seed": self.seed if self._seed_given else None, "k": self.k,
+                 "fraction": self.fraction}
+        clash = clashing_setting(self.scorer, self.scorer_params, given)
+        if clash is not None:
+            key, flag = clash
+            raise InputError(f"-p {key}={checks.shown(self.scorer_params[key])} contradicts "
+                             f"--{flag} {checks.shown(given[flag])}; give one",
+                             field="--param")
 
 
 def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:

@@ -43,7 +43,7 @@ from models.importer import is_shortcut
 from models.warmup_config import WarmupConfig
 from pipelines.recipe_errors import NestedError, RecipeError, recipe_error, setting_error
 from pipelines.recipe_yaml import read_recipe_yaml
-from scorers import SCORERS, build_scorer
+from scorers import SCORERS, build_scorer, clashing_setting
 
 # Columns a selection writes next to the pool's (writer.ADDED_COLUMNS, union's tasks,
 # combine's best_task, scoring's filtered_by): a task of one of these names, or of a
@@ -358,8 +358,36 @@ class Recipe(_Strict):
                                         for n in self.scorers) <= 0:
             raise ValueError("combine.weights are all zero")
         self._check_budgets()
+        self._check_given_once()
         self._check_settings()
         return self
+
+    def _check_given_once(self) -> None:
+        """A scorer's (the warmup's, the attribution's) seed or budget that the recipe's
+        own ``seed`` or a task's budget also sets, to another value, is refused: both would
+        run, one for the fit and the other for the selection (for scorers,
+        :func:`scorers.clashing_setting`, the check the command line shares)."""
+        seed = self.seed if "seed" in self.model_fields_set else None
+        for task in self.targets:
+            budget = self.budget_of(task)
+            prefix = "selection" if budget is self.selection else f"targets.{task}.budget"
+            spelled = {"seed": "seed", "k": f"{prefix}.k", "fraction": f"{prefix}.fraction"}
+            given = {"seed": seed, "k": budget.k, "fraction": budget.fraction}
+            for name, params in self.scorers.items():
+                clash = clashing_setting(name, params, given)
+                if clash is not None:
+                    raise setting_error(InputError(
+                        f"contradicts {spelled[clash[1]]}: {checks.shown(given[clash[1]])}; "
+                        "give one", field=clash[0]), ("scorers", name), params, name)
+        # the warmup's and the attribution's settings, filled from the recipe's seed when
+        # they do not set it (attribution.params never holds the model: refused already)
+        filled = [(("warmup",), self.warmup)]
+        if self.attribution is not None:
+            filled.append((("attribution", "params"), self.attribution.params))
+        for prefix, params in filled:
+            if seed is not None and params.get("seed", seed) != seed:
+                raise setting_error(InputError(f"contradicts seed: {seed}; give one",
+                                               field="seed"), prefix, params, prefix[0])
 
     def _check_budgets(self) -> None:
         """Every task's budget is one that the selection's policy takes."""

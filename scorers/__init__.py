@@ -16,6 +16,7 @@ installed still finds them; an installed plug-in cannot take a built-in's name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dataselect.errors import InputError
@@ -80,6 +81,36 @@ def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = N
         params = {**params, "k": k, "fraction": fraction}
     return cls(**params)
 
+BUDGET_KEYS = ("k", "fraction")
+
+
+def clashing_setting(name: str, params: Mapping[str, Any], given: Mapping[str, Any]
+                     ) -> tuple[str, str] | None:
+    """The first of the scorer's ``params`` that contradicts the job's own setting it is
+    filled from (:func:`build_scorer`: the seed, and the budget of a scorer that
+    ``takes_budget``), as (the scorer's key, the job's key); None when none does.
+    ``given`` holds the job's settings, None where the job was not given one.
+
+    Both kept, the scorer would fit with one value and the job select with the other
+    (``-p seed=5 --seed 7``), or ``auto`` measure a budget the selection never takes
+    (``-p k=5 --k 10``). An equal value says the same thing twice; a value the job was
+    not given is the scorer's alone. The one check the command line, the Python API and
+    recipes share; each caller words it in its own terms."""
+    cls = SCORERS[name]
+    if "seed" in field_types(cls) and _differs(params, "seed", given.get("seed")):
+        return "seed", "seed"
+    job_budget = [key for key in BUDGET_KEYS if given.get(key) is not None]
+    if cls.takes_budget and job_budget:
+        for key in BUDGET_KEYS:
+            if key in params and params[key] != given.get(key):
+                return key, job_budget[0]
+    return None
+
+
+def _differs(params: Mapping[str, Any], key: str, value: Any) -> bool:
+    return value is not None and key in params and params[key] != value
+
+
 _CLASS_NAMES = {target.partition(":")[2]: name for name, target in BUILTIN.items()}
 
 
@@ -91,4 +122,4 @@ def __getattr__(attribute: str) -> Any:
 
 
 __all__ = ["DSIR", "SCORERS", "Auto", "Bads", "Embed", "FastText", "Less", "ZipFit",
-           "build_scorer"]
+           "build_scorer", "clashing_setting"]
