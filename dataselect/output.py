@@ -106,13 +106,27 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
     return pq.read_schema(storage.source(path))
 
 
-def read_table(path: str | os.PathLike) -> pa.Table:
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """A part file dataselect wrote (all its columns, or ``columns``)."""
     path = str(path)
     with damaged_if_unreadable(path):
         if path.endswith(".arrow"):
             with storage.mapped(path) as source:
-                return pa.ipc.open_file(source).read_all()
-        return pq.read_table(storage.source(path))
+                table = pa.ipc.open_file(source).read_all()
+            return table if columns is None else table.select(columns)
+        return pq.read_table(storage.source(path), columns=columns)
+
+
+def read_part_info(path: str | os.PathLike) -> tuple[dict[bytes, bytes] | None, int]:
+    """A part's schema metadata and row count, from its footer alone (no data is read)."""
+    path = str(path)
+    with damaged_if_unreadable(path):
+        if path.endswith(".arrow"):
+            with storage.mapped(path) as source:
+                reader = pa.ipc.open_file(source)
+                return reader.schema.metadata, reader.count_rows()
+        with pq.ParquetFile(storage.source(path)) as file:
+            return file.schema_arrow.metadata, file.metadata.num_rows
 
 
 def load_array(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
