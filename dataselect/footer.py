@@ -26,6 +26,7 @@ the job's identity and the part's content, so a rerun or a resume writes the sam
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ import pyarrow as pa
 import xxhash
 
 from dataselect.errors import InputError
+from dataselect.outdir import recorded_identity
 from dataselect.output import jsonable, load_arrays, read_part_info, read_schema, read_table
 
 FOOTER_KEY = b"dataselect.part"
@@ -182,6 +184,26 @@ class PartOrigin:
         if footer.get("digest") != arrays_digest(arrays):
             raise replaced(path, "its arrays are not the ones dataselect wrote")
         return arrays
+
+
+def check_parts(folder: str, parts: list[dict[str, Any]]) -> None:
+    """Refuse a selection folder whose parts are not the ones its job wrote: each listed
+    part's footer must name the job the folder's marker records, its place in the list
+    and the rows the manifest lists (:mod:`dataselect.footer`; read from the footers
+    alone, whatever the parts' size), and no other part file may lie beside them (readers
+    of the folder, and the report, take every ``part-*`` file)."""
+    job = job_digest(recorded_identity(folder))
+    for index, part in enumerate(parts):
+        PartOrigin(job, index).check_file(os.path.join(folder, part["file"]), part.get("rows"))
+    listed = {os.path.normpath(part["file"]) for part in parts}
+    extra = sorted(name for name in (os.path.basename(p) for p in
+                                     glob.glob(os.path.join(folder, "part-*")))
+                   if name not in listed)
+    if extra:
+        raise InputError("is not a part of this selection (its folder's manifest does not "
+                         "list it), yet every reader of the folder would read its rows as "
+                         "the selection's: move it away",
+                         where=os.path.join(folder, extra[0]))
 
 
 def arrays_digest(arrays: dict[str, np.ndarray]) -> str:

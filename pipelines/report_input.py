@@ -11,12 +11,11 @@ dataset, so its report goes under a hidden name that dataset readers skip
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import Any
 
 from dataselect.errors import InputError, first_names
-from dataselect.footer import PartOrigin, job_digest
+from dataselect.footer import check_parts
 from dataselect.layout import (
     FOLDER_NAME,
     MANIFEST_FILE,
@@ -25,7 +24,6 @@ from dataselect.layout import (
     UNION_DIR,
     legacy_entries,
 )
-from dataselect.outdir import recorded_identity
 from dataselect.output import damaged_file, read_json
 from dataselect.records import RunRecord, SelectionManifest, check_record
 
@@ -88,9 +86,9 @@ def check_pool_unchanged(out: str, run: dict[str, Any]) -> None:
 def check_outputs_present(out: str, run: dict[str, Any]) -> None:
     """Refuse a run whose selections went missing or changed since it ran: each task's
     folder, the union, and every part their manifests list, which must be the parts that
-    folder's job wrote (:func:`check_parts`). The report would otherwise list a task it has
-    no rows for, or draw plots from part of a selection, or from another job's rows, and
-    exit 0."""
+    folder's job wrote (:func:`~dataselect.footer.check_parts`). The report would
+    otherwise list a task it has no rows for, or draw plots from part of a selection, or
+    from another job's rows, and exit 0."""
     folders = [task.get("path", os.path.join(TASKS_DIR, name))
                for name, task in run["tasks"].items()]
     if "union" in run:
@@ -108,26 +106,6 @@ def check_outputs_present(out: str, run: dict[str, Any]) -> None:
             raise InputError(f"the parts {first_names(missing)} its manifest lists are "
                              "missing: restore them, or rerun the job", where=folder)
         check_parts(folder, parts)
-
-
-def check_parts(folder: str, parts: list[dict[str, Any]]) -> None:
-    """Refuse a selection folder whose parts are not the ones its job wrote: each listed
-    part's footer must name the job the folder's marker records, its place in the list
-    and the rows the manifest lists (:mod:`dataselect.footer`; read from the footers
-    alone, whatever the parts' size), and no other part file may lie beside them (readers
-    of the folder, and the report, take every ``part-*`` file)."""
-    job = job_digest(recorded_identity(folder))
-    for index, part in enumerate(parts):
-        PartOrigin(job, index).check_file(os.path.join(folder, part["file"]), part.get("rows"))
-    listed = {os.path.normpath(part["file"]) for part in parts}
-    extra = sorted(name for name in (os.path.basename(p) for p in
-                                     glob.glob(os.path.join(folder, "part-*")))
-                   if name not in listed)
-    if extra:
-        raise InputError("is not a part of this selection (its folder's manifest does not "
-                         "list it), yet every reader of the folder would read its rows as "
-                         "the selection's: move it away, or rerun the job with --overwrite",
-                         where=os.path.join(folder, extra[0]))
 
 
 def _recorded_pool(out: str, run: dict[str, Any]) -> dict[str, Any] | None:
