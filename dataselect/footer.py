@@ -30,7 +30,7 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +204,20 @@ def check_parts(folder: str, parts: list[dict[str, Any]]) -> None:
                          "list it), yet every reader of the folder would read its rows as "
                          "the selection's: move it away",
                          where=os.path.join(folder, extra[0]))
+
+
+def reusable(check: Callable[[], object], overwrite: bool) -> bool:
+    """Whether a finished part found on resuming may be reused: ``check`` (one of
+    :class:`PartOrigin`'s) passes. A part that fails it is refused with the check's one
+    line, or, with ``overwrite`` (the user asked to replace what is there), computed again:
+    it is listed in the folder's marker, so it is dataselect's to replace."""
+    try:
+        check()
+    except InputError:
+        if overwrite:
+            return False
+        raise
+    return True
 
 
 def arrays_digest(arrays: dict[str, np.ndarray]) -> str:

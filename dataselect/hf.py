@@ -32,7 +32,14 @@ from dataselect.checks import check_hf_data_files, check_path
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
-from dataselect.footer import PartOrigin, check_parts, job_digest, replaced, verified
+from dataselect.footer import (
+    PartOrigin,
+    check_parts,
+    job_digest,
+    replaced,
+    reusable,
+    verified,
+)
 from dataselect.layout import HF_DIR, MANIFEST_FILE
 from dataselect.outdir import OutputFolder, hold_lock, normalize, recorded_identity, refuse_legacy
 from dataselect.output import (
@@ -102,12 +109,8 @@ class _WriteShard:
     def __call__(self, index: int) -> int:
         path = os.path.join(self.folder, HF_DIR, self.names[index])
         origin = PartOrigin(self.job, index)
-        if os.path.exists(path):
-            try:
-                check_shard(origin, path)
-                return 0
-            except InputError:
-                pass
+        if os.path.exists(path) and reusable(lambda: check_shard(origin, path), True):
+            return 0
         source = os.path.join(self.folder, self.parts[index])
         table = origin.stamp(_conform(verified(source, read_table(source)), self.schema),
                              ("id",))

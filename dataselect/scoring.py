@@ -39,7 +39,7 @@ from dataselect.defaults import SELECTION_POLICIES
 from dataselect.duplicates import ids_names
 from dataselect.errors import DataSelectError, InputError, PluginError, ScorerContractError
 from dataselect.execution import Runner, default_runner, partition_tasks
-from dataselect.footer import PartOrigin, job_digest
+from dataselect.footer import PartOrigin, job_digest, reusable
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
 from dataselect.output import (
@@ -582,12 +582,9 @@ class _WriteOrReuse:
         path = os.path.join(self.folder, part_name(index))
         origin = PartOrigin(self.job, index)
         if storage.exists(path):
-            try:
-                table = origin.check_table(path, read_table(path))
+            table = read_table(path)
+            if reusable(lambda: origin.check_table(path, table), self.overwrite):
                 return table.num_rows, True, 0.0, summarize_scores(table, self.npartitions)
-            except InputError:
-                if not self.overwrite:
-                    raise
         start = time.perf_counter()
         table = origin.stamp(self.task(index), HASHED_COLUMNS)
         write_table(table, path)

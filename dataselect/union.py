@@ -20,7 +20,7 @@ import pyarrow as pa
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
-from dataselect.footer import PartOrigin, job_digest
+from dataselect.footer import PartOrigin, job_digest, reusable
 from dataselect.hf import write_hf
 from dataselect.layout import MANIFEST_FILE
 from dataselect.outdir import claim_output
@@ -56,7 +56,8 @@ class _WriteUnionPart:
                 for label, parts in self.chosen.items()}
         rows = np.unique(np.concatenate([np.empty(0, np.int64), *mine.values()]))
         origin = PartOrigin(self.job, index)
-        if os.path.exists(path) and self._finished(origin, path, len(rows)):
+        if os.path.exists(path) and reusable(lambda: origin.check_file(path, len(rows)),
+                                             self.overwrite):
             return {"rows": len(rows), "reused": True}
         table = output_rows(self.pool, index, self.pool.read_partition(index), self.schema)
         members = {label: set(positions.tolist()) for label, positions in mine.items()}
@@ -66,17 +67,6 @@ class _WriteUnionPart:
             TASKS_COLUMN, pa.array(labels, pa.list_(pa.string())))
         write_table(origin.stamp(picked, ("id",)), path, self.fmt)
         return {"rows": len(rows), "reused": False}
-
-    def _finished(self, origin: PartOrigin, path: str, rows: int) -> bool:
-        """Whether the part at ``path`` is the one this union wrote, with ``rows`` rows;
-        one that is not is refused, or with ``overwrite`` written again."""
-        try:
-            origin.check_file(path, rows)
-        except InputError:
-            if self.overwrite:
-                return False
-            raise
-        return True
 
 
 def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = "parquet",

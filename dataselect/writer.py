@@ -37,7 +37,7 @@ from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
-from dataselect.footer import PartOrigin, job_digest
+from dataselect.footer import PartOrigin, job_digest, reusable
 from dataselect.hf import write_hf
 from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
@@ -218,14 +218,8 @@ class _WritePart:
         if LABELS_KEY not in saved:
             return False
         origin = PartOrigin(self.pool_stats.job, index)
-        try:
-            origin.check_file(path, rows)
-            origin.check_arrays(stats_path, saved)
-        except InputError:
-            if self.overwrite:
-                return False
-            raise
-        return True
+        return reusable(lambda: (origin.check_file(path, rows),
+                                 origin.check_arrays(stats_path, saved)), self.overwrite)
 
     def _chosen_rows(self, index: int, chosen: np.ndarray) -> pa.Table:
         """The selected rows of partition ``index``, its pool counts being kept: for none,

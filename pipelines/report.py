@@ -121,8 +121,8 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
     scorers = list(run["scorers"])
     # where each task's selection lives: tasks/<task>/ of a run, the folder itself for a
     # select output
-    dirs = {task: os.path.join(out, run["tasks"][task].get("path", os.path.join(TASKS_DIR, task)))
-            for task in tasks}
+    dirs = {task: os.path.normpath(os.path.join(out, run["tasks"][task].get(
+                "path", os.path.join(TASKS_DIR, task)))) for task in tasks}
     sections: list[str] = [_overview(run)]
     scores = {task: _task_scores(dirs[task], scorers) for task in tasks}
     sections.append(_section("Score distributions",
