@@ -110,11 +110,13 @@ class PartOrigin:
     def footer(self, rows: int, digest: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"job": self.job, "index": self.index, "rows": rows, **(digest or {})}
 
-    def stamp(self, table: pa.Table, columns: Iterable[str] = ()) -> pa.Table:
+    def stamp(self, table: pa.Table, columns: Iterable[str] = (), **extra: Any) -> pa.Table:
         """``table`` with its footer in its schema metadata, the values of those of
-        ``columns`` it holds as numbers or text hashed."""
+        ``columns`` it holds as numbers or text hashed (and ``extra`` keys: the digest of
+        a file that goes with it)."""
         names = digestible(table.schema, columns)
         digest = {"columns": names, "digest": columns_digest(table, names)} if names else {}
+        digest.update(extra)
         metadata = dict(table.schema.metadata or {})
         metadata[FOOTER_KEY] = json.dumps(self.footer(table.num_rows, digest),
                                           sort_keys=True).encode()

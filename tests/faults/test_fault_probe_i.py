@@ -237,3 +237,29 @@ def test_scores_from_a_store_refuse_a_part_of_another_store(pool, tmp_path, caps
     with pytest.raises(InputError, match=EDITED) as caught:
         select.top_k(str(pool), str(store), 5)
     assert "part-00000.parquet" in str(caught.value)
+
+
+# ----------------------------------------------------------------------- feature stores
+
+@pytest.mark.slow
+def test_index_build_refuses_a_feature_shard_edited_or_of_another_store(tmp_path, capsys):
+    from dataselect.features import FeatureStore
+
+    rng = np.random.default_rng(0)
+    stores = [FeatureStore.create(tmp_path / name, {"kind": name, "dim": 4, "views": 1})
+              for name in ("a", "b")]
+    for store in stores:
+        store.write_part(0, pa.array(["a", "b", "c"], pa.string()),
+                         rng.normal(size=(3, 1, 4)).astype(np.float32))
+    mine, theirs = stores
+    build = ["index", "build", "--features", mine.folder, "--out", str(tmp_path / "i")]
+    kept = {p: Path(p).read_bytes() for p in (mine.matrix_path(0), mine.ids_path(0))}
+    matrix = np.load(mine.matrix_path(0))
+    np.save(mine.matrix_path(0), -matrix)  # still unit rows, still finite
+    _refused(build, capsys, mine.matrix_path(0), EDITED)
+    for name in ("part-00000.npy", "part-00000.ids.parquet"):
+        shutil.copyfile(Path(theirs.folder) / name, Path(mine.folder) / name)
+    _refused(build, capsys, mine.ids_path(0), EDITED, "names another job")
+    for path, data in kept.items():
+        Path(path).write_bytes(data)
+    _ok(build, capsys)
