@@ -263,3 +263,32 @@ def test_index_build_refuses_a_feature_shard_edited_or_of_another_store(tmp_path
     for path, data in kept.items():
         Path(path).write_bytes(data)
     _ok(build, capsys)
+
+
+class _Lengths:
+    """A featurizer of text lengths, for a feature store without a model."""
+
+    name = "lengths"
+    uses_response_spans = False
+
+    def featurize_batch(self, batch: pa.Table, side: str = "pool") -> np.ndarray:
+        n = pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False).astype(np.float32)
+        return np.stack([n, n + 1, np.ones_like(n), 2 * n], axis=1)[:, None, :]
+
+    def feature_description(self, side: str = "pool") -> dict:
+        return {"kind": "lengths", "dim": 4, "views": 1}
+
+
+@pytest.mark.slow
+def test_a_feature_job_computes_again_a_shard_it_did_not_write(pool, tmp_path):
+    from dataselect.corpus import read_corpus
+    from dataselect.featurize import featurize
+
+    corpus, folder = read_corpus(str(pool)), str(tmp_path / "f")
+    assert featurize(_Lengths(), corpus, folder)["partitions_computed"] == 1
+    matrix = tmp_path / "f" / "part-00000.npy"
+    kept = matrix.read_bytes()
+    assert featurize(_Lengths(), corpus, folder)["partitions_reused"] == 1
+    np.save(matrix, -np.load(matrix))
+    assert featurize(_Lengths(), corpus, folder)["partitions_computed"] == 1
+    assert matrix.read_bytes() == kept
