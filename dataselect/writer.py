@@ -119,8 +119,9 @@ class PoolStats:
         path = os.path.join(self.out, pool_stats_name(index))
         if not storage.exists(path):
             return None
+        saved = load_arrays(path)
         try:
-            saved = PartOrigin(self.job, index).check_arrays(path, load_arrays(path))
+            saved = PartOrigin(self.job, index).check_arrays(path, saved)
         except InputError:  # another job's, or edited: not these counts
             return None
         if str(saved["settings"]) != self._settings():
