@@ -292,3 +292,37 @@ def test_a_feature_job_computes_again_a_shard_it_did_not_write(pool, tmp_path):
     np.save(matrix, -np.load(matrix))
     assert featurize(_Lengths(), corpus, folder)["partitions_computed"] == 1
     assert matrix.read_bytes() == kept
+
+
+# ----------------------------------------------------------------------------- recipes
+
+@pytest.mark.slow
+def test_a_recipe_part_swapped_between_tasks_is_refused_by_report_and_rerun(tmp_path,
+                                                                             capsys):
+    import yaml
+
+    rows = [{"id": f"d{i}", "text": f"def f{i}(x): return x + {i}  # python code {i}"}
+            for i in range(40)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = {"pool": {"paths": str(pool)},
+              "targets": {"a": {"paths": str(TARGETS / "python_docs.jsonl")},
+                          "b": {"paths": str(TARGETS / "fortunes.jsonl")}},
+              "scorers": {"dsir": {"num_buckets": 1000}},
+              "selection": {"policy": "top_k", "k": 5},
+              "output": {"path": str(tmp_path / "out")},
+              "cluster": {"workers": 1, "worker_kind": "threads"}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    _ok(["run", str(path)], capsys)
+    out = tmp_path / "out"
+    part = out / "tasks" / "a" / "part-00000.parquet"
+    shutil.copyfile(out / "tasks" / "b" / "part-00000.parquet", part)
+    _refused(["report", str(out)], capsys, str(part), EDITED, "names another job")
+    (out / ".run.json").unlink()
+    _refused(["run", str(path)], capsys, str(part), EDITED)
+    _ok(["run", str(path), "--overwrite"], capsys)
+    _ok(["report", str(out)], capsys)
+    union = out / "union" / "part-00000.parquet"
+    _rewrite(union, lambda table: table.slice(1))
+    _refused(["report", str(out)], capsys, str(union), EDITED, "rows")
