@@ -29,6 +29,14 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect.errors import InputError
+from dataselect.footer import (
+    FOOTER_KEY,
+    PartOrigin,
+    arrays_digest,
+    job_digest,
+    read_footer,
+    replaced,
+)
 from dataselect.outdir import OutputFolder
 from dataselect.output import (
     atomic_write,
@@ -36,6 +44,7 @@ from dataselect.output import (
     jsonable,
     load_array,
     read_json,
+    read_part_info,
     read_table,
     remove_stale_temporaries,
     write_json,
@@ -46,6 +55,10 @@ from dataselect.records import FeatureManifest, check_record
 MANIFEST = "_manifest.json"
 PART_IDS = re.compile(r"part-(\d{5})\.ids\.parquet")
 STORE_DTYPE = np.float16
+
+
+def _matrix_digest(matrix: np.ndarray) -> str:
+    return arrays_digest({"matrix": np.asarray(matrix)})
 
 
 def normalize_rows(matrix: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -125,12 +138,24 @@ class FeatureStore:
         """Store ``features`` (rows, views, dim) for ``ids``, normalising each vector."""
         if features.ndim != 3 or features.shape[0] != len(ids):
             raise ValueError(f"features of shape {features.shape} for {len(ids)} ids")
+        matrix = normalize_rows(features).astype(STORE_DTYPE)
         with atomic_write(self.matrix_path(index)) as tmp, open(tmp, "wb") as f:
-            np.save(f, normalize_rows(features).astype(STORE_DTYPE))
-        write_table(pa.table({"id": pa.array(ids, pa.string())}), self.ids_path(index))
+            np.save(f, matrix)
+        # the ids file's footer names the store and the shard, and hashes both files
+        # (dataselect.footer): a shard of another store, or edited, is refused when read
+        table = self._origin(index).stamp(pa.table({"id": pa.array(ids, pa.string())}),
+                                          ("id",), matrix=_matrix_digest(matrix))
+        write_table(table, self.ids_path(index))
 
-    def read_part(self, index: int, mmap: bool = True) -> tuple[pa.Array, np.ndarray]:
-        """``(ids, features)`` of shard ``index``; the matrix is memory-mapped by default."""
+    def _origin(self, index: int) -> PartOrigin:
+        return PartOrigin(job_digest(self.description), index)
+
+    def read_part(self, index: int, mmap: bool = True, check_matrix: bool = True
+                  ) -> tuple[pa.Array, np.ndarray]:
+        """``(ids, features)`` of shard ``index``; the matrix is memory-mapped by default.
+        Refused unless the shard is the one this store wrote (:mod:`dataselect.footer`),
+        its matrix's values included unless ``check_matrix`` is false (the caller then
+        calls :meth:`check_matrix` itself)."""
         ids = self._read_ids(index)
         matrix = load_array(self.matrix_path(index), mmap)
         shape = (len(ids), self.views, self.description.get("dim"))
@@ -138,10 +163,22 @@ class FeatureStore:
                                    for got, want in zip(matrix.shape, shape, strict=True)):
             raise damaged_file(self.matrix_path(index), f"it holds a matrix of shape "
                                f"{matrix.shape}, not (rows, views, dim) = {shape}")
+        if check_matrix:
+            self.check_matrix(index, matrix)
         return ids, matrix
 
+    def check_matrix(self, index: int, matrix: np.ndarray) -> None:
+        """Refuse shard ``index``'s ``matrix`` unless it holds the values written."""
+        path = self.ids_path(index)
+        metadata, _ = read_part_info(path)
+        footer = read_footer(path, (metadata or {}).get(FOOTER_KEY))
+        if footer.get("matrix") != _matrix_digest(matrix):
+            raise replaced(self.matrix_path(index), "its values are not the ones dataselect "
+                                                    "wrote")
+
     def _read_ids(self, index: int) -> pa.Array:
-        """A shard's ids: strings, as :meth:`write_part` stores them."""
+        """A shard's ids: strings, as :meth:`write_part` stores them, in the ids file this
+        store wrote for the shard."""
         path = self.ids_path(index)
         table = read_table(path)
         if "id" not in table.column_names:
@@ -149,19 +186,21 @@ class FeatureStore:
         ids = table["id"].combine_chunks()
         if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
             raise damaged_file(path, f"its ids are {ids.type}, not strings")
+        self._origin(index).check_table(path, table)
         return ids
 
     def iter_parts(self) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
         """Every shard, refusing one holding a NaN or infinite value: an index would
         silently never return that row (FAISS's inner products with it are NaN)."""
         for index in self.parts():
-            ids, matrix = self.read_part(index)
+            ids, matrix = self.read_part(index, check_matrix=False)
             finite = np.isfinite(matrix).reshape(len(matrix), -1).all(axis=1)
             if not finite.all():
                 row = int(np.flatnonzero(~finite)[0])
                 raise InputError(f"the features of id {ids[row].as_py()!r} (row {row}) hold "
                                  "NaN or infinity: the file was damaged or edited; compute "
                                  "the features again", where=self.matrix_path(index))
+            self.check_matrix(index, matrix)
             yield index, ids, matrix
 
     def combined(self, weights: np.ndarray | None = None

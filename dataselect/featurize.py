@@ -10,6 +10,7 @@ embedding is the same on both).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from dataselect.corpus import Corpus
 from dataselect.defaults import SIDES as SIDES  # re-exported for the featurizers
+from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.features import FeatureStore
 from dataselect.sampling import id_hashes
@@ -42,7 +44,10 @@ class Featurizer(Protocol):
 @dataclass(frozen=True)
 class FeaturizePart:
     """Features of one partition: read from the store if finished, else computed and
-    stored. Returns ``(rows, reused, zero_rows, id_hashes)``."""
+    stored. Returns ``(rows, reused, zero_rows, id_hashes)``. A shard that is not the one
+    this store wrote (an older version's, another store's, edited or cut short:
+    :meth:`FeatureStore.read_part` refuses it) is computed again and replaces it: it is a
+    file of the store's own, and its features are the pool's, whoever asks."""
 
     featurizer: Any
     corpus: Corpus
@@ -52,8 +57,9 @@ class FeaturizePart:
     def __call__(self, index: int) -> tuple[int, bool, int, np.ndarray]:
         store = FeatureStore.open(self.folder)
         if store.has_part(index):
-            ids, matrix = store.read_part(index)
-            return len(ids), True, _zero_rows(matrix), id_hashes(ids)
+            with contextlib.suppress(InputError):
+                ids, matrix = store.read_part(index)
+                return len(ids), True, _zero_rows(matrix), id_hashes(ids)
         table = self.corpus.read_partition(index)
         view = self.corpus.scoring_view(table, self.featurizer.uses_response_spans)
         features = self.featurizer.featurize_batch(view, self.side)

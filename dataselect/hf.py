@@ -32,8 +32,16 @@ from dataselect.checks import check_hf_data_files, check_path
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.footer import (
+    PartOrigin,
+    check_parts,
+    job_digest,
+    replaced,
+    reusable,
+    verified,
+)
 from dataselect.layout import HF_DIR, MANIFEST_FILE
-from dataselect.outdir import OutputFolder, hold_lock, normalize, refuse_legacy
+from dataselect.outdir import OutputFolder, hold_lock, normalize, recorded_identity, refuse_legacy
 from dataselect.output import (
     atomic_write,
     damaged_if_unreadable,
@@ -71,7 +79,8 @@ def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
     sources = [p for p, r in zip(parts, rows) if r] or parts[:1]
     schema = _features(_unified_schema([folder.join(p) for p in parts]),
                        folder.join(parts[0])).arrow_schema
-    writer = _WriteShard(folder.path, tuple(sources), tuple(names), schema)
+    writer = _WriteShard(folder.path, tuple(sources), tuple(names), schema,
+                         job_digest(folder.identity))
     runner("write:hf", partition_tasks("write-hf", writer, len(names)))
     info = _dataset_info(schema, sum(os.path.getsize(os.path.join(hf, n)) for n in names))
     with atomic_write(os.path.join(hf, INFO_FILE)) as tmp, open(tmp, "w",
@@ -87,23 +96,36 @@ def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
 
 @dataclass(frozen=True)
 class _WriteShard:
-    """Copy one part into its shard (an Arrow stream file with the dataset's features)."""
+    """Copy one part into its shard (an Arrow stream file with the dataset's features and
+    a footer naming the folder's job, :mod:`dataselect.footer`); a shard already there is
+    kept when it is the one this job wrote, else written again (it is a copy)."""
 
     folder: str
     parts: tuple[str, ...]
     names: tuple[str, ...]
     schema: pa.Schema
+    job: str
 
     def __call__(self, index: int) -> int:
         path = os.path.join(self.folder, HF_DIR, self.names[index])
-        if os.path.exists(path):
+        origin = PartOrigin(self.job, index)
+        if os.path.exists(path) and reusable(lambda: check_shard(origin, path), True):
             return 0
-        table = _conform(read_table(os.path.join(self.folder, self.parts[index])),
-                         self.schema)
+        source = os.path.join(self.folder, self.parts[index])
+        table = origin.stamp(_conform(verified(source, read_table(source)), self.schema),
+                             ("id",))
         with atomic_write(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
-                pa.ipc.new_stream(sink, self.schema) as stream:
+                pa.ipc.new_stream(sink, table.schema) as stream:
             stream.write_table(table)
         return table.num_rows
+
+
+def check_shard(origin: PartOrigin, path: str) -> None:
+    """Refuse the shard at ``path`` unless its footer says it is shard ``origin.index`` of
+    the job ``origin.job`` wrote, with the rows it holds (read by memory-mapping it)."""
+    with damaged_if_unreadable(path), pa.memory_map(path) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    origin.check_table(path, table)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -175,7 +197,19 @@ def _finished_parts(path: str) -> tuple[list[str], list[int]]:
                          "(dataselect select --out, a recipe's tasks/<task>/ or union/)",
                          where=path)
     parts = read_json(manifest_path)["output"]["parts"]
+    check_parts(path, parts)  # the parts its job wrote, not others put in their place
     return [p["file"] for p in parts], [int(p["rows"]) for p in parts]
+
+
+def _check_shards(path: str, shards: list[str]) -> None:
+    """Refuse a ``save_to_disk`` copy whose shards (as ``state.json`` lists them) are not
+    the ones the job in ``path`` wrote, all of them, in order."""
+    job = job_digest(recorded_identity(path))
+    for index, shard in enumerate(shards):
+        if os.path.basename(shard) != shard_name(index, len(shards)):
+            raise replaced(shard, f"state.json lists it as shard {index + 1} of "
+                                  f"{len(shards)}")
+        check_shard(PartOrigin(job, index), shard)
 
 
 def load_hf(path: str | os.PathLike, runner: Runner = default_runner) -> Any:
@@ -195,6 +229,6 @@ def load_hf(path: str | os.PathLike, runner: Runner = default_runner) -> Any:
             folder = OutputFolder.reopen(path, DATASET_KINDS)
             write_hf(folder, parts, rows, runner)
     hf = os.path.join(path, HF_DIR)
-    check_hf_data_files(hf)
+    _check_shards(path, check_hf_data_files(hf))
     with damaged_if_unreadable(os.path.join(hf, STATE_FILE)):
         return datasets.load_from_disk(hf)

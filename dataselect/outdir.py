@@ -272,6 +272,16 @@ def _read_marker(marker: str) -> dict[str, Any]:
     return data
 
 
+def recorded_identity(path: str) -> Any:
+    """The identity the marker of the output folder ``path`` records: what the footers of
+    the parts written there name (:mod:`dataselect.footer`)."""
+    marker = os.path.join(path, MARKER)
+    if not storage.exists(marker):
+        raise InputError(f"is not an output folder of dataselect (no {MARKER}); its parts' "
+                         "origin cannot be checked: rerun the job that made it", where=path)
+    return _read_marker(marker).get("identity")
+
+
 def _differences(old: Any, new: Any) -> str:
     """The top-level keys whose values differ (``key.sub`` where both values are
     mappings), for the refusal message."""

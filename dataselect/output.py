@@ -108,12 +108,14 @@ def write_to(table: pa.Table, sink: Any, fmt: OutputFormat) -> None:
             writer.write_table(table)
 
 
-def read_from(source: Any, fmt: OutputFormat) -> pa.Table:
-    """The table a part written by :func:`write_to` holds (``source``: a path, a buffer
-    or an open file)."""
+def read_from(source: Any, fmt: OutputFormat, columns: list[str] | None = None
+              ) -> pa.Table:
+    """The table a part written by :func:`write_to` holds, all its columns or
+    ``columns`` (``source``: a path, a buffer or an open file)."""
     if fmt == "arrow":
-        return pa.ipc.open_file(source).read_all()
-    return pq.read_table(source)
+        table = pa.ipc.open_file(source).read_all()
+        return table if columns is None else table.select(columns)
+    return pq.read_table(source, columns=columns)
 
 
 def read_schema(path: str | os.PathLike) -> pa.Schema:
@@ -125,13 +127,26 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
     return pq.read_schema(storage.source(path))
 
 
-def read_table(path: str | os.PathLike) -> pa.Table:
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """A part file dataselect wrote (all its columns, or ``columns``)."""
     path = str(path)
     with damaged_if_unreadable(path):
         if path.endswith(".arrow"):
             with storage.mapped(path) as source:
-                return read_from(source, "arrow")
-        return read_from(storage.source(path), "parquet")
+                return read_from(source, "arrow", columns)
+        return read_from(storage.source(path), "parquet", columns)
+
+
+def read_part_info(path: str | os.PathLike) -> tuple[dict[bytes, bytes] | None, int]:
+    """A part's schema metadata and row count, from its footer alone (no data is read)."""
+    path = str(path)
+    with damaged_if_unreadable(path):
+        if path.endswith(".arrow"):
+            with storage.mapped(path) as source:
+                reader = pa.ipc.open_file(source)
+                return reader.schema.metadata, reader.count_rows()
+        with pq.ParquetFile(storage.source(path)) as file:
+            return file.schema_arrow.metadata, file.metadata.num_rows
 
 
 def load_array(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:

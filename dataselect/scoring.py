@@ -45,6 +45,7 @@ from dataselect.errors import (
     ScorerContractError,
 )
 from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.footer import PartOrigin, job_digest, reusable
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
 from dataselect.output import (
@@ -614,34 +615,58 @@ class _ScoreTask:
         return scores
 
 
+# every column of a score part whose values its footer hashes, where it has them
+# (dataselect.footer): selection reads a part whole, so checking them reads nothing more
+HASHED_COLUMNS = ("id", "score", FILTERED_BY, TEXT_BYTES)
+
+
 @dataclass(frozen=True)
 class _StoredPart:
+    """The parts of a score store, each refused unless it is the one the store wrote for
+    its description (``job``, :func:`~dataselect.footer.job_digest`)."""
+
     folder: str
+    description: dict[str, Any]
+    job: str
 
     def __call__(self, index: int) -> pa.Table:
-        return read_table(os.path.join(self.folder, part_name(index)))
+        return self.read(index)
+
+    def read(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        """Part ``index`` (all its columns, or ``columns``: :meth:`PartOrigin.read`)."""
+        return PartOrigin(self.job, index).read(os.path.join(self.folder, part_name(index)),
+                                                columns)
 
     def schema(self, index: int) -> pa.Schema:
         """The columns of part ``index``, from its metadata: what a pass that needs none
         of the partition's scores reads."""
-        return read_schema(os.path.join(self.folder, part_name(index)))
+        path = os.path.join(self.folder, part_name(index))
+        schema = read_schema(path)
+        PartOrigin(self.job, index).check(path, schema.metadata, None)
+        return schema
 
 
 @dataclass(frozen=True)
 class _WriteOrReuse:
-    """Score one partition unless its part file already exists (resume)."""
+    """Score one partition unless its part file already exists (resume) and is the one
+    this store wrote (:mod:`dataselect.footer`); another is refused, or with ``overwrite``
+    scored again."""
 
     task: Any
     folder: str
     npartitions: int
+    job: str
+    overwrite: bool = False
 
     def __call__(self, index: int) -> tuple[int, bool, float, dict[str, Any]]:
         path = os.path.join(self.folder, part_name(index))
+        origin = PartOrigin(self.job, index)
         if storage.exists(path):
             table = read_table(path)
-            return table.num_rows, True, 0.0, summarize_scores(table, self.npartitions)
+            if reusable(lambda: origin.check_table(path, table), self.overwrite):
+                return table.num_rows, True, 0.0, summarize_scores(table, self.npartitions)
         start = time.perf_counter()
-        table = self.task(index)
+        table = origin.stamp(self.task(index), HASHED_COLUMNS)
         write_table(table, path)
         return (table.num_rows, False, time.perf_counter() - start,
                 summarize_scores(table, self.npartitions))
@@ -739,7 +764,8 @@ class Scores:
             write_json({"description": self.description, "versions": package_versions(),
                         "npartitions": self.npartitions},
                        os.path.join(folder, STORE_MANIFEST))
-            writer = _WriteOrReuse(self.task, folder, self.npartitions)
+            writer = _WriteOrReuse(self.task, folder, self.npartitions,
+                                   job_digest(self.description), overwrite)
             tasks = partition_tasks(f"score-{self.name}", writer, self.npartitions)
             results = runner(f"score:{self.name}", tasks)
         stored = Scores.from_store(folder, self.corpus)
@@ -766,7 +792,8 @@ class Scores:
         if not storage.isfile(path):
             raise InputError(f"is not a score store (no {STORE_MANIFEST}): give the folder "
                              "Scores.write or dataselect score wrote", where=folder)
-        description = _store_description(read_json(path), path)
+        parts = stored_parts(folder)
+        description = parts.description
         changed = corpus.changed_since(description.get("pool") or {})
         if changed:
             raise InputError(f"score store was computed on another version of the pool "
@@ -776,7 +803,15 @@ class Scores:
         missing = _missing_parts(folder, corpus.npartitions)
         if missing:
             raise InputError(f"score store lacks parts {missing[:5]}", where=folder)
-        return cls(description["scorer"], corpus, _StoredPart(folder), description)
+        return cls(description["scorer"], corpus, parts, description)
+
+
+def stored_parts(folder: str) -> _StoredPart:
+    """The parts of the score store in ``folder``, read back as its ``_manifest.json``
+    describes them (the description its parts' footers name)."""
+    path = os.path.join(folder, STORE_MANIFEST)
+    description = _store_description(read_json(path), path)
+    return _StoredPart(folder, description, job_digest(description))
 
 
 def _missing_parts(folder: str, count: int) -> list[int]:

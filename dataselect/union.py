@@ -20,6 +20,7 @@ import pyarrow as pa
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.footer import PartOrigin, job_digest, reusable
 from dataselect.hf import write_hf
 from dataselect.layout import MANIFEST_FILE
 from dataselect.outdir import claim_output
@@ -44,13 +45,19 @@ class _WriteUnionPart:
     out: str
     fmt: OutputFormat
     schema: pa.Schema
+    # the digest of the folder's identity (dataselect.footer), and whether a finished part
+    # that is not the one it wrote is written again (else refused)
+    job: str
+    overwrite: bool = False
 
     def __call__(self, index: int) -> dict[str, Any]:
         path = os.path.join(self.out, part_name(index, self.fmt))
         mine = {label: parts.get(index, np.empty(0, np.int64))
                 for label, parts in self.chosen.items()}
         rows = np.unique(np.concatenate([np.empty(0, np.int64), *mine.values()]))
-        if os.path.exists(path):
+        origin = PartOrigin(self.job, index)
+        if os.path.exists(path) and reusable(lambda: origin.check_file(path, len(rows)),
+                                             self.overwrite):
             return {"rows": len(rows), "reused": True}
         table = output_rows(self.pool, index, self.pool.read_partition(index), self.schema)
         members = {label: set(positions.tolist()) for label, positions in mine.items()}
@@ -58,7 +65,7 @@ class _WriteUnionPart:
                   for row in rows.tolist()]
         picked = table.take(pa.array(rows, pa.int64())).append_column(
             TASKS_COLUMN, pa.array(labels, pa.list_(pa.string())))
-        write_table(picked, path, self.fmt)
+        write_table(origin.stamp(picked, ("id",)), path, self.fmt)
         return {"rows": len(rows), "reused": False}
 
 
@@ -84,7 +91,8 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
         chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
                   for label, s in selections.items()}
         writer = _WriteUnionPart(pool, chosen, out, fmt,
-                                 output_schema(pool, (TASKS_COLUMN,), fmt))
+                                 output_schema(pool, (TASKS_COLUMN,), fmt),
+                                 job_digest(folder.identity), overwrite)
         results = runner("write:union", partition_tasks("write-union", writer,
                                                         pool.npartitions))
         remove_stale_temporaries(out)  # a killed worker's, which a glob of parts would match

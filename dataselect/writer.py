@@ -37,6 +37,7 @@ from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
+from dataselect.footer import PartOrigin, job_digest, reusable
 from dataselect.hf import write_hf
 from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
@@ -59,6 +60,8 @@ if TYPE_CHECKING:  # select imports this module to write a Selection; not the ot
     from dataselect.select import Selection
 
 ADDED_COLUMNS = ("score", "rank")
+# the columns of an output part whose values its footer hashes (dataselect.footer)
+HASHED_COLUMNS = ("id", *ADDED_COLUMNS)
 # keys of a part's stats file that hold its label counts (dataselect.composition)
 LABEL_COLUMN_KEY, LABELS_KEY = "label_column", "label_names"
 
@@ -89,6 +92,8 @@ class PoolStats:
     hasher: NgramHasher | None
     sample: float
     seed: int
+    # the digest of the output folder's identity (dataselect.footer.job_digest)
+    job: str
 
     def record(self, corpus: Corpus, index: int, table: pa.Table) -> dict[str, np.ndarray]:
         """Count partition ``index`` (its rows, ``table``), unless kept already, and keep
@@ -100,17 +105,25 @@ class PoolStats:
         arrays = self.count(corpus, index, table)
         if not storage.is_remote(path):  # an object store has no folders to make
             os.makedirs(os.path.dirname(path), exist_ok=True)
+        stamped = PartOrigin(self.job, index).stamp_arrays(
+            {"settings": np.array(self._settings()), **arrays})
         with atomic_write(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, settings=np.array(self._settings()), **arrays)
+            np.savez(f, **stamped)
         return arrays
 
     def load(self, index: int) -> dict[str, np.ndarray] | None:
-        """The kept counts of partition ``index``, or None: none kept, or for other
-        settings (another hasher, sample share or seed)."""
+        """The kept counts of partition ``index``, or None: none kept, kept for other
+        settings (another hasher, sample share or seed), or a file that is not the one this
+        job wrote (another job's, edited: :mod:`dataselect.footer`), which is counted
+        again and replaced."""
         path = os.path.join(self.out, pool_stats_name(index))
         if not storage.exists(path):
             return None
         saved = load_arrays(path)
+        try:
+            saved = PartOrigin(self.job, index).check_arrays(path, saved)
+        except InputError:  # another job's, or edited: not these counts
+            return None
         if str(saved["settings"]) != self._settings():
             return None
         return {name: value for name, value in saved.items() if name != "settings"}
@@ -157,16 +170,16 @@ class _WritePart:
     fmt: OutputFormat
     pool_stats: PoolStats
     schema: pa.Schema
+    # recompute a finished part that is not the one this job wrote, instead of refusing
+    overwrite: bool = False
 
     def __call__(self, index: int) -> dict[str, Any]:
         path = os.path.join(self.out, part_name(index, self.fmt))
         stats_path = os.path.join(self.out, STATS_DIR, f"part-{index:05d}.npz")
-        if storage.exists(path) and storage.exists(stats_path):
-            saved = load_arrays(stats_path)
-            if LABELS_KEY in saved:  # else written before labels were counted
-                return {"rows": int(saved["rows"]), "reused": True, "seconds": 0.0}
-        start = time.perf_counter()
         chosen = self.positions.get(index, np.empty(0, np.int64))
+        if self._finished(index, path, stats_path, len(chosen)):
+            return {"rows": len(chosen), "reused": True, "seconds": 0.0}
+        start = time.perf_counter()
         pool = self.pool_stats.load(index)
         if pool is None:  # counted here, and kept, so a resumed job's folder is the same
             table = self.pool.read_partition(index)
@@ -180,16 +193,34 @@ class _WritePart:
                                 self.pool.partition_place(index))
         column = str(pool[LABEL_COLUMN_KEY]) or None
         selected = count_labels(picked, column)
+        origin = PartOrigin(self.pool_stats.job, index)
+        stats = origin.stamp_arrays({
+            "rows": np.array(picked.num_rows), "pool_counts": pool["pool_counts"],
+            "selected_counts": self._selected_counts(index, chosen, taken),
+            LABEL_COLUMN_KEY: pool[LABEL_COLUMN_KEY], LABELS_KEY: pool[LABELS_KEY],
+            "pool_labels": pool["pool_labels"],
+            "selected_labels": np.array([selected.get(str(n), 0) for n in pool[LABELS_KEY]],
+                                        np.int64)}, picked.num_rows)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, rows=picked.num_rows, pool_counts=pool["pool_counts"],
-                     selected_counts=self._selected_counts(index, chosen, taken),
-                     **{LABEL_COLUMN_KEY: pool[LABEL_COLUMN_KEY], LABELS_KEY: pool[LABELS_KEY],
-                        "pool_labels": pool["pool_labels"],
-                        "selected_labels": np.array([selected.get(str(n), 0)
-                                                     for n in pool[LABELS_KEY]], np.int64)})
-        write_table(picked, path, self.fmt)
+            np.savez(f, **stats)
+        write_table(origin.stamp(picked, HASHED_COLUMNS), path, self.fmt)
         return {"rows": picked.num_rows, "reused": False,
                 "seconds": time.perf_counter() - start}
+
+    def _finished(self, index: int, path: str, stats_path: str, rows: int) -> bool:
+        """Whether partition ``index`` is written already (a resumed job): its part and
+        its counts exist and are the ones this job wrote, for the ``rows`` rows it chose
+        there (:mod:`dataselect.footer`). A part of another job, or edited, is refused, or
+        with ``overwrite`` written again; no counts, or counts without labels (an older
+        version's), are written again."""
+        if not (storage.exists(path) and storage.exists(stats_path)):
+            return False
+        saved = load_arrays(stats_path)
+        if LABELS_KEY not in saved:
+            return False
+        origin = PartOrigin(self.pool_stats.job, index)
+        return reusable(lambda: (origin.check_file(path, rows),
+                                 origin.check_arrays(stats_path, saved)), self.overwrite)
 
     def _chosen_rows(self, index: int, chosen: np.ndarray) -> pa.Table:
         """The selected rows of partition ``index``, its pool counts being kept: for none,
@@ -312,7 +343,7 @@ def write_selection(
                                overwrite=overwrite)
     with claimed as folder:
         return _write(selection, folder, fmt, target, runner, hasher, metrics_sample,
-                      extra_manifest, save_to_disk)
+                      extra_manifest, save_to_disk, overwrite)
 
 
 def _checked(fmt: Any, target: Any, overwrite: Any, metrics_hasher: Any,
@@ -333,7 +364,7 @@ def _checked(fmt: Any, target: Any, overwrite: Any, metrics_hasher: Any,
 def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
            target: Corpus | None, runner: Runner, hasher: NgramHasher | None,
            metrics_sample: float, extra_manifest: dict[str, Any] | None,
-           save_to_disk: bool) -> dict[str, Any]:
+           save_to_disk: bool, overwrite: bool = False) -> dict[str, Any]:
     out = folder.path
     parts = selection.pool.npartitions
     folder.expect([part_name(i, fmt) for i in range(parts)]
@@ -345,9 +376,10 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     remove_stale_temporaries(os.path.join(out, STATS_DIR))
     start = time.perf_counter()
     schema = output_schema(selection.pool, ADDED_COLUMNS, fmt)
-    pool_stats = PoolStats(out, hasher, metrics_sample, metrics_seed(selection.policy))
+    job = job_digest(folder.identity)
+    pool_stats = PoolStats(out, hasher, metrics_sample, metrics_seed(selection.policy), job)
     writer = _WritePart(selection.pool, selection.scores.task, selection.positions,
-                        selection.ranks, out, fmt, pool_stats, schema)
+                        selection.ranks, out, fmt, pool_stats, schema, overwrite)
     tasks = partition_tasks("write", writer, parts)
     results = runner("write", tasks)
     # a worker killed mid-write may leave a temporary that a glob of the parts would match
@@ -368,7 +400,7 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     }
     # in the client, after the write pass: a stage of its own in a job's table
     with step_progress(runner, "metrics", parts + 1) as advance:
-        manifest.update(_metrics(out, parts, target, hasher, metrics_sample, advance))
+        manifest.update(_metrics(out, job, parts, target, hasher, metrics_sample, advance))
     if extra_manifest:
         manifest.update(extra_manifest)
     # the parts were read from the pool the scores were computed on, or the job fails
@@ -408,14 +440,17 @@ class _Summed:
         return next(iter(self.label_columns)) or None
 
 
-def _metrics(out: str, parts: int, target: Corpus | None, hasher: NgramHasher | None,
-             metrics_sample: float, advance: Callable[[int], None]) -> dict[str, Any]:
+def _metrics(out: str, job: str, parts: int, target: Corpus | None,
+             hasher: NgramHasher | None, metrics_sample: float,
+             advance: Callable[[int], None]) -> dict[str, Any]:
     """The manifest's ``metrics`` (KL reduction, with a target) and ``composition`` (with
-    a label column), from the parts' saved counts and one pass over the target."""
+    a label column), from the parts' saved counts (each checked to be the one this job,
+    ``job``, wrote) and one pass over the target."""
     summed = _Summed()
     # summed one saved file at a time, so memory does not grow with the partition count
     for index in range(parts):
-        summed.add(load_arrays(os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")))
+        summed.add(PartOrigin(job, index).load_arrays(
+            os.path.join(out, STATS_DIR, f"part-{index:05d}.npz")))
         advance(1)
     column = summed.label_column
     found: dict[str, Any] = {}

@@ -27,6 +27,7 @@ from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read
 from dataselect.defaults import WORKER_KINDS
 from dataselect.duplicates import check_unique_ids
 from dataselect.errors import InputError
+from dataselect.footer import job_digest
 from dataselect.hf import check_hf_schema
 from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
 from dataselect.ngram_store import store_name
@@ -166,7 +167,9 @@ RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind"
 # 3: ZIP-FIT's default mode is fast (was exact), whose texts under 8 bytes are scored
 #    with a padded dictionary; blank rows are filtered as empty_text.
 # 4: rows of only marks (Mn, Me), Hangul fillers or other invisible characters are blank
-#    too (dataselect.scoring.BLANK_TEXT), filtered as empty_text.
+#    too (dataselect.scoring.BLANK_TEXT), filtered as empty_text; and every part records
+#    where it belongs in its footer (dataselect.footer): an older job's parts, which do
+#    not, would be refused one by one as of unknown origin.
 OUTPUT_REVISION = 4
 
 
@@ -341,7 +344,8 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
             check_hf_schema(pool)
         identity = job_identity(job, pool, target)
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
-        pool_stats = PoolStats(out.path, NgramHasher(), job.metrics_sample, _metrics_seed(job))
+        pool_stats = PoolStats(out.path, NgramHasher(), job.metrics_sample, _metrics_seed(job),
+                               job_digest(out.identity))
         scores = _fit_and_score(job, scorer, parsed, target, out, runner, pool_stats)
         with clock.stage("select"):
             selection = _select(job, parsed, scores, runner)

@@ -34,15 +34,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
 from dataselect import storage
 from dataselect.errors import InputError
+from dataselect.footer import verified
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
 from dataselect.output import atomic_write, damaged_if_unreadable, read_json, read_table
 from dataselect.records import EvalResults, FitStats, check_record
+from dataselect.scoring import stored_parts
 from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import (
     REPORT_KINDS,
@@ -118,8 +121,8 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
     scorers = list(run["scorers"])
     # where each task's selection lives: tasks/<task>/ of a run, the folder itself for a
     # select output
-    dirs = {task: os.path.join(out, run["tasks"][task].get("path", os.path.join(TASKS_DIR, task)))
-            for task in tasks}
+    dirs = {task: os.path.normpath(os.path.join(out, run["tasks"][task].get(
+                "path", os.path.join(TASKS_DIR, task)))) for task in tasks}
     sections: list[str] = [_overview(run)]
     scores = {task: _task_scores(dirs[task], scorers) for task in tasks}
     sections.append(_section("Score distributions",
@@ -186,12 +189,11 @@ def _task_scores(task_dir: str, scorers: list[str]) -> dict[str, dict[str, np.nd
         if not files:
             continue
         step = _stride(files)
+        store = stored_parts(os.path.join(task_dir, SCORES_DIR, scorer))
         parts = []
-        for f in files:
-            with damaged_if_unreadable(f):
-                table = pq.read_table(storage.arrow_path(f), columns=[
-                    c for c in ("score", "filtered_by")
-                    if c in pq.read_schema(storage.arrow_path(f)).names])
+        for index in range(len(files)):
+            # each part checked to be the one the store wrote (dataselect.footer)
+            table = store.read(index, ["score", "filtered_by"])
             score = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
             if "filtered_by" in table.column_names:
                 filtered = ~table["filtered_by"].is_null().to_numpy(zero_copy_only=False)
@@ -208,10 +210,16 @@ def _output_files(out: str, sub: str) -> list[str]:
                   + glob.glob(os.path.join(out, sub, "part-*.arrow")))
 
 
+def _read_output(path: str) -> pa.Table:
+    """An output part, read whole; its footer was checked before any plot
+    (:func:`~pipelines.report_input.check_outputs_present`), its hashed values are here."""
+    return verified(path, read_table(path))
+
+
 def _selected_table(task_dir: str, columns: list[str]) -> dict[str, np.ndarray]:
     values: dict[str, list[np.ndarray]] = {}
     for f in _output_files(task_dir, ""):
-        table = read_table(f)
+        table = _read_output(f)
         for c in columns:
             if c in table.column_names:
                 values.setdefault(c, []).append(
@@ -223,14 +231,14 @@ def _label_column(task_dir: str) -> str | None:
     files = _output_files(task_dir, "")
     if not files:
         return None
-    names = read_table(files[0]).column_names
+    names = _read_output(files[0]).column_names
     return next((c for c in LABEL_COLUMNS if c in names), None)
 
 
 def _labels(files: list[str], column: str) -> Counter:
     counts: Counter = Counter()
     for f in files:
-        table = read_table(f)
+        table = _read_output(f)
         if column in table.column_names:
             counts.update(str(v) for v in table[column].to_pylist())
     return counts
@@ -365,7 +373,7 @@ def _plot_task_overlap(folder: ReportFiles, out: str, tasks: list[str]) -> str:
 
     chosen = {t: set() for t in tasks}
     for f in _output_files(out, "union"):
-        table = read_table(f)
+        table = _read_output(f)
         for row_id, labels in zip(table["id"].to_pylist(), table["tasks"].to_pylist()):
             for label in labels:
                 chosen.setdefault(label, set()).add(row_id)

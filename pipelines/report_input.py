@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from dataselect.errors import InputError, first_names
+from dataselect.footer import check_parts
 from dataselect.layout import (
     FOLDER_NAME,
     MANIFEST_FILE,
@@ -83,9 +84,11 @@ def check_pool_unchanged(out: str, run: dict[str, Any]) -> None:
 
 
 def check_outputs_present(out: str, run: dict[str, Any]) -> None:
-    """Refuse a run whose selections went missing since it ran: each task's folder, the
-    union, and every part their manifests list. The report would otherwise list a task
-    it has no rows for, or draw plots from part of a selection, and exit 0."""
+    """Refuse a run whose selections went missing or changed since it ran: each task's
+    folder, the union, and every part their manifests list, which must be the parts that
+    folder's job wrote (:func:`~dataselect.footer.check_parts`). The report would
+    otherwise list a task it has no rows for, or draw plots from part of a selection, or
+    from another job's rows, and exit 0."""
     folders = [task.get("path", os.path.join(TASKS_DIR, name))
                for name, task in run["tasks"].items()]
     if "union" in run:
@@ -102,6 +105,7 @@ def check_outputs_present(out: str, run: dict[str, Any]) -> None:
         if missing:
             raise InputError(f"the parts {first_names(missing)} its manifest lists are "
                              "missing: restore them, or rerun the job", where=folder)
+        check_parts(folder, parts)
 
 
 def _recorded_pool(out: str, run: dict[str, Any]) -> dict[str, Any] | None:

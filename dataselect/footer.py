@@ -1,0 +1,283 @@
+"""Where a part file dataselect wrote belongs, recorded in the file itself.
+
+A job resumes from the parts it finds, and ``report``, ``eval``, ``load_hf`` and selection
+from a score store read them, trusting that a part in a folder is the one the folder's
+marker and manifest describe. A part edited afterwards (its scores negated and written
+back with pyarrow, which keeps schema metadata), a part swapped for another job's, or a
+marker whose identity was edited to match other settings, was read as if it were: a job
+resumed from it, a report drew it, and each exited 0 with a wrong result.
+
+So every part records, when it is written, in its own metadata (the Parquet footer, the
+Arrow IPC schema; an ``.npz`` file: a member named ``footer``):
+
+- ``job``: a digest of the identity of the folder it was written into (the marker's
+  ``identity``; for a score store, the description its ``_manifest.json`` holds);
+- ``index``: its partition, and ``rows``: its row count;
+- ``digest``: a hash of the values of its ``columns`` (ids, scores, ranks, the filter
+  column), taken from the arrays in memory as they are written, so it costs no read.
+
+Readers check what costs nothing: the footer (job, index, rows) whenever a part is reused
+or opened, which reads no data, and the digest wherever the columns are read anyway
+(selection reads a score part whole). A part with no footer was written by an older
+version, or rewritten by a tool that dropped it: where it came from is unknown, and it is
+refused the same way (``--overwrite`` recomputes it). The recorded values are a function of
+the job's identity and the part's content, so a rerun or a resume writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+from dataselect.errors import InputError
+from dataselect.outdir import recorded_identity
+from dataselect.output import jsonable, load_arrays, read_part_info, read_schema, read_table
+
+FOOTER_KEY = b"dataselect.part"
+NPZ_MEMBER = "footer"  # the member of an .npz file that holds its footer
+
+
+def job_digest(identity: Any) -> str:
+    """A short digest of a folder's identity as its marker holds it (JSON, keys sorted)."""
+    text = json.dumps(jsonable(identity), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def columns_digest(table: pa.Table, names: Iterable[str]) -> str:
+    """A hash of the values of ``table``'s columns ``names``, the same however the table is
+    cut into chunks (in memory when written, as read back from the file)."""
+    hasher = xxhash.xxh3_128()
+    for name in names:
+        hasher.update(name.encode() + b"\0")
+        _feed(hasher, table[name].combine_chunks())
+    return hasher.hexdigest()
+
+
+def _feed(hasher: Any, array: pa.Array) -> None:
+    """Feed one column's values: which are null, then the values (numbers as their bytes,
+    text and bytes as their lengths and contents)."""
+    hasher.update(len(array).to_bytes(8, "little"))
+    if array.null_count:
+        hasher.update(np.packbits(array.is_valid().to_numpy(zero_copy_only=False)).tobytes())
+    if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
+        hasher.update(np.ascontiguousarray(array.fill_null(0).to_numpy()).tobytes())
+        return
+    values = array.cast(pa.large_binary()).fill_null(b"")
+    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset:
+                                                            values.offset + len(values) + 1]
+    hasher.update(np.diff(offsets).tobytes())
+    data = values.buffers()[2]
+    if data is not None:
+        hasher.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+
+
+def digestible(schema: pa.Schema, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that ``schema`` has as numbers, text or bytes (what
+    :func:`columns_digest` hashes), in that order."""
+    found = []
+    for name in names:
+        index = schema.get_field_index(name)
+        if index < 0:
+            continue
+        kind = schema.field(index).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+                or pa.types.is_string_view(kind) or pa.types.is_binary_view(kind)):
+            found.append(name)
+    return found
+
+
+@dataclass(frozen=True)
+class PartOrigin:
+    """Where a part belongs: the folder's identity digest (:func:`job_digest`) and the
+    part's partition index."""
+
+    job: str
+    index: int
+
+    def footer(self, rows: int, digest: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"job": self.job, "index": self.index, "rows": rows, **(digest or {})}
+
+    def stamp(self, table: pa.Table, columns: Iterable[str] = (), **extra: Any) -> pa.Table:
+        """``table`` with its footer in its schema metadata, the values of those of
+        ``columns`` it holds as numbers or text hashed (and ``extra`` keys: the digest of
+        a file that goes with it)."""
+        names = digestible(table.schema, columns)
+        digest = {"columns": names, "digest": columns_digest(table, names)} if names else {}
+        digest.update(extra)
+        metadata = dict(table.schema.metadata or {})
+        metadata[FOOTER_KEY] = json.dumps(self.footer(table.num_rows, digest),
+                                          sort_keys=True).encode()
+        return table.replace_schema_metadata(metadata)
+
+    def check(self, path: str | os.PathLike, metadata: dict[bytes, bytes] | None,
+              rows: int | None) -> dict[str, Any]:
+        """Refuse the part at ``path`` unless its footer (in ``metadata``) says it belongs
+        here and holds ``rows`` rows (None: not known without reading it); returns the
+        footer."""
+        footer = read_footer(path, (metadata or {}).get(FOOTER_KEY))
+        wrong = [f"its {key} is {footer.get(key)!r}, not {want!r}"
+                 for key, want in (("index", self.index), ("rows", rows))
+                 if want is not None and footer.get(key) != want]
+        if footer.get("job") != self.job:
+            wrong.insert(0, "it names another job than the one its folder's marker "
+                            "records")
+        if wrong:
+            raise replaced(path, "; ".join(wrong))
+        return footer
+
+    def check_file(self, path: str | os.PathLike, rows: int | None = None
+                   ) -> dict[str, Any]:
+        """:meth:`check` for the part file at ``path``, from its footer alone: no data is
+        read, whatever the part's size."""
+        metadata, found = read_part_info(path)
+        footer = self.check(path, metadata, found)
+        if rows is not None and found != rows:
+            raise replaced(path, f"it holds {found} rows where this job has {rows!r}")
+        return footer
+
+    def read(self, path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+        """The part at ``path`` (all its columns, or ``columns`` and those its footer
+        hashed), refused unless it is the one written here with the values written."""
+        if columns is None:
+            return self.check_table(path, read_table(path))
+        schema = read_schema(path)
+        footer = self.check(path, schema.metadata, None)
+        wanted = [*hashed_columns(path, footer), *columns]
+        names = [n for n in dict.fromkeys(wanted) if n in schema.names]
+        return self.check_table(path, read_table(path, names))
+
+    def check_table(self, path: str | os.PathLike, table: pa.Table) -> pa.Table:
+        """Refuse a part read whole (``table``) whose footer or values are not what this
+        folder wrote; returns ``table``."""
+        footer = self.check(path, table.schema.metadata, table.num_rows)
+        check_values(path, table, footer)
+        return table
+
+    def stamp_arrays(self, arrays: dict[str, np.ndarray], rows: int = 0) -> dict[str, Any]:
+        """``arrays`` (an ``.npz`` file's members) with their footer member."""
+        footer = self.footer(rows, {"digest": arrays_digest(arrays)})
+        return {**arrays, NPZ_MEMBER: np.array(json.dumps(footer, sort_keys=True))}
+
+    def load_arrays(self, path: str | os.PathLike) -> dict[str, np.ndarray]:
+        """The members of the ``.npz`` file at ``path``, without the footer, once its
+        footer says it belongs here and its arrays are the ones written."""
+        return self.check_arrays(path, load_arrays(path))
+
+    def check_arrays(self, path: str | os.PathLike, saved: dict[str, np.ndarray]
+                     ) -> dict[str, np.ndarray]:
+        """:meth:`load_arrays` for members already read (``saved``)."""
+        raw = saved.get(NPZ_MEMBER)
+        footer = self.check(path, {FOOTER_KEY: str(raw).encode()} if raw is not None
+                            else None, None)
+        arrays = {name: value for name, value in saved.items() if name != NPZ_MEMBER}
+        if footer.get("digest") != arrays_digest(arrays):
+            raise replaced(path, "its arrays are not the ones dataselect wrote")
+        return arrays
+
+
+def check_parts(folder: str, parts: list[dict[str, Any]]) -> None:
+    """Refuse a selection folder whose parts are not the ones its job wrote: each listed
+    part's footer must name the job the folder's marker records, its place in the list
+    and the rows the manifest lists (:mod:`dataselect.footer`; read from the footers
+    alone, whatever the parts' size), and no other part file may lie beside them (readers
+    of the folder, and the report, take every ``part-*`` file)."""
+    job = job_digest(recorded_identity(folder))
+    for index, part in enumerate(parts):
+        PartOrigin(job, index).check_file(os.path.join(folder, part["file"]), part.get("rows"))
+    listed = {os.path.normpath(part["file"]) for part in parts}
+    extra = sorted(name for name in (os.path.basename(p) for p in
+                                     glob.glob(os.path.join(folder, "part-*")))
+                   if name not in listed)
+    if extra:
+        raise InputError("is not a part of this selection (its folder's manifest does not "
+                         "list it), yet every reader of the folder would read its rows as "
+                         "the selection's: move it away",
+                         where=os.path.join(folder, extra[0]))
+
+
+def reusable(check: Callable[[], object], overwrite: bool) -> bool:
+    """Whether a finished part found on resuming may be reused: ``check`` (one of
+    :class:`PartOrigin`'s) passes. A part that fails it is refused with the check's one
+    line, or, with ``overwrite`` (the user asked to replace what is there), computed again:
+    it is listed in the folder's marker, so it is dataselect's to replace."""
+    try:
+        check()
+    except InputError:
+        if overwrite:
+            return False
+        raise
+    return True
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """A hash of named arrays: names, types, shapes and values."""
+    hasher = xxhash.xxh3_128()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        hasher.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
+        hasher.update(value.tobytes())
+    return hasher.hexdigest()
+
+
+def read_footer(path: str | os.PathLike, raw: bytes | None) -> dict[str, Any]:
+    """A part's footer from its metadata value; none, or not one dataselect writes, is
+    refused: where the part came from is unknown."""
+    if raw is None:
+        raise replaced(path, "it records no origin (written by an older dataselect, or "
+                             "rewritten by another tool)")
+    try:
+        footer = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        footer = None
+    if not isinstance(footer, dict):
+        raise replaced(path, "its record of origin is not dataselect's")
+    return footer
+
+
+def check_values(path: str | os.PathLike, table: pa.Table, footer: dict[str, Any]) -> None:
+    """Refuse ``table`` (read from ``path``) when the columns its footer hashed no longer
+    hold the values written; a footer that hashed none checks nothing."""
+    names = hashed_columns(path, footer)
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise replaced(path, f"it lacks the column {missing[0]!r} it was written with")
+    if names and columns_digest(table, names) != footer.get("digest"):
+        raise replaced(path, f"its {', '.join(names)} values are not the ones dataselect "
+                             "wrote")
+
+
+def hashed_columns(path: str | os.PathLike, footer: dict[str, Any]) -> list[str]:
+    """The columns whose values ``footer`` (of the part at ``path``) hashed."""
+    names = footer.get("columns") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise replaced(path, "its record of origin is not dataselect's")
+    return names
+
+
+def verified(path: str | os.PathLike, table: pa.Table) -> pa.Table:
+    """``table``, a part read whole from ``path`` whose footer was checked already (its
+    job, index and rows: :meth:`PartOrigin.check_file`), once its hashed values are the
+    ones written."""
+    check_values(path, table, read_footer(path, (table.schema.metadata or {}).get(FOOTER_KEY)))
+    return table
+
+
+def replaced(path: str | os.PathLike, why: str) -> InputError:
+    """The one line for a part that is not the one its folder's records describe."""
+    return InputError(f"this file is not the one dataselect wrote here ({why}): it, or its "
+                      "folder's records, were edited or replaced since; rerun the job with "
+                      "--overwrite to compute it again, or delete the output folder and "
+                      "rerun", where=os.fspath(path))
