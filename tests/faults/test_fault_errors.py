@@ -66,8 +66,8 @@ def _fail_selection_writes(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     real = output_pq.write_table
 
     def write_table(table: pa.Table, where: str, **kwargs: object) -> None:
-        if ".scores" in str(where):
-            return real(table, where, **kwargs)
+        if not isinstance(where, (str, os.PathLike)) or ".scores" in str(where):
+            return real(table, where, **kwargs)  # the score store, or a check in memory
         Path(where).write_bytes(b"PAR1 half a file")
         raise OSError(code, f"Error writing bytes to file. Detail: [errno {code}] "
                             f"{os.strerror(code)}")
