@@ -108,7 +108,7 @@ class PoolStats:
         stamped = PartOrigin(self.job, index).stamp_arrays(
             {"settings": np.array(self._settings()), **arrays})
         with atomic_write(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **stamped)
+            np.savez_compressed(f, **stamped)
         return arrays
 
     def load(self, index: int) -> dict[str, np.ndarray] | None:
@@ -202,7 +202,7 @@ class _WritePart:
             "selected_labels": np.array([selected.get(str(n), 0) for n in pool[LABELS_KEY]],
                                         np.int64)}, picked.num_rows)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **stats)
+            np.savez_compressed(f, **stats)
         write_table(origin.stamp(picked, HASHED_COLUMNS), path, self.fmt)
         return {"rows": picked.num_rows, "reused": False,
                 "seconds": time.perf_counter() - start}
