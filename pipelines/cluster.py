@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 WorkerKind = Literal["processes", "threads"]
 TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
+LOG_LENGTH_KEY = "distributed.admin.low-level-log-length"
+DASK_DEFAULT_LOG_LENGTH = 1000
+SHORT_LOG_LENGTH = 16
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # The thread limits the user started this process with: read once, before any Dask nanny
 # writes its own into os.environ (see _thread_limits_in_environ).
@@ -79,7 +82,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     traceback before dataselect's one-line error says the same thing."""
     verbose = verbose or _VERBOSE
     if scheduler:
-        with _quiet_loggers(not verbose), _scheduler_client(scheduler) as client:
+        with _short_message_logs(), _quiet_loggers(not verbose), \
+                _scheduler_client(scheduler) as client:
             yield client
         return
     if kind not in ("processes", "threads"):
@@ -101,6 +105,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         stack.enter_context(dask.config.set({
             "distributed.worker.profile.enabled": False,
             "distributed.nanny.pre-spawn-environ": environ}))
+        stack.enter_context(_short_message_logs())
         stack.enter_context(_without_inherited_trim(dask_trim))
         stack.enter_context(_thread_limits_in_environ(environ))
         stack.enter_context(_quiet_loggers(not verbose))
@@ -115,6 +120,20 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
             preload=_worker_preloads(),
         ))
         yield stack.enter_context(Client(cluster))
+
+
+def _short_message_logs() -> Any:
+    """Dask keeps, for its developers, the last ``distributed.admin.low-level-log-length``
+    (1,000) messages of every comm it batches sends on, each holding its tasks' specs: in
+    a local cluster's scheduler, which runs in this process, and in the client. A stage of
+    16 partitions never fills them; one of 1,500 does, so the client's memory grew with
+    the pool until they were full (9,600 task specs held at the end of a 1,526-partition
+    job). Keep a few unless the user configured their own length."""
+    import dask
+
+    if dask.config.get(LOG_LENGTH_KEY) != DASK_DEFAULT_LOG_LENGTH:
+        return nullcontext()
+    return dask.config.set({LOG_LENGTH_KEY: SHORT_LOG_LENGTH})
 
 
 def _scheduler_client(address: str) -> Client:

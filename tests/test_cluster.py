@@ -148,3 +148,33 @@ def test_a_stage_on_a_cluster_keeps_only_a_window_of_tasks_on_the_scheduler():
                       lambda a, b: (a[0] + b[0], max(a[1], b[1])))[0] == sum(range(3 * window))
         client.run_on_scheduler(lambda: None)  # a round trip: releases have arrived
         assert not [key for key in cluster.scheduler.tasks if "held" in str(key)]
+
+
+def _identity(index: int) -> int:
+    return index
+
+
+@pytest.mark.slow
+def test_the_client_keeps_no_task_specs_of_a_finished_stage():
+    """Dask's comms keep their last messages for its developers (1,000 each by default),
+    and every message that hands out a task holds its spec: a stage of 1,200 partitions
+    left over a thousand specs alive in the client's process (where a local cluster's
+    scheduler runs), so its memory grew with the pool until the logs were full. The job's
+    cluster keeps a few; a user's own setting is kept."""
+    import gc
+
+    from dask._task_spec import Task
+
+    def specs_held(stage: str) -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects()
+                   if isinstance(o, Task) and str(o.key).startswith(stage))
+
+    with dask_client(workers=1, kind="processes") as client:
+        ProgressRunner(client)("held", partition_tasks("held", _identity, 1200))
+        assert specs_held("held") < 100
+    with dask.config.set({"distributed.admin.low-level-log-length": 2000}), \
+            dask_client(workers=1, kind="processes") as client:
+        assert dask.config.get("distributed.admin.low-level-log-length") == 2000
+        ProgressRunner(client)("kept", partition_tasks("kept", _identity, 300))
+        assert specs_held("kept") >= 300
