@@ -17,7 +17,7 @@ import pytest
 from conftest import write_jsonl
 from scoring_helpers import FixedScorer
 
-from dataselect import read_corpus, select, topk
+from dataselect import duplicates, read_corpus, select, topk
 from dataselect.errors import DuplicateIdError
 from dataselect.sampling import gumbel_noise, id_hashes
 from dataselect.scoring import score_length_correlation, summarize_scores
@@ -222,3 +222,32 @@ def test_zscore_combination_from_merged_moments_equals_the_whole_array_one(tmp_p
     a, b = values[eligible], other  # every row of the second scorer is eligible
     expected = ((values - a.mean()) / a.std() + 3 * (other - b.mean()) / b.std()) / 4
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_partitions_are_grouped_in_runs_of_about_the_bucket_rows():
+    assert duplicates.groups_of([3, 3, 3, 3, 3], rows=6) == [(0, 2), (2, 4), (4, 5)]
+    assert duplicates.groups_of([10, 0, 1, 0], rows=6) == [(0, 1), (1, 4)]
+    assert duplicates.groups_of([0, 0], rows=6) == [(0, 2)]
+    assert duplicates.groups_of([], rows=6) == []
+
+
+@pytest.mark.parametrize("bucket_rows", [7, 40, 1 << 21])
+def test_duplicate_ids_found_through_groups_and_buckets_name_the_same_places(
+        tmp_path, monkeypatch, bucket_rows):
+    """Groups and buckets of a few rows (many of each, a group spanning partitions, one
+    partition its own group) find what the whole-array check finds, naming the same
+    places, and every group file is removed afterwards."""
+    monkeypatch.setattr(duplicates, "BUCKET_ROWS", bucket_rows)
+    rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(300)]
+    rows[250]["id"] = rows[40]["id"]  # repeated far apart, in other partitions
+    rows[200]["id"] = rows[100]["id"]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=900)
+    assert pool.npartitions > 5
+    ids = {r["id"] for r in rows}
+    stored = FixedScorer({i: 1.0 for i in ids}, frozenset()).score(pool).write(tmp_path / "s")
+    with pytest.raises(DuplicateIdError) as whole:
+        pool.check_unique_ids([id_hashes(t["id"]) for t in pool.iter_tables()])
+    with pytest.raises(DuplicateIdError) as grouped:
+        select.top_k(pool, stored, 5)
+    assert str(grouped.value) == str(whole.value)
+    assert not (tmp_path / "s" / ".ids").exists()
