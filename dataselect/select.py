@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from dataselect.checks import (
     SettingError,
@@ -40,7 +39,8 @@ from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner
 from dataselect.outdir import normalize
 from dataselect.output import jsonable
-from dataselect.scoring import Scores, as_scores, eligible_scores
+from dataselect.round_robin import choose as rounds_over_targets
+from dataselect.scoring import Scores, as_scores
 from dataselect.summaries import collect_summaries
 from dataselect.topk import KeySpec, all_rows, merge_dropped, top_rows
 
@@ -233,8 +233,9 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
     target examples in order, each taking its best row not chosen yet, until ``k`` rows are
     chosen or every eligible row is. Ties go to the earlier pool row.
 
-    Streaming: a target example can take at most ``k`` rows, so each partition returns only
-    its ``k`` best rows per target example, and the rounds run on those candidates.
+    Bounded: the client holds about ``4 k`` candidate rows and ``T × log₂ k`` ladder
+    values a partition (:mod:`dataselect.round_robin`), not every partition's ``k`` best
+    rows per target example.
     """
     pool, scores = _aligned(pool, scores)
     k = check_count(k, "k")
@@ -242,58 +243,10 @@ def round_robin(pool: Corpus, scores: Scores, k: int, column: str = "target_scor
     parts = collect_summaries(scores, runner)
     sizes = [p["rows"] for p in parts]
     offsets = np.cumsum([0, *sizes[:-1]])
-    found = runner(f"candidates:{scores.name}", scores.delayed(_TargetTopK(column, k)))
-    targets = {len(values) for _, values in found if values is not None}
-    if len(targets) > 1:
-        raise InputError(f"rows of {column!r} hold different numbers of target scores: "
-                         f"{sorted(targets)}", field=column)
-    width = targets.pop() if targets else 0
-    best: list[np.ndarray] = []
-    for j in range(width):
-        rows = np.concatenate([positions[j] + offset for (positions, _), offset
-                               in zip(found, offsets) if positions is not None])
-        values = np.concatenate([v[j] for _, v in found if v is not None])
-        best.append(rows[np.lexsort((rows, -values))][:k])
     k_final = min(k, _eligible(parts))
-    chosen: list[int] = []
-    taken: set[int] = set()
-    pointers = [0] * width
-    while len(chosen) < k_final and any(p < len(b) for p, b in zip(pointers, best)):
-        for j in range(width):
-            while pointers[j] < len(best[j]) and int(best[j][pointers[j]]) in taken:
-                pointers[j] += 1
-            if pointers[j] < len(best[j]) and len(chosen) < k_final:
-                row = int(best[j][pointers[j]])
-                chosen.append(row)
-                taken.add(row)
-    order = np.array(chosen, np.int64)
+    order, width = rounds_over_targets(scores, runner, column, k_final, offsets)
     return _selection(scores, sizes, order, {"policy": "round_robin", "k": k, "column": column,
                                              "targets": width}, _counts(parts, len(order), k))
-
-
-@dataclass(frozen=True)
-class _TargetTopK:
-    """Per partition: for every target example, the positions and scores of its ``k``
-    best eligible rows (``(None, None)`` when the partition has no eligible row)."""
-
-    column: str
-    k: int
-
-    def __call__(self, table: pa.Table, index: int) -> tuple[Any, Any]:
-        if self.column not in table.column_names:
-            raise InputError(f"the score store has no {self.column!r} column (embed: set "
-                             "per_target=true)", field=self.column)
-        ok = eligible_scores(table)[1]
-        if not ok.any():
-            return None, None
-        matrix = np.asarray(table[self.column].to_pylist(), dtype=np.float64)[ok].T
-        rows = np.flatnonzero(ok)
-        positions, values = [], []
-        for scores_j in matrix:
-            order = np.lexsort((rows, -scores_j))[:self.k]
-            positions.append(rows[order])
-            values.append(scores_j[order])
-        return positions, values
 
 
 def combine(scores: list[Scores], method: str = "zscore", weights: list[float] | None = None,

@@ -11,7 +11,7 @@ import pytest
 from conftest import write_jsonl
 from scoring_helpers import FixedScorer
 
-from dataselect import read_corpus, select
+from dataselect import execution, read_corpus, select
 from dataselect.errors import InputError
 from dataselect.topk import KeySpec, top_rows
 
@@ -193,6 +193,73 @@ def test_round_robin_matches_a_naive_loop(pool, seed, k):
     assert _chosen(selection, pool) == expected
     assert selection.counts["selected"] == len(expected) == min(k, 110)
     assert selection.counts["filtered"] == {"fixed_drop": 10}
+
+
+def _target_scores(pool, seed, targets, levels=6):
+    from scoring_helpers import FixedTargetScorer
+
+    rng = np.random.default_rng(seed)
+    matrix = rng.integers(0, levels, (120, targets)).astype(np.float32)
+    ids = [i for t in pool.iter_tables() for i in t["id"].to_pylist()]
+    drop = {ids[i] for i in rng.choice(120, 10, replace=False)}
+    scorer = FixedTargetScorer({i: float(matrix[n].max()) for n, i in enumerate(ids)},
+                               frozenset(drop),
+                               per_target={i: matrix[n].tolist() for n, i in enumerate(ids)})
+    eligible = np.array([i not in drop for i in ids])
+    return scorer.score(pool), matrix, eligible, ids
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("k", [5, 60, 110])
+def test_round_robin_asks_again_for_targets_that_run_out_and_still_matches(
+        pool, monkeypatch, seed, k):
+    """Each target first asks for 1 row: most run out in the first rounds (one target's
+    best rows taken by the others: identical columns) and ask again, doubling, until the
+    rounds finish; the rows chosen are still the naive loop's."""
+    from dataselect import round_robin
+
+    monkeypatch.setattr(round_robin, "FIRST_SHARE", 0)
+    monkeypatch.setattr(round_robin, "FIRST_EXTRA", 1)
+    _, matrix, eligible, ids = _target_scores(pool, seed, 4, levels=1000)
+    matrix[:, 1] = matrix[:, 0]  # two targets with one ranking
+    stages = []
+
+    def runner(stage, tasks, fold=None):
+        stages.append(stage)
+        return execution.default_runner(stage, tasks, fold)
+
+    from scoring_helpers import FixedTargetScorer
+
+    per_target = {i: matrix[n].tolist() for n, i in enumerate(ids)}
+    drop = frozenset(i for i, ok in zip(ids, eligible) if not ok)
+    scores = FixedTargetScorer({i: 0.0 for i in ids}, drop, per_target=per_target).score(pool)
+    selection = select.round_robin(pool, scores, k=k, runner=runner)
+    assert _chosen(selection, pool) == [ids[i] for i in _naive_round_robin(matrix, eligible, k)]
+    assert stages.count("candidates:fixed_targets") > 1  # it did ask again
+
+
+def test_round_robin_brings_a_few_times_k_candidates_not_k_per_partition_and_target(
+        pool, monkeypatch):
+    """The client receives about 4 k candidate rows in all, not every partition's k best
+    rows for every target (here 7 partitions x 8 targets x k)."""
+    from dataselect import round_robin
+
+    scores, matrix, eligible, ids = _target_scores(pool, 5, 8, levels=1000)
+    received = []
+    real = round_robin._Above.__call__
+
+    def counting(self, table, index):
+        found = real(self, table, index)
+        received.append(sum(len(rows) for rows, _ in found or []))
+        return found
+
+    monkeypatch.setattr(round_robin._Above, "__call__", counting)
+    k = 16
+    selection = select.round_robin(pool, scores, k=k)
+    assert _chosen(selection, pool) == [ids[i] for i in _naive_round_robin(matrix, eligible, k)]
+    assert pool.npartitions >= 5
+    assert sum(received) <= 4 * (round_robin.FIRST_SHARE * 2 + round_robin.FIRST_EXTRA) * 8
+    assert sum(received) < pool.npartitions * 8 * k / 2
 
 
 def test_round_robin_needs_the_per_target_column(pool):
