@@ -23,12 +23,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dataselect.scoring import PLUGIN_CONSTRUCTION, PluginKind, is_builtin, reporting_member
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from attribution.scores import Scores
 
 READS = ("pool", "index")
+# what dataselect calls of a plug-in method's own code (and its construction)
+PLUGIN_METHODS = ("attribute", "response_spans")
+ATTRIBUTION_PLUGIN = PluginKind("attribution method", "the fields of its settings class")
 
 
 class Attributor(ABC):
@@ -43,6 +48,23 @@ class Attributor(ABC):
     # used): the built-in model-based methods once shared one set of keys, and a command
     # or recipe that gave trak a BIF key still runs
     shares_keys_with: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A plug-in method's own code (its ``attribute``, its settings' checks) reports
+        its exceptions as one line naming it (:func:`dataselect.scoring.
+        reporting_plugin_errors`), as a plug-in scorer's does."""
+        super().__init_subclass__(**kwargs)
+        if is_builtin(cls):
+            return
+        for name in PLUGIN_METHODS + PLUGIN_CONSTRUCTION:
+            if name in cls.__dict__:
+                setattr(cls, name, reporting_member(cls.__dict__[name], ATTRIBUTION_PLUGIN))
+        settings = cls.__dict__.get("settings_class")
+        if isinstance(settings, type) and not is_builtin(settings):
+            for name in PLUGIN_CONSTRUCTION:
+                if name in settings.__dict__:
+                    setattr(settings, name, reporting_member(
+                        settings.__dict__[name], ATTRIBUTION_PLUGIN, owner=cls))
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings

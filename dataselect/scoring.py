@@ -331,23 +331,38 @@ PLUGIN_METHODS = ("fit", "start_fit", "score_batch", "score_partition", "config"
 # and the plug-in's own construction (a job builds the scorer from -p values): a ValueError
 # or TypeError there is its refusal of those settings, said as such
 PLUGIN_CONSTRUCTION = ("__init__", "__post_init__")
-_BUILTIN_PACKAGES = frozenset({"dataselect", "scorers", "pipelines"})
+_BUILTIN_PACKAGES = frozenset({"dataselect", "models", "scorers", "attribution", "pipelines"})
 
 
-def _is_builtin(cls: type) -> bool:
+def is_builtin(cls: type) -> bool:
+    """Whether ``cls`` is dataselect's own (its exceptions are bugs to report as such)."""
     return cls.__module__.partition(".")[0] in _BUILTIN_PACKAGES
 
 
-def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+@dataclass(frozen=True)
+class PluginKind:
+    """How a kind of plug-in is named in its errors: ``noun`` (``scorer``), and where a
+    user finds the settings it takes (``settings_help``)."""
+
+    noun: str
+    settings_help: str
+
+
+SCORER_PLUGIN = PluginKind("scorer", "dataselect scorers lists them")
+
+
+def reporting_plugin_errors(method: Callable[..., Any], kind: PluginKind = SCORER_PLUGIN,
+                            owner: type | None = None) -> Callable[..., Any]:
     """A plug-in's ``method`` whose own exceptions become one :class:`PluginError` line
-    naming the scorer, class and method (its traceback kept for ``--verbose``), instead of
-    a traceback through Dask that reads as dataselect's bug. dataselect's own errors and
-    running out of memory pass through: they already have their one line."""
+    naming the plug-in (``owner``, else the class the method is called on), its class and
+    the method (its traceback kept for ``--verbose``), instead of a traceback through Dask
+    that reads as dataselect's bug. dataselect's own errors and running out of memory
+    pass through: they already have their one line."""
     if getattr(method, "reports_plugin_errors", False):
         return method
 
     @functools.wraps(method)
-    def reporting(self: Scorer | type[Scorer], *args: Any, **kwargs: Any) -> Any:
+    def reporting(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except (DataSelectError, MemoryError):
@@ -355,16 +370,15 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in is its failure too
             import traceback
 
-            cls = self if isinstance(self, type) else type(self)  # a class method's own
-            scorer = (f"scorer {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
+            cls = owner or (self if isinstance(self, type) else type(self))
+            plugin = (f"{kind.noun} {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
                       f"{cls.__qualname__}, a plug-in)")
             if method.__name__ in PLUGIN_CONSTRUCTION and isinstance(exc, (ValueError,
                                                                            TypeError)):
-                raise InputError(f"{scorer} refused its settings: {exc}; check its -p "
-                                 "values (dataselect scorers lists them)",
-                                 field="scorer") from exc
+                raise InputError(f"{plugin} refused its settings: {exc}; check its -p "
+                                 f"values ({kind.settings_help})", field=kind.noun) from exc
             raise PluginError(
-                f"{scorer} raised {type(exc).__name__} in {method.__name__}: {exc}; the "
+                f"{plugin} raised {type(exc).__name__} in {method.__name__}: {exc}; the "
                 "fault is in the plug-in, not in your data: rerun with --verbose for its "
                 "traceback and tell its author",
                 "".join(traceback.format_exception(exc))) from exc
@@ -373,16 +387,18 @@ def _reporting_plugin_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     return reporting
 
 
-def _reporting_member(member: Any) -> Any:
+def reporting_member(member: Any, kind: PluginKind = SCORER_PLUGIN,
+                     owner: type | None = None) -> Any:
     """A plug-in class's ``member`` (a method, a property or a class or static method) with
-    its code's exceptions reported by :func:`_reporting_plugin_errors`; anything else (a
+    its code's exceptions reported by :func:`reporting_plugin_errors`; anything else (a
     plain attribute overriding a property) as it is."""
     if isinstance(member, property):
-        return member.getter(_reporting_plugin_errors(member.fget)) if member.fget else member
+        return member.getter(reporting_plugin_errors(member.fget, kind, owner)) \
+            if member.fget else member
     if isinstance(member, classmethod):
-        return classmethod(_reporting_plugin_errors(member.__func__))
+        return classmethod(reporting_plugin_errors(member.__func__, kind, owner))
     if callable(member) and not isinstance(member, (staticmethod, type)):
-        return _reporting_plugin_errors(member)
+        return reporting_plugin_errors(member, kind, owner)
     return member
 
 
@@ -414,10 +430,10 @@ class Scorer(ABC):
                 setattr(cls, name, taking_paths(cls.__dict__[name]))
         if "__post_init__" in cls.__dict__:
             cls.__post_init__ = _checking_booleans(cls.__dict__["__post_init__"])
-        if not _is_builtin(cls):
+        if not is_builtin(cls):
             for name in PLUGIN_METHODS + PLUGIN_CONSTRUCTION:
                 if name in cls.__dict__:
-                    setattr(cls, name, _reporting_member(cls.__dict__[name]))
+                    setattr(cls, name, reporting_member(cls.__dict__[name]))
 
     def __post_init__(self) -> None:
         """A dataclass scorer's settings: booleans are booleans (a subclass's own

@@ -224,3 +224,29 @@ def test_a_broken_registration_is_one_clear_error(tmp_path, monkeypatch, capsys)
 def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
     install_method(tmp_path, monkeypatch, name="trak")
     assert ATTRIBUTIONS["trak"].__module__ == "attribution.trak"
+
+
+RAISING = PLUGIN.replace("        query = one_table(queries)\n",
+                         "        raise RuntimeError('the method broke')\n")
+RAISING_SETTINGS = PLUGIN.replace('        check_positive(self.scale, "scale")\n',
+                                  "        raise KeyError('no such thing')\n")
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    (RAISING, "raised RuntimeError in attribute: the method broke"),
+    (RAISING_SETTINGS, "raised KeyError in __post_init__: 'no such thing'"),
+])
+def test_a_plugin_method_that_raises_is_one_line_naming_it(tmp_path, monkeypatch, capsys,
+                                                           source, expected):
+    """An exception of a plug-in method's own code (its attribute(), its settings'
+    checks) is one line naming the method and its class and saying the fault is the
+    plug-in's, exit 2: not a traceback that reads as dataselect's bug."""
+    install_distribution(tmp_path, monkeypatch, "plug_attribution", source,
+                         "[dataselect.attribution]\noverlap = plug_attribution:Overlap\n")
+    ATTRIBUTIONS.refresh()
+    assert _attribute(tmp_path, "--out", str(tmp_path / "o.parquet")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "attribution method 'overlap' (plug_attribution." in err[0]
+    assert expected in err[0] and "a plug-in" in err[0]
+    assert not (tmp_path / "o.parquet").exists()
