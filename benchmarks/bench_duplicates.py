@@ -1,22 +1,21 @@
 """Benchmark: the duplicate-id check of a score store, grouped against per-partition reads.
 
 What it answers: how long the worker-side duplicate-id check (:mod:`dataselect.duplicates`)
-takes as the pool grows, with buckets reading group files (``P + G × B`` opens), against
-buckets reading every partition's files (``2 × P × B`` opens, the way before groups).
+takes as the pool grows, with buckets reading group files (``2 P + 3 G B`` range reads),
+against buckets reading every partition's files (``2 P B`` reads, the way before groups).
 
 The data: ``--rows`` id hashes (random 64-bit values, what the check sees of an id), in
 partitions of ``--partition-rows`` (65,536, the scale benchmark's row groups), each written
 sorted with its rows as the ``ids`` stage writes them, into ``--workdir``. The reference is
-the check as it was before groups, which the code keeps for pools of a few buckets
-(``_PartitionsBucket``: each bucket memory-maps both files of every partition and cuts its
-slice). Both run on
+the check as it was before groups, which the code keeps for pools of a few buckets (each
+bucket reads its slice of both files of every partition). Both run on
 ``--workers`` in-process threads (the check is NumPy I/O and sorting, which release the
 GIL) on the same files, and must find the same planted repeats.
 
     .venv/bin/python benchmarks/bench_duplicates.py --workdir /tmp/dups --rows 20000000 \\
         100000000 --repeats 3
 
-Prints per size and way: median wall seconds over ``--repeats``, file opens, the peak RSS
+Prints per size and way: median wall seconds over ``--repeats``, file reads, the peak RSS
 of this process, and the ratio reference ÷ grouped; and the load average.
 """
 
@@ -49,10 +48,12 @@ class _ThreadRunner:
         return list(self.pool.map(compute_here, tasks))
 
 
-def write_partitions(folder: Path, rows: int, partition_rows: int, seed: int) -> list[int]:
-    """The ``ids`` stage's output for ``rows`` random hashes, with two planted repeats."""
+def write_partitions(folder: Path, rows: int, partition_rows: int, seed: int, buckets: int
+                     ) -> tuple[list[int], list[list[int]]]:
+    """The ``ids`` stage's output for ``rows`` random hashes, with two planted repeats:
+    each partition's row count and its buckets' cut points."""
     rng = np.random.default_rng(seed)
-    counts = []
+    counts, cuts = [], []
     for index, start in enumerate(range(0, rows, partition_rows)):
         count = min(partition_rows, rows - start)
         hashes = rng.integers(0, 2**64, count, dtype=np.uint64)
@@ -63,38 +64,38 @@ def write_partitions(folder: Path, rows: int, partition_rows: int, seed: int) ->
         order = np.argsort(hashes, kind="stable")
         for name, values in zip(duplicates._file_names(index),
                                 (hashes[order], order.astype(np.int64))):
-            np.save(folder / name, values)
+            duplicates._write(str(folder / name), values)
         counts.append(count)
-    return counts
+        cuts.append(duplicates.cut_points(hashes[order], buckets).tolist())
+    return counts, cuts
 
 
-def run_check(folder: Path, counts: list[int], grouped: bool, workers: int
-              ) -> tuple[float, int, int]:
-    """Seconds, file opens and repeats found by the merge and bucket stages."""
-    opens = [0]
-    real_load = np.load
+def run_check(folder: Path, counts: list[int], cuts: list[list[int]], grouped: bool,
+              workers: int) -> tuple[float, int, int]:
+    """Seconds, file reads and repeats found by the merge and bucket stages."""
+    reads = [0]
+    real_read = duplicates.storage.read_range
 
-    def counting_load(*args: Any, **kwargs: Any) -> Any:
-        opens[0] += 1
-        return real_load(*args, **kwargs)
+    def counting_read(*args: Any, **kwargs: Any) -> Any:
+        reads[0] += 1
+        return real_read(*args, **kwargs)
 
     runner = _ThreadRunner(workers)
-    buckets = max(1, -(-sum(counts) // duplicates.BUCKET_ROWS))
-    np.load = counting_load
+    buckets = len(cuts[0]) - 1
+    duplicates.storage.read_range = counting_read
     try:
         start = time.perf_counter()
         if grouped:
             groups = duplicates.groups_of(counts)
-            held = runner("group", partition_tasks(
-                "group", duplicates._MergeGroup(str(folder), tuple(groups)), len(groups)))
-            bucket: Any = duplicates._Bucket(str(folder), tuple(held), buckets)
-        else:
-            bucket = duplicates._PartitionsBucket(str(folder), tuple(counts), buckets)
+            cuts = [c for _, c in runner("group", partition_tasks(
+                "group", duplicates._MergeGroup(str(folder), tuple(groups), buckets),
+                len(groups)))]
+        bucket = duplicates._Bucket(str(folder), grouped, np.array(cuts, np.int64))
         found = runner("buckets", partition_tasks("buckets", bucket, buckets))
         seconds = time.perf_counter() - start
     finally:
-        np.load = real_load
-    return seconds, opens[0], sum(len(b) for b in found)
+        duplicates.storage.read_range = real_read
+    return seconds, reads[0], sum(len(b) for b in found)
 
 
 def _peak_mb() -> float:
@@ -121,14 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                 folder = work / f"ids-{rows}"
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir(parents=True)
-                counts = write_partitions(folder, rows, args.partition_rows, seed=repeat)
-                seconds, opens, found = run_check(folder, counts, grouped, args.workers)
+                buckets = max(1, -(-rows // duplicates.BUCKET_ROWS))
+                counts, cuts = write_partitions(folder, rows, args.partition_rows, repeat,
+                                                buckets)
+                seconds, opens, found = run_check(folder, counts, cuts, grouped,
+                                                  args.workers)
                 times.append(seconds)
                 shutil.rmtree(folder)
             way = "grouped" if grouped else "per-partition"
             result[way] = statistics.median(times)
             print(f"{rows:>13,} rows, {len(counts):>5} partitions, {way:>13}: "
-                  f"{result[way]:7.2f} s (median of {args.repeats}), {opens:>7,} opens, "
+                  f"{result[way]:7.2f} s (median of {args.repeats}), {opens:>7,} reads, "
                   f"repeats found {found}, peak RSS {_peak_mb():.0f} MB")
         print(f"{'':>13}   per-partition / grouped: "
               f"{result['per-partition'] / result['grouped']:.1f}x; "

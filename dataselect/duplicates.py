@@ -9,19 +9,23 @@ job left):
 1. each partition writes its id hashes, sorted, and their rows (``ids``);
 2. runs of consecutive partitions of about :data:`BUCKET_ROWS` rows in all are merged into
    one *group* file each, sorted by hash, with each hash's partition and row
-   (``duplicates``, first half);
+   (``group-ids``);
 3. hash-range *buckets* of about :data:`BUCKET_ROWS` rows each read their slice of every
-   group file (memory-mapped, cut with a binary search) and report the hashes held twice,
-   with their first two places.
+   group file and report the hashes held twice, with their first two places
+   (``duplicates``).
+
+Whoever writes a sorted file also finds where each bucket's range starts in it (a binary
+search in memory) and returns those cut points to the client, so a bucket reads exactly
+its bytes of each file: one range read, the same on a disk and in an object store, where
+the folder lives under the store's URL.
 
 Buckets used to read every partition's files: P × B opens, 56 s of a 10⁸-row job and,
 growing with the square of the pool, most of a 10⁹-row one. Through groups it is
 P + G × B opens, with G and B both about rows / :data:`BUCKET_ROWS` (48 × 48 at 10⁸ rows
 instead of 1,530 × 48 × 2). The client holds the duplicates only, and names both places
 as :meth:`Corpus.check_unique_ids` does (same error). Scores that are not a store (lazy
-``scorer.score(pool)`` in Python) have no folder to write to, and a store in an object
-store or one the user may only read is not written to: their hashes are checked on the
-client, 8 bytes a row.
+``scorer.score(pool)`` in Python) have no folder to write to, and a local store the user
+may only read is not written to: their hashes are checked on the client, 8 bytes a row.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import pyarrow as pa
 
 from dataselect import storage
 from dataselect.execution import Runner, partition_tasks
-from dataselect.output import part_name
+from dataselect.output import atomic_write, part_name
 from dataselect.sampling import id_hashes
 
 IDS_DIR = ".ids"
@@ -60,12 +64,12 @@ def ids_names(npartitions: int) -> list[str]:
 
 def _file_names(index: int) -> tuple[str, str]:
     stem = part_name(index).rsplit(".", 1)[0]
-    return f"{stem}.hash.npy", f"{stem}.row.npy"
+    return f"{stem}.hash.u64", f"{stem}.row.i64"
 
 
 def _group_names(index: int) -> tuple[str, str, str]:
     stem = f"group-{index:05d}"
-    return f"{stem}.hash.npy", f"{stem}.part.npy", f"{stem}.row.npy"
+    return f"{stem}.hash.u64", f"{stem}.part.i64", f"{stem}.row.i64"
 
 
 def groups_of(counts: Sequence[int], rows: int | None = None) -> list[tuple[int, int]]:
@@ -84,32 +88,35 @@ def groups_of(counts: Sequence[int], rows: int | None = None) -> list[tuple[int,
     return groups
 
 
-def check_unique_ids(scores: Any, runner: Runner) -> None:
+def check_unique_ids(scores: Any, runner: Runner,
+                     parts: Sequence[dict[str, Any]] | None = None) -> None:
     """Refuse ids repeated across the partitions of ``scores`` (see the module); once per
-    Scores object, which several policies may select from."""
+    Scores object, which several policies may select from. ``parts``: the partitions'
+    summaries (their ``rows`` size the buckets), else the ones ``scores`` holds."""
     if getattr(scores, "ids_checked", False):
         return
     folder = _store_folder(scores.task)
-    ids = _ids_folder(folder) if folder is not None else None
+    parts = parts if parts is not None else getattr(scores, "summaries", None)
+    ids = _ids_folder(folder) if folder is not None and parts is not None else None
     if ids is None:
         hashes = runner(f"ids:{scores.name}", scores.delayed(_hashes))
         scores.corpus.check_unique_ids(hashes)
         scores.ids_checked = True
         return
+    buckets = max(1, -(-sum(int(p["rows"]) for p in parts) // BUCKET_ROWS))
+    grouped = buckets >= GROUP_FROM_BUCKETS
     try:
-        counts = runner(f"ids:{scores.name}", scores.delayed(_WriteHashes(ids)))
-        buckets = max(1, -(-sum(counts) // BUCKET_ROWS))
-        if buckets >= GROUP_FROM_BUCKETS:
-            groups = groups_of(counts)
-            held = runner(f"group-ids:{scores.name}", partition_tasks(
-                "group-ids", _MergeGroup(ids, tuple(groups)), len(groups)))
-            bucket: _Bucket = _Bucket(ids, tuple(held), buckets)
-        else:
-            bucket = _PartitionsBucket(ids, tuple(counts), buckets)
+        written = runner(f"ids:{scores.name}", scores.delayed(
+            _WriteHashes(ids, 0 if grouped else buckets)))
+        if grouped:
+            groups = groups_of([count for count, _ in written])
+            written = runner(f"group-ids:{scores.name}", partition_tasks(
+                "group-ids", _MergeGroup(ids, tuple(groups), buckets), len(groups)))
+        cuts = np.array([c for _, c in written], np.int64).reshape(len(written), buckets + 1)
         found = runner(f"duplicates:{scores.name}", partition_tasks(
-            "duplicates", bucket, buckets))
+            "duplicates", _Bucket(ids, grouped, cuts), buckets))
     finally:
-        shutil.rmtree(ids, ignore_errors=True)
+        _remove_folder(ids)
     for places in (p for bucket in found for p in bucket):  # in hash order, as on the client
         scores.corpus.refuse_repeated(places)
     scores.ids_checked = True
@@ -124,12 +131,13 @@ def _store_folder(task: Any) -> str | None:
 
 
 def _ids_folder(store: str) -> str | None:
-    """The store's hidden folder of id hashes, made empty; None where it cannot be made
-    (a store the user may only read, or one in an object store, where a bucket could not
-    memory-map the files: the check then runs on the client)."""
+    """The store's hidden folder of id hashes, made empty; None where it cannot be made (a
+    local store the user may only read: the check then runs on the client). In an object
+    store it is a prefix, emptied of what a killed job left."""
+    path = storage.join(store, IDS_DIR)
     if storage.is_remote(store):
-        return None
-    path = os.path.join(store, IDS_DIR)
+        _remove_folder(path)
+        return path
     shutil.rmtree(path, ignore_errors=True)
     try:
         os.makedirs(path)
@@ -138,22 +146,53 @@ def _ids_folder(store: str) -> str | None:
     return path
 
 
+def _remove_folder(path: str) -> None:
+    if not storage.is_remote(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    storage.remove([storage.join(path, name) for name in storage.names_below(path)])
+
+
 def _hashes(table: pa.Table, index: int) -> np.ndarray:
     return id_hashes(table["id"])
 
 
+def cut_points(hashes: np.ndarray, buckets: int) -> np.ndarray:
+    """Where each of ``buckets`` equal hash ranges starts in sorted ``hashes``, and the
+    end: ``buckets + 1`` positions."""
+    bounds = [(b << 64) // buckets for b in range(1, buckets)]
+    inner = np.searchsorted(hashes, np.array(bounds, np.uint64)) if bounds else []
+    return np.concatenate([[0], inner, [len(hashes)]]).astype(np.int64)
+
+
+def _write(path: str, values: np.ndarray) -> None:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(np.ascontiguousarray(values).tobytes())
+
+
+def _read(path: str, dtype: type, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Items ``[start, stop)`` of a raw array file: one range read."""
+    size = np.dtype(dtype).itemsize
+    data = storage.read_range(path, start * size, None if stop is None else stop * size)
+    return np.frombuffer(data, dtype)
+
+
 @dataclass(frozen=True)
 class _WriteHashes:
-    """Per partition: write its id hashes sorted, and their rows; return the row count."""
+    """Per partition: write its id hashes sorted, and their rows; return the row count
+    and, when ``buckets`` is set, each bucket's cut points in the sorted hashes."""
 
     folder: str
+    buckets: int
 
-    def __call__(self, table: pa.Table, index: int) -> int:
+    def __call__(self, table: pa.Table, index: int) -> tuple[int, list[int] | None]:
         hashes = id_hashes(table["id"])
         order = np.argsort(hashes, kind="stable")
-        for name, values in zip(_file_names(index), (hashes[order], order.astype(np.int64))):
-            np.save(os.path.join(self.folder, name), values)
-        return len(hashes)
+        ordered = hashes[order]
+        for name, values in zip(_file_names(index), (ordered, order.astype(np.int64))):
+            _write(storage.join(self.folder, name), values)
+        cuts = cut_points(ordered, self.buckets).tolist() if self.buckets else None
+        return len(hashes), cuts
 
 
 @dataclass(frozen=True)
@@ -161,86 +200,65 @@ class _MergeGroup:
     """Group ``g``: its partitions' sorted hashes merged into one file sorted by hash,
     with each hash's partition and row (ties in pool order: partitions are taken in
     order and the sort is stable); the partitions' files are deleted. Returns the
-    group's row count."""
+    group's row count and its buckets' cut points."""
 
     folder: str
     groups: tuple[tuple[int, int], ...]
+    buckets: int
 
-    def __call__(self, group: int) -> int:
+    def __call__(self, group: int) -> tuple[int, list[int]]:
         start, stop = self.groups[group]
         hashes, partitions, rows = [], [], []
         for index in range(start, stop):
-            hash_name, row_name = (os.path.join(self.folder, n) for n in _file_names(index))
-            hashes.append(np.load(hash_name))
-            rows.append(np.load(row_name))
+            hash_name, row_name = (storage.join(self.folder, n) for n in _file_names(index))
+            hashes.append(_read(hash_name, np.uint64))
+            rows.append(_read(row_name, np.int64))
             partitions.append(np.full(len(hashes[-1]), index, np.int64))
         values = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         order = np.argsort(values, kind="stable")
         columns = (values[order], np.concatenate(partitions)[order],
                    np.concatenate(rows)[order])
         for name, column in zip(_group_names(group), columns):
-            np.save(os.path.join(self.folder, name), column)
-        for index in range(start, stop):
-            for name in _file_names(index):
-                os.remove(os.path.join(self.folder, name))
-        return len(values)
+            _write(storage.join(self.folder, name), column)
+        _remove_files([storage.join(self.folder, name) for index in range(start, stop)
+                       for name in _file_names(index)])
+        return len(values), cut_points(columns[0], self.buckets).tolist()
+
+
+def _remove_files(paths: list[str]) -> None:
+    if paths and storage.is_remote(paths[0]):
+        storage.remove(paths)
+        return
+    for path in paths:
+        os.remove(path)
 
 
 @dataclass(frozen=True)
 class _Bucket:
-    """Bucket ``b`` of ``buckets`` equal hash ranges: the places of each hash in its range
-    that two partitions hold, read from every group's file (``counts``: rows per group)."""
+    """Bucket ``b`` of equal hash ranges: the places of each hash in its range that two
+    partitions hold, read from every group's files (``grouped``) or every partition's;
+    ``cuts[s]`` holds where each bucket starts in source ``s``'s sorted hashes."""
 
     folder: str
-    counts: tuple[int, ...]
-    buckets: int
+    grouped: bool
+    cuts: np.ndarray
 
     def __call__(self, bucket: int) -> list[Places]:
-        low, high = (((bucket + i) << 64) // self.buckets for i in (0, 1))
         hashes, partitions, rows = [], [], []
-        for group, count in enumerate(self.counts):
-            names = [os.path.join(self.folder, n) for n in _group_names(group)]
-            cut = _cut(names[0], count, low, high)
-            if cut is not None:
-                hashes.append(cut[0])
-                partitions.append(_slice_of(names[1], cut[1]))
-                rows.append(_slice_of(names[2], cut[1]))
+        for source, (start, stop) in enumerate(self.cuts[:, bucket:bucket + 2].tolist()):
+            if stop <= start:
+                continue
+            if self.grouped:
+                hash_name, part_name_, row_name = (storage.join(self.folder, n)
+                                                   for n in _group_names(source))
+                partitions.append(_read(part_name_, np.int64, start, stop))
+            else:
+                hash_name, row_name = (storage.join(self.folder, n)
+                                       for n in _file_names(source))
+                partitions.append(np.full(stop - start, source, np.int64))
+            hashes.append(_read(hash_name, np.uint64, start, stop))
+            rows.append(_read(row_name, np.int64, start, stop))
         return _repeated(hashes, partitions, rows)
-
-
-@dataclass(frozen=True)
-class _PartitionsBucket(_Bucket):
-    """:class:`_Bucket` reading every partition's files instead of groups' (``counts``:
-    rows per partition): for a few buckets, where merging would cost more."""
-
-    def __call__(self, bucket: int) -> list[Places]:
-        low, high = (((bucket + i) << 64) // self.buckets for i in (0, 1))
-        hashes, partitions, rows = [], [], []
-        for index, count in enumerate(self.counts):
-            hash_name, row_name = (os.path.join(self.folder, n) for n in _file_names(index))
-            cut = _cut(hash_name, count, low, high)
-            if cut is not None:
-                hashes.append(cut[0])
-                rows.append(_slice_of(row_name, cut[1]))
-                partitions.append(np.full(len(cut[0]), index, np.int64))
-        return _repeated(hashes, partitions, rows)
-
-
-def _cut(path: str, count: int, low: int, high: int) -> tuple[np.ndarray, slice] | None:
-    """The hashes in ``[low, high)`` of a sorted hash file of ``count`` rows, read from a
-    memory map after a binary search, and where they lie; None when there are none."""
-    if not count:
-        return None
-    mine = np.load(path, mmap_mode="r")
-    start = int(np.searchsorted(mine, np.uint64(low)))
-    stop = count if high >> 64 else int(np.searchsorted(mine, np.uint64(high)))
-    if stop <= start:
-        return None
-    return np.array(mine[start:stop]), slice(start, stop)
-
-
-def _slice_of(path: str, where: slice) -> np.ndarray:
-    return np.array(np.load(path, mmap_mode="r")[where])
 
 
 def _repeated(hashes: list[np.ndarray], partitions: list[np.ndarray],

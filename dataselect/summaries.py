@@ -28,7 +28,7 @@ def collect_summaries(scores: Scores, runner: Runner) -> list[dict[str, Any]]:
                        scores.delayed(_Summarize(scores.npartitions)))
     if sum(p["rows"] for p in parts) == 0:
         raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
-    check_unique_ids(scores, runner)
+    check_unique_ids(scores, runner, parts)
     return parts
 
 

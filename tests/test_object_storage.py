@@ -294,3 +294,30 @@ def test_the_python_api_reads_and_writes_urls(bucket, local_run):
     assert sorted(_objects(fs, f"{name}/api"))[:2] == [".dataselect.json", ".manifest.json"]
     with pytest.raises(InputError, match="read the parts from the URL"):
         selection.to_hf()  # the datasets layout is a local folder's
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bucket_rows", [1 << 21, 150])
+def test_duplicate_ids_of_a_store_in_s3_are_checked_on_the_workers(
+        bucket, tmp_path, monkeypatch, capsys, bucket_rows):
+    """A score store in an object store is checked through its `.ids/` prefix (range
+    reads of each bucket's bytes), not by gathering every id hash on the client; with
+    few rows a bucket, through groups too. The error names both places, as a local
+    store's does, and no `.ids/` object is left behind."""
+    from dataselect import duplicates
+
+    fs, name = bucket
+    monkeypatch.setattr(duplicates, "BUCKET_ROWS", bucket_rows)
+    monkeypatch.setattr(duplicates, "_hashes", None)  # the client-side way is not taken
+    rows = [{"id": f"u{i}", "text": f"row {i} about terms and licenses"} for i in range(900)]
+    rows[700]["id"] = rows[30]["id"]
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    out = f"s3://{name}/dup/out"
+    job = [("0.01" if previous == "--partition-mb" else v)
+           for previous, v in zip(["", *JOB], JOB)]
+    argv = ["select", *job, "--pool", str(pool), "--target", TARGET, "--out", out]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("pool.jsonl:701: field 'id': duplicate id 'u30' (also at "
+                            f"{pool}:31)"), err[-1]
+    assert not [n for n in _objects(fs, f"{name}/dup/out") if "/.ids/" in f"/{n}"]
