@@ -19,10 +19,11 @@ search in memory) and returns those cut points to the client, so a bucket reads 
 its bytes of each file: one range read, the same on a disk and in an object store, where
 the folder lives under the store's URL.
 
-Buckets used to read every partition's files: P × B opens, 56 s of a 10⁸-row job and,
-growing with the square of the pool, most of a 10⁹-row one. Through groups it is
-P + G × B opens, with G and B both about rows / :data:`BUCKET_ROWS` (48 × 48 at 10⁸ rows
-instead of 1,530 × 48 × 2). The client holds the duplicates only, and names both places
+Buckets reading every partition's files take 2 P B range reads, which grows with the
+square of the pool (146,496 at 10⁸ rows, 1.5·10⁷ at 10⁹); through groups it is
+2 P + 3 G B, with G and B both about rows / :data:`BUCKET_ROWS` (9,964 at 10⁸ rows). The
+merge costs a pass over the hashes, so groups are made only past
+:data:`GROUP_FROM_READS` reads. The client holds the duplicates only, and names both places
 as :meth:`Corpus.check_unique_ids` does (same error). Scores that are not a store (lazy
 ``scorer.score(pool)`` in Python) have no folder to write to, and a local store the user
 may only read is not written to: their hashes are checked on the client, 8 bytes a row.
@@ -46,10 +47,16 @@ from dataselect.sampling import id_hashes
 
 IDS_DIR = ".ids"
 BUCKET_ROWS = 1 << 21
-# from this many buckets on, partitions are merged into groups first: below it, the merge
-# pass costs more than the opens it saves (0.6x at 2*10^6 rows, 1 bucket; 1.7x faster at
-# 2*10^7 rows, 10 buckets; benchmarks/bench_duplicates.py)
-GROUP_FROM_BUCKETS = 4
+# Partitions are merged into groups first once buckets reading every partition would
+# take more than this many range reads (2 a partition and bucket). The per-partition way
+# grows with the square of the pool, the merge with the pool: on a local disk, where a
+# read is ~0.1 ms, the per-partition way was still faster at 10^8 rows (146,496 reads,
+# 9.2 s against 13.3 s; benchmarks/bench_duplicates.py), and by the same costs the merge
+# wins from about 1.5*10^8 rows on (10x fewer core-seconds at 10^9). An object store
+# answers a range read in milliseconds, not tenths of one: there grouping pays from about
+# a hundredth of that.
+GROUP_FROM_READS = 300_000
+GROUP_FROM_READS_REMOTE = 3_000
 
 # places of one repeated hash: its first two (partition, position), in pool order
 Places = list[tuple[int, int]]
@@ -104,7 +111,8 @@ def check_unique_ids(scores: Any, runner: Runner,
         scores.ids_checked = True
         return
     buckets = max(1, -(-sum(int(p["rows"]) for p in parts) // BUCKET_ROWS))
-    grouped = buckets >= GROUP_FROM_BUCKETS
+    reads = 2 * len(parts) * buckets
+    grouped = reads > (GROUP_FROM_READS_REMOTE if storage.is_remote(ids) else GROUP_FROM_READS)
     try:
         written = runner(f"ids:{scores.name}", scores.delayed(
             _WriteHashes(ids, 0 if grouped else buckets)))

@@ -297,9 +297,9 @@ def test_the_python_api_reads_and_writes_urls(bucket, local_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bucket_rows", [1 << 21, 150])
+@pytest.mark.parametrize(("bucket_rows", "group_from"), [(1 << 21, 10**9), (150, -1)])
 def test_duplicate_ids_of_a_store_in_s3_are_checked_on_the_workers(
-        bucket, tmp_path, monkeypatch, capsys, bucket_rows):
+        bucket, tmp_path, monkeypatch, capsys, bucket_rows, group_from):
     """A score store in an object store is checked through its `.ids/` prefix (range
     reads of each bucket's bytes), not by gathering every id hash on the client; with
     few rows a bucket, through groups too. The error names both places, as a local
@@ -308,6 +308,7 @@ def test_duplicate_ids_of_a_store_in_s3_are_checked_on_the_workers(
 
     fs, name = bucket
     monkeypatch.setattr(duplicates, "BUCKET_ROWS", bucket_rows)
+    monkeypatch.setattr(duplicates, "GROUP_FROM_READS_REMOTE", group_from)
     monkeypatch.setattr(duplicates, "_hashes", None)  # the client-side way is not taken
     rows = [{"id": f"u{i}", "text": f"row {i} about terms and licenses"} for i in range(900)]
     rows[700]["id"] = rows[30]["id"]

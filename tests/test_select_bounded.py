@@ -231,13 +231,19 @@ def test_partitions_are_grouped_in_runs_of_about_the_bucket_rows():
     assert duplicates.groups_of([], rows=6) == []
 
 
+@pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("bucket_rows", [7, 40, 1 << 21])
 def test_duplicate_ids_found_through_groups_and_buckets_name_the_same_places(
-        tmp_path, monkeypatch, bucket_rows):
+        tmp_path, monkeypatch, bucket_rows, grouped):
     """Groups and buckets of a few rows (many of each, a group spanning partitions, one
     partition its own group) find what the whole-array check finds, naming the same
     places, and every group file is removed afterwards."""
     monkeypatch.setattr(duplicates, "BUCKET_ROWS", bucket_rows)
+    monkeypatch.setattr(duplicates, "GROUP_FROM_READS", -1 if grouped else 10**9)
+    merged = []
+    real_merge = duplicates._MergeGroup.__call__
+    monkeypatch.setattr(duplicates._MergeGroup, "__call__",
+                        lambda self, g: merged.append(g) or real_merge(self, g))
     rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(300)]
     rows[250]["id"] = rows[40]["id"]  # repeated far apart, in other partitions
     rows[200]["id"] = rows[100]["id"]
@@ -247,7 +253,8 @@ def test_duplicate_ids_found_through_groups_and_buckets_name_the_same_places(
     stored = FixedScorer({i: 1.0 for i in ids}, frozenset()).score(pool).write(tmp_path / "s")
     with pytest.raises(DuplicateIdError) as whole:
         pool.check_unique_ids([id_hashes(t["id"]) for t in pool.iter_tables()])
-    with pytest.raises(DuplicateIdError) as grouped:
+    with pytest.raises(DuplicateIdError) as found:
         select.top_k(pool, stored, 5)
-    assert str(grouped.value) == str(whole.value)
+    assert str(found.value) == str(whole.value)
+    assert bool(merged) == grouped
     assert not (tmp_path / "s" / ".ids").exists()
