@@ -49,14 +49,14 @@ IDS_DIR = ".ids"
 BUCKET_ROWS = 1 << 21
 # Partitions are merged into groups first once buckets reading every partition would
 # take more than this many range reads (2 a partition and bucket). The per-partition way
-# grows with the square of the pool, the merge with the pool: on a local disk, where a
-# read is ~0.1 ms, the per-partition way was still faster at 10^8 rows (146,496 reads,
-# 9.2 s against 13.3 s; benchmarks/bench_duplicates.py), and by the same costs the merge
-# wins from about 1.5*10^8 rows on (10x fewer core-seconds at 10^9). An object store
-# answers a range read in milliseconds, not tenths of one: there grouping pays from about
-# a hundredth of that.
-GROUP_FROM_READS = 300_000
-GROUP_FROM_READS_REMOTE = 3_000
+# grows with the square of the pool, the merge with the pool. Fitted on a local disk
+# (benchmarks/bench_duplicates.py at 2*10^7 and 10^8 rows: 5.2e-8 s a row plus 27 us a
+# read, against 1.3e-7 s a row merged), the two cross near 2*10^8 rows, where the
+# per-partition way takes about 600,000 reads; at 10^9 rows the merge takes about a third
+# of the time. An object store answers a range read in milliseconds, not microseconds:
+# there grouping pays from about a hundredth of that.
+GROUP_FROM_READS = 600_000
+GROUP_FROM_READS_REMOTE = 6_000
 
 # places of one repeated hash: its first two (partition, position), in pool order
 Places = list[tuple[int, int]]
