@@ -3,6 +3,8 @@ types a selection can take rows of, nesting Arrow reads back, and valid string b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pyarrow as pa
 
 from dataselect.errors import InputError
@@ -12,18 +14,27 @@ from dataselect.schemas import nesting
 
 def check_column_names(place: str, schema: pa.Schema) -> None:
     """Refuse column names no output can keep, before any work: two columns of one name
-    (pyarrow refuses to pick one by name, so ids, text and labels could not be read) and a
-    name holding a NUL character at any depth (``datasets`` cuts the name there, so the
-    output no longer loads as one dataset)."""
+    (pyarrow refuses to pick one by name, so ids, text and labels could not be read), two
+    fields of one name inside a struct at any depth (Arrow keeps both, but pandas and
+    ``datasets`` read one value and drop the other, and polars cannot read the output)
+    and a name holding a NUL character at any depth (``datasets`` cuts the name there, so
+    the output no longer loads as one dataset)."""
     repeated = next((n for n in schema.names if schema.names.count(n) > 1), None)
     if repeated is not None:
         raise InputError("has two columns of the same name; rename or drop one",
                          where=place, field=repeated)
     for field in schema:
-        if (name := _name_with_nul(field.name, field.type)) is not None:
+        paths = list(_fields_under(field.name, field.type))
+        if (name := next((p for p, _ in paths if "\0" in p), None)) is not None:
             raise InputError(
                 "a column or key name holds a NUL character (\\u0000), which datasets and "
                 "other readers cut the name at; rename it", where=place,
+                field=name)
+        if (name := next(filter(None, (_repeated_child(p, k) for p, k in paths)),
+                         None)) is not None:
+            raise InputError(
+                "a struct holds two fields of this name, of which pandas, datasets and "
+                "polars keep one value or none; rename or drop one", where=place,
                 field=name)
         if (kind := _untakeable(field.type)) is not None:
             raise InputError(
@@ -31,6 +42,34 @@ def check_column_names(place: str, schema: pa.Schema) -> None:
                 "from every column); cast the column to a plain type (a string view to "
                 "string, a run-end-encoded column to its values' type) or drop it",
                 where=place, field=field.name)
+
+
+def _fields_under(name: str, kind: pa.DataType) -> Iterator[tuple[str, pa.DataType]]:
+    """``(path, type)`` of column ``name`` and of every field under it, parents first: a
+    struct's field as ``name.key``, list items as ``name[]``, a map's keys and values as
+    ``name[].key`` and ``name[].value``, a dictionary as its values, an extension type
+    (a tensor, a UUID) as its storage."""
+    yield name, kind
+    if pa.types.is_dictionary(kind):
+        yield from _fields_under(name, kind.value_type)
+    elif isinstance(kind, pa.BaseExtensionType):
+        yield from _fields_under(name, kind.storage_type)
+    elif pa.types.is_map(kind):
+        yield from _fields_under(f"{name}[].key", kind.key_type)
+        yield from _fields_under(f"{name}[].value", kind.item_type)
+    elif pa.types.is_struct(kind) or pa.types.is_union(kind):
+        for child in kind:
+            yield from _fields_under(f"{name}.{child.name}", child.type)
+    elif kind.num_fields:  # lists of any kind
+        yield from _fields_under(f"{name}[]", kind.field(0).type)
+
+
+def _repeated_child(name: str, kind: pa.DataType) -> str | None:
+    """``name.key`` where struct ``name`` holds two fields named ``key``."""
+    if not (pa.types.is_struct(kind) or pa.types.is_union(kind)):
+        return None
+    names = [child.name for child in kind]
+    return next((f"{name}.{n}" for n in names if names.count(n) > 1), None)
 
 
 def _untakeable(kind: pa.DataType) -> pa.DataType | None:
@@ -43,20 +82,6 @@ def _untakeable(kind: pa.DataType) -> pa.DataType | None:
     children = (kind.field(i).type for i in range(kind.num_fields))  # any nested type
     return next((found for child in children if (found := _untakeable(child)) is not None),
                 None)
-
-
-def _name_with_nul(name: str, kind: pa.DataType) -> str | None:
-    """``name`` (dotted down to a nested key, ``[]`` for list items) of the first field
-    at or under it whose name holds a NUL."""
-    if "\0" in name:
-        return name
-    while pa.types.is_list(kind) or pa.types.is_large_list(kind) \
-            or pa.types.is_fixed_size_list(kind):
-        kind, name = kind.value_type, f"{name}[]"
-    if not pa.types.is_struct(kind):
-        return None
-    return next((found for child in kind for found in
-                 [_name_with_nul(f"{name}.{child.name}", child.type)] if found), None)
 
 
 def check_nesting(path: str, schema: pa.Schema) -> None:

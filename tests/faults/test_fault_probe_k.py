@@ -1,0 +1,60 @@
+"""Probe round K (issue 28): the seventh probe's failures, as classes.
+
+Field names repeated inside a struct at any depth, decimal columns unified with float
+columns, plug-in scorer classes left abstract, ``combine`` weights that overflow or
+underflow, percent-escaped ``file:`` URLs, and a ``save_to_disk`` folder whose
+``state.json`` names a split or columns it does not hold: each is one line naming the
+file, the field or the setting, exit status 2, before any work; never a traceback or a
+changed value."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import DATA
+from fault_helpers import private_fingerprint_cache, refused, select_errors  # noqa: F401
+
+POOL = DATA / "pool" / "part-00000.parquet"
+
+
+def _pool_rows(n: int = 60) -> pa.Table:
+    return pq.read_table(POOL).slice(0, n)
+
+
+# ------------------------------------------- field names repeated inside a struct (g02)
+
+def _twice(name: str, n: int) -> pa.StructArray:
+    """A struct column of ``n`` rows with two fields called ``name``."""
+    return pa.StructArray.from_arrays(
+        [pa.array(range(n)), pa.array([str(i) for i in range(n)])], names=[name, name])
+
+
+def _offsets(n: int) -> pa.Array:
+    return pa.array(range(n + 1), pa.int32())
+
+
+@pytest.mark.parametrize(("make", "field"), [
+    (lambda n: _twice("a", n), "m.a"),
+    (lambda n: pa.ListArray.from_arrays(_offsets(n), _twice("b", n)), "m[].b"),
+    (lambda n: pa.MapArray.from_arrays(_offsets(n), pa.array([str(i) for i in range(n)]),
+                                       _twice("c", n)), "m[].value.c"),
+    (lambda n: pa.StructArray.from_arrays(
+        [pa.ListArray.from_arrays(_offsets(n), _twice("d", n))], names=["o"]), "m.o[].d"),
+], ids=["struct", "list", "map", "deeper"])
+def test_a_field_name_repeated_inside_a_struct_is_refused(tmp_path, capsys, make, field):
+    table = _pool_rows()
+    pq.write_table(table.append_column("m", make(table.num_rows)), tmp_path / "dup.parquet")
+    code, errors = select_errors([tmp_path / "dup.parquet"], tmp_path / "out", capsys)
+    refused(code, errors, "dup.parquet", repr(field), "two fields of this name")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("part-*"))
+
+
+def test_a_target_with_a_repeated_nested_field_name_is_refused(tmp_path, capsys):
+    target = pa.Table.from_pylist(
+        [{"id": f"t{i}", "text": f"def f{i}(x): return x"} for i in range(20)])
+    pq.write_table(target.append_column("m", _twice("a", 20)), tmp_path / "t.parquet")
+    pq.write_table(_pool_rows(), tmp_path / "pool.parquet")
+    code, errors = select_errors([tmp_path / "pool.parquet"], tmp_path / "out", capsys,
+                                 target=tmp_path / "t.parquet")
+    refused(code, errors, "t.parquet", "'m.a'")
