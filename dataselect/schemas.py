@@ -8,8 +8,9 @@ files written side by side must still make one dataset that pandas, pyarrow and
 a missing or all-null column becomes nulls of the other files' type, an integer column
 joins a float column only when every value is exact as a float, a struct gains the fields
 other files give it. Anything else (``int64`` against ``string``, a list against a
-scalar, text against bytes at any depth) is refused before rows are mixed, naming both
-files, the column and both types.
+scalar, text against bytes at any depth, a decimal against a float at any depth unless its
+type proves every value a float too) is refused before rows are mixed, naming both files,
+the column and both types.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
     unified = pa.schema([])
     first_place: dict[str, str] = {}
     for place, schema in _decoded_where_mixed(schemas):
-        if any(_text_against_bytes(unified.field(f.name), f) for f in schema
+        if any(_lossy_join(unified.field(f.name), f) for f in schema
                if unified.get_field_index(f.name) >= 0):
             raise _disagreement(unified, first_place, place, schema)
         try:
@@ -86,40 +87,69 @@ def _disagreement(unified: pa.Schema, first_place: dict[str, str], place: str,
 def _clash(before: pa.Field, field: pa.Field) -> bool:
     """Whether two files' types of one column cannot be one column's without a value
     changing its meaning. Arrow's permissive unification refuses most such pairs, but
-    takes ``string`` and ``binary`` as ``binary`` (:func:`_text_against_bytes`), so one
-    file's text would be written as bytes, which pandas, polars and ``datasets`` read back
-    as bytes, not text."""
+    takes ``string`` and ``binary`` as ``binary``, and a decimal and a float as the float
+    (:func:`_lossy_join`)."""
     try:
         pa.unify_schemas([pa.schema([before]), pa.schema([field])],
                          promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         return True
-    return _text_against_bytes(before, field)
+    return _lossy_join(before, field)
 
 
-def _text_against_bytes(before: pa.Field, field: pa.Field) -> bool:
-    """Whether one place inside the two types is text in one and bytes in the other."""
-    ours, theirs = _text_or_bytes(before.type), _text_or_bytes(field.type)
-    return any(ours[place] != kind for place, kind in theirs.items() if place in ours)
+def _lossy_join(before: pa.Field, field: pa.Field) -> bool:
+    """Whether one place inside the two types holds values that the type Arrow joins them
+    as would change: text in one and bytes in the other (one file's text would be written
+    as bytes, which pandas, polars and ``datasets`` read back as bytes), or a decimal in
+    one and a float in the other (a decimal is exact by intent; 0.1 or 2**60 + 1 are not
+    floats, and Arrow's cast rounds them without a word)."""
+    ours, theirs = _leaves(before.type), _leaves(field.type)
+    return any(_lossy_pair(ours[place], kind) for place, kind in theirs.items()
+               if place in ours)
 
 
-def _text_or_bytes(kind: pa.DataType, place: tuple = ()) -> dict[tuple, str]:
-    """``"text"`` or ``"bytes"`` for every string or binary value inside ``kind``, by its
-    place (a struct's field by name, any other child by position; a dictionary as its
-    values)."""
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
+def _lossy_pair(ours: pa.DataType, theirs: pa.DataType) -> bool:
+    kinds = {_text_or_bytes(ours), _text_or_bytes(theirs)}
+    return kinds == {"text", "bytes"} or _inexact_as_float(ours, theirs) \
+        or _inexact_as_float(theirs, ours)
+
+
+# decimal digits every integer of which a float of this many bits holds exactly
+_FLOAT_DIGITS = {16: 3, 32: 7, 64: 15}
+
+
+def _inexact_as_float(kind: pa.DataType, other: pa.DataType) -> bool:
+    """Whether ``kind`` is a decimal type not every value of which the float type
+    ``other`` holds exactly: only whole numbers of no more digits than the float's
+    mantissa holds (``decimal128(15, 0)`` in a double) are known exact from the type."""
+    if not (pa.types.is_decimal(kind) and pa.types.is_floating(other)):
+        return False
+    return kind.scale > 0 or kind.precision - kind.scale > _FLOAT_DIGITS[other.bit_width]
+
+
+def _text_or_bytes(kind: pa.DataType) -> str | None:
+    """``"text"`` for a string type, ``"bytes"`` for a binary one, else None."""
     if (pa.types.is_string(kind) or pa.types.is_large_string(kind)
             or pa.types.is_string_view(kind)):
-        return {place: "text"}
+        return "text"
     if (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
             or pa.types.is_fixed_size_binary(kind) or pa.types.is_binary_view(kind)):
-        return {place: "bytes"}
-    found: dict[tuple, str] = {}
+        return "bytes"
+    return None
+
+
+def _leaves(kind: pa.DataType, place: tuple = ()) -> dict[tuple, pa.DataType]:
+    """The type of every value inside ``kind`` that holds no other, by its place (a
+    struct's field by name, any other child by position; a dictionary as its values)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if not kind.num_fields or _text_or_bytes(kind) is not None:
+        return {place: kind}
+    found: dict[tuple, pa.DataType] = {}
     for i in range(kind.num_fields):
         child = kind.field(i)
-        found.update(_text_or_bytes(child.type,
-                                    (*place, child.name if pa.types.is_struct(kind) else i)))
+        found.update(_leaves(child.type,
+                             (*place, child.name if pa.types.is_struct(kind) else i)))
     return found
 
 

@@ -9,6 +9,9 @@ changed value."""
 
 from __future__ import annotations
 
+import decimal
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -58,3 +61,42 @@ def test_a_target_with_a_repeated_nested_field_name_is_refused(tmp_path, capsys)
     code, errors = select_errors([tmp_path / "pool.parquet"], tmp_path / "out", capsys,
                                  target=tmp_path / "t.parquet")
     refused(code, errors, "t.parquet", "'m.a'")
+
+
+# ------------------------------------------------- decimal columns against floats (g03)
+
+def _two_files(tmp_path: Path, first: pa.Array, second: pa.Array) -> Path:
+    """A pool folder of two files whose column ``n`` holds ``first`` and ``second``."""
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    table = _pool_rows(2 * len(first))
+    pq.write_table(table.slice(0, len(first)).append_column("n", first), folder / "a.parquet")
+    pq.write_table(table.slice(len(first)).append_column("n", second), folder / "b.parquet")
+    return folder
+
+
+@pytest.mark.parametrize(("decimals", "floats"), [
+    (pa.array([decimal.Decimal(2**60 + 1)] * 30, pa.decimal128(38, 0)),
+     pa.array([0.5] * 30)),
+    (pa.array([decimal.Decimal("0.1")] * 30, pa.decimal128(5, 1)),
+     pa.array([0.5] * 30, pa.float32())),
+    (pa.array([[decimal.Decimal("0.5")]] * 30, pa.list_(pa.decimal256(40, 2))),
+     pa.array([[0.5]] * 30)),
+], ids=["beyond-2**53", "a-tenth", "nested"])
+def test_a_decimal_column_against_a_float_column_is_refused_naming_both_files(
+        tmp_path, capsys, decimals, floats):
+    folder = _two_files(tmp_path, floats, decimals)
+    code, errors = select_errors([folder], tmp_path / "out", capsys, "--k", "60")
+    refused(code, errors, "b.parquet", "a.parquet", "'n'", "decimal")
+
+
+def test_a_decimal_column_whose_type_proves_it_exact_joins_a_float_column(
+        tmp_path, capsys):
+    whole = [decimal.Decimal(10**15 - 1 - i) for i in range(30)]
+    folder = _two_files(tmp_path, pa.array(whole, pa.decimal128(15, 0)),
+                        pa.array([0.5] * 30))
+    code, errors = select_errors([folder], tmp_path / "out", capsys, "--k", "60")
+    assert code == 0, errors
+    values = pq.read_table(tmp_path / "out")["n"].to_pylist()
+    assert sorted(v for v in values if v != 0.5) == sorted(float(d) for d in whole)
+    assert all(decimal.Decimal(float(d)) == d for d in whole)
