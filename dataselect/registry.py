@@ -23,13 +23,18 @@ T = TypeVar("T")
 
 class Registry(Mapping[str, "type[T]"], Generic[T]):
     """Classes by name, from ``builtin`` (``name -> "module:Class"``) and the entry points
-    of ``group``, each imported and checked by ``load(name, target)`` on first lookup."""
+    of ``group``, each imported and checked by ``load(name, target)`` on first lookup, and
+    then by :func:`check_concrete`; its errors call a class ``what`` (``scorer``) and blame
+    setting ``field``."""
 
     def __init__(self, group: str, builtin: Mapping[str, str],
-                 load: Callable[[str, str], type[T]]) -> None:
+                 load: Callable[[str, str], type[T]], what: str = "plug-in",
+                 field: str | None = None) -> None:
         self.group = group
         self.builtin = builtin
         self._load = load
+        self.what = what
+        self.field = field
         self._targets: dict[str, str] | None = None
         # plug-in name -> every (distribution, target) registering it
         self._claims: dict[str, list[tuple[str, str]]] = {}
@@ -80,7 +85,9 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
         if name not in self._classes:
             target = self._entries()[name]
             self._check_unambiguous(name)
-            self._classes[name] = self._load(name, target)
+            cls = self._load(name, target)
+            check_concrete(self.what, name, target, cls, self.field)
+            self._classes[name] = cls
         return self._classes[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -133,3 +140,15 @@ def check_own_name(what: str, name: str, target: str, cls: type, field: str) -> 
         raise InputError(f"{what} {name!r} ({target}) calls itself "
                          f"{getattr(cls, 'name', None)!r}; its class attribute name must "
                          "equal its registered name", field=field)
+
+
+def check_concrete(what: str, name: str, target: str, cls: type, field: str | None) -> None:
+    """A registered class defines every method its base class leaves abstract: Python
+    refuses to build one that does not, and the job would end in a ``TypeError``
+    traceback when it builds the class, after reading its inputs."""
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        methods = ", ".join(f"{method}()" for method in missing)
+        raise InputError(f"{what} {name!r} ({target}) does not define {methods}, which "
+                         f"every {what} must; the fault is in the plug-in: tell its "
+                         "author, or uninstall it", field=field)

@@ -64,7 +64,7 @@ def _load(name: str, target: str) -> type[Scorer]:
     return cls
 
 
-SCORERS: Registry[Scorer] = Registry(GROUP, BUILTIN, _load)
+SCORERS: Registry[Scorer] = Registry(GROUP, BUILTIN, _load, "scorer", "scorer")
 
 
 def build_scorer(name: str, params: dict[str, Any], seed: int, k: int | None = None,

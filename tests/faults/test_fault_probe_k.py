@@ -10,13 +10,18 @@ changed value."""
 from __future__ import annotations
 
 import decimal
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA
+from conftest import DATA, TARGETS, install_distribution
 from fault_helpers import private_fingerprint_cache, refused, select_errors  # noqa: F401
+
+from dataselect.errors import InputError
+from pipelines.cli import main
+from scorers import SCORERS
 
 POOL = DATA / "pool" / "part-00000.parquet"
 
@@ -100,3 +105,58 @@ def test_a_decimal_column_whose_type_proves_it_exact_joins_a_float_column(
     values = pq.read_table(tmp_path / "out")["n"].to_pylist()
     assert sorted(v for v in values if v != 0.5) == sorted(float(d) for d in whole)
     assert all(decimal.Decimal(float(d)) == d for d in whole)
+
+
+# ------------------------------------------ a plug-in scorer left abstract (g04)
+
+ABSTRACT_PLUGIN = '''
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pyarrow as pa
+
+from dataselect.scoring import Scorer
+
+
+@dataclass
+class Half(Scorer):
+    """Defines fit only: config() and perhaps score_batch() are left abstract."""
+
+    name: ClassVar[str] = "half"
+
+    def fit(self, target, pool=None, runner=None):
+        return self
+{extra}
+'''
+SCORE_BATCH = '''
+    def score_batch(self, batch):
+        return pa.table({"id": batch["id"], "score": pa.array([1.0] * batch.num_rows)})
+'''
+
+
+@pytest.fixture
+def fresh_scorers():
+    SCORERS.refresh()
+    yield SCORERS
+    SCORERS.refresh()
+
+
+@pytest.mark.parametrize(("extra", "missing"), [
+    (SCORE_BATCH, "config()"), ("", "config(), score_batch()")], ids=["one", "two"])
+def test_a_plugin_scorer_left_abstract_is_one_line_naming_it_and_the_methods(
+        tmp_path, monkeypatch, capsys, fresh_scorers, extra, missing):
+    (tmp_path / "site").mkdir()
+    install_distribution(tmp_path / "site", monkeypatch, "half_scorer",
+                         ABSTRACT_PLUGIN.format(extra=extra),
+                         "[dataselect.scorers]\nhalf = half_scorer:Half\n")
+    fresh_scorers.refresh()
+    pq.write_table(_pool_rows(), tmp_path / "pool.parquet")
+    code = main(["select", "--scorer", "half", "--pool", str(tmp_path / "pool.parquet"),
+                 "--target", str(TARGETS / "fortunes.jsonl"), "--out", str(tmp_path / "out"),
+                 "--k", "5", "--workers", "1", "--worker-kind", "threads"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    refused(code, "\n".join(line for line in err.splitlines() if "error" in line),
+            "'half'", "half_scorer:Half", missing)
+    with pytest.raises(InputError, match=re.escape(missing)):
+        fresh_scorers["half"]
