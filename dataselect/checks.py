@@ -20,6 +20,7 @@ import numbers
 import os
 import reprlib
 import stat
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -185,6 +186,28 @@ def check_positive(value: Any, name: str | None = None) -> float:
 
 def check_nonnegative(value: Any, name: str | None = None) -> float:
     return check_number(value, name, at_least=0)
+
+
+def check_weights(weights: Sequence[Any], name: str = "weights") -> list[float]:
+    """The weights of a weighted mean (``select.combine``, a recipe's ``combine.weights``)
+    as floats: each finite and >= 0, not all zero, their sum a finite float, and each
+    positive one still a normal float as a share of that sum. Why: the mean divides by the
+    sum, so a sum that overflows makes every score NaN; a weight that is no float beside
+    the others' sum drops out without a word (or, scaled as it was, leaves every row the
+    same score). Checked before any work, once for the API and for recipes."""
+    values = [check_nonnegative(w, name) for w in weights]
+    total = sum(values)
+    if not math.isfinite(total):
+        raise SettingError(f"sum to more than a float holds ({shown(weights)}); only their "
+                           "ratios count, so divide them all by one number", field=name)
+    if total <= 0:
+        raise SettingError(f"must not all be zero, got {shown(weights)}", field=name)
+    tiny = next((w for w in values if 0 < w / total < sys.float_info.min), None)
+    if tiny is not None:
+        raise SettingError(f"{tiny!r} is too small beside their sum {total!r} to be a "
+                           "share of it as a float (it underflows); give it as 0, or "
+                           "weights nearer each other", field=name)
+    return values
 
 
 def check_fraction(value: Any, name: str | None = None) -> float:

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataselect.checks import check_weights
 from dataselect.errors import InputError
 from dataselect.execution import Runner
 from dataselect.output import jsonable
@@ -76,9 +77,9 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
         raise InputError(f"method must be one of {METHODS}, got {method!r}", field="method")
     if not scores:
         raise InputError("nothing to combine")
-    weights = [1.0] * len(scores) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(scores) or sum(weights) <= 0 or min(weights) < 0:
-        raise InputError("weights must be non-negative, one per score set, not all zero")
+    weights = [1.0] * len(scores) if weights is None else check_weights(weights)
+    if len(weights) != len(scores):
+        raise InputError("weights must be one per score set", field="weights")
     pool = scores[0].corpus
     for other in scores[1:]:
         if jsonable(other.corpus.fingerprint()) != jsonable(pool.fingerprint()):
@@ -94,11 +95,21 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
             eligible = runner(f"ranks:{s.name}", s.delayed(_eligible_scores))
             scales.append(_Scale(method, sorted_scores=np.sort(np.concatenate(eligible))))
     names = _column_names([s.name for s in scores])
-    task = _CombinedTask(tuple(s.task for s in scores), names, tuple(scales), tuple(weights))
+    task = _CombinedTask(tuple(s.task for s in scores), names, tuple(scales),
+                         tuple(_normalised(weights)))
     description = {"scorer": "combined", "method": method, "weights": weights,
                    "inputs": [s.description for s in scores],
                    "pool": pool.fingerprint()}
     return Scores("combined", pool, task, description)
+
+
+def _normalised(weights: list[float]) -> list[float]:
+    """``weights`` (:func:`~dataselect.checks.check_weights`) scaled by the power of two
+    nearest the inverse of their sum: a weighted mean taken with them is the same to the
+    last bit (scaling by a power of two is exact), but its products and sum neither
+    underflow (weights of 5e-324 made every score 0, 1 or 2) nor overflow."""
+    exponent = math.frexp(sum(weights))[1]
+    return [math.ldexp(w, -exponent) for w in weights]
 
 
 def _eligible_scores(table: pa.Table, index: int) -> np.ndarray:

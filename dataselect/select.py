@@ -28,8 +28,8 @@ from dataselect.checks import (
     check_finite,
     check_fraction,
     check_name,
-    check_nonnegative,
     check_seed,
+    check_weights,
     shown,
     wrong_type,
 )
@@ -263,7 +263,7 @@ def combine(scores: list[Scores], method: str = "zscore", weights: list[float] |
         if not isinstance(weights, list | tuple) or len(weights) != len(scores):
             raise SettingError(f"must be a list of {len(scores)} numbers, one per Scores, "
                                f"got {shown(weights)}", field="weights")
-        weights = [check_nonnegative(w, "weights") for w in weights]
+        weights = check_weights(weights, "weights")
 
     return combine_scores(scores, method, weights, runner)
 

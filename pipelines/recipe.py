@@ -354,9 +354,9 @@ class Recipe(_Strict):
             if missing:
                 raise ValueError(f"attribution.queries is eval but tasks {missing} have no "
                                  "eval rows (give targets.<task>.eval, or queries: target)")
-        if self.combine.weights and sum(self.combine.weights.get(n, 1.0)
-                                        for n in self.scorers) <= 0:
-            raise ValueError("combine.weights are all zero")
+        if self.combine.weights:  # the check select.combine makes, before any work
+            checks.check_weights([self.combine.weights.get(n, 1.0) for n in self.scorers],
+                                 "combine.weights")
         self._check_budgets()
         self._check_given_once()
         self._check_settings()

@@ -10,17 +10,23 @@ changed value."""
 from __future__ import annotations
 
 import decimal
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA, TARGETS, install_distribution
+import yaml
+from conftest import DATA, TARGETS, install_distribution, write_jsonl
 from fault_helpers import private_fingerprint_cache, refused, select_errors  # noqa: F401
+from scoring_helpers import FixedScorer
 
+from dataselect import read_corpus, select
 from dataselect.errors import InputError
 from pipelines.cli import main
+from pipelines.recipe import load_recipe
 from scorers import SCORERS
 
 POOL = DATA / "pool" / "part-00000.parquet"
@@ -160,3 +166,61 @@ def test_a_plugin_scorer_left_abstract_is_one_line_naming_it_and_the_methods(
             "'half'", "half_scorer:Half", missing)
     with pytest.raises(InputError, match=re.escape(missing)):
         fresh_scorers["half"]
+
+
+# ------------------------------------------- combine weights that under- or overflow (g05)
+
+@pytest.fixture
+def two_score_sets(tmp_path):
+    """Two fixed score sets of one 40-row pool (a normal and a few-valued one)."""
+    records = [{"id": f"r{i}", "text": "t"} for i in range(40)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", records)), partition_bytes=300)
+    rng = np.random.default_rng(1)
+    ids = [r["id"] for r in records]
+    return pool, [FixedScorer(dict(zip(ids, values)), label=label).score(pool)
+                  for label, values in (("a", rng.normal(size=40)),
+                                        ("b", rng.integers(0, 5, size=40).astype(float)))]
+
+
+def _combined_scores(pool, scores, weights, method="zscore"):
+    combined = select.combine(scores, method=method, weights=weights)
+    return np.concatenate([combined.partition(i)["score"].to_numpy()
+                           for i in range(pool.npartitions)])
+
+
+@pytest.mark.parametrize("method", ["zscore", "rank"])
+@pytest.mark.parametrize(("tiny", "plain"), [
+    ([5e-324, 0], [1, 0]), ([math.ldexp(2, -1070), math.ldexp(1, -1070)], [2, 1]),
+    ([math.ldexp(3, -1030), math.ldexp(1, -1030)], [3, 1])])
+def test_tiny_weights_give_the_scores_of_their_ratio(two_score_sets, method, tiny, plain):
+    pool, scores = two_score_sets
+    np.testing.assert_array_equal(_combined_scores(pool, scores, tiny, method),
+                                  _combined_scores(pool, scores, plain, method))
+
+
+@pytest.mark.parametrize("weights", [[1e308, 1e308], [1e308, 1.0], [1.0, 1e-320],
+                                     [1.7e308, 1.7e308, 0.0]])
+def test_weights_that_overflow_or_underflow_are_refused_before_any_work(
+        two_score_sets, weights):
+    _, scores = two_score_sets
+    scores = (scores * 2)[:len(weights)]
+
+    def no_work(*args, **kwargs):
+        pytest.fail("scores were read before the weights were checked")
+
+    with pytest.raises(InputError, match="'weights'"):
+        select.combine(scores, weights=weights, runner=no_work)
+
+
+@pytest.mark.parametrize("weights", [{"dsir": 1e308, "zipfit": 1e308},
+                                     {"dsir": 1.0, "zipfit": 1e-320}])
+def test_recipe_combine_weights_that_overflow_or_underflow_are_refused_on_load(
+        tmp_path, weights):
+    recipe = {"name": "w", "pool": {"paths": [str(POOL)]},
+              "targets": {"code": {"paths": str(TARGETS / "python_docs.jsonl")}},
+              "scorers": {"dsir": {}, "zipfit": {}}, "combine": {"weights": weights},
+              "selection": {"k": 10}, "output": {"path": str(tmp_path / "out")}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    with pytest.raises(InputError, match=r"combine\.weights"):
+        load_recipe(str(path))
