@@ -5,7 +5,8 @@ One seam, so the rest of the code asks "is this remote?" in one place and never 
 local folder out of a URL (``--out s3://bucket/out`` once became ``./s3:/bucket/out``).
 ``file://`` URLs are local paths with a prefix: they are turned into plain paths, so they
 behave exactly as the paths they name (``file:///abs``, ``file://localhost/abs`` and the
-one-slash ``file:/abs`` of RFC 8089; a ``file://`` URL naming another host is refused).
+one-slash ``file:/abs`` of RFC 8089, ``%XX`` escapes decoded; a ``file://`` URL naming
+another host is refused).
 
 pyarrow parses a path string as a URI when it does not exist locally (``v1:pool.parquet``
 is "scheme v1", ``file:/abs`` is ``/abs``): a relative local name with a ``:`` was refused
@@ -34,6 +35,7 @@ import glob as _glob
 import os
 import posixpath
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -63,7 +65,11 @@ PROCESS_LOCAL_SCHEMES = frozenset({"memory", "cached", "simplecache", "filecache
                                    "blockcache", "dask"})
 # the schemes that name this machine's disk
 LOCAL_SCHEMES = ("file", "local")
-_FILE_URL = re.compile(r"^(?:file|local):(//(?P<host>[^/]*))?(?P<path>/.*)?$", re.IGNORECASE)
+_FILE_URL = re.compile(r"^(?P<scheme>file|local):(//(?P<host>[^/]*))?(?P<path>/.*)?$",
+                       re.IGNORECASE)
+# what a decoded file: URL path cannot hold: a NUL ends a name, and a "/" inside a name
+# (%2F) would cut it in two
+_UNNAMEABLE = re.compile(r"%(?:00|2F)", re.IGNORECASE)
 
 
 def check_writable(url: str) -> None:
@@ -94,16 +100,31 @@ def local_form(path: str | os.PathLike) -> str:
     """``path`` with a ``file:`` URL turned into the local path it names (``file:///a``,
     ``file://localhost/a`` and ``file:/a`` are ``/a``); anything else unchanged. A
     ``file://`` URL naming another host is refused: it is no path on this machine, and
-    stripping the prefix made ``file://host/a`` the relative folder ``host/a``."""
+    stripping the prefix made ``file://host/a`` the relative folder ``host/a``. Every
+    path a user gives (pool, target, out, report, eval, a recipe's) passes here."""
     text = os.fspath(path)
     match = _FILE_URL.match(text)
-    if match is None or (match.group(1) is None and match.group("path") is None):
+    if match is None or (match.group(2) is None and match.group("path") is None):
         return text  # not a file URL (a name like "file:notes" is a relative file)
     host = match.group("host")
     if host not in (None, "", "localhost") or match.group("path") is None:
         raise InputError("a file: URL names a path on this machine: write file:///abs/path, "
                          "file://localhost/abs/path or the path itself", where=text)
-    return match.group("path")
+    if match.group("scheme").lower() != "file":
+        return match.group("path")  # fsspec's local:// takes its path as written
+    return _decoded(match.group("path"), text)
+
+
+def _decoded(path: str, url: str) -> str:
+    """A ``file:`` URL's path with its ``%XX`` escapes decoded, as RFC 8089 (and every
+    browser, curl and Python's ``url2pathname``) reads them: ``sp%20ace.parquet`` names
+    ``sp ace.parquet``, ``pc%41.parquet`` names ``pcA.parquet``. Escaped bytes that are not
+    UTF-8 name the file whose name holds those bytes; an escaped NUL or ``/`` names no
+    file and is refused."""
+    if _UNNAMEABLE.search(path):
+        raise InputError("a file: URL escapes a NUL (%00) or a '/' (%2F), which no file "
+                         "name holds; write the path itself", where=url)
+    return os.fsdecode(urllib.parse.unquote_to_bytes(path))
 
 
 def arrow_path(path: str | os.PathLike) -> str:

@@ -23,7 +23,7 @@ from conftest import DATA, TARGETS, install_distribution, write_jsonl
 from fault_helpers import private_fingerprint_cache, refused, select_errors  # noqa: F401
 from scoring_helpers import FixedScorer
 
-from dataselect import read_corpus, select
+from dataselect import read_corpus, select, storage
 from dataselect.errors import InputError
 from pipelines.cli import main
 from pipelines.recipe import load_recipe
@@ -224,3 +224,60 @@ def test_recipe_combine_weights_that_overflow_or_underflow_are_refused_on_load(
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     with pytest.raises(InputError, match=r"combine\.weights"):
         load_recipe(str(path))
+
+
+# ------------------------------------------------ percent escapes in file: URLs (g08)
+
+@pytest.mark.parametrize(("url", "path"), [
+    ("file:///w/pc%41.parquet", "/w/pcA.parquet"),
+    ("file://localhost/w/sp%20ace/x.jsonl", "/w/sp ace/x.jsonl"),
+    ("file:/w/%C3%A9t%C3%A9", "/w/été"),
+    ("FILE:///w/100%25", "/w/100%"),
+    ("file:///w/pc%41%", "/w/pcA%"),
+])
+def test_a_file_url_names_the_path_its_percent_escapes_decode_to(url, path):
+    assert storage.local_form(url) == path
+
+
+@pytest.mark.parametrize("url", ["file:///w/a%2Fb", "file:///w/a%2fb", "file:///w/a%00b"])
+def test_a_file_url_escaping_a_slash_or_a_nul_is_refused(url):
+    with pytest.raises(InputError, match="file: URL"):
+        storage.local_form(url)
+
+
+def test_select_and_report_read_the_files_percent_escaped_urls_name(tmp_path, capsys):
+    """The pool, the target, the output and report's folder, each a file: URL with
+    escapes: the literal ``pc%41.parquet`` beside ``pcA.parquet`` is not the one read."""
+    rows = _pool_rows(90)
+    pq.write_table(rows.slice(0, 60), tmp_path / "pc%41.parquet")
+    pq.write_table(rows.slice(60), tmp_path / "pcA.parquet")
+    folder = tmp_path / "sp ace"
+    folder.mkdir()
+    (folder / "t arget.jsonl").write_bytes((TARGETS / "fortunes.jsonl").read_bytes())
+    url = f"file://{tmp_path}"
+    code = main(["select", "--scorer", "dsir", "--pool", f"{url}/pc%41.parquet",
+                 "--target", f"{url}/sp%20ace/t%20arget.jsonl", "--out",
+                 f"{url}/sp%20ace/o%20ut", "--k", "40", "--workers", "1",
+                 "--worker-kind", "threads"])
+    assert code == 0, capsys.readouterr().err
+    written = pq.read_table(folder / "o ut")
+    assert written.num_rows == 30
+    assert set(written["id"].to_pylist()) == set(rows.slice(60)["id"].to_pylist())
+    assert main(["report", f"{url}/sp%20ace/o%20ut"]) == 0, capsys.readouterr().err
+    assert (folder / "o ut" / ".report" / "index.html").exists()
+
+
+def test_a_recipe_reads_and_writes_the_paths_its_escaped_urls_name(tmp_path, capsys):
+    folder = tmp_path / "sp ace"
+    folder.mkdir()
+    pq.write_table(_pool_rows(90), folder / "p ool.parquet")
+    url = f"file://{tmp_path}/sp%20ace"
+    target = f"file://{TARGETS}/python_docs.jsonl"
+    recipe = {"name": "u", "pool": {"paths": [f"{url}/p%20ool.parquet"]},
+              "targets": {"code": {"paths": target}}, "scorers": {"dsir": {}},
+              "selection": {"k": 10}, "output": {"path": f"{url}/r%20out"},
+              "cluster": {"workers": 1}}
+    path = folder / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert main(["run", f"{url}/r.yaml"]) == 0, capsys.readouterr().err
+    assert pq.read_table(folder / "r out" / "union").num_rows == 10
