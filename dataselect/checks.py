@@ -529,19 +529,11 @@ def check_hf_data_files(folder: str) -> list[str]:
     the folder: past the folder's identity (which covers the files below it, so a change
     to the outside file would go unnoticed and a finished job be reused), or past the
     output folder :func:`dataselect.load_hf` was given."""
-    import json
-
     state = os.path.join(folder, "state.json")
-    check_regular_file(state)
     try:
-        with open(state, encoding="utf-8") as f:
-            names = [entry["filename"] for entry in json.load(f)["_data_files"]]
-    except OSError as exc:
-        raise InputError(f"cannot read it ({exc.strerror or exc})", where=state) from None
-    except (ValueError, KeyError, TypeError):
-        raise InputError("is not a Hugging Face save_to_disk state (a JSON object whose "
-                         "_data_files lists {filename: ...} entries): restore it, or save "
-                         "the dataset again", where=state) from None
+        names = [entry["filename"] for entry in read_hf_state(folder)["_data_files"]]
+    except (KeyError, TypeError):
+        raise _not_a_state(state) from None
     root = os.path.realpath(folder)
     paths = []
     for name in names:
@@ -553,6 +545,31 @@ def check_hf_data_files(folder: str) -> list[str]:
                              where=state, field="_data_files")
         paths.append(path)
     return paths
+
+
+def read_hf_state(folder: str) -> dict[str, Any]:
+    """The JSON object of a ``save_to_disk`` folder's ``state.json``, or one line naming it
+    (a FIFO or device there is refused: reading it would wait forever)."""
+    import json
+
+    state = os.path.join(folder, "state.json")
+    check_regular_file(state)
+    try:
+        with open(state, encoding="utf-8") as f:
+            found = json.load(f)
+    except OSError as exc:
+        raise InputError(f"cannot read it ({exc.strerror or exc})", where=state) from None
+    except ValueError:
+        raise _not_a_state(state) from None
+    if not isinstance(found, dict):
+        raise _not_a_state(state)
+    return found
+
+
+def _not_a_state(state: str) -> InputError:
+    return InputError("is not a Hugging Face save_to_disk state (a JSON object whose "
+                      "_data_files lists {filename: ...} entries): restore it, or save "
+                      "the dataset again", where=state)
 
 
 def special_kind(path: str | os.PathLike) -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
-from dataselect.checks import check_hf_data_files, check_regular_file
+from dataselect.checks import check_hf_data_files, check_regular_file, read_hf_state, shown
 from dataselect.errors import InputError
 from dataselect.readers.arrow import check_stream_end
 from dataselect.readers.base import Piece, register
@@ -68,10 +69,83 @@ def hf_data_files(path: str) -> list[str]:
 
 @lru_cache(maxsize=8)
 def _hf_table(path: str) -> pa.Table:
-    """The (memory-mapped) Arrow table behind an HF dataset saved with ``save_to_disk``."""
+    """The (memory-mapped) Arrow table behind an HF dataset saved with ``save_to_disk``:
+    the data files ``state.json`` lists (checked to be files of the folder), each mapped
+    with the features of ``dataset_info.json``, as ``datasets.load_from_disk`` maps them.
+    Not ``load_from_disk`` itself: it also applies the split name, fingerprint and output
+    format ``state.json`` records, none of which makes the rows (every column is read as
+    Arrow), and an edited one (``"_split": "../../etc"``, ``"_format_columns": ["nope"]``)
+    ended the job in a traceback: they are checked as it applies them
+    (:func:`_check_state`), naming the key."""
     import datasets
 
-    dataset = datasets.load_from_disk(path)
-    if isinstance(dataset, datasets.DatasetDict):
+    if os.path.isfile(os.path.join(path, "dataset_dict.json")):
         raise InputError("point at one split folder of a DatasetDict", where=path)
+    files = check_hf_data_files(path)
+    if not files:
+        raise InputError("lists no data files; a save_to_disk folder lists at least one: "
+                         "restore it, or save the dataset again",
+                         where=os.path.join(path, "state.json"), field="_data_files")
+    info = _hf_info(path)
+    try:
+        dataset = datasets.concatenate_datasets(
+            [datasets.Dataset.from_file(file, info=info) for file in files])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"does not describe the columns of the data files ({_first_line(exc)})"
+                         "; restore it, or save the dataset again",
+                         where=os.path.join(path, "dataset_info.json"),
+                         field="features") from None
+    _check_state(path, dataset)
     return dataset.with_format("arrow")[:]
+
+
+# the keys of state.json that load_from_disk reads
+STATE_KEYS = ("_data_files", "_fingerprint", "_format_columns", "_format_kwargs",
+              "_format_type", "_output_all_columns", "_split")
+
+
+def _check_state(path: str, dataset: Any) -> None:
+    """Refuse a ``state.json`` that ``datasets.load_from_disk`` would fail to apply to
+    ``dataset``, naming the key: a folder every other reader of it refuses is damaged, so
+    its rows are not taken as they are. Checked by applying each key as it does (a split
+    name, then the output format: its type, columns and the rest)."""
+    import datasets
+
+    state = read_hf_state(path)
+    where = os.path.join(path, "state.json")
+    if (missing := next((key for key in STATE_KEYS if key not in state), None)) is not None:
+        raise InputError("lacks this key, which save_to_disk writes; restore it, or save "
+                         "the dataset again", where=where, field=missing)
+    formats = {"type": state["_format_type"], "columns": state["_format_columns"],
+               "format_kwargs": state["_format_kwargs"],
+               "output_all_columns": state["_output_all_columns"]}
+    steps = (("_split", lambda: state["_split"] is None or datasets.Split(state["_split"])),
+             ("_format_type", lambda: dataset.with_format(type=formats["type"])),
+             ("_format_columns", lambda: dataset.with_format(formats["type"],
+                                                             formats["columns"])),
+             ("_format_kwargs", lambda: dataset.with_format(**formats)))
+    for key, step in steps:
+        try:
+            step()
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InputError(f"holds {shown(state[key])}, which datasets cannot load "
+                             f"({_first_line(exc)}); restore it, or save the dataset again",
+                             where=where, field=key) from None
+
+
+def _hf_info(path: str) -> Any:
+    """The ``datasets.DatasetInfo`` of ``dataset_info.json``, or one line naming it."""
+    import datasets
+
+    file = os.path.join(path, "dataset_info.json")
+    check_regular_file(file)
+    try:
+        return datasets.DatasetInfo.from_directory(path)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InputError(f"is not a Hugging Face dataset_info.json ({_first_line(exc)}); "
+                         "restore it, or save the dataset again", where=file) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -10,6 +10,7 @@ changed value."""
 from __future__ import annotations
 
 import decimal
+import json
 import math
 import re
 from pathlib import Path
@@ -281,3 +282,61 @@ def test_a_recipe_reads_and_writes_the_paths_its_escaped_urls_name(tmp_path, cap
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     assert main(["run", f"{url}/r.yaml"]) == 0, capsys.readouterr().err
     assert pq.read_table(folder / "r out" / "union").num_rows == 10
+
+
+# --------------------------------- a save_to_disk pool with edited metadata files (g13)
+
+@pytest.fixture
+def hf_pool(tmp_path) -> Path:
+    import datasets
+
+    folder = tmp_path / "hfp"
+    datasets.Dataset(_pool_rows()).save_to_disk(str(folder))
+    return folder
+
+
+def _edit_json(path: Path, edit) -> None:
+    found = json.loads(path.read_text(encoding="utf-8"))
+    edit(found)
+    path.write_text(json.dumps(found), encoding="utf-8")
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda s: s.update(_split="../../etc"), "_split"),
+    (lambda s: s.update(_split=5), "_split"),
+    (lambda s: s.update(_format_columns=["nope"]), "_format_columns"),
+    (lambda s: s.update(_format_type="nope"), "_format_type"),
+    (lambda s: s.update(_format_kwargs=5), "_format_kwargs"),
+    (lambda s: s.pop("_fingerprint"), "_fingerprint"),
+], ids=["split-path", "split-int", "columns", "type", "kwargs", "no-fingerprint"])
+def test_a_state_json_datasets_cannot_load_is_one_line_naming_it_and_the_key(
+        hf_pool, tmp_path, capsys, edit, field):
+    _edit_json(hf_pool / "state.json", edit)
+    code, errors = select_errors([hf_pool], tmp_path / "out", capsys)
+    refused(code, errors, "state.json", repr(field))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda i: i.update(features=5), lambda i: i.update(splits=5),
+    lambda i: i.update(features={"id": {"dtype": "int64", "_type": "Value"}})],
+    ids=["features-int", "splits-int", "other-columns"])
+def test_a_dataset_info_json_datasets_cannot_load_is_one_line_naming_it(
+        hf_pool, tmp_path, capsys, edit):
+    _edit_json(hf_pool / "dataset_info.json", edit)
+    code, errors = select_errors([hf_pool], tmp_path / "out", capsys)
+    refused(code, errors, "dataset_info.json")
+
+
+def test_a_state_json_datasets_loads_reads_the_same_rows(hf_pool, tmp_path, capsys):
+    """A split name, a fingerprint and an output format change no row: every column is
+    read as Arrow, as before."""
+    pq.write_table(_pool_rows(), tmp_path / "pool.parquet")
+    code, errors = select_errors([tmp_path / "pool.parquet"], tmp_path / "plain", capsys)
+    assert code == 0, errors
+    _edit_json(hf_pool / "state.json", lambda s: s.update(
+        _split="train", _format_type="numpy", _format_columns=["text"]))
+    code, errors = select_errors([hf_pool], tmp_path / "out", capsys)
+    assert code == 0, errors
+    keep = ["id", "text", "domain", "score"]
+    assert pq.read_table(tmp_path / "out").select(keep).equals(
+        pq.read_table(tmp_path / "plain").select(keep))
