@@ -150,5 +150,5 @@ def check_concrete(what: str, name: str, target: str, cls: type, field: str | No
     if missing:
         methods = ", ".join(f"{method}()" for method in missing)
         raise InputError(f"{what} {name!r} ({target}) does not define {methods}, which "
-                         f"every {what} must; the fault is in the plug-in: tell its "
-                         "author, or uninstall it", field=field)
+                         "its base class leaves abstract, so it cannot be built; the fault "
+                         "is in the plug-in: tell its author, or uninstall it", field=field)
