@@ -102,3 +102,133 @@ def test_tokenizer_setting_of_the_wrong_type_is_one_line(
     model = _copy(tiny_lm, tmp_path)
     _set_key(model / "tokenizer_config.json", key, value)
     _refused(_features(model, tmp_path), capsys, str(model), "tokenizer_config.json")
+
+
+# --- g10, g15, g12: every reader of LoRA checkpoints checks them the same way -------------
+
+QUERIES = DATA / "instructions" / "eval" / "code.jsonl"
+
+
+@pytest.fixture(scope="module")
+def small_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 12 chat records of the instruction set."""
+    path = tmp_path_factory.mktemp("pool") / "tr.jsonl"
+    path.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:12]))
+    return path
+
+
+def _warmup_argv(model: Path, pool: Path, out: Path) -> list[str]:
+    return ["warmup", "--model", str(model), "--pool", str(pool), "--text-field", "messages",
+            "--out", str(out), "-p", "epochs=2", "-p", "fraction=1.0", "-p", "max_length=64",
+            "-p", "rank=2", "-p", "batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def warmed(tiny_lm: Path, small_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch warmup of the tiny model."""
+    out = tmp_path_factory.mktemp("warmup") / "wu"
+    assert main(_warmup_argv(tiny_lm, small_pool, out)) == 0
+    return out
+
+
+def _attribute(method: str, model: Path, pool: Path, checkpoints: str, out: Path
+               ) -> list[str]:
+    return ["attribute", "--method", method, "-p", f"model={model}", "--text-field",
+            "messages", "-p", f"checkpoints={checkpoints}", "-p", "max_length=64",
+            "--pool", str(pool), "--queries", str(QUERIES), "-k", "3", "--out", str(out)]
+
+
+@pytest.mark.parametrize("method", ["tracin", "trak", "bif"])
+@pytest.mark.parametrize("where", ["missing", "model", "empty", "file"])
+def test_attribute_checkpoint_that_is_no_lora_checkpoint_is_one_line(
+        tiny_lm: Path, small_pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        method: str, where: str) -> None:
+    """As `select --scorer less` says: no traceback from peft, and never a request to the
+    Hugging Face hub for a name that is no local folder ("cannot reach the storage")."""
+    path = {"missing": tmp_path / "nonexist", "model": tiny_lm, "empty": tmp_path / "empty",
+            "file": small_pool}[where]
+    (tmp_path / "empty").mkdir()
+    line = _refused(_attribute(method, tiny_lm, small_pool, str(path), tmp_path / "a.parquet"),
+                    capsys, str(path), "not a LoRA checkpoint: adapter_config.json is missing")
+    assert "storage" not in line and "network" not in line
+    assert not (tmp_path / "a.parquet").exists()
+
+
+def _edited_copy(warmed: Path, tmp_path: Path, epoch: int, name: str, content: str) -> Path:
+    out = tmp_path / "wu"
+    shutil.copytree(warmed, out)
+    (out / f"epoch-{epoch}" / name).write_text(content)
+    return out
+
+
+@pytest.mark.parametrize(("content", "named"), [
+    ("garbage", "adapter_config.json"), ("[]", "adapter_config.json"),
+    ("{}", "adapter_config.json"), ('{"peft_type": "PREFIX_TUNING"}', "adapter_config.json"),
+    ('{"peft_type": "LORA", "r": 2, "target_modules": ["nope"]}', ""),
+    ('{"peft_type": "LORA", "r": "x", "target_modules": ["q_proj"]}', ""),
+])
+def test_damaged_adapter_config_is_one_line_naming_it(
+        warmed: Path, tiny_lm: Path, small_pool: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture, content: str, named: str) -> None:
+    """Both readers (attribute, LESS): the file when it is no LoRA config, else the
+    checkpoint that cannot be loaded onto the model."""
+    out = _edited_copy(warmed, tmp_path, 2, "adapter_config.json", content)
+    checkpoints = f"{out}/epoch-1,{out}/epoch-2"
+    _refused(_attribute("tracin", tiny_lm, small_pool, checkpoints, tmp_path / "a.parquet"),
+             capsys, str(out / "epoch-2" / named))
+    _refused(["select", "--scorer", "less", "-p", f"model={tiny_lm}", "-p",
+              f"checkpoints={checkpoints}", "-p", "max_length=64", "-p", "proj_dim=16",
+              "--pool", str(small_pool), "--target", str(QUERIES), "--text-field",
+              "messages", "--k", "3", "--out", str(tmp_path / "sel"), "--workers", "1"],
+             capsys, str(out / "epoch-2" / named))
+
+
+def test_damaged_adapter_weights_are_one_line_naming_the_checkpoint(
+        warmed: Path, tiny_lm: Path, small_pool: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    out = _edited_copy(warmed, tmp_path, 1, "adapter_model.safetensors", "garbage")
+    _refused(_attribute("tracin", tiny_lm, small_pool, f"{out}/epoch-1",
+                        tmp_path / "a.parquet"), capsys, str(out / "epoch-1"))
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "checkpoint.json"])
+def test_warmup_rerun_trains_a_damaged_checkpoint_again(
+        warmed: Path, tiny_lm: Path, small_pool: Path, tmp_path: Path, name: str) -> None:
+    """The warmup's own resume: a checkpoint damaged since is computed again (as the same
+    run writes it), not resumed from."""
+    out = _edited_copy(warmed, tmp_path, 2, name, "garbage")
+    assert main(_warmup_argv(tiny_lm, small_pool, out)) == 0
+    for file in ("adapter_config.json", "checkpoint.json"):
+        assert (out / "epoch-2" / file).read_text() == (warmed / "epoch-2" / file).read_text()
+
+
+@pytest.mark.parametrize("value", ["1e400", "NaN", "-Infinity", "-1", "0", '"x"', "null",
+                                   "true"])
+def test_edited_mean_lr_is_refused_as_an_edited_record(tmp_path: Path, value: str) -> None:
+    """TracIn and LESS weight checkpoints by mean_lr: infinity made every TracIn score NaN
+    (exit 0), and NaN, 0, -1 or text silently gave equal weights."""
+    from attribution.ensemble import checkpoint_learning_rate
+    from dataselect.errors import InputError
+    from models.lora_checkpoints import read_checkpoint_json
+
+    info = tmp_path / "checkpoint.json"
+    info.write_text('{"epoch": 1, "step": 3, "mean_lr": ' + value + "}")
+    for read in (checkpoint_learning_rate, read_checkpoint_json):
+        with pytest.raises(InputError, match="mean_lr") as raised:
+            read(str(tmp_path))
+        assert str(info) in str(raised.value) and "edited" in str(raised.value)
+
+
+def test_attribute_refuses_a_checkpoint_with_an_infinite_learning_rate(
+        warmed: Path, tiny_lm: Path, small_pool: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "wu"
+    shutil.copytree(warmed, out)
+    info = out / "epoch-1" / "checkpoint.json"
+    record = info.read_text()
+    start = record.index('"mean_lr": ') + len('"mean_lr": ')
+    info.write_text(record[:start] + "1e400" + record[record.index(",", start):])
+    _refused(_attribute("tracin", tiny_lm, small_pool, f"{out}/epoch-1,{out}/epoch-2",
+                        tmp_path / "a.parquet"), capsys, str(info), "mean_lr")
+    assert not (tmp_path / "a.parquet").exists()
+
