@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, install_distribution
 from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
 
 from pipelines.cli import main
@@ -232,3 +232,126 @@ def test_attribute_refuses_a_checkpoint_with_an_infinite_learning_rate(
                         tmp_path / "a.parquet"), capsys, str(info), "mean_lr")
     assert not (tmp_path / "a.parquet").exists()
 
+
+# --- g14: what an attribution method returns is checked where the job receives it -------
+
+BAD_METHOD = '''
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from attribution.base import Attributor, one_table
+from attribution.scores import InnerProducts, ScoreMatrix
+
+
+@dataclass
+class S:
+    scale: float = 1.0
+
+
+class Bad(Attributor):
+    """Breaks the contract one way per BAD_MODE."""
+
+    name = "badattr"
+    settings_class = S
+
+    def attribute(self, train, queries):
+        mode = os.environ["BAD_MODE"]
+        query = one_table(queries)
+        tid, qid = train["id"].to_pylist(), query["id"].to_pylist()
+        mat = np.ones((len(tid), len(qid)), np.float32) * np.arange(len(tid))[:, None]
+        if mode == "none":
+            return None
+        if mode == "table":
+            return train
+        if mode == "nan":
+            mat[0, 0] = np.nan
+        if mode == "inf":
+            mat[:] = np.inf
+        if mode == "huge64":
+            mat = mat.astype(np.float64) * 1e300
+        if mode == "text":
+            mat = mat.astype(str)
+        if mode == "shape":
+            mat = mat[:-1]
+        if mode == "columns":
+            mat = mat[:, :-1]
+        if mode == "flat":
+            mat = mat.reshape(-1)
+        if mode == "dupid":
+            tid[1] = tid[0]
+        if mode == "foreignid":
+            tid = [f"zz{i}" for i in range(len(tid))]
+        if mode == "intid":
+            tid = list(range(len(tid)))
+        if mode == "fewer":
+            tid = tid[:-1]
+        if mode == "qids":
+            qid = qid[::-1]
+        if mode == "inner_rows":
+            return InnerProducts(np.ones((len(tid) - 1, 4)), np.ones((len(qid), 4)), tid, qid)
+        if mode == "inner_dims":
+            return InnerProducts(np.ones((len(tid), 4)), np.ones((len(qid), 3)), tid, qid)
+        if mode == "inner_nan":
+            return InnerProducts(np.full((len(tid), 4), np.nan), np.ones((len(qid), 4)), tid,
+                                 qid)
+        return ScoreMatrix(mat, tid, qid)
+'''
+
+# each way to break it, and a word the error line must hold
+BROKEN = {"none": "NoneType", "table": "Table", "nan": "nan", "inf": "inf",
+          "huge64": "finite", "text": "not numbers", "shape": "shape", "columns": "shape",
+          "flat": "shape", "dupid": "training id", "foreignid": "'zz0'", "intid": "id 0",
+          "fewer": "training ids", "qids": "query id", "inner_rows": "shape",
+          "inner_dims": "shape", "inner_nan": "nan"}
+
+
+@pytest.fixture
+def bad_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from attribution import ATTRIBUTIONS
+
+    (tmp_path / "dist").mkdir()
+    install_distribution(tmp_path / "dist", monkeypatch, "bad_attr", BAD_METHOD,
+                         "[dataselect.attribution]\nbadattr = bad_attr:Bad\n")
+    ATTRIBUTIONS.refresh()
+    yield
+    ATTRIBUTIONS.refresh()
+
+
+def _rows(path: Path, ids: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": i, "text": f"text of {i}"}) + "\n"
+                            for i in ids))
+    return path
+
+
+@pytest.mark.parametrize("k", ["3", "all"])
+@pytest.mark.parametrize("mode", sorted(BROKEN))
+def test_attribution_method_breaking_its_contract_is_one_line_naming_it(
+        bad_method: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture, mode: str, k: str) -> None:
+    pool = _rows(tmp_path / "pool.jsonl", [f"p{i}" for i in range(8)])
+    queries = _rows(tmp_path / "q.jsonl", ["q0", "q1", "q2"])
+    monkeypatch.setenv("BAD_MODE", mode)
+    out = tmp_path / "a.parquet"
+    _refused(["attribute", "--method", "badattr", "--pool", str(pool), "--queries",
+              str(queries), "-k", k, "--out", str(out)], capsys,
+             "attribution method 'badattr' (bad_attr.Bad, a plug-in)", BROKEN[mode])
+    assert not out.exists()
+
+
+def test_attribution_method_keeping_its_contract_still_writes(
+        bad_method: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float64 scores within float32's range are fine (written as float32)."""
+    import pyarrow.parquet as pq
+
+    pool = _rows(tmp_path / "pool.jsonl", [f"p{i}" for i in range(8)])
+    queries = _rows(tmp_path / "q.jsonl", ["q0", "q1"])
+    for mode in ("ok", "f64"):
+        monkeypatch.setenv("BAD_MODE", mode)
+        out = tmp_path / f"{mode}.parquet"
+        assert main(["attribute", "--method", "badattr", "--pool", str(pool), "--queries",
+                     str(queries), "-k", "2", "--out", str(out)]) == 0
+        rows = pq.read_table(out).to_pylist()
+        assert [(r["query_id"], r["train_id"], r["score"]) for r in rows[:2]] == [
+            ("q0", "p7", 7.0), ("q0", "p6", 6.0)]
