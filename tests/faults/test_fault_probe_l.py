@@ -233,6 +233,18 @@ def test_attribute_refuses_a_checkpoint_with_an_infinite_learning_rate(
     assert not (tmp_path / "a.parquet").exists()
 
 
+
+def test_recipe_reuses_a_warmup_only_while_its_checkpoints_pass_the_check(
+        warmed: Path, tmp_path: Path) -> None:
+    """A recipe's finished warmup is reused only while LESS can read it; a checkpoint
+    damaged since sends the recipe back to the warmup, which trains it again."""
+    from pipelines.run_recipe import _readable_checkpoints
+
+    out = _edited_copy(warmed, tmp_path, 2, "adapter_config.json", "garbage")
+    assert _readable_checkpoints([str(warmed / "epoch-1"), str(warmed / "epoch-2")])
+    assert not _readable_checkpoints([str(out / "epoch-1"), str(out / "epoch-2")])
+
+
 # --- g14: what an attribution method returns is checked where the job receives it -------
 
 BAD_METHOD = '''
