@@ -122,6 +122,8 @@ def checked_attribute(attributor: Attributor, train: pa.Table | None,
     _check_ids(list(scores.query_ids), query_ids, "query", broken)
     if train is not None:
         _check_ids(list(scores.train_ids), train["id"].to_pylist(), "training", broken)
+    else:  # the training side is an index the method read: its ids, each once
+        _check_unique(list(scores.train_ids), broken)
     problem = scores.problem()
     if problem is not None:
         raise broken(f"returned {problem}")
@@ -140,6 +142,17 @@ def _check_ids(got: list[Any], expected: list[str], side: str, broken: Any) -> N
                      f"{got.index(got[at])} and {at})")
     raise broken(f"returned {side} id {got[at]!r} at position {at}, where the {side} rows "
                  f"it was given have {expected[at]!r}")
+
+
+def _check_unique(ids: list[Any], broken: Any) -> None:
+    seen: dict[Any, int] = {}
+    for at, one in enumerate(ids):
+        if not isinstance(one, str):
+            raise broken(f"returned training id {one!r} at position {at}, not a string")
+        if one in seen:
+            raise broken(f"returned training id {one!r} twice (at positions {seen[one]} and "
+                         f"{at})")
+        seen[one] = at
 
 
 def one_table(views: Sequence[pa.Table]) -> pa.Table:

@@ -77,7 +77,9 @@ def array_problem(array: object, what: str, rows: int, columns: int | None = Non
 class ScoreMatrix(Scores):
     def __init__(self, matrix: np.ndarray, train_ids: Sequence[str],
                  query_ids: Sequence[str]) -> None:
-        self.scores, self.train_ids, self.query_ids = matrix, list(train_ids), list(query_ids)
+        # a plug-in's nested lists or CPU tensor become the array the writers take
+        self.scores = np.asarray(matrix)
+        self.train_ids, self.query_ids = list(train_ids), list(query_ids)
 
     def top_k(self, k: int) -> pa.Table:
         return top_k_table(self.scores, self.train_ids, self.query_ids, k)

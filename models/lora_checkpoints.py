@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 import torch
 from pydantic import Field
-from typing_extensions import TypedDict
+from typing_extensions import Required, TypedDict
 
 from dataselect import checks, storage
 from dataselect.errors import InputError
@@ -79,12 +79,13 @@ class CheckpointRecord(TypedDict, total=False):
     record's other keys are not read). LESS and TracIn weight each checkpoint by its
     ``mean_lr``: a rate edited to ``1e400`` (JSON's infinity) made every TracIn score NaN,
     and NaN, 0, -1 or ``"x"`` silently gave equal weights, so a learning rate is a finite
-    number above 0. Defined here, not with the other records, because pydantic's field
+    number above 0. The warmup always writes ``epoch`` and ``mean_lr``: a record without
+    one was edited too. Defined here, not with the other records, because pydantic's field
     constraints load pydantic, which a job without a model never needs."""
 
-    epoch: Annotated[int, Field(ge=1)]
+    epoch: Required[Annotated[int, Field(ge=1)]]
     step: Annotated[int, Field(ge=0)]
-    mean_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    mean_lr: Required[Annotated[float, Field(gt=0, allow_inf_nan=False)]]
 
 
 def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, out: str,
@@ -242,9 +243,6 @@ def read_info(path: str) -> CheckpointInfo:
     """A LESS checkpoint's folder and recorded epoch, step and mean learning rate."""
     path = check_checkpoint(path, needs=(MOMENTS_FILE, INFO_FILE))
     info = read_checkpoint_json(path) or {}
-    for key in ("epoch", "mean_lr"):
-        if key not in info:
-            raise InputError(f"{INFO_FILE} has no {key!r}", where=path, field=key)
     return CheckpointInfo(str(Path(path).resolve()), info["epoch"], info.get("step", 0),
                           float(info["mean_lr"]))
 

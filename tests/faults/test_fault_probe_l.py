@@ -203,7 +203,7 @@ def test_warmup_rerun_trains_a_damaged_checkpoint_again(
 
 
 @pytest.mark.parametrize("value", ["1e400", "NaN", "-Infinity", "-1", "0", '"x"', "null",
-                                   "true"])
+                                   "true", ""])
 def test_edited_mean_lr_is_refused_as_an_edited_record(tmp_path: Path, value: str) -> None:
     """TracIn and LESS weight checkpoints by mean_lr: infinity made every TracIn score NaN
     (exit 0), and NaN, 0, -1 or text silently gave equal weights."""
@@ -212,7 +212,8 @@ def test_edited_mean_lr_is_refused_as_an_edited_record(tmp_path: Path, value: st
     from models.lora_checkpoints import read_checkpoint_json
 
     info = tmp_path / "checkpoint.json"
-    info.write_text('{"epoch": 1, "step": 3, "mean_lr": ' + value + "}")
+    info.write_text('{"epoch": 1, "step": 3' + (', "mean_lr": ' + value if value else "")
+                    + "}")
     for read in (checkpoint_learning_rate, read_checkpoint_json):
         with pytest.raises(InputError, match="mean_lr") as raised:
             read(str(tmp_path))
@@ -281,6 +282,10 @@ class Bad(Attributor):
             mat[0, 0] = np.nan
         if mode == "inf":
             mat[:] = np.inf
+        if mode == "list":
+            mat = mat.tolist()
+        if mode == "f64":
+            mat = mat.astype(np.float64)
         if mode == "huge64":
             mat = mat.astype(np.float64) * 1e300
         if mode == "text":
@@ -354,12 +359,16 @@ def test_attribution_method_breaking_its_contract_is_one_line_naming_it(
 
 def test_attribution_method_keeping_its_contract_still_writes(
         bad_method: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """float64 scores within float32's range are fine (written as float32)."""
+    """float64 scores within float32's range are fine (written as float32), and so is a
+    matrix given as nested lists."""
+    import numpy as np
     import pyarrow.parquet as pq
+
+    from attribution.output import read_attribution_matrix
 
     pool = _rows(tmp_path / "pool.jsonl", [f"p{i}" for i in range(8)])
     queries = _rows(tmp_path / "q.jsonl", ["q0", "q1"])
-    for mode in ("ok", "f64"):
+    for mode in ("ok", "f64", "list"):
         monkeypatch.setenv("BAD_MODE", mode)
         out = tmp_path / f"{mode}.parquet"
         assert main(["attribute", "--method", "badattr", "--pool", str(pool), "--queries",
@@ -367,3 +376,7 @@ def test_attribution_method_keeping_its_contract_still_writes(
         rows = pq.read_table(out).to_pylist()
         assert [(r["query_id"], r["train_id"], r["score"]) for r in rows[:2]] == [
             ("q0", "p7", 7.0), ("q0", "p6", 6.0)]
+        assert main(["attribute", "--method", "badattr", "--pool", str(pool), "--queries",
+                     str(queries), "-k", "all", "--out", str(tmp_path / mode)]) == 0
+        matrix, train_ids, _ = read_attribution_matrix(tmp_path / mode)
+        assert matrix.dtype == np.float32 and matrix[7, 1] == 7.0 and train_ids[7] == "p7"
