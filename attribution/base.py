@@ -23,7 +23,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dataselect.scoring import PLUGIN_CONSTRUCTION, PluginKind, is_builtin, reporting_member
+from dataselect.errors import AttributionContractError
+from dataselect.scoring import (
+    PLUGIN_CONSTRUCTION,
+    PluginKind,
+    is_builtin,
+    plugin_label,
+    reporting_member,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -83,6 +90,69 @@ class Attributor(ABC):
         :attr:`response_spans`, their response spans) when :attr:`reads` is ``"pool"``;
         None when it is ``"index"`` (the settings name the index). ``queries``: the query
         rows as scoring views, one per table read, ids unique across them."""
+
+
+CONTRACT = ("attribute must return one of attribution.scores' forms (ScoreMatrix, "
+            "InnerProducts, IndexSearch) whose train_ids and query_ids are the ids of the "
+            "rows it was given, in their order, with a finite score for each pair")
+
+
+def checked_attribute(attributor: Attributor, train: pa.Table | None,
+                      queries: Sequence[pa.Table]) -> Scores:
+    """``attributor.attribute(train, queries)`` once what it returned keeps the contract
+    (:data:`CONTRACT`): the one place every attribute job (and recipe) receives scores,
+    from built-in methods and plug-ins alike.
+
+    Why: the top-k writer pairs the i-th score row with the i-th training id, so a plug-in
+    whose matrix had 299 rows for 300 training ids, or whose ids were not the pool's, were
+    in another order or repeated one, wrote scores beside the wrong ids and exited 0;
+    ``None`` or integer ids were tracebacks, and NaN or infinite scores were written."""
+    scores = attributor.attribute(train, queries)
+
+    def broken(what: str) -> AttributionContractError:
+        return AttributionContractError(f"{plugin_label(type(attributor), ATTRIBUTION_PLUGIN)}"
+                                        f" {what}; {CONTRACT}")
+
+    from attribution.scores import Scores
+
+    if not isinstance(scores, Scores):
+        raise broken(f"returned a {type(scores).__name__}, not one of attribution.scores' "
+                     "forms")
+    query_ids = [one for view in queries for one in view["id"].to_pylist()]
+    _check_ids(list(scores.query_ids), query_ids, "query", broken)
+    if train is not None:
+        _check_ids(list(scores.train_ids), train["id"].to_pylist(), "training", broken)
+    else:  # the training side is an index the method read: its ids, each once
+        _check_unique(list(scores.train_ids), broken)
+    problem = scores.problem()
+    if problem is not None:
+        raise broken(f"returned {problem}")
+    return scores
+
+
+def _check_ids(got: list[Any], expected: list[str], side: str, broken: Any) -> None:
+    """``got`` is ``expected``, id for id: scores are paired with ids by position."""
+    if got == expected:
+        return
+    if len(got) != len(expected):
+        raise broken(f"returned {len(got)} {side} ids for {len(expected)} {side} rows")
+    at = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+    if got[at] in got[:at]:
+        raise broken(f"returned {side} id {got[at]!r} twice (at positions "
+                     f"{got.index(got[at])} and {at})")
+    raise broken(f"returned {side} id {got[at]!r} at position {at}, where the {side} rows "
+                 f"it was given have {expected[at]!r}")
+
+
+def _check_unique(ids: list[Any], broken: Any) -> None:
+    seen: dict[Any, int] = {}
+    for at, one in enumerate(ids):
+        if not isinstance(one, str):
+            raise broken(f"returned training id {one!r} at position {at}, not a string")
+        if one in seen:
+            raise broken(f"returned training id {one!r} twice (at positions {seen[one]} and "
+                         f"{at})")
+        seen[one] = at
 
 
 def one_table(views: Sequence[pa.Table]) -> pa.Table:

@@ -26,7 +26,7 @@ from attribution.scores import InnerProducts
 from dataselect import checks
 from dataselect.errors import InputError
 from models.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
-from models.lora_checkpoints import read_checkpoint_json
+from models.lora_checkpoints import check_checkpoint, load_adapter, read_checkpoint_json
 from models.projection import PROJECTIONS
 
 # the built-in methods over a model and its checkpoints: they take each other's settings
@@ -75,14 +75,15 @@ class ProjectedSettings(EnsembleSettings):
 
 
 class EnsembleMethod(Attributor):
-    """A method over a causal LM and its LoRA checkpoints: the device and the model folder
-    are checked when it is built, before any row is read."""
+    """A method over a causal LM and its LoRA checkpoints: the device, the model folder
+    and each checkpoint folder are checked when it is built, before any row is read."""
 
     shares_keys_with = ENSEMBLE_METHODS
 
     def __init__(self, settings: EnsembleSettings) -> None:
         checks.optional(checks.check_device, settings.device, "device", here=False)
         settings.model = check_model_folder(settings.model, "model")
+        settings.checkpoints = [check_checkpoint(path) for path in settings.checkpoints]
         super().__init__(settings)
 
 
@@ -93,10 +94,8 @@ def members(config: EnsembleSettings, device: torch.device) -> Iterator[torch.nn
         train_linear_layers(base)
         yield base.eval()
         return
-    from peft import PeftModel
-
     for path in config.checkpoints:
-        model = PeftModel.from_pretrained(base, path).to(device).eval()
+        model = load_adapter(base, path).to(device).eval()
         for name, param in model.named_parameters():
             param.requires_grad_("lora_" in name)
         yield model

@@ -50,6 +50,13 @@ class ScorerContractError(InputError):
     scorer so that its author can fix it; an InputError, as a NaN score always was."""
 
 
+class AttributionContractError(InputError):
+    """An attribution method (typically a plug-in) returned scores that break the contract
+    of ``attribute``: not one of :mod:`attribution.scores`' forms, ids other than the rows
+    it was given or in another order, a score matrix of another shape, scores that are not
+    finite. The line names the method, as :class:`ScorerContractError` names a scorer."""
+
+
 class PluginError(DataSelectError):
     """A plug-in scorer's own code raised an exception of its own (not one of dataselect's
     errors, which pass through as they are): one line that names the scorer, its class and

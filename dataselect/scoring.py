@@ -351,6 +351,14 @@ class PluginKind:
 SCORER_PLUGIN = PluginKind("scorer", "dataselect scorers lists them")
 
 
+def plugin_label(cls: type, kind: PluginKind = SCORER_PLUGIN) -> str:
+    """How an error line names a class of ``kind``: ``scorer 'x'``, and for a plug-in its
+    module and class too (``scorer 'x' (pkg.mod.Cls, a plug-in)``), for its author."""
+    name = f"{kind.noun} {getattr(cls, 'name', cls.__name__)!r}"
+    return name if is_builtin(cls) else (f"{name} ({cls.__module__}.{cls.__qualname__}, "
+                                         "a plug-in)")
+
+
 def reporting_plugin_errors(method: Callable[..., Any], kind: PluginKind = SCORER_PLUGIN,
                             owner: type | None = None) -> Callable[..., Any]:
     """A plug-in's ``method`` whose own exceptions become one :class:`PluginError` line
@@ -371,8 +379,7 @@ def reporting_plugin_errors(method: Callable[..., Any], kind: PluginKind = SCORE
             import traceback
 
             cls = owner or (self if isinstance(self, type) else type(self))
-            plugin = (f"{kind.noun} {getattr(cls, 'name', cls.__name__)!r} ({cls.__module__}."
-                      f"{cls.__qualname__}, a plug-in)")
+            plugin = plugin_label(cls, kind)
             if method.__name__ in PLUGIN_CONSTRUCTION and isinstance(exc, (ValueError,
                                                                            TypeError)):
                 raise InputError(f"{plugin} refused its settings: {exc}; check its -p "

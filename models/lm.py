@@ -191,7 +191,9 @@ def load_tokenizer(path: str) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (ValueError, OSError, *_config_errors()) as exc:
+    except Exception as exc:
+        if not is_folder_fault(exc):
+            raise
         raise _unloadable("tokenizer", path, exc) from exc
     if not tokenizer.is_fast:
         raise InputError("the tokenizer must be a fast (Rust) tokenizer: character offsets "
@@ -211,14 +213,10 @@ def load_causal_lm(path: str, device: torch.device, dtype: torch.dtype | None = 
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=dtype or torch.float32
         )
-    except (pickle.UnpicklingError, ValueError, OSError, *_config_errors()) as exc:
-        raise (_refused_pickle_weights(path, exc) or _unloadable("model", path, exc)) from exc
-    except (RuntimeError, *_weight_file_errors()) as exc:
-        # a cut-short safetensors file (SafetensorError), a config whose sizes make no
-        # model (a negative hidden_size: torch's RuntimeError); memory errors stay themselves
-        if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    except Exception as exc:
+        if not is_folder_fault(exc):
             raise
-        raise _unloadable("model", path, exc) from exc
+        raise (_refused_pickle_weights(path, exc) or _unloadable("model", path, exc)) from exc
     return model.to(device).eval()
 
 
@@ -230,18 +228,138 @@ def _weight_file_errors() -> tuple[type[Exception], ...]:
     return (SafetensorError,)
 
 
+# What transformers, tokenizers, safetensors and peft raise, by class, for a file of a model
+# folder whose content they cannot use: a key missing (KeyError), a value of the wrong type
+# (TypeError, AttributeError: `{"model": 5}` in tokenizer.json, `"max_new_tokens": "x"` in
+# generation_config.json), a bad value (ValueError), a cut-short weight file
+# (SafetensorError), a config whose sizes make no model (torch's RuntimeError), a pickle
+# torch refuses. A model folder is input, so each is one line naming it, not a traceback.
+_FOLDER_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+                  RuntimeError, pickle.UnpicklingError)
+
+
+def is_folder_fault(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while a library loaded a model, tokenizer or adapter folder,
+    is that folder's fault (:data:`_FOLDER_ERRORS`, a strict config's field error, or the
+    plain ``Exception`` the tokenizers library raises for a tokenizer.json it cannot parse)
+    and not the machine's: running out of memory stays itself."""
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return False
+    return (isinstance(exc, (*_FOLDER_ERRORS, *_config_errors(), *_weight_file_errors()))
+            or type(exc) is Exception)
+
+
 def _unloadable(what: str, path: str, exc: Exception) -> Exception:
     """One line for a folder transformers cannot load from (files missing, a tokenizer it
-    cannot build, code it would have to run), naming the folder; an OS error of the machine
-    (permissions, a full disk) stays itself for the command line's own line."""
+    cannot build, code it would have to run), naming the folder and, when one of its files
+    fails on its own, that file; an OS error of the machine (permissions, a full disk)
+    stays itself for the command line's own line."""
     if isinstance(exc, OSError) and os_error_line(exc) is not None:
         return exc
     if "trust_remote_code" in str(exc):
         return InputError(f"the {what} asks to run the folder's own Python code; dataselect "
                           "never runs code from a model folder (trust_remote_code): use a "
                           "model whose architecture transformers has built in", where=path)
-    return InputError(f"cannot load the {what} from this folder: {_first_sentence(str(exc))}",
-                      where=path)
+    culprit = _file_at_fault(Path(path), what)
+    if culprit is None:
+        read = f" (its {', '.join(_files_read(Path(path), what))})"
+        return InputError(f"cannot load the {what} from this folder{read}: "
+                          f"{failure_reason(exc)}", where=path)
+    name, reason = culprit
+    return InputError(f"cannot load the {what}: {name} is damaged ({reason}); restore the "
+                      "folder's files (save the model again with save_pretrained)",
+                      where=str(Path(path) / name))
+
+
+def _files_read(folder: Path, what: str) -> list[str]:
+    """The files of ``folder`` the loader of ``what`` reads, as the folder has them."""
+    weights = sorted(p.name for p in folder.glob("*")
+                     if p.suffix in (".safetensors", *PICKLE_WEIGHTS)) if what == "model" else []
+    return [name for name, _ in _FILE_LOADERS[what] if (folder / name).is_file()] + weights
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a loader's exception says, in a few words (a KeyError's text is just the key)."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"no {exc.args[0]!r} in it"
+    return _first_sentence(str(exc)) or type(exc).__name__
+
+
+def _file_at_fault(folder: Path, what: str) -> tuple[str, str] | None:
+    """The first of the folder's files for ``what`` (the tokenizer, the model) that fails
+    to load on its own, and why; None when each loads (the fault is in how they combine,
+    or in the weights)."""
+    for name, load in _FILE_LOADERS[what]:
+        if not (folder / name).is_file():
+            continue
+        try:
+            load(folder / name)
+        except Exception as exc:
+            if not is_folder_fault(exc):
+                raise
+            return name, failure_reason(exc)
+    return None
+
+
+def _load_tokenizer_file(file: Path) -> None:
+    """tokenizer.json as the tokenizers library builds it, with the ``added_tokens`` list
+    transformers takes out of it first."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    content = json.loads(file.read_bytes())
+    if not isinstance(content, dict) or not isinstance(content.get("added_tokens"), list):
+        raise ValueError("a tokenizer.json is a JSON object with an 'added_tokens' list")
+    Tokenizer.from_str(json.dumps(content))
+
+
+def _load_json_object(file: Path) -> None:
+    """A settings file transformers reads as a JSON object of keys."""
+    import json
+
+    if not isinstance(json.loads(file.read_bytes()), dict):
+        raise ValueError("it must hold a JSON object")
+
+
+def _load_tokenizer_settings(file: Path) -> None:
+    """tokenizer_config.json with its ``added_tokens_decoder``: token ids as keys, each
+    entry the mapping transformers builds an AddedToken from."""
+    import json
+
+    _load_json_object(file)
+    decoder = json.loads(file.read_bytes()).get("added_tokens_decoder", {})
+    if not isinstance(decoder, dict):
+        raise ValueError("its added_tokens_decoder must be a JSON object")
+    for token_id, token in decoder.items():
+        int(token_id)
+        if not isinstance(token, dict):
+            raise TypeError(f"its added_tokens_decoder entry {token_id!r} must be a JSON "
+                            "object, not " + type(token).__name__)
+
+
+def _load_generation_config(file: Path) -> None:
+    from transformers import GenerationConfig
+
+    GenerationConfig.from_pretrained(file.parent, local_files_only=True)
+
+
+def _load_model_config(file: Path) -> None:
+    from transformers import AutoConfig
+
+    AutoConfig.from_pretrained(file.parent, local_files_only=True)
+
+
+# each file a loader reads, with a function that loads it alone (order: the first that
+# fails is named)
+_FILE_LOADERS: dict[str, tuple[tuple[str, Callable[[Path], None]], ...]] = {
+    "tokenizer": (("tokenizer.json", _load_tokenizer_file),
+                  ("tokenizer_config.json", _load_tokenizer_settings),
+                  ("special_tokens_map.json", _load_json_object),
+                  ("added_tokens.json", _load_json_object)),
+    "model": (("config.json", _load_model_config),
+              ("generation_config.json", _load_generation_config)),
+}
 
 
 # Weight files that torch.load unpickles; safetensors files hold tensors only.

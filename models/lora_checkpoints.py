@@ -25,14 +25,23 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
+from typing_extensions import Required, TypedDict
 
+from dataselect import checks, storage
 from dataselect.errors import InputError
+from dataselect.records import check_record
 
 MOMENTS_FILE = "moments.safetensors"
 INFO_FILE = "checkpoint.json"
+ADAPTER_CONFIG = "adapter_config.json"
+# the adapter's weights as peft saves them (safetensors, or a pickle from older versions)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# how a user makes a checkpoint folder
+WARMUP_HINT = "write it with `dataselect warmup`"
 
 
 def canonical_name(name: str, adapter: str) -> str:
@@ -63,6 +72,20 @@ class CheckpointInfo:
     epoch: int
     step: int
     mean_lr: float
+
+
+class CheckpointRecord(TypedDict, total=False):
+    """The shape of ``checkpoint.json`` (:func:`dataselect.records.check_record`; the
+    record's other keys are not read). LESS and TracIn weight each checkpoint by its
+    ``mean_lr``: a rate edited to ``1e400`` (JSON's infinity) made every TracIn score NaN,
+    and NaN, 0, -1 or ``"x"`` silently gave equal weights, so a learning rate is a finite
+    number above 0. The warmup always writes ``epoch`` and ``mean_lr``: a record without
+    one was edited too. Defined here, not with the other records, because pydantic's field
+    constraints load pydantic, which a job without a model never needs."""
+
+    epoch: Required[Annotated[int, Field(ge=1)]]
+    step: Annotated[int, Field(ge=0)]
+    mean_lr: Required[Annotated[float, Field(gt=0, allow_inf_nan=False)]]
 
 
 def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, out: str,
@@ -108,49 +131,141 @@ def read_checkpoint_json(path: str) -> dict[str, Any] | None:
     """A checkpoint folder's ``checkpoint.json`` as a dict, or None when it has none.
 
     One reader for every caller: LESS requires the file (:func:`read_info`), TracIn only
-    weights members by its ``mean_lr`` when present; both refuse one that is not JSON."""
+    weights members by its ``mean_lr`` when present; both refuse one that is not JSON, or
+    whose values are not what the warmup writes (:class:`dataselect.records.
+    CheckpointRecord`: a learning rate edited to infinity or 0 is refused, not used)."""
     info = Path(path) / INFO_FILE
-    if not info.is_file():
+    if not info.exists():
         return None
+    checks.check_regular_file(info)
     try:
         record = json.loads(info.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise InputError(f"{INFO_FILE} is not readable JSON ({error}); rewrite it with "
-                         "`dataselect less warmup`, or remove it", where=str(info)) from error
+                         "`dataselect warmup`, or remove it", where=str(info)) from error
     if not isinstance(record, dict):
-        raise InputError(f"{INFO_FILE} holds no JSON object; rewrite it with `dataselect less "
+        raise InputError(f"{INFO_FILE} holds no JSON object; rewrite it with `dataselect "
                          "warmup`, or remove it", where=str(info))
+    check_record(record, CheckpointRecord, info)
     return record
 
 
-def read_info(path: str) -> CheckpointInfo:
+def check_checkpoint(path: str, needs: tuple[str, ...] = ()) -> str:
+    """``path`` (a ``file:`` URL as its local path) once it is a LoRA checkpoint folder:
+    ``adapter_config.json`` there and a config peft can read, the adapter's weights, each
+    of ``needs`` (LESS: the moments and ``checkpoint.json``), and a ``checkpoint.json``
+    that holds what the warmup writes, when there is one.
+
+    The one check of every reader (attribute's trak, tracin and bif, LESS, the warmup's
+    own resume), made before any model loads: peft takes a path that is no local folder
+    for a model on the Hugging Face hub (a missing folder was a ValueError traceback, an
+    empty one "cannot reach the storage") and a damaged adapter_config.json was a
+    JSONDecodeError traceback."""
+    path = storage.local_form(path)
     folder = Path(path)
-    for name in ("adapter_config.json", MOMENTS_FILE, INFO_FILE):
+    for name in (ADAPTER_CONFIG, *needs):
         if not (folder / name).exists():
-            hint = (" (LESS needs the warmup run's Adam moments by parameter name: train with"
-                    " `dataselect less warmup`, which saves them)" if name == MOMENTS_FILE
-                    else "")
-            raise InputError(f"not a LoRA checkpoint: {name} is missing{hint}", where=path)
+            raise InputError(f"not a LoRA checkpoint: {name} is missing"
+                             f"{_missing_hint(folder, name)}", where=path)
+    read_checkpoint_json(path)
+    _check_adapter_config(folder / ADAPTER_CONFIG)
+    if not any((folder / name).exists() for name in ADAPTER_WEIGHTS):
+        raise InputError(f"not a LoRA checkpoint: {ADAPTER_WEIGHTS[0]} is missing (the "
+                         f"adapter's weights); {WARMUP_HINT}", where=path)
+    for name in (*ADAPTER_WEIGHTS, *needs):
+        checks.check_regular_file(folder / name)
+    return path
+
+
+def _missing_hint(folder: Path, name: str) -> str:
+    if name == MOMENTS_FILE:
+        return (" (LESS needs the warmup run's Adam moments by parameter name: train with"
+                " `dataselect warmup`, which saves them)")
+    if not folder.exists():
+        return " (no such folder)"
+    if not folder.is_dir():
+        return " (a file, not a checkpoint folder)"
+    return f"; give a checkpoint folder (epoch-N of a warmup), or {WARMUP_HINT}"
+
+
+def _check_adapter_config(file: Path) -> None:
+    """adapter_config.json as peft reads it: a JSON object of a LoRA config's settings
+    (every reader trains or reads the ``lora_`` weights: another kind of adapter is no
+    LoRA checkpoint)."""
+    from peft import LoraConfig
+
+    from models.lm import failure_reason, is_folder_fault
+
+    checks.check_regular_file(file)
+    try:
+        content = json.loads(file.read_bytes())
+        if not isinstance(content, dict):
+            raise ValueError("it holds no JSON object")
+        if content.get("peft_type") != "LORA":
+            raise ValueError(f"its peft_type is {checks.shown(content.get('peft_type'))}, "
+                             "not 'LORA'")
+        LoraConfig.from_pretrained(str(file.parent))
+    except Exception as exc:
+        if not is_folder_fault(exc):
+            raise
+        raise InputError(f"{ADAPTER_CONFIG} is damaged ({failure_reason(exc)}): restore the "
+                         f"checkpoint, or {WARMUP_HINT}", where=str(file)) from None
+
+
+def load_adapter(base: Any, path: str, **options: Any) -> Any:
+    """``PeftModel.from_pretrained(base, path, **options)`` for a checked checkpoint
+    folder (:func:`check_checkpoint`); an adapter peft cannot load onto ``base`` (its
+    weights damaged, made for another model) is one line naming the folder."""
+    from peft import PeftModel
+
+    return _loading_adapter(path, lambda: PeftModel.from_pretrained(base, path, **options))
+
+
+def add_adapter(model: Any, path: str, name: str) -> None:
+    """``model.load_adapter(path, adapter_name=name)``, checked as :func:`load_adapter`."""
+    _loading_adapter(path, lambda: model.load_adapter(path, adapter_name=name))
+
+
+def _loading_adapter(path: str, load: Any) -> Any:
+    from models.lm import failure_reason, is_folder_fault
+
+    try:
+        return load()
+    except Exception as exc:
+        if not is_folder_fault(exc) or isinstance(exc, InputError):
+            raise
+        raise InputError(f"cannot load this LoRA checkpoint onto the model: "
+                         f"{failure_reason(exc)}; give a checkpoint trained on this model, or "
+                         f"{WARMUP_HINT}", where=path) from exc
+
+
+def read_info(path: str) -> CheckpointInfo:
+    """A LESS checkpoint's folder and recorded epoch, step and mean learning rate."""
+    path = check_checkpoint(path, needs=(MOMENTS_FILE, INFO_FILE))
     info = read_checkpoint_json(path) or {}
-    for key in ("epoch", "mean_lr"):
-        if key not in info:
-            raise InputError(f"{INFO_FILE} has no {key!r}", where=path, field=key)
-    return CheckpointInfo(str(folder.resolve()), int(info["epoch"]), int(info.get("step", 0)),
+    return CheckpointInfo(str(Path(path).resolve()), info["epoch"], info.get("step", 0),
                           float(info["mean_lr"]))
 
 
 def load_moments(path: str) -> AdamMoments:
     from safetensors import safe_open
 
+    from models.lm import failure_reason, is_folder_fault
+
     file = os.path.join(path, MOMENTS_FILE)
     exp_avg, exp_avg_sq = {}, {}
-    with safe_open(file, framework="pt") as f:
-        meta = f.metadata() or {}
-        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-            kind, _, name = key.partition("/")
-            (exp_avg if kind == "exp_avg" else exp_avg_sq)[name] = f.get_tensor(key)
     try:
+        with safe_open(file, framework="pt") as f:
+            meta = f.metadata() or {}
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                kind, _, name = key.partition("/")
+                (exp_avg if kind == "exp_avg" else exp_avg_sq)[name] = f.get_tensor(key)
         return AdamMoments(exp_avg, exp_avg_sq, float(meta["beta1"]), float(meta["beta2"]),
                            float(meta["eps"]), int(meta["step"]))
     except KeyError as missing:
         raise InputError(f"moments file has no {missing} in its metadata", where=file) from None
+    except Exception as exc:
+        if not is_folder_fault(exc):
+            raise
+        raise InputError(f"{MOMENTS_FILE} is damaged ({failure_reason(exc)}): restore the "
+                         f"checkpoint, or {WARMUP_HINT}", where=file) from None

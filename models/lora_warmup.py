@@ -25,10 +25,19 @@ import pyarrow as pa
 import torch
 
 from dataselect.corpus import Corpus
+from dataselect.errors import InputError
 from dataselect.outdir import OutputFolder
 from dataselect.output import write_json
 from models.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
-from models.lora_checkpoints import INFO_FILE, canonical_name, load_moments, save_checkpoint
+from models.lora_checkpoints import (
+    INFO_FILE,
+    MOMENTS_FILE,
+    canonical_name,
+    check_checkpoint,
+    load_adapter,
+    load_moments,
+    save_checkpoint,
+)
 from models.warmup_config import WarmupConfig, sample_pool
 
 ADAPTER = "default"
@@ -47,7 +56,7 @@ def learning_rate(step: int, total: int, peak: float, warmup_ratio: float) -> fl
 def warmup(model: str, pool: Corpus, out: str, config: WarmupConfig | None = None,
            device: str | None = None, progress: Any = None) -> list[str]:
     """Train LoRA on a sample of ``pool``; return the checkpoint folders, one per epoch."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     config = config or WarmupConfig()
     config.check()
@@ -62,7 +71,7 @@ def warmup(model: str, pool: Corpus, out: str, config: WarmupConfig | None = Non
     base = load_causal_lm(model, torch_device)
     done = _finished_epochs(out, config.epochs)
     if done:
-        net = PeftModel.from_pretrained(base, _epoch_dir(out, done), is_trainable=True)
+        net = load_adapter(base, _epoch_dir(out, done), is_trainable=True)
     else:
         net = get_peft_model(base, LoraConfig(
             r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
@@ -118,12 +127,17 @@ def _epoch_dir(out: str, epoch: int) -> str:
 
 
 def _finished_epochs(out: str, epochs: int) -> int:
+    """How many epochs, from the first, have a checkpoint that passes the readers' check
+    (:func:`models.lora_checkpoints.check_checkpoint`): one whose adapter_config.json or
+    checkpoint.json was damaged since is trained again, with every epoch after it, rather
+    than resumed from or handed on."""
     done = 0
     for epoch in range(1, epochs + 1):
-        if os.path.exists(os.path.join(_epoch_dir(out, epoch), INFO_FILE)):
-            done = epoch
-        else:
+        try:
+            check_checkpoint(_epoch_dir(out, epoch), needs=(MOMENTS_FILE, INFO_FILE))
+        except InputError:
             break
+        done = epoch
     return done
 
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from attribution import ATTRIBUTIONS
-from attribution.base import Attributor
+from attribution.base import Attributor, checked_attribute
 from attribution.index import FeatureIndex, IndexKind
 from attribution.less import IndexSettings, LessCosine, check_compatible, search
 from attribution.output import write_attribution_matrix, write_attributions
@@ -189,8 +189,8 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
     if not sum(view.num_rows for view in views):
         raise InputError("no query examples", where=", ".join(queries.files))
     queries.check_unique_ids([id_hashes(view["id"]) for view in views])
-    return _write_attributions(method.attribute(None, views), k, out, "attribute", started,
-                               console, inputs)
+    return _write_attributions(checked_attribute(method, None, views), k, out, "attribute",
+                               started, console, inputs)
 
 
 def _views(corpus: Corpus, response_spans: bool) -> tuple[list[str], pa.Table]:
@@ -234,8 +234,8 @@ def write_influence(attributor: Attributor, pool: Corpus, queries: Corpus, k: in
     dense = k is None or k >= len(pool_ids)
     if not dense:
         check_output_file(out, "attributions", inputs)  # before any work
-    rows_out = _write_scores(attributor.attribute(pool_view, [query_view]), dense, k, out,
-                             inputs)
+    rows_out = _write_scores(checked_attribute(attributor, pool_view, [query_view]), dense, k,
+                             out, inputs)
     seconds = time.perf_counter() - started
     if summary:
         print_summary(console, f"attribute:{method}",

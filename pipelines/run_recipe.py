@@ -295,7 +295,6 @@ def build_model(pool: Corpus, spec: TinyModelSpec, folder: str) -> tuple[str, bo
 def _warmup(recipe: Recipe, pool: Corpus, model: str, out: str, timings: list[StageTiming],
             console: Console) -> list[str]:
     """LESS step 1 (LoRA warmup on a share of the pool), once per output folder."""
-    from models.lora_checkpoints import read_info
     from pipelines.feature_jobs import run_warmup_job
 
     folder = os.path.join(out, WARMUP_DIR)
@@ -305,7 +304,7 @@ def _warmup(recipe: Recipe, pool: Corpus, model: str, out: str, timings: list[St
     wanted = jsonable({"config": config, "model": model, "pool": pool.fingerprint()})
     if os.path.exists(marker) and read_json(marker)["settings"] == wanted:
         checkpoints = read_json(marker)["checkpoints"]
-        if all(read_info(c) for c in checkpoints):
+        if _readable_checkpoints(checkpoints):
             timings.append(StageTiming("warmup (reused)", len(checkpoints), 0.0))
             return checkpoints
     started = time.perf_counter()
@@ -313,6 +312,19 @@ def _warmup(recipe: Recipe, pool: Corpus, model: str, out: str, timings: list[St
     write_json({"settings": wanted, "checkpoints": checkpoints}, marker)
     timings.append(StageTiming("warmup", len(checkpoints), time.perf_counter() - started))
     return checkpoints
+
+
+def _readable_checkpoints(paths: list[str]) -> bool:
+    """Whether every checkpoint of a finished warmup still passes LESS's check; one
+    damaged since is trained again by the warmup (which resumes from the ones before it)."""
+    from models.lora_checkpoints import read_info
+
+    try:
+        for path in paths:
+            read_info(path)
+    except InputError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

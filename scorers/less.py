@@ -63,7 +63,14 @@ from models.lm import (
     token_budget_chunks,
     tokenize,
 )
-from models.lora_checkpoints import AdamMoments, canonical_name, load_moments, read_info
+from models.lora_checkpoints import (
+    AdamMoments,
+    add_adapter,
+    canonical_name,
+    load_adapter,
+    load_moments,
+    read_info,
+)
 from models.projection import (
     PROJECTIONS,
     SPARSE_HASH,
@@ -275,17 +282,14 @@ class _GradientModel:
     shared projection: what one worker needs to turn examples into features."""
 
     def __init__(self, scorer: Less):
-        from peft import PeftModel
-
         self.lock = threading.Lock()
         self.device = pick_device(scorer.device)
         self.tokenizer = load_tokenizer(scorer.model)
         base = load_causal_lm(scorer.model, self.device)
         self.adapters = [f"ckpt{i}" for i in range(len(scorer.checkpoints))]
-        model = PeftModel.from_pretrained(base, scorer.checkpoints[0],
-                                          adapter_name=self.adapters[0])
+        model = load_adapter(base, scorer.checkpoints[0], adapter_name=self.adapters[0])
         for name, path in zip(self.adapters[1:], scorer.checkpoints[1:]):
-            model.load_adapter(path, adapter_name=name)
+            add_adapter(model, path, name)
         self.model = model.to(self.device).eval()
         self.moments: list[AdamMoments] = [load_moments(p).to(self.device)
                                            for p in scorer.checkpoints]
