@@ -219,8 +219,17 @@ class _WritePart:
         if LABELS_KEY not in saved:
             return False
         origin = PartOrigin(self.pool_stats.job, index)
-        return reusable(lambda: (origin.check_file(path, rows),
+        return reusable(lambda: (origin.check_reused(path, rows, self._part_schema(index)),
                                  origin.check_arrays(stats_path, saved)), self.overwrite)
+
+    def _part_schema(self, index: int) -> pa.Schema:
+        """The columns this job writes part ``index`` with: the pool's (``schema``), then
+        ``score``, ``rank`` and the scores' ``score_*`` columns (from the score store's
+        metadata, where it has one), as :func:`_attach_scores` adds them."""
+        none = np.empty(0, np.int64)
+        scores = self._scores(index, none)
+        return _attach_scores(self.schema.empty_table(), scores.take(none), none, "",
+                              self.pool.partition_place(index)).schema
 
     def _chosen_rows(self, index: int, chosen: np.ndarray) -> pa.Table:
         """The selected rows of partition ``index``, its pool counts being kept: for none,

@@ -1,0 +1,128 @@
+"""Probe round J (issue 28): files dataselect wrote, edited, swapped or replaced afterwards,
+and files of the user's that only look like dataselect's.
+
+- A finished output part rewritten with pyarrow (schema metadata, and so the footer, kept)
+  with a column dropped, its rows reordered or its scores negated was kept by a resumed
+  job as its result: a resume now checks the part's columns against the ones the job
+  writes and the values its footer hashed (:meth:`PartOrigin.check_reused`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import DATA, TARGETS
+from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
+
+from pipelines.cli import main
+
+EDITED = "is not the one dataselect wrote here"
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Path:
+    """300 rows of the shipped pool, one partition."""
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pq.read_table(DATA / "pool" / "part-00000.parquet").slice(0, 300), path)
+    return path
+
+
+def _select(pool: Path, out: Path, *extra: str, k: int = 20) -> list[str]:
+    return ["select", "--scorer", "dsir", "--pool", str(pool), "--target",
+            str(TARGETS / "python_docs.jsonl"), "--out", str(out), "--k", str(k),
+            "--workers", "1", "--worker-kind", "threads", *extra]
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture, *parts: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
+    for part in parts:
+        assert part in lines[0], err
+    return lines[0]
+
+
+def _ok(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+
+
+def _rewrite(path: Path, edit: Callable[[pa.Table], pa.Table]) -> None:
+    """Edit a Parquet part with pyarrow and write it back with its schema metadata (so
+    dataselect's footer, job and row count included, is kept)."""
+    table = pq.read_table(path)
+    pq.write_table(edit(table).replace_schema_metadata(table.schema.metadata), path)
+
+
+# --------------------------------------------------------- g01: a resume checks the part
+
+EDITS: dict[str, Callable[[pa.Table], pa.Table]] = {
+    "scores negated": lambda t: t.set_column(t.schema.get_field_index("score"), "score",
+                                             pc.negate(t["score"])),
+    "column dropped": lambda t: t.drop_columns(["source"]),
+    "rows reversed": lambda t: t.take(pa.array(range(t.num_rows - 1, -1, -1))),
+    "column retyped": lambda t: t.set_column(t.schema.get_field_index("_row"), "_row",
+                                             t["_row"].cast(pa.float64())),
+    "column added": lambda t: t.append_column("mine", pa.array(["x"] * t.num_rows)),
+}
+WHY = {"scores negated": "values", "column dropped": "lacks the column 'source'",
+       "rows reversed": "values", "column retyped": "'_row' is double",
+       "column added": "column 'mine'"}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_resume_refuses_an_output_part_rewritten_with_its_footer_kept(edit, pool, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "out"
+    _ok(_select(pool, out), capsys)
+    part = out / "part-00000.parquet"
+    written = pq.read_table(part)
+    _rewrite(part, EDITS[edit])
+    _refused(_select(pool, out), capsys, str(part), EDITED, WHY[edit], "--overwrite")
+    _refused(_select(pool, out, "--save-to-disk"), capsys, str(part), EDITED)
+    assert not (out / ".hf").exists()
+    _ok(_select(pool, out, "--overwrite"), capsys)
+    assert pq.read_table(part).equals(written)
+
+
+def test_resume_keeps_the_parts_it_wrote(pool, tmp_path, capsys):
+    out = tmp_path / "out"
+    _ok(_select(pool, out), capsys)
+    first = (out / "part-00000.parquet").read_bytes()
+    _ok(_select(pool, out, "--save-to-disk"), capsys)
+    manifest = json.loads((out / ".manifest.json").read_text())
+    assert manifest["output"]["partitions_reused"] == 1
+    assert (out / "part-00000.parquet").read_bytes() == first
+
+
+def test_a_recipe_rerun_refuses_a_union_part_with_a_column_dropped(tmp_path, capsys):
+    import yaml
+
+    rows = [{"id": f"d{i}", "text": f"def f{i}(x): return x + {i}  # python code {i}",
+             "kind": f"k{i % 3}"} for i in range(40)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = {"pool": {"paths": str(pool)},
+              "targets": {"a": {"paths": str(TARGETS / "python_docs.jsonl")},
+                          "b": {"paths": str(TARGETS / "fortunes.jsonl")}},
+              "scorers": {"dsir": {"num_buckets": 1000}},
+              "selection": {"policy": "top_k", "k": 5},
+              "output": {"path": str(tmp_path / "out")},
+              "cluster": {"workers": 1, "worker_kind": "threads"}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    _ok(["run", str(path)], capsys)
+    union = tmp_path / "out" / "union" / "part-00000.parquet"
+    written = pq.read_table(union)
+    _rewrite(union, lambda t: t.drop_columns(["kind"]))
+    _refused(["run", str(path)], capsys, str(union), EDITED, "lacks the column 'kind'")
+    _ok(["run", str(path), "--overwrite"], capsys)
+    assert pq.read_table(union).equals(written)
