@@ -47,7 +47,6 @@ from dataselect.output import (
     damaged_if_unreadable,
     read_json,
     read_table,
-    remove_stale_temporaries,
     write_json,
 )
 
@@ -75,7 +74,7 @@ def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
     names = shard_names(rows)
     folder.expect([os.path.join(HF_DIR, n) for n in [*names, INFO_FILE, STATE_FILE]])
     os.makedirs(hf, exist_ok=True)
-    remove_stale_temporaries(hf)
+    folder.remove_temporaries(HF_DIR)
     sources = [p for p, r in zip(parts, rows) if r] or parts[:1]
     schema = _features(_unified_schema([folder.join(p) for p in parts]),
                        folder.join(parts[0])).arrow_schema

@@ -28,7 +28,6 @@ from dataselect.output import (
     OutputFormat,
     jsonable,
     part_name,
-    remove_stale_temporaries,
     write_json,
     write_table,
 )
@@ -90,7 +89,7 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
     with claim_output(out, "union", job, inputs=pool.files, overwrite=overwrite) as folder:
         out = folder.path
         folder.expect([part_name(i, fmt) for i in range(pool.npartitions)] + [MANIFEST_FILE])
-        remove_stale_temporaries(out)
+        folder.remove_temporaries()
         chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
                   for label, s in selections.items()}
         writer = _WriteUnionPart(pool, chosen, out, fmt,
@@ -98,7 +97,7 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
                                  job_digest(folder.identity), overwrite)
         results = runner("write:union", partition_tasks("write-union", writer,
                                                         pool.npartitions))
-        remove_stale_temporaries(out)  # a killed worker's, which a glob of parts would match
+        folder.remove_temporaries()  # a killed worker's, which a glob of parts would match
         names = [part_name(i, fmt) for i in range(pool.npartitions)]
         rows = [r["rows"] for r in results]
         times_chosen = _times_chosen(selections)

@@ -49,7 +49,6 @@ from dataselect.output import (
     atomic_write,
     load_arrays,
     part_name,
-    remove_stale_temporaries,
     write_json,
     write_table,
 )
@@ -381,8 +380,8 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
                   + [pool_stats_name(i) for i in range(parts)] + [MANIFEST_FILE])
     if not storage.is_remote(out):  # an object store has no folders to make
         os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
-    remove_stale_temporaries(out)
-    remove_stale_temporaries(os.path.join(out, STATS_DIR))
+    folder.remove_temporaries()
+    folder.remove_temporaries(STATS_DIR)
     start = time.perf_counter()
     schema = output_schema(selection.pool, ADDED_COLUMNS, fmt)
     job = job_digest(folder.identity)
@@ -392,7 +391,7 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     tasks = partition_tasks("write", writer, parts)
     results = runner("write", tasks)
     # a worker killed mid-write may leave a temporary that a glob of the parts would match
-    remove_stale_temporaries(out)
+    folder.remove_temporaries()
     names, rows = [part_name(i, fmt) for i in range(parts)], [r["rows"] for r in results]
     manifest = {
         "selection": selection.policy,

@@ -126,3 +126,38 @@ def test_a_recipe_rerun_refuses_a_union_part_with_a_column_dropped(tmp_path, cap
     _refused(["run", str(path)], capsys, str(union), EDITED, "lacks the column 'kind'")
     _ok(["run", str(path), "--overwrite"], capsys)
     assert pq.read_table(union).equals(written)
+
+
+# ------------------------------------------- g09: only dataselect's own temporaries go
+
+KILLED = ".tmp-0123456789abcdef-"  # the name atomic_path gives a temporary of a file
+MINE = [".tmp-mine.txt", ".stats/.tmp-notes", ".tmp-abcpart-00000.parquet",
+        f"{KILLED}mine.txt", ".stats/.tmp-x-part-00000.npz", ".hf/.tmp-mine",
+        ".scores/dsir/.tmp-mine", f".scores/dsir/{KILLED}notes.txt"]
+
+
+@pytest.mark.parametrize("rerun", [(), ("--overwrite",), ("--save-to-disk",)])
+def test_a_rerun_deletes_a_killed_jobs_temporaries_but_never_the_users_tmp_files(
+        rerun, pool, tmp_path, capsys):
+    out = tmp_path / "out"
+    _ok(_select(pool, out, "--save-to-disk"), capsys)
+    for name in MINE:
+        (out / name).write_text("mine\n")
+    killed = [f"{KILLED}part-00000.parquet", f".stats/{KILLED}part-00000.npz",
+              f".hf/{KILLED}state.json", f"{KILLED}.manifest.json"]
+    for name in killed:
+        (out / name).write_text("half a file")
+    _ok(_select(pool, out, *rerun, k=21 if rerun == ("--overwrite",) else 20), capsys)
+    assert all((out / name).read_text() == "mine\n" for name in MINE)
+    left = [name for name in killed if (out / name).exists()]
+    assert left == ([] if rerun else [f".hf/{KILLED}state.json"])  # .hf: left alone
+
+
+def test_atomic_writes_name_their_temporaries_so_they_are_told_from_a_users(tmp_path):
+    from dataselect.output import atomic_path, temporary_of
+
+    tmp, final = atomic_path(tmp_path / "part-00000.parquet")
+    assert temporary_of(Path(tmp).name) == "part-00000.parquet"
+    assert final == str(tmp_path / "part-00000.parquet")
+    assert [temporary_of(name) for name in (".tmp-mine.txt", ".tmp-abcpart-00000.parquet",
+                                            ".tmp-0123456789ABCDEF-x")] == [None] * 3
