@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dataselect import storage
 from dataselect.checks import check_hf_data_files, check_path
@@ -46,6 +45,7 @@ from dataselect.output import (
     atomic_write,
     damaged_if_unreadable,
     read_json,
+    read_schema,
     read_table,
     write_json,
 )
@@ -134,15 +134,8 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata()).cast(schema)
 
 
-def _schema_of(path: str) -> pa.Schema:
-    if path.endswith(".arrow"):
-        with pa.memory_map(path) as source:
-            return pa.ipc.open_file(source).schema
-    return pq.read_schema(storage.arrow_path(path))
-
-
 def _unified_schema(paths: list[str]) -> pa.Schema:
-    schemas = [_schema_of(p).remove_metadata() for p in paths]
+    schemas = [read_schema(p).remove_metadata() for p in paths]
     try:
         return pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

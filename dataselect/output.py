@@ -138,10 +138,11 @@ def read_from(source: Any, fmt: OutputFormat, columns: list[str] | None = None
 def read_schema(path: str | os.PathLike) -> pa.Schema:
     """The schema :func:`read_table` would return, from the file's metadata."""
     path = str(path)
-    if path.endswith(".arrow"):
-        with storage.mapped(path) as source:
-            return pa.ipc.open_file(source).schema
-    return pq.read_schema(storage.source(path))
+    with damaged_if_unreadable(path):
+        if path.endswith(".arrow"):
+            with storage.mapped(path) as source:
+                return pa.ipc.open_file(source).schema
+        return pq.read_schema(storage.source(path))
 
 
 def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
@@ -183,7 +184,13 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def damaged_if_unreadable(path: str | os.PathLike) -> Iterator[None]:
     """Turn a reader's failure on a file dataselect wrote (cut short by a full disk or a
     copy, edited, overwritten) into one line naming the file and the fix. A missing file
-    stays an OSError, which names it; FAISS reports a bad file as a RuntimeError."""
+    stays an OSError, which names it; FAISS reports a bad file as a RuntimeError.
+
+    Every reader of such a file (a part, a feature shard, an index) opens it inside this,
+    so a FIFO, device or socket planted in its place is refused here, before it is
+    opened: opening a FIFO waits for a writer, forever, and pyarrow reports one as a
+    missing file."""
+    check_regular_file(path)
     try:
         yield
     except InputError:

@@ -9,16 +9,23 @@ and files of the user's that only look like dataselect's.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import DATA, TARGETS
-from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
+from fault_helpers import (
+    private_fingerprint_cache,  # noqa: F401 (autouse fixture)
+    within,
+)
 
 from pipelines.cli import main
 
@@ -161,3 +168,78 @@ def test_atomic_writes_name_their_temporaries_so_they_are_told_from_a_users(tmp_
     assert final == str(tmp_path / "part-00000.parquet")
     assert [temporary_of(name) for name in (".tmp-mine.txt", ".tmp-abcpart-00000.parquet",
                                             ".tmp-0123456789ABCDEF-x")] == [None] * 3
+
+
+# ------------------------------------ g11: a FIFO planted where dataselect wrote a file
+
+@contextlib.contextmanager
+def _fifo(path: Path) -> Iterator[Path]:
+    """``path`` replaced by a FIFO. A reader blocked on it (the code before the fix, in C,
+    where no alarm reaches it) is let go after 20 s, and at the end: the test then fails
+    instead of hanging the suite."""
+    path.unlink()
+    os.mkfifo(path)
+    timer = threading.Timer(20, _let_go, [path])
+    timer.start()
+    try:
+        yield path
+    finally:
+        timer.cancel()
+        _let_go(path)
+
+
+def _let_go(fifo: Path) -> None:
+    """Open ``fifo`` for writing and close it, so that a reader waiting on it reads an
+    empty file; nothing happens when no reader waits."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def _refused_at_once(argv: list[str], capsys: pytest.CaptureFixture, path: Path) -> None:
+    with within(30):
+        _refused(argv, capsys, str(path), "is not a regular file (a FIFO)")
+
+
+@pytest.mark.parametrize(("name", "overwrite"), [
+    ("part-00000.parquet", False), (".stats/part-00000.npz", False),
+    (".scores/dsir/part-00000.parquet", True)])
+def test_a_fifo_at_a_finished_part_is_refused_at_once(name, overwrite, pool, tmp_path,
+                                                      capsys):
+    out = tmp_path / "out"
+    _ok(_select(pool, out), capsys)
+    rerun = _select(pool, out, "--overwrite", k=21) if overwrite else _select(pool, out)
+    with _fifo(out / name) as fifo:
+        _refused_at_once(rerun, capsys, fifo)
+
+
+def _stores(tmp_path: Path) -> tuple[Path, Path]:
+    """A pool feature store of 3 rows, and a query store of 2 rows, written by hand."""
+    from dataselect.features import FeatureStore
+
+    rng = np.random.default_rng(0)
+    pool = FeatureStore.create(tmp_path / "f", {"kind": "x", "dim": 4, "views": 1})
+    pool.write_part(0, pa.array(["a", "b", "c"]), rng.normal(size=(3, 1, 4)))
+    queries = FeatureStore.create(tmp_path / "q", {"kind": "x", "dim": 4, "views": 1,
+                                                   "side": "query"})
+    queries.write_part(0, pa.array(["q1", "q2"]), rng.normal(size=(2, 1, 4)))
+    return Path(pool.folder), Path(queries.folder)
+
+
+@pytest.mark.parametrize("name", ["part-00000.npy", "part-00000.ids.parquet"])
+def test_a_fifo_at_a_feature_shard_is_refused_by_index_build(name, tmp_path, capsys):
+    features, _ = _stores(tmp_path)
+    with _fifo(features / name) as fifo:
+        _refused_at_once(["index", "build", "--features", str(features), "--out",
+                          str(tmp_path / "idx")], capsys, fifo)
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "ids.parquet"])
+def test_a_fifo_at_an_index_file_is_refused_by_index_search(name, tmp_path, capsys):
+    features, queries = _stores(tmp_path)
+    index = tmp_path / "idx"
+    _ok(["index", "build", "--features", str(features), "--out", str(index)], capsys)
+    search = ["index", "search", "--index", str(index), "--queries", str(queries), "-k", "2",
+              "--out", str(tmp_path / "s.parquet")]
+    _ok(search, capsys)
+    with _fifo(index / name) as fifo:
+        _refused_at_once(search, capsys, fifo)
