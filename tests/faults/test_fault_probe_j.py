@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -243,3 +244,53 @@ def test_a_fifo_at_an_index_file_is_refused_by_index_search(name, tmp_path, caps
     _ok(search, capsys)
     with _fifo(index / name) as fifo:
         _refused_at_once(search, capsys, fifo)
+
+
+# ------------------------- g06: an index's files replaced by another index's of its rows
+
+def _two_indexes(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Indexes ``i1`` and ``i3`` of the same 100 rows, ``i3``'s in reverse order (two
+    feature stores of them), and the search of a query store in ``i1``."""
+    from dataselect.features import FeatureStore
+
+    rng = np.random.default_rng(0)
+    ids, vectors = [f"row{i:03d}" for i in range(100)], rng.normal(size=(100, 1, 8))
+    for name, order in (("f1", slice(None)), ("f3", slice(None, None, -1))):
+        store = FeatureStore.create(tmp_path / name, {"kind": "x", "dim": 8, "views": 1,
+                                                      "corpus": name})
+        store.write_part(0, pa.array(ids[order]), vectors[order])
+    queries = FeatureStore.create(tmp_path / "q", {"kind": "x", "dim": 8, "views": 1,
+                                                   "side": "query"})
+    queries.write_part(0, pa.array(["q1", "q2"]), rng.normal(size=(2, 1, 8)))
+    for features, index in (("f1", "i1"), ("f3", "i3")):
+        assert main(["index", "build", "--features", str(tmp_path / features), "--out",
+                     str(tmp_path / index)]) == 0
+    search = ["index", "search", "--index", str(tmp_path / "i1"), "--queries",
+              str(queries.folder), "-k", "3", "--out", str(tmp_path / "s.parquet")]
+    return tmp_path / "i1", tmp_path / "i3", search
+
+
+@pytest.mark.parametrize("names", [["ids.parquet"], ["index.faiss"],
+                                   ["ids.parquet", "index.faiss"]])
+def test_an_index_file_replaced_by_another_indexs_of_the_same_rows_is_refused(
+        names, tmp_path, capsys):
+    mine, theirs, search = _two_indexes(tmp_path)
+    _ok(search, capsys)
+    good = pq.read_table(tmp_path / "s.parquet")
+    kept = {name: (mine / name).read_bytes() for name in names}
+    for name in names:
+        shutil.copyfile(theirs / name, mine / name)
+    first = "index.faiss" if "index.faiss" in names else "ids.parquet"  # checked first
+    _refused(search, capsys, str(mine / first), EDITED, "build the index again")
+    for name, data in kept.items():
+        (mine / name).write_bytes(data)
+    _ok(search, capsys)
+    assert pq.read_table(tmp_path / "s.parquet").equals(good)
+
+
+def test_an_index_that_records_no_file_hashes_is_refused(tmp_path, capsys):
+    mine, _, search = _two_indexes(tmp_path)
+    meta = json.loads((mine / "index.json").read_text())
+    del meta["files"]
+    (mine / "index.json").write_text(json.dumps(meta))
+    _refused(search, capsys, str(mine / "index.json"), "build the index again")
