@@ -5,6 +5,12 @@ and files of the user's that only look like dataselect's.
   with a column dropped, its rows reordered or its scores negated was kept by a resumed
   job as its result: a resume now checks the part's columns against the ones the job
   writes and the values its footer hashed (:meth:`PartOrigin.check_reused`).
+- A rerun deleted every ``.tmp-*`` file, a user's own included: temporaries are now named
+  ``.tmp-<16 hex>-<final name>`` and only those of files the job writes there go.
+- A FIFO planted at a part, a feature shard or an index file hung the job or gave a
+  traceback: every reader of a file dataselect wrote refuses it in one line.
+- An index's ``ids.parquet`` or ``index.faiss`` copied from another index of the same
+  rows in another order was searched: ``index.json`` records their sizes and hashes.
 """
 
 from __future__ import annotations
