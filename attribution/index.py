@@ -27,6 +27,8 @@ import pyarrow as pa
 from dataselect.defaults import DEFAULT_HNSW_M, DEFAULT_NPROBE
 from dataselect.errors import InputError
 from dataselect.features import normalize_rows
+from dataselect.fingerprint import hash_file
+from dataselect.footer import columns_digest
 from dataselect.outdir import OutputFolder
 from dataselect.output import (
     atomic_write,
@@ -36,7 +38,7 @@ from dataselect.output import (
     write_json,
     write_table,
 )
-from dataselect.records import IndexMeta, check_record
+from dataselect.records import IndexMeta, WrittenFile, check_record
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 Shards = Iterable[tuple[Any, np.ndarray]]  # (ids, vectors) pairs
@@ -179,9 +181,10 @@ class FeatureIndex:
         cpu_index = faiss.index_gpu_to_cpu(self.index) if _on_gpu(self.index) else self.index
         with atomic_write(os.path.join(folder, INDEX_FILE)) as tmp, faiss_os_errors(tmp):
             faiss.write_index(cpu_index, tmp)
-        write_table(pa.table({"id": pa.array(self.ids, pa.string())}),
-                    os.path.join(folder, IDS_FILE))
-        write_json({"kind": self.kind, "dim": self.dim, "rows": len(self.ids), **self.settings},
+        ids = pa.table({"id": pa.array(self.ids, pa.string())})
+        write_table(ids, os.path.join(folder, IDS_FILE))
+        write_json({"kind": self.kind, "dim": self.dim, "rows": len(self.ids),
+                    "files": _written_files(folder, ids), **self.settings},
                    os.path.join(folder, META_FILE))
 
     @classmethod
@@ -193,16 +196,70 @@ class FeatureIndex:
                 raise InputError(f"not an index folder: {name} is missing", where=folder)
         meta = read_json(os.path.join(folder, META_FILE))
         check_record(meta, IndexMeta, os.path.join(folder, META_FILE))
-        with damaged_if_unreadable(os.path.join(folder, INDEX_FILE)):
-            index = faiss.read_index(os.path.join(folder, INDEX_FILE))
-        ids = read_table(os.path.join(folder, IDS_FILE))["id"].to_pylist()
+        written = _recorded_files(folder, meta)
+        path = os.path.join(folder, INDEX_FILE)
+        with damaged_if_unreadable(path):  # a FIFO is refused before it is hashed
+            _check_written(path, written[INDEX_FILE], "xxh3_128", lambda: hash_file(path))
+            index = faiss.read_index(path)
+        path = os.path.join(folder, IDS_FILE)
+        table = read_table(path)
+        if "id" not in table.column_names:
+            raise _replaced(path, "it has no 'id' column")
+        _check_written(path, written[IDS_FILE], "ids",
+                       lambda: columns_digest(table, ["id"]))
+        ids = table["id"].to_pylist()
         if index.ntotal != len(ids):
             raise InputError(f"index holds {index.ntotal} rows but {len(ids)} ids", where=folder)
         gpu = (gpu_count() > 0) if use_gpu is None else use_gpu
         if gpu and meta["kind"] != "hnsw":
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        settings = {k: v for k, v in meta.items() if k not in ("kind", "dim", "rows")}
+        settings = {k: v for k, v in meta.items() if k not in ("kind", "dim", "rows", "files")}
         return cls(index, ids, meta["kind"], int(meta["dim"]), settings)
+
+
+def _written_files(folder: str, ids: pa.Table) -> dict[str, WrittenFile]:
+    """What identifies the index's two files as written, for ``index.json``: their sizes,
+    a hash of ``index.faiss``'s bytes and one of the ids ``ids.parquet`` holds (``ids``,
+    in row order). Two indexes of the same rows have files of the same sizes and row
+    counts, so without these a file copied from one into the other (the rows in another
+    order) was searched, and every hit named the wrong training row."""
+    index, stored = os.path.join(folder, INDEX_FILE), os.path.join(folder, IDS_FILE)
+    return {INDEX_FILE: {"bytes": os.path.getsize(index), "xxh3_128": hash_file(index)},
+            IDS_FILE: {"bytes": os.path.getsize(stored), "ids": columns_digest(ids, ["id"])}}
+
+
+def _recorded_files(folder: str, meta: dict[str, Any]) -> dict[str, WrittenFile]:
+    """:func:`_written_files` as ``index.json`` records them; an index without them (built
+    by an older dataselect, or its record edited) cannot be told from one whose files
+    were replaced, and is refused."""
+    files = meta.get("files") or {}
+    if INDEX_FILE not in files or IDS_FILE not in files:
+        raise InputError(f"records no sizes and hashes of its {INDEX_FILE} and {IDS_FILE} "
+                         "(built by an older dataselect, or edited), so files replaced "
+                         "since cannot be told: build the index again (dataselect index "
+                         "build)", where=os.path.join(folder, META_FILE))
+    return files
+
+
+def _check_written(path: str, record: WrittenFile, key: str, digest: Callable[[], str]
+                   ) -> None:
+    """Refuse the index file at ``path`` unless its size, then its digest (``key`` of
+    ``record``, computed by ``digest`` only when the size agrees), are the ones
+    ``index.json`` records."""
+    size = os.path.getsize(path)
+    if size != record["bytes"]:
+        raise _replaced(path, f"it holds {size} bytes, not the {record['bytes']} written")
+    if digest() != record.get(key):
+        raise _replaced(path, f"its {'bytes' if key == 'xxh3_128' else 'ids'} are not "
+                              "the ones written")
+
+
+def _replaced(path: str, why: str) -> InputError:
+    """The one line for an index file that is not the one its ``index.json`` records."""
+    return InputError(f"this file is not the one dataselect wrote here ({why}): it was "
+                      f"replaced or edited since the index was built (its {META_FILE} "
+                      "records what was written); build the index again (dataselect index "
+                      "build)", where=path)
 
 
 def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:

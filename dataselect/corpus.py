@@ -37,7 +37,7 @@ from dataselect.formats import (
     subpieces,
 )
 from dataselect.outdir import MARKER, input_roots
-from dataselect.output import atomic_write, jsonable
+from dataselect.output import atomic_write, jsonable, read_schema, read_table
 from dataselect.readers import DATA_SUFFIXES
 from dataselect.readers.base import Piece, detect_format
 from dataselect.readers.hf_disk import is_hf_dataset_dir
@@ -141,7 +141,7 @@ class Corpus:
             return self._parse_partition(index)
         path = os.path.join(self.cache_dir, cached_name(index))
         if os.path.exists(path):
-            return pa.ipc.open_file(pa.memory_map(path)).read_all()
+            return read_table(path)
         table = self._parse_partition(index)
         os.makedirs(self.cache_dir, exist_ok=True)
         with atomic_write(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
@@ -225,8 +225,7 @@ class Corpus:
         if self.cache_dir is not None:
             path = os.path.join(self.cache_dir, cached_name(index))
             if os.path.exists(path):
-                with pa.memory_map(path) as source:
-                    return [(place, pa.ipc.open_file(source).schema)]
+                return [(place, read_schema(path))]
         if any(map(parses_text, pieces)):
             return [(place, self.read_partition(index).schema)] if parse else []
         return [(_place(p), self._with_places(p, _empty(p)).schema) for p in pieces]
@@ -295,8 +294,7 @@ class Corpus:
         if self.cache_dir is not None:
             path = os.path.join(self.cache_dir, cached_name(index))
             if os.path.exists(path):
-                with pa.memory_map(path) as source:
-                    return pa.ipc.open_file(source).schema.empty_table()
+                return read_schema(path).empty_table()
         pieces = self.partitions[index]
         if not pieces or any(map(parses_text, pieces)):
             return None

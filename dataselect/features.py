@@ -54,6 +54,9 @@ from dataselect.records import FeatureManifest, check_record
 
 MANIFEST = "_manifest.json"
 PART_IDS = re.compile(r"part-(\d{5})\.ids\.parquet")
+# every file a store writes, besides its marker: a killed job's temporary of one of these
+# is deleted when the store is opened again, a user's own .tmp-* file never
+STORE_FILE = re.compile(re.escape(MANIFEST) + r"|part-\d{5}\.(?:npy|ids\.parquet)")
 STORE_DTYPE = np.float16
 
 
@@ -107,7 +110,9 @@ class FeatureStore:
         path = claimed.join(MANIFEST)
         if not os.path.exists(path):
             write_json(description, path)
-        remove_stale_temporaries(claimed.path)
+        claimed.remove_temporaries()
+        remove_stale_temporaries(claimed.path,
+                                 lambda name: bool(STORE_FILE.fullmatch(name)))
         return cls(claimed.path, jsonable(description))
 
     @classmethod

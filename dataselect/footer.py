@@ -148,6 +148,20 @@ class PartOrigin:
             raise replaced(path, f"it holds {found} rows where this job has {rows!r}")
         return footer
 
+    def check_reused(self, path: str | os.PathLike, rows: int, schema: pa.Schema) -> None:
+        """Refuse a finished part a resumed job would keep as its result unless it is the
+        one written here: its footer (:meth:`check_file`), its columns and their types
+        (``schema``, what this job writes: a column dropped, retyped or added since), and
+        the values its footer hashed (ids, scores, ranks: scores negated, rows reordered).
+        An output part holds the selected rows only, so reading those columns is cheap."""
+        footer = self.check_file(path, rows)
+        found = read_schema(path)
+        difference = schema_difference(found, schema)
+        if difference:
+            raise replaced(path, difference)
+        names = [n for n in hashed_columns(path, footer) if n in found.names]
+        check_values(path, read_table(path, names), footer)
+
     def read(self, path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
         """The part at ``path`` (all its columns, or ``columns`` and those its footer
         hashed), refused unless it is the one written here with the values written."""
@@ -257,6 +271,26 @@ def check_values(path: str | os.PathLike, table: pa.Table, footer: dict[str, Any
     if names and columns_digest(table, names) != footer.get("digest"):
         raise replaced(path, f"its {', '.join(names)} values are not the ones dataselect "
                              "wrote")
+
+
+def schema_difference(found: pa.Schema, want: pa.Schema) -> str | None:
+    """How a part's columns (``found``) differ from the ones its job writes (``want``),
+    in words for :func:`replaced`, or None when they are the same (schema metadata aside:
+    it holds the footer)."""
+    if found.equals(want, check_metadata=False):
+        return None
+    missing = [n for n in want.names if n not in found.names]
+    if missing:
+        return f"it lacks the column {missing[0]!r} it was written with"
+    extra = [n for n in found.names if n not in want.names]
+    if extra:
+        return f"it has a column {extra[0]!r} it was not written with"
+    if found.names != want.names:
+        return "its columns are not in the order they were written in"
+    for field, written in zip(found, want, strict=True):
+        if field.type != written.type:
+            return f"its column {field.name!r} is {field.type}, not {written.type} as written"
+    return "its columns are not the ones it was written with"
 
 
 def hashed_columns(path: str | os.PathLike, footer: dict[str, Any]) -> list[str]:

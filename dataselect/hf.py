@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dataselect import storage
 from dataselect.checks import check_hf_data_files, check_path
@@ -46,8 +45,8 @@ from dataselect.output import (
     atomic_write,
     damaged_if_unreadable,
     read_json,
+    read_schema,
     read_table,
-    remove_stale_temporaries,
     write_json,
 )
 
@@ -75,7 +74,7 @@ def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
     names = shard_names(rows)
     folder.expect([os.path.join(HF_DIR, n) for n in [*names, INFO_FILE, STATE_FILE]])
     os.makedirs(hf, exist_ok=True)
-    remove_stale_temporaries(hf)
+    folder.remove_temporaries(HF_DIR)
     sources = [p for p, r in zip(parts, rows) if r] or parts[:1]
     schema = _features(_unified_schema([folder.join(p) for p in parts]),
                        folder.join(parts[0])).arrow_schema
@@ -135,15 +134,8 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata()).cast(schema)
 
 
-def _schema_of(path: str) -> pa.Schema:
-    if path.endswith(".arrow"):
-        with pa.memory_map(path) as source:
-            return pa.ipc.open_file(source).schema
-    return pq.read_schema(storage.arrow_path(path))
-
-
 def _unified_schema(paths: list[str]) -> pa.Schema:
-    schemas = [_schema_of(p).remove_metadata() for p in paths]
+    schemas = [read_schema(p).remove_metadata() for p in paths]
     try:
         return pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect.ngrams import HashedNgrams, NgramHasher
-from dataselect.output import atomic_write
+from dataselect.output import atomic_write, damaged_if_unreadable
 
 Chunks = list[tuple[int, HashedNgrams]]
 
@@ -68,7 +68,8 @@ def load(folder: str | None, index: int, hasher: NgramHasher) -> Chunks | None:
     path = ngram_file(folder, index)
     if not os.path.exists(path):
         return None
-    data = np.fromfile(path, np.uint8)
+    with damaged_if_unreadable(path):
+        data = np.fromfile(path, np.uint8)
     head_size = int(data[:8].view("<u8")[0])
     header = json.loads(data[8:8 + head_size].tobytes())
     if header["key"] != hasher_key(hasher):

@@ -48,7 +48,13 @@ from typing import Any
 from dataselect import storage
 from dataselect.errors import InputError, OutputConflictError, first_names, os_error_line
 from dataselect.layout import legacy_entries
-from dataselect.output import jsonable, read_json, write_json
+from dataselect.output import (
+    jsonable,
+    read_json,
+    remove_stale_temporaries,
+    temporary_of,
+    write_json,
+)
 
 MARKER = ".dataselect.json"
 LOCK = ".dataselect.lock"
@@ -136,6 +142,15 @@ class OutputFolder:
         self._refuse_present(new)
         self.files = [*self.files, *new]
         self._save()
+
+    def remove_temporaries(self, subfolder: str = "") -> int:
+        """Delete the temporaries a killed job left in ``subfolder`` (relative; the folder
+        itself by default) of the files this folder's marker lists there, and of the
+        marker; returns how many. A user's own ``.tmp-*`` file is not one of them."""
+        names = {os.path.basename(n) for n in self.files if os.path.dirname(n) == subfolder}
+        if not subfolder:
+            names.update(_OWN_NAMES)
+        return remove_stale_temporaries(self.join(subfolder), names.__contains__)
 
     def _refuse_present(self, names: list[str]) -> None:
         if storage.is_remote(self.path):
@@ -391,8 +406,7 @@ def _remove_names(fd: int, names: set[str]) -> int:
     temporaries of them from the open folder ``fd``."""
     removed = 0
     for entry in os.listdir(fd):  # once per folder, not once per listed file
-        temporary_of_listed = entry.startswith(".tmp-") and any(entry.endswith(n) for n in names)
-        if entry not in names and not temporary_of_listed:
+        if entry not in names and temporary_of(entry) not in names:
             continue
         try:
             mode = os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode

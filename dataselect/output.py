@@ -13,9 +13,11 @@ import contextlib
 import json
 import math
 import os
+import re
+import secrets
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -29,8 +31,9 @@ from dataselect.errors import InputError
 
 OutputFormat = Literal["parquet", "arrow"]
 SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# a temporary's name: this prefix, 16 hex digits, "-" and the name of the file it becomes
+TEMPORARY_PREFIX = ".tmp-"
+_TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r"[0-9a-f]{16}-(.+)", re.DOTALL)
 
 
 def part_name(index: int, fmt: OutputFormat = "parquet") -> str:
@@ -38,14 +41,28 @@ def part_name(index: int, fmt: OutputFormat = "parquet") -> str:
 
 
 def atomic_path(final: str | os.PathLike) -> tuple[str, str]:
-    """A temporary sibling of ``final`` (same folder, so the rename is atomic)."""
+    """A temporary sibling of ``final`` (same folder, so the rename is atomic), named so
+    that :func:`temporary_of` tells it from a user's file."""
     final = str(final)
     folder = os.path.dirname(final) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(final), dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
-    return tmp, final
+    while True:
+        tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}-"
+                                   f"{os.path.basename(final)}")
+        try:  # the usual file mode (the umask applies), never an existing file or link
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o666))
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+        return tmp, final
+
+
+def temporary_of(name: str) -> str | None:
+    """The name of the file whose temporary (:func:`atomic_path`) ``name`` is, or None
+    where ``name`` is not one dataselect makes: a user's ``.tmp-notes`` beside an output
+    is theirs, and no job may delete it as a killed job's leftover."""
+    found = _TEMPORARY.fullmatch(name)
+    return found.group(1) if found else None
 
 
 @contextlib.contextmanager
@@ -121,10 +138,11 @@ def read_from(source: Any, fmt: OutputFormat, columns: list[str] | None = None
 def read_schema(path: str | os.PathLike) -> pa.Schema:
     """The schema :func:`read_table` would return, from the file's metadata."""
     path = str(path)
-    if path.endswith(".arrow"):
-        with storage.mapped(path) as source:
-            return pa.ipc.open_file(source).schema
-    return pq.read_schema(storage.source(path))
+    with damaged_if_unreadable(path):
+        if path.endswith(".arrow"):
+            with storage.mapped(path) as source:
+                return pa.ipc.open_file(source).schema
+        return pq.read_schema(storage.source(path))
 
 
 def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
@@ -166,7 +184,13 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def damaged_if_unreadable(path: str | os.PathLike) -> Iterator[None]:
     """Turn a reader's failure on a file dataselect wrote (cut short by a full disk or a
     copy, edited, overwritten) into one line naming the file and the fix. A missing file
-    stays an OSError, which names it; FAISS reports a bad file as a RuntimeError."""
+    stays an OSError, which names it; FAISS reports a bad file as a RuntimeError.
+
+    Every reader of such a file (a part, a feature shard, an index) opens it inside this,
+    so a FIFO, device or socket planted in its place is refused here, before it is
+    opened: opening a FIFO waits for a writer, forever, and pyarrow reports one as a
+    missing file."""
+    check_regular_file(path)
     try:
         yield
     except InputError:
@@ -234,14 +258,19 @@ def damaged_file(path: str | os.PathLike, why: str) -> InputError:
                       "that made it", where=os.fspath(path))
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete ``.tmp-*`` files a killed job left behind; returns how many."""
+def remove_stale_temporaries(folder: str | os.PathLike, written: Callable[[str], bool]
+                             ) -> int:
+    """Delete the temporaries a killed job left in ``folder`` of the files it writes there
+    (``written(name)``: whether the job writes ``name``); returns how many. Only names
+    :func:`atomic_path` makes are taken: a user's own ``.tmp-*`` file is left alone."""
     removed = 0
     if not storage.is_remote(folder) and os.path.isdir(folder):  # objects: never partial
         for entry in os.scandir(folder):
+            final = temporary_of(entry.name)
             # a link named so is removed itself, never what it points at; a folder so
             # named is nobody's temporary file
-            if entry.name.startswith(".tmp-") and not entry.is_dir(follow_symlinks=False):
+            if final is not None and written(final) and not entry.is_dir(
+                    follow_symlinks=False):
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed

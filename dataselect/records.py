@@ -30,11 +30,21 @@ class FeatureManifest(TypedDict, total=False):
     side: str
 
 
+class WrittenFile(TypedDict, total=False):
+    """What identifies a file of an index as written: its size, and a hash of its bytes
+    (``xxh3_128``) or of the ids it holds (``ids``)."""
+
+    bytes: Required[int]
+    xxh3_128: str
+    ids: str
+
+
 class IndexMeta(TypedDict, total=False):
     kind: Required[str]
     dim: Required[int]
     rows: int
     features: FeatureManifest
+    files: dict[str, WrittenFile]
 
 
 class _Stats(TypedDict):

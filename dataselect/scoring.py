@@ -54,7 +54,6 @@ from dataselect.output import (
     read_json,
     read_schema,
     read_table,
-    remove_stale_temporaries,
     write_json,
     write_table,
 )
@@ -783,7 +782,7 @@ class Scores:
             folder = claimed.path
             claimed.expect([STORE_MANIFEST] + [part_name(i) for i in range(self.npartitions)]
                            + ids_names(self.npartitions))
-            remove_stale_temporaries(folder)
+            claimed.remove_temporaries()
             write_json({"description": self.description, "versions": package_versions(),
                         "npartitions": self.npartitions},
                        os.path.join(folder, STORE_MANIFEST))

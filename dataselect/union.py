@@ -28,7 +28,6 @@ from dataselect.output import (
     OutputFormat,
     jsonable,
     part_name,
-    remove_stale_temporaries,
     write_json,
     write_table,
 )
@@ -36,6 +35,8 @@ from dataselect.select import Selection
 from dataselect.writer import output_rows, output_schema
 
 TASKS_COLUMN = "tasks"
+# the column a union adds: the labels of the selections that chose the row
+TASKS_FIELD = pa.field(TASKS_COLUMN, pa.list_(pa.string()))
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,16 @@ class _WriteUnionPart:
                 for label, parts in self.chosen.items()}
         rows = np.unique(np.concatenate([np.empty(0, np.int64), *mine.values()]))
         origin = PartOrigin(self.job, index)
-        if os.path.exists(path) and reusable(lambda: origin.check_file(path, len(rows)),
-                                             self.overwrite):
+        written = self.schema.append(TASKS_FIELD)
+        if os.path.exists(path) and reusable(
+                lambda: origin.check_reused(path, len(rows), written), self.overwrite):
             return {"rows": len(rows), "reused": True}
         table = output_rows(self.pool, index, self.pool.read_partition(index), self.schema)
         members = {label: set(positions.tolist()) for label, positions in mine.items()}
         labels = [[label for label in self.chosen if row in members[label]]
                   for row in rows.tolist()]
         picked = table.take(pa.array(rows, pa.int64())).append_column(
-            TASKS_COLUMN, pa.array(labels, pa.list_(pa.string())))
+            TASKS_FIELD, pa.array(labels, TASKS_FIELD.type))
         write_table(origin.stamp(picked, ("id",)), path, self.fmt)
         return {"rows": len(rows), "reused": False}
 
@@ -87,7 +89,7 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
     with claim_output(out, "union", job, inputs=pool.files, overwrite=overwrite) as folder:
         out = folder.path
         folder.expect([part_name(i, fmt) for i in range(pool.npartitions)] + [MANIFEST_FILE])
-        remove_stale_temporaries(out)
+        folder.remove_temporaries()
         chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
                   for label, s in selections.items()}
         writer = _WriteUnionPart(pool, chosen, out, fmt,
@@ -95,7 +97,7 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
                                  job_digest(folder.identity), overwrite)
         results = runner("write:union", partition_tasks("write-union", writer,
                                                         pool.npartitions))
-        remove_stale_temporaries(out)  # a killed worker's, which a glob of parts would match
+        folder.remove_temporaries()  # a killed worker's, which a glob of parts would match
         names = [part_name(i, fmt) for i in range(pool.npartitions)]
         rows = [r["rows"] for r in results]
         times_chosen = _times_chosen(selections)

@@ -49,7 +49,6 @@ from dataselect.output import (
     atomic_write,
     load_arrays,
     part_name,
-    remove_stale_temporaries,
     write_json,
     write_table,
 )
@@ -219,8 +218,17 @@ class _WritePart:
         if LABELS_KEY not in saved:
             return False
         origin = PartOrigin(self.pool_stats.job, index)
-        return reusable(lambda: (origin.check_file(path, rows),
+        return reusable(lambda: (origin.check_reused(path, rows, self._part_schema(index)),
                                  origin.check_arrays(stats_path, saved)), self.overwrite)
+
+    def _part_schema(self, index: int) -> pa.Schema:
+        """The columns this job writes part ``index`` with: the pool's (``schema``), then
+        ``score``, ``rank`` and the scores' ``score_*`` columns (from the score store's
+        metadata, where it has one), as :func:`_attach_scores` adds them."""
+        none = np.empty(0, np.int64)
+        scores = self._scores(index, none)
+        return _attach_scores(self.schema.empty_table(), scores.take(none), none, "",
+                              self.pool.partition_place(index)).schema
 
     def _chosen_rows(self, index: int, chosen: np.ndarray) -> pa.Table:
         """The selected rows of partition ``index``, its pool counts being kept: for none,
@@ -372,8 +380,8 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
                   + [pool_stats_name(i) for i in range(parts)] + [MANIFEST_FILE])
     if not storage.is_remote(out):  # an object store has no folders to make
         os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
-    remove_stale_temporaries(out)
-    remove_stale_temporaries(os.path.join(out, STATS_DIR))
+    folder.remove_temporaries()
+    folder.remove_temporaries(STATS_DIR)
     start = time.perf_counter()
     schema = output_schema(selection.pool, ADDED_COLUMNS, fmt)
     job = job_digest(folder.identity)
@@ -383,7 +391,7 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     tasks = partition_tasks("write", writer, parts)
     results = runner("write", tasks)
     # a worker killed mid-write may leave a temporary that a glob of the parts would match
-    remove_stale_temporaries(out)
+    folder.remove_temporaries()
     names, rows = [part_name(i, fmt) for i in range(parts)], [r["rows"] for r in results]
     manifest = {
         "selection": selection.policy,

@@ -33,7 +33,7 @@ from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of o
 from dataselect.ngram_store import store_name
 from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
-from dataselect.output import OutputFormat, write_json
+from dataselect.output import OutputFormat, temporary_of, write_json
 from dataselect.policies import Budget, choose_rows, resolved_policy
 from dataselect.scoring import (
     Scorer,
@@ -268,7 +268,7 @@ def _kept_in(pool: Corpus, folder: str, out: OutputFolder | None) -> Iterator[Co
 
 
 # the names parsed_once writes: parsed partitions, hashed n-grams, and their temporaries
-_PARSED_NAME = re.compile(r"(\.tmp-.*)?(part-\d{5,}\.arrow|ngrams-part-\d{5,}\.bin)")
+_PARSED_NAME = re.compile(r"part-\d{5,}\.arrow|ngrams-part-\d{5,}\.bin")
 
 
 def _clear_parsed(folder: str) -> None:
@@ -280,7 +280,8 @@ def _clear_parsed(folder: str) -> None:
     except (FileNotFoundError, NotADirectoryError):
         return
     for entry in entries:
-        if _PARSED_NAME.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+        name = temporary_of(entry.name) or entry.name
+        if _PARSED_NAME.fullmatch(name) and not entry.is_dir(follow_symlinks=False):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
     with contextlib.suppress(OSError):

@@ -88,7 +88,7 @@ def test_interrupted_write_resumes_without_redoing_finished_parts(tmp_path, job,
     monkeypatch.undo()
     finished = {p.name: os.stat(p).st_mtime_ns for p in out.glob("part-*")}
     assert sorted(finished) == ["part-00000.parquet", "part-00001.parquet"]
-    (out / ".tmp-leftover").write_bytes(b"junk from a killed writer")
+    (out / ".tmp-0123456789abcdef-part-00002.parquet").write_bytes(b"a killed writer's")
     manifest = _run(job, out)
     assert manifest["output"]["partitions_reused"] == len(finished)
     for name, mtime in finished.items():

@@ -1,8 +1,12 @@
-"""What several fault test files share: a private fingerprint cache for every test, and a
-small ``dataselect select`` run that returns its exit code and error lines."""
+"""What several fault test files share: a private fingerprint cache for every test, a
+small ``dataselect select`` run that returns its exit code and error lines, and a time
+limit for a block that could wait forever (a FIFO opened)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +47,18 @@ def refused(code: int, errors: str, *parts: str) -> None:
     assert len(errors.splitlines()) == 1, errors
     for part in parts:
         assert part in errors, errors
+
+
+@contextlib.contextmanager
+def within(seconds: int) -> Iterator[None]:
+    """Fail, instead of hanging the suite, when the block blocks (a FIFO opened)."""
+    def give_up(*_: object) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

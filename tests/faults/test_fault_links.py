@@ -161,11 +161,11 @@ def test_stale_temporaries_are_removed_without_following_links(tmp_path):
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep").write_text("x")
-    (folder / ".tmp-link").symlink_to(victim, target_is_directory=True)
-    (folder / ".tmp-dir").mkdir()
-    (folder / ".tmp-file").write_text("half")
-    assert remove_stale_temporaries(folder) == 2
-    assert sorted(p.name for p in folder.iterdir()) == [".tmp-dir"]
+    (folder / ".tmp-0123456789abcdef-a").symlink_to(victim, target_is_directory=True)
+    (folder / ".tmp-0123456789abcdef-b").mkdir()
+    (folder / ".tmp-0123456789abcdef-c").write_text("half")
+    assert remove_stale_temporaries(folder, lambda name: True) == 2
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-0123456789abcdef-b"]
     assert (victim / "keep").exists()
 
 

@@ -140,7 +140,7 @@ def test_remove_listed_touches_nothing_outside_its_list(tmp_path):
     folder = OutputFolder.claim(tmp_path / "o", "x", {"a": 1})
     folder.expect(["part-00000.parquet", "sub/part-00000.npz"])
     for name in ("part-00000.parquet", "sub/part-00000.npz", "sub/keep.txt", "part-x.txt",
-                 ".tmp-abcpart-00000.parquet"):
+                 ".tmp-0123456789abcdef-part-00000.parquet"):
         (tmp_path / "o" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "o" / name).write_text(name)
     again = OutputFolder.claim(tmp_path / "o", "x", {"a": 2}, overwrite=True)

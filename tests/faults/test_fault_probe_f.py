@@ -9,12 +9,9 @@ into another shape is one line "damaged or edited" naming the file and the key."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TARGETS, write_jsonl
 from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
+from fault_helpers import within as _within
 
 from attribution.index import FeatureIndex
 from dataselect.errors import InputError
@@ -53,21 +51,6 @@ def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture, *parts: str
     for part in parts:
         assert part in lines[0], err
     return lines[0]
-
-
-@contextlib.contextmanager
-def _within(seconds: int) -> Iterator[None]:
-    """Fail, instead of hanging the suite, when the block blocks (a FIFO opened)."""
-    def give_up(*_: object) -> None:
-        raise TimeoutError(f"still blocked after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, give_up)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
