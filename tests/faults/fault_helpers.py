@@ -49,6 +49,32 @@ def refused(code: int, errors: str, *parts: str) -> None:
         assert part in errors, errors
 
 
+def dsir_select(pool: Path, out: Path, *extra: str, k: int = 20,
+                target: str = "python_docs") -> list[str]:
+    """The argv of a small DSIR ``select`` on thread workers against a shipped target."""
+    return ["select", "--scorer", "dsir", "--pool", str(pool), "--target",
+            str(TARGETS / f"{target}.jsonl"), "--out", str(out), "--k", str(k),
+            "--workers", "1", "--worker-kind", "threads", *extra]
+
+
+def refused_run(argv: list[str], capsys: pytest.CaptureFixture, *parts: str) -> str:
+    """Run the command: exit status 2, one error line holding every one of ``parts``, no
+    traceback; the line."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    errors = "\n".join(line for line in err.splitlines() if "error" in line.lower())
+    refused(code, errors, *parts)
+    return errors
+
+
+def ran_ok(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Run the command: exit status 0 (its stderr shown otherwise)."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+
+
 @contextlib.contextmanager
 def within(seconds: int) -> Iterator[None]:
     """Fail, instead of hanging the suite, when the block blocks (a FIFO opened)."""

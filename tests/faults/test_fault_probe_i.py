@@ -20,11 +20,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import DATA, TARGETS
-from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
+from fault_helpers import (  # noqa: F401 (private_fingerprint_cache: autouse fixture)
+    dsir_select,
+    private_fingerprint_cache,
+    ran_ok,
+    refused_run,
+)
 
 from dataselect import select
 from dataselect.errors import InputError
-from pipelines.cli import main
 
 EDITED = "is not the one dataselect wrote here"
 
@@ -35,29 +39,6 @@ def pool(tmp_path: Path) -> Path:
     path = tmp_path / "pool.parquet"
     pq.write_table(pq.read_table(DATA / "pool" / "part-00000.parquet").slice(0, 300), path)
     return path
-
-
-def _select(pool: Path, out: Path, *extra: str, k: int = 20,
-            target: str = "python_docs") -> list[str]:
-    return ["select", "--scorer", "dsir", "--pool", str(pool), "--target",
-            str(TARGETS / f"{target}.jsonl"), "--out", str(out), "--k", str(k),
-            "--workers", "1", "--worker-kind", "threads", *extra]
-
-
-def _refused(argv: list[str], capsys: pytest.CaptureFixture, *parts: str) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error" in line.lower()]
-    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
-    for part in parts:
-        assert part in lines[0], err
-    return lines[0]
-
-
-def _ok(argv: list[str], capsys: pytest.CaptureFixture) -> None:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 0, err
 
 
 def _rewrite(path: Path, edit) -> None:
@@ -83,15 +64,15 @@ def _rows(out: Path) -> pa.Table:
 def test_marker_identity_edited_to_other_settings_is_refused_then_overwrite_redoes_it(
         pool, tmp_path, capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
     marker = out / ".dataselect.json"
     data = json.loads(marker.read_text())
     data["identity"]["settings"]["k"] = 21
     marker.write_text(json.dumps(data))
-    _refused(_select(pool, out, k=21), capsys, "part-00000.parquet", EDITED,
+    refused_run(dsir_select(pool, out, k=21), capsys, "part-00000.parquet", EDITED,
              "names another job", "--overwrite")
     assert json.loads((out / ".manifest.json").read_text())["counts"]["selected"] == 20
-    _ok(_select(pool, out, "--overwrite", k=21), capsys)
+    ran_ok(dsir_select(pool, out, "--overwrite", k=21), capsys)
     manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["counts"]["written"] == manifest["counts"]["selected"] == 21
     assert manifest["output"]["partitions_reused"] == 0
@@ -101,33 +82,33 @@ def test_marker_identity_edited_to_other_settings_is_refused_then_overwrite_redo
 def test_score_part_rewritten_with_negated_scores_is_refused_on_resume(pool, tmp_path,
                                                                         capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
     best = _rows(out)["domain"].to_pylist()
     store_part = out / ".scores" / "dsir" / "part-00000.parquet"
     _rewrite(store_part, _negated)
     (out / "part-00000.parquet").unlink()
     (out / ".manifest.json").unlink()
-    _refused(_select(pool, out), capsys, str(store_part), EDITED, "score")
+    refused_run(dsir_select(pool, out), capsys, str(store_part), EDITED, "score")
     assert not (out / "part-00000.parquet").exists()
-    _ok(_select(pool, out, "--overwrite"), capsys)
+    ran_ok(dsir_select(pool, out, "--overwrite"), capsys)
     assert _rows(out)["domain"].to_pylist() == best  # scored again: the best rows
 
 
 def test_output_part_cut_short_or_stripped_of_its_footer_is_refused_on_resume(
         pool, tmp_path, capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
     part = out / "part-00000.parquet"
     kept = part.read_bytes()
     (out / ".manifest.json").unlink()
     _rewrite(part, lambda table: table.slice(0, 10))  # the footer kept, 10 rows of 20
-    _refused(_select(pool, out), capsys, str(part), EDITED, "rows")
+    refused_run(dsir_select(pool, out), capsys, str(part), EDITED, "rows")
     # without the footer: written by an older version, or by another tool
     table = pq.read_table(part)
     pq.write_table(table.replace_schema_metadata(None), part)
-    _refused(_select(pool, out), capsys, str(part), EDITED, "records no origin")
+    refused_run(dsir_select(pool, out), capsys, str(part), EDITED, "records no origin")
     part.write_bytes(kept)
-    _ok(_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
     manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["output"]["partitions_reused"] == 1
     assert part.read_bytes() == kept
@@ -135,7 +116,7 @@ def test_output_part_cut_short_or_stripped_of_its_footer_is_refused_on_resume(
 
 def test_edited_selection_counts_are_refused_on_resume(pool, tmp_path, capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
     stats = out / ".stats" / "part-00000.npz"
     with np.load(stats) as saved:
         arrays = {name: saved[name] for name in saved.files}
@@ -143,13 +124,13 @@ def test_edited_selection_counts_are_refused_on_resume(pool, tmp_path, capsys):
     with open(stats, "wb") as f:
         np.savez(f, **arrays)
     (out / ".manifest.json").unlink()
-    _refused(_select(pool, out), capsys, str(stats), EDITED)
+    refused_run(dsir_select(pool, out), capsys, str(stats), EDITED)
 
 
 def test_parts_of_the_same_job_rerun_and_resumed_keep_their_bytes(pool, tmp_path, capsys):
     out, again = tmp_path / "out", tmp_path / "again"
-    _ok(_select(pool, out), capsys)
-    _ok(_select(pool, again), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, again), capsys)
     names = ["part-00000.parquet", ".scores/dsir/part-00000.parquet",
              ".stats/part-00000.npz"]
     assert all((out / n).read_bytes() == (again / n).read_bytes() for n in names)
@@ -157,7 +138,7 @@ def test_parts_of_the_same_job_rerun_and_resumed_keep_their_bytes(pool, tmp_path
     for name in names:  # killed before these were written
         (out / name).unlink()
     (out / ".manifest.json").unlink()
-    _ok(_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
     assert {n: (out / n).read_bytes() for n in names} == before
     from dataselect.footer import FOOTER_KEY
 
@@ -170,21 +151,21 @@ def test_parts_of_the_same_job_rerun_and_resumed_keep_their_bytes(pool, tmp_path
 
 def test_report_refuses_a_part_swapped_for_another_jobs(pool, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    _ok(_select(pool, a), capsys)
-    _ok(_select(pool, b, k=5, target="fortunes"), capsys)
+    ran_ok(dsir_select(pool, a), capsys)
+    ran_ok(dsir_select(pool, b, k=5, target="fortunes"), capsys)
     shutil.copyfile(b / "part-00000.parquet", a / "part-00000.parquet")
-    _refused(["report", str(a)], capsys, str(a / "part-00000.parquet"), EDITED,
+    refused_run(["report", str(a)], capsys, str(a / "part-00000.parquet"), EDITED,
              "names another job")
     assert not (a / ".report").exists()
 
 
 def test_report_refuses_edited_scores_and_an_unlisted_part(pool, tmp_path, capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out, "--format", "arrow"), capsys)
+    ran_ok(dsir_select(pool, out, "--format", "arrow"), capsys)
     store_part = out / ".scores" / "dsir" / "part-00000.parquet"
     kept = store_part.read_bytes()
     _rewrite(store_part, _negated)
-    _refused(["report", str(out)], capsys, str(store_part), EDITED)
+    refused_run(["report", str(out)], capsys, str(store_part), EDITED)
     store_part.write_bytes(kept)
     # a rank edited in an output part (Arrow format), its footer kept
     part = out / "part-00000.arrow"
@@ -194,15 +175,15 @@ def test_report_refuses_edited_scores_and_an_unlisted_part(pool, tmp_path, capsy
                              pa.array(list(reversed(table["rank"].to_pylist())), pa.int64()))
     with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    _refused(["report", str(out)], capsys, str(part), EDITED, "rank")
+    refused_run(["report", str(out)], capsys, str(part), EDITED, "rank")
     part.unlink()
     shutil.copyfile(tmp_path / "pool.parquet", out / "part-00001.parquet")
-    _refused(["report", str(out)], capsys, "part-00000.arrow")  # missing
-    _ok(_select(pool, out, "--format", "arrow"), capsys)
-    _refused(["report", str(out)], capsys, str(out / "part-00001.parquet"),
+    refused_run(["report", str(out)], capsys, "part-00000.arrow")  # missing
+    ran_ok(dsir_select(pool, out, "--format", "arrow"), capsys)
+    refused_run(["report", str(out)], capsys, str(out / "part-00001.parquet"),
              "manifest does not list it")
     (out / "part-00001.parquet").unlink()
-    _ok(["report", str(out)], capsys)
+    ran_ok(["report", str(out)], capsys)
 
 
 @pytest.mark.slow
@@ -210,8 +191,8 @@ def test_load_hf_refuses_a_swapped_part_and_a_swapped_shard(pool, tmp_path, caps
     from dataselect import load_hf
 
     a, b = tmp_path / "a", tmp_path / "b"
-    _ok(_select(pool, a), capsys)
-    _ok(_select(pool, b, "--save-to-disk", k=5, target="fortunes"), capsys)
+    ran_ok(dsir_select(pool, a), capsys)
+    ran_ok(dsir_select(pool, b, "--save-to-disk", k=5, target="fortunes"), capsys)
     kept = (a / "part-00000.parquet").read_bytes()
     shutil.copyfile(b / "part-00000.parquet", a / "part-00000.parquet")
     with pytest.raises(InputError, match=EDITED):
@@ -228,8 +209,8 @@ def test_load_hf_refuses_a_swapped_part_and_a_swapped_shard(pool, tmp_path, caps
 
 def test_scores_from_a_store_refuse_a_part_of_another_store(pool, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    _ok(_select(pool, a), capsys)
-    _ok(_select(pool, b, target="fortunes"), capsys)
+    ran_ok(dsir_select(pool, a), capsys)
+    ran_ok(dsir_select(pool, b, target="fortunes"), capsys)
     store = a / ".scores" / "dsir"
     assert select.top_k(str(pool), str(store), 5).num_selected == 5
     shutil.copyfile(b / ".scores" / "dsir" / "part-00000.parquet",
@@ -256,13 +237,13 @@ def test_index_build_refuses_a_feature_shard_edited_or_of_another_store(tmp_path
     kept = {p: Path(p).read_bytes() for p in (mine.matrix_path(0), mine.ids_path(0))}
     matrix = np.load(mine.matrix_path(0))
     np.save(mine.matrix_path(0), -matrix)  # still unit rows, still finite
-    _refused(build, capsys, mine.matrix_path(0), EDITED)
+    refused_run(build, capsys, mine.matrix_path(0), EDITED)
     for name in ("part-00000.npy", "part-00000.ids.parquet"):
         shutil.copyfile(Path(theirs.folder) / name, Path(mine.folder) / name)
-    _refused(build, capsys, mine.ids_path(0), EDITED, "names another job")
+    refused_run(build, capsys, mine.ids_path(0), EDITED, "names another job")
     for path, data in kept.items():
         Path(path).write_bytes(data)
-    _ok(build, capsys)
+    ran_ok(build, capsys)
 
 
 class _Lengths:
@@ -314,15 +295,15 @@ def test_a_recipe_part_swapped_between_tasks_is_refused_by_report_and_rerun(tmp_
               "cluster": {"workers": 1, "worker_kind": "threads"}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    _ok(["run", str(path)], capsys)
+    ran_ok(["run", str(path)], capsys)
     out = tmp_path / "out"
     part = out / "tasks" / "a" / "part-00000.parquet"
     shutil.copyfile(out / "tasks" / "b" / "part-00000.parquet", part)
-    _refused(["report", str(out)], capsys, str(part), EDITED, "names another job")
+    refused_run(["report", str(out)], capsys, str(part), EDITED, "names another job")
     (out / ".run.json").unlink()
-    _refused(["run", str(path)], capsys, str(part), EDITED)
-    _ok(["run", str(path), "--overwrite"], capsys)
-    _ok(["report", str(out)], capsys)
+    refused_run(["run", str(path)], capsys, str(part), EDITED)
+    ran_ok(["run", str(path), "--overwrite"], capsys)
+    ran_ok(["report", str(out)], capsys)
     union = out / "union" / "part-00000.parquet"
     _rewrite(union, lambda table: table.slice(1))
-    _refused(["report", str(out)], capsys, str(union), EDITED, "rows")
+    refused_run(["report", str(out)], capsys, str(union), EDITED, "rows")

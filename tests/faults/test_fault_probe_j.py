@@ -29,8 +29,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import DATA, TARGETS
-from fault_helpers import (
-    private_fingerprint_cache,  # noqa: F401 (autouse fixture)
+from fault_helpers import (  # noqa: F401 (private_fingerprint_cache: autouse fixture)
+    dsir_select,
+    private_fingerprint_cache,
+    ran_ok,
+    refused_run,
     within,
 )
 
@@ -45,28 +48,6 @@ def pool(tmp_path: Path) -> Path:
     path = tmp_path / "pool.parquet"
     pq.write_table(pq.read_table(DATA / "pool" / "part-00000.parquet").slice(0, 300), path)
     return path
-
-
-def _select(pool: Path, out: Path, *extra: str, k: int = 20) -> list[str]:
-    return ["select", "--scorer", "dsir", "--pool", str(pool), "--target",
-            str(TARGETS / "python_docs.jsonl"), "--out", str(out), "--k", str(k),
-            "--workers", "1", "--worker-kind", "threads", *extra]
-
-
-def _refused(argv: list[str], capsys: pytest.CaptureFixture, *parts: str) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error" in line.lower()]
-    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
-    for part in parts:
-        assert part in lines[0], err
-    return lines[0]
-
-
-def _ok(argv: list[str], capsys: pytest.CaptureFixture) -> None:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 0, err
 
 
 def _rewrite(path: Path, edit: Callable[[pa.Table], pa.Table]) -> None:
@@ -96,22 +77,22 @@ WHY = {"scores negated": "values", "column dropped": "lacks the column 'source'"
 def test_resume_refuses_an_output_part_rewritten_with_its_footer_kept(edit, pool, tmp_path,
                                                                        capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
     part = out / "part-00000.parquet"
     written = pq.read_table(part)
     _rewrite(part, EDITS[edit])
-    _refused(_select(pool, out), capsys, str(part), EDITED, WHY[edit], "--overwrite")
-    _refused(_select(pool, out, "--save-to-disk"), capsys, str(part), EDITED)
+    refused_run(dsir_select(pool, out), capsys, str(part), EDITED, WHY[edit], "--overwrite")
+    refused_run(dsir_select(pool, out, "--save-to-disk"), capsys, str(part), EDITED)
     assert not (out / ".hf").exists()
-    _ok(_select(pool, out, "--overwrite"), capsys)
+    ran_ok(dsir_select(pool, out, "--overwrite"), capsys)
     assert pq.read_table(part).equals(written)
 
 
 def test_resume_keeps_the_parts_it_wrote(pool, tmp_path, capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out), capsys)
+    ran_ok(dsir_select(pool, out), capsys)
     first = (out / "part-00000.parquet").read_bytes()
-    _ok(_select(pool, out, "--save-to-disk"), capsys)
+    ran_ok(dsir_select(pool, out, "--save-to-disk"), capsys)
     manifest = json.loads((out / ".manifest.json").read_text())
     assert manifest["output"]["partitions_reused"] == 1
     assert (out / "part-00000.parquet").read_bytes() == first
@@ -133,12 +114,12 @@ def test_a_recipe_rerun_refuses_a_union_part_with_a_column_dropped(tmp_path, cap
               "cluster": {"workers": 1, "worker_kind": "threads"}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    _ok(["run", str(path)], capsys)
+    ran_ok(["run", str(path)], capsys)
     union = tmp_path / "out" / "union" / "part-00000.parquet"
     written = pq.read_table(union)
     _rewrite(union, lambda t: t.drop_columns(["kind"]))
-    _refused(["run", str(path)], capsys, str(union), EDITED, "lacks the column 'kind'")
-    _ok(["run", str(path), "--overwrite"], capsys)
+    refused_run(["run", str(path)], capsys, str(union), EDITED, "lacks the column 'kind'")
+    ran_ok(["run", str(path), "--overwrite"], capsys)
     assert pq.read_table(union).equals(written)
 
 
@@ -154,14 +135,14 @@ MINE = [".tmp-mine.txt", ".stats/.tmp-notes", ".tmp-abcpart-00000.parquet",
 def test_a_rerun_deletes_a_killed_jobs_temporaries_but_never_the_users_tmp_files(
         rerun, pool, tmp_path, capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out, "--save-to-disk"), capsys)
+    ran_ok(dsir_select(pool, out, "--save-to-disk"), capsys)
     for name in MINE:
         (out / name).write_text("mine\n")
     killed = [f"{KILLED}part-00000.parquet", f".stats/{KILLED}part-00000.npz",
               f".hf/{KILLED}state.json", f"{KILLED}.manifest.json"]
     for name in killed:
         (out / name).write_text("half a file")
-    _ok(_select(pool, out, *rerun, k=21 if rerun == ("--overwrite",) else 20), capsys)
+    ran_ok(dsir_select(pool, out, *rerun, k=21 if rerun == ("--overwrite",) else 20), capsys)
     assert all((out / name).read_text() == "mine\n" for name in MINE)
     left = [name for name in killed if (out / name).exists()]
     assert left == ([] if rerun else [f".hf/{KILLED}state.json"])  # .hf: left alone
@@ -204,7 +185,7 @@ def _let_go(fifo: Path) -> None:
 
 def _refused_at_once(argv: list[str], capsys: pytest.CaptureFixture, path: Path) -> None:
     with within(30):
-        _refused(argv, capsys, str(path), "is not a regular file (a FIFO)")
+        refused_run(argv, capsys, str(path), "is not a regular file (a FIFO)")
 
 
 @pytest.mark.parametrize(("name", "overwrite"), [
@@ -213,8 +194,8 @@ def _refused_at_once(argv: list[str], capsys: pytest.CaptureFixture, path: Path)
 def test_a_fifo_at_a_finished_part_is_refused_at_once(name, overwrite, pool, tmp_path,
                                                       capsys):
     out = tmp_path / "out"
-    _ok(_select(pool, out), capsys)
-    rerun = _select(pool, out, "--overwrite", k=21) if overwrite else _select(pool, out)
+    ran_ok(dsir_select(pool, out), capsys)
+    rerun = dsir_select(pool, out, "--overwrite", k=21) if overwrite else dsir_select(pool, out)
     with _fifo(out / name) as fifo:
         _refused_at_once(rerun, capsys, fifo)
 
@@ -244,10 +225,10 @@ def test_a_fifo_at_a_feature_shard_is_refused_by_index_build(name, tmp_path, cap
 def test_a_fifo_at_an_index_file_is_refused_by_index_search(name, tmp_path, capsys):
     features, queries = _stores(tmp_path)
     index = tmp_path / "idx"
-    _ok(["index", "build", "--features", str(features), "--out", str(index)], capsys)
+    ran_ok(["index", "build", "--features", str(features), "--out", str(index)], capsys)
     search = ["index", "search", "--index", str(index), "--queries", str(queries), "-k", "2",
               "--out", str(tmp_path / "s.parquet")]
-    _ok(search, capsys)
+    ran_ok(search, capsys)
     with _fifo(index / name) as fifo:
         _refused_at_once(search, capsys, fifo)
 
@@ -281,16 +262,16 @@ def _two_indexes(tmp_path: Path) -> tuple[Path, Path, list[str]]:
 def test_an_index_file_replaced_by_another_indexs_of_the_same_rows_is_refused(
         names, tmp_path, capsys):
     mine, theirs, search = _two_indexes(tmp_path)
-    _ok(search, capsys)
+    ran_ok(search, capsys)
     good = pq.read_table(tmp_path / "s.parquet")
     kept = {name: (mine / name).read_bytes() for name in names}
     for name in names:
         shutil.copyfile(theirs / name, mine / name)
     first = "index.faiss" if "index.faiss" in names else "ids.parquet"  # checked first
-    _refused(search, capsys, str(mine / first), EDITED, "build the index again")
+    refused_run(search, capsys, str(mine / first), EDITED, "build the index again")
     for name, data in kept.items():
         (mine / name).write_bytes(data)
-    _ok(search, capsys)
+    ran_ok(search, capsys)
     assert pq.read_table(tmp_path / "s.parquet").equals(good)
 
 
@@ -299,4 +280,4 @@ def test_an_index_that_records_no_file_hashes_is_refused(tmp_path, capsys):
     meta = json.loads((mine / "index.json").read_text())
     del meta["files"]
     (mine / "index.json").write_text(json.dumps(meta))
-    _refused(search, capsys, str(mine / "index.json"), "build the index again")
+    refused_run(search, capsys, str(mine / "index.json"), "build the index again")

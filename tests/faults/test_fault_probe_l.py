@@ -18,22 +18,14 @@ from pathlib import Path
 
 import pytest
 from conftest import DATA, install_distribution
-from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
+from fault_helpers import (  # noqa: F401 (private_fingerprint_cache: autouse fixture)
+    private_fingerprint_cache,
+    refused_run,
+)
 
 from pipelines.cli import main
 
 TRAIN = DATA / "instructions" / "train.jsonl"
-
-
-def _refused(argv: list[str], capsys: pytest.CaptureFixture, *parts: str) -> str:
-    """Exit status 2, one error line holding every one of ``parts``, no traceback."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error" in line.lower()]
-    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
-    for part in parts:
-        assert part in lines[0], err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +84,7 @@ def test_damaged_model_file_is_one_line_naming_folder_and_file(
             _set_key(model / name, key, value)
     else:
         (model / name).write_text(damage)
-    _refused(_features(model, tmp_path), capsys, str(model / name))
+    refused_run(_features(model, tmp_path), capsys, str(model / name))
 
 
 @pytest.mark.parametrize(("key", "value"), [("tokenizer_class", 5), ("pad_token", 5)])
@@ -101,7 +93,7 @@ def test_tokenizer_setting_of_the_wrong_type_is_one_line(
         value: object) -> None:
     model = _copy(tiny_lm, tmp_path)
     _set_key(model / "tokenizer_config.json", key, value)
-    _refused(_features(model, tmp_path), capsys, str(model), "tokenizer_config.json")
+    refused_run(_features(model, tmp_path), capsys, str(model), "tokenizer_config.json")
 
 
 # --- g10, g15, g12: every reader of LoRA checkpoints checks them the same way -------------
@@ -148,7 +140,7 @@ def test_attribute_checkpoint_that_is_no_lora_checkpoint_is_one_line(
     path = {"missing": tmp_path / "nonexist", "model": tiny_lm, "empty": tmp_path / "empty",
             "file": small_pool}[where]
     (tmp_path / "empty").mkdir()
-    line = _refused(_attribute(method, tiny_lm, small_pool, str(path), tmp_path / "a.parquet"),
+    line = refused_run(_attribute(method, tiny_lm, small_pool, str(path), tmp_path / "a.parquet"),
                     capsys, str(path), "not a LoRA checkpoint: adapter_config.json is missing")
     assert "storage" not in line and "network" not in line
     assert not (tmp_path / "a.parquet").exists()
@@ -174,9 +166,9 @@ def test_damaged_adapter_config_is_one_line_naming_it(
     checkpoint that cannot be loaded onto the model."""
     out = _edited_copy(warmed, tmp_path, 2, "adapter_config.json", content)
     checkpoints = f"{out}/epoch-1,{out}/epoch-2"
-    _refused(_attribute("tracin", tiny_lm, small_pool, checkpoints, tmp_path / "a.parquet"),
+    refused_run(_attribute("tracin", tiny_lm, small_pool, checkpoints, tmp_path / "a.parquet"),
              capsys, str(out / "epoch-2" / named))
-    _refused(["select", "--scorer", "less", "-p", f"model={tiny_lm}", "-p",
+    refused_run(["select", "--scorer", "less", "-p", f"model={tiny_lm}", "-p",
               f"checkpoints={checkpoints}", "-p", "max_length=64", "-p", "proj_dim=16",
               "--pool", str(small_pool), "--target", str(QUERIES), "--text-field",
               "messages", "--k", "3", "--out", str(tmp_path / "sel"), "--workers", "1"],
@@ -187,7 +179,7 @@ def test_damaged_adapter_weights_are_one_line_naming_the_checkpoint(
         warmed: Path, tiny_lm: Path, small_pool: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:
     out = _edited_copy(warmed, tmp_path, 1, "adapter_model.safetensors", "garbage")
-    _refused(_attribute("tracin", tiny_lm, small_pool, f"{out}/epoch-1",
+    refused_run(_attribute("tracin", tiny_lm, small_pool, f"{out}/epoch-1",
                         tmp_path / "a.parquet"), capsys, str(out / "epoch-1"))
 
 
@@ -229,10 +221,9 @@ def test_attribute_refuses_a_checkpoint_with_an_infinite_learning_rate(
     record = info.read_text()
     start = record.index('"mean_lr": ') + len('"mean_lr": ')
     info.write_text(record[:start] + "1e400" + record[record.index(",", start):])
-    _refused(_attribute("tracin", tiny_lm, small_pool, f"{out}/epoch-1,{out}/epoch-2",
+    refused_run(_attribute("tracin", tiny_lm, small_pool, f"{out}/epoch-1,{out}/epoch-2",
                         tmp_path / "a.parquet"), capsys, str(info), "mean_lr")
     assert not (tmp_path / "a.parquet").exists()
-
 
 
 def test_recipe_reuses_a_warmup_only_while_its_checkpoints_pass_the_check(
@@ -351,7 +342,7 @@ def test_attribution_method_breaking_its_contract_is_one_line_naming_it(
     queries = _rows(tmp_path / "q.jsonl", ["q0", "q1", "q2"])
     monkeypatch.setenv("BAD_MODE", mode)
     out = tmp_path / "a.parquet"
-    _refused(["attribute", "--method", "badattr", "--pool", str(pool), "--queries",
+    refused_run(["attribute", "--method", "badattr", "--pool", str(pool), "--queries",
               str(queries), "-k", k, "--out", str(out)], capsys,
              "attribution method 'badattr' (bad_attr.Bad, a plug-in)", BROKEN[mode])
     assert not out.exists()
