@@ -63,6 +63,27 @@ def instruction_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
     return train_causal_lm(blank, view, root / "trained", steps=200, max_length=256)
 
 
+def turn_tokenizer(rows: int, vocab_size: int, template: str):  # -> PreTrainedTokenizerFast
+    """A small byte-level BPE tokenizer trained on the first ``rows`` messages of the
+    shipped instruction data, with the turn markers ``<|start|>`` / ``<|end|>`` as special
+    tokens and ``template`` as its chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [m["content"] for line in (DATA / "instructions" / "train.jsonl").open()
+             for m in json.loads(line)["messages"]][:rows]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<|start|>", "<|end|>"],
+        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
+                                   eos_token="<|end|>")
+    fast.chat_template = template
+    return fast
+
+
 def install_distribution(root: Path, monkeypatch: pytest.MonkeyPatch, module: str,
                          source: str, entry_points: str) -> None:
     """A distribution as pip would install it: the module ``module`` (``source``) and a

@@ -4,12 +4,9 @@ dataselect's plain format."""
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 import pytest
-from conftest import DATA, write_jsonl
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from conftest import DATA, turn_tokenizer, write_jsonl
 from transformers import PreTrainedTokenizerFast
 
 from dataselect import read_corpus
@@ -47,18 +44,7 @@ CONVERSATION = [
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """A small byte-level BPE tokenizer with the turn markers as special tokens."""
-    texts = [m["content"] for line in (DATA / "instructions" / "train.jsonl").open()
-             for m in json.loads(line)["messages"]][:400]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=500, special_tokens=["<pad>", "<|start|>", "<|end|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
-                                   eos_token="<|end|>")
-    fast.chat_template = TURN_TEMPLATE
-    return fast
+    return turn_tokenizer(400, 500, TURN_TEMPLATE)
 
 
 def _chat_view(conversations: list[list[dict]]) -> pa.Table:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DATA, TARGETS, write_jsonl
+from conftest import DATA, TARGETS, turn_tokenizer, write_jsonl
 from fault_helpers import private_fingerprint_cache  # noqa: F401 (autouse fixture)
 
 from dataselect.errors import InputError
@@ -213,20 +213,7 @@ GOOD_TEMPLATE = ("{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content
 
 def _tokenizer_folder(folder: Path, template: str) -> str:
     """A small byte-level BPE tokenizer saved as a model folder's tokenizer files."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    texts = [m["content"] for line in (DATA / "instructions" / "train.jsonl").open()
-             for m in json.loads(line)["messages"]][:200]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<|start|>", "<|end|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
-                                   eos_token="<|end|>")
-    fast.chat_template = template
+    fast = turn_tokenizer(200, 300, template)
     fast.save_pretrained(folder)
     return str(folder)
 
