@@ -6,7 +6,9 @@ row; here it is a two-level shuffle through a hidden folder of the score store
 (:data:`IDS_DIR`, listed by ``Scores.write`` so that ``--overwrite`` deletes what a killed
 job left):
 
-1. each partition writes its id hashes, sorted, and their rows (``ids``);
+1. each partition writes its id hashes, sorted, and their rows: in the pass that writes
+   the score store, where a job has one (``Scores.write``), else in a pass of its own
+   (``ids``);
 2. runs of consecutive partitions of about :data:`BUCKET_ROWS` rows in all are merged into
    one *group* file each, sorted by hash, with each hash's partition and row
    (``group-ids``);
@@ -99,12 +101,18 @@ def check_unique_ids(scores: Any, runner: Runner,
                      parts: Sequence[dict[str, Any]] | None = None) -> None:
     """Refuse ids repeated across the partitions of ``scores`` (see the module); once per
     Scores object, which several policies may select from. ``parts``: the partitions'
-    summaries (their ``rows`` size the buckets), else the ones ``scores`` holds."""
+    summaries (their ``rows`` size the buckets), else the ones ``scores`` holds.
+
+    A store written in this process by ``Scores.write`` already holds every partition's
+    sorted hashes (``scores.ids_folder``, written by the scoring pass, which has the ids
+    in hand): the check then starts from them, and no pass reads the score parts again."""
     if getattr(scores, "ids_checked", False):
         return
     folder = _store_folder(scores.task)
     parts = parts if parts is not None else getattr(scores, "summaries", None)
-    ids = _ids_folder(folder) if folder is not None and parts is not None else None
+    prewritten = getattr(scores, "ids_folder", None) if parts is not None else None
+    ids = prewritten or (ids_folder(folder) if folder is not None and parts is not None
+                         else None)
     if ids is None:
         hashes = runner(f"ids:{scores.name}", scores.delayed(_hashes))
         scores.corpus.check_unique_ids(hashes)
@@ -114,8 +122,14 @@ def check_unique_ids(scores: Any, runner: Runner,
     reads = 2 * len(parts) * buckets
     grouped = reads > (GROUP_FROM_READS_REMOTE if storage.is_remote(ids) else GROUP_FROM_READS)
     try:
-        written = runner(f"ids:{scores.name}", scores.delayed(
-            _WriteHashes(ids, 0 if grouped else buckets)))
+        if prewritten and grouped:  # the merge reads the files whole: counts suffice
+            written = [(int(p["rows"]), None) for p in parts]
+        elif prewritten:  # each partition's cut points, from its hash file alone
+            written = runner(f"ids:{scores.name}", partition_tasks(
+                "id-cuts", _Cuts(ids, buckets), len(parts)))
+        else:
+            written = runner(f"ids:{scores.name}", scores.delayed(
+                _WriteHashes(ids, 0 if grouped else buckets)))
         if grouped:
             groups = groups_of([count for count, _ in written])
             written = runner(f"group-ids:{scores.name}", partition_tasks(
@@ -125,6 +139,7 @@ def check_unique_ids(scores: Any, runner: Runner,
             "duplicates", _Bucket(ids, grouped, cuts), buckets))
     finally:
         _remove_folder(ids)
+        scores.ids_folder = None  # gone: a second check (after a refusal) writes them again
     for places in (p for bucket in found for p in bucket):  # in hash order, as on the client
         scores.corpus.refuse_repeated(places)
     scores.ids_checked = True
@@ -138,7 +153,7 @@ def _store_folder(task: Any) -> str | None:
     return next((f for t in getattr(task, "tasks", ()) if (f := _store_folder(t))), None)
 
 
-def _ids_folder(store: str) -> str | None:
+def ids_folder(store: str) -> str | None:
     """The store's hidden folder of id hashes, made empty; None where it cannot be made (a
     local store the user may only read: the check then runs on the client). In an object
     store it is a prefix, emptied of what a killed job left."""
@@ -194,13 +209,33 @@ class _WriteHashes:
     buckets: int
 
     def __call__(self, table: pa.Table, index: int) -> tuple[int, list[int] | None]:
-        hashes = id_hashes(table["id"])
-        order = np.argsort(hashes, kind="stable")
-        ordered = hashes[order]
-        for name, values in zip(_file_names(index), (ordered, order.astype(np.int64))):
-            _write(storage.join(self.folder, name), values)
+        ordered = write_id_hashes(self.folder, index, table["id"])
         cuts = cut_points(ordered, self.buckets).tolist() if self.buckets else None
-        return len(hashes), cuts
+        return len(ordered), cuts
+
+
+def write_id_hashes(folder: str, index: int, ids: Any) -> np.ndarray:
+    """Write partition ``index``'s id hashes, sorted, and their rows into ``folder`` (the
+    check's first level); return the sorted hashes."""
+    hashes = id_hashes(ids)
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    for name, values in zip(_file_names(index), (ordered, order.astype(np.int64))):
+        _write(storage.join(folder, name), values)
+    return ordered
+
+
+@dataclass(frozen=True)
+class _Cuts:
+    """Per partition: its row count and its buckets' cut points, from the sorted hashes
+    the scoring pass wrote (8 bytes a row read, not the score part)."""
+
+    folder: str
+    buckets: int
+
+    def __call__(self, index: int) -> tuple[int, list[int]]:
+        hashes = _read(storage.join(self.folder, _file_names(index)[0]), np.uint64)
+        return len(hashes), cut_points(hashes, self.buckets).tolist()
 
 
 @dataclass(frozen=True)

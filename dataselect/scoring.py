@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from dataselect import checks, storage
 from dataselect.corpus import Corpus, as_corpus, compute_partition_bytes
 from dataselect.defaults import SELECTION_POLICIES
-from dataselect.duplicates import ids_names
+from dataselect.duplicates import check_unique_ids, ids_folder, ids_names, write_id_hashes
 from dataselect.errors import (
     DataSelectError,
     EmptyCorpusError,
@@ -679,19 +679,26 @@ class _WriteOrReuse:
     npartitions: int
     job: str
     overwrite: bool = False
+    # where the duplicate-id check's first level goes (duplicates.write_id_hashes), written
+    # here from the ids in hand, so that the check need not read the parts again
+    ids: str | None = None
 
     def __call__(self, index: int) -> tuple[int, bool, float, dict[str, Any]]:
         path = os.path.join(self.folder, part_name(index))
         origin = PartOrigin(self.job, index)
+        reused = False
+        start = time.perf_counter()
         if storage.exists(path):
             table = read_table(path)
-            if reusable(lambda: origin.check_table(path, table), self.overwrite):
-                return table.num_rows, True, 0.0, summarize_scores(table, self.npartitions)
-        start = time.perf_counter()
-        table = origin.stamp(self.task(index), HASHED_COLUMNS)
-        write_table(table, path)
-        return (table.num_rows, False, time.perf_counter() - start,
-                summarize_scores(table, self.npartitions))
+            reused = reusable(lambda: origin.check_table(path, table), self.overwrite)
+        if not reused:
+            start = time.perf_counter()
+            table = origin.stamp(self.task(index), HASHED_COLUMNS)
+            write_table(table, path)
+        seconds = 0.0 if reused else time.perf_counter() - start
+        if self.ids is not None:
+            write_id_hashes(self.ids, index, table["id"])
+        return table.num_rows, reused, seconds, summarize_scores(table, self.npartitions)
 
 
 def as_scores(value: Any, pool: Corpus, name: str = "scores") -> Scores:
@@ -735,6 +742,9 @@ class Scores:
         self.summaries: list[dict[str, Any]] | None = None
         # set once its ids were found unique across partitions (duplicates.check_unique_ids)
         self.ids_checked = False
+        # the folder of every partition's sorted id hashes, when the pass that wrote the
+        # store wrote them too (the duplicate-id check's first level; deleted by the check)
+        self.ids_folder: str | None = None
 
     @property
     def npartitions(self) -> int:
@@ -767,15 +777,22 @@ class Scores:
                            enforce_metadata=False, label=f"scores-{self.name}")
 
     def write(self, folder: str | os.PathLike, runner: Runner = default_runner,
-              overwrite: bool = False) -> Scores:
+              overwrite: bool = False, check_ids: bool = False) -> Scores:
         """Write the score store (resuming finished parts) and return scores read from it.
 
         The folder is claimed first (new, empty or a score store of dataselect's, outside
         the pool); a store of another scorer, fit or pool is refused unless ``overwrite``,
         which deletes exactly the files that store listed.
+
+        ``check_ids``: also refuse ids repeated across partitions (``DuplicateIdError``),
+        as selecting from the store would first. The pass that writes the parts has every
+        partition's ids in hand and writes their sorted hashes as it goes, so the check
+        does not read the store again (:func:`~dataselect.duplicates.check_unique_ids`;
+        it deletes the hashes when done).
         """
         folder = checks.check_path(folder, "folder")
         overwrite = checks.check_bool(overwrite, "overwrite")
+        check_ids = checks.check_bool(check_ids, "check_ids")
         with claim_output(folder, "scores", self.description,
                           inputs=[*self.corpus.files, *self.corpus.roots],
                           overwrite=overwrite) as claimed:
@@ -786,11 +803,13 @@ class Scores:
             write_json({"description": self.description, "versions": package_versions(),
                         "npartitions": self.npartitions},
                        os.path.join(folder, STORE_MANIFEST))
+            ids = ids_folder(folder) if check_ids else None
             writer = _WriteOrReuse(self.task, folder, self.npartitions,
-                                   job_digest(self.description), overwrite)
+                                   job_digest(self.description), overwrite, ids)
             tasks = partition_tasks(f"score-{self.name}", writer, self.npartitions)
             results = runner(f"score:{self.name}", tasks)
         stored = Scores.from_store(folder, self.corpus)
+        stored.ids_folder = ids
         stored.stats = {
             "rows": sum(r[0] for r in results),
             "partitions_reused": sum(1 for r in results if r[1]),
@@ -801,6 +820,8 @@ class Scores:
         correlation = score_length_correlation(stored.summaries)
         if correlation is not None:
             stored.stats["score_length_spearman"] = round(correlation, 4)
+        if check_ids:
+            check_unique_ids(stored, runner)
         return stored
 
     @classmethod

@@ -6,7 +6,7 @@ best rows are one set whatever the partitioning, and the same set the whole-arra
 (the rows above the k-th key, then the earliest rows tied with it) picks.
 
 No per-row array reaches the client. Each partition sends a *ladder*: its candidate rows
-sorted best first, sampled at about :data:`RUNGS` evenly spaced ranks (rank 0 and the
+sorted best first, sampled at about :data:`RUNGS` geometrically spaced ranks (rank 0 and the
 last rank included), with their ranks. From the ladders of every partition the client
 bounds, for every rung ``t``, how many rows rank at least as high as ``t``
 (:func:`_bounds`); it then either fetches the rows at least as good as a rung that
@@ -29,7 +29,7 @@ from dataselect.execution import Runner
 from dataselect.sampling import gumbel_noise, id_hashes
 from dataselect.score_parts import eligible_scores
 
-RUNGS = 64
+RUNGS = 64  # rungs a ladder holds at most (:func:`rung_ranks`)
 # rows a fetch may bring beyond k (it brings at most k + max(k, FETCH_BUDGET) rows)
 FETCH_BUDGET = 1 << 16
 
@@ -85,11 +85,29 @@ def _at_least(positions: np.ndarray, keys: np.ndarray, bound: Bound, offset: int
 
 
 def ladder_of(positions: np.ndarray, keys: np.ndarray, above: int = 0) -> Ladder:
-    """The ladder of ranked rows (best first)."""
-    size = len(keys)
-    ranks = (np.unique(np.linspace(0, size - 1, min(size, RUNGS)).round().astype(np.int64))
-             if size else np.zeros(0, np.int64))
-    return Ladder(above, size, ranks, keys[ranks], positions[ranks])
+    """The ladder of ranked rows (best first): about :data:`RUNGS` rungs at geometrically
+    spaced ranks, every rank near the top and ever sparser below (rank 0 and the last
+    included; :func:`rung_ranks`)."""
+    ranks = rung_ranks(len(keys))
+    return Ladder(above, len(keys), ranks, keys[ranks], positions[ranks])
+
+
+def rung_ranks(size: int) -> np.ndarray:
+    """The ranks a ladder of ``size`` rows samples: ``geomspace(1, size, RUNGS) - 1``,
+    rounded.
+
+    Why geometric: the rows a selection wants lie at the top of every partition (a
+    partition holds about k / P of the k best). With rungs evenly spaced, the bounds of
+    :func:`_bounds` around the k-th row are a whole rung apart in each partition, about
+    rows / RUNGS in all (1.5·10⁶ at 10⁸ rows), far more than a fetch may bring, so every
+    top-k took a narrowing pass. With rungs a factor ``size ** (1 / (RUNGS - 1))`` apart
+    (1.19 for 65,536 rows), a partition's bounds at its rank ``x`` are at most about
+    0.2 x + 1 apart, so in all about 0.2 k + P: the first ladders already bound the
+    k-th row within a fetch's budget, and a top-k reads the scores once more, not twice.
+    """
+    if size <= RUNGS:
+        return np.arange(size, dtype=np.int64)
+    return np.unique(np.geomspace(1, size, RUNGS).round().astype(np.int64) - 1)
 
 
 @dataclass(frozen=True)

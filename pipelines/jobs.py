@@ -25,7 +25,6 @@ from rich.console import Console
 from dataselect import checks, select, storage
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read_corpus
 from dataselect.defaults import WORKER_KINDS
-from dataselect.duplicates import check_unique_ids
 from dataselect.errors import InputError
 from dataselect.footer import job_digest
 from dataselect.hf import check_hf_schema
@@ -303,7 +302,8 @@ def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
         if pool_stats is not None:  # the write pass then reads only what it writes
             out.expect([pool_stats_name(i) for i in range(pool.npartitions)])
             scores = scores.also_counting(pool_stats.record)
-        return scores.write(store, runner=runner, overwrite=job.overwrite)
+        # the pools select refuses (repeated ids), refused here, from the same pass
+        return scores.write(store, runner=runner, overwrite=job.overwrite, check_ids=True)
 
 
 def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
@@ -315,8 +315,6 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
         pool, target = _corpora(job)
     with _session(job, scorer, None, clock, pool) as (out, runner, parsed):
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)
-        # the pools select refuses, refused here too (ids checked on the workers)
-        check_unique_ids(scores, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
                "fit": scorer.fit_stats_, "store": scores.stats}
     shown = {k: v for k, v in summary["fit"].items() if k not in FIT_DETAILS}

@@ -358,7 +358,8 @@ def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[
         scorer.fit(target, pool, runner=runner)
         noting_blank_target_rows(scorer, blank)
         folder = os.path.join(out, TASKS_DIR, task, SCORES_DIR, name)
-        stored.append(scorer.score(pool).write(folder, runner=runner, overwrite=overwrite))
+        stored.append(scorer.score(pool).write(folder, runner=runner, overwrite=overwrite,
+                                               check_ids=True))
         fits[name] = {"fit": scorer.fit_stats_, "store": stored[-1].stats}
     if len(stored) == 1:
         return stored[0], {"target": target, "scorers": fits}

@@ -17,7 +17,7 @@ import pytest
 from conftest import write_jsonl
 from scoring_helpers import FixedScorer
 
-from dataselect import duplicates, read_corpus, select, topk
+from dataselect import duplicates, read_corpus, scoring, select, topk
 from dataselect.errors import DuplicateIdError
 from dataselect.sampling import gumbel_noise, id_hashes
 from dataselect.scoring import score_length_correlation, summarize_scores
@@ -95,6 +95,31 @@ def test_ladders_of_the_scoring_pass_give_the_same_rows():
         got = topk.top_rows(scores, _in_process, topk.KeySpec(), k,
                             [t.num_rows for t in tables], ladders, budget=3)
         np.testing.assert_array_equal(got, _reference(tables, k))
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_first_ladders_bound_the_kth_row_within_a_fetch(seed):
+    """20 partitions of 2,000 distinct scores, k = 100, a fetch budget of 50 rows: the
+    ladders of a pass over every row (the scoring pass's for the score, one rank pass for
+    Gumbel keys) bound the 100th row closely enough to fetch at once, with no narrowing
+    pass. Rungs evenly spaced over a partition were 2,000 / 63 ranks apart, about 630 rows
+    in all, and took narrowing passes."""
+    rng = np.random.default_rng(11)
+    tables = [pa.table({"id": pa.array([f"r{p}-{i}" for i in range(2000)]),
+                        "score": rng.normal(size=2000),
+                        "filtered_by": pa.nulls(2000, pa.string())}) for p in range(20)]
+    stages = []
+
+    def counting(stage, tasks):
+        stages.append(stage.split(":")[0])
+        return [task() for task in tasks]
+
+    scores = _Tables(lambda i: tables[i], len(tables))
+    ladders = None if seed is not None else [summarize_scores(t)["ladder"] for t in tables]
+    got = topk.top_rows(scores, counting, topk.KeySpec(seed), 100, [2000] * 20, ladders,
+                        budget=50)
+    np.testing.assert_array_equal(got, _reference(tables, 100, seed))
+    assert stages == ([] if seed is None else ["rank"]) + ["fetch"]
 
 
 def _pool_and_scores(tmp_path, rows=150, partition_bytes=700):
@@ -177,6 +202,48 @@ def test_duplicate_ids_across_partitions_are_refused_from_the_store(tmp_path):
     assert str(bucketed.value) == str(whole.value)
     assert "duplicate id 'd" in str(whole.value)
     assert not (tmp_path / "s" / ".ids").exists()
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_writing_a_store_checks_its_ids_without_reading_it_again(tmp_path, monkeypatch,
+                                                                 grouped):
+    """``Scores.write(check_ids=True)``: the scoring pass writes the sorted id hashes,
+    so the check reads no score part (no stage over the scores after ``score``); it
+    names the same places as the whole-array check, and leaves no hash file behind,
+    refused or not."""
+    if grouped:
+        monkeypatch.setattr(duplicates, "GROUP_FROM_READS", 0)
+        monkeypatch.setattr(duplicates, "BUCKET_ROWS", 16)
+    stages, reads = [], []
+
+    def runner(stage, tasks):
+        stages.append(stage.split(":")[0])
+        return [task() for task in tasks]
+
+    part_read = scoring._StoredPart.read
+    monkeypatch.setattr(scoring._StoredPart, "read",
+                        lambda self, *a, **k: reads.append(a) or part_read(self, *a, **k))
+    rows = [{"id": f"d{i % 90}", "text": f"row {i}"} for i in range(120)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=600)
+    scorer = FixedScorer({f"d{i}": float(i) for i in range(90)}, frozenset())
+    with pytest.raises(DuplicateIdError) as whole:
+        pool.check_unique_ids([id_hashes(t["id"]) for t in pool.iter_tables()])
+    with pytest.raises(DuplicateIdError) as written:
+        scorer.score(pool).write(tmp_path / "s", runner=runner, check_ids=True)
+    assert str(written.value) == str(whole.value)
+    assert stages == ["score", *(["group-ids"] if grouped else ["ids"]), "duplicates"]
+    assert reads == [] and not (tmp_path / "s" / ".ids").exists()
+
+    unique = [{"id": f"u{i}", "text": f"row {i}"} for i in range(120)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "q.jsonl", unique)), partition_bytes=600)
+    stages.clear()
+    stored = FixedScorer({f"u{i}": float(i) for i in range(120)}, frozenset()).score(pool) \
+        .write(tmp_path / "t", runner=runner, check_ids=True)
+    assert stored.ids_checked and reads == [] and not (tmp_path / "t" / ".ids").exists()
+    assert pool.npartitions > 2
+    chosen = select.top_k(pool, stored, 5, runner=runner)  # no second check
+    assert stages.count("duplicates") == 1
+    assert sum(len(p) for p in chosen.positions.values()) == 5
 
 
 def _synthetic(rows_per_part):
