@@ -21,6 +21,7 @@ from dataselect.checks import check_weights
 from dataselect.errors import InputError
 from dataselect.execution import Runner
 from dataselect.output import jsonable
+from dataselect.rank_scale import read_ranks, write_rank_files
 from dataselect.scoring import FILTERED_BY, Scores, eligible_scores, merge_moments
 from dataselect.summaries import collect_summaries
 
@@ -29,16 +30,22 @@ METHODS = ("zscore", "rank")
 
 @dataclass(frozen=True)
 class _Scale:
-    """Maps raw scores of one scorer onto the common scale."""
+    """Maps raw scores of one scorer onto the common scale: z-scores from the pool's
+    moments, or normalised ranks, read from the rank files written on the workers
+    (``ranks``, :mod:`dataselect.rank_scale`) or, for scores without a store, looked up in
+    every eligible score sorted (``sorted_scores``, 8 bytes a row)."""
 
     method: str
     mean: float = 0.0
     std: float = 1.0
     sorted_scores: np.ndarray | None = None
+    ranks: str | None = None
 
-    def __call__(self, score: np.ndarray) -> np.ndarray:
+    def __call__(self, score: np.ndarray, index: int) -> np.ndarray:
         if self.method == "zscore":
             return (score - self.mean) / self.std
+        if self.ranks is not None:
+            return read_ranks(self.ranks, index, len(score))
         ref = self.sorted_scores
         below = np.searchsorted(ref, score, side="left")
         not_above = np.searchsorted(ref, score, side="right")
@@ -63,7 +70,7 @@ class _CombinedTask:
             if not pc.all(pc.equal(table["id"], ids)).as_py():
                 raise InputError(f"scores of {name!r} are not aligned with the others")
             raw = table["score"].to_numpy().astype(np.float64)
-            total += weight * scale(raw)
+            total += weight * scale(raw, index)
             columns[column] = raw
             if FILTERED_BY in table.column_names:
                 filtered = pc.coalesce(filtered, table[FILTERED_BY].combine_chunks())
@@ -91,7 +98,9 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
             count, mean, squares = merge_moments(p["moments"] for p in parts)
             std = math.sqrt(squares / count) if count else 0.0
             scales.append(_Scale(method, mean, std or 1.0))
-        else:  # every eligible score, on the client (8 bytes a row)
+        elif (ranks := _rank_files(s, runner, parts)) is not None:
+            scales.append(_Scale(method, ranks=ranks))
+        else:  # scores without a store: every eligible score, on the client (8 bytes a row)
             eligible = runner(f"ranks:{s.name}", s.delayed(_eligible_scores))
             scales.append(_Scale(method, sorted_scores=np.sort(np.concatenate(eligible))))
     names = _column_names([s.name for s in scores])
@@ -101,6 +110,13 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
                    "inputs": [s.description for s in scores],
                    "pool": pool.fingerprint()}
     return Scores("combined", pool, task, description)
+
+
+def _rank_files(scores: Scores, runner: Runner, parts: list[dict[str, Any]]) -> str | None:
+    """The folder of ``scores``' rank files, written on the workers into its store; None
+    for scores that are not a store's, or a store that cannot be written to."""
+    store = getattr(scores.task, "folder", None)
+    return write_rank_files(store, scores, runner, parts) if isinstance(store, str) else None
 
 
 def _normalised(weights: list[float]) -> list[float]:

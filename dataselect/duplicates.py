@@ -34,7 +34,6 @@ may only read is not written to: their hashes are checked on the client, 8 bytes
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,8 @@ import pyarrow as pa
 
 from dataselect import storage
 from dataselect.execution import Runner, partition_tasks
-from dataselect.output import atomic_write, part_name
+from dataselect.output import part_name
+from dataselect.raw_arrays import fresh_folder, read_array, remove_files, remove_folder, write_array
 from dataselect.sampling import id_hashes
 
 IDS_DIR = ".ids"
@@ -138,7 +138,7 @@ def check_unique_ids(scores: Any, runner: Runner,
         found = runner(f"duplicates:{scores.name}", partition_tasks(
             "duplicates", _Bucket(ids, grouped, cuts), buckets))
     finally:
-        _remove_folder(ids)
+        remove_folder(ids)
         scores.ids_folder = None  # gone: a second check (after a refusal) writes them again
     for places in (p for bucket in found for p in bucket):  # in hash order, as on the client
         scores.corpus.refuse_repeated(places)
@@ -154,26 +154,9 @@ def _store_folder(task: Any) -> str | None:
 
 
 def ids_folder(store: str) -> str | None:
-    """The store's hidden folder of id hashes, made empty; None where it cannot be made (a
-    local store the user may only read: the check then runs on the client). In an object
-    store it is a prefix, emptied of what a killed job left."""
-    path = storage.join(store, IDS_DIR)
-    if storage.is_remote(store):
-        _remove_folder(path)
-        return path
-    shutil.rmtree(path, ignore_errors=True)
-    try:
-        os.makedirs(path)
-    except OSError:
-        return None
-    return path
-
-
-def _remove_folder(path: str) -> None:
-    if not storage.is_remote(path):
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    storage.remove([storage.join(path, name) for name in storage.names_below(path)])
+    """The store's hidden folder of id hashes, made empty (:func:`fresh_folder`); None
+    where it cannot be made: the check then runs on the client."""
+    return fresh_folder(storage.join(store, IDS_DIR))
 
 
 def _hashes(table: pa.Table, index: int) -> np.ndarray:
@@ -186,18 +169,6 @@ def cut_points(hashes: np.ndarray, buckets: int) -> np.ndarray:
     bounds = [(b << 64) // buckets for b in range(1, buckets)]
     inner = np.searchsorted(hashes, np.array(bounds, np.uint64)) if bounds else []
     return np.concatenate([[0], inner, [len(hashes)]]).astype(np.int64)
-
-
-def _write(path: str, values: np.ndarray) -> None:
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        f.write(np.ascontiguousarray(values).tobytes())
-
-
-def _read(path: str, dtype: type, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Items ``[start, stop)`` of a raw array file: one range read."""
-    size = np.dtype(dtype).itemsize
-    data = storage.read_range(path, start * size, None if stop is None else stop * size)
-    return np.frombuffer(data, dtype)
 
 
 @dataclass(frozen=True)
@@ -221,7 +192,7 @@ def write_id_hashes(folder: str, index: int, ids: Any) -> np.ndarray:
     order = np.argsort(hashes, kind="stable")
     ordered = hashes[order]
     for name, values in zip(_file_names(index), (ordered, order.astype(np.int64))):
-        _write(storage.join(folder, name), values)
+        write_array(storage.join(folder, name), values)
     return ordered
 
 
@@ -234,7 +205,7 @@ class _Cuts:
     buckets: int
 
     def __call__(self, index: int) -> tuple[int, list[int]]:
-        hashes = _read(storage.join(self.folder, _file_names(index)[0]), np.uint64)
+        hashes = read_array(storage.join(self.folder, _file_names(index)[0]), np.uint64)
         return len(hashes), cut_points(hashes, self.buckets).tolist()
 
 
@@ -254,26 +225,18 @@ class _MergeGroup:
         hashes, partitions, rows = [], [], []
         for index in range(start, stop):
             hash_name, row_name = (storage.join(self.folder, n) for n in _file_names(index))
-            hashes.append(_read(hash_name, np.uint64))
-            rows.append(_read(row_name, np.int64))
+            hashes.append(read_array(hash_name, np.uint64))
+            rows.append(read_array(row_name, np.int64))
             partitions.append(np.full(len(hashes[-1]), index, np.int64))
         values = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
         order = np.argsort(values, kind="stable")
         columns = (values[order], np.concatenate(partitions)[order],
                    np.concatenate(rows)[order])
         for name, column in zip(_group_names(group), columns):
-            _write(storage.join(self.folder, name), column)
-        _remove_files([storage.join(self.folder, name) for index in range(start, stop)
+            write_array(storage.join(self.folder, name), column)
+        remove_files([storage.join(self.folder, name) for index in range(start, stop)
                        for name in _file_names(index)])
         return len(values), cut_points(columns[0], self.buckets).tolist()
-
-
-def _remove_files(paths: list[str]) -> None:
-    if paths and storage.is_remote(paths[0]):
-        storage.remove(paths)
-        return
-    for path in paths:
-        os.remove(path)
 
 
 @dataclass(frozen=True)
@@ -294,13 +257,13 @@ class _Bucket:
             if self.grouped:
                 hash_name, part_name_, row_name = (storage.join(self.folder, n)
                                                    for n in _group_names(source))
-                partitions.append(_read(part_name_, np.int64, start, stop))
+                partitions.append(read_array(part_name_, np.int64, start, stop))
             else:
                 hash_name, row_name = (storage.join(self.folder, n)
                                        for n in _file_names(source))
                 partitions.append(np.full(stop - start, source, np.int64))
-            hashes.append(_read(hash_name, np.uint64, start, stop))
-            rows.append(_read(row_name, np.int64, start, stop))
+            hashes.append(read_array(hash_name, np.uint64, start, stop))
+            rows.append(read_array(row_name, np.int64, start, stop))
         return _repeated(hashes, partitions, rows)
 
 

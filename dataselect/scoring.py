@@ -58,6 +58,7 @@ from dataselect.output import (
     write_table,
 )
 from dataselect.params import check_booleans, field_types
+from dataselect.rank_scale import ranks_names
 from dataselect.sampling import LENGTH_STREAM, id_hashes, uniform
 from dataselect.score_parts import FILTERED_BY, eligible_scores
 from dataselect.topk import KeySpec, ladder_of
@@ -798,7 +799,7 @@ class Scores:
                           overwrite=overwrite) as claimed:
             folder = claimed.path
             claimed.expect([STORE_MANIFEST] + [part_name(i) for i in range(self.npartitions)]
-                           + ids_names(self.npartitions))
+                           + ids_names(self.npartitions) + ranks_names(self.npartitions))
             claimed.remove_temporaries()
             write_json({"description": self.description, "versions": package_versions(),
                         "npartitions": self.npartitions},

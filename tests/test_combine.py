@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import write_jsonl
@@ -61,3 +63,47 @@ def test_bad_combinations_are_errors(setup):
         select.combine([sa, sb], method="mean")
     with pytest.raises(InputError, match="weights"):
         select.combine([sa, sb], weights=[1])
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_ranks_from_stores_equal_the_whole_array_rule_to_the_bit(tmp_path, monkeypatch, case):
+    """Stores rank on the workers (dataselect.rank_scale): heavy ties across bucket
+    boundaries, filtered rows, partitions of a few rows, buckets of a few rows; the
+    combined scores equal those from every eligible score sorted on the client, bit for
+    bit, and the client's scale holds no per-row array."""
+    from dataselect import rank_scale
+
+    monkeypatch.setattr(rank_scale, "BUCKET_ROWS", [1, 3, 7, 50][case % 4])
+    rng = np.random.default_rng(case)
+    rows = int(rng.integers(30, 120))
+    records = [{"id": f"r{i}", "text": "t" * int(rng.integers(1, 9))} for i in range(rows)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", records)),
+                       partition_bytes=int(rng.choice([60, 200, 5000])))
+    ids = [r["id"] for r in records]
+    a = rng.integers(0, 4, rows).astype(float) if case % 2 else rng.normal(size=rows)
+    b = rng.integers(-2, 2, rows).astype(float)
+    dropped = frozenset(i for i in ids if rng.random() < (0.9 if case == 7 else 0.2))
+    lazy = [FixedScorer(dict(zip(ids, a)), dropped, label="a").score(pool),
+            FixedScorer(dict(zip(ids, b)), label="b").score(pool)]
+    stored = [s.write(tmp_path / f"s{i}") for i, s in enumerate(lazy)]
+    expected = _combined(pool, select.combine(lazy, method="rank", weights=[3, 1]))
+    combined = select.combine(stored, method="rank", weights=[3, 1])
+    np.testing.assert_array_equal(_combined(pool, combined), expected)
+    assert all(scale.sorted_scores is None and scale.ranks for scale in combined.task.scales)
+    for i in range(2):  # the work files are gone; one rank file a partition stays
+        left = sorted(p.name for p in (tmp_path / f"s{i}" / ".ranks").iterdir())
+        assert left == [f"part-{p:05d}.rank.f64" for p in range(pool.npartitions)]
+    assert pool.npartitions > 1
+
+
+def test_rank_files_are_rewritten_and_listed_for_overwrite(tmp_path, setup):
+    """A second combination rewrites the rank files (a store's ranks follow its scores), and
+    the store lists them, so that --overwrite deletes them with the store."""
+    pool, *_, sa, sb = setup
+    stored = [sa.write(tmp_path / "sa"), sb.write(tmp_path / "sb")]
+    first = _combined(pool, select.combine(stored, method="rank"))
+    (tmp_path / "sa" / ".ranks" / "part-00000.rank.f64").write_bytes(b"\0" * 8)
+    np.testing.assert_array_equal(_combined(pool, select.combine(stored, method="rank")),
+                                  first)
+    listed = json.loads((tmp_path / "sa" / ".dataselect.json").read_text())["files"]
+    assert {".ranks/part-00000.rank.f64", ".ranks/bucket-00000.i64"} <= set(listed)

@@ -1,0 +1,230 @@
+"""Exact normalised ranks of a score store's scores, computed on the workers.
+
+``combine(method="rank")`` puts each scorer's scores on one scale by their normalised mid
+rank among the pool's eligible scores: ``((below + not_above - 1) / 2) / (n - 1)``, where
+``below`` and ``not_above`` count the eligible scores lower than, and not higher than, the
+row's (ties share the mean of their ranks). Done on the client, that needs every eligible
+score sorted in one array, 8 bytes a row, and the array went to every worker with the
+combined scores. Here it is a sort through a hidden folder of the store (:data:`RANKS_DIR`),
+with memory per task bounded by the bucket size, and the client holding counts only:
+
+1. ``ranks``: each partition sorts its scores (every row's; only eligible rows count) and
+   writes them with their rows, and returns a sample of its eligible scores at evenly
+   spaced ranks;
+2. the client picks bucket boundaries, score values splitting the pooled samples into
+   about :data:`BUCKET_ROWS` rows each; a value never straddles two buckets, so ties stay
+   together;
+3. ``rank-cuts``: each partition finds where each bucket starts in its sorted scores;
+4. ``rank-buckets``: each bucket reads its slice of every partition's files and counts,
+   for each row in it, the eligible scores of the bucket below and not above the row's;
+   it writes those two counts in partition order and returns its eligible count;
+5. ``rank-rows``: each partition reads its slice of every bucket's file, adds the
+   eligible rows of the buckets below (from the client), and writes each row's normalised
+   rank in row order (``part-NNNNN.rank.f64``): what the combined scores read on every
+   pass, 8 bytes a row.
+
+The ranks are the whole-array ones to the last bit (the same integer counts and the same
+two float operations). The rank files stay in the store after the job (8 bytes a row; any
+later combination rewrites them); the work files of steps 1-4 are removed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dataselect import storage
+from dataselect.execution import Runner, partition_tasks
+from dataselect.output import part_name
+from dataselect.raw_arrays import (
+    fresh_folder,
+    read_array,
+    remove_files,
+    remove_folder,
+    write_array,
+)
+from dataselect.score_parts import eligible_scores
+
+RANKS_DIR = ".ranks"
+# rows a bucket holds, about (its task holds about 40 bytes a row)
+BUCKET_ROWS = 1 << 21
+# eligible scores a partition samples at evenly spaced ranks, for the bucket boundaries
+SAMPLE = 64
+
+
+def ranks_names(npartitions: int) -> list[str]:
+    """The files a combination may write in a store of ``npartitions`` partitions (for
+    ``OutputFolder.expect``): per partition its sorted scores, rows and ranks, and at most
+    one bucket file per partition."""
+    return [os.path.join(RANKS_DIR, name) for i in range(npartitions)
+            for name in (*_partition_files(i), _rank_file(i), _bucket_file(i))]
+
+
+def _stem(index: int) -> str:
+    return part_name(index).rsplit(".", 1)[0]
+
+
+def _partition_files(index: int) -> tuple[str, str]:
+    return f"{_stem(index)}.score.f64", f"{_stem(index)}.row.i64"
+
+
+def _rank_file(index: int) -> str:
+    return f"{_stem(index)}.rank.f64"
+
+
+def _bucket_file(bucket: int) -> str:
+    return f"bucket-{bucket:05d}.i64"
+
+
+def write_rank_files(store: str, scores: Any, runner: Runner,
+                     parts: Sequence[dict[str, Any]]) -> str | None:
+    """Write every partition's normalised ranks into ``store``'s :data:`RANKS_DIR` (see
+    the module) and return that folder; None where it cannot be made (a store the user may
+    only read): the caller then ranks on the client."""
+    folder = fresh_folder(storage.join(store, RANKS_DIR))
+    if folder is None:
+        return None
+    count = len(parts)
+    buckets = max(1, min(count, -(-sum(int(p["rows"]) for p in parts) // BUCKET_ROWS)))
+    try:
+        sorted_ = runner(f"ranks:{scores.name}", scores.delayed(_SortScores(folder)))
+        bounds = _boundaries([s for s, _ in sorted_], [n for _, n in sorted_], buckets)
+        cuts = np.array(runner(f"rank-cuts:{scores.name}", partition_tasks(
+            "rank-cuts", _Cuts(folder, tuple(bounds)), count)), np.int64)
+        eligible = runner(f"rank-buckets:{scores.name}", partition_tasks(
+            "rank-buckets", _Bucket(folder, cuts), len(bounds) + 1))
+        below = np.concatenate([[0], np.cumsum(eligible)[:-1]]).astype(np.int64)
+        sizes = np.diff(cuts, axis=1)
+        starts = np.cumsum(sizes, axis=0) - sizes  # where partition p starts in bucket b
+        runner(f"rank-rows:{scores.name}", partition_tasks(
+            "rank-rows", _Gather(folder, sizes, starts, below, int(sum(eligible))), count))
+    except BaseException:
+        remove_folder(folder)
+        raise
+    remove_files([storage.join(folder, name) for name in
+                  [n for i in range(count) for n in _partition_files(i)]
+                  + [_bucket_file(b) for b in range(len(bounds) + 1)]])
+    return folder
+
+
+def read_ranks(folder: str, index: int, rows: int) -> np.ndarray:
+    """Partition ``index``'s normalised ranks, in row order (:func:`write_rank_files`)."""
+    ranks = read_array(storage.join(folder, _rank_file(index)), np.float64)
+    if len(ranks) != rows:
+        raise RuntimeError(f"{_rank_file(index)} holds {len(ranks)} ranks for {rows} rows")
+    return ranks
+
+
+def _boundaries(samples: list[np.ndarray], counts: list[int], buckets: int) -> list[float]:
+    """Up to ``buckets - 1`` distinct score values that split the pooled eligible scores
+    into about equal buckets: weighted quantiles of the partitions' samples (a sampled
+    score stands for ``count / len(sample)`` rows of its partition)."""
+    held = [(s, c) for s, c in zip(samples, counts) if len(s)]
+    if buckets <= 1 or not held:
+        return []
+    values = np.concatenate([s for s, _ in held])
+    weights = np.concatenate([np.full(len(s), c / len(s)) for s, c in held])
+    order = np.argsort(values, kind="stable")
+    values, cumulative = values[order], np.cumsum(weights[order])
+    wanted = cumulative[-1] * np.arange(1, buckets) / buckets
+    picked = values[np.minimum(np.searchsorted(cumulative, wanted), len(values) - 1)]
+    return [float(v) for v in np.unique(picked)]
+
+
+@dataclass(frozen=True)
+class _SortScores:
+    """Per partition: write every row's score, sorted, and its row (``-1 - row`` for a row
+    that is not eligible); return the eligible scores at :data:`SAMPLE` evenly spaced
+    ranks and their count."""
+
+    folder: str
+
+    def __call__(self, table: pa.Table, index: int) -> tuple[np.ndarray, int]:
+        score, eligible, _ = eligible_scores(table)
+        order = np.argsort(score, kind="stable")
+        rows = np.where(eligible[order], order, -1 - order).astype(np.int64)
+        for name, values in zip(_partition_files(index), (score[order], rows)):
+            write_array(storage.join(self.folder, name), values)
+        kept = score[order][eligible[order]]
+        if not len(kept):
+            return np.zeros(0), 0
+        at = np.unique(np.linspace(0, len(kept) - 1, min(len(kept), SAMPLE)).round()
+                       .astype(np.int64))
+        return kept[at].copy(), len(kept)
+
+
+@dataclass(frozen=True)
+class _Cuts:
+    """Per partition: where each bucket (scores below the first boundary, then between
+    boundaries, the last from the last boundary on) starts in its sorted scores, and the
+    end."""
+
+    folder: str
+    bounds: tuple[float, ...]
+
+    def __call__(self, index: int) -> list[int]:
+        score = read_array(storage.join(self.folder, _partition_files(index)[0]), np.float64)
+        inner = np.searchsorted(score, np.array(self.bounds, np.float64), "left")
+        return [0, *inner.tolist(), len(score)]
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """Bucket ``b``: for each row in it, in partition order, how many of the bucket's
+    eligible scores lie below its score and how many not above it; returns the bucket's
+    eligible count."""
+
+    folder: str
+    cuts: np.ndarray
+
+    def __call__(self, bucket: int) -> int:
+        scores, eligible = [], []
+        for index, (start, stop) in enumerate(self.cuts[:, bucket:bucket + 2].tolist()):
+            if stop <= start:
+                continue
+            score_name, row_name = (storage.join(self.folder, n) for n in
+                                    _partition_files(index))
+            scores.append(read_array(score_name, np.float64, start, stop))
+            eligible.append(read_array(row_name, np.int64, start, stop) >= 0)
+        values = np.concatenate(scores) if scores else np.zeros(0)
+        counted = values[np.concatenate(eligible)] if scores else values
+        distinct, counts = np.unique(counted, return_counts=True)
+        cumulative = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        counts = np.stack([cumulative[np.searchsorted(distinct, values, "left")],
+                           cumulative[np.searchsorted(distinct, values, "right")]], axis=1)
+        write_array(storage.join(self.folder, _bucket_file(bucket)), counts)
+        return len(counted)
+
+
+@dataclass(frozen=True)
+class _Gather:
+    """Per partition: its rows' normalised ranks, in row order, from its slice of every
+    bucket's counts plus the eligible rows of the buckets below."""
+
+    folder: str
+    sizes: np.ndarray   # [partition, bucket] rows
+    starts: np.ndarray  # [partition, bucket] where the partition's rows start in the bucket
+    below: np.ndarray   # [bucket] eligible rows in the buckets below
+    eligible: int
+
+    def __call__(self, index: int) -> None:
+        below, not_above = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for bucket, (start, size) in enumerate(zip(self.starts[index].tolist(),
+                                                   self.sizes[index].tolist())):
+            if not size:
+                continue
+            counts = read_array(storage.join(self.folder, _bucket_file(bucket)), np.int64,
+                                2 * start, 2 * (start + size)).reshape(size, 2)
+            below.append(counts[:, 0] + self.below[bucket])
+            not_above.append(counts[:, 1] + self.below[bucket])
+        rows = read_array(storage.join(self.folder, _partition_files(index)[1]), np.int64)
+        rows = np.where(rows >= 0, rows, -1 - rows)
+        ranks = np.empty(len(rows))
+        ranks[rows] = ((np.concatenate(below) + np.concatenate(not_above) - 1) / 2
+                       ) / max(self.eligible - 1, 1)
+        write_array(storage.join(self.folder, _rank_file(index)), ranks)
