@@ -322,3 +322,35 @@ def test_duplicate_ids_of_a_store_in_s3_are_checked_on_the_workers(
     assert err[-1].endswith("pool.jsonl:701: field 'id': duplicate id 'u30' (also at "
                             f"{pool}:31)"), err[-1]
     assert not [n for n in _objects(fs, f"{name}/dup/out") if "/.ids/" in f"/{n}"]
+
+
+@pytest.mark.slow
+def test_rank_combination_of_stores_in_s3_sorts_on_the_workers(bucket, tmp_path, monkeypatch):
+    """combine(method="rank") of two score stores in an object store ranks through their
+    `.ranks/` prefixes (range reads, buckets of 40 rows): the combined scores equal those of
+    the same scores ranked on the client, bit for bit, and only the rank objects stay."""
+    import numpy as np
+    from scoring_helpers import FixedScorer
+
+    from dataselect import rank_scale, select
+
+    fs, name = bucket
+    monkeypatch.setattr(rank_scale, "BUCKET_ROWS", 40)
+    rng = np.random.default_rng(4)
+    rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(300)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "pool.jsonl", rows)), partition_bytes=1500)
+    ids = [r["id"] for r in rows]
+    lazy = [FixedScorer(dict(zip(ids, rng.integers(0, 9, 300).astype(float))),
+                        frozenset(ids[::11]), label=label).score(pool) for label in "ab"]
+    stored = [s.write(f"s3://{name}/stores/{i}") for i, s in enumerate(lazy)]
+
+    def combined(scores):
+        return np.concatenate([scores.partition(i)["score"].to_numpy()
+                               for i in range(pool.npartitions)])
+
+    ranked = select.combine(stored, method="rank")
+    np.testing.assert_array_equal(combined(ranked), combined(select.combine(lazy, "rank")))
+    assert all(scale.ranks.startswith("s3://") for scale in ranked.task.scales)
+    left = [n for n in _objects(fs, f"{name}/stores/0") if n.startswith(".ranks/")]
+    assert left == [f".ranks/part-{p:05d}.rank.f64" for p in range(pool.npartitions)]
+    assert pool.npartitions > 2
