@@ -34,6 +34,7 @@ import numpy as np
 
 from dataselect import duplicates
 from dataselect.execution import compute_here, partition_tasks
+from dataselect.raw_arrays import write_array
 
 
 class _ThreadRunner:
@@ -49,11 +50,11 @@ class _ThreadRunner:
 
 
 def write_partitions(folder: Path, rows: int, partition_rows: int, seed: int, buckets: int
-                     ) -> tuple[list[int], list[list[int]]]:
+                     ) -> list[int]:
     """The ``ids`` stage's output for ``rows`` random hashes, with two planted repeats:
-    each partition's row count and its buckets' cut points."""
+    each partition's files and its buckets' cut points; returns the row counts."""
     rng = np.random.default_rng(seed)
-    counts, cuts = [], []
+    counts = []
     for index, start in enumerate(range(0, rows, partition_rows)):
         count = min(partition_rows, rows - start)
         hashes = rng.integers(0, 2**64, count, dtype=np.uint64)
@@ -64,13 +65,13 @@ def write_partitions(folder: Path, rows: int, partition_rows: int, seed: int, bu
         order = np.argsort(hashes, kind="stable")
         for name, values in zip(duplicates._file_names(index),
                                 (hashes[order], order.astype(np.int64))):
-            duplicates._write(str(folder / name), values)
+            write_array(str(folder / name), values)
+        duplicates._write_cuts(str(folder), index, False, hashes[order], buckets)
         counts.append(count)
-        cuts.append(duplicates.cut_points(hashes[order], buckets).tolist())
-    return counts, cuts
+    return counts
 
 
-def run_check(folder: Path, counts: list[int], cuts: list[list[int]], grouped: bool,
+def run_check(folder: Path, counts: list[int], buckets: int, grouped: bool,
               workers: int) -> tuple[float, int, int]:
     """Seconds, file reads and repeats found by the merge and bucket stages."""
     reads = [0]
@@ -81,16 +82,17 @@ def run_check(folder: Path, counts: list[int], cuts: list[list[int]], grouped: b
         return real_read(*args, **kwargs)
 
     runner = _ThreadRunner(workers)
-    buckets = len(cuts[0]) - 1
     duplicates.storage.read_range = counting_read
     try:
         start = time.perf_counter()
+        sources = len(counts)
         if grouped:
             groups = duplicates.groups_of(counts)
-            cuts = [c for _, c in runner("group", partition_tasks(
+            runner("group", partition_tasks(
                 "group", duplicates._MergeGroup(str(folder), tuple(groups), buckets),
-                len(groups)))]
-        bucket = duplicates._Bucket(str(folder), grouped, np.array(cuts, np.int64))
+                len(groups)))
+            sources = len(groups)
+        bucket = duplicates._Bucket(str(folder), grouped, sources)
         found = runner("buckets", partition_tasks("buckets", bucket, buckets))
         seconds = time.perf_counter() - start
     finally:
@@ -123,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir(parents=True)
                 buckets = max(1, -(-rows // duplicates.BUCKET_ROWS))
-                counts, cuts = write_partitions(folder, rows, args.partition_rows, repeat,
-                                                buckets)
-                seconds, opens, found = run_check(folder, counts, cuts, grouped,
+                counts = write_partitions(folder, rows, args.partition_rows, repeat, buckets)
+                seconds, opens, found = run_check(folder, counts, buckets, grouped,
                                                   args.workers)
                 times.append(seconds)
                 shutil.rmtree(folder)

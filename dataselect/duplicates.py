@@ -17,14 +17,15 @@ job left):
    (``duplicates``).
 
 Whoever writes a sorted file also finds where each bucket's range starts in it (a binary
-search in memory) and returns those cut points to the client, so a bucket reads exactly
-its bytes of each file: one range read, the same on a disk and in an object store, where
-the folder lives under the store's URL.
+search in memory) and writes those cut points beside it, so a bucket reads exactly its
+bytes of each file: one range read, the same on a disk and in an object store, where the
+folder lives under the store's URL. The cut points never reach the client: there they
+were P x B numbers, which grow with the square of the pool.
 
-Buckets reading every partition's files take 2 P B range reads, which grows with the
-square of the pool (146,496 at 10⁸ rows, 1.5·10⁷ at 10⁹); through groups it is
-2 P + 3 G B, with G and B both about rows / :data:`BUCKET_ROWS` (9,964 at 10⁸ rows). The
-merge costs a pass over the hashes, so groups are made only past
+Buckets reading every partition's files take 3 P B range reads (cut points, hashes, rows),
+which grows with the square of the pool (219,744 at 10⁸ rows, 2.2·10⁷ at 10⁹); through
+groups it is 2 P + 4 G B, with G and B both about rows / :data:`BUCKET_ROWS` (12,268 at
+10⁸ rows). The merge costs a pass over the hashes, so groups are made only past
 :data:`GROUP_FROM_READS` reads. The client holds the duplicates only, and names both places
 as :meth:`Corpus.check_unique_ids` does (same error). Scores that are not a store (lazy
 ``scorer.score(pool)`` in Python) have no folder to write to, and a local store the user
@@ -50,15 +51,16 @@ from dataselect.sampling import id_hashes
 IDS_DIR = ".ids"
 BUCKET_ROWS = 1 << 21
 # Partitions are merged into groups first once buckets reading every partition would
-# take more than this many range reads (2 a partition and bucket). The per-partition way
+# take more than this many range reads (3 a partition and bucket). The per-partition way
 # grows with the square of the pool, the merge with the pool. Fitted on a local disk
-# (benchmarks/bench_duplicates.py at 2*10^7 and 10^8 rows: 5.2e-8 s a row plus 27 us a
-# read, against 1.3e-7 s a row merged), the two cross near 2*10^8 rows, where the
-# per-partition way takes about 600,000 reads; at 10^9 rows the merge takes about a third
-# of the time. An object store answers a range read in milliseconds, not microseconds:
+# (benchmarks/bench_duplicates.py at 2*10^7 and 10^8 rows, 2 reads a partition and bucket
+# then: 5.2e-8 s a row plus 27 us a read, against 1.3e-7 s a row merged), the two crossed
+# near 2*10^8 rows (600,000 reads). With the cut points read from files too (a third read
+# of the same cost, an open), the model puts the crossing near 1.3*10^8 rows, about
+# 400,000 reads. An object store answers a range read in milliseconds, not microseconds:
 # there grouping pays from about a hundredth of that.
-GROUP_FROM_READS = 600_000
-GROUP_FROM_READS_REMOTE = 6_000
+GROUP_FROM_READS = 400_000
+GROUP_FROM_READS_REMOTE = 4_000
 
 # places of one repeated hash: its first two (partition, position), in pool order
 Places = list[tuple[int, int]]
@@ -68,7 +70,8 @@ def ids_names(npartitions: int) -> list[str]:
     """The files the check may write in a store (for ``OutputFolder.expect``): a
     partition's and, at most one a partition, a group's."""
     return [os.path.join(IDS_DIR, name) for i in range(npartitions)
-            for name in (*_file_names(i), *_group_names(i))]
+            for name in (*_file_names(i), *_group_names(i), _cuts_name(i, False),
+                         _cuts_name(i, True))]
 
 
 def _file_names(index: int) -> tuple[str, str]:
@@ -79,6 +82,13 @@ def _file_names(index: int) -> tuple[str, str]:
 def _group_names(index: int) -> tuple[str, str, str]:
     stem = f"group-{index:05d}"
     return f"{stem}.hash.u64", f"{stem}.part.i64", f"{stem}.row.i64"
+
+
+def _cuts_name(index: int, grouped: bool) -> str:
+    """The file of a partition's (or a group's) cut points: where each bucket starts in
+    its sorted hashes, and the end (``buckets + 1`` int64)."""
+    stem = f"group-{index:05d}" if grouped else part_name(index).rsplit(".", 1)[0]
+    return f"{stem}.cuts.i64"
 
 
 def groups_of(counts: Sequence[int], rows: int | None = None) -> list[tuple[int, int]]:
@@ -119,24 +129,25 @@ def check_unique_ids(scores: Any, runner: Runner,
         scores.ids_checked = True
         return
     buckets = max(1, -(-sum(int(p["rows"]) for p in parts) // BUCKET_ROWS))
-    reads = 2 * len(parts) * buckets
+    reads = 3 * len(parts) * buckets  # a bucket's cut points, hashes and rows of each
     grouped = reads > (GROUP_FROM_READS_REMOTE if storage.is_remote(ids) else GROUP_FROM_READS)
     try:
         if prewritten and grouped:  # the merge reads the files whole: counts suffice
-            written = [(int(p["rows"]), None) for p in parts]
+            counts = [int(p["rows"]) for p in parts]
         elif prewritten:  # each partition's cut points, from its hash file alone
-            written = runner(f"ids:{scores.name}", partition_tasks(
+            counts = runner(f"ids:{scores.name}", partition_tasks(
                 "id-cuts", _Cuts(ids, buckets), len(parts)))
         else:
-            written = runner(f"ids:{scores.name}", scores.delayed(
+            counts = runner(f"ids:{scores.name}", scores.delayed(
                 _WriteHashes(ids, 0 if grouped else buckets)))
+        sources = len(counts)
         if grouped:
-            groups = groups_of([count for count, _ in written])
-            written = runner(f"group-ids:{scores.name}", partition_tasks(
+            groups = groups_of(counts)
+            runner(f"group-ids:{scores.name}", partition_tasks(
                 "group-ids", _MergeGroup(ids, tuple(groups), buckets), len(groups)))
-        cuts = np.array([c for _, c in written], np.int64).reshape(len(written), buckets + 1)
+            sources = len(groups)
         found = runner(f"duplicates:{scores.name}", partition_tasks(
-            "duplicates", _Bucket(ids, grouped, cuts), buckets))
+            "duplicates", _Bucket(ids, grouped, sources), buckets))
     finally:
         remove_folder(ids)
         scores.ids_folder = None  # gone: a second check (after a refusal) writes them again
@@ -173,16 +184,25 @@ def cut_points(hashes: np.ndarray, buckets: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _WriteHashes:
-    """Per partition: write its id hashes sorted, and their rows; return the row count
-    and, when ``buckets`` is set, each bucket's cut points in the sorted hashes."""
+    """Per partition: write its id hashes sorted, and their rows, and when ``buckets`` is
+    set each bucket's cut points in the sorted hashes; return the row count."""
 
     folder: str
     buckets: int
 
-    def __call__(self, table: pa.Table, index: int) -> tuple[int, list[int] | None]:
+    def __call__(self, table: pa.Table, index: int) -> int:
         ordered = write_id_hashes(self.folder, index, table["id"])
-        cuts = cut_points(ordered, self.buckets).tolist() if self.buckets else None
-        return len(ordered), cuts
+        if self.buckets:
+            _write_cuts(self.folder, index, False, ordered, self.buckets)
+        return len(ordered)
+
+
+def _write_cuts(folder: str, index: int, grouped: bool, hashes: np.ndarray,
+                buckets: int) -> None:
+    """The cut points of sorted ``hashes`` go to a file beside them, not to the client:
+    a bucket reads its two of every source's (P x B numbers in all, which grow with the
+    square of the pool: 6.2 GB at 10^10 rows)."""
+    write_array(storage.join(folder, _cuts_name(index, grouped)), cut_points(hashes, buckets))
 
 
 def write_id_hashes(folder: str, index: int, ids: Any) -> np.ndarray:
@@ -198,29 +218,30 @@ def write_id_hashes(folder: str, index: int, ids: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Cuts:
-    """Per partition: its row count and its buckets' cut points, from the sorted hashes
-    the scoring pass wrote (8 bytes a row read, not the score part)."""
+    """Per partition: write its buckets' cut points, from the sorted hashes the scoring
+    pass wrote (8 bytes a row read, not the score part); return its row count."""
 
     folder: str
     buckets: int
 
-    def __call__(self, index: int) -> tuple[int, list[int]]:
+    def __call__(self, index: int) -> int:
         hashes = read_array(storage.join(self.folder, _file_names(index)[0]), np.uint64)
-        return len(hashes), cut_points(hashes, self.buckets).tolist()
+        _write_cuts(self.folder, index, False, hashes, self.buckets)
+        return len(hashes)
 
 
 @dataclass(frozen=True)
 class _MergeGroup:
     """Group ``g``: its partitions' sorted hashes merged into one file sorted by hash,
     with each hash's partition and row (ties in pool order: partitions are taken in
-    order and the sort is stable); the partitions' files are deleted. Returns the
-    group's row count and its buckets' cut points."""
+    order and the sort is stable), and its buckets' cut points; the partitions' files are
+    deleted."""
 
     folder: str
     groups: tuple[tuple[int, int], ...]
     buckets: int
 
-    def __call__(self, group: int) -> tuple[int, list[int]]:
+    def __call__(self, group: int) -> None:
         start, stop = self.groups[group]
         hashes, partitions, rows = [], [], []
         for index in range(start, stop):
@@ -234,24 +255,26 @@ class _MergeGroup:
                    np.concatenate(rows)[order])
         for name, column in zip(_group_names(group), columns):
             write_array(storage.join(self.folder, name), column)
+        _write_cuts(self.folder, group, True, columns[0], self.buckets)
         remove_files([storage.join(self.folder, name) for index in range(start, stop)
-                       for name in _file_names(index)])
-        return len(values), cut_points(columns[0], self.buckets).tolist()
+                      for name in _file_names(index)])
 
 
 @dataclass(frozen=True)
 class _Bucket:
     """Bucket ``b`` of equal hash ranges: the places of each hash in its range that two
-    partitions hold, read from every group's files (``grouped``) or every partition's;
-    ``cuts[s]`` holds where each bucket starts in source ``s``'s sorted hashes."""
+    partitions hold, read from each of the ``sources`` groups' files (``grouped``) or
+    partitions', at the cut points written beside them."""
 
     folder: str
     grouped: bool
-    cuts: np.ndarray
+    sources: int
 
     def __call__(self, bucket: int) -> list[Places]:
         hashes, partitions, rows = [], [], []
-        for source, (start, stop) in enumerate(self.cuts[:, bucket:bucket + 2].tolist()):
+        for source in range(self.sources):
+            start, stop = read_array(storage.join(self.folder, _cuts_name(
+                source, self.grouped)), np.int64, bucket, bucket + 2).tolist()
             if stop <= start:
                 continue
             if self.grouped:

@@ -14,14 +14,20 @@ with memory per task bounded by the bucket size, and the client holding counts o
 2. the client picks bucket boundaries, score values splitting the pooled samples into
    about :data:`BUCKET_ROWS` rows each; a value never straddles two buckets, so ties stay
    together;
-3. ``rank-cuts``: each partition finds where each bucket starts in its sorted scores;
-4. ``rank-buckets``: each bucket reads its slice of every partition's files and counts,
-   for each row in it, the eligible scores of the bucket below and not above the row's;
-   it writes those two counts in partition order and returns its eligible count;
+3. ``rank-cuts``: each partition finds where each bucket starts in its sorted scores and
+   writes those cut points beside them;
+4. ``rank-buckets``: each bucket reads its slice of every partition's files (two cut
+   points, then the slice) and counts, for each row in it, the eligible scores of the
+   bucket below and not above the row's; it writes those two counts in partition order,
+   with where each partition's rows start, and returns its eligible count;
 5. ``rank-rows``: each partition reads its slice of every bucket's file, adds the
    eligible rows of the buckets below (from the client), and writes each row's normalised
    rank in row order (``part-NNNNN.rank.f64``): what the combined scores read on every
    pass, 8 bytes a row.
+
+Cut points and starts go through files, not the client: they are P x B numbers, which grow
+with the square of the pool. The client holds a sample and a count per partition and a
+count per bucket.
 
 The ranks are the whole-array ones to the last bit (the same integer counts and the same
 two float operations). The rank files stay in the store after the job (8 bytes a row; any
@@ -62,7 +68,8 @@ def ranks_names(npartitions: int) -> list[str]:
     ``OutputFolder.expect``): per partition its sorted scores, rows and ranks, and at most
     one bucket file per partition."""
     return [os.path.join(RANKS_DIR, name) for i in range(npartitions)
-            for name in (*_partition_files(i), _rank_file(i), _bucket_file(i))]
+            for name in (*_partition_files(i), _cuts_file(i), _rank_file(i),
+                         *_bucket_files(i))]
 
 
 def _stem(index: int) -> str:
@@ -73,12 +80,17 @@ def _partition_files(index: int) -> tuple[str, str]:
     return f"{_stem(index)}.score.f64", f"{_stem(index)}.row.i64"
 
 
+def _cuts_file(index: int) -> str:
+    return f"{_stem(index)}.cuts.i64"
+
+
 def _rank_file(index: int) -> str:
     return f"{_stem(index)}.rank.f64"
 
 
-def _bucket_file(bucket: int) -> str:
-    return f"bucket-{bucket:05d}.i64"
+def _bucket_files(bucket: int) -> tuple[str, str]:
+    """A bucket's counts (two a row) and where each partition's rows start in them."""
+    return f"bucket-{bucket:05d}.i64", f"bucket-{bucket:05d}.starts.i64"
 
 
 def write_rank_files(store: str, scores: Any, runner: Runner,
@@ -94,21 +106,19 @@ def write_rank_files(store: str, scores: Any, runner: Runner,
     try:
         sorted_ = runner(f"ranks:{scores.name}", scores.delayed(_SortScores(folder)))
         bounds = _boundaries([s for s, _ in sorted_], [n for _, n in sorted_], buckets)
-        cuts = np.array(runner(f"rank-cuts:{scores.name}", partition_tasks(
-            "rank-cuts", _Cuts(folder, tuple(bounds)), count)), np.int64)
+        runner(f"rank-cuts:{scores.name}", partition_tasks(
+            "rank-cuts", _Cuts(folder, tuple(bounds)), count))
         eligible = runner(f"rank-buckets:{scores.name}", partition_tasks(
-            "rank-buckets", _Bucket(folder, cuts), len(bounds) + 1))
-        below = np.concatenate([[0], np.cumsum(eligible)[:-1]]).astype(np.int64)
-        sizes = np.diff(cuts, axis=1)
-        starts = np.cumsum(sizes, axis=0) - sizes  # where partition p starts in bucket b
+            "rank-buckets", _Bucket(folder, count), len(bounds) + 1))
+        below = tuple(int(b) for b in np.concatenate([[0], np.cumsum(eligible)[:-1]]))
         runner(f"rank-rows:{scores.name}", partition_tasks(
-            "rank-rows", _Gather(folder, sizes, starts, below, int(sum(eligible))), count))
+            "rank-rows", _Gather(folder, below, int(sum(eligible))), count))
     except BaseException:
         remove_folder(folder)
         raise
     remove_files([storage.join(folder, name) for name in
-                  [n for i in range(count) for n in _partition_files(i)]
-                  + [_bucket_file(b) for b in range(len(bounds) + 1)]])
+                  [n for i in range(count) for n in (*_partition_files(i), _cuts_file(i))]
+                  + [n for b in range(len(bounds) + 1) for n in _bucket_files(b)]])
     return folder
 
 
@@ -160,31 +170,35 @@ class _SortScores:
 
 @dataclass(frozen=True)
 class _Cuts:
-    """Per partition: where each bucket (scores below the first boundary, then between
-    boundaries, the last from the last boundary on) starts in its sorted scores, and the
-    end."""
+    """Per partition: write where each bucket (scores below the first boundary, then
+    between boundaries, the last from the last boundary on) starts in its sorted scores,
+    and the end."""
 
     folder: str
     bounds: tuple[float, ...]
 
-    def __call__(self, index: int) -> list[int]:
+    def __call__(self, index: int) -> None:
         score = read_array(storage.join(self.folder, _partition_files(index)[0]), np.float64)
         inner = np.searchsorted(score, np.array(self.bounds, np.float64), "left")
-        return [0, *inner.tolist(), len(score)]
+        write_array(storage.join(self.folder, _cuts_file(index)),
+                    np.array([0, *inner.tolist(), len(score)], np.int64))
 
 
 @dataclass(frozen=True)
 class _Bucket:
     """Bucket ``b``: for each row in it, in partition order, how many of the bucket's
-    eligible scores lie below its score and how many not above it; returns the bucket's
-    eligible count."""
+    eligible scores lie below its score and how many not above it, and where each of the
+    ``partitions`` starts in them; returns the bucket's eligible count."""
 
     folder: str
-    cuts: np.ndarray
+    partitions: int
 
     def __call__(self, bucket: int) -> int:
-        scores, eligible = [], []
-        for index, (start, stop) in enumerate(self.cuts[:, bucket:bucket + 2].tolist()):
+        scores, eligible, sizes = [], [], []
+        for index in range(self.partitions):
+            start, stop = read_array(storage.join(self.folder, _cuts_file(index)), np.int64,
+                                     bucket, bucket + 2).tolist()
+            sizes.append(max(stop - start, 0))
             if stop <= start:
                 continue
             score_name, row_name = (storage.join(self.folder, n) for n in
@@ -197,29 +211,33 @@ class _Bucket:
         cumulative = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         counts = np.stack([cumulative[np.searchsorted(distinct, values, "left")],
                            cumulative[np.searchsorted(distinct, values, "right")]], axis=1)
-        write_array(storage.join(self.folder, _bucket_file(bucket)), counts)
+        counts_name, starts_name = _bucket_files(bucket)
+        write_array(storage.join(self.folder, counts_name), counts)
+        write_array(storage.join(self.folder, starts_name),
+                    np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
         return len(counted)
 
 
 @dataclass(frozen=True)
 class _Gather:
     """Per partition: its rows' normalised ranks, in row order, from its slice of every
-    bucket's counts plus the eligible rows of the buckets below."""
+    bucket's counts plus the eligible rows of the buckets below (``below``, one number a
+    bucket)."""
 
     folder: str
-    sizes: np.ndarray   # [partition, bucket] rows
-    starts: np.ndarray  # [partition, bucket] where the partition's rows start in the bucket
-    below: np.ndarray   # [bucket] eligible rows in the buckets below
+    below: tuple[int, ...]
     eligible: int
 
     def __call__(self, index: int) -> None:
         below, not_above = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        for bucket, (start, size) in enumerate(zip(self.starts[index].tolist(),
-                                                   self.sizes[index].tolist())):
+        for bucket in range(len(self.below)):
+            counts_name, starts_name = (storage.join(self.folder, n)
+                                        for n in _bucket_files(bucket))
+            start, stop = read_array(starts_name, np.int64, index, index + 2).tolist()
+            size = stop - start
             if not size:
                 continue
-            counts = read_array(storage.join(self.folder, _bucket_file(bucket)), np.int64,
-                                2 * start, 2 * (start + size)).reshape(size, 2)
+            counts = read_array(counts_name, np.int64, 2 * start, 2 * stop).reshape(size, 2)
             below.append(counts[:, 0] + self.below[bucket])
             not_above.append(counts[:, 1] + self.below[bucket])
         rows = read_array(storage.join(self.folder, _partition_files(index)[1]), np.int64)

@@ -325,3 +325,30 @@ def test_duplicate_ids_found_through_groups_and_buckets_name_the_same_places(
     assert str(found.value) == str(whole.value)
     assert bool(merged) == grouped
     assert not (tmp_path / "s" / ".ids").exists()
+
+
+def test_no_cut_points_reach_the_client(tmp_path, monkeypatch):
+    """The duplicate check's and the rank sort's cut points (P x B numbers, which grow
+    with the square of the pool) stay in files beside the sorted ones: what the client
+    gets from those stages is one number a partition or bucket, or nothing."""
+    from dataselect import rank_scale
+
+    monkeypatch.setattr(duplicates, "BUCKET_ROWS", 16)
+    monkeypatch.setattr(rank_scale, "BUCKET_ROWS", 16)
+    returned = {}
+
+    def runner(stage, tasks):
+        results = [task() for task in tasks]
+        returned.setdefault(stage.split(":")[0], []).extend(results)
+        return results
+
+    rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(150)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=600)
+    scorers = [FixedScorer({f"u{i}": float(i % 7 * s) for i in range(150)}, frozenset(),
+                           label=f"s{s}") for s in (1, 2)]
+    stored = [f.score(pool).write(tmp_path / f"s{i}", runner=runner, check_ids=True)
+              for i, f in enumerate(scorers)]
+    select.combine(stored, method="rank", runner=runner)
+    for stage in ("ids", "rank-cuts", "rank-buckets"):
+        assert returned[stage] and all(isinstance(r, int | None) for r in returned[stage]), stage
+    assert len(returned["duplicates"]) > 2 and len(returned["rank-buckets"]) > 2
