@@ -82,18 +82,25 @@ STORE_MANIFEST = "_manifest.json"
 LENGTH_SAMPLE = 100_000
 
 
-def summarize_scores(table: pa.Table, npartitions: int = 1) -> dict[str, Any]:
+def summarize_scores(table: pa.Table, npartitions: int = 1,
+                     resample_seed: int | None = None) -> dict[str, Any]:
     """What selection needs of a score part, in a size that does not grow with its rows:
     row and eligible counts, rows removed per filter, the ladder of its scores
     (:func:`~dataselect.topk.ladder_of`, from which top-k finds its cutoff), the count,
     mean and sum of squared deviations of its eligible scores (which merge exactly into
-    the pool's, :func:`merge_moments`) and the score-length sample (:func:`length_sample`)."""
+    the pool's, :func:`merge_moments`) and the score-length sample (:func:`length_sample`).
+    With ``resample_seed``, also the ladder of its Gumbel keys for that seed
+    (``gumbel_ladder``), from which importance resampling starts without a pass of its
+    own."""
     score, eligible, dropped = eligible_scores(table)
     kept = score[eligible]
     mean = float(kept.mean()) if len(kept) else 0.0
     summary = {"rows": len(score), "eligible": len(kept), "dropped": dropped,
                "ladder": ladder_of(*KeySpec().ranked(table)),
                "moments": (len(kept), mean, float(((kept - mean) ** 2).sum()))}
+    if resample_seed is not None:
+        summary["gumbel_ladder"] = (resample_seed,
+                                    ladder_of(*KeySpec(resample_seed).ranked(table)))
     if TEXT_BYTES in table.column_names:
         summary["sample"] = length_sample(table, score, eligible, npartitions)
     return summary
@@ -683,6 +690,7 @@ class _WriteOrReuse:
     # where the duplicate-id check's first level goes (duplicates.write_id_hashes), written
     # here from the ids in hand, so that the check need not read the parts again
     ids: str | None = None
+    resample_seed: int | None = None  # summarize_scores
 
     def __call__(self, index: int) -> tuple[int, bool, float, dict[str, Any]]:
         path = os.path.join(self.folder, part_name(index))
@@ -699,7 +707,8 @@ class _WriteOrReuse:
         seconds = 0.0 if reused else time.perf_counter() - start
         if self.ids is not None:
             write_id_hashes(self.ids, index, table["id"])
-        return table.num_rows, reused, seconds, summarize_scores(table, self.npartitions)
+        return table.num_rows, reused, seconds, summarize_scores(table, self.npartitions,
+                                                                  self.resample_seed)
 
 
 def as_scores(value: Any, pool: Corpus, name: str = "scores") -> Scores:
@@ -778,7 +787,8 @@ class Scores:
                            enforce_metadata=False, label=f"scores-{self.name}")
 
     def write(self, folder: str | os.PathLike, runner: Runner = default_runner,
-              overwrite: bool = False, check_ids: bool = False) -> Scores:
+              overwrite: bool = False, check_ids: bool = False,
+              resample_seed: int | None = None) -> Scores:
         """Write the score store (resuming finished parts) and return scores read from it.
 
         The folder is claimed first (new, empty or a score store of dataselect's, outside
@@ -790,10 +800,16 @@ class Scores:
         partition's ids in hand and writes their sorted hashes as it goes, so the check
         does not read the store again (:func:`~dataselect.duplicates.check_unique_ids`;
         it deletes the hashes when done).
+
+        ``resample_seed``: the seed of an importance resampling that will select from the
+        store; the writing pass also ranks each partition by its Gumbel keys for that seed,
+        which saves the selection a pass over the store.
         """
         folder = checks.check_path(folder, "folder")
         overwrite = checks.check_bool(overwrite, "overwrite")
         check_ids = checks.check_bool(check_ids, "check_ids")
+        if resample_seed is not None:
+            resample_seed = checks.check_seed(resample_seed, "resample_seed")
         with claim_output(folder, "scores", self.description,
                           inputs=[*self.corpus.files, *self.corpus.roots],
                           overwrite=overwrite) as claimed:
@@ -806,7 +822,8 @@ class Scores:
                        os.path.join(folder, STORE_MANIFEST))
             ids = ids_folder(folder) if check_ids else None
             writer = _WriteOrReuse(self.task, folder, self.npartitions,
-                                   job_digest(self.description), overwrite, ids)
+                                   job_digest(self.description), overwrite, ids,
+                                   resample_seed)
             tasks = partition_tasks(f"score-{self.name}", writer, self.npartitions)
             results = runner(f"score:{self.name}", tasks)
         stored = Scores.from_store(folder, self.corpus)

@@ -143,9 +143,20 @@ def _choose_top(scores: Scores, parts: list[dict[str, Any]], k: int, policy: dic
     ladders and passes over the scores (:func:`~dataselect.topk.top_rows`): the client
     holds O(k + partitions), never a per-row array."""
     sizes = [p["rows"] for p in parts]
-    ladders = None if seed is not None else [p["ladder"] for p in parts]
+    ladders = ([p["ladder"] for p in parts] if seed is None
+               else _gumbel_ladders(parts, seed))
     order = top_rows(scores, runner, KeySpec(seed), k, sizes, ladders)
     return _selection(scores, sizes, order, policy, _counts(parts, len(order), k))
+
+
+def _gumbel_ladders(parts: list[dict[str, Any]], seed: int) -> list[Any] | None:
+    """The ladders of the Gumbel keys for ``seed``, where the pass that wrote the store
+    made them for that seed (``Scores.write(resample_seed=...)``); else None, and a pass
+    over the scores makes them."""
+    made = [p.get("gumbel_ladder") for p in parts]
+    if all(m is not None and m[0] == seed for m in made):
+        return [ladder for _, ladder in made]
+    return None
 
 
 def _selection(scores: Scores, sizes: list[int], order: np.ndarray, policy: dict[str, Any],

@@ -289,7 +289,8 @@ def _clear_parsed(folder: str) -> None:
 
 def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
                    out: OutputFolder, runner: ProgressRunner,
-                   pool_stats: PoolStats | None = None) -> Scores:
+                   pool_stats: PoolStats | None = None,
+                   resample_seed: int | None = None) -> Scores:
     # each stage times its preparation too (claiming the store, shipping the scorer); the
     # runner's Dask stage of the same name inside adds to the same row
     with runner.clock.stage(f"fit:{scorer.name}"):
@@ -303,7 +304,8 @@ def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
             out.expect([pool_stats_name(i) for i in range(pool.npartitions)])
             scores = scores.also_counting(pool_stats.record)
         # the pools select refuses (repeated ids), refused here, from the same pass
-        return scores.write(store, runner=runner, overwrite=job.overwrite, check_ids=True)
+        return scores.write(store, runner=runner, overwrite=job.overwrite, check_ids=True,
+                            resample_seed=resample_seed)
 
 
 def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
@@ -345,7 +347,8 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
         pool_stats = PoolStats(out.path, NgramHasher(), job.metrics_sample, _metrics_seed(job),
                                job_digest(out.identity))
-        scores = _fit_and_score(job, scorer, parsed, target, out, runner, pool_stats)
+        scores = _fit_and_score(job, scorer, parsed, target, out, runner, pool_stats,
+                                _resample_seed(job))
         with clock.stage("select"):
             selection = _select(job, parsed, scores, runner)
         record = {"job": dataclasses.asdict(job),
@@ -383,6 +386,13 @@ def _metrics_seed(job: SelectJob) -> int:
     the job's when its selection resamples by importance, the only policy that records a
     seed. Known before the scoring pass, which counts that sample; were it another, the
     write pass would count it itself, so a mismatch costs time, never a wrong number."""
+    seed = _resample_seed(job)
+    return 0 if seed is None else seed
+
+
+def _resample_seed(job: SelectJob) -> int | None:
+    """The job's seed when its selection resamples by importance (known before the
+    scoring pass, which then also ranks the rows by their Gumbel keys), else None."""
     resamples = resolved_policy(job.policy, job.threshold, SCORERS[job.scorer].default_policy
                                  ) == "importance_resample"
-    return job.seed if resamples else 0
+    return job.seed if resamples else None

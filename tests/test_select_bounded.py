@@ -352,3 +352,24 @@ def test_no_cut_points_reach_the_client(tmp_path, monkeypatch):
     for stage in ("ids", "rank-cuts", "rank-buckets"):
         assert returned[stage] and all(isinstance(r, int | None) for r in returned[stage]), stage
     assert len(returned["duplicates"]) > 2 and len(returned["rank-buckets"]) > 2
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_resampling_from_a_store_scored_for_its_seed_needs_no_rank_pass(tmp_path, seed):
+    """``Scores.write(resample_seed=5)``: the writing pass also makes the ladders of the
+    Gumbel keys for seed 5, so importance resampling with seed 5 goes straight to the
+    fetch; with another seed it ranks first. Both pick the rows of the whole-array rule."""
+    pool, _, values, eligible = _pool_and_scores(tmp_path)
+    stages = []
+
+    def runner(stage, tasks):
+        stages.append(stage.split(":")[0])
+        return [task() for task in tasks]
+
+    lazy = FixedScorer(dict(zip([f"d{i}" for i in range(150)], values)),
+                       frozenset(f"d{i}" for i in range(150) if not eligible[i])).score(pool)
+    scored = lazy.write(tmp_path / "resample", resample_seed=5)
+    chosen = select.importance_resample(pool, scored, k=20, seed=seed, runner=runner)
+    whole = pa.concat_tables([scored.partition(i) for i in range(pool.npartitions)])
+    assert stages.count("rank") == (0 if seed == 5 else 1) and stages.count("fetch") == 1
+    np.testing.assert_array_equal(_ranked(chosen), _reference([whole], 20, seed))
