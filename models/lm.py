@@ -143,6 +143,96 @@ def _check_sizes(config_class: Any, settings: dict[str, Any], config: Path, what
             key = getattr(built, "attribute_map", {}).get(name, name)  # as the file has it
             raise InputError(f"{what} config.json: {key} must be an integer >= 1, got "
                              f"{checks.shown(value)}", where=str(config.parent), field=key)
+    _check_weights(built, config, what)
+
+
+# float32: load_causal_lm loads every model so unless asked otherwise
+BYTES_PER_PARAMETER = 4
+# submodules the exact count may build on the meta device: SmolLM2 has about 300, a
+# model of 126 layers about 1,300; each costs about 0.1 ms, so this bounds it to ~2 s
+COUNT_MODULES = 20_000
+# the sizes that bound a causal LM's parameters from below, each with about the largest
+# value a real model has (Llama 3.1 405B's widths and layers, Gemma 3's vocabulary): one
+# above it is named as the field at fault
+ESTIMATE_FIELDS = {"vocab_size": 262_144, "hidden_size": 16_384, "num_hidden_layers": 128,
+                   "intermediate_size": 65_536}
+
+
+def _check_weights(built: Any, config: Path, what: str) -> None:
+    """Refuse a config whose weights cannot fit in this machine's memory: sizes that are
+    valid integers (``hidden_size: 2**40``, ``vocab_size: 10**12``, ``num_hidden_layers:
+    10**7``) pass the checks above and would end in a MemoryError, or an overflow
+    traceback from torch, while the model is built, in a worker, after the job started.
+
+    The parameters are counted exactly by building the model on torch's ``meta`` device
+    (shapes only: it allocates nothing, and takes tens of milliseconds for a model of
+    SmolLM2's size). That build is itself bounded: it runs only if a cheap lower bound
+    (:func:`_parameters_estimate`, from four sizes) already fits, since 10**7 layers on
+    meta would take hours, and it stops past ``COUNT_MODULES`` submodules (thousands of
+    layers or experts), leaving the estimate as the count. An architecture that cannot
+    be built from its config alone also leaves the estimate; its own error comes when it
+    is loaded. float32 is what dataselect loads a model in."""
+    import psutil
+
+    estimate, field = _parameters_estimate(built)
+    memory = psutil.virtual_memory().total
+    count = estimate
+    if estimate * BYTES_PER_PARAMETER <= memory:
+        count = _parameters_on_meta(built) or estimate
+    if count * BYTES_PER_PARAMETER > memory:
+        key = field and getattr(built, "attribute_map", {}).get(field, field)  # as written
+        beyond = f" ({key} = {checks.shown(getattr(built, field))} is larger than any " \
+            f"real model's {ESTIMATE_FIELDS[field]:,})" if field else ""
+        raise InputError(
+            f"{what} config.json asks for a model of about {count:,} parameters: "
+            f"{count * BYTES_PER_PARAMETER / 1e9:,.1f} GB of weights in float32, more "
+            f"than this machine's {memory / 1e9:,.1f} GB of memory{beyond}; fix the sizes "
+            "or use a smaller model", where=str(config.parent), field=key)
+
+
+def _parameters_estimate(built: Any) -> tuple[int, str | None]:
+    """A lower bound on a causal LM's parameters, in Python integers (so it cannot
+    overflow or allocate): the embedding (vocab_size x hidden_size), and per layer at
+    least one hidden_size square (attention) and one hidden_size x intermediate_size
+    matrix (the MLP). Also the size furthest above the largest real model's, if one is."""
+    sizes = {name: getattr(built, name, None) for name in ESTIMATE_FIELDS}
+    sizes = {name: value if isinstance(value, int) and value >= 1 else 1
+             for name, value in sizes.items()}
+    hidden = sizes["hidden_size"]
+    total = hidden * (sizes["vocab_size"] + sizes["num_hidden_layers"] * (
+        hidden + sizes["intermediate_size"]))
+    field = max(ESTIMATE_FIELDS, key=lambda name: sizes[name] / ESTIMATE_FIELDS[name])
+    return total, field if sizes[field] > ESTIMATE_FIELDS[field] else None
+
+
+class _TooManyModules(Exception):
+    pass
+
+
+def _parameters_on_meta(built: Any) -> int | None:
+    """The exact parameter count of ``AutoModelForCausalLM.from_config(built)``, built on
+    the meta device; None if it cannot be built so, or has more than COUNT_MODULES
+    submodules."""
+    from torch.nn.modules.module import register_module_module_registration_hook
+    from transformers import AutoModelForCausalLM
+
+    modules = 0
+
+    def counted(module: Any, name: str, submodule: Any) -> None:
+        nonlocal modules
+        modules += 1
+        if modules > COUNT_MODULES:
+            raise _TooManyModules
+
+    hook = register_module_module_registration_hook(counted)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(built)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # any architecture's failure to build from its config alone
+        return None
+    finally:
+        hook.remove()
 
 
 def _config_errors() -> tuple[type[Exception], ...]:

@@ -466,7 +466,9 @@ def test_a_folder_transformers_cannot_load_from_is_one_line(tmp_path):
     from dataselect.errors import InputError
     from models.lm import check_model_folder, load_causal_lm, load_tokenizer
 
-    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "config.json").write_text(  # llama's default sizes are a 7B model
+        '{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, '
+        '"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4}')
     path = check_model_folder(tmp_path)
     with pytest.raises(InputError, match="cannot load the tokenizer from this folder"):
         load_tokenizer(path)
