@@ -1,8 +1,8 @@
 """Benchmark: the duplicate-id check of a score store, grouped against per-partition reads.
 
 What it answers: how long the worker-side duplicate-id check (:mod:`dataselect.duplicates`)
-takes as the pool grows, with buckets reading group files (``2 P + 3 G B`` range reads),
-against buckets reading every partition's files (``2 P B`` reads, the way before groups).
+takes as the pool grows, with buckets reading group files (``2 P + 4 G B`` range reads),
+against buckets reading every partition's files (``3 P B`` reads, the way before groups).
 
 The data: ``--rows`` id hashes (random 64-bit values, what the check sees of an id), in
 partitions of ``--partition-rows`` (65,536, the scale benchmark's row groups), each written

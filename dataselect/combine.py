@@ -109,14 +109,26 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
     description = {"scorer": "combined", "method": method, "weights": weights,
                    "inputs": [s.description for s in scores],
                    "pool": pool.fingerprint()}
-    return Scores("combined", pool, task, description)
+    return _with_checked_ids(Scores("combined", pool, task, description), scores)
+
+
+def _with_checked_ids(combined: Scores, inputs: list[Scores]) -> Scores:
+    """``combined``, its ids known unique when its inputs' are: every read of a combined
+    partition refuses inputs whose ids differ row for row, so it has the first input's ids.
+    A combination is no store this process wrote, so checking it again would gather every
+    id hash on the client."""
+    combined.ids_checked = all(s.ids_checked for s in inputs)
+    return combined
 
 
 def _rank_files(scores: Scores, runner: Runner, parts: list[dict[str, Any]]) -> str | None:
     """The folder of ``scores``' rank files, written on the workers into its store; None
-    for scores that are not a store's, or a store that cannot be written to."""
+    for scores that are not a store this process wrote (an input store is only read), or
+    a store that cannot be written to."""
     store = getattr(scores.task, "folder", None)
-    return write_rank_files(store, scores, runner, parts) if isinstance(store, str) else None
+    if not (isinstance(store, str) and scores.owned):
+        return None
+    return write_rank_files(store, scores, runner, parts)
 
 
 def _normalised(weights: list[float]) -> list[float]:
@@ -200,4 +212,5 @@ def max_over_tasks(scores: dict[str, Scores]) -> Scores:
     description = {"scorer": "max_over_tasks", "tasks": {n: s.description
                                                          for n, s in scores.items()},
                    "pool": first.corpus.fingerprint()}
-    return Scores("max_over_tasks", first.corpus, task, description)
+    return _with_checked_ids(Scores("max_over_tasks", first.corpus, task, description),
+                             list(scores.values()))

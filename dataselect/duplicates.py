@@ -8,7 +8,7 @@ job left):
 
 1. each partition writes its id hashes, sorted, and their rows: in the pass that writes
    the score store, where a job has one (``Scores.write``), else in a pass of its own
-   (``ids``);
+   (``ids``), into a store this process wrote (``Scores.owned``);
 2. runs of consecutive partitions of about :data:`BUCKET_ROWS` rows in all are merged into
    one *group* file each, sorted by hash, with each hash's partition and row
    (``group-ids``);
@@ -28,8 +28,9 @@ groups it is 2 P + 4 G B, with G and B both about rows / :data:`BUCKET_ROWS` (12
 10⁸ rows). The merge costs a pass over the hashes, so groups are made only past
 :data:`GROUP_FROM_READS` reads. The client holds the duplicates only, and names both places
 as :meth:`Corpus.check_unique_ids` does (same error). Scores that are not a store (lazy
-``scorer.score(pool)`` in Python) have no folder to write to, and a local store the user
-may only read is not written to: their hashes are checked on the client, 8 bytes a row.
+``scorer.score(pool)`` in Python) have no folder to write to, and a store given as an input
+(``Scores.from_store``, not written by this process) is only read: their hashes are checked
+on the client, 8 bytes a row.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def check_unique_ids(scores: Any, runner: Runner,
     in hand): the check then starts from them, and no pass reads the score parts again."""
     if getattr(scores, "ids_checked", False):
         return
-    folder = _store_folder(scores.task)
+    folder = _store_folder(scores.task) if getattr(scores, "owned", False) else None
     parts = parts if parts is not None else getattr(scores, "summaries", None)
     prewritten = getattr(scores, "ids_folder", None) if parts is not None else None
     ids = prewritten or (ids_folder(folder) if folder is not None and parts is not None

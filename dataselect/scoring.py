@@ -755,6 +755,12 @@ class Scores:
         # the folder of every partition's sorted id hashes, when the pass that wrote the
         # store wrote them too (the duplicate-id check's first level; deleted by the check)
         self.ids_folder: str | None = None
+        # True when this process wrote the store (Scores.write), which claimed its folder:
+        # only then do the shuffles on the workers (the duplicate-id check, rank
+        # combination) write their work files into it. A store given as an input is only
+        # read, never written to: a user's file in it stays, and two selections reading
+        # one store at once do not delete each other's files.
+        self.owned = False
 
     @property
     def npartitions(self) -> int:
@@ -828,6 +834,7 @@ class Scores:
             results = runner(f"score:{self.name}", tasks)
         stored = Scores.from_store(folder, self.corpus)
         stored.ids_folder = ids
+        stored.owned = True
         stored.stats = {
             "rows": sum(r[0] for r in results),
             "partitions_reused": sum(1 for r in results if r[1]),
