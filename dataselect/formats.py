@@ -21,7 +21,13 @@ from dataselect import checks, storage
 from dataselect.errors import InputError
 from dataselect.readers.base import Piece, detect_format, reader, reading
 from dataselect.readers.columns import check_column_names, check_nesting
-from dataselect.readers.hf_disk import HF_MARKERS, hf_data_files, is_hf_dataset_dir
+from dataselect.readers.hf_disk import (
+    DATASET_DICT,
+    HF_MARKERS,
+    datasetdict_splits,
+    hf_data_files,
+    is_hf_dataset_dir,
+)
 
 
 def expand_paths(spec: str | os.PathLike | list) -> list[str]:
@@ -67,7 +73,7 @@ def _expand_remote(spec: str) -> list[str]:
     if not storage.isdir(spec):
         raise InputError("no such file or folder", where=spec)
     names = storage.names_below(spec)
-    if set(HF_MARKERS) <= set(names):  # its JSON bookkeeping is no JSONL data
+    if _holds_hf_folder(names):  # its JSON bookkeeping is no JSONL data
         raise InputError("a Hugging Face save_to_disk folder is read from a local disk only: "
                          "copy it here, or give its data as Parquet or JSONL URLs", where=spec)
     hidden = {name for name in names
@@ -78,6 +84,17 @@ def _expand_remote(spec: str) -> list[str]:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=spec)
     _note_skipped(spec, sorted({_first_hidden(name.split("/")) for name in hidden}))
     return files
+
+
+def _holds_hf_folder(names: list[str]) -> bool:
+    """Whether a remote folder's object names hold a ``save_to_disk`` folder or a
+    DatasetDict at any depth (not only at its top: a DatasetDict keeps its splits one
+    folder down, and their ``state.json`` would otherwise be read as JSONL rows)."""
+    below: dict[str, set[str]] = {}
+    for name in names:
+        folder, _, base = name.rpartition("/")
+        below.setdefault(folder, set()).add(base)
+    return any(DATASET_DICT in bases or set(HF_MARKERS) <= bases for bases in below.values())
 
 
 def _glob(pattern: str) -> list[str]:
@@ -164,8 +181,10 @@ def _expand_one(path: str) -> list[str]:
                          "give a data file", where=path)
     if is_hf_dataset_dir(path):
         return [path]
-    if os.path.isfile(os.path.join(path, "dataset_dict.json")):
-        return sorted(str(p) for p in Path(path).iterdir() if is_hf_dataset_dir(str(p)))
+    if os.path.isfile(os.path.join(path, DATASET_DICT)):
+        splits, unlisted = datasetdict_splits(path)
+        _note_unlisted(path, unlisted)
+        return splits
     files, skipped = [], set()
     for p in sorted(Path(path).rglob("*")):
         if _hidden(p, path):
@@ -183,7 +202,7 @@ def _expand_one(path: str) -> list[str]:
 
 # folders whose skipped names this process has already reported (a pool is listed by
 # several stages of one job; the note is said once)
-_NOTED: set[str] = set()
+_NOTED: set[str | tuple[str, str]] = set()
 SHOWN_SKIPPED = 3
 
 
@@ -214,6 +233,19 @@ def _note_skipped(folder: str, names: list[str]) -> None:
     print(f"dataselect: note: {folder}: skipped {len(names)} name(s) starting with '_' or "
           f"'.' (bookkeeping by convention): {shown}; rename a data file to read it",
           file=sys.stderr)
+
+
+def _note_unlisted(folder: str, names: list[str]) -> None:
+    """Say on stderr which dataset folders of a DatasetDict are not read because its
+    ``dataset_dict.json`` does not list them (as ``datasets.load_from_disk`` skips them):
+    skipped as that file says, but never silently."""
+    if not names or ("unlisted", folder) in _NOTED:
+        return
+    _NOTED.add(("unlisted", folder))
+    shown = ", ".join(names[:SHOWN_SKIPPED]) + (", ..." if len(names) > SHOWN_SKIPPED else "")
+    print(f"dataselect: note: {folder}: skipped {len(names)} dataset folder(s) that "
+          f"{DATASET_DICT} does not list as splits: {shown}; add a split to its 'splits' "
+          "to read it", file=sys.stderr)
 
 
 def _hidden(file: Path, root: str) -> bool:

@@ -55,6 +55,60 @@ def is_hf_dataset_dir(path: str) -> bool:
     return os.path.isdir(path) and all(os.path.isfile(os.path.join(path, m)) for m in HF_MARKERS)
 
 
+DATASET_DICT = "dataset_dict.json"
+
+
+def datasetdict_splits(path: str) -> tuple[list[str], list[str]]:
+    """The split folders a ``DatasetDict.save_to_disk`` folder's ``dataset_dict.json``
+    lists, in its order, and the dataset folders beside them it does not list.
+
+    Why: ``datasets.load_from_disk`` reads exactly the listed splits, so reading every
+    dataset subfolder took an unlisted ``test`` split or a hidden ``.old`` copy as pool
+    rows, and a listed split that was not a plain child name (``../hf``) was dropped
+    without a word. A listed name must be a folder of this one (not ``.``, ``..``, a path
+    or an absolute name) holding a save_to_disk dataset; a malformed ``splits`` value is
+    refused, naming the file, as ``load_from_disk`` fails on it."""
+    import json
+
+    where = os.path.join(path, DATASET_DICT)
+    check_regular_file(where)
+    try:
+        with open(where, encoding="utf-8") as f:
+            splits = json.load(f)["splits"]
+    except OSError as exc:
+        raise InputError(f"cannot read it ({exc.strerror or exc})", where=where) from None
+    except (ValueError, KeyError, TypeError):
+        raise InputError("is not a DatasetDict record (a JSON object whose 'splits' lists "
+                         "its split folders): restore it, or save the DatasetDict again",
+                         where=where) from None
+    if not isinstance(splits, list) or not splits:
+        raise InputError(f"holds {shown(splits)}, not a non-empty list of split names: "
+                         "restore it, or save the DatasetDict again", where=where,
+                         field="splits")
+    folders = []
+    for name in splits:
+        plain = (isinstance(name, str) and name not in ("", ".", "..")
+                 and not any(c in name for c in ("/", "\\", "\0")))
+        if not plain:
+            raise InputError(f"lists {shown(name)}, which is not the name of a folder in "
+                             f"{path}: list the split folders by name", where=where,
+                             field="splits")
+        folder = os.path.join(path, name)
+        if not is_hf_dataset_dir(folder):
+            raise InputError(f"lists the split {shown(name)}, but {folder} is no "
+                             "save_to_disk folder (dataset_info.json and state.json): "
+                             "restore it, or drop the split from the list", where=where,
+                             field="splits")
+        if folder in folders:
+            raise InputError(f"lists the split {shown(name)} twice: list each split once",
+                             where=where, field="splits")
+        folders.append(folder)
+    unlisted = sorted(entry.name for entry in os.scandir(path)
+                      if os.path.join(path, entry.name) not in folders
+                      and is_hf_dataset_dir(entry.path))
+    return folders, unlisted
+
+
 def hf_data_files(path: str) -> list[str]:
     """The data files a ``save_to_disk`` folder's ``state.json`` lists (none when it
     cannot be read, or names a file not its own: the folder's own reading, or
@@ -79,7 +133,7 @@ def _hf_table(path: str) -> pa.Table:
     (:func:`_check_state`), naming the key."""
     import datasets
 
-    if os.path.isfile(os.path.join(path, "dataset_dict.json")):
+    if os.path.isfile(os.path.join(path, DATASET_DICT)):
         raise InputError("point at one split folder of a DatasetDict", where=path)
     files = check_hf_data_files(path)
     if not files:
