@@ -717,6 +717,13 @@ def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
     """Refuse an output that is, contains or lies inside an input file or folder."""
     out_real = _real(out)
     for source in inputs:
+        if isinstance(source, GlobInput):
+            if _glob_reaches(source.pattern, out_real):
+                raise InputError(f"is a path the input glob {source.pattern} matches, or lies "
+                                 "inside or holds one: the next run would read the output "
+                                 "as input: choose a folder the glob cannot match",
+                                 where=out, field="out")
+            continue
         source_real = _real(source)
         if out_real == source_real:
             raise InputError(f"is also an input ({source}); writing there would overwrite "
@@ -740,9 +747,72 @@ def _inside(child: str, parent: str) -> bool:
     return child != parent and child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
+class GlobInput(str):
+    """A local glob among the inputs (``pool/*``): what it reads is every path it could
+    match, not only those it matches now, so :func:`refuse_overlap` compares an output
+    with the pattern itself. A ``str`` (the pattern), so that the places that list inputs
+    as strings keep working."""
+
+    @property
+    def pattern(self) -> str:
+        return str(self)
+
+
+def _glob_reaches(pattern: str, out_real: str) -> bool:
+    """Whether the glob ``pattern`` could match ``out_real`` (an absolute, resolved path),
+    a folder above it (read recursively), or a file below it of the kinds dataselect
+    writes (a ``part-00000.parquet``).
+
+    Why: ``pool/*`` matches folders too, and a matched folder is read whole, so an
+    ``--out pool/sel`` was read back as pool by the rerun of the same command, which then
+    failed instead of resuming; only the files a glob matched when the job started were
+    compared with the output before. Each wildcard segment is matched as :mod:`glob`
+    matches it (a ``.`` name only by a segment that starts with ``.``)."""
+    parts = pattern.rstrip(os.sep).split(os.sep)
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = os.path.realpath(os.sep.join(parts[:first]) or ("." if not first else os.sep))
+    rest = parts[first:]
+    if out_real == base or _inside(base, out_real):
+        return True  # the output holds everything the glob can match
+    if not _inside(out_real, base):
+        return False
+    if "**" in rest or ".." in rest or "." in rest:
+        return True  # any depth, or back up: anything below the base may be matched
+    names = os.path.relpath(out_real, base).split(os.sep)
+    if not all(_segment_matches(name, part) for name, part in zip(names, rest, strict=False)):
+        return False
+    # it matches the output or a folder above it, or, when longer, may match the files the
+    # output will hold: then its last segment decides (a folder below may have any name)
+    return len(rest) <= len(names) or _may_match_written(rest[-1])
+
+
+# visible files dataselect writes in its outputs (parts, evaluation results), by the name
+# a glob's last segment is matched against; ``pool/*/*.jsonl`` matches none of them
+_WRITTEN_NAMES = ("part-00000.parquet", "part-00000.arrow", "results.json")
+_WRITTEN_SUFFIXES = (".parquet", ".arrow", ".json")
+
+
+def _may_match_written(part: str) -> bool:
+    if not glob.has_magic(part):
+        return part.endswith(_WRITTEN_SUFFIXES)
+    return any(_segment_matches(name, part) for name in _WRITTEN_NAMES)
+
+
+def _segment_matches(name: str, part: str) -> bool:
+    import fnmatch
+
+    if not glob.has_magic(part):
+        return name == part
+    if name.startswith(".") and not part.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, part)
+
+
 def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
     """What an input spec reads: a file, a folder (read recursively), or for a glob the
-    files it matches now and, when it recurses (``**``), the folder it starts from."""
+    files it matches now and, when it recurses (``**``), the folder it starts from; a
+    local glob also stays itself (:class:`GlobInput`), since it reads whatever it matches
+    when the job runs again."""
     roots = []
     for spec in specs:
         spec = storage.local_form(os.fspath(spec))
@@ -760,6 +830,8 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
             roots.append(static.rstrip(os.sep) or os.sep if static else ".")
         else:
             roots.extend(glob.glob(spec))
+            if not os.path.lexists(spec):  # a path that exists is that path, not a glob
+                roots.append(GlobInput(spec))
     return roots
 
 
