@@ -100,14 +100,16 @@ def local_form(path: str | os.PathLike) -> str:
     """``path`` with a ``file:`` URL turned into the local path it names (``file:///a``,
     ``file://localhost/a`` and ``file:/a`` are ``/a``); anything else unchanged. A
     ``file://`` URL naming another host is refused: it is no path on this machine, and
-    stripping the prefix made ``file://host/a`` the relative folder ``host/a``. Every
+    stripping the prefix made ``file://host/a`` the relative folder ``host/a``. A host is
+    matched without regard to case (``file://LOCALHOST/a`` is ``/a``), as RFC 3986 reads
+    host names, so a URL another tool wrote is not refused. Every
     path a user gives (pool, target, out, report, eval, a recipe's) passes here."""
     text = os.fspath(path)
     match = _FILE_URL.match(text)
     if match is None or (match.group(2) is None and match.group("path") is None):
         return text  # not a file URL (a name like "file:notes" is a relative file)
-    host = match.group("host")
-    if host not in (None, "", "localhost") or match.group("path") is None:
+    host = match.group("host")  # RFC 8089: "localhost", in any case, is this machine
+    if (host or "localhost").lower() != "localhost" or match.group("path") is None:
         raise InputError("a file: URL names a path on this machine: write file:///abs/path, "
                          "file://localhost/abs/path or the path itself", where=text)
     if match.group("scheme").lower() != "file":
