@@ -110,13 +110,15 @@ def file_fingerprint(path: str) -> dict[str, Any]:
 
 def _fingerprint(path: str, file_digest: Callable[[str], tuple[int, str]]) -> dict[str, Any]:
     """An object's metadata, a folder's files or a file, each file digested by
-    ``file_digest`` (``(size, hex digest)``): the one shape of both fingerprints."""
+    ``file_digest`` (``(size, hex digest)``): the one shape of both fingerprints. A local
+    path is recorded resolved and absolute (:func:`dataselect.storage.resolved`), so that
+    the same file spelled ``p/a.parquet`` or ``/abs/p/a.parquet`` is the same input."""
     if storage.is_remote(path):
         return storage.object_fingerprint(path)
     if os.path.isdir(path):
         return _folder_fingerprint(path, file_digest)
     size, digest = file_digest(path)
-    return {"path": path, "bytes": size, "xxh3_128": digest}
+    return {"path": storage.resolved(path), "bytes": size, "xxh3_128": digest}
 
 
 def _folder_fingerprint(path: str, file_digest: Callable[[str], tuple[int, str]]
@@ -128,7 +130,7 @@ def _folder_fingerprint(path: str, file_digest: Callable[[str], tuple[int, str]]
         size, digest = file_digest(str(file))
         combined.update(json.dumps([relative, size, digest]).encode() + b"\n")
         total += size
-    return {"path": path, "bytes": total, "xxh3_128": combined.hexdigest()}
+    return {"path": storage.resolved(path), "bytes": total, "xxh3_128": combined.hexdigest()}
 
 
 def content_hash(path: str) -> tuple[int, str]:

@@ -135,6 +135,16 @@ def arrow_path(path: str | os.PathLike) -> str:
     return os.path.abspath(os.fspath(path))
 
 
+def resolved(spec: str | os.PathLike) -> str:
+    """One spelling of an input path, folder or glob, for a job's identity: a local one as
+    its resolved absolute path (``p``, ``./p``, ``/abs/p`` and ``file:///abs/p`` are one
+    input), a URL as given. Why: the identity recorded the spelling, so the same pool
+    given once relative and once absolute made another job, and the rerun that should
+    resume was refused."""
+    text = local_form(spec)
+    return text if is_remote(text) else os.path.realpath(text)
+
+
 def normalize_url(url: str) -> str:
     """One spelling per remote folder: no trailing ``/``, no ``//`` or ``.`` inside."""
     prefix = _SCHEME.match(url).group(0)

@@ -176,6 +176,9 @@ def job_identity(job: SelectJob, pool: Corpus, target: Corpus) -> dict[str, Any]
     """What determines a job's output bytes: its settings, its inputs' contents and the
     code's output revision."""
     settings = {k: v for k, v in dataclasses.asdict(job).items() if k not in RUNTIME_SETTINGS}
+    # the inputs as resolved paths: ``p`` and ``/abs/p`` are one pool, not two jobs
+    settings["pool"] = [storage.resolved(spec) for spec in job.pool]
+    settings["target"] = [storage.resolved(spec) for spec in job.target]
     return {"settings": settings,
             "inputs": {"pool": pool.fingerprint(), "target": target.fingerprint()},
             "output_revision": OUTPUT_REVISION}

@@ -31,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dataselect import select
+from dataselect import select, storage
 from dataselect.combine import BEST_TASK, max_over_tasks, score_columns
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError, first_names
@@ -228,6 +228,11 @@ def _settings(recipe: Recipe) -> dict[str, Any]:
         data.pop(key, None)
     data["output"].pop("path", None)
     data["output"].pop("save_to_disk", None)  # adding it only converts finished parts
+    # input paths resolved: the same pool spelled relative or absolute is the same run
+    data["pool"]["paths"] = [storage.resolved(p) for p in data["pool"]["paths"]]
+    for spec in data["targets"].values():
+        spec["paths"] = [storage.resolved(p) for p in spec["paths"]]
+        spec["eval"] = [storage.resolved(p) for p in spec.get("eval") or []]
     return data
 
 
