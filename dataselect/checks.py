@@ -240,6 +240,8 @@ def check_memory_limit(value: Any, name: str | None = "memory_limit") -> str:
         raise _fail(what, value, name)
     if value == "auto":
         return value
+    if not value.isascii():  # float() and Dask's sizes read any script's digits
+        raise _fail(what + ASCII_HINT, value, name)
     try:
         share = float(value)
     except ValueError:
@@ -289,6 +291,23 @@ def optional(check: Callable[..., T], value: Any, name: str | None = None, **lim
     return None if value is None else check(value, name, **limits)
 
 
+# said when a number's text holds other characters than ASCII (number_from_text)
+ASCII_HINT = " (write numbers with the ASCII digits 0-9)"
+
+
+def number_from_text(kind: type, text: str) -> Any:
+    """``int(text)`` or ``float(text)`` of ASCII text only, else ``ValueError``.
+
+    Why: Python's ``int`` and ``float`` read any Unicode decimal digit and space, so
+    ``--k ٥`` (an Arabic-Indic five), ``--k ５`` (full width) or ``--fraction ０.５`` were
+    taken as the number a user may not have typed on purpose (or seen: such a digit can
+    stand in for another script's letter). A setting's number is written in ASCII, as a
+    recipe's YAML and JSON read numbers; anything else is refused, naming the setting."""
+    if not text.isascii():
+        raise ValueError(f"not ASCII: {text!r}")
+    return kind(text)
+
+
 def flag_type(check: Callable[..., T], kind: type, **limits: Any) -> Callable[[str], T]:
     """An argparse ``type=`` function: parse the text as ``kind`` and apply ``check``.
 
@@ -298,7 +317,7 @@ def flag_type(check: Callable[..., T], kind: type, **limits: Any) -> Callable[[s
     """
     def parse(text: str) -> T:
         try:
-            value: Any = kind(text)
+            value: Any = number_from_text(kind, text) if kind in (int, float) else kind(text)
         except ValueError:
             value = text
         try:
@@ -306,7 +325,8 @@ def flag_type(check: Callable[..., T], kind: type, **limits: Any) -> Callable[[s
         except SettingError as exc:
             # show what was typed ("0"), not what it parsed to ("0.0")
             what = exc.message.rsplit(", got ", 1)[0]
-            raise argparse.ArgumentTypeError(f"{what}, got {shown(text)}") from None
+            hint = ASCII_HINT if kind in (int, float) and not text.isascii() else ""
+            raise argparse.ArgumentTypeError(f"{what}, got {shown(text)}{hint}") from None
 
     parse.__name__ = check.__name__.removeprefix("check_")
     return parse

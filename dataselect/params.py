@@ -156,14 +156,15 @@ def _from_text(text: str, kind: Any, key: str) -> Any:
             if text.lower() not in TRUE + FALSE:
                 raise ValueError(text)
             return text.lower() in TRUE
-        if base is int:
-            return int(text)
+        if base is int:  # ASCII digits only: int() reads any script's digits
+            return checks.number_from_text(int, text)
         if base is float:
-            return checks.check_finite(float(text), key)
+            return checks.check_finite(checks.number_from_text(float, text), key)
     except InputError:
         raise
     except ValueError:
-        hint = " (an integer, without a decimal point)" if base is int else ""
+        hint = (checks.ASCII_HINT if not text.isascii()
+                else " (an integer, without a decimal point)" if base is int else "")
         name = getattr(base, "__name__", str(base))
         raise InputError(f"{text!r} is not a valid {name}{hint}", field=key) from None
     return text

@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dataselect import checks
 from dataselect.errors import ClusterLostError, InputError
 from dataselect.execution import Fold, release, submit
 from pipelines.threads import LocalThreads
@@ -279,7 +280,7 @@ def lost_after_seconds() -> float:
     ``$DATASELECT_NO_WORKERS_TIMEOUT``."""
     value = os.environ.get(LOST_AFTER_VARIABLE, "")
     try:
-        seconds = float(value) if value else LOST_AFTER_SECONDS
+        seconds = checks.number_from_text(float, value) if value else LOST_AFTER_SECONDS
     except ValueError:
         raise InputError(f"{LOST_AFTER_VARIABLE} must be a number of seconds, got {value!r}"
                          ) from None
