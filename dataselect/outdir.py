@@ -719,9 +719,9 @@ def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
     for source in inputs:
         if isinstance(source, GlobInput):
             if _glob_reaches(source.pattern, out_real):
-                raise InputError(f"is a path the input glob {source.pattern} matches, or lies "
-                                 "inside or holds one: the next run would read the output "
-                                 "as input: choose a folder the glob cannot match",
+                raise InputError(f"the input glob {source.pattern} can match it, a folder "
+                                 "above it or its parts, so the next run would read the "
+                                 "output as input: choose a folder the glob cannot match",
                                  where=out, field="out")
             continue
         source_real = _real(source)
