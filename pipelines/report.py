@@ -21,12 +21,14 @@ loaded, for tests and for ``dataselect report --check``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import html
 import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections import Counter
@@ -545,6 +547,33 @@ def find_chromium() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
 
+def _run_browser(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` to its end or ``timeout``, as ``subprocess.run`` would, but in a
+    process group of its own, killed whole when it ends or times out: Chromium forks
+    zygote and renderer processes, and killing only the process started left them
+    running after dataselect exited. Its output goes to unnamed temporary files, not
+    pipes, so a child that keeps them open cannot hold us past the browser's own exit."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        finally:  # the timeout, ^C, or its end: nothing it started may outlive it
+            _kill_group(process.pid)
+            process.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            command, process.returncode, out.read().decode("utf-8", "replace"),
+            err.read().decode("utf-8", "replace"))
+
+
+def _kill_group(group: int) -> None:
+    """SIGKILL every process of the group ``group`` (one :func:`_run_browser` started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # all gone already
+        os.killpg(group, signal.SIGKILL)
+
+
 def check_renders(page: str, timeout: float = 60.0) -> dict[str, int]:
     """Load ``page`` in headless Chromium and return how many of its images loaded
     (``images_ok``) out of ``images_total``, as the page's own script counted them."""
@@ -560,8 +589,7 @@ def check_renders(page: str, timeout: float = 60.0) -> dict[str, int]:
                "--allow-file-access-from-files", "--virtual-time-budget=10000",
                "--dump-dom", "file://" + os.path.abspath(page)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        done = _run_browser(command, timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         # DATASELECT_CHROMIUM naming a missing file, a folder, a program that never ends
         reason = ((exc.strerror or str(exc)) if isinstance(exc, OSError)
