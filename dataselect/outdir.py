@@ -297,6 +297,16 @@ def recorded_identity(path: str) -> Any:
     return _read_marker(marker).get("identity")
 
 
+def recorded_kind(path: str) -> str | None:
+    """The kind of output (``job``, ``selection``, ``union``...) the marker of the folder
+    ``path`` records, or None where it has no marker: for the readers that take only
+    some kinds, to name the right folder instead of misreading this one."""
+    marker = os.path.join(path, MARKER)
+    if not storage.exists(marker):
+        return None
+    return str(_read_marker(marker)["kind"])
+
+
 def _differences(old: Any, new: Any) -> str:
     """The top-level keys whose values differ (``key.sub`` where both values are
     mappings), for the refusal message."""

@@ -24,6 +24,7 @@ from dataselect.layout import (
     UNION_DIR,
     legacy_entries,
 )
+from dataselect.outdir import recorded_kind
 from dataselect.output import damaged_file, read_json
 from dataselect.records import RunRecord, SelectionManifest, check_record
 
@@ -43,6 +44,12 @@ def read_report_input(out: str) -> tuple[dict[str, Any], str]:
         check_run_shape(run, os.path.join(out, RUN_FILE))
         return run, RUN_REPORT_DIR
     manifest = os.path.join(out, MANIFEST_FILE)
+    if recorded_kind(out) == "union":
+        # a union's manifest records no scorer or policy of its own: read as a selection's
+        # it looked damaged, and the line said to delete a good run
+        raise InputError("is a recipe run's union of its tasks' selections, which has no "
+                         "report of its own: report on the run folder "
+                         f"{os.path.dirname(os.path.abspath(out))} instead", where=out)
     if os.path.exists(manifest):
         record = read_manifest(manifest)
         _check_manifest(record, manifest)
