@@ -13,8 +13,15 @@ Arrow IPC schema; an ``.npz`` file: a member named ``footer``):
 - ``job``: a digest of the identity of the folder it was written into (the marker's
   ``identity``; for a score store, the description its ``_manifest.json`` holds);
 - ``index``: its partition, and ``rows``: its row count;
-- ``digest``: a hash of the values of its ``columns`` (ids, scores, ranks, the filter
-  column), taken from the arrays in memory as they are written, so it costs no read.
+- ``digest``: a hash of the values of its ``columns``, taken from the arrays in memory as
+  they are written, so it costs no read: every column of a selection or union part (and
+  of its ``save_to_disk`` shard), which hold only the chosen rows, so that rewritten text
+  is caught too; the ids, scores and filter column of a score part, which has a row per
+  pool row.
+
+The records written beside the parts (a selection's ``.manifest.json``, a run's
+``.run.json``, an evaluation's ``results.json``) name the job they belong to the same way
+(:data:`RECORD_JOB_KEY`), so one copied in from another output is refused too.
 
 Readers check what costs nothing: the footer (job, index, rows) whenever a part is reused
 or opened, which reads no data, and the digest wherever the columns are read anyway
@@ -36,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from dataselect.errors import InputError
@@ -64,13 +72,52 @@ def columns_digest(table: pa.Table, names: Iterable[str]) -> str:
 
 def _feed(hasher: Any, array: pa.Array) -> None:
     """Feed one column's values: which are null, then the values (numbers as their bytes,
-    text and bytes as their lengths and contents)."""
+    text and bytes as their lengths and contents; other types as below, never the bytes
+    under a null, which differ between an array in memory and one read back)."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if isinstance(array.type, pa.ExtensionType):
+        array = array.storage
     hasher.update(len(array).to_bytes(8, "little"))
     if array.null_count:
         hasher.update(np.packbits(array.is_valid().to_numpy(zero_copy_only=False)).tobytes())
-    if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
+    kind = array.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         hasher.update(np.ascontiguousarray(array.fill_null(0).to_numpy()).tobytes())
         return
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) \
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) \
+            or pa.types.is_string_view(kind) or pa.types.is_binary_view(kind) \
+            or pa.types.is_fixed_size_binary(kind):
+        _feed_bytes(hasher, array)
+    elif pa.types.is_null(kind):
+        return
+    elif pa.types.is_boolean(kind):
+        hasher.update(np.packbits(array.fill_null(False).to_numpy(zero_copy_only=False))
+                      .tobytes())
+    elif pa.types.is_temporal(kind) and kind.bit_width in (32, 64):
+        # timestamps, dates, times, durations: their counts of units
+        _feed(hasher, array.view(pa.int32() if kind.bit_width == 32 else pa.int64()))
+    elif pa.types.is_decimal(kind):
+        _feed_bytes(hasher, array.cast(pa.large_string()))
+    elif (pa.types.is_list(kind) or pa.types.is_large_list(kind)
+          or pa.types.is_fixed_size_list(kind) or pa.types.is_map(kind)
+          or pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind)):
+        if pa.types.is_map(kind):  # as the list of its entries, which compute can flatten
+            array = array.cast(pa.list_(pa.struct([kind.key_field, kind.item_field])))
+        lengths = pc.list_value_length(array).fill_null(0).cast(pa.int64())
+        hasher.update(np.ascontiguousarray(lengths.to_numpy()).tobytes())
+        _feed(hasher, array.flatten())  # the values of the non-null lists only
+    elif pa.types.is_struct(kind):
+        for field, child in zip(kind, array.flatten(), strict=True):  # parent nulls applied
+            hasher.update(field.name.encode() + b"\0")
+            _feed(hasher, child)
+    else:  # a union or a type newer than this code: its values as Python sees them
+        hasher.update(repr(array.to_pylist()).encode())
+
+
+def _feed_bytes(hasher: Any, array: pa.Array) -> None:
+    """Text and bytes: their lengths, then their contents."""
     values = array.cast(pa.large_binary()).fill_null(b"")
     offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset:
                                                             values.offset + len(values) + 1]
@@ -110,11 +157,18 @@ class PartOrigin:
     def footer(self, rows: int, digest: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"job": self.job, "index": self.index, "rows": rows, **(digest or {})}
 
-    def stamp(self, table: pa.Table, columns: Iterable[str] = (), **extra: Any) -> pa.Table:
+    def stamp(self, table: pa.Table, columns: Iterable[str] = (), *, every: bool = False,
+              **extra: Any) -> pa.Table:
         """``table`` with its footer in its schema metadata, the values of those of
-        ``columns`` it holds as numbers or text hashed (and ``extra`` keys: the digest of
-        a file that goes with it)."""
-        names = digestible(table.schema, columns)
+        ``columns`` it holds as numbers or text hashed, or with ``every`` all its columns
+        whatever their type (and ``extra`` keys: the digest of a file that goes with it).
+
+        Selection and union parts (and their ``save_to_disk`` shards) hash every column:
+        they hold only the chosen rows, so hashing their pool columns (the text a user
+        reads) costs little, and a part whose text was rewritten, footer kept, is refused
+        wherever it is read instead of served as the selection. Score parts hold a row
+        per pool row and hash their ids and scores only."""
+        names = list(table.column_names) if every else digestible(table.schema, columns)
         digest = {"columns": names, "digest": columns_digest(table, names)} if names else {}
         digest.update(extra)
         metadata = dict(table.schema.metadata or {})
@@ -200,6 +254,40 @@ class PartOrigin:
         if footer.get("digest") != arrays_digest(arrays):
             raise replaced(path, "its arrays are not the ones dataselect wrote")
         return arrays
+
+
+# the key of a record dataselect writes beside parts (a selection's or union's
+# .manifest.json, a run's .run.json, an evaluation's results.json) that names the job it
+# belongs to: the job_digest of its folder's marker identity
+RECORD_JOB_KEY = "job_digest"
+
+
+def check_record_job(record: Any, path: str, job: str) -> None:
+    """Refuse the record at ``path`` (read as ``record``) unless it names the job ``job``
+    (:func:`job_digest` of its folder's marker identity, or the run's record of it).
+
+    A record copied in from another output (another run's ``.run.json``, another job's
+    ``.manifest.json``, a whole task folder from a run with other settings) is dataselect's
+    own and reads back well: without this, ``report`` drew that other job's settings and
+    numbers, and ``eval`` trained under them, each exiting 0, where a rerun of the job
+    refuses the folder. A record with no job was written by an older dataselect."""
+    found = record.get(RECORD_JOB_KEY) if isinstance(record, dict) else None
+    if found is None:
+        raise InputError("records no job it belongs to (written by an older dataselect): "
+                         "rerun the job with --overwrite to write it again", where=path)
+    if found != job:
+        raise InputError("belongs to another job than the one this output folder records "
+                         f"(its {RECORD_JOB_KEY} is not the job's): it, or its folder's "
+                         "marker, was copied in from another output; restore it, or rerun "
+                         "the job with --overwrite to write it again", where=path)
+
+
+def check_record_in(folder: str, record: Any, path: str) -> str:
+    """:func:`check_record_job` against the job the marker of ``folder`` records; returns
+    that job's digest."""
+    job = job_digest(recorded_identity(folder))
+    check_record_job(record, path, job)
+    return job
 
 
 def check_parts(folder: str, parts: list[dict[str, Any]]) -> None:

@@ -34,6 +34,7 @@ from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.footer import (
     PartOrigin,
     check_parts,
+    check_record_in,
     job_digest,
     replaced,
     reusable,
@@ -112,7 +113,7 @@ class _WriteShard:
             return 0
         source = os.path.join(self.folder, self.parts[index])
         table = origin.stamp(_conform(verified(source, read_table(source)), self.schema),
-                             ("id",))
+                             every=True)
         with atomic_write(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
                 pa.ipc.new_stream(sink, table.schema) as stream:
             stream.write_table(table)
@@ -188,7 +189,9 @@ def _finished_parts(path: str) -> tuple[list[str], list[int]]:
         raise InputError(f"no {MANIFEST_FILE} here: give the folder of a finished selection "
                          "(dataselect select --out, a recipe's tasks/<task>/ or union/)",
                          where=path)
-    parts = read_json(manifest_path)["output"]["parts"]
+    manifest = read_json(manifest_path)
+    check_record_in(path, manifest, manifest_path)  # this folder's, not another job's
+    parts = manifest["output"]["parts"]
     check_parts(path, parts)  # the parts its job wrote, not others put in their place
     return [p["file"] for p in parts], [int(p["rows"]) for p in parts]
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
-from dataselect.footer import PartOrigin, job_digest, reusable
+from dataselect.footer import RECORD_JOB_KEY, PartOrigin, job_digest, reusable
 from dataselect.hf import write_hf
 from dataselect.layout import MANIFEST_FILE
 from dataselect.outdir import claim_output
@@ -67,7 +67,7 @@ class _WriteUnionPart:
                   for row in rows.tolist()]
         picked = table.take(pa.array(rows, pa.int64())).append_column(
             TASKS_FIELD, pa.array(labels, TASKS_FIELD.type))
-        write_table(origin.stamp(picked, ("id",)), path, self.fmt)
+        write_table(origin.stamp(picked, every=True), path, self.fmt)
         return {"rows": len(rows), "reused": False}
 
 
@@ -102,6 +102,7 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
         rows = [r["rows"] for r in results]
         times_chosen = _times_chosen(selections)
         manifest = {
+            RECORD_JOB_KEY: job_digest(folder.identity),
             "counts": {"selected": sum(r["rows"] for r in results),
                        "per_task": {k: s.num_selected for k, s in selections.items()},
                        "overlap": int((times_chosen > 1).sum())},

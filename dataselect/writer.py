@@ -37,7 +37,7 @@ from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
-from dataselect.footer import PartOrigin, job_digest, reusable
+from dataselect.footer import RECORD_JOB_KEY, PartOrigin, job_digest, reusable
 from dataselect.hf import write_hf
 from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
@@ -59,8 +59,6 @@ if TYPE_CHECKING:  # select imports this module to write a Selection; not the ot
     from dataselect.select import Selection
 
 ADDED_COLUMNS = ("score", "rank")
-# the columns of an output part whose values its footer hashes (dataselect.footer)
-HASHED_COLUMNS = ("id", *ADDED_COLUMNS)
 # keys of a part's stats file that hold its label counts (dataselect.composition)
 LABEL_COLUMN_KEY, LABELS_KEY = "label_column", "label_names"
 
@@ -202,7 +200,7 @@ class _WritePart:
                                         np.int64)}, picked.num_rows)
         with atomic_write(stats_path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **stats)
-        write_table(origin.stamp(picked, HASHED_COLUMNS), path, self.fmt)
+        write_table(origin.stamp(picked, every=True), path, self.fmt)
         return {"rows": picked.num_rows, "reused": False,
                 "seconds": time.perf_counter() - start}
 
@@ -394,6 +392,7 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     folder.remove_temporaries()
     names, rows = [part_name(i, fmt) for i in range(parts)], [r["rows"] for r in results]
     manifest = {
+        RECORD_JOB_KEY: job,  # which job's this record is (report, eval, load_hf check)
         "selection": selection.policy,
         "scores": selection.scores.description,
         "counts": {**selection.counts, "written": sum(r["rows"] for r in results)},

@@ -47,6 +47,7 @@ from rich.table import Table
 from dataselect import checks
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError
+from dataselect.footer import RECORD_JOB_KEY
 from dataselect.outdir import OutputFolder, hold_lock, normalize, refuse_links
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
@@ -362,7 +363,8 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
         summary = summarize_results(results)
         from models.lm import model_rendering
 
-        report = {"settings": jsonable(settings.recorded()), "base_model": base,
+        report = {RECORD_JOB_KEY: run[RECORD_JOB_KEY],  # the run evaluated (report checks)
+                  "settings": jsonable(settings.recorded()), "base_model": base,
                   "fresh_init": fresh, "rendering": model_rendering(base),
                   "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
                            for r in results],
@@ -391,7 +393,9 @@ def plan_trainings(out: str, settings: EvalSettings
     from pipelines.report_input import check_outputs_present
     from pipelines.run_recipe import check_inputs_unchanged
 
-    check_outputs_present(out, run)  # never train on part of a selection
+    # never train on part of a selection, nor on rows edited since (eval reads the parts
+    # as a corpus, not through the footer check report uses)
+    check_outputs_present(out, run, values=True)
     check_inputs_unchanged(out, recipe, pool, "evaluating")
     folder = os.path.join(out, EVAL_DIR)
     os.makedirs(os.path.join(folder, RUNS_DIR), exist_ok=True)
@@ -425,12 +429,12 @@ def _read_run(out: str) -> tuple[Recipe, dict[str, Any]]:
     from pydantic import ValidationError
 
     from dataselect.layout import RUN_FILE
-    from pipelines.report_input import check_run_shape, damaged
+    from pipelines.report_input import check_run_record, damaged
     from pipelines.run_recipe import read_run
 
     run = read_run(out, "evaluate")
     path = os.path.join(out, RUN_FILE)
-    check_run_shape(run, path)
+    check_run_record(out, run, path)
     try:
         return Recipe.model_validate(run["recipe"]), run
     except ValidationError as exc:  # edited by hand since the run: one line, not pydantic's

@@ -169,7 +169,11 @@ RUNTIME_SETTINGS = ("out", "scheduler", "workers", "memory_limit", "worker_kind"
 #    too (dataselect.scoring.BLANK_TEXT), filtered as empty_text; and every part records
 #    where it belongs in its footer (dataselect.footer): an older job's parts, which do
 #    not, would be refused one by one as of unknown origin.
-OUTPUT_REVISION = 4
+# 5: selection and union parts hash every column in their footer (their text too, not only
+#    ids, scores and ranks), and each .manifest.json and .run.json names the job it
+#    belongs to (dataselect.footer.RECORD_JOB_KEY), which report, eval and load_hf check.
+#    A recipe's identity records the revision too.
+OUTPUT_REVISION = 5
 
 
 def job_identity(job: SelectJob, pool: Corpus, target: Corpus) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from rich.console import Console
 
 from dataselect import storage
 from dataselect.errors import InputError
-from dataselect.footer import verified
+from dataselect.footer import RECORD_JOB_KEY, check_record_job, verified
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
 from dataselect.output import atomic_write, damaged_if_unreadable, read_json, read_table
@@ -163,6 +163,8 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
     if os.path.exists(results):
         record = read_json(results)
         check_record(record, EvalResults, results)
+        # this run's evaluation, not one copied in from another run
+        check_record_job(record, results, run[RECORD_JOB_KEY])
         sections.append(_eval_section(folder, record))
     page = folder.path("index.html")
     title = html.escape(run["recipe"].get("name") or os.path.basename(os.path.abspath(out)))

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from dataselect.errors import InputError, first_names
-from dataselect.footer import check_parts
+from dataselect.footer import RECORD_JOB_KEY, check_parts, check_record_in, verified
 from dataselect.layout import (
     FOLDER_NAME,
     MANIFEST_FILE,
@@ -25,7 +25,7 @@ from dataselect.layout import (
     legacy_entries,
 )
 from dataselect.outdir import recorded_kind
-from dataselect.output import damaged_file, read_json
+from dataselect.output import damaged_file, read_json, read_table
 from dataselect.records import RunRecord, SelectionManifest, check_record
 
 RUN_REPORT_DIR = "report"
@@ -41,7 +41,7 @@ def read_report_input(out: str) -> tuple[dict[str, Any], str]:
         from pipelines.run_recipe import read_run
 
         run = read_run(out, "report on")
-        check_run_shape(run, os.path.join(out, RUN_FILE))
+        check_run_record(out, run, os.path.join(out, RUN_FILE))
         return run, RUN_REPORT_DIR
     manifest = os.path.join(out, MANIFEST_FILE)
     if recorded_kind(out) == "union":
@@ -52,6 +52,7 @@ def read_report_input(out: str) -> tuple[dict[str, Any], str]:
                          f"{os.path.dirname(os.path.abspath(out))} instead", where=out)
     if os.path.exists(manifest):
         record = read_manifest(manifest)
+        check_record_in(out, record, manifest)  # this job's manifest, not another's
         _check_manifest(record, manifest)
         run = selection_as_run(out, record)
         check_record(run, RunRecord, manifest)  # the keys the report reads as a run's
@@ -90,29 +91,49 @@ def check_pool_unchanged(out: str, run: dict[str, Any]) -> None:
                          "rerun the job (with --overwrite) first", where=out)
 
 
-def check_outputs_present(out: str, run: dict[str, Any]) -> None:
+def check_outputs_present(out: str, run: dict[str, Any], values: bool = False) -> None:
     """Refuse a run whose selections went missing or changed since it ran: each task's
     folder, the union, and every part their manifests list, which must be the parts that
     folder's job wrote (:func:`~dataselect.footer.check_parts`). The report would
     otherwise list a task it has no rows for, or draw plots from part of a selection, or
-    from another job's rows, and exit 0."""
-    folders = [task.get("path", os.path.join(TASKS_DIR, name))
+    from another job's rows, and exit 0.
+
+    Each folder's manifest must name the job its marker records, and that job must be the
+    one the run recorded for it: a task folder copied in whole from a run with other
+    settings is consistent in itself, and only the run's record tells it apart.
+
+    ``values``: also read every part whole and check the values its footer hashed (every
+    column: a selection's text rewritten, footer kept), for a reader that takes the rows
+    through another path than :func:`~dataselect.footer.verified` (``eval`` trains on
+    them as a corpus)."""
+    folders = [(task.get("path", os.path.join(TASKS_DIR, name)), task)
                for name, task in run["tasks"].items()]
     if "union" in run:
-        folders.append(UNION_DIR)
-    for relative in folders:
+        folders.append((UNION_DIR, run["union"]))
+    for relative, recorded in folders:
         folder = os.path.normpath(os.path.join(out, relative))
         manifest = os.path.join(folder, MANIFEST_FILE)
         if not os.path.isfile(manifest):
             raise InputError(f"is missing ({MANIFEST_FILE} not found) though the run wrote "
                              "it: restore it, or rerun the job", where=folder)
-        parts = (read_manifest(manifest).get("output") or {}).get("parts") or []
+        record = read_manifest(manifest)
+        check_record_in(folder, record, manifest)
+        if recorded.get(RECORD_JOB_KEY) != record[RECORD_JOB_KEY]:
+            raise InputError("holds the selection of another job than the one this run "
+                             f"recorded for it in its {RUN_FILE}: it was copied in from "
+                             "another run; restore it, or rerun the recipe with --overwrite",
+                             where=folder)
+        parts = (record.get("output") or {}).get("parts") or []
         missing = [p["file"] for p in parts
                    if not os.path.isfile(os.path.join(folder, p["file"]))]
         if missing:
             raise InputError(f"the parts {first_names(missing)} its manifest lists are "
                              "missing: restore them, or rerun the job", where=folder)
         check_parts(folder, parts)
+        if values:
+            for part in parts:
+                path = os.path.join(folder, part["file"])
+                verified(path, read_table(path))
 
 
 def _recorded_pool(out: str, run: dict[str, Any]) -> dict[str, Any] | None:
@@ -195,6 +216,15 @@ def check_run_shape(run: Any, path: str) -> None:
             raise damaged(path, f"its task {name!r} is not in {TASKS_DIR}/<task>")
 
 
+def check_run_record(out: str, run: dict[str, Any], path: str) -> None:
+    """The run record ``run`` (read from ``path`` in the run folder ``out``) has
+    dataselect's shape (:func:`check_run_shape`) and is this run's own, not another run's
+    copied in: the report would state that run's settings and numbers, and ``eval`` would
+    train under them."""
+    check_run_shape(run, path)
+    check_record_in(out, run, path)
+
+
 def selection_as_run(out: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """A selection's manifest as the run record of a one-task run."""
     name = os.path.basename(os.path.abspath(out)) or "selection"
@@ -207,6 +237,7 @@ def selection_as_run(out: str, manifest: dict[str, Any]) -> dict[str, Any]:
                           "partition_mb": job["partition_bytes"] / 2**20}
     counts = manifest["counts"]
     task = {"selected": counts["selected"], "path": ".", "counts": counts,
+            RECORD_JOB_KEY: manifest.get(RECORD_JOB_KEY),
             "metrics": manifest.get("metrics", {}),
             "composition": manifest.get("composition")}
     return {"recipe": recipe, "tasks": {name: task},

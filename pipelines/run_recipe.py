@@ -35,6 +35,7 @@ from dataselect import select, storage
 from dataselect.combine import BEST_TASK, max_over_tasks, score_columns
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError, first_names
+from dataselect.footer import RECORD_JOB_KEY, job_digest
 from dataselect.layout import (
     FEATURES_DIR,
     MODELS_DIR,
@@ -60,7 +61,7 @@ from dataselect.scoring import (
 from dataselect.union import TASKS_COLUMN, split_selection, write_union
 from dataselect.writer import ADDED_COLUMNS, output_schema
 from pipelines.cluster import dask_client
-from pipelines.jobs import parsed_once
+from pipelines.jobs import OUTPUT_REVISION, parsed_once
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
 from pipelines.recipe_attribution import run_attributions
@@ -114,6 +115,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
                            if recipe.attribution is not None else None)
             run = _run_record(recipe, recipe_file, manifests, union, timings + runner.timings,
                               time.perf_counter() - started, attribution)
+            run[RECORD_JOB_KEY] = job_digest(claimed.identity)
             write_json(run, os.path.join(out, RUN_FILE))
     _print_tasks(console, run)
     print_summary(console, "run", timings + runner.timings,
@@ -136,9 +138,13 @@ def _run_record(recipe: Recipe, recipe_file: str, manifests: dict[str, dict[str,
         "recipe_file": recipe_file,
         "tasks": {task: {"selected": m["counts"]["selected"], "path": f"{TASKS_DIR}/{task}",
                          "counts": m["counts"], "metrics": m.get("metrics", {}),
+                         # the task folder's job: a task folder of another run put in its
+                         # place is refused by report and eval, as a rerun refuses it
+                         RECORD_JOB_KEY: m[RECORD_JOB_KEY],
                          **({"notes": m["notes"]} if m.get("notes") else {})}
                   for task, m in manifests.items()},
         "union": {"selected": union["counts"]["selected"], "path": UNION_DIR,
+                  RECORD_JOB_KEY: union[RECORD_JOB_KEY],
                   "counts": union["counts"]},
         "scorers": list(recipe.scorers),
         "timings": {"total_seconds": round(total, 3),
@@ -197,7 +203,7 @@ def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
     targets = [p for spec in recipe.targets.values()
                for p in [*spec.paths, *spec.eval]]
     identity = {"settings": _settings(recipe), "pool": pool.fingerprint(),
-                "targets": _target_files(recipe)}
+                "targets": _target_files(recipe), "output_revision": OUTPUT_REVISION}
     return claim_output(recipe.output.path, "recipe", identity,
                         inputs=input_roots([*recipe.pool.paths, *targets]),
                         overwrite=overwrite)
