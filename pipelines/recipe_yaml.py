@@ -80,6 +80,7 @@ class _RecipeLoader(yaml.SafeLoader):
     def __init__(self, stream: str):
         super().__init__(stream)
         self.aliases_seen = 0
+        self._flattened: dict[int, yaml.MappingNode] = {}
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -89,28 +90,63 @@ class _RecipeLoader(yaml.SafeLoader):
                                  "a recipe needs few", self.peek_event().start_mark)
         return super().compose_node(parent, index)
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
-        """A mapping, refused when it gives a key twice (at any depth). PyYAML keeps the
-        last value silently, so two tasks of one name, or a second ``selection:`` further
-        down, would run a recipe other than the one its author reads. Keys are compared as
-        values (``1`` and ``1.0`` are one key, as in the dict they become); a merge
-        (``<<: *base``) may still be overridden by the mapping's own keys, as YAML says."""
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """Check a mapping's keys, then fold its merges (``<<``) into it, as YAML says: the
+        mapping's own keys win over merged ones, and of the maps one merge lists
+        (``<<: [*a, *b]``) the first that has a key wins. PyYAML's own folding compares
+        keys by the identity of their text, so which value won depended on the key's length
+        (``k`` kept the first map's value, ``num_buckets`` the last's), and a merged map
+        that itself merged and overrode a key gave the overridden value. Keys are compared
+        as values here, and every mapping comes out with each key once.
+
+        PyYAML calls this for every mapping it builds, and this calls it for every mapping
+        reached through a merge (a merged anchor that merges again, a map in a merge's
+        list), so a mapping that is only ever merged is checked too. Each mapping is
+        checked and folded once: folding rewrites it, and an alias of it met later must not
+        see its merged keys as repeats."""
+        if id(node) in self._flattened:
+            return
+        self._flattened[id(node)] = node  # kept alive, so the id is not reused
+        _check_keys(self, node)
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE:
+                if key_node.tag == "tag:yaml.org,2002:value":  # as PyYAML does
+                    key_node.tag = "tag:yaml.org,2002:str"
+                own.append((key_node, value_node))
                 continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: PyYAML's own error names it
-                continue
-            seen[key] = key_node.start_mark.line + 1
-            if first is not None:
-                raise _DuplicateKey(None, None, f"key {checks.shown(key)} appears twice in "
-                                    f"one mapping (first on line {first}); YAML would keep "
-                                    "only the last: remove or rename one",
-                                    key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+            maps = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for merged_map in maps:
+                if not isinstance(merged_map, yaml.MappingNode):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, "expected a mapping "
+                        f"or a list of mappings for merging, but found {merged_map.id}",
+                        merged_map.start_mark)
+                self.flatten_mapping(merged_map)
+                merged.extend(merged_map.value)
+        if len(own) == len(node.value):
+            return
+        taken = {key for key in (self._hashable_key(k) for k, _ in own) if key is not None}
+        kept = []
+        for key_node, value_node in merged:
+            key = self._hashable_key(key_node)
+            if key is not None:
+                if key in taken:
+                    continue
+                taken.add(key)
+            kept.append((key_node, value_node))
+        node.value = kept + own
+
+    def _hashable_key(self, key_node: yaml.Node) -> Any:
+        """The key's value as a dict compares it (``None`` for an unhashable key, which
+        PyYAML's own error names when the mapping is built)."""
+        key = self.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return (key,)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         """Decimal integers only. YAML 1.1 reads ``seed: 017`` as octal 15, ``0x10`` as 16
@@ -129,6 +165,41 @@ class _RecipeLoader(yaml.SafeLoader):
             raise _YamlLimit(None, None, f"its aliases expand to more than "
                              f"{MAX_EXPANDED_SIZE // 2**20} MiB of data", node.start_mark)
         return node
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _check_keys(loader: _RecipeLoader, node: yaml.MappingNode) -> None:
+    """Refuse a mapping that gives a key twice. PyYAML keeps the last value silently, so
+    two tasks of one name, or a second ``selection:`` further down, would run a recipe
+    other than the one its author reads. Keys are compared as values (``1`` and ``1.0`` are
+    one key, as in the dict they become). Two merge keys (``<<``) in one mapping are a
+    repeated key too: YAML 1.1 allows one, and PyYAML would let the first win although the
+    last is written lower down. A key given both in the mapping and through its merge is
+    fine: the mapping's own key wins, as YAML says (that is what merges are for)."""
+    seen: dict[Any, int] = {}
+    merge_line = None
+    for key_node, _ in node.value:
+        line = key_node.start_mark.line + 1
+        if key_node.tag == _MERGE:
+            if merge_line is not None:
+                raise _DuplicateKey(None, None, f"merge key << appears twice in one mapping "
+                                    f"(first on line {merge_line}); YAML allows one: give "
+                                    "one merge a list, <<: [*first, *second] (where the "
+                                    "first map that has a key wins)", key_node.start_mark)
+            merge_line = line
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: PyYAML's own error names it
+            continue
+        seen[key] = line
+        if first is not None:
+            raise _DuplicateKey(None, None, f"key {checks.shown(key)} appears twice in "
+                                f"one mapping (first on line {first}); YAML would keep "
+                                "only the last: remove or rename one", key_node.start_mark)
 
 
 _RecipeLoader.add_constructor("tag:yaml.org,2002:int", _RecipeLoader.construct_yaml_int)
