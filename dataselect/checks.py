@@ -594,7 +594,10 @@ def _not_a_state(state: str) -> InputError:
 
 def special_kind(path: str | os.PathLike) -> str:
     """What a path that is neither a file nor a folder is, in words a user recognises."""
-    mode = os.stat(path).st_mode
+    return _kind_of(os.stat(path).st_mode)
+
+
+def _kind_of(mode: int) -> str:
     if stat.S_ISFIFO(mode):
         return "a FIFO"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -602,6 +605,33 @@ def special_kind(path: str | os.PathLike) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "a special file"
+
+
+def special_at(path: str | os.PathLike, *, follow: bool) -> str | None:
+    """What stands at ``path`` in words (``"a FIFO"``) when it is neither a regular file,
+    a folder nor a link, else None (also when nothing is there). Found with ``lstat``, so
+    nothing is opened: opening a FIFO waits for a writer, forever. ``follow``: a link is
+    judged by what it points at (a reader would open that); otherwise a link is itself
+    judged, as a rename replaces the link, never what it points at."""
+    try:
+        mode = os.lstat(path).st_mode
+        if follow and stat.S_ISLNK(mode):
+            mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, a dangling link, a NUL in the name
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+        return None
+    return _kind_of(mode)
+
+
+def refuse_special_output(path: str | os.PathLike) -> None:
+    """Refuse a FIFO, device or socket at a name dataselect writes its own file to (a part,
+    ``.manifest.json``, a ``.stats`` file, ``.report/index.html``). It is not a file
+    dataselect wrote, so it is not replaced without a word, as a rename would replace it."""
+    kind = special_at(path, follow=False)
+    if kind is not None:
+        raise InputError(f"is not a regular file ({kind}), but dataselect writes its own "
+                         "file at this name: move it away, then rerun", where=os.fspath(path))
 
 
 def check_regular_file(path: str | os.PathLike) -> None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataselect import storage
+from dataselect import checks, storage
 from dataselect.errors import InputError, OutputConflictError, first_names, os_error_line
 from dataselect.layout import legacy_entries
 from dataselect.output import (
@@ -119,8 +119,10 @@ class OutputFolder:
                              f"{' or '.join(kinds)}", where=path)
         refuse_legacy(path)
         refuse_links(path)
+        files = [str(f) for f in data.get("files", [])]
+        _refuse_special_listed(path, files)
         return cls(path, str(data["kind"]), data.get("identity"),
-                   [str(f) for f in data.get("files", [])], resumed=True)
+                   files, resumed=True)
 
     def join(self, *names: str) -> str:
         return os.path.join(self.path, *names)
@@ -246,9 +248,11 @@ def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
             f"{path} holds dataselect output of another kind ({previous.get('kind')}, not "
             f"{kind}); choose another folder")
     if identity is None or previous.get("identity") == identity:
+        _refuse_special_listed(path, files)
         return OutputFolder(path, kind, identity, files, resumed=identity is not None)
     if previous.get("identity") is None:
         # claimed for ownership only (``dataselect score`` before ``select``): adopt
+        _refuse_special_listed(path, files)
         folder = OutputFolder(path, kind, identity, files)
         folder._save()
         return folder
@@ -263,6 +267,19 @@ def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
     folder = OutputFolder(path, kind, identity, replaced=previous.get("identity"))
     folder._save()
     return folder
+
+
+def _refuse_special_listed(path: str, files: list[str]) -> None:
+    """Refuse, when a job resumes or adds to a folder (a report rewriting its page), a
+    FIFO, device or socket at a name its marker lists (``.manifest.json``, a ``.stats``
+    file, a part, ``.report/index.html``): dataselect wrote a regular file there, so
+    something else replaced it. Refused at once, before any work, rather than replaced or
+    deleted when the job reaches that name; nothing is opened (``lstat``). Only
+    ``--overwrite``, which deletes every listed name by request, removes it."""
+    if storage.is_remote(path):
+        return
+    for name in files:
+        checks.refuse_special_output(os.path.join(path, name))
 
 
 def _read_marker(marker: str) -> dict[str, Any]:
@@ -696,6 +713,11 @@ def check_output_file(path: str | os.PathLike, kind: str, inputs: Iterable[str] 
     if os.path.isdir(path):
         raise InputError("is a folder; give a file name for this output (e.g. out.parquet)",
                          where=path, field="out")
+    kind_found = checks.special_at(path, follow=True)
+    if kind_found is not None:  # never opened: reading a FIFO's schema waits forever
+        raise InputError(f"is not a regular file ({kind_found}); dataselect replaces only "
+                         "its own output files: choose another --out", where=path,
+                         field="out")
     if os.path.lexists(path) and _file_owner(path) != kind:
         raise OutputConflictError(
             f"{path} exists and is not {_article(kind)} {kind} file written by dataselect; "

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataselect import storage
-from dataselect.checks import check_regular_file
+from dataselect.checks import check_regular_file, refuse_special_output
 from dataselect.errors import InputError
 
 OutputFormat = Literal["parquet", "arrow"]
@@ -70,14 +70,20 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path to write ``path``'s content to; on success it is renamed into
     place, on any failure (a full disk, Ctrl-C) it is deleted, so a file at ``path`` is
     always whole. An object store has no rename: the file is written to a local temporary
-    and uploaded whole, in one request, so an object is complete or absent."""
+    and uploaded whole, in one request, so an object is complete or absent.
+
+    Every file dataselect writes in a folder reaches its name here, so this is where a
+    FIFO, device or socket at that name is refused (before the content is made, and again
+    before the rename): the rename would replace it without a word."""
     if storage.is_remote(path):
         with _uploaded(str(path)) as tmp:
             yield tmp
         return
+    refuse_special_output(path)
     tmp, final = atomic_path(path)
     try:
         yield tmp
+        refuse_special_output(final)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -220,6 +226,19 @@ def _strict_json(obj: Any, **options: Any) -> str:
         return json.dumps(obj, sort_keys=True, default=str, allow_nan=False, **options)
     except ValueError:
         return json.dumps(finite_or_null(obj), sort_keys=True, default=str, **options)
+
+
+def json_problem(obj: Any) -> str | None:
+    """Why ``obj`` cannot be written as dataselect writes JSON (None when it can): a key
+    that is not text or a number (``(1, 2)``), keys of mixed kinds that cannot be sorted,
+    a value that contains itself. A plug-in's values are checked with this where it hands
+    them over, so the fault is named there, not met as a traceback when a marker or a
+    manifest is written later."""
+    try:
+        _strict_json(obj)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def finite_or_null(obj: Any) -> Any:
