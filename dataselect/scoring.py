@@ -50,6 +50,7 @@ from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
 from dataselect.output import (
     damaged_file,
+    json_problem,
     part_name,
     read_json,
     read_schema,
@@ -263,7 +264,17 @@ def blank_target_rows(target: Corpus) -> int:
 def noting_blank_target_rows(scorer: Scorer, blank: int) -> None:
     """Record in ``scorer``'s fit statistics (the manifest's ``fit``) how many target
     rows were blank, when any were: they teach no scorer anything, and a user should see
-    that part of their target was empty."""
+    that part of their target was empty.
+
+    Every job calls this after every fit, so it is also where the fit statistics a scorer
+    left are checked: they go into the manifest as JSON, and a plug-in's mapping with a
+    tuple key or its own object would otherwise fail there, after the work, as a
+    traceback."""
+    if not isinstance(scorer.fit_stats_, dict):
+        raise PluginError(f"{plugin_label(type(scorer))} set fit_stats_ to a "
+                          f"{type(scorer.fit_stats_).__name__}, not a mapping; the fault is "
+                          "in the scorer, not in your data: tell its author")
+    check_recordable(scorer.fit_stats_, type(scorer), "fit (its fit_stats_)")
     if blank:
         scorer.fit_stats_ = {**scorer.fit_stats_, TARGET_ROWS_BLANK: blank}
 
@@ -335,6 +346,11 @@ def taking_paths(method: Callable[..., Any]) -> Callable[..., Any]:
 PLUGIN_METHODS = ("fit", "start_fit", "score_batch", "score_partition", "config",
                   "fit_fingerprint", "describe", "local_workers", "scores_per_target",
                   "compute_bound", "featurize_batch", "feature_description", "save", "load")
+# the methods whose results dataselect records as JSON (markers, manifests, the identity a
+# resume compares): each result is checked in the same wrapper, so one that JSON cannot hold
+# ({(1, 2): 3}) is one line naming the plug-in and the method, not a traceback later
+RECORDED_RESULTS = frozenset({"config", "describe", "fit_fingerprint",
+                              "feature_description"})
 # and the plug-in's own construction (a job builds the scorer from -p values): a ValueError
 # or TypeError there is its refusal of those settings, said as such
 PLUGIN_CONSTRUCTION = ("__init__", "__post_init__")
@@ -378,14 +394,14 @@ def reporting_plugin_errors(method: Callable[..., Any], kind: PluginKind = SCORE
 
     @functools.wraps(method)
     def reporting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        cls = owner or (self if isinstance(self, type) else type(self))
         try:
-            return method(self, *args, **kwargs)
+            result = method(self, *args, **kwargs)
         except (DataSelectError, MemoryError):
             raise
         except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in is its failure too
             import traceback
 
-            cls = owner or (self if isinstance(self, type) else type(self))
             plugin = plugin_label(cls, kind)
             if method.__name__ in PLUGIN_CONSTRUCTION and isinstance(exc, (ValueError,
                                                                            TypeError)):
@@ -396,9 +412,25 @@ def reporting_plugin_errors(method: Callable[..., Any], kind: PluginKind = SCORE
                 "fault is in the plug-in, not in your data: rerun with --verbose for its "
                 "traceback and tell its author",
                 "".join(traceback.format_exception(exc))) from exc
+        if method.__name__ in RECORDED_RESULTS:
+            check_recordable(result, cls, f"{method.__name__}()", kind)
+        return result
 
     reporting.reports_plugin_errors = True  # type: ignore[attr-defined]
     return reporting
+
+
+def check_recordable(value: Any, cls: type, what: str, kind: PluginKind = SCORER_PLUGIN
+                     ) -> None:
+    """Refuse a value a plug-in (``cls``) handed over (``what``: ``config()``, its
+    ``fit_stats_``) that dataselect records as JSON but JSON cannot hold, in one line
+    naming the plug-in and ``what``."""
+    problem = json_problem(value)
+    if problem is not None:
+        raise PluginError(
+            f"{plugin_label(cls, kind)} returned from {what} a value that cannot be recorded "
+            f"as JSON ({problem}): keys must be text, values text, numbers, lists or "
+            "mappings; the fault is in the plug-in, not in your data: tell its author")
 
 
 def reporting_member(member: Any, kind: PluginKind = SCORER_PLUGIN,
