@@ -41,7 +41,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
-from dataselect.checks import check_regular_file
+from dataselect.checks import check_regular_file, refuse_special_output
 from dataselect.errors import InputError
 from dataselect.output import read_json, write_json
 
@@ -351,6 +351,8 @@ def _import_to_out(found: GgufSource, out: str, overwrite: bool, say: Progress) 
             _convert(found, staging, say)
             names = sorted(os.listdir(staging))
             folder.expect([n for n in names if n != MANIFEST] + [MANIFEST])
+            for name in names:  # a FIFO at one of them is refused, not replaced
+                refuse_special_output(folder.join(name))
             for name in names:  # the manifest last: it marks the folder complete
                 if name != MANIFEST:
                     os.replace(staging / name, folder.join(name))

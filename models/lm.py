@@ -769,7 +769,10 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
         yield staging
-        for name in sorted(os.listdir(staging)):
+        names = sorted(os.listdir(staging))
+        for name in names:  # a FIFO at one of them is refused, not replaced (atomic_write)
+            checks.refuse_special_output(out / name)
+        for name in names:
             os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

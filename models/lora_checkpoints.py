@@ -120,6 +120,7 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, 
             "step": str(step)})
         (saved / INFO_FILE).write_text(json.dumps({**info, "step": step}, indent=2,
                                                   sort_keys=True) + "\n")
+        checks.refuse_special_output(out)  # a FIFO there is not deleted without a word
         if os.path.exists(out):
             shutil.rmtree(out)
         os.replace(saved, out)

@@ -261,3 +261,17 @@ def test_a_plugin_value_json_cannot_hold_is_one_line_naming_it(
             "--worker-kind", "threads"]
     refused_run(argv, capsys, "scorer 'badjson' (plug_badjson.Bad, a plug-in)",
                 f"returned from {method} a value that cannot be recorded as JSON")
+
+
+def test_a_fifo_in_a_model_folder_dataselect_writes_is_not_replaced(tmp_path: Path) -> None:
+    """Model folders are saved beside ``out`` and renamed in, name by name: the same rule."""
+    from models.lm import staged_folder
+
+    out = tmp_path / "model"
+    out.mkdir()
+    os.mkfifo(out / "config.json")
+    with within(10), pytest.raises(InputError, match=r"config\.json: is not a regular file"), \
+            staged_folder(out) as staging:
+        (staging / "config.json").write_text("{}")
+        (staging / "model.safetensors").write_bytes(b"x")
+    assert (out / "config.json").is_fifo() and not (out / "model.safetensors").exists()
