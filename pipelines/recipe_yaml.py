@@ -1,8 +1,10 @@
 """The recipe file read with limits, so a hostile or broken recipe fails at once: at most
 1 MiB, at most 100 aliases, and at most a few MiB of data once every alias is expanded (a
 "billion laughs" recipe of a few lines would otherwise expand to gigabytes while an error
-message renders it). Duplicate keys and YAML 1.1's octal and sexagesimal integers are
-refused; what the file means is :mod:`pipelines.recipe`'s to check."""
+message renders it). Duplicate keys (two merge keys ``<<`` among them) and YAML 1.1's
+octal and sexagesimal integers are refused, and merges are resolved as YAML says (PyYAML's
+own rule depended on the key's length); what the file means is :mod:`pipelines.recipe`'s
+to check."""
 
 from __future__ import annotations
 
