@@ -171,14 +171,24 @@ class Peaks:
                 rss = member.memory_info().rss / MB
                 self.workers[member.pid] = max(self.workers.get(member.pid, 0.0), rss)
                 if member.pid not in self.names:
-                    self.names[member.pid] = " ".join(member.cmdline()[1:4])[-60:]
+                    words = [Path(w).name if i == 0 else w
+                             for i, w in enumerate(member.cmdline()[1:4])]
+                    self.names[member.pid] = " ".join(words)[-60:]
 
     def worker_peak(self) -> float:
-        """The largest peak of a process that did work: a Dask worker, not its nanny or the
-        scheduler (whose memory is small either way); every child when names do not tell."""
+        """The largest peak of a process that did work: a Dask worker, not its nanny, the
+        scheduler or an external ``dask worker`` command's own process (which holds the
+        nannies); every other child when names do not tell."""
         working = [rss for pid, rss in self.workers.items()
-                   if "nanny" not in self.names.get(pid, "")]
+                   if not any(word in self.names.get(pid, "")
+                              for word in ("nanny", "scheduler", "dask worker"))]
         return max(working, default=0.0)
+
+    def scheduler_peak(self) -> float:
+        """The external ``dask scheduler`` process's peak (0 for a local cluster, whose
+        scheduler runs in the client's process)."""
+        return max((rss for pid, rss in self.workers.items()
+                    if "scheduler" in self.names.get(pid, "")), default=0.0)
 
 
 def free_port() -> int:
@@ -237,6 +247,7 @@ class Run:
     wall: float = 0.0
     client_mb: float = 0.0
     worker_mb: float = 0.0
+    scheduler_mb: float = 0.0
     load: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
     selected: int | None = None
@@ -283,6 +294,7 @@ def run_one(dataselect: str, pool: Path, target: Path, rows: int, config: str, k
             code = child.wait()
             run.wall = time.perf_counter() - started
     run.client_mb, run.worker_mb = peaks.client, peaks.worker_peak()
+    run.scheduler_mb = peaks.scheduler_peak()
     if code != 0 and run.error is None:
         tail = (folder / "run.stderr").read_text().strip().splitlines()[-3:]
         run.error = f"exit {code}: {' | '.join(tail)}"
@@ -302,7 +314,9 @@ def describe(run: Run) -> str:
         else "") for name, seconds in run.stages.items() if seconds >= 0.05)
     return (f"{run.rows:>11,} {run.config:<19} k {run.k:>9,}: wall {run.wall:7.1f} s, "
             f"{run.per_core / 1e3:6.1f} k rows/s/core, client {run.client_mb:6.0f} MB, "
-            f"worker {run.worker_mb:6.0f} MB, load {run.load:.1f}, selected {run.selected}"
+            f"worker {run.worker_mb:6.0f} MB, "
+            + (f"scheduler {run.scheduler_mb:6.0f} MB, " if run.scheduler_mb else "")
+            + f"load {run.load:.1f}, selected {run.selected}"
             f"\n    stages: {stages}")
 
 
