@@ -728,12 +728,11 @@ class _WriteOrReuse:
         path = os.path.join(self.folder, part_name(index))
         origin = PartOrigin(self.job, index)
         reused = False
-        start = time.perf_counter()
         if storage.exists(path):
             table = read_table(path)
             reused = reusable(lambda: origin.check_table(path, table), self.overwrite)
+        start = time.perf_counter()
         if not reused:
-            start = time.perf_counter()
             table = origin.stamp(self.task(index), HASHED_COLUMNS)
             write_table(table, path)
         seconds = 0.0 if reused else time.perf_counter() - start
