@@ -10,12 +10,15 @@ The data: two score stores of ``--rows`` rows each in partitions of ``--partitio
 scores (integer-valued, heavy ties, 10 % of rows filtered in one of them), as
 ``Scores.write`` writes them; the pool is a Parquet file of ids only. Each measurement is a
 fresh process (``--one``) running on ``--workers`` in-process threads: the combination,
-then one pass over the combined scores that digests every partition's ``score`` column (what
-each selection pass does). The client way is the code's own fallback (the one scores without
-a store take), forced by making the rank folder unavailable. Ways alternate over
+then one pass over the combined scores that digests every partition's ``score`` column
+where it is computed (what each selection pass does). The client way is the code's own
+fallback (the one scores without a store take), forced by making the rank folder
+unavailable. Ways alternate over
 ``--repeats``; the script prints per way the median wall seconds, the peak RSS of the
-process (``ru_maxrss``; Python, NumPy and Arrow included, and one partition's work per
-thread), and the digest of the combined scores, which must agree.
+process after combining and after the pass (``ru_maxrss``; Python, NumPy and Arrow
+included, and the tasks' working memory, which run in this process: the duplicate-id
+check's buckets of about 2 million rows among them), and the digest of the combined
+scores, which must agree.
 
     .venv/bin/python benchmarks/bench_rank_combine.py --workdir /tmp/ranks \\
         --rows 1000000 10000000 --repeats 3
@@ -118,12 +121,21 @@ def one(folder: Path, way: str, workers: int) -> dict[str, Any]:
     start = time.perf_counter()
     combined = select.combine(stores, method="rank", runner=runner)
     combined_at = time.perf_counter() - start
+    peak_combined = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     digest = hashlib.sha256()
-    for score in runner("digest", combined.delayed(lambda table, i: table["score"].to_numpy())):
-        digest.update(np.ascontiguousarray(score).tobytes())
+    for part in runner("digest", combined.delayed(_score_digest)):
+        digest.update(part)
     return {"way": way, "combine_s": combined_at, "total_s": time.perf_counter() - start,
+            "combine_peak_mb": peak_combined,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "digest": digest.hexdigest()[:16], "partitions": pool.npartitions}
+
+
+def _score_digest(table: pa.Table, index: int) -> bytes:
+    """A partition's combined scores, digested where they are computed (the pass keeps
+    16 bytes a partition, not the scores)."""
+    score = np.ascontiguousarray(table["score"].to_numpy())
+    return hashlib.sha256(score.tobytes()).digest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{rows:>12,} rows, {results[0]['partitions']:>5} partitions, {way:>7}: "
                   f"combine {statistics.median(r['combine_s'] for r in results):6.2f} s, "
                   f"with a pass {statistics.median(r['total_s'] for r in results):6.2f} s, "
-                  f"peak {statistics.median(r['peak_mb'] for r in results):7.0f} MB, "
+                  f"peak {statistics.median(r['combine_peak_mb'] for r in results):6.0f} MB "
+                  f"after combining, {statistics.median(r['peak_mb'] for r in results):6.0f}"
+                  " MB after the pass, "
                   f"digest {results[0]['digest']}")
         digests = {r["digest"] for results in runs.values() for r in results}
         print(f"{'same combined scores' if len(digests) == 1 else 'DIFFERENT SCORES'}; "

@@ -21,7 +21,7 @@ from dataselect.checks import check_weights
 from dataselect.errors import InputError
 from dataselect.execution import Runner
 from dataselect.output import jsonable
-from dataselect.rank_scale import read_ranks, write_rank_files
+from dataselect.rank_scale import RankFiles, write_rank_files
 from dataselect.scoring import FILTERED_BY, Scores, eligible_scores, merge_moments
 from dataselect.summaries import collect_summaries
 
@@ -39,13 +39,13 @@ class _Scale:
     mean: float = 0.0
     std: float = 1.0
     sorted_scores: np.ndarray | None = None
-    ranks: str | None = None
+    ranks: RankFiles | None = None
 
     def __call__(self, score: np.ndarray, index: int) -> np.ndarray:
         if self.method == "zscore":
             return (score - self.mean) / self.std
         if self.ranks is not None:
-            return read_ranks(self.ranks, index, len(score))
+            return self.ranks.read(index, len(score))
         ref = self.sorted_scores
         below = np.searchsorted(ref, score, side="left")
         not_above = np.searchsorted(ref, score, side="right")
@@ -121,7 +121,8 @@ def _with_checked_ids(combined: Scores, inputs: list[Scores]) -> Scores:
     return combined
 
 
-def _rank_files(scores: Scores, runner: Runner, parts: list[dict[str, Any]]) -> str | None:
+def _rank_files(scores: Scores, runner: Runner, parts: list[dict[str, Any]]
+                ) -> RankFiles | None:
     """The folder of ``scores``' rank files, written on the workers into its store; None
     for scores that are not a store this process wrote (an input store is only read), or
     a store that cannot be written to."""

@@ -36,6 +36,7 @@ on the client, 8 bytes a row.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,10 +47,20 @@ import pyarrow as pa
 from dataselect import storage
 from dataselect.execution import Runner, partition_tasks
 from dataselect.output import part_name
-from dataselect.raw_arrays import fresh_folder, read_array, remove_files, remove_folder, write_array
+from dataselect.raw_arrays import (
+    fresh_folder,
+    read_array,
+    remove_files,
+    remove_folder,
+    store_lock,
+    write_array,
+)
 from dataselect.sampling import id_hashes
 
 IDS_DIR = ".ids"
+# the names the check writes in IDS_DIR (and removes, with their temporaries; nothing else)
+WORK_FILES = re.compile(r"(part-\d{5,}\.(hash\.u64|row\.i64|cuts\.i64)"
+                        r"|group-\d{5,}\.(hash\.u64|part\.i64|row\.i64|cuts\.i64))")
 BUCKET_ROWS = 1 << 21
 # Partitions are merged into groups first once buckets reading every partition would
 # take more than this many range reads (3 a partition and bucket). The per-partition way
@@ -121,40 +132,55 @@ def check_unique_ids(scores: Any, runner: Runner,
         return
     folder = _store_folder(scores.task) if getattr(scores, "owned", False) else None
     parts = parts if parts is not None else getattr(scores, "summaries", None)
-    prewritten = getattr(scores, "ids_folder", None) if parts is not None else None
-    ids = prewritten or (ids_folder(folder) if folder is not None and parts is not None
-                         else None)
-    if ids is None:
-        hashes = runner(f"ids:{scores.name}", scores.delayed(_hashes))
-        scores.corpus.check_unique_ids(hashes)
-        scores.ids_checked = True
+    if folder is None or parts is None:
+        _check_on_client(scores, runner)
         return
-    buckets = max(1, -(-sum(int(p["rows"]) for p in parts) // BUCKET_ROWS))
-    reads = 3 * len(parts) * buckets  # a bucket's cut points, hashes and rows of each
-    grouped = reads > (GROUP_FROM_READS_REMOTE if storage.is_remote(ids) else GROUP_FROM_READS)
-    try:
-        if prewritten and grouped:  # the merge reads the files whole: counts suffice
-            counts = [int(p["rows"]) for p in parts]
-        elif prewritten:  # each partition's cut points, from its hash file alone
-            counts = runner(f"ids:{scores.name}", partition_tasks(
-                "id-cuts", _Cuts(ids, buckets), len(parts)))
-        else:
-            counts = runner(f"ids:{scores.name}", scores.delayed(
-                _WriteHashes(ids, 0 if grouped else buckets)))
-        sources = len(counts)
-        if grouped:
-            groups = groups_of(counts)
-            runner(f"group-ids:{scores.name}", partition_tasks(
-                "group-ids", _MergeGroup(ids, tuple(groups), buckets), len(groups)))
-            sources = len(groups)
-        found = runner(f"duplicates:{scores.name}", partition_tasks(
-            "duplicates", _Bucket(ids, grouped, sources), buckets))
-    finally:
-        remove_folder(ids)
-        scores.ids_folder = None  # gone: a second check (after a refusal) writes them again
+    with store_lock(folder):  # a second job shuffling this store at once is refused
+        prewritten = getattr(scores, "ids_folder", None)
+        ids = prewritten or ids_folder(folder)
+        if ids is None:
+            _check_on_client(scores, runner)
+            return
+        try:
+            found = _repeats_on_workers(scores, runner, parts, ids, prewritten is not None)
+        finally:
+            remove_folder(ids, WORK_FILES)
+            scores.ids_folder = None  # gone: a second check (after a refusal) writes them
     for places in (p for bucket in found for p in bucket):  # in hash order, as on the client
         scores.corpus.refuse_repeated(places)
     scores.ids_checked = True
+
+
+def _check_on_client(scores: Any, runner: Runner) -> None:
+    """Every id hash gathered on the client (8 bytes a row): scores without a store this
+    process wrote."""
+    hashes = runner(f"ids:{scores.name}", scores.delayed(_hashes))
+    scores.corpus.check_unique_ids(hashes)
+    scores.ids_checked = True
+
+
+def _repeats_on_workers(scores: Any, runner: Runner, parts: Sequence[dict[str, Any]],
+                        ids: str, prewritten: bool) -> list[list[Places]]:
+    """The shuffle of the module's steps through ``ids``: each bucket's repeated hashes."""
+    buckets = max(1, -(-sum(int(p["rows"]) for p in parts) // BUCKET_ROWS))
+    reads = 3 * len(parts) * buckets  # a bucket's cut points, hashes and rows of each
+    grouped = reads > (GROUP_FROM_READS_REMOTE if storage.is_remote(ids) else GROUP_FROM_READS)
+    if prewritten and grouped:  # the merge reads the files whole: counts suffice
+        counts = [int(p["rows"]) for p in parts]
+    elif prewritten:  # each partition's cut points, from its hash file alone
+        counts = runner(f"ids:{scores.name}", partition_tasks(
+            "id-cuts", _Cuts(ids, buckets), len(parts)))
+    else:
+        counts = runner(f"ids:{scores.name}", scores.delayed(
+            _WriteHashes(ids, 0 if grouped else buckets)))
+    sources = len(counts)
+    if grouped:
+        groups = groups_of(counts)
+        runner(f"group-ids:{scores.name}", partition_tasks(
+            "group-ids", _MergeGroup(ids, tuple(groups), buckets), len(groups)))
+        sources = len(groups)
+    return runner(f"duplicates:{scores.name}", partition_tasks(
+        "duplicates", _Bucket(ids, grouped, sources), buckets))
 
 
 def _store_folder(task: Any) -> str | None:
@@ -168,7 +194,7 @@ def _store_folder(task: Any) -> str | None:
 def ids_folder(store: str) -> str | None:
     """The store's hidden folder of id hashes, made empty (:func:`fresh_folder`); None
     where it cannot be made: the check then runs on the client."""
-    return fresh_folder(storage.join(store, IDS_DIR))
+    return fresh_folder(storage.join(store, IDS_DIR), WORK_FILES)
 
 
 def _hashes(table: pa.Table, index: int) -> np.ndarray:

@@ -37,26 +37,33 @@ later combination rewrites them); the work files of steps 1-4 are removed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from dataselect import storage
+from dataselect.errors import InputError
 from dataselect.execution import Runner, partition_tasks
 from dataselect.output import part_name
 from dataselect.raw_arrays import (
     fresh_folder,
     read_array,
-    remove_files,
     remove_folder,
+    store_lock,
     write_array,
 )
 from dataselect.score_parts import eligible_scores
 
 RANKS_DIR = ".ranks"
+# the work files of a sort (removed after it, with their temporaries; a partition's rank
+# file stays, and nothing else in the folder is touched)
+WORK_FILES = re.compile(r"part-\d{5,}\.(score\.f64|row\.i64|cuts\.i64)"
+                        r"|bucket-\d{5,}\.(i64|starts\.i64)")
 # rows a bucket holds, about (its task holds about 40 bytes a row)
 BUCKET_ROWS = 1 << 21
 # eligible scores a partition samples at evenly spaced ranks, for the bucket boundaries
@@ -94,40 +101,59 @@ def _bucket_files(bucket: int) -> tuple[str, str]:
 
 
 def write_rank_files(store: str, scores: Any, runner: Runner,
-                     parts: Sequence[dict[str, Any]]) -> str | None:
+                     parts: Sequence[dict[str, Any]]) -> RankFiles | None:
     """Write every partition's normalised ranks into ``store``'s :data:`RANKS_DIR` (see
-    the module) and return that folder; None where it cannot be made (a store the user may
-    only read): the caller then ranks on the client."""
-    folder = fresh_folder(storage.join(store, RANKS_DIR))
-    if folder is None:
-        return None
+    the module), under the store's lock; None where the folder cannot be used (a link, a
+    FIFO or a file in its place; a store the user may only read): the caller then ranks
+    on the client."""
+    with store_lock(store):
+        folder = fresh_folder(storage.join(store, RANKS_DIR), WORK_FILES)
+        if folder is None:
+            return None
+        try:
+            return _sorted_into(folder, scores, runner, parts)
+        finally:
+            remove_folder(folder, WORK_FILES, keep_folder=True)
+
+
+@dataclass(frozen=True)
+class RankFiles:
+    """Where a store's rank files are, and a digest of each as written: a rank file is
+    read on every pass over the combined scores, and one changed since (rewritten at the
+    same length) is refused, not used."""
+
+    folder: str
+    digests: tuple[str, ...]
+
+    def read(self, index: int, rows: int) -> np.ndarray:
+        """Partition ``index``'s normalised ranks, in row order."""
+        path = storage.join(self.folder, _rank_file(index))
+        data = read_array(path, np.float64)
+        if len(data) != rows or _digest(data) != self.digests[index]:
+            raise InputError(f"{path} changed while the job ran: its ranks are not the ones "
+                             "this job wrote (another job ranking this store?); rerun the job "
+                             "alone")
+        return data
+
+
+def _digest(ranks: np.ndarray) -> str:
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(ranks).tobytes())
+
+
+def _sorted_into(folder: str, scores: Any, runner: Runner,
+                 parts: Sequence[dict[str, Any]]) -> RankFiles:
     count = len(parts)
     buckets = max(1, min(count, -(-sum(int(p["rows"]) for p in parts) // BUCKET_ROWS)))
-    try:
-        sorted_ = runner(f"ranks:{scores.name}", scores.delayed(_SortScores(folder)))
-        bounds = _boundaries([s for s, _ in sorted_], [n for _, n in sorted_], buckets)
-        runner(f"rank-cuts:{scores.name}", partition_tasks(
-            "rank-cuts", _Cuts(folder, tuple(bounds)), count))
-        eligible = runner(f"rank-buckets:{scores.name}", partition_tasks(
-            "rank-buckets", _Bucket(folder, count), len(bounds) + 1))
-        below = tuple(int(b) for b in np.concatenate([[0], np.cumsum(eligible)[:-1]]))
-        runner(f"rank-rows:{scores.name}", partition_tasks(
-            "rank-rows", _Gather(folder, below, int(sum(eligible))), count))
-    except BaseException:
-        remove_folder(folder)
-        raise
-    remove_files([storage.join(folder, name) for name in
-                  [n for i in range(count) for n in (*_partition_files(i), _cuts_file(i))]
-                  + [n for b in range(len(bounds) + 1) for n in _bucket_files(b)]])
-    return folder
-
-
-def read_ranks(folder: str, index: int, rows: int) -> np.ndarray:
-    """Partition ``index``'s normalised ranks, in row order (:func:`write_rank_files`)."""
-    ranks = read_array(storage.join(folder, _rank_file(index)), np.float64)
-    if len(ranks) != rows:
-        raise RuntimeError(f"{_rank_file(index)} holds {len(ranks)} ranks for {rows} rows")
-    return ranks
+    sorted_ = runner(f"ranks:{scores.name}", scores.delayed(_SortScores(folder)))
+    bounds = _boundaries([s for s, _ in sorted_], [n for _, n in sorted_], buckets)
+    runner(f"rank-cuts:{scores.name}", partition_tasks(
+        "rank-cuts", _Cuts(folder, tuple(bounds)), count))
+    eligible = runner(f"rank-buckets:{scores.name}", partition_tasks(
+        "rank-buckets", _Bucket(folder, count), len(bounds) + 1))
+    below = tuple(int(b) for b in np.concatenate([[0], np.cumsum(eligible)[:-1]]))
+    digests = runner(f"rank-rows:{scores.name}", partition_tasks(
+        "rank-rows", _Gather(folder, below, int(sum(eligible))), count))
+    return RankFiles(folder, tuple(digests))
 
 
 def _boundaries(samples: list[np.ndarray], counts: list[int], buckets: int) -> list[float]:
@@ -228,7 +254,7 @@ class _Gather:
     below: tuple[int, ...]
     eligible: int
 
-    def __call__(self, index: int) -> None:
+    def __call__(self, index: int) -> str:
         below, not_above = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         for bucket in range(len(self.below)):
             counts_name, starts_name = (storage.join(self.folder, n)
@@ -246,3 +272,4 @@ class _Gather:
         ranks[rows] = ((np.concatenate(below) + np.concatenate(not_above) - 1) / 2
                        ) / max(self.eligible - 1, 1)
         write_array(storage.join(self.folder, _rank_file(index)), ranks)
+        return _digest(ranks)

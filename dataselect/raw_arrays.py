@@ -9,36 +9,80 @@ memory map or ``np.load`` would need the whole object.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
+import re
+import stat
+from collections.abc import Iterator
 
 import numpy as np
 
 from dataselect import storage
-from dataselect.output import atomic_write
+from dataselect.outdir import hold_lock
+from dataselect.output import atomic_write, temporary_of
 
 
-def fresh_folder(path: str) -> str | None:
-    """``path`` made an empty folder (in an object store a prefix, emptied of what a killed
-    job left); None where it cannot be made, such as in a local store the user may only
-    read, or where something that is not a folder of ours stands (a planted link): the
-    caller then does its work on the client."""
+@contextlib.contextmanager
+def store_lock(store: str) -> Iterator[None]:
+    """Hold a local score store's lock (:func:`~dataselect.outdir.hold_lock`) while a
+    shuffle works in it: a second process shuffling the same store at once is refused in
+    one line ("in use by another dataselect job") instead of deleting the first one's work
+    files under it. An object store offers no lock that dies with its holder, so a store
+    there is not locked: do not run two such jobs on one store at once."""
+    if storage.is_remote(store):
+        yield
+        return
+    with hold_lock(store):
+        yield
+
+
+def fresh_folder(path: str, ours: re.Pattern[str]) -> str | None:
+    """``path`` as a folder holding none of the work files a shuffle writes there (names
+    matching ``ours``, and their temporaries), made if missing; in an object store a
+    prefix. Only those names are removed, each a regular file removed unopened: a file
+    of yours in the folder stays, and nothing is followed or opened, so a link or a FIFO
+    is never written through or waited on. None where the folder cannot be used (a link,
+    a FIFO or a file stands at ``path``; a store the user may only read): the caller then
+    does its work on the client."""
     if storage.is_remote(path):
-        remove_folder(path)
+        remove_folder(path, ours)
         return path
-    shutil.rmtree(path, ignore_errors=True)  # refuses a symbolic link: makedirs then fails
     try:
-        os.makedirs(path)
-    except OSError:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.makedirs(path)
+        except OSError:
+            return None
+        return path
+    if not stat.S_ISDIR(found.st_mode) or not os.access(path, os.W_OK | os.X_OK):
         return None
+    remove_folder(path, ours, keep_folder=True)
     return path
 
 
-def remove_folder(path: str) -> None:
-    if not storage.is_remote(path):
-        shutil.rmtree(path, ignore_errors=True)
+def remove_folder(path: str, ours: re.Pattern[str], keep_folder: bool = False) -> None:
+    """Remove the work files (``ours``) in ``path``, then the folder when it is left
+    empty (unless ``keep_folder``)."""
+    if storage.is_remote(path):
+        storage.remove([storage.join(path, name) for name in storage.names_below(path)
+                        if _is_ours(name, ours)])
         return
-    storage.remove([storage.join(path, name) for name in storage.names_below(path)])
+    try:
+        entries = list(os.scandir(path))
+    except OSError:  # gone, or not a folder: nothing of ours to remove
+        return
+    for entry in entries:
+        if _is_ours(entry.name, ours) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    if not keep_folder:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # only if empty: a file of yours keeps it
+
+
+def _is_ours(name: str, ours: re.Pattern[str]) -> bool:
+    return bool(ours.fullmatch(temporary_of(name) or name))
 
 
 def remove_files(paths: list[str]) -> None:

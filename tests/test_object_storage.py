@@ -350,7 +350,7 @@ def test_rank_combination_of_stores_in_s3_sorts_on_the_workers(bucket, tmp_path,
 
     ranked = select.combine(stored, method="rank")
     np.testing.assert_array_equal(combined(ranked), combined(select.combine(lazy, "rank")))
-    assert all(scale.ranks.startswith("s3://") for scale in ranked.task.scales)
+    assert all(scale.ranks.folder.startswith("s3://") for scale in ranked.task.scales)
     left = [n for n in _objects(fs, f"{name}/stores/0") if n.startswith(".ranks/")]
     assert left == [f".ranks/part-{p:05d}.rank.f64" for p in range(pool.npartitions)]
     assert pool.npartitions > 2
