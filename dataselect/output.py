@@ -235,10 +235,26 @@ def json_problem(obj: Any) -> str | None:
     them over, so the fault is named there, not met as a traceback when a marker or a
     manifest is written later."""
     try:
-        _strict_json(obj)
+        json.dumps(obj, sort_keys=True, default=_exact_json)
     except (TypeError, ValueError, RecursionError) as exc:
         return str(exc) or type(exc).__name__
     return None
+
+
+def _exact_json(obj: Any) -> Any:
+    """A value JSON has no type for, as :func:`json_problem` accepts it: a numpy number
+    (its ``str()``, which dataselect records, gives it exactly); anything else refused.
+    dataselect's own records fall back to ``str()``, but a plug-in's value is part of a
+    job's identity, and ``str()`` of a numpy array elides it (``[0. 1. ... 1999.]``), so
+    two different configs would be one job; a set's, bytes' or datetime's ``str()`` would
+    come back as text, not as what the plug-in gave."""
+    if isinstance(obj, np.integer | np.floating | np.bool_):
+        return obj.item()
+    kind = type(obj)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+    raise TypeError(f"a {name} has no exact JSON form; "
+                    "give a list (an array's .tolist()), a number or text")
 
 
 def finite_or_null(obj: Any) -> Any:
