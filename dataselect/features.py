@@ -71,6 +71,23 @@ def normalize_rows(matrix: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
+def model_unit_rows(matrix: Any, model: str, axis: int = -1, checkpoints: str = ""
+                    ) -> np.ndarray:
+    """:func:`normalize_rows` of vectors a model computed (embeddings, projected
+    gradients), refusing any NaN or infinity in one line naming the model folder.
+
+    A model with a NaN weight (a diverged checkpoint) or a non-finite setting its config
+    accepts gives NaN vectors, and :func:`normalize_rows` turns those into zero vectors:
+    every score would be 0.0 and the selection arbitrary, with exit 0."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if not np.isfinite(matrix).all():
+        raise InputError(f"the model{checkpoints} computed NaN or infinite values for these "
+                         "rows (a NaN weight, a diverged checkpoint or a non-finite setting "
+                         "in config.json): use a model whose outputs are finite",
+                         where=str(model))
+    return normalize_rows(matrix, axis)
+
+
 def combine_views(features: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """One unit vector per row from ``(rows, views, dim)`` unit vectors, such that the dot
     product of two combined rows is the weighted mean of their per-view cosines.

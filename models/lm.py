@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -128,6 +129,7 @@ def _check_sizes(config_class: Any, settings: dict[str, Any], config: Path, what
     strict config's field errors, a plain one's TypeError or ValueError), then require the
     sizes it resolves to be integers >= 1: a config.json edited to ``hidden_size: "big"``
     would otherwise fail with a traceback from inside transformers or torch, in a worker."""
+    _check_finite(settings, config, what)
     try:
         built = config_class.from_dict(settings)
     except (*_config_errors(), TypeError, ValueError) as exc:
@@ -144,6 +146,23 @@ def _check_sizes(config_class: Any, settings: dict[str, Any], config: Path, what
             raise InputError(f"{what} config.json: {key} must be an integer >= 1, got "
                              f"{checks.shown(value)}", where=str(config.parent), field=key)
     _check_weights(built, config, what)
+
+
+def _check_finite(settings: Any, config: Path, what: str, prefix: str = "") -> None:
+    """Refuse a NaN or infinite number anywhere in config.json (``rms_norm_eps``,
+    ``rope_theta``, ``rope_scaling.factor``...): Python's JSON reader accepts ``NaN`` and
+    ``Infinity``, transformers takes them, and the model then computes NaN for every row,
+    which would score every row alike rather than fail."""
+    items = settings.items() if isinstance(settings, dict) else enumerate(
+        settings if isinstance(settings, list) else [])
+    for key, value in items:
+        name = f"{prefix}{key}" if isinstance(settings, dict) else f"{prefix}[{key}]"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{what} config.json: {name} must be a finite number, got "
+                             f"{value}", where=str(config.parent), field=name)
+        if isinstance(value, dict | list):
+            _check_finite(value, config, what, f"{name}." if isinstance(value, dict)
+                          else name)
 
 
 # float32: load_causal_lm loads every model so unless asked otherwise

@@ -36,7 +36,7 @@ from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
-from dataselect.features import normalize_rows
+from dataselect.features import model_unit_rows
 from dataselect.featurize import SIDES, Side, scores_via_store
 from dataselect.scoring import Scorer, Scores
 from models.lm import (
@@ -157,7 +157,7 @@ class Embed(Scorer):
             chunk = batch.slice(start, TOKENIZE_ROWS)
             out[start:start + chunk.num_rows] = worker.embed(
                 chunk, self.max_length, self.pooling, self.batch_size)
-        return normalize_rows(out) if batch.num_rows else out
+        return model_unit_rows(out, self.model) if batch.num_rows else out
 
     def featurize_batch(self, batch: pa.Table, side: Side = "pool") -> np.ndarray:
         """``(rows, 1, hidden)``: the same embedding on the pool and the query side."""

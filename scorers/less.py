@@ -47,7 +47,7 @@ from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner
-from dataselect.features import normalize_rows
+from dataselect.features import model_unit_rows
 from dataselect.featurize import SIDES, Side, scores_via_store
 from dataselect.scoring import FILTERED_BY, Scorer, Scores, TakesWarmup
 from models.gradients import LinearGradients, adam_precondition
@@ -285,6 +285,7 @@ class _GradientModel:
         self.lock = threading.Lock()
         self.device = pick_device(scorer.device)
         self.tokenizer = load_tokenizer(scorer.model)
+        self.model_path = scorer.model  # named when its gradients are not finite
         base = load_causal_lm(scorer.model, self.device)
         self.adapters = [f"ckpt{i}" for i in range(len(scorer.checkpoints))]
         model = load_adapter(base, scorer.checkpoints[0], adapter_name=self.adapters[0])
@@ -358,7 +359,8 @@ class _GradientModel:
             out[placed, c] = self.projection.project(pieces)
             del pieces
         out[~valid] = 0
-        features = normalize_rows(out.cpu().numpy(), axis=-1)
+        features = model_unit_rows(out.cpu().numpy(), self.model_path,
+                                   checkpoints=" (with its LoRA checkpoints)")
         return features, valid.cpu().numpy()
 
     def _gradients(self, checkpoint: int, tokens: Any, adam: bool) -> list[torch.Tensor]:
