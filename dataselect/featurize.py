@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from dataselect.corpus import Corpus
 from dataselect.defaults import SIDES as SIDES  # re-exported for the featurizers
-from dataselect.errors import InputError
+from dataselect.errors import InputError, PluginError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.features import FeatureStore
 from dataselect.sampling import id_hashes
@@ -63,8 +63,23 @@ class FeaturizePart:
         table = self.corpus.read_partition(index)
         view = self.corpus.scoring_view(table, self.featurizer.uses_response_spans)
         features = self.featurizer.featurize_batch(view, self.side)
+        _check_finite_features(self.featurizer, features)
         store.write_part(index, view["id"], features)
         return view.num_rows, False, _zero_rows(features), id_hashes(view["id"])
+
+
+def _check_finite_features(featurizer: Any, features: Any) -> None:
+    """Refuse features holding NaN or infinity from any featurizer (a plug-in's too; the
+    built-ins refuse a model's non-finite outputs themselves, naming the model folder):
+    the store normalises each vector, and a NaN one would become a zero vector, a row
+    "without features" scored 0.0 or left out of an index's answers, with exit 0."""
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(np.asarray(features, dtype=np.float32))
+    if not finite.all():
+        raise PluginError(f"the featurizer of {featurizer.name!r} ({type(featurizer).__module__}."
+                          f"{type(featurizer).__qualname__}) returned NaN or infinite "
+                          "features from featurize_batch: the fault is in it or in its "
+                          "model, not in your data")
 
 
 def _zero_rows(matrix: np.ndarray) -> int:

@@ -150,3 +150,27 @@ def test_unit_rows_of_finite_model_outputs_are_normalised() -> None:
     assert np.allclose(rows, [[0.6, 0.8], [0.0, 0.0]])
     with pytest.raises(InputError, match="NaN or infinite"):
         model_unit_rows(np.array([[np.nan, 1.0]]), "m")
+
+
+class _NanFeaturizer:
+    """A featurizer (a plug-in's) whose model diverged: every vector NaN."""
+
+    name = "nanfeat"
+    uses_response_spans = False
+
+    def feature_description(self, side: str = "pool") -> dict:
+        return {"model": "nan", "dim": 4, "views": 1}
+
+    def featurize_batch(self, batch, side: str = "pool") -> np.ndarray:
+        return np.full((batch.num_rows, 1, 4), np.nan, np.float32)
+
+
+def test_non_finite_features_from_any_featurizer_are_refused(tmp_path: Path) -> None:
+    """The store normalises vectors: NaN ones would become zero rows "without features"."""
+    from dataselect import read_corpus
+    from dataselect.featurize import featurize
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"d{i}", "text": f"row {i}"}
+                                                 for i in range(5)])
+    with pytest.raises(PluginError, match=r"'nanfeat'.*NaN or infinite features"):
+        featurize(_NanFeaturizer(), read_corpus(str(pool)), str(tmp_path / "f"))
