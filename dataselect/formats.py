@@ -179,6 +179,7 @@ def _expand_one(path: str) -> list[str]:
         # a FIFO would block the planner and /dev/null reads as nothing: neither is data
         raise InputError(f"is not a regular file or folder ({checks.special_kind(path)}): "
                          "give a data file", where=path)
+    _check_hf_bookkeeping(path)
     if is_hf_dataset_dir(path):
         return [path]
     if os.path.isfile(os.path.join(path, DATASET_DICT)):
@@ -189,6 +190,8 @@ def _expand_one(path: str) -> list[str]:
     for p in sorted(Path(path).rglob("*")):
         if _hidden(p, path):
             skipped.add(_hidden_part(p, path))
+        elif p.is_dir():
+            _refuse_nested_hf_folder(str(p))
         elif p.is_symlink() and not p.exists() and detect_format(str(p), strict=False):
             raise InputError("a broken symbolic link in the folder: fix its target or "
                              "remove it", where=str(p))
@@ -198,6 +201,35 @@ def _expand_one(path: str) -> list[str]:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=path)
     _note_skipped(path, sorted(skipped))
     return files
+
+
+def _check_hf_bookkeeping(folder: str) -> None:
+    """Refuse a FIFO, device or broken link where a Hugging Face folder keeps its
+    ``dataset_dict.json``, ``dataset_info.json`` or ``state.json``. Such a folder is
+    recognised by those files being regular files; without this, one of them being a
+    FIFO made the folder a plain one, and its other JSON bookkeeping was read as JSONL
+    rows: "dataset_info.json:1: malformed JSON", a valid file, and no fix."""
+    for name in (DATASET_DICT, *HF_MARKERS):
+        file = os.path.join(folder, name)
+        if not os.path.lexists(file) or os.path.isfile(file) or os.path.isdir(file):
+            continue
+        if not os.path.exists(file):
+            raise InputError("a broken symbolic link where a Hugging Face dataset folder "
+                             "keeps this file: fix its target or replace it with the file",
+                             where=file)
+        checks.check_regular_file(file)
+
+
+def _refuse_nested_hf_folder(folder: str) -> None:
+    """A ``save_to_disk`` folder (or a DatasetDict's) inside a folder given as an input is
+    refused in one line naming it: read as plain files, its ``dataset_info.json`` and
+    ``state.json`` were taken for JSONL rows ("malformed JSON" on a valid file), and its
+    ``.arrow`` shards would be read without the rows' meaning its bookkeeping gives."""
+    _check_hf_bookkeeping(folder)
+    if is_hf_dataset_dir(folder) or os.path.isfile(os.path.join(folder, DATASET_DICT)):
+        raise InputError("a Hugging Face save_to_disk folder inside the folder given: give "
+                         "it as an input of its own, and the folder's other files by name "
+                         "or glob", where=folder)
 
 
 # folders whose skipped names this process has already reported (a pool is listed by

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,49 @@ def test_non_finite_features_from_any_featurizer_are_refused(tmp_path: Path) -> 
                                                  for i in range(5)])
     with pytest.raises(PluginError, match=r"'nanfeat'.*NaN or infinite features"):
         featurize(_NanFeaturizer(), read_corpus(str(pool)), str(tmp_path / "f"))
+
+
+# ------------------------------------------- g05: Hugging Face folders read as plain ones
+
+
+def _hf_folder(path: Path, rows: int = 5) -> Path:
+    import datasets
+
+    datasets.Dataset.from_list([{"id": f"h{i}", "text": f"hf row {i}"} for i in range(rows)]
+                               ).save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["dataset_dict.json", "state.json", "dataset_info.json"])
+def test_a_fifo_among_a_hf_folders_bookkeeping_is_named(tmp_path: Path, name: str) -> None:
+    """A FIFO there made the folder a plain one, its JSON read as rows ("malformed JSON")."""
+    import datasets
+
+    from dataselect.formats import expand_paths
+
+    folder = tmp_path / "dd"
+    if name == "dataset_dict.json":
+        datasets.DatasetDict({"train": datasets.Dataset.from_list(
+            [{"id": "a", "text": "x"}])}).save_to_disk(str(folder))
+    else:
+        _hf_folder(folder)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    with pytest.raises(InputError, match="is not a regular file") as caught:
+        expand_paths(str(folder))
+    assert caught.value.where == str(folder / name)
+
+
+def test_a_hf_folder_inside_a_folder_given_is_named(tmp_path: Path) -> None:
+    from dataselect.formats import expand_paths
+
+    (tmp_path / "w").mkdir()
+    write_jsonl(tmp_path / "w" / "pool.jsonl", [{"id": "a", "text": "x"}])
+    _hf_folder(tmp_path / "w" / "hf")
+    with pytest.raises(InputError, match="save_to_disk folder inside the folder given") \
+            as caught:
+        expand_paths(str(tmp_path / "w"))
+    assert caught.value.where == str(tmp_path / "w" / "hf")
+    # given as its own input, and the other file by name: read
+    assert len(expand_paths([str(tmp_path / "w" / "hf"),
+                             str(tmp_path / "w" / "pool.jsonl")])) == 2
