@@ -9,8 +9,9 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
-from conftest import TARGETS
+from conftest import DATA, TARGETS
 
 from dataselect import fingerprint
 from pipelines.cli import main
@@ -24,6 +25,17 @@ def private_fingerprint_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("DATASELECT_CACHE", str(cache))
     monkeypatch.setattr(fingerprint, "_memory", {})
     return cache
+
+
+# how the refusal of a file dataselect wrote, then someone edited or swapped, reads
+EDITED = "is not the one dataselect wrote here"
+
+
+def shipped_pool(tmp_path: Path) -> Path:
+    """300 rows of the shipped pool as one Parquet file (one partition)."""
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pq.read_table(DATA / "pool" / "part-00000.parquet").slice(0, 300), path)
+    return path
 
 
 def select_errors(pool: list[str | Path], out: Path, capsys: pytest.CaptureFixture,

@@ -28,26 +28,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA, TARGETS
+from conftest import TARGETS
 from fault_helpers import (  # noqa: F401 (private_fingerprint_cache: autouse fixture)
+    EDITED,
     dsir_select,
     private_fingerprint_cache,
     ran_ok,
     refused_run,
+    shipped_pool,
     within,
 )
 
 from pipelines.cli import main
 
-EDITED = "is not the one dataselect wrote here"
-
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Path:
-    """300 rows of the shipped pool, one partition."""
-    path = tmp_path / "pool.parquet"
-    pq.write_table(pq.read_table(DATA / "pool" / "part-00000.parquet").slice(0, 300), path)
-    return path
+    return shipped_pool(tmp_path)
 
 
 def _rewrite(path: Path, edit: Callable[[pa.Table], pa.Table]) -> None:
