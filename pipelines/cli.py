@@ -44,6 +44,7 @@ from dataselect.defaults import (
     DEFAULT_METRICS_SAMPLE,
     DEFAULT_NPROBE,
     DEFAULT_PARTITION_BYTES,
+    METRICS_SAMPLE_MB,
     POLICIES,
     SIDES,
     WORKER_KINDS,
@@ -178,9 +179,10 @@ def _selection_commands(commands: Any) -> None:
                           "-p per_target=true)" + DEFAULT)
     sel.add_argument("--format", choices=("parquet", "arrow"), default="parquet",
                      help="file format of the selected rows: Parquet, or Arrow IPC" + DEFAULT)
-    sel.add_argument("--metrics-sample", type=FRACTION, default=DEFAULT_METRICS_SAMPLE,
-                     help="share of the pool sampled for the KL-reduction metric, in (0, 1]"
-                          + DEFAULT)
+    sel.add_argument("--metrics-sample", type=FRACTION, default=None,
+                     help="share of the pool sampled for the KL-reduction metric, in (0, 1] "
+                          f"(default: {DEFAULT_METRICS_SAMPLE}, at most "
+                          f"{METRICS_SAMPLE_MB:g} MiB of the pool)")
     sel.add_argument("--save-to-disk", action="store_true",
                      help="also write OUT/.hf/, the layout of datasets' save_to_disk, for "
                           "datasets.load_from_disk (adding it to a finished job converts "

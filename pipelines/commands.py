@@ -127,7 +127,6 @@ def parse_params(scorer: str, pairs: list[str] | None) -> dict[str, Any]:
 
 
 def job_from_args(args: argparse.Namespace) -> SelectJob:
-    from dataselect.defaults import DEFAULT_METRICS_SAMPLE
     from pipelines.jobs import SelectJob
 
     return SelectJob(
@@ -138,7 +137,7 @@ def job_from_args(args: argparse.Namespace) -> SelectJob:
         id_field=args.id_field, scorer_params=parse_params(args.scorer, args.param),
         output_format=getattr(args, "format", "parquet"),
         partition_bytes=checks.partition_bytes(args.partition_mb, "--partition-mb"),
-        metrics_sample=getattr(args, "metrics_sample", DEFAULT_METRICS_SAMPLE),
+        metrics_sample=getattr(args, "metrics_sample", None),
         scheduler=args.scheduler, workers=args.workers, memory_limit=args.memory_limit,
         worker_kind=args.worker_kind,
         overwrite=args.overwrite, save_to_disk=getattr(args, "save_to_disk", False),

@@ -43,9 +43,9 @@ from dataselect.scoring import (
 )
 from dataselect.writer import (
     ADDED_COLUMNS,
-    DEFAULT_METRICS_SAMPLE,
     MANIFEST_FILE,
     PoolStats,
+    metrics_share,
     output_schema,
     pool_stats_name,
 )
@@ -74,7 +74,7 @@ class SelectJob:
     scorer_params: dict[str, Any] = field(default_factory=dict)
     output_format: OutputFormat = "parquet"
     partition_bytes: int = DEFAULT_PARTITION_BYTES
-    metrics_sample: float = DEFAULT_METRICS_SAMPLE
+    metrics_sample: float | None = None  # writer.metrics_share
     scheduler: str | None = None
     workers: int | None = None
     memory_limit: str = "auto"
@@ -116,7 +116,7 @@ class SelectJob:
         checks.check_seed(self.seed, "seed")
         checks.check_count(self.partition_bytes, "partition_bytes",
                            maximum=checks.MAX_PARTITION_MB * 2**20)
-        checks.check_fraction(self.metrics_sample, "metrics_sample")
+        checks.optional(checks.check_fraction, self.metrics_sample, "metrics_sample")
         checks.optional(checks.check_count, self.workers, "workers")
         checks.check_memory_limit(self.memory_limit, "memory_limit")
         checks.check_bool(self.overwrite, "overwrite")
@@ -351,8 +351,9 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         if job.save_to_disk:
             check_hf_schema(pool)
         identity = job_identity(job, pool, target)
+        metrics_sample = metrics_share(job.metrics_sample, pool)
     with _session(job, scorer, identity, clock, pool) as (out, runner, parsed):
-        pool_stats = PoolStats(out.path, NgramHasher(), job.metrics_sample, _metrics_seed(job),
+        pool_stats = PoolStats(out.path, NgramHasher(), metrics_sample, _metrics_seed(job),
                                job_digest(out.identity))
         scores = _fit_and_score(job, scorer, parsed, target, out, runner, pool_stats,
                                 _resample_seed(job))
@@ -365,7 +366,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
         with clock.stage("write"):  # its preparation too; metrics are a row of their own
             manifest = selection.write(
                 out, fmt=job.output_format, target=target, runner=runner,
-                overwrite=job.overwrite, metrics_sample=job.metrics_sample,
+                overwrite=job.overwrite, metrics_sample=metrics_sample,
                 extra_manifest=record,
                 save_to_disk=job.save_to_disk,
             )

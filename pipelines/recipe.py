@@ -144,7 +144,7 @@ class CombineSpec(_Strict):
 class OutputSpec(_Strict):
     path: Name
     format: Literal["parquet", "arrow"] = "parquet"
-    metrics_sample: Fraction = 0.1
+    metrics_sample: Fraction | None = None  # dataselect.writer.metrics_share
     # also write each task's and the union's datasets.load_from_disk layout (<folder>/.hf/)
     save_to_disk: pydantic.StrictBool = False
 

@@ -56,7 +56,8 @@ def test_every_option_has_help_and_states_its_default():
 @pytest.mark.parametrize("argv, shown", [
     (["select", "--help"], ["--scorer NAME auto, bads, dsir, embed, fasttext, less, zipfit",
                             "--seed SEED", "(default: 0)", "(default: parquet)",
-                            "(default: 0.1)", "(default: 4.0)", "(default: auto)"]),
+                            "(default: 0.1, at most 64 MiB of the pool)", "(default: 4.0)",
+                            "(default: auto)"]),
     (["eval", "--help"], ["(default: 0,1,2)"]),
     (["index", "build", "--help"], ["(default: flat)", "(default: 16)", "(default: 32)"]),
 ])

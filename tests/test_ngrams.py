@@ -78,6 +78,20 @@ def test_dot_and_bucket_counts_match_a_naive_loop():
                                                                  5 + 4 + 3]
 
 
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_document_breaks_are_the_grams_that_straddle_documents(order):
+    """Each position whose gram starts in one document and ends in another, once, sorted:
+    against a per-position loop, with empty and short documents that repeat an end."""
+    rng = np.random.default_rng(order)
+    for _ in range(300):
+        num_tokens = rng.integers(0, 5, rng.integers(0, 30))
+        doc_of = np.repeat(np.arange(len(num_tokens)), num_tokens)
+        size = max(len(doc_of) - order + 1, 0)
+        naive = [i for i in range(size) if doc_of[i] != doc_of[i + order - 1]]
+        got = ngrams._document_breaks(num_tokens, order, size)
+        assert got.tolist() == naive
+
+
 def test_bad_settings_are_errors():
     with pytest.raises(InputError):
         NgramHasher(0)

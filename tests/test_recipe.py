@@ -234,8 +234,11 @@ def test_a_dsir_recipe_hashes_the_pool_once_for_all_its_tasks(tmp_path, monkeypa
     pool_rows = read_corpus(POOL_GLOB).to_table().num_rows
     target_rows = sum(read_corpus(str(TARGETS / f"{t}.jsonl")).to_table().num_rows
                       for t in TASKS)
-    # the pool once; each target for its fit and for its metric
-    assert sum(hashed) == pool_rows + 2 * target_rows
+    selected = sum(pq.read_metadata(part).num_rows
+                   for part in (tmp_path / "out" / "tasks").glob("*/part-*.parquet"))
+    # the pool once; each target for its fit and for its metric; and selected rows of
+    # partitions that hold a few, which hash faster than their saved n-grams are masked
+    assert pool_rows + 2 * target_rows <= sum(hashed) <= pool_rows + 2 * target_rows + selected
     assert not (tmp_path / "out" / ".parsed").exists()
 
 
