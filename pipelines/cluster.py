@@ -21,6 +21,7 @@ process group) stops only the client, which then closes its workers in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from distributed import Client, LocalCluster
 
 WorkerKind = Literal["processes", "threads"]
+# Arrow's allocator for worker processes (pipelines.worker_plugins says why)
+ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
 LOG_LENGTH_KEY = "distributed.admin.low-level-log-length"
 DASK_DEFAULT_LOG_LENGTH = 1000
@@ -83,7 +86,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     verbose = verbose or _VERBOSE
     if scheduler:
         with _short_message_logs(), _quiet_loggers(not verbose), \
-                _scheduler_client(scheduler) as client:
+                _scheduler_client(scheduler) as client, _system_arrow_pool_on(client):
             yield client
         return
     if kind not in ("processes", "threads"):
@@ -412,6 +415,8 @@ def _worker_environ(threads: int = 1) -> dict[str, object]:
     """
     environ = _spawn_environ()
     environ.pop(TRIM_VARIABLE, None)
+    # Arrow's allocator: see pipelines.worker_plugins (one the user chose is kept)
+    environ.setdefault(ARROW_POOL_VARIABLE, os.environ.get(ARROW_POOL_VARIABLE, "system"))
     for name in THREAD_VARIABLES:
         chosen = _STARTUP_THREAD_LIMITS[name]
         if chosen is None and str(environ.get(name, 1)) != "1":
@@ -429,8 +434,9 @@ def _thread_limits_in_environ(environ: dict[str, object]) -> Iterator[None]:
     configuration into ``os.environ`` and leaves it there: a cluster of 1 worker (2 threads)
     would hand its limit to the next cluster of 2 workers in the same process, and a
     foreign LocalCluster's 1 to every later one."""
-    before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: str(environ[name]) for name in THREAD_VARIABLES})
+    names = (*THREAD_VARIABLES, ARROW_POOL_VARIABLE)  # the allocator is left there alike
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(environ[name]) for name in names})
     try:
         yield
     finally:
@@ -463,6 +469,27 @@ def _without_inherited_trim(dask_value: object) -> Iterator[None]:
         yield
     finally:
         os.environ[TRIM_VARIABLE] = inherited
+
+
+@contextmanager
+def _system_arrow_pool_on(client: Client) -> Iterator[None]:
+    """:class:`~pipelines.worker_plugins.SystemArrowPool` in every worker of ``client``'s
+    cluster (and in workers that join it) while the job runs. Only an optimisation: a
+    cluster that refuses the plugin (workers without dataselect installed fail the job's
+    first task anyway, with their own message) runs with its own allocator."""
+    from pipelines.worker_plugins import SystemArrowPool  # imports distributed
+
+    plugin = SystemArrowPool()
+    try:
+        client.register_plugin(plugin, name=plugin.name)
+    except Exception:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a cluster lost meanwhile has no plugins left
+            client.unregister_worker_plugin(plugin.name)
 
 
 @contextmanager

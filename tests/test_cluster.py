@@ -178,3 +178,40 @@ def test_the_client_keeps_no_task_specs_of_a_finished_stage():
         assert dask.config.get("distributed.admin.low-level-log-length") == 2000
         ProgressRunner(client)("kept", partition_tasks("kept", _identity, 300))
         assert specs_held("kept") >= 300
+
+
+def _arrow_pool(_: object = None) -> str:
+    import pyarrow as pa
+
+    return pa.default_memory_pool().backend_name
+
+
+@pytest.mark.slow
+def test_workers_allocate_arrow_with_the_system_allocator_and_clusters_get_theirs_back(
+        monkeypatch):
+    """Arrow's mimalloc kept freed pages, so a worker's peak grew with the tasks it ran:
+    worker processes of a local cluster start with the system allocator, an external
+    cluster's workers use it while the job is connected and have their own back after,
+    and the client's environment is as it was."""
+    from distributed import Client, LocalCluster
+
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    with dask_client(workers=2, kind="processes") as client:
+        assert set(client.run(_arrow_pool).values()) == {"system"}
+    assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster:
+        with Client(cluster.scheduler_address) as client:
+            own = set(client.run(_arrow_pool).values())
+        assert own != {"system"}
+        with dask_client(cluster.scheduler_address) as client:
+            assert set(client.run(_arrow_pool).values()) == {"system"}
+        with Client(cluster.scheduler_address) as client:
+            assert set(client.run(_arrow_pool).values()) == own
+
+
+@pytest.mark.slow
+def test_an_allocator_the_user_chose_is_kept(monkeypatch):
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+    with dask_client(workers=1, kind="processes") as client:
+        assert set(client.run(_arrow_pool).values()) == {"mimalloc"}
