@@ -327,6 +327,41 @@ def test_duplicate_ids_found_through_groups_and_buckets_name_the_same_places(
     assert not (tmp_path / "s" / ".ids").exists()
 
 
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("bucket_rows", [5, 64])
+def test_every_repeated_hash_comes_back_with_its_first_two_places(
+        tmp_path, monkeypatch, bucket_rows, grouped):
+    """The buckets report every hash held more than once (pairs and triples, across near
+    and far partitions), each with its first two places in pool order, in
+    hash order: what gathering every place and sorting them all gives (the buckets now
+    sort hashes alone and gather places only for the repeated ones)."""
+    monkeypatch.setattr(duplicates, "BUCKET_ROWS", bucket_rows)
+    monkeypatch.setattr(duplicates, "GROUP_FROM_READS", -1 if grouped else 10**9)
+    found = []
+    real = duplicates._repeats_on_workers
+    monkeypatch.setattr(duplicates, "_repeats_on_workers",
+                        lambda *a: found.extend(real(*a)) or found)
+    # windows of 40 rows with distinct ids, a window's ids repeated by the windows with the
+    # same offset (pairs and triples, in partitions near and far); neighbours differ, so no
+    # partition holds an id twice (that is refused when the partition is read)
+    offsets = [0, 40, 0, 80, 0, 40, 120, 40]
+    ids = [f"u{i % 40 + offsets[i // 40]}" for i in range(300)]
+    rows = [{"id": ident, "text": f"row {i}"} for i, ident in enumerate(ids)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=900)
+    assert pool.npartitions > 5
+    tables = list(pool.iter_tables())
+    stored = FixedScorer({i: 1.0 for i in ids}, frozenset()).score(pool).write(tmp_path / "s")
+    with pytest.raises(DuplicateIdError):
+        select.top_k(pool, stored, 5)
+    places: dict[int, list[tuple[int, int]]] = {}
+    for partition, table in enumerate(tables):
+        for row, value in enumerate(id_hashes(table["id"]).tolist()):
+            places.setdefault(value, []).append((partition, row))
+    naive = [where[:2] for _, where in sorted(places.items()) if len(where) > 1]
+    assert len(naive) > 40
+    assert [p for bucket in found for p in bucket] == naive
+
+
 def test_no_cut_points_reach_the_client(tmp_path, monkeypatch):
     """The duplicate check's and the rank sort's cut points (P x B numbers, which grow
     with the square of the pool) stay in files beside the sorted ones: what the client
