@@ -270,19 +270,24 @@ class _MergeGroup:
 
     def __call__(self, group: int) -> None:
         start, stop = self.groups[group]
-        hashes, partitions, rows = [], [], []
-        for index in range(start, stop):
-            hash_name, row_name = (storage.join(self.folder, n) for n in _file_names(index))
-            hashes.append(read_array(hash_name, np.uint64))
-            rows.append(read_array(row_name, np.int64))
-            partitions.append(np.full(len(hashes[-1]), index, np.int64))
+        names = [[storage.join(self.folder, n) for n in _file_names(index)]
+                 for index in range(start, stop)]
+        # one column at a time, each written and let go before the next is gathered: the
+        # whole group at once held about 70 bytes a row, twice a bucket's
+        hashes = [read_array(hash_name, np.uint64) for hash_name, _ in names]
+        sizes = [len(h) for h in hashes]
         values = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        del hashes
         order = np.argsort(values, kind="stable")
-        columns = (values[order], np.concatenate(partitions)[order],
-                   np.concatenate(rows)[order])
-        for name, column in zip(_group_names(group), columns):
-            write_array(storage.join(self.folder, name), column)
-        _write_cuts(self.folder, group, True, columns[0], self.buckets)
+        values = values[order]
+        hash_file, part_file, row_file = (storage.join(self.folder, name)
+                                          for name in _group_names(group))
+        write_array(hash_file, values)
+        _write_cuts(self.folder, group, True, values, self.buckets)
+        del values
+        write_array(part_file, np.repeat(np.arange(start, stop, dtype=np.int64), sizes)[order])
+        rows = [read_array(row_name, np.int64) for _, row_name in names]
+        write_array(row_file, (np.concatenate(rows) if rows else np.zeros(0, np.int64))[order])
         remove_files([storage.join(self.folder, name) for index in range(start, stop)
                       for name in _file_names(index)])
 
