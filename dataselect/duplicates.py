@@ -58,9 +58,11 @@ from dataselect.raw_arrays import (
 from dataselect.sampling import id_hashes
 
 IDS_DIR = ".ids"
-# the names the check writes in IDS_DIR (and removes, with their temporaries; nothing else)
-WORK_FILES = re.compile(r"(part-\d{5,}\.(hash\.u64|row\.i64|cuts\.i64)"
-                        r"|group-\d{5,}\.(hash\.u64|part\.i64|row\.i64|cuts\.i64))")
+# the names the check writes in IDS_DIR (and removes, with their temporaries; nothing else);
+# ASCII digits only ([0-9], not \d, which takes any Unicode digit: a user's file named with
+# Arabic-Indic digits is not ours to delete)
+WORK_FILES = re.compile(r"(part-[0-9]{5,}\.(hash\.u64|row\.i64|cuts\.i64)"
+                        r"|group-[0-9]{5,}\.(hash\.u64|part\.i64|row\.i64|cuts\.i64))")
 BUCKET_ROWS = 1 << 21
 # Partitions are merged into groups first once buckets reading every partition would
 # take more than this many range reads (3 a partition and bucket). The per-partition way

@@ -53,10 +53,12 @@ from dataselect.output import (
 from dataselect.records import FeatureManifest, check_record
 
 MANIFEST = "_manifest.json"
-PART_IDS = re.compile(r"part-(\d{5})\.ids\.parquet")
+# ASCII digits only: \d takes any Unicode digit, and int() would read a user's file
+# named with fullwidth digits as one of the store's shards
+PART_IDS = re.compile(r"part-([0-9]{5})\.ids\.parquet")
 # every file a store writes, besides its marker: a killed job's temporary of one of these
 # is deleted when the store is opened again, a user's own .tmp-* file never
-STORE_FILE = re.compile(re.escape(MANIFEST) + r"|part-\d{5}\.(?:npy|ids\.parquet)")
+STORE_FILE = re.compile(re.escape(MANIFEST) + r"|part-[0-9]{5}\.(?:npy|ids\.parquet)")
 STORE_DTYPE = np.float16
 
 

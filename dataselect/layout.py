@@ -29,7 +29,8 @@ import re
 # a name that becomes one folder inside an output (a recipe's task, a scorer's score
 # store): letters, digits, '_', '-', '.', starting with a letter or digit, so it can be
 # neither absolute, nor '..', nor hold a separator that would lead out of the output
-FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# (\Z, not $: $ also matches before a final newline, and 'task\n' would pass)
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 FOLDER_NAME_RULE = ("letters, digits, '_', '-' or '.', starting with a letter or digit (it "
                     "names a folder)")
 

@@ -61,9 +61,10 @@ from dataselect.score_parts import eligible_scores
 
 RANKS_DIR = ".ranks"
 # the work files of a sort (removed after it, with their temporaries; a partition's rank
-# file stays, and nothing else in the folder is touched)
-WORK_FILES = re.compile(r"part-\d{5,}\.(score\.f64|row\.i64|cuts\.i64)"
-                        r"|bucket-\d{5,}\.(i64|starts\.i64)")
+# file stays, and nothing else in the folder is touched). [0-9], never \d: \d matches
+# any Unicode digit, so a user's file named with fullwidth digits would be deleted
+WORK_FILES = re.compile(r"part-[0-9]{5,}\.(score\.f64|row\.i64|cuts\.i64)"
+                        r"|bucket-[0-9]{5,}\.(i64|starts\.i64)")
 # rows a bucket holds, about (its task holds about 40 bytes a row)
 BUCKET_ROWS = 1 << 21
 # eligible scores a partition samples at evenly spaced ranks, for the bucket boundaries

@@ -274,7 +274,8 @@ def _kept_in(pool: Corpus, folder: str, out: OutputFolder | None) -> Iterator[Co
 
 
 # the names parsed_once writes: parsed partitions, hashed n-grams, and their temporaries
-_PARSED_NAME = re.compile(r"part-\d{5,}\.arrow|ngrams-part-\d{5,}\.bin")
+# (ASCII digits: \d takes any Unicode digit, and deletes a user's look-alike file)
+_PARSED_NAME = re.compile(r"part-[0-9]{5,}\.arrow|ngrams-part-[0-9]{5,}\.bin")
 
 
 def _clear_parsed(folder: str) -> None:
