@@ -634,6 +634,22 @@ def refuse_special_output(path: str | os.PathLike) -> None:
                          "file at this name: move it away, then rerun", where=os.fspath(path))
 
 
+def refuse_folder_output(path: str | os.PathLike) -> None:
+    """Refuse a folder at a name dataselect writes its own file to (a rank file in a
+    store's ``.ranks/``, a part): the rename that puts the file in place fails on it with
+    a raw ``IsADirectoryError`` naming the temporary, a file the user never saw. The
+    folder is the user's (dataselect writes files there, never folders), so it is neither
+    replaced nor emptied; the line names it. ``lstat``: a link to a folder is a link, which
+    the rename replaces itself, as ever."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (OSError, ValueError):  # missing, or a NUL in the name (the write names it)
+        return
+    if stat.S_ISDIR(mode):
+        raise InputError("is a folder, but dataselect writes its own file at this name: "
+                         "move it away, then rerun", where=os.fspath(path))
+
+
 def check_regular_file(path: str | os.PathLike) -> None:
     """Refuse a FIFO, device or socket where dataselect reads a file (a JSON record, a
     recipe, a model's config) before it is opened: opening a FIFO waits for a writer,

@@ -26,7 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dataselect import storage
-from dataselect.checks import check_regular_file, refuse_special_output
+from dataselect.checks import (
+    check_regular_file,
+    refuse_folder_output,
+    refuse_special_output,
+)
 from dataselect.errors import InputError
 
 OutputFormat = Literal["parquet", "arrow"]
@@ -74,20 +78,32 @@ def atomic_write(path: str | os.PathLike) -> Iterator[str]:
 
     Every file dataselect writes in a folder reaches its name here, so this is where a
     FIFO, device or socket at that name is refused (before the content is made, and again
-    before the rename): the rename would replace it without a word."""
+    before the rename): the rename would replace it without a word. A folder there is
+    refused too, in one line naming it: the rename fails on it, and its raw error named
+    the temporary, which is gone by the time anyone looks."""
     if storage.is_remote(path):
         with _uploaded(str(path)) as tmp:
             yield tmp
         return
-    refuse_special_output(path)
+    _refuse_taken(path)
     tmp, final = atomic_path(path)
     try:
         yield tmp
-        refuse_special_output(final)
-        os.replace(tmp, final)
+        _refuse_taken(final)
+        try:
+            os.replace(tmp, final)
+        except IsADirectoryError:  # a folder made there since the check above
+            refuse_folder_output(final)
+            raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _refuse_taken(path: str | os.PathLike) -> None:
+    """Refuse anything but a regular file (or a link, replaced itself) at ``path``."""
+    refuse_special_output(path)
+    refuse_folder_output(path)
 
 
 @contextlib.contextmanager
