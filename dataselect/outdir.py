@@ -39,6 +39,8 @@ import os
 import posixpath
 import socket
 import stat
+import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -870,8 +872,17 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
 # --- the lock --------------------------------------------------------------------------
 
 # locks this process holds (folder -> open lock file): a claim nested in a job's claim of
-# the same folder does not lock it twice
+# the same folder, in the same thread, does not lock it twice
 _HELD: dict[str, int] = {}
+# the thread holding each of those locks and since when, for the line a waiter gets
+_HOLDER: dict[str, str] = {}
+# one re-entrant lock a folder, so that threads of this process take turns with it. Kept
+# for the process's life (one small object a folder): one dropped while a thread waits on
+# it would let a third thread make a new one and hold the folder together with the second
+_TURNS: dict[str, threading.RLock] = {}
+_TURNS_GUARD = threading.Lock()
+# how long a thread waits for another thread of this process to release a folder
+THREAD_WAIT_S = 300.0
 
 
 @contextlib.contextmanager
@@ -882,21 +893,54 @@ def hold_lock(path: str) -> Iterator[None]:
     its process dies however it dies: a job killed with ``kill -9`` never blocks its rerun,
     and no pid has to be guessed alive or dead. The file's text (pid, host, start) only
     names the owner in the refusal message.
+
+    Threads of one process take turns (a per-folder ``RLock``): the kernel lock belongs to
+    the process, so it cannot keep them apart, and a second thread used to walk into a
+    folder the first held (deleting its work files, or its lock file on the way out) or was
+    refused as "another dataselect job" with its own pid. A second thread now waits for
+    the first to finish, saying so on stderr, for up to :data:`THREAD_WAIT_S` seconds,
+    then is refused in one line naming the folder and the thread that holds it. A claim
+    nested in the same thread's claim of the folder goes straight in, as before.
     """
     key = os.path.realpath(path)
-    if key in _HELD:
-        yield
-        return
-    lock = os.path.join(path, LOCK)
-    fd = _acquire(lock)
-    _HELD[key] = fd
+    with _TURNS_GUARD:
+        turn = _TURNS.setdefault(key, threading.RLock())
+    _wait_for_turn(turn, path, key)
     try:
-        yield
+        if key in _HELD:  # only this thread can be here: its own claim, around this one
+            yield
+            return
+        lock = os.path.join(path, LOCK)
+        fd = _acquire(lock)
+        _HELD[key] = fd
+        _HOLDER[key] = (f"thread {threading.current_thread().name!r} since "
+                        f"{time.strftime('%H:%M:%S')}")
+        try:
+            yield
+        finally:
+            del _HELD[key], _HOLDER[key]
+            with contextlib.suppress(OSError):
+                os.remove(lock)  # while still locked, so nobody locks a file about to vanish
+            os.close(fd)
     finally:
-        del _HELD[key]
-        with contextlib.suppress(OSError):
-            os.remove(lock)  # while still locked, so nobody locks a file about to vanish
-        os.close(fd)
+        turn.release()
+
+
+def _wait_for_turn(turn: threading.RLock, path: str, key: str) -> None:
+    """Take ``turn``; while another thread of this process holds it, wait (bounded), then
+    refuse in one line."""
+    if turn.acquire(blocking=False):
+        return
+    holder = _HOLDER.get(key, "another thread")
+    print(f"dataselect: note: {path} is in use by another thread of this process "
+          f"({holder}); waiting for it to finish (at most {THREAD_WAIT_S:g} s)",
+          file=sys.stderr)
+    if not turn.acquire(timeout=THREAD_WAIT_S):
+        raise OutputConflictError(
+            f"{path} is in use by another thread of this process "
+            f"({_HOLDER.get(key, holder)}), still after {THREAD_WAIT_S:g} s; let one thread "
+            "finish with this folder before another uses it, or give each thread its own "
+            "folder")
 
 
 def _acquire(lock: str) -> int:
