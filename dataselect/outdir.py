@@ -911,10 +911,14 @@ def hold_lock(path: str) -> Iterator[None]:
             yield
             return
         lock = os.path.join(path, LOCK)
-        fd = _acquire(lock)
-        _HELD[key] = fd
         _HOLDER[key] = (f"thread {threading.current_thread().name!r} since "
-                        f"{time.strftime('%H:%M:%S')}")
+                        f"{time.strftime('%H:%M:%S')}")  # first: a waiter may name it now
+        try:
+            fd = _acquire(lock)
+        except BaseException:
+            del _HOLDER[key]
+            raise
+        _HELD[key] = fd
         try:
             yield
         finally:
