@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from distributed import Client, LocalCluster
 
 WorkerKind = Literal["processes", "threads"]
-# Arrow's allocator for worker processes (pipelines.worker_plugins says why)
-ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
 LOG_LENGTH_KEY = "distributed.admin.low-level-log-length"
 DASK_DEFAULT_LOG_LENGTH = 1000
@@ -413,6 +411,8 @@ def _worker_environ(threads: int = 1) -> dict[str, object]:
     data/pool, measured in benchmarks/RESULTS.md). Worker processes here get the default
     glibc behaviour that threads and the client already have.
     """
+    from pipelines.worker_plugins import ARROW_POOL_VARIABLE  # a process cluster's import
+
     environ = _spawn_environ()
     environ.pop(TRIM_VARIABLE, None)
     # Arrow's allocator: see pipelines.worker_plugins (one the user chose is kept)
@@ -434,6 +434,8 @@ def _thread_limits_in_environ(environ: dict[str, object]) -> Iterator[None]:
     configuration into ``os.environ`` and leaves it there: a cluster of 1 worker (2 threads)
     would hand its limit to the next cluster of 2 workers in the same process, and a
     foreign LocalCluster's 1 to every later one."""
+    from pipelines.worker_plugins import ARROW_POOL_VARIABLE
+
     names = (*THREAD_VARIABLES, ARROW_POOL_VARIABLE)  # the allocator is left there alike
     before = {name: os.environ.get(name) for name in names}
     os.environ.update({name: str(environ[name]) for name in names})

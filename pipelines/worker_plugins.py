@@ -10,7 +10,9 @@ import os
 import pyarrow as pa
 from distributed import WorkerPlugin
 
-from pipelines.cluster import ARROW_POOL_VARIABLE
+# Arrow's allocator, read when pyarrow first allocates; pipelines.cluster sets it for the
+# local cluster's worker processes
+ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 
 
 class SystemArrowPool(WorkerPlugin):
