@@ -123,8 +123,8 @@ def _fingerprint(path: str, file_digest: Callable[[str], tuple[int, str]]) -> di
 
 def _folder_fingerprint(path: str, file_digest: Callable[[str], tuple[int, str]]
                         ) -> dict[str, Any]:
-    files = sorted((p.relative_to(path).as_posix(), p) for p in Path(path).rglob("*")
-                   if p.is_file())
+    files = sorted((p.relative_to(path).as_posix(), p)
+                   for p in map(Path, storage.walk_local(path)) if p.is_file())
     combined, total = xxhash.xxh3_128(), 0
     for relative, file in files:
         size, digest = file_digest(str(file))

@@ -187,7 +187,8 @@ def _expand_one(path: str) -> list[str]:
         _note_unlisted(path, unlisted)
         return splits
     files, skipped = [], set()
-    for p in sorted(Path(path).rglob("*")):
+    # linked folders entered, as a ``**`` glob enters them; hidden ones are not entered
+    for p in map(Path, storage.walk_local(path, enter=lambda name: not _hidden_name(name))):
         if _hidden(p, path):
             skipped.add(_hidden_part(p, path))
         elif p.is_dir():
@@ -280,10 +281,14 @@ def _note_unlisted(folder: str, names: list[str]) -> None:
           "to read it", file=sys.stderr)
 
 
+def _hidden_name(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
 def _hidden(file: Path, root: str) -> bool:
     """Skip ``.``/``_`` paths below a folder: temporaries, ``.scores``, ``.manifest.json``
     (and the ``_``-names of older versions' outputs, and of other tools)."""
-    return any(part.startswith((".", "_")) for part in file.relative_to(root).parts)
+    return any(map(_hidden_name, file.relative_to(root).parts))
 
 
 

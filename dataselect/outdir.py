@@ -769,6 +769,21 @@ def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
             raise InputError(f"lies inside the input {source}; the next run would read the "
                              "output as input: choose a folder outside the inputs",
                              where=out, field="out")
+        if not storage.is_remote(source_real) and os.path.isdir(source_real):
+            _refuse_linked_overlap(out, out_real, source)
+
+
+def _refuse_linked_overlap(out: str, out_real: str, source: str) -> None:
+    """Refuse an output that is, contains or lies inside a folder the input folder
+    ``source`` reaches through a symbolic link: a folder input is read with its linked
+    folders (:func:`dataselect.storage.walk_local`), so the next run would read the
+    output as input, or the job write over its input, as with a plain subfolder."""
+    for linked in storage.linked_folders(source):
+        if out_real == linked or _inside(out_real, linked) or _inside(linked, out_real):
+            raise InputError(f"is, holds or lies inside {linked}, which the input folder "
+                             f"{source} reads through a symbolic link; the next run would "
+                             "read the output as input: choose a folder outside the inputs",
+                             where=out, field="out")
 
 
 def _real(path: str) -> str:

@@ -37,6 +37,7 @@ import posixpath
 import re
 import urllib.parse
 from collections.abc import Callable, Iterator
+from pathlib import PurePath
 from typing import IO, TYPE_CHECKING, Any
 
 from dataselect.errors import InputError, network_cause, network_line
@@ -328,3 +329,41 @@ def object_fingerprint(url: str) -> dict[str, Any]:
         info = fs.info(path)
     found = {key: str(info[key]) for key in _VERSION_KEYS if info.get(key) not in (None, "")}
     return {"path": url, "bytes": int(info.get("size") or 0), "object": found}
+
+
+def walk_local(root: str, enter: Callable[[str], bool] = lambda name: True) -> list[str]:
+    """Every path below the local folder ``root`` (files and folders, ``root/...``), in
+    sorted order, symbolic links to folders entered, each real folder once; a subfolder
+    named ``name`` is listed but entered only when ``enter(name)``.
+
+    Why: ``Path.rglob("*")`` (before Python 3.13) lists a linked folder without entering
+    it, while a ``**`` glob enters it, so ``--pool p`` read fewer rows than
+    ``--pool 'p/**/*.parquet'`` and skipped the linked folder without a word. Every
+    folder input is listed through here (pool and target folders, folder fingerprints,
+    the output-inside-input check), so each reads what a recursive glob reads. A folder
+    reached twice (two links to it, a link to a folder above it) is entered the first
+    time only, by sorted path, as ``formats._glob`` does, so a loop of links ends and the
+    name a file is read under does not depend on the order the system lists names."""
+    seen: set[tuple[int, int]] = set()
+    found: list[str] = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders.sort()
+        try:
+            info = os.stat(folder)
+        except OSError:  # went away while listed
+            subfolders.clear()
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            subfolders.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        found.extend(os.path.join(folder, name) for name in [*subfolders, *files])
+        subfolders[:] = [name for name in subfolders if enter(name)]
+    return sorted(found, key=lambda path: PurePath(path).parts)
+
+
+def linked_folders(root: str) -> list[str]:
+    """The real paths of the folders that symbolic links below the local folder ``root``
+    lead to (entered by :func:`walk_local`, so read as part of ``root``)."""
+    return [os.path.realpath(path) for path in walk_local(root)
+            if os.path.islink(path) and os.path.isdir(path)]
