@@ -21,13 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from dataselect import storage
-from dataselect.checks import check_hf_data_files, check_path
+from dataselect.checks import (
+    check_hf_data_files,
+    check_path,
+    read_hf_state,
+    shown,
+    special_kind,
+)
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
@@ -41,7 +48,14 @@ from dataselect.footer import (
     verified,
 )
 from dataselect.layout import HF_DIR, MANIFEST_FILE
-from dataselect.outdir import OutputFolder, hold_lock, normalize, recorded_identity, refuse_legacy
+from dataselect.outdir import (
+    OutputFolder,
+    hold_lock,
+    normalize,
+    recorded_identity,
+    refuse_kind,
+    refuse_legacy,
+)
 from dataselect.output import (
     atomic_write,
     damaged_if_unreadable,
@@ -54,6 +68,8 @@ from dataselect.output import (
 STATE_FILE, INFO_FILE = "state.json", "dataset_info.json"  # the names load_from_disk reads
 # output folders that are one dataset (a recipe root holds several, and is refused)
 DATASET_KINDS = ("job", "selection", "union")
+SELECTION_FOLDERS = ("the folder of a finished selection (dataselect select --out, a recipe's "
+                     "tasks/<task>/ or union/)")
 
 
 def shard_name(index: int, count: int) -> str:
@@ -74,6 +90,7 @@ def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
     hf = folder.join(HF_DIR)
     names = shard_names(rows)
     folder.expect([os.path.join(HF_DIR, n) for n in [*names, INFO_FILE, STATE_FILE]])
+    _check_hf_folder(hf)
     os.makedirs(hf, exist_ok=True)
     folder.remove_temporaries(HF_DIR)
     sources = [p for p, r in zip(parts, rows) if r] or parts[:1]
@@ -86,12 +103,78 @@ def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
     with atomic_write(os.path.join(hf, INFO_FILE)) as tmp, open(tmp, "w",
                                                                encoding="utf-8") as f:
         json.dump(info, f, indent=2)
-    fingerprint = hashlib.sha256(json.dumps(folder.identity, sort_keys=True, default=str)
-                                 .encode()).hexdigest()[:16]
-    write_json({"_data_files": [{"filename": n} for n in names], "_fingerprint": fingerprint,
-                "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-                "_output_all_columns": False, "_split": None}, os.path.join(hf, STATE_FILE))
+    write_json(_state(names, folder.identity), os.path.join(hf, STATE_FILE))
     return {"path": HF_DIR, "shards": len(names), "rows": sum(rows)}
+
+
+def _state(names: list[str], identity: Any) -> dict[str, Any]:
+    """``state.json`` as dataselect writes it for the shards ``names`` of the job
+    ``identity``: every column, no output format, no split."""
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str)
+                                 .encode()).hexdigest()[:16]
+    return {"_data_files": [{"filename": n} for n in names], "_fingerprint": fingerprint,
+            "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+            "_output_all_columns": False, "_split": None}
+
+
+def _check_hf_folder(hf: str) -> None:
+    """Refuse anything but a folder (or nothing) at ``OUT/.hf``, in one line naming it:
+    a user's file there ended ``load_hf`` in ``os.makedirs``' FileExistsError, and a link
+    would lead the copy's reads and writes out of the output folder."""
+    try:
+        mode = os.lstat(hf).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        return
+    what = ("a symbolic link" if stat.S_ISLNK(mode) else "a file" if stat.S_ISREG(mode)
+            else special_kind(hf))
+    raise InputError(f"is {what}, not a folder: dataselect keeps the datasets "
+                     "(save_to_disk) copy of the selection here; move it away, then rerun",
+                     where=hf)
+
+
+def _check_bookkeeping(hf: str, names: list[str]) -> None:
+    """Refuse, before ``datasets`` opens them, a bookkeeping file or shard of the copy that
+    is not a regular file (by ``lstat``: dataselect writes no links): a FIFO at
+    ``dataset_info.json`` gave datasets' "neither a Dataset directory nor a DatasetDict
+    directory", a link would read a file outside the output."""
+    for name in (STATE_FILE, INFO_FILE, *names):
+        file = os.path.join(hf, name)
+        try:
+            mode = os.lstat(file).st_mode
+        except FileNotFoundError:
+            raise InputError("is missing from the datasets (save_to_disk) copy: delete "
+                             f"{hf} and call load_hf again, which writes the copy anew",
+                             where=file) from None
+        if not stat.S_ISREG(mode):
+            what = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder"
+                    if stat.S_ISDIR(mode) else special_kind(file))
+            raise InputError(f"is {what}, not the file dataselect wrote: delete {hf} and "
+                             "call load_hf again, which writes the copy anew", where=file)
+
+
+def _check_written(hf: str, name: str, found: Any, expected: dict[str, Any]) -> None:
+    """Refuse the JSON file ``hf/name`` unless it holds ``expected``, naming the first key
+    that differs. Why: ``load_from_disk`` applies what ``state.json`` and
+    ``dataset_info.json`` say (``_format_columns: ["id"]`` returned the id column alone,
+    with no error), so a copy whose files are not what dataselect wrote is damaged."""
+    expected = json.loads(json.dumps(expected))  # tuples as the JSON file holds them
+    where = os.path.join(hf, name)
+    if not isinstance(found, dict):
+        found = {}
+    for key in sorted(set(found) | set(expected)):
+        if found.get(key, _ABSENT) == expected.get(key, _ABSENT):
+            continue
+        held = "lacks it" if key not in found else f"holds {shown(found[key])}"
+        wrote = ("writes none" if key not in expected
+                 else f"writes {shown(expected[key])}")
+        raise InputError(f"{held} where dataselect {wrote}: the datasets copy was edited or "
+                         f"damaged; delete {hf} and call load_hf again, which writes it "
+                         "anew", where=where, field=key)
+
+
+_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -186,9 +269,7 @@ def _finished_parts(path: str) -> tuple[list[str], list[int]]:
     """The part files and their row counts of a finished selection or union folder."""
     manifest_path = os.path.join(path, MANIFEST_FILE)
     if not os.path.exists(manifest_path):
-        raise InputError(f"no {MANIFEST_FILE} here: give the folder of a finished selection "
-                         "(dataselect select --out, a recipe's tasks/<task>/ or union/)",
-                         where=path)
+        raise InputError(f"no {MANIFEST_FILE} here: give {SELECTION_FOLDERS}", where=path)
     manifest = read_json(manifest_path)
     check_record_in(path, manifest, manifest_path)  # this folder's, not another job's
     parts = manifest["output"]["parts"]
@@ -217,13 +298,38 @@ def load_hf(path: str | os.PathLike, runner: Runner = default_runner) -> Any:
         raise InputError("the datasets layout is written to, and mapped from, a local folder; "
                          "read the parts from the URL instead: datasets.load_dataset("
                          f"'parquet', data_files='{path}/part-*.parquet')", where=path)
-    if not os.path.exists(os.path.join(path, HF_DIR, STATE_FILE)):
+    refuse_kind(path, DATASET_KINDS, "a selection", SELECTION_FOLDERS)
+    hf = os.path.join(path, HF_DIR)
+    _check_hf_folder(hf)
+    if not os.path.lexists(os.path.join(hf, STATE_FILE)):
         refuse_legacy(path)
         parts, rows = _finished_parts(path)
         with hold_lock(path):
             folder = OutputFolder.reopen(path, DATASET_KINDS)
             write_hf(folder, parts, rows, runner)
-    hf = os.path.join(path, HF_DIR)
-    _check_shards(path, check_hf_data_files(hf))
+    _check_bookkeeping(hf, [])
+    shards = check_hf_data_files(hf)
+    _check_bookkeeping(hf, [os.path.basename(shard) for shard in shards])
+    _check_shards(path, shards)
+    _check_copy(path, hf, shards)
     with damaged_if_unreadable(os.path.join(hf, STATE_FILE)):
         return datasets.load_from_disk(hf)
+
+
+def _check_copy(path: str, hf: str, shards: list[str]) -> None:
+    """Refuse a copy whose ``state.json`` or ``dataset_info.json`` is not what
+    :func:`write_hf` writes for its shards (checked before, :func:`_check_shards`): every
+    column, no output format or split, the shards' features and size."""
+    from datasets import Features
+
+    names = [os.path.basename(shard) for shard in shards]
+    _check_written(hf, STATE_FILE, read_hf_state(hf),
+                   _state(names, recorded_identity(path)))
+    with damaged_if_unreadable(shards[0]), pa.memory_map(shards[0]) as source:
+        schema = pa.ipc.open_stream(source).schema
+    info = os.path.join(hf, INFO_FILE)
+    with damaged_if_unreadable(info):
+        found = read_json(info)
+    size = sum(os.path.getsize(shard) for shard in shards)
+    _check_written(hf, INFO_FILE, found,
+                   _dataset_info(Features.from_arrow_schema(schema).arrow_schema, size))

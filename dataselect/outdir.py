@@ -49,7 +49,7 @@ from typing import Any
 
 from dataselect import checks, storage
 from dataselect.errors import InputError, OutputConflictError, first_names, os_error_line
-from dataselect.layout import legacy_entries
+from dataselect.layout import SCORES_DIR, TASKS_DIR, UNION_DIR, legacy_entries
 from dataselect.output import (
     jsonable,
     read_json,
@@ -324,6 +324,41 @@ def recorded_kind(path: str) -> str | None:
     if not storage.exists(marker):
         return None
     return str(_read_marker(marker)["kind"])
+
+
+# what each kind of output folder is, in a user's words (the kinds claims record)
+KIND_WORDS = {
+    "job": "the selection of a `dataselect select` job",
+    "selection": "a selection",
+    "union": "a recipe run's union of its tasks' selections",
+    "recipe": "the output of a recipe run (`dataselect run`), one selection per task",
+    "scores": "a score store (one scorer's scores of a pool)",
+    "features": "a feature store (a model's vectors of a pool or target)",
+    "index": "an attribution index",
+    "attributions": "an attribution output",
+    "model": "a model folder dataselect built",
+    "warmup": "a LESS warm-up run",
+}
+
+
+def refuse_kind(path: str, kinds: Iterable[str], wanted: str, instead: str) -> None:
+    """Refuse the folder ``path`` when its marker records an output kind not in ``kinds``,
+    in one line saying what it is and what to give: ``instead`` (a score store inside a
+    selection's ``.scores/``: that selection; a recipe run: its task folders or union).
+
+    Why: readers that take some kinds only (``load_hf``, ``report``) read such a folder
+    as a damaged or old one of theirs, and said to delete it."""
+    kind = recorded_kind(path)
+    if kind is None or kind in kinds:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if kind == "scores" and os.path.basename(parent) == SCORES_DIR:
+        instead = f"the selection folder that holds it ({os.path.dirname(parent)})"
+    elif kind == "recipe":
+        instead = (f"one of its selections ({os.path.join(path, TASKS_DIR, '<task>')} or "
+                   f"{os.path.join(path, UNION_DIR)})")
+    words = KIND_WORDS.get(kind, f"dataselect output of kind {kind!r}")
+    raise InputError(f"is {words}, not {wanted}: give {instead}", where=path)
 
 
 def _differences(old: Any, new: Any) -> str:
@@ -682,9 +717,18 @@ def _marked_descendant(real: str) -> str | None:
 
 def refuse_legacy(path: str) -> None:
     """Refuse a folder holding bookkeeping under the names of older versions: Hugging Face
-    ``datasets`` reads those as data, and a job resumed there would mix both layouts."""
+    ``datasets`` reads those as data, and a job resumed there would mix both layouts.
+
+    A folder whose marker records a kind that never used those names (a score store or a
+    feature store keeps its ``_manifest.json`` today) is current, not old: the caller's
+    check of the kind names it (:func:`refuse_kind`). Calling a score store old told a
+    user to delete a good one."""
     old = legacy_entries(path)
     if old:
+        with contextlib.suppress(OutputConflictError, OSError):
+            kind = recorded_kind(path)
+            if kind is not None and kind not in _RENAMED_KINDS:
+                return
         shown = first_names(old)
         raise OutputConflictError(
             f"{path} holds output of an older dataselect ({shown}: bookkeeping named with "

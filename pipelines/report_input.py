@@ -24,7 +24,7 @@ from dataselect.layout import (
     UNION_DIR,
     legacy_entries,
 )
-from dataselect.outdir import recorded_kind
+from dataselect.outdir import recorded_kind, refuse_kind
 from dataselect.output import damaged_file, read_json, read_table
 from dataselect.records import RunRecord, SelectionManifest, check_record
 
@@ -50,6 +50,9 @@ def read_report_input(out: str) -> tuple[dict[str, Any], str]:
         raise InputError("is a recipe run's union of its tasks' selections, which has no "
                          "report of its own: report on the run folder "
                          f"{os.path.dirname(os.path.abspath(out))} instead", where=out)
+    # a score store, feature store, index...: named as what it is, not as an old layout
+    refuse_kind(out, REPORT_KINDS, "a run or a selection", "the output folder of a "
+                "finished `dataselect run` or `dataselect select`")
     if os.path.exists(manifest):
         record = read_manifest(manifest)
         check_record_in(out, record, manifest)  # this job's manifest, not another's
