@@ -255,6 +255,52 @@ def _features(schema: pa.Schema, place: str) -> Any:
     return Features.from_arrow_schema(schema)
 
 
+def datasets_notes(schema: pa.Schema) -> list[str]:
+    """A note naming the columns of an output ``schema`` that Hugging Face ``datasets``
+    has no type for (a Parquet map, ``arrow.uuid``, ``decimal32``, a list view...), or
+    none: ``datasets.load_dataset`` fails on such a selection, which pyarrow and pandas
+    read. Said in the manifest and the summary rather than refused: the selection is
+    right, and those readers need it as it is (``save_to_disk``, which needs datasets,
+    refuses such a column before work, :func:`check_hf_schema`)."""
+    if all(_plain(field.type) for field in schema):
+        return []  # no need to import datasets
+    try:
+        from datasets import Features
+    except ImportError:
+        return []
+    unreadable = []
+    for column in schema:
+        try:
+            Features.from_arrow_schema(pa.schema([column]))
+        except (ValueError, TypeError, NotImplementedError):
+            unreadable.append(f"{column.name!r} ({column.type})")
+    if not unreadable:
+        return []
+    return [f"Hugging Face datasets has no type for the column(s) {', '.join(unreadable)}, "
+            "so datasets.load_dataset cannot read this selection (pyarrow and pandas read "
+            "it): cast or drop the column in the pool to read the selection with datasets"]
+
+
+def _plain(kind: pa.DataType) -> bool:
+    """Whether ``kind`` is built of types every reader of a selection knows (numbers,
+    strings, binaries, times, lists and structs of them), with no need to ask datasets."""
+    if isinstance(kind, pa.ExtensionType) or pa.types.is_map(kind) \
+            or pa.types.is_decimal(kind) or pa.types.is_interval(kind):
+        return False
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) \
+            or pa.types.is_fixed_size_list(kind):
+        return _plain(kind.value_type)
+    if pa.types.is_struct(kind):
+        return all(_plain(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_dictionary(kind):
+        return _plain(kind.value_type)
+    return (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+            or pa.types.is_boolean(kind) or pa.types.is_null(kind)
+            or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+            or pa.types.is_fixed_size_binary(kind) or pa.types.is_temporal(kind))
+
+
 def _dataset_info(schema: pa.Schema, size: int) -> dict[str, Any]:
     """``dataset_info.json`` as ``save_to_disk`` writes it (top-level keys sorted)."""
     from datasets import DatasetInfo, Features

@@ -21,7 +21,7 @@ from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
 from dataselect.footer import RECORD_JOB_KEY, PartOrigin, job_digest, reusable
-from dataselect.hf import write_hf
+from dataselect.hf import datasets_notes, write_hf
 from dataselect.layout import MANIFEST_FILE
 from dataselect.outdir import claim_output
 from dataselect.output import (
@@ -92,8 +92,8 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
         folder.remove_temporaries()
         chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
                   for label, s in selections.items()}
-        writer = _WriteUnionPart(pool, chosen, out, fmt,
-                                 output_schema(pool, (TASKS_COLUMN,), fmt),
+        schema = output_schema(pool, (TASKS_COLUMN,), fmt)
+        writer = _WriteUnionPart(pool, chosen, out, fmt, schema,
                                  job_digest(folder.identity), overwrite)
         results = runner("write:union", partition_tasks("write-union", writer,
                                                         pool.npartitions))
@@ -111,6 +111,9 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
                        "partitions_reused": sum(1 for r in results if r["reused"])},
             "inputs": {"pool": pool.fingerprint()},
         }
+        notes = [] if save_to_disk else datasets_notes(schema)  # as a selection's
+        if notes:
+            manifest["notes"] = notes
         if save_to_disk:
             manifest["output"]["save_to_disk"] = write_hf(folder, names, rows, runner)
         write_json(manifest, os.path.join(out, MANIFEST_FILE))

@@ -38,7 +38,7 @@ from dataselect.defaults import DEFAULT_METRICS_SAMPLE, METRICS_SAMPLE_MB
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
 from dataselect.footer import RECORD_JOB_KEY, PartOrigin, job_digest, reusable
-from dataselect.hf import write_hf
+from dataselect.hf import datasets_notes, write_hf
 from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
 from dataselect.metrics import kl_reduction
@@ -416,12 +416,14 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     # a worker killed mid-write may leave a temporary that a glob of the parts would match
     folder.remove_temporaries()
     names, rows = [part_name(i, fmt) for i in range(parts)], [r["rows"] for r in results]
+    # a column datasets cannot read: said, not refused (save_to_disk refuses it before work)
+    notes = [*selection.notes, *([] if save_to_disk else datasets_notes(schema))]
     manifest = {
         RECORD_JOB_KEY: job,  # which job's this record is (report, eval, load_hf check)
         "selection": selection.policy,
         "scores": selection.scores.description,
         "counts": {**selection.counts, "written": sum(r["rows"] for r in results)},
-        **({"notes": selection.notes} if selection.notes else {}),
+        **({"notes": notes} if notes else {}),
         "output": {"format": fmt,
                    "parts": [{"file": n, "rows": r} for n, r in zip(names, rows)],
                    "partitions_reused": sum(1 for r in results if r["reused"])},
