@@ -227,8 +227,8 @@ def test_load_hf_converts_a_finished_folder_once_and_refuses_others(tmp_path, re
     state = (out / ".hf" / "state.json").stat().st_mtime_ns
     assert load_hf(str(out))["id"] == dataset["id"]
     assert (out / ".hf" / "state.json").stat().st_mtime_ns == state  # not written again
-    with pytest.raises(InputError, match=r"no \.manifest\.json here.*tasks/<task>/ or union/"):
-        load_hf(recipe_out)  # the recipe root is not one dataset
+    with pytest.raises(InputError, match=r"a recipe run .*tasks/<task> or .*union\)"):
+        load_hf(recipe_out)  # the recipe root is not one dataset: named, with its datasets
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"no \.manifest\.json here"):
         load_hf(tmp_path / "empty")
