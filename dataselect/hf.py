@@ -32,7 +32,6 @@ from dataselect.checks import (
     check_hf_data_files,
     check_path,
     read_hf_state,
-    shown,
     special_kind,
 )
 from dataselect.corpus import Corpus
@@ -166,15 +165,21 @@ def _check_written(hf: str, name: str, found: Any, expected: dict[str, Any]) -> 
     for key in sorted(set(found) | set(expected)):
         if found.get(key, _ABSENT) == expected.get(key, _ABSENT):
             continue
-        held = "lacks it" if key not in found else f"holds {shown(found[key])}"
+        held = "lacks it" if key not in found else f"holds {_as_json(found[key])}"
         wrote = ("writes none" if key not in expected
-                 else f"writes {shown(expected[key])}")
+                 else f"writes {_as_json(expected[key])}")
         raise InputError(f"{held} where dataselect {wrote}: the datasets copy was edited or "
                          f"damaged; delete {hf} and call load_hf again, which writes it "
                          "anew", where=where, field=key)
 
 
 _ABSENT = object()
+
+
+def _as_json(value: Any) -> str:
+    """``value`` as the JSON file spells it (``null``, ``false``), cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
