@@ -244,16 +244,41 @@ def _strict_json(obj: Any, **options: Any) -> str:
         return json.dumps(finite_or_null(obj), sort_keys=True, default=str, **options)
 
 
-def json_problem(obj: Any) -> str | None:
-    """Why ``obj`` cannot be written as dataselect writes JSON (None when it can): a key
-    that is not text or a number (``(1, 2)``), keys of mixed kinds that cannot be sorted,
-    a value that contains itself. A plug-in's values are checked with this where it hands
-    them over, so the fault is named there, not met as a traceback when a marker or a
-    manifest is written later."""
+def json_problem(obj: Any, finite: bool = True) -> str | None:
+    """Why ``obj`` cannot be written as dataselect writes JSON and read back as the same
+    value (None when it can): a key that is not text (``(1, 2)``, and ``1``, which JSON
+    writes as ``"1"``), a value that contains itself, and, with ``finite``, a NaN or an
+    infinity (JSON has none: dataselect records each as null). A plug-in's values are
+    checked with this where it hands them over, so the fault is named there, not met as a
+    traceback when a marker or a manifest is written later; and a value that would come
+    back as another (``inf`` and ``-inf`` both null, ``{1: 'a'}`` as ``{'1': 'a'}``) would
+    make two different configs one job identity, the second reusing the first's scores."""
     try:
-        json.dumps(obj, sort_keys=True, default=_exact_json)
+        json.dumps(obj, sort_keys=True, default=_exact_json, allow_nan=not finite)
     except (TypeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, ValueError) and "compliant" in str(exc):
+            return "a NaN or infinity, which JSON has no form for: give a finite number"
         return str(exc) or type(exc).__name__
+    return _text_keys_problem(obj)
+
+
+def _text_keys_problem(obj: Any) -> str | None:
+    """A mapping key in ``obj`` that is not text (JSON would write it as text, so ``1``
+    and ``"1"`` would be one key), named; None when every key is text. Only called on a
+    value :func:`json.dumps` accepted, so it holds no cycle."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                return (f"the key {key!r} ({type(key).__name__}) is not text: JSON would "
+                        "record it as text, the same as another key's")
+            problem = _text_keys_problem(value)
+            if problem is not None:
+                return problem
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            problem = _text_keys_problem(value)
+            if problem is not None:
+                return problem
     return None
 
 

@@ -274,7 +274,8 @@ def noting_blank_target_rows(scorer: Scorer, blank: int) -> None:
         raise PluginError(f"{plugin_label(type(scorer))} set fit_stats_ to a "
                           f"{type(scorer.fit_stats_).__name__}, not a mapping; the fault is "
                           "in the scorer, not in your data: tell its author")
-    check_recordable(scorer.fit_stats_, type(scorer), "fit (its fit_stats_)")
+    check_recordable(scorer.fit_stats_, type(scorer), "fit (its fit_stats_)",
+                     identity=False)
     if blank:
         scorer.fit_stats_ = {**scorer.fit_stats_, TARGET_ROWS_BLANK: blank}
 
@@ -420,16 +421,19 @@ def reporting_plugin_errors(method: Callable[..., Any], kind: PluginKind = SCORE
     return reporting
 
 
-def check_recordable(value: Any, cls: type, what: str, kind: PluginKind = SCORER_PLUGIN
-                     ) -> None:
+def check_recordable(value: Any, cls: type, what: str, kind: PluginKind = SCORER_PLUGIN,
+                     identity: bool = True) -> None:
     """Refuse a value a plug-in (``cls``) handed over (``what``: ``config()``, its
-    ``fit_stats_``) that dataselect records as JSON but JSON cannot hold, in one line
-    naming the plug-in and ``what``."""
-    problem = json_problem(value)
+    ``fit_stats_``) that dataselect records as JSON but JSON cannot hold as that value, in
+    one line naming the plug-in and ``what``. A value that is part of a job's ``identity``
+    (``config()``, ``describe()``, ...) must also be finite: JSON records NaN and both
+    infinities alike (null), so two configs would be one job and the second would reuse
+    the first's scores; fit statistics are a record only, where null says "no number"."""
+    problem = json_problem(value, finite=identity)
     if problem is not None:
         raise PluginError(
             f"{plugin_label(cls, kind)} returned from {what} a value that cannot be recorded "
-            f"as JSON ({problem}): keys must be text, values text, numbers, lists or "
+            f"as JSON ({problem}): keys must be text, values text, finite numbers, lists or "
             "mappings; the fault is in the plug-in, not in your data: tell its author")
 
 
