@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dataselect import storage
 from dataselect.errors import InputError
 from dataselect.footer import (
     FOOTER_KEY,
@@ -37,7 +38,7 @@ from dataselect.footer import (
     read_footer,
     replaced,
 )
-from dataselect.outdir import OutputFolder
+from dataselect.outdir import OutputFolder, check_claimable, naming_setting
 from dataselect.output import (
     atomic_write,
     damaged_file,
@@ -90,6 +91,39 @@ def model_unit_rows(matrix: Any, model: str, axis: int = -1, checkpoints: str = 
     return normalize_rows(matrix, axis)
 
 
+def check_feature_folder(folder: str, out: str, inputs: list[str],
+                         setting: str = "-p features") -> None:
+    """Refuse, before any work, a feature store folder (``setting``) that a job could not
+    claim once its model has run, in one line naming ``setting``: one that is, contains or
+    lies at a visible path inside the job's ``out`` (every reader of the selection would
+    read the features as its rows; a hidden folder there, ``OUT/.features``, is fine), an
+    input, a folder of someone else's (a model folder), another output of dataselect's.
+    Without this the job ran its model first and then said "choose another --out"."""
+    if not (storage.is_remote(folder) or storage.is_remote(out)):  # else refused below
+        _refuse_in_out(folder, out, setting)
+    with naming_setting(setting):
+        check_claimable(folder, "features", inputs)
+
+
+def _refuse_in_out(folder: str, out: str, setting: str) -> None:
+    """Refuse a feature store folder that is, holds or lies visibly inside ``out``. First:
+    a resumed ``out`` is marked, and the claim's check would call it "the output of
+    another dataselect job"."""
+    path, out_path = os.path.realpath(folder), os.path.realpath(out)
+    relative = os.path.relpath(path, out_path)
+    inside = relative == "." or not (relative == ".." or relative.startswith(".." + os.sep))
+    if inside and not any(part.startswith(".") for part in Path(relative).parts):
+        raise InputError(f"{setting}={folder} is {'--out' if relative == '.' else 'inside --out'}"
+                         f" ({out}): every reader of the selection would read the features "
+                         f"as its rows; give {setting} a folder outside --out, or a hidden "
+                         "one in it (OUT/.features)")
+    outside = os.path.relpath(out_path, path)
+    if not (outside == ".." or outside.startswith(".." + os.sep)):
+        raise InputError(f"{setting}={folder} contains --out ({out}): the selection's "
+                         f"parts would lie in the feature store; give {setting} a folder "
+                         "that does not hold --out")
+
+
 def combine_views(features: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """One unit vector per row from ``(rows, views, dim)`` unit vectors, such that the dot
     product of two combined rows is the weighted mean of their per-view cosines.
@@ -117,15 +151,17 @@ class FeatureStore:
 
     @classmethod
     def create(cls, folder: str | os.PathLike, description: dict[str, Any],
-               inputs: list[str] | None = None) -> FeatureStore:
+               inputs: list[str] | None = None, setting: str = "--out") -> FeatureStore:
         """Open ``folder`` for writing features described by ``description``.
 
         The folder must be new, empty or a feature store of dataselect's, outside the
         ``inputs``. One written with a different description (another model, projection or
-        pool) is refused rather than mixed; the same description resumes it.
+        pool) is refused rather than mixed; the same description resumes it. A refusal
+        names ``setting``, the one that gave the folder (``-p features`` for a scorer's).
         """
-        claimed = OutputFolder.claim(folder, "features", description, inputs=inputs or [],
-                                     overwrite=None)
+        with naming_setting(setting):
+            claimed = OutputFolder.claim(folder, "features", description,
+                                         inputs=inputs or [], overwrite=None)
         path = claimed.join(MANIFEST)
         if not os.path.exists(path):
             write_json(description, path)

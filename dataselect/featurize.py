@@ -135,6 +135,7 @@ def scores_via_store(scorer: Any, corpus: Corpus, folder: str) -> Scores:
     """
     description = {**scorer.feature_description("pool"), "side": "pool",
                    "corpus": corpus.fingerprint(), "npartitions": corpus.npartitions}
-    FeatureStore.create(folder, description, inputs=[*corpus.files, *corpus.roots])
+    FeatureStore.create(folder, description, inputs=[*corpus.files, *corpus.roots],
+                        setting="-p features")
     task = ScoreFromStore(scorer, FeaturizePart(scorer, corpus, folder, "pool"))
     return Scores(scorer.name, corpus, task, scorer.describe(corpus))

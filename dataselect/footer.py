@@ -46,8 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from dataselect import storage
 from dataselect.errors import InputError
-from dataselect.outdir import recorded_identity
+from dataselect.outdir import recorded_files, recorded_identity
 from dataselect.output import jsonable, load_arrays, read_part_info, read_schema, read_table
 
 FOOTER_KEY = b"dataselect.part"
@@ -284,10 +285,68 @@ def check_record_job(record: Any, path: str, job: str) -> None:
 
 def check_record_in(folder: str, record: Any, path: str) -> str:
     """:func:`check_record_job` against the job the marker of ``folder`` records; returns
-    that job's digest."""
-    job = job_digest(recorded_identity(folder))
+    that job's digest.
+
+    The stored digest alone is a claim the record makes about itself: a manifest of
+    another job, its ``job_digest`` edited to this one's, passed, and ``report`` showed
+    that job's seed and numbers for this folder. So the settings the record states (a
+    selection's ``job``, a run's ``recipe``, a union's counts and format) are compared
+    with the identity the marker records, too."""
+    identity = recorded_identity(folder)
+    job = job_digest(identity)
     check_record_job(record, path, job)
+    clash = record_contradicts(record, identity)
+    if clash is not None:
+        raise InputError(f"belongs to another job than the one this output folder records "
+                         f"(its {clash} is not the job's): it, or its folder's marker, was "
+                         "copied in from another output; restore it, or rerun the job with "
+                         "--overwrite to write it again", where=path)
     return job
+
+
+# settings that an identity records resolved (absolute) and a record as the user gave them
+_SPELLED_PATHS = frozenset({"pool", "target", "paths", "eval", "path"})
+
+
+def record_contradicts(record: Any, identity: Any) -> str | None:
+    """The first setting (``job.seed``) that ``record`` (a manifest or run record) states
+    otherwise than the marker's ``identity``; None when none does. Only settings both
+    hold are compared (an identity leaves out the ones that do not change the output),
+    input paths not (each side spells them its own way); a record of a shape this does
+    not know is left to :func:`check_record_job`."""
+    if not isinstance(record, dict) or not isinstance(identity, dict):
+        return None
+    settings = identity.get("settings")
+    if isinstance(settings, dict):
+        for key in ("job", "recipe"):
+            if isinstance(record.get(key), dict):
+                return _first_difference(jsonable(record[key]), settings, key)
+        return None
+    output = record.get("output") if isinstance(record.get("output"), dict) else {}
+    if "format" in identity and "format" in output and output["format"] != identity["format"]:
+        return "output.format"
+    if ("selections" in identity and isinstance(record.get("counts"), dict)  # a union
+            and jsonable(record["counts"].get("per_task")) != identity.get("counts")):
+        return "counts.per_task"
+    chosen = identity.get("selection")  # a selection written through the API
+    if isinstance(chosen, dict):
+        for key, name in (("selection", "policy"), ("scores", "scores")):
+            if key in record and name in chosen and jsonable(record[key]) != chosen[name]:
+                return key
+    return None
+
+
+def _first_difference(stated: Any, recorded: Any, where: str) -> str | None:
+    """The dotted name of the first key both mappings hold with other values."""
+    if isinstance(stated, dict) and isinstance(recorded, dict):
+        for key in sorted(set(stated) & set(recorded)):
+            if key in _SPELLED_PATHS:
+                continue
+            found = _first_difference(stated[key], recorded[key], f"{where}.{key}")
+            if found is not None:
+                return found
+        return None
+    return None if stated == recorded else where
 
 
 def check_parts(folder: str, parts: list[dict[str, Any]]) -> None:
@@ -308,6 +367,60 @@ def check_parts(folder: str, parts: list[dict[str, Any]]) -> None:
                          "list it), yet every reader of the folder would read its rows as "
                          "the selection's: move it away",
                          where=os.path.join(folder, extra[0]))
+    refuse_foreign_data(folder, [*listed, *recorded_files(folder)])
+
+
+# what a reader of a folder (pandas, pyarrow, polars, datasets' data_dir) takes as data:
+# these suffixes, each also compressed
+DATA_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc", ".jsonl", ".ndjson", ".json",
+                 ".csv", ".tsv")
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
+
+
+def is_data_name(name: str) -> bool:
+    """Whether a reader of a folder would read a file called ``name`` as data."""
+    name = name.lower()
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    return name.endswith(DATA_SUFFIXES)
+
+
+def _visible_names(folder: str) -> Iterable[str]:
+    """Every file below ``folder`` that a reader of it takes (relative names): none in or
+    under a hidden (``.``) file or folder. Readers differ on ``_`` (pyarrow skips it,
+    datasets does not), so such a name counts as visible."""
+    if storage.is_remote(folder):
+        for name in storage.names_below(folder):
+            if not any(part.startswith(".") for part in name.split("/")):
+                yield name
+        return
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative = os.path.relpath(root, folder)
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield os.path.normpath(os.path.join(relative, name))
+
+
+def refuse_foreign_data(folder: str, listed: Iterable[str]) -> None:
+    """Refuse a selection or union folder that holds a data file no reader should take as
+    the selection's (not hidden, and not one of ``listed``, the names its marker and
+    manifest list): a ``zz.parquet`` copied in, a ``save_to_disk`` folder of the user's.
+    Every reader of the folder (``pd.read_parquet(OUT)``, datasets' ``data_dir``) reads
+    it with the parts, so the selection a user reads would not be the one dataselect
+    chose, yet the rerun, ``report`` and ``load_hf`` took the folder as finished. The line
+    names the file, or the top folder that holds it."""
+    listed = {os.path.normpath(name) for name in listed}
+    for name in _visible_names(folder):
+        if name not in listed and is_data_name(name):
+            top = name.replace(os.sep, "/").split("/")[0]
+            raise InputError("is not part of this selection (its folder's marker does not "
+                             "list it), yet every reader of the folder would read it as "
+                             "the selection's data: move it away",
+                             where=storage.join(folder, top) if storage.is_remote(folder)
+                             else os.path.join(folder, top))
 
 
 def reusable(check: Callable[[], object], overwrite: bool) -> bool:

@@ -31,6 +31,7 @@ job would otherwise mix two layouts in one folder.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import glob
@@ -173,6 +174,57 @@ class OutputFolder:
                     "files": self.files}, os.path.join(self.path, MARKER))
 
 
+# the setting a claim's refusals name: --out, unless the folder is another setting's (a
+# scorer's feature store, -p features), which the same code claims
+_SETTING: contextvars.ContextVar[str] = contextvars.ContextVar("dataselect_output_setting",
+                                                              default="--out")
+
+
+@contextlib.contextmanager
+def naming_setting(setting: str) -> Iterator[None]:
+    """Name ``setting`` (``-p features``) instead of ``--out`` in the refusals of the
+    claims and checks made inside: a feature store's folder is claimed by the code that
+    claims an output folder, and its line said "choose another --out", which sent a user
+    to change a setting that was fine."""
+    token = _SETTING.set(setting)
+    try:
+        yield
+    finally:
+        _SETTING.reset(token)
+
+
+def _setting() -> str:
+    return _SETTING.get()
+
+
+def _field() -> str:
+    """The setting as an error's field (``out``, ``features``)."""
+    return _SETTING.get().split()[-1].lstrip("-")
+
+
+def check_claimable(path: str | os.PathLike, kind: str, inputs: Iterable[str] = ()) -> None:
+    """The checks :meth:`OutputFolder.claim` makes of ``path`` before it writes anything,
+    made up front and writing nothing: for a folder a job claims only after hours of work
+    (a scorer's feature store, claimed after the model ran), so that a folder it cannot
+    take is refused with the job's other paths."""
+    path = normalize(path)
+    refuse_overlap(path, inputs)
+    if storage.is_remote(path):
+        _refuse_local_only(path, kind)
+        _refuse_foreign_remote(path)
+    else:
+        _refuse_foreign(path)
+        refuse_links(path)
+        refuse_nesting(path, kind)
+    marker = os.path.join(path, MARKER)
+    if storage.exists(marker):
+        found = _read_marker(marker).get("kind")
+        if found != kind:
+            raise OutputConflictError(
+                f"{path} holds dataselect output of another kind ({found}, not {kind}); "
+                f"choose another {_setting()}")
+
+
 def make_output_folder(path: str) -> None:
     """Create the output folder. Where the system makes none (``/proc/x``, a path through
     a file) the error is one line naming ``--out``; the errors a user fixes in place (no
@@ -183,14 +235,14 @@ def make_output_folder(path: str) -> None:
         if os_error_line(exc, path) is not None:
             raise
         raise InputError(f"cannot create the output folder here ({exc.strerror or exc}): "
-                         "choose another --out", where=path, field="out") from None
+                         f"choose another {_setting()}", where=path, field=_field()) from None
 
 
 def normalize(path: str | os.PathLike) -> str:
     """One spelling per folder (``out`` and ``out/`` are the same output)."""
     text = storage.local_form(os.fspath(path))
     if not text:
-        raise InputError("output path is empty", field="out")
+        raise InputError("output path is empty", field=_field())
     if storage.is_remote(text):  # never a local folder named "s3:"
         return storage.normalize_url(text)
     return os.path.normpath(text)
@@ -314,6 +366,12 @@ def recorded_identity(path: str) -> Any:
         raise InputError(f"is not an output folder of dataselect (no {MARKER}); its parts' "
                          "origin cannot be checked: rerun the job that made it", where=path)
     return _read_marker(marker).get("identity")
+
+
+def recorded_files(path: str) -> list[str]:
+    """The files the marker of the output folder ``path`` lists (relative names): those
+    dataselect wrote there or was about to."""
+    return [str(name) for name in _read_marker(os.path.join(path, MARKER)).get("files", [])]
 
 
 def recorded_kind(path: str) -> str | None:
@@ -546,11 +604,11 @@ def _refuse_foreign(path: str) -> None:
     if not os.path.exists(path):
         if os.path.islink(path):
             raise InputError("is a broken symbolic link; choose another output folder",
-                             where=path, field="out")
+                             where=path, field=_field())
         return
     if not os.path.isdir(path):
         raise InputError("is a file, not a folder; give a folder for the output",
-                         where=path, field="out")
+                         where=path, field=_field())
     if os.path.exists(os.path.join(path, MARKER)):
         return
     foreign = sorted(name for name in os.listdir(path)
@@ -560,7 +618,7 @@ def _refuse_foreign(path: str) -> None:
         raise OutputConflictError(
             f"{path} is not empty and was not written by dataselect (holds {shown}); "
             "dataselect writes only into new, empty or its own folders: choose another "
-            "--out")
+            f"{_setting()}")
 
 
 # the outputs that may be written to an object store: a selection, its job and its scores
@@ -573,14 +631,14 @@ def _refuse_local_only(url: str, kind: str) -> None:
     if kind not in REMOTE_KINDS:
         raise InputError(f"a {kind} output is written to a local folder; object-store URLs "
                          "are for selections and score stores: give a local folder, then "
-                         "copy it", where=url, field="out")
+                         "copy it", where=url, field=_field())
 
 
 def _refuse_foreign_remote(url: str) -> None:
     """:func:`_refuse_foreign` for a URL: the folder is the objects below it."""
     if storage.isfile(url):
         raise InputError("is an object, not a folder; give a folder for the output",
-                         where=url, field="out")
+                         where=url, field=_field())
     names = storage.names_below(url)
     marked = [posixpath.dirname(n) for n in names if posixpath.basename(n) == MARKER]
     if "" in marked:
@@ -592,7 +650,7 @@ def _refuse_foreign_remote(url: str) -> None:
         raise OutputConflictError(
             f"{url} is not empty and was not written by dataselect (holds "
             f"{first_names(foreign)}); dataselect writes only into new, empty or its own "
-            "folders: choose another --out")
+            f"folders: choose another {_setting()}")
 
 
 def _holds_only_ours(path: str) -> bool:
@@ -641,7 +699,7 @@ def _link_error(link: str, out: str) -> OutputConflictError:
     return OutputConflictError(
         f"{link} is a symbolic link (to {target}) inside the output folder {out}; "
         "dataselect never writes, deletes or lists through a link there, since it could "
-        "lead outside the folder: remove the link, or choose another --out")
+        f"lead outside the folder: remove the link, or choose another {_setting()}")
 
 
 # the one kind of output that holds other outputs at visible paths (tasks/<task>/, union/)
@@ -665,7 +723,7 @@ def refuse_nesting(path: str, kind: str) -> None:
         if inner is not None:
             raise OutputConflictError(
                 f"{path} holds {inner}, the output of another dataselect job: readers of "
-                f"{path} would read both as one; choose another --out, or move "
+                f"{path} would read both as one; choose another {_setting()}, or move "
                 f"{inner} out of it")
 
 
@@ -677,7 +735,7 @@ def refuse_inside_outputs(path: str) -> None:
         if outer_kind not in _HOLDS_OUTPUTS and _visible(os.path.relpath(real, outer)):
             raise OutputConflictError(
                 f"{path} lies inside {outer}, the output of another dataselect job "
-                f"({outer_kind}): choose an --out outside it")
+                f"({outer_kind}): give {_setting()} a folder outside it")
 
 
 def _visible(relative: str) -> bool:
@@ -758,16 +816,16 @@ def check_output_file(path: str | os.PathLike, kind: str, inputs: Iterable[str] 
     refuse_inside_outputs(path)
     if os.path.isdir(path):
         raise InputError("is a folder; give a file name for this output (e.g. out.parquet)",
-                         where=path, field="out")
+                         where=path, field=_field())
     kind_found = checks.special_at(path, follow=True)
     if kind_found is not None:  # never opened: reading a FIFO's schema waits forever
         raise InputError(f"is not a regular file ({kind_found}); dataselect replaces only "
-                         "its own output files: choose another --out", where=path,
-                         field="out")
+                         f"its own output files: choose another {_setting()}", where=path,
+                         field=_field())
     if os.path.lexists(path) and _file_owner(path) != kind:
         raise OutputConflictError(
             f"{path} exists and is not {_article(kind)} {kind} file written by dataselect; "
-            "choose another --out (dataselect replaces only its own output files)")
+            f"choose another {_setting()} (dataselect replaces only its own output files)")
     return path
 
 
@@ -800,19 +858,20 @@ def refuse_overlap(out: str, inputs: Iterable[str]) -> None:
                 raise InputError(f"the input glob {source.pattern} can match it, a folder "
                                  "above it or its parts, so the next run would read the "
                                  "output as input: choose a folder the glob cannot match",
-                                 where=out, field="out")
+                                 where=out, field=_field())
             continue
         source_real = _real(source)
         if out_real == source_real:
             raise InputError(f"is also an input ({source}); writing there would overwrite "
-                             "it: choose another --out", where=out, field="out")
+                             f"it: choose another {_setting()}", where=out,
+                             field=_field())
         if _inside(source_real, out_real):
             raise InputError(f"contains the input {source}; writing there could overwrite "
-                             "it: choose a folder outside the inputs", where=out, field="out")
+                             "it: choose a folder outside the inputs", where=out, field=_field())
         if _inside(out_real, source_real):
             raise InputError(f"lies inside the input {source}; the next run would read the "
                              "output as input: choose a folder outside the inputs",
-                             where=out, field="out")
+                             where=out, field=_field())
         if not storage.is_remote(source_real) and os.path.isdir(source_real):
             _refuse_linked_overlap(out, out_real, source)
 
@@ -827,7 +886,7 @@ def _refuse_linked_overlap(out: str, out_real: str, source: str) -> None:
             raise InputError(f"is, holds or lies inside {linked}, which the input folder "
                              f"{source} reads through a symbolic link; the next run would "
                              "read the output as input: choose a folder outside the inputs",
-                             where=out, field="out")
+                             where=out, field=_field())
 
 
 def _real(path: str) -> str:
@@ -1018,7 +1077,7 @@ def _acquire(lock: str) -> int:
                 f"{os.path.dirname(lock)} is in use by another dataselect job (pid "
                 f"{owner.get('pid', '?')} on {owner.get('host', '?')} since "
                 f"{owner.get('since', '?')}); wait for it to finish, or choose another "
-                "--out") from None
+                f"{_setting()}") from None
         if _same_file(fd, lock):
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -1049,7 +1108,7 @@ def _open_lock_file(lock: str) -> int:
                 else "is not a regular file")
         raise OutputConflictError(
             f"{lock} {what}; dataselect writes its lock only into a file of its own: remove "
-            f"{lock}, or choose another --out")
+            f"{lock}, or choose another {_setting()}")
     os.set_blocking(fd, True)
     return fd
 

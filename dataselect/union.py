@@ -20,7 +20,13 @@ import pyarrow as pa
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks
-from dataselect.footer import RECORD_JOB_KEY, PartOrigin, job_digest, reusable
+from dataselect.footer import (
+    RECORD_JOB_KEY,
+    PartOrigin,
+    job_digest,
+    refuse_foreign_data,
+    reusable,
+)
 from dataselect.hf import datasets_notes, write_hf
 from dataselect.layout import MANIFEST_FILE
 from dataselect.outdir import claim_output
@@ -89,6 +95,7 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
     with claim_output(out, "union", job, inputs=pool.files, overwrite=overwrite) as folder:
         out = folder.path
         folder.expect([part_name(i, fmt) for i in range(pool.npartitions)] + [MANIFEST_FILE])
+        refuse_foreign_data(out, folder.files)  # read with the parts by every reader
         folder.remove_temporaries()
         chosen = {label: {i: p for i, p in s.positions.items() if len(p)}
                   for label, s in selections.items()}

@@ -37,7 +37,13 @@ from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE, METRICS_SAMPLE_MB
 from dataselect.errors import InputError
 from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
-from dataselect.footer import RECORD_JOB_KEY, PartOrigin, job_digest, reusable
+from dataselect.footer import (
+    RECORD_JOB_KEY,
+    PartOrigin,
+    job_digest,
+    refuse_foreign_data,
+    reusable,
+)
 from dataselect.hf import datasets_notes, write_hf
 from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
@@ -401,6 +407,9 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     folder.expect([part_name(i, fmt) for i in range(parts)]
                   + [os.path.join(STATS_DIR, f"part-{i:05d}.npz") for i in range(parts)]
                   + [pool_stats_name(i) for i in range(parts)] + [MANIFEST_FILE])
+    # before any work: a data file of another's here would be read with the parts by every
+    # reader of the folder, a finished job's rerun included (it only checks the parts)
+    refuse_foreign_data(out, folder.files)
     if not storage.is_remote(out):  # an object store has no folders to make
         os.makedirs(os.path.join(out, STATS_DIR), exist_ok=True)
     folder.remove_temporaries()

@@ -428,20 +428,25 @@ def plan_trainings(out: str, settings: EvalSettings
 def _read_run(out: str) -> tuple[Recipe, dict[str, Any]]:
     from pydantic import ValidationError
 
+    from dataselect.footer import check_record_in
     from dataselect.layout import RUN_FILE
-    from pipelines.report_input import check_run_record, damaged
+    from pipelines.report_input import check_run_shape, damaged
     from pipelines.run_recipe import read_run
 
     run = read_run(out, "evaluate")
     path = os.path.join(out, RUN_FILE)
-    check_run_record(out, run, path)
+    check_run_shape(run, path)
     try:
-        return Recipe.model_validate(run["recipe"]), run
+        recipe = Recipe.model_validate(run["recipe"])
     except ValidationError as exc:  # edited by hand since the run: one line, not pydantic's
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
         raise damaged(path, f"its recipe no longer validates ({where}: {first.get('msg')})"
                       ) from None
+    # after validating: a setting edited by hand is named as such above, before this
+    # line's "belongs to another job" (its settings are compared with the marker's)
+    check_record_in(out, run, path)
+    return recipe, run
 
 
 def _tasks_to_evaluate(recipe: Recipe, run: dict[str, Any], settings: EvalSettings

@@ -26,7 +26,8 @@ from dataselect import checks, select, storage
 from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read_corpus
 from dataselect.defaults import WORKER_KINDS
 from dataselect.errors import InputError
-from dataselect.footer import job_digest
+from dataselect.features import check_feature_folder
+from dataselect.footer import job_digest, refuse_foreign_data
 from dataselect.hf import check_hf_schema
 from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
 from dataselect.ngram_store import store_name
@@ -211,6 +212,8 @@ def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
     with ExitStack() as stack:
         with clock.stage("start cluster"):
             out = stack.enter_context(_claim(job, identity))
+            if out.resumed:  # before the work: the writer checks again before it writes
+                refuse_foreign_data(out.path, out.files)
             parsed = stack.enter_context(parsed_once(pool, out))
             client = stack.enter_context(_client(job, scorer))
         yield out, ProgressRunner(client, clock=clock), parsed
@@ -316,6 +319,15 @@ def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
                             resample_seed=resample_seed)
 
 
+def _check_feature_store(job: SelectJob, scorer: Scorer, pool: Corpus) -> None:
+    """A scorer's feature store (``-p features``) checked with the job's other paths,
+    before any work: it is claimed only when the pool is scored, after the model ran on
+    the target, and its refusal then named --out."""
+    folder = getattr(scorer, "features", None) if scorer.pool_features else None
+    if isinstance(folder, str | os.PathLike):
+        check_feature_folder(os.fspath(folder), job.out, [*pool.files, *pool.roots])
+
+
 def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, Any]:
     """Fit and write the score store only (``dataselect score``)."""
     job.validate(needs_budget=False)
@@ -323,6 +335,7 @@ def run_score_job(job: SelectJob, console: Console | None = None) -> dict[str, A
     with clock.stage("read inputs"):
         scorer = build_scorer(job.scorer, job.scorer_params, job.seed)
         pool, target = _corpora(job)
+        _check_feature_store(job, scorer, pool)
     with _session(job, scorer, None, clock, pool) as (out, runner, parsed):
         scores = _fit_and_score(job, scorer, parsed, target, out, runner)
     summary = {"rows_in": scores.stats["rows"], "selected": None,
@@ -348,6 +361,7 @@ def run_select_job(job: SelectJob, console: Console | None = None) -> dict[str, 
                                                   scorer.default_policy),
                                  scorer.scores_per_target)
         pool, target = _corpora(job)
+        _check_feature_store(job, scorer, pool)
         output_schema(pool, ADDED_COLUMNS, job.output_format, parse=False)  # before work
         if job.save_to_disk:
             check_hf_schema(pool)
