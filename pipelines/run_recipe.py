@@ -46,7 +46,14 @@ from dataselect.layout import (
     WARMUP_DIR,
 )
 from dataselect.manifest import package_versions
-from dataselect.outdir import OutputFolder, claim_output, input_roots, remove_outputs
+from dataselect.outdir import (
+    OutputFolder,
+    check_claimable,
+    claim_output,
+    input_roots,
+    naming_setting,
+    remove_outputs,
+)
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.policies import Budget, choose_rows
 from dataselect.sampling import sample_corpus
@@ -85,6 +92,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
         from dataselect.hf import check_hf_schema
 
         check_hf_schema(pool)
+    _check_feature_stores(recipe, pool)
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         claimed.expect([RUN_FILE])
@@ -193,6 +201,18 @@ def check_inputs_unchanged(out: str, recipe: Recipe, pool: Corpus, verb: str) ->
                          f" {verb} would mix selections made from the old inputs with the "
                          "new ones; restore them, or rerun the recipe (with --overwrite) first",
                          where=out)
+
+
+def _check_feature_stores(recipe: Recipe, pool: Corpus) -> None:
+    """Each feature store a recipe names (``scorers.<name>.features``) checked before any
+    work, as a select job checks ``-p features``: it is claimed only when the pool is
+    scored, after models, warmups and fits ran. Inside the run's folder is fine (a recipe's
+    folder holds its stores, ``.features/<scorer>`` by default)."""
+    for name, given in recipe.scorers.items():
+        folder = given.get("features")
+        if SCORERS[name].pool_features and isinstance(folder, str):
+            with naming_setting(f"scorers.{name}.features"):
+                check_claimable(folder, "features", [*pool.files, *pool.roots])
 
 
 def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:

@@ -236,3 +236,26 @@ def test_a_hidden_features_folder_inside_out_passes_the_check(tmp_path):
 
     out = tmp_path / "out"
     check_feature_folder(str(out / ".features"), str(out), [])
+
+
+@pytest.mark.slow  # the tiny model (module fixture)
+def test_a_recipes_bad_features_folder_is_refused_before_any_work(
+        blank_lm, tmp_path, capsys, monkeypatch):
+    """A recipe's ``scorers.<name>.features`` is checked before models, warmups and fits,
+    and the line names that setting."""
+    import yaml
+    from conftest import instruction_recipe
+
+    from scorers.embed import Embed
+
+    def ran(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model ran before the features folder was checked")
+
+    monkeypatch.setattr(Embed, "fit", ran)
+    recipe = instruction_recipe(tmp_path / "run", ("code",),
+                                {"embed": {"model": str(blank_lm), "features": str(blank_lm)}},
+                                5)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    refused_run(["run", str(path)], capsys, "scorers.embed.features", str(blank_lm))
+    assert not (tmp_path / "run").exists()
