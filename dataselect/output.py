@@ -235,9 +235,10 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
 
 def _strict_json(obj: Any, **options: Any) -> str:
-    """JSON that every reader accepts: a NaN or infinity (a plug-in's ``config()``, a
+    """JSON that every reader accepts: a NaN or infinity (a plug-in's ``fit_stats_``, a
     diagnostic of constant scores) is written as null, where Python's default writes bare
-    ``NaN``, which is not JSON (jq, JavaScript and strict parsers refuse the file)."""
+    ``NaN``, which is not JSON (jq, JavaScript and strict parsers refuse the file). A
+    job's identity holds none (:func:`json_problem`): null would make them one value."""
     try:
         return json.dumps(obj, sort_keys=True, default=str, allow_nan=False, **options)
     except ValueError:
