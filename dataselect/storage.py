@@ -220,13 +220,21 @@ def isdir(url: str) -> bool:
 
 
 def _ask(url: str, local: Callable[[str], bool], method: str) -> bool:
-    """``local(url)`` for a path; for a URL the filesystem's ``method``, asked afresh
-    (another process may have written since) and with the store's refusals as one line."""
+    """``local(url)`` for a path; for a URL what the store's metadata of it says, asked
+    afresh (another process may have written since) and with the store's refusals as one
+    line. Only "not found" is an answer of no: fsspec's ``isfile`` (and gcsfs's
+    ``isdir``) answer False to any error, so a store that could not be reached, or that
+    refused (403), read as a missing file: ``--pool gs://b/pool`` with the server down was
+    "no such file or folder", after a minute of gcsfs's retries for each question."""
     if not is_remote(url):
         return local(url)
     with reaching(url):  # a filesystem may ask the store already (hf:// resolves the repo)
         fs, path = _fresh(url)
-        return bool(getattr(fs, method)(path))
+        try:
+            kind = fs.info(path).get("type")
+        except FileNotFoundError:
+            return False
+        return {"exists": True, "isfile": kind == "file", "isdir": kind == "directory"}[method]
 
 
 def size(path: str) -> int:
