@@ -73,6 +73,10 @@ _FILE_URL = re.compile(r"^(?P<scheme>file|local):(//(?P<host>[^/]*))?(?P<path>/.
 _UNNAMEABLE = re.compile(r"%(?:00|2F)", re.IGNORECASE)
 
 
+# a store's own words for "not found" (s3fs: "The specified bucket does not exist")
+_SAYS_MISSING = re.compile(r"not exist|not found|no such", re.IGNORECASE)
+
+
 def check_writable(url: str) -> None:
     """Refuse an output URL on a filesystem fsspec can only read, or one that dies with
     this process, before anything is written: the write would fail half-way with the
@@ -189,6 +193,9 @@ def reaching(url: str) -> Iterator[None]:
                 ("botocore", "aiobotocore", "google", "huggingface_hub", "aiohttp")):
             raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and not _SAYS_MISSING.search(reason):
+            # gcsfs names only the API path it asked (``b/nobucket/o``: no such bucket)
+            reason = f"no such bucket or object: {reason}"
         raise InputError(f"cannot reach the object ({reason}); check the URL and the "
                          "store's credentials (AWS_* variables or ~/.aws for s3://, "
                          "GOOGLE_APPLICATION_CREDENTIALS for gs://, HF_TOKEN for hf://)",

@@ -213,6 +213,22 @@ def test_parquet_in_gcs_is_read_by_row_group_ranges(bucket, pool_table, tmp_path
     cases.parquet_is_read_by_row_group_ranges(*bucket, "gs", pool_table, tmp_path, downloads)
 
 
+def test_a_missing_gcs_bucket_is_one_line_saying_so(endpoint, capsys, tmp_path, monkeypatch):
+    """gcsfs's error for a bucket that is not there names only the API path it asked
+    (``b/nobucket/o``); the line says what that means."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["select", *cases.JOB, "--pool", cases.POOL_GLOB, "--target", cases.TARGET,
+                 "--out", "gs://nobucket/out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "dataselect: error: gs://nobucket/out: cannot reach the object (no such bucket or "
+        "object: "), err
+    assert os.listdir(tmp_path) == []
+    assert main(["select", *cases.JOB, "--pool", "gs://nobucket/pool", "--target",
+                 cases.TARGET, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().endswith("gs://nobucket/pool: no such file or folder")
+
+
 def test_an_unreachable_gcs_server_is_one_line_not_a_missing_file(capsys, monkeypatch):
     """Nothing listening where gs:// points: one line saying the store cannot be reached.
     fsspec's isfile and gcsfs's isdir answer False to any error, so this was "no such
