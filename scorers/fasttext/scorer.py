@@ -67,8 +67,9 @@ def normalize_texts(texts: pa.Array, lowercase: bool = False) -> pa.Array:
     return pc.utf8_lower(texts) if lowercase else texts
 
 
-def _load(path: str) -> Any:
-    """Load a fastText model, turning the library's errors into one naming the file."""
+def _load(path: str, trained: bool = False) -> Any:
+    """Load a fastText model, turning the library's errors into one naming the file
+    (``trained``: the model this scorer trained, named by its training instead)."""
     import fasttext
 
     if not os.path.isfile(path):
@@ -78,21 +79,32 @@ def _load(path: str) -> Any:
     except (ValueError, RuntimeError, MemoryError, OSError) as error:
         raise InputError(f"not a readable fastText model ({error})", where=path,
                          field="model") from None
-    _check_complete(model, path)
+    _check_complete(model, path, trained)
     return model
 
 
-def _check_complete(model: Any, path: str) -> None:
+def _check_complete(model: Any, path: str, trained: bool = False) -> None:
     """fastText loads a truncated file without complaint and scores with garbage; compare
     the file size with the size its own header and dictionary imply (full-precision
-    models; quantized ``.ftz`` files are laid out differently and are not checked)."""
+    models; quantized ``.ftz`` files are laid out differently and are not checked).
+
+    The weights must be finite too: a NaN or infinite one loads as well, and fastText's
+    predict then fails with a bare ``RuntimeError: Encountered NaN.`` in every worker
+    (a quantized model's are met there, in :meth:`FastText.score_batch`)."""
     if model.is_quantized():
         return
+    matrices = [np.asarray(model.f.getInputMatrix()), np.asarray(model.f.getOutputMatrix())]
     try:
         entries = list(model.get_words()) + list(model.get_labels())
     except UnicodeDecodeError:
-        return
-    matrices = [np.asarray(model.f.getInputMatrix()), np.asarray(model.f.getOutputMatrix())]
+        entries = None
+    if entries is not None:
+        _check_size(matrices, entries, path)
+    if not all(_finite(matrix) for matrix in matrices):
+        raise _not_finite(path, trained)
+
+
+def _check_size(matrices: list[np.ndarray], entries: list[str], path: str) -> None:
     # magic + version (8), arguments (12 int32 + 1 double = 56), dictionary counts (28),
     # each entry (bytes, NUL, int64 count, int8 type), per matrix a flag and its shape (17)
     expected = (8 + 56 + 28 + sum(len(e.encode("utf-8")) + 10 for e in entries)
@@ -101,6 +113,25 @@ def _check_complete(model: Any, path: str) -> None:
     if actual != expected:
         raise InputError(f"is truncated or corrupt: {actual} bytes, where a model of its "
                          f"own header's shape has {expected}", where=path, field="model")
+
+
+# rows of a weight matrix checked at a time: a bounded temporary, whatever the model's size
+FINITE_CHECK_ROWS = 65_536
+
+
+def _finite(matrix: np.ndarray) -> bool:
+    return all(np.isfinite(matrix[start:start + FINITE_CHECK_ROWS]).all()
+               for start in range(0, len(matrix), FINITE_CHECK_ROWS))
+
+
+def _not_finite(path: str | None, trained: bool) -> InputError:
+    """The one line for a model whose weights are NaN or infinite (it computes NaN)."""
+    if trained:
+        return InputError("the fastText classifier trained here has NaN or infinite "
+                          "weights (its training diverged); lower lr", field="lr")
+    return InputError("fastText model has NaN or infinite weights, so it computes NaN for "
+                      "every text: use a model whose weights are finite", where=path,
+                      field="model")
 
 
 @dataclass
@@ -260,7 +291,7 @@ class FastText(Scorer):
         try:
             with os.fdopen(handle, "wb") as f:
                 f.write(self.model_bytes_)
-            return _load(path)
+            return _load(path, trained=True)
         finally:
             with contextlib.suppress(OSError):
                 os.remove(path)
@@ -268,7 +299,12 @@ class FastText(Scorer):
     def score_batch(self, batch: pa.Table) -> pa.Table:
         model = self._model()
         texts = normalize_texts(batch["text"], self.lowercase).to_pylist()
-        labels, probabilities = model.predict(texts, k=-1, threshold=0.0)
+        try:
+            labels, probabilities = model.predict(texts, k=-1, threshold=0.0)
+        except RuntimeError as error:  # a quantized model's weights are not checked ahead
+            if "NaN" not in str(error):
+                raise
+            raise _not_finite(self.model, self.model is None) from None
         wanted = self.scored_label
         score = np.zeros(len(texts))
         for row, (names, probs) in enumerate(zip(labels, probabilities)):
@@ -307,6 +343,7 @@ class PendingFit(StartedFit):
         try:
             if self.process is not None and self.sample is not None:
                 self.process.wait()
+                _load(self.process.model_path, trained=True)  # diverged: said here, once
                 self.scorer._finish(self.sample, Path(self.process.model_path).read_bytes())
             return self.scorer
         finally:
