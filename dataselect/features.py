@@ -74,20 +74,34 @@ def normalize_rows(matrix: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
-def model_unit_rows(matrix: Any, model: str, axis: int = -1, checkpoints: str = ""
-                    ) -> np.ndarray:
+def model_unit_rows(matrix: Any, model: str, axis: int = -1, checkpoints: str = "",
+                    inputs: Any = None) -> np.ndarray:
     """:func:`normalize_rows` of vectors a model computed (embeddings, projected
-    gradients), refusing any NaN or infinity in one line naming the model folder.
+    gradients), refusing any NaN or infinity in one line naming the model folder, and,
+    given ``inputs`` (a boolean per row: the row gave the model something, text or
+    response tokens), an all-zero vector of such a row.
 
     A model with a NaN weight (a diverged checkpoint) or a non-finite setting its config
     accepts gives NaN vectors, and :func:`normalize_rows` turns those into zero vectors:
-    every score would be 0.0 and the selection arbitrary, with exit 0."""
+    every score would be 0.0 and the selection arbitrary, with exit 0. A model that
+    computes nothing (a zeroed final norm weight) gives zero vectors directly, with the
+    same result; a real model's vector of a row with tokens is never exactly zero, so
+    zero is kept only for rows without input (an empty text has no embedding)."""
     matrix = np.asarray(matrix, dtype=np.float32)
     if not np.isfinite(matrix).all():
         raise InputError(f"the model{checkpoints} computed NaN or infinite values for these "
                          "rows (a NaN weight, a diverged checkpoint or a non-finite setting "
                          "in config.json): use a model whose outputs are finite",
                          where=str(model))
+    if inputs is not None:
+        zero = ~matrix.any(axis=axis)  # per row, or per row and view
+        zero = zero.reshape(len(matrix), -1).any(axis=1) & np.asarray(inputs, bool)
+        if zero.any():
+            raise InputError(f"the model{checkpoints} computed all-zero vectors for "
+                             f"{int(zero.sum())} of these {len(matrix)} rows with text (a "
+                             "zeroed weight such as the final norm's, or a config.json "
+                             "setting that zeroes every hidden state): use a model that "
+                             "computes something", where=str(model))
     return normalize_rows(matrix, axis)
 
 

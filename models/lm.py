@@ -148,11 +148,19 @@ def _check_sizes(config_class: Any, settings: dict[str, Any], config: Path, what
     _check_weights(built, config, what)
 
 
+# the largest float32: the dtype load_causal_lm runs every model in
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _check_finite(settings: Any, config: Path, what: str, prefix: str = "") -> None:
     """Refuse a NaN or infinite number anywhere in config.json (``rms_norm_eps``,
     ``rope_theta``, ``rope_scaling.factor``...): Python's JSON reader accepts ``NaN`` and
     ``Infinity``, transformers takes them, and the model then computes NaN for every row,
-    which would score every row alike rather than fail."""
+    which would score every row alike rather than fail.
+
+    A number beyond float32's range (``rms_norm_eps: 1e39``, or ``1e308``) is finite in
+    JSON but infinite in the float32 the model runs in: an infinite epsilon makes every
+    normalised hidden state zero, so every embedding was zero and every score 0.0."""
     items = settings.items() if isinstance(settings, dict) else enumerate(
         settings if isinstance(settings, list) else [])
     for key, value in items:
@@ -160,6 +168,11 @@ def _check_finite(settings: Any, config: Path, what: str, prefix: str = "") -> N
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"{what} config.json: {name} must be a finite number, got "
                              f"{value}", where=str(config.parent), field=name)
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise InputError(f"{what} config.json: {name} = {value:g} is beyond float32's "
+                             f"range (±{FLOAT32_MAX:.4g}), the precision the model runs in, "
+                             "where it is infinite: use a value within that range",
+                             where=str(config.parent), field=name)
         if isinstance(value, dict | list):
             _check_finite(value, config, what, f"{name}." if isinstance(value, dict)
                           else name)
@@ -326,7 +339,36 @@ def load_causal_lm(path: str, device: torch.device, dtype: torch.dtype | None = 
         if not is_folder_fault(exc):
             raise
         raise (_refused_pickle_weights(path, exc) or _unloadable("model", path, exc)) from exc
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    _check_computes(model, path)
+    return model
+
+
+# tokens of the probe input :func:`_check_computes` runs (distinct ids from 0)
+PROBE_TOKENS = 8
+
+
+def _check_computes(model: Any, path: str) -> None:
+    """Refuse a model whose last hidden state is the same at every position of a short
+    probe input of distinct tokens: it computes nothing from its input (a checkpoint
+    with a zeroed final norm weight; a config setting that zeroes every normalised
+    state). Such a model ran without error: every embedding zero, every loss the same
+    log(vocabulary) and every gradient zero, so embed, LESS and BADS scored every row
+    alike (0.0) and picked arbitrarily, with exit 0. Any working model's states differ
+    between positions. One forward pass of ``PROBE_TOKENS`` tokens, once per load."""
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab < 2:
+        return
+    ids = torch.arange(min(PROBE_TOKENS, vocab), device=model.device)[None, :]
+    with torch.inference_mode():
+        hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                       output_hidden_states=True).hidden_states[-1]
+    if bool((hidden == hidden[:, :1]).all()):
+        state = "zero" if not bool(hidden.any()) else "the same at every position"
+        raise InputError(f"the model computes nothing from its input: its last hidden "
+                         f"state is {state} (a zeroed weight such as the final norm's, or "
+                         "a config.json setting that zeroes every state): use a model "
+                         "that computes something", where=path)
 
 
 def _weight_file_errors() -> tuple[type[Exception], ...]:

@@ -153,11 +153,13 @@ class Embed(Scorer):
         """
         worker = _embedding_model(self)
         out = np.zeros((batch.num_rows, worker.hidden_size), np.float32)
+        tokens = np.zeros(batch.num_rows, bool)  # rows with a token: never a zero vector
         for start in range(0, batch.num_rows, TOKENIZE_ROWS):
             chunk = batch.slice(start, TOKENIZE_ROWS)
-            out[start:start + chunk.num_rows] = worker.embed(
+            rows = slice(start, start + chunk.num_rows)
+            out[rows], tokens[rows] = worker.embed(
                 chunk, self.max_length, self.pooling, self.batch_size)
-        return model_unit_rows(out, self.model) if batch.num_rows else out
+        return model_unit_rows(out, self.model, inputs=tokens) if batch.num_rows else out
 
     def featurize_batch(self, batch: pa.Table, side: Side = "pool") -> np.ndarray:
         """``(rows, 1, hidden)``: the same embedding on the pool and the query side."""
@@ -244,12 +246,13 @@ class _EmbeddingModel:
         self.encoder = base if base is not None and base is not self.model else None
 
     def embed(self, batch: pa.Table, max_length: int, pooling: Pooling, batch_size: int
-              ) -> np.ndarray:
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Pooled (not normalised) last hidden states of ``batch``'s rows, in row order,
-        from batches of ``batch_size`` rows sorted by token count."""
+        from batches of ``batch_size`` rows sorted by token count, and which rows have a
+        token (the others keep a zero vector)."""
         out = np.zeros((batch.num_rows, self.hidden_size), np.float32)
         if batch.num_rows == 0:
-            return out
+            return out, np.zeros(0, bool)
         tokens: TokenBatch = tokenize(self.tokenizer, model_view(batch), max_length)
         lengths = tokens.attention_mask.sum(1).numpy()
         with self.lock, torch.inference_mode():
@@ -263,7 +266,7 @@ class _EmbeddingModel:
                 pooled = pool_hidden_states(self._last_hidden(ids, mask).float(), mask,
                                             pooling)
                 out[rows] = pooled.cpu().numpy()
-        return out
+        return out, lengths > 0
 
     def _last_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.encoder is not None:

@@ -359,9 +359,12 @@ class _GradientModel:
             out[placed, c] = self.projection.project(pieces)
             del pieces
         out[~valid] = 0
+        valid_rows = valid.cpu().numpy()
+        # a row with response tokens whose gradient is all zero: the model computes nothing
         features = model_unit_rows(out.cpu().numpy(), self.model_path,
-                                   checkpoints=" (with its LoRA checkpoints)")
-        return features, valid.cpu().numpy()
+                                   checkpoints=" (with its LoRA checkpoints)",
+                                   inputs=valid_rows)
+        return features, valid_rows
 
     def _gradients(self, checkpoint: int, tokens: Any, adam: bool) -> list[torch.Tensor]:
         """Per-example gradients of one batch at one checkpoint, Adam-preconditioned when
