@@ -52,8 +52,10 @@ from dataselect.defaults import (
 from dataselect.errors import (
     INTERRUPTED,
     DataSelectError,
+    cap_arenas_under_limit,
     network_line,
     os_error_line,
+    resource_limits_line,
     resource_line,
 )
 from pipelines.commands import parse_params
@@ -393,7 +395,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; 0 on success, 2 for an error the user can fix, 130 on Ctrl-C.
 
     Errors are one line, because a traceback from a Dask worker buries the one sentence
-    that says what to do; ``--verbose`` adds the traceback back for whoever debugs."""
+    that says what to do; ``--verbose`` adds the traceback back for whoever debugs.
+
+    The process's resource limits are checked first (:func:`resource_limits_line`), as
+    the console script does before this module loads: run as ``python -m pipelines.cli``
+    or called in a program, a job under ``ulimit -v 1000000`` went on to abort in
+    Polars' allocator (SIGABRT) or exit in OpenBLAS, with no line of dataselect's. Under
+    such a limit glibc's malloc arenas are capped (:func:`cap_arenas_under_limit`), so that
+    the limit's floor holds on a machine of many cores too."""
+    refusal = resource_limits_line()
+    if refusal is not None:
+        print(f"dataselect: error: {refusal}", file=sys.stderr)
+        return 2
+    cap_arenas_under_limit()
     args = build_parser().parse_args(argv)
     try:
         _run_command(args)
