@@ -115,6 +115,7 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, 
     try:
         model.save_pretrained(tmp, selected_adapters=[adapter])
         saved = Path(tmp) / adapter if (Path(tmp) / adapter).is_dir() else Path(tmp)
+        _sort_target_modules(saved / ADAPTER_CONFIG)
         save_file(tensors, str(saved / MOMENTS_FILE), metadata={
             "beta1": str(beta1), "beta2": str(beta2), "eps": str(group["eps"]),
             "step": str(step)})
@@ -126,6 +127,17 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, 
         os.replace(saved, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sort_target_modules(config: Path) -> None:
+    """peft keeps ``target_modules`` as a set and writes it in the set's order, which
+    changes with each process's string hashing: a rerun's checkpoint (a resumed warmup)
+    then differed in bytes from the first run's. Written sorted, it is the same in every
+    process; peft reads it back as a set all the same."""
+    settings = json.loads(config.read_text())
+    if isinstance(settings.get("target_modules"), list):
+        settings["target_modules"] = sorted(settings["target_modules"])
+        config.write_text(json.dumps(settings, indent=2, sort_keys=True))  # as peft writes
 
 
 def read_checkpoint_json(path: str) -> dict[str, Any] | None:

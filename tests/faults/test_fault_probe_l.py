@@ -194,6 +194,26 @@ def test_warmup_rerun_trains_a_damaged_checkpoint_again(
         assert (out / "epoch-2" / file).read_text() == (warmed / "epoch-2" / file).read_text()
 
 
+def test_a_checkpoint_names_its_target_modules_in_sorted_order(warmed: Path,
+                                                                 tmp_path: Path) -> None:
+    """peft writes ``target_modules`` in its set's order, which changes with each
+    process's string hashing, so a resumed warmup's checkpoint differed in bytes from the
+    first run's; dataselect writes the list sorted, as peft formats the file otherwise."""
+    import json
+
+    from models.lora_checkpoints import _sort_target_modules
+
+    for epoch in ("epoch-1", "epoch-2"):
+        text = (warmed / epoch / "adapter_config.json").read_text()
+        modules = json.loads(text)["target_modules"]
+        assert len(modules) > 1 and modules == sorted(modules)
+    config = tmp_path / "adapter_config.json"
+    config.write_text(json.dumps({"r": 2, "target_modules": ["v_proj", "k_proj", "q_proj"]}))
+    _sort_target_modules(config)
+    assert config.read_text() == json.dumps(
+        {"r": 2, "target_modules": ["k_proj", "q_proj", "v_proj"]}, indent=2, sort_keys=True)
+
+
 @pytest.mark.parametrize("value", ["1e400", "NaN", "-Infinity", "-1", "0", '"x"', "null",
                                    "true", ""])
 def test_edited_mean_lr_is_refused_as_an_edited_record(tmp_path: Path, value: str) -> None:
