@@ -506,10 +506,11 @@ def _metrics(out: str, job: str, parts: int, target: Corpus | None,
             target_ngrams += hasher.bucket_counts(target.texts(table))
             target_labels.update(count_labels(table, column))
         metrics = kl_reduction(target_ngrams, summed.pool_ngrams, summed.selected_ngrams)
+        metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+        # the share as used, unrounded: 1e-7 of a pool is not 0.0
         metrics.update({"ngram_buckets": hasher.num_buckets, "ngram": hasher.ngram,
                         "pool_sample_fraction": metrics_sample})
-        found["metrics"] = {k: (round(v, 6) if isinstance(v, float) else v)
-                            for k, v in metrics.items()}
+        found["metrics"] = metrics
     advance(1)
     composed = column and composition(column, summed.pool_labels, summed.selected_labels,
                                       target_labels)

@@ -243,6 +243,7 @@ def test_a_metrics_sample_of_no_row_records_null_and_says_why(pool, tmp_path, ca
     metrics = json.loads((out / ".manifest.json").read_text())["metrics"]
     assert metrics["kl_target_pool"] is None and metrics["kl_reduction"] is None
     assert metrics["kl_target_selected"] is not None
+    assert metrics["pool_sample_fraction"] == 1e-300  # as given, not rounded to 0.0
     assert "--metrics-sample" in metrics["metrics_note"]
     assert "--metrics-sample" in printed
     assert main(["report", str(out)]) == 0  # the page draws the missing number as a gap
