@@ -55,6 +55,7 @@ from dataselect.output import (
     jsonable,
     read_json,
     remove_stale_temporaries,
+    same_json,
     temporary_of,
     write_json,
 )
@@ -301,7 +302,7 @@ def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
         raise OutputConflictError(
             f"{path} holds dataselect output of another kind ({previous.get('kind')}, not "
             f"{kind}); choose another folder")
-    if identity is None or previous.get("identity") == identity:
+    if identity is None or same_json(previous.get("identity"), identity):
         _refuse_special_listed(path, files)
         return OutputFolder(path, kind, identity, files, resumed=identity is not None)
     if previous.get("identity") is None:
@@ -427,11 +428,12 @@ def _differences(old: Any, new: Any) -> str:
     parts: list[str] = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key), new.get(key)
-        if before == after:
+        if same_json(before, after):  # not ==: True and 1 are two settings (same_json)
             continue
         if isinstance(before, dict) and isinstance(after, dict):
             parts += [f"{key}.{sub}" for sub in sorted(set(before) | set(after))
-                      if before.get(sub) != after.get(sub)]
+                      if sub not in before or sub not in after
+                      or not same_json(before[sub], after[sub])]
         else:
             parts.append(key)
     return ", ".join(parts) or "settings"

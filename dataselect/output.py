@@ -356,3 +356,21 @@ def remove_stale_temporaries(folder: str | os.PathLike, written: Callable[[str],
 def jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists), for comparisons."""
     return json.loads(_strict_json(obj))
+
+
+def same_json(first: Any, second: Any) -> bool:
+    """Whether ``first`` and ``second`` are the same value as dataselect writes JSON: their
+    texts (keys sorted) are equal. Why not ``==``: Python's ``True == 1``, ``0.0 == -0.0``
+    and ``2**53 == 2.0**53``, but JSON writes each pair as two texts, and the digests
+    dataselect keeps of an identity (a part's footer) are of that text. Compared with
+    ``==``, a plug-in whose config went from ``True`` to ``1`` was taken for the same job,
+    and its parts were then refused as "edited or replaced" instead of the changed setting
+    being named."""
+    return _json_text(first) == _json_text(second)
+
+
+def _json_text(obj: Any) -> str:
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError, RecursionError):  # keys of mixed types, a cycle
+        return repr(obj)

@@ -54,7 +54,7 @@ from dataselect.outdir import (
     naming_setting,
     remove_outputs,
 )
-from dataselect.output import jsonable, read_json, write_json
+from dataselect.output import jsonable, read_json, same_json, write_json
 from dataselect.policies import Budget, choose_rows
 from dataselect.sampling import sample_corpus
 from dataselect.scoring import (
@@ -310,7 +310,7 @@ def build_model(pool: Corpus, spec: TinyModelSpec, folder: str) -> tuple[str, bo
     marker = os.path.join(folder, "_built.json")
     wanted = {"spec": spec.model_dump(), "pool": pool.fingerprint()}
     trained = os.path.join(folder, "trained")
-    if os.path.exists(marker) and read_json(marker) == jsonable(wanted):
+    if os.path.exists(marker) and same_json(read_json(marker), jsonable(wanted)):
         return trained, False
     sample = sample_corpus(pool, 20_000, spec.seed)
     view = pool.scoring_view(sample, response_spans=True)
@@ -333,7 +333,7 @@ def _warmup(recipe: Recipe, pool: Corpus, model: str, out: str, timings: list[St
     config.check()
     marker = os.path.join(folder, "_done.json")
     wanted = jsonable({"config": config, "model": model, "pool": pool.fingerprint()})
-    if os.path.exists(marker) and read_json(marker)["settings"] == wanted:
+    if os.path.exists(marker) and same_json(read_json(marker)["settings"], wanted):
         checkpoints = read_json(marker)["checkpoints"]
         if _readable_checkpoints(checkpoints):
             timings.append(StageTiming("warmup (reused)", len(checkpoints), 0.0))
