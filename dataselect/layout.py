@@ -27,12 +27,17 @@ import os
 import re
 
 # a name that becomes one folder inside an output (a recipe's task, a scorer's score
-# store): letters, digits, '_', '-', '.', starting with a letter or digit, so it can be
-# neither absolute, nor '..', nor hold a separator that would lead out of the output
+# store): ASCII letters, digits, '_', '-', '.', starting with a letter or digit, so it
+# can be neither absolute, nor '..', nor hold a separator that would lead out of the output
 # (\Z, not $: $ also matches before a final newline, and 'task\n' would pass)
+# ASCII only, on purpose: a name with 'é' has two spellings (NFC and NFD) that look alike
+# but name two folders (macOS, and object stores, may turn one into the other), and some
+# file systems and object stores take only ASCII; so the rule says "ASCII letters", never
+# calling 'é' a non-letter
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-FOLDER_NAME_RULE = ("letters, digits, '_', '-' or '.', starting with a letter or digit (it "
-                    "names a folder)")
+FOLDER_NAME_RULE = ("ASCII letters, digits, '_', '-' or '.', starting with an ASCII letter or "
+                    "digit (it names a folder, kept portable across file systems and object "
+                    "stores)")
 
 # in a selection or union folder
 MANIFEST_FILE = ".manifest.json"  # written last: the folder is finished when it exists

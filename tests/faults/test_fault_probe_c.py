@@ -178,7 +178,7 @@ def test_a_scorer_registered_under_a_path_like_name_is_refused(tmp_path, capsys,
     SCORERS.refresh()
     if name not in SCORERS.names():  # an entry point with no name is not listed at all
         return
-    with pytest.raises(InputError, match="a scorer's name must be letters, digits"):
+    with pytest.raises(InputError, match="a scorer's name must be ASCII letters, digits"):
         SCORERS[name]
     outside = Path("/abs") if name.startswith("/") else tmp_path
     assert not (outside / "path").exists() and not (tmp_path.parent / "escape").exists()
