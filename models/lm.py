@@ -129,7 +129,8 @@ def _check_sizes(config_class: Any, settings: dict[str, Any], config: Path, what
     strict config's field errors, a plain one's TypeError or ValueError), then require the
     sizes it resolves to be integers >= 1: a config.json edited to ``hidden_size: "big"``
     would otherwise fail with a traceback from inside transformers or torch, in a worker."""
-    _check_finite(settings, config, what)
+    read = _read_keys(config_class, settings)
+    _check_finite({key: value for key, value in settings.items() if key in read}, config, what)
     try:
         built = config_class.from_dict(settings)
     except (*_config_errors(), TypeError, ValueError) as exc:
@@ -148,12 +149,47 @@ def _check_sizes(config_class: Any, settings: dict[str, Any], config: Path, what
     _check_weights(built, config, what)
 
 
+def _read_keys(config_class: Any, settings: dict[str, Any]) -> set[str]:
+    """The keys of config.json that the architecture's config class reads: those its
+    ``__init__`` (or a base class's) takes, their aliases (``attribute_map``: ``n_embd``),
+    and those it turns into others (``rope_theta``, ``rope_scaling``: into
+    ``rope_parameters``). transformers only stores any other key (a user's ``my_note``),
+    and the model's code, written for its class, reads none of them; so a value there that
+    float32 cannot hold changes nothing the model computes, and refusing it refused a
+    working model. What a key outside the class does all the same (modeling code reading
+    one it does not declare) is met by the checks on what the model computes: the probe
+    of :func:`load_causal_lm` and the NaN checks of its outputs. Every key, when the config
+    cannot be built (its own error follows, after the keys are checked)."""
+    import inspect
+    import warnings
+
+    from dataselect.output import same_json
+
+    declared: set[str] = set()
+    for cls in config_class.__mro__[:-1]:  # not object: its (*args, **kwargs)
+        declared |= set(getattr(cls, "__dataclass_fields__", {}))
+        init = cls.__dict__.get("__init__")
+        with contextlib.suppress(TypeError, ValueError):
+            declared |= set(inspect.signature(init).parameters) if init else set()
+    aliases = getattr(config_class, "attribute_map", None) or {}
+    declared |= set(aliases) | set(aliases.values())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stored = config_class.from_dict(settings).to_dict()
+    except Exception:  # any fault: check every key; the build then names it
+        return set(settings)
+    return {key for key in settings if key in declared or key not in stored
+            or not same_json(stored[key], settings[key])}
+
+
 # the largest float32: the dtype load_causal_lm runs every model in
 FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _check_finite(settings: Any, config: Path, what: str, prefix: str = "") -> None:
-    """Refuse a NaN or infinite number anywhere in config.json (``rms_norm_eps``,
+    """Refuse a NaN or infinite number in a key of config.json the model reads
+    (:func:`_read_keys`: ``rms_norm_eps``,
     ``rope_theta``, ``rope_scaling.factor``...): Python's JSON reader accepts ``NaN`` and
     ``Infinity``, transformers takes them, and the model then computes NaN for every row,
     which would score every row alike rather than fail.
