@@ -391,7 +391,12 @@ def _check_computes(model: Any, path: str) -> None:
     state). Such a model ran without error: every embedding zero, every loss the same
     log(vocabulary) and every gradient zero, so embed, LESS and BADS scored every row
     alike (0.0) and picked arbitrarily, with exit 0. Any working model's states differ
-    between positions. One forward pass of ``PROBE_TOKENS`` tokens, once per load."""
+    between positions. One forward pass of ``PROBE_TOKENS`` tokens, once per load.
+
+    A NaN or infinite state is refused here too, at every place a model is loaded (bads,
+    eval, warm-up and attribute as well as embed and less, which check their outputs):
+    config.json's keys are checked only where the config class reads them
+    (:func:`_read_keys`), so what any other setting or weight does is met here."""
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
     if vocab < 2:
         return
@@ -399,6 +404,10 @@ def _check_computes(model: Any, path: str) -> None:
     with torch.inference_mode():
         hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids),
                        output_hidden_states=True).hidden_states[-1]
+    if not bool(torch.isfinite(hidden).all()):
+        raise InputError("the model computed NaN or infinite values for a short probe input "
+                         "(a NaN weight, a diverged checkpoint or a non-finite setting in "
+                         "config.json): use a model whose outputs are finite", where=path)
     if bool((hidden == hidden[:, :1]).all()):
         state = "zero" if not bool(hidden.any()) else "the same at every position"
         raise InputError(f"the model computes nothing from its input: its last hidden "

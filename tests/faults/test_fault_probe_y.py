@@ -152,3 +152,23 @@ def test_a_key_the_model_reads_is_still_range_checked(
             as info:
         check_model_folder(str(model), "model")
     assert info.value.where == str(model)
+
+
+def test_loading_a_model_that_computes_nan_is_refused_naming_it(
+        tiny_lm: Path, tmp_path: Path) -> None:
+    """config.json's other keys are left to what the model computes: the load's probe
+    refuses NaN states wherever a model is loaded (bads, eval, warm-up, attribute too),
+    not only where embed and less check their outputs."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from models.lm import load_causal_lm
+
+    model = _edited_config(tiny_lm, tmp_path)
+    weights = load_file(model / "model.safetensors")
+    name = next(n for n in weights if "layers.0.mlp.down_proj" in n)
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match="computed NaN or infinite values") as info:
+        load_causal_lm(str(model), torch.device("cpu"))
+    assert info.value.where == str(model)
