@@ -579,7 +579,7 @@ def read_hf_state(folder: str) -> dict[str, Any]:
             found = json.load(f)
     except OSError as exc:
         raise InputError(f"cannot read it ({exc.strerror or exc})", where=state) from None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         raise _not_a_state(state) from None
     if not isinstance(found, dict):
         raise _not_a_state(state)

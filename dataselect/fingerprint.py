@@ -203,7 +203,7 @@ def _read_entry(key: CacheKey) -> str | None:
         entry = json.loads(_entry_path(key).read_text())
         digest = entry["xxh3_128"]
         valid = entry["key"] == list(key) and HEX_DIGEST.fullmatch(digest) is not None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return digest if valid else None
 

@@ -68,10 +68,10 @@ def load(folder: str | None, index: int, hasher: NgramHasher) -> Chunks | None:
     path = ngram_file(folder, index)
     if not os.path.exists(path):
         return None
-    with damaged_if_unreadable(path):
+    with damaged_if_unreadable(path):  # a header edited or nested too deeply: one line
         data = np.fromfile(path, np.uint8)
-    head_size = int(data[:8].view("<u8")[0])
-    header = json.loads(data[8:8 + head_size].tobytes())
+        head_size = int(data[:8].view("<u8")[0])
+        header = json.loads(data[8:8 + head_size].tobytes())
     if header["key"] != hasher_key(hasher):
         return None
     arrays, offset = {}, _aligned(8 + head_size)

@@ -1127,5 +1127,5 @@ def _read_lock(lock: str) -> dict[str, Any]:
         with open(lock, encoding="utf-8") as f:
             data = json.load(f)
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}

@@ -211,8 +211,11 @@ def damaged_if_unreadable(path: str | os.PathLike) -> Iterator[None]:
     Every reader of such a file (a part, a feature shard, an index) opens it inside this,
     so a FIFO, device or socket planted in its place is refused here, before it is
     opened: opening a FIFO waits for a writer, forever, and pyarrow reports one as a
-    missing file."""
+    missing file. A folder at the file's name (``OUT/part-00000.parquet/``, a ``.hf``
+    shard) is refused too, as the write to that name refuses it: pyarrow's "is a
+    directory" OSError was a traceback on the rerun."""
     check_regular_file(path)
+    refuse_folder_output(path)
     try:
         yield
     except InputError:
@@ -324,6 +327,8 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
                 data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise damaged_file(path, f"it is not valid JSON ({exc})") from None
+    except RecursionError:  # json's parser recurses once per level: '[' * 100000
+        raise damaged_file(path, "it is nested too deeply to read") from None
     if not isinstance(data, dict):
         raise damaged_file(path, f"it holds a JSON {type(data).__name__}, not an object")
     return data

@@ -96,7 +96,7 @@ def _check_architecture(config: Path, what: str) -> None:
 
     try:
         settings = json.loads(config.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{what} config.json is not valid JSON ({exc})",
                          where=str(config)) from None
     if not isinstance(settings, dict):

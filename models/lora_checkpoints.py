@@ -153,7 +153,7 @@ def read_checkpoint_json(path: str) -> dict[str, Any] | None:
     checks.check_regular_file(info)
     try:
         record = json.loads(info.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise InputError(f"{INFO_FILE} is not readable JSON ({error}); rewrite it with "
                          "`dataselect warmup`, or remove it", where=str(info)) from error
     if not isinstance(record, dict):

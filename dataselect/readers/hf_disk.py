@@ -77,7 +77,7 @@ def datasetdict_splits(path: str) -> tuple[list[str], list[str]]:
             splits = json.load(f)["splits"]
     except OSError as exc:
         raise InputError(f"cannot read it ({exc.strerror or exc})", where=where) from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise InputError("is not a DatasetDict record (a JSON object whose 'splits' lists "
                          "its split folders): restore it, or save the DatasetDict again",
                          where=where) from None
