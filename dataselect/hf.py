@@ -116,6 +116,22 @@ def _state(names: list[str], identity: Any) -> dict[str, Any]:
             "_output_all_columns": False, "_split": None}
 
 
+def _refuse_not_a_folder(path: str) -> None:
+    """Refuse a ``path`` that is a file (a part, ``.manifest.json``), a FIFO or a device,
+    in one line naming it: every later step reads ``path/.hf`` and ``path/.dataselect.json``,
+    and a file there gave a raw NotADirectoryError naming ``<file>/.hf``, which says
+    neither what was given nor what is wanted. Nothing is opened (a FIFO would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # refused next, as a folder that holds no selection
+    if stat.S_ISDIR(mode):
+        return
+    what = "a file" if stat.S_ISREG(mode) else special_kind(path)
+    raise InputError(f"is {what}, not a folder: load_hf reads {SELECTION_FOLDERS}; give "
+                     "that folder", where=path)
+
+
 def _check_hf_folder(hf: str) -> None:
     """Refuse anything but a folder (or nothing) at ``OUT/.hf``, in one line naming it:
     a user's file there ended ``load_hf`` in ``os.makedirs``' FileExistsError, and a link
@@ -349,6 +365,7 @@ def load_hf(path: str | os.PathLike, runner: Runner = default_runner) -> Any:
         raise InputError("the datasets layout is written to, and mapped from, a local folder; "
                          "read the parts from the URL instead: datasets.load_dataset("
                          f"'parquet', data_files='{path}/part-*.parquet')", where=path)
+    _refuse_not_a_folder(path)
     refuse_kind(path, DATASET_KINDS, "a selection", SELECTION_FOLDERS)
     hf = os.path.join(path, HF_DIR)
     _check_hf_folder(hf)
