@@ -165,13 +165,14 @@ def test_a_foreign_data_file_in_a_finished_selection_is_refused(finished, capsys
         load_hf(out)
 
 
-def test_hidden_and_other_files_are_not_the_selections(finished, capsys):
-    """Readers skip hidden names, and read no text note as data: the rerun resumes."""
+def test_hidden_files_are_not_the_selections(finished, capsys):
+    """Readers skip hidden names: the rerun resumes. (A visible NOTES.txt is refused since
+    pass 11: pyarrow reads every visible file, whatever its name; test_fault_probe_x.)"""
     pool, out = finished
     shutil.copy(out / "part-00000.parquet", out / ".mine.parquet")
-    (out / "NOTES.txt").write_text("mine")
+    (out / ".NOTES.txt").write_text("mine")
     assert main(dsir_select(pool, out, k=5)) == 0
-    assert (out / ".mine.parquet").exists() and (out / "NOTES.txt").exists()
+    assert (out / ".mine.parquet").exists() and (out / ".NOTES.txt").exists()
 
 
 def test_a_foreign_data_file_in_an_api_selection_folder_is_refused(finished, tmp_path):
