@@ -212,8 +212,9 @@ def _session(job: SelectJob, scorer: Scorer, identity: dict[str, Any] | None,
     with ExitStack() as stack:
         with clock.stage("start cluster"):
             out = stack.enter_context(_claim(job, identity))
-            if out.resumed:  # before the work: the writer checks again before it writes
-                refuse_foreign_data(out.path, out.files)
+            # before the work, resumed or not (--overwrite leaves what it did not list, a
+            # user's x.pq included): the writer checks again before it writes
+            refuse_foreign_data(out.path, out.files)
             parsed = stack.enter_context(parsed_once(pool, out))
             client = stack.enter_context(_client(job, scorer))
         yield out, ProgressRunner(client, clock=clock), parsed

@@ -141,10 +141,17 @@ def overwrite_deletes_exactly_the_listed_objects(fs: Any, name: str, scheme: str
     changed = [*argv[:argv.index("--k")], "--k", "10", *argv[argv.index("--k") + 2:]]
     assert main(changed) == 2
     assert "other settings" in capsys.readouterr().err
+    # visible, every reader would take them as the selection's: refused before any work,
+    # kept; under hidden names they stay beside the new selection
+    assert main([*changed, "--overwrite"]) == 2
+    assert "move it away" in capsys.readouterr().err
+    assert set(objects(fs, f"{name}/out")) >= {"notes.txt", "part-09999.parquet"}
+    for kept in ("notes.txt", "part-09999.parquet"):
+        fs.mv(f"{name}/out/{kept}", f"{name}/out/.{kept}")
     assert main([*changed, "--overwrite"]) == 0
     after = objects(fs, f"{name}/out")
-    assert set(after) == {*first, "notes.txt", "part-09999.parquet"}
-    assert fs.cat_file(f"{name}/out/notes.txt") == b"mine"
+    assert set(after) == {*first, ".notes.txt", ".part-09999.parquet"}
+    assert fs.cat_file(f"{name}/out/.notes.txt") == b"mine"
     manifest = json.loads(fs.cat_file(f"{name}/out/.manifest.json"))
     assert manifest["counts"]["written"] == 10
 

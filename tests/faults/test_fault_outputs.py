@@ -127,9 +127,14 @@ def test_overwrite_removes_exactly_the_files_the_previous_job_listed(tmp_path, c
     (out / ".stats" / "mine.txt").write_text("kept\n")
     assert main(_select(f"{DATA}/pool/*.parquet", out, "--seed", "1")) == 2
     assert "other settings or inputs (differs in: settings.seed)" in _error_line(capsys)
+    # visible, they would be read as the selection's: refused, not deleted (pass 11)
+    assert main(_select(f"{DATA}/pool/*.parquet", out, "--seed", "1", "--overwrite")) == 2
+    assert "move it away" in _error_line(capsys)
+    for name in ("part-notes.txt", "part-12345.parquet"):
+        (out / name).rename(out / f".{name}")
     assert main(_select(f"{DATA}/pool/*.parquet", out, "--seed", "1", "--overwrite")) == 0
-    assert (out / "part-notes.txt").read_text().startswith("a note")
-    assert (out / "part-12345.parquet").read_bytes() == b"not listed by any job"
+    assert (out / ".part-notes.txt").read_text().startswith("a note")
+    assert (out / ".part-12345.parquet").read_bytes() == b"not listed by any job"
     assert (out / ".stats" / "mine.txt").read_text() == "kept\n"
     written = json.loads((out / ".manifest.json").read_text())
     assert written["job"]["seed"] == 1

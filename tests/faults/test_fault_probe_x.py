@@ -264,3 +264,15 @@ def test_a_recipe_refuses_it_in_its_union_and_task_folders(tmp_path, capsys):
         refused_run(["run", str(recipe)], capsys, str(out / planted), "move it away")
         (out / planted).unlink()
     assert main(["run", str(recipe)]) == 0
+
+
+def test_overwrite_refuses_it_before_any_work(finished, capsys):
+    """--overwrite deletes only what the marker lists: a user's x.pq stays, and is refused
+    before the scoring, not after it."""
+    pool, out = finished
+    shutil.copy(out / "part-00000.parquet", out / "x.pq")
+    assert main(dsir_select(pool, out, "--overwrite", "--seed", "3", k=5)) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'x.pq'}: is not part of this selection" in err and "Traceback" not in err
+    assert "fit:dsir" not in err and "score:dsir" not in err, err
+    assert (out / "x.pq").exists()
