@@ -228,11 +228,25 @@ def test_an_edited_selection_manifest_is_one_line_in_report(selection, tmp_path,
     {"summary": {"code": "x"}, "settings": {"steps": 1, "seeds": [0]}}, {},
     {"summary": {"code": {"train_rows": "20", "seeds": [0], "loss": {}}},
      "settings": {"steps": 1, "seeds": [0]}}])
-def test_edited_eval_results_are_one_line_in_report(selection, tmp_path, capsys, results):
-    out = _copy(selection, tmp_path)
-    (out / "eval").mkdir()
+def test_edited_eval_results_are_one_line_in_report(tmp_path, capsys, results):
+    """In a recipe run, where ``eval`` writes them and ``report`` reads them (in a select
+    folder an ``eval/`` folder is no part of the output, and is refused as a foreign entry
+    before anything reads it)."""
+    from test_fault_probe_b import recipe_run as make
+
+    out = make.__wrapped__(tmp_path)
+    (out / "eval").mkdir(exist_ok=True)
     (out / "eval" / "results.json").write_text(json.dumps(results))
     _one_line_exit_2(["report", str(out)], capsys, "results.json", "damaged or edited")
+
+
+@pytest.mark.slow
+def test_an_eval_folder_planted_in_a_selection_is_refused_in_report(selection, tmp_path,
+                                                                     capsys):
+    out = _copy(selection, tmp_path)
+    (out / "eval").mkdir()
+    (out / "eval" / "results.json").write_text("{}")
+    _one_line_exit_2(["report", str(out)], capsys, "eval", "move it away")
 
 
 def _run_record() -> dict:
