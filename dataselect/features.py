@@ -38,6 +38,7 @@ from dataselect.footer import (
     read_footer,
     replaced,
 )
+from dataselect.layout import FEATURES_DIR, RECIPE_OWN, SELECTION_OWN, TASKS_DIR, UNION_DIR
 from dataselect.outdir import OutputFolder, check_claimable, naming_setting
 from dataselect.output import (
     atomic_write,
@@ -106,36 +107,75 @@ def model_unit_rows(matrix: Any, model: str, axis: int = -1, checkpoints: str = 
 
 
 def check_feature_folder(folder: str, out: str, inputs: list[str],
-                         setting: str = "-p features") -> None:
+                         setting: str = "-p features", out_setting: str = "--out",
+                         recipe_scorer: str = "") -> None:
     """Refuse, before any work, a feature store folder (``setting``) that a job could not
     claim once its model has run, in one line naming ``setting``: one that is, contains or
-    lies at a visible path inside the job's ``out`` (every reader of the selection would
-    read the features as its rows; a hidden folder there, ``OUT/.features``, is fine), an
-    input, a folder of someone else's (a model folder), another output of dataselect's.
-    Without this the job ran its model first and then said "choose another --out"."""
+    lies inside a folder the job writes in its output ``out`` (``out_setting``): a
+    selection at any visible path (every reader of it would read the features as its
+    rows), the job's own bookkeeping (``.scores``, ``.stats``, ``.hf``...), and for a
+    recipe (``recipe_scorer`` names the scorer whose store it is) its root,
+    ``tasks/<task>``, ``union``, ``.models``, ``eval``... A hidden folder of the user's
+    there (``OUT/.features``, a recipe's ``.features/<scorer>``) is fine. Also an input, a
+    folder of someone else's (a model folder), another output of dataselect's. Without
+    this the job ran its model first, wrote the store into the folder and only then
+    refused it, naming neither the setting nor the store."""
     if not (storage.is_remote(folder) or storage.is_remote(out)):  # else refused below
-        _refuse_in_out(folder, out, setting)
+        _refuse_in_out(folder, out, setting, out_setting, recipe_scorer)
     with naming_setting(setting):
         check_claimable(folder, "features", inputs)
 
 
-def _refuse_in_out(folder: str, out: str, setting: str) -> None:
-    """Refuse a feature store folder that is, holds or lies visibly inside ``out``. First:
-    a resumed ``out`` is marked, and the claim's check would call it "the output of
-    another dataselect job"."""
+def _refuse_in_out(folder: str, out: str, setting: str, out_setting: str,
+                   recipe_scorer: str) -> None:
+    """Refuse a feature store folder that is, holds or lies in a folder the job writes in
+    ``out``. First: a resumed ``out`` is marked, and the claim's check would call it "the
+    output of another dataselect job"; a new one is checked only once the store is
+    written into it."""
     path, out_path = os.path.realpath(folder), os.path.realpath(out)
     relative = os.path.relpath(path, out_path)
-    inside = relative == "." or not (relative == ".." or relative.startswith(".." + os.sep))
-    if inside and not any(part.startswith(".") for part in Path(relative).parts):
-        raise InputError(f"{setting}={folder} is {'--out' if relative == '.' else 'inside --out'}"
-                         f" ({out}): every reader of the selection would read the features "
-                         f"as its rows; give {setting} a folder outside --out, or a hidden "
-                         "one in it (OUT/.features)")
-    outside = os.path.relpath(out_path, path)
-    if not (outside == ".." or outside.startswith(".." + os.sep)):
-        raise InputError(f"{setting}={folder} contains --out ({out}): the selection's "
-                         f"parts would lie in the feature store; give {setting} a folder "
-                         "that does not hold --out")
+    outside = relative == ".." or relative.startswith(".." + os.sep)
+    hint = os.path.join(out, FEATURES_DIR, *[recipe_scorer][:bool(recipe_scorer)])
+    if not outside:
+        parts = () if relative == "." else Path(relative).parts
+        taken = _taken_by_job(parts, bool(recipe_scorer))
+        if taken is not None:
+            where = (f"is {out_setting} ({out})" if not parts
+                     else f"lies in {out_setting} ({out}), {taken}")
+            raise InputError(f"{setting}={folder} {where}: give {setting} a folder outside "
+                             f"{out_setting}, or a hidden one of yours in it ({hint})")
+    beyond = os.path.relpath(out_path, path)
+    if not (beyond == ".." or beyond.startswith(".." + os.sep)):
+        raise InputError(f"{setting}={folder} contains {out_setting} ({out}): the job's "
+                         f"output would lie in the feature store; give {setting} a folder "
+                         f"that does not hold {out_setting}")
+
+
+def _taken_by_job(parts: tuple[str, ...], recipe: bool) -> str | None:
+    """Where the folder at ``parts`` (relative to the job's output) lies among what the
+    job writes, in a user's words, or None where the job writes nothing there."""
+    if not parts:
+        return "the output folder"
+    if recipe:
+        if parts[0] == UNION_DIR:
+            return _taken_in_selection(parts[1:], f"the union folder ({UNION_DIR})")
+        if parts[0] == TASKS_DIR and len(parts) > 1:
+            return _taken_in_selection(parts[2:], f"the selection of task {parts[1]!r} "
+                                                  f"({os.path.join(*parts[:2])})")
+        if parts[0] in RECIPE_OWN and (parts[0] != FEATURES_DIR or len(parts) == 1):
+            return f"in the recipe's own {parts[0]}, which the job writes"
+        return None
+    return _taken_in_selection(parts, "the selection")
+
+
+def _taken_in_selection(parts: tuple[str, ...], what: str) -> str | None:
+    if not parts:
+        return f"in {what}, which the job writes"
+    if not parts[0].startswith("."):
+        return f"inside {what}, whose readers would read the features as its rows"
+    if parts[0] in SELECTION_OWN:
+        return f"in {what}'s own {parts[0]}, which the job writes"
+    return None
 
 
 def combine_views(features: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

@@ -55,6 +55,17 @@ MODELS_DIR = ".models"
 WARMUP_DIR = ".warmup"
 FEATURES_DIR = ".features"
 
+# what a job writes in its output, for the checks of a feature store folder given inside it
+# (features.check_feature_folder): in a selection or union folder, its hidden bookkeeping
+# (".report" is the selection report's folder, pipelines.report_input); in a recipe's
+# root, besides its selections (tasks/<task>, union), the folders and files it writes
+# ("eval" and "report": pipelines.evaluate, pipelines.report_input). A recipe's
+# ".features" holds one store per scorer, so only ".features" itself is taken.
+SELECTION_OWN = (MANIFEST_FILE, STATS_DIR, SCORES_DIR, PARSED_DIR, HF_DIR, ".report",
+                 ".dataselect.json", ".dataselect.lock")
+RECIPE_OWN = (TASKS_DIR, ATTRIBUTION_DIR, RUN_FILE, MODELS_DIR, WARMUP_DIR, FEATURES_DIR,
+              PARSED_DIR, "eval", "report", ".dataselect.json", ".dataselect.lock")
+
 # the names dataselect used before, which Hugging Face datasets reads as data
 LEGACY_NAMES = {"_manifest.json": MANIFEST_FILE, "_stats": STATS_DIR, "_scores": SCORES_DIR,
                 "_run.json": RUN_FILE, "_models": MODELS_DIR, "_warmup": WARMUP_DIR,

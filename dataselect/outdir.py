@@ -782,18 +782,28 @@ def refuse_legacy(path: str) -> None:
     A folder whose marker records a kind that never used those names (a score store or a
     feature store keeps its ``_manifest.json`` today) is current, not old: the caller's
     check of the kind names it (:func:`refuse_kind`). Calling a score store old told a
-    user to delete a good one."""
-    old = legacy_entries(path)
+    user to delete a good one. The same holds for such a store in a subfolder (a feature
+    store a refused run wrote into a recipe's ``tasks/<task>``): the claim of that folder
+    names it, and calling the recipe old sent the user to delete the whole run."""
+    old = [name for name in legacy_entries(path)
+           if not _current_store(path, os.path.dirname(name))]
     if old:
-        with contextlib.suppress(OutputConflictError, OSError):
-            kind = recorded_kind(path)
-            if kind is not None and kind not in _RENAMED_KINDS:
-                return
+        if _current_store(path, ""):
+            return
         shown = first_names(old)
         raise OutputConflictError(
             f"{path} holds output of an older dataselect ({shown}: bookkeeping named with "
             "'_', which Hugging Face datasets reads as data; it is now named with '.'); "
             "write into a new folder, or delete this one and rerun")
+
+
+def _current_store(path: str, subfolder: str) -> bool:
+    """Whether the folder ``subfolder`` of ``path`` is marked as output of a kind that
+    keeps its ``_``-names today (a score or feature store)."""
+    with contextlib.suppress(OutputConflictError, OSError):
+        kind = recorded_kind(os.path.join(path, subfolder))
+        return kind is not None and kind not in _RENAMED_KINDS
+    return False
 
 
 def _remove_if_bare(path: str) -> None:

@@ -35,6 +35,7 @@ from dataselect import select, storage
 from dataselect.combine import BEST_TASK, max_over_tasks, score_columns
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError, first_names
+from dataselect.features import check_feature_folder
 from dataselect.footer import RECORD_JOB_KEY, job_digest
 from dataselect.layout import (
     FEATURES_DIR,
@@ -95,6 +96,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     _check_feature_stores(recipe, pool)
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
+        _check_selection_folders(recipe, pool)
         claimed.expect([RUN_FILE])
         # a task the replaced run had and this recipe lacks: its old selection goes too
         remove_outputs(out, TASKS_DIR, set(_tasks_of(claimed.replaced)) - set(recipe.targets))
@@ -206,13 +208,32 @@ def check_inputs_unchanged(out: str, recipe: Recipe, pool: Corpus, verb: str) ->
 def _check_feature_stores(recipe: Recipe, pool: Corpus) -> None:
     """Each feature store a recipe names (``scorers.<name>.features``) checked before any
     work, as a select job checks ``-p features``: it is claimed only when the pool is
-    scored, after models, warmups and fits ran. Inside the run's folder is fine (a recipe's
-    folder holds its stores, ``.features/<scorer>`` by default)."""
+    scored, after models, warmups and fits ran. A hidden folder of the run's is fine (its
+    folder holds its stores, ``.features/<scorer>`` by default); its root, ``tasks/<task>``,
+    ``union`` and the other folders the run writes are not: the store was written into a
+    task's folder, and the run refused only then, naming neither setting nor store."""
     for name, given in recipe.scorers.items():
         folder = given.get("features")
         if SCORERS[name].pool_features and isinstance(folder, str):
-            with naming_setting(f"scorers.{name}.features"):
-                check_claimable(folder, "features", [*pool.files, *pool.roots])
+            check_feature_folder(folder, recipe.output.path, [*pool.files, *pool.roots],
+                                 setting=f"scorers.{name}.features",
+                                 out_setting="output.path", recipe_scorer=name)
+
+
+def _check_selection_folders(recipe: Recipe, pool: Corpus) -> None:
+    """Each task's folder and the union checked as their claims will check them, once the
+    run's folder is claimed (its own checks first: links, older layouts) and before any
+    work: one that holds something else (a feature store an earlier run wrote there, a
+    folder of the user's) is refused now, naming it, not after the models ran."""
+    out = recipe.output.path
+    if storage.is_remote(out):
+        return
+    inputs = [*pool.files, *pool.roots]
+    folders = [(os.path.join(out, TASKS_DIR, task), "selection") for task in recipe.targets]
+    with naming_setting("output.path"):
+        for folder, kind in [*folders, (os.path.join(out, UNION_DIR), "union")]:
+            if os.path.lexists(folder):
+                check_claimable(folder, kind, inputs)
 
 
 def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
