@@ -38,7 +38,7 @@ from dataselect.footer import (
     read_footer,
     replaced,
 )
-from dataselect.layout import FEATURES_DIR, RECIPE_OWN, SELECTION_OWN, TASKS_DIR, UNION_DIR
+from dataselect.layout import FEATURES_DIR, own_place
 from dataselect.outdir import OutputFolder, check_claimable, naming_setting
 from dataselect.output import (
     atomic_write,
@@ -138,7 +138,7 @@ def _refuse_in_out(folder: str, out: str, setting: str, out_setting: str,
     hint = os.path.join(out, FEATURES_DIR, *[recipe_scorer][:bool(recipe_scorer)])
     if not outside:
         parts = () if relative == "." else Path(relative).parts
-        taken = _taken_by_job(parts, bool(recipe_scorer))
+        taken = own_place(parts, bool(recipe_scorer))
         if taken is not None:
             where = (f"is {out_setting} ({out})" if not parts
                      else f"lies in {out_setting} ({out}), {taken}")
@@ -149,33 +149,6 @@ def _refuse_in_out(folder: str, out: str, setting: str, out_setting: str,
         raise InputError(f"{setting}={folder} contains {out_setting} ({out}): the job's "
                          f"output would lie in the feature store; give {setting} a folder "
                          f"that does not hold {out_setting}")
-
-
-def _taken_by_job(parts: tuple[str, ...], recipe: bool) -> str | None:
-    """Where the folder at ``parts`` (relative to the job's output) lies among what the
-    job writes, in a user's words, or None where the job writes nothing there."""
-    if not parts:
-        return "the output folder"
-    if recipe:
-        if parts[0] == UNION_DIR:
-            return _taken_in_selection(parts[1:], f"the union folder ({UNION_DIR})")
-        if parts[0] == TASKS_DIR and len(parts) > 1:
-            return _taken_in_selection(parts[2:], f"the selection of task {parts[1]!r} "
-                                                  f"({os.path.join(*parts[:2])})")
-        if parts[0] in RECIPE_OWN and (parts[0] != FEATURES_DIR or len(parts) == 1):
-            return f"in the recipe's own {parts[0]}, which the job writes"
-        return None
-    return _taken_in_selection(parts, "the selection")
-
-
-def _taken_in_selection(parts: tuple[str, ...], what: str) -> str | None:
-    if not parts:
-        return f"in {what}, which the job writes"
-    if not parts[0].startswith("."):
-        return f"inside {what}, whose readers would read the features as its rows"
-    if parts[0] in SELECTION_OWN:
-        return f"in {what}'s own {parts[0]}, which the job writes"
-    return None
 
 
 def combine_views(features: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

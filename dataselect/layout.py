@@ -66,6 +66,35 @@ SELECTION_OWN = (MANIFEST_FILE, STATS_DIR, SCORES_DIR, PARSED_DIR, HF_DIR, ".rep
 RECIPE_OWN = (TASKS_DIR, ATTRIBUTION_DIR, RUN_FILE, MODELS_DIR, WARMUP_DIR, FEATURES_DIR,
               PARSED_DIR, "eval", "report", ".dataselect.json", ".dataselect.lock")
 
+def own_place(parts: tuple[str, ...], recipe: bool) -> str | None:
+    """Where the folder at ``parts`` (relative to a job's output: a selection's, or a
+    ``recipe``'s root) lies among what the job writes, in a user's words (to follow "lies
+    in OUT, "), or None where the job writes nothing there: a feature store is refused
+    there (a selection's readers would read it as rows, a rerun would write into it)."""
+    if not parts:
+        return "the output folder"
+    if recipe:
+        if parts[0] == UNION_DIR:
+            return _own_in_selection(parts[1:], f"the union folder ({UNION_DIR})")
+        if parts[0] == TASKS_DIR and len(parts) > 1:
+            return _own_in_selection(parts[2:], f"the selection of task {parts[1]!r} "
+                                                f"({os.path.join(*parts[:2])})")
+        if parts[0] in RECIPE_OWN and (parts[0] != FEATURES_DIR or len(parts) == 1):
+            return f"in the recipe's own {parts[0]}, which the job writes"
+        return None
+    return _own_in_selection(parts, "the selection")
+
+
+def _own_in_selection(parts: tuple[str, ...], what: str) -> str | None:
+    if not parts:
+        return f"in {what}, which the job writes"
+    if not parts[0].startswith("."):
+        return f"inside {what}, whose readers would read the features as its rows"
+    if parts[0] in SELECTION_OWN:
+        return f"in {what}'s own {parts[0]}, which the job writes"
+    return None
+
+
 # the names dataselect used before, which Hugging Face datasets reads as data
 LEGACY_NAMES = {"_manifest.json": MANIFEST_FILE, "_stats": STATS_DIR, "_scores": SCORES_DIR,
                 "_run.json": RUN_FILE, "_models": MODELS_DIR, "_warmup": WARMUP_DIR,

@@ -50,7 +50,7 @@ from typing import Any
 
 from dataselect import checks, storage
 from dataselect.errors import InputError, OutputConflictError, first_names, os_error_line
-from dataselect.layout import SCORES_DIR, TASKS_DIR, UNION_DIR, legacy_entries
+from dataselect.layout import SCORES_DIR, TASKS_DIR, UNION_DIR, legacy_entries, own_place
 from dataselect.output import (
     jsonable,
     read_json,
@@ -720,6 +720,8 @@ def refuse_nesting(path: str, kind: str) -> None:
     and attribution files by design."""
     refuse_inside_outputs(path)
     real = os.path.realpath(path)
+    if kind == "features":
+        _refuse_in_own_places(path, real)
     if kind not in _HOLDS_OUTPUTS and os.path.isdir(real):
         inner = _marked_descendant(real)
         if inner is not None:
@@ -738,6 +740,23 @@ def refuse_inside_outputs(path: str) -> None:
             raise OutputConflictError(
                 f"{path} lies inside {outer}, the output of another dataselect job "
                 f"({outer_kind}): give {_setting()} a folder outside it")
+
+
+def _refuse_in_own_places(path: str, real: str) -> None:
+    """Refuse a feature store in a folder that a dataselect output's job writes, hidden
+    ones included (a selection's ``.scores`` or ``.hf``, a recipe's ``tasks/<task>`` or
+    ``.models``): the store is given by a setting (``-p features``,
+    ``scorers.<name>.features``, ``dataselect features --out``) that may name another
+    job's output, and the rerun of that job would write into the store, or refuse it
+    as a stranger. A hidden folder of the user's there (``OUT/.features``) is fine."""
+    for outer, outer_kind in _marked_ancestors(real):
+        if outer_kind not in _RENAMED_KINDS:
+            continue
+        place = own_place(Path(os.path.relpath(real, outer)).parts, outer_kind == "recipe")
+        if place is not None:
+            raise InputError(f"lies in {outer} (dataselect output), {place}: give "
+                             f"{_setting()} a folder outside it, or a hidden one of yours in "
+                             "it (OUT/.features)", where=path, field=_field())
 
 
 def _visible(relative: str) -> bool:

@@ -62,12 +62,38 @@ def test_a_recipes_features_folder_elsewhere_in_its_folder_is_accepted(tmp_path,
     check_feature_folder(str(out / inside), str(out), [], **RECIPE)
 
 
+@pytest.mark.parametrize(("kind", "inside"), [
+    ("job", ".scores"), ("job", ".hf"), ("job", ".stats/x"), ("selection", ".parsed"),
+    ("union", ".scores"), ("recipe", "tasks/code"), ("recipe", "union/.hf"),
+    ("recipe", ".models"), ("recipe", ".features"), ("recipe", "eval")])
+def test_a_feature_store_in_another_outputs_own_folders_is_refused(tmp_path, kind, inside):
+    """Given another job's output (``-p features=A/.scores`` for a job writing B, or
+    ``dataselect features --out A/.hf``), the store was written into A's bookkeeping: A's
+    rerun then wrote into the store or refused it as a stranger."""
+    other = tmp_path / "a"
+    OutputFolder.claim(other, kind, None)
+    with pytest.raises(InputError, match="-p features") as caught:
+        check_feature_folder(str(other / inside), str(tmp_path / "b"), [])
+    assert str(other) in str(caught.value)
+    with pytest.raises(InputError, match="--out"):
+        FeatureStore.create(other / inside, {"model": "m", "side": "pool"})
+    assert not (other / inside).exists()
+
+
+@pytest.mark.parametrize(("kind", "inside"), [("job", ".features"), ("recipe", ".features/x"),
+                                              ("recipe", "tasks/code/.feat")])
+def test_a_feature_store_in_a_hidden_folder_of_the_users_is_accepted(tmp_path, kind, inside):
+    other = tmp_path / "a"
+    OutputFolder.claim(other, kind, None)
+    FeatureStore.create(other / inside, {"model": "m", "side": "pool"})
+
+
 def _recipe_with_store_in_task(tmp_path: Path) -> Path:
     """A recipe folder whose ``tasks/code`` holds a feature store, as a refused run of an
     earlier version left it."""
     out = tmp_path / "run"
-    OutputFolder.claim(out, "recipe", None)
     FeatureStore.create(out / "tasks" / "code", {"model": "m", "side": "pool"})
+    OutputFolder.claim(out, "recipe", None)
     return out
 
 
