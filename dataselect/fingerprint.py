@@ -32,7 +32,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,35 @@ def hash_file(path: str) -> str:
     return digest.hexdigest()
 
 
+# folders the cache must neither lie in nor hold: the command's inputs, outputs and models
+_KEPT_OUT_OF: list[str] = []
+
+
+def keep_cache_out_of(paths: Iterable[str]) -> None:
+    """Keep the fingerprint cache out of ``paths`` (local files, folders or globs a command
+    reads or writes) for the rest of this process.
+
+    Why: the cache folder comes from the environment (``DATASELECT_CACHE``,
+    ``XDG_CACHE_HOME``). Pointed at a pool folder, dataselect wrote ``fingerprints/`` into
+    the pool (an input touched, and the next job read the entries as pool rows); pointed
+    at ``--out``, it wrote them into its own selection and then refused it for holding a
+    folder its marker does not list. The cache only saves time: where it would land in
+    such a folder, fingerprints are computed without it."""
+    for path in paths:
+        if not isinstance(path, str) or not path or "://" in path:
+            continue
+        prefix = re.split(r"[*?\[]", path, maxsplit=1)[0]
+        if prefix != path:  # a glob: the folder it starts in
+            prefix = os.path.dirname(prefix) or "."
+        _KEPT_OUT_OF.append(os.path.realpath(os.path.expanduser(prefix)))
+
+
+def _cache_usable() -> bool:
+    folder = os.path.realpath(cache_dir())
+    return not any(folder == kept or folder.startswith(kept + os.sep)
+                   or kept.startswith(folder + os.sep) for kept in _KEPT_OUT_OF)
+
+
 def cache_dir() -> Path:
     """Read from the environment on every call, so tests and jobs can point it elsewhere."""
     if root := os.environ.get("DATASELECT_CACHE"):
@@ -197,6 +226,8 @@ def _entry_path(key: CacheKey) -> Path:
 def _read_entry(key: CacheKey) -> str | None:
     """The cached digest, or None when there is none or it is unreadable, damaged or for
     another key (it is then rewritten after hashing)."""
+    if not _cache_usable():
+        return None
     if not _entry_path(key).is_file():  # none yet; a FIFO planted there would block
         return None
     try:
@@ -211,6 +242,8 @@ def _read_entry(key: CacheKey) -> str | None:
 def _write_entry(key: CacheKey, digest: str) -> None:
     """Temp file and rename, so a reader never sees half an entry; any OS error (read-only
     or full cache folder) is ignored: the cache saves time, it is never needed."""
+    if not _cache_usable():
+        return
     folder = cache_dir()
     temp = None
     try:

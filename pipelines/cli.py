@@ -31,6 +31,7 @@ in :mod:`pipelines.commands` once it runs. Every option's help states its defaul
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import traceback
@@ -410,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     cap_arenas_under_limit()
     args = build_parser().parse_args(argv)
     try:
+        from dataselect.fingerprint import keep_cache_out_of
+
+        keep_cache_out_of(_paths_given(args))
         _run_command(args)
     except KeyboardInterrupt:
         _traceback_if(args.verbose)
@@ -423,6 +427,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dataselect: error: {line}", file=sys.stderr)
         return 2
     return 0
+
+
+def _paths_given(args: argparse.Namespace) -> list[str]:
+    """Every value of the command's flags and ``-p`` settings that may name a file or
+    folder (the fingerprint cache is kept out of them); a value that names none costs
+    nothing."""
+    values: list[str] = []
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                values.append(item.split("=", 1)[1] if name == "param" and "=" in item
+                              else item)
+    out = getattr(args, "out", None)  # a folder the job is about to make
+    return [v for v in values if v and (v == out or os.sep in v or os.path.exists(v))]
 
 
 def _run_command(args: argparse.Namespace) -> None:

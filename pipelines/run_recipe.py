@@ -36,6 +36,7 @@ from dataselect.combine import BEST_TASK, max_over_tasks, score_columns
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError, first_names
 from dataselect.features import check_feature_folder
+from dataselect.fingerprint import keep_cache_out_of
 from dataselect.footer import RECORD_JOB_KEY, job_digest
 from dataselect.layout import (
     FEATURES_DIR,
@@ -83,6 +84,9 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     console = console or Console()
     started = time.perf_counter()
     timings: list[StageTiming] = []
+    # the fingerprint cache never lands in what the recipe reads or writes
+    keep_cache_out_of([*recipe.pool.paths, *(p for t in recipe.targets.values() for p in t.paths),
+                       recipe.output.path, *(m.path for m in recipe.models.values() if m.path)])
     pool = plan_pool(read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                                  max(1, int(recipe.pool.partition_mb * 2**20))),
                      [SCORERS[name] for name in recipe.scorers])

@@ -1,0 +1,87 @@
+"""Hostile pass 12: the fingerprint cache pointed into what a command reads or writes.
+
+``DATASELECT_CACHE`` (or ``XDG_CACHE_HOME``) naming a pool folder made dataselect write
+``fingerprints/`` into the pool, an input, which the rerun then took for a changed pool;
+naming ``--out``, it wrote them into its own selection and refused it afterwards as holding
+a folder its marker does not list. The cache only saves time: there it is not used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import POOL_GLOB
+
+from dataselect import fingerprint
+
+
+def _old_pool(tmp_path: Path) -> Path:
+    """A pool folder whose file is old enough to be cached (not 'racy')."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    copy = pool / "p.parquet"
+    shutil.copy(sorted(Path(POOL_GLOB).parent.glob("*.parquet"))[0], copy)
+    past = time.time() - 3600
+    os.utime(copy, (past, past))
+    return pool
+
+
+@pytest.fixture(autouse=True)
+def fresh_exclusions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fingerprint, "_KEPT_OUT_OF", [])
+    # a file copied just now changed its ctime just now: let it be cached all the same
+    monkeypatch.setattr(fingerprint, "_is_racy", lambda *_: False)
+
+
+@pytest.mark.parametrize("variable", ["DATASELECT_CACHE", "XDG_CACHE_HOME"])
+def test_a_cache_inside_an_input_or_output_writes_nothing_there(tmp_path, monkeypatch,
+                                                                variable):
+    """A file hashed for its fingerprint (a model, an index) is cached only where the cache
+    folder lies outside every path the command was given."""
+    pool = _old_pool(tmp_path)
+    monkeypatch.delenv("DATASELECT_CACHE", raising=False)
+    monkeypatch.setenv(variable, str(pool))
+    fingerprint.keep_cache_out_of([str(pool / "*.parquet"), str(tmp_path / "out")])
+    before = sorted(p.name for p in pool.rglob("*"))
+    first = fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    assert fingerprint.file_fingerprint(str(pool / "p.parquet")) == first
+    assert sorted(p.name for p in pool.rglob("*")) == before
+    monkeypatch.setenv(variable, str(tmp_path / "out" / "sub"))  # inside a new --out
+    fingerprint._memory.clear()
+    fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cache_elsewhere_is_still_used(tmp_path, monkeypatch):
+    pool = _old_pool(tmp_path)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DATASELECT_CACHE", str(cache))
+    fingerprint.keep_cache_out_of([str(pool)])
+    fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    assert list((cache / "fingerprints").glob("*.json"))
+
+
+def test_every_path_a_command_is_given_is_kept_out_of(tmp_path):
+    """The command line registers its flags' and ``-p`` settings' paths, and a new
+    ``--out`` that does not exist yet."""
+    from pipelines.cli import _paths_given, build_parser
+
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"x")
+    args = build_parser().parse_args([
+        "select", "--scorer", "fasttext", "--pool", "pool/*.parquet", "--target", "t.jsonl",
+        "--out", "newout", "--k", "5", "-p", f"model={model}"])
+    given = _paths_given(args)
+    assert {"pool/*.parquet", "newout", str(model)} <= set(given)
+
+
+def test_globs_and_urls_are_kept_out_by_their_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATASELECT_CACHE", str(tmp_path / "data" / "c"))
+    fingerprint.keep_cache_out_of(["s3://bucket/x", f"{tmp_path}/data/*.parquet"])
+    assert not fingerprint._cache_usable()
+    monkeypatch.setenv("DATASELECT_CACHE", str(tmp_path / "elsewhere"))
+    assert fingerprint._cache_usable()
