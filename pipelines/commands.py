@@ -227,6 +227,8 @@ def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
                                            "cluster.scheduler": args.scheduler,
                                            "cluster.workers": args.workers,
                                            "output.save_to_disk": args.save_to_disk})
+        # the folder an error line names (a full disk, a file-size limit), as --out does
+        args.out = recipe.output.path
         run_recipe(recipe, args.recipe, overwrite=args.overwrite, console=console)
         console.print(f"wrote {recipe.output.path}/ (datasets: tasks/<task>/ and union/; "
                       "record: .run.json)")

@@ -1,4 +1,5 @@
-"""Hostile pass 12: the fingerprint cache pointed into what a command reads or writes.
+"""Hostile pass 12: the fingerprint cache pointed into what a command reads or writes, and
+a recipe's error lines naming its output folder.
 
 ``DATASELECT_CACHE`` (or ``XDG_CACHE_HOME``) naming a pool folder made dataselect write
 ``fingerprints/`` into the pool, an input, which the rerun then took for a changed pool;
@@ -85,3 +86,30 @@ def test_globs_and_urls_are_kept_out_by_their_folder(tmp_path, monkeypatch):
     assert not fingerprint._cache_usable()
     monkeypatch.setenv("DATASELECT_CACHE", str(tmp_path / "elsewhere"))
     assert fingerprint._cache_usable()
+
+
+def test_a_recipe_hitting_the_file_size_limit_names_its_output_folder(tmp_path):
+    """``ulimit -f`` on ``dataselect run`` (the output folder from the recipe, no --out):
+    the line said "cannot write: File too large" and named nothing."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import TARGETS
+
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"pool: {{paths: '{POOL_GLOB}'}}\n"
+                      f"targets:\n  fort: {{paths: '{TARGETS / 'fortunes.jsonl'}'}}\n"
+                      "scorers: {dsir: {}}\nselection: {policy: top_k, k: 5}\n"
+                      f"output: {{path: '{out}'}}\ncluster: {{workers: 1}}\n")
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(recipe)],
+                          capture_output=True, text=True, preexec_fn=limited, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert f"cannot write {out}" in errors[0] and "File too large" in errors[0]
