@@ -10,9 +10,26 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import unicodedata
 
 # what a Ctrl-C prints, at any moment of a command (the console script, the CLI, recipes)
 INTERRUPTED = "dataselect: interrupted; rerun the same command to resume"
+
+
+# bidirectional formatting characters: U+202E shows "txt.exe" as "exe.txt"
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                  "\u2066\u2067\u2068\u2069")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control and bidirectional-formatting characters escaped as Python
+    writes them (``\\n``, ``\\u202e``).
+
+    Why: a message is one line, but it shows paths and names as they are, and a file named
+    ``x\\ny.txt`` or an ``--out`` ending in a newline split an error, or the "wrote ..."
+    line, over several lines (and U+202E reversed what followed it)."""
+    return "".join(ascii(ch)[1:-1] if unicodedata.category(ch) == "Cc" or ch in _BIDI
+                   else ch for ch in text)
 
 
 class DataSelectError(Exception):

@@ -55,6 +55,7 @@ from dataselect.errors import (
     DataSelectError,
     cap_arenas_under_limit,
     network_line,
+    one_line,
     os_error_line,
     resource_limits_line,
     resource_line,
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     the limit's floor holds on a machine of many cores too."""
     refusal = resource_limits_line()
     if refusal is not None:
-        print(f"dataselect: error: {refusal}", file=sys.stderr)
+        print(f"dataselect: error: {one_line(refusal)}", file=sys.stderr)
         return 2
     cap_arenas_under_limit()
     args = build_parser().parse_args(argv)
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         if line is None:
             raise
         _traceback_if(args.verbose, exc)
-        print(f"dataselect: error: {line}", file=sys.stderr)
+        print(f"dataselect: error: {one_line(line)}", file=sys.stderr)
         return 2
     return 0
 

@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from dataselect import checks, storage
-from dataselect.errors import InputError
+from dataselect.errors import InputError, one_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -108,12 +108,13 @@ def run_job_command(args: argparse.Namespace, console: Console) -> None:
     job = job_from_args(args)
     if args.command == "select":
         run_select_job(job, console)
-        console.print(f"wrote {job.out}/ (manifest: {job.out}/.manifest.json"
-                      + (f"; datasets.load_from_disk: {job.out}/.hf" if job.save_to_disk
-                         else "") + ")")
+        out = one_line(job.out)
+        console.print(f"wrote {out}/ (manifest: {out}/.manifest.json"
+                      + (f"; datasets.load_from_disk: {out}/.hf" if job.save_to_disk
+                         else "") + ")", markup=False)
     else:
         run_score_job(job, console)
-        console.print(f"wrote {job.out}/{SCORES_DIR}/{job.scorer}/")
+        console.print(f"wrote {one_line(job.out)}/{SCORES_DIR}/{job.scorer}/", markup=False)
 
 
 def parse_params(scorer: str, pairs: list[str] | None) -> dict[str, Any]:
@@ -230,8 +231,8 @@ def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
         # the folder an error line names (a full disk, a file-size limit), as --out does
         args.out = recipe.output.path
         run_recipe(recipe, args.recipe, overwrite=args.overwrite, console=console)
-        console.print(f"wrote {recipe.output.path}/ (datasets: tasks/<task>/ and union/; "
-                      "record: .run.json)")
+        console.print(f"wrote {one_line(recipe.output.path)}/ (datasets: tasks/<task>/ and "
+                      "union/; record: .run.json)", markup=False)
     elif args.command == "eval":
         from pipelines.evaluate import run_eval
 
@@ -240,7 +241,7 @@ def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
         from pipelines.report import check_renders, write_report
 
         page = write_report(args.out, console)
-        console.print(f"wrote {page}")
+        console.print(f"wrote {one_line(page)}", markup=False)
         if args.check:
             seen = check_renders(page)
             if seen["images_ok"] != seen["images_total"]:

@@ -20,11 +20,11 @@ from dataselect.errors import INTERRUPTED
 
 
 def main() -> int:
-    from dataselect.errors import cap_arenas_under_limit, resource_limits_line
+    from dataselect.errors import cap_arenas_under_limit, one_line, resource_limits_line
 
     refusal = resource_limits_line()
     if refusal is not None:  # before NumPy and Polars load: under the limit they abort
-        print(f"dataselect: error: {refusal}", file=sys.stderr)
+        print(f"dataselect: error: {one_line(refusal)}", file=sys.stderr)
         return 2
     cap_arenas_under_limit()  # before any thread allocates
     try:

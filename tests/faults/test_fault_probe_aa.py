@@ -113,3 +113,29 @@ def test_a_recipe_hitting_the_file_size_limit_names_its_output_folder(tmp_path):
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert done.returncode == 2 and len(errors) == 1, done.stderr
     assert f"cannot write {out}" in errors[0] and "File too large" in errors[0]
+
+
+def test_an_error_naming_a_path_with_a_newline_is_one_line(tmp_path, capsys):
+    """A file named ``x\\ny.txt`` in a finished output: the refusal printed the name as it
+    is, over two lines."""
+    from fault_helpers import dsir_select
+
+    from pipelines.cli import main
+
+    pool = _old_pool(tmp_path)
+    out = tmp_path / "out"
+    assert main(dsir_select(pool, out)) == 0
+    (out / "x\ny.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(dsir_select(pool, out)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "x\\ny.txt" in err
+
+
+def test_one_line_escapes_control_and_bidi_characters_only():
+    from dataselect.errors import one_line
+
+    assert one_line("a\nb\rc\td\x00e") == "a\\nb\\rc\\td\\x00e"
+    assert one_line("txt.\u202eexe") == "txt.\\u202eexe"
+    assert one_line("café/ünï 東京 €") == "café/ünï 東京 €"
