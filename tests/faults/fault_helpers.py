@@ -8,7 +8,9 @@ import contextlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import DATA, TARGETS
@@ -100,3 +102,26 @@ def within(seconds: int) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def two_rank_stores(tmp_path: Path) -> tuple[Any, list[Any]]:
+    """A 160-row JSONL pool in several partitions and two score stores written for it,
+    with many tied scores (``i % 5`` and ``i % 9``): what the rank-combination probes
+    shuffle through the stores' work folders."""
+    from conftest import write_jsonl
+    from scoring_helpers import FixedScorer
+
+    from dataselect import read_corpus
+
+    rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(160)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=700)
+    written = [FixedScorer({f"u{i}": float(i % m) for i in range(160)}, frozenset(),
+                           label=str(m)).score(pool).write(tmp_path / f"s{m}")
+               for m in (5, 9)]
+    return pool, written
+
+
+def combined_scores(pool: Any, scores: Any) -> np.ndarray:
+    """Every partition's scores of ``scores``, concatenated in pool order."""
+    return np.concatenate([scores.partition(i)["score"].to_numpy()
+                           for i in range(pool.npartitions)])

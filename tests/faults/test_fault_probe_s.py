@@ -17,33 +17,21 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_jsonl
-from fault_helpers import within
-from scoring_helpers import FixedScorer
+from fault_helpers import combined_scores, two_rank_stores, within
 
-from dataselect import read_corpus, select
+from dataselect import select
 from dataselect.errors import InputError, OutputConflictError
 
 
 @pytest.fixture
 def stores(tmp_path):
-    rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(160)]
-    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=700)
-    written = [FixedScorer({f"u{i}": float(i % m) for i in range(160)}, frozenset(),
-                           label=str(m)).score(pool).write(tmp_path / f"s{m}")
-               for m in (5, 9)]
-    return pool, written
-
-
-def _combined(pool, scores):
-    return np.concatenate([scores.partition(i)["score"].to_numpy()
-                           for i in range(pool.npartitions)])
+    return two_rank_stores(tmp_path)
 
 
 @pytest.mark.parametrize("name", [".ranks", ".ids"])
 def test_a_fifo_at_a_work_folder_is_never_opened(stores, tmp_path, name):
     pool, written = stores
-    expected = _combined(pool, select.combine(written, method="rank"))
+    expected = combined_scores(pool, select.combine(written, method="rank"))
     fifo = tmp_path / "s5" / name
     if fifo.exists():
         for file in fifo.iterdir():
@@ -51,7 +39,7 @@ def test_a_fifo_at_a_work_folder_is_never_opened(stores, tmp_path, name):
         fifo.rmdir()
     os.mkfifo(fifo)
     with within(20):
-        got = _combined(pool, select.combine(written, method="rank"))
+        got = combined_scores(pool, select.combine(written, method="rank"))
         select.top_k(pool, written[0], k=10)
     np.testing.assert_array_equal(got, expected)
     assert fifo.is_fifo()
@@ -85,7 +73,7 @@ def test_a_rank_file_changed_while_the_job_runs_is_refused(stores, tmp_path):
     ranks[:3] = ranks[:3][::-1] + 0.5
     ranks.tofile(path)
     with pytest.raises(InputError, match=r"part-00001\.rank\.f64 changed while the job ran"):
-        _combined(pool, combined)
+        combined_scores(pool, combined)
 
 
 def test_a_store_another_process_is_shuffling_is_refused_in_one_line(stores, tmp_path):
@@ -104,5 +92,5 @@ def test_a_store_another_process_is_shuffling_is_refused_in_one_line(stores, tmp
         holder.kill()
         holder.wait()
     np.testing.assert_array_equal(  # and once it is free, as before
-        _combined(pool, select.combine(written, method="rank")),
-        _combined(pool, select.combine(written, method="rank")))
+        combined_scores(pool, select.combine(written, method="rank")),
+        combined_scores(pool, select.combine(written, method="rank")))

@@ -19,11 +19,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DATA, TARGETS, write_jsonl
-from fault_helpers import refused_run, within
-from scoring_helpers import FixedScorer
+from conftest import DATA, TARGETS
+from fault_helpers import combined_scores, refused_run, two_rank_stores, within
 
-from dataselect import duplicates, features, layout, outdir, rank_scale, read_corpus, select
+from dataselect import duplicates, features, layout, outdir, rank_scale, select
 from dataselect.errors import InputError, OutputConflictError
 from dataselect.output import atomic_write
 from dataselect.raw_arrays import write_array
@@ -37,17 +36,7 @@ DEVANAGARI = "\u0966\u0966\u0966\u0966\u0966"
 
 @pytest.fixture
 def stores(tmp_path):
-    rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(160)]
-    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=700)
-    written = [FixedScorer({f"u{i}": float(i % m) for i in range(160)}, frozenset(),
-                           label=str(m)).score(pool).write(tmp_path / f"s{m}")
-               for m in (5, 9)]
-    return pool, written
-
-
-def _combined(pool, scores):
-    return np.concatenate([scores.partition(i)["score"].to_numpy()
-                           for i in range(pool.npartitions)])
+    return two_rank_stores(tmp_path)
 
 
 # --- g01: only ASCII digits make a name dataselect's ------------------------------------
@@ -115,7 +104,7 @@ def test_a_folder_at_a_rank_file_name_is_refused_in_one_line(stores, tmp_path, n
     (folder / "mine.txt").write_text("mine")
     with pytest.raises(InputError, match="is a folder, but dataselect writes its own file") \
             as refused:
-        _combined(pool, select.combine(written, method="rank"))
+        combined_scores(pool, select.combine(written, method="rank"))
     assert str(folder) in str(refused.value) and ".tmp-" not in str(refused.value)
     assert (folder / "mine.txt").read_text() == "mine"
 
@@ -180,10 +169,10 @@ def test_a_folder_at_a_rank_file_on_a_recipe_rerun_is_named(tmp_path, capsys, mo
 
 def test_threads_ranking_one_store_at_once_all_succeed(stores):
     pool, written = stores
-    expected = _combined(pool, select.combine(written, method="rank"))
+    expected = combined_scores(pool, select.combine(written, method="rank"))
 
     def rank(_):
-        return _combined(pool, select.combine(written, method="rank"))
+        return combined_scores(pool, select.combine(written, method="rank"))
 
     with within(120):
         for _trial in range(3):
