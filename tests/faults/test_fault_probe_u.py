@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,14 +124,18 @@ def test_a_record_is_compared_with_the_identity_it_claims():
 # --- g14: data files that every reader of a selection folder would read with its parts --
 
 
-@pytest.fixture
-def finished(tmp_path: Path) -> tuple[Path, Path]:
-    """A finished DSIR selection of 120 pool rows: (pool, out)."""
+def finished_selection(tmp_path: Path, *flags: str) -> tuple[Path, Path]:
+    """A finished DSIR selection of 120 pool rows, with ``flags`` added: (pool, out)."""
     pool = tmp_path / "pool.parquet"
     pq.write_table(pq.read_table(DATA / "pool" / "part-00000.parquet").slice(0, 120), pool)
     out = tmp_path / "out"
-    assert main(dsir_select(pool, out, k=5)) == 0
+    assert main(dsir_select(pool, out, *flags, k=5)) == 0
     return pool, out
+
+
+@pytest.fixture
+def finished(tmp_path: Path) -> tuple[Path, Path]:
+    return finished_selection(tmp_path)
 
 
 def _foreign(out: Path, kind: str) -> str:
@@ -178,16 +183,22 @@ def test_hidden_files_are_not_the_selections(finished, capsys):
 def test_a_foreign_data_file_in_an_api_selection_folder_is_refused(finished, tmp_path):
     """A selection written through the API (a recipe's task folder is one) checks its
     folder before it writes again, too."""
+    api_selection_refuses(finished[0], tmp_path, "zz.parquet")
+
+
+def api_selection_refuses(pool_file: Path, tmp_path: Path, name: str) -> None:
+    """Write a selection of ``pool_file`` through the API, copy its part to ``name`` in
+    its folder, and check that writing it again is refused naming ``name``."""
     from dataselect import read_corpus, select
     from scorers import DSIR
 
-    pool = read_corpus(str(finished[0]))
+    pool = read_corpus(str(pool_file))
     target = read_corpus(str(TARGETS / "python_docs.jsonl"))
     chosen = select.top_k(pool, DSIR().fit(target, pool).score(pool), 5)
     out = tmp_path / "api"
     chosen.write(str(out))
-    shutil.copy(out / "part-00000.parquet", out / "zz.parquet")
-    with pytest.raises(InputError, match=r"zz\.parquet.*move it away"):
+    shutil.copy(out / "part-00000.parquet", out / name)
+    with pytest.raises(InputError, match=re.escape(name) + ".*move it away"):
         chosen.write(str(out))
 
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DATA
 from fault_helpers import dsir_select, refused_run
+from test_fault_probe_u import api_selection_refuses, finished_selection
 
 from dataselect import footer, storage
 from dataselect.errors import InputError
@@ -36,11 +37,7 @@ DEEP = "[" * 100_000 + "]" * 100_000  # json's parser recurses once per level
 @pytest.fixture
 def finished(tmp_path: Path) -> tuple[Path, Path]:
     """A finished DSIR selection of 120 pool rows with its save_to_disk copy: (pool, out)."""
-    pool = tmp_path / "pool.parquet"
-    pq.write_table(pq.read_table(DATA / "pool" / "part-00000.parquet").slice(0, 120), pool)
-    out = tmp_path / "out"
-    assert main(dsir_select(pool, out, "--save-to-disk", k=5)) == 0
-    return pool, out
+    return finished_selection(tmp_path, "--save-to-disk")
 
 
 # --- g01: anything visible that the marker does not list ----------------------------------
@@ -98,17 +95,7 @@ def test_what_dataselect_writes_and_hidden_names_are_not_refused(finished, capsy
 
 def test_an_api_selection_folder_refuses_it_before_writing_again(finished, tmp_path):
     """A recipe's task folder is written this way."""
-    from dataselect import read_corpus, select
-    from scorers import DSIR
-
-    pool = read_corpus(str(finished[0]))
-    target = read_corpus(str(DATA / "targets" / "python_docs.jsonl"))
-    chosen = select.top_k(pool, DSIR().fit(target, pool).score(pool), 5)
-    out = tmp_path / "api"
-    chosen.write(str(out))
-    shutil.copy(out / "part-00000.parquet", out / "extra")
-    with pytest.raises(InputError, match=r"extra.*move it away"):
-        chosen.write(str(out))
+    api_selection_refuses(finished[0], tmp_path, "extra")
 
 
 def test_an_object_store_folder_refuses_any_unlisted_object(monkeypatch):

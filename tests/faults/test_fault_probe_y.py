@@ -8,7 +8,6 @@ reads."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 import pytest
 from conftest import POOL_GLOB, TARGETS, write_jsonl
 from test_fault_probe_r import tiny_lm  # noqa: F401
+from test_fault_probe_w import _edited_config
 
 from dataselect import read_corpus
 from dataselect.errors import InputError, OutputConflictError
@@ -112,14 +112,6 @@ def test_the_folder_name_rule_calls_no_non_ascii_letter_a_non_letter() -> None:
 
 
 # --- g08: only the keys the model reads are range-checked ---------------------------------
-
-
-def _edited_config(tiny_lm: Path, tmp_path: Path, **settings: object) -> Path:
-    model = tmp_path / "m"
-    shutil.copytree(tiny_lm, model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, **settings}))
-    return model
 
 
 @pytest.mark.parametrize("settings", [
