@@ -163,9 +163,10 @@ def _masked_counts(corpus: Corpus, index: int, table: pa.Table, mask: np.ndarray
     so few that hashing them beats masking every saved row (the KL metric's sample of a
     large pool, 1 % at 10^8 rows)."""
     rows = np.flatnonzero(mask)
-    stored = ngram_store.load(corpus.ngram_dir, index, hasher)
-    if stored is not None and len(rows) * HASH_OVER_COUNT >= len(mask):
-        return masked_counts(stored, [mask], hasher.num_buckets)[0]
+    if len(rows) * HASH_OVER_COUNT >= len(mask):  # enough rows to open the saved n-grams
+        stored = ngram_store.load(corpus.ngram_dir, index, hasher)
+        if stored is not None:
+            return masked_counts(stored, [mask], hasher.num_buckets)[0]
     return hasher.masked_bucket_counts(corpus.texts(table.take(rows)),
                                        [np.ones(len(rows), bool)])[0]
 
