@@ -26,13 +26,14 @@ and rewritten, and an unwritable cache folder only costs the re-reading.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,20 @@ def keep_cache_out_of(paths: Iterable[str]) -> None:
         if prefix != path:  # a glob: the folder it starts in
             prefix = os.path.dirname(prefix) or "."
         _KEPT_OUT_OF.append(os.path.realpath(os.path.expanduser(prefix)))
+
+
+@contextlib.contextmanager
+def cache_kept_out_of(paths: Iterable[str]) -> Iterator[None]:
+    """:func:`keep_cache_out_of` for one command: the paths it and whatever runs inside it
+    (a recipe's own paths) registered are let go when it ends, so that a process running
+    many commands (a test session, a program) neither grows the list nor keeps an earlier
+    command's paths out of the cache."""
+    before = len(_KEPT_OUT_OF)
+    keep_cache_out_of(paths)
+    try:
+        yield
+    finally:
+        del _KEPT_OUT_OF[before:]
 
 
 def _cache_usable() -> bool:

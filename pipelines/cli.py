@@ -412,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     cap_arenas_under_limit()
     args = build_parser().parse_args(argv)
     try:
-        from dataselect.fingerprint import keep_cache_out_of
+        from dataselect.fingerprint import cache_kept_out_of
 
-        keep_cache_out_of(_paths_given(args))
-        _run_command(args)
+        with cache_kept_out_of(_paths_given(args)):
+            _run_command(args)
     except KeyboardInterrupt:
         _traceback_if(args.verbose)
         print(INTERRUPTED, file=sys.stderr)

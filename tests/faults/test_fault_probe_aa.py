@@ -139,3 +139,16 @@ def test_one_line_escapes_control_and_bidi_characters_only():
     assert one_line("a\nb\rc\td\x00e") == "a\\nb\\rc\\td\\x00e"
     assert one_line("txt.\u202eexe") == "txt.\\u202eexe"
     assert one_line("café/ünï 東京 €") == "café/ünï 東京 €"
+
+
+def test_a_commands_paths_are_let_go_when_it_ends(tmp_path):
+    """Registered for one command only: a process running many keeps no list growing, and
+    no earlier command's paths out of the cache."""
+    from pipelines.cli import main
+
+    pool = _old_pool(tmp_path)
+    assert main(["scorers"]) == 0 and fingerprint._KEPT_OUT_OF == []
+    fingerprint.keep_cache_out_of([str(tmp_path / "kept")])
+    with fingerprint.cache_kept_out_of([str(pool)]):
+        assert len(fingerprint._KEPT_OUT_OF) == 2
+    assert [os.path.realpath(tmp_path / "kept")] == fingerprint._KEPT_OUT_OF
