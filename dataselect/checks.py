@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from dataselect import storage
 from dataselect.errors import InputError
+from dataselect.json_text import UnreadableJSON, read_json_file
 
 SEED_MAX = 2**64 - 1
 # integers travel into NumPy and torch arrays, whose integers are 64-bit signed
@@ -570,16 +571,13 @@ def check_hf_data_files(folder: str) -> list[str]:
 def read_hf_state(folder: str) -> dict[str, Any]:
     """The JSON object of a ``save_to_disk`` folder's ``state.json``, or one line naming it
     (a FIFO or device there is refused: reading it would wait forever)."""
-    import json
-
     state = os.path.join(folder, "state.json")
     check_regular_file(state)
     try:
-        with open(state, encoding="utf-8") as f:
-            found = json.load(f)
+        found = read_json_file(state)
     except OSError as exc:
         raise InputError(f"cannot read it ({exc.strerror or exc})", where=state) from None
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
+    except UnreadableJSON:
         raise _not_a_state(state) from None
     if not isinstance(found, dict):
         raise _not_a_state(state)

@@ -41,6 +41,7 @@ import xxhash
 
 from dataselect import storage
 from dataselect.errors import InputError
+from dataselect.json_text import UnreadableJSON, read_json_file
 
 HASH_BLOCK = 8 << 20
 # Timestamps are coarse (a clock tick, or whole seconds on some file systems), so a write
@@ -246,10 +247,10 @@ def _read_entry(key: CacheKey) -> str | None:
     if not _entry_path(key).is_file():  # none yet; a FIFO planted there would block
         return None
     try:
-        entry = json.loads(_entry_path(key).read_text())
+        entry = read_json_file(_entry_path(key))
         digest = entry["xxh3_128"]
         valid = entry["key"] == list(key) and HEX_DIGEST.fullmatch(digest) is not None
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (OSError, UnreadableJSON, KeyError, TypeError):
         return None
     return digest if valid else None
 

@@ -48,6 +48,7 @@ import xxhash
 
 from dataselect import checks, storage
 from dataselect.errors import InputError
+from dataselect.json_text import UnreadableJSON, parse_json
 from dataselect.outdir import recorded_files, recorded_identity
 from dataselect.output import jsonable, load_arrays, read_part_info, read_schema, read_table
 
@@ -461,8 +462,8 @@ def read_footer(path: str | os.PathLike, raw: bytes | None) -> dict[str, Any]:
         raise replaced(path, "it records no origin (written by an older dataselect, or "
                              "rewritten by another tool)")
     try:
-        footer = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        footer = parse_json(raw)
+    except UnreadableJSON:
         footer = None
     if not isinstance(footer, dict):
         raise replaced(path, "its record of origin is not dataselect's")

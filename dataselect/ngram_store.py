@@ -25,6 +25,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from dataselect.json_text import parse_json
 from dataselect.ngrams import HashedNgrams, NgramHasher
 from dataselect.output import atomic_write, damaged_if_unreadable
 
@@ -71,7 +72,7 @@ def load(folder: str | None, index: int, hasher: NgramHasher) -> Chunks | None:
     with damaged_if_unreadable(path):  # a header edited or nested too deeply: one line
         data = np.fromfile(path, np.uint8)
         head_size = int(data[:8].view("<u8")[0])
-        header = json.loads(data[8:8 + head_size].tobytes())
+        header = parse_json(data[8:8 + head_size].tobytes())
     if header["key"] != hasher_key(hasher):
         return None
     arrays, offset = {}, _aligned(8 + head_size)

@@ -50,6 +50,7 @@ from typing import Any
 
 from dataselect import checks, storage
 from dataselect.errors import InputError, OutputConflictError, first_names, os_error_line
+from dataselect.json_text import UnreadableJSON, read_json_file
 from dataselect.layout import SCORES_DIR, TASKS_DIR, UNION_DIR, legacy_entries, own_place
 from dataselect.output import (
     jsonable,
@@ -1153,8 +1154,7 @@ def _same_file(fd: int, path: str) -> bool:
 
 def _read_lock(lock: str) -> dict[str, Any]:
     try:
-        with open(lock, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, RecursionError):
+        data = read_json_file(lock)
+    except (OSError, UnreadableJSON):
         return {}
+    return data if isinstance(data, dict) else {}

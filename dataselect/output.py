@@ -32,6 +32,7 @@ from dataselect.checks import (
     refuse_special_output,
 )
 from dataselect.errors import InputError
+from dataselect.json_text import UnreadableJSON, parse_json, read_json_file
 
 OutputFormat = Literal["parquet", "arrow"]
 SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
@@ -320,15 +321,12 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     nor the fix."""
     try:
         if storage.is_remote(path):
-            data = json.loads(storage.read_bytes(os.fspath(path)).decode("utf-8"))
+            data = parse_json(storage.read_bytes(os.fspath(path)))
         else:
             check_regular_file(path)
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise damaged_file(path, f"it is not valid JSON ({exc})") from None
-    except RecursionError:  # json's parser recurses once per level: '[' * 100000
-        raise damaged_file(path, "it is nested too deeply to read") from None
+            data = read_json_file(path)
+    except UnreadableJSON as exc:
+        raise damaged_file(path, str(exc)) from None
     if not isinstance(data, dict):
         raise damaged_file(path, f"it holds a JSON {type(data).__name__}, not an object")
     return data

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from dataselect.checks import check_hf_data_files, check_regular_file, read_hf_state, shown
 from dataselect.errors import InputError
+from dataselect.json_text import UnreadableJSON, read_json_file
 from dataselect.readers.arrow import check_stream_end
 from dataselect.readers.base import Piece, register
 from dataselect.readers.tabular import TabularReader
@@ -68,16 +69,13 @@ def datasetdict_splits(path: str) -> tuple[list[str], list[str]]:
     without a word. A listed name must be a folder of this one (not ``.``, ``..``, a path
     or an absolute name) holding a save_to_disk dataset; a malformed ``splits`` value is
     refused, naming the file, as ``load_from_disk`` fails on it."""
-    import json
-
     where = os.path.join(path, DATASET_DICT)
     check_regular_file(where)
     try:
-        with open(where, encoding="utf-8") as f:
-            splits = json.load(f)["splits"]
+        splits = read_json_file(where)["splits"]
     except OSError as exc:
         raise InputError(f"cannot read it ({exc.strerror or exc})", where=where) from None
-    except (ValueError, KeyError, TypeError, RecursionError):
+    except (UnreadableJSON, KeyError, TypeError):
         raise InputError("is not a DatasetDict record (a JSON object whose 'splits' lists "
                          "its split folders): restore it, or save the DatasetDict again",
                          where=where) from None
