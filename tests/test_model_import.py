@@ -84,7 +84,7 @@ def test_a_second_import_is_a_no_op(smollm2, smollm2_gguf):
     started = time.perf_counter()
     assert import_model("smollm2", cache=TEST_MODELS) == smollm2
     assert import_model(smollm2_gguf, cache=TEST_MODELS) == smollm2  # same content, same folder
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # not converted again (minutes)
     assert weights.stat().st_mtime_ns == before
     assert not list(Path(TEST_MODELS).glob(".tmp-*"))
 
@@ -204,7 +204,7 @@ def test_cli_imports_into_out_reuses_it_and_refuses_another_model(smollm2_gguf, 
 
     started = time.perf_counter()
     assert main(["model", "import", str(smollm2_gguf), "--out", str(out)]) == 0
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # not converted again (minutes)
     assert "reusing" in capsys.readouterr().err
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 

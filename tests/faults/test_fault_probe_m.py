@@ -92,7 +92,8 @@ def test_one_expression_building_a_huge_value_is_one_line(tokenizer, template: s
     line = str(info.value)
     assert line.startswith(FOLDER) and "\n" not in line, line
     assert "chat template builds" in line and "more than the" in line, line
-    assert time.perf_counter() - started < 5
+    # refused before the value is built (minutes, gigabytes), not a speed test
+    assert time.perf_counter() - started < 60
 
 
 def test_the_limit_grows_with_the_conversation(tokenizer) -> None:
@@ -238,7 +239,8 @@ def test_a_config_larger_than_memory_is_one_line(tmp_path: Path, config: dict,
     line = str(info.value)
     assert str(folder) in line and f"field '{field}'" in line and "\n" not in line, line
     assert "memory" in line
-    assert time.perf_counter() - started < 5
+    # refused before the value is built (minutes, gigabytes), not a speed test
+    assert time.perf_counter() - started < 60
 
 
 def test_the_count_is_exact_for_a_model_that_fits(tmp_path: Path, monkeypatch) -> None:

@@ -346,7 +346,9 @@ def test_a_billion_laughs_recipe_fails_at_once_in_one_line(tmp_path):
     started = time.perf_counter()
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
-    assert time.perf_counter() - started < 0.5
+    # refused before expanding 9**9 items (which takes minutes and gigabytes): a bound
+    # a loaded machine meets, not a speed test
+    assert time.perf_counter() - started < 30
     message = str(info.value)
     assert "aliases expand to more than" in message and len(message) < 200
 
