@@ -142,6 +142,20 @@ class _Stage:
         """Drop the state's future: the cluster may forget the state."""
         self._state = None
 
+    def state_error(self) -> BaseException | None:
+        """The error the cluster gave for this stage's state, or None (none, or no state
+        sent). Why: a scheduler that cannot unpickle the state (it imports another version
+        of dataselect or of a package) errs on the state and cancels every task that needs
+        it as "lost dependencies"; the cancelled tasks alone do not say why."""
+        state = self._state
+        if state is None or getattr(state, "status", None) != "error":
+            return None
+        try:
+            state.result(timeout=5)
+        except Exception as exc:  # the cluster's error, re-raised here
+            return exc
+        return None
+
     def _key(self, index: int) -> str:
         return f"{self.name}-{index}-{self._tag}"
 
@@ -158,6 +172,10 @@ class PartitionTask:
 
     stage: _Stage
     index: int
+
+    def state_error(self) -> BaseException | None:
+        """The error the cluster gave for this task's stage state (:meth:`_Stage.state_error`)."""
+        return self.stage.state_error()
 
     def __call__(self) -> Any:
         return self.stage.fn(self.index)

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dataselect import checks
 from dataselect.errors import ClusterLostError, InputError
-from dataselect.execution import Fold, release, submit
+from dataselect.execution import Fold, PartitionTask, release, submit
 from pipelines.threads import LocalThreads
 
 LOST_AFTER_SECONDS = 15.0  # the longest a nanny takes to restart a worker, with margin
@@ -196,7 +196,7 @@ class ProgressRunner:
                     if future.status == "error":
                         future.result()  # raises the task's own exception
                     if future.status == "cancelled":
-                        raise self._lost(DROPPED)
+                        raise self._lost(_why_cancelled(tasks[index]))
                     future.release()
                     if fold is not None:
                         total = result if total is None else fold(total, result)
@@ -273,6 +273,20 @@ class ProgressRunner:
         else:
             hint = f"check the cluster at {getattr(self.client.scheduler, 'address', '?')}"
         return ClusterLostError(f"{problem}; {hint}, then rerun the same command to resume")
+
+
+def _why_cancelled(task: Any) -> str:
+    """Why the cluster cancelled ``task``: the state it needs could not be loaded there,
+    or, where the cluster gave no error, :data:`DROPPED`."""
+    error = task.state_error() if isinstance(task, PartitionTask) else None
+    if error is None:
+        return DROPPED
+    while error.__cause__ is not None:  # the unpickling error under Dask's own words
+        error = error.__cause__
+    said = " ".join(str(error).split())
+    return (f"the Dask cluster could not load this job's tasks ({type(error).__name__}: "
+            f"{said}): its scheduler and workers must import the same dataselect and "
+            "packages as this client (README: Running on your cluster)")
 
 
 def lost_after_seconds() -> float:

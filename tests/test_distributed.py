@@ -84,3 +84,31 @@ def test_recipe_on_external_cluster_matches_local_run(tmp_path, cluster):
     with Client(cluster) as client:  # the work ran on both workers
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     assert len(executed) == 2 and min(executed.values()) > 0
+
+
+@pytest.mark.slow
+def test_a_scheduler_that_cannot_load_a_stage_says_why(tmp_path, cluster, monkeypatch):
+    """A stage whose state only the client can import (the scheduler runs other code: a
+    checkout changed under a running cluster, another release) used to fail as "the
+    scheduler dropped this job's tasks"; the line now quotes the cluster's error and says
+    the environments must match."""
+    from dataselect.errors import ClusterLostError
+    from dataselect.execution import partition_tasks
+    from pipelines.progress import ProgressRunner
+
+    folder = tmp_path / "client_only"
+    folder.mkdir()
+    (folder / "client_only_stage.py").write_text("def double(index):\n    return 2 * index\n")
+    monkeypatch.syspath_prepend(str(folder))
+    import client_only_stage
+
+    with Client(address=cluster, timeout="30s") as client:
+        runner = ProgressRunner(client)
+        with pytest.raises(ClusterLostError) as caught:
+            runner("probe", partition_tasks("probe", client_only_stage.double, 3))
+        message = str(caught.value)
+        assert "could not load this job's tasks" in message, message
+        assert "client_only_stage" in message and "same dataselect" in message, message
+        assert "dropped" not in message and "\n" not in message, message
+        # a stage the cluster can load still runs on the same client
+        assert runner("fine", partition_tasks("fine", abs, 3)) == [0, 1, 2]
