@@ -144,8 +144,9 @@ class PoolStats:
     def _ngram_counts(self, corpus: Corpus, index: int, table: pa.Table) -> np.ndarray:
         if self.hasher is None:
             return np.zeros(0, np.int64)
-        sampled = sample_mask(table["id"], self.sample, self.seed)
-        return _masked_counts(corpus, index, table, sampled, self.hasher)
+        sampled = np.flatnonzero(sample_mask(table["id"], self.sample, self.seed))
+        return rows_counts(corpus, index, self.hasher, sampled, table.num_rows,
+                           lambda: table.take(sampled))
 
     def _settings(self) -> str:
         return json.dumps([repr(self.hasher), self.sample, self.seed])
@@ -156,19 +157,22 @@ class PoolStats:
 HASH_OVER_COUNT = 12
 
 
-def _masked_counts(corpus: Corpus, index: int, table: pa.Table, mask: np.ndarray,
-                   hasher: NgramHasher) -> np.ndarray:
-    """Bucket counts of the rows of partition ``index`` where ``mask`` is true: from the
-    n-grams the scorer kept (DSIR), else from hashing those rows only: also where they are
-    so few that hashing them beats masking every saved row (the KL metric's sample of a
-    large pool, 1 % at 10^8 rows)."""
-    rows = np.flatnonzero(mask)
-    if len(rows) * HASH_OVER_COUNT >= len(mask):  # enough rows to open the saved n-grams
+def rows_counts(corpus: Corpus, index: int, hasher: NgramHasher, positions: np.ndarray,
+                partition_rows: int, rows: Callable[[], pa.Table]) -> np.ndarray:
+    """Bucket counts of the rows at ``positions`` (distinct) of partition ``index``, which
+    holds ``partition_rows`` rows; ``rows()`` gives those rows. From the n-grams the scorer
+    kept (DSIR), else by hashing those rows: also where they are so few that hashing them
+    beats masking every saved row (the KL metric's sample of a large pool, 1 % at 10^8
+    rows; a small k's selected rows). One rule for the pool sample and the selection."""
+    if not len(positions):
+        return np.zeros(hasher.num_buckets, np.int64)
+    if len(positions) * HASH_OVER_COUNT >= partition_rows:  # enough to open the saved ones
         stored = ngram_store.load(corpus.ngram_dir, index, hasher)
         if stored is not None:
+            mask = np.zeros(partition_rows, bool)
+            mask[positions] = True
             return masked_counts(stored, [mask], hasher.num_buckets)[0]
-    return hasher.masked_bucket_counts(corpus.texts(table.take(rows)),
-                                       [np.ones(len(rows), bool)])[0]
+    return hasher.bucket_counts(corpus.texts(rows()))
 
 
 @dataclass(frozen=True)
@@ -207,7 +211,7 @@ class _WritePart:
         origin = PartOrigin(self.pool_stats.job, index)
         stats = origin.stamp_arrays({
             "rows": np.array(picked.num_rows), "pool_counts": pool["pool_counts"],
-            "selected_counts": self._selected_counts(index, chosen, taken),
+            "selected_counts": self._selected_counts(index, chosen, taken, scores.num_rows),
             LABEL_COLUMN_KEY: pool[LABEL_COLUMN_KEY], LABELS_KEY: pool[LABELS_KEY],
             "pool_labels": pool["pool_labels"],
             "selected_labels": np.array([selected.get(str(n), 0) for n in pool[LABELS_KEY]],
@@ -258,26 +262,14 @@ class _WritePart:
             return columns(index).empty_table()
         return self.score_task(index)
 
-    def _selected_counts(self, index: int, chosen: np.ndarray, taken: pa.Table
-                         ) -> np.ndarray:
-        """Bucket counts of the selected rows (``taken``, at ``chosen`` in the partition):
-        from the n-grams the scorer kept (DSIR), else from hashing those rows."""
+    def _selected_counts(self, index: int, chosen: np.ndarray, taken: pa.Table,
+                         partition_rows: int) -> np.ndarray:
+        """Bucket counts of the selected rows (``taken``, at ``chosen`` in the partition
+        of ``partition_rows`` rows), by :func:`rows_counts`' rule."""
         hasher = self.pool_stats.hasher
         if hasher is None:
             return np.zeros(0, np.int64)
-        if not len(chosen):
-            return np.zeros(hasher.num_buckets, np.int64)
-        stored = ngram_store.load(self.pool.ngram_dir, index, hasher)
-        if stored is None or len(chosen) * HASH_OVER_COUNT < _num_docs(stored):
-            # a few rows hash faster than the partition's saved n-grams are masked
-            return hasher.bucket_counts(self.pool.texts(taken))
-        selected = np.zeros(_num_docs(stored), bool)
-        selected[chosen] = True
-        return masked_counts(stored, [selected], hasher.num_buckets)[0]
-
-
-def _num_docs(chunks: list[tuple[int, Any]]) -> int:
-    return sum(features.num_docs for _, features in chunks)
+        return rows_counts(self.pool, index, hasher, chosen, partition_rows, lambda: taken)
 
 
 def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where: str,

@@ -118,10 +118,11 @@ def test_a_full_disk_only_loses_the_saving(tmp_path, pool_table, monkeypatch):
 def test_sample_counts_are_the_same_from_saved_ngrams_or_from_hashing(tmp_path, pool_table,
                                                                      share):
     """The KL metric's pool counts: masked from the saved n-grams, or, for a sample so small
-    that hashing its rows is cheaper (writer.HASH_OVER_COUNT), hashed afresh; the counts
+    that hashing its rows is cheaper (writer.HASH_OVER_COUNT), hashed afresh (one rule,
+    writer.rows_counts, for the pool sample and the selected rows); the counts
     are the same integers either way, and the same as without a store."""
     from dataselect.sampling import sample_mask
-    from dataselect.writer import _masked_counts
+    from dataselect.writer import rows_counts
 
     records = pool_table.slice(0, 300).select(["id", "text"]).to_pylist()
     pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", records)))
@@ -131,7 +132,9 @@ def test_sample_counts_are_the_same_from_saved_ngrams_or_from_hashing(tmp_path, 
     ngram_store.hash_partition(hasher, pool.texts(table), stored.ngram_dir, 0)
     mask = sample_mask(table["id"], share, seed=0)
     assert 0 < mask.sum() <= len(mask)
-    fresh = _masked_counts(pool, 0, table, mask, hasher)
-    np.testing.assert_array_equal(_masked_counts(stored, 0, table, mask, hasher), fresh)
+    rows = np.flatnonzero(mask)
+    fresh = rows_counts(pool, 0, hasher, rows, len(mask), lambda: table.take(rows))
+    np.testing.assert_array_equal(
+        rows_counts(stored, 0, hasher, rows, len(mask), lambda: table.take(rows)), fresh)
     np.testing.assert_array_equal(
         fresh, hasher.bucket_counts(pool.texts(table.filter(pa.array(mask)))))
