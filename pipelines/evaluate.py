@@ -397,24 +397,27 @@ def plan_trainings(out: str, settings: EvalSettings
     # as a corpus, not through the footer check report uses)
     check_outputs_present(out, run, values=True)
     check_inputs_unchanged(out, recipe, pool, "evaluating")
+    # every input is read, and refused, before the base model is built (minutes)
+    held_outs = {task: _held_out(recipe, task) for task in tasks}
+    selections = {task: _selected_view(out, recipe, task) for task in tasks}
+    # one pool pass per seed: a prefix of a seeded sample is the sample of that size
+    samples = {seed: _random_view(pool, max(s.num_rows for s in selections.values()), seed)
+               for seed in settings.seeds}
+    if not settings.allow_overlap:
+        for task in tasks:
+            rows = selections[task].num_rows
+            check_held_out_apart(recipe, task, held_outs[task], {
+                "target": _target_view(recipe, task), "selected rows": selections[task],
+                **{f"random rows of seed {seed}": samples[seed].slice(0, rows)
+                   for seed in settings.seeds}})
     folder = os.path.join(out, EVAL_DIR)
     os.makedirs(os.path.join(folder, RUNS_DIR), exist_ok=True)
     base, fresh = _base_model(pool, settings, folder)
     workers = settings.workers or default_workers()
     threads = max(1, default_workers() // workers) if not settings.scheduler else 1
-    selections = {task: _selected_view(out, recipe, task) for task in tasks}
-    # one pool pass per seed: a prefix of a seeded sample is the sample of that size
-    samples = {seed: _random_view(pool, max(s.num_rows for s in selections.values()), seed)
-               for seed in settings.seeds}
     jobs = []
     for task in tasks:
-        held_out = _held_out(recipe, task)
-        selected = selections[task]
-        if not settings.allow_overlap:
-            check_held_out_apart(recipe, task, held_out, {
-                "target": _target_view(recipe, task), "selected rows": selected,
-                **{f"random rows of seed {seed}": samples[seed].slice(0, selected.num_rows)
-                   for seed in settings.seeds}})
+        held_out, selected = held_outs[task], selections[task]
         for seed in settings.seeds:
             random_rows = samples[seed].slice(0, selected.num_rows)
             for arm, train in (("selected", selected), ("random", random_rows)):

@@ -109,9 +109,9 @@ class ReportFiles:
         relative = os.path.join(self.sub, name)
         path = self.folder.join(relative)
         if os.path.lexists(path) and relative not in self.folder.files:
-            raise InputError("exists and was not written by dataselect report; move it "
-                             "away (the report writes only files it lists, and deletes "
-                             "nothing else)", where=path)
+            raise InputError("exists and is not a file dataselect report wrote, or it was "
+                             "changed since; move it away (the report writes only files "
+                             "it lists, and deletes nothing else)", where=path)
         self.folder.expect([relative])
         self.written.append(name)
         return path

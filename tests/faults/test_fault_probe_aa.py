@@ -152,3 +152,22 @@ def test_a_commands_paths_are_let_go_when_it_ends(tmp_path):
     with fingerprint.cache_kept_out_of([str(pool)]):
         assert len(fingerprint._KEPT_OUT_OF) == 2
     assert [os.path.realpath(tmp_path / "kept")] == fingerprint._KEPT_OUT_OF
+
+
+def test_eval_reads_its_held_out_rows_before_building_a_base_model(tmp_path, monkeypatch):
+    """Pass 12's note c59: ``eval`` built and saved its base model (minutes on a real one)
+    before it found the held-out file empty. Every input is now read, and refused, first."""
+    from test_fault_probe_d import INSTRUCTIONS, TINY, _lines, _run_with_eval
+
+    from dataselect.errors import InputError
+    from pipelines import evaluate
+    from pipelines.evaluate import EvalSettings, plan_trainings
+
+    out = _run_with_eval(tmp_path, _lines(INSTRUCTIONS / "eval" / "code.jsonl")[:5])
+    (tmp_path / "held_out.jsonl").write_text("", encoding="utf-8")
+    built = []
+    monkeypatch.setattr(evaluate, "_base_model", lambda *a: built.append(a) or ("", True))
+    with pytest.raises(InputError) as caught:
+        plan_trainings(str(out), EvalSettings(**TINY))
+    assert "held_out.jsonl" in str(caught.value) and "\n" not in str(caught.value)
+    assert built == []

@@ -438,7 +438,7 @@ def test_report_refuses_a_name_it_did_not_write(selected, capsys):
     folder.mkdir()
     (folder / "index.html").write_text("my page")
     err = _one_line_exit_2(["report", str(selected)], capsys)
-    assert "index.html: exists and was not written by dataselect report" in err
+    assert "index.html: exists and is not a file dataselect report wrote" in err
     assert (folder / "index.html").read_text() == "my page"
 
 
