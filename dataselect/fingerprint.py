@@ -182,7 +182,13 @@ def keep_cache_out_of(paths: Iterable[str]) -> None:
     folder its marker does not list. The cache only saves time: where it would land in
     such a folder, fingerprints are computed without it."""
     for path in paths:
-        if not isinstance(path, str) or not path or "://" in path:
+        if not isinstance(path, str) or not path:
+            continue
+        try:
+            path = storage.local_form(path)  # a file: URL is the path it names
+        except InputError:
+            continue
+        if storage.is_remote(path):
             continue
         prefix = re.split(r"[*?\[]", path, maxsplit=1)[0]
         if prefix != path:  # a glob: the folder it starts in
@@ -206,16 +212,49 @@ def cache_kept_out_of(paths: Iterable[str]) -> Iterator[None]:
 
 def _cache_usable() -> bool:
     folder = os.path.realpath(cache_dir())
-    return not any(folder == kept or folder.startswith(kept + os.sep)
-                   or kept.startswith(folder + os.sep) for kept in _KEPT_OUT_OF)
+    if any(folder == kept or folder.startswith(kept + os.sep)
+           or kept.startswith(folder + os.sep) for kept in _KEPT_OUT_OF):
+        return False
+    return _dedicated(cache_root())
+
+
+# what a cache folder of dataselect's holds: its fingerprints, and the imported models
+CACHE_ENTRIES = frozenset({"fingerprints", "models"})
+
+
+def _dedicated(root: Path) -> bool:
+    """Whether ``root`` is a cache folder of dataselect's own: absent (it is made so), or
+    holding nothing but :data:`CACHE_ENTRIES`, ``fingerprints`` being a folder of its own.
+
+    Why: the folder comes from the environment, and a command's own paths are not all
+    that a job reads (a URL spelling of the pool, a folder linked from inside it, a model
+    or held-out folder a recipe names, the pool of the run ``eval`` is given, a program's
+    own paths through the Python API). A folder holding anything else is someone's data:
+    the cache, which only saves time, is not used there."""
+    try:
+        names = set(os.listdir(root))
+    except FileNotFoundError:
+        return True
+    except OSError:  # not a folder, or unreadable
+        return False
+    if not names <= CACHE_ENTRIES:
+        return False
+    entries = root / "fingerprints"
+    return not entries.is_symlink() and (entries.is_dir() or not entries.exists())
+
+
+def cache_root() -> Path:
+    """The cache folder: ``$DATASELECT_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/dataselect``.
+    Read from the environment on every call, so tests and jobs can point it elsewhere."""
+    if root := os.environ.get("DATASELECT_CACHE"):
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "dataselect"
 
 
 def cache_dir() -> Path:
-    """Read from the environment on every call, so tests and jobs can point it elsewhere."""
-    if root := os.environ.get("DATASELECT_CACHE"):
-        return Path(root) / "fingerprints"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "dataselect" / "fingerprints"
+    """Where the fingerprint entries are kept, inside :func:`cache_root`."""
+    return cache_root() / "fingerprints"
 
 
 def _stat(path: str) -> os.stat_result:
@@ -235,8 +274,13 @@ def _is_racy(st: os.stat_result, started: float) -> bool:
     return started - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 < RACY_SECONDS
 
 
+# an entry's name ends in a suffix no input reader takes, so that a folder linked to the
+# cache from inside a pool, or a glob through it, never reads an entry as data
+ENTRY_SUFFIX = ".fingerprint"
+
+
 def _entry_path(key: CacheKey) -> Path:
-    return cache_dir() / (hashlib.sha256(json.dumps(key).encode()).hexdigest() + ".json")
+    return cache_dir() / (hashlib.sha256(json.dumps(key).encode()).hexdigest() + ENTRY_SUFFIX)
 
 
 def _read_entry(key: CacheKey) -> str | None:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataselect import checks, storage
+from dataselect import checks, fingerprint, storage
 from dataselect.errors import InputError, OutputConflictError, first_names, os_error_line
 from dataselect.json_text import UnreadableJSON, read_json_file
 from dataselect.layout import SCORES_DIR, TASKS_DIR, UNION_DIR, legacy_entries, own_place
@@ -616,6 +616,11 @@ def _refuse_foreign(path: str) -> None:
         return
     foreign = sorted(name for name in os.listdir(path)
                      if not _holds_only_ours(os.path.join(path, name)))
+    if foreign and os.path.realpath(path) == os.path.realpath(fingerprint.cache_root()):
+        # a program that fitted before it wrote, with the cache pointed at its output
+        raise OutputConflictError(
+            f"{path} is dataselect's fingerprint cache (DATASELECT_CACHE or XDG_CACHE_HOME "
+            f"names it): choose another {_setting()}, or point the cache elsewhere")
     if foreign:
         shown = first_names(foreign)
         raise OutputConflictError(

@@ -301,7 +301,8 @@ def test_unchanged_file_is_hashed_once_across_processes(big_pool, hash_reads,
     fingerprint._memory.clear()  # as in a new process: only the disk cache is left
     assert fingerprint.file_fingerprint(str(big_pool)) == first
     assert hash_reads == [str(big_pool)]
-    assert len(list(private_fingerprint_cache.glob("fingerprints/*.json"))) == 1
+    entries = private_fingerprint_cache.glob("fingerprints/*" + fingerprint.ENTRY_SUFFIX)
+    assert len(list(entries)) == 1
 
 
 def test_edit_hidden_by_setting_mtime_back_is_still_noticed(big_pool, hash_reads):
@@ -318,7 +319,7 @@ def test_damaged_cache_entry_is_recomputed_and_unwritable_cache_is_skipped(
         tmp_path, hash_reads, private_fingerprint_cache, monkeypatch):  # noqa: F811 (the shared fixture)
     path = write_jsonl(tmp_path / "pool.jsonl", RECORDS)
     first = fingerprint.file_fingerprint(str(path))
-    (entry,) = private_fingerprint_cache.glob("fingerprints/*.json")
+    (entry,) = private_fingerprint_cache.glob("fingerprints/*" + fingerprint.ENTRY_SUFFIX)
     entry.write_text('{"key": [], "xxh3_128": "not hex"')
     fingerprint._memory.clear()
     assert fingerprint.file_fingerprint(str(path)) == first
@@ -336,7 +337,7 @@ def test_recently_written_file_is_hashed_but_not_cached(tmp_path, monkeypatch,
     monkeypatch.setattr(fingerprint, "RACY_SECONDS", 3600.0)
     path = write_jsonl(tmp_path / "pool.jsonl", RECORDS)
     assert fingerprint.file_fingerprint(str(path))["bytes"] == path.stat().st_size
-    assert not list(private_fingerprint_cache.glob("fingerprints/*.json"))
+    assert not list(private_fingerprint_cache.glob("fingerprints/*" + fingerprint.ENTRY_SUFFIX))
     assert not fingerprint._memory
 
 

@@ -63,7 +63,7 @@ def test_a_cache_elsewhere_is_still_used(tmp_path, monkeypatch):
     monkeypatch.setenv("DATASELECT_CACHE", str(cache))
     fingerprint.keep_cache_out_of([str(pool)])
     fingerprint.file_fingerprint(str(pool / "p.parquet"))
-    assert list((cache / "fingerprints").glob("*.json"))
+    assert list((cache / "fingerprints").glob("*" + fingerprint.ENTRY_SUFFIX))
 
 
 def test_every_path_a_command_is_given_is_kept_out_of(tmp_path):

@@ -1,0 +1,129 @@
+"""Hostile pass 13: the fingerprint cache in folders a command's own paths do not name.
+
+Pass 12 kept the cache out of the paths a command is given. Pass 13 wrote cache entries
+into inputs all the same, through the paths a job reads without being given them: the
+pool spelled as a ``file://`` URL, a folder linked from inside the pool, a model or
+held-out folder a recipe names, the pool of the run ``eval`` reads, and the Python API,
+which has no command around it. The cache is now used only in a folder of its own
+(absent, or holding nothing but its entries and imported models), and its entries end in
+a suffix no reader takes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import POOL_GLOB
+
+from dataselect import fingerprint
+from dataselect.corpus import read_corpus
+from dataselect.errors import OutputConflictError
+from dataselect.outdir import claim_output
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fingerprint, "_KEPT_OUT_OF", [])
+    monkeypatch.setattr(fingerprint, "_is_racy", lambda *_: False)
+    fingerprint._memory.clear()
+
+
+def _pool(tmp_path: Path) -> Path:
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    shutil.copy(sorted(Path(POOL_GLOB).parent.glob("*.parquet"))[0], pool / "p.parquet")
+    past = time.time() - 3600
+    os.utime(pool / "p.parquet", (past, past))
+    return pool
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("holds", ["config.json", "model.bin", "notes.txt", "sub/"])
+def test_a_folder_holding_anything_else_is_not_used_as_the_cache(tmp_path, monkeypatch,
+                                                                 holds):
+    """A model folder, a held-out folder, a pool folder (however it was spelled), a home
+    folder: whatever else it holds, the cache writes nothing there and reads nothing."""
+    pool = _pool(tmp_path)
+    folder = tmp_path / "theirs"
+    (folder / holds).parent.mkdir(parents=True, exist_ok=True)
+    if holds.endswith("/"):
+        (folder / holds).mkdir()
+    else:
+        (folder / holds).write_text("x")
+    monkeypatch.setenv("DATASELECT_CACHE", str(folder))
+    before = _listing(folder)
+    first = fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    fingerprint._memory.clear()
+    assert fingerprint.file_fingerprint(str(pool / "p.parquet")) == first
+    assert _listing(folder) == before
+
+
+def test_the_pool_folder_as_the_cache_is_left_untouched_whatever_its_spelling(tmp_path,
+                                                                             monkeypatch):
+    pool = _pool(tmp_path)
+    monkeypatch.setenv("DATASELECT_CACHE", str(pool))
+    before = _listing(pool)
+    fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    assert _listing(pool) == before
+    # and a file: URL given on the command line is kept out of as the path it names
+    fingerprint.keep_cache_out_of([f"file://{pool}/*.parquet", "s3://bucket/x"])
+    assert [os.path.realpath(pool)] == fingerprint._KEPT_OUT_OF
+
+
+@pytest.mark.parametrize("layout", ["absent", "empty", "its own entries and models"])
+def test_a_folder_of_its_own_is_used(tmp_path, monkeypatch, layout):
+    pool = _pool(tmp_path)
+    cache = tmp_path / "cache"
+    if layout != "absent":
+        cache.mkdir()
+    if layout.startswith("its own"):
+        (cache / "fingerprints").mkdir()
+        (cache / "models").mkdir()
+    monkeypatch.setenv("DATASELECT_CACHE", str(cache))
+    fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    assert len(list((cache / "fingerprints").glob("*" + fingerprint.ENTRY_SUFFIX))) == 1
+
+
+def test_entries_behind_a_link_from_a_pool_are_never_read_as_rows(tmp_path, monkeypatch):
+    """A pool folder holding a link to the cache (c11): the entries written there are not
+    data to any reader, so the pool reads the same files before and after."""
+    pool = _pool(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (pool / "sub").symlink_to(cache, target_is_directory=True)
+    monkeypatch.setenv("DATASELECT_CACHE", str(cache))
+    before = read_corpus(str(pool)).files
+    fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    assert list((cache / "fingerprints").iterdir())
+    assert read_corpus(str(pool)).files == before
+
+
+def test_a_linked_entries_folder_is_not_written_through(tmp_path, monkeypatch):
+    pool = _pool(tmp_path)
+    cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    cache.mkdir()
+    elsewhere.mkdir()
+    (cache / "fingerprints").symlink_to(elsewhere, target_is_directory=True)
+    monkeypatch.setenv("DATASELECT_CACHE", str(cache))
+    fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_an_output_that_is_the_cache_is_refused_naming_the_cache(tmp_path, monkeypatch):
+    """The Python API fits before it writes: with the cache pointed at the output folder,
+    the fit made it the cache, and the write refuses it in one line that says so (c14)."""
+    pool = _pool(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setenv("DATASELECT_CACHE", str(out))
+    fingerprint.file_fingerprint(str(pool / "p.parquet"))
+    with pytest.raises(OutputConflictError, match="fingerprint cache") as caught, \
+            claim_output(out, "selection", {"a": 1}):
+        pass
+    assert "\n" not in str(caught.value)
