@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect import checks, storage
-from dataselect.errors import InputError
+from dataselect.errors import InputError, one_line
 from dataselect.readers.base import Piece, detect_format, reader, reading
 from dataselect.readers.columns import check_column_names, check_nesting
 from dataselect.readers.hf_disk import (
@@ -263,9 +263,9 @@ def _note_skipped(folder: str, names: list[str]) -> None:
         return
     _NOTED.add(folder)
     shown = ", ".join(names[:SHOWN_SKIPPED]) + (", ..." if len(names) > SHOWN_SKIPPED else "")
-    print(f"dataselect: note: {folder}: skipped {len(names)} name(s) starting with '_' or "
-          f"'.' (bookkeeping by convention): {shown}; rename a data file to read it",
-          file=sys.stderr)
+    print(one_line(f"dataselect: note: {folder}: skipped {len(names)} name(s) starting with "
+                   f"'_' or '.' (bookkeeping by convention): {shown}; rename a data file "
+                   "to read it"), file=sys.stderr)
 
 
 def _note_unlisted(folder: str, names: list[str]) -> None:
@@ -276,9 +276,9 @@ def _note_unlisted(folder: str, names: list[str]) -> None:
         return
     _NOTED.add(("unlisted", folder))
     shown = ", ".join(names[:SHOWN_SKIPPED]) + (", ..." if len(names) > SHOWN_SKIPPED else "")
-    print(f"dataselect: note: {folder}: skipped {len(names)} dataset folder(s) that "
-          f"{DATASET_DICT} does not list as splits: {shown}; add a split to its 'splits' "
-          "to read it", file=sys.stderr)
+    print(one_line(f"dataselect: note: {folder}: skipped {len(names)} dataset folder(s) "
+                   f"that {DATASET_DICT} does not list as splits: {shown}; add a split to "
+                   "its 'splits' to read it"), file=sys.stderr)
 
 
 def _hidden_name(name: str) -> bool:

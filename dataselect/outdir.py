@@ -49,7 +49,13 @@ from pathlib import Path
 from typing import Any
 
 from dataselect import checks, fingerprint, storage
-from dataselect.errors import InputError, OutputConflictError, first_names, os_error_line
+from dataselect.errors import (
+    InputError,
+    OutputConflictError,
+    first_names,
+    one_line,
+    os_error_line,
+)
 from dataselect.json_text import UnreadableJSON, read_json_file
 from dataselect.layout import SCORES_DIR, TASKS_DIR, UNION_DIR, legacy_entries, own_place
 from dataselect.output import (
@@ -1091,8 +1097,8 @@ def _wait_for_turn(turn: threading.RLock, path: str, key: str) -> None:
     if turn.acquire(blocking=False):
         return
     holder = _HOLDER.get(key, "another thread")
-    print(f"dataselect: note: {path} is in use by another thread of this process "
-          f"({holder}); waiting for it to finish (at most {THREAD_WAIT_S:g} s)",
+    print(one_line(f"dataselect: note: {path} is in use by another thread of this process "
+                   f"({holder}); waiting for it to finish (at most {THREAD_WAIT_S:g} s)"),
           file=sys.stderr)
     if not turn.acquire(timeout=THREAD_WAIT_S):
         raise OutputConflictError(

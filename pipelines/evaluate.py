@@ -46,7 +46,7 @@ from rich.table import Table
 
 from dataselect import checks
 from dataselect.corpus import Corpus, read_corpus
-from dataselect.errors import InputError
+from dataselect.errors import InputError, one_line
 from dataselect.footer import RECORD_JOB_KEY
 from dataselect.outdir import OutputFolder, hold_lock, normalize, refuse_links
 from dataselect.output import jsonable, read_json, write_json
@@ -372,7 +372,8 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
         write_json(report, os.path.join(out, EVAL_DIR, RESULTS_FILE))
     print_eval_table(console, summary)
     for note in unscored_notes(results, settings.max_length):
-        console.print(f"note: {note}")
+        console.print(one_line(f"note: {note}"), soft_wrap=True, markup=False,
+                      highlight=False)
     print_summary(console, "eval", runner.timings,
                   {"tasks": len(tasks), "seeds": len(settings.seeds), "trainings": len(jobs),
                    "reused": sum(1 for r in results if r["reused"])},

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from dataselect import storage
-from dataselect.errors import InputError
+from dataselect.errors import InputError, one_line
 from dataselect.footer import RECORD_JOB_KEY, check_record_job, verified
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
@@ -93,6 +93,13 @@ def write_report(out: str, console: Console | None = None) -> str:
     if console is not None:
         console.print(f"report: {sum(f.endswith('.png') for f in files.written)} plots")
     return page
+
+
+def _html(text: str) -> str:
+    """``text`` for the page: control and bidirectional-formatting characters escaped as
+    in every line dataselect prints (a NUL in a recipe's name made the page invalid HTML,
+    and U+202E reversed what followed it), then HTML's own escapes."""
+    return html.escape(one_line(str(text)))
 
 
 @dataclass
@@ -167,7 +174,7 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
         check_record_job(record, results, run[RECORD_JOB_KEY])
         sections.append(_eval_section(folder, record))
     page = folder.path("index.html")
-    title = html.escape(run["recipe"].get("name") or os.path.basename(os.path.abspath(out)))
+    title = _html(run["recipe"].get("name") or os.path.basename(os.path.abspath(out)))
     _write_text(page, _PAGE.format(title=title, body="\n".join(sections)))
     return page
 
@@ -492,24 +499,24 @@ def _fit_details(dirs: dict[str, str], scorers: list[str]) -> str:
             check_record(stats, FitStats, path)
             for spec in stats.get("tables", []):
                 title = f"{task}: {spec['title']}"
-                parts.append(f"<h3>{html.escape(title)}</h3>")
+                parts.append(f"<h3>{_html(title)}</h3>")
                 parts.append(_table(spec["columns"], [[str(c) for c in row]
                                                       for row in spec["rows"]]))
-            parts += [f"<p>{html.escape(f'{task}/{scorer}: {note}')}</p>"
+            parts += [f"<p>{_html(f'{task}/{scorer}: {note}')}</p>"
                       for note in stats.get("notes", [])]
     return "".join(parts)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+    head = "".join(f"<th>{_html(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_html(c)}</td>" for c in row) + "</tr>"
                    for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _section(title: str, text: str, images: list[str], extra: str = "") -> str:
-    pictures = "".join(f'<img src="{html.escape(i)}" alt="{html.escape(i)}">' for i in images)
-    return (f"<section><h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>"
+    pictures = "".join(f'<img src="{_html(i)}" alt="{_html(i)}">' for i in images)
+    return (f"<section><h2>{_html(title)}</h2><p>{_html(text)}</p>"
             f"{extra}{pictures}</section>")
 
 

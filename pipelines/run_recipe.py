@@ -34,7 +34,7 @@ from rich.table import Table
 from dataselect import select, storage
 from dataselect.combine import BEST_TASK, max_over_tasks, score_columns
 from dataselect.corpus import Corpus, read_corpus
-from dataselect.errors import InputError, first_names
+from dataselect.errors import InputError, first_names, one_line
 from dataselect.features import check_feature_folder
 from dataselect.fingerprint import keep_cache_out_of
 from dataselect.footer import RECORD_JOB_KEY, job_digest
@@ -470,5 +470,5 @@ def _print_tasks(console: Console, run: dict[str, Any]) -> None:
     console.print(table)
     for task, info in run["tasks"].items():
         for note in info.get("notes", []):
-            console.print(f"note: {task}: {note}", soft_wrap=True, markup=False,
+            console.print(one_line(f"note: {task}: {note}"), soft_wrap=True, markup=False,
                           highlight=False)

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from dataselect.errors import one_line
 from pipelines.progress import StageTiming, with_other
 
 LONG_VALUE = 48  # characters; a longer result is printed below the table, unwrapped
@@ -31,7 +32,7 @@ def print_summary(console: Console | None, job: str, timings: list[StageTiming],
         stages.add_column(column, justify="left" if column == "stage" else "right")
     for t in with_other(timings, total_seconds):
         rate = f"{rows / t.seconds:,.0f}" if rows and t.tasks and t.seconds > 0 else "-"
-        stages.add_row(t.stage, str(t.tasks) if t.tasks else "", f"{t.seconds:.2f}", rate)
+        stages.add_row(one_line(t.stage), str(t.tasks) if t.tasks else "", f"{t.seconds:.2f}", rate)
     stages.add_row("total", "", f"{total_seconds:.2f}",
                    f"{rows / total_seconds:,.0f}" if rows and total_seconds > 0 else "-")
     console.print(stages)
@@ -44,7 +45,8 @@ def print_summary(console: Console | None, job: str, timings: list[StageTiming],
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
         elif isinstance(value, float):
             value = f"{value:.4f}"
-        text = "-" if value is None else str(value)
+        # labels, filter reasons and notes are the user's or a plug-in's text: one line each
+        key, text = one_line(str(key)), one_line("-" if value is None else str(value))
         if len(text) > LONG_VALUE:
             long_lines.append(f"{key}: {text}")
         else:
@@ -67,15 +69,15 @@ def print_fit_details(console: Console | None, fits: dict[str, dict[str, Any]]) 
     for label, fit in fits.items():
         for spec in fit.get(TABLES, []):
             title = f"{label}: {spec['title']}" if label else spec["title"]
-            table = Table(title=title, title_justify="left")
+            table = Table(title=one_line(str(title)), title_justify="left")
             for i, column in enumerate(spec["columns"]):
-                table.add_column(column, justify="left" if i == 0 else "right")
+                table.add_column(one_line(str(column)), justify="left" if i == 0 else "right")
             for row in spec["rows"]:
-                table.add_row(*[str(cell) for cell in row])
+                table.add_row(*[one_line(str(cell)) for cell in row])
             console.print(table)
         for note in fit.get(NOTES, []):
             prefix = f"{label}: " if label else ""
-            console.print(f"note: {prefix}{note}", soft_wrap=True, markup=False,
+            console.print(one_line(f"note: {prefix}{note}"), soft_wrap=True, markup=False,
                           highlight=False)
 
 

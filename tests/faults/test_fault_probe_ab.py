@@ -127,3 +127,50 @@ def test_an_output_that_is_the_cache_is_refused_naming_the_cache(tmp_path, monke
             claim_output(out, "selection", {"a": 1}):
         pass
     assert "\n" not in str(caught.value)
+
+
+# --- every line printed is one line: labels, plug-in notes, skipped names, the report ------
+NASTY = "a\nb\u202ec\x00d"
+
+
+def _printed(fn) -> str:
+    import io
+
+    from pipelines.summary import plain_console
+
+    sink = io.StringIO()
+    fn(plain_console(file=sink, width=200))
+    return sink.getvalue()
+
+
+def test_summary_cells_and_notes_escape_control_and_bidi_characters():
+    """A label of the pool's (``domain=a\\nb``), a plug-in's filter reason or fit note:
+    each printed as one line with the characters escaped (g01)."""
+    from pipelines.summary import print_fit_details, print_summary
+
+    text = _printed(lambda c: print_summary(c, "select", [], {
+        f"domain={NASTY}": 3, "filtered": {NASTY: 2}, "note": NASTY * 20}, 1.0))
+    text += _printed(lambda c: print_fit_details(c, {"plug": {
+        "notes": [NASTY], "tables": [{"title": NASTY, "columns": ["x", NASTY],
+                                      "rows": [[NASTY, NASTY]]}]}}))
+    assert "\u202e" not in text and "\x00" not in text
+    assert "a\\nb\\u202ec\\x00d" in text
+    assert not [line for line in text.splitlines() if line.startswith(("b", "c"))]
+
+
+def test_a_skipped_names_note_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "po\nol\u202e"
+    folder.mkdir()
+    shutil.copy(sorted(Path(POOL_GLOB).parent.glob("*.parquet"))[0], folder / "p.parquet")
+    (folder / "_SUCCESS").write_text("")
+    read_corpus(str(folder))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\u202e" not in err and "skipped 1 name" in err, err
+
+
+def test_the_report_page_escapes_control_characters():
+    """A NUL in a recipe's name made ``index.html`` invalid HTML (g04)."""
+    from pipelines.report import _html
+
+    assert _html(NASTY) == "a\\nb\\u202ec\\x00d"
+    assert _html("<b>&") == "&lt;b&gt;&amp;"
