@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dataselect.errors import InputError
+from dataselect.errors import InputError, one_line
 from dataselect.params import describe_settings, value_text
 from dataselect.scoring import Scorer, needs_warmup
 
@@ -64,14 +64,16 @@ def scorers_text(described: list[dict[str, Any]]) -> str:
     blocks = []
     for scorer in described:
         if "error" in scorer:
-            blocks.append(f"{scorer['name']}\n  cannot be listed: {scorer['error']}")
+            # a plug-in's name and import error are its text: one line each
+            blocks.append(f"{one_line(str(scorer['name']))}\n  cannot be listed: "
+                          f"{one_line(str(scorer['error']))}")
             continue
-        lines = [f"{scorer['name']}: {scorer['summary']}",
+        lines = [one_line(f"{scorer['name']}: {scorer['summary']}"),
                  f"  --policy auto: {scorer['default_policy']}"]
         if scorer["needs"]:
             lines.append(f"  needs: {', '.join(WORDS[key] for key in scorer['needs'])}")
-        rows = [HEADINGS, *((p["name"], p["type"], _default_text(p))
-                            for p in scorer["parameters"])]
+        rows = [HEADINGS, *((one_line(p["name"]), one_line(p["type"]),
+                             one_line(_default_text(p))) for p in scorer["parameters"])]
         widths = [max(len(row[i]) for row in rows) for i in range(len(HEADINGS))]
         lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)
                                    ).rstrip() for row in rows]

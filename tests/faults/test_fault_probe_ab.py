@@ -174,3 +174,11 @@ def test_the_report_page_escapes_control_characters():
 
     assert _html(NASTY) == "a\\nb\\u202ec\\x00d"
     assert _html("<b>&") == "&lt;b&gt;&amp;"
+
+
+def test_a_plug_in_that_cannot_be_listed_is_one_line_each():
+    """``dataselect scorers``: a plug-in's import error printed raw split its line (c141)."""
+    from pipelines.scorer_table import scorers_text
+
+    text = scorers_text([{"name": "plug", "error": f"ImportError: {NASTY}"}])
+    assert text == "plug\n  cannot be listed: ImportError: a\\nb\\u202ec\\x00d\n"
