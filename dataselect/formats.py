@@ -176,9 +176,7 @@ def _expand_one(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        # a FIFO would block the planner and /dev/null reads as nothing: neither is data
-        raise InputError(f"is not a regular file or folder ({checks.special_kind(path)}): "
-                         "give a data file", where=path)
+        _refuse_special(path, checks.special_kind(path))
     _check_hf_bookkeeping(path)
     if is_hf_dataset_dir(path):
         return [path]
@@ -196,12 +194,27 @@ def _expand_one(path: str) -> list[str]:
         elif p.is_symlink() and not p.exists() and detect_format(str(p), strict=False):
             raise InputError("a broken symbolic link in the folder: fix its target or "
                              "remove it", where=str(p))
-        elif p.is_file() and detect_format(str(p), strict=False):
+        elif not detect_format(str(p), strict=False):
+            continue
+        elif (kind := checks.special_at(p, follow=True)) is not None:
+            _refuse_special(str(p), kind)
+        elif p.is_file():
             files.append(str(p))
     if not files:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=path)
     _note_skipped(path, sorted(skipped))
     return files
+
+
+def _refuse_special(path: str, kind: str) -> None:
+    """Refuse a FIFO, socket or device named as an input, or lying in a folder given as
+    one under a data file's name (``more.jsonl``, ``x.parquet``, links followed): opening
+    a FIFO waits for a writer, forever, and a device reads as endless or empty text, so
+    neither is data. Found with ``stat`` alone, nothing opened. A folder's entry was left
+    out without a word (exit 0) while the same file named by a glob was refused: the same
+    line now, as for a broken link of a data name, since nothing is skipped silently."""
+    raise InputError(f"is not a regular file or folder ({kind}): give a data file (or "
+                     "move it out of the folder)", where=path)
 
 
 def _check_hf_bookkeeping(folder: str) -> None:

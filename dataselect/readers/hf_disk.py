@@ -35,6 +35,8 @@ class HfDiskReader(TabularReader):
 
     def plan(self, path: str, target_bytes: int) -> list[Piece]:
         for data_file in sorted(Path(path).glob("*.arrow")):  # save_to_disk writes streams
+            # a FIFO named like a shard would block this read of its end for ever
+            check_regular_file(data_file)
             check_stream_end(str(data_file), data_file.name)
         table = _hf_table(path)
         total, nbytes = table.num_rows, max(table.nbytes, 1)
