@@ -7,10 +7,13 @@ debugger. Nothing in dataselect skips a bad record silently.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import resource
 import unicodedata
+from collections.abc import Iterator
 
 # what a Ctrl-C prints, at any moment of a command (the console script, the CLI, recipes)
 INTERRUPTED = "dataselect: interrupted; rerun the same command to resume"
@@ -174,6 +177,40 @@ def os_error_line(exc: OSError, out: str | None = None) -> str | None:
         # a file we read (an input, a model folder): --out is not the cure there
         return f"cannot open{place}: {os.strerror(exc.errno)}; check its permissions"
     return f"cannot write{place}: {os.strerror(exc.errno)}; {advice}"
+
+
+# how Rust libraries (safetensors, tokenizers) quote the OS error under their own exception
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def wrapped_os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:
+    """The OS error that ``exc``, a library's own exception, carries only as text, as an
+    ``OSError`` naming ``path``; None when it carries none (or is an OSError already).
+
+    Why: safetensors raises ``SafetensorError("... I/O error: File too large (os error
+    27)")``, no OSError, so a model saved past ``ulimit -f`` or onto a full disk ended in
+    a traceback, where every other write says "cannot write ...: File too large" in one
+    line (:func:`os_error_line`)."""
+    if isinstance(exc, (OSError, DataSelectError)):
+        return None
+    found = _RUST_OS_ERROR.search(str(exc))
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), os.fspath(path))
+
+
+@contextlib.contextmanager
+def os_errors_named(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise, as :func:`wrapped_os_error` makes it, a library's error holding an OS
+    error, raised while the block saves files (a model, a checkpoint) for ``path``."""
+    try:
+        yield
+    except Exception as exc:
+        found = wrapped_os_error(exc, path)
+        if found is None:
+            raise
+        raise found from exc
 
 
 # a storage service that cannot be reached (an object store, an http or ftp URL)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dataselect.checks import check_regular_file, refuse_special_output
-from dataselect.errors import InputError
+from dataselect.errors import InputError, os_errors_named
 from dataselect.output import read_json, write_json
 
 MANIFEST = "dataselect-model.json"
@@ -364,7 +364,9 @@ def _import_to_out(found: GgufSource, out: str, overwrite: bool, say: Progress) 
 
 def _convert(found: GgufSource, staging: Path, say: Progress) -> None:
     """Load the GGUF with transformers, copy its weights into a plain model of the same
-    class, and save model, tokenizer and manifest into ``staging``."""
+    class, and save model, tokenizer and manifest into ``staging``. A save past ``ulimit
+    -f`` or onto a full disk (safetensors' own error class) is the OSError it wraps, naming
+    the folder ``staging`` lies in (the cache, or the import's output)."""
     started = time.perf_counter()
     staging.mkdir(parents=True)
     with _gguf_on_disk(found, staging) as gguf:
@@ -372,8 +374,9 @@ def _convert(found: GgufSource, staging: Path, say: Progress) -> None:
         tokenizer, loaded = _load_gguf(gguf, found)
         plain = _plain_copy(loaded)
         parameters = sum(p.numel() for p in plain.parameters())
-        plain.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        with os_errors_named(staging.parent):
+            plain.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
     import transformers
 
     files = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}

@@ -30,7 +30,7 @@ import torch
 
 from dataselect import checks, storage
 from dataselect.corpus import RESPONSE_SPANS
-from dataselect.errors import InputError, os_error_line
+from dataselect.errors import InputError, os_error_line, os_errors_named
 from dataselect.fingerprint import file_fingerprint
 from dataselect.outdir import MARKER as OWNERSHIP_MARKER
 from dataselect.textspec import CHAT_COLUMN, RESPONSE_ROLE
@@ -860,8 +860,8 @@ def save_model(model: Any, tokenizer: Any, out: str | os.PathLike) -> None:
     outside the output folder, overwritten. Both are saved into a fresh folder beside
     ``out`` and each file is renamed into place: a rename replaces the name, never the file
     it named."""
-    with staged_folder(out) as staging:
-        model.save_pretrained(staging)
+    with staged_folder(out) as staging, os_errors_named(out):
+        model.save_pretrained(staging)  # safetensors: past ulimit -f, its own error class
         tokenizer.save_pretrained(staging)
 
 

@@ -32,7 +32,7 @@ from pydantic import Field
 from typing_extensions import Required, TypedDict
 
 from dataselect import checks, storage
-from dataselect.errors import InputError
+from dataselect.errors import InputError, os_errors_named
 from dataselect.records import check_record
 
 MOMENTS_FILE = "moments.safetensors"
@@ -113,12 +113,13 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=parent)
     try:
-        model.save_pretrained(tmp, selected_adapters=[adapter])
-        saved = Path(tmp) / adapter if (Path(tmp) / adapter).is_dir() else Path(tmp)
-        _sort_target_modules(saved / ADAPTER_CONFIG)
-        save_file(tensors, str(saved / MOMENTS_FILE), metadata={
-            "beta1": str(beta1), "beta2": str(beta2), "eps": str(group["eps"]),
-            "step": str(step)})
+        with os_errors_named(out):  # safetensors' own error past ulimit -f or a full disk
+            model.save_pretrained(tmp, selected_adapters=[adapter])
+            saved = Path(tmp) / adapter if (Path(tmp) / adapter).is_dir() else Path(tmp)
+            _sort_target_modules(saved / ADAPTER_CONFIG)
+            save_file(tensors, str(saved / MOMENTS_FILE), metadata={
+                "beta1": str(beta1), "beta2": str(beta2), "eps": str(group["eps"]),
+                "step": str(step)})
         (saved / INFO_FILE).write_text(json.dumps({**info, "step": step}, indent=2,
                                                   sort_keys=True) + "\n")
         checks.refuse_special_output(out)  # a FIFO there is not deleted without a word
