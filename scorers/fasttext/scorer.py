@@ -23,9 +23,11 @@ it once; the scorer itself pickles only the model's bytes (trained) or its path 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -390,6 +392,11 @@ class TrainingProcess:
             hint = "; lower lr" if "NaN" in message else ""
             raise InputError(f"fastText training failed: {message}{hint}",
                              field="lr" if hint else None)
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and os.path.getsize(self.model_path) >= limit:
+            # fastText's C++ stream stops at the file-size limit without a word (exit 0):
+            # the cut model was then refused as "truncated or corrupt", blaming the file
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), self.model_path)
 
     def stop(self) -> None:
         """End the process if it still runs (a fit abandoned after an error elsewhere)."""

@@ -176,3 +176,17 @@ def test_warmup_past_the_file_size_limit_is_one_line(tmp_path, capsys, blank_lm)
         line = refused_run(argv, capsys, "cannot write", str(tmp_path / "w"),
                            "File too large", "ulimit -f")
     assert "Traceback" not in line, line
+
+
+def test_a_fasttext_model_cut_at_the_file_size_limit_is_that_limit_not_a_damaged_model(
+        tmp_path, capsys):
+    """fastText's C++ writer stops at the limit without an error (exit 0): the cut model
+    was refused as "truncated or corrupt", sending the user after a file they never
+    made. A model as large as the limit was cut by it."""
+    argv = ["select", "--scorer", "fasttext", "--pool", str(DATA / "pool" / "part-00000.parquet"),
+            "--target", str(DATA / "targets" / "fortunes.jsonl"), "--k", "5", "--workers", "1",
+            "--worker-kind", "threads", "--out", str(tmp_path / "o")]
+    with _file_size_limit(4 * 2**20):
+        line = refused_run(argv, capsys, "cannot write", "model.bin: File too large",
+                           "ulimit -f")
+    assert "truncated" not in line
