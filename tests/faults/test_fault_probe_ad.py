@@ -190,3 +190,88 @@ def test_a_fasttext_model_cut_at_the_file_size_limit_is_that_limit_not_a_damaged
         line = refused_run(argv, capsys, "cannot write", "model.bin: File too large",
                            "ulimit -f")
     assert "truncated" not in line
+
+
+# ------------------------------------------------- g08: the model conversion cache
+
+def _fake_gguf(path: Path) -> Path:
+    """Starts with the magic bytes, holds nothing else a GGUF reader could use: enough to
+    reach the conversion, which the cache check comes before."""
+    path.write_bytes(b"GGUF" + os.urandom(64))
+    return path
+
+
+def _tree(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.lstat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("where", ["pool", "pool/models", "out/models"])
+def test_a_model_cache_in_the_commands_inputs_or_outputs_is_refused_before_converting(
+        tmp_path, capsys, monkeypatch, where):
+    """``DATASELECT_MODEL_CACHE`` at the pool folder (or a new folder inside the pool or
+    ``--out``): one line naming the setting, exit 2, and the pool byte for byte as it was
+    (no model folder, no lock)."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    write_jsonl(pool / "pool.jsonl", [{"id": f"p{i}", "text": f"row {i} " * 5}
+                                      for i in range(20)])
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    monkeypatch.setenv("DATASELECT_MODEL_CACHE", str(tmp_path / where))
+    before = _tree(pool)
+    argv = dsir_select(pool, tmp_path / "out")
+    argv[argv.index("dsir")] = "embed"
+    refused_run([*argv, "-p", f"model={gguf}"], capsys, "DATASELECT_MODEL_CACHE",
+                str(tmp_path / where), "a new or empty folder of its own")
+    assert _tree(pool) == before
+
+
+def test_a_model_cache_holding_other_files_is_refused_naming_them(tmp_path, monkeypatch):
+    from models.importer import import_model
+
+    gguf = _fake_gguf(tmp_path / "m.gguf")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    monkeypatch.setenv("DATASELECT_MODEL_CACHE", str(folder))
+    with pytest.raises(InputError, match=r"mine: the model cache folder "
+                                         r"\(DATASELECT_MODEL_CACHE\) holds notes\.txt"):
+        import_model(gguf)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    monkeypatch.delenv("DATASELECT_MODEL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "xdg" / "dataselect" / "models").mkdir(parents=True)
+    (tmp_path / "xdg" / "dataselect" / "models" / "pool.parquet").write_bytes(b"")
+    with pytest.raises(InputError, match=r"XDG_CACHE_HOME/dataselect/models\) holds "
+                                         r"pool\.parquet.*set DATASELECT_MODEL_CACHE"):
+        import_model(gguf)
+    with pytest.raises(InputError, match=r"the cache argument\) holds notes\.txt"):
+        import_model(gguf, cache=folder)
+    link = tmp_path / "link"
+    link.symlink_to(folder)  # a link to such a folder is that folder
+    with pytest.raises(InputError, match=r"holds notes\.txt"):
+        import_model(gguf, cache=link)
+
+
+def test_a_model_cache_of_its_own_entries_is_used(tmp_path):
+    """Absent (made), or holding converted folders, their locks, staging folders and the
+    shortcut's wheels: the conversion goes ahead (and fails here on the fake GGUF's
+    content, after the check)."""
+    from models.importer import check_model_cache, import_model
+
+    cache = tmp_path / "cache"
+    check_model_cache(cache)
+    assert not cache.exists()
+    (cache / "wheels").mkdir(parents=True)
+    (cache / "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f").mkdir()
+    (cache / "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f.lock").touch()
+    (cache / ".tmp-m-0123456789abcdef-4242").mkdir()
+    check_model_cache(cache)
+    with pytest.raises(InputError) as raised:
+        import_model(_fake_gguf(tmp_path / "m.gguf"), cache=cache)
+    assert "model cache" not in str(raised.value)
+    for planted in ("x-0123456789abcdef.lock", "y-0123456789abcdef"):  # of the wrong kind
+        wrong = cache / planted
+        wrong.mkdir() if planted.endswith(".lock") else wrong.touch()
+        with pytest.raises(InputError, match=planted):
+            check_model_cache(cache)
+        wrong.rmdir() if wrong.is_dir() else wrong.unlink()
