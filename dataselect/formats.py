@@ -213,8 +213,8 @@ def _refuse_special(path: str, kind: str) -> None:
     neither is data. Found with ``stat`` alone, nothing opened. A folder's entry was left
     out without a word (exit 0) while the same file named by a glob was refused: the same
     line now, as for a broken link of a data name, since nothing is skipped silently."""
-    raise InputError(f"is not a regular file or folder ({kind}): give a data file (or "
-                     "move it out of the folder)", where=path)
+    raise InputError(f"is not a regular file or folder ({kind}): give a data file (replace "
+                     "it with one, or move it out of the way)", where=path)
 
 
 def _check_hf_bookkeeping(folder: str) -> None:
