@@ -71,11 +71,20 @@ class Corpus:
     # written through the API may not lie inside them (outdir.refuse_overlap), as on the
     # command line
     roots: list[str] = field(default_factory=list, compare=False)
+    # each file's identity (file_identity), taken once, before the files were planned:
+    # every record of this input (a job's marker, a score store, a manifest) and the
+    # final check that it did not change are this one value (fingerprint)
+    identities: list[dict[str, Any]] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for path in self.files:  # before planning: load_from_disk reads what state names
             if is_hf_dataset_dir(path):
                 checks.check_hf_data_files(path)
+        if self.identities is None:
+            # before the plan: a file replaced after this moment, even while it is being
+            # planned, differs from it when the job ends (check_unchanged), so the job
+            # refuses rather than finish on rows its identity does not describe
+            self.identities = [file_identity(f) for f in self.files]
         if not self.partitions:
             self.partitions = _pack(
                 [p for f in self.files for p in plan_pieces(f, self.partition_bytes)],
@@ -95,7 +104,7 @@ class Corpus:
         if partition_bytes == self.partition_bytes:
             return self
         return Corpus(self.files, self.text, self.id_field, partition_bytes, labels=self.labels,
-                      roots=self.roots)
+                      roots=self.roots, identities=self.identities)
 
     def estimated_bytes(self) -> int:
         """Approximate uncompressed size of the corpus, from file metadata only."""
@@ -379,18 +388,35 @@ class Corpus:
         """What identifies this input: text spec, id field, partition size, and each file's
         identity: its size, inode, mtime, ctime and sampled blocks
         (:func:`~dataselect.fingerprint.file_identity`), read in milliseconds, never the
-        whole file."""
+        whole file.
+
+        The files' identities are those taken when the corpus was planned, not now: a job
+        records its pool in its marker, its score store and its manifest, and the three
+        were taken at three moments, so a file replaced between the first and the second
+        was recorded as the old file in the marker and as the new one in the store, which
+        the final check compared with, and the job ended with exit 0 on rows its identity
+        did not describe. :meth:`current_fingerprint` is the files as they are now."""
+        return self._described(self.identities)
+
+    def current_fingerprint(self) -> dict[str, Any]:
+        """:meth:`fingerprint` with each file's identity taken now."""
+        return self._described([file_identity(f) for f in self.files])
+
+    def _described(self, identities: list[dict[str, Any]] | None) -> dict[str, Any]:
         return {
             "text": str(self.text),
             "id_field": self.id_field,
             "partition_bytes": self.partition_bytes,
-            "files": [file_identity(f) for f in self.files],
+            "files": list(identities or []),
         }
 
-    def changed_since(self, recorded: dict[str, Any]) -> list[str]:
+    def changed_since(self, recorded: dict[str, Any] | None = None) -> list[str]:
         """The files whose content differs from a ``fingerprint()`` taken earlier (all of
-        them when the settings or the file list differ); empty when nothing changed."""
-        now = jsonable(self.fingerprint())
+        them when the settings or the file list differ); empty when nothing changed.
+        ``recorded`` defaults to this corpus's own :meth:`fingerprint`: what changed since
+        it was planned."""
+        recorded = jsonable(self.fingerprint() if recorded is None else recorded)
+        now = jsonable(self.current_fingerprint())
         if now == recorded:
             return []
         before = {f.get("path"): f for f in recorded.get("files", [])}
@@ -423,9 +449,12 @@ class Corpus:
             raise DuplicateIdError(f"duplicate id {first!r} (also at {where})", where=there,
                                    field="id")
 
-    def check_unchanged(self, recorded: dict[str, Any], what: str) -> None:
+    def check_unchanged(self, recorded: dict[str, Any] | None = None, what: str = "pool"
+                        ) -> None:
         """Refuse to finish a job whose input changed while it ran: its parts would mix
-        rows read before and after the edit, under scores of the old text."""
+        rows read before and after the edit, under scores of the old text. ``recorded``
+        defaults to the corpus's own :meth:`fingerprint`, taken before it was planned, so
+        a change at any moment of the job is caught."""
         changed = self.changed_since(recorded)
         if changed:
             shown = first_names(changed)
@@ -467,7 +496,10 @@ def read_corpus(
 ) -> Corpus:
     """Plan a corpus from files, folders or globs (JSONL[.gz|.zst], Parquet, Arrow, HF dirs).
 
-    Nothing is read but file metadata; rows are read and validated when a stage needs them.
+    Nothing is read but file metadata and each file's identity (a few sampled blocks,
+    :meth:`Corpus.fingerprint`, taken here, before planning, so every record of the input
+    and the check that it did not change compare with one value); rows are read and
+    validated when a stage needs them.
     Every argument is checked as the command line checks its flags (``partition_bytes``
     as ``--partition-mb``: ``nan`` or ``True`` are no sizes).
     """

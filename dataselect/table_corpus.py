@@ -53,6 +53,9 @@ class TableCorpus(Corpus):
         return {"text": str(self.text), "id_field": self.id_field,
                 "rows": sum(t.num_rows for t in self.tables), "ids": digest.hexdigest()[:16]}
 
+    def current_fingerprint(self) -> dict[str, Any]:
+        return self.fingerprint()  # rows held in memory do not change
+
 
 def table_corpus(like: Corpus, tables: list[pa.Table]) -> TableCorpus:
     """``tables`` (rows read from ``like``) as a corpus with ``like``'s text spec and ids."""

@@ -53,6 +53,7 @@ from dataselect.outdir import OutputFolder, claim_output
 from dataselect.output import (
     OutputFormat,
     atomic_write,
+    jsonable,
     load_arrays,
     part_name,
     write_json,
@@ -443,13 +444,43 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
         manifest.update(extra_manifest)
     # the parts were read from the pool the scores were computed on, or the job fails
     # here, before the manifest that marks it finished
-    scored_on = selection.scores.description.get("pool")
-    if scored_on:
-        selection.pool.check_unchanged(scored_on, "pool")
+    check_inputs_unchanged(selection, target, folder.identity)
     if save_to_disk:
         manifest["output"]["save_to_disk"] = write_hf(folder, names, rows, runner)
     write_json(manifest, os.path.join(out, MANIFEST_FILE))
     return manifest
+
+
+def check_inputs_unchanged(selection: Selection, target: Corpus | None,
+                           identity: Any = None) -> None:
+    """Refuse to write the manifest of a selection whose pool or target changed at any
+    moment since the job took their fingerprints: the pool against every record of it (the
+    fingerprint it was planned with, which the manifest records, the one its scores were
+    computed on, and a job marker's ``inputs.pool``), the target against its own and the
+    marker's ``inputs.target``.
+
+    Why every record: each used to be taken anew, at its own moment, and the check looked
+    at the score store's only, so a pool file replaced between the marker's and the
+    store's fingerprints (pass 13, g05) ended with exit 0, the new file's rows in the
+    selection and the old file's identity in the marker."""
+    marked = identity.get("inputs") if isinstance(identity, dict) else None
+    marked = marked if isinstance(marked, dict) else {}
+    pools = [selection.pool.fingerprint(), selection.scores.description.get("pool"),
+             marked.get("pool")]
+    for recorded in _distinct(pools):
+        selection.pool.check_unchanged(recorded, "pool")
+    if target is not None:
+        for recorded in _distinct([target.fingerprint(), marked.get("target")]):
+            target.check_unchanged(recorded, "target")
+
+
+def _distinct(records: list[Any]) -> list[dict[str, Any]]:
+    """The mappings among ``records``, each once (most are the same fingerprint)."""
+    kept: list[dict[str, Any]] = []
+    for record in records:
+        if isinstance(record, dict) and jsonable(record) not in [jsonable(k) for k in kept]:
+            kept.append(record)
+    return kept
 
 
 @dataclass

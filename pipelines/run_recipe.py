@@ -98,6 +98,9 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
 
         check_hf_schema(pool)
     _check_feature_stores(recipe, pool)
+    # each target read (and fingerprinted) once, before the claim: the task's fit, its
+    # manifest and the final check all use this one reading
+    targets = {task: _target_corpus(recipe, task) for task in recipe.targets}
     with _claim_output(recipe, pool, overwrite) as claimed:
         out = claimed.path
         _check_selection_folders(recipe, pool)
@@ -112,8 +115,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
             runner = ProgressRunner(client)
             task_scores, fits = {}, {}
             for task in recipe.targets:
-                task_scores[task], fits[task] = _score_task(recipe, task, kept, params, out,
-                                                            runner, overwrite)
+                task_scores[task], fits[task] = _score_task(recipe, task, targets[task], kept,
+                                                            params, out, runner, overwrite)
                 if len(task_scores) == 1 and kept.parses_text():
                     # a JSONL pool's columns are known once its first pass kept it parsed
                     # (free to read now): refused before the next task's work
@@ -130,6 +133,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
             run = _run_record(recipe, recipe_file, manifests, union, timings + runner.timings,
                               time.perf_counter() - started, attribution)
             run[RECORD_JOB_KEY] = job_digest(claimed.identity)
+            _check_unchanged_since_claim(claimed.identity, recipe, pool)
             write_json(run, os.path.join(out, RUN_FILE))
     _print_tasks(console, run)
     print_summary(console, "run", timings + runner.timings,
@@ -196,17 +200,36 @@ def check_inputs_unchanged(out: str, recipe: Recipe, pool: Corpus, verb: str) ->
     (as a rerun of the recipe would): its results would mix the selections made from the
     old inputs with the inputs as they are now. The run's marker fingerprints them all."""
     recorded = OutputFolder.reopen(out, ("recipe",)).identity or {}
-    before = [*(recorded.get("pool") or {}).get("files", []),
-              *[f for files in (recorded.get("targets") or {}).values() for f in files]]
-    now = jsonable([*pool.fingerprint()["files"],
-                    *[f for files in _target_files(recipe).values() for f in files]])
-    known = {f.get("path"): f for f in before}
-    changed = [f["path"] for f in now if known.get(f["path"]) != f]
+    changed = _changed_inputs(recorded, recipe, pool)
     if changed:
         raise InputError(f"the recipe's inputs changed since the run ({first_names(changed)}):"
                          f" {verb} would mix selections made from the old inputs with the "
                          "new ones; restore them, or rerun the recipe (with --overwrite) first",
                          where=out)
+
+
+def _check_unchanged_since_claim(identity: Any, recipe: Recipe, pool: Corpus) -> None:
+    """Refuse to write ``.run.json`` when the pool, a target or held-out file changed at any
+    moment since the run's marker fingerprinted them: the selections, the union and the
+    attributions would hold rows the identity does not describe, and the same recipe rerun
+    would be refused as another run (pass 13, g05). Each task's selection checks its own
+    pool and target before its manifest; this covers the held-out rows too, and the
+    moments between the tasks."""
+    changed = _changed_inputs(identity if isinstance(identity, dict) else {}, recipe, pool)
+    if changed:
+        raise InputError(f"changed while the run ran ({first_names(changed)}); the output is "
+                         "incomplete: rerun with --overwrite once the inputs stay put",
+                         where=changed[0])
+
+
+def _changed_inputs(recorded: dict[str, Any], recipe: Recipe, pool: Corpus) -> list[str]:
+    """The pool, target and held-out files that differ now from the marker's record."""
+    before = [*(recorded.get("pool") or {}).get("files", []),
+              *[f for files in (recorded.get("targets") or {}).values() for f in files]]
+    now = jsonable([*pool.current_fingerprint()["files"],
+                    *[f for files in _target_files(recipe).values() for f in files]])
+    known = {f.get("path"): f for f in jsonable(before)}
+    return [f["path"] for f in now if known.get(f["path"]) != f]
 
 
 def _check_feature_stores(recipe: Recipe, pool: Corpus) -> None:
@@ -397,14 +420,18 @@ class TaskRunner:
         return self.runner.steps(f"{self.task}/{stage}", total)
 
 
-def _score_task(recipe: Recipe, task: str, pool: Corpus, params: dict[str, dict[str, Any]],
-                out: str, runner: ProgressRunner, overwrite: bool
-                ) -> tuple[Scores, dict[str, Any]]:
+def _target_corpus(recipe: Recipe, task: str) -> Corpus:
+    """The task's target rows as a corpus (planned and fingerprinted now)."""
+    spec = recipe.targets[task]
+    return read_corpus(spec.paths, spec.text or recipe.pool.text, recipe.pool.id_field,
+                       max(1, int(recipe.pool.partition_mb * 2**20)))
+
+
+def _score_task(recipe: Recipe, task: str, target: Corpus, pool: Corpus,
+                params: dict[str, dict[str, Any]], out: str, runner: ProgressRunner,
+                overwrite: bool) -> tuple[Scores, dict[str, Any]]:
     """Fit every scorer on the task's target and score the pool; one score per row."""
     runner = TaskRunner(runner, task)
-    spec = recipe.targets[task]
-    target = read_corpus(spec.paths, spec.text or recipe.pool.text, recipe.pool.id_field,
-                         max(1, int(recipe.pool.partition_mb * 2**20)))
     stored, fits = [], {}
     budget = recipe.budget_of(task)
     blank = blank_target_rows(target)
