@@ -57,7 +57,10 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
         raise InputError("no readable data files found", where=", ".join(map(str, specs)))
     for file in found:
         checks.check_utf8_name(file)
-    return _once_each(found)
+    # each file under the name the system listed it by: "L/../a.parquet" with L a link
+    # was listed in L's parent and read, as text, beside L (storage.through_links)
+    return _once_each([f if storage.is_remote(f) else storage.through_links(f)
+                       for f in found])
 
 
 def _expand_remote(spec: str) -> list[str]:

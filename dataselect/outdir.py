@@ -253,7 +253,9 @@ def normalize(path: str | os.PathLike) -> str:
         raise InputError("output path is empty", field=_field())
     if storage.is_remote(text):  # never a local folder named "s3:"
         return storage.normalize_url(text)
-    return os.path.normpath(text)
+    # a ".." after a link as the system reads it (storage.through_links): "L/../sel" with
+    # L -> pool/deep is pool/sel, as the inputs' checks read it, not ./sel
+    return os.path.normpath(storage.through_links(text))
 
 
 @contextlib.contextmanager
@@ -1011,6 +1013,8 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
     roots = []
     for spec in specs:
         spec = storage.local_form(os.fspath(spec))
+        if not storage.is_remote(spec):
+            spec = storage.through_links(spec)
         if not any(ch in spec for ch in "*?["):
             roots.append(spec)
             continue

@@ -136,8 +136,33 @@ def _decoded(path: str, url: str) -> str:
 
 def arrow_path(path: str | os.PathLike) -> str:
     """A local path as pyarrow must get it: absolute, so that it is never parsed as a URI
-    (pyarrow takes a relative ``a:b`` that does not exist yet for scheme ``a``)."""
-    return os.path.abspath(os.fspath(path))
+    (pyarrow takes a relative ``a:b`` that does not exist yet for scheme ``a``), with a
+    ``..`` after a symbolic link resolved as the system resolves it (:func:`through_links`):
+    ``abspath`` drops ``L/..`` as text, and read another file than the one listed."""
+    return os.path.abspath(through_links(os.fspath(path)))
+
+
+def through_links(path: str) -> str:
+    """A local path whose ``..`` the system and the text read alike: ``path`` itself when
+    dropping each ``..`` with the name before it (as ``os.path.normpath``, ``abspath`` and
+    pyarrow do) reaches the same file, else the path with its part up to the last ``..``
+    resolved (``os.path.realpath``).
+
+    Why: with ``L -> pool/deep``, the system reads ``L/..`` as ``pool``, and the text as
+    ``.``: a folder ``L/..`` was listed by the system (``pool/pool.parquet``), then each
+    file was opened as ``L/../pool.parquet``, which pyarrow read as ``./pool.parquet``,
+    another file, with exit 0 (pass 13, g09). Every local input, glob match and output
+    folder passes here, so listing, reading, the identity and the output-inside-input
+    checks all follow the system. A path with no ``..``, or none after a link, keeps the
+    spelling the user gave."""
+    parts = path.split(os.sep)
+    if ".." not in parts or "\0" in path:  # a NUL is refused where the path is used
+        return path
+    if os.path.realpath(path) == os.path.realpath(os.path.normpath(path)):
+        return path
+    last = len(parts) - 1 - parts[::-1].index("..")
+    head = os.path.realpath(os.sep.join(parts[:last + 1]) or os.sep)
+    return os.path.join(head, *parts[last + 1:])
 
 
 def resolved(spec: str | os.PathLike) -> str:
