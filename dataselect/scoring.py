@@ -580,6 +580,11 @@ class Scorer(ABC):
     def config(self) -> dict[str, Any]:
         """Settings that determine the scores (recorded in manifests, used for resume)."""
 
+    def check_unchanged(self) -> None:
+        """Refuse to finish a job when a file the fit fingerprinted (a model folder)
+        changed since; called once the pool is scored. Nothing to check by default."""
+        return
+
     def fit_fingerprint(self) -> str:
         """Identifies the fitted state, so stored scores of another fit are never reused."""
         return str(self.fingerprint_)

@@ -332,6 +332,28 @@ def model_fingerprint(path: str) -> list[dict[str, Any]]:
     return [file_fingerprint(str(p)) for p in files]
 
 
+def recorded_model_files(scorer: Any) -> list[dict[str, Any]]:
+    """The model's fingerprint a scorer's fit took (``model_files_``), or the folder's now
+    for a scorer not fitted yet (a recipe checks its settings before any fit).
+
+    Why once: a job records the config several times (the fit's digest, the score store,
+    the feature store, the manifest), and each took the fingerprint anew, so a model
+    replaced between two of them was recorded as two models in one job."""
+    taken = getattr(scorer, "model_files_", None)
+    return taken if taken is not None else model_fingerprint(scorer.model)
+
+
+def check_model_unchanged(scorer: Any) -> None:
+    """Refuse to finish a job whose model folder changed since the fit fingerprinted it
+    (``model_files_``): the target and the pool, or two partitions of the pool, may have
+    been run through two models, under one recorded identity."""
+    taken = getattr(scorer, "model_files_", None)
+    if taken is not None and model_fingerprint(scorer.model) != taken:
+        raise InputError("changed while the job ran (model); the scores are incomplete: "
+                         "rerun with --overwrite once the model stays put",
+                         where=str(scorer.model), field="model")
+
+
 _RENDERINGS: dict[str, dict[str, Any]] = {}
 
 

@@ -316,8 +316,10 @@ def _fit_and_score(job: SelectJob, scorer: Scorer, pool: Corpus, target: Corpus,
             out.expect([pool_stats_name(i) for i in range(pool.npartitions)])
             scores = scores.also_counting(pool_stats.record)
         # the pools select refuses (repeated ids), refused here, from the same pass
-        return scores.write(store, runner=runner, overwrite=job.overwrite, check_ids=True,
-                            resample_seed=resample_seed)
+        stored = scores.write(store, runner=runner, overwrite=job.overwrite, check_ids=True,
+                              resample_seed=resample_seed)
+        scorer.check_unchanged()  # its model, as the fit fingerprinted it
+        return stored
 
 
 def _check_feature_store(job: SelectJob, scorer: Scorer, pool: Corpus) -> None:

@@ -443,6 +443,7 @@ def _score_task(recipe: Recipe, task: str, target: Corpus, pool: Corpus,
         folder = os.path.join(out, TASKS_DIR, task, SCORES_DIR, name)
         stored.append(scorer.score(pool).write(folder, runner=runner, overwrite=overwrite,
                                                check_ids=True))
+        scorer.check_unchanged()  # its model, as the fit fingerprinted it
         fits[name] = {"fit": scorer.fit_stats_, "store": stored[-1].stats}
     if len(stored) == 1:
         return stored[0], {"target": target, "scorers": fits}

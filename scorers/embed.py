@@ -42,13 +42,14 @@ from dataselect.scoring import Scorer, Scores
 from models.lm import (
     TokenBatch,
     check_model_folder,
+    check_model_unchanged,
     load_causal_lm,
     load_tokenizer,
     loaded_once,
-    model_fingerprint,
     model_rendering,
     model_view,
     pick_device,
+    recorded_model_files,
     tokenize,
 )
 
@@ -125,17 +126,19 @@ class Embed(Scorer):
         self.target_ids_: list[str] = []
         self.targets_: np.ndarray | None = None
         self.fit_stats_: dict[str, Any] = {}
+        # the model folder's fingerprint, taken once when fit starts (recorded_model_files)
+        self.model_files_: list[dict[str, Any]] | None = None
 
     def config(self) -> dict[str, Any]:
         return {**asdict(self), "resolved_device": pick_device(self.device).type,
-                "model_files": model_fingerprint(self.model),
+                "model_files": recorded_model_files(self),
                 "rendering": model_rendering(self.model)}
 
     def feature_description(self, side: Side = "pool") -> dict[str, Any]:
         if side not in SIDES:
             raise InputError(f"side must be one of {SIDES}, got {side!r}")
         return {"kind": "embed", "dim": _embedding_model(self).hidden_size, "views": 1,
-                "model": self.model, "model_files": model_fingerprint(self.model),
+                "model": self.model, "model_files": recorded_model_files(self),
                 "pooling": self.pooling, "max_length": self.max_length,
                 "rendering": model_rendering(self.model),
                 "device": pick_device(self.device).type}
@@ -165,11 +168,16 @@ class Embed(Scorer):
         """``(rows, 1, hidden)``: the same embedding on the pool and the query side."""
         return self.embed(batch)[:, None, :]
 
+    def check_unchanged(self) -> None:
+        check_model_unchanged(self)
+
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
             ) -> Embed:
         """Embed the target's rows, one task per target partition on the runner's
         workers, which load the model for scoring anyway: the client of a job no longer
         loads a model of its own (seconds, and its memory) to embed a few rows."""
+        self.model_files_ = None
+        self.model_files_ = recorded_model_files(self)  # before the model is read
         parts = runner("fit:embed", partition_tasks("fit-embed", _EmbedPartition(self, target),
                                                     target.npartitions))
         ids = [row for part_ids, _ in parts for row in part_ids]

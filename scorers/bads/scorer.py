@@ -40,14 +40,15 @@ from dataselect.scoring import FILTERED_BY, Scorer
 from models.lm import (
     TokenBatch,
     check_model_folder,
+    check_model_unchanged,
     load_causal_lm,
     load_tokenizer,
     loaded_once,
-    model_fingerprint,
     model_rendering,
     model_view,
     per_example_loss,
     pick_device,
+    recorded_model_files,
     token_budget_chunks,
     tokenize,
 )
@@ -119,6 +120,8 @@ class Bads(Scorer):
         self.network_samples_: list[dict[str, np.ndarray]] = []
         self.free_weights_: dict[str, float] = {}
         self.fit_stats_: dict[str, Any] = {}
+        # the model folder's fingerprint, taken once when fit starts (recorded_model_files)
+        self.model_files_: list[dict[str, Any]] | None = None
 
     def sgld_config(self) -> BadsConfig:
         names = {f.name for f in fields(BadsConfig)}
@@ -126,13 +129,18 @@ class Bads(Scorer):
 
     def config(self) -> dict[str, Any]:
         return {**asdict(self), "resolved_device": pick_device(self.device).type,
-                "model_files": model_fingerprint(self.model),
+                "model_files": recorded_model_files(self),
                 "rendering": model_rendering(self.model)}
+
+    def check_unchanged(self) -> None:
+        check_model_unchanged(self)
 
     def fit(self, target: Corpus, pool: Corpus | None = None, runner: Runner = default_runner
             ) -> Bads:
         if pool is None:
             raise InputError("BADS learns the weights of the pool: fit needs the pool")
+        self.model_files_ = None
+        self.model_files_ = recorded_model_files(self)  # before the model is read
         started = time.perf_counter()
         config = self.sgld_config()
         device = pick_device(self.device)
