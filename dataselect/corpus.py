@@ -160,11 +160,25 @@ class Corpus:
 
     def _parse_partition(self, index: int) -> pa.Table:
         pieces = self.partitions[index]
-        tables = [self._read(piece) for piece in pieces]
+        try:
+            tables = [self._read(piece) for piece in pieces]
+        except InputError:
+            # a file replaced since it was planned is read with the old plan's byte ranges,
+            # and a valid file failed as "malformed JSON": say that it changed instead
+            self._check_read_unchanged(pieces)
+            raise
         notes = _id_notes([t.schema for t in tables], self.id_field)
         table = _noted(concat(tables, [_place(p) for p in pieces]), notes)
         _check_unique_within(table, self.where)
         return table
+
+    def _check_read_unchanged(self, pieces: list[Piece]) -> None:
+        """Refuse, as :meth:`check_unchanged` does, when a file of ``pieces`` differs from
+        the identity taken when it was planned."""
+        planned = dict(zip(self.files, self.identities or []))
+        for path in dict.fromkeys(piece.path for piece in pieces):
+            if path in planned and jsonable(file_identity(path)) != jsonable(planned[path]):
+                self.check_unchanged(what="input")
 
     def _read(self, piece: Piece) -> pa.Table:
         return self._with_places(piece, read_piece(piece))

@@ -99,6 +99,9 @@ def featurize(featurizer: Any, corpus: Corpus, folder: str, side: Side = "pool",
     # an index maps rows back to ids: a repeated id would make its rows one, as select
     # refuses such a pool
     corpus.check_unique_ids([r[3] for r in results])
+    # the store's description records the corpus as planned: one changed since would be
+    # described as rows it does not hold (Corpus.fingerprint)
+    corpus.check_unchanged(what=side)
     return {"rows": sum(r[0] for r in results),
             "partitions_reused": sum(1 for r in results if r[1]),
             "partitions_computed": sum(1 for r in results if not r[1]),
