@@ -238,3 +238,79 @@ def test_an_out_with_a_dotdot_after_a_link_is_where_the_system_leads(linked, cap
     ran_ok(dsir_select(pool, Path("L/../sel"), k=5), capsys)
     assert (linked / "sel" / MANIFEST_FILE).exists()
     assert not Path("sel").exists()
+
+
+# --- g05: a model folder, fingerprinted once per fit -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blank_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny, untrained Llama (its tokenizer trained on a few rows): enough to embed."""
+    from models.lm import build_tiny_causal_lm
+
+    texts = [f"row {i} says hello to the model number {i * 7}" for i in range(200)]
+    return Path(build_tiny_causal_lm(texts, tmp_path_factory.mktemp("lm") / "blank",
+                                     vocab_size=300, hidden_size=32, layers=1, heads=2))
+
+
+def test_a_model_changed_after_the_fit_is_refused(tmp_path, monkeypatch, capsys, blank_lm):
+    """The fit fingerprints the model once (its digest, the score and feature stores and
+    the manifest all record that value); a model folder changed after it, before the pool
+    is scored, ends the job in one line, where the store recorded the new model's identity
+    and the job ended with exit 0."""
+    from scorers.embed import Embed
+
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(blank_lm, model)
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": f"pool row {i}"} for i in range(30)])
+    target = write_jsonl(tmp_path / "t.jsonl", [{"text": f"target row {i}"} for i in range(9)])
+
+    def edit() -> None:
+        with open(model / "config.json", "a", encoding="utf-8") as f:
+            f.write("\n")  # still the same model to load, another file
+
+    calls = _after(monkeypatch, Embed, "fit", edit)
+    out = tmp_path / "out"
+    refused_run(["select", "--scorer", "embed", "-p", f"model={model}", "--pool", str(pool),
+                 "--target", str(target), "--out", str(out), "--k", "5", "--workers", "1",
+                 "--worker-kind", "threads"], capsys, CHANGED, "model", FIX)
+    assert calls
+    assert not (out / MANIFEST_FILE).exists()
+
+
+def test_features_refuses_an_input_replaced_after_planning(tmp_path, monkeypatch, capsys,
+                                                           blank_lm):
+    """``dataselect features`` records its input in the store's description; one replaced
+    after it was planned (and fingerprinted) ends the job in one line, where the store
+    described the old rows and held the new ones, exit 0."""
+    from pipelines import commands
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": f"pool row {i}"} for i in range(30)])
+
+    def edit() -> None:
+        fresh = write_jsonl(tmp_path / "new.jsonl",  # the same size: read without an error
+                            [{"text": f"POOL ROW {i}"} for i in range(30)])
+        os.replace(fresh, pool)
+
+    calls = _after(monkeypatch, commands, "_featurizer", edit)
+    refused_run(["features", "--scorer", "embed", "-p", f"model={blank_lm}", "--input",
+                 str(pool), "--out", str(tmp_path / "feats"), "--workers", "1"], capsys,
+                CHANGED, "pool.jsonl", FIX)
+    assert calls
+
+
+def test_a_file_replaced_since_planning_is_named_as_changed_not_damaged(tmp_path):
+    """A JSONL file replaced by a longer one is read with the old plan's byte ranges: the
+    error said "malformed JSON" of a valid file; it now says the file changed."""
+    from dataselect.errors import InputError
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": f"row {i}"} for i in range(40)])
+    corpus = read_corpus(str(pool), partition_bytes=200)
+    fresh = write_jsonl(tmp_path / "new.jsonl", [{"text": f"a longer row {i}"} for i in range(40)])
+    os.replace(fresh, pool)
+    with pytest.raises(InputError, match=CHANGED) as raised:
+        for index in range(corpus.npartitions):
+            corpus.read_partition(index)
+    assert "pool.jsonl" in str(raised.value)
