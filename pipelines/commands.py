@@ -63,13 +63,21 @@ PATH_ARGS = ("out", "pool", "target", "input", "recipe", "features", "index", "q
 
 def local_path_args(args: argparse.Namespace) -> None:
     """Turn ``file:`` URLs in path arguments into the paths they name, in place: ``report
-    file:///abs/out`` looked for a folder named ``file:`` and said it held no output."""
+    file:///abs/out`` looked for a folder named ``file:`` and said it held no output. A
+    ``..`` after a symbolic link is resolved as the system reads it
+    (:func:`dataselect.storage.through_links`): ``report L/../run`` locked the system's
+    folder and read, joining names as text, another."""
     for name in PATH_ARGS:
         value = getattr(args, name, None)
         if isinstance(value, list):
-            setattr(args, name, [storage.local_form(item) for item in value])
+            setattr(args, name, [_local_path(item) for item in value])
         elif isinstance(value, str):
-            setattr(args, name, storage.local_form(value))
+            setattr(args, name, _local_path(value))
+
+
+def _local_path(value: str) -> str:
+    text = storage.local_form(value)
+    return text if storage.is_remote(text) else storage.through_links(text)
 
 
 def check_flag_pairs(args: argparse.Namespace) -> None:

@@ -314,3 +314,19 @@ def test_a_file_replaced_since_planning_is_named_as_changed_not_damaged(tmp_path
         for index in range(corpus.npartitions):
             corpus.read_partition(index)
     assert "pool.jsonl" in str(raised.value)
+
+
+def test_command_paths_with_a_dotdot_after_a_link_follow_the_system(linked):
+    """Every command's path arguments (``report``/``eval`` run folders, models, features,
+    indexes) are read as the system reads them: ``report L/../run`` locked ``pool/run`` and
+    joined the run's folder names onto ``./run`` as text. A URL is left as written."""
+    import argparse
+
+    from pipelines.commands import local_path_args
+
+    args = argparse.Namespace(out="L/../run", pool=["L/..", "s3://b/x/../y"],
+                              model="file://" + str(Path.cwd() / "L" / ".." / "m"))
+    local_path_args(args)
+    assert args.out == str(linked / "run")
+    assert args.pool == [str(linked), "s3://b/x/../y"]
+    assert args.model == str(linked / "m")
