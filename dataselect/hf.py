@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,11 +241,25 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _unified_schema(paths: list[str]) -> pa.Schema:
-    schemas = [read_schema(p).remove_metadata() for p in paths]
+    """The parts' one schema, with the ``huggingface`` features they all describe
+    themselves with, where ``datasets`` reads them.
+
+    Why keep them: a pool written by ``datasets`` keeps a ClassLabel's names there (the
+    column holds codes), and the parts keep that metadata, so ``datasets.load_dataset``
+    read the parts with the names while the ``save_to_disk`` copy, built from the columns
+    alone, gave plain integers: one selection, two datasets."""
+    found = [read_schema(p) for p in paths]
     try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
+        unified = pa.unify_schemas([s.remove_metadata() for s in found],
+                                   promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(f"the parts' columns do not agree ({exc})", where=paths[0]) from None
+    described = {(s.metadata or {}).get(b"huggingface") for s in found}
+    if len(described) == 1 and (features := described.pop()) is not None:
+        kept = unified.with_metadata({b"huggingface": features})
+        if _hf_metadata_problem(kept) is None:
+            return kept
+    return unified
 
 
 def check_hf_schema(pool: Corpus, parse: bool = False) -> None:
@@ -273,22 +288,56 @@ def _features(schema: pa.Schema, place: str) -> Any:
                              "equivalent, so the save_to_disk copy cannot hold it: drop "
                              "--save-to-disk (output.save_to_disk), or cast or drop the "
                              "column", where=place, field=column.name) from None
+    problem = _hf_metadata_problem(schema)
+    if problem is not None:  # every column has a type: the file's own description fails
+        raise InputError(f"its {problem}, so the save_to_disk copy cannot be made: drop "
+                         "--save-to-disk (output.save_to_disk), or write the file again "
+                         "without that metadata", where=place)
     return Features.from_arrow_schema(schema)
 
 
-def datasets_notes(schema: pa.Schema) -> list[str]:
+def _hf_metadata_problem(schema: pa.Schema) -> str | None:
+    """Why ``datasets`` cannot read the ``huggingface`` metadata of ``schema`` (the
+    features a file written by ``datasets`` describes itself with: ClassLabel names,
+    sequences), or None when it can or there is none.
+
+    Why: a file whose metadata is not JSON, or names a feature type ``datasets`` does not
+    know, made ``Features.from_arrow_schema`` raise a JSONDecodeError, TypeError or
+    ValueError from deep inside ``datasets``: a traceback with ``--save-to-disk``, and,
+    without it, a selection carrying the same metadata that ``datasets`` cannot load."""
+    if b"huggingface" not in (schema.metadata or {}):
+        return None
+    from datasets import Features
+
+    try:
+        Features.from_arrow_schema(schema)
+    except Exception as exc:  # whatever datasets raises on a description it cannot read
+        said = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return (f"'huggingface' schema metadata is not one Hugging Face datasets reads "
+                f"({type(exc).__name__}: {said})")
+    return None
+
+
+def datasets_notes(schema: pa.Schema, pool_schemas: Iterable[pa.Schema] = ()) -> list[str]:
     """A note naming the columns of an output ``schema`` that Hugging Face ``datasets``
     has no type for (a Parquet map, ``arrow.uuid``, ``decimal32``, a list view...), or
     none: ``datasets.load_dataset`` fails on such a selection, which pyarrow and pandas
     read. Said in the manifest and the summary rather than refused: the selection is
     right, and those readers need it as it is (``save_to_disk``, which needs datasets,
-    refuses such a column before work, :func:`check_hf_schema`)."""
-    if all(_plain(field.type) for field in schema):
+    refuses such a column before work, :func:`check_hf_schema`). ``pool_schemas``: the
+    pool files' own schemas, whose ``huggingface`` metadata the parts keep."""
+    described = [s for s in [schema, *pool_schemas] if b"huggingface" in (s.metadata or {})]
+    if all(_plain(field.type) for field in schema) and not described:
         return []  # no need to import datasets
     try:
         from datasets import Features
     except ImportError:
         return []
+    problem = next(filter(None, map(_hf_metadata_problem, described)), None)
+    if problem is not None:
+        return [f"the pool's {problem}, and the parts keep it as the pool had it, so "
+                "datasets.load_dataset cannot read this selection (pyarrow and pandas read "
+                "it): write the pool again without that metadata to read it with datasets"]
     unreadable = []
     for column in schema:
         try:

@@ -118,7 +118,8 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
                        "partitions_reused": sum(1 for r in results if r["reused"])},
             "inputs": {"pool": pool.fingerprint()},
         }
-        notes = [] if save_to_disk else datasets_notes(schema)  # as a selection's
+        notes = [] if save_to_disk else datasets_notes(  # as a selection's
+            schema, [s for _, s in pool.schemas(False)])
         if notes:
             manifest["notes"] = notes
         if save_to_disk:

@@ -422,7 +422,8 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     folder.remove_temporaries()
     names, rows = [part_name(i, fmt) for i in range(parts)], [r["rows"] for r in results]
     # a column datasets cannot read: said, not refused (save_to_disk refuses it before work)
-    notes = [*selection.notes, *([] if save_to_disk else datasets_notes(schema))]
+    notes = [*selection.notes, *([] if save_to_disk else datasets_notes(
+        schema, [s for _, s in selection.pool.schemas(False)]))]
     manifest = {
         RECORD_JOB_KEY: job,  # which job's this record is (report, eval, load_hf check)
         "selection": selection.policy,
