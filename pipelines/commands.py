@@ -159,15 +159,19 @@ def run_model_command(args: argparse.Namespace) -> None:
     from models.importer import import_model, read_manifest
 
     def say(message: str) -> None:
-        print(message, file=sys.stderr)
+        print(one_line(message), file=sys.stderr)
 
     folder = import_model(args.source, args.out, overwrite=args.overwrite, progress=say)
     manifest = read_manifest(folder) or {}
-    print(folder)
-    print(f"{manifest.get('architecture', '?')}, {manifest.get('parameters', 0) / 1e6:.1f}M "
-          f"parameters ({manifest.get('dtype', '?')}), converted in "
-          f"{manifest.get('seconds', '?')} s, chat template: "
-          f"{'yes' if manifest.get('chat_template') else 'no'}")
+    # one line each (one_line): a folder named with a newline printed over two lines, and
+    # a script reading the first line got half a path
+    print(one_line(folder))
+    parameters = manifest.get("parameters")
+    size = f"{parameters / 1e6:.1f}M" if isinstance(parameters, (int, float)) else "?"
+    print(one_line(f"{manifest.get('architecture', '?')}, {size} parameters "
+                   f"({manifest.get('dtype', '?')}), converted in "
+                   f"{manifest.get('seconds', '?')} s, chat template: "
+                   f"{'yes' if manifest.get('chat_template') else 'no'}"))
 
 
 def run_feature_command(args: argparse.Namespace, console: Console) -> None:

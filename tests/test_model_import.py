@@ -221,7 +221,6 @@ def test_concurrent_imports_convert_once(tmp_path, monkeypatch):
     lock, not transformers, is under test (flock locks separate opens even in one process)."""
     import threading
 
-    from dataselect.output import write_json
     from models import importer as model_import
 
     calls = []
@@ -231,7 +230,7 @@ def test_concurrent_imports_convert_once(tmp_path, monkeypatch):
         staging.mkdir()
         (staging / "config.json").write_text("{}")
         time.sleep(0.5)
-        write_json({"sha256": found.sha256, "files": {"config.json": 2}}, staging / MANIFEST)
+        model_import.write_manifest(staging, {"sha256": found.sha256})
 
     monkeypatch.setattr(model_import, "_convert", convert)
     source, cache = fake_gguf(tmp_path / "m.gguf"), tmp_path / "cache"
