@@ -436,7 +436,10 @@ def _import_to_cache(found: GgufSource, cache: Path, say: Progress) -> str:
             say(f"reusing {target}")
             return str(target.resolve())
         for stale in cache.glob(f".tmp-{found.folder_name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed conversion
+            # left by a killed conversion: only the names a conversion gives (a pid), so
+            # a folder of the user's named alike is never removed
+            if re.fullmatch(r"[0-9]+", stale.name.rsplit("-", 1)[-1]) and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
         staging = cache / f".tmp-{found.folder_name}-{os.getpid()}"
         try:
             if os.path.lexists(target):
