@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from dataselect import checks
 from dataselect.defaults import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError, first_names
-from dataselect.fingerprint import file_identity
+from dataselect.fingerprint import file_identity, keep_cache_out_of
 from dataselect.formats import (
     expand_paths,
     parses_text,
@@ -523,6 +523,9 @@ def read_corpus(
     checks.check_name(id_field, "id_field")
     partition_bytes = checks.check_count(partition_bytes, "partition_bytes",
                                          maximum=checks.MAX_PARTITION_MB * 2**20)
+    # a program's corpus is kept out of the caches as a command's --pool is: no cache
+    # folder is made in (or through a link from) a folder it reads
+    keep_cache_out_of([os.fspath(f) for f in files])
     return Corpus(expand_paths(files), TextSpec.parse(text), id_field, partition_bytes,
                   roots=input_roots(files))
 

@@ -170,17 +170,120 @@ def hash_file(path: str) -> str:
 # folders the cache must neither lie in nor hold: the command's inputs, outputs and models
 _KEPT_OUT_OF: list[str] = []
 
+# the names a folder input skips (formats._hidden_name): a cache below such a name is not read
+_HIDDEN_IN_FOLDER = (".", "_")
 
-def keep_cache_out_of(paths: Iterable[str]) -> None:
-    """Keep the fingerprint cache out of ``paths`` (local files, folders or globs a command
-    reads or writes) for the rest of this process.
 
-    Why: the cache folder comes from the environment (``DATASELECT_CACHE``,
-    ``XDG_CACHE_HOME``). Pointed at a pool folder, dataselect wrote ``fingerprints/`` into
-    the pool (an input touched, and the next job read the entries as pool rows); pointed
-    at ``--out``, it wrote them into its own selection and then refused it for holding a
-    folder its marker does not list. The cache only saves time: where it would land in
-    such a folder, fingerprints are computed without it."""
+class _Kept(str):
+    """A path a command reads or writes, as its real path (so the list compares with plain
+    strings), and how much of the file system it reaches: ``whole`` (a file, or a folder
+    the command writes: the output), ``folder`` (a folder input: its tree less hidden
+    names, and the folders linked from it) or ``glob`` (what the pattern can match).
+
+    Why: pass 13 kept the cache out of a folder input and of a glob's starting folder
+    whole, so the hidden default model cache ``~/.cache/dataselect/models`` was refused
+    for ``--pool "$HOME/*.jsonl"`` and for ``cd ~; --pool .``, neither of which can read
+    it; while a cache folder inside a data folder linked from the pool was not seen."""
+
+    kind: str
+    parts: tuple[str, ...]
+    _linked: list[str] | None
+
+    def __new__(cls, real: str, kind: str, parts: tuple[str, ...] = ()) -> _Kept:
+        kept = super().__new__(cls, real)
+        kept.kind, kept.parts, kept._linked = kind, parts, None
+        return kept
+
+    def linked(self) -> list[str]:
+        """The folders linked from inside a folder input (read as part of it), once."""
+        if self._linked is None:
+            try:
+                self._linked = storage.linked_folders(self) if os.path.isdir(self) else []
+            except OSError:
+                self._linked = []
+        return self._linked
+
+    def reaches(self, real: str, made_in: str | None) -> bool:
+        """Whether a cache folder at ``real`` (a real path) lies in what this path reads
+        or writes, or holds it; ``made_in``: the first folder that making the absent
+        cache folder creates (None when it exists)."""
+        if _below(real, self):  # the cache holds the input or output
+            return True
+        if self.kind == "whole":
+            return _below(self, real)
+        if self.kind == "glob":  # and no folder is made in the folder it starts in
+            return _glob_reaches(self.parts, _parts(real)) or (
+                made_in is not None and _read_below(self, made_in))
+        return any(_read_below(folder, real) or (made_in is not None
+                                                  and _read_below(folder, made_in))
+                   for folder in [str(self), *self.linked()])
+
+
+def _below(folder: str, path: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _parts(real: str) -> list[str]:
+    return [part for part in real.split(os.sep) if part]
+
+
+def _read_below(folder: str, path: str) -> bool:
+    """Whether a folder input ``folder`` reads ``path``: it is the folder or lies below it
+    under no hidden name (a folder input skips those)."""
+    if not _below(folder, path):
+        return False
+    rest = os.path.relpath(path, folder)
+    return rest == "." or not any(part.startswith(_HIDDEN_IN_FOLDER)
+                                  for part in rest.split(os.sep))
+
+
+def _glob_reaches(pattern: tuple[str, ...] | list[str], path: list[str]) -> bool:
+    """Whether a glob (split at ``/``) can match ``path``, a folder above a match (it
+    would hold what the glob reads) or a folder a match reads (a folder matched is read
+    as a folder input: its tree less hidden names). ``*`` matches no hidden name, as
+    ``glob`` does, and ``**`` any number of non-hidden folders."""
+    import fnmatch
+
+    if not pattern:  # matched a folder above: the rest is read unless hidden
+        return not any(part.startswith(_HIDDEN_IN_FOLDER) for part in path)
+    if not path:  # the cache would hold what the rest of the glob matches
+        return True
+    head, name = pattern[0], path[0]
+    if head == "**":
+        return _glob_reaches(pattern[1:], path) or (
+            not name.startswith(".") and _glob_reaches(pattern, path[1:]))
+    if name.startswith(".") and not head.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, head) and _glob_reaches(pattern[1:], path[1:])
+
+
+def _kept(path: str, written: bool) -> _Kept:
+    path = os.path.abspath(os.path.expanduser(path))
+    prefix = re.split(r"[*?\[]", path, maxsplit=1)[0]
+    if prefix != path:  # a glob: its starting folder as a real path, then the pattern
+        start = os.path.dirname(prefix)
+        real = os.path.realpath(start)
+        rest = os.path.relpath(path, start).split(os.sep)
+        return _Kept(real, "glob", tuple(_parts(real) + rest))
+    real = os.path.realpath(path)
+    return _Kept(real, "folder" if not written and os.path.isdir(real) else "whole")
+
+
+def keep_cache_out_of(paths: Iterable[str], written: Iterable[str] = ()) -> None:
+    """Keep the caches out of ``paths`` (local files, folders or globs a command reads or
+    writes; ``written``: those of them it writes whole, the output) for the rest of this
+    process. A path already kept is not added again (the Python API keeps each corpus
+    it reads).
+
+    Why: the cache folders come from the environment (``DATASELECT_CACHE``,
+    ``DATASELECT_MODEL_CACHE``, ``XDG_CACHE_HOME``). Pointed at a pool folder, dataselect
+    wrote ``fingerprints/`` into the pool (an input touched, and the next job read the
+    entries as pool rows); pointed at ``--out``, it wrote them into its own selection and
+    then refused it for holding a folder its marker does not list. The fingerprint cache
+    only saves time: where it would land in such a folder, fingerprints are computed
+    without it; the model cache is refused (:func:`kept_path_holding`)."""
+    written = {os.path.abspath(os.path.expanduser(w)) for w in written
+               if isinstance(w, str) and w}
     for path in paths:
         if not isinstance(path, str) or not path:
             continue
@@ -190,75 +293,184 @@ def keep_cache_out_of(paths: Iterable[str]) -> None:
             continue
         if storage.is_remote(path):
             continue
-        prefix = re.split(r"[*?\[]", path, maxsplit=1)[0]
-        if prefix != path:  # a glob: the folder it starts in
-            prefix = os.path.dirname(prefix) or "."
-        _KEPT_OUT_OF.append(os.path.realpath(os.path.expanduser(prefix)))
+        kept = _kept(path, os.path.abspath(os.path.expanduser(path)) in written)
+        if not any(k == kept and k.kind == kept.kind and k.parts == kept.parts
+                   for k in _KEPT_OUT_OF if isinstance(k, _Kept)):
+            _KEPT_OUT_OF.append(kept)
 
 
 @contextlib.contextmanager
-def cache_kept_out_of(paths: Iterable[str]) -> Iterator[None]:
+def cache_kept_out_of(paths: Iterable[str], written: Iterable[str] = ()) -> Iterator[None]:
     """:func:`keep_cache_out_of` for one command: the paths it and whatever runs inside it
     (a recipe's own paths) registered are let go when it ends, so that a process running
     many commands (a test session, a program) neither grows the list nor keeps an earlier
     command's paths out of the cache."""
     before = len(_KEPT_OUT_OF)
-    keep_cache_out_of(paths)
+    keep_cache_out_of(paths, written)
     try:
         yield
     finally:
         del _KEPT_OUT_OF[before:]
 
 
+def _first_made(real: str) -> str | None:
+    """The first folder that making an absent ``real`` creates (its topmost absent
+    folder); None when it exists. Made inside a folder input under a name that folder
+    reads, it adds an entry to the input even where the cache itself is hidden below."""
+    if os.path.lexists(real):
+        return None
+    first = real
+    while os.path.dirname(first) != first and not os.path.lexists(os.path.dirname(first)):
+        first = os.path.dirname(first)
+    return first
+
+
 def kept_path_holding(folder: str | os.PathLike) -> str | None:
-    """The path this command reads or writes (:func:`keep_cache_out_of`) that is ``folder``
-    or a folder above it, else None: a cache that must write (a model conversion) refuses
-    such a folder instead of skipping it."""
-    real = os.path.realpath(folder)
-    return next((kept for kept in _KEPT_OUT_OF
-                 if real == kept or real.startswith(kept + os.sep)), None)
+    """The path this command reads or writes (:func:`keep_cache_out_of`) that reads or
+    writes ``folder``, or that ``folder`` holds, else None; for a folder not made yet, also
+    the input whose read tree it would be made in. A cache that must write (a model
+    conversion) refuses such a folder instead of skipping it."""
+    real = os.path.realpath(os.path.expanduser(os.fspath(folder)))
+    made_in = _first_made(real)
+    for kept in _KEPT_OUT_OF:
+        if not isinstance(kept, _Kept):  # a plain path (a test's): kept whole
+            kept = _Kept(os.path.realpath(kept), "whole")
+        if kept.reaches(real, made_in):
+            return str(kept)
+    return None
+
+
+_usable: dict[tuple[Any, ...], bool] = {}
 
 
 def _cache_usable() -> bool:
-    folder = os.path.realpath(cache_dir())
-    if any(folder == kept or folder.startswith(kept + os.sep)
-           or kept.startswith(folder + os.sep) for kept in _KEPT_OUT_OF):
-        return False
-    return _dedicated(cache_root())
+    """Whether the fingerprint cache may be read and written: an absolute folder (``~``
+    expanded), in no path this command reads or writes (:func:`kept_path_holding`), and
+    dataselect's own (:func:`cache_foreign`). Remembered per cache folder and list of
+    kept paths, as each file's fingerprint asks again."""
+    root = cache_root()
+    key = (str(root), tuple((str(k), getattr(k, "kind", "")) for k in _KEPT_OUT_OF))
+    if key not in _usable or not _usable[key]:
+        _usable.clear()
+        _usable[key] = (root.is_absolute() and kept_path_holding(root) is None
+                        and kept_path_holding(root / "fingerprints") is None
+                        and cache_foreign(root) == [])
+    return _usable[key]
 
 
 # what a cache folder of dataselect's holds: its fingerprints, and the imported models
 CACHE_ENTRIES = frozenset({"fingerprints", "models"})
+# written by dataselect into a cache folder it makes: the folder is then known as its own
+CACHE_MARKER = ".dataselect-cache"
+_FINGERPRINT_NAME = re.compile(r"[0-9a-f]{64}\.fingerprint|\..+\.tmp|[0-9a-f]{64}\.json", re.S)
+# a model cache folder's entries: converted folders, their locks, the temporary folders a
+# conversion renames into place, and the wheels fetched for shortcuts
+MODEL_ENTRY = re.compile(r"(?P<name>.+-[0-9a-f]{16})(?P<lock>\.lock)?"
+                         r"|(?P<temp>\.tmp-.+-[0-9a-f]{16}-[0-9]+)|(?P<wheels>wheels)", re.S)
+MODEL_MANIFEST = "dataselect-model.json"
 
 
-def _dedicated(root: Path) -> bool:
-    """Whether ``root`` is a cache folder of dataselect's own: absent (it is made so), or
-    holding nothing but :data:`CACHE_ENTRIES`, ``fingerprints`` being a folder of its own.
+def cache_foreign(root: Path) -> list[str] | None:
+    """The names in the cache folder ``root`` that are not dataselect's (``[]``: the folder
+    is its own, or absent, or empty), None when it is no readable folder. A folder holding
+    :data:`CACHE_MARKER` is dataselect's; one without it (made by an older version) only
+    when each entry looks as dataselect writes it: ``fingerprints/`` of fingerprint entries,
+    ``models/`` and model cache entries (:func:`model_entry_ours`), as one folder may be
+    both caches (``DATASELECT_CACHE`` and ``DATASELECT_MODEL_CACHE`` set alike).
 
-    Why: the folder comes from the environment, and a command's own paths are not all
-    that a job reads (a URL spelling of the pool, a folder linked from inside it, a model
-    or held-out folder a recipe names, the pool of the run ``eval`` is given, a program's
-    own paths through the Python API). A folder holding anything else is someone's data:
-    the cache, which only saves time, is not used there."""
+    Why: the folder comes from the environment; judged by names alone, a folder holding
+    the user's own ``models/`` or a ``fingerprints/`` of their Parquet files was taken as
+    the cache, and entries were written among them."""
     try:
-        names = set(os.listdir(root))
+        entries = list(os.scandir(root))
     except FileNotFoundError:
-        return True
+        return []
     except OSError:  # not a folder, or unreadable
+        return None
+    names = {entry.name: entry for entry in entries}
+    marker = names.pop(CACHE_MARKER, None)
+    marked = marker is not None and marker.is_file(follow_symlinks=False)
+    return sorted(name for name, entry in names.items() if not _entry_ours(entry, marked))
+
+
+def _entry_ours(entry: os.DirEntry, marked: bool) -> bool:
+    """Whether ``entry`` is one of a cache's: by name and kind in a marked folder, and by
+    what it holds too in one without the marker."""
+    if entry.is_symlink():
         return False
-    if not names <= CACHE_ENTRIES:
+    if entry.name == "fingerprints":
+        return entry.is_dir() and (marked or _all_ours(entry.path, _fingerprint_ours))
+    if entry.name == "models":
+        return entry.is_dir() and (marked or cache_foreign(Path(entry.path)) == [])
+    return model_entry_ours(entry, deep=not marked)
+
+
+def _all_ours(folder: str, ours: Callable[[os.DirEntry], bool]) -> bool:
+    try:
+        return all(ours(entry) for entry in os.scandir(folder))
+    except OSError:
         return False
-    entries = root / "fingerprints"
-    return not entries.is_symlink() and (entries.is_dir() or not entries.exists())
+
+
+def _fingerprint_ours(entry: os.DirEntry) -> bool:
+    if not _FINGERPRINT_NAME.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+        return False
+    if not entry.name.endswith(".json"):
+        return True
+    try:  # an older version's entry: its shape, not just its name
+        data = read_json_file(Path(entry.path))
+    except (OSError, UnreadableJSON):
+        return False
+    return isinstance(data, dict) and set(data) == {"key", "xxh3_128"}
+
+
+def model_entry_ours(entry: os.DirEntry, deep: bool = True) -> bool:
+    """Whether ``entry`` of a model cache folder is one the model cache writes: a lock
+    file, a converted folder, a conversion's temporary folder, or ``wheels/`` (no link);
+    ``deep`` (a folder without the marker): a converted folder holds its import manifest
+    and ``wheels/`` only wheels."""
+    found = MODEL_ENTRY.fullmatch(entry.name)
+    if found is None or entry.is_symlink():
+        return False
+    if found.group("lock"):
+        return entry.is_file(follow_symlinks=False)
+    if not entry.is_dir(follow_symlinks=False):
+        return False
+    if not deep:
+        return True
+    if found.group("wheels"):
+        return _all_ours(entry.path, lambda e: e.name.startswith(".")
+                         or (e.name.endswith(".whl") and e.is_file(follow_symlinks=False)))
+    return bool(found.group("temp")) or os.path.isfile(os.path.join(entry.path, MODEL_MANIFEST))
+
+
+def make_cache_folder(root: Path) -> None:
+    """Make the cache folder ``root`` (its parents too) with :data:`CACHE_MARKER` in it, or
+    add the marker to an existing one judged dataselect's (:func:`cache_foreign`), so that
+    it is known as the cache from then on. OSError is left to the caller."""
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / CACHE_MARKER
+    if not os.path.lexists(marker):
+        with open(marker, "a") as f:
+            f.write("a cache folder of dataselect's: it may be deleted whole\n")
 
 
 def cache_root() -> Path:
-    """The cache folder: ``$DATASELECT_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/dataselect``.
-    Read from the environment on every call, so tests and jobs can point it elsewhere."""
+    """The cache folder: ``$DATASELECT_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/dataselect``,
+    ``~`` expanded (an env file or a systemd unit passes it as written). Read from the
+    environment on every call, so tests and jobs can point it elsewhere. A relative
+    ``XDG_CACHE_HOME`` is ignored, as the XDG spec says; a relative ``DATASELECT_CACHE``
+    is returned as it is, and the cache is then not used (it would land wherever the
+    command is run, in a data folder perhaps)."""
     if root := os.environ.get("DATASELECT_CACHE"):
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "dataselect"
+        return Path(os.path.expanduser(root))
+    return Path(xdg_cache_home()) / "dataselect"
+
+
+def xdg_cache_home() -> str:
+    """``$XDG_CACHE_HOME`` (``~`` expanded) when absolute, else ``~/.cache``."""
+    xdg = os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "")
+    return xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
 
 
 def cache_dir() -> Path:
@@ -316,7 +528,8 @@ def _write_entry(key: CacheKey, digest: str) -> None:
     folder = cache_dir()
     temp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_cache_folder(cache_root())
+        folder.mkdir(exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump({"key": list(key), "xxh3_128": digest}, f)

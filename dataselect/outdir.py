@@ -629,6 +629,13 @@ def _refuse_foreign(path: str) -> None:
         raise OutputConflictError(
             f"{path} is dataselect's fingerprint cache (DATASELECT_CACHE or XDG_CACHE_HOME "
             f"names it): choose another {_setting()}, or point the cache elsewhere")
+    caches = [name for name in foreign if _is_a_cache(os.path.join(path, name))]
+    if caches:  # a program that fitted before it wrote, with a cache set below its output
+        raise OutputConflictError(
+            f"{path} holds {first_names(caches)}, dataselect's own cache folder "
+            "(DATASELECT_CACHE, DATASELECT_MODEL_CACHE or XDG_CACHE_HOME names it), made "
+            f"there before the output was written: point the cache outside {path}, or "
+            f"choose another {_setting()}")
     if foreign:
         shown = first_names(foreign)
         raise OutputConflictError(
@@ -667,6 +674,16 @@ def _refuse_foreign_remote(url: str) -> None:
             f"{url} is not empty and was not written by dataselect (holds "
             f"{first_names(foreign)}); dataselect writes only into new, empty or its own "
             f"folders: choose another {_setting()}")
+
+
+def _is_a_cache(path: str) -> bool:
+    """Whether ``path`` is the fingerprint or model cache folder, or holds one."""
+    from models.importer import model_cache_dir
+
+    real = os.path.realpath(path)
+    return any(os.path.realpath(cache) == real
+               or os.path.realpath(cache).startswith(real + os.sep)
+               for cache in (fingerprint.cache_root(), model_cache_dir()))
 
 
 def _holds_only_ours(path: str) -> bool:

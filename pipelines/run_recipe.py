@@ -86,7 +86,8 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     timings: list[StageTiming] = []
     # the fingerprint cache never lands in what the recipe reads or writes
     keep_cache_out_of([*recipe.pool.paths, *(p for t in recipe.targets.values() for p in t.paths),
-                       recipe.output.path, *(m.path for m in recipe.models.values() if m.path)])
+                       recipe.output.path, *(m.path for m in recipe.models.values() if m.path)],
+                      written=[recipe.output.path])
     pool = plan_pool(read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                                  max(1, int(recipe.pool.partition_mb * 2**20))),
                      [SCORERS[name] for name in recipe.scorers])

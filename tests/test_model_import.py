@@ -156,7 +156,8 @@ def test_truncated_gguf_is_one_line_and_leaves_nothing_that_looks_complete(
         import_model(source, cache=cache)
     text = one_line_naming(exc, source)
     assert "truncated or damaged" in text and "download it again" in text
-    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in cache.iterdir()  # the lock, and the cache's marker
+            if not p.name.endswith(".lock") and p.name != ".dataselect-cache"] == []
 
 
 def test_archive_must_hold_exactly_one_gguf(tmp_path):
@@ -244,4 +245,4 @@ def test_concurrent_imports_convert_once(tmp_path, monkeypatch):
     assert len(calls) == 1 and len(results) == 2 and results[0] == results[1]
     assert is_complete(results[0], calls[0])
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        [Path(results[0]).name, Path(results[0]).name + ".lock"])
+        [Path(results[0]).name, Path(results[0]).name + ".lock", ".dataselect-cache"])

@@ -263,6 +263,9 @@ def test_a_model_cache_of_its_own_entries_is_used(tmp_path):
     assert not cache.exists()
     (cache / "wheels").mkdir(parents=True)
     (cache / "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f").mkdir()
+    # pass 14: a folder with no marker is the cache only when its entries are as the
+    # importer writes them: a converted folder holds its manifest
+    (cache / "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f" / "dataselect-model.json").touch()
     (cache / "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f.lock").touch()
     (cache / ".tmp-m-0123456789abcdef-4242").mkdir()
     check_model_cache(cache)
