@@ -195,10 +195,18 @@ class _Kept(str):
         return kept
 
     def linked(self) -> list[str]:
-        """The folders linked from inside a folder input (read as part of it), once."""
+        """The folders linked from inside a folder input under names it reads (read as
+        part of it), listed once; hidden folders are not entered, as the reader enters
+        none (``cd ~; --pool .`` does not walk ``~/.cache``)."""
         if self._linked is None:
+            def hidden(name: str) -> bool:
+                return name.startswith(_HIDDEN_IN_FOLDER)
             try:
-                self._linked = storage.linked_folders(self) if os.path.isdir(self) else []
+                found = (storage.walk_local(self, enter=lambda name: not hidden(name))
+                         if os.path.isdir(self) else [])
+                self._linked = [os.path.realpath(path) for path in found
+                                if not hidden(os.path.basename(path))
+                                and os.path.islink(path) and os.path.isdir(path)]
             except OSError:
                 self._linked = []
         return self._linked
