@@ -475,6 +475,16 @@ def cache_root() -> Path:
     return Path(xdg_cache_home()) / "dataselect"
 
 
+def model_cache_root() -> Path:
+    """Where converted models live (``models.importer`` converts into it): ``~`` expanded;
+    read from the environment on every call. Here, in the core, so that an output folder's
+    check (:mod:`dataselect.outdir`) can name it without importing the model package. A
+    relative ``DATASELECT_MODEL_CACHE`` is refused by ``models.importer.check_model_cache``."""
+    if root := os.environ.get("DATASELECT_MODEL_CACHE"):
+        return Path(os.path.expanduser(root))
+    return Path(xdg_cache_home()) / "dataselect" / "models"
+
+
 def xdg_cache_home() -> str:
     """``$XDG_CACHE_HOME`` (``~`` expanded) when absolute, else ``~/.cache``."""
     xdg = os.path.expanduser(os.environ.get("XDG_CACHE_HOME") or "")

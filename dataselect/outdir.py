@@ -678,12 +678,10 @@ def _refuse_foreign_remote(url: str) -> None:
 
 def _is_a_cache(path: str) -> bool:
     """Whether ``path`` is the fingerprint or model cache folder, or holds one."""
-    from models.importer import model_cache_dir
-
     real = os.path.realpath(path)
     return any(os.path.realpath(cache) == real
                or os.path.realpath(cache).startswith(real + os.sep)
-               for cache in (fingerprint.cache_root(), model_cache_dir()))
+               for cache in (fingerprint.cache_root(), fingerprint.model_cache_root()))
 
 
 def _holds_only_ours(path: str) -> bool:

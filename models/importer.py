@@ -55,7 +55,7 @@ from dataselect.fingerprint import (
     content_hash,
     kept_path_holding,
     make_cache_folder,
-    xdg_cache_home,
+    model_cache_root,
 )
 from dataselect.output import read_json, write_json
 
@@ -73,13 +73,9 @@ Progress = Callable[[str], None]
 
 
 def model_cache_dir() -> Path:
-    """Where converted models live, ``~`` expanded; read from the environment on every
-    call, so tests and jobs can point it elsewhere. A relative ``XDG_CACHE_HOME`` is
-    ignored (the XDG spec); a relative ``DATASELECT_MODEL_CACHE`` is refused by
-    :func:`check_model_cache`."""
-    if root := os.environ.get("DATASELECT_MODEL_CACHE"):
-        return Path(os.path.expanduser(root))
-    return Path(xdg_cache_home()) / "dataselect" / "models"
+    """Where converted models live (:func:`dataselect.fingerprint.model_cache_root`);
+    a relative ``DATASELECT_MODEL_CACHE`` is refused by :func:`check_model_cache`."""
+    return model_cache_root()
 
 
 def check_model_cache(root: Path, given: bool = False) -> None:
