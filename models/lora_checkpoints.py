@@ -32,7 +32,7 @@ from pydantic import Field
 from typing_extensions import Required, TypedDict
 
 from dataselect import checks, storage
-from dataselect.errors import InputError, os_errors_named
+from dataselect.errors import InputError, first_names, os_errors_named
 from dataselect.records import check_record
 
 MOMENTS_FILE = "moments.safetensors"
@@ -88,6 +88,22 @@ class CheckpointRecord(TypedDict, total=False):
     mean_lr: Required[Annotated[float, Field(gt=0, allow_inf_nan=False)]]
 
 
+def _refuse_foreign_entries(out: str, ours: set[str]) -> None:
+    """Refuse to replace the checkpoint folder ``out`` while it holds anything a checkpoint
+    does not (``ours``: the names the new one holds), in one line naming it.
+
+    Why: a checkpoint written again replaced the old folder whole, so a file a user had put
+    in it (notes, an adapter of their own) was deleted without a word, as pass 14 found
+    for a converted model's folder."""
+    if os.path.islink(out) or not os.path.isdir(out):
+        raise InputError("is not a checkpoint folder (a link or a file stands there): move "
+                         "it away", where=out)
+    foreign = sorted(set(os.listdir(out)) - ours)
+    if foreign:
+        raise InputError(f"holds {first_names(foreign)}, which a LoRA checkpoint does not; "
+                         "it is written again here: move those away first", where=out)
+
+
 def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, out: str,
                     info: dict[str, Any]) -> None:
     """Write adapter, moments and info to ``out`` atomically (temp folder + rename)."""
@@ -124,6 +140,7 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, 
                                                   sort_keys=True) + "\n")
         checks.refuse_special_output(out)  # a FIFO there is not deleted without a word
         if os.path.exists(out):
+            _refuse_foreign_entries(out, set(os.listdir(saved)))
             shutil.rmtree(out)
         os.replace(saved, out)
     finally:

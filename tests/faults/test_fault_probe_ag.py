@@ -78,3 +78,32 @@ def test_metadata_datasets_cannot_read_is_one_line_or_a_note(tmp_path, metadata)
     assert class_names(pq.read_schema(path), "domain") is None
     (note,) = datasets_notes(pa.schema(table.schema), [pq.read_schema(path)])
     assert "datasets.load_dataset cannot read this selection" in note
+
+
+def test_a_checkpoint_written_again_keeps_a_users_file(tmp_path):
+    """Pass 14's g10 class in LoRA warmup: an epoch's checkpoint folder written again was
+    replaced whole, a file a user had put in it deleted without a word."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from models.lm import build_tiny_causal_lm, load_causal_lm
+    from models.lora_checkpoints import save_checkpoint
+
+    path = build_tiny_causal_lm(["a b c d e f g"] * 20, tmp_path / "m", vocab_size=300,
+                                hidden_size=16, layers=1, heads=2)
+    net = get_peft_model(load_causal_lm(path, torch.device("cpu")),
+                         LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad])
+    net(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    optimizer.step()
+    out = tmp_path / "checkpoint-1"
+    save_checkpoint(net, optimizer, "default", str(out), {"epoch": 1})
+    written = sorted(p.name for p in out.iterdir())
+    (out / "my-notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"my-notes\.txt") as caught:
+        save_checkpoint(net, optimizer, "default", str(out), {"epoch": 1})
+    assert "\n" not in str(caught.value)
+    assert (out / "my-notes.txt").read_text() == "mine"
+    (out / "my-notes.txt").unlink()
+    save_checkpoint(net, optimizer, "default", str(out), {"epoch": 1})  # its own: replaced
+    assert sorted(p.name for p in out.iterdir()) == written
