@@ -366,8 +366,6 @@ def _cache_usable() -> bool:
     return _usable[key]
 
 
-# what a cache folder of dataselect's holds: its fingerprints, and the imported models
-CACHE_ENTRIES = frozenset({"fingerprints", "models"})
 # written by dataselect into a cache folder it makes: the folder is then known as its own
 CACHE_MARKER = ".dataselect-cache"
 _FINGERPRINT_NAME = re.compile(r"[0-9a-f]{64}\.fingerprint|\..+\.tmp|[0-9a-f]{64}\.json", re.S)
@@ -375,6 +373,8 @@ _FINGERPRINT_NAME = re.compile(r"[0-9a-f]{64}\.fingerprint|\..+\.tmp|[0-9a-f]{64
 # conversion renames into place, and the wheels fetched for shortcuts
 MODEL_ENTRY = re.compile(r"(?P<name>.+-[0-9a-f]{16})(?P<lock>\.lock)?"
                          r"|(?P<temp>\.tmp-.+-[0-9a-f]{16}-[0-9]+)|(?P<wheels>wheels)", re.S)
+# a converted model folder's record (models.importer writes it; named here so that the
+# cache's own check, in the core, knows a converted folder)
 MODEL_MANIFEST = "dataselect-model.json"
 
 

@@ -51,6 +51,7 @@ from typing import Any
 from dataselect.checks import check_regular_file, refuse_folder_output, refuse_special_output
 from dataselect.errors import InputError, first_names, one_line, os_errors_named
 from dataselect.fingerprint import (
+    MODEL_MANIFEST,
     cache_foreign,
     content_hash,
     kept_path_holding,
@@ -59,7 +60,7 @@ from dataselect.fingerprint import (
 )
 from dataselect.output import read_json, write_json
 
-MANIFEST = "dataselect-model.json"
+MANIFEST = MODEL_MANIFEST
 HASHES = "xxh3_128"  # the manifest's {file name: content hash}, beside "files" (sizes)
 GGUF_MAGIC = b"GGUF"
 ARCHIVE_SUFFIXES = (".whl", ".zip")
