@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from conftest import POOL_GLOB
+from test_fault_probe_aa import _old_pool
 
 from dataselect import fingerprint
 from dataselect.corpus import read_corpus
@@ -32,15 +32,6 @@ def fresh_cache_state(monkeypatch: pytest.MonkeyPatch) -> None:
     fingerprint._memory.clear()
 
 
-def _pool(tmp_path: Path) -> Path:
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    shutil.copy(sorted(Path(POOL_GLOB).parent.glob("*.parquet"))[0], pool / "p.parquet")
-    past = time.time() - 3600
-    os.utime(pool / "p.parquet", (past, past))
-    return pool
-
-
 def _listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
@@ -50,7 +41,7 @@ def test_a_folder_holding_anything_else_is_not_used_as_the_cache(tmp_path, monke
                                                                  holds):
     """A model folder, a held-out folder, a pool folder (however it was spelled), a home
     folder: whatever else it holds, the cache writes nothing there and reads nothing."""
-    pool = _pool(tmp_path)
+    pool = _old_pool(tmp_path)
     folder = tmp_path / "theirs"
     (folder / holds).parent.mkdir(parents=True, exist_ok=True)
     if holds.endswith("/"):
@@ -67,7 +58,7 @@ def test_a_folder_holding_anything_else_is_not_used_as_the_cache(tmp_path, monke
 
 def test_the_pool_folder_as_the_cache_is_left_untouched_whatever_its_spelling(tmp_path,
                                                                              monkeypatch):
-    pool = _pool(tmp_path)
+    pool = _old_pool(tmp_path)
     monkeypatch.setenv("DATASELECT_CACHE", str(pool))
     before = _listing(pool)
     fingerprint.file_fingerprint(str(pool / "p.parquet"))
@@ -79,7 +70,7 @@ def test_the_pool_folder_as_the_cache_is_left_untouched_whatever_its_spelling(tm
 
 @pytest.mark.parametrize("layout", ["absent", "empty", "its own entries and models"])
 def test_a_folder_of_its_own_is_used(tmp_path, monkeypatch, layout):
-    pool = _pool(tmp_path)
+    pool = _old_pool(tmp_path)
     cache = tmp_path / "cache"
     if layout != "absent":
         cache.mkdir()
@@ -95,7 +86,7 @@ def test_entries_behind_a_link_from_a_pool_are_never_read_as_rows(tmp_path, monk
     """A pool folder holding a link to the cache (c11): since pass 14 the linked folder is
     read as part of the pool (read_corpus keeps it out of the cache), so nothing is
     written there, and the pool reads the same files before and after."""
-    pool = _pool(tmp_path)
+    pool = _old_pool(tmp_path)
     cache = tmp_path / "cache"
     cache.mkdir()
     (pool / "sub").symlink_to(cache, target_is_directory=True)
@@ -107,7 +98,7 @@ def test_entries_behind_a_link_from_a_pool_are_never_read_as_rows(tmp_path, monk
 
 
 def test_a_linked_entries_folder_is_not_written_through(tmp_path, monkeypatch):
-    pool = _pool(tmp_path)
+    pool = _old_pool(tmp_path)
     cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
     cache.mkdir()
     elsewhere.mkdir()
@@ -120,7 +111,7 @@ def test_a_linked_entries_folder_is_not_written_through(tmp_path, monkeypatch):
 def test_an_output_that_is_the_cache_is_refused_naming_the_cache(tmp_path, monkeypatch):
     """The Python API fits before it writes: with the cache pointed at the output folder,
     the fit made it the cache, and the write refuses it in one line that says so (c14)."""
-    pool = _pool(tmp_path)
+    pool = _old_pool(tmp_path)
     out = tmp_path / "out"
     monkeypatch.setenv("DATASELECT_CACHE", str(out))
     fingerprint.file_fingerprint(str(pool / "p.parquet"))
