@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataselect.json_text import UnreadableJSON, parse_json
+from dataselect.schemas import hf_features
 
 # the first of these that a pool partition has is its label column
 LABEL_COLUMNS = ("domain", "task", "label")
@@ -71,13 +71,7 @@ def class_names(schema: pa.Schema, column: str) -> list[str] | None:
     ``datasets``) makes it a ClassLabel: the column holds codes. Why: a target labelled
     ``fortunes`` was compared with a pool whose column held ``2``, and the precision of a
     selection of nothing but fortunes read 0.0."""
-    raw = (schema.metadata or {}).get(b"huggingface")
-    if raw is None:
-        return None
-    try:
-        feature = parse_json(raw)["info"]["features"][column]
-    except (UnreadableJSON, KeyError, TypeError, IndexError):
-        return None
+    feature = (hf_features(schema) or {}).get(column)
     if not isinstance(feature, dict) or feature.get("_type") != "ClassLabel":
         return None
     names = feature.get("names")

@@ -18,17 +18,22 @@ from __future__ import annotations
 import datetime
 import decimal
 import functools
+import json
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyarrow as pa
 
+from dataselect.checks import shown
 from dataselect.errors import InputError
+from dataselect.json_text import UnreadableJSON, parse_json
 from dataselect.output import OutputFormat, read_from, write_to
 
 
 def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
     """The one schema every ``(place, schema)`` converts to without loss, in the order the
     columns first appear; or an :class:`InputError` naming two places that disagree."""
+    check_class_labels(schemas)
     unified = pa.schema([])
     first_place: dict[str, str] = {}
     for place, schema in _decoded_where_mixed(schemas):
@@ -42,6 +47,107 @@ def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
         for name in schema.names:
             first_place.setdefault(name, place)
     return unified
+
+
+def hf_features(schema: pa.Schema) -> dict[str, Any] | None:
+    """The feature of each column that the schema's ``huggingface`` metadata (written by
+    ``datasets``) describes, by column name: ``{}`` without that metadata, None when it is
+    there but cannot be read (not JSON, or no ``info.features`` object)."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if raw is None:
+        return {}
+    try:
+        features = parse_json(raw)["info"]["features"]
+    except (UnreadableJSON, KeyError, TypeError, IndexError):
+        return None
+    return features if isinstance(features, dict) else None
+
+
+# datasets' list features (older files write Sequence, newer List; a JSON list is one too)
+_LIST_FEATURES = ("Sequence", "List", "LargeList")
+
+
+def _class_labels(feature: Any, place: str = "") -> dict[str, Any]:
+    """The ClassLabels inside one column's ``feature`` description, by where they are
+    (``""`` for the column itself, ``"[]"`` for its items, ``".f"`` for a struct field):
+    their names, or the description as it is where it holds no list of names."""
+    if isinstance(feature, list):
+        return _class_labels(feature[0], place + "[]") if len(feature) == 1 else {}
+    if not isinstance(feature, dict):
+        return {}
+    kind = feature.get("_type")
+    if kind == "ClassLabel":
+        names = feature.get("names")
+        return {place: names if isinstance(names, list) else feature}
+    if kind in _LIST_FEATURES:
+        return _class_labels(feature.get("feature"), place + "[]")
+    if kind is not None:
+        return {}
+    found: dict[str, Any] = {}
+    for name, child in feature.items():
+        found.update(_class_labels(child, f"{place}.{name}"))
+    return found
+
+
+def check_class_labels(schemas: Sequence[tuple[str, pa.Schema]]) -> None:
+    """Refuse, naming both places and the column, input files that describe a column as a
+    ``datasets`` ClassLabel with other names (or names in another order), or as a
+    ClassLabel in one and not in another, or whose ``huggingface`` metadata cannot be read
+    where another's makes the column a ClassLabel.
+
+    Why: a ClassLabel column holds class numbers, and only its file's names say what they
+    mean (0 is ``neg`` in one file, ``pos`` in another), but rows of all input files are
+    written as one dataset with one description: the parts, the ``save_to_disk`` copy and
+    the label counts (precision) read every file's numbers with one file's names, and a
+    plain file's ``7`` became a class number out of range, all with exit 0."""
+    seen: dict[str, dict[str | None, str]] = {}  # column -> {description: first place}
+    for place, schema in schemas:
+        features = hf_features(schema)
+        for name in dict.fromkeys(schema.names):
+            described = seen.setdefault(name, {})
+            key = None if features is None else _described(features.get(name))
+            described.setdefault(key, place)
+            labelled = [k for k in described if k]
+            if labelled and len(described) > 1:
+                other = next(k for k in described if k != key)
+                raise InputError(_labels_clash(key, other, described[other]), where=place,
+                                 field=name)
+
+
+def _described(feature: Any) -> str:
+    """One column's ClassLabels as a key ("" for none), comparable between files."""
+    try:
+        labels = _class_labels(feature)
+    except RecursionError:  # a description nested beyond reading: not the same as another
+        return json.dumps({"": "(nested too deeply to read)"})
+    return json.dumps(labels, sort_keys=True) if labels else ""
+
+
+def _labels_clash(here: str | None, there: str | None, other: str) -> str:
+    """The message for a column described as ``here`` in one file and ``there`` in
+    ``other`` (:func:`_described`'s keys; None: metadata that cannot be read)."""
+    if here is None or there is None:
+        labelled = there if here is None else here
+        which = "here" if here is None else f"in {other}"
+        said = (f"{which} the 'huggingface' schema metadata cannot be read, so what its "
+                f"numbers mean is unknown, but it is {_shown_labels(labelled)} "
+                f"{'in ' + other if here is None else 'here'}")
+    else:
+        said = f"it is {_shown_labels(here)} here but {_shown_labels(there)} in {other}"
+    return (f"{said}; a ClassLabel column holds class numbers that only its file's names "
+            "give meaning to, and the rows of one input's files are read as one dataset "
+            "with one set of names, so give the column the same ClassLabel names, in the "
+            "same order, in every file (datasets: Dataset.align_labels_with_mapping or "
+            "cast_column), or write them all as plain values")
+
+
+def _shown_labels(key: str | None) -> str:
+    """A column's ClassLabels as a message names them, from :func:`_described`'s key."""
+    if not key:
+        return "no ClassLabel"
+    return "a ClassLabel " + "; ".join(
+        f"{'with names' if not where else f'at {where} with names'} {shown(names, 120)}"
+        for where, names in json.loads(key).items())
 
 
 def _decoded_where_mixed(schemas: Sequence[tuple[str, pa.Schema]]

@@ -35,6 +35,7 @@ from dataselect.ngrams import NgramHasher
 from dataselect.outdir import OutputFolder, claim_output, input_roots
 from dataselect.output import OutputFormat, temporary_of, write_json
 from dataselect.policies import Budget, choose_rows, resolved_policy
+from dataselect.schemas import check_class_labels
 from dataselect.scoring import (
     Scorer,
     Scores,
@@ -152,6 +153,8 @@ def _corpora(job: SelectJob) -> tuple[Corpus, Corpus]:
                      [SCORERS[job.scorer]])
     target = read_corpus(job.target, job.target_text_field or job.text_field, job.id_field,
                          job.partition_bytes)
+    # the target's files are read as one too (its label counts give the precision)
+    check_class_labels(target.schemas(False))
     return pool, target
 
 

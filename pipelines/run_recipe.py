@@ -59,6 +59,7 @@ from dataselect.outdir import (
 from dataselect.output import jsonable, read_json, same_json, write_json
 from dataselect.policies import Budget, choose_rows
 from dataselect.sampling import sample_corpus
+from dataselect.schemas import check_class_labels
 from dataselect.scoring import (
     Scorer,
     Scores,
@@ -424,8 +425,11 @@ class TaskRunner:
 def _target_corpus(recipe: Recipe, task: str) -> Corpus:
     """The task's target rows as a corpus (planned and fingerprinted now)."""
     spec = recipe.targets[task]
-    return read_corpus(spec.paths, spec.text or recipe.pool.text, recipe.pool.id_field,
-                       max(1, int(recipe.pool.partition_mb * 2**20)))
+    target = read_corpus(spec.paths, spec.text or recipe.pool.text, recipe.pool.id_field,
+                         max(1, int(recipe.pool.partition_mb * 2**20)))
+    # the target's files are read as one too (its label counts give the precision)
+    check_class_labels(target.schemas(False))
+    return target
 
 
 def _score_task(recipe: Recipe, task: str, target: Corpus, pool: Corpus,
