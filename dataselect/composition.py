@@ -80,6 +80,41 @@ def class_names(schema: pa.Schema, column: str) -> list[str] | None:
     return names
 
 
+def label_kind(schema: pa.Schema, column: str | None) -> str | None:
+    """How ``column`` of ``schema`` is counted: ``"names"`` where the file describes it as
+    a ClassLabel (its numbers counted by its names), ``"numbers"`` where it holds plain
+    integers (counted as written), else None (text and booleans, counted as written)."""
+    if column is None or schema.get_field_index(column) < 0:
+        return None
+    if class_names(schema, column) is not None:
+        return "names"
+    kind = schema.field(column).type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return "numbers" if pa.types.is_integer(kind) else None
+
+
+def names_against_numbers(column: str, pool: set[str | None], target: set[str | None]
+                          ) -> str | None:
+    """The note for a pool and a target whose label ``column`` is a ClassLabel (counted
+    by its names) on one side and plain numbers on the other (:func:`label_kind`), or
+    None. ``pool`` and ``target``: :func:`label_kind` of each of their schemas. Why:
+    labels are compared by name, so the pool's ``neg`` never matched the
+    target's ``0`` (or its ``0`` the target's ``neg``), and the precision read 0.0 for
+    any selection; nothing says which name a number stands for, so none is given."""
+    if "names" in pool:  # a pool file's ClassLabel: the unified schema has no metadata
+        pool = {"names"}
+    if "names" in pool and "numbers" in target:
+        which = "the pool's is a ClassLabel, counted by its names, the target's"
+    elif "numbers" in pool and "names" in target:
+        which = "the target's is a ClassLabel, counted by its names, the pool's"
+    else:
+        return None
+    return (f"no precision for the label column {column!r}: {which} holds plain numbers, "
+            "and labels are compared by name; give both the same ClassLabel, or the target "
+            "the pool's label names, for a precision")
+
+
 def composition(column: str, pool: Mapping[str, int], selected: Mapping[str, int],
                 target: Mapping[str, int] | None) -> dict[str, Any] | None:
     """The manifest's ``composition``: label counts of the selection (most common first)

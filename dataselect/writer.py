@@ -32,7 +32,13 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect import checks, ngram_store, storage
-from dataselect.composition import composition, count_labels, label_column
+from dataselect.composition import (
+    composition,
+    count_labels,
+    label_column,
+    label_kind,
+    names_against_numbers,
+)
 from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE, METRICS_SAMPLE_MB
 from dataselect.errors import InputError
@@ -422,8 +428,9 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     folder.remove_temporaries()
     names, rows = [part_name(i, fmt) for i in range(parts)], [r["rows"] for r in results]
     # a column datasets cannot read: said, not refused (save_to_disk refuses it before work)
-    notes = [*selection.notes, *([] if save_to_disk else datasets_notes(
-        schema, [s for _, s in selection.pool.schemas(False)]))]
+    pool_schemas = [s for _, s in selection.pool.schemas(False)]
+    notes = [*selection.notes, *([] if save_to_disk else datasets_notes(schema,
+                                                                         pool_schemas))]
     manifest = {
         RECORD_JOB_KEY: job,  # which job's this record is (report, eval, load_hf check)
         "selection": selection.policy,
@@ -440,7 +447,10 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     }
     # in the client, after the write pass: a stage of its own in a job's table
     with step_progress(runner, "metrics", parts + 1) as advance:
-        manifest.update(_metrics(out, job, parts, target, hasher, metrics_sample, advance))
+        manifest.update(_metrics(out, job, parts, target, hasher, metrics_sample, advance,
+                                 [schema, *pool_schemas], notes))
+    if notes:
+        manifest["notes"] = notes
     if extra_manifest:
         manifest.update(extra_manifest)
     # the parts were read from the pool the scores were computed on, or the job fails
@@ -512,10 +522,14 @@ class _Summed:
 
 def _metrics(out: str, job: str, parts: int, target: Corpus | None,
              hasher: NgramHasher | None, metrics_sample: float,
-             advance: Callable[[int], None]) -> dict[str, Any]:
+             advance: Callable[[int], None], pool_schemas: list[pa.Schema],
+             notes: list[str]) -> dict[str, Any]:
     """The manifest's ``metrics`` (KL reduction, with a target) and ``composition`` (with
     a label column), from the parts' saved counts (each checked to be the one this job,
-    ``job``, wrote) and one pass over the target."""
+    ``job``, wrote) and one pass over the target. ``pool_schemas`` (the output's and the
+    pool files') say how the pool's labels were counted: no precision is given for a
+    target whose labels are numbers where the pool's are ClassLabel names, or the reverse
+    (:func:`~dataselect.composition.names_against_numbers`), and ``notes`` gets why."""
     summed = _Summed()
     # summed one saved file at a time, so memory does not grow with the partition count
     for index in range(parts):
@@ -527,9 +541,16 @@ def _metrics(out: str, job: str, parts: int, target: Corpus | None,
     target_labels: Counter | None = None
     if target is not None and hasher is not None:
         target_ngrams, target_labels = np.zeros(hasher.num_buckets, np.int64), Counter()
+        target_kinds: set[str | None] = set()
         for table in target.iter_tables():
             target_ngrams += hasher.bucket_counts(target.texts(table))
             target_labels.update(count_labels(table, column))
+            target_kinds.add(label_kind(table.schema, column))
+        clash = column and names_against_numbers(
+            column, {label_kind(s, column) for s in pool_schemas}, target_kinds)
+        if clash:
+            target_labels = None
+            notes.append(clash)
         metrics = kl_reduction(target_ngrams, summed.pool_ngrams, summed.selected_ngrams)
         metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
         # the share as used, unrounded: 1e-7 of a pool is not 0.0

@@ -140,8 +140,8 @@ def test_hf_folders_that_disagree_are_refused(tmp_path, capsys):
                  "threads"], capsys, str(tmp_path / "b"), str(tmp_path / "a"), "'label'")
 
 
-def _schema(label: dict | None, kind: pa.DataType = pa.int64()) -> pa.Schema:
-    return pa.schema([("label", kind)], metadata=_metadata(label))
+def _schema(label: dict | None, kind: pa.DataType | None = None) -> pa.Schema:
+    return pa.schema([("label", kind or pa.int64())], metadata=_metadata(label))
 
 
 def test_class_labels_inside_lists_and_structs_are_compared():
@@ -178,3 +178,21 @@ def test_a_jsonl_file_of_numbers_beside_a_class_label_is_refused(tmp_path):
     with pytest.raises(InputError, match="no ClassLabel here") as caught:
         read_corpus([str(a), str(b)]).unified_schema()
     assert "b.jsonl" in str(caught.value) and "a.parquet" in str(caught.value)
+
+
+@pytest.mark.parametrize("side", ["pool", "target"])
+def test_class_label_names_against_plain_numbers_give_no_precision(tmp_path, capsys, side):
+    """Labels are compared by name: a pool's ``neg`` never matched a target's ``0`` (the
+    precision read 0.0); nothing says which name a number stands for, so the manifest
+    gives no precision and says why."""
+    named = class_label("neg", "pos")
+    pool = _labelled(tmp_path / "p" / "a.parquet", "a", [0] * 20,
+                     named if side == "pool" else None, TEXTS[:20])
+    target = _labelled(tmp_path / "t" / "t.parquet", "t", [0] * 20,
+                       None if side == "pool" else named, TEXTS[20:40])
+    out = tmp_path / "o"
+    ran_ok(_select(pool, target, out, k=10), capsys)
+    manifest = json.loads((out / ".manifest.json").read_text())
+    assert "precision" not in manifest["composition"]
+    (note,) = [n for n in manifest["notes"] if "no precision" in n]
+    assert "'label'" in note and f"the {side}'s is a ClassLabel" in note
