@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from dataselect import storage
+from dataselect.composition import class_names, count_labels
 from dataselect.errors import InputError, one_line
 from dataselect.footer import RECORD_JOB_KEY, check_record_job, verified
 from dataselect.layout import SCORES_DIR, TASKS_DIR
@@ -247,12 +248,22 @@ def _label_column(task_dir: str) -> str | None:
 
 
 def _labels(files: list[str], column: str) -> Counter:
+    """Rows per label of ``column`` in ``files``, as the manifest's composition counts them
+    (a ClassLabel's numbers by its names). Why: the pool's counts, from the manifest, said
+    ``neg`` where the selection's, read here as numbers, said ``0``."""
     counts: Counter = Counter()
     for f in files:
-        table = _read_output(f)
-        if column in table.column_names:
-            counts.update(str(v) for v in table[column].to_pylist())
+        counts.update(_count_labels(_read_output(f), column))
     return counts
+
+
+def _count_labels(table: pa.Table, column: str) -> Counter:
+    """Rows per value of ``column`` in ``table``, a ClassLabel's by its names."""
+    if column not in table.column_names:
+        return Counter()
+    if class_names(table.schema, column) is not None:
+        return count_labels(table, column)
+    return Counter(str(v) for v in table[column].to_pylist())
 
 
 # --- plots --------------------------------------------------------------------------
@@ -345,8 +356,7 @@ def _pool_labels(run: dict[str, Any], column: str) -> Counter:
                        max(1, int(spec["partition_mb"] * 2**20)))
     counts: Counter = Counter()
     for table in pool.iter_tables():
-        if column in table.column_names:
-            counts.update(str(v) for v in table[column].to_pylist())
+        counts.update(_count_labels(table, column))
     return counts
 
 

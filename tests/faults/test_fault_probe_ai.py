@@ -196,3 +196,20 @@ def test_class_label_names_against_plain_numbers_give_no_precision(tmp_path, cap
     assert "precision" not in manifest["composition"]
     (note,) = [n for n in manifest["notes"] if "no precision" in n]
     assert "'label'" in note and f"the {side}'s is a ClassLabel" in note
+
+
+def test_the_report_counts_a_selections_class_labels_by_name(tmp_path, capsys):
+    """The report's composition plot took the pool's counts by name (from the manifest)
+    and the selection's as numbers: ``neg`` beside ``0`` for the same rows."""
+    from pipelines.report import _labels, _output_files
+
+    table = pa.table({"id": [f"a{i}" for i in range(20)], "text": TEXTS[:20],
+                      "domain": pa.array([0] * 15 + [1] * 5, pa.int64())})
+    features = {"info": {"features": {"domain": class_label("neg", "pos")}}}
+    (tmp_path / "p").mkdir()
+    pool = tmp_path / "p" / "a.parquet"
+    pq.write_table(table.replace_schema_metadata(
+        {b"huggingface": json.dumps(features).encode()}), pool)
+    out = tmp_path / "o"
+    ran_ok(_select(pool, TARGETS / "fortunes.jsonl", out, k=20), capsys)
+    assert _labels(_output_files(str(out), ""), "domain") == {"neg": 15, "pos": 5}
