@@ -74,6 +74,8 @@ if TYPE_CHECKING:  # select imports this module to write a Selection; not the ot
 ADDED_COLUMNS = ("score", "rank")
 # keys of a part's stats file that hold its label counts (dataselect.composition)
 LABEL_COLUMN_KEY, LABELS_KEY = "label_column", "label_names"
+# the schema metadata key datasets describes a file's features under (ClassLabel names)
+HF_METADATA = b"huggingface"
 
 
 def metrics_seed(policy: dict[str, Any]) -> int:
@@ -302,8 +304,14 @@ def _attach_scores(picked: pa.Table, scores: pa.Table, ranks: np.ndarray, where:
 
 def output_rows(pool: Corpus, index: int, rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """Rows of partition ``index`` as an output part holds them: in ``schema``
-    (:func:`output_schema`), without the corpus's bookkeeping metadata."""
-    return without_notes(conform(rows, schema, pool.partition_place(index)))
+    (:func:`output_schema`), with its ``huggingface`` description where it has one,
+    without the corpus's bookkeeping metadata."""
+    rows = without_notes(conform(rows, schema, pool.partition_place(index)))
+    described = (schema.metadata or {}).get(HF_METADATA)
+    if described is None or (rows.schema.metadata or {}).get(HF_METADATA) == described:
+        return rows
+    return rows.replace_schema_metadata({**(rows.schema.metadata or {}),
+                                         HF_METADATA: described})
 
 
 def output_schema(pool: Corpus, added: tuple[str, ...], fmt: OutputFormat = "parquet",
@@ -313,7 +321,13 @@ def output_schema(pool: Corpus, added: tuple[str, ...], fmt: OutputFormat = "par
     would add a column of the same name to (``score``, ``rank``; a union's ``tasks``) and
     a column the output format cannot hold (:func:`~dataselect.schemas.check_storable`).
     With ``parse`` false, JSONL files not yet parsed are left to the write pass: a check
-    that costs nothing before any work."""
+    that costs nothing before any work.
+
+    It carries the ``huggingface`` description (ClassLabel names) the pool's files give,
+    where those that give one give the same: every part then holds it. Why: a part whose
+    rows had to be conformed (a column another file lacks, another integer width) was
+    written with this schema and lost it, so a ClassLabel column read as plain numbers,
+    in every part or only in some (the ``.hf`` copy then dropping the names too)."""
     schemas = pool.schemas(parse)
     for place, schema in schemas:
         for name in added:
@@ -321,7 +335,12 @@ def output_schema(pool: Corpus, added: tuple[str, ...], fmt: OutputFormat = "par
                 raise InputError(f"has a column named {name!r}, which dataselect adds to "
                                  "its output; rename or drop yours", where=place, field=name)
         check_storable(place, schema, fmt)
-    return pool.unified_schema(parse, schemas)
+    unified = pool.unified_schema(parse, schemas)
+    described = {s.metadata[HF_METADATA] for _, s in schemas
+                 if HF_METADATA in (s.metadata or {})}
+    if len(described) != 1:
+        return unified
+    return unified.with_metadata({**(unified.metadata or {}), HF_METADATA: described.pop()})
 
 
 def write_selection(

@@ -213,3 +213,25 @@ def test_the_report_counts_a_selections_class_labels_by_name(tmp_path, capsys):
     out = tmp_path / "o"
     ran_ok(_select(pool, TARGETS / "fortunes.jsonl", out, k=20), capsys)
     assert _labels(_output_files(str(out), ""), "domain") == {"neg": 15, "pos": 5}
+
+
+def test_the_class_label_files_agree_on_is_kept_in_every_part(tmp_path, capsys):
+    """Files that describe ``label`` alike, one with a column the other lacks: the rows
+    conformed to one schema lost the description, and the parts, the ``.hf`` copy and
+    ``datasets.load_dataset`` read plain numbers where the pool had names."""
+    from dataselect import load_hf
+
+    pool = tmp_path / "p"
+    _labelled(pool / "a.parquet", "a", [0] * 20, class_label("neg", "pos"), TEXTS[:20])
+    table = pq.read_table(_labelled(pool / "b.parquet", "b", [1] * 20,
+                                    class_label("neg", "pos"), TEXTS[20:40]))
+    pq.write_table(table.append_column("extra", pa.array(range(20))), pool / "b.parquet")
+    out = tmp_path / "o"
+    ran_ok(_select(pool, TARGETS / "fortunes.jsonl", out, "--save-to-disk", k=40), capsys)
+    for part in out.glob("part-*.parquet"):
+        assert b"ClassLabel" in pq.read_schema(part).metadata[b"huggingface"]
+    dataset = load_hf(out)
+    assert dataset.features["label"].names == ["neg", "pos"]
+    named = dataset.features["label"].int2str(dataset["label"])
+    assert {(i[0], name) for i, name in zip(dataset["id"], named)} == {("a", "neg"),
+                                                                     ("b", "pos")}
