@@ -51,16 +51,21 @@ def unify(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
 
 def hf_features(schema: pa.Schema) -> dict[str, Any] | None:
     """The feature of each column that the schema's ``huggingface`` metadata (written by
-    ``datasets``) describes, by column name: ``{}`` without that metadata, None when it is
-    there but cannot be read (not JSON, or no ``info.features`` object)."""
+    ``datasets``) describes, by column name: ``{}`` without that metadata or without
+    features in it, None when it is there but cannot be read (not JSON, an ``info`` or
+    ``features`` that is no object)."""
     raw = (schema.metadata or {}).get(b"huggingface")
     if raw is None:
         return {}
     try:
-        features = parse_json(raw)["info"]["features"]
-    except (UnreadableJSON, KeyError, TypeError, IndexError):
+        found = parse_json(raw)
+    except UnreadableJSON:
         return None
-    return features if isinstance(features, dict) else None
+    info = found.get("info", {}) if isinstance(found, dict) else None
+    if not isinstance(info, dict):
+        return None
+    features = info.get("features")  # none, or null: no description, as datasets reads it
+    return {} if features is None else features if isinstance(features, dict) else None
 
 
 # datasets' list features (older files write Sequence, newer List; a JSON list is one too)
@@ -102,16 +107,26 @@ def check_class_labels(schemas: Sequence[tuple[str, pa.Schema]]) -> None:
     plain file's ``7`` became a class number out of range, all with exit 0."""
     seen: dict[str, dict[str | None, str]] = {}  # column -> {description: first place}
     for place, schema in schemas:
-        features = hf_features(schema)
-        for name in dict.fromkeys(schema.names):
+        names = tuple(dict.fromkeys(schema.names))
+        keys = _column_keys((schema.metadata or {}).get(b"huggingface"), names)
+        for name, key in zip(names, keys):
             described = seen.setdefault(name, {})
-            key = None if features is None else _described(features.get(name))
             described.setdefault(key, place)
             labelled = [k for k in described if k]
             if labelled and len(described) > 1:
                 other = next(k for k in described if k != key)
                 raise InputError(_labels_clash(key, other, described[other]), where=place,
                                  field=name)
+
+
+@functools.lru_cache(maxsize=64)
+def _column_keys(raw: bytes | None, names: tuple[str, ...]) -> tuple[str | None, ...]:
+    """:func:`_described` of each of ``names`` in the metadata ``raw``; None for each where
+    it cannot be read. Kept: every piece of a large file has the same description."""
+    features = hf_features(pa.schema([], metadata=None if raw is None
+                                     else {b"huggingface": raw}))
+    return tuple(None if features is None else _described(features.get(name))
+                 for name in names)
 
 
 def _described(feature: Any) -> str:
