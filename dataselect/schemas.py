@@ -133,9 +133,9 @@ def _described(feature: Any) -> str:
     """One column's ClassLabels as a key ("" for none), comparable between files."""
     try:
         labels = _class_labels(feature)
+        return json.dumps(labels, sort_keys=True) if labels else ""
     except RecursionError:  # a description nested beyond reading: not the same as another
-        return json.dumps({"": "(nested too deeply to read)"})
-    return json.dumps(labels, sort_keys=True) if labels else ""
+        return json.dumps({"": "(a description nested too deeply to read)"})
 
 
 def _labels_clash(here: str | None, there: str | None, other: str) -> str:
