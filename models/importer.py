@@ -57,6 +57,7 @@ from dataselect.fingerprint import (
     kept_path_holding,
     make_cache_folder,
     model_cache_root,
+    unknown_home_user,
 )
 from dataselect.output import read_json, write_json
 
@@ -95,6 +96,10 @@ def check_model_cache(root: Path, given: bool = False) -> None:
     cannot be skipped, so the folder is refused in one line naming the setting and the
     fix."""
     setting, fix = _cache_setting(given)
+    if not given and (user := unknown_home_user(root)) is not None:
+        raise InputError(f"the model cache folder ({setting}) starts with ~{user}, but this "
+                         f"system knows no user {user!r} whose home folder that would be: "
+                         "set it to an absolute folder of its own", where=str(root))
     if not given and not root.is_absolute():
         raise InputError(f"the model cache folder ({setting}) is a relative path, which "
                          "would put the cache wherever the command runs: set it to an "
