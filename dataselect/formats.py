@@ -191,7 +191,8 @@ def _expand_one(path: str) -> list[str]:
     # linked folders entered, as a ``**`` glob enters them; hidden ones are not entered
     for p in map(Path, storage.walk_local(path, enter=lambda name: not _hidden_name(name))):
         if _hidden(p, path):
-            skipped.add(_hidden_part(p, path))
+            if not in_cache_folder(p, path):
+                skipped.add(_hidden_part(p, path))
         elif p.is_dir():
             _refuse_nested_hf_folder(str(p))
         elif p.is_symlink() and not p.exists() and detect_format(str(p), strict=False):
@@ -269,6 +270,23 @@ def _first_hidden(parts: Iterable[str]) -> str:
         if part.startswith((".", "_")):
             break
     return "/".join(kept)
+
+
+def in_cache_folder(file: Path, root: str) -> bool:
+    """Whether ``file``, below the folder input ``root``, lies in a folder marked as one of
+    dataselect's caches (:data:`dataselect.fingerprint.CACHE_MARKER`), the marker itself
+    included. Why: a cache set inside a pool folder (allowed when the job making it did
+    not read that pool) made the skipped-names note tell the user to "rename a data file"
+    for the cache's own marker and temporary entries (pass 15, c39): they are not the
+    user's data, and are left out of the note."""
+    from dataselect.fingerprint import CACHE_MARKER
+
+    parts = file.relative_to(root).parts
+    for end in range(len(parts) - 1, -1, -1):
+        marker = Path(root, *parts[:end], CACHE_MARKER)
+        if marker.is_file() and not marker.is_symlink():
+            return True
+    return False
 
 
 def _note_skipped(folder: str, names: list[str]) -> None:
