@@ -189,11 +189,67 @@ class _Kept(str):
     kind: str
     parts: tuple[str, ...]
     _linked: list[str] | None
+    pattern: str
+    _matched: list[_Kept] | None
 
-    def __new__(cls, real: str, kind: str, parts: tuple[str, ...] = ()) -> _Kept:
+    def __new__(cls, real: str, kind: str, parts: tuple[str, ...] = (),
+                pattern: str = "") -> _Kept:
         kept = super().__new__(cls, real)
         kept.kind, kept.parts, kept._linked = kind, parts, None
+        kept.pattern, kept._matched = pattern, None
         return kept
+
+    def matched(self) -> list[_Kept]:
+        """What a glob reads that its pattern, read on real paths, does not show: each
+        folder it matches (read as a folder input: its tree and the folders linked from
+        it); each folder linked at a name a shorter part of the pattern matches, with the
+        rest of the pattern below it; each file reached through a link; for a ``**``
+        pattern, the folders where the ``**`` starts, read whole (it enters every folder
+        below them, links too). Listed as the reader lists them
+        (:func:`dataselect.formats.expand_paths`), once per command.
+
+        Why: ``--pool 'p/*'`` matching ``p/sub -> X`` reads ``X`` as part of the pool, but
+        the pattern's parts (``p``, ``*``) never name ``X``: a cache set in ``X/cache`` was
+        made there, inside an input (pass 15, c01)."""
+        if self._matched is not None:
+            return self._matched
+        self._matched = []
+        if not self.pattern:  # a pattern's rest below a link: its own links are listed above
+            return self._matched
+        from dataselect.formats import glob_matches
+
+        def matches(pattern: str) -> list[str]:
+            try:
+                return glob_matches(pattern)
+            except (OSError, ValueError):
+                return []
+
+        parts = self.pattern.split(os.sep)
+        until = parts.index("**") if "**" in parts else len(parts)
+        start = len(os.path.dirname(re.split(r"[*?\[]", self.pattern, maxsplit=1)[0])
+                    .split(os.sep))
+        found = matches(self.pattern)
+        if until < len(parts):
+            found += matches(os.sep.join(parts[:until]) or os.sep)
+        folders, files, below = set(), set(), []
+        for match in found:
+            real = os.path.realpath(match)
+            if os.path.isdir(real):
+                folders.add(real)
+            elif real != os.path.abspath(match):
+                files.add(real)
+        for end in range(start + 1, min(until + 1, len(parts))):
+            for match in matches(os.sep.join(parts[:end])):
+                if os.path.islink(match) and os.path.isdir(match):
+                    real = os.path.realpath(match)
+                    below.append(_Kept(real, "glob", tuple(_parts(real) + parts[end:])))
+        top: list[str] = []
+        for folder in sorted(folders, key=_parts):  # a folder's own come right after it
+            if not top or not _below(top[-1], folder):
+                top.append(folder)
+        self._matched = ([_Kept(folder, "folder") for folder in top] + below
+                         + [_Kept(file, "whole") for file in sorted(files)])
+        return self._matched
 
     def linked(self) -> list[str]:
         """The folders linked from inside a folder input under names it reads (read as
@@ -222,7 +278,8 @@ class _Kept(str):
             return _below(self, real)
         if self.kind == "glob":  # and no folder is made in the folder it starts in
             return _glob_reaches(self.parts, _parts(real)) or (
-                made_in is not None and _read_below(self, made_in))
+                made_in is not None and _read_below(self, made_in)) or any(
+                match.reaches(real, made_in) for match in self.matched())
         return any(_read_below(folder, real) or (made_in is not None
                                                   and _read_below(folder, made_in))
                    for folder in [str(self), *self.linked()])
@@ -281,7 +338,7 @@ def _kept(path: str, written: bool) -> _Kept:
         start = os.path.dirname(prefix)
         real = os.path.realpath(start)
         rest = os.path.relpath(path, start).split(os.sep)
-        return _Kept(real, "glob", tuple(_parts(real) + rest))
+        return _Kept(real, "glob", tuple(_parts(real) + rest), pattern=path)
     real = os.path.realpath(path)
     return _Kept(real, "folder" if not written and os.path.isdir(real) else "whole")
 

@@ -122,6 +122,10 @@ def _glob(pattern: str) -> list[str]:
     return found
 
 
+# what a glob matches, as the readers list it (the fingerprint cache keeps out of it)
+glob_matches = _glob
+
+
 def _folders_once(base: str) -> Iterator[str]:
     """``base`` and the folders below it, links followed, each real folder once (hidden
     ones skipped, as ``glob`` skips them)."""

@@ -6,6 +6,8 @@ it is used, and a ``..`` after a link is read as the system reads it.
   the first check sent entries into a pool folder, or returned a planted digest.
 - g05: ``read_corpus("L/../d")`` (``L`` a link) kept the cache out of ``./d`` while the
   reader read ``E/d``: the cache was made inside that pool folder.
+- c01: a glob matching a link to a data folder (``p/*`` and ``p/sub -> X``) reads ``X``,
+  which the pattern's parts never name: the cache was made in ``X/cache``.
 - c39: the skipped-names note named the cache's own marker as the user's data.
 - c46: a ``~user`` naming no user here was refused as "a relative path".
 """
@@ -141,6 +143,26 @@ def test_no_cache_is_made_in_a_pool_named_through_a_link_and_dotdot(tmp_path, mo
     assert len(corpus.files) == 1
     fingerprint.file_fingerprint(_model(tmp_path / "m.bin", 1))
     assert _names(data) == ["pool.jsonl"]
+
+
+@pytest.mark.parametrize("pattern", ["*", "**/*.jsonl", "*/*", "s*/*"])
+def test_no_cache_is_made_in_a_data_folder_a_glob_reaches_through_a_link(
+        tmp_path, monkeypatch, pattern):
+    pool, data = _pool(tmp_path / "p"), _pool(tmp_path / "X", "x.jsonl")
+    (pool / "sub").symlink_to(data, target_is_directory=True)
+    monkeypatch.setenv("DATASELECT_CACHE", str(data / "cache"))
+    corpus = read_corpus(str(pool / pattern))
+    assert str(pool / "sub" / "x.jsonl") in corpus.files
+    fingerprint.file_fingerprint(_model(tmp_path / "m.bin", 1))
+    assert _names(data) == ["x.jsonl"]
+
+
+def test_a_glob_that_reaches_no_link_leaves_the_cache_in_use(tmp_path, monkeypatch):
+    pool = _pool(tmp_path / "p")
+    monkeypatch.setenv("DATASELECT_CACHE", str(tmp_path / "elsewhere" / "cache"))
+    read_corpus(str(pool / "**" / "*.jsonl"))
+    fingerprint.file_fingerprint(_model(tmp_path / "m.bin", 1))
+    assert list((tmp_path / "elsewhere" / "cache" / "fingerprints").iterdir())
 
 
 # --- notes -------------------------------------------------------------------------------
