@@ -43,6 +43,7 @@ import xxhash
 from dataselect import storage
 from dataselect.errors import InputError
 from dataselect.json_text import UnreadableJSON, parse_json, read_json_file
+from dataselect.layout import CACHE_MARKER
 
 HASH_BLOCK = 8 << 20
 # Timestamps are coarse (a clock tick, or whole seconds on some file systems), so a write
@@ -435,8 +436,6 @@ def _cache_usable() -> bool:
     return _usable[key]
 
 
-# written by dataselect into a cache folder it makes: the folder is then known as its own
-CACHE_MARKER = ".dataselect-cache"
 _FINGERPRINT_NAME = re.compile(r"[0-9a-f]{64}\.fingerprint|\..+\.tmp|[0-9a-f]{64}\.json", re.S)
 # a model cache folder's entries: converted folders, their locks, the temporary folders a
 # conversion renames into place, and the wheels fetched for shortcuts
@@ -624,7 +623,7 @@ _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ENTRY_MAX = 4096
 
 
-def _fd_real_path(fd: int, path: str) -> str | None:
+def fd_real_path(fd: int, path: str) -> str | None:
     """The real path of the folder open as ``fd``, as the kernel knows it now (Linux:
     ``/proc/self/fd``); elsewhere ``path`` resolved, when it still names that folder."""
     with contextlib.suppress(OSError):
@@ -694,7 +693,7 @@ def _open_cache_root(make: bool, fds: list[int]) -> int | None:
     # the folders up to the first that exists may be links (the user's): its real path is
     # judged; the folders made below it, and fingerprints/, are opened without following one
     fds.append(os.open(existing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-    real = _fd_real_path(fds[-1], existing)
+    real = fd_real_path(fds[-1], existing)
     if real is None:
         return None
     target = os.path.join(real, *reversed(missing))

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from dataselect import checks, storage
 from dataselect.errors import InputError, one_line
+from dataselect.layout import CACHE_MARKER
 from dataselect.readers.base import Piece, detect_format, reader, reading
 from dataselect.readers.columns import check_column_names, check_nesting
 from dataselect.readers.hf_disk import (
@@ -278,13 +279,11 @@ def _first_hidden(parts: Iterable[str]) -> str:
 
 def in_cache_folder(file: Path, root: str) -> bool:
     """Whether ``file``, below the folder input ``root``, lies in a folder marked as one of
-    dataselect's caches (:data:`dataselect.fingerprint.CACHE_MARKER`), the marker itself
+    dataselect's caches (:data:`dataselect.layout.CACHE_MARKER`), the marker itself
     included. Why: a cache set inside a pool folder (allowed when the job making it did
     not read that pool) made the skipped-names note tell the user to "rename a data file"
     for the cache's own marker and temporary entries (pass 15, c39): they are not the
     user's data, and are left out of the note."""
-    from dataselect.fingerprint import CACHE_MARKER
-
     parts = file.relative_to(root).parts
     for end in range(len(parts) - 1, -1, -1):
         marker = Path(root, *parts[:end], CACHE_MARKER)

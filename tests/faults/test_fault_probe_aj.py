@@ -135,3 +135,4 @@ def test_the_default_cache_under_home_refuses_an_output_inside_it(tmp_path, caps
     out = tmp_path / "xdg" / "dataselect" / "models" / "sel"
     refused_run(dsir_select(Path(POOL_GLOB), out), capsys, "XDG_CACHE_HOME", "model cache")
     ran_ok(dsir_select(Path(POOL_GLOB), tmp_path / "xdg" / "elsewhere"), capsys)
+
