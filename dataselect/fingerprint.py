@@ -31,7 +31,8 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -41,7 +42,8 @@ import xxhash
 
 from dataselect import storage
 from dataselect.errors import InputError
-from dataselect.json_text import UnreadableJSON, read_json_file
+from dataselect.json_text import UnreadableJSON, parse_json, read_json_file
+from dataselect.layout import CACHE_MARKER
 
 HASH_BLOCK = 8 << 20
 # Timestamps are coarse (a clock tick, or whole seconds on some file systems), so a write
@@ -188,11 +190,67 @@ class _Kept(str):
     kind: str
     parts: tuple[str, ...]
     _linked: list[str] | None
+    pattern: str
+    _matched: list[_Kept] | None
 
-    def __new__(cls, real: str, kind: str, parts: tuple[str, ...] = ()) -> _Kept:
+    def __new__(cls, real: str, kind: str, parts: tuple[str, ...] = (),
+                pattern: str = "") -> _Kept:
         kept = super().__new__(cls, real)
         kept.kind, kept.parts, kept._linked = kind, parts, None
+        kept.pattern, kept._matched = pattern, None
         return kept
+
+    def matched(self) -> list[_Kept]:
+        """What a glob reads that its pattern, read on real paths, does not show: each
+        folder it matches (read as a folder input: its tree and the folders linked from
+        it); each folder linked at a name a shorter part of the pattern matches, with the
+        rest of the pattern below it; each file reached through a link; for a ``**``
+        pattern, the folders where the ``**`` starts, read whole (it enters every folder
+        below them, links too). Listed as the reader lists them
+        (:func:`dataselect.formats.expand_paths`), once per command.
+
+        Why: ``--pool 'p/*'`` matching ``p/sub -> X`` reads ``X`` as part of the pool, but
+        the pattern's parts (``p``, ``*``) never name ``X``: a cache set in ``X/cache`` was
+        made there, inside an input (pass 15, c01)."""
+        if self._matched is not None:
+            return self._matched
+        self._matched = []
+        if not self.pattern:  # a pattern's rest below a link: its own links are listed above
+            return self._matched
+        from dataselect.formats import glob_matches
+
+        def matches(pattern: str) -> list[str]:
+            try:
+                return glob_matches(pattern)
+            except (OSError, ValueError):
+                return []
+
+        parts = self.pattern.split(os.sep)
+        until = parts.index("**") if "**" in parts else len(parts)
+        start = len(os.path.dirname(re.split(r"[*?\[]", self.pattern, maxsplit=1)[0])
+                    .split(os.sep))
+        found = matches(self.pattern)
+        if until < len(parts):
+            found += matches(os.sep.join(parts[:until]) or os.sep)
+        folders, files, below = set(), set(), []
+        for match in found:
+            real = os.path.realpath(match)
+            if os.path.isdir(real):
+                folders.add(real)
+            elif real != os.path.abspath(match):
+                files.add(real)
+        for end in range(start + 1, min(until + 1, len(parts))):
+            for match in matches(os.sep.join(parts[:end])):
+                if os.path.islink(match) and os.path.isdir(match):
+                    real = os.path.realpath(match)
+                    below.append(_Kept(real, "glob", tuple(_parts(real) + parts[end:])))
+        top: list[str] = []
+        for folder in sorted(folders, key=_parts):  # a folder's own come right after it
+            if not top or not _below(top[-1], folder):
+                top.append(folder)
+        self._matched = ([_Kept(folder, "folder") for folder in top] + below
+                         + [_Kept(file, "whole") for file in sorted(files)])
+        return self._matched
 
     def linked(self) -> list[str]:
         """The folders linked from inside a folder input under names it reads (read as
@@ -221,7 +279,8 @@ class _Kept(str):
             return _below(self, real)
         if self.kind == "glob":  # and no folder is made in the folder it starts in
             return _glob_reaches(self.parts, _parts(real)) or (
-                made_in is not None and _read_below(self, made_in))
+                made_in is not None and _read_below(self, made_in)) or any(
+                match.reaches(real, made_in) for match in self.matched())
         return any(_read_below(folder, real) or (made_in is not None
                                                   and _read_below(folder, made_in))
                    for folder in [str(self), *self.linked()])
@@ -265,14 +324,22 @@ def _glob_reaches(pattern: tuple[str, ...] | list[str], path: list[str]) -> bool
     return fnmatch.fnmatchcase(name, head) and _glob_reaches(pattern[1:], path[1:])
 
 
+def _as_read(path: str) -> str:
+    """``path`` absolute, ``~`` expanded, with a ``..`` after a link read as the system
+    reads it (:func:`dataselect.storage.arrow_path`). Why: ``abspath`` alone drops ``L/..``
+    as text, so with ``L -> E/sub`` the input ``L/../d`` was kept as ``./d`` while the
+    reader read ``E/d``, and the cache was made inside that pool folder (pass 15, g05)."""
+    return storage.arrow_path(os.path.expanduser(path))
+
+
 def _kept(path: str, written: bool) -> _Kept:
-    path = os.path.abspath(os.path.expanduser(path))
+    path = _as_read(path)
     prefix = re.split(r"[*?\[]", path, maxsplit=1)[0]
     if prefix != path:  # a glob: its starting folder as a real path, then the pattern
         start = os.path.dirname(prefix)
         real = os.path.realpath(start)
         rest = os.path.relpath(path, start).split(os.sep)
-        return _Kept(real, "glob", tuple(_parts(real) + rest))
+        return _Kept(real, "glob", tuple(_parts(real) + rest), pattern=path)
     real = os.path.realpath(path)
     return _Kept(real, "folder" if not written and os.path.isdir(real) else "whole")
 
@@ -290,8 +357,7 @@ def keep_cache_out_of(paths: Iterable[str], written: Iterable[str] = ()) -> None
     then refused it for holding a folder its marker does not list. The fingerprint cache
     only saves time: where it would land in such a folder, fingerprints are computed
     without it; the model cache is refused (:func:`kept_path_holding`)."""
-    written = {os.path.abspath(os.path.expanduser(w)) for w in written
-               if isinstance(w, str) and w}
+    written = {_as_read(w) for w in written if isinstance(w, str) and w}
     for path in paths:
         if not isinstance(path, str) or not path:
             continue
@@ -301,7 +367,7 @@ def keep_cache_out_of(paths: Iterable[str], written: Iterable[str] = ()) -> None
             continue
         if storage.is_remote(path):
             continue
-        kept = _kept(path, os.path.abspath(os.path.expanduser(path)) in written)
+        kept = _kept(path, _as_read(path) in written)
         if not any(k == kept and k.kind == kept.kind and k.parts == kept.parts
                    for k in _KEPT_OUT_OF if isinstance(k, _Kept)):
             _KEPT_OUT_OF.append(kept)
@@ -339,7 +405,11 @@ def kept_path_holding(folder: str | os.PathLike) -> str | None:
     the input whose read tree it would be made in. A cache that must write (a model
     conversion) refuses such a folder instead of skipping it."""
     real = os.path.realpath(os.path.expanduser(os.fspath(folder)))
-    made_in = _first_made(real)
+    return _kept_reaching(real, _first_made(real))
+
+
+def _kept_reaching(real: str, made_in: str | None) -> str | None:
+    """:func:`kept_path_holding` of a real path, judged as it is (no link resolved)."""
     for kept in _KEPT_OUT_OF:
         if not isinstance(kept, _Kept):  # a plain path (a test's): kept whole
             kept = _Kept(os.path.realpath(kept), "whole")
@@ -366,8 +436,6 @@ def _cache_usable() -> bool:
     return _usable[key]
 
 
-# written by dataselect into a cache folder it makes: the folder is then known as its own
-CACHE_MARKER = ".dataselect-cache"
 _FINGERPRINT_NAME = re.compile(r"[0-9a-f]{64}\.fingerprint|\..+\.tmp|[0-9a-f]{64}\.json", re.S)
 # a model cache folder's entries: converted folders, their locks, the temporary folders a
 # conversion renames into place, and the wheels fetched for shortcuts
@@ -457,10 +525,24 @@ def make_cache_folder(root: Path) -> None:
     add the marker to an existing one judged dataselect's (:func:`cache_foreign`), so that
     it is known as the cache from then on. OSError is left to the caller."""
     root.mkdir(parents=True, exist_ok=True)
-    marker = root / CACHE_MARKER
-    if not os.path.lexists(marker):
-        with open(marker, "a") as f:
-            f.write("a cache folder of dataselect's: it may be deleted whole\n")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _make_marker(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_marker(root_fd: int) -> None:
+    """:data:`CACHE_MARKER` in the folder open as ``root_fd``, unless a name is there: made
+    with ``O_EXCL``, which follows no link, so a link planted under the marker's name
+    does not get the line written into the file it names (``open(marker, "a")`` did)."""
+    try:
+        fd = os.open(CACHE_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644, dir_fd=root_fd)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write("a cache folder of dataselect's: it may be deleted whole\n")
 
 
 def cache_root() -> Path:
@@ -483,6 +565,15 @@ def model_cache_root() -> Path:
     if root := os.environ.get("DATASELECT_MODEL_CACHE"):
         return Path(os.path.expanduser(root))
     return Path(xdg_cache_home()) / "dataselect" / "models"
+
+
+def unknown_home_user(root: str | os.PathLike) -> str | None:
+    """The user named by a ``~user`` that ``os.path.expanduser`` left as it was (no such
+    user here), else None. Why: ``DATASELECT_MODEL_CACHE='~nosuchuser/mc'`` was refused
+    as "a relative path", which sends the user looking for the wrong mistake (pass 15,
+    c46)."""
+    first = os.fspath(root).split(os.sep, 1)[0]
+    return first[1:] if first.startswith("~") and len(first) > 1 else None
 
 
 def xdg_cache_home() -> str:
@@ -522,36 +613,145 @@ def _entry_path(key: CacheKey) -> Path:
     return cache_dir() / (hashlib.sha256(json.dumps(key).encode()).hexdigest() + ENTRY_SUFFIX)
 
 
-def _read_entry(key: CacheKey) -> str | None:
-    """The cached digest, or None when there is none or it is unreadable, damaged or for
-    another key (it is then rewritten after hashing)."""
+def _entry_name(key: CacheKey) -> str:
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest() + ENTRY_SUFFIX
+
+
+# what opening a folder of the cache takes: no link followed at its own name
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# an entry is a few hundred bytes; a bigger file there is no entry of ours
+_ENTRY_MAX = 4096
+
+
+def fd_real_path(fd: int, path: str) -> str | None:
+    """The real path of the folder open as ``fd``, as the kernel knows it now (Linux:
+    ``/proc/self/fd``); elsewhere ``path`` resolved, when it still names that folder."""
+    with contextlib.suppress(OSError):
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isabs(real) and not real.endswith(" (deleted)"):
+            return real
+    real = os.path.realpath(path)
+    try:
+        here, there = os.fstat(fd), os.stat(real)
+    except OSError:
+        return None
+    return real if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino) else None
+
+
+@contextlib.contextmanager
+def _entries_folder(make: bool) -> Iterator[int | None]:
+    """The cache's ``fingerprints`` folder, open (None: the cache is not to be used now),
+    judged where it is when it is used, not only when first judged usable.
+
+    Why: :func:`_cache_usable` is remembered for the process, and entries were then
+    written with ``mkstemp(dir=...)`` and ``os.replace`` through whatever the path named
+    at that moment: a ``fingerprints`` replaced by a link to a pool folder after the first
+    check got entries in the pool (pass 15, g02), and a read through such a link could
+    return a planted digest. So the cache folder is opened, its real path (the kernel's,
+    of the open folder) judged against the paths the command reads and writes, and
+    ``fingerprints`` opened below it with ``O_NOFOLLOW``; every entry is then read and
+    written relative to that open folder, which a link planted later cannot redirect. A
+    folder missing (``make``) is made one name at a time below the open folder it is
+    made in, which is judged first. Anything odd (a link, no folder, no permission): the
+    cache is skipped, as it only saves time."""
+    fds: list[int] = []
+    folder = None
+    try:
+        root = _open_cache_root(make, fds)
+        if root is not None:
+            if make:
+                _make_marker(root)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir("fingerprints", 0o777, dir_fd=root)
+            fds.append(os.open("fingerprints", _FOLDER_FLAGS, dir_fd=root))
+            folder = fds[-1]
+    except OSError:
+        folder = None
+    try:
+        yield folder
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _open_cache_root(make: bool, fds: list[int]) -> int | None:
+    """The cache folder open (its descriptors appended to ``fds``, to be closed by the
+    caller), made if absent and ``make``; None when it is absent (not ``make``) or lies in
+    or holds a path the command reads or writes."""
     if not _cache_usable():
         return None
-    if not _entry_path(key).is_file():  # none yet; a FIFO planted there would block
+    root = str(cache_root())
+    missing: list[str] = []
+    existing = root
+    while not os.path.lexists(existing):
+        if os.path.dirname(existing) == existing:
+            return None
+        missing.append(os.path.basename(existing))
+        existing = os.path.dirname(existing)
+    if missing and not make:
         return None
-    try:
-        entry = read_json_file(_entry_path(key))
-        digest = entry["xxh3_128"]
-        valid = entry["key"] == list(key) and HEX_DIGEST.fullmatch(digest) is not None
-    except (OSError, UnreadableJSON, KeyError, TypeError):
+    # the folders up to the first that exists may be links (the user's): its real path is
+    # judged; the folders made below it, and fingerprints/, are opened without following one
+    fds.append(os.open(existing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    real = fd_real_path(fds[-1], existing)
+    if real is None:
         return None
+    target = os.path.join(real, *reversed(missing))
+    made_in = os.path.join(real, missing[-1]) if missing else None
+    if (_kept_reaching(target, made_in) is not None
+            or _kept_reaching(os.path.join(target, "fingerprints"), made_in) is not None):
+        return None
+    for name in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o777, dir_fd=fds[-1])
+        fds.append(os.open(name, _FOLDER_FLAGS, dir_fd=fds[-1]))
+    return fds[-1]
+
+
+def _read_entry(key: CacheKey) -> str | None:
+    """The cached digest, or None when there is none or it is unreadable, damaged or for
+    another key (it is then rewritten after hashing). Opened below the judged cache folder
+    (:func:`_entries_folder`) with ``O_NOFOLLOW`` and ``O_NONBLOCK`` (a FIFO planted there
+    would block), and read only when it is a plain file."""
+    with _entries_folder(make=False) as folder:
+        if folder is None:
+            return None
+        try:
+            fd = os.open(_entry_name(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, dir_fd=folder)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            entry = parse_json(os.read(fd, _ENTRY_MAX + 1))
+            digest = entry["xxh3_128"]
+            valid = entry["key"] == list(key) and HEX_DIGEST.fullmatch(digest) is not None
+        except (OSError, UnreadableJSON, KeyError, TypeError):
+            return None
+        finally:
+            os.close(fd)
     return digest if valid else None
 
 
 def _write_entry(key: CacheKey, digest: str) -> None:
-    """Temp file and rename, so a reader never sees half an entry; any OS error (read-only
-    or full cache folder) is ignored: the cache saves time, it is never needed."""
-    if not _cache_usable():
-        return
-    folder = cache_dir()
-    temp = None
-    try:
-        make_cache_folder(cache_root())
-        folder.mkdir(exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"key": list(key), "xxh3_128": digest}, f)
-        os.replace(temp, _entry_path(key))
-    except OSError:
-        if temp is not None:
-            Path(temp).unlink(missing_ok=True)
+    """Temp file and rename, both relative to the open ``fingerprints`` folder
+    (:func:`_entries_folder`), so a reader never sees half an entry and a link planted
+    meanwhile is never written through; any OS error (read-only or full cache folder) is
+    ignored: the cache saves time, it is never needed."""
+    with _entries_folder(make=True) as folder:
+        if folder is None:
+            return
+        temp = f".{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"key": list(key), "xxh3_128": digest}, f)
+            os.replace(temp, _entry_name(key), src_dir_fd=folder, dst_dir_fd=folder)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=folder)

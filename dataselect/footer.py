@@ -46,10 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from dataselect import checks, storage
 from dataselect.errors import InputError
 from dataselect.json_text import UnreadableJSON, parse_json
-from dataselect.outdir import recorded_files, recorded_identity
+from dataselect.outdir import recorded_files, recorded_identity, refuse_foreign_data
 from dataselect.output import jsonable, load_arrays, read_part_info, read_schema, read_table
 
 FOOTER_KEY = b"dataselect.part"
@@ -369,66 +368,6 @@ def check_parts(folder: str, parts: list[dict[str, Any]]) -> None:
                          "the selection's: move it away",
                          where=os.path.join(folder, extra[0]))
     refuse_foreign_data(folder, [*listed, *recorded_files(folder)])
-
-
-def _visible_names(folder: str) -> Iterable[str]:
-    """Every entry below ``folder`` that a reader of it takes (relative names): each file,
-    and each folder (an empty one too), not in or under a hidden (``.``) name. Readers
-    differ on ``_`` (pyarrow skips it, datasets does not), so such a name counts as
-    visible. A folder comes before what it holds."""
-    if storage.is_remote(folder):
-        for name in storage.names_below(folder):
-            if not any(part.startswith(".") for part in name.split("/") if part):
-                yield name.rstrip("/")
-        return
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        relative = os.path.relpath(root, folder)
-        for name in [*dirs, *sorted(files)]:
-            if not name.startswith("."):
-                yield os.path.normpath(os.path.join(relative, name))
-
-
-def _with_parents(names: Iterable[str]) -> set[str]:
-    """``names`` (normalized relative paths) and every folder above them."""
-    found: set[str] = set()
-    for name in names:
-        name = os.path.normpath(name)
-        while name not in ("", ".") and name not in found:
-            found.add(name)
-            name = os.path.dirname(name)
-    return found
-
-
-def refuse_foreign_data(folder: str, listed: Iterable[str]) -> None:
-    """Refuse a selection or union folder that holds anything visible its marker and
-    manifest do not list (``listed``): a ``zz.parquet`` copied in, a ``save_to_disk``
-    folder of the user's, a README.
-
-    Why every name, not only data-like ones: pyarrow's discovery (and pandas through it)
-    reads every file not under a ``.`` or ``_`` name, whatever its extension, and
-    ``datasets``' ``data_dir`` every file not under a ``.`` name; so a part copied in as
-    ``x.pq``, ``x``, ``x.txt`` or ``sub/x.pq`` was read with the parts (10 rows of a 5-row
-    selection) while the rerun, ``report`` and ``load_hf`` took the folder as finished.
-    A folder dataselect writes holds nothing visible but its parts, so nothing of its own
-    is refused. The line names the entry, or the top folder that holds it."""
-    listed = {os.path.normpath(name) for name in listed}
-    known = _with_parents(listed)
-    remote = storage.is_remote(folder)
-    for name in _visible_names(folder):
-        if os.path.normpath(name) in listed and not remote:
-            # a folder at a part's name: that, not what it holds, is what to name
-            checks.refuse_folder_output(os.path.join(folder, name))
-        if os.path.normpath(name) in known:
-            continue
-        top = name.replace(os.sep, "/").split("/")[0]
-        raise InputError("is not part of this selection (its folder's marker does not "
-                         "list it), yet every reader of the folder would read it as the "
-                         "selection's (pandas and pyarrow read every file not under a "
-                         "'.' or '_' name, datasets every file not under a '.' name): "
-                         "move it away, or rename it to start with '.'",
-                         where=storage.join(folder, top) if remote
-                         else os.path.join(folder, top))
 
 
 def reusable(check: Callable[[], object], overwrite: bool) -> bool:

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from dataselect import checks, storage
 from dataselect.errors import InputError, one_line
+from dataselect.layout import CACHE_MARKER
 from dataselect.readers.base import Piece, detect_format, reader, reading
 from dataselect.readers.columns import check_column_names, check_nesting
 from dataselect.readers.hf_disk import (
@@ -122,6 +123,10 @@ def _glob(pattern: str) -> list[str]:
     return found
 
 
+# what a glob matches, as the readers list it (the fingerprint cache keeps out of it)
+glob_matches = _glob
+
+
 def _folders_once(base: str) -> Iterator[str]:
     """``base`` and the folders below it, links followed, each real folder once (hidden
     ones skipped, as ``glob`` skips them)."""
@@ -191,7 +196,8 @@ def _expand_one(path: str) -> list[str]:
     # linked folders entered, as a ``**`` glob enters them; hidden ones are not entered
     for p in map(Path, storage.walk_local(path, enter=lambda name: not _hidden_name(name))):
         if _hidden(p, path):
-            skipped.add(_hidden_part(p, path))
+            if not in_cache_folder(p, path):
+                skipped.add(_hidden_part(p, path))
         elif p.is_dir():
             _refuse_nested_hf_folder(str(p))
         elif p.is_symlink() and not p.exists() and detect_format(str(p), strict=False):
@@ -269,6 +275,21 @@ def _first_hidden(parts: Iterable[str]) -> str:
         if part.startswith((".", "_")):
             break
     return "/".join(kept)
+
+
+def in_cache_folder(file: Path, root: str) -> bool:
+    """Whether ``file``, below the folder input ``root``, lies in a folder marked as one of
+    dataselect's caches (:data:`dataselect.layout.CACHE_MARKER`), the marker itself
+    included. Why: a cache set inside a pool folder (allowed when the job making it did
+    not read that pool) made the skipped-names note tell the user to "rename a data file"
+    for the cache's own marker and temporary entries (pass 15, c39): they are not the
+    user's data, and are left out of the note."""
+    parts = file.relative_to(root).parts
+    for end in range(len(parts) - 1, -1, -1):
+        marker = Path(root, *parts[:end], CACHE_MARKER)
+        if marker.is_file() and not marker.is_symlink():
+            return True
+    return False
 
 
 def _note_skipped(folder: str, names: list[str]) -> None:

@@ -40,6 +40,9 @@ FOLDER_NAME_RULE = ("ASCII letters, digits, '_', '-' or '.', starting with an AS
                     "stores)")
 
 # in a selection or union folder
+# written by dataselect into a cache folder it makes (fingerprints, converted models): the
+# folder is then known as its own, and a folder input's note leaves its files out
+CACHE_MARKER = ".dataselect-cache"
 MANIFEST_FILE = ".manifest.json"  # written last: the folder is finished when it exists
 STATS_DIR = ".stats"  # per-part n-gram counts for the KL metric
 SCORES_DIR = ".scores"  # score stores, one folder per scorer

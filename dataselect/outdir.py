@@ -43,7 +43,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,9 @@ LOCK = ".dataselect.lock"
 _OWN_NAMES = (MARKER, LOCK)
 # the kinds of folder whose bookkeeping names changed (datasets, and the recipe root)
 _RENAMED_KINDS = ("job", "selection", "union", "recipe")
+# kinds whose folder every reader takes whole as one dataset: nothing visible beside the
+# listed files may lie in it (:func:`refuse_foreign_data`)
+READ_AS_DATA = ("job", "selection", "union")
 
 
 @dataclass
@@ -89,7 +92,8 @@ class OutputFolder:
 
     @classmethod
     def claim(cls, path: str | os.PathLike, kind: str, identity: Any, *,
-              inputs: Iterable[str] = (), overwrite: bool | None = False) -> OutputFolder:
+              inputs: Iterable[str] = (), overwrite: bool | None = False,
+              before_replacing: Callable[[], None] | None = None) -> OutputFolder:
         """Claim ``path`` without holding a lock (the caller holds one, or writes alone).
 
         ``identity=None`` claims ownership only: the folder holds something derived that
@@ -97,7 +101,9 @@ class OutputFolder:
         a job that records no identity of its own (``dataselect score`` writes only the
         score store, which checks its own); the next job with an identity adopts it.
         ``overwrite=None``: the caller offers no way to replace another job's output, so
-        the refusal does not suggest one.
+        the refusal does not suggest one. ``before_replacing`` runs the caller's own checks
+        after the folder's and before ``overwrite`` deletes anything (a recipe's task
+        folders), so that a refused job leaves the old output whole.
         """
         path = normalize(path)
         refuse_overlap(path, inputs)
@@ -105,14 +111,15 @@ class OutputFolder:
             storage.check_writable(path)
             _refuse_local_only(path, kind)
             _refuse_foreign_remote(path)
-            return _claim_marked(path, kind, jsonable(identity), overwrite)
+            return _claim_marked(path, kind, jsonable(identity), overwrite,
+                                 before_replacing)
         _refuse_foreign(path)
         refuse_links(path)
         if kind in _RENAMED_KINDS:
             refuse_legacy(path)  # before nesting: an old layout's _scores/ is visible
         refuse_nesting(path, kind)
         make_output_folder(path)
-        return _claim_marked(path, kind, jsonable(identity), overwrite)
+        return _claim_marked(path, kind, jsonable(identity), overwrite, before_replacing)
 
     @classmethod
     def reopen(cls, path: str | os.PathLike, kinds: Iterable[str]) -> OutputFolder:
@@ -226,11 +233,13 @@ def check_claimable(path: str | os.PathLike, kind: str, inputs: Iterable[str] = 
         refuse_nesting(path, kind)
     marker = os.path.join(path, MARKER)
     if storage.exists(marker):
-        found = _read_marker(marker).get("kind")
+        previous = _read_marker(marker)
+        found = previous.get("kind")
         if found != kind:
             raise OutputConflictError(
                 f"{path} holds dataselect output of another kind ({found}, not {kind}); "
                 f"choose another {_setting()}")
+        _refuse_foreign_data_of(kind, path, [str(f) for f in previous.get("files", [])])
 
 
 def make_output_folder(path: str) -> None:
@@ -260,13 +269,15 @@ def normalize(path: str | os.PathLike) -> str:
 
 @contextlib.contextmanager
 def claim_output(path: str | os.PathLike, kind: str, identity: Any, *,
-                 inputs: Iterable[str] = (), overwrite: bool | None = False
+                 inputs: Iterable[str] = (), overwrite: bool | None = False,
+                 before_replacing: Callable[[], None] | None = None
                  ) -> Iterator[OutputFolder]:
     """Claim ``path`` for a job and hold its lock while the job runs."""
     inputs = list(inputs)
     refuse_overlap(normalize(path), inputs)
     with locked_output(path) as locked:
-        yield OutputFolder.claim(locked, kind, identity, inputs=inputs, overwrite=overwrite)
+        yield OutputFolder.claim(locked, kind, identity, inputs=inputs, overwrite=overwrite,
+                                 before_replacing=before_replacing)
 
 
 @contextlib.contextmanager
@@ -298,8 +309,8 @@ def locked_output(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
-                  ) -> OutputFolder:
+def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None,
+                  before_replacing: Callable[[], None] | None = None) -> OutputFolder:
     marker = os.path.join(path, MARKER)
     if not storage.exists(marker):
         folder = OutputFolder(path, kind, identity)
@@ -313,10 +324,12 @@ def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
             f"{kind}); choose another folder")
     if identity is None or same_json(previous.get("identity"), identity):
         _refuse_special_listed(path, files)
+        _refuse_foreign_data_of(kind, path, files)
         return OutputFolder(path, kind, identity, files, resumed=identity is not None)
     if previous.get("identity") is None:
         # claimed for ownership only (``dataselect score`` before ``select``): adopt
         _refuse_special_listed(path, files)
+        _refuse_foreign_data_of(kind, path, files)
         folder = OutputFolder(path, kind, identity, files)
         folder._save()
         return folder
@@ -327,10 +340,82 @@ def _claim_marked(path: str, kind: str, identity: Any, overwrite: bool | None
         raise OutputConflictError(
             f"{path} holds the output of a job with other settings or inputs (differs in: "
             f"{changed}); rerun with the same settings to resume, {remedy}")
+    _refuse_foreign_data_of(kind, path, files)
+    if before_replacing is not None:
+        before_replacing()
     remove_listed(path, files)
     folder = OutputFolder(path, kind, identity, replaced=previous.get("identity"))
     folder._save()
     return folder
+
+
+def _visible_names(folder: str) -> Iterable[str]:
+    """Every entry below ``folder`` that a reader of it takes (relative names): each file,
+    and each folder (an empty one too), not in or under a hidden (``.``) name. Readers
+    differ on ``_`` (pyarrow skips it, datasets does not), so such a name counts as
+    visible. A folder comes before what it holds."""
+    if storage.is_remote(folder):
+        for name in storage.names_below(folder):
+            if not any(part.startswith(".") for part in name.split("/") if part):
+                yield name.rstrip("/")
+        return
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative = os.path.relpath(root, folder)
+        for name in [*dirs, *sorted(files)]:
+            if not name.startswith("."):
+                yield os.path.normpath(os.path.join(relative, name))
+
+
+def _with_parents(names: Iterable[str]) -> set[str]:
+    """``names`` (normalized relative paths) and every folder above them."""
+    found: set[str] = set()
+    for name in names:
+        name = os.path.normpath(name)
+        while name not in ("", ".") and name not in found:
+            found.add(name)
+            name = os.path.dirname(name)
+    return found
+
+
+def refuse_foreign_data(folder: str, listed: Iterable[str]) -> None:
+    """Refuse a selection or union folder that holds anything visible its marker and
+    manifest do not list (``listed``): a ``zz.parquet`` copied in, a ``save_to_disk``
+    folder of the user's, a README.
+
+    Why every name, not only data-like ones: pyarrow's discovery (and pandas through it)
+    reads every file not under a ``.`` or ``_`` name, whatever its extension, and
+    ``datasets``' ``data_dir`` every file not under a ``.`` name; so a part copied in as
+    ``x.pq``, ``x``, ``x.txt`` or ``sub/x.pq`` was read with the parts (10 rows of a 5-row
+    selection) while the rerun, ``report`` and ``load_hf`` took the folder as finished.
+    A folder dataselect writes holds nothing visible but its parts, so nothing of its own
+    is refused. The line names the entry, or the top folder that holds it."""
+    listed = {os.path.normpath(name) for name in listed}
+    known = _with_parents(listed)
+    remote = storage.is_remote(folder)
+    for name in _visible_names(folder):
+        if os.path.normpath(name) in listed and not remote:
+            # a folder at a part's name: that, not what it holds, is what to name
+            checks.refuse_folder_output(os.path.join(folder, name))
+        if os.path.normpath(name) in known:
+            continue
+        top = name.replace(os.sep, "/").split("/")[0]
+        raise InputError("is not part of this selection (its folder's marker does not "
+                         "list it), yet every reader of the folder would read it as the "
+                         "selection's (pandas and pyarrow read every file not under a "
+                         "'.' or '_' name, datasets every file not under a '.' name): "
+                         "move it away, or rename it to start with '.'",
+                         where=storage.join(folder, top) if remote
+                         else os.path.join(folder, top))
+
+
+def _refuse_foreign_data_of(kind: str, path: str, files: list[str]) -> None:
+    """:func:`refuse_foreign_data` for a folder read whole as data, when it is claimed:
+    before ``--overwrite`` deletes anything (it removed the old selection, then the writer
+    refused a user's file beside it, and the user had neither selection), and before a
+    resumed job's work."""
+    if kind in READ_AS_DATA:
+        refuse_foreign_data(path, files)
 
 
 def _refuse_special_listed(path: str, files: list[str]) -> None:
@@ -612,6 +697,7 @@ def _is_relative(name: str) -> bool:
 
 def _refuse_foreign(path: str) -> None:
     """A folder is ours when new, empty or marked; a file is never an output folder."""
+    _refuse_in_a_cache(path)
     if not os.path.exists(path):
         if os.path.islink(path):
             raise InputError("is a broken symbolic link; choose another output folder",
@@ -624,11 +710,6 @@ def _refuse_foreign(path: str) -> None:
         return
     foreign = sorted(name for name in os.listdir(path)
                      if not _holds_only_ours(os.path.join(path, name)))
-    if foreign and os.path.realpath(path) == os.path.realpath(fingerprint.cache_root()):
-        # a program that fitted before it wrote, with the cache pointed at its output
-        raise OutputConflictError(
-            f"{path} is dataselect's fingerprint cache (DATASELECT_CACHE or XDG_CACHE_HOME "
-            f"names it): choose another {_setting()}, or point the cache elsewhere")
     caches = [name for name in foreign if _is_a_cache(os.path.join(path, name))]
     if caches:  # a program that fitted before it wrote, with a cache set below its output
         raise OutputConflictError(
@@ -674,6 +755,31 @@ def _refuse_foreign_remote(url: str) -> None:
             f"{url} is not empty and was not written by dataselect (holds "
             f"{first_names(foreign)}); dataselect writes only into new, empty or its own "
             f"folders: choose another {_setting()}")
+
+
+_CACHE_SETTINGS = {"fingerprint": "DATASELECT_CACHE or XDG_CACHE_HOME",
+                   "model": "DATASELECT_MODEL_CACHE or XDG_CACHE_HOME"}
+
+
+def _refuse_in_a_cache(path: str) -> None:
+    """Refuse an output folder that is one of dataselect's cache folders or lies inside
+    one, whether it exists yet or not: a cache holds only its own entries, so the output
+    written there made every later use of the cache refused (the model cache "holds sel,
+    which dataselect did not write there") or silently skipped (the fingerprint cache).
+    A relative cache setting is not used, so it refuses nothing. The innermost cache is
+    named (the default model cache lies in the fingerprint cache's folder)."""
+    real = os.path.realpath(path)
+    roots = {"fingerprint": fingerprint.cache_root(), "model": fingerprint.model_cache_root()}
+    holding = [(which, cache) for which, cache in
+               ((which, os.path.realpath(root)) for which, root in roots.items()
+                if root.is_absolute())
+               if real == cache or real.startswith(cache.rstrip(os.sep) + os.sep)]
+    if holding:
+        which, cache = max(holding, key=lambda found: len(found[1]))
+        raise OutputConflictError(
+            f"{path} {'is' if real == cache else 'lies in'} dataselect's {which} cache "
+            f"{cache} ({_CACHE_SETTINGS[which]} names it), which holds only the cache's "
+            f"own entries: choose another {_setting()}, or point the cache elsewhere")
 
 
 def _is_a_cache(path: str) -> bool:

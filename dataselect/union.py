@@ -24,12 +24,11 @@ from dataselect.footer import (
     RECORD_JOB_KEY,
     PartOrigin,
     job_digest,
-    refuse_foreign_data,
     reusable,
 )
 from dataselect.hf import datasets_notes, write_hf
 from dataselect.layout import MANIFEST_FILE
-from dataselect.outdir import claim_output
+from dataselect.outdir import claim_output, refuse_foreign_data
 from dataselect.output import (
     OutputFormat,
     jsonable,

@@ -47,7 +47,6 @@ from dataselect.footer import (
     RECORD_JOB_KEY,
     PartOrigin,
     job_digest,
-    refuse_foreign_data,
     reusable,
 )
 from dataselect.hf import datasets_notes, write_hf
@@ -55,7 +54,7 @@ from dataselect.layout import MANIFEST_FILE, STATS_DIR
 from dataselect.manifest import package_versions
 from dataselect.metrics import kl_reduction
 from dataselect.ngrams import NgramHasher, masked_counts
-from dataselect.outdir import OutputFolder, claim_output
+from dataselect.outdir import OutputFolder, claim_output, refuse_foreign_data
 from dataselect.output import (
     OutputFormat,
     atomic_write,

@@ -54,9 +54,11 @@ from dataselect.fingerprint import (
     MODEL_MANIFEST,
     cache_foreign,
     content_hash,
+    fd_real_path,
     kept_path_holding,
     make_cache_folder,
     model_cache_root,
+    unknown_home_user,
 )
 from dataselect.output import read_json, write_json
 
@@ -95,6 +97,10 @@ def check_model_cache(root: Path, given: bool = False) -> None:
     cannot be skipped, so the folder is refused in one line naming the setting and the
     fix."""
     setting, fix = _cache_setting(given)
+    if not given and (user := unknown_home_user(root)) is not None:
+        raise InputError(f"the model cache folder ({setting}) starts with ~{user}, but this "
+                         f"system knows no user {user!r} whose home folder that would be: "
+                         "set it to an absolute folder of its own", where=str(root))
     if not given and not root.is_absolute():
         raise InputError(f"the model cache folder ({setting}) is a relative path, which "
                          "would put the cache wherever the command runs: set it to an "
@@ -195,7 +201,8 @@ def import_model(source: str | os.PathLike, out: str | os.PathLike | None = None
     if out is None:
         make_model_cache(root, given=cache is not None)  # once the GGUF is found good
         try:
-            return _import_to_cache(found, root, say)
+            with _opened_cache(root, given=cache is not None) as opened:
+                return _import_to_cache(found, opened, say, shown=root)
         except OSError as exc:
             if not _about(exc, root):
                 raise
@@ -462,15 +469,47 @@ def _gguf_on_disk(found: GgufSource, staging: Path) -> Iterator[Path]:
 
 # --- converting and publishing ---------------------------------------------------------
 
-def _import_to_cache(found: GgufSource, cache: Path, say: Progress) -> str:
+@contextlib.contextmanager
+def _opened_cache(root: Path, given: bool) -> Iterator[Path]:
+    """The model cache folder as a path that names the folder opened now, judged again as
+    that folder (its real path, the kernel's): ``/proc/self/fd/N`` on Linux, ``root``
+    elsewhere.
+
+    Why: :func:`check_model_cache` judged the folder by its path before the GGUF was
+    hashed; a conversion then writes hundreds of MB for a minute. A cache folder replaced
+    by a link to a pool meanwhile (another process) got the model, as the fingerprint
+    cache got entries (pass 15, g02). Every name the conversion writes, renames or locks
+    is reached through the open folder, which a link planted later cannot redirect. Your
+    own link to a cache folder elsewhere is still followed, when it is opened."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise cache_error(exc, root, given) from None
+    try:
+        real = fd_real_path(fd, str(root))
+        if real is None:
+            raise InputError("the model cache folder changed while it was being opened: "
+                             "rerun", where=str(root))
+        check_model_cache(Path(real), given)
+        opened = Path(f"/proc/self/fd/{fd}")
+        yield opened if os.path.isdir(opened) else root
+    finally:
+        os.close(fd)
+
+
+def _import_to_cache(found: GgufSource, cache: Path, say: Progress, shown: Path | None = None
+                     ) -> str:
+    """Convert ``found`` into the cache folder ``cache`` (named ``shown`` in what is said:
+    ``cache`` may be the open folder's ``/proc`` path), or reuse a conversion there."""
     target = cache / found.folder_name
+    named = (shown or cache) / found.folder_name
     if is_complete(target, found.sha256):
-        say(f"reusing {target}")
+        say(f"reusing {named}")
         return str(target.resolve())
     with _file_lock(cache / f"{found.folder_name}.lock", say, found.file_name):
         why = why_incomplete(target, found.sha256)
         if why is None:  # converted by whoever held the lock
-            say(f"reusing {target}")
+            say(f"reusing {named}")
             return str(target.resolve())
         for stale in cache.glob(f".tmp-{found.folder_name}-*"):
             # left by a killed conversion: only the names a conversion gives (a pid), so
@@ -480,11 +519,11 @@ def _import_to_cache(found: GgufSource, cache: Path, say: Progress) -> str:
         staging = cache / f".tmp-{found.folder_name}-{os.getpid()}"
         try:
             if os.path.lexists(target):
-                _check_replaceable(target)
-                say(f"converting again into {target}: {why}")
+                _check_replaceable(target, named)
+                say(f"converting again into {named}: {why}")
             _convert(found, staging, say)
             if os.path.lexists(target):
-                _replace_listed(target, staging, say)
+                _replace_listed(target, staging, say, named)
             else:
                 os.rename(staging, target)
         finally:
@@ -492,16 +531,16 @@ def _import_to_cache(found: GgufSource, cache: Path, say: Progress) -> str:
     return str(target.resolve())
 
 
-def _check_replaceable(target: Path) -> None:
+def _check_replaceable(target: Path, named: Path) -> None:
     """Refuse, before converting, a cache entry that is not a plain folder (a link, a
     file): nothing is written through it or in its place."""
     if target.is_symlink() or not target.is_dir():
         raise InputError("stands where dataselect keeps the converted model but is not a "
                          "folder of its own (a link or a file): move it away, then rerun",
-                         where=str(target))
+                         where=str(named))
 
 
-def _replace_listed(target: Path, staging: Path, say: Progress) -> None:
+def _replace_listed(target: Path, staging: Path, say: Progress, named: Path) -> None:
     """Put a new conversion (``staging``) into the old folder ``target`` of the cache,
     replacing only what dataselect wrote there: the files the old manifest lists and the
     names the new conversion writes. Anything else (a fine-tune ``mine/adapter.bin`` the
@@ -529,7 +568,7 @@ def _replace_listed(target: Path, staging: Path, say: Progress) -> None:
     kept = sorted(set(os.listdir(target)) - set(names))
     os.replace(staging / MANIFEST, target / MANIFEST)
     if kept:
-        say(f"kept {first_names(kept)} in {target}: not written by dataselect")
+        say(f"kept {first_names(kept)} in {named}: not written by dataselect")
 
 
 def _import_to_out(found: GgufSource, out: str, overwrite: bool, say: Progress) -> str:

@@ -27,12 +27,12 @@ from dataselect.corpus import DEFAULT_PARTITION_BYTES, Corpus, cached_name, read
 from dataselect.defaults import WORKER_KINDS
 from dataselect.errors import InputError
 from dataselect.features import check_feature_folder
-from dataselect.footer import job_digest, refuse_foreign_data
+from dataselect.footer import job_digest
 from dataselect.hf import check_hf_schema
 from dataselect.layout import PARSED_DIR, SCORES_DIR  # hidden from readers of out/
 from dataselect.ngram_store import store_name
 from dataselect.ngrams import NgramHasher
-from dataselect.outdir import OutputFolder, claim_output, input_roots
+from dataselect.outdir import OutputFolder, claim_output, input_roots, refuse_foreign_data
 from dataselect.output import OutputFormat, temporary_of, write_json
 from dataselect.policies import Budget, choose_rows, resolved_policy
 from dataselect.schemas import check_class_labels

@@ -276,7 +276,8 @@ def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
                 "targets": _target_files(recipe), "output_revision": OUTPUT_REVISION}
     return claim_output(recipe.output.path, "recipe", identity,
                         inputs=input_roots([*recipe.pool.paths, *targets]),
-                        overwrite=overwrite)
+                        overwrite=overwrite,
+                        before_replacing=lambda: _check_selection_folders(recipe, pool))
 
 
 def _added_columns(recipe: Recipe) -> tuple[str, ...]:

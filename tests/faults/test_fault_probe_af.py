@@ -12,6 +12,8 @@
 The conversion itself (transformers, a minute for a real GGUF) is replaced by a stand-in
 model whose ``save_pretrained`` writes small files: what is under test is what happens
 around it, and the manifest is still written by the importer's own code.
+
+From pass 15: the model cache replaced by a link while a GGUF is converted.
 """
 
 from __future__ import annotations
@@ -213,3 +215,49 @@ def test_model_import_prints_each_path_on_one_escaped_line(tmp_path, capsys, con
     assert any(line.startswith("reusing ") and line.endswith("o\\n\\u202ex")
                for line in err), err
     assert (out / "model.safetensors").read_bytes() == WEIGHTS
+
+
+# --- the model cache replaced by a link while a GGUF is converted (pass 15, g02's kin) ------
+
+
+def test_a_model_cache_swapped_for_a_link_during_a_conversion_gets_nothing(
+        tmp_path, monkeypatch, conversions):
+    """The cache was judged by its path before the GGUF was hashed, then written through
+    the path for the conversion's minute: a cache folder replaced by a link to a pool
+    meanwhile got the model. Now the conversion writes into the folder opened (and judged)
+    before it started."""
+    import os
+
+    from models import importer
+    from models.importer import import_model
+
+    cache, pool, moved = tmp_path / "mc", tmp_path / "pool", tmp_path / "mc-moved"
+    pool.mkdir()
+    (pool / "rows.jsonl").write_text('{"text": "a row"}\n')
+    load = importer._load_gguf
+
+    def swap_then_load(gguf, found):
+        os.rename(cache, moved)
+        cache.symlink_to(pool, target_is_directory=True)
+        return load(gguf, found)
+
+    monkeypatch.setattr(importer, "_load_gguf", swap_then_load)
+    folder = Path(import_model(_gguf(tmp_path / "m.gguf"), cache=cache))
+    assert sorted(p.name for p in pool.iterdir()) == ["rows.jsonl"]
+    assert folder.parent == moved and (folder / "model.safetensors").read_bytes() == WEIGHTS
+    assert len(conversions) == 1
+
+
+def test_a_cache_given_as_the_users_own_link_is_still_used(tmp_path, conversions):
+    from models.importer import import_model
+
+    real, link = tmp_path / "real-cache", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    lines: list[str] = []
+    first = import_model(_gguf(tmp_path / "m.gguf"), cache=link, progress=lines.append)
+    assert Path(first).parent == real and len(conversions) == 1
+    again = import_model(tmp_path / "m.gguf", cache=link, progress=lines.append)
+    assert again == first and len(conversions) == 1
+    assert not any("/proc/" in line for line in lines), lines
+    assert any(line.startswith(f"reusing {link}/") for line in lines), lines

@@ -171,7 +171,11 @@ def test_every_json_reader_refuses_deep_nesting_in_one_line(tmp_path, monkeypatc
     with pytest.raises(InputError, match=re.escape(INFO_FILE)):
         read_checkpoint_json(str(tmp_path / "ck"))
     key = ("x", 1, 2, 3, 4, 5)
-    monkeypatch.setattr(fingerprint, "_entry_path", lambda _: deep)
+    monkeypatch.setenv("DATASELECT_CACHE", str(tmp_path / "fc"))
+    monkeypatch.setattr(fingerprint, "_usable", {})
+    entry = fingerprint._entry_path(key)
+    entry.parent.mkdir(parents=True)
+    entry.write_text(DEEP)
     assert fingerprint._read_entry(key) is None
     hasher = NgramHasher()
     store = tmp_path / "ng"

@@ -1,0 +1,138 @@
+"""Hostile pass 15: ``--overwrite`` deleted the old output, then refused the new job.
+
+A finished selection folder to which the user had added a file (``notes.txt``, a folder
+``mine/``) was refused by the writer's "not part of this selection" check, but only after
+the claim had deleted the old selection's parts, manifest and statistics: the user was left
+with neither selection. The check now runs before anything is deleted, for a selection, a
+union, and each task of a recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import POOL_GLOB, TARGETS
+from fault_helpers import dsir_select, ran_ok, refused_run
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (hidden ones too) and a digest of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".dataselect.lock"}
+
+
+@pytest.mark.parametrize("planted", ["notes.txt", "mine/a.txt"])
+def test_overwrite_refuses_a_user_file_before_deleting_the_old_selection(tmp_path, capsys,
+                                                                         planted):
+    out = tmp_path / "o"
+    ran_ok(dsir_select(Path(POOL_GLOB), out, k=5), capsys)
+    (out / planted).parent.mkdir(exist_ok=True)
+    (out / planted).write_text("mine")
+    before = _contents(out)
+    assert "part-00000.parquet" in before and ".manifest.json" in before
+    refused_run(dsir_select(Path(POOL_GLOB), out, "--overwrite", k=7), capsys,
+                str(out / planted.split("/")[0]), "is not part of this selection")
+    assert _contents(out) == before  # the old selection whole, the user's file kept
+
+
+def test_a_resumed_job_refuses_a_user_file_before_any_work(tmp_path, capsys, monkeypatch):
+    from scorers.dsir import DSIR
+
+    out = tmp_path / "o"
+    ran_ok(dsir_select(Path(POOL_GLOB), out, k=5), capsys)
+    (out / "x.pq").write_text("mine")
+    monkeypatch.setattr(DSIR, "fit",
+                        lambda *a, **k: pytest.fail("fitted before the refusal"))
+    refused_run(dsir_select(Path(POOL_GLOB), out, k=5), capsys, str(out / "x.pq"))
+
+
+def test_the_api_overwrite_keeps_the_old_selection_when_refused(tmp_path):
+    from dataselect import read_corpus, select
+    from dataselect.errors import InputError
+    from scorers.dsir import DSIR
+
+    pool = read_corpus(POOL_GLOB)
+    target = read_corpus(str(TARGETS / "fortunes.jsonl"))
+    scores = DSIR(num_buckets=5000).fit(target, pool).score(pool)
+    out = tmp_path / "sel"
+    select.top_k(pool, scores, k=5).write(str(out), target=target)
+    (out / "README.md").write_text("mine")
+    before = _contents(out)
+    with pytest.raises(InputError, match=r"README\.md"):
+        select.top_k(pool, scores, k=9).write(str(out), target=target, overwrite=True)
+    assert _contents(out) == before
+
+
+def test_a_recipe_overwrite_keeps_every_task_when_one_holds_a_user_file(tmp_path, capsys):
+    recipe = {"name": "keep", "pool": {"paths": [POOL_GLOB], "text": "text"},
+              "targets": {"docs": {"paths": str(TARGETS / "python_docs.jsonl")},
+                          "fortunes": {"paths": str(TARGETS / "fortunes.jsonl")}},
+              "scorers": {"dsir": {"num_buckets": 5000}}, "selection": {"k": 20},
+              "output": {"path": str(tmp_path / "run")},
+              "cluster": {"workers": 1, "worker_kind": "threads"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    ran_ok(["run", str(path)], capsys)
+    run = tmp_path / "run"
+    planted = run / "tasks" / "fortunes" / "notes.txt"
+    planted.write_text("mine")
+    before = _contents(run)
+    recipe["selection"]["k"] = 30
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    refused_run(["run", str(path), "--overwrite"], capsys, str(planted))
+    assert _contents(run) == before  # neither task, nor the run's record, deleted
+
+
+def test_overwrite_without_a_user_file_still_replaces(tmp_path, capsys):
+    """The control: the check refuses only what the old job did not list."""
+    out = tmp_path / "o"
+    ran_ok(dsir_select(Path(POOL_GLOB), out, k=5), capsys)
+    ran_ok(dsir_select(Path(POOL_GLOB), out, "--overwrite", k=7), capsys)
+    assert sum(pq.read_metadata(part).num_rows for part in out.glob("part-*")) == 7
+
+
+# --- g04: an output folder inside one of dataselect's cache folders -----------------------
+
+
+@pytest.mark.parametrize("which", ["DATASELECT_CACHE", "DATASELECT_MODEL_CACHE", "both"])
+@pytest.mark.parametrize("inside", ["", "sel", "sel/deeper"])
+def test_an_output_in_a_cache_folder_is_refused_before_anything_is_made(
+        tmp_path, capsys, monkeypatch, which, inside):
+    """``--out CACHE/sel`` was taken: the cache then held a name that is not one of its
+    entries, so every later model import was refused ("holds sel, which dataselect did not
+    write there": it did) and the fingerprint cache went unused without a word."""
+    cache = tmp_path / "cache"
+    for name in ("DATASELECT_CACHE", "DATASELECT_MODEL_CACHE"):
+        monkeypatch.setenv(name, str(cache if which in (name, "both") else tmp_path / name))
+    out = cache / inside if inside else cache
+    kept = _contents(cache) if cache.exists() else None
+    line = refused_run(dsir_select(Path(POOL_GLOB), out), capsys, str(out), "cache",
+                       which if which != "both" else "DATASELECT_CACHE")
+    assert "lies in" in line or not inside
+    assert (_contents(cache) if cache.exists() else None) == kept
+    assert not out.exists() or not inside
+
+
+def test_model_import_into_the_model_cache_is_refused(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "mc"
+    monkeypatch.setenv("DATASELECT_MODEL_CACHE", str(cache))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    refused_run(["model", "import", str(gguf), "--out", str(cache / "mymodel")], capsys,
+                "DATASELECT_MODEL_CACHE", str(cache / "mymodel"))
+    assert not (cache / "mymodel").exists()
+
+
+def test_the_default_cache_under_home_refuses_an_output_inside_it(tmp_path, capsys,
+                                                                   monkeypatch):
+    for name in ("DATASELECT_CACHE", "DATASELECT_MODEL_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    out = tmp_path / "xdg" / "dataselect" / "models" / "sel"
+    refused_run(dsir_select(Path(POOL_GLOB), out), capsys, "XDG_CACHE_HOME", "model cache")
+    ran_ok(dsir_select(Path(POOL_GLOB), tmp_path / "xdg" / "elsewhere"), capsys)
+
