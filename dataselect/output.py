@@ -141,8 +141,15 @@ def write_to(table: pa.Table, sink: Any, fmt: OutputFormat) -> None:
     if fmt == "parquet":
         # page checksums: a byte flipped later (disk, copy) is an error when the file is
         # read back, not silently different text
-        pq.write_table(table, sink, compression="zstd", write_statistics=True,
-                       store_schema=True, write_page_checksum=True)
+        options = {"compression": "zstd", "write_statistics": True, "store_schema": True,
+                   "write_page_checksum": True}
+        if table.num_rows == 0:
+            # no row group at all: an empty one (what write_table makes of no rows) made
+            # datasets' Parquet loader fail on the whole folder ("BatchSize must be
+            # greater than 0"), and a selection at small k often has an empty part
+            pq.ParquetWriter(sink, table.schema, **options).close()
+            return
+        pq.write_table(table, sink, **options)
     else:
         with pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from dataselect import storage
+from dataselect import composition, storage
 from dataselect.composition import class_names, count_labels
 from dataselect.errors import InputError, one_line
 from dataselect.footer import RECORD_JOB_KEY, check_record_job, verified
@@ -59,7 +59,9 @@ from pipelines.report_input import (
 )
 
 MAX_POINTS = 200_000
-LABEL_COLUMNS = ("domain", "task", "subtask", "lang", "source")
+# the manifest's label columns first, in its order, so the plot shows the column the
+# manifest counted (a pool labelled only by `label` had counts and no plot), then others
+LABEL_COLUMNS = (*composition.LABEL_COLUMNS, "subtask", "lang", "source")
 TOP_LABELS = 10
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 

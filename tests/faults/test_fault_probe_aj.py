@@ -10,6 +10,7 @@ union, and each task of a recipe.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -136,3 +137,38 @@ def test_the_default_cache_under_home_refuses_an_output_inside_it(tmp_path, caps
     refused_run(dsir_select(Path(POOL_GLOB), out), capsys, "XDG_CACHE_HOME", "model cache")
     ran_ok(dsir_select(Path(POOL_GLOB), tmp_path / "xdg" / "elsewhere"), capsys)
 
+
+
+# --- an empty part (a partition with no selected row) read by datasets' Parquet loader ----
+
+
+def test_a_selection_with_an_empty_part_loads_with_datasets(tmp_path, capsys):
+    """A part with no rows was written as one empty row group, and ``datasets`` took that
+    group's 0 rows as its batch size: ``load_dataset("parquet", data_dir=OUT)`` failed on
+    the whole selection. An empty part now holds no row group."""
+    import datasets
+
+    out = tmp_path / "o"
+    ran_ok(dsir_select(Path(POOL_GLOB), out, k=1), capsys)
+    rows = {p.name: pq.read_metadata(p).num_rows for p in out.glob("part-*.parquet")}
+    assert sorted(rows.values())[0] == 0 and sum(rows.values()) == 1, rows
+    for kwargs in ({"path": "parquet", "data_dir": str(out)}, {"path": str(out)}):
+        loaded = datasets.load_dataset(**kwargs, split="train", cache_dir=str(tmp_path / "hf"))
+        assert loaded.num_rows == 1
+    assert pq.read_table(out).num_rows == 1
+
+
+def test_the_report_plots_the_label_column_the_manifest_counted(tmp_path, capsys):
+    """A pool labelled by ``label`` only: the manifest counted it, the report drew
+    nothing (its own list of label columns lacked ``label``)."""
+    from pipelines.report import write_report
+
+    table = pq.read_table(POOL_GLOB.replace("*.parquet", "part-00000.parquet"))
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(table.rename_columns(["label" if c == "domain" else c
+                                         for c in table.column_names]), pool)
+    out = tmp_path / "o"
+    ran_ok(dsir_select(pool, out, k=30), capsys)
+    counted = json.loads((out / ".manifest.json").read_text())["composition"]["column"]
+    page = Path(write_report(str(out)))
+    assert counted == "label" and (page.parent / "composition_label.png").is_file()
