@@ -346,14 +346,20 @@ def _plot_composition(folder: ReportFiles, dirs: dict[str, str], column: str,
 
 
 def _pool_labels(run: dict[str, Any], column: str) -> Counter:
-    """Label counts over the whole pool, read a partition at a time; for a selection
-    written without its pool's settings (the Python API), the counts its writer took."""
+    """Label counts over the whole pool: the counts the job's scoring pass took (every
+    label, in the manifest's ``composition``), which the report's check of the pool
+    (unchanged since the job) makes current. Only a column the manifest did not count
+    (more than ``MAX_LABELS`` labels, or a column outside its list) is counted by reading
+    the pool, a partition at a time. Why: the report read the whole pool again for counts
+    the job already held, a pass as long as scoring at web scale."""
     from dataselect.corpus import read_corpus
 
+    found = next(iter(run["tasks"].values()), {}).get("composition") or {}
+    if found.get("column") == column and isinstance(found.get("pool"), dict):
+        return Counter(found["pool"])
     spec = run["recipe"].get("pool")
-    if spec is None:
-        found = next(iter(run["tasks"].values())).get("composition") or {}
-        return Counter(found.get("pool", {}) if found.get("column") == column else {})
+    if spec is None:  # written without its pool's settings (the Python API)
+        return Counter()
     pool = read_corpus(spec["paths"], spec["text"], spec["id_field"],
                        max(1, int(spec["partition_mb"] * 2**20)))
     counts: Counter = Counter()

@@ -172,3 +172,24 @@ def test_the_report_plots_the_label_column_the_manifest_counted(tmp_path, capsys
     counted = json.loads((out / ".manifest.json").read_text())["composition"]["column"]
     page = Path(write_report(str(out)))
     assert counted == "label" and (page.parent / "composition_label.png").is_file()
+
+
+def test_the_report_takes_the_pools_label_counts_from_the_manifest(tmp_path, capsys,
+                                                                     monkeypatch):
+    """The job's scoring pass counted every label of the pool: the report no longer reads
+    the whole pool again for them; the counts are the pool's exactly."""
+    from collections import Counter
+
+    from dataselect.corpus import Corpus
+    from pipelines.report import write_report
+
+    out = tmp_path / "o"
+    ran_ok(dsir_select(Path(POOL_GLOB), out, k=30), capsys)
+    counted = json.loads((out / ".manifest.json").read_text())["composition"]
+    naive = Counter(pq.read_table(Path(POOL_GLOB).parent, columns=["domain"])
+                    ["domain"].to_pylist())
+    assert counted["column"] == "domain" and counted["pool"] == dict(naive)
+    monkeypatch.setattr(Corpus, "iter_tables",
+                        lambda *a, **k: pytest.fail("the report read the pool's rows"))
+    page = Path(write_report(str(out)))
+    assert (page.parent / "composition_domain.png").is_file()
