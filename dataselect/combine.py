@@ -97,6 +97,7 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
         if method == "zscore":
             count, mean, squares = merge_moments(p["moments"] for p in parts)
             std = math.sqrt(squares / count) if count else 0.0
+            _check_spread(s.name, mean, std)
             scales.append(_Scale(method, mean, std or 1.0))
         elif (ranks := _rank_files(s, runner, parts)) is not None:
             scales.append(_Scale(method, ranks=ranks))
@@ -110,6 +111,19 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
                    "inputs": [s.description for s in scores],
                    "pool": pool.fingerprint()}
     return _with_checked_ids(Scores("combined", pool, task, description), scores)
+
+
+def _check_spread(name: str, mean: float, std: float) -> None:
+    """Refuse scores whose mean or spread overflows a float (finite scores of ~1e303 have
+    an infinite sum of squares): every z-score would be NaN, and the selection refused
+    them as "score is nan" naming neither the scorer nor the combine. Ranks need no
+    moments, so they are the fix offered."""
+    if math.isfinite(mean) and math.isfinite(std):
+        return
+    raise InputError(f"scores of {name!r} are too large to combine by z-score (their "
+                     f"{'mean' if not math.isfinite(mean) else 'spread'} overflows a "
+                     "64-bit float): rescale that scorer's scores, or combine by rank "
+                     "(combine: {method: rank}; method=\"rank\" in Python)")
 
 
 def _with_checked_ids(combined: Scores, inputs: list[Scores]) -> Scores:

@@ -193,3 +193,32 @@ def test_the_report_takes_the_pools_label_counts_from_the_manifest(tmp_path, cap
                         lambda *a, **k: pytest.fail("the report read the pool's rows"))
     page = Path(write_report(str(out)))
     assert (page.parent / "composition_domain.png").is_file()
+
+
+# --- pass 16 g13: finite scores whose spread overflows the z-score combine ---------------
+
+
+@pytest.mark.parametrize("scale", [1e300, -1e307])
+def test_scores_too_large_for_zscore_are_refused_naming_the_scorer(tmp_path, scale):
+    """Finite scores of ~1e303 (a plug-in's) passed alone, but their sum of squares is
+    inf: every combined score was NaN, refused as "score is nan" naming no scorer. Ranks
+    combine them correctly."""
+    from conftest import write_jsonl
+    from scoring_helpers import FixedScorer
+
+    from dataselect import read_corpus, select
+    from dataselect.errors import InputError
+
+    rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(60)]
+    pool = read_corpus(str(write_jsonl(tmp_path / "p.jsonl", rows)), partition_bytes=400)
+    big = FixedScorer({f"u{i}": scale * (i % 7 + 1) for i in range(60)}, frozenset(),
+                      label="big").score(pool)
+    small = FixedScorer({f"u{i}": float(i % 5) for i in range(60)}, frozenset(),
+                        label="small").score(pool)
+    with pytest.raises(InputError, match=r"too large to combine by z-score.*method: rank") \
+            as caught:
+        select.combine([small, big], method="zscore")
+    assert big.name in str(caught.value) and "\n" not in str(caught.value)
+    ranked = select.combine([small, big], method="rank")
+    chosen = select.top_k(pool, ranked, k=5)
+    assert chosen.num_selected == 5
