@@ -192,7 +192,7 @@ def _expand_one(path: str) -> list[str]:
         splits, unlisted = datasetdict_splits(path)
         _note_unlisted(path, unlisted)
         return splits
-    files, skipped = [], set()
+    files, skipped, unread = [], set(), []
     # linked folders entered, as a ``**`` glob enters them; hidden ones are not entered
     for p in map(Path, storage.walk_local(path, enter=lambda name: not _hidden_name(name))):
         if _hidden(p, path):
@@ -204,7 +204,13 @@ def _expand_one(path: str) -> list[str]:
             raise InputError("a broken symbolic link in the folder: fix its target or "
                              "remove it", where=str(p))
         elif not detect_format(str(p), strict=False):
-            continue
+            if _data_like(p.name):
+                raise InputError(
+                    "is data in a format dataselect does not read, in a folder input: "
+                    "leaving it out would read the pool short; convert it to .jsonl[.gz|.zst"
+                    "|.bz2], .parquet or .arrow, or move it out of the folder", where=str(p))
+            if not in_cache_folder(p, path):
+                unread.append(str(p.relative_to(path)))
         elif (kind := checks.special_at(p, follow=True)) is not None:
             _refuse_special(str(p), kind)
         elif p.is_file():
@@ -212,7 +218,32 @@ def _expand_one(path: str) -> list[str]:
     if not files:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=path)
     _note_skipped(path, sorted(skipped))
+    _note_unread(path, sorted(unread))
     return files
+
+
+# a suffix naming a data format: such a file in a folder input is refused when it is not
+# one dataselect reads (``x.parq``, ``x.jsonl.xz``, ``x.arrows``, ``x.csv``), where it was
+# left out without a word and the job ran on part of the pool
+_DATA_WORDS = frozenset({"parquet", "parq", "pq", "arrow", "arrows", "ipc", "feather",
+                         "jsonl", "ndjson", "csv", "tsv", "avro", "orc"})
+
+
+def _data_like(name: str) -> bool:
+    return any(suffix.lstrip(".").lower() in _DATA_WORDS for suffix in Path(name).suffixes)
+
+
+def _note_unread(folder: str, names: list[str]) -> None:
+    """Say on stderr which files of a folder input are not read, being in no format
+    dataselect reads nor named like data (a ``README.md``, a ``LICENSE``): left out, as
+    ``datasets`` and pyarrow readers of the folder would not take them either, but never
+    silently."""
+    if not names or ("unread", folder) in _NOTED:
+        return
+    _NOTED.add(("unread", folder))
+    shown = ", ".join(names[:SHOWN_SKIPPED]) + (", ..." if len(names) > SHOWN_SKIPPED else "")
+    print(one_line(f"dataselect: note: {folder}: left out {len(names)} file(s) that are not "
+                   f"JSONL, Parquet or Arrow: {shown}"), file=sys.stderr)
 
 
 def _refuse_special(path: str, kind: str) -> None:

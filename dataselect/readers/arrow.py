@@ -10,7 +10,7 @@ from dataselect import storage
 from dataselect.readers.base import Piece, register
 from dataselect.readers.tabular import TabularReader, blocks_of
 
-ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+ARROW_SUFFIXES = (".arrow", ".arrows", ".feather", ".ipc")
 # what every Arrow IPC stream writer appends on close (continuation marker, length 0)
 ARROW_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 

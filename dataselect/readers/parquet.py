@@ -15,7 +15,7 @@ from dataselect import storage
 from dataselect.readers.base import Piece, reading, register
 from dataselect.readers.tabular import TabularReader, blocks_of, whole
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 
 @register

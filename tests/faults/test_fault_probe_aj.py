@@ -222,3 +222,68 @@ def test_scores_too_large_for_zscore_are_refused_naming_the_scorer(tmp_path, sca
     ranked = select.combine([small, big], method="rank")
     chosen = select.top_k(pool, ranked, k=5)
     assert chosen.num_selected == 5
+
+
+# --- pass 16 g11: a folder input's files in formats dataselect does not read -------------
+
+
+@pytest.mark.parametrize("name", ["h.jsonl.xz", "rows.CSV", "t.avro", "d.ndjson.lz4"])
+def test_a_data_file_a_folder_input_cannot_read_is_refused(tmp_path, capsys, name):
+    """Left out without a word, the pool was read short (150 of 450 rows, exit 0), while a
+    glob over the same files refused the first."""
+    import shutil
+
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    shutil.copy(Path(POOL_GLOB).parent / "part-00000.parquet", folder / "a.parquet")
+    (folder / name).write_bytes(b"rows in a format dataselect does not read")
+    refused_run(dsir_select(folder, tmp_path / "o"), capsys, str(folder / name),
+                "does not read", "move it out of the folder")
+    assert not (tmp_path / "o").exists()
+
+
+def test_parq_and_arrows_names_are_read(tmp_path, capsys):
+    """``.parq`` (fastparquet's) and ``.arrows`` (the Arrow stream's registered suffix)
+    were left out of a folder and refused by a glob: they are read now."""
+    import pyarrow as pa
+
+    table = pq.read_table(Path(POOL_GLOB).parent / "part-00000.parquet")
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 50), folder / "a.parq")
+    with pa.ipc.new_stream(folder / "b.arrows", table.schema) as stream:
+        stream.write_table(table.slice(50, 30))
+    for given in (folder, folder / "*"):
+        out = tmp_path / f"o{len(str(given))}"
+        ran_ok(dsir_select(given, out), capsys)
+        counts = json.loads((out / ".manifest.json").read_text())["counts"]
+        assert counts["rows_in"] == 80
+
+
+def test_other_files_a_folder_input_leaves_out_are_named(tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "mix"
+    (folder / "docs").mkdir(parents=True)
+    shutil.copy(Path(POOL_GLOB).parent / "part-00000.parquet", folder / "a.parquet")
+    (folder / "README.md").write_text("# my pool\n")
+    (folder / "docs" / "LICENSE").write_text("MIT\n")
+    ran_ok(dsir_select(folder, tmp_path / "o"), capsys)
+    rows = json.loads((tmp_path / "o" / ".manifest.json").read_text())["counts"]["rows_in"]
+    assert rows == pq.read_metadata(folder / "a.parquet").num_rows
+
+
+def test_the_left_out_note_names_every_file_once(tmp_path, capsys):
+    import shutil
+
+    from dataselect import read_corpus
+
+    folder = tmp_path / "mix"
+    (folder / "docs").mkdir(parents=True)
+    shutil.copy(Path(POOL_GLOB).parent / "part-00000.parquet", folder / "a.parquet")
+    (folder / "README.md").write_text("# my pool\n")
+    (folder / "docs" / "LICENSE").write_text("MIT\n")
+    read_corpus(str(folder))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
+    assert len(notes) == 1 and "2 file(s)" in notes[0], notes
+    assert "README.md" in notes[0] and "docs/LICENSE" in notes[0]
