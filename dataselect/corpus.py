@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataselect import checks
+from dataselect import checks, storage
 from dataselect.defaults import DEFAULT_PARTITION_BYTES
 from dataselect.errors import DuplicateIdError, EmptyCorpusError, InputError, first_names
 from dataselect.fingerprint import file_identity, keep_cache_out_of
@@ -134,14 +134,14 @@ class Corpus:
         it back 0.014 s. Memory stays per partition (the files are mapped, not held); the
         caller owns ``folder`` and deletes it when its passes are done.
         """
-        return replace(self, cache_dir=checks.check_path(folder, "folder"))
+        return replace(self, cache_dir=storage.absolute(checks.check_path(folder, "folder")))
 
     def with_ngram_store(self, folder: str) -> Corpus:
         """The same corpus, with ``folder`` to keep each partition's hashed n-grams in
         (:mod:`dataselect.ngram_store`): the pass that first hashes a partition saves its
         features there and later passes load them. The caller owns ``folder``; a replanned
         corpus does not carry it, since its partitions are other rows."""
-        return replace(self, ngram_dir=checks.check_path(folder, "folder"))
+        return replace(self, ngram_dir=storage.absolute(checks.check_path(folder, "folder")))
 
     def read_partition(self, index: int) -> pa.Table:
         """Rows of partition ``index`` with ``id``, ``_file`` and ``_row``; ids checked unique."""

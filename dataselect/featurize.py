@@ -92,7 +92,9 @@ def featurize(featurizer: Any, corpus: Corpus, folder: str, side: Side = "pool",
     """Write the features of every partition of ``corpus`` to ``folder``; return counts."""
     description = {**featurizer.feature_description(side), "side": side,
                    "corpus": corpus.fingerprint(), "npartitions": corpus.npartitions}
-    FeatureStore.create(folder, description, inputs=[*corpus.files, *corpus.roots])
+    # the store as claimed: absolute, since its parts are written where tasks run
+    folder = FeatureStore.create(folder, description,
+                                 inputs=[*corpus.files, *corpus.roots]).folder
     task = FeaturizePart(featurizer, corpus, folder, side)
     results = runner(f"features:{featurizer.name}",
                      partition_tasks(f"features-{featurizer.name}", task, corpus.npartitions))
@@ -138,7 +140,8 @@ def scores_via_store(scorer: Any, corpus: Corpus, folder: str) -> Scores:
     """
     description = {**scorer.feature_description("pool"), "side": "pool",
                    "corpus": corpus.fingerprint(), "npartitions": corpus.npartitions}
-    FeatureStore.create(folder, description, inputs=[*corpus.files, *corpus.roots],
-                        setting="-p features")
+    # the store as claimed: absolute, since its parts are written where tasks run
+    folder = FeatureStore.create(folder, description, inputs=[*corpus.files, *corpus.roots],
+                                 setting="-p features").folder
     task = ScoreFromStore(scorer, FeaturizePart(scorer, corpus, folder, "pool"))
     return Scores(scorer.name, corpus, task, scorer.describe(corpus))

@@ -59,9 +59,10 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
     for file in found:
         checks.check_utf8_name(file)
     # each file under the name the system listed it by: "L/../a.parquet" with L a link
-    # was listed in L's parent and read, as text, beside L (storage.through_links)
-    return _once_each([f if storage.is_remote(f) else storage.through_links(f)
-                       for f in found])
+    # was listed in L's parent and read, as text, beside L (storage.through_links); and
+    # absolute: the files are read where tasks run, and a cluster's workers run in
+    # folders of their own (storage.absolute)
+    return _once_each([storage.absolute(f) for f in found])
 
 
 def _expand_remote(spec: str) -> list[str]:

@@ -256,7 +256,10 @@ def make_output_folder(path: str) -> None:
 
 
 def normalize(path: str | os.PathLike) -> str:
-    """One spelling per folder (``out`` and ``out/`` are the same output)."""
+    """One spelling per folder (``out`` and ``out/`` are the same output), absolute: the
+    folder's files are written where tasks run, and a cluster's workers run in folders of
+    their own (``--scheduler``: a relative ``--out o`` had them write ``.scores/`` and
+    ``.stats/`` into their own ``o/``, never claimed; :func:`storage.absolute`)."""
     text = storage.local_form(os.fspath(path))
     if not text:
         raise InputError("output path is empty", field=_field())
@@ -264,7 +267,7 @@ def normalize(path: str | os.PathLike) -> str:
         return storage.normalize_url(text)
     # a ".." after a link as the system reads it (storage.through_links): "L/../sel" with
     # L -> pool/deep is pool/sel, as the inputs' checks read it, not ./sel
-    return os.path.normpath(storage.through_links(text))
+    return storage.absolute(text)
 
 
 @contextlib.contextmanager
@@ -1133,9 +1136,7 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
     when the job runs again."""
     roots = []
     for spec in specs:
-        spec = storage.local_form(os.fspath(spec))
-        if not storage.is_remote(spec):
-            spec = storage.through_links(spec)
+        spec = storage.absolute(os.fspath(spec))  # as expand_paths lists the files
         if not any(ch in spec for ch in "*?["):
             roots.append(spec)
             continue

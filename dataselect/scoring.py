@@ -898,7 +898,8 @@ class Scores:
                    ) -> Scores:
         """The scores a store (``Scores.write``, ``dataselect score``) holds for the
         pool ``corpus`` (a Corpus or its path); refused when the pool changed since."""
-        folder = checks.check_path(folder, "folder")
+        # absolute: its parts are read where tasks run (storage.absolute)
+        folder = storage.absolute(checks.check_path(folder, "folder"))
         corpus = as_corpus(corpus, "corpus")
         path = os.path.join(folder, STORE_MANIFEST)
         if not storage.isfile(path):

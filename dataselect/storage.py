@@ -142,6 +142,24 @@ def arrow_path(path: str | os.PathLike) -> str:
     return os.path.abspath(through_links(os.fspath(path)))
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """A path a job sends anywhere, made absolute here, on the client, as the system reads
+    it (a ``..`` after a link resolved: :func:`through_links`); a ``file:`` URL as the
+    path it names, any other URL as given, an empty path as given (refused where used).
+
+    Why: a relative path means the folder the process that opens it runs in. A cluster's
+    workers (``--scheduler``, a recipe's ``cluster.scheduler``) run in folders of their
+    own, so a relative ``--pool p --out o`` read the workers' ``p/`` and wrote the job's
+    ``.parsed/``, ``.scores/`` and ``.stats/`` into the workers' ``o/``, a folder never
+    claimed, outside ``--out``; and a pool found only here was refused as a missing file.
+    Every path is made absolute before planning, with a scheduler or not, so the
+    in-process runs read and write the very paths a cluster would."""
+    text = local_form(path)
+    if not text or is_remote(text):
+        return text
+    return os.path.abspath(through_links(text))
+
+
 def through_links(path: str) -> str:
     """A local path whose ``..`` the system and the text read alike: ``path`` itself when
     dropping each ``..`` with the name before it (as ``os.path.normpath``, ``abspath`` and

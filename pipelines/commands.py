@@ -10,6 +10,7 @@ cheap scorers' jobs import no torch, transformers, peft or faiss.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -62,22 +63,30 @@ PATH_ARGS = ("out", "pool", "target", "input", "recipe", "features", "index", "q
 
 
 def local_path_args(args: argparse.Namespace) -> None:
-    """Turn ``file:`` URLs in path arguments into the paths they name, in place: ``report
-    file:///abs/out`` looked for a folder named ``file:`` and said it held no output. A
-    ``..`` after a symbolic link is resolved as the system reads it
-    (:func:`dataselect.storage.through_links`): ``report L/../run`` locked the system's
-    folder and read, joining names as text, another."""
+    """Turn path arguments into absolute paths, in place (:func:`dataselect.storage.
+    absolute`): a ``file:`` URL into the path it names (``report file:///abs/out`` looked
+    for a folder named ``file:``), a ``..`` after a symbolic link as the system reads it
+    (``report L/../run`` locked the system's folder and read, joining names as text,
+    another), and a relative path from this folder: a ``--scheduler``'s workers read
+    ``--pool p`` and wrote ``--out o`` in the folders they run in. A model or source
+    that names no local path stays a name (``smollm2``, a shortcut)."""
     for name in PATH_ARGS:
         value = getattr(args, name, None)
         if isinstance(value, list):
-            setattr(args, name, [_local_path(item) for item in value])
+            setattr(args, name, [_local_path(item, name) for item in value])
         elif isinstance(value, str):
-            setattr(args, name, _local_path(value))
+            setattr(args, name, _local_path(value, name))
 
 
-def _local_path(value: str) -> str:
+# the arguments that may name something other than a local path (a model shortcut)
+NAME_ARGS = ("model", "source")
+
+
+def _local_path(value: str, name: str) -> str:
     text = storage.local_form(value)
-    return text if storage.is_remote(text) else storage.through_links(text)
+    if name in NAME_ARGS and os.sep not in text and not os.path.lexists(text):
+        return text  # a bare name that is no file here: a shortcut, or refused as missing
+    return storage.absolute(text)
 
 
 def check_flag_pairs(args: argparse.Namespace) -> None:

@@ -103,9 +103,11 @@ class SelectJob:
         checks.check_cluster(self.scheduler, {"workers": self.workers,
                                               "memory_limit": self.memory_limit,
                                               "worker_kind": self.worker_kind})
-        self.pool = checks.check_paths(self.pool, "pool")
+        self.pool = checks.check_paths(self.pool, "pool")  # read_corpus makes them absolute
         self.target = checks.check_paths(self.target, "target")
-        self.out = checks.check_path(self.out, "out")
+        # absolute before planning: a cluster's workers run in folders of their own
+        # (storage.absolute); a URL stays as given
+        self.out = storage.absolute(checks.check_path(self.out, "out"))
         checks.check_local_layout(self.out, self.save_to_disk)
         self._check_numbers()
 

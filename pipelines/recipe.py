@@ -472,6 +472,34 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     return recipe
 
 
+def absolute_paths(recipe: Recipe) -> Recipe:
+    """``recipe`` with its local paths absolute, in place (:func:`dataselect.storage.
+    absolute`): its pool, targets, eval rows, output folder, model folders and scorers'
+    feature stores and checkpoints. A run makes them so before planning; loading keeps
+    them as written, for its messages.
+
+    Why: a recipe's ``cluster.scheduler`` runs its tasks on workers in folders of their
+    own, where a relative ``pool.paths`` named another file (or none: "cannot fingerprint
+    the file") and a relative output folder another folder."""
+    recipe.pool.paths = [storage.absolute(p) for p in recipe.pool.paths]
+    for spec in recipe.targets.values():
+        spec.paths = [storage.absolute(p) for p in spec.paths]
+        spec.eval = [storage.absolute(p) for p in spec.eval]
+    recipe.output.path = storage.absolute(recipe.output.path)
+    for spec in recipe.models.values():
+        if spec.path and not is_shortcut(spec.path):
+            spec.path = storage.absolute(spec.path)
+    for params in recipe.scorers.values():
+        for key in ("features", "checkpoints"):
+            value = params.get(key)
+            if isinstance(value, str) and value:
+                params[key] = storage.absolute(value)
+            elif isinstance(value, list):
+                params[key] = [storage.absolute(v) if isinstance(v, str) and v else v
+                               for v in value]
+    return recipe
+
+
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = raw

@@ -73,7 +73,7 @@ from dataselect.writer import ADDED_COLUMNS, output_schema
 from pipelines.cluster import dask_client
 from pipelines.jobs import OUTPUT_REVISION, parsed_once
 from pipelines.progress import ProgressRunner, StageTiming
-from pipelines.recipe import Recipe, TinyModelSpec, recipe_dict
+from pipelines.recipe import Recipe, TinyModelSpec, absolute_paths, recipe_dict
 from pipelines.recipe_attribution import run_attributions
 from pipelines.summary import print_fit_details, print_summary
 from scorers import SCORERS, build_scorer
@@ -85,6 +85,7 @@ def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
     console = console or Console()
     started = time.perf_counter()
     timings: list[StageTiming] = []
+    absolute_paths(recipe)  # before planning: a cluster's workers run in folders of their own
     # the fingerprint cache never lands in what the recipe reads or writes
     keep_cache_out_of([*recipe.pool.paths, *(p for t in recipe.targets.values() for p in t.paths),
                        recipe.output.path, *(m.path for m in recipe.models.values() if m.path)],

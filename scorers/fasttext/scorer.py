@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataselect import checks
+from dataselect import checks, storage
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
 from dataselect.execution import Runner, default_runner, step_progress
@@ -257,7 +257,7 @@ class FastText(Scorer):
         return self
 
     def _check_given_model(self) -> FastText:
-        path = os.path.abspath(str(self.model))
+        path = storage.absolute(str(self.model))  # as the system reads it, for the workers
         model = _load(path)
         labels = list(model.get_labels())
         if not labels or not str(labels[0]).startswith(LABEL_PREFIX):

@@ -175,7 +175,9 @@ def test_the_rerun_of_a_star_glob_job_no_longer_reads_its_output(tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     _small_pool(tmp_path / "g")
     for _ in range(2):
-        refused_run(dsir_select("g/*", Path("g/sel"), k=5), capsys, "the input glob g/*")
+        # the glob as the job reads it: absolute (pass 16, g12)
+        refused_run(dsir_select("g/*", Path("g/sel"), k=5), capsys,
+                    f"the input glob {tmp_path / 'g' / '*'}")
 
 
 # --- file://LOCALHOST/ ------------------------------------------------------------------
