@@ -345,6 +345,9 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
     console = console or Console()
     started = time.perf_counter()
     settings.check()
+    # absolute: each training writes below it where it runs, and a --scheduler's workers
+    # run in folders of their own (storage.absolute)
+    out = normalize(out)
     _read_run(out)  # a folder that holds no finished run is refused before it is locked
     # every file written below is listed in the run folder's marker first: a file of the
     # user's at one of those names is refused, not replaced, and ``run --overwrite``

@@ -136,21 +136,23 @@ def test_a_recipe_on_a_scheduler_reads_and_writes_beside_the_client(job, capsys)
 
 
 def test_the_python_api_sends_absolute_paths(job):
-    """read_corpus and Scores.write under a client of the cluster: the corpus lists
-    absolute files, and the store is written beside the client, not the workers."""
+    """read_corpus, Scores.write and Selection.write under a client of the cluster: the
+    corpus lists absolute files, and the store and the selection are written beside the
+    client, not the workers (the fixture checks their folder)."""
     from distributed import Client
 
-    from dataselect import read_corpus
+    from dataselect import read_corpus, select
     from scorers import DSIR
 
-    address, client_cwd, worker_cwd = job
+    address, client_cwd, _ = job
     pool = read_corpus("p")
     assert pool.files == [str(client_cwd / "p" / "pool.parquet")]
     with Client(address):
         scores = DSIR().fit(read_corpus(str(TARGETS / "fortunes.jsonl")), pool).score(pool)
         stored = scores.write("s")
-    assert stored.npartitions == pool.npartitions
-    assert (client_cwd / "s").is_dir() and not (worker_cwd / "s").exists()
+        select.top_k(pool, stored, k=7).write("sel")
+    assert stored.npartitions == pool.npartitions and (client_cwd / "s").is_dir()
+    assert len(_ids(client_cwd / "sel")) == 7
 
 
 def test_command_paths_are_absolute_and_names_stay_names(tmp_path, monkeypatch):
