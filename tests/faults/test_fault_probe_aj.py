@@ -19,6 +19,8 @@ import yaml
 from conftest import POOL_GLOB, TARGETS
 from fault_helpers import dsir_select, ran_ok, refused_run
 
+from pipelines.cli import main
+
 
 def _contents(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` (hidden ones too) and a digest of its bytes."""
@@ -260,7 +262,7 @@ def test_parq_and_arrows_names_are_read(tmp_path, capsys):
         assert counts["rows_in"] == 80
 
 
-def test_other_files_a_folder_input_leaves_out_are_named(tmp_path, capsys):
+def test_other_files_a_folder_input_leaves_out_are_named_once(tmp_path, capsys):
     import shutil
 
     folder = tmp_path / "mix"
@@ -268,22 +270,9 @@ def test_other_files_a_folder_input_leaves_out_are_named(tmp_path, capsys):
     shutil.copy(Path(POOL_GLOB).parent / "part-00000.parquet", folder / "a.parquet")
     (folder / "README.md").write_text("# my pool\n")
     (folder / "docs" / "LICENSE").write_text("MIT\n")
-    ran_ok(dsir_select(folder, tmp_path / "o"), capsys)
+    code = main(dsir_select(folder, tmp_path / "o"))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
+    assert code == 0 and len(notes) == 1 and "2 file(s)" in notes[0], notes
+    assert "README.md" in notes[0] and "docs/LICENSE" in notes[0]
     rows = json.loads((tmp_path / "o" / ".manifest.json").read_text())["counts"]["rows_in"]
     assert rows == pq.read_metadata(folder / "a.parquet").num_rows
-
-
-def test_the_left_out_note_names_every_file_once(tmp_path, capsys):
-    import shutil
-
-    from dataselect import read_corpus
-
-    folder = tmp_path / "mix"
-    (folder / "docs").mkdir(parents=True)
-    shutil.copy(Path(POOL_GLOB).parent / "part-00000.parquet", folder / "a.parquet")
-    (folder / "README.md").write_text("# my pool\n")
-    (folder / "docs" / "LICENSE").write_text("MIT\n")
-    read_corpus(str(folder))
-    notes = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
-    assert len(notes) == 1 and "2 file(s)" in notes[0], notes
-    assert "README.md" in notes[0] and "docs/LICENSE" in notes[0]
