@@ -296,11 +296,16 @@ def size(path: str) -> int:
 
 def names_below(url: str) -> list[str]:
     """Every object below the folder ``url``, as names relative to it (``a/b.parquet``),
-    sorted; empty when there is none (an object store has no empty folders)."""
+    sorted; empty when there is none (an object store has no empty folders). The folder's
+    own placeholder key (``o/``, the empty object the AWS console or ``rclone mkdir``
+    writes to show a folder) is no name below it: it made a new output folder "not empty
+    (holds )", and refusals in a finished one named ``s3://b/o/`` instead of the user's
+    object. A placeholder further down (``o/sub/``) is named as that folder."""
     with reaching(url):
         fs, path = _fresh(url)
         base = path.rstrip("/") + "/"
-        return sorted(p[len(base):] for p in fs.find(path) if p.startswith(base))
+        return sorted(name for name in (p[len(base):] for p in fs.find(path)
+                                        if p.startswith(base)) if name)
 
 
 def join(url: str, name: str) -> str:

@@ -244,3 +244,24 @@ def test_rank_combination_of_stores_in_s3_sorts_on_the_workers(bucket, tmp_path,
     left = [n for n in objects(fs, f"{name}/stores/0") if n.startswith(".ranks/")]
     assert left == [f".ranks/part-{p:05d}.rank.f64" for p in range(pool.npartitions)]
     assert pool.npartitions > 2
+
+
+def test_a_folder_placeholder_key_is_no_object_of_the_user(bucket, capsys, tmp_path,
+                                                           monkeypatch):
+    """The empty key ``o/`` that the AWS console or ``rclone mkdir`` writes to show a
+    folder: the output folder was refused as "not empty (holds )", and in a finished one a
+    refusal named ``s3://b/o/`` instead of the user's object."""
+    fs, name = bucket
+    monkeypatch.chdir(tmp_path)
+    fs.call_s3("put_object", Bucket=name, Key="o/", Body=b"")
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"r{i}", "text": f"row number {i}"}
+                                                  for i in range(40)])
+    argv = ["select", "--scorer", "dsir", "--pool", str(pool), "--target", str(TARGET),
+            "--workers", "1", "--worker-kind", "threads", "--out", f"s3://{name}/o"]
+    assert main([*argv, "--k", "5"]) == 0, capsys.readouterr().err
+    fs.pipe_file(f"{name}/o/notes.txt", b"mine")
+    capsys.readouterr()
+    assert main([*argv, "--k", "6", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"s3://{name}/o/notes.txt" in err, err
+    assert fs.cat_file(f"{name}/o/notes.txt") == b"mine"
