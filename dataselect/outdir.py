@@ -193,18 +193,25 @@ class OutputFolder:
 # scorer's feature store, -p features), which the same code claims
 _SETTING: contextvars.ContextVar[str] = contextvars.ContextVar("dataselect_output_setting",
                                                               default="--out")
+# the field an error names for it, where not the setting's last word (``output.path`` for
+# ``output.path (r.yaml)``)
+_FIELD: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "dataselect_output_field", default=None)
 
 
 @contextlib.contextmanager
-def naming_setting(setting: str) -> Iterator[None]:
-    """Name ``setting`` (``-p features``) instead of ``--out`` in the refusals of the
-    claims and checks made inside: a feature store's folder is claimed by the code that
-    claims an output folder, and its line said "choose another --out", which sent a user
-    to change a setting that was fine."""
+def naming_setting(setting: str, field: str | None = None) -> Iterator[None]:
+    """Name ``setting`` (``-p features``, a recipe's ``output.path (r.yaml)``) instead of
+    ``--out`` in the refusals of the claims and checks made inside, with ``field`` (else
+    the setting's last word) as their field: a feature store's folder is claimed by the
+    code that claims an output folder, and its line said "choose another --out", which
+    sent a user to change a setting that was fine (or one they never gave)."""
     token = _SETTING.set(setting)
+    field_token = _FIELD.set(field)
     try:
         yield
     finally:
+        _FIELD.reset(field_token)
         _SETTING.reset(token)
 
 
@@ -214,7 +221,7 @@ def _setting() -> str:
 
 def _field() -> str:
     """The setting as an error's field (``out``, ``features``)."""
-    return _SETTING.get().split()[-1].lstrip("-")
+    return _FIELD.get() or _SETTING.get().split()[-1].lstrip("-")
 
 
 def check_claimable(path: str | os.PathLike, kind: str, inputs: Iterable[str] = ()) -> None:
@@ -977,11 +984,21 @@ FILE_OWNER_KEY = b"dataselect"
 
 def check_output_file(path: str | os.PathLike, kind: str, inputs: Iterable[str] = ()) -> str:
     """An output that is one Parquet file (attribution rows) may replace only a file of
-    the same kind that dataselect wrote (its schema metadata says so), never an input."""
+    the same kind that dataselect wrote (its schema metadata says so), never an input.
+
+    It is refused, as an output folder is, inside either cache folder: a file written
+    there made the model cache refuse every later use ("holds a.parquet, which dataselect
+    did not write there") and the fingerprint cache silently unused. It is refused at a
+    symbolic link too (to dataselect's own file or not): the file is written beside the
+    name and renamed over it, so the link was replaced by a file while the user expected
+    the file it leads to to change; dataselect writes an output only at a name of its own,
+    as it refuses a link inside an output folder."""
     path = normalize(path)
     refuse_overlap(path, inputs)
     if storage.is_remote(path):
         _refuse_local_only(path, kind)
+    else:
+        _refuse_in_a_cache(path)
     refuse_inside_outputs(path)
     if os.path.isdir(path):
         raise InputError("is a folder; give a file name for this output (e.g. out.parquet)",
@@ -991,11 +1008,24 @@ def check_output_file(path: str | os.PathLike, kind: str, inputs: Iterable[str] 
         raise InputError(f"is not a regular file ({kind_found}); dataselect replaces only "
                          f"its own output files: choose another {_setting()}", where=path,
                          field=_field())
+    if os.path.islink(path):
+        raise _file_link_error(path)
     if os.path.lexists(path) and _file_owner(path) != kind:
         raise OutputConflictError(
             f"{path} exists and is not {_article(kind)} {kind} file written by dataselect; "
             f"choose another {_setting()} (dataselect replaces only its own output files)")
     return path
+
+
+def _file_link_error(path: str) -> OutputConflictError:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return OutputConflictError(
+        f"{path} is a symbolic link (to {target}); dataselect writes an output file only "
+        "at a name of its own, never through a link (it would replace the link with a "
+        f"file): remove the link, or choose another {_setting()}")
 
 
 def _article(word: str) -> str:
