@@ -14,6 +14,7 @@ Each prints a summary table at the end, like the selection jobs.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -29,10 +30,16 @@ from attribution.output import write_attribution_matrix, write_attributions
 from attribution.scores import Scores
 from attribution.settings import build_settings, typed_settings
 from dataselect.corpus import Corpus
-from dataselect.errors import InputError
+from dataselect.errors import InputError, one_line
 from dataselect.features import FeatureStore, combine_views
 from dataselect.featurize import SIDES, Side, featurize
-from dataselect.outdir import check_output_file, locked_output, normalize, refuse_overlap
+from dataselect.outdir import (
+    check_claimable,
+    check_output_file,
+    locked_output,
+    normalize,
+    refuse_overlap,
+)
 from dataselect.params import settings_from_text
 from dataselect.sampling import id_hashes
 from models.warmup_config import WarmupConfig, sample_pool
@@ -127,6 +134,28 @@ def build_index(features: str, out: str, kind: IndexKind = "flat",
     return index
 
 
+def check_attributions_out(out: str, k: int | None, inputs: list[str]) -> None:
+    """Refuse, before any work (reading the pool, loading a model, computing a score),
+    an ``--out`` the job could not write: for ``k`` None (``-k all``) the dense folder as
+    its claim will check it (a folder of the user's, one in a cache, a file), else the
+    Parquet file (:func:`dataselect.outdir.check_output_file`).
+
+    Why: the dense folder was checked only when claimed, after every score was computed
+    (hours on a real model), while the file was checked first; both are checked here."""
+    if k is None:
+        check_claimable(out, "attributions", inputs)
+    else:
+        check_output_file(out, "attributions", inputs)
+
+
+def note_k_over_rows(k: int | None, rows: int, setting: str = "-k") -> None:
+    """Say, on stderr, that ``k`` asks for more rows per query than there are: every row
+    is ranked for each query, in the same ``(query_id, rank, train_id, score)`` rows."""
+    if k is not None and k > rows:
+        print(one_line(f"dataselect: note: {setting} {k} is more than the {rows} training "
+                       f"rows; each query ranks all {rows}"), file=sys.stderr)
+
+
 def _write_scores(scores: Scores, dense: bool, k: int | None, out: str,
                   inputs: list[str]) -> int:
     """Write every score (``dense``) or the top ``k`` per query; the rows (or cells)
@@ -158,8 +187,7 @@ def search_index(index_folder: str, queries: str, k: int | None, out: str,
     """Top-k rows of the index for every row of a query feature store."""
     started = time.perf_counter()
     inputs = [index_folder, queries]
-    if k is not None:
-        check_output_file(out, "attributions", inputs)  # before any work
+    check_attributions_out(out, k, inputs)  # before any work
     index = FeatureIndex.load(index_folder)
     store = _open_side(queries, "query")
     check_compatible(index, store.description, queries)
@@ -170,8 +198,9 @@ def search_index(index_folder: str, queries: str, k: int | None, out: str,
         vectors.append(combine_views(matrix, weights))
     if not ids:
         raise InputError("the query feature store has no finished parts", where=queries)
-    return _write_attributions(search(index, ids, vectors), k, out, "search", started,
-                               console, inputs)
+    scores = search(index, ids, vectors)
+    note_k_over_rows(k, len(index.ids))
+    return _write_attributions(scores, k, out, "search", started, console, inputs)
 
 
 def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: int | None,
@@ -181,16 +210,16 @@ def run_attribute_job(featurizer: Any, queries: Corpus, index_folder: str, k: in
     searched in the pool's index (:class:`attribution.less.LessCosine`)."""
     started = time.perf_counter()
     inputs = [index_folder, *queries.files, *queries.roots, *model_paths(featurizer)]
-    if k is not None:
-        check_output_file(out, "attributions", inputs)  # before any work
+    check_attributions_out(out, k, inputs)  # before any work
     method = LessCosine(IndexSettings(index_folder, featurizer))
     views = [queries.scoring_view(table, method.response_spans)
              for table in queries.iter_tables()]
     if not sum(view.num_rows for view in views):
         raise InputError("no query examples", where=", ".join(queries.files))
     queries.check_unique_ids([id_hashes(view["id"]) for view in views])
-    return _write_attributions(checked_attribute(method, None, views), k, out, "attribute",
-                               started, console, inputs)
+    scores = checked_attribute(method, None, views)
+    note_k_over_rows(k, len(scores.train_ids))
+    return _write_attributions(scores, k, out, "attribute", started, console, inputs)
 
 
 def _views(corpus: Corpus, response_spans: bool) -> tuple[list[str], pa.Table]:
@@ -213,29 +242,41 @@ def run_influence_job(method: str, params: dict[str, str], pool: Corpus, queries
                       ) -> dict[str, Any]:
     """``attribute --method M`` for a method that reads the pool (trak, tracin, bif or a
     plug-in's): its scores of the pool for the queries, computed here in one process. With
-    ``k`` below the pool's size, the top-k rows per query as Parquet; with ``k`` None or at
-    least the pool's size, the dense float32 ``(pool rows, queries)`` matrix folder
-    (:func:`attribution.output.write_attribution_matrix`)."""
-    attributor = build_attributor(method, typed_settings(method, params, text=True))
+    ``k`` a number, the top-k rows per query as Parquet (every row per query where ``k``
+    is at least the pool's size); with ``k`` None (``-k all``), the dense float32
+    ``(pool rows, queries)`` matrix folder
+    (:func:`attribution.output.write_attribution_matrix`).
+
+    ``--out`` is checked before the method is built: building it checks the model folder
+    (seconds of imports and loading), and a refused output came only after that."""
+    settings = build_settings(method, typed_settings(method, params, text=True))
+    check_attributions_out(out, k, [*pool.files, *pool.roots, *queries.files,
+                                    *queries.roots, *model_paths(settings)])
+    attributor = ATTRIBUTIONS[method](settings)
     return write_influence(attributor, pool, queries, k, out, console)
 
 
 def write_influence(attributor: Attributor, pool: Corpus, queries: Corpus, k: int | None,
-                    out: str, console: Console | None = None, summary: bool = True
-                    ) -> dict[str, Any]:
+                    out: str, console: Console | None = None, summary: bool = True,
+                    k_setting: str = "-k") -> dict[str, Any]:
     """:func:`run_influence_job` with the method built; ``summary=False`` leaves the stage
-    table to the caller (a recipe prints one for the whole run)."""
+    table to the caller (a recipe prints one for the whole run, and names its setting
+    ``k_setting`` in the note for a ``k`` above the pool's rows).
+
+    Only ``k`` None writes the dense folder. A ``k`` at least the pool's size wrote it too,
+    at the name given for the Parquet file (``a.parquet`` a folder, unreadable by pandas,
+    exit 0); it now gives every row per query as the same top-k rows, with a note."""
     started = time.perf_counter()
     method = attributor.name
     inputs = [*pool.files, *pool.roots, *queries.files, *queries.roots,
               *model_paths(attributor.settings)]
+    check_attributions_out(out, k, inputs)  # before any work
     pool_ids, pool_view = _views(pool, attributor.response_spans)
     query_ids, query_view = _views(queries, attributor.response_spans)
-    dense = k is None or k >= len(pool_ids)
-    if not dense:
-        check_output_file(out, "attributions", inputs)  # before any work
-    rows_out = _write_scores(checked_attribute(attributor, pool_view, [query_view]), dense, k,
-                             out, inputs)
+    dense = k is None
+    scores = checked_attribute(attributor, pool_view, [query_view])
+    note_k_over_rows(k, len(pool_ids), k_setting)  # once computed: a failed job needs none
+    rows_out = _write_scores(scores, dense, k, out, inputs)
     seconds = time.perf_counter() - started
     if summary:
         print_summary(console, f"attribute:{method}",

@@ -32,8 +32,9 @@ def selected_corpus(out: str, recipe: Recipe, task: str) -> Corpus | None:
 
 
 def attribution_path(out: str, recipe: Recipe, task: str) -> str:
-    """``attribution/<task>.parquet`` (top-k rows), or the dense folder
-    ``attribution/<task>/`` for ``k: all``."""
+    """``attribution/<task>.parquet`` (top-k rows, every selected row per query where
+    ``k`` is at least their number), or the dense folder ``attribution/<task>/`` for
+    ``k: all`` only."""
     name = task if recipe.attribution.k == "all" else f"{task}.parquet"
     return os.path.join(out, ATTRIBUTION_DIR, name)
 
@@ -63,7 +64,7 @@ def run_attributions(recipe: Recipe, out: str, models: dict[str, str],
         path = attribution_path(out, recipe, task)
         done = write_influence(attributor, training, queries,
                                None if spec.k == "all" else spec.k, path, console,
-                               summary=False)
+                               summary=False, k_setting="attribution.k")
         record[task] = {"path": os.path.relpath(path, out), **done}
         timings.append(StageTiming(f"attribute:{spec.method}:{task}", done["queries"],
                                    time.perf_counter() - started))
