@@ -187,6 +187,7 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
     """The warmup, features, index and attribute commands."""
     from attribution import ATTRIBUTIONS
     from dataselect.corpus import read_corpus
+    from dataselect.outdir import check_claimable
     from pipelines import feature_jobs
 
     if args.command == "warmup":
@@ -200,6 +201,8 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
     elif args.command == "features":
         corpus = read_corpus(args.input, args.text_field, args.id_field,
                              max(1, int(args.partition_mb * 2**20)))
+        # before the scorer is built (it loads its model): a refused --out comes first
+        check_claimable(args.out, "features", [*corpus.files, *corpus.roots])
         featurizer = _featurizer(args)
         feature_jobs.run_features_job(featurizer, corpus, args.out, args.side, args.scheduler,
                                       args.workers, args.memory_limit, console)
@@ -222,6 +225,9 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
             raise InputError(f"--method {args.method} needs --scorer and --index",
                              field="--index")
         queries = read_corpus(args.queries, args.text_field, args.id_field)
+        # before the scorer is built (it loads its model): a refused --out comes first
+        feature_jobs.check_attributions_out(args.out, args.k,
+                                            [args.index, *queries.files, *queries.roots])
         featurizer = _featurizer(args)
         feature_jobs.run_attribute_job(featurizer, queries, args.index, args.k, args.out,
                                        console)
@@ -245,13 +251,15 @@ def run_recipe_command(args: argparse.Namespace, console: Console) -> None:
         from pipelines.recipe import load_recipe
         from pipelines.run_recipe import run_recipe
 
+        out_flag = args.out is not None  # else the recipe's output.path names the folder
         recipe = load_recipe(args.recipe, {"output.path": args.out,
                                            "cluster.scheduler": args.scheduler,
                                            "cluster.workers": args.workers,
                                            "output.save_to_disk": args.save_to_disk})
         # the folder an error line names (a full disk, a file-size limit), as --out does
         args.out = recipe.output.path
-        run_recipe(recipe, args.recipe, overwrite=args.overwrite, console=console)
+        run_recipe(recipe, args.recipe, overwrite=args.overwrite, console=console,
+                   out_flag=out_flag)
         console.print(f"wrote {one_line(recipe.output.path)}/ (datasets: tasks/<task>/ and "
                       "union/; record: .run.json)", markup=False)
     elif args.command == "eval":

@@ -80,9 +80,26 @@ from scorers import SCORERS, build_scorer
 
 
 def run_recipe(recipe: Recipe, recipe_file: str = "", overwrite: bool = False,
-               console: Console | None = None) -> dict[str, Any]:
-    """Run every stage of ``recipe``; return what is written to ``<out>/.run.json``."""
-    console = console or Console()
+               console: Console | None = None, out_flag: bool = False) -> dict[str, Any]:
+    """Run every stage of ``recipe``; return what is written to ``<out>/.run.json``.
+
+    The refusals of the run's folders (its root, tasks, union, attribution files) name
+    the setting that gave the folder: ``--out`` where ``out_flag`` says the command line
+    gave it, else the recipe's ``output.path`` and its file. They said "choose another
+    --out" to a user who had given none."""
+    with naming_setting(output_setting(recipe_file, out_flag), "output.path"):
+        return _run_recipe(recipe, recipe_file, overwrite, console or Console())
+
+
+def output_setting(recipe_file: str, out_flag: bool = False) -> str:
+    """How a refusal names the setting that gave a recipe's output folder."""
+    if out_flag:
+        return "--out"
+    return f"output.path ({one_line(recipe_file)})" if recipe_file else "output.path"
+
+
+def _run_recipe(recipe: Recipe, recipe_file: str, overwrite: bool,
+                console: Console) -> dict[str, Any]:
     started = time.perf_counter()
     timings: list[StageTiming] = []
     absolute_paths(recipe)  # before planning: a cluster's workers run in folders of their own
@@ -260,10 +277,18 @@ def _check_selection_folders(recipe: Recipe, pool: Corpus) -> None:
         return
     inputs = [*pool.files, *pool.roots]
     folders = [(os.path.join(out, TASKS_DIR, task), "selection") for task in recipe.targets]
-    with naming_setting("output.path"):
-        for folder, kind in [*folders, (os.path.join(out, UNION_DIR), "union")]:
-            if os.path.lexists(folder):
-                check_claimable(folder, kind, inputs)
+    for folder, kind in [*folders, (os.path.join(out, UNION_DIR), "union")]:
+        if os.path.lexists(folder):
+            check_claimable(folder, kind, inputs)
+    if recipe.attribution is not None:
+        from pipelines.feature_jobs import check_attributions_out
+        from pipelines.recipe_attribution import attribution_path
+
+        k = recipe.attribution.k
+        for task in recipe.targets:
+            path = attribution_path(out, recipe, task)
+            if os.path.lexists(path):  # a user's file there, or a link: before any work
+                check_attributions_out(path, None if k == "all" else k, [])
 
 
 def _claim_output(recipe: Recipe, pool: Corpus, overwrite: bool) -> Any:
