@@ -218,8 +218,11 @@ def test_warmup_checks_its_device_before_any_work(pool, tmp_path, capsys, device
 ])
 def test_a_scorer_device_that_is_no_device_is_one_line(pool, tmp_path, capsys, argv):
     place = ["--input" if argv[0] == "features" else "--pool", str(pool)]
+    # the model a folder beside --out, not around it: an output inside a model folder is
+    # refused too, and attribute checks its output before it builds the method
+    (tmp_path / "m").mkdir()
     line = _one_line_exit_2([*argv, *place, "--out", str(tmp_path / "o"), "-p",
-                             f"model={tmp_path}", "-p", "device=bogus"], capsys)
+                             f"model={tmp_path / 'm'}", "-p", "device=bogus"], capsys)
     assert "'device'" in line and "bogus" in line
 
 
