@@ -385,7 +385,7 @@ def _index_commands(commands: Any) -> None:
     search.add_argument("-k", type=_k_or_all, default=10,
                         help="rows per query (>= 1), or 'all': a dense matrix folder" + DEFAULT)
     search.add_argument("--out", required=True, help="Parquet file of (query_id, rank, "
-                        "train_id, score) rows")
+                        "train_id, score) rows, or with -k all a folder")
 
 
 def _input_args(parser: argparse.ArgumentParser, name: str, help: str) -> None:
