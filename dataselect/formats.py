@@ -46,10 +46,11 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
         if storage.is_remote(item):
             found.extend(_expand_remote(item))
             continue
-        if os.path.lexists(item) or not glob.has_magic(item):
+        pattern = None if os.path.lexists(item) else storage.local_glob(item)
+        if pattern is None:  # a path, present or missing (refused as such)
             found.extend(_expand_existing(item))
             continue
-        matches = sorted(_glob(item))
+        matches = sorted(_glob(pattern))
         if not matches:
             raise InputError("glob matched no files", where=item)
         for match in matches:
@@ -69,9 +70,11 @@ def _expand_remote(spec: str) -> list[str]:
     """The objects a URL names: itself, the data files below it (a folder: hidden names
     skipped, as locally), or what it matches as a glob. Listings only, no object read."""
     if glob.has_magic(spec) and not storage.exists(spec):
-        matches = [m for m in storage.glob(spec) if detect_format(m, strict=False)]
+        matches = storage.glob(spec)
         if not matches:
             raise InputError("glob matched no files", where=spec)
+        for match in matches:  # as a local glob: each file it names is one to read
+            detect_format(match)
         return matches
     if storage.isfile(spec):
         return [spec]
@@ -83,11 +86,20 @@ def _expand_remote(spec: str) -> list[str]:
                          "copy it here, or give its data as Parquet or JSONL URLs", where=spec)
     hidden = {name for name in names
               if any(part.startswith((".", "_")) for part in name.split("/"))}
-    files = [storage.join(spec, name) for name in names
-             if detect_format(name, strict=False) and name not in hidden]
+    files, unread = [], []
+    for name in names:
+        if name in hidden or name.endswith("/"):  # a placeholder key shows a folder
+            continue
+        if detect_format(name, strict=False):
+            files.append(storage.join(spec, name))
+        elif _data_like(name):
+            raise _unread_data(storage.join(spec, name))
+        else:
+            unread.append(name)
     if not files:
         raise InputError("folder holds no JSONL, Parquet or Arrow files", where=spec)
     _note_skipped(spec, sorted({_first_hidden(name.split("/")) for name in hidden}))
+    _note_unread(spec, sorted(unread))
     return files
 
 
@@ -206,10 +218,7 @@ def _expand_one(path: str) -> list[str]:
                              "remove it", where=str(p))
         elif not detect_format(str(p), strict=False):
             if _data_like(p.name):
-                raise InputError(
-                    "is data in a format dataselect does not read, in a folder input: "
-                    "leaving it out would read the pool short; convert it to .jsonl[.gz|.zst"
-                    "|.bz2], .parquet or .arrow, or move it out of the folder", where=str(p))
+                raise _unread_data(str(p))
             if not in_cache_folder(p, path):
                 unread.append(str(p.relative_to(path)))
         elif (kind := checks.special_at(p, follow=True)) is not None:
@@ -227,11 +236,19 @@ def _expand_one(path: str) -> list[str]:
 # one dataselect reads (``x.parq``, ``x.jsonl.xz``, ``x.arrows``, ``x.csv``), where it was
 # left out without a word and the job ran on part of the pool
 _DATA_WORDS = frozenset({"parquet", "parq", "pq", "arrow", "arrows", "ipc", "feather",
-                         "jsonl", "ndjson", "csv", "tsv", "avro", "orc"})
+                         "jsonl", "json", "ndjson", "csv", "tsv", "avro", "orc"})
 
 
 def _data_like(name: str) -> bool:
-    return any(suffix.lstrip(".").lower() in _DATA_WORDS for suffix in Path(name).suffixes)
+    return any(suffix.lstrip(".").lower() in _DATA_WORDS
+               for suffix in Path(name.rsplit("/", 1)[-1]).suffixes)
+
+
+def _unread_data(where: str) -> InputError:
+    return InputError("is data in a format dataselect does not read, in a folder input: "
+                      "leaving it out would read the pool short; convert it to .jsonl[.gz|"
+                      ".zst|.bz2], .parquet or .arrow, or move it out of the folder",
+                      where=where)
 
 
 def _note_unread(folder: str, names: list[str]) -> None:

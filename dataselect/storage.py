@@ -139,7 +139,22 @@ def arrow_path(path: str | os.PathLike) -> str:
     (pyarrow takes a relative ``a:b`` that does not exist yet for scheme ``a``), with a
     ``..`` after a symbolic link resolved as the system resolves it (:func:`through_links`):
     ``abspath`` drops ``L/..`` as text, and read another file than the one listed."""
-    return os.path.abspath(through_links(os.fspath(path)))
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        working_folder()  # one line, where a deleted folder made abspath raise
+    return os.path.abspath(through_links(text))
+
+
+def working_folder() -> str:
+    """``os.getcwd()``, or one line when the folder the command runs in no longer exists
+    (a cleaned temporary or CI folder): relative paths mean nothing there, and
+    ``abspath`` raised ``FileNotFoundError`` as a traceback."""
+    try:
+        return os.getcwd()
+    except OSError as exc:
+        raise InputError(f"the folder this command runs in is gone ({exc.strerror or exc}), "
+                         "so a relative path names nothing: cd into a folder that exists, or "
+                         "give absolute paths") from None
 
 
 def absolute(path: str | os.PathLike) -> str:
@@ -157,7 +172,35 @@ def absolute(path: str | os.PathLike) -> str:
     text = local_form(path)
     if not text or is_remote(text):
         return text
+    if os.path.isabs(text):
+        return os.path.abspath(through_links(text))
+    working_folder()
     return os.path.abspath(through_links(text))
+
+
+def local_glob(spec: str) -> str | None:
+    """The glob a local input spec that does not exist stands for, with the part of it
+    that exists taken literally (escaped); None when that leaves no wildcard: a path that
+    is missing, not a pattern.
+
+    Why: a path is made absolute before it is expanded (:func:`absolute`), so the working
+    folder's own name became part of the pattern: run from ``run[1]``, ``p/*.parquet``
+    read ``run1/p``, from a folder named ``a*`` its siblings' ``p/`` too, and a missing
+    ``t9.jsonl`` matched ``run1/t9.jsonl``. A folder that exists under a name with
+    wildcard characters is that folder, as an existing file is that file."""
+    if not _glob.has_magic(spec):
+        return None
+    trail = os.sep if spec.endswith(os.sep) and spec.strip(os.sep) else ""
+    head, parts = spec.rstrip(os.sep) or os.sep, []
+    while head and not os.path.lexists(head):
+        head, tail = os.path.split(head)
+        if not tail:
+            break
+        parts.append(tail)
+    rest = os.path.join(*reversed(parts)) if parts else ""
+    if not _glob.has_magic(rest):
+        return None
+    return (os.path.join(_glob.escape(head), rest) if head else rest) + trail
 
 
 def through_links(path: str) -> str:

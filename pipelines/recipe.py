@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -468,6 +469,7 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         recipe = Recipe.model_validate(raw)
     except pydantic.ValidationError as exc:
         raise recipe_error(exc, where) from None
+    _home_expanded(recipe, where)
     _check_paths(recipe, where)
     return recipe
 
@@ -481,23 +483,51 @@ def absolute_paths(recipe: Recipe) -> Recipe:
     Why: a recipe's ``cluster.scheduler`` runs its tasks on workers in folders of their
     own, where a relative ``pool.paths`` named another file (or none: "cannot fingerprint
     the file") and a relative output folder another folder."""
-    recipe.pool.paths = [storage.absolute(p) for p in recipe.pool.paths]
-    for spec in recipe.targets.values():
-        spec.paths = [storage.absolute(p) for p in spec.paths]
-        spec.eval = [storage.absolute(p) for p in spec.eval]
-    recipe.output.path = storage.absolute(recipe.output.path)
-    for spec in recipe.models.values():
+    return _map_paths(recipe, lambda key, path: storage.absolute(path))
+
+
+def _map_paths(recipe: Recipe, change: Callable[[str, str], str]) -> Recipe:
+    """``recipe`` with ``change(key, path)`` applied, in place, to each local path it
+    names (``key`` as a refusal names it: ``pool.paths[0]``): pool, targets, eval rows,
+    output folder, model folders (not shortcuts), scorers' feature stores and
+    checkpoints."""
+    recipe.pool.paths = [change(f"pool.paths[{i}]", p) for i, p in enumerate(recipe.pool.paths)]
+    for task, spec in recipe.targets.items():
+        spec.paths = [change(f"targets.{task}.paths[{i}]", p) for i, p in enumerate(spec.paths)]
+        spec.eval = [change(f"targets.{task}.eval[{i}]", p) for i, p in enumerate(spec.eval)]
+    recipe.output.path = change("output.path", recipe.output.path)
+    for name, spec in recipe.models.items():
         if spec.path and not is_shortcut(spec.path):
-            spec.path = storage.absolute(spec.path)
-    for params in recipe.scorers.values():
+            spec.path = change(f"models.{name}.path", spec.path)
+    for name, params in recipe.scorers.items():
         for key in ("features", "checkpoints"):
             value = params.get(key)
             if isinstance(value, str) and value:
-                params[key] = storage.absolute(value)
+                params[key] = change(f"scorers.{name}.{key}", value)
             elif isinstance(value, list):
-                params[key] = [storage.absolute(v) if isinstance(v, str) and v else v
-                               for v in value]
+                params[key] = [change(f"scorers.{name}.{key}[{i}]", v)
+                               if isinstance(v, str) and v else v for i, v in enumerate(value)]
     return recipe
+
+
+def _home_expanded(recipe: Recipe, where: str) -> None:
+    """A leading ``~`` or ``~user`` in the recipe's paths read as that home folder, in
+    place. Why: no shell reads a YAML file, so ``output.path: ~/runs/a`` made a folder
+    literally named ``~`` in the working directory, while a ``~`` in the cache settings
+    is the home folder; and ``pool.paths: [~/data]`` matched nothing. A ``~user`` naming
+    no user here is refused."""
+    def expand(key: str, path: str) -> str:
+        if not path.startswith("~"):
+            return path
+        expanded = os.path.expanduser(path)
+        if expanded.startswith("~"):
+            user = expanded.split(os.sep, 1)[0][1:]
+            raise RecipeError(f"{path!r} starts with ~{user}, but this system knows no user "
+                              f"{user!r} whose home folder that would be: give the folder "
+                              "itself", where=where, field=key)
+        return expanded
+
+    _map_paths(recipe, expand)
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -525,7 +555,8 @@ def _check_paths(recipe: Recipe, where: str) -> None:
             else storage.matches(path)
         if not found:
             raise RecipeError(f"{path!r} matches no file or folder (paths are relative to "
-                              f"the working directory, {os.getcwd()})", where=where, field=key)
+                              f"the working directory, {storage.working_folder()})",
+                              where=where, field=key)
     if storage.is_remote(recipe.output.path):
         raise RecipeError("a recipe's output folder must be local: it holds models, "
                           "evaluation runs and a report besides the selections (its pool "

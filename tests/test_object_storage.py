@@ -265,3 +265,37 @@ def test_a_folder_placeholder_key_is_no_object_of_the_user(bucket, capsys, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"s3://{name}/o/notes.txt" in err, err
     assert fs.cat_file(f"{name}/o/notes.txt") == b"mine"
+
+
+@pytest.mark.parametrize("spec", ["p", "p/*"])
+def test_an_object_store_folder_or_glob_refuses_data_it_cannot_read(bucket, capsys, tmp_path,
+                                                                    monkeypatch, spec):
+    """A folder URL left ``h.jsonl.xz`` and ``rows.csv`` out without a word (a glob the
+    same), where a local folder refuses them: the pool was read short, exit 0."""
+    fs, name = bucket
+    monkeypatch.chdir(tmp_path)
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"r{i}", "text": f"row number {i}"}
+                                                  for i in range(40)])
+    fs.put_file(str(pool), f"{name}/p/pool.jsonl")
+    fs.pipe_file(f"{name}/p/h.jsonl.xz", b"\xfd7zXZ\x00 rows")
+    fs.pipe_file(f"{name}/p/README.md", b"# notes")
+    code = main(["select", "--scorer", "dsir", "--pool", f"s3://{name}/{spec}", "--target",
+                 str(TARGET), "--k", "5", "--workers", "1", "--worker-kind", "threads",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"s3://{name}/p/" in err and "Traceback" not in err, err
+    assert ("h.jsonl.xz" in err or "README.md" in err) and not (tmp_path / "o").exists()
+
+
+def test_an_object_store_folder_names_the_files_it_leaves_out(bucket, capsys, tmp_path,
+                                                              monkeypatch):
+    fs, name = bucket
+    monkeypatch.chdir(tmp_path)
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"r{i}", "text": f"row number {i}"}
+                                                  for i in range(40)])
+    fs.put_file(str(pool), f"{name}/p/pool.jsonl")
+    fs.pipe_file(f"{name}/p/README.md", b"# notes")
+    corpus = read_corpus(f"s3://{name}/p")
+    assert [f.rsplit("/", 1)[-1] for f in corpus.files] == ["pool.jsonl"]
+    note = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
+    assert len(note) == 1 and "README.md" in note[0], note

@@ -1,0 +1,101 @@
+"""Hostile pass 17 (issue 28): paths made absolute on the client (pass 16's fix) met the
+working folder's own name and its absence; recipes and a `~`; folder inputs holding
+`.json.xz`.
+
+- Run from a folder named ``run[1]`` (or ``a*``), ``--pool 'p/*.parquet'`` read
+  ``run1/p`` (or the siblings' ``p/`` too), and a missing ``--target t9.jsonl`` matched
+  ``run1/t9.jsonl``: the working folder's name had become part of the pattern (g20).
+- Run from a folder that was deleted, any relative path was a traceback (g19).
+- A recipe's ``output.path: ~/runs`` made a folder literally named ``~`` (g18).
+- A folder input left ``h.json.xz`` out with only a note (g15).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import POOL_GLOB, TARGETS
+from fault_helpers import dsir_select, ran_ok, refused_run
+
+from dataselect import storage
+
+SHIPPED = Path(POOL_GLOB).parent / "part-00000.parquet"
+
+
+def _rows_in(out: Path) -> int:
+    return json.loads((out / ".manifest.json").read_text())["counts"]["rows_in"]
+
+
+@pytest.mark.parametrize("here", ["run[1]", "a*", "q?"])
+def test_the_working_folders_own_name_is_no_pattern(tmp_path, capsys, monkeypatch, here):
+    decoys = {"run[1]": ["run1"], "a*": ["ab", "ac"], "q?": ["qx"]}[here]
+    for name in [here, *decoys]:
+        (tmp_path / name / "p").mkdir(parents=True)
+        shutil.copy(SHIPPED, tmp_path / name / "p" / f"{name.strip('[]*?')}x.parquet")
+    (tmp_path / decoys[0] / "t9.jsonl").write_text('{"text": "a decoy target"}\n')
+    monkeypatch.chdir(tmp_path / here)
+    out = tmp_path / here / "o"
+    ran_ok(dsir_select("p/*.parquet", out), capsys)
+    assert _rows_in(out) == pq.read_metadata(SHIPPED).num_rows
+    argv = dsir_select("p/*.parquet", tmp_path / here / "o2")
+    argv[argv.index("--target") + 1] = "t9.jsonl"
+    refused_run(argv, capsys, "t9.jsonl", "no such file")
+
+
+def test_local_glob_takes_what_exists_literally(tmp_path):
+    (tmp_path / "x[1]" / "p").mkdir(parents=True)
+    assert storage.local_glob(str(tmp_path / "x[1]" / "p" / "*.parquet")) == \
+        os.path.join(str(tmp_path / "x[[]1]" / "p"), "*.parquet")
+    assert storage.local_glob(str(tmp_path / "x[1]" / "missing.jsonl")) is None
+    assert storage.local_glob(str(tmp_path / "x[1]" / "p")) is None  # no wildcard: a path
+    assert storage.local_glob("*.jsonl") == "*.jsonl"
+    folders_only = str(tmp_path / "nope" / "*") + os.sep
+    assert storage.local_glob(folders_only) == folders_only
+
+
+def test_a_deleted_working_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    for argv in (dsir_select("p", Path("o")), dsir_select(SHIPPED, Path("o"))):
+        refused_run(argv, capsys, "the folder this command runs in is gone", "absolute paths")
+
+
+def _recipe(tmp_path: Path, output: str, pool: str = POOL_GLOB) -> Path:
+    recipe = {"name": "home", "pool": {"paths": [pool], "text": "text"},
+              "targets": {"docs": {"paths": str(TARGETS / "python_docs.jsonl")}},
+              "scorers": {"dsir": {"num_buckets": 5000}}, "selection": {"k": 20},
+              "output": {"path": output}, "cluster": {"workers": 1, "worker_kind": "threads"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def test_a_tilde_in_a_recipes_paths_is_the_home_folder(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    shutil.copy(SHIPPED, home / "data" / "pool.parquet")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    ran_ok(["run", str(_recipe(tmp_path, "~/runs/a", "~/data"))], capsys)
+    assert (home / "runs" / "a" / ".run.json").is_file() and not (tmp_path / "~").exists()
+    refused_run(["run", str(_recipe(tmp_path, "~nosuchuser9/runs"))], capsys,
+                "output.path", "~nosuchuser9", "knows no user")
+    assert not (tmp_path / "~nosuchuser9").exists()
+
+
+@pytest.mark.parametrize("name", ["h.json.xz", "h.json.lz4", "rows.json.zip"])
+def test_compressed_json_in_a_folder_input_is_refused(tmp_path, capsys, name):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    shutil.copy(SHIPPED, folder / "pool.parquet")
+    (folder / name).write_bytes(b"compressed rows")
+    refused_run(dsir_select(folder, tmp_path / "o"), capsys, str(folder / name),
+                "does not read")
