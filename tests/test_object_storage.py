@@ -267,6 +267,13 @@ def test_a_folder_placeholder_key_is_no_object_of_the_user(bucket, capsys, tmp_p
     assert fs.cat_file(f"{name}/o/notes.txt") == b"mine"
 
 
+def _jsonl_pool_at(fs: s3fs.S3FileSystem, key: str, tmp_path: Path) -> None:
+    """40 JSONL rows uploaded to ``key``."""
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"r{i}", "text": f"row number {i}"}
+                                                  for i in range(40)])
+    fs.put_file(str(pool), key)
+
+
 @pytest.mark.parametrize("spec", ["p", "p/*"])
 def test_an_object_store_folder_or_glob_refuses_data_it_cannot_read(bucket, capsys, tmp_path,
                                                                     monkeypatch, spec):
@@ -274,9 +281,7 @@ def test_an_object_store_folder_or_glob_refuses_data_it_cannot_read(bucket, caps
     same), where a local folder refuses them: the pool was read short, exit 0."""
     fs, name = bucket
     monkeypatch.chdir(tmp_path)
-    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"r{i}", "text": f"row number {i}"}
-                                                  for i in range(40)])
-    fs.put_file(str(pool), f"{name}/p/pool.jsonl")
+    _jsonl_pool_at(fs, f"{name}/p/pool.jsonl", tmp_path)
     fs.pipe_file(f"{name}/p/h.jsonl.xz", b"\xfd7zXZ\x00 rows")
     fs.pipe_file(f"{name}/p/README.md", b"# notes")
     code = main(["select", "--scorer", "dsir", "--pool", f"s3://{name}/{spec}", "--target",
@@ -291,9 +296,7 @@ def test_an_object_store_folder_names_the_files_it_leaves_out(bucket, capsys, tm
                                                               monkeypatch):
     fs, name = bucket
     monkeypatch.chdir(tmp_path)
-    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"r{i}", "text": f"row number {i}"}
-                                                  for i in range(40)])
-    fs.put_file(str(pool), f"{name}/p/pool.jsonl")
+    _jsonl_pool_at(fs, f"{name}/p/pool.jsonl", tmp_path)
     fs.pipe_file(f"{name}/p/README.md", b"# notes")
     corpus = read_corpus(f"s3://{name}/p")
     assert [f.rsplit("/", 1)[-1] for f in corpus.files] == ["pool.jsonl"]
