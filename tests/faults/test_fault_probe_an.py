@@ -99,3 +99,15 @@ def test_compressed_json_in_a_folder_input_is_refused(tmp_path, capsys, name):
     (folder / name).write_bytes(b"compressed rows")
     refused_run(dsir_select(folder, tmp_path / "o"), capsys, str(folder / name),
                 "does not read")
+
+
+def test_an_output_a_glob_can_match_is_refused_from_a_folder_named_with_wildcards(
+        tmp_path, capsys, monkeypatch):
+    """From ``run[1]``, ``--pool 'p/*' --out p/sel`` was accepted (the pattern looked in
+    ``run1``) and wrote into the user's ``p/``; from a plain folder it is refused."""
+    here = tmp_path / "run[1]"
+    (here / "p").mkdir(parents=True)
+    shutil.copy(SHIPPED, here / "p" / "a.parquet")
+    monkeypatch.chdir(here)
+    refused_run(dsir_select("p/*", Path("p/sel")), capsys, "sel")
+    assert sorted(os.listdir(here / "p")) == ["a.parquet"]
