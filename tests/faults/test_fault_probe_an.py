@@ -106,8 +106,10 @@ def test_an_output_a_glob_can_match_is_refused_from_a_folder_named_with_wildcard
     """From ``run[1]``, ``--pool 'p/*' --out p/sel`` was accepted (the pattern looked in
     ``run1``) and wrote into the user's ``p/``; from a plain folder it is refused."""
     here = tmp_path / "run[1]"
-    (here / "p").mkdir(parents=True)
-    shutil.copy(SHIPPED, here / "p" / "a.parquet")
+    for folder in (here, tmp_path / "run1"):  # run1: what the pattern read instead
+        (folder / "p").mkdir(parents=True)
+        shutil.copy(SHIPPED, folder / "p" / "a.parquet")
     monkeypatch.chdir(here)
-    refused_run(dsir_select("p/*", Path("p/sel")), capsys, "sel")
+    line = refused_run(dsir_select("p/*", Path("p/sel")), capsys, str(here / "p" / "sel"))
+    assert "glob" in line
     assert sorted(os.listdir(here / "p")) == ["a.parquet"]
