@@ -150,11 +150,21 @@ def working_folder() -> str:
     (a cleaned temporary or CI folder): relative paths mean nothing there, and
     ``abspath`` raised ``FileNotFoundError`` as a traceback."""
     try:
-        return os.getcwd()
+        here = os.getcwd()
     except OSError as exc:
         raise InputError(f"the folder this command runs in is gone ({exc.strerror or exc}), "
                          "so a relative path names nothing: cd into a folder that exists, or "
                          "give absolute paths") from None
+    try:
+        here.encode("utf-8")
+    except UnicodeEncodeError:
+        # every path a job records is UTF-8 text: a relative path was refused as a name
+        # to "rename", pointing at the file rather than the folder it was run from
+        raise InputError("the folder this command runs in has a name that is not valid "
+                         "UTF-8, and paths relative to it would be recorded under it: cd into "
+                         "a folder with a UTF-8 name, or give absolute paths",
+                         where=os.fsencode(here).decode("utf-8", "backslashreplace")) from None
+    return here
 
 
 def absolute(path: str | os.PathLike) -> str:

@@ -113,3 +113,14 @@ def test_an_output_a_glob_can_match_is_refused_from_a_folder_named_with_wildcard
     line = refused_run(dsir_select("p/*", Path("p/sel")), capsys, str(here / "p" / "sel"))
     assert "glob" in line
     assert sorted(os.listdir(here / "p")) == ["a.parquet"]
+
+
+def test_a_working_folder_whose_name_is_not_utf8_is_named_as_such(tmp_path, capsys,
+                                                                    monkeypatch):
+    here = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    (here / "p").mkdir(parents=True)
+    shutil.copy(SHIPPED, here / "p" / "a.parquet")
+    monkeypatch.chdir(here)
+    line = refused_run(dsir_select("p", tmp_path / "o"), capsys, "the folder this command "
+                       "runs in has a name that is not valid UTF-8", "caf\\xe9")
+    assert "absolute paths" in line
