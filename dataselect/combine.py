@@ -38,12 +38,16 @@ class _Scale:
     method: str
     mean: float = 0.0
     std: float = 1.0
+    # mean and std are in units of 2**exponent (scoring.scaled_moments): the scores are
+    # divided by it (exactly) before the mean is taken off, so neither scores of ~1e-200
+    # nor of ~1e303 leave the float range on the way to their z-scores
+    exponent: int = 0
     sorted_scores: np.ndarray | None = None
     ranks: RankFiles | None = None
 
     def __call__(self, score: np.ndarray, index: int) -> np.ndarray:
         if self.method == "zscore":
-            return (score - self.mean) / self.std
+            return (np.ldexp(score, -self.exponent) - self.mean) / self.std
         if self.ranks is not None:
             return self.ranks.read(index, len(score))
         ref = self.sorted_scores
@@ -95,10 +99,12 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
     for s in scores:
         parts = collect_summaries(s, runner)
         if method == "zscore":
-            count, mean, squares = merge_moments(p["moments"] for p in parts)
+            count, mean, squares, exponent = merge_moments(p["moments"] for p in parts)
             std = math.sqrt(squares / count) if count else 0.0
             _check_spread(s.name, mean, std)
-            scales.append(_Scale(method, mean, std or 1.0))
+            # scores all equal (or none eligible) have no spread: their z-scores are all
+            # 0 (score minus mean, divided by 1), never a division by zero
+            scales.append(_Scale(method, mean, std or 1.0, exponent))
         elif (ranks := _rank_files(s, runner, parts)) is not None:
             scales.append(_Scale(method, ranks=ranks))
         else:  # scores without a store: every eligible score, on the client (8 bytes a row)
@@ -114,10 +120,12 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
 
 
 def _check_spread(name: str, mean: float, std: float) -> None:
-    """Refuse scores whose mean or spread overflows a float (finite scores of ~1e303 have
-    an infinite sum of squares): every z-score would be NaN, and the selection refused
-    them as "score is nan" naming neither the scorer nor the combine. Ranks need no
-    moments, so they are the fix offered."""
+    """Refuse scores whose (scaled) mean or spread is not a finite float: every z-score
+    would be NaN, and the selection refused them as "score is nan" naming neither the
+    scorer nor the combine. Moments are taken in units of the scores' largest power of
+    two (:func:`~dataselect.scoring.scaled_moments`), so finite scores of any size pass;
+    what is left is the moments of an earlier version's summaries, unscaled, of scores
+    of ~1e303. Ranks need no moments, so they are the fix offered."""
     if math.isfinite(mean) and math.isfinite(std):
         return
     raise InputError(f"scores of {name!r} are too large to combine by z-score (their "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import pickle
 import time
@@ -95,14 +96,9 @@ def summarize_scores(table: pa.Table, npartitions: int = 1,
     own."""
     score, eligible, dropped = eligible_scores(table)
     kept = score[eligible]
-    with np.errstate(over="ignore", invalid="ignore"):
-        # finite scores near the float range overflow here: inf, which the z-score
-        # combine refuses naming the scorer (:mod:`dataselect.combine`), not a warning
-        mean = float(kept.mean()) if len(kept) else 0.0
-        squares = float(((kept - mean) ** 2).sum())
     summary = {"rows": len(score), "eligible": len(kept), "dropped": dropped,
                "ladder": ladder_of(*KeySpec().ranked(table)),
-               "moments": (len(kept), mean, squares)}
+               "moments": scaled_moments(kept)}
     if resample_seed is not None:
         summary["gumbel_ladder"] = (resample_seed,
                                     ladder_of(*KeySpec(resample_seed).ranked(table)))
@@ -111,19 +107,57 @@ def summarize_scores(table: pa.Table, npartitions: int = 1,
     return summary
 
 
-def merge_moments(moments: Iterable[tuple[int, float, float]]) -> tuple[int, float, float]:
+def scaled_moments(values: np.ndarray) -> tuple[int, float, float, int]:
+    """Count, mean and sum of squared deviations of ``values`` divided by ``2**exponent``,
+    and that exponent: the power of two at or just above their largest magnitude, so the
+    scaled values lie in [-1, 1] (dividing by a power of two is exact).
+
+    Why scaled: a z-score does not depend on the scores' scale, but their moments in
+    float64 did. Scores of ~1e-200 have squared deviations of ~1e-400, which underflow to
+    0: the spread read 0 and the scorer was silently left out of a combine (every z-score
+    ~0). Scores of ~1e303 overflow the sum of squares to inf (every z-score NaN). Scaled,
+    the squares are at most 4 a value whatever the scale.
+
+    Scores all equal give mean exactly that value (scaled) and 0 squares: no rounding of
+    a sum makes a spread out of nothing."""
+    count = len(values)
+    if not count:
+        return 0, 0.0, 0.0, 0
+    low, high = float(values.min()), float(values.max())
+    exponent = math.frexp(max(abs(low), abs(high)))[1]
+    scaled = np.ldexp(values, -exponent)
+    if low == high:
+        return count, float(scaled[0]), 0.0, exponent
+    mean = min(max(float(scaled.mean()), math.ldexp(low, -exponent)),
+               math.ldexp(high, -exponent))
+    return count, mean, float(((scaled - mean) ** 2).sum()), exponent
+
+
+def merge_moments(moments: Iterable[tuple[Any, ...]]) -> tuple[int, float, float, int]:
     """Count, mean and sum of squared deviations of several parts' values together (Chan,
-    Golub and LeVeque's pairwise update), as if computed over all values at once."""
+    Golub and LeVeque's pairwise update), as if computed over all values at once: in the
+    units of ``2**exponent`` (:func:`scaled_moments`), the largest part's exponent, so
+    neither tiny nor huge scores leave the float range. A part's moments in its own units
+    are brought to the common ones by powers of two (``math.ldexp``); a part whose
+    values are far smaller than the largest then contributes its (negligible) squares as
+    0, never an overflow. Moments of three numbers (count, mean, squares: summaries of
+    scores computed by an earlier version, in unscaled units) are read as exponent 0."""
+    parts = [(*m, 0) if len(m) == 3 else tuple(m) for m in moments]
+    parts = [p for p in parts if p[0]]
+    if not parts:
+        return 0, 0.0, 0.0, 0
+    exponent = max(p[3] for p in parts)
     count, mean, squares = 0, 0.0, 0.0
-    for other_count, other_mean, other_squares in moments:
-        if not other_count:
-            continue
+    for other_count, other_mean, other_squares, other_exponent in parts:
+        shift = other_exponent - exponent
+        other_mean = math.ldexp(other_mean, shift)
+        other_squares = math.ldexp(other_squares, 2 * shift)
         total = count + other_count
         delta = other_mean - mean
         mean += delta * other_count / total
         squares += other_squares + delta * delta * count * other_count / total
         count = total
-    return count, mean, squares
+    return count, mean, squares, exponent
 
 
 def length_sample(table: pa.Table, score: np.ndarray, eligible: np.ndarray,
