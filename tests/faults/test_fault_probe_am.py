@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 from conftest import write_jsonl
+from fault_helpers import combined_scores
 from scoring_helpers import FixedScorer
 
 from dataselect import read_corpus, select
@@ -96,9 +97,8 @@ def _combined(pool, scale, constant=None):
     mine = FixedScorer(values, frozenset({"u3"}), label="mine").score(pool)
     other = FixedScorer({f"u{i}": float(i % 5) for i in range(60)}, frozenset(),
                         label="other").score(pool)
-    combined = select.combine([other, mine], method="zscore", weights=[1.0, 2.0])
-    return np.concatenate([combined.partition(i)["score"].to_numpy()
-                           for i in range(pool.npartitions)])
+    return combined_scores(pool, select.combine([other, mine], method="zscore",
+                                                weights=[1.0, 2.0]))
 
 
 @pytest.mark.parametrize("scale", [1e-200, 1e-310, 1e303, -1e307])
