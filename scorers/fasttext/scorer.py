@@ -47,6 +47,7 @@ from dataselect.execution import Runner, default_runner, step_progress
 from dataselect.fingerprint import file_fingerprint
 from dataselect.sampling import sample_rows
 from dataselect.scoring import Scorer, StartedFit
+from scorers.fasttext.model_file import check_model_file
 
 LABEL_PREFIX = "__label__"
 TARGET_LABEL, POOL_LABEL = "target", "pool"
@@ -71,11 +72,19 @@ def normalize_texts(texts: pa.Array, lowercase: bool = False) -> pa.Array:
 
 def _load(path: str, trained: bool = False) -> Any:
     """Load a fastText model, turning the library's errors into one naming the file
-    (``trained``: the model this scorer trained, named by its training instead)."""
+    (``trained``: the model this scorer trained, named by its training instead). Its
+    layout is checked first (:func:`~scorers.fasttext.model_file.check_model_file`): the
+    library trusts its header, and a corrupt one aborted the process (a heap overflow, a
+    division by zero) where no Python error could name the file."""
     import fasttext
 
     if not os.path.isfile(path):
         raise InputError("fastText model file not found", where=path, field="model")
+    try:
+        check_model_file(path)
+    except OSError as error:
+        raise InputError(f"cannot read the fastText model ({error.strerror or error})",
+                         where=path, field="model") from None
     try:
         model = fasttext.load_model(path)
     except (ValueError, RuntimeError, MemoryError, OSError) as error:
@@ -86,35 +95,17 @@ def _load(path: str, trained: bool = False) -> Any:
 
 
 def _check_complete(model: Any, path: str, trained: bool = False) -> None:
-    """fastText loads a truncated file without complaint and scores with garbage; compare
-    the file size with the size its own header and dictionary imply (full-precision
-    models; quantized ``.ftz`` files are laid out differently and are not checked).
-
-    The weights must be finite too: a NaN or infinite one loads as well, and fastText's
-    predict then fails with a bare ``RuntimeError: Encountered NaN.`` in every worker
-    (a quantized model's are met there, in :meth:`FastText.score_batch`)."""
+    """The weights must be finite: a NaN or infinite one loads, and fastText's predict
+    then fails with a bare ``RuntimeError: Encountered NaN.`` in every worker (a quantized
+    model's are met there, in :meth:`FastText.score_batch`). A truncated file, which
+    fastText loads without complaint, was refused before loading
+    (:func:`~scorers.fasttext.model_file.check_model_file`: the file must end where its
+    header says)."""
     if model.is_quantized():
         return
     matrices = [np.asarray(model.f.getInputMatrix()), np.asarray(model.f.getOutputMatrix())]
-    try:
-        entries = list(model.get_words()) + list(model.get_labels())
-    except UnicodeDecodeError:
-        entries = None
-    if entries is not None:
-        _check_size(matrices, entries, path)
     if not all(_finite(matrix) for matrix in matrices):
         raise _not_finite(path, trained)
-
-
-def _check_size(matrices: list[np.ndarray], entries: list[str], path: str) -> None:
-    # magic + version (8), arguments (12 int32 + 1 double = 56), dictionary counts (28),
-    # each entry (bytes, NUL, int64 count, int8 type), per matrix a flag and its shape (17)
-    expected = (8 + 56 + 28 + sum(len(e.encode("utf-8")) + 10 for e in entries)
-                + sum(17 + 4 * m.size for m in matrices))
-    actual = os.path.getsize(path)
-    if actual != expected:
-        raise InputError(f"is truncated or corrupt: {actual} bytes, where a model of its "
-                         f"own header's shape has {expected}", where=path, field="model")
 
 
 # rows of a weight matrix checked at a time: a bounded temporary, whatever the model's size

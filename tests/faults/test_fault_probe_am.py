@@ -5,17 +5,29 @@ scores were ~1e-200 was silently left out (its squared deviations underflowed to
 spread read 0 and was replaced by 1, every z-score ~0), and scores of ~1e303 were refused
 (their sum of squares overflowed). Moments are now taken in units of each partition's
 largest power of two and merged in common units.
+
+g21: a fastText model whose header fields were corrupt but whose size matched crashed the
+process (dim 0: a heap overflow, SIGABRT; n-grams without buckets: SIGFPE), named no file
+(dim -5: "out of memory") or read for two minutes (a dictionary of 2^30 entries). The file
+is now walked as fastText reads it, before fastText loads it; quantized models too.
 """
+# the fixture given_model is imported, then taken as an argument:
+# ruff: noqa: F811
 
 from __future__ import annotations
 
 import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_jsonl
-from fault_helpers import combined_scores
+from conftest import POOL_GLOB, TARGETS, write_jsonl
+from fault_helpers import combined_scores, private_fingerprint_cache  # noqa: F401
 from scoring_helpers import FixedScorer
+from test_fasttext import given_model  # noqa: F401
 
 from dataselect import read_corpus, select
 from dataselect.scoring import merge_moments, scaled_moments
@@ -140,3 +152,132 @@ def test_unscaled_moments_that_overflow_are_refused_in_one_line(tmp_path):
     with pytest.raises(InputError, match=r"'fixed'.*too large.*method: rank") as caught:
         select.combine([other, big], method="zscore")
     assert "\n" not in str(caught.value)
+
+
+# --- g21: fastText model files whose header is corrupt ----------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+# offsets in a model file: after magic and version, the 13 arguments, then the dictionary
+DIM, WORD_NGRAMS, LOSS, MODEL, BUCKET, MAXN = 8, 28, 32, 36, 40, 48
+SIZE, NWORDS = 64, 68
+FIRST_ENTRY = 92
+
+
+def _edited(model: Path, tmp_path: Path, name: str, edit) -> Path:
+    data = bytearray(model.read_bytes())
+    edit(data)
+    bad = tmp_path / name
+    bad.write_bytes(bytes(data))
+    return bad
+
+
+def _int32(offset: int, value: int):
+    def edit(data: bytearray) -> None:
+        data[offset:offset + 4] = struct.pack("<i", value)
+    return edit
+
+
+def _input_columns(value: int):
+    """The input matrix's column count (its shape follows the dictionary; the given model,
+    dim 16 with 2 labels, has no n-gram rows)."""
+    def edit(data: bytearray) -> None:
+        nwords = struct.unpack_from("<i", data, NWORDS)[0]
+        at = len(data) - (1 + 16 + 4 * 2 * 16) - 4 * nwords * 16 - 8
+        assert struct.unpack_from("<q", data, at) == (16,)
+        data[at:at + 8] = struct.pack("<q", 8)
+    return edit
+
+
+def _entry_byte(offset: int, value: int):
+    """A byte of the first dictionary entry's tail (``</s>``, NUL, count, type)."""
+    def edit(data: bytearray) -> None:
+        end = data.index(b"\0", FIRST_ENTRY)
+        data[end + offset] = value
+    return edit
+
+
+EDITS = {
+    "dim_zero": (_int32(DIM, 0), "dim 0"),
+    "dim_negative": (_int32(DIM, -5), "dim -5"),
+    "maxn_huge": (_int32(MAXN, 1000), "maxn 1000"),
+    "maxn_without_buckets": (_int32(MAXN, 5), "maxn 5 needs n-gram buckets"),
+    "word_ngrams_huge": (_int32(WORD_NGRAMS, 100_000), "wordNgrams 100000"),
+    "word_ngrams_without_buckets": (_int32(WORD_NGRAMS, 2), "wordNgrams 2 needs n-gram"),
+    "bucket_negative": (_int32(BUCKET, -3), "bucket -3"),
+    "loss": (_int32(LOSS, 9), "loss 9"),
+    "model": (_int32(MODEL, 0), "model type 0"),
+    "magic": (_int32(0, 12345), "magic number"),
+    "version": (_int32(4, 13), "format version 13"),
+    "dictionary_size_huge": (_int32(SIZE, 1 << 30), "a dictionary of 1073741824 entries"),
+    "dictionary_words_huge": (lambda d: (_int32(SIZE, (1 << 30) + 2)(d),
+                                         _int32(NWORDS, 1 << 30)(d)), "needs at least"),
+    "input_columns": (_input_columns(8), "input matrix is"),
+    "entry_count_negative": (_entry_byte(8, 0xFF), "negative count"),
+    "entry_type": (_entry_byte(9, 1), "dictionary entry 0 is of type 1"),
+    "truncated": (lambda d: d.__delitem__(slice(-40, None)), "ends inside its output"),
+    "trailing": (lambda d: d.extend(b"xx"), "2 bytes follow the end"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDITS))
+def test_a_fasttext_model_with_a_corrupt_header_is_one_line_naming_it(
+        given_model, tmp_path, case):
+    """Refused before fastText reads the file (which crashed on the first six), in one
+    line naming the file and what is wrong."""
+    from dataselect import read_corpus
+    from dataselect.errors import InputError
+    from scorers import FastText
+
+    edit, what = EDITS[case]
+    bad = _edited(given_model, tmp_path, f"{case}.bin", edit)
+    with pytest.raises(InputError, match="not a readable fastText model") as caught:
+        FastText(model=str(bad), label="hq").fit(read_corpus(POOL_GLOB))
+    line = str(caught.value)
+    assert str(bad) in line and what in line and "\n" not in line, line
+
+
+def test_the_probe_model_with_dim_zero_exits_2(given_model, tmp_path):
+    """The probe's case, run as the user did (a separate process: it aborted, rc 134)."""
+    bad = _edited(given_model, tmp_path, "dim_zero.bin", _int32(DIM, 0))
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from pipelines.console import main; "
+         "sys.exit(main())", "select", "--scorer", "fasttext", "-p", f"model={bad}",
+         "-p", "label=hq", "--pool", POOL_GLOB, "--target", str(TARGETS / "fortunes.jsonl"),
+         "--k", "5", "--out", str(tmp_path / "o"), "--workers", "1",
+         "--worker-kind", "threads"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(set(errors)) == 1 and str(bad) in errors[0] and "dim 0" in errors[0], errors
+
+
+@pytest.fixture(scope="module")
+def quantized_model(given_model, tmp_path_factory) -> Path:
+    import fasttext
+
+    model = fasttext.load_model(str(given_model))
+    model.quantize(qnorm=True, retrain=False)
+    path = tmp_path_factory.mktemp("ftz") / "quality.ftz"
+    model.save_model(str(path))
+    return path
+
+
+def test_a_quantized_model_is_checked_as_well(quantized_model, tmp_path):
+    """A quantized (``.ftz``) model scores; cut short or with bytes after its end it is
+    refused. Before, both loaded without a word (the cut one scored garbage)."""
+    from dataselect import read_corpus
+    from dataselect.errors import InputError
+    from scorers import FastText
+    from scorers.fasttext.model_file import check_model_file
+
+    pool = read_corpus(POOL_GLOB)
+    assert check_model_file(str(quantized_model)).quantized
+    scorer = FastText(model=str(quantized_model), label="hq").fit(pool)
+    assert scorer.score(pool).partition(0).num_rows > 0
+    for name, edit, what in [("cut.ftz", lambda d: d.__delitem__(slice(-40, None)),
+                              "ends inside"),
+                             ("more.ftz", lambda d: d.extend(b"xx"), "2 bytes follow"),
+                             ("dim.ftz", _int32(DIM, 8), "where its header gives")]:
+        bad = _edited(quantized_model, tmp_path, name, edit)
+        with pytest.raises(InputError, match=what) as caught:
+            FastText(model=str(bad), label="hq").fit(pool)
+        assert str(bad) in str(caught.value)
