@@ -133,6 +133,21 @@ def scaled_moments(values: np.ndarray) -> tuple[int, float, float, int]:
     return count, mean, float(((scaled - mean) ** 2).sum()), exponent
 
 
+def mean_and_std(values: np.ndarray) -> tuple[float, float]:
+    """``values.mean()`` and ``values.std()``, taken on the values divided by the power of
+    two at or above their largest magnitude and multiplied back: the same numbers to the
+    bit for ordinary scores (scaling by a power of two is exact), but scores of ~1e-200 no
+    longer have a spread of 0 (their squared deviations underflowed) nor scores of ~1e303
+    an infinite one. For z-scores taken in one array (``auto``'s candidates); a score
+    store's partitions merge :func:`scaled_moments` instead."""
+    if not len(values):
+        return 0.0, 0.0
+    exponent = math.frexp(float(np.abs(values).max()))[1]
+    scaled = np.ldexp(np.asarray(values, np.float64), -exponent)
+    return (math.ldexp(float(scaled.mean()), exponent),
+            math.ldexp(float(scaled.std()), exponent))
+
+
 def merge_moments(moments: Iterable[tuple[Any, ...]]) -> tuple[int, float, float, int]:
     """Count, mean and sum of squared deviations of several parts' values together (Chan,
     Golub and LeVeque's pairwise update), as if computed over all values at once: in the

@@ -54,7 +54,13 @@ from dataselect.execution import (
 )
 from dataselect.params import field_types
 from dataselect.sampling import sample_rows as sample_pool_rows
-from dataselect.scoring import FILTERED_BY, Scorer, checked_scores, needs_warmup
+from dataselect.scoring import (
+    FILTERED_BY,
+    Scorer,
+    checked_scores,
+    mean_and_std,
+    needs_warmup,
+)
 from dataselect.table_corpus import table_corpus
 from scorers import SCORERS
 from scorers.auto.validation import (
@@ -280,9 +286,9 @@ class Auto(Scorer):
         self.fitted_, self.scales_, stats = {}, {}, {}
         for name, candidate in candidates.items():  # the chosen order: the score sums in it
             reference = references[name]
-            spread = float(reference.std())
+            center, spread = mean_and_std(reference)  # at any scale of score
             self.fitted_[name] = candidate
-            self.scales_[name] = (float(reference.mean()), spread if spread > 0 else 1.0)
+            self.scales_[name] = (center, spread if spread > 0 else 1.0)
             stats[name] = candidate.fit_stats_
         digest = hashlib.sha256(repr((self.config(), self.scales_)).encode())
         for name, candidate in self.fitted_.items():

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from dataselect.sampling import id_hashes, uniform
+from dataselect.scoring import mean_and_std
 
 FOLD_STREAM, POOL_STREAM = 11, 12  # separate from the sampling module's streams
 GRID_STEPS = 10
@@ -78,8 +79,8 @@ def fold_numbers(ids: object, folds: int, seed: int) -> np.ndarray:
 
 def standardise(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``scores`` as z-scores against the mean and standard deviation of ``reference``."""
-    spread = float(reference.std())
-    return (scores - float(reference.mean())) / (spread if spread > 0 else 1.0)
+    center, spread = mean_and_std(reference)  # at any scale of score (a plug-in's 1e-200)
+    return (scores - center) / (spread if spread > 0 else 1.0)
 
 
 def rank_fractions(held_out: np.ndarray, pool: np.ndarray) -> np.ndarray:

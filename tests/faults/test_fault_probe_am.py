@@ -154,6 +154,29 @@ def test_unscaled_moments_that_overflow_are_refused_in_one_line(tmp_path):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e303, -1e307])
+def test_auto_standardises_candidates_at_any_scale(scale):
+    """The same mistake in ``auto``: a candidate (a plug-in) scoring ~1e-200 had a spread
+    of 0 on the validation sample, so its z-scores were ~0 and it could never be chosen
+    or weigh in a mix; ~1e303 had an infinite mean."""
+    from scorers.auto.validation import standardise
+
+    reference = np.random.default_rng(21).normal(3.0, 2.0, 500)
+    held_out = np.random.default_rng(22).normal(4.0, 1.0, 50)
+    want = standardise(held_out, reference) * math.copysign(1.0, scale)
+    np.testing.assert_allclose(standardise(held_out * scale, reference * scale), want,
+                               rtol=0, atol=1e-12)
+
+
+def test_mean_and_std_are_numpys_to_the_bit_for_ordinary_scores():
+    """So an ``auto`` fit's scales, and its fingerprint, are those of earlier versions."""
+    from dataselect.scoring import mean_and_std
+
+    values = np.random.default_rng(5).normal(-7.0, 3.0, 10_001)
+    assert mean_and_std(values) == (float(values.mean()), float(values.std()))
+    assert mean_and_std(np.zeros(0)) == (0.0, 0.0)
+    assert mean_and_std(np.full(9, 0.1)) == (float(np.full(9, 0.1).mean()), 0.0)
+
 # --- g21: fastText model files whose header is corrupt ----------------------------------
 
 ROOT = Path(__file__).resolve().parents[2]
