@@ -46,11 +46,14 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
         if storage.is_remote(item):
             found.extend(_expand_remote(item))
             continue
-        pattern = None if os.path.lexists(item) else storage.local_glob(item)
-        if pattern is None:  # a path, present or missing (refused as such)
+        if os.path.lexists(item) or not glob.has_magic(item):
             found.extend(_expand_existing(item))
             continue
-        matches = sorted(_glob(pattern))
+        matches = sorted(_glob(item))
+        if not matches and glob.escape(literal := storage.unescaped(item)) == item:
+            # a missing path made absolute under a working folder named with wildcards
+            # (storage.absolute_spec), not a pattern
+            raise InputError("no such file or folder", where=literal)
         if not matches:
             raise InputError("glob matched no files", where=item)
         for match in matches:

@@ -1166,18 +1166,10 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
     when the job runs again."""
     roots = []
     for spec in specs:
-        spec = storage.absolute(os.fspath(spec))  # as expand_paths lists the files
-        if not any(ch in spec for ch in "*?["):
+        spec = storage.absolute_spec(os.fspath(spec))  # as expand_paths lists the files
+        if not any(ch in spec for ch in "*?[") or os.path.lexists(spec):
             roots.append(spec)
             continue
-        if not storage.is_remote(spec):
-            # a folder or file that exists under a name with wildcards is itself, as
-            # expand_paths reads it; the rest of a pattern is matched below it
-            pattern = None if os.path.lexists(spec) else storage.local_glob(spec)
-            if pattern is None:
-                roots.append(spec)
-                continue
-            spec = pattern
         if storage.is_remote(spec):  # the folder the pattern starts from
             first = min(i for i in (spec.find(ch) for ch in "*?[") if i >= 0)
             roots.append(spec[:first].rsplit("/", 1)[0])

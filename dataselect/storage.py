@@ -188,29 +188,32 @@ def absolute(path: str | os.PathLike) -> str:
     return os.path.abspath(through_links(text))
 
 
-def local_glob(spec: str) -> str | None:
-    """The glob a local input spec that does not exist stands for, with the part of it
-    that exists taken literally (escaped); None when that leaves no wildcard: a path that
-    is missing, not a pattern.
+def absolute_spec(spec: str | os.PathLike) -> str:
+    """An input spec (a path, a folder or a glob, as ``--pool`` takes it) made absolute as
+    :func:`absolute` makes a path, with the working folder's own name kept literal: a
+    relative glob is joined to the escaped working folder, and a relative path that does
+    not exist is escaped whole, so that expanding the result reads what the spec read
+    where it was typed (:func:`unescaped` gives the path back for a message).
 
-    Why: a path is made absolute before it is expanded (:func:`absolute`), so the working
-    folder's own name became part of the pattern: run from ``run[1]``, ``p/*.parquet``
-    read ``run1/p``, from a folder named ``a*`` its siblings' ``p/`` too, and a missing
-    ``t9.jsonl`` matched ``run1/t9.jsonl``. A folder that exists under a name with
-    wildcard characters is that folder, as an existing file is that file."""
-    if not _glob.has_magic(spec):
-        return None
-    trail = os.sep if spec.endswith(os.sep) and spec.strip(os.sep) else ""
-    head, parts = spec.rstrip(os.sep) or os.sep, []
-    while head and not os.path.lexists(head):
-        head, tail = os.path.split(head)
-        if not tail:
-            break
-        parts.append(tail)
-    rest = os.path.join(*reversed(parts)) if parts else ""
-    if not _glob.has_magic(rest):
-        return None
-    return (os.path.join(_glob.escape(head), rest) if head else rest) + trail
+    Why: run from ``run[1]`` (or ``a*``), ``p/*.parquet`` made absolute read ``run1/p``
+    (or the siblings' ``p/`` too), and a missing ``t9.jsonl`` matched ``run1/t9.jsonl``:
+    the working folder's name had become part of the pattern. Whether a spec is a glob is
+    decided on the text as typed, as before: an existing path is that path, even when its
+    name holds wildcard characters."""
+    text = local_form(spec)
+    if not text or is_remote(text) or os.path.isabs(text) or os.path.lexists(text):
+        return absolute(text)
+    here = _glob.escape(working_folder())
+    text = through_links(text)
+    if os.path.isabs(text):  # a ".." after a link, resolved
+        return text
+    pattern = text if _glob.has_magic(text) else _glob.escape(text)
+    return os.path.join(here, os.path.normpath(pattern))
+
+
+def unescaped(pattern: str) -> str:
+    """``pattern`` with :func:`glob.escape`'s brackets removed (``[*]`` is ``*``)."""
+    return re.sub(r"\[([*?\[])\]", r"\1", pattern)
 
 
 def through_links(path: str) -> str:

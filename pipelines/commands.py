@@ -82,11 +82,15 @@ def local_path_args(args: argparse.Namespace) -> None:
 NAME_ARGS = ("model", "source")
 
 
+# the arguments that name inputs a glob may give (read_corpus expands them)
+SPEC_ARGS = ("pool", "target", "input", "queries")
+
+
 def _local_path(value: str, name: str) -> str:
     text = storage.local_form(value)
     if name in NAME_ARGS and os.sep not in text and not os.path.lexists(text):
         return text  # a bare name that is no file here: a shortcut, or refused as missing
-    return storage.absolute(text)
+    return storage.absolute_spec(text) if name in SPEC_ARGS else storage.absolute(text)
 
 
 def check_flag_pairs(args: argparse.Namespace) -> None:

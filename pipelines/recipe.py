@@ -483,7 +483,8 @@ def absolute_paths(recipe: Recipe) -> Recipe:
     Why: a recipe's ``cluster.scheduler`` runs its tasks on workers in folders of their
     own, where a relative ``pool.paths`` named another file (or none: "cannot fingerprint
     the file") and a relative output folder another folder."""
-    return _map_paths(recipe, lambda key, path: storage.absolute(path))
+    return _map_paths(recipe, lambda key, path: storage.absolute_spec(path)
+                      if key.startswith(("pool.", "targets.")) else storage.absolute(path))
 
 
 def _map_paths(recipe: Recipe, change: Callable[[str, str], str]) -> Recipe:

@@ -48,15 +48,32 @@ def test_the_working_folders_own_name_is_no_pattern(tmp_path, capsys, monkeypatc
     refused_run(argv, capsys, "t9.jsonl", "no such file")
 
 
-def test_local_glob_takes_what_exists_literally(tmp_path):
-    (tmp_path / "x[1]" / "p").mkdir(parents=True)
-    assert storage.local_glob(str(tmp_path / "x[1]" / "p" / "*.parquet")) == \
-        os.path.join(str(tmp_path / "x[[]1]" / "p"), "*.parquet")
-    assert storage.local_glob(str(tmp_path / "x[1]" / "missing.jsonl")) is None
-    assert storage.local_glob(str(tmp_path / "x[1]" / "p")) is None  # no wildcard: a path
-    assert storage.local_glob("*.jsonl") == "*.jsonl"
-    folders_only = str(tmp_path / "nope" / "*") + os.sep
-    assert storage.local_glob(folders_only) == folders_only
+def test_a_spec_keeps_the_working_folders_name_literal(tmp_path, monkeypatch):
+    here = tmp_path / "x[1]"
+    (here / "p").mkdir(parents=True)
+    (here / "d[2].jsonl").write_text('{"text": "a row"}\n')
+    monkeypatch.chdir(here)
+    escaped = str(tmp_path / "x[[]1]")
+    assert storage.absolute_spec("p/*.parquet") == os.path.join(escaped, "p", "*.parquet")
+    assert storage.absolute_spec("missing.jsonl") == os.path.join(escaped, "missing.jsonl")
+    assert storage.absolute_spec("d[2].jsonl") == str(here / "d[2].jsonl")  # exists: itself
+    assert storage.absolute_spec("p") == str(here / "p")
+    assert storage.unescaped(storage.absolute_spec("m[3]*.jsonl")) == str(here / "m[3]*.jsonl")
+    assert storage.absolute_spec("s3://b/p/*") == "s3://b/p/*"
+
+
+def test_a_typed_wildcard_matching_a_folder_named_with_it_still_matches_all(tmp_path, capsys,
+                                                                          monkeypatch):
+    """Pass 18 g01: the first fix of g20 took every existing folder of a pattern literally,
+    so 'q/sub*/*.parquet' read only a folder literally named 'sub*' when one existed."""
+    parts = sorted(SHIPPED.parent.glob("part-*.parquet"))[:3]
+    for name, part in zip(("subA", "subB", "sub*"), parts):
+        (tmp_path / "q" / name).mkdir(parents=True)
+        shutil.copy(part, tmp_path / "q" / name / "a.parquet")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o"
+    ran_ok(dsir_select("q/sub*/*.parquet", out), capsys)
+    assert _rows_in(out) == sum(pq.read_metadata(part).num_rows for part in parts)
 
 
 def test_a_deleted_working_folder_is_one_line(tmp_path, capsys, monkeypatch):
