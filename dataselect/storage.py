@@ -379,7 +379,9 @@ def matches(spec: str) -> bool:
     before its run starts)."""
     spec = local_form(spec)
     if not is_remote(spec):
-        return os.path.exists(spec) or bool(_glob.glob(spec))
+        # recursive: "p/**/*.parquet" matches p/a.parquet, as expand_paths reads it; a
+        # recipe's pool was refused as matching nothing where --pool read it
+        return os.path.exists(spec) or bool(_glob.glob(spec, recursive=True))
     return exists(spec) or (_glob.has_magic(spec) and bool(glob(spec)))
 
 

@@ -141,3 +141,13 @@ def test_a_working_folder_whose_name_is_not_utf8_is_named_as_such(tmp_path, caps
     line = refused_run(dsir_select("p", tmp_path / "o"), capsys, "the folder this command "
                        "runs in has a name that is not valid UTF-8", "caf\\xe9")
     assert "absolute paths" in line
+
+
+def test_a_recipes_double_star_glob_matches_files_at_its_top(tmp_path, capsys, monkeypatch):
+    """Pass 18 g06: ``pool.paths: [p/**/*.parquet]`` with the files directly in ``p/`` was
+    refused as matching nothing, where ``--pool`` reads them."""
+    (tmp_path / "p").mkdir()
+    shutil.copy(SHIPPED, tmp_path / "p" / "a.parquet")
+    monkeypatch.chdir(tmp_path)
+    ran_ok(["run", str(_recipe(tmp_path, str(tmp_path / "run"), "p/**/*.parquet"))], capsys)
+    assert (tmp_path / "run" / ".run.json").is_file()
