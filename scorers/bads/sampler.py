@@ -53,8 +53,10 @@ class BadsWarning(UserWarning):
     """A failure mode of the paper was detected in a fit (the message has the numbers)."""
 
 
-class BadsDivergedError(RuntimeError):
-    """θ or the weights stopped being finite (the N_t factor made the step too large)."""
+class BadsDivergedError(InputError):
+    """θ or the weights stopped being finite (the N_t factor made the step too large).
+    An input error: the settings cannot be used on this data, and the command line gives
+    its one line and exit 2 (it was a traceback)."""
 
 
 @dataclass
@@ -239,7 +241,7 @@ class BadsSampler:
                              "already in place)")
         energy, gap = self.energy(train_loss, weights, meta_loss)
         if not torch.isfinite(energy):
-            raise BadsDivergedError(self._diverged(f"the energy is {float(energy)}"))
+            raise BadsDivergedError(self._diverged(f"the energy is {float(energy.detach())}"))
         if not accumulated:
             self.optimizer.zero_grad(set_to_none=True)
         energy.backward()
@@ -294,9 +296,11 @@ class BadsSampler:
         return [{k: v.detach().clone() for k, v in self.weights.state_dict().items()}]
 
     def _diverged(self, what: str) -> str:
+        # adam is the default: suggesting it to a run that used it sent users in a circle
+        other = "" if self.config.optimizer == "adam" else ", or use optimizer=adam"
         return (f"BADS diverged at step {self.steps_done + 1}: {what} (N_t={self.n_train} "
                 f"multiplies the θ gradient; lower lr_theta={self.config.lr_theta} or "
-                f"rho_theta_train={self.config.rho_theta_train}, or use optimizer=adam)")
+                f"rho_theta_train={self.config.rho_theta_train}{other})")
 
     def diagnose(self, weights: np.ndarray) -> list[str]:
         """Warnings (with the numbers) for the paper's failure modes, given the final

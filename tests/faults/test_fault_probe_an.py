@@ -151,3 +151,18 @@ def test_a_recipes_double_star_glob_matches_files_at_its_top(tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     ran_ok(["run", str(_recipe(tmp_path, str(tmp_path / "run"), "p/**/*.parquet"))], capsys)
     assert (tmp_path / "run" / ".run.json").is_file()
+
+
+def test_bads_diverging_is_one_line_that_suggests_no_optimizer_in_use():
+    """Pass 18 g07: a diverged BADS run was a traceback (exit 1) whose message advised
+    "use optimizer=adam", the default already in use."""
+    from types import SimpleNamespace
+
+    from dataselect.errors import InputError
+    from scorers.bads.sampler import BadsConfig, BadsDivergedError, BadsSampler
+
+    assert issubclass(BadsDivergedError, InputError)
+    for optimizer, advice in (("adam", False), ("sgd", True)):
+        state = SimpleNamespace(steps_done=1, n_train=40, config=BadsConfig(optimizer=optimizer))
+        line = BadsSampler._diverged(state, "the energy is nan")
+        assert ("optimizer=adam" in line) is advice and "N_t=40" in line
