@@ -166,3 +166,18 @@ def test_bads_diverging_is_one_line_that_suggests_no_optimizer_in_use():
         state = SimpleNamespace(steps_done=1, n_train=40, config=BadsConfig(optimizer=optimizer))
         line = BadsSampler._diverged(state, "the energy is nan")
         assert ("optimizer=adam" in line) is advice and "N_t=40" in line
+
+
+def test_an_output_named_like_a_glob_folder_is_not_read_back(tmp_path, capsys, monkeypatch):
+    """Pass 18 g09: with the first fix of g20, ``--out 'q/sub[AB]'`` beside ``--pool
+    'q/sub[AB]/*.parquet'`` made a folder the same glob then read literally: the rerun read
+    the selection as its pool. A typed wildcard matches names, never itself."""
+    parts = sorted(SHIPPED.parent.glob("part-*.parquet"))[:2]
+    for name, part in zip(("subA", "subB"), parts):
+        (tmp_path / "q" / name).mkdir(parents=True)
+        shutil.copy(part, tmp_path / "q" / name / "a.parquet")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # the rerun resumes on the same pool
+        ran_ok(dsir_select("q/sub[AB]/*.parquet", Path("q/sub[AB]")), capsys)
+        assert _rows_in(tmp_path / "q" / "sub[AB]") == sum(pq.read_metadata(p).num_rows
+                                                          for p in parts)
