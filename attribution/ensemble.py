@@ -25,8 +25,20 @@ from attribution.output_gradients import OutputFunction, OutputGradients, output
 from attribution.scores import InnerProducts
 from dataselect import checks
 from dataselect.errors import InputError
-from models.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
-from models.lora_checkpoints import check_checkpoint, load_adapter, read_checkpoint_json
+from models.lm import (
+    check_model_folder,
+    load_causal_lm,
+    load_tokenizer,
+    model_digest,
+    pick_device,
+    tokenize,
+)
+from models.lora_checkpoints import (
+    check_base_model,
+    check_checkpoint,
+    load_adapter,
+    read_checkpoint_json,
+)
 from models.projection import PROJECTIONS
 
 # the built-in methods over a model and its checkpoints: they take each other's settings
@@ -84,6 +96,10 @@ class EnsembleMethod(Attributor):
         checks.optional(checks.check_device, settings.device, "device", here=False)
         settings.model = check_model_folder(settings.model, "model")
         settings.checkpoints = [check_checkpoint(path) for path in settings.checkpoints]
+        if settings.checkpoints:
+            digest = model_digest(settings.model)
+            for path in settings.checkpoints:
+                check_base_model(path, settings.model, digest)
         super().__init__(settings)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -330,6 +331,15 @@ def model_fingerprint(path: str) -> list[dict[str, Any]]:
                    if p.suffix in MODEL_FILE_SUFFIXES
                    and p.name not in BOOKKEEPING_FILES)
     return [file_fingerprint(str(p)) for p in files]
+
+
+def model_digest(path: str) -> str:
+    """One digest of a model folder's config and weight files' names, sizes and content
+    hashes (:func:`model_fingerprint` without the folder's path): the same model copied
+    elsewhere has the same digest. Recorded by the LoRA warmup in each checkpoint, so a
+    checkpoint given with another base model is refused (pass 18, g11)."""
+    entries = [[Path(f["path"]).name, f["bytes"], f["xxh3_128"]] for f in model_fingerprint(path)]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
 
 
 def recorded_model_files(scorer: Any) -> list[dict[str, Any]]:

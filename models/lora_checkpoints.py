@@ -86,6 +86,9 @@ class CheckpointRecord(TypedDict, total=False):
     epoch: Required[Annotated[int, Field(ge=1)]]
     step: Annotated[int, Field(ge=0)]
     mean_lr: Required[Annotated[float, Field(gt=0, allow_inf_nan=False)]]
+    # models.lm.model_digest of the model the warmup trained on (absent in checkpoints
+    # written before it was recorded, or by other tools: then nothing is compared)
+    base_model: str
 
 
 def _refuse_foreign_entries(out: str, ours: set[str]) -> None:
@@ -268,6 +271,26 @@ def _loading_adapter(path: str, load: Any) -> Any:
         raise InputError(f"cannot load this LoRA checkpoint onto the model: "
                          f"{failure_reason(exc)}; give a checkpoint trained on this model, or "
                          f"{WARMUP_HINT}", where=path) from exc
+
+
+def check_base_model(path: str, model: str, digest: str | None = None) -> None:
+    """Refuse the checkpoint ``path`` when its ``checkpoint.json`` records another base
+    model than ``model`` (``digest``: ``model``'s :func:`models.lm.model_digest`, taken
+    once for several checkpoints). Why: LoRA weights trained on one model load onto another
+    of the same shape without an error, and LESS or TracIn then scored with gradients of
+    a model the warmup never saw, exit 0 (pass 18, g11: a model folder edited after the
+    warmup, or another one)."""
+    from models.lm import model_digest
+
+    recorded = (read_checkpoint_json(path) or {}).get("base_model")
+    if not recorded:
+        return
+    digest = digest or model_digest(model)
+    if recorded != digest:
+        raise InputError(f"was trained on another base model than {model} (its "
+                         f"{INFO_FILE} records model digest {recorded}, the model's files "
+                         f"now give {digest}): give the model the warmup trained on, or "
+                         f"{WARMUP_HINT}", where=path)
 
 
 def read_info(path: str) -> CheckpointInfo:

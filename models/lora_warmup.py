@@ -28,7 +28,14 @@ from dataselect.corpus import Corpus
 from dataselect.errors import InputError
 from dataselect.outdir import OutputFolder
 from dataselect.output import write_json
-from models.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
+from models.lm import (
+    check_model_folder,
+    load_causal_lm,
+    load_tokenizer,
+    model_digest,
+    pick_device,
+    tokenize,
+)
 from models.lora_checkpoints import (
     INFO_FILE,
     MOMENTS_FILE,
@@ -64,6 +71,7 @@ def warmup(model: str, pool: Corpus, out: str, config: WarmupConfig | None = Non
     settings = {"model": model, "pool": pool.fingerprint(), **asdict(config)}
     settings["target_modules"] = list(config.target_modules)
     _claim(out, settings)
+    base_digest = model_digest(model)  # in each checkpoint: readers refuse another model
     sample, blank = sample_pool(pool, config.fraction, config.seed)
     torch_device = pick_device(device)
     tokenizer = load_tokenizer(model)
@@ -105,7 +113,8 @@ def warmup(model: str, pool: Corpus, out: str, config: WarmupConfig | None = Non
             if progress is not None:
                 progress(1)
         save_checkpoint(net, optimizer, ADAPTER, _epoch_dir(out, epoch), {
-            "epoch": epoch, "mean_lr": float(np.mean(rates)), "lr_first": rates[0],
+            "epoch": epoch, "base_model": base_digest,
+            "mean_lr": float(np.mean(rates)), "lr_first": rates[0],
             "lr_last": rates[-1], "sample_rows": sample.num_rows,
             **({"blank_rows_left_out": blank} if blank else {}), **settings})
     return [_epoch_dir(out, e) for e in range(1, config.epochs + 1)]

@@ -57,6 +57,7 @@ from models.lm import (
     load_causal_lm,
     load_tokenizer,
     loaded_once,
+    model_digest,
     model_rendering,
     per_example_loss,
     pick_device,
@@ -67,6 +68,7 @@ from models.lora_checkpoints import (
     AdamMoments,
     add_adapter,
     canonical_name,
+    check_base_model,
     load_adapter,
     load_moments,
     read_info,
@@ -129,6 +131,9 @@ class Less(TakesWarmup, Scorer):
                              "warmup` first)", field="checkpoints")
         self.infos = [read_info(path) for path in self.checkpoints]
         self.checkpoints = [info.path for info in self.infos]
+        digest = model_digest(self.model)
+        for path in self.checkpoints:
+            check_base_model(path, self.model, digest)
         self.subtasks_: list[str] = []
         self.subtask_means_: np.ndarray | None = None  # (subtasks, checkpoints, dim)
         self.target_ids_: list[str] = []

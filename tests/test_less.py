@@ -408,3 +408,25 @@ def test_checkpoint_json_has_one_reader_for_less_and_tracin(tmp_path):
             (tmp_path / name).write_text("{}")
         with pytest.raises(InputError, match=r"checkpoint\.json"):
             read_info(str(tmp_path))
+
+
+def test_checkpoints_are_refused_with_another_base_model(setup: dict, tmp_path) -> None:
+    """Pass 18 g11: LoRA checkpoints load onto any model of the same shape, so LESS (and
+    TracIn) scored with a model edited after the warmup, exit 0. Each checkpoint records
+    its base model's digest (names, sizes and content hashes of its files), and a reader
+    refuses another; a byte-identical copy elsewhere is the same model."""
+    from safetensors.torch import load_file, save_file
+
+    from models.lm import model_digest
+
+    recorded = json.loads((Path(setup["checkpoints"][0]) / "checkpoint.json").read_text())
+    assert recorded["base_model"] == model_digest(setup["model"])
+    copy = tmp_path / "copy"
+    shutil.copytree(setup["model"], copy)
+    Less(str(copy), setup["checkpoints"], proj_dim=64, max_length=MAX_LENGTH)  # accepted
+    weights = load_file(str(copy / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1.0
+    save_file(weights, str(copy / "model.safetensors"))
+    with pytest.raises(InputError, match="trained on another base model"):
+        Less(str(copy), setup["checkpoints"], proj_dim=64, max_length=MAX_LENGTH)
