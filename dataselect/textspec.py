@@ -40,6 +40,11 @@ class TextSpec:
     Build one with :meth:`parse`: ``"text"`` (any column name) for a plain column,
     ``"messages"`` for chat records (a list of ``{role, content}``), and
     ``"prompt+completion"`` for instruction pairs (any two column names joined by ``+``).
+
+    A column whose whole name is the spec wins over the pair: ``"a+b"`` on a table with a
+    column named ``a+b`` reads that column, as a name without ``+`` would, instead of
+    joining the columns ``a`` and ``b`` and ignoring the one the user named
+    (:meth:`for_table`).
     """
 
     kind: TextKind
@@ -63,8 +68,20 @@ class TextSpec:
     def __str__(self) -> str:
         return "+".join(self.fields) if self.kind == "prompt_completion" else self.fields[0]
 
+    def for_table(self, table: pa.Table) -> TextSpec:
+        """This spec as it reads ``table``: a ``prompt+completion`` spec whose whole text
+        is a column of ``table`` is that plain column. The spec is parsed before any file
+        is read, so only the table can tell whether ``+`` was part of a column's name."""
+        whole = str(self)
+        if self.kind == "prompt_completion" and whole in table.column_names:
+            return TextSpec("column", (whole,))
+        return self
+
     def render(self, table: pa.Table, where: WhereFn) -> pa.Array:
         """Return the text of every row as a string array, or raise naming the bad row."""
+        spec = self.for_table(table)
+        if spec is not self:
+            return spec.render(table, where)
         if table.num_rows == 0:
             return pa.array([], pa.string())
         for name in self.fields:
@@ -90,6 +107,9 @@ class TextSpec:
         instruction model is trained on them. Model-based scorers render this with the
         model's own chat template when it has one (:mod:`models.lm`).
         """
+        spec = self.for_table(table)
+        if spec is not self:
+            return spec.chat(table, where)
         if self.kind == "column":
             return None
         if self.kind == "messages":  # checked row by row by :meth:`render`
@@ -112,6 +132,9 @@ class TextSpec:
         prompt + completion pairs, and the whole text of a plain column. Offsets index the
         string :meth:`render` returns, so both always agree.
         """
+        spec = self.for_table(table)
+        if spec is not self:
+            return spec.response_spans(table, where)
         if self.kind == "column":
             lengths = pc.utf8_length(self.render(table, where)).to_pylist()
             spans = [[(0, n)] for n in lengths]
