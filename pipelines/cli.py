@@ -404,7 +404,18 @@ def main(argv: list[str] | None = None) -> int:
     or called in a program, a job under ``ulimit -v 1000000`` went on to abort in
     Polars' allocator (SIGABRT) or exit in OpenBLAS, with no line of dataselect's. Under
     such a limit glibc's malloc arenas are capped (:func:`cap_arenas_under_limit`), so that
-    the limit's floor holds on a machine of many cores too."""
+    the limit's floor holds on a machine of many cores too.
+
+    Output streams escape the characters their encoding cannot show
+    (:func:`~pipelines.console.tolerant_streams`): run as ``python -m pipelines.cli`` too,
+    a non-ASCII name on an ASCII console is printed escaped, not a traceback."""
+    from pipelines.console import tolerant_streams
+
+    with tolerant_streams():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     refusal = resource_limits_line()
     if refusal is not None:
         print(f"dataselect: error: {one_line(refusal)}", file=sys.stderr)
