@@ -426,6 +426,7 @@ def _main(argv: list[str] | None) -> int:
         from dataselect.fingerprint import cache_kept_out_of
 
         with cache_kept_out_of(_paths_given(args), written=[getattr(args, "out", None) or ""]):
+            _check_temporary_folder(args)
             _run_command(args)
     except KeyboardInterrupt:
         _traceback_if(args.verbose)
@@ -453,6 +454,16 @@ def _paths_given(args: argparse.Namespace) -> list[str]:
                               else item)
     out = getattr(args, "out", None)  # a folder the job is about to make
     return [v for v in values if v and (v == out or os.sep in v or os.path.exists(v))]
+
+
+def _check_temporary_folder(args: argparse.Namespace) -> None:
+    """Refuse a temporary folder (TMPDIR) in the command's inputs or ``--out``, before
+    anything is written (:func:`pipelines.cluster.check_temporary_folder`)."""
+    if args.command == "scorers":  # reads and writes nothing
+        return
+    from pipelines.cluster import check_temporary_folder
+
+    check_temporary_folder()
 
 
 def _run_command(args: argparse.Namespace) -> None:

@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +64,11 @@ SPAWN_POLL_SECONDS = 0.02
 # how long a refused or unresolvable scheduler address is retried: a scheduler started
 # a moment before the job gets that long to listen
 CONNECT_SECONDS = 3.0
+# the local cluster's scratch folder, made fresh in the temporary folder for each job
+SCRATCH_PREFIX = "dataselect-dask-"
+DASK_TEMPORARY_KEY = "temporary-directory"
+DASK_TEMPORARY_VARIABLE = "DASK_TEMPORARY_DIRECTORY"
+TEMPORARY_VARIABLES = ("TMPDIR", "TEMP", "TMP")  # the order tempfile reads them in
 
 
 def default_workers() -> int:
@@ -101,11 +108,13 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     dask_trim = _spawn_environ().get(TRIM_VARIABLE)
     environ = _worker_environ(max(1, default_workers() // count))
     with ExitStack() as stack:
+        scratch = stack.enter_context(_scratch_folder())  # removed after the cluster closes
         # the statistical profiler feeds only the dashboard, and its history grows with
         # the job
         stack.enter_context(dask.config.set({
             "distributed.worker.profile.enabled": False,
-            "distributed.nanny.pre-spawn-environ": environ}))
+            "distributed.nanny.pre-spawn-environ": environ,
+            DASK_TEMPORARY_KEY: scratch}))
         stack.enter_context(_short_message_logs())
         stack.enter_context(_without_inherited_trim(dask_trim))
         stack.enter_context(_thread_limits_in_environ(environ))
@@ -119,8 +128,87 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
             dashboard_address=":0",  # any free port: never collides with another cluster
             silence_logs=DASK_LOG_LEVEL if verbose else QUIET_LOG_LEVEL,
             preload=_worker_preloads(),
+            local_directory=scratch,
         ))
         yield stack.enter_context(Client(cluster))
+
+
+def check_temporary_folder() -> None:
+    """Refuse, in one line naming the variable that set it, a temporary folder in which a
+    new folder would lie in what this command reads or writes
+    (:func:`dataselect.fingerprint.kept_path_holding`: its inputs, ``--out``).
+
+    Why: temporary files go to ``TMPDIR`` (the local cluster's scratch folder, a fastText
+    model in training, a report check's browser profile), and ``TMPDIR`` set to the pool
+    folder made the local Dask cluster leave ``dask-scratch-space/`` with its lock files in
+    the input; set to ``--out``, the job then refused its own scratch folder as something
+    it did not write and told the user to move it away. The CLI checks this once per
+    command, before anything is written; :func:`dask_client` checks Dask's own folder."""
+    _refuse_temporary_in_kept(tempfile.gettempdir(), _temporary_setting())
+    dask_folder = os.environ.get(DASK_TEMPORARY_VARIABLE)  # read without importing Dask
+    if dask_folder:
+        _refuse_temporary_in_kept(os.path.expanduser(dask_folder), DASK_TEMPORARY_VARIABLE)
+
+
+def _temporary_setting() -> str:
+    """What chose :func:`tempfile.gettempdir`: the first of TMPDIR, TEMP, TMP that names
+    it, else the system's default."""
+    chosen = os.path.realpath(tempfile.gettempdir())
+    for name in TEMPORARY_VARIABLES:
+        value = os.environ.get(name)
+        if value and os.path.realpath(os.path.expanduser(value)) == chosen:
+            return name
+    return "the system's default, TMPDIR unset"
+
+
+def _dask_temporary() -> tuple[str, str]:
+    """The folder Dask's local cluster would put its scratch space in, and what set it."""
+    import dask
+
+    configured = dask.config.get(DASK_TEMPORARY_KEY, default=None)
+    if configured:
+        setting = (DASK_TEMPORARY_VARIABLE if os.environ.get(DASK_TEMPORARY_VARIABLE)
+                   else f"Dask's {DASK_TEMPORARY_KEY!r} setting")
+        return os.path.expanduser(str(configured)), setting
+    return tempfile.gettempdir(), _temporary_setting()
+
+
+def _refuse_temporary_in_kept(folder: str, setting: str) -> None:
+    """:func:`check_temporary_folder` for ``folder``, chosen by ``setting``. A folder made
+    there is judged by a name no input skips (a hidden name would pass a folder input's
+    read rule, yet still add an entry to the input folder)."""
+    from dataselect.fingerprint import kept_path_holding
+
+    kept = kept_path_holding(os.path.join(folder, SCRATCH_PREFIX + "scratch"))
+    if kept is not None:
+        raise InputError(
+            f"the temporary folder ({setting}) lies in {kept}, which this command reads "
+            "or writes, and dataselect's temporary files would be written there: set it "
+            "to a folder outside the inputs and --out", where=folder)
+
+
+@contextmanager
+def _scratch_folder() -> Iterator[str]:
+    """A fresh folder for the local cluster's scratch space (Dask's ``dask-scratch-space``
+    with its lock files, the workers' spilled data), outside what the job reads or writes,
+    removed once the cluster is closed.
+
+    Dask's default puts ``dask-scratch-space`` in ``DASK_TEMPORARY_DIRECTORY`` or
+    ``TMPDIR`` and leaves it there: pointed at the pool folder, an input was written to
+    (pass 18, g03). A folder of the job's own also keeps two jobs' workers apart."""
+    base, setting = _dask_temporary()
+    _refuse_temporary_in_kept(base, setting)
+    try:
+        os.makedirs(base, exist_ok=True)  # as Dask makes a configured folder that is absent
+        folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=base)
+    except OSError as exc:
+        raise InputError(f"cannot make the local Dask cluster's scratch folder in the "
+                         f"temporary folder ({setting}): {exc.strerror or exc}; set it to a "
+                         "writable folder", where=base) from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _short_message_logs() -> Any:
