@@ -407,9 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     the limit's floor holds on a machine of many cores too.
 
     Output streams escape the characters their encoding cannot show
-    (:func:`~pipelines.console.tolerant_streams`): run as ``python -m pipelines.cli`` too,
+    (:func:`~pipelines.streams.tolerant_streams`): run as ``python -m pipelines.cli`` too,
     a non-ASCII name on an ASCII console is printed escaped, not a traceback."""
-    from pipelines.console import tolerant_streams
+    from pipelines.streams import tolerant_streams
 
     with tolerant_streams():
         return _main(argv)
