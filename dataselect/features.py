@@ -244,7 +244,15 @@ class FeatureStore:
         its matrix's values included unless ``check_matrix`` is false (the caller then
         calls :meth:`check_matrix` itself)."""
         ids = self._read_ids(index)
-        matrix = load_array(self.matrix_path(index), mmap)
+        path = self.matrix_path(index)
+        if not os.path.lexists(path):
+            # its ids file is there, so the store wrote the matrix: it was deleted or moved
+            # since. np.load's FileNotFoundError was a traceback from index build and from
+            # the features rerun, which now computes the part again on this InputError
+            raise InputError("is missing, though its ids file is there (deleted or moved): "
+                             "restore it, or run dataselect features again with the same "
+                             "settings to compute it", where=path)
+        matrix = load_array(path, mmap)
         shape = (len(ids), self.views, self.description.get("dim"))
         if matrix.ndim != 3 or any(want is not None and got != want
                                    for got, want in zip(matrix.shape, shape, strict=True)):
@@ -276,9 +284,31 @@ class FeatureStore:
         self._origin(index).check_table(path, table)
         return ids
 
+    def check_finished(self) -> None:
+        """Refuse a store missing one of the parts its manifest plans (``npartitions``): a
+        ``features`` run stopped before the end, or a part's ids file gone. Its finished
+        parts alone were indexed and searched, exit 0, and the missing rows were never
+        returned. A store whose manifest plans no count (an older version's) is taken as
+        it is."""
+        planned = self.description.get("npartitions")
+        if not isinstance(planned, int) or isinstance(planned, bool):
+            return
+        finished = set(self.parts())
+        missing = [index for index in range(planned) if index not in finished]
+        if missing:
+            verb = "has" if len(missing) == 1 else "have"
+            raise InputError(f"is an unfinished feature store: {len(missing)} of its "
+                             f"{planned} parts {verb} no ids file (first "
+                             f"{os.path.basename(self.ids_path(missing[0]))}; a features "
+                             "run stopped before the end, or the file was deleted): rerun "
+                             "dataselect features with the same settings to finish it",
+                             where=self.folder)
+
     def iter_parts(self) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
-        """Every shard, refusing one holding a NaN or infinite value: an index would
-        silently never return that row (FAISS's inner products with it are NaN)."""
+        """Every shard of a finished store (:meth:`check_finished`), refusing one holding a
+        NaN or infinite value: an index would silently never return that row (FAISS's
+        inner products with it are NaN)."""
+        self.check_finished()
         for index in self.parts():
             ids, matrix = self.read_part(index, check_matrix=False)
             finite = np.isfinite(matrix).reshape(len(matrix), -1).all(axis=1)

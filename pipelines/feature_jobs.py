@@ -116,17 +116,21 @@ def _open_side(path: str, side: Side) -> FeatureStore:
 
 
 def build_index(features: str, out: str, kind: IndexKind = "flat",
-                console: Console | None = None, **options: Any) -> FeatureIndex:
-    """Index a pool feature store (views combined with their recorded weights)."""
+                console: Console | None = None, overwrite: bool = False,
+                **options: Any) -> FeatureIndex:
+    """Index a pool feature store (views combined with their recorded weights), refusing
+    an unfinished one (:meth:`FeatureStore.check_finished`), and an ``out`` holding the
+    index of another store unless ``overwrite`` (:meth:`FeatureIndex.save`)."""
     started = time.perf_counter()
     store = _open_side(features, "pool")
+    store.check_finished()
     if not store.parts():
         raise InputError("the feature store has no finished parts", where=features)
     index = FeatureIndex.build(store.combined, store.dim * store.views, kind=kind, **options)
     index.settings["features"] = store.description
     refuse_overlap(normalize(out), [features])
     with locked_output(out):
-        index.save(out)
+        index.save(out, overwrite)
     seconds = time.perf_counter() - started
     print_summary(console, "index", [StageTiming(f"index:{kind}", len(store.parts()), seconds)],
                   {"rows_in": len(index.ids), "kind": kind, "dim": index.dim,
@@ -190,6 +194,7 @@ def search_index(index_folder: str, queries: str, k: int | None, out: str,
     check_attributions_out(out, k, inputs)  # before any work
     index = FeatureIndex.load(index_folder)
     store = _open_side(queries, "query")
+    store.check_finished()  # its missing queries were silently left out
     check_compatible(index, store.description, queries)
     weights = index.settings.get("features", {}).get("view_weights")
     ids, vectors = [], []
