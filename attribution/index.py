@@ -170,12 +170,19 @@ class FeatureIndex:
                                "raise nprobe (ivf) or ef_search (hnsw)")
         return scores, [[self.ids[r] for r in row] for row in rows]
 
-    def save(self, folder: str | os.PathLike) -> None:
-        """Write ``index.faiss`` (a CPU index), ``ids.parquet`` and ``index.json``."""
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write ``index.faiss`` (a CPU index), ``ids.parquet`` and ``index.json``.
+
+        The folder's identity is the feature store's description (``settings["features"]``,
+        as ``index build`` records it): an index of the same features may be rebuilt in
+        place with other settings (``--kind``, ``--nlist``), but one of other features (another
+        pool, model or side) is another job's output, kept unless ``overwrite``; it was
+        replaced in place, exit 0. An index without a recorded store claims ownership only,
+        and a folder of someone else's is refused."""
         faiss = _faiss()
-        # an index is derived data: an index folder of ours may be rebuilt in place with
-        # other settings, but a folder of someone else's is refused
-        claimed = OutputFolder.claim(folder, "index", None)
+        features = self.settings.get("features")
+        identity = None if features is None else {"features": features}
+        claimed = OutputFolder.claim(folder, "index", identity, overwrite=overwrite)
         folder = claimed.path
         claimed.expect([INDEX_FILE, IDS_FILE, META_FILE])
         cpu_index = faiss.index_gpu_to_cpu(self.index) if _on_gpu(self.index) else self.index

@@ -369,6 +369,8 @@ def _index_commands(commands: Any) -> None:
     build = actions.add_parser("build", help="index a pool feature store")
     build.add_argument("--features", required=True, help="pool feature store folder")
     build.add_argument("--out", required=True, help="index folder")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace an index of another feature store in --out")
     build.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat",
                        help="flat: exact cosine; ivf/hnsw: approximate, faster" + DEFAULT)
     # None where not given, so that one given for another --kind is refused, not ignored

@@ -213,7 +213,8 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
     elif args.command == "index" and args.action == "build":
         options = {name: getattr(args, name) for name in INDEX_OPTIONS
                    if getattr(args, name) is not None}
-        feature_jobs.build_index(args.features, args.out, args.kind, console, **options)
+        feature_jobs.build_index(args.features, args.out, args.kind, console,
+                                 args.overwrite, **options)
     elif args.command == "index":
         feature_jobs.search_index(args.index, args.queries, args.k, args.out, console)
     elif ATTRIBUTIONS[args.method].reads == "pool":
