@@ -14,6 +14,9 @@ length because every consumer uses cosine similarity, and float16 then keeps ~3 
 every row whatever the raw gradient scale (raw SGD gradients of a trained model can fall
 below float16's range). The ids file is written after the matrix, atomically, so a shard
 counts as finished exactly when its ids file exists: a resumed job redoes only the rest.
+The store is finished when every part the manifest plans (``npartitions``) is: readers of
+the whole store (an index) refuse an unfinished one, whose missing rows they would never
+return.
 """
 
 from __future__ import annotations
