@@ -29,7 +29,7 @@ from dataselect.errors import InputError
 from dataselect.features import normalize_rows
 from dataselect.fingerprint import hash_file
 from dataselect.footer import columns_digest
-from dataselect.outdir import OutputFolder
+from dataselect.outdir import OutputFolder, recorded_identity, recorded_kind
 from dataselect.output import (
     atomic_write,
     damaged_if_unreadable,
@@ -93,6 +93,21 @@ def _check_index_ids(ids: list[Any]) -> None:
                              "feature store was damaged or edited; compute the features "
                              "again", field="id")
         seen.add(found)
+
+
+def index_identity(features: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The identity an index folder's marker records: the description of the feature
+    store it indexes (None, ownership only, for an index of vectors given directly)."""
+    return None if features is None else {"features": features}
+
+
+def check_index_out(folder: str, features: dict[str, Any], overwrite: bool) -> None:
+    """Refuse, before the index is built, an index ``folder`` holding another store's
+    index (unless ``overwrite``), as :meth:`FeatureIndex.save` will: building an IVF or
+    HNSW index of a large pool takes a while, and was done before the refusal."""
+    if overwrite or recorded_kind(folder) != "index" or recorded_identity(folder) is None:
+        return
+    OutputFolder.claim(folder, "index", index_identity(features))  # checks, writes nothing
 
 
 @dataclass
@@ -180,9 +195,8 @@ class FeatureIndex:
         replaced in place, exit 0. An index without a recorded store claims ownership only,
         and a folder of someone else's is refused."""
         faiss = _faiss()
-        features = self.settings.get("features")
-        identity = None if features is None else {"features": features}
-        claimed = OutputFolder.claim(folder, "index", identity, overwrite=overwrite)
+        claimed = OutputFolder.claim(folder, "index", index_identity(self.settings.get(
+            "features")), overwrite=overwrite)
         folder = claimed.path
         claimed.expect([INDEX_FILE, IDS_FILE, META_FILE])
         cpu_index = faiss.index_gpu_to_cpu(self.index) if _on_gpu(self.index) else self.index

@@ -24,7 +24,7 @@ from rich.progress import Progress
 
 from attribution import ATTRIBUTIONS
 from attribution.base import Attributor, checked_attribute
-from attribution.index import FeatureIndex, IndexKind
+from attribution.index import FeatureIndex, IndexKind, check_index_out
 from attribution.less import IndexSettings, LessCosine, check_compatible, search
 from attribution.output import write_attribution_matrix, write_attributions
 from attribution.scores import Scores
@@ -126,6 +126,8 @@ def build_index(features: str, out: str, kind: IndexKind = "flat",
     store.check_finished()
     if not store.parts():
         raise InputError("the feature store has no finished parts", where=features)
+    check_claimable(out, "index", [features])
+    check_index_out(out, store.description, overwrite)  # before the work
     index = FeatureIndex.build(store.combined, store.dim * store.views, kind=kind, **options)
     index.settings["features"] = store.description
     refuse_overlap(normalize(out), [features])

@@ -111,14 +111,19 @@ def test_index_search_refuses_an_unfinished_query_store(tmp_path, capsys):
 
 # ------------------------------------------------- g12: an index of another feature store
 
-def test_index_build_keeps_the_index_of_another_store_unless_overwrite(tmp_path, capsys):
+def test_index_build_keeps_the_index_of_another_store_unless_overwrite(tmp_path, capsys,
+                                                                       monkeypatch):
+    from attribution.index import FeatureIndex
+
     first, _ = _store(tmp_path, "fa")
     other, _ = _store(tmp_path, "fb", rows=46, start=100)
     idx = tmp_path / "idx"
     ran_ok(["index", "build", "--features", first, "--out", str(idx)], capsys)
     kept = {name: (idx / name).read_bytes() for name in ("index.faiss", "ids.parquet")}
     build = ["index", "build", "--features", other, "--out", str(idx)]
-    refused_run(build, capsys, str(idx), "other settings or inputs", "--overwrite")
+    with monkeypatch.context() as patch:  # refused before the index is built
+        patch.setattr(FeatureIndex, "build", None)
+        refused_run(build, capsys, str(idx), "other settings or inputs", "--overwrite")
     assert {name: (idx / name).read_bytes() for name in kept} == kept
     # the same store's index may be rebuilt in place, with other settings too
     ran_ok(["index", "build", "--features", first, "--out", str(idx), "--kind", "hnsw"],
