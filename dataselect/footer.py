@@ -183,8 +183,11 @@ class PartOrigin:
         here and holds ``rows`` rows (None: not known without reading it); returns the
         footer."""
         footer = read_footer(path, (metadata or {}).get(FOOTER_KEY))
-        wrong = [f"its {key} is {footer.get(key)!r}, not {want!r}"
-                 for key, want in (("index", self.index), ("rows", rows))
+        # the footer's number, then the folder's: "its rows is 40, not 39" read as if the
+        # file held 40 where the manifest listed 39, the other way round
+        wrong = [f"its footer records {key} {footer.get(key)!r} where {whose} {want!r}"
+                 for key, want, whose in (("index", self.index, "the folder's list has"),
+                                          ("rows", rows, "the folder's record has"))
                  if want is not None and footer.get(key) != want]
         if footer.get("job") != self.job:
             wrong.insert(0, "it names another job than the one its folder's marker "

@@ -181,3 +181,20 @@ def test_an_output_named_like_a_glob_folder_is_not_read_back(tmp_path, capsys, m
         ran_ok(dsir_select("q/sub[AB]/*.parquet", Path("q/sub[AB]")), capsys)
         assert _rows_in(tmp_path / "q" / "sub[AB]") == sum(pq.read_metadata(p).num_rows
                                                           for p in parts)
+
+
+def test_a_part_whose_footer_disagrees_says_which_number_is_whose():
+    """Pass 18 note: "its rows is 40, not 39" read as if the file held 40 where the folder
+    listed 39, the other way round."""
+    import pyarrow as pa
+
+    from dataselect.errors import InputError
+    from dataselect.footer import FOOTER_KEY, PartOrigin
+
+    stamped = PartOrigin("job", 2).stamp(pa.table({"id": ["a", "b"]}))
+    with pytest.raises(InputError) as caught:
+        PartOrigin("job", 3).check("p.parquet", stamped.schema.metadata, 5)
+    line = str(caught.value)
+    assert "its footer records index 2 where the folder's list has 3" in line
+    assert "its footer records rows 2 where the folder's record has 5" in line
+    assert FOOTER_KEY in stamped.schema.metadata
