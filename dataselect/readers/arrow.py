@@ -7,12 +7,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 from dataselect import storage
+from dataselect.errors import InputError
 from dataselect.readers.base import Piece, register
 from dataselect.readers.tabular import TabularReader, blocks_of
 
 ARROW_SUFFIXES = (".arrow", ".arrows", ".feather", ".ipc")
 # what every Arrow IPC stream writer appends on close (continuation marker, length 0)
 ARROW_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+# the first bytes of a Feather V1 file, the format before Arrow IPC (pyarrow < 0.17)
+FEATHER_V1_MAGIC = b"FEA1"
 
 
 @register
@@ -24,6 +27,13 @@ class ArrowReader(TabularReader):
     suffixes = ARROW_SUFFIXES
 
     def plan(self, path: str, target_bytes: int) -> list[Piece]:
+        if storage.read_range(path, 0, len(FEATHER_V1_MAGIC)) == FEATHER_V1_MAGIC:
+            # whole and readable by pyarrow.feather, which Arrow deprecated: it was called
+            # "truncated or corrupt: rewrite or re-download it", which it is not
+            raise InputError("is a Feather V1 file, the format Arrow replaced by Arrow IPC "
+                             "(Feather V2) and no longer reads here: rewrite it with "
+                             "pyarrow.feather.write_feather(pyarrow.feather.read_table(F), "
+                             "F2), whose default is V2", where=path)
         with storage.mapped(path) as source:
             try:
                 reader = pa.ipc.open_file(source)

@@ -198,3 +198,15 @@ def test_a_part_whose_footer_disagrees_says_which_number_is_whose():
     assert "its footer records index 2 where the folder's list has 3" in line
     assert "its footer records rows 2 where the folder's record has 5" in line
     assert FOOTER_KEY in stamped.schema.metadata
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_feather_v1_file_is_named_as_such_not_corrupt(tmp_path, capsys):
+    """Pass 18 note: a whole Feather V1 file was "truncated or corrupt: rewrite or
+    re-download it"."""
+    import pyarrow.feather as feather
+
+    path = tmp_path / "old.feather"
+    feather.write_feather(pq.read_table(SHIPPED), path, version=1)
+    line = refused_run(dsir_select(path, tmp_path / "o"), capsys, str(path), "Feather V1")
+    assert "corrupt" not in line
