@@ -12,6 +12,7 @@ gradients. Everything runs on ``device`` (``cuda`` when available) with no other
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,11 @@ class EnsembleMethod(Attributor):
         checks.optional(checks.check_device, settings.device, "device", here=False)
         settings.model = check_model_folder(settings.model, "model")
         settings.checkpoints = [check_checkpoint(path) for path in settings.checkpoints]
+        real = [os.path.realpath(path) for path in settings.checkpoints]
+        if len(set(real)) < len(real):  # counted twice, it would weigh double
+            twice = next(p for p, r in zip(settings.checkpoints, real) if real.count(r) > 1)
+            raise InputError("is listed more than once in checkpoints: give each checkpoint "
+                             "once", where=twice, field="checkpoints")
         if settings.checkpoints:
             digest = model_digest(settings.model)
             for path in settings.checkpoints:

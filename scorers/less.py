@@ -131,6 +131,11 @@ class Less(TakesWarmup, Scorer):
                              "warmup` first)", field="checkpoints")
         self.infos = [read_info(path) for path in self.checkpoints]
         self.checkpoints = [info.path for info in self.infos]
+        if len(set(self.checkpoints)) < len(self.checkpoints):
+            # a view counted twice weighs its checkpoint double, without a word
+            twice = next(p for p in self.checkpoints if self.checkpoints.count(p) > 1)
+            raise InputError("is listed more than once in checkpoints: give each checkpoint "
+                             "once", where=twice, field="checkpoints")
         digest = model_digest(self.model)
         for path in self.checkpoints:
             check_base_model(path, self.model, digest)

@@ -430,3 +430,31 @@ def test_checkpoints_are_refused_with_another_base_model(setup: dict, tmp_path) 
     save_file(weights, str(copy / "model.safetensors"))
     with pytest.raises(InputError, match="trained on another base model"):
         Less(str(copy), setup["checkpoints"], proj_dim=64, max_length=MAX_LENGTH)
+
+
+def test_a_checkpoint_listed_twice_is_refused(setup: dict) -> None:
+    """Pass 18 note: a checkpoint listed twice counted twice (its view weighed double)."""
+    first = setup["checkpoints"][0]
+    with pytest.raises(InputError, match="listed more than once"):
+        Less(setup["model"], [first, first + "/"], proj_dim=64,
+             max_length=MAX_LENGTH)
+
+
+def test_tracin_refuses_a_checkpoint_listed_twice_or_of_another_model(setup: dict,
+                                                                       tmp_path) -> None:
+    """The same two rules for the checkpoint ensembles (TracIn, TRAK, BIF)."""
+    from safetensors.torch import load_file, save_file
+
+    from attribution.tracin import TracInAttribution, TracInSettings
+
+    first = setup["checkpoints"][0]
+    TracInAttribution(TracInSettings(setup["model"], [first]))
+    with pytest.raises(InputError, match="listed more than once"):
+        TracInAttribution(TracInSettings(setup["model"], [first, first + "/"]))
+    edited = tmp_path / "edited"
+    shutil.copytree(setup["model"], edited)
+    weights = load_file(str(edited / "model.safetensors"))
+    name = sorted(weights)[0]
+    save_file({**weights, name: weights[name] * 2 + 1}, str(edited / "model.safetensors"))
+    with pytest.raises(InputError, match="trained on another base model"):
+        TracInAttribution(TracInSettings(str(edited), [first]))
