@@ -327,10 +327,13 @@ def model_fingerprint(path: str) -> list[dict[str, Any]]:
     reuse stored scores or features). dataselect's own bookkeeping in the folder (the
     import manifest, with its conversion time, and the ownership marker) is left out, so
     re-importing the same GGUF keeps stored results valid."""
-    files = sorted(p for p in Path(path).iterdir()
-                   if p.suffix in MODEL_FILE_SUFFIXES
-                   and p.name not in BOOKKEEPING_FILES)
-    return [file_fingerprint(str(p)) for p in files]
+    return [file_fingerprint(str(p)) for p in _model_files(path)]
+
+
+def _model_files(path: str) -> list[Path]:
+    """A model folder's config and weight files, by their names in the folder, sorted."""
+    return sorted(p for p in Path(path).iterdir()
+                  if p.suffix in MODEL_FILE_SUFFIXES and p.name not in BOOKKEEPING_FILES)
 
 
 def model_digest(path: str) -> str:
@@ -338,7 +341,12 @@ def model_digest(path: str) -> str:
     hashes (:func:`model_fingerprint` without the folder's path): the same model copied
     elsewhere has the same digest. Recorded by the LoRA warmup in each checkpoint, so a
     checkpoint given with another base model is refused (pass 18, g11)."""
-    entries = [[Path(f["path"]).name, f["bytes"], f["xxh3_128"]] for f in model_fingerprint(path)]
+    # each file by its name in the folder, not the path its fingerprint resolves to: in a
+    # Hugging Face cache layout the files are links to blobs/<hash>, and a copy made with
+    # `cp -rL` was refused as another model (pass 19, g04)
+    files = _model_files(path)
+    entries = [[p.name, f["bytes"], f["xxh3_128"]]
+               for p, f in zip(files, (file_fingerprint(str(p)) for p in files))]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
 
 

@@ -210,3 +210,22 @@ def test_a_feather_v1_file_is_named_as_such_not_corrupt(tmp_path, capsys):
     feather.write_feather(pq.read_table(SHIPPED), path, version=1)
     line = refused_run(dsir_select(path, tmp_path / "o"), capsys, str(path), "Feather V1")
     assert "corrupt" not in line
+
+
+def test_a_models_digest_names_its_files_as_the_folder_does(tmp_path):
+    """Pass 19 g04: in a Hugging Face cache layout the model's files are links to
+    ``blobs/<hash>``; the digest named them by their targets, so LESS refused the same
+    model copied with ``cp -rL`` as "trained on another base model"."""
+    from models.lm import model_digest
+
+    blobs, linked, copied = tmp_path / "blobs", tmp_path / "snapshot", tmp_path / "copy"
+    for folder in (blobs, linked, copied):
+        folder.mkdir()
+    for name, data in (("config.json", b'{"model_type": "llama"}'),
+                       ("model.safetensors", bytes(range(256)) * 8)):
+        (blobs / f"h{len(data)}").write_bytes(data)
+        (linked / name).symlink_to(blobs / f"h{len(data)}")
+        (copied / name).write_bytes(data)
+    assert model_digest(str(linked)) == model_digest(str(copied))
+    (copied / "model.safetensors").write_bytes(bytes(range(255, -1, -1)) * 8)
+    assert model_digest(str(linked)) != model_digest(str(copied))
