@@ -19,29 +19,13 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
 from fault_helpers import private_fingerprint_cache  # noqa: F401
+from test_fault_probe_ae import _pool, fresh_exclusions  # noqa: F401  (autouse fixture)
 
 from dataselect import fingerprint, read_corpus
 from dataselect.errors import InputError
 from dataselect.formats import expand_paths
 from models.importer import import_model
-
-
-@pytest.fixture(autouse=True)
-def fresh_exclusions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fingerprint, "_KEPT_OUT_OF", [])
-    monkeypatch.setattr(fingerprint, "_usable", {})
-    monkeypatch.setattr(fingerprint, "_is_racy", lambda *_: False)
-    for name in ("DATASELECT_MODEL_CACHE", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def _pool(folder: Path, name: str = "pool.jsonl") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl(folder / name, [{"id": f"{name}{i}", "text": f"row {i} about python " * 4}
-                                for i in range(30)])
-    return folder
 
 
 def _model(path: Path, seed: int) -> str:

@@ -8,32 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fault_helpers import (  # noqa: F401 (private_fingerprint_cache: autouse fixture)
     private_fingerprint_cache,
     ran_ok,
     refused_run,
 )
+from test_fault_probe_i import _Lengths
 
 from dataselect.corpus import read_corpus
 from dataselect.featurize import featurize
-
-
-class _Lengths:
-    """A featurizer of text lengths: a feature store without a model."""
-
-    name = "lengths"
-    uses_response_spans = False
-
-    def featurize_batch(self, batch: pa.Table, side: str = "pool") -> np.ndarray:
-        n = pc.utf8_length(batch["text"]).to_numpy(zero_copy_only=False).astype(np.float32)
-        return np.stack([n, n + 1, np.ones_like(n), 2 * n], axis=1)[:, None, :]
-
-    def feature_description(self, side: str = "pool") -> dict:
-        return {"kind": "lengths", "dim": 4, "views": 1}
 
 
 def _store(tmp_path: Path, name: str = "f", rows: int = 40, start: int = 0,
