@@ -269,18 +269,22 @@ class _Kept(str):
                 self._linked = []
         return self._linked
 
-    def reaches(self, real: str, made_in: str | None) -> bool:
+    def reaches(self, real: str, made_in: str | None, glob_start_kept: bool = True) -> bool:
         """Whether a cache folder at ``real`` (a real path) lies in what this path reads
         or writes, or holds it; ``made_in``: the first folder that making the absent
-        cache folder creates (None when it exists)."""
+        cache folder creates (None when it exists). ``glob_start_kept``: no folder is
+        made in the folder a glob starts in (a cache's rule); otherwise only where the
+        glob could read it (a temporary folder's rule, :func:`kept_path_holding`)."""
         if _below(real, self):  # the cache holds the input or output
             return True
         if self.kind == "whole":
             return _below(self, real)
-        if self.kind == "glob":  # and no folder is made in the folder it starts in
-            return _glob_reaches(self.parts, _parts(real)) or (
-                made_in is not None and _read_below(self, made_in)) or any(
-                match.reaches(real, made_in) for match in self.matched())
+        if self.kind == "glob":
+            made_read = made_in is not None and (
+                _read_below(self, made_in) if glob_start_kept
+                else _glob_reaches(self.parts, _parts(made_in)))
+            return _glob_reaches(self.parts, _parts(real)) or made_read or any(
+                match.reaches(real, made_in, glob_start_kept) for match in self.matched())
         return any(_read_below(folder, real) or (made_in is not None
                                                   and _read_below(folder, made_in))
                    for folder in [str(self), *self.linked()])
@@ -399,21 +403,26 @@ def _first_made(real: str) -> str | None:
     return first
 
 
-def kept_path_holding(folder: str | os.PathLike) -> str | None:
+def kept_path_holding(folder: str | os.PathLike, glob_start_kept: bool = True) -> str | None:
     """The path this command reads or writes (:func:`keep_cache_out_of`) that reads or
     writes ``folder``, or that ``folder`` holds, else None; for a folder not made yet, also
     the input whose read tree it would be made in. A cache that must write (a model
-    conversion) refuses such a folder instead of skipping it."""
+    conversion) refuses such a folder instead of skipping it.
+
+    ``glob_start_kept=False`` lets a folder be made in the folder a glob starts in where
+    the glob's pattern cannot read it: the temporary folder is where such folders are
+    meant to go, and ``--pool '/tmp/x_*.parquet'`` was refused for TMPDIR unset (pass 19,
+    g01) while a cache keeps out of that folder altogether."""
     real = os.path.realpath(os.path.expanduser(os.fspath(folder)))
-    return _kept_reaching(real, _first_made(real))
+    return _kept_reaching(real, _first_made(real), glob_start_kept)
 
 
-def _kept_reaching(real: str, made_in: str | None) -> str | None:
+def _kept_reaching(real: str, made_in: str | None, glob_start_kept: bool = True) -> str | None:
     """:func:`kept_path_holding` of a real path, judged as it is (no link resolved)."""
     for kept in _KEPT_OUT_OF:
         if not isinstance(kept, _Kept):  # a plain path (a test's): kept whole
             kept = _Kept(os.path.realpath(kept), "whole")
-        if kept.reaches(real, made_in):
+        if kept.reaches(real, made_in, glob_start_kept):
             return str(kept)
     return None
 

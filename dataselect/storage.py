@@ -179,13 +179,33 @@ def absolute(path: str | os.PathLike) -> str:
     claimed, outside ``--out``; and a pool found only here was refused as a missing file.
     Every path is made absolute before planning, with a scheduler or not, so the
     in-process runs read and write the very paths a cluster would."""
-    text = local_form(path)
+    text = home_expanded(local_form(path))
     if not text or is_remote(text):
         return text
     if os.path.isabs(text):
         return os.path.abspath(through_links(text))
     working_folder()
     return os.path.abspath(through_links(text))
+
+
+def home_expanded(path: str) -> str:
+    """A leading ``~`` or ``~user`` read as that home folder, as a shell reads it typed
+    bare; a ``~user`` naming no user here is refused in one line.
+
+    Why: a path reaches dataselect with its ``~`` unread wherever no shell read it first:
+    quoted on the command line (``--out '~/sel'``, as globs are quoted), in a recipe, in
+    a program. Read literally, ``--out '~/sel'`` made a folder named ``~`` in the working
+    folder (pass 19, g05), one a later ``rm -rf ~`` typed to clean it up would take the
+    home folder with it. A folder really named ``~`` is given as ``./~``."""
+    if not path.startswith("~"):
+        return path
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        user = expanded.split(os.sep, 1)[0][1:]
+        raise InputError(f"{path!r} starts with ~{user}, but this system knows no user "
+                         f"{user!r} whose home folder that would be: give the folder "
+                         "itself, or ./ before a name that starts with ~", where=path)
+    return expanded
 
 
 def absolute_spec(spec: str | os.PathLike) -> str:
@@ -200,7 +220,7 @@ def absolute_spec(spec: str | os.PathLike) -> str:
     the working folder's name had become part of the pattern. Whether a spec is a glob is
     decided on the text as typed, as before: an existing path is that path, even when its
     name holds wildcard characters."""
-    text = local_form(spec)
+    text = home_expanded(local_form(spec))
     if not text or is_remote(text) or os.path.isabs(text) or os.path.lexists(text):
         return absolute(text)
     here = _glob.escape(working_folder())

@@ -44,7 +44,8 @@ class TextSpec:
     A column whose whole name is the spec wins over the pair: ``"a+b"`` on a table with a
     column named ``a+b`` reads that column, as a name without ``+`` would, instead of
     joining the columns ``a`` and ``b`` and ignoring the one the user named
-    (:meth:`for_table`).
+    (:meth:`for_table`). With several ``+``, the one split whose halves are both columns
+    is read (``a+b+c`` on columns ``a+b`` and ``c``); two such splits are refused.
     """
 
     kind: TextKind
@@ -73,8 +74,21 @@ class TextSpec:
         is a column of ``table`` is that plain column. The spec is parsed before any file
         is read, so only the table can tell whether ``+`` was part of a column's name."""
         whole = str(self)
-        if self.kind == "prompt_completion" and whole in table.column_names:
+        if self.kind != "prompt_completion":
+            return self
+        names = set(table.column_names)
+        if whole in names:
             return TextSpec("column", (whole,))
+        # with several "+", each split whose halves are both columns is a reading
+        readings = [(whole[:at], whole[at + 1:]) for at, char in enumerate(whole)
+                    if char == "+" and whole[:at] in names and whole[at + 1:] in names]
+        if len(readings) > 1:
+            shown = ", ".join(f"{p!r} with {c!r}" for p, c in readings)
+            raise InputError(f"text spec {whole!r} reads this table {len(readings)} ways "
+                             f"({shown}): rename a column so that one reading is left",
+                             field="text")
+        if readings and readings[0] != self.fields:
+            return TextSpec("prompt_completion", readings[0])
         return self
 
     def render(self, table: pa.Table, where: WhereFn) -> pa.Array:

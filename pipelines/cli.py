@@ -413,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     a non-ASCII name on an ASCII console is printed escaped, not a traceback."""
     from pipelines.streams import tolerant_streams
 
-    with tolerant_streams():
-        return _main(argv)
+    with tolerant_streams() as console:
+        return console.settled(_main(argv))
 
 
 def _main(argv: list[str] | None) -> int:

@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from dataselect import checks
 from dataselect.errors import ClusterLostError, InputError, limits_in_force
+from dataselect.temporary import refuse_temporary_in_kept, temporary_setting
 from pipelines.progress import LOST_AFTER_VARIABLE, lost_after_seconds
 from pipelines.threads import LocalThreads
 
@@ -68,7 +69,6 @@ CONNECT_SECONDS = 3.0
 SCRATCH_PREFIX = "dataselect-dask-"
 DASK_TEMPORARY_KEY = "temporary-directory"
 DASK_TEMPORARY_VARIABLE = "DASK_TEMPORARY_DIRECTORY"
-TEMPORARY_VARIABLES = ("TMPDIR", "TEMP", "TMP")  # the order tempfile reads them in
 
 
 def default_workers() -> int:
@@ -144,21 +144,10 @@ def check_temporary_folder() -> None:
     the input; set to ``--out``, the job then refused its own scratch folder as something
     it did not write and told the user to move it away. The CLI checks this once per
     command, before anything is written; :func:`dask_client` checks Dask's own folder."""
-    _refuse_temporary_in_kept(tempfile.gettempdir(), _temporary_setting())
+    refuse_temporary_in_kept(tempfile.gettempdir(), temporary_setting())
     dask_folder = os.environ.get(DASK_TEMPORARY_VARIABLE)  # read without importing Dask
     if dask_folder:
-        _refuse_temporary_in_kept(os.path.expanduser(dask_folder), DASK_TEMPORARY_VARIABLE)
-
-
-def _temporary_setting() -> str:
-    """What chose :func:`tempfile.gettempdir`: the first of TMPDIR, TEMP, TMP that names
-    it, else the system's default."""
-    chosen = os.path.realpath(tempfile.gettempdir())
-    for name in TEMPORARY_VARIABLES:
-        value = os.environ.get(name)
-        if value and os.path.realpath(os.path.expanduser(value)) == chosen:
-            return name
-    return "the system's default, TMPDIR unset"
+        refuse_temporary_in_kept(os.path.expanduser(dask_folder), DASK_TEMPORARY_VARIABLE)
 
 
 def _dask_temporary() -> tuple[str, str]:
@@ -170,21 +159,7 @@ def _dask_temporary() -> tuple[str, str]:
         setting = (DASK_TEMPORARY_VARIABLE if os.environ.get(DASK_TEMPORARY_VARIABLE)
                    else f"Dask's {DASK_TEMPORARY_KEY!r} setting")
         return os.path.expanduser(str(configured)), setting
-    return tempfile.gettempdir(), _temporary_setting()
-
-
-def _refuse_temporary_in_kept(folder: str, setting: str) -> None:
-    """:func:`check_temporary_folder` for ``folder``, chosen by ``setting``. A folder made
-    there is judged by a name no input skips (a hidden name would pass a folder input's
-    read rule, yet still add an entry to the input folder)."""
-    from dataselect.fingerprint import kept_path_holding
-
-    kept = kept_path_holding(os.path.join(folder, SCRATCH_PREFIX + "scratch"))
-    if kept is not None:
-        raise InputError(
-            f"the temporary folder ({setting}) lies in {kept}, which this command reads "
-            "or writes, and dataselect's temporary files would be written there: set it "
-            "to a folder outside the inputs and --out", where=folder)
+    return tempfile.gettempdir(), temporary_setting()
 
 
 @contextmanager
@@ -197,7 +172,7 @@ def _scratch_folder() -> Iterator[str]:
     ``TMPDIR`` and leaves it there: pointed at the pool folder, an input was written to
     (pass 18, g03). A folder of the job's own also keeps two jobs' workers apart."""
     base, setting = _dask_temporary()
-    _refuse_temporary_in_kept(base, setting)
+    refuse_temporary_in_kept(base, setting)
     try:
         os.makedirs(base, exist_ok=True)  # as Dask makes a configured folder that is absent
         folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=base)

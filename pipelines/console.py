@@ -26,8 +26,8 @@ from pipelines.streams import tolerant_streams
 
 
 def main() -> int:
-    with tolerant_streams():
-        return _main()
+    with tolerant_streams() as console:
+        return console.settled(_main())
 
 
 def _main() -> int:

@@ -43,6 +43,7 @@ from dataselect.scoring import (
     noting_blank_target_rows,
     plan_pool,
 )
+from dataselect.temporary import checked_temporary_folder
 from dataselect.writer import (
     ADDED_COLUMNS,
     MANIFEST_FILE,
@@ -254,7 +255,8 @@ def parsed_once(pool: Corpus, out: OutputFolder) -> Iterator[Corpus]:
     back by mapping, which an object store cannot do, and never outlive the job.
     """
     if storage.is_remote(out.path):
-        with tempfile.TemporaryDirectory(prefix="dataselect-") as local:
+        with tempfile.TemporaryDirectory(prefix="dataselect-",
+                                         dir=checked_temporary_folder()) as local:
             yield from _kept_in(pool, os.path.join(local, PARSED_DIR), None)
         return
     yield from _kept_in(pool, out.join(PARSED_DIR), out)

@@ -518,15 +518,10 @@ def _home_expanded(recipe: Recipe, where: str) -> None:
     is the home folder; and ``pool.paths: [~/data]`` matched nothing. A ``~user`` naming
     no user here is refused."""
     def expand(key: str, path: str) -> str:
-        if not path.startswith("~"):
-            return path
-        expanded = os.path.expanduser(path)
-        if expanded.startswith("~"):
-            user = expanded.split(os.sep, 1)[0][1:]
-            raise RecipeError(f"{path!r} starts with ~{user}, but this system knows no user "
-                              f"{user!r} whose home folder that would be: give the folder "
-                              "itself", where=where, field=key)
-        return expanded
+        try:
+            return storage.home_expanded(path)
+        except InputError as exc:
+            raise RecipeError(exc.message, where=where, field=key) from None
 
     _map_paths(recipe, expand)
 

@@ -49,6 +49,7 @@ from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
 from dataselect.output import atomic_write, damaged_if_unreadable, read_json, read_table
 from dataselect.records import EvalResults, FitStats, check_record
 from dataselect.scoring import stored_parts
+from dataselect.temporary import checked_temporary_folder
 from dataselect.writer import MANIFEST_FILE
 from pipelines.report_input import (
     REPORT_KINDS,
@@ -609,7 +610,7 @@ def check_renders(page: str, timeout: float = 60.0) -> dict[str, int]:
         raise InputError("no Chromium found to check the report with: install it "
                          "(Debian: apt-get install chromium) or set DATASELECT_CHROMIUM")
     # a profile of its own in a temporary folder: never a name in the user's folder
-    profile = tempfile.mkdtemp(prefix="dataselect-chromium-")
+    profile = tempfile.mkdtemp(prefix="dataselect-chromium-", dir=checked_temporary_folder())
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",

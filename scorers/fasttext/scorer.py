@@ -47,6 +47,7 @@ from dataselect.execution import Runner, default_runner, step_progress
 from dataselect.fingerprint import file_fingerprint
 from dataselect.sampling import sample_rows
 from dataselect.scoring import Scorer, StartedFit
+from dataselect.temporary import checked_temporary_folder
 from scorers.fasttext.model_file import check_model_file
 
 LABEL_PREFIX = "__label__"
@@ -78,6 +79,7 @@ def _load(path: str, trained: bool = False) -> Any:
     division by zero) where no Python error could name the file."""
     import fasttext
 
+    checks.check_regular_file(path)  # a FIFO or a device is named as such, not "not found"
     if not os.path.isfile(path):
         raise InputError("fastText model file not found", where=path, field="model")
     try:
@@ -193,7 +195,8 @@ class FastText(Scorer):
         if self.model is not None:
             return PendingFit(self._check_given_model())
         sample = self._sample(target, pool, runner)
-        folder = tempfile.TemporaryDirectory(prefix="dataselect-fasttext-")
+        folder = tempfile.TemporaryDirectory(prefix="dataselect-fasttext-",
+                                             dir=checked_temporary_folder())
         try:
             train_path, model_path = self._write_training(sample, folder.name)
             process = TrainingProcess(train_path, model_path, self._train_params(),
@@ -280,7 +283,8 @@ class FastText(Scorer):
             return _load(self.model)
         if self.model_bytes_ is None:
             raise RuntimeError("FastText.score_batch called before fit")
-        handle, path = tempfile.mkstemp(prefix="dataselect-fasttext-", suffix=".bin")
+        handle, path = tempfile.mkstemp(prefix="dataselect-fasttext-", suffix=".bin",
+                                        dir=checked_temporary_folder())
         try:
             with os.fdopen(handle, "wb") as f:
                 f.write(self.model_bytes_)
