@@ -500,11 +500,33 @@ def check_utf8_name(path: str, name: str | None = None) -> str:
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        shown_name = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raw = os.fsencode(path)
+        shown_name = raw.decode("utf-8", "backslashreplace")
+        if _utf8(raw) and sys.getfilesystemencoding().lower() not in ("utf-8", "utf8"):
+            raise InputError(
+                f"the name is valid UTF-8, but Python reads file names as "
+                f"{sys.getfilesystemencoding()} here (the locale is {_locale_name()}): run "
+                "with LC_ALL=C.UTF-8 or PYTHONUTF8=1", where=shown_name, field=name) from None
         raise InputError("the name is not valid UTF-8 (undecodable bytes shown as \\xNN); "
                          "rename it with UTF-8 characters", where=shown_name,
                          field=name) from None
     return path
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _locale_name() -> str:
+    """The locale that chose the file-name encoding, as the environment sets it."""
+    for variable in ("LC_ALL", "LC_CTYPE", "LANG"):
+        if os.environ.get(variable):
+            return f"{variable}={os.environ[variable]}"
+    return "unset"
 
 
 def check_local_layout(out: str, save_to_disk: bool) -> None:

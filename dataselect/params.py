@@ -150,7 +150,11 @@ def _from_text(text: str, kind: Any, key: str) -> Any:
         return None
     origin = typing.get_origin(base)
     if origin is list:
-        return [part for part in text.split(",") if part]
+        parts = [part for part in text.split(",") if part]
+        if not parts:  # "-p candidates=" meant the default, silently
+            raise InputError(f"{key}= lists nothing: give comma-separated values, or leave "
+                             f"{key} out for its default", field=key)
+        return parts
     try:
         if base is bool:
             if text.lower() not in TRUE + FALSE:

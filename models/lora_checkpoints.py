@@ -19,10 +19,13 @@ moments match parameters whatever the adapter is called when loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -260,11 +263,23 @@ def add_adapter(model: Any, path: str, name: str) -> None:
     _loading_adapter(path, lambda: model.load_adapter(path, adapter_name=name))
 
 
+@contextlib.contextmanager
+def peft_deprecations_quiet() -> Iterator[None]:
+    """Hide transformers' FutureWarning that peft's own code raises when it wraps a model
+    (it reads the deprecated ``is_gradient_checkpointing``): printed on every LESS and
+    BADS run, it told users of a change they cannot make."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        yield
+
+
 def _loading_adapter(path: str, load: Any) -> Any:
     from models.lm import failure_reason, is_folder_fault
 
     try:
-        return load()
+        with peft_deprecations_quiet():
+            return load()
     except Exception as exc:
         if not is_folder_fault(exc) or isinstance(exc, InputError):
             raise

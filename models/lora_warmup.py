@@ -43,6 +43,7 @@ from models.lora_checkpoints import (
     check_checkpoint,
     load_adapter,
     load_moments,
+    peft_deprecations_quiet,
     save_checkpoint,
 )
 from models.warmup_config import WarmupConfig, sample_pool
@@ -81,9 +82,10 @@ def warmup(model: str, pool: Corpus, out: str, config: WarmupConfig | None = Non
     if done:
         net = load_adapter(base, _epoch_dir(out, done), is_trainable=True)
     else:
-        net = get_peft_model(base, LoraConfig(
-            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-            target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
+        with peft_deprecations_quiet():
+            net = get_peft_model(base, LoraConfig(
+                r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
     net.to(torch_device).train()
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

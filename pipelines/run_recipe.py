@@ -70,7 +70,7 @@ from dataselect.scoring import (
 )
 from dataselect.union import TASKS_COLUMN, split_selection, write_union
 from dataselect.writer import ADDED_COLUMNS, output_schema
-from pipelines.cluster import dask_client
+from pipelines.cluster import check_temporary_folder, dask_client
 from pipelines.jobs import OUTPUT_REVISION, parsed_once
 from pipelines.progress import ProgressRunner, StageTiming
 from pipelines.recipe import Recipe, TinyModelSpec, absolute_paths, recipe_dict
@@ -107,6 +107,8 @@ def _run_recipe(recipe: Recipe, recipe_file: str, overwrite: bool,
     keep_cache_out_of([*recipe.pool.paths, *(p for t in recipe.targets.values() for p in t.paths),
                        recipe.output.path, *(m.path for m in recipe.models.values() if m.path)],
                       written=[recipe.output.path])
+    # and neither do temporary files: refused now, before the output folder is claimed
+    check_temporary_folder()
     pool = plan_pool(read_corpus(recipe.pool.paths, recipe.pool.text, recipe.pool.id_field,
                                  max(1, int(recipe.pool.partition_mb * 2**20))),
                      [SCORERS[name] for name in recipe.scorers])

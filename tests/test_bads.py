@@ -283,6 +283,16 @@ def test_a_weak_budget_prior_collapses_the_weights_and_is_reported(noisy_digits)
     assert "sigma=10.0" in fit.warnings[0]
 
 
+def test_an_overshooting_weight_step_is_named_instead_of_raising_it(noisy_digits) -> None:
+    """lr_w=1e30 collapses every weight; the advice was "raise lr_w", the wrong way."""
+    d = noisy_digits
+    config = BadsConfig(beta=0.6, steps=20, batch_size=64, lr_w=1e30)
+    with pytest.warns(BadsWarning, match="lower lr_w first"):
+        fit = fit_classifier(_mlp(0), d["x"], d["y"], d["meta_x"], d["meta_y"], config)
+    assert fit.weights.max() < 0.05
+    assert not any("raise lr_w" in line for line in fit.warnings), fit.warnings
+
+
 def test_a_step_too_large_for_the_n_t_factor_is_an_error(noisy_digits) -> None:
     d = noisy_digits
     config = BadsConfig(beta=0.6, optimizer="sgd", lr_theta=10.0, steps=50, batch_size=64)

@@ -97,6 +97,22 @@ def test_warmup_resumes_from_the_last_finished_epoch(setup: dict, tmp_path: Path
                                            rtol=1e-5, atol=1e-7)
 
 
+def test_warmup_and_adapter_loading_print_no_deprecation_of_peft_s_own(
+        setup: dict, tmp_path: Path) -> None:
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``: the FutureWarning
+    was printed on every LESS and BADS run (pass 18 note)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fresh = warmup(setup["model"], setup["pool"], str(tmp_path / "warm"), WARMUP)
+        folder = tmp_path / "resumed"
+        shutil.copytree(Path(fresh[0]).parent, folder)
+        shutil.rmtree(folder / "epoch-2")
+        warmup(setup["model"], setup["pool"], str(folder), WARMUP)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
 def test_warmup_refuses_a_folder_with_other_settings(setup: dict, tmp_path: Path) -> None:
     from dataselect.errors import OutputConflictError
 

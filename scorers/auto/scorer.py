@@ -112,7 +112,8 @@ class Auto(Scorer):
         checks.optional(checks.check_count, self.k, "k")
         checks.optional(checks.check_fraction, self.fraction, "fraction")
         checks.check_seed(self.seed)
-        names = list(self.candidates or self._default_candidates())
+        names = list(self._default_candidates() if self.candidates is None
+                     else self.candidates)
         unknown = [n for n in names if n not in SCORERS.names() or n == self.name]
         if unknown or not names or len(set(names)) != len(names):
             raise InputError(f"candidates must be distinct registered scorers other than auto, "

@@ -47,6 +47,9 @@ from dataselect.errors import InputError
 WeightKind = Literal["network", "free"]
 WEIGHT_KINDS = ("network", "free")
 OPTIMIZERS = ("adam", "sgd")
+# the largest weight learning rate a run is expected to use: an optimizer step of 1 moves a
+# weight's logit by about 1 a step (Adam), past which its steps overshoot
+USUAL_MAX_LR_W = 1.0
 
 
 class BadsWarning(UserWarning):
@@ -308,17 +311,24 @@ class BadsSampler:
         c = self.config
         found = []
         mean = float(weights.mean()) if len(weights) else float("nan")
-        if len(weights) and (mean < c.beta / 10 or float(weights.max()) < 0.05):
+        # a weight step far above the usual ones overshoots: the weights saturate, and the
+        # advice to raise lr_w or lower sigma pointed the wrong way (lr_w=1e30, pass 18)
+        overshoot = (f"; lr_w={c.lr_w} is {c.lr_w / USUAL_MAX_LR_W:.3g}× the largest usual "
+                     "step, so the weights' steps overshoot: lower lr_w first"
+                     if c.lr_w > USUAL_MAX_LR_W else "")
+        collapsed = len(weights) and (mean < c.beta / 10 or float(weights.max()) < 0.05)
+        if collapsed:
             found.append(
                 f"weights collapsed towards 0: mean {mean:.3g}, max {float(weights.max()):.3g} "
                 f"for a budget beta={c.beta}; the budget prior (sigma={c.sigma}) is too weak "
-                "against the data term, lower sigma")
+                f"against the data term, lower sigma{overshoot}")
         elif len(weights) and abs(mean / c.beta - 1) > 0.5:
             found.append(
                 f"weights average {mean:.3g}, far from the budget beta={c.beta}: the selection "
                 "is sensitive to beta; check it against the share of the pool you expect to "
                 "be useful, or lower sigma to hold the budget")
-        if len(weights) > 1 and float(weights.std()) < 1e-3:
+        # after an overshoot the collapse's line names the cause: raising lr_w makes it worse
+        if len(weights) > 1 and float(weights.std()) < 1e-3 and not (overshoot and collapsed):
             found.append(
                 f"weights did not separate: std {float(weights.std()):.2e} over {len(weights)} "
                 f"examples after {self.steps_done} steps; raise lr_w={c.lr_w} or steps, or "

@@ -228,3 +228,88 @@ def test_a_text_spec_read_one_way_by_the_columns_reads_that_way(tmp_path):
     assert spec.fields == ("a+b", "c")
     assert spec.render(table, lambda i: "t").to_pylist() == \
         TextSpec.parse("p+q").render(pa.table({"p": ["x"], "q": ["y"]}), lambda i: "t").to_pylist()
+
+
+# --- note: a recipe refused for its temporary folder leaves its output folder as it was ---
+
+def test_a_recipe_whose_tmpdir_is_its_output_folder_leaves_that_folder_empty(
+        tmp_path, capsys, monkeypatch):
+    import yaml
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    pool = _pool_file(tmp_path / "p" / "pool.parquet").parent
+    recipe = {"name": "tmp", "pool": {"paths": [str(pool)], "text": "text"},
+              "targets": {"docs": {"paths": str(TARGETS / "python_docs.jsonl")}},
+              "scorers": {"dsir": {"num_buckets": 5000}}, "selection": {"k": 5},
+              "output": {"path": str(out)},
+              "cluster": {"workers": 1, "worker_kind": "processes"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    _temporary_folder(monkeypatch, out)
+    refused_run(["run", str(path)], capsys, "TMPDIR", str(out))
+    assert _tree(out) == []
+
+
+# --- note: held-out rows that differ from target rows only in white space ----------------
+
+def test_held_out_near_copies_of_target_rows_are_refused(tmp_path):
+    import json
+
+    import yaml
+    from conftest import DATA, instruction_recipe
+
+    from pipelines.evaluate import EvalSettings, plan_trainings
+    from pipelines.recipe import load_recipe
+    from pipelines.run_recipe import run_recipe
+
+    instructions = DATA / "instructions"
+    near = []
+    for line in (instructions / "targets" / "code.jsonl").read_text().splitlines()[:2]:
+        row = json.loads(line)
+        row["id"] = f"near-{row.get('id', len(near))}"
+        for message in row["messages"]:
+            message["content"] = "  " + message["content"].replace(" ", "  ") + " \n"
+        near.append(json.dumps(row) + "\n")
+    held = (instructions / "eval" / "code.jsonl").read_text().splitlines(keepends=True)[:5]
+    eval_file = tmp_path / "held_out.jsonl"
+    eval_file.write_text("".join(held + near), encoding="utf-8")
+    recipe = instruction_recipe(tmp_path / "out", ("code",), {"dsir": {"num_buckets": 5000}}, 20)
+    recipe["targets"]["code"]["eval"] = str(eval_file)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    run_recipe(load_recipe(path))
+    tiny = {"seeds": (0,), "steps": 2, "hidden_size": 32, "layers": 1, "heads": 2,
+            "vocab_size": 400, "batch_size": 4, "max_length": 64, "workers": 1}
+    with pytest.raises(InputError, match=r"2 held-out rows of task 'code' are also in its "
+                                         r"target"):
+        plan_trainings(str(tmp_path / "out"), EvalSettings(**tiny))
+
+
+# --- notes: an empty list setting; a UTF-8 name under an ASCII locale ---------------------
+
+def test_an_empty_list_setting_is_refused_not_read_as_the_default(tmp_path, capsys):
+    pool = _pool_file(tmp_path / "p" / "pool.parquet").parent
+    argv = dsir_select(pool, tmp_path / "o", "-p", "candidates=", k=5)
+    argv[argv.index("dsir")] = "auto"
+    refused_run(argv, capsys, "candidates=", "lists nothing")
+    from scorers import SCORERS
+
+    with pytest.raises(InputError, match="candidates"):
+        SCORERS["auto"](candidates=[])
+
+
+def test_a_utf8_name_under_an_ascii_locale_names_the_locale(tmp_path):
+    import subprocess
+
+    _pool_file(tmp_path / "pöol.parquet")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "select", "--scorer", "dsir", "--pool",
+         "pöol.parquet", "--target", str(TARGETS / "python_docs.jsonl"), "--k", "5",
+         "--out", "o", "--workers", "1"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, encoding="utf-8", errors="replace", timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "LC_ALL=C.UTF-8 or PYTHONUTF8=1" in done.stderr
+    assert "is not valid UTF-8" not in done.stderr
