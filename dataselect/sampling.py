@@ -117,27 +117,18 @@ def sample_corpus(corpus: Any, k: int, seed: int) -> pa.Table:
 class PartitionSample:
     """A stage task: partition ``index``'s :func:`bottom_k` sample and its row count; fold
     the results with :class:`MergeSamples` for a corpus-wide sample drawn in one pass on
-    the cluster. ``view``: the rows as scorers see them (``id``, ``text``), else whole.
-    With a ``cutoff`` (:func:`sample_rows`), only rows whose key is at most the cutoff
-    are read, from the row groups that hold them, after the partition's ids."""
+    the cluster. ``view``: the rows as scorers see them (``id``, ``text``), else whole."""
 
     corpus: Any
     k: int
     seed: int
     view: bool = False
     stream: int = SAMPLE_STREAM
-    cutoff: float | None = None
 
     def __call__(self, index: int) -> tuple[pa.Table, int]:
-        if self.cutoff is None:
-            table = self.corpus.read_partition(index)
-            rows = table.num_rows
-        else:
-            keys = sample_keys(self.corpus.read_ids(index), self.seed, self.stream)
-            rows = len(keys)
-            table = self.corpus.read_rows(index, np.flatnonzero(keys <= self.cutoff))
+        table = self.corpus.read_partition(index)
         view = self.corpus.scoring_view(table) if self.view else table
-        return bottom_k(view, self.k, self.seed, self.stream), rows
+        return bottom_k(view, self.k, self.seed, self.stream), table.num_rows
 
 
 @dataclass(frozen=True)
@@ -154,10 +145,15 @@ class MergeSamples:
         return bottom_k(both, self.k, self.seed, self.stream), left[1] + right[1]
 
 
+# a sampled row found by its key: the key, then where the row is (which breaks ties)
+KEYED_ROW = np.dtype([("key", np.float64), ("partition", np.int64), ("row", np.int64)])
+
+
 @dataclass(frozen=True)
 class PartitionKeys:
-    """A stage task: the ``k`` smallest sample keys of partition ``index``'s rows (sorted)
-    and its row count, from its ids alone; fold with :func:`merge_keys`."""
+    """A stage task: the ``k`` smallest sample keys of partition ``index``'s rows with
+    their rows (:data:`KEYED_ROW`, in key order) and its row count, from its ids alone;
+    fold with :class:`MergeKeys`."""
 
     corpus: Any
     k: int
@@ -166,18 +162,43 @@ class PartitionKeys:
 
     def __call__(self, index: int) -> tuple[np.ndarray, int]:
         keys = sample_keys(self.corpus.read_ids(index), self.seed, self.stream)
-        return np.sort(keys)[:self.k], len(keys)
+        order = np.argsort(keys, kind="stable")[:self.k]
+        found = np.empty(len(order), KEYED_ROW)
+        found["key"], found["partition"], found["row"] = keys[order], index, order
+        return found, len(keys)
 
 
 @dataclass(frozen=True)
 class MergeKeys:
-    """Folds two (smallest keys, row count) results into one."""
+    """Folds two (smallest keyed rows, row count) results into one."""
 
     k: int
 
     def __call__(self, left: tuple[np.ndarray, int], right: tuple[np.ndarray, int]
                  ) -> tuple[np.ndarray, int]:
-        return np.sort(np.concatenate([left[0], right[0]]))[:self.k], left[1] + right[1]
+        both = np.concatenate([left[0], right[0]])
+        return np.sort(both, order=["key", "partition", "row"])[:self.k], left[1] + right[1]
+
+
+@dataclass(frozen=True)
+class ChosenRows:
+    """A stage task of :func:`sample_rows`'s second pass: task ``task`` reads the sampled
+    rows of the ``task``-th partition holding any (``chosen``: (partition, its sorted
+    rows)) and gives their :func:`bottom_k`, as :class:`PartitionSample` would (the row
+    count is the first pass's); fold with :class:`MergeSamples`."""
+
+    corpus: Any
+    chosen: tuple[tuple[int, np.ndarray], ...]
+    k: int
+    seed: int
+    view: bool = False
+    stream: int = SAMPLE_STREAM
+
+    def __call__(self, task: int) -> tuple[pa.Table, int]:
+        index, rows = self.chosen[task]
+        table = self.corpus.read_rows(index, rows)
+        view = self.corpus.scoring_view(table) if self.view else table
+        return bottom_k(view, self.k, self.seed, self.stream), 0
 
 
 def sample_rows(corpus: Any, k: int, seed: int, runner: Any, stage: str, label: str,
@@ -185,10 +206,15 @@ def sample_rows(corpus: Any, k: int, seed: int, runner: Any, stage: str, label: 
     """The seeded sample of ``k`` rows that one pass of :class:`PartitionSample` draws,
     and the corpus's row count, in two passes that read less: the first reads every
     partition's ids only (a Parquet id column, or nothing for ids derived from row
-    numbers) and finds the ``k``-th smallest key; the second reads the rows at or below it,
-    from the row groups that hold them. The sample is the same rows in the same order,
-    since a row's key depends on (seed, id) alone. Where ids cannot be read apart (JSONL,
-    a cut row group) both passes read the partition.
+    numbers) and keeps the ``k`` smallest keys with their partitions and rows; the second
+    reads those rows, only in the partitions that hold one, from the row groups that hold
+    them, each decoded up to its last sampled row. The sample is the same rows in the same
+    order, since a row's key depends on (seed, id) alone. Where ids cannot be read apart
+    (JSONL, a cut row group) both passes read the partition.
+
+    Why the rows, not a cutoff: the second pass found the sampled rows again by reading
+    every partition's ids and hashing them a second time, which at 10⁸ rows was about as
+    long as the first pass.
 
     With ``k`` at least the number of partitions, most partitions hold a sampled row and
     the second pass would read about all of them again (measured: up to 1.8x slower on a
@@ -196,10 +222,13 @@ def sample_rows(corpus: Any, k: int, seed: int, runner: Any, stage: str, label: 
     if k >= corpus.npartitions:
         return runner(stage, partition_tasks(label, PartitionSample(
             corpus, k, seed, view, stream), corpus.npartitions), MergeSamples(k, seed, stream))
-    keys, rows = runner(stage, partition_tasks(f"{label}-ids", PartitionKeys(
+    found, rows = runner(stage, partition_tasks(f"{label}-ids", PartitionKeys(
         corpus, k, seed, stream), corpus.npartitions), MergeKeys(k))
-    cutoff = float(keys[-1]) if len(keys) >= k else float("inf")
-    sample, _ = runner(stage, partition_tasks(label, PartitionSample(
-        corpus, k, seed, view, stream, cutoff), corpus.npartitions),
-        MergeSamples(k, seed, stream))
+    if not len(found):  # no row at all: one pass over the empty partitions gives the columns
+        return runner(stage, partition_tasks(label, PartitionSample(
+            corpus, k, seed, view, stream), corpus.npartitions), MergeSamples(k, seed, stream))
+    chosen = tuple((int(index), np.sort(found["row"][found["partition"] == index]))
+                   for index in np.unique(found["partition"]))
+    sample, _ = runner(stage, partition_tasks(label, ChosenRows(
+        corpus, chosen, k, seed, view, stream), len(chosen)), MergeSamples(k, seed, stream))
     return sample, rows

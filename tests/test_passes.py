@@ -306,6 +306,29 @@ def test_b_a_sample_reads_the_ids_then_only_the_row_groups_it_samples(
         assert sum(read) <= 10 * 50
 
 
+def test_b_a_row_group_is_read_only_up_to_its_last_wanted_row(pool_table, tmp_path,
+                                                               monkeypatch):
+    """A group the plan left whole is decoded up to its last wanted row, and no read of
+    it is left open (an open read holds several MB of the group's pages)."""
+    from dataselect import corpus
+    from dataselect.readers import parquet
+
+    table = pool_table.select(["id", "text"]).slice(0, 3900)
+    path = tmp_path / "pool.parquet"
+    pq.write_table(table, path, row_group_size=1000)
+    pool = read_corpus(str(path), partition_bytes=1 << 30)
+    read: list[tuple[int, int]] = []
+    real = corpus.read_piece
+    monkeypatch.setattr(corpus, "read_piece", lambda piece: read.append(
+        (piece.first_row, piece.num_rows or 0)) or real(piece))
+    idle_before = len(parquet._STREAMS.idle)
+    wanted = np.array([3, 1500, 1501, 3899])
+    got = pool.read_rows(0, wanted)
+    assert got["id"].to_pylist() == table["id"].take(pa.array(wanted)).to_pylist()
+    assert read == [(0, 4), (1000, 502), (3000, 900)]
+    assert len(parquet._STREAMS.idle) == idle_before
+
+
 def test_b_a_corpus_of_rows_in_memory_samples_as_before(pool_table, tmp_path):
     from dataselect.execution import default_runner, fold_all
     from dataselect.sampling import MergeSamples, PartitionSample, sample_rows
