@@ -217,11 +217,10 @@ class _Kept(str):
         self._matched = []
         if not self.pattern:  # a pattern's rest below a link: its own links are listed above
             return self._matched
-        from dataselect.formats import glob_matches
 
         def matches(pattern: str) -> list[str]:
             try:
-                return glob_matches(pattern)
+                return storage.glob_once(pattern)
             except (OSError, ValueError):
                 return []
 

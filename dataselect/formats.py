@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ def expand_paths(spec: str | os.PathLike | list) -> list[str]:
         if os.path.lexists(item) or not glob.has_magic(item):
             found.extend(_expand_existing(item))
             continue
-        matches = sorted(_glob(item))
+        matches = sorted(storage.glob_once(item))
         if not matches and glob.escape(literal := storage.unescaped(item)) == item:
             # a missing path made absolute under a working folder named with wildcards
             # (storage.absolute_spec), not a pattern
@@ -115,46 +115,6 @@ def _holds_hf_folder(names: list[str]) -> bool:
         folder, _, base = name.rpartition("/")
         below.setdefault(folder, set()).add(base)
     return any(DATASET_DICT in bases or set(HF_MARKERS) <= bases for bases in below.values())
-
-
-def _glob(pattern: str) -> list[str]:
-    """``glob.glob(pattern, recursive=True)``, but ``**`` enters each real folder once:
-    glob follows symbolic links to folders, and two links to a parent folder make it list
-    paths for ever (2 ** 40 of them before the OS refuses a longer path)."""
-    parts = pattern.split(os.sep)
-    if "**" not in parts:
-        return glob.glob(pattern)
-    at = parts.index("**")
-    bases = glob.glob(os.sep.join(parts[:at]) or os.sep) if at else [os.curdir]
-    rest = os.sep.join(parts[at + 1:])
-    found = []
-    for base in bases:
-        for folder in _folders_once(base):
-            if not at:  # a pattern from the current folder: names relative to it, as glob's
-                folder = os.path.relpath(folder)
-                if folder == os.curdir:
-                    found.extend(_glob(rest) if rest else [folder])
-                    continue
-            found.extend(_glob(os.path.join(glob.escape(folder), rest)) if rest else [folder])
-    return found
-
-
-# what a glob matches, as the readers list it (the fingerprint cache keeps out of it)
-glob_matches = _glob
-
-
-def _folders_once(base: str) -> Iterator[str]:
-    """``base`` and the folders below it, links followed, each real folder once (hidden
-    ones skipped, as ``glob`` skips them)."""
-    seen: set[tuple[int, int]] = set()
-    for folder, subfolders, _ in os.walk(base, followlinks=True):
-        info = os.stat(folder)
-        if (info.st_dev, info.st_ino) in seen:
-            subfolders.clear()
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        yield folder
 
 
 def _expand_existing(path: str) -> list[str]:

@@ -33,6 +33,7 @@ from dataselect.checks import (
 )
 from dataselect.errors import InputError
 from dataselect.json_text import UnreadableJSON, parse_json, read_json_file
+from dataselect.temporary import checked_temporary_folder
 
 OutputFormat = Literal["parquet", "arrow"]
 SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}
@@ -109,7 +110,8 @@ def _refuse_taken(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def _uploaded(url: str) -> Iterator[str]:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(url))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(url),
+                               dir=checked_temporary_folder())
     os.close(fd)
     try:
         yield tmp

@@ -188,6 +188,44 @@ def absolute(path: str | os.PathLike) -> str:
     return os.path.abspath(through_links(text))
 
 
+def glob_once(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, but ``**`` enters each real folder once:
+    glob follows symbolic links to folders, and two links to a parent folder make it list
+    paths for ever (2 ** 40 of them before the OS refuses a longer path). What a glob
+    matches as the readers list it; the caches keep out of the same matches."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return _glob.glob(pattern)
+    at = parts.index("**")
+    bases = _glob.glob(os.sep.join(parts[:at]) or os.sep) if at else [os.curdir]
+    rest = os.sep.join(parts[at + 1:])
+    found = []
+    for base in bases:
+        for folder in _folders_once(base):
+            if not at:  # a pattern from the current folder: names relative to it, as glob's
+                folder = os.path.relpath(folder)
+                if folder == os.curdir:
+                    found.extend(glob_once(rest) if rest else [folder])
+                    continue
+            found.extend(glob_once(os.path.join(_glob.escape(folder), rest)) if rest
+                         else [folder])
+    return found
+
+
+def _folders_once(base: str) -> Iterator[str]:
+    """``base`` and the folders below it, links followed, each real folder once (hidden
+    ones skipped, as ``glob`` skips them)."""
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, _ in os.walk(base, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:
+            subfolders.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        yield folder
+
+
 def home_expanded(path: str) -> str:
     """A leading ``~`` or ``~user`` read as that home folder, as a shell reads it typed
     bare; a ``~user`` naming no user here is refused in one line.

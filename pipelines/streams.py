@@ -19,8 +19,9 @@ from dataselect.errors import one_line
 
 
 class GuardedOutput:
-    """``sys.stdout`` while a command runs: a write or flush that fails (a full device, a
-    reader that closed the pipe) is remembered and ends the printing, not the job.
+    """``sys.stdout`` or ``sys.stderr`` while a command runs: a write or flush that fails
+    (a full device, a reader that closed the pipe) is remembered and ends the printing,
+    not the job.
 
     Why: stdout on ``/dev/full`` failed the finished job with "cannot write <--out>: No
     space left on device; free space" (the disk had 45 GB free), and ``| head -1`` ended
@@ -94,8 +95,11 @@ class Console:
 @contextlib.contextmanager
 def tolerant_streams() -> Iterator[Console]:
     """``sys.stdout`` and ``sys.stderr`` escape what their encoding cannot write
-    (``errors="backslashreplace"``) while the command runs, and ``sys.stdout`` is
-    guarded (:class:`GuardedOutput`); then both are put back as they were.
+    (``errors="backslashreplace"``) while the command runs, and both are guarded
+    (:class:`GuardedOutput`); then both are put back as they were. A stderr that cannot
+    be written (``2>/dev/full``) loses the progress and the error line, not the job: the
+    job ran on and ended with its own exit status (it exited 1, killed by its first
+    progress line, pass 20 g02).
 
     Python's stdout is strict by default, and ``PYTHONIOENCODING=ascii:strict`` makes
     stderr strict too: a non-ASCII pool or ``--out`` name then made the summary, a note,
@@ -114,15 +118,17 @@ def tolerant_streams() -> Iterator[Console]:
         except (ValueError, OSError):  # closed, or not a text wrapper after all
             continue
         changed.append((stream, errors))
-    original = sys.stdout
-    guarded = GuardedOutput(original) if original is not None else None
-    if guarded is not None:
-        sys.stdout = guarded
+    originals = {name: getattr(sys, name) for name in ("stdout", "stderr")}
+    guarded = {name: GuardedOutput(stream) for name, stream in originals.items()
+               if stream is not None}
+    for name, stream in guarded.items():
+        setattr(sys, name, stream)
     try:
-        yield Console(guarded)
+        yield Console(guarded.get("stdout"))
     finally:
-        if sys.stdout is guarded:
-            sys.stdout = original
+        for name, stream in guarded.items():
+            if getattr(sys, name) is stream:
+                setattr(sys, name, originals[name])
         for stream, errors in changed:
             with contextlib.suppress(ValueError, OSError):
                 stream.reconfigure(errors=errors)

@@ -186,6 +186,30 @@ def test_the_python_api_reads_and_writes_urls(bucket, local_run):
         selection.to_hf()  # the datasets layout is a local folder's
 
 
+def test_the_api_s_upload_refuses_a_temporary_folder_in_the_pool(bucket, tmp_path,
+                                                                  monkeypatch):
+    """A part on its way to an object store is first written to a temporary file: with
+    TMPDIR in the pool folder, the API wrote it there (pass 20, g01)."""
+    import tempfile
+
+    from dataselect import select
+    from dataselect.errors import InputError
+    from scorers import DSIR
+
+    fs, name = bucket
+    folder = tmp_path / "p"
+    folder.mkdir()
+    pq.write_table(pq.read_table(POOL_FILES[0]).slice(0, 200), folder / "pool.parquet")
+    pool = read_corpus(str(folder))
+    target = read_corpus(TARGET)
+    scores = DSIR(seed=3).fit(target, pool).score(pool)
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(InputError, match="TMPDIR"):
+        select.top_k(pool, scores, k=5).write(f"s3://{name}/api", target=target)
+    assert sorted(p.name for p in folder.iterdir()) == ["pool.parquet"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("bucket_rows", "group_from"), [(1 << 21, 10**9), (150, -1)])
 def test_duplicate_ids_of_a_store_in_s3_are_checked_on_the_workers(
