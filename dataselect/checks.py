@@ -490,6 +490,7 @@ def check_path(value: Any, name: str | None = None) -> str:
         raise wrong_type("a path (str or pathlib.Path)", value, name)
     if not text:
         raise _fail("a path (str or pathlib.Path)", value, name)
+    storage.refuse_nul(text, name)
     return check_utf8_name(text, name)
 
 
@@ -674,7 +675,8 @@ def check_regular_file(path: str | os.PathLike) -> None:
     """Refuse a FIFO, device or socket where dataselect reads a file (a JSON record, a
     recipe, a model's config) before it is opened: opening a FIFO waits for a writer,
     forever, and a device reads as endless or empty text. A missing file or a folder is
-    left to the open that follows, which names it."""
+    left to the open that follows, which names it; a NUL in the name is refused."""
+    storage.refuse_nul(os.fspath(path))
     try:
         mode = os.stat(path).st_mode
     except OSError:

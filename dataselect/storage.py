@@ -101,6 +101,16 @@ def is_remote(path: str | os.PathLike) -> bool:
     return scheme(path) not in (None, *LOCAL_SCHEMES)
 
 
+def refuse_nul(path: str, setting: str | None = None) -> None:
+    """Refuse a path holding a NUL character in one line: no file name can hold one, and
+    the system call that met it raised a bare ``ValueError: embedded null byte`` as a
+    traceback, from whichever of dozens of calls came first (pass 20, g06)."""
+    if isinstance(path, str) and "\0" in path:
+        raise InputError("the path holds a NUL character (\\0), which no file name can "
+                         "hold: give the path without it", where=path.replace("\0", "\\0"),
+                         field=setting)
+
+
 def local_form(path: str | os.PathLike) -> str:
     """``path`` with a ``file:`` URL turned into the local path it names (``file:///a``,
     ``file://localhost/a`` and ``file:/a`` are ``/a``); anything else unchanged. A
@@ -110,6 +120,7 @@ def local_form(path: str | os.PathLike) -> str:
     host names, so a URL another tool wrote is not refused. Every
     path a user gives (pool, target, out, report, eval, a recipe's) passes here."""
     text = os.fspath(path)
+    refuse_nul(text)
     match = _FILE_URL.match(text)
     if match is None or (match.group(2) is None and match.group("path") is None):
         return text  # not a file URL (a name like "file:notes" is a relative file)
@@ -237,6 +248,7 @@ def home_expanded(path: str) -> str:
     home folder with it. A folder really named ``~`` is given as ``./~``."""
     if not path.startswith("~"):
         return path
+    refuse_nul(path)
     expanded = os.path.expanduser(path)
     if expanded.startswith("~"):
         user = expanded.split(os.sep, 1)[0][1:]

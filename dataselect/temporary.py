@@ -40,6 +40,10 @@ def refuse_temporary_in_kept(folder: str, setting: str) -> None:
     (:func:`dataselect.fingerprint.kept_path_holding`). A glob's starting folder is
     refused only where the glob could read the new folder: ``--pool '/tmp/x_*.parquet'``
     leaves ``/tmp`` usable for temporary files."""
+    if "\0" in folder:
+        raise InputError(f"the temporary folder ({setting}) holds a NUL character, which no "
+                         "folder name can hold: set it to a folder's path",
+                         where=folder.replace("\0", "\\0"))
     kept = kept_path_holding(os.path.join(folder, JUDGED_NAME), glob_start_kept=False)
     if kept is not None:
         raise InputError(

@@ -68,7 +68,8 @@ def check_model_folder(path: str | os.PathLike, what: str = "model") -> str:
     (:mod:`models.importer`), so every ``model=`` setting accepts a GGUF directly."""
     from models.importer import resolve_model_path
 
-    path = resolve_model_path(storage.local_form(path))  # model=file:///abs as select's paths
+    # model=file:///abs and model=~/lm (quoted, or from a recipe) as select's paths
+    path = resolve_model_path(storage.home_expanded(storage.local_form(path)))
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"{what} folder not found (give a local save_pretrained folder)",

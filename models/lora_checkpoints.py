@@ -197,8 +197,8 @@ def check_checkpoint(path: str, needs: tuple[str, ...] = ()) -> str:
     own resume), made before any model loads: peft takes a path that is no local folder
     for a model on the Hugging Face hub (a missing folder was a ValueError traceback, an
     empty one "cannot reach the storage") and a damaged adapter_config.json was a
-    JSONDecodeError traceback."""
-    path = storage.local_form(path)
+    JSONDecodeError traceback. A leading ``~`` is the home folder, as in every path."""
+    path = storage.home_expanded(storage.local_form(path))
     folder = Path(path)
     for name in (ADAPTER_CONFIG, *needs):
         if not (folder / name).exists():

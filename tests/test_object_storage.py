@@ -196,7 +196,7 @@ def test_the_api_s_upload_refuses_a_temporary_folder_in_the_pool(bucket, tmp_pat
     from dataselect.errors import InputError
     from scorers import DSIR
 
-    fs, name = bucket
+    _, name = bucket
     folder = tmp_path / "p"
     folder.mkdir()
     pq.write_table(pq.read_table(POOL_FILES[0]).slice(0, 200), folder / "pool.parquet")
