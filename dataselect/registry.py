@@ -56,13 +56,18 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
 
             claims: dict[str, list[tuple[str, str]]] = {}  # name -> (distribution, target)
             for entry in metadata.entry_points(group=self.group):
-                if entry.name not in self.builtin:
-                    claim = (entry.dist.name if entry.dist is not None else "?", entry.value)
-                    if claim not in claims.setdefault(entry.name, []):
-                        claims[entry.name].append(claim)
+                if self.builtin.get(entry.name) == entry.value:
+                    continue  # dataselect's own registration of a built-in
+                # a plug-in's, a built-in's name included: it is refused when that name
+                # is used (:meth:`_check_unambiguous`), where it was dropped without a word
+                # and the built-in ran (pass 20, g05)
+                claim = (entry.dist.name if entry.dist is not None else "?", entry.value)
+                if claim not in claims.setdefault(entry.name, []):
+                    claims[entry.name].append(claim)
             self._claims = claims
             self._targets = {**self.builtin, **{name: found[0][1]
-                                                for name, found in claims.items()}}
+                                                for name, found in claims.items()
+                                                if name not in self.builtin}}
         return self._targets
 
     def _check_unambiguous(self, name: str) -> None:
@@ -71,6 +76,11 @@ class Registry(Mapping[str, "type[T]"], Generic[T]):
         a job would silently run the other package's code after a reinstall. Said when the
         name is used (and listed), so the other names still work."""
         found = self._claims.get(name, [])
+        if name in self.builtin and found:
+            others = " and ".join(f"{dist} ({target})" for dist, target in sorted(found))
+            raise InputError(f"{name!r} is a built-in {self.what}, and {others} registers "
+                             f"that name too in the entry-point group {self.group}: give its "
+                             "entry point another name, or uninstall it")
         if len(found) > 1:
             both = " and ".join(f"{dist} ({target})" for dist, target in sorted(found))
             raise InputError(f"{name!r} is registered more than once in the entry-point "

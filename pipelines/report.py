@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import html
 import math
 import os
@@ -46,7 +47,13 @@ from dataselect.errors import InputError, one_line
 from dataselect.footer import RECORD_JOB_KEY, check_record_job, verified
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
-from dataselect.output import atomic_write, damaged_if_unreadable, read_json, read_table
+from dataselect.output import (
+    atomic_write,
+    damaged_if_unreadable,
+    read_json,
+    read_table,
+    write_json,
+)
 from dataselect.records import EvalResults, FitStats, check_record
 from dataselect.scoring import stored_parts
 from dataselect.temporary import checked_temporary_folder
@@ -85,6 +92,7 @@ def write_report(out: str, console: Console | None = None) -> str:
     check_pool_unchanged(out, run)
     with hold_lock(normalize(out)):
         claimed = OutputFolder.reopen(out, REPORT_KINDS)
+        _check_report_unchanged(claimed, report_dir)
         remove_listed(claimed.path, [f for f in claimed.files
                                      if f.startswith(report_dir + os.sep)])
         files = ReportFiles(claimed, report_dir)
@@ -94,9 +102,49 @@ def write_report(out: str, console: Console | None = None) -> str:
         os.makedirs(claimed.join(report_dir), exist_ok=True)
         with matplotlib.rc_context({"text.parse_math": False}):
             page = _write_page(out, run, files)
+        _record_report_files(files)
     if console is not None:
         console.print(f"report: {sum(f.endswith('.png') for f in files.written)} plots")
     return page
+
+
+# the report's record of what it wrote: each file's SHA-256, so that the next report
+# replaces only files that are as it left them
+REPORT_RECORD = ".written.json"
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _record_report_files(files: ReportFiles) -> None:
+    """Write :data:`REPORT_RECORD` beside the files the report just wrote, listed in the
+    folder's marker like them."""
+    path = files.path(REPORT_RECORD)
+    record = {name: _digest(files.folder.join(os.path.join(files.sub, name)))
+              for name in files.written if name != REPORT_RECORD}
+    write_json({"sha256": record}, path)
+
+
+def _check_report_unchanged(folder: OutputFolder, sub: str) -> None:
+    """Refuse, before the last report's files are deleted, one that was changed since that
+    report wrote it (the user's notes in ``index.html``, an edited plot): the rerun
+    deleted and rewrote it without a word (pass 20, g03). A report written before the
+    record existed has none, and its files are replaced as they were."""
+    record_name = os.path.join(sub, REPORT_RECORD)
+    if record_name not in folder.files or not os.path.isfile(folder.join(record_name)):
+        return
+    record = read_json(folder.join(record_name)).get("sha256")
+    if not isinstance(record, dict):
+        raise InputError("is damaged (no sha256 record): delete it and the report files it "
+                         "lists, then rerun", where=folder.join(record_name))
+    for name, digest in record.items():
+        path = folder.join(os.path.join(sub, str(name)))
+        if os.path.isfile(path) and _digest(path) != digest:
+            raise InputError("was changed since dataselect report wrote it, and the report "
+                             "would replace it: move it away (or delete it), then rerun",
+                             where=path)
 
 
 def _html(text: str) -> str:
@@ -120,9 +168,9 @@ class ReportFiles:
         relative = os.path.join(self.sub, name)
         path = self.folder.join(relative)
         if os.path.lexists(path) and relative not in self.folder.files:
-            raise InputError("exists and is not a file dataselect report wrote, or it was "
-                             "changed since; move it away (the report writes only files "
-                             "it lists, and deletes nothing else)", where=path)
+            raise InputError("exists and is not a file dataselect report wrote; move it "
+                             "away (the report writes only files it lists, and deletes "
+                             "nothing else)", where=path)
         self.folder.expect([relative])
         self.written.append(name)
         return path

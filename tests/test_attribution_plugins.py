@@ -16,6 +16,7 @@ from conftest import ROOT, install_distribution
 
 from attribution import ATTRIBUTIONS, BUILTIN
 from attribution.output import read_attribution_matrix
+from dataselect.errors import InputError
 from pipelines.cli import main
 
 PLUGIN = '''
@@ -221,9 +222,13 @@ def test_a_broken_registration_is_one_clear_error(tmp_path, monkeypatch, capsys)
            "which cannot be imported" in capsys.readouterr().err
 
 
-def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
+def test_a_plugin_registering_a_builtin_name_is_refused_when_that_name_is_used(
+        tmp_path, monkeypatch):
+    """The built-in ran and the plug-in was dropped without a word (pass 20, g05)."""
     install_method(tmp_path, monkeypatch, name="trak")
-    assert ATTRIBUTIONS["trak"].__module__ == "attribution.trak"
+    with pytest.raises(InputError, match=r"'trak' is a built-in .* registers that name too"):
+        ATTRIBUTIONS["trak"]
+    assert ATTRIBUTIONS["tracin"].__module__ == "attribution.tracin"
 
 
 RAISING = PLUGIN.replace("        query = one_table(queries)\n",

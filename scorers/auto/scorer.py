@@ -62,6 +62,7 @@ from dataselect.scoring import (
     needs_warmup,
 )
 from dataselect.table_corpus import table_corpus
+from dataselect.temporary import checked_temporary_folder
 from scorers import SCORERS
 from scorers.auto.validation import (
     POOL_STREAM,
@@ -174,6 +175,10 @@ class Auto(Scorer):
         candidate (:meth:`_fall_back`)."""
         if pool is None:
             raise InputError("auto validates against a pool sample: pass pool=")
+        # before any fold: a candidate's refusal of a fold's rows leaves it out, and a
+        # temporary folder inside the pool (fastText's training files) was taken for one,
+        # silently changing the choice (pass 20, g11); the command line refuses it too
+        checked_temporary_folder()
         rows = _ordered(target.to_table("target"), self.seed)
         if rows.num_rows < 2:
             raise EmptyCorpusError("auto needs at least 2 target rows to hold some out",

@@ -149,3 +149,24 @@ def test_a_tilde_in_a_checkpoint_setting_is_the_home_folder(tmp_path, monkeypatc
     with pytest.raises(InputError) as raised:  # an empty folder: refused by its real path
         check_checkpoint("~/w/epoch-1")
     assert str(home / "w" / "epoch-1") in str(raised.value)
+
+
+# --- g11: auto's candidates and the temporary folder --------------------------------------
+
+def test_auto_refuses_a_temporary_folder_in_the_pool_instead_of_dropping_fasttext(
+        tmp_path, monkeypatch):
+    import tempfile
+
+    from conftest import TARGETS
+
+    from dataselect import read_corpus
+    from scorers import SCORERS
+
+    folder = _pool(tmp_path / "p", rows=400)
+    pool = read_corpus(str(folder))
+    target = read_corpus(str(TARGETS / "python_docs.jsonl"))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(InputError, match="TMPDIR"):
+        SCORERS["auto"](k=10).fit(target, pool)
+    assert sorted(p.name for p in folder.iterdir()) == ["pool.parquet"]

@@ -427,10 +427,26 @@ def test_report_keeps_the_users_files_and_draws_labels_literally(selected, capsy
     assert (folder / "composition_domain.png").exists()
     assert main(["report", str(selected)]) == 0  # a rerun replaces only its own files
     assert (folder / "my_notes.png").read_bytes() == b"mine"
-    (folder / "kl_reduction.png").unlink()
-    (folder / "kl_reduction.png").write_bytes(b"also mine")  # listed: the report's name
-    assert main(["report", str(selected)]) == 0
     capsys.readouterr()
+    (folder / "kl_reduction.png").unlink()
+    (folder / "kl_reduction.png").write_bytes(b"also mine")  # a listed name, changed since
+    err = _one_line_exit_2(["report", str(selected)], capsys)
+    assert "kl_reduction.png: was changed since dataselect report wrote it" in err
+    assert (folder / "kl_reduction.png").read_bytes() == b"also mine"
+    (folder / "kl_reduction.png").unlink()  # moved away: the report writes it again
+    assert main(["report", str(selected)]) == 0
+
+
+def test_report_refuses_to_replace_a_page_edited_since(selected, capsys):
+    """The rerun deleted and rewrote the user's notes in index.html (pass 20, g03)."""
+    assert main(["report", str(selected)]) == 0
+    page = selected / ".report" / "index.html"
+    page.write_text(page.read_text() + "<p>my notes</p>")
+    capsys.readouterr()
+    err = _one_line_exit_2(["report", str(selected)], capsys)
+    assert "index.html: was changed since dataselect report wrote it" in err
+    assert page.read_text().endswith("<p>my notes</p>")
+    assert main(["report", str(selected)]) == 2  # and on every rerun
 
 
 def test_report_refuses_a_name_it_did_not_write(selected, capsys):
