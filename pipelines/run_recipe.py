@@ -226,7 +226,9 @@ def check_inputs_unchanged(out: str, recipe: Recipe, pool: Corpus, verb: str) ->
     if changed:
         raise InputError(f"the recipe's inputs changed since the run ({first_names(changed)}):"
                          f" {verb} would mix selections made from the old inputs with the "
-                         "new ones; restore them, or rerun the recipe (with --overwrite) first",
+                         "new ones; rerun the recipe (with --overwrite) first (a file put "
+                         "back by copying counts as changed: a file is known by its inode "
+                         "and change time too)",
                          where=out)
 
 
