@@ -91,7 +91,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
     verbose = verbose or _VERBOSE
     if scheduler:
         with _short_message_logs(), _quiet_loggers(not verbose), \
-                _scheduler_client(scheduler) as client, _system_arrow_pool_on(client):
+                _scheduler_client(scheduler) as client, _worker_plugins_on(client):
             yield client
         return
     if kind not in ("processes", "threads"):
@@ -537,24 +537,28 @@ def _without_inherited_trim(dask_value: object) -> Iterator[None]:
 
 
 @contextmanager
-def _system_arrow_pool_on(client: Client) -> Iterator[None]:
-    """:class:`~pipelines.worker_plugins.SystemArrowPool` in every worker of ``client``'s
-    cluster (and in workers that join it) while the job runs. Only an optimisation: a
-    cluster that refuses the plugin (workers without dataselect installed fail the job's
-    first task anyway, with their own message) runs with its own allocator."""
-    from pipelines.worker_plugins import SystemArrowPool  # imports distributed
+def _worker_plugins_on(client: Client) -> Iterator[None]:
+    """:class:`~pipelines.worker_plugins.SystemArrowPool` and
+    :class:`~pipelines.worker_plugins.BoundedProfileHistory` in every worker of
+    ``client``'s cluster (and in workers that join it) while the job runs. Only
+    optimisations: a cluster that refuses a plugin (workers without dataselect installed
+    fail the job's first task anyway, with their own message) runs as it is."""
+    from pipelines.worker_plugins import (  # imports distributed
+        BoundedProfileHistory,
+        SystemArrowPool,
+    )
 
-    plugin = SystemArrowPool()
-    try:
-        client.register_plugin(plugin, name=plugin.name)
-    except Exception:
-        yield
-        return
+    registered = []
+    for plugin in (SystemArrowPool(), BoundedProfileHistory()):
+        with contextlib.suppress(Exception):
+            client.register_plugin(plugin, name=plugin.name)
+            registered.append(plugin.name)
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):  # a cluster lost meanwhile has no plugins left
-            client.unregister_worker_plugin(plugin.name)
+        for name in registered:
+            with contextlib.suppress(Exception):  # a cluster lost meanwhile has none left
+                client.unregister_worker_plugin(name)
 
 
 @contextmanager
