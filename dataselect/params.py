@@ -151,7 +151,7 @@ def _from_text(text: str, kind: Any, key: str) -> Any:
     origin = typing.get_origin(base)
     if origin is list:
         parts = [part for part in text.split(",") if part]
-        if not parts:  # "-p candidates=" meant the default, silently
+        if not parts and optional:  # "-p candidates=" meant the default (None), silently
             raise InputError(f"{key}= lists nothing: give comma-separated values, or leave "
                              f"{key} out for its default", field=key)
         return parts
