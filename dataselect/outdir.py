@@ -1163,11 +1163,17 @@ def input_roots(specs: Iterable[str | os.PathLike]) -> list[str]:
     """What an input spec reads: a file, a folder (read recursively), or for a glob the
     files it matches now and, when it recurses (``**``), the folder it starts from; a
     local glob also stays itself (:class:`GlobInput`), since it reads whatever it matches
-    when the job runs again."""
+    when the job runs again. A URL that names an object or a folder is that object or
+    folder, even with ``[1]`` in its name, as :func:`dataselect.formats.expand_paths`
+    reads it: ``--pool s3://b/p[1]/`` was taken for a glob starting at the bucket, and an
+    ``--out s3://b/x`` beside it refused as lying inside the input ``s3://b``."""
     roots = []
     for spec in specs:
         spec = storage.absolute_spec(os.fspath(spec))  # as expand_paths lists the files
         if not any(ch in spec for ch in "*?[") or os.path.lexists(spec):
+            roots.append(spec)
+            continue
+        if storage.is_remote(spec) and storage.exists(spec):
             roots.append(spec)
             continue
         if storage.is_remote(spec):  # the folder the pattern starts from

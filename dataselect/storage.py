@@ -506,9 +506,24 @@ def upload(local: str, url: str) -> None:
 
 
 def remove(urls: list[str]) -> None:
-    if urls:
-        fs, _ = filesystem(urls[0])
-        fs.rm([filesystem(u)[1] for u in urls])
+    """Delete exactly the objects ``urls`` (keys as written, never patterns).
+
+    Why: fsspec's ``rm`` expands each path it is given as a glob (``_expand_path``), so
+    the keys of an output named with ``[``, ``*`` or ``?`` (``--out s3://b/o[1]``) were
+    read as patterns that matched nothing: a FileNotFoundError traceback, with the
+    objects left behind. Keys without those characters still go in one bulk request
+    (s3fs deletes a thousand a request); the others are deleted one by one through
+    ``rm_file``, which takes its path as written."""
+    if not urls:
+        return
+    fs, _ = filesystem(urls[0])
+    paths = [filesystem(u)[1] for u in urls]
+    literal = [p for p in paths if not _glob.has_magic(p)]
+    if literal:
+        fs.rm(literal)
+    for path in paths:
+        if _glob.has_magic(path):
+            fs.rm_file(path)
 
 
 def object_fingerprint(url: str) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""Pass 20 probe failures g08, g10 and g04 (issue 28).
+
+- g08: an object-store name holding ``[`` (``--out s3://b/o[1]``, ``--pool s3://b/p[1]/``)
+  is a name, never a pattern: the output's work objects were deleted through fsspec's
+  ``rm``, which reads each key as a glob (a FileNotFoundError traceback, objects left;
+  and a key ``o[1]/x`` matched another folder's ``o1/x``), and the overlap check took an
+  existing ``p[1]/`` pool for a glob starting at the bucket ("lies inside the input
+  s3://b").
+- g10: a recipe with ``attribution:`` whose task selected no rows finishes, the task
+  skipped and said so (it failed every run with "no examples").
+- g04: a dense (``-k all``) output of ``index search`` or ``attribute`` at a name ending
+  in a file suffix (``a.parquet``) is refused before any work (it wrote a folder there
+  that pandas cannot read).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TARGETS
+from fault_helpers import shipped_pool
+
+from dataselect import storage
+from pipelines.cli import main
+
+s3fs = pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+import test_object_storage as s3_store  # noqa: E402
+from object_store_cases import objects  # noqa: E402
+
+# the S3 server and a new bucket a test, as tests/test_object_storage.py starts them
+endpoint, bucket = s3_store.endpoint, s3_store.bucket
+
+TARGET = str(TARGETS / "fortunes.jsonl")
+SELECT = ["select", "--scorer", "dsir", "--target", TARGET, "--k", "5", "--workers", "1",
+          "--worker-kind", "threads"]
+
+
+def _s3_pool(fs: s3fs.S3FileSystem, key: str, tmp_path: Path) -> None:
+    fs.put_file(str(shipped_pool(tmp_path)), key)
+
+
+# --- g08: brackets in object-store names ----------------------------------------------
+
+def test_storage_remove_deletes_exactly_the_keys_it_is_given(bucket):
+    """A key with ``[1]`` is that key: a glob would read ``o[1]/a`` as ``o1/a``."""
+    fs, name = bucket
+    for key in ("o[1]/a", "o[1]/b", "o1/a"):
+        fs.pipe_file(f"{name}/{key}", b"x")
+    storage.remove([f"s3://{name}/o[1]/a"])
+    assert objects(fs, name) == ["o1/a", "o[1]/b"]
+
+
+def test_an_s3_output_named_with_brackets_runs_and_keeps_no_work_objects(
+        bucket, tmp_path, capsys):
+    fs, name = bucket
+    _s3_pool(fs, f"{name}/pool/a.parquet", tmp_path)
+    fs.pipe_file(f"{name}/o1/.scores/keep.txt", b"someone else's")
+    for out in ("o[1]", "plain"):
+        code = main([*SELECT, "--pool", f"s3://{name}/pool/", "--out", f"s3://{name}/{out}"])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert "Traceback" not in err
+    # the same objects as under a plain name: the work files are gone, nothing else touched
+    assert objects(fs, f"{name}/o[1]") == objects(fs, f"{name}/plain")
+    assert fs.cat_file(f"{name}/o1/.scores/keep.txt") == b"someone else's"
+    # and it resumes
+    assert main([*SELECT, "--pool", f"s3://{name}/pool/", "--out", f"s3://{name}/o[1]"]) == 0
+
+
+def test_an_existing_s3_pool_named_with_brackets_is_no_glob_for_the_overlap_check(
+        bucket, tmp_path, capsys):
+    fs, name = bucket
+    _s3_pool(fs, f"{name}/p[1]/a.parquet", tmp_path)
+    pool = f"s3://{name}/p[1]/"
+    code = main([*SELECT, "--pool", pool, "--out", f"s3://{name}/x"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # inside the literal folder it is still refused
+    code = main([*SELECT, "--pool", pool, "--out", f"s3://{name}/p[1]/sel"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "lies inside the input" in err and "Traceback" not in err
