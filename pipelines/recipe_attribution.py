@@ -19,16 +19,35 @@ from typing import Any
 from rich.console import Console
 
 from dataselect.corpus import Corpus, read_corpus
-from dataselect.layout import ATTRIBUTION_DIR, TASKS_DIR
+from dataselect.errors import one_line
+from dataselect.layout import ATTRIBUTION_DIR, MANIFEST_FILE, TASKS_DIR
+from dataselect.output import read_json
 from pipelines.progress import StageTiming
 from pipelines.recipe import Recipe
 
 
 def selected_corpus(out: str, recipe: Recipe, task: str) -> Corpus | None:
-    """The rows ``task`` chose (they carry the pool's columns), None when it chose none."""
+    """The rows ``task`` chose (they carry the pool's columns), None when it chose none:
+    its manifest counts no selected row, or it has no part.
+
+    Why the manifest: a task that selected no rows still writes its parts (the schema,
+    no row group), so looking for part files found them, and a recipe with
+    ``attribution:`` failed every run with "no examples" and never wrote ``.run.json``,
+    where such a task is skipped and said so."""
+    task_folder = os.path.join(out, TASKS_DIR, task)
+    manifest = os.path.join(task_folder, MANIFEST_FILE)
+    if os.path.exists(manifest) and _selected(read_json(manifest)) == 0:
+        return None
     suffix = "parquet" if recipe.output.format == "parquet" else "arrow"
-    files = sorted(glob.glob(os.path.join(out, TASKS_DIR, task, f"part-*.{suffix}")))
+    files = sorted(glob.glob(os.path.join(task_folder, f"part-*.{suffix}")))
     return read_corpus(files, recipe.pool.text, "id") if files else None
+
+
+def _selected(manifest: dict[str, Any]) -> int | None:
+    """A task manifest's ``counts.selected``, None when it holds no such count."""
+    counts = manifest.get("counts")
+    selected = counts.get("selected") if isinstance(counts, dict) else None
+    return selected if isinstance(selected, int) and not isinstance(selected, bool) else None
 
 
 def attribution_path(out: str, recipe: Recipe, task: str) -> str:
@@ -58,6 +77,8 @@ def run_attributions(recipe: Recipe, out: str, models: dict[str, str],
         training = selected_corpus(out, recipe, task)
         if training is None:
             record[task] = {"skipped": "the task selected no rows"}
+            console.print(one_line(f"note: attribution: {task}: skipped, the task selected "
+                                   "no rows"), soft_wrap=True, markup=False, highlight=False)
             continue
         queries = read_corpus(target.eval if spec.queries == "eval" else target.paths,
                               target.text or recipe.pool.text, recipe.pool.id_field)

@@ -15,9 +15,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import test_fault_probe_ak as ak
+import yaml
 from conftest import TARGETS
 from fault_helpers import shipped_pool
 
@@ -32,6 +35,8 @@ from object_store_cases import objects  # noqa: E402
 
 # the S3 server and a new bucket a test, as tests/test_object_storage.py starts them
 endpoint, bucket = s3_store.endpoint, s3_store.bucket
+# an attribution plug-in with no model (the words a row shares with a query), installed
+words = ak.words
 
 TARGET = str(TARGETS / "fortunes.jsonl")
 SELECT = ["select", "--scorer", "dsir", "--target", TARGET, "--k", "5", "--workers", "1",
@@ -83,3 +88,40 @@ def test_an_existing_s3_pool_named_with_brackets_is_no_glob_for_the_overlap_chec
     err = capsys.readouterr().err
     assert code == 2, err
     assert "lies inside the input" in err and "Traceback" not in err
+
+
+# --- g10: a recipe's attribution of a task that selected no rows -----------------------
+
+@pytest.mark.parametrize("k", [2, "all"])
+def test_recipe_attribution_skips_a_task_that_selected_no_rows(words, tmp_path, capsys, k):
+    rows = ak._rows
+    recipe = {
+        "pool": {"paths": str(rows(tmp_path / "pool.jsonl", {
+            **ak.POOL, "d": "apple sky pie", "e": "nothing here"}))},
+        "targets": {
+            "nature": {"paths": str(rows(tmp_path / "t.jsonl", {"t1": "sky blue"})),
+                       "eval": str(rows(tmp_path / "ev.jsonl", ak.QUERIES))},
+            # no row reaches this threshold: the task selects nothing
+            "none": {"paths": str(rows(tmp_path / "t2.jsonl", {"t2": "apple"})),
+                     "eval": str(rows(tmp_path / "ev2.jsonl", ak.QUERIES)),
+                     "budget": {"threshold": 1.0e9}}},
+        "scorers": {"dsir": {"num_buckets": 1000}},
+        "selection": {"k": 3},
+        "output": {"path": str(tmp_path / "out")},
+        "cluster": {"workers": 1},
+        "attribution": {"method": "words", "k": k},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    for _ in range(2):  # and a rerun finishes too (it failed every time)
+        code = main(["run", str(path)])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert "note: attribution: none: skipped, the task selected no rows" in out + err
+        run = json.loads((tmp_path / "out" / ".run.json").read_text())
+        assert run["tasks"]["none"]["selected"] == 0
+        assert run["attribution"]["none"] == {"skipped": "the task selected no rows"}
+        assert run["attribution"]["nature"]["training_rows"] == 3
+    attribution = tmp_path / "out" / "attribution"
+    assert sorted(p.name for p in attribution.iterdir()) == [
+        "nature" if k == "all" else "nature.parquet"]
