@@ -194,6 +194,8 @@ def run_feature_command(args: argparse.Namespace, console: Console) -> None:
     from dataselect.outdir import check_claimable
     from pipelines import feature_jobs
 
+    if args.command == "attribute" or (args.command == "index" and args.action == "search"):
+        feature_jobs.refuse_dense_at_file_name(args.out, args.k)  # before any work
     if args.command == "warmup":
         from dataselect.checks import check_device, optional
 

@@ -154,6 +154,30 @@ def check_attributions_out(out: str, k: int | None, inputs: list[str]) -> None:
         check_output_file(out, "attributions", inputs)
 
 
+# names that read as one data file: a dense -k all folder at such a name is one no reader
+# can open as what its name says
+FILE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather", ".ipc", ".jsonl", ".json",
+                 ".ndjson", ".csv", ".tsv", ".txt", ".npy", ".npz", ".gz", ".zst", ".bz2",
+                 ".xz", ".zip")
+
+
+def refuse_dense_at_file_name(out: str, k: int | None) -> None:
+    """Refuse ``-k all`` with an ``--out`` whose name ends in a file's suffix
+    (``a.parquet``), before any work.
+
+    Why: ``-k all`` writes a folder (``scores.npy``, ``train_ids.parquet``,
+    ``query_ids.parquet``), so ``index search -k all --out a.parquet`` (or ``attribute``)
+    wrote a folder named ``a.parquet`` with exit 0, and ``pandas.read_parquet`` then
+    failed on ``scores.npy``: the same outcome a ``-k`` at least the rows had, a bug that
+    was fixed, was still written for ``-k all``."""
+    name = os.path.basename(str(out).rstrip("/" + os.sep))
+    suffix = next((s for s in FILE_SUFFIXES if name.lower().endswith(s)), None)
+    if k is None and suffix is not None and name.lower() != suffix:
+        raise InputError(f"-k all writes a folder (scores.npy and id files), not a {suffix} "
+                         f"file: give --out a folder name (e.g. {name[:-len(suffix)]}), or "
+                         "a number for -k to get Parquet rows", where=str(out), field="--out")
+
+
 def note_k_over_rows(k: int | None, rows: int, setting: str = "-k") -> None:
     """Say, on stderr, that ``k`` asks for more rows per query than there are: every row
     is ranked for each query, in the same ``(query_id, rank, train_id, score)`` rows."""

@@ -22,7 +22,7 @@ import pytest
 import test_fault_probe_ak as ak
 import yaml
 from conftest import TARGETS
-from fault_helpers import shipped_pool
+from fault_helpers import ran_ok, refused_run, shipped_pool
 
 from dataselect import storage
 from pipelines.cli import main
@@ -125,3 +125,32 @@ def test_recipe_attribution_skips_a_task_that_selected_no_rows(words, tmp_path, 
     attribution = tmp_path / "out" / "attribution"
     assert sorted(p.name for p in attribution.iterdir()) == [
         "nature" if k == "all" else "nature.parquet"]
+
+
+# --- g04: a dense -k all output at a file's name ----------------------------------------
+
+@pytest.mark.parametrize("name", ["a.parquet", "a.jsonl", "A.Arrow", "a.parquet/"])
+def test_attribute_k_all_at_a_file_name_is_refused_before_any_work(
+        words, tmp_path, capsys, name):
+    out = f"{tmp_path}/{name}"
+    refused_run(ak._attribute(tmp_path, out, "all"), capsys, "--out", "-k all writes a folder",
+                "give --out a folder name")
+    assert not words.exists()  # the method never ran
+    assert not Path(out).exists()
+
+
+def test_index_search_k_all_at_a_file_name_is_refused_before_the_index_is_read(
+        tmp_path, capsys):
+    out = tmp_path / "s.parquet"
+    refused_run(["index", "search", "--index", str(tmp_path / "idx"), "--queries",
+                 str(tmp_path / "qf"), "-k", "all", "--out", str(out)], capsys,
+                "--out", "give --out a folder name (e.g. s)")
+    assert not out.exists()
+
+
+def test_a_file_name_with_k_rows_and_a_folder_name_with_k_all_still_run(
+        words, tmp_path, capsys):
+    ran_ok(ak._attribute(tmp_path, tmp_path / "a.parquet", "2"), capsys)
+    assert (tmp_path / "a.parquet").is_file()
+    ran_ok(ak._attribute(tmp_path, tmp_path / "dense", "all"), capsys)
+    assert (tmp_path / "dense" / "scores.npy").is_file()
