@@ -71,8 +71,17 @@ def test_an_s3_output_named_with_brackets_runs_and_keeps_no_work_objects(
     # the same objects as under a plain name: the work files are gone, nothing else touched
     assert objects(fs, f"{name}/o[1]") == objects(fs, f"{name}/plain")
     assert fs.cat_file(f"{name}/o1/.scores/keep.txt") == b"someone else's"
-    # and it resumes
-    assert main([*SELECT, "--pool", f"s3://{name}/pool/", "--out", f"s3://{name}/o[1]"]) == 0
+    # it resumes, and --overwrite deletes exactly its listed objects
+    argv = [*SELECT, "--pool", f"s3://{name}/pool/", "--out", f"s3://{name}/o[1]"]
+    assert main(argv) == 0
+    fs.pipe_file(f"{name}/o1/part-00000.parquet", b"someone else's")
+    code = main([*(("6" if a == "5" else a) for a in argv), "--overwrite"])  # --k 6
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert objects(fs, f"{name}/o[1]") == objects(fs, f"{name}/plain")
+    assert json.loads(fs.cat_file(f"{name}/o[1]/.manifest.json"))["counts"]["written"] == 6
+    assert fs.cat_file(f"{name}/o1/part-00000.parquet") == b"someone else's"
+    assert fs.cat_file(f"{name}/o1/.scores/keep.txt") == b"someone else's"
 
 
 def test_an_existing_s3_pool_named_with_brackets_is_no_glob_for_the_overlap_check(
