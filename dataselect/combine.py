@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from dataselect.checks import check_weights
 from dataselect.errors import InputError
-from dataselect.execution import Runner
+from dataselect.execution import Runner, run_stage
 from dataselect.output import jsonable
 from dataselect.rank_scale import RankFiles, write_rank_files
 from dataselect.scoring import FILTERED_BY, Scores, eligible_scores, merge_moments
@@ -108,7 +108,7 @@ def combine_scores(scores: list[Scores], method: str, weights: list[float] | Non
         elif (ranks := _rank_files(s, runner, parts)) is not None:
             scales.append(_Scale(method, ranks=ranks))
         else:  # scores without a store: every eligible score, on the client (8 bytes a row)
-            eligible = runner(f"ranks:{s.name}", s.delayed(_eligible_scores))
+            eligible = run_stage(runner, f"ranks:{s.name}", s.delayed(_eligible_scores))
             scales.append(_Scale(method, sorted_scores=np.sort(np.concatenate(eligible))))
     names = _column_names([s.name for s in scores])
     task = _CombinedTask(tuple(s.task for s in scores), names, tuple(scales),

@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from dataselect import storage
-from dataselect.execution import Runner, partition_tasks
+from dataselect.execution import Runner, partition_tasks, run_stage
 from dataselect.output import part_name
 from dataselect.raw_arrays import (
     fresh_folder,
@@ -156,7 +156,7 @@ def check_unique_ids(scores: Any, runner: Runner,
 def _check_on_client(scores: Any, runner: Runner) -> None:
     """Every id hash gathered on the client (8 bytes a row): scores without a store this
     process wrote."""
-    hashes = runner(f"ids:{scores.name}", scores.delayed(_hashes))
+    hashes = run_stage(runner, f"ids:{scores.name}", scores.delayed(_hashes))
     scores.corpus.check_unique_ids(hashes)
     scores.ids_checked = True
 
@@ -170,18 +170,18 @@ def _repeats_on_workers(scores: Any, runner: Runner, parts: Sequence[dict[str, A
     if prewritten and grouped:  # the merge reads the files whole: counts suffice
         counts = [int(p["rows"]) for p in parts]
     elif prewritten:  # each partition's cut points, from its hash file alone
-        counts = runner(f"ids:{scores.name}", partition_tasks(
+        counts = run_stage(runner, f"ids:{scores.name}", partition_tasks(
             "id-cuts", _Cuts(ids, buckets), len(parts)))
     else:
-        counts = runner(f"ids:{scores.name}", scores.delayed(
+        counts = run_stage(runner, f"ids:{scores.name}", scores.delayed(
             _WriteHashes(ids, 0 if grouped else buckets)))
     sources = len(counts)
     if grouped:
         groups = groups_of(counts)
-        runner(f"group-ids:{scores.name}", partition_tasks(
+        run_stage(runner, f"group-ids:{scores.name}", partition_tasks(
             "group-ids", _MergeGroup(ids, tuple(groups), buckets), len(groups)))
         sources = len(groups)
-    return runner(f"duplicates:{scores.name}", partition_tasks(
+    return run_stage(runner, f"duplicates:{scores.name}", partition_tasks(
         "duplicates", _Bucket(ids, grouped, sources), buckets))
 
 

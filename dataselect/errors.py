@@ -77,6 +77,13 @@ class AttributionContractError(InputError):
     finite. The line names the method, as :class:`ScorerContractError` names a scorer."""
 
 
+class RunnerContractError(InputError):
+    """A ``runner=`` given to the Python API broke its contract: it did not return one
+    result per task, each for its own task, in task order (or, with ``fold``, every task's
+    result folded once). The line names the runner and what it returned; results attached
+    to other partitions would select other rows with no error."""
+
+
 class PluginError(DataSelectError):
     """A plug-in scorer's own code raised an exception of its own (not one of dataselect's
     errors, which pass through as they are): one line that names the scorer, its class and

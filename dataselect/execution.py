@@ -18,15 +18,146 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
+
+from dataselect.errors import RunnerContractError
 
 # runner(stage, tasks) -> results in task order; runner(stage, tasks, fold) -> the results
 # folded pairwise with ``fold`` (commutative, associative), in any order: a runner may fold
-# each result as it arrives and drop it, so per-partition arrays never pile up.
+# each result as it arrives and drop it, so per-partition arrays never pile up. dataselect
+# calls a runner through :func:`run_stage`, which checks that contract.
 Runner = Callable[..., Any]
 Fold = Callable[[Any, Any], Any]
 # a stage's state above this size is scattered to a cluster's workers, not put in its graph
 SCATTER_BYTES = 1 << 20
+
+
+def run_stage(runner: Runner, stage: str, tasks: Sequence[Any], fold: Fold | None = None
+              ) -> Any:
+    """``runner(stage, tasks, fold)``, checked: the results in task order, each the result
+    of its own task (or, with ``fold``, every task's result folded in exactly once).
+
+    Why: a runner is any callable a user of the Python API passes, and the usual first try
+    returns results as they complete (``concurrent.futures.as_completed``); scores and
+    chosen rows attached to the wrong partitions select other rows with no error, and a
+    result dropped or a None gave a traceback far from the cause. So each task's result
+    comes back tagged with this call and its place in the task list (a few bytes), and a
+    runner that broke the contract is one :class:`~dataselect.errors.RunnerContractError`
+    naming it and what it returned.
+    """
+    if not tasks and fold is not None:  # nothing to fold: the runner says so, as before
+        return runner(stage, tasks, fold)
+    call = uuid.uuid4().hex
+    name = runner_name(runner)
+    tagged = _tagged_tasks(tasks, call)
+    if fold is not None:
+        total = runner(stage, tagged, _TaggedFold(fold, call, name))
+        _check_tagged(total, call, name, f"the {len(tasks)} tasks' results folded")
+        if total.places != (1 << len(tasks)) - 1:
+            got = bin(total.places).count("1")
+            _broken(name, f"returned {got} of the {len(tasks)} tasks' results folded")
+        return total.value
+    results = runner(stage, tagged)
+    if isinstance(results, (str, bytes)) or not isinstance(results, Sequence):
+        _broken(name, f"returned {_what(results)}, not a list of the {len(tasks)} tasks' "
+                      "results")
+    if len(results) != len(tasks):
+        _broken(name, f"returned {len(results)} results for {len(tasks)} tasks")
+    for place, result in enumerate(results):
+        _check_tagged(result, call, name, f"task {place}'s result")
+        if result.places != 1 << place:
+            _broken(name, f"returned task {result.places.bit_length() - 1}'s result in "
+                          f"place {place} (results come back in the order of the tasks)")
+    return [result.value for result in results]
+
+
+def runner_name(runner: Runner) -> str:
+    """A runner as a user would name it: its function's or class's name."""
+    inner = getattr(runner, "func", runner)  # a functools.partial
+    name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    return f"runner {name!r}"
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    """A result, the call it belongs to and the places (bits) of the tasks it holds."""
+
+    call: str
+    places: int
+    value: Any
+
+
+@dataclass(frozen=True)
+class _AtPlaces:
+    """The tagged tasks' shared state: the place ``p`` in the task list runs partition
+    ``indices[p]`` of stage ``fns[stages[p]]`` and tags its result."""
+
+    fns: tuple[Callable[[int], Any], ...]
+    stages: tuple[int, ...]
+    indices: tuple[int, ...]
+    call: str
+
+    def __call__(self, place: int) -> _Tagged:
+        return _Tagged(self.call, 1 << place, self.fns[self.stages[place]](self.indices[place]))
+
+
+def _tag(call: str, place: int, value: Any) -> _Tagged:
+    return _Tagged(call, 1 << place, value)
+
+
+def _tagged_tasks(tasks: Sequence[Any], call: str) -> list[Any]:
+    """``tasks`` as tasks whose results are tagged with ``call`` and their place. Partition
+    tasks stay partition tasks of one stage (one state on a cluster, as before); a Dask
+    delayed object is wrapped in a Dask task that tags its result."""
+    if all(isinstance(task, PartitionTask) for task in tasks):
+        stages: dict[int, int] = {}
+        fns: list[Callable[[int], Any]] = []
+        for task in tasks:
+            if id(task.stage) not in stages:
+                stages[id(task.stage)] = len(fns)
+                fns.append(task.stage.fn)
+        state = _AtPlaces(tuple(fns), tuple(stages[id(t.stage)] for t in tasks),
+                          tuple(t.index for t in tasks), call)
+        return partition_tasks(tasks[0].stage.name, state, len(tasks))
+    import dask
+
+    tag = dask.delayed(_tag, pure=False)
+    return [tag(call, place, task) for place, task in enumerate(as_dask(tasks))]
+
+
+@dataclass(frozen=True)
+class _TaggedFold:
+    """``fold`` on tagged results: the places they hold, each once."""
+
+    fold: Fold
+    call: str
+    name: str
+
+    def __call__(self, left: Any, right: Any) -> _Tagged:
+        for result in (left, right):
+            _check_tagged(result, self.call, self.name, "a task's result")
+        if left.places & right.places:
+            _broken(self.name, "folded a task's result in twice")
+        return _Tagged(self.call, left.places | right.places,
+                       self.fold(left.value, right.value))
+
+
+def _check_tagged(result: Any, call: str, name: str, wanted: str) -> None:
+    if not isinstance(result, _Tagged):
+        _broken(name, f"returned {_what(result)} where {wanted} belongs")
+    if result.call != call:
+        _broken(name, f"returned a result of another stage where {wanted} belongs")
+
+
+def _what(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _broken(name: str, what: str) -> NoReturn:
+    raise RunnerContractError(
+        f"{name} {what}; a runner returns one result per task, each computed by its own "
+        "task, in the order of the tasks (or, given fold, every task's result folded in "
+        "once)")
 
 
 def default_runner(stage: str, tasks: Sequence[Any], fold: Fold | None = None) -> Any:

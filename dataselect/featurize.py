@@ -20,7 +20,7 @@ import pyarrow as pa
 from dataselect.corpus import Corpus
 from dataselect.defaults import SIDES as SIDES  # re-exported for the featurizers
 from dataselect.errors import InputError, PluginError
-from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.execution import Runner, default_runner, partition_tasks, run_stage
 from dataselect.features import FeatureStore
 from dataselect.sampling import id_hashes
 from dataselect.scoring import Scores, checked_scores, with_text_columns
@@ -96,8 +96,8 @@ def featurize(featurizer: Any, corpus: Corpus, folder: str, side: Side = "pool",
     folder = FeatureStore.create(folder, description,
                                  inputs=[*corpus.files, *corpus.roots]).folder
     task = FeaturizePart(featurizer, corpus, folder, side)
-    results = runner(f"features:{featurizer.name}",
-                     partition_tasks(f"features-{featurizer.name}", task, corpus.npartitions))
+    results = run_stage(runner, f"features:{featurizer.name}",
+                        partition_tasks(f"features-{featurizer.name}", task, corpus.npartitions))
     # an index maps rows back to ids: a repeated id would make its rows one, as select
     # refuses such a pool
     corpus.check_unique_ids([r[3] for r in results])

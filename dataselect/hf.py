@@ -37,7 +37,7 @@ from dataselect.checks import (
 )
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
-from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.execution import Runner, default_runner, partition_tasks, run_stage
 from dataselect.footer import (
     PartOrigin,
     check_parts,
@@ -98,7 +98,7 @@ def write_hf(folder: OutputFolder, parts: list[str], rows: list[int],
                        folder.join(parts[0])).arrow_schema
     writer = _WriteShard(folder.path, tuple(sources), tuple(names), schema,
                          job_digest(folder.identity))
-    runner("write:hf", partition_tasks("write-hf", writer, len(names)))
+    run_stage(runner, "write:hf", partition_tasks("write-hf", writer, len(names)))
     info = _dataset_info(schema, sum(os.path.getsize(os.path.join(hf, n)) for n in names))
     with atomic_write(os.path.join(hf, INFO_FILE)) as tmp, open(tmp, "w",
                                                                encoding="utf-8") as f:

@@ -48,7 +48,7 @@ import xxhash
 
 from dataselect import storage
 from dataselect.errors import InputError
-from dataselect.execution import Runner, partition_tasks
+from dataselect.execution import Runner, partition_tasks, run_stage
 from dataselect.output import part_name
 from dataselect.raw_arrays import (
     fresh_folder,
@@ -145,14 +145,14 @@ def _sorted_into(folder: str, scores: Any, runner: Runner,
                  parts: Sequence[dict[str, Any]]) -> RankFiles:
     count = len(parts)
     buckets = max(1, min(count, -(-sum(int(p["rows"]) for p in parts) // BUCKET_ROWS)))
-    sorted_ = runner(f"ranks:{scores.name}", scores.delayed(_SortScores(folder)))
+    sorted_ = run_stage(runner, f"ranks:{scores.name}", scores.delayed(_SortScores(folder)))
     bounds = _boundaries([s for s, _ in sorted_], [n for _, n in sorted_], buckets)
-    runner(f"rank-cuts:{scores.name}", partition_tasks(
+    run_stage(runner, f"rank-cuts:{scores.name}", partition_tasks(
         "rank-cuts", _Cuts(folder, tuple(bounds)), count))
-    eligible = runner(f"rank-buckets:{scores.name}", partition_tasks(
+    eligible = run_stage(runner, f"rank-buckets:{scores.name}", partition_tasks(
         "rank-buckets", _Bucket(folder, count), len(bounds) + 1))
     below = tuple(int(b) for b in np.concatenate([[0], np.cumsum(eligible)[:-1]]))
-    digests = runner(f"rank-rows:{scores.name}", partition_tasks(
+    digests = run_stage(runner, f"rank-rows:{scores.name}", partition_tasks(
         "rank-rows", _Gather(folder, below, int(sum(eligible))), count))
     return RankFiles(folder, tuple(digests))
 

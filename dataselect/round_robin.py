@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataselect.errors import InputError
-from dataselect.execution import Runner
+from dataselect.execution import Runner, run_stage
 from dataselect.score_parts import eligible_scores
 
 # a target's first request is this many times its share of k (k / targets), plus a few
@@ -137,7 +137,7 @@ def choose(scores: Any, runner: Runner, column: str, k: int, offsets: np.ndarray
     """The chosen rows (global positions, in the order chosen) and the number of targets."""
     if k == 0:
         return np.zeros(0, np.int64), 0
-    found = runner(f"ladders:{scores.name}", scores.delayed(_Ladders(column, k)))
+    found = run_stage(runner, f"ladders:{scores.name}", scores.delayed(_Ladders(column, k)))
     widths = {w for w, _ in found if w >= 0}
     if len(widths) > 1:
         raise InputError(f"rows of {column!r} hold different numbers of target scores: "
@@ -150,8 +150,8 @@ def choose(scores: Any, runner: Runner, column: str, k: int, offsets: np.ndarray
     need = [min(k, FIRST_SHARE * -(-k // width) + FIRST_EXTRA)] * width
     while True:
         thresholds = tuple(threshold_for(per_target[j], need[j]) for j in range(width))
-        above = runner(f"candidates:{scores.name}",
-                       scores.delayed(_Above(column, k, thresholds)))
+        above = run_stage(runner, f"candidates:{scores.name}",
+                          scores.delayed(_Above(column, k, thresholds)))
         rankings = []
         for j in range(width):
             rows = np.concatenate([part[j][0] + offset for part, offset

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from dataselect.checks import check_count, check_number, check_seed
 from dataselect.errors import EmptyCorpusError
-from dataselect.execution import partition_tasks
+from dataselect.execution import partition_tasks, run_stage
 
 # LENGTH_STREAM: the score-length sample of a score store (scoring.length_sample)
 SAMPLE_STREAM, GUMBEL_STREAM, LENGTH_STREAM = 1, 2, 3
@@ -220,15 +220,15 @@ def sample_rows(corpus: Any, k: int, seed: int, runner: Any, stage: str, label: 
     the second pass would read about all of them again (measured: up to 1.8x slower on a
     one-row-group pool), so the sample is then drawn in one pass, as before."""
     if k >= corpus.npartitions:
-        return runner(stage, partition_tasks(label, PartitionSample(
+        return run_stage(runner, stage, partition_tasks(label, PartitionSample(
             corpus, k, seed, view, stream), corpus.npartitions), MergeSamples(k, seed, stream))
-    found, rows = runner(stage, partition_tasks(f"{label}-ids", PartitionKeys(
+    found, rows = run_stage(runner, stage, partition_tasks(f"{label}-ids", PartitionKeys(
         corpus, k, seed, stream), corpus.npartitions), MergeKeys(k))
     if not len(found):  # no row at all: one pass over the empty partitions gives the columns
-        return runner(stage, partition_tasks(label, PartitionSample(
+        return run_stage(runner, stage, partition_tasks(label, PartitionSample(
             corpus, k, seed, view, stream), corpus.npartitions), MergeSamples(k, seed, stream))
     chosen = tuple((int(index), np.sort(found["row"][found["partition"] == index]))
                    for index in np.unique(found["partition"]))
-    sample, _ = runner(stage, partition_tasks(label, ChosenRows(
+    sample, _ = run_stage(runner, stage, partition_tasks(label, ChosenRows(
         corpus, chosen, k, seed, view, stream), len(chosen)), MergeSamples(k, seed, stream))
     return sample, rows

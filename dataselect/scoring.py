@@ -45,7 +45,7 @@ from dataselect.errors import (
     PluginError,
     ScorerContractError,
 )
-from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.execution import Runner, default_runner, partition_tasks, run_stage
 from dataselect.footer import PartOrigin, job_digest, reusable
 from dataselect.manifest import package_versions
 from dataselect.outdir import claim_output
@@ -924,7 +924,7 @@ class Scores:
                                    job_digest(self.description), overwrite, ids,
                                    resample_seed)
             tasks = partition_tasks(f"score-{self.name}", writer, self.npartitions)
-            results = runner(f"score:{self.name}", tasks)
+            results = run_stage(runner, f"score:{self.name}", tasks)
         stored = Scores.from_store(folder, self.corpus)
         stored.ids_folder = ids
         stored.owned = True

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from dataselect.duplicates import check_unique_ids
 from dataselect.errors import EmptyCorpusError
-from dataselect.execution import Runner
+from dataselect.execution import Runner, run_stage
 from dataselect.scoring import Scores, summarize_scores
 
 
@@ -24,8 +24,8 @@ def collect_summaries(scores: Scores, runner: Runner) -> list[dict[str, Any]]:
     computes them. Ids repeated across partitions are refused here."""
     parts = scores.summaries
     if parts is None:
-        parts = runner(f"collect:{scores.name}",
-                       scores.delayed(_Summarize(scores.npartitions)))
+        parts = run_stage(runner, f"collect:{scores.name}",
+                          scores.delayed(_Summarize(scores.npartitions)))
     if sum(p["rows"] for p in parts) == 0:
         raise EmptyCorpusError("pool holds no records", where=", ".join(scores.corpus.files))
     check_unique_ids(scores, runner, parts)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dataselect.execution import Runner
+from dataselect.execution import Runner, run_stage
 from dataselect.sampling import gumbel_noise, id_hashes
 from dataselect.score_parts import eligible_scores
 
@@ -180,7 +180,8 @@ def top_rows(scores: Any, runner: Runner, spec: KeySpec, k: int, sizes: list[int
     shared = tuple(int(o) for o in offsets)
     budget = max(k, FETCH_BUDGET) if budget is None else budget
     if ladders is None:
-        ladders = runner(f"rank:{scores.name}", scores.delayed(_Window(spec, shared, None, None)))
+        ladders = run_stage(runner, f"rank:{scores.name}",
+                            scores.delayed(_Window(spec, shared, None, None)))
     k = min(k, sum(ladder.size for ladder in ladders))
     if k == 0:
         return np.zeros(0, np.int64)
@@ -198,18 +199,18 @@ def top_rows(scores: Any, runner: Runner, spec: KeySpec, k: int, sizes: list[int
         if last >= 0:
             high = (float(keys[last]), int(positions[last]))
         low = (float(keys[first]), int(positions[first]))
-        ladders = runner(f"rank:{scores.name}",
-                         scores.delayed(_Window(spec, shared, low, high)))
+        ladders = run_stage(runner, f"rank:{scores.name}",
+                            scores.delayed(_Window(spec, shared, low, high)))
         above = sum(ladder.above for ladder in ladders)
-    found = runner(f"fetch:{scores.name}", scores.delayed(_Fetch(spec, shared, low)))
+    found = run_stage(runner, f"fetch:{scores.name}", scores.delayed(_Fetch(spec, shared, low)))
     return best_of(found, offsets, k)
 
 
 def all_rows(scores: Any, runner: Runner, spec: KeySpec, sizes: list[int]) -> np.ndarray:
     """Global positions of every candidate, best first (a threshold's selection)."""
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    found = runner(f"fetch:{scores.name}",
-                   scores.delayed(_Fetch(spec, tuple(int(o) for o in offsets), None)))
+    found = run_stage(runner, f"fetch:{scores.name}",
+                      scores.delayed(_Fetch(spec, tuple(int(o) for o in offsets), None)))
     return best_of(found, offsets, None)
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from dataselect.corpus import Corpus
 from dataselect.errors import InputError
-from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.execution import Runner, default_runner, partition_tasks, run_stage
 from dataselect.footer import (
     RECORD_JOB_KEY,
     PartOrigin,
@@ -101,8 +101,8 @@ def write_union(selections: dict[str, Selection], out: str, fmt: OutputFormat = 
         schema = output_schema(pool, (TASKS_COLUMN,), fmt)
         writer = _WriteUnionPart(pool, chosen, out, fmt, schema,
                                  job_digest(folder.identity), overwrite)
-        results = runner("write:union", partition_tasks("write-union", writer,
-                                                        pool.npartitions))
+        results = run_stage(runner, "write:union",
+                            partition_tasks("write-union", writer, pool.npartitions))
         folder.remove_temporaries()  # a killed worker's, which a glob of parts would match
         names = [part_name(i, fmt) for i in range(pool.npartitions)]
         rows = [r["rows"] for r in results]
@@ -153,8 +153,8 @@ def split_selection(selection: Selection, column: str, labels: list[str],
                     runner: Runner = default_runner) -> dict[str, Selection]:
     """One selection per label: the chosen rows whose score column ``column`` holds that
     label, ranked in the order the whole selection ranked them (0 = best of the label)."""
-    found = runner(f"split:{column}", selection.scores.delayed(_LabelsAt(column,
-                                                                         selection.positions)))
+    found = run_stage(runner, f"split:{column}",
+                      selection.scores.delayed(_LabelsAt(column, selection.positions)))
     unknown = {v for values in found for v in values} - set(labels)
     if unknown:
         raise InputError(f"score column {column!r} holds labels {sorted(unknown)} not in "

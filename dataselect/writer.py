@@ -42,7 +42,7 @@ from dataselect.composition import (
 from dataselect.corpus import Corpus, as_corpus, without_notes
 from dataselect.defaults import DEFAULT_METRICS_SAMPLE, METRICS_SAMPLE_MB
 from dataselect.errors import InputError
-from dataselect.execution import Runner, default_runner, partition_tasks, step_progress
+from dataselect.execution import Runner, default_runner, partition_tasks, run_stage, step_progress
 from dataselect.footer import (
     RECORD_JOB_KEY,
     PartOrigin,
@@ -441,7 +441,7 @@ def _write(selection: Selection, folder: OutputFolder, fmt: OutputFormat,
     writer = _WritePart(selection.pool, selection.scores.task, selection.positions,
                         selection.ranks, out, fmt, pool_stats, schema, overwrite)
     tasks = partition_tasks("write", writer, parts)
-    results = runner("write", tasks)
+    results = run_stage(runner, "write", tasks)
     # a worker killed mid-write may leave a temporary that a glob of the parts would match
     folder.remove_temporaries()
     names, rows = [part_name(i, fmt) for i in range(parts)], [r["rows"] for r in results]

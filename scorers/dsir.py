@@ -38,7 +38,7 @@ import pyarrow as pa
 from dataselect import checks, ngram_store
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
-from dataselect.execution import Runner, add_tuples, default_runner, partition_tasks
+from dataselect.execution import Runner, add_tuples, default_runner, partition_tasks, run_stage
 from dataselect.metrics import ngram_distribution
 from dataselect.ngrams import (
     MAX_BUCKETS,
@@ -137,8 +137,8 @@ class DSIR(Scorer):
         fraction = self.fit_fraction or min(
             1.0, self.fit_sample_mb * 2**20 / max(pool.estimated_bytes(), 1))
         task = _SampleCounts(pool, self.hasher, fraction, self.seed)
-        raw_counts, pool_rows, fitted_rows = runner(
-            "fit:dsir", partition_tasks("fit-dsir", task, pool.npartitions), add_tuples)
+        raw_counts, pool_rows, fitted_rows = run_stage(
+            runner, "fit:dsir", partition_tasks("fit-dsir", task, pool.npartitions), add_tuples)
         # an empty pool also gives an empty sample: name the cause, not the sample size
         if pool_rows == 0:
             raise EmptyCorpusError("the pool holds no records", where=", ".join(pool.files))

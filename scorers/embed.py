@@ -35,7 +35,7 @@ import torch
 from dataselect import checks
 from dataselect.corpus import Corpus
 from dataselect.errors import EmptyCorpusError, InputError
-from dataselect.execution import Runner, default_runner, partition_tasks
+from dataselect.execution import Runner, default_runner, partition_tasks, run_stage
 from dataselect.features import model_unit_rows
 from dataselect.featurize import SIDES, Side, scores_via_store
 from dataselect.scoring import Scorer, Scores
@@ -178,8 +178,8 @@ class Embed(Scorer):
         loads a model of its own (seconds, and its memory) to embed a few rows."""
         self.model_files_ = None
         self.model_files_ = recorded_model_files(self)  # before the model is read
-        parts = runner("fit:embed", partition_tasks("fit-embed", _EmbedPartition(self, target),
-                                                    target.npartitions))
+        parts = run_stage(runner, "fit:embed", partition_tasks(
+            "fit-embed", _EmbedPartition(self, target), target.npartitions))
         ids = [row for part_ids, _ in parts for row in part_ids]
         if not ids:
             raise EmptyCorpusError("target holds no records", where=", ".join(target.files))
