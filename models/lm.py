@@ -932,6 +932,10 @@ def fit_causal_lm(model: Any, tokenizer: Any, batch: pa.Table, steps: int, lr: f
 
     The same rows, steps and seed give the same order of batches, so two training sets of
     the same size are compared on equal terms (``dataselect eval``).
+
+    A batch is at most the rows there are: a ``batch_size`` above them (``eval -p
+    batch_size=100000`` on a 30-row task) filled each batch by repeating the rows, a
+    100000-row batch of logits that ran for minutes and then ran out of memory.
     """
     if batch.num_rows == 0:
         raise InputError("no rows to train on")
@@ -940,8 +944,9 @@ def fit_causal_lm(model: Any, tokenizer: Any, batch: pa.Table, steps: int, lr: f
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     order = np.random.default_rng(seed).permutation(batch.num_rows)
     losses = []
+    size = min(batch_size, batch.num_rows)
     for step in range(steps):
-        rows = np.take(order, range(step * batch_size, (step + 1) * batch_size), mode="wrap")
+        rows = np.take(order, range(step * size, (step + 1) * size), mode="wrap")
         tokens = tokenize(tokenizer, batch.take(pa.array(rows)), max_length).to(device)
         if not bool(tokens.has_response.any()):
             continue
