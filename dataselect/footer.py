@@ -286,6 +286,42 @@ def check_record_job(record: Any, path: str, job: str) -> None:
                          "the job with --overwrite to write it again", where=path)
 
 
+# the key under which a record whose numbers are shown as results (an evaluation's
+# results.json and each training's result in eval/runs/) keeps a digest of the rest of it
+RECORD_CONTENT_KEY = "content_digest"
+
+
+def sealed(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with :data:`RECORD_CONTENT_KEY`: the :func:`job_digest` of everything
+    else in it, as JSON writes it (so it reads back to the same digest)."""
+    body = {k: v for k, v in record.items() if k != RECORD_CONTENT_KEY}
+    return {**body, RECORD_CONTENT_KEY: job_digest(body)}
+
+
+def seal_problem(record: Any) -> str | None:
+    """Why ``record`` (read back from JSON) is not as dataselect sealed it, or None.
+
+    Why: the job digest names the job a record belongs to, not its numbers. An
+    evaluation's ``results.json`` with a loss edited (valid JSON, the same job) was drawn
+    by ``report`` as the evaluation's result, exit 0, though edited results are refused."""
+    if not isinstance(record, dict) or RECORD_CONTENT_KEY not in record:
+        return ("records no digest of its contents (written by an older dataselect, or "
+                "edited)")
+    body = {k: v for k, v in record.items() if k != RECORD_CONTENT_KEY}
+    if record[RECORD_CONTENT_KEY] != job_digest(body):
+        return ("was edited after dataselect wrote it: its contents do not match the "
+                f"digest it records ({RECORD_CONTENT_KEY})")
+    return None
+
+
+def check_sealed(record: Any, path: str, fix: str) -> None:
+    """Refuse ``record`` (read from ``path``) unless :func:`seal_problem` finds nothing;
+    ``fix`` says how to write it again."""
+    problem = seal_problem(record)
+    if problem is not None:
+        raise InputError(f"{problem}; {fix}", where=path)
+
+
 def check_record_in(folder: str, record: Any, path: str) -> str:
     """:func:`check_record_job` against the job the marker of ``folder`` records; returns
     that job's digest.

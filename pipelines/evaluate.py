@@ -48,7 +48,7 @@ from rich.table import Table
 from dataselect import checks
 from dataselect.corpus import Corpus, read_corpus
 from dataselect.errors import InputError, one_line
-from dataselect.footer import RECORD_JOB_KEY
+from dataselect.footer import RECORD_CONTENT_KEY, RECORD_JOB_KEY, seal_problem, sealed
 from dataselect.outdir import OutputFolder, hold_lock, normalize, refuse_links
 from dataselect.output import jsonable, read_json, write_json
 from dataselect.sampling import sample_corpus
@@ -182,7 +182,7 @@ class TrainingJob:
                   "train_rows": self.train.num_rows, "steps": s.steps,
                   "final_train_loss": round(float(np.mean(losses[-10:])), 6) if losses
                   else None, **metrics, "seconds": round(time.perf_counter() - started, 3)}
-        write_json(result, self.path)
+        write_json(sealed(result), self.path)  # a result edited since is trained again
         return {**result, "reused": False}
 
 
@@ -201,12 +201,17 @@ def unscored_notes(results: list[dict[str, Any]], max_length: int) -> list[str]:
 
 
 def _previous_result(path: str) -> dict[str, Any]:
-    """A training's result from an earlier evaluation; a damaged one (a killed write on a
-    full disk) is trained again and replaced, as a missing one is."""
+    """A training's result from an earlier evaluation, without its seal; a damaged one (a
+    killed write on a full disk) or one edited since it was written (its numbers would
+    enter results.json as the training's) is trained again and replaced, as a missing one
+    is."""
     try:
-        return read_json(path)
+        result = read_json(path)
     except InputError:
         return {}
+    if seal_problem(result) is not None:
+        return {}
+    return {k: v for k, v in result.items() if k != RECORD_CONTENT_KEY}
 
 
 def _load_model(base: str, fresh_init: bool, seed: int) -> tuple[Any, Any]:
@@ -373,7 +378,8 @@ def run_eval(out: str, settings: EvalSettings, console: Console | None = None
                   "runs": [{k: v for k, v in r.items() if k not in ("key", "reused")}
                            for r in results],
                   "summary": summary, "versions_of_run": run.get("versions", {})}
-        write_json(report, os.path.join(out, EVAL_DIR, RESULTS_FILE))
+        # sealed: report refuses results edited since (footer.check_sealed)
+        write_json(sealed(report), os.path.join(out, EVAL_DIR, RESULTS_FILE))
     print_eval_table(console, summary)
     for note in unscored_notes(results, settings.max_length):
         console.print(one_line(f"note: {note}"), soft_wrap=True, markup=False,

@@ -44,7 +44,7 @@ from rich.console import Console
 from dataselect import composition, storage
 from dataselect.composition import class_names, count_labels
 from dataselect.errors import InputError, one_line
-from dataselect.footer import RECORD_JOB_KEY, check_record_job, verified
+from dataselect.footer import RECORD_JOB_KEY, check_record_job, check_sealed, verified
 from dataselect.layout import SCORES_DIR, TASKS_DIR
 from dataselect.outdir import OutputFolder, hold_lock, normalize, remove_listed
 from dataselect.output import (
@@ -224,6 +224,9 @@ def _write_page(out: str, run: dict[str, Any], folder: ReportFiles) -> str:
         check_record(record, EvalResults, results)
         # this run's evaluation, not one copied in from another run
         check_record_job(record, results, run[RECORD_JOB_KEY])
+        # and its numbers as eval wrote them: an edited loss is not drawn as a result
+        check_sealed(record, results, f"rerun `dataselect eval {out}` to write it again "
+                                      "(finished trainings are reused)")
         sections.append(_eval_section(folder, record))
     page = folder.path("index.html")
     title = _html(run["recipe"].get("name") or os.path.basename(os.path.abspath(out)))
