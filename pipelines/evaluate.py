@@ -263,7 +263,10 @@ def score_held_out(model: Any, tokenizer: Any, held_out: pa.Table, max_length: i
                               "held_out_rows_unscored": held_out.num_rows - len(row_losses)}
     from models.lm import has_chat_template
 
-    prompts, answers = split_prompts(held_out, tokenizer)
+    # a plain-text row is all response: no prompt to answer (an empty one was a
+    # traceback from generate), and a model is not asked to recite the row from nothing
+    pairs = [(p, a) for p, a in zip(*split_prompts(held_out, tokenizer)) if p.strip()]
+    prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
     templated = has_chat_template(tokenizer) and CHAT_COLUMN in held_out.column_names
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
     if answers and statistics.median(lengths) <= em_max_tokens:
