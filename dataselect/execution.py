@@ -13,6 +13,7 @@ importing Dask (80 ms of a 3 s DSIR job) or paying its scheduler per task.
 
 from __future__ import annotations
 
+import functools
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -121,8 +122,15 @@ def _tagged_tasks(tasks: Sequence[Any], call: str) -> list[Any]:
         return partition_tasks(tasks[0].stage.name, state, len(tasks))
     import dask
 
+    if not any(map(dask.is_dask_collection, tasks)):  # plain calls (a Scores-like object's)
+        return [functools.partial(_called_tagged, call, place, task)
+                for place, task in enumerate(tasks)]
     tag = dask.delayed(_tag, pure=False)
     return [tag(call, place, task) for place, task in enumerate(as_dask(tasks))]
+
+
+def _called_tagged(call: str, place: int, task: Callable[[], Any]) -> _Tagged:
+    return _Tagged(call, 1 << place, task())
 
 
 @dataclass(frozen=True)

@@ -373,8 +373,8 @@ def test_no_cut_points_reach_the_client(tmp_path, monkeypatch):
     returned = {}
 
     def runner(stage, tasks):
-        results = [task() for task in tasks]
-        returned.setdefault(stage.split(":")[0], []).extend(results)
+        results = [task() for task in tasks]  # each tagged with its task (run_stage)
+        returned.setdefault(stage.split(":")[0], []).extend(r.value for r in results)
         return results
 
     rows = [{"id": f"u{i}", "text": f"row {i}"} for i in range(150)]

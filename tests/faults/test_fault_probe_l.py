@@ -361,7 +361,7 @@ def test_attribution_method_breaking_its_contract_is_one_line_naming_it(
     pool = _rows(tmp_path / "pool.jsonl", [f"p{i}" for i in range(8)])
     queries = _rows(tmp_path / "q.jsonl", ["q0", "q1", "q2"])
     monkeypatch.setenv("BAD_MODE", mode)
-    out = tmp_path / "a.parquet"
+    out = tmp_path / ("a.parquet" if k != "all" else "a")  # -k all writes a folder
     refused_run(["attribute", "--method", "badattr", "--pool", str(pool), "--queries",
               str(queries), "-k", k, "--out", str(out)], capsys,
              "attribution method 'badattr' (bad_attr.Bad, a plug-in)", BROKEN[mode])
