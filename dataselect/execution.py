@@ -14,6 +14,7 @@ importing Dask (80 ms of a 3 s DSIR job) or paying its scheduler per task.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,36 @@ Fold = Callable[[Any, Any], Any]
 SCATTER_BYTES = 1 << 20
 
 
+# whether this process has handed a stage to a runner, and whether it is a process forked
+# (os.fork, multiprocessing's "fork") from one that had: see _refuse_forked
+_STAGES_RUN = False
+_FORKED_AFTER_STAGES = False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED_AFTER_STAGES
+    _FORKED_AFTER_STAGES = _STAGES_RUN
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _refuse_forked() -> None:
+    """Refuse to run a task in a process forked from one that already ran dataselect's
+    stages. Why: Arrow's, OpenMP's and BLAS's thread pools do not survive ``fork``; a
+    Python API runner built on ``ProcessPoolExecutor`` with Linux's default start method
+    hung for ever in ``DSIR().fit``, no error, its workers outliving the program (pass 21,
+    g02). ``spawn`` and ``forkserver`` start clean processes and are not refused."""
+    if _FORKED_AFTER_STAGES:
+        raise RunnerContractError(
+            "a runner ran this task in a process forked from the one running the job "
+            "(multiprocessing's 'fork' start method), where Arrow's and BLAS's threads do "
+            "not survive and the task can hang for ever: start the runner's processes with "
+            "'spawn' or 'forkserver' (ProcessPoolExecutor(mp_context=multiprocessing."
+            "get_context('spawn')))")
+
+
 def run_stage(runner: Runner, stage: str, tasks: Sequence[Any], fold: Fold | None = None
               ) -> Any:
     """``runner(stage, tasks, fold)``, checked: the results in task order, each the result
@@ -46,6 +77,8 @@ def run_stage(runner: Runner, stage: str, tasks: Sequence[Any], fold: Fold | Non
     runner that broke the contract is one :class:`~dataselect.errors.RunnerContractError`
     naming it and what it returned.
     """
+    global _STAGES_RUN
+    _STAGES_RUN = True
     if not tasks and fold is not None:  # nothing to fold: the runner says so, as before
         return runner(stage, tasks, fold)
     call = uuid.uuid4().hex
@@ -130,6 +163,7 @@ def _tagged_tasks(tasks: Sequence[Any], call: str) -> list[Any]:
 
 
 def _called_tagged(call: str, place: int, task: Callable[[], Any]) -> _Tagged:
+    _refuse_forked()
     return _Tagged(call, 1 << place, task())
 
 
@@ -317,6 +351,7 @@ class PartitionTask:
         return self.stage.state_error()
 
     def __call__(self) -> Any:
+        _refuse_forked()
         return self.stage.fn(self.index)
 
 
