@@ -142,6 +142,7 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, 
             save_file(tensors, str(saved / MOMENTS_FILE), metadata={
                 "beta1": str(beta1), "beta2": str(beta2), "eps": str(group["eps"]),
                 "step": str(step)})
+            _canonical_header(saved / MOMENTS_FILE)
         (saved / INFO_FILE).write_text(json.dumps({**info, "step": step}, indent=2,
                                                   sort_keys=True) + "\n")
         checks.refuse_special_output(out)  # a FIFO there is not deleted without a word
@@ -151,6 +152,21 @@ def save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, adapter: str, 
         os.replace(saved, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with its keys sorted. Why: safetensors
+    keeps the metadata in a hash map, written in an order that changes with each process,
+    so a resumed warmup's ``moments.safetensors`` differed in bytes from an uninterrupted
+    run's with equal tensors (pass 21, wu01). The header is an 8-byte little-endian length
+    and JSON padded with spaces to a multiple of 8; the tensors' offsets count from its
+    end, so a header of another length reads back the same."""
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + length:])
 
 
 def _sort_target_modules(config: Path) -> None:

@@ -97,6 +97,22 @@ def test_warmup_resumes_from_the_last_finished_epoch(setup: dict, tmp_path: Path
                                            rtol=1e-5, atol=1e-7)
 
 
+def test_moments_are_written_with_a_header_in_one_order(setup: dict) -> None:
+    """safetensors wrote the moments' metadata in a hash map's order, which changes with
+    each process: a resumed warmup's file differed in bytes from an uninterrupted run's
+    (pass 21, wu01). The header is written with its keys sorted, so any process writes
+    the same bytes for the same tensors."""
+    import json
+
+    raw = (Path(setup["checkpoints"][0]) / "moments.safetensors").read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = raw[8:8 + length]
+    parsed = json.loads(header)
+    assert header.rstrip(b" ") == json.dumps(parsed, sort_keys=True,
+                                             separators=(",", ":")).encode()
+    assert set(parsed["__metadata__"]) == {"beta1", "beta2", "eps", "step"}
+
+
 def test_warmup_and_adapter_loading_print_no_deprecation_of_peft_s_own(
         setup: dict, tmp_path: Path) -> None:
     """peft reads transformers' deprecated ``is_gradient_checkpointing``: the FutureWarning
