@@ -12,7 +12,6 @@ gradients. Everything runs on ``device`` (``cuda`` when available) with no other
 
 from __future__ import annotations
 
-import os
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,17 +25,10 @@ from attribution.output_gradients import OutputFunction, OutputGradients, output
 from attribution.scores import InnerProducts
 from dataselect import checks
 from dataselect.errors import InputError
-from models.lm import (
-    check_model_folder,
-    load_causal_lm,
-    load_tokenizer,
-    model_digest,
-    pick_device,
-    tokenize,
-)
+from models.lm import check_model_folder, load_causal_lm, load_tokenizer, pick_device, tokenize
 from models.lora_checkpoints import (
-    check_base_model,
     check_checkpoint,
+    check_checkpoint_set,
     load_adapter,
     read_checkpoint_json,
 )
@@ -97,15 +89,7 @@ class EnsembleMethod(Attributor):
         checks.optional(checks.check_device, settings.device, "device", here=False)
         settings.model = check_model_folder(settings.model, "model")
         settings.checkpoints = [check_checkpoint(path) for path in settings.checkpoints]
-        real = [os.path.realpath(path) for path in settings.checkpoints]
-        if len(set(real)) < len(real):  # counted twice, it would weigh double
-            twice = next(p for p, r in zip(settings.checkpoints, real) if real.count(r) > 1)
-            raise InputError("is listed more than once in checkpoints: give each checkpoint "
-                             "once", where=twice, field="checkpoints")
-        if settings.checkpoints:
-            digest = model_digest(settings.model)
-            for path in settings.checkpoints:
-                check_base_model(path, settings.model, digest)
+        check_checkpoint_set(settings.checkpoints, settings.model)
         super().__init__(settings)
 
 

@@ -219,14 +219,16 @@ def sample_rows(corpus: Any, k: int, seed: int, runner: Any, stage: str, label: 
     With ``k`` at least the number of partitions, most partitions hold a sampled row and
     the second pass would read about all of them again (measured: up to 1.8x slower on a
     one-row-group pool), so the sample is then drawn in one pass, as before."""
-    if k >= corpus.npartitions:
+    def one_pass() -> tuple[pa.Table, int]:
         return run_stage(runner, stage, partition_tasks(label, PartitionSample(
             corpus, k, seed, view, stream), corpus.npartitions), MergeSamples(k, seed, stream))
+
+    if k >= corpus.npartitions:
+        return one_pass()
     found, rows = run_stage(runner, stage, partition_tasks(f"{label}-ids", PartitionKeys(
         corpus, k, seed, stream), corpus.npartitions), MergeKeys(k))
     if not len(found):  # no row at all: one pass over the empty partitions gives the columns
-        return run_stage(runner, stage, partition_tasks(label, PartitionSample(
-            corpus, k, seed, view, stream), corpus.npartitions), MergeSamples(k, seed, stream))
+        return one_pass()
     chosen = tuple((int(index), np.sort(found["row"][found["partition"] == index]))
                    for index in np.unique(found["partition"]))
     sample, _ = run_stage(runner, stage, partition_tasks(label, ChosenRows(

@@ -449,9 +449,10 @@ def matches(spec: str) -> bool:
     before its run starts)."""
     spec = local_form(spec)
     if not is_remote(spec):
-        # recursive: "p/**/*.parquet" matches p/a.parquet, as expand_paths reads it; a
-        # recipe's pool was refused as matching nothing where --pool read it
-        return os.path.exists(spec) or bool(_glob.glob(spec, recursive=True))
+        # as expand_paths reads it (glob_once): "p/**/*.parquet" matches p/a.parquet (a
+        # recipe's pool was refused as matching nothing where --pool read it), and two
+        # links to a parent folder are not walked for ever
+        return os.path.exists(spec) or bool(glob_once(spec))
     return exists(spec) or (_glob.has_magic(spec) and bool(glob(spec)))
 
 

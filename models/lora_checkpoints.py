@@ -304,6 +304,25 @@ def _loading_adapter(path: str, load: Any) -> Any:
                          f"{WARMUP_HINT}", where=path) from exc
 
 
+def check_checkpoint_set(paths: list[str], model: str) -> None:
+    """Refuse a list of checkpoint folders (each already checked, :func:`check_checkpoint`)
+    naming one folder twice (by its real path: counted twice, a checkpoint weighed
+    double, without a word), or holding one trained on another base model than ``model``
+    (:func:`check_base_model`, the model's digest taken once). The one check of LESS's
+    ``checkpoints`` and attribution's."""
+    real = [os.path.realpath(path) for path in paths]
+    if len(set(real)) < len(real):
+        twice = next(p for p, r in zip(paths, real, strict=True) if real.count(r) > 1)
+        raise InputError("is listed more than once in checkpoints: give each checkpoint "
+                         "once", where=twice, field="checkpoints")
+    if paths:
+        from models.lm import model_digest
+
+        digest = model_digest(model)
+        for path in paths:
+            check_base_model(path, model, digest)
+
+
 def check_base_model(path: str, model: str, digest: str | None = None) -> None:
     """Refuse the checkpoint ``path`` when its ``checkpoint.json`` records another base
     model than ``model`` (``digest``: ``model``'s :func:`models.lm.model_digest`, taken

@@ -38,7 +38,11 @@ import pyarrow as pa
 
 from dataselect import checks
 from dataselect.errors import ClusterLostError, InputError, limits_in_force
-from dataselect.temporary import refuse_temporary_in_kept, temporary_setting
+from dataselect.temporary import (
+    checked_temporary_folder,
+    refuse_temporary_in_kept,
+    temporary_setting,
+)
 from pipelines.progress import LOST_AFTER_VARIABLE, lost_after_seconds
 from pipelines.threads import LocalThreads
 
@@ -144,7 +148,7 @@ def check_temporary_folder() -> None:
     the input; set to ``--out``, the job then refused its own scratch folder as something
     it did not write and told the user to move it away. The CLI checks this once per
     command, before anything is written; :func:`dask_client` checks Dask's own folder."""
-    refuse_temporary_in_kept(tempfile.gettempdir(), temporary_setting())
+    checked_temporary_folder()
     dask_folder = os.environ.get(DASK_TEMPORARY_VARIABLE)  # read without importing Dask
     if dask_folder:
         refuse_temporary_in_kept(os.path.expanduser(dask_folder), DASK_TEMPORARY_VARIABLE)

@@ -41,6 +41,7 @@ from dataselect.outdir import (
     refuse_overlap,
 )
 from dataselect.params import settings_from_text
+from dataselect.readers import DATA_SUFFIXES
 from dataselect.sampling import id_hashes
 from models.warmup_config import WarmupConfig, sample_pool
 from pipelines.cluster import dask_client
@@ -156,9 +157,7 @@ def check_attributions_out(out: str, k: int | None, inputs: list[str]) -> None:
 
 # names that read as one data file: a dense -k all folder at such a name is one no reader
 # can open as what its name says
-FILE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather", ".ipc", ".jsonl", ".json",
-                 ".ndjson", ".csv", ".tsv", ".txt", ".npy", ".npz", ".gz", ".zst", ".bz2",
-                 ".xz", ".zip")
+FILE_SUFFIXES = (*DATA_SUFFIXES, ".csv", ".tsv", ".txt", ".npy", ".npz", ".xz", ".zip")
 
 
 def refuse_dense_at_file_name(out: str, k: int | None) -> None:

@@ -57,7 +57,6 @@ from models.lm import (
     load_causal_lm,
     load_tokenizer,
     loaded_once,
-    model_digest,
     model_rendering,
     per_example_loss,
     pick_device,
@@ -68,7 +67,7 @@ from models.lora_checkpoints import (
     AdamMoments,
     add_adapter,
     canonical_name,
-    check_base_model,
+    check_checkpoint_set,
     load_adapter,
     load_moments,
     read_info,
@@ -131,14 +130,7 @@ class Less(TakesWarmup, Scorer):
                              "warmup` first)", field="checkpoints")
         self.infos = [read_info(path) for path in self.checkpoints]
         self.checkpoints = [info.path for info in self.infos]
-        if len(set(self.checkpoints)) < len(self.checkpoints):
-            # a view counted twice weighs its checkpoint double, without a word
-            twice = next(p for p in self.checkpoints if self.checkpoints.count(p) > 1)
-            raise InputError("is listed more than once in checkpoints: give each checkpoint "
-                             "once", where=twice, field="checkpoints")
-        digest = model_digest(self.model)
-        for path in self.checkpoints:
-            check_base_model(path, self.model, digest)
+        check_checkpoint_set(self.checkpoints, self.model)
         self.subtasks_: list[str] = []
         self.subtask_means_: np.ndarray | None = None  # (subtasks, checkpoints, dim)
         self.target_ids_: list[str] = []
